@@ -1,0 +1,52 @@
+"""Shoal agent's exception tree.
+
+Every failure a user can cause or act on is one of these; the gRPC servicer is the only place that maps
+them to status codes (NotFound → NOT_FOUND, InvalidArgument → INVALID_ARGUMENT, ...). Messages are written
+for the person at the terminal: say what was wrong and, where it helps, what to do.
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base of all agent errors. ``str(err)`` is a one-line message for the user."""
+
+
+class NotFound(ShoalError):
+    """An image, container or file named by the caller does not exist."""
+
+
+class InvalidArgument(ShoalError):
+    """The request itself is malformed: a bad limit, a bad reference, an image with no command."""
+
+
+class AlreadyExists(ShoalError):
+    """An id or name is taken by something different from what was asked for."""
+
+
+class FailedPrecondition(ShoalError):
+    """The request is well formed but the current state forbids it (image in use, container running)."""
+
+
+class HostileArchive(InvalidArgument):
+    """An image archive tried to escape the store, fake a whiteout or otherwise lie; nothing was kept."""
+
+
+class DigestMismatch(InvalidArgument):
+    """A blob or layer did not hash to the digest its manifest or config promised."""
+
+
+class ResourceExhausted(ShoalError):
+    """The host ran out of something: disk space while unpacking, memory, pids."""
+
+
+class LaunchError(ShoalError):
+    """A container process could not be set up or exec'd.
+
+    ``kind`` says which: ``"not-found"`` (the command does not exist in the image, exit 127),
+    ``"not-executable"`` (exit 126) or ``"setup"`` (namespaces, mounts, cgroups, credentials).
+    """
+
+    def __init__(self, message: str, *, kind: str = "setup") -> None:
+        super().__init__(message)
+        self.kind = kind

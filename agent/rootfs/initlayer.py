@@ -1,0 +1,43 @@
+"""The per-container init layer: /etc/hostname, /etc/hosts, /etc/resolv.conf and mount points.
+
+It sits between the image and the container's writable layer, as Docker's ``-init`` layer does, so every
+container gets its own identity files without touching the shared image layers, and the directories the
+launcher mounts on (/proc, /sys, /dev) exist even in images that lack them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_MOUNT_POINTS = ("proc", "sys", "dev", "tmp", "etc")
+_LOOPBACK_NS = re.compile(r"^\s*nameserver\s+(127\.|::1\b)")
+
+
+def write_init_layer(init_dir: Path, *, hostname: str, host_network: bool,
+                     host_resolv_conf: Path = Path("/etc/resolv.conf")) -> None:
+    for d in _MOUNT_POINTS:
+        (init_dir / d).mkdir(mode=0o755, exist_ok=True)
+    (init_dir / "tmp").chmod(0o1777)
+    etc = init_dir / "etc"
+    (etc / "hostname").write_text(hostname + "\n")
+    (etc / "hosts").write_text(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"127.0.1.1\t{hostname}\n"
+    )
+    (etc / "resolv.conf").write_text(_resolv_conf(host_resolv_conf, host_network=host_network))
+    for f in ("hostname", "hosts", "resolv.conf"):
+        (etc / f).chmod(0o644)
+
+
+def _resolv_conf(source: Path, *, host_network: bool) -> str:
+    try:
+        text = source.read_text()
+    except OSError:
+        return ""
+    if host_network:
+        return text
+    # A loopback resolver on the host is not reachable from the container's own network namespace.
+    return "".join(
+        line + "\n" for line in text.splitlines() if not _LOOPBACK_NS.match(line)
+    )

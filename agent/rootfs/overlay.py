@@ -1,0 +1,106 @@
+"""A container's layered root filesystem, described rather than mounted.
+
+Image layers (shared, read-only) + the container's init layer (read-only once written) + a private upper
+and work dir → an ``OverlayRootfs`` description. The launcher mounts it *inside the container's own mount
+namespace*, so the mount vanishes with the container and the host never holds a stray overlay mount —
+even if the agent and supervisor are both killed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.runtime.plan import OverlayRootfs
+
+
+@dataclass(frozen=True)
+class ContainerDirs:
+    """The per-container directories under ``<root>/containers/<id>/``."""
+
+    base: Path
+
+    @property
+    def init(self) -> Path:
+        return self.base / "init"
+
+    @property
+    def upper(self) -> Path:
+        return self.base / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.base / "work"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.base / "rootfs"
+
+    @property
+    def config(self) -> Path:
+        return self.base / "config.json"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "ctr.log"
+
+    def create(self) -> None:
+        # 0700: container files (upper layer, logs with its output) are not for other host users.
+        self.base.mkdir(mode=0o700, parents=False, exist_ok=True)
+        for d in (self.init, self.upper, self.work, self.rootfs):
+            d.mkdir(mode=0o755, exist_ok=True)
+
+
+def describe_rootfs(*, image_layers: list[Path], dirs: ContainerDirs) -> OverlayRootfs:
+    """Overlay lower dirs are top-most first: the init layer shadows the image."""
+    return OverlayRootfs(
+        lower=(str(dirs.init), *(str(p) for p in image_layers)),
+        upper=str(dirs.upper),
+        work=str(dirs.work),
+        target=str(dirs.rootfs),
+    )
+
+
+def lookup_in_layers(layers: list[Path], relpath: str) -> Path | None:
+    """The file a container would see at ``relpath``, searching layers top-most first.
+
+    Honours whiteouts (a 0/0 character device hides what is below) and opaque directories. Used to read
+    ``/etc/passwd`` and ``/etc/group`` of an image without mounting it.
+    """
+    parts = [p for p in relpath.strip("/").split("/") if p]
+    for layer in layers:
+        candidate = layer.joinpath(*parts)
+        try:
+            st = os.lstat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            if _is_opaque_above(layer, parts):
+                return None
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return None
+        return candidate
+    return None
+
+
+def _is_opaque_above(layer: Path, parts: list[str]) -> bool:
+    for i in range(1, len(parts)):
+        try:
+            if os.getxattr(layer.joinpath(*parts[:i]), "trusted.overlay.opaque") == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def upper_size_bytes(upper: Path) -> int:
+    """Bytes written by the container (allocated blocks of its upper layer)."""
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(upper):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total

@@ -1,0 +1,571 @@
+"""The container verbs: create, start, stop, kill, remove, wait, logs, exec — and recovery after restart.
+
+``ContainerRuntime`` is the one place that ties images, rootfs, cgroups and the supervisor together. It
+runs in the asyncio daemon and never forks a container itself: the supervisor (a small single-threaded
+process that outlives the daemon) parents every container, so a SIGKILLed daemon loses nothing. On start
+the runtime reads each container's on-disk record (config.json, ours) and run record (run.json, the
+supervisor's), asks the supervisor what is alive, and rebuilds its view from those facts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal as signals
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.cgroups import manager as cgroups
+from agent.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LaunchError,
+    NotFound,
+    ShoalError,
+)
+from agent.images.store import ImageStore
+from agent.rootfs import initlayer, overlay, users
+from agent.runtime import logs as ctrlogs
+from agent.runtime import plan as plans
+from agent.runtime import runfile, supervisor_client
+from agent.runtime.spec import (
+    ContainerId,
+    ContainerSpec,
+    NetworkMode,
+    merge_env,
+    new_container_id,
+    validate_id,
+    validate_name,
+)
+from agent.runtime.state import ContainerRecord, Prepared, State, check_transition, write_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+START_FAILED_CODES = {"not-found": 127, "not-executable": 126, "setup": 125}
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    root: Path
+    cgroup_parent: str = "shoal"
+    log_max_bytes: int = 10 << 20
+    log_max_files: int = 3
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_code: int
+    reason: str
+    error: str = ""
+
+
+@dataclass
+class Container:
+    """The daemon's live view of one container. Mutated only by ContainerRuntime."""
+
+    record: ContainerRecord
+    state: State = State.CREATED
+    pid: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit: ExitStatus | None = None
+    cgroup_paths: dict[str, str] = field(default_factory=dict)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def spec(self) -> ContainerSpec:
+        return spec_from_dict(self.record.spec)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.record.prepared.rootfs_dir).parent
+
+
+def spec_to_dict(spec: ContainerSpec) -> dict[str, Any]:
+    raw = asdict(spec)
+    raw["network"] = spec.network.value
+    raw["labels"] = dict(spec.labels)
+    return raw
+
+
+def spec_from_dict(raw: dict[str, Any]) -> ContainerSpec:
+    from agent.runtime.spec import Resources
+
+    data = dict(raw)
+    data["resources"] = Resources(**data["resources"])
+    data["network"] = NetworkMode(data["network"])
+    data["labels"] = tuple(sorted(data["labels"].items()))
+    for key in ("entrypoint", "command", "env"):
+        data[key] = tuple(data[key])
+    return ContainerSpec(**data)
+
+
+def _exit_reason(*, code: int, sig: int | None, oom: bool) -> str:
+    if oom:
+        return "OOMKilled"
+    if sig == signals.SIGKILL:
+        return "Killed"
+    return "Completed" if code == 0 else "Error"
+
+
+def _parse_signal(raw: str | int, *, default: int) -> int:
+    if isinstance(raw, int):
+        return raw
+    text = raw.strip().upper()
+    if not text:
+        return default
+    if text.isdigit():
+        return int(text)
+    name = text if text.startswith("SIG") else "SIG" + text
+    try:
+        return int(signals.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {raw!r}: use a name like TERM or KILL, or a number") from None
+
+
+class ContainerRuntime:
+    def __init__(self, settings: RuntimeSettings, *, images: ImageStore,
+                 cgroup_manager: cgroups.CgroupManager) -> None:
+        self.settings = settings
+        self.images = images
+        self.cgroups = cgroup_manager
+        self.containers_dir = settings.root / "containers"
+        self._containers: dict[str, Container] = {}
+        self._supervisor: supervisor_client.SupervisorClient | None = None
+        self._events_task: asyncio.Task[None] | None = None
+        self._supervisor_ready = asyncio.Event()
+        self._closing = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle of the runtime itself ----------------------------------------------------------
+
+    async def open(self) -> None:
+        self.containers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await self._connect_supervisor()
+        self._events_task = asyncio.create_task(self._watch_supervisor(), name="supervisor-events")
+
+    async def close(self) -> None:
+        """Daemon shutdown: containers keep running under the supervisor."""
+        self._closing = True
+        if self._events_task:
+            self._events_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._events_task
+        for task in list(self._background):
+            task.cancel()
+        if self._supervisor:
+            await self._supervisor.close()
+
+    async def _connect_supervisor(self) -> None:
+        self._supervisor = await supervisor_client.connect_or_spawn(
+            self.settings.root, python=self.settings.python
+        )
+        running = await self._supervisor.list_running()
+        self._recover(alive=set(running))
+        self._supervisor_ready.set()
+
+    def _recover(self, *, alive: set[str]) -> None:
+        """Rebuild the in-memory view from disk; ``alive`` is what the supervisor says is running."""
+        for entry in sorted(self.containers_dir.iterdir()):
+            config = entry / "config.json"
+            if not config.is_file():
+                # A create that died before writing its record: nothing refers to it.
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
+            record = ContainerRecord.from_json(config.read_text())
+            ctr = self._containers.get(record.id) or Container(record=record)
+            self._containers[record.id] = ctr
+            self._apply_run_record(ctr, alive=record.id in alive)
+
+    def _apply_run_record(self, ctr: Container, *, alive: bool) -> None:
+        run = runfile.read_run_file(ctr.directory)
+        if run is None:
+            ctr.state = State.CREATED
+            return
+        ctr.started_at = run.started_at
+        if run.error:
+            self._mark_exited(ctr, ExitStatus(run.exit_code or 125, "StartFailed", run.error),
+                              finished_at=run.finished_at)
+        elif run.exit_code is not None:
+            self._mark_exited(ctr, self._exit_status(ctr, run.exit_code, run.signal),
+                              finished_at=run.finished_at)
+        elif alive:
+            ctr.state, ctr.pid = State.RUNNING, run.pid or 0
+            ctr.exited.clear()
+        else:
+            # Its supervisor died with it running: nobody can report its exit any more. Kill what is
+            # left of it so it cannot linger unsupervised, and say so.
+            self._kill_cgroup(ctr)
+            runfile.write_run_file(ctr.directory, runfile.RunRecord(
+                pid=run.pid, started_at=run.started_at, exit_code=137, signal=None,
+                finished_at=time.time(), error=None, error_kind=None,
+            ))
+            self._mark_exited(ctr, ExitStatus(137, "Lost", "the container's supervisor exited"),
+                              finished_at=time.time())
+
+    async def _watch_supervisor(self) -> None:
+        """Apply exit events; if the supervisor goes away, start a new one and reconcile."""
+        while not self._closing:
+            assert self._supervisor is not None
+            try:
+                async for event in self._supervisor.events():
+                    ctr = self._containers.get(event.container_id)
+                    if ctr is not None:
+                        self._apply_run_record(ctr, alive=False)
+            except Exception:
+                log.exception("supervisor event stream failed")
+            if self._closing:
+                return
+            log.warning("lost the supervisor; reconnecting")
+            self._supervisor_ready.clear()
+            await self._supervisor.close()
+            await self._connect_supervisor()
+
+    def _exit_status(self, ctr: Container, code: int, sig: int | None) -> ExitStatus:
+        cg = self.cgroups.open(ctr.record.prepared.cgroup_name)
+        oom = bool(cg and cg.oom_killed())
+        return ExitStatus(code, _exit_reason(code=code, sig=sig, oom=oom))
+
+    def _mark_exited(self, ctr: Container, status: ExitStatus, *, finished_at: float | None) -> None:
+        first = ctr.state is not State.EXITED
+        ctr.state, ctr.pid, ctr.exit = State.EXITED, 0, status
+        ctr.finished_at = finished_at
+        ctr.exited.set()
+        if first and ctr.spec.auto_remove and not self._closing:
+            task = asyncio.get_event_loop().create_task(self._auto_remove(ctr.id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _auto_remove(self, container_id: str) -> None:
+        with contextlib.suppress(ShoalError):
+            await self.remove(container_id, force=True)
+
+    @property
+    def supervisor(self) -> supervisor_client.SupervisorClient:
+        assert self._supervisor is not None
+        return self._supervisor
+
+    # -- lookup -----------------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> Container:
+        if not ref:
+            raise InvalidArgument("a container id or name is required")
+        if ref in self._containers:
+            return self._containers[ref]
+        by_name = [c for c in self._containers.values() if c.name == ref]
+        if by_name:
+            return by_name[0]
+        matches = [c for c in self._containers.values() if c.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"container id prefix {ref!r} is ambiguous: give more characters")
+        raise NotFound(f"no such container: {ref}")
+
+    def list(self, *, all: bool = False, labels: dict[str, str] | None = None, name: str = "",
+             states: set[State] | None = None) -> list[Container]:
+        out = []
+        for ctr in sorted(self._containers.values(), key=lambda c: c.record.created_at, reverse=True):
+            if not all and not states and ctr.state is not State.RUNNING:
+                continue
+            if states and ctr.state not in states:
+                continue
+            if name and ctr.name != name:
+                continue
+            if labels and any(dict(ctr.spec.labels).get(k) != v for k, v in labels.items()):
+                continue
+            out.append(ctr)
+        return out
+
+    def image_in_use(self, image_id: str) -> bool:
+        return any(c.record.prepared.image_id == image_id for c in self._containers.values())
+
+    # -- create -----------------------------------------------------------------------------------
+
+    async def create(self, *, container_id: str = "", name: str = "", spec: ContainerSpec) -> Container:
+        cid = validate_id(container_id) if container_id else new_container_id()
+        if name:
+            validate_name(name)
+        existing = self._containers.get(cid)
+        if existing is not None:
+            if existing.record.spec == spec_to_dict(spec) and existing.name == (name or existing.name):
+                return existing  # idempotent create: same id, same spec
+            raise AlreadyExists(f"container id {cid} already exists with a different spec")
+        if name:
+            for other in self._containers.values():
+                if other.name == name:
+                    raise AlreadyExists(
+                        f"the name {name!r} is already in use by container {other.id[:12]}; "
+                        "remove it or choose another name"
+                    )
+        name = name or f"shoal-{cid[:12]}"
+        image = self.images.resolve(spec.image)
+        layers = self.images.layer_paths(image)
+        prepared_dir = self.containers_dir / cid
+        dirs = overlay.ContainerDirs(prepared_dir)
+        try:
+            prepared = self._prepare(cid, spec=spec, image=image, layers=layers, dirs=dirs)
+            record = ContainerRecord(id=cid, name=name, spec=spec_to_dict(spec), prepared=prepared)
+            write_atomic(dirs.config, record.to_json())
+        except BaseException:
+            shutil.rmtree(prepared_dir, ignore_errors=True)
+            raise
+        ctr = Container(record=record)
+        self._containers[cid] = ctr
+        return ctr
+
+    def _prepare(self, cid: ContainerId, *, spec: ContainerSpec, image: Any, layers: list[Path],
+                 dirs: overlay.ContainerDirs) -> Prepared:
+        cfg = image.config
+        entrypoint = list(spec.entrypoint or cfg.entrypoint)
+        command = list(spec.command) if spec.command else ([] if spec.entrypoint else list(cfg.cmd))
+        argv = tuple(entrypoint + command)
+        if not argv:
+            raise InvalidArgument(
+                f"no command specified: image {spec.image} has no Entrypoint or Cmd; "
+                "give a command after the image name"
+            )
+        creds = users.resolve_user(spec.user or cfg.user, layers=layers)
+        hostname = spec.hostname or cid[:12]
+        env = merge_env(tuple(cfg.env), ())
+        defaults = [DEFAULT_PATH] if not any(e.startswith("PATH=") for e in env) else []
+        env = merge_env(tuple(defaults) + env, (f"HOSTNAME={hostname}",))
+        if not any(e.startswith("HOME=") for e in env):
+            env = merge_env(env, (f"HOME={creds.home}",))
+        env = merge_env(env, spec.env)
+        dirs.create()
+        initlayer.write_init_layer(dirs.init, hostname=hostname,
+                                   host_network=spec.network is NetworkMode.HOST)
+        stop_signal = _parse_signal(cfg.stop_signal or "", default=int(signals.SIGTERM))
+        return Prepared(
+            image_id=image.id, image_ref=spec.image, argv=argv, env=env,
+            working_dir=spec.working_dir or cfg.working_dir or "/",
+            uid=creds.uid, gid=creds.gid, additional_gids=creds.additional_gids, hostname=hostname,
+            lower_dirs=(str(dirs.init), *(str(p) for p in layers)), upper_dir=str(dirs.upper),
+            work_dir=str(dirs.work), rootfs_dir=str(dirs.rootfs),
+            cgroup_name=f"{self.settings.cgroup_parent}/{cid}", stop_signal=stop_signal,
+        )
+
+    # -- start ------------------------------------------------------------------------------------
+
+    async def start(self, ref: str) -> Container:
+        ctr = self.resolve(ref)
+        async with ctr.lock:
+            if ctr.state is State.RUNNING:
+                return ctr
+            check_transition(ctr.id, ctr.state, State.RUNNING)
+            await self._supervisor_ready.wait()
+            cg = self._ensure_cgroup(ctr)
+            launch_plan = self._launch_plan(ctr, cgroup_procs=cg.procs_files())
+            ctr.exited.clear()
+            try:
+                result = await self.supervisor.start(
+                    ctr.id, directory=ctr.directory, plan=launch_plan,
+                    log_max_bytes=self.settings.log_max_bytes, log_max_files=self.settings.log_max_files,
+                )
+            except LaunchError as err:
+                code = START_FAILED_CODES.get(err.kind, 125)
+                self._mark_exited(ctr, ExitStatus(code, "StartFailed", str(err)), finished_at=time.time())
+                raise
+            ctr.state, ctr.pid, ctr.started_at = State.RUNNING, result.pid, result.started_at
+            ctr.exit, ctr.finished_at = None, None
+            # The process may already have exited (and the event arrived before we got here).
+            run = runfile.read_run_file(ctr.directory)
+            if run is not None and run.exit_code is not None and run.pid == result.pid:
+                self._apply_run_record(ctr, alive=False)
+            return ctr
+
+    def _ensure_cgroup(self, ctr: Container) -> cgroups.Cgroup:
+        prepared = ctr.record.prepared
+        res = ctr.spec.resources
+        limits = cgroups.Limits(
+            memory_bytes=res.memory_bytes,
+            cpu_quota_us=(res.cpu_millis * 100_000 // 1000) if res.cpu_millis else None,
+            pids_max=res.pids_max,
+        )
+        cg = self.cgroups.open(prepared.cgroup_name)
+        if cg is None:
+            cg = self.cgroups.create(prepared.cgroup_name, limits=limits,
+                                     devices=cgroups.DEFAULT_DEVICE_RULES)
+        else:
+            cg.apply(limits)
+        ctr.cgroup_paths = cg.paths()
+        return cg
+
+    def _capabilities(self) -> tuple[str, ...]:
+        caps = plans.DEFAULT_CAPABILITIES
+        if not self.cgroups.supports_device_rules:
+            # Without a device cgroup (v2 needs eBPF), mknod is the only guard against host disks.
+            caps = tuple(c for c in caps if c != "MKNOD")
+        return caps
+
+    def _launch_plan(self, ctr: Container, *, cgroup_procs: tuple[str, ...]) -> plans.LaunchPlan:
+        p = ctr.record.prepared
+        spec = ctr.spec
+        namespaces = ("pid", "mount", "uts", "ipc", "cgroup")
+        if spec.network is not NetworkMode.HOST:
+            namespaces += ("net",)
+        return plans.LaunchPlan(
+            container_id=ctr.id,
+            rootfs=plans.OverlayRootfs(lower=p.lower_dirs, upper=p.upper_dir, work=p.work_dir,
+                                       target=p.rootfs_dir),
+            argv=p.argv, env=p.env, cwd=p.working_dir, uid=p.uid, gid=p.gid,
+            additional_gids=p.additional_gids, hostname=p.hostname, read_only=spec.read_only,
+            namespaces=namespaces, cgroup_procs=cgroup_procs, capabilities=self._capabilities(),
+        )
+
+    # -- stop / kill / wait -----------------------------------------------------------------------
+
+    async def kill(self, ref: str, signal: str | int = "KILL") -> Container:
+        ctr = self.resolve(ref)
+        sig = _parse_signal(signal, default=int(signals.SIGKILL))
+        if ctr.state is not State.RUNNING:
+            raise FailedPrecondition(f"container {ctr.name} is not running")
+        await self.supervisor.kill(ctr.id, sig)
+        return ctr
+
+    async def stop(self, ref: str, *, timeout: float = 10.0) -> Container:
+        ctr = self.resolve(ref)
+        if ctr.state is not State.RUNNING:
+            return ctr  # docker stop on a stopped container is not an error
+        await self.supervisor.kill(ctr.id, ctr.record.prepared.stop_signal)
+        try:
+            await asyncio.wait_for(ctr.exited.wait(), timeout=max(timeout, 0))
+        except TimeoutError:
+            await self.supervisor.kill(ctr.id, int(signals.SIGKILL))
+            await self._wait_exited(ctr, timeout=30)
+        return ctr
+
+    async def _wait_exited(self, ctr: Container, *, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(ctr.exited.wait(), timeout=timeout)
+        except TimeoutError:
+            raise ShoalError(f"container {ctr.name} did not exit within {timeout:.0f}s of SIGKILL") from None
+
+    async def wait(self, ref: str) -> ExitStatus:
+        ctr = self.resolve(ref)
+        if ctr.state is State.CREATED:
+            raise FailedPrecondition(f"container {ctr.name} has not been started")
+        await ctr.exited.wait()
+        assert ctr.exit is not None
+        return ctr.exit
+
+    # -- remove -----------------------------------------------------------------------------------
+
+    async def remove(self, ref: str, *, force: bool = False) -> str:
+        ctr = self.resolve(ref)
+        async with ctr.lock:
+            if ctr.state is State.RUNNING:
+                if not force:
+                    raise FailedPrecondition(
+                        f"container {ctr.name} is running: stop it first or use rm -f"
+                    )
+                await self.supervisor.kill(ctr.id, int(signals.SIGKILL))
+                await self._wait_exited(ctr, timeout=30)
+            check_transition(ctr.id, ctr.state, State.REMOVING)
+            ctr.state = State.REMOVING
+            self._kill_cgroup(ctr, remove=True)
+            await asyncio.to_thread(shutil.rmtree, ctr.directory, True)
+            self._containers.pop(ctr.id, None)
+            return ctr.id
+
+    def _kill_cgroup(self, ctr: Container, *, remove: bool = False) -> None:
+        cg = self.cgroups.open(ctr.record.prepared.cgroup_name)
+        if cg is None:
+            return
+        cg.kill_all()
+        if remove:
+            cg.remove()
+
+    # -- logs and exec ----------------------------------------------------------------------------
+
+    async def logs(self, ref: str, *, follow: bool, tail: int | None) -> AsyncIterator[ctrlogs.LogEntry]:
+        ctr = self.resolve(ref)
+        directory = ctr.directory
+        if not follow:
+            for entry in await asyncio.to_thread(lambda: list(ctrlogs.read_entries(directory, tail=tail))):
+                yield entry
+            return
+
+        def finished() -> bool:
+            return ctr.state in (State.EXITED, State.REMOVING) or ctr.id not in self._containers
+
+        async for entry in ctrlogs.follow_entries(directory, is_finished=finished, tail=tail):
+            yield entry
+
+    async def exec(self, ref: str, *, argv: list[str], env: list[str], working_dir: str,
+                   user: str) -> AsyncIterator[tuple[str, bytes | int]]:
+        """Yields ("stdout", bytes), ("stderr", bytes) and finally ("exit", code)."""
+        ctr = self.resolve(ref)
+        if ctr.state is not State.RUNNING:
+            raise FailedPrecondition(f"container {ctr.name} is not running")
+        if not argv:
+            raise InvalidArgument("exec needs a command")
+        p = ctr.record.prepared
+        if user:
+            creds = users.resolve_user(user, layers=[Path(d) for d in p.lower_dirs])
+            uid, gid, groups = creds.uid, creds.gid, creds.additional_gids
+        else:
+            uid, gid, groups = p.uid, p.gid, p.additional_gids
+        cg = self.cgroups.open(p.cgroup_name)
+        exec_plan = plans.ExecPlan(
+            target_pid=ctr.pid, argv=tuple(argv), env=merge_env(p.env, tuple(env)),
+            cwd=working_dir or p.working_dir, uid=uid, gid=gid, additional_gids=groups,
+            cgroup_procs=cg.procs_files() if cg else (), capabilities=self._capabilities(),
+        )
+        proc = await asyncio.create_subprocess_exec(
+            self.settings.python, "-m", "agent.runtime.nsenter",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        assert proc.stdin and proc.stdout and proc.stderr
+        proc.stdin.write(exec_plan.to_json().encode())
+        await proc.stdin.drain()
+        proc.stdin.close()
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+        async def pump(stream: asyncio.StreamReader, name: str) -> None:
+            while chunk := await stream.read(65536):
+                await queue.put((name, chunk))
+
+        pumps = [asyncio.create_task(pump(proc.stdout, "stdout")),
+                 asyncio.create_task(pump(proc.stderr, "stderr"))]
+        try:
+            done = asyncio.gather(*pumps)
+            while not (done.done() and queue.empty()):
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            code = await proc.wait()
+            yield ("exit", code)
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            for task in pumps:
+                task.cancel()
+
+
+__all__ = ["Container", "ContainerRuntime", "ExitStatus", "RuntimeSettings"]

@@ -1,0 +1,136 @@
+"""Container specs as the runtime sees them, and parsing of the values users type.
+
+Protobuf messages stop at the server; the runtime works on these frozen dataclasses. Parsing lives here so
+the CLI and the server agree on what ``--memory 64M`` or ``--cpus 0.5`` mean and reject the same input with
+the same message.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import NewType
+
+from agent.errors import InvalidArgument
+
+ContainerId = NewType("ContainerId", str)
+
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB]?)\s*$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+# A cgroup memory limit below this kills the container before it can exec.
+MIN_MEMORY_BYTES = 6 << 20
+
+
+class NetworkMode(Enum):
+    NONE = "none"
+    HOST = "host"
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory_bytes: int | None = None
+    cpu_millis: int | None = None
+    pids_max: int | None = None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What the caller asked for; merged with the image config at create time."""
+
+    image: str
+    entrypoint: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    working_dir: str = ""
+    user: str = ""
+    hostname: str = ""
+    resources: Resources = field(default_factory=Resources)
+    read_only: bool = False
+    network: NetworkMode = NetworkMode.NONE
+    labels: tuple[tuple[str, str], ...] = ()
+    auto_remove: bool = False
+
+
+def new_container_id() -> ContainerId:
+    return ContainerId(secrets.token_hex(32))
+
+
+def validate_id(raw: str) -> ContainerId:
+    if not _ID_RE.match(raw):
+        raise InvalidArgument(
+            f"invalid container id {raw!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    return ContainerId(raw)
+
+
+def validate_name(raw: str) -> str:
+    if not _NAME_RE.match(raw):
+        raise InvalidArgument(
+            f"invalid container name {raw!r}: use letters, digits, '_', '.', '-' (at most 128), "
+            "starting with a letter or digit"
+        )
+    return raw
+
+
+def parse_size(raw: str, *, what: str = "size") -> int:
+    """``64M``, ``1g``, ``512k``, ``1.5GiB``, ``1048576`` → bytes (binary units, like Docker)."""
+    m = _SIZE_RE.match(raw)
+    if not m:
+        raise InvalidArgument(
+            f"invalid {what} {raw!r}: expected a number with an optional unit k, m, g or t (e.g. 64M)"
+        )
+    number, unit = float(m.group(1)), m.group(2).lower()
+    return int(number * _UNITS[unit])
+
+
+def parse_memory(raw: str) -> int:
+    value = parse_size(raw, what="memory limit")
+    if value < MIN_MEMORY_BYTES:
+        raise InvalidArgument(
+            f"memory limit {raw!r} is too small: the minimum is {MIN_MEMORY_BYTES >> 20}M"
+        )
+    return value
+
+
+def parse_cpus(raw: str) -> int:
+    """``0.5`` cores → 500 millicores; ``250m`` is accepted too (Kubernetes style)."""
+    text = raw.strip()
+    try:
+        millis = int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)
+    except ValueError:
+        raise InvalidArgument(f"invalid cpu limit {raw!r}: expected cores like 0.5 or 2") from None
+    if millis < 10:
+        raise InvalidArgument(f"cpu limit {raw!r} is too small: the minimum is 0.01 cores")
+    return millis
+
+
+def parse_pids(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"invalid pids limit {raw!r}: expected a whole number") from None
+    if value < 1:
+        raise InvalidArgument(f"pids limit must be at least 1, got {value}")
+    return value
+
+
+def parse_env(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise InvalidArgument(f"invalid environment variable {item!r}: expected KEY=VALUE")
+    return tuple(items)
+
+
+def merge_env(base: tuple[str, ...], overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """Image env then spec env; a later KEY replaces an earlier one in place."""
+    merged: dict[str, str] = {}
+    for item in (*base, *overrides):
+        key, _, value = item.partition("=")
+        merged[key] = value
+    return tuple(f"{k}={v}" for k, v in merged.items())
