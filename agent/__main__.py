@@ -1,0 +1,118 @@
+"""``shoal-agent``: start the per-host daemon (gRPC API, container runtime, image store).
+
+The daemon never forks containers itself: its supervisor process does, so this process can be killed and
+restarted at any time without touching running containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+
+from agent import config
+from agent.cgroups import manager as cgroups
+from agent.images.store import ImageStore
+from agent.runtime.containers import ContainerRuntime, RuntimeSettings
+from agent.server import add_services
+
+log = logging.getLogger("shoal.agent")
+
+
+def _check_socket_free(path: Path) -> None:
+    """Refuse to steal the socket of a live agent; remove a stale one left by a killed agent."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise SystemExit(f"shoal-agent: another agent is already listening on {path}")
+
+
+def _bind(server: grpc.aio.Server, settings: config.AgentSettings) -> list[Path]:
+    sockets = []
+    for address in settings.listen:
+        path = config.unix_path(address)
+        if path is not None:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            _check_socket_free(path)
+            # The socket is the whole API: root only. The umask closes the window before chmod.
+            old = os.umask(0o177)
+            try:
+                server.add_insecure_port(f"unix://{path}")
+            finally:
+                os.umask(old)
+            sockets.append(path)
+            continue
+        if settings.tls is not None:
+            creds = grpc.ssl_server_credentials(
+                [(settings.tls.key.read_bytes(), settings.tls.cert.read_bytes())],
+                root_certificates=settings.tls.ca.read_bytes(), require_client_auth=True,
+            )
+            server.add_secure_port(address, creds)
+        elif settings.insecure_tcp:
+            log.warning("listening on %s without TLS (--insecure-tcp)", address)
+            server.add_insecure_port(address)
+        else:
+            raise SystemExit(
+                f"shoal-agent: TCP listener {address} needs mutual TLS: pass --tls-dir DIR "
+                "(with ca.pem, agent.pem, agent-key.pem), or --insecure-tcp for loopback tests"
+            )
+    return sockets
+
+
+async def serve(settings: config.AgentSettings) -> None:
+    settings.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ballast = bytearray(settings.ballast_mib << 20) if settings.ballast_mib else None
+    if ballast is not None:
+        ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page so it is resident
+    store = ImageStore(settings.root / "images")
+    runtime = ContainerRuntime(
+        RuntimeSettings(root=settings.root, cgroup_parent=settings.cgroup_parent,
+                        log_max_bytes=settings.log_max_bytes, log_max_files=settings.log_max_files),
+        images=store, cgroup_manager=cgroups.detect(),
+    )
+    await runtime.open()
+    server = grpc.aio.server()
+    add_services(server, runtime=runtime, store=store, scratch=settings.root / "tmp")
+    sockets = _bind(server, settings)
+    await server.start()
+    for path in sockets:
+        os.chmod(path, 0o600)
+    log.info("shoal-agent serving on %s (root %s, cgroup parent %s)", ", ".join(settings.listen),
+             settings.root, settings.cgroup_parent)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down; containers keep running under the supervisor")
+    await server.stop(grace=2)
+    await runtime.close()
+    for path in sockets:
+        path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = config.build_parser().parse_args(argv)
+    settings = config.settings_from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        raise SystemExit("shoal-agent: must run as root (namespaces, mounts and cgroups)")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

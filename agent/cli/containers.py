@@ -1,0 +1,347 @@
+"""Container verbs of the ``shoal`` CLI: run, ps, logs, stop, kill, rm, exec, inspect, start, wait.
+
+Each verb is a thin client of the agent's gRPC API; all decisions (what a limit means, whether a
+container may be removed) are the agent's, so a remote caller (the scheduler) gets identical behaviour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from agent.cli.client import Agent, CliError, rpc_errors
+from agent.cli.output import ago, command_line, short_id, status_line, table
+from agent.errors import InvalidArgument
+from agent.runtime import spec as specs
+from proto.agent.v1 import agent_pb2 as pb
+
+# docker run's own exit statuses: 125 the run itself failed, 126 cannot invoke, 127 not found.
+EXIT_RUN_FAILED = 125
+_LAUNCH_EXIT = {"not-found": 127, "not-executable": 126}
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser("run", help="create and start a container from an image")
+    run.add_argument("-d", "--detach", action="store_true", help="run in the background, print the id")
+    run.add_argument("--name", default="")
+    run.add_argument("--id", default="", help="caller-chosen container id (idempotent create)")
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    run.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
+    run.add_argument("-m", "--memory", default=None, help="memory limit, e.g. 64M (no swap)")
+    run.add_argument("--cpus", default=None, help="cpu limit in cores, e.g. 0.5")
+    run.add_argument("--pids", "--pids-limit", dest="pids", default=None, help="max processes")
+    run.add_argument("--hostname", "-h", default="")
+    run.add_argument("-u", "--user", default="", help="UID[:GID] or NAME[:GROUP]")
+    run.add_argument("-w", "--workdir", default="")
+    run.add_argument("--entrypoint", default=None, help="override the image's entrypoint")
+    run.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
+    run.add_argument("--network", "--net", default="none", choices=["none", "host"])
+    run.add_argument("image")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_run)
+
+    create = sub.add_parser("create", help="create a container without starting it",
+                            parents=[], conflict_handler="resolve")
+    for action in run._actions:
+        if action.dest in ("help", "detach"):
+            continue
+        create._add_action(action)
+    create.set_defaults(func=cmd_create)
+
+    ps = sub.add_parser("ps", help="list containers")
+    ps.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    ps.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    ps.add_argument("-f", "--filter", action="append", default=[], metavar="label=K=V|name=N",
+                    help="filter by label or name")
+    ps.add_argument("--no-trunc", action="store_true")
+    ps.set_defaults(func=cmd_ps)
+
+    logs = sub.add_parser("logs", help="show a container's output")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-t", "--timestamps", action="store_true")
+    logs.add_argument("-n", "--tail", type=int, default=0, help="only the last N lines")
+    logs.add_argument("container")
+    logs.set_defaults(func=cmd_logs)
+
+    start = sub.add_parser("start", help="start created or stopped containers")
+    start.add_argument("containers", nargs="+")
+    start.set_defaults(func=cmd_start)
+
+    stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after a grace period")
+    stop.add_argument("-t", "--time", type=int, default=None, help="seconds before SIGKILL (default 10)")
+    stop.add_argument("containers", nargs="+")
+    stop.set_defaults(func=cmd_stop)
+
+    kill = sub.add_parser("kill", help="send a signal (default KILL)")
+    kill.add_argument("-s", "--signal", default="KILL")
+    kill.add_argument("containers", nargs="+")
+    kill.set_defaults(func=cmd_kill)
+
+    rm = sub.add_parser("rm", help="remove containers")
+    rm.add_argument("-f", "--force", action="store_true", help="kill running containers first")
+    rm.add_argument("containers", nargs="+")
+    rm.set_defaults(func=cmd_rm)
+
+    wait = sub.add_parser("wait", help="wait for containers to exit, print their exit codes")
+    wait.add_argument("containers", nargs="+")
+    wait.set_defaults(func=cmd_wait)
+
+    exe = sub.add_parser("exec", help="run a command inside a running container")
+    exe.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    exe.add_argument("-u", "--user", default="")
+    exe.add_argument("-w", "--workdir", default="")
+    exe.add_argument("container")
+    exe.add_argument("command", nargs=argparse.REMAINDER)
+    exe.set_defaults(func=cmd_exec)
+
+    inspect = sub.add_parser("inspect", help="a container's full record as JSON")
+    inspect.add_argument("containers", nargs="+")
+    inspect.set_defaults(func=cmd_inspect)
+
+
+def _key_values(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"invalid {what} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
+    try:
+        resources = pb.Resources(
+            memory_bytes=specs.parse_memory(args.memory) if args.memory else 0,
+            cpu_millis=specs.parse_cpus(args.cpus) if args.cpus else 0,
+            pids_max=specs.parse_pids(args.pids) if args.pids else 0,
+        )
+        env = specs.parse_env(args.env)
+    except InvalidArgument as err:
+        raise CliError(str(err), code=EXIT_RUN_FAILED) from None
+    entrypoint = [args.entrypoint] if args.entrypoint else []
+    spec = pb.ContainerSpec(
+        image=args.image, entrypoint=entrypoint, command=args.command, env=env,
+        working_dir=args.workdir, user=args.user, hostname=args.hostname, resources=resources,
+        read_only=args.read_only,
+        network=pb.NETWORK_MODE_HOST if args.network == "host" else pb.NETWORK_MODE_NONE,
+        labels=_key_values(args.label, "label"), auto_remove=bool(args.rm and args.detach),
+    )
+    return pb.CreateContainerRequest(id=args.id, name=args.name, spec=spec)
+
+
+def cmd_create(agent: Agent, args: argparse.Namespace) -> int:
+    with rpc_errors(agent.address, code=EXIT_RUN_FAILED):
+        ctr = agent.containers.CreateContainer(build_request(args))
+    print(ctr.id)
+    return 0
+
+
+def _launch_code(err: grpc.RpcError) -> int:
+    trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
+    return _LAUNCH_EXIT.get(str(trailing.get("shoal-launch-kind", "")), EXIT_RUN_FAILED)
+
+
+def cmd_run(agent: Agent, args: argparse.Namespace) -> int:
+    request = build_request(args)
+    with rpc_errors(agent.address, code=EXIT_RUN_FAILED):
+        ctr = agent.containers.CreateContainer(request)
+    try:
+        agent.containers.StartContainer(pb.ContainerRef(id=ctr.id))
+    except grpc.RpcError as err:
+        code = _launch_code(err)
+        # The user never got this container's id: do not leave it behind.
+        if not args.detach or args.rm:
+            _remove_quietly(agent, ctr.id)
+        raise CliError(err.details() or "start failed", code=code) from None
+    if args.detach:
+        print(ctr.id)
+        return 0
+    return _attach(agent, ctr.id, remove=args.rm)
+
+
+def _remove_quietly(agent: Agent, container_id: str) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        agent.containers.RemoveContainer(pb.RemoveContainerRequest(id=container_id, force=True))
+
+
+def _attach(agent: Agent, container_id: str, *, remove: bool) -> int:
+    """Stream the container's output until it exits, then exit with its code."""
+    interrupted = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal interrupted
+        # First ^C asks the container to stop (SIGTERM, then SIGKILL); we keep streaming its output.
+        if not interrupted:
+            interrupted = True
+            with contextlib.suppress(grpc.RpcError):
+                agent.containers.StopContainer.future(
+                    pb.StopContainerRequest(id=container_id, timeout_seconds=10))
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with rpc_errors(agent.address):
+            _stream_logs(agent, pb.ContainerLogsRequest(id=container_id, follow=True), timestamps=False)
+            status = agent.containers.WaitContainer(pb.ContainerRef(id=container_id))
+    finally:
+        if remove:
+            _remove_quietly(agent, container_id)
+    if status.reason == "StartFailed" and status.error:
+        print(f"shoal: {status.error}", file=sys.stderr)
+    return status.exit_code
+
+
+def _stream_logs(agent: Agent, request: pb.ContainerLogsRequest, *, timestamps: bool) -> None:
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    for entry in agent.containers.ContainerLogs(request):
+        target = err if entry.stream == pb.LOG_STREAM_STDERR else out
+        if timestamps:
+            target.write(entry.time.ToJsonString().encode() + b" ")
+        target.write(entry.line if entry.partial else entry.line + b"\n")
+        target.flush()
+
+
+def cmd_logs(agent: Agent, args: argparse.Namespace) -> int:
+    request = pb.ContainerLogsRequest(id=args.container, follow=args.follow, tail=args.tail,
+                                      timestamps=args.timestamps)
+    with rpc_errors(agent.address):
+        try:
+            _stream_logs(agent, request, timestamps=args.timestamps)
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+def _filters(raw: list[str]) -> tuple[dict[str, str], str]:
+    labels, name = {}, ""
+    for item in raw:
+        kind, _, rest = item.partition("=")
+        if kind == "label":
+            labels.update(_key_values([rest], "label filter"))
+        elif kind == "name":
+            name = rest
+        else:
+            raise CliError(f"unsupported filter {item!r}: use label=KEY=VALUE or name=NAME")
+    return labels, name
+
+
+def cmd_ps(agent: Agent, args: argparse.Namespace) -> int:
+    labels, name = _filters(args.filter)
+    with rpc_errors(agent.address):
+        found = agent.containers.ListContainers(
+            pb.ListContainersRequest(all=args.all, labels=labels, name=name)).containers
+    if args.quiet:
+        for ctr in found:
+            print(ctr.id if args.no_trunc else ctr.id[:12])
+        return 0
+    rows = [
+        [ctr.id if args.no_trunc else ctr.id[:12], ctr.spec.image,
+         command_line(ctr.argv, width=10_000 if args.no_trunc else 20),
+         ago(ctr.created_at.ToNanoseconds() / 1e9), status_line(ctr), ctr.name]
+        for ctr in found
+    ]
+    print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows))
+    return 0
+
+
+def _each(agent: Agent, refs: list[str], call: Any) -> int:
+    """Apply ``call`` to every ref, docker style: print each success, report each failure, go on."""
+    status = 0
+    for ref in refs:
+        try:
+            call(ref)
+            print(ref)
+        except grpc.RpcError as err:
+            from agent.cli.client import describe_rpc_error
+
+            print(f"shoal: {describe_rpc_error(err, agent.address)}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_start(agent: Agent, args: argparse.Namespace) -> int:
+    return _each(agent, args.containers,
+                 lambda ref: agent.containers.StartContainer(pb.ContainerRef(id=ref)))
+
+
+def cmd_stop(agent: Agent, args: argparse.Namespace) -> int:
+    def stop(ref: str) -> None:
+        request = pb.StopContainerRequest(id=ref)
+        if args.time is not None:
+            request.timeout_seconds = args.time
+        agent.containers.StopContainer(request)
+
+    return _each(agent, args.containers, stop)
+
+
+def cmd_kill(agent: Agent, args: argparse.Namespace) -> int:
+    return _each(agent, args.containers, lambda ref: agent.containers.KillContainer(
+        pb.KillContainerRequest(id=ref, signal=args.signal)))
+
+
+def cmd_rm(agent: Agent, args: argparse.Namespace) -> int:
+    return _each(agent, args.containers, lambda ref: agent.containers.RemoveContainer(
+        pb.RemoveContainerRequest(id=ref, force=args.force)))
+
+
+def cmd_wait(agent: Agent, args: argparse.Namespace) -> int:
+    with rpc_errors(agent.address):
+        for ref in args.containers:
+            print(agent.containers.WaitContainer(pb.ContainerRef(id=ref)).exit_code)
+    return 0
+
+
+def cmd_exec(agent: Agent, args: argparse.Namespace) -> int:
+    if not args.command:
+        raise CliError("exec needs a command: shoal exec CONTAINER COMMAND [ARG...]")
+    request = pb.ExecRequest(id=args.container, command=args.command, env=args.env,
+                             working_dir=args.workdir, user=args.user)
+    code = 0
+    with rpc_errors(agent.address, code=126):
+        for out in _exec_stream(agent, request):
+            kind = out.WhichOneof("payload")
+            if kind == "stdout":
+                sys.stdout.buffer.write(out.stdout)
+                sys.stdout.buffer.flush()
+            elif kind == "stderr":
+                sys.stderr.buffer.write(out.stderr)
+                sys.stderr.buffer.flush()
+            else:
+                code = out.exit_code
+    return code
+
+
+def _exec_stream(agent: Agent, request: pb.ExecRequest) -> Iterator[pb.ExecOutput]:
+    yield from agent.containers.Exec(request)
+
+
+_STATE_NAMES = {pb.CONTAINER_STATE_CREATED: "created", pb.CONTAINER_STATE_RUNNING: "running",
+                pb.CONTAINER_STATE_EXITED: "exited"}
+
+
+def container_json(ctr: pb.Container) -> dict[str, Any]:
+    raw = json_format.MessageToDict(ctr, preserving_proto_field_name=True,
+                                    always_print_fields_with_no_presence=True)
+    raw["state"] = _STATE_NAMES.get(ctr.state, "unknown")
+    raw["short_id"] = short_id(ctr.id)
+    return raw
+
+
+def cmd_inspect(agent: Agent, args: argparse.Namespace) -> int:
+    out = []
+    with rpc_errors(agent.address):
+        for ref in args.containers:
+            out.append(container_json(agent.containers.GetContainer(pb.ContainerRef(id=ref))))
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0

@@ -1,0 +1,134 @@
+"""Image verbs of the ``shoal`` CLI: ``image import``, ``image ls``, ``image rm``, ``image inspect``.
+
+``import`` hands a local agent the path (no copy); a remote agent gets the archive streamed as bytes
+(an OCI layout directory is tarred on the fly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from agent.cli.client import Agent, CliError, rpc_errors
+from agent.cli.output import ago, human_size, short_id, table
+from proto.agent.v1 import agent_pb2 as pb
+
+CHUNK = 1 << 20
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    image = sub.add_parser("image", help="manage images")
+    isub = image.add_subparsers(dest="image_command", required=True)
+
+    imp = isub.add_parser("import", help="import an OCI layout (dir or tar) or a docker-archive tar")
+    imp.add_argument("path", type=Path)
+    imp.add_argument("--name", default="", help="NAME:TAG to give the image")
+    imp.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    imp.set_defaults(func=cmd_import)
+
+    ls = isub.add_parser("ls", help="list images")
+    ls.add_argument("-q", "--quiet", action="store_true")
+    ls.set_defaults(func=cmd_ls)
+
+    rm = isub.add_parser("rm", help="remove images (refused while a container uses them)")
+    rm.add_argument("refs", nargs="+")
+    rm.set_defaults(func=cmd_rm)
+
+    inspect = isub.add_parser("inspect", help="an image's record and config as JSON")
+    inspect.add_argument("refs", nargs="+")
+    inspect.set_defaults(func=cmd_inspect)
+
+
+def _upload(path: Path, name: str) -> Iterator[pb.ImportImageRequest]:
+    yield pb.ImportImageRequest(name=name, chunk=b"")
+    if path.is_dir():
+        with tempfile.TemporaryFile() as tmp:
+            with tarfile.open(fileobj=tmp, mode="w") as tf:
+                tf.add(path, arcname=".")
+            tmp.seek(0)
+            yield from _chunks(tmp)
+    else:
+        with path.open("rb") as f:
+            yield from _chunks(f)
+
+
+def _chunks(f: io.BufferedIOBase | tempfile._TemporaryFileWrapper[bytes]) -> Iterator[pb.ImportImageRequest]:
+    while data := f.read(CHUNK):
+        yield pb.ImportImageRequest(chunk=data)
+
+
+def cmd_import(agent: Agent, args: argparse.Namespace) -> int:
+    path: Path = args.path.absolute()
+    if not path.exists():
+        raise CliError(f"no such file or directory: {args.path}")
+    if agent.is_local:
+        requests: Iterator[pb.ImportImageRequest] = iter([pb.ImportImageRequest(path=str(path),
+                                                                                name=args.name)])
+    else:
+        requests = _upload(path, args.name)
+    image = None
+    show = not args.quiet and sys.stderr.isatty()
+    with rpc_errors(agent.address):
+        for progress in agent.images.ImportImage(requests):
+            if progress.phase == "done":
+                image = progress.image
+            elif progress.layer and not args.quiet and progress.phase in ("layer", "unpacked"):
+                note = "already exists" if progress.already_present else "unpacked"
+                if show or progress.phase == "unpacked" or progress.already_present:
+                    print(f"layer {progress.index}/{progress.total} {short_id(progress.layer)}: {note}",
+                          file=sys.stderr)
+    if image is None:
+        raise CliError("the agent ended the import without a result")
+    if args.quiet:
+        print(image.id)
+    else:
+        names = ", ".join(image.repo_tags) or "<untagged>"
+        print(f"Loaded image: {names} ({short_id(image.id)})")
+    return 0
+
+
+def cmd_ls(agent: Agent, args: argparse.Namespace) -> int:
+    with rpc_errors(agent.address):
+        images = agent.images.ListImages(pb.ListImagesRequest()).images
+    if args.quiet:
+        for image in images:
+            print(short_id(image.id))
+        return 0
+    rows = []
+    for image in images:
+        created = ago(image.created.ToNanoseconds() / 1e9) if image.HasField("created") else ""
+        for tag in image.repo_tags or ["<none>:<none>"]:
+            repo, _, version = tag.rpartition(":")
+            rows.append([repo, version, short_id(image.id), created, human_size(image.size)])
+    print(table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows))
+    return 0
+
+
+def cmd_rm(agent: Agent, args: argparse.Namespace) -> int:
+    with rpc_errors(agent.address):
+        for ref in args.refs:
+            result = agent.images.RemoveImage(pb.RemoveImageRequest(ref=ref))
+            for tag in result.untagged:
+                print(f"Untagged: {tag}")
+            for digest in result.deleted:
+                print(f"Deleted: {digest}")
+    return 0
+
+
+def cmd_inspect(agent: Agent, args: argparse.Namespace) -> int:
+    out = []
+    with rpc_errors(agent.address):
+        for ref in args.refs:
+            image = agent.images.GetImage(pb.ImageRef(ref=ref))
+            out.append(json_format.MessageToDict(image, preserving_proto_field_name=True))
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0

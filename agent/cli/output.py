@@ -1,0 +1,62 @@
+"""Human output for the CLI: tables aligned like docker's, relative times, sizes, status lines."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Sequence
+
+from proto.agent.v1 import agent_pb2 as pb
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [list(headers), *rows]]
+    return "\n".join(lines)
+
+
+def ago(seconds: float, *, now: float | None = None) -> str:
+    return f"{duration((now or time.time()) - seconds)} ago"
+
+
+def duration(delta: float) -> str:
+    delta = max(delta, 0)
+    if delta < 1:
+        return "Less than a second"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if delta >= size:
+            n = int(delta // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    n = int(delta)
+    return f"{n} second{'s' if n != 1 else ''}"
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.3g}{unit}"
+        value /= 1000
+    return f"{value:.3g}TB"
+
+
+def status_line(ctr: pb.Container) -> str:
+    if ctr.state == pb.CONTAINER_STATE_RUNNING:
+        return f"Up {duration(time.time() - ctr.started_at.ToNanoseconds() / 1e9)}"
+    if ctr.state == pb.CONTAINER_STATE_EXITED:
+        when = ago(ctr.finished_at.ToNanoseconds() / 1e9) if ctr.HasField("finished_at") else ""
+        reason = f" {ctr.reason}" if ctr.reason in ("OOMKilled", "StartFailed", "Lost") else ""
+        return f"Exited ({ctr.exit_code}){reason} {when}".rstrip()
+    return "Created"
+
+
+def command_line(argv: Sequence[str], *, width: int = 20) -> str:
+    text = shlex.join(argv)
+    return f'"{text[: width - 1]}…"' if len(text) > width else f'"{text}"'
+
+
+def short_id(digest_or_id: str) -> str:
+    return digest_or_id.removeprefix("sha256:")[:12]

@@ -1,0 +1,90 @@
+"""``shoal-agent serve`` settings: command-line flags → one frozen dataclass.
+
+Listen addresses are gRPC targets: ``unix:///run/shoal/agent.sock`` (the default, mode 0600) or
+``HOST:PORT``. A TCP listener carries the whole API, so it requires mutual TLS (``--tls-dir`` holding
+``ca.pem``, ``agent.pem`` and ``agent-key.pem``); plain TCP needs the explicit ``--insecure-tcp``, meant
+for tests on loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROOT = Path("/var/lib/shoal")
+DEFAULT_LISTEN = "unix:///run/shoal/agent.sock"
+DEFAULT_CGROUP_PARENT = "shoal"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    root: Path
+    listen: tuple[str, ...]
+    cgroup_parent: str
+    log_level: str
+    log_max_bytes: int
+    log_max_files: int
+    tls: TlsFiles | None
+    insecure_tcp: bool
+    ballast_mib: int = 0
+
+
+def unix_path(address: str) -> Path | None:
+    if address.startswith("unix://"):
+        return Path(address[len("unix://"):])
+    if address.startswith("unix:"):
+        return Path(address[len("unix:"):])
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoal-agent", description="Shoal's per-host container agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the agent (gRPC API over a unix socket or mTLS TCP)")
+    serve.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                       help=f"state directory (default {DEFAULT_ROOT})")
+    serve.add_argument("--listen", action="append", default=[], metavar="ADDR",
+                       help=f"unix:///PATH or HOST:PORT; repeatable (default {DEFAULT_LISTEN})")
+    serve.add_argument("--cgroup-parent", default=DEFAULT_CGROUP_PARENT,
+                       help="cgroup under which containers are created (default %(default)s)")
+    serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
+                       choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-max-size", default="10M",
+                       help="rotate a container's log file at this size (default %(default)s)")
+    serve.add_argument("--log-max-files", type=int, default=3,
+                       help="log files kept per container, current one included (default %(default)s)")
+    serve.add_argument("--tls-dir", type=Path, default=None,
+                       help="directory with ca.pem, agent.pem, agent-key.pem for mTLS on TCP listeners")
+    serve.add_argument("--insecure-tcp", action="store_true",
+                       help="allow TCP listeners without TLS (testing on loopback only)")
+    # Benchmarks only: grow the daemon's heap to show start latency does not depend on it.
+    serve.add_argument("--bench-ballast-mib", type=int, default=0, help=argparse.SUPPRESS)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    from agent.runtime.spec import parse_size
+
+    tls = None
+    if args.tls_dir is not None:
+        tls = TlsFiles(ca=args.tls_dir / "ca.pem", cert=args.tls_dir / "agent.pem",
+                       key=args.tls_dir / "agent-key.pem")
+    if not args.cgroup_parent or "/" in args.cgroup_parent.strip("/") or ".." in args.cgroup_parent:
+        raise SystemExit(f"shoal-agent: invalid --cgroup-parent {args.cgroup_parent!r}: one path component")
+    if args.log_max_files < 1:
+        raise SystemExit("shoal-agent: --log-max-files must be at least 1")
+    return AgentSettings(
+        root=args.root.absolute(), listen=tuple(args.listen or [DEFAULT_LISTEN]),
+        cgroup_parent=args.cgroup_parent.strip("/"), log_level=args.log_level,
+        log_max_bytes=parse_size(args.log_max_size, what="log size"), log_max_files=args.log_max_files,
+        tls=tls, insecure_tcp=args.insecure_tcp, ballast_mib=args.bench_ballast_mib,
+    )
