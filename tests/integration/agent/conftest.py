@@ -1,0 +1,159 @@
+"""A real shoal-agent on a private root, socket and cgroup parent, driven through the real CLI.
+
+Every test module gets its own agent; the finalizer removes every container, stops the agent and its
+supervisor and checks that nothing of Shoal's is left on the host (mounts, cgroups, processes).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.images import build_busybox_oci
+
+BIN = Path(sys.executable).parent
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def shoal_bin(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+@dataclass
+class AgentProcess:
+    root: Path
+    socket: Path
+    cgroup_parent: str
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [shoal_bin("shoal-agent"), "serve", "--root", str(self.root), "--listen", self.address,
+             "--cgroup-parent", self.cgroup_parent, "--log-level", "debug"],
+            stdout=out, stderr=out, start_new_session=True,
+        )
+        out.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited early:\n{self.log.read_text()[-3000:]}")
+            if self.run("ps", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"agent did not answer within 30s:\n{self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.proc = None
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60,
+            input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [shoal_bin("shoal"), "--agent", self.address, *args], capture_output=True, text=True,
+            timeout=timeout, input=input.decode() if input else None,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"shoal {' '.join(args)} exited {result.returncode}\nstdout: {result.stdout}\n"
+                f"stderr: {result.stderr}"
+            )
+        return result
+
+    def supervisor_pid(self) -> int | None:
+        try:
+            pid = int((self.root / "supervisor.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def shoal_cgroup_dirs(parent: str) -> list[Path]:
+    return sorted(p for p in CGROUP_ROOT.glob(f"*/{parent}/*") if p.is_dir())
+
+
+def overlay_mounts_under(root: Path) -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(root) in line]
+
+
+@pytest.fixture(scope="module")
+def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_busybox_oci(tmp_path_factory.mktemp("img") / "busybox")
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> Iterator[AgentProcess]:
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    base = tmp_path_factory.mktemp("agent")
+    proc = AgentProcess(root=base / "root", socket=base / "agent.sock",
+                        cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=base / "agent.log")
+    proc.start()
+    proc.run("image", "import", str(busybox_image), "--name", "test/busybox:v1")
+    try:
+        yield proc
+    finally:
+        if proc.proc is None:
+            proc.start()
+        ids = proc.run("ps", "-aq", "--no-trunc", check=False).stdout.split()
+        if ids:
+            proc.run("rm", "-f", *ids, check=False)
+        sup = proc.supervisor_pid()
+        proc.stop()
+        if sup is not None:
+            _wait_gone(sup)
+        for d in CGROUP_ROOT.glob(f"*/{proc.cgroup_parent}"):
+            d.rmdir()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_gone(pid: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"supervisor {pid} did not exit after the agent stopped with no containers")
+
+
+def wait_for(predicate, timeout: float = 20, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Bounded poll for a condition the system exposes no event for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within timeout")
+        time.sleep(interval)
