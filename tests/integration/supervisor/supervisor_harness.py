@@ -1,0 +1,81 @@
+"""Helpers for supervisor integration tests: plans for host commands, bounded waits, process checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from agent.runtime.plan import LaunchPlan, OverlayRootfs
+from agent.runtime.supervisor import SupervisorPaths
+
+FAKE_LAUNCHER = f"{Path(__file__).with_name('fake_launcher.py')}:launch"
+T = TypeVar("T")
+
+
+def host_plan(container_id: str, *argv: str) -> LaunchPlan:
+    return LaunchPlan(
+        container_id=container_id, rootfs=OverlayRootfs(lower=(), upper="", work="", target=""),
+        argv=argv, env=("PATH=/usr/sbin:/usr/bin:/sbin:/bin",),
+    )
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` no longer exists (reaping it if it is our child)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def async_wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
+
+
+def supervisor_pid(root: Path) -> int | None:
+    try:
+        text = SupervisorPaths(root).pidfile.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None
+
+
+def container_dir(root: Path, cid: str) -> Path:
+    path = root / "containers" / cid
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
