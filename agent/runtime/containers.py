@@ -403,18 +403,22 @@ class ContainerRuntime:
         )
         cg = self.cgroups.open(prepared.cgroup_name)
         if cg is None:
-            cg = self.cgroups.create(prepared.cgroup_name, limits=limits,
-                                     devices=cgroups.DEFAULT_DEVICE_RULES)
+            rules = cgroups.DEFAULT_DEVICE_RULES if self.cgroups.supports_device_rules else ()
+            cg = self.cgroups.create(prepared.cgroup_name, limits=limits, devices=rules)
         else:
             cg.apply(limits)
         ctr.cgroup_paths = cg.paths()
         return cg
 
-    def _capabilities(self) -> tuple[str, ...]:
+    def _capabilities(self, network: NetworkMode) -> tuple[str, ...]:
         caps = plans.DEFAULT_CAPABILITIES
         if not self.cgroups.supports_device_rules:
             # Without a device cgroup (v2 needs eBPF), mknod is the only guard against host disks.
             caps = tuple(c for c in caps if c != "MKNOD")
+        if network is NetworkMode.HOST:
+            # Docker keeps NET_RAW; on the host's own network it lets a container sniff and spoof
+            # the host's traffic, so Shoal drops it there.
+            caps = tuple(c for c in caps if c != "NET_RAW")
         return caps
 
     def _launch_plan(self, ctr: Container, *, cgroup_procs: tuple[str, ...]) -> plans.LaunchPlan:
@@ -429,7 +433,7 @@ class ContainerRuntime:
                                        target=p.rootfs_dir),
             argv=p.argv, env=p.env, cwd=p.working_dir, uid=p.uid, gid=p.gid,
             additional_gids=p.additional_gids, hostname=p.hostname, read_only=spec.read_only,
-            namespaces=namespaces, cgroup_procs=cgroup_procs, capabilities=self._capabilities(),
+            namespaces=namespaces, cgroup_procs=cgroup_procs, capabilities=self._capabilities(spec.network),
         )
 
     # -- stop / kill / wait -----------------------------------------------------------------------
@@ -529,7 +533,8 @@ class ContainerRuntime:
         exec_plan = plans.ExecPlan(
             target_pid=ctr.pid, argv=tuple(argv), env=merge_env(p.env, tuple(env)),
             cwd=working_dir or p.working_dir, uid=uid, gid=gid, additional_gids=groups,
-            cgroup_procs=cg.procs_files() if cg else (), capabilities=self._capabilities(),
+            cgroup_procs=cg.procs_files() if cg else (),
+            capabilities=self._capabilities(ctr.spec.network),
         )
         proc = await asyncio.create_subprocess_exec(
             self.settings.python, "-m", "agent.runtime.nsenter",

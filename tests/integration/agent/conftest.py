@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.images import build_busybox_oci
+from tests.fixtures import images as image_fixtures
 
 BIN = Path(sys.executable).parent
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -107,9 +107,26 @@ def overlay_mounts_under(root: Path) -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(root) in line]
 
 
+def full_busybox_layer() -> bytes:
+    """Every applet this busybox has (mount, mknod, ping, ...), so tests can probe the hardening."""
+    applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    f = image_fixtures
+    entries = [f.directory(d) for d in ("bin", "etc", "proc", "sys", "dev", "root", "mnt")]
+    entries.append(f.directory("tmp", 0o1777))
+    entries.append(f.file("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755))
+    entries += [f.symlink(f"bin/{a}", "/bin/busybox") for a in applets if a != "busybox"]
+    entries.append(f.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"
+                                        b"nobody:x:65534:65534::/:/bin/false\n"))
+    entries.append(f.file("etc/group", b"root:x:0:\nnogroup:x:65534:\n"))
+    return f.layer_tar(entries)
+
+
 @pytest.fixture(scope="module")
 def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_busybox_oci(tmp_path_factory.mktemp("img") / "busybox")
+    layout = tmp_path_factory.mktemp("img") / "busybox"
+    return image_fixtures.build_oci_layout(layout, [full_busybox_layer()], ref_name="v1",
+                                           config={"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})
 
 
 @pytest.fixture(scope="module")
