@@ -93,7 +93,9 @@ def _parse_int(text: str, path: str) -> int:
 class FakeCgroupFs:
     """In-memory cgroupfs; see the module docstring for what it mimics."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, swap_accounting: bool = True) -> None:
+        # Without swap accounting (no CONFIG_MEMCG_SWAP or swapaccount=0) v1 has no memory.memsw.* files.
+        self.swap_accounting = swap_accounting
         self.groups: dict[str, _Group] = {}
         self.live: set[int] = set()
         self.pending_kill: set[int] = set()
@@ -104,7 +106,7 @@ class FakeCgroupFs:
     # --- test controls -------------------------------------------------------------------------------
 
     def mount_v1(self, mountpoint: str, controllers: tuple[str, ...]) -> None:
-        root = _Group(mountpoint, mountpoint, 1, controllers, _v1_files(controllers, root=True))
+        root = _Group(mountpoint, mountpoint, 1, controllers, self._v1_files(controllers, root=True))
         if "devices" in controllers:
             root.devices = ["a *:* rwm"]
         self.groups[mountpoint] = root
@@ -131,6 +133,12 @@ class FakeCgroupFs:
         else:
             self._exit(pid)
 
+    def _v1_files(self, controllers: tuple[str, ...], *, root: bool) -> dict[str, str]:
+        files = _v1_files(controllers, root=root)
+        if not self.swap_accounting:
+            files = {k: v for k, v in files.items() if not k.startswith("memory.memsw.")}
+        return files
+
     def set_counter(self, path: str, text: str) -> None:
         """Set a read-only statistic file as the kernel would."""
         directory, name = posixpath.split(path)
@@ -148,7 +156,7 @@ class FakeCgroupFs:
         if parent is None:
             raise _err(errno.ENOENT, path)
         if parent.version == 1:
-            files = _v1_files(parent.controllers, root=False)
+            files = self._v1_files(parent.controllers, root=False)
             group = _Group(path, parent.mount, 1, parent.controllers, files)
             group.devices = list(parent.devices)  # a v1 devices group starts with its parent's list
         else:
@@ -255,7 +263,8 @@ class FakeCgroupFs:
     def _w_memory_limit_in_bytes(self, group: _Group, value: str, path: str) -> None:
         limit = _parse_int(value, path)
         limit = UNLIMITED_V1 if limit == -1 else (limit // PAGE) * PAGE
-        if limit < 0 or limit > int(group.files["memory.memsw.limit_in_bytes"]):
+        memsw = group.files.get("memory.memsw.limit_in_bytes")
+        if limit < 0 or (memsw is not None and limit > int(memsw)):
             raise _err(errno.EINVAL, path)
         group.files["memory.limit_in_bytes"] = str(limit)
 
