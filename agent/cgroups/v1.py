@@ -236,10 +236,11 @@ class V1Cgroup:
             try:
                 # FREEZING → FROZEN once every task stopped; if a task never stops (D state) kill anyway:
                 # SIGKILL is delivered at thaw.
-                manager.poll_until(
-                    lambda: self._fs.read_text(state).strip() == "FROZEN",
-                    timeout_s=timeout_s, clock=self._clock, sleep=self._sleep,
-                )
+                def frozen() -> bool:
+                    with manager.os_errors(op="read", path=state):
+                        return self._fs.read_text(state).strip() == "FROZEN"
+
+                manager.poll_until(frozen, timeout_s=timeout_s, clock=self._clock, sleep=self._sleep)
                 self._signal_all()
             finally:
                 _write(self._fs, state, "THAWED")
