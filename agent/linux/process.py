@@ -1,0 +1,51 @@
+"""Per-process kernel attributes a launcher sets on itself: child subreaper, no_new_privs, hostname,
+inherited file descriptors and signal dispositions.
+
+Everything here is safe between ``fork()`` and ``execve()`` in a single-threaded Python process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterable
+
+from agent.linux import syscalls
+
+# Dispositions a Python parent leaves behind that must not leak into a container: Python ignores
+# SIGPIPE and SIGXFSZ at startup, and ignored signals stay ignored across execve.
+_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants are re-parented to us rather than to the host's init (idempotent)."""
+    syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1, what="set child subreaper")
+
+
+def set_no_new_privs() -> None:
+    """execve can no longer grant privileges (setuid bits, file capabilities)."""
+    syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1, what="set no_new_privs")
+
+
+def set_hostname(name: str) -> None:
+    syscalls.sethostname(name)
+
+
+def close_fds_except(keep: Iterable[int], *, limit: int) -> None:
+    """Close every fd >= 3 except ``keep`` (close_range under the hood, so cheap even for big limits)."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, limit)
+
+
+def reset_signals() -> None:
+    """Default disposition for every signal and an empty mask, as a freshly exec'd program expects."""
+    for sig in signal.valid_signals():
+        if sig in _UNCATCHABLE:
+            continue
+        with contextlib.suppress(OSError, ValueError):  # glibc-reserved realtime signals
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
