@@ -369,8 +369,8 @@ async def follow_entries(directory: Path | str, *, is_finished: Callable[[], boo
             lines = current.read_lines(limit=_READ_CHUNK * 4)
             for entry in _entries(lines, since_ns):
                 yield entry
-            if lines:
-                continue  # more may be waiting; poll only when idle
+            # Checked after every read, not only when idle: the longer we stay on a rotated file, the
+            # likelier its successors are rotated off the end before we get to them.
             following = _successor(path, current)
             if following is not None:
                 # Rotated: the writer no longer appends to ``current``; finish it, then move on.
@@ -379,6 +379,8 @@ async def follow_entries(directory: Path | str, *, is_finished: Callable[[], boo
                 current.close()
                 current = following
                 continue
+            if lines:
+                continue  # more may be waiting; sleep only when idle
             if finished:
                 return
             await asyncio.sleep(poll_interval)
