@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import os
 import signal
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,6 @@ from agent.runtime.supervisor_client import ExitEvent, SupervisorClient, connect
 from tests.integration.supervisor.supervisor_harness import (
     FAKE_LAUNCHER,
     async_wait_until,
-    children_of,
     container_dir,
     host_plan,
     process_gone,
@@ -34,26 +31,6 @@ from tests.integration.supervisor.supervisor_harness import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "root"
-    root.mkdir()
-    pids: list[int] = []
-    yield root
-    pid = supervisor_pid(root)
-    if pid is not None:
-        pids.append(pid)
-    for pid in pids:
-        if not wait_until(lambda pid=pid: process_gone(pid), timeout=5):  # type: ignore[misc]
-            # Left running by a failing test: take it and its containers down.
-            with contextlib.suppress(ProcessLookupError):
-                for child in children_of(pid):
-                    os.kill(child, signal.SIGKILL)
-                os.kill(pid, signal.SIGKILL)
-            wait_until(lambda pid=pid: process_gone(pid), timeout=5)  # type: ignore[misc]
-            pytest.fail(f"supervisor {pid} did not exit by itself")
 
 LOG = {"log_max_bytes": 1 << 20, "log_max_files": 3}
 
