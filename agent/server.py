@@ -337,6 +337,12 @@ class ImagesService(pb_grpc.ImagesServicer):
 
     @unary
     async def RemoveImage(self, request: pb.RemoveImageRequest, context: Any) -> pb.RemoveImageResponse:
+        image = self.store.resolve(request.ref)
+        if self.runtime.image_in_use(image.id):
+            # Stricter than docker (which untags freely): a tag a container was created from stays.
+            raise errors.FailedPrecondition(
+                f"image {request.ref} is in use by a container; remove the container first"
+            )
         result = await asyncio.to_thread(self.store.remove, request.ref, in_use=self.runtime.image_in_use)
         untagged = [r for r in result if not r.startswith("sha256:")]
         deleted = [r for r in result if r.startswith("sha256:")]

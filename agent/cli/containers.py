@@ -31,31 +31,12 @@ _LAUNCH_EXIT = {"not-found": 127, "not-executable": 126}
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="create and start a container from an image")
     run.add_argument("-d", "--detach", action="store_true", help="run in the background, print the id")
-    run.add_argument("--name", default="")
-    run.add_argument("--id", default="", help="caller-chosen container id (idempotent create)")
-    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
-    run.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
-    run.add_argument("-m", "--memory", default=None, help="memory limit, e.g. 64M (no swap)")
-    run.add_argument("--cpus", default=None, help="cpu limit in cores, e.g. 0.5")
-    run.add_argument("--pids", "--pids-limit", dest="pids", default=None, help="max processes")
-    run.add_argument("--hostname", "-h", default="")
-    run.add_argument("-u", "--user", default="", help="UID[:GID] or NAME[:GROUP]")
-    run.add_argument("-w", "--workdir", default="")
-    run.add_argument("--entrypoint", default=None, help="override the image's entrypoint")
-    run.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
-    run.add_argument("--network", "--net", default="none", choices=["none", "host"])
-    run.add_argument("image")
-    run.add_argument("command", nargs=argparse.REMAINDER)
+    _add_create_options(run)
     run.set_defaults(func=cmd_run)
 
-    create = sub.add_parser("create", help="create a container without starting it",
-                            parents=[], conflict_handler="resolve")
-    for action in run._actions:
-        if action.dest in ("help", "detach"):
-            continue
-        create._add_action(action)
-    create.set_defaults(func=cmd_create)
+    create = sub.add_parser("create", help="create a container without starting it")
+    _add_create_options(create)
+    create.set_defaults(func=cmd_create, detach=True)
 
     ps = sub.add_parser("ps", help="list containers")
     ps.add_argument("-a", "--all", action="store_true", help="include stopped containers")
@@ -106,6 +87,25 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     inspect = sub.add_parser("inspect", help="a container's full record as JSON")
     inspect.add_argument("containers", nargs="+")
     inspect.set_defaults(func=cmd_inspect)
+
+
+def _add_create_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default="")
+    parser.add_argument("--id", default="", help="caller-chosen container id (idempotent create)")
+    parser.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    parser.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
+    parser.add_argument("-m", "--memory", default=None, help="memory limit, e.g. 64M (no swap)")
+    parser.add_argument("--cpus", default=None, help="cpu limit in cores, e.g. 0.5")
+    parser.add_argument("--pids", "--pids-limit", dest="pids", default=None, help="max processes")
+    parser.add_argument("--hostname", default="")
+    parser.add_argument("-u", "--user", default="", help="UID[:GID] or NAME[:GROUP]")
+    parser.add_argument("-w", "--workdir", default="")
+    parser.add_argument("--entrypoint", default=None, help="override the image's entrypoint")
+    parser.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
+    parser.add_argument("--network", "--net", default="none", choices=["none", "host"])
+    parser.add_argument("image")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
 
 
 def _key_values(items: list[str], what: str) -> dict[str, str]:
