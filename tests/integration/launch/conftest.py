@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -79,10 +80,8 @@ class Container:
             time.sleep(0.01)
 
     def stop(self) -> Outcome:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         assert self.proc.stdout is not None
         stdout = self.proc.stdout.read()
         self.proc.wait(timeout=30)

@@ -71,7 +71,8 @@ def test_writes_go_to_upper_only_and_containers_do_not_share_them(launcher: Laun
 
 
 def test_read_only_root_refuses_writes(run_in_container: Run) -> None:
-    out = ok(run_in_container("touch /etc/x 2>&1; echo rc=$?; echo t > /tmp/x 2>&1; echo rc=$?", read_only=True))
+    script = "touch /etc/x; echo rc=$?; echo t > /tmp/x; echo rc=$?"
+    out = ok(run_in_container(script, read_only=True))
     assert out.count("Read-only file system") == 2
     assert "rc=0" not in out
 
