@@ -319,7 +319,7 @@ class Archive:
                 ref = refs.parse_reference(raw)
             except InvalidArgument:
                 return None
-            return ref.name_tag if ref.tag is not None else None
+            return refs.familiar_name(ref.name_tag) if ref.tag is not None else None
         base = archive_basename(self.path)
         if base is None:
             return None
@@ -360,7 +360,7 @@ class Archive:
         names: list[str] = []
         for tag in entry.get("RepoTags") or ():
             try:
-                names.append(refs.parse_reference(str(tag)).name_tag)
+                names.append(refs.familiar_name(refs.parse_reference(str(tag)).name_tag))
             except InvalidArgument:
                 continue
         return ArchiveImage(

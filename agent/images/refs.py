@@ -88,6 +88,18 @@ def parse_reference(text: str) -> ImageReference:
     return ImageReference(repository=name, tag=tag, digest=digest if at else None)
 
 
+def familiar_name(name_tag: str) -> str:
+    """Docker Hub names as people write them: ``docker.io/library/busybox:v1`` → ``busybox:v1``.
+
+    Archives written by skopeo or containerd spell out the registry; Shoal keeps names as users type
+    them, so a docker-archive of ``busybox`` must import as ``busybox``.
+    """
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"):
+        if name_tag.startswith(prefix):
+            return name_tag[len(prefix) :]
+    return name_tag
+
+
 def is_valid_repository(name: str) -> bool:
     """True if ``name`` can be used as a repository (e.g. a file basename turned into an image name)."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import InvalidArgument
-from agent.images.refs import parse_image_id, parse_reference, short_id
+from agent.images.refs import familiar_name, parse_image_id, parse_reference, short_id
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -47,6 +47,12 @@ def test_name_tag_defaults_to_latest() -> None:
 def test_invalid_references(text: str, complaint: str) -> None:
     with pytest.raises(InvalidArgument, match=f"invalid image reference.*{complaint}"):
         parse_reference(text)
+
+
+def test_familiar_names() -> None:
+    assert familiar_name("docker.io/library/busybox:v1") == "busybox:v1"
+    assert familiar_name("docker.io/team/app:v1") == "team/app:v1"
+    assert familiar_name("localhost:5000/app:v1") == "localhost:5000/app:v1"
 
 
 def test_image_id_shapes() -> None:
