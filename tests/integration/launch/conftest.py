@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,24 +23,10 @@ import pytest
 
 from agent.runtime.plan import LaunchPlan, OverlayRootfs
 
+from .busybox_rootfs import build_busybox_rootfs
+
 HARNESS = Path(__file__).with_name("harness.py")
 REPO = Path(__file__).resolve().parents[3]
-BUSYBOX = shutil.which("busybox") or "/bin/busybox"
-
-
-def build_busybox_rootfs(root: Path) -> None:
-    """A minimal image: static busybox with its applet symlinks, passwd/group and the usual dirs."""
-    for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "mnt", "root"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            (root / "bin" / applet).symlink_to("busybox")
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n")
-    (root / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n")
-    (root / "etc" / "lower-marker").write_text("from lower\n")
-    (root / "tmp").chmod(0o1777)
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +102,8 @@ class Launcher:
         )
         return replace(plan, **overrides)
 
-    def _spec(self, plan: LaunchPlan, output: Path) -> str:
-        return json.dumps({"plan": json.loads(plan.to_json()), "output": str(output)})
+    def _spec(self, plan: LaunchPlan, output: Path, timeout: float = 10.0) -> str:
+        return json.dumps({"plan": json.loads(plan.to_json()), "output": str(output), "timeout": timeout})
 
     def _popen(self) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -128,9 +113,12 @@ class Launcher:
 
     def run(self, plan: LaunchPlan) -> Outcome:
         """Launch and wait for the container to exit."""
+        return self.run_with_timeout(plan, timeout=10.0)
+
+    def run_with_timeout(self, plan: LaunchPlan, *, timeout: float) -> Outcome:
         output = Path(plan.rootfs.target).parent / "output"
         proc = self._popen()
-        stdout, _ = proc.communicate(self._spec(plan, output), timeout=60)
+        stdout, _ = proc.communicate(self._spec(plan, output, timeout), timeout=60)
         events = [json.loads(line) for line in stdout.splitlines() if line.strip()]
         text = output.read_text() if output.exists() else ""
         if "error" in events[-1]:

@@ -16,6 +16,8 @@ from agent.errors import LaunchError
 from agent.runtime.launch import launch
 from agent.runtime.plan import LaunchPlan
 
+LEAK_CANDIDATE_FD = 50
+
 
 def _emit(obj: object) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
@@ -26,6 +28,8 @@ def main() -> int:
     spec = json.loads(sys.stdin.read())
     plan = LaunchPlan.from_dict(spec["plan"])
     out = os.open(spec["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    # A careless supervisor's inheritable fd: the container must not get it.
+    os.dup2(out, LEAK_CANDIDATE_FD, inheritable=True)
     try:
         pid = launch(plan, stdout_fd=out, stderr_fd=out, timeout=float(spec.get("timeout", 10.0)))
     except LaunchError as exc:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.linux import capabilities
+from agent.linux import capabilities, mounts
 from agent.runtime.plan import DEFAULT_CAPABILITIES
 
+from .busybox_rootfs import build_busybox_rootfs
 from .conftest import Launcher, Outcome, host_mountinfo
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -230,3 +231,35 @@ def test_container_joins_cgroups_and_gets_own_cgroup_namespace(launcher: Launche
     pids_line = next(line for line in output.splitlines() if ":pids:" in line)
     assert pids_line.endswith(":pids:/")  # the cgroup namespace is rooted at the container's cgroup
     assert (pids_cgroup / "cgroup.procs").read_text().split() == []
+
+
+def test_setup_timeout_kills_and_reports(launcher: Launcher, tmp_path: Path) -> None:
+    # Opening a FIFO for writing blocks until a reader appears: the intermediate hangs "joining a cgroup".
+    fifo = tmp_path / "stuck.procs"
+    os.mkfifo(fifo)
+    plan = launcher.plan(["/bin/true"], cgroup_procs=(str(fifo),))
+    outcome = launcher.run_with_timeout(plan, timeout=0.3)
+    assert outcome.error_kind == "setup"
+    assert outcome.error_message is not None and "did not finish within 0.3s" in outcome.error_message
+    assert not outcome.children_left
+
+
+def test_many_long_lower_paths_use_relative_overlay_options(launcher: Launcher, tmp_path: Path) -> None:
+    base = tmp_path / ("a" * 200) / ("b" * 200) / ("c" * 200)
+    layers = [base / f"L{i:02d}" for i in range(8)]
+    for layer in layers:
+        layer.mkdir(parents=True)
+    build_busybox_rootfs(layers[-1])
+    (layers[0] / "top").write_text("top layer\n")
+    assert len(":".join(map(str, layers))) > mounts.OVERLAY_RELATIVE_THRESHOLD
+    out = ok(launcher.run(launcher.plan(["cat", "/top"], lower=tuple(map(str, layers)))))
+    assert out == "top layer\n"
+
+
+def test_only_stdio_is_inherited_and_no_signal_is_ignored(launcher: Launcher) -> None:
+    listing = ok(launcher.run(launcher.plan(["ls", "/proc/self/fd"])))
+    assert set(listing.split()) == {"0", "1", "2", "3"}  # 3 is ls's own handle; harness fd 50 is gone
+    # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve: the container must not.
+    status = ok(launcher.run(launcher.plan(["cat", "/proc/self/status"])))
+    assert int(_status_field(status, "SigIgn"), 16) == 0
+    assert int(_status_field(status, "SigBlk"), 16) == 0
