@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from agent import errors
-from agent.images.store import Image, ImageStore
+from agent.images.store import Image, ImageStore, ImportProgress
 from agent.runtime.containers import Container, ContainerRuntime
 from agent.runtime.spec import (
     ContainerSpec,
@@ -165,7 +165,7 @@ def container_to_pb(ctr: Container) -> pb.Container:
 def image_to_pb(image: Image) -> pb.Image:
     cfg = image.config
     out = pb.Image(
-        id=image.id, manifest_digest=image.manifest_digest, repo_tags=image.repo_tags,
+        id=image.id, manifest_digest=image.manifest_digest or "", repo_tags=image.repo_tags,
         size=image.size, layers=image.layers, architecture=image.architecture, os=image.os,
         config=pb.ImageConfig(
             entrypoint=cfg.entrypoint, cmd=cfg.cmd, env=cfg.env, working_dir=cfg.working_dir,
@@ -229,8 +229,8 @@ class ContainersService(pb_grpc.ContainersServicer):
     @unary
     async def ListContainers(self, request: pb.ListContainersRequest, context: Any
                              ) -> pb.ListContainersResponse:
-        states = {_PB_TO_STATE[s] for s in request.states if s in _PB_TO_STATE}
-        found = self.runtime.list(all=request.all, labels=dict(request.labels), name=request.name,
+        states: set[State] = {_PB_TO_STATE[s] for s in request.states if s in _PB_TO_STATE}
+        found = self.runtime.list_containers(all=request.all, labels=dict(request.labels), name=request.name,
                                   states=states or None)
         return pb.ListContainersResponse(containers=[container_to_pb(c) for c in found])
 
@@ -299,12 +299,13 @@ class ImagesService(pb_grpc.ImagesServicer):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[pb.ImportImageProgress] = asyncio.Queue()
 
-        def progress(event: Any) -> None:
+        def progress(event: ImportProgress) -> None:
+            if event.phase == "done":
+                return  # the final "done" below carries the image
             msg = pb.ImportImageProgress(
-                phase=str(getattr(event, "phase", "")), layer=str(getattr(event, "layer", "") or ""),
-                index=int(getattr(event, "index", 0) or 0), total=int(getattr(event, "total", 0) or 0),
-                bytes=int(getattr(event, "bytes", 0) or 0),
-                already_present=bool(getattr(event, "already_present", False)),
+                phase=event.phase, layer=event.layer or "", index=event.index, total=event.total,
+                bytes=event.bytes, bytes_total=event.bytes_total or 0,
+                already_present=event.already_present,
             )
             loop.call_soon_threadsafe(queue.put_nowait, msg)
 

@@ -198,7 +198,7 @@ def _attach(agent: Agent, container_id: str, *, remove: bool) -> int:
             _remove_quietly(agent, container_id)
     if status.reason == "StartFailed" and status.error:
         print(f"shoal: {status.error}", file=sys.stderr)
-    return status.exit_code
+    return int(status.exit_code)
 
 
 def _stream_logs(agent: Agent, request: pb.ContainerLogsRequest, *, timestamps: bool) -> None:

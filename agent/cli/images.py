@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from agent.cli.client import Agent, CliError, rpc_errors
 from agent.cli.output import ago, human_size, short_id, table
+from agent.cli.progress import LayerProgress
 from proto.agent.v1 import agent_pb2 as pb
 
 CHUNK = 1 << 20
@@ -75,16 +76,12 @@ def cmd_import(agent: Agent, args: argparse.Namespace) -> int:
     else:
         requests = _upload(path, args.name)
     image = None
-    show = not args.quiet and sys.stderr.isatty()
-    with rpc_errors(agent.address):
+    with rpc_errors(agent.address), LayerProgress(quiet=args.quiet) as bars:
         for progress in agent.images.ImportImage(requests):
             if progress.phase == "done":
                 image = progress.image
-            elif progress.layer and not args.quiet and progress.phase in ("layer", "unpacked"):
-                note = "already exists" if progress.already_present else "unpacked"
-                if show or progress.phase == "unpacked" or progress.already_present:
-                    print(f"layer {progress.index}/{progress.total} {short_id(progress.layer)}: {note}",
-                          file=sys.stderr)
+            else:
+                bars.update(progress)
     if image is None:
         raise CliError("the agent ended the import without a result")
     if args.quiet:

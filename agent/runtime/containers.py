@@ -280,7 +280,7 @@ class ContainerRuntime:
             raise InvalidArgument(f"container id prefix {ref!r} is ambiguous: give more characters")
         raise NotFound(f"no such container: {ref}")
 
-    def list(self, *, all: bool = False, labels: dict[str, str] | None = None, name: str = "",
+    def list_containers(self, *, all: bool = False, labels: dict[str, str] | None = None, name: str = "",
              states: set[State] | None = None) -> list[Container]:
         out = []
         for ctr in sorted(self._containers.values(), key=lambda c: c.record.created_at, reverse=True):
@@ -424,7 +424,7 @@ class ContainerRuntime:
     def _launch_plan(self, ctr: Container, *, cgroup_procs: tuple[str, ...]) -> plans.LaunchPlan:
         p = ctr.record.prepared
         spec = ctr.spec
-        namespaces = ("pid", "mount", "uts", "ipc", "cgroup")
+        namespaces: tuple[str, ...] = ("pid", "mount", "uts", "ipc", "cgroup")
         if spec.network is not NetworkMode.HOST:
             namespaces += ("net",)
         return plans.LaunchPlan(
@@ -554,9 +554,9 @@ class ContainerRuntime:
         pumps = [asyncio.create_task(pump(proc.stdout, "stdout")),
                  asyncio.create_task(pump(proc.stderr, "stderr"))]
         try:
-            done = asyncio.gather(*pumps)
+            done: asyncio.Future[Any] = asyncio.gather(*pumps)
             while not (done.done() and queue.empty()):
-                getter = asyncio.ensure_future(queue.get())
+                getter: asyncio.Future[Any] = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     yield getter.result()

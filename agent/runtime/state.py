@@ -81,7 +81,9 @@ class ContainerRecord:
     @classmethod
     def from_json(cls, text: str) -> ContainerRecord:
         raw = json.loads(text)
-        prepared: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["prepared"].items()}
+        prepared: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in raw["prepared"].items()
+        }
         return cls(
             id=raw["id"], name=raw["name"], spec=raw["spec"], prepared=Prepared(**prepared),
             created_at=raw["created_at"],

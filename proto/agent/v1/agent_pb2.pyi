@@ -754,18 +754,22 @@ class ImportImageProgress(_message.Message):
     BYTES_FIELD_NUMBER: _builtins.int
     ALREADY_PRESENT_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
-    """"reading", "layer", "done" """
+    """"resolving" (index, manifest, config), "unpacking" (bytes of bytes_total of layer index/total),
+    "layer-exists" (already unpacked for another image: skipped), "layer-done", "done" (image set).
+    """
     layer: _builtins.str
-    """diff_id being unpacked"""
+    """diff_id"""
     index: _builtins.int
     """1-based layer index"""
     total: _builtins.int
     """number of layers"""
     bytes: _builtins.int
-    """bytes processed so far in this phase"""
+    """bytes of this layer's blob read so far"""
     already_present: _builtins.bool
-    """layer was already unpacked by another image"""
+    bytes_total: _builtins.int
+    """size of this layer's blob, 0 if unknown"""
     @_builtins.property
     def image(self) -> Global___Image:
         """set on the final "done" message"""
@@ -780,10 +784,11 @@ class ImportImageProgress(_message.Message):
         bytes: _builtins.int = ...,
         already_present: _builtins.bool = ...,
         image: Global___Image | None = ...,
+        bytes_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "bytes", b"bytes", "image", b"image", "index", b"index", "layer", b"layer", "phase", b"phase", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "bytes", b"bytes", "bytes_total", b"bytes_total", "image", b"image", "index", b"index", "layer", b"layer", "phase", b"phase", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -148,7 +148,8 @@ def test_memory_limit_oom_kill_is_reported(agent: AgentProcess) -> None:
 def test_pids_limit(agent: AgentProcess) -> None:
     result = agent.run("run", "--rm", "--pids", "5", IMAGE, "sh", "-c",
                        "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait", check=False)
-    assert "can't fork" in result.stderr.lower() or "resource temporarily unavailable" in result.stderr.lower()
+    err = result.stderr.lower()
+    assert "can't fork" in err or "resource temporarily unavailable" in err, result.stderr
 
 
 # -- isolation and hardening ---------------------------------------------------------------------

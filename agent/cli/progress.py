@@ -1,0 +1,65 @@
+"""Import/pull progress for the CLI: rich per-layer bars on a terminal, one plain line per layer otherwise."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TransferSpeedColumn,
+)
+
+from agent.cli.output import short_id
+from proto.agent.v1 import agent_pb2 as pb
+
+
+class LayerProgress:
+    """Feed it ``ImportImageProgress`` messages; it draws them."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = Console(stderr=True)
+        self.live = not quiet and self.console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=self.console, transient=False,
+        ) if self.live else None
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> LayerProgress:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, msg: pb.ImportImageProgress) -> None:
+        if self.quiet or not msg.layer:
+            return
+        label = f"layer {msg.index}/{msg.total} {short_id(msg.layer)}"
+        if self.progress is None:
+            if msg.phase == "layer-exists":
+                print(f"{label}: already exists", file=sys.stderr)
+            elif msg.phase == "layer-done":
+                print(f"{label}: unpacked", file=sys.stderr)
+            return
+        task = self.tasks.get(msg.layer)
+        if task is None:
+            task = self.progress.add_task(label, total=msg.bytes_total or None)
+            self.tasks[msg.layer] = task
+        if msg.phase == "layer-exists":
+            self.progress.update(task, description=f"{label} already exists", total=1, completed=1)
+        elif msg.phase == "layer-done":
+            total = msg.bytes_total or msg.bytes
+            self.progress.update(task, description=f"{label} unpacked", total=total, completed=total)
+        else:
+            self.progress.update(task, completed=msg.bytes, total=msg.bytes_total or None)
