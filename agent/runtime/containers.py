@@ -173,6 +173,10 @@ class ContainerRuntime:
             task.cancel()
         if self._supervisor:
             await self._supervisor.close()
+        if not self._containers:
+            # Leave no empty cgroup parent behind on a host that no longer runs containers here.
+            with contextlib.suppress(ShoalError, OSError):
+                self.cgroups.remove_parent_if_empty(self.settings.cgroup_parent)
 
     async def _connect_supervisor(self) -> None:
         self._supervisor = await supervisor_client.connect_or_spawn(

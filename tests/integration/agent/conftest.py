@@ -37,7 +37,7 @@ class AgentProcess:
     cgroup_parent: str
     log: Path
     proc: subprocess.Popen[bytes] | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -48,7 +48,7 @@ class AgentProcess:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
             [shoal_bin("shoal-agent"), "serve", "--root", str(self.root), "--listen", self.address,
-             "--cgroup-parent", self.cgroup_parent, "--log-level", "debug"],
+             "--cgroup-parent", self.cgroup_parent, "--log-level", "debug", *self.extra_args],
             stdout=out, stderr=out, start_new_session=True,
         )
         out.close()
@@ -90,6 +90,10 @@ class AgentProcess:
                 f"stderr: {result.stderr}"
             )
         return result
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([shoal_bin("shoal"), "--agent", self.address, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def supervisor_pid(self) -> int | None:
         try:
@@ -150,8 +154,10 @@ def agent(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> Iter
         proc.stop()
         if sup is not None:
             _wait_gone(sup)
-        for d in CGROUP_ROOT.glob(f"*/{proc.cgroup_parent}"):
+        leftover = list(CGROUP_ROOT.glob(f"*/{proc.cgroup_parent}"))
+        for d in leftover:
             d.rmdir()
+        assert not leftover, f"the agent left its cgroup parent behind: {leftover}"
         shutil.rmtree(base, ignore_errors=True)
 
 

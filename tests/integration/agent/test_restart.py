@@ -43,10 +43,21 @@ def test_containers_survive_sigkill_of_the_agent(agent: AgentProcess) -> None:
     quitter = state(agent, "quitter")
     assert quitter["state"] == "exited" and quitter["exit_code"] == 9
 
-    # logs -f continues from before the crash and keeps following new output.
+    # logs -f continues: it replays what was written before and during the crash, keeps following
+    # new output, and ends when the container stops.
     before = agent.run("logs", "survivor").stdout.count("tick")
-    wait_for(lambda: agent.run("logs", "survivor").stdout.count("tick") > before + 3)
+    follower = agent.popen("logs", "-f", "survivor")
+    assert follower.stdout is not None
+    seen = 0
+    for line in follower.stdout:  # bounded: the container is stopped below, which ends the stream
+        if line.startswith("tick"):
+            seen += 1
+        if seen > before + 3:
+            break
     agent.run("stop", "-t", "1", "survivor")
+    follower.communicate(timeout=30)
+    assert follower.returncode == 0
+    assert seen > before + 3
     assert state(agent, "survivor")["state"] == "exited"
     assert not Path(f"/proc/{pid}").exists()
     agent.run("rm", "survivor", "quitter")
@@ -70,7 +81,8 @@ def test_logs_follow_streams_until_exit(agent: AgentProcess) -> None:
 
 def test_two_agents_do_not_see_each_other(agent: AgentProcess, tmp_path: Path, busybox_image: Path) -> None:
     other = AgentProcess(root=tmp_path / "root2", socket=tmp_path / "agent2.sock",
-                         cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=tmp_path / "agent2.log")
+                         cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=tmp_path / "agent2.log",
+                         extra_args=["--log-max-size", "4k", "--log-max-files", "2"])
     other.start()
     try:
         other.run("image", "import", str(busybox_image), "--name", "test/busybox:v1")
@@ -80,9 +92,17 @@ def test_two_agents_do_not_see_each_other(agent: AgentProcess, tmp_path: Path, b
         assert "only-in-two" not in agent.run("ps", "-a").stdout
         cg = state(other, "only-in-two")["cgroup_paths"]
         assert isinstance(cg, dict) and other.cgroup_parent in cg["memory"]
+        # This agent caps logs at 2 files of 4k: old output rotates away, the newest stays readable.
+        other.run("run", "--name", "chatty", IMAGE, "sh", "-c", "seq 1 2000")
+        log_dir = Path(str(state(other, "chatty")["log_path"])).parent
+        files = sorted(log_dir.glob("ctr.log*"))
+        assert [f.name for f in files] == ["ctr.log", "ctr.log.1"]
+        assert all(f.stat().st_size <= 4096 for f in files)
+        lines = other.run("logs", "chatty").stdout.split()
+        assert lines[-1] == "2000" and "1" not in lines
     finally:
-        other.run("rm", "-f", "only-in-two", check=False)
+        other.run("rm", "-f", "only-in-two", "chatty", check=False)
         agent.run("rm", "-f", "only-in-one", check=False)
         other.stop()
-        for d in Path("/sys/fs/cgroup").glob(f"*/{other.cgroup_parent}"):
-            d.rmdir()
+        # The agent removes its (empty) cgroup parent when it shuts down.
+        assert not list(Path("/sys/fs/cgroup").glob(f"*/{other.cgroup_parent}"))
