@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import signal as signals
@@ -39,6 +40,7 @@ from agent.runtime.spec import (
     ContainerId,
     ContainerSpec,
     NetworkMode,
+    Resources,
     merge_env,
     new_container_id,
     validate_id,
@@ -90,7 +92,7 @@ class Container:
     def name(self) -> str:
         return self.record.name
 
-    @property
+    @functools.cached_property
     def spec(self) -> ContainerSpec:
         return spec_from_dict(self.record.spec)
 
@@ -107,8 +109,6 @@ def spec_to_dict(spec: ContainerSpec) -> dict[str, Any]:
 
 
 def spec_from_dict(raw: dict[str, Any]) -> ContainerSpec:
-    from agent.runtime.spec import Resources
-
     data = dict(raw)
     data["resources"] = Resources(**data["resources"])
     data["network"] = NetworkMode(data["network"])
@@ -359,12 +359,13 @@ class ContainerRuntime:
         initlayer.write_init_layer(dirs.init, hostname=hostname,
                                    host_network=spec.network is NetworkMode.HOST)
         stop_signal = _parse_signal(cfg.stop_signal or "", default=int(signals.SIGTERM))
+        rootfs = overlay.describe_rootfs(image_layers=layers, dirs=dirs)
         return Prepared(
             image_id=image.id, image_ref=spec.image, argv=argv, env=env,
             working_dir=spec.working_dir or cfg.working_dir or "/",
             uid=creds.uid, gid=creds.gid, additional_gids=creds.additional_gids, hostname=hostname,
-            lower_dirs=(str(dirs.init), *(str(p) for p in layers)), upper_dir=str(dirs.upper),
-            work_dir=str(dirs.work), rootfs_dir=str(dirs.rootfs),
+            lower_dirs=rootfs.lower, upper_dir=rootfs.upper, work_dir=rootfs.work,
+            rootfs_dir=rootfs.target,
             cgroup_name=f"{self.settings.cgroup_parent}/{cid}", stop_signal=stop_signal,
         )
 
