@@ -49,7 +49,6 @@ IMAGE_NAME = "bench/busybox:v1"
 BALLAST_MIB = 2048
 READY_TIMEOUT = 60.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-PODMAN_SYSTEM_DIR = Path("/var/lib/containers")
 CRUN_WRAPPER = "umount /sys/fs/cgroup/unified && exec "
 
 
@@ -395,7 +394,6 @@ class Podman:
     cgroup_parent: str
     had_libpod_parent: bool = field(
         default_factory=lambda: (CGROUP_ROOT / "memory" / "libpod_parent").exists())
-    had_var_lib_containers: bool = field(default_factory=PODMAN_SYSTEM_DIR.exists)
 
     def global_flags(self) -> list[str]:
         return ["podman", "--root", str(self.base / "storage"), "--runroot", str(self.base / "run"),
@@ -416,13 +414,11 @@ class Podman:
                        capture_output=True, timeout=60)
         unmount_under(self.base)
         problems = []
-        # With cgroupfs, podman 4.3 puts conmon in /libpod_parent/conmon whatever --cgroup-parent says,
-        # and containers/image keeps a blob-info cache under /var/lib/containers whatever --root says.
-        # Remove them only if this run created them.
+        # With cgroupfs, podman 4.3 puts conmon in /libpod_parent/conmon whatever --cgroup-parent says:
+        # remove it if this run created it. (containers/image also writes a blob-info cache to
+        # /var/lib/containers/cache whatever --root says; skopeo shares it, so we leave that cache be.)
         if not self.had_libpod_parent:
             problems += remove_cgroup_tree("libpod_parent")
-        if not self.had_var_lib_containers:
-            shutil.rmtree(PODMAN_SYSTEM_DIR, ignore_errors=True)
         return problems
 
 
