@@ -15,7 +15,10 @@ agent_pid=""
 bold=$(tput bold 2>/dev/null || true); dim=$(tput dim 2>/dev/null || true); off=$(tput sgr0 2>/dev/null || true)
 
 step() { printf '\n%s==> %s%s\n' "$bold" "$*" "$off"; }
-show() { printf '%s$ %s%s\n' "$dim" "$*" "$off"; "$@"; }
+quote() { local a out=""; for a in "$@"; do
+  if [[ "$a" =~ ^[A-Za-z0-9_./:=@%+-]+$ ]]; then out+="$a "; else out+="'${a//\'/\'\\\'\'}' "; fi
+done; printf '%s' "${out% }"; }
+show() { printf '%s$ %s%s\n' "$dim" "$(quote "$@")" "$off"; "$@"; }
 start_agent() {
   shoal-agent serve --root "$work/root" --listen "$SHOAL_AGENT" --cgroup-parent shoal-demo \
     >>"$work/agent.log" 2>&1 &
@@ -40,7 +43,7 @@ step "Build a busybox OCI image with umoci (a tool nobody here wrote)"
   umoci init --layout oci >/dev/null
   umoci new --image oci:demo >/dev/null
   umoci unpack --image oci:demo bundle >/dev/null
-  mkdir -p bundle/rootfs/bin bundle/rootfs/etc bundle/rootfs/tmp
+  mkdir -p bundle/rootfs/bin bundle/rootfs/etc bundle/rootfs/tmp bundle/rootfs/mnt
   cp /bin/busybox bundle/rootfs/bin/busybox
   for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "bundle/rootfs/bin/$a"; done
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n' > bundle/rootfs/etc/passwd
