@@ -61,14 +61,9 @@ def _bind(server: grpc.aio.Server, settings: config.AgentSettings) -> list[Path]
                 root_certificates=settings.tls.ca.read_bytes(), require_client_auth=True,
             )
             server.add_secure_port(address, creds)
-        elif settings.insecure_tcp:
+        else:  # settings_from_args allows this only with --insecure-tcp
             log.warning("listening on %s without TLS (--insecure-tcp)", address)
             server.add_insecure_port(address)
-        else:
-            raise SystemExit(
-                f"shoal-agent: TCP listener {address} needs mutual TLS: pass --tls-dir DIR "
-                "(with ca.pem, agent.pem, agent-key.pem), or --insecure-tcp for loopback tests"
-            )
     return sockets
 
 
@@ -83,11 +78,19 @@ async def serve(settings: config.AgentSettings) -> None:
                         log_max_bytes=settings.log_max_bytes, log_max_files=settings.log_max_files),
         images=store, cgroup_manager=cgroups.detect(),
     )
-    await runtime.open()
     server = grpc.aio.server()
     add_services(server, runtime=runtime, store=store, scratch=settings.root / "tmp")
-    sockets = _bind(server, settings)
-    await server.start()
+    # Bind before starting anything else, so a taken or bad address fails with nothing to undo but
+    # the sockets themselves.
+    sockets: list[Path] = []
+    try:
+        sockets = _bind(server, settings)
+        await runtime.open()
+        await server.start()
+    except BaseException:
+        for path in sockets:
+            path.unlink(missing_ok=True)
+        raise
     for path in sockets:
         os.chmod(path, 0o600)
     log.info("shoal-agent serving on %s (root %s, cgroup parent %s)", ", ".join(settings.listen),

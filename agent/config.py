@@ -82,8 +82,19 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         raise SystemExit(f"shoal-agent: invalid --cgroup-parent {args.cgroup_parent!r}: one path component")
     if args.log_max_files < 1:
         raise SystemExit("shoal-agent: --log-max-files must be at least 1")
+    listen = tuple(args.listen or [DEFAULT_LISTEN])
+    for address in listen:
+        if unix_path(address) is None and tls is None and not args.insecure_tcp:
+            raise SystemExit(
+                f"shoal-agent: TCP listener {address} needs mutual TLS: pass --tls-dir DIR "
+                "(with ca.pem, agent.pem, agent-key.pem), or --insecure-tcp for loopback tests"
+            )
+    if tls is not None:
+        missing = [str(p) for p in (tls.ca, tls.cert, tls.key) if not p.is_file()]
+        if missing:
+            raise SystemExit(f"shoal-agent: --tls-dir is missing {', '.join(missing)}")
     return AgentSettings(
-        root=args.root.absolute(), listen=tuple(args.listen or [DEFAULT_LISTEN]),
+        root=args.root.absolute(), listen=listen,
         cgroup_parent=args.cgroup_parent.strip("/"), log_level=args.log_level,
         log_max_bytes=parse_size(args.log_max_size, what="log size"), log_max_files=args.log_max_files,
         tls=tls, insecure_tcp=args.insecure_tcp, ballast_mib=args.bench_ballast_mib,

@@ -1,0 +1,71 @@
+"""TCP listeners carry the whole API: plain TCP only when explicitly asked, mTLS otherwise."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.certs import write_pki
+from tests.integration.agent.conftest import AgentProcess, shoal_bin
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _agent(tmp_path: Path, *extra: str) -> AgentProcess:
+    return AgentProcess(root=tmp_path / "root", socket=tmp_path / "a.sock",
+                        cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=tmp_path / "agent.log",
+                        extra_args=list(extra))
+
+
+def _shoal(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([shoal_bin("shoal"), "--agent", address, *args], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_plain_tcp_is_refused_without_the_explicit_flag(tmp_path: Path) -> None:
+    port = _free_port()
+    result = subprocess.run(
+        [shoal_bin("shoal-agent"), "serve", "--root", str(tmp_path / "root"),
+         "--listen", f"unix://{tmp_path}/a.sock", "--listen", f"127.0.0.1:{port}",
+         "--cgroup-parent", f"shoal-test-{secrets.token_hex(4)}"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "needs mutual TLS" in result.stderr and "--tls-dir" in result.stderr
+    assert not (tmp_path / "a.sock").exists()
+
+
+def test_insecure_tcp_on_loopback(tmp_path: Path) -> None:
+    port = _free_port()
+    agent = _agent(tmp_path, "--listen", f"127.0.0.1:{port}", "--insecure-tcp")
+    agent.start()
+    try:
+        assert _shoal(f"127.0.0.1:{port}", "ps").returncode == 0
+    finally:
+        agent.stop()
+
+
+def test_mtls_requires_a_valid_client_certificate(tmp_path: Path) -> None:
+    pki = write_pki(tmp_path / "pki")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    agent = _agent(tmp_path, "--listen", address, "--tls-dir", str(pki["agent"]))
+    agent.start()
+    try:
+        assert _shoal(address, "--tls-dir", str(pki["good"]), "ps").returncode == 0
+        for bad in ("foreign", "expired"):
+            result = _shoal(address, "--tls-dir", str(pki[bad]), "ps")
+            assert result.returncode != 0, f"{bad} client certificate was accepted"
+        no_cert = _shoal(address, "ps")  # plaintext client against a TLS port
+        assert no_cert.returncode != 0
+    finally:
+        agent.stop()
