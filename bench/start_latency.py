@@ -2,8 +2,9 @@
 
 One invocation sets up everything in a temp dir (agents with their own roots and cgroup parents, the
 busybox image, an OCI bundle over the image's unpacked layer, a private podman store), warms every
-contender up, then runs N rounds; each round runs every contender once, so drift on the machine (page
-cache, CPU frequency, other tenants) hits all of them alike. Teardown stops what it started and removes
+contender up, then runs N rounds; each round runs every contender once in a shuffled order after a short
+quiet pause (see ``measure``), so drift on the machine (page cache, CPU frequency, other tenants) hits all
+of them alike. Teardown stops what it started and removes
 the mounts, cgroups and files it created, also after an error or ^C.
 
 Run as root with the project's venv (grpc and the generated stubs):
@@ -18,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -436,14 +438,29 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def measure(contenders: Sequence[Contender], *, n: int, warmup: int) -> dict[str, list[Sample]]:
-    """Warm every contender up, then N interleaved rounds (each round runs every contender once)."""
+def measure(contenders: Sequence[Contender], *, n: int, warmup: int, settle: float,
+            seed: int) -> dict[str, list[Sample]]:
+    """Warm every contender up, then N rounds; each round runs every contender once, in a fresh random
+    order, each after ``settle`` seconds of quiet.
+
+    Why the order and the pause: joining a v1 cgroup (writing a pid to ``cgroup.procs``) takes a global
+    percpu rwsem for writing, which waits for an RCU grace period unless another migration happened
+    within the last one. Run back to back, a contender that follows another one's cgroup work gets it
+    for free; with a fixed order that made the same agent look 10 ms faster or slower depending on its
+    slot. A pause puts every sample in the "idle host" state, which is the case that matters (a start
+    nobody else warmed up), and shuffling removes whatever position effect is left.
+    """
+    rng = random.Random(seed)
     for contender in contenders:
         for _ in range(warmup):
             contender.run_once()
     samples: dict[str, list[Sample]] = {c.name: [] for c in contenders}
+    order = list(contenders)
     for round_no in range(n):
-        for contender in contenders:
+        rng.shuffle(order)
+        for contender in order:
+            if settle:
+                time.sleep(settle)
             samples[contender.name].append(contender.run_once())
         if (round_no + 1) % 50 == 0:
             print(f"  {round_no + 1}/{n} rounds", file=sys.stderr, flush=True)
@@ -486,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON result file (default bench/results/start_latency-<time>.json)")
     parser.add_argument("--ballast-mib", type=int, default=BALLAST_MIB,
                         help="daemon ballast of the second agent (default %(default)s)")
+    parser.add_argument("--settle-ms", type=float, default=50.0,
+                        help="quiet time before each timed sample (default %(default)s; 0 = back to back)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the per-round shuffle")
     parser.add_argument("--no-podman", action="store_true", help="skip the podman row")
     parser.add_argument("--keep-temp", action="store_true", help="leave the temp dir for inspection")
     args = parser.parse_args(argv)
@@ -542,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
             rss = {"agent": rss_mib(plain.pid), "agent_ballast": rss_mib(heavy.pid)}
             print(f"daemon RSS: plain {rss['agent']:.0f} MiB, ballast {rss['agent_ballast']:.0f} MiB; "
                   f"{args.n} rounds x {len(contenders)} contenders", file=sys.stderr, flush=True)
-            samples = measure(contenders, n=args.n, warmup=args.warmup)
+            samples = measure(contenders, n=args.n, warmup=args.warmup, settle=args.settle_ms / 1000,
+                              seed=args.seed)
             supervisors = {name: (rss_mib(pid) if pid else 0.0) for name, pid in
                            (("agent", plain.supervisor_pid()), ("agent_ballast", heavy.supervisor_pid()))}
         finally:
@@ -565,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([sys.executable, *sys.argv]),
-        "n": args.n, "warmup": args.warmup, "machine": info,
+        "n": args.n, "warmup": args.warmup, "settle_ms": args.settle_ms, "seed": args.seed,
+        "machine": info,
         "daemon_rss_mib": rss, "supervisor_rss_mib": supervisors,
         "summaries": [s.__dict__ for s in summaries],
         "samples_ms": {name: [round(s.total * 1000, 3) for s in values] for name, values in samples.items()},
