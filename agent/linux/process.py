@@ -49,3 +49,18 @@ def reset_signals() -> None:
         with contextlib.suppress(OSError, ValueError):  # glibc-reserved realtime signals
             signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def join_cgroups(procs_files: Iterable[str]) -> None:
+    """Move the calling process into each cgroup by writing its pid to that group's ``cgroup.procs``.
+
+    Safe after fork (only os calls); errors name the file.
+    """
+    own_pid = str(os.getpid()).encode()
+    for path in procs_files:
+        with syscalls.described(f"join cgroup {path}"):
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, own_pid)
+            finally:
+                os.close(fd)

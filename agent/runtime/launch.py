@@ -193,14 +193,7 @@ def _run_intermediate(
     try:
         # First, so a signal meant for the supervisor cannot run the supervisor's handlers here.
         process.reset_signals()
-        own_pid = str(os.getpid()).encode()
-        for path in plan.cgroup_procs:
-            with syscalls.described(f"join cgroup {path}"):
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, own_pid)
-                finally:
-                    os.close(fd)
+        process.join_cgroups(plan.cgroup_procs)
         syscalls.unshare(prep.ns_flags)
         init_pid = os.fork()
         if init_pid == 0:

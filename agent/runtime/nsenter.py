@@ -51,14 +51,7 @@ def _describe(exc: BaseException) -> str:
 
 def _enter(plan: ExecPlan) -> None:
     """Join the target's cgroups and namespaces (this process; pid ns only for children)."""
-    own_pid = str(os.getpid()).encode()
-    for path in plan.cgroup_procs:
-        with syscalls.described(f"join cgroup {path}"):
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, own_pid)
-            finally:
-                os.close(fd)
+    process.join_cgroups(plan.cgroup_procs)
     # Joining our own namespace again is pointless and, for --network host, still needs the fd.
     wanted = [n for n in namespaces.JOIN_ORDER if namespaces.differs_from_own(plan.target_pid, n)]
     fds = namespaces.open_fds(plan.target_pid, wanted)
