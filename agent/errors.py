@@ -50,3 +50,11 @@ class LaunchError(ShoalError):
     def __init__(self, message: str, *, kind: str = "setup") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class Unavailable(ShoalError):
+    """A remote service (an image registry) could not be reached or kept failing after bounded retries."""
+
+
+class Unauthenticated(ShoalError):
+    """A registry wants credentials Shoal does not have, or refused the ones it has. Never holds a secret."""

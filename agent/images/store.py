@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.images import importer, layers, refs
@@ -61,13 +61,47 @@ class Image:
     architecture: str
     os: str
     config: ImageConfig
+    repo_digests: tuple[str, ...] = ()  # "repo@sha256:…" an image was pulled by (manifest or index digest)
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What ``prune`` removed: image ids, layer diff_ids, blob digests and the bytes that freed."""
+
+    images: list[str]
+    layers: list[str]
+    blobs: list[str]
+    freed_bytes: int
+
+
+@dataclass(frozen=True)
+class ImageUsage:
+    """One image's footprint: ``size`` is all its layers, ``shared_size`` the part other images use too."""
+
+    id: str
+    repo_tags: tuple[str, ...]
+    size: int
+    shared_size: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """The store's footprint (layer bytes are uncompressed tar bytes, as in ``Image.size``)."""
+
+    images: list[ImageUsage]
+    layer_count: int
+    layer_bytes: int
+    blob_bytes: int
 
 
 @dataclass(frozen=True)
 class ImportProgress:
     """One progress event of an import.
 
-    phase: "resolving" (reading index/manifest/config), "unpacking" (``bytes`` of ``bytes_total``
+    phase: "resolving" (reading index/manifest/config), "downloading" (pulls only: ``bytes`` of
+    ``bytes_total`` compressed bytes of layer ``index``/``total`` received), "unpacking" (``bytes`` of
+    ``bytes_total``
     compressed bytes of layer ``index``/``total`` read), "layer-exists" (already in the store, skipped;
     ``already_present`` is set), "layer-done", "done".
     """
@@ -121,6 +155,29 @@ def _flock(path: Path, mode: int) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _tree_bytes(path: Path) -> int:
+    """Disk bytes (allocated blocks) under ``path``, each hard-linked inode counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    try:
+        top = path.lstat()
+    except FileNotFoundError:
+        return 0
+    stack = [path] if path.is_dir() and not path.is_symlink() else []
+    total += top.st_blocks * 512
+    while stack:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+    return total
 
 
 def _hex(digest: str) -> str:
@@ -180,7 +237,7 @@ class ImageStore:
                 report(ImportProgress("resolving"))
                 found = archive.find_image(select)
                 config_doc = json.loads(found.config)
-                config, arch, os_name, created_at = image_config_from_json(config_doc)
+                image_config_from_json(config_doc)  # refuse a malformed config before unpacking anything
                 total = len(found.layers)
                 sizes: list[int] = []
                 for index, source in enumerate(found.layers, start=1):
@@ -189,31 +246,137 @@ class ImageStore:
                     if new:
                         created.append(source.diff_id)
                 names = (target.name_tag,) if target is not None else found.names
-                with _flock(self._lock("meta"), fcntl.LOCK_EX):
-                    self._write_blob(found.config_digest, found.config)
-                    if found.manifest is not None and found.manifest_digest is not None:
-                        self._write_blob(found.manifest_digest, found.manifest)
-                    record = {
-                        "id": found.config_digest,
-                        "manifest_digest": found.manifest_digest,
-                        "created": created_at,
-                        "size": sum(sizes),
-                        "layers": [s.diff_id for s in found.layers],
-                        "architecture": arch,
-                        "os": os_name,
-                        "config": asdict(config),
-                    }
-                    self._atomic_write(self.root / "images" / f"{_hex(found.config_digest)}.json", record)
-                    tags = self._read_tags()
-                    tags.update({n: found.config_digest for n in names})
-                    self._write_tags(tags)
-                    image = self._load(found.config_digest, tags)
+                blobs = {found.config_digest: found.config}
+                if found.manifest is not None and found.manifest_digest is not None:
+                    blobs[found.manifest_digest] = found.manifest
+                image = self._commit_image(
+                    config_doc, config_digest=found.config_digest, manifest_digest=found.manifest_digest,
+                    blobs=blobs, layers=[s.diff_id for s in found.layers], size=sum(sizes), names=names,
+                )
         except BaseException:
             if created:
                 self._collect_layers(created)
             raise
         report(ImportProgress("done", total=total))
         return image
+
+    def _commit_image(
+        self,
+        config_doc: Any,
+        *,
+        config_digest: str,
+        manifest_digest: str | None,
+        blobs: dict[str, bytes],
+        layers: list[str],
+        size: int,
+        names: tuple[str, ...],
+        repo_digests: tuple[str, ...] = (),
+    ) -> Image:
+        """Makes an image visible: its verified small blobs, then its record, then its tags — the last
+        step of both archive imports and registry pulls. The caller holds ``gc`` shared and has every
+        layer present. A record that already exists (same config, e.g. pulled from a second registry)
+        keeps its repo digests and gains the new ones."""
+        config, arch, os_name, created_at = image_config_from_json(config_doc)
+        with _flock(self._lock("meta"), fcntl.LOCK_EX):
+            for digest, data in blobs.items():
+                self._write_blob(digest, data)
+            record_path = self.root / "images" / f"{_hex(config_digest)}.json"
+            previous: list[str] = []
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                previous = list(json.loads(record_path.read_text()).get("repo_digests", []))
+            record = {
+                "id": config_digest,
+                "manifest_digest": manifest_digest,
+                "created": created_at,
+                "size": size,
+                "layers": layers,
+                "architecture": arch,
+                "os": os_name,
+                "config": asdict(config),
+                "repo_digests": list(dict.fromkeys([*previous, *repo_digests])),
+            }
+            self._atomic_write(record_path, record)
+            tags = self._read_tags()
+            tags.update({n: config_digest for n in names})
+            self._write_tags(tags)
+            return self._load(config_digest, tags)
+
+    # -- building blocks for registry pulls ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def import_session(self) -> Iterator[None]:
+        """Holds the gc lock shared: while inside, ``remove``/``prune`` cannot delete a layer or blob the
+        caller is about to reference. Pulls wrap their whole run in one session."""
+        with _flock(self._lock("gc"), fcntl.LOCK_SH):
+            yield
+
+    @contextlib.contextmanager
+    def temp_file(self, prefix: str) -> Iterator[tuple[Path, BinaryIO]]:
+        """A new file in tmp/ (same filesystem as the store), removed on exit whatever happens."""
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix=f".{prefix}-")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                yield path, f
+        finally:
+            path.unlink(missing_ok=True)
+
+    def read_blob(self, digest: str) -> bytes | None:
+        """A stored (already verified) blob, or None."""
+        try:
+            return self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put_blob(self, digest: str, data: bytes) -> None:
+        """Stores a small blob the caller verified against ``digest``; visible only once complete."""
+        self._write_blob(digest, data)
+
+    def layer_size(self, diff_id: str) -> int:
+        return int(json.loads((self.root / "layerdb" / f"{_hex(diff_id)}.json").read_text())["size"])
+
+    def ensure_layer(
+        self,
+        diff_id: str,
+        opener: Callable[[], BinaryIO],
+        *,
+        size: int | None,
+        media_type: str,
+        index: int,
+        total: int,
+        progress: Callable[[ImportProgress], None] | None = None,
+    ) -> tuple[int, bool]:
+        """Unpacks the layer ``opener()`` streams (plain or gzip tar) unless it is present, under the
+        layer's lock; returns (uncompressed size, newly unpacked). Call inside ``import_session``."""
+        report = progress if progress is not None else (lambda _event: None)
+        return self._ensure_layer_stream(diff_id, opener, size=size, media_type=media_type,
+                                         index=index, total=total, report=report)
+
+    def commit_pulled(
+        self,
+        *,
+        config: bytes,
+        config_digest: str,
+        manifest: bytes,
+        manifest_digest: str,
+        index: tuple[str, bytes] | None,
+        layers: list[str],
+        names: tuple[str, ...],
+        repo_digests: tuple[str, ...],
+    ) -> Image:
+        """Records a pulled image whose blobs the caller verified and whose layers are all present.
+        Call inside ``import_session``."""
+        missing = [d for d in layers if not self.has_layer(d)]
+        if missing:
+            raise FailedPrecondition(f"cannot record image {config_digest}: layers missing {missing}")
+        blobs = {config_digest: config, manifest_digest: manifest}
+        if index is not None:
+            blobs[index[0]] = index[1]
+        return self._commit_image(
+            json.loads(config), config_digest=config_digest, manifest_digest=manifest_digest, blobs=blobs,
+            layers=layers, size=sum(self.layer_size(d) for d in layers), names=names,
+            repo_digests=repo_digests,
+        )
 
     def _ensure_layer(
         self,
@@ -224,35 +387,51 @@ class ImageStore:
         total: int,
         report: Callable[[ImportProgress], None],
     ) -> tuple[int, bool]:
+        return self._ensure_layer_stream(
+            source.diff_id, lambda: archive.open_layer(source), size=source.size,
+            media_type=source.media_type, index=index, total=total, report=report,
+        )
+
+    def _ensure_layer_stream(
+        self,
+        diff_id: str,
+        opener: Callable[[], BinaryIO],
+        *,
+        size: int | None,
+        media_type: str,
+        index: int,
+        total: int,
+        report: Callable[[ImportProgress], None],
+    ) -> tuple[int, bool]:
         """Unpacks a layer unless present; returns (uncompressed size, newly unpacked)."""
-        hexd = _hex(source.diff_id)
+        hexd = _hex(diff_id)
         meta_path = self.root / "layerdb" / f"{hexd}.json"
         dest = self.root / "layers" / hexd
         with _flock(self.root / "locks" / f"layer-{hexd}.lock", fcntl.LOCK_EX):
             if dest.is_dir() and meta_path.is_file():
-                report(ImportProgress("layer-exists", source.diff_id, index, total, already_present=True))
+                report(ImportProgress("layer-exists", diff_id, index, total, already_present=True))
                 return int(json.loads(meta_path.read_text())["size"]), False
             if dest.exists():  # a crash between rename and metadata write: redo it
                 self._discard(dest)
 
             def on_bytes(done: int) -> None:
-                report(ImportProgress("unpacking", source.diff_id, index, total, done, source.size))
+                report(ImportProgress("unpacking", diff_id, index, total, done, size))
 
-            stream = archive.open_layer(source)
+            stream = opener()
             try:
                 info = layers.unpack_layer(
-                    stream, dest, expected_diff_id=source.diff_id, work_dir=self.root / "tmp",
+                    stream, dest, expected_diff_id=diff_id, work_dir=self.root / "tmp",
                     progress=on_bytes,
                 )
             finally:
                 stream.close()
             try:
-                self._atomic_write(meta_path, {"diff_id": source.diff_id, "size": info.size,
-                                               "entries": info.entries, "media_type": source.media_type})
+                self._atomic_write(meta_path, {"diff_id": diff_id, "size": info.size,
+                                               "entries": info.entries, "media_type": media_type})
             except BaseException:
                 self._discard(dest)
                 raise
-            report(ImportProgress("layer-done", source.diff_id, index, total, source.size or 0, source.size))
+            report(ImportProgress("layer-done", diff_id, index, total, size or 0, size))
             return info.size, True
 
     # -- queries ------------------------------------------------------------------------------------
@@ -284,7 +463,8 @@ class ImageStore:
             return tags[parsed.name_tag]
         if parsed is not None and parsed.digest is not None:
             for image in self.list_images():
-                if parsed.digest in (image.manifest_digest, image.id):
+                pulled_as = {d.partition("@")[2] for d in image.repo_digests}
+                if parsed.digest in (image.manifest_digest, image.id) or parsed.digest in pulled_as:
                     return image.id
             raise NotFound(f"no such image: {parsed}")
         id_ref = refs.parse_image_id(ref)
@@ -343,6 +523,91 @@ class ImageStore:
             self._collect_unreferenced(image.layers)
             return done
 
+    def prune(
+        self, *, image_in_use: Callable[[str], bool], layers_in_use: Callable[[], set[str]]
+    ) -> PruneReport:
+        """Removes untagged images (no tag and no pulled-by digest) that no container uses, then every
+        layer and blob no remaining image references, then leftovers in tmp/.
+
+        A layer in ``layers_in_use()`` (diff_ids the runtime's containers use) is never removed, even if
+        no image record references it: double protection against a record lost or edited by hand.
+        Holds the gc lock exclusively, so it waits for running imports/pulls and they wait for it.
+        """
+        with _flock(self._lock("gc"), fcntl.LOCK_EX), _flock(self._lock("meta"), fcntl.LOCK_EX):
+            freed = 0
+            removed_images: list[str] = []
+            for image in self.list_images():
+                if image.repo_tags or image.repo_digests or image_in_use(image.id):
+                    continue
+                (self.root / "images" / f"{_hex(image.id)}.json").unlink()
+                removed_images.append(image.id)
+            remaining = self.list_images()
+            keep_layers = {d for image in remaining for d in image.layers} | set(layers_in_use())
+            removed_layers: list[str] = []
+            for entry in sorted({*os.listdir(self.root / "layers"),
+                                 *(p.removesuffix(".json") for p in os.listdir(self.root / "layerdb"))}):
+                diff_id = f"sha256:{entry}"
+                if diff_id in keep_layers:
+                    continue
+                meta = self.root / "layerdb" / f"{entry}.json"
+                try:
+                    freed += int(json.loads(meta.read_text())["size"])
+                except (FileNotFoundError, ValueError, KeyError):
+                    freed += _tree_bytes(self.root / "layers" / entry)
+                meta.unlink(missing_ok=True)
+                self._discard(self.root / "layers" / entry)
+                (self.root / "locks" / f"layer-{entry}.lock").unlink(missing_ok=True)
+                removed_layers.append(diff_id)
+            keep_blobs = {d for image in remaining
+                          for d in (image.id, image.manifest_digest,
+                                    *(r.partition("@")[2] for r in image.repo_digests)) if d}
+            removed_blobs: list[str] = []
+            for entry in sorted(os.listdir(self.root / "blobs" / "sha256")):
+                digest = f"sha256:{entry}"
+                if digest in keep_blobs:
+                    continue
+                path = self.root / "blobs" / "sha256" / entry
+                with contextlib.suppress(FileNotFoundError):
+                    freed += path.stat().st_size
+                    path.unlink()
+                    removed_blobs.append(digest)
+            for leftover in (self.root / "tmp").iterdir():  # nobody else is importing: all stale
+                freed += _tree_bytes(leftover)
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+            return PruneReport(images=removed_images, layers=removed_layers, blobs=removed_blobs,
+                               freed_bytes=freed)
+
+    def disk_usage(self) -> DiskUsage:
+        """Images with their size and shared size, layer count and bytes, blob bytes (no locks: a
+        snapshot that may be slightly stale while imports run)."""
+        images = self.list_images()
+        users: dict[str, int] = {}
+        for image in images:
+            for d in set(image.layers):
+                users[d] = users.get(d, 0) + 1
+        sizes: dict[str, int] = {}
+        for meta in (self.root / "layerdb").glob("*.json"):
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                sizes["sha256:" + meta.stem] = int(json.loads(meta.read_text())["size"])
+        usage = [
+            ImageUsage(
+                id=image.id, repo_tags=image.repo_tags,
+                size=sum(sizes.get(d, 0) for d in set(image.layers)),
+                shared_size=sum(sizes.get(d, 0) for d in set(image.layers) if users.get(d, 0) > 1),
+                layers=len(image.layers),
+            )
+            for image in images
+        ]
+        blob_bytes = 0
+        for blob in (self.root / "blobs" / "sha256").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                blob_bytes += blob.stat().st_size
+        return DiskUsage(images=usage, layer_count=len(sizes), layer_bytes=sum(sizes.values()),
+                         blob_bytes=blob_bytes)
+
     def _collect_layers(self, candidates: list[str]) -> None:
         """After a failed import: delete layers it created that no image references."""
         with _flock(self._lock("gc"), fcntl.LOCK_EX), _flock(self._lock("meta"), fcntl.LOCK_EX):
@@ -385,6 +650,7 @@ class ImageStore:
             architecture=record["architecture"],
             os=record["os"],
             config=config,
+            repo_digests=tuple(record.get("repo_digests", ())),
         )
 
     def _read_tags(self) -> dict[str, str]:
