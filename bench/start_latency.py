@@ -427,8 +427,18 @@ class Podman:
 # --- orchestration ------------------------------------------------------------------------------------
 
 
+def source_revision() -> str:
+    """HEAD, plus "+dirty" when agent/ or proto/ differ from it (others may be editing the checkout)."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          check=False).stdout.decode().strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "agent", "proto"],
+                           capture_output=True, check=False).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, str]:
     return {
+        "source": source_revision(),
         "kernel": platform.release(),
         "cpus": str(os.cpu_count()),
         "python": platform.python_version(),
