@@ -167,6 +167,7 @@ class RegistryClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.registry = registry
+        self.credentials = credentials
         self._credentials = credentials
         self._settings = settings
         self._auth_hint = auth_hint  # the credentials file, for messages

@@ -260,12 +260,13 @@ class Puller:
             self._clients.clear()
 
     def client(self, registry: str) -> distribution.RegistryClient:
+        # auth.json is re-read on every pull, so credentials a user adds after an "authentication
+        # required" error apply to the next attempt without restarting the agent.
+        credentials = auth.load_credentials(self.settings.auth_file, registry)
         with self._clients_lock:
             found = self._clients.get(registry)
-            if found is not None:
+            if found is not None and found.credentials == credentials:
                 return found
-        # Credentials are read per new client, so an edited auth.json applies to the next registry use.
-        credentials = auth.load_credentials(self.settings.auth_file, registry)
         client = distribution.RegistryClient(
             registry,
             credentials=credentials,
@@ -278,10 +279,10 @@ class Puller:
             **({"sleep": self._sleep} if self._sleep is not None else {}),
         )
         with self._clients_lock:
-            existing = self._clients.setdefault(registry, client)
-        if existing is not client:
-            client.close()
-        return existing
+            # A replaced client is not closed: a concurrent pull may still be using it; its connections
+            # are released when it is garbage-collected.
+            self._clients[registry] = client
+        return client
 
     def pull(self, ref: str, *, progress: Callable[[ImportProgress], None] | None = None) -> Image:
         """Pulls ``ref`` and returns the stored image (tagged with ``ref`` as given when it has a tag).

@@ -233,9 +233,15 @@ def test_unknown_tag_and_auth_required(store: ImageStore, fake: FakeRegistry, tm
     puller = make_puller(store, fake, tmp_path)
     with pytest.raises(NotFound, match=rf"{REG}/app:nope"):
         puller.pull(f"{REG}/app:nope")
+    fake.add_image("app", "v1", [small_layer("a")])
     fake.auth_mode = "bearer"
     with pytest.raises(Unauthenticated, match=f"add credentials to {tmp_path}/auth.json"):
-        make_puller(store, fake, tmp_path).pull(f"{REG}/app:v1")
+        puller.pull(f"{REG}/app:v1")
+    # the same puller picks up credentials added afterwards
+    (tmp_path / "auth.json").write_text(json.dumps({"auths": {REG: {"username": fake.user,
+                                                                    "password": fake.password}}}))
+    (tmp_path / "auth.json").chmod(0o600)
+    assert puller.pull(f"{REG}/app:v1").repo_tags == (f"{REG}/app:v1",)
 
 
 # -- prune and disk usage ------------------------------------------------------------------------------
