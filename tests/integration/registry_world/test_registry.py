@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tests.fixtures.registry import (
     ACCEPT_OCI_INDEX,
     ACCEPT_OCI_MANIFEST,
     Catalogue,
+    PortTaken,
     Registry,
     RegistryFactory,
 )
@@ -140,6 +142,28 @@ def test_blob_range_requests_get_206(registry: Registry, registry_catalogue: Cat
     assert part.status == 206
     assert part.header("Content-Range") == f"bytes 100-{len(full) - 1}/{len(full)}"
     assert part.body == full[100:]
+
+
+def test_unsatisfiable_range_is_416_with_a_lying_content_length(registry: Registry) -> None:
+    """Go's ServeContent quirk in 2.8: the 416 keeps the blob's Content-Length but sends a short text body,
+    so a client must not read a 416 body as if it were framed correctly."""
+    _, _, doc = manifest(registry, "busybox", "oci", ACCEPT_OCI_MANIFEST)
+    layer = doc["layers"][0]
+    past_the_end = {"Range": f"bytes={layer['size']}-"}
+    a = fetch(registry.url, f"/v2/busybox/blobs/{layer['digest']}", headers=past_the_end)
+    assert a.status == 416
+    assert a.header("Content-Range") == f"bytes */{layer['size']}"
+    assert a.header("Content-Length") == str(layer["size"]) and a.error is not None
+
+
+def test_fixed_port_taken_fails_clearly(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        reg = Registry(tmp_path / "r", port=s.getsockname()[1])
+        with pytest.raises(PortTaken):
+            reg.start()
+        assert reg.pid is None
 
 
 def test_listens_on_loopback_only(registry: Registry) -> None:
