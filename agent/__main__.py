@@ -18,6 +18,7 @@ import grpc
 
 from agent import config
 from agent.cgroups import manager as cgroups
+from agent.images.pull import Puller, RegistrySettings
 from agent.images.store import ImageStore
 from agent.runtime.containers import ContainerRuntime, RuntimeSettings
 from agent.server import add_services
@@ -73,10 +74,14 @@ async def serve(settings: config.AgentSettings) -> None:
     if ballast is not None:
         ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page so it is resident
     store = ImageStore(settings.root / "images")
+    puller = Puller(store, RegistrySettings(
+        auth_file=settings.root / "auth.json", insecure=settings.insecure_registries,
+        ca_bundle=settings.registry_ca, max_parallel=settings.pull_parallel,
+    ))
     runtime = ContainerRuntime(
         RuntimeSettings(root=settings.root, cgroup_parent=settings.cgroup_parent,
                         log_max_bytes=settings.log_max_bytes, log_max_files=settings.log_max_files),
-        images=store, cgroup_manager=cgroups.detect(),
+        images=store, cgroup_manager=cgroups.detect(), puller=puller,
     )
     server = grpc.aio.server()
     add_services(server, runtime=runtime, store=store, scratch=settings.root / "tmp")

@@ -35,6 +35,9 @@ class AgentSettings:
     log_max_files: int
     tls: TlsFiles | None
     insecure_tcp: bool
+    insecure_registries: tuple[str, ...] = ()
+    registry_ca: Path | None = None
+    pull_parallel: int = 3
     ballast_mib: int = 0
 
 
@@ -66,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory with ca.pem, agent.pem, agent-key.pem for mTLS on TCP listeners")
     serve.add_argument("--insecure-tcp", action="store_true",
                        help="allow TCP listeners without TLS (testing on loopback only)")
+    serve.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                       help="registry reachable over plain HTTP (loopback registries always are)")
+    serve.add_argument("--registry-ca", type=Path, default=None,
+                       help="extra CA bundle for registries' HTTPS (system CAs are always trusted)")
+    serve.add_argument("--pull-parallel", type=int, default=3,
+                       help="concurrent layer downloads per pull (default %(default)s)")
     # Benchmarks only: grow the daemon's heap to show start latency does not depend on it.
     serve.add_argument("--bench-ballast-mib", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -89,6 +98,10 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
                 f"shoal-agent: TCP listener {address} needs mutual TLS: pass --tls-dir DIR "
                 "(with ca.pem, agent.pem, agent-key.pem), or --insecure-tcp for loopback tests"
             )
+    if args.pull_parallel < 1:
+        raise SystemExit("shoal-agent: --pull-parallel must be at least 1")
+    if args.registry_ca is not None and not args.registry_ca.is_file():
+        raise SystemExit(f"shoal-agent: --registry-ca {args.registry_ca} is not a file")
     if tls is not None:
         missing = [str(p) for p in (tls.ca, tls.cert, tls.key) if not p.is_file()]
         if missing:
@@ -97,5 +110,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         root=args.root.absolute(), listen=listen,
         cgroup_parent=args.cgroup_parent.strip("/"), log_level=args.log_level,
         log_max_bytes=parse_size(args.log_max_size, what="log size"), log_max_files=args.log_max_files,
-        tls=tls, insecure_tcp=args.insecure_tcp, ballast_mib=args.bench_ballast_mib,
+        tls=tls, insecure_tcp=args.insecure_tcp, insecure_registries=tuple(args.insecure_registry),
+        registry_ca=args.registry_ca.absolute() if args.registry_ca else None,
+        pull_parallel=args.pull_parallel, ballast_mib=args.bench_ballast_mib,
     )

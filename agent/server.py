@@ -22,7 +22,7 @@ from google.protobuf import timestamp_pb2
 
 from agent import errors
 from agent.images.store import Image, ImageStore, ImportProgress
-from agent.runtime.containers import Container, ContainerRuntime
+from agent.runtime.containers import Container, ContainerRuntime, PullPolicy
 from agent.runtime.spec import (
     ContainerSpec,
     NetworkMode,
@@ -30,6 +30,7 @@ from agent.runtime.spec import (
     parse_env,
 )
 from agent.runtime.state import State
+from agent.streams import drain_until_done, threadsafe_putter
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 
@@ -42,6 +43,8 @@ _STATUS: list[tuple[type[errors.ShoalError], grpc.StatusCode]] = [
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.LaunchError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
 ]
 
 _STATE_TO_PB = {
@@ -51,6 +54,11 @@ _STATE_TO_PB = {
     State.REMOVING: pb.CONTAINER_STATE_EXITED,
 }
 _PB_TO_STATE = {v: k for k, v in _STATE_TO_PB.items() if k is not State.REMOVING}
+
+_PULL = {
+    pb.PULL_POLICY_UNSPECIFIED: PullPolicy.NEVER, pb.PULL_POLICY_NEVER: PullPolicy.NEVER,
+    pb.PULL_POLICY_MISSING: PullPolicy.MISSING, pb.PULL_POLICY_ALWAYS: PullPolicy.ALWAYS,
+}
 
 T = TypeVar("T")
 
@@ -64,11 +72,13 @@ def status_for(err: errors.ShoalError) -> grpc.StatusCode:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException) -> None:
     if isinstance(err, errors.ShoalError):
-        code = status_for(err)
-        metadata = (("shoal-launch-kind", err.kind),) if isinstance(err, errors.LaunchError) else ()
-        if metadata:
-            context.set_trailing_metadata(metadata)
-        await context.abort(code, str(err))
+        # "shoal-error" tells a client this status came from the agent itself (a registry being
+        # UNAVAILABLE is not the agent being unreachable).
+        metadata: tuple[tuple[str, str], ...] = (("shoal-error", type(err).__name__),)
+        if isinstance(err, errors.LaunchError):
+            metadata += (("shoal-launch-kind", err.kind),)
+        context.set_trailing_metadata(metadata)
+        await context.abort(status_for(err), str(err))
     log.exception("internal error", exc_info=err)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {err}")
 
@@ -162,11 +172,19 @@ def container_to_pb(ctr: Container) -> pb.Container:
     return out
 
 
+def progress_to_pb(event: ImportProgress) -> pb.ImportImageProgress:
+    return pb.ImportImageProgress(
+        phase=event.phase, layer=event.layer or "", index=event.index, total=event.total,
+        bytes=event.bytes, bytes_total=event.bytes_total or 0, already_present=event.already_present,
+    )
+
+
 def image_to_pb(image: Image) -> pb.Image:
     cfg = image.config
     out = pb.Image(
         id=image.id, manifest_digest=image.manifest_digest or "", repo_tags=image.repo_tags,
         size=image.size, layers=image.layers, architecture=image.architecture, os=image.os,
+        repo_digests=image.repo_digests,
         config=pb.ImageConfig(
             entrypoint=cfg.entrypoint, cmd=cfg.cmd, env=cfg.env, working_dir=cfg.working_dir,
             user=cfg.user, labels=dict(cfg.labels), exposed_ports=cfg.exposed_ports,
@@ -201,7 +219,7 @@ class ContainersService(pb_grpc.ContainersServicer):
     @unary
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
         ctr = await self.runtime.create(container_id=request.id, name=request.name,
-                                        spec=spec_from_pb(request.spec))
+                                        spec=spec_from_pb(request.spec), pull=_PULL[request.pull])
         return container_to_pb(ctr)
 
     @unary
@@ -296,36 +314,43 @@ class ImagesService(pb_grpc.ImagesServicer):
                     f.write(first.chunk)
                 async for req in request_iterator:
                     f.write(req.chunk)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[pb.ImportImageProgress] = asyncio.Queue()
-
-        def progress(event: ImportProgress) -> None:
-            if event.phase == "done":
-                return  # the final "done" below carries the image
-            msg = pb.ImportImageProgress(
-                phase=event.phase, layer=event.layer or "", index=event.index, total=event.total,
-                bytes=event.bytes, bytes_total=event.bytes_total or 0,
-                already_present=event.already_present,
-            )
-            loop.call_soon_threadsafe(queue.put_nowait, msg)
-
-        job = asyncio.ensure_future(
-            asyncio.to_thread(self.store.import_archive, source, name=name, progress=progress)
-        )
         try:
-            while not job.done() or not queue.empty():
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            image = job.result()
-            yield pb.ImportImageProgress(phase="done", image=image_to_pb(image))
+            async for msg in self._progress_stream(
+                lambda report: self.store.import_archive(source, name=name, progress=report)
+            ):
+                yield msg
         finally:
             if upload is not None:
                 with contextlib.suppress(FileNotFoundError):
                     upload.unlink()
+
+    async def _progress_stream(self, work: Callable[[Callable[[ImportProgress], None]], Image]
+                               ) -> AsyncIterator[pb.ImportImageProgress]:
+        """Run ``work`` (import or pull) in a thread; stream its progress, then the image."""
+        queue: asyncio.Queue[pb.ImportImageProgress] = asyncio.Queue()
+        put = threadsafe_putter(queue)
+
+        def report(event: ImportProgress) -> None:
+            if event.phase != "done":  # the final "done" below carries the image
+                put(progress_to_pb(event))
+
+        job = asyncio.ensure_future(asyncio.to_thread(work, report))
+        async for msg in drain_until_done(job, queue):
+            yield msg
+        yield pb.ImportImageProgress(phase="done", image=image_to_pb(job.result()))
+
+    @streaming
+    async def PullImage(self, request: pb.PullImageRequest, context: Any
+                        ) -> AsyncIterator[pb.ImportImageProgress]:
+        puller = self.runtime.puller
+        async for msg in self._progress_stream(lambda report: puller.pull(request.ref, progress=report)):
+            yield msg
+
+    @unary
+    async def PruneImages(self, request: pb.PruneImagesRequest, context: Any) -> pb.PruneImagesResponse:
+        report = await asyncio.to_thread(self.runtime.prune_images)
+        return pb.PruneImagesResponse(images=report.images, layers=report.layers, blobs=report.blobs,
+                                      freed_bytes=report.freed_bytes)
 
     @unary
     async def ListImages(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:
@@ -350,7 +375,24 @@ class ImagesService(pb_grpc.ImagesServicer):
         return pb.RemoveImageResponse(untagged=untagged, deleted=deleted)
 
 
+class SystemService(pb_grpc.SystemServicer):
+    def __init__(self, runtime: ContainerRuntime) -> None:
+        self.runtime = runtime
+
+    @unary
+    async def DiskUsage(self, request: pb.DiskUsageRequest, context: Any) -> pb.DiskUsageResponse:
+        usage = await asyncio.to_thread(self.runtime.disk_usage)
+        return pb.DiskUsageResponse(
+            images=[pb.ImageUsage(id=i.id, repo_tags=i.repo_tags, size=i.size, shared_size=i.shared_size,
+                                  containers=i.containers) for i in usage.images],
+            layers=usage.layers, layers_bytes=usage.layers_bytes, blobs_bytes=usage.blobs_bytes,
+            containers=[pb.ContainerUsage(id=c.id, name=c.name, image=c.image, state=_STATE_TO_PB[c.state],
+                                          writable_bytes=c.writable_bytes) for c in usage.containers],
+        )
+
+
 def add_services(server: grpc.aio.Server, *, runtime: ContainerRuntime, store: ImageStore,
                  scratch: Path) -> None:
     pb_grpc.add_ContainersServicer_to_server(ContainersService(runtime), server)
     pb_grpc.add_ImagesServicer_to_server(ImagesService(store, runtime, scratch=scratch), server)
+    pb_grpc.add_SystemServicer_to_server(SystemService(runtime), server)

@@ -65,7 +65,8 @@ def connect(address: str, *, tls_dir: Path | None = None) -> Agent:
 def describe_rpc_error(err: grpc.RpcError, address: str) -> str:
     code = err.code() if hasattr(err, "code") else None
     details = err.details() if hasattr(err, "details") else str(err)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
+    if code == grpc.StatusCode.UNAVAILABLE and "shoal-error" not in trailing:
         return (f"cannot reach the agent at {address}: is shoal-agent running? "
                 "(choose another with --agent ADDR or SHOAL_AGENT)")
     return details or str(code)

@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from agent.cli.client import Agent, CliError, rpc_errors
+from agent.cli.client import Agent, CliError, describe_rpc_error, rpc_errors
+from agent.cli.images import pull_image
 from agent.cli.output import ago, command_line, short_id, status_line, table
 from agent.errors import InvalidArgument
 from agent.runtime import spec as specs
@@ -104,6 +105,8 @@ def _add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entrypoint", default=None, help="override the image's entrypoint")
     parser.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     parser.add_argument("--network", "--net", default="none", choices=["none", "host"])
+    parser.add_argument("--pull", default="missing", choices=["missing", "always", "never"],
+                        help="pull the image from its registry first (default: when missing)")
     parser.add_argument("image")
     parser.add_argument("command", nargs=argparse.REMAINDER)
 
@@ -139,7 +142,32 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
     return pb.CreateContainerRequest(id=args.id, name=args.name, spec=spec)
 
 
+def has_registry(ref: str) -> bool:
+    """Docker's rule: the first path component names a registry if it has a '.' or ':' or is localhost."""
+    first, sep, _ = ref.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
+
+
+def ensure_image(agent: Agent, ref: str, policy: str) -> None:
+    """Pull on the client side (so the user sees progress), as ``docker run`` does."""
+    if policy == "never" or not has_registry(ref):
+        return
+    if policy == "missing":
+        try:
+            agent.images.GetImage(pb.ImageRef(ref=ref))
+            return
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise CliError(describe_rpc_error(err, agent.address), code=EXIT_RUN_FAILED) from None
+        print(f"Unable to find image '{ref}' locally", file=sys.stderr)
+    try:
+        pull_image(agent, ref, quiet=False)
+    except CliError as err:
+        raise CliError(str(err), code=EXIT_RUN_FAILED) from None
+
+
 def cmd_create(agent: Agent, args: argparse.Namespace) -> int:
+    ensure_image(agent, args.image, args.pull)
     with rpc_errors(agent.address, code=EXIT_RUN_FAILED):
         ctr = agent.containers.CreateContainer(build_request(args))
     print(ctr.id)
@@ -153,6 +181,7 @@ def _launch_code(err: grpc.RpcError) -> int:
 
 def cmd_run(agent: Agent, args: argparse.Namespace) -> int:
     request = build_request(args)
+    ensure_image(agent, args.image, args.pull)
     with rpc_errors(agent.address, code=EXIT_RUN_FAILED):
         ctr = agent.containers.CreateContainer(request)
     try:
@@ -262,8 +291,6 @@ def _each(agent: Agent, refs: list[str], call: Any) -> int:
             call(ref)
             print(ref)
         except grpc.RpcError as err:
-            from agent.cli.client import describe_rpc_error
-
             print(f"shoal: {describe_rpc_error(err, agent.address)}", file=sys.stderr)
             status = 1
     return status

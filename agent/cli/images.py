@@ -12,6 +12,7 @@ import json
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     imp.add_argument("--name", default="", help="NAME:TAG to give the image")
     imp.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     imp.set_defaults(func=cmd_import)
+
+    pull = isub.add_parser("pull", help="pull an image from an OCI registry")
+    pull.add_argument("ref", help="HOST[:PORT]/REPO[:TAG] or HOST[:PORT]/REPO@sha256:DIGEST")
+    pull.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
+    pull.set_defaults(func=cmd_pull)
+
+    prune = isub.add_parser("prune", help="remove untagged images and unreferenced layers and blobs")
+    prune.set_defaults(func=cmd_prune)
 
     ls = isub.add_parser("ls", help="list images")
     ls.add_argument("-q", "--quiet", action="store_true")
@@ -89,6 +98,41 @@ def cmd_import(agent: Agent, args: argparse.Namespace) -> int:
     else:
         names = ", ".join(image.repo_tags) or "<untagged>"
         print(f"Loaded image: {names} ({short_id(image.id)})")
+    return 0
+
+
+def pull_image(agent: Agent, ref: str, *, quiet: bool) -> pb.Image:
+    """Pull with per-layer progress on stderr; returns the image record."""
+    started = time.monotonic()
+    image: pb.Image | None = None
+    with rpc_errors(agent.address), LayerProgress(quiet=quiet) as bars:
+        for progress in agent.images.PullImage(pb.PullImageRequest(ref=ref)):
+            if progress.phase == "done":
+                image = progress.image
+            else:
+                bars.update(progress)
+    if image is None:
+        raise CliError("the agent ended the pull without a result")
+    if not quiet:
+        print(f"Pulled {ref}: {bars.layers_fetched} layer(s) downloaded, {bars.layers_present} already "
+              f"present, {human_size(image.size)} in {time.monotonic() - started:.1f}s "
+              f"(digest {image.manifest_digest or image.id})", file=sys.stderr)
+    return image
+
+
+def cmd_pull(agent: Agent, args: argparse.Namespace) -> int:
+    image = pull_image(agent, args.ref, quiet=args.quiet)
+    print(image.manifest_digest or image.id)
+    return 0
+
+
+def cmd_prune(agent: Agent, args: argparse.Namespace) -> int:
+    with rpc_errors(agent.address):
+        report = agent.images.PruneImages(pb.PruneImagesRequest())
+    for image_id in report.images:
+        print(f"Deleted image: {image_id}")
+    print(f"Removed {len(report.images)} image(s), {len(report.layers)} layer(s), {len(report.blobs)} "
+          f"blob(s); freed {human_size(report.freed_bytes)}")
     return 0
 
 

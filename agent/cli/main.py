@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.cli import containers, images
+from agent.cli import containers, images, system
 from agent.cli.client import CliError, connect, resolve_address
 
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     containers.add_parsers(sub)
     images.add_parsers(sub)
+    system.add_parsers(sub)
     return parser
 
 

@@ -24,6 +24,8 @@ class LayerProgress:
 
     def __init__(self, *, quiet: bool = False) -> None:
         self.quiet = quiet
+        self.layers_present = 0
+        self.layers_fetched = 0
         self.console = Console(stderr=True)
         self.live = not quiet and self.console.is_terminal
         self.progress = Progress(
@@ -43,6 +45,10 @@ class LayerProgress:
             self.progress.stop()
 
     def update(self, msg: pb.ImportImageProgress) -> None:
+        if msg.phase == "layer-exists":
+            self.layers_present += 1
+        elif msg.phase == "layer-done":
+            self.layers_fetched += 1
         if self.quiet or not msg.layer:
             return
         label = f"layer {msg.index}/{msg.total} {short_id(msg.layer)}"
@@ -61,5 +67,9 @@ class LayerProgress:
         elif msg.phase == "layer-done":
             total = msg.bytes_total or msg.bytes
             self.progress.update(task, description=f"{label} unpacked", total=total, completed=total)
+        elif msg.phase == "unpacking" and msg.bytes_total and msg.bytes >= msg.bytes_total:
+            self.progress.update(task, description=f"{label} unpacking", completed=msg.bytes)
         else:
-            self.progress.update(task, completed=msg.bytes, total=msg.bytes_total or None)
+            verb = "downloading" if msg.phase == "downloading" else msg.phase
+            self.progress.update(task, description=f"{label} {verb}", completed=msg.bytes,
+                                 total=msg.bytes_total or None)

@@ -10,7 +10,9 @@ supervisor's), asks the supervisor what is alive, and rebuilds its view from tho
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import enum
 import functools
 import logging
 import shutil
@@ -31,7 +33,8 @@ from agent.errors import (
     NotFound,
     ShoalError,
 )
-from agent.images.store import ImageStore
+from agent.images.pull import Puller
+from agent.images.store import Image, ImageStore, PruneReport
 from agent.rootfs import initlayer, overlay, users
 from agent.runtime import logs as ctrlogs
 from agent.runtime import plan as plans
@@ -47,6 +50,7 @@ from agent.runtime.spec import (
     validate_name,
 )
 from agent.runtime.state import ContainerRecord, Prepared, State, check_transition, write_atomic
+from agent.streams import drain_until_done
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,39 @@ class ExitStatus:
     exit_code: int
     reason: str
     error: str = ""
+
+
+class PullPolicy(enum.Enum):
+    NEVER = "never"
+    MISSING = "missing"
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True)
+class ImageDiskUsage:
+    id: str
+    repo_tags: tuple[str, ...]
+    size: int
+    shared_size: int
+    containers: int
+
+
+@dataclass(frozen=True)
+class ContainerDiskUsage:
+    id: str
+    name: str
+    image: str
+    state: State
+    writable_bytes: int
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    images: list[ImageDiskUsage]
+    layers: int
+    layers_bytes: int
+    blobs_bytes: int
+    containers: list[ContainerDiskUsage]
 
 
 @dataclass
@@ -143,9 +180,10 @@ def _parse_signal(raw: str | int, *, default: int) -> int:
 
 class ContainerRuntime:
     def __init__(self, settings: RuntimeSettings, *, images: ImageStore,
-                 cgroup_manager: cgroups.CgroupManager) -> None:
+                 cgroup_manager: cgroups.CgroupManager, puller: Puller | None = None) -> None:
         self.settings = settings
         self.images = images
+        self._puller = puller
         self.cgroups = cgroup_manager
         self.containers_dir = settings.root / "containers"
         self._containers: dict[str, Container] = {}
@@ -302,9 +340,53 @@ class ContainerRuntime:
     def image_in_use(self, image_id: str) -> bool:
         return any(c.record.prepared.image_id == image_id for c in self._containers.values())
 
+    # -- images -----------------------------------------------------------------------------------
+
+    @property
+    def puller(self) -> Puller:
+        if self._puller is None:
+            raise FailedPrecondition("this agent was started without registry access")
+        return self._puller
+
+    async def _image_for(self, ref: str, pull: PullPolicy) -> Image:
+        if pull is PullPolicy.ALWAYS:
+            return await asyncio.to_thread(self.puller.pull, ref)
+        try:
+            return self.images.resolve(ref)
+        except NotFound:
+            if pull is PullPolicy.NEVER:
+                raise
+        return await asyncio.to_thread(self.puller.pull, ref)
+
+    def layers_in_use(self) -> set[str]:
+        """diff_ids of the image layers some container's rootfs is built from (never garbage)."""
+        used = set()
+        for ctr in self._containers.values():
+            for lower in ctr.record.prepared.lower_dirs[1:]:  # [0] is the container's own init layer
+                used.add("sha256:" + Path(lower).name)
+        return used
+
+    def prune_images(self) -> PruneReport:
+        return self.images.prune(image_in_use=self.image_in_use, layers_in_use=self.layers_in_use)
+
+    def disk_usage(self) -> DiskUsage:
+        store = self.images.disk_usage()
+        per_image = collections.Counter(c.record.prepared.image_id for c in self._containers.values())
+        return DiskUsage(
+            images=[ImageDiskUsage(id=i.id, repo_tags=tuple(i.repo_tags), size=i.size,
+                                   shared_size=i.shared_size, containers=per_image[i.id])
+                    for i in store.images],
+            layers=store.layer_count, layers_bytes=store.layer_bytes, blobs_bytes=store.blob_bytes,
+            containers=[ContainerDiskUsage(
+                id=c.id, name=c.name, image=c.spec.image, state=c.state,
+                writable_bytes=overlay.upper_size_bytes(Path(c.record.prepared.upper_dir)),
+            ) for c in list(self._containers.values())],
+        )
+
     # -- create -----------------------------------------------------------------------------------
 
-    async def create(self, *, container_id: str = "", name: str = "", spec: ContainerSpec) -> Container:
+    async def create(self, *, container_id: str = "", name: str = "", spec: ContainerSpec,
+                     pull: PullPolicy = PullPolicy.NEVER) -> Container:
         cid = validate_id(container_id) if container_id else new_container_id()
         if name:
             validate_name(name)
@@ -321,7 +403,7 @@ class ContainerRuntime:
                         "remove it or choose another name"
                     )
         name = name or f"shoal-{cid[:12]}"
-        image = self.images.resolve(spec.image)
+        image = await self._image_for(spec.image, pull)
         layers = self.images.layer_paths(image)
         prepared_dir = self.containers_dir / cid
         dirs = overlay.ContainerDirs(prepared_dir)
@@ -336,7 +418,7 @@ class ContainerRuntime:
         self._containers[cid] = ctr
         return ctr
 
-    def _prepare(self, cid: ContainerId, *, spec: ContainerSpec, image: Any, layers: list[Path],
+    def _prepare(self, cid: ContainerId, *, spec: ContainerSpec, image: Image, layers: list[Path],
                  dirs: overlay.ContainerDirs) -> Prepared:
         cfg = image.config
         entrypoint = list(spec.entrypoint or cfg.entrypoint)
@@ -559,14 +641,8 @@ class ContainerRuntime:
         pumps = [asyncio.create_task(pump(proc.stdout, "stdout")),
                  asyncio.create_task(pump(proc.stderr, "stderr"))]
         try:
-            done: asyncio.Future[Any] = asyncio.gather(*pumps)
-            while not (done.done() and queue.empty()):
-                getter: asyncio.Future[Any] = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
+            async for chunk in drain_until_done(asyncio.gather(*pumps), queue):
+                yield chunk
             code = await proc.wait()
             yield ("exit", code)
         finally:

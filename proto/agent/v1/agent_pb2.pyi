@@ -54,6 +54,31 @@ NETWORK_MODE_HOST: NetworkMode.ValueType  # 2
 """the host's network namespace"""
 Global___NetworkMode: _TypeAlias = NetworkMode  # noqa: Y015
 
+class _PullPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PullPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PullPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PULL_POLICY_UNSPECIFIED: _PullPolicy.ValueType  # 0
+    """= NEVER for CreateContainer: the image must be on the host"""
+    PULL_POLICY_MISSING: _PullPolicy.ValueType  # 1
+    """pull only if the image is not on the host"""
+    PULL_POLICY_ALWAYS: _PullPolicy.ValueType  # 2
+    """pull (refresh the tag) before creating"""
+    PULL_POLICY_NEVER: _PullPolicy.ValueType  # 3
+
+class PullPolicy(_PullPolicy, metaclass=_PullPolicyEnumTypeWrapper): ...
+
+PULL_POLICY_UNSPECIFIED: PullPolicy.ValueType  # 0
+"""= NEVER for CreateContainer: the image must be on the host"""
+PULL_POLICY_MISSING: PullPolicy.ValueType  # 1
+"""pull only if the image is not on the host"""
+PULL_POLICY_ALWAYS: PullPolicy.ValueType  # 2
+"""pull (refresh the tag) before creating"""
+PULL_POLICY_NEVER: PullPolicy.ValueType  # 3
+Global___PullPolicy: _TypeAlias = PullPolicy  # noqa: Y015
+
 class _ContainerState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -237,10 +262,13 @@ class CreateContainerRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    PULL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Optional caller-chosen id (lowercase hex or [a-z0-9_.-], 1–64 chars). Empty: the agent picks one."""
     name: _builtins.str
     """optional unique name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"""
+    pull: Global___PullPolicy.ValueType
+    """the agent pulls spec.image itself (no progress stream; use PullImage for that)"""
     @_builtins.property
     def spec(self) -> Global___ContainerSpec: ...
     def __init__(
@@ -249,10 +277,11 @@ class CreateContainerRequest(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         spec: Global___ContainerSpec | None = ...,
+        pull: Global___PullPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "pull", b"pull", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -872,6 +901,7 @@ class Image(_message.Message):
     ARCHITECTURE_FIELD_NUMBER: _builtins.int
     OS_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    REPO_DIGESTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """config digest"""
     manifest_digest: _builtins.str
@@ -889,6 +919,10 @@ class Image(_message.Message):
 
     @_builtins.property
     def config(self) -> Global___ImageConfig: ...
+    @_builtins.property
+    def repo_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """REPO@sha256:… it was pulled by"""
+
     def __init__(
         self,
         *,
@@ -901,10 +935,11 @@ class Image(_message.Message):
         architecture: _builtins.str = ...,
         os: _builtins.str = ...,
         config: Global___ImageConfig | None = ...,
+        repo_digests: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created", b"created"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "config", b"config", "created", b"created", "id", b"id", "layers", b"layers", "manifest_digest", b"manifest_digest", "os", b"os", "repo_tags", b"repo_tags", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "config", b"config", "created", b"created", "id", b"id", "layers", b"layers", "manifest_digest", b"manifest_digest", "os", b"os", "repo_digests", b"repo_digests", "repo_tags", b"repo_tags", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -987,3 +1022,189 @@ class RemoveImageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RemoveImageResponse: _TypeAlias = RemoveImageResponse  # noqa: Y015
+
+@_typing.final
+class PullImageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullImageRequest: _TypeAlias = PullImageRequest  # noqa: Y015
+
+@_typing.final
+class PruneImagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneImagesRequest: _TypeAlias = PruneImagesRequest  # noqa: Y015
+
+@_typing.final
+class PruneImagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGES_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    BLOBS_FIELD_NUMBER: _builtins.int
+    FREED_BYTES_FIELD_NUMBER: _builtins.int
+    freed_bytes: _builtins.int
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """image ids removed"""
+
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """diff_ids removed"""
+
+    @_builtins.property
+    def blobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """blob digests removed"""
+
+    def __init__(
+        self,
+        *,
+        images: _abc.Iterable[_builtins.str] | None = ...,
+        layers: _abc.Iterable[_builtins.str] | None = ...,
+        blobs: _abc.Iterable[_builtins.str] | None = ...,
+        freed_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "freed_bytes", b"freed_bytes", "images", b"images", "layers", b"layers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneImagesResponse: _TypeAlias = PruneImagesResponse  # noqa: Y015
+
+@_typing.final
+class DiskUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskUsageRequest: _TypeAlias = DiskUsageRequest  # noqa: Y015
+
+@_typing.final
+class ImageUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REPO_TAGS_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHARED_SIZE_FIELD_NUMBER: _builtins.int
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    size: _builtins.int
+    """bytes of all its layers"""
+    shared_size: _builtins.int
+    """bytes of its layers that other images also use"""
+    containers: _builtins.int
+    """containers created from it"""
+    @_builtins.property
+    def repo_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        repo_tags: _abc.Iterable[_builtins.str] | None = ...,
+        size: _builtins.int = ...,
+        shared_size: _builtins.int = ...,
+        containers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "id", b"id", "repo_tags", b"repo_tags", "shared_size", b"shared_size", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageUsage: _TypeAlias = ImageUsage  # noqa: Y015
+
+@_typing.final
+class ContainerUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    WRITABLE_BYTES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    image: _builtins.str
+    state: Global___ContainerState.ValueType
+    writable_bytes: _builtins.int
+    """its upper (copy-on-write) layer"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        image: _builtins.str = ...,
+        state: Global___ContainerState.ValueType = ...,
+        writable_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "image", b"image", "name", b"name", "state", b"state", "writable_bytes", b"writable_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerUsage: _TypeAlias = ContainerUsage  # noqa: Y015
+
+@_typing.final
+class DiskUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGES_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    LAYERS_BYTES_FIELD_NUMBER: _builtins.int
+    BLOBS_BYTES_FIELD_NUMBER: _builtins.int
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    layers: _builtins.int
+    layers_bytes: _builtins.int
+    blobs_bytes: _builtins.int
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageUsage]: ...
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContainerUsage]: ...
+    def __init__(
+        self,
+        *,
+        images: _abc.Iterable[Global___ImageUsage] | None = ...,
+        layers: _builtins.int = ...,
+        layers_bytes: _builtins.int = ...,
+        blobs_bytes: _builtins.int = ...,
+        containers: _abc.Iterable[Global___ContainerUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_bytes", b"blobs_bytes", "containers", b"containers", "images", b"images", "layers", b"layers", "layers_bytes", b"layers_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskUsageResponse: _TypeAlias = DiskUsageResponse  # noqa: Y015

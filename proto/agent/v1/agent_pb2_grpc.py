@@ -517,6 +517,16 @@ class ImagesStub:
                 request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.RemoveImageRequest.SerializeToString,
                 response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.RemoveImageResponse.FromString,
                 _registered_method=True)
+        self.PullImage = channel.unary_stream(
+                '/shoal.agent.v1.Images/PullImage',
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.PullImageRequest.SerializeToString,
+                response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.ImportImageProgress.FromString,
+                _registered_method=True)
+        self.PruneImages = channel.unary_unary(
+                '/shoal.agent.v1.Images/PruneImages',
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.PruneImagesRequest.SerializeToString,
+                response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.PruneImagesResponse.FromString,
+                _registered_method=True)
 
 
 class ImagesServicer:
@@ -548,6 +558,20 @@ class ImagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullImage(self, request, context):
+        """Pulls HOST[:PORT]/REPO[:TAG|@sha256:…] from an OCI registry. Concurrent pulls share blob fetches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneImages(self, request, context):
+        """Removes untagged images no container uses, then layers and blobs nothing references.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -570,6 +594,16 @@ def add_ImagesServicer_to_server(servicer, server):
                     servicer.RemoveImage,
                     request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.RemoveImageRequest.FromString,
                     response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.RemoveImageResponse.SerializeToString,
+            ),
+            'PullImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullImage,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.PullImageRequest.FromString,
+                    response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.ImportImageProgress.SerializeToString,
+            ),
+            'PruneImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneImages,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.PruneImagesRequest.FromString,
+                    response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.PruneImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -680,6 +714,133 @@ class Images:
             '/shoal.agent.v1.Images/RemoveImage',
             proto_dot_agent_dot_v1_dot_agent__pb2.RemoveImageRequest.SerializeToString,
             proto_dot_agent_dot_v1_dot_agent__pb2.RemoveImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.agent.v1.Images/PullImage',
+            proto_dot_agent_dot_v1_dot_agent__pb2.PullImageRequest.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.ImportImageProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.agent.v1.Images/PruneImages',
+            proto_dot_agent_dot_v1_dot_agent__pb2.PruneImagesRequest.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.PruneImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class SystemStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.DiskUsage = channel.unary_unary(
+                '/shoal.agent.v1.System/DiskUsage',
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.DiskUsageRequest.SerializeToString,
+                response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.DiskUsageResponse.FromString,
+                _registered_method=True)
+
+
+class SystemServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def DiskUsage(self, request, context):
+        """Disk used by images, layers and containers' writable layers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SystemServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'DiskUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiskUsage,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.DiskUsageRequest.FromString,
+                    response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.DiskUsageResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'shoal.agent.v1.System', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('shoal.agent.v1.System', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class System:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def DiskUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.agent.v1.System/DiskUsage',
+            proto_dot_agent_dot_v1_dot_agent__pb2.DiskUsageRequest.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.DiskUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -167,6 +167,10 @@ class ImagesStub:
     ListImages: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListImagesRequest, _agent_pb2.ListImagesResponse]
     GetImage: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ImageRef, _agent_pb2.Image]
     RemoveImage: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RemoveImageRequest, _agent_pb2.RemoveImageResponse]
+    PullImage: _grpc.UnaryStreamMultiCallable[_agent_pb2.PullImageRequest, _agent_pb2.ImportImageProgress]
+    """Pulls HOST[:PORT]/REPO[:TAG|@sha256:…] from an OCI registry. Concurrent pulls share blob fetches."""
+    PruneImages: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PruneImagesRequest, _agent_pb2.PruneImagesResponse]
+    """Removes untagged images no container uses, then layers and blobs nothing references."""
 
 @_typing.type_check_only
 class ImagesAsyncStub(ImagesStub):
@@ -178,6 +182,10 @@ class ImagesAsyncStub(ImagesStub):
     ListImages: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListImagesRequest, _agent_pb2.ListImagesResponse]  # type: ignore[assignment]
     GetImage: _aio.UnaryUnaryMultiCallable[_agent_pb2.ImageRef, _agent_pb2.Image]  # type: ignore[assignment]
     RemoveImage: _aio.UnaryUnaryMultiCallable[_agent_pb2.RemoveImageRequest, _agent_pb2.RemoveImageResponse]  # type: ignore[assignment]
+    PullImage: _aio.UnaryStreamMultiCallable[_agent_pb2.PullImageRequest, _agent_pb2.ImportImageProgress]  # type: ignore[assignment]
+    """Pulls HOST[:PORT]/REPO[:TAG|@sha256:…] from an OCI registry. Concurrent pulls share blob fetches."""
+    PruneImages: _aio.UnaryUnaryMultiCallable[_agent_pb2.PruneImagesRequest, _agent_pb2.PruneImagesResponse]  # type: ignore[assignment]
+    """Removes untagged images no container uses, then layers and blobs nothing references."""
 
 class ImagesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -211,4 +219,45 @@ class ImagesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.RemoveImageResponse, _abc.Awaitable[_agent_pb2.RemoveImageResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def PullImage(
+        self,
+        request: _agent_pb2.PullImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.ImportImageProgress], _abc.AsyncIterator[_agent_pb2.ImportImageProgress]]:
+        """Pulls HOST[:PORT]/REPO[:TAG|@sha256:…] from an OCI registry. Concurrent pulls share blob fetches."""
+
+    @_abc_1.abstractmethod
+    def PruneImages(
+        self,
+        request: _agent_pb2.PruneImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PruneImagesResponse, _abc.Awaitable[_agent_pb2.PruneImagesResponse]]:
+        """Removes untagged images no container uses, then layers and blobs nothing references."""
+
 def add_ImagesServicer_to_server(servicer: ImagesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SystemStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SystemAsyncStub: ...
+    DiskUsage: _grpc.UnaryUnaryMultiCallable[_agent_pb2.DiskUsageRequest, _agent_pb2.DiskUsageResponse]
+    """Disk used by images, layers and containers' writable layers."""
+
+@_typing.type_check_only
+class SystemAsyncStub(SystemStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    DiskUsage: _aio.UnaryUnaryMultiCallable[_agent_pb2.DiskUsageRequest, _agent_pb2.DiskUsageResponse]  # type: ignore[assignment]
+    """Disk used by images, layers and containers' writable layers."""
+
+class SystemServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def DiskUsage(
+        self,
+        request: _agent_pb2.DiskUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.DiskUsageResponse, _abc.Awaitable[_agent_pb2.DiskUsageResponse]]:
+        """Disk used by images, layers and containers' writable layers."""
+
+def add_SystemServicer_to_server(servicer: SystemServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,6 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import images as image_fixtures
+from tests.fixtures.registry import (  # noqa: F401 - pytest finds fixtures by name in the conftest
+    registry,
+    registry_catalogue,
+    registry_factory,
+    registry_seed,
+)
 
 BIN = Path(sys.executable).parent
 CGROUP_ROOT = Path("/sys/fs/cgroup")
