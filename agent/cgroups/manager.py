@@ -230,6 +230,16 @@ class Cgroup(Protocol):
         """The ``cgroup.procs`` file of every hierarchy the container must join (one on v2)."""
         ...
 
+    def join_files(self) -> tuple[str, ...]:
+        """Files a *single-threaded* process writes ``"0"`` into to move itself into this group.
+
+        v1: each hierarchy's ``tasks``. Moving only the calling thread (``"0"``) lets the kernel skip
+        the global ``cgroup_threadgroup_rwsem``, whose write side waits for an RCU grace period —
+        measured 2 to 12 ms for the first join, against 0.1 ms this way. v2: ``cgroup.procs`` (no such
+        shortcut there). The launcher and ``exec`` use these; other callers use ``procs_files``.
+        """
+        ...
+
     def paths(self) -> dict[str, str]:
         """Controller → directory (v2: ``{"unified": dir}``), for ``shoal inspect``."""
         ...

@@ -148,6 +148,9 @@ class V1Cgroup:
     def procs_files(self) -> tuple[str, ...]:
         return tuple(posixpath.join(d, "cgroup.procs") for d in self._unique_dirs())
 
+    def join_files(self) -> tuple[str, ...]:
+        return tuple(posixpath.join(d, "tasks") for d in self._unique_dirs())
+
     def paths(self) -> dict[str, str]:
         return dict(self._dirs)
 

@@ -115,6 +115,9 @@ class V2Cgroup:
     def procs_files(self) -> tuple[str, ...]:
         return (self._path("cgroup.procs"),)
 
+    def join_files(self) -> tuple[str, ...]:
+        return self.procs_files()
+
     def paths(self) -> dict[str, str]:
         return {"unified": self._dir}
 

@@ -51,16 +51,17 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def join_cgroups(procs_files: Iterable[str]) -> None:
-    """Move the calling process into each cgroup by writing its pid to that group's ``cgroup.procs``.
+def join_cgroups(files: Iterable[str]) -> None:
+    """Move the calling (single-threaded) process into each cgroup: ``"0"`` into each file.
 
-    Safe after fork (only os calls); errors name the file.
+    ``"0"`` means "the caller" to the kernel, in ``cgroup.procs`` and in v1's ``tasks`` alike; with
+    ``tasks`` it lets the kernel skip a slow global lock (see ``Cgroup.join_files``). Safe after fork
+    (only os calls); errors name the file.
     """
-    own_pid = str(os.getpid()).encode()
-    for path in procs_files:
+    for path in files:
         with syscalls.described(f"join cgroup {path}"):
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.write(fd, own_pid)
+                os.write(fd, b"0")
             finally:
                 os.close(fd)

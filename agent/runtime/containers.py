@@ -461,7 +461,7 @@ class ContainerRuntime:
             check_transition(ctr.id, ctr.state, State.RUNNING)
             await self._supervisor_ready.wait()
             cg = self._ensure_cgroup(ctr)
-            launch_plan = self._launch_plan(ctr, cgroup_procs=cg.procs_files())
+            launch_plan = self._launch_plan(ctr, cgroup_procs=cg.join_files())
             ctr.exited.clear()
             try:
                 result = await self.supervisor.start(
@@ -620,7 +620,7 @@ class ContainerRuntime:
         exec_plan = plans.ExecPlan(
             target_pid=ctr.pid, argv=tuple(argv), env=merge_env(p.env, tuple(env)),
             cwd=working_dir or p.working_dir, uid=uid, gid=gid, additional_gids=groups,
-            cgroup_procs=cg.procs_files() if cg else (),
+            cgroup_procs=cg.join_files() if cg else (),
             capabilities=self._capabilities(ctr.spec.network),
         )
         proc = await asyncio.create_subprocess_exec(

@@ -84,8 +84,8 @@ class LaunchPlan:
     # Namespaces to create: subset of {"pid", "mount", "uts", "ipc", "net", "cgroup"}. "net" is absent
     # for --network host.
     namespaces: tuple[str, ...] = ("pid", "mount", "uts", "ipc", "net", "cgroup")
-    # Files the launcher writes its (intermediate) pid into before unsharing the cgroup namespace,
-    # e.g. "/sys/fs/cgroup/memory/shoal/ID/cgroup.procs" for every v1 controller, or one file on v2.
+    # Files the launcher writes "0" (itself) into before unsharing the cgroup namespace:
+    # ``Cgroup.join_files()`` — each v1 hierarchy's ``tasks``, or v2's one ``cgroup.procs``.
     cgroup_procs: tuple[str, ...] = ()
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     masked_paths: tuple[str, ...] = DEFAULT_MASKED_PATHS

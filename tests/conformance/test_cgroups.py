@@ -378,3 +378,11 @@ def test_remove_parent_only_when_empty(h: Harness) -> None:
     group.remove()
     assert h.manager.remove_parent_if_empty(h.parent) is True
     assert h.manager.list_children(h.parent) == []
+
+
+def test_join_files_are_tasks_on_v1_and_procs_on_v2(h: Harness) -> None:
+    group = h.create("joiner")
+    files = group.join_files()
+    suffix = "/tasks" if h.manager.version == 1 else "/cgroup.procs"
+    assert files and all(f.endswith(suffix) and h.fs.exists(f) for f in files)
+    assert len(files) == len(group.procs_files())

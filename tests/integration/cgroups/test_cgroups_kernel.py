@@ -207,3 +207,23 @@ def test_v2_limits_without_controllers_are_refused(v2_host: Host) -> None:
         mgr.create(f"{v2_host.parent}/m", limits=Limits(memory_bytes=32 * MiB), devices=())
     assert mgr.list_children(v2_host.parent) == []
 
+
+
+@pytest.mark.parametrize("which", ["v1", "v2"])
+def test_a_process_joins_itself_through_join_files(which: str, request: pytest.FixtureRequest) -> None:
+    """What the launcher does: a single-threaded process writes "0" into every join file."""
+    host: Host = request.getfixturevalue(f"{which}_host")
+    group = host.manager.create(f"{host.parent}/self-join", limits=Limits(), devices=())
+    files = repr(list(group.join_files()))
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         f"import os\nfor p in {files}:\n    open(p, 'w').write('0')\nprint(os.getpid())\n"
+         "print(open('/proc/self/cgroup').read())"],
+        capture_output=True, text=True, check=True)
+    pid, cgroups = proc.stdout.split("\n", 1)
+    lines = [line for line in cgroups.splitlines() if line]
+    joined = [line for line in lines if line.endswith(f"/{host.parent}/self-join")]
+    expected = len(group.join_files()) if which == "v1" else 1
+    # co-mounted controllers (cpu,cpuacct) share one line and one join file
+    assert len(joined) >= expected, (group.join_files(), lines)
+    assert int(pid) > 0
