@@ -220,6 +220,8 @@ class ContainersService(pb_grpc.ContainersServicer):
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
         ctr = await self.runtime.create(container_id=request.id, name=request.name,
                                         spec=spec_from_pb(request.spec), pull=_PULL[request.pull])
+        if request.start:
+            ctr = await self.runtime.start(ctr.id)
         return container_to_pb(ctr)
 
     @unary

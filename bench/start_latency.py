@@ -312,20 +312,26 @@ def _wait_gone(pid: int, *, timeout: float) -> bool:
 
 @dataclass
 class AgentApi:
-    """gRPC over one persistent channel: CreateContainer sent → WaitContainer returned."""
+    """gRPC over one persistent channel: CreateContainer sent → WaitContainer returned.
+
+    ``one_call``: CreateContainer with ``start=true`` (what the CLI and a scheduler send), then Wait —
+    two round trips. Otherwise Create, Start, Wait as three calls, timed separately.
+    """
 
     name: str
     agent: Agent
     note: str = ""
+    one_call: bool = True
 
     def run_once(self) -> Sample:
         stub = self.agent.containers
         assert stub is not None
         spec = pb.ContainerSpec(image=IMAGE_NAME, command=["/bin/true"], network=pb.NETWORK_MODE_NONE)
         t0 = time.perf_counter()
-        created = stub.CreateContainer(pb.CreateContainerRequest(spec=spec))
+        created = stub.CreateContainer(pb.CreateContainerRequest(spec=spec, start=self.one_call))
         t1 = time.perf_counter()
-        stub.StartContainer(pb.ContainerRef(id=created.id))
+        if not self.one_call:
+            stub.StartContainer(pb.ContainerRef(id=created.id))
         t2 = time.perf_counter()
         status = stub.WaitContainer(pb.ContainerRef(id=created.id))
         t3 = time.perf_counter()
@@ -333,6 +339,8 @@ class AgentApi:
         if status.exit_code != 0:
             raise RuntimeError(f"{self.name}: container exited {status.exit_code} ({status.reason}) "
                                f"{status.error}")
+        if self.one_call:
+            return Sample(total=t3 - t0, phases=(("create+start", t1 - t0), ("wait", t3 - t2)))
         return Sample(total=t3 - t0, phases=(("create", t1 - t0), ("start", t2 - t1), ("wait", t3 - t2)))
 
 
@@ -542,8 +550,11 @@ def main(argv: list[str] | None = None) -> int:
                 agent.import_image(image.layout_tar)
             config = write_bundle(work / "bundle", rootfs=image.rootfs)
             contenders: list[Contender] = [
-                AgentApi(name="agent API (gRPC)", agent=plain),
+                AgentApi(name="agent API (gRPC)", agent=plain,
+                         note="CreateContainer(start=true) + WaitContainer: 2 round trips"),
                 AgentApi(name=f"agent API, daemon +{args.ballast_mib} MiB", agent=heavy),
+                AgentApi(name="agent API, 3 calls", agent=plain, one_call=False,
+                         note="CreateContainer, StartContainer, WaitContainer as separate round trips"),
                 OciRuntime(name="runc run", binary="runc", bundle=work / "bundle", config=config,
                            state_root=work / "runc-state", cgroup_parent=cgroup_names["runc"],
                            note="runc run --keep; runc delete untimed; plain rootfs dir, no overlay"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import secrets
 import signal
 import sys
 from collections.abc import Iterator
@@ -174,24 +175,29 @@ def cmd_create(agent: Agent, args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_code(err: grpc.RpcError) -> int:
+def _launch_kind(err: grpc.RpcError) -> str:
     trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
-    return _LAUNCH_EXIT.get(str(trailing.get("shoal-launch-kind", "")), EXIT_RUN_FAILED)
+    return str(trailing.get("shoal-launch-kind", ""))
+
+
+def _launch_code(err: grpc.RpcError) -> int:
+    return _LAUNCH_EXIT.get(_launch_kind(err), EXIT_RUN_FAILED)
 
 
 def cmd_run(agent: Agent, args: argparse.Namespace) -> int:
     request = build_request(args)
     ensure_image(agent, args.image, args.pull)
-    with rpc_errors(agent.address, code=EXIT_RUN_FAILED):
-        ctr = agent.containers.CreateContainer(request)
+    request.start = True
+    if not request.id:
+        # Choose the id here, so a failed start can be cleaned up: the user never saw this container.
+        request.id = secrets.token_hex(32)
     try:
-        agent.containers.StartContainer(pb.ContainerRef(id=ctr.id))
+        ctr = agent.containers.CreateContainer(request)
     except grpc.RpcError as err:
-        code = _launch_code(err)
-        # The user never got this container's id: do not leave it behind.
-        if not args.detach or args.rm:
-            _remove_quietly(agent, ctr.id)
-        raise CliError(err.details() or "start failed", code=code) from None
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and _launch_kind(err):
+            _remove_quietly(agent, request.id)
+            raise CliError(err.details() or "start failed", code=_launch_code(err)) from None
+        raise CliError(describe_rpc_error(err, agent.address), code=EXIT_RUN_FAILED) from None
     if args.detach:
         print(ctr.id)
         return 0

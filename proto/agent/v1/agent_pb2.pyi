@@ -263,12 +263,17 @@ class CreateContainerRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     PULL_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Optional caller-chosen id (lowercase hex or [a-z0-9_.-], 1–64 chars). Empty: the agent picks one."""
     name: _builtins.str
     """optional unique name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"""
     pull: Global___PullPolicy.ValueType
     """the agent pulls spec.image itself (no progress stream; use PullImage for that)"""
+    start: _builtins.bool
+    """Start it too, in the same round trip ("ensure it exists and runs"; idempotent like create).
+    A start failure is returned as the error; the container stays, EXITED with reason StartFailed.
+    """
     @_builtins.property
     def spec(self) -> Global___ContainerSpec: ...
     def __init__(
@@ -278,10 +283,11 @@ class CreateContainerRequest(_message.Message):
         name: _builtins.str = ...,
         spec: Global___ContainerSpec | None = ...,
         pull: Global___PullPolicy.ValueType = ...,
+        start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "pull", b"pull", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "pull", b"pull", "spec", b"spec", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
