@@ -54,6 +54,48 @@ NETWORK_MODE_HOST: NetworkMode.ValueType  # 2
 """the host's network namespace"""
 Global___NetworkMode: _TypeAlias = NetworkMode  # noqa: Y015
 
+class _RestartMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RestartModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RestartMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESTART_MODE_NO: _RestartMode.ValueType  # 0
+    RESTART_MODE_ON_FAILURE: _RestartMode.ValueType  # 1
+    """restart after a non-zero exit (or an OOM kill)"""
+    RESTART_MODE_ALWAYS: _RestartMode.ValueType  # 2
+    """restart after any exit, except one the user asked for (stop/kill)"""
+
+class RestartMode(_RestartMode, metaclass=_RestartModeEnumTypeWrapper): ...
+
+RESTART_MODE_NO: RestartMode.ValueType  # 0
+RESTART_MODE_ON_FAILURE: RestartMode.ValueType  # 1
+"""restart after a non-zero exit (or an OOM kill)"""
+RESTART_MODE_ALWAYS: RestartMode.ValueType  # 2
+"""restart after any exit, except one the user asked for (stop/kill)"""
+Global___RestartMode: _TypeAlias = RestartMode  # noqa: Y015
+
+class _HealthStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HealthStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HEALTH_STATUS_NONE: _HealthStatus.ValueType  # 0
+    """no health check"""
+    HEALTH_STATUS_STARTING: _HealthStatus.ValueType  # 1
+    HEALTH_STATUS_HEALTHY: _HealthStatus.ValueType  # 2
+    HEALTH_STATUS_UNHEALTHY: _HealthStatus.ValueType  # 3
+
+class HealthStatus(_HealthStatus, metaclass=_HealthStatusEnumTypeWrapper): ...
+
+HEALTH_STATUS_NONE: HealthStatus.ValueType  # 0
+"""no health check"""
+HEALTH_STATUS_STARTING: HealthStatus.ValueType  # 1
+HEALTH_STATUS_HEALTHY: HealthStatus.ValueType  # 2
+HEALTH_STATUS_UNHEALTHY: HealthStatus.ValueType  # 3
+Global___HealthStatus: _TypeAlias = HealthStatus  # noqa: Y015
+
 class _PullPolicy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -114,6 +156,48 @@ LOG_STREAM_UNSPECIFIED: LogStream.ValueType  # 0
 LOG_STREAM_STDOUT: LogStream.ValueType  # 1
 LOG_STREAM_STDERR: LogStream.ValueType  # 2
 Global___LogStream: _TypeAlias = LogStream  # noqa: Y015
+
+class _EventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
+    EVENT_TYPE_CREATED: _EventType.ValueType  # 1
+    EVENT_TYPE_STARTED: _EventType.ValueType  # 2
+    EVENT_TYPE_EXITED: _EventType.ValueType  # 3
+    """exit_code and reason set"""
+    EVENT_TYPE_OOM_KILLED: _EventType.ValueType  # 4
+    """also followed by EXITED"""
+    EVENT_TYPE_RESTARTING: _EventType.ValueType  # 5
+    """a restart is scheduled (next_restart_at in the container)"""
+    EVENT_TYPE_HEALTH_CHANGED: _EventType.ValueType  # 6
+    """health set"""
+    EVENT_TYPE_REMOVED: _EventType.ValueType  # 7
+    EVENT_TYPE_START_FAILED: _EventType.ValueType  # 8
+    """reason/message set"""
+
+class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
+    """---------------------------------------------------------------------------------------------------
+    Events
+    """
+
+EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
+EVENT_TYPE_CREATED: EventType.ValueType  # 1
+EVENT_TYPE_STARTED: EventType.ValueType  # 2
+EVENT_TYPE_EXITED: EventType.ValueType  # 3
+"""exit_code and reason set"""
+EVENT_TYPE_OOM_KILLED: EventType.ValueType  # 4
+"""also followed by EXITED"""
+EVENT_TYPE_RESTARTING: EventType.ValueType  # 5
+"""a restart is scheduled (next_restart_at in the container)"""
+EVENT_TYPE_HEALTH_CHANGED: EventType.ValueType  # 6
+"""health set"""
+EVENT_TYPE_REMOVED: EventType.ValueType  # 7
+EVENT_TYPE_START_FAILED: EventType.ValueType  # 8
+"""reason/message set"""
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
 class ContainerRef(_message.Message):
@@ -203,6 +287,8 @@ class ContainerSpec(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     AUTO_REMOVE_FIELD_NUMBER: _builtins.int
+    RESTART_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """reference as given (name:tag, id or prefix)"""
     working_dir: _builtins.str
@@ -231,6 +317,10 @@ class ContainerSpec(_message.Message):
     def resources(self) -> Global___Resources: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def restart(self) -> Global___RestartPolicy: ...
+    @_builtins.property
+    def health(self) -> Global___HealthCheck: ...
     def __init__(
         self,
         *,
@@ -246,14 +336,185 @@ class ContainerSpec(_message.Message):
         network: Global___NetworkMode.ValueType = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         auto_remove: _builtins.bool = ...,
+        restart: Global___RestartPolicy | None = ...,
+        health: Global___HealthCheck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "read_only", b"read_only", "resources", b"resources", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "health", b"health", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "read_only", b"read_only", "resources", b"resources", "restart", b"restart", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
+
+@_typing.final
+class RestartPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    mode: Global___RestartMode.ValueType
+    max_retries: _builtins.int
+    """on-failure only; 0 = no limit"""
+    def __init__(
+        self,
+        *,
+        mode: Global___RestartMode.ValueType = ...,
+        max_retries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_retries", b"max_retries", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
+
+@_typing.final
+class ExecProbe(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """run inside the container like `shoal exec`; healthy on exit 0"""
+
+    def __init__(
+        self,
+        *,
+        command: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecProbe: _TypeAlias = ExecProbe  # noqa: Y015
+
+@_typing.final
+class TcpProbe(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    """connect inside the container's network namespace"""
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TcpProbe: _TypeAlias = TcpProbe  # noqa: Y015
+
+@_typing.final
+class HttpProbe(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    path: _builtins.str
+    """default "/"; healthy on a 2xx or 3xx answer"""
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpProbe: _TypeAlias = HttpProbe  # noqa: Y015
+
+@_typing.final
+class HealthCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXEC_FIELD_NUMBER: _builtins.int
+    TCP_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    START_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    RESTART_ON_UNHEALTHY_FIELD_NUMBER: _builtins.int
+    interval_seconds: _builtins.float
+    """default 30"""
+    timeout_seconds: _builtins.float
+    """default 30"""
+    retries: _builtins.int
+    """consecutive failures before unhealthy; default 3"""
+    start_period_seconds: _builtins.float
+    """failures in this window after start do not count"""
+    restart_on_unhealthy: _builtins.bool
+    """kill (and let the restart policy act) when it turns unhealthy"""
+    @_builtins.property
+    def exec(self) -> Global___ExecProbe: ...
+    @_builtins.property
+    def tcp(self) -> Global___TcpProbe: ...
+    @_builtins.property
+    def http(self) -> Global___HttpProbe: ...
+    def __init__(
+        self,
+        *,
+        exec: Global___ExecProbe | None = ...,
+        tcp: Global___TcpProbe | None = ...,
+        http: Global___HttpProbe | None = ...,
+        interval_seconds: _builtins.float = ...,
+        timeout_seconds: _builtins.float = ...,
+        retries: _builtins.int = ...,
+        start_period_seconds: _builtins.float = ...,
+        restart_on_unhealthy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "http", b"http", "probe", b"probe", "tcp", b"tcp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "http", b"http", "interval_seconds", b"interval_seconds", "probe", b"probe", "restart_on_unhealthy", b"restart_on_unhealthy", "retries", b"retries", "start_period_seconds", b"start_period_seconds", "tcp", b"tcp", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_probe: _TypeAlias = _typing.Literal["exec", "tcp", "http"]  # noqa: Y015
+    _WhichOneofArgType_probe: _TypeAlias = _typing.Literal["probe", b"probe"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_probe) -> _WhichOneofReturnType_probe | None: ...
+
+Global___HealthCheck: _TypeAlias = HealthCheck  # noqa: Y015
+
+@_typing.final
+class HealthResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    output: _builtins.str
+    """probe output or error, truncated"""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        ok: _builtins.bool = ...,
+        output: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "ok", b"ok", "output", b"output", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthResult: _TypeAlias = HealthResult  # noqa: Y015
 
 @_typing.final
 class CreateContainerRequest(_message.Message):
@@ -339,6 +600,10 @@ class Container(_message.Message):
     CGROUP_PATHS_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    HEALTH_LOG_FIELD_NUMBER: _builtins.int
+    RESTART_COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_RESTART_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     state: Global___ContainerState.ValueType
@@ -358,6 +623,8 @@ class Container(_message.Message):
     upper_dir: _builtins.str
     log_path: _builtins.str
     hostname: _builtins.str
+    health: Global___HealthStatus.ValueType
+    restart_count: _builtins.int
     @_builtins.property
     def spec(self) -> Global___ContainerSpec: ...
     @_builtins.property
@@ -379,6 +646,14 @@ class Container(_message.Message):
     @_builtins.property
     def cgroup_paths(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """controller → directory"""
+
+    @_builtins.property
+    def health_log(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthResult]:
+        """the last few probe results, oldest first"""
+
+    @_builtins.property
+    def next_restart_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while a restart is pending (backoff); a stop cancels it."""
 
     def __init__(
         self,
@@ -405,10 +680,14 @@ class Container(_message.Message):
         cgroup_paths: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         log_path: _builtins.str = ...,
         hostname: _builtins.str = ...,
+        health: Global___HealthStatus.ValueType = ...,
+        health_log: _abc.Iterable[Global___HealthResult] | None = ...,
+        restart_count: _builtins.int = ...,
+        next_restart_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "next_restart_at", b"next_restart_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cgroup_paths", b"cgroup_paths", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "gid", b"gid", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "layers", b"layers", "log_path", b"log_path", "name", b"name", "pid", b"pid", "reason", b"reason", "resolved_env", b"resolved_env", "resolved_working_dir", b"resolved_working_dir", "spec", b"spec", "started_at", b"started_at", "state", b"state", "uid", b"uid", "upper_dir", b"upper_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cgroup_paths", b"cgroup_paths", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "gid", b"gid", "health", b"health", "health_log", b"health_log", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "layers", b"layers", "log_path", b"log_path", "name", b"name", "next_restart_at", b"next_restart_at", "pid", b"pid", "reason", b"reason", "resolved_env", b"resolved_env", "resolved_working_dir", b"resolved_working_dir", "restart_count", b"restart_count", "spec", b"spec", "started_at", b"started_at", "state", b"state", "uid", b"uid", "upper_dir", b"upper_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1214,3 +1493,411 @@ class DiskUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiskUsageResponse: _TypeAlias = DiskUsageResponse  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    CONTAINER_NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    RESTART_COUNT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """increases by one per event, across agent restarts"""
+    type: Global___EventType.ValueType
+    container_id: _builtins.str
+    container_name: _builtins.str
+    exit_code: _builtins.int
+    reason: _builtins.str
+    health: Global___HealthStatus.ValueType
+    restart_count: _builtins.int
+    message: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        type: Global___EventType.ValueType = ...,
+        container_id: _builtins.str = ...,
+        container_name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        exit_code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        health: Global___HealthStatus.ValueType = ...,
+        restart_count: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "container_name", b"container_name", "exit_code", b"exit_code", "health", b"health", "labels", b"labels", "message", b"message", "reason", b"reason", "restart_count", b"restart_count", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    after_sequence: _builtins.int
+    """Replay kept events with a larger sequence first. Unset: only events from now on."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """only containers carrying all these labels"""
+
+    def __init__(
+        self,
+        *,
+        after_sequence: _builtins.int | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
+    _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_sequence) -> _WhichOneofReturnType__after_sequence | None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class GetHostRequest(_message.Message):
+    """---------------------------------------------------------------------------------------------------
+    Host and usage
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHostRequest: _TypeAlias = GetHostRequest  # noqa: Y015
+
+@_typing.final
+class HostInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    HOST_ID_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_ALLOCATABLE_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_COMMITTED_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_COMMITTED_MILLIS_FIELD_NUMBER: _builtins.int
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    CONTAINERS_RUNNING_FIELD_NUMBER: _builtins.int
+    CPU_USED_CORES_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    host_id: _builtins.str
+    """stable, kept in the agent's root"""
+    hostname: _builtins.str
+    agent_version: _builtins.str
+    cpu_cores: _builtins.int
+    memory_total_bytes: _builtins.int
+    memory_allocatable_bytes: _builtins.int
+    """total minus the reserve for the system"""
+    memory_used_bytes: _builtins.int
+    """host-wide, MemTotal - MemAvailable"""
+    memory_committed_bytes: _builtins.int
+    """sum of the containers' memory limits"""
+    cpu_committed_millis: _builtins.int
+    """sum of the containers' cpu limits"""
+    containers: _builtins.int
+    containers_running: _builtins.int
+    cpu_used_cores: _builtins.float
+    """host-wide, over the last sampling interval"""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """from `shoal-agent serve --label K=V`"""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """when this agent process started"""
+
+    def __init__(
+        self,
+        *,
+        host_id: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+        agent_version: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cpu_cores: _builtins.int = ...,
+        memory_total_bytes: _builtins.int = ...,
+        memory_allocatable_bytes: _builtins.int = ...,
+        memory_used_bytes: _builtins.int = ...,
+        memory_committed_bytes: _builtins.int = ...,
+        cpu_committed_millis: _builtins.int = ...,
+        containers: _builtins.int = ...,
+        containers_running: _builtins.int = ...,
+        cpu_used_cores: _builtins.float = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "containers", b"containers", "containers_running", b"containers_running", "cpu_committed_millis", b"cpu_committed_millis", "cpu_cores", b"cpu_cores", "cpu_used_cores", b"cpu_used_cores", "host_id", b"host_id", "hostname", b"hostname", "labels", b"labels", "memory_allocatable_bytes", b"memory_allocatable_bytes", "memory_committed_bytes", b"memory_committed_bytes", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostInfo: _TypeAlias = HostInfo  # noqa: Y015
+
+@_typing.final
+class ContainerStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    CPU_FRACTION_OF_LIMIT_FIELD_NUMBER: _builtins.int
+    CPU_THROTTLED_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_USAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_WORKING_SET_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_RSS_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    OOM_EVENTS_FIELD_NUMBER: _builtins.int
+    PIDS_FIELD_NUMBER: _builtins.int
+    NETWORK_RX_BYTES_FIELD_NUMBER: _builtins.int
+    NETWORK_TX_BYTES_FIELD_NUMBER: _builtins.int
+    NETWORK_RX_PACKETS_FIELD_NUMBER: _builtins.int
+    NETWORK_TX_PACKETS_FIELD_NUMBER: _builtins.int
+    WRITABLE_LAYER_BYTES_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    image: _builtins.str
+    cpu_seconds: _builtins.float
+    """cumulative cpu time"""
+    cpu_cores: _builtins.float
+    """cores used over the last interval"""
+    cpu_fraction_of_limit: _builtins.float
+    """cpu_cores / limit (0 when unlimited)"""
+    cpu_throttled_seconds: _builtins.float
+    """cumulative"""
+    memory_usage_bytes: _builtins.int
+    memory_working_set_bytes: _builtins.int
+    """usage − inactive file (cAdvisor)"""
+    memory_rss_bytes: _builtins.int
+    memory_limit_bytes: _builtins.int
+    """0 = unlimited"""
+    oom_events: _builtins.int
+    pids: _builtins.int
+    network_rx_bytes: _builtins.int
+    network_tx_bytes: _builtins.int
+    network_rx_packets: _builtins.int
+    network_tx_packets: _builtins.int
+    writable_layer_bytes: _builtins.int
+    """refreshed less often than every interval"""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        image: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cpu_seconds: _builtins.float = ...,
+        cpu_cores: _builtins.float = ...,
+        cpu_fraction_of_limit: _builtins.float = ...,
+        cpu_throttled_seconds: _builtins.float = ...,
+        memory_usage_bytes: _builtins.int = ...,
+        memory_working_set_bytes: _builtins.int = ...,
+        memory_rss_bytes: _builtins.int = ...,
+        memory_limit_bytes: _builtins.int = ...,
+        oom_events: _builtins.int = ...,
+        pids: _builtins.int = ...,
+        network_rx_bytes: _builtins.int = ...,
+        network_tx_bytes: _builtins.int = ...,
+        network_rx_packets: _builtins.int = ...,
+        network_tx_packets: _builtins.int = ...,
+        writable_layer_bytes: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_cores", b"cpu_cores", "cpu_fraction_of_limit", b"cpu_fraction_of_limit", "cpu_seconds", b"cpu_seconds", "cpu_throttled_seconds", b"cpu_throttled_seconds", "id", b"id", "image", b"image", "labels", b"labels", "memory_limit_bytes", b"memory_limit_bytes", "memory_rss_bytes", b"memory_rss_bytes", "memory_usage_bytes", b"memory_usage_bytes", "memory_working_set_bytes", b"memory_working_set_bytes", "name", b"name", "network_rx_bytes", b"network_rx_bytes", "network_rx_packets", b"network_rx_packets", "network_tx_bytes", b"network_tx_bytes", "network_tx_packets", b"network_tx_packets", "oom_events", b"oom_events", "pids", b"pids", "started_at", b"started_at", "writable_layer_bytes", b"writable_layer_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerStats: _TypeAlias = ContainerStats  # noqa: Y015
+
+@_typing.final
+class UsageSnapshot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    SAMPLE_SECONDS_FIELD_NUMBER: _builtins.int
+    sample_seconds: _builtins.float
+    """how long taking this snapshot took"""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def host(self) -> Global___HostInfo: ...
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContainerStats]: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        host: Global___HostInfo | None = ...,
+        containers: _abc.Iterable[Global___ContainerStats] | None = ...,
+        sample_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "host", b"host", "sample_seconds", b"sample_seconds", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageSnapshot: _TypeAlias = UsageSnapshot  # noqa: Y015
+
+@_typing.final
+class WatchUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """only containers carrying all these labels"""
+
+    def __init__(
+        self,
+        *,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchUsageRequest: _TypeAlias = WatchUsageRequest  # noqa: Y015

@@ -84,6 +84,11 @@ class ContainersStub:
                 request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.ExecRequest.SerializeToString,
                 response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.ExecOutput.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/shoal.agent.v1.Containers/WatchEvents',
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class ContainersServicer:
@@ -153,6 +158,14 @@ class ContainersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Lifecycle events. Resumable: pass the last sequence you saw and the agent replays every later
+        event it still keeps (its history survives agent restarts), then streams new ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContainersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +218,11 @@ def add_ContainersServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.ExecRequest.FromString,
                     response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.ExecOutput.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.WatchEventsRequest.FromString,
+                    response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +495,151 @@ class Containers:
             '/shoal.agent.v1.Containers/Exec',
             proto_dot_agent_dot_v1_dot_agent__pb2.ExecRequest.SerializeToString,
             proto_dot_agent_dot_v1_dot_agent__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.agent.v1.Containers/WatchEvents',
+            proto_dot_agent_dot_v1_dot_agent__pb2.WatchEventsRequest.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class HostStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetHost = channel.unary_unary(
+                '/shoal.agent.v1.Host/GetHost',
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.GetHostRequest.SerializeToString,
+                response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.HostInfo.FromString,
+                _registered_method=True)
+        self.WatchUsage = channel.unary_stream(
+                '/shoal.agent.v1.Host/WatchUsage',
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.WatchUsageRequest.SerializeToString,
+                response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.UsageSnapshot.FromString,
+                _registered_method=True)
+
+
+class HostServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def GetHost(self, request, context):
+        """This host's identity, capacity and current use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchUsage(self, request, context):
+        """One snapshot per sampling interval (default 1 s). A slow client gets the newest snapshot, never
+        a backlog, and never slows sampling or other clients.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_HostServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHost,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.GetHostRequest.FromString,
+                    response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.HostInfo.SerializeToString,
+            ),
+            'WatchUsage': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchUsage,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.WatchUsageRequest.FromString,
+                    response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.UsageSnapshot.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'shoal.agent.v1.Host', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('shoal.agent.v1.Host', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Host:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.agent.v1.Host/GetHost',
+            proto_dot_agent_dot_v1_dot_agent__pb2.GetHostRequest.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.HostInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.agent.v1.Host/WatchUsage',
+            proto_dot_agent_dot_v1_dot_agent__pb2.WatchUsageRequest.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.UsageSnapshot.FromString,
             options,
             channel_credentials,
             insecure,

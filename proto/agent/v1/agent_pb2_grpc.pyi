@@ -57,6 +57,10 @@ class ContainersStub:
     """Runs a process inside a running container: all its namespaces, its cgroup, its credentials.
     The stream carries output chunks, then exactly one message with the exit code.
     """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchEventsRequest, _agent_pb2.Event]
+    """Lifecycle events. Resumable: pass the last sequence you saw and the agent replays every later
+    event it still keeps (its history survives agent restarts), then streams new ones.
+    """
 
 @_typing.type_check_only
 class ContainersAsyncStub(ContainersStub):
@@ -75,6 +79,10 @@ class ContainersAsyncStub(ContainersStub):
     Exec: _aio.UnaryStreamMultiCallable[_agent_pb2.ExecRequest, _agent_pb2.ExecOutput]  # type: ignore[assignment]
     """Runs a process inside a running container: all its namespaces, its cgroup, its credentials.
     The stream carries output chunks, then exactly one message with the exit code.
+    """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchEventsRequest, _agent_pb2.Event]  # type: ignore[assignment]
+    """Lifecycle events. Resumable: pass the last sequence you saw and the agent replays every later
+    event it still keeps (its history survives agent restarts), then streams new ones.
     """
 
 class ContainersServicer(metaclass=_abc_1.ABCMeta):
@@ -153,7 +161,60 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         The stream carries output chunks, then exactly one message with the exit code.
         """
 
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _agent_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.Event], _abc.AsyncIterator[_agent_pb2.Event]]:
+        """Lifecycle events. Resumable: pass the last sequence you saw and the agent replays every later
+        event it still keeps (its history survives agent restarts), then streams new ones.
+        """
+
 def add_ContainersServicer_to_server(servicer: ContainersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class HostStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> HostAsyncStub: ...
+    GetHost: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetHostRequest, _agent_pb2.HostInfo]
+    """This host's identity, capacity and current use."""
+    WatchUsage: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchUsageRequest, _agent_pb2.UsageSnapshot]
+    """One snapshot per sampling interval (default 1 s). A slow client gets the newest snapshot, never
+    a backlog, and never slows sampling or other clients.
+    """
+
+@_typing.type_check_only
+class HostAsyncStub(HostStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetHost: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetHostRequest, _agent_pb2.HostInfo]  # type: ignore[assignment]
+    """This host's identity, capacity and current use."""
+    WatchUsage: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchUsageRequest, _agent_pb2.UsageSnapshot]  # type: ignore[assignment]
+    """One snapshot per sampling interval (default 1 s). A slow client gets the newest snapshot, never
+    a backlog, and never slows sampling or other clients.
+    """
+
+class HostServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def GetHost(
+        self,
+        request: _agent_pb2.GetHostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.HostInfo, _abc.Awaitable[_agent_pb2.HostInfo]]:
+        """This host's identity, capacity and current use."""
+
+    @_abc_1.abstractmethod
+    def WatchUsage(
+        self,
+        request: _agent_pb2.WatchUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.UsageSnapshot], _abc.AsyncIterator[_agent_pb2.UsageSnapshot]]:
+        """One snapshot per sampling interval (default 1 s). A slow client gets the newest snapshot, never
+        a backlog, and never slows sampling or other clients.
+        """
+
+def add_HostServicer_to_server(servicer: HostServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ImagesStub:
     @_typing.overload
