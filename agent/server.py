@@ -289,6 +289,11 @@ class ContainersService(pb_grpc.ContainersServicer):
                 yield pb.ExecOutput(stderr=payload)
 
 
+    async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.Event]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "events are not available yet")
+        yield pb.Event()  # pragma: no cover - abort raises
+
+
 class ImagesService(pb_grpc.ImagesServicer):
     def __init__(self, store: ImageStore, runtime: ContainerRuntime, *, scratch: Path) -> None:
         self.store = store
