@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.cli import containers, images, system
+from agent.cli import certs, containers, images, system
 from agent.cli.client import CliError, connect, resolve_address
 
 
@@ -23,12 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     containers.add_parsers(sub)
     images.add_parsers(sub)
     system.add_parsers(sub)
+    certs.add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    agent = connect(resolve_address(args.agent), tls_dir=args.tls_dir)
+    # Offline verbs (certs) need no agent.
+    agent = None if getattr(args, "offline", False) else connect(resolve_address(args.agent),
+                                                                  tls_dir=args.tls_dir)
     try:
         code = args.func(agent, args)
     except CliError as err:
@@ -37,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         code = 0
     finally:
-        agent.channel.close()
+        if agent is not None:
+            agent.channel.close()
     sys.exit(code)
 
 

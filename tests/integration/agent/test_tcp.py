@@ -69,3 +69,22 @@ def test_mtls_requires_a_valid_client_certificate(tmp_path: Path) -> None:
         assert no_cert.returncode != 0
     finally:
         agent.stop()
+
+
+def test_certs_init_output_works_for_agent_and_cli(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    init = subprocess.run([shoal_bin("shoal"), "certs", "init", str(pki), "--host", "127.0.0.1"],
+                          capture_output=True, text=True, timeout=30)
+    assert init.returncode == 0, init.stderr
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    agent = _agent(tmp_path, "--listen", address, "--tls-dir", str(pki))
+    agent.start()
+    try:
+        assert _shoal(address, "--tls-dir", str(pki), "ps").returncode == 0
+        other = tmp_path / "other"
+        subprocess.run([shoal_bin("shoal"), "certs", "init", str(other), "--host", "127.0.0.1"],
+                       check=True, capture_output=True, timeout=30)
+        assert _shoal(address, "--tls-dir", str(other), "ps").returncode != 0  # another cluster's CA
+    finally:
+        agent.stop()
