@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from agent.cli.client import Agent, CliError, describe_rpc_error, rpc_errors
 from agent.cli.images import pull_image
@@ -106,10 +105,63 @@ def _add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entrypoint", default=None, help="override the image's entrypoint")
     parser.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     parser.add_argument("--network", "--net", default="none", choices=["none", "host"])
+    parser.add_argument("--restart", default="no", metavar="no|on-failure[:MAX]|always",
+                        help="restart policy (exponential backoff, capped at 1 minute)")
+    health = parser.add_argument_group("health check (one probe kind)")
+    probe = health.add_mutually_exclusive_group()
+    probe.add_argument("--health-cmd", default=None, metavar="CMD",
+                       help="run CMD with /bin/sh -c inside the container; healthy on exit 0")
+    probe.add_argument("--health-tcp", type=int, default=None, metavar="PORT",
+                       help="connect to PORT inside the container's network namespace")
+    probe.add_argument("--health-http", default=None, metavar="PORT[/PATH]",
+                       help="GET http://127.0.0.1:PORT/PATH inside the container; healthy on 2xx/3xx")
+    health.add_argument("--health-interval", default="30s", metavar="DURATION")
+    health.add_argument("--health-timeout", default="30s", metavar="DURATION")
+    health.add_argument("--health-retries", type=int, default=3, metavar="N")
+    health.add_argument("--health-start-period", default="0s", metavar="DURATION")
+    health.add_argument("--restart-on-unhealthy", action="store_true",
+                        help="kill the container when it turns unhealthy (the restart policy decides)")
     parser.add_argument("--pull", default="missing", choices=["missing", "always", "never"],
                         help="pull the image from its registry first (default: when missing)")
     parser.add_argument("image")
     parser.add_argument("command", nargs=argparse.REMAINDER)
+
+
+_RESTART_MODES = {"no": pb.RESTART_MODE_NO, "on-failure": pb.RESTART_MODE_ON_FAILURE,
+                  "always": pb.RESTART_MODE_ALWAYS, "unless-stopped": pb.RESTART_MODE_ALWAYS}
+
+
+def parse_restart(raw: str) -> pb.RestartPolicy:
+    mode, _, count = raw.partition(":")
+    if mode not in _RESTART_MODES or (count and (mode != "on-failure" or not count.isdigit())):
+        raise InvalidArgument(f"invalid restart policy {raw!r}: use no, on-failure[:MAX] or always")
+    return pb.RestartPolicy(mode=_RESTART_MODES[mode], max_retries=int(count or 0))
+
+
+def parse_health(args: argparse.Namespace) -> pb.HealthCheck | None:
+    check = pb.HealthCheck(
+        interval_seconds=specs.parse_duration(args.health_interval, what="health interval"),
+        timeout_seconds=specs.parse_duration(args.health_timeout, what="health timeout"),
+        retries=args.health_retries,
+        start_period_seconds=specs.parse_duration(args.health_start_period, what="health start period"),
+        restart_on_unhealthy=args.restart_on_unhealthy,
+    )
+    if args.health_cmd is not None:
+        check.exec.command.extend(["/bin/sh", "-c", args.health_cmd])
+    elif args.health_tcp is not None:
+        check.tcp.port = args.health_tcp
+    elif args.health_http is not None:
+        port, _, path = args.health_http.partition("/")
+        if not port.isdigit():
+            raise InvalidArgument(f"invalid --health-http {args.health_http!r}: expected PORT[/PATH]")
+        check.http.port, check.http.path = int(port), "/" + path
+    else:
+        if args.restart_on_unhealthy:
+            raise InvalidArgument("--restart-on-unhealthy needs a health check (--health-cmd, -tcp or -http)")
+        return None
+    if check.retries < 1 or check.interval_seconds <= 0 or check.timeout_seconds <= 0:
+        raise InvalidArgument("health checks need retries ≥ 1 and a positive interval and timeout")
+    return check
 
 
 def _key_values(items: list[str], what: str) -> dict[str, str]:
@@ -130,6 +182,8 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
             pids_max=specs.parse_pids(args.pids) if args.pids else 0,
         )
         env = specs.parse_env(args.env)
+        restart = parse_restart(args.restart)
+        health = parse_health(args)
     except InvalidArgument as err:
         raise CliError(str(err), code=EXIT_RUN_FAILED) from None
     entrypoint = [args.entrypoint] if args.entrypoint else []
@@ -139,6 +193,7 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
         read_only=args.read_only,
         network=pb.NETWORK_MODE_HOST if args.network == "host" else pb.NETWORK_MODE_NONE,
         labels=_key_values(args.label, "label"), auto_remove=bool(args.rm and args.detach),
+        restart=restart, health=health,
     )
     return pb.CreateContainerRequest(id=args.id, name=args.name, spec=spec)
 
@@ -363,6 +418,8 @@ _STATE_NAMES = {pb.CONTAINER_STATE_CREATED: "created", pb.CONTAINER_STATE_RUNNIN
 
 
 def container_json(ctr: pb.Container) -> dict[str, Any]:
+    from google.protobuf import json_format
+
     raw = json_format.MessageToDict(ctr, preserving_proto_field_name=True,
                                     always_print_fields_with_no_presence=True)
     raw["state"] = _STATE_NAMES.get(ctr.state, "unknown")

@@ -16,11 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from google.protobuf import json_format
-
 from agent.cli.client import Agent, CliError, rpc_errors
 from agent.cli.output import ago, human_size, short_id, table
-from agent.cli.progress import LayerProgress
 from proto.agent.v1 import agent_pb2 as pb
 
 CHUNK = 1 << 20
@@ -84,6 +81,8 @@ def cmd_import(agent: Agent, args: argparse.Namespace) -> int:
                                                                                 name=args.name)])
     else:
         requests = _upload(path, args.name)
+    from agent.cli.progress import LayerProgress  # rich: only when there is progress to draw
+
     image = None
     with rpc_errors(agent.address), LayerProgress(quiet=args.quiet) as bars:
         for progress in agent.images.ImportImage(requests):
@@ -103,6 +102,8 @@ def cmd_import(agent: Agent, args: argparse.Namespace) -> int:
 
 def pull_image(agent: Agent, ref: str, *, quiet: bool) -> pb.Image:
     """Pull with per-layer progress on stderr; returns the image record."""
+    from agent.cli.progress import LayerProgress
+
     started = time.monotonic()
     image: pb.Image | None = None
     with rpc_errors(agent.address), LayerProgress(quiet=quiet) as bars:
@@ -165,6 +166,8 @@ def cmd_rm(agent: Agent, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(agent: Agent, args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
     out = []
     with rpc_errors(agent.address):
         for ref in args.refs:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.cli import certs, containers, images, system
+from agent.cli import certs, containers, images, observe, system
 from agent.cli.client import CliError, connect, resolve_address
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     containers.add_parsers(sub)
     images.add_parsers(sub)
     system.add_parsers(sub)
+    observe.add_parsers(sub)
     certs.add_parsers(sub)
     return parser
 

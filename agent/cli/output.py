@@ -43,9 +43,16 @@ def human_size(size: int) -> str:
     return f"{value:.3g}TB"
 
 
+_HEALTH = {pb.HEALTH_STATUS_STARTING: " (health: starting)", pb.HEALTH_STATUS_HEALTHY: " (healthy)",
+           pb.HEALTH_STATUS_UNHEALTHY: " (unhealthy)"}
+
+
 def status_line(ctr: pb.Container) -> str:
     if ctr.state == pb.CONTAINER_STATE_RUNNING:
-        return f"Up {duration(time.time() - ctr.started_at.ToNanoseconds() / 1e9)}"
+        up = f"Up {duration(time.time() - ctr.started_at.ToNanoseconds() / 1e9)}"
+        return up + _HEALTH.get(ctr.health, "")
+    if ctr.HasField("next_restart_at"):
+        return f"Restarting ({ctr.exit_code}) {ago(ctr.finished_at.ToNanoseconds() / 1e9)}"
     if ctr.state == pb.CONTAINER_STATE_EXITED:
         when = ago(ctr.finished_at.ToNanoseconds() / 1e9) if ctr.HasField("finished_at") else ""
         reason = f" {ctr.reason}" if ctr.reason in ("OOMKilled", "StartFailed", "Lost") else ""

@@ -14,6 +14,8 @@ from enum import Enum
 from typing import NewType
 
 from agent.errors import InvalidArgument
+from agent.runtime.health import HealthCheck
+from agent.runtime.restart import RestartPolicy
 
 ContainerId = NewType("ContainerId", str)
 
@@ -54,6 +56,8 @@ class ContainerSpec:
     network: NetworkMode = NetworkMode.NONE
     labels: tuple[tuple[str, str], ...] = ()
     auto_remove: bool = False
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    health: HealthCheck | None = None
 
 
 def new_container_id() -> ContainerId:
@@ -118,6 +122,18 @@ def parse_pids(raw: str) -> int:
     if value < 1:
         raise InvalidArgument(f"pids limit must be at least 1, got {value}")
     return value
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(raw: str, *, what: str = "duration") -> float:
+    """``30s``, ``1.5m``, ``500ms``, ``2h`` or plain seconds → seconds."""
+    m = _DURATION_RE.match(raw)
+    if not m:
+        raise InvalidArgument(f"invalid {what} {raw!r}: expected e.g. 500ms, 30s, 2m or 1h")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
 def parse_env(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:

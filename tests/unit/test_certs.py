@@ -65,3 +65,9 @@ def test_cli_certs_init_needs_no_agent(tmp_path: Path) -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "pki/agent.pem").exists() and "Keep ca-key.pem safe" in result.stdout
+
+
+def test_cli_knows_the_same_kinds() -> None:
+    from agent.cli import certs as cli_certs
+
+    assert cli_certs.KINDS == certs.KINDS

@@ -69,3 +69,15 @@ def test_new_ids_are_unique_hex() -> None:
     ids = {spec.new_container_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(len(i) == 64 and int(i, 16) >= 0 for i in ids)
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("30s", 30.0), ("1.5m", 90.0), ("500ms", 0.5), ("2h", 7200.0),
+                                              ("10", 10.0)])
+def test_parse_duration(raw: str, seconds: float) -> None:
+    assert spec.parse_duration(raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["", "s", "-1s", "5 days", "1d"])
+def test_parse_duration_rejects(raw: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid duration"):
+        spec.parse_duration(raw)
