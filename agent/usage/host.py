@@ -1,0 +1,152 @@
+"""Who this host is and what it has: its stable id, version, labels and capacity.
+
+A host's identity is what a scheduler keys its records by, so it must survive agent restarts and host
+renames: ``load_or_create_host_id`` keeps a random id in ``<root>/host-id`` (written once, atomically,
+0600). Capacity is what *this agent* may hand out: the cpus in its own affinity mask (a cpuset or
+``taskset`` narrows it) and the host's memory. Labels come from ``shoal-agent serve --label K=V`` and let
+a scheduler place by zone or hardware; they are validated here so a typo fails at start-up with a message
+naming the flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import InvalidArgument, ShoalError
+
+HOST_ID_FILE = "host-id"
+# Same shape as Kubernetes label keys: an optional DNS prefix, then a name of at most 63 characters.
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE_MAX = 256
+_HOST_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """What never changes while an agent runs: reported with every host sample."""
+
+    host_id: str
+    hostname: str
+    agent_version: str
+    labels: dict[str, str] = field(hash=False)
+    started_at: float  # unix time the agent process started
+
+    @classmethod
+    def for_this_agent(cls, *, root: Path, labels: dict[str, str]) -> HostIdentity:
+        return cls(host_id=load_or_create_host_id(root), hostname=socket.gethostname(),
+                   agent_version=agent_version(), labels=dict(labels), started_at=time.time())
+
+
+def agent_version() -> str:
+    """The installed ``shoal`` package's version, ``"unknown"`` when running from a bare checkout."""
+    try:
+        return importlib.metadata.version("shoal")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def load_or_create_host_id(root: Path) -> str:
+    """The id kept in ``<root>/host-id``; created (128 random bits, hex) on first use.
+
+    Written to a temporary file, fsynced and hard-linked into place: ``link`` fails if the name exists,
+    so two agents racing on one root agree on whichever id landed first, and a crash never leaves a
+    half-written id. A file that does not hold an id is an error, not something to overwrite: another
+    host's records may be keyed by it."""
+    path = root / HOST_ID_FILE
+    with contextlib.suppress(FileNotFoundError):
+        return _read_host_id(path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{HOST_ID_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (secrets.token_hex(16) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        raise ShoalError(f"cannot create the host id in {path}: {err.strerror or err}") from err
+    return _read_host_id(path)
+
+
+def _read_host_id(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise ShoalError(f"cannot read the host id {path}: {err.strerror or err}") from err
+    if not _HOST_ID.match(text):
+        raise ShoalError(f"{path} does not hold a host id (32 hex digits); fix or remove it by hand")
+    return text
+
+
+def read_host_capacity(*, meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int]:
+    """``(cpu_cores, memory_total_bytes)`` this agent can use.
+
+    Cores are the cpus in the agent's affinity mask, which a cpuset or ``taskset`` narrows; a host
+    with 8 cpus where the agent may run on 2 offers 2."""
+    cores = len(os.sched_getaffinity(0))
+    return cores, read_meminfo(meminfo)["MemTotal"]
+
+
+def read_meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (the file says kB, meaning KiB)."""
+    return parse_meminfo(path.read_text(encoding="ascii"))
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if not parts:
+            continue
+        with contextlib.suppress(ValueError):
+            value = int(parts[0])
+            out[key] = value * 1024 if len(parts) > 1 and parts[1] == "kB" else value
+    return out
+
+
+def parse_labels(items: Iterable[str]) -> dict[str, str]:
+    """``["zone=a", "disk=ssd"]`` → ``{"zone": "a", "disk": "ssd"}``; ``InvalidArgument`` naming the
+    bad item (no ``=``, a malformed key, a key given twice, a value too long or with control chars)."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidArgument(f"--label {item!r}: expected KEY=VALUE")
+        if not _LABEL_KEY.match(key):
+            raise InvalidArgument(
+                f"--label {item!r}: key {key!r} must be letters, digits, '-', '_' or '.', start and end "
+                "with a letter or digit, at most 63 characters, optionally after a 'domain/' prefix"
+            )
+        if key in labels:
+            raise InvalidArgument(f"--label {item!r}: label {key!r} is given twice")
+        if len(value) > _LABEL_VALUE_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise InvalidArgument(
+                f"--label {item!r}: value must be at most {_LABEL_VALUE_MAX} printable characters"
+            )
+        labels[key] = value
+    return labels
