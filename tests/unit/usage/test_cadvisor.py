@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.usage import cadvisor
-from agent.usage.sample import InterfaceCounters
-from agent.usage.sampler import ContainerSample, HostSample, Snapshot
+from agent.usage.sampler import Snapshot
 
-
-def container(**overrides: object) -> ContainerSample:
-    base = ContainerSample(
-        id="c0ffee", name="busy", image="busybox:1.36", labels={"app": "web", "team.name/x-y": "infra"},
-        started_at=1_700_000_000.0, cpu_seconds=12.5, cpu_cores=0.5, cpu_fraction_of_limit=1.0,
-        cpu_limit_millis=500, cpu_throttled_seconds=3.25, cpu_periods=100, cpu_throttled_periods=40,
-        memory_usage_bytes=100, memory_working_set_bytes=80, memory_rss_bytes=70, memory_limit_bytes=1 << 30,
-        oom_events=1, pids=3, network_rx_bytes=1010, network_tx_bytes=2020, network_rx_packets=11,
-        network_tx_packets=22,
-        interfaces=(InterfaceCounters("eth0", 1000, 10, 2000, 20), InterfaceCounters("eth1", 10, 1, 20, 2)),
-        writable_layer_bytes=4096)
-    return replace(base, **overrides)  # type: ignore[arg-type]
-
-
-def snapshot(*containers: ContainerSample) -> Snapshot:
-    host = HostSample(host_id="h" * 32, hostname="h1", agent_version="0.1.0", labels={}, started_at=1.0,
-                      cpu_cores=2, memory_total_bytes=8 << 30, memory_allocatable_bytes=7 << 30,
-                      memory_used_bytes=3 << 30, memory_committed_bytes=1 << 30, cpu_committed_millis=500,
-                      containers=2, containers_running=1, cpu_used_cores=0.75)
-    return Snapshot(time=1_700_000_100.0, sequence=1, host=host, containers=containers, sample_seconds=0.01)
+from .builders import container, snapshot
 
 
 def scrape(snap: Snapshot | None) -> dict[str, object]:
