@@ -2,7 +2,8 @@
 
 Runs inside the single-threaded supervisor, which parents every container. Process tree::
 
-    caller (subreaper) ── intermediate: joins cgroups, unshare(namespaces), forks, reports pid, exits
+    caller (subreaper) ── intermediate: joins cgroups (and a prepared netns), unshare(namespaces), forks,
+                          reports pid, exits
                               └── init (pid 1 of the new pid ns, re-parented to the caller):
                                     mounts, pivot_root, hostname, credentials, execve(argv)
 
@@ -66,9 +67,13 @@ def _prepare(plan: LaunchPlan) -> _Prepared:
         raise LaunchError(f"working directory {plan.cwd!r} is not absolute", kind="setup")
     if not os.path.isabs(plan.rootfs.target):
         raise LaunchError(f"rootfs target {plan.rootfs.target!r} is not absolute", kind="setup")
+    if plan.netns_path and not os.path.isabs(plan.netns_path):
+        raise LaunchError(f"network namespace path {plan.netns_path!r} is not absolute", kind="setup")
+    # Joining a prepared network namespace replaces creating one.
+    created = tuple(n for n in plan.namespaces if not (plan.netns_path and n == "net"))
     try:
         mounts.overlay_options(plan.rootfs.lower, upper=plan.rootfs.upper, work=plan.rootfs.work)
-        ns_flags = namespaces.flags_for(plan.namespaces)
+        ns_flags = namespaces.flags_for(created)
         keep = capabilities.mask(plan.capabilities)
     except ValueError as exc:
         raise LaunchError(str(exc), kind="setup") from None
@@ -194,6 +199,14 @@ def _run_intermediate(
         # First, so a signal meant for the supervisor cannot run the supervisor's handlers here.
         process.reset_signals()
         process.join_cgroups(plan.cgroup_procs)
+        if plan.netns_path:
+            # Before unshare(mount): the bind-mounted netns file lives in the host's mount namespace.
+            with syscalls.described(f"open network namespace {plan.netns_path}"):
+                netns_fd = os.open(plan.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                namespaces.join(netns_fd, "net")
+            finally:
+                os.close(netns_fd)
         syscalls.unshare(prep.ns_flags)
         init_pid = os.fork()
         if init_pid == 0:

@@ -84,6 +84,10 @@ class LaunchPlan:
     # Namespaces to create: subset of {"pid", "mount", "uts", "ipc", "net", "cgroup"}. "net" is absent
     # for --network host.
     namespaces: tuple[str, ...] = ("pid", "mount", "uts", "ipc", "net", "cgroup")
+    # A persistent network namespace to join instead of creating one (``--network bridge``: the agent's
+    # ``agent.network`` built and wired it, bind-mounted at this path). When set, "net" in
+    # ``namespaces`` is ignored: joining and creating are mutually exclusive.
+    netns_path: str = ""
     # Files the launcher writes "0" (itself) into before unsharing the cgroup namespace:
     # ``Cgroup.join_files()`` — each v1 hierarchy's ``tasks``, or v2's one ``cgroup.procs``.
     cgroup_procs: tuple[str, ...] = ()

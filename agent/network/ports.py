@@ -1,0 +1,166 @@
+"""Published ports: ``-p [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]`` specs, conflict checks, and the
+record of which container publishes what.
+
+Parsing and the conflict rule are pure. Two mappings conflict when they share protocol and host port and
+their host addresses overlap (an unspecified address, ``0.0.0.0``, overlaps every address). A port is
+also refused when a process on the host already holds it, which ``probe_host_port`` finds out by binding
+the port in the caller's network namespace, the agent's, the way the kernel itself would arbitrate.
+``PortTable`` persists the published ports of every container in the journal ``<root>/network/ports.jsonl``
+(see ``agent.network.journal``); the firewall ruleset is rebuilt from it, so the journal is the one truth.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from agent.network import journal
+
+ANY_ADDRESS = ipaddress.IPv4Address("0.0.0.0")
+_SPEC = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>[a-z]+))?$")
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port: ``host_ip:host_port`` on the host → ``container_port`` in the container."""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"  # "tcp" or "udp"
+    host_ip: ipaddress.IPv4Address = ANY_ADDRESS  # 0.0.0.0: every address of the host
+
+    def __str__(self) -> str:
+        ip = "" if self.host_ip == ANY_ADDRESS else f"{self.host_ip}:"
+        return f"{ip}{self.host_port}:{self.container_port}/{self.protocol}"
+
+    def overlaps(self, other: PortMapping) -> bool:
+        same_address = ANY_ADDRESS in (self.host_ip, other.host_ip) or self.host_ip == other.host_ip
+        return self.protocol == other.protocol and self.host_port == other.host_port and same_address
+
+    def to_dict(self) -> dict[str, object]:
+        return {"host_ip": str(self.host_ip), "host_port": self.host_port,
+                "container_port": self.container_port, "protocol": self.protocol}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, object]) -> PortMapping:
+        return cls(host_port=int(str(raw["host_port"])), container_port=int(str(raw["container_port"])),
+                   protocol=str(raw["protocol"]), host_ip=ipaddress.IPv4Address(str(raw["host_ip"])))
+
+
+def parse_port_spec(spec: str) -> PortMapping:
+    """``"8080:80"``, ``"127.0.0.2:53:53/udp"`` → ``PortMapping``; ``InvalidArgument`` says what is wrong."""
+    match = _SPEC.match(spec.strip())
+    if match is None:
+        raise InvalidArgument(
+            f"bad port spec {spec!r}: expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp], e.g. 8080:80"
+        )
+    protocol = match["proto"] or "tcp"
+    if protocol not in ("tcp", "udp"):
+        raise InvalidArgument(f"bad port spec {spec!r}: protocol must be tcp or udp, not {protocol!r}")
+    host_port, container_port = int(match["host"]), int(match["ctr"])
+    for port in (host_port, container_port):
+        if not 1 <= port <= 65535:
+            raise InvalidArgument(f"bad port spec {spec!r}: port {port} is outside 1-65535")
+    host_ip = ANY_ADDRESS
+    if match["ip"] is not None:
+        try:
+            host_ip = ipaddress.IPv4Address(match["ip"])
+        except ValueError:
+            raise InvalidArgument(f"bad port spec {spec!r}: {match['ip']!r} is not an IPv4 address") from None
+        if host_ip.is_loopback:
+            # DNAT to a bridge address from 127/8 is dropped as martian; Docker needs a userland proxy.
+            raise InvalidArgument(
+                f"bad port spec {spec!r}: publishing on a loopback address is not supported"
+            )
+    return PortMapping(host_port=host_port, container_port=container_port, protocol=protocol, host_ip=host_ip)
+
+
+def check_conflicts(
+    requested: Iterable[PortMapping], published: Mapping[str, tuple[PortMapping, ...]], *, owner: str,
+) -> None:
+    """Raise ``AlreadyExists`` if a requested mapping overlaps another requested one or one that a
+    container other than ``owner`` publishes."""
+    wanted = list(requested)
+    for i, mapping in enumerate(wanted):
+        for earlier in wanted[:i]:
+            if mapping.overlaps(earlier):
+                raise AlreadyExists(f"port {mapping.host_port}/{mapping.protocol} is published twice: "
+                                    f"{earlier} and {mapping}")
+        for other, mappings in sorted(published.items()):
+            if other == owner:
+                continue
+            for taken in mappings:
+                if mapping.overlaps(taken):
+                    raise AlreadyExists(
+                        f"host port {mapping.host_port}/{mapping.protocol} is already published by "
+                        f"container {other[:12]} ({taken}): choose another host port"
+                    )
+
+
+def probe_host_port(mapping: PortMapping) -> None:
+    """Raise ``FailedPrecondition`` if a process in the caller's network namespace holds the port."""
+    kind = socket.SOCK_STREAM if mapping.protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        if mapping.protocol == "tcp":
+            # Lets the bind succeed over TIME_WAIT leftovers, never over a listener.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((str(mapping.host_ip), mapping.host_port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise FailedPrecondition(
+                    f"host port {mapping.host_port}/{mapping.protocol} is already in use on this host: "
+                    "stop what listens there or choose another host port"
+                ) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise InvalidArgument(
+                    f"cannot publish {mapping}: {mapping.host_ip} is not an address of this host"
+                ) from None
+            raise
+
+
+class PortTable:
+    """Published ports per container, journaled in ``state_dir/ports.jsonl``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.journal = journal.Journal(state_dir / "ports.jsonl")
+
+    def read(self) -> dict[str, tuple[PortMapping, ...]]:
+        with self.journal.locked():
+            return self._replay()[0]
+
+    def reserve(self, owner: str, mappings: tuple[PortMapping, ...]) -> None:
+        """Record ``owner``'s ports after checking them against every other container's, atomically."""
+        if not mappings:
+            return
+        with self.journal.locked():
+            table, _ = self._replay()
+            check_conflicts(mappings, table, owner=owner)
+            self.journal.append({"publish": owner, "ports": [m.to_dict() for m in mappings]})
+
+    def remove(self, owner: str) -> bool:
+        with self.journal.locked():
+            table, logged = self._replay()
+            if owner not in table:
+                return False
+            self.journal.append({"unpublish": owner})
+            del table[owner]
+            snapshot = [{"publish": o, "ports": [m.to_dict() for m in ms]} for o, ms in sorted(table.items())]
+            self.journal.compact_if_long(logged + 1, snapshot)
+            return True
+
+    def _replay(self) -> tuple[dict[str, tuple[PortMapping, ...]], int]:
+        entries = self.journal.entries()
+        table: dict[str, tuple[PortMapping, ...]] = {}
+        for entry in entries:
+            if "publish" in entry:
+                table[str(entry["publish"])] = tuple(PortMapping.from_dict(m) for m in entry["ports"])
+            elif "unpublish" in entry:
+                table.pop(str(entry["unpublish"]), None)
+        return table, len(entries)
