@@ -1,17 +1,18 @@
 """Pull + unpack of a ≈ 70 MB image from a local registry: Shoal side by side with skopeo + umoci, and
 layer unpack alone against GNU tar.
 
-One invocation sets up everything in a temp dir: the 4-layer ≈ 74 MB gzip OCI image of
-``tests/fixtures/registry_images.build_big_image``, a loopback ``docker-registry`` holding it as
-``big:v1`` (``tests/fixtures/registry.Registry``), and optionally a private ``shoal-agent`` for the CLI
-row. Each contender is warmed up once, then N rounds run every contender once in a freshly shuffled
-order (so drift on a shared machine hits all alike). Every sample is cold in the sense that its
-destination (image store, OCI dir, bundle, rootfs dir) is new and empty; the page cache is *not*
-dropped, so the source blobs (the registry's files, the layout's layer blobs) are read from memory,
-as they would be on a registry host that just served them. Before each sample the previous
-contender's output is deleted and ``sync`` runs, outside the timed region, so one contender's
-writeback does not land in the next one's sample. Every sample's output is checked (file count and
-bytes) against what GNU tar produced, also outside the timed region.
+One invocation sets up everything in a temp dir: two ≈ 70 MB gzip OCI images — ``big`` (4 layers of a few
+large files, ``tests/fixtures/registry_images.build_big_image``: throughput) and ``files`` (one layer of
+5,000 small files, ``build_files_image`` here: per-entry cost) — a loopback ``docker-registry`` holding
+both (``tests/fixtures/registry.Registry``), and a private ``shoal-agent`` for the CLI rows. Each
+contender is warmed up once, then N rounds run every contender once in a freshly shuffled order (so drift
+on a shared machine hits all alike). Every sample is cold in the sense that its destination (image store,
+OCI dir, bundle, rootfs dir) is new and empty; the page cache is *not* dropped, so the source blobs (the
+registry's files, the layout's layer blobs) are read from memory, as they would be on a registry host
+that just served them. Before each sample the previous contender's output is deleted and ``sync`` runs,
+outside the timed region, so one contender's writeback does not land in the next one's sample. Every
+sample's output is checked (file count and bytes) against what GNU tar produced, also outside the timed
+region.
 
 Run as root with the project's venv:
 ``/opt/shoal-venv/bin/python bench/pull_unpack.py [--n 5] [--out bench/results/pull_unpack.json]``.
