@@ -3,8 +3,16 @@
 ``ContainerRuntime`` is the one place that ties images, rootfs, cgroups and the supervisor together. It
 runs in the asyncio daemon and never forks a container itself: the supervisor (a small single-threaded
 process that outlives the daemon) parents every container, so a SIGKILLed daemon loses nothing. On start
-the runtime reads each container's on-disk record (config.json, ours) and run record (run.json, the
-supervisor's), asks the supervisor what is alive, and rebuilds its view from those facts.
+the runtime reads each container's on-disk record (config.json, ours), run record (run.json, the
+supervisor's) and status (status.json, ours: restarts, health), asks the supervisor what is alive, and
+rebuilds its view from those facts.
+
+Keeping containers up: every exit is acted on exactly once (status.json remembers which), whether it
+arrives as a supervisor event or is found at recovery: events are emitted, then the restart policy
+(``agent.runtime.restart``) decides and a restart task waits out the backoff. A stop, kill or remove by
+the user marks the container "stopped by user" and cancels a pending restart, so stop always wins.
+While a container with a health check runs, a ``HealthMonitor`` task probes it. Everything that
+happens is appended to ``events`` (``agent.runtime.events``).
 """
 
 from __future__ import annotations
@@ -36,9 +44,13 @@ from agent.errors import (
 from agent.images.pull import Puller
 from agent.images.store import Image, ImageStore, PruneReport
 from agent.rootfs import initlayer, overlay, users
+from agent.runtime import health as healthcheck
 from agent.runtime import logs as ctrlogs
 from agent.runtime import plan as plans
-from agent.runtime import runfile, supervisor_client
+from agent.runtime import probes, restart, runfile, supervisor_client
+from agent.runtime.events import EventLog, EventType
+from agent.runtime.health import HealthCheck, HealthResult, HealthStatus, ProbeKind
+from agent.runtime.restart import RestartMode, RestartPolicy
 from agent.runtime.spec import (
     ContainerId,
     ContainerSpec,
@@ -49,13 +61,26 @@ from agent.runtime.spec import (
     validate_id,
     validate_name,
 )
-from agent.runtime.state import ContainerRecord, Prepared, State, check_transition, write_atomic
+from agent.runtime.state import (
+    ContainerRecord,
+    ContainerStatus,
+    Prepared,
+    State,
+    check_transition,
+    read_status,
+    write_atomic,
+    write_status,
+)
 from agent.streams import drain_until_done
+from agent.usage.targets import SampleTarget
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 START_FAILED_CODES = {"not-found": 127, "not-executable": 126, "setup": 125}
+# A user's kill with one of these means "I want it down": the restart policy must not bring it back.
+# Other signals (HUP, USR1, ...) are messages to the app, and a later crash is still restarted.
+_TERMINATING = frozenset({signals.SIGKILL, signals.SIGTERM, signals.SIGINT, signals.SIGQUIT})
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,18 @@ class Container:
     cgroup_paths: dict[str, str] = field(default_factory=dict)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Restart policy and health bookkeeping; persisted in status.json (see ``status``).
+    restart_count: int = 0  # automatic restarts since the user last started it
+    next_restart_at: float | None = None  # set while a restart waits out its backoff
+    health: HealthStatus = HealthStatus.NONE
+    health_log: tuple[HealthResult, ...] = ()
+    health_failing_streak: int = 0
+    stopped_by_user: bool = False
+    backoff_streak: int = 0
+    exit_handled: float | None = None
+    kill_reason: str = ""
+    restart_task: asyncio.Task[None] | None = None
+    health_task: asyncio.Task[None] | None = None
 
     @property
     def id(self) -> str:
@@ -137,21 +174,51 @@ class Container:
     def directory(self) -> Path:
         return Path(self.record.prepared.rootfs_dir).parent
 
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.spec.labels)
+
+    def status(self) -> ContainerStatus:
+        return ContainerStatus(
+            restart_count=self.restart_count, backoff_streak=self.backoff_streak,
+            stopped_by_user=self.stopped_by_user, next_restart_at=self.next_restart_at,
+            exit_handled=self.exit_handled, kill_reason=self.kill_reason, health=self.health,
+            health_failing_streak=self.health_failing_streak, health_log=self.health_log,
+        )
+
+    def load_status(self, status: ContainerStatus) -> None:
+        self.restart_count, self.backoff_streak = status.restart_count, status.backoff_streak
+        self.stopped_by_user, self.next_restart_at = status.stopped_by_user, status.next_restart_at
+        self.exit_handled, self.kill_reason = status.exit_handled, status.kill_reason
+        self.health, self.health_log = status.health, status.health_log
+        self.health_failing_streak = status.health_failing_streak
+
 
 def spec_to_dict(spec: ContainerSpec) -> dict[str, Any]:
     raw = asdict(spec)
     raw["network"] = spec.network.value
     raw["labels"] = dict(spec.labels)
+    raw["restart"] = {"mode": spec.restart.mode.value, "max_retries": spec.restart.max_retries}
+    if spec.health is not None:
+        raw["health"] = {**asdict(spec.health), "kind": spec.health.kind.value}
     return raw
 
 
 def spec_from_dict(raw: dict[str, Any]) -> ContainerSpec:
+    """The inverse of ``spec_to_dict``; keys an older agent did not write get their defaults."""
     data = dict(raw)
     data["resources"] = Resources(**data["resources"])
     data["network"] = NetworkMode(data["network"])
     data["labels"] = tuple(sorted(data["labels"].items()))
     for key in ("entrypoint", "command", "env"):
         data[key] = tuple(data[key])
+    policy = data.pop("restart", None)
+    if policy is not None:
+        data["restart"] = RestartPolicy(RestartMode(policy["mode"]), max_retries=policy["max_retries"])
+    check = data.pop("health", None)
+    if check is not None:
+        data["health"] = HealthCheck(**{**check, "kind": ProbeKind(check["kind"]),
+                                        "command": tuple(check["command"])})
     return ContainerSpec(**data)
 
 
@@ -192,6 +259,7 @@ class ContainerRuntime:
         self._supervisor_ready = asyncio.Event()
         self._closing = False
         self._background: set[asyncio.Task[Any]] = set()
+        self.events = EventLog(settings.root / "events.jsonl")
 
     # -- lifecycle of the runtime itself ----------------------------------------------------------
 
@@ -209,8 +277,11 @@ class ContainerRuntime:
                 await self._events_task
         for task in list(self._background):
             task.cancel()
+        # Pending restarts stay in status.json (next_restart_at) and are rescheduled by the next agent.
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._supervisor:
             await self._supervisor.close()
+        self.events.close()
         if not self._containers:
             # Leave no empty cgroup parent behind on a host that no longer runs containers here.
             with contextlib.suppress(ShoalError, OSError):
@@ -233,8 +304,11 @@ class ContainerRuntime:
                 shutil.rmtree(entry, ignore_errors=True)
                 continue
             record = ContainerRecord.from_json(config.read_text())
-            ctr = self._containers.get(record.id) or Container(record=record)
-            self._containers[record.id] = ctr
+            ctr = self._containers.get(record.id)
+            if ctr is None:
+                ctr = Container(record=record)
+                ctr.load_status(read_status(entry))
+                self._containers[record.id] = ctr
             self._apply_run_record(ctr, alive=record.id in alive)
 
     def _apply_run_record(self, ctr: Container, *, alive: bool) -> None:
@@ -242,16 +316,18 @@ class ContainerRuntime:
         if run is None:
             ctr.state = State.CREATED
             return
-        ctr.started_at = run.started_at
         if run.error:
-            self._mark_exited(ctr, ExitStatus(run.exit_code or 125, "StartFailed", run.error),
-                              finished_at=run.finished_at)
-        elif run.exit_code is not None:
-            self._mark_exited(ctr, self._exit_status(ctr, run.exit_code, run.signal),
-                              finished_at=run.finished_at)
+            # A failed start leaves started_at null in run.json: keep the previous run's.
+            self._exited(ctr, ExitStatus(run.exit_code or 125, "StartFailed", run.error),
+                         finished_at=run.finished_at, start_failed=True)
+            return
+        ctr.started_at = run.started_at
+        if run.exit_code is not None:
+            self._exited(ctr, self._exit_status(ctr, run.exit_code, run.signal), finished_at=run.finished_at)
         elif alive:
             ctr.state, ctr.pid = State.RUNNING, run.pid or 0
             ctr.exited.clear()
+            self._start_health_monitor(ctr)
         else:
             # Its supervisor died with it running: nobody can report its exit any more. Kill what is
             # left of it so it cannot linger unsupervised, and say so.
@@ -260,8 +336,9 @@ class ContainerRuntime:
                 pid=run.pid, started_at=run.started_at, exit_code=137, signal=None,
                 finished_at=time.time(), error=None, error_kind=None,
             ))
-            self._mark_exited(ctr, ExitStatus(137, "Lost", "the container's supervisor exited"),
-                              finished_at=time.time())
+            run = runfile.read_run_file(ctr.directory) or run
+            self._exited(ctr, ExitStatus(137, "Lost", "the container's supervisor exited"),
+                         finished_at=run.finished_at)
 
     async def _watch_supervisor(self) -> None:
         """Apply exit events; if the supervisor goes away, start a new one and reconcile."""
@@ -284,7 +361,156 @@ class ContainerRuntime:
     def _exit_status(self, ctr: Container, code: int, sig: int | None) -> ExitStatus:
         cg = self.cgroups.open(ctr.record.prepared.cgroup_name)
         oom = bool(cg and cg.oom_killed())
-        return ExitStatus(code, _exit_reason(code=code, sig=sig, oom=oom))
+        reason = _exit_reason(code=code, sig=sig, oom=oom)
+        if ctr.kill_reason and not oom:
+            reason = ctr.kill_reason
+        return ExitStatus(code, reason)
+
+    def _exited(self, ctr: Container, status: ExitStatus, *, finished_at: float | None,
+                start_failed: bool = False, restartable: bool = True) -> None:
+        """Record an exit and act on it once: events, then the restart policy.
+
+        Called again for the same exit (a supervisor event racing ``start``'s own check, recovery after a
+        reconnect), it only refreshes the view. ``restartable`` is False for a start the user asked for
+        that failed: the user got the error, and the policy is for crashes, not for bad commands.
+        """
+        self._mark_exited(ctr, status, finished_at=finished_at)
+        self._stop_health_monitor(ctr)
+        if self._closing:
+            return  # acted on by the next agent, at recovery
+        if finished_at is not None and ctr.exit_handled == finished_at:
+            # Already acted on. If the agent restarted during a backoff, the restart is due again.
+            if ctr.next_restart_at is not None and ctr.restart_task is None and not ctr.stopped_by_user:
+                self._schedule_restart(ctr, delay=max(0.0, ctr.next_restart_at - time.time()))
+            return
+        ctr.exit_handled = finished_at
+        if start_failed:
+            self._emit(ctr, EventType.START_FAILED, exit_code=status.exit_code, reason=status.reason,
+                       message=status.error)
+        else:
+            if status.reason == "OOMKilled":
+                self._emit(ctr, EventType.OOM_KILLED, exit_code=status.exit_code, reason=status.reason)
+            self._emit(ctr, EventType.EXITED, exit_code=status.exit_code, reason=status.reason)
+        ctr.kill_reason = ""
+        wanted = restartable and restart.decide(
+            ctr.spec.restart, exit_code=status.exit_code, oom=status.reason == "OOMKilled",
+            restart_count=ctr.restart_count, stopped_by_user=ctr.stopped_by_user,
+        )
+        if wanted and ctr.id in self._containers and ctr.state is not State.REMOVING:
+            ran_for = None
+            if not start_failed and ctr.started_at is not None and finished_at is not None:
+                ran_for = finished_at - ctr.started_at
+            delay, ctr.backoff_streak = restart.schedule(ctr.backoff_streak, ran_for=ran_for)
+            self._schedule_restart(ctr, delay=delay)
+            self._emit(ctr, EventType.RESTARTING, restart_count=ctr.restart_count + 1,
+                       message=f"restart {ctr.restart_count + 1} in {delay:.1f}s ({ctr.spec.restart})")
+        self._save_status(ctr)
+
+    # -- restarts ---------------------------------------------------------------------------------
+
+    def _schedule_restart(self, ctr: Container, *, delay: float) -> None:
+        self._cancel_restart(ctr)
+        ctr.next_restart_at = time.time() + delay
+        ctr.restart_task = self._spawn(self._restart_after(ctr, delay), name=f"restart-{ctr.id[:12]}")
+
+    def _cancel_restart(self, ctr: Container) -> None:
+        if ctr.restart_task is not None:
+            ctr.restart_task.cancel()
+            ctr.restart_task = None
+        ctr.next_restart_at = None
+
+    async def _restart_after(self, ctr: Container, delay: float) -> None:
+        await asyncio.sleep(delay)
+        # From here on this restart can no longer be cancelled, only refused below: a cancel in the
+        # middle of a launch could lose track of the process the supervisor just started.
+        ctr.restart_task = None
+        async with ctr.lock:
+            if ctr.stopped_by_user or ctr.id not in self._containers or ctr.state is not State.EXITED:
+                return
+            ctr.next_restart_at = None
+            ctr.restart_count += 1
+            try:
+                await self._start_locked(ctr, automatic=True)
+            except ShoalError as err:
+                # A launch failure was recorded as an exit (and the policy consulted) by _start_locked.
+                log.warning("restart %d of %s failed: %s", ctr.restart_count, ctr.name, err)
+
+    def _save_status(self, ctr: Container) -> None:
+        if ctr.state is State.REMOVING or ctr.id not in self._containers:
+            return
+        try:
+            write_status(ctr.directory, ctr.status())
+        except OSError as err:
+            log.error("cannot write the status of %s: %s", ctr.name, err)
+
+    def _spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_event_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _emit(self, ctr: Container, type: EventType, **fields: Any) -> None:
+        fields.setdefault("restart_count", ctr.restart_count)
+        fields.setdefault("health", ctr.health)
+        self.events.append(type, container_id=ctr.id, container_name=ctr.name, labels=ctr.labels, **fields)
+
+    # -- health -----------------------------------------------------------------------------------
+
+    def _start_health_monitor(self, ctr: Container) -> None:
+        check = ctr.spec.health
+        if check is None or ctr.health_task is not None or self._closing:
+            return
+        monitor = healthcheck.HealthMonitor(
+            check, started_at=ctr.started_at or time.time(),
+            state=healthcheck.HealthState(status=ctr.health if ctr.health is not HealthStatus.NONE
+                                          else HealthStatus.STARTING,
+                                          failing_streak=ctr.health_failing_streak, log=ctr.health_log),
+            probe=functools.partial(self._probe, ctr, check),
+            on_result=functools.partial(self._on_health_result, ctr),
+        )
+        ctr.health_task = self._spawn(monitor.run(), name=f"health-{ctr.id[:12]}")
+
+    def _stop_health_monitor(self, ctr: Container) -> None:
+        if ctr.health_task is not None:
+            ctr.health_task.cancel()
+            ctr.health_task = None
+
+    async def _probe(self, ctr: Container, check: HealthCheck) -> healthcheck.ProbeOutcome:
+        if ctr.state is not State.RUNNING:
+            return False, "container is not running"
+        if check.kind is ProbeKind.EXEC:
+            try:
+                proc = await self._spawn_exec(ctr, argv=list(check.command), env=[], working_dir="",
+                                              user="", merge_stderr=True)
+            except ShoalError as err:
+                return False, str(err)
+            return await probes.exec_probe(proc, timeout=check.timeout)
+        # On the host's network the container's loopback is ours: no namespace to enter.
+        pid = None if ctr.spec.network is NetworkMode.HOST else ctr.pid
+        if check.kind is ProbeKind.TCP:
+            return await probes.tcp_probe(pid=pid, port=check.port, timeout=check.timeout)
+        return await probes.http_probe(pid=pid, port=check.port, path=check.path, timeout=check.timeout)
+
+    def _on_health_result(self, ctr: Container, old: healthcheck.HealthState,
+                          new: healthcheck.HealthState) -> None:
+        ctr.health, ctr.health_log, ctr.health_failing_streak = new.status, new.log, new.failing_streak
+        if new.status is not old.status:
+            last = new.log[-1].output if new.log else ""
+            self._emit(ctr, EventType.HEALTH_CHANGED, message=last)
+            check = ctr.spec.health
+            if (new.status is HealthStatus.UNHEALTHY and check is not None and check.restart_on_unhealthy
+                    and ctr.state is State.RUNNING):
+                # The exit then carries reason "Unhealthy" and the restart policy decides what follows
+                # (with policy "no" the container just stays exited).
+                ctr.kill_reason = "Unhealthy"
+                self._spawn(self._kill_unhealthy(ctr), name=f"kill-unhealthy-{ctr.id[:12]}")
+        self._save_status(ctr)
+
+    async def _kill_unhealthy(self, ctr: Container) -> None:
+        try:
+            await self.supervisor.kill(ctr.id, int(signals.SIGKILL))
+        except ShoalError as err:
+            log.warning("cannot kill unhealthy container %s: %s", ctr.name, err)
 
     def _mark_exited(self, ctr: Container, status: ExitStatus, *, finished_at: float | None) -> None:
         first = ctr.state is not State.EXITED
@@ -292,9 +518,7 @@ class ContainerRuntime:
         ctr.finished_at = finished_at
         ctr.exited.set()
         if first and ctr.spec.auto_remove and not self._closing:
-            task = asyncio.get_event_loop().create_task(self._auto_remove(ctr.id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._auto_remove(ctr.id), name=f"auto-remove-{ctr.id[:12]}")
 
     async def _auto_remove(self, container_id: str) -> None:
         with contextlib.suppress(ShoalError):
@@ -390,9 +614,16 @@ class ContainerRuntime:
         cid = validate_id(container_id) if container_id else new_container_id()
         if name:
             validate_name(name)
+        if spec.auto_remove and spec.restart.mode is not RestartMode.NO:
+            raise InvalidArgument(
+                f"auto-remove (--rm) and restart policy {spec.restart} conflict: a removed container "
+                "cannot be restarted; choose one"
+            )
         existing = self._containers.get(cid)
         if existing is not None:
-            if existing.record.spec == spec_to_dict(spec) and existing.name == (name or existing.name):
+            # Compared through the domain value, so a record written by an older agent (fewer keys)
+            # still matches the same request.
+            if existing.spec == spec and existing.name == (name or existing.name):
                 return existing  # idempotent create: same id, same spec
             raise AlreadyExists(f"container id {cid} already exists with a different spec")
         if name:
@@ -416,6 +647,7 @@ class ContainerRuntime:
             raise
         ctr = Container(record=record)
         self._containers[cid] = ctr
+        self._emit(ctr, EventType.CREATED, message=spec.image)
         return ctr
 
     def _prepare(self, cid: ContainerId, *, spec: ContainerSpec, image: Image, layers: list[Path],
@@ -454,33 +686,53 @@ class ContainerRuntime:
     # -- start ------------------------------------------------------------------------------------
 
     async def start(self, ref: str) -> Container:
+        """The user's start: forgets "stopped by user", restarts counting from zero, and replaces a
+        pending automatic restart (it starts now)."""
         ctr = self.resolve(ref)
         async with ctr.lock:
             if ctr.state is State.RUNNING:
                 return ctr
             check_transition(ctr.id, ctr.state, State.RUNNING)
-            await self._supervisor_ready.wait()
-            cg = self._ensure_cgroup(ctr)
-            launch_plan = self._launch_plan(ctr, cgroup_procs=cg.join_files())
-            ctr.exited.clear()
-            try:
-                result = await self.supervisor.start(
-                    ctr.id, directory=ctr.directory, plan=launch_plan,
-                    log_max_bytes=self.settings.log_max_bytes, log_max_files=self.settings.log_max_files,
-                )
-            except LaunchError as err:
-                code = START_FAILED_CODES.get(err.kind, 125)
-                self._mark_exited(ctr, ExitStatus(code, "StartFailed", str(err)), finished_at=time.time())
-                raise
-            ctr.state, ctr.pid, ctr.started_at = State.RUNNING, result.pid, result.started_at
-            ctr.exit, ctr.finished_at = None, None
-            # The process may already have exited (and the event arrived before we got here).
-            run = runfile.read_run_file(ctr.directory)
-            if run is not None and run.exit_code is not None and run.pid == result.pid:
-                self._apply_run_record(ctr, alive=False)
-            return ctr
+            self._cancel_restart(ctr)
+            ctr.stopped_by_user = False
+            ctr.restart_count = ctr.backoff_streak = 0
+            return await self._start_locked(ctr, automatic=False)
 
-    def _ensure_cgroup(self, ctr: Container) -> cgroups.Cgroup:
+    async def _start_locked(self, ctr: Container, *, automatic: bool) -> Container:
+        check_transition(ctr.id, ctr.state, State.RUNNING)
+        await self._supervisor_ready.wait()
+        # A fresh group for every run: the kernel's OOM-kill counter is per group, and a restarted
+        # container must not inherit "OOMKilled" from an earlier run.
+        cg = self._ensure_cgroup(ctr, fresh=ctr.state is State.EXITED)
+        launch_plan = self._launch_plan(ctr, cgroup_procs=cg.join_files())
+        ctr.exited.clear()
+        try:
+            result = await self.supervisor.start(
+                ctr.id, directory=ctr.directory, plan=launch_plan,
+                log_max_bytes=self.settings.log_max_bytes, log_max_files=self.settings.log_max_files,
+            )
+        except LaunchError as err:
+            code = START_FAILED_CODES.get(err.kind, 125)
+            run = runfile.read_run_file(ctr.directory)
+            finished = run.finished_at if run is not None and run.error else time.time()
+            self._exited(ctr, ExitStatus(code, "StartFailed", str(err)), finished_at=finished,
+                         start_failed=True, restartable=automatic)
+            raise
+        ctr.state, ctr.pid, ctr.started_at = State.RUNNING, result.pid, result.started_at
+        ctr.exit, ctr.finished_at = None, None
+        ctr.kill_reason = ""
+        if ctr.spec.health is not None:
+            ctr.health, ctr.health_failing_streak = HealthStatus.STARTING, 0
+        self._emit(ctr, EventType.STARTED)
+        self._save_status(ctr)
+        self._start_health_monitor(ctr)
+        # The process may already have exited (and the event arrived before we got here).
+        run = runfile.read_run_file(ctr.directory)
+        if run is not None and run.exit_code is not None and run.pid == result.pid:
+            self._apply_run_record(ctr, alive=False)
+        return ctr
+
+    def _ensure_cgroup(self, ctr: Container, *, fresh: bool = False) -> cgroups.Cgroup:
         prepared = ctr.record.prepared
         res = ctr.spec.resources
         limits = cgroups.Limits(
@@ -489,6 +741,13 @@ class ContainerRuntime:
             pids_max=res.pids_max,
         )
         cg = self.cgroups.open(prepared.cgroup_name)
+        if cg is not None and fresh:
+            try:
+                cg.kill_all()
+                cg.remove()
+                cg = None
+            except (ShoalError, OSError) as err:
+                log.warning("reusing the cgroup of %s: %s", ctr.name, err)
         if cg is None:
             rules = cgroups.DEFAULT_DEVICE_RULES if self.cgroups.supports_device_rules else ()
             cg = self.cgroups.create(prepared.cgroup_name, limits=limits, devices=rules)
@@ -525,9 +784,22 @@ class ContainerRuntime:
 
     # -- stop / kill / wait -----------------------------------------------------------------------
 
+    async def _stopped_by_user(self, ctr: Container) -> None:
+        """The user wants it down: cancel a pending restart, wait out one already launching."""
+        ctr.stopped_by_user = True
+        self._cancel_restart(ctr)
+        self._save_status(ctr)
+        async with ctr.lock:
+            pass
+
     async def kill(self, ref: str, signal: str | int = "KILL") -> Container:
         ctr = self.resolve(ref)
         sig = _parse_signal(signal, default=int(signals.SIGKILL))
+        if sig in _TERMINATING or sig == ctr.record.prepared.stop_signal:
+            had_pending = ctr.next_restart_at is not None
+            await self._stopped_by_user(ctr)
+            if had_pending and ctr.state is not State.RUNNING:
+                return ctr  # killing a container waiting to restart: the restart is cancelled
         if ctr.state is not State.RUNNING:
             raise FailedPrecondition(f"container {ctr.name} is not running")
         await self.supervisor.kill(ctr.id, sig)
@@ -535,6 +807,7 @@ class ContainerRuntime:
 
     async def stop(self, ref: str, *, timeout: float = 10.0) -> Container:
         ctr = self.resolve(ref)
+        await self._stopped_by_user(ctr)
         if ctr.state is not State.RUNNING:
             return ctr  # docker stop on a stopped container is not an error
         await self.supervisor.kill(ctr.id, ctr.record.prepared.stop_signal)
@@ -563,6 +836,9 @@ class ContainerRuntime:
 
     async def remove(self, ref: str, *, force: bool = False) -> str:
         ctr = self.resolve(ref)
+        if ctr.state is State.RUNNING and not force:
+            raise FailedPrecondition(f"container {ctr.name} is running: stop it first or use rm -f")
+        await self._stopped_by_user(ctr)
         async with ctr.lock:
             if ctr.state is State.RUNNING:
                 if not force:
@@ -573,9 +849,11 @@ class ContainerRuntime:
                 await self._wait_exited(ctr, timeout=30)
             check_transition(ctr.id, ctr.state, State.REMOVING)
             ctr.state = State.REMOVING
+            self._stop_health_monitor(ctr)
             self._kill_cgroup(ctr, remove=True)
             await asyncio.to_thread(shutil.rmtree, ctr.directory, True)
             self._containers.pop(ctr.id, None)
+            self._emit(ctr, EventType.REMOVED)
             return ctr.id
 
     def _kill_cgroup(self, ctr: Container, *, remove: bool = False) -> None:
@@ -606,32 +884,9 @@ class ContainerRuntime:
                    user: str) -> AsyncIterator[tuple[str, bytes | int]]:
         """Yields ("stdout", bytes), ("stderr", bytes) and finally ("exit", code)."""
         ctr = self.resolve(ref)
-        if ctr.state is not State.RUNNING:
-            raise FailedPrecondition(f"container {ctr.name} is not running")
-        if not argv:
-            raise InvalidArgument("exec needs a command")
-        p = ctr.record.prepared
-        if user:
-            creds = users.resolve_user(user, layers=[Path(d) for d in p.lower_dirs])
-            uid, gid, groups = creds.uid, creds.gid, creds.additional_gids
-        else:
-            uid, gid, groups = p.uid, p.gid, p.additional_gids
-        cg = self.cgroups.open(p.cgroup_name)
-        exec_plan = plans.ExecPlan(
-            target_pid=ctr.pid, argv=tuple(argv), env=merge_env(p.env, tuple(env)),
-            cwd=working_dir or p.working_dir, uid=uid, gid=gid, additional_gids=groups,
-            cgroup_procs=cg.join_files() if cg else (),
-            capabilities=self._capabilities(ctr.spec.network),
-        )
-        proc = await asyncio.create_subprocess_exec(
-            self.settings.python, "-m", "agent.runtime.nsenter",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
-        )
-        assert proc.stdin and proc.stdout and proc.stderr
-        proc.stdin.write(exec_plan.to_json().encode())
-        await proc.stdin.drain()
-        proc.stdin.close()
+        proc = await self._spawn_exec(ctr, argv=argv, env=env, working_dir=working_dir, user=user,
+                                      merge_stderr=False)
+        assert proc.stdout and proc.stderr
         queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
         async def pump(stream: asyncio.StreamReader, name: str) -> None:
@@ -652,6 +907,74 @@ class ContainerRuntime:
                 await proc.wait()
             for task in pumps:
                 task.cancel()
+
+    async def _spawn_exec(self, ctr: Container, *, argv: list[str], env: list[str], working_dir: str,
+                          user: str, merge_stderr: bool) -> asyncio.subprocess.Process:
+        """Start ``python -m agent.runtime.nsenter`` for ``argv`` in ``ctr`` (a new session, stdout
+        piped, stderr piped or merged into stdout); ``exec`` and health probes share it."""
+        if ctr.state is not State.RUNNING:
+            raise FailedPrecondition(f"container {ctr.name} is not running")
+        if not argv:
+            raise InvalidArgument("exec needs a command")
+        p = ctr.record.prepared
+        if user:
+            creds = users.resolve_user(user, layers=[Path(d) for d in p.lower_dirs])
+            uid, gid, groups = creds.uid, creds.gid, creds.additional_gids
+        else:
+            uid, gid, groups = p.uid, p.gid, p.additional_gids
+        cg = self.cgroups.open(p.cgroup_name)
+        exec_plan = plans.ExecPlan(
+            target_pid=ctr.pid, argv=tuple(argv), env=merge_env(p.env, tuple(env)),
+            cwd=working_dir or p.working_dir, uid=uid, gid=gid, additional_gids=groups,
+            cgroup_procs=cg.join_files() if cg else (),
+            capabilities=self._capabilities(ctr.spec.network),
+        )
+        proc = await asyncio.create_subprocess_exec(
+            self.settings.python, "-m", "agent.runtime.nsenter",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert proc.stdin
+        try:
+            proc.stdin.write(exec_plan.to_json().encode())
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        return proc
+
+    # -- for the usage sampler and the host API ---------------------------------------------------
+
+    def sample_targets(self) -> list[SampleTarget]:
+        """The running containers, as the usage sampler needs them (cgroup, pid, limits)."""
+        out = []
+        for ctr in list(self._containers.values()):
+            if ctr.state is not State.RUNNING or not ctr.pid:
+                continue
+            cg = self.cgroups.open(ctr.record.prepared.cgroup_name)
+            if cg is None:
+                continue
+            res = ctr.spec.resources
+            out.append(SampleTarget(
+                id=ctr.id, name=ctr.name, image=ctr.spec.image, labels=ctr.labels, pid=ctr.pid, cgroup=cg,
+                upper_dir=Path(ctr.record.prepared.upper_dir), started_at=ctr.started_at or 0.0,
+                memory_limit_bytes=res.memory_bytes, cpu_limit_millis=res.cpu_millis,
+                own_network=ctr.spec.network is not NetworkMode.HOST,
+            ))
+        return out
+
+    def committed(self) -> tuple[int, int]:
+        """(memory bytes, cpu millis): the sums of the running containers' limits (unlimited counts 0)."""
+        memory = cpu = 0
+        for ctr in self._containers.values():
+            if ctr.state is State.RUNNING:
+                memory += ctr.spec.resources.memory_bytes or 0
+                cpu += ctr.spec.resources.cpu_millis or 0
+        return memory, cpu
 
 
 __all__ = ["Container", "ContainerRuntime", "ExitStatus", "RuntimeSettings"]

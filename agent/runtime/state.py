@@ -2,12 +2,15 @@
 
 The daemon owns ``config.json`` (what was asked for and how it was prepared); the supervisor owns
 ``run.json`` (pid, exit). A container's state is *derived* from both, so there is no second writer to
-keep in sync and an exit that happens while the daemon is down is picked up on restart.
+keep in sync and an exit that happens while the daemon is down is picked up on restart. What only the
+daemon decides and must remember across its own restarts — restart count and backoff, "stopped by the
+user", a pending restart, health — lives in a third, daemon-owned file, ``status.json``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import FailedPrecondition
+from agent.runtime.health import HealthResult, HealthStatus
+
+log = logging.getLogger(__name__)
 
 
 class State(Enum):
@@ -95,3 +101,57 @@ def write_atomic(path: Path, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+STATUS_FILE = "status.json"
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """status.json: the daemon's own bookkeeping about a container (never the supervisor's facts).
+
+    ``exit_handled`` is the ``finished_at`` of the last exit the daemon acted on (events emitted,
+    restart decided): an exit in run.json with another ``finished_at`` happened while the daemon was
+    away and is acted on at recovery. ``kill_reason`` names why the daemon itself killed the container
+    (``Unhealthy``) so the exit carries that reason.
+    """
+
+    restart_count: int = 0
+    backoff_streak: int = 0
+    stopped_by_user: bool = False
+    next_restart_at: float | None = None
+    exit_handled: float | None = None
+    kill_reason: str = ""
+    health: HealthStatus = HealthStatus.NONE
+    health_failing_streak: int = 0
+    health_log: tuple[HealthResult, ...] = ()
+
+    def to_json(self) -> str:
+        raw = asdict(self)
+        raw["health"] = self.health.value
+        return json.dumps(raw, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ContainerStatus:
+        raw: dict[str, Any] = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        data = {k: v for k, v in raw.items() if k in known}  # a newer agent's extra keys are ignored
+        data["health"] = HealthStatus(data.get("health", "none"))
+        data["health_log"] = tuple(HealthResult(**r) for r in data.get("health_log", ()))
+        return cls(**data)
+
+
+def read_status(directory: Path) -> ContainerStatus:
+    """The container's status.json, or the defaults if there is none (created by an older agent)."""
+    try:
+        return ContainerStatus.from_json((directory / STATUS_FILE).read_text())
+    except FileNotFoundError:
+        return ContainerStatus()
+    except (ValueError, TypeError) as err:
+        # Written atomically, so only a bug or a hand edit gets here; defaults are safe (no restart).
+        log.warning("ignoring unreadable %s: %s", directory / STATUS_FILE, err)
+        return ContainerStatus()
+
+
+def write_status(directory: Path, status: ContainerStatus) -> None:
+    write_atomic(directory / STATUS_FILE, status.to_json())

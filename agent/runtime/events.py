@@ -1,0 +1,240 @@
+"""The container event log: numbered lifecycle events, kept in memory and on disk, streamed to watchers.
+
+Every event gets the next sequence number; numbers never repeat, also across agent restarts, because
+the log is appended to ``<root>/events.jsonl`` and reloaded on start (the last ``capacity`` events and
+the counter). The file is compacted to the newest ``capacity`` events once it holds twice that many,
+so it stays bounded. Lines are appended without fsync: after a host crash containers are gone anyway,
+and a torn last line from a killed agent is skipped on load.
+
+Watchers (``subscribe``) get every kept event after the sequence they name, then new ones live. Each
+watcher has a bounded queue; one that falls ``queue_size`` events behind is cut off with
+``WatcherTooSlow`` naming the last sequence it received, so it can reconnect from there and lose
+nothing still kept — a slow watcher never slows the agent or other watchers. Asking to resume after a
+sequence older than the history raises ``HistoryTruncated``: events were lost for that client, and it
+must re-list containers (like Kubernetes' "410 Gone") rather than silently miss some.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from agent.runtime.health import HealthStatus
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY = 10_000
+DEFAULT_QUEUE_SIZE = 1_000
+
+
+class EventType(Enum):
+    CREATED = "created"
+    STARTED = "started"
+    EXITED = "exited"  # exit_code and reason set
+    OOM_KILLED = "oom_killed"  # followed by EXITED
+    RESTARTING = "restarting"  # a restart is scheduled; message says when
+    HEALTH_CHANGED = "health_changed"  # health set
+    REMOVED = "removed"
+    START_FAILED = "start_failed"  # exit_code, reason "StartFailed" and message set
+
+
+@dataclass(frozen=True)
+class Event:
+    sequence: int
+    time: float  # unix time
+    type: EventType
+    container_id: str
+    container_name: str
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    exit_code: int = 0
+    reason: str = ""
+    health: HealthStatus = HealthStatus.NONE
+    restart_count: int = 0
+    message: str = ""
+
+    def matches(self, labels: Mapping[str, str] | None) -> bool:
+        return not labels or all(self.labels.get(k) == v for k, v in labels.items())
+
+    def to_json(self) -> str:
+        raw = asdict(self)
+        raw["type"], raw["health"], raw["labels"] = self.type.value, self.health.value, dict(self.labels)
+        return json.dumps(raw, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        raw: dict[str, Any] = json.loads(text)
+        raw["type"] = EventType(raw["type"])
+        raw["health"] = HealthStatus(raw.get("health", "none"))
+        return cls(**raw)
+
+
+class WatcherTooSlow(ResourceExhausted):
+    """A watcher fell too far behind; it can resume with ``after_sequence=last_sequence``."""
+
+    def __init__(self, message: str, *, last_sequence: int) -> None:
+        super().__init__(message)
+        self.last_sequence = last_sequence
+
+
+class HistoryTruncated(FailedPrecondition):
+    """The events after the requested sequence are partly gone from the history."""
+
+
+@dataclass
+class _Watcher:
+    queue: asyncio.Queue[Event]
+    overflowed: bool = False
+
+
+class EventLog:
+    def __init__(self, path: Path | None, *, capacity: int = DEFAULT_CAPACITY,
+                 queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+        self.path = path
+        self.capacity = capacity
+        self.queue_size = queue_size
+        self._events: collections.deque[Event] = collections.deque(maxlen=capacity)
+        self._last = 0
+        self._lines_in_file = 0
+        self._file: TextIO | None = None
+        self._watchers: set[_Watcher] = set()
+        if path is not None:
+            self._load(path)
+
+    @property
+    def last_sequence(self) -> int:
+        return self._last
+
+    @property
+    def oldest_sequence(self) -> int | None:
+        return self._events[0].sequence if self._events else None
+
+    def history(self) -> list[Event]:
+        return list(self._events)
+
+    def _load(self, path: Path) -> None:
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                event = Event.from_json(line)
+            except (ValueError, TypeError, KeyError):
+                log.warning("skipping an unreadable line in %s", path)
+                continue
+            if event.sequence > self._last:
+                self._events.append(event)
+                self._last = event.sequence
+        self._lines_in_file = len(lines)
+        if self._lines_in_file >= 2 * self.capacity:
+            self._compact()
+
+    def append(self, type: EventType, *, container_id: str, container_name: str,
+               labels: Mapping[str, str] | None = None, exit_code: int = 0, reason: str = "",
+               health: HealthStatus = HealthStatus.NONE, restart_count: int = 0, message: str = "") -> Event:
+        """Record an event and hand it to every watcher. Never blocks and never raises for I/O."""
+        self._last += 1
+        event = Event(
+            sequence=self._last, time=time.time(), type=type, container_id=container_id,
+            container_name=container_name, labels=dict(labels or {}), exit_code=exit_code, reason=reason,
+            health=health, restart_count=restart_count, message=message,
+        )
+        self._events.append(event)
+        self._persist(event)
+        for watcher in list(self._watchers):
+            if watcher.overflowed:
+                continue
+            try:
+                watcher.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                watcher.overflowed = True
+        return event
+
+    def _persist(self, event: Event) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a")  # noqa: SIM115 - kept open for appends
+            self._file.write(event.to_json() + "\n")
+            self._file.flush()
+            self._lines_in_file += 1
+            if self._lines_in_file >= 2 * self.capacity:
+                self._compact()
+        except OSError as err:
+            # The live stream still works; only history across a restart is at risk.
+            log.error("cannot write %s: %s", self.path, err)
+
+    def _compact(self) -> None:
+        assert self.path is not None
+        self.close()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            f.writelines(e.to_json() + "\n" for e in self._events)
+        os.replace(tmp, self.path)
+        self._lines_in_file = len(self._events)
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+    async def subscribe(self, *, after_sequence: int | None = None,
+                        labels: Mapping[str, str] | None = None) -> AsyncIterator[Event]:
+        """Kept events with a sequence above ``after_sequence`` (none if it is None), then live ones.
+
+        Raises ``HistoryTruncated`` at once if events after ``after_sequence`` are no longer kept,
+        ``InvalidArgument`` if it is beyond the last event, and ``WatcherTooSlow`` when the caller
+        stops keeping up (see the module docstring).
+        """
+        if after_sequence is not None:
+            if after_sequence > self._last:
+                raise InvalidArgument(
+                    f"event sequence {after_sequence} is beyond the last event ({self._last}) of this agent"
+                )
+            oldest = self.oldest_sequence
+            if oldest is not None and after_sequence < oldest - 1:
+                raise HistoryTruncated(
+                    f"events after {after_sequence} are no longer kept (the oldest kept is {oldest}); "
+                    f"re-list containers, then watch from {oldest - 1} or later"
+                )
+        # Register before taking the replay snapshot, with no await in between: nothing falls in the gap.
+        watcher = _Watcher(asyncio.Queue(maxsize=self.queue_size))
+        self._watchers.add(watcher)
+        try:
+            last = self._last if after_sequence is None else after_sequence
+            replay = [e for e in self._events if e.sequence > last]
+            for event in replay:
+                if event.matches(labels):
+                    yield event
+                last = event.sequence
+            while True:
+                if watcher.overflowed and watcher.queue.empty():
+                    raise WatcherTooSlow(
+                        f"this event watcher fell more than {self.queue_size} events behind and was "
+                        f"cut off; watch again with after_sequence={last} to resume without a gap",
+                        last_sequence=last,
+                    )
+                event = await watcher.queue.get()
+                if event.sequence <= last:
+                    continue  # already replayed
+                last = event.sequence
+                if event.matches(labels):
+                    yield event
+        finally:
+            self._watchers.discard(watcher)
+
+
+__all__ = ["Event", "EventLog", "EventType", "HistoryTruncated", "WatcherTooSlow"]
