@@ -9,7 +9,9 @@ for tests on loopback only.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,12 @@ class AgentSettings:
     insecure_registries: tuple[str, ...] = ()
     registry_ca: Path | None = None
     pull_parallel: int = 3
+    subnet: ipaddress.IPv4Network | None = None
+    bridge: str = "shoal0"
+    labels: tuple[tuple[str, str], ...] = ()
+    metrics_listen: str = ""
+    sample_interval: float = 1.0
+    memory_reserve_bytes: int = 256 << 20
     ballast_mib: int = 0
 
 
@@ -75,12 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra CA bundle for registries' HTTPS (system CAs are always trusted)")
     serve.add_argument("--pull-parallel", type=int, default=3,
                        help="concurrent layer downloads per pull (default %(default)s)")
+    serve.add_argument("--subnet", default=None, metavar="CIDR",
+                       help="IPv4 subnet for bridge-networked containers, e.g. 10.88.0.0/24; with it, "
+                            "--network bridge becomes the default")
+    serve.add_argument("--bridge", default="shoal0", help="host bridge name (default %(default)s)")
+    serve.add_argument("--label", action="append", default=[], metavar="K=V",
+                       help="label of this host, reported to the scheduler (repeatable)")
+    serve.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics (cAdvisor names) here")
+    serve.add_argument("--sample-interval", default="1s", metavar="DURATION",
+                       help="how often container usage is sampled (default %(default)s)")
+    serve.add_argument("--memory-reserve", default="256M",
+                       help="memory kept for the system: allocatable = total - reserve (default %(default)s)")
     # Benchmarks only: grow the daemon's heap to show start latency does not depend on it.
     serve.add_argument("--bench-ballast-mib", type=int, default=0, help=argparse.SUPPRESS)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    from agent.errors import ShoalError
     from agent.runtime.spec import parse_size
 
     tls = None
@@ -98,6 +119,31 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
                 f"shoal-agent: TCP listener {address} needs mutual TLS: pass --tls-dir DIR "
                 "(with ca.pem, agent.pem, agent-key.pem), or --insecure-tcp for loopback tests"
             )
+    from agent.runtime.spec import parse_duration
+
+    subnet = None
+    if args.subnet is not None:
+        try:
+            subnet = ipaddress.IPv4Network(args.subnet, strict=True)
+        except ValueError as err:
+            raise SystemExit(f"shoal-agent: invalid --subnet {args.subnet!r}: {err}") from None
+        if subnet.num_addresses < 4:
+            raise SystemExit(f"shoal-agent: --subnet {subnet} is too small: use /30 or larger")
+    if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}", args.bridge):
+        raise SystemExit(f"shoal-agent: invalid --bridge {args.bridge!r}: 1-15 letters, digits, '_.-'")
+    labels = []
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"shoal-agent: invalid --label {item!r}: expected KEY=VALUE")
+        labels.append((key, value))
+    try:
+        interval = parse_duration(args.sample_interval, what="--sample-interval")
+        reserve = parse_size(args.memory_reserve, what="--memory-reserve")
+    except ShoalError as err:
+        raise SystemExit(f"shoal-agent: {err}") from None
+    if interval < 0.1:
+        raise SystemExit("shoal-agent: --sample-interval must be at least 100ms")
     if args.pull_parallel < 1:
         raise SystemExit("shoal-agent: --pull-parallel must be at least 1")
     if args.registry_ca is not None and not args.registry_ca.is_file():
@@ -112,5 +158,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         log_max_bytes=parse_size(args.log_max_size, what="log size"), log_max_files=args.log_max_files,
         tls=tls, insecure_tcp=args.insecure_tcp, insecure_registries=tuple(args.insecure_registry),
         registry_ca=args.registry_ca.absolute() if args.registry_ca else None,
-        pull_parallel=args.pull_parallel, ballast_mib=args.bench_ballast_mib,
+        pull_parallel=args.pull_parallel, subnet=subnet, bridge=args.bridge, labels=tuple(labels),
+        metrics_listen=args.metrics_listen, sample_interval=interval, memory_reserve_bytes=reserve,
+        ballast_mib=args.bench_ballast_mib,
     )

@@ -14,8 +14,9 @@ _MOUNT_POINTS = ("proc", "sys", "dev", "tmp", "etc")
 _LOOPBACK_NS = re.compile(r"^\s*nameserver\s+(127\.|::1\b)")
 
 
-def write_init_layer(init_dir: Path, *, hostname: str, host_network: bool,
+def write_init_layer(init_dir: Path, *, hostname: str, host_network: bool, address: str | None = None,
                      host_resolv_conf: Path = Path("/etc/resolv.conf")) -> None:
+    """``address``: the container's own address on a bridge network, so its name resolves to it."""
     for d in _MOUNT_POINTS:
         (init_dir / d).mkdir(mode=0o755, exist_ok=True)
     (init_dir / "tmp").chmod(0o1777)
@@ -23,7 +24,7 @@ def write_init_layer(init_dir: Path, *, hostname: str, host_network: bool,
     (etc / "hostname").write_text(hostname + "\n")
     (etc / "hosts").write_text(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        f"127.0.1.1\t{hostname}\n"
+        f"{address or '127.0.1.1'}\t{hostname}\n"
     )
     (etc / "resolv.conf").write_text(_resolv_conf(host_resolv_conf, host_network=host_network))
     for f in ("hostname", "hosts", "resolv.conf"):

@@ -38,20 +38,24 @@ class _NetworkMode:
 class _NetworkModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NetworkMode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     NETWORK_MODE_UNSPECIFIED: _NetworkMode.ValueType  # 0
-    """the agent's default (none)"""
+    """the agent's default: bridge when it has a --subnet, else none"""
     NETWORK_MODE_NONE: _NetworkMode.ValueType  # 1
     """own network namespace with loopback only"""
     NETWORK_MODE_HOST: _NetworkMode.ValueType  # 2
     """the host's network namespace"""
+    NETWORK_MODE_BRIDGE: _NetworkMode.ValueType  # 3
+    """own namespace, eth0 on the host bridge, an address from the subnet"""
 
 class NetworkMode(_NetworkMode, metaclass=_NetworkModeEnumTypeWrapper): ...
 
 NETWORK_MODE_UNSPECIFIED: NetworkMode.ValueType  # 0
-"""the agent's default (none)"""
+"""the agent's default: bridge when it has a --subnet, else none"""
 NETWORK_MODE_NONE: NetworkMode.ValueType  # 1
 """own network namespace with loopback only"""
 NETWORK_MODE_HOST: NetworkMode.ValueType  # 2
 """the host's network namespace"""
+NETWORK_MODE_BRIDGE: NetworkMode.ValueType  # 3
+"""own namespace, eth0 on the host bridge, an address from the subnet"""
 Global___NetworkMode: _TypeAlias = NetworkMode  # noqa: Y015
 
 class _RestartMode:
@@ -252,6 +256,36 @@ class Resources(_message.Message):
 Global___Resources: _TypeAlias = Resources  # noqa: Y015
 
 @_typing.final
+class PortMapping(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_IP_FIELD_NUMBER: _builtins.int
+    HOST_PORT_FIELD_NUMBER: _builtins.int
+    CONTAINER_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    host_ip: _builtins.str
+    """empty: every address of the host"""
+    host_port: _builtins.int
+    container_port: _builtins.int
+    protocol: _builtins.str
+    """"tcp" (default) or "udp" """
+    def __init__(
+        self,
+        *,
+        host_ip: _builtins.str = ...,
+        host_port: _builtins.int = ...,
+        container_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_port", b"container_port", "host_ip", b"host_ip", "host_port", b"host_port", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortMapping: _TypeAlias = PortMapping  # noqa: Y015
+
+@_typing.final
 class ContainerSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -289,6 +323,7 @@ class ContainerSpec(_message.Message):
     AUTO_REMOVE_FIELD_NUMBER: _builtins.int
     RESTART_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """reference as given (name:tag, id or prefix)"""
     working_dir: _builtins.str
@@ -321,6 +356,10 @@ class ContainerSpec(_message.Message):
     def restart(self) -> Global___RestartPolicy: ...
     @_builtins.property
     def health(self) -> Global___HealthCheck: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]:
+        """published ports (bridge network only)"""
+
     def __init__(
         self,
         *,
@@ -338,10 +377,11 @@ class ContainerSpec(_message.Message):
         auto_remove: _builtins.bool = ...,
         restart: Global___RestartPolicy | None = ...,
         health: Global___HealthCheck | None = ...,
+        ports: _abc.Iterable[Global___PortMapping] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "health", b"health", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "read_only", b"read_only", "resources", b"resources", "restart", b"restart", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "health", b"health", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "ports", b"ports", "read_only", b"read_only", "resources", b"resources", "restart", b"restart", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -604,6 +644,10 @@ class Container(_message.Message):
     HEALTH_LOG_FIELD_NUMBER: _builtins.int
     RESTART_COUNT_FIELD_NUMBER: _builtins.int
     NEXT_RESTART_AT_FIELD_NUMBER: _builtins.int
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     state: Global___ContainerState.ValueType
@@ -625,6 +669,10 @@ class Container(_message.Message):
     hostname: _builtins.str
     health: Global___HealthStatus.ValueType
     restart_count: _builtins.int
+    ip_address: _builtins.str
+    """Bridge network: its address on the host's subnet, the gateway, and the ports published for it."""
+    gateway: _builtins.str
+    mac_address: _builtins.str
     @_builtins.property
     def spec(self) -> Global___ContainerSpec: ...
     @_builtins.property
@@ -655,6 +703,8 @@ class Container(_message.Message):
     def next_restart_at(self) -> _timestamp_pb2.Timestamp:
         """Set while a restart is pending (backoff); a stop cancels it."""
 
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]: ...
     def __init__(
         self,
         *,
@@ -684,10 +734,14 @@ class Container(_message.Message):
         health_log: _abc.Iterable[Global___HealthResult] | None = ...,
         restart_count: _builtins.int = ...,
         next_restart_at: _timestamp_pb2.Timestamp | None = ...,
+        ip_address: _builtins.str = ...,
+        gateway: _builtins.str = ...,
+        mac_address: _builtins.str = ...,
+        ports: _abc.Iterable[Global___PortMapping] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "next_restart_at", b"next_restart_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cgroup_paths", b"cgroup_paths", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "gid", b"gid", "health", b"health", "health_log", b"health_log", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "layers", b"layers", "log_path", b"log_path", "name", b"name", "next_restart_at", b"next_restart_at", "pid", b"pid", "reason", b"reason", "resolved_env", b"resolved_env", "resolved_working_dir", b"resolved_working_dir", "restart_count", b"restart_count", "spec", b"spec", "started_at", b"started_at", "state", b"state", "uid", b"uid", "upper_dir", b"upper_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cgroup_paths", b"cgroup_paths", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "gateway", b"gateway", "gid", b"gid", "health", b"health", "health_log", b"health_log", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "ip_address", b"ip_address", "layers", b"layers", "log_path", b"log_path", "mac_address", b"mac_address", "name", b"name", "next_restart_at", b"next_restart_at", "pid", b"pid", "ports", b"ports", "reason", b"reason", "resolved_env", b"resolved_env", "resolved_working_dir", b"resolved_working_dir", "restart_count", b"restart_count", "spec", b"spec", "started_at", b"started_at", "state", b"state", "uid", b"uid", "upper_dir", b"upper_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1671,6 +1725,8 @@ class HostInfo(_message.Message):
     CONTAINERS_RUNNING_FIELD_NUMBER: _builtins.int
     CPU_USED_CORES_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    BRIDGE_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     """stable, kept in the agent's root"""
     hostname: _builtins.str
@@ -1689,6 +1745,9 @@ class HostInfo(_message.Message):
     containers_running: _builtins.int
     cpu_used_cores: _builtins.float
     """host-wide, over the last sampling interval"""
+    subnet: _builtins.str
+    """container subnet of this host's bridge, empty without one"""
+    bridge: _builtins.str
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """from `shoal-agent serve --label K=V`"""
@@ -1714,10 +1773,12 @@ class HostInfo(_message.Message):
         containers_running: _builtins.int = ...,
         cpu_used_cores: _builtins.float = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        subnet: _builtins.str = ...,
+        bridge: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "containers", b"containers", "containers_running", b"containers_running", "cpu_committed_millis", b"cpu_committed_millis", "cpu_cores", b"cpu_cores", "cpu_used_cores", b"cpu_used_cores", "host_id", b"host_id", "hostname", b"hostname", "labels", b"labels", "memory_allocatable_bytes", b"memory_allocatable_bytes", "memory_committed_bytes", b"memory_committed_bytes", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "bridge", b"bridge", "containers", b"containers", "containers_running", b"containers_running", "cpu_committed_millis", b"cpu_committed_millis", "cpu_cores", b"cpu_cores", "cpu_used_cores", b"cpu_used_cores", "host_id", b"host_id", "hostname", b"hostname", "labels", b"labels", "memory_allocatable_bytes", b"memory_allocatable_bytes", "memory_committed_bytes", b"memory_committed_bytes", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "started_at", b"started_at", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

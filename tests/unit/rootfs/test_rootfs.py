@@ -72,3 +72,12 @@ def test_describe_rootfs_puts_init_layer_on_top(tmp_path: Path) -> None:
     desc = overlay.describe_rootfs(image_layers=[tmp_path / "top", tmp_path / "base"], dirs=dirs)
     assert desc.lower == (str(dirs.init), str(tmp_path / "top"), str(tmp_path / "base"))
     assert desc.upper == str(dirs.upper) and desc.target == str(dirs.rootfs)
+
+
+def test_init_layer_hosts_names_the_bridge_address(tmp_path: Path) -> None:
+    init = tmp_path / "init"
+    init.mkdir()
+    initlayer.write_init_layer(init, hostname="web", host_network=False, address="10.88.0.7",
+                               host_resolv_conf=tmp_path / "none")
+    assert "10.88.0.7\tweb\n" in (init / "etc/hosts").read_text()
+    assert "127.0.1.1" not in (init / "etc/hosts").read_text()

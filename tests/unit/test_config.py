@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from agent import config
+
+
+def settings(*argv: str) -> config.AgentSettings:
+    return config.settings_from_args(config.build_parser().parse_args(["serve", *argv]))
+
+
+def test_defaults() -> None:
+    s = settings()
+    assert s.listen == (config.DEFAULT_LISTEN,) and s.subnet is None and s.sample_interval == 1.0
+
+
+def test_network_labels_metrics() -> None:
+    s = settings("--subnet", "10.88.0.0/24", "--bridge", "br-test", "--label", "zone=a", "--label", "gpu=",
+                 "--metrics-listen", "127.0.0.1:9100", "--sample-interval", "500ms", "--memory-reserve", "1G")
+    assert s.subnet == ipaddress.IPv4Network("10.88.0.0/24") and s.bridge == "br-test"
+    assert s.labels == (("zone", "a"), ("gpu", "")) and s.metrics_listen == "127.0.0.1:9100"
+    assert s.sample_interval == 0.5 and s.memory_reserve_bytes == 1 << 30
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--subnet", "10.88.0.1/24"], "invalid --subnet"),
+    (["--subnet", "10.88.0.0/31"], "too small"),
+    (["--bridge", "a-name-far-too-long"], "invalid --bridge"),
+    (["--label", "novalue"], "invalid --label"),
+    (["--sample-interval", "10ms"], "at least 100ms"),
+    (["--listen", "0.0.0.0:7070"], "needs mutual TLS"),
+    (["--cgroup-parent", "a/b"], "invalid --cgroup-parent"),
+])
+def test_bad_flags_are_one_clear_line(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        settings(*argv)
