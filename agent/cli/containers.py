@@ -19,8 +19,9 @@ import grpc
 
 from agent.cli.client import Agent, CliError, describe_rpc_error, rpc_errors
 from agent.cli.images import pull_image
-from agent.cli.output import ago, command_line, short_id, status_line, table
+from agent.cli.output import ago, command_line, ports_line, short_id, status_line, table
 from agent.errors import InvalidArgument
+from agent.network import ports as ports_mod
 from agent.runtime import spec as specs
 from proto.agent.v1 import agent_pb2 as pb
 
@@ -104,7 +105,11 @@ def _add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-w", "--workdir", default="")
     parser.add_argument("--entrypoint", default=None, help="override the image's entrypoint")
     parser.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
-    parser.add_argument("--network", "--net", default="none", choices=["none", "host"])
+    parser.add_argument("--network", "--net", default=None, choices=["bridge", "none", "host"],
+                        help="bridge (the default when the agent has a --subnet), none (loopback only) "
+                             "or host")
+    parser.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR[/PROTO]",
+                        help="publish a container port on the host (bridge network; repeatable)")
     parser.add_argument("--restart", default="no", metavar="no|on-failure[:MAX]|always",
                         help="restart policy (exponential backoff, capped at 1 minute)")
     health = parser.add_argument_group("health check (one probe kind)")
@@ -125,6 +130,16 @@ def _add_create_options(parser: argparse.ArgumentParser) -> None:
                         help="pull the image from its registry first (default: when missing)")
     parser.add_argument("image")
     parser.add_argument("command", nargs=argparse.REMAINDER)
+
+
+_NETWORKS = {None: pb.NETWORK_MODE_UNSPECIFIED, "none": pb.NETWORK_MODE_NONE,
+             "host": pb.NETWORK_MODE_HOST, "bridge": pb.NETWORK_MODE_BRIDGE}
+
+
+def _port_to_pb(port: ports_mod.PortMapping) -> pb.PortMapping:
+    host_ip = "" if port.host_ip == ports_mod.ANY_ADDRESS else str(port.host_ip)
+    return pb.PortMapping(host_ip=host_ip, host_port=port.host_port, container_port=port.container_port,
+                          protocol=port.protocol)
 
 
 _RESTART_MODES = {"no": pb.RESTART_MODE_NO, "on-failure": pb.RESTART_MODE_ON_FAILURE,
@@ -184,14 +199,14 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
         env = specs.parse_env(args.env)
         restart = parse_restart(args.restart)
         health = parse_health(args)
+        ports = [_port_to_pb(ports_mod.parse_port_spec(p)) for p in args.publish]
     except InvalidArgument as err:
         raise CliError(str(err), code=EXIT_RUN_FAILED) from None
     entrypoint = [args.entrypoint] if args.entrypoint else []
     spec = pb.ContainerSpec(
         image=args.image, entrypoint=entrypoint, command=args.command, env=env,
         working_dir=args.workdir, user=args.user, hostname=args.hostname, resources=resources,
-        read_only=args.read_only,
-        network=pb.NETWORK_MODE_HOST if args.network == "host" else pb.NETWORK_MODE_NONE,
+        read_only=args.read_only, network=_NETWORKS[args.network], ports=ports,
         labels=_key_values(args.label, "label"), auto_remove=bool(args.rm and args.detach),
         restart=restart, health=health,
     )
@@ -337,10 +352,12 @@ def cmd_ps(agent: Agent, args: argparse.Namespace) -> int:
     rows = [
         [ctr.id if args.no_trunc else ctr.id[:12], ctr.spec.image,
          command_line(ctr.argv, width=10_000 if args.no_trunc else 20),
-         ago(ctr.created_at.ToNanoseconds() / 1e9), status_line(ctr), ctr.name]
+         ago(ctr.created_at.ToNanoseconds() / 1e9), status_line(ctr), ctr.ip_address,
+         ports_line(ctr.ports), ctr.name]
         for ctr in found
     ]
-    print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows))
+    print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "ADDRESS", "PORTS", "NAMES"],
+                rows))
     return 0
 
 

@@ -67,3 +67,9 @@ def command_line(argv: Sequence[str], *, width: int = 20) -> str:
 
 def short_id(digest_or_id: str) -> str:
     return digest_or_id.removeprefix("sha256:")[:12]
+
+
+def ports_line(ports: Sequence[pb.PortMapping]) -> str:
+    """Docker's PORTS column: ``0.0.0.0:8080->80/tcp, …``."""
+    return ", ".join(f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.protocol or 'tcp'}"
+                     for p in ports)
