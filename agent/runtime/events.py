@@ -11,7 +11,9 @@ watcher has a bounded queue; one that falls ``queue_size`` events behind is cut 
 ``WatcherTooSlow`` naming the last sequence it received, so it can reconnect from there and lose
 nothing still kept — a slow watcher never slows the agent or other watchers. Asking to resume after a
 sequence older than the history raises ``HistoryTruncated``: events were lost for that client, and it
-must re-list containers (like Kubernetes' "410 Gone") rather than silently miss some.
+must re-list containers (like Kubernetes' "410 Gone") rather than silently miss some. Sequence 0 is
+the exception: it means "all kept history" (no client has seen event 0, so nothing can be missed that
+it was promised).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -91,7 +93,7 @@ class HistoryTruncated(FailedPrecondition):
     """The events after the requested sequence are partly gone from the history."""
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: kept in a set
 class _Watcher:
     queue: asyncio.Queue[Event]
     overflowed: bool = False
@@ -192,10 +194,11 @@ class EventLog:
             self._file = None
 
     async def subscribe(self, *, after_sequence: int | None = None,
-                        labels: Mapping[str, str] | None = None) -> AsyncIterator[Event]:
+                        labels: Mapping[str, str] | None = None) -> AsyncGenerator[Event, None]:
         """Kept events with a sequence above ``after_sequence`` (none if it is None), then live ones.
 
-        Raises ``HistoryTruncated`` at once if events after ``after_sequence`` are no longer kept,
+        ``after_sequence=0`` replays all kept history. Raises ``HistoryTruncated`` at once if events
+        after a non-zero ``after_sequence`` are no longer kept,
         ``InvalidArgument`` if it is beyond the last event, and ``WatcherTooSlow`` when the caller
         stops keeping up (see the module docstring).
         """
@@ -205,7 +208,7 @@ class EventLog:
                     f"event sequence {after_sequence} is beyond the last event ({self._last}) of this agent"
                 )
             oldest = self.oldest_sequence
-            if oldest is not None and after_sequence < oldest - 1:
+            if oldest is not None and 0 < after_sequence < oldest - 1:
                 raise HistoryTruncated(
                     f"events after {after_sequence} are no longer kept (the oldest kept is {oldest}); "
                     f"re-list containers, then watch from {oldest - 1} or later"
