@@ -220,6 +220,11 @@ class UsageSampler:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
+    def close(self) -> None:
+        """Stop the worker thread; ``run()`` does this itself when cancelled. Only for callers that
+        used ``sample_once()`` without ``run()``."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
     # -- sampling --------------------------------------------------------------------------------
 
     async def run(self) -> None:

@@ -48,7 +48,10 @@ class Containers:
         if cpu_millis is not None and "cpu" in group.paths():
             # Other work on a shared 2-core test machine would otherwise take part of the quota: a
             # large weight lets the group actually get its limit, so "about its limit" is checkable.
-            Path(group.paths()["cpu"], "cpu.shares").write_text("10240")
+            # The weight counts at every level, so the test's own parent gets it too.
+            cpu_dir = Path(group.paths()["cpu"])
+            for d in (cpu_dir.parent, cpu_dir):
+                (d / "cpu.shares").write_text("10240")
         # Held at `read` until it is in the group, then exec'd: the new image's memory is charged to
         # the group (v1 does not move charges of pages touched before joining).
         proc = subprocess.Popen(["sh", "-c", 'read _ && exec "$@"', "sh", *argv], stdin=subprocess.PIPE)

@@ -23,9 +23,9 @@ def test_busy_container_under_half_a_core(containers: Containers, tmp_path: Path
                             labels={"app": "spin"})
     idle = containers.start("idle", ["sleep", "600"])
     (busy.upper_dir / "written").write_bytes(b"x" * 100_000)
-    sampler = UsageSampler(targets=lambda: [busy, idle], identity=identity(tmp_path), interval=0.5)
+    sampler = UsageSampler(targets=lambda: [busy, idle], identity=identity(tmp_path), interval=1.0)
     with SamplerThread(sampler) as st:
-        st.wait_for(6)  # 2.5 s after the first
+        st.wait_for(4)  # the last rate is over a whole second
     snap = sampler.latest()
     assert snap is not None
     by_name = {c.name: c for c in snap.containers}
@@ -88,6 +88,7 @@ def test_network_counters_come_from_the_containers_own_namespace(
     subprocess.run(netns_pair.exec_argv(netns_pair.b, [sys.executable, "-c", CLIENT, netns_pair.addr_a]),
                    check=True, capture_output=True, timeout=60)
     snap = asyncio.run(sampler.sample_once())
+    sampler.close()
     after = {c.name: c for c in snap.containers}
     c = after["net"]
     assert [i.name for i in c.interfaces] == [netns_pair.dev_a]  # loopback left out
