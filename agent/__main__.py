@@ -22,6 +22,10 @@ from agent.images.pull import Puller, RegistrySettings
 from agent.images.store import ImageStore
 from agent.runtime.containers import ContainerRuntime, RuntimeSettings
 from agent.server import add_services
+from agent.usage import host as usage_host
+from agent.usage.cadvisor import UsageCollector
+from agent.usage.metrics import AgentMetrics, RpcMetricsInterceptor, serve_metrics
+from agent.usage.sampler import RuntimeTotals, UsageSampler
 
 log = logging.getLogger("shoal.agent")
 
@@ -83,19 +87,40 @@ async def serve(settings: config.AgentSettings) -> None:
                         log_max_bytes=settings.log_max_bytes, log_max_files=settings.log_max_files),
         images=store, cgroup_manager=cgroups.detect(), puller=puller,
     )
-    server = grpc.aio.server()
-    add_services(server, runtime=runtime, store=store, scratch=settings.root / "tmp")
+    identity = usage_host.HostIdentity.for_this_agent(root=settings.root, labels=dict(settings.labels))
+    agent_metrics = AgentMetrics(version=identity.agent_version, host_id=identity.host_id)
+
+    def totals() -> RuntimeTotals:
+        memory, cpu = runtime.committed()
+        return RuntimeTotals(containers=len(runtime.list_containers(all=True)),
+                             memory_committed_bytes=memory, cpu_committed_millis=cpu)
+
+    sampler = UsageSampler(targets=runtime.sample_targets, identity=identity,
+                           interval=settings.sample_interval,
+                           memory_reserve_bytes=settings.memory_reserve_bytes, totals=totals,
+                           observe_duration=agent_metrics.record_sample)
+    agent_metrics.registry.register(UsageCollector(sampler.latest))
+    server = grpc.aio.server(interceptors=[RpcMetricsInterceptor(agent_metrics)])
+    network = (str(settings.subnet), settings.bridge) if settings.subnet else ("", "")
+    add_services(server, runtime=runtime, store=store, scratch=settings.root / "tmp", sampler=sampler,
+                 network=network, metrics=agent_metrics)
     # Bind before starting anything else, so a taken or bad address fails with nothing to undo but
     # the sockets themselves.
     sockets: list[Path] = []
+    metrics_server = None
     try:
         sockets = _bind(server, settings)
+        if settings.metrics_listen:
+            metrics_server = serve_metrics(settings.metrics_listen, agent_metrics.registry)
         await runtime.open()
         await server.start()
     except BaseException:
         for path in sockets:
             path.unlink(missing_ok=True)
+        if metrics_server is not None:
+            metrics_server.close()
         raise
+    sampler_task = asyncio.create_task(sampler.run(), name="usage-sampler")
     for path in sockets:
         os.chmod(path, 0o600)
     log.info("shoal-agent serving on %s (root %s, cgroup parent %s)", ", ".join(settings.listen),
@@ -107,6 +132,10 @@ async def serve(settings: config.AgentSettings) -> None:
     await stop.wait()
     log.info("shutting down; containers keep running under the supervisor")
     await server.stop(grace=2)
+    sampler_task.cancel()
+    sampler.close()
+    if metrics_server is not None:
+        metrics_server.close()
     await runtime.close()
     for path in sockets:
         path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +23,10 @@ from google.protobuf import timestamp_pb2
 
 from agent import errors
 from agent.images.store import Image, ImageStore, ImportProgress
+from agent.runtime import events as evlog
 from agent.runtime.containers import Container, ContainerRuntime, PullPolicy
+from agent.runtime.health import HealthCheck, HealthResult, HealthStatus, ProbeKind
+from agent.runtime.restart import RestartMode, RestartPolicy
 from agent.runtime.spec import (
     ContainerSpec,
     NetworkMode,
@@ -31,6 +35,8 @@ from agent.runtime.spec import (
 )
 from agent.runtime.state import State
 from agent.streams import drain_until_done, threadsafe_putter
+from agent.usage.metrics import AgentMetrics
+from agent.usage.sampler import HostSample, Snapshot, UsageSampler
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 
@@ -54,6 +60,21 @@ _STATE_TO_PB = {
     State.REMOVING: pb.CONTAINER_STATE_EXITED,
 }
 _PB_TO_STATE = {v: k for k, v in _STATE_TO_PB.items() if k is not State.REMOVING}
+
+_RESTART_TO_PB = {RestartMode.NO: pb.RESTART_MODE_NO, RestartMode.ON_FAILURE: pb.RESTART_MODE_ON_FAILURE,
+                  RestartMode.ALWAYS: pb.RESTART_MODE_ALWAYS}
+_RESTART_FROM_PB = {v: k for k, v in _RESTART_TO_PB.items()}
+_HEALTH_TO_PB = {
+    HealthStatus.NONE: pb.HEALTH_STATUS_NONE, HealthStatus.STARTING: pb.HEALTH_STATUS_STARTING,
+    HealthStatus.HEALTHY: pb.HEALTH_STATUS_HEALTHY, HealthStatus.UNHEALTHY: pb.HEALTH_STATUS_UNHEALTHY,
+}
+_EVENT_TO_PB = {
+    evlog.EventType.CREATED: pb.EVENT_TYPE_CREATED, evlog.EventType.STARTED: pb.EVENT_TYPE_STARTED,
+    evlog.EventType.EXITED: pb.EVENT_TYPE_EXITED, evlog.EventType.OOM_KILLED: pb.EVENT_TYPE_OOM_KILLED,
+    evlog.EventType.RESTARTING: pb.EVENT_TYPE_RESTARTING,
+    evlog.EventType.HEALTH_CHANGED: pb.EVENT_TYPE_HEALTH_CHANGED,
+    evlog.EventType.REMOVED: pb.EVENT_TYPE_REMOVED, evlog.EventType.START_FAILED: pb.EVENT_TYPE_START_FAILED,
+}
 
 _PULL = {
     pb.PULL_POLICY_UNSPECIFIED: PullPolicy.NEVER, pb.PULL_POLICY_NEVER: PullPolicy.NEVER,
@@ -108,9 +129,7 @@ def streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterato
     return wrapper
 
 
-def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
@@ -126,6 +145,8 @@ def spec_from_pb(msg: pb.ContainerSpec) -> ContainerSpec:
         if value < 0:
             raise errors.InvalidArgument(f"{what} limit must not be negative")
     network = NetworkMode.HOST if msg.network == pb.NETWORK_MODE_HOST else NetworkMode.NONE
+    restart = RestartPolicy(mode=_RESTART_FROM_PB.get(msg.restart.mode, RestartMode.NO),
+                            max_retries=msg.restart.max_retries)
     return ContainerSpec(
         image=msg.image, entrypoint=tuple(msg.entrypoint), command=tuple(msg.command),
         env=parse_env(tuple(msg.env)), working_dir=msg.working_dir, user=msg.user,
@@ -135,8 +156,39 @@ def spec_from_pb(msg: pb.ContainerSpec) -> ContainerSpec:
             pids_max=res.pids_max or None,
         ),
         read_only=msg.read_only, network=network, labels=tuple(sorted(msg.labels.items())),
-        auto_remove=msg.auto_remove,
+        auto_remove=msg.auto_remove, restart=restart,
+        health=health_from_pb(msg.health) if msg.HasField("health") else None,
     )
+
+
+def health_from_pb(msg: pb.HealthCheck) -> HealthCheck:
+    which = msg.WhichOneof("probe")
+    if which is None:
+        raise errors.InvalidArgument("a health check needs a probe: exec, tcp or http")
+    common: dict[str, Any] = {
+        "interval": msg.interval_seconds or 30.0, "timeout": msg.timeout_seconds or 30.0,
+        "retries": msg.retries or 3, "start_period": msg.start_period_seconds,
+        "restart_on_unhealthy": msg.restart_on_unhealthy,
+    }
+    if which == "exec":
+        return HealthCheck(kind=ProbeKind.EXEC, command=tuple(msg.exec.command), **common)
+    if which == "tcp":
+        return HealthCheck(kind=ProbeKind.TCP, port=msg.tcp.port, **common)
+    return HealthCheck(kind=ProbeKind.HTTP, port=msg.http.port, path=msg.http.path or "/", **common)
+
+
+def health_to_pb(check: HealthCheck) -> pb.HealthCheck:
+    out = pb.HealthCheck(
+        interval_seconds=check.interval, timeout_seconds=check.timeout, retries=check.retries,
+        start_period_seconds=check.start_period, restart_on_unhealthy=check.restart_on_unhealthy,
+    )
+    if check.kind is ProbeKind.EXEC:
+        out.exec.command.extend(check.command)
+    elif check.kind is ProbeKind.TCP:
+        out.tcp.port = check.port
+    else:
+        out.http.port, out.http.path = check.port, check.path
+    return out
 
 
 def spec_to_pb(spec: ContainerSpec) -> pb.ContainerSpec:
@@ -150,6 +202,9 @@ def spec_to_pb(spec: ContainerSpec) -> pb.ContainerSpec:
         read_only=spec.read_only,
         network=pb.NETWORK_MODE_HOST if spec.network is NetworkMode.HOST else pb.NETWORK_MODE_NONE,
         labels=dict(spec.labels), auto_remove=spec.auto_remove,
+        restart=pb.RestartPolicy(mode=_RESTART_TO_PB[spec.restart.mode],
+                                 max_retries=spec.restart.max_retries),
+        health=health_to_pb(spec.health) if spec.health is not None else None,
     )
 
 
@@ -161,14 +216,17 @@ def container_to_pb(ctr: Container) -> pb.Container:
         resolved_working_dir=p.working_dir, uid=p.uid, gid=p.gid, layers=p.lower_dirs,
         upper_dir=p.upper_dir, cgroup_paths=ctr.cgroup_paths,
         log_path=str(ctr.directory / "ctr.log"), hostname=p.hostname,
+        health=_HEALTH_TO_PB[ctr.health], restart_count=ctr.restart_count,
+        health_log=[_health_result_pb(r) for r in ctr.health_log],
     )
+    if ctr.next_restart_at is not None:
+        out.next_restart_at.CopyFrom(_ts(ctr.next_restart_at))
     if ctr.exit is not None:
         out.exit_code, out.reason, out.error = ctr.exit.exit_code, ctr.exit.reason, ctr.exit.error
     for field, value in (("created_at", ctr.record.created_at), ("started_at", ctr.started_at),
                          ("finished_at", ctr.finished_at)):
-        ts = _ts(value)
-        if ts is not None:
-            getattr(out, field).CopyFrom(ts)
+        if value is not None:
+            getattr(out, field).CopyFrom(_ts(value))
     return out
 
 
@@ -176,6 +234,19 @@ def progress_to_pb(event: ImportProgress) -> pb.ImportImageProgress:
     return pb.ImportImageProgress(
         phase=event.phase, layer=event.layer or "", index=event.index, total=event.total,
         bytes=event.bytes, bytes_total=event.bytes_total or 0, already_present=event.already_present,
+    )
+
+
+def _health_result_pb(result: HealthResult) -> pb.HealthResult:
+    return pb.HealthResult(start=_ts(result.start), end=_ts(result.end), ok=result.ok, output=result.output)
+
+
+def event_to_pb(event: evlog.Event) -> pb.Event:
+    return pb.Event(
+        sequence=event.sequence, time=_ts(event.time), type=_EVENT_TO_PB[event.type],
+        container_id=event.container_id, container_name=event.container_name, labels=dict(event.labels),
+        exit_code=event.exit_code, reason=event.reason, health=_HEALTH_TO_PB[event.health],
+        restart_count=event.restart_count, message=event.message,
     )
 
 
@@ -213,20 +284,33 @@ def _created_seconds(created: Any) -> float | None:
 # -- services ------------------------------------------------------------------------------------
 
 class ContainersService(pb_grpc.ContainersServicer):
-    def __init__(self, runtime: ContainerRuntime) -> None:
+    def __init__(self, runtime: ContainerRuntime, metrics: AgentMetrics | None = None) -> None:
         self.runtime = runtime
+        self.metrics = metrics
+
+    async def _start(self, ref: str) -> Container:
+        started = time.perf_counter()
+        try:
+            ctr = await self.runtime.start(ref)
+        except errors.ShoalError:
+            if self.metrics is not None:
+                self.metrics.record_start(seconds=time.perf_counter() - started, ok=False)
+            raise
+        if self.metrics is not None:
+            self.metrics.record_start(seconds=time.perf_counter() - started, ok=True)
+        return ctr
 
     @unary
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
         ctr = await self.runtime.create(container_id=request.id, name=request.name,
                                         spec=spec_from_pb(request.spec), pull=_PULL[request.pull])
         if request.start:
-            ctr = await self.runtime.start(ctr.id)
+            ctr = await self._start(ctr.id)
         return container_to_pb(ctr)
 
     @unary
     async def StartContainer(self, request: pb.ContainerRef, context: Any) -> pb.Container:
-        return container_to_pb(await self.runtime.start(request.id))
+        return container_to_pb(await self._start(request.id))
 
     @unary
     async def StopContainer(self, request: pb.StopContainerRequest, context: Any) -> pb.Container:
@@ -289,16 +373,21 @@ class ContainersService(pb_grpc.ContainersServicer):
                 yield pb.ExecOutput(stderr=payload)
 
 
+    @streaming
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.Event]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "events are not available yet")
-        yield pb.Event()  # pragma: no cover - abort raises
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        async for event in self.runtime.events.subscribe(after_sequence=after,
+                                                         labels=dict(request.labels) or None):
+            yield event_to_pb(event)
 
 
 class ImagesService(pb_grpc.ImagesServicer):
-    def __init__(self, store: ImageStore, runtime: ContainerRuntime, *, scratch: Path) -> None:
+    def __init__(self, store: ImageStore, runtime: ContainerRuntime, *, scratch: Path,
+                 metrics: AgentMetrics | None = None) -> None:
         self.store = store
         self.runtime = runtime
         self.scratch = scratch
+        self.metrics = metrics
 
     @streaming
     async def ImportImage(self, request_iterator: AsyncIterator[pb.ImportImageRequest], context: Any
@@ -352,6 +441,8 @@ class ImagesService(pb_grpc.ImagesServicer):
         puller = self.runtime.puller
         async for msg in self._progress_stream(lambda report: puller.pull(request.ref, progress=report)):
             yield msg
+        if self.metrics is not None:
+            self.metrics.record_pull()
 
     @unary
     async def PruneImages(self, request: pb.PruneImagesRequest, context: Any) -> pb.PruneImagesResponse:
@@ -382,6 +473,51 @@ class ImagesService(pb_grpc.ImagesServicer):
         return pb.RemoveImageResponse(untagged=untagged, deleted=deleted)
 
 
+_HOST_FIELDS = (
+    "host_id", "hostname", "agent_version", "cpu_cores", "memory_total_bytes", "memory_allocatable_bytes",
+    "memory_used_bytes", "memory_committed_bytes", "cpu_committed_millis", "containers",
+    "containers_running", "cpu_used_cores",
+)
+_STATS_FIELDS = (
+    "id", "name", "image", "cpu_seconds", "cpu_cores", "cpu_fraction_of_limit", "cpu_throttled_seconds",
+    "memory_usage_bytes", "memory_working_set_bytes", "memory_rss_bytes", "memory_limit_bytes",
+    "oom_events", "pids", "network_rx_bytes", "network_tx_bytes", "network_rx_packets",
+    "network_tx_packets", "writable_layer_bytes",
+)
+
+
+def host_to_pb(host: HostSample, *, network: tuple[str, str]) -> pb.HostInfo:
+    return pb.HostInfo(**{f: getattr(host, f) for f in _HOST_FIELDS}, labels=dict(host.labels),
+                       started_at=_ts(host.started_at), subnet=network[0], bridge=network[1])
+
+
+def snapshot_to_pb(snapshot: Snapshot, *, network: tuple[str, str]) -> pb.UsageSnapshot:
+    return pb.UsageSnapshot(
+        time=_ts(snapshot.time), host=host_to_pb(snapshot.host, network=network),
+        sample_seconds=snapshot.sample_seconds,
+        containers=[pb.ContainerStats(**{f: getattr(c, f) for f in _STATS_FIELDS}, labels=dict(c.labels),
+                                      started_at=_ts(c.started_at)) for c in snapshot.containers],
+    )
+
+
+class HostService(pb_grpc.HostServicer):
+    def __init__(self, sampler: UsageSampler, *, network: tuple[str, str]) -> None:
+        self.sampler = sampler
+        self.network = network  # (subnet, bridge), empty strings without bridge networking
+
+    @unary
+    async def GetHost(self, request: pb.GetHostRequest, context: Any) -> pb.HostInfo:
+        latest = self.sampler.latest()
+        host = latest.host if latest is not None else self.sampler.host()
+        return host_to_pb(host, network=self.network)
+
+    @streaming
+    async def WatchUsage(self, request: pb.WatchUsageRequest, context: Any
+                         ) -> AsyncIterator[pb.UsageSnapshot]:
+        async for snapshot in self.sampler.subscribe(dict(request.labels) or None):
+            yield snapshot_to_pb(snapshot, network=self.network)
+
+
 class SystemService(pb_grpc.SystemServicer):
     def __init__(self, runtime: ContainerRuntime) -> None:
         self.runtime = runtime
@@ -399,7 +535,10 @@ class SystemService(pb_grpc.SystemServicer):
 
 
 def add_services(server: grpc.aio.Server, *, runtime: ContainerRuntime, store: ImageStore,
-                 scratch: Path) -> None:
-    pb_grpc.add_ContainersServicer_to_server(ContainersService(runtime), server)
-    pb_grpc.add_ImagesServicer_to_server(ImagesService(store, runtime, scratch=scratch), server)
+                 scratch: Path, sampler: UsageSampler, network: tuple[str, str] = ("", ""),
+                 metrics: AgentMetrics | None = None) -> None:
+    pb_grpc.add_ContainersServicer_to_server(ContainersService(runtime, metrics), server)
+    pb_grpc.add_ImagesServicer_to_server(ImagesService(store, runtime, scratch=scratch, metrics=metrics),
+                                         server)
     pb_grpc.add_SystemServicer_to_server(SystemService(runtime), server)
+    pb_grpc.add_HostServicer_to_server(HostService(sampler, network=network), server)
