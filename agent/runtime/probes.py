@@ -69,6 +69,9 @@ async def _connect(*, pid: int | None, port: int) -> socket.socket:
 
 
 def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno:
+        # asyncio's sock_connect puts "Connect call failed (addr)" in strerror; the errno says why.
+        return os.strerror(err.errno)
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     return str(err) or type(err).__name__
