@@ -22,6 +22,7 @@ from agent.cli.images import pull_image
 from agent.cli.output import ago, command_line, ports_line, short_id, status_line, table
 from agent.errors import InvalidArgument
 from agent.network import ports as ports_mod
+from agent.runtime import restart
 from agent.runtime import spec as specs
 from proto.agent.v1 import agent_pb2 as pb
 
@@ -142,15 +143,15 @@ def _port_to_pb(port: ports_mod.PortMapping) -> pb.PortMapping:
                           protocol=port.protocol)
 
 
-_RESTART_MODES = {"no": pb.RESTART_MODE_NO, "on-failure": pb.RESTART_MODE_ON_FAILURE,
-                  "always": pb.RESTART_MODE_ALWAYS, "unless-stopped": pb.RESTART_MODE_ALWAYS}
+_RESTART_MODES = {restart.RestartMode.NO: pb.RESTART_MODE_NO,
+                  restart.RestartMode.ON_FAILURE: pb.RESTART_MODE_ON_FAILURE,
+                  restart.RestartMode.ALWAYS: pb.RESTART_MODE_ALWAYS}
 
 
 def parse_restart(raw: str) -> pb.RestartPolicy:
-    mode, _, count = raw.partition(":")
-    if mode not in _RESTART_MODES or (count and (mode != "on-failure" or not count.isdigit())):
-        raise InvalidArgument(f"invalid restart policy {raw!r}: use no, on-failure[:MAX] or always")
-    return pb.RestartPolicy(mode=_RESTART_MODES[mode], max_retries=int(count or 0))
+    """The runtime's own parser (so the CLI and the agent accept the same words), as protobuf."""
+    policy = restart.parse_restart("always" if raw == "unless-stopped" else raw)
+    return pb.RestartPolicy(mode=_RESTART_MODES[policy.mode], max_retries=policy.max_retries)
 
 
 def parse_health(args: argparse.Namespace) -> pb.HealthCheck | None:
