@@ -37,6 +37,7 @@ from agent.linux import (
     executable,
     mounts,
     namespaces,
+    netdev,
     process,
     syscalls,
 )
@@ -50,6 +51,7 @@ class _Prepared:
     """Everything derived from the plan before ``fork`` (validation errors surface in the caller)."""
 
     ns_flags: int
+    new_netns: bool  # a fresh network namespace (not joined): its loopback must be brought up
     keep_caps: int
     last_cap: int
     env: dict[str, str]
@@ -78,6 +80,7 @@ def _prepare(plan: LaunchPlan) -> _Prepared:
     except ValueError as exc:
         raise LaunchError(str(exc), kind="setup") from None
     return _Prepared(
+        new_netns="net" in created,
         ns_flags=ns_flags,
         keep_caps=keep,
         last_cap=capabilities.last_cap(),
@@ -271,6 +274,9 @@ def _set_up_container(
         mounts.remount_readonly("/")
     if plan.hostname:
         process.set_hostname(plan.hostname)
+    if prep.new_netns:
+        with syscalls.described("bring up lo"):
+            netdev.set_up("lo")
 
     credentials.become(
         uid=plan.uid, gid=plan.gid, additional_gids=plan.additional_gids, keep=prep.keep_caps,

@@ -169,6 +169,13 @@ def test_namespaces_differ_from_the_host(agent: AgentProcess) -> None:
     assert all(c != h for c, h in zip(out, host, strict=True)), (out, host)
 
 
+def test_own_network_has_loopback_up(agent: AgentProcess) -> None:
+    # IFF_UP|IFF_LOOPBACK: a program can reach itself on 127.0.0.1, as under Docker.
+    assert run_out(agent, IMAGE, "cat", "/sys/class/net/lo/flags").strip() == "0x9"
+    out = run_out(agent, IMAGE, "sh", "-c", "nc -l -p 7000 -e echo hi & sleep 0.2; nc 127.0.0.1 7000")
+    assert out.strip() == "hi"
+
+
 def test_host_network_shares_the_host_netns(agent: AgentProcess) -> None:
     out = run_out(agent, "--network", "host", IMAGE, "readlink", "/proc/1/ns/net").strip()
     assert out == os.readlink("/proc/self/ns/net")

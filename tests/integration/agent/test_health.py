@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -19,13 +18,6 @@ FAST = ["--health-interval", "200ms", "--health-timeout", "5s", "--health-retrie
 
 def health(agent: AgentProcess, ref: str) -> str:
     return str(inspect(agent, ref)["health"]).removeprefix("HEALTH_STATUS_").lower()
-
-
-def loopback_up(agent: AgentProcess, ref: str) -> None:
-    # TODO(launcher): a --network none container's loopback should come up at start, as in Docker;
-    # until it does, the test brings it up from outside so servers inside can be reached on 127.0.0.1.
-    pid = inspect(agent, ref)["pid"]
-    subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "set", "lo", "up"], check=True)
 
 
 @pytest.fixture
@@ -62,8 +54,6 @@ def test_tcp_probe_runs_inside_the_containers_network_namespace(agent: AgentProc
     agent.run("run", "-d", "--name", "listening", *FAST, "--health-tcp", port, IMAGE,
               "nc", "-ll", "-p", port, "-e", "true")
     agent.run("run", "-d", "--name", "deaf", *FAST, "--health-tcp", port, IMAGE, "sleep", "1000")
-    loopback_up(agent, "listening")
-    loopback_up(agent, "deaf")
     wait_for(lambda: health(agent, "listening") == "healthy")
     # The host listens on that very port: "deaf" being unhealthy proves its probe did not connect here.
     wait_for(lambda: health(agent, "deaf") == "unhealthy")
@@ -78,8 +68,6 @@ def test_http_probe_wants_2xx_or_3xx(agent: AgentProcess, host_listener: int) ->
               "sh", "-c", serve)
     agent.run("run", "-d", "--name", "web404", *FAST, "--health-http", f"{port}/missing", IMAGE,
               "sh", "-c", serve)
-    loopback_up(agent, "web")
-    loopback_up(agent, "web404")
     wait_for(lambda: health(agent, "web") == "healthy")
     assert "200" in inspect(agent, "web")["health_log"][-1]["output"]
     wait_for(lambda: health(agent, "web404") == "unhealthy")
