@@ -20,6 +20,7 @@ from agent import config
 from agent.cgroups import manager as cgroups
 from agent.images.pull import Puller, RegistrySettings
 from agent.images.store import ImageStore
+from agent.network.manager import NetworkManager
 from agent.runtime.containers import ContainerRuntime, RuntimeSettings
 from agent.server import add_services
 from agent.usage import host as usage_host
@@ -82,10 +83,15 @@ async def serve(settings: config.AgentSettings) -> None:
         auth_file=settings.root / "auth.json", insecure=settings.insecure_registries,
         ca_bundle=settings.registry_ca, max_parallel=settings.pull_parallel,
     ))
+    network = None
+    if settings.subnet is not None:
+        network = NetworkManager(settings.root, subnet=settings.subnet, bridge_name=settings.bridge)
+        # Idempotent: a restarted agent adopts its bridge and rebuilds its nftables table in place.
+        await network.setup_host()
     runtime = ContainerRuntime(
         RuntimeSettings(root=settings.root, cgroup_parent=settings.cgroup_parent,
                         log_max_bytes=settings.log_max_bytes, log_max_files=settings.log_max_files),
-        images=store, cgroup_manager=cgroups.detect(), puller=puller,
+        images=store, cgroup_manager=cgroups.detect(), puller=puller, network=network,
     )
     identity = usage_host.HostIdentity.for_this_agent(root=settings.root, labels=dict(settings.labels))
     agent_metrics = AgentMetrics(version=identity.agent_version, host_id=identity.host_id)
@@ -101,9 +107,9 @@ async def serve(settings: config.AgentSettings) -> None:
                            observe_duration=agent_metrics.record_sample)
     agent_metrics.registry.register(UsageCollector(sampler.latest))
     server = grpc.aio.server(interceptors=[RpcMetricsInterceptor(agent_metrics)])
-    network = (str(settings.subnet), settings.bridge) if settings.subnet else ("", "")
+    bridge = (str(settings.subnet), settings.bridge) if settings.subnet else ("", "")
     add_services(server, runtime=runtime, store=store, scratch=settings.root / "tmp", sampler=sampler,
-                 network=network, metrics=agent_metrics)
+                 network=bridge, metrics=agent_metrics)
     # Bind before starting anything else, so a taken or bad address fails with nothing to undo but
     # the sockets themselves.
     sockets: list[Path] = []

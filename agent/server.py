@@ -23,6 +23,8 @@ from google.protobuf import timestamp_pb2
 
 from agent import errors
 from agent.images.store import Image, ImageStore, ImportProgress
+from agent.network.manager import Attachment
+from agent.network.ports import ANY_ADDRESS, PortMapping, parse_port_spec
 from agent.runtime import events as evlog
 from agent.runtime.containers import Container, ContainerRuntime, PullPolicy
 from agent.runtime.health import HealthCheck, HealthResult, HealthStatus, ProbeKind
@@ -137,14 +139,30 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 
 # -- conversions ---------------------------------------------------------------------------------
 
-def spec_from_pb(msg: pb.ContainerSpec) -> ContainerSpec:
+_NETWORK_FROM_PB = {pb.NETWORK_MODE_NONE: NetworkMode.NONE, pb.NETWORK_MODE_HOST: NetworkMode.HOST,
+                    pb.NETWORK_MODE_BRIDGE: NetworkMode.BRIDGE}
+_NETWORK_TO_PB = {v: k for k, v in _NETWORK_FROM_PB.items()}
+
+
+def port_from_pb(msg: pb.PortMapping) -> PortMapping:
+    text = f"{msg.host_ip + ':' if msg.host_ip else ''}{msg.host_port}:{msg.container_port}"
+    return parse_port_spec(f"{text}/{msg.protocol}" if msg.protocol else text)
+
+
+def port_to_pb(port: PortMapping) -> pb.PortMapping:
+    host_ip = "" if port.host_ip == ANY_ADDRESS else str(port.host_ip)
+    return pb.PortMapping(host_ip=host_ip, host_port=port.host_port, container_port=port.container_port,
+                          protocol=port.protocol)
+
+
+def spec_from_pb(msg: pb.ContainerSpec, *, default_network: NetworkMode = NetworkMode.NONE) -> ContainerSpec:
     if not msg.image:
         raise errors.InvalidArgument("an image is required")
     res = msg.resources
     for value, what in ((res.memory_bytes, "memory"), (res.cpu_millis, "cpu"), (res.pids_max, "pids")):
         if value < 0:
             raise errors.InvalidArgument(f"{what} limit must not be negative")
-    network = NetworkMode.HOST if msg.network == pb.NETWORK_MODE_HOST else NetworkMode.NONE
+    network = _NETWORK_FROM_PB.get(msg.network, default_network)
     restart = RestartPolicy(mode=_RESTART_FROM_PB.get(msg.restart.mode, RestartMode.NO),
                             max_retries=msg.restart.max_retries)
     return ContainerSpec(
@@ -158,6 +176,7 @@ def spec_from_pb(msg: pb.ContainerSpec) -> ContainerSpec:
         read_only=msg.read_only, network=network, labels=tuple(sorted(msg.labels.items())),
         auto_remove=msg.auto_remove, restart=restart,
         health=health_from_pb(msg.health) if msg.HasField("health") else None,
+        ports=tuple(port_from_pb(p) for p in msg.ports),
     )
 
 
@@ -199,8 +218,8 @@ def spec_to_pb(spec: ContainerSpec) -> pb.ContainerSpec:
             memory_bytes=spec.resources.memory_bytes or 0, cpu_millis=spec.resources.cpu_millis or 0,
             pids_max=spec.resources.pids_max or 0,
         ),
-        read_only=spec.read_only,
-        network=pb.NETWORK_MODE_HOST if spec.network is NetworkMode.HOST else pb.NETWORK_MODE_NONE,
+        read_only=spec.read_only, network=_NETWORK_TO_PB[spec.network],
+        ports=[port_to_pb(p) for p in spec.ports],
         labels=dict(spec.labels), auto_remove=spec.auto_remove,
         restart=pb.RestartPolicy(mode=_RESTART_TO_PB[spec.restart.mode],
                                  max_retries=spec.restart.max_retries),
@@ -208,7 +227,7 @@ def spec_to_pb(spec: ContainerSpec) -> pb.ContainerSpec:
     )
 
 
-def container_to_pb(ctr: Container) -> pb.Container:
+def container_to_pb(ctr: Container, attachment: Attachment | None = None) -> pb.Container:
     p = ctr.record.prepared
     out = pb.Container(
         id=ctr.id, name=ctr.name, spec=spec_to_pb(ctr.spec), state=_STATE_TO_PB[ctr.state],
@@ -221,6 +240,10 @@ def container_to_pb(ctr: Container) -> pb.Container:
     )
     if ctr.next_restart_at is not None:
         out.next_restart_at.CopyFrom(_ts(ctr.next_restart_at))
+    if attachment is not None:
+        out.ip_address, out.gateway = str(attachment.address.ip), str(attachment.gateway)
+        out.mac_address = attachment.mac
+        out.ports.extend(port_to_pb(port) for port in attachment.ports)
     if ctr.exit is not None:
         out.exit_code, out.reason, out.error = ctr.exit.exit_code, ctr.exit.reason, ctr.exit.error
     for field, value in (("created_at", ctr.record.created_at), ("started_at", ctr.started_at),
@@ -288,6 +311,9 @@ class ContainersService(pb_grpc.ContainersServicer):
         self.runtime = runtime
         self.metrics = metrics
 
+    def _pb(self, ctr: Container) -> pb.Container:
+        return container_to_pb(ctr, self.runtime.attachment(ctr))
+
     async def _start(self, ref: str) -> Container:
         started = time.perf_counter()
         try:
@@ -302,24 +328,26 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     @unary
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
+        default = NetworkMode.BRIDGE if self.runtime.network is not None else NetworkMode.NONE
         ctr = await self.runtime.create(container_id=request.id, name=request.name,
-                                        spec=spec_from_pb(request.spec), pull=_PULL[request.pull])
+                                        spec=spec_from_pb(request.spec, default_network=default),
+                                        pull=_PULL[request.pull])
         if request.start:
             ctr = await self._start(ctr.id)
-        return container_to_pb(ctr)
+        return self._pb(ctr)
 
     @unary
     async def StartContainer(self, request: pb.ContainerRef, context: Any) -> pb.Container:
-        return container_to_pb(await self._start(request.id))
+        return self._pb(await self._start(request.id))
 
     @unary
     async def StopContainer(self, request: pb.StopContainerRequest, context: Any) -> pb.Container:
         timeout = request.timeout_seconds if request.HasField("timeout_seconds") else 10
-        return container_to_pb(await self.runtime.stop(request.id, timeout=timeout))
+        return self._pb(await self.runtime.stop(request.id, timeout=timeout))
 
     @unary
     async def KillContainer(self, request: pb.KillContainerRequest, context: Any) -> pb.Container:
-        return container_to_pb(await self.runtime.kill(request.id, request.signal or "KILL"))
+        return self._pb(await self.runtime.kill(request.id, request.signal or "KILL"))
 
     @unary
     async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: Any
@@ -328,7 +356,7 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     @unary
     async def GetContainer(self, request: pb.ContainerRef, context: Any) -> pb.Container:
-        return container_to_pb(self.runtime.resolve(request.id))
+        return self._pb(self.runtime.resolve(request.id))
 
     @unary
     async def ListContainers(self, request: pb.ListContainersRequest, context: Any
@@ -336,7 +364,7 @@ class ContainersService(pb_grpc.ContainersServicer):
         states: set[State] = {_PB_TO_STATE[s] for s in request.states if s in _PB_TO_STATE}
         found = self.runtime.list_containers(all=request.all, labels=dict(request.labels), name=request.name,
                                   states=states or None)
-        return pb.ListContainersResponse(containers=[container_to_pb(c) for c in found])
+        return pb.ListContainersResponse(containers=[self._pb(c) for c in found])
 
     @unary
     async def WaitContainer(self, request: pb.ContainerRef, context: Any) -> pb.WaitContainerResponse:

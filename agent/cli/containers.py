@@ -259,14 +259,16 @@ def cmd_run(agent: Agent, args: argparse.Namespace) -> int:
     request = build_request(args)
     ensure_image(agent, args.image, args.pull)
     request.start = True
-    if not request.id:
+    ours = not request.id
+    if ours:
         # Choose the id here, so a failed start can be cleaned up: the user never saw this container.
         request.id = secrets.token_hex(32)
     try:
         ctr = agent.containers.CreateContainer(request)
     except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and _launch_kind(err):
+        if ours:  # created but not started (a taken port, a missing command): leave nothing behind
             _remove_quietly(agent, request.id)
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and _launch_kind(err):
             raise CliError(err.details() or "start failed", code=_launch_code(err)) from None
         raise CliError(describe_rpc_error(err, agent.address), code=EXIT_RUN_FAILED) from None
     if args.detach:

@@ -22,10 +22,7 @@ def write_init_layer(init_dir: Path, *, hostname: str, host_network: bool, addre
     (init_dir / "tmp").chmod(0o1777)
     etc = init_dir / "etc"
     (etc / "hostname").write_text(hostname + "\n")
-    (etc / "hosts").write_text(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        f"{address or '127.0.1.1'}\t{hostname}\n"
-    )
+    write_hosts(init_dir, hostname=hostname, address=address)
     (etc / "resolv.conf").write_text(_resolv_conf(host_resolv_conf, host_network=host_network))
     for f in ("hostname", "hosts", "resolv.conf"):
         (etc / f).chmod(0o644)
@@ -42,3 +39,17 @@ def _resolv_conf(source: Path, *, host_network: bool) -> str:
     return "".join(
         line + "\n" for line in text.splitlines() if not _LOOPBACK_NS.match(line)
     )
+
+
+def write_hosts(init_dir: Path, *, hostname: str, address: str | None) -> None:
+    """``/etc/hosts``: the container's name resolves to its bridge address (or 127.0.1.1 without one).
+
+    Rewritten before each start on a bridge, when the address is known; the init layer is a lower
+    layer of an overlay that is not mounted then, so changing it is safe.
+    """
+    hosts = init_dir / "etc" / "hosts"
+    hosts.write_text(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"{address or '127.0.1.1'}\t{hostname}\n"
+    )
+    hosts.chmod(0o644)

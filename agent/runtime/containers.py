@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import enum
 import functools
 import logging
@@ -43,6 +44,8 @@ from agent.errors import (
 )
 from agent.images.pull import Puller
 from agent.images.store import Image, ImageStore, PruneReport
+from agent.network.manager import Attachment, NetworkManager
+from agent.network.ports import PortMapping
 from agent.rootfs import initlayer, overlay, users
 from agent.runtime import health as healthcheck
 from agent.runtime import logs as ctrlogs
@@ -201,6 +204,7 @@ def spec_to_dict(spec: ContainerSpec) -> dict[str, Any]:
     raw["restart"] = {"mode": spec.restart.mode.value, "max_retries": spec.restart.max_retries}
     if spec.health is not None:
         raw["health"] = {**asdict(spec.health), "kind": spec.health.kind.value}
+    raw["ports"] = [p.to_dict() for p in spec.ports]
     return raw
 
 
@@ -215,6 +219,7 @@ def spec_from_dict(raw: dict[str, Any]) -> ContainerSpec:
     policy = data.pop("restart", None)
     if policy is not None:
         data["restart"] = RestartPolicy(RestartMode(policy["mode"]), max_retries=policy["max_retries"])
+    data["ports"] = tuple(PortMapping.from_dict(p) for p in data.get("ports", ()))
     check = data.pop("health", None)
     if check is not None:
         data["health"] = HealthCheck(**{**check, "kind": ProbeKind(check["kind"]),
@@ -247,9 +252,12 @@ def _parse_signal(raw: str | int, *, default: int) -> int:
 
 class ContainerRuntime:
     def __init__(self, settings: RuntimeSettings, *, images: ImageStore,
-                 cgroup_manager: cgroups.CgroupManager, puller: Puller | None = None) -> None:
+                 cgroup_manager: cgroups.CgroupManager, puller: Puller | None = None,
+                 network: NetworkManager | None = None) -> None:
         self.settings = settings
         self.images = images
+        # Bridge networking, when the agent has a --subnet (set up by the daemon before open()).
+        self.network = network
         self._puller = puller
         self.cgroups = cgroup_manager
         self.containers_dir = settings.root / "containers"
@@ -266,6 +274,12 @@ class ContainerRuntime:
     async def open(self) -> None:
         self.containers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await self._connect_supervisor()
+        if self.network is not None:
+            # Addresses, ports and namespaces of containers that no longer exist (a crash between
+            # attach and record, or an rm the agent did not finish) are freed.
+            freed = await self.network.reconcile(list(self._containers))
+            if freed:
+                log.info("freed the network of %d vanished containers", len(freed))
         self._events_task = asyncio.create_task(self._watch_supervisor(), name="supervisor-events")
 
     async def close(self) -> None:
@@ -611,6 +625,12 @@ class ContainerRuntime:
 
     async def create(self, *, container_id: str = "", name: str = "", spec: ContainerSpec,
                      pull: PullPolicy = PullPolicy.NEVER) -> Container:
+        if spec.ports and spec.network is not NetworkMode.BRIDGE:
+            raise InvalidArgument("publishing ports (-p) needs the bridge network (--network bridge)")
+        if spec.network is NetworkMode.BRIDGE and self.network is None:
+            raise FailedPrecondition(
+                "bridge networking needs an agent started with --subnet (e.g. --subnet 10.88.0.0/24)"
+            )
         cid = validate_id(container_id) if container_id else new_container_id()
         if name:
             validate_name(name)
@@ -705,6 +725,11 @@ class ContainerRuntime:
         # container must not inherit "OOMKilled" from an earlier run.
         cg = self._ensure_cgroup(ctr, fresh=ctr.state is State.EXITED)
         launch_plan = self._launch_plan(ctr, cgroup_procs=cg.join_files())
+        if ctr.spec.network is NetworkMode.BRIDGE:
+            # Before the process exists: a taken port is refused here, and the address is known
+            # for /etc/hosts. The attachment lives until rm, across restarts.
+            attachment = await self._attach(ctr)
+            launch_plan = dataclasses.replace(launch_plan, netns_path=attachment.netns_path)
         ctr.exited.clear()
         try:
             result = await self.supervisor.start(
@@ -712,6 +737,7 @@ class ContainerRuntime:
                 log_max_bytes=self.settings.log_max_bytes, log_max_files=self.settings.log_max_files,
             )
         except LaunchError as err:
+            await self._detach(ctr)
             code = START_FAILED_CODES.get(err.kind, 125)
             run = runfile.read_run_file(ctr.directory)
             finished = run.finished_at if run is not None and run.error else time.time()
@@ -731,6 +757,30 @@ class ContainerRuntime:
         if run is not None and run.exit_code is not None and run.pid == result.pid:
             self._apply_run_record(ctr, alive=False)
         return ctr
+
+    async def _attach(self, ctr: Container) -> Attachment:
+        if self.network is None:
+            raise FailedPrecondition(
+                "bridge networking needs an agent started with --subnet (e.g. --subnet 10.88.0.0/24)"
+            )
+        attachment = self.network.attachment(ctr.id)
+        if attachment is None or not Path(attachment.netns_path).exists():
+            if attachment is not None:
+                await self.network.detach(ctr.id)  # its namespace is gone (e.g. the host rebooted)
+            attachment = await self.network.attach(ctr.id, publish=ctr.spec.ports)
+        p = ctr.record.prepared
+        initlayer.write_hosts(Path(p.lower_dirs[0]), hostname=p.hostname, address=str(attachment.address.ip))
+        return attachment
+
+    async def _detach(self, ctr: Container) -> None:
+        if self.network is not None and ctr.spec.network is NetworkMode.BRIDGE:
+            await self.network.detach(ctr.id)
+
+    def attachment(self, ctr: Container) -> Attachment | None:
+        """Its place on the bridge (address, gateway, ports), for ps/inspect."""
+        if self.network is None or ctr.spec.network is not NetworkMode.BRIDGE:
+            return None
+        return self.network.attachment(ctr.id)
 
     def _ensure_cgroup(self, ctr: Container, *, fresh: bool = False) -> cgroups.Cgroup:
         prepared = ctr.record.prepared
@@ -851,6 +901,7 @@ class ContainerRuntime:
             ctr.state = State.REMOVING
             self._stop_health_monitor(ctr)
             self._kill_cgroup(ctr, remove=True)
+            await self._detach(ctr)
             await asyncio.to_thread(shutil.rmtree, ctr.directory, True)
             self._containers.pop(ctr.id, None)
             self._emit(ctr, EventType.REMOVED)

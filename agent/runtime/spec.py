@@ -14,6 +14,7 @@ from enum import Enum
 from typing import NewType
 
 from agent.errors import InvalidArgument
+from agent.network.ports import PortMapping
 from agent.runtime.health import HealthCheck
 from agent.runtime.restart import RestartPolicy
 
@@ -29,8 +30,9 @@ MIN_MEMORY_BYTES = 6 << 20
 
 
 class NetworkMode(Enum):
-    NONE = "none"
-    HOST = "host"
+    NONE = "none"      # own network namespace, loopback only
+    HOST = "host"      # the host's network namespace
+    BRIDGE = "bridge"  # own namespace with eth0 on the host bridge (agent started with --subnet)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class ContainerSpec:
     auto_remove: bool = False
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     health: HealthCheck | None = None
+    ports: tuple[PortMapping, ...] = ()  # published ports, bridge network only
 
 
 def new_container_id() -> ContainerId:

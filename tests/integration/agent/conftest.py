@@ -44,6 +44,7 @@ class AgentProcess:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    prefix: list[str] = field(default_factory=list)  # e.g. nsenter --net=… to run inside a test host
 
     @property
     def address(self) -> str:
@@ -53,7 +54,7 @@ class AgentProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [shoal_bin("shoal-agent"), "serve", "--root", str(self.root), "--listen", self.address,
+            [*self.prefix, shoal_bin("shoal-agent"), "serve", "--root", str(self.root), "--listen", self.address,
              "--cgroup-parent", self.cgroup_parent, "--log-level", "debug", *self.extra_args],
             stdout=out, stderr=out, start_new_session=True,
         )
