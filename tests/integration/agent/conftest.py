@@ -54,8 +54,9 @@ class AgentProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [*self.prefix, shoal_bin("shoal-agent"), "serve", "--root", str(self.root), "--listen", self.address,
-             "--cgroup-parent", self.cgroup_parent, "--log-level", "debug", *self.extra_args],
+            [*self.prefix, shoal_bin("shoal-agent"), "serve", "--root", str(self.root),
+             "--listen", self.address, "--cgroup-parent", self.cgroup_parent, "--log-level", "debug",
+             *self.extra_args],
             stdout=out, stderr=out, start_new_session=True,
         )
         out.close()
