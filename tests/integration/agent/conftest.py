@@ -188,3 +188,19 @@ def wait_for(predicate, timeout: float = 20, interval: float = 0.05):  # type: i
         if time.monotonic() > deadline:
             raise AssertionError("condition not met within timeout")
         time.sleep(interval)
+
+
+@pytest.fixture
+def tiny_agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    """An agent whose root is a 1 MiB tmpfs: any real image fills it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "shoal-test", str(root)], check=True)
+    proc = AgentProcess(root=root, socket=tmp_path / "tiny.sock",
+                        cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=tmp_path / "tiny.log")
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.stop()
+        subprocess.run(["umount", "-l", str(root)], check=False)

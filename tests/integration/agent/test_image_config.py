@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,22 +76,6 @@ def test_hostile_archive_is_refused_with_one_line(agent: AgentProcess, tmp_path:
     assert len(result.stderr.strip().splitlines()) == 1
     assert "test/evil" not in agent.run("image", "ls").stdout
     assert not (agent.root.parent / "escaped").exists() and not Path("/escaped").exists()
-
-
-@pytest.fixture
-def tiny_agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    """An agent whose root is a 1 MiB tmpfs: any real image fills it."""
-    root = tmp_path / "root"
-    root.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "shoal-test", str(root)], check=True)
-    proc = AgentProcess(root=root, socket=tmp_path / "tiny.sock",
-                        cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=tmp_path / "tiny.log")
-    try:
-        proc.start()
-        yield proc
-    finally:
-        proc.stop()
-        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 def test_full_disk_while_unpacking(tiny_agent: AgentProcess, busybox_image: Path) -> None:

@@ -66,3 +66,13 @@ def test_prune_and_system_df(agent: AgentProcess, registry: Registry) -> None:
     agent.run("image", "rm", ref)
     final = agent.run("image", "prune").stdout
     assert "freed" in final
+
+
+def test_full_disk_during_a_pull(tiny_agent: AgentProcess, registry: Registry) -> None:
+    result = tiny_agent.run("image", "pull", f"{registry.host}/busybox:oci", check=False)
+    assert result.returncode != 0
+    assert "no space left" in result.stderr.lower() and "layer 1/1" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    images = tiny_agent.root / "images"
+    assert not any((images / "layers").iterdir()) and not any((images / "tmp").iterdir())
+    assert "busybox" not in tiny_agent.run("image", "ls").stdout

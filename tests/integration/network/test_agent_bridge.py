@@ -161,3 +161,27 @@ def test_agent_restart_keeps_containers_serving_without_duplicates(sites: tuple[
     a.agent.run("run", "-d", "--name", "newcomer", IMAGE, "sleep", "300")
     assert inspect(a.agent, "newcomer")["ip_address"] != address
     a.agent.run("rm", "-f", "steady", "newcomer")
+
+
+def test_container_on_one_host_reaches_a_published_port_on_another(sites: tuple[Site, Site]) -> None:
+    a, b = sites
+    a.agent.run("run", "-d", "--name", "served", "-p", "8484:80", IMAGE, "sh", "-c", WEB)
+    wait_for(lambda: _wget(a.host, f"http://{a.host.address}:8484/").startswith("hello-from-"))
+    out = b.agent.run("run", "--rm", IMAGE, "sh", "-c",
+                      f"timeout 5 wget -q -O- http://{a.host.address}:8484/").stdout
+    assert out.startswith("hello-from-")
+    a.agent.run("rm", "-f", "served")
+
+
+def test_failed_start_and_killed_agent_leave_nothing(sites: tuple[Site, Site]) -> None:
+    a, _ = sites
+    baseline = counts(a), sorted((a.agent.root / "containers").iterdir())
+    failed = a.agent.run("run", "-p", "8585:80", IMAGE, "/no/such/binary", check=False)
+    assert failed.returncode == 127
+    assert (counts(a), sorted((a.agent.root / "containers").iterdir())) == baseline
+    # An agent killed with a container attached: after restart, rm still releases everything.
+    a.agent.run("run", "-d", "--name", "orphan", "-p", "8686:80", IMAGE, "sleep", "300")
+    a.agent.kill9()
+    a.agent.start()
+    a.agent.run("rm", "-f", "orphan")
+    assert (counts(a), sorted((a.agent.root / "containers").iterdir())) == baseline
