@@ -227,6 +227,7 @@ class Agent:
     root: Path
     cgroup_parent: str
     ballast_mib: int = 0
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     channel: grpc.Channel | None = None
     containers: pb_grpc.ContainersStub | None = None
@@ -241,6 +242,7 @@ class Agent:
                 "--listen", self.address, "--cgroup-parent", self.cgroup_parent, "--log-level", "warning"]
         if self.ballast_mib:
             argv += ["--bench-ballast-mib", str(self.ballast_mib)]
+        argv += self.extra_args
         log = open(self.root / "agent.log", "wb")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
