@@ -199,8 +199,16 @@ class RealCgroupFs:
         os.rmdir(path)
 
     def read_text(self, path: str) -> str:
-        with open(path, encoding="ascii") as f:
-            return f.read()
+        # os.read rather than open(): the usage sampler reads ~9 of these per container per second,
+        # and the buffered text-IO stack (fstat, isatty ioctl, decoder objects) was most of the cost.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while data := os.read(fd, 65536):
+                chunks.append(data)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("ascii")
 
     def write_text(self, path: str, text: str) -> None:
         # No O_CREAT: a missing interface file must be ENOENT, not an attempt to create one.

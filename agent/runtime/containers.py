@@ -160,6 +160,7 @@ class Container:
     kill_reason: str = ""
     restart_task: asyncio.Task[None] | None = None
     health_task: asyncio.Task[None] | None = None
+    sample_target: SampleTarget | None = field(default=None, repr=False)  # cached per run
 
     @property
     def id(self) -> str:
@@ -1006,16 +1007,21 @@ class ContainerRuntime:
         for ctr in list(self._containers.values()):
             if ctr.state is not State.RUNNING or not ctr.pid:
                 continue
-            cg = self.cgroups.open(ctr.record.prepared.cgroup_name)
-            if cg is None:
-                continue
-            res = ctr.spec.resources
-            out.append(SampleTarget(
-                id=ctr.id, name=ctr.name, image=ctr.spec.image, labels=ctr.labels, pid=ctr.pid, cgroup=cg,
-                upper_dir=Path(ctr.record.prepared.upper_dir), started_at=ctr.started_at or 0.0,
-                memory_limit_bytes=res.memory_bytes, cpu_limit_millis=res.cpu_millis,
-                own_network=ctr.spec.network is not NetworkMode.HOST,
-            ))
+            target = ctr.sample_target
+            if target is None or target.pid != ctr.pid:
+                # Built once per run (a restart has a new pid and a fresh cgroup): this is called
+                # every sampling interval for every container.
+                cg = self.cgroups.open(ctr.record.prepared.cgroup_name)
+                if cg is None:
+                    continue
+                res = ctr.spec.resources
+                target = ctr.sample_target = SampleTarget(
+                    id=ctr.id, name=ctr.name, image=ctr.spec.image, labels=ctr.labels, pid=ctr.pid,
+                    cgroup=cg, upper_dir=Path(ctr.record.prepared.upper_dir),
+                    started_at=ctr.started_at or 0.0, memory_limit_bytes=res.memory_bytes,
+                    cpu_limit_millis=res.cpu_millis, own_network=ctr.spec.network is not NetworkMode.HOST,
+                )
+            out.append(target)
         return out
 
     def committed(self) -> tuple[int, int]:
