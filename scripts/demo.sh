@@ -26,8 +26,18 @@ start_agent() {
   for _ in $(seq 1 200); do shoal ps >/dev/null 2>&1 && return 0; sleep 0.05; done
   echo "agent did not start; its log:"; cat "$work/agent.log"; exit 1
 }
+net_agent_pid=""
+tag=$(head -c3 /dev/urandom | od -An -tx1 | tr -d ' \n')
+ns_a="shoal-demo-$tag-a"; ns_b="shoal-demo-$tag-b"; ns_sw="shoal-demo-$tag-sw"
 cleanup() {
   set +e
+  if [ -n "$net_agent_pid" ]; then
+    ids=$(SHOAL_AGENT="unix://$work/net.sock" shoal ps -aq --no-trunc 2>/dev/null)
+    [ -n "$ids" ] && SHOAL_AGENT="unix://$work/net.sock" shoal rm -f $ids >/dev/null
+    kill "$net_agent_pid" 2>/dev/null && wait "$net_agent_pid" 2>/dev/null
+  fi
+  for ns in "$ns_a" "$ns_b" "$ns_sw"; do ip netns del "$ns" 2>/dev/null; done
+  rmdir /sys/fs/cgroup/*/shoal-demo-net 2>/dev/null
   ids=$(shoal ps -aq --no-trunc 2>/dev/null)
   [ -n "$ids" ] && shoal rm -f $ids >/dev/null
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
@@ -93,6 +103,33 @@ show shoal logs --tail 4 ticker
 show shoal exec ticker sh -c 'echo "exec joins the container: hostname $(hostname), sees $(ls /proc | grep -c "^[0-9]") processes"'
 show shoal stop -t 1 ticker
 show shoal rm ticker
+
+step "Bridge networking, on two hosts simulated with network namespaces this demo creates"
+echo "(nothing is configured in this machine's own network namespace)"
+ip netns add "$ns_sw"; ip netns add "$ns_a"; ip netns add "$ns_b"
+ip -n "$ns_sw" link add sw type bridge; ip -n "$ns_sw" link set sw up; ip -n "$ns_sw" link set lo up
+n=1
+for ns in "$ns_a" "$ns_b"; do
+  ip link add eth0 netns "$ns" type veth peer name "p$n" netns "$ns_sw"
+  ip -n "$ns_sw" link set "p$n" master sw up
+  ip -n "$ns" addr add "192.168.250.$n/24" dev eth0; ip -n "$ns" link set eth0 up; ip -n "$ns" link set lo up
+  n=$((n + 1))
+done
+# The agent joins host A's network namespace only (nsenter --net), as the tests do.
+nsenter --net="/run/netns/$ns_a" shoal-agent serve --root "$work/net-root" --listen "unix://$work/net.sock" \
+  --cgroup-parent shoal-demo-net --subnet 10.88.0.0/24 >>"$work/net-agent.log" 2>&1 &
+net_agent_pid=$!
+for _ in $(seq 1 200); do SHOAL_AGENT="unix://$work/net.sock" shoal ps >/dev/null 2>&1 && break; sleep 0.05; done
+export SHOAL_AGENT="unix://$work/net.sock"
+shoal image import "$work/oci" --name demo/busybox:latest >/dev/null
+show shoal run -d --name web -p 8080:80 demo/busybox sh -c 'mkdir /www; echo "hello from $(hostname) at $(ip -4 -o addr show eth0 | cut -d" " -f7)" > /www/index.html; exec httpd -f -p 80 -h /www'
+show shoal ps
+for _ in $(seq 1 50); do ip netns exec "$ns_b" timeout 2 busybox wget -q -O- http://192.168.250.1:8080/ >/dev/null 2>&1 && break; sleep 0.1; done
+echo "from host B, through host A's published port 8080:"
+show ip netns exec "$ns_b" timeout 5 busybox wget -q -O- http://192.168.250.1:8080/
+echo "from another container on host A, by the web container's address:"
+web_ip=$(shoal inspect web | sed -n 's/.*"ip_address": "\(.*\)".*/\1/p')
+show shoal run --rm demo/busybox wget -q -O- "http://$web_ip/"
 
 step "Done. Everything is cleaned up on exit. Run the agent for real with:"
 echo "  $venv/bin/shoal-agent serve        # state in /var/lib/shoal, socket unix:///run/shoal/agent.sock"
