@@ -43,10 +43,10 @@ try:
 
     from proto.agent.v1 import agent_pb2 as pb
     from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+    from tests.fixtures.images import build_busybox_oci, tar_directory
 except ImportError as exc:  # pragma: no cover - depends on the interpreter used
     raise SystemExit(f"start_latency: {exc}; run with /opt/shoal-venv/bin/python") from None
 
-MKIMAGE = Path("/work/shared/checks/mkimage.py")
 IMAGE_NAME = "bench/busybox:v1"
 BALLAST_MIB = 2048
 READY_TIMEOUT = 60.0
@@ -186,8 +186,8 @@ class ImageFiles:
 
 
 def build_image(work: Path) -> ImageFiles:
-    run_checked([sys.executable, str(MKIMAGE), str(work / "img")])
-    layout = work / "img" / "busybox"
+    layout = build_busybox_oci(work / "img")  # work/img/busybox (tag v1), the project's own builder
+    tar_directory(layout, work / "img" / "busybox.tar")
     index = json.loads((layout / "index.json").read_text())
     manifest_digest = index["manifests"][0]["digest"].split(":", 1)[1]
     manifest = json.loads((layout / "blobs" / "sha256" / manifest_digest).read_text())
