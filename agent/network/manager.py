@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import FailedPrecondition
-from agent.network import bridge, firewall, ipam, netns, ports
+from agent.network import bridge, firewall, ipam, netns, ports, rtnetlink
 
 
 @dataclass(frozen=True)
@@ -119,16 +119,16 @@ class NetworkManager:
             def build(host_fd: int) -> None:
                 # Two sockets: one opened in the host namespace (before ``create`` moved this thread),
                 # one opened inside the new namespace.
-                with bridge.rtnl() as inside:
+                with rtnetlink.Socket() as inside:
                     inside_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                     try:
-                        bridge.add_veth(host_ipr, host_name=veth, bridge_index=host.bridge_index,
+                        bridge.add_veth(host_sock, host_name=veth, bridge_index=host.bridge_index,
                                         mtu=host.mtu, peer_ns_fd=inside_fd, peer_mac=mac)
                     finally:
                         os.close(inside_fd)
                     bridge.configure_inside(inside, address=iface, gateway=host.gateway.ip)
 
-            with bridge.rtnl() as host_ipr:
+            with rtnetlink.Socket() as host_sock:
                 netns.create(path, build)
             firewall.add_forwards(bridge=self.bridge, forwards=self._forwards_of(address, publish))
         except BaseException:
@@ -159,8 +159,8 @@ class NetworkManager:
             # Only an address holder owns its veth name (``Ipam.allocate`` keeps name prefixes unique).
             # Deleting our end takes eth0 with it now; waiting for the namespace's destruction would
             # leave the host end around for a while (netns cleanup is asynchronous in the kernel).
-            with bridge.rtnl() as ipr:
-                found = bridge.delete_link(ipr, bridge.veth_name(container_id)) or found
+            with rtnetlink.Socket() as sock:
+                found = bridge.delete_link(sock, bridge.veth_name(container_id)) or found
         found = netns.remove(self.netns_path(container_id)) or found
         found = self.ports.remove(container_id) or found
         found = self.ipam.release(container_id) or found
@@ -182,8 +182,8 @@ class NetworkManager:
             raise FailedPrecondition("containers are still attached: detach them before removing the bridge")
         with contextlib.suppress(FailedPrecondition):  # no table
             firewall.delete_table(self.bridge)
-        with bridge.rtnl() as ipr:
-            bridge.delete_link(ipr, self.bridge)
+        with rtnetlink.Socket() as sock:
+            bridge.delete_link(sock, self.bridge)
         self._host = None
 
     # --- queries -------------------------------------------------------------------------------------------

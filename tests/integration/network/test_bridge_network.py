@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from agent.linux import syscalls
+from agent.network import netns, rtnetlink
 from tests.integration.launch.busybox_rootfs import build_busybox_rootfs
 from tests.integration.launch.conftest import Launcher
 
@@ -144,3 +150,36 @@ def test_launched_container_joins_the_prepared_namespace(lab: Lab, tmp_path: Pat
     assert outcome.exit == 0, outcome
     assert f"inet {one['address']}/24" in outcome.output
     assert "default via 10.88.0.1" in outcome.output
+
+
+def test_rtnetlink_batch_reports_the_first_failure_and_the_kernel_applies_the_rest() -> None:
+    """In a throwaway namespace (a fresh thread unshares, then returns; nothing is pinned)."""
+
+    def inside() -> tuple[int, bool]:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNET)
+            try:
+                with rtnetlink.Socket() as sock:
+                    try:
+                        sock.transact(
+                            rtnetlink.set_up(1),
+                            rtnetlink.delete_link("no-such-link"),
+                            rtnetlink.new_address(1, ipaddress.IPv4Interface("10.77.0.5/24")),
+                        )
+                        code = 0
+                    except rtnetlink.RtnetlinkError as exc:
+                        code = exc.errno
+                with socket.socket() as probe:  # binding works only to an address the namespace has
+                    try:
+                        probe.bind(("10.77.0.5", 0))
+                        applied = True
+                    except OSError:
+                        applied = False
+                return code, applied
+            finally:
+                syscalls.setns(home, syscalls.CLONE_NEWNET, what="back to the test's namespace")
+        finally:
+            os.close(home)
+
+    assert netns.in_fresh_thread(inside, name="rtnl-test").result(timeout=10) == (errno.ENODEV, True)
