@@ -105,16 +105,19 @@ class Ipam:
 
     def _replay(self) -> tuple[dict[str, ipaddress.IPv4Address], int]:
         entries = self.journal.entries()
-        allocations: dict[str, ipaddress.IPv4Address] = {}
-        recorded = self.subnet
+        # Texts while replaying, parsed only for the survivors: parsing every logged address was most
+        # of an allocate's cost.
+        texts: dict[str, str] = {}
+        recorded = str(self.subnet)
         for entry in entries:
             if "subnet" in entry:
-                recorded = ipaddress.IPv4Network(entry["subnet"])
+                recorded = str(entry["subnet"])
             elif "allocate" in entry:
-                allocations[str(entry["allocate"])] = ipaddress.IPv4Address(entry["address"])
+                texts[str(entry["allocate"])] = str(entry["address"])
             elif "release" in entry:
-                allocations.pop(str(entry["release"]), None)
-        if recorded != self.subnet and allocations:
+                texts.pop(str(entry["release"]), None)
+        allocations = {owner: ipaddress.IPv4Address(text) for owner, text in texts.items()}
+        if ipaddress.IPv4Network(recorded) != self.subnet and allocations:
             raise FailedPrecondition(
                 f"addresses of subnet {recorded} are still allocated ({len(allocations)} containers); "
                 f"remove those containers before switching to {self.subnet}"

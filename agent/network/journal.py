@@ -7,6 +7,12 @@ flushes the new file's data (``auto_da_alloc``), measured at 1.2-1.5 ms here, tw
 a power loss is skipped on replay. When the log holds many more lines than live records, it is compacted
 by the classic write-temp-and-rename, which is rare.
 
+Replaying is incremental: a ``Journal`` keeps the entries it has parsed and, while the file is the same,
+reads only what was appended since. "The same" is: same device and inode (compaction by any process makes
+a new file), not shorter, and still holding the last line read at the same offset (an inode number can
+be reused by a later compaction). Re-parsing the whole log on every allocate cost 0.4 ms on a container's
+start path.
+
 Callers hold ``locked()`` (an ``flock`` on a sibling ``.lock`` file, which excludes other agents and other
 threads alike, since each call opens its own file description) around replay-decide-append.
 """
@@ -17,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,13 @@ class Journal:
         self.path = path
         self._lock_path = path.with_suffix(".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
+        # What ``entries`` has parsed so far: of which file, up to which offset. The flock excludes other
+        # processes; this lock keeps threads of this one from updating the cache at the same time.
+        self._cache_lock = threading.Lock()
+        self._file: tuple[int, int] | None = None
+        self._offset = 0
+        self._tail = b""  # the last complete line read, ending at ``_offset``
+        self._entries: list[dict[str, Any]] = []
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -43,19 +57,31 @@ class Journal:
             os.close(fd)  # closing drops the flock
 
     def entries(self) -> list[dict[str, Any]]:
+        """Every complete entry, in order (a line without its newline is torn: skipped)."""
         try:
-            text = self.path.read_text()
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            with self._cache_lock:
+                self._file, self._offset, self._tail, self._entries = None, 0, b"", []
             return []
-        out = []
-        for line in text.splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a power loss: the operation never completed
-            if isinstance(entry, dict):
-                out.append(entry)
-        return out
+        try:
+            with self._cache_lock:
+                st = os.fstat(fd)
+                if (
+                    (st.st_dev, st.st_ino) != self._file or st.st_size < self._offset
+                    or os.pread(fd, len(self._tail), self._offset - len(self._tail)) != self._tail
+                ):
+                    self._file, self._offset, self._tail, self._entries = (st.st_dev, st.st_ino), 0, b"", []
+                if st.st_size > self._offset:
+                    data = os.pread(fd, st.st_size - self._offset, self._offset)
+                    complete = data.rfind(b"\n") + 1  # a torn tail is read again (and skipped) next time
+                    if complete:
+                        self._entries.extend(_parse(data[:complete]))
+                        self._tail = data[data.rfind(b"\n", 0, complete - 1) + 1: complete]
+                        self._offset += complete
+                return list(self._entries)
+        finally:
+            os.close(fd)
 
     def append(self, entry: dict[str, Any]) -> None:
         line = (json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n").encode()
@@ -72,3 +98,15 @@ class Journal:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(e, separators=(",", ":"), sort_keys=True) + "\n" for e in snapshot))
         os.replace(tmp, self.path)
+
+
+def _parse(data: bytes) -> list[dict[str, Any]]:
+    out = []
+    for line in data.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a power loss: the operation never completed
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out

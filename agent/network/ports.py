@@ -18,6 +18,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from agent.network import journal
@@ -157,10 +158,11 @@ class PortTable:
 
     def _replay(self) -> tuple[dict[str, tuple[PortMapping, ...]], int]:
         entries = self.journal.entries()
-        table: dict[str, tuple[PortMapping, ...]] = {}
+        raw: dict[str, Any] = {}  # parsed only for the survivors, as in ``Ipam._replay``
         for entry in entries:
             if "publish" in entry:
-                table[str(entry["publish"])] = tuple(PortMapping.from_dict(m) for m in entry["ports"])
+                raw[str(entry["publish"])] = entry["ports"]
             elif "unpublish" in entry:
-                table.pop(str(entry["unpublish"]), None)
+                raw.pop(str(entry["unpublish"]), None)
+        table = {owner: tuple(PortMapping.from_dict(m) for m in ports) for owner, ports in raw.items()}
         return table, len(entries)
