@@ -116,7 +116,12 @@ def measure_podman(work: Path, rootfs_tar: Path, n: int) -> Result:
     finally:
         subprocess.run([*flags, "rm", "-f", "-t", "0", *names], capture_output=True, check=False)
         podman.teardown()
-        remove_cgroup_tree(parent)
+        # conmon processes (in <parent>/conmon) outlive `podman rm` by a moment: retry, bounded.
+        deadline = time.monotonic() + 15
+        while (left := remove_cgroup_tree(parent)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if left:
+            print(f"could not remove {left}", file=sys.stderr)
 
 
 def main() -> None:
