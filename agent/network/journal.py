@@ -1,7 +1,7 @@
 """Append-only JSON-lines state files for network records (addresses, published ports).
 
 Why not rewrite a JSON file and rename it over the old one: on ext4 a rename over an existing file
-flushes the new file's data (``auto_da_alloc``), measured at 1.2-1.5 ms here, twice per container start
+flushes the new file's data (``auto_da_alloc``), 0.14 ms idle to 1.5 ms under load, twice per start
 (address and ports). Appending one line costs about 0.01 ms, and a single ``write`` of one line to an
 ``O_APPEND`` file is all-or-nothing if the agent crashes (the kernel finishes the syscall). A line torn by
 a power loss is skipped on replay. When the log holds many more lines than live records, it is compacted
