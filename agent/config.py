@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     from agent.errors import ShoalError
     from agent.runtime.spec import parse_size
+    from agent.usage.host import parse_labels
 
     tls = None
     if args.tls_dir is not None:
@@ -131,13 +132,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
             raise SystemExit(f"shoal-agent: --subnet {subnet} is too small: use /30 or larger")
     if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}", args.bridge):
         raise SystemExit(f"shoal-agent: invalid --bridge {args.bridge!r}: 1-15 letters, digits, '_.-'")
-    labels = []
-    for item in args.label:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"shoal-agent: invalid --label {item!r}: expected KEY=VALUE")
-        labels.append((key, value))
     try:
+        labels = tuple(parse_labels(args.label).items())
         interval = parse_duration(args.sample_interval, what="--sample-interval")
         reserve = parse_size(args.memory_reserve, what="--memory-reserve")
     except ShoalError as err:
@@ -158,7 +154,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         log_max_bytes=parse_size(args.log_max_size, what="log size"), log_max_files=args.log_max_files,
         tls=tls, insecure_tcp=args.insecure_tcp, insecure_registries=tuple(args.insecure_registry),
         registry_ca=args.registry_ca.absolute() if args.registry_ca else None,
-        pull_parallel=args.pull_parallel, subnet=subnet, bridge=args.bridge, labels=tuple(labels),
+        pull_parallel=args.pull_parallel, subnet=subnet, bridge=args.bridge, labels=labels,
         metrics_listen=args.metrics_listen, sample_interval=interval, memory_reserve_bytes=reserve,
         ballast_mib=args.bench_ballast_mib,
     )

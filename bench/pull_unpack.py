@@ -22,7 +22,6 @@ What each row measures is written up in ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import io
 import json
@@ -35,11 +34,10 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -516,17 +514,6 @@ def machine_info() -> dict[str, str]:
     }
 
 
-@contextlib.contextmanager
-def temp_dir(keep: bool) -> Iterator[Path]:
-    work = Path(tempfile.mkdtemp(prefix="shoal-bench-pull-"))
-    try:
-        yield work
-    finally:
-        if keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -553,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     agent: start_latency.Agent | None = None
     registry: Registry | None = None
     load_before = os.getloadavg()
-    with temp_dir(args.keep_temp) as work:
+    with start_latency.bench_environment(args.keep_temp) as work:
         try:
             print(f"setting up in {work}", file=sys.stderr, flush=True)
             cache = args.image_cache or work / "images"

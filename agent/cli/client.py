@@ -7,12 +7,10 @@ exit status; an unreachable agent says where we looked and how to point elsewher
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import grpc
 
@@ -79,7 +77,3 @@ def rpc_errors(address: str, *, code: int = 1) -> Iterator[None]:
     except grpc.RpcError as err:
         raise CliError(describe_rpc_error(err, address), code=code) from None
 
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    print(f"shoal: {message}", file=sys.stderr)
-    raise SystemExit(code)

@@ -12,7 +12,6 @@ import json
 import secrets
 import signal
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -416,7 +415,7 @@ def cmd_exec(agent: Agent, args: argparse.Namespace) -> int:
                              working_dir=args.workdir, user=args.user)
     code = 0
     with rpc_errors(agent.address, code=126):
-        for out in _exec_stream(agent, request):
+        for out in agent.containers.Exec(request):
             kind = out.WhichOneof("payload")
             if kind == "stdout":
                 sys.stdout.buffer.write(out.stdout)
@@ -428,9 +427,6 @@ def cmd_exec(agent: Agent, args: argparse.Namespace) -> int:
                 code = out.exit_code
     return code
 
-
-def _exec_stream(agent: Agent, request: pb.ExecRequest) -> Iterator[pb.ExecOutput]:
-    yield from agent.containers.Exec(request)
 
 
 _STATE_NAMES = {pb.CONTAINER_STATE_CREATED: "created", pb.CONTAINER_STATE_RUNNING: "running",

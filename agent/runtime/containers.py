@@ -44,6 +44,7 @@ from agent.errors import (
 )
 from agent.images.pull import Puller
 from agent.images.store import Image, ImageStore, PruneReport
+from agent.network import netns
 from agent.network.manager import Attachment, NetworkManager
 from agent.network.ports import PortMapping
 from agent.rootfs import initlayer, overlay, users
@@ -765,7 +766,8 @@ class ContainerRuntime:
                 "bridge networking needs an agent started with --subnet (e.g. --subnet 10.88.0.0/24)"
             )
         attachment = self.network.attachment(ctr.id)
-        if attachment is None or not Path(attachment.netns_path).exists():
+        # A recorded namespace whose bind mount is gone (the host rebooted) is just an empty file.
+        if attachment is None or not netns.is_pinned(Path(attachment.netns_path)):
             if attachment is not None:
                 await self.network.detach(ctr.id)  # its namespace is gone (e.g. the host rebooted)
             attachment = await self.network.attach(ctr.id, publish=ctr.spec.ports)

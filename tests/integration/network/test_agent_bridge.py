@@ -185,3 +185,19 @@ def test_failed_start_and_killed_agent_leave_nothing(sites: tuple[Site, Site]) -
     a.agent.start()
     a.agent.run("rm", "-f", "orphan")
     assert (counts(a), sorted((a.agent.root / "containers").iterdir())) == baseline
+
+
+def test_start_after_the_namespace_pin_is_gone_reattaches(sites: tuple[Site, Site]) -> None:
+    a, _ = sites
+    a.agent.run("run", "-d", "--name", "rebooted", IMAGE, "sleep", "300")
+    cid = str(inspect(a.agent, "rebooted")["id"])
+    a.agent.run("stop", "-t", "0", "rebooted")
+    pin = a.agent.root / "netns" / cid
+    # What a host reboot leaves: the file, without the namespace bind-mounted on it.
+    subprocess.run(["umount", str(pin)], check=True)
+    assert pin.exists()
+    a.agent.run("start", "rebooted")
+    info = inspect(a.agent, "rebooted")
+    assert info["state"] == "running" and str(info["ip_address"]).startswith("10.88.1.")
+    a.agent.run("rm", "-f", "rebooted")
+    assert not pin.exists()
