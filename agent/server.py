@@ -337,7 +337,7 @@ class ContainersService(pb_grpc.ContainersServicer):
         return self._pb(ctr)
 
     @unary
-    async def StartContainer(self, request: pb.ContainerRef, context: Any) -> pb.Container:
+    async def StartContainer(self, request: pb.StartContainerRequest, context: Any) -> pb.Container:
         return self._pb(await self._start(request.id))
 
     @unary

@@ -333,7 +333,7 @@ class AgentApi:
         created = stub.CreateContainer(pb.CreateContainerRequest(spec=spec, start=self.one_call))
         t1 = time.perf_counter()
         if not self.one_call:
-            stub.StartContainer(pb.ContainerRef(id=created.id))
+            stub.StartContainer(pb.StartContainerRequest(id=created.id))
         t2 = time.perf_counter()
         status = stub.WaitContainer(pb.ContainerRef(id=created.id))
         t3 = time.perf_counter()

@@ -378,7 +378,7 @@ def _each(agent: Agent, refs: list[str], call: Any) -> int:
 
 def cmd_start(agent: Agent, args: argparse.Namespace) -> int:
     return _each(agent, args.containers,
-                 lambda ref: agent.containers.StartContainer(pb.ContainerRef(id=ref)))
+                 lambda ref: agent.containers.StartContainer(pb.StartContainerRequest(id=ref)))
 
 
 def cmd_stop(agent: Agent, args: argparse.Namespace) -> int:

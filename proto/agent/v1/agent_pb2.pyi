@@ -10,8 +10,22 @@ Designed for a remote controller:
   * Containers carry labels and List filters on them, so a controller can find "its" replicas.
   * Anything a client would otherwise poll is a stream: Wait, Logs (follow), Exec output, import
     progress.
+  * Mutating requests can carry a Fence (owner + epoch, e.g. a scheduler's leadership term): the agent
+    remembers the highest epoch per owner and refuses an older one, so a deposed controller's late
+    calls cannot start, stop or remove anything.
+  * ListContainers returns the event sequence (and event-log epoch) it reflects: list, then
+    WatchEvents from that sequence, and no change is missed or seen twice.
 Errors: INVALID_ARGUMENT (malformed request), NOT_FOUND (unknown id/image), ALREADY_EXISTS,
-FAILED_PRECONDITION (state forbids it: image in use, container running), RESOURCE_EXHAUSTED (disk full).
+FAILED_PRECONDITION (state forbids it: image in use, container running; a stale fence),
+OUT_OF_RANGE (a watch resumed from history the agent no longer has), RESOURCE_EXHAUSTED (disk full,
+a watcher that fell too far behind), UNAVAILABLE (retryable: the agent's supervisor is restarting),
+PERMISSION_DENIED (the caller's certificate role may not do this).
+Every error the agent itself raises carries trailing metadata "shoal-error" naming its kind
+(StaleEpoch, HistoryTruncated, NotFound, ...), for clients that branch on more than the code.
+
+Roles (mTLS): the certificate kinds `shoal certs` issues are roles. Agents accept calls from
+"scheduler" and "client" certificates only; ImportImageRequest.path is honoured only over the unix
+socket (it names a file on the agent's host).
 """
 
 from collections import abc as _abc
@@ -133,15 +147,22 @@ class _ContainerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Contai
     DESCRIPTOR: _descriptor.EnumDescriptor
     CONTAINER_STATE_UNSPECIFIED: _ContainerState.ValueType  # 0
     CONTAINER_STATE_CREATED: _ContainerState.ValueType  # 1
+    """never started (or its first start is in progress)"""
     CONTAINER_STATE_RUNNING: _ContainerState.ValueType  # 2
     CONTAINER_STATE_EXITED: _ContainerState.ValueType  # 3
+    CONTAINER_STATE_RESTARTING: _ContainerState.ValueType  # 4
+    """exited; its restart policy will start it at next_restart_at"""
 
-class ContainerState(_ContainerState, metaclass=_ContainerStateEnumTypeWrapper): ...
+class ContainerState(_ContainerState, metaclass=_ContainerStateEnumTypeWrapper):
+    """Every state but EXITED holds the container's resource requests (HostInfo's committed figures)."""
 
 CONTAINER_STATE_UNSPECIFIED: ContainerState.ValueType  # 0
 CONTAINER_STATE_CREATED: ContainerState.ValueType  # 1
+"""never started (or its first start is in progress)"""
 CONTAINER_STATE_RUNNING: ContainerState.ValueType  # 2
 CONTAINER_STATE_EXITED: ContainerState.ValueType  # 3
+CONTAINER_STATE_RESTARTING: ContainerState.ValueType  # 4
+"""exited; its restart policy will start it at next_restart_at"""
 Global___ContainerState: _TypeAlias = ContainerState  # noqa: Y015
 
 class _LogStream:
@@ -228,28 +249,66 @@ class ContainerRef(_message.Message):
 Global___ContainerRef: _TypeAlias = ContainerRef  # noqa: Y015
 
 @_typing.final
+class Fence(_message.Message):
+    """Who is acting, for fencing. An empty owner or epoch 0 means unfenced (a person at the CLI)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """1-64 characters of [a-zA-Z0-9_.-], e.g. "scheduler" """
+    epoch: _builtins.int
+    """monotonic per owner; older than the highest seen -> FAILED_PRECONDITION"""
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Fence: _TypeAlias = Fence  # noqa: Y015
+
+@_typing.final
 class Resources(_message.Message):
+    """Limits are what the kernel enforces (cgroup); requests are what the host reserves for the container
+    (what placement counts). A request left 0 equals its limit, as in Kubernetes; it may not exceed it.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     CPU_MILLIS_FIELD_NUMBER: _builtins.int
     PIDS_MAX_FIELD_NUMBER: _builtins.int
+    MEMORY_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_REQUEST_MILLIS_FIELD_NUMBER: _builtins.int
     memory_bytes: _builtins.int
-    """0 = unlimited; no swap beyond it"""
+    """limit; 0 = unlimited; no swap beyond it; at least 6 MiB"""
     cpu_millis: _builtins.int
-    """0 = unlimited; 500 = half a core (cfs quota/period)"""
+    """limit; 0 = unlimited; 500 = half a core (cfs quota/period); at least 10"""
     pids_max: _builtins.int
     """0 = unlimited"""
+    memory_request_bytes: _builtins.int
+    """reserved memory; 0 = the limit"""
+    cpu_request_millis: _builtins.int
+    """reserved cpu; 0 = the limit"""
     def __init__(
         self,
         *,
         memory_bytes: _builtins.int = ...,
         cpu_millis: _builtins.int = ...,
         pids_max: _builtins.int = ...,
+        memory_request_bytes: _builtins.int = ...,
+        cpu_request_millis: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "memory_bytes", b"memory_bytes", "pids_max", b"pids_max"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "cpu_request_millis", b"cpu_request_millis", "memory_bytes", b"memory_bytes", "memory_request_bytes", b"memory_request_bytes", "pids_max", b"pids_max"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -565,6 +624,7 @@ class CreateContainerRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     PULL_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Optional caller-chosen id (lowercase hex or [a-z0-9_.-], 1–64 chars). Empty: the agent picks one."""
     name: _builtins.str
@@ -577,6 +637,8 @@ class CreateContainerRequest(_message.Message):
     """
     @_builtins.property
     def spec(self) -> Global___ContainerSpec: ...
+    @_builtins.property
+    def fence(self) -> Global___Fence: ...
     def __init__(
         self,
         *,
@@ -585,14 +647,39 @@ class CreateContainerRequest(_message.Message):
         spec: Global___ContainerSpec | None = ...,
         pull: Global___PullPolicy.ValueType = ...,
         start: _builtins.bool = ...,
+        fence: Global___Fence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "pull", b"pull", "spec", b"spec", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "id", b"id", "name", b"name", "pull", b"pull", "spec", b"spec", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateContainerRequest: _TypeAlias = CreateContainerRequest  # noqa: Y015
+
+@_typing.final
+class StartContainerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """as in ContainerRef (wire-compatible with it)"""
+    @_builtins.property
+    def fence(self) -> Global___Fence: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        fence: Global___Fence | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartContainerRequest: _TypeAlias = StartContainerRequest  # noqa: Y015
 
 @_typing.final
 class Container(_message.Message):
@@ -648,6 +735,7 @@ class Container(_message.Message):
     GATEWAY_FIELD_NUMBER: _builtins.int
     MAC_ADDRESS_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     state: Global___ContainerState.ValueType
@@ -705,6 +793,10 @@ class Container(_message.Message):
 
     @_builtins.property
     def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]: ...
+    @_builtins.property
+    def created_by(self) -> Global___Fence:
+        """the fence of the request that created it (empty: unfenced)"""
+
     def __init__(
         self,
         *,
@@ -738,10 +830,11 @@ class Container(_message.Message):
         gateway: _builtins.str = ...,
         mac_address: _builtins.str = ...,
         ports: _abc.Iterable[Global___PortMapping] | None = ...,
+        created_by: Global___Fence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "next_restart_at", b"next_restart_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "finished_at", b"finished_at", "next_restart_at", b"next_restart_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cgroup_paths", b"cgroup_paths", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "gateway", b"gateway", "gid", b"gid", "health", b"health", "health_log", b"health_log", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "ip_address", b"ip_address", "layers", b"layers", "log_path", b"log_path", "mac_address", b"mac_address", "name", b"name", "next_restart_at", b"next_restart_at", "pid", b"pid", "ports", b"ports", "reason", b"reason", "resolved_env", b"resolved_env", "resolved_working_dir", b"resolved_working_dir", "restart_count", b"restart_count", "spec", b"spec", "started_at", b"started_at", "state", b"state", "uid", b"uid", "upper_dir", b"upper_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cgroup_paths", b"cgroup_paths", "created_at", b"created_at", "created_by", b"created_by", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "gateway", b"gateway", "gid", b"gid", "health", b"health", "health_log", b"health_log", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "ip_address", b"ip_address", "layers", b"layers", "log_path", b"log_path", "mac_address", b"mac_address", "name", b"name", "next_restart_at", b"next_restart_at", "pid", b"pid", "ports", b"ports", "reason", b"reason", "resolved_env", b"resolved_env", "resolved_working_dir", b"resolved_working_dir", "restart_count", b"restart_count", "spec", b"spec", "started_at", b"started_at", "state", b"state", "uid", b"uid", "upper_dir", b"upper_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -753,18 +846,22 @@ class StopContainerRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     timeout_seconds: _builtins.int
     """Grace before SIGKILL. Unset → 10 seconds, like Docker."""
+    @_builtins.property
+    def fence(self) -> Global___Fence: ...
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         timeout_seconds: _builtins.int | None = ...,
+        fence: Global___Fence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds", "fence", b"fence", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds", "id", b"id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds", "fence", b"fence", "id", b"id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__timeout_seconds: _TypeAlias = _typing.Literal["timeout_seconds"]  # noqa: Y015
     _WhichOneofArgType__timeout_seconds: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds"]  # noqa: Y015
@@ -778,18 +875,22 @@ class KillContainerRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     signal: _builtins.str
     """name ("TERM", "SIGKILL") or number; default KILL"""
+    @_builtins.property
+    def fence(self) -> Global___Fence: ...
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         signal: _builtins.str = ...,
+        fence: Global___Fence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "id", b"id", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -801,18 +902,26 @@ class RemoveContainerRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
+    MISSING_OK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     force: _builtins.bool
     """kill a running container first"""
+    missing_ok: _builtins.bool
+    """an id that does not exist (any more) is success with already_removed set"""
+    @_builtins.property
+    def fence(self) -> Global___Fence: ...
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         force: _builtins.bool = ...,
+        fence: Global___Fence | None = ...,
+        missing_ok: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "force", b"force", "id", b"id", "missing_ok", b"missing_ok"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -823,15 +932,19 @@ class RemoveContainerResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    ALREADY_REMOVED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    already_removed: _builtins.bool
+    """missing_ok and there was nothing to remove"""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        already_removed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_removed", b"already_removed", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -896,16 +1009,25 @@ class ListContainersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTAINERS_FIELD_NUMBER: _builtins.int
+    EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENT_EPOCH_FIELD_NUMBER: _builtins.int
+    event_sequence: _builtins.int
+    """The last event this listing reflects: WatchEvents(after_sequence=event_sequence, epoch=event_epoch)
+    continues exactly where the listing left off.
+    """
+    event_epoch: _builtins.str
     @_builtins.property
     def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Container]: ...
     def __init__(
         self,
         *,
         containers: _abc.Iterable[Global___Container] | None = ...,
+        event_sequence: _builtins.int = ...,
+        event_epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "event_epoch", b"event_epoch", "event_sequence", b"event_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1089,7 +1211,7 @@ class ImportImageRequest(_message.Message):
     CHUNK_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """archive or OCI layout directory on the agent's host"""
+    """archive or OCI layout directory on the agent's host (unix socket only)"""
     chunk: _builtins.bytes
     """next bytes of an uploaded archive (tar)"""
     name: _builtins.str
@@ -1583,8 +1705,9 @@ class Event(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     RESTART_COUNT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """increases by one per event, across agent restarts"""
+    """increases by one per event, across agent restarts (within one epoch)"""
     type: Global___EventType.ValueType
     container_id: _builtins.str
     container_name: _builtins.str
@@ -1593,6 +1716,10 @@ class Event(_message.Message):
     health: Global___HealthStatus.ValueType
     restart_count: _builtins.int
     message: _builtins.str
+    epoch: _builtins.str
+    """Identifies this agent's event history. It changes only when the history is lost (its file removed
+    or unreadable): sequences then start again, and a client resuming under the old epoch must re-list.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1611,10 +1738,11 @@ class Event(_message.Message):
         health: Global___HealthStatus.ValueType = ...,
         restart_count: _builtins.int = ...,
         message: _builtins.str = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "container_name", b"container_name", "exit_code", b"exit_code", "health", b"health", "labels", b"labels", "message", b"message", "reason", b"reason", "restart_count", b"restart_count", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "container_name", b"container_name", "epoch", b"epoch", "exit_code", b"exit_code", "health", b"health", "labels", b"labels", "message", b"message", "reason", b"reason", "restart_count", b"restart_count", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1646,8 +1774,14 @@ class WatchEventsRequest(_message.Message):
 
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
     """Replay kept events with a larger sequence first. Unset: only events from now on."""
+    epoch: _builtins.str
+    """The epoch after_sequence belongs to (from a listing or an event). A different epoch, or a sequence
+    older than the kept history, is OUT_OF_RANGE with trailing metadata shoal-error=HistoryTruncated,
+    shoal-event-epoch and shoal-oldest-sequence. Empty: not checked.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """only containers carrying all these labels"""
@@ -1657,10 +1791,11 @@ class WatchEventsRequest(_message.Message):
         *,
         after_sequence: _builtins.int | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "labels", b"labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "epoch", b"epoch", "labels", b"labels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
     _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
@@ -1686,6 +1821,38 @@ class GetHostRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetHostRequest: _TypeAlias = GetHostRequest  # noqa: Y015
+
+@_typing.final
+class HostCondition(_message.Message):
+    """An abnormal condition of the host, present only while it holds. Types: "MemoryPressure" (available
+    memory under the agent's threshold), "DiskPressure" (free space of the agent's root under its
+    threshold), "SupervisorDown" (the process parenting containers is being restarted; starts fail with
+    UNAVAILABLE meanwhile).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    message: _builtins.str
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        message: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "since", b"since", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostCondition: _TypeAlias = HostCondition  # noqa: Y015
 
 @_typing.final
 class HostInfo(_message.Message):
@@ -1727,6 +1894,15 @@ class HostInfo(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     SUBNET_FIELD_NUMBER: _builtins.int
     BRIDGE_FIELD_NUMBER: _builtins.int
+    CPU_ALLOCATABLE_MILLIS_FIELD_NUMBER: _builtins.int
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    OS_FIELD_NUMBER: _builtins.int
+    BOOT_ID_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    MEMORY_LIMITS_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_LIMITS_MILLIS_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     """stable, kept in the agent's root"""
     hostname: _builtins.str
@@ -1738,9 +1914,10 @@ class HostInfo(_message.Message):
     memory_used_bytes: _builtins.int
     """host-wide, MemTotal - MemAvailable"""
     memory_committed_bytes: _builtins.int
-    """sum of the containers' memory limits"""
+    """Sums of the memory and cpu *requests* of every container holding a reservation: created,
+    running and restarting (waiting out a backoff) ones; only exited containers hold none.
+    """
     cpu_committed_millis: _builtins.int
-    """sum of the containers' cpu limits"""
     containers: _builtins.int
     containers_running: _builtins.int
     cpu_used_cores: _builtins.float
@@ -1748,6 +1925,21 @@ class HostInfo(_message.Message):
     subnet: _builtins.str
     """container subnet of this host's bridge, empty without one"""
     bridge: _builtins.str
+    cpu_allocatable_millis: _builtins.int
+    """cores * 1000 minus the cpu reserve for the system"""
+    disk_total_bytes: _builtins.int
+    """the filesystem holding the agent's root"""
+    disk_free_bytes: _builtins.int
+    """available to the agent there"""
+    architecture: _builtins.str
+    """OCI platform name: "amd64", "arm64", ..."""
+    os: _builtins.str
+    """"linux" """
+    boot_id: _builtins.str
+    """changes when the host reboots (not when the agent restarts)"""
+    memory_limits_bytes: _builtins.int
+    """Sums of the same containers' limits (0 = unlimited counts 0): what they may use at most."""
+    cpu_limits_millis: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """from `shoal-agent serve --label K=V`"""
@@ -1756,6 +1948,8 @@ class HostInfo(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """when this agent process started"""
 
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostCondition]: ...
     def __init__(
         self,
         *,
@@ -1775,10 +1969,19 @@ class HostInfo(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         subnet: _builtins.str = ...,
         bridge: _builtins.str = ...,
+        cpu_allocatable_millis: _builtins.int = ...,
+        disk_total_bytes: _builtins.int = ...,
+        disk_free_bytes: _builtins.int = ...,
+        architecture: _builtins.str = ...,
+        os: _builtins.str = ...,
+        boot_id: _builtins.str = ...,
+        conditions: _abc.Iterable[Global___HostCondition] | None = ...,
+        memory_limits_bytes: _builtins.int = ...,
+        cpu_limits_millis: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "bridge", b"bridge", "containers", b"containers", "containers_running", b"containers_running", "cpu_committed_millis", b"cpu_committed_millis", "cpu_cores", b"cpu_cores", "cpu_used_cores", b"cpu_used_cores", "host_id", b"host_id", "hostname", b"hostname", "labels", b"labels", "memory_allocatable_bytes", b"memory_allocatable_bytes", "memory_committed_bytes", b"memory_committed_bytes", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "started_at", b"started_at", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "architecture", b"architecture", "boot_id", b"boot_id", "bridge", b"bridge", "conditions", b"conditions", "containers", b"containers", "containers_running", b"containers_running", "cpu_allocatable_millis", b"cpu_allocatable_millis", "cpu_committed_millis", b"cpu_committed_millis", "cpu_cores", b"cpu_cores", "cpu_limits_millis", b"cpu_limits_millis", "cpu_used_cores", b"cpu_used_cores", "disk_free_bytes", b"disk_free_bytes", "disk_total_bytes", b"disk_total_bytes", "host_id", b"host_id", "hostname", b"hostname", "labels", b"labels", "memory_allocatable_bytes", b"memory_allocatable_bytes", "memory_committed_bytes", b"memory_committed_bytes", "memory_limits_bytes", b"memory_limits_bytes", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "os", b"os", "started_at", b"started_at", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1897,8 +2100,11 @@ class UsageSnapshot(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     CONTAINERS_FIELD_NUMBER: _builtins.int
     SAMPLE_SECONDS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     sample_seconds: _builtins.float
     """how long taking this snapshot took"""
+    sequence: _builtins.int
+    """1, 2, ... per agent process: a watcher that sees a gap was given the newest snapshot, not all."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1912,10 +2118,11 @@ class UsageSnapshot(_message.Message):
         host: Global___HostInfo | None = ...,
         containers: _abc.Iterable[Global___ContainerStats] | None = ...,
         sample_seconds: _builtins.float = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "host", b"host", "sample_seconds", b"sample_seconds", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "host", b"host", "sample_seconds", b"sample_seconds", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

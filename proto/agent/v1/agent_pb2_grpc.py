@@ -41,7 +41,7 @@ class ContainersStub:
                 _registered_method=True)
         self.StartContainer = channel.unary_unary(
                 '/shoal.agent.v1.Containers/StartContainer',
-                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.ContainerRef.SerializeToString,
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.StartContainerRequest.SerializeToString,
                 response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.Container.FromString,
                 _registered_method=True)
         self.StopContainer = channel.unary_unary(
@@ -120,7 +120,8 @@ class ContainersServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoveContainer(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Idempotent for a retrying caller with missing_ok: an id that is already gone is not an error.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -159,8 +160,9 @@ class ContainersServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchEvents(self, request, context):
-        """Lifecycle events. Resumable: pass the last sequence you saw and the agent replays every later
-        event it still keeps (its history survives agent restarts), then streams new ones.
+        """Lifecycle events. Resumable: pass the last sequence you saw (and the epoch it belongs to) and the
+        agent replays every later event it still keeps (its history survives agent restarts), then streams
+        new ones. History that is no longer kept is OUT_OF_RANGE with shoal-error=HistoryTruncated: re-list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,7 +178,7 @@ def add_ContainersServicer_to_server(servicer, server):
             ),
             'StartContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.StartContainer,
-                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.ContainerRef.FromString,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.StartContainerRequest.FromString,
                     response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.Container.SerializeToString,
             ),
             'StopContainer': grpc.unary_unary_rpc_method_handler(
@@ -277,7 +279,7 @@ class Containers:
             request,
             target,
             '/shoal.agent.v1.Containers/StartContainer',
-            proto_dot_agent_dot_v1_dot_agent__pb2.ContainerRef.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.StartContainerRequest.SerializeToString,
             proto_dot_agent_dot_v1_dot_agent__pb2.Container.FromString,
             options,
             channel_credentials,

@@ -10,8 +10,22 @@ Designed for a remote controller:
   * Containers carry labels and List filters on them, so a controller can find "its" replicas.
   * Anything a client would otherwise poll is a stream: Wait, Logs (follow), Exec output, import
     progress.
+  * Mutating requests can carry a Fence (owner + epoch, e.g. a scheduler's leadership term): the agent
+    remembers the highest epoch per owner and refuses an older one, so a deposed controller's late
+    calls cannot start, stop or remove anything.
+  * ListContainers returns the event sequence (and event-log epoch) it reflects: list, then
+    WatchEvents from that sequence, and no change is missed or seen twice.
 Errors: INVALID_ARGUMENT (malformed request), NOT_FOUND (unknown id/image), ALREADY_EXISTS,
-FAILED_PRECONDITION (state forbids it: image in use, container running), RESOURCE_EXHAUSTED (disk full).
+FAILED_PRECONDITION (state forbids it: image in use, container running; a stale fence),
+OUT_OF_RANGE (a watch resumed from history the agent no longer has), RESOURCE_EXHAUSTED (disk full,
+a watcher that fell too far behind), UNAVAILABLE (retryable: the agent's supervisor is restarting),
+PERMISSION_DENIED (the caller's certificate role may not do this).
+Every error the agent itself raises carries trailing metadata "shoal-error" naming its kind
+(StaleEpoch, HistoryTruncated, NotFound, ...), for clients that branch on more than the code.
+
+Roles (mTLS): the certificate kinds `shoal certs` issues are roles. Agents accept calls from
+"scheduler" and "client" certificates only; ImportImageRequest.path is honoured only over the unix
+socket (it names a file on the agent's host).
 """
 
 from collections import abc as _abc
@@ -43,11 +57,12 @@ class ContainersStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ContainersAsyncStub: ...
     CreateContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CreateContainerRequest, _agent_pb2.Container]
-    StartContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ContainerRef, _agent_pb2.Container]
+    StartContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.StartContainerRequest, _agent_pb2.Container]
     StopContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.StopContainerRequest, _agent_pb2.Container]
     """SIGTERM (or the image's StopSignal), then SIGKILL after timeout_seconds."""
     KillContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.KillContainerRequest, _agent_pb2.Container]
     RemoveContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RemoveContainerRequest, _agent_pb2.RemoveContainerResponse]
+    """Idempotent for a retrying caller with missing_ok: an id that is already gone is not an error."""
     GetContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ContainerRef, _agent_pb2.Container]
     ListContainers: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListContainersRequest, _agent_pb2.ListContainersResponse]
     WaitContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ContainerRef, _agent_pb2.WaitContainerResponse]
@@ -58,19 +73,21 @@ class ContainersStub:
     The stream carries output chunks, then exactly one message with the exit code.
     """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchEventsRequest, _agent_pb2.Event]
-    """Lifecycle events. Resumable: pass the last sequence you saw and the agent replays every later
-    event it still keeps (its history survives agent restarts), then streams new ones.
+    """Lifecycle events. Resumable: pass the last sequence you saw (and the epoch it belongs to) and the
+    agent replays every later event it still keeps (its history survives agent restarts), then streams
+    new ones. History that is no longer kept is OUT_OF_RANGE with shoal-error=HistoryTruncated: re-list.
     """
 
 @_typing.type_check_only
 class ContainersAsyncStub(ContainersStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.CreateContainerRequest, _agent_pb2.Container]  # type: ignore[assignment]
-    StartContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.ContainerRef, _agent_pb2.Container]  # type: ignore[assignment]
+    StartContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.StartContainerRequest, _agent_pb2.Container]  # type: ignore[assignment]
     StopContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.StopContainerRequest, _agent_pb2.Container]  # type: ignore[assignment]
     """SIGTERM (or the image's StopSignal), then SIGKILL after timeout_seconds."""
     KillContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.KillContainerRequest, _agent_pb2.Container]  # type: ignore[assignment]
     RemoveContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.RemoveContainerRequest, _agent_pb2.RemoveContainerResponse]  # type: ignore[assignment]
+    """Idempotent for a retrying caller with missing_ok: an id that is already gone is not an error."""
     GetContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.ContainerRef, _agent_pb2.Container]  # type: ignore[assignment]
     ListContainers: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListContainersRequest, _agent_pb2.ListContainersResponse]  # type: ignore[assignment]
     WaitContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.ContainerRef, _agent_pb2.WaitContainerResponse]  # type: ignore[assignment]
@@ -81,8 +98,9 @@ class ContainersAsyncStub(ContainersStub):
     The stream carries output chunks, then exactly one message with the exit code.
     """
     WatchEvents: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchEventsRequest, _agent_pb2.Event]  # type: ignore[assignment]
-    """Lifecycle events. Resumable: pass the last sequence you saw and the agent replays every later
-    event it still keeps (its history survives agent restarts), then streams new ones.
+    """Lifecycle events. Resumable: pass the last sequence you saw (and the epoch it belongs to) and the
+    agent replays every later event it still keeps (its history survives agent restarts), then streams
+    new ones. History that is no longer kept is OUT_OF_RANGE with shoal-error=HistoryTruncated: re-list.
     """
 
 class ContainersServicer(metaclass=_abc_1.ABCMeta):
@@ -96,7 +114,7 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def StartContainer(
         self,
-        request: _agent_pb2.ContainerRef,
+        request: _agent_pb2.StartContainerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.Container, _abc.Awaitable[_agent_pb2.Container]]: ...
 
@@ -120,7 +138,8 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.RemoveContainerRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.RemoveContainerResponse, _abc.Awaitable[_agent_pb2.RemoveContainerResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.RemoveContainerResponse, _abc.Awaitable[_agent_pb2.RemoveContainerResponse]]:
+        """Idempotent for a retrying caller with missing_ok: an id that is already gone is not an error."""
 
     @_abc_1.abstractmethod
     def GetContainer(
@@ -167,8 +186,9 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.WatchEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.Event], _abc.AsyncIterator[_agent_pb2.Event]]:
-        """Lifecycle events. Resumable: pass the last sequence you saw and the agent replays every later
-        event it still keeps (its history survives agent restarts), then streams new ones.
+        """Lifecycle events. Resumable: pass the last sequence you saw (and the epoch it belongs to) and the
+        agent replays every later event it still keeps (its history survives agent restarts), then streams
+        new ones. History that is no longer kept is OUT_OF_RANGE with shoal-error=HistoryTruncated: re-list.
         """
 
 def add_ContainersServicer_to_server(servicer: ContainersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

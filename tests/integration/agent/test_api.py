@@ -40,15 +40,16 @@ def test_create_is_idempotent_on_a_caller_chosen_id(stub: pb_grpc.ContainersStub
     assert first.created_at == again.created_at
     different = pb.CreateContainerRequest(id="web-replica-1", spec=_spec("sleep", "1", app="web"))
     assert _code(lambda: stub.CreateContainer(different)) == grpc.StatusCode.ALREADY_EXISTS
-    stub.StartContainer(pb.ContainerRef(id="web-replica-1"))
-    assert stub.StartContainer(pb.ContainerRef(id="web-replica-1")).state == pb.CONTAINER_STATE_RUNNING
+    stub.StartContainer(pb.StartContainerRequest(id="web-replica-1"))
+    started = stub.StartContainer(pb.StartContainerRequest(id="web-replica-1"))
+    assert started.state == pb.CONTAINER_STATE_RUNNING
     stub.RemoveContainer(pb.RemoveContainerRequest(id="web-replica-1", force=True))
 
 
 def test_list_filters_by_labels_name_and_state(stub: pb_grpc.ContainersStub) -> None:
     for cid, app in (("f-a", "web"), ("f-b", "web"), ("f-c", "db")):
         stub.CreateContainer(pb.CreateContainerRequest(id=cid, name=cid, spec=_spec("sleep", "300", app=app)))
-    stub.StartContainer(pb.ContainerRef(id="f-a"))
+    stub.StartContainer(pb.StartContainerRequest(id="f-a"))
 
     def ids(**kw: object) -> set[str]:
         return {c.id for c in stub.ListContainers(pb.ListContainersRequest(**kw)).containers} & {
@@ -66,7 +67,7 @@ def test_list_filters_by_labels_name_and_state(stub: pb_grpc.ContainersStub) -> 
 def test_wait_and_log_streams(stub: pb_grpc.ContainersStub) -> None:
     stub.CreateContainer(pb.CreateContainerRequest(id="streamer", spec=_spec(
         "sh", "-c", "echo one; echo two >&2; exit 4")))
-    stub.StartContainer(pb.ContainerRef(id="streamer"))
+    stub.StartContainer(pb.StartContainerRequest(id="streamer"))
     done = stub.WaitContainer(pb.ContainerRef(id="streamer"))
     assert (done.exit_code, done.reason) == (4, "Error")
     entries = list(stub.ContainerLogs(pb.ContainerLogsRequest(id="streamer", follow=True)))
@@ -78,7 +79,7 @@ def test_wait_and_log_streams(stub: pb_grpc.ContainersStub) -> None:
 
 def test_exec_stream_carries_output_then_exit_code(stub: pb_grpc.ContainersStub) -> None:
     stub.CreateContainer(pb.CreateContainerRequest(id="exec-api", spec=_spec("sleep", "300")))
-    stub.StartContainer(pb.ContainerRef(id="exec-api"))
+    stub.StartContainer(pb.StartContainerRequest(id="exec-api"))
     out = list(stub.Exec(pb.ExecRequest(id="exec-api", command=["sh", "-c", "echo hi; exit 3"])))
     assert out[-1].WhichOneof("payload") == "exit_code" and out[-1].exit_code == 3
     assert b"".join(o.stdout for o in out) == b"hi\n"
@@ -99,7 +100,7 @@ def test_status_codes(stub: pb_grpc.ContainersStub) -> None:
     assert _code(lambda: stub.KillContainer(bad_signal)) == grpc.StatusCode.NOT_FOUND
     assert _code(lambda: stub.KillContainer(pb.KillContainerRequest(id="codes", signal="KILL"))) == \
         grpc.StatusCode.FAILED_PRECONDITION  # not running
-    stub.StartContainer(pb.ContainerRef(id="codes"))
+    stub.StartContainer(pb.StartContainerRequest(id="codes"))
     assert _code(lambda: stub.KillContainer(pb.KillContainerRequest(id="codes", signal="SIGNOPE"))) == \
         grpc.StatusCode.INVALID_ARGUMENT
     assert _code(lambda: stub.RemoveContainer(pb.RemoveContainerRequest(id="codes"))) == \
@@ -107,7 +108,7 @@ def test_status_codes(stub: pb_grpc.ContainersStub) -> None:
     missing = pb.CreateContainerRequest(id="codes-missing", spec=_spec("/no/such/bin"))
     stub.CreateContainer(missing)
     with pytest.raises(grpc.RpcError) as info:
-        stub.StartContainer(pb.ContainerRef(id="codes-missing"))
+        stub.StartContainer(pb.StartContainerRequest(id="codes-missing"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert dict(info.value.trailing_metadata())["shoal-launch-kind"] == "not-found"
     ctr = stub.GetContainer(pb.ContainerRef(id="codes-missing"))
