@@ -7,6 +7,7 @@ restarted at any time without touching running containers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -21,7 +22,9 @@ from agent.cgroups import manager as cgroups
 from agent.images.pull import Puller, RegistrySettings
 from agent.images.store import ImageStore
 from agent.network.manager import NetworkManager
+from agent.runtime import supervisor_client
 from agent.runtime.containers import ContainerRuntime, RuntimeSettings
+from agent.runtime.image_source import StoreImages
 from agent.server import add_services
 from agent.usage import host as usage_host
 from agent.usage.cadvisor import UsageCollector
@@ -88,28 +91,39 @@ async def serve(settings: config.AgentSettings) -> None:
         network = NetworkManager(settings.root, subnet=settings.subnet, bridge_name=settings.bridge)
         # Idempotent: a restarted agent adopts its bridge and rebuilds its nftables table in place.
         await network.setup_host()
-    runtime = ContainerRuntime(
-        RuntimeSettings(root=settings.root, cgroup_parent=settings.cgroup_parent,
-                        log_max_bytes=settings.log_max_bytes, log_max_files=settings.log_max_files),
-        images=store, cgroup_manager=cgroups.detect(), puller=puller, network=network,
-    )
     identity = usage_host.HostIdentity.for_this_agent(root=settings.root, labels=dict(settings.labels))
+    runtime_settings = RuntimeSettings(root=settings.root, cgroup_parent=settings.cgroup_parent,
+                                       log_max_bytes=settings.log_max_bytes,
+                                       log_max_files=settings.log_max_files)
+    runtime = ContainerRuntime(
+        runtime_settings, images=StoreImages(store, puller), cgroup_manager=cgroups.detect(),
+        connect=functools.partial(supervisor_client.connect_or_spawn, settings.root,
+                                  python=runtime_settings.python),
+        network=network, boot_id=identity.boot_id,
+    )
     agent_metrics = AgentMetrics(version=identity.agent_version, host_id=identity.host_id)
 
     def totals() -> RuntimeTotals:
-        memory, cpu = runtime.committed()
-        return RuntimeTotals(containers=len(runtime.list_containers(all=True)),
-                             memory_committed_bytes=memory, cpu_committed_millis=cpu)
+        promised = runtime.commitments()
+        return RuntimeTotals(containers=promised.containers,
+                             memory_committed_bytes=promised.memory_requested,
+                             cpu_committed_millis=promised.cpu_requested,
+                             memory_limits_bytes=promised.memory_limits,
+                             cpu_limits_millis=promised.cpu_limits, conditions=tuple(runtime.conditions()))
 
     sampler = UsageSampler(targets=runtime.sample_targets, identity=identity,
                            interval=settings.sample_interval,
-                           memory_reserve_bytes=settings.memory_reserve_bytes, totals=totals,
-                           observe_duration=agent_metrics.record_sample)
+                           memory_reserve_bytes=settings.memory_reserve_bytes,
+                           cpu_reserve_millis=settings.cpu_reserve_millis, disk_path=settings.root,
+                           pressure=usage_host.PressureThresholds(
+                               memory_available_bytes=settings.memory_pressure_bytes,
+                               disk_free_fraction=settings.disk_pressure_fraction),
+                           totals=totals, observe_duration=agent_metrics.record_sample)
     agent_metrics.registry.register(UsageCollector(sampler.latest))
     server = grpc.aio.server(interceptors=[RpcMetricsInterceptor(agent_metrics)])
     bridge = (str(settings.subnet), settings.bridge) if settings.subnet else ("", "")
     add_services(server, runtime=runtime, store=store, scratch=settings.root / "tmp", sampler=sampler,
-                 network=bridge, metrics=agent_metrics)
+                 network=bridge, puller=puller, metrics=agent_metrics)
     # Bind before starting anything else, so a taken or bad address fails with nothing to undo but
     # the sockets themselves.
     sockets: list[Path] = []

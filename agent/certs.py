@@ -5,6 +5,10 @@ component reads with ``--tls-dir``: ``ca.pem`` plus ``agent.pem``/``agent-key.pe
 ``scheduler.pem``/``scheduler-key.pem`` and ``client.pem``/``client-key.pem``. Keys are ECDSA P-256,
 written 0600; the CA key stays in DIR for ``shoal certs issue`` and should be moved somewhere safe once
 the fleet's certificates exist.
+
+A certificate's kind is its *role*, carried in the subject's organizational unit (``OU=scheduler``):
+servers authorize callers by it (an agent accepts schedulers and clients, never another agent), and
+``role_of`` reads it back.
 """
 
 from __future__ import annotations
@@ -34,9 +38,21 @@ class Pair:
     key: Key
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shoal"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _name(cn: str, *, role: str | None = None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shoal")]
+    if role is not None:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+    return x509.Name(attributes)
+
+
+def role_of(cert: x509.Certificate) -> str | None:
+    """The role (``agent``, ``scheduler`` or ``client``) of a certificate ``issue`` made; None for one
+    without a known role (issued before roles existed, or by something else)."""
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    values = {str(u.value) for u in units}
+    roles = values & set(KINDS)
+    return roles.pop() if len(roles) == 1 else None
 
 
 def _window(days: int, *, not_before: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
@@ -82,7 +98,7 @@ def issue(ca: Pair, cn: str, *, kind: str, hosts: Sequence[str] = (), days: int 
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if kind != "client":
         usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
-    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.cert.subject)
+    builder = (x509.CertificateBuilder().subject_name(_name(cn, role=kind)).issuer_name(ca.cert.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(start).not_valid_after(end)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -46,6 +46,9 @@ class AgentSettings:
     metrics_listen: str = ""
     sample_interval: float = 1.0
     memory_reserve_bytes: int = 256 << 20
+    cpu_reserve_millis: int = 0
+    memory_pressure_bytes: int = 100 << 20
+    disk_pressure_fraction: float = 0.10
     ballast_mib: int = 0
 
 
@@ -95,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how often container usage is sampled (default %(default)s)")
     serve.add_argument("--memory-reserve", default="256M",
                        help="memory kept for the system: allocatable = total - reserve (default %(default)s)")
+    serve.add_argument("--cpu-reserve", default="0",
+                       help="cpu kept for the system, in cores or millicores (250m): allocatable = "
+                            "cores - reserve (default %(default)s)")
+    serve.add_argument("--memory-pressure-below", default="100M", metavar="SIZE",
+                       help="report MemoryPressure while available memory is below this "
+                            "(default %(default)s)")
+    serve.add_argument("--disk-pressure-below", default="10%", metavar="PERCENT",
+                       help="report DiskPressure while free space on the root's filesystem is below this "
+                            "share (default %(default)s)")
     # Benchmarks only: grow the daemon's heap to show start latency does not depend on it.
     serve.add_argument("--bench-ballast-mib", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -120,7 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
                 f"shoal-agent: TCP listener {address} needs mutual TLS: pass --tls-dir DIR "
                 "(with ca.pem, agent.pem, agent-key.pem), or --insecure-tcp for loopback tests"
             )
-    from agent.runtime.spec import parse_duration
+    from agent.runtime.spec import parse_cpus, parse_duration
 
     subnet = None
     if args.subnet is not None:
@@ -136,8 +148,18 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         labels = tuple(parse_labels(args.label).items())
         interval = parse_duration(args.sample_interval, what="--sample-interval")
         reserve = parse_size(args.memory_reserve, what="--memory-reserve")
+        cpu_reserve = 0 if args.cpu_reserve.strip() in ("0", "") else parse_cpus(args.cpu_reserve,
+                                                                                 what="--cpu-reserve")
+        memory_pressure = parse_size(args.memory_pressure_below, what="--memory-pressure-below")
     except ShoalError as err:
         raise SystemExit(f"shoal-agent: {err}") from None
+    try:
+        disk_pressure = float(args.disk_pressure_below.strip().removesuffix("%")) / 100
+    except ValueError:
+        disk_pressure = -1.0
+    if not 0 <= disk_pressure < 1:
+        raise SystemExit(f"shoal-agent: invalid --disk-pressure-below {args.disk_pressure_below!r}: "
+                         "a percentage from 0 to 99, e.g. 10%")
     if interval < 0.1:
         raise SystemExit("shoal-agent: --sample-interval must be at least 100ms")
     if args.pull_parallel < 1:
@@ -156,5 +178,6 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         registry_ca=args.registry_ca.absolute() if args.registry_ca else None,
         pull_parallel=args.pull_parallel, subnet=subnet, bridge=args.bridge, labels=labels,
         metrics_listen=args.metrics_listen, sample_interval=interval, memory_reserve_bytes=reserve,
-        ballast_mib=args.bench_ballast_mib,
+        cpu_reserve_millis=cpu_reserve, memory_pressure_bytes=memory_pressure,
+        disk_pressure_fraction=disk_pressure, ballast_mib=args.bench_ballast_mib,
     )

@@ -28,6 +28,19 @@ class FailedPrecondition(ShoalError):
     """The request is well formed but the current state forbids it (image in use, container running)."""
 
 
+class StaleEpoch(FailedPrecondition):
+    """A fenced request carried an epoch older than one this agent already saw from the same owner: a
+    newer controller (leader) exists, and the late request of a deposed one must not act."""
+
+
+class OutOfRange(ShoalError):
+    """A position the caller resumed from (an event sequence) is outside what is kept."""
+
+
+class PermissionDenied(ShoalError):
+    """The caller's identity (its certificate's role, or its transport) may not do this."""
+
+
 class HostileArchive(InvalidArgument):
     """An image archive tried to escape the store, fake a whiteout or otherwise lie; nothing was kept."""
 
@@ -53,7 +66,13 @@ class LaunchError(ShoalError):
 
 
 class Unavailable(ShoalError):
-    """A remote service (an image registry) could not be reached or kept failing after bounded retries."""
+    """A remote service (an image registry) could not be reached or kept failing after bounded retries;
+    or a part of the agent itself is restarting. Retrying later may succeed."""
+
+
+class SupervisorUnavailable(Unavailable):
+    """The process that parents containers is not reachable right now (the agent is reconnecting to it or
+    starting a new one); nothing was done, and the request can be retried."""
 
 
 class Unauthenticated(ShoalError):

@@ -2,7 +2,10 @@
 
 This module is the only place that knows about protobuf messages and status codes. Every ShoalError is
 mapped to a status code with its message unchanged, so the CLI can print exactly what went wrong;
-anything else is a bug and becomes INTERNAL with a log line.
+anything else is a bug and becomes INTERNAL with a log line. Every error the agent raises also carries
+trailing metadata ``shoal-error`` naming its kind (``StaleEpoch``, ``HistoryTruncated``, ...) plus the
+facts a client needs to act on it (``shoal-event-epoch``, ``shoal-oldest-sequence``,
+``shoal-resume-after``, ``shoal-launch-kind``). Every call is authorized first (``agent.roles``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from agent import errors
+from agent import durable, errors, roles
+from agent.images.pull import Puller
 from agent.images.store import Image, ImageStore, ImportProgress
 from agent.network.manager import Attachment
 from agent.network.ports import ANY_ADDRESS, PortMapping, parse_port_spec
 from agent.runtime import events as evlog
 from agent.runtime.containers import Container, ContainerRuntime, PullPolicy
+from agent.runtime.fencing import Fence
 from agent.runtime.health import HealthCheck, HealthResult, HealthStatus, ProbeKind
 from agent.runtime.restart import RestartMode, RestartPolicy
 from agent.runtime.spec import (
@@ -37,6 +42,7 @@ from agent.runtime.spec import (
 )
 from agent.runtime.state import State
 from agent.streams import drain_until_done, threadsafe_putter
+from agent.usage.host import Condition
 from agent.usage.metrics import AgentMetrics
 from agent.usage.sampler import HostSample, Snapshot, UsageSampler
 from proto.agent.v1 import agent_pb2 as pb
@@ -46,6 +52,8 @@ log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[errors.ShoalError], grpc.StatusCode]] = [
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
@@ -58,10 +66,24 @@ _STATUS: list[tuple[type[errors.ShoalError], grpc.StatusCode]] = [
 _STATE_TO_PB = {
     State.CREATED: pb.CONTAINER_STATE_CREATED,
     State.RUNNING: pb.CONTAINER_STATE_RUNNING,
+    State.RESTARTING: pb.CONTAINER_STATE_RESTARTING,
     State.EXITED: pb.CONTAINER_STATE_EXITED,
     State.REMOVING: pb.CONTAINER_STATE_EXITED,
+    State.REMOVED: pb.CONTAINER_STATE_EXITED,
 }
-_PB_TO_STATE = {v: k for k, v in _STATE_TO_PB.items() if k is not State.REMOVING}
+_PB_TO_STATES: dict[pb.ContainerState.ValueType, set[State]] = {
+    pb.CONTAINER_STATE_CREATED: {State.CREATED}, pb.CONTAINER_STATE_RUNNING: {State.RUNNING},
+    pb.CONTAINER_STATE_RESTARTING: {State.RESTARTING, State.STARTING},
+    pb.CONTAINER_STATE_EXITED: {State.EXITED},
+}
+
+
+def state_to_pb(ctr: Container) -> pb.ContainerState.ValueType:
+    """A launch in flight is not a state of the API: it shows as created before the first run and as
+    restarting before a later one."""
+    if ctr.lc.state is State.STARTING:
+        return pb.CONTAINER_STATE_CREATED if ctr.lc.started_at is None else pb.CONTAINER_STATE_RESTARTING
+    return _STATE_TO_PB[ctr.lc.state]
 
 _RESTART_TO_PB = {RestartMode.NO: pb.RESTART_MODE_NO, RestartMode.ON_FAILURE: pb.RESTART_MODE_ON_FAILURE,
                   RestartMode.ALWAYS: pb.RESTART_MODE_ALWAYS}
@@ -93,14 +115,25 @@ def status_for(err: errors.ShoalError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+def error_metadata(err: errors.ShoalError) -> tuple[tuple[str, str], ...]:
+    """"shoal-error" tells a client this status came from the agent itself (a registry being UNAVAILABLE
+    is not the agent being unreachable) and which kind it is; some kinds carry what to do next."""
+    metadata: tuple[tuple[str, str], ...] = (("shoal-error", type(err).__name__),)
+    if isinstance(err, errors.LaunchError):
+        metadata += (("shoal-launch-kind", err.kind),)
+    if isinstance(err, evlog.HistoryTruncated):
+        metadata += (("shoal-event-epoch", err.epoch), ("shoal-oldest-sequence", str(err.oldest_sequence)))
+    if isinstance(err, evlog.WatcherTooSlow):
+        metadata += (("shoal-resume-after", str(err.last_sequence)),)
+    return metadata
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException) -> None:
+    if isinstance(err, OSError):
+        # An OSError no layer below wrapped: a full disk is still RESOURCE_EXHAUSTED.
+        err = durable.os_error(err, op="serve the request at", path=getattr(err, "filename", None) or "?")
     if isinstance(err, errors.ShoalError):
-        # "shoal-error" tells a client this status came from the agent itself (a registry being
-        # UNAVAILABLE is not the agent being unreachable).
-        metadata: tuple[tuple[str, str], ...] = (("shoal-error", type(err).__name__),)
-        if isinstance(err, errors.LaunchError):
-            metadata += (("shoal-launch-kind", err.kind),)
-        context.set_trailing_metadata(metadata)
+        context.set_trailing_metadata(error_metadata(err))
         await context.abort(status_for(err), str(err))
     log.exception("internal error", exc_info=err)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {err}")
@@ -110,6 +143,7 @@ def unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
         try:
+            roles.authorize(roles.caller_of(context))
             return await fn(self, request, context)
         except (errors.ShoalError, OSError, ValueError) as err:
             await _abort(context, err)
@@ -123,12 +157,17 @@ def streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterato
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
                       ) -> AsyncIterator[T]:
         try:
+            roles.authorize(roles.caller_of(context))
             async for item in fn(self, request, context):
                 yield item
         except (errors.ShoalError, OSError, ValueError) as err:
             await _abort(context, err)
 
     return wrapper
+
+
+def fence_from_pb(msg: pb.Fence) -> Fence:
+    return Fence(owner=msg.owner, epoch=msg.epoch)
 
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -159,20 +198,19 @@ def spec_from_pb(msg: pb.ContainerSpec, *, default_network: NetworkMode = Networ
     if not msg.image:
         raise errors.InvalidArgument("an image is required")
     res = msg.resources
-    for value, what in ((res.memory_bytes, "memory"), (res.cpu_millis, "cpu"), (res.pids_max, "pids")):
-        if value < 0:
-            raise errors.InvalidArgument(f"{what} limit must not be negative")
+    # 0 means "not set" on the wire; negative values stay and are refused by validate().
+    resources = Resources(
+        memory_bytes=res.memory_bytes or None, cpu_millis=res.cpu_millis or None,
+        pids_max=res.pids_max or None, memory_request_bytes=res.memory_request_bytes or None,
+        cpu_request_millis=res.cpu_request_millis or None,
+    )
     network = _NETWORK_FROM_PB.get(msg.network, default_network)
     restart = RestartPolicy(mode=_RESTART_FROM_PB.get(msg.restart.mode, RestartMode.NO),
                             max_retries=msg.restart.max_retries)
     return ContainerSpec(
         image=msg.image, entrypoint=tuple(msg.entrypoint), command=tuple(msg.command),
         env=parse_env(tuple(msg.env)), working_dir=msg.working_dir, user=msg.user,
-        hostname=msg.hostname,
-        resources=Resources(
-            memory_bytes=res.memory_bytes or None, cpu_millis=res.cpu_millis or None,
-            pids_max=res.pids_max or None,
-        ),
+        hostname=msg.hostname, resources=resources.validate(),
         read_only=msg.read_only, network=network, labels=tuple(sorted(msg.labels.items())),
         auto_remove=msg.auto_remove, restart=restart,
         health=health_from_pb(msg.health) if msg.HasField("health") else None,
@@ -217,6 +255,8 @@ def spec_to_pb(spec: ContainerSpec) -> pb.ContainerSpec:
         resources=pb.Resources(
             memory_bytes=spec.resources.memory_bytes or 0, cpu_millis=spec.resources.cpu_millis or 0,
             pids_max=spec.resources.pids_max or 0,
+            memory_request_bytes=spec.resources.memory_request_bytes or 0,
+            cpu_request_millis=spec.resources.cpu_request_millis or 0,
         ),
         read_only=spec.read_only, network=_NETWORK_TO_PB[spec.network],
         ports=[port_to_pb(p) for p in spec.ports],
@@ -228,26 +268,28 @@ def spec_to_pb(spec: ContainerSpec) -> pb.ContainerSpec:
 
 
 def container_to_pb(ctr: Container, attachment: Attachment | None = None) -> pb.Container:
-    p = ctr.record.prepared
+    p, lc = ctr.record.prepared, ctr.lc
     out = pb.Container(
-        id=ctr.id, name=ctr.name, spec=spec_to_pb(ctr.spec), state=_STATE_TO_PB[ctr.state],
-        pid=ctr.pid, image_id=p.image_id, argv=p.argv, resolved_env=p.env,
+        id=ctr.id, name=ctr.name, spec=spec_to_pb(ctr.spec), state=state_to_pb(ctr),
+        pid=lc.pid, image_id=p.image_id, argv=p.argv, resolved_env=p.env,
         resolved_working_dir=p.working_dir, uid=p.uid, gid=p.gid, layers=p.lower_dirs,
         upper_dir=p.upper_dir, cgroup_paths=ctr.cgroup_paths,
         log_path=str(ctr.directory / "ctr.log"), hostname=p.hostname,
-        health=_HEALTH_TO_PB[ctr.health], restart_count=ctr.restart_count,
-        health_log=[_health_result_pb(r) for r in ctr.health_log],
+        health=_HEALTH_TO_PB[lc.health], restart_count=lc.restart_count,
+        health_log=[_health_result_pb(r) for r in lc.health_log],
     )
-    if ctr.next_restart_at is not None:
-        out.next_restart_at.CopyFrom(_ts(ctr.next_restart_at))
+    if ctr.record.owner:
+        out.created_by.owner, out.created_by.epoch = ctr.record.owner, ctr.record.epoch
+    if lc.next_restart_at is not None:
+        out.next_restart_at.CopyFrom(_ts(lc.next_restart_at))
     if attachment is not None:
         out.ip_address, out.gateway = str(attachment.address.ip), str(attachment.gateway)
         out.mac_address = attachment.mac
         out.ports.extend(port_to_pb(port) for port in attachment.ports)
-    if ctr.exit is not None:
-        out.exit_code, out.reason, out.error = ctr.exit.exit_code, ctr.exit.reason, ctr.exit.error
-    for field, value in (("created_at", ctr.record.created_at), ("started_at", ctr.started_at),
-                         ("finished_at", ctr.finished_at)):
+    if lc.exit is not None:
+        out.exit_code, out.reason, out.error = lc.exit.exit_code, lc.exit.reason, lc.exit.error
+    for field, value in (("created_at", ctr.record.created_at), ("started_at", lc.started_at),
+                         ("finished_at", lc.finished_at)):
         if value is not None:
             getattr(out, field).CopyFrom(_ts(value))
     return out
@@ -264,12 +306,12 @@ def _health_result_pb(result: HealthResult) -> pb.HealthResult:
     return pb.HealthResult(start=_ts(result.start), end=_ts(result.end), ok=result.ok, output=result.output)
 
 
-def event_to_pb(event: evlog.Event) -> pb.Event:
+def event_to_pb(event: evlog.Event, *, epoch: str) -> pb.Event:
     return pb.Event(
         sequence=event.sequence, time=_ts(event.time), type=_EVENT_TO_PB[event.type],
         container_id=event.container_id, container_name=event.container_name, labels=dict(event.labels),
         exit_code=event.exit_code, reason=event.reason, health=_HEALTH_TO_PB[event.health],
-        restart_count=event.restart_count, message=event.message,
+        restart_count=event.restart_count, message=event.message, epoch=epoch,
     )
 
 
@@ -314,10 +356,10 @@ class ContainersService(pb_grpc.ContainersServicer):
     def _pb(self, ctr: Container) -> pb.Container:
         return container_to_pb(ctr, self.runtime.attachment(ctr))
 
-    async def _start(self, ref: str) -> Container:
+    async def _start(self, ref: str, fence: Fence) -> Container:
         started = time.perf_counter()
         try:
-            ctr = await self.runtime.start(ref)
+            ctr = await self.runtime.start(ref, fence=fence)
         except errors.ShoalError:
             if self.metrics is not None:
                 self.metrics.record_start(seconds=time.perf_counter() - started, ok=False)
@@ -329,30 +371,36 @@ class ContainersService(pb_grpc.ContainersServicer):
     @unary
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
         default = NetworkMode.BRIDGE if self.runtime.network is not None else NetworkMode.NONE
+        fence = fence_from_pb(request.fence)
         ctr = await self.runtime.create(container_id=request.id, name=request.name,
                                         spec=spec_from_pb(request.spec, default_network=default),
-                                        pull=_PULL[request.pull])
+                                        pull=_PULL[request.pull], fence=fence)
         if request.start:
-            ctr = await self._start(ctr.id)
+            ctr = await self._start(ctr.id, fence)
         return self._pb(ctr)
 
     @unary
     async def StartContainer(self, request: pb.StartContainerRequest, context: Any) -> pb.Container:
-        return self._pb(await self._start(request.id))
+        return self._pb(await self._start(request.id, fence_from_pb(request.fence)))
 
     @unary
     async def StopContainer(self, request: pb.StopContainerRequest, context: Any) -> pb.Container:
         timeout = request.timeout_seconds if request.HasField("timeout_seconds") else 10
-        return self._pb(await self.runtime.stop(request.id, timeout=timeout))
+        return self._pb(await self.runtime.stop(request.id, timeout=timeout,
+                                                fence=fence_from_pb(request.fence)))
 
     @unary
     async def KillContainer(self, request: pb.KillContainerRequest, context: Any) -> pb.Container:
-        return self._pb(await self.runtime.kill(request.id, request.signal or "KILL"))
+        return self._pb(await self.runtime.kill(request.id, request.signal or "KILL",
+                                                fence=fence_from_pb(request.fence)))
 
     @unary
     async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: Any
                               ) -> pb.RemoveContainerResponse:
-        return pb.RemoveContainerResponse(id=await self.runtime.remove(request.id, force=request.force))
+        removed, already = await self.runtime.remove(request.id, force=request.force,
+                                                     missing_ok=request.missing_ok,
+                                                     fence=fence_from_pb(request.fence))
+        return pb.RemoveContainerResponse(id=removed, already_removed=already)
 
     @unary
     async def GetContainer(self, request: pb.ContainerRef, context: Any) -> pb.Container:
@@ -361,10 +409,11 @@ class ContainersService(pb_grpc.ContainersServicer):
     @unary
     async def ListContainers(self, request: pb.ListContainersRequest, context: Any
                              ) -> pb.ListContainersResponse:
-        states: set[State] = {_PB_TO_STATE[s] for s in request.states if s in _PB_TO_STATE}
-        found = self.runtime.list_containers(all=request.all, labels=dict(request.labels), name=request.name,
-                                  states=states or None)
-        return pb.ListContainersResponse(containers=[self._pb(c) for c in found])
+        states: set[State] = set().union(*(_PB_TO_STATES.get(s, set()) for s in request.states))
+        found = self.runtime.listing(all=request.all, labels=dict(request.labels), name=request.name,
+                                     states=states or None)
+        return pb.ListContainersResponse(containers=[self._pb(c) for c in found.containers],
+                                         event_sequence=found.event_sequence, event_epoch=found.event_epoch)
 
     @unary
     async def WaitContainer(self, request: pb.ContainerRef, context: Any) -> pb.WaitContainerResponse:
@@ -404,18 +453,26 @@ class ContainersService(pb_grpc.ContainersServicer):
     @streaming
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.Event]:
         after = request.after_sequence if request.HasField("after_sequence") else None
-        async for event in self.runtime.events.subscribe(after_sequence=after,
-                                                         labels=dict(request.labels) or None):
-            yield event_to_pb(event)
+        log_ = self.runtime.events
+        async for event in log_.subscribe(after_sequence=after, labels=dict(request.labels) or None,
+                                          epoch=request.epoch):
+            yield event_to_pb(event, epoch=log_.epoch)
 
 
 class ImagesService(pb_grpc.ImagesServicer):
     def __init__(self, store: ImageStore, runtime: ContainerRuntime, *, scratch: Path,
-                 metrics: AgentMetrics | None = None) -> None:
+                 puller: Puller | None = None, metrics: AgentMetrics | None = None) -> None:
         self.store = store
         self.runtime = runtime
         self.scratch = scratch
+        self._puller = puller
         self.metrics = metrics
+
+    @property
+    def puller(self) -> Puller:
+        if self._puller is None:
+            raise errors.FailedPrecondition("this agent was started without registry access")
+        return self._puller
 
     @streaming
     async def ImportImage(self, request_iterator: AsyncIterator[pb.ImportImageRequest], context: Any
@@ -426,6 +483,7 @@ class ImagesService(pb_grpc.ImagesServicer):
         name = first.name or None
         upload: Path | None = None
         if first.WhichOneof("source") == "path":
+            roles.require_local(roles.caller_of(context), what="importing from a path")
             source = Path(first.path)
             if not source.exists():
                 raise errors.NotFound(f"no such file or directory on the agent's host: {source}")
@@ -466,7 +524,7 @@ class ImagesService(pb_grpc.ImagesServicer):
     @streaming
     async def PullImage(self, request: pb.PullImageRequest, context: Any
                         ) -> AsyncIterator[pb.ImportImageProgress]:
-        puller = self.runtime.puller
+        puller = self.puller
         async for msg in self._progress_stream(lambda report: puller.pull(request.ref, progress=report)):
             yield msg
         if self.metrics is not None:
@@ -474,7 +532,8 @@ class ImagesService(pb_grpc.ImagesServicer):
 
     @unary
     async def PruneImages(self, request: pb.PruneImagesRequest, context: Any) -> pb.PruneImagesResponse:
-        report = await asyncio.to_thread(self.runtime.prune_images)
+        report = await asyncio.to_thread(self.store.prune, image_in_use=self.runtime.image_in_use,
+                                         layers_in_use=self.runtime.layers_in_use)
         return pb.PruneImagesResponse(images=report.images, layers=report.layers, blobs=report.blobs,
                                       freed_bytes=report.freed_bytes)
 
@@ -485,11 +544,11 @@ class ImagesService(pb_grpc.ImagesServicer):
 
     @unary
     async def GetImage(self, request: pb.ImageRef, context: Any) -> pb.Image:
-        return image_to_pb(self.store.resolve(request.ref))
+        return image_to_pb(await asyncio.to_thread(self.store.resolve, request.ref))
 
     @unary
     async def RemoveImage(self, request: pb.RemoveImageRequest, context: Any) -> pb.RemoveImageResponse:
-        image = self.store.resolve(request.ref)
+        image = await asyncio.to_thread(self.store.resolve, request.ref)
         if self.runtime.image_in_use(image.id):
             # Stricter than docker (which untags freely): a tag a container was created from stays.
             raise errors.FailedPrecondition(
@@ -504,7 +563,8 @@ class ImagesService(pb_grpc.ImagesServicer):
 _HOST_FIELDS = (
     "host_id", "hostname", "agent_version", "cpu_cores", "memory_total_bytes", "memory_allocatable_bytes",
     "memory_used_bytes", "memory_committed_bytes", "cpu_committed_millis", "containers",
-    "containers_running", "cpu_used_cores",
+    "containers_running", "cpu_used_cores", "cpu_allocatable_millis", "memory_limits_bytes",
+    "cpu_limits_millis", "disk_total_bytes", "disk_free_bytes", "boot_id", "os", "architecture",
 )
 _STATS_FIELDS = (
     "id", "name", "image", "cpu_seconds", "cpu_cores", "cpu_fraction_of_limit", "cpu_throttled_seconds",
@@ -514,15 +574,20 @@ _STATS_FIELDS = (
 )
 
 
+def condition_to_pb(condition: Condition) -> pb.HostCondition:
+    return pb.HostCondition(type=condition.type, message=condition.message, since=_ts(condition.since))
+
+
 def host_to_pb(host: HostSample, *, network: tuple[str, str]) -> pb.HostInfo:
     return pb.HostInfo(**{f: getattr(host, f) for f in _HOST_FIELDS}, labels=dict(host.labels),
-                       started_at=_ts(host.started_at), subnet=network[0], bridge=network[1])
+                       started_at=_ts(host.started_at), subnet=network[0], bridge=network[1],
+                       conditions=[condition_to_pb(c) for c in host.conditions])
 
 
 def snapshot_to_pb(snapshot: Snapshot, *, network: tuple[str, str]) -> pb.UsageSnapshot:
     return pb.UsageSnapshot(
         time=_ts(snapshot.time), host=host_to_pb(snapshot.host, network=network),
-        sample_seconds=snapshot.sample_seconds,
+        sample_seconds=snapshot.sample_seconds, sequence=snapshot.sequence,
         containers=[pb.ContainerStats(**{f: getattr(c, f) for f in _STATS_FIELDS}, labels=dict(c.labels),
                                       started_at=_ts(c.started_at)) for c in snapshot.containers],
     )
@@ -547,12 +612,13 @@ class HostService(pb_grpc.HostServicer):
 
 
 class SystemService(pb_grpc.SystemServicer):
-    def __init__(self, runtime: ContainerRuntime) -> None:
+    def __init__(self, runtime: ContainerRuntime, store: ImageStore) -> None:
         self.runtime = runtime
+        self.store = store
 
     @unary
     async def DiskUsage(self, request: pb.DiskUsageRequest, context: Any) -> pb.DiskUsageResponse:
-        usage = await asyncio.to_thread(self.runtime.disk_usage)
+        usage = await asyncio.to_thread(lambda: self.runtime.disk_usage(self.store.disk_usage()))
         return pb.DiskUsageResponse(
             images=[pb.ImageUsage(id=i.id, repo_tags=i.repo_tags, size=i.size, shared_size=i.shared_size,
                                   containers=i.containers) for i in usage.images],
@@ -564,9 +630,9 @@ class SystemService(pb_grpc.SystemServicer):
 
 def add_services(server: grpc.aio.Server, *, runtime: ContainerRuntime, store: ImageStore,
                  scratch: Path, sampler: UsageSampler, network: tuple[str, str] = ("", ""),
-                 metrics: AgentMetrics | None = None) -> None:
+                 puller: Puller | None = None, metrics: AgentMetrics | None = None) -> None:
     pb_grpc.add_ContainersServicer_to_server(ContainersService(runtime, metrics), server)
-    pb_grpc.add_ImagesServicer_to_server(ImagesService(store, runtime, scratch=scratch, metrics=metrics),
-                                         server)
-    pb_grpc.add_SystemServicer_to_server(SystemService(runtime), server)
+    pb_grpc.add_ImagesServicer_to_server(
+        ImagesService(store, runtime, scratch=scratch, puller=puller, metrics=metrics), server)
+    pb_grpc.add_SystemServicer_to_server(SystemService(runtime, store), server)
     pb_grpc.add_HostServicer_to_server(HostService(sampler, network=network), server)

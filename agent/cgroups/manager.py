@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agent import limits
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, ShoalError
 
 # Kernel ranges (kernel/sched/core.c): a CFS period is 1 ms..1 s, a quota at least 1 ms.
@@ -54,7 +55,7 @@ MIN_CPU_PERIOD_US = 1_000
 MAX_CPU_PERIOD_US = 1_000_000
 MIN_CPU_QUOTA_US = 1_000
 # Below this the container cannot even exec its first process; the kernel would accept it.
-MIN_MEMORY_BYTES = 4 * 1024 * 1024
+MIN_MEMORY_BYTES = limits.MIN_MEMORY_BYTES
 
 # Controllers Shoal uses; each implementation maps them onto what the host offers.
 LIMIT_CONTROLLERS: tuple[str, ...] = ("cpu", "memory", "pids")

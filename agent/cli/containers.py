@@ -430,7 +430,7 @@ def cmd_exec(agent: Agent, args: argparse.Namespace) -> int:
 
 
 _STATE_NAMES = {pb.CONTAINER_STATE_CREATED: "created", pb.CONTAINER_STATE_RUNNING: "running",
-                pb.CONTAINER_STATE_EXITED: "exited"}
+                pb.CONTAINER_STATE_EXITED: "exited", pb.CONTAINER_STATE_RESTARTING: "restarting"}
 
 
 def container_json(ctr: pb.Container) -> dict[str, Any]:

@@ -1,19 +1,25 @@
 """The container event log: numbered lifecycle events, kept in memory and on disk, streamed to watchers.
 
-Every event gets the next sequence number; numbers never repeat, also across agent restarts, because
-the log is appended to ``<root>/events.jsonl`` and reloaded on start (the last ``capacity`` events and
-the counter). The file is compacted to the newest ``capacity`` events once it holds twice that many,
-so it stays bounded. Lines are appended without fsync: after a host crash containers are gone anyway,
-and a torn last line from a killed agent is skipped on load.
+Every event gets the next sequence number; numbers never repeat within an *epoch*, also across agent
+restarts, because the log is appended to ``<root>/events.jsonl`` and reloaded on start (the last
+``capacity`` events and the counter). Each event is written (not fsynced) before any watcher sees it, so a
+SIGKILLed agent never hands out a sequence again. The file is compacted to the newest ``capacity`` events
+once it holds twice that many, so it stays bounded. A torn last line from a killed agent is skipped on
+load.
+
+The epoch (``<root>/events.epoch``, a random id with the boot id it was made under) names one unbroken
+history. A new one is made when the history may have holes: the events file is missing, the epoch file is
+unreadable, or the host rebooted (unsynced appends may be lost, and every container died anyway). A
+client that resumes under an old epoch learns that its history is gone and must re-list.
 
 Watchers (``subscribe``) get every kept event after the sequence they name, then new ones live. Each
 watcher has a bounded queue; one that falls ``queue_size`` events behind is cut off with
 ``WatcherTooSlow`` naming the last sequence it received, so it can reconnect from there and lose
 nothing still kept — a slow watcher never slows the agent or other watchers. Asking to resume after a
-sequence older than the history raises ``HistoryTruncated``: events were lost for that client, and it
-must re-list containers (like Kubernetes' "410 Gone") rather than silently miss some. Sequence 0 is
-the exception: it means "all kept history" (no client has seen event 0, so nothing can be missed that
-it was promised).
+sequence older than the history, or under another epoch, raises ``HistoryTruncated``: events were lost
+for that client, and it must re-list containers (like Kubernetes' "410 Gone") rather than silently miss
+some. Sequence 0 is the exception: it means "all kept history" (no client has seen event 0, so nothing
+can be missed that it was promised).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import collections
 import contextlib
 import json
 import logging
-import os
+import secrets
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -31,7 +37,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from agent import durable
+from agent.errors import InvalidArgument, OutOfRange, ResourceExhausted, ShoalError
 from agent.runtime.health import HealthStatus
 
 log = logging.getLogger(__name__)
@@ -89,8 +96,14 @@ class WatcherTooSlow(ResourceExhausted):
         self.last_sequence = last_sequence
 
 
-class HistoryTruncated(FailedPrecondition):
-    """The events after the requested sequence are partly gone from the history."""
+class HistoryTruncated(OutOfRange):
+    """The events after the requested sequence are partly gone from the history (or belong to another
+    epoch). ``oldest_sequence`` and ``epoch`` tell the client where it can watch from after re-listing."""
+
+    def __init__(self, message: str, *, epoch: str, oldest_sequence: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.oldest_sequence = oldest_sequence
 
 
 @dataclass(eq=False)  # hashed by identity: kept in a set
@@ -101,7 +114,7 @@ class _Watcher:
 
 class EventLog:
     def __init__(self, path: Path | None, *, capacity: int = DEFAULT_CAPACITY,
-                 queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+                 queue_size: int = DEFAULT_QUEUE_SIZE, boot_id: str = "") -> None:
         self.path = path
         self.capacity = capacity
         self.queue_size = queue_size
@@ -110,8 +123,34 @@ class EventLog:
         self._lines_in_file = 0
         self._file: TextIO | None = None
         self._watchers: set[_Watcher] = set()
+        self.epoch = secrets.token_hex(8)
         if path is not None:
+            self.epoch = self._load_epoch(path, boot_id=boot_id)
             self._load(path)
+
+    @staticmethod
+    def _load_epoch(path: Path, *, boot_id: str) -> str:
+        epoch_file = path.with_suffix(".epoch")
+        if path.exists():
+            try:
+                raw = json.loads(epoch_file.read_text())
+                if raw["boot_id"] == boot_id and isinstance(raw["epoch"], str) and raw["epoch"]:
+                    return str(raw["epoch"])
+                log.info("the host rebooted since the event history began: starting a new epoch")
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                log.warning("unreadable %s (%s): starting a new event epoch", epoch_file, err)
+        epoch = secrets.token_hex(8)
+        try:
+            durable.write_file(epoch_file, json.dumps({"epoch": epoch, "boot_id": boot_id}))
+            # The history of this epoch starts now, empty: an agent restarted before its first event must
+            # not mistake the missing file for a lost history.
+            path.touch(mode=0o600, exist_ok=True)
+        except (OSError, ShoalError) as err:
+            # Watchers still work; the next agent start makes yet another epoch (clients re-list).
+            log.error("%s", err)
+        return epoch
 
     @property
     def last_sequence(self) -> int:
@@ -174,17 +213,16 @@ class EventLog:
             self._lines_in_file += 1
             if self._lines_in_file >= 2 * self.capacity:
                 self._compact()
-        except OSError as err:
+        except (OSError, ShoalError) as err:
             # The live stream still works; only history across a restart is at risk.
             log.error("cannot write %s: %s", self.path, err)
 
     def _compact(self) -> None:
+        """Rewrite the file with only the kept events (once per ``capacity`` appends; no fsync: the
+        events it drops are the ones no longer kept anyway)."""
         assert self.path is not None
         self.close()
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            f.writelines(e.to_json() + "\n" for e in self._events)
-        os.replace(tmp, self.path)
+        durable.write_file(self.path, "".join(e.to_json() + "\n" for e in self._events), sync=False)
         self._lines_in_file = len(self._events)
 
     def close(self) -> None:
@@ -193,25 +231,32 @@ class EventLog:
                 self._file.close()
             self._file = None
 
-    async def subscribe(self, *, after_sequence: int | None = None,
-                        labels: Mapping[str, str] | None = None) -> AsyncGenerator[Event, None]:
+    async def subscribe(self, *, after_sequence: int | None = None, labels: Mapping[str, str] | None = None,
+                        epoch: str = "") -> AsyncGenerator[Event, None]:
         """Kept events with a sequence above ``after_sequence`` (none if it is None), then live ones.
 
-        ``after_sequence=0`` replays all kept history. Raises ``HistoryTruncated`` at once if events
-        after a non-zero ``after_sequence`` are no longer kept,
-        ``InvalidArgument`` if it is beyond the last event, and ``WatcherTooSlow`` when the caller
+        ``after_sequence=0`` replays all kept history. Raises ``HistoryTruncated`` at once if ``epoch``
+        is given and is not this log's, or if events after a non-zero ``after_sequence`` are no longer
+        kept; ``InvalidArgument`` if it is beyond the last event; and ``WatcherTooSlow`` when the caller
         stops keeping up (see the module docstring).
         """
+        oldest = self.oldest_sequence
+        if epoch and epoch != self.epoch:
+            raise HistoryTruncated(
+                f"event epoch {epoch} is not this agent's ({self.epoch}): its history was lost (the agent's "
+                "root was reset or the host rebooted); re-list containers, then watch from the listing",
+                epoch=self.epoch, oldest_sequence=oldest or self._last + 1,
+            )
         if after_sequence is not None:
             if after_sequence > self._last:
                 raise InvalidArgument(
                     f"event sequence {after_sequence} is beyond the last event ({self._last}) of this agent"
                 )
-            oldest = self.oldest_sequence
             if oldest is not None and 0 < after_sequence < oldest - 1:
                 raise HistoryTruncated(
                     f"events after {after_sequence} are no longer kept (the oldest kept is {oldest}); "
-                    f"re-list containers, then watch from {oldest - 1} or later"
+                    f"re-list containers, then watch from {oldest - 1} or later",
+                    epoch=self.epoch, oldest_sequence=oldest,
                 )
         # Register before taking the replay snapshot, with no await in between: nothing falls in the gap.
         watcher = _Watcher(asyncio.Queue(maxsize=self.queue_size))

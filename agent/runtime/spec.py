@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field
+import signal as signals
+from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import NewType
+from typing import Any, NewType
 
 from agent.errors import InvalidArgument
+from agent.limits import MIN_CPU_MILLIS, MIN_MEMORY_BYTES
 from agent.network.ports import PortMapping
-from agent.runtime.health import HealthCheck
-from agent.runtime.restart import RestartPolicy
+from agent.runtime.health import HealthCheck, ProbeKind
+from agent.runtime.restart import RestartMode, RestartPolicy
 
 ContainerId = NewType("ContainerId", str)
 
@@ -24,9 +26,6 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB]?)\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-# A cgroup memory limit below this kills the container before it can exec.
-MIN_MEMORY_BYTES = 6 << 20
 
 
 class NetworkMode(Enum):
@@ -37,9 +36,49 @@ class NetworkMode(Enum):
 
 @dataclass(frozen=True)
 class Resources:
+    """Limits (what the kernel enforces) and requests (what the host reserves for the container). None
+    means unlimited for a limit, and "the same as the limit" for a request (as in Kubernetes)."""
+
     memory_bytes: int | None = None
     cpu_millis: int | None = None
     pids_max: int | None = None
+    memory_request_bytes: int | None = None
+    cpu_request_millis: int | None = None
+
+    @property
+    def memory_reserved(self) -> int:
+        """Bytes the host reserves for it (0 when neither a request nor a limit is set)."""
+        return self.memory_request_bytes if self.memory_request_bytes is not None else self.memory_bytes or 0
+
+    @property
+    def cpu_reserved(self) -> int:
+        return self.cpu_request_millis if self.cpu_request_millis is not None else self.cpu_millis or 0
+
+    def validate(self) -> Resources:
+        """Itself, or ``InvalidArgument`` naming the first value no container could run with. The same
+        bounds as the CLI's parsers and the cgroup layer (``agent.limits``)."""
+        for value, what in ((self.memory_bytes, "memory limit"), (self.cpu_millis, "cpu limit"),
+                            (self.pids_max, "pids limit"), (self.memory_request_bytes, "memory request"),
+                            (self.cpu_request_millis, "cpu request")):
+            if value is not None and value < 0:
+                raise InvalidArgument(f"{what} must not be negative")
+        if self.memory_bytes is not None and self.memory_bytes < MIN_MEMORY_BYTES:
+            raise InvalidArgument(f"memory limit {self.memory_bytes} bytes is too small: the minimum is "
+                                  f"{MIN_MEMORY_BYTES >> 20}M")
+        if self.cpu_millis is not None and self.cpu_millis < MIN_CPU_MILLIS:
+            raise InvalidArgument(f"cpu limit {self.cpu_millis}m is too small: the minimum is "
+                                  f"{MIN_CPU_MILLIS}m (0.01 cores)")
+        if self.pids_max is not None and self.pids_max < 1:
+            raise InvalidArgument(f"pids limit must be at least 1, got {self.pids_max}")
+        if (self.memory_request_bytes is not None and self.memory_bytes is not None
+                and self.memory_request_bytes > self.memory_bytes):
+            raise InvalidArgument(f"memory request {self.memory_request_bytes} bytes exceeds the memory "
+                                  f"limit {self.memory_bytes} bytes")
+        if (self.cpu_request_millis is not None and self.cpu_millis is not None
+                and self.cpu_request_millis > self.cpu_millis):
+            raise InvalidArgument(f"cpu request {self.cpu_request_millis}m exceeds the cpu limit "
+                                  f"{self.cpu_millis}m")
+        return self
 
 
 @dataclass(frozen=True)
@@ -96,24 +135,22 @@ def parse_size(raw: str, *, what: str = "size") -> int:
     return int(number * _UNITS[unit])
 
 
-def parse_memory(raw: str) -> int:
-    value = parse_size(raw, what="memory limit")
+def parse_memory(raw: str, *, what: str = "memory limit") -> int:
+    value = parse_size(raw, what=what)
     if value < MIN_MEMORY_BYTES:
-        raise InvalidArgument(
-            f"memory limit {raw!r} is too small: the minimum is {MIN_MEMORY_BYTES >> 20}M"
-        )
+        raise InvalidArgument(f"{what} {raw!r} is too small: the minimum is {MIN_MEMORY_BYTES >> 20}M")
     return value
 
 
-def parse_cpus(raw: str) -> int:
+def parse_cpus(raw: str, *, what: str = "cpu limit") -> int:
     """``0.5`` cores → 500 millicores; ``250m`` is accepted too (Kubernetes style)."""
     text = raw.strip()
     try:
         millis = int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)
     except ValueError:
-        raise InvalidArgument(f"invalid cpu limit {raw!r}: expected cores like 0.5 or 2") from None
-    if millis < 10:
-        raise InvalidArgument(f"cpu limit {raw!r} is too small: the minimum is 0.01 cores")
+        raise InvalidArgument(f"invalid {what} {raw!r}: expected cores like 0.5 or 2") from None
+    if millis < MIN_CPU_MILLIS:
+        raise InvalidArgument(f"{what} {raw!r} is too small: the minimum is 0.01 cores")
     return millis
 
 
@@ -153,3 +190,50 @@ def merge_env(base: tuple[str, ...], overrides: tuple[str, ...]) -> tuple[str, .
         key, _, value = item.partition("=")
         merged[key] = value
     return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def parse_signal(raw: str | int, *, default: int) -> int:
+    """``TERM``, ``SIGKILL``, ``9`` (or an int) → a signal number; empty → ``default``."""
+    if isinstance(raw, int):
+        return raw
+    text = raw.strip().upper()
+    if not text:
+        return default
+    if text.isdigit():
+        return int(text)
+    name = text if text.startswith("SIG") else "SIG" + text
+    try:
+        return int(signals.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {raw!r}: use a name like TERM or KILL, or a number") from None
+
+
+def spec_to_dict(spec: ContainerSpec) -> dict[str, Any]:
+    """The spec as config.json stores it."""
+    raw = asdict(spec)
+    raw["network"] = spec.network.value
+    raw["labels"] = dict(spec.labels)
+    raw["restart"] = {"mode": spec.restart.mode.value, "max_retries": spec.restart.max_retries}
+    if spec.health is not None:
+        raw["health"] = {**asdict(spec.health), "kind": spec.health.kind.value}
+    raw["ports"] = [p.to_dict() for p in spec.ports]
+    return raw
+
+
+def spec_from_dict(raw: dict[str, Any]) -> ContainerSpec:
+    """The inverse of ``spec_to_dict``; keys an older agent did not write get their defaults."""
+    data = dict(raw)
+    data["resources"] = Resources(**data["resources"])
+    data["network"] = NetworkMode(data["network"])
+    data["labels"] = tuple(sorted(data["labels"].items()))
+    for key in ("entrypoint", "command", "env"):
+        data[key] = tuple(data[key])
+    policy = data.pop("restart", None)
+    if policy is not None:
+        data["restart"] = RestartPolicy(RestartMode(policy["mode"]), max_retries=policy["max_retries"])
+    data["ports"] = tuple(PortMapping.from_dict(p) for p in data.get("ports", ()))
+    check = data.pop("health", None)
+    if check is not None:
+        data["health"] = HealthCheck(**{**check, "kind": ProbeKind(check["kind"]),
+                                        "command": tuple(check["command"])})
+    return ContainerSpec(**data)

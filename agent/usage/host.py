@@ -5,7 +5,13 @@ renames: ``load_or_create_host_id`` keeps a random id in ``<root>/host-id`` (wri
 0600). Capacity is what *this agent* may hand out: the cpus in its own affinity mask (a cpuset or
 ``taskset`` narrows it) and the host's memory. Labels come from ``shoal-agent serve --label K=V`` and let
 a scheduler place by zone or hardware; they are validated here so a typo fails at start-up with a message
-naming the flag.
+naming the flag. The boot id (``/proc/sys/kernel/random/boot_id``) tells a scheduler a reboot (every
+container gone) from an agent restart (every container still running).
+
+Conditions are what a scheduler avoids placing on: ``MemoryPressure`` (available memory below the agent's
+threshold, like the kubelet's ``memory.available<100Mi``), ``DiskPressure`` (free space of the agent's
+root below its threshold, like ``nodefs.available<10%``) and whatever the runtime reports
+(``SupervisorDown``). ``ConditionTracker`` keeps when each began, so ``since`` is stable across samples.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import platform
 import re
 import secrets
 import socket
@@ -32,6 +39,12 @@ _LABEL_VALUE_MAX = 256
 _HOST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+# platform.machine() → the OCI / Go architecture name images and schedulers use.
+_OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm", "i686": "386",
+             "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
 @dataclass(frozen=True)
 class HostIdentity:
     """What never changes while an agent runs: reported with every host sample."""
@@ -41,11 +54,78 @@ class HostIdentity:
     agent_version: str
     labels: dict[str, str] = field(hash=False)
     started_at: float  # unix time the agent process started
+    boot_id: str = ""
+    os: str = "linux"
+    architecture: str = ""
 
     @classmethod
     def for_this_agent(cls, *, root: Path, labels: dict[str, str]) -> HostIdentity:
         return cls(host_id=load_or_create_host_id(root), hostname=socket.gethostname(),
-                   agent_version=agent_version(), labels=dict(labels), started_at=time.time())
+                   agent_version=agent_version(), labels=dict(labels), started_at=time.time(),
+                   boot_id=read_boot_id(), architecture=oci_architecture())
+
+
+def read_boot_id(path: Path = BOOT_ID) -> str:
+    """This boot's id; empty where the kernel does not offer one."""
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+def oci_architecture(machine: str | None = None) -> str:
+    machine = machine or platform.machine()
+    return _OCI_ARCH.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    message: str
+    since: float  # unix time it began
+
+
+@dataclass(frozen=True)
+class PressureThresholds:
+    """Below these the host is under pressure (``--memory-pressure-below``, ``--disk-pressure-below``)."""
+
+    memory_available_bytes: int = 100 << 20
+    disk_free_fraction: float = 0.10
+
+
+def pressure(*, memory_available: int, disk_free: int, disk_total: int,
+             thresholds: PressureThresholds) -> list[tuple[str, str]]:
+    """The pressure conditions these readings mean: ``[(type, message)]``."""
+    found = []
+    if memory_available < thresholds.memory_available_bytes:
+        found.append(("MemoryPressure", f"{memory_available >> 20} MiB available, under the threshold of "
+                                        f"{thresholds.memory_available_bytes >> 20} MiB"))
+    if disk_total > 0 and disk_free < disk_total * thresholds.disk_free_fraction:
+        found.append(("DiskPressure", f"{disk_free >> 20} MiB free of {disk_total >> 20} MiB on the agent's "
+                                      f"root, under {thresholds.disk_free_fraction:.0%}"))
+    return found
+
+
+class ConditionTracker:
+    """Turns each sample's active conditions into ``Condition``s whose ``since`` is when they began."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+
+    def update(self, active: list[tuple[str, str]], *, now: float,
+               since: dict[str, float] | None = None) -> tuple[Condition, ...]:
+        """``since`` overrides the start of conditions whose reporter knows it (the runtime's)."""
+        known = since or {}
+        current = {kind for kind, _ in active}
+        self._since = {kind: known.get(kind, self._since.get(kind, now)) for kind in current}
+        return tuple(Condition(kind, message, self._since[kind]) for kind, message in sorted(active))
+
+
+def disk_space(path: Path) -> tuple[int, int]:
+    """``(total, available)`` bytes of the filesystem holding ``path``, as an unprivileged writer sees
+    it (root's reserved blocks are not counted as free)."""
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
 
 def agent_version() -> str:

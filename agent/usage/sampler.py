@@ -68,7 +68,9 @@ class ContainerSample:
 
 @dataclass(frozen=True)
 class HostSample:
-    """The host at one moment; mirrors ``HostInfo`` in the API."""
+    """The host at one moment; mirrors ``HostInfo`` in the API. Committed figures are the sums of the
+    *requests* of every container holding a reservation (created, running, restarting); the limit sums
+    are what those containers may use at most."""
 
     host_id: str
     hostname: str
@@ -84,6 +86,15 @@ class HostSample:
     containers: int
     containers_running: int
     cpu_used_cores: float
+    cpu_allocatable_millis: int = 0
+    memory_limits_bytes: int = 0
+    cpu_limits_millis: int = 0
+    disk_total_bytes: int = 0
+    disk_free_bytes: int = 0
+    boot_id: str = ""
+    os: str = "linux"
+    architecture: str = ""
+    conditions: tuple[hosts.Condition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,18 +117,23 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class RuntimeTotals:
-    """What the runtime has promised, running or not: the host's committed figures."""
+    """What the runtime has promised, running or not: the host's committed figures (requests) and the
+    limits behind them, plus conditions only the runtime knows (``(type, message, since)``)."""
 
     containers: int
     memory_committed_bytes: int
     cpu_committed_millis: int
+    memory_limits_bytes: int = 0
+    cpu_limits_millis: int = 0
+    conditions: tuple[tuple[str, str, float], ...] = ()
 
 
 def totals_of(targets: Sequence[SampleTarget]) -> RuntimeTotals:
     """Totals counting only the running containers, for a runtime that offers nothing better."""
-    return RuntimeTotals(containers=len(targets),
-                         memory_committed_bytes=sum(t.memory_limit_bytes or 0 for t in targets),
-                         cpu_committed_millis=sum(t.cpu_limit_millis or 0 for t in targets))
+    memory = sum(t.memory_limit_bytes or 0 for t in targets)
+    cpu = sum(t.cpu_limit_millis or 0 for t in targets)
+    return RuntimeTotals(containers=len(targets), memory_committed_bytes=memory, cpu_committed_millis=cpu,
+                         memory_limits_bytes=memory, cpu_limits_millis=cpu)
 
 
 class Mailbox:
@@ -157,6 +173,9 @@ class UsageSampler:
         identity: hosts.HostIdentity,
         interval: float = 1.0,
         memory_reserve_bytes: int = 0,
+        cpu_reserve_millis: int = 0,
+        disk_path: Path | None = None,
+        pressure: hosts.PressureThresholds | None = None,
         totals: Callable[[], RuntimeTotals] | None = None,
         layer_sizer: WritableLayerSizer | None = None,
         observe_duration: Callable[[float], None] | None = None,
@@ -170,6 +189,10 @@ class UsageSampler:
         self._targets = targets
         self._identity = identity
         self._reserve = max(0, memory_reserve_bytes)
+        self._cpu_reserve = max(0, cpu_reserve_millis)
+        self._disk_path = disk_path
+        self._pressure = pressure or hosts.PressureThresholds()
+        self._conditions = hosts.ConditionTracker()
         self._totals = totals
         self._sizer = layer_sizer if layer_sizer is not None else WritableLayerSizer()
         self._observe = observe_duration
@@ -200,7 +223,7 @@ class UsageSampler:
             return snap.host
         return self._host_sample(used_bytes=0, cpu_used=0.0, running=0,
                                  totals=RuntimeTotals(containers=0, memory_committed_bytes=0,
-                                                      cpu_committed_millis=0))
+                                                      cpu_committed_millis=0), disk=(0, 0), conditions=())
 
     async def subscribe(self, labels: Mapping[str, str] | None = None) -> AsyncIterator[Snapshot]:
         """Snapshots as they are taken, starting with the current one; only containers carrying all
@@ -316,7 +339,19 @@ class UsageSampler:
 
     def _host(self, *, running: int, totals: RuntimeTotals) -> HostSample:
         meminfo = hosts.read_meminfo(self._proc / "meminfo")
-        used = meminfo.get("MemTotal", 0) - meminfo.get("MemAvailable", 0)
+        available = meminfo.get("MemAvailable", 0)
+        used = meminfo.get("MemTotal", 0) - available
+        disk = (0, 0)
+        if self._disk_path is not None:
+            try:
+                disk = hosts.disk_space(self._disk_path)
+            except OSError as err:
+                log.warning("cannot measure the disk of %s: %s", self._disk_path, err)
+        active = hosts.pressure(memory_available=available, disk_total=disk[0], disk_free=disk[1],
+                                thresholds=self._pressure)
+        active += [(kind, message) for kind, message, _ in totals.conditions]
+        conditions = self._conditions.update(active, now=self._wall(),
+                                             since={kind: since for kind, _, since in totals.conditions})
         with open(self._proc / "stat", encoding="ascii") as f:
             times = sample.parse_proc_stat(f.read())
         at = self._clock()
@@ -327,10 +362,11 @@ class UsageSampler:
                                          now_seconds=times.busy_ticks / self._clk_tck,
                                          wall_seconds=at - prev_at)
         self._previous_host = (times, at)
-        return self._host_sample(used_bytes=used, cpu_used=cpu_used, running=running, totals=totals)
+        return self._host_sample(used_bytes=used, cpu_used=cpu_used, running=running, totals=totals,
+                                 disk=disk, conditions=conditions)
 
-    def _host_sample(self, *, used_bytes: int, cpu_used: float, running: int,
-                     totals: RuntimeTotals) -> HostSample:
+    def _host_sample(self, *, used_bytes: int, cpu_used: float, running: int, totals: RuntimeTotals,
+                     disk: tuple[int, int], conditions: tuple[hosts.Condition, ...]) -> HostSample:
         ident = self._identity
         return HostSample(
             host_id=ident.host_id, hostname=ident.hostname, agent_version=ident.agent_version,
@@ -340,7 +376,10 @@ class UsageSampler:
             memory_used_bytes=used_bytes, memory_committed_bytes=totals.memory_committed_bytes,
             cpu_committed_millis=totals.cpu_committed_millis,
             containers=max(totals.containers, running), containers_running=running,
-            cpu_used_cores=cpu_used,
+            cpu_used_cores=cpu_used, cpu_allocatable_millis=max(0, self._cores * 1000 - self._cpu_reserve),
+            memory_limits_bytes=totals.memory_limits_bytes, cpu_limits_millis=totals.cpu_limits_millis,
+            disk_total_bytes=disk[0], disk_free_bytes=disk[1], boot_id=ident.boot_id, os=ident.os,
+            architecture=ident.architecture, conditions=conditions,
         )
 
 

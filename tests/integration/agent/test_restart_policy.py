@@ -60,8 +60,9 @@ def test_on_failure_restarts_exactly_max_times_then_stays_exited(agent: AgentPro
 def test_always_restarts_after_a_clean_exit_and_stop_during_backoff_wins(agent: AgentProcess) -> None:
     agent.run("run", "-d", "--name", "looper", "--restart", "always", IMAGE, "sh", "-c", "exit 0")
     # Backoff doubles from 100 ms: by the 5th restart the wait is 1.6 s, wide enough to stop inside.
-    info = wait_for(lambda: (i := inspect(agent, "looper"))["restart_count"] >= 5 and i["state"] == "exited"
-                    and i.get("next_restart_at") and i)
+    # Waiting out a backoff is its own state: "restarting" (it keeps its reservation on the host).
+    info = wait_for(lambda: (i := inspect(agent, "looper"))["restart_count"] >= 5
+                    and i["state"] == "restarting" and i.get("next_restart_at") and i)
     count = info["restart_count"]
     assert info["exit_code"] == 0 and info["reason"] == "Completed"
     agent.run("stop", "looper")
