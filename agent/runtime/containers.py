@@ -483,15 +483,17 @@ class ContainerRuntime:
                         "remove it or choose another name"
                     )
         request = prepare.Request(container_id=cid, name=name or f"shoal-{cid[:12]}", spec=spec, fence=fence)
-        return await self._shielded(self._create(request, pull=pull, named=bool(name)),
-                                    name=f"create-{cid[:12]}")
-
-    async def _create(self, request: prepare.Request, *, pull: PullPolicy, named: bool) -> Container:
-        cid = request.container_id
-        keys = [cid] + (["name:" + request.name] if named else [])
+        # Reserved now, in the same step as the checks above: the work runs in a task of its own.
+        keys = [cid] + (["name:" + name] if name else [])
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for key in keys:
             self._creating[key] = done
+        return await self._shielded(self._create(request, pull=pull, keys=keys, done=done),
+                                    name=f"create-{cid[:12]}")
+
+    async def _create(self, request: prepare.Request, *, pull: PullPolicy, keys: list[str],
+                      done: asyncio.Future[None]) -> Container:
+        cid = request.container_id
         try:
             image = await self._image_for(request.spec.image, pull)
             layers = await asyncio.to_thread(self.images.layer_paths, image)
