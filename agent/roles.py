@@ -68,7 +68,7 @@ def authorize(caller: Caller, *, allowed: frozenset[str] = AGENT_CALLERS) -> Non
         raise PermissionDenied("the client certificate carries no Shoal role (it predates roles or was not "
                                "issued by `shoal certs`): issue a new one with "
                                "`shoal certs issue --kind client`")
-    raise PermissionDenied(f"a {caller.role} certificate may not call this API (allowed: "
+    raise PermissionDenied(f"certificates of role {caller.role!r} may not call this API (allowed: "
                            f"{', '.join(sorted(allowed))})")
 
 

@@ -228,6 +228,7 @@ class Agent:
     cgroup_parent: str
     ballast_mib: int = 0
     extra_args: tuple[str, ...] = ()
+    agent_bin: str = ""  # another build's shoal-agent (default: the one beside this interpreter)
     process: subprocess.Popen[bytes] | None = None
     channel: grpc.Channel | None = None
     containers: pb_grpc.ContainersStub | None = None
@@ -238,7 +239,8 @@ class Agent:
 
     def start(self) -> None:
         self.root.mkdir(parents=True)
-        argv = [str(Path(sys.executable).parent / "shoal-agent"), "serve", "--root", str(self.root / "state"),
+        argv = [self.agent_bin or str(Path(sys.executable).parent / "shoal-agent"), "serve",
+                "--root", str(self.root / "state"),
                 "--listen", self.address, "--cgroup-parent", self.cgroup_parent, "--log-level", "warning"]
         if self.ballast_mib:
             argv += ["--bench-ballast-mib", str(self.ballast_mib)]

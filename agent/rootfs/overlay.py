@@ -13,7 +13,15 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.runtime.plan import OverlayRootfs
+
+@dataclass(frozen=True)
+class OverlayRootfs:
+    """An overlay root: ``lower`` is top-most first (init layer, then image layers top to bottom)."""
+
+    lower: tuple[str, ...]
+    upper: str
+    work: str
+    target: str  # the (empty) directory the overlay is mounted on, then pivot_root'ed into
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,12 @@ import asyncio
 import collections
 import contextlib
 import enum
-import functools
 import logging
 import signal as signals
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +47,7 @@ from agent.rootfs import overlay
 from agent.runtime import core, execs, prepare, records, runfile
 from agent.runtime import health as healthcheck
 from agent.runtime import logs as ctrlogs
+from agent.runtime.container import Container
 from agent.runtime.drivers import ImageSource, Network, Supervisor, SupervisorConnector
 from agent.runtime.events import EventLog, EventType
 from agent.runtime.executor import Executor, LaunchFailed
@@ -58,7 +58,6 @@ from agent.runtime.spec import (
     NetworkMode,
     new_container_id,
     parse_signal,
-    spec_from_dict,
     validate_id,
     validate_name,
 )
@@ -137,61 +136,6 @@ class Listing:
     containers: list[Container]
     event_sequence: int
     event_epoch: str
-
-
-@dataclass(eq=False)
-class Container:
-    """The daemon's live view of one container: its record, its lifecycle, and the runtime's handles."""
-
-    record: records.ContainerRecord
-    lc: core.Lifecycle = field(default_factory=core.Lifecycle)
-    cgroup_paths: dict[str, str] = field(default_factory=dict)
-    # Set while it is not running (exited, restarting, removed): what stop and wait wait for.
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    # Serializes launches and removal: a launch in flight is waited out, never abandoned.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    restart_timer: asyncio.TimerHandle | None = None
-    health_task: asyncio.Task[None] | None = None
-    # An exit reported while its launch was still being applied; handled right after.
-    pending_exit: ExitEvent | None = None
-    sample_target: SampleTarget | None = field(default=None, repr=False)  # cached per run
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @functools.cached_property
-    def spec(self) -> ContainerSpec:
-        return spec_from_dict(self.record.spec)
-
-    @functools.cached_property
-    def policy(self) -> core.Policy:
-        spec = self.spec
-        return core.Policy(restart=spec.restart, auto_remove=spec.auto_remove, health=spec.health)
-
-    @functools.cached_property
-    def labels(self) -> dict[str, str]:
-        return dict(self.spec.labels)
-
-    @property
-    def directory(self) -> Path:
-        return Path(self.record.prepared.rootfs_dir).parent
-
-    @property
-    def fence(self) -> Fence:
-        return Fence(owner=self.record.owner, epoch=self.record.epoch)
-
-    @property
-    def state(self) -> State:
-        return self.lc.state
-
-    @property
-    def exit(self) -> core.ExitStatus | None:
-        return self.lc.exit
 
 
 class ContainerRuntime:

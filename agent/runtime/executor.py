@@ -21,25 +21,23 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from agent.cgroups import manager as cgroups
 from agent.errors import FailedPrecondition, LaunchError, ShoalError
 from agent.network import netns
 from agent.network.manager import Attachment
-from agent.rootfs import initlayer
+from agent.rootfs import initlayer, overlay
 from agent.runtime import core, execs, probes, runfile
 from agent.runtime import health as healthcheck
 from agent.runtime import plan as plans
+from agent.runtime.container import Container
 from agent.runtime.drivers import Network, Supervisor
 from agent.runtime.events import EventLog
 from agent.runtime.health import HealthCheck, HealthStatus, ProbeKind
 from agent.runtime.records import ContainerStatus, write_status
 from agent.runtime.spec import NetworkMode
 from agent.runtime.state import State
-
-if TYPE_CHECKING:
-    from agent.runtime.containers import Container
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -335,7 +333,7 @@ class Executor:
             namespaces += ("net",)
         return plans.LaunchPlan(
             container_id=ctr.id,
-            rootfs=plans.OverlayRootfs(lower=p.lower_dirs, upper=p.upper_dir, work=p.work_dir,
+            rootfs=overlay.OverlayRootfs(lower=p.lower_dirs, upper=p.upper_dir, work=p.work_dir,
                                        target=p.rootfs_dir),
             argv=p.argv, env=p.env, cwd=p.working_dir, uid=p.uid, gid=p.gid,
             additional_gids=p.additional_gids, hostname=p.hostname, read_only=spec.read_only,

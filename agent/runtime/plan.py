@@ -16,6 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agent.rootfs.overlay import OverlayRootfs as OverlayRootfs  # re-exported: it crosses with the plan
+
 # Docker's default capability set (moby/oci/caps/defaults.go), by name without the CAP_ prefix.
 DEFAULT_CAPABILITIES: tuple[str, ...] = (
     "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP",
@@ -55,16 +57,6 @@ DEFAULT_DEVICES: tuple[DeviceNode, ...] = (
     DeviceNode("/dev/urandom", "c", 1, 9),
     DeviceNode("/dev/tty", "c", 5, 0),
 )
-
-
-@dataclass(frozen=True)
-class OverlayRootfs:
-    """An overlay root: ``lower`` is top-most first (init layer, then image layers top to bottom)."""
-
-    lower: tuple[str, ...]
-    upper: str
-    work: str
-    target: str  # the (empty) directory the overlay is mounted on, then pivot_root'ed into
 
 
 @dataclass(frozen=True)

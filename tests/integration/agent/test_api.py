@@ -115,3 +115,120 @@ def test_status_codes(stub: pb_grpc.ContainersStub) -> None:
     assert (ctr.state, ctr.exit_code, ctr.reason) == (pb.CONTAINER_STATE_EXITED, 127, "StartFailed")
     for cid in ("codes", "codes-missing"):
         stub.RemoveContainer(pb.RemoveContainerRequest(id=cid, force=True))
+
+
+def _error(call: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()  # type: ignore[operator]
+    return info.value
+
+
+def test_fencing_refuses_a_deposed_leaders_late_calls(stub: pb_grpc.ContainersStub) -> None:
+    old, new = pb.Fence(owner="scheduler", epoch=3), pb.Fence(owner="scheduler", epoch=4)
+    created = stub.CreateContainer(pb.CreateContainerRequest(id="fenced", spec=_spec("sleep", "300"),
+                                                             start=True, fence=old))
+    assert (created.created_by.owner, created.created_by.epoch) == ("scheduler", 3)
+    stub.StopContainer(pb.StopContainerRequest(id="fenced", timeout_seconds=1, fence=new))
+    for late in (lambda: stub.StartContainer(pb.StartContainerRequest(id="fenced", fence=old)),
+                 lambda: stub.KillContainer(pb.KillContainerRequest(id="fenced", fence=old)),
+                 lambda: stub.RemoveContainer(pb.RemoveContainerRequest(id="fenced", force=True, fence=old)),
+                 lambda: stub.CreateContainer(pb.CreateContainerRequest(id="other", spec=_spec("true"),
+                                                                        fence=old))):
+        err = _error(late)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert dict(err.trailing_metadata())["shoal-error"] == "StaleEpoch"
+    assert stub.GetContainer(pb.ContainerRef(id="fenced")).state == pb.CONTAINER_STATE_EXITED
+    stub.RemoveContainer(pb.RemoveContainerRequest(id="fenced", fence=new))
+
+
+def test_list_then_watch_from_its_sequence_misses_nothing(stub: pb_grpc.ContainersStub) -> None:
+    listing = stub.ListContainers(pb.ListContainersRequest(all=True))
+    assert listing.event_epoch
+    stub.CreateContainer(pb.CreateContainerRequest(id="watched", spec=_spec("true"), start=True))
+    stub.WaitContainer(pb.ContainerRef(id="watched"))
+    stream = stub.WatchEvents(pb.WatchEventsRequest(after_sequence=listing.event_sequence,
+                                                    epoch=listing.event_epoch, labels={}))
+    seen = []
+    for event in stream:
+        assert event.epoch == listing.event_epoch
+        if event.container_id == "watched":
+            seen.append(event.type)
+        if event.type == pb.EVENT_TYPE_EXITED and event.container_id == "watched":
+            break
+    stream.cancel()
+    assert seen == [pb.EVENT_TYPE_CREATED, pb.EVENT_TYPE_STARTED, pb.EVENT_TYPE_EXITED]
+    stub.RemoveContainer(pb.RemoveContainerRequest(id="watched"))
+
+
+def test_resuming_a_lost_history_is_out_of_range_with_what_to_do(stub: pb_grpc.ContainersStub) -> None:
+    epoch = stub.ListContainers(pb.ListContainersRequest()).event_epoch
+    err = _error(lambda: list(stub.WatchEvents(pb.WatchEventsRequest(after_sequence=1, epoch="0" * 16))))
+    assert err.code() == grpc.StatusCode.OUT_OF_RANGE
+    trailing = dict(err.trailing_metadata())
+    assert trailing["shoal-error"] == "HistoryTruncated" and trailing["shoal-event-epoch"] == epoch
+    assert int(trailing["shoal-oldest-sequence"]) >= 1
+
+
+def test_remove_with_missing_ok_is_idempotent(stub: pb_grpc.ContainersStub) -> None:
+    stub.CreateContainer(pb.CreateContainerRequest(id="twice", spec=_spec("true")))
+    first = stub.RemoveContainer(pb.RemoveContainerRequest(id="twice", missing_ok=True))
+    again = stub.RemoveContainer(pb.RemoveContainerRequest(id="twice", missing_ok=True))
+    assert (first.id, first.already_removed) == ("twice", False)
+    assert (again.id, again.already_removed) == ("twice", True)
+    assert _code(lambda: stub.RemoveContainer(pb.RemoveContainerRequest(id="twice"))) == \
+        grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(("resources", "message"), [
+    (pb.Resources(memory_bytes=1), "too small: the minimum is 6M"),
+    (pb.Resources(memory_bytes=64 << 20, memory_request_bytes=65 << 20), "exceeds the memory limit"),
+    (pb.Resources(cpu_millis=1), "the minimum is 10m"),
+])
+def test_resources_no_container_could_run_with_are_refused(stub: pb_grpc.ContainersStub,
+                                                           resources: pb.Resources, message: str) -> None:
+    err = _error(lambda: stub.CreateContainer(pb.CreateContainerRequest(
+        spec=pb.ContainerSpec(image=IMAGE, command=["true"], resources=resources))))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in (err.details() or "")
+
+
+def test_committed_counts_requests_of_created_containers_too(agent: AgentProcess,
+                                                           stub: pb_grpc.ContainersStub) -> None:
+    with grpc.insecure_channel(agent.address) as channel:
+        usage = pb_grpc.HostStub(channel).WatchUsage(pb.WatchUsageRequest())
+
+        def fresh() -> pb.HostInfo:
+            """The host as sampled after this call (the stream starts with the latest, maybe older one)."""
+            start = next(usage).sequence
+            while (snapshot := next(usage)).sequence <= start + 1:
+                pass
+            return snapshot.host
+
+        before = fresh()
+        stub.CreateContainer(pb.CreateContainerRequest(id="reserved", spec=pb.ContainerSpec(
+            image=IMAGE, command=["sleep", "300"],
+            resources=pb.Resources(memory_bytes=256 << 20, memory_request_bytes=64 << 20, cpu_millis=500))))
+        after = fresh()
+        usage.cancel()
+        assert after.containers == before.containers + 1
+        assert after.memory_committed_bytes - before.memory_committed_bytes == 64 << 20
+        assert after.cpu_committed_millis - before.cpu_committed_millis == 500
+        assert after.memory_limits_bytes - before.memory_limits_bytes == 256 << 20
+        stub.RemoveContainer(pb.RemoveContainerRequest(id="reserved"))
+
+
+def test_host_identity_capacity_and_conditions(agent: AgentProcess) -> None:
+    import os
+    import platform
+    import shutil
+
+    with grpc.insecure_channel(agent.address) as channel:
+        info = pb_grpc.HostStub(channel).GetHost(pb.GetHostRequest())
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        assert info.boot_id == f.read().strip()
+    assert info.os == "linux" and info.architecture == {"x86_64": "amd64", "aarch64": "arm64"}.get(
+        platform.machine(), platform.machine())
+    assert info.cpu_allocatable_millis == len(os.sched_getaffinity(0)) * 1000
+    total, _, _ = shutil.disk_usage(agent.root)
+    assert info.disk_total_bytes == total and 0 < info.disk_free_bytes <= total
+    kinds = {c.type for c in info.conditions}
+    assert kinds <= {"MemoryPressure", "DiskPressure"}  # no SupervisorDown on a healthy agent

@@ -88,3 +88,38 @@ def test_certs_init_output_works_for_agent_and_cli(tmp_path: Path) -> None:
         assert _shoal(address, "--tls-dir", str(other), "ps").returncode != 0  # another cluster's CA
     finally:
         agent.stop()
+
+
+def test_certificate_roles_decide_who_may_call_an_agent(tmp_path: Path) -> None:
+    """Schedulers and clients may call an agent; another agent's certificate, or one with no role, may
+    not; and a path on the agent's host is only for the unix socket."""
+    import grpc
+
+    from proto.agent.v1 import agent_pb2 as pb
+    from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+
+    pki = write_pki(tmp_path / "pki")
+    address = f"127.0.0.1:{_free_port()}"
+    agent = _agent(tmp_path, "--listen", address, "--tls-dir", str(pki["agent"]))
+    agent.start()
+    try:
+        assert _shoal(address, "--tls-dir", str(pki["good"]), "ps").returncode == 0
+        assert _shoal(address, "--tls-dir", str(pki["scheduler"]), "ps").returncode == 0
+        peer = _shoal(address, "--tls-dir", str(pki["peer-agent"]), "ps")
+        assert peer.returncode != 0 and "role 'agent' may not call this API" in peer.stderr
+        old = _shoal(address, "--tls-dir", str(pki["roleless"]), "ps")
+        assert old.returncode != 0 and "carries no Shoal role" in old.stderr
+
+        client = pki["good"]
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=(client / "ca.pem").read_bytes(),
+            private_key=(client / "client-key.pem").read_bytes(),
+            certificate_chain=(client / "client.pem").read_bytes())
+        with grpc.secure_channel(address, creds) as channel:
+            images = pb_grpc.ImagesStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                list(images.ImportImage(iter([pb.ImportImageRequest(path="/etc/shadow")])))
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "only allowed over the agent's unix socket" in (info.value.details() or "")
+    finally:
+        agent.stop()

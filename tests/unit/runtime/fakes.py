@@ -25,7 +25,6 @@ from agent.runtime import runfile
 from agent.runtime.plan import LaunchPlan
 from agent.runtime.supervisor_client import ExitEvent, RunningInfo, StartResult
 
-
 # -- cgroups -------------------------------------------------------------------------------------
 
 @dataclass
@@ -68,7 +67,8 @@ class FakeCgroups:
         self.groups: dict[str, FakeGroup] = {}
         self.created: list[str] = []
 
-    def create(self, name: str, *, limits: cgroups.Limits, devices: Sequence[cgroups.DeviceRule]) -> FakeGroup:
+    def create(self, name: str, *, limits: cgroups.Limits,
+               devices: Sequence[cgroups.DeviceRule]) -> FakeGroup:
         group = self.groups[name] = FakeGroup(name, limits)
         self.created.append(name)
         return group
@@ -78,7 +78,8 @@ class FakeCgroups:
         return group if group is not None and not group.removed else None
 
     def list_children(self, parent: str) -> list[str]:
-        return [n.rpartition("/")[2] for n, g in self.groups.items() if n.startswith(parent + "/") and not g.removed]
+        return [n.rpartition("/")[2] for n, g in self.groups.items()
+                if n.startswith(parent + "/") and not g.removed]
 
     def remove_parent_if_empty(self, parent: str) -> bool:
         return not self.list_children(parent)
@@ -188,9 +189,9 @@ class FakeSupervisor:
             raise LaunchError(f"launch failed: {failure}", kind=failure)
         pid = next(self._pids)
         started = time.time()
+        behaviour = self.world.signal_behaviour.get(container_id, lambda sig: 128 + sig)
         self.world.alive[container_id] = _Proc(pid=pid, directory=directory, started_at=started,
-                                               on_signal=self.world.signal_behaviour.get(container_id,
-                                                                                         lambda sig: 128 + sig))
+                                               on_signal=behaviour)
         runfile.write_run_file(directory, runfile.RunRecord(pid=pid, started_at=started))
         return StartResult(pid=pid, started_at=started)
 

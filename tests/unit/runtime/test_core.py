@@ -97,7 +97,8 @@ def test_on_failure_counts_its_retries_and_ignores_clean_exits() -> None:
 
 
 def test_an_oom_kill_is_two_events_and_a_failure() -> None:
-    step = core.exited("c", running(), code=137, sig=9, oom=True, finished_at=NOW, policy=ON_FAILURE_2, now=NOW)
+    step = core.exited("c", running(), code=137, sig=9, oom=True, finished_at=NOW, policy=ON_FAILURE_2,
+                       now=NOW)
     assert step.lifecycle.exit == core.ExitStatus(137, "OOMKilled")
     assert kinds(step) == [EventType.OOM_KILLED, EventType.EXITED, EventType.RESTARTING]
 
@@ -115,8 +116,8 @@ def test_exit_reasons(code: int, sig: int | None, kill_reason: str, reason: str)
 
 def test_a_users_failed_start_is_reported_and_not_retried() -> None:
     starting = core.start("c", core.Lifecycle(), automatic=False, now=NOW).lifecycle
-    step = core.launch_failed("c", starting, kind="not-found", error="no sh", finished_at=NOW, automatic=False,
-                              policy=ALWAYS, now=NOW)
+    step = core.launch_failed("c", starting, kind="not-found", error="no sh", finished_at=NOW,
+                              automatic=False, policy=ALWAYS, now=NOW)
     assert step.lifecycle.state is State.EXITED
     assert step.lifecycle.exit == core.ExitStatus(127, "StartFailed", "no sh")
     assert kinds(step) == [EventType.START_FAILED] and not has(step, core.ScheduleRestart)
@@ -155,8 +156,8 @@ def test_a_launch_that_could_not_begin_goes_back() -> None:
 def test_launched_starts_health_and_emits_started() -> None:
     check = HealthCheck(kind=ProbeKind.TCP, port=80)
     starting = core.start("c", core.Lifecycle(), automatic=False, now=NOW).lifecycle
-    step = core.launched("c", starting, pid=7, started_at=NOW, policy=core.Policy(RestartPolicy(), health=check),
-                         now=NOW)
+    step = core.launched("c", starting, pid=7, started_at=NOW,
+                         policy=core.Policy(RestartPolicy(), health=check), now=NOW)
     assert step.lifecycle.state is State.RUNNING and step.lifecycle.pid == 7
     assert step.lifecycle.health is HealthStatus.STARTING
     assert kinds(step) == [EventType.STARTED] and has(step, core.StartHealth)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.runtime.spec import spec_from_dict, spec_to_dict
 from agent.runtime.health import HealthCheck, HealthResult, HealthStatus, ProbeKind
-from agent.runtime.restart import RestartMode, RestartPolicy
-from agent.runtime.spec import ContainerSpec, Resources
 from agent.runtime.records import STATUS_FILE, ContainerStatus, read_status, write_status
+from agent.runtime.restart import RestartMode, RestartPolicy
+from agent.runtime.spec import ContainerSpec, Resources, spec_from_dict, spec_to_dict
 
 
 def test_spec_round_trips_restart_and_health_through_json() -> None:

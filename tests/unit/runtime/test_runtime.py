@@ -85,7 +85,8 @@ def test_create_start_and_list_with_the_event_sequence_it_reflects(h: Harness) -
             listing = rt.listing(all=True)
             assert [c.id for c in listing.containers] == ["web-1"] and ctr.state is State.RUNNING
             assert [e.type for e in rt.events.history()] == [EventType.CREATED, EventType.STARTED]
-            assert listing.event_sequence == rt.events.last_sequence and listing.event_epoch == rt.events.epoch
+            assert listing.event_sequence == rt.events.last_sequence
+            assert listing.event_epoch == rt.events.epoch
             # Watching from the listing's sequence gives exactly what happened after it.
             h.world.exit("web-1", 0)
             seq = await next_event(rt, listing.event_sequence, EventType.EXITED, "web-1")
