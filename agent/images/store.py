@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from agent import durable
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.images import importer, layers, refs
 
@@ -667,18 +668,8 @@ class ImageStore:
         self._atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
 
     def _atomic_write_bytes(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix=".write-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        # Records and blobs are small; a full disk surfaces as ResourceExhausted naming the file.
+        durable.write_file(path, data, mode=0o644)
 
     def _write_blob(self, digest: str, data: bytes) -> None:
         # The caller verified ``data`` against ``digest`` (importer.Archive.read_blob or the docker config
