@@ -103,10 +103,21 @@ class Ipam:
         with self.journal.locked():
             return self._replay()[0]
 
+    def address_of(self, owner: str) -> ipaddress.IPv4Address | None:
+        """``owner``'s address, or ``None``; parses only that record (see ``allocations`` for all)."""
+        with self.journal.locked():
+            texts, _ = self._replay_texts()
+        text = texts.get(owner)
+        return None if text is None else ipaddress.IPv4Address(text)
+
     def _replay(self) -> tuple[dict[str, ipaddress.IPv4Address], int]:
+        texts, logged = self._replay_texts()
+        return {owner: ipaddress.IPv4Address(text) for owner, text in texts.items()}, logged
+
+    def _replay_texts(self) -> tuple[dict[str, str], int]:
+        """Owner → address text, and the number of entries logged. Texts while replaying, parsed only
+        for the survivors (by the caller): parsing every logged address was most of an allocate's cost."""
         entries = self.journal.entries()
-        # Texts while replaying, parsed only for the survivors: parsing every logged address was most
-        # of an allocate's cost.
         texts: dict[str, str] = {}
         recorded = str(self.subnet)
         for entry in entries:
@@ -116,13 +127,12 @@ class Ipam:
                 texts[str(entry["allocate"])] = str(entry["address"])
             elif "release" in entry:
                 texts.pop(str(entry["release"]), None)
-        allocations = {owner: ipaddress.IPv4Address(text) for owner, text in texts.items()}
-        if ipaddress.IPv4Network(recorded) != self.subnet and allocations:
+        if texts and recorded != str(self.subnet) and ipaddress.IPv4Network(recorded) != self.subnet:
             raise FailedPrecondition(
-                f"addresses of subnet {recorded} are still allocated ({len(allocations)} containers); "
+                f"addresses of subnet {recorded} are still allocated ({len(texts)} containers); "
                 f"remove those containers before switching to {self.subnet}"
             )
-        return allocations, len(entries)
+        return texts, len(entries)
 
     def _compact(self, allocations: dict[str, ipaddress.IPv4Address], logged: int) -> None:
         snapshot: list[dict[str, Any]] = [{"subnet": str(self.subnet)}]

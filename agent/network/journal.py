@@ -4,8 +4,11 @@ Why not rewrite a JSON file and rename it over the old one: on ext4 a rename ove
 flushes the new file's data (``auto_da_alloc``), 0.14 ms idle to 1.5 ms under load, twice per start
 (address and ports). Appending one line costs about 0.01 ms, and a single ``write`` of one line to an
 ``O_APPEND`` file is all-or-nothing if the agent crashes (the kernel finishes the syscall). A line torn by
-a power loss is skipped on replay. When the log holds many more lines than live records, it is compacted
-by the classic write-temp-and-rename, which is rare.
+a power loss is skipped on replay, and the next append starts on a fresh line so the torn bytes never
+swallow it. A write the disk cannot take (ENOSPC, EDQUOT, or a short write) is cut back to where the file
+was, so no partial line stays behind, and raised as ``ResourceExhausted`` naming the file. When the log
+holds many more lines than live records, it is compacted with ``agent.durable.write_file`` (temp, fsync,
+rename), which is rare.
 
 Replaying is incremental: a ``Journal`` keeps the entries it has parsed and, while the file is the same,
 reads only what was appended since. "The same" is: same device and inode (compaction by any process makes
@@ -20,6 +23,7 @@ threads alike, since each call opens its own file description) around replay-dec
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -27,6 +31,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from agent import durable
 
 # Compact when the log has this many more lines than the snapshot would.
 _COMPACT_SLACK = 256
@@ -49,7 +55,10 @@ class Journal:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise durable.os_error(err, op="open the lock file", path=self._lock_path) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -84,10 +93,26 @@ class Journal:
             os.close(fd)
 
     def append(self, entry: dict[str, Any]) -> None:
+        """Add ``entry`` as one line, all or nothing; call with ``locked()`` held (the cut-back on a
+        failed write assumes no other writer in between)."""
         line = (json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, line)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise durable.os_error(err, op="append to", path=self.path) from err
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # after a torn line: end it, or it would swallow this entry
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    # Only a full disk cuts a regular-file write short.
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as err:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise durable.os_error(err, op="append to", path=self.path) from err
         finally:
             os.close(fd)
 
@@ -95,9 +120,8 @@ class Journal:
         """Replace the log by ``snapshot`` (entries that replay to the same state) if it has grown."""
         if logged - len(snapshot) < _COMPACT_SLACK:
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(e, separators=(",", ":"), sort_keys=True) + "\n" for e in snapshot))
-        os.replace(tmp, self.path)
+        text = "".join(json.dumps(e, separators=(",", ":"), sort_keys=True) + "\n" for e in snapshot)
+        durable.write_file(self.path, text, mode=0o600)  # ResourceExhausted naming the file if full
 
 
 def _parse(data: bytes) -> list[dict[str, Any]]:

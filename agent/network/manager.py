@@ -10,6 +10,16 @@ ports) and ``netns/<id>`` (pinned namespaces). The files are the truth; the kern
 namespace, map elements) are derived from them and can always be removed again by id, which is what
 makes ``detach`` idempotent and usable on a half-built attachment: ``attach`` rolls back with it.
 
+What is attached where is also kept in memory, so ``attachment()`` (called for every container of every
+``ListContainers``/``GetContainer``) is a dict lookup: no journal replay, no flock, no I/O. The view is
+loaded from the journals by ``setup_host`` and ``reconcile`` and updated at the end of every ``attach``
+and ``detach`` from what the journals then say for that container, so it always matches the files (which
+stay the truth: a restarted agent reloads them). Attach and detach run in threads of their own while
+readers run on the event loop: the view is an immutable mapping replaced whole under a writers' lock, and
+a reader takes one reference, so it sees a container's attachment complete or not at all, never half of
+one (an attach in progress is invisible until it has its address and ports; a detach in progress shows
+the attachment whole until it is gone).
+
 Attach order: reserve ports (conflicts with this agent's other containers and with host listeners are
 refused before anything is built) → allocate an address → namespace + veth → DNAT map elements. Detach
 runs the reverse and releases the address last, so it is never handed out while anything still points at
@@ -23,11 +33,13 @@ import contextlib
 import functools
 import ipaddress
 import os
-from collections.abc import Collection, Iterable
+import threading
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
-from agent.errors import FailedPrecondition
+from agent.errors import FailedPrecondition, ShoalError
 from agent.network import bridge, firewall, ipam, netns, ports, rtnetlink
 
 
@@ -67,6 +79,10 @@ class NetworkManager:
         self.ipam = ipam.Ipam(root / "network", subnet)
         self.ports = ports.PortTable(root / "network")
         self._host: HostNetwork | None = None
+        # The in-memory view (see the module docstring): replaced whole, never mutated, so readers need
+        # no lock; writers (threads of attach/detach/reconcile) serialise on ``_view_lock``.
+        self._attachments: Mapping[str, Attachment] = MappingProxyType({})
+        self._view_lock = threading.Lock()
 
     # --- async API for the agent's event loop ---------------------------------------------------------
 
@@ -100,6 +116,7 @@ class NetworkManager:
         bridge.enable_ip_forward()
         firewall.apply_ruleset(bridge=self.bridge, subnet=self.subnet, forwards=self._forwards())
         self._host = HostNetwork(bridge=self.bridge, bridge_index=index, gateway=gateway, mtu=mtu)
+        self._load_view()
         return self._host
 
     def attach_blocking(
@@ -134,15 +151,24 @@ class NetworkManager:
         except BaseException:
             self.detach_blocking(container_id)
             raise
-        return Attachment(
-            container_id=container_id, netns_path=str(path), address=iface, gateway=host.gateway.ip,
-            mac=mac, host_veth=veth, mtu=host.mtu, ports=publish,
-        )
+        attached = self._sync_view(container_id)
+        if attached is None:  # only if something else edited the journal behind this agent's back
+            raise ShoalError(
+                f"the address of container {container_id[:12]} vanished from {self.ipam.journal.path}"
+            )
+        return attached
 
     def detach_blocking(self, container_id: str) -> bool:
         """Remove everything ``attach`` may have made for ``container_id``; ``False`` if nothing was there."""
-        address = self.ipam.allocations().get(container_id)
-        published = self.ports.read().get(container_id, ())
+        try:
+            return self._detach_records(container_id)
+        finally:
+            # Also after a failure part way: the view then shows what the journals still hold.
+            self._sync_view(container_id)
+
+    def _detach_records(self, container_id: str) -> bool:
+        address = self.ipam.address_of(container_id)
+        published = self.ports.published_by(container_id)
         found = False
         if address is not None and published:
             try:
@@ -174,6 +200,7 @@ class NetworkManager:
         leaked = sorted(known - set(live_ids))
         for container_id in leaked:
             self.detach_blocking(container_id)
+        self._load_view()
         return leaked
 
     def teardown_host_blocking(self) -> None:
@@ -185,6 +212,8 @@ class NetworkManager:
         with rtnetlink.Socket() as sock:
             bridge.delete_link(sock, self.bridge)
         self._host = None
+        with self._view_lock:
+            self._attachments = MappingProxyType({})
 
     # --- queries -------------------------------------------------------------------------------------------
 
@@ -192,16 +221,56 @@ class NetworkManager:
         return self.netns_dir / container_id
 
     def attachment(self, container_id: str) -> Attachment | None:
-        """The recorded attachment of ``container_id`` (for ``inspect``/``ps``), or ``None``."""
+        """The attachment of ``container_id`` (for ``inspect``/``ps``), or ``None``. Non-blocking: a
+        lookup in the in-memory view, safe to call on the event loop while attaches run in threads."""
+        self._require_host()
+        return self._attachments.get(container_id)
+
+    def attachments(self) -> Mapping[str, Attachment]:
+        """Every current attachment, by container id: one consistent, immutable snapshot."""
+        self._require_host()
+        return self._attachments
+
+    # --- the in-memory view (blocking: journal replays under their flocks) ---------------------------------
+
+    def _load_view(self) -> None:
+        """Replace the whole view by what the journals hold (at start, after reconcile)."""
+        with self._view_lock:
+            if self._host is None:
+                return
+            published = self.ports.read()
+            self._attachments = MappingProxyType({
+                owner: self._describe(owner, address, published.get(owner, ()))
+                for owner, address in self.ipam.allocations().items()
+            })
+
+    def _sync_view(self, container_id: str) -> Attachment | None:
+        """Make the view's entry for ``container_id`` (only) match the journals; returns it.
+
+        Only this container's entry is taken from the journals: another container's attach or detach may
+        be half-way through them right now, and its own sync publishes it when it is done."""
+        with self._view_lock:
+            if self._host is None:
+                return None
+            address = self.ipam.address_of(container_id)
+            current = dict(self._attachments)
+            if address is None:
+                current.pop(container_id, None)
+            else:
+                published = self.ports.published_by(container_id)
+                current[container_id] = self._describe(container_id, address, published)
+            self._attachments = MappingProxyType(current)  # one reference store: readers see old or new
+            return current.get(container_id)
+
+    def _describe(
+        self, container_id: str, address: ipaddress.IPv4Address, published: tuple[ports.PortMapping, ...],
+    ) -> Attachment:
         host = self._require_host()
-        address = self.ipam.allocations().get(container_id)
-        if address is None:
-            return None
         return Attachment(
             container_id=container_id, netns_path=str(self.netns_path(container_id)),
             address=ipaddress.IPv4Interface(f"{address}/{self.subnet.prefixlen}"), gateway=host.gateway.ip,
             mac=bridge.mac_for(address), host_veth=bridge.veth_name(container_id), mtu=host.mtu,
-            ports=self.ports.read().get(container_id, ()),
+            ports=published,
         )
 
     def _require_host(self) -> HostNetwork:

@@ -136,6 +136,12 @@ class PortTable:
         with self.journal.locked():
             return self._replay()[0]
 
+    def published_by(self, owner: str) -> tuple[PortMapping, ...]:
+        """``owner``'s ports (empty if none); parses only that record."""
+        with self.journal.locked():
+            raw, _ = self._replay_raw()
+        return tuple(PortMapping.from_dict(m) for m in raw.get(owner, ()))
+
     def reserve(self, owner: str, mappings: tuple[PortMapping, ...]) -> None:
         """Record ``owner``'s ports after checking them against every other container's, atomically."""
         if not mappings:
@@ -157,12 +163,18 @@ class PortTable:
             return True
 
     def _replay(self) -> tuple[dict[str, tuple[PortMapping, ...]], int]:
+        raw, logged = self._replay_raw()
+        table = {owner: tuple(PortMapping.from_dict(m) for m in ports) for owner, ports in raw.items()}
+        return table, logged
+
+    def _replay_raw(self) -> tuple[dict[str, Any], int]:
+        """Owner → its ports as logged (dicts), parsed only for the survivors by the caller, as in
+        ``Ipam._replay_texts``."""
         entries = self.journal.entries()
-        raw: dict[str, Any] = {}  # parsed only for the survivors, as in ``Ipam._replay``
+        raw: dict[str, Any] = {}
         for entry in entries:
             if "publish" in entry:
                 raw[str(entry["publish"])] = entry["ports"]
             elif "unpublish" in entry:
                 raw.pop(str(entry["unpublish"]), None)
-        table = {owner: tuple(PortMapping.from_dict(m) for m in ports) for owner, ports in raw.items()}
-        return table, len(entries)
+        return raw, len(entries)

@@ -124,15 +124,20 @@ class Lab:
         return self.a.run(["nft", "list", "table", "ip", f"shoal_{BRIDGE}"]).stdout
 
     def state(self) -> dict[str, Any]:
-        """What a leak would show up in: host A's links, the DNAT elements, allocations, pinned netns."""
+        """What a leak would show up in: host A's links, the DNAT elements, allocations, pinned netns.
+
+        Also checks that the manager's in-memory view (what ``attachment()`` answers) equals its journals."""
         netns_dir = self.root / "netns"
-        return {
+        state = {
             "links": sorted(self.a.links()),
             "elements": sorted(line.strip() for line in self.table().splitlines() if "elements" in line),
             "allocations": self.driver.call("allocations"),
             "published": self.driver.call("published"),
             "netns": sorted(p.name for p in netns_dir.iterdir()) if netns_dir.exists() else [],
         }
+        view = self.driver.call("view")
+        assert view == {"allocations": state["allocations"], "published": state["published"]}
+        return state
 
 
 def in_netns(path: str) -> list[str]:

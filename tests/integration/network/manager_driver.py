@@ -50,6 +50,10 @@ async def _handle(m: manager.NetworkManager, cmd: dict[str, Any]) -> Any:
         return {k: str(v) for k, v in m.ipam.allocations().items()}
     if op == "published":
         return {k: [str(p) for p in v] for k, v in m.ports.read().items()}
+    if op == "view":  # the in-memory view attachment() answers from, in the shape of the two above
+        view = m.attachments()
+        return {"allocations": {k: str(a.address.ip) for k, a in view.items()},
+                "published": {k: [str(p) for p in a.ports] for k, a in view.items() if a.ports}}
     if op == "teardown":
         await m.teardown_host()
         return True

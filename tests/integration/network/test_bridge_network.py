@@ -114,6 +114,8 @@ def test_restart_readopts_without_duplicates_or_reused_addresses(lab: Lab) -> No
 
     lab.restart_driver()
     lab.driver.call("setup")
+    view = lab.driver.call("view")
+    assert view == {"allocations": {C1: one["address"]}, "published": {C1: ["8080:80/tcp"]}}
     assert lab.table() == table  # rebuilt, not appended to
     assert lab.a.links() == links  # one bridge, the same veth
     assert lab.ask(lab.b.nsenter_net, str(lab.a.address), 8080) == f"c1 {lab.b.address}"
