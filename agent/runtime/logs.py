@@ -9,8 +9,12 @@ renamed to ``ctr.log.1`` (the newest rotated file), older ones shift up, and at 
 exist in total.
 
 Readers never trust a path to keep naming the same file: they open files and hold the descriptors, so
-a rotation between two reads neither loses nor repeats lines. This module is imported by the supervisor,
-which must stay small: it uses only the standard library and imports asyncio lazily.
+a rotation between two reads neither loses nor repeats lines. What a read costs does not depend on how
+much the container has logged: a tail of N records reads backward from the end of the newest file (and
+goes on to older ones only if it still needs records), everything else reads forward in bounded chunks.
+``follow_entries`` never reads on the event loop: history and new data are read in a worker thread, and
+an idle poll is an ``fstat`` and a ``stat``. This module is imported by the supervisor, which must stay
+small: it uses only the standard library and imports asyncio lazily.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import os
 import re
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,7 +38,9 @@ STREAMS = ("stdout", "stderr")
 
 _ROTATED_RE = re.compile(r"^ctr\.log\.([1-9][0-9]*)$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_READ_CHUNK = 256 * 1024
+_READ_CHUNK = 256 * 1024  # forward reads, and the largest backward block
+_BACK_CHUNK = 8 * 1024  # the first backward block of a tail: ~100 records of a typical line length
+_FOLLOW_BATCH = 4 * _READ_CHUNK  # at most this much per off-loop read while following
 
 
 @dataclass(frozen=True)
@@ -208,30 +213,92 @@ class LogWriter:
         self._size = os.fstat(self._fd).st_size
 
 
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    """Every read of a log file goes through here (``pread``: readers keep their own offsets, and tests
+    count the bytes read)."""
+    return os.pread(fd, size, offset)
+
+
 class _OpenLog:
-    """A log file held open by descriptor, read incrementally line by line."""
+    """A log file held open by descriptor, read by explicit offset: forward from ``offset`` in bounded
+    chunks, or backward from the end for a tail."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         st = os.fstat(fd)
         self.identity = (st.st_dev, st.st_ino)
-        self._carry = b""
+        self.offset = 0  # the end of the last complete line handed out (or skipped by a tail)
+        # The file's size when last read to its end; -1 while there is more to read than was read.
+        self._size_seen = -1
+
+    def may_have_more(self) -> bool:
+        """Whether a read could return lines: the last one stopped short, or the size changed since.
+        One ``fstat``, no data read."""
+        return self._size_seen < 0 or os.fstat(self.fd).st_size != self._size_seen
 
     def read_lines(self, *, limit: int = 1 << 62) -> list[bytes]:
-        """Complete lines appended since the last call (up to about ``limit`` bytes); a trailing
-        fragment (a record being written right now) is kept for the next call."""
+        """Complete lines from ``offset`` on (up to about ``limit`` bytes); a trailing fragment (a record
+        being written right now, or torn by a crash) is left for the next call."""
+        size = os.fstat(self.fd).st_size
+        self._size_seen = -1  # until this read gets to the end
         lines: list[bytes] = []
         total = 0
-        while total < limit:
-            chunk = os.read(self.fd, _READ_CHUNK)
-            if not chunk:
+        while True:
+            if self.offset >= size:
+                self._size_seen = size
                 break
-            total += len(chunk)
-            data = self._carry + chunk
+            if total >= limit:
+                break
+            data = _read_at(self.fd, min(_READ_CHUNK, size - self.offset), self.offset)
+            if not data:
+                self._size_seen = size  # truncated under us: nothing more until it changes again
+                break
             cut = data.rfind(b"\n") + 1
-            self._carry = data[cut:]
+            if not cut:
+                if self.offset + len(data) >= size:
+                    self._size_seen = size  # the unterminated end: wait for its newline
+                    break
+                # A whole chunk without a newline cannot be records (they are at most MAX_LINE plus a
+                # header): skip it rather than carry an ever-growing fragment.
+                cut = len(data)
+            total += cut
             lines.extend(data[:cut].splitlines())
+            self.offset += cut
         return lines
+
+    def complete_end(self) -> int:
+        """Where the last complete line of the file ends (0 if there is none): the file's size unless the
+        writer is mid-record or a crash tore the last one. Reads backward, usually a single block."""
+        size = os.fstat(self.fd).st_size
+        self._size_seen = size
+        pos, step = size, _BACK_CHUNK
+        while pos > 0:
+            n = min(step, pos)
+            pos -= n
+            newline = _read_at(self.fd, n, pos).rfind(b"\n")
+            if newline >= 0:
+                return pos + newline + 1
+            step = min(step * 2, _READ_CHUNK)
+        return 0
+
+    def blocks_before(self, end: int) -> Iterator[list[bytes]]:
+        """The complete lines of ``[0, end)`` (``end`` at a line boundary), newest block first, each block
+        in file order. Blocks start at 8 KiB and double, so the last N lines cost about N lines of reads."""
+        pos, step = end, _BACK_CHUNK
+        head = b""  # bytes at ``pos`` that begin a line whose start lies before ``pos``
+        while pos > 0:
+            n = min(step, pos)
+            pos -= n
+            data = _read_at(self.fd, n, pos) + head
+            step = min(step * 2, _READ_CHUNK)
+            if pos > 0:
+                first = data.find(b"\n") + 1
+                if not first:
+                    head = data
+                    continue
+                head, data = data[:first], data[first:]
+            if data:
+                yield data.splitlines()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -281,24 +348,55 @@ def _entries(lines: Iterable[bytes], since_ns: int | None) -> Iterator[LogEntry]
             yield entry
 
 
-def _history(logs: list[_OpenLog], *, tail: int | None, since_ns: int | None) -> Iterator[LogEntry]:
-    entries = (entry for log in logs for entry in _entries(log.read_lines(), since_ns))
-    if tail is None:
-        yield from entries
-    elif tail > 0:
-        yield from deque(entries, maxlen=tail)
+def _last_entries(logs: list[_OpenLog], count: int, since_ns: int | None) -> list[LogEntry]:
+    """The last ``count`` entries (at or after ``since_ns``) of ``logs`` (oldest file first), oldest first.
+
+    Reads backward from the end of the newest file and goes on to older files only while it still needs
+    entries, so it costs about ``count`` records of reads whatever the size of the log. Each file read
+    is left with ``offset`` at its last complete line, where following it continues."""
+    if not logs:
+        return []
+    picked: list[LogEntry] = []  # newest first
+    for i, log in enumerate(reversed(logs)):
+        if i and len(picked) >= count:
+            break
+        # Even for a tail of 0 the newest file's end is needed: a follower continues from there.
+        end = log.offset = log.complete_end()
+        if count <= 0:
+            break
+        for block in log.blocks_before(end):
+            for entry in reversed(list(_entries(block, since_ns))):
+                picked.append(entry)
+                if len(picked) >= count:
+                    break
+            if len(picked) >= count:
+                break
+    picked.reverse()
+    return picked
+
+
+def _all_lines(log: _OpenLog) -> Iterator[list[bytes]]:
+    """The file from ``offset`` to its current end, in bounded batches."""
+    while lines := log.read_lines(limit=_READ_CHUNK):
+        yield lines
 
 
 def read_entries(directory: Path | str, *, tail: int | None = None,
                  since_ns: int | None = None) -> Iterator[LogEntry]:
-    """The container's log records, oldest first across rotated files.
+    """The container's log records, oldest first across rotated files. Blocking: call from a thread.
 
     ``since_ns`` keeps records at or after that time; ``tail`` then keeps the last N records (partial
-    records count individually).
+    records count individually), read backward from the end: O(N) whatever the log's size. Without
+    ``tail`` the files are streamed in bounded reads.
     """
     logs = _open_all(str(directory))
     try:
-        yield from _history(logs, tail=tail, since_ns=since_ns)
+        if tail is not None:
+            yield from _last_entries(logs, max(tail, 0), since_ns)
+            return
+        for log in logs:
+            for lines in _all_lines(log):
+                yield from _entries(lines, since_ns)
     finally:
         for log in logs:
             log.close()
@@ -329,6 +427,29 @@ def _successor(directory: str, current: _OpenLog) -> _OpenLog | None:
     return _open_path(base)
 
 
+def _replaced(base: str, current: _OpenLog) -> bool:
+    """Whether ``ctr.log`` is no longer ``current`` (rotated, or gone mid-rotation): one ``stat``."""
+    try:
+        st = os.stat(base)
+    except FileNotFoundError:
+        return True
+    return (st.st_dev, st.st_ino) != current.identity
+
+
+def _advance(directory: str, current: _OpenLog) -> tuple[list[bytes], _OpenLog | None]:
+    """One bounded read of ``current``, then the file that follows it if it was rotated away, with the
+    rest of ``current`` (the writer never appends to a rotated file: it closes it before renaming).
+
+    The successor is looked for after every read, not only when idle: the longer a follower stays on a
+    rotated file, the likelier its successors are rotated off the end before it gets to them. The rest
+    of a rotated file is at most ``--log-max-size``."""
+    lines = current.read_lines(limit=_FOLLOW_BATCH)
+    following = _successor(directory, current)
+    if following is not None:
+        lines += current.read_lines()
+    return lines, following
+
+
 async def follow_entries(directory: Path | str, *, is_finished: Callable[[], bool],
                          poll_interval: float = 0.05, tail: int | None = None,
                          since_ns: int | None = None, wake: Any = None) -> AsyncIterator[LogEntry]:
@@ -336,9 +457,12 @@ async def follow_entries(directory: Path | str, *, is_finished: Callable[[], boo
     is true and everything written before that has been read.
 
     ``is_finished`` must turn true only after the writer is done (the supervisor writes run.json's
-    exit after flushing the log), e.g. ``event.is_set``. New data is found by polling every
-    ``poll_interval`` seconds; ``wake`` (an ``asyncio.Event``, typically the one set on exit) cuts a
-    poll short, so the end of the stream is seen at once rather than up to one interval late.
+    exit after flushing the log), e.g. ``event.is_set``. It is called on the event loop; file reads never
+    are: the history (the last ``tail`` records, read backward; or everything, in bounded batches) and
+    every read of new data run in a worker thread. An idle poll, every ``poll_interval`` seconds, is an
+    ``fstat`` and a ``stat`` on the loop and starts no thread. ``wake`` (an ``asyncio.Event``, typically
+    the one set on exit) cuts a poll short, so the end of the stream is seen at once rather than up to
+    one interval late.
     """
     import asyncio  # lazily: the supervisor imports this module and must stay small
 
@@ -350,41 +474,45 @@ async def follow_entries(directory: Path | str, *, is_finished: Callable[[], boo
             await asyncio.wait_for(wake.wait(), poll_interval)
 
     path = str(directory)
+    base = os.path.join(path, LOG_FILE)
     current: _OpenLog | None = None
     try:
         while True:
             finished = is_finished()
-            logs = _open_all(path)
-            if logs:
-                break
-            if finished:
-                return
+            # The existence check is on the loop (metadata), opening in a thread; with no log yet and
+            # the container still running there is nothing to open.
+            if finished or os.path.lexists(base):
+                logs = await asyncio.to_thread(_open_all, path)
+                if logs:
+                    break
+                if finished:
+                    return
             await idle()
-        current = logs.pop()
+        current = logs[-1]
         try:
-            history = [*(e for log in logs for e in _entries(log.read_lines(), since_ns)),
-                       *_entries(current.read_lines(), since_ns)]
+            if tail is not None:
+                for entry in await asyncio.to_thread(_last_entries, logs, max(tail, 0), since_ns):
+                    yield entry
+            else:
+                for log in logs[:-1]:
+                    while lines := await asyncio.to_thread(log.read_lines, limit=_FOLLOW_BATCH):
+                        for entry in _entries(lines, since_ns):
+                            yield entry
         finally:
-            for log in logs:
+            for log in logs[:-1]:
                 log.close()
-        if tail is not None:
-            history = history[-tail:] if tail > 0 else []
-        for entry in history:
-            yield entry
-        del history
 
         while True:
             finished = is_finished()  # sampled before reading: what was written before it is read below
-            lines = current.read_lines(limit=_READ_CHUNK * 4)
+            if not current.may_have_more() and not _replaced(base, current):
+                if finished:
+                    return
+                await idle()
+                continue
+            lines, following = await asyncio.to_thread(_advance, path, current)
             for entry in _entries(lines, since_ns):
                 yield entry
-            # Checked after every read, not only when idle: the longer we stay on a rotated file, the
-            # likelier its successors are rotated off the end before we get to them.
-            following = _successor(path, current)
             if following is not None:
-                # Rotated: the writer no longer appends to ``current``; finish it, then move on.
-                for entry in _entries(current.read_lines(), since_ns):
-                    yield entry
                 current.close()
                 current = following
                 continue

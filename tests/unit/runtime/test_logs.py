@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,131 @@ def test_follow_waits_for_the_log_to_appear(tmp_path: Path) -> None:
 
 def test_follow_of_a_finished_container_without_log_ends(tmp_path: Path) -> None:
     assert _follow(tmp_path, writes=lambda step: True) == []
+
+
+# --- reading cost: tails read backward, following reads off the loop ------------------------------------
+
+
+@dataclass
+class ReadCounter:
+    """Wraps every read of a log file (``logs._read_at``): bytes read, and which threads read."""
+
+    bytes: int = 0
+    calls: int = 0
+    threads: set[int] = field(default_factory=set)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> ReadCounter:
+        real = logs._read_at
+
+        def counting(fd: int, size: int, offset: int) -> bytes:
+            data = real(fd, size, offset)
+            self.bytes += len(data)
+            self.calls += 1
+            self.threads.add(threading.get_ident())
+            return data
+
+        monkeypatch.setattr(logs, "_read_at", counting)
+        return self
+
+
+def big_log(directory: Path, lines: int) -> int:
+    """A ``lines``-record ctr.log written in one go (as LogWriter would); returns its size."""
+    stamp = logs.format_timestamp(T0)
+    (directory / "ctr.log").write_bytes(b"".join(
+        stamp + b" stdout F line %06d of a log that is much longer than what a tail needs\n" % i
+        for i in range(lines)
+    ))
+    return (directory / "ctr.log").stat().st_size
+
+
+def test_tail_of_a_100k_line_log_reads_only_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    size = big_log(tmp_path, 100_000)
+    counter = ReadCounter().install(monkeypatch)
+    got = [e.text for e in read_entries(tmp_path, tail=10)]
+    assert got == [b"line %06d of a log that is much longer than what a tail needs" % i
+                   for i in range(99_990, 100_000)]
+    assert size > 10_000_000 and counter.bytes <= 16 * 1024  # two 8 KiB blocks at most, of 10 MB
+    counter.bytes = 0
+    assert len(list(read_entries(tmp_path, tail=1000))) == 1000
+    assert counter.bytes <= 1000 * 200  # ~ the records asked for (each ~110 bytes), not the file
+
+
+def test_tail_spans_rotated_files_newest_first_and_stops_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = LogWriter(tmp_path, max_bytes=400, max_files=5, clock=ticking_clock())
+    for i in range(44):
+        w.write("stdout", f"line {i:02d}\n".encode())  # 48-byte records: 8 per file
+    w.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["ctr.log", "ctr.log.1", "ctr.log.2", "ctr.log.3", "ctr.log.4"]
+    newest = (tmp_path / "ctr.log").read_bytes().count(b"\n")
+    everything = [e.text for e in read_entries(tmp_path)]
+    for n in (1, newest, newest + 1, newest + 9, len(everything), len(everything) + 5):
+        assert [e.text for e in read_entries(tmp_path, tail=n)] == everything[-n:], n
+    # A tail the newest file can answer never reads the rotated ones.
+    counter = ReadCounter().install(monkeypatch)
+    list(read_entries(tmp_path, tail=newest))
+    assert counter.bytes <= (tmp_path / "ctr.log").stat().st_size * 2  # its end found, then its lines
+
+
+def test_tail_ignores_a_torn_last_line_and_counts_partial_records(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+    w.write("stdout", b"a\n")
+    w.write("stdout", b"x" * (MAX_LINE + 3) + b"\n")  # one line, two records: P then F
+    w.close()
+    with open(tmp_path / "ctr.log", "ab") as f:
+        f.write(b"2026-11-28T18:03:54.1Z stdout F torn by a cra")  # no newline: a crash mid-write
+    last_two = [(e.partial, len(e.text)) for e in read_entries(tmp_path, tail=2)]
+    assert last_two == [(True, MAX_LINE), (False, 3)]
+    assert next(e.text for e in read_entries(tmp_path, tail=3)) == b"a"
+    # A block boundary inside a long record: the record is still read whole.
+    (tmp_path / "many").mkdir()
+    many = writer(tmp_path / "many")
+    for i in range(40):
+        many.write("stderr", bytes([65 + i % 26]) * 1000 + b"\n")
+    many.close()
+    assert [e.text for e in read_entries(tmp_path / "many", tail=25)] == [
+        bytes([65 + i % 26]) * 1000 for i in range(15, 40)
+    ]
+
+
+def test_follow_with_tail_reads_only_the_end_then_new_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    size = big_log(tmp_path, 100_000)
+    counter = ReadCounter().install(monkeypatch)
+    history_bytes: list[int] = []
+    with open(tmp_path / "ctr.log", "ab") as f:
+        f.write(b"2026-11-28T18:03:54.1Z stdout F half of a rec")  # the writer is mid-record
+
+    def writes(step: int) -> bool:
+        if step == 1:
+            history_bytes.append(counter.bytes)
+            with open(tmp_path / "ctr.log", "ab") as f:
+                f.write(b"ord\n2026-11-28T18:03:54.2Z stdout F after\n")
+        return step >= 3
+
+    seen = _follow(tmp_path, writes=writes, tail=2)
+    assert seen == [b"line 099998 of a log that is much longer than what a tail needs",
+                    b"line 099999 of a log that is much longer than what a tail needs",
+                    b"half of a record", b"after"]
+    assert size > 10_000_000 and history_bytes[0] <= 16 * 1024
+    # Every read ran in a worker thread, none on the event loop's (this) thread.
+    assert counter.threads and threading.get_ident() not in counter.threads
+
+
+def test_idle_follow_polls_read_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = writer(tmp_path)
+    w.write("stdout", b"only\n")
+    counter = ReadCounter().install(monkeypatch)
+    calls_after_history: list[int] = []
+
+    def writes(step: int) -> bool:
+        if step == 1:
+            calls_after_history.append(counter.calls)
+        return step >= 50  # 49 idle polls
+
+    assert _follow(tmp_path, writes=writes, tail=5) == [b"only"]
+    assert counter.calls == calls_after_history[0]
+    w.close()
