@@ -19,6 +19,7 @@ import grpc
 
 from agent import config
 from agent.cgroups import manager as cgroups
+from agent.errors import ShoalError
 from agent.images.pull import Puller, RegistrySettings
 from agent.images.store import ImageStore
 from agent.network.manager import NetworkManager
@@ -91,12 +92,16 @@ async def serve(settings: config.AgentSettings) -> None:
         network = NetworkManager(settings.root, subnet=settings.subnet, bridge_name=settings.bridge)
         # Idempotent: a restarted agent adopts its bridge and rebuilds its nftables table in place.
         await network.setup_host()
+    try:
+        cgroup_manager = cgroups.detect(delegate=settings.cgroup_delegate)
+    except ShoalError as err:  # e.g. --cgroup-delegate outside a delegated unit: say why, no traceback
+        raise SystemExit(f"shoal-agent: {err}") from None
     identity = usage_host.HostIdentity.for_this_agent(root=settings.root, labels=dict(settings.labels))
     runtime_settings = RuntimeSettings(root=settings.root, cgroup_parent=settings.cgroup_parent,
                                        log_max_bytes=settings.log_max_bytes,
                                        log_max_files=settings.log_max_files)
     runtime = ContainerRuntime(
-        runtime_settings, images=StoreImages(store, puller), cgroup_manager=cgroups.detect(),
+        runtime_settings, images=StoreImages(store, puller), cgroup_manager=cgroup_manager,
         connect=functools.partial(supervisor_client.connect_or_spawn, settings.root,
                                   python=runtime_settings.python),
         network=network, boot_id=identity.boot_id,

@@ -50,6 +50,7 @@ class AgentSettings:
     memory_pressure_bytes: int = 100 << 20
     disk_pressure_fraction: float = 0.10
     ballast_mib: int = 0
+    cgroup_delegate: bool = False
 
 
 def unix_path(address: str) -> Path | None:
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"unix:///PATH or HOST:PORT; repeatable (default {DEFAULT_LISTEN})")
     serve.add_argument("--cgroup-parent", default=DEFAULT_CGROUP_PARENT,
                        help="cgroup under which containers are created (default %(default)s)")
+    serve.add_argument("--cgroup-delegate", action="store_true",
+                       help="create the cgroup parent inside the cgroup systemd delegated to this "
+                            "agent's unit (Delegate=yes) instead of at the top of each hierarchy; "
+                            "refused outside a delegated unit")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-max-size", default="10M",
@@ -123,6 +128,10 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
                        key=args.tls_dir / "agent-key.pem")
     if not args.cgroup_parent or "/" in args.cgroup_parent.strip("/") or ".." in args.cgroup_parent:
         raise SystemExit(f"shoal-agent: invalid --cgroup-parent {args.cgroup_parent!r}: one path component")
+    if args.cgroup_delegate and args.cgroup_parent.strip("/") == "agent":
+        # agent.cgroups.delegation.AGENT_LEAF: the group the agent process itself moves into.
+        raise SystemExit("shoal-agent: --cgroup-parent agent is taken by the agent itself under "
+                         "--cgroup-delegate: choose another name")
     if args.log_max_files < 1:
         raise SystemExit("shoal-agent: --log-max-files must be at least 1")
     listen = tuple(args.listen or [DEFAULT_LISTEN])
@@ -180,4 +189,5 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         metrics_listen=args.metrics_listen, sample_interval=interval, memory_reserve_bytes=reserve,
         cpu_reserve_millis=cpu_reserve, memory_pressure_bytes=memory_pressure,
         disk_pressure_fraction=disk_pressure, ballast_mib=args.bench_ballast_mib,
+        cgroup_delegate=args.cgroup_delegate,
     )

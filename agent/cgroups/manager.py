@@ -17,14 +17,23 @@ Callers
     * The usage sampler calls ``stats()`` about once a second per container; it must be cheap (a handful
       of small file reads) and must not raise just because a controller is missing on this host.
     * ``shoal inspect`` shows ``paths()``; the supervisor asks ``oom_killed()`` to explain an exit 137.
-    * Agent start-up calls ``list_children(parent)`` to find groups left by a previous run and
-      ``open()`` them; agent shutdown and tests call ``remove_parent_if_empty(parent)``.
+    * Agent start-up calls ``agent.cgroups.leftovers.collect_leftovers`` (built on ``list_children``)
+      with the ids it knows, to kill and remove the groups a crash left behind; agent shutdown and tests
+      call ``remove_parent_if_empty(parent)``.
 
 Names
     A group is named by a relative path such as ``shoal/3f2a…``: the first part is the agent's
     ``--cgroup-parent`` (default ``shoal``), the last is the container id. Several agents on one host use
     different parents and never see each other's groups. The parent is created on demand and shared: a
-    ``Cgroup.remove()`` never removes it.
+    ``Cgroup.remove()`` never removes it. Names are relative to the manager's *root*: the top of each
+    hierarchy by default, or, with ``detect(delegate=True)``, the cgroup systemd delegated to the agent's
+    unit (``agent.cgroups.delegation``), so the same name lands inside that subtree.
+
+Blocking
+    Every method of ``CgroupManager`` and ``Cgroup`` reads or writes cgroupfs, and ``kill_all`` sleeps
+    while it polls for the group to empty (at most ``timeout_s`` in all). Each is a blocking call: on the
+    agent's event loop, call them through ``asyncio.to_thread``. The file operations are small and fast
+    (the usage sampler's per-second ``stats()`` runs in its own thread for the same reason).
 
 Failure meanings (all from ``agent.errors``)
     * ``InvalidArgument`` — a malformed name, an out-of-range limit, a limit this host cannot enforce
@@ -41,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -49,6 +59,8 @@ from typing import Protocol
 
 from agent import limits
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, ShoalError
+
+log = logging.getLogger("shoal.cgroups")
 
 # Kernel ranges (kernel/sched/core.c): a CFS period is 1 ms..1 s, a quota at least 1 ms.
 MIN_CPU_PERIOD_US = 1_000
@@ -59,6 +71,12 @@ MIN_MEMORY_BYTES = limits.MIN_MEMORY_BYTES
 
 # Controllers Shoal uses; each implementation maps them onto what the host offers.
 LIMIT_CONTROLLERS: tuple[str, ...] = ("cpu", "memory", "pids")
+
+# How long kill_all may take in all before a group that will not empty is reported as CgroupBusy.
+KILL_TIMEOUT_S = 5.0
+# Of that, how long to wait for a freezer to report FROZEN: a task in uninterruptible sleep never
+# freezes, and SIGKILL reaches it at thaw anyway, so waiting longer only delays the report.
+FREEZE_WAIT_S = 1.0
 
 
 class CgroupBusy(FailedPrecondition):
@@ -189,6 +207,11 @@ class CgroupFs(Protocol):
         """Names of the child groups (subdirectories) of ``path``; interface files are not listed."""
         ...
 
+    def getxattr(self, path: str, name: str) -> bytes | None:
+        """The extended attribute ``name`` of group ``path``, or ``None`` if it has none (or the
+        hierarchy supports none). systemd marks the cgroups it delegates with ``trusted.delegate``."""
+        ...
+
 
 class RealCgroupFs:
     """``CgroupFs`` on the real cgroup mounts."""
@@ -226,9 +249,18 @@ class RealCgroupFs:
         with os.scandir(path) as entries:
             return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
 
+    def getxattr(self, path: str, name: str) -> bytes | None:
+        try:
+            return os.getxattr(path, name, follow_symlinks=False)
+        except OSError as err:
+            if err.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+                return None
+            raise
+
 
 class Cgroup(Protocol):
-    """One container's group, possibly spread over several v1 hierarchies."""
+    """One container's group, possibly spread over several v1 hierarchies. Every method is blocking
+    (cgroupfs I/O; see the module docstring)."""
 
     @property
     def name(self) -> str:
@@ -270,9 +302,11 @@ class Cgroup(Protocol):
         """Whether the kernel OOM killer has killed a process of this group since it was created."""
         ...
 
-    def kill_all(self, *, timeout_s: float = 5.0) -> None:
-        """SIGKILL every process of the group, atomically with respect to forks, and wait (polling,
-        at most ``timeout_s``) until the group is empty. ``CgroupBusy`` if it does not empty."""
+    def kill_all(self, *, timeout_s: float = KILL_TIMEOUT_S) -> None:
+        """SIGKILL every process of the group, atomically with respect to forks, and wait (polling)
+        until the group is empty. Blocking: ``timeout_s`` bounds the whole call, freezing included, so a
+        group that cannot be emptied (a process stuck in uninterruptible sleep) raises ``CgroupBusy``,
+        naming its pids, about ``timeout_s`` after the call."""
         ...
 
     def remove(self) -> None:
@@ -282,7 +316,8 @@ class Cgroup(Protocol):
 
 
 class CgroupManager(Protocol):
-    """The host's cgroup interface: creates and finds containers' groups."""
+    """The host's cgroup interface: creates and finds containers' groups. Every method is blocking
+    (cgroupfs I/O; see the module docstring)."""
 
     @property
     def version(self) -> int:
@@ -306,9 +341,9 @@ class CgroupManager(Protocol):
         ...
 
     def list_children(self, parent: str) -> list[str]:
-        """Names (``parent/child``) of the groups directly under ``parent``, sorted; ``[]`` if the
-        parent does not exist. Includes groups present in only some v1 hierarchies (a crash
-        mid-create), so they can be opened and removed."""
+        """Names (``parent/child``) of the groups directly under ``parent`` (any relative name, so a
+        group's own children too), sorted; ``[]`` if it does not exist. Includes groups present in only
+        some v1 hierarchies (a crash mid-create), so they can be opened and removed."""
         ...
 
     def remove_parent_if_empty(self, parent: str) -> bool:
@@ -378,18 +413,20 @@ def os_errors(*, op: str, path: str) -> Iterator[None]:
 def poll_until(
     done: Callable[[], bool], *, timeout_s: float, clock: Callable[[], float], sleep: Callable[[float], None]
 ) -> bool:
-    """Call ``done`` until it is true or ``timeout_s`` passes; return its last answer.
+    """Call ``done`` until it is true or ``timeout_s`` passes; return its last answer. Blocking (sleeps).
 
     cgroupfs offers inotify on ``cgroup.events`` only on v2, so a bounded poll is the portable way to
-    wait for a group to empty; the interval starts at 1 ms and backs off to 50 ms."""
+    wait for a group to empty; the interval starts at 1 ms and backs off to 50 ms, and never sleeps past
+    the deadline."""
     deadline = clock() + timeout_s
     interval = 0.001
     while True:
         if done():
             return True
-        if clock() >= deadline:
+        left = deadline - clock()
+        if left <= 0:
             return done()
-        sleep(interval)
+        sleep(min(interval, left))
         interval = min(interval * 2, 0.05)
 
 
@@ -400,6 +437,7 @@ class CgroupMount:
     mountpoint: str
     version: int
     controllers: tuple[str, ...]  # v1: from the super options (``cpu,cpuacct``); v2: empty
+    name: str = ""  # a named v1 hierarchy without controllers: ``systemd`` for ``name=systemd``
 
 
 def _unescape_mountinfo(field: str) -> str:
@@ -441,8 +479,10 @@ def parse_mountinfo(text: str, *, cgroup_root: Path) -> list[CgroupMount]:
         if fstype == "cgroup2":
             by_point[mountpoint] = CgroupMount(mountpoint, 2, ())
         elif fstype == "cgroup":
-            ctrls = tuple(o for o in super_opts.split(",") if o in V1_CONTROLLERS)
-            by_point[mountpoint] = CgroupMount(mountpoint, 1, ctrls)
+            options = super_opts.split(",")
+            ctrls = tuple(o for o in options if o in V1_CONTROLLERS)
+            named = next((o[len("name="):] for o in options if o.startswith("name=")), "")
+            by_point[mountpoint] = CgroupMount(mountpoint, 1, ctrls, named)
         else:
             by_point.pop(mountpoint, None)
     return list(by_point.values())
@@ -453,17 +493,25 @@ def detect(
     cgroup_root: Path = Path("/sys/fs/cgroup"),
     mountinfo: Path = Path("/proc/self/mountinfo"),
     fs: CgroupFs | None = None,
+    delegate: bool = False,
+    proc_cgroup: Path = Path("/proc/self/cgroup"),
 ) -> CgroupManager:
-    """Pick the implementation for this host from its mount table.
+    """Pick the implementation for this host from its mount table. Blocking (reads /proc and cgroupfs).
 
     cgroup v2 wins if a cgroup2 mount under ``cgroup_root`` offers all of ``cpu``, ``memory`` and
     ``pids`` in its ``cgroup.controllers`` (pure "unified" hosts, and hybrid hosts whose controllers
     are bound to v2). Otherwise v1 is used with each controller's own mount point (``cpu`` and
     ``cpuacct`` may be separate mounts or one ``cpu,cpuacct`` mount). A host with only a cgroup2 mount
     short of controllers still gets v2: limits it cannot enforce fail on ``apply``.
-    ``FailedPrecondition`` if there is no cgroup mount at all."""
+    ``FailedPrecondition`` if there is no cgroup mount at all.
+
+    ``delegate``: root every group in the cgroup systemd delegated to this process's unit, found from
+    ``proc_cgroup`` (see ``agent.cgroups.delegation``; ``FailedPrecondition`` explains when the process
+    does not run in a delegated unit). On v2 this *moves the calling process* (and anything else in the
+    unit's cgroup) into the leaf ``<unit>/agent`` and enables the controllers for the unit's subtree;
+    children it spawns afterwards (the supervisor) start in that leaf too."""
     # Imported here: the implementations import this module for the contract.
-    from agent.cgroups import v1, v2
+    from agent.cgroups import delegation, v1, v2
 
     real_fs: CgroupFs = fs if fs is not None else RealCgroupFs()
     try:
@@ -479,12 +527,23 @@ def detect(
         if m.version == 1:
             for ctrl in m.controllers:
                 v1_mounts.setdefault(ctrl, m.mountpoint)
+    chosen: CgroupMount | None = None  # the unified mount to use, if v2
     for m in unified:
-        available = v2.read_controllers(real_fs, m.mountpoint)
-        if set(LIMIT_CONTROLLERS) <= available:
-            return v2.V2CgroupManager(fs=real_fs, mountpoint=m.mountpoint)
-    if v1_mounts:
-        return v1.V1CgroupManager(fs=real_fs, mounts=v1_mounts)
-    if unified:
-        return v2.V2CgroupManager(fs=real_fs, mountpoint=unified[0].mountpoint)
-    raise FailedPrecondition(f"no cgroup file system is mounted under {cgroup_root}")
+        if set(LIMIT_CONTROLLERS) <= v2.read_controllers(real_fs, m.mountpoint):
+            chosen = m
+            break
+    if chosen is None and not v1_mounts:
+        if not unified:
+            raise FailedPrecondition(f"no cgroup file system is mounted under {cgroup_root}")
+        chosen = unified[0]
+    root = ""
+    if delegate:
+        root = delegation.delegated_root(real_fs, own=delegation.read_proc_cgroup(proc_cgroup), mounts=mounts)
+        if chosen is not None:
+            leaf = delegation.enter_leaf_v2(real_fs, mountpoint=chosen.mountpoint, root=root)
+            log.info("cgroups: rooted in the delegated %s; this process moved to %s", root, leaf)
+        else:
+            log.info("cgroups: rooted in the delegated %s in every v1 hierarchy", root)
+    if chosen is not None:
+        return v2.V2CgroupManager(fs=real_fs, mountpoint=chosen.mountpoint, root=root)
+    return v1.V1CgroupManager(fs=real_fs, mounts=v1_mounts, root=root)

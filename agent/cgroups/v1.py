@@ -226,7 +226,9 @@ class V1Cgroup:
             with contextlib.suppress(ProcessLookupError):
                 self._kill_pid(pid, signal.SIGKILL)
 
-    def kill_all(self, *, timeout_s: float = 5.0) -> None:
+    def kill_all(self, *, timeout_s: float = manager.KILL_TIMEOUT_S) -> None:
+        """Freeze, SIGKILL every pid, thaw, then poll until empty; blocking, ``timeout_s`` in all."""
+        deadline = self._clock() + timeout_s
         freezer = self._dirs.get("freezer")
         if freezer is None:
             # Without a freezer a fork can slip between reading the pids and killing them: repeat.
@@ -243,16 +245,19 @@ class V1Cgroup:
                     with manager.os_errors(op="read", path=state):
                         return self._fs.read_text(state).strip() == "FROZEN"
 
-                manager.poll_until(frozen, timeout_s=timeout_s, clock=self._clock, sleep=self._sleep)
+                manager.poll_until(frozen, timeout_s=min(manager.FREEZE_WAIT_S, timeout_s / 2),
+                                   clock=self._clock, sleep=self._sleep)
                 self._signal_all()
             finally:
                 _write(self._fs, state, "THAWED")
 
             def killed_all() -> bool:
                 return not self.pids()
-        if not manager.poll_until(killed_all, timeout_s=timeout_s, clock=self._clock, sleep=self._sleep):
+        left = max(0.0, deadline - self._clock())
+        if not manager.poll_until(killed_all, timeout_s=left, clock=self._clock, sleep=self._sleep):
             raise CgroupBusy(
-                f"cgroup {self._name} still has processes {self.pids()} {timeout_s}s after SIGKILL"
+                f"cgroup {self._name} still has processes {self.pids()} {timeout_s}s after SIGKILL "
+                "(stuck in uninterruptible sleep?)"
             )
 
     def remove(self) -> None:
@@ -282,9 +287,17 @@ class V1CgroupManager:
         kill_pid: KillFn = os.kill,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        root: str = "",
     ) -> None:
         self._fs = fs
-        self._mounts = {c: m for c, m in mounts.items() if c in manager.V1_CONTROLLERS}
+        # Groups live under ``root`` in every hierarchy: "" (the top), or the cgroup systemd delegated
+        # to the agent's unit, replicated in the hierarchies systemd does not manage (freezer, cpuset)
+        # as systemd's documentation asks.
+        self._root = manager.validate_name(root) if root else ""
+        self._hierarchies = {c: m for c, m in mounts.items() if c in manager.V1_CONTROLLERS}
+        # controller → the directory names are relative to (the mount point, or root inside it)
+        self._mounts = {c: posixpath.join(m, self._root) if self._root else m
+                        for c, m in self._hierarchies.items()}
         self._kill_pid = kill_pid
         self._clock = clock
         self._sleep = sleep
@@ -310,8 +323,10 @@ class V1CgroupManager:
             raise AlreadyExists(f"cgroup {name} already exists")
         created: list[str] = []
         try:
-            for mount in self._unique_mounts():
-                is_cpuset = self._mounts.get("cpuset") == mount
+            for mount in sorted(set(self._hierarchies.values())):
+                is_cpuset = self._hierarchies.get("cpuset") == mount
+                # From the mount point: root's own directories may be missing in hierarchies systemd
+                # leaves alone (freezer, cpuset), and are made like any parent.
                 self._make_dirs(mount, name, created=created, is_cpuset=is_cpuset)
             group = self._cgroup(name, {c: posixpath.join(m, name) for c, m in self._mounts.items()})
             group.set_devices(devices)
@@ -326,7 +341,7 @@ class V1CgroupManager:
         return group
 
     def _make_dirs(self, mount: str, name: str, *, created: list[str], is_cpuset: bool) -> None:
-        parts = name.split("/")
+        parts = [*(self._root.split("/") if self._root else ()), *name.split("/")]
         for i in range(1, len(parts) + 1):
             d = posixpath.join(mount, *parts[:i])
             leaf = i == len(parts)

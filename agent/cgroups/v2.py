@@ -172,7 +172,10 @@ class V2Cgroup:
         events = _read_keyed(self._fs, self._path("cgroup.events"))
         return events.get("populated", 0) != 0
 
-    def kill_all(self, *, timeout_s: float = 5.0) -> None:
+    def kill_all(self, *, timeout_s: float = manager.KILL_TIMEOUT_S) -> None:
+        """``cgroup.kill`` (or freeze, SIGKILL, thaw), then poll until empty; blocking, ``timeout_s`` in
+        all."""
+        deadline = self._clock() + timeout_s
         kill_file = self._path("cgroup.kill")
         if self._fs.exists(kill_file):
             # The kernel kills the whole subtree and races no fork.
@@ -183,7 +186,7 @@ class V2Cgroup:
             try:
                 manager.poll_until(
                     lambda: _read_keyed(self._fs, self._path("cgroup.events")).get("frozen", 0) == 1,
-                    timeout_s=timeout_s, clock=self._clock, sleep=self._sleep,
+                    timeout_s=min(manager.FREEZE_WAIT_S, timeout_s / 2), clock=self._clock, sleep=self._sleep,
                 )
                 for pid in self.pids():
                     with contextlib.suppress(ProcessLookupError):
@@ -191,11 +194,13 @@ class V2Cgroup:
             finally:
                 _write(self._fs, freeze, "0")
         emptied = manager.poll_until(
-            lambda: not self._populated(), timeout_s=timeout_s, clock=self._clock, sleep=self._sleep
+            lambda: not self._populated(), timeout_s=max(0.0, deadline - self._clock()),
+            clock=self._clock, sleep=self._sleep,
         )
         if not emptied:
             raise CgroupBusy(
-                f"cgroup {self._name} still has processes {self.pids()} {timeout_s}s after SIGKILL"
+                f"cgroup {self._name} still has processes {self.pids()} {timeout_s}s after SIGKILL "
+                "(stuck in uninterruptible sleep?)"
             )
 
     def remove(self) -> None:
@@ -221,16 +226,20 @@ class V2CgroupManager:
         kill_pid: KillFn = os.kill,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        root: str = "",
     ) -> None:
         self._fs = fs
-        self._mount = mountpoint
+        # Groups live under ``root``: "" (the top of the hierarchy) or the cgroup systemd delegated to the
+        # agent's unit (``agent.cgroups.delegation``). Controllers are enabled from there down, never
+        # above: the ancestors belong to systemd.
+        self._base = posixpath.join(mountpoint, manager.validate_name(root)) if root else mountpoint
         self._kill_pid = kill_pid
         self._clock = clock
         self._sleep = sleep
 
     def _cgroup(self, name: str) -> V2Cgroup:
         return V2Cgroup(
-            fs=self._fs, name=name, directory=posixpath.join(self._mount, name),
+            fs=self._fs, name=name, directory=posixpath.join(self._base, name),
             kill_pid=self._kill_pid, clock=self._clock, sleep=self._sleep,
         )
 
@@ -241,9 +250,9 @@ class V2CgroupManager:
                 "device rules are not supported on cgroup v2 (they need eBPF); pass none and drop "
                 "CAP_MKNOD instead (see CgroupManager.supports_device_rules)"
             )
-        check_limits_supported(limits, read_controllers(self._fs, self._mount))
+        check_limits_supported(limits, read_controllers(self._fs, self._base))
         parts = name.split("/")
-        current = self._mount
+        current = self._base
         leaf = ""
         try:
             for i, part in enumerate(parts):
@@ -271,11 +280,11 @@ class V2CgroupManager:
 
     def open(self, name: str) -> V2Cgroup | None:
         name = manager.validate_name(name)
-        return self._cgroup(name) if self._fs.exists(posixpath.join(self._mount, name)) else None
+        return self._cgroup(name) if self._fs.exists(posixpath.join(self._base, name)) else None
 
     def list_children(self, parent: str) -> list[str]:
         parent = manager.validate_name(parent)
-        d = posixpath.join(self._mount, parent)
+        d = posixpath.join(self._base, parent)
         if not self._fs.exists(d):
             return []
         with manager.os_errors(op="list", path=d):
@@ -283,7 +292,7 @@ class V2CgroupManager:
 
     def remove_parent_if_empty(self, parent: str) -> bool:
         parent = manager.validate_name(parent)
-        d = posixpath.join(self._mount, parent)
+        d = posixpath.join(self._base, parent)
         try:
             self._fs.rmdir(d)
         except FileNotFoundError:

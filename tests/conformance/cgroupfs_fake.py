@@ -6,7 +6,8 @@ kernel defaults; writing ``cgroup.procs`` moves a (fake) process; out-of-range v
 memory; a new v1 cpuset group has empty cpus/mems and refuses tasks (ENOSPC) until they are set; v2
 controllers appear in a child only when the parent enables them in ``cgroup.subtree_control``; SIGKILL
 to a frozen process takes effect at thaw. Every write is recorded in ``writes``; ``fail_next_write``
-injects an error and ``set_counter`` plays the kernel updating a statistic.
+injects an error and ``set_counter`` plays the kernel updating a statistic; ``set_xattr`` plays systemd
+marking a group (``trusted.delegate``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class FakeCgroupFs:
         self.writes: list[tuple[str, str]] = []
         self._next_pid = 1000
         self._fail: dict[str, int] = {}
+        self.xattrs: dict[tuple[str, str], bytes] = {}
+        self.unkillable: set[int] = set()  # pids that survive SIGKILL and cgroup.kill (D state)
 
     # --- test controls -------------------------------------------------------------------------------
 
@@ -147,6 +150,11 @@ class FakeCgroupFs:
     def fail_next_write(self, path: str, code: int) -> None:
         self._fail[path] = code
 
+    def set_xattr(self, path: str, name: str, value: bytes) -> None:
+        if path not in self.groups:
+            raise _err(errno.ENOENT, path)
+        self.xattrs[(path, name)] = value
+
     # --- CgroupFs ------------------------------------------------------------------------------------
 
     def mkdir(self, path: str) -> None:
@@ -172,6 +180,7 @@ class FakeCgroupFs:
         if group.path == group.mount or group.procs or self._children(path):
             raise _err(errno.EBUSY, path)
         del self.groups[path]
+        self.xattrs = {k: v for k, v in self.xattrs.items() if k[0] != path}
 
     def exists(self, path: str) -> bool:
         if path in self.groups:
@@ -183,6 +192,11 @@ class FakeCgroupFs:
         if path not in self.groups:
             raise _err(errno.ENOENT, path)
         return [posixpath.basename(c) for c in self._children(path)]
+
+    def getxattr(self, path: str, name: str) -> bytes | None:
+        if path not in self.groups:
+            raise _err(errno.ENOENT, path)
+        return self.xattrs.get((path, name))
 
     def read_text(self, path: str) -> str:
         group, name = self._file(path)
@@ -234,6 +248,8 @@ class FakeCgroupFs:
         return group.files.get("freezer.state") == "FROZEN" or group.files.get("cgroup.freeze") == "1"
 
     def _exit(self, pid: int) -> None:
+        if pid in self.unkillable:
+            return  # stuck in uninterruptible sleep: SIGKILL waits
         self.live.discard(pid)
         self.pending_kill.discard(pid)
         for g in self.groups.values():

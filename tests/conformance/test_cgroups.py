@@ -2,7 +2,9 @@
 
 Parametrised over cgroup v1 and v2 on ``FakeCgroupFs`` and, marked ``root``, the real host (whatever
 ``detect()`` picks — v1 on Shoal's build machines) under a unique parent ``shoal-test-<random>`` that a
-finalizer removes from every hierarchy. Checks that need to set kernel counters run on the fakes only.
+finalizer removes from every hierarchy. Checks that need to set kernel counters (or a process that
+survives SIGKILL) run on the fakes only. ``collect_leftovers`` (``agent.cgroups.leftovers``) is part of
+the contract and checked here too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agent.cgroups import manager, v1, v2
+from agent.cgroups import leftovers, manager, v1, v2
 from agent.cgroups.manager import (
     DEFAULT_DEVICE_RULES,
     Cgroup,
@@ -386,3 +388,71 @@ def test_join_files_are_tasks_on_v1_and_procs_on_v2(h: Harness) -> None:
     suffix = "/tasks" if h.manager.version == 1 else "/cgroup.procs"
     assert files and all(f.endswith(suffix) and h.fs.exists(f) for f in files)
     assert len(files) == len(group.procs_files())
+
+
+# --- leftovers of a crash ------------------------------------------------------------------------------
+
+
+def test_collect_leftovers_kills_and_removes_unknown_groups_only(h: Harness) -> None:
+    known = h.create("known")
+    h.join(known, h.spawn())
+    h.create("idle")  # a create that died before its record was written
+    busy = h.create("busy")  # a container whose supervisor died with it running
+    nested = h.manager.create(f"{h.parent}/busy/inner", limits=Limits(), devices=h.devices())
+    orphans = [h.spawn(), h.spawn()]
+    # v2 allows no process in a group that hands controllers to children ("no internal processes").
+    h.join(busy if h.manager.version == 1 else nested, orphans[0])
+    h.join(nested, orphans[1])  # e.g. a group the container made itself
+
+    result = leftovers.collect_leftovers(h.manager, h.parent, keep_ids=["known", "not-there"])
+
+    assert result.removed == (f"{h.parent}/busy", f"{h.parent}/idle") and result.failed == ()
+    assert h.manager.list_children(h.parent) == [f"{h.parent}/known"]
+    assert h.manager.open(f"{h.parent}/busy/inner") is None
+    assert len(known.pids()) == 1  # the known container was not touched
+    for pid in orphans:
+        if pid in h.popens:
+            assert h.popens[pid].wait() == -signal.SIGKILL
+        elif h.fake is not None:
+            assert pid not in h.fake.live
+    assert "removed 2 leftover cgroups" in result.summary()
+    # Nothing left to do the second time.
+    assert leftovers.collect_leftovers(h.manager, h.parent, keep_ids=["known"]) == leftovers.Collected()
+
+
+def test_collect_leftovers_never_touches_anything_outside_the_parent(h: Harness) -> None:
+    other = f"{h.parent}-other"
+    try:
+        theirs = h.manager.create(f"{other}/theirs", limits=Limits(), devices=h.devices())
+        h.join(theirs, h.spawn())
+        h.create("mine")
+        # Same id under another parent, and the parent itself as a prefix of another name.
+        h.manager.create(f"{other}/mine", limits=Limits(), devices=h.devices())
+        result = leftovers.collect_leftovers(h.manager, h.parent, keep_ids=[])
+        assert result.removed == (f"{h.parent}/mine",)
+        assert h.manager.list_children(other) == [f"{other}/mine", f"{other}/theirs"]
+        assert len(theirs.pids()) == 1
+        absent = leftovers.collect_leftovers(h.manager, f"{h.parent}-absent", keep_ids=[])
+        assert absent == leftovers.Collected()
+        with pytest.raises(InvalidArgument):
+            leftovers.collect_leftovers(h.manager, "../escape", keep_ids=[])
+    finally:
+        _cleanup_real(h.manager, other)
+
+
+def test_collect_leftovers_reports_a_group_that_will_not_empty_and_goes_on(h: Harness) -> None:
+    if h.fake is None:
+        pytest.skip("needs a process that survives SIGKILL")
+    stuck = h.create("stuck")
+    pid = h.spawn()
+    h.fake.unkillable.add(pid)  # in uninterruptible sleep
+    h.join(stuck, pid)
+    h.create("idle")
+    result = leftovers.collect_leftovers(h.manager, h.parent, keep_ids=[], timeout_s=0.05)
+    assert result.removed == (f"{h.parent}/idle",)
+    [(name, why)] = result.failed
+    assert name == f"{h.parent}/stuck" and str(pid) in why
+    assert "could not remove" in result.summary()
+    h.fake.unkillable.clear()
+    stuck.kill_all()
+    stuck.remove()

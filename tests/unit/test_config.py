@@ -14,6 +14,12 @@ def settings(*argv: str) -> config.AgentSettings:
 def test_defaults() -> None:
     s = settings()
     assert s.listen == (config.DEFAULT_LISTEN,) and s.subnet is None and s.sample_interval == 1.0
+    assert s.cgroup_delegate is False and s.cgroup_parent == "shoal"
+
+
+def test_cgroup_delegate() -> None:
+    s = settings("--cgroup-delegate", "--cgroup-parent", "containers")
+    assert s.cgroup_delegate is True and s.cgroup_parent == "containers"
 
 
 def test_network_labels_metrics() -> None:
@@ -33,6 +39,7 @@ def test_network_labels_metrics() -> None:
     (["--sample-interval", "10ms"], "at least 100ms"),
     (["--listen", "0.0.0.0:7070"], "needs mutual TLS"),
     (["--cgroup-parent", "a/b"], "invalid --cgroup-parent"),
+    (["--cgroup-delegate", "--cgroup-parent", "agent"], "taken by the agent itself"),
 ])
 def test_bad_flags_are_one_clear_line(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
