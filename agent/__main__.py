@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from agent import config
-from agent.cgroups import manager as cgroups
+from agent.cgroups.detect import detect as detect_cgroups
 from agent.errors import ShoalError
 from agent.images.pull import Puller, RegistrySettings
 from agent.images.store import ImageStore
@@ -93,7 +93,7 @@ async def serve(settings: config.AgentSettings) -> None:
         # Idempotent: a restarted agent adopts its bridge and rebuilds its nftables table in place.
         await network.setup_host()
     try:
-        cgroup_manager = cgroups.detect(delegate=settings.cgroup_delegate)
+        cgroup_manager = detect_cgroups(delegate=settings.cgroup_delegate)
     except ShoalError as err:  # e.g. --cgroup-delegate outside a delegated unit: say why, no traceback
         raise SystemExit(f"shoal-agent: {err}") from None
     identity = usage_host.HostIdentity.for_this_agent(root=settings.root, labels=dict(settings.labels))

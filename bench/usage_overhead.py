@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agent.cgroups import manager as cgroups  # noqa: E402
+from agent.cgroups.detect import detect as detect_cgroups  # noqa: E402
 from agent.cgroups.manager import Cgroup, Limits  # noqa: E402
 from agent.usage.cadvisor import UsageCollector  # noqa: E402
 from agent.usage.host import HostIdentity  # noqa: E402
@@ -76,7 +76,7 @@ class Fleet:
     """N sleeping processes, each in its own netns and cgroup."""
 
     def __init__(self, n: int, scratch: Path) -> None:
-        self.manager = cgroups.detect()
+        self.manager = detect_cgroups()
         self.parent = f"shoal-bench-usage-{secrets.token_hex(4)}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.groups: list[Cgroup] = []

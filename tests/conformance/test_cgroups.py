@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agent.cgroups import leftovers, manager, v1, v2
+from agent.cgroups import detect, leftovers, manager, v1, v2
 from agent.cgroups.manager import (
     DEFAULT_DEVICE_RULES,
     Cgroup,
@@ -97,7 +97,7 @@ def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if os.geteuid() != 0:
         pytest.skip("needs root to write cgroupfs")
     real = manager.RealCgroupFs()
-    mgr = manager.detect(fs=real)
+    mgr = detect.detect(fs=real)
     parent = f"shoal-test-{secrets.token_hex(4)}"
     harness = Harness(manager=mgr, fs=real, parent=parent, spawn=lambda: 0)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cgroups import delegation, leftovers, manager, v2
+from agent.cgroups import delegation, detect, leftovers, manager, v2
 from agent.cgroups.manager import DEFAULT_DEVICE_RULES, Limits, RealCgroupFs
 from agent.errors import FailedPrecondition
 
@@ -106,7 +106,7 @@ def test_v1_groups_are_rooted_in_the_units_cgroup_of_every_hierarchy(unit: FakeU
     own += f"10:freezer:/\n11:cpuset:/\n1:name=systemd:/{unit.path}\n"
     (tmp_path / "cgroup").write_text(own)
 
-    mgr = manager.detect(delegate=True, proc_cgroup=tmp_path / "cgroup")
+    mgr = detect.detect(delegate=True, proc_cgroup=tmp_path / "cgroup")
     assert mgr.version == 1
     limits = Limits(memory_bytes=32 * MiB, pids_max=16)
     group = mgr.create("shoal/c1", limits=limits, devices=DEFAULT_DEVICE_RULES)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cgroups import manager as cgroups
+from agent.cgroups.detect import detect as detect_cgroups
 from agent.cgroups.manager import Cgroup, CgroupManager, Limits
 from agent.usage.host import HostIdentity
 from agent.usage.sampler import UsageSampler
@@ -83,7 +83,7 @@ class Containers:
 
 @pytest.fixture
 def containers(tmp_path: Path) -> Iterator[Containers]:
-    ctrs = Containers(manager=cgroups.detect(), parent=f"shoal-test-usage-{secrets.token_hex(4)}",
+    ctrs = Containers(manager=detect_cgroups(), parent=f"shoal-test-usage-{secrets.token_hex(4)}",
                       scratch=tmp_path / "containers")
     try:
         yield ctrs

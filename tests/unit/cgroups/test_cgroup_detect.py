@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cgroups import manager
+from agent.cgroups import detect, manager
 from agent.cgroups.manager import Limits
 from agent.errors import FailedPrecondition, InvalidArgument
 from tests.conformance.cgroupfs_fake import FakeCgroupFs
@@ -17,7 +17,7 @@ ROOT = "/sys/fs/cgroup"
 
 
 def _detect(fixture: str, fake: FakeCgroupFs) -> manager.CgroupManager:
-    return manager.detect(mountinfo=FIXTURES / fixture, fs=fake)
+    return detect.detect(mountinfo=FIXTURES / fixture, fs=fake)
 
 
 def test_v1_hybrid_build_machine_uses_each_controllers_mount() -> None:
@@ -94,7 +94,7 @@ def test_no_cgroup_mount_is_a_failed_precondition(tmp_path: Path) -> None:
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text("22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
     with pytest.raises(FailedPrecondition):
-        manager.detect(mountinfo=mountinfo, fs=FakeCgroupFs())
+        detect.detect(mountinfo=mountinfo, fs=FakeCgroupFs())
 
 
 def test_parse_mountinfo_ignores_mounts_outside_the_root_and_unescapes() -> None:

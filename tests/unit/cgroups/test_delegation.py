@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cgroups import delegation, leftovers, manager
+from agent.cgroups import delegation, detect, leftovers, manager
 from agent.cgroups.manager import Limits
 from agent.errors import FailedPrecondition
 from tests.conformance.cgroupfs_fake import FakeCgroupFs
@@ -50,7 +50,7 @@ def proc_cgroup(tmp_path: Path, text: str) -> Path:
 
 
 def detect_v2(fake: FakeCgroupFs, own: Path) -> manager.CgroupManager:
-    return manager.detect(
+    return detect.detect(
         mountinfo=FIXTURES / "mountinfo-v2-pure.txt", fs=fake, delegate=True, proc_cgroup=own,
     )
 
@@ -143,7 +143,7 @@ def test_v1_uses_the_units_path_in_every_hierarchy_and_moves_nothing(tmp_path: P
     own = "".join(f"{i}:{c}:/{UNIT}\n" for i, c in enumerate(managed, start=2))
     own += f"9:cpuset:/\n8:freezer:/\n1:name=systemd:/{UNIT}\n0::/{UNIT}\n"
     before = set(fake.groups)
-    mgr = manager.detect(mountinfo=FIXTURES / "mountinfo-v1-hybrid.txt", fs=fake, delegate=True,
+    mgr = detect.detect(mountinfo=FIXTURES / "mountinfo-v1-hybrid.txt", fs=fake, delegate=True,
                          proc_cgroup=proc_cgroup(tmp_path, own))
     assert mgr.version == 1
 
