@@ -13,6 +13,8 @@ echo "==> ruff"
 ruff check .
 echo "==> mypy"
 mypy
+echo "==> import contracts"
+lint-imports --no-cache
 contract="$here/../shared/checks/cli-contract.sh"
 if [ -x "$contract" ] || [ -f "$contract" ]; then
   echo "==> CLI contract ($contract)"

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.cgroups import leftovers
 from agent.cgroups import manager as cgroups
 from agent.errors import (
     AlreadyExists,
@@ -187,6 +188,14 @@ class ContainerRuntime:
         self._supervisor = supervisor
         await self._resync(alive, loaded={item.record.id: item for item in loaded})
         self._supervisor_ready.set()
+        # Groups of containers that no longer exist (a crash, a quarantined record) would keep their
+        # processes and their place in the hierarchy forever.
+        collected = await asyncio.to_thread(leftovers.collect_leftovers, self.cgroups,
+                                            self.settings.cgroup_parent, keep_ids=list(self._containers))
+        if collected.failed:
+            log.warning("%s", collected.summary())
+        elif collected.removed:
+            log.info("%s", collected.summary())
         if self.network is not None:
             # Addresses, ports and namespaces of containers that no longer exist (a crash between
             # attach and record, or an rm the agent did not finish) are freed.
