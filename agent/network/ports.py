@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,9 +21,9 @@ from typing import Any
 
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from agent.network import journal
+from agent.runtime.parse import parse_port_text
 
 ANY_ADDRESS = ipaddress.IPv4Address("0.0.0.0")
-_SPEC = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>[a-z]+))?$")
 
 
 @dataclass(frozen=True)
@@ -56,30 +55,9 @@ class PortMapping:
 
 def parse_port_spec(spec: str) -> PortMapping:
     """``"8080:80"``, ``"127.0.0.2:53:53/udp"`` → ``PortMapping``; ``InvalidArgument`` says what is wrong."""
-    match = _SPEC.match(spec.strip())
-    if match is None:
-        raise InvalidArgument(
-            f"bad port spec {spec!r}: expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp], e.g. 8080:80"
-        )
-    protocol = match["proto"] or "tcp"
-    if protocol not in ("tcp", "udp"):
-        raise InvalidArgument(f"bad port spec {spec!r}: protocol must be tcp or udp, not {protocol!r}")
-    host_port, container_port = int(match["host"]), int(match["ctr"])
-    for port in (host_port, container_port):
-        if not 1 <= port <= 65535:
-            raise InvalidArgument(f"bad port spec {spec!r}: port {port} is outside 1-65535")
-    host_ip = ANY_ADDRESS
-    if match["ip"] is not None:
-        try:
-            host_ip = ipaddress.IPv4Address(match["ip"])
-        except ValueError:
-            raise InvalidArgument(f"bad port spec {spec!r}: {match['ip']!r} is not an IPv4 address") from None
-        if host_ip.is_loopback:
-            # DNAT to a bridge address from 127/8 is dropped as martian; Docker needs a userland proxy.
-            raise InvalidArgument(
-                f"bad port spec {spec!r}: publishing on a loopback address is not supported"
-            )
-    return PortMapping(host_port=host_port, container_port=container_port, protocol=protocol, host_ip=host_ip)
+    host_ip, host_port, container_port, protocol = parse_port_text(spec)
+    return PortMapping(host_port=host_port, container_port=container_port, protocol=protocol,
+                       host_ip=ipaddress.IPv4Address(host_ip) if host_ip else ANY_ADDRESS)
 
 
 def check_conflicts(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from agent.errors import InvalidArgument
+from agent.runtime.parse import parse_restart_text
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_CAP = 60.0
@@ -48,25 +49,8 @@ class RestartPolicy:
 
 def parse_restart(raw: str) -> RestartPolicy:
     """``no``, ``always``, ``on-failure`` or ``on-failure:5`` → a policy (the CLI's ``--restart``)."""
-    text = raw.strip()
-    mode_text, sep, count_text = text.partition(":")
-    try:
-        mode = RestartMode(mode_text)
-    except ValueError:
-        raise InvalidArgument(
-            f"invalid restart policy {raw!r}: use no, always, on-failure or on-failure:MAX"
-        ) from None
-    if not sep:
-        return RestartPolicy(mode)
-    if mode is not RestartMode.ON_FAILURE:
-        raise InvalidArgument(
-            f"invalid restart policy {raw!r}: only on-failure takes a maximum (on-failure:5)"
-        )
-    try:
-        count = int(count_text)
-    except ValueError:
-        raise InvalidArgument(f"invalid restart policy {raw!r}: the maximum must be a whole number") from None
-    return RestartPolicy(mode, max_retries=count)
+    mode, max_retries = parse_restart_text(raw)
+    return RestartPolicy(RestartMode(mode), max_retries=max_retries)
 
 
 def decide(policy: RestartPolicy, *, exit_code: int, oom: bool, restart_count: int,

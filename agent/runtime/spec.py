@@ -18,14 +18,20 @@ from agent.errors import InvalidArgument
 from agent.limits import MIN_CPU_MILLIS, MIN_MEMORY_BYTES
 from agent.network.ports import PortMapping
 from agent.runtime.health import HealthCheck, ProbeKind
+from agent.runtime.parse import (  # the parsers live in parse.py, which the CLI can import cheaply
+    parse_cpus,
+    parse_duration,
+    parse_env,
+    parse_memory,
+    parse_pids,
+    parse_size,
+)
 from agent.runtime.restart import RestartMode, RestartPolicy
 
 ContainerId = NewType("ContainerId", str)
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB]?)\s*$")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 class NetworkMode(Enum):
@@ -122,65 +128,6 @@ def validate_name(raw: str) -> str:
             "starting with a letter or digit"
         )
     return raw
-
-
-def parse_size(raw: str, *, what: str = "size") -> int:
-    """``64M``, ``1g``, ``512k``, ``1.5GiB``, ``1048576`` → bytes (binary units, like Docker)."""
-    m = _SIZE_RE.match(raw)
-    if not m:
-        raise InvalidArgument(
-            f"invalid {what} {raw!r}: expected a number with an optional unit k, m, g or t (e.g. 64M)"
-        )
-    number, unit = float(m.group(1)), m.group(2).lower()
-    return int(number * _UNITS[unit])
-
-
-def parse_memory(raw: str, *, what: str = "memory limit") -> int:
-    value = parse_size(raw, what=what)
-    if value < MIN_MEMORY_BYTES:
-        raise InvalidArgument(f"{what} {raw!r} is too small: the minimum is {MIN_MEMORY_BYTES >> 20}M")
-    return value
-
-
-def parse_cpus(raw: str, *, what: str = "cpu limit") -> int:
-    """``0.5`` cores → 500 millicores; ``250m`` is accepted too (Kubernetes style)."""
-    text = raw.strip()
-    try:
-        millis = int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)
-    except ValueError:
-        raise InvalidArgument(f"invalid {what} {raw!r}: expected cores like 0.5 or 2") from None
-    if millis < MIN_CPU_MILLIS:
-        raise InvalidArgument(f"{what} {raw!r} is too small: the minimum is 0.01 cores")
-    return millis
-
-
-def parse_pids(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidArgument(f"invalid pids limit {raw!r}: expected a whole number") from None
-    if value < 1:
-        raise InvalidArgument(f"pids limit must be at least 1, got {value}")
-    return value
-
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(raw: str, *, what: str = "duration") -> float:
-    """``30s``, ``1.5m``, ``500ms``, ``2h`` or plain seconds → seconds."""
-    m = _DURATION_RE.match(raw)
-    if not m:
-        raise InvalidArgument(f"invalid {what} {raw!r}: expected e.g. 500ms, 30s, 2m or 1h")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-
-
-def parse_env(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    for item in items:
-        if "=" not in item or item.startswith("="):
-            raise InvalidArgument(f"invalid environment variable {item!r}: expected KEY=VALUE")
-    return tuple(items)
 
 
 def merge_env(base: tuple[str, ...], overrides: tuple[str, ...]) -> tuple[str, ...]:
