@@ -19,6 +19,8 @@ import grpc
 
 from agent import config
 from agent.cgroups.detect import detect as detect_cgroups
+from agent.connect import ConnectServer
+from agent.connect_protocol import http_socket_path
 from agent.errors import ShoalError
 from agent.images.pull import Puller, RegistrySettings
 from agent.images.store import ImageStore
@@ -50,8 +52,10 @@ def _check_socket_free(path: Path) -> None:
     raise SystemExit(f"shoal-agent: another agent is already listening on {path}")
 
 
-def _bind(server: grpc.aio.Server, settings: config.AgentSettings) -> list[Path]:
-    sockets = []
+async def _bind(server: grpc.aio.Server, connect: ConnectServer, settings: config.AgentSettings,
+                sockets: list[Path]) -> None:
+    """Bind every listener; each unix socket created is appended to ``sockets`` at once, so a later
+    failure still removes it."""
     for address in settings.listen:
         path = config.unix_path(address)
         if path is not None:
@@ -64,6 +68,11 @@ def _bind(server: grpc.aio.Server, settings: config.AgentSettings) -> list[Path]
             finally:
                 os.umask(old)
             sockets.append(path)
+            # The same API over Connect (HTTP/1.1) for the CLI, at PATH.http: same mode, same lifetime.
+            http = Path(http_socket_path(str(path)))
+            _check_socket_free(http)
+            await connect.bind_unix(http)
+            sockets.append(http)
             continue
         if settings.tls is not None:
             creds = grpc.ssl_server_credentials(
@@ -74,7 +83,6 @@ def _bind(server: grpc.aio.Server, settings: config.AgentSettings) -> list[Path]
         else:  # settings_from_args allows this only with --insecure-tcp
             log.warning("listening on %s without TLS (--insecure-tcp)", address)
             server.add_insecure_port(address)
-    return sockets
 
 
 async def serve(settings: config.AgentSettings) -> None:
@@ -125,20 +133,23 @@ async def serve(settings: config.AgentSettings) -> None:
                                disk_free_fraction=settings.disk_pressure_fraction),
                            totals=totals, observe_duration=agent_metrics.record_sample)
     agent_metrics.registry.register(UsageCollector(sampler.latest))
-    server = grpc.aio.server(interceptors=[RpcMetricsInterceptor(agent_metrics)])
+    interceptors = [RpcMetricsInterceptor(agent_metrics)]
+    server = grpc.aio.server(interceptors=interceptors)
+    connect = ConnectServer(interceptors=interceptors)
     bridge = (str(settings.subnet), settings.bridge) if settings.subnet else ("", "")
-    add_services(server, runtime=runtime, store=store, scratch=settings.root / "tmp", sampler=sampler,
-                 network=bridge, puller=puller, metrics=agent_metrics)
+    add_services(connect.capture(server), runtime=runtime, store=store, scratch=settings.root / "tmp",
+                 sampler=sampler, network=bridge, puller=puller, metrics=agent_metrics)
     # Bind before starting anything else, so a taken or bad address fails with nothing to undo but
     # the sockets themselves.
     sockets: list[Path] = []
     metrics_server = None
     try:
-        sockets = _bind(server, settings)
+        await _bind(server, connect, settings, sockets)
         if settings.metrics_listen:
             metrics_server = serve_metrics(settings.metrics_listen, agent_metrics.registry)
         await runtime.open()
         await server.start()
+        await connect.start()
     except BaseException:
         for path in sockets:
             path.unlink(missing_ok=True)
@@ -156,7 +167,7 @@ async def serve(settings: config.AgentSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down; containers keep running under the supervisor")
-    await server.stop(grace=2)
+    await asyncio.gather(server.stop(grace=2), connect.stop(grace=2))
     sampler_task.cancel()
     sampler.close()
     if metrics_server is not None:
