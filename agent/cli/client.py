@@ -1,20 +1,17 @@
 """How the CLI reaches an agent: address from ``--agent`` / ``SHOAL_AGENT``, optional mTLS, and errors.
 
-gRPC failures become one line on stderr with the agent's own message (it is written for users) and an
-exit status; an unreachable agent says where we looked and how to point elsewhere.
+Failures become one line on stderr with the agent's own message (it is written for users) and an exit
+status; an unreachable agent says where we looked and how to point elsewhere. The transport (Connect on a
+local agent's HTTP socket, gRPC otherwise) is ``agent/cli/transport.py``; everything here and above works
+on the lite messages of ``proto/agent/v1/agent_lite.py`` whichever it is.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-import grpc
-
-from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from agent.cli.transport import AgentTransport, RpcFailure
+from proto.agent.v1 import agent_lite as pb
 
 DEFAULT_AGENT = "unix:///run/shoal/agent.sock"
 
@@ -27,16 +24,23 @@ class CliError(Exception):
         self.code = code
 
 
-@dataclass
 class Agent:
-    address: str
-    channel: grpc.Channel
-    containers: pb_grpc.ContainersStub
-    images: pb_grpc.ImagesStub
+    """One agent's services, over one transport."""
+
+    def __init__(self, address: str, transport: AgentTransport) -> None:
+        self.address = address
+        self.transport = transport
+        self.containers = pb.ContainersStub(transport)
+        self.images = pb.ImagesStub(transport)
+        self.host = pb.HostStub(transport)
+        self.system = pb.SystemStub(transport)
 
     @property
     def is_local(self) -> bool:
         return self.address.startswith("unix:")
+
+    def close(self) -> None:
+        self.transport.close()
 
 
 def resolve_address(flag: str | None) -> str:
@@ -46,34 +50,27 @@ def resolve_address(flag: str | None) -> str:
     return address
 
 
-def connect(address: str, *, tls_dir: Path | None = None) -> Agent:
-    if address.startswith("unix:") or tls_dir is None:
-        channel = grpc.insecure_channel(address)
-    else:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=(tls_dir / "ca.pem").read_bytes(),
-            private_key=(tls_dir / "client-key.pem").read_bytes(),
-            certificate_chain=(tls_dir / "client.pem").read_bytes(),
-        )
-        channel = grpc.secure_channel(address, creds)
-    return Agent(address=address, channel=channel, containers=pb_grpc.ContainersStub(channel),
-                 images=pb_grpc.ImagesStub(channel))
+def connect(address: str, *, tls_dir: str | None = None) -> Agent:
+    """No I/O yet: the transport connects on the first call."""
+    return Agent(address, AgentTransport(address, tls_dir=tls_dir))
 
 
-def describe_rpc_error(err: grpc.RpcError, address: str) -> str:
-    code = err.code() if hasattr(err, "code") else None
-    details = err.details() if hasattr(err, "details") else str(err)
-    trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
-    if code == grpc.StatusCode.UNAVAILABLE and "shoal-error" not in trailing:
+def describe_rpc_error(err: RpcFailure, address: str) -> str:
+    if err.code == "UNAVAILABLE" and "shoal-error" not in err.metadata:
         return (f"cannot reach the agent at {address}: is shoal-agent running? "
                 "(choose another with --agent ADDR or SHOAL_AGENT)")
-    return details or str(code)
+    return err.message or err.code
 
 
-@contextmanager
-def rpc_errors(address: str, *, code: int = 1) -> Iterator[None]:
-    try:
-        yield
-    except grpc.RpcError as err:
-        raise CliError(describe_rpc_error(err, address), code=code) from None
+class rpc_errors:  # a context manager used like a function (contextlib not imported: start-up cost)
+    """``with rpc_errors(address):`` turns an ``RpcFailure`` into a ``CliError`` with ``code``."""
 
+    def __init__(self, address: str, *, code: int = 1) -> None:
+        self.address, self.code = address, code
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: object) -> None:
+        if isinstance(err, RpcFailure):
+            raise CliError(describe_rpc_error(err, self.address), code=self.code) from None

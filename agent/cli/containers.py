@@ -7,23 +7,21 @@ container may be removed) are the agent's, so a remote caller (the scheduler) ge
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import secrets
-import signal
+import os
 import sys
-from typing import Any
-
-import grpc
 
 from agent.cli.client import Agent, CliError, describe_rpc_error, rpc_errors
 from agent.cli.images import pull_image
 from agent.cli.output import ago, command_line, ports_line, short_id, status_line, table
+from agent.cli.transport import RpcFailure
 from agent.errors import InvalidArgument
-from agent.network import ports as ports_mod
-from agent.runtime import restart
-from agent.runtime import spec as specs
-from proto.agent.v1 import agent_pb2 as pb
+from agent.runtime import parse
+from proto.agent.v1 import agent_lite as pb
+
+TYPE_CHECKING = False  # not typing's (import cost)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 # docker run's own exit statuses: 125 the run itself failed, 126 cannot invoke, 127 not found.
 EXIT_RUN_FAILED = 125
@@ -136,40 +134,39 @@ _NETWORKS = {None: pb.NETWORK_MODE_UNSPECIFIED, "none": pb.NETWORK_MODE_NONE,
              "host": pb.NETWORK_MODE_HOST, "bridge": pb.NETWORK_MODE_BRIDGE}
 
 
-def _port_to_pb(port: ports_mod.PortMapping) -> pb.PortMapping:
-    host_ip = "" if port.host_ip == ports_mod.ANY_ADDRESS else str(port.host_ip)
-    return pb.PortMapping(host_ip=host_ip, host_port=port.host_port, container_port=port.container_port,
-                          protocol=port.protocol)
+def _port_to_pb(spec: str) -> pb.PortMapping:
+    host_ip, host_port, container_port, protocol = parse.parse_port_text(spec)
+    return pb.PortMapping(host_ip=host_ip, host_port=host_port, container_port=container_port,
+                          protocol=protocol)
 
 
-_RESTART_MODES = {restart.RestartMode.NO: pb.RESTART_MODE_NO,
-                  restart.RestartMode.ON_FAILURE: pb.RESTART_MODE_ON_FAILURE,
-                  restart.RestartMode.ALWAYS: pb.RESTART_MODE_ALWAYS}
+_RESTART_MODES = {"no": pb.RESTART_MODE_NO, "on-failure": pb.RESTART_MODE_ON_FAILURE,
+                  "always": pb.RESTART_MODE_ALWAYS}
 
 
 def parse_restart(raw: str) -> pb.RestartPolicy:
-    """The runtime's own parser (so the CLI and the agent accept the same words), as protobuf."""
-    policy = restart.parse_restart("always" if raw == "unless-stopped" else raw)
-    return pb.RestartPolicy(mode=_RESTART_MODES[policy.mode], max_retries=policy.max_retries)
+    """The runtime's own parser (so the CLI and the agent accept the same words), as a message."""
+    mode, max_retries = parse.parse_restart_text("always" if raw == "unless-stopped" else raw)
+    return pb.RestartPolicy(mode=_RESTART_MODES[mode], max_retries=max_retries)
 
 
 def parse_health(args: argparse.Namespace) -> pb.HealthCheck | None:
     check = pb.HealthCheck(
-        interval_seconds=specs.parse_duration(args.health_interval, what="health interval"),
-        timeout_seconds=specs.parse_duration(args.health_timeout, what="health timeout"),
+        interval_seconds=parse.parse_duration(args.health_interval, what="health interval"),
+        timeout_seconds=parse.parse_duration(args.health_timeout, what="health timeout"),
         retries=args.health_retries,
-        start_period_seconds=specs.parse_duration(args.health_start_period, what="health start period"),
+        start_period_seconds=parse.parse_duration(args.health_start_period, what="health start period"),
         restart_on_unhealthy=args.restart_on_unhealthy,
     )
     if args.health_cmd is not None:
-        check.exec.command.extend(["/bin/sh", "-c", args.health_cmd])
+        check.exec = pb.ExecProbe(command=["/bin/sh", "-c", args.health_cmd])
     elif args.health_tcp is not None:
-        check.tcp.port = args.health_tcp
+        check.tcp = pb.TcpProbe(port=args.health_tcp)
     elif args.health_http is not None:
         port, _, path = args.health_http.partition("/")
         if not port.isdigit():
             raise InvalidArgument(f"invalid --health-http {args.health_http!r}: expected PORT[/PATH]")
-        check.http.port, check.http.path = int(port), "/" + path
+        check.http = pb.HttpProbe(port=int(port), path="/" + path)
     else:
         if args.restart_on_unhealthy:
             raise InvalidArgument("--restart-on-unhealthy needs a health check (--health-cmd, -tcp or -http)")
@@ -192,14 +189,14 @@ def _key_values(items: list[str], what: str) -> dict[str, str]:
 def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
     try:
         resources = pb.Resources(
-            memory_bytes=specs.parse_memory(args.memory) if args.memory else 0,
-            cpu_millis=specs.parse_cpus(args.cpus) if args.cpus else 0,
-            pids_max=specs.parse_pids(args.pids) if args.pids else 0,
+            memory_bytes=parse.parse_memory(args.memory) if args.memory else 0,
+            cpu_millis=parse.parse_cpus(args.cpus) if args.cpus else 0,
+            pids_max=parse.parse_pids(args.pids) if args.pids else 0,
         )
-        env = specs.parse_env(args.env)
+        env = parse.parse_env(args.env)
         restart = parse_restart(args.restart)
         health = parse_health(args)
-        ports = [_port_to_pb(ports_mod.parse_port_spec(p)) for p in args.publish]
+        ports = [_port_to_pb(p) for p in args.publish]
     except InvalidArgument as err:
         raise CliError(str(err), code=EXIT_RUN_FAILED) from None
     entrypoint = [args.entrypoint] if args.entrypoint else []
@@ -227,8 +224,8 @@ def ensure_image(agent: Agent, ref: str, policy: str) -> None:
         try:
             agent.images.GetImage(pb.ImageRef(ref=ref))
             return
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND:
+        except RpcFailure as err:
+            if err.code != "NOT_FOUND":
                 raise CliError(describe_rpc_error(err, agent.address), code=EXIT_RUN_FAILED) from None
         print(f"Unable to find image '{ref}' locally", file=sys.stderr)
     try:
@@ -245,12 +242,11 @@ def cmd_create(agent: Agent, args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_kind(err: grpc.RpcError) -> str:
-    trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
-    return str(trailing.get("shoal-launch-kind", ""))
+def _launch_kind(err: RpcFailure) -> str:
+    return err.metadata.get("shoal-launch-kind", "")
 
 
-def _launch_code(err: grpc.RpcError) -> int:
+def _launch_code(err: RpcFailure) -> int:
     return _LAUNCH_EXIT.get(_launch_kind(err), EXIT_RUN_FAILED)
 
 
@@ -261,14 +257,14 @@ def cmd_run(agent: Agent, args: argparse.Namespace) -> int:
     ours = not request.id
     if ours:
         # Choose the id here, so a failed start can be cleaned up: the user never saw this container.
-        request.id = secrets.token_hex(32)
+        request.id = os.urandom(32).hex()
     try:
         ctr = agent.containers.CreateContainer(request)
-    except grpc.RpcError as err:
+    except RpcFailure as err:
         if ours:  # created but not started (a taken port, a missing command): leave nothing behind
             _remove_quietly(agent, request.id)
-        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and _launch_kind(err):
-            raise CliError(err.details() or "start failed", code=_launch_code(err)) from None
+        if err.code == "FAILED_PRECONDITION" and _launch_kind(err):
+            raise CliError(err.message or "start failed", code=_launch_code(err)) from None
         raise CliError(describe_rpc_error(err, agent.address), code=EXIT_RUN_FAILED) from None
     if args.detach:
         print(ctr.id)
@@ -277,12 +273,16 @@ def cmd_run(agent: Agent, args: argparse.Namespace) -> int:
 
 
 def _remove_quietly(agent: Agent, container_id: str) -> None:
-    with contextlib.suppress(grpc.RpcError):
+    try:
         agent.containers.RemoveContainer(pb.RemoveContainerRequest(id=container_id, force=True))
+    except RpcFailure:
+        return  # already gone, or the agent is: the error the caller reports is the one that matters
 
 
 def _attach(agent: Agent, container_id: str, *, remove: bool) -> int:
     """Stream the container's output until it exits, then exit with its code."""
+    import signal
+
     interrupted = False
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -290,9 +290,11 @@ def _attach(agent: Agent, container_id: str, *, remove: bool) -> int:
         # First ^C asks the container to stop (SIGTERM, then SIGKILL); we keep streaming its output.
         if not interrupted:
             interrupted = True
-            with contextlib.suppress(grpc.RpcError):
-                agent.containers.StopContainer.future(
-                    pb.StopContainerRequest(id=container_id, timeout_seconds=10))
+            try:  # sent now, answered whenever: the output keeps streaming meanwhile
+                agent.transport.unary_nowait(pb.ContainersStub.StopContainer_method,
+                                             pb.StopContainerRequest(id=container_id, timeout_seconds=10))
+            except RpcFailure:
+                return  # the agent is gone; the output stream reports that
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -363,14 +365,14 @@ def cmd_ps(agent: Agent, args: argparse.Namespace) -> int:
     return 0
 
 
-def _each(agent: Agent, refs: list[str], call: Any) -> int:
+def _each(agent: Agent, refs: list[str], call: Callable[[str], Any]) -> int:
     """Apply ``call`` to every ref, docker style: print each success, report each failure, go on."""
     status = 0
     for ref in refs:
         try:
             call(ref)
             print(ref)
-        except grpc.RpcError as err:
+        except RpcFailure as err:
             print(f"shoal: {describe_rpc_error(err, agent.address)}", file=sys.stderr)
             status = 1
     return status
@@ -434,16 +436,17 @@ _STATE_NAMES = {pb.CONTAINER_STATE_CREATED: "created", pb.CONTAINER_STATE_RUNNIN
 
 
 def container_json(ctr: pb.Container) -> dict[str, Any]:
-    from google.protobuf import json_format
+    from agent.protolite import to_dict
 
-    raw = json_format.MessageToDict(ctr, preserving_proto_field_name=True,
-                                    always_print_fields_with_no_presence=True)
+    raw = to_dict(ctr, always_print_fields_with_no_presence=True)
     raw["state"] = _STATE_NAMES.get(ctr.state, "unknown")
     raw["short_id"] = short_id(ctr.id)
     return raw
 
 
 def cmd_inspect(agent: Agent, args: argparse.Namespace) -> int:
+    import json
+
     out = []
     with rpc_errors(agent.address):
         for ref in args.containers:

@@ -7,28 +7,28 @@
 from __future__ import annotations
 
 import argparse
-import io
-import json
+import os
 import sys
-import tarfile
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 from agent.cli.client import Agent, CliError, rpc_errors
 from agent.cli.output import ago, human_size, short_id, table
-from proto.agent.v1 import agent_pb2 as pb
+from proto.agent.v1 import agent_lite as pb
+
+TYPE_CHECKING = False  # not typing's (import cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import BinaryIO
 
 CHUNK = 1 << 20
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image = sub.add_parser("image", help="manage images")
-    isub = image.add_subparsers(dest="image_command", required=True)
+    isub = image.add_subparsers(dest="image_command", required=True, prog="shoal image")
 
     imp = isub.add_parser("import", help="import an OCI layout (dir or tar) or a docker-archive tar")
-    imp.add_argument("path", type=Path)
+    imp.add_argument("path")
     imp.add_argument("--name", default="", help="NAME:TAG to give the image")
     imp.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     imp.set_defaults(func=cmd_import)
@@ -54,31 +54,33 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     inspect.set_defaults(func=cmd_inspect)
 
 
-def _upload(path: Path, name: str) -> Iterator[pb.ImportImageRequest]:
+def _upload(path: str, name: str) -> Iterator[pb.ImportImageRequest]:
     yield pb.ImportImageRequest(name=name, chunk=b"")
-    if path.is_dir():
+    if os.path.isdir(path):
+        import tarfile
+        import tempfile
+
         with tempfile.TemporaryFile() as tmp:
             with tarfile.open(fileobj=tmp, mode="w") as tf:
                 tf.add(path, arcname=".")
             tmp.seek(0)
             yield from _chunks(tmp)
     else:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             yield from _chunks(f)
 
 
-def _chunks(f: io.BufferedIOBase | tempfile._TemporaryFileWrapper[bytes]) -> Iterator[pb.ImportImageRequest]:
+def _chunks(f: BinaryIO) -> Iterator[pb.ImportImageRequest]:
     while data := f.read(CHUNK):
         yield pb.ImportImageRequest(chunk=data)
 
 
 def cmd_import(agent: Agent, args: argparse.Namespace) -> int:
-    path: Path = args.path.absolute()
-    if not path.exists():
+    path = os.path.abspath(args.path)
+    if not os.path.exists(path):
         raise CliError(f"no such file or directory: {args.path}")
     if agent.is_local:
-        requests: Iterator[pb.ImportImageRequest] = iter([pb.ImportImageRequest(path=str(path),
-                                                                                name=args.name)])
+        requests: Iterator[pb.ImportImageRequest] = iter([pb.ImportImageRequest(path=path, name=args.name)])
     else:
         requests = _upload(path, args.name)
     from agent.cli.progress import LayerProgress  # rich: only when there is progress to draw
@@ -166,13 +168,15 @@ def cmd_rm(agent: Agent, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(agent: Agent, args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
+    import json
+
+    from agent.protolite import to_dict
 
     out = []
     with rpc_errors(agent.address):
         for ref in args.refs:
             image = agent.images.GetImage(pb.ImageRef(ref=ref))
-            out.append(json_format.MessageToDict(image, preserving_proto_field_name=True))
+            out.append(to_dict(image))
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from agent.cli.client import Agent, CliError, rpc_errors
 from agent.cli.output import human_size, table
-from proto.agent.v1 import agent_pb2 as pb
-from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from proto.agent.v1 import agent_lite as pb
 
+TYPE_CHECKING = False  # not typing's (import cost)
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from rich.table import Table
 
 _EVENT_NAMES = {v: k.removeprefix("EVENT_TYPE_").lower() for k, v in pb.EventType.items()}
@@ -61,13 +60,17 @@ def event_line(event: pb.Event) -> str:
     if event.restart_count:
         details.append(f"restarts={event.restart_count}")
     if event.message:
+        import json
+
         details.append(f"message={json.dumps(event.message)}")
     return (f"{event.time.ToJsonString()} #{event.sequence} {kind} {event.container_id[:12]} "
             f"({event.container_name}) {' '.join(details)}").rstrip()
 
 
 def cmd_events(agent: Agent, args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
+    import json
+
+    from agent.protolite import to_dict
 
     request = pb.WatchEventsRequest(labels=_labels(args.filter))
     if args.since is not None:
@@ -76,7 +79,9 @@ def cmd_events(agent: Agent, args: argparse.Namespace) -> int:
         with rpc_errors(agent.address):
             for event in agent.containers.WatchEvents(request):
                 if args.json:
-                    print(json_format.MessageToJson(event, preserving_proto_field_name=True, indent=None))
+                    # What json_format.MessageToJson(event, preserving_proto_field_name=True,
+                    # indent=None) prints.
+                    print(json.dumps(to_dict(event), ensure_ascii=False))
                 else:
                     print(event_line(event))
                 sys.stdout.flush()
@@ -118,8 +123,7 @@ def _rich_table(rows: Iterable[list[str]]) -> Table:
 
 
 def cmd_stats(agent: Agent, args: argparse.Namespace) -> int:
-    stub = pb_grpc.HostStub(agent.channel)
-    stream = stub.WatchUsage(pb.WatchUsageRequest(labels=_labels(args.filter)))
+    stream = agent.host.WatchUsage(pb.WatchUsageRequest(labels=_labels(args.filter)))
     try:
         with rpc_errors(agent.address):
             if args.no_stream:
@@ -140,12 +144,15 @@ def cmd_stats(agent: Agent, args: argparse.Namespace) -> int:
 
 
 def cmd_host(agent: Agent, args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
+    import json
+
+    from agent.protolite import to_dict
 
     with rpc_errors(agent.address):
-        host = pb_grpc.HostStub(agent.channel).GetHost(pb.GetHostRequest())
+        host = agent.host.GetHost(pb.GetHostRequest())
     if args.json:
-        print(json_format.MessageToJson(host, preserving_proto_field_name=True))
+        # What json_format.MessageToJson(host, preserving_proto_field_name=True) prints.
+        print(json.dumps(to_dict(host), indent=2, ensure_ascii=False))
         return 0
     labels = ",".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "-"
     rows = [

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
 import time
-from collections.abc import Sequence
 
-from proto.agent.v1 import agent_pb2 as pb
+from proto.agent.v1 import agent_lite as pb
+
+TYPE_CHECKING = False  # not typing's (import cost)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -61,6 +63,8 @@ def status_line(ctr: pb.Container) -> str:
 
 
 def command_line(argv: Sequence[str], *, width: int = 20) -> str:
+    import shlex
+
     text = shlex.join(argv)
     return f'"{text[: width - 1]}…"' if len(text) > width else f'"{text}"'
 

@@ -6,8 +6,7 @@ import argparse
 
 from agent.cli.client import Agent, rpc_errors
 from agent.cli.output import human_size, short_id, table
-from proto.agent.v1 import agent_pb2 as pb
-from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from proto.agent.v1 import agent_lite as pb
 
 _STATES = {pb.CONTAINER_STATE_CREATED: "created", pb.CONTAINER_STATE_RUNNING: "running",
            pb.CONTAINER_STATE_EXITED: "exited"}
@@ -15,7 +14,7 @@ _STATES = {pb.CONTAINER_STATE_CREATED: "created", pb.CONTAINER_STATE_RUNNING: "r
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     system = sub.add_parser("system", help="host-wide information")
-    ssub = system.add_subparsers(dest="system_command", required=True)
+    ssub = system.add_subparsers(dest="system_command", required=True, prog="shoal system")
     df = ssub.add_parser("df", help="disk used by images, layers and containers")
     df.add_argument("-v", "--verbose", action="store_true", help="one row per image and container")
     df.set_defaults(func=cmd_df)
@@ -23,7 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def cmd_df(agent: Agent, args: argparse.Namespace) -> int:
     with rpc_errors(agent.address):
-        usage = pb_grpc.SystemStub(agent.channel).DiskUsage(pb.DiskUsageRequest())
+        usage = agent.system.DiskUsage(pb.DiskUsageRequest())
     in_use = sum(1 for i in usage.images if i.containers)
     unique = sum(i.size - i.shared_size for i in usage.images)
     writable = sum(c.writable_bytes for c in usage.containers)
