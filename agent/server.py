@@ -41,7 +41,7 @@ from agent.runtime.spec import (
     parse_env,
 )
 from agent.runtime.state import State
-from agent.streams import drain_until_done, threadsafe_putter
+from agent.streams import LatestPerKey, drain_coalesced, write_stream_to
 from agent.usage.host import Condition
 from agent.usage.metrics import AgentMetrics
 from agent.usage.sampler import HostSample, Snapshot, UsageSampler
@@ -106,6 +106,9 @@ _PULL = {
 }
 
 T = TypeVar("T")
+
+# How often an import or pull stream sends progress (per layer, the newest report only).
+PROGRESS_INTERVAL = 0.1
 
 
 def status_for(err: errors.ShoalError) -> grpc.StatusCode:
@@ -482,21 +485,24 @@ class ImagesService(pb_grpc.ImagesServicer):
             raise errors.InvalidArgument("import needs a path or archive bytes")
         name = first.name or None
         upload: Path | None = None
-        if first.WhichOneof("source") == "path":
-            roles.require_local(roles.caller_of(context), what="importing from a path")
-            source = Path(first.path)
-            if not source.exists():
-                raise errors.NotFound(f"no such file or directory on the agent's host: {source}")
-        else:
-            self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".tar", dir=self.scratch)
-            upload = source = Path(tmp)
-            with os.fdopen(fd, "wb") as f:
-                if first.chunk:
-                    f.write(first.chunk)
-                async for req in request_iterator:
-                    f.write(req.chunk)
         try:
+            if first.WhichOneof("source") == "path":
+                roles.require_local(roles.caller_of(context), what="importing from a path")
+                source = Path(first.path)
+                if not source.exists():
+                    raise errors.NotFound(f"no such file or directory on the agent's host: {source}")
+            else:
+                try:
+                    self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".tar", dir=self.scratch)
+                except OSError as err:
+                    raise durable.os_error(err, op="create an upload file in", path=self.scratch) from err
+                os.close(fd)
+                upload = source = Path(tmp)
+                # Written in a worker thread while the next chunks arrive: a big upload never stalls
+                # the event loop, and a full disk is RESOURCE_EXHAUSTED.
+                await write_stream_to(upload, (req.chunk async for req in request_iterator),
+                                      first=first.chunk)
             async for msg in self._progress_stream(
                 lambda report: self.store.import_archive(source, name=name, progress=report)
             ):
@@ -508,17 +514,22 @@ class ImagesService(pb_grpc.ImagesServicer):
 
     async def _progress_stream(self, work: Callable[[Callable[[ImportProgress], None]], Image]
                                ) -> AsyncIterator[pb.ImportImageProgress]:
-        """Run ``work`` (import or pull) in a thread; stream its progress, then the image."""
-        queue: asyncio.Queue[pb.ImportImageProgress] = asyncio.Queue()
-        put = threadsafe_putter(queue)
+        """Run ``work`` (import or pull) in a thread; stream its progress, then the image.
+
+        Reports are coalesced per (layer, phase) and sent at most every PROGRESS_INTERVAL: the workers
+        report per chunk, and a message per report cost the pull its event loop and the GIL. A slow
+        client keeps one pending report per key, never a backlog, and never slows the work (which
+        other pulls of the same layers share)."""
+        mailbox: LatestPerKey[tuple[str | None, str], ImportProgress] = LatestPerKey(
+            asyncio.get_running_loop())
 
         def report(event: ImportProgress) -> None:
             if event.phase != "done":  # the final "done" below carries the image
-                put(progress_to_pb(event))
+                mailbox.put((event.layer, event.phase), event)
 
         job = asyncio.ensure_future(asyncio.to_thread(work, report))
-        async for msg in drain_until_done(job, queue):
-            yield msg
+        async for event in drain_coalesced(job, mailbox, interval=PROGRESS_INTERVAL):
+            yield progress_to_pb(event)
         yield pb.ImportImageProgress(phase="done", image=image_to_pb(job.result()))
 
     @streaming

@@ -1,17 +1,27 @@
-"""Bridging work that reports as it goes (threads, child processes) to async streams.
+"""Bridging work that reports as it goes (threads, child processes) to async streams, and streams of
+bytes to files, without letting either side stall the other or the event loop.
 
-Import, pull and exec all run something that emits events — progress from a worker thread, output
-chunks from a child's pipes — and a gRPC stream that must forward them in order and end when the work
-is done. ``drain_until_done`` is that loop, once.
+* ``drain_until_done``: forward every queued item, in order, until a job is done (exec output).
+* ``LatestPerKey`` + ``drain_coalesced``: progress from worker threads (import, pull) where only the
+  newest report per key matters. The worker never blocks and never makes the loop wake per report; the
+  stream sends at most one batch per interval, so a slow client costs one pending report per key (not a
+  backlog) and never slows the work, which other clients may share.
+* ``write_stream_to``: an upload, written to a file in a worker thread while the next chunks arrive,
+  with at most two batches in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+import os
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Hashable
+from typing import Any, Generic, TypeVar
+
+from agent import durable
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 async def drain_until_done(job: asyncio.Future[Any], queue: asyncio.Queue[T]) -> AsyncIterator[T]:
@@ -28,11 +38,116 @@ async def drain_until_done(job: asyncio.Future[Any], queue: asyncio.Queue[T]) ->
             getter.cancel()
 
 
-def threadsafe_putter(queue: asyncio.Queue[T]) -> Callable[[T], None]:
-    """A callback a worker thread can call to enqueue into ``queue`` on the running loop."""
+class LatestPerKey(Generic[K, T]):
+    """A mailbox from worker threads to one reader on the event loop.
+
+    ``put`` (any thread, never blocks): an item whose key is already waiting replaces it in place, so
+    what waits is bounded by the number of keys; other keys queue in arrival order. Only the first put
+    into an empty mailbox wakes the loop. ``take`` (loop) empties it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: dict[K, T] = {}
+        self._wake_pending = False
+        self._ready = asyncio.Event()
+
+    def put(self, key: K, item: T) -> None:
+        with self._lock:
+            self._items[key] = item  # a dict keeps a replaced key in its first position
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self._loop.call_soon_threadsafe(self._ready.set)
+
+    def take(self) -> list[T]:
+        with self._lock:
+            items = list(self._items.values())
+            self._items.clear()
+            self._wake_pending = False
+        self._ready.clear()
+        return items
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    async def wait(self) -> None:
+        await self._ready.wait()
+
+
+async def drain_coalesced(job: asyncio.Future[Any], mailbox: LatestPerKey[Any, T], *,
+                          interval: float) -> AsyncIterator[T]:
+    """Yield what ``mailbox`` holds, one batch at most every ``interval`` seconds, until ``job`` is
+    done; then the rest at once. The job's exception is left for ``job.result()``."""
     loop = asyncio.get_running_loop()
+    next_batch = loop.time()
+    while True:
+        if job.done():
+            for item in mailbox.take():  # everything put before the job ended is in here
+                yield item
+            return
+        waiter = asyncio.ensure_future(mailbox.wait())
+        try:
+            await asyncio.wait({waiter, job}, return_when=asyncio.FIRST_COMPLETED)
+            delay = next_batch - loop.time()
+            if delay > 0 and not job.done():
+                await asyncio.wait({job}, timeout=delay)
+        finally:
+            waiter.cancel()
+        if job.done():
+            continue
+        for item in mailbox.take():
+            yield item  # a slow client holds us here; meanwhile new reports replace older ones
+        next_batch = loop.time() + interval
 
-    def put(item: T) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    return put
+_WRITE_BATCH = 4 << 20
+
+
+async def write_stream_to(path: str | os.PathLike[str], chunks: AsyncIterable[bytes], *,
+                          first: bytes = b"") -> int:
+    """Append ``first`` and then every chunk to the file ``path`` (which exists), in a worker thread, while
+    the next batch is received; returns the bytes written. A full disk is ``ResourceExhausted``; any
+    write error is the agent's exception naming the file. The caller removes the file on failure."""
+    f = await asyncio.to_thread(open, path, "ab", buffering=0)
+    written = 0
+
+    def write_all(batch: list[bytes]) -> int:
+        try:
+            for data in batch:
+                view = memoryview(data)
+                while view:
+                    view = view[f.write(view):]
+        except OSError as err:
+            raise durable.os_error(err, op="write the upload to", path=path) from err
+        return sum(len(d) for d in batch)
+
+    in_flight: asyncio.Future[int] | None = None
+    try:
+        batch: list[bytes] = [first] if first else []
+        size = len(first)
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= _WRITE_BATCH:
+                if in_flight is not None:
+                    written += await in_flight  # at most one batch writing and one filling
+                in_flight = asyncio.ensure_future(asyncio.to_thread(write_all, batch))
+                batch, size = [], 0
+        if in_flight is not None:
+            written += await in_flight
+            in_flight = None
+        if batch:
+            written += await asyncio.to_thread(write_all, batch)
+    finally:
+        if in_flight is not None:
+            # Failing or cancelled: let the thread finish before the caller deletes the file.
+            await asyncio.wait({in_flight})
+            if not in_flight.cancelled():
+                in_flight.exception()  # retrieved: the first error is the one raised
+        await asyncio.to_thread(f.close)
+    return written
