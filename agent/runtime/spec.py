@@ -184,3 +184,11 @@ def spec_from_dict(raw: dict[str, Any]) -> ContainerSpec:
         data["health"] = HealthCheck(**{**check, "kind": ProbeKind(check["kind"]),
                                         "command": tuple(check["command"])})
     return ContainerSpec(**data)
+
+
+# The parsers are re-exported: callers keep importing them from here (their home is parse.py).
+__all__ = [
+    "ContainerId", "ContainerSpec", "NetworkMode", "Resources", "merge_env", "new_container_id",
+    "parse_cpus", "parse_duration", "parse_env", "parse_memory", "parse_pids", "parse_signal", "parse_size",
+    "spec_from_dict", "spec_to_dict", "validate_id", "validate_name",
+]
