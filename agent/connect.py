@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _READ_HIGH_WATER = 256 << 10  # stop reading a client that sends faster than its call consumes
 _MAX_HEAD = 64 << 10
+_DRAIN_TIMEOUT = 10.0  # for the rest of a request body its call did not read
 # Headers that are the transport's, not the caller's metadata.
 _TRANSPORT_HEADERS = frozenset({
     "host", "content-type", "content-length", "transfer-encoding", "connection", "te", "accept",
@@ -451,7 +452,16 @@ class _Connection(asyncio.Protocol):
         finally:
             self.call = None
             context._finish(cancelled=self._closed)
-        return await body.finished()
+        if not await body.finished():
+            # The handler did not read all of the request (it failed early, say). Read the rest so the
+            # client, still sending, neither sees a reset nor loses the answer; then the connection
+            # can carry the next call.
+            try:
+                async with asyncio.timeout(_DRAIN_TIMEOUT):
+                    await body.discard()
+            except (TimeoutError, _BadRequest, _RequestError, asyncio.IncompleteReadError):
+                return False
+        return True
 
     async def _run(self, handler: Any, body: _Body, context: ConnectContext, responder: _Responder,
                    deadline: float | None) -> None:

@@ -303,6 +303,10 @@ class ConnectTransport:
         try:
             conn.send_chunked(method.path, cp.STREAM_CONTENT_TYPE,
                               (cp.envelope(r.SerializeToString()) for r in requests))
+        except (BrokenPipeError, ConnectionResetError):
+            # The agent may answer (an error, typically) before reading all of the request, and hang
+            # up: its answer is waiting to be read. If it is not, reading says the connection was lost.
+            conn.reusable = False
         except OSError as err:
             conn.close()
             raise RpcFailure("UNAVAILABLE", f"connection to the agent lost: {err}") from None

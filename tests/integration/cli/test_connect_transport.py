@@ -79,8 +79,11 @@ class FakeImages(pb_grpc.ImagesServicer):
     @streaming
     async def ImportImage(self, request_iterator: AsyncIterator[pb.ImportImageRequest], context: Any
                           ) -> AsyncIterator[pb.ImportImageProgress]:
-        total = 0
-        name = ""
+        first = await anext(aiter(request_iterator))
+        if first.name == "evil":  # fails before reading the rest of the request, as a bad path import does
+            raise errors.InvalidArgument("entry '../../escaped': path contains '..'")
+        total = len(first.chunk)
+        name = first.name
         async for req in request_iterator:
             name = name or req.name
             total += len(req.chunk)
@@ -239,6 +242,19 @@ def test_client_streaming_import(servers: Servers) -> None:
         assert [p.phase for p in progress] == ["unpacking", "done"]
         assert progress[-1].image.size == 3_000_000 and progress[-1].image.id == "img"
         transport.close()
+
+
+def test_an_early_answer_to_a_request_stream_is_not_lost(servers: Servers) -> None:
+    # The agent answers before reading the whole request and the client is still sending: it must get
+    # the answer (not "cannot reach the agent"), every time.
+    transport = ConnectTransport(str(servers.http_path))
+    requests = [lite.ImportImageRequest(name="evil", chunk=b"")] + [
+        lite.ImportImageRequest(chunk=b"x" * 4096) for _ in range(16)]
+    for _ in range(200):
+        with pytest.raises(RpcFailure) as info:
+            list(lite.ImagesStub(transport).ImportImage(iter(requests)))
+        assert info.value.code == "INVALID_ARGUMENT" and ".." in info.value.message
+    transport.close()
 
 
 def test_calls_are_timed_by_the_same_interceptors(servers: Servers) -> None:
