@@ -167,6 +167,39 @@ class BenchAgent:
         return problems
 
 
+class CallPhases:
+    """``run --rm``'s four calls over Connect from this process, each timed: what the agent costs."""
+
+    def __init__(self, agent: BenchAgent) -> None:
+        from agent.cli.transport import ConnectTransport
+        from proto.agent.v1 import agent_lite
+
+        self.pb = agent_lite
+        self.stub = agent_lite.ContainersStub(ConnectTransport(agent.address[len("unix://"):] + ".http"))
+        self.samples: dict[str, list[float]] = {"create+start": [], "logs -f": [], "wait": [], "remove": []}
+
+    def run_once(self) -> float:
+        pb, stub = self.pb, self.stub
+        cid = os.urandom(32).hex()
+        t0 = time.perf_counter()
+        stub.CreateContainer(pb.CreateContainerRequest(id=cid, start=True, spec=pb.ContainerSpec(
+            image=IMAGE, command=["/bin/true"])))
+        t1 = time.perf_counter()
+        for _ in stub.ContainerLogs(pb.ContainerLogsRequest(id=cid, follow=True)):
+            pass
+        t2 = time.perf_counter()
+        stub.WaitContainer(pb.ContainerRef(id=cid))
+        t3 = time.perf_counter()
+        stub.RemoveContainer(pb.RemoveContainerRequest(id=cid, force=True))
+        t4 = time.perf_counter()
+        for name, value in zip(self.samples, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            self.samples[name].append(value)
+        return t4 - t0
+
+    def summary(self) -> dict[str, object]:
+        return {name: round(statistics.median(v) * 1000, 2) for name, v in self.samples.items() if v}
+
+
 # --- docker ------------------------------------------------------------------------------------------
 
 
@@ -370,8 +403,18 @@ def main(argv: list[str] | None = None) -> int:
                                     whole(podman.run_argv("localhost/bench/busybox:v1"))))
             print(f"{args.n} rounds of {len(rows) + len(run_rows)} per-process rows", file=sys.stderr,
                   flush=True)
+            # Where a run --rm goes: the interpreter, the CLI's imports, and each call (in this process).
+            python = str(after.venv / "bin" / "python")
+            rows += [Row("after: python -c pass", "the venv's interpreter, site included",
+                         whole([python, "-c", "pass"])),
+                     Row("after: python -c 'import agent.cli.main'", "", whole(
+                         [python, "-c", "import agent.cli.main"]))]
+            phases = CallPhases(new)
+            rows.append(Row("after: run --rm as 4 calls (in-process)", "create+start, logs -f, wait, remove",
+                            phases.run_once))
             interleave(rows + run_rows, n=args.n, warmup=3, settle=args.settle_ms / 1000, seed=args.seed)
             results["processes"] = [summarize(r, scale=1000) for r in rows + run_rows]
+            results["call_phases_ms"] = [phases.summary()]
 
             # 3. Bursts of detached containers.
             burst_rows = []
@@ -464,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             peers[f"{label}: {args.burst_size} x shoal run -d"] = docker_burst
             peers[f"{label}: shoal image pull -q"] = "shoal pull (in-process)"
     print_table("whole processes", results.get("processes", []), "ms", peers)
+    if "call_phases_ms" in results:
+        print(f"run --rm's calls, p50 (ms): {results['call_phases_ms'][0]}")
     print_table("bursts", results.get("bursts", []), "s", peers)
     if "pulls" in results:
         print_table("pulls of the 74 MB image", results["pulls"], "s", peers)

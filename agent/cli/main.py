@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.cli import certs, containers, images, observe, system
 from agent.cli.client import CliError, connect, resolve_address
+
+TYPE_CHECKING = False  # not typing's (import cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -36,15 +39,72 @@ class _HelpFormatter(argparse.HelpFormatter):
         return super().format_help()
 
 
+class _Unused:
+    """What ``add_parser`` gives for a command this invocation does not run: every call is a no-op."""
+
+    def __getattr__(self, name: str) -> object:
+        return self._ignore
+
+    def _ignore(self, *args: object, **kwargs: object) -> _Unused:
+        return self
+
+
+# Typed as a parser for the modules that fill it in; it only swallows their calls.
+_UNUSED: argparse.ArgumentParser = _Unused()  # type: ignore[assignment]
+
+
+class _SubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """With ``only`` set, builds that command's parser alone: building all of them (≈ 100 arguments)
+    cost every invocation more than parsing its own."""
+
+    only: str | None = None
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if self.only is not None and name != self.only:
+            return _UNUSED
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        return parser
+
+
 class _Parser(argparse.ArgumentParser):
     """Subparsers are made with the parent's class, so every parser of the CLI gets the formatter."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.register("action", "parsers", _SubParsers)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Command → the module that defines it, in the order their help lists them.
+_MODULES = ("containers", "images", "system", "observe", "certs")
+COMMANDS = {**dict.fromkeys(("run", "create", "ps", "logs", "start", "stop", "kill", "rm", "wait", "exec",
+                             "inspect"), "containers"),
+            "image": "images", "system": "system", "events": "observe", "stats": "observe",
+            "host": "observe", "certs": "certs"}
+_GLOBAL_WITH_VALUE = ("--agent", "--tls-dir")
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The command ``argv`` runs, if it is plainly one of ours; None when in doubt (help, an unknown
+    word, an option we do not know): then the whole parser is built, so every message is the same."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            matches = [o for o in _GLOBAL_WITH_VALUE if len(name) > 2 and o.startswith(name)]
+            if len(matches) != 1:
+                return None  # -h, --, or something argparse must explain
+            skip = "=" not in arg
+            continue
+        return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv``, with only the parser of the command it runs filled in."""
     parser: argparse.ArgumentParser = _Parser(prog="shoal",
                                               description="Run and manage containers through a Shoal agent.")
     parser.add_argument("--agent", default=None, metavar="ADDR",
@@ -54,16 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ca.pem, client.pem, client-key.pem for an mTLS TCP agent")
     # prog given: otherwise argparse formats a usage line (importing shutil) on every start.
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="shoal")
-    containers.add_parsers(sub)
-    images.add_parsers(sub)
-    system.add_parsers(sub)
-    observe.add_parsers(sub)
-    certs.add_parsers(sub)
+    only = command_word(argv) if argv is not None else None
+    if isinstance(sub, _SubParsers):
+        sub.only = only
+    # Only the module of the command being run is imported (each costs start-up time).
+    for name in _MODULES if only is None else (COMMANDS[only],):
+        module = __import__(f"agent.cli.{name}", fromlist=["add_parsers"])  # not importlib: its cost
+        module.add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(words).parse_args(words)
     # Offline verbs (certs) need no agent; the others connect on their first call.
     agent = None if getattr(args, "offline", False) else connect(resolve_address(args.agent),
                                                                   tls_dir=args.tls_dir)

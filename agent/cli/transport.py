@@ -14,15 +14,15 @@ the middle of a call, is ``UNAVAILABLE`` without ``shoal-error``.
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py would cost every CLI process ≈ 6 ms (selectors, enum tables)
 import os
-import socket
 
 from agent import connect_protocol as cp
 
 TYPE_CHECKING = False  # not typing's: importing typing costs every CLI process milliseconds
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from typing import Any, BinaryIO, TypeVar
+    from typing import Any, TypeVar
 
     from agent.protolite import Message, Method, Stream, Transport
 
@@ -46,12 +46,56 @@ def _unreachable(where: str, err: OSError) -> RpcFailure:
 
 # -- Connect over HTTP/1.1 on a unix socket ------------------------------------------------------------
 
+def _unix_socket(path: str) -> _socket.socket:
+    """A connected unix stream socket; OSError (ENOENT, ECONNREFUSED...) if nobody listens there."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Reader:
+    """Buffered reads from a socket: what ``socket.makefile("rb")`` gives, without importing socket.py."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def _fill(self) -> bool:
+        data = self._sock.recv(1 << 16)
+        self._buffer += data
+        return bool(data)
+
+    def readline(self, limit: int) -> bytes:
+        """Up to and including the next newline (at most ``limit`` bytes); less only at EOF."""
+        while True:
+            end = self._buffer.find(b"\n", 0, limit)
+            if end >= 0:
+                return self._take(end + 1)
+            if len(self._buffer) >= limit or not self._fill():
+                return self._take(min(limit, len(self._buffer)))
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes, waiting for at least one; b"" at EOF."""
+        if not self._buffer and not self._fill():
+            return b""
+        return self._take(min(n, len(self._buffer)))
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+
 class _HttpConnection:
     """One HTTP/1.1 connection; requests are sent whole, responses read as the caller needs them."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
-        self.rfile: BinaryIO = sock.makefile("rb")
+        self.rfile = _Reader(sock)
         self.reusable = True
 
     def send(self, path: str, content_type: str, body: bytes) -> None:
@@ -91,14 +135,13 @@ class _HttpConnection:
 
     def close(self) -> None:
         self.reusable = False
-        self.rfile.close()
         self.sock.close()
 
 
 class _Body:
     """A response body: ``Content-Length``, chunked, or up to the end of the connection."""
 
-    def __init__(self, rfile: BinaryIO, headers: dict[str, str]) -> None:
+    def __init__(self, rfile: _Reader, headers: dict[str, str]) -> None:
         self._rfile = rfile
         self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self._left: int | None = None if self._chunked else int(headers.get("content-length", "-1"))
@@ -236,7 +279,7 @@ def _unary_failure(status: int, headers: dict[str, str], body: bytes) -> RpcFail
 class ConnectTransport:
     """Calls over the Connect socket at ``path``; one kept-alive connection, more only for overlap."""
 
-    def __init__(self, path: str, first: socket.socket | None = None) -> None:
+    def __init__(self, path: str, first: _socket.socket | None = None) -> None:
         self.path = path
         self._idle: _HttpConnection | None = _HttpConnection(first) if first is not None else None
         self._detached: list[_HttpConnection] = []  # unary_nowait calls, alive until close()
@@ -245,13 +288,10 @@ class ConnectTransport:
         conn, self._idle = self._idle, None
         if conn is not None:
             return conn
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(self.path)
+            return _HttpConnection(_unix_socket(self.path))
         except OSError as err:
-            sock.close()
             raise _unreachable(self.path, err) from None
-        return _HttpConnection(sock)
 
     def _release(self, conn: _HttpConnection, *, reuse: bool) -> None:
         if reuse and conn.reusable and self._idle is None:
@@ -424,20 +464,14 @@ class AgentTransport:
         if path is None:
             return GrpcTransport(self.address, tls_dir=self._tls_dir)
         http = cp.http_socket_path(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(http)
-            return ConnectTransport(http, first=sock)
+            return ConnectTransport(http, first=_unix_socket(http))
         except OSError:
-            sock.close()
-        # No Connect socket: an older agent (gRPC only), or none at all. Say so without loading grpc.
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            pass  # no Connect socket: an older agent (gRPC only), or none at all
         try:
-            probe.connect(path)
+            _unix_socket(path).close()  # say which, without loading grpc
         except OSError as err:
             raise _unreachable(path, err) from None
-        finally:
-            probe.close()
         return GrpcTransport(self.address)
 
     def unary(self, method: Method[Req, Resp], request: Req) -> Resp:

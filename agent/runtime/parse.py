@@ -13,17 +13,18 @@ import re
 from agent.errors import InvalidArgument
 from agent.limits import MIN_CPU_MILLIS, MIN_MEMORY_BYTES
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB]?)\s*$")
+# Patterns, compiled (and cached by re) on first use: compiling at import cost every CLI process.
+_SIZE_RE = r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB]?)\s*$"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_RE = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_PORT_SPEC = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>[a-z]+))?$")
+_PORT_SPEC = r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>[a-z]+))?$"
 RESTART_MODES = ("no", "on-failure", "always")
 
 
 def parse_size(raw: str, *, what: str = "size") -> int:
     """``64M``, ``1g``, ``512k``, ``1.5GiB``, ``1048576`` → bytes (binary units, like Docker)."""
-    m = _SIZE_RE.match(raw)
+    m = re.match(_SIZE_RE, raw)
     if not m:
         raise InvalidArgument(
             f"invalid {what} {raw!r}: expected a number with an optional unit k, m, g or t (e.g. 64M)"
@@ -63,7 +64,7 @@ def parse_pids(raw: str) -> int:
 
 def parse_duration(raw: str, *, what: str = "duration") -> float:
     """``30s``, ``1.5m``, ``500ms``, ``2h`` or plain seconds → seconds."""
-    m = _DURATION_RE.match(raw)
+    m = re.match(_DURATION_RE, raw)
     if not m:
         raise InvalidArgument(f"invalid {what} {raw!r}: expected e.g. 500ms, 30s, 2m or 1h")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
@@ -102,7 +103,7 @@ def parse_restart_text(raw: str) -> tuple[str, int]:
 def parse_port_text(spec: str) -> tuple[str, int, int, str]:
     """``"8080:80"``, ``"127.0.0.2:53:53/udp"`` → (host address or "" for every address, host port,
     container port, protocol); ``InvalidArgument`` says what is wrong."""
-    match = _PORT_SPEC.match(spec.strip())
+    match = re.match(_PORT_SPEC, spec.strip())
     if match is None:
         raise InvalidArgument(
             f"bad port spec {spec!r}: expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp], e.g. 8080:80"

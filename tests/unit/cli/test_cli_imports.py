@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 FORBIDDEN = ("grpc", "google.protobuf", "asyncio", "rich", "typing", "dataclasses", "pathlib", "http",
-             "email", "ipaddress", "secrets", "shutil", "json", "tarfile", "agent.runtime.spec",
+             "email", "ipaddress", "secrets", "shutil", "json", "tarfile", "socket", "selectors",
+             "agent.runtime.spec",
              "agent.network", "agent.runtime.restart", "agent.runtime.health")
 
 PROBE = """
