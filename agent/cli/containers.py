@@ -10,12 +10,12 @@ import argparse
 import os
 import sys
 
+from agent import parsing as parse
 from agent.cli.client import Agent, CliError, describe_rpc_error, rpc_errors
 from agent.cli.images import pull_image
 from agent.cli.output import ago, command_line, ports_line, short_id, status_line, table
 from agent.cli.transport import RpcFailure
 from agent.errors import InvalidArgument
-from agent.runtime import parse
 from proto.agent.v1 import agent_lite as pb
 
 TYPE_CHECKING = False  # not typing's (import cost)

@@ -1,7 +1,7 @@
 """``shoal``: the command line. Docker-like verbs for one host, talking to ``shoal-agent``.
 
 Start-up is most of what a ``shoal`` process costs, so this package imports only the standard library's
-small modules, its own lite messages and the pure parsers of ``agent/runtime/parse.py``: no grpc, no
+small modules, its own lite messages and the pure parsers of ``agent/parsing.py``: no grpc, no
 protobuf runtime, no rich (unless drawing progress bars), no asyncio, no typing (see
 ``agent/cli/transport.py``; a unit test keeps it that way).
 """

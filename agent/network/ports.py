@@ -21,7 +21,7 @@ from typing import Any
 
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from agent.network import journal
-from agent.runtime.parse import parse_port_text
+from agent.parsing import parse_port_text
 
 ANY_ADDRESS = ipaddress.IPv4Address("0.0.0.0")
 

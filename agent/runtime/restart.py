@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from agent.errors import InvalidArgument
-from agent.runtime.parse import parse_restart_text
+from agent.parsing import parse_restart_text
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_CAP = 60.0

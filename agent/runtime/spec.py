@@ -17,8 +17,7 @@ from typing import Any, NewType
 from agent.errors import InvalidArgument
 from agent.limits import MIN_CPU_MILLIS, MIN_MEMORY_BYTES
 from agent.network.ports import PortMapping
-from agent.runtime.health import HealthCheck, ProbeKind
-from agent.runtime.parse import (  # the parsers live in parse.py, which the CLI can import cheaply
+from agent.parsing import (  # the parsers live in agent/parsing.py, which the CLI imports cheaply
     parse_cpus,
     parse_duration,
     parse_env,
@@ -26,6 +25,7 @@ from agent.runtime.parse import (  # the parsers live in parse.py, which the CLI
     parse_pids,
     parse_size,
 )
+from agent.runtime.health import HealthCheck, ProbeKind
 from agent.runtime.restart import RestartMode, RestartPolicy
 
 ContainerId = NewType("ContainerId", str)
@@ -186,7 +186,7 @@ def spec_from_dict(raw: dict[str, Any]) -> ContainerSpec:
     return ContainerSpec(**data)
 
 
-# The parsers are re-exported: callers keep importing them from here (their home is parse.py).
+# The parsers are re-exported: callers keep importing them from here (their home is agent/parsing.py).
 __all__ = [
     "ContainerId", "ContainerSpec", "NetworkMode", "Resources", "merge_env", "new_container_id",
     "parse_cpus", "parse_duration", "parse_env", "parse_memory", "parse_pids", "parse_signal", "parse_size",

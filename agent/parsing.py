@@ -2,8 +2,8 @@
 
 Pure functions over text with no imports beyond ``re`` and the error tree, because the ``shoal`` CLI runs
 them on every invocation to reject ``--memory 12Q`` before calling the agent, with the very message the
-agent would give. The runtime's value types are built from these results in ``spec.py``, ``restart.py``
-and ``network/ports.py``, which re-export the parsers, so there is one parser and one message for each.
+agent would give. The runtime's value types are built from these results in ``runtime/spec.py``,
+``runtime/restart.py`` and ``network/ports.py``, so there is one parser and one message for each.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pure parsers the CLI and the agent share (agent/runtime/parse.py): the runtime's types built from
+"""The pure parsers the CLI and the agent share (agent/parsing.py): the runtime's types built from
 them accept and refuse exactly what the text parsers do, with the same messages."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import ipaddress
 
 import pytest
 
+from agent import parsing as parse
 from agent.errors import InvalidArgument
 from agent.network.ports import ANY_ADDRESS, parse_port_spec
-from agent.runtime import parse, restart
+from agent.runtime import restart
 
 
 @pytest.mark.parametrize(("text", "expected"), [
