@@ -427,21 +427,14 @@ class _Connection(asyncio.Protocol):
                 raise _BadRequest(400, "connect-timeout-ms must be an integer") from None
         context = ConnectContext(metadata, deadline)
         responder = _StreamResponder(self) if streaming else _UnaryResponder(self)
-        handler = None
         if encoding != "identity":
-            error: tuple[str, str] | None = ("UNIMPLEMENTED", f"compression {encoding!r} is not supported")
-        else:
-            handler = await self.server.resolve(_CallDetails(request.path, metadata))
-            error = None if handler is not None else ("UNIMPLEMENTED", f"unknown method {request.path}")
-        if handler is not None and bool(handler.request_streaming or handler.response_streaming) != streaming:
-            wanted = cp.STREAM_CONTENT_TYPE if streaming is False else cp.UNARY_CONTENT_TYPE
+            return await self._refuse(body, responder, f"compression {encoding!r} is not supported")
+        handler = await self.server.resolve(_CallDetails(request.path, metadata))
+        if handler is None:
+            return await self._refuse(body, responder, f"unknown method {request.path}")
+        if bool(handler.request_streaming or handler.response_streaming) != streaming:
+            wanted = cp.UNARY_CONTENT_TYPE if streaming else cp.STREAM_CONTENT_TYPE
             raise _BadRequest(415, f"{request.path} takes {wanted}")
-        if error is not None or handler is None:
-            code, message = error or ("UNIMPLEMENTED", "")
-            await body.discard()
-            self._body_done = True
-            responder.fail(code, message, ())
-            return True
         self.call = asyncio.ensure_future(self._run(handler, body, context, responder, deadline))
         try:
             await self.call
@@ -461,6 +454,13 @@ class _Connection(asyncio.Protocol):
                     await body.discard()
             except (TimeoutError, _BadRequest, _RequestError, asyncio.IncompleteReadError):
                 return False
+        return True
+
+    async def _refuse(self, body: _Body, responder: _Responder, message: str) -> bool:
+        """Answer UNIMPLEMENTED without calling anything; the connection stays usable."""
+        await body.discard()
+        self._body_done = True
+        responder.fail("UNIMPLEMENTED", message, ())
         return True
 
     async def _run(self, handler: Any, body: _Body, context: ConnectContext, responder: _Responder,

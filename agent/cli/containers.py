@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from agent import parsing as parse
+from agent import parsing
 from agent.cli.client import Agent, CliError, describe_rpc_error, rpc_errors
 from agent.cli.images import pull_image
 from agent.cli.output import ago, command_line, ports_line, short_id, status_line, table
@@ -135,7 +135,7 @@ _NETWORKS = {None: pb.NETWORK_MODE_UNSPECIFIED, "none": pb.NETWORK_MODE_NONE,
 
 
 def _port_to_pb(spec: str) -> pb.PortMapping:
-    host_ip, host_port, container_port, protocol = parse.parse_port_text(spec)
+    host_ip, host_port, container_port, protocol = parsing.parse_port_text(spec)
     return pb.PortMapping(host_ip=host_ip, host_port=host_port, container_port=container_port,
                           protocol=protocol)
 
@@ -146,16 +146,16 @@ _RESTART_MODES = {"no": pb.RESTART_MODE_NO, "on-failure": pb.RESTART_MODE_ON_FAI
 
 def parse_restart(raw: str) -> pb.RestartPolicy:
     """The runtime's own parser (so the CLI and the agent accept the same words), as a message."""
-    mode, max_retries = parse.parse_restart_text("always" if raw == "unless-stopped" else raw)
+    mode, max_retries = parsing.parse_restart_text("always" if raw == "unless-stopped" else raw)
     return pb.RestartPolicy(mode=_RESTART_MODES[mode], max_retries=max_retries)
 
 
 def parse_health(args: argparse.Namespace) -> pb.HealthCheck | None:
     check = pb.HealthCheck(
-        interval_seconds=parse.parse_duration(args.health_interval, what="health interval"),
-        timeout_seconds=parse.parse_duration(args.health_timeout, what="health timeout"),
+        interval_seconds=parsing.parse_duration(args.health_interval, what="health interval"),
+        timeout_seconds=parsing.parse_duration(args.health_timeout, what="health timeout"),
         retries=args.health_retries,
-        start_period_seconds=parse.parse_duration(args.health_start_period, what="health start period"),
+        start_period_seconds=parsing.parse_duration(args.health_start_period, what="health start period"),
         restart_on_unhealthy=args.restart_on_unhealthy,
     )
     if args.health_cmd is not None:
@@ -189,11 +189,11 @@ def _key_values(items: list[str], what: str) -> dict[str, str]:
 def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
     try:
         resources = pb.Resources(
-            memory_bytes=parse.parse_memory(args.memory) if args.memory else 0,
-            cpu_millis=parse.parse_cpus(args.cpus) if args.cpus else 0,
-            pids_max=parse.parse_pids(args.pids) if args.pids else 0,
+            memory_bytes=parsing.parse_memory(args.memory) if args.memory else 0,
+            cpu_millis=parsing.parse_cpus(args.cpus) if args.cpus else 0,
+            pids_max=parsing.parse_pids(args.pids) if args.pids else 0,
         )
-        env = parse.parse_env(args.env)
+        env = parsing.parse_env(args.env)
         restart = parse_restart(args.restart)
         health = parse_health(args)
         ports = [_port_to_pb(p) for p in args.publish]

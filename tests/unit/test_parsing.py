@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from agent import parsing as parse
+from agent import parsing
 from agent.errors import InvalidArgument
 from agent.network.ports import ANY_ADDRESS, parse_port_spec
 from agent.runtime import restart
@@ -19,7 +19,7 @@ from agent.runtime import restart
     ("0.0.0.0:1:2", ("", 1, 2, "tcp")),
 ])
 def test_port_text(text: str, expected: tuple[str, int, int, str]) -> None:
-    assert parse.parse_port_text(text) == expected
+    assert parsing.parse_port_text(text) == expected
     mapping = parse_port_spec(text)
     assert (mapping.host_port, mapping.container_port, mapping.protocol) == expected[1:]
     assert mapping.host_ip == (ipaddress.IPv4Address(expected[0]) if expected[0] else ANY_ADDRESS)
@@ -34,7 +34,7 @@ def test_port_text(text: str, expected: tuple[str, int, int, str]) -> None:
 ])
 def test_port_text_refusals_match_the_runtime(text: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message) as text_err:
-        parse.parse_port_text(text)
+        parsing.parse_port_text(text)
     with pytest.raises(InvalidArgument) as runtime_err:
         parse_port_spec(text)
     assert str(text_err.value) == str(runtime_err.value)
@@ -45,7 +45,7 @@ def test_port_text_refusals_match_the_runtime(text: str, message: str) -> None:
     (" on-failure:5 ", ("on-failure", 5)),
 ])
 def test_restart_text(text: str, expected: tuple[str, int]) -> None:
-    assert parse.parse_restart_text(text) == expected
+    assert parsing.parse_restart_text(text) == expected
     policy = restart.parse_restart(text)
     assert (policy.mode.value, policy.max_retries) == expected
 
@@ -58,6 +58,6 @@ def test_restart_text(text: str, expected: tuple[str, int]) -> None:
 ])
 def test_restart_refusals(text: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        parse.parse_restart_text(text)
+        parsing.parse_restart_text(text)
     with pytest.raises(InvalidArgument, match=message):
         restart.parse_restart(text)
