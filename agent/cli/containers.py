@@ -12,7 +12,6 @@ import sys
 
 from agent import parsing
 from agent.cli.client import Agent, CliError, describe_rpc_error, rpc_errors
-from agent.cli.images import pull_image
 from agent.cli.output import ago, command_line, ports_line, short_id, status_line, table
 from agent.cli.transport import RpcFailure
 from agent.errors import InvalidArgument
@@ -228,6 +227,8 @@ def ensure_image(agent: Agent, ref: str, policy: str) -> None:
             if err.code != "NOT_FOUND":
                 raise CliError(describe_rpc_error(err, agent.address), code=EXIT_RUN_FAILED) from None
         print(f"Unable to find image '{ref}' locally", file=sys.stderr)
+    from agent.cli.images import pull_image  # only when pulling: every import costs each run
+
     try:
         pull_image(agent, ref, quiet=False)
     except CliError as err:
