@@ -268,12 +268,15 @@ def test_calls_are_timed_by_the_same_interceptors(servers: Servers) -> None:
     assert count == 1
 
 
-def _raw(path: Path, request: bytes) -> bytes:
+def _raw(path: Path, request: bytes, *, half_close: bool = True) -> bytes:
+    """Send ``request`` and read until the server closes. With ``half_close`` the client then shuts
+    its side (which a server takes as "gone" once a call is running, as Go's does)."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(path))
         try:
             sock.sendall(request)
-            sock.shutdown(socket.SHUT_WR)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may answer (and hang up) before reading everything, as HTTP allows
         data = b""
@@ -295,6 +298,28 @@ def test_bad_requests_get_clear_http_errors(servers: Servers) -> None:
             b"Content-Length: %d\r\n\r\n" % (5 << 20)) + b"\n" * (5 << 20)
     answer = _raw(servers.http_path, huge)
     assert answer.startswith(b"HTTP/1.1 429 ") and b"resource_exhausted" in answer
+
+
+def test_a_deadline_ends_the_call(servers: Servers) -> None:
+    body = lite.ContainerRef(id="x").SerializeToString()
+    request = (b"POST /shoal.agent.v1.Containers/WaitContainer HTTP/1.1\r\n"
+               b"Content-Type: application/proto\r\nConnection: close\r\n"
+               b"Connect-Timeout-Ms: 200\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    answer = _raw(servers.http_path, request, half_close=False)
+    assert answer.startswith(b"HTTP/1.1 504 ") and b'"deadline_exceeded"' in answer
+    assert servers.containers.wait_cancelled.wait(10)  # the handler saw the cancellation
+
+
+def test_stopping_the_server_ends_streams_in_flight(servers: Servers) -> None:
+    transport = ConnectTransport(str(servers.http_path))
+    stream = lite.ContainersStub(transport).ContainerLogs(lite.ContainerLogsRequest(id="flood"))
+    next(stream)
+    servers.run(servers.connect.stop(0))
+    with pytest.raises(RpcFailure) as info:
+        for _ in stream:
+            pass
+    assert info.value.code == "UNAVAILABLE"
+    transport.close()
 
 
 def test_the_cli_picks_connect_grpc_or_says_the_agent_is_down(servers: Servers, tmp_path: Path) -> None:
