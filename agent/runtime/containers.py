@@ -665,7 +665,9 @@ class ContainerRuntime:
             return ctr.lc.state not in (State.CREATED, State.STARTING, State.RUNNING) \
                 or self._containers.get(ctr.id) is not ctr
 
-        async for entry in ctrlogs.follow_entries(directory, is_finished=finished, tail=tail):
+        # ``exited`` is set exactly when ``finished()`` turns true: the follower sees the end at once.
+        async for entry in ctrlogs.follow_entries(directory, is_finished=finished, tail=tail,
+                                                  wake=ctr.exited):
             yield entry
 
     async def exec(self, ref: str, *, argv: list[str], env: list[str], working_dir: str,
