@@ -96,6 +96,10 @@ def _add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
     parser.add_argument("-m", "--memory", default=None, help="memory limit, e.g. 64M (no swap)")
     parser.add_argument("--cpus", default=None, help="cpu limit in cores, e.g. 0.5")
+    parser.add_argument("--memory-request", "--memory-reservation", dest="memory_request", default=None,
+                        metavar="SIZE", help="memory the host reserves for it (default: the limit)")
+    parser.add_argument("--cpus-request", dest="cpus_request", default=None, metavar="CORES",
+                        help="cpu the host reserves for it (default: the limit)")
     parser.add_argument("--pids", "--pids-limit", dest="pids", default=None, help="max processes")
     parser.add_argument("--hostname", default="")
     parser.add_argument("-u", "--user", default="", help="UID[:GID] or NAME[:GROUP]")
@@ -191,6 +195,10 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
             memory_bytes=parsing.parse_memory(args.memory) if args.memory else 0,
             cpu_millis=parsing.parse_cpus(args.cpus) if args.cpus else 0,
             pids_max=parsing.parse_pids(args.pids) if args.pids else 0,
+            memory_request_bytes=parsing.parse_size(args.memory_request, what="memory request")
+            if args.memory_request else 0,
+            cpu_request_millis=parsing.parse_cpus(args.cpus_request, what="cpu request")
+            if args.cpus_request else 0,
         )
         env = parsing.parse_env(args.env)
         restart = parse_restart(args.restart)

@@ -155,15 +155,21 @@ def cmd_host(agent: Agent, args: argparse.Namespace) -> int:
         print(json.dumps(to_dict(host), indent=2, ensure_ascii=False))
         return 0
     labels = ",".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "-"
+    conditions = ", ".join(f"{c.type} ({c.message})" for c in host.conditions) or "none"
     rows = [
         ["host id", host.host_id], ["hostname", host.hostname], ["agent version", host.agent_version],
-        ["labels", labels], ["cpu cores", str(host.cpu_cores)],
+        ["platform", f"{host.os}/{host.architecture}"], ["boot id", host.boot_id],
+        ["labels", labels], ["conditions", conditions],
+        ["cpu cores", f"{host.cpu_cores} ({host.cpu_allocatable_millis / 1000:.2f} allocatable)"],
         ["cpu used", f"{host.cpu_used_cores:.2f} cores"],
-        ["cpu committed", f"{host.cpu_committed_millis / 1000:.2f} cores"],
+        ["cpu committed", f"{host.cpu_committed_millis / 1000:.2f} cores requested, "
+                          f"{host.cpu_limits_millis / 1000:.2f} cores of limits"],
         ["memory total", human_size(host.memory_total_bytes)],
         ["memory allocatable", human_size(host.memory_allocatable_bytes)],
         ["memory used", human_size(host.memory_used_bytes)],
-        ["memory committed", human_size(host.memory_committed_bytes)],
+        ["memory committed", f"{human_size(host.memory_committed_bytes)} requested, "
+                             f"{human_size(host.memory_limits_bytes)} of limits"],
+        ["disk", f"{human_size(host.disk_free_bytes)} free of {human_size(host.disk_total_bytes)}"],
         ["containers", f"{host.containers} ({host.containers_running} running)"],
     ]
     width = max(len(k) for k, _ in rows)
