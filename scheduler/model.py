@@ -1,0 +1,256 @@
+"""The scheduler's domain: services, replicas and hosts as frozen values.
+
+Everything the scheduler decides works on these; protobuf stops at the API edge (``scheduler.server``)
+and JSON at the store (``scheduler.store.records``). The container template is the one exception: it is
+the agent's own ``ContainerSpec`` and travels to agents unchanged, so a service keeps it as canonical
+JSON (``template_json``, the protobuf JSON mapping with sorted keys) plus the few facts placement needs,
+extracted once when the spec is parsed (``TemplateFacts``). Two templates are the same exactly when their
+canonical JSON is.
+
+Ids are ``NewType``s. Times are unix seconds (floats). ``revision`` fields are the etcd mod revision the
+value was read at (0 for a value not read from etcd), which is what a compare-and-swap write names.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NewType
+
+ServiceName = NewType("ServiceName", str)
+ReplicaId = NewType("ReplicaId", str)
+HostId = NewType("HostId", str)
+
+# Labels the scheduler puts on every container it creates: how a host's containers are matched to
+# replicas, and how one left behind is recognised as Shoal's.
+LABEL_SERVICE = "shoal.service"
+LABEL_REPLICA = "shoal.replica"
+LABEL_GENERATION = "shoal.generation"
+# The fence owner every scheduler instance uses on agents; the epoch is the leader's term.
+FENCE_OWNER = "scheduler"
+
+
+# -- services ----------------------------------------------------------------------------------------
+
+class Strategy(enum.Enum):
+    SPREAD = "spread"    # least allocated host first
+    BINPACK = "binpack"  # most allocated host first
+
+
+class ConstraintOp(enum.Enum):
+    EQ = "="
+    NE = "!="
+    IN = "in"
+    NOT_IN = "notin"
+    EXISTS = "exists"          # "gpu": the label is present
+    NOT_EXISTS = "notexists"   # "!gpu"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A label constraint on hosts, parsed from ``zone=a``, ``zone!=c``, ``zone in (a,b)``, ``gpu``."""
+
+    key: str
+    op: ConstraintOp
+    values: tuple[str, ...] = ()
+    text: str = ""  # as the user wrote it, for messages
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        present = self.key in labels
+        value = labels.get(self.key)
+        if self.op is ConstraintOp.EXISTS:
+            return present
+        if self.op is ConstraintOp.NOT_EXISTS:
+            return not present
+        if self.op is ConstraintOp.EQ or self.op is ConstraintOp.IN:
+            return present and value in self.values
+        return not present or value not in self.values  # NE, NOT_IN: a host without the label passes
+
+
+@dataclass(frozen=True)
+class TopologySpread:
+    label: str
+    max_skew: int = 1
+
+
+@dataclass(frozen=True)
+class Placement:
+    strategy: Strategy = Strategy.SPREAD
+    constraints: tuple[Constraint, ...] = ()
+    topology_spread: TopologySpread | None = None
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    max_surge: int = 1
+    max_unavailable: int = 0
+
+
+@dataclass(frozen=True)
+class PortRequest:
+    """A published port of the template: ``host_port`` 0 means the host picks a free one."""
+
+    container_port: int
+    host_port: int = 0
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class TemplateFacts:
+    """What placement needs from the container template, extracted when the spec is parsed."""
+
+    image: str
+    cpu_millis: int = 0      # the request (or the limit when no request is given)
+    memory_bytes: int = 0    # likewise
+    ports: tuple[PortRequest, ...] = ()
+    has_health_check: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: ServiceName
+    replicas: int
+    template_json: str  # the agent ContainerSpec, canonical protobuf JSON
+    facts: TemplateFacts
+    placement: Placement = field(default_factory=Placement)
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)
+    labels: tuple[tuple[str, str], ...] = ()
+    metrics_port: int = 0
+
+
+@dataclass(frozen=True)
+class TemplateRevision:
+    """A template a service ran before, for ``rollout undo``."""
+
+    template_generation: int
+    template_json: str
+    facts: TemplateFacts
+
+
+@dataclass(frozen=True)
+class Service:
+    spec: ServiceSpec
+    generation: int = 1            # bumps on every spec change, replicas included
+    template_generation: int = 1   # the generation of the last template change
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    deleting: bool = False
+    history: tuple[TemplateRevision, ...] = ()  # newest last, bounded
+    revision: int = 0
+
+    @property
+    def name(self) -> ServiceName:
+        return self.spec.name
+
+
+# -- replicas ----------------------------------------------------------------------------------------
+
+class ReplicaPhase(enum.Enum):
+    PENDING = "pending"     # not placed (no host fits, or not decided yet)
+    STARTING = "starting"   # placed; its container is being created/started on the host
+    RUNNING = "running"
+    FAILED = "failed"       # exited or could not start; retried after a backoff
+    STOPPING = "stopping"   # being stopped and removed
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Something the scheduler did to a replica, and why (kept with the replica, newest last)."""
+
+    time: float
+    action: str   # "placed", "pending", "created", "replaced", "stopped", ...
+    reason: str
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A port the replica's container publishes on its host (known once the agent assigned it)."""
+
+    container_port: int
+    host_port: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Replica:
+    id: ReplicaId
+    service: ServiceName
+    generation: int                   # the template_generation it runs
+    host: HostId | None = None        # None while pending
+    phase: ReplicaPhase = ReplicaPhase.PENDING
+    ready: bool = False
+    reason: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    restarts: int = 0                 # times its container was replaced
+    next_attempt_at: float = 0.0      # a failed replica is retried at this time (backoff)
+    ports: tuple[HostPort, ...] = ()
+    decisions: tuple[Decision, ...] = ()
+    revision: int = 0
+
+
+# -- hosts -------------------------------------------------------------------------------------------
+
+class HostAdmin(enum.Enum):
+    """What an operator asked of a host."""
+
+    ACTIVE = "active"
+    CORDONED = "cordoned"   # no new replicas
+    DRAINING = "draining"   # replicas move away; then drained
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a host offers and has promised, as its agent last reported (requests, not limits)."""
+
+    cpu_allocatable_millis: int = 0
+    memory_allocatable_bytes: int = 0
+    cpu_committed_millis: int = 0
+    memory_committed_bytes: int = 0
+    disk_free_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """A host as registered (by its agent) and administered (by operators)."""
+
+    id: HostId
+    name: str
+    address: str                       # the agent's API, HOST:PORT
+    labels: tuple[tuple[str, str], ...] = ()
+    capacity: Capacity = field(default_factory=Capacity)
+    metrics_address: str = ""
+    boot_id: str = ""
+    agent_version: str = ""
+    conditions: tuple[str, ...] = ()   # the agent's condition types (MemoryPressure, DiskPressure, ...)
+    admin: HostAdmin = HostAdmin.ACTIVE
+    registered_at: float = 0.0
+    last_registered_at: float = 0.0
+    info_json: str = ""                # the agent's last HostInfo, protobuf JSON, for `describe host`
+    revision: int = 0
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """Whether the leader can reach a host and trusts its report; written by the leader only, apart from
+    the registration (which agents write), so the two never contend."""
+
+    id: HostId
+    ready: bool = False
+    reason: str = ""       # why not ready, for a person
+    since: float = 0.0     # when ``ready`` last changed
+    complete: bool = False  # the leader has listed the host's containers (a complete view)
+    revision: int = 0
+
+
+__all__ = [
+    "FENCE_OWNER", "LABEL_GENERATION", "LABEL_REPLICA", "LABEL_SERVICE", "Capacity", "Constraint",
+    "ConstraintOp", "Decision", "HostAdmin", "HostId", "HostPort", "HostRecord", "HostStatus", "Placement",
+    "PortRequest",
+    "Replica", "ReplicaId", "ReplicaPhase", "Service", "ServiceName", "ServiceSpec", "Strategy",
+    "TemplateFacts", "TemplateRevision", "TopologySpread", "UpdatePolicy",
+]
