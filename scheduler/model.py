@@ -104,6 +104,9 @@ class TemplateFacts:
     memory_bytes: int = 0    # likewise
     ports: tuple[PortRequest, ...] = ()
     has_health_check: bool = False
+    # The template's restart policy: whether a replica whose container exited for good is replaced
+    # ("always"; "on-failure" only after a non-zero exit; "no" never). Services default to "always".
+    restart: str = "always"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""What the agents report, as the reconcile step reads it.
+
+A ``HostObservation`` is the leader's current view of one host's containers, kept by its agent session
+(``scheduler.agents``) from a listing followed by the host's event stream: it is *complete* once the
+listing arrived after the latest (re)connection, and only a complete view may be used to conclude that
+a container is missing or that one no replica owns exists. ``ObservedContainer`` keeps just what the
+scheduler decides on.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from scheduler.model import HostId, HostPort, ReplicaId, ReplicaPhase, ServiceName
+
+
+class ContainerState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    RESTARTING = "restarting"  # the agent's restart policy is waiting out a backoff
+    EXITED = "exited"          # for good: the agent will not start it again by itself
+
+
+class Health(enum.Enum):
+    NONE = "none"
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    id: str
+    service: ServiceName | None      # from its shoal.service label (None: not the scheduler's)
+    replica: ReplicaId | None        # from its shoal.replica label
+    generation: int
+    state: ContainerState
+    health: Health = Health.NONE
+    exit_code: int = 0
+    reason: str = ""
+    error: str = ""
+    restart_count: int = 0
+    ports: tuple[HostPort, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ContainerState.RUNNING and self.health in (Health.NONE, Health.HEALTHY)
+
+    def phase(self) -> tuple[ReplicaPhase, str]:
+        """The replica phase this container means, and why (for a person)."""
+        if self.state is ContainerState.RUNNING:
+            if self.health is Health.UNHEALTHY:
+                return ReplicaPhase.RUNNING, "running, unhealthy"
+            if self.health is Health.STARTING:
+                return ReplicaPhase.RUNNING, "running, health check starting"
+            return ReplicaPhase.RUNNING, "running"
+        if self.state is ContainerState.RESTARTING:
+            return ReplicaPhase.STARTING, f"restarting after exit {self.exit_code} ({self.reason})"
+        if self.state is ContainerState.CREATED:
+            return ReplicaPhase.STARTING, "created, not started yet"
+        detail = f": {self.error}" if self.error else ""
+        return ReplicaPhase.FAILED, f"exited {self.exit_code} ({self.reason}){detail}"
+
+
+@dataclass(frozen=True)
+class HostObservation:
+    host: HostId
+    connected: bool = False
+    complete: bool = False  # listed since the last (re)connection
+    containers: Mapping[str, ObservedContainer] = field(default_factory=dict)
+
+    def replica_container(self, replica: ReplicaId) -> ObservedContainer | None:
+        """A replica's container is the one whose id is the replica id."""
+        return self.containers.get(replica)
+
+
+__all__ = ["ContainerState", "Health", "HostObservation", "ObservedContainer"]

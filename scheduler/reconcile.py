@@ -1,0 +1,391 @@
+"""The reconcile step: desired state (etcd) + what the agents report → record writes and agent actions.
+
+``step(world, placer=..., new_id=...)`` is a pure function in the style of Nomad's reconciler: it reads a
+``World`` (services, replica records, hosts and their statuses, each host's observed containers, the
+time, what is in flight) and returns a ``Plan``. The controller (``scheduler.controller``) commits the
+plan's record writes to etcd first (each a compare-and-swap on the revision it read, under the leader's
+guard), and only then has the actuator carry out the agent actions, so a leader that dies in between
+leaves records the next one acts on, never a container no record knows. Agent actions are idempotent (a
+replica's container id is its replica id; create-and-start of an existing container is a no-op), so a
+retried or repeated plan never makes a duplicate.
+
+The rules, per service:
+
+* **Absorb** what the hosts report: a replica's phase, readiness, reason and ports follow its container
+  (``ObservedContainer.phase``). A failed launch the actuator reported makes it ``failed``. A running
+  replica whose container vanished from a complete view of its host is recreated.
+* **Count**: ``live`` replicas are those not stopping; *condemned* ones run an old template or sit on a
+  draining host; the rest are *kept*. Missing kept replicas are created (``pending``) — during a rollout or
+  a drain only up to ``replicas + max_surge`` live ones; surplus kept replicas are stopped, the least
+  useful first (pending, failed, not ready, newest).
+* **Retire condemned replicas** once it keeps availability: not-ready ones at once, ready ones while at
+  least ``replicas - max_unavailable`` stay ready. New ones come up before old ones stop.
+* **Place** pending replicas in one batch per service (``Placer``); those that fit nowhere keep a reason
+  ("0/3 hosts: 2 insufficient memory, 1 cordoned").
+* **Drive**: a starting replica with no container on its (connected, completely listed) host is launched;
+  a failed one is relaunched after its backoff when its restart policy allows; a stopping one has its
+  container retired, and its record is dropped once the host no longer has it.
+* **Delete**: a service being deleted has every replica stopped, and goes when the last record does.
+
+Per host: a container carrying Shoal's service label that no replica on that host owns is retired — only
+from a complete view, so a host just reconnecting is never cleared by mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from scheduler.model import (
+    Decision,
+    HostAdmin,
+    HostId,
+    HostRecord,
+    HostStatus,
+    Replica,
+    ReplicaId,
+    ReplicaPhase,
+    Service,
+    ServiceName,
+)
+from scheduler.observed import ContainerState, HostObservation
+
+MAX_DECISIONS = 10
+BACKOFF_BASE = 1.0   # seconds before the first relaunch of a failed replica
+BACKOFF_CAP = 60.0
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LaunchFailure:
+    """The actuator could not launch a replica (no container resulted: e.g. the image could not be
+    pulled); the next step makes it ``failed`` with this reason."""
+
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class World:
+    services: Mapping[ServiceName, Service]
+    replicas: Mapping[ReplicaId, Replica]
+    hosts: Mapping[HostId, HostRecord]
+    statuses: Mapping[HostId, HostStatus]
+    observed: Mapping[HostId, HostObservation]
+    now: float
+    busy: frozenset[str] = frozenset()  # container ids with an agent action in flight
+    launch_failures: Mapping[ReplicaId, LaunchFailure] = field(default_factory=dict)
+
+
+class Placer(Protocol):
+    """Places replicas of one service; remembers what it placed within one step (its accounting)."""
+
+    def place(self, service: Service,
+              replicas: Sequence[Replica]) -> Mapping[ReplicaId, tuple[HostId | None, str]]:
+        """Per replica: the chosen host (None: none fits) and a summary for a person."""
+
+
+# -- outputs ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WriteReplica:
+    replica: Replica          # its ``revision`` is the one read (0: a new record)
+
+
+@dataclass(frozen=True)
+class DropReplica:
+    replica: Replica
+
+
+@dataclass(frozen=True)
+class DropService:
+    service: Service
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Create and start the replica's container on its host (idempotent); ``replace`` removes an
+    existing container of that id first (a failed one being relaunched)."""
+
+    host: HostId
+    replica: ReplicaId
+    service: ServiceName
+    generation: int
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class Retire:
+    """Stop and remove a container (a missing one is fine)."""
+
+    host: HostId
+    container: str
+    reason: str
+
+
+RecordWrite = WriteReplica | DropReplica | DropService
+AgentAction = Launch | Retire
+
+
+@dataclass(frozen=True)
+class Plan:
+    writes: tuple[RecordWrite, ...] = ()
+    actions: tuple[AgentAction, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.writes and not self.actions
+
+
+def backoff(restarts: int) -> float:
+    return min(BACKOFF_CAP, BACKOFF_BASE * float(1 << min(restarts, 16)))
+
+
+def with_decision(replica: Replica, *, now: float, action: str, reason: str) -> Replica:
+    decisions = (*replica.decisions, Decision(time=now, action=action, reason=reason))[-MAX_DECISIONS:]
+    return replace(replica, decisions=decisions)
+
+
+# -- the step -----------------------------------------------------------------------------------------
+
+class _Plan:
+    """The plan being built: the current version of each replica, and what changed."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.replicas: dict[ReplicaId, Replica] = dict(world.replicas)
+        self.dropped: set[ReplicaId] = set()
+        self.writes: list[RecordWrite] = []
+        self.actions: list[AgentAction] = []
+
+    def update(self, replica: Replica) -> Replica:
+        self.replicas[replica.id] = replica
+        return replica
+
+    def build(self) -> Plan:
+        for rid, replica in self.replicas.items():
+            if rid in self.dropped:
+                continue
+            original = self.world.replicas.get(rid)
+            if original is None or _changed(original, replica):
+                self.writes.append(WriteReplica(replace(replica, updated_at=self.world.now)))
+        return Plan(writes=tuple(self.writes), actions=tuple(self.actions))
+
+
+def _changed(before: Replica, after: Replica) -> bool:
+    return replace(before, updated_at=0.0) != replace(after, updated_at=0.0)
+
+
+def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], ReplicaId]) -> Plan:
+    plan = _Plan(world)
+    by_service: dict[ServiceName, list[ReplicaId]] = {}
+    for replica in world.replicas.values():
+        by_service.setdefault(replica.service, []).append(replica.id)
+    for name, service in sorted(world.services.items()):
+        ids = sorted(by_service.get(name, ()))
+        for rid in ids:
+            _absorb(plan, plan.replicas[rid])
+        if service.deleting:
+            _delete(plan, service, ids)
+        else:
+            ids += _count(plan, service, ids, new_id=new_id)
+            _place(plan, service, ids, placer)
+        _drive(plan, service, ids)
+    for name, ids in sorted(by_service.items()):
+        if name not in world.services:
+            for rid in ids:  # a service deleted outright: its replicas go too
+                _stop(plan, plan.replicas[rid], why="its service no longer exists")
+            _drive(plan, None, ids)
+    _orphans(plan)
+    return plan.build()
+
+
+def _observed(world: World, host: HostId | None) -> HostObservation | None:
+    return world.observed.get(host) if host is not None else None
+
+
+def _absorb(plan: _Plan, r: Replica) -> None:
+    world, now = plan.world, plan.world.now
+    if r.phase is ReplicaPhase.STOPPING or r.host is None or r.id in world.busy:
+        return  # (an action in flight: its outcome is observed once it returns)
+    failure = world.launch_failures.get(r.id)
+    obs = _observed(world, r.host)
+    container = obs.replica_container(r.id) if obs is not None else None
+    if container is not None:
+        phase, reason = container.phase()
+        updated = replace(r, phase=phase, ready=container.ready, reason=reason, ports=container.ports)
+        if phase is not r.phase:
+            if phase is ReplicaPhase.FAILED:
+                updated = replace(updated, next_attempt_at=now + backoff(r.restarts))
+            updated = with_decision(updated, now=now, action=phase.value, reason=reason)
+        plan.update(updated)
+        return
+    if failure is not None and r.phase is ReplicaPhase.STARTING:
+        updated = replace(r, phase=ReplicaPhase.FAILED, ready=False, reason=failure.reason,
+                          next_attempt_at=now + backoff(r.restarts))
+        plan.update(with_decision(updated, now=now, action="failed", reason=failure.reason))
+        return
+    if (r.phase is ReplicaPhase.RUNNING and obs is not None and obs.connected and obs.complete
+            and r.id not in world.busy):
+        why = "its container was removed from the host; recreating it"
+        updated = replace(r, phase=ReplicaPhase.STARTING, ready=False, reason=why, restarts=r.restarts + 1)
+        plan.update(with_decision(updated, now=now, action="recreated", reason=why))
+
+
+def _live(plan: _Plan, ids: Sequence[ReplicaId]) -> list[Replica]:
+    return [plan.replicas[rid] for rid in ids
+            if rid not in plan.dropped and plan.replicas[rid].phase is not ReplicaPhase.STOPPING]
+
+
+def _draining(plan: _Plan, host: HostId | None) -> bool:
+    record = plan.world.hosts.get(host) if host is not None else None
+    return record is not None and record.admin is HostAdmin.DRAINING
+
+
+def _usefulness(r: Replica) -> tuple[int, int, float]:
+    """Sort key: least useful first (pending, failed, starting, not ready, newest)."""
+    rank = {ReplicaPhase.PENDING: 0, ReplicaPhase.FAILED: 1, ReplicaPhase.STARTING: 2}.get(r.phase, 3)
+    return rank, int(r.ready), -r.created_at
+
+
+def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], *,
+           new_id: Callable[[ServiceName], ReplicaId]) -> list[ReplicaId]:
+    now, spec = plan.world.now, service.spec
+    live = _live(plan, ids)
+    condemned = [r for r in live if r.generation != service.template_generation or _draining(plan, r.host)]
+    kept = [r for r in live if r not in condemned]
+    desired = spec.replicas
+    surge, unavailable = spec.update.max_surge, spec.update.max_unavailable
+    if condemned and surge <= 0 and unavailable <= 0:
+        surge = 1  # otherwise neither a rollout nor a drain could ever progress
+    created: list[ReplicaId] = []
+    if len(kept) < desired:
+        room = desired + surge - len(live) if condemned else desired - len(kept)
+        for _ in range(max(0, min(desired - len(kept), room))):
+            rid = new_id(service.name)
+            replica = Replica(id=rid, service=service.name, generation=service.template_generation,
+                              created_at=now, updated_at=now, reason="waiting to be placed")
+            plan.update(with_decision(replica, now=now, action="created",
+                                      reason=f"the service wants {desired} replicas"))
+            created.append(rid)
+    elif len(kept) > desired:
+        for r in sorted(kept, key=_usefulness)[: len(kept) - desired]:
+            _stop(plan, r, why=f"scaled down to {desired} replicas")
+    available = sum(r.ready for r in live)
+    floor = max(0, desired - unavailable)
+    for r in sorted(condemned, key=_usefulness):
+        why = ("its host is being drained" if _draining(plan, r.host)
+               else f"rolling update to generation {service.template_generation}")
+        if not r.ready:
+            _stop(plan, r, why=why)
+        elif available - 1 >= floor:
+            _stop(plan, r, why=why)
+            available -= 1
+    return created
+
+
+def _stop(plan: _Plan, r: Replica, *, why: str) -> None:
+    if r.phase is ReplicaPhase.STOPPING:
+        return
+    updated = replace(r, phase=ReplicaPhase.STOPPING, ready=False, reason=why)
+    plan.update(with_decision(updated, now=plan.world.now, action="stopping", reason=why))
+
+
+def _place(plan: _Plan, service: Service, ids: Sequence[ReplicaId], placer: Placer) -> None:
+    pending = [plan.replicas[rid] for rid in ids
+               if rid not in plan.dropped and plan.replicas[rid].phase is ReplicaPhase.PENDING]
+    if not pending:
+        return
+    now = plan.world.now
+    for rid, (host, summary) in placer.place(service, pending).items():
+        r = plan.replicas[rid]
+        if host is None:
+            if r.reason != summary:
+                plan.update(with_decision(replace(r, reason=summary), now=now, action="pending",
+                                          reason=summary))
+            continue
+        name = plan.world.hosts[host].name if host in plan.world.hosts else host
+        updated = replace(r, host=host, phase=ReplicaPhase.STARTING, reason=f"placed on {name}")
+        plan.update(with_decision(updated, now=now, action="placed", reason=f"on {name}: {summary}"))
+
+
+def _replaceable(service: Service | None, r: Replica) -> bool:
+    """Whether a failed replica is relaunched, by its template's restart policy."""
+    if service is None or service.deleting:
+        return False
+    mode = service.spec.facts.restart
+    if mode == "always":
+        return True
+    if mode == "on-failure":
+        return not r.reason.startswith("exited 0 ")
+    return False
+
+
+def _drive(plan: _Plan, service: Service | None, ids: Sequence[ReplicaId]) -> None:
+    world, now = plan.world, plan.world.now
+    for rid in ids:
+        if rid in plan.dropped or rid in world.busy:
+            continue
+        r = plan.replicas[rid]
+        obs = _observed(world, r.host)
+        if r.phase is ReplicaPhase.STOPPING:
+            if r.host is None or r.host not in world.hosts:
+                _drop(plan, r)
+            elif obs is not None and obs.connected:
+                container = obs.replica_container(r.id)
+                if container is not None:
+                    plan.actions.append(Retire(host=r.host, container=r.id, reason=r.reason))
+                elif obs.complete:
+                    _drop(plan, r)
+            continue
+        if r.host is None or obs is None or not obs.connected:
+            continue
+        container = obs.replica_container(r.id)
+        if r.phase is ReplicaPhase.STARTING and (
+                (container is None and obs.complete)
+                or (container is not None and container.state is ContainerState.CREATED)):
+            plan.actions.append(Launch(host=r.host, replica=r.id, service=r.service,
+                                       generation=r.generation))
+        elif r.phase is ReplicaPhase.FAILED and now >= r.next_attempt_at and _replaceable(service, r):
+            why = f"relaunching after: {r.reason}"
+            updated = replace(r, phase=ReplicaPhase.STARTING, ready=False, restarts=r.restarts + 1,
+                              reason=why)
+            plan.update(with_decision(updated, now=now, action="relaunched", reason=why))
+            plan.actions.append(Launch(host=r.host, replica=r.id, service=r.service, generation=r.generation,
+                                       replace=container is not None))
+
+
+def _drop(plan: _Plan, r: Replica) -> None:
+    plan.dropped.add(r.id)
+    if r.id in plan.world.replicas:
+        plan.writes.append(DropReplica(plan.world.replicas[r.id]))
+
+
+def _delete(plan: _Plan, service: Service, ids: Sequence[ReplicaId]) -> None:
+    for rid in ids:
+        _stop(plan, plan.replicas[rid], why="the service is being deleted")
+    if not ids:
+        plan.writes.append(DropService(service))
+
+
+def _orphans(plan: _Plan) -> None:
+    world = plan.world
+    for host, obs in sorted(world.observed.items()):
+        if not (obs.connected and obs.complete):
+            continue
+        for cid, container in sorted(obs.containers.items()):
+            if container.service is None or cid in world.busy:
+                continue
+            owner = plan.replicas.get(ReplicaId(cid))
+            if owner is None or owner.host != host or cid in plan.dropped:
+                plan.actions.append(Retire(host=host, container=cid,
+                                           reason="no replica on this host owns it"))
+
+
+__all__ = [
+    "BACKOFF_BASE", "BACKOFF_CAP", "MAX_DECISIONS", "AgentAction", "DropReplica", "DropService", "Launch",
+    "LaunchFailure", "Placer", "Plan", "RecordWrite", "Retire", "World", "WriteReplica", "backoff", "step",
+    "with_decision",
+]

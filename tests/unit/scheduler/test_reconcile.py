@@ -1,0 +1,281 @@
+"""The reconcile step, rule by rule: (world) → record writes + agent actions."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import pytest
+
+from scheduler import reconcile
+from scheduler.model import (
+    HostAdmin,
+    HostId,
+    HostPort,
+    HostRecord,
+    HostStatus,
+    Replica,
+    ReplicaId,
+    ReplicaPhase,
+    Service,
+    ServiceName,
+    ServiceSpec,
+    TemplateFacts,
+    UpdatePolicy,
+)
+from scheduler.observed import ContainerState, Health, HostObservation, ObservedContainer
+from scheduler.reconcile import Launch, Retire, World, WriteReplica
+
+NOW = 1_000.0
+HOSTS = (HostId("h1"), HostId("h2"), HostId("h3"))
+
+
+def service(replicas: int = 3, *, name: str = "web", template_generation: int = 1, restart: str = "always",
+            update: UpdatePolicy | None = None, deleting: bool = False) -> Service:
+    spec = ServiceSpec(name=ServiceName(name), replicas=replicas, template_json="{}",
+                       facts=TemplateFacts(image="busybox", restart=restart), update=update or UpdatePolicy())
+    return Service(spec=spec, generation=template_generation, template_generation=template_generation,
+                   deleting=deleting, revision=5)
+
+
+def replica(rid: str, *, host: str | None = "h1", phase: ReplicaPhase = ReplicaPhase.RUNNING,
+            ready: bool = True, generation: int = 1, service: str = "web", **kw: object) -> Replica:
+    """A replica as the last step left it (a running one says "running")."""
+    kw.setdefault("reason", "running" if phase is ReplicaPhase.RUNNING and ready else "")
+    return Replica(id=ReplicaId(rid), service=ServiceName(service), generation=generation,
+                   host=HostId(host) if host else None, phase=phase, ready=ready, revision=7,
+                   **kw)  # type: ignore[arg-type]
+
+
+def container(rid: str, *, state: ContainerState = ContainerState.RUNNING, health: Health = Health.NONE,
+              service: str | None = "web", generation: int = 1, **kw: object) -> ObservedContainer:
+    return ObservedContainer(id=rid, service=ServiceName(service) if service else None,
+                             replica=ReplicaId(rid) if service else None, generation=generation, state=state,
+                             health=health, **kw)  # type: ignore[arg-type]
+
+
+def hosts(**admin: HostAdmin) -> dict[HostId, HostRecord]:
+    return {h: HostRecord(id=h, name=f"host-{h}", address=f"10.0.0.{i + 1}:7070",
+                          admin=admin.get(h, HostAdmin.ACTIVE))
+            for i, h in enumerate(HOSTS)}
+
+
+def observe(*containers_by_host: tuple[str, Sequence[ObservedContainer]], complete: bool = True,
+            connected: bool = True) -> dict[HostId, HostObservation]:
+    seen = {h: HostObservation(host=h, connected=connected, complete=complete) for h in HOSTS}
+    for host, found in containers_by_host:
+        seen[HostId(host)] = HostObservation(host=HostId(host), connected=connected, complete=complete,
+                                             containers={c.id: c for c in found})
+    return seen
+
+
+class RoundRobin:
+    """A stand-in placer: active hosts in turn; ``full`` makes every placement fail."""
+
+    def __init__(self, world_hosts: Mapping[HostId, HostRecord], *, full: bool = False) -> None:
+        active = [h for h, r in sorted(world_hosts.items()) if r.admin is HostAdmin.ACTIVE]
+        self.cycle = itertools.cycle(active)
+        self.full = full
+
+    def place(self, svc: Service,
+              replicas: Sequence[Replica]) -> Mapping[ReplicaId, tuple[HostId | None, str]]:
+        if self.full:
+            return {r.id: (None, "0/3 hosts: 3 insufficient memory") for r in replicas}
+        return {r.id: (next(self.cycle), "fits") for r in replicas}
+
+
+def run(world: World, *, full: bool = False) -> reconcile.Plan:
+    counter = itertools.count(1)
+    return reconcile.step(world, placer=RoundRobin(world.hosts, full=full),
+                          new_id=lambda name: ReplicaId(f"{name}-{next(counter):04d}"))
+
+
+def world(services: Sequence[Service], replicas: Sequence[Replica] = (), *, observed: dict | None = None,
+          admin: dict[str, HostAdmin] | None = None, **kw: object) -> World:
+    return World(services={s.name: s for s in services}, replicas={r.id: r for r in replicas},
+                 hosts=hosts(**(admin or {})), statuses={h: HostStatus(id=h, ready=True) for h in HOSTS},
+                 observed=observed if observed is not None else observe(), now=NOW, **kw)  # type: ignore[arg-type]
+
+
+def written(plan: reconcile.Plan) -> dict[str, Replica]:
+    return {w.replica.id: w.replica for w in plan.writes if isinstance(w, WriteReplica)}
+
+
+def launches(plan: reconcile.Plan) -> list[tuple[str, str]]:
+    return sorted((a.replica, a.host) for a in plan.actions if isinstance(a, Launch))
+
+
+def retires(plan: reconcile.Plan) -> list[tuple[str, str]]:
+    return sorted((a.container, a.host) for a in plan.actions if isinstance(a, Retire))
+
+
+# -- scaling and placing ----------------------------------------------------------------------------
+
+def test_a_new_service_gets_its_replicas_created_placed_and_launched() -> None:
+    plan = run(world([service(3)]))
+    reps = written(plan)
+    assert sorted(reps) == ["web-0001", "web-0002", "web-0003"]
+    assert {r.host for r in reps.values()} == set(HOSTS)
+    assert all(r.phase is ReplicaPhase.STARTING and r.revision == 0 for r in reps.values())
+    assert [d.action for d in reps["web-0001"].decisions] == ["created", "placed"]
+    assert launches(plan) == [("web-0001", "h1"), ("web-0002", "h2"), ("web-0003", "h3")]
+
+
+def test_replicas_follow_their_containers() -> None:
+    reps = [replica("a", phase=ReplicaPhase.STARTING, ready=False),
+            replica("b", host="h2", phase=ReplicaPhase.STARTING, ready=False)]
+    plan = run(world([service(2)], reps, observed=observe(
+        ("h1", [container("a", ports=(HostPort(8080, 31000),))]),
+        ("h2", [container("b", health=Health.STARTING)]))))
+    out = written(plan)
+    assert out["a"].phase is ReplicaPhase.RUNNING and out["a"].ready
+    assert out["a"].ports == (HostPort(8080, 31000),)
+    assert out["b"].phase is ReplicaPhase.RUNNING and not out["b"].ready
+    assert plan.actions == ()
+
+
+def test_nothing_changes_when_everything_is_as_desired() -> None:
+    reps = [replica("a"), replica("b", host="h2")]
+    observed = observe(("h1", [container("a")]), ("h2", [container("b")]))
+    assert run(world([service(2)], reps, observed=observed)).empty
+
+
+def test_scale_down_stops_the_least_useful_then_drops_records_once_containers_are_gone() -> None:
+    reps = [replica("a"), replica("b", host="h2", ready=False),
+            replica("c", host="h3", phase=ReplicaPhase.PENDING, ready=False)]
+    observed = observe(("h1", [container("a")]), ("h2", [container("b", health=Health.UNHEALTHY)]))
+    plan = run(world([service(1)], reps, observed=observed))
+    out = written(plan)
+    # The two least useful go: b (not ready) is stopped on its host; c (pending) never had a container,
+    # so its record is dropped at once.
+    assert {rid for rid, r in out.items() if r.phase is ReplicaPhase.STOPPING} == {"b"}
+    assert retires(plan) == [("b", "h2")]
+    assert [w.replica.id for w in plan.writes if isinstance(w, reconcile.DropReplica)] == ["c"]
+    stopped = replace(out["b"], revision=8)
+    after = run(world([service(1)], [reps[0], stopped], observed=observe(("h1", [container("a")]))))
+    assert [w.replica.id for w in after.writes if isinstance(w, reconcile.DropReplica)] == ["b"]
+
+
+def test_replicas_that_fit_nowhere_stay_pending_with_a_reason_recorded_once() -> None:
+    plan = run(world([service(1)]), full=True)
+    (pending,) = written(plan).values()
+    assert pending.phase is ReplicaPhase.PENDING and pending.reason == "0/3 hosts: 3 insufficient memory"
+    again = run(world([service(1)], [replace(pending, revision=3)]), full=True)
+    assert again.empty  # same reason: no write, no new decision
+
+
+# -- failures ----------------------------------------------------------------------------------------
+
+def test_a_failed_launch_backs_off_then_relaunches() -> None:
+    starting = replica("a", phase=ReplicaPhase.STARTING, ready=False)
+    failure = {ReplicaId("a"): reconcile.LaunchFailure("pull 10.0.0.9:5000/app:1: connection refused", NOW)}
+    plan = run(world([service(1)], [starting], launch_failures=failure))
+    failed = written(plan)["a"]
+    assert failed.phase is ReplicaPhase.FAILED and "connection refused" in failed.reason
+    assert failed.next_attempt_at == NOW + reconcile.backoff(0)
+    assert launches(plan) == []
+    later = World(**{**world([service(1)], [replace(failed, revision=8)]).__dict__, "now": NOW + 5})
+    relaunch = run(later)
+    assert launches(relaunch) == [("a", "h1")]
+    assert written(relaunch)["a"].restarts == 1 and written(relaunch)["a"].phase is ReplicaPhase.STARTING
+
+
+def test_an_exited_container_is_relaunched_in_place_per_its_restart_policy() -> None:
+    exited = observe(("h1", [container("a", state=ContainerState.EXITED, exit_code=1, reason="Error")]))
+    plan = run(world([service(1)], [replica("a")], observed=exited))
+    failed = written(plan)["a"]
+    assert failed.phase is ReplicaPhase.FAILED and failed.reason == "exited 1 (Error)"
+    due = World(**{**world([service(1)], [replace(failed, revision=8)], observed=exited).__dict__,
+                   "now": failed.next_attempt_at})
+    (action,) = run(due).actions
+    assert isinstance(action, Launch) and action.replace  # the exited container goes first
+    never = World(**{**world([service(1, restart="no")], [replace(failed, revision=8)],
+                             observed=exited).__dict__, "now": failed.next_attempt_at})
+    assert run(never).actions == ()
+
+
+def test_a_container_removed_behind_the_schedulers_back_is_recreated() -> None:
+    plan = run(world([service(1)], [replica("a")], observed=observe(("h1", []))))
+    assert written(plan)["a"].phase is ReplicaPhase.STARTING and written(plan)["a"].restarts == 1
+    assert launches(plan) == [("a", "h1")]
+
+
+def test_an_incomplete_or_disconnected_view_is_never_taken_for_a_missing_container() -> None:
+    reps = [replica("a")]
+    assert run(world([service(1)], reps, observed=observe(("h1", []), complete=False))).empty
+    assert run(world([service(1)], reps, observed=observe(("h1", []), connected=False))).empty
+
+
+def test_an_action_in_flight_is_not_repeated() -> None:
+    starting = replica("a", phase=ReplicaPhase.STARTING, ready=False)
+    assert launches(run(world([service(1)], [starting]))) == [("a", "h1")]
+    assert run(world([service(1)], [starting], busy=frozenset({"a"}))).empty
+
+
+# -- orphans ------------------------------------------------------------------------------------------
+
+def test_containers_no_replica_owns_are_retired_only_from_a_complete_view() -> None:
+    stray = container("web-gone")
+    theirs = container("not-ours", service=None)
+    plan = run(world([service(0)], observed=observe(("h2", [stray, theirs]))))
+    assert retires(plan) == [("web-gone", "h2")]
+    assert run(world([service(0)], observed=observe(("h2", [stray]), complete=False))).empty
+
+
+def test_a_replica_running_on_another_host_than_its_record_says_is_retired_there() -> None:
+    plan = run(world([service(1)], [replica("a", host="h1")],
+                     observed=observe(("h1", [container("a")]), ("h3", [container("a")]))))
+    assert retires(plan) == [("a", "h3")]
+
+
+# -- rollouts and drains --------------------------------------------------------------------------
+
+def test_a_rollout_brings_new_replicas_up_before_old_ones_stop() -> None:
+    svc = service(3, template_generation=2, update=UpdatePolicy(max_surge=1, max_unavailable=0))
+    old = [replica(f"o{i}", host=h, generation=1) for i, h in enumerate(HOSTS)]
+    observed = observe(*((h, [container(f"o{i}", generation=1)]) for i, h in enumerate(HOSTS)))
+    plan = run(world([svc], old, observed=observed))
+    new = {rid: r for rid, r in written(plan).items() if r.generation == 2}
+    assert len(new) == 1 and not any(r.phase is ReplicaPhase.STOPPING for r in written(plan).values())
+    (rid,) = new
+    ready_new = replace(new[rid], phase=ReplicaPhase.RUNNING, ready=True, revision=3)
+    observed[ready_new.host] = HostObservation(  # type: ignore[index]
+        host=ready_new.host, connected=True, complete=True,  # type: ignore[arg-type]
+        containers={**observed[ready_new.host].containers, rid: container(rid, generation=2)})  # type: ignore[index]
+    nxt = run(world([svc], [*old, ready_new], observed=observed))
+    stopping = [r for r in written(nxt).values() if r.phase is ReplicaPhase.STOPPING]
+    assert len(stopping) == 1 and stopping[0].generation == 1
+    assert "rolling update to generation 2" in stopping[0].reason
+
+
+def test_a_rollout_with_no_surge_and_no_unavailability_still_progresses() -> None:
+    svc = service(1, template_generation=2, update=UpdatePolicy(max_surge=0, max_unavailable=0))
+    plan = run(world([svc], [replica("o", generation=1)], observed=observe(("h1", [container("o")]))))
+    assert [r.generation for r in written(plan).values() if r.id != "o"] == [2]
+
+
+def test_a_drain_moves_replicas_elsewhere_first() -> None:
+    reps = [replica("a", host="h1"), replica("b", host="h2")]
+    observed = observe(("h1", [container("a")]), ("h2", [container("b")]))
+    plan = run(world([service(2)], reps, observed=observed, admin={"h1": HostAdmin.DRAINING}))
+    new = [r for rid, r in written(plan).items() if rid not in ("a", "b")]
+    assert len(new) == 1 and new[0].host != "h1"
+    assert "a" not in written(plan)  # still serving until its replacement is ready
+
+
+# -- deletion -------------------------------------------------------------------------------------
+
+def test_deleting_a_service_stops_every_replica_then_drops_the_service() -> None:
+    svc = service(2, deleting=True)
+    reps = [replica("a"), replica("b", host="h2")]
+    plan = run(world([svc], reps, observed=observe(("h1", [container("a")]), ("h2", [container("b")]))))
+    assert all(r.phase is ReplicaPhase.STOPPING for r in written(plan).values())
+    assert retires(plan) == [("a", "h1"), ("b", "h2")]
+    done = run(world([svc], [], observed=observe()))
+    assert [type(w).__name__ for w in done.writes] == ["DropService"]
+
+
+@pytest.mark.parametrize("restarts", [0, 1, 5, 30])
+def test_backoff_doubles_and_is_capped(restarts: int) -> None:
+    assert reconcile.backoff(restarts) == min(reconcile.BACKOFF_CAP, reconcile.BACKOFF_BASE * 2 ** restarts)
