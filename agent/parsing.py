@@ -18,7 +18,8 @@ _SIZE_RE = r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB]?)\s*$"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _DURATION_RE = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_PORT_SPEC = r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>[a-z]+))?$"
+# [[HOSTIP:][HOSTPORT]:]CONTAINERPORT[/PROTO]; a missing or 0 host port means "the host picks one".
+_PORT_SPEC = r"^(?:(?:(?P<ip>[0-9.]+):)?(?P<host>\d*):)?(?P<ctr>\d+)(?:/(?P<proto>[a-z]+))?$"
 RESTART_MODES = ("no", "on-failure", "always")
 
 
@@ -101,20 +102,23 @@ def parse_restart_text(raw: str) -> tuple[str, int]:
 
 
 def parse_port_text(spec: str) -> tuple[str, int, int, str]:
-    """``"8080:80"``, ``"127.0.0.2:53:53/udp"`` → (host address or "" for every address, host port,
-    container port, protocol); ``InvalidArgument`` says what is wrong."""
+    """``"8080:80"``, ``"127.0.0.2:53:53/udp"``, ``"80"`` → (host address or "" for every address, host
+    port — 0 when the host is to pick one, as Docker's ``-p 80`` —, container port, protocol);
+    ``InvalidArgument`` says what is wrong."""
     match = re.match(_PORT_SPEC, spec.strip())
     if match is None:
         raise InvalidArgument(
-            f"bad port spec {spec!r}: expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp], e.g. 8080:80"
+            f"bad port spec {spec!r}: expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp], e.g. 8080:80 "
+            "(or just CONTAINERPORT for a port the host picks)"
         )
     protocol = match["proto"] or "tcp"
     if protocol not in ("tcp", "udp"):
         raise InvalidArgument(f"bad port spec {spec!r}: protocol must be tcp or udp, not {protocol!r}")
-    host_port, container_port = int(match["host"]), int(match["ctr"])
-    for port in (host_port, container_port):
-        if not 1 <= port <= 65535:
-            raise InvalidArgument(f"bad port spec {spec!r}: port {port} is outside 1-65535")
+    host_port, container_port = int(match["host"] or 0), int(match["ctr"])
+    if not 0 <= host_port <= 65535:
+        raise InvalidArgument(f"bad port spec {spec!r}: port {host_port} is outside 1-65535")
+    if not 1 <= container_port <= 65535:
+        raise InvalidArgument(f"bad port spec {spec!r}: port {container_port} is outside 1-65535")
     host_ip = ""
     if match["ip"] is not None:
         import ipaddress  # only when an address is given: the CLI's start-up does not pay for it

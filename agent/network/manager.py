@@ -123,7 +123,8 @@ class NetworkManager:
         self, container_id: str, *, publish: tuple[ports.PortMapping, ...] = (),
     ) -> Attachment:
         host = self._require_host()
-        self.ports.reserve(container_id, publish)  # AlreadyExists: another container publishes it
+        # AlreadyExists: another container publishes it; a port is picked for each that asks for none.
+        publish = self.ports.reserve(container_id, publish, free=ports.port_is_free)
         try:
             for mapping in publish:
                 ports.probe_host_port(mapping)  # FailedPrecondition: a host process listens there

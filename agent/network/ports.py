@@ -11,10 +11,11 @@ the port in the caller's network namespace, the agent's, the way the kernel itse
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,15 @@ from agent.network import journal
 from agent.parsing import parse_port_text
 
 ANY_ADDRESS = ipaddress.IPv4Address("0.0.0.0")
+# Where a host port is picked for a mapping that asks for none (host_port 0), lowest free first: the
+# range Kubernetes uses for NodePorts, clear of Linux's default ephemeral ports (32768-60999).
+AUTO_PORTS = range(30000, 32768)
 
 
 @dataclass(frozen=True)
 class PortMapping:
-    """One published port: ``host_ip:host_port`` on the host → ``container_port`` in the container."""
+    """One published port: ``host_ip:host_port`` on the host → ``container_port`` in the container.
+    ``host_port`` 0 asks the host to pick a free one (``AUTO_PORTS``) when the container is attached."""
 
     host_port: int
     container_port: int
@@ -40,6 +45,8 @@ class PortMapping:
         return f"{ip}{self.host_port}:{self.container_port}/{self.protocol}"
 
     def overlaps(self, other: PortMapping) -> bool:
+        if not self.host_port or not other.host_port:
+            return False  # not picked yet: the pick avoids every port in use
         same_address = ANY_ADDRESS in (self.host_ip, other.host_ip) or self.host_ip == other.host_ip
         return self.protocol == other.protocol and self.host_port == other.host_port and same_address
 
@@ -104,6 +111,36 @@ def probe_host_port(mapping: PortMapping) -> None:
             raise
 
 
+def _pick_ports(mappings: tuple[PortMapping, ...], table: Mapping[str, tuple[PortMapping, ...]], *,
+                owner: str, free: Callable[[PortMapping], bool]) -> tuple[PortMapping, ...]:
+    taken = [m for other, ms in table.items() if other != owner for m in ms]
+    taken += [m for m in mappings if m.host_port]
+    out = []
+    for mapping in mappings:
+        if mapping.host_port:
+            out.append(mapping)
+            continue
+        for port in AUTO_PORTS:
+            candidate = dataclasses.replace(mapping, host_port=port)
+            if not any(candidate.overlaps(t) for t in taken) and free(candidate):
+                out.append(candidate)
+                taken.append(candidate)
+                break
+        else:
+            raise FailedPrecondition(f"no free host port left in {AUTO_PORTS.start}-{AUTO_PORTS.stop - 1} "
+                                     f"for container port {mapping.container_port}/{mapping.protocol}")
+    return tuple(out)
+
+
+def port_is_free(mapping: PortMapping) -> bool:
+    """Whether no process on the host holds ``mapping``'s port (``probe_host_port`` as a predicate)."""
+    try:
+        probe_host_port(mapping)
+    except FailedPrecondition:
+        return False
+    return True
+
+
 class PortTable:
     """Published ports per container, journaled in ``state_dir/ports.jsonl``."""
 
@@ -120,14 +157,19 @@ class PortTable:
             raw, _ = self._replay_raw()
         return tuple(PortMapping.from_dict(m) for m in raw.get(owner, ()))
 
-    def reserve(self, owner: str, mappings: tuple[PortMapping, ...]) -> None:
-        """Record ``owner``'s ports after checking them against every other container's, atomically."""
+    def reserve(self, owner: str, mappings: tuple[PortMapping, ...], *,
+                free: Callable[[PortMapping], bool] = lambda mapping: True) -> tuple[PortMapping, ...]:
+        """Record ``owner``'s ports after checking them against every other container's, atomically, and
+        return them with a host port picked for each that asked for none: the lowest in ``AUTO_PORTS``
+        that no container publishes and ``free`` accepts (the caller probes the host)."""
         if not mappings:
-            return
+            return ()
         with self.journal.locked():
             table, _ = self._replay()
             check_conflicts(mappings, table, owner=owner)
-            self.journal.append({"publish": owner, "ports": [m.to_dict() for m in mappings]})
+            resolved = _pick_ports(mappings, table, owner=owner, free=free)
+            self.journal.append({"publish": owner, "ports": [m.to_dict() for m in resolved]})
+        return resolved
 
     def remove(self, owner: str) -> bool:
         with self.journal.locked():

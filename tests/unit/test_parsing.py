@@ -17,6 +17,9 @@ from agent.runtime import restart
     ("8080:80", ("", 8080, 80, "tcp")),
     ("10.1.2.3:53:53/udp", ("10.1.2.3", 53, 53, "udp")),
     ("0.0.0.0:1:2", ("", 1, 2, "tcp")),
+    ("80", ("", 0, 80, "tcp")),           # Docker's -p 80: the host picks the host port
+    ("0:80", ("", 0, 80, "tcp")),
+    ("10.1.2.3::53/udp", ("10.1.2.3", 0, 53, "udp")),
 ])
 def test_port_text(text: str, expected: tuple[str, int, int, str]) -> None:
     assert parsing.parse_port_text(text) == expected
@@ -26,9 +29,9 @@ def test_port_text(text: str, expected: tuple[str, int, int, str]) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("80", r"expected \[HOSTIP:\]HOSTPORT:CONTAINERPORT"),
+    ("a:80", r"expected \[HOSTIP:\]HOSTPORT:CONTAINERPORT"),
     ("1:2/sctp", "protocol must be tcp or udp"),
-    ("0:80", "outside 1-65535"),
+    ("80:0", "outside 1-65535"),
     ("300.1.1.1:1:2", "is not an IPv4 address"),
     ("127.0.0.1:8080:80", "loopback address is not supported"),
 ])

@@ -123,6 +123,24 @@ def test_reachability_published_ports_and_names(sites: tuple[Site, Site]) -> Non
     a.agent.run("rm", "-f", "web")
 
 
+def test_a_port_the_host_picks_is_reachable_and_kept_until_rm(sites: tuple[Site, Site]) -> None:
+    """``-p 80`` (no host port): the host picks the lowest free one of AUTO_PORTS; two such containers
+    get two ports; the pick is the container's until it is removed, across restarts of the container."""
+    from agent.network.ports import AUTO_PORTS
+
+    a, b = sites
+    a.agent.run("run", "-d", "--name", "auto1", "-p", "80", IMAGE, "sh", "-c", WEB)
+    a.agent.run("run", "-d", "--name", "auto2", "-p", "80", IMAGE, "sh", "-c", WEB)
+    ports = [inspect(a.agent, name)["ports"] for name in ("auto1", "auto2")]
+    picked = [p[0]["host_port"] for p in ports]  # type: ignore[index]
+    assert picked == [AUTO_PORTS.start, AUTO_PORTS.start + 1]
+    wait_for(lambda: _wget(b.host, f"http://{a.host.address}:{picked[0]}/").startswith("hello-from-"))
+    a.agent.run("stop", "-t", "1", "auto1")
+    a.agent.run("start", "auto1")
+    assert inspect(a.agent, "auto1")["ports"] == ports[0]
+    a.agent.run("rm", "-f", "auto1", "auto2")
+
+
 def test_port_conflict_is_refused_and_leaves_nothing(sites: tuple[Site, Site]) -> None:
     a, _ = sites
     a.agent.run("run", "-d", "--name", "first", "-p", "8181:80", IMAGE, "sh", "-c", WEB)

@@ -26,11 +26,32 @@ def test_parse_forms() -> None:
     assert PortMapping.from_dict(pm("1.2.3.4:1:2/udp").to_dict()) == pm("1.2.3.4:1:2/udp")
 
 
-@pytest.mark.parametrize("spec", ["80", "a:80", "8080:80/sctp", "0:80", "8080:70000", "1.2.3:80:80",
+@pytest.mark.parametrize("spec", ["a:80", "8080:80/sctp", "80:0", "8080:70000", "1.2.3:80:80",
                                   "127.0.0.1:80:80", ""])
 def test_bad_specs_say_what_is_wrong(spec: str) -> None:
     with pytest.raises(InvalidArgument, match="bad port spec"):
         parse_port_spec(spec)
+
+
+def test_the_host_picks_the_lowest_free_port_for_mappings_that_ask_for_none(tmp_path: Path) -> None:
+    from agent.network.ports import AUTO_PORTS
+
+    table = PortTable(tmp_path)
+    assert pm("80") == PortMapping(host_port=0, container_port=80)
+    first = table.reserve("a" * 64, (pm("80"), pm("9000:90")))
+    assert first == (PortMapping(host_port=AUTO_PORTS.start, container_port=80), pm("9000:90"))
+    # Taken by another container, or refused by the host probe (a listener there): skipped.
+    busy = AUTO_PORTS.start + 1
+    second = table.reserve("b" * 64, (pm("81"),), free=lambda m: m.host_port != busy)
+    assert second == (PortMapping(host_port=AUTO_PORTS.start + 2, container_port=81),)
+    # The journal holds the picked ports: a restart of the agent keeps them.
+    assert PortTable(tmp_path).read()["b" * 64] == second
+    assert table.reserve("c" * 64, (pm("82/udp"),))[0].host_port == AUTO_PORTS.start  # another protocol
+
+
+def test_no_free_port_left_is_a_clear_refusal(tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition, match="no free host port left"):
+        PortTable(tmp_path).reserve("a" * 64, (pm("80"),), free=lambda m: False)
 
 
 def test_overlap() -> None:
