@@ -1,0 +1,223 @@
+"""The leader's connection to each host's agent: what runs there, kept current, and a client to act.
+
+One ``AgentSession`` per registered host, over one gRPC channel to the agent's advertised address with
+the scheduler's certificate (mTLS; the agent authorizes the "scheduler" role). It keeps a
+``HostObservation`` of the host's Shoal containers (those with the ``shoal.service`` label) the way the
+agent's API is built to be followed: ``ListContainers`` gives the containers and the event sequence the
+listing reflects, ``WatchEvents`` continues from exactly there, and each event refreshes its container
+(``GetContainer``; a removal drops it). The view is *complete* once a listing arrived after the latest
+(re)connection; a lost stream, or a history the agent no longer has (``OUT_OF_RANGE``), means relisting.
+In parallel ``WatchUsage`` brings the host's capacity and conditions once a second — and is the
+heartbeat: a session is connected while both streams are.
+
+Every change calls ``on_change(host)`` so the controller can reconcile. Sessions never decide anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import grpc
+
+from proto.agent.v1 import agent_pb2 as pb
+from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from scheduler.model import (
+    LABEL_GENERATION,
+    LABEL_REPLICA,
+    LABEL_SERVICE,
+    HostId,
+    HostPort,
+    ReplicaId,
+    ServiceName,
+)
+from scheduler.observed import ContainerState, Health, HostObservation, ObservedContainer
+
+log = logging.getLogger(__name__)
+
+RETRY_INITIAL = 0.2
+RETRY_CAP = 5.0
+
+_STATES = {
+    pb.CONTAINER_STATE_CREATED: ContainerState.CREATED, pb.CONTAINER_STATE_RUNNING: ContainerState.RUNNING,
+    pb.CONTAINER_STATE_RESTARTING: ContainerState.RESTARTING,
+    pb.CONTAINER_STATE_EXITED: ContainerState.EXITED,
+}
+_HEALTH = {
+    pb.HEALTH_STATUS_NONE: Health.NONE, pb.HEALTH_STATUS_STARTING: Health.STARTING,
+    pb.HEALTH_STATUS_HEALTHY: Health.HEALTHY, pb.HEALTH_STATUS_UNHEALTHY: Health.UNHEALTHY,
+}
+
+
+def observe_container(ctr: pb.Container) -> ObservedContainer | None:
+    """A container as the scheduler sees it; None for one that is not the scheduler's."""
+    labels = ctr.spec.labels
+    service = labels.get(LABEL_SERVICE)
+    if not service:
+        return None
+    try:
+        generation = int(labels.get(LABEL_GENERATION, "0"))
+    except ValueError:
+        generation = 0
+    return ObservedContainer(
+        id=ctr.id, service=ServiceName(service), replica=ReplicaId(labels.get(LABEL_REPLICA, ctr.id)),
+        generation=generation, state=_STATES.get(ctr.state, ContainerState.EXITED),
+        health=_HEALTH.get(ctr.health, Health.NONE), exit_code=ctr.exit_code, reason=ctr.reason,
+        error=ctr.error, restart_count=ctr.restart_count,
+        ports=tuple(HostPort(container_port=p.container_port, host_port=p.host_port,
+                             protocol=p.protocol or "tcp") for p in ctr.ports if p.host_port),
+    )
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The scheduler's client certificate for agents (None: plain TCP, tests only)."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                             certificate_chain=self.cert)
+        return grpc.aio.secure_channel(address, creds)
+
+
+def open_channel(address: str, credentials: Credentials | None) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(address)
+    return credentials.channel(address)
+
+
+class AgentSession:
+    """Follows one host's agent; ``containers`` is the client the actuator uses."""
+
+    def __init__(self, host: HostId, address: str, *, credentials: Credentials | None,
+                 on_change: Callable[[HostId], None]) -> None:
+        self.host = host
+        self.address = address
+        self._credentials = credentials
+        self._on_change = on_change
+        self.observation = HostObservation(host=host)
+        self.info: pb.HostInfo | None = None
+        self.last_seen = 0.0      # wall time of the latest usage snapshot
+        self.error = ""           # why it is not connected, for a person
+        self.channel = open_channel(address, credentials)
+        self.containers = pb_grpc.ContainersStub(self.channel)
+        self._host_stub = pb_grpc.HostStub(self.channel)
+        self._task: asyncio.Task[None] | None = None
+        self._usage_ok = False
+        self._events_ok = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"agent-{self.host[:8]}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.channel.close()
+
+    # -- what the actuator reports back -----------------------------------------------------------
+
+    def apply(self, ctr: pb.Container) -> None:
+        """A container the actuator just created or started: known at once, before its events."""
+        seen = observe_container(ctr)
+        if seen is not None:
+            self._set(seen.id, seen)
+
+    def forget(self, container_id: str) -> None:
+        self._set(container_id, None)
+
+    # -- following the agent ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = RETRY_INITIAL
+        while True:
+            try:
+                await asyncio.gather(self._follow_containers(), self._follow_usage())
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as err:
+                self.error = f"{err.code().name}: {err.details()}"
+            except Exception as err:  # a bug must not end the session for good
+                log.exception("agent session %s failed", self.host)
+                self.error = str(err)
+            self._disconnected()
+            await asyncio.sleep(delay)
+            delay = min(RETRY_CAP, delay * 2)
+
+    def _disconnected(self) -> None:
+        self._usage_ok = self._events_ok = False
+        if self.observation.connected or self.observation.complete:
+            self.observation = replace(self.observation, connected=False, complete=False)
+            self._on_change(self.host)
+
+    async def _follow_containers(self) -> None:
+        while True:
+            listing = await self.containers.ListContainers(pb.ListContainersRequest(all=True))
+            seen = {}
+            for ctr in listing.containers:
+                observed = observe_container(ctr)
+                if observed is not None:
+                    seen[observed.id] = observed
+            self._events_ok = True
+            self.observation = HostObservation(host=self.host, connected=self._usage_ok, complete=True,
+                                               containers=seen)
+            self.error = ""
+            self._on_change(self.host)
+            request = pb.WatchEventsRequest(after_sequence=listing.event_sequence, epoch=listing.event_epoch)
+            try:
+                async for event in self.containers.WatchEvents(request):
+                    await self._on_event(event)
+            except grpc.aio.AioRpcError as err:
+                if err.code() in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    continue  # history gone, or we fell behind: relist
+                raise
+            raise ConnectionError("the agent ended its event stream")
+
+    async def _on_event(self, event: pb.Event) -> None:
+        if LABEL_SERVICE not in event.labels:
+            return
+        if event.type == pb.EVENT_TYPE_REMOVED:
+            self._set(event.container_id, None)
+            return
+        try:
+            ctr = await self.containers.GetContainer(pb.ContainerRef(id=event.container_id))
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            self._set(event.container_id, None)  # removed since: its REMOVED event follows
+            return
+        self.apply(ctr)
+
+    async def _follow_usage(self) -> None:
+        async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
+            self.info = snapshot.host
+            self.last_seen = time.time()
+            if not self._usage_ok:
+                self._usage_ok = True
+                if self._events_ok:
+                    self.observation = replace(self.observation, connected=True)
+            self._on_change(self.host)
+        raise ConnectionError("the agent ended its usage stream")
+
+    def _set(self, container_id: str, seen: ObservedContainer | None) -> None:
+        containers = dict(self.observation.containers)
+        if seen is None:
+            if containers.pop(container_id, None) is None:
+                return
+        elif containers.get(container_id) == seen:
+            return
+        else:
+            containers[container_id] = seen
+        self.observation = replace(self.observation, containers=containers)
+        self._on_change(self.host)
+
+
+__all__ = ["AgentSession", "Credentials", "observe_container", "open_channel"]
