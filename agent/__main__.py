@@ -24,11 +24,12 @@ from agent.connect_protocol import http_socket_path
 from agent.errors import ShoalError
 from agent.images.pull import Puller, RegistrySettings
 from agent.images.store import ImageStore
+from agent.join import Joiner, JoinSettings
 from agent.network.manager import NetworkManager
 from agent.runtime import supervisor_client
 from agent.runtime.containers import ContainerRuntime, RuntimeSettings
 from agent.runtime.image_source import StoreImages
-from agent.server import add_services
+from agent.server import add_services, host_to_pb
 from agent.usage import host as usage_host
 from agent.usage.cadvisor import UsageCollector
 from agent.usage.metrics import AgentMetrics, RpcMetricsInterceptor, serve_metrics
@@ -157,6 +158,13 @@ async def serve(settings: config.AgentSettings) -> None:
             metrics_server.close()
         raise
     sampler_task = asyncio.create_task(sampler.run(), name="usage-sampler")
+    join_task = None
+    if settings.join:
+        joiner = Joiner(JoinSettings(schedulers=settings.join, advertise=settings.advertise,
+                                     metrics_address=settings.metrics_listen,
+                                     tls_dir=settings.tls.ca.parent if settings.tls else None),
+                        host_info=lambda: host_to_pb(sampler.host(), network=bridge))
+        join_task = asyncio.create_task(joiner.run(), name="join")
     for path in sockets:
         os.chmod(path, 0o600)
     log.info("shoal-agent serving on %s (root %s, cgroup parent %s)", ", ".join(settings.listen),
@@ -169,6 +177,8 @@ async def serve(settings: config.AgentSettings) -> None:
     log.info("shutting down; containers keep running under the supervisor")
     await asyncio.gather(server.stop(grace=2), connect.stop(grace=2))
     sampler_task.cancel()
+    if join_task is not None:
+        join_task.cancel()
     sampler.close()
     if metrics_server is not None:
         metrics_server.close()

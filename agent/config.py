@@ -51,6 +51,8 @@ class AgentSettings:
     disk_pressure_fraction: float = 0.10
     ballast_mib: int = 0
     cgroup_delegate: bool = False
+    join: tuple[str, ...] = ()        # schedulers to register with (HOST:PORT)
+    advertise: str = ""               # where they reach this agent's API
 
 
 def unix_path(address: str) -> Path | None:
@@ -95,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="IPv4 subnet for bridge-networked containers, e.g. 10.88.0.0/24; with it, "
                             "--network bridge becomes the default")
     serve.add_argument("--bridge", default="shoal0", help="host bridge name (default %(default)s)")
+    serve.add_argument("--join", action="append", default=[], metavar="SCHEDULER[,SCHEDULER...]",
+                       help="register this host with a scheduler (HOST:PORT; several for failover)")
+    serve.add_argument("--advertise", default="", metavar="HOST:PORT",
+                       help="the address schedulers reach this agent's API at (default: its first TCP "
+                            "--listen address)")
     serve.add_argument("--label", action="append", default=[], metavar="K=V",
                        help="label of this host, reported to the scheduler (repeatable)")
     serve.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
@@ -179,6 +186,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         missing = [str(p) for p in (tls.ca, tls.cert, tls.key) if not p.is_file()]
         if missing:
             raise SystemExit(f"shoal-agent: --tls-dir is missing {', '.join(missing)}")
+    join, advertise = _join_settings(args, listen=listen, tls=tls)
     return AgentSettings(
         root=args.root.absolute(), listen=listen,
         cgroup_parent=args.cgroup_parent.strip("/"), log_level=args.log_level,
@@ -189,5 +197,31 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         metrics_listen=args.metrics_listen, sample_interval=interval, memory_reserve_bytes=reserve,
         cpu_reserve_millis=cpu_reserve, memory_pressure_bytes=memory_pressure,
         disk_pressure_fraction=disk_pressure, ballast_mib=args.bench_ballast_mib,
-        cgroup_delegate=args.cgroup_delegate,
+        cgroup_delegate=args.cgroup_delegate, join=join, advertise=advertise,
     )
+
+
+def _join_settings(args: argparse.Namespace, *, listen: tuple[str, ...],
+                   tls: TlsFiles | None) -> tuple[tuple[str, ...], str]:
+    """``--join``/``--advertise`` checked: the scheduler must be able to reach this agent over TCP, and
+    the agent must be able to prove who it is (mTLS) unless TCP is explicitly insecure."""
+    join = tuple(a.strip() for item in args.join for a in item.split(",") if a.strip())
+    if not join:
+        if args.advertise:
+            raise SystemExit("shoal-agent: --advertise only matters with --join")
+        return (), ""
+    for address in join:
+        if not re.fullmatch(r"[^\s/]+:\d{1,5}", address):
+            raise SystemExit(f"shoal-agent: invalid --join address {address!r}: expected HOST:PORT")
+    tcp = [a for a in listen if unix_path(a) is None]
+    advertise = args.advertise or (tcp[0] if tcp else "")
+    if not advertise:
+        raise SystemExit("shoal-agent: --join needs a TCP listener the scheduler can reach: add "
+                         "--listen HOST:PORT (with --tls-dir) or give --advertise HOST:PORT")
+    host, _, port = advertise.rpartition(":")
+    if not host or not port.isdigit() or host in ("0.0.0.0", "::", "[::]"):
+        raise SystemExit(f"shoal-agent: cannot advertise {advertise!r}: give --advertise HOST:PORT with an "
+                         "address the scheduler can reach")
+    if tls is None and not args.insecure_tcp:
+        raise SystemExit("shoal-agent: --join needs --tls-dir (the agent registers with its certificate)")
+    return join, advertise

@@ -44,3 +44,21 @@ def test_network_labels_metrics() -> None:
 def test_bad_flags_are_one_clear_line(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         settings(*argv)
+
+
+def test_join_advertises_the_first_tcp_listener_or_the_given_address() -> None:
+    s = settings("--listen", "10.0.0.5:7070", "--insecure-tcp", "--join", "10.0.0.1:7400,10.0.0.2:7400")
+    assert s.join == ("10.0.0.1:7400", "10.0.0.2:7400") and s.advertise == "10.0.0.5:7070"
+    s = settings("--listen", "0.0.0.0:7070", "--insecure-tcp", "--join", "s:7400", "--advertise", "h1:7070")
+    assert s.advertise == "h1:7070"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--join", "sched:7400"], "needs a TCP listener the scheduler can reach"),
+    (["--listen", "0.0.0.0:7070", "--insecure-tcp", "--join", "s:7400"], "cannot advertise '0.0.0.0:7070'"),
+    (["--listen", "10.0.0.5:7070", "--insecure-tcp", "--join", "nope"], "invalid --join address 'nope'"),
+    (["--advertise", "h:1"], "--advertise only matters with --join"),
+])
+def test_join_refusals_say_what_to_do(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        settings(*argv)
