@@ -57,12 +57,16 @@ class TopologySpread(_pl.Message):
 class UpdatePolicy(_pl.Message):
     max_surge: int
     max_unavailable: int
+    max_surge_percent: int
+    max_unavailable_percent: int
 
     if TYPE_CHECKING:
         def __init__(
             self, *,
             max_surge: int | None = None,
             max_unavailable: int | None = None,
+            max_surge_percent: int | None = None,
+            max_unavailable_percent: int | None = None,
         ) -> None: ...
 
 
@@ -582,6 +586,8 @@ _pl.define(TopologySpread, 'shoal.scheduler.v1.TopologySpread', (
 _pl.define(UpdatePolicy, 'shoal.scheduler.v1.UpdatePolicy', (
     _pl.Field(1, 'max_surge', _pl.INT32),
     _pl.Field(2, 'max_unavailable', _pl.INT32),
+    _pl.Field(3, 'max_surge_percent', _pl.INT32, optional=True),
+    _pl.Field(4, 'max_unavailable_percent', _pl.INT32, optional=True),
 ))
 _pl.define(ServiceSpec, 'shoal.scheduler.v1.ServiceSpec', (
     _pl.Field(1, 'name', _pl.STRING),

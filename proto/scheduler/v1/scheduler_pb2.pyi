@@ -172,21 +172,38 @@ class UpdatePolicy(_message.Message):
 
     MAX_SURGE_FIELD_NUMBER: _builtins.int
     MAX_UNAVAILABLE_FIELD_NUMBER: _builtins.int
+    MAX_SURGE_PERCENT_FIELD_NUMBER: _builtins.int
+    MAX_UNAVAILABLE_PERCENT_FIELD_NUMBER: _builtins.int
     max_surge: _builtins.int
     """replicas above `replicas` during a rollout (default 1)"""
     max_unavailable: _builtins.int
     """replicas below `replicas` that may be not ready (default 0)"""
+    max_surge_percent: _builtins.int
+    """Set (instead of the count above, then 0) when the service file gives a percentage such as "25%": the
+    count is that percentage of `replicas` when a rollout runs, surge rounded up and unavailable down
+    (as Kubernetes does); when both come to 0, max_unavailable is 1.
+    """
+    max_unavailable_percent: _builtins.int
     def __init__(
         self,
         *,
         max_surge: _builtins.int = ...,
         max_unavailable: _builtins.int = ...,
+        max_surge_percent: _builtins.int | None = ...,
+        max_unavailable_percent: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_surge_percent", b"_max_surge_percent", "_max_unavailable_percent", b"_max_unavailable_percent", "max_surge_percent", b"max_surge_percent", "max_unavailable_percent", b"max_unavailable_percent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_surge", b"max_surge", "max_unavailable", b"max_unavailable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_surge_percent", b"_max_surge_percent", "_max_unavailable_percent", b"_max_unavailable_percent", "max_surge", b"max_surge", "max_surge_percent", b"max_surge_percent", "max_unavailable", b"max_unavailable", "max_unavailable_percent", b"max_unavailable_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_surge_percent: _TypeAlias = _typing.Literal["max_surge_percent"]  # noqa: Y015
+    _WhichOneofArgType__max_surge_percent: _TypeAlias = _typing.Literal["_max_surge_percent", b"_max_surge_percent"]  # noqa: Y015
+    _WhichOneofReturnType__max_unavailable_percent: _TypeAlias = _typing.Literal["max_unavailable_percent"]  # noqa: Y015
+    _WhichOneofArgType__max_unavailable_percent: _TypeAlias = _typing.Literal["_max_unavailable_percent", b"_max_unavailable_percent"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_surge_percent) -> _WhichOneofReturnType__max_surge_percent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_unavailable_percent) -> _WhichOneofReturnType__max_unavailable_percent | None: ...
 
 Global___UpdatePolicy: _TypeAlias = UpdatePolicy  # noqa: Y015
 
