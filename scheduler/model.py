@@ -82,8 +82,28 @@ class Placement:
 
 @dataclass(frozen=True)
 class UpdatePolicy:
+    """How far a rollout may go above and below ``replicas``. A percentage ("25%" in the service file) is
+    kept as such and resolved against the replica count of the moment by ``counts``; the plain count
+    beside it is then 0 and unused."""
+
     max_surge: int = 1
     max_unavailable: int = 0
+    max_surge_percent: int | None = None
+    max_unavailable_percent: int | None = None
+
+    def counts(self, replicas: int) -> tuple[int, int]:
+        """(max surge, max unavailable) for ``replicas``: percentages of it, surge rounded up and
+        unavailable down; if both come to 0 the rollout could never move, so unavailable is 1
+        (Kubernetes' rules)."""
+        surge = self.max_surge
+        if self.max_surge_percent is not None:
+            surge = -(-replicas * self.max_surge_percent // 100)
+        unavailable = self.max_unavailable
+        if self.max_unavailable_percent is not None:
+            unavailable = replicas * self.max_unavailable_percent // 100
+        if surge == 0 and unavailable == 0:
+            unavailable = 1
+        return surge, unavailable
 
 
 @dataclass(frozen=True)
