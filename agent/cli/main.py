@@ -1,4 +1,5 @@
-"""``shoal``: the command line. Docker-like verbs for one host, talking to ``shoal-agent``.
+"""``shoal``: the command line. Docker-like verbs for one host, talking to ``shoal-agent``, and
+kubectl-like verbs for the cluster, talking to ``shoal-scheduler`` (``agent/cli/cluster.py``).
 
 Start-up is most of what a ``shoal`` process costs, so this package imports only the standard library's
 small modules, its own lite messages and the pure parsers of ``agent/parsing.py``: no grpc, no
@@ -16,6 +17,9 @@ from agent.cli.client import CliError, connect, resolve_address
 TYPE_CHECKING = False  # not typing's (import cost)
 if TYPE_CHECKING:
     from typing import Any
+
+    from agent.cli.client import Agent
+    from agent.cli.scheduler_client import Scheduler
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -76,12 +80,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 # Command → the module that defines it, in the order their help lists them.
-_MODULES = ("containers", "images", "system", "observe", "certs")
+_MODULES = ("containers", "images", "system", "observe", "cluster", "certs")
 COMMANDS = {**dict.fromkeys(("run", "create", "ps", "logs", "start", "stop", "kill", "rm", "wait", "exec",
                              "inspect"), "containers"),
             "image": "images", "system": "system", "events": "observe", "stats": "observe",
-            "host": "observe", "certs": "certs"}
-_GLOBAL_WITH_VALUE = ("--agent", "--tls-dir")
+            "host": "observe", "certs": "certs",
+            # The same list as agent.cli.cluster.COMMANDS (a test checks): importing it costs start-up.
+            **dict.fromkeys(("apply", "get", "scale", "describe", "delete", "cordon", "uncordon", "drain",
+                             "explain", "rollout"), "cluster")}
+_GLOBAL_WITH_VALUE = ("--agent", "--scheduler", "--tls-dir")
 
 
 def command_word(argv: list[str]) -> str | None:
@@ -105,13 +112,18 @@ def command_word(argv: list[str]) -> str | None:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given ``argv``, with only the parser of the command it runs filled in."""
-    parser: argparse.ArgumentParser = _Parser(prog="shoal",
-                                              description="Run and manage containers through a Shoal agent.")
+    parser: argparse.ArgumentParser = _Parser(
+        prog="shoal", description="Run and manage containers through a Shoal agent, and services through a "
+                                  "Shoal scheduler.")
     parser.add_argument("--agent", default=None, metavar="ADDR",
                         help="agent address: unix:///PATH or HOST:PORT "
                              "(default $SHOAL_AGENT or unix:///run/shoal/agent.sock)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDR[,ADDR...]",
+                        help="scheduler address(es) for the cluster verbs (apply, get, scale...): HOST:PORT "
+                             "or unix:///PATH, the next tried when one is down (default $SHOAL_SCHEDULER or "
+                             "127.0.0.1:7400)")
     parser.add_argument("--tls-dir", default=None,
-                        help="ca.pem, client.pem, client-key.pem for an mTLS TCP agent")
+                        help="ca.pem, client.pem, client-key.pem for an mTLS TCP agent or scheduler")
     # prog given: otherwise argparse formats a usage line (importing shutil) on every start.
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="shoal")
     only = command_word(argv) if argv is not None else None
@@ -127,19 +139,24 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     words = sys.argv[1:] if argv is None else argv
     args = build_parser(words).parse_args(words)
-    # Offline verbs (certs) need no agent; the others connect on their first call.
-    agent = None if getattr(args, "offline", False) else connect(resolve_address(args.agent),
-                                                                  tls_dir=args.tls_dir)
+    # Offline verbs (certs) need no agent, cluster verbs a scheduler; each connects on its first call.
+    client: Agent | Scheduler | None = None
     try:
-        code = args.func(agent, args)
+        if getattr(args, "cluster", False):
+            from agent.cli.scheduler_client import connect_scheduler
+
+            client = connect_scheduler(args.scheduler, tls_dir=args.tls_dir)
+        elif not getattr(args, "offline", False):
+            client = connect(resolve_address(args.agent), tls_dir=args.tls_dir)
+        code = args.func(client, args)
     except CliError as err:
         print(f"shoal: {err}", file=sys.stderr)
         code = err.code
     except BrokenPipeError:
         code = 0
     finally:
-        if agent is not None:
-            agent.close()
+        if client is not None:
+            client.close()
     sys.exit(code)
 
 

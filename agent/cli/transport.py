@@ -394,6 +394,9 @@ class GrpcTransport:
     """The same calls over gRPC (imported here, only when needed)."""
 
     def __init__(self, address: str, *, tls_dir: str | None = None) -> None:
+        # gRPC's core logs connection events (a server's GOAWAY, say) to stderr at INFO by default: the
+        # CLI reports failures itself, in one line. Read when grpc is imported, so set first.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         import grpc
 
         self._grpc = grpc

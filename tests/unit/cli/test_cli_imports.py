@@ -39,3 +39,32 @@ def test_the_cli_hot_paths_import_only_what_they_need() -> None:
     offenders = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
     assert not offenders, f"the CLI's hot path imports {offenders}"
     assert "proto.agent.v1.agent_lite" in loaded and "proto.agent.v1.agent_pb2" not in loaded
+
+
+CLUSTER_PROBE = """
+import json, sys
+before = set(sys.modules)
+from agent.cli import main, cluster_get, scheduler_client, transport
+from proto.scheduler.v1 import scheduler_lite as spb
+parser = main.build_parser()
+for argv in (["get", "replicas", "-w"], ["apply", "-f", "-"], ["scale", "web", "--replicas", "2"],
+             ["describe", "service", "web"], ["rollout", "status", "web"], ["drain", "h", "--wait"]):
+    parser.parse_args(argv)
+printer = cluster_get.Printer(cluster_get.REPLICAS, None, watching=False)
+printer.listing([spb.Replica(id="r1", service="web", state=spb.REPLICA_STATE_RUNNING, ready=True)])
+conn = scheduler_client.SchedulerConnection(["127.0.0.1:1", "unix:///nonexistent/s.sock"])
+try:
+    spb.SchedulerStub(conn).ListServices(spb.ListServicesRequest())
+except transport.RpcFailure as err:
+    assert err.code == "UNAVAILABLE", err
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_the_cluster_verbs_import_neither_grpc_nor_yaml_to_print_a_table_or_find_no_scheduler() -> None:
+    out = subprocess.run([sys.executable, "-c", CLUSTER_PROBE], capture_output=True, text=True,
+                         check=True).stdout
+    loaded = json.loads(out.splitlines()[-1])
+    offenders = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in (*FORBIDDEN, "yaml"))]
+    assert not offenders, f"the cluster verbs import {offenders}"
+    assert "proto.scheduler.v1.scheduler_lite" in loaded and "proto.scheduler.v1.scheduler_pb2" not in loaded

@@ -20,6 +20,15 @@ ARGVS = [
     ["system", "df", "-v"],
     ["events", "--since", "3", "--json"],
     ["certs", "init", "/tmp/pki", "--host", "h"],
+    ["--scheduler", "a:1,b:2", "get", "services", "-o", "json", "-w"],
+    ["--sch=a:1", "--tls-dir", "/d", "get", "replicas", "--service", "web", "--state", "running"],
+    ["apply", "-f", "web.yaml", "-f", "-"],
+    ["scale", "web", "--replicas", "3", "--expected-generation", "2"],
+    ["describe", "service", "web"],
+    ["delete", "service", "web"],
+    ["cordon", "h1"], ["uncordon", "h1"], ["drain", "h1", "--wait", "--timeout", "5m"],
+    ["explain", "replica", "web-1", "-o", "json"],
+    ["rollout", "status", "web", "-w"], ["rollout", "undo", "web"],
 ]
 
 
@@ -44,7 +53,9 @@ def _output(argv: list[str], *, lazy: bool) -> tuple[object, str, str]:
 
 
 @pytest.mark.parametrize("argv", [["run", "--help"], ["image", "--help"], ["image", "nope"], ["run"],
-                                  ["ps", "--bogus"], ["--agent"], ["nope"], ["--help"], []])
+                                  ["ps", "--bogus"], ["--agent"], ["nope"], ["--help"], [],
+                                  ["get", "--help"], ["get", "services", "-o", "xml"], ["rollout"],
+                                  ["scale", "web"], ["--scheduler"]])
 def test_help_and_errors_are_the_same(argv: list[str]) -> None:
     assert _output(argv, lazy=True) == _output(argv, lazy=False)
 
@@ -53,6 +64,14 @@ def test_help_and_errors_are_the_same(argv: list[str]) -> None:
     (["ps"], "ps"), (["--agent", "x", "ps"], "ps"), (["--agent=x", "ps"], "ps"),
     (["--ag", "x", "rm", "a"], "rm"),
     (["-h"], None), (["--", "ps"], None), (["nope"], None), (["--verbose", "ps"], None), ([], None),
+    (["--scheduler", "x", "get", "hosts"], "get"), (["--sched=x", "apply"], "apply"),
+    (["rollout"], "rollout"),
 ])
 def test_command_word(argv: list[str], word: str | None) -> None:
     assert main.command_word(argv) == word
+
+
+def test_the_cluster_verbs_are_all_routed_to_their_module() -> None:
+    from agent.cli import cluster
+
+    assert {word for word, module in main.COMMANDS.items() if module == "cluster"} == set(cluster.COMMANDS)

@@ -1,0 +1,283 @@
+"""The cluster verbs of ``shoal``: kubectl-like commands against a scheduler instead of one agent.
+
+``apply -f``, ``get`` (``cluster_get.py``), ``scale``, ``describe`` and ``explain``
+(``cluster_describe.py``), ``delete service``, ``cordon``/``uncordon``/``drain`` and ``rollout
+status|undo``. Each is a thin client of the scheduler's API: the YAML goes to the scheduler as written
+(it validates, and names the path and line of any mistake), and every message shown is the scheduler's.
+The scheduler is ``--scheduler ADDR`` or ``$SHOAL_SCHEDULER``, several comma-separated addresses
+allowed (``scheduler_client.py``); ``--tls-dir`` holds the client certificate, as for agents.
+
+Exit status: 0 on success, 1 when the scheduler refused or could not be reached (the message says which),
+2 for a command line argparse refuses; a watch ended with Ctrl-C is a success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from agent.cli import cluster_describe, cluster_get
+from agent.cli.client import CliError
+from agent.cli.scheduler_client import Scheduler, describe_failure, is_unreachable, scheduler_errors
+from agent.cli.transport import RpcFailure
+from proto.scheduler.v1 import scheduler_lite as spb
+
+TYPE_CHECKING = False  # not typing's (import cost)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+COMMANDS = ("apply", "get", "scale", "describe", "delete", "cordon", "uncordon", "drain", "explain",
+            "rollout")
+YAML_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    apply = sub.add_parser("apply", help="create or update services from service files (YAML)")
+    apply.add_argument("-f", "--filename", action="append", required=True, dest="files", metavar="FILE",
+                       help="a service file, a directory of them, or - for stdin (repeatable)")
+    apply.set_defaults(func=cmd_apply, cluster=True)
+
+    cluster_get.add_parser(sub)
+
+    scale = sub.add_parser("scale", help="set the number of replicas of a service")
+    scale.add_argument("service")
+    scale.add_argument("--replicas", type=int, required=True, metavar="N")
+    scale.add_argument("--expected-generation", type=int, default=0, metavar="G",
+                       help="only if the service is still at generation G (refused otherwise)")
+    scale.set_defaults(func=cmd_scale, cluster=True)
+
+    describe = sub.add_parser("describe", help="a service, host or replica in detail, with reasons")
+    describe.add_argument("kind", metavar="service|host|replica")
+    describe.add_argument("name")
+    describe.set_defaults(func=cluster_describe.cmd_describe, cluster=True)
+
+    delete = sub.add_parser("delete", help="delete a service: its replicas are stopped and removed")
+    delete.add_argument("kind", metavar="service")
+    delete.add_argument("name")
+    delete.set_defaults(func=cmd_delete, cluster=True)
+
+    for verb, text in (("cordon", "place no new replicas on a host"),
+                       ("uncordon", "place replicas on a host again"),
+                       ("drain", "cordon a host and move its replicas elsewhere")):
+        host = sub.add_parser(verb, help=text)
+        host.add_argument("host", help="host id or name")
+        if verb == "drain":
+            host.add_argument("--wait", action="store_true", help="return once the host is drained")
+            host.add_argument("--timeout", default=None, metavar="DURATION",
+                              help="with --wait: give up after this long (e.g. 5m); exit status 1")
+        host.set_defaults(func=cmd_host, cluster=True, verb=verb)
+
+    explain = sub.add_parser("explain", help="why a replica is on its host, or why it is pending")
+    explain.add_argument("kind", metavar="replica")
+    explain.add_argument("name", metavar="ID")
+    explain.add_argument("-o", "--output", choices=["json"], default=None)
+    explain.set_defaults(func=cluster_describe.cmd_explain, cluster=True)
+
+    rollout = sub.add_parser("rollout", help="the rollout of a service's latest template")
+    rsub = rollout.add_subparsers(dest="rollout_command", required=True, prog="shoal rollout")
+    status = rsub.add_parser("status", help="how far the rollout is")
+    status.add_argument("service")
+    status.add_argument("-w", "--watch", action="store_true", help="wait until it is complete")
+    status.add_argument("--timeout", default=None, metavar="DURATION",
+                        help="with --watch: give up after this long (e.g. 5m); exit status 1")
+    status.set_defaults(func=cmd_rollout_status, cluster=True)
+    undo = rsub.add_parser("undo", help="go back to the previous template")
+    undo.add_argument("service")
+    undo.set_defaults(func=cmd_rollout_undo, cluster=True)
+
+
+# -- apply ----------------------------------------------------------------------------------------------
+
+def _sources(names: list[str]) -> Iterator[tuple[str, str]]:
+    """(name for messages, text) of every file named, directories expanded (their YAML files, sorted)."""
+    for name in names:
+        if name == "-":
+            yield "<stdin>", sys.stdin.read()
+            continue
+        paths = [name]
+        if os.path.isdir(name):
+            paths = [os.path.join(name, f) for f in sorted(os.listdir(name)) if f.endswith(YAML_SUFFIXES)]
+            if not paths:
+                raise CliError(f"no service files (*.yaml, *.yml) in {name}")
+        for path in paths:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    yield path, f.read()
+            except (OSError, UnicodeDecodeError) as err:
+                reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+                raise CliError(f"cannot read {path}: {reason}") from None
+
+
+def cmd_apply(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    sources = list(_sources(args.files))  # all read before anything is applied
+    status = 0
+    for source, text in sources:
+        try:
+            response = scheduler.api.ApplyService(spb.ApplyServiceRequest(yaml=text, source=source))
+        except RpcFailure as err:
+            if is_unreachable(err):
+                raise CliError(describe_failure(err, scheduler.conn)) from None
+            for line in (err.message or err.code).splitlines():
+                print(f"shoal: {line}", file=sys.stderr)
+            status = 1
+            continue
+        for result in response.results:
+            print(f"service/{result.service.spec.name} {result.action}")
+    return status
+
+
+# -- scale, delete, hosts ------------------------------------------------------------------------------------
+
+def cmd_scale(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    if args.replicas < 0:
+        raise CliError(f"--replicas must be 0 or more, got {args.replicas}")
+    with scheduler_errors(scheduler.conn):
+        service = scheduler.api.ScaleService(spb.ScaleServiceRequest(
+            name=args.service, replicas=args.replicas, expected_generation=args.expected_generation))
+    print(f"service/{service.spec.name} scaled to {service.spec.replicas} (generation {service.generation})")
+    return 0
+
+
+def _service_kind(word: str) -> None:
+    if cluster_get.KIND_WORDS.get(word) != "services":
+        raise CliError(f"only services can be deleted (not {word!r}): shoal delete service NAME")
+
+
+def cmd_delete(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    _service_kind(args.kind)
+    with scheduler_errors(scheduler.conn):
+        scheduler.api.DeleteService(spb.DeleteServiceRequest(name=args.name))
+    print(f"service/{args.name} deleted")
+    return 0
+
+
+_HOST_CALLS = {"cordon": ("CordonHost", "cordoned"), "uncordon": ("UncordonHost", "uncordoned"),
+               "drain": ("DrainHost", "draining")}
+
+
+def cmd_host(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    method, done = _HOST_CALLS[args.verb]
+    with scheduler_errors(scheduler.conn):
+        host = getattr(scheduler.api, method)(spb.HostRequest(host=args.host))
+        name = host.name or host.id
+        if args.verb == "drain" and args.wait and host.state != spb.HOST_STATE_DRAINED:
+            print(f"host/{name} draining: waiting for its {host.replicas} replicas to move")
+            sys.stdout.flush()
+            wait_until(scheduler, kinds=["host", "replica"], service="", timeout=args.timeout,
+                       done=lambda: _drained(scheduler, host.id))
+            done = "drained"
+        elif host.state == spb.HOST_STATE_DRAINED:
+            done = "drained"
+    print(f"host/{name} {done}")
+    return 0
+
+
+def _drained(scheduler: Scheduler, host_id: str) -> bool:
+    return scheduler.api.GetHost(spb.GetHostRequest(host=host_id)).state == spb.HOST_STATE_DRAINED
+
+
+# -- rollouts -----------------------------------------------------------------------------------------------
+
+def rollout_line(rollout: spb.Rollout) -> str:
+    if rollout.complete:
+        head = f"service/{rollout.service} rolled out"
+    else:
+        head = (f"service/{rollout.service}: {rollout.updated} of {rollout.desired} replicas updated, "
+                f"{rollout.updated_ready} ready, {rollout.old} old")
+    detail = f" (template generation {rollout.template_generation})"
+    return head + detail + (f": {rollout.message}" if rollout.message else "")
+
+
+def cmd_rollout_status(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    request = spb.GetServiceRequest(name=args.service)
+    last = ""
+
+    def complete() -> bool:
+        nonlocal last
+        rollout = scheduler.api.RolloutStatus(request)
+        line = rollout_line(rollout)
+        if line != last:
+            print(line)
+            sys.stdout.flush()
+            last = line
+        return rollout.complete
+
+    with scheduler_errors(scheduler.conn):
+        if not args.watch:
+            complete()
+            return 0
+        wait_until(scheduler, kinds=["service", "replica"], service=args.service, timeout=args.timeout,
+                   done=complete)
+    return 0
+
+
+def cmd_rollout_undo(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    with scheduler_errors(scheduler.conn):
+        service = scheduler.api.RolloutUndo(spb.RolloutUndoRequest(name=args.service))
+    print(f"service/{service.spec.name} rolled back (template generation {service.template_generation}, "
+          f"generation {service.generation})")
+    return 0
+
+
+# -- waiting ------------------------------------------------------------------------------------------------
+
+class _TimedOut(Exception):
+    pass
+
+
+def _seconds(text: str) -> float:
+    from agent import parsing
+    from agent.errors import InvalidArgument
+
+    try:
+        return parsing.parse_duration(text, what="timeout")
+    except InvalidArgument as err:
+        raise CliError(str(err)) from None
+
+
+def wait_until(scheduler: Scheduler, *, kinds: list[str], service: str, timeout: str | None,
+               done: Callable[[], bool]) -> None:
+    """Returns once ``done()`` holds, checking it again after each change the scheduler reports (its
+    Watch); ``CliError`` after ``timeout``. A broken or compacted watch starts again from a new listing."""
+    import signal
+
+    def expire(signum: int, frame: object) -> None:
+        raise _TimedOut
+
+    seconds = _seconds(timeout) if timeout else 0.0
+    if seconds:
+        signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    failures = 0
+    try:
+        while True:
+            # The revision first, then the check: a change after the check is in the watch.
+            revision = scheduler.api.ListHosts(spb.ListHostsRequest()).revision
+            if done():
+                return
+            try:
+                for _ in scheduler.api.Watch(spb.WatchRequest(after_revision=revision, kinds=kinds,
+                                                              service=service)):
+                    failures = 0
+                    if done():
+                        return
+            except RpcFailure as err:
+                if is_unreachable(err):
+                    failures += 1
+                    if failures > len(scheduler.conn.addresses):
+                        raise
+                    scheduler.conn.give_up_on_current()
+                elif err.metadata.get("shoal-error") != cluster_get.COMPACTED:
+                    raise
+    except _TimedOut:
+        raise CliError(f"timed out after {timeout}") from None
+    except KeyboardInterrupt:
+        raise CliError("interrupted", code=130) from None
+    finally:
+        if seconds:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+__all__ = ["COMMANDS", "add_parsers", "cmd_apply", "cmd_host", "cmd_rollout_status", "cmd_scale",
+           "rollout_line", "wait_until"]

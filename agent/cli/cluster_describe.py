@@ -1,0 +1,252 @@
+"""``shoal describe service|host|replica NAME`` and ``shoal explain replica ID``: one object in detail,
+for a person: its spec and status, what runs where, and the scheduler's reasons (why a replica is
+pending, why it went to its host, what was done to it and why)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agent.cli import cluster_output as out
+from agent.cli.client import CliError
+from agent.cli.output import table
+from agent.cli.scheduler_client import Scheduler, scheduler_errors
+from agent.cli.transport import RpcFailure
+from agent.protolite import Timestamp
+from proto.agent.v1 import agent_lite as apb
+from proto.scheduler.v1 import scheduler_lite as spb
+
+KINDS = {"service": "service", "services": "service", "svc": "service", "host": "host", "hosts": "host",
+         "node": "host", "replica": "replica", "replicas": "replica"}
+
+
+def fields(rows: list[tuple[str, str]]) -> str:
+    """``Key:   value`` lines, aligned (kubectl describe's layout)."""
+    width = max(len(k) for k, _ in rows) + 2
+    return "\n".join(f"{(k + ':').ljust(width)}{v}".rstrip() for k, v in rows)
+
+
+def indented(text: str) -> str:
+    return "\n".join("  " + line if line else line for line in text.splitlines())
+
+
+def _when(ts: Timestamp) -> str:
+    stamp = out.timestamp(ts)
+    return f"{stamp} ({out.age(ts)} ago)" if stamp else "-"
+
+
+# -- services ------------------------------------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s" if seconds < 60 or seconds % 60 else f"{seconds / 60:g}m"
+
+
+def health_text(check: apb.HealthCheck) -> str:
+    probe = check.WhichOneof("probe")
+    if probe == "http":
+        what = f"http GET :{check.http.port}{check.http.path or '/'}"
+    elif probe == "tcp":
+        what = f"tcp :{check.tcp.port}"
+    elif probe == "exec":
+        import shlex
+
+        what = f"exec {shlex.join(check.exec.command)}"
+    else:
+        return "none"
+    text = (f"{what}, every {_duration(check.interval_seconds or 30)}, timeout "
+            f"{_duration(check.timeout_seconds or 30)}, unhealthy after {check.retries or 3} failures")
+    if check.start_period_seconds:
+        text += f", start period {_duration(check.start_period_seconds)}"
+    return text + (", restart when unhealthy" if check.restart_on_unhealthy else "")
+
+
+_RESTART = {apb.RESTART_MODE_NO: "no", apb.RESTART_MODE_ON_FAILURE: "on-failure",
+            apb.RESTART_MODE_ALWAYS: "always"}
+_NETWORK = {apb.NETWORK_MODE_UNSPECIFIED: "the host's default", apb.NETWORK_MODE_NONE: "none",
+            apb.NETWORK_MODE_HOST: "host", apb.NETWORK_MODE_BRIDGE: "bridge"}
+
+
+def resources_text(res: apb.Resources) -> str:
+    parts = []
+    if res.cpu_millis or res.cpu_request_millis:
+        cpu = f"cpus {out.cpus_text(res.cpu_millis)}" if res.cpu_millis else "cpus unlimited"
+        parts.append(cpu + (f" (request {out.cpus_text(res.cpu_request_millis)})" if res.cpu_request_millis
+                            else ""))
+    if res.memory_bytes or res.memory_request_bytes:
+        memory = f"memory {out.size_text(res.memory_bytes)}" if res.memory_bytes else "memory unlimited"
+        parts.append(memory + (f" (request {out.size_text(res.memory_request_bytes)})"
+                               if res.memory_request_bytes else ""))
+    if res.pids_max:
+        parts.append(f"pids {res.pids_max}")
+    return ", ".join(parts) or "unlimited"
+
+
+def service_text(service: spb.Service, replicas: list[spb.Replica], rollout: spb.Rollout | None) -> str:
+    import shlex
+
+    spec, status, template = service.spec, service.status, service.spec.template
+    placement = spec.placement
+    ports = ", ".join(f"{p.host_port}->" * bool(p.host_port) + f"{p.container_port}/{p.protocol or 'tcp'}"
+                      for p in template.ports) or "none"
+    update = spec.update
+    surge = (f"{update.max_surge_percent}%" if update.HasField("max_surge_percent")
+             else str(update.max_surge))
+    unavailable = (f"{update.max_unavailable_percent}%" if update.HasField("max_unavailable_percent")
+                   else str(update.max_unavailable))
+    rows = [
+        ("Name", spec.name),
+        ("Generation", f"{service.generation} (template generation {service.template_generation})"),
+        ("Replicas", f"{spec.replicas} desired | {status.replicas} current | {status.ready} ready | "
+                     f"{status.updated} up-to-date | {status.pending} pending | {status.failed} failed"),
+    ]
+    if status.message:
+        rows.append(("Status", status.message))
+    if service.deleting:
+        rows.append(("Deleting", "yes: its replicas are being stopped and removed"))
+    rows += [
+        ("Created", _when(service.created_at)),
+        ("Updated", _when(service.updated_at)),
+        ("Labels", out.labels_text(dict(spec.labels))),
+        ("Image", template.image),
+        ("Command", shlex.join([*template.entrypoint, *template.command]) or "the image's"),
+        ("Resources", resources_text(template.resources)),
+        ("Ports", ports),
+        ("Network", _NETWORK.get(template.network, "?")),
+        ("Health check", health_text(template.health) if template.HasField("health") else "none"),
+        ("Restart", _RESTART.get(template.restart.mode, "?")
+         + (f":{template.restart.max_retries}" if template.restart.max_retries else "")),
+        ("Strategy", placement.strategy or "spread"),
+        ("Constraints", ", ".join(placement.constraints) or "none"),
+        ("Topology spread", f"over {placement.topology_spread.label} (max skew "
+                            f"{placement.topology_spread.max_skew or 1})"
+         if placement.topology_spread.label else "none"),
+        ("Update", f"max surge {surge}, max unavailable {unavailable}"),
+    ]
+    if spec.metrics_port:
+        rows.append(("Metrics port", str(spec.metrics_port)))
+    if rollout is not None:
+        state = "complete" if rollout.complete else (
+            f"{rollout.updated} of {rollout.desired} updated, {rollout.updated_ready} ready, "
+            f"{rollout.old} old")
+        rows.append(("Rollout", state + (f": {rollout.message}" if rollout.message else "")))
+    text = fields(rows)
+    return text + "\n" + _replica_table(replicas, with_service=False)
+
+
+def _replica_table(replicas: list[spb.Replica], *, with_service: bool) -> str:
+    if not replicas:
+        return "Replicas:  none"
+    headers = ["ID", *(["SERVICE"] if with_service else []), "STATE", "READY", "HOST", "RESTARTS", "AGE",
+               "REASON"]
+    rows = [[r.id, *([r.service] if with_service else []), out.replica_state(r.state),
+             "yes" if r.ready else "no", r.host_name or r.host or "<none>", str(r.restarts),
+             out.age(r.created_at), r.reason] for r in replicas]
+    return "Replicas:\n" + indented(table(headers, rows))
+
+
+# -- hosts ------------------------------------------------------------------------------------------------
+
+def host_text(host: spb.Host, replicas: list[spb.Replica]) -> str:
+    info = host.info
+    rows = [
+        ("Name", host.name), ("ID", host.id), ("Address", host.address),
+        ("State", out.host_state(host.state) + (f": {host.reason}" if host.reason else "")),
+        ("Labels", out.labels_text(dict(host.labels))),
+        ("Metrics", host.metrics_address or "none"),
+        ("Agent version", info.agent_version or "-"),
+        ("Platform", f"{info.os}/{info.architecture}" if info.os else "-"),
+        ("Registered", _when(host.registered_at)),
+        ("Last seen", _when(host.last_seen)),
+        ("CPU", f"{out.cpus_text(info.cpu_allocatable_millis)} cores allocatable, "
+                f"{out.cpus_text(info.cpu_committed_millis)} requested"),
+        ("Memory", f"{out.size_text(info.memory_allocatable_bytes)} allocatable, "
+                   f"{out.size_text(info.memory_committed_bytes)} requested"),
+        ("Disk", f"{out.size_text(info.disk_free_bytes)} free of {out.size_text(info.disk_total_bytes)}"),
+        ("Conditions", ", ".join(f"{c.type} ({c.message})" if c.message else c.type
+                                 for c in info.conditions) or "none"),
+    ]
+    return fields(rows) + "\n" + _replica_table(replicas, with_service=True)
+
+
+# -- replicas and explanations ------------------------------------------------------------------------------
+
+def replica_rows(replica: spb.Replica) -> list[tuple[str, str]]:
+    return [
+        ("ID", replica.id), ("Service", replica.service),
+        ("Host", f"{replica.host_name} ({replica.host})" if replica.host_name else replica.host or "none"),
+        ("State", out.replica_state(replica.state)), ("Ready", "yes" if replica.ready else "no"),
+        ("Reason", replica.reason or "-"), ("Generation", str(replica.generation)),
+        ("Restarts", str(replica.restarts)),
+        ("Endpoints", ", ".join(e.address for e in replica.endpoints) or "none"),
+        ("Created", _when(replica.created_at)), ("Updated", _when(replica.updated_at)),
+    ]
+
+
+def explanation_text(explanation: spb.Explanation) -> str:
+    parts = [f"Placement:  {explanation.summary or '-'}"]
+    if explanation.hosts:
+        verdicts = sorted(explanation.hosts, key=lambda v: (not v.feasible, -v.score, v.host_name or v.host))
+        rows = [[v.host_name or v.host, "yes" if v.feasible else "no",
+                 f"{v.score:.1f}" if v.feasible else "-",
+                 "; ".join(v.reasons) if v.reasons else
+                 ", ".join(f"{k} {s:.1f}" for k, s in sorted(v.scores.items()))]
+                for v in verdicts]
+        parts.append("Hosts:\n" + indented(table(["HOST", "FITS", "SCORE", "REASONS / SCORES"], rows)))
+    if explanation.decisions:
+        rows = [[out.timestamp(d.time) or "-", d.action, d.reason] for d in explanation.decisions]
+        parts.append("Decisions:\n" + indented(table(["TIME", "ACTION", "REASON"], rows)))
+    return "\n".join(parts)
+
+
+# -- the verbs -----------------------------------------------------------------------------------------------
+
+def cmd_describe(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    kind = KINDS.get(args.kind)
+    if kind is None:
+        raise CliError(f"cannot describe {args.kind!r}: use service, host or replica")
+    api = scheduler.api
+    with scheduler_errors(scheduler.conn):
+        if kind == "service":
+            service = api.GetService(spb.GetServiceRequest(name=args.name))
+            replicas = api.ListReplicas(spb.ListReplicasRequest(service=service.spec.name)).replicas
+            try:
+                rollout: spb.Rollout | None = api.RolloutStatus(spb.GetServiceRequest(name=service.spec.name))
+            except RpcFailure as err:
+                if err.code != "NOT_FOUND" and err.code != "FAILED_PRECONDITION":
+                    raise
+                rollout = None
+            print(service_text(service, list(replicas), rollout))
+        elif kind == "host":
+            host = api.GetHost(spb.GetHostRequest(host=args.name))
+            replicas = api.ListReplicas(spb.ListReplicasRequest(host=host.id)).replicas
+            print(host_text(host, list(replicas)))
+        else:
+            explanation = api.Explain(spb.ExplainRequest(replica=args.name))
+            print(fields(replica_rows(explanation.replica)))
+            print(explanation_text(explanation))
+    return 0
+
+
+def cmd_explain(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    if KINDS.get(args.kind) != "replica":
+        raise CliError(f"only replicas are explained (not {args.kind!r}): shoal explain replica ID")
+    with scheduler_errors(scheduler.conn):
+        explanation = scheduler.api.Explain(spb.ExplainRequest(replica=args.name))
+    if args.output == "json":
+        import json
+
+        from agent.protolite import to_dict
+
+        print(json.dumps(to_dict(explanation), indent=2, ensure_ascii=False))
+        return 0
+    replica = explanation.replica
+    where = replica.host_name or replica.host
+    print(f"replica {replica.id} of service {replica.service}: {out.replica_state(replica.state)}"
+          + (f" on {where}" if where else ""))
+    print(explanation_text(explanation))
+    sys.stdout.flush()
+    return 0
+
+
+__all__ = ["cmd_describe", "cmd_explain", "explanation_text", "fields", "health_text", "host_text",
+           "service_text"]

@@ -1,0 +1,217 @@
+"""What the cluster verbs print: services, replicas, hosts and endpoints as table rows (kubectl's
+columns and habits) and as the JSON objects of ``-o json``.
+
+The JSON keys are a contract scripts rely on (docs/service-file.md and the README list them): services
+``name``, ``replicas`` (desired), ``ready``, ``generation``; replicas ``id``, ``service``, ``host``,
+``state``, ``ready``, ``generation``, ``reason``; hosts ``id``, ``name``, ``address``, ``state``,
+``labels``; endpoints ``service``, ``replica``, ``host``, ``address``. More keys may be added, none
+removed or renamed. States are lowercase words (``pending``, ``not_ready``), times RFC 3339 in UTC.
+"""
+
+from __future__ import annotations
+
+import time
+
+from agent.protolite import Timestamp
+from proto.scheduler.v1 import scheduler_lite as spb
+
+TYPE_CHECKING = False  # not typing's (import cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+REPLICA_STATES = {v: k.removeprefix("REPLICA_STATE_").lower() for k, v in spb.ReplicaState.items()}
+HOST_STATES = {v: k.removeprefix("HOST_STATE_").lower() for k, v in spb.HostState.items()}
+REPLICA_STATE_VALUES = {name: value for value, name in REPLICA_STATES.items() if value}
+
+
+def replica_state(value: int) -> str:
+    return REPLICA_STATES.get(value, "unspecified")
+
+
+def host_state(value: int) -> str:
+    return HOST_STATES.get(value, "unspecified")
+
+
+def timestamp(ts: Timestamp) -> str | None:
+    return ts.ToJsonString() if ts.seconds or ts.nanos else None
+
+
+def age(ts: Timestamp, *, now: float | None = None) -> str:
+    """kubectl's AGE: the largest unit or two (``45s``, ``5m``, ``3h12m``, ``4d``)."""
+    if not ts.seconds and not ts.nanos:
+        return "<unknown>"
+    seconds = int(max((now if now is not None else time.time()) - ts.ToNanoseconds() / 1e9, 0))
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 10:
+        rest = seconds % 60
+        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        rest = minutes % 60
+        return f"{hours}h{rest}m" if rest else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    return f"{hours // 24}d"
+
+
+def labels_text(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"
+
+
+def cpus_text(millis: int) -> str:
+    return f"{millis / 1000:g}"
+
+
+def size_text(size: int) -> str:
+    """Binary units, like the sizes of a service file (``64Mi`` reads as 64M there)."""
+    value = float(size)
+    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
+        if value < 1024 or unit == "Ti":
+            return f"{value:.4g}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+# -- services ------------------------------------------------------------------------------------------------
+
+def service_json(service: spb.Service) -> dict[str, Any]:
+    from agent.protolite import to_dict
+
+    status = service.status
+    return {
+        "name": service.spec.name,
+        "replicas": service.spec.replicas,
+        "ready": status.ready,
+        "generation": service.generation,
+        "template_generation": service.template_generation,
+        "current": status.replicas,
+        "updated": status.updated,
+        "pending": status.pending,
+        "failed": status.failed,
+        "message": status.message,
+        "deleting": service.deleting,
+        "image": service.spec.template.image,
+        "created_at": timestamp(service.created_at),
+        "updated_at": timestamp(service.updated_at),
+        "spec": to_dict(service.spec),
+    }
+
+
+SERVICE_HEADERS = ["NAME", "READY", "UP-TO-DATE", "PENDING", "GENERATION", "AGE"]
+SERVICE_WIDE = ["IMAGE", "STRATEGY", "MESSAGE"]
+
+
+def service_row(service: spb.Service, *, wide: bool = False) -> list[str]:
+    status = service.status
+    name = service.spec.name + (" (deleting)" if service.deleting else "")
+    row = [name, f"{status.ready}/{service.spec.replicas}", str(status.updated), str(status.pending),
+           str(service.generation), age(service.created_at)]
+    if wide:
+        row += [service.spec.template.image, service.spec.placement.strategy or "spread", status.message]
+    return row
+
+
+# -- replicas ------------------------------------------------------------------------------------------------
+
+def replica_json(replica: spb.Replica) -> dict[str, Any]:
+    return {
+        "id": replica.id,
+        "service": replica.service,
+        "host": replica.host,
+        "host_name": replica.host_name,
+        "state": replica_state(replica.state),
+        "ready": replica.ready,
+        "generation": replica.generation,
+        "reason": replica.reason,
+        "restarts": replica.restarts,
+        "endpoints": [e.address for e in replica.endpoints],
+        "created_at": timestamp(replica.created_at),
+        "updated_at": timestamp(replica.updated_at),
+    }
+
+
+REPLICA_HEADERS = ["ID", "SERVICE", "STATE", "READY", "HOST", "RESTARTS", "AGE", "REASON"]
+REPLICA_WIDE = ["GENERATION", "ENDPOINTS"]
+
+
+def replica_row(replica: spb.Replica, *, wide: bool = False) -> list[str]:
+    row = [replica.id, replica.service, replica_state(replica.state), "yes" if replica.ready else "no",
+           replica.host_name or replica.host or "<none>", str(replica.restarts), age(replica.created_at),
+           replica.reason]
+    if wide:
+        row += [str(replica.generation), ",".join(e.address for e in replica.endpoints) or "<none>"]
+    return row
+
+
+# -- hosts ---------------------------------------------------------------------------------------------------
+
+def host_json(host: spb.Host) -> dict[str, Any]:
+    info = host.info
+    return {
+        "id": host.id,
+        "name": host.name,
+        "address": host.address,
+        "state": host_state(host.state),
+        "labels": dict(sorted(host.labels.items())),
+        "replicas": host.replicas,
+        "reason": host.reason,
+        "metrics_address": host.metrics_address,
+        "agent_version": info.agent_version,
+        "cpu_allocatable_millis": info.cpu_allocatable_millis,
+        "cpu_committed_millis": info.cpu_committed_millis,
+        "memory_allocatable_bytes": info.memory_allocatable_bytes,
+        "memory_committed_bytes": info.memory_committed_bytes,
+        "conditions": [c.type for c in info.conditions],
+        "registered_at": timestamp(host.registered_at),
+        "last_seen": timestamp(host.last_seen),
+    }
+
+
+HOST_HEADERS = ["NAME", "STATE", "ADDRESS", "REPLICAS", "LABELS", "AGE"]
+HOST_WIDE = ["ID", "CPU (REQ/ALLOC)", "MEMORY (REQ/ALLOC)", "VERSION", "REASON"]
+
+
+def host_row(host: spb.Host, *, wide: bool = False) -> list[str]:
+    row = [host.name or host.id, host_state(host.state), host.address, str(host.replicas),
+           labels_text(dict(host.labels)), age(host.registered_at)]
+    if wide:
+        info = host.info
+        row += [host.id, f"{cpus_text(info.cpu_committed_millis)}/{cpus_text(info.cpu_allocatable_millis)}",
+                f"{size_text(info.memory_committed_bytes)}/{size_text(info.memory_allocatable_bytes)}",
+                info.agent_version, host.reason]
+    return row
+
+
+# -- endpoints -----------------------------------------------------------------------------------------------
+
+def endpoint_json(endpoint: spb.Endpoint) -> dict[str, Any]:
+    return {
+        "service": endpoint.service,
+        "replica": endpoint.replica,
+        "host": endpoint.host,
+        "address": endpoint.address,
+        "container_port": endpoint.container_port,
+        "protocol": endpoint.protocol or "tcp",
+    }
+
+
+ENDPOINT_HEADERS = ["SERVICE", "ADDRESS", "REPLICA", "HOST"]
+ENDPOINT_WIDE = ["PORT"]
+
+
+def endpoint_row(endpoint: spb.Endpoint, *, wide: bool = False) -> list[str]:
+    row = [endpoint.service, endpoint.address, endpoint.replica, endpoint.host]
+    if wide:
+        row.append(f"{endpoint.container_port}/{endpoint.protocol or 'tcp'}")
+    return row
+
+
+__all__ = [
+    "ENDPOINT_HEADERS", "HOST_HEADERS", "REPLICA_HEADERS", "REPLICA_STATE_VALUES", "SERVICE_HEADERS", "age",
+    "endpoint_json", "endpoint_row", "host_json", "host_row", "host_state", "replica_json", "replica_row",
+    "replica_state", "service_json", "service_row", "size_text", "timestamp",
+]
