@@ -158,19 +158,27 @@ _HOST_CALLS = {"cordon": ("CordonHost", "cordoned"), "uncordon": ("UncordonHost"
 
 def cmd_host(scheduler: Scheduler, args: argparse.Namespace) -> int:
     method, done = _HOST_CALLS[args.verb]
+    timeout = _timeout(getattr(args, "timeout", None))  # refused before anything is asked
     with scheduler_errors(scheduler.conn):
         host = getattr(scheduler.api, method)(spb.HostRequest(host=args.host))
         name = host.name or host.id
         if args.verb == "drain" and args.wait and host.state != spb.HOST_STATE_DRAINED:
             print(f"host/{name} draining: waiting for its {host.replicas} replicas to move")
             sys.stdout.flush()
-            wait_until(scheduler, kinds=["host", "replica"], service="", timeout=args.timeout,
+            wait_until(scheduler, kinds=["host", "replica"], service="", timeout=timeout,
+                       revision=lambda: _revision(scheduler, spb.ListReplicasRequest(host=host.id)),
                        done=lambda: _drained(scheduler, host.id))
             done = "drained"
         elif host.state == spb.HOST_STATE_DRAINED:
             done = "drained"
     print(f"host/{name} {done}")
     return 0
+
+
+def _revision(scheduler: Scheduler, request: spb.ListReplicasRequest) -> int:
+    """The store's revision now, from a listing of the few replicas concerned (not of every host)."""
+    revision: int = scheduler.api.ListReplicas(request).revision
+    return revision
 
 
 def _drained(scheduler: Scheduler, host_id: str) -> bool:
@@ -190,6 +198,7 @@ def rollout_line(rollout: spb.Rollout) -> str:
 
 
 def cmd_rollout_status(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    timeout = _timeout(args.timeout)
     request = spb.GetServiceRequest(name=args.service)
     last = ""
 
@@ -207,7 +216,8 @@ def cmd_rollout_status(scheduler: Scheduler, args: argparse.Namespace) -> int:
         if not args.watch:
             complete()
             return 0
-        wait_until(scheduler, kinds=["service", "replica"], service=args.service, timeout=args.timeout,
+        wait_until(scheduler, kinds=["service", "replica"], service=args.service, timeout=timeout,
+                   revision=lambda: _revision(scheduler, spb.ListReplicasRequest(service=args.service)),
                    done=complete)
     return 0
 
@@ -226,38 +236,47 @@ class _TimedOut(Exception):
     pass
 
 
-def _seconds(text: str) -> float:
+class Timeout:
+    """``--timeout`` as typed (for the message) and in seconds."""
+
+    def __init__(self, text: str, seconds: float) -> None:
+        self.text, self.seconds = text, seconds
+
+
+def _timeout(text: str | None) -> Timeout | None:
+    if not text:
+        return None
     from agent import parsing
     from agent.errors import InvalidArgument
 
     try:
-        return parsing.parse_duration(text, what="timeout")
+        return Timeout(text, parsing.parse_duration(text, what="timeout"))
     except InvalidArgument as err:
         raise CliError(str(err)) from None
 
 
-def wait_until(scheduler: Scheduler, *, kinds: list[str], service: str, timeout: str | None,
-               done: Callable[[], bool]) -> None:
+def wait_until(scheduler: Scheduler, *, kinds: list[str], service: str, timeout: Timeout | None,
+               revision: Callable[[], int], done: Callable[[], bool]) -> None:
     """Returns once ``done()`` holds, checking it again after each change the scheduler reports (its
-    Watch); ``CliError`` after ``timeout``. A broken or compacted watch starts again from a new listing."""
+    Watch, from ``revision()``); ``CliError`` after ``timeout``. A broken or compacted watch starts again
+    from a new revision."""
     import signal
 
     def expire(signum: int, frame: object) -> None:
         raise _TimedOut
 
-    seconds = _seconds(timeout) if timeout else 0.0
-    if seconds:
+    if timeout is not None and timeout.seconds > 0:
         signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+        signal.setitimer(signal.ITIMER_REAL, timeout.seconds)
     failures = 0
     try:
         while True:
             # The revision first, then the check: a change after the check is in the watch.
-            revision = scheduler.api.ListHosts(spb.ListHostsRequest()).revision
+            after = revision()
             if done():
                 return
             try:
-                for _ in scheduler.api.Watch(spb.WatchRequest(after_revision=revision, kinds=kinds,
+                for _ in scheduler.api.Watch(spb.WatchRequest(after_revision=after, kinds=kinds,
                                                               service=service)):
                     failures = 0
                     if done():
@@ -271,11 +290,11 @@ def wait_until(scheduler: Scheduler, *, kinds: list[str], service: str, timeout:
                 elif err.metadata.get("shoal-error") != cluster_get.COMPACTED:
                     raise
     except _TimedOut:
-        raise CliError(f"timed out after {timeout}") from None
+        raise CliError(f"timed out after {timeout.text if timeout else '?'}") from None
     except KeyboardInterrupt:
         raise CliError("interrupted", code=130) from None
     finally:
-        if seconds:
+        if timeout is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
 

@@ -564,6 +564,17 @@ def test_rollout_status_undo_and_waiting(server: Server, pki: dict[str, Path]) -
         "service/web rolled back (template generation 2, generation 2)\n"
 
 
+def test_waiting_gives_up_at_its_timeout(server: Server, pki: dict[str, Path]) -> None:
+    result = run(pki, server.address, "rollout", "status", "web", "-w", "--timeout", "300ms")
+    assert result.returncode == 1
+    assert result.stdout.startswith("service/web: 1 of 2 replicas updated")
+    assert result.stderr == "shoal: timed out after 300ms\n"
+    bad = run(pki, server.address, "drain", "node-1", "--wait", "--timeout", "soon")
+    assert (bad.returncode, bad.stderr) == (
+        1, "shoal: invalid timeout 'soon': expected e.g. 500ms, 30s, 2m or 1h\n")
+    assert server.fake.calls("DrainHost") == []
+
+
 # -- watching ------------------------------------------------------------------------------------------------
 
 def _watcher(pki: dict[str, Path], address: str, *args: str) -> subprocess.Popen[str]:
