@@ -72,7 +72,8 @@ UPDATE_KEYS = ("max_surge", "max_unavailable")
 # What people bring from Kubernetes, Compose or `shoal run`, mapped to our key (for "did you mean").
 _TOP_ALIASES = {"image": "template.image", "command": "template.command", "spec": "template",
                 "containers": "template", "replica": "replicas", "scale": "replicas", "deploy": "placement",
-                "metricsPort": "metrics_port", "strategy": "update", "rollout": "update"}
+                "metricsPort": "metrics_port", "strategy": "placement.strategy",
+                "constraints": "placement.constraints", "rollout": "update", "update_config": "update"}
 _TEMPLATE_ALIASES = {"workingDir": "working_dir", "workdir": "working_dir", "working-dir": "working_dir",
                      "environment": "env", "args": "command", "cmd": "command", "restartPolicy": "restart",
                      "restart_policy": "restart", "readOnly": "read_only", "read-only": "read_only",
