@@ -97,6 +97,10 @@ _NETWORKS = {"bridge": agent_pb2.NETWORK_MODE_BRIDGE, "none": agent_pb2.NETWORK_
              "host": agent_pb2.NETWORK_MODE_HOST}
 _RESTART_MODES = {"no": agent_pb2.RESTART_MODE_NO, "on-failure": agent_pb2.RESTART_MODE_ON_FAILURE,
                   "always": agent_pb2.RESTART_MODE_ALWAYS}
+_RESTART_WORDS = {mode: word for word, mode in _RESTART_MODES.items()}
+# A service whose template names no restart policy has its exited replicas replaced (TemplateFacts.restart);
+# the agent, given no policy, leaves the container exited for the scheduler to act.
+SERVICE_RESTART_DEFAULT = "always"
 
 
 # -- parsing --------------------------------------------------------------------------------------------
@@ -243,7 +247,7 @@ def _template(r: sy.Reader, node: yaml.Node) -> agent_pb2.ContainerSpec | None:
     labels = r.read(t, "labels", "template", _template_labels, {})
     spec.labels.update(labels)
     restart = r.read(t, "restart", "template", _restart, None)
-    if restart is not None and restart != agent_pb2.RestartPolicy():  # "no" is the default: left unset
+    if restart is not None:  # "no" included: written, it differs from no policy (a service's default)
         spec.restart.CopyFrom(restart)
     if _given(t, "resources"):
         resources = _resources(r, t["resources"])
@@ -593,9 +597,12 @@ def template_of(template_json: str) -> agent_pb2.ContainerSpec:
 
 
 def facts_of(template: agent_pb2.ContainerSpec) -> TemplateFacts:
-    """What placement needs: requests (the limit when no request is given), ports, whether it has a
-    health check (then readiness waits for it)."""
+    """What placement and reconciling need: requests (the limit when no request is given), ports,
+    whether it has a health check (then readiness waits for it), whether an exited replica is replaced
+    (its restart policy; ``always`` when it names none)."""
     res = template.resources
+    restart = _RESTART_WORDS.get(template.restart.mode, "no") if template.HasField("restart") \
+        else SERVICE_RESTART_DEFAULT
     return TemplateFacts(
         image=template.image,
         cpu_millis=res.cpu_request_millis or res.cpu_millis,
@@ -603,6 +610,7 @@ def facts_of(template: agent_pb2.ContainerSpec) -> TemplateFacts:
         ports=tuple(PortRequest(container_port=p.container_port, host_port=p.host_port,
                                 protocol=p.protocol or "tcp") for p in template.ports),
         has_health_check=template.HasField("health"),
+        restart=restart,
     )
 
 

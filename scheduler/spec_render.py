@@ -151,9 +151,9 @@ def _template_dict(t: Mapping[str, Any]) -> dict[str, Any]:
         out["ports"] = [_port_dict(p) for p in t["ports"]]
     if "health" in t:
         out["health"] = _health_dict(t["health"])
-    restart = t.get("restart", {})
-    mode = _enum_word(restart.get("mode", "RESTART_MODE_NO"), "RESTART_MODE_")
-    if mode != "no" or restart.get("max_retries"):
+    if "restart" in t:  # even "no": absent is a service's default, not the same thing
+        restart = t["restart"]
+        mode = _enum_word(restart.get("mode", "RESTART_MODE_NO"), "RESTART_MODE_")
         out["restart"] = f"{mode}:{restart['max_retries']}" if restart.get("max_retries") else mode
     if t.get("read_only"):
         out["read_only"] = True

@@ -144,6 +144,7 @@ def test_every_key_of_the_format() -> None:
     }
     assert spec.facts == TemplateFacts(
         image="busybox:1.36", cpu_millis=100, memory_bytes=512 << 20, has_health_check=True,
+        restart="on-failure",
         ports=(PortRequest(22, 2222), PortRequest(5353, 0, "udp"), PortRequest(8080, 18080),
                PortRequest(9100)))
     assert spec.placement == Placement(
@@ -183,14 +184,22 @@ def test_health_check_shapes(text: str, expected: dict[str, object]) -> None:
     assert template(spec)["health"] == expected
 
 
-@pytest.mark.parametrize(("word", "expected"), [
-    ("no", None), ("'no'", None), ("always", {"mode": "RESTART_MODE_ALWAYS"}),
-    ("unless-stopped", {"mode": "RESTART_MODE_ALWAYS"}), ("on-failure", {"mode": "RESTART_MODE_ON_FAILURE"}),
-    ("on-failure:3", {"mode": "RESTART_MODE_ON_FAILURE", "max_retries": 3}),
+@pytest.mark.parametrize(("word", "expected", "replaced"), [
+    ("no", {}, "no"), ("'no'", {}, "no"), ("always", {"mode": "RESTART_MODE_ALWAYS"}, "always"),
+    ("unless-stopped", {"mode": "RESTART_MODE_ALWAYS"}, "always"),
+    ("on-failure", {"mode": "RESTART_MODE_ON_FAILURE"}, "on-failure"),
+    ("on-failure:3", {"mode": "RESTART_MODE_ON_FAILURE", "max_retries": 3}, "on-failure"),
 ])
-def test_restart_words_as_written_not_as_yaml_booleans(word: str, expected: object) -> None:
+def test_restart_words_as_written_not_as_yaml_booleans(word: str, expected: object, replaced: str) -> None:
     spec = parse(f"name: w\ntemplate: {{image: b, restart: {word}}}\n")
     assert template(spec).get("restart") == expected
+    assert spec.facts.restart == replaced
+
+
+def test_without_a_restart_policy_replicas_are_replaced_and_the_agent_is_given_none() -> None:
+    spec = parse("name: w\ntemplate: {image: b}\n")
+    assert "restart" not in template(spec) and spec.facts.restart == "always"
+    assert spec != parse("name: w\ntemplate: {image: b, restart: no}\n")
 
 
 def test_env_values_and_labels_keep_the_text_as_written() -> None:
@@ -243,7 +252,6 @@ def test_the_same_service_written_differently_is_the_same_spec() -> None:
           resources: {memory: 64M, cpus: 500m}
           ports: ["9000:9090/tcp", {container: 8080, protocol: tcp}]
           env: [B=2, A=1]
-          restart: no
           image: b
         replicas: 1
         name: web
@@ -438,6 +446,7 @@ ROUND_TRIPS = [
     EVERY_KEY,
     "name: w\ntemplate: {image: b}\n",
     "name: w\nreplicas: 0\ntemplate: {image: b, restart: on-failure, network: none}\n",
+    "name: w\ntemplate: {image: b, restart: no}\n",
     "name: w\ntemplate:\n  image: b\n  health: {exec: 'curl -f localhost || exit 1', timeout: 1.25s}\n",
     "name: w\ntemplate:\n  image: b\n  health: {tcp: 1, interval: 90s, start_period: 2h}\n",
     "name: w\ntemplate:\n  image: b\n  resources: {memory: 6291457, cpus: 0.333, memory_request: 1500k}\n",
