@@ -257,9 +257,9 @@ def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], *,
     condemned = [r for r in live if r.generation != service.template_generation or _draining(plan, r.host)]
     kept = [r for r in live if r not in condemned]
     desired = spec.replicas
-    surge, unavailable = spec.update.max_surge, spec.update.max_unavailable
-    if condemned and surge <= 0 and unavailable <= 0:
-        surge = 1  # otherwise neither a rollout nor a drain could ever progress
+    # Percentages resolved against the desired count; both 0 would never progress, so that means one
+    # unavailable (Kubernetes' rule, in UpdatePolicy.counts).
+    surge, unavailable = spec.update.counts(desired)
     created: list[ReplicaId] = []
     if len(kept) < desired:
         room = desired + surge - len(live) if condemned else desired - len(kept)

@@ -250,9 +250,20 @@ def test_a_rollout_brings_new_replicas_up_before_old_ones_stop() -> None:
 
 
 def test_a_rollout_with_no_surge_and_no_unavailability_still_progresses() -> None:
+    """Both 0 would deadlock: as in Kubernetes, one replica may then be unavailable."""
     svc = service(1, template_generation=2, update=UpdatePolicy(max_surge=0, max_unavailable=0))
     plan = run(world([svc], [replica("o", generation=1)], observed=observe(("h1", [container("o")]))))
-    assert [r.generation for r in written(plan).values() if r.id != "o"] == [2]
+    assert written(plan)["o"].phase is ReplicaPhase.STOPPING
+
+
+def test_percentages_of_the_desired_count_bound_a_rollout() -> None:
+    policy = UpdatePolicy(max_surge=0, max_unavailable=0, max_surge_percent=50, max_unavailable_percent=25)
+    svc = service(4, template_generation=2, update=policy)
+    old = [replica(f"o{i}", host=HOSTS[i % 3], generation=1) for i in range(4)]
+    observed = observe(*((h, [container(r.id) for r in old if r.host == h]) for h in HOSTS))
+    plan = run(world([svc], old, observed=observed))
+    assert sum(r.generation == 2 for r in written(plan).values()) == 2      # surge: 50% of 4
+    assert sum(r.phase is ReplicaPhase.STOPPING for r in written(plan).values()) == 1  # 25% of 4
 
 
 def test_a_drain_moves_replicas_elsewhere_first() -> None:
