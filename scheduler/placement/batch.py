@@ -422,13 +422,14 @@ class _Run:
                 continue
             if counts.add(value):
                 minimum_moved = True
-            changed.update(self.by_value[d].get(value, ()))
+            if len(self.counts) > 1:  # with one label, a domain's only group is this one
+                changed.update(self.by_value[d].get(value, ()))
         if minimum_moved:
             for other in self.groups:
                 self._rejudge(other, request)
             self._rebuild_global()
             return
-        for cj in sorted(changed):
+        for cj in sorted(changed) if len(changed) > 1 else changed:
             self._rejudge(self.groups[cj], request)
             entry = self._entry(cj)
             if entry is not None:

@@ -16,7 +16,8 @@ from scheduler.placement.framework import (
     Reads,
     build_profile,
 )
-from scheduler.placement.view import HostView
+from scheduler.placement.plugins import topology_spread
+from scheduler.placement.view import ClusterView, DomainCounts, HostView
 from tests.unit.scheduler.placement import builders as b
 
 PROFILE = registry.default_profile()
@@ -277,3 +278,45 @@ def test_image_locality_breaks_near_ties() -> None:
     # Between equal hosts, it decides.
     view = b.cluster([b.host("h1"), b.host("h2")], services=[svc], images={b.HostId("h2"): ["web:1"]})
     assert batch.place(b.requests(svc, 1), view, PROFILE).outcomes[0].host == "h2"
+
+
+class _RackSpread:
+    """A second domain plugin (max skew 1 over the "rack" label), to exercise several domain labels."""
+
+    name = "rack_spread"
+
+    def domains(self, request: PlacementRequest, view: ClusterView) -> DomainCounts | None:
+        return view.domain_counts(request.service, "rack", lambda host: True)
+
+    def filter_domain(self, request: PlacementRequest, counts: DomainCounts,
+                      domain: str | None) -> tuple[str, ...]:
+        return topology_spread.skew_problem(counts, domain, 1)
+
+    def score_domain(self, request: PlacementRequest, counts: DomainCounts, domain: str | None) -> float:
+        return topology_spread.domain_score(counts, domain, 1)
+
+
+def test_two_domain_labels_are_both_held() -> None:
+    config = registry.DEFAULT_CONFIG
+    profile = build_profile(
+        ProfileConfig(filters=(*config.filters, "rack_spread"),
+                      scores=(*config.scores, ("rack_spread", 1.0))),
+        {"rack_spread": lambda args: _RackSpread(), **registry.REGISTRY})
+    svc = b.service(spread="zone")
+    hosts = [b.host(f"{zone}{rack}{i}", zone=zone, labels={"rack": f"r{rack}"})
+             for zone in "ab" for rack in "123" for i in range(2)]
+    view = b.cluster(hosts, services=[svc])
+    result = batch.place(b.requests(svc, 12), view, profile)
+    assert len(result.placed) == 12
+    domains = {"zone": ("a", "b"), "rack": ("r1", "r2", "r3")}
+    counts: dict[str, Counter[str]] = {"zone": Counter(), "rack": Counter()}
+    for outcome in result.outcomes:  # after every placement, both spreads within max skew 1
+        host = view.host(outcome.host)  # type: ignore[arg-type]
+        for label, values in domains.items():
+            counts[label][host.labels[label]] += 1
+            assert max(counts[label].values()) - min(counts[label][v] for v in values) <= 1
+    assert counts["zone"] == {"a": 6, "b": 6}
+    assert counts["rack"] == {"r1": 4, "r2": 4, "r3": 4}
+    explained = result.explain(result.outcomes[1].replica)
+    assert {v.reasons for v in explained.verdicts if not v.feasible} <= {
+        ("would exceed max skew 1 on zone",), ("would exceed max skew 1 on rack",)}
