@@ -8,8 +8,10 @@ kube-scheduler's message shape) and, on demand, the verdict of every host as tha
 How one pass stays cheap (Nomad's and kube-scheduler's ideas, arranged for batches). Replicas with the
 same service, template and placement rules form a *run*. For a run:
 
-* every host is filtered and scored once (the answers of static filters once per view, see
-  ``framework``), mostly by plugins' ``filter_all``/``score_all`` comprehensions over all hosts;
+* every host is filtered and scored once, by plugins' ``filter_all``/``score_all`` comprehensions
+  over all hosts; and the view keeps those answers, so the next run with the same request shape (the
+  plugins' ``key``) re-asks only for the hosts placements changed since (``ClusterView.tracked``), and
+  static filters answer once per view;
 * hosts that fit sit in a heap per topology domain (one domain when the service has no topology spread),
   ordered by score; the domains sit in a heap ordered by their best host's score plus the domain's own
   score, and only domains the domain filters allow are in it;
@@ -34,6 +36,7 @@ weighted score per plugin — at O(hosts) on request, without storing hosts * re
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import operator
@@ -245,9 +248,13 @@ class _Run:
             reasons = view.memo(filters_key, lambda: _first_refusals(static_filters, request, hosts))
         else:
             reasons = [()] * n
-        if self.dynamic_filters:
-            dynamic_filters = [f for f in active if f.reads is not Reads.STATIC]
-            reasons = _first_refusals(dynamic_filters, request, hosts, reasons)
+        # Host filters: tracked on the view, so a later batch re-asks only for the hosts batches changed.
+        for host_filter in active:
+            if host_filter.reads is not Reads.STATIC:
+                found = view.tracked(("placement.filter", host_filter, host_filter.key(request)),
+                                     functools.partial(host_filter.filter_all, request, hosts),
+                                     functools.partial(host_filter.filter, request))
+                reasons = [earlier or refusal for earlier, refusal in zip(reasons, found, strict=True)]
         self.reasons: list[Reasons] = list(reasons)
 
         # Scores as one column per scorer; a scorer that normalizes gets a factor fixed from this first
@@ -255,8 +262,12 @@ class _Run:
         self.columns: list[list[float]] = []
         factors: dict[int, float | None] = {}
         for p, weight in static_scorers + dynamic_scorers:
-            # Not memoised even when static: a column per image would cost more memory than it saves.
-            raw = p.score_all(request, hosts)
+            if p.reads is Reads.STATIC:  # not kept: a column per image would cost more than it saves
+                raw = p.score_all(request, hosts)
+            else:
+                raw = view.tracked(("placement.score", p, p.key(request)),
+                                   functools.partial(p.score_all, request, hosts),
+                                   functools.partial(p.score, request))
             factor = None
             if p.normalize:
                 best = max((x for x, r in zip(raw, reasons, strict=True) if not r), default=0.0)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from scheduler import model
 from scheduler.model import HostId, ReplicaId, ReplicaPhase, ServiceName
@@ -171,16 +171,29 @@ class DomainCounts:
 
 
 class ClusterView:
-    """Every host (sorted by id), the services, the replicas known, and what batches placed since."""
+    """Every host (sorted by id), the services, the replicas known, and what batches placed since.
+
+    Batches derive per-host answers from a view over and over (one pass per service). Two caches keep
+    that cheap, both valid only because nothing but ``assume`` changes a view once built: ``memo`` for
+    values from what batches never change, ``tracked`` for per-host values that ``assume`` changes only
+    for the host it places on (recomputed for those hosts alone, from the log of changed hosts).
+    """
 
     def __init__(self, hosts: list[HostView], services: Mapping[ServiceName, model.Service],
                  replicas: Mapping[ReplicaId, model.Replica]) -> None:
         self.hosts: tuple[HostView, ...] = tuple(sorted(hosts, key=lambda h: h.id))
         self.by_id: dict[HostId, HostView] = {h.id: h for h in self.hosts}
+        self.index: dict[HostId, int] = {h.id: i for i, h in enumerate(self.hosts)}
         self.services = dict(services)
         self.replicas = dict(replicas)
         self.assumed: dict[ReplicaId, HostId] = {}  # placed by batches on this view
+        self.changes: list[int] = []                # indices of the hosts ``assume`` changed, in order
         self._memo: dict[Hashable, object] = {}
+        self._tracked: dict[Hashable, tuple[int, list[Any]]] = {}
+        self._service_hosts: dict[ServiceName, set[int]] = {}
+        for i, host in enumerate(self.hosts):
+            for service in host.replicas:
+                self._service_hosts.setdefault(service, set()).add(i)
 
     def memo(self, key: Hashable, compute: Callable[[], _T]) -> _T:
         """A value derived only from what batches never change (host records, statuses, labels, images),
@@ -189,6 +202,23 @@ class ClusterView:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]  # type: ignore[return-value]
+
+    def tracked(self, key: Hashable, every_host: Callable[[], list[_T]],
+                one_host: Callable[[HostView], _T]) -> list[_T]:
+        """A value per host (in host order) that depends only on that host, ``key`` naming everything
+        else it depends on: computed for every host the first time, afterwards only for the hosts
+        ``assume`` changed since the last call with this key. The list is shared: do not change it."""
+        entry = self._tracked.get(key)
+        if entry is None:
+            values = every_host()
+        else:
+            seen, values = entry
+            if seen < len(self.changes):
+                hosts = self.hosts
+                for i in set(self.changes[seen:]):
+                    values[i] = one_host(hosts[i])
+        self._tracked[key] = (len(self.changes), values)
+        return values
 
     def host(self, host_id: HostId) -> HostView:
         return self.by_id[host_id]
@@ -210,18 +240,34 @@ class ClusterView:
             if port.host_port:
                 host.ports.add((port.host_port, port.protocol))
         self.assumed[replica] = host_id
+        index = self.index[host_id]
+        self.changes.append(index)
+        self._service_hosts.setdefault(service, set()).add(index)
 
-    def domain_counts(self, service: ServiceName, label: str,
-                      eligible: Callable[[HostView], bool]) -> DomainCounts:
+    def domain_counts(self, service: ServiceName, label: str, eligible: Callable[[HostView], bool],
+                      eligible_key: Hashable = None) -> DomainCounts:
         """Replicas of ``service`` per value of ``label`` over the hosts ``eligible`` accepts (and that
-        carry the label); a domain with an eligible host but no replica counts 0."""
-        counts: dict[str, int] = {}
-        for host in self.hosts:
+        carry the label); a domain with an eligible host but no replica counts 0. With an
+        ``eligible_key`` (naming what ``eligible`` depends on), the domains are found once per view and
+        only the hosts holding replicas of the service are visited."""
+        if eligible_key is None:
+            domains = _eligible_domains(self.hosts, label, eligible)
+        else:
+            domains = self.memo(("view.domains", label, eligible_key),
+                                lambda: _eligible_domains(self.hosts, label, eligible))
+        counts = dict(domains)
+        hosts = self.hosts
+        for i in self._service_hosts.get(service, ()):
+            host = hosts[i]
             value = host.labels.get(label)
-            if value is None or not eligible(host):
-                continue
-            counts[value] = counts.get(value, 0) + host.replicas[service]
+            if value is not None and value in counts and eligible(host):
+                counts[value] += host.replicas[service]
         return DomainCounts(label, counts)
+
+
+def _eligible_domains(hosts: Iterable[HostView], label: str,
+                      eligible: Callable[[HostView], bool]) -> dict[str, int]:
+    return {host.labels[label]: 0 for host in hosts if label in host.labels and eligible(host)}
 
 
 def build_view(*, hosts: Iterable[model.HostRecord],

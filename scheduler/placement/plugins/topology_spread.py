@@ -73,7 +73,8 @@ class TopologySpread:
         # Which hosts are eligible depends only on the constraints: once per view for all services.
         ok = view.memo((NAME, request.placement.constraints),
                        lambda: frozenset(h.id for h in view.hosts if eligible(request, h)))
-        return view.domain_counts(request.service, spread.label, lambda host: host.id in ok)
+        return view.domain_counts(request.service, spread.label, lambda host: host.id in ok,
+                                  eligible_key=(NAME, request.placement.constraints))
 
     # The batch asks these only after ``domains``, which validated max_skew.
     def filter_domain(self, request: PlacementRequest, counts: DomainCounts, domain: str | None) -> Reasons:

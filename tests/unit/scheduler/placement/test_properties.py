@@ -28,6 +28,7 @@ class Case:
     services: list[model.Service]
     existing: list[model.Replica]
     batch: list[PlacementRequest]
+    batches: list[list[PlacementRequest]]
 
 
 @st.composite
@@ -65,7 +66,11 @@ def cases(draw: st.DrawFn) -> Case:
     reqs = []
     for r in range(draw(st.integers(1, 30))):
         reqs.append(b.request(draw(st.sampled_from(services)), f"new{r:03d}"))
-    return Case(hosts, not_ready, services, existing, reqs)
+    # The batch is placed in one to three calls on the same view (what the view keeps between them
+    # must be as good as recomputing).
+    cuts = sorted(draw(st.lists(st.integers(0, len(reqs)), max_size=2)))
+    batches = [reqs[a:b_] for a, b_ in zip([0, *cuts], [*cuts, len(reqs)], strict=True)]
+    return Case(hosts, not_ready, services, existing, reqs, [part for part in batches if part])
 
 
 def view_of(case: Case, placed: list[model.Replica]) -> object:
@@ -85,11 +90,17 @@ def decision_order(requests: list[PlacementRequest]) -> list[PlacementRequest]:
 @given(cases())
 def test_placements_hold_every_rule_and_equal_a_fresh_look(case: Case) -> None:
     view = view_of(case, [])
-    result = batch.place(case.batch, view, PROFILE)  # type: ignore[arg-type]
+    results = {}
+    order = []
+    for part in case.batches:
+        result = batch.place(part, view, PROFILE)  # type: ignore[arg-type]
+        results.update({r.replica: result for r in part})
+        order += decision_order(part)
     service_of = {s.name: s for s in case.services}
     placed: list[model.Replica] = []
-    for request in decision_order(case.batch):
+    for request in order:
         svc = service_of[request.service]
+        result = results[request.replica]
         outcome = result[request.replica]
         before = view_of(case, placed)
         # 1. The decision equals a fresh evaluation of the cluster as it was then.
@@ -129,11 +140,13 @@ def test_placements_hold_every_rule_and_equal_a_fresh_look(case: Case) -> None:
 def test_the_view_after_a_batch_equals_one_built_with_its_placements(case: Case) -> None:
     view = view_of(case, [])
     room_before = {h.id: (h.cpu_free, h.memory_free) for h in view.hosts}  # type: ignore[attr-defined]
-    result = batch.place(case.batch, view, PROFILE)  # type: ignore[arg-type]
+    placed = {}
+    for part in case.batches:
+        placed.update(batch.place(part, view, PROFILE).placed)  # type: ignore[arg-type]
     service_of = {s.name: s for s in case.services}
-    rebuilt = view_of(case, [b.replica(r.replica, service_of[r.service], result.placed[r.replica],
+    rebuilt = view_of(case, [b.replica(r.replica, service_of[r.service], placed[r.replica],
                                        phase=ReplicaPhase.STARTING)
-                             for r in case.batch if r.replica in result.placed])
+                             for r in case.batch if r.replica in placed])
     for mine, theirs in zip(view.hosts, rebuilt.hosts, strict=True):  # type: ignore[attr-defined]
         assert (mine.cpu_free, mine.memory_free, mine.ports, mine.replicas) == (
             theirs.cpu_free, theirs.memory_free, theirs.ports, +theirs.replicas)
