@@ -275,6 +275,8 @@ class _Run:
                 best = max((x for x, r in zip(raw, reasons, strict=True) if not r), default=0.0)
                 factor = MAX_SCORE / best if best > 0 else 0.0
                 self.columns.append([min(MAX_SCORE, x * factor) * weight for x in raw])
+            elif weight == 1.0:
+                self.columns.append(raw)  # x * 1.0 == x; the list is only read from here on
             else:
                 self.columns.append([x * weight for x in raw])
             factors[id(p)] = factor
