@@ -276,7 +276,9 @@ class _Run:
                 factor = MAX_SCORE / best if best > 0 else 0.0
                 self.columns.append([min(MAX_SCORE, x * factor) * weight for x in raw])
             elif weight == 1.0:
-                self.columns.append(raw)  # x * 1.0 == x; the list is only read from here on
+                # x * 1.0 == x, so a plain copy; a copy because the view refreshes its list in place
+                # for later batches, and this run's explanations must keep what it saw.
+                self.columns.append(list(raw))
             else:
                 self.columns.append([x * weight for x in raw])
             factors[id(p)] = factor

@@ -207,7 +207,8 @@ class ClusterView:
                 one_host: Callable[[HostView], _T]) -> list[_T]:
         """A value per host (in host order) that depends only on that host, ``key`` naming everything
         else it depends on: computed for every host the first time, afterwards only for the hosts
-        ``assume`` changed since the last call with this key. The list is shared: do not change it."""
+        ``assume`` changed since the last call with this key. The list is shared and a later call
+        updates it in place: do not change it, and copy what must keep this call's values."""
         entry = self._tracked.get(key)
         if entry is None:
             values = every_host()

@@ -320,3 +320,15 @@ def test_two_domain_labels_are_both_held() -> None:
     explained = result.explain(result.outcomes[1].replica)
     assert {v.reasons for v in explained.verdicts if not v.feasible} <= {
         ("would exceed max skew 1 on zone",), ("would exceed max skew 1 on rack",)}
+
+
+def test_an_earlier_batch_explains_what_it_saw_after_later_batches_on_the_view() -> None:
+    svc = b.service(cpus=1)
+    other = b.service("other", cpus=1)  # the same request shape: the view's kept answers are shared
+    view = b.cluster([b.host("h1"), b.host("h2")], services=[svc, other])
+    first = batch.place([b.request(svc, "r1")], view, PROFILE)
+    before = first.verdicts(b.ReplicaId("r1"))
+    later = batch.place([b.request(svc, "r2"), b.request(other, "r3"), b.request(svc, "r4")], view, PROFILE)
+    assert len(later.placed) == 3
+    assert first.verdicts(b.ReplicaId("r1")) == before
+    assert {v.score for v in before} == {before[0].score}  # both hosts were empty then
