@@ -241,8 +241,8 @@ class _Run:
         n = len(hosts)
         # The per-host work below is written as comprehensions and map/zip over columns: it runs over
         # every host for every run, and per-host Python calls would be most of a batch's cost.
-        self.tiebreak = tiebreak = list(map(salt.__xor__, view.memo(
-            "placement.key_hashes", lambda: [h.key_hash for h in hosts])))
+        self.salt = salt
+        self.key_hashes: list[int] = view.memo("placement.key_hashes", lambda: [h.key_hash for h in hosts])
 
         # -- every host, once. Static filters: memoised on the view (computed once for all batches).
         if static_filters:
@@ -283,9 +283,15 @@ class _Run:
                 self.columns.append([x * weight for x in raw])
             factors[id(p)] = factor
         self.dynamic_scorers: list[_Scorer] = [(p.score, w, factors[id(p)]) for p, w in dynamic_scorers]
-        # sum() of each host's tuple: the same additions, in the same order, as a re-evaluation makes.
-        totals = list(map(sum, zip(*self.columns, strict=True))) if self.columns else [0.0] * n
-        entries = list(zip(map(operator.neg, totals), tiebreak, range(n), strict=True))
+        # The same additions, in the same order, as sum() of a host's tuple when it is re-evaluated
+        # (0 + a == a), without a tuple per host.
+        totals: list[float] = [0.0] * n
+        if self.columns:
+            totals = self.columns[0]
+            for column in self.columns[1:]:
+                totals = list(map(operator.add, totals, column))
+        entries = list(zip(map(operator.neg, totals), map(salt.__xor__, self.key_hashes), range(n),
+                           strict=True))
         fits = list(map(operator.not_, reasons))
 
         labels = tuple(c.label for c in self.counts)
@@ -422,7 +428,7 @@ class _Run:
         else:
             static = tuple(column[i] for column in self.columns[:self.n_static_scores])
             scores = static + _weighted(self.dynamic_scorers, request, host)
-            heapq.heappush(group.heap, (-sum(scores), self.tiebreak[i], i))
+            heapq.heappush(group.heap, (-sum(scores), self.key_hashes[i] ^ self.salt, i))
         history = self.host_history.get(i)
         if history is None:
             self.host_history[i] = history = _History((self.reasons[i], self._initial_scores(i)))
@@ -498,7 +504,7 @@ class _Run:
                 continue
             # Summed as the decision summed them, so a verdict's score equals the outcome's exactly.
             total = sum(scores[:n_host_scores]) + sum(scores[n_host_scores:])
-            feasible.append((-total, self.tiebreak[i], i, HostVerdict(
+            feasible.append((-total, self.key_hashes[i] ^ self.salt, i, HostVerdict(
                 host=host.id, host_name=host.name, feasible=True, score=total,
                 scores=dict(zip(self.score_names, scores, strict=True)))))
         feasible.sort(key=lambda entry: entry[:3])
