@@ -1,7 +1,7 @@
 """Batch placement: a batch of replicas placed in one pass over the hosts, each decision explained.
 
 ``place(batch, view, profile)`` takes replicas to place (usually N of one service) and returns, per
-replica, the host chosen or none, a summary a person reads ("on node-2 (score 187.5): 3/5 hosts fit;
+replica, the host chosen or none, a summary a person reads ("on node-2: 3/5 hosts fit, score 187.5;
 1 cordoned, 1 insufficient memory", or when pending "0/3 hosts: 2 insufficient memory, 1 cordoned",
 kube-scheduler's message shape) and, on demand, the verdict of every host as that decision saw it.
 
@@ -86,12 +86,19 @@ class Outcome:
 
     @property
     def summary(self) -> str:
-        """What a person reads: "on node-2 (score 187.5): 3/5 hosts fit; 1 cordoned" or, pending,
-        "0/3 hosts: 2 insufficient memory, 1 cordoned"."""
+        """What a person reads: "on node-2: 3/5 hosts fit, score 187.5; 1 cordoned, 1 insufficient
+        memory" or, pending, "0/3 hosts: 2 insufficient memory, 1 cordoned"."""
+        if self.host is None:
+            return self.why
+        return f"on {self.host_name}: {self.why}"
+
+    @property
+    def why(self) -> str:
+        """The summary without the host: "3/5 hosts fit, score 187.5; 1 cordoned" (the whole summary
+        when pending), for callers that name the host themselves."""
         if self.host is None:
             return pending_summary(self.hosts, self.reasons)
-        return placed_summary(self.host_name, score=self.score, feasible=self.feasible, hosts=self.hosts,
-                              reasons=self.reasons)
+        return placed_reason(score=self.score, feasible=self.feasible, hosts=self.hosts, reasons=self.reasons)
 
 
 @dataclass(frozen=True)
@@ -107,10 +114,9 @@ def pending_summary(hosts: int, reasons: Sequence[tuple[str, int]]) -> str:
     return f"0/{hosts} hosts: " + ", ".join(f"{n} {reason}" for reason, n in reasons)
 
 
-def placed_summary(host_name: str, *, score: float, feasible: int, hosts: int,
-                   reasons: Sequence[tuple[str, int]]) -> str:
-    """ "on node-2 (score 187.5): 3/5 hosts fit; 1 cordoned, 1 insufficient memory" """
-    text = f"on {host_name} (score {score:.1f}): {feasible}/{hosts} hosts fit"
+def placed_reason(*, score: float, feasible: int, hosts: int, reasons: Sequence[tuple[str, int]]) -> str:
+    """ "3/5 hosts fit, score 187.5; 1 cordoned, 1 insufficient memory" """
+    text = f"{feasible}/{hosts} hosts fit, score {score:.1f}"
     if reasons:
         text += "; " + ", ".join(f"{n} {reason}" for reason, n in reasons)
     return text
@@ -587,4 +593,4 @@ def explain(request: PlacementRequest, view: ClusterView, profile: Profile) -> E
 
 
 __all__ = ["Explanation", "HostVerdict", "Outcome", "Placements", "explain", "pending_summary", "place",
-           "placed_summary"]
+           "placed_reason"]

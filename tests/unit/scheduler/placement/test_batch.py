@@ -126,8 +126,8 @@ def test_placed_summary_names_the_host_and_the_others() -> None:
     view = b.cluster([b.host("h1"), b.host("h2", admin=HostAdmin.DRAINING)], services=[svc], not_ready=[])
     outcome = batch.place(b.requests(svc, 1), view, PROFILE).outcomes[0]
     assert outcome.host == "h1"
-    assert outcome.summary.startswith("on node-h1 (score ")
-    assert outcome.summary.endswith("): 1/2 hosts fit; 1 draining")
+    assert outcome.summary == f"on node-h1: 1/2 hosts fit, score {outcome.score:.1f}; 1 draining"
+    assert outcome.why == f"1/2 hosts fit, score {outcome.score:.1f}; 1 draining"
 
 
 def test_incremental_accounting_100_replicas_of_1_cpu_fill_exactly_10_hosts() -> None:
