@@ -1,0 +1,44 @@
+"""The reconcile step's placer: each service's pending replicas placed on one view kept for the step.
+
+``scheduler.reconcile.step`` hands a ``Placer`` the pending replicas of one service at a time and expects
+it to remember, within the step, what it placed, so the next service sees those replicas' requests.
+``ViewPlacer`` does that with a ``ClusterView`` built for the step: ``batch.place`` updates the view
+with every placement. For each replica it answers with a host (None: none fits) and the reason without
+the host's name, which the step writes itself ("on node-2: 3/5 hosts fit, score 187.5"). It also keeps
+the step's decisions, so ``explain`` shows what a decision saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scheduler import model
+from scheduler.model import HostId, ReplicaId
+from scheduler.placement import batch
+from scheduler.placement.framework import Profile, request_for
+from scheduler.placement.view import ClusterView
+
+
+class ViewPlacer:
+    """Places the replicas of one service after another on one view (one per reconcile step)."""
+
+    def __init__(self, view: ClusterView, profile: Profile) -> None:
+        self.view = view
+        self.profile = profile
+        self._decided: dict[ReplicaId, batch.Placements] = {}
+
+    def place(self, service: model.Service,
+              replicas: Sequence[model.Replica]) -> dict[ReplicaId, tuple[HostId | None, str]]:
+        """Per replica: the chosen host (None: none fits) and why, for a person."""
+        result = batch.place([request_for(r, service) for r in replicas], self.view, self.profile)
+        for outcome in result.outcomes:
+            self._decided[outcome.replica] = result
+        return {o.replica: (o.host, o.why) for o in result.outcomes}
+
+    def explain(self, replica: ReplicaId) -> batch.Explanation | None:
+        """What this step's decision for ``replica`` saw (None: it decided nothing about it)."""
+        result = self._decided.get(replica)
+        return result.explain(replica) if result is not None else None
+
+
+__all__ = ["ViewPlacer"]

@@ -1,0 +1,333 @@
+"""What placement sees of the cluster: each host's state, room, ports, images and replicas.
+
+A ``ClusterView`` is built from plain inputs — host records and statuses, the replicas the scheduler
+knows, the services, and optionally what the agents reported beyond their registration (images on the
+host, ports taken by other containers, which replicas the agent's committed figures already include) —
+and then updated in place as a batch places replicas (``assume``), so the next decision of the same
+batch sees the previous ones. It decides nothing; the plugins read it.
+
+Room on a host is the agent's *allocatable* minus its *committed* requests (every container holding a
+reservation, as the agent last reported) minus the requests of replicas the scheduler placed there that
+the agent does not count yet: placed but not started. Without an explicit report of which replicas the
+agent counted, a replica counts as not started while it is pending with a host, ``starting`` or
+``failed`` (about to be retried there); ``running`` and ``stopping`` ones are in the agent's figures.
+Counting a replica twice for a moment only makes placement cautious; counting it never would overcommit.
+
+Scoring uses one more figure, as kube-scheduler does: a replica that requests nothing counts as
+``SCORING_DEFAULT_CPU_MILLIS`` / ``SCORING_DEFAULT_MEMORY_BYTES`` when hosts are compared (never when
+fit is decided), so replicas without requests still spread instead of all landing on the first host
+(``HostView.cpu_scoring_used``).
+
+Hosts are kept sorted by id, so everything computed from a view is independent of input order.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from scheduler import model
+from scheduler.model import HostId, ReplicaId, ReplicaPhase, ServiceName
+
+# A label every host carries (unless its agent set it): the host id, so constraints and topology spread
+# can name single hosts ("shoal.host!=h3", topology_spread {label: shoal.host}).
+LABEL_HOST = "shoal.host"
+
+# What a replica without requests counts as when hosts are scored (kube-scheduler's non-zero defaults).
+SCORING_DEFAULT_CPU_MILLIS = 100
+SCORING_DEFAULT_MEMORY_BYTES = 200 << 20
+
+# Phases whose replicas the agent does not count yet when no report says otherwise (see module doc).
+_NOT_STARTED = frozenset({ReplicaPhase.PENDING, ReplicaPhase.STARTING, ReplicaPhase.FAILED})
+
+Port = tuple[int, str]  # (host port, protocol)
+_T = TypeVar("_T")
+
+
+def fixed_host_ports(facts: model.TemplateFacts) -> list[Port]:
+    """The host ports a replica of this template needs free: those given in the template (0 = any)."""
+    return [(p.host_port, p.protocol) for p in facts.ports if p.host_port]
+
+
+def facts_of(replica: model.Replica, service: model.Service) -> model.TemplateFacts:
+    """The template facts of the generation a replica runs (the current template when it is unknown)."""
+    if replica.generation != service.template_generation:
+        for old in service.history:
+            if old.template_generation == replica.generation:
+                return old.facts
+    return service.spec.facts
+
+
+class HostView:
+    """One host as placement sees it. Only ``ClusterView.assume`` changes it once built.
+
+    The figures plugins read on every evaluation are plain attributes kept current by ``add_replica``
+    (a batch reads them hundreds of thousands of times; properties over the record would cost more than
+    the decisions themselves).
+    """
+
+    __slots__ = (
+        "cpu_allocatable", "cpu_placed", "cpu_scoring_used", "cpu_used", "id", "images", "key_hash", "labels",
+        "memory_allocatable", "memory_placed", "memory_scoring_used", "memory_used", "name", "ports",
+        "record", "replicas", "status",
+    )
+
+    def __init__(self, record: model.HostRecord, status: model.HostStatus, *, labels: dict[str, str],
+                 images: frozenset[str] = frozenset(), ports: Iterable[Port] = ()) -> None:
+        self.record = record
+        self.status = status
+        self.id: HostId = record.id
+        self.name: str = record.name or record.id
+        self.labels = labels
+        self.images = images
+        self.ports: set[Port] = set(ports)
+        self.replicas: Counter[ServiceName] = Counter()  # of each service here, stopping ones excepted
+        self.key_hash = zlib.crc32(record.id.encode())    # a stable hash of the id, for tie-breaks
+        capacity = record.capacity
+        self.cpu_allocatable = capacity.cpu_allocatable_millis
+        self.memory_allocatable = capacity.memory_allocatable_bytes
+        self.cpu_placed = 0       # requests of replicas placed here that the agent does not count yet
+        self.memory_placed = 0
+        # Promised: the agent's committed requests plus placed-not-started.
+        self.cpu_used = capacity.cpu_committed_millis
+        self.memory_used = capacity.memory_committed_bytes
+        # What scoring compares: used plus the scoring defaults of replicas here that request nothing.
+        self.cpu_scoring_used = self.cpu_used
+        self.memory_scoring_used = self.memory_used
+
+    def __repr__(self) -> str:
+        return (f"HostView({self.id}, cpu {self.cpu_used}/{self.cpu_allocatable}, "
+                f"memory {self.memory_used}/{self.memory_allocatable}, replicas {dict(self.replicas)})")
+
+    @property
+    def cpu_free(self) -> int:
+        return self.cpu_allocatable - self.cpu_used
+
+    @property
+    def memory_free(self) -> int:
+        return self.memory_allocatable - self.memory_used
+
+    def add_replica(self, service: ServiceName, facts: model.TemplateFacts, *, not_started: bool) -> None:
+        """Count one more replica here; ``not_started``: its requests are not in the agent's figures."""
+        self.replicas[service] += 1
+        if not_started:
+            self.cpu_placed += facts.cpu_millis
+            self.memory_placed += facts.memory_bytes
+            self.cpu_used += facts.cpu_millis
+            self.memory_used += facts.memory_bytes
+            self.cpu_scoring_used += facts.cpu_millis
+            self.memory_scoring_used += facts.memory_bytes
+        if not facts.cpu_millis:
+            self.cpu_scoring_used += SCORING_DEFAULT_CPU_MILLIS
+        if not facts.memory_bytes:
+            self.memory_scoring_used += SCORING_DEFAULT_MEMORY_BYTES
+
+    def load(self) -> float:
+        """The larger of the cpu and memory fractions promised (0 when nothing is allocatable)."""
+        cpu = self.cpu_used / self.cpu_allocatable if self.cpu_allocatable > 0 else 0.0
+        memory = self.memory_used / self.memory_allocatable if self.memory_allocatable > 0 else 0.0
+        return max(cpu, memory)
+
+
+class DomainCounts:
+    """Replicas of one service per value of one label, over the domains a filter calls eligible.
+
+    Kept for topology spread: ``minimum`` is the global minimum kube-scheduler's PodTopologySpread
+    compares against (the fewest replicas in any eligible domain), maintained in O(1) per ``add`` with a
+    histogram of the counts, because a batch adds one replica at a time.
+    """
+
+    def __init__(self, label: str, counts: Mapping[str, int]) -> None:
+        self.label = label
+        self.counts: dict[str, int] = dict(counts)
+        self._histogram: dict[int, int] = {}  # count -> domains with that count
+        for n in self.counts.values():
+            self._histogram[n] = self._histogram.get(n, 0) + 1
+        self.minimum = min(self.counts.values()) if self.counts else 0
+
+    def count(self, domain: str) -> int:
+        return self.counts.get(domain, 0)
+
+    def add(self, domain: str) -> bool:
+        """One more replica in ``domain``; True when that raised the minimum. A domain that is not
+        eligible is not counted (no eligible host can be in it)."""
+        counts, histogram = self.counts, self._histogram
+        old = counts.get(domain)
+        if old is None:
+            return False
+        counts[domain] = old + 1
+        histogram[old + 1] = histogram.get(old + 1, 0) + 1
+        left = histogram[old] - 1
+        if left:
+            histogram[old] = left
+            return False
+        del histogram[old]
+        if old == self.minimum:
+            self.minimum = old + 1
+            return True
+        return False
+
+
+class ClusterView:
+    """Every host (sorted by id), the services, the replicas known, and what batches placed since.
+
+    Batches derive per-host answers from a view over and over (one pass per service). Two caches keep
+    that cheap, both valid only because nothing but ``assume`` changes a view once built: ``memo`` for
+    values from what batches never change, ``tracked`` for per-host values that ``assume`` changes only
+    for the host it places on (recomputed for those hosts alone, from the log of changed hosts).
+    """
+
+    def __init__(self, hosts: list[HostView], services: Mapping[ServiceName, model.Service],
+                 replicas: Mapping[ReplicaId, model.Replica]) -> None:
+        self.hosts: tuple[HostView, ...] = tuple(sorted(hosts, key=lambda h: h.id))
+        self.by_id: dict[HostId, HostView] = {h.id: h for h in self.hosts}
+        self.index: dict[HostId, int] = {h.id: i for i, h in enumerate(self.hosts)}
+        self.services = dict(services)
+        self.replicas = dict(replicas)
+        self.assumed: dict[ReplicaId, HostId] = {}  # placed by batches on this view
+        self.changes: list[int] = []                # indices of the hosts ``assume`` changed, in order
+        self._memo: dict[Hashable, object] = {}
+        self._tracked: dict[Hashable, tuple[int, list[Any]]] = {}
+        self._service_hosts: dict[ServiceName, set[int]] = {}
+        for i, host in enumerate(self.hosts):
+            for service in host.replicas:
+                self._service_hosts.setdefault(service, set()).add(i)
+
+    def memo(self, key: Hashable, compute: Callable[[], _T]) -> _T:
+        """A value derived only from what batches never change (host records, statuses, labels, images),
+        computed once per view: static filter answers, eligible hosts. ``key`` must name everything the
+        value depends on besides those."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]  # type: ignore[return-value]
+
+    def tracked(self, key: Hashable, every_host: Callable[[], list[_T]],
+                one_host: Callable[[HostView], _T]) -> list[_T]:
+        """A value per host (in host order) that depends only on that host, ``key`` naming everything
+        else it depends on: computed for every host the first time, afterwards only for the hosts
+        ``assume`` changed since the last call with this key. The list is shared and a later call
+        updates it in place: do not change it, and copy what must keep this call's values."""
+        entry = self._tracked.get(key)
+        if entry is None:
+            values = every_host()
+        else:
+            seen, values = entry
+            if seen < len(self.changes):
+                hosts = self.hosts
+                for i in set(self.changes[seen:]):
+                    values[i] = one_host(hosts[i])
+        self._tracked[key] = (len(self.changes), values)
+        return values
+
+    def host(self, host_id: HostId) -> HostView:
+        return self.by_id[host_id]
+
+    def host_of(self, replica: ReplicaId) -> HostId | None:
+        """Where a replica is, as far as this view knows (placed by a batch or read with it)."""
+        if replica in self.assumed:
+            return self.assumed[replica]
+        known = self.replicas.get(replica)
+        return known.host if known is not None else None
+
+    def assume(self, host_id: HostId, *, replica: ReplicaId, service: ServiceName,
+               facts: model.TemplateFacts) -> None:
+        """Count a replica placed on a host by a batch: its requests as placed-not-started, its fixed
+        host ports as taken, and one more replica of its service there."""
+        host = self.by_id[host_id]
+        host.add_replica(service, facts, not_started=True)
+        for port in facts.ports:
+            if port.host_port:
+                host.ports.add((port.host_port, port.protocol))
+        self.assumed[replica] = host_id
+        index = self.index[host_id]
+        self.changes.append(index)
+        self._service_hosts.setdefault(service, set()).add(index)
+
+    def domain_counts(self, service: ServiceName, label: str, eligible: Callable[[HostView], bool],
+                      eligible_key: Hashable = None) -> DomainCounts:
+        """Replicas of ``service`` per value of ``label`` over the hosts ``eligible`` accepts (and that
+        carry the label); a domain with an eligible host but no replica counts 0. With an
+        ``eligible_key`` (naming what ``eligible`` depends on), the domains are found once per view and
+        only the hosts holding replicas of the service are visited."""
+        if eligible_key is None:
+            domains = _eligible_domains(self.hosts, label, eligible)
+        else:
+            domains = self.memo(("view.domains", label, eligible_key),
+                                lambda: _eligible_domains(self.hosts, label, eligible))
+        counts = dict(domains)
+        hosts = self.hosts
+        for i in self._service_hosts.get(service, ()):
+            host = hosts[i]
+            value = host.labels.get(label)
+            if value is not None and value in counts and eligible(host):
+                counts[value] += host.replicas[service]
+        return DomainCounts(label, counts)
+
+
+def _eligible_domains(hosts: Iterable[HostView], label: str,
+                      eligible: Callable[[HostView], bool]) -> dict[str, int]:
+    return {host.labels[label]: 0 for host in hosts if label in host.labels and eligible(host)}
+
+
+def build_view(*, hosts: Iterable[model.HostRecord],
+               statuses: Iterable[model.HostStatus] | Mapping[HostId, model.HostStatus],
+               replicas: Iterable[model.Replica], services: Iterable[model.Service],
+               images: Mapping[HostId, Iterable[str]] | None = None,
+               ports_in_use: Mapping[HostId, Iterable[Port]] | None = None,
+               counted_by_agent: Mapping[HostId, Collection[ReplicaId]] | None = None) -> ClusterView:
+    """A view of the cluster from what the scheduler read.
+
+    ``statuses``: a host without one is not ready. ``images``: images known to be on each host (those of
+    its running replicas are added). ``ports_in_use``: host ports taken on each host by containers that
+    are not replicas (the replicas' own are derived). ``counted_by_agent``: for a host, the replicas the
+    agent's committed figures include (its containers holding a reservation), when the caller knows;
+    otherwise the phase rule of the module doc applies. Replicas on hosts not in ``hosts`` are ignored.
+    """
+    status_of = dict(statuses) if isinstance(statuses, Mapping) else {s.id: s for s in statuses}
+    service_of = {s.name: s for s in services}
+    images = images or {}
+    ports_in_use = ports_in_use or {}
+    counted_by_agent = counted_by_agent or {}
+
+    views: dict[HostId, HostView] = {}
+    running_images: dict[HostId, set[str]] = {}
+    for record in hosts:
+        labels = dict(record.labels)
+        labels.setdefault(LABEL_HOST, record.id)
+        views[record.id] = HostView(
+            record, status_of.get(record.id) or model.HostStatus(record.id, reason="no status"),
+            labels=labels, ports=ports_in_use.get(record.id, ()))
+        running_images[record.id] = set(images.get(record.id, ()))
+
+    known: dict[ReplicaId, model.Replica] = {}
+    for replica in replicas:
+        known[replica.id] = replica
+        if replica.host is None or replica.host not in views:
+            continue
+        host = views[replica.host]
+        service = service_of.get(replica.service)
+        facts = facts_of(replica, service) if service is not None else None
+        for port in replica.ports:
+            if port.host_port:
+                host.ports.add((port.host_port, port.protocol))
+        if facts is None:
+            continue  # a replica of a service that is gone: nothing known beyond its ports
+        host.ports.update(fixed_host_ports(facts))
+        if replica.phase is ReplicaPhase.STOPPING:
+            continue  # still in the agent's figures and holding its ports; leaving, so not counted
+        counted = counted_by_agent.get(replica.host)
+        not_started = (replica.id not in counted) if counted is not None else replica.phase in _NOT_STARTED
+        host.add_replica(replica.service, facts, not_started=not_started)
+        if replica.phase is ReplicaPhase.RUNNING:
+            running_images[replica.host].add(facts.image)
+    for host_id, view in views.items():
+        view.images = frozenset(running_images[host_id])
+    return ClusterView(list(views.values()), service_of, known)
+
+
+__all__ = [
+    "LABEL_HOST", "SCORING_DEFAULT_CPU_MILLIS", "SCORING_DEFAULT_MEMORY_BYTES", "ClusterView",
+    "DomainCounts", "HostView", "Port", "build_view", "facts_of", "fixed_host_ports",
+]
