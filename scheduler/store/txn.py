@@ -1,0 +1,155 @@
+"""How a batch becomes transactions, and what a failed transaction means — shared by both stores.
+
+``plan_transactions`` checks a batch (no key twice, no delete of a record that was never read) and cuts
+it, in order, into transactions that fit etcd's ``--max-txn-ops`` in all three of their lists: one
+comparison per operation plus the guard's, one write per operation, and — the failure branch — one read
+per written key plus the leader key, so a failed transaction reports in the same round trip which keys
+changed and whether the guard held. ``explain_failure`` turns that report into the error to raise (or,
+for a retried transaction whose first reply was lost, recognises that it was applied after all).
+``commit_in_transactions`` runs the plans one after the other through a store's ``execute``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from scheduler.store import records
+from scheduler.store.base import MAX_TXN_OPS, Committed, Delete, LeaderGuard, Op
+from scheduler.store.errors import Conflict, KeyConflict, NotLeader, StoreError
+from scheduler.store.keys import KeySchema
+from scheduler.store.raw import RawKV
+
+
+@dataclass(frozen=True)
+class Write:
+    """One compare-and-swap: ``key`` must be at ``expected`` (0 = absent); then put ``value`` (or delete
+    when it is None)."""
+
+    key: str
+    expected: int
+    value: bytes | None
+    record: records.Record
+
+
+@dataclass(frozen=True)
+class TxnPlan:
+    """One transaction of a batch: ``writes`` are the batch's operations ``first ..`` in order."""
+
+    first: int
+    writes: tuple[Write, ...]
+    guard: LeaderGuard | None
+    leader_key: str
+
+
+@dataclass(frozen=True)
+class TxnOutcome:
+    """What executing a plan told: success and its revision, or the failure branch's reads (every written
+    key as it is now, None when absent, and the leader key when guarded)."""
+
+    succeeded: bool
+    revision: int
+    current: Mapping[str, RawKV | None] = dataclasses.field(default_factory=dict)
+    leader: RawKV | None = None
+
+
+def ops_per_transaction(guarded: bool, max_txn_ops: int = MAX_TXN_OPS) -> int:
+    """A guard's comparison (and its read in the failure branch) takes one slot of each list."""
+    return max_txn_ops - 1 if guarded else max_txn_ops
+
+
+def plan_transactions(ops: Sequence[Op], *, schema: KeySchema, guard: LeaderGuard | None,
+                      max_txn_ops: int = MAX_TXN_OPS) -> list[TxnPlan]:
+    writes: list[Write] = []
+    seen: set[str] = set()
+    for i, op in enumerate(ops):
+        if isinstance(op.record, records.LeaderRecord):
+            raise ValueError("the leader key is written by the election (campaign), not by commit")
+        key = schema.key_of(op.record)
+        if key in seen:
+            raise ValueError(f"batch writes {key} twice (operation {i}): one operation per key")
+        seen.add(key)
+        expected = op.expected_revision
+        if expected < 0:
+            raise ValueError(f"operation {i} on {key}: expected revision {expected} is negative")
+        if isinstance(op, Delete):
+            if expected == 0:
+                raise ValueError(f"delete of {key} (operation {i}) names no revision: delete a record "
+                                 "read from the store, or give expected=")
+            writes.append(Write(key, expected, None, op.record))
+        else:
+            writes.append(Write(key, expected, records.encode(op.record), op.record))
+    per = ops_per_transaction(guard is not None, max_txn_ops)
+    if per < 1:
+        raise ValueError(f"max_txn_ops {max_txn_ops} leaves no room for an operation")
+    return [TxnPlan(first=start, writes=tuple(writes[start:start + per]), guard=guard,
+                    leader_key=schema.leader().key)
+            for start in range(0, len(writes), per)]
+
+
+def explain_failure(plan: TxnPlan, outcome: TxnOutcome, *, retried: bool) -> StoreError | int:
+    """The error a failed transaction raises — or, when ``retried`` and every key holds exactly what the
+    plan wrote (puts at one revision, deletes absent), the revision the earlier attempt committed at."""
+    if plan.guard is not None:
+        holder = outcome.leader
+        current_epoch = holder.create_revision if holder is not None else 0
+        if current_epoch != plan.guard.epoch:
+            return NotLeader(plan.guard.epoch, current_epoch)
+    conflicts: list[KeyConflict] = []
+    for w in plan.writes:
+        now = outcome.current.get(w.key)
+        actual = now.mod_revision if now is not None else 0
+        if actual != w.expected:
+            conflicts.append(KeyConflict(w.key, w.expected, actual))
+    if not conflicts:
+        return StoreError(f"transaction on {len(plan.writes)} keys failed although no comparison did "
+                          "(a bug in the store)")
+    if retried:
+        applied_at = _applied_revision(plan, outcome)
+        if applied_at is not None:
+            return applied_at
+    return Conflict(tuple(conflicts))
+
+
+def _applied_revision(plan: TxnPlan, outcome: TxnOutcome) -> int | None:
+    revisions: set[int] = set()
+    for w in plan.writes:
+        now = outcome.current.get(w.key)
+        if w.value is None:
+            if now is not None:
+                return None
+        elif now is None or now.value != w.value:
+            return None
+        else:
+            revisions.add(now.mod_revision)
+    if len(revisions) > 1:
+        return None
+    # Deletes only: the revision they were applied at is gone with the keys; the reply's is an upper bound.
+    return revisions.pop() if revisions else outcome.revision
+
+
+def written_records(plan: TxnPlan, revision: int) -> tuple[records.Record, ...]:
+    return tuple(dataclasses.replace(w.record, revision=revision) for w in plan.writes if w.value is not None)
+
+
+async def commit_in_transactions(plans: Sequence[TxnPlan],
+                                 execute: Callable[[TxnPlan], Awaitable[int]]) -> Committed:
+    """Runs ``plans`` in order; ``execute`` returns a plan's commit revision or raises. A failure carries
+    how many operations of the batch went in before it."""
+    revisions: list[int] = []
+    written: list[records.Record] = []
+    for plan in plans:
+        try:
+            revision = await execute(plan)
+        except StoreError as err:
+            err.applied = plan.first
+            err.revisions = tuple(revisions)
+            raise
+        revisions.append(revision)
+        written.extend(written_records(plan, revision))
+    return Committed(revisions=tuple(revisions), written=tuple(written))
+
+
+__all__ = ["TxnOutcome", "TxnPlan", "Write", "commit_in_transactions", "explain_failure",
+           "ops_per_transaction", "plan_transactions", "written_records"]

@@ -1,0 +1,105 @@
+"""scheduler/store/txn.py: how batches are cut into transactions and what a failed transaction means
+(the guard first, then every conflicting key; a retried transaction recognised as applied)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from scheduler.store import records
+from scheduler.store.base import Delete, LeaderGuard, Put
+from scheduler.store.errors import Conflict, NotLeader, StoreError
+from scheduler.store.keys import KeySchema
+from scheduler.store.raw import RawKV
+from scheduler.store.txn import TxnOutcome, explain_failure, plan_transactions
+from tests.fixtures import scheduler_records as build
+
+SCHEMA = KeySchema()
+
+
+def plan_sizes(n: int, guard: LeaderGuard | None = None, max_txn_ops: int = 128) -> list[int]:
+    plans = plan_transactions([Put(build.replica("web", i)) for i in range(n)], schema=SCHEMA, guard=guard,
+                              max_txn_ops=max_txn_ops)
+    assert [p.first for p in plans] == [sum(len(q.writes) for q in plans[:i]) for i in range(len(plans))]
+    return [len(p.writes) for p in plans]
+
+
+def test_batches_are_cut_at_the_transaction_limit_minus_the_guard() -> None:
+    assert plan_sizes(0) == []
+    assert plan_sizes(128) == [128]
+    assert plan_sizes(129) == [128, 1]
+    assert plan_sizes(127, LeaderGuard(5)) == [127]
+    assert plan_sizes(128, LeaderGuard(5)) == [127, 1]
+    assert plan_sizes(10, max_txn_ops=4) == [4, 4, 2]
+    with pytest.raises(ValueError, match="no room"):
+        plan_sizes(1, LeaderGuard(5), max_txn_ops=1)
+
+
+def test_a_plan_keeps_the_order_and_the_expected_revisions() -> None:
+    ops = [Put(build.service("web", revision=7)), Delete(build.host("h1", revision=3)),
+           Put(build.host("h2"), expected=9)]
+    (plan,) = plan_transactions(ops, schema=SCHEMA, guard=None)
+    assert [(w.key, w.expected, w.value is None) for w in plan.writes] == [
+        ("/shoal/v1/services/web", 7, False), ("/shoal/v1/hosts/h1", 3, True),
+        ("/shoal/v1/hosts/h2", 9, False)]
+    assert plan.writes[0].value == records.encode(build.service("web"))
+
+
+@pytest.mark.parametrize(("ops", "message"), [
+    ([Put(build.host("h1")), Put(build.host("h1", zone="b"))], "twice"),
+    ([Delete(build.host("h1"))], "names no revision"),
+    ([Put(build.host("h1"), expected=-1)], "negative"),
+    ([Put(build.full_leader())], "election"),
+])
+def test_malformed_batches_are_refused(ops: list[Put | Delete], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan_transactions(ops, schema=SCHEMA, guard=None)
+
+
+def kv(key: str, mod: int, value: bytes = b"x", create: int = 1) -> RawKV:
+    return RawKV(key, value, create, mod)
+
+
+def test_a_failed_guard_is_reported_before_conflicts() -> None:
+    (plan,) = plan_transactions([Put(build.host("h1"))], schema=SCHEMA, guard=LeaderGuard(10))
+    key = plan.writes[0].key
+    deposed = explain_failure(plan, TxnOutcome(False, 50, {key: kv(key, 40)},
+                                               kv(SCHEMA.leader().key, 30, create=30)), retried=False)
+    assert isinstance(deposed, NotLeader) and (deposed.epoch, deposed.current_epoch) == (10, 30)
+    vacant = explain_failure(plan, TxnOutcome(False, 50, {key: None}, None), retried=False)
+    assert isinstance(vacant, NotLeader) and vacant.current_epoch == 0
+    conflict = explain_failure(plan, TxnOutcome(False, 50, {key: kv(key, 40)},
+                                                kv(SCHEMA.leader().key, 10, create=10)), retried=False)
+    assert isinstance(conflict, Conflict) and conflict.keys == (key,)
+
+
+def test_every_changed_key_is_named() -> None:
+    ops = [Put(build.host("h1", revision=5)), Put(build.host("h2", revision=6)), Put(build.host("h3"))]
+    (plan,) = plan_transactions(ops, schema=SCHEMA, guard=None)
+    h1, h2, h3 = (w.key for w in plan.writes)
+    error = explain_failure(plan, TxnOutcome(False, 9, {h1: kv(h1, 8), h2: kv(h2, 6), h3: kv(h3, 9)}),
+                            retried=False)
+    assert isinstance(error, Conflict)
+    assert [(c.key, c.expected, c.actual) for c in error.conflicts] == [(h1, 5, 8), (h3, 0, 9)]
+    assert "expected at revision 5, is at revision 8" in str(error) and "expected absent" in str(error)
+    bug = explain_failure(plan, TxnOutcome(False, 9, {h1: kv(h1, 5), h2: kv(h2, 6), h3: None}),
+                          retried=False)
+    assert type(bug) is StoreError
+
+
+def test_a_retried_transaction_whose_writes_are_all_there_counts_as_applied() -> None:
+    ops = [Put(build.host("h1", revision=5)), Put(build.host("h2")), Delete(build.host("h3", revision=4))]
+    (plan,) = plan_transactions(ops, schema=SCHEMA, guard=None)
+    h1, h2, h3 = (w.key for w in plan.writes)
+    ours = {h1: kv(h1, 12, plan.writes[0].value or b""), h2: kv(h2, 12, plan.writes[1].value or b""),
+            h3: None}
+    assert explain_failure(plan, TxnOutcome(False, 13, ours), retried=True) == 12
+    # Not on a first attempt: identical bytes may come from another writer that raced us.
+    assert isinstance(explain_failure(plan, TxnOutcome(False, 13, ours), retried=False), Conflict)
+    theirs = dict(ours) | {h2: kv(h2, 12, b"someone else's")}
+    assert isinstance(explain_failure(plan, TxnOutcome(False, 13, theirs), retried=True), Conflict)
+    split = dict(ours) | {h2: dataclasses.replace(ours[h2], mod_revision=11)}  # type: ignore[type-var]
+    assert isinstance(explain_failure(plan, TxnOutcome(False, 13, split), retried=True), Conflict)
+    recreated = dict(ours) | {h3: kv(h3, 12)}
+    assert isinstance(explain_failure(plan, TxnOutcome(False, 13, recreated), retried=True), Conflict)
