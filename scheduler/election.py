@@ -8,18 +8,18 @@ agents, and ``Term.guard`` makes every commit of the leader conditional on the k
 others watch the key and campaign again the moment it is deleted (a resign, an expired lease), and at
 least every ``recheck_s`` in case a watch missed it.
 
-While leading, ``lead(term)`` runs as a task, and a keepalive loop refreshes the lease every TTL/3 and
-checks that the key is still ours. The task is cancelled when leadership ends: the lease expired or was
-revoked, the key was deleted or replaced, or no keepalive succeeded for ``step_down_after_s`` (TTL/2 by
-default). That last rule is what keeps two leaders from acting at once: the lease, counted by etcd from
-at least the moment our last successful refresh was sent, outlives our stepping down by the other half
-TTL, so no one else can win before we stopped. Then the instance campaigns again, like the others. When
-``lead`` returns, or ``run`` is cancelled (clean shutdown), the lease is revoked: the key goes at once and
-the next leader takes over without waiting for the TTL. An exception from ``lead`` resigns too, and is
-raised from ``run``.
+While leading, ``lead(term)`` runs as a task, a keepalive loop refreshes the lease every TTL/3 and checks
+that the key is still ours, and a watch of the key notices at once when it goes. The task is cancelled
+when leadership ends: the lease expired or was revoked, the key was deleted or replaced, or no keepalive
+succeeded for ``step_down_after_s`` (TTL/2 by default). That last rule is what keeps two leaders from
+acting at once: the lease, counted by etcd from at least the moment our last successful refresh was sent,
+outlives our stepping down by the other half TTL, so no one else can win before we stopped. Then the
+instance campaigns again, like the others. When ``lead`` returns, or ``run`` is cancelled (clean
+shutdown), the lease is revoked: the key goes at once and the next leader takes over without waiting for
+the TTL. An exception from ``lead`` resigns too, and is raised from ``run``.
 
 ``leader`` is the holder this instance last saw (for ``describe`` and metrics), ``term`` the current term
-while this instance leads.
+while this instance leads, ``last_loss`` why it last lost one.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class Election:
         self._wall_clock = wall_clock
         self._leader: LeaderRecord | None = None
         self._term: Term | None = None
+        self._last_loss = ""
 
     @property
     def leader(self) -> LeaderRecord | None:
@@ -119,6 +120,11 @@ class Election:
     @property
     def is_leader(self) -> bool:
         return self._term is not None
+
+    @property
+    def last_loss(self) -> str:
+        """Why this instance last lost leadership ("" if it never did), for ``describe`` and logs."""
+        return self._last_loss
 
     async def run(self, lead: Lead) -> None:
         """Campaigns until elected, runs ``lead(term)`` while leading, and again after losing; returns when
@@ -193,6 +199,9 @@ class Election:
             await asyncio.wait({keeper, leading}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._term = None
+            if keeper.done() and not keeper.cancelled():
+                error = keeper.exception()
+                self._last_loss = keeper.result() if error is None else f"keepalive failed: {error!r}"
             for task in (leading, keeper):
                 task.cancel()
             # Leadership ends only when the leader's work has stopped: wait for its cancellation.
@@ -206,12 +215,42 @@ class Election:
                 raise error
             log.info("election: %s resigned (its work returned), epoch %d", term.instance, term.epoch)
             return True
-        reason = keeper.result() if keeper.done() and not keeper.cancelled() else "stopped"
-        log.warning("election: %s lost leadership (epoch %d): %s", term.instance, term.epoch, reason)
+        log.warning("election: %s lost leadership (epoch %d): %s", term.instance, term.epoch, self._last_loss)
         return False
 
     async def _keep(self, term: Term) -> str:
-        """Keeps the term alive; returns why it ended."""
+        """Keeps the term alive; returns why it ended: the keepalive loop's verdict, or at once when a watch
+        of the leader key sees it deleted or replaced (the keepalive would notice only at its next turn)."""
+        loops = {asyncio.create_task(self._keepalive(term)), asyncio.create_task(self._watch_key(term))}
+        try:
+            while loops:
+                done, loops = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    reason = task.result()
+                    if reason:
+                        return reason
+            return "keepalive stopped"  # not reached: the keepalive loop returns only with a reason
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _watch_key(self, term: Term) -> str:
+        """Why the leader key stopped being ours, or "" when watching failed (the keepalive still checks)."""
+        try:
+            changes = self._store.watch(term.epoch, scope=self._store.schema.leader_range())
+            async with contextlib.aclosing(changes):
+                async for change in changes:
+                    if change.kind is base.ChangeKind.DELETE:
+                        return "the leader key was deleted (lease expired or revoked)"
+                    if not isinstance(change.value, LeaderRecord) or change.value.epoch != term.epoch:
+                        return "the leader key was replaced"
+        except StoreError as err:
+            log.info("election: watching the leader key failed (the keepalive still checks it): %s", err)
+        return ""
+
+    async def _keepalive(self, term: Term) -> str:
+        """Refreshes the lease every TTL/3; returns why the term ended."""
         settings = self._settings
         last_ok = term.started_at
         while True:
