@@ -6,7 +6,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${SHOAL_VENV:-$here/.venv}
-packages=(busybox-static umoci skopeo iproute2 nftables runc crun docker-registry apache2-utils prometheus)
+packages=(busybox-static umoci skopeo iproute2 nftables runc crun docker-registry apache2-utils prometheus etcd-server etcd-client)
 
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
