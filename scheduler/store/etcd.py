@@ -411,20 +411,26 @@ class _RevisionCompacted(Exception):
 
 
 def _txn_request(plan: txn.TxnPlan) -> Any:
-    compare = [rpc.Compare(key=w.key.encode(), target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
-                           mod_revision=w.expected) for w in plan.writes]
-    success = [
-        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=w.key.encode())) if w.value is None
-        else rpc.RequestOp(request_put=rpc.PutRequest(key=w.key.encode(), value=w.value))
-        for w in plan.writes
-    ]
-    failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=w.key.encode())) for w in plan.writes]
+    # Filled in place with add(): building each message with its constructor costs twice as much.
+    request = rpc.TxnRequest()
+    for w in plan.writes:
+        key = w.key.encode()
+        compare = request.compare.add()
+        compare.key, compare.target, compare.result = key, rpc.Compare.MOD, rpc.Compare.EQUAL
+        compare.mod_revision = w.expected
+        if w.value is None:
+            request.success.add().request_delete_range.key = key
+        else:
+            put = request.success.add().request_put
+            put.key, put.value = key, w.value
+        request.failure.add().request_range.key = key
     if plan.guard is not None:
         leader = plan.leader_key.encode()
-        compare.append(rpc.Compare(key=leader, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL,
-                                   create_revision=plan.guard.epoch))
-        failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=leader)))
-    return rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        compare = request.compare.add()
+        compare.key, compare.target, compare.result = leader, rpc.Compare.CREATE, rpc.Compare.EQUAL
+        compare.create_revision = plan.guard.epoch
+        request.failure.add().request_range.key = leader
+    return request
 
 
 def _txn_outcome(plan: txn.TxnPlan, response: Any) -> txn.TxnOutcome:

@@ -67,8 +67,7 @@ class RecordError(ValueError):
 def encode(record: Record) -> bytes:
     """The JSON bytes stored for ``record`` (compact, UTF-8, members in field order)."""
     body = _codec(type(record)).encode(record)
-    return json.dumps({"v": FORMAT_VERSION, **body}, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+    return _JSON.encode({"v": FORMAT_VERSION, **body}).encode()
 
 
 def decode(record_type: type[T], data: bytes, *, revision: int = 0, create_revision: int = 0,
@@ -95,7 +94,10 @@ def decode(record_type: type[T], data: bytes, *, revision: int = 0, create_revis
 
 # -- the derived codec -------------------------------------------------------------------------------
 
-Encoder = Callable[[Any], Any]
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+# None: the value is its own JSON (str, int, float, bool) — the common case, not worth a call per field.
+Encoder = Callable[[Any], Any] | None
 Decoder = Callable[[Any, str], Any]  # (JSON value, path for messages) -> value
 
 
@@ -113,7 +115,11 @@ class _DataclassCodec:
     fields: tuple[_Field, ...]
 
     def encode(self, value: Any) -> dict[str, Any]:
-        return {f.name: f.encode(getattr(value, f.name)) for f in self.fields}
+        out: dict[str, Any] = {}
+        for f in self.fields:
+            item = getattr(value, f.name)
+            out[f.name] = item if f.encode is None else f.encode(item)
+        return out
 
     def decode(self, obj: Any, path: str) -> Any:
         return self.decode_top(obj, {}, path)
@@ -154,23 +160,19 @@ def _json_type(value: Any) -> str:
             dict: "object"}.get(type(value), type(value).__name__)
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 def _compile(tp: Any) -> tuple[Encoder, Decoder]:
     """An (encoder, decoder) pair for one annotated type."""
     supertype = getattr(tp, "__supertype__", None)  # NewType: stored as what it wraps
     if supertype is not None:
         return _compile(supertype)
     if tp is str:
-        return _identity, _scalar(str, "a string")
+        return None, _scalar(str, "a string")
     if tp is bool:
-        return _identity, _scalar(bool, "a boolean")
+        return None, _scalar(bool, "a boolean")
     if tp is int:
-        return _identity, _integer
+        return None, _integer
     if tp is float:
-        return _identity, _number
+        return None, _number
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return _enum(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
@@ -227,8 +229,13 @@ def _nested(cls: type[Any]) -> tuple[Encoder, Decoder]:
 
 
 def _optional(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
-    return ((lambda value: None if value is None else encode(value)),
-            (lambda value, path: None if value is None else decode(value, path)))
+    def decode_optional(value: Any, path: str) -> Any:
+        return None if value is None else decode(value, path)
+
+    if encode is None:
+        return None, decode_optional
+    inner = encode
+    return (lambda value: None if value is None else inner(value)), decode_optional
 
 
 def _homogeneous_tuple(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
@@ -237,12 +244,15 @@ def _homogeneous_tuple(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decod
             raise RecordError(f"{path}: expected an array, got {_json_type(value)}")
         return tuple(decode(item, f"{path}[{i}]") for i, item in enumerate(value))
 
-    return (lambda value: [encode(item) for item in value]), decode_all
+    if encode is None:
+        return list, decode_all
+    inner = encode
+    return (lambda value: [inner(item) for item in value]), decode_all
 
 
 def _fixed_tuple(parts: tuple[tuple[Encoder, Decoder], ...]) -> tuple[Encoder, Decoder]:
     def encode(value: Any) -> list[Any]:
-        return [enc(item) for (enc, _), item in zip(parts, value, strict=True)]
+        return [item if enc is None else enc(item) for (enc, _), item in zip(parts, value, strict=True)]
 
     def decode(value: Any, path: str) -> tuple[Any, ...]:
         if not isinstance(value, list) or len(value) != len(parts):
@@ -250,7 +260,7 @@ def _fixed_tuple(parts: tuple[tuple[Encoder, Decoder], ...]) -> tuple[Encoder, D
         return tuple(dec(item, f"{path}[{i}]") for i, ((_, dec), item) in enumerate(zip(parts, value,
                                                                                             strict=True)))
 
-    return encode, decode
+    return (list if all(enc is None for enc, _ in parts) else encode), decode
 
 
 __all__ = ["FORMAT_VERSION", "LeaderRecord", "Record", "RecordError", "decode", "encode"]
