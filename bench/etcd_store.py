@@ -233,8 +233,9 @@ def main() -> None:
         raw = rows[RAW]["median_s"]
         for name in (RAW, COMMIT, GUARDED, ENCODE, SNAPSHOT):
             row = rows[name]
-            print(f"  {name:28} {row['median_s'] * 1000:9.1f} ms  ({row['min_s'] * 1000:.1f}-"
-                  f"{row['max_s'] * 1000:.1f})  {row['records_per_s']:10,.0f}/s  x{row['median_s'] / raw:.2f}")
+            spread = f"({row['min_s'] * 1000:.1f}-{row['max_s'] * 1000:.1f})"
+            print(f"  {name:28} {row['median_s'] * 1000:9.1f} ms  {spread}  {row['records_per_s']:10,.0f}/s"
+                  f"  x{row['median_s'] / raw:.2f}")
     if "failover_s" in results:
         f = results["failover_s"]
         print(f"\nfailover after SIGKILL (TTL 2 s): median {f['median']:.2f} s, "

@@ -100,17 +100,21 @@ class Committed:
 
 
 @dataclass(frozen=True)
-class Listing(Generic[T]):
-    """Records of one range at one revision (key order)."""
+class CorruptEntry:
+    """A key whose bytes do not decode as its record type, and why."""
 
-    revision: int
-    items: tuple[T, ...]
+    key: str
+    reason: str
 
 
 @dataclass(frozen=True)
-class CorruptEntry:
-    key: str
-    reason: str
+class Listing(Generic[T]):
+    """Records of one range at one revision (key order); undecodable ones are left out and listed in
+    ``corrupt``, so one damaged record does not hide the others."""
+
+    revision: int
+    items: tuple[T, ...]
+    corrupt: tuple[CorruptEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ class Store(Protocol):
         ...
 
     async def list(self, key_range: KeyRange[R]) -> Listing[R]:
-        """The records in ``key_range`` at one revision; undecodable ones raise ``CorruptRecord``."""
+        """The records in ``key_range`` at one revision."""
         ...
 
     async def current_revision(self) -> int: ...

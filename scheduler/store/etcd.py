@@ -255,7 +255,7 @@ class EtcdStore:
 
     async def list(self, key_range: KeyRange[R]) -> Listing[R]:
         revision, kvs = await self._range(f"list {key_range.start}", key_range.start, key_range.end)
-        return Listing(revision, tuple(raw.decode(key_range.record_type, kv) for kv in kvs))
+        return raw.build_listing(key_range.record_type, revision, kvs)
 
     async def current_revision(self) -> int:
         request = rpc.RangeRequest(key=self._schema.leader().key.encode(), count_only=True)

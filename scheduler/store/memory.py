@@ -96,9 +96,8 @@ class MemoryStore:
 
     async def list(self, key_range: KeyRange[R]) -> Listing[R]:
         await self._enter()
-        items = tuple(raw.decode(key_range.record_type, kv) for kv in self._range(key_range.start,
-                                                                                   key_range.end))
-        return Listing(self._revision, items)
+        return raw.build_listing(key_range.record_type, self._revision,
+                                 self._range(key_range.start, key_range.end))
 
     async def current_revision(self) -> int:
         await self._enter()

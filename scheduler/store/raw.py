@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from scheduler import model
 from scheduler.store import records
-from scheduler.store.base import Change, ChangeKind, CorruptEntry, Snapshot
+from scheduler.store.base import Change, ChangeKind, CorruptEntry, Listing, Snapshot
 from scheduler.store.errors import CorruptRecord
 from scheduler.store.keys import KeySchema, R
 
@@ -41,6 +41,17 @@ def decode_any(record_type: type[records.Record], kv: RawKV) -> records.Record:
     """``decode`` for a record type known only at run time (from a parsed key)."""
     value: records.Record = decode(cast(Any, record_type), kv)
     return value
+
+
+def build_listing(record_type: type[R], revision: int, kvs: Iterable[RawKV]) -> Listing[R]:
+    items: list[R] = []
+    corrupt: list[CorruptEntry] = []
+    for kv in kvs:
+        try:
+            items.append(decode(record_type, kv))
+        except CorruptRecord as err:
+            corrupt.append(CorruptEntry(kv.key, err.reason))
+    return Listing(revision, tuple(items), tuple(corrupt))
 
 
 def build_snapshot(schema: KeySchema, revision: int, kvs: Iterable[RawKV]) -> Snapshot:
@@ -89,4 +100,4 @@ def change_from(schema: KeySchema, kind: ChangeKind, kv: RawKV) -> Change | None
                   revision=kv.mod_revision, error=error)
 
 
-__all__ = ["RawKV", "build_snapshot", "change_from", "decode", "decode_any"]
+__all__ = ["RawKV", "build_listing", "build_snapshot", "change_from", "decode", "decode_any"]

@@ -273,6 +273,9 @@ def test_a_snapshot_holds_everything_at_one_revision(backend: Backend) -> None:
         assert "not JSON" in snap.corrupt[0].reason
         with pytest.raises(CorruptRecord, match="h-bad"):
             await store.get(schema.host("h-bad"))
+        hosts = await store.list(schema.hosts())
+        assert [h.id for h in hosts.items] == ["h1"]
+        assert [c.key for c in hosts.corrupt] == [schema.host("h-bad").key]
         await store.revoke_lease(lease.id)
 
     run(backend, scenario)
