@@ -13,7 +13,8 @@ Semantics, as etcd defines them:
 * Every write is a compare-and-swap on that revision. ``Put(record)`` expects the key at
   ``record.revision`` (0 = the key must not exist); ``Delete(record)`` likewise (never 0). ``commit``
   splits a batch, in order, into transactions of at most ``MAX_TXN_OPS`` operations (etcd's default
-  ``--max-txn-ops``; 127 with a guard, whose comparison takes the 128th slot); each transaction is atomic,
+  ``--max-txn-ops``; 127 with a guard, whose comparison takes the 128th slot) and ``MAX_TXN_BYTES``
+  (under etcd's ``--max-request-bytes``: large records go fewer at a time); each transaction is atomic,
   and a failure stops the batch (see ``scheduler.store.errors`` for ``applied``). A conflict raises
   ``Conflict`` naming the keys; the caller re-reads and recomputes. A transaction whose reply was lost is
   retried, and recognised as applied when every key it wrote holds its bytes at one revision.
@@ -50,6 +51,8 @@ from scheduler.store.records import LeaderRecord, Record
 T = TypeVar("T")
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops (comparisons, success ops and failure ops, each)
+# etcd's default --max-request-bytes is 1.5 MiB; a transaction is kept under 1 MiB, leaving room for framing.
+MAX_TXN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ class Store(Protocol):
 
 
 __all__ = [
+    "MAX_TXN_BYTES",
     "MAX_TXN_OPS",
     "Change",
     "ChangeKind",

@@ -1,10 +1,11 @@
 """How a batch becomes transactions, and what a failed transaction means — shared by both stores.
 
 ``plan_transactions`` checks a batch (no key twice, no delete of a record that was never read) and cuts
-it, in order, into transactions that fit etcd's ``--max-txn-ops`` in all three of their lists: one
-comparison per operation plus the guard's, one write per operation, and — the failure branch — one read
+it, in order, into transactions that fit etcd's ``--max-txn-ops`` in all three of their lists — one
+comparison per operation plus the guard's, one write per operation, and (the failure branch) one read
 per written key plus the leader key, so a failed transaction reports in the same round trip which keys
-changed and whether the guard held. ``explain_failure`` turns that report into the error to raise (or,
+changed and whether the guard held — and its ``--max-request-bytes`` (large records get fewer per
+transaction). ``explain_failure`` turns that report into the error to raise (or,
 for a retried transaction whose first reply was lost, recognises that it was applied after all).
 ``commit_in_transactions`` runs the plans one after the other through a store's ``execute``.
 """
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from scheduler.store import records
-from scheduler.store.base import MAX_TXN_OPS, Committed, Delete, LeaderGuard, Op
+from scheduler.store.base import MAX_TXN_BYTES, MAX_TXN_OPS, Committed, Delete, LeaderGuard, Op
 from scheduler.store.errors import Conflict, KeyConflict, NotLeader, StoreError
 from scheduler.store.keys import KeySchema
 from scheduler.store.raw import RawKV
@@ -59,8 +60,15 @@ def ops_per_transaction(guarded: bool, max_txn_ops: int = MAX_TXN_OPS) -> int:
     return max_txn_ops - 1 if guarded else max_txn_ops
 
 
+def request_bytes(write: Write) -> int:
+    """About what a write adds to a transaction request: the key three times (comparison, write, failure
+    read), the value once, and a few bytes of framing each."""
+    return 3 * (len(write.key.encode()) + 8) + (len(write.value) if write.value is not None else 0)
+
+
 def plan_transactions(ops: Sequence[Op], *, schema: KeySchema, guard: LeaderGuard | None,
-                      max_txn_ops: int = MAX_TXN_OPS) -> list[TxnPlan]:
+                      max_txn_ops: int = MAX_TXN_OPS,
+                      max_txn_bytes: int = MAX_TXN_BYTES) -> list[TxnPlan]:
     writes: list[Write] = []
     seen: set[str] = set()
     for i, op in enumerate(ops):
@@ -83,9 +91,23 @@ def plan_transactions(ops: Sequence[Op], *, schema: KeySchema, guard: LeaderGuar
     per = ops_per_transaction(guard is not None, max_txn_ops)
     if per < 1:
         raise ValueError(f"max_txn_ops {max_txn_ops} leaves no room for an operation")
-    return [TxnPlan(first=start, writes=tuple(writes[start:start + per]), guard=guard,
-                    leader_key=schema.leader().key)
-            for start in range(0, len(writes), per)]
+    plans: list[TxnPlan] = []
+    start = 0
+    while start < len(writes):
+        first = request_bytes(writes[start])
+        if first > max_txn_bytes:
+            raise ValueError(f"{writes[start].key}: a record of {first} bytes does not fit in one etcd "
+                             f"request ({max_txn_bytes} bytes)")
+        end, size = start + 1, first
+        while end < len(writes) and end - start < per:
+            size += request_bytes(writes[end])
+            if size > max_txn_bytes:
+                break
+            end += 1
+        plans.append(TxnPlan(first=start, writes=tuple(writes[start:end]), guard=guard,
+                             leader_key=schema.leader().key))
+        start = end
+    return plans
 
 
 def explain_failure(plan: TxnPlan, outcome: TxnOutcome, *, retried: bool) -> StoreError | int:

@@ -87,6 +87,18 @@ def test_a_thousand_replicas_go_in_guarded_transactions_and_read_back_in_pages(e
     run(scenario)
 
 
+def test_large_records_fit_under_etcds_request_size_limit(etcd: EtcdCluster, etcd_prefix: str) -> None:
+    async def scenario() -> None:
+        store = await open_store(etcd.endpoints, etcd_prefix)
+        big = [dataclasses.replace(build.replica("web", i), reason="x" * 100_000) for i in range(25)]
+        committed = await store.commit([Put(r) for r in big])  # 2.5 MB: over etcd's 1.5 MiB per request
+        assert len(committed.revisions) == 3
+        assert len((await store.snapshot()).replicas) == 25
+        await store.close()
+
+    run(scenario)
+
+
 async def commit_until_in(store: EtcdStore, record: model.Replica) -> int:
     """Commits a new record through etcd failures; its revision once it is in (read back when a reply
     was lost for good)."""

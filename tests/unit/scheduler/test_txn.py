@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 
 from scheduler.store import records
-from scheduler.store.base import Delete, LeaderGuard, Put
+from scheduler.store.base import MAX_TXN_BYTES, Delete, LeaderGuard, Put
 from scheduler.store.errors import Conflict, NotLeader, StoreError
 from scheduler.store.keys import KeySchema
 from scheduler.store.raw import RawKV
-from scheduler.store.txn import TxnOutcome, explain_failure, plan_transactions
+from scheduler.store.txn import TxnOutcome, explain_failure, plan_transactions, request_bytes
 from tests.fixtures import scheduler_records as build
 
 SCHEMA = KeySchema()
@@ -34,6 +34,18 @@ def test_batches_are_cut_at_the_transaction_limit_minus_the_guard() -> None:
     assert plan_sizes(10, max_txn_ops=4) == [4, 4, 2]
     with pytest.raises(ValueError, match="no room"):
         plan_sizes(1, LeaderGuard(5), max_txn_ops=1)
+
+
+def test_large_records_go_fewer_per_transaction() -> None:
+    big = [Put(dataclasses.replace(build.replica("web", i), reason="x" * 100_000)) for i in range(25)]
+    plans = plan_transactions(big, schema=SCHEMA, guard=None)
+    assert [len(p.writes) for p in plans] == [10, 10, 5]
+    assert all(sum(request_bytes(w) for w in p.writes) <= MAX_TXN_BYTES for p in plans)
+    huge = Put(dataclasses.replace(build.replica("web", 9), reason="x" * MAX_TXN_BYTES))
+    with pytest.raises(ValueError, match=r"web-00009: a record of .* does not fit in one etcd request"):
+        plan_transactions([*big[:3], huge], schema=SCHEMA, guard=None)
+    mixed = plan_transactions([Put(build.replica("web", 99)), *big], schema=SCHEMA, guard=None)
+    assert [len(p.writes) for p in mixed] == [11, 10, 5]
 
 
 def test_a_plan_keeps_the_order_and_the_expected_revisions() -> None:
