@@ -39,6 +39,8 @@ waits forever on an unreachable etcd.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -91,10 +93,18 @@ class LeaderGuard:
 
 @dataclass(frozen=True)
 class Committed:
-    """A committed batch: one revision per transaction, and the written records with their new revision."""
+    """A committed batch: one revision per transaction, and (``written``) the records it put, each with the
+    revision it now has."""
 
     revisions: tuple[int, ...] = ()
-    written: tuple[Record, ...] = ()
+    # (revision, records put at it) per transaction; ``written`` copies them with their revision on first
+    # use only (a copy of a frozen dataclass costs more than encoding it, and most callers never ask).
+    puts: tuple[tuple[int, tuple[Record, ...]], ...] = field(default=(), repr=False)
+
+    @functools.cached_property
+    def written(self) -> tuple[Record, ...]:
+        return tuple(dataclasses.replace(record, revision=revision)
+                     for revision, records in self.puts for record in records)
 
     @property
     def revision(self) -> int:

@@ -88,7 +88,10 @@ def decode(record_type: type[T], data: bytes, *, revision: int = 0, create_revis
     meta: dict[str, int] = {"revision": revision}
     if record_type is LeaderRecord:
         meta |= {"epoch": create_revision, "lease": lease}
-    value: T = _codec(record_type).decode_top(obj, meta)
+    try:
+        value: T = _codec(record_type).decode_fields(obj, meta)
+    except _BadMember as err:
+        raise RecordError(f"{err.where()}: {err.message}") from None
     return value
 
 
@@ -98,7 +101,23 @@ _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=Fa
 
 # None: the value is its own JSON (str, int, float, bool) — the common case, not worth a call per field.
 Encoder = Callable[[Any], Any] | None
-Decoder = Callable[[Any, str], Any]  # (JSON value, path for messages) -> value
+Decoder = Callable[[Any], Any]  # JSON value -> value; raises _BadMember
+
+
+class _BadMember(Exception):
+    """A member that does not decode. Its path is collected on the way up (``["ports", "[0]", "host_port"]``),
+    so decoding a good record never builds a path string."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = []
+
+    def where(self) -> str:
+        out = ""
+        for part in self.path:
+            out += part if part.startswith("[") or not out else f".{part}"
+        return out or "record"
 
 
 @dataclass(frozen=True)
@@ -121,19 +140,24 @@ class _DataclassCodec:
             out[f.name] = item if f.encode is None else f.encode(item)
         return out
 
-    def decode(self, obj: Any, path: str) -> Any:
-        return self.decode_top(obj, {}, path)
+    def decode(self, obj: Any) -> Any:
+        return self.decode_fields(obj, {})
 
-    def decode_top(self, obj: Any, meta: dict[str, int], path: str = "") -> Any:
+    def decode_fields(self, obj: Any, meta: dict[str, int]) -> Any:
         if not isinstance(obj, dict):
-            raise RecordError(f"{path or 'record'}: expected an object, got {_json_type(obj)}")
+            raise _BadMember(f"expected an object, got {_json_type(obj)}")
         kwargs: dict[str, Any] = dict(meta)
         for f in self.fields:
-            sub = f"{path}.{f.name}" if path else f.name
             if f.name in obj:
-                kwargs[f.name] = f.decode(obj[f.name], sub)
+                try:
+                    kwargs[f.name] = f.decode(obj[f.name])
+                except _BadMember as err:
+                    err.path.insert(0, f.name)
+                    raise
             elif f.required:
-                raise RecordError(f"{sub}: required member missing")
+                missing = _BadMember("required member missing")
+                missing.path.append(f.name)
+                raise missing
         return self.cls(**kwargs)
 
 
@@ -191,46 +215,48 @@ def _compile(tp: Any) -> tuple[Encoder, Decoder]:
 
 
 def _scalar(kind: type[Any], name: str) -> Decoder:
-    def decode(value: Any, path: str) -> Any:
+    def decode(value: Any) -> Any:
         if type(value) is not kind:
-            raise RecordError(f"{path}: expected {name}, got {_json_type(value)}")
+            raise _BadMember(f"expected {name}, got {_json_type(value)}")
         return value
     return decode
 
 
-def _integer(value: Any, path: str) -> int:
+def _integer(value: Any) -> int:
     if type(value) is not int:
-        raise RecordError(f"{path}: expected an integer, got {_json_type(value)}")
+        raise _BadMember(f"expected an integer, got {_json_type(value)}")
     return value
 
 
-def _number(value: Any, path: str) -> float:
-    if type(value) not in (int, float):
-        raise RecordError(f"{path}: expected a number, got {_json_type(value)}")
+def _number(value: Any) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is not int:
+        raise _BadMember(f"expected a number, got {_json_type(value)}")
     return float(value)
 
 
 def _enum(cls: type[enum.Enum]) -> tuple[Encoder, Decoder]:
     by_value = {member.value: member for member in cls}
 
-    def decode(value: Any, path: str) -> Any:
+    def decode(value: Any) -> Any:
         try:
             return by_value[value]
         except (KeyError, TypeError):
             known = ", ".join(repr(v) for v in by_value)
-            raise RecordError(f"{path}: unknown {cls.__name__} {value!r} (known: {known})") from None
+            raise _BadMember(f"unknown {cls.__name__} {value!r} (known: {known})") from None
 
     return (lambda member: member.value), decode
 
 
 def _nested(cls: type[Any]) -> tuple[Encoder, Decoder]:
     # Resolved lazily: a dataclass may refer to one defined later in its module.
-    return (lambda value: _codec(cls).encode(value)), (lambda value, path: _codec(cls).decode(value, path))
+    return (lambda value: _codec(cls).encode(value)), (lambda value: _codec(cls).decode(value))
 
 
 def _optional(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
-    def decode_optional(value: Any, path: str) -> Any:
-        return None if value is None else decode(value, path)
+    def decode_optional(value: Any) -> Any:
+        return None if value is None else decode(value)
 
     if encode is None:
         return None, decode_optional
@@ -238,11 +264,22 @@ def _optional(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
     return (lambda value: None if value is None else inner(value)), decode_optional
 
 
+def _decode_items(decoders: Callable[[int], Decoder], value: list[Any]) -> tuple[Any, ...]:
+    out = []
+    for i, item in enumerate(value):
+        try:
+            out.append(decoders(i)(item))
+        except _BadMember as err:
+            err.path.insert(0, f"[{i}]")
+            raise
+    return tuple(out)
+
+
 def _homogeneous_tuple(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
-    def decode_all(value: Any, path: str) -> tuple[Any, ...]:
+    def decode_all(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list):
-            raise RecordError(f"{path}: expected an array, got {_json_type(value)}")
-        return tuple(decode(item, f"{path}[{i}]") for i, item in enumerate(value))
+            raise _BadMember(f"expected an array, got {_json_type(value)}")
+        return _decode_items(lambda _: decode, value)
 
     if encode is None:
         return list, decode_all
@@ -254,11 +291,10 @@ def _fixed_tuple(parts: tuple[tuple[Encoder, Decoder], ...]) -> tuple[Encoder, D
     def encode(value: Any) -> list[Any]:
         return [item if enc is None else enc(item) for (enc, _), item in zip(parts, value, strict=True)]
 
-    def decode(value: Any, path: str) -> tuple[Any, ...]:
+    def decode(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list) or len(value) != len(parts):
-            raise RecordError(f"{path}: expected an array of {len(parts)}, got {_json_type(value)}")
-        return tuple(dec(item, f"{path}[{i}]") for i, ((_, dec), item) in enumerate(zip(parts, value,
-                                                                                            strict=True)))
+            raise _BadMember(f"expected an array of {len(parts)}, got {_json_type(value)}")
+        return _decode_items(lambda i: parts[i][1], value)
 
     return (list if all(enc is None for enc, _ in parts) else encode), decode
 

@@ -151,16 +151,12 @@ def _applied_revision(plan: TxnPlan, outcome: TxnOutcome) -> int | None:
     return revisions.pop() if revisions else outcome.revision
 
 
-def written_records(plan: TxnPlan, revision: int) -> tuple[records.Record, ...]:
-    return tuple(dataclasses.replace(w.record, revision=revision) for w in plan.writes if w.value is not None)
-
-
 async def commit_in_transactions(plans: Sequence[TxnPlan],
                                  execute: Callable[[TxnPlan], Awaitable[int]]) -> Committed:
     """Runs ``plans`` in order; ``execute`` returns a plan's commit revision or raises. A failure carries
     how many operations of the batch went in before it."""
     revisions: list[int] = []
-    written: list[records.Record] = []
+    puts: list[tuple[int, tuple[records.Record, ...]]] = []
     for plan in plans:
         try:
             revision = await execute(plan)
@@ -169,9 +165,9 @@ async def commit_in_transactions(plans: Sequence[TxnPlan],
             err.revisions = tuple(revisions)
             raise
         revisions.append(revision)
-        written.extend(written_records(plan, revision))
-    return Committed(revisions=tuple(revisions), written=tuple(written))
+        puts.append((revision, tuple(w.record for w in plan.writes if w.value is not None)))
+    return Committed(revisions=tuple(revisions), puts=tuple(puts))
 
 
 __all__ = ["TxnOutcome", "TxnPlan", "Write", "commit_in_transactions", "explain_failure",
-           "ops_per_transaction", "plan_transactions", "written_records"]
+           "ops_per_transaction", "plan_transactions", "request_bytes"]
