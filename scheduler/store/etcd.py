@@ -164,14 +164,14 @@ class EtcdStore:
 
     # -- calls with bounded retries --------------------------------------------------------------------
 
-    def _unavailable(self, what: str, err: BaseException | None, elapsed: float, *,
-                     outcome_unknown: bool = False) -> StoreUnavailable:
+    def _unavailable(self, what: str, err: BaseException | None, elapsed: float) -> StoreUnavailable:
         last = ""
         if isinstance(err, grpc.aio.AioRpcError):
             last = f" (last error: {err.code().name}: {err.details()})"
-        unknown = "; the transaction may or may not have been applied: read again" if outcome_unknown else ""
+        elif err is not None:
+            last = f" (last error: {err})"
         return StoreUnavailable(f"etcd at {self._settings.endpoints} unreachable: {what} failed for "
-                                f"{elapsed:.1f}s{last}{unknown}", outcome_unknown=outcome_unknown)
+                                f"{elapsed:.1f}s{last}")
 
     async def _call(self, what: str, attempt: Callable[[float], Awaitable[T]],
                     on_error: Callable[[grpc.aio.AioRpcError], None] | None = None) -> T:
@@ -287,10 +287,10 @@ class EtcdStore:
         try:
             response = await self._call(f"commit of {len(plan.writes)} writes", attempt, note)
         except StoreUnavailable as err:
-            if maybe_applied:
-                err.outcome_unknown = True
-                err.args = (f"{err}; the transaction may or may not have been applied: read again",)
-            raise
+            if not maybe_applied:
+                raise
+            raise StoreUnavailable(f"{err}; the transaction may or may not have been applied: read again",
+                                   outcome_unknown=True) from None
         if response.succeeded:
             revision: int = response.header.revision
             return revision
