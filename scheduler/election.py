@@ -147,6 +147,10 @@ class Election:
                 record = LeaderRecord(instance=self._settings.instance, address=self._settings.address,
                                       acquired_at=self._wall_clock())
                 holder = await self._store.campaign(record, lease_id=lease.id)
+            except asyncio.CancelledError:
+                if lease_id:  # the key, if the campaign got through, goes with the lease: no TTL to wait
+                    await self._revoke(lease_id)
+                raise
             except StoreError as err:
                 log.warning("election: campaign failed, retrying: %s", err)
                 if lease_id:
