@@ -1,21 +1,21 @@
 """The scheduler's etcd key schema: every key it reads or writes, under one configurable prefix.
 
-Layout (``P`` is the prefix, ``/shoal/v1/`` by default; values are JSON from ``scheduler.store.records``):
+Layout (``{P}`` is the prefix, ``/shoal/v1/`` by default; values are JSON from ``scheduler.store.records``):
 
-=================================  ==============  ===================================================
-key                                value           written by
-=================================  ==============  ===================================================
-``P services/{service}``           ``Service``     the API (apply, scale, delete sets ``deleting``);
-                                                   the leader removes a deleting service once it has
-                                                   no replicas left
-``P replicas/{service}/{replica}`` ``Replica``     the leader only (placement, reconcile, rollout)
-``P hosts/{host}``                 ``HostRecord``  the API: an agent's registration (its facts and
-                                                   capacity) and operators' cordon/uncordon/drain
-``P host-status/{host}``           ``HostStatus``  the leader only (reachability, complete view)
-``P leader``                       ``LeaderRecord`` the election: created by the winner, attached to
-                                                   its lease (it disappears when the lease expires or
-                                                   is revoked); its create revision is the epoch
-=================================  ==============  ===================================================
+==================================  ================  ==============================================
+key                                 value             written by
+==================================  ================  ==============================================
+``{P}services/{service}``           ``Service``       the API (apply, scale; delete sets
+                                                      ``deleting``); the leader removes a deleting
+                                                      service once it has no replicas left
+``{P}replicas/{service}/{replica}`` ``Replica``       the leader only (placement, reconcile, rollout)
+``{P}hosts/{host}``                 ``HostRecord``    the API: an agent's registration (its facts and
+                                                      capacity) and operators' cordon/uncordon/drain
+``{P}host-status/{host}``           ``HostStatus``    the leader only (reachability, complete view)
+``{P}leader``                       ``LeaderRecord``  the election: created by the winner, attached to
+                                                      its lease (gone when the lease expires or is
+                                                      revoked); its create revision is the epoch
+==================================  ================  ==============================================
 
 Why this shape: a replica's key starts with its service, so one range lists (or a watch scope follows) a
 service's replicas; replica ids are nevertheless unique across services (the id is the container id on
