@@ -39,8 +39,10 @@ from scheduler.observed import ContainerState, Health, HostObservation, Observed
 
 log = logging.getLogger(__name__)
 
-RETRY_INITIAL = 0.2
-RETRY_CAP = 5.0
+# Reconnecting to an agent that went away: soon (a restarted agent is back within a second or two),
+# then at most every second, and from the start again after each successful connection.
+RETRY_INITIAL = 0.1
+RETRY_CAP = 1.0
 
 _STATES = {
     pb.CONTAINER_STATE_CREATED: ContainerState.CREATED, pb.CONTAINER_STATE_RUNNING: ContainerState.RUNNING,
@@ -148,7 +150,10 @@ class AgentSession:
             except Exception as err:  # a bug must not end the session for good
                 log.exception("agent session %s failed", self.host)
                 self.error = str(err)
+            connected_before = self.observation.complete
             self._disconnected()
+            if connected_before:
+                delay = RETRY_INITIAL
             await asyncio.sleep(delay)
             delay = min(RETRY_CAP, delay * 2)
 

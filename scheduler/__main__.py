@@ -1,0 +1,208 @@
+"""``shoal-scheduler serve``: the central scheduler — the API on every instance, the control loops on the
+elected leader.
+
+Every instance serves the gRPC API (``scheduler.server``) on its listeners (TCP with mutual TLS, or a
+unix socket) and takes part in the election (``scheduler.election``). While it leads, it runs the
+controller (``scheduler.controller``) for that term: it follows every joined host's agent and reconciles
+services against what runs. All state is in etcd, so an instance restarted from nothing loses nothing,
+and several instances may run against one etcd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from scheduler import httpd, metrics
+from scheduler.agents import Credentials
+from scheduler.controller import Controller, ControllerSettings
+from scheduler.election import Election, ElectionSettings, Term
+from scheduler.placement import registry
+from scheduler.server import REGISTRATION_REFRESH, add_services
+from scheduler.store.errors import NotLeader, StoreError
+from scheduler.store.factory import open_store
+from scheduler.store.keys import DEFAULT_PREFIX
+
+log = logging.getLogger("shoal.scheduler")
+
+DEFAULT_LISTEN = "127.0.0.1:7400"
+
+
+@dataclass(frozen=True)
+class Settings:
+    etcd: str
+    prefix: str
+    listen: tuple[str, ...]
+    tls_dir: Path | None
+    insecure_tcp: bool
+    http_listen: str
+    election_ttl: int
+    registration_refresh: float
+    instance: str
+    log_level: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoal-scheduler", description="Shoal's central scheduler")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the API; lead the control loops when elected")
+    serve.add_argument("--etcd", required=True, metavar="URL[,URL...]",
+                       help="etcd endpoints, e.g. http://127.0.0.1:2379,http://10.0.0.2:2379")
+    serve.add_argument("--etcd-prefix", default=DEFAULT_PREFIX, help="key prefix (default %(default)s)")
+    serve.add_argument("--listen", action="append", default=[], metavar="HOST:PORT|unix:///PATH",
+                       help=f"API listener, repeatable (default {DEFAULT_LISTEN})")
+    serve.add_argument("--tls-dir", type=Path, default=None,
+                       help="ca.pem, scheduler.pem, scheduler-key.pem: mTLS for TCP listeners and for "
+                            "calls to agents")
+    serve.add_argument("--insecure-tcp", action="store_true",
+                       help="plain TCP, to clients and to agents (loopback tests only)")
+    serve.add_argument("--http-listen", default="", metavar="HOST:PORT",
+                       help="serve /metrics and Prometheus http_sd discovery here")
+    serve.add_argument("--election-ttl", type=int, default=2, metavar="SECONDS",
+                       help="leader lease TTL: a killed leader is replaced after about this (default 2)")
+    serve.add_argument("--registration-refresh", type=float, default=REGISTRATION_REFRESH, metavar="SECONDS",
+                       help="how often agents re-register (default %(default)s)")
+    serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
+    serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
+                       choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    listen = tuple(args.listen or [DEFAULT_LISTEN])
+    tcp = [a for a in listen if not a.startswith("unix:")]
+    if tcp and args.tls_dir is None and not args.insecure_tcp:
+        raise SystemExit(f"shoal-scheduler: TCP listener {tcp[0]} needs mutual TLS: pass --tls-dir DIR (with "
+                         "ca.pem, scheduler.pem, scheduler-key.pem), or --insecure-tcp for loopback tests")
+    if args.tls_dir is not None:
+        needed = ("ca.pem", "scheduler.pem", "scheduler-key.pem")
+        missing = [n for n in needed if not (args.tls_dir / n).is_file()]
+        if missing:
+            raise SystemExit(f"shoal-scheduler: --tls-dir {args.tls_dir} is missing {', '.join(missing)} "
+                             "(shoal certs init writes them)")
+    if args.election_ttl < 1:
+        raise SystemExit("shoal-scheduler: --election-ttl must be at least 1 second")
+    instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
+    return Settings(etcd=args.etcd, prefix=args.etcd_prefix, listen=listen, tls_dir=args.tls_dir,
+                    insecure_tcp=args.insecure_tcp, http_listen=args.http_listen,
+                    election_ttl=args.election_ttl, registration_refresh=args.registration_refresh,
+                    instance=instance, log_level=args.log_level)
+
+
+def _credentials(settings: Settings) -> Credentials | None:
+    tls = settings.tls_dir
+    if tls is None:
+        return None
+    return Credentials(ca=(tls / "ca.pem").read_bytes(), cert=(tls / "scheduler.pem").read_bytes(),
+                       key=(tls / "scheduler-key.pem").read_bytes())
+
+
+def _bind(server: grpc.aio.Server, settings: Settings) -> list[Path]:
+    sockets = []
+    for address in settings.listen:
+        if address.startswith("unix:"):
+            path = Path(address.removeprefix("unix://").removeprefix("unix:"))
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            old = os.umask(0o177)
+            try:
+                server.add_insecure_port(f"unix://{path}")
+            finally:
+                os.umask(old)
+            sockets.append(path)
+        elif settings.tls_dir is not None:
+            tls = settings.tls_dir
+            creds = grpc.ssl_server_credentials(
+                [((tls / "scheduler-key.pem").read_bytes(), (tls / "scheduler.pem").read_bytes())],
+                root_certificates=(tls / "ca.pem").read_bytes(), require_client_auth=True)
+            server.add_secure_port(address, creds)
+        else:
+            log.warning("listening on %s without TLS (--insecure-tcp)", address)
+            server.add_insecure_port(address)
+    return sockets
+
+
+async def serve(settings: Settings) -> None:
+    try:
+        store = await open_store(settings.etcd, prefix=settings.prefix)
+    except (StoreError, ValueError) as err:
+        raise SystemExit(f"shoal-scheduler: {err}") from None
+    profile = registry.default_profile()
+    observer = metrics.SchedulerMetrics()
+    server = grpc.aio.server(interceptors=[observer.interceptor()])
+    add_services(server, store=store, profile=profile, refresh_seconds=settings.registration_refresh)
+    sockets = _bind(server, settings)
+    await server.start()
+    for path in sockets:
+        os.chmod(path, 0o600)
+    election = Election(store, ElectionSettings(instance=settings.instance, address=settings.listen[0],
+                                                ttl_s=settings.election_ttl))
+    credentials = _credentials(settings)
+    leading: list[Controller] = []
+
+    async def lead(term: Term) -> None:
+        log.info("leading (epoch %d)", term.epoch)
+        controller = Controller(store, ControllerSettings(epoch=term.epoch, guard=term.guard,
+                                                          credentials=credentials, profile=profile),
+                                on_pass=observer.record_pass)
+        leading.append(controller)
+        try:
+            await controller.run()
+        finally:
+            leading.remove(controller)
+            log.info("no longer leading (epoch %d)", term.epoch)
+
+    async def elect() -> None:
+        while True:
+            try:
+                await election.run(lead)
+                return
+            except NotLeader as err:
+                log.warning("deposed: %s", err)
+            except Exception:
+                log.exception("the control loop failed; campaigning again")
+            await asyncio.sleep(1.0)
+
+    observer.watch(store=store, election=election, leader=lambda: leading[0] if leading else None)
+    http = httpd.serve(settings.http_listen, observer) if settings.http_listen else None
+    election_task = asyncio.create_task(elect(), name="election")
+    log.info("shoal-scheduler %s serving on %s (etcd %s)", settings.instance, ", ".join(settings.listen),
+             settings.etcd)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: resigning leadership, then closing the API")
+    election_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await election_task
+    await server.stop(grace=2)
+    if http is not None:
+        http.close()
+    await store.close()
+    for path in sockets:
+        path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Domain values ↔ the scheduler API's protobuf messages, and the few things derived only for the API.
+
+Derived, never stored: a service's status (counted from its replicas), a host's state (from its admin
+state, its status and whether replicas remain on it), a service's endpoints (its ready replicas'
+published ports on their hosts' addresses), a rollout's progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from google.protobuf import json_format, timestamp_pb2
+
+from proto.agent.v1 import agent_pb2 as apb
+from proto.scheduler.v1 import scheduler_pb2 as pb
+from scheduler.model import (
+    Decision,
+    HostAdmin,
+    HostId,
+    HostRecord,
+    HostStatus,
+    Replica,
+    ReplicaPhase,
+    Service,
+)
+from scheduler.spec_render import api_dict
+
+_PHASES = {
+    ReplicaPhase.PENDING: pb.REPLICA_STATE_PENDING, ReplicaPhase.STARTING: pb.REPLICA_STATE_STARTING,
+    ReplicaPhase.RUNNING: pb.REPLICA_STATE_RUNNING, ReplicaPhase.FAILED: pb.REPLICA_STATE_FAILED,
+    ReplicaPhase.STOPPING: pb.REPLICA_STATE_STOPPING,
+}
+PHASE_OF_PB = {v: k for k, v in _PHASES.items()}
+
+
+def ts(seconds: float) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    if seconds:
+        out.FromNanoseconds(int(seconds * 1e9))
+    return out
+
+
+def live(replicas: Iterable[Replica]) -> list[Replica]:
+    return [r for r in replicas if r.phase is not ReplicaPhase.STOPPING]
+
+
+def service_status(service: Service, replicas: Sequence[Replica]) -> pb.ServiceStatus:
+    alive = live(replicas)
+    pending = [r for r in alive if r.phase is ReplicaPhase.PENDING]
+    message = pending[0].reason if pending else ""
+    return pb.ServiceStatus(
+        replicas=len(alive), ready=sum(r.ready for r in alive), pending=len(pending),
+        updated=sum(r.generation == service.template_generation for r in alive),
+        failed=sum(r.phase is ReplicaPhase.FAILED for r in alive), message=message)
+
+
+def service_to_pb(service: Service, replicas: Sequence[Replica]) -> pb.Service:
+    return pb.Service(
+        spec=json_format.ParseDict(api_dict(service.spec), pb.ServiceSpec()), generation=service.generation,
+        template_generation=service.template_generation, status=service_status(service, replicas),
+        created_at=ts(service.created_at), updated_at=ts(service.updated_at), deleting=service.deleting,
+        revision=service.revision)
+
+
+def host_address(record: HostRecord | None) -> str:
+    """The host part of the agent's advertised HOST:PORT: where its published ports are reached."""
+    if record is None:
+        return ""
+    host = record.address.rpartition(":")[0]
+    return host.strip("[]")
+
+
+def endpoints_of(replica: Replica, hosts: Mapping[HostId, HostRecord]) -> list[pb.Endpoint]:
+    if not replica.ready or replica.host is None or replica.phase is not ReplicaPhase.RUNNING:
+        return []
+    address = host_address(hosts.get(replica.host))
+    if not address:
+        return []
+    return [pb.Endpoint(service=replica.service, replica=replica.id, host=replica.host,
+                        address=f"{address}:{port.host_port}", container_port=port.container_port,
+                        protocol=port.protocol)
+            for port in replica.ports if port.host_port]
+
+
+def replica_to_pb(replica: Replica, hosts: Mapping[HostId, HostRecord]) -> pb.Replica:
+    host = hosts.get(replica.host) if replica.host is not None else None
+    return pb.Replica(
+        id=replica.id, service=replica.service, host=replica.host or "", state=_PHASES[replica.phase],
+        ready=replica.ready, generation=replica.generation, reason=replica.reason,
+        created_at=ts(replica.created_at), updated_at=ts(replica.updated_at), restarts=replica.restarts,
+        endpoints=endpoints_of(replica, hosts), host_name=host.name if host is not None else "",
+        revision=replica.revision)
+
+
+def decision_to_pb(decision: Decision) -> pb.Decision:
+    return pb.Decision(time=ts(decision.time), action=decision.action, reason=decision.reason)
+
+
+def host_state(record: HostRecord, status: HostStatus | None, replicas_here: int) -> pb.HostState.ValueType:
+    if status is None or not status.ready:
+        return pb.HOST_STATE_NOT_READY
+    if record.admin is HostAdmin.DRAINING:
+        return pb.HOST_STATE_DRAINED if replicas_here == 0 else pb.HOST_STATE_DRAINING
+    if record.admin is HostAdmin.CORDONED:
+        return pb.HOST_STATE_CORDONED
+    return pb.HOST_STATE_READY
+
+
+def host_to_pb(record: HostRecord, status: HostStatus | None, replicas_here: int) -> pb.Host:
+    info = apb.HostInfo()
+    if record.info_json:
+        json_format.Parse(record.info_json, info, ignore_unknown_fields=True)
+    reason = status.reason if status is not None and not status.ready else ""
+    if status is None:
+        reason = "the leader has not reached its agent yet"
+    return pb.Host(
+        id=record.id, name=record.name, address=record.address,
+        state=host_state(record, status, replicas_here), labels=dict(record.labels), info=info,
+        replicas=replicas_here, reason=reason, registered_at=ts(record.registered_at),
+        last_seen=ts(record.last_registered_at), metrics_address=record.metrics_address,
+        revision=record.revision)
+
+
+def rollout_of(service: Service, replicas: Sequence[Replica]) -> pb.Rollout:
+    alive = live(replicas)
+    updated = [r for r in alive if r.generation == service.template_generation]
+    old = [r for r in alive if r.generation != service.template_generation]
+    ready = sum(r.ready for r in updated)
+    desired = service.spec.replicas
+    complete = not old and len(updated) == desired and ready == desired
+    if complete:
+        message = f"rolled out generation {service.template_generation}: {ready}/{desired} ready"
+    else:
+        message = (f"{ready}/{desired} replicas of generation {service.template_generation} ready, "
+                   f"{len(old)} of older generations still present")
+    previous = service.history[-1].template_generation if service.history else 0
+    return pb.Rollout(service=service.name, template_generation=service.template_generation,
+                      desired=desired, updated=len(updated), updated_ready=ready, old=len(old),
+                      complete=complete, message=message, previous_template_generation=previous)
+
+
+__all__ = [
+    "PHASE_OF_PB", "decision_to_pb", "endpoints_of", "host_address", "host_state", "host_to_pb", "live",
+    "replica_to_pb", "rollout_of", "service_status", "service_to_pb", "ts",
+]

@@ -1,0 +1,330 @@
+"""The leader's control loop: mirror etcd, follow every host's agent, reconcile, commit, act.
+
+Runs only on the elected leader, for one term (``Election.run`` cancels it when leadership ends). It
+keeps:
+
+* a **mirror** of the state in etcd — a snapshot, then the watch from its revision (a compacted revision
+  means a new snapshot); the leader's own committed writes are applied to it at once, so the next pass
+  never decides on state older than what it just wrote;
+* one **agent session** per registered host (``scheduler.agents``): its containers, kept current;
+* an **actuator** (``scheduler.actuator``) carrying out agent actions with the term's fence.
+
+A *pass* builds the ``reconcile.World`` from these, runs the pure ``reconcile.step`` with a placer over a
+fresh placement view, commits the record writes (and the host statuses that changed) as compare-and-swap
+transactions under the term's guard, and only then hands the agent actions to the actuator. Passes run
+one at a time, triggered by any change (a watch event, an agent event, an action done) and coalesced: a
+burst of changes is one pass. A conflict means the mirror was behind: the watch brings the news and the
+next pass decides again. ``NotLeader`` ends the term.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from google.protobuf import json_format
+
+from proto.agent.v1 import agent_pb2 as pb
+from scheduler import reconcile
+from scheduler.actuator import Actuator
+from scheduler.actuator import Settings as ActuatorSettings
+from scheduler.agents import AgentSession, Credentials
+from scheduler.model import (
+    Capacity,
+    HostId,
+    HostRecord,
+    HostStatus,
+    Replica,
+    ReplicaId,
+    ReplicaPhase,
+    Service,
+    ServiceName,
+)
+from scheduler.observed import ContainerState, HostObservation
+from scheduler.placement.framework import Profile
+from scheduler.placement.placer import ViewPlacer
+from scheduler.placement.view import ClusterView, build_view
+from scheduler.store import base
+from scheduler.store.errors import Compacted, Conflict, NotLeader, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+COALESCE = 0.01          # a burst of changes within this is one pass
+STORE_RETRY = 0.5        # after etcd did not answer
+CONFLICT_RETRY = 0.05    # the watch is expected to deliver what made the write conflict
+
+
+@dataclass
+class Mirror:
+    """The state in etcd as of ``revision`` (plus this leader's own writes)."""
+
+    revision: int
+    services: dict[ServiceName, Service] = field(default_factory=dict)
+    replicas: dict[ReplicaId, Replica] = field(default_factory=dict)
+    hosts: dict[HostId, HostRecord] = field(default_factory=dict)
+    statuses: dict[HostId, HostStatus] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, snap: base.Snapshot) -> Mirror:
+        return cls(revision=snap.revision, services=dict(snap.services), replicas=dict(snap.replicas),
+                   hosts=dict(snap.hosts), statuses=dict(snap.host_statuses))
+
+    def _table(self, record_type: type) -> dict[Any, Any] | None:
+        tables: dict[type, dict[Any, Any]] = {Service: self.services, Replica: self.replicas,
+                                              HostRecord: self.hosts, HostStatus: self.statuses}
+        return tables.get(record_type)
+
+    def put(self, record: object) -> None:
+        table = self._table(type(record))
+        if table is None:
+            return
+        key = record.name if isinstance(record, Service) else record.id  # type: ignore[attr-defined]
+        known = table.get(key)
+        if known is None or known.revision <= record.revision:  # type: ignore[attr-defined]
+            table[key] = record
+
+    def apply(self, change: base.Change) -> None:
+        self.revision = max(self.revision, change.revision)
+        if change.kind is base.ChangeKind.PUT and change.value is not None:
+            self.put(change.value)
+            return
+        table = self._table(change.record_type)
+        if table is not None and change.ids:
+            key = change.ids[-1]
+            known = table.get(key)
+            if known is not None and known.revision < change.revision:
+                del table[key]
+
+
+def new_replica_id(service: ServiceName) -> ReplicaId:
+    # Container ids are at most 64 characters: a service name (≤ 63) is cut to leave room for the token.
+    return ReplicaId(f"{service[:54]}-{secrets.token_hex(4)}")
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    epoch: int
+    guard: base.LeaderGuard
+    credentials: Credentials | None
+    profile: Profile
+
+
+class Controller:
+    def __init__(self, store: base.Store, settings: ControllerSettings, *,
+                 on_pass: Callable[[float, reconcile.Plan, reconcile.World], None] | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.mirror: Mirror | None = None
+        self.sessions: dict[HostId, AgentSession] = {}
+        self._wake = asyncio.Event()
+        self._deposed = ""
+        self._on_pass = on_pass
+        self.actuator = Actuator(ActuatorSettings(epoch=settings.epoch), session=self.sessions.get,
+                                 service=self._service, on_done=self.poke, on_deposed=self._lose)
+        self.last_placer: ViewPlacer | None = None
+
+    def poke(self, *_: object) -> None:
+        self._wake.set()
+
+    def _lose(self, why: str) -> None:
+        self._deposed = why
+        self.poke()
+
+    def _service(self, name: ServiceName) -> Service | None:
+        return self.mirror.services.get(name) if self.mirror is not None else None
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        watcher: asyncio.Task[None] | None = None
+        try:
+            while True:
+                self.mirror = Mirror.of(await self.store.snapshot())
+                watcher = asyncio.create_task(self._follow(self.mirror.revision), name="etcd-watch")
+                try:
+                    await self._loop(watcher)
+                except _Resync:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await watcher
+                    continue
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
+            await self.actuator.close()
+            await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
+            self.sessions.clear()
+
+    async def _follow(self, revision: int) -> None:
+        assert self.mirror is not None
+        async for change in self.store.watch(revision):
+            self.mirror.apply(change)
+            self.poke()
+
+    async def _loop(self, watcher: asyncio.Task[None]) -> None:
+        next_due: float | None = None
+        while True:
+            timeout = None if next_due is None else max(0.0, next_due - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            if watcher.done():
+                error = watcher.exception()
+                if isinstance(error, Compacted):
+                    raise _Resync()
+                if error is not None:
+                    raise error
+                raise _Resync()
+            if self._deposed:
+                raise NotLeader(self.settings.epoch, 0)
+            await asyncio.sleep(COALESCE)  # coalesce a burst of changes into one pass
+            self._wake.clear()
+            next_due = await self.step()
+
+    async def step(self) -> float | None:
+        """One pass; returns when the next one is due by the clock (a backoff ending), if ever."""
+        started = time.perf_counter()
+        assert self.mirror is not None
+        self._sync_sessions()
+        world = self._world()
+        placer = ViewPlacer(self._view(world), self.settings.profile)
+        plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
+        self.last_placer = placer
+        ops: list[base.Op] = []
+        for write in plan.writes:
+            if isinstance(write, reconcile.WriteReplica):
+                ops.append(base.Put(write.replica))
+            elif isinstance(write, reconcile.DropReplica):
+                ops.append(base.Delete(write.replica))
+            else:
+                ops.append(base.Delete(write.service))
+        ops += [base.Put(status) for status in self._statuses_to_write()]
+        try:
+            committed = await self.store.commit(ops, guard=self.settings.guard) if ops else None
+        except Conflict as err:
+            log.debug("reconcile pass conflicted on %s; deciding again", ", ".join(err.keys[:5]))
+            return time.time() + CONFLICT_RETRY
+        except StoreUnavailable as err:
+            log.warning("cannot write to etcd (%s); trying again", err)
+            return time.time() + STORE_RETRY
+        if committed is not None:
+            for record in committed.written:
+                self.mirror.put(record)
+            for op in ops:
+                if isinstance(op, base.Delete):
+                    self._forget(op.record)
+        self.actuator.absorbed(set(world.launch_failures))
+        self.actuator.submit(plan.actions)
+        if self._on_pass is not None:
+            self._on_pass(time.perf_counter() - started, plan, world)
+        due = [r.next_attempt_at for r in self.mirror.replicas.values()
+               if r.phase is ReplicaPhase.FAILED and r.next_attempt_at > world.now]
+        return min(due) if due else None
+
+    def _forget(self, record: object) -> None:
+        assert self.mirror is not None
+        if isinstance(record, Replica):
+            self.mirror.replicas.pop(record.id, None)
+        elif isinstance(record, Service):
+            self.mirror.services.pop(record.name, None)
+
+    # -- what a pass reads --------------------------------------------------------------------------
+
+    def _sync_sessions(self) -> None:
+        """One session per registered host, at its current address."""
+        assert self.mirror is not None
+        for host, record in self.mirror.hosts.items():
+            session = self.sessions.get(host)
+            if session is not None and session.address == record.address:
+                continue
+            if session is not None:
+                asyncio.get_running_loop().create_task(session.close())
+            session = AgentSession(host, record.address, credentials=self.settings.credentials,
+                                   on_change=self.poke)
+            self.sessions[host] = session
+            session.start()
+        for host in [h for h in self.sessions if h not in self.mirror.hosts]:
+            asyncio.get_running_loop().create_task(self.sessions.pop(host).close())
+
+    def _observed(self) -> dict[HostId, HostObservation]:
+        return {host: session.observation for host, session in self.sessions.items()}
+
+    def _world(self) -> reconcile.World:
+        assert self.mirror is not None
+        return reconcile.World(
+            services=dict(self.mirror.services), replicas=dict(self.mirror.replicas),
+            hosts={h: self._fresh(r) for h, r in self.mirror.hosts.items()},
+            statuses={h: self._status(h) for h in self.mirror.hosts}, observed=self._observed(),
+            now=time.time(), busy=frozenset(self.actuator.busy),
+            launch_failures=dict(self.actuator.failures))
+
+    def _fresh(self, record: HostRecord) -> HostRecord:
+        """The host record with the capacity and conditions its agent reported last (each second),
+        which are fresher than the registration's (every few seconds)."""
+        session = self.sessions.get(record.id)
+        info = session.info if session is not None else None
+        if info is None:
+            return record
+        return replace(record, capacity=Capacity(
+            cpu_allocatable_millis=info.cpu_allocatable_millis,
+            memory_allocatable_bytes=info.memory_allocatable_bytes,
+            cpu_committed_millis=info.cpu_committed_millis,
+            memory_committed_bytes=info.memory_committed_bytes, disk_free_bytes=info.disk_free_bytes,
+        ), conditions=tuple(c.type for c in info.conditions))
+
+    def _status(self, host: HostId) -> HostStatus:
+        """Whether the leader trusts this host now: its session follows it completely."""
+        assert self.mirror is not None
+        session = self.sessions.get(host)
+        known = self.mirror.statuses.get(host) or HostStatus(id=host)
+        obs = session.observation if session is not None else None
+        ready = obs is not None and obs.connected and obs.complete
+        reason = "" if ready else (session.error if session is not None and session.error
+                                   else "connecting to its agent")
+        if known.ready == ready and known.reason == reason and known.complete == ready:
+            return known
+        return dataclasses.replace(known, ready=ready, reason=reason, complete=ready,
+                                   since=time.time() if known.ready != ready else known.since)
+
+    def _statuses_to_write(self) -> list[HostStatus]:
+        assert self.mirror is not None
+        out = []
+        for host in self.mirror.hosts:
+            status = self._status(host)
+            if status != self.mirror.statuses.get(host):
+                out.append(status)
+        return out
+
+    def _view(self, world: reconcile.World) -> ClusterView:
+        counted: dict[HostId, set[ReplicaId]] = {}
+        for host, obs in world.observed.items():
+            counted[host] = {ReplicaId(cid) for cid, c in obs.containers.items()
+                             if c.state is not ContainerState.EXITED}
+        return build_view(hosts=world.hosts.values(), statuses=world.statuses,
+                          replicas=world.replicas.values(), services=world.services.values(),
+                          counted_by_agent=counted)
+
+    # -- for the API --------------------------------------------------------------------------------
+
+    def host_info(self, host: HostId) -> pb.HostInfo | None:
+        session = self.sessions.get(host)
+        return session.info if session is not None else None
+
+    def host_info_json(self, host: HostId) -> str:
+        info = self.host_info(host)
+        return json_format.MessageToJson(info, preserving_proto_field_name=True) if info is not None else ""
+
+
+class _Resync(Exception):
+    """The mirror must be rebuilt from a new snapshot (the watch ended or its revision was compacted)."""
+
+
+__all__ = ["Controller", "ControllerSettings", "Mirror", "new_replica_id"]

@@ -1,0 +1,533 @@
+"""The scheduler's gRPC API: protobuf in, domain values to the store, protobuf out.
+
+Every instance serves it, leader or not: reads and writes go to etcd, which is the only state, so any
+instance answers the same and a client may fail over between them. Writes are compare-and-swap on the
+record's revision, re-read and recomputed on a conflict (a few times), so two clients scaling at once
+both succeed atomically — and a client that named an ``expected_generation`` that is no longer current
+gets ABORTED instead. Nothing here decides placement or talks to agents: the leader's controller does.
+
+This module is the only one that knows status codes: scheduler errors map one to one, and every error
+carries the trailing metadata ``shoal-error`` naming its kind (the CLI fails over to another scheduler
+only for an UNAVAILABLE *without* it: a scheduler that answers is up, even when etcd is not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from proto.scheduler.v1 import scheduler_pb2 as pb
+from proto.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler import api, auth, errors
+from scheduler.model import (
+    Capacity,
+    HostAdmin,
+    HostId,
+    HostRecord,
+    HostStatus,
+    Replica,
+    ReplicaId,
+    Service,
+    ServiceSpec,
+    TemplateRevision,
+)
+from scheduler.placement import batch
+from scheduler.placement.framework import Profile, request_for
+from scheduler.placement.view import build_view
+from scheduler.spec import SpecError, parse_service_file, spec_from_api
+from scheduler.store import base
+from scheduler.store.errors import Compacted, Conflict, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CAS_ATTEMPTS = 8
+HISTORY_KEEP = 10
+REGISTRATION_REFRESH = 5.0
+# A registration that changes nothing a decision reads is written at most this often.
+REGISTRATION_REWRITE = 60.0
+_HOST_ID = re.compile(r"^[0-9a-f]{32}$")
+_ADDRESS = re.compile(r"^[^\s/]+:\d{1,5}$")
+
+_STATUS = [
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.Aborted, grpc.StatusCode.ABORTED),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.RevisionCompacted, grpc.StatusCode.OUT_OF_RANGE),
+]
+
+
+def _as_scheduler_error(err: BaseException) -> errors.SchedulerError | None:
+    if isinstance(err, errors.SchedulerError):
+        return err
+    if isinstance(err, SpecError):
+        return errors.InvalidArgument(str(err))
+    if isinstance(err, StoreUnavailable):
+        return errors.Unavailable(f"etcd cannot be reached ({err}); nothing was written: retry shortly")
+    if isinstance(err, Conflict):
+        return errors.Aborted(f"it changed concurrently too many times; retry ({err})")
+    if isinstance(err, StoreError):
+        return errors.Unavailable(str(err))
+    return None
+
+
+async def _abort(context: Any, err: BaseException) -> None:
+    mapped = _as_scheduler_error(err)
+    if mapped is None:
+        log.exception("internal error", exc_info=err)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {err}")
+        return
+    code = next((c for kind, c in _STATUS if isinstance(mapped, kind)), grpc.StatusCode.UNKNOWN)
+    context.set_trailing_metadata((("shoal-error", type(mapped).__name__),))
+    await context.abort(code, str(mapped))
+
+
+def _unary(allowed: frozenset[str]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, request: Any, context: Any) -> T:
+            try:
+                auth.authorize(context, allowed)
+                return await fn(self, request, context)
+            except (errors.SchedulerError, SpecError, StoreError) as err:
+                await _abort(context, err)
+                raise AssertionError("unreachable") from err
+        return wrapper
+    return wrap
+
+
+api_call = _unary(auth.API_CALLERS)
+
+
+def _streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[T]:
+        try:
+            auth.authorize(context, auth.API_CALLERS)
+            async for item in fn(self, request, context):
+                yield item
+        except (errors.SchedulerError, SpecError, StoreError) as err:
+            await _abort(context, err)
+    return wrapper
+
+
+class SchedulerService(pb_grpc.SchedulerServicer):
+    def __init__(self, store: base.Store, *, profile: Profile) -> None:
+        self.store = store
+        self.schema = store.schema
+        self.profile = profile
+
+    # -- services -----------------------------------------------------------------------------------
+
+    @api_call
+    async def ApplyService(self, request: pb.ApplyServiceRequest, context: Any) -> pb.ApplyServiceResponse:
+        if request.yaml and request.HasField("spec"):
+            raise errors.InvalidArgument("give either YAML or a structured spec, not both")
+        if request.yaml:
+            specs = parse_service_file(request.yaml, source=request.source or "<input>")
+        elif request.HasField("spec"):
+            specs = [spec_from_api(json_format.MessageToDict(request.spec, preserving_proto_field_name=True))]
+        else:
+            raise errors.InvalidArgument("nothing to apply: give the service file's YAML or a spec")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            twice = sorted(n for n in set(names) if names.count(n) > 1)
+            raise errors.InvalidArgument(f"a service is declared twice: {', '.join(twice)}")
+        results = []
+        for spec in specs:
+            service, action = await self._apply(spec)
+            results.append(pb.ApplyResult(service=await self._service_pb(service), action=action))
+        return pb.ApplyServiceResponse(results=results)
+
+    async def _apply(self, spec: ServiceSpec) -> tuple[Service, str]:
+        for _ in range(CAS_ATTEMPTS):
+            current = await self.store.get(self.schema.service(spec.name))
+            now = time.time()
+            if current is None:
+                service, action = Service(spec=spec, created_at=now, updated_at=now), "created"
+            elif current.deleting:
+                raise errors.FailedPrecondition(f"service {spec.name} is being deleted; apply it again once "
+                                                "it is gone (shoal get services)")
+            elif current.spec == spec:
+                return current, "unchanged"
+            else:
+                service, action = self._changed(current, spec, now=now), "updated"
+            try:
+                committed = await self.store.commit([base.Put(service)])
+            except Conflict:
+                continue
+            return _written(committed, service), action
+        raise errors.Aborted(f"service {spec.name} kept changing while it was being applied; retry")
+
+    @staticmethod
+    def _changed(current: Service, spec: ServiceSpec, *, now: float) -> Service:
+        generation = current.generation + 1
+        template_changed = ((current.spec.template_json, current.spec.facts)
+                            != (spec.template_json, spec.facts))
+        history = current.history
+        template_generation = current.template_generation
+        if template_changed:
+            previous = TemplateRevision(template_generation=current.template_generation,
+                                        template_json=current.spec.template_json, facts=current.spec.facts)
+            history = (*history, previous)[-HISTORY_KEEP:]
+            template_generation = generation
+        return dataclasses.replace(current, spec=spec, generation=generation,
+                                   template_generation=template_generation, history=history, updated_at=now)
+
+    async def _get_service(self, name: str) -> Service:
+        if not name:
+            raise errors.InvalidArgument("a service name is required")
+        service = await self.store.get(self.schema.service(name))
+        if service is None:
+            raise errors.NotFound(f"no such service: {name} (shoal get services lists them)")
+        return service
+
+    async def _replicas_of(self, name: str) -> list[Replica]:
+        return list((await self.store.list(self.schema.replicas_of(name))).items)
+
+    async def _service_pb(self, service: Service) -> pb.Service:
+        return api.service_to_pb(service, await self._replicas_of(service.name))
+
+    @api_call
+    async def GetService(self, request: pb.GetServiceRequest, context: Any) -> pb.Service:
+        return await self._service_pb(await self._get_service(request.name))
+
+    @api_call
+    async def ListServices(self, request: pb.ListServicesRequest, context: Any) -> pb.ListServicesResponse:
+        snap = await self.store.snapshot()
+        by_service: dict[str, list[Replica]] = {}
+        for replica in snap.replicas.values():
+            by_service.setdefault(replica.service, []).append(replica)
+        services = [api.service_to_pb(s, by_service.get(s.name, []))
+                    for _, s in sorted(snap.services.items())]
+        return pb.ListServicesResponse(services=services, revision=snap.revision)
+
+    @api_call
+    async def DeleteService(self, request: pb.DeleteServiceRequest, context: Any) -> pb.DeleteServiceResponse:
+        async def change(service: Service) -> Service:
+            return dataclasses.replace(service, deleting=True, updated_at=time.time())
+        service = await self._update_service(request.name, change, skip=lambda s: s.deleting)
+        return pb.DeleteServiceResponse(service=await self._service_pb(service))
+
+    @api_call
+    async def ScaleService(self, request: pb.ScaleServiceRequest, context: Any) -> pb.Service:
+        if request.replicas < 0:
+            raise errors.InvalidArgument(f"replicas must not be negative, got {request.replicas}")
+
+        async def change(service: Service) -> Service:
+            if request.expected_generation and service.generation != request.expected_generation:
+                raise errors.Aborted(f"service {service.name} is at generation {service.generation}, not "
+                                     f"{request.expected_generation}: it changed since you read it")
+            if service.deleting:
+                raise errors.FailedPrecondition(f"service {service.name} is being deleted")
+            spec = dataclasses.replace(service.spec, replicas=request.replicas)
+            return dataclasses.replace(service, spec=spec, generation=service.generation + 1,
+                                       updated_at=time.time())
+
+        service = await self._update_service(
+            request.name, change, skip=lambda s: s.spec.replicas == request.replicas and not (
+                request.expected_generation and s.generation != request.expected_generation),
+            conflict_is_final=bool(request.expected_generation))
+        return await self._service_pb(service)
+
+    async def _update_service(self, name: str, change: Callable[[Service], Awaitable[Service]], *,
+                              skip: Callable[[Service], bool], conflict_is_final: bool = False) -> Service:
+        for _ in range(CAS_ATTEMPTS):
+            current = await self._get_service(name)
+            if skip(current):
+                return current
+            updated = await change(current)
+            try:
+                return _written(await self.store.commit([base.Put(updated)]), updated)
+            except Conflict:
+                if conflict_is_final:
+                    raise errors.Aborted(f"service {name} changed since you read it; read it again") from None
+        raise errors.Aborted(f"service {name} kept changing; retry")
+
+    @api_call
+    async def RolloutStatus(self, request: pb.GetServiceRequest, context: Any) -> pb.Rollout:
+        service = await self._get_service(request.name)
+        return api.rollout_of(service, await self._replicas_of(service.name))
+
+    @api_call
+    async def RolloutUndo(self, request: pb.RolloutUndoRequest, context: Any) -> pb.Service:
+        async def change(service: Service) -> Service:
+            if not service.history:
+                raise errors.FailedPrecondition(f"service {service.name} has no earlier template to go "
+                                                "back to")
+            previous = service.history[-1]
+            spec = dataclasses.replace(service.spec, template_json=previous.template_json,
+                                       facts=previous.facts)
+            undone = self._changed(service, spec, now=time.time())
+            return dataclasses.replace(undone, history=service.history[:-1])
+
+        return await self._service_pb(await self._update_service(request.name, change, skip=lambda s: False))
+
+    # -- replicas -----------------------------------------------------------------------------------
+
+    @api_call
+    async def ListReplicas(self, request: pb.ListReplicasRequest, context: Any) -> pb.ListReplicasResponse:
+        snap = await self.store.snapshot()
+        host = _resolve_host(snap.hosts, request.host) if request.host else None
+        phases = {api.PHASE_OF_PB[s] for s in request.states if s in api.PHASE_OF_PB}
+        out = [api.replica_to_pb(r, snap.hosts) for _, r in sorted(snap.replicas.items())
+               if (not request.service or r.service == request.service) and (host is None or r.host == host)
+               and (not phases or r.phase in phases)]
+        return pb.ListReplicasResponse(replicas=out, revision=snap.revision)
+
+    async def _get_replica(self, ref: str) -> tuple[Replica, base.Snapshot]:
+        if not ref:
+            raise errors.InvalidArgument("a replica id is required")
+        snap = await self.store.snapshot()
+        if ref in snap.replicas:
+            return snap.replicas[ReplicaId(ref)], snap
+        matches = [r for rid, r in snap.replicas.items() if rid.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0], snap
+        if matches:
+            raise errors.InvalidArgument(f"replica id prefix {ref!r} is ambiguous: give more characters")
+        raise errors.NotFound(f"no such replica: {ref} (shoal get replicas lists them)")
+
+    @api_call
+    async def GetReplica(self, request: pb.GetReplicaRequest, context: Any) -> pb.Replica:
+        replica, snap = await self._get_replica(request.id)
+        return api.replica_to_pb(replica, snap.hosts)
+
+    @api_call
+    async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.Explanation:
+        replica, snap = await self._get_replica(request.replica)
+        out = pb.Explanation(replica=api.replica_to_pb(replica, snap.hosts),
+                             decisions=[api.decision_to_pb(d) for d in replica.decisions])
+        service = snap.services.get(replica.service)
+        if service is None:
+            out.summary = "its service no longer exists"
+            return out
+        others = [r for r in snap.replicas.values() if r.id != replica.id]
+        view = build_view(hosts=snap.hosts.values(), statuses=snap.host_statuses, replicas=others,
+                          services=snap.services.values())
+        explained = batch.explain(request_for(replica, service), view, self.profile)
+        for verdict in explained.verdicts:
+            out.hosts.append(pb.HostVerdict(host=verdict.host, host_name=verdict.host_name,
+                                            feasible=verdict.feasible, reasons=list(verdict.reasons),
+                                            score=verdict.score, scores=dict(verdict.scores)))
+        if replica.host is not None:
+            name = snap.hosts[replica.host].name if replica.host in snap.hosts else replica.host
+            placed = next((d.reason for d in reversed(replica.decisions) if d.action == "placed"), "")
+            out.summary = (f"on {name}" + (f" ({placed})" if placed else "")
+                           + f"; now: {explained.outcome.why}")
+        else:
+            out.summary = replica.reason or explained.outcome.why
+        return out
+
+    # -- hosts --------------------------------------------------------------------------------------
+
+    async def _host_pb(self, snap: base.Snapshot, host: HostId) -> pb.Host:
+        here = sum(1 for r in api.live(snap.replicas.values()) if r.host == host)
+        return api.host_to_pb(snap.hosts[host], snap.host_statuses.get(host), here)
+
+    @api_call
+    async def ListHosts(self, request: pb.ListHostsRequest, context: Any) -> pb.ListHostsResponse:
+        snap = await self.store.snapshot()
+        return pb.ListHostsResponse(hosts=[await self._host_pb(snap, h) for h in sorted(snap.hosts)],
+                                    revision=snap.revision)
+
+    @api_call
+    async def GetHost(self, request: pb.GetHostRequest, context: Any) -> pb.Host:
+        snap = await self.store.snapshot()
+        return await self._host_pb(snap, _resolve_host(snap.hosts, request.host))
+
+    async def _set_admin(self, ref: str, admin: HostAdmin) -> pb.Host:
+        for _ in range(CAS_ATTEMPTS):
+            snap = await self.store.snapshot()
+            host = _resolve_host(snap.hosts, ref)
+            record = snap.hosts[host]
+            if record.admin is not admin:
+                try:
+                    await self.store.commit([base.Put(dataclasses.replace(record, admin=admin))])
+                except Conflict:
+                    continue
+                snap = await self.store.snapshot()
+            return await self._host_pb(snap, host)
+        raise errors.Aborted(f"host {ref} kept changing; retry")
+
+    @api_call
+    async def CordonHost(self, request: pb.HostRequest, context: Any) -> pb.Host:
+        return await self._set_admin(request.host, HostAdmin.CORDONED)
+
+    @api_call
+    async def UncordonHost(self, request: pb.HostRequest, context: Any) -> pb.Host:
+        return await self._set_admin(request.host, HostAdmin.ACTIVE)
+
+    @api_call
+    async def DrainHost(self, request: pb.HostRequest, context: Any) -> pb.Host:
+        return await self._set_admin(request.host, HostAdmin.DRAINING)
+
+    # -- endpoints and watching ---------------------------------------------------------------------
+
+    @api_call
+    async def ListEndpoints(self, request: pb.ListEndpointsRequest, context: Any) -> pb.ListEndpointsResponse:
+        snap = await self.store.snapshot()
+        if request.service and request.service not in snap.services:
+            raise errors.NotFound(f"no such service: {request.service}")
+        return pb.ListEndpointsResponse(endpoints=_endpoints(snap, request.service), revision=snap.revision)
+
+    @_streaming
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.WatchEvent]:
+        kinds = set(request.kinds) or {"service", "replica", "host", "endpoint"}
+        unknown = kinds - {"service", "replica", "host", "endpoint"}
+        if unknown:
+            raise errors.InvalidArgument(f"unknown watch kinds {sorted(unknown)}: use service, replica, "
+                                         "host, endpoint")
+        after = request.after_revision or await self.store.current_revision()
+        last_endpoints: dict[str, list[pb.Endpoint]] = {}
+        try:
+            async for change in self.store.watch(after):
+                for event in await self._events(change, kinds, request.service, last_endpoints):
+                    yield event
+        except Compacted:
+            raise errors.RevisionCompacted(f"revision {after} was compacted: list again, then watch from "
+                                           "the listing's revision") from None
+
+    async def _events(self, change: base.Change, kinds: set[str], only: str,
+                      last_endpoints: dict[str, list[pb.Endpoint]]) -> list[pb.WatchEvent]:
+        kind_name = change.kind.value
+        name = change.ids[-1] if change.ids else ""
+        out: list[pb.WatchEvent] = []
+        value = change.value
+        if change.record_type is Service and "service" in kinds and (not only or name == only):
+            event = pb.WatchEvent(revision=change.revision, type=kind_name, name=name)
+            if isinstance(value, Service):
+                event.service.CopyFrom(await self._service_pb(value))
+            out.append(event)
+        elif change.record_type is Replica:
+            service = change.ids[0] if change.ids else ""
+            if only and service != only:
+                return out
+            snap = None
+            if "replica" in kinds:
+                event = pb.WatchEvent(revision=change.revision, type=kind_name, name=name)
+                if isinstance(value, Replica):
+                    snap = await self.store.snapshot()
+                    event.replica.CopyFrom(api.replica_to_pb(value, snap.hosts))
+                out.append(event)
+            if "endpoint" in kinds:
+                snap = snap or await self.store.snapshot()
+                endpoints = _endpoints(snap, service)
+                if endpoints != last_endpoints.get(service):
+                    last_endpoints[service] = endpoints
+                    out.append(pb.WatchEvent(revision=change.revision, type="put", name=service,
+                                             endpoints=pb.ListEndpointsResponse(endpoints=endpoints,
+                                                                               revision=change.revision)))
+        elif change.record_type in (HostRecord, HostStatus) and "host" in kinds and not only:
+            snap = await self.store.snapshot()
+            event = pb.WatchEvent(revision=change.revision, type=kind_name, name=name)
+            if name in snap.hosts:
+                event.host.CopyFrom(await self._host_pb(snap, HostId(name)))
+                event.type = "put"
+            elif change.record_type is HostStatus:
+                return out
+            out.append(event)
+        return out
+
+
+def _endpoints(snap: base.Snapshot, service: str) -> list[pb.Endpoint]:
+    return [e for _, r in sorted(snap.replicas.items()) if not service or r.service == service
+            for e in api.endpoints_of(r, snap.hosts)]
+
+
+def _resolve_host(hosts: dict[HostId, HostRecord] | Any, ref: str) -> HostId:
+    if not ref:
+        raise errors.InvalidArgument("a host id or name is required")
+    if ref in hosts:
+        return HostId(ref)
+    by_name = [h for h, record in hosts.items() if record.name == ref]
+    if len(by_name) == 1:
+        return HostId(by_name[0])
+    if len(by_name) > 1:
+        raise errors.InvalidArgument(f"several hosts are named {ref!r}: use its id (shoal get hosts -o wide)")
+    prefix = [h for h in hosts if h.startswith(ref)]
+    if len(prefix) == 1:
+        return HostId(prefix[0])
+    raise errors.NotFound(f"no such host: {ref} (shoal get hosts lists them)")
+
+
+def _written(committed: base.Committed, fallback: T) -> T:
+    for record in committed.written:
+        if type(record) is type(fallback):
+            return record  # type: ignore[return-value, unused-ignore]
+    return fallback
+
+
+class RegistrationService(pb_grpc.RegistrationServicer):
+    def __init__(self, store: base.Store, *, refresh_seconds: float = REGISTRATION_REFRESH) -> None:
+        self.store = store
+        self.schema = store.schema
+        self.refresh_seconds = refresh_seconds
+
+    @_unary(auth.REGISTRATION_CALLERS)
+    async def RegisterHost(self, request: pb.RegisterHostRequest, context: Any) -> pb.RegisterHostResponse:
+        info = request.info
+        if not _HOST_ID.match(info.host_id):
+            raise errors.InvalidArgument(f"invalid host id {info.host_id!r}: 32 hex digits")
+        if not _ADDRESS.match(request.address):
+            raise errors.InvalidArgument(f"invalid address {request.address!r}: HOST:PORT")
+        for _ in range(CAS_ATTEMPTS):
+            current = await self.store.get(self.schema.host(info.host_id))
+            now = time.time()
+            record = HostRecord(
+                id=HostId(info.host_id), name=info.hostname, address=request.address,
+                labels=tuple(sorted(info.labels.items())),
+                capacity=Capacity(cpu_allocatable_millis=info.cpu_allocatable_millis,
+                                  memory_allocatable_bytes=info.memory_allocatable_bytes,
+                                  cpu_committed_millis=info.cpu_committed_millis,
+                                  memory_committed_bytes=info.memory_committed_bytes,
+                                  disk_free_bytes=info.disk_free_bytes),
+                metrics_address=request.metrics_address, boot_id=info.boot_id,
+                agent_version=info.agent_version,
+                conditions=tuple(sorted(c.type for c in info.conditions)),
+                admin=current.admin if current is not None else HostAdmin.ACTIVE,
+                registered_at=current.registered_at if current is not None else now, last_registered_at=now,
+                info_json=json_format.MessageToJson(info, preserving_proto_field_name=True, indent=None),
+                revision=current.revision if current is not None else 0)
+            if current is not None and _same_registration(current, record) and \
+                    now - current.last_registered_at < REGISTRATION_REWRITE:
+                written = current
+            else:
+                try:
+                    written = _written(await self.store.commit([base.Put(record)]), record)
+                except Conflict:
+                    continue
+            status = await self.store.get(self.schema.host_status(info.host_id))
+            return pb.RegisterHostResponse(host=api.host_to_pb(written, status, 0),
+                                           refresh_seconds=self.refresh_seconds)
+        raise errors.Aborted("the host record kept changing; registering again shortly")
+
+
+def _same_registration(a: HostRecord, b: HostRecord) -> bool:
+    """Whether two registrations differ only in what no decision reads (use, time, the raw report)."""
+    def key(r: HostRecord) -> HostRecord:
+        capacity = dataclasses.replace(r.capacity, cpu_committed_millis=0, memory_committed_bytes=0,
+                                       disk_free_bytes=0)
+        return dataclasses.replace(r, capacity=capacity, last_registered_at=0.0, info_json="", revision=0)
+    return key(a) == key(b)
+
+
+def add_services(server: grpc.aio.Server, *, store: base.Store, profile: Profile,
+                 refresh_seconds: float = REGISTRATION_REFRESH) -> None:
+    pb_grpc.add_SchedulerServicer_to_server(SchedulerService(store, profile=profile), server)
+    pb_grpc.add_RegistrationServicer_to_server(RegistrationService(store, refresh_seconds=refresh_seconds),
+                                               server)
+
+
+__all__ = ["RegistrationService", "SchedulerService", "add_services"]
