@@ -20,5 +20,10 @@ if [ -x "$contract" ] || [ -f "$contract" ]; then
   echo "==> CLI contract ($contract)"
   bash "$contract"
 fi
+cluster="$here/../shared/checks/cluster-contract.sh"
+if [ -f "$cluster" ]; then
+  echo "==> cluster contract ($cluster)"
+  bash "$cluster"
+fi
 echo "==> pytest"
 exec python -m pytest "$@"

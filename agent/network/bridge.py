@@ -28,7 +28,7 @@ from pyroute2 import IPRoute  # type: ignore[import-untyped]
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
 from agent.errors import FailedPrecondition
-from agent.network import rtnetlink
+from agent.network import ipam, rtnetlink
 
 DEFAULT_MTU = 1500
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
@@ -42,7 +42,7 @@ def rtnl() -> Iterator[Any]:
 
 
 def veth_name(container_id: str) -> str:
-    return "veth" + container_id[:8]  # 12 chars: under IFNAMSIZ (15)
+    return "veth" + ipam.interface_key(container_id)  # 14 chars: under IFNAMSIZ (15)
 
 
 def mac_for(address: ipaddress.IPv4Address) -> str:

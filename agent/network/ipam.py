@@ -10,6 +10,7 @@ container's removal). The choice of address (``lowest_free``) is a pure function
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Collection
 from pathlib import Path
@@ -43,15 +44,19 @@ def lowest_free(
     )
 
 
+def interface_key(owner: str) -> str:
+    """What names an owner's host interfaces (``veth<key>``): 10 hex digits of the sha256 of the whole
+    container id. Callers choose ids (``web-1a2b3c``, ``web-4d5e6f``): a prefix of the id would collide."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:10]
+
+
 class Ipam:
     """Address allocations of one subnet, journaled in ``state_dir/ipam.jsonl``.
 
-    Owners are container ids. Their first 8 characters name host interfaces, so ``allocate`` also
-    refuses an owner whose 8-character prefix another owner already has (for random 64-hex ids this never
-    happens in practice; the check makes it impossible for one container's teardown to hit another's).
+    Owners are container ids; ``interface_key`` names their host interfaces, so ``allocate`` also refuses
+    an owner whose key another owner already has (one in 10^12 for distinct ids; the check makes it
+    impossible for one container's teardown to hit another's).
     """
-
-    PREFIX = 8
 
     def __init__(self, state_dir: Path, subnet: ipaddress.IPv4Network) -> None:
         validate_subnet(subnet)
@@ -65,11 +70,12 @@ class Ipam:
             held = allocations.get(owner)
             if held is not None:
                 return held
+            key = interface_key(owner)
             for other in allocations:
-                if other[: self.PREFIX] == owner[: self.PREFIX]:
+                if interface_key(other) == key:
                     raise AlreadyExists(
-                        f"container id {owner[:12]} shares its first {self.PREFIX} characters with "
-                        f"{other[:12]}, which names the same host interface: recreate the container"
+                        f"container id {owner[:12]} names the same host interface as {other[:12]} "
+                        "(a hash collision): recreate the container under another id"
                     )
             address = lowest_free(self.subnet, set(allocations.values()))
             if logged == 0:

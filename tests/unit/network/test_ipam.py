@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, ResourceExhausted
-from agent.network.ipam import Ipam, lowest_free
+from agent.network.ipam import Ipam, interface_key, lowest_free
 
 NET = ipaddress.IPv4Network("10.88.0.0/24")
 
@@ -55,11 +55,24 @@ def test_reconcile_frees_only_dead_owners(tmp_path: Path) -> None:
     assert ipam.allocations() == {cid(2): addr("10.88.0.3")}
 
 
-def test_owners_sharing_an_interface_name_prefix_are_refused(tmp_path: Path) -> None:
+def test_ids_sharing_a_prefix_get_distinct_interfaces(tmp_path: Path) -> None:
+    """Callers choose ids like web-1a2b3c and web-4d5e6f: interface names come from the whole id."""
     ipam = Ipam(tmp_path, NET)
-    ipam.allocate("abcdef01" + "0" * 56)
-    with pytest.raises(AlreadyExists, match="first 8 characters"):
-        ipam.allocate("abcdef01" + "1" * 56)
+    ipam.allocate("spread-24650b93")
+    ipam.allocate("spread-26eca0ed")
+    assert interface_key("spread-24650b93") != interface_key("spread-26eca0ed")
+    assert len("veth" + interface_key("x")) <= 15  # IFNAMSIZ
+
+
+def test_owners_whose_interface_names_collide_are_refused(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.network import ipam as ipam_module
+
+    monkeypatch.setattr(ipam_module, "interface_key", lambda owner: "same")
+    ipam = Ipam(tmp_path, NET)
+    ipam.allocate(cid(1))
+    with pytest.raises(AlreadyExists, match="names the same host interface"):
+        ipam.allocate(cid(2))
 
 
 def test_switching_subnet_with_live_allocations_is_refused(tmp_path: Path) -> None:

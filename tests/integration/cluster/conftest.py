@@ -1,0 +1,186 @@
+"""A whole cluster on one machine: etcd, a scheduler and three agents, each "host" a network namespace.
+
+``cluster`` (module-scoped) builds, inside network namespaces this fixture creates (nothing touches the
+root namespace): a control host running etcd and ``shoal-scheduler`` (mTLS, certificates from
+``shoal certs init``), and three hosts in zones ``a``, ``b`` and ``c``, each running a ``shoal-agent`` with
+its own root, cgroup parent, bridge and subnet, joined to the scheduler, with the test busybox image
+imported. The CLI runs inside the control host (``cluster.cli(...)``), as an operator's would on the
+network. Teardown deletes every service, stops everything, and checks that no container, cgroup or
+process of the cluster is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.etcd import EtcdCluster
+from tests.fixtures.netns import NetWorld, TestHost
+from tests.integration.agent.conftest import AgentProcess, busybox_image, shoal_bin  # noqa: F401
+
+ZONES = ("a", "b", "c")
+IMAGE = "test/busybox:v1"
+SCHEDULER_PORT = 7400
+AGENT_PORT = 7070
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1) -> Any:
+    """Bounded poll for a state the cluster reaches on its own (there is no event to wait on from here)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+@dataclass
+class Cluster:
+    ctl: TestHost
+    hosts: list[TestHost]
+    agents: list[AgentProcess]
+    pki: Path
+    work: Path
+    scheduler: subprocess.Popen[bytes] | None = None
+    etcd: EtcdCluster | None = None
+    zone_of: dict[str, str] = field(default_factory=dict)  # host id → zone
+
+    @property
+    def address(self) -> str:
+        return f"{self.ctl.address}:{SCHEDULER_PORT}"
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        argv = [*self.ctl.nsenter_net, shoal_bin("shoal"), "--scheduler", self.address, "--tls-dir",
+                str(self.pki), *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and result.returncode != 0:
+            raise AssertionError(f"shoal {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "-o", "json").stdout)
+
+    def apply(self, text: str) -> str:
+        return self.cli("apply", "-f", "-", input=text).stdout
+
+    def replicas(self, service: str) -> list[dict[str, Any]]:
+        return [r for r in self.json("get", "replicas") if r["service"] == service]
+
+    def running(self, service: str) -> list[dict[str, Any]]:
+        return [r for r in self.replicas(service) if r["state"] == "running" and r["ready"]]
+
+    def wait_running(self, service: str, n: int, *, timeout: float = 60) -> list[dict[str, Any]]:
+        """Exactly ``n`` replicas running and ready, and no other replica of the service left."""
+        def settled() -> list[dict[str, Any]] | None:
+            reps = self.replicas(service)
+            ok = [r for r in reps if r["state"] == "running" and r["ready"]]
+            return ok if len(ok) == n and len(reps) == n else None
+        try:
+            result: list[dict[str, Any]] = wait_for(settled, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"{service} did not settle at {n} running replicas:\n"
+                                 + self.cli("get", "replicas", check=False).stdout) from None
+        return result
+
+    def containers(self, index: int, *, all: bool = True) -> list[str]:
+        args = ["ps", "-q", "--no-trunc"] + (["-a"] if all else [])
+        return self.agents[index].run(*args).stdout.split()
+
+    def all_containers(self) -> list[str]:
+        return sorted(c for i in range(len(self.agents)) for c in self.containers(i))
+
+    def start_agent(self, index: int) -> None:
+        self.agents[index].start()
+
+    def kill_agent(self, index: int) -> None:
+        self.agents[index].kill9()
+
+
+def _agent(base: Path, host: TestHost, index: int, *, pki: Path, scheduler: str, tag: str) -> AgentProcess:
+    return AgentProcess(
+        root=base / f"root{index}", socket=base / f"agent{index}.sock", cgroup_parent=f"shoal-cl{tag}-{index}",
+        log=base / f"agent{index}.log", prefix=host.nsenter_net,
+        extra_args=["--listen", f"{host.address}:{AGENT_PORT}", "--tls-dir", str(pki),
+                    "--subnet", f"10.{200 + index}.{int(tag[:2], 16)}.0/24", "--bridge", f"scl{tag}{index}",
+                    "--label", f"zone={ZONES[index]}", "--join", scheduler],
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> Iterator[Cluster]:  # noqa: F811
+    if os.geteuid() != 0:
+        pytest.skip("a cluster needs root")
+    work = tmp_path_factory.mktemp("cluster")
+    tag = secrets.token_hex(2)
+    with NetWorld() as world:
+        ctl = world.add_host()
+        hosts = [world.add_host() for _ in ZONES]
+        pki = work / "pki"
+        subprocess.run([shoal_bin("shoal"), "certs", "init", str(pki), "--host", str(ctl.address),
+                        *(a for h in hosts for a in ("--host", str(h.address)))],
+                       check=True, capture_output=True, timeout=60)
+        scheduler = f"{ctl.address}:{SCHEDULER_PORT}"
+        made = Cluster(ctl=ctl, hosts=hosts, pki=pki, work=work,
+                       agents=[_agent(work, h, i, pki=pki, scheduler=scheduler, tag=tag)
+                               for i, h in enumerate(hosts)])
+        made.etcd = EtcdCluster(work / "etcd", netns=ctl.name).start()
+        try:
+            with (work / "scheduler.log").open("ab") as log:
+                made.scheduler = subprocess.Popen(
+                    [*ctl.nsenter_net, shoal_bin("shoal-scheduler"), "serve", "--etcd", made.etcd.endpoints,
+                     "--listen", scheduler, "--tls-dir", str(pki), "--http-listen", f"{ctl.address}:9400",
+                     "--log-level", "debug"],
+                    stdout=log, stderr=log, start_new_session=True)
+            for agent in made.agents:
+                agent.start()
+                agent.run("image", "import", str(busybox_image), "--name", IMAGE)
+            wait_for(lambda: [h["state"] for h in made.json("get", "hosts")] == ["ready"] * 3, timeout=60)
+            made.zone_of = {h["id"]: h["labels"]["zone"] for h in made.json("get", "hosts")}
+            yield made
+        finally:
+            _teardown(made)
+
+
+def _teardown(made: Cluster) -> None:
+    problems = []
+    if made.scheduler is not None and made.scheduler.poll() is None:
+        for service in made.json("get", "services") if made.scheduler.poll() is None else []:
+            made.cli("delete", "service", service["name"], check=False)
+        try:
+            wait_for(lambda: not made.json("get", "services"), timeout=60)
+        except AssertionError as err:
+            problems.append(f"services not deleted: {err}")
+        os.killpg(made.scheduler.pid, signal.SIGTERM)
+        made.scheduler.wait(timeout=30)
+    for agent in made.agents:
+        if agent.proc is None:
+            continue
+        left = agent.run("ps", "-aq", "--no-trunc", check=False).stdout.split()
+        if left:
+            problems.append(f"containers left on {agent.root}: {left}")
+            agent.run("rm", "-f", *left, check=False)
+        agent.stop()
+        for d in Path("/sys/fs/cgroup").glob(f"*/{agent.cgroup_parent}"):
+            try:
+                d.rmdir()
+            except OSError as err:
+                problems.append(f"cgroup left: {d} ({err})")
+    if made.etcd is not None:
+        made.etcd.close()
+    assert not problems, problems
+
+
+__all__ = ["Cluster", "IMAGE", "ZONES", "cluster", "wait_for"]
