@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent.runtime.plan import LaunchPlan, OverlayRootfs
-from agent.runtime.supervisor import SupervisorPaths
+from agent.runtime.supervisor.paths import SupervisorPaths
 
 FAKE_LAUNCHER = f"{Path(__file__).with_name('fake_launcher.py')}:launch"
 T = TypeVar("T")
@@ -65,6 +65,25 @@ def supervisor_pid(root: Path) -> int | None:
     except FileNotFoundError:
         return None
     return int(text) if text else None
+
+
+def worker_pids(root: Path) -> list[int]:
+    """The keeper's live worker processes (normally exactly one)."""
+    keeper = supervisor_pid(root)
+    if keeper is None:
+        return []
+    return [pid for pid in children_of(keeper) if _is_worker(pid)]
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return b"agent.runtime.supervisor.worker" in argv and state != "Z"
 
 
 def container_dir(root: Path, cid: str) -> Path:
