@@ -21,6 +21,7 @@ standard library only, no dataclasses.
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 
@@ -34,6 +35,7 @@ EXIT = "E"
 # Descriptors that travel with H and A, in this order.
 CUSTODY_FDS = 3
 MAX_MESSAGE = 1 << 16
+_INT = array.array("i")
 
 
 class Message:
@@ -134,8 +136,14 @@ def send(sock: socket.socket, data: bytes, fds: tuple[int, ...] | list[int] = ()
 def receive(sock: socket.socket) -> Message | None:
     """The next message; None at end of file. Raises BlockingIOError if none is waiting, ValueError
     for a malformed one (its descriptors already closed)."""
-    # MSG_CMSG_CLOEXEC: descriptors we receive must never leak into a process we spawn.
-    data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, CUSTODY_FDS, socket.MSG_CMSG_CLOEXEC)
+    # MSG_CMSG_CLOEXEC: descriptors we receive must never leak into a process we spawn. (Not
+    # socket.recv_fds: Python 3.11's ignores its flags argument.)
+    data, ancillary, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(CUSTODY_FDS * _INT.itemsize),
+                                             socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
     received = tuple(fds)
     if not data and not received:
         return None
