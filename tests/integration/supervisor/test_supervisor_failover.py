@@ -26,9 +26,14 @@ from tests.integration.supervisor.supervisor_harness import (
     children_of,
     container_dir,
     host_plan,
+    parent_of,
+    pipes_of,
     process_gone,
+    process_state,
     run,
     supervisor_pid,
+    supervisor_processes,
+    wait_idle,
     wait_until,
     worker_pids,
 )
@@ -65,56 +70,8 @@ async def _next_exit(events: asyncio.Queue[ExitEvent], cid: str) -> ExitEvent:
             return event
 
 
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
-
-
-def _idle_in_epoll(pid: int) -> bool:
-    with open(f"/proc/{pid}/wchan") as f:
-        return _state(pid) == "S" and "epoll" in f.read()
-
-
-def _wait_idle(pid: int) -> None:
-    """Until ``pid`` sleeps in epoll_wait twice in a row: with its inputs quiet, it has nothing in
-    flight (a SIGKILL between its read(2) of a pipe and its write(2) to the log would lose that chunk —
-    the one window docs/architecture.md names)."""
-    def idle_twice() -> bool:
-        if not _idle_in_epoll(pid):
-            return False
-        os.sched_yield()
-        return _idle_in_epoll(pid)
-
-    assert wait_until(idle_twice)
-
-
 def _numbers(directory: Path) -> list[int]:
     return [int(e.text) for e in logs.read_entries(directory) if e.stream == "stdout" and e.text.isdigit()]
-
-
-def _pipes(pid: int) -> list[str]:
-    """The pipes ``pid`` holds, by inode (one entry per descriptor)."""
-    links = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
-    return sorted(link for link in links if link.startswith("pipe:"))
-
-
-def _supervisor_processes(root: Path) -> list[int]:
-    """Live keeper and worker processes of ``root`` (by command line)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ours = str(root).encode() in argv and any(a.startswith(b"agent.runtime.supervisor") for a in argv)
-        if ours and _state(int(entry.name)) not in (None, "Z"):
-            found.append(int(entry.name))
-    return sorted(found)
 
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -158,15 +115,16 @@ def test_a_killed_worker_is_replaced_and_loses_nothing(root: Path) -> None:
     # Quiet the counter so the worker has nothing in flight, then stop the keeper (no reaping, no new
     # worker) and kill the worker: from here until SIGCONT, no worker runs.
     os.kill(counter, signal.SIGSTOP)
-    _wait_idle(old_worker)
+    assert wait_until(lambda: process_state(counter) == "T")
+    wait_idle(old_worker)
     os.kill(keeper, signal.SIGSTOP)
     try:
         os.kill(old_worker, signal.SIGKILL)
-        assert wait_until(lambda: _state(old_worker) in (None, "Z"))
+        assert wait_until(lambda: process_state(old_worker) in (None, "Z"))
         # Output written now goes into a pipe only the keeper still holds open: no SIGPIPE, no loss.
         os.kill(counter, signal.SIGCONT)
         flag.touch()  # the waiter exits 42 while no worker runs
-        assert wait_until(lambda: _state(waiter) == "Z")
+        assert wait_until(lambda: process_state(waiter) == "Z")
         seen_while_down = len(_numbers(root / "containers" / "counter"))
     finally:
         os.kill(keeper, signal.SIGCONT)
@@ -177,7 +135,7 @@ def test_a_killed_worker_is_replaced_and_loses_nothing(root: Path) -> None:
         assert new_worker != old_worker
         assert supervisor_pid(root) == keeper
         assert worker_pids(root) == [new_worker]
-        assert _supervisor_processes(root) == sorted([keeper, new_worker])
+        assert supervisor_processes(root) == sorted([keeper, new_worker])
         # The exit that happened while no worker ran was recorded before the new worker served us.
         record = runfile.read_run_file(root / "containers" / "waiter")
         assert record is not None and (record.pid, record.exit_code, record.lost) == (waiter, 42, None)
@@ -185,7 +143,7 @@ def test_a_killed_worker_is_replaced_and_loses_nothing(root: Path) -> None:
         running = await client.list_running()
         assert set(running) == {"counter"} and running["counter"].pid == counter
         # Each holds the counter's two pipes once, and nothing of the finished waiter leaked.
-        assert _pipes(keeper) == _pipes(new_worker) and len(_pipes(keeper)) == 2
+        assert pipes_of(keeper) == pipes_of(new_worker) and len(pipes_of(keeper)) == 2
         # Output keeps flowing into the log through the new worker.
         assert wait_until(lambda: len(_numbers(root / "containers" / "counter")) > seen_while_down + 20)
         events, pump = _collect(client)
@@ -249,9 +207,9 @@ def test_a_killed_keeper_is_replaced_by_its_worker(root: Path, subreaper: list[i
     # The worker re-executes itself as the keeper (same pid) and starts a new worker.
     assert wait_until(lambda: supervisor_pid(root) == worker and len(worker_pids(root)) == 1)
     (new_worker,) = worker_pids(root)
-    assert _supervisor_processes(root) == sorted([worker, new_worker])
+    assert supervisor_processes(root) == sorted([worker, new_worker])
     # The old containers' parent is now us (the subreaper above the dead keeper), not the new keeper.
-    assert {_parent(pid) for pid in (counter, waiter, quitter)} == {os.getpid()}
+    assert {parent_of(pid) for pid in (counter, waiter, quitter)} == {os.getpid()}
 
     async def after() -> None:
         client = await _connect(root)
@@ -297,11 +255,6 @@ def test_a_killed_keeper_is_replaced_by_its_worker(root: Path, subreaper: list[i
 
     run(after())
     assert wait_until(lambda: process_gone(worker))  # the new keeper exits once idle
-
-
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def _kernel_keeps_exit_status() -> bool:
