@@ -219,15 +219,20 @@ def test_containers_survive_a_sigkilled_agent_and_exits_meanwhile_are_recorded(r
 
 
 def test_idle_supervisor_exits_once_its_last_client_leaves(root: Path) -> None:
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, int]:
         client = await _connect(root)
-        pid = await client.hello()
+        worker = await client.hello()
+        keeper = supervisor_pid(root)
+        assert keeper is not None
         await client.close()
-        return pid
+        return keeper, worker
 
-    pid = run(scenario())
-    assert wait_until(lambda: process_gone(pid))
+    keeper, worker = run(scenario())
+    assert wait_until(lambda: process_gone(worker))
+    # The keeper follows its idle worker, unlinking the socket before it lets go of the listener.
+    assert wait_until(lambda: process_gone(keeper))
     assert not SupervisorPaths(root).socket.exists()
+    assert SupervisorPaths(root).pidfile.read_text() == ""
 
 
 def test_concurrent_spawns_share_one_supervisor_and_requests_are_multiplexed(root: Path) -> None:
