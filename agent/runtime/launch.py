@@ -153,8 +153,8 @@ def launch(plan: LaunchPlan, *, stdout_fd: int, stderr_fd: int, timeout: float =
         finally:
             # EOF without "g" tells the intermediate to kill the init: nobody took it over.
             os.close(go_w)
-        _reap(intermediate)
         report = _read(err_r, deadline, stop_at_newline=False)
+        _reap(intermediate)  # it exits on "g": by now it is gone or going
     except TimeoutError:
         _kill(init_pid, pidfd, reap=adopter is None)
         _kill(intermediate, None, reap=True)
@@ -280,6 +280,9 @@ def _run_intermediate(
             os.close(go_r)
             _run_init(plan, prep, err_w=err_w, stdout_fd=stdout_fd, stderr_fd=stderr_fd)
         os.write(pid_w, f"{init_pid}\n".encode())
+        # The init's exec report needs only the init's copy of err_w: closing ours lets the caller
+        # read it without waiting for us to exit.
+        os.close(err_w)
         # Stay the init's parent until the caller has taken it over ("g"). End of file means the caller
         # gave up or died: then the init must not outlive the launch.
         if os.read(go_r, 1) != b"g":

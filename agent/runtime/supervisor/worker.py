@@ -419,22 +419,27 @@ class Worker:
 
     def _rehome(self) -> None:
         """Re-execute as a keeper (same pid) holding every container: it starts a fresh worker, and
-        containers launched after that are its children again. Returns only if exec failed."""
-        manifest: list[bytes] = []
+        containers launched after that are its children again. Returns only if that failed."""
         inherit: list[int] = [self._listener.fileno()]
-        for container in self._containers.values():
-            container.log.flush_partial()
-            by_stream = {stream: fd for fd, stream in container.pipes.items()}
-            fds = [container.pidfd]
-            for stream in ctrlogs.STREAMS:
-                fd = by_stream.get(stream)
-                # A pipe that already hit end of file: the successor reads end of file from /dev/null.
-                fds.append(fd if fd is not None else os.open(os.devnull, os.O_RDONLY))
-            inherit += fds
-            manifest.append(channel.resume_line(container.pid, tuple(fds),
-                                                container.record.as_orphan().to_blob()))
-        memfd = os.memfd_create("shoal-keeper-manifest", 0)
+        placeholders: list[int] = []
+        memfd: int | None = None
         try:
+            manifest: list[bytes] = []
+            for container in self._containers.values():
+                container.log.flush_partial()
+                by_stream = {stream: fd for fd, stream in container.pipes.items()}
+                fds = [container.pidfd]
+                for stream in ctrlogs.STREAMS:
+                    fd = by_stream.get(stream)
+                    if fd is None:
+                        # That pipe already hit end of file: the successor reads end of file here.
+                        fd = os.open(os.devnull, os.O_RDONLY)
+                        placeholders.append(fd)
+                    fds.append(fd)
+                inherit += fds
+                manifest.append(channel.resume_line(container.pid, tuple(fds),
+                                                    container.record.as_orphan().to_blob()))
+            memfd = os.memfd_create("shoal-keeper-manifest", 0)
             data = b"".join(manifest)
             while data:
                 data = data[os.write(memfd, data):]
@@ -448,9 +453,9 @@ class Worker:
             _log(f"re-executing as the keeper with {len(manifest)} containers")
             sys.stderr.flush()
             os.execv(sys.executable, argv)
-        except OSError as err:
-            _log(f"cannot re-execute as the keeper ({err}); supervising without one")
-            os.close(memfd)
+        except Exception as err:  # whatever it was, the containers still need supervising
+            _log(f"cannot re-execute as the keeper ({err!r}); supervising without one")
+            _close_all(tuple(placeholders) + ((memfd,) if memfd is not None else ()))
             for fd in inherit:
                 with contextlib.suppress(OSError):
                     os.set_inheritable(fd, False)
@@ -527,8 +532,7 @@ class Worker:
         self._close_pipe(container, fd)
 
     def _finish(self, container: _Container) -> None:
-        """Log complete → run.json → release → event: a reader that sees the exit sees the whole log,
-        and a worker that dies before the release leaves the exit with the keeper for the next one."""
+        """Log complete → run.json → event → release: a reader that sees the exit sees the whole log."""
         for fd in list(container.pipes):
             self._close_pipe(container, fd)
         container.log.close()
@@ -549,11 +553,14 @@ class Worker:
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(container.pidfd)
         os.close(container.pidfd)
-        self._release(container.pid)
         self._broadcast({
             "event": "exit", "id": record.id, "pid": container.pid, "exit_code": exit_code,
             "signal": sig, "finished_at": container.finished_at, "lost": lost,
         })
+        # Last: the event is not delayed by waking the keeper, and a worker that dies before this
+        # leaves the exit with the keeper; the next worker records it again (same run.json, same
+        # finished_at, so the agent's "acted on once" check absorbs the repeated event).
+        self._release(container.pid)
 
     def _write_run_file(self, container: _Container, record: runfile.RunRecord) -> None:
         try:
