@@ -358,8 +358,10 @@ def _imports_of(module: str, extra: str = "") -> set[str]:
 def test_worker_imports_only_the_standard_library_and_its_own_modules() -> None:
     loaded = _imports_of("agent.runtime.supervisor.worker", f"m.load_launcher({FAKE_LAUNCHER!r})")
     ours = {name for name in loaded if name.split(".")[0] in ("agent", "grpc", "google", "proto")}
+    # agent.rootfs.overlay: OverlayRootfs, which the plan carries (standard library only itself).
     allowed = {"agent", "agent.errors", "agent.durable", "agent.runtime", "agent.runtime.plan",
-               "agent.runtime.logs", "agent.runtime.runfile", "agent.runtime.supervisor"}
+               "agent.runtime.logs", "agent.runtime.runfile", "agent.runtime.supervisor", "agent.rootfs",
+               "agent.rootfs.overlay"}
     assert {name for name in ours if not name.startswith("agent.runtime.supervisor.")} <= allowed
 
 
