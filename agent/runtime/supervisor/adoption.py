@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -35,7 +35,11 @@ class ContainerRecord:
     orphan: bool = False
 
     def to_blob(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # Not dataclasses.asdict: it deep-copies, and this runs on every start.
+        return json.dumps({
+            "id": self.id, "directory": self.directory, "started_at": self.started_at,
+            "log_max_bytes": self.log_max_bytes, "log_max_files": self.log_max_files, "orphan": self.orphan,
+        }, separators=(",", ":")).encode()
 
     def as_orphan(self) -> ContainerRecord:
         return replace(self, orphan=True)

@@ -227,27 +227,37 @@ class Worker:
                     signal.pidfd_send_signal(item.fds[0], signal.SIGKILL)
             _close_all(item.fds)
             self._release(item.pid)
-        for adoption in plan.running:
+        kept = 0
+        for adoption in plan.running + plan.exited:
+            current = _read_run_file(adoption.record.directory)
+            if current is not None and current.pid == adoption.pid and current.finished:
+                # Recorded by a worker that died before releasing it (an orphan's exit, timed by that
+                # worker's own clock), or declared lost by the agent: keep that record, so the agent
+                # never sees a second, different exit.
+                _close_all(adoption.fds)
+                self._release(adoption.pid)
+                continue
+            kept += 1
             container = self._add(adoption)
-            # run.json must say "running, this pid": the previous worker may have died between the
-            # launch and writing it.
-            with contextlib.suppress(Exception):
-                current = runfile.read_run_file(container.record.directory)
-                if current is None or current.pid != container.pid or current.finished:
+            if adoption.status is None:
+                if current is None or current.pid != adoption.pid:
+                    # The previous worker died between the launch and writing run.json.
                     self._write_run_file(container, runfile.RunRecord(
                         pid=container.pid, started_at=container.record.started_at))
-            if adoption.record.orphan:
-                self._watch_pidfd(container)
-        for adoption in plan.exited:
-            container = self._add(adoption)
+                if adoption.record.orphan:
+                    self._watch_pidfd(container)
+                continue
             container.status = adoption.status
             container.finished_at = adoption.finished_at
-            # Its pid namespace died with it, so what its pipes hold is all there is.
+            # Exited while no worker ran. Its pid namespace died with it, so what its pipes hold is
+            # all there is: record it now, before any client can ask.
             for fd, stream in list(container.pipes.items()):
                 self._drain_now(container, fd, stream)
             self._finish(container)
         if handed:
             _log(f"adopted {len(plan.running)} running and {len(plan.exited)} exited containers"
+                 + (f" ({len(plan.running) + len(plan.exited) - kept} already recorded)"
+                    if kept < len(plan.running) + len(plan.exited) else "")
                  + (f", released {len(plan.rejected)}" if plan.rejected else ""))
 
     def _add(self, adoption: Adoption) -> _Container:
@@ -293,6 +303,11 @@ class Worker:
                 self._exit_code = 0
                 break
             for key, mask in self._sel.select(self._timeout()):
+                current = self._sel.get_map().get(key.fd)
+                if current is None or current.data is not key.data:
+                    # Unregistered by an earlier event of this batch (a finished container's pidfd
+                    # or pipe), and its number perhaps already reused by another registration.
+                    continue
                 tag = key.data
                 if tag == "listen":
                     self._accept()
@@ -306,8 +321,7 @@ class Worker:
                     self._on_pidfd(tag)
                 else:
                     container, stream = tag
-                    if key.fd in container.pipes:
-                        self._pump(container, key.fd, stream)
+                    self._pump(container, key.fd, stream)
             self._finish_drained()
         self._close()
         return self._exit_code
@@ -411,8 +425,9 @@ class Worker:
                 self._drain_now(container, fd, stream)
             self._finish(container)
         self._rehome()
-        # Still here: exec failed. Supervise what we have through pidfds; containers launched from now
-        # on are re-parented to the host's init too, and handled the same way.
+        # Still here: exec failed. Supervise what we have through pidfds (re-armed: one that turned
+        # readable while waiting for the keeper's report fires again); containers launched from now on
+        # are re-parented to the host's init too, and handled the same way.
         for container in self._containers.values():
             container.record = container.record.as_orphan()
             self._watch_pidfd(container)
@@ -468,6 +483,7 @@ class Worker:
             self._sel.register(container.pidfd, selectors.EVENT_READ, container)
 
     def _on_pidfd(self, container: _Container) -> None:
+        """An orphan's pid 1 has exited: learn its status through the pidfd, or report it lost."""
         self._sel.unregister(container.pidfd)
         if not container.alive:
             return
@@ -531,6 +547,15 @@ class Worker:
             container.log.write(stream, data)
         self._close_pipe(container, fd)
 
+    def _forget(self, container: _Container) -> None:
+        """Drop a container from the table and release it to the keeper."""
+        del self._containers[container.id]
+        self._by_pid.pop(container.pid, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(container.pidfd)
+        os.close(container.pidfd)
+        self._release(container.pid)
+
     def _finish(self, container: _Container) -> None:
         """Log complete → run.json → event → release: a reader that sees the exit sees the whole log."""
         for fd in list(container.pipes):
@@ -548,19 +573,13 @@ class Worker:
             pid=container.pid, started_at=record.started_at, exit_code=exit_code, signal=sig,
             finished_at=container.finished_at, lost=lost,
         ))
-        del self._containers[record.id]
-        self._by_pid.pop(container.pid, None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.unregister(container.pidfd)
-        os.close(container.pidfd)
         self._broadcast({
             "event": "exit", "id": record.id, "pid": container.pid, "exit_code": exit_code,
             "signal": sig, "finished_at": container.finished_at, "lost": lost,
         })
-        # Last: the event is not delayed by waking the keeper, and a worker that dies before this
-        # leaves the exit with the keeper; the next worker records it again (same run.json, same
-        # finished_at, so the agent's "acted on once" check absorbs the repeated event).
-        self._release(container.pid)
+        # Last: the event is not delayed by waking the keeper. A worker that dies before this leaves
+        # the exit with the keeper, and the next one keeps the run.json written here.
+        self._forget(container)
 
     def _write_run_file(self, container: _Container, record: runfile.RunRecord) -> None:
         try:
@@ -589,17 +608,20 @@ class Worker:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         adopted: list[tuple[ContainerRecord, int, int]] = []
+        # Built before the launch: the adopter runs while the container waits on it. started_at is
+        # therefore when the start began, a few milliseconds before the exec.
+        record = ContainerRecord(id=container_id, directory=directory, started_at=self._clock(),
+                                 log_max_bytes=max_bytes, log_max_files=max_files,
+                                 orphan=self._keeper is None)
+        blob = record.to_blob()
 
         def adopter(pid: int, pidfd: int) -> None:
             # Called while the launcher's intermediate still parents the init: custody reaches the
             # keeper before the init does, so the keeper recognises its exit (custody.py).
-            record = ContainerRecord(id=container_id, directory=directory, started_at=self._clock(),
-                                     log_max_bytes=max_bytes, log_max_files=max_files,
-                                     orphan=self._keeper is None)
             own = os.dup(pidfd)
             try:
                 if self._keeper is not None:
-                    self._send_keeper(channel.hold(pid, record.to_blob()), (pidfd, out_r, err_r))
+                    self._send_keeper(channel.hold(pid, blob), (pidfd, out_r, err_r))
             except BaseException:
                 os.close(own)
                 raise
@@ -788,6 +810,13 @@ def _field(raw: dict[str, Any], name: str, kind: type[Any]) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise RequestError(f"field {name!r} must be a {kind.__name__}", kind="invalid-argument")
     return value
+
+
+def _read_run_file(directory: str) -> runfile.RunRecord | None:
+    try:
+        return runfile.read_run_file(directory)
+    except Exception:
+        return None  # unreadable: the agent quarantines it; we supervise as if it were not there
 
 
 def _close_all(fds: tuple[int, ...]) -> None:
