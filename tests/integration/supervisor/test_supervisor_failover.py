@@ -23,6 +23,7 @@ from agent.runtime.supervisor.worker import LOST_EXIT_CODE
 from agent.runtime.supervisor_client import ExitEvent, SupervisorClient, connect_or_spawn
 from tests.integration.supervisor.supervisor_harness import (
     FAKE_LAUNCHER,
+    async_wait_until,
     children_of,
     container_dir,
     host_plan,
@@ -143,7 +144,7 @@ def test_a_killed_worker_is_replaced_and_loses_nothing(root: Path) -> None:
         running = await client.list_running()
         assert set(running) == {"counter"} and running["counter"].pid == counter
         # Each holds the counter's two pipes once, and nothing of the finished waiter leaked.
-        assert pipes_of(keeper) == pipes_of(new_worker) and len(pipes_of(keeper)) == 2
+        assert wait_until(lambda: pipes_of(keeper) == pipes_of(new_worker) and len(pipes_of(keeper)) == 2)
         # Output keeps flowing into the log through the new worker.
         assert wait_until(lambda: len(_numbers(root / "containers" / "counter")) > seen_while_down + 20)
         events, pump = _collect(client)
@@ -266,3 +267,29 @@ def _kernel_keeps_exit_status() -> bool:
         return exitstatus.reaped_status(pidfd) is not None
     finally:
         os.close(pidfd)
+
+
+def test_a_burst_of_starts_keeps_every_hand_over(root: Path) -> None:
+    # More starts than the keeper's channel can queue (about 170 hand-overs fit in its socket buffer):
+    # none may stall on it, and every exit and release must still be matched.
+    count = 250
+
+    async def scenario() -> None:
+        client = await _connect(root)
+        for i in range(count):
+            await client.start(f"b{i}", directory=container_dir(root, f"b{i}"),
+                               plan=host_plan(f"b{i}", "sleep", "100"), **LOG)
+        keeper = supervisor_pid(root)
+        assert keeper is not None
+        events, pump = _collect(client)
+        for i in range(count):
+            assert await client.kill(f"b{i}", signal.SIGKILL)
+        # Every exit is matched (each hand-over was read before its pid could be reaped) ...
+        for _ in range(count):
+            assert (await asyncio.wait_for(events.get(), 30)).exit_code == 137
+        # ... and every release, so the keeper holds none of the pipes any more.
+        assert await async_wait_until(lambda: not pipes_of(keeper))
+        await client.close()
+        pump.cancel()
+
+    run(scenario())
