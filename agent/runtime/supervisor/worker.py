@@ -40,9 +40,9 @@ code 75, and the keeper starts a fresh worker: a way to load new worker code wit
 containers.
 
 Memory matters (every container adds to it): the module imports only the standard library,
-``agent.errors``, ``agent.durable``, ``agent.runtime.{plan,logs,runfile}``, this package and, lazily,
-the launcher — never grpc or protobuf — and per-container state is a slotted object, a pidfd, two pipe
-descriptors and a log fd.
+``agent.errors``, ``agent.runtime.{plan,logs,runfile}`` (and ``agent.rootfs.overlay`` through the
+plan), this package and, lazily, the launcher — never grpc or protobuf — and per-container state is a
+slotted object, a pidfd, two pipe descriptors and a log fd.
 """
 
 from __future__ import annotations
