@@ -227,7 +227,7 @@ class Worker:
                     signal.pidfd_send_signal(item.fds[0], signal.SIGKILL)
             _close_all(item.fds)
             self._release(item.pid)
-        kept = 0
+        skipped = 0
         for adoption in plan.running + plan.exited:
             current = _read_run_file(adoption.record.directory)
             if current is not None and current.pid == adoption.pid and current.finished:
@@ -236,9 +236,21 @@ class Worker:
                 # never sees a second, different exit.
                 _close_all(adoption.fds)
                 self._release(adoption.pid)
+                skipped += 1
                 continue
-            kept += 1
-            container = self._add(adoption)
+            try:
+                container = self._add(adoption)
+            except OSError as err:
+                # Its log cannot be opened (its directory is gone: nobody knows this container any
+                # more). One such container must not crash every worker the keeper starts.
+                _log(f"cannot supervise container {adoption.record.id} (pid {adoption.pid}): {err}")
+                if adoption.status is None:
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(adoption.fds[0], signal.SIGKILL)
+                _close_all(adoption.fds)
+                self._release(adoption.pid)
+                skipped += 1
+                continue
             if adoption.status is None:
                 if current is None or current.pid != adoption.pid:
                     # The previous worker died between the launch and writing run.json.
@@ -256,8 +268,7 @@ class Worker:
             self._finish(container)
         if handed:
             _log(f"adopted {len(plan.running)} running and {len(plan.exited)} exited containers"
-                 + (f" ({len(plan.running) + len(plan.exited) - kept} already recorded)"
-                    if kept < len(plan.running) + len(plan.exited) else "")
+                 + (f" ({skipped} already recorded or gone)" if skipped else "")
                  + (f", released {len(plan.rejected)}" if plan.rejected else ""))
 
     def _add(self, adoption: Adoption) -> _Container:

@@ -92,3 +92,17 @@ def test_an_exit_already_recorded_is_kept_and_not_supervised_again(
     worker._adopt([item])
     assert runfile.read_run_file(tmp_path / "containers" / "gone") == recorded
     assert all(closed(fd) for fd in fds) and worker._list() == {"containers": {}}
+
+
+def test_a_container_whose_directory_is_gone_is_killed_not_fatal(
+    worker: Worker, tmp_path: Path, sleeper: subprocess.Popen[bytes],
+) -> None:
+    # Every worker the keeper starts gets the same handover: one container it cannot log for must not
+    # crash them all (and leave every other container without a worker).
+    item, fds = handed(tmp_path, "vanished", sleeper.pid)
+    (tmp_path / "containers" / "vanished").rmdir()
+    ok, _ = handed(tmp_path, "fine", os.getpid())
+    worker._adopt([ok, item])  # "fine" first: its log fd must not reuse a number closed for "vanished"
+    assert sleeper.wait(10) == -9
+    assert all(closed(fd) for fd in fds)
+    assert set(worker._list()["containers"]) == {"fine"}
