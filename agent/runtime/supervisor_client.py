@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import agent
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LaunchError, ShoalError
 from agent.runtime.plan import LaunchPlan
 from agent.runtime.supervisor.paths import SupervisorPaths
@@ -253,22 +252,15 @@ async def _spawn_lock(paths: SupervisorPaths, *, timeout: float) -> AsyncIterato
         os.close(fd)  # releases the lock
 
 
-# The directory ``agent`` is imported from, for the supervisor's PYTHONPATH (see _spawn).
-_IMPORT_ROOT = str(Path(agent.__file__).resolve().parent.parent)
-
-
 async def _spawn(paths: SupervisorPaths, *, python: str, launcher: str | None, timeout: float) -> None:
-    # -S: no site module. The supervisor needs only the standard library and Shoal, and site (with the
-    # .pth hooks of an editable install) costs each of its two processes about 2.4 MiB; Shoal is found
-    # through PYTHONPATH instead. -P: never import from the daemon's working directory.
-    argv = [python, "-P", "-S", "-m", "agent.runtime.supervisor", "--root", str(paths.root)]
+    # -P: never import from the daemon's working directory (``-m`` would put it first on sys.path).
+    argv = [python, "-P", "-m", "agent.runtime.supervisor", "--root", str(paths.root)]
     if launcher:
         argv += ["--launcher", launcher]
-    env = {**os.environ, "PYTHONPATH": _IMPORT_ROOT}
     # Errors before the supervisor redirects its own stderr (e.g. an import failure) land in its log too.
     with open(paths.log, "ab") as log:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
             close_fds=True, start_new_session=True,
         )
     _reap_on_exit(proc)
