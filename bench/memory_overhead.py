@@ -3,10 +3,12 @@
 Starts N long-running ``sleep`` containers with each system and measures, before and after:
 
 the memory of every process *outside* the containers that the system keeps for them — Shoal: its
-supervisor and its daemon; podman: one ``conmon`` per container (podman itself exits) — as RSS and as
-PSS (shared pages divided among the processes sharing them, the fair figure for N conmons that share
-their libraries), divided by N. Run as root with the project's venv:
-``/opt/shoal-venv/bin/python bench/memory_overhead.py [--n 50]``. Write-up: ``docs/benchmarks.md``.
+supervisor's keeper and worker and its daemon; podman: one ``conmon`` per container (podman itself
+exits) — as RSS and as PSS (shared pages divided among the processes sharing them, the fair figure for
+N conmons that share their libraries, and for Shoal's keeper, worker and daemon, which share one
+interpreter), divided by N. It also prints Shoal's fixed cost per process. Run as root with the
+project's venv: ``/opt/shoal-venv/bin/python bench/memory_overhead.py [--n 50]``. Write-up:
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+def supervisor_worker(keeper: int) -> int | None:
+    """The keeper's worker: its child running ``agent.runtime.supervisor.worker`` (None for a
+    single-process supervisor from before the split, so the script can measure that too)."""
+    children = Path(f"/proc/{keeper}/task/{keeper}/children").read_text().split()
+    for child in map(int, children):
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if b"agent.runtime.supervisor.worker" in argv:
+            return child
+    return None
+
+
 def settle() -> None:
     """Let page cache and lazy frees settle, so before/after compare like with like."""
     run_checked(["sync"])
@@ -62,6 +75,8 @@ class Result:
     rss_kib_per_container: float
     pss_kib_per_container: float
     note: str
+    # Shoal only: process -> (RSS KiB, PSS KiB) with n containers running.
+    fixed_kib: dict[str, tuple[int, int]] | None = None
 
 
 def measure_shoal(work: Path, image_tar: Path, n: int) -> Result:
@@ -75,23 +90,28 @@ def measure_shoal(work: Path, image_tar: Path, n: int) -> Result:
         # One container first so the supervisor exists and its fixed cost is in the baseline.
         stub.CreateContainer(pb.CreateContainerRequest(id="warm", start=True, spec=pb.ContainerSpec(
             image=IMAGE_NAME, command=["sleep", "3600"])))
-        supervisor = agent.supervisor_pid()
-        assert supervisor is not None
+        keeper = agent.supervisor_pid()
+        assert keeper is not None
+        worker = supervisor_worker(keeper)
         settle()
-        helpers = (supervisor, agent.pid)
-        before = (sum(rss_kib(p) for p in helpers), sum(pss_kib(p) for p in helpers))
+        helpers = ({"keeper": keeper, "worker": worker, "daemon": agent.pid} if worker is not None
+                   else {"supervisor": keeper, "daemon": agent.pid})
+        before = (sum(rss_kib(p) for p in helpers.values()), sum(pss_kib(p) for p in helpers.values()))
+        idle = {name: (rss_kib(pid), pss_kib(pid)) for name, pid in helpers.items()}
         for i in range(n):
             stub.CreateContainer(pb.CreateContainerRequest(id=f"mem-{i}", start=True, spec=pb.ContainerSpec(
                 image=IMAGE_NAME, command=["sleep", "3600"])))
         settle()
-        after = (sum(rss_kib(p) for p in helpers), sum(pss_kib(p) for p in helpers))
+        after = (sum(rss_kib(p) for p in helpers.values()), sum(pss_kib(p) for p in helpers.values()))
+        fixed = {name: (rss_kib(pid), pss_kib(pid)) for name, pid in helpers.items()}
+        growth = {name: (fixed[name][0] - idle[name][0]) / n for name in helpers}
         for i in range(n):
             stub.RemoveContainer(pb.RemoveContainerRequest(id=f"mem-{i}", force=True))
         stub.RemoveContainer(pb.RemoveContainerRequest(id="warm", force=True))
-        return Result("shoal (supervisor + daemon)", n, (after[0] - before[0]) / n,
+        return Result(f"shoal ({' + '.join(helpers)})", n, (after[0] - before[0]) / n,
                       (after[1] - before[1]) / n,
-                      f"growth per container; fixed cost: supervisor {rss_kib(supervisor)} KiB, "
-                      f"daemon {rss_kib(agent.pid)} KiB RSS")
+                      "growth per container: " + ", ".join(f"{k} {v:.1f}" for k, v in growth.items())
+                      + " KiB RSS", fixed_kib=fixed)
     finally:
         agent.stop()
 
@@ -140,6 +160,9 @@ def main() -> None:
     for r in results:
         print(f"{r.system:32} {r.rss_kib_per_container:10.1f} KiB {r.pss_kib_per_container:10.1f} KiB"
               f"  {r.note}")
+    for r in results:
+        for name, (rss, pss) in (r.fixed_kib or {}).items():
+            print(f"  {name:8} with {r.n} containers: RSS {rss / 1024:6.1f} MiB  PSS {pss / 1024:6.1f} MiB")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps([asdict(r) for r in results], indent=1))

@@ -331,6 +331,7 @@ class ContainerRuntime:
                     exit_code=run.exit_code, signal=run.signal, finished_at=run.finished_at, error=run.error,
                     error_kind=run.error_kind,
                     oom=run.exit_code is not None and not run.error and await self.executor.oom_killed(ctr),
+                    lost=run.lost,
                 )
             step, lost = core.recovered(ctr.id, ctr.lc, facts=facts, policy=ctr.policy, now=time.time())
             self._apply(ctr, step)
@@ -350,7 +351,8 @@ class ContainerRuntime:
         if ctr.lc.state is not State.RUNNING or event.pid != ctr.lc.pid:
             return
         self._apply(ctr, core.exited(ctr.id, ctr.lc, code=event.exit_code, sig=event.signal, oom=oom,
-                                     finished_at=event.finished_at, policy=ctr.policy, now=time.time()))
+                                     finished_at=event.finished_at, policy=ctr.policy, now=time.time(),
+                                     lost=event.lost))
 
     # -- lookup -----------------------------------------------------------------------------------
 

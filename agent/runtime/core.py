@@ -203,9 +203,14 @@ def launch_failed(cid: str, lc: Lifecycle, *, kind: str, error: str, finished_at
 # -- exits ------------------------------------------------------------------------------------------
 
 def exited(cid: str, lc: Lifecycle, *, code: int, sig: int | None, oom: bool, finished_at: float | None,
-           policy: Policy, now: float) -> Step:
-    """pid 1 exited (reported by the supervisor, or found in run.json at recovery)."""
-    status = ExitStatus(code, exit_reason(code=code, sig=sig, oom=oom, kill_reason=lc.kill_reason))
+           policy: Policy, now: float, lost: str | None = None) -> Step:
+    """pid 1 exited (reported by the supervisor, or found in run.json at recovery). ``lost`` is the
+    supervisor's explanation when it saw the exit but could not learn its status (``code`` is then
+    255): reason Lost."""
+    if lost:
+        status = ExitStatus(code, "Lost", lost)
+    else:
+        status = ExitStatus(code, exit_reason(code=code, sig=sig, oom=oom, kill_reason=lc.kill_reason))
     return _exited(cid, lc, status, finished_at=finished_at, policy=policy, now=now)
 
 
@@ -331,6 +336,7 @@ class RunFacts:
     error_kind: str | None = None
     oom: bool = False  # its cgroup recorded an OOM kill (only meaningful with exit_code)
     unreadable: bool = False
+    lost: str | None = None  # the exit was seen but its status could not be learned (exit_code 255)
 
 
 def recovered(cid: str, lc: Lifecycle, *, facts: RunFacts, policy: Policy, now: float) -> tuple[Step, bool]:
@@ -353,7 +359,8 @@ def recovered(cid: str, lc: Lifecycle, *, facts: RunFacts, policy: Policy, now: 
                        policy=policy, now=now, start_failed=True), False
     if facts.exit_code is not None:
         return exited(cid, _as_running(cid, lc, now=now), code=facts.exit_code, sig=facts.signal,
-                      oom=facts.oom, finished_at=facts.finished_at, policy=policy, now=now), False
+                      oom=facts.oom, finished_at=facts.finished_at, policy=policy, now=now,
+                      lost=facts.lost), False
     if facts.alive:
         running = _as_running(cid, lc, now=now, pid=facts.pid)
         return Step(running, (StartHealth(),)), False

@@ -1,16 +1,20 @@
 """Starting a container process from a ``LaunchPlan``: fork, namespaces, root filesystem, exec.
 
-Runs inside the single-threaded supervisor, which parents every container. Process tree::
+Runs inside the supervisor's single-threaded worker, which is not a subreaper. Process tree::
 
-    caller (subreaper) ── intermediate: joins cgroups (and a prepared netns), unshare(namespaces), forks,
-                          reports pid, exits
-                              └── init (pid 1 of the new pid ns, re-parented to the caller):
-                                    mounts, pivot_root, hostname, credentials, execve(argv)
+    keeper (subreaper)
+      └── worker (caller) ── intermediate: joins cgroups (and a prepared netns), unshare(namespaces),
+                             forks, reports the init's pid, waits until the caller has handed the
+                             init to the keeper ("g"), exits
+                                 └── init (pid 1 of the new pid ns, re-parented to the keeper):
+                                       mounts, pivot_root, hostname, credentials, execve(argv)
+
+Without an adopter (tests, benchmarks) the caller makes itself the subreaper and gets the init.
 
 The intermediate exists because ``unshare(CLONE_NEWPID)`` only applies to the *next* child. The
 caller learns the init's host pid from the intermediate over a pipe, then reads a second, close-on-exec
 pipe to EOF: EOF with no data means ``execve`` succeeded; otherwise the init wrote one JSON
-``{"kind", "message"}`` and exited 126/127, and the caller reaps it and raises ``LaunchError``.
+``{"kind", "message"}`` and exited 126/127, and the caller raises ``LaunchError``.
 Everything that can be computed or validated is done *before* ``fork`` so the children only make
 system calls; after ``fork`` there is no logging, no threads, and every path ends in ``execve`` or
 ``os._exit``. The overlay is mounted inside the container's mount namespace, so it vanishes with it and
@@ -26,6 +30,7 @@ import resource
 import select
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -89,57 +94,86 @@ def _prepare(plan: LaunchPlan) -> _Prepared:
     )
 
 
-def launch(plan: LaunchPlan, *, stdout_fd: int, stderr_fd: int, timeout: float = 10.0) -> int:
+Adopter = Callable[[int, int], None]
+"""``adopter(pid, pidfd)``: take over the container init ``pid`` before it is re-parented (see launch)."""
+
+
+def launch(plan: LaunchPlan, *, stdout_fd: int, stderr_fd: int, timeout: float = 10.0,
+           adopter: Adopter | None = None) -> int:
     """Start ``plan`` and return the container init's host pid once ``execve`` has succeeded.
 
-    The caller becomes a child subreaper and is the init's parent: it must ``waitpid`` that pid
-    itself. ``stdout_fd``/``stderr_fd`` become the container's fds 1 and 2 (stdin is /dev/null).
-    Raises ``LaunchError`` (kind ``not-found``, ``not-executable`` or ``setup``) with nothing left
-    running, including when setup takes longer than ``timeout`` seconds.
+    ``stdout_fd``/``stderr_fd`` become the container's fds 1 and 2 (stdin is /dev/null). Raises
+    ``LaunchError`` (kind ``not-found``, ``not-executable`` or ``setup``) with nothing left running,
+    including when setup takes longer than ``timeout`` seconds.
+
+    Who parents the init. Without ``adopter``, the caller becomes a child subreaper, the init is
+    re-parented to it, and it must ``waitpid`` that pid itself. With ``adopter`` the caller must not be
+    a subreaper: the init goes to the caller's nearest subreaper ancestor (the supervisor's keeper).
+    ``adopter(pid, pidfd)`` is called while the intermediate still parents the init, so the pid can be
+    neither reaped nor recycled yet; it must hand the init over to that ancestor before returning, and
+    only then does the intermediate exit. ``pidfd`` stays ours (dup it to keep it). If ``adopter``
+    raises, the intermediate kills the init and the launch fails with kind ``setup``.
     """
     deadline = time.monotonic() + timeout
     prep = _prepare(plan)
-    try:
-        process.set_child_subreaper()
-    except OSError as exc:
-        raise LaunchError(exc.strerror or str(exc), kind="setup") from None
+    if adopter is None:
+        try:
+            process.set_child_subreaper()
+        except OSError as exc:
+            raise LaunchError(exc.strerror or str(exc), kind="setup") from None
 
     pid_r, pid_w = os.pipe()
     err_r, err_w = os.pipe()
+    go_r, go_w = os.pipe()
     try:
         intermediate = os.fork()
     except OSError as exc:
-        for fd in (pid_r, pid_w, err_r, err_w):
+        for fd in (pid_r, pid_w, err_r, err_w, go_r, go_w):
             os.close(fd)
         raise LaunchError(f"fork: {exc.strerror}", kind="setup") from None
     if intermediate == 0:
         os.close(pid_r)
         os.close(err_r)
-        _run_intermediate(plan, prep, pid_w=pid_w, err_w=err_w, stdout_fd=stdout_fd, stderr_fd=stderr_fd)
+        os.close(go_w)
+        _run_intermediate(plan, prep, pid_w=pid_w, err_w=err_w, go_r=go_r, stdout_fd=stdout_fd,
+                          stderr_fd=stderr_fd)
     os.close(pid_w)
     os.close(err_w)
+    os.close(go_r)
 
     init_pid: int | None = None
+    pidfd: int | None = None
     try:
-        line = _read(pid_r, deadline, stop_at_newline=True)
-        if line.strip():
-            init_pid = int(line)
-        _reap(intermediate)
+        try:
+            line = _read(pid_r, deadline, stop_at_newline=True)
+            if line.strip():
+                init_pid = int(line)
+                pidfd = _hand_over(init_pid, adopter)
+                os.write(go_w, b"g")
+        finally:
+            # EOF without "g" tells the intermediate to kill the init: nobody took it over.
+            os.close(go_w)
         report = _read(err_r, deadline, stop_at_newline=False)
+        _reap(intermediate)  # it exits on "g": by now it is gone or going
     except TimeoutError:
-        for pid in (init_pid, intermediate):
-            if pid is not None:
-                _kill_and_reap(pid)
+        _kill(init_pid, pidfd, reap=adopter is None)
+        _kill(intermediate, None, reap=True)
+        _close(pidfd)
         raise LaunchError(f"container setup did not finish within {timeout:g}s", kind="setup") from None
+    except LaunchError:
+        _reap(intermediate)
+        _close(pidfd)
+        raise
     finally:
         os.close(pid_r)
         os.close(err_r)
+    _close(pidfd)
 
     if not report:
         if init_pid is None:
             raise LaunchError("launcher exited without starting the container", kind="setup")
         return init_pid
-    if init_pid is not None:
+    if init_pid is not None and adopter is None:
         _reap(init_pid)
     try:
         decoded = json.loads(report)
@@ -147,6 +181,22 @@ def launch(plan: LaunchPlan, *, stdout_fd: int, stderr_fd: int, timeout: float =
     except (ValueError, KeyError, TypeError):
         kind, message = "setup", report.decode(errors="replace")
     raise LaunchError(message, kind=kind)
+
+
+def _hand_over(init_pid: int, adopter: Adopter | None) -> int:
+    """A pidfd for the init (race-free: the intermediate has not exited, so the pid is not recycled),
+    after the adopter has taken the init over."""
+    try:
+        pidfd = os.pidfd_open(init_pid)
+    except OSError as exc:
+        raise LaunchError(f"pidfd_open: {exc.strerror}", kind="setup") from None
+    if adopter is not None:
+        try:
+            adopter(init_pid, pidfd)
+        except Exception as exc:
+            os.close(pidfd)
+            raise LaunchError(f"handing the container over: {exc}", kind="setup") from None
+    return pidfd
 
 
 def _read(fd: int, deadline: float, *, stop_at_newline: bool) -> bytes:
@@ -171,10 +221,23 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def _kill_and_reap(pid: int) -> None:
+def _kill(pid: int | None, pidfd: int | None, *, reap: bool) -> None:
+    """SIGKILL ``pid`` (through ``pidfd`` when we have one: the pid may no longer be our child, and a
+    pidfd can never reach a recycled pid), and reap it if it is ours to reap."""
+    if pid is None:
+        return
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _reap(pid)
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    if reap:
+        _reap(pid)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 # --- below here runs in forked children: os.* and ctypes only, always ends in execve or _exit -----
@@ -196,7 +259,7 @@ def _report_and_exit(err_w: int, kind: str, message: str, code: int) -> NoReturn
 
 
 def _run_intermediate(
-    plan: LaunchPlan, prep: _Prepared, *, pid_w: int, err_w: int, stdout_fd: int, stderr_fd: int,
+    plan: LaunchPlan, prep: _Prepared, *, pid_w: int, err_w: int, go_r: int, stdout_fd: int, stderr_fd: int,
 ) -> NoReturn:
     try:
         # First, so a signal meant for the supervisor cannot run the supervisor's handlers here.
@@ -214,8 +277,18 @@ def _run_intermediate(
         init_pid = os.fork()
         if init_pid == 0:
             os.close(pid_w)
+            os.close(go_r)
             _run_init(plan, prep, err_w=err_w, stdout_fd=stdout_fd, stderr_fd=stderr_fd)
         os.write(pid_w, f"{init_pid}\n".encode())
+        # The init's exec report needs only the init's copy of err_w: closing ours lets the caller
+        # read it without waiting for us to exit.
+        os.close(err_w)
+        # Stay the init's parent until the caller has taken it over ("g"). End of file means the caller
+        # gave up or died: then the init must not outlive the launch.
+        if os.read(go_r, 1) != b"g":
+            os.kill(init_pid, signal.SIGKILL)
+            os.waitpid(init_pid, 0)
+            os._exit(_EXIT_SETUP)
     except BaseException as exc:
         _report_and_exit(err_w, "setup", _describe(exc), _EXIT_SETUP)
     os._exit(0)

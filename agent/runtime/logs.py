@@ -158,6 +158,16 @@ class LogWriter:
             self._cut(records, format_timestamp(self._clock()), stream, memoryview(buf), final=True)
             self._emit(records)
 
+    def flush_partial(self) -> None:
+        """Write unterminated lines now as partial (P) records. For a writer about to be replaced by
+        another process (a supervisor worker handing over): the successor's next record for the stream
+        completes the line, so no byte is lost."""
+        for stream in list(self._pending):
+            buf = self._pending.pop(stream)
+            records: list[bytes] = []
+            self._cut(records, format_timestamp(self._clock()), stream, memoryview(buf), final=False)
+            self._emit(records)
+
     def close(self) -> None:
         for stream in list(self._pending):
             self.end_stream(stream)

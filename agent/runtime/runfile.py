@@ -1,14 +1,17 @@
 """The run record: ``<container dir>/run.json``, the supervisor's account of one container process.
 
-The supervisor is its only regular writer (the daemon writes it only to declare a container lost when its
-supervisor died). It is rewritten whole, by temp file + rename, so a reader sees either the old or the
-new record, never a torn one; fsync is skipped on purpose because after a host crash every container is
-gone anyway and the daemon reconciles from scratch.
+The supervisor's worker is its only regular writer (the daemon writes it only to declare a container
+lost when its whole supervisor — keeper and worker — died). It is rewritten whole, by temp file +
+rename, so a reader sees either the old or the new record, never a torn one; fsync is skipped on
+purpose because after a host crash every container is gone anyway and the daemon reconciles from
+scratch.
 
 Meaning of the fields: ``pid`` is the container's pid 1 on the host (null if it never started);
 ``exit_code`` is the exit status, or 128 + signal when it was killed, or 127/126/125 when the start
 failed (then ``error`` and ``error_kind`` say why and ``started_at`` is null); ``exit_code`` null means
-"still running as far as the supervisor knows".
+"still running as far as the supervisor knows". ``lost`` (a sentence) marks an exit the supervisor saw
+but whose status it could not learn (its keeper had died, and the kernel no longer had the status):
+``exit_code`` is then 255, containerd's "unknown exit status", never a guess.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class RunRecord:
     finished_at: float | None = None
     error: str | None = None
     error_kind: str | None = None
+    lost: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -48,6 +52,7 @@ class RunRecord:
             exit_code=_opt_int(raw.get("exit_code")), signal=_opt_int(raw.get("signal")),
             finished_at=_opt_float(raw.get("finished_at")),
             error=_opt_str(raw.get("error")), error_kind=_opt_str(raw.get("error_kind")),
+            lost=_opt_str(raw.get("lost")),
         )
 
 

@@ -2,12 +2,14 @@
 
 ``connect_or_spawn`` is the only way in. Requests from many tasks share one connection and are matched to
 replies by request id; exit events arrive on the same stream and are queued for ``events()``. If the
-supervisor goes away, every pending call fails with ``ShoalError`` and ``events()`` ends: the daemon then
-calls ``connect_or_spawn`` again and reconciles from run.json files (exits that happened meanwhile are
-recorded there). See ``agent.runtime.supervisor`` for the protocol.
+connection breaks (the supervisor's worker died), every pending call fails with ``ShoalError`` and
+``events()`` ends: the daemon then calls ``connect_or_spawn`` again — which reaches the replacement worker
+the keeper starts, since the keeper holds the listening socket — and reconciles from run.json files
+(exits that happened meanwhile are recorded there). See ``agent.runtime.supervisor.worker`` for the
+protocol.
 
-The supervisor is spawned as our child (``start_new_session`` so terminal signals don't reach it,
-``close_fds`` so it cannot pin the daemon's sockets); we reap it through a pidfd if it exits while we
+The supervisor's keeper is spawned as our child (``start_new_session`` so terminal signals don't reach
+it, ``close_fds`` so it cannot pin the daemon's sockets); we reap it through a pidfd if it exits while we
 run, and if we die first it is re-parented and carries on.
 """
 
@@ -29,7 +31,7 @@ from typing import Any
 
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LaunchError, ShoalError
 from agent.runtime.plan import LaunchPlan
-from agent.runtime.supervisor import SupervisorPaths
+from agent.runtime.supervisor.paths import SupervisorPaths
 
 SPAWN_TIMEOUT = 10.0
 _READ_LIMIT = 16 << 20
@@ -54,9 +56,10 @@ class ExitEvent:
 
     container_id: str
     pid: int
-    exit_code: int  # 128 + signal if killed
+    exit_code: int  # 128 + signal if killed; 255 if lost
     signal: int | None
     finished_at: float
+    lost: str | None = None  # why the exit status could not be learned (then exit_code is 255)
 
 
 def _error(message: str, kind: str) -> ShoalError:
@@ -84,7 +87,7 @@ class SupervisorClient:
         self._read_task = asyncio.create_task(self._read_loop(), name="supervisor-reader")
 
     async def hello(self) -> int:
-        """Round trip; returns the supervisor's pid."""
+        """Round trip; returns the pid of the supervisor's worker (the process serving us)."""
         reply = await self._call({"op": "hello"})
         return int(reply["pid"])
 
@@ -104,6 +107,8 @@ class SupervisorClient:
         return bool(reply["delivered"])
 
     async def list_running(self) -> dict[str, RunningInfo]:
+        """Every container whose exit has not been announced yet (one that has just exited counts until
+        its exit event, which follows)."""
         reply = await self._call({"op": "list"})
         return {
             cid: RunningInfo(pid=int(info["pid"]), started_at=float(info["started_at"]))
@@ -173,6 +178,7 @@ class SupervisorClient:
                         exit_code=int(message["exit_code"]),
                         signal=None if message.get("signal") is None else int(message["signal"]),
                         finished_at=float(message["finished_at"]),
+                        lost=None if message.get("lost") is None else str(message["lost"]),
                     ))
         except (ConnectionError, OSError, ValueError, KeyError, TypeError) as err:
             error = ShoalError(f"the supervisor connection broke: {err}")
@@ -194,7 +200,9 @@ async def connect_or_spawn(root: Path, *, python: str = sys.executable, launcher
     """Connect to the supervisor of ``root``, spawning it first if none is running.
 
     Concurrent callers (tasks or processes) serialize on ``ROOT/supervisor.lock`` so one supervisor is
-    spawned. A supervisor that is exiting just as we connect fails the ``hello`` round trip; we retry.
+    spawned. While its keeper lives, the socket accepts connections even between two workers (the keeper
+    holds the listener): ``hello`` is then answered by the next worker, and nothing is spawned. A
+    supervisor that is exiting just as we connect fails the ``hello`` round trip; we retry.
     ``launcher`` (``module:function``) replaces the real launcher; tests use it.
     """
     paths = SupervisorPaths(Path(root))
@@ -245,7 +253,8 @@ async def _spawn_lock(paths: SupervisorPaths, *, timeout: float) -> AsyncIterato
 
 
 async def _spawn(paths: SupervisorPaths, *, python: str, launcher: str | None, timeout: float) -> None:
-    argv = [python, "-m", "agent.runtime.supervisor", "--root", str(paths.root)]
+    # -P: never import from the daemon's working directory (``-m`` would put it first on sys.path).
+    argv = [python, "-P", "-m", "agent.runtime.supervisor", "--root", str(paths.root)]
     if launcher:
         argv += ["--launcher", launcher]
     # Errors before the supervisor redirects its own stderr (e.g. an import failure) land in its log too.

@@ -17,7 +17,7 @@ import pytest
 
 from agent.errors import FailedPrecondition, LaunchError, ShoalError
 from agent.runtime import logs, runfile
-from agent.runtime.supervisor import SupervisorPaths
+from agent.runtime.supervisor.paths import SupervisorPaths
 from agent.runtime.supervisor_client import ExitEvent, SupervisorClient, connect_or_spawn
 from tests.integration.supervisor.supervisor_harness import (
     FAKE_LAUNCHER,
@@ -28,6 +28,7 @@ from tests.integration.supervisor.supervisor_harness import (
     run,
     supervisor_pid,
     wait_until,
+    worker_pids,
 )
 
 pytestmark = pytest.mark.integration
@@ -185,6 +186,7 @@ def test_containers_survive_a_sigkilled_agent_and_exits_meanwhile_are_recorded(r
         assert agent.stdout.readline() == b"started\n"
         supervisor = supervisor_pid(root)
         assert supervisor is not None
+        (worker,) = worker_pids(root)
         agent.kill()
         agent.wait()
         agent.stdout.close()
@@ -200,7 +202,8 @@ def test_containers_survive_a_sigkilled_agent_and_exits_meanwhile_are_recorded(r
 
         async def reconnect() -> None:
             client = await _connect(root)
-            assert await client.hello() == supervisor
+            assert await client.hello() == worker
+            assert supervisor_pid(root) == supervisor
             running = await client.list_running()
             assert set(running) == {"long"}
             events, pump = _collect(client)
@@ -216,15 +219,20 @@ def test_containers_survive_a_sigkilled_agent_and_exits_meanwhile_are_recorded(r
 
 
 def test_idle_supervisor_exits_once_its_last_client_leaves(root: Path) -> None:
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, int]:
         client = await _connect(root)
-        pid = await client.hello()
+        worker = await client.hello()
+        keeper = supervisor_pid(root)
+        assert keeper is not None
         await client.close()
-        return pid
+        return keeper, worker
 
-    pid = run(scenario())
-    assert wait_until(lambda: process_gone(pid))
+    keeper, worker = run(scenario())
+    assert wait_until(lambda: process_gone(worker))
+    # The keeper follows its idle worker, unlinking the socket before it lets go of the listener.
+    assert wait_until(lambda: process_gone(keeper))
     assert not SupervisorPaths(root).socket.exists()
+    assert SupervisorPaths(root).pidfile.read_text() == ""
 
 
 def test_concurrent_spawns_share_one_supervisor_and_requests_are_multiplexed(root: Path) -> None:
@@ -312,22 +320,56 @@ def test_pending_calls_fail_and_events_end_when_the_supervisor_dies(root: Path) 
     run(scenario())
 
 
-def test_supervisor_process_loads_no_grpc_or_protobuf(root: Path) -> None:
+def test_supervisor_processes_load_no_grpc_or_protobuf(root: Path) -> None:
     async def scenario() -> int:
         client = await _connect(root)
-        pid = await client.hello()
-        maps = Path(f"/proc/{pid}/maps").read_text()
-        assert "grpc" not in maps and "protobuf" not in maps and "_upb" not in maps
+        worker = await client.hello()
+        keeper = supervisor_pid(root)
+        assert keeper is not None and worker != keeper
+        for pid in (keeper, worker):
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "grpc" not in maps and "protobuf" not in maps and "_upb" not in maps
         await client.close()
-        return pid
+        return keeper
 
-    pid = run(scenario())
-    assert wait_until(lambda: process_gone(pid))
+    keeper = run(scenario())
+    assert wait_until(lambda: process_gone(keeper))
+
+
+_IMPORTS_PROBE = """
+import sys
+before = set(sys.modules)
+import {module} as m
+{extra}
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+
+
+def _imports_of(module: str, extra: str = "") -> set[str]:
+    # -S: without site (and this venv's editable-install hook) the list holds only what ``module`` needs.
     probe = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, runpy; import agent.runtime.supervisor as s; s.load_launcher(sys.argv[1]);"
-         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google', 'proto')))",
-         FAKE_LAUNCHER],
+        [sys.executable, "-S", "-c", _IMPORTS_PROBE.format(module=module, extra=extra)],
         capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
     )
-    assert probe.stdout.strip() == "[]"
+    return set(probe.stdout.split())
+
+
+def test_worker_imports_only_the_standard_library_and_its_own_modules() -> None:
+    loaded = _imports_of("agent.runtime.supervisor.worker", f"m.load_launcher({FAKE_LAUNCHER!r})")
+    ours = {name for name in loaded if name.split(".")[0] in ("agent", "grpc", "google", "proto")}
+    # agent.rootfs.overlay: OverlayRootfs, which the plan carries (standard library only itself).
+    allowed = {"agent", "agent.errors", "agent.durable", "agent.runtime", "agent.runtime.plan",
+               "agent.runtime.logs", "agent.runtime.runfile", "agent.runtime.supervisor", "agent.rootfs",
+               "agent.rootfs.overlay"}
+    assert {name for name in ours if not name.startswith("agent.runtime.supervisor.")} <= allowed
+
+
+def test_keeper_imports_almost_nothing() -> None:
+    loaded = _imports_of("agent.runtime.supervisor.keeper")
+    assert {name for name in loaded if name.startswith("agent")} == {
+        "agent", "agent.runtime", "agent.runtime.supervisor", "agent.runtime.supervisor.keeper",
+        "agent.runtime.supervisor.channel", "agent.runtime.supervisor.custody"}
+    # Each of these would cost the keeper (one per host, forever) hundreds of KiB to a megabyte.
+    assert not loaded & {"json", "dataclasses", "pathlib", "argparse", "typing", "asyncio", "ctypes",
+                         "logging", "subprocess", "re", "inspect"}

@@ -228,3 +228,14 @@ def test_recovery_of_a_container_nobody_supervises_is_lost(unreadable: bool) -> 
     assert lost
     assert step.lifecycle.exit is not None and step.lifecycle.exit.reason == "Lost"
     assert step.lifecycle.exit.exit_code == 137
+
+
+def test_an_exit_whose_status_the_supervisor_lost_is_reported_lost_not_guessed() -> None:
+    why = "its keeper had died"
+    step = core.exited("c", running(), code=255, sig=None, oom=False, finished_at=NOW, policy=ON_FAILURE_2,
+                       now=NOW, lost=why)
+    assert step.lifecycle.exit == core.ExitStatus(255, "Lost", why)
+    assert has(step, core.ScheduleRestart)  # a failure as far as the restart policy goes
+    recovered, lost = core.recovered("c", core.Lifecycle(), facts=facts(exit_code=255, finished_at=NOW - 1,
+                                                                         lost=why), policy=NO, now=NOW)
+    assert recovered.lifecycle.exit == core.ExitStatus(255, "Lost", why) and not lost

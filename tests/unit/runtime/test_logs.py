@@ -333,3 +333,15 @@ def test_idle_follow_polls_read_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     assert _follow(tmp_path, writes=writes, tail=5) == [b"only"]
     assert counter.calls == calls_after_history[0]
     w.close()
+
+
+def test_flush_partial_hands_an_unfinished_line_to_the_next_writer(tmp_path: Path) -> None:
+    first = writer(tmp_path)
+    first.write("stdout", b"done\nhalf a li")
+    first.flush_partial()  # this writer's process is about to be replaced
+    first.close()
+    second = writer(tmp_path)
+    second.write("stdout", b"ne\n")
+    second.close()
+    entries = list(read_entries(tmp_path))
+    assert [(e.text, e.partial) for e in entries] == [(b"done", False), (b"half a li", True), (b"ne", False)]

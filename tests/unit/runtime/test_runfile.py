@@ -36,3 +36,9 @@ def test_missing_is_none_and_garbage_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text("{not json")
     with pytest.raises(ShoalError):
         read_run_file(tmp_path)
+
+
+def test_lost_exit_record(tmp_path: Path) -> None:
+    lost = RunRecord(pid=42, started_at=1.0, exit_code=255, finished_at=2.0, lost="its keeper had died")
+    write_run_file(tmp_path, lost)
+    assert read_run_file(tmp_path) == lost and lost.finished
