@@ -108,11 +108,15 @@ class Cluster:
     def kill_agent(self, index: int) -> None:
         self.agents[index].kill9()
 
+    def agent_index(self, host_id: str) -> int:
+        """Which of ``agents`` runs on the host with this id (agents are started in zone order)."""
+        return ZONES.index(self.zone_of[host_id])
+
 
 def _agent(base: Path, host: TestHost, index: int, *, pki: Path, scheduler: str, tag: str) -> AgentProcess:
     return AgentProcess(
-        root=base / f"root{index}", socket=base / f"agent{index}.sock", cgroup_parent=f"shoal-cl{tag}-{index}",
-        log=base / f"agent{index}.log", prefix=host.nsenter_net,
+        root=base / f"root{index}", socket=base / f"agent{index}.sock",
+        cgroup_parent=f"shoal-cl{tag}-{index}", log=base / f"agent{index}.log", prefix=host.nsenter_net,
         extra_args=["--listen", f"{host.address}:{AGENT_PORT}", "--tls-dir", str(pki),
                     "--subnet", f"10.{200 + index}.{int(tag[:2], 16)}.0/24", "--bridge", f"scl{tag}{index}",
                     "--label", f"zone={ZONES[index]}", "--join", scheduler],
@@ -183,4 +187,4 @@ def _teardown(made: Cluster) -> None:
     assert not problems, problems
 
 
-__all__ = ["Cluster", "IMAGE", "ZONES", "cluster", "wait_for"]
+__all__ = ["IMAGE", "ZONES", "Cluster", "cluster", "wait_for"]
