@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import signal
 from typing import Any
 
 import pytest
@@ -63,21 +65,30 @@ def test_a_constraint_is_honoured(cluster: Cluster) -> None:
     cluster.cli("delete", "service", "not-c")
 
 
-def test_a_killed_or_removed_container_is_replaced(cluster: Cluster) -> None:
+def test_a_crashed_stopped_or_removed_container_is_replaced(cluster: Cluster) -> None:
     cluster.apply(service("phoenix", 2, template="  restart: always"))
     first = {r["id"]: r for r in cluster.wait_running("phoenix", 2)}
     victim = sorted(first)[0]
     index = cluster.agent_index(first[victim]["host"])
     agent = cluster.agents[index]
-    # Killed: its restart policy brings it back on the same host, as the same replica.
+
+    def inspect() -> dict[str, Any]:
+        info: dict[str, Any] = json.loads(agent.run("inspect", victim).stdout)[0]
+        return info
+
+    # Crashed (its process killed from outside): the agent's restart policy brings it back in place.
+    os.kill(int(inspect()["pid"]), signal.SIGKILL)
+    wait_for(lambda: inspect()["restart_count"] >= 1 and inspect()["state"] == "running")
+    # Stopped by someone on the host (a kill is an operator's stop to the agent): the scheduler relaunches.
     agent.run("kill", victim)
-    wait_for(lambda: json.loads(agent.run("inspect", victim).stdout)[0]["restart_count"] >= 1)
-    assert {r["id"] for r in cluster.wait_running("phoenix", 2)} == set(first)
-    # Removed behind the scheduler's back: the scheduler recreates it.
+    wait_for(lambda: [r for r in cluster.replicas("phoenix") if r["id"] == victim and r["restarts"] >= 1
+                      and r["state"] == "running"], timeout=60)
+    # Removed behind the scheduler's back: the scheduler recreates it, same replica, same host.
     agent.run("rm", "-f", victim)
     wait_for(lambda: victim in cluster.containers(index))
     again = {r["id"]: r for r in cluster.wait_running("phoenix", 2)}
     assert set(again) == set(first) and again[victim]["host"] == first[victim]["host"]
+    assert again[victim]["restarts"] >= 2
     cluster.cli("delete", "service", "phoenix")
 
 
