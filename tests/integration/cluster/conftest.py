@@ -158,6 +158,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> It
             _teardown(made)
 
 
+@pytest.fixture(autouse=True)
+def clean_between_tests(cluster: Cluster) -> Iterator[None]:
+    """Each test starts on an empty, ready cluster: deleting a service is asynchronous, so without this
+    one test's leftovers (containers still stopping, a host still draining) leak into the next one's view."""
+    yield
+    made = cluster
+    if made.scheduler is None or made.scheduler.poll() is not None:
+        return
+    for service in made.json("get", "services"):
+        made.cli("delete", "service", service["name"], check=False)
+    for host in made.json("get", "hosts"):
+        if host["state"] not in ("ready", "not_ready"):
+            made.cli("uncordon", host["id"], check=False)
+    wait_for(lambda: not made.json("get", "services") and not made.json("get", "replicas"), timeout=60)
+    wait_for(lambda: not made.all_containers(), timeout=60)
+    wait_for(lambda: [h["state"] for h in made.json("get", "hosts")] == ["ready"] * 3, timeout=60)
+
+
 def _teardown(made: Cluster) -> None:
     problems = []
     if made.scheduler is not None and made.scheduler.poll() is None:
@@ -187,4 +205,4 @@ def _teardown(made: Cluster) -> None:
     assert not problems, problems
 
 
-__all__ = ["IMAGE", "ZONES", "Cluster", "cluster", "wait_for"]
+__all__ = ["IMAGE", "ZONES", "Cluster", "clean_between_tests", "cluster", "wait_for"]

@@ -160,8 +160,13 @@ def test_replicas_that_fit_nowhere_are_pending_with_a_reason_until_room_frees(cl
     cluster.apply(service("hog", 3, cpus="1.5"))  # one per host: each host offers 2 cpus
     cluster.wait_running("hog", 3)
     cluster.apply(service("late", 1, cpus="1"))
-    pending = wait_for(lambda: [r for r in cluster.replicas("late") if r["state"] == "pending"
-                                and "insufficient cpu" in r["reason"]])
+    try:
+        pending = wait_for(lambda: [r for r in cluster.replicas("late") if r["state"] == "pending"
+                                    and "insufficient cpu" in r["reason"]])
+    except AssertionError:
+        raise AssertionError("late is not pending for cpu:\n" + cluster.cli("get", "replicas", "-o", "wide",
+                                                                           check=False).stdout
+                             + cluster.cli("get", "hosts", check=False).stdout) from None
     assert pending[0]["reason"].startswith("0/3 hosts: 3 insufficient cpu"), pending
     explained = cluster.cli("explain", "replica", pending[0]["id"]).stdout
     assert "insufficient cpu" in explained
