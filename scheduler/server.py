@@ -45,6 +45,7 @@ from scheduler.placement.view import build_view
 from scheduler.spec import SpecError, parse_service_file, spec_from_api
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, StoreError, StoreUnavailable
+from scheduler.store.keys import InvalidKey
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,7 +72,7 @@ _STATUS = [
 def _as_scheduler_error(err: BaseException) -> errors.SchedulerError | None:
     if isinstance(err, errors.SchedulerError):
         return err
-    if isinstance(err, SpecError):
+    if isinstance(err, SpecError | InvalidKey):  # InvalidKey: a name no record can have ("a/b")
         return errors.InvalidArgument(str(err))
     if isinstance(err, StoreUnavailable):
         return errors.Unavailable(f"etcd cannot be reached ({err}); nothing was written: retry shortly")
@@ -80,6 +81,9 @@ def _as_scheduler_error(err: BaseException) -> errors.SchedulerError | None:
     if isinstance(err, StoreError):
         return errors.Unavailable(str(err))
     return None
+
+
+_MAPPED = (errors.SchedulerError, SpecError, StoreError, InvalidKey)
 
 
 async def _abort(context: Any, err: BaseException) -> None:
@@ -100,7 +104,7 @@ def _unary(allowed: frozenset[str]) -> Callable[[Callable[..., Awaitable[T]]], C
             try:
                 auth.authorize(context, allowed)
                 return await fn(self, request, context)
-            except (errors.SchedulerError, SpecError, StoreError) as err:
+            except _MAPPED as err:
                 await _abort(context, err)
                 raise AssertionError("unreachable") from err
         return wrapper
@@ -117,7 +121,7 @@ def _streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterat
             auth.authorize(context, auth.API_CALLERS)
             async for item in fn(self, request, context):
                 yield item
-        except (errors.SchedulerError, SpecError, StoreError) as err:
+        except _MAPPED as err:
             await _abort(context, err)
     return wrapper
 

@@ -417,3 +417,23 @@ def test_rollout_undo_without_history_is_a_failed_precondition() -> None:
         assert missing.code() == grpc.StatusCode.NOT_FOUND
 
     run(scenario)
+
+
+def test_a_name_that_cannot_be_a_service_is_an_invalid_argument() -> None:
+    async def scenario(api: Api) -> None:
+        await apply(api, service_yaml("web"))
+        revision = await api.store.current_revision()
+        for name in ("a/b", "web x", "../web"):
+            calls = (api.scheduler.GetService(pb.GetServiceRequest(name=name)),
+                     api.scheduler.ScaleService(pb.ScaleServiceRequest(name=name, replicas=1)),
+                     api.scheduler.DeleteService(pb.DeleteServiceRequest(name=name)),
+                     api.scheduler.RolloutStatus(pb.GetServiceRequest(name=name)),
+                     api.scheduler.RolloutUndo(pb.RolloutUndoRequest(name=name)))
+            for call in calls:
+                err = await rejected(call)
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err)
+                assert shoal_error(err) == "InvalidArgument"
+                assert f"service name {name!r}" in (err.details() or "")
+        assert await api.store.current_revision() == revision
+
+    run(scenario)
