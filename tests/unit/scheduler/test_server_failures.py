@@ -11,6 +11,8 @@ import grpc
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.model import ReplicaPhase
+from scheduler.store.base import Snapshot
+from scheduler.store.memory import MemoryStore
 from tests.fixtures.scheduler_api import (
     Api,
     apply,
@@ -92,3 +94,24 @@ def test_the_same_calls_succeed_once_etcd_is_back() -> None:
             await call(api)
 
     run(scenario)
+
+
+class BrokenStore(MemoryStore):
+    """A store whose snapshots fail with something no layer expects (a bug below the API)."""
+
+    async def snapshot(self) -> Snapshot:
+        raise RuntimeError("snapshot exploded")
+
+
+def test_an_unexpected_error_is_internal_with_shoal_error_and_the_api_keeps_serving() -> None:
+    async def scenario(api: Api) -> None:
+        await apply(api, service_yaml("web"))
+        for call in (api.scheduler.ListServices(pb.ListServicesRequest()),
+                     api.scheduler.ListHosts(pb.ListHostsRequest())):
+            err = await rejected(call)
+            assert err.code() == grpc.StatusCode.INTERNAL and shoal_error(err) == "Internal"
+            assert err.details() == "internal error: snapshot exploded"
+        # Calls that do not take a snapshot still work.
+        assert (await api.scheduler.GetService(pb.GetServiceRequest(name="web"))).spec.name == "web"
+
+    run(scenario, store=BrokenStore)
