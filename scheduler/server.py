@@ -75,6 +75,9 @@ def _as_scheduler_error(err: BaseException) -> errors.SchedulerError | None:
     if isinstance(err, SpecError | InvalidKey):  # InvalidKey: a name no record can have ("a/b")
         return errors.InvalidArgument(str(err))
     if isinstance(err, StoreUnavailable):
+        if err.outcome_unknown or err.applied:  # etcd went away mid-commit: the change may have landed
+            return errors.Unavailable(f"etcd cannot be reached ({err}); the change may or may not have been "
+                                      "applied: read it again before you retry")
         return errors.Unavailable(f"etcd cannot be reached ({err}); nothing was written: retry shortly")
     if isinstance(err, Conflict):
         return errors.Aborted(f"it changed concurrently too many times; retry ({err})")

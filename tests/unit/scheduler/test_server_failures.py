@@ -4,14 +4,15 @@ happened, and nothing is half-written."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.model import ReplicaPhase
-from scheduler.store.base import Snapshot
+from scheduler.store.base import Committed, LeaderGuard, Op, Snapshot
+from scheduler.store.errors import StoreUnavailable
 from scheduler.store.memory import MemoryStore
 from tests.fixtures.scheduler_api import (
     Api,
@@ -115,3 +116,34 @@ def test_an_unexpected_error_is_internal_with_shoal_error_and_the_api_keeps_serv
         assert (await api.scheduler.GetService(pb.GetServiceRequest(name="web"))).spec.name == "web"
 
     run(scenario, store=BrokenStore)
+
+
+class LostReplyStore(MemoryStore):
+    """A store whose next commit is applied but its reply lost, as when etcd goes away mid-transaction:
+    the commit raises ``StoreUnavailable`` with ``outcome_unknown``."""
+
+    lose_next = False
+
+    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None) -> Committed:
+        committed = await super().commit(ops, guard=guard)
+        if self.lose_next:
+            self.lose_next = False
+            raise StoreUnavailable("etcd stopped answering; the transaction may or may not have been "
+                                   "applied: read again", outcome_unknown=True)
+        return committed
+
+
+def test_a_write_whose_outcome_is_unknown_is_not_reported_as_nothing_written() -> None:
+    async def scenario(api: Api) -> None:
+        assert isinstance(api.store, LostReplyStore)
+        await apply(api, service_yaml("web", replicas=2))
+        api.store.lose_next = True
+        err = await rejected(api.scheduler.ScaleService(pb.ScaleServiceRequest(name="web", replicas=5)))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE and shoal_error(err) == "Unavailable"
+        details = err.details() or ""
+        assert "nothing was written" not in details  # it was: the scale landed
+        assert "may or may not have been applied" in details and "read it again" in details
+        service = await api.scheduler.GetService(pb.GetServiceRequest(name="web"))
+        assert service.spec.replicas == 5
+
+    run(scenario, store=LostReplyStore)
