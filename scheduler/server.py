@@ -153,31 +153,39 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if len(set(names)) != len(names):
             twice = sorted(n for n in set(names) if names.count(n) > 1)
             raise errors.InvalidArgument(f"a service is declared twice: {', '.join(twice)}")
-        results = []
-        for spec in specs:
-            service, action = await self._apply(spec)
-            results.append(pb.ApplyResult(service=await self._service_pb(service), action=action))
+        results = [pb.ApplyResult(service=await self._service_pb(service), action=action)
+                   for service, action in await self._apply(specs)]
         return pb.ApplyServiceResponse(results=results)
 
-    async def _apply(self, spec: ServiceSpec) -> tuple[Service, str]:
+    async def _apply(self, specs: list[ServiceSpec]) -> list[tuple[Service, str]]:
+        """Every document of one apply in one commit: all of them land, or none (a refusal, or etcd going
+        away, part way through a file must not leave half of it applied). One transaction holds 127
+        services; a larger file is split by the store, in order."""
         for _ in range(CAS_ATTEMPTS):
-            current = await self.store.get(self.schema.service(spec.name))
             now = time.time()
-            if current is None:
-                service, action = Service(spec=spec, created_at=now, updated_at=now), "created"
-            elif current.deleting:
-                raise errors.FailedPrecondition(f"service {spec.name} is being deleted; apply it again once "
-                                                "it is gone (shoal get services)")
-            elif current.spec == spec:
-                return current, "unchanged"
-            else:
-                service, action = self._changed(current, spec, now=now), "updated"
+            planned = [await self._plan_apply(spec, now=now) for spec in specs]
+            changed = [service for service, action in planned if action != "unchanged"]
+            if not changed:
+                return planned
             try:
-                committed = await self.store.commit([base.Put(service)])
+                committed = await self.store.commit([base.Put(service) for service in changed])
             except Conflict:
                 continue
-            return _written(committed, service), action
-        raise errors.Aborted(f"service {spec.name} kept changing while it was being applied; retry")
+            written = {r.name: r for r in committed.written if isinstance(r, Service)}
+            return [(written.get(service.name, service), action) for service, action in planned]
+        names = ", ".join(spec.name for spec in specs)
+        raise errors.Aborted(f"{names} kept changing while being applied; retry")
+
+    async def _plan_apply(self, spec: ServiceSpec, *, now: float) -> tuple[Service, str]:
+        current = await self.store.get(self.schema.service(spec.name))
+        if current is None:
+            return Service(spec=spec, created_at=now, updated_at=now), "created"
+        if current.deleting:
+            raise errors.FailedPrecondition(f"service {spec.name} is being deleted; apply it again once it "
+                                            "is gone (shoal get services)")
+        if current.spec == spec:
+            return current, "unchanged"
+        return self._changed(current, spec, now=now), "updated"
 
     @staticmethod
     def _changed(current: Service, spec: ServiceSpec, *, now: float) -> Service:

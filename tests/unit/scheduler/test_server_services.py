@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import grpc
 
 from proto.agent.v1 import agent_pb2 as apb
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.model import ReplicaPhase, Service
-from scheduler.store.base import Delete, Put
+from scheduler.store.base import Committed, Delete, LeaderGuard, Op, Put
+from scheduler.store.errors import StoreUnavailable
+from scheduler.store.memory import MemoryStore
 from tests.fixtures.scheduler_api import (
     Api,
     apply,
@@ -437,3 +440,43 @@ def test_a_name_that_cannot_be_a_service_is_an_invalid_argument() -> None:
         assert await api.store.current_revision() == revision
 
     run(scenario)
+
+
+def test_several_documents_are_applied_all_or_nothing() -> None:
+    async def scenario(api: Api) -> None:
+        await apply(api, service_yaml("api", replicas=1))
+        await api.scheduler.DeleteService(pb.DeleteServiceRequest(name="api"))
+        revision = await api.store.current_revision()
+        # web comes first in the file, but api (being deleted) refuses: web is not created either.
+        text = service_yaml("web") + "---\n" + service_yaml("api", replicas=3)
+        err = await rejected(api.scheduler.ApplyService(pb.ApplyServiceRequest(yaml=text)))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "api is being deleted" in (err.details() or "")
+        assert await api.store.current_revision() == revision
+        assert await api.store.get(api.store.schema.service("web")) is None
+
+    run(scenario)
+
+
+class OneCommitOnly(MemoryStore):
+    """A store whose writes fail after the first commit (etcd lost its quorum then; reads still work)."""
+
+    commits = 0
+
+    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None) -> Committed:
+        if self.commits:
+            raise StoreUnavailable("etcd went away (test)")
+        self.commits += 1
+        return await super().commit(ops, guard=guard)
+
+
+def test_several_documents_are_one_commit_so_etcd_going_away_cannot_half_apply_them() -> None:
+    async def scenario(api: Api) -> None:
+        text = service_yaml("web") + "---\n" + service_yaml("api") + "---\n" + service_yaml("db")
+        results = await apply(api, text)
+        assert [r.action for r in results] == ["created"] * 3
+        assert len({r.service.revision for r in results}) == 1  # one transaction
+        for name in ("web", "api", "db"):
+            assert (await stored(api, name)).revision == results[0].service.revision
+
+    run(scenario, store=OneCommitOnly)
