@@ -350,7 +350,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     # -- hosts --------------------------------------------------------------------------------------
 
     async def _host_pb(self, snap: base.Snapshot, host: HostId) -> pb.Host:
-        here = sum(1 for r in api.live(snap.replicas.values()) if r.host == host)
+        here = api.replicas_on(host, snap.replicas.values())
         return api.host_to_pb(snap.hosts[host], snap.host_statuses.get(host), here)
 
     @api_call

@@ -13,6 +13,7 @@ import grpc
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler import server
 from scheduler.model import HostAdmin, HostRecord, ReplicaPhase
+from scheduler.store.base import Delete
 from tests.fixtures.scheduler_api import (
     Api,
     host_id,
@@ -195,5 +196,29 @@ def test_unknown_and_ambiguous_hosts() -> None:
         assert (await record(api, 2)).admin is HostAdmin.ACTIVE
         empty = await rejected(api.scheduler.GetHost(pb.GetHostRequest(host="")))
         assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    run(scenario)
+
+
+def test_a_draining_host_is_drained_only_once_its_last_replica_is_gone() -> None:
+    """A replica being stopped still runs on the host: removing the host then would kill it mid-stop (and
+    leave its container behind if the host comes back), so the host is not drained yet."""
+    async def scenario(api: Api) -> None:
+        await apply_yaml(api, service_yaml("web", replicas=1))
+        await register(api, 1)
+        revision = await put(api, replica("web", "web-1", host=1, phase=ReplicaPhase.RUNNING, ready=True))
+        await api.scheduler.DrainHost(pb.HostRequest(host="node-1"))
+        assert await state(api, "node-1") == pb.HOST_STATE_DRAINING
+        # Its replacement runs elsewhere; the leader is stopping it.
+        stopping = replica("web", "web-1", host=1, phase=ReplicaPhase.STOPPING, revision=revision)
+        await put(api, stopping)
+        host = await api.scheduler.GetHost(pb.GetHostRequest(host="node-1"))
+        assert (host.state, host.replicas) == (pb.HOST_STATE_DRAINING, 1)
+        listed = await api.scheduler.ListHosts(pb.ListHostsRequest())
+        assert listed.hosts[0].state == pb.HOST_STATE_DRAINING
+        gone = await api.store.get(api.store.schema.replica("web", "web-1"))
+        assert gone is not None
+        await api.store.commit([Delete(gone)])  # its container is removed
+        assert await state(api, "node-1") == pb.HOST_STATE_DRAINED
 
     run(scenario)
