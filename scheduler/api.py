@@ -63,11 +63,11 @@ def service_to_pb(service: Service, replicas: Sequence[Replica]) -> pb.Service:
 
 
 def host_address(record: HostRecord | None) -> str:
-    """The host part of the agent's advertised HOST:PORT: where its published ports are reached."""
+    """The host part of the agent's advertised HOST:PORT: where its published ports are reached. An IPv6
+    address keeps its brackets (``[fd00::1]``), so ``f"{host}:{port}"`` is an address clients parse."""
     if record is None:
         return ""
-    host = record.address.rpartition(":")[0]
-    return host.strip("[]")
+    return record.address.rpartition(":")[0]
 
 
 def endpoints_of(replica: Replica, hosts: Mapping[HostId, HostRecord]) -> list[pb.Endpoint]:

@@ -176,3 +176,15 @@ def test_endpoints_are_ready_replicas_published_ports_on_their_hosts_addresses()
         assert err.code() == grpc.StatusCode.NOT_FOUND and shoal_error(err) == "NotFound"
 
     run(scenario)
+
+
+def test_endpoints_on_an_ipv6_host_keep_the_brackets() -> None:
+    async def scenario(api: Api) -> None:
+        await apply(api, service_yaml("web", replicas=1))
+        await register(api, 1, address="[fd00::1]:7070")
+        await put(api, replica("web", "web-1", host=1, phase=ReplicaPhase.RUNNING, ready=True,
+                               ports=((8080, 31001),)))
+        response = await api.scheduler.ListEndpoints(pb.ListEndpointsRequest(service="web"))
+        assert [e.address for e in response.endpoints] == ["[fd00::1]:31001"]  # IP:PORT, parseable
+
+    run(scenario)
