@@ -476,6 +476,8 @@ def _resolve_host(hosts: dict[HostId, HostRecord] | Any, ref: str) -> HostId:
     prefix = [h for h in hosts if h.startswith(ref)]
     if len(prefix) == 1:
         return HostId(prefix[0])
+    if len(prefix) > 1:
+        raise errors.InvalidArgument(f"host id prefix {ref!r} is ambiguous: give more characters")
     raise errors.NotFound(f"no such host: {ref} (shoal get hosts lists them)")
 
 

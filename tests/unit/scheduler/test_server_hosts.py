@@ -222,3 +222,16 @@ def test_a_draining_host_is_drained_only_once_its_last_replica_is_gone() -> None
         assert await state(api, "node-1") == pb.HOST_STATE_DRAINED
 
     run(scenario)
+
+
+def test_an_ambiguous_host_id_prefix_says_so() -> None:
+    async def scenario(api: Api) -> None:
+        await register(api, 1)
+        await register(api, 2)
+        err = await rejected(api.scheduler.CordonHost(pb.HostRequest(host=host_id(1)[:8])))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and shoal_error(err) == "InvalidArgument"
+        assert "ambiguous" in (err.details() or "") and "no such host" not in (err.details() or "")
+        for n in (1, 2):
+            assert (await record(api, n)).admin is HostAdmin.ACTIVE
+
+    run(scenario)
