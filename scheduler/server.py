@@ -280,6 +280,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     @api_call
     async def RolloutUndo(self, request: pb.RolloutUndoRequest, context: Any) -> pb.Service:
         async def change(service: Service) -> Service:
+            if service.deleting:
+                raise errors.FailedPrecondition(f"service {service.name} is being deleted")
             if not service.history:
                 raise errors.FailedPrecondition(f"service {service.name} has no earlier template to go "
                                                 "back to")

@@ -480,3 +480,17 @@ def test_several_documents_are_one_commit_so_etcd_going_away_cannot_half_apply_t
             assert (await stored(api, name)).revision == results[0].service.revision
 
     run(scenario, store=OneCommitOnly)
+
+
+def test_a_service_being_deleted_cannot_be_rolled_back() -> None:
+    async def scenario(api: Api) -> None:
+        await apply(api, service_yaml("web", image="busybox:1"))
+        await apply(api, service_yaml("web", image="busybox:2"))
+        await api.scheduler.DeleteService(pb.DeleteServiceRequest(name="web"))
+        revision = await api.store.current_revision()
+        err = await rejected(api.scheduler.RolloutUndo(pb.RolloutUndoRequest(name="web")))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "being deleted" in (err.details() or "")
+        assert await api.store.current_revision() == revision
+        assert (await stored(api, "web")).spec.facts.image == "busybox:2"
+
+    run(scenario)
