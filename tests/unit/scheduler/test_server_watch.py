@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
-from scheduler.model import ReplicaPhase
-from scheduler.store.base import Delete
+from scheduler.model import HostPort, ReplicaPhase
+from scheduler.store.base import Delete, Listing, Snapshot
+from scheduler.store.keys import KeyRange, KeyRef, R
+from scheduler.store.memory import MemoryStore
 from tests.fixtures.scheduler_api import (
     Api,
     apply,
@@ -195,5 +198,83 @@ def test_a_compacted_revision_is_out_of_range_with_revision_compacted() -> None:
             await api.scheduler.ScaleService(pb.ScaleServiceRequest(name="web", replicas=4))
             [event] = await take(call, 1)
         assert describe(event) == ("service", "put", "web", "4")
+
+    run(scenario)
+
+
+class CountingStore(MemoryStore):
+    """Counts the reads (snapshots, lists, gets) made of it."""
+
+    reads = 0
+
+    async def snapshot(self) -> Snapshot:
+        self.reads += 1
+        return await super().snapshot()
+
+    async def list(self, key_range: KeyRange[R]) -> Listing[R]:
+        self.reads += 1
+        return await super().list(key_range)
+
+    async def get(self, ref: KeyRef[R]) -> R | None:
+        self.reads += 1
+        return await super().get(ref)
+
+
+def test_a_watch_reads_the_store_once_not_once_per_event() -> None:
+    """Converting each event with a fresh snapshot made a watcher of N replica changes read N snapshots
+    of everything: a scale to 1,000 kept the scheduler busy for minutes for one `get replicas -w`."""
+    async def scenario(api: Api) -> None:
+        assert isinstance(api.store, CountingStore)
+        await apply(api, service_yaml("web", replicas=40))
+        await register(api, 1, address="192.0.2.1:7070")
+        after = await api.store.current_revision()
+        reads = api.store.reads
+        async with watching(api, pb.WatchRequest(after_revision=after)) as call:
+            placed = [replica("web", f"web-{i:02d}", host=1, phase=ReplicaPhase.STARTING) for i in range(40)]
+            revision = await put(api, *placed[:20])
+            await put(api, *placed[20:])
+            await api.scheduler.ScaleService(pb.ScaleServiceRequest(name="web", replicas=41))
+            running = [dataclasses.replace(r, phase=ReplicaPhase.RUNNING, ready=True,
+                                           ports=(HostPort(8080, 31000 + i),), revision=revision)
+                       for i, r in enumerate(placed[:20])]
+            await put(api, *running)
+            events: list[pb.WatchEvent] = []
+            def done() -> bool:  # every change seen, and the endpoints event that follows the last one
+                return (sum(describe(e)[0] in ("replica", "service") for e in events) >= 40 + 1 + 20
+                        and any(describe(e)[0] == "endpoints" and len(e.endpoints.endpoints) == 20
+                                for e in events))
+            for _ in range(200):  # bounded: 61 changes and at most one endpoints event each
+                if done():
+                    break
+                events += await take(call, 1)
+            assert done(), events
+            calls = api.store.reads - reads
+        endpoints = [e for e in events if describe(e)[0] == "endpoints"]
+        assert endpoints[-1].endpoints.endpoints[-1].address == "192.0.2.1:31019"
+        # One snapshot for the stream; the scale read the service and listed its replicas.
+        assert calls == 1 + 2, calls
+
+    run(scenario, store=CountingStore)
+
+
+def test_an_event_carries_the_state_as_of_its_revision() -> None:
+    async def scenario(api: Api) -> None:
+        await apply(api, service_yaml("web", replicas=2))
+        await register(api, 1, address="192.0.2.1:7070")
+        after = await api.store.current_revision()
+        request = pb.WatchRequest(after_revision=after, service="web", kinds=["replica", "endpoint"])
+        async with watching(api, request) as call:
+            await put(api, replica("web", "web-0"))
+            await take(call, 2)  # the replica and the (empty) endpoints: the stream is live
+            revision = await put(api, replica("web", "web-1", host=1, phase=ReplicaPhase.STARTING))
+            await put(api, replica("web", "web-1", host=1, phase=ReplicaPhase.RUNNING, ready=True,
+                                   ports=((8080, 31001),), revision=revision))
+            events = await take(call, 3)
+        # Written back to back, converted whenever the server got to them: the endpoint appears with the
+        # change that made it, not earlier.
+        assert [(describe(e), e.revision) for e in events] == [
+            (("replica", "put", "web-1", "REPLICA_STATE_STARTING"), revision),
+            (("replica", "put", "web-1", "REPLICA_STATE_RUNNING"), revision + 1),
+            (("endpoints", "put", "web", "192.0.2.1:31001"), revision + 1)]
 
     run(scenario)
