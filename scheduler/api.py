@@ -63,11 +63,11 @@ def service_to_pb(service: Service, replicas: Sequence[Replica]) -> pb.Service:
 
 
 def host_address(record: HostRecord | None) -> str:
-    """The host part of the agent's advertised HOST:PORT: where its published ports are reached."""
+    """The host part of the agent's advertised HOST:PORT: where its published ports are reached. An IPv6
+    address keeps its brackets (``[fd00::1]``), so ``f"{host}:{port}"`` is an address clients parse."""
     if record is None:
         return ""
-    host = record.address.rpartition(":")[0]
-    return host.strip("[]")
+    return record.address.rpartition(":")[0]
 
 
 def endpoints_of(replica: Replica, hosts: Mapping[HostId, HostRecord]) -> list[pb.Endpoint]:
@@ -96,7 +96,14 @@ def decision_to_pb(decision: Decision) -> pb.Decision:
     return pb.Decision(time=ts(decision.time), action=decision.action, reason=decision.reason)
 
 
+def replicas_on(host: HostId, replicas: Iterable[Replica]) -> int:
+    """How many replicas are on ``host``, stopping ones included: a host is drained only once its last
+    container is gone, or removing the host would kill replicas still being stopped gracefully."""
+    return sum(1 for r in replicas if r.host == host)
+
+
 def host_state(record: HostRecord, status: HostStatus | None, replicas_here: int) -> pb.HostState.ValueType:
+    """``replicas_here``: ``replicas_on(record.id, ...)``."""
     if status is None or not status.ready:
         return pb.HOST_STATE_NOT_READY
     if record.admin is HostAdmin.DRAINING:
@@ -141,5 +148,5 @@ def rollout_of(service: Service, replicas: Sequence[Replica]) -> pb.Rollout:
 
 __all__ = [
     "PHASE_OF_PB", "decision_to_pb", "endpoints_of", "host_address", "host_state", "host_to_pb", "live",
-    "replica_to_pb", "rollout_of", "service_status", "service_to_pb", "ts",
+    "replica_to_pb", "replicas_on", "rollout_of", "service_status", "service_to_pb", "ts",
 ]

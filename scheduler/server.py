@@ -18,7 +18,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -36,6 +36,7 @@ from scheduler.model import (
     Replica,
     ReplicaId,
     Service,
+    ServiceName,
     ServiceSpec,
     TemplateRevision,
 )
@@ -45,6 +46,7 @@ from scheduler.placement.view import build_view
 from scheduler.spec import SpecError, parse_service_file, spec_from_api
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, StoreError, StoreUnavailable
+from scheduler.store.keys import InvalidKey
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,9 +73,12 @@ _STATUS = [
 def _as_scheduler_error(err: BaseException) -> errors.SchedulerError | None:
     if isinstance(err, errors.SchedulerError):
         return err
-    if isinstance(err, SpecError):
+    if isinstance(err, SpecError | InvalidKey):  # InvalidKey: a name no record can have ("a/b")
         return errors.InvalidArgument(str(err))
     if isinstance(err, StoreUnavailable):
+        if err.outcome_unknown or err.applied:  # etcd went away mid-commit: the change may have landed
+            return errors.Unavailable(f"etcd cannot be reached ({err}); the change may or may not have been "
+                                      "applied: read it again before you retry")
         return errors.Unavailable(f"etcd cannot be reached ({err}); nothing was written: retry shortly")
     if isinstance(err, Conflict):
         return errors.Aborted(f"it changed concurrently too many times; retry ({err})")
@@ -84,8 +89,9 @@ def _as_scheduler_error(err: BaseException) -> errors.SchedulerError | None:
 
 async def _abort(context: Any, err: BaseException) -> None:
     mapped = _as_scheduler_error(err)
-    if mapped is None:
+    if mapped is None:  # a bug: logged with its traceback, and still answered with the metadata
         log.exception("internal error", exc_info=err)
+        context.set_trailing_metadata((("shoal-error", "Internal"),))
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {err}")
         return
     code = next((c for kind, c in _STATUS if isinstance(mapped, kind)), grpc.StatusCode.UNKNOWN)
@@ -100,7 +106,9 @@ def _unary(allowed: frozenset[str]) -> Callable[[Callable[..., Awaitable[T]]], C
             try:
                 auth.authorize(context, allowed)
                 return await fn(self, request, context)
-            except (errors.SchedulerError, SpecError, StoreError) as err:
+            except grpc.aio.AbortError:
+                raise
+            except Exception as err:
                 await _abort(context, err)
                 raise AssertionError("unreachable") from err
         return wrapper
@@ -117,7 +125,9 @@ def _streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterat
             auth.authorize(context, auth.API_CALLERS)
             async for item in fn(self, request, context):
                 yield item
-        except (errors.SchedulerError, SpecError, StoreError) as err:
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:
             await _abort(context, err)
     return wrapper
 
@@ -144,31 +154,39 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if len(set(names)) != len(names):
             twice = sorted(n for n in set(names) if names.count(n) > 1)
             raise errors.InvalidArgument(f"a service is declared twice: {', '.join(twice)}")
-        results = []
-        for spec in specs:
-            service, action = await self._apply(spec)
-            results.append(pb.ApplyResult(service=await self._service_pb(service), action=action))
+        results = [pb.ApplyResult(service=await self._service_pb(service), action=action)
+                   for service, action in await self._apply(specs)]
         return pb.ApplyServiceResponse(results=results)
 
-    async def _apply(self, spec: ServiceSpec) -> tuple[Service, str]:
+    async def _apply(self, specs: list[ServiceSpec]) -> list[tuple[Service, str]]:
+        """Every document of one apply in one commit: all of them land, or none (a refusal, or etcd going
+        away, part way through a file must not leave half of it applied). One transaction holds 127
+        services; a larger file is split by the store, in order."""
         for _ in range(CAS_ATTEMPTS):
-            current = await self.store.get(self.schema.service(spec.name))
             now = time.time()
-            if current is None:
-                service, action = Service(spec=spec, created_at=now, updated_at=now), "created"
-            elif current.deleting:
-                raise errors.FailedPrecondition(f"service {spec.name} is being deleted; apply it again once "
-                                                "it is gone (shoal get services)")
-            elif current.spec == spec:
-                return current, "unchanged"
-            else:
-                service, action = self._changed(current, spec, now=now), "updated"
+            planned = [await self._plan_apply(spec, now=now) for spec in specs]
+            changed = [service for service, action in planned if action != "unchanged"]
+            if not changed:
+                return planned
             try:
-                committed = await self.store.commit([base.Put(service)])
+                committed = await self.store.commit([base.Put(service) for service in changed])
             except Conflict:
                 continue
-            return _written(committed, service), action
-        raise errors.Aborted(f"service {spec.name} kept changing while it was being applied; retry")
+            written = {r.name: r for r in committed.written if isinstance(r, Service)}
+            return [(written.get(service.name, service), action) for service, action in planned]
+        names = ", ".join(spec.name for spec in specs)
+        raise errors.Aborted(f"{names} kept changing while being applied; retry")
+
+    async def _plan_apply(self, spec: ServiceSpec, *, now: float) -> tuple[Service, str]:
+        current = await self.store.get(self.schema.service(spec.name))
+        if current is None:
+            return Service(spec=spec, created_at=now, updated_at=now), "created"
+        if current.deleting:
+            raise errors.FailedPrecondition(f"service {spec.name} is being deleted; apply it again once it "
+                                            "is gone (shoal get services)")
+        if current.spec == spec:
+            return current, "unchanged"
+        return self._changed(current, spec, now=now), "updated"
 
     @staticmethod
     def _changed(current: Service, spec: ServiceSpec, *, now: float) -> Service:
@@ -263,6 +281,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     @api_call
     async def RolloutUndo(self, request: pb.RolloutUndoRequest, context: Any) -> pb.Service:
         async def change(service: Service) -> Service:
+            if service.deleting:
+                raise errors.FailedPrecondition(f"service {service.name} is being deleted")
             if not service.history:
                 raise errors.FailedPrecondition(f"service {service.name} has no earlier template to go "
                                                 "back to")
@@ -333,7 +353,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     # -- hosts --------------------------------------------------------------------------------------
 
     async def _host_pb(self, snap: base.Snapshot, host: HostId) -> pb.Host:
-        here = sum(1 for r in api.live(snap.replicas.values()) if r.host == host)
+        here = api.replicas_on(host, snap.replicas.values())
         return api.host_to_pb(snap.hosts[host], snap.host_statuses.get(host), here)
 
     @api_call
@@ -380,70 +400,145 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         snap = await self.store.snapshot()
         if request.service and request.service not in snap.services:
             raise errors.NotFound(f"no such service: {request.service}")
-        return pb.ListEndpointsResponse(endpoints=_endpoints(snap, request.service), revision=snap.revision)
+        replicas = (r for r in snap.replicas.values() if not request.service or r.service == request.service)
+        return pb.ListEndpointsResponse(endpoints=_endpoints(replicas, snap.hosts), revision=snap.revision)
 
     @_streaming
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.WatchEvent]:
-        kinds = set(request.kinds) or {"service", "replica", "host", "endpoint"}
-        unknown = kinds - {"service", "replica", "host", "endpoint"}
+        kinds = set(request.kinds) or set(WATCH_KINDS)
+        unknown = kinds - set(WATCH_KINDS)
         if unknown:
             raise errors.InvalidArgument(f"unknown watch kinds {sorted(unknown)}: use service, replica, "
                                          "host, endpoint")
-        after = request.after_revision or await self.store.current_revision()
-        last_endpoints: dict[str, list[pb.Endpoint]] = {}
+        stream = _WatchStream(await self.store.snapshot(), kinds=kinds, service=request.service)
+        after = request.after_revision or stream.view.revision
         try:
             async for change in self.store.watch(after):
-                for event in await self._events(change, kinds, request.service, last_endpoints):
+                for event in stream.events(change):
                     yield event
         except Compacted:
             raise errors.RevisionCompacted(f"revision {after} was compacted: list again, then watch from "
                                            "the listing's revision") from None
 
-    async def _events(self, change: base.Change, kinds: set[str], only: str,
-                      last_endpoints: dict[str, list[pb.Endpoint]]) -> list[pb.WatchEvent]:
-        kind_name = change.kind.value
-        name = change.ids[-1] if change.ids else ""
-        out: list[pb.WatchEvent] = []
+
+WATCH_KINDS = ("service", "replica", "host", "endpoint")
+
+
+class _WatchView:
+    """The state as one watch stream knows it: a snapshot read when the stream starts, kept current by
+    the stream's own changes, so events are converted without reading etcd again — one read per stream,
+    where a read per event made a watcher of N replica changes read N snapshots (quadratic in the
+    cluster's size, on the event loop every API call shares), and gave an event the state of whenever
+    it was converted rather than of its revision. Changes at or before the snapshot's revision (a watch
+    resumed from the past) are already in it: those events carry the state as of the snapshot."""
+
+    def __init__(self, snap: base.Snapshot) -> None:
+        self.revision = snap.revision
+        self.services: dict[ServiceName, Service] = dict(snap.services)
+        self.hosts: dict[HostId, HostRecord] = dict(snap.hosts)
+        self.statuses: dict[HostId, HostStatus] = dict(snap.host_statuses)
+        self.replicas: dict[str, dict[str, Replica]] = {}  # by service, then id
+        for replica in snap.replicas.values():
+            self.replicas.setdefault(replica.service, {})[replica.id] = replica
+
+    def replicas_of(self, service: str) -> list[Replica]:
+        return list(self.replicas.get(service, {}).values())
+
+    def all_replicas(self) -> list[Replica]:
+        return [r for of_service in self.replicas.values() for r in of_service.values()]
+
+    def apply(self, change: base.Change) -> None:
+        if change.revision <= self.revision or not change.ids:
+            return
+        value, key = change.value, change.ids[-1]
+        # A put whose bytes do not decode is left out, as a snapshot leaves it out.
+        if change.record_type is Service:
+            _set(self.services, ServiceName(key), value if isinstance(value, Service) else None)
+        elif change.record_type is Replica:
+            of_service = self.replicas.setdefault(change.ids[0], {})
+            _set(of_service, key, value if isinstance(value, Replica) else None)
+            if not of_service:
+                del self.replicas[change.ids[0]]
+        elif change.record_type is HostRecord:
+            _set(self.hosts, HostId(key), value if isinstance(value, HostRecord) else None)
+        elif change.record_type is HostStatus:
+            _set(self.statuses, HostId(key), value if isinstance(value, HostStatus) else None)
+
+
+def _set(mapping: dict[Any, T], key: Any, value: T | None) -> None:
+    if value is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
+
+
+class _WatchStream:
+    """One Watch call: its filters, its view, and the endpoint sets it last sent (an endpoints event goes
+    out when a service's set changes)."""
+
+    def __init__(self, snap: base.Snapshot, *, kinds: set[str], service: str) -> None:
+        self.view = _WatchView(snap)
+        self.kinds = kinds
+        self.only = service
+        self.sent_endpoints: dict[str, list[pb.Endpoint]] = {}
+
+    def events(self, change: base.Change) -> list[pb.WatchEvent]:
+        previous = self._replica_before(change)
+        self.view.apply(change)
+        kind, name, revision = change.kind.value, change.ids[-1] if change.ids else "", change.revision
         value = change.value
-        if change.record_type is Service and "service" in kinds and (not only or name == only):
-            event = pb.WatchEvent(revision=change.revision, type=kind_name, name=name)
-            if isinstance(value, Service):
-                event.service.CopyFrom(await self._service_pb(value))
-            out.append(event)
+        out: list[pb.WatchEvent] = []
+        if change.record_type is Service:
+            if "service" in self.kinds and (not self.only or name == self.only):
+                event = pb.WatchEvent(revision=revision, type=kind, name=name)
+                if isinstance(value, Service):
+                    event.service.CopyFrom(api.service_to_pb(value, self.view.replicas_of(name)))
+                out.append(event)
         elif change.record_type is Replica:
             service = change.ids[0] if change.ids else ""
-            if only and service != only:
+            if self.only and service != self.only:
                 return out
-            snap = None
-            if "replica" in kinds:
-                event = pb.WatchEvent(revision=change.revision, type=kind_name, name=name)
+            if "replica" in self.kinds:
+                event = pb.WatchEvent(revision=revision, type=kind, name=name)
                 if isinstance(value, Replica):
-                    snap = await self.store.snapshot()
-                    event.replica.CopyFrom(api.replica_to_pb(value, snap.hosts))
+                    event.replica.CopyFrom(api.replica_to_pb(value, self.view.hosts))
                 out.append(event)
-            if "endpoint" in kinds:
-                snap = snap or await self.store.snapshot()
-                endpoints = _endpoints(snap, service)
-                if endpoints != last_endpoints.get(service):
-                    last_endpoints[service] = endpoints
-                    out.append(pb.WatchEvent(revision=change.revision, type="put", name=service,
-                                             endpoints=pb.ListEndpointsResponse(endpoints=endpoints,
-                                                                               revision=change.revision)))
-        elif change.record_type in (HostRecord, HostStatus) and "host" in kinds and not only:
-            snap = await self.store.snapshot()
-            event = pb.WatchEvent(revision=change.revision, type=kind_name, name=name)
-            if name in snap.hosts:
-                event.host.CopyFrom(await self._host_pb(snap, HostId(name)))
+            current = value if isinstance(value, Replica) else None
+            if "endpoint" in self.kinds and (service not in self.sent_endpoints
+                                             or self._endpoints_of(previous) != self._endpoints_of(current)):
+                out.extend(self._endpoints_event(service, revision))
+        elif change.record_type in (HostRecord, HostStatus) and "host" in self.kinds and not self.only:
+            event = pb.WatchEvent(revision=revision, type=kind, name=name)
+            host = HostId(name)
+            if host in self.view.hosts:
+                here = api.replicas_on(host, self.view.all_replicas())
+                event.host.CopyFrom(api.host_to_pb(self.view.hosts[host], self.view.statuses.get(host), here))
                 event.type = "put"
             elif change.record_type is HostStatus:
                 return out
             out.append(event)
         return out
 
+    def _replica_before(self, change: base.Change) -> Replica | None:
+        if change.record_type is not Replica or len(change.ids) != 2:
+            return None
+        return self.view.replicas.get(change.ids[0], {}).get(change.ids[1])
 
-def _endpoints(snap: base.Snapshot, service: str) -> list[pb.Endpoint]:
-    return [e for _, r in sorted(snap.replicas.items()) if not service or r.service == service
-            for e in api.endpoints_of(r, snap.hosts)]
+    def _endpoints_of(self, replica: Replica | None) -> list[pb.Endpoint]:
+        return api.endpoints_of(replica, self.view.hosts) if replica is not None else []
+
+    def _endpoints_event(self, service: str, revision: int) -> list[pb.WatchEvent]:
+        endpoints = _endpoints(self.view.replicas_of(service), self.view.hosts)
+        if endpoints == self.sent_endpoints.get(service):
+            return []
+        self.sent_endpoints[service] = endpoints
+        return [pb.WatchEvent(revision=revision, type="put", name=service,
+                              endpoints=pb.ListEndpointsResponse(endpoints=endpoints, revision=revision))]
+
+
+def _endpoints(replicas: Iterable[Replica], hosts: Mapping[HostId, HostRecord]) -> list[pb.Endpoint]:
+    """The endpoints of ``replicas``, in replica id order."""
+    return [e for r in sorted(replicas, key=lambda r: r.id) for e in api.endpoints_of(r, hosts)]
 
 
 def _resolve_host(hosts: dict[HostId, HostRecord] | Any, ref: str) -> HostId:
@@ -459,6 +554,8 @@ def _resolve_host(hosts: dict[HostId, HostRecord] | Any, ref: str) -> HostId:
     prefix = [h for h in hosts if h.startswith(ref)]
     if len(prefix) == 1:
         return HostId(prefix[0])
+    if len(prefix) > 1:
+        raise errors.InvalidArgument(f"host id prefix {ref!r} is ambiguous: give more characters")
     raise errors.NotFound(f"no such host: {ref} (shoal get hosts lists them)")
 
 
