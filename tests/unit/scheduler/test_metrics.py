@@ -33,6 +33,7 @@ from scheduler.store.base import Delete, Put
 from scheduler.store.errors import Compacted, Conflict
 from scheduler.store.keys import KeyRange
 from scheduler.store.memory import MemoryStore
+from scheduler.store.records import Record
 from tests.fixtures import scheduler_records as build
 
 HANG_GUARD_S = 20.0
@@ -40,7 +41,7 @@ FAST = 0.01  # publish interval for tests: figures follow the store within a few
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), HANG_GUARD_S))  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(scenario(), HANG_GUARD_S))
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -121,9 +122,12 @@ REPLICAS = [
 ]
 
 
+CLUSTER: list[Record] = [*HOSTS, *STATUSES, *SERVICES, *REPLICAS]
+
+
 async def filled_store() -> MemoryStore:
     store = MemoryStore()
-    await store.commit([Put(r) for r in [*HOSTS, *STATUSES, *SERVICES, *REPLICAS]])
+    await store.commit([Put(r) for r in CLUSTER])
     return store
 
 
@@ -318,7 +322,7 @@ class CompactingOnce(MemoryStore):
 def test_a_compacted_watch_means_reading_the_cluster_again() -> None:
     async def scenario() -> None:
         store = CompactingOnce()
-        await store.commit([Put(r) for r in [*HOSTS, *STATUSES, *SERVICES, *REPLICAS]])
+        await store.commit([Put(r) for r in CLUSTER])
         metrics = await following(store)
         try:
             await until(lambda: store.watches >= 2, "a second watch")
