@@ -1,67 +1,127 @@
 """The scheduler's HTTP endpoint (``--http-listen``): ``/metrics``, ``/http_sd`` and ``/healthz``.
 
-Served from a daemon thread (``http.server``), reading only what ``SchedulerMetrics`` caches, so a scrape
-never touches etcd or the scheduler's event loop. The page holds no secrets (counts, host addresses) and
-is read-only, as Prometheus' targets conventionally are.
+Served from daemon threads (``http.server``), reading only what ``SchedulerMetrics`` has published, so a
+scrape never touches etcd or the scheduler's event loop. ``/metrics`` answers in the format the scraper
+asks for (OpenMetrics for Prometheus, else the classic text format), gzipped when it accepts gzip.
+``/http_sd`` is Prometheus' HTTP service discovery (``?kind=agent`` or ``?kind=replica`` for one kind of
+target); before the cluster was first read from etcd it answers 503, because an empty list would make
+Prometheus drop every target while a failed request makes it keep the ones it has. The pages hold no
+secrets (counts, host addresses) and are read-only, as Prometheus' targets conventionally are; like the
+agents' metrics, bind them to loopback or a management network.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
+import socket
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
-from scheduler.metrics import SchedulerMetrics
+from scheduler.metrics import TARGET_KINDS, SchedulerMetrics
+
+log = logging.getLogger(__name__)
+
+GZIP_MIN_BYTES = 1024  # smaller pages are sent as they are
 
 
 class HttpServer:
     def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
         self._server = server
         self._thread = thread
-        self.port = server.server_address[1]
+        self.port: int = server.server_address[1]
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 def serve(address: str, metrics: SchedulerMetrics) -> HttpServer:
+    """Serve on ``HOST:PORT`` (``[ADDR]:PORT`` for IPv6; port 0 picks a free one, see ``.port``) from a
+    daemon thread. Exits with a message on a bad address or one that cannot be bound."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise SystemExit(f"shoal-scheduler: invalid --http-listen {address!r}: expected HOST:PORT")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if (not host or not port.isdigit() or int(port) > 65535 or "[" in host or "]" in host
+            or (":" in host and not bracketed)):
+        raise SystemExit(f"shoal-scheduler: invalid --http-listen {address!r}: expected HOST:PORT "
+                         "([ADDR]:PORT for IPv6)")
+    server_class = _Server6 if bracketed else _Server
+    try:
+        server = server_class((host, int(port)), _handler(metrics))
+    except OSError as err:
+        raise SystemExit(f"shoal-scheduler: cannot serve HTTP on {address}: {err.strerror or err}") from None
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    return HttpServer(server, thread)
 
+
+def _handler(metrics: SchedulerMetrics) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry))
-            elif path == "/http_sd":
-                self._send(200, "application/json", json.dumps(metrics.http_sd()).encode())
-            elif path == "/healthz":
-                self._send(200, "text/plain", b"ok\n")
-            else:
-                self._send(404, "text/plain", b"not found: try /metrics, /http_sd or /healthz\n")
+            url = urllib.parse.urlsplit(self.path)
+            try:
+                if url.path == "/metrics":
+                    self._metrics()
+                elif url.path == "/http_sd":
+                    self._http_sd(urllib.parse.parse_qs(url.query))
+                elif url.path == "/healthz":
+                    self._send(200, "text/plain; charset=utf-8", b"ok\n")
+                else:
+                    self._send(404, "text/plain; charset=utf-8",
+                               b"not found: try /metrics, /http_sd or /healthz\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away
+            except Exception:
+                log.exception("serving %s", url.path)
+                self._send(500, "text/plain; charset=utf-8", b"internal error (see the scheduler's log)\n")
+
+        def _metrics(self) -> None:
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._send(200, content_type, encoder(metrics.registry))
+
+        def _http_sd(self, query: dict[str, list[str]]) -> None:
+            kinds = query.get("kind", [])
+            if len(kinds) > 1 or (kinds and kinds[0] not in TARGET_KINDS):
+                self._send(400, "text/plain; charset=utf-8",
+                           f"kind must be one of {', '.join(TARGET_KINDS)}\n".encode())
+                return
+            if not metrics.loaded:
+                self._send(503, "text/plain; charset=utf-8",
+                           b"the scheduler has not read the cluster from etcd yet\n")
+                return
+            groups = metrics.http_sd(kinds[0] if kinds else None)
+            self._send(200, "application/json", json.dumps(groups, separators=(",", ":")).encode())
 
         def _send(self, code: int, kind: str, body: bytes) -> None:
+            gzipped = len(body) >= GZIP_MIN_BYTES and "gzip" in self.headers.get("Accept-Encoding", "")
+            if gzipped:
+                body = gzip.compress(body, compresslevel=5)
             self.send_response(code)
             self.send_header("Content-Type", kind)
+            if gzipped:
+                self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
-            pass
+            pass  # scrapes every few seconds would drown the log
 
-    try:
-        server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
-    except OSError as err:
-        raise SystemExit(f"shoal-scheduler: cannot serve HTTP on {address}: {err.strerror or err}") from None
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
-    thread.start()
-    return HttpServer(server, thread)
+    return Handler
 
 
 __all__ = ["HttpServer", "serve"]

@@ -1,209 +1,630 @@
-"""What the scheduler tells Prometheus: ``/metrics`` and ``http_sd`` discovery.
+"""What the scheduler tells Prometheus: the figures behind ``/metrics`` and ``http_sd`` discovery.
 
-``SchedulerMetrics`` keeps a cache of the cluster (services, replicas, hosts, host statuses) refreshed
-from etcd every ``REFRESH`` seconds by a task of the scheduler's loop, so a scrape — served from another
-thread (``scheduler.httpd``) — never touches etcd or the loop, and every instance, leader or not, serves
-the same figures. From it:
+``SchedulerMetrics`` follows the cluster in etcd the way the controller does — one snapshot, then a watch
+from its revision (a new snapshot after a compaction or a failure) — into a mirror owned by the event
+loop. Every ``publish_interval`` the loop publishes an immutable copy of it (only when something
+changed) together with whether this instance leads; scrapes, served from other threads
+(``scheduler.httpd``), read only that copy, so they never touch etcd, the loop or its objects, and every
+instance, leader or not, serves the same figures. Derived figures are computed once per published copy,
+by the first scrape that needs them. Every instance exports the cluster figures: aggregate across
+instances with ``max by (service)`` (the rules in ``deploy/prometheus/`` do).
 
-* per service: ``shoal_service_replicas_desired``, ``_ready``, ``_pending`` (the expansion platform adds
-  hosts on pending), ``_failed``; per host state: ``shoal_hosts``; whether this instance leads;
-* histograms of the leader's reconcile passes (``shoal_scheduler_reconcile_seconds``), of the time from a
-  replica's creation to its placement (``shoal_scheduler_placement_latency_seconds``), of etcd snapshot
-  reads (``shoal_scheduler_etcd_request_seconds``), and of API calls by method and code;
-* ``http_sd``: one target group per agent with a metrics address, and one per replica whose service
-  declares a ``metrics_port`` (its host's address and the port published for it), labelled so relabel
-  rules can keep host labels (``__meta_shoal_host_label_<key>``), the service and the replica.
+Series (see ``docs/architecture.md`` for the table):
+
+* per service: ``shoal_service_replicas_{desired,ready,pending,failed}`` and
+  ``shoal_service_pending_since_timestamp_seconds`` (when its longest-waiting pending replica was
+  created: the expansion platform's "add hosts" signal); per host state ``shoal_hosts``; per host
+  ``shoal_host_ready``;
+* about this instance: ``shoal_scheduler_leader``, ``shoal_scheduler_state_synced`` (its copy follows
+  etcd), ``shoal_scheduler_state_resyncs_total``, ``shoal_scheduler_corrupt_records``;
+* histograms of the leader's reconcile passes, of replicas' wait from creation to placement, of etcd
+  requests (every call through a store wrapped by ``timed``) and of API calls (``interceptor``); counters
+  of planned agent actions, failed etcd requests, and the etcd client's retries and watch resumes.
+
+``http_sd()`` is Prometheus' HTTP service discovery format: one target group per agent that registered a
+metrics address and one per running replica of a service declaring ``metrics_port``, with ``__meta_shoal_*``
+labels for relabeling (host labels as ``__meta_shoal_host_label_<key>``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from proto.scheduler.v1 import scheduler_pb2 as spb
 from scheduler import api, reconcile
-from scheduler.model import ReplicaPhase
+from scheduler.controller import Mirror
+from scheduler.model import HostId, HostRecord, Replica, ReplicaPhase, Service
 from scheduler.store import base
+from scheduler.store.errors import Compacted
+from scheduler.store.keys import KeyRange, KeyRef, KeySchema, R
+from scheduler.store.records import LeaderRecord
 
 log = logging.getLogger(__name__)
 
-REFRESH = 2.0
+T = TypeVar("T")
+
+PUBLISH_INTERVAL = 1.0   # scrapes see the cluster at most about this much behind the mirror
+RESYNC_BACKOFF = (0.5, 30.0)  # first and longest wait before reading etcd again after a failure
+PLACED_MEMORY = 100_000  # replica ids remembered as placed (so a repeated plan is not counted twice)
+
+HOST_STATES = tuple(name.removeprefix("HOST_STATE_").lower() for name, _ in spb.HostState.items()
+                    if name != "HOST_STATE_UNSPECIFIED")
+TARGET_KINDS = ("agent", "replica")
+
+ETCD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class SchedulerMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self._lock = threading.Lock()
-        self._snapshot: base.Snapshot | None = None
-        self._leading: Callable[[], bool] = lambda: False
-        self._placed_seen: set[str] = set()
-        self.reconcile = Histogram("shoal_scheduler_reconcile_seconds",
-                                   "Duration of the leader's reconcile passes", registry=self.registry,
-                                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-        self.placement = Histogram("shoal_scheduler_placement_latency_seconds",
-                                   "Time from a replica's creation to its placement on a host",
-                                   registry=self.registry,
-                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.etcd = Histogram("shoal_scheduler_etcd_request_seconds", "Duration of etcd snapshot reads",
-                              registry=self.registry)
-        self.rpcs = Counter("shoal_scheduler_api_requests", "API calls by method and code",
-                            ["method", "code"], registry=self.registry)
-        self.registry.register(_Collector(self))
+    """The scheduler's metrics registry and discovery (see the module docstring).
 
-    # -- feeding ------------------------------------------------------------------------------------
+    Fed by the loop: ``record_pass`` (the controller's ``on_pass``), ``watch`` (starts following the
+    store), ``interceptor()`` (the API server's), ``timed(store)`` (etcd request latency). Read from any
+    thread: ``registry`` (what ``/metrics`` renders), ``http_sd()``, ``loaded``, ``snapshot()``.
+    """
+
+    def __init__(self, *, publish_interval: float = PUBLISH_INTERVAL) -> None:
+        self.registry = CollectorRegistry()
+        self.publish_interval = publish_interval
+        self._lock = threading.Lock()
+        self._published = Published()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._placed: dict[str, None] = {}  # insertion-ordered: the oldest are forgotten first
+        r = self.registry
+        self.reconcile = Histogram(
+            "shoal_scheduler_reconcile_duration_seconds",
+            "Time the leader took for one reconcile pass (decide, commit to etcd, hand actions over).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.placement = Histogram(
+            "shoal_scheduler_placement_duration_seconds",
+            "Time from a replica's creation to its placement on a host (including any wait, pending, for "
+            "room).", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+            registry=r)
+        self.actions = Counter(
+            "shoal_scheduler_planned_actions",
+            "Agent actions the leader's reconcile passes decided, by kind.", ["action"], registry=r)
+        self.etcd = Histogram(
+            "shoal_scheduler_etcd_request_duration_seconds",
+            "Time of the scheduler's etcd calls as its code sees them (the store's own retries included).",
+            ["operation"], buckets=ETCD_BUCKETS, registry=r)
+        self.etcd_failures = Counter(
+            "shoal_scheduler_etcd_request_failures", "etcd calls that raised, by operation and error "
+            "(Conflict is a compare-and-swap that lost: expected now and then).",
+            ["operation", "error"], registry=r)
+        self.rpcs = Histogram(
+            "shoal_scheduler_rpc_duration_seconds",
+            "gRPC API calls by method and status code, handling time (streams: their lifetime).",
+            ["method", "code"], buckets=RPC_BUCKETS, registry=r)
+        self.resyncs = Counter(
+            "shoal_scheduler_state_resyncs",
+            "Full re-reads of the cluster from etcd after the first (a compacted or failed watch).",
+            registry=r)
+        for action in ("launch", "retire"):
+            self.actions.labels(action)
+        r.register(_ClusterCollector(self))
+
+    # -- feeding (on the event loop) ----------------------------------------------------------------
 
     def record_pass(self, seconds: float, plan: reconcile.Plan, world: reconcile.World) -> None:
+        """One reconcile pass of the leader: its duration, the replicas it placed, the actions it decided."""
         self.reconcile.observe(seconds)
         for write in plan.writes:
+            if isinstance(write, reconcile.DropReplica):
+                self._placed.pop(write.replica.id, None)
+                continue
             if not isinstance(write, reconcile.WriteReplica):
                 continue
             replica = write.replica
-            if replica.host is not None and replica.id not in self._placed_seen and replica.created_at:
-                before = world.replicas.get(replica.id)
-                if before is None or before.host is None:
-                    self._placed_seen.add(replica.id)
-                    self.placement.observe(max(0.0, world.now - replica.created_at))
-        if len(self._placed_seen) > 100_000:
-            self._placed_seen.clear()
+            before = world.replicas.get(replica.id)
+            if (replica.host is None or replica.id in self._placed or not replica.created_at
+                    or (before is not None and before.host is not None)):
+                continue
+            self._placed[replica.id] = None
+            self.placement.observe(max(0.0, world.now - replica.created_at))
+        while len(self._placed) > PLACED_MEMORY:
+            del self._placed[next(iter(self._placed))]
+        for action in plan.actions:
+            self.actions.labels("launch" if isinstance(action, reconcile.Launch) else "retire").inc()
 
-    def watch(self, *, store: base.Store, election: Any, leader: Callable[[], object | None]) -> None:
-        """Start refreshing the cache from ``store`` (a task of the running loop)."""
-        self._leading = lambda: leader() is not None
-        asyncio.get_running_loop().create_task(self._refresh(store), name="metrics-refresh")
+    def timed(self, store: base.Store) -> base.Store:
+        """``store`` with every call timed into ``shoal_scheduler_etcd_request_duration_seconds``."""
+        return store if isinstance(store, TimedStore) else TimedStore(store, self)
 
-    async def _refresh(self, store: base.Store) -> None:
+    def watch(self, *, store: base.Store, election: Any = None,
+              leader: Callable[[], object | None] = lambda: None) -> None:
+        """Start following ``store`` and publishing (tasks of the running loop). ``leader()`` is not None
+        while this instance runs the control loops; it is called on the loop only. (``election`` is
+        accepted for the callers' sake and not needed.)"""
+        if self._tasks:
+            raise RuntimeError("SchedulerMetrics.watch was already called")
+        follower = _Follower(self.timed(store), resyncs=self.resyncs)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(follower.run(), name="metrics-follow"),
+                       loop.create_task(self._publish_loop(follower, store, leader), name="metrics-publish")]
+
+    async def close(self) -> None:
+        """Stop following the store (the last published figures stay)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _publish_loop(self, follower: _Follower, store: base.Store,
+                            leader: Callable[[], object | None]) -> None:
+        cluster: PublishedCluster | None = None
+        published_version = -1
         while True:
-            started = time.perf_counter()
             try:
-                snap = await store.snapshot()
-            except Exception as err:  # metrics must never take the scheduler down
-                log.debug("metrics refresh failed: %s", err)
-            else:
-                self.etcd.observe(time.perf_counter() - started)
-                with self._lock:
-                    self._snapshot = snap
-            await asyncio.sleep(REFRESH)
-
-    def snapshot(self) -> base.Snapshot | None:
-        with self._lock:
-            return self._snapshot
+                leading = leader() is not None
+            except Exception:  # a caller's bookkeeping must not stop the figures
+                leading = False
+            if follower.mirror is not None and follower.version != published_version:
+                cluster = PublishedCluster(follower.copy())
+                published_version = follower.version
+            stats = getattr(store, "stats", None)  # EtcdStore's client counters, when there are some
+            state = Published(cluster=cluster, leading=leading, synced=follower.synced,
+                               etcd_retries=getattr(stats, "retries", None),
+                               etcd_watch_resumes=getattr(stats, "watch_resumes", None))
+            with self._lock:
+                self._published = state
+            await asyncio.sleep(self.publish_interval)
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
-        return _Interceptor(self.rpcs)
+        """For ``grpc.aio.server(interceptors=[...])``: times every API call by method and status."""
+        return _RpcInterceptor(self.rpcs)
 
-    # -- discovery ----------------------------------------------------------------------------------
+    # -- reading (any thread) -----------------------------------------------------------------------
 
-    def http_sd(self) -> list[dict[str, Any]]:
-        snap = self.snapshot()
-        if snap is None:
+    def published(self) -> Published:
+        with self._lock:
+            return self._published
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the cluster has been read from etcd at least once (before that, discovery has nothing
+        to say and ``/http_sd`` answers 503, so Prometheus keeps the targets it had)."""
+        return self.published().cluster is not None
+
+    def snapshot(self) -> base.Snapshot | None:
+        """The cluster as last published (None before it was first read)."""
+        cluster = self.published().cluster
+        return cluster.snapshot if cluster is not None else None
+
+    def http_sd(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Target groups in Prometheus' http_sd format, all of them or those of one ``kind`` ("agent",
+        "replica"); ``[]`` before the cluster was read (check ``loaded``)."""
+        if kind is not None and kind not in TARGET_KINDS:
+            raise ValueError(f"unknown target kind {kind!r}: use {' or '.join(TARGET_KINDS)}")
+        cluster = self.published().cluster
+        if cluster is None:
             return []
+        return [g for g in cluster.targets if kind is None or g["labels"]["__meta_shoal_kind"] == kind]
+
+
+@dataclass(frozen=True)
+class Published:
+    """What scrapes read: replaced whole, never changed."""
+
+    cluster: PublishedCluster | None = None
+    leading: bool = False
+    synced: bool = False
+    etcd_retries: int | None = None
+    etcd_watch_resumes: int | None = None
+
+
+# -- following etcd -------------------------------------------------------------------------------------
+
+class _Follower:
+    """A mirror of the store: snapshot, then watch; on the event loop only."""
+
+    def __init__(self, store: base.Store, *, resyncs: Counter) -> None:
+        self.store = store
+        self.resyncs = resyncs
+        self.mirror: Mirror | None = None
+        self.corrupt: dict[str, str] = {}
+        self.version = 0      # bumped on every change, so the publisher knows when to copy
+        self.synced = False   # the mirror follows etcd (a snapshot was read and its watch runs)
+        self._backoff = RESYNC_BACKOFF[0]
+        self._failing = False
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Compacted:
+                log.info("metrics: etcd compacted the watched history; reading the cluster again")
+                self.synced = False
+            except Exception as err:  # metrics must never take the scheduler down
+                self.synced = False
+                if not self._failing:
+                    log.warning("metrics: cannot follow etcd (%s); serving the last figures, retrying", err)
+                self._failing = True
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, RESYNC_BACKOFF[1])
+            else:  # the watch ended by itself: read again, not in a tight loop
+                self.synced = False
+                await asyncio.sleep(self._backoff)
+
+    async def _follow(self) -> None:
+        snap = await self.store.snapshot()
+        if self.mirror is not None:
+            self.resyncs.inc()
+        if self._failing:
+            log.info("metrics: following etcd again (revision %d)", snap.revision)
+        self._backoff, self._failing = RESYNC_BACKOFF[0], False
+        self.mirror = Mirror.of(snap)
+        self.corrupt = {entry.key: entry.reason for entry in snap.corrupt}
+        self.version += 1
+        self.synced = True
+        async with contextlib.aclosing(self.store.watch(snap.revision)) as changes:
+            async for change in changes:
+                self.mirror.apply(change)
+                if change.kind is base.ChangeKind.PUT and change.value is None:
+                    self.corrupt[change.key] = change.error or "undecodable"
+                else:
+                    self.corrupt.pop(change.key, None)
+                self.version += 1
+
+    def copy(self) -> base.Snapshot:
+        mirror = self.mirror
+        assert mirror is not None
+        corrupt = tuple(base.CorruptEntry(key, reason) for key, reason in sorted(self.corrupt.items()))
+        return base.Snapshot(revision=mirror.revision, services=dict(mirror.services),
+                             replicas=dict(mirror.replicas), hosts=dict(mirror.hosts),
+                             host_statuses=dict(mirror.statuses), corrupt=corrupt)
+
+
+class TimedStore:
+    """A ``Store`` that times every call of the store it wraps (``SchedulerMetrics.timed``); a watch is
+    passed through (it is a stream: its lifetime says nothing about etcd's latency). Other attributes of
+    the wrapped store (``EtcdStore.stats``, ``.target``) are reached through it."""
+
+    def __init__(self, inner: base.Store, metrics: SchedulerMetrics) -> None:
+        self.inner = inner
+        self._duration = metrics.etcd
+        self._failures = metrics.etcd_failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            result = await call
+        except Exception as err:
+            self._duration.labels(operation).observe(time.perf_counter() - started)
+            self._failures.labels(operation, type(err).__name__).inc()
+            raise
+        self._duration.labels(operation).observe(time.perf_counter() - started)
+        return result
+
+    @property
+    def schema(self) -> KeySchema:
+        return self.inner.schema
+
+    async def snapshot(self) -> base.Snapshot:
+        return await self._timed("snapshot", self.inner.snapshot())
+
+    async def get(self, ref: KeyRef[R]) -> R | None:
+        return await self._timed("get", self.inner.get(ref))
+
+    async def list(self, key_range: KeyRange[R]) -> base.Listing[R]:
+        return await self._timed("list", self.inner.list(key_range))
+
+    async def current_revision(self) -> int:
+        return await self._timed("current_revision", self.inner.current_revision())
+
+    async def commit(self, ops: Sequence[base.Op], *,
+                     guard: base.LeaderGuard | None = None) -> base.Committed:
+        return await self._timed("commit", self.inner.commit(ops, guard=guard))
+
+    def watch(self, after_revision: int, *,
+              scope: KeyRange[Any] | None = None) -> AsyncGenerator[base.Change, None]:
+        return self.inner.watch(after_revision, scope=scope)
+
+    async def compact(self, revision: int) -> None:
+        await self._timed("compact", self.inner.compact(revision))
+
+    async def grant_lease(self, ttl_s: int) -> base.Lease:
+        return await self._timed("grant_lease", self.inner.grant_lease(ttl_s))
+
+    async def refresh_lease(self, lease_id: int) -> int:
+        return await self._timed("refresh_lease", self.inner.refresh_lease(lease_id))
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self._timed("revoke_lease", self.inner.revoke_lease(lease_id))
+
+    async def campaign(self, record: LeaderRecord, *, lease_id: int) -> LeaderRecord:
+        return await self._timed("campaign", self.inner.campaign(record, lease_id=lease_id))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+# -- figures derived from a published copy ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServiceFigures:
+    name: str
+    desired: int
+    ready: int
+    pending: int
+    failed: int
+    pending_since: float | None  # creation time of the longest-waiting pending replica
+
+
+class PublishedCluster:
+    """One published copy of the cluster and what scrapes derive from it (each computed once, by the
+    first scrape that asks; ``cached_property`` locks in Python 3.11, and a second computation of the
+    same immutable input in 3.12+ would only cost time)."""
+
+    def __init__(self, snapshot: base.Snapshot) -> None:
+        self.snapshot = snapshot
+
+    @functools.cached_property
+    def _live_by_service(self) -> dict[str, list[Replica]]:
+        out: dict[str, list[Replica]] = {}
+        for replica in api.live(self.snapshot.replicas.values()):
+            out.setdefault(replica.service, []).append(replica)
+        return out
+
+    @functools.cached_property
+    def services(self) -> tuple[ServiceFigures, ...]:
+        out = []
+        for name, service in sorted(self.snapshot.services.items()):
+            replicas = self._live_by_service.get(name, [])
+            pending = [r.created_at for r in replicas if r.phase is ReplicaPhase.PENDING]
+            out.append(ServiceFigures(
+                name=name, desired=0 if service.deleting else service.spec.replicas,
+                ready=sum(r.ready for r in replicas), pending=len(pending),
+                failed=sum(r.phase is ReplicaPhase.FAILED for r in replicas),
+                pending_since=min(pending) if pending else None))
+        return tuple(out)
+
+    @functools.cached_property
+    def host_states(self) -> dict[HostId, str]:
+        here: dict[str, int] = {}
+        for replicas in self._live_by_service.values():
+            for replica in replicas:
+                if replica.host is not None:
+                    here[replica.host] = here.get(replica.host, 0) + 1
+        snap = self.snapshot
+        return {host_id: _state_name(api.host_state(record, snap.host_statuses.get(host_id),
+                                                     here.get(host_id, 0)))
+                for host_id, record in snap.hosts.items()}
+
+    @functools.cached_property
+    def targets(self) -> tuple[dict[str, Any], ...]:
+        snap = self.snapshot
         groups: list[dict[str, Any]] = []
-        for host_id, record in sorted(snap.hosts.items()):
-            if not record.metrics_address:
-                continue
-            labels = {"__meta_shoal_host_id": host_id, "__meta_shoal_host_name": record.name,
-                      "job": "shoal-agent"}
-            labels.update({f"__meta_shoal_host_label_{_label_name(k)}": v for k, v in record.labels})
-            groups.append({"targets": [record.metrics_address], "labels": labels})
-        for _, replica in sorted(snap.replicas.items()):
+        for _, record in sorted(snap.hosts.items()):
+            target = agent_target(record)
+            if target:
+                groups.append({"targets": [target], "labels": {"__meta_shoal_kind": "agent",
+                                                               **_host_labels(record)}})
+        for replica_id, replica in sorted(snap.replicas.items()):
             service = snap.services.get(replica.service)
-            if service is None or not service.spec.metrics_port or replica.phase is not ReplicaPhase.RUNNING:
+            host = snap.hosts.get(replica.host) if replica.host is not None else None
+            target = replica_target(replica, service, host)
+            if not target or service is None or host is None:
                 continue
-            wanted = service.spec.metrics_port
-            port = next((p.host_port for p in replica.ports if p.container_port == wanted), 0)
-            address = api.host_address(snap.hosts.get(replica.host)) if replica.host else ""
-            if not port or not address:
-                continue
-            groups.append({"targets": [f"{address}:{port}"], "labels": {
-                "job": f"shoal-service-{replica.service}", "__meta_shoal_service": replica.service,
-                "__meta_shoal_replica": replica.id, "__meta_shoal_host_id": replica.host or ""}})
-        return groups
+            labels = {"__meta_shoal_kind": "replica", "__meta_shoal_service": replica.service,
+                      "__meta_shoal_replica": replica_id,
+                      "__meta_shoal_replica_generation": str(replica.generation), **_host_labels(host),
+                      **_label_map("__meta_shoal_service_label_", service.spec.labels)}
+            groups.append({"targets": [target], "labels": labels})
+        return tuple(groups)
 
 
-def _label_name(key: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in key)
+def _state_name(code: spb.HostState.ValueType) -> str:
+    return str(spb.HostState.Name(code)).removeprefix("HOST_STATE_").lower()
 
 
-class _Collector:
+def _join(host: str, port: int | str) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def agent_target(record: HostRecord) -> str:
+    """The agent's metrics address as a scrape target; a wildcard host (``0.0.0.0:9101``, ``[::]:9101``,
+    ``:9101``) is replaced by the host part of its advertised API address. "" when there is none."""
+    host, sep, port = record.metrics_address.rpartition(":")
+    if not sep or not port.isdigit():
+        return ""
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = api.host_address(record)
+    return _join(host, port) if host else ""
+
+
+def replica_target(replica: Replica, service: Service | None, record: HostRecord | None) -> str:
+    """Where a running replica's metrics port is published (its host's address, the host port); ""
+    when it has none, is not running, or the port is not known yet."""
+    if service is None or not service.spec.metrics_port or replica.phase is not ReplicaPhase.RUNNING:
+        return ""
+    port = next((p.host_port for p in replica.ports
+                 if p.container_port == service.spec.metrics_port and p.protocol == "tcp"), 0)
+    address = api.host_address(record)
+    return _join(address, port) if port and address else ""
+
+
+def _host_labels(record: HostRecord) -> dict[str, str]:
+    return {"__meta_shoal_host_id": record.id, "__meta_shoal_host_name": record.name,
+            "__meta_shoal_host_address": record.address,
+            **_label_map("__meta_shoal_host_label_", record.labels)}
+
+
+def _label_map(prefix: str, labels: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Labels as Prometheus label names: ASCII letters, digits and ``_`` (anything else becomes ``_``; a
+    name Prometheus would refuse fails the whole discovery response). Of keys that come out the same, the
+    first in sorted order wins."""
+    out: dict[str, str] = {}
+    for key, value in sorted(labels):
+        name = prefix + "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in key)
+        out.setdefault(name, value)
+    return out
+
+
+class _ClusterCollector:
+    """The gauges computed from the published copy at scrape time."""
+
     def __init__(self, owner: SchedulerMetrics) -> None:
         self.owner = owner
 
     def describe(self) -> list[Metric]:
-        return []
+        return []  # names are not checked against the registry's other metrics (they cannot clash)
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.owner.snapshot()
-        leader = GaugeMetricFamily("shoal_scheduler_leader", "1 while this instance runs the control loops")
-        leader.add_metric([], 1.0 if self.owner._leading() else 0.0)
-        yield leader
-        if snap is None:
+        state = self.owner.published()
+        yield _gauge("shoal_scheduler_leader", "1 while this instance runs the control loops, else 0.",
+                     1 if state.leading else 0)
+        yield _gauge("shoal_scheduler_state_synced",
+                     "1 while this instance's copy of the cluster follows etcd; 0 before the first read "
+                     "and while it cannot (the figures below are then the last known ones).",
+                     1 if state.synced else 0)
+        if state.etcd_retries is not None:
+            yield CounterMetricFamily("shoal_scheduler_etcd_retries",
+                                      "etcd calls attempted again after a transient failure.",
+                                      value=state.etcd_retries)
+        if state.etcd_watch_resumes is not None:
+            yield CounterMetricFamily("shoal_scheduler_etcd_watch_resumes",
+                                      "etcd watch streams re-created after they broke.",
+                                      value=state.etcd_watch_resumes)
+        cluster = state.cluster
+        if cluster is None:
             return
-        desired = GaugeMetricFamily("shoal_service_replicas_desired", "Replicas a service declares",
-                                    labels=["service"])
-        ready = GaugeMetricFamily("shoal_service_replicas_ready", "Replicas running and ready",
-                                  labels=["service"])
-        pending = GaugeMetricFamily("shoal_service_replicas_pending",
-                                    "Replicas no host has room for (add hosts)", labels=["service"])
-        failed = GaugeMetricFamily("shoal_service_replicas_failed", "Replicas that exited or could not start",
-                                   labels=["service"])
-        by_service: dict[str, list[Any]] = {}
-        for replica in snap.replicas.values():
-            by_service.setdefault(replica.service, []).append(replica)
-        for name, service in sorted(snap.services.items()):
-            status = api.service_status(service, by_service.get(name, []))
-            desired.add_metric([name], service.spec.replicas)
-            ready.add_metric([name], status.ready)
-            pending.add_metric([name], status.pending)
-            failed.add_metric([name], status.failed)
-        yield from (desired, ready, pending, failed)
-        hosts = GaugeMetricFamily("shoal_hosts", "Hosts by state", labels=["state"])
-        counts: dict[str, int] = {}
-        for host_id, record in snap.hosts.items():
-            here = sum(1 for r in api.live(snap.replicas.values()) if r.host == host_id)
-            code = api.host_state(record, snap.host_statuses.get(host_id), here)
-            state_name = str(spb.HostState.Name(code)).removeprefix("HOST_STATE_").lower()
-            counts[state_name] = counts.get(state_name, 0) + 1
-        for state in ("ready", "not_ready", "cordoned", "draining", "drained"):
-            hosts.add_metric([state], counts.get(state, 0))
-        yield hosts
+        yield _gauge("shoal_scheduler_corrupt_records",
+                     "Keys under the scheduler's prefix whose value does not decode (left out of every "
+                     "figure).", len(cluster.snapshot.corrupt))
+        families = {
+            "desired": GaugeMetricFamily("shoal_service_replicas_desired",
+                                         "Replicas the service declares (0 while it is being deleted).",
+                                         labels=["service"]),
+            "ready": GaugeMetricFamily("shoal_service_replicas_ready",
+                                       "The service's replicas running and ready (any generation).",
+                                       labels=["service"]),
+            "pending": GaugeMetricFamily("shoal_service_replicas_pending",
+                                         "The service's replicas no host has taken yet (no room: add hosts).",
+                                         labels=["service"]),
+            "failed": GaugeMetricFamily("shoal_service_replicas_failed",
+                                        "The service's replicas whose container exited or could not start "
+                                        "(retried with backoff).", labels=["service"]),
+        }
+        since = GaugeMetricFamily("shoal_service_pending_since_timestamp_seconds",
+                                  "Unix time the service's longest-waiting pending replica was created (no "
+                                  "series while none is pending).", labels=["service"])
+        for figures in cluster.services:
+            for field_name, family in families.items():
+                family.add_metric([figures.name], getattr(figures, field_name))
+            if figures.pending_since is not None:
+                since.add_metric([figures.name], figures.pending_since)
+        yield from families.values()
+        yield since
+        by_state = GaugeMetricFamily("shoal_hosts", "Registered hosts by state.", labels=["state"])
+        states = cluster.host_states
+        for name in HOST_STATES:
+            by_state.add_metric([name], sum(1 for s in states.values() if s == name))
+        yield by_state
+        ready = GaugeMetricFamily(
+            "shoal_host_ready", "1 while the leader reaches the host's agent and trusts its report, else 0.",
+            labels=["host_id", "host"])
+        for host_id, record in sorted(cluster.snapshot.hosts.items()):
+            status = cluster.snapshot.host_statuses.get(host_id)
+            ready.add_metric([host_id, record.name], 1 if status is not None and status.ready else 0)
+        yield ready
 
 
-class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, counter: Counter) -> None:
-        self.counter = counter
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+# -- API calls --------------------------------------------------------------------------------------
+
+def _status_name(context: Any, err: BaseException | None) -> str:
+    if isinstance(err, asyncio.CancelledError):
+        return "CANCELLED"
+    try:
+        code = context.code()
+    except Exception:  # not every context implementation offers code()
+        code = None
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    return "OK" if err is None else "UNKNOWN"
+
+
+class _RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Times every call (streams over their lifetime) by full method name and final status code. Only
+    methods the server has are counted (an unknown name gets no handler), so the labels stay bounded.
+    (The agent has the same interceptor; the scheduler may not import the agent.)"""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
         handler = await continuation(details)
-        method = details.method.rsplit("/", 1)[-1]
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-        counter = self.counter
+        if handler is None:
+            return None
+        method: str = details.method
+        observe = self.histogram
 
-        async def counted(request: Any, context: Any) -> Any:
-            try:
-                reply = await inner(request, context)
-            except BaseException:
-                code = context.code() if hasattr(context, "code") else None
-                counter.labels(method, getattr(code, "name", "UNKNOWN") if code else "UNKNOWN").inc()
-                raise
-            counter.labels(method, "OK").inc()
-            return reply
+        def wrap_unary(inner: Callable[..., Any]) -> Callable[..., Any]:
+            async def timed(request: Any, context: Any) -> Any:
+                started, err = time.perf_counter(), None
+                try:
+                    result = inner(request, context)
+                    return await result if inspect.isawaitable(result) else result
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    observe.labels(method, _status_name(context, err)).observe(time.perf_counter() - started)
+            return timed
 
-        with contextlib.suppress(Exception):
-            return grpc.unary_unary_rpc_method_handler(
-                counted, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+        def wrap_stream(inner: Callable[..., Any]) -> Callable[..., Any]:
+            async def timed(request: Any, context: Any) -> AsyncIterator[Any]:
+                started, err = time.perf_counter(), None
+                try:
+                    result = inner(request, context)
+                    if hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    elif inspect.isawaitable(result):
+                        await result  # a handler that writes with context.write()
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    observe.labels(method, _status_name(context, err)).observe(time.perf_counter() - started)
+            return timed
+
+        kw = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **kw)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **kw)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), **kw)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **kw)
         return handler
 
 
-__all__ = ["SchedulerMetrics"]
+__all__ = ["HOST_STATES", "TARGET_KINDS", "Published", "PublishedCluster", "SchedulerMetrics",
+           "ServiceFigures", "TimedStore", "agent_target", "replica_target"]
