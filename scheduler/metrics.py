@@ -438,6 +438,8 @@ def _state_name(code: spb.HostState.ValueType) -> str:
 
 
 def _join(host: str, port: int | str) -> str:
+    """HOST:PORT with an IPv6 host bracketed once (``host`` may come bracketed from api.host_address)."""
+    host = host.strip("[]")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
