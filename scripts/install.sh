@@ -6,7 +6,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${SHOAL_VENV:-$here/.venv}
-packages=(busybox-static umoci skopeo iproute2 nftables runc crun docker-registry apache2-utils prometheus etcd-server etcd-client)
+packages=(busybox-static umoci skopeo iproute2 nftables runc crun docker-registry apache2-utils prometheus etcd-server etcd-client curl)
 
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -28,7 +28,7 @@ finder=$(compgen -G "$venv/lib/python3*/site-packages/__editable___shoal_*_finde
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ -n "$finder" ]; then
   echo "==> installing shoal and its dev tools into $venv"
   # editable_mode=compat: a plain path entry in a .pth file, which costs nothing at start-up.
-  "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[dev]" \
+  "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[dev,bench]" \
     --config-settings editable_mode=compat 2>&1 | grep -v '^WARNING: Location' || true
   "$venv/bin/python" -c "import agent, proto.agent.v1.agent_pb2" >/dev/null
   touch "$stamp"
