@@ -530,13 +530,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the per-round shuffle")
     parser.add_argument("--no-podman", action="store_true", help="skip the podman row")
     parser.add_argument("--keep-temp", action="store_true", help="leave the temp dir for inspection")
+    parser.add_argument("--compare-agent", metavar="SHOAL_AGENT", default=None,
+                        help="another build's shoal-agent (e.g. an older checkout's .venv/bin/shoal-agent): "
+                             "one more agent API row, run by that build")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("start_latency: must run as root")
     out = args.out or REPO / "bench" / "results" / f"start_latency-{time.strftime('%Y%m%dT%H%M%S')}.json"
 
     tag = f"shoal-bench-{uuid.uuid4().hex[:8]}"
-    cgroup_names = {k: f"{tag}-{k}" for k in ("agent", "ballast", "runc", "crun", "podman")}
+    cgroup_names = {k: f"{tag}-{k}" for k in ("agent", "ballast", "other", "runc", "crun", "podman")}
     podman_available = not args.no_podman and shutil.which("podman") is not None
     problems: list[str] = []
     agents: list[Agent] = []
@@ -548,7 +551,11 @@ def main(argv: list[str] | None = None) -> int:
             plain = Agent(root=work / "agent", cgroup_parent=cgroup_names["agent"])
             heavy = Agent(root=work / "agent-ballast", cgroup_parent=cgroup_names["ballast"],
                           ballast_mib=args.ballast_mib)
-            for agent in (plain, heavy):
+            other = (Agent(root=work / "agent-other", cgroup_parent=cgroup_names["other"],
+                           agent_bin=args.compare_agent) if args.compare_agent else None)
+            for agent in (plain, heavy, other):
+                if agent is None:
+                    continue
                 agents.append(agent)
                 agent.start()
                 agent.import_image(image.layout_tar)
@@ -577,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "run", "--rm", IMAGE_NAME, "/bin/true"],
                              note="whole CLI process against the plain agent, remove included"),
             ]
+            if other is not None:
+                contenders.insert(1, AgentApi(name="agent API (other build)", agent=other,
+                                              note=f"as the first row, served by {args.compare_agent}"))
             if podman_available:
                 podman = Podman(base=work / "podman", cgroup_parent=cgroup_names["podman"])
                 run_checked([*podman.global_flags(), "import", str(image.rootfs_tar),

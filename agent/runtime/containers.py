@@ -450,12 +450,16 @@ class ContainerRuntime:
                       done: asyncio.Future[None]) -> Container:
         cid = request.container_id
         try:
-            image = await self._image_for(request.spec.image, pull)
-            layers = await asyncio.to_thread(self.images.layer_paths, image)
-            record = await asyncio.to_thread(
-                prepare.prepare, request, image=image, layers=layers, containers_dir=self.containers_dir,
-                cgroup_parent=self.settings.cgroup_parent,
-            )
+            image = None
+            if pull is PullPolicy.ALWAYS:
+                image = await asyncio.to_thread(self.images.pull, request.spec.image)
+            # One trip to a worker thread for the whole create (resolve, layers, prepare): each hop costs
+            # a thread wake-up and a loop wake-up, which on an idle host is most of a create's time.
+            record = await asyncio.to_thread(self._prepare_blocking, request, image, pull)
+            if record is None:  # not on this host, and the policy allows a pull
+                image = await asyncio.to_thread(self.images.pull, request.spec.image)
+                record = await asyncio.to_thread(self._prepare_blocking, request, image, PullPolicy.NEVER)
+                assert record is not None
             ctr = Container(record=record)
             self._containers[cid] = ctr
             self.executor.emit(ctr, core.Emit(EventType.CREATED, message=request.spec.image))
@@ -465,15 +469,20 @@ class ContainerRuntime:
                 self._creating.pop(key, None)
             done.set_result(None)
 
-    async def _image_for(self, ref: str, pull: PullPolicy) -> Image:
-        if pull is PullPolicy.ALWAYS:
-            return await asyncio.to_thread(self.images.pull, ref)
-        try:
-            return await asyncio.to_thread(self.images.resolve, ref)
-        except NotFound:
-            if pull is PullPolicy.NEVER:
-                raise
-        return await asyncio.to_thread(self.images.pull, ref)
+    def _prepare_blocking(self, request: prepare.Request, image: Image | None,
+                          pull: PullPolicy) -> records.ContainerRecord | None:
+        """Blocking. Resolve the image (unless given), then stage the container's files; None when the
+        image is not here and ``pull`` allows pulling it."""
+        if image is None:
+            try:
+                image = self.images.resolve(request.spec.image)
+            except NotFound:
+                if pull is PullPolicy.NEVER:
+                    raise
+                return None
+        layers = self.images.layer_paths(image)
+        return prepare.prepare(request, image=image, layers=layers, containers_dir=self.containers_dir,
+                               cgroup_parent=self.settings.cgroup_parent)
 
     # -- start ------------------------------------------------------------------------------------
 

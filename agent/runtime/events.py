@@ -32,7 +32,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
@@ -76,7 +76,9 @@ class Event:
         return not labels or all(self.labels.get(k) == v for k, v in labels.items())
 
     def to_json(self) -> str:
-        raw = asdict(self)
+        # Field by field, not dataclasses.asdict (which deep-copies recursively): this runs on the event
+        # loop for every event, and asdict was a tenth of the loop's time in a create/start/remove storm.
+        raw = {f: getattr(self, f) for f in _EVENT_FIELDS}
         raw["type"], raw["health"], raw["labels"] = self.type.value, self.health.value, dict(self.labels)
         return json.dumps(raw, separators=(",", ":"))
 
@@ -86,6 +88,9 @@ class Event:
         raw["type"] = EventType(raw["type"])
         raw["health"] = HealthStatus(raw.get("health", "none"))
         return cls(**raw)
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 
 class WatcherTooSlow(ResourceExhausted):

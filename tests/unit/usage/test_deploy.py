@@ -60,4 +60,4 @@ def test_scrape_config_has_the_agent_job() -> None:
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert "shoal-agent" in jobs
     assert jobs["shoal-agent"]["relabel_configs"]
-    assert config["rule_files"] == ["rules.yml"]
+    assert config["rule_files"] == ["rules.yml", "scheduler-rules.yml"]
