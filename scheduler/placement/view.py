@@ -12,6 +12,9 @@ the agent does not count yet: placed but not started. Without an explicit report
 agent counted, a replica counts as not started while it is pending with a host, ``starting`` or
 ``failed`` (about to be retried there); ``running`` and ``stopping`` ones are in the agent's figures.
 Counting a replica twice for a moment only makes placement cautious; counting it never would overcommit.
+The agent's committed figure arrives with its registration, which can lag the container list the
+scheduler follows; so the requests of the replicas the agent counts are a floor for it (a replica that
+just started is counted even before the agent's next registration says so).
 
 Scoring uses one more figure, as kube-scheduler does: a replica that requests nothing counts as
 ``SCORING_DEFAULT_CPU_MILLIS`` / ``SCORING_DEFAULT_MEMORY_BYTES`` when hosts are compared (never when
@@ -60,6 +63,11 @@ def facts_of(replica: model.Replica, service: model.Service) -> model.TemplateFa
     return service.spec.facts
 
 
+def _short(counted: int, more: int, committed: int) -> int:
+    """How much adding ``more`` to ``counted`` raises the shortfall of ``committed`` below it."""
+    return max(0, counted + more - committed) - max(0, counted - committed)
+
+
 class HostView:
     """One host as placement sees it. Only ``ClusterView.assume`` changes it once built.
 
@@ -69,8 +77,9 @@ class HostView:
     """
 
     __slots__ = (
-        "cpu_allocatable", "cpu_placed", "cpu_scoring_used", "cpu_used", "id", "images", "key_hash", "labels",
-        "memory_allocatable", "memory_placed", "memory_scoring_used", "memory_used", "name", "ports",
+        "cpu_allocatable", "cpu_committed", "cpu_counted", "cpu_placed", "cpu_scoring_used", "cpu_used", "id",
+        "images", "key_hash", "labels", "memory_allocatable", "memory_committed", "memory_counted",
+        "memory_placed", "memory_scoring_used", "memory_used", "name", "ports",
         "record", "replicas", "status",
     )
 
@@ -90,9 +99,14 @@ class HostView:
         self.memory_allocatable = capacity.memory_allocatable_bytes
         self.cpu_placed = 0       # requests of replicas placed here that the agent does not count yet
         self.memory_placed = 0
-        # Promised: the agent's committed requests plus placed-not-started.
-        self.cpu_used = capacity.cpu_committed_millis
-        self.memory_used = capacity.memory_committed_bytes
+        self.cpu_counted = 0      # requests of replicas here the agent counts (their containers are live)
+        self.memory_counted = 0
+        self.cpu_committed = capacity.cpu_committed_millis
+        self.memory_committed = capacity.memory_committed_bytes
+        # Promised: the agent's committed requests (at least what its counted replicas request) plus
+        # placed-not-started.
+        self.cpu_used = self.cpu_committed
+        self.memory_used = self.memory_committed
         # What scoring compares: used plus the scoring defaults of replicas here that request nothing.
         self.cpu_scoring_used = self.cpu_used
         self.memory_scoring_used = self.memory_used
@@ -112,6 +126,18 @@ class HostView:
     def add_replica(self, service: ServiceName, facts: model.TemplateFacts, *, not_started: bool) -> None:
         """Count one more replica here; ``not_started``: its requests are not in the agent's figures."""
         self.replicas[service] += 1
+        if not not_started:
+            # The agent's committed figure comes with its registration, which can lag the container
+            # list by a few seconds: a replica whose container is already live may not be in it yet. So
+            # what the replicas counted by the agent request is a floor for the committed figure.
+            cpu_short = _short(self.cpu_counted, facts.cpu_millis, self.cpu_committed)
+            memory_short = _short(self.memory_counted, facts.memory_bytes, self.memory_committed)
+            self.cpu_counted += facts.cpu_millis
+            self.memory_counted += facts.memory_bytes
+            self.cpu_used += cpu_short
+            self.memory_used += memory_short
+            self.cpu_scoring_used += cpu_short
+            self.memory_scoring_used += memory_short
         if not_started:
             self.cpu_placed += facts.cpu_millis
             self.memory_placed += facts.memory_bytes

@@ -34,6 +34,24 @@ def test_an_agent_report_of_what_it_counts_overrides_the_phase_rule() -> None:
     assert view.host(b.HostId("h1")).cpu_placed == 1_000
 
 
+def test_live_replicas_are_a_floor_for_a_committed_figure_that_lags() -> None:
+    """The agent's committed figure comes with its registration, which lags the container list: a
+    replica that just started must not leave its cpu free for the next one (found by the cluster tests:
+    a 1-cpu replica placed beside a running 1.5-cpu one on a 2-cpu host)."""
+    svc = b.service(cpus=1.5, memory=b.GiB)
+    counted = {b.HostId("h1"): {b.ReplicaId("a")}}
+    running = [b.replica("a", svc, "h1", phase=ReplicaPhase.RUNNING)]
+    lagging = b.cluster([b.host("h1", cpus=2)], services=[svc], replicas=running, counted_by_agent=counted)
+    host = lagging.host(b.HostId("h1"))
+    assert (host.cpu_used, host.memory_used, host.cpu_placed) == (1_500, b.GiB, 0)
+    assert host.cpu_scoring_used == 1_500
+    # A current figure that also holds a container that is not a replica (0.25 cpu) is taken as it is.
+    current = b.cluster([b.host("h1", cpus=2, committed_cpus=1.75, committed_memory=2 * b.GiB)],
+                        services=[svc], replicas=running, counted_by_agent=counted)
+    host = current.host(b.HostId("h1"))
+    assert (host.cpu_used, host.memory_used) == (1_750, 2 * b.GiB)
+
+
 def test_replicas_without_requests_count_scoring_defaults_only() -> None:
     svc = b.service(cpus=0, memory=0)
     view = b.cluster([b.host("h1")], services=[svc], replicas=[b.replica("a", svc, "h1")])
