@@ -59,8 +59,11 @@ _TRANSIENT_CODES = frozenset({
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 })
 # etcd reports some passing conditions with other codes (3.4 maps most to UNAVAILABLE, not all).
+# And gRPC core reports a stream cut by a member dying mid-call as INTERNAL ("Internal error from Core",
+# RST_STREAM): a transport failure, not etcd's answer, so it is retried (a watch resumes where it was).
 _TRANSIENT_DETAILS = ("leader changed", "no leader", "timed out", "too many requests", "raft: stopped",
-                      "server stopped", "not capable")
+                      "server stopped", "not capable", "Internal error from Core", "RST_STREAM",
+                      "Socket closed", "Connection reset")
 _COMPACTED_DETAIL = "required revision has been compacted"
 _LEASE_NOT_FOUND = "requested lease not found"
 _WATCH_METADATA = (("hasleader", "true"),)
