@@ -147,7 +147,10 @@ class Scheduler:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 ["shoal-scheduler", "serve", "--etcd", etcd, "--etcd-prefix", prefix, "--listen", self.api,
-                 "--insecure-tcp", "--http-listen", self.http, "--instance-id", "test-scheduler"],
+                 "--insecure-tcp", "--http-listen", self.http, "--instance-id", "test-scheduler",
+                 # The hosts here are only registrations (nothing answers at their API addresses):
+                 # without a long grace the leader would rightly move the replica off its host.
+                 "--host-grace", "3600"],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
     def alive(self) -> None:
