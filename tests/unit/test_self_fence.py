@@ -78,3 +78,17 @@ def test_the_loop_stops_replicas_only_while_contact_is_lost() -> None:
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_the_flag_needs_join_and_a_positive_number() -> None:
+    from agent import config
+
+    parser = config.build_parser()
+    joined = ["serve", "--listen", "127.0.0.1:7070", "--insecure-tcp", "--join", "127.0.0.1:7400"]
+    assert config.settings_from_args(parser.parse_args(joined)).stop_replicas_after == 0.0  # off
+    on = config.settings_from_args(parser.parse_args([*joined, "--stop-replicas-after", "30"]))
+    assert on.stop_replicas_after == 30.0
+    with pytest.raises(SystemExit, match="only matters with --join"):
+        config.settings_from_args(parser.parse_args(["serve", "--stop-replicas-after", "30"]))
+    with pytest.raises(SystemExit, match="positive number of seconds"):
+        config.settings_from_args(parser.parse_args([*joined, "--stop-replicas-after", "-1"]))
