@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stop-replicas-after", type=float, default=0.0, metavar="SECONDS",
                        help="with --join: stop this host's scheduler-managed containers once no scheduler "
                             "has been reachable for this long, for services that must never run twice "
-                            "(default 0: off; never set it below the scheduler's host grace period)")
+                            "(default 0: off; never set it below the scheduler's --host-grace)")
     serve.add_argument("--label", action="append", default=[], metavar="K=V",
                        help="label of this host, reported to the scheduler (repeatable)")
     serve.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
