@@ -29,6 +29,7 @@ from agent.network.manager import NetworkManager
 from agent.runtime import supervisor_client
 from agent.runtime.containers import ContainerRuntime, RuntimeSettings
 from agent.runtime.image_source import StoreImages
+from agent.self_fence import SelfFence, stop_scheduler_managed
 from agent.server import add_services, host_to_pb
 from agent.usage import host as usage_host
 from agent.usage.cadvisor import UsageCollector
@@ -158,12 +159,18 @@ async def serve(settings: config.AgentSettings) -> None:
             metrics_server.close()
         raise
     sampler_task = asyncio.create_task(sampler.run(), name="usage-sampler")
-    join_task = None
+    join_task = fence_task = None
     if settings.join:
+        fence = None
+        if settings.stop_replicas_after:
+            fence = SelfFence(stop_after=settings.stop_replicas_after,
+                              stop_replicas=lambda: stop_scheduler_managed(runtime))
+            fence_task = asyncio.create_task(fence.run(), name="self-fence")
         joiner = Joiner(JoinSettings(schedulers=settings.join, advertise=settings.advertise,
                                      metrics_address=settings.metrics_listen,
                                      tls_dir=settings.tls.ca.parent if settings.tls else None),
-                        host_info=lambda: host_to_pb(sampler.host(), network=bridge))
+                        host_info=lambda: host_to_pb(sampler.host(), network=bridge),
+                        on_contact=fence.contact if fence is not None else None)
         join_task = asyncio.create_task(joiner.run(), name="join")
     for path in sockets:
         os.chmod(path, 0o600)
@@ -177,8 +184,9 @@ async def serve(settings: config.AgentSettings) -> None:
     log.info("shutting down; containers keep running under the supervisor")
     await asyncio.gather(server.stop(grace=2), connect.stop(grace=2))
     sampler_task.cancel()
-    if join_task is not None:
-        join_task.cancel()
+    for task in (join_task, fence_task):
+        if task is not None:
+            task.cancel()
     sampler.close()
     if metrics_server is not None:
         metrics_server.close()

@@ -53,6 +53,7 @@ class AgentSettings:
     cgroup_delegate: bool = False
     join: tuple[str, ...] = ()        # schedulers to register with (HOST:PORT)
     advertise: str = ""               # where they reach this agent's API
+    stop_replicas_after: float = 0.0  # self-fencing: seconds without any scheduler (0: off)
 
 
 def unix_path(address: str) -> Path | None:
@@ -102,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--advertise", default="", metavar="HOST:PORT",
                        help="the address schedulers reach this agent's API at (default: its first TCP "
                             "--listen address)")
+    serve.add_argument("--stop-replicas-after", type=float, default=0.0, metavar="SECONDS",
+                       help="with --join: stop this host's scheduler-managed containers once no scheduler "
+                            "has been reachable for this long, for services that must never run twice "
+                            "(default 0: off; never set it below the scheduler's --host-grace)")
     serve.add_argument("--label", action="append", default=[], metavar="K=V",
                        help="label of this host, reported to the scheduler (repeatable)")
     serve.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
@@ -187,6 +192,10 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         if missing:
             raise SystemExit(f"shoal-agent: --tls-dir is missing {', '.join(missing)}")
     join, advertise = _join_settings(args, listen=listen, tls=tls)
+    if args.stop_replicas_after < 0 or args.stop_replicas_after != args.stop_replicas_after:
+        raise SystemExit("shoal-agent: --stop-replicas-after must be 0 (off) or a positive number of seconds")
+    if args.stop_replicas_after and not join:
+        raise SystemExit("shoal-agent: --stop-replicas-after only matters with --join")
     return AgentSettings(
         root=args.root.absolute(), listen=listen,
         cgroup_parent=args.cgroup_parent.strip("/"), log_level=args.log_level,
@@ -198,6 +207,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         cpu_reserve_millis=cpu_reserve, memory_pressure_bytes=memory_pressure,
         disk_pressure_fraction=disk_pressure, ballast_mib=args.bench_ballast_mib,
         cgroup_delegate=args.cgroup_delegate, join=join, advertise=advertise,
+        stop_replicas_after=args.stop_replicas_after,
     )
 
 

@@ -8,7 +8,9 @@ for, so capacity and labels stay current and an agent restarted with the same ro
 again (the host id lives in the root). Calls use the agent's certificate (role "agent"), over mTLS.
 
 Failures never stop the agent: a scheduler that does not answer is retried with capped backoff, the next
-address of ``--join`` first. Containers keep running whatever happens here.
+address of ``--join`` first. Containers keep running whatever happens here — unless
+``--stop-replicas-after`` is set: every success is reported to ``on_contact``, and ``agent.self_fence``
+stops the scheduler-managed replicas after too long without one.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ class JoinSettings:
 
 
 class Joiner:
-    def __init__(self, settings: JoinSettings, *, host_info: Callable[[], pb.HostInfo]) -> None:
+    def __init__(self, settings: JoinSettings, *, host_info: Callable[[], pb.HostInfo],
+                 on_contact: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self._host_info = host_info
+        self._on_contact = on_contact  # called after every successful registration (self-fencing's clock)
         self.registered = asyncio.Event()  # set after the first successful registration
         self.last_error = ""
 
@@ -80,6 +84,8 @@ class Joiner:
                 log.info("registered with the scheduler at %s as %s", address, self.settings.advertise)
             self.last_error = ""
             self.registered.set()
+            if self._on_contact is not None:
+                self._on_contact()
             delay = RETRY_INITIAL
             await asyncio.sleep(refresh)
 

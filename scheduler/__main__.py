@@ -19,12 +19,13 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from scheduler import httpd, metrics
+from scheduler import httpd, instances, metrics
 from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
 from scheduler.controller import Controller, ControllerSettings
 from scheduler.election import Election, ElectionSettings, Term
@@ -34,6 +35,7 @@ from scheduler.server import REGISTRATION_REFRESH, add_services
 from scheduler.store.errors import NotLeader, StoreError
 from scheduler.store.factory import open_store
 from scheduler.store.keys import DEFAULT_PREFIX
+from scheduler.store.records import InstanceRecord
 
 log = logging.getLogger("shoal.scheduler")
 
@@ -163,6 +165,10 @@ async def serve(settings: Settings) -> None:
         os.chmod(path, 0o600)
     election = Election(store, ElectionSettings(instance=settings.instance, address=settings.listen[0],
                                                 ttl_s=settings.election_ttl))
+    registration = instances.InstanceRegistration(store, InstanceRecord(
+        instance=settings.instance, addresses=settings.listen, http_address=settings.http_listen,
+        started_at=time.time(), version=instances.shoal_version()), ttl_s=settings.election_ttl)
+    registration_task = asyncio.create_task(registration.run(), name="instance-registration")
     credentials = _credentials(settings)
     leading: list[Controller] = []
 
@@ -202,9 +208,11 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: resigning leadership, then closing the API")
-    election_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await election_task
+    for task in (election_task, registration_task):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await registration.close()
     await server.stop(grace=2)
     if http is not None:
         http.close()

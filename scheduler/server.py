@@ -26,7 +26,7 @@ from google.protobuf import json_format
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from proto.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from scheduler import api, auth, errors
+from scheduler import api, auth, errors, instances
 from scheduler.model import (
     Capacity,
     HostAdmin,
@@ -403,6 +403,17 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         replicas = (r for r in snap.replicas.values() if not request.service or r.service == request.service)
         return pb.ListEndpointsResponse(endpoints=_endpoints(replicas, snap.hosts), revision=snap.revision)
 
+    @api_call
+    async def ListSchedulers(self, request: pb.ListSchedulersRequest, context: Any
+                             ) -> pb.ListSchedulersResponse:
+        listing = await instances.list_instances(self.store)
+        reply = pb.ListSchedulersResponse(schedulers=[_instance_pb(v) for v in listing.instances],
+                                          revision=listing.revision)
+        if listing.leader is not None:
+            reply.leader, reply.leader_epoch = listing.leader.instance, listing.leader.epoch
+            reply.leader_since.CopyFrom(api.ts(listing.leader.acquired_at))
+        return reply
+
     @_streaming
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.WatchEvent]:
         kinds = set(request.kinds) or set(WATCH_KINDS)
@@ -539,6 +550,13 @@ class _WatchStream:
 def _endpoints(replicas: Iterable[Replica], hosts: Mapping[HostId, HostRecord]) -> list[pb.Endpoint]:
     """The endpoints of ``replicas``, in replica id order."""
     return [e for r in sorted(replicas, key=lambda r: r.id) for e in api.endpoints_of(r, hosts)]
+
+
+def _instance_pb(view: instances.InstanceView) -> pb.SchedulerInstance:
+    record = view.record
+    return pb.SchedulerInstance(id=record.instance, addresses=list(record.addresses),
+                                http_address=record.http_address, started_at=api.ts(record.started_at),
+                                version=record.version, leader=view.leader)
 
 
 def _resolve_host(hosts: dict[HostId, HostRecord] | Any, ref: str) -> HostId:

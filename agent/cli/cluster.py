@@ -47,8 +47,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        help="only if the service is still at generation G (refused otherwise)")
     scale.set_defaults(func=cmd_scale, cluster=True)
 
-    describe = sub.add_parser("describe", help="a service, host or replica in detail, with reasons")
-    describe.add_argument("kind", metavar="service|host|replica")
+    describe = sub.add_parser("describe", help="a service, host, replica or scheduler instance in detail")
+    describe.add_argument("kind", metavar="service|host|replica|scheduler")
     describe.add_argument("name")
     describe.set_defaults(func=cluster_describe.cmd_describe, cluster=True)
 

@@ -1,12 +1,14 @@
-"""``shoal describe service|host|replica NAME`` and ``shoal explain replica ID``: one object in detail,
-for a person: its spec and status, what runs where, and the scheduler's reasons (why a replica is
-pending, why it went to its host, what was done to it and why)."""
+"""``shoal describe service|host|replica|scheduler NAME`` and ``shoal explain replica ID``: one object in
+detail, for a person: its spec and status, what runs where, and the scheduler's reasons (why a replica is
+pending, why it went to its host, what was done to it and why); for a scheduler instance, its addresses
+and whether it leads."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from agent.cli import cluster_get
 from agent.cli import cluster_output as out
 from agent.cli.client import CliError
 from agent.cli.output import table
@@ -17,7 +19,8 @@ from proto.agent.v1 import agent_lite as apb
 from proto.scheduler.v1 import scheduler_lite as spb
 
 KINDS = {"service": "service", "services": "service", "svc": "service", "host": "host", "hosts": "host",
-         "node": "host", "replica": "replica", "replicas": "replica"}
+         "node": "host", "replica": "replica", "replicas": "replica", "scheduler": "scheduler",
+         "schedulers": "scheduler"}
 
 
 def fields(rows: list[tuple[str, str]]) -> str:
@@ -168,6 +171,23 @@ def host_text(host: spb.Host, replicas: list[spb.Replica]) -> str:
     return fields(rows) + "\n" + _replica_table(replicas, with_service=True)
 
 
+# -- scheduler instances -------------------------------------------------------------------------------------
+
+def scheduler_text(instance: spb.SchedulerInstance, listing: spb.ListSchedulersResponse) -> str:
+    if instance.leader:
+        role = f"leader (epoch {listing.leader_epoch}, since {_when(listing.leader_since)})"
+    else:
+        role = f"follower (leader: {listing.leader})" if listing.leader else "follower (no leader right now)"
+    rows = [
+        ("ID", instance.id), ("Role", role),
+        ("Addresses", ", ".join(instance.addresses) or "-"),
+        ("HTTP", instance.http_address or "none"),
+        ("Version", instance.version or "-"),
+        ("Started", _when(instance.started_at)),
+    ]
+    return fields(rows)
+
+
 # -- replicas and explanations ------------------------------------------------------------------------------
 
 def replica_rows(replica: spb.Replica) -> list[tuple[str, str]]:
@@ -203,7 +223,7 @@ def explanation_text(explanation: spb.Explanation) -> str:
 def cmd_describe(scheduler: Scheduler, args: argparse.Namespace) -> int:
     kind = KINDS.get(args.kind)
     if kind is None:
-        raise CliError(f"cannot describe {args.kind!r}: use service, host or replica")
+        raise CliError(f"cannot describe {args.kind!r}: use service, host, replica or scheduler")
     api = scheduler.api
     with scheduler_errors(scheduler.conn):
         if kind == "service":
@@ -216,6 +236,10 @@ def cmd_describe(scheduler: Scheduler, args: argparse.Namespace) -> int:
                     raise
                 rollout = None
             print(service_text(service, list(replicas), rollout))
+        elif kind == "scheduler":
+            instance = cluster_get.find_scheduler(scheduler, args.name)
+            listing = api.ListSchedulers(spb.ListSchedulersRequest())
+            print(scheduler_text(instance, listing))
         elif kind == "host":
             host = api.GetHost(spb.GetHostRequest(host=args.name))
             replicas = api.ListReplicas(spb.ListReplicasRequest(host=host.id)).replicas

@@ -1,4 +1,4 @@
-"""``shoal get services|replicas|hosts|endpoints [NAME] [-o wide|json|yaml] [-w]``.
+"""``shoal get services|replicas|hosts|endpoints|schedulers [NAME] [-o wide|json|yaml] [-w]``.
 
 A listing is one call; ``-w`` then follows the scheduler's Watch from the listing's revision, so no
 change between the two is missed, and prints each object again when what it shows changes (a table row,
@@ -6,6 +6,7 @@ or its JSON/YAML). It keeps only the objects on screen, whatever the stream's le
 breaks is resumed from the last revision seen, on the next scheduler address if that one went away; when
 the scheduler has compacted that revision away (OUT_OF_RANGE, ``shoal-error: RevisionCompacted``) the
 listing is made again and the changes it shows are printed. Ctrl-C ends a watch with status 0.
+Scheduler instances are listed only (``ListSchedulers``; they are not in the Watch): ``-w`` refuses them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 KIND_WORDS = {"services": "services", "service": "services", "svc": "services",
               "replicas": "replicas", "replica": "replicas",
               "hosts": "hosts", "host": "hosts", "nodes": "hosts", "node": "hosts",
-              "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints"}
+              "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints",
+              "schedulers": "schedulers", "scheduler": "schedulers"}
 COMPACTED = "RevisionCompacted"
 
 
@@ -52,14 +54,17 @@ HOSTS = Kind(name="hosts", watch_kind="host", headers=out.HOST_HEADERS, wide=out
 ENDPOINTS = Kind(name="endpoints", watch_kind="endpoint", headers=out.ENDPOINT_HEADERS,
                  wide=out.ENDPOINT_WIDE, row=out.endpoint_row, to_json=out.endpoint_json,
                  key=lambda e: (e.service, e.replica, e.address))
-KINDS = {k.name: k for k in (SERVICES, REPLICAS, HOSTS, ENDPOINTS)}
+SCHEDULERS = Kind(name="schedulers", watch_kind="", headers=out.SCHEDULER_HEADERS, wide=out.SCHEDULER_WIDE,
+                  row=out.scheduler_row, to_json=out.scheduler_json, key=lambda s: s.id)
+KINDS = {k.name: k for k in (SERVICES, REPLICAS, HOSTS, ENDPOINTS, SCHEDULERS)}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    get = sub.add_parser("get", help="list services, replicas, hosts or endpoints of the cluster")
-    get.add_argument("kind", metavar="services|replicas|hosts|endpoints")
+    get = sub.add_parser("get", help="list services, replicas, hosts, endpoints or scheduler instances")
+    get.add_argument("kind", metavar="services|replicas|hosts|endpoints|schedulers")
     get.add_argument("name", nargs="?", default=None,
-                     help="one service, replica id, host (id or name), or the endpoints of one service")
+                     help="one service, replica id, host (id or name), scheduler instance id, or the "
+                          "endpoints of one service")
     get.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default=None,
                      help="wide: more columns; json: an array of objects; yaml: for services, service "
                           "files that apply back")
@@ -96,6 +101,9 @@ class Query:
         if self.kind is HOSTS:
             hosts = api.ListHosts(spb.ListHostsRequest())
             return [h for h in hosts.hosts if self.matches(h)], hosts.revision
+        if self.kind is SCHEDULERS:
+            instances = api.ListSchedulers(spb.ListSchedulersRequest())
+            return [s for s in instances.schedulers if self.matches(s)], instances.revision
         endpoints = api.ListEndpoints(spb.ListEndpointsRequest(service=self.name or ""))
         return list(endpoints.endpoints), endpoints.revision
 
@@ -109,6 +117,10 @@ class Query:
         return [api.GetHost(spb.GetHostRequest(host=name))]
 
     def fetch(self, scheduler: Scheduler) -> tuple[list[Any], int]:
+        if self.kind is SCHEDULERS:
+            if self.name:
+                return [find_scheduler(scheduler, self.name)], 0
+            return self.listing(scheduler)
         if self.name and self.kind is not ENDPOINTS:
             found = self.get(scheduler)
             self.name = self.kind.key(found[0])  # a prefix or a host name, resolved: watch by key
@@ -148,10 +160,23 @@ class Query:
         return [(self.kind.key(obj), obj if self.matches(obj) else None)]
 
 
+def find_scheduler(scheduler: Scheduler, ref: str) -> Any:
+    """The instance whose id is ``ref``, or the only one whose id starts with it."""
+    instances = list(scheduler.api.ListSchedulers(spb.ListSchedulersRequest()).schedulers)
+    exact = [s for s in instances if s.id == ref]
+    found = exact or [s for s in instances if s.id.startswith(ref)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        known = ", ".join(s.id for s in instances) or "none"
+        raise CliError(f"no scheduler instance {ref!r} (running: {known})")
+    raise CliError(f"scheduler instance {ref!r} is ambiguous: {', '.join(s.id for s in found)}")
+
+
 def _query(args: argparse.Namespace) -> Query:
     name = KIND_WORDS.get(args.kind)
     if name is None:
-        raise CliError(f"unknown kind {args.kind!r}: use services, replicas, hosts or endpoints")
+        raise CliError(f"unknown kind {args.kind!r}: use services, replicas, hosts, endpoints or schedulers")
     kind = KINDS[name]
     states: list[int] = []
     for word in args.state:
@@ -263,6 +288,8 @@ def _yaml_dump(data: Any) -> str:
 
 def cmd_get(scheduler: Scheduler, args: argparse.Namespace) -> int:
     query = _query(args)
+    if query.kind is SCHEDULERS and args.watch:
+        raise CliError("scheduler instances cannot be watched: run shoal get schedulers again")
     printer = Printer(query.kind, args.output, watching=args.watch)
     with scheduler_errors(scheduler.conn):
         objects, revision = query.fetch(scheduler)
@@ -334,4 +361,4 @@ def _relisted(printer: Printer, kind: Kind, known: dict[Any, Any], shown: dict[A
         _apply(printer, known, shown, key, obj)
 
 
-__all__ = ["KINDS", "KIND_WORDS", "Printer", "Query", "add_parser", "cmd_get", "watch"]
+__all__ = ["KINDS", "KIND_WORDS", "Printer", "Query", "add_parser", "cmd_get", "find_scheduler", "watch"]

@@ -4,7 +4,8 @@ columns and habits) and as the JSON objects of ``-o json``.
 The JSON keys are a contract scripts rely on (docs/service-file.md and the README list them): services
 ``name``, ``replicas`` (desired), ``ready``, ``generation``; replicas ``id``, ``service``, ``host``,
 ``state``, ``ready``, ``generation``, ``reason``; hosts ``id``, ``name``, ``address``, ``state``,
-``labels``; endpoints ``service``, ``replica``, ``host``, ``address``. More keys may be added, none
+``labels``; endpoints ``service``, ``replica``, ``host``, ``address``; scheduler instances ``id``,
+``address`` (the first API address), ``leader`` (a boolean), ``started_at``. More keys may be added, none
 removed or renamed. States are lowercase words (``pending``, ``not_ready``), times RFC 3339 in UTC.
 """
 
@@ -210,8 +211,54 @@ def endpoint_row(endpoint: spb.Endpoint, *, wide: bool = False) -> list[str]:
     return row
 
 
+# -- scheduler instances -------------------------------------------------------------------------------------
+
+def scheduler_json(instance: spb.SchedulerInstance) -> dict[str, Any]:
+    return {
+        "id": instance.id,
+        "address": instance.addresses[0] if instance.addresses else "",
+        "addresses": list(instance.addresses),
+        "leader": instance.leader,
+        "started_at": timestamp(instance.started_at),
+        "http_address": instance.http_address,
+        "version": instance.version,
+    }
+
+
+SCHEDULER_HEADERS = ["ID", "ADDRESS", "LEADER", "AGE"]
+SCHEDULER_WIDE = ["OTHER ADDRESSES", "HTTP", "VERSION"]
+
+
+def scheduler_row(instance: spb.SchedulerInstance, *, wide: bool = False) -> list[str]:
+    addresses = list(instance.addresses)
+    row = [instance.id, addresses[0] if addresses else "-", "yes" if instance.leader else "no",
+           age(instance.started_at)]
+    if wide:
+        row += [",".join(addresses[1:]) or "-", instance.http_address or "-", instance.version or "-"]
+    return row
+
+
 __all__ = [
-    "ENDPOINT_HEADERS", "HOST_HEADERS", "REPLICA_HEADERS", "REPLICA_STATE_VALUES", "SERVICE_HEADERS", "age",
-    "endpoint_json", "endpoint_row", "host_json", "host_row", "host_state", "replica_json", "replica_row",
-    "replica_state", "service_json", "service_row", "size_text", "timestamp",
+    "ENDPOINT_HEADERS",
+    "HOST_HEADERS",
+    "REPLICA_HEADERS",
+    "REPLICA_STATE_VALUES",
+    "SCHEDULER_HEADERS",
+    "SCHEDULER_WIDE",
+    "SERVICE_HEADERS",
+    "age",
+    "endpoint_json",
+    "endpoint_row",
+    "host_json",
+    "host_row",
+    "host_state",
+    "replica_json",
+    "replica_row",
+    "replica_state",
+    "scheduler_json",
+    "scheduler_row",
+    "service_json",
+    "service_row",
+    "size_text",
+    "timestamp",
 ]

@@ -59,10 +59,13 @@ MAX_TXN_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class Put:
-    """Write ``record`` at its key if the key is at ``expected`` (default ``record.revision``; 0 = absent)."""
+    """Write ``record`` at its key if the key is at ``expected`` (default ``record.revision``; 0 = absent),
+    attached to ``lease`` if non-zero (the key goes when the lease does; a lease that is gone fails the
+    batch with ``LeaseExpired``)."""
 
     record: Record
     expected: int | None = None
+    lease: int = 0
 
     @property
     def expected_revision(self) -> int:

@@ -426,6 +426,8 @@ def _txn_request(plan: txn.TxnPlan) -> Any:
         else:
             put = request.success.add().request_put
             put.key, put.value = key, w.value
+            if w.lease:
+                put.lease = w.lease
         request.failure.add().request_range.key = key
     if plan.guard is not None:
         leader = plan.leader_key.encode()

@@ -15,6 +15,10 @@ key                                 value             written by
 ``{P}leader``                       ``LeaderRecord``  the election: created by the winner, attached to
                                                       its lease (gone when the lease expires or is
                                                       revoked); its create revision is the epoch
+``{P}schedulers/{instance}``        ``InstanceRecord``  each scheduler instance, for itself: created at
+                                                      start, attached to its own lease (gone when the
+                                                      instance stops or dies); not in snapshots or
+                                                      watches (see below)
 ==================================  ================  ==============================================
 
 Why this shape: a replica's key starts with its service, so one range lists (or a watch scope follows) a
@@ -24,6 +28,8 @@ registration and the operators write the record, only the leader judges the stat
 contend on one revision. Everything the scheduler keeps is under the prefix, so one range read is a
 consistent snapshot and one watch follows every change; ``v1`` in the default prefix is the schema
 version (an incompatible schema gets a new prefix, and the old one stays readable while both run).
+Instance records are read by one range (``ListSchedulers``) and by nothing else: ``parse`` does not name
+them, so snapshots and the control loops' watch skip them as they skip any key they do not know.
 Segments (service names, replica and host ids) may not be empty or contain ``/``, whitespace or control
 characters; anything else is kept as given (the API validates names more strictly).
 """
@@ -35,11 +41,12 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from scheduler import model
-from scheduler.store.records import LeaderRecord, Record
+from scheduler.store.records import InstanceRecord, LeaderRecord, Record
 
 DEFAULT_PREFIX = "/shoal/v1/"
 
-R = TypeVar("R", model.Service, model.Replica, model.HostRecord, model.HostStatus, LeaderRecord)
+R = TypeVar("R", model.Service, model.Replica, model.HostRecord, model.HostStatus, LeaderRecord,
+            InstanceRecord)
 
 _SEGMENT = re.compile(r"[^/\x00-\x20\x7f]+")
 _SERVICES = "services/"
@@ -47,6 +54,7 @@ _REPLICAS = "replicas/"
 _HOSTS = "hosts/"
 _HOST_STATUS = "host-status/"
 _LEADER = "leader"
+_SCHEDULERS = "schedulers/"
 
 
 class InvalidKey(ValueError):
@@ -130,6 +138,10 @@ class KeySchema:
     def leader(self) -> KeyRef[LeaderRecord]:
         return KeyRef(f"{self.prefix}{_LEADER}", LeaderRecord)
 
+    def scheduler_instance(self, instance: str) -> KeyRef[InstanceRecord]:
+        return KeyRef(f"{self.prefix}{_SCHEDULERS}{check_segment('scheduler instance id', instance)}",
+                      InstanceRecord)
+
     # -- ranges ----------------------------------------------------------------------------------------
 
     def everything(self) -> AnyRange:
@@ -149,6 +161,9 @@ class KeySchema:
 
     def host_statuses(self) -> KeyRange[model.HostStatus]:
         return self._range(_HOST_STATUS, model.HostStatus)
+
+    def scheduler_instances(self) -> KeyRange[InstanceRecord]:
+        return self._range(_SCHEDULERS, InstanceRecord)
 
     def leader_range(self) -> KeyRange[LeaderRecord]:
         """The leader key alone, as a range (a watch scope for the election)."""
@@ -171,6 +186,8 @@ class KeySchema:
             return self.host(record.id).key
         if isinstance(record, model.HostStatus):
             return self.host_status(record.id).key
+        if isinstance(record, InstanceRecord):
+            return self.scheduler_instance(record.instance).key
         return self.leader().key
 
     def parse(self, key: str) -> ParsedKey | None:

@@ -125,12 +125,15 @@ class MemoryStore:
             return txn.TxnOutcome(False, self._revision, {w.key: self._kvs.get(w.key) for w in plan.writes},
                                   leader)
         if plan.writes:
+            gone = [w.lease for w in plan.writes if w.lease and w.lease not in self._leases]
+            if gone:  # etcd refuses the whole transaction, as an error rather than a failed comparison
+                raise LeaseExpired(f"lease {gone[0]:x} expired or was revoked")
             self._revision += 1
             for w in plan.writes:
                 if w.value is None:
                     self._delete(w.key)
                 else:
-                    self._put(w.key, w.value)
+                    self._put(w.key, w.value, w.lease)
             self._notify()
         return txn.TxnOutcome(True, self._revision)
 

@@ -78,7 +78,7 @@ def build_snapshot(schema: KeySchema, revision: int, kvs: Iterable[RawKV]) -> Sn
             hosts[value.id] = value
         elif isinstance(value, model.HostStatus):
             statuses[value.id] = value
-        else:
+        elif isinstance(value, records.LeaderRecord):
             leader = value
     return Snapshot(revision=revision, services=services, replicas=replicas, hosts=hosts,
                     host_statuses=statuses, leader=leader, corrupt=tuple(corrupt))

@@ -56,8 +56,23 @@ class LeaderRecord:
     revision: int = 0       # the key's mod revision (etcd metadata)
 
 
-Record = model.Service | model.Replica | model.HostRecord | model.HostStatus | LeaderRecord
-T = TypeVar("T", model.Service, model.Replica, model.HostRecord, model.HostStatus, LeaderRecord)
+@dataclass(frozen=True)
+class InstanceRecord:
+    """A running ``shoal-scheduler serve`` instance: written by the instance itself when it starts,
+    attached to a lease of its own, so it disappears when the instance stops (revoked) or dies (expired).
+    What ``shoal get schedulers`` lists; whether it leads comes from the ``LeaderRecord``, not from here."""
+
+    instance: str                       # the instance's id (as in the leader record)
+    addresses: tuple[str, ...] = ()     # its API listeners (HOST:PORT or unix:///PATH)
+    http_address: str = ""              # its --http-listen (/metrics, http_sd); "" when off
+    started_at: float = 0.0             # wall-clock seconds since the epoch
+    version: str = ""                   # the shoal package version it runs
+    revision: int = 0                   # the key's mod revision (etcd metadata)
+
+
+Record = model.Service | model.Replica | model.HostRecord | model.HostStatus | LeaderRecord | InstanceRecord
+T = TypeVar("T", model.Service, model.Replica, model.HostRecord, model.HostStatus, LeaderRecord,
+            InstanceRecord)
 
 
 class RecordError(ValueError):
@@ -299,4 +314,4 @@ def _fixed_tuple(parts: tuple[tuple[Encoder, Decoder], ...]) -> tuple[Encoder, D
     return (list if all(enc is None for enc, _ in parts) else encode), decode
 
 
-__all__ = ["FORMAT_VERSION", "LeaderRecord", "Record", "RecordError", "decode", "encode"]
+__all__ = ["FORMAT_VERSION", "InstanceRecord", "LeaderRecord", "Record", "RecordError", "decode", "encode"]

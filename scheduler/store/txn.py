@@ -32,6 +32,7 @@ class Write:
     expected: int
     value: bytes | None
     record: records.Record
+    lease: int = 0  # a put attached to this lease (0: none)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def plan_transactions(ops: Sequence[Op], *, schema: KeySchema, guard: LeaderGuar
                                  "read from the store, or give expected=")
             writes.append(Write(key, expected, None, op.record))
         else:
-            writes.append(Write(key, expected, records.encode(op.record), op.record))
+            writes.append(Write(key, expected, records.encode(op.record), op.record, op.lease))
     per = ops_per_transaction(guard is not None, max_txn_ops)
     if per < 1:
         raise ValueError(f"max_txn_ops {max_txn_ops} leaves no room for an operation")

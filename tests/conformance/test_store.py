@@ -33,7 +33,7 @@ from scheduler.store.base import (
 from scheduler.store.errors import Compacted, Conflict, CorruptRecord, LeaseExpired, NotLeader
 from scheduler.store.etcd import EtcdSettings, EtcdStore
 from scheduler.store.memory import MemoryStore
-from scheduler.store.records import LeaderRecord
+from scheduler.store.records import InstanceRecord, LeaderRecord
 from tests.fixtures import scheduler_records as build
 from tests.fixtures.etcd import EtcdCluster, etcd  # noqa: F401 - a fixture, found by name
 
@@ -408,6 +408,29 @@ def test_the_guard_refuses_writes_of_any_other_term(backend: Backend) -> None:
         assert caught.value.current_epoch == term2.epoch
         assert [r.revision for r in (await store.list(store.schema.replicas())).items] == [done.revision]
         await store.revoke_lease(lease2.id)
+
+    run(backend, scenario)
+
+
+def test_a_put_attached_to_a_lease_goes_with_it_and_a_gone_lease_fails_the_batch(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        lease = await store.grant_lease(2)
+        record = InstanceRecord("s1", addresses=("127.0.0.1:7400",), http_address="127.0.0.1:9400",
+                                started_at=1700000000.5, version="1.0")
+        committed = await store.commit([Put(record, expected=0, lease=lease.id)])
+        listing = await store.list(store.schema.scheduler_instances())
+        assert listing.items == (dataclasses.replace(record, revision=committed.revision),)
+        # Instance records are not part of a snapshot (the control loops never see them).
+        snap = await store.snapshot()
+        assert (snap.leader, snap.corrupt, dict(snap.hosts)) == (None, (), {})
+        # The same key again, expecting absent: a conflict, as for any record.
+        with pytest.raises(Conflict):
+            await store.commit([Put(record, expected=0, lease=lease.id)])
+        await store.revoke_lease(lease.id)
+        assert await store.get(store.schema.scheduler_instance("s1")) is None
+        with pytest.raises(LeaseExpired):
+            await store.commit([Put(record, expected=0, lease=lease.id)])
+        assert await store.get(store.schema.scheduler_instance("s1")) is None
 
     run(backend, scenario)
 

@@ -574,6 +574,50 @@ class WatchEvent(_pl.Message):
         ) -> None: ...
 
 
+class SchedulerInstance(_pl.Message):
+    id: str
+    addresses: list[str]
+    http_address: str
+    started_at: _pl.Timestamp
+    version: str
+    leader: bool
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            id: str | None = None,
+            addresses: Iterable[str] | None = None,
+            http_address: str | None = None,
+            started_at: _pl.Timestamp | None = None,
+            version: str | None = None,
+            leader: bool | None = None,
+        ) -> None: ...
+
+
+class ListSchedulersRequest(_pl.Message):
+
+    if TYPE_CHECKING:
+        def __init__(self) -> None: ...
+
+
+class ListSchedulersResponse(_pl.Message):
+    schedulers: list[SchedulerInstance]
+    leader: str
+    leader_epoch: int
+    leader_since: _pl.Timestamp
+    revision: int
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            schedulers: Iterable[SchedulerInstance] | None = None,
+            leader: str | None = None,
+            leader_epoch: int | None = None,
+            leader_since: _pl.Timestamp | None = None,
+            revision: int | None = None,
+        ) -> None: ...
+
+
 _pl.define(Placement, 'shoal.scheduler.v1.Placement', (
     _pl.Field(1, 'strategy', _pl.STRING),
     _pl.Field(2, 'constraints', _pl.STRING, repeated=True),
@@ -775,6 +819,23 @@ _pl.define(WatchEvent, 'shoal.scheduler.v1.WatchEvent', (
     _pl.Field(6, 'endpoints', _pl.MESSAGE, message=ListEndpointsResponse, oneof='object'),
     _pl.Field(7, 'name', _pl.STRING),
 ))
+_pl.define(SchedulerInstance, 'shoal.scheduler.v1.SchedulerInstance', (
+    _pl.Field(1, 'id', _pl.STRING),
+    _pl.Field(2, 'addresses', _pl.STRING, repeated=True),
+    _pl.Field(3, 'http_address', _pl.STRING),
+    _pl.Field(4, 'started_at', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(5, 'version', _pl.STRING),
+    _pl.Field(6, 'leader', _pl.BOOL),
+))
+_pl.define(ListSchedulersRequest, 'shoal.scheduler.v1.ListSchedulersRequest', (
+))
+_pl.define(ListSchedulersResponse, 'shoal.scheduler.v1.ListSchedulersResponse', (
+    _pl.Field(1, 'schedulers', _pl.MESSAGE, message=SchedulerInstance, repeated=True),
+    _pl.Field(2, 'leader', _pl.STRING),
+    _pl.Field(3, 'leader_epoch', _pl.INT64),
+    _pl.Field(4, 'leader_since', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(5, 'revision', _pl.INT64),
+))
 
 
 class SchedulerStub:
@@ -797,6 +858,7 @@ class SchedulerStub:
     DrainHost_method = _pl.Method('/shoal.scheduler.v1.Scheduler/DrainHost', HostRequest, Host, client_streaming=False, server_streaming=False)
     ListEndpoints_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListEndpoints', ListEndpointsRequest, ListEndpointsResponse, client_streaming=False, server_streaming=False)
     Watch_method = _pl.Method('/shoal.scheduler.v1.Scheduler/Watch', WatchRequest, WatchEvent, client_streaming=False, server_streaming=True)
+    ListSchedulers_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListSchedulers', ListSchedulersRequest, ListSchedulersResponse, client_streaming=False, server_streaming=False)
 
     def __init__(self, transport: _pl.Transport) -> None:
         self.transport = transport
@@ -851,6 +913,9 @@ class SchedulerStub:
 
     def Watch(self, request: WatchRequest, /) -> _pl.Stream[WatchEvent]:
         return self.transport.server_stream(self.Watch_method, request)
+
+    def ListSchedulers(self, request: ListSchedulersRequest, /) -> ListSchedulersResponse:
+        return self.transport.unary(self.ListSchedulers_method, request)
 
 
 class RegistrationStub:

@@ -1271,3 +1271,97 @@ class WatchEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_object) -> _WhichOneofReturnType_object | None: ...
 
 Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015
+
+@_typing.final
+class SchedulerInstance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    HTTP_ADDRESS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """the instance id (--instance-id, or hostname-random)"""
+    http_address: _builtins.str
+    """its --http-listen (/metrics, http_sd); empty when off"""
+    version: _builtins.str
+    """the shoal version it runs"""
+    leader: _builtins.bool
+    """it holds the leader key"""
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """its API listeners, HOST:PORT or unix:///PATH"""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+        http_address: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.str = ...,
+        leader: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "http_address", b"http_address", "id", b"id", "leader", b"leader", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerInstance: _TypeAlias = SchedulerInstance  # noqa: Y015
+
+@_typing.final
+class ListSchedulersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulersRequest: _TypeAlias = ListSchedulersRequest  # noqa: Y015
+
+@_typing.final
+class ListSchedulersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULERS_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    LEADER_EPOCH_FIELD_NUMBER: _builtins.int
+    LEADER_SINCE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    leader: _builtins.str
+    """the leader's instance id; empty when there is none"""
+    leader_epoch: _builtins.int
+    """its term (the leader key's create revision): the fence"""
+    revision: _builtins.int
+    @_builtins.property
+    def schedulers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SchedulerInstance]:
+        """id order"""
+
+    @_builtins.property
+    def leader_since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        schedulers: _abc.Iterable[Global___SchedulerInstance] | None = ...,
+        leader: _builtins.str = ...,
+        leader_epoch: _builtins.int = ...,
+        leader_since: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["leader_since", b"leader_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leader", b"leader", "leader_epoch", b"leader_epoch", "leader_since", b"leader_since", "revision", b"revision", "schedulers", b"schedulers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulersResponse: _TypeAlias = ListSchedulersResponse  # noqa: Y015

@@ -119,6 +119,11 @@ class SchedulerStub:
                 request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchRequest.SerializeToString,
                 response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.ListSchedulers = channel.unary_unary(
+                '/shoal.scheduler.v1.Scheduler/ListSchedulers',
+                request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersRequest.SerializeToString,
+                response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -235,6 +240,14 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSchedulers(self, request, context):
+        """The running scheduler instances (each registers itself under a lease of its own, and is gone once it
+        stops or its lease expires) and which one leads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -322,6 +335,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchRequest.FromString,
                     response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchEvent.SerializeToString,
+            ),
+            'ListSchedulers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedulers,
+                    request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersRequest.FromString,
+                    response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -783,6 +801,33 @@ class Scheduler:
             '/shoal.scheduler.v1.Scheduler/Watch',
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchRequest.SerializeToString,
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedulers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.scheduler.v1.Scheduler/ListSchedulers',
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersRequest.SerializeToString,
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,10 @@ class SchedulerStub:
     """Ready replicas' reachable addresses per service."""
     Watch: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchRequest, _scheduler_pb2.WatchEvent]
     """Changes to services, replicas, hosts and endpoints after a revision (see the file comment)."""
+    ListSchedulers: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListSchedulersRequest, _scheduler_pb2.ListSchedulersResponse]
+    """The running scheduler instances (each registers itself under a lease of its own, and is gone once it
+    stops or its lease expires) and which one leads.
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -108,6 +112,10 @@ class SchedulerAsyncStub(SchedulerStub):
     """Ready replicas' reachable addresses per service."""
     Watch: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchRequest, _scheduler_pb2.WatchEvent]  # type: ignore[assignment]
     """Changes to services, replicas, hosts and endpoints after a revision (see the file comment)."""
+    ListSchedulers: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListSchedulersRequest, _scheduler_pb2.ListSchedulersResponse]  # type: ignore[assignment]
+    """The running scheduler instances (each registers itself under a lease of its own, and is gone once it
+    stops or its lease expires) and which one leads.
+    """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -238,6 +246,16 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.WatchEvent], _abc.AsyncIterator[_scheduler_pb2.WatchEvent]]:
         """Changes to services, replicas, hosts and endpoints after a revision (see the file comment)."""
+
+    @_abc_1.abstractmethod
+    def ListSchedulers(
+        self,
+        request: _scheduler_pb2.ListSchedulersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListSchedulersResponse, _abc.Awaitable[_scheduler_pb2.ListSchedulersResponse]]:
+        """The running scheduler instances (each registers itself under a lease of its own, and is gone once it
+        stops or its lease expires) and which one leads.
+        """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -107,6 +107,7 @@ def test_client_and_scheduler_certificates_may_call_the_scheduler_service(schedu
         listed = api.ListServices(pb.ListServicesRequest(), timeout=CALL_TIMEOUT_S)
         assert [s.spec.name for s in listed.services] == ["web"]
         api.ListHosts(pb.ListHostsRequest(), timeout=CALL_TIMEOUT_S)
+        api.ListSchedulers(pb.ListSchedulersRequest(), timeout=CALL_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("kind", ["client", "scheduler"])
@@ -131,6 +132,7 @@ def test_an_agent_certificate_may_register_its_host_but_not_call_the_scheduler_s
         api = pb_grpc.SchedulerStub(channel)
         calls: list[Callable[[], object]] = [
             lambda: api.ListServices(pb.ListServicesRequest(), timeout=CALL_TIMEOUT_S),
+            lambda: api.ListSchedulers(pb.ListSchedulersRequest(), timeout=CALL_TIMEOUT_S),
             lambda: api.ApplyService(pb.ApplyServiceRequest(yaml=SERVICE.replace("web", "sneaky")),
                                      timeout=CALL_TIMEOUT_S),
             lambda: api.CordonHost(pb.HostRequest(host="node-1"), timeout=CALL_TIMEOUT_S),
