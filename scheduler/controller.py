@@ -174,6 +174,9 @@ class Controller:
 
     async def _loop(self, watcher: asyncio.Task[None]) -> None:
         next_due: float | None = None
+        # A first pass at once: what the snapshot holds (a scale made while there was no leader, replicas
+        # to launch) must not wait for the next change to arrive.
+        self.poke()
         while True:
             timeout = None if next_due is None else max(0.0, next_due - time.time())
             with contextlib.suppress(TimeoutError):

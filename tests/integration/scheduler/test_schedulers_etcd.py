@@ -132,6 +132,22 @@ def test_both_instances_are_listed_and_the_survivor_leads_after_the_leader_is_ki
     survivor = next(i for i in instances if i is not leader)
     leader.proc.send_signal(signal.SIGKILL)
     leader.proc.wait()
+    # Declared while there is no leader: the next one acts on it from its first pass, without waiting
+    # for some later change to wake it (it used to wait for the next etcd event, up to a minute).
+    applied = subprocess.run(
+        [shoal_bin("shoal"), "--scheduler", survivor.address, "apply", "-f", "-"],
+        input="name: orphaned\nreplicas: 2\ntemplate: {image: busybox}\n", capture_output=True, text=True,
+        timeout=60, env={k: v for k, v in os.environ.items() if k != "SHOAL_SCHEDULER"})
+    assert applied.returncode == 0, applied.stderr
+
+    def replicas_created() -> list[str] | None:
+        result = subprocess.run([shoal_bin("shoal"), "--scheduler", survivor.address, "get", "replicas",
+                                 "-o", "json"], capture_output=True, text=True, timeout=60,
+                                env={k: v for k, v in os.environ.items() if k != "SHOAL_SCHEDULER"})
+        states = [r["state"] for r in json.loads(result.stdout or "[]")]
+        return states if len(states) == 2 else None
+
+    assert poll("the new leader creates the replicas", replicas_created, logs) == ["pending", "pending"]
 
     def survivor_leads_alone() -> pb.ListSchedulersResponse | None:
         now = list_schedulers(survivor.address)
