@@ -222,7 +222,7 @@ def test_verdicts_show_every_host_as_the_decision_saw_it() -> None:
     assert [v.feasible for v in first] == [True, True, False]
     assert first[0].host == result.outcomes[0].host
     assert first[0].score == result.outcomes[0].score
-    assert set(first[0].scores) == {"least_allocated", "image_locality", "topology_spread"}
+    assert set(first[0].scores) == {"least_allocated", "service_spread", "image_locality", "topology_spread"}
     assert first[2].reasons == ("cordoned",)
     second = {v.host: v for v in result.verdicts(b.ReplicaId("web-00001"))}
     assert second[result.outcomes[0].host].reasons == ("would exceed max skew 1 on zone",)  # type: ignore[index]
@@ -278,6 +278,17 @@ def test_image_locality_breaks_near_ties() -> None:
     # Between equal hosts, it decides.
     view = b.cluster([b.host("h1"), b.host("h2")], services=[svc], images={b.HostId("h2"): ["web:1"]})
     assert batch.place(b.requests(svc, 1), view, PROFILE).outcomes[0].host == "h2"
+
+
+def test_a_spread_service_spreads_over_hosts_even_when_one_lacks_its_image() -> None:
+    """A host that came back empty (no replica, so no known image) still gets its share: without the
+    service spread score, replicas requesting little piled 3 + 3 + 0 on the hosts with the image
+    (found by the failover benchmark)."""
+    svc = b.service(cpus=0.01, memory=16 * 1024 * 1024, image="web:1")
+    view = b.cluster([b.host("h1"), b.host("h2"), b.host("h3")], services=[svc],
+                     images={b.HostId("h1"): ["web:1"], b.HostId("h2"): ["web:1"]})
+    placed = batch.place(b.requests(svc, 6), view, PROFILE).outcomes
+    assert sorted(Counter(o.host for o in placed).values()) == [2, 2, 2]
 
 
 class _RackSpread:

@@ -23,7 +23,7 @@ def test_default_profile_sorts_plugins_by_shape() -> None:
         "host_state", "constraints", "host_ports", "resources_fit"]
     assert [f.name for f in profile.domain_filters] == ["topology_spread"]
     assert [(p.name, w) for p, w in profile.host_scorers] == [
-        ("least_allocated", 1.0), ("most_allocated", 1.0), ("image_locality", 0.1)]
+        ("least_allocated", 1.0), ("most_allocated", 1.0), ("service_spread", 1.0), ("image_locality", 0.1)]
     assert [(p.name, w) for p, w in profile.domain_scorers] == [("topology_spread", 2.0)]
     # One plugin that filters and scores is one instance.
     assert profile.domain_filters[0] is profile.domain_scorers[0][0]
@@ -33,7 +33,7 @@ def test_weights_come_from_configuration_and_zero_turns_off() -> None:
     config = registry.DEFAULT_CONFIG.with_weights({"image_locality": 0, "least_allocated": 3})
     profile = registry.profile_from(config)
     assert [(p.name, w) for p, w in profile.host_scorers] == [
-        ("least_allocated", 3.0), ("most_allocated", 1.0)]
+        ("least_allocated", 3.0), ("most_allocated", 1.0), ("service_spread", 1.0)]
 
 
 @pytest.mark.parametrize(("config", "message"), [
@@ -55,11 +55,12 @@ def test_bad_configuration_is_refused_clearly(config: ProfileConfig, message: st
 
 def test_the_strategy_picks_the_resource_scorer() -> None:
     hosts = [b.host("h1"), b.host("h2")]
-    for strategy, expected in ((Strategy.SPREAD, "least_allocated"), (Strategy.BINPACK, "most_allocated")):
+    for strategy, expected in ((Strategy.SPREAD, {"least_allocated", "service_spread"}),
+                               (Strategy.BINPACK, {"most_allocated"})):
         view = b.cluster(hosts)
         svc = b.service(strategy=strategy)
         verdict = batch.explain(b.request(svc, "r1"), view, registry.default_profile()).verdicts[0]
-        assert set(verdict.scores) == {expected, "image_locality"}
+        assert set(verdict.scores) == expected | {"image_locality"}
 
 
 class _Raw:
