@@ -25,10 +25,11 @@ from pathlib import Path
 import grpc
 
 from scheduler import httpd, metrics
-from scheduler.agents import Credentials
+from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
 from scheduler.controller import Controller, ControllerSettings
 from scheduler.election import Election, ElectionSettings, Term
 from scheduler.placement import registry
+from scheduler.reconcile import HOST_GRACE
 from scheduler.server import REGISTRATION_REFRESH, add_services
 from scheduler.store.errors import NotLeader, StoreError
 from scheduler.store.factory import open_store
@@ -51,6 +52,8 @@ class Settings:
     registration_refresh: float
     instance: str
     log_level: str
+    host_grace: float = HOST_GRACE
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="leader lease TTL: a killed leader is replaced after about this (default 2)")
     serve.add_argument("--registration-refresh", type=float, default=REGISTRATION_REFRESH, metavar="SECONDS",
                        help="how often agents re-register (default %(default)s)")
+    serve.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT, metavar="SECONDS",
+                       help="an agent silent this long is unreachable (it reports every second; "
+                            "default %(default)s)")
+    serve.add_argument("--host-grace", type=float, default=HOST_GRACE, metavar="SECONDS",
+                       help="a host unreachable this long has its replicas replaced elsewhere; shorter "
+                            "blips move nothing (default %(default)s; see docs/architecture.md)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
@@ -93,11 +102,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                              "(shoal certs init writes them)")
     if args.election_ttl < 1:
         raise SystemExit("shoal-scheduler: --election-ttl must be at least 1 second")
+    if args.heartbeat_timeout < 1.5:
+        raise SystemExit("shoal-scheduler: --heartbeat-timeout must be at least 1.5 seconds (agents report "
+                         "every second)")
+    if args.host_grace < 0:
+        raise SystemExit("shoal-scheduler: --host-grace cannot be negative")
     instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
     return Settings(etcd=args.etcd, prefix=args.etcd_prefix, listen=listen, tls_dir=args.tls_dir,
                     insecure_tcp=args.insecure_tcp, http_listen=args.http_listen,
                     election_ttl=args.election_ttl, registration_refresh=args.registration_refresh,
-                    instance=instance, log_level=args.log_level)
+                    instance=instance, log_level=args.log_level, host_grace=args.host_grace,
+                    heartbeat_timeout=args.heartbeat_timeout)
 
 
 def _credentials(settings: Settings) -> Credentials | None:
@@ -154,7 +169,9 @@ async def serve(settings: Settings) -> None:
     async def lead(term: Term) -> None:
         log.info("leading (epoch %d)", term.epoch)
         controller = Controller(store, ControllerSettings(epoch=term.epoch, guard=term.guard,
-                                                          credentials=credentials, profile=profile),
+                                                          credentials=credentials, profile=profile,
+                                                          host_grace=settings.host_grace,
+                                                          heartbeat_timeout=settings.heartbeat_timeout),
                                 on_pass=observer.record_pass)
         leading.append(controller)
         try:

@@ -8,7 +8,8 @@ listing reflects, ``WatchEvents`` continues from exactly there, and each event r
 (``GetContainer``; a removal drops it). The view is *complete* once a listing arrived after the latest
 (re)connection; a lost stream, or a history the agent no longer has (``OUT_OF_RANGE``), means relisting.
 In parallel ``WatchUsage`` brings the host's capacity and conditions once a second — and is the
-heartbeat: a session is connected while both streams are.
+heartbeat: a session is connected while both streams are, and a snapshot missing for
+``heartbeat_timeout`` seconds breaks the session as an error would (a network cut shows only silence).
 
 Every change calls ``on_change(host)`` so the controller can reconcile. Sessions never decide anything.
 """
@@ -19,8 +20,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 
@@ -40,9 +42,13 @@ from scheduler.observed import ContainerState, Health, HostObservation, Observed
 log = logging.getLogger(__name__)
 
 # Reconnecting to an agent that went away: soon (a restarted agent is back within a second or two),
-# then at most every second, and from the start again after each successful connection.
+# then at most every half second (a refused connection costs nothing, and a restarted agent must be
+# followed again well within the host grace period), and from the start after each connection.
 RETRY_INITIAL = 0.1
-RETRY_CAP = 1.0
+RETRY_CAP = 0.5
+# The agent sends a usage snapshot every second: none for this long means the host is unreachable (a
+# cut network shows no error on an open stream; only silence).
+HEARTBEAT_TIMEOUT = 2.0
 
 _STATES = {
     pb.CONTAINER_STATE_CREATED: ContainerState.CREATED, pb.CONTAINER_STATE_RUNNING: ContainerState.RUNNING,
@@ -99,8 +105,11 @@ class AgentSession:
     """Follows one host's agent; ``containers`` is the client the actuator uses."""
 
     def __init__(self, host: HostId, address: str, *, credentials: Credentials | None,
-                 on_change: Callable[[HostId], None]) -> None:
+                 on_change: Callable[[HostId], None], heartbeat_timeout: float = HEARTBEAT_TIMEOUT) -> None:
         self.host = host
+        self.started_at = time.time()  # when this session began following the host
+        self.heartbeat_timeout = heartbeat_timeout
+        self._heard = time.monotonic()  # the latest sign of life (a usage snapshot, or a new attempt)
         self.address = address
         self._credentials = credentials
         self._on_change = on_change
@@ -141,12 +150,15 @@ class AgentSession:
     async def _run(self) -> None:
         delay = RETRY_INITIAL
         while True:
+            self._heard = time.monotonic()
             try:
-                await asyncio.gather(self._follow_containers(), self._follow_usage())
+                await _first_error(self._follow_containers(), self._follow_usage(), self._watchdog())
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as err:
                 self.error = f"{err.code().name}: {err.details()}"
+            except HeartbeatMissed as err:
+                self.error = str(err)
             except Exception as err:  # a bug must not end the session for good
                 log.exception("agent session %s failed", self.host)
                 self.error = str(err)
@@ -201,10 +213,18 @@ class AgentSession:
             return
         self.apply(ctr)
 
+    async def _watchdog(self) -> None:
+        while True:
+            silent = time.monotonic() - self._heard
+            if silent >= self.heartbeat_timeout:
+                raise HeartbeatMissed(f"no report from the agent for {silent:.1f} s (unreachable?)")
+            await asyncio.sleep(self.heartbeat_timeout - silent)
+
     async def _follow_usage(self) -> None:
         async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
             self.info = snapshot.host
             self.last_seen = time.time()
+            self._heard = time.monotonic()
             if not self._usage_ok:
                 self._usage_ok = True
                 if self._events_ok:
@@ -225,4 +245,23 @@ class AgentSession:
         self._on_change(self.host)
 
 
-__all__ = ["AgentSession", "Credentials", "observe_container", "open_channel"]
+class HeartbeatMissed(Exception):
+    """The agent went silent for longer than the heartbeat timeout."""
+
+
+async def _first_error(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run ``coros`` together until the first one fails (or ends); cancel the rest, then re-raise.
+    (``asyncio.gather`` would leave the others running after the first error.)"""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ["HEARTBEAT_TIMEOUT", "AgentSession", "Credentials", "HeartbeatMissed", "observe_container",
+           "open_channel"]

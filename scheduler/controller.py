@@ -35,7 +35,7 @@ from proto.agent.v1 import agent_pb2 as pb
 from scheduler import reconcile
 from scheduler.actuator import Actuator
 from scheduler.actuator import Settings as ActuatorSettings
-from scheduler.agents import AgentSession, Credentials
+from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials
 from scheduler.model import (
     Capacity,
     HostId,
@@ -114,6 +114,8 @@ class ControllerSettings:
     guard: base.LeaderGuard
     credentials: Credentials | None
     profile: Profile
+    host_grace: float = reconcile.HOST_GRACE       # unreachable this long: its replicas move
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT    # no usage report this long: the host is unreachable
 
 
 class Controller:
@@ -227,6 +229,10 @@ class Controller:
             self._on_pass(time.perf_counter() - started, plan, world)
         due = [r.next_attempt_at for r in self.mirror.replicas.values()
                if r.phase is ReplicaPhase.FAILED and r.next_attempt_at > world.now]
+        # A host whose grace period runs out: its replicas are replaced then, not at the next event.
+        holding = {r.host for r in self.mirror.replicas.values()
+                   if r.host is not None and r.phase is not ReplicaPhase.STOPPING}
+        due += [at for host in holding if (at := world.lost_at(host)) is not None and at > world.now]
         return min(due) if due else None
 
     def _forget(self, record: object) -> None:
@@ -248,7 +254,7 @@ class Controller:
             if session is not None:
                 asyncio.get_running_loop().create_task(session.close())
             session = AgentSession(host, record.address, credentials=self.settings.credentials,
-                                   on_change=self.poke)
+                                   on_change=self.poke, heartbeat_timeout=self.settings.heartbeat_timeout)
             self.sessions[host] = session
             session.start()
         for host in [h for h in self.sessions if h not in self.mirror.hosts]:
@@ -264,7 +270,23 @@ class Controller:
             hosts={h: self._fresh(r) for h, r in self.mirror.hosts.items()},
             statuses={h: self._status(h) for h in self.mirror.hosts}, observed=self._observed(),
             now=time.time(), busy=frozenset(self.actuator.busy),
-            launch_failures=dict(self.actuator.failures))
+            launch_failures=dict(self.actuator.failures), unreachable_since=self._unreachable_since(),
+            host_grace=self.settings.host_grace)
+
+    def _unreachable_since(self) -> dict[HostId, float]:
+        """Since when each host this leader cannot follow has been so: from the recorded status change,
+        but never before this leader's session to it started — a new leader gives every host the whole
+        grace period to be connected to before it moves anything."""
+        assert self.mirror is not None
+        out: dict[HostId, float] = {}
+        for host in self.mirror.hosts:
+            session = self.sessions.get(host)
+            status = self._status(host)
+            if status.ready:
+                continue
+            started = session.started_at if session is not None else time.time()
+            out[host] = max(status.since, started)
+        return out
 
     def _fresh(self, record: HostRecord) -> HostRecord:
         """The host record with the capacity and conditions its agent reported last (each second),

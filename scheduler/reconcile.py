@@ -14,6 +14,9 @@ The rules, per service:
 * **Absorb** what the hosts report: a replica's phase, readiness, reason and ports follow its container
   (``ObservedContainer.phase``). A failed launch the actuator reported makes it ``failed``. A running
   replica whose container vanished from a complete view of its host is recreated.
+* **Abandon** replicas on a host unreachable for longer than ``World.host_grace``: they are marked
+  stopping (so the count below replaces them elsewhere) and their containers retired when the host is
+  back.
 * **Count**: ``live`` replicas are those not stopping; *condemned* ones run an old template or sit on a
   draining host; the rest are *kept*. Missing kept replicas are created (``pending``) — during a rollout or
   a drain only up to ``replicas + max_surge`` live ones; surplus kept replicas are stopped, the least
@@ -52,6 +55,7 @@ from scheduler.model import (
 from scheduler.observed import ContainerState, HostObservation
 
 MAX_DECISIONS = 10
+HOST_GRACE = 3.0     # seconds a host may be unreachable before its replicas are replaced elsewhere
 BACKOFF_BASE = 1.0   # seconds before the first relaunch of a failed replica
 BACKOFF_CAP = 60.0
 
@@ -77,6 +81,20 @@ class World:
     now: float
     busy: frozenset[str] = frozenset()  # container ids with an agent action in flight
     launch_failures: Mapping[ReplicaId, LaunchFailure] = field(default_factory=dict)
+    # Since when this leader has found each host unreachable (hosts it can reach are absent), and how
+    # long that may last before the host's replicas are replaced elsewhere.
+    unreachable_since: Mapping[HostId, float] = field(default_factory=dict)
+    host_grace: float = HOST_GRACE
+
+    def lost(self, host: HostId | None) -> bool:
+        """Whether ``host`` has been unreachable for longer than the grace period."""
+        since = self.unreachable_since.get(host) if host is not None else None
+        return since is not None and self.now - since >= self.host_grace
+
+    def lost_at(self, host: HostId) -> float | None:
+        """When ``host`` will count as lost, if it is unreachable."""
+        since = self.unreachable_since.get(host)
+        return None if since is None else since + self.host_grace
 
 
 class Placer(Protocol):
@@ -190,6 +208,7 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
         if service.deleting:
             _delete(plan, service, ids)
         else:
+            _abandon_lost(plan, ids)
             ids += _count(plan, service, ids, new_id=new_id)
             _place(plan, service, ids, placer)
         _drive(plan, service, ids)
@@ -232,6 +251,23 @@ def _absorb(plan: _Plan, r: Replica) -> None:
         why = "its container was removed from the host; recreating it"
         updated = replace(r, phase=ReplicaPhase.STARTING, ready=False, reason=why, restarts=r.restarts + 1)
         plan.update(with_decision(updated, now=now, action="recreated", reason=why))
+
+
+def _abandon_lost(plan: _Plan, ids: Sequence[ReplicaId]) -> None:
+    """Replicas on a host unreachable for longer than the grace period stop counting: they are marked
+    stopping, so replacements are placed elsewhere, and their containers are retired once the host is
+    reachable again (``_drive``), so a healed partition never leaves two copies running."""
+    world = plan.world
+    for rid in ids:
+        r = plan.replicas[rid]
+        if r.phase is ReplicaPhase.STOPPING or not world.lost(r.host):
+            continue
+        assert r.host is not None
+        record = world.hosts.get(r.host)
+        name = record.name if record is not None and record.name else r.host
+        since = world.unreachable_since[r.host]
+        _stop(plan, r, why=f"its host {name} has been unreachable for {world.now - since:.1f} s "
+                           f"(grace {world.host_grace:g} s): replaced elsewhere")
 
 
 def _live(plan: _Plan, ids: Sequence[ReplicaId]) -> list[Replica]:
@@ -385,7 +421,7 @@ def _orphans(plan: _Plan) -> None:
 
 
 __all__ = [
-    "BACKOFF_BASE", "BACKOFF_CAP", "MAX_DECISIONS", "AgentAction", "DropReplica", "DropService", "Launch",
-    "LaunchFailure", "Placer", "Plan", "RecordWrite", "Retire", "World", "WriteReplica", "backoff", "step",
-    "with_decision",
+    "BACKOFF_BASE", "BACKOFF_CAP", "HOST_GRACE", "MAX_DECISIONS", "AgentAction", "DropReplica",
+    "DropService", "Launch", "LaunchFailure", "Placer", "Plan", "RecordWrite", "Retire", "World",
+    "WriteReplica", "backoff", "step", "with_decision",
 ]

@@ -11,6 +11,7 @@ process of the cluster is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -53,6 +54,7 @@ class Cluster:
     agents: list[AgentProcess]
     pki: Path
     work: Path
+    world: NetWorld | None = None
     scheduler: subprocess.Popen[bytes] | None = None
     etcd: EtcdCluster | None = None
     zone_of: dict[str, str] = field(default_factory=dict)  # host id → zone
@@ -108,6 +110,30 @@ class Cluster:
     def kill_agent(self, index: int) -> None:
         self.agents[index].kill9()
 
+    def set_network(self, index: int, *, up: bool) -> None:
+        """Cut or restore host ``index``'s link (a partition: silence, no error)."""
+        assert self.world is not None
+        self.world.set_uplink(self.hosts[index], up=up)
+
+    def kill_host(self, index: int) -> None:
+        """Host death: SIGKILL its agent, its supervisor and every container, leaving nothing running."""
+        agent = self.agents[index]
+
+        def killed_all() -> bool:  # a supervisor's worker may turn into its keeper: kill until none is left
+            pids = subprocess.run(["ip", "netns", "pids", self.hosts[index].name], capture_output=True,
+                                  text=True, check=False).stdout.split()
+            pids += [p for d in Path("/sys/fs/cgroup").glob(f"*/{agent.cgroup_parent}")
+                     for procs in d.rglob("cgroup.procs") for p in procs.read_text().split()]
+            for pid in set(pids):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            return not pids
+
+        wait_for(killed_all, timeout=20)
+        if agent.proc is not None:
+            agent.proc.wait(timeout=10)
+            agent.proc = None
+
     def agent_index(self, host_id: str) -> int:
         """Which of ``agents`` runs on the host with this id (agents are started in zone order)."""
         return ZONES.index(self.zone_of[host_id])
@@ -137,7 +163,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> It
                         *(a for h in hosts for a in ("--host", str(h.address)))],
                        check=True, capture_output=True, timeout=60)
         scheduler = f"{ctl.address}:{SCHEDULER_PORT}"
-        made = Cluster(ctl=ctl, hosts=hosts, pki=pki, work=work,
+        made = Cluster(ctl=ctl, hosts=hosts, pki=pki, work=work, world=world,
                        agents=[_agent(work, h, i, pki=pki, scheduler=scheduler, tag=tag)
                                for i, h in enumerate(hosts)])
         made.etcd = EtcdCluster(work / "etcd", netns=ctl.name).start()
@@ -166,6 +192,10 @@ def clean_between_tests(cluster: Cluster) -> Iterator[None]:
     made = cluster
     if made.scheduler is None or made.scheduler.poll() is not None:
         return
+    for index, agent in enumerate(made.agents):  # a failure test that failed may have left a host down
+        made.set_network(index, up=True)
+        if agent.proc is None:
+            agent.start()
     for service in made.json("get", "services"):
         made.cli("delete", "service", service["name"], check=False)
     for host in made.json("get", "hosts"):

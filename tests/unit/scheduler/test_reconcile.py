@@ -275,6 +275,45 @@ def test_a_drain_moves_replicas_elsewhere_first() -> None:
     assert "a" not in written(plan)  # still serving until its replacement is ready
 
 
+# -- host failure -----------------------------------------------------------------------------------
+
+def lost_world(since: float, grace: float = 3.0) -> World:
+    reps = [replica("a", host="h1"), replica("b", host="h2")]
+    observed = observe(("h2", [container("b")]))
+    observed[HostId("h1")] = HostObservation(host=HostId("h1"), connected=False, complete=False)
+    return world([service(2)], reps, observed=observed, unreachable_since={HostId("h1"): since},
+                 host_grace=grace)
+
+
+def test_a_host_unreachable_within_its_grace_period_moves_nothing() -> None:
+    plan = run(lost_world(since=NOW - 2.9))
+    assert plan.empty
+    assert lost_world(since=NOW - 2.9).lost_at(HostId("h1")) == pytest.approx(NOW + 0.1)
+
+
+def test_a_host_unreachable_past_its_grace_period_has_its_replicas_replaced_elsewhere() -> None:
+    plan = run(lost_world(since=NOW - 3.0))
+    changed = written(plan)
+    assert changed["a"].phase is ReplicaPhase.STOPPING
+    assert "unreachable for 3.0 s" in changed["a"].reason and "replaced elsewhere" in changed["a"].reason
+    new = [r for rid, r in changed.items() if rid not in ("a", "b")]
+    assert len(new) == 1 and new[0].phase is ReplicaPhase.STARTING
+    assert not retires(plan)  # nothing can be asked of an unreachable host
+
+
+def test_when_the_host_is_back_its_abandoned_replicas_are_retired_there() -> None:
+    """After a partition heals, the old copy stops: never more than the declared count for long."""
+    reps = [replica("a", host="h1", phase=ReplicaPhase.STOPPING, ready=False, reason="unreachable"),
+            replica("b", host="h2"), replica("c", host="h3")]
+    observed = observe(("h1", [container("a")]), ("h2", [container("b")]), ("h3", [container("c")]))
+    plan = run(world([service(2)], reps, observed=observed))
+    assert retires(plan) == [("a", "h1")]
+    assert not launches(plan) and not [w for w in written(plan) if w not in ("a",)]
+    gone = observe(("h2", [container("b")]), ("h3", [container("c")]))
+    dropped = run(world([service(2)], reps, observed=gone))
+    assert [w.replica.id for w in dropped.writes if isinstance(w, reconcile.DropReplica)] == ["a"]
+
+
 # -- deletion -------------------------------------------------------------------------------------
 
 def test_deleting_a_service_stops_every_replica_then_drops_the_service() -> None:

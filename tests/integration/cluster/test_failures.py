@@ -1,0 +1,85 @@
+"""Hosts fail: a network blip moves nothing, a partition and a host death move replicas elsewhere within
+seconds, and a host that comes back keeps no copy of what moved.
+
+The scheduler runs with its defaults (``--heartbeat-timeout 2``, ``--host-grace 3``). Each scenario is
+bounded; the interruptions themselves (``time.sleep`` while a link is down) are the scenario, not
+synchronization.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.integration.cluster.conftest import Cluster, wait_for
+from tests.integration.cluster.test_cluster import service
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+
+SPREAD = "placement: {topology_spread: {label: zone, max_skew: 1}}"
+QUIET_WINDOW = 6.0  # heartbeat timeout + host grace + 1 s: long enough for a wrong move to show
+
+
+def placement(cluster: Cluster, name: str) -> dict[str, str]:
+    return {r["id"]: r["host"] for r in cluster.replicas(name)}
+
+
+def running_elsewhere(cluster: Cluster, name: str, n: int, away_from: str) -> list[dict[str, Any]] | None:
+    reps = cluster.running(name)
+    return reps if len(reps) == n and all(r["host"] != away_from for r in reps) else None
+
+
+def host_of_zone(cluster: Cluster, placed: list[dict[str, Any]], zone: str) -> str:
+    return next(r["host"] for r in placed if cluster.zone_of[r["host"]] == zone)
+
+
+def test_a_network_blip_of_half_a_second_moves_nothing(cluster: Cluster) -> None:
+    cluster.apply(service("calm", 3, extra=SPREAD))
+    cluster.wait_running("calm", 3)
+    before, containers = placement(cluster, "calm"), cluster.all_containers()
+    cluster.set_network(0, up=False)
+    time.sleep(0.5)  # the blip
+    cluster.set_network(0, up=True)
+    deadline = time.monotonic() + QUIET_WINDOW
+    while time.monotonic() < deadline:  # bounded watch: no replica may move or be replaced
+        assert placement(cluster, "calm") == before
+        time.sleep(0.2)
+    assert cluster.all_containers() == containers
+    assert [h["state"] for h in cluster.json("get", "hosts")] == ["ready"] * 3
+
+
+def test_a_partition_moves_replicas_and_the_healed_host_keeps_no_copy(cluster: Cluster) -> None:
+    cluster.apply(service("part", 3, extra=SPREAD))
+    placed = cluster.wait_running("part", 3)
+    cut = host_of_zone(cluster, placed, "a")
+    victims = [r["id"] for r in placed if r["host"] == cut]
+    cluster.set_network(0, up=False)
+    try:
+        wait_for(lambda: running_elsewhere(cluster, "part", 3, cut), timeout=30)
+        abandoned = [r for r in cluster.replicas("part") if r["id"] in victims]
+        assert abandoned and all(r["state"] == "stopping" and "unreachable" in r["reason"] for r in abandoned)
+        host = next(h for h in cluster.json("get", "hosts") if h["id"] == cut)
+        assert host["state"] == "not_ready"
+    finally:
+        cluster.set_network(0, up=True)
+    # Healed: the old copies are retired on the host that comes back, and the count is right again.
+    wait_for(lambda: not [c for c in cluster.containers(0) if c in victims], timeout=30)
+    after = cluster.wait_running("part", 3)
+    assert not {r["id"] for r in after} & set(victims)
+    assert len([c for c in cluster.all_containers() if c.startswith("part-")]) == 3
+
+
+def test_host_death_moves_its_replicas_and_the_restarted_host_is_cleaned(cluster: Cluster) -> None:
+    cluster.apply(service("sturdy", 3, extra=SPREAD))
+    placed = cluster.wait_running("sturdy", 3)
+    dead = host_of_zone(cluster, placed, "a")
+    victims = [r["id"] for r in placed if r["host"] == dead]
+    cluster.kill_host(0)  # agent, supervisor and every container
+    moved = wait_for(lambda: running_elsewhere(cluster, "sturdy", 3, dead), timeout=30)
+    assert not {r["id"] for r in moved} & set(victims)
+    cluster.start_agent(0)  # the host comes back (same root): what moved away is removed there
+    wait_for(lambda: not [c for c in cluster.containers(0) if c in victims], timeout=30)
+    cluster.wait_running("sturdy", 3)
+    assert len([c for c in cluster.all_containers() if c.startswith("sturdy-")]) == 3
