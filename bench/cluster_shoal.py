@@ -289,7 +289,8 @@ class ShoalCluster:
         """The service, its replica records and every container of it are gone."""
         assert self._stub is not None
         if any(
-            s.name == service for s in self._stub.ListServices(spb.ListServicesRequest(), timeout=10).services
+            s.spec.name == service
+            for s in self._stub.ListServices(spb.ListServicesRequest(), timeout=10).services
         ):
             return False
         if self._stub.ListReplicas(spb.ListReplicasRequest(service=service), timeout=10).replicas:
@@ -397,7 +398,8 @@ class ShoalCluster:
         if self._stub is not None and scheduler is not None and scheduler.alive():
             try:  # the orderly way first: the scheduler stops and removes what it placed
                 names = [
-                    s.name for s in self._stub.ListServices(spb.ListServicesRequest(), timeout=10).services
+                    s.spec.name
+                    for s in self._stub.ListServices(spb.ListServicesRequest(), timeout=10).services
                 ]
                 for name in names:
                     problems.append(f"service {name} was still there at the end; deleted")

@@ -39,7 +39,7 @@ Scenarios, each repeated ``--reps`` times, every wait bounded by ``--timeout`` s
 Run as root, from the repository root, with the project's venv::
 
     .venv/bin/python bench/failover.py [--reps 20] [--hosts 3] [--peers shoal,swarm] \\
-        [--scenarios host-death,leader-kill] [--scheduler-arg=--host-grace=2] \\
+        [--scenarios host-death,leader-kill] [--leader-reps N] [--scheduler-arg=--host-grace=2] \\
         [--out bench/results/failover.json] [--plot docs/img/failover.png]
 
 It prints a table (p50/p99/max per scenario and peer) and writes JSON (machine, load average, every
@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,8 @@ def shoal_clear(cluster: ShoalCluster, service: str, options: Options) -> int:
         lambda: (
             not stub.ListReplicas(spb.ListReplicasRequest(service=service), timeout=5).replicas
             and all(
-                s.name != service for s in stub.ListServices(spb.ListServicesRequest(), timeout=5).services
+                s.spec.name != service
+                for s in stub.ListServices(spb.ListServicesRequest(), timeout=5).services
             )
         ),
         timeout=options.timeout,
@@ -511,6 +512,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=20, help="repetitions per scenario (default %(default)s)")
+    parser.add_argument("--leader-reps", type=int, help="repetitions of leader-kill (default: --reps)")
     parser.add_argument("--hosts", type=int, default=3, help="hosts per peer (default %(default)s)")
     parser.add_argument("--per-host", type=int, default=2, help="host-death replicas per host (default 2)")
     parser.add_argument("--peers", default=",".join(PEERS), help="default %(default)s")
@@ -581,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, took in setup.items():
                 print(f"{name} up: " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()), file=sys.stderr)
             if shoal is not None and "leader-kill" in scenarios:
-                reps += shoal_leader_kill(shoal, options)
+                leader_options = replace(options, reps=args.leader_reps or options.reps)
+                reps += shoal_leader_kill(shoal, leader_options)
             if "host-death" in scenarios:
                 if swarm is not None:
                     reps += swarm_host_death(swarm, world, options)
