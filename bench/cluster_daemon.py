@@ -141,23 +141,35 @@ def cgroup_dirs(name: str) -> list[Path]:
     return found
 
 
+def kill_cgroup_processes(name: str) -> int:
+    """SIGKILL every process in a cgroup under ``name`` (wherever ``cgroup_dirs`` finds one) and wait,
+    bounded, until they are gone; returns how many there were."""
+    tops = cgroup_dirs(name)
+    stray = {
+        int(pid) for top in tops for procs in top.rglob("cgroup.procs") for pid in procs.read_text().split()
+    }
+    for pid in stray:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while (
+        stray
+        and any(p.read_text().strip() for top in tops for p in top.rglob("cgroup.procs"))
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    return len(stray)
+
+
 def remove_cgroups(name: str) -> list[str]:
     """rmdir every cgroup under ``name`` (deepest first) wherever ``cgroup_dirs`` finds one, after
     SIGKILLing any process still in one (a container orphaned by a supervisor that had to be killed);
     returns what it had to kill and what could not be removed."""
     leftovers = []
+    killed = kill_cgroup_processes(name)
+    if killed:
+        leftovers.append(f"killed {killed} processes left in the {name} cgroups")
     for top in cgroup_dirs(name):
-        stray = {int(pid) for procs in top.rglob("cgroup.procs") for pid in procs.read_text().split()}
-        for pid in stray:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if stray:
-            leftovers.append(f"killed {len(stray)} processes left in {top}")
-            deadline = time.monotonic() + 5
-            while (
-                any(p.read_text().strip() for p in top.rglob("cgroup.procs")) and time.monotonic() < deadline
-            ):
-                time.sleep(0.05)
         for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -182,4 +194,13 @@ def unmount_under(directory: Path) -> list[str]:
     return targets
 
 
-__all__ = ["Daemon", "cgroup_dirs", "pid_alive", "remove_cgroups", "run_checked", "unmount_under", "wait_for"]
+__all__ = [
+    "Daemon",
+    "cgroup_dirs",
+    "kill_cgroup_processes",
+    "pid_alive",
+    "remove_cgroups",
+    "run_checked",
+    "unmount_under",
+    "wait_for",
+]

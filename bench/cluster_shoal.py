@@ -13,11 +13,22 @@ The timed commands are whole ``shoal`` CLI processes (``apply -f``, ``scale``), 
 them. ``running`` counts the service's replicas in state ``running`` through the scheduler's
 ``ListReplicas`` call — what ``shoal get replicas --service NAME -o json`` prints — either in-process
 over the unix socket (``poll="api"``) or by running that very command (``poll="cli"``).
+
+For the failover benchmark (``bench.failover``) the cluster can run ``schedulers`` instances against
+the one etcd (each with its own port, unix socket, log and ``--instance-id sN``; every agent joins them
+all), pass ``scheduler_args`` to each, and kill and restart a scheduler or a whole host:
+``kill_scheduler`` SIGKILLs an instance, ``kill_host`` SIGKILLs an agent, its supervisor and every
+process left in its cgroup parent; ``start_scheduler`` / ``start_agent`` start them again on the same
+state. ``leader()`` reads the election key from etcd; ``use_scheduler`` points the benchmark's own API
+calls at one instance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,10 +37,19 @@ from pathlib import Path
 
 import grpc
 
-from bench.cluster_daemon import Daemon, pid_alive, remove_cgroups, run_checked, unmount_under, wait_for
+from bench.cluster_daemon import (
+    Daemon,
+    kill_cgroup_processes,
+    pid_alive,
+    remove_cgroups,
+    run_checked,
+    unmount_under,
+    wait_for,
+)
 from bench.cluster_peer import BenchImage, Workload
 from proto.scheduler.v1 import scheduler_pb2 as spb
 from proto.scheduler.v1 import scheduler_pb2_grpc as spb_grpc
+from scheduler.store.keys import DEFAULT_PREFIX
 from tests.fixtures.netns import TestHost
 
 BIN = Path(sys.executable).parent
@@ -47,6 +67,8 @@ class ShoalCluster:
     tag: str
     workload: Workload
     poll: str = "api"
+    schedulers: int = 1
+    scheduler_args: tuple[str, ...] = ()
     image: str = ""  # set by start()
     name: str = "shoal"
     daemons: list[Daemon] = field(default_factory=list)
@@ -57,7 +79,18 @@ class ShoalCluster:
 
     @property
     def scheduler_socket(self) -> Path:
-        return self.work / "scheduler.sock"
+        return self.instance_socket(1)
+
+    def instance_socket(self, n: int) -> Path:
+        """Scheduler instance ``n``'s unix socket (1-based; the first keeps the one-instance name)."""
+        return self.work / ("scheduler.sock" if n == 1 else f"scheduler{n}.sock")
+
+    def instance_address(self, n: int) -> str:
+        return f"{self.control.address}:{SCHEDULER_PORT + n - 1}"
+
+    @staticmethod
+    def instance_name(n: int) -> str:
+        return "scheduler" if n == 1 else f"scheduler{n}"
 
     def agent_socket(self, i: int) -> Path:
         return self.work / f"agent{i}.sock"
@@ -101,36 +134,38 @@ class ShoalCluster:
         )
         self._launch(etcd)
         took["etcd"] = wait_for("etcd", lambda: _etcd_healthy(self.control), timeout=30, daemons=[etcd])
-        scheduler_address = f"{self.control.address}:{SCHEDULER_PORT}"
-        scheduler = Daemon(
-            "scheduler",
-            [
-                str(BIN / "shoal-scheduler"),
-                "serve",
-                "--etcd",
-                ETCD_CLIENT,
-                "--listen",
-                scheduler_address,
-                "--listen",
-                f"unix://{self.scheduler_socket}",
-                "--tls-dir",
-                str(pki),
-            ],
-            self.work / "scheduler.log",
-            netns=self.control.name,
-        )
-        self._launch(scheduler)
-        self._channel = grpc.insecure_channel(f"unix://{self.scheduler_socket}")
-        self._stub = spb_grpc.SchedulerStub(self._channel)
+        instances = []
+        for n in range(1, self.schedulers + 1):
+            instance = Daemon(
+                self.instance_name(n),
+                [
+                    str(BIN / "shoal-scheduler"),
+                    "serve",
+                    "--etcd",
+                    ETCD_CLIENT,
+                    "--listen",
+                    self.instance_address(n),
+                    "--listen",
+                    f"unix://{self.instance_socket(n)}",
+                    "--tls-dir",
+                    str(pki),
+                    "--instance-id",
+                    f"s{n}",
+                    *self.scheduler_args,
+                ],
+                self.work / f"{self.instance_name(n)}.log",
+                netns=self.control.name,
+            )
+            self._launch(instance)
+            instances.append(instance)
+        self.use_scheduler(1)
         took["scheduler"] = wait_for(
             "the scheduler's API",
-            lambda: (
-                self._stub is not None
-                and bool(self._stub.ListServices(spb.ListServicesRequest(), timeout=2) is not None)
-            ),
+            lambda: all(self.answers(n) for n in range(1, self.schedulers + 1)),
             timeout=30,
-            daemons=[etcd, scheduler],
+            daemons=[etcd, *instances],
         )
+        joins = [a for n in range(1, self.schedulers + 1) for a in ("--join", self.instance_address(n))]
         agents = []
         for i, host in enumerate(self.hosts, start=1):
             agent = Daemon(
@@ -154,8 +189,7 @@ class ShoalCluster:
                     "shoalb0",
                     "--label",
                     f"host=h{i}",
-                    "--join",
-                    scheduler_address,
+                    *joins,
                     "--advertise",
                     f"{host.address}:{AGENT_PORT}",
                 ],
@@ -168,7 +202,7 @@ class ShoalCluster:
             "every host ready",
             lambda: self._ready_hosts() == len(self.hosts),
             timeout=60,
-            daemons=[etcd, scheduler, *agents],
+            daemons=[etcd, *instances, *agents],
         )
         started = time.monotonic()
         for i in range(1, len(self.hosts) + 1):
@@ -191,6 +225,11 @@ class ShoalCluster:
     def _launch(self, daemon: Daemon) -> None:
         self.daemons.append(daemon)
         daemon.start()
+
+    def answers(self, n: int) -> bool:
+        with grpc.insecure_channel(f"unix://{self.instance_socket(n)}") as channel:
+            spb_grpc.SchedulerStub(channel).ListServices(spb.ListServicesRequest(), timeout=2)
+        return True
 
     def _ready_hosts(self) -> int:
         assert self._stub is not None
@@ -250,7 +289,8 @@ class ShoalCluster:
         """The service, its replica records and every container of it are gone."""
         assert self._stub is not None
         if any(
-            s.name == service for s in self._stub.ListServices(spb.ListServicesRequest(), timeout=10).services
+            s.spec.name == service
+            for s in self._stub.ListServices(spb.ListServicesRequest(), timeout=10).services
         ):
             return False
         if self._stub.ListReplicas(spb.ListReplicasRequest(service=service), timeout=10).replicas:
@@ -281,18 +321,85 @@ class ShoalCluster:
         except (OSError, ValueError, IndexError):
             return None
 
+    # -- failures (bench.failover) ------------------------------------------------------------------
+
+    def daemon(self, name: str) -> Daemon:
+        return next(d for d in self.daemons if d.name == name)
+
+    def use_scheduler(self, n: int) -> None:
+        """The benchmark's own calls (``running``, ``gone``, ...) go to instance ``n`` from now on."""
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = grpc.insecure_channel(f"unix://{self.instance_socket(n)}")
+        self._stub = spb_grpc.SchedulerStub(self._channel)
+
+    def cli_at(self, n: int, *args: str) -> list[str]:
+        return [str(BIN / "shoal"), "--scheduler", f"unix://{self.instance_socket(n)}", *args]
+
+    def stub(self) -> spb_grpc.SchedulerStub:
+        assert self._stub is not None
+        return self._stub
+
+    def leader(self) -> str:
+        """The instance id in the election key ("s1", "s2"; "" while vacant), read from etcd."""
+        result = self.control.run(
+            ["etcdctl", "--endpoints", ETCD_CLIENT, "get", f"{DEFAULT_PREFIX}leader", "--print-value-only"],
+            timeout=5,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"etcdctl get: {result.stderr.strip()[-300:]}")
+        value = result.stdout.strip()
+        return str(json.loads(value)["instance"]) if value else ""
+
+    def kill_scheduler(self, n: int) -> None:
+        """SIGKILL instance ``n`` (no resign: its lease must expire) and reap it."""
+        process = self.daemon(self.instance_name(n)).process
+        assert process is not None
+        process.kill()
+        process.wait()
+
+    def start_scheduler(self, n: int) -> None:
+        self.daemon(self.instance_name(n)).start()
+
+    def kill_host(self, i: int) -> int:
+        """Host ``i`` dies: its agent and supervisor SIGKILLed, then every process still in its cgroup
+        parent (the containers); returns how many processes that last step killed."""
+        supervisor = self._supervisor_pid(i)
+        agent = self.daemon(f"agent{i}")
+        assert agent.process is not None
+        agent.process.kill()
+        if supervisor is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(supervisor, signal.SIGKILL)
+        agent.process.wait()
+        return kill_cgroup_processes(self.cgroup_parent(i))
+
+    def start_agent(self, i: int) -> None:
+        """A new agent on host ``i``'s root, as after a reboot (the dead supervisor's pid file stays)."""
+        self.daemon(f"agent{i}").start()
+
+    def host_id(self, i: int) -> str:
+        """Agent ``i``'s host id as the scheduler knows it (by its advertised address)."""
+        address = f"{self.hosts[i - 1].address}:{AGENT_PORT}"
+        hosts = self.stub().ListHosts(spb.ListHostsRequest(), timeout=5).hosts
+        return next(str(h.id) for h in hosts if h.address == address)
+
     # -- tear-down ---------------------------------------------------------------------------------
 
     def stop(self) -> list[str]:
         """Every service deleted, every process stopped, every container, cgroup and mount gone;
         returns problems (never raises: tear-down goes on)."""
         problems: list[str] = []
-        scheduler = next((d for d in self.daemons if d.name == "scheduler"), None)
+        instances = [d for d in self.daemons if d.name.startswith("scheduler")]
+        scheduler = next((d for d in instances if d.alive()), None)
+        if scheduler is not None:
+            self.use_scheduler(instances.index(scheduler) + 1)
         agents = [d for d in self.daemons if d.name.startswith("agent")]
         if self._stub is not None and scheduler is not None and scheduler.alive():
             try:  # the orderly way first: the scheduler stops and removes what it placed
                 names = [
-                    s.name for s in self._stub.ListServices(spb.ListServicesRequest(), timeout=10).services
+                    s.spec.name
+                    for s in self._stub.ListServices(spb.ListServicesRequest(), timeout=10).services
                 ]
                 for name in names:
                     problems.append(f"service {name} was still there at the end; deleted")
@@ -308,8 +415,8 @@ class ShoalCluster:
                 f"the scheduler lost its leadership {leadership} time(s) during the run "
                 "(scheduler.log: 'lost leadership')"
             )
-        if scheduler is not None:
-            problems += scheduler.stop()  # before removing containers by hand: it would recreate them
+        for instance in instances:
+            problems += instance.stop()  # before removing containers by hand: it would recreate them
         for i in range(1, len(self.hosts) + 1):
             try:
                 ids = self.containers(i)
@@ -343,7 +450,8 @@ class ShoalCluster:
 
     def _leadership_changes(self) -> int:
         try:
-            return (self.work / "scheduler.log").read_text(errors="replace").count("lost leadership")
+            logs = [self.work / f"{self.instance_name(n)}.log" for n in range(1, self.schedulers + 1)]
+            return sum(log.read_text(errors="replace").count("lost leadership") for log in logs)
         except OSError:
             return 0
 

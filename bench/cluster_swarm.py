@@ -14,6 +14,11 @@ The timed commands are whole ``docker`` CLI processes (``service create --detach
 ``docker service ls`` counts in REPLICAS — through the Engine API on the manager's socket
 (``poll="api"``) or by running that command (``poll="cli"``).
 
+For the failover benchmark (``bench.failover``): ``kill_node`` is a node's death — its dockerd, its
+containerd, its shims (every process whose command line names the node's roots) and every process in
+its cgroup parent SIGKILLed at once; ``start_node`` starts its dockerd again on the same roots (it
+rejoins the swarm by itself); ``node_id`` and ``node_state`` read the swarm's view through the manager.
+
 Tear-down: services removed, workers then the manager leave the swarm, each dockerd stopped by pid
 (its containerd follows), leftover mounts under the roots unmounted, the cgroups removed, and the files
 dockerd writes outside its roots (``/etc/docker/key.json``, ``/run/docker``, ``/run/containerd``,
@@ -22,9 +27,12 @@ dockerd writes outside its roots (``/etc/docker/key.json``, ``/run/docker``, ``/
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -33,7 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cluster_daemon import Daemon, cgroup_dirs, remove_cgroups, run_checked, unmount_under, wait_for
+from bench.cluster_daemon import (
+    Daemon,
+    cgroup_dirs,
+    kill_cgroup_processes,
+    remove_cgroups,
+    run_checked,
+    unmount_under,
+    wait_for,
+)
 from bench.cluster_peer import BenchImage, Workload
 from tests.fixtures.netns import TestHost
 
@@ -187,14 +203,14 @@ class SwarmCluster:
             run_checked(self.docker(i, "swarm", "join", "--token", token, f"{self.hosts[0].address}:2377"))
         wait_for(
             "every swarm node ready",
-            lambda: self._ready_nodes() == len(self.hosts),
+            lambda: self.ready_nodes() == len(self.hosts),
             timeout=60,
             daemons=self.daemons,
         )
         took["swarm"] = time.monotonic() - started
         return took
 
-    def _ready_nodes(self) -> int:
+    def ready_nodes(self) -> int:
         return sum(
             n["Status"]["State"] == "ready" and n["Spec"]["Availability"] == "active"
             for n in self.engines[0].get("/nodes")
@@ -269,6 +285,48 @@ class SwarmCluster:
                     found[f"containerd{i}"] = child
         return found
 
+    # -- failures (bench.failover) ------------------------------------------------------------------
+
+    def node_id(self, i: int) -> str:
+        return str(self.engines[i - 1].get("/info")["Swarm"]["NodeID"])
+
+    def node_state(self, node_id: str) -> str:
+        """The node's status as the manager sees it: ready, down, unknown, disconnected."""
+        return str(self.engines[0].get(f"/nodes/{node_id}")["Status"]["State"])
+
+    def tasks(self, service: str) -> list[dict[str, Any]]:
+        """The service's tasks with desired state running, through the manager."""
+        tasks: list[dict[str, Any]] = self.engines[0].get(
+            "/tasks", service=[service], **{"desired-state": ["running"]}
+        )
+        return tasks
+
+    def kill_node(self, i: int) -> int:
+        """Node ``i`` dies (see the module docstring); returns how many processes were killed."""
+        if i == 1:
+            raise ValueError("the manager is node 1: kill a worker")
+        root = str(self.work / f"dk{i}")
+        victims = [pid for pid in _all_pids() if root in _cmdline(pid)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        daemon = self.daemons[i - 1]
+        assert daemon.process is not None
+        daemon.process.wait()
+        self.engines[i - 1].close()
+        return len(victims) + kill_cgroup_processes(self.cgroup_parent(i))
+
+    def start_node(self, i: int) -> None:
+        """dockerd ``i`` again on the same roots, once its API answers."""
+        daemon = self.daemons[i - 1]
+        daemon.start()
+        wait_for(
+            f"{daemon.name}'s API",
+            lambda: bool(self.engines[i - 1].get("/version")),
+            timeout=60,
+            daemons=[daemon],
+        )
+
     # -- tear-down ---------------------------------------------------------------------------------
 
     def stop(self) -> list[str]:
@@ -308,6 +366,18 @@ class SwarmCluster:
             else:
                 path.unlink(missing_ok=True)
         return problems  # the work dir (logs) is the caller's to remove
+
+
+def _all_pids() -> list[int]:
+    own = os.getpid()
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != own]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _children(pid: int) -> list[int]:
