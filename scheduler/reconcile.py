@@ -19,8 +19,9 @@ The rules, per service:
   back.
 * **Count**: ``live`` replicas are those not stopping; *condemned* ones run an old template or sit on a
   draining host; the rest are *kept*. Missing kept replicas are created (``pending``) — during a rollout or
-  a drain only up to ``replicas + max_surge`` live ones; surplus kept replicas are stopped, the least
-  useful first (pending, failed, not ready, newest).
+  a drain only up to ``replicas + max_surge`` live ones; surplus kept replicas are stopped in the
+  placer's removal order (pending, failed, not ready first, then from the most crowded topology domain
+  and host, so what is left stays spread).
 * **Retire condemned replicas** once it keeps availability: not-ready ones at once, ready ones while at
   least ``replicas - max_unavailable`` stay ready. New ones come up before old ones stop.
 * **Place** pending replicas in one batch per service (``Placer``); those that fit nowhere keep a reason
@@ -103,6 +104,9 @@ class Placer(Protocol):
     def place(self, service: Service,
               replicas: Sequence[Replica]) -> Mapping[ReplicaId, tuple[HostId | None, str]]:
         """Per replica: the chosen host (None: none fits) and a summary for a person."""
+
+    def removal_order(self, replicas: Sequence[Replica]) -> Sequence[Replica]:
+        """``replicas`` in the order a scale-down removes them (least useful and most crowded first)."""
 
 
 # -- outputs ------------------------------------------------------------------------------------------
@@ -209,7 +213,7 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
             _delete(plan, service, ids)
         else:
             _abandon_lost(plan, ids)
-            ids += _count(plan, service, ids, new_id=new_id)
+            ids += _count(plan, service, ids, new_id=new_id, placer=placer)
             _place(plan, service, ids, placer)
         _drive(plan, service, ids)
     for name, ids in sorted(by_service.items()):
@@ -287,7 +291,7 @@ def _usefulness(r: Replica) -> tuple[int, int, float]:
 
 
 def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], *,
-           new_id: Callable[[ServiceName], ReplicaId]) -> list[ReplicaId]:
+           new_id: Callable[[ServiceName], ReplicaId], placer: Placer) -> list[ReplicaId]:
     now, spec = plan.world.now, service.spec
     live = _live(plan, ids)
     condemned = [r for r in live if r.generation != service.template_generation or _draining(plan, r.host)]
@@ -307,7 +311,9 @@ def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], *,
                                       reason=f"the service wants {desired} replicas"))
             created.append(rid)
     elif len(kept) > desired:
-        for r in sorted(kept, key=_usefulness)[: len(kept) - desired]:
+        # The placer's order: not ready before ready, then from the most crowded domain and host, so
+        # what is left stays spread (kube's ReplicaSet rule).
+        for r in list(placer.removal_order(kept))[: len(kept) - desired]:
             _stop(plan, r, why=f"scaled down to {desired} replicas")
     available = sum(r.ready for r in live)
     floor = max(0, desired - unavailable)

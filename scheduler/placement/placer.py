@@ -16,6 +16,7 @@ from scheduler import model
 from scheduler.model import HostId, ReplicaId
 from scheduler.placement import batch
 from scheduler.placement.framework import Profile, request_for
+from scheduler.placement.removal import rank_for_removal
 from scheduler.placement.view import ClusterView
 
 
@@ -34,6 +35,10 @@ class ViewPlacer:
         for outcome in result.outcomes:
             self._decided[outcome.replica] = result
         return {o.replica: (o.host, o.why) for o in result.outcomes}
+
+    def removal_order(self, replicas: Sequence[model.Replica]) -> list[model.Replica]:
+        """``replicas`` in the order a scale-down removes them (``removal.rank_for_removal``)."""
+        return rank_for_removal(replicas, self.view)
 
     def explain(self, replica: ReplicaId) -> batch.Explanation | None:
         """What this step's decision for ``replica`` saw (None: it decided nothing about it)."""

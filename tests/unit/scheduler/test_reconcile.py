@@ -84,6 +84,11 @@ class RoundRobin:
             return {r.id: (None, "0/3 hosts: 3 insufficient memory") for r in replicas}
         return {r.id: (next(self.cycle), "fits") for r in replicas}
 
+    def removal_order(self, replicas: Sequence[Replica]) -> list[Replica]:
+        """The least useful first (pending, failed, starting, not ready, newest), then by id."""
+        rank = {ReplicaPhase.PENDING: 0, ReplicaPhase.FAILED: 1, ReplicaPhase.STARTING: 2}
+        return sorted(replicas, key=lambda r: (rank.get(r.phase, 3), r.ready, -r.created_at, r.id))
+
 
 def run(world: World, *, full: bool = False) -> reconcile.Plan:
     counter = itertools.count(1)
@@ -155,6 +160,20 @@ def test_scale_down_stops_the_least_useful_then_drops_records_once_containers_ar
     stopped = replace(out["b"], revision=8)
     after = run(world([service(1)], [reps[0], stopped], observed=observe(("h1", [container("a")]))))
     assert [w.replica.id for w in after.writes if isinstance(w, reconcile.DropReplica)] == ["b"]
+
+
+def test_scale_down_takes_the_placers_removal_order() -> None:
+    """The placer knows the spread (kube's rule: the most crowded host and domain first); the step
+    removes in its order, so what is left stays spread."""
+    class Crowded(RoundRobin):
+        def removal_order(self, replicas: Sequence[Replica]) -> list[Replica]:
+            return sorted(replicas, key=lambda r: r.id, reverse=True)
+
+    reps = [replica("a"), replica("b", host="h2"), replica("c", host="h3")]
+    observed = observe(("h1", [container("a")]), ("h2", [container("b")]), ("h3", [container("c")]))
+    w = world([service(1)], reps, observed=observed)
+    plan = reconcile.step(w, placer=Crowded(w.hosts), new_id=lambda name: ReplicaId(f"{name}-new"))
+    assert {rid for rid, r in written(plan).items() if r.phase is ReplicaPhase.STOPPING} == {"b", "c"}
 
 
 def test_replicas_that_fit_nowhere_stay_pending_with_a_reason_recorded_once() -> None:
