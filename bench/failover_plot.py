@@ -66,7 +66,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     hosts = result.get("hosts_per_peer", "?")
     n = max((r["rep"] for r in reps), default=0)
     fig.suptitle(
-        f"Failover, {hosts} hosts each, {n} reps, {result.get('machine', {}).get('cpus', '?')} cpus (shared)"
+        f"Failover, {hosts} hosts each, {n} reps, {result.get('machine', {}).get('cpus', '?')} cpus"
     )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
