@@ -30,7 +30,7 @@ from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
 from scheduler.controller import Controller, ControllerSettings
 from scheduler.election import Election, ElectionSettings, Term
 from scheduler.placement import registry
-from scheduler.reconcile import HOST_GRACE
+from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE
 from scheduler.server import REGISTRATION_REFRESH, add_services
 from scheduler.store.errors import NotLeader, StoreError
 from scheduler.store.factory import open_store
@@ -56,6 +56,7 @@ class Settings:
     log_level: str
     host_grace: float = HOST_GRACE
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
+    agent_down_grace: float = AGENT_DOWN_GRACE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host-grace", type=float, default=HOST_GRACE, metavar="SECONDS",
                        help="a host unreachable this long has its replicas replaced elsewhere; shorter "
                             "blips move nothing (default %(default)s; see docs/architecture.md)")
+    serve.add_argument("--agent-down-grace", type=float, default=AGENT_DOWN_GRACE, metavar="SECONDS",
+                       help="the same when the host answers but refuses its agent's port: an agent "
+                            "restarting, its containers still running (default %(default)s)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
@@ -107,14 +111,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.heartbeat_timeout < 1.5:
         raise SystemExit("shoal-scheduler: --heartbeat-timeout must be at least 1.5 seconds (agents report "
                          "every second)")
-    if args.host_grace < 0:
-        raise SystemExit("shoal-scheduler: --host-grace cannot be negative")
+    if args.host_grace < 0 or args.agent_down_grace < 0:
+        raise SystemExit("shoal-scheduler: --host-grace and --agent-down-grace cannot be negative")
     instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
     return Settings(etcd=args.etcd, prefix=args.etcd_prefix, listen=listen, tls_dir=args.tls_dir,
                     insecure_tcp=args.insecure_tcp, http_listen=args.http_listen,
                     election_ttl=args.election_ttl, registration_refresh=args.registration_refresh,
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
-                    heartbeat_timeout=args.heartbeat_timeout)
+                    heartbeat_timeout=args.heartbeat_timeout, agent_down_grace=args.agent_down_grace)
 
 
 def _credentials(settings: Settings) -> Credentials | None:
@@ -177,7 +181,8 @@ async def serve(settings: Settings) -> None:
         controller = Controller(store, ControllerSettings(epoch=term.epoch, guard=term.guard,
                                                           credentials=credentials, profile=profile,
                                                           host_grace=settings.host_grace,
-                                                          heartbeat_timeout=settings.heartbeat_timeout),
+                                                          heartbeat_timeout=settings.heartbeat_timeout,
+                                                          agent_down_grace=settings.agent_down_grace),
                                 on_pass=observer.record_pass)
         leading.append(controller)
         try:

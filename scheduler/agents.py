@@ -117,6 +117,9 @@ class AgentSession:
         self.info: pb.HostInfo | None = None
         self.last_seen = 0.0      # wall time of the latest usage snapshot
         self.error = ""           # why it is not connected, for a person
+        # The host itself answered the latest attempt (connection refused): only the agent is down, and
+        # its containers are most likely still running (the supervisor outlives the agent).
+        self.agent_down = False
         self.channel = open_channel(address, credentials)
         self.containers = pb_grpc.ContainersStub(self.channel)
         self._host_stub = pb_grpc.HostStub(self.channel)
@@ -157,8 +160,10 @@ class AgentSession:
                 raise
             except grpc.aio.AioRpcError as err:
                 self.error = f"{err.code().name}: {err.details()}"
+                self.agent_down = "connection refused" in (err.details() or "").lower()
             except HeartbeatMissed as err:
                 self.error = str(err)
+                self.agent_down = False
             except Exception as err:  # a bug must not end the session for good
                 log.exception("agent session %s failed", self.host)
                 self.error = str(err)
@@ -184,6 +189,7 @@ class AgentSession:
                 if observed is not None:
                     seen[observed.id] = observed
             self._events_ok = True
+            self.agent_down = False
             self.observation = HostObservation(host=self.host, connected=self._usage_ok, complete=True,
                                                containers=seen)
             self.error = ""

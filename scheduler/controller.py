@@ -115,6 +115,7 @@ class ControllerSettings:
     credentials: Credentials | None
     profile: Profile
     host_grace: float = reconcile.HOST_GRACE       # unreachable this long: its replicas move
+    agent_down_grace: float = reconcile.AGENT_DOWN_GRACE  # the same when only its agent is down
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT    # no usage report this long: the host is unreachable
 
 
@@ -274,7 +275,8 @@ class Controller:
             statuses={h: self._status(h) for h in self.mirror.hosts}, observed=self._observed(),
             now=time.time(), busy=frozenset(self.actuator.busy),
             launch_failures=dict(self.actuator.failures), unreachable_since=self._unreachable_since(),
-            host_grace=self.settings.host_grace)
+            host_grace=self.settings.host_grace, agent_down_grace=self.settings.agent_down_grace,
+            agent_down=frozenset(h for h, s in self.sessions.items() if s.agent_down))
 
     def _unreachable_since(self) -> dict[HostId, float]:
         """Since when each host this leader cannot follow has been so: from the recorded status change,

@@ -57,6 +57,7 @@ from scheduler.observed import ContainerState, HostObservation
 
 MAX_DECISIONS = 10
 HOST_GRACE = 3.0     # seconds a host may be unreachable before its replicas are replaced elsewhere
+AGENT_DOWN_GRACE = 30.0  # the same when the host answers but its agent does not (a restart, most likely)
 BACKOFF_BASE = 1.0   # seconds before the first relaunch of a failed replica
 BACKOFF_CAP = 60.0
 
@@ -86,16 +87,23 @@ class World:
     # long that may last before the host's replicas are replaced elsewhere.
     unreachable_since: Mapping[HostId, float] = field(default_factory=dict)
     host_grace: float = HOST_GRACE
+    # Hosts that refuse connections: the host is up, its agent is not (restarting, most likely, with its
+    # containers still running under the supervisor); they get the longer grace.
+    agent_down: frozenset[HostId] = frozenset()
+    agent_down_grace: float = AGENT_DOWN_GRACE
+
+    def grace(self, host: HostId) -> float:
+        return self.agent_down_grace if host in self.agent_down else self.host_grace
 
     def lost(self, host: HostId | None) -> bool:
-        """Whether ``host`` has been unreachable for longer than the grace period."""
-        since = self.unreachable_since.get(host) if host is not None else None
-        return since is not None and self.now - since >= self.host_grace
+        """Whether ``host`` has been unreachable for longer than its grace period."""
+        at = self.lost_at(host) if host is not None else None
+        return at is not None and self.now >= at
 
     def lost_at(self, host: HostId) -> float | None:
         """When ``host`` will count as lost, if it is unreachable."""
         since = self.unreachable_since.get(host)
-        return None if since is None else since + self.host_grace
+        return None if since is None else since + self.grace(host)
 
 
 class Placer(Protocol):
@@ -270,8 +278,9 @@ def _abandon_lost(plan: _Plan, ids: Sequence[ReplicaId]) -> None:
         record = world.hosts.get(r.host)
         name = record.name if record is not None and record.name else r.host
         since = world.unreachable_since[r.host]
-        _stop(plan, r, why=f"its host {name} has been unreachable for {world.now - since:.1f} s "
-                           f"(grace {world.host_grace:g} s): replaced elsewhere")
+        what = "its agent has not answered" if r.host in world.agent_down else "it has been unreachable"
+        _stop(plan, r, why=f"its host {name}: {what} for {world.now - since:.1f} s "
+                           f"(grace {world.grace(r.host):g} s): replaced elsewhere")
 
 
 def _live(plan: _Plan, ids: Sequence[ReplicaId]) -> list[Replica]:
@@ -427,7 +436,7 @@ def _orphans(plan: _Plan) -> None:
 
 
 __all__ = [
-    "BACKOFF_BASE", "BACKOFF_CAP", "HOST_GRACE", "MAX_DECISIONS", "AgentAction", "DropReplica",
-    "DropService", "Launch", "LaunchFailure", "Placer", "Plan", "RecordWrite", "Retire", "World",
-    "WriteReplica", "backoff", "step", "with_decision",
+    "AGENT_DOWN_GRACE", "BACKOFF_BASE", "BACKOFF_CAP", "HOST_GRACE", "MAX_DECISIONS", "AgentAction",
+    "DropReplica", "DropService", "Launch", "LaunchFailure", "Placer", "Plan", "RecordWrite", "Retire",
+    "World", "WriteReplica", "backoff", "step", "with_decision",
 ]

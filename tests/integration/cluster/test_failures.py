@@ -77,8 +77,10 @@ def test_host_death_moves_its_replicas_and_the_restarted_host_is_cleaned(cluster
     dead = host_of_zone(cluster, placed, "a")
     victims = [r["id"] for r in placed if r["host"] == dead]
     cluster.kill_host(0)  # agent, supervisor and every container
+    cluster.set_network(0, up=False)  # and a dead machine answers nothing (not even "refused")
     moved = wait_for(lambda: running_elsewhere(cluster, "sturdy", 3, dead), timeout=30)
     assert not {r["id"] for r in moved} & set(victims)
+    cluster.set_network(0, up=True)
     cluster.start_agent(0)  # the host comes back (same root): what moved away is removed there
     wait_for(lambda: not [c for c in cluster.containers(0) if c in victims], timeout=30)
     cluster.wait_running("sturdy", 3)

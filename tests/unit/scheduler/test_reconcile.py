@@ -320,6 +320,14 @@ def test_a_host_unreachable_past_its_grace_period_has_its_replicas_replaced_else
     assert not retires(plan)  # nothing can be asked of an unreachable host
 
 
+def test_a_host_whose_agent_alone_is_down_gets_the_longer_grace() -> None:
+    """Connection refused: the host answers, its agent restarts, its containers most likely run on."""
+    w = replace(lost_world(since=NOW - 10.0), agent_down=frozenset({HostId("h1")}), agent_down_grace=30.0)
+    assert run(w).empty
+    late = replace(w, now=NOW + 20.0)
+    assert "its agent has not answered for 30.0 s" in written(run(late))["a"].reason
+
+
 def test_when_the_host_is_back_its_abandoned_replicas_are_retired_there() -> None:
     """After a partition heals, the old copy stops: never more than the declared count for long."""
     reps = [replica("a", host="h1", phase=ReplicaPhase.STOPPING, ready=False, reason="unreachable"),
