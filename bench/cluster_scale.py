@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -449,15 +450,21 @@ def main(argv: list[str] | None = None) -> int:
         "trials": [asdict(t) for t in trials],
         "teardown_problems": problems,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}", file=sys.stderr)
-    if args.plot is not None:
-        from bench.cluster_plot import plot
+    from bench.cluster_plot import plot
 
-        plot(result, args.plot)
-        print(f"drew {args.plot}", file=sys.stderr)
+    write_result(result, args.out, plot_to=args.plot, draw=plot)
     return 0
+
+
+def write_result(result: dict[str, Any], out: Path, *, plot_to: Path | None,
+                 draw: Callable[[dict[str, Any], Path], None]) -> None:
+    """Write a cluster benchmark's JSON to ``out`` and, with ``plot_to``, ``draw`` its plot there."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    if plot_to is not None:
+        draw(result, plot_to)
+        print(f"drew {plot_to}", file=sys.stderr)
 
 
 if __name__ == "__main__":

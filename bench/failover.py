@@ -50,7 +50,6 @@ process it started and removes every container, mount, cgroup, namespace and fil
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -70,7 +69,7 @@ if str(REPO) not in sys.path:  # run as a script: make `bench`, `proto` and `tes
 
 from bench.cluster_daemon import run_checked, wait_for  # noqa: E402
 from bench.cluster_peer import Workload  # noqa: E402
-from bench.cluster_scale import COMMAND, build_image, machine  # noqa: E402
+from bench.cluster_scale import COMMAND, build_image, machine, write_result  # noqa: E402
 from bench.cluster_shoal import BIN, ShoalCluster  # noqa: E402
 from bench.cluster_swarm import SwarmCluster  # noqa: E402
 from proto.scheduler.v1 import scheduler_pb2 as spb  # noqa: E402
@@ -623,14 +622,9 @@ def main(argv: list[str] | None = None) -> int:
         "reps": [asdict(r) for r in reps],
         "problems": problems,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}", file=sys.stderr)
-    if args.plot is not None:
-        from bench.failover_plot import plot
+    from bench.failover_plot import plot
 
-        plot(result, args.plot)
-        print(f"drew {args.plot}", file=sys.stderr)
+    write_result(result, args.out, plot_to=args.plot, draw=plot)
     return 0
 
 
