@@ -269,26 +269,25 @@ class Controller:
 
     def _world(self) -> reconcile.World:
         assert self.mirror is not None
+        statuses = {h: self._status(h) for h in self.mirror.hosts}
         return reconcile.World(
             services=dict(self.mirror.services), replicas=dict(self.mirror.replicas),
             hosts={h: self._fresh(r) for h, r in self.mirror.hosts.items()},
-            statuses={h: self._status(h) for h in self.mirror.hosts}, observed=self._observed(),
+            statuses=statuses, observed=self._observed(),
             now=time.time(), busy=frozenset(self.actuator.busy),
-            launch_failures=dict(self.actuator.failures), unreachable_since=self._unreachable_since(),
+            launch_failures=dict(self.actuator.failures), unreachable_since=self._unreachable_since(statuses),
             host_grace=self.settings.host_grace, agent_down_grace=self.settings.agent_down_grace,
             agent_down=frozenset(h for h, s in self.sessions.items() if s.agent_down))
 
-    def _unreachable_since(self) -> dict[HostId, float]:
+    def _unreachable_since(self, statuses: dict[HostId, HostStatus]) -> dict[HostId, float]:
         """Since when each host this leader cannot follow has been so: from the recorded status change,
         but never before this leader's session to it started — a new leader gives every host the whole
         grace period to be connected to before it moves anything."""
-        assert self.mirror is not None
         out: dict[HostId, float] = {}
-        for host in self.mirror.hosts:
-            session = self.sessions.get(host)
-            status = self._status(host)
+        for host, status in statuses.items():
             if status.ready:
                 continue
+            session = self.sessions.get(host)
             started = session.started_at if session is not None else time.time()
             out[host] = max(status.since, started)
         return out
