@@ -104,6 +104,9 @@ class SchedulerConnection:
         # A TCP address accepted the connection, yet the call could not be made: without --tls-dir that
         # is most likely the scheduler's mTLS refusing us, which the message should say.
         self.refused_plain_tcp = False
+        # Some address accepted TCP but no call got through (TLS refused us, most likely): retrying the
+        # same command will not help, so that is not EXIT_UNAVAILABLE.
+        self.call_refused = False
 
     @property
     def address(self) -> str:
@@ -139,8 +142,9 @@ class SchedulerConnection:
                 if not is_unreachable(err):
                     raise
                 failures.append(f"{address} ({err.message or err.code})")
-                if self.tls_dir is None and address in self._checked:
-                    self.refused_plain_tcp = True
+                if address in self._checked:
+                    self.call_refused = True
+                    self.refused_plain_tcp = self.tls_dir is None
                 self.give_up_on_current()
         raise RpcFailure("UNAVAILABLE", ", ".join(failures), {UNREACHABLE: "1"})
 
@@ -212,6 +216,11 @@ def describe_failure(err: RpcFailure, conn: SchedulerConnection) -> str:
     return err.message or err.code
 
 
+# sysexits' EX_UNAVAILABLE: no scheduler answered, or the one that did has no etcd quorum. Nothing was done;
+# a script may retry the same command (every other failure exits 1: retrying would fail the same way).
+EXIT_UNAVAILABLE = 69
+
+
 class scheduler_errors:  # a context manager used like a function (contextlib not imported: start-up cost)
     """``with scheduler_errors(conn):`` turns an ``RpcFailure`` into a ``CliError``."""
 
@@ -223,7 +232,9 @@ class scheduler_errors:  # a context manager used like a function (contextlib no
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: object) -> None:
         if isinstance(err, RpcFailure):
-            raise CliError(describe_failure(err, self.conn), code=self.code) from None
+            retry = err.code == "UNAVAILABLE" and not (is_unreachable(err) and self.conn.call_refused)
+            code = EXIT_UNAVAILABLE if retry else self.code
+            raise CliError(describe_failure(err, self.conn), code=code) from None
 
 
 class Scheduler:
@@ -242,5 +253,5 @@ def connect_scheduler(flag: str | None, *, tls_dir: str | None = None) -> Schedu
     return Scheduler(SchedulerConnection(resolve_addresses(flag), tls_dir=tls_dir))
 
 
-__all__ = ["CONNECT_TIMEOUT", "ENV", "Scheduler", "SchedulerConnection", "connect_scheduler",
-           "describe_failure", "is_unreachable", "resolve_addresses", "scheduler_errors"]
+__all__ = ["CONNECT_TIMEOUT", "ENV", "EXIT_UNAVAILABLE", "Scheduler", "SchedulerConnection",
+           "connect_scheduler", "describe_failure", "is_unreachable", "resolve_addresses", "scheduler_errors"]

@@ -61,7 +61,9 @@ _TRANSIENT_CODES = frozenset({
 # etcd reports some passing conditions with other codes (3.4 maps most to UNAVAILABLE, not all).
 # And gRPC core reports a stream cut by a member dying mid-call as INTERNAL ("Internal error from Core",
 # RST_STREAM): a transport failure, not etcd's answer, so it is retried (a watch resumes where it was).
+# A member without quorum fails a linearizable read with UNKNOWN "context deadline exceeded".
 _TRANSIENT_DETAILS = ("leader changed", "no leader", "timed out", "too many requests", "raft: stopped",
+                      "context deadline exceeded",
                       "server stopped", "not capable", "Internal error from Core", "RST_STREAM",
                       "Socket closed", "Connection reset")
 _COMPACTED_DETAIL = "required revision has been compacted"

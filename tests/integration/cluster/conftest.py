@@ -1,12 +1,14 @@
-"""A whole cluster on one machine: etcd, a scheduler and three agents, each "host" a network namespace.
+"""A whole cluster on one machine: etcd, two schedulers and three agents, each "host" a network namespace.
 
 ``cluster`` (module-scoped) builds, inside network namespaces this fixture creates (nothing touches the
-root namespace): a control host running etcd and ``shoal-scheduler`` (mTLS, certificates from
-``shoal certs init``), and three hosts in zones ``a``, ``b`` and ``c``, each running a ``shoal-agent`` with
-its own root, cgroup parent, bridge and subnet, joined to the scheduler, with the test busybox image
-imported. The CLI runs inside the control host (``cluster.cli(...)``), as an operator's would on the
-network. Teardown deletes every service, stops everything, and checks that no container, cgroup or
-process of the cluster is left.
+root namespace): a control host running a 3-member etcd cluster and two ``shoal-scheduler`` instances
+(mTLS, certificates from ``shoal certs init``; one leads, both serve the API), and three hosts in zones
+``a``, ``b`` and ``c``, each running a ``shoal-agent`` with its own root, cgroup parent, bridge and subnet,
+joined to both schedulers, with the test busybox image imported. The CLI runs inside the control host
+(``cluster.cli(...)``) with both scheduler addresses, as an operator's would on the network. Between
+tests, a killed scheduler, etcd member or agent is started again and a cut link restored. Teardown
+deletes every service, stops everything, and checks that no container, cgroup or process of the cluster
+is left.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from tests.integration.agent.conftest import AgentProcess, busybox_image, shoal_
 
 ZONES = ("a", "b", "c")
 IMAGE = "test/busybox:v1"
-SCHEDULER_PORT = 7400
+SCHEDULER_PORTS = (7400, 7401)
+HTTP_PORTS = (9400, 9401)
 AGENT_PORT = 7070
 
 
@@ -48,6 +51,40 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: flo
 
 
 @dataclass
+class SchedulerProcess:
+    """One ``shoal-scheduler serve`` inside the control host; ``kill9``/``start`` keep its id and ports."""
+
+    id: str
+    address: str
+    http: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, start_new_session=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@dataclass
 class Cluster:
     ctl: TestHost
     hosts: list[TestHost]
@@ -55,18 +92,23 @@ class Cluster:
     pki: Path
     work: Path
     world: NetWorld | None = None
-    scheduler: subprocess.Popen[bytes] | None = None
+    schedulers: list[SchedulerProcess] = field(default_factory=list)
     etcd: EtcdCluster | None = None
     zone_of: dict[str, str] = field(default_factory=dict)  # host id → zone
 
     @property
     def address(self) -> str:
-        return f"{self.ctl.address}:{SCHEDULER_PORT}"
+        """Every scheduler instance, as the CLI's ``--scheduler`` takes them (it fails over in order)."""
+        return ",".join(s.address for s in self.schedulers)
 
-    def cli(self, *args: str, check: bool = True, input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        argv = [*self.ctl.nsenter_net, shoal_bin("shoal"), "--scheduler", self.address, "--tls-dir",
-                str(self.pki), *args]
+    @property
+    def up(self) -> bool:
+        return any(s.alive for s in self.schedulers)
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60,
+            scheduler: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [*self.ctl.nsenter_net, shoal_bin("shoal"), "--scheduler", scheduler or self.address,
+                "--tls-dir", str(self.pki), *args]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"shoal {' '.join(args)} exited {result.returncode}: {result.stderr}")
@@ -138,6 +180,16 @@ class Cluster:
         """Which of ``agents`` runs on the host with this id (agents are started in zone order)."""
         return ZONES.index(self.zone_of[host_id])
 
+    def leader(self) -> int:
+        """Which of ``schedulers`` leads now (as the instances list themselves; polled until one does)."""
+        def leading() -> list[int] | None:
+            rows = self.json("get", "schedulers")
+            ids = [s.id for s in self.schedulers]
+            found = [ids.index(r["id"]) for r in rows if r["leader"] and r["id"] in ids]
+            return found if len(found) == 1 else None
+        found: list[int] = wait_for(leading, timeout=30)
+        return found[0]
+
 
 def _agent(base: Path, host: TestHost, index: int, *, pki: Path, scheduler: str, tag: str) -> AgentProcess:
     return AgentProcess(
@@ -147,6 +199,15 @@ def _agent(base: Path, host: TestHost, index: int, *, pki: Path, scheduler: str,
                     "--subnet", f"10.{200 + index}.{int(tag[:2], 16)}.0/24", "--bridge", f"scl{tag}{index}",
                     "--label", f"zone={ZONES[index]}", "--join", scheduler],
     )
+
+
+def _scheduler(base: Path, ctl: TestHost, index: int, *, pki: Path, etcd: str) -> SchedulerProcess:
+    address, http = f"{ctl.address}:{SCHEDULER_PORTS[index]}", f"{ctl.address}:{HTTP_PORTS[index]}"
+    return SchedulerProcess(
+        id=f"sched-{index}", address=address, http=http, log=base / f"scheduler{index}.log",
+        argv=[*ctl.nsenter_net, shoal_bin("shoal-scheduler"), "serve", "--etcd", etcd, "--listen", address,
+              "--tls-dir", str(pki), "--http-listen", http, "--instance-id", f"sched-{index}",
+              "--log-level", "debug"])
 
 
 @pytest.fixture(scope="module")
@@ -162,18 +223,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> It
         subprocess.run([shoal_bin("shoal"), "certs", "init", str(pki), "--host", str(ctl.address),
                         *(a for h in hosts for a in ("--host", str(h.address)))],
                        check=True, capture_output=True, timeout=60)
-        scheduler = f"{ctl.address}:{SCHEDULER_PORT}"
+        schedulers = ",".join(f"{ctl.address}:{port}" for port in SCHEDULER_PORTS)
         made = Cluster(ctl=ctl, hosts=hosts, pki=pki, work=work, world=world,
-                       agents=[_agent(work, h, i, pki=pki, scheduler=scheduler, tag=tag)
+                       agents=[_agent(work, h, i, pki=pki, scheduler=schedulers, tag=tag)
                                for i, h in enumerate(hosts)])
-        made.etcd = EtcdCluster(work / "etcd", netns=ctl.name).start()
+        made.etcd = EtcdCluster(work / "etcd", size=3, netns=ctl.name).start()
         try:
-            with (work / "scheduler.log").open("ab") as log:
-                made.scheduler = subprocess.Popen(
-                    [*ctl.nsenter_net, shoal_bin("shoal-scheduler"), "serve", "--etcd", made.etcd.endpoints,
-                     "--listen", scheduler, "--tls-dir", str(pki), "--http-listen", f"{ctl.address}:9400",
-                     "--log-level", "debug"],
-                    stdout=log, stderr=log, start_new_session=True)
+            made.schedulers = [_scheduler(work, ctl, i, pki=pki, etcd=made.etcd.endpoints)
+                               for i in range(len(SCHEDULER_PORTS))]
+            for instance in made.schedulers:
+                instance.start()
             for agent in made.agents:
                 agent.start()
                 agent.run("image", "import", str(busybox_image), "--name", IMAGE)
@@ -190,8 +249,13 @@ def clean_between_tests(cluster: Cluster) -> Iterator[None]:
     one test's leftovers (containers still stopping, a host still draining) leak into the next one's view."""
     yield
     made = cluster
-    if made.scheduler is None or made.scheduler.poll() is not None:
-        return
+    assert made.etcd is not None
+    for index, member in enumerate(made.etcd.members):  # a failure test may have killed some
+        if member.pid is None:
+            made.etcd.restart(index)
+    for instance in made.schedulers:
+        if not instance.alive:
+            instance.start()
     for index, agent in enumerate(made.agents):  # a failure test that failed may have left a host down
         made.set_network(index, up=True)
         if agent.proc is None:
@@ -208,15 +272,15 @@ def clean_between_tests(cluster: Cluster) -> Iterator[None]:
 
 def _teardown(made: Cluster) -> None:
     problems = []
-    if made.scheduler is not None and made.scheduler.poll() is None:
-        for service in made.json("get", "services") if made.scheduler.poll() is None else []:
+    if made.up:
+        for service in made.json("get", "services"):
             made.cli("delete", "service", service["name"], check=False)
         try:
             wait_for(lambda: not made.json("get", "services"), timeout=60)
         except AssertionError as err:
             problems.append(f"services not deleted: {err}")
-        os.killpg(made.scheduler.pid, signal.SIGTERM)
-        made.scheduler.wait(timeout=30)
+    for instance in made.schedulers:
+        instance.stop()
     for agent in made.agents:
         if agent.proc is None:
             continue
@@ -235,4 +299,4 @@ def _teardown(made: Cluster) -> None:
     assert not problems, problems
 
 
-__all__ = ["IMAGE", "ZONES", "Cluster", "clean_between_tests", "cluster", "wait_for"]
+__all__ = ["IMAGE", "ZONES", "Cluster", "SchedulerProcess", "clean_between_tests", "cluster", "wait_for"]
