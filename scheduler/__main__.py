@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -32,6 +32,7 @@ from scheduler.election import Election, ElectionSettings, Term
 from scheduler.placement import registry
 from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE
 from scheduler.server import REGISTRATION_REFRESH, add_services
+from scheduler.start_health import START_FAILURE_COOLDOWN, START_FAILURE_THRESHOLD, StartHealthSettings
 from scheduler.store.errors import NotLeader, StoreError
 from scheduler.store.factory import open_store
 from scheduler.store.keys import DEFAULT_PREFIX
@@ -57,6 +58,7 @@ class Settings:
     host_grace: float = HOST_GRACE
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
     agent_down_grace: float = AGENT_DOWN_GRACE
+    start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--agent-down-grace", type=float, default=AGENT_DOWN_GRACE, metavar="SECONDS",
                        help="the same when the host answers but refuses its agent's port: an agent "
                             "restarting, its containers still running (default %(default)s)")
+    serve.add_argument("--start-failure-threshold", type=int, default=START_FAILURE_THRESHOLD, metavar="N",
+                       help="launches on one host failing in a row for host-side reasons (not the image's "
+                            "or the spec's) before placement avoids it (default %(default)s)")
+    serve.add_argument("--start-failure-cooldown", type=float, default=START_FAILURE_COOLDOWN,
+                       metavar="SECONDS", help="how long after its last failure such a host is avoided "
+                                               "before it is tried again (default %(default)s)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
@@ -113,12 +121,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                          "every second)")
     if args.host_grace < 0 or args.agent_down_grace < 0:
         raise SystemExit("shoal-scheduler: --host-grace and --agent-down-grace cannot be negative")
+    if args.start_failure_threshold < 1 or args.start_failure_cooldown < 0:
+        raise SystemExit("shoal-scheduler: --start-failure-threshold must be at least 1 and "
+                         "--start-failure-cooldown cannot be negative")
     instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
     return Settings(etcd=args.etcd, prefix=args.etcd_prefix, listen=listen, tls_dir=args.tls_dir,
                     insecure_tcp=args.insecure_tcp, http_listen=args.http_listen,
                     election_ttl=args.election_ttl, registration_refresh=args.registration_refresh,
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
-                    heartbeat_timeout=args.heartbeat_timeout, agent_down_grace=args.agent_down_grace)
+                    heartbeat_timeout=args.heartbeat_timeout, agent_down_grace=args.agent_down_grace,
+                    start_health=StartHealthSettings(threshold=args.start_failure_threshold,
+                                                     cooldown=args.start_failure_cooldown))
 
 
 def _credentials(settings: Settings) -> Credentials | None:
@@ -182,7 +195,8 @@ async def serve(settings: Settings) -> None:
                                                           credentials=credentials, profile=profile,
                                                           host_grace=settings.host_grace,
                                                           heartbeat_timeout=settings.heartbeat_timeout,
-                                                          agent_down_grace=settings.agent_down_grace),
+                                                          agent_down_grace=settings.agent_down_grace,
+                                                          start_health=settings.start_health),
                                 on_pass=observer.record_pass)
         leading.append(controller)
         try:

@@ -10,7 +10,9 @@ Each action runs as a task; while it runs its container id is *busy* (the reconc
 alone), and the outcome is handed to the host's session at once (the container as created, or its
 removal), so the next pass sees it without waiting for the event stream. A launch that produced no
 container (the image could not be pulled, the host refused) is remembered as a ``LaunchFailure`` for the
-next pass. A stale fence means this instance is no longer the leader: it stops acting.
+next pass. A stale fence means this instance is no longer the leader: it stops acting. Every launch's
+outcome also goes to ``start_health``, which tells a host that keeps failing to start containers from a
+service that cannot start anywhere.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from scheduler.model import (
     ServiceName,
 )
 from scheduler.reconcile import AgentAction, Launch, LaunchFailure, Retire
+from scheduler.start_health import StartHealth, host_fault
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,9 @@ def container_spec(service: Service, replica: ReplicaId, generation: int) -> pb.
 class Actuator:
     def __init__(self, settings: Settings, *, session: Callable[[HostId], AgentSession | None],
                  service: Callable[[ServiceName], Service | None], on_done: Callable[[], None],
-                 on_deposed: Callable[[str], None]) -> None:
+                 on_deposed: Callable[[str], None], start_health: StartHealth | None = None) -> None:
         self.settings = settings
+        self.start_health = start_health or StartHealth()
         self._session = session
         self._service = service
         self._on_done = on_done
@@ -135,8 +139,12 @@ class Actuator:
         try:
             created = await session.containers.CreateContainer(request, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.FAILED_PRECONDITION and dict(
-                    err.trailing_metadata() or ()).get("shoal-error") != "StaleEpoch":
+            metadata = {k: v if isinstance(v, str) else v.decode(errors="replace")
+                        for k, v in (err.trailing_metadata() or ())}
+            if host_fault(err.code().name, metadata):
+                self.start_health.failed(action.host, at=time.time(), reason=err.details() or err.code().name)
+            stale = metadata.get("shoal-error") == "StaleEpoch"
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION and not stale:
                 # A launch failure (command not found...): the container exists, exited; its state
                 # says why, and the next pass sees it through the session.
                 try:
@@ -144,11 +152,12 @@ class Actuator:
                     return
                 except grpc.aio.AioRpcError:
                     pass
-            if dict(err.trailing_metadata() or ()).get("shoal-error") != "StaleEpoch":
+            if not stale:
                 self.failures[action.replica] = LaunchFailure(
                     reason=f"could not create its container on {action.host}: {err.details()}",
                     at=time.time())
             raise
+        self.start_health.succeeded(action.host)
         session.apply(created)
 
     async def _retire(self, session: AgentSession, action: Retire) -> None:

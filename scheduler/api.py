@@ -102,6 +102,9 @@ def replicas_on(host: HostId, replicas: Iterable[Replica]) -> int:
     return sum(1 for r in replicas if r.host == host)
 
 
+START_FAILING = "StartFailing"  # the scheduler's own host condition (scheduler.start_health)
+
+
 def host_state(record: HostRecord, status: HostStatus | None, replicas_here: int) -> pb.HostState.ValueType:
     """``replicas_here``: ``replicas_on(record.id, ...)``."""
     if status is None or not status.ready:
@@ -120,12 +123,18 @@ def host_to_pb(record: HostRecord, status: HostStatus | None, replicas_here: int
     reason = status.reason if status is not None and not status.ready else ""
     if status is None:
         reason = "the leader has not reached its agent yet"
+    conditions = [c.type for c in info.conditions]
+    if status is not None and status.start_failing:
+        conditions.append(START_FAILING)
+        reason = reason or (f"failing to start containers: {status.start_failures} in a row, last: "
+                            f"{status.start_failure_reason}")
     return pb.Host(
         id=record.id, name=record.name, address=record.address,
         state=host_state(record, status, replicas_here), labels=dict(record.labels), info=info,
         replicas=replicas_here, reason=reason, registered_at=ts(record.registered_at),
         last_seen=ts(record.last_registered_at), metrics_address=record.metrics_address,
-        revision=record.revision)
+        revision=record.revision, conditions=conditions,
+        start_failures=status.start_failures if status is not None else 0)
 
 
 def rollout_of(service: Service, replicas: Sequence[Replica]) -> pb.Rollout:
@@ -147,6 +156,7 @@ def rollout_of(service: Service, replicas: Sequence[Replica]) -> pb.Rollout:
 
 
 __all__ = [
-    "PHASE_OF_PB", "decision_to_pb", "endpoints_of", "host_address", "host_state", "host_to_pb", "live",
+    "PHASE_OF_PB", "START_FAILING", "decision_to_pb", "endpoints_of", "host_address", "host_state",
+    "host_to_pb", "live",
     "replica_to_pb", "replicas_on", "rollout_of", "service_status", "service_to_pb", "ts",
 ]

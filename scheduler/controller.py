@@ -51,6 +51,7 @@ from scheduler.observed import ContainerState, HostObservation
 from scheduler.placement.framework import Profile
 from scheduler.placement.placer import ViewPlacer
 from scheduler.placement.view import ClusterView, build_view
+from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, NotLeader, StoreUnavailable
 
@@ -117,6 +118,7 @@ class ControllerSettings:
     host_grace: float = reconcile.HOST_GRACE       # unreachable this long: its replicas move
     agent_down_grace: float = reconcile.AGENT_DOWN_GRACE  # the same when only its agent is down
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT    # no usage report this long: the host is unreachable
+    start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
 
 
 class Controller:
@@ -129,8 +131,10 @@ class Controller:
         self._wake = asyncio.Event()
         self._deposed = ""
         self._on_pass = on_pass
+        self.start_health = StartHealth(settings.start_health)
         self.actuator = Actuator(ActuatorSettings(epoch=settings.epoch), session=self.sessions.get,
-                                 service=self._service, on_done=self.poke, on_deposed=self._lose)
+                                 service=self._service, on_done=self.poke, on_deposed=self._lose,
+                                 start_health=self.start_health)
         self.last_placer: ViewPlacer | None = None
 
     def poke(self, *_: object) -> None:
@@ -237,6 +241,9 @@ class Controller:
         holding = {r.host for r in self.mirror.replicas.values()
                    if r.host is not None and r.phase is not ReplicaPhase.STOPPING}
         due += [at for host in holding if (at := world.lost_at(host)) is not None and at > world.now]
+        # A start-failing host's mark lifts then (its status is rewritten, placement tries it again).
+        due += [at for host in self.mirror.hosts
+                if (at := self.start_health.failing_until(host)) is not None and at > world.now]
         return min(due) if due else None
 
     def _forget(self, record: object) -> None:
@@ -263,6 +270,7 @@ class Controller:
             session.start()
         for host in [h for h in self.sessions if h not in self.mirror.hosts]:
             asyncio.get_running_loop().create_task(self.sessions.pop(host).close())
+        self.start_health.forget(set(self.mirror.hosts))
 
     def _observed(self) -> dict[HostId, HostObservation]:
         return {host: session.observation for host, session in self.sessions.items()}
@@ -307,18 +315,24 @@ class Controller:
         ), conditions=tuple(c.type for c in info.conditions))
 
     def _status(self, host: HostId) -> HostStatus:
-        """Whether the leader trusts this host now: its session follows it completely."""
+        """Whether the leader trusts this host now (its session follows it completely), and whether it
+        keeps failing to start containers."""
         assert self.mirror is not None
         session = self.sessions.get(host)
         known = self.mirror.statuses.get(host) or HostStatus(id=host)
+        self.start_health.resume(known)
         obs = session.observation if session is not None else None
         ready = obs is not None and obs.connected and obs.complete
         reason = "" if ready else (session.error if session is not None and session.error
                                    else "connecting to its agent")
-        if known.ready == ready and known.reason == reason and known.complete == ready:
-            return known
-        return dataclasses.replace(known, ready=ready, reason=reason, complete=ready,
-                                   since=time.time() if known.ready != ready else known.since)
+        now = time.time()
+        starts = self.start_health.state(host)
+        wanted = dataclasses.replace(
+            known, ready=ready, reason=reason, complete=ready,
+            since=now if known.ready != ready else known.since,
+            start_failures=starts.failures, last_start_failure=starts.last_at,
+            start_failure_reason=starts.reason, start_failing=self.start_health.failing(host, now))
+        return known if wanted == known else wanted
 
     def _statuses_to_write(self) -> list[HostStatus]:
         assert self.mirror is not None

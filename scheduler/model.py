@@ -267,6 +267,12 @@ class HostStatus:
     reason: str = ""       # why not ready, for a person
     since: float = 0.0     # when ``ready`` last changed
     complete: bool = False  # the leader has listed the host's containers (a complete view)
+    # Launches on this host that failed for a host-side reason, in a row (scheduler.start_health), the
+    # last one's time and reason, and whether placement avoids the host for it now.
+    start_failures: int = 0
+    last_start_failure: float = 0.0
+    start_failure_reason: str = ""
+    start_failing: bool = False
     revision: int = 0
 
 

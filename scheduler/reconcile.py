@@ -27,8 +27,10 @@ The rules, per service:
 * **Place** pending replicas in one batch per service (``Placer``); those that fit nowhere keep a reason
   ("0/3 hosts: 2 insufficient memory, 1 cordoned").
 * **Drive**: a starting replica with no container on its (connected, completely listed) host is launched;
-  a failed one is relaunched after its backoff when its restart policy allows; a stopping one has its
-  container retired, and its record is dropped once the host no longer has it.
+  a failed one is relaunched after its backoff when its restart policy allows — on the same host, unless
+  that host keeps failing to start containers (``HostStatus.start_failing``): then it goes back to
+  pending and is placed elsewhere; a stopping one has its container retired, and its record is dropped
+  once the host no longer has it.
 * **Delete**: a service being deleted has every replica stopped, and goes when the last record does.
 
 Per host: a container carrying Shoal's service label that no replica on that host owns is retired — only
@@ -400,12 +402,29 @@ def _drive(plan: _Plan, service: Service | None, ids: Sequence[ReplicaId]) -> No
             plan.actions.append(Launch(host=r.host, replica=r.id, service=r.service,
                                        generation=r.generation))
         elif r.phase is ReplicaPhase.FAILED and now >= r.next_attempt_at and _replaceable(service, r):
+            status = world.statuses.get(r.host)
+            if status is not None and status.start_failing:
+                _move_off(plan, r, status)
+                continue
             why = f"relaunching after: {r.reason}"
             updated = replace(r, phase=ReplicaPhase.STARTING, ready=False, restarts=r.restarts + 1,
                               reason=why)
             plan.update(with_decision(updated, now=now, action="relaunched", reason=why))
             plan.actions.append(Launch(host=r.host, replica=r.id, service=r.service, generation=r.generation,
                                        replace=container is not None))
+
+
+def _move_off(plan: _Plan, r: Replica, status: HostStatus) -> None:
+    """A failed replica on a host that keeps failing to start containers goes back to pending, to be
+    placed elsewhere; its container there (if any) no longer has an owner and is retired (``_orphans``)."""
+    assert r.host is not None
+    record = plan.world.hosts.get(r.host)
+    name = record.name if record is not None and record.name else r.host
+    why = (f"its host {name} keeps failing to start containers ({status.start_failures} in a row, "
+           f"last: {status.start_failure_reason}); placing it again")
+    updated = replace(r, phase=ReplicaPhase.PENDING, host=None, ready=False, ports=(),
+                      restarts=r.restarts + 1, reason=why)
+    plan.update(with_decision(updated, now=plan.world.now, action="rescheduled", reason=why))
 
 
 def _drop(plan: _Plan, r: Replica) -> None:

@@ -151,6 +151,7 @@ def _replica_table(replicas: list[spb.Replica], *, with_service: bool) -> str:
 
 def host_text(host: spb.Host, replicas: list[spb.Replica]) -> str:
     info = host.info
+    agent_conditions = {c.type for c in info.conditions}  # the scheduler adds its own (StartFailing)
     rows = [
         ("Name", host.name), ("ID", host.id), ("Address", host.address),
         ("State", out.host_state(host.state) + (f": {host.reason}" if host.reason else "")),
@@ -165,8 +166,10 @@ def host_text(host: spb.Host, replicas: list[spb.Replica]) -> str:
         ("Memory", f"{out.size_text(info.memory_allocatable_bytes)} allocatable, "
                    f"{out.size_text(info.memory_committed_bytes)} requested"),
         ("Disk", f"{out.size_text(info.disk_free_bytes)} free of {out.size_text(info.disk_total_bytes)}"),
-        ("Conditions", ", ".join(f"{c.type} ({c.message})" if c.message else c.type
-                                 for c in info.conditions) or "none"),
+        ("Conditions", ", ".join([*(f"{c.type} ({c.message})" if c.message else c.type
+                                    for c in info.conditions),
+                                  *(c for c in host.conditions if c not in agent_conditions)]) or "none"),
+        ("Start failures", f"{host.start_failures} in a row" if host.start_failures else "none"),
     ]
     return fields(rows) + "\n" + _replica_table(replicas, with_service=True)
 

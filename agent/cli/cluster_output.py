@@ -166,19 +166,25 @@ def host_json(host: spb.Host) -> dict[str, Any]:
         "cpu_committed_millis": info.cpu_committed_millis,
         "memory_allocatable_bytes": info.memory_allocatable_bytes,
         "memory_committed_bytes": info.memory_committed_bytes,
-        "conditions": [c.type for c in info.conditions],
+        "conditions": host_conditions(host),
+        "start_failures": host.start_failures,
         "registered_at": timestamp(host.registered_at),
         "last_seen": timestamp(host.last_seen),
     }
 
 
-HOST_HEADERS = ["NAME", "STATE", "ADDRESS", "REPLICAS", "LABELS", "AGE"]
+def host_conditions(host: spb.Host) -> list[str]:
+    """What makes placement avoid the host (the scheduler's list; an older one's: the agent's only)."""
+    return list(host.conditions) or [c.type for c in host.info.conditions]
+
+
+HOST_HEADERS = ["NAME", "STATE", "ADDRESS", "REPLICAS", "CONDITIONS", "LABELS", "AGE"]
 HOST_WIDE = ["ID", "CPU (REQ/ALLOC)", "MEMORY (REQ/ALLOC)", "VERSION", "REASON"]
 
 
 def host_row(host: spb.Host, *, wide: bool = False) -> list[str]:
     row = [host.name or host.id, host_state(host.state), host.address, str(host.replicas),
-           labels_text(dict(host.labels)), age(host.registered_at)]
+           ",".join(host_conditions(host)) or "-", labels_text(dict(host.labels)), age(host.registered_at)]
     if wide:
         info = host.info
         row += [host.id, f"{cpus_text(info.cpu_committed_millis)}/{cpus_text(info.cpu_allocatable_millis)}",

@@ -413,6 +413,8 @@ class Host(_pl.Message):
     last_seen: _pl.Timestamp
     metrics_address: str
     revision: int
+    conditions: list[str]
+    start_failures: int
 
     if TYPE_CHECKING:
         def __init__(
@@ -429,6 +431,8 @@ class Host(_pl.Message):
             last_seen: _pl.Timestamp | None = None,
             metrics_address: str | None = None,
             revision: int | None = None,
+            conditions: Iterable[str] | None = None,
+            start_failures: int | None = None,
         ) -> None: ...
 
 
@@ -768,6 +772,8 @@ _pl.define(Host, 'shoal.scheduler.v1.Host', (
     _pl.Field(10, 'last_seen', _pl.MESSAGE, message=_pl.Timestamp),
     _pl.Field(11, 'metrics_address', _pl.STRING),
     _pl.Field(12, 'revision', _pl.INT64),
+    _pl.Field(13, 'conditions', _pl.STRING, repeated=True),
+    _pl.Field(14, 'start_failures', _pl.INT32),
 ))
 _pl.define(ListHostsRequest, 'shoal.scheduler.v1.ListHostsRequest', (
 ))

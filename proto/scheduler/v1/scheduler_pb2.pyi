@@ -933,6 +933,8 @@ class Host(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    START_FAILURES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """the agent's stable host id"""
     name: _builtins.str
@@ -946,6 +948,8 @@ class Host(_message.Message):
     metrics_address: _builtins.str
     """the agent's /metrics HOST:PORT (empty: none)"""
     revision: _builtins.int
+    start_failures: _builtins.int
+    """launches that failed in a row for a host-side reason"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -956,6 +960,13 @@ class Host(_message.Message):
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What makes placement avoid the host besides its state: the agent's conditions (MemoryPressure,
+        DiskPressure, SupervisorDown) and the scheduler's StartFailing (its launches keep failing for
+        host-side reasons; see start_failures and reason).
+        """
+
     def __init__(
         self,
         *,
@@ -971,10 +982,12 @@ class Host(_message.Message):
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         metrics_address: _builtins.str = ...,
         revision: _builtins.int = ...,
+        conditions: _abc.Iterable[_builtins.str] | None = ...,
+        start_failures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "last_seen", b"last_seen", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "info", b"info", "labels", b"labels", "last_seen", b"last_seen", "metrics_address", b"metrics_address", "name", b"name", "reason", b"reason", "registered_at", b"registered_at", "replicas", b"replicas", "revision", b"revision", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "conditions", b"conditions", "id", b"id", "info", b"info", "labels", b"labels", "last_seen", b"last_seen", "metrics_address", b"metrics_address", "name", b"name", "reason", b"reason", "registered_at", b"registered_at", "replicas", b"replicas", "revision", b"revision", "start_failures", b"start_failures", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,9 +2,10 @@
 
 Refusals, in the order they are checked: ``cordoned`` and ``draining`` (what an operator asked; a draining
 host is also moving its replicas away), ``not ready`` (the leader cannot reach the agent or does not
-trust its report yet), then the agent's conditions: ``memory pressure``, ``disk pressure`` and
-``supervisor down`` (the process that parents containers is restarting, so starts would fail). Other
-condition types are ignored, so an agent that learns a new one does not empty the cluster.
+trust its report yet), ``failing to start containers`` (the leader saw its last launches fail for
+host-side reasons: ``scheduler.start_health``), then the agent's conditions: ``memory pressure``, ``disk
+pressure`` and ``supervisor down`` (the process that parents containers is restarting, so starts would
+fail). Other condition types are ignored, so an agent that learns a new one does not empty the cluster.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def host_problem(record: model.HostRecord, status: model.HostStatus,
         return "draining"
     if not status.ready:
         return "not ready"
+    if status.start_failing:
+        return "failing to start containers"
     for condition in record.conditions:
         reason = blocking.get(condition)
         if reason is not None:

@@ -92,6 +92,17 @@ def test_host_json_states() -> None:
         "ready", "not_ready", "cordoned", "draining", "drained"]
 
 
+def test_host_conditions_are_the_schedulers_list_or_else_the_agents() -> None:
+    pressured = apb.HostInfo(conditions=[apb.HostCondition(type="MemoryPressure")])
+    failing = host(info=pressured, conditions=["MemoryPressure", "StartFailing"], start_failures=4)
+    assert {k: out.host_json(failing)[k] for k in ("state", "conditions", "start_failures")} == {
+        "state": "ready", "conditions": ["MemoryPressure", "StartFailing"], "start_failures": 4}
+    assert out.host_row(failing)[4] == "MemoryPressure,StartFailing"
+    older = host(info=pressured)  # a scheduler that does not send its own list
+    assert out.host_json(older)["conditions"] == ["MemoryPressure"]
+    assert out.host_row(older)[4] == "MemoryPressure"
+
+
 def test_endpoint_json_defaults_the_protocol() -> None:
     assert out.endpoint_json(spb.Endpoint(service="web", replica="r", host="h", address="10.0.0.1:31000",
                                           container_port=80)) == {
@@ -122,8 +133,8 @@ def test_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.replica_row(spb.Replica(id="r", service="web", state=spb.REPLICA_STATE_PENDING,
                                        reason="no room"), wide=True) == [
         "r", "web", "pending", "no", "<none>", "0", "<unknown>", "no room", "0", "<none>"]
-    assert out.host_row(host()) == ["node-1", "ready", "10.0.0.1:7070", "2", "gpu=1,zone=a", "120m"]
-    assert out.host_row(host(), wide=True)[6:] == ["h-1", "0.5/1.9", "128Mi/3Gi", "0.1", ""]
+    assert out.host_row(host()) == ["node-1", "ready", "10.0.0.1:7070", "2", "-", "gpu=1,zone=a", "120m"]
+    assert out.host_row(host(), wide=True)[7:] == ["h-1", "0.5/1.9", "128Mi/3Gi", "0.1", ""]
     assert out.endpoint_row(spb.Endpoint(service="web", replica="r", host="h", address="a:1",
                                          container_port=80, protocol="udp"), wide=True) == [
         "web", "a:1", "r", "h", "80/udp"]

@@ -356,3 +356,24 @@ def test_deleting_a_service_stops_every_replica_then_drops_the_service() -> None
 @pytest.mark.parametrize("restarts", [0, 1, 5, 30])
 def test_backoff_doubles_and_is_capped(restarts: int) -> None:
     assert reconcile.backoff(restarts) == min(reconcile.BACKOFF_CAP, reconcile.BACKOFF_BASE * 2 ** restarts)
+
+
+# -- hosts that keep failing to start containers ------------------------------------------------------
+
+def test_a_failed_replica_on_a_start_failing_host_is_placed_again_elsewhere() -> None:
+    failed = replica("a", phase=ReplicaPhase.FAILED, ready=False, reason="could not create its container",
+                     next_attempt_at=NOW - 1)
+    exited = observe(("h1", [container("a", state=ContainerState.EXITED, exit_code=1)]))
+    w = world([service(1)], [failed], observed=exited)
+    statuses = dict(w.statuses)
+    statuses[HostId("h1")] = HostStatus(id=HostId("h1"), ready=True, start_failing=True, start_failures=3,
+                                        start_failure_reason="cannot prepare /var/lib/shoal: Read-only")
+    plan = run(replace(w, statuses=statuses))
+    moved = written(plan)["a"]
+    assert (moved.phase, moved.host, moved.restarts) == (ReplicaPhase.PENDING, None, 1)
+    assert "keeps failing to start containers (3 in a row, last: cannot prepare" in moved.reason
+    assert moved.decisions[-1].action == "rescheduled"
+    assert launches(plan) == []                # not relaunched where it failed
+    assert retires(plan) == [("a", "h1")]      # and its dead container there goes
+    # On a healthy host the same replica is relaunched in place.
+    assert launches(run(w)) == [("a", "h1")]

@@ -26,6 +26,16 @@ def test_host_problem(admin: HostAdmin, ready: bool, conditions: tuple[str, ...]
     assert host_state.host_problem(record, b.status("h1", ready=ready)) == expected
 
 
+def test_a_host_that_keeps_failing_to_start_containers_is_avoided() -> None:
+    from dataclasses import replace
+    failing = replace(b.status("h1", ready=True), start_failing=True, start_failures=3)
+    assert host_state.host_problem(b.host("h1"), failing) == "failing to start containers"
+    # Configuring the agent conditions does not turn it off: it is the scheduler's own observation.
+    plugin = host_state.new({"conditions": ["DiskPressure"]})
+    assert plugin.blocking == {"DiskPressure": "disk pressure"}
+    assert host_state.host_problem(b.host("h1"), failing, plugin.blocking) == "failing to start containers"
+
+
 def test_plugin_reports_the_problem_as_its_reason() -> None:
     view = b.cluster([b.host("h1", admin=HostAdmin.CORDONED), b.host("h2")])
     plugin = host_state.new({})
