@@ -550,6 +550,14 @@ class _ClusterCollector:
             status = cluster.snapshot.host_statuses.get(host_id)
             ready.add_metric([host_id, record.name], 1 if status is not None and status.ready else 0)
         yield ready
+        failing = GaugeMetricFamily(
+            "shoal_host_start_failures",
+            "Launches on the host that failed in a row for a host-side reason (placement avoids it from "
+            "--start-failure-threshold on).", labels=["host_id", "host"])
+        for host_id, record in sorted(cluster.snapshot.hosts.items()):
+            status = cluster.snapshot.host_statuses.get(host_id)
+            failing.add_metric([host_id, record.name], status.start_failures if status is not None else 0)
+        yield failing
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -36,6 +36,7 @@ IMAGE = "test/busybox:v1"
 SCHEDULER_PORTS = (7400, 7401)
 HTTP_PORTS = (9400, 9401)
 AGENT_PORT = 7070
+START_FAILURE_COOLDOWN = 8
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1) -> Any:
@@ -207,7 +208,8 @@ def _scheduler(base: Path, ctl: TestHost, index: int, *, pki: Path, etcd: str) -
         id=f"sched-{index}", address=address, http=http, log=base / f"scheduler{index}.log",
         argv=[*ctl.nsenter_net, shoal_bin("shoal-scheduler"), "serve", "--etcd", etcd, "--listen", address,
               "--tls-dir", str(pki), "--http-listen", http, "--instance-id", f"sched-{index}",
-              "--log-level", "debug"])
+              # (default 60 s: a test waits for a start-failing host to be tried again)
+              "--start-failure-cooldown", str(START_FAILURE_COOLDOWN), "--log-level", "debug"])
 
 
 @pytest.fixture(scope="module")

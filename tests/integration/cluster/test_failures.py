@@ -1,5 +1,6 @@
 """Hosts fail: a network blip moves nothing, a partition and a host death move replicas elsewhere within
-seconds, and a host that comes back keeps no copy of what moved.
+seconds, and a host that comes back keeps no copy of what moved; a host whose containers keep failing to
+start (its agent cannot create their directories) is marked, shown, avoided, and tried again later.
 
 The scheduler runs with its defaults (``--heartbeat-timeout 2``, ``--host-grace 3``). Each scenario is
 bounded; the interruptions themselves (``time.sleep`` while a link is down) are the scenario, not
@@ -8,6 +9,7 @@ synchronization.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Any
 
@@ -85,3 +87,35 @@ def test_host_death_moves_its_replicas_and_the_restarted_host_is_cleaned(cluster
     wait_for(lambda: not [c for c in cluster.containers(0) if c in victims], timeout=30)
     cluster.wait_running("sturdy", 3)
     assert len([c for c in cluster.all_containers() if c.startswith("sturdy-")]) == 3
+
+
+def test_a_host_whose_containers_keep_failing_to_start_is_marked_avoided_and_tried_again(
+        cluster: Cluster) -> None:
+    broken = cluster.agents[2].root / "containers"  # zone c's agent can no longer create a container
+    c_host = next(h for h, zone in cluster.zone_of.items() if zone == "c")
+
+    def host_c() -> dict[str, Any]:
+        return next(h for h in cluster.json("get", "hosts") if h["id"] == c_host)
+
+    subprocess.run(["chattr", "+i", str(broken)], check=True)
+    try:
+        cluster.apply(service("picky", 6))
+        settled = cluster.wait_running("picky", 6, timeout=90)
+        assert all(r["host"] != c_host for r in settled)  # the two placed on c went elsewhere
+        marked = host_c()
+        assert marked["state"] == "ready" and "StartFailing" in marked["conditions"], marked
+        assert marked["start_failures"] >= 3 and "failing to start containers" in marked["reason"], marked
+        assert "Operation not permitted" in marked["reason"], marked
+        row = next(line for line in cluster.cli("get", "hosts").stdout.splitlines()
+                   if line.startswith(marked["name"]))
+        assert "StartFailing" in row
+        described = cluster.cli("describe", "host", c_host).stdout
+        assert "StartFailing" in described and "in a row" in described
+    finally:
+        subprocess.run(["chattr", "-i", str(broken)], check=True)
+    # Repaired: after the cooldown the mark lifts, placement tries the host again, and a start clears it.
+    wait_for(lambda: "StartFailing" not in host_c()["conditions"], timeout=60)
+    cluster.cli("scale", "picky", "--replicas", "9")
+    grown = cluster.wait_running("picky", 9, timeout=90)
+    assert any(r["host"] == c_host for r in grown)
+    assert host_c()["start_failures"] == 0

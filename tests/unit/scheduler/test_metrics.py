@@ -106,7 +106,8 @@ HOSTS = [
     host("h4", "[fd00::4]:7070", metrics="[::]:9101", admin=HostAdmin.DRAINING),  # draining, empty: drained
     host("h5", "10.0.0.5:7070", admin=HostAdmin.DRAINING),               # draining, a replica left
 ]
-STATUSES = [build.host_status(h, ready=h != "h3") for h in ("h1", "h2", "h3", "h4", "h5")]
+STATUSES = [replace(build.host_status(h, ready=h != "h3"), start_failures=4 if h == "h5" else 0)
+            for h in ("h1", "h2", "h3", "h4", "h5")]
 SERVICES = [service("web", 3, metrics_port=9100, labels=(("team", "web"),)), service("api", 2),
             service("old", 4, deleting=True)]
 REPLICAS = [
@@ -167,6 +168,8 @@ def test_the_exposition_counts_replicas_per_service_and_hosts_per_state() -> Non
             "ready": 1, "not_ready": 1, "cordoned": 1, "draining": 1, "drained": 1}
         assert {h: value(s, "shoal_host_ready", host_id=h, host=h) for h in ("h1", "h2", "h3", "h4", "h5")} \
             == {"h1": 1, "h2": 1, "h3": 0, "h4": 1, "h5": 1}
+        assert {h: value(s, "shoal_host_start_failures", host_id=h, host=h)
+                for h in ("h1", "h2", "h3", "h4", "h5")} == {"h1": 0, "h2": 0, "h3": 0, "h4": 0, "h5": 4}
         assert value(s, "shoal_scheduler_leader") == 0
         assert value(s, "shoal_scheduler_state_synced") == 1
         assert value(s, "shoal_scheduler_corrupt_records") == 0
