@@ -1,6 +1,7 @@
 """Hosts fail: a network blip moves nothing, a partition and a host death move replicas elsewhere within
 seconds, and a host that comes back keeps no copy of what moved; a host whose containers keep failing to
-start (its agent cannot create their directories) is marked, shown, avoided, and tried again later.
+start (its agent cannot create their directories) is marked, shown, avoided, and tried again later; one
+under memory pressure is shown and avoided.
 
 The scheduler runs with its defaults (``--heartbeat-timeout 2``, ``--host-grace 3``). Each scenario is
 bounded; the interruptions themselves (``time.sleep`` while a link is down) are the scenario, not
@@ -31,6 +32,12 @@ def placement(cluster: Cluster, name: str) -> dict[str, str]:
 def running_elsewhere(cluster: Cluster, name: str, n: int, away_from: str) -> list[dict[str, Any]] | None:
     reps = cluster.running(name)
     return reps if len(reps) == n and all(r["host"] != away_from for r in reps) else None
+
+
+def table_row(cluster: Cluster, host_id: str) -> str:
+    """The host's line of ``get hosts -o wide`` (the wide table has the id: test hosts share a name)."""
+    return next(line for line in cluster.cli("get", "hosts", "-o", "wide").stdout.splitlines()
+                if host_id in line.split())
 
 
 def host_of_zone(cluster: Cluster, placed: list[dict[str, Any]], zone: str) -> str:
@@ -106,9 +113,7 @@ def test_a_host_whose_containers_keep_failing_to_start_is_marked_avoided_and_tri
         assert marked["state"] == "ready" and "StartFailing" in marked["conditions"], marked
         assert marked["start_failures"] >= 3 and "failing to start containers" in marked["reason"], marked
         assert "Operation not permitted" in marked["reason"], marked
-        row = next(line for line in cluster.cli("get", "hosts").stdout.splitlines()
-                   if line.startswith(marked["name"]))
-        assert "StartFailing" in row
+        assert "StartFailing" in table_row(cluster, c_host).split()
         described = cluster.cli("describe", "host", c_host).stdout
         assert "StartFailing" in described and "in a row" in described
     finally:
@@ -119,3 +124,27 @@ def test_a_host_whose_containers_keep_failing_to_start_is_marked_avoided_and_tri
     grown = cluster.wait_running("picky", 9, timeout=90)
     assert any(r["host"] == c_host for r in grown)
     assert host_c()["start_failures"] == 0
+
+
+def test_a_host_under_memory_pressure_is_shown_and_avoided(cluster: Cluster) -> None:
+    agent = cluster.agents[2]
+    c_host = next(h for h, zone in cluster.zone_of.items() if zone == "c")
+    normal = list(agent.extra_args)
+
+    def conditions_of_c() -> list[str]:
+        return next(h["conditions"] for h in cluster.json("get", "hosts") if h["id"] == c_host)
+
+    cluster.kill_agent(2)  # restarted with a threshold above this machine's memory: MemoryPressure
+    agent.extra_args = [*normal, "--memory-pressure-below", "1T"]
+    try:
+        cluster.start_agent(2)
+        wait_for(lambda: "MemoryPressure" in conditions_of_c(), timeout=60)
+        assert "MemoryPressure" in table_row(cluster, c_host).split()
+        cluster.apply(service("roomy", 4))
+        placed = cluster.wait_running("roomy", 4)
+        assert all(r["host"] != c_host for r in placed)
+    finally:
+        cluster.kill_agent(2)
+        agent.extra_args = normal
+        cluster.start_agent(2)
+    wait_for(lambda: conditions_of_c() == [], timeout=60)
