@@ -52,12 +52,13 @@ def exited_with(agent: AgentProcess, ref: str, code: int) -> bool:
     return info["state"] == "exited" and info["exit_code"] == code
 
 
-def one_worker(agent: AgentProcess) -> int:
-    """The keeper's one worker, once the tree is back to a keeper and exactly one worker."""
+def one_worker(agent: AgentProcess, *, replacing: int | None = None) -> int:
+    """The keeper's one worker, once the tree is back to a keeper and exactly one worker; with
+    ``replacing``, one other than that (just SIGKILLed, it may still be listed for a moment)."""
     def settled() -> int | None:
         keeper = supervisor_pid(agent.root)
         workers = worker_pids(agent.root)
-        if keeper is None or len(workers) != 1:
+        if keeper is None or len(workers) != 1 or workers[0] == replacing:
             return None
         return workers[0] if supervisor_processes(agent.root) == sorted([keeper, workers[0]]) else None
 
@@ -111,7 +112,7 @@ def test_killed_worker(agent: AgentProcess) -> None:
     # The exit that happened while no worker ran is reported with its own code.
     wait_for(lambda: exited_with(agent, "waiter", 42))
     assert agent.run("logs", "waiter").stdout == "bye\n"
-    new_worker = one_worker(agent)
+    new_worker = one_worker(agent, replacing=old_worker)
     assert new_worker != old_worker and supervisor_pid(agent.root) == keeper
     # The counter never stopped, and its output keeps reaching `shoal logs`.
     info = inspect(agent, "counter")
@@ -141,7 +142,7 @@ def test_killed_keeper(agent: AgentProcess, subreaper: list[int]) -> None:
     # The worker turns itself into the keeper (same pid) and starts a new worker; the containers it
     # had are now ours (the subreaper above), not any keeper's, and they keep running.
     wait_for(lambda: supervisor_pid(agent.root) == worker)
-    new_worker = one_worker(agent)
+    new_worker = one_worker(agent, replacing=worker)
     assert new_worker != worker
     assert {parent_of(long), parent_of(quits)} == {os.getpid()}
     assert process_state(long) in ("R", "S") and process_state(quits) in ("R", "S")
@@ -175,7 +176,7 @@ def test_agent_and_worker_killed_together(agent: AgentProcess) -> None:
     agent.kill9()
     os.kill(old_worker, signal.SIGKILL)
     # The keeper starts a new worker by itself; the container never notices.
-    new_worker = one_worker(agent)
+    new_worker = one_worker(agent, replacing=old_worker)
     assert new_worker != old_worker
     assert process_state(survivor) in ("R", "S")
 
