@@ -129,6 +129,82 @@ class TemplateFacts:
     restart: str = "always"
 
 
+# -- autoscaling ---------------------------------------------------------------------------------------
+
+class MetricKind(enum.Enum):
+    CPU = "cpu"                 # utilization of the replica's cpu request, in percent
+    MEMORY = "memory"           # utilization of its memory request, in percent
+    PROMETHEUS = "prometheus"   # a PromQL query: per replica, or one number for the service
+
+
+@dataclass(frozen=True)
+class MetricTarget:
+    """One metric of an autoscale policy and its target. Values are integer milli-units (0.5 → 500), as
+    Kubernetes' quantities, so the decision arithmetic is exact."""
+
+    kind: MetricKind
+    target_utilization_percent: int = 0  # cpu, memory
+    query: str = ""                      # prometheus
+    # prometheus per replica: the label whose value is the replica id (target_average_value_milli only)
+    per_replica_label: str = ""
+    target_value_milli: int = 0          # prometheus service-level: the number itself vs this
+    target_average_value_milli: int = 0  # prometheus: per replica, or the number / replicas
+
+    @property
+    def per_replica(self) -> bool:
+        return self.kind is not MetricKind.PROMETHEUS or bool(self.per_replica_label)
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """At most ``value`` replicas (``type`` "replicas") or percent of the current count ("percent") per
+    ``period_seconds``."""
+
+    type: str
+    value: int
+    period_seconds: int
+
+
+@dataclass(frozen=True)
+class ScalingRules:
+    """One direction of HPA's ``behavior``."""
+
+    stabilization_window_seconds: int = 0
+    select_policy: str = "max"   # max | min | disabled
+    policies: tuple[ScalingPolicy, ...] = ()
+
+
+def default_scale_up() -> ScalingRules:
+    """Kubernetes' default: no window; at most max(4 replicas, 100 %) per 15 s."""
+    return ScalingRules(stabilization_window_seconds=0, select_policy="max",
+                        policies=(ScalingPolicy("replicas", 4, 15), ScalingPolicy("percent", 100, 15)))
+
+
+def default_scale_down() -> ScalingRules:
+    """Kubernetes' default: a 300 s window; at most 100 % per 15 s."""
+    return ScalingRules(stabilization_window_seconds=300, select_policy="max",
+                        policies=(ScalingPolicy("percent", 100, 15),))
+
+
+@dataclass(frozen=True)
+class Behavior:
+    scale_up: ScalingRules = field(default_factory=default_scale_up)
+    scale_down: ScalingRules = field(default_factory=default_scale_down)
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    """A service's autoscale policy: the count stays within ``min_replicas``..``max_replicas`` and
+    follows the metrics (the largest proposal wins), by HPA's rules (scheduler.autoscale)."""
+
+    min_replicas: int
+    max_replicas: int
+    metrics: tuple[MetricTarget, ...]
+    tolerance_up: float = 0.1
+    tolerance_down: float = 0.1
+    behavior: Behavior = field(default_factory=Behavior)
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: ServiceName
@@ -139,6 +215,7 @@ class ServiceSpec:
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     labels: tuple[tuple[str, str], ...] = ()
     metrics_port: int = 0
+    autoscale: Autoscale | None = None  # None: the count is only what people set
 
 
 @dataclass(frozen=True)
@@ -277,9 +354,10 @@ class HostStatus:
 
 
 __all__ = [
-    "FENCE_OWNER", "LABEL_GENERATION", "LABEL_REPLICA", "LABEL_SERVICE", "Capacity", "Constraint",
-    "ConstraintOp", "Decision", "HostAdmin", "HostId", "HostPort", "HostRecord", "HostStatus", "Placement",
-    "PortRequest",
-    "Replica", "ReplicaId", "ReplicaPhase", "Service", "ServiceName", "ServiceSpec", "Strategy",
-    "TemplateFacts", "TemplateRevision", "TopologySpread", "UpdatePolicy",
+    "FENCE_OWNER", "LABEL_GENERATION", "LABEL_REPLICA", "LABEL_SERVICE", "Autoscale", "Behavior",
+    "Capacity", "Constraint", "ConstraintOp", "Decision", "HostAdmin", "HostId", "HostPort", "HostRecord",
+    "HostStatus", "MetricKind", "MetricTarget", "Placement", "PortRequest", "Replica", "ReplicaId",
+    "ReplicaPhase", "ScalingPolicy", "ScalingRules", "Service", "ServiceName", "ServiceSpec", "Strategy",
+    "TemplateFacts", "TemplateRevision", "TopologySpread", "UpdatePolicy", "default_scale_down",
+    "default_scale_up",
 ]
