@@ -37,7 +37,7 @@ from scheduler.model import (
     ReplicaId,
     ServiceName,
 )
-from scheduler.observed import ContainerState, Health, HostObservation, ObservedContainer
+from scheduler.observed import ContainerState, ContainerUsage, Health, HostObservation, ObservedContainer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ _HEALTH = {
     pb.HEALTH_STATUS_NONE: Health.NONE, pb.HEALTH_STATUS_STARTING: Health.STARTING,
     pb.HEALTH_STATUS_HEALTHY: Health.HEALTHY, pb.HEALTH_STATUS_UNHEALTHY: Health.UNHEALTHY,
 }
+
+
+def usage_of(snapshot: pb.UsageSnapshot) -> dict[str, ContainerUsage]:
+    """The usage of the scheduler's containers in one snapshot (those carrying the replica label)."""
+    at = snapshot.time.ToNanoseconds() / 1e9 if snapshot.HasField("time") else time.time()
+    return {c.id: ContainerUsage(
+        cpu_milli=round(c.cpu_cores * 1000), memory_bytes=c.memory_working_set_bytes,
+        started_at=c.started_at.ToNanoseconds() / 1e9 if c.HasField("started_at") else 0.0, at=at)
+        for c in snapshot.containers if LABEL_REPLICA in c.labels}
 
 
 def observe_container(ctr: pb.Container) -> ObservedContainer | None:
@@ -115,6 +124,8 @@ class AgentSession:
         self._on_change = on_change
         self.observation = HostObservation(host=host)
         self.info: pb.HostInfo | None = None
+        # The latest usage of each scheduler-managed container (its id is its replica's id).
+        self.usage: dict[str, ContainerUsage] = {}
         self.last_seen = 0.0      # wall time of the latest usage snapshot
         self.error = ""           # why it is not connected, for a person
         # The host itself answered the latest attempt (connection refused): only the agent is down, and
@@ -230,6 +241,7 @@ class AgentSession:
         async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
             self.info = snapshot.host
             self.last_seen = time.time()
+            self.usage = usage_of(snapshot)
             self._heard = time.monotonic()
             if not self._usage_ok:
                 self._usage_ok = True

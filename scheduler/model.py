@@ -289,6 +289,51 @@ class Replica:
     revision: int = 0
 
 
+# -- the autoscaler's record ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What the autoscaler's rules proposed at ``time`` before stabilization (HPA's recommendation
+    history: the stabilization windows look back over these)."""
+
+    time: float
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    """A change the autoscaler made (``change`` replicas added or removed), for the rate-limit policies."""
+
+    time: float
+    change: int
+
+
+@dataclass(frozen=True)
+class AutoscaleDecision:
+    """One decision, with what it was made from: ``input_json`` is the replay input
+    (``shoal autoscale replay``), ``reason`` the outcome in plain words."""
+
+    time: float
+    current_replicas: int
+    desired_replicas: int
+    reason: str
+    error: str = ""
+    input_json: str = ""
+
+
+@dataclass(frozen=True)
+class AutoscaleStatus:
+    """The autoscaler's memory of one service: written by the leader only, when it scales or when what
+    it decides changes, so a new leader resumes the same windows and rate limits."""
+
+    service: ServiceName
+    recommendations: tuple[Recommendation, ...] = ()
+    scale_up_events: tuple[ScaleEvent, ...] = ()
+    scale_down_events: tuple[ScaleEvent, ...] = ()
+    decisions: tuple[AutoscaleDecision, ...] = ()   # the latest last
+    revision: int = 0
+
+
 # -- hosts -------------------------------------------------------------------------------------------
 
 class HostAdmin(enum.Enum):
@@ -354,10 +399,10 @@ class HostStatus:
 
 
 __all__ = [
-    "FENCE_OWNER", "LABEL_GENERATION", "LABEL_REPLICA", "LABEL_SERVICE", "Autoscale", "Behavior",
-    "Capacity", "Constraint", "ConstraintOp", "Decision", "HostAdmin", "HostId", "HostPort", "HostRecord",
-    "HostStatus", "MetricKind", "MetricTarget", "Placement", "PortRequest", "Replica", "ReplicaId",
-    "ReplicaPhase", "ScalingPolicy", "ScalingRules", "Service", "ServiceName", "ServiceSpec", "Strategy",
-    "TemplateFacts", "TemplateRevision", "TopologySpread", "UpdatePolicy", "default_scale_down",
-    "default_scale_up",
+    "FENCE_OWNER", "LABEL_GENERATION", "LABEL_REPLICA", "LABEL_SERVICE", "Autoscale", "AutoscaleDecision",
+    "AutoscaleStatus", "Behavior", "Capacity", "Constraint", "ConstraintOp", "Decision", "HostAdmin",
+    "HostId", "HostPort", "HostRecord", "HostStatus", "MetricKind", "MetricTarget", "Placement",
+    "PortRequest", "Recommendation", "Replica", "ReplicaId", "ReplicaPhase", "ScaleEvent", "ScalingPolicy",
+    "ScalingRules", "Service", "ServiceName", "ServiceSpec", "Strategy", "TemplateFacts",
+    "TemplateRevision", "TopologySpread", "UpdatePolicy", "default_scale_down", "default_scale_up",
 ]

@@ -4,7 +4,8 @@ A ``HostObservation`` is the leader's current view of one host's containers, kep
 (``scheduler.agents``) from a listing followed by the host's event stream: it is *complete* once the
 listing arrived after the latest (re)connection, and only a complete view may be used to conclude that
 a container is missing or that one no replica owns exists. ``ObservedContainer`` keeps just what the
-scheduler decides on.
+scheduler decides on. ``ContainerUsage`` is a replica's latest usage sample, from the agent's 1 s usage
+stream, for the autoscaler.
 """
 
 from __future__ import annotations
@@ -76,4 +77,14 @@ class HostObservation:
         return self.containers.get(replica)
 
 
-__all__ = ["ContainerState", "Health", "HostObservation", "ObservedContainer"]
+@dataclass(frozen=True)
+class ContainerUsage:
+    """One container's usage over the agent's last sampling interval (about a second)."""
+
+    cpu_milli: int          # cores * 1000
+    memory_bytes: int       # working set (usage - inactive file), what cAdvisor and the HPA use
+    started_at: float       # when its process started (0: unknown)
+    at: float               # when the agent took the sample
+
+
+__all__ = ["ContainerState", "ContainerUsage", "Health", "HostObservation", "ObservedContainer"]

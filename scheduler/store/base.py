@@ -143,6 +143,7 @@ class Snapshot:
     replicas: Mapping[model.ReplicaId, model.Replica] = field(default_factory=dict)
     hosts: Mapping[model.HostId, model.HostRecord] = field(default_factory=dict)
     host_statuses: Mapping[model.HostId, model.HostStatus] = field(default_factory=dict)
+    autoscale: Mapping[model.ServiceName, model.AutoscaleStatus] = field(default_factory=dict)
     leader: LeaderRecord | None = None
     corrupt: tuple[CorruptEntry, ...] = ()
 

@@ -12,6 +12,8 @@ key                                 value             written by
 ``{P}hosts/{host}``                 ``HostRecord``    the API: an agent's registration (its facts and
                                                       capacity) and operators' cordon/uncordon/drain
 ``{P}host-status/{host}``           ``HostStatus``    the leader only (reachability, complete view)
+``{P}autoscale/{service}``          ``AutoscaleStatus``  the leader only (the autoscaler's history and
+                                                      latest decisions)
 ``{P}leader``                       ``LeaderRecord``  the election: created by the winner, attached to
                                                       its lease (gone when the lease expires or is
                                                       revoked); its create revision is the epoch
@@ -45,14 +47,15 @@ from scheduler.store.records import InstanceRecord, LeaderRecord, Record
 
 DEFAULT_PREFIX = "/shoal/v1/"
 
-R = TypeVar("R", model.Service, model.Replica, model.HostRecord, model.HostStatus, LeaderRecord,
-            InstanceRecord)
+R = TypeVar("R", model.Service, model.Replica, model.HostRecord, model.HostStatus, model.AutoscaleStatus,
+            LeaderRecord, InstanceRecord)
 
 _SEGMENT = re.compile(r"[^/\x00-\x20\x7f]+")
 _SERVICES = "services/"
 _REPLICAS = "replicas/"
 _HOSTS = "hosts/"
 _HOST_STATUS = "host-status/"
+_AUTOSCALE = "autoscale/"
 _LEADER = "leader"
 _SCHEDULERS = "schedulers/"
 
@@ -135,6 +138,10 @@ class KeySchema:
     def host_status(self, host: str) -> KeyRef[model.HostStatus]:
         return KeyRef(f"{self.prefix}{_HOST_STATUS}{check_segment('host id', host)}", model.HostStatus)
 
+    def autoscale(self, service: str) -> KeyRef[model.AutoscaleStatus]:
+        return KeyRef(f"{self.prefix}{_AUTOSCALE}{check_segment('service name', service)}",
+                      model.AutoscaleStatus)
+
     def leader(self) -> KeyRef[LeaderRecord]:
         return KeyRef(f"{self.prefix}{_LEADER}", LeaderRecord)
 
@@ -162,6 +169,9 @@ class KeySchema:
     def host_statuses(self) -> KeyRange[model.HostStatus]:
         return self._range(_HOST_STATUS, model.HostStatus)
 
+    def autoscale_statuses(self) -> KeyRange[model.AutoscaleStatus]:
+        return self._range(_AUTOSCALE, model.AutoscaleStatus)
+
     def scheduler_instances(self) -> KeyRange[InstanceRecord]:
         return self._range(_SCHEDULERS, InstanceRecord)
 
@@ -186,6 +196,8 @@ class KeySchema:
             return self.host(record.id).key
         if isinstance(record, model.HostStatus):
             return self.host_status(record.id).key
+        if isinstance(record, model.AutoscaleStatus):
+            return self.autoscale(record.service).key
         if isinstance(record, InstanceRecord):
             return self.scheduler_instance(record.instance).key
         return self.leader().key
@@ -210,6 +222,8 @@ class KeySchema:
             return ParsedKey(model.HostRecord, parts)
         if kind == "host-status" and len(parts) == 1:
             return ParsedKey(model.HostStatus, parts)
+        if kind == "autoscale" and len(parts) == 1:
+            return ParsedKey(model.AutoscaleStatus, parts)
         return None
 
 

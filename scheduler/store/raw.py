@@ -59,6 +59,7 @@ def build_snapshot(schema: KeySchema, revision: int, kvs: Iterable[RawKV]) -> Sn
     replicas: dict[model.ReplicaId, model.Replica] = {}
     hosts: dict[model.HostId, model.HostRecord] = {}
     statuses: dict[model.HostId, model.HostStatus] = {}
+    autoscale: dict[model.ServiceName, model.AutoscaleStatus] = {}
     leader: records.LeaderRecord | None = None
     corrupt: list[CorruptEntry] = []
     for kv in kvs:
@@ -78,10 +79,12 @@ def build_snapshot(schema: KeySchema, revision: int, kvs: Iterable[RawKV]) -> Sn
             hosts[value.id] = value
         elif isinstance(value, model.HostStatus):
             statuses[value.id] = value
+        elif isinstance(value, model.AutoscaleStatus):
+            autoscale[value.service] = value
         elif isinstance(value, records.LeaderRecord):
             leader = value
     return Snapshot(revision=revision, services=services, replicas=replicas, hosts=hosts,
-                    host_statuses=statuses, leader=leader, corrupt=tuple(corrupt))
+                    host_statuses=statuses, autoscale=autoscale, leader=leader, corrupt=tuple(corrupt))
 
 
 def change_from(schema: KeySchema, kind: ChangeKind, kv: RawKV) -> Change | None:

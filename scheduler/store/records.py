@@ -70,8 +70,10 @@ class InstanceRecord:
     revision: int = 0                   # the key's mod revision (etcd metadata)
 
 
-Record = model.Service | model.Replica | model.HostRecord | model.HostStatus | LeaderRecord | InstanceRecord
-T = TypeVar("T", model.Service, model.Replica, model.HostRecord, model.HostStatus, LeaderRecord,
+Record = (model.Service | model.Replica | model.HostRecord | model.HostStatus | model.AutoscaleStatus
+          | LeaderRecord | InstanceRecord)
+T = TypeVar("T", model.Service, model.Replica, model.HostRecord, model.HostStatus, model.AutoscaleStatus,
+            LeaderRecord,
             InstanceRecord)
 
 

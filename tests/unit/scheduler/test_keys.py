@@ -27,6 +27,7 @@ def test_the_layout_under_the_default_prefix() -> None:
     (build.replica("web", 3), "/shoal/v1/replicas/web/web-00003"),
     (build.host("h1"), "/shoal/v1/hosts/h1"),
     (build.host_status("h1"), "/shoal/v1/host-status/h1"),
+    (build.full_autoscale_status(), "/shoal/v1/autoscale/web"),
     (build.full_leader(), "/shoal/v1/leader"),
 ])
 def test_a_record_knows_its_key_and_the_key_parses_back(record: object, key: str) -> None:
