@@ -36,7 +36,10 @@ from scheduler import reconcile
 from scheduler.actuator import Actuator
 from scheduler.actuator import Settings as ActuatorSettings
 from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials
+from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
+from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings, Decide
 from scheduler.model import (
+    AutoscaleStatus,
     Capacity,
     HostId,
     HostRecord,
@@ -47,7 +50,7 @@ from scheduler.model import (
     Service,
     ServiceName,
 )
-from scheduler.observed import ContainerState, HostObservation
+from scheduler.observed import ContainerState, ContainerUsage, HostObservation
 from scheduler.placement.framework import Profile
 from scheduler.placement.placer import ViewPlacer
 from scheduler.placement.view import ClusterView, build_view
@@ -71,22 +74,29 @@ class Mirror:
     replicas: dict[ReplicaId, Replica] = field(default_factory=dict)
     hosts: dict[HostId, HostRecord] = field(default_factory=dict)
     statuses: dict[HostId, HostStatus] = field(default_factory=dict)
+    autoscale: dict[ServiceName, AutoscaleStatus] = field(default_factory=dict)
 
     @classmethod
     def of(cls, snap: base.Snapshot) -> Mirror:
         return cls(revision=snap.revision, services=dict(snap.services), replicas=dict(snap.replicas),
-                   hosts=dict(snap.hosts), statuses=dict(snap.host_statuses))
+                   hosts=dict(snap.hosts), statuses=dict(snap.host_statuses), autoscale=dict(snap.autoscale))
 
     def _table(self, record_type: type) -> dict[Any, Any] | None:
         tables: dict[type, dict[Any, Any]] = {Service: self.services, Replica: self.replicas,
-                                              HostRecord: self.hosts, HostStatus: self.statuses}
+                                              HostRecord: self.hosts, HostStatus: self.statuses,
+                                              AutoscaleStatus: self.autoscale}
         return tables.get(record_type)
 
     def put(self, record: object) -> None:
         table = self._table(type(record))
         if table is None:
             return
-        key = record.name if isinstance(record, Service) else record.id  # type: ignore[attr-defined]
+        if isinstance(record, Service):
+            key: Any = record.name
+        elif isinstance(record, AutoscaleStatus):
+            key = record.service
+        else:
+            key = record.id  # type: ignore[attr-defined]
         known = table.get(key)
         if known is None or known.revision <= record.revision:  # type: ignore[attr-defined]
             table[key] = record
@@ -110,6 +120,16 @@ def new_replica_id(service: ServiceName) -> ReplicaId:
 
 
 @dataclass(frozen=True)
+class AutoscaleSettings:
+    """The autoscaler's part of a term: how often, where Prometheus is, and the decision function."""
+
+    decide: Decide
+    interval: float = INTERVAL
+    prometheus_url: str = ""
+    cpu_initialization_period: float = CPU_INITIALIZATION_PERIOD
+
+
+@dataclass(frozen=True)
 class ControllerSettings:
     epoch: int
     guard: base.LeaderGuard
@@ -119,6 +139,7 @@ class ControllerSettings:
     agent_down_grace: float = reconcile.AGENT_DOWN_GRACE  # the same when only its agent is down
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT    # no usage report this long: the host is unreachable
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
+    autoscale: AutoscaleSettings | None = None  # None: no autoscaler in this term (tests of reconcile)
 
 
 class Controller:
@@ -151,6 +172,8 @@ class Controller:
 
     async def run(self) -> None:
         watcher: asyncio.Task[None] | None = None
+        autoscaler = self._autoscaler()
+        scaling = asyncio.create_task(autoscaler.run(), name="autoscaler") if autoscaler is not None else None
         try:
             while True:
                 self.mirror = Mirror.of(await self.store.snapshot())
@@ -163,13 +186,38 @@ class Controller:
                         await watcher
                     continue
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await watcher
+            for task in (watcher, scaling):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             await self.actuator.close()
             await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
             self.sessions.clear()
+
+    def _autoscaler(self) -> Autoscaler | None:
+        chosen = self.settings.autoscale
+        if chosen is None:
+            return None
+
+        def on_written(committed: base.Committed) -> None:
+            if self.mirror is not None:
+                for record in committed.written:
+                    self.mirror.put(record)
+            self.poke()  # a new count: the reconcile pass creates or removes replicas now
+
+        settings = AutoscalerSettings(guard=self.settings.guard, interval=chosen.interval,
+                                      prometheus_url=chosen.prometheus_url,
+                                      cpu_initialization_period=chosen.cpu_initialization_period)
+        return Autoscaler(
+            self.store, settings, decide=chosen.decide,
+            services=lambda: self.mirror.services if self.mirror is not None else {},
+            replicas=lambda: self.mirror.replicas if self.mirror is not None else {},
+            statuses=lambda: self.mirror.autoscale if self.mirror is not None else {},
+            usage=self._usage, on_written=on_written)
+
+    def _usage(self) -> dict[str, ContainerUsage]:
+        return {cid: u for session in self.sessions.values() for cid, u in session.usage.items()}
 
     async def _follow(self, revision: int) -> None:
         assert self.mirror is not None
@@ -367,4 +415,4 @@ class _Resync(Exception):
     """The mirror must be rebuilt from a new snapshot (the watch ended or its revision was compacted)."""
 
 
-__all__ = ["Controller", "ControllerSettings", "Mirror", "new_replica_id"]
+__all__ = ["AutoscaleSettings", "Controller", "ControllerSettings", "Mirror", "new_replica_id"]
