@@ -114,13 +114,8 @@ def normalize(*, current: int, desired: int, min_replicas: int, max_replicas: in
               scale_up_events: Sequence[Aged], scale_down_events: Sequence[Aged]) -> Normalized:
     """HPA with ``behavior``: stabilization windows, then rate policies bounded by min/max."""
     up_window, down_window = stabilization_windows(behavior, downscale_stabilization_seconds)
-    up_bound = desired
-    down_bound = desired
-    for replicas, age in recommendations:
-        if age < up_window:
-            up_bound = min(replicas, up_bound)
-        if age < down_window:
-            down_bound = max(replicas, down_bound)
+    up_bound = min([desired, *(replicas for replicas, age in recommendations if age < up_window)])
+    down_bound = max([desired, *(replicas for replicas, age in recommendations if age < down_window)])
     stabilized = current
     if stabilized < up_bound:
         stabilized = up_bound
