@@ -116,14 +116,17 @@ def _fills(r: MetricResult) -> str:
     parts = []
     if counts.unready and r.ratio > 1.0:
         parts.append(f"{counts.unready} unready counted as idle")
-    if counts.missing and r.ratio != 1.0:
-        if r.ratio > 1.0:
+    if counts.missing:
+        if r.ratio == 1.0:
+            # Exactly on target: Kubernetes fills in nothing, and the count stays.
+            parts.append(f"{counts.missing} without a sample left out")
+        elif r.ratio > 1.0:
             parts.append(f"{counts.missing} without a sample counted as idle")
         elif r.kind in ("cpu", "memory"):
             parts.append(f"{counts.missing} without a sample counted at {max(100, r.target)}% of request")
         else:
             parts.append(f"{counts.missing} without a sample counted at the target")
-    return " and ".join(parts) if parts else "counting the replicas left out"
+    return " and ".join(parts)
 
 
 def _rebalanced_numbers(r: MetricResult) -> str:

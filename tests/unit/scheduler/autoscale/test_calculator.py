@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from scheduler.autoscale import calculator, hpa
+from scheduler.autoscale import calculator, explain, hpa
 from scheduler.autoscale.calculator import MetricResult, Outcome
 from scheduler.autoscale.integers import MAX_INT32, MAX_INT64
 from tests.unit.scheduler.autoscale.builders import (
@@ -173,7 +173,9 @@ def test_rebalanced_count_against_the_ratio_keeps_the_count() -> None:
 def test_missing_samples_at_exactly_the_target_keep_the_count() -> None:
     r = propose(cpu(50, replicas(500, 500, None)), current=3)
     assert r.ratio == 1.0
-    assert (r.proposal, r.outcome) == (3, Outcome.REBALANCED_WITHIN_TOLERANCE)
+    assert (r.proposal, r.outcome, r.measured) == (3, Outcome.REBALANCED_WITHIN_TOLERANCE, 2)
+    assert explain.metric_phrase(r, current=3) == ("cpu 50% of target 50% on 2 ready replicas; 1 without a "
+                                                   "sample left out: 50% on 2 replicas, within tolerance → 3")
 
 
 # --- replica_average (per-replica Prometheus metric) ------------------------------------------------
