@@ -27,7 +27,9 @@ import grpc
 
 from scheduler import httpd, instances, metrics
 from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
-from scheduler.controller import Controller, ControllerSettings
+from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
+from scheduler.autoscale.loop import INTERVAL as AUTOSCALE_INTERVAL
+from scheduler.controller import AutoscaleSettings, Controller, ControllerSettings
 from scheduler.election import Election, ElectionSettings, Term
 from scheduler.placement import registry
 from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE
@@ -59,6 +61,9 @@ class Settings:
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
     agent_down_grace: float = AGENT_DOWN_GRACE
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
+    prometheus: str = ""
+    autoscale_interval: float = AUTOSCALE_INTERVAL
+    cpu_initialization_period: float = CPU_INITIALIZATION_PERIOD
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--start-failure-cooldown", type=float, default=START_FAILURE_COOLDOWN,
                        metavar="SECONDS", help="how long after its last failure such a host is avoided "
                                                "before it is tried again (default %(default)s)")
+    serve.add_argument("--prometheus", default="", metavar="URL",
+                       help="Prometheus' HTTP API (http://HOST:9090), for autoscale metrics of type "
+                            "prometheus")
+    serve.add_argument("--autoscale-interval", type=float, default=AUTOSCALE_INTERVAL, metavar="SECONDS",
+                       help="how often the autoscaler decides each autoscaled service (default %(default)s)")
+    serve.add_argument("--autoscale-cpu-initialization-period", type=float, default=CPU_INITIALIZATION_PERIOD,
+                       metavar="SECONDS", help="a replica started this recently is left out of cpu averages "
+                                               "when not ready (HPA's; default %(default)s)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
@@ -124,6 +137,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.start_failure_threshold < 1 or args.start_failure_cooldown < 0:
         raise SystemExit("shoal-scheduler: --start-failure-threshold must be at least 1 and "
                          "--start-failure-cooldown cannot be negative")
+    if args.autoscale_interval < 0.1 or args.autoscale_cpu_initialization_period < 0:
+        raise SystemExit("shoal-scheduler: --autoscale-interval must be at least 0.1 s and "
+                         "--autoscale-cpu-initialization-period cannot be negative")
+    if args.prometheus and not args.prometheus.startswith(("http://", "https://")):
+        raise SystemExit(f"shoal-scheduler: --prometheus {args.prometheus!r}: expected http://HOST:PORT")
     instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
     return Settings(etcd=args.etcd, prefix=args.etcd_prefix, listen=listen, tls_dir=args.tls_dir,
                     insecure_tcp=args.insecure_tcp, http_listen=args.http_listen,
@@ -131,7 +149,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
                     heartbeat_timeout=args.heartbeat_timeout, agent_down_grace=args.agent_down_grace,
                     start_health=StartHealthSettings(threshold=args.start_failure_threshold,
-                                                     cooldown=args.start_failure_cooldown))
+                                                     cooldown=args.start_failure_cooldown),
+                    prometheus=args.prometheus, autoscale_interval=args.autoscale_interval,
+                    cpu_initialization_period=args.autoscale_cpu_initialization_period)
 
 
 def _credentials(settings: Settings) -> Credentials | None:
@@ -196,7 +216,12 @@ async def serve(settings: Settings) -> None:
                                                           host_grace=settings.host_grace,
                                                           heartbeat_timeout=settings.heartbeat_timeout,
                                                           agent_down_grace=settings.agent_down_grace,
-                                                          start_health=settings.start_health),
+                                                          start_health=settings.start_health,
+                                                          autoscale=AutoscaleSettings(
+                                                              interval=settings.autoscale_interval,
+                                                              prometheus_url=settings.prometheus,
+                                                              cpu_initialization_period=(
+                                                                  settings.cpu_initialization_period))),
                                 on_pass=observer.record_pass)
         leading.append(controller)
         try:

@@ -37,7 +37,7 @@ from scheduler.actuator import Actuator
 from scheduler.actuator import Settings as ActuatorSettings
 from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
-from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings, Decide
+from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
 from scheduler.model import (
     AutoscaleStatus,
     Capacity,
@@ -121,9 +121,8 @@ def new_replica_id(service: ServiceName) -> ReplicaId:
 
 @dataclass(frozen=True)
 class AutoscaleSettings:
-    """The autoscaler's part of a term: how often, where Prometheus is, and the decision function."""
+    """The autoscaler's part of a term: how often, and where Prometheus is."""
 
-    decide: Decide
     interval: float = INTERVAL
     prometheus_url: str = ""
     cpu_initialization_period: float = CPU_INITIALIZATION_PERIOD
@@ -210,7 +209,7 @@ class Controller:
                                       prometheus_url=chosen.prometheus_url,
                                       cpu_initialization_period=chosen.cpu_initialization_period)
         return Autoscaler(
-            self.store, settings, decide=chosen.decide,
+            self.store, settings,
             services=lambda: self.mirror.services if self.mirror is not None else {},
             replicas=lambda: self.mirror.replicas if self.mirror is not None else {},
             statuses=lambda: self.mirror.autoscale if self.mirror is not None else {},

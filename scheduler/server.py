@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from proto.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler import api, auth, errors, instances
+from scheduler.autoscale import replay
 from scheduler.model import (
     Capacity,
     HostAdmin,
@@ -413,6 +414,25 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             reply.leader, reply.leader_epoch = listing.leader.instance, listing.leader.epoch
             reply.leader_since.CopyFrom(api.ts(listing.leader.acquired_at))
         return reply
+
+    @api_call
+    async def GetAutoscaleStatus(self, request: pb.GetServiceRequest, context: Any) -> pb.AutoscaleStatus:
+        snap = await self.store.snapshot()
+        if request.name not in snap.services:
+            raise errors.NotFound(f"service {request.name!r} not found")
+        status = snap.autoscale.get(ServiceName(request.name))
+        reply = pb.AutoscaleStatus(service=request.name)
+        if status is not None:
+            reply.revision = status.revision
+            reply.decisions.extend(pb.AutoscaleDecision(
+                time=api.ts(d.time), current_replicas=d.current_replicas, desired_replicas=d.desired_replicas,
+                reason=d.reason, error=d.error, input_json=d.input_json) for d in status.decisions)
+        return reply
+
+    @api_call
+    async def ReplayAutoscale(self, request: pb.ReplayAutoscaleRequest, context: Any
+                              ) -> pb.ReplayAutoscaleResponse:
+        return pb.ReplayAutoscaleResponse(output_json=replay.replay(request.input_json))
 
     @_streaming
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.WatchEvent]:

@@ -124,7 +124,7 @@ def _metric(target: MetricTarget, service: Service, replicas: Sequence[Replica],
                 "replicas": rows}
     answer = queries.get(target.query, QueryResult(error="not queried"))
     if target.per_replica_label:
-        out: dict[str, Any] = {"type": "replica_average", "query": target.query,
+        out: dict[str, Any] = {"type": "replica_average", "name": target.query,
                                "target_average_milli": target.target_average_value_milli}
         if answer.error:
             return {**out, "error": answer.error, "replicas": [_replica(r) for r in replicas]}
@@ -141,10 +141,10 @@ def _metric(target: MetricTarget, service: Service, replicas: Sequence[Replica],
                 for r in replicas]
         return {**out, "replicas": rows, "unmatched_samples_milli": unmatched}
     if target.target_value_milli:
-        out = {"type": "value", "query": target.query, "target_milli": target.target_value_milli,
+        out = {"type": "value", "name": target.query, "target_milli": target.target_value_milli,
                "ready_replicas": sum(1 for r in replicas if r.ready and r.phase is ReplicaPhase.RUNNING)}
     else:
-        out = {"type": "average_value", "query": target.query,
+        out = {"type": "average_value", "name": target.query,
                "target_average_milli": target.target_average_value_milli}
     if answer.error:
         return {**out, "error": answer.error}

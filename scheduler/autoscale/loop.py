@@ -29,8 +29,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from scheduler.autoscale import hpa, replay
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD, decision_input
 from scheduler.autoscale.prometheus import PrometheusClient, QueryResult
+from scheduler.errors import InvalidArgument
 from scheduler.model import (
     AutoscaleDecision,
     AutoscaleStatus,
@@ -51,9 +53,6 @@ log = logging.getLogger(__name__)
 INTERVAL = 1.0
 RECORD_EVERY = 10.0   # seconds between records of decisions that change nothing
 MAX_DECISIONS = 10    # kept per service
-HISTORY_SECONDS = 3600  # the longest stabilization window or policy period Kubernetes allows (1800)
-
-Decide = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -67,45 +66,56 @@ class AutoscalerSettings:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the decision function said, as the loop uses it."""
+    """What the decision says, as the loop uses it."""
 
     desired: int | None        # None: no recommendation (``error``)
-    recommendation: int | None  # before stabilization and rate limits, for the history
     reason: str
     error: str = ""
 
 
-def outcome_of(output: Mapping[str, Any]) -> Outcome:
-    error = str(output.get("error") or "")
-    desired = output.get("desired_replicas")
-    recommendation = output.get("recommendation", desired)
-    return Outcome(desired=int(desired) if desired is not None and not error else None,
-                   recommendation=int(recommendation) if recommendation is not None else None,
-                   reason=str(output.get("reason") or error), error=error)
+@dataclass(frozen=True)
+class Evaluation:
+    output: dict[str, Any]             # the replay output (``replay.render_decision``)
+    outcome: Outcome
+    history: hpa.History | None        # after this decision (None: the input was refused)
 
 
-def updated_status(status: AutoscaleStatus, *, now: float, current: int, outcome: Outcome,
+def evaluate(inp: dict[str, Any]) -> Evaluation:
+    """The rules on a replay input: the decision as ``shoal autoscale replay`` prints it, and the history
+    after it (HPA's: seeded with the current count, the recommendation added, a scale event recorded,
+    what no window or period counts any more pruned). Times in that history are relative to the decision
+    (ages as negative numbers), as the replay format reads them."""
+    try:
+        parsed = replay.parse_input(inp)
+    except InvalidArgument as err:  # an input the rules refuse (a replica without a cpu request, ...)
+        error = str(err)
+        return Evaluation({"desired_replicas": None, "error": error, "reason": f"no decision: {error}"},
+                          Outcome(None, f"no decision: {error}", error), None)
+    decision = hpa.decide(parsed)
+    outcome = Outcome(decision.desired_replicas, decision.reason, decision.error or "")
+    return Evaluation(replay.render_decision(decision), outcome,
+                      hpa.record_decision(parsed.history, parsed, decision))
+
+
+def updated_status(status: AutoscaleStatus, *, now: float, current: int, evaluation: Evaluation,
                    input_json: str, record: bool) -> AutoscaleStatus:
-    """The record after one decision: the recommendation remembered, a scale event when the count
-    changes, the decision kept when ``record``; entries older than any window or period pruned."""
-    keep_after = now - HISTORY_SECONDS
-    recommendations = tuple(r for r in status.recommendations if r.time > keep_after)
-    if outcome.recommendation is not None:
-        recommendations += (Recommendation(now, outcome.recommendation),)
-    ups = tuple(e for e in status.scale_up_events if e.time > keep_after)
-    downs = tuple(e for e in status.scale_down_events if e.time > keep_after)
-    if outcome.desired is not None and outcome.desired > current:
-        ups += (ScaleEvent(now, outcome.desired - current),)
-    elif outcome.desired is not None and outcome.desired < current:
-        downs += (ScaleEvent(now, current - outcome.desired),)
-    decisions = status.decisions
+    """The record after one decision made at ``now``: the rules' history (its times made absolute), and
+    the decision kept when ``record``."""
+    history = evaluation.history
+    if history is not None:
+        status = dataclasses.replace(
+            status,
+            recommendations=tuple(Recommendation(now + r.at, r.replicas) for r in history.recommendations),
+            scale_up_events=tuple(ScaleEvent(now + e.at, e.change) for e in history.scale_up_events),
+            scale_down_events=tuple(ScaleEvent(now + e.at, e.change) for e in history.scale_down_events))
     if record:
-        decisions = (*decisions, AutoscaleDecision(
+        outcome = evaluation.outcome
+        decision = AutoscaleDecision(
             time=now, current_replicas=current,
             desired_replicas=outcome.desired if outcome.desired is not None else current,
-            reason=outcome.reason, error=outcome.error, input_json=input_json))[-MAX_DECISIONS:]
-    return dataclasses.replace(status, recommendations=recommendations, scale_up_events=ups,
-                               scale_down_events=downs, decisions=decisions)
+            reason=outcome.reason, error=outcome.error, input_json=input_json)
+        status = dataclasses.replace(status, decisions=(*status.decisions, decision)[-MAX_DECISIONS:])
+    return status
 
 
 def worth_recording(status: AutoscaleStatus, *, now: float, current: int, outcome: Outcome,
@@ -122,7 +132,7 @@ def worth_recording(status: AutoscaleStatus, *, now: float, current: int, outcom
 
 
 class Autoscaler:
-    def __init__(self, store: base.Store, settings: AutoscalerSettings, *, decide: Decide,
+    def __init__(self, store: base.Store, settings: AutoscalerSettings, *,
                  services: Callable[[], Mapping[ServiceName, Service]],
                  replicas: Callable[[], Mapping[ReplicaId, Replica]],
                  statuses: Callable[[], Mapping[ServiceName, AutoscaleStatus]],
@@ -130,7 +140,6 @@ class Autoscaler:
                  on_written: Callable[[base.Committed], None]) -> None:
         self.store = store
         self.settings = settings
-        self._decide = decide
         self._services = services
         self._replicas = replicas
         self._statuses = statuses
@@ -182,17 +191,13 @@ class Autoscaler:
                 or AutoscaleStatus(service=service.name)
             inp = decision_input(service, replicas, usage=usage, queries=answers, history=status, now=now,
                                  cpu_initialization_period=self.settings.cpu_initialization_period)
-            try:
-                output = self._decide(inp)
-            except Exception as err:  # a bug in the rules must not stop every other service's scaling
-                log.exception("autoscaler: deciding %s failed", service.name)
-                output = {"error": f"internal error: {err}"}
-            self.last_outputs[service.name] = output
-            outcome = outcome_of(output)
+            evaluation = evaluate(inp)
+            self.last_outputs[service.name] = evaluation.output
+            outcome = evaluation.outcome
             current = service.spec.replicas
             record = worth_recording(status, now=now, current=current, outcome=outcome,
                                      every=self.settings.record_every)
-            status = updated_status(status, now=now, current=current, outcome=outcome,
+            status = updated_status(status, now=now, current=current, evaluation=evaluation,
                                     input_json=json.dumps(inp, separators=(",", ":")) if record else "",
                                     record=record)
             self._memory[service.name] = status
@@ -214,6 +219,6 @@ class Autoscaler:
 
 
 __all__ = [
-    "INTERVAL", "Autoscaler", "AutoscalerSettings", "Decide", "Outcome", "outcome_of", "updated_status",
+    "INTERVAL", "Autoscaler", "AutoscalerSettings", "Evaluation", "Outcome", "evaluate", "updated_status",
     "worth_recording",
 ]

@@ -622,6 +622,60 @@ class ListSchedulersResponse(_pl.Message):
         ) -> None: ...
 
 
+class AutoscaleDecision(_pl.Message):
+    time: _pl.Timestamp
+    current_replicas: int
+    desired_replicas: int
+    reason: str
+    error: str
+    input_json: str
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            time: _pl.Timestamp | None = None,
+            current_replicas: int | None = None,
+            desired_replicas: int | None = None,
+            reason: str | None = None,
+            error: str | None = None,
+            input_json: str | None = None,
+        ) -> None: ...
+
+
+class AutoscaleStatus(_pl.Message):
+    service: str
+    decisions: list[AutoscaleDecision]
+    revision: int
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            service: str | None = None,
+            decisions: Iterable[AutoscaleDecision] | None = None,
+            revision: int | None = None,
+        ) -> None: ...
+
+
+class ReplayAutoscaleRequest(_pl.Message):
+    input_json: str
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            input_json: str | None = None,
+        ) -> None: ...
+
+
+class ReplayAutoscaleResponse(_pl.Message):
+    output_json: str
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            output_json: str | None = None,
+        ) -> None: ...
+
+
 _pl.define(Placement, 'shoal.scheduler.v1.Placement', (
     _pl.Field(1, 'strategy', _pl.STRING),
     _pl.Field(2, 'constraints', _pl.STRING, repeated=True),
@@ -842,6 +896,25 @@ _pl.define(ListSchedulersResponse, 'shoal.scheduler.v1.ListSchedulersResponse', 
     _pl.Field(4, 'leader_since', _pl.MESSAGE, message=_pl.Timestamp),
     _pl.Field(5, 'revision', _pl.INT64),
 ))
+_pl.define(AutoscaleDecision, 'shoal.scheduler.v1.AutoscaleDecision', (
+    _pl.Field(1, 'time', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(2, 'current_replicas', _pl.INT32),
+    _pl.Field(3, 'desired_replicas', _pl.INT32),
+    _pl.Field(4, 'reason', _pl.STRING),
+    _pl.Field(5, 'error', _pl.STRING),
+    _pl.Field(6, 'input_json', _pl.STRING),
+))
+_pl.define(AutoscaleStatus, 'shoal.scheduler.v1.AutoscaleStatus', (
+    _pl.Field(1, 'service', _pl.STRING),
+    _pl.Field(2, 'decisions', _pl.MESSAGE, message=AutoscaleDecision, repeated=True),
+    _pl.Field(3, 'revision', _pl.INT64),
+))
+_pl.define(ReplayAutoscaleRequest, 'shoal.scheduler.v1.ReplayAutoscaleRequest', (
+    _pl.Field(1, 'input_json', _pl.STRING),
+))
+_pl.define(ReplayAutoscaleResponse, 'shoal.scheduler.v1.ReplayAutoscaleResponse', (
+    _pl.Field(1, 'output_json', _pl.STRING),
+))
 
 
 class SchedulerStub:
@@ -865,6 +938,8 @@ class SchedulerStub:
     ListEndpoints_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListEndpoints', ListEndpointsRequest, ListEndpointsResponse, client_streaming=False, server_streaming=False)
     Watch_method = _pl.Method('/shoal.scheduler.v1.Scheduler/Watch', WatchRequest, WatchEvent, client_streaming=False, server_streaming=True)
     ListSchedulers_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListSchedulers', ListSchedulersRequest, ListSchedulersResponse, client_streaming=False, server_streaming=False)
+    GetAutoscaleStatus_method = _pl.Method('/shoal.scheduler.v1.Scheduler/GetAutoscaleStatus', GetServiceRequest, AutoscaleStatus, client_streaming=False, server_streaming=False)
+    ReplayAutoscale_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ReplayAutoscale', ReplayAutoscaleRequest, ReplayAutoscaleResponse, client_streaming=False, server_streaming=False)
 
     def __init__(self, transport: _pl.Transport) -> None:
         self.transport = transport
@@ -922,6 +997,12 @@ class SchedulerStub:
 
     def ListSchedulers(self, request: ListSchedulersRequest, /) -> ListSchedulersResponse:
         return self.transport.unary(self.ListSchedulers_method, request)
+
+    def GetAutoscaleStatus(self, request: GetServiceRequest, /) -> AutoscaleStatus:
+        return self.transport.unary(self.GetAutoscaleStatus_method, request)
+
+    def ReplayAutoscale(self, request: ReplayAutoscaleRequest, /) -> ReplayAutoscaleResponse:
+        return self.transport.unary(self.ReplayAutoscale_method, request)
 
 
 class RegistrationStub:

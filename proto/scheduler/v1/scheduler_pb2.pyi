@@ -1378,3 +1378,113 @@ class ListSchedulersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSchedulersResponse: _TypeAlias = ListSchedulersResponse  # noqa: Y015
+
+@_typing.final
+class AutoscaleDecision(_message.Message):
+    """---------------------------------------------------------------------------------------------------
+    The autoscaler
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    CURRENT_REPLICAS_FIELD_NUMBER: _builtins.int
+    DESIRED_REPLICAS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    current_replicas: _builtins.int
+    desired_replicas: _builtins.int
+    """= current_replicas when it changed nothing or could not decide"""
+    reason: _builtins.str
+    """in plain words"""
+    error: _builtins.str
+    """why no recommendation could be made (empty: one was)"""
+    input_json: _builtins.str
+    """what it was decided from: ReplayAutoscale's input"""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        current_replicas: _builtins.int = ...,
+        desired_replicas: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        error: _builtins.str = ...,
+        input_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_replicas", b"current_replicas", "desired_replicas", b"desired_replicas", "error", b"error", "input_json", b"input_json", "reason", b"reason", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscaleDecision: _TypeAlias = AutoscaleDecision  # noqa: Y015
+
+@_typing.final
+class AutoscaleStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    revision: _builtins.int
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AutoscaleDecision]:
+        """oldest first; scales always, others when the outcome changed"""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        decisions: _abc.Iterable[Global___AutoscaleDecision] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "revision", b"revision", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscaleStatus: _TypeAlias = AutoscaleStatus  # noqa: Y015
+
+@_typing.final
+class ReplayAutoscaleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    input_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        input_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_json", b"input_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayAutoscaleRequest: _TypeAlias = ReplayAutoscaleRequest  # noqa: Y015
+
+@_typing.final
+class ReplayAutoscaleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_JSON_FIELD_NUMBER: _builtins.int
+    output_json: _builtins.str
+    """desired_replicas (or error), the reason, and per metric its figures"""
+    def __init__(
+        self,
+        *,
+        output_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_json", b"output_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayAutoscaleResponse: _TypeAlias = ReplayAutoscaleResponse  # noqa: Y015

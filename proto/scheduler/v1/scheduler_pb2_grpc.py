@@ -124,6 +124,16 @@ class SchedulerStub:
                 request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersRequest.SerializeToString,
                 response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersResponse.FromString,
                 _registered_method=True)
+        self.GetAutoscaleStatus = channel.unary_unary(
+                '/shoal.scheduler.v1.Scheduler/GetAutoscaleStatus',
+                request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.GetServiceRequest.SerializeToString,
+                response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.AutoscaleStatus.FromString,
+                _registered_method=True)
+        self.ReplayAutoscale = channel.unary_unary(
+                '/shoal.scheduler.v1.Scheduler/ReplayAutoscale',
+                request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleRequest.SerializeToString,
+                response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -248,6 +258,21 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAutoscaleStatus(self, request, context):
+        """The autoscaler's latest recorded decisions for a service, each with the input it was made from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayAutoscale(self, request, context):
+        """The decision the autoscaler's rules make from one input (docs/autoscaling.md's JSON format): the
+        same pure function the leader runs, for `shoal autoscale replay FILE`. Touches no state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -340,6 +365,16 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListSchedulers,
                     request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersRequest.FromString,
                     response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersResponse.SerializeToString,
+            ),
+            'GetAutoscaleStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAutoscaleStatus,
+                    request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.GetServiceRequest.FromString,
+                    response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.AutoscaleStatus.SerializeToString,
+            ),
+            'ReplayAutoscale': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayAutoscale,
+                    request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleRequest.FromString,
+                    response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -828,6 +863,60 @@ class Scheduler:
             '/shoal.scheduler.v1.Scheduler/ListSchedulers',
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersRequest.SerializeToString,
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSchedulersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAutoscaleStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.scheduler.v1.Scheduler/GetAutoscaleStatus',
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.GetServiceRequest.SerializeToString,
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.AutoscaleStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayAutoscale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.scheduler.v1.Scheduler/ReplayAutoscale',
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleRequest.SerializeToString,
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,12 @@ class SchedulerStub:
     """The running scheduler instances (each registers itself under a lease of its own, and is gone once it
     stops or its lease expires) and which one leads.
     """
+    GetAutoscaleStatus: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetServiceRequest, _scheduler_pb2.AutoscaleStatus]
+    """The autoscaler's latest recorded decisions for a service, each with the input it was made from."""
+    ReplayAutoscale: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReplayAutoscaleRequest, _scheduler_pb2.ReplayAutoscaleResponse]
+    """The decision the autoscaler's rules make from one input (docs/autoscaling.md's JSON format): the
+    same pure function the leader runs, for `shoal autoscale replay FILE`. Touches no state.
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -115,6 +121,12 @@ class SchedulerAsyncStub(SchedulerStub):
     ListSchedulers: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListSchedulersRequest, _scheduler_pb2.ListSchedulersResponse]  # type: ignore[assignment]
     """The running scheduler instances (each registers itself under a lease of its own, and is gone once it
     stops or its lease expires) and which one leads.
+    """
+    GetAutoscaleStatus: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetServiceRequest, _scheduler_pb2.AutoscaleStatus]  # type: ignore[assignment]
+    """The autoscaler's latest recorded decisions for a service, each with the input it was made from."""
+    ReplayAutoscale: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReplayAutoscaleRequest, _scheduler_pb2.ReplayAutoscaleResponse]  # type: ignore[assignment]
+    """The decision the autoscaler's rules make from one input (docs/autoscaling.md's JSON format): the
+    same pure function the leader runs, for `shoal autoscale replay FILE`. Touches no state.
     """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
@@ -255,6 +267,24 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.ListSchedulersResponse, _abc.Awaitable[_scheduler_pb2.ListSchedulersResponse]]:
         """The running scheduler instances (each registers itself under a lease of its own, and is gone once it
         stops or its lease expires) and which one leads.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAutoscaleStatus(
+        self,
+        request: _scheduler_pb2.GetServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.AutoscaleStatus, _abc.Awaitable[_scheduler_pb2.AutoscaleStatus]]:
+        """The autoscaler's latest recorded decisions for a service, each with the input it was made from."""
+
+    @_abc_1.abstractmethod
+    def ReplayAutoscale(
+        self,
+        request: _scheduler_pb2.ReplayAutoscaleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ReplayAutoscaleResponse, _abc.Awaitable[_scheduler_pb2.ReplayAutoscaleResponse]]:
+        """The decision the autoscaler's rules make from one input (docs/autoscaling.md's JSON format): the
+        same pure function the leader runs, for `shoal autoscale replay FILE`. Touches no state.
         """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

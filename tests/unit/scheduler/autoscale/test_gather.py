@@ -94,9 +94,9 @@ def test_service_level_values_are_summed_and_errors_kept() -> None:
                "other": QueryResult(error="prometheus at http://p: no answer within 0.8s")}
     inp = decision_input(service(value, average), REPLICAS, usage={}, queries=answers, history=None, now=NOW)
     first, second = inp["metrics"]
-    assert first == {"type": "value", "query": QUERY, "target_milli": 100_000, "value_milli": 150_500,
+    assert first == {"type": "value", "name": QUERY, "target_milli": 100_000, "value_milli": 150_500,
                      "ready_replicas": 1}
-    assert second == {"type": "average_value", "query": "other", "target_average_milli": 10_000,
+    assert second == {"type": "average_value", "name": "other", "target_average_milli": 10_000,
                       "error": "prometheus at http://p: no answer within 0.8s"}
 
 
