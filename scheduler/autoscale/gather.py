@@ -10,9 +10,12 @@ Mapping from what the scheduler knows to HPA's terms:
 * a replica's ``state``: pending or starting → ``pending``; running → ``running``; failed → ``exited``;
   stopping → ``terminating``;
 * ``ready``: the replica is running and ready (health check passing, or none);
-* ``recently_started`` (cpu only): its container started less than the cpu initialization period ago —
-  its first samples include start-up work (HPA's ``cpuInitializationPeriod``; Shoal's default is 15 s, not
-  5 minutes, because it samples every second, not every 15 s);
+* cpu readiness, as HPA's: within the cpu initialization period after its start (HPA's
+  ``cpuInitializationPeriod``; Shoal's default is 15 s, not 5 minutes, because it samples every second,
+  not every 15 s) a replica's cpu counts only when it is ready and its sample does not cover its start
+  (``recently_started``: taken less than ``SAMPLE_WINDOW`` after it); past that period every running
+  replica's sample counts (HPA leaves out only replicas never ready, which Shoal does not track: a
+  replica whose health check never passed is counted once the period is over);
 * usage: ``cpu_usage_milli`` is cores * 1000 over the agent's last interval, ``memory_usage_bytes`` the
   working set; no sample (a host not reporting, a container just created) leaves the key out;
 * a per-replica Prometheus sample belongs to the replica named by its ``per_replica_label`` label (several
@@ -39,6 +42,7 @@ from scheduler.model import (
 from scheduler.observed import ContainerUsage
 
 CPU_INITIALIZATION_PERIOD = 15.0
+SAMPLE_WINDOW = 2.0  # a cpu sample taken this soon after the start may cover start-up work
 
 _STATE = {ReplicaPhase.PENDING: "pending", ReplicaPhase.STARTING: "pending",
           ReplicaPhase.RUNNING: "running", ReplicaPhase.FAILED: "exited",
@@ -103,12 +107,14 @@ def _metric(target: MetricTarget, service: Service, replicas: Sequence[Replica],
     if target.kind is MetricKind.CPU:
         rows = []
         for r in replicas:
-            row = {**_replica(r), "cpu_request_milli": facts.cpu_millis}
+            row = {**_replica(r), "cpu_request_milli": facts.cpu_millis, "recently_started": False}
             sample = usage.get(r.id)
-            row["recently_started"] = bool(sample is not None and sample.started_at
-                                           and now - sample.started_at < init)
             if sample is not None and r.phase is ReplicaPhase.RUNNING:
                 row["cpu_usage_milli"] = sample.cpu_milli
+                if sample.started_at and now - sample.started_at >= init:
+                    row["ready"] = True  # past start-up, HPA counts every replica's samples
+                elif sample.started_at:
+                    row["recently_started"] = sample.at - sample.started_at < SAMPLE_WINDOW
             rows.append(row)
         return {"type": "cpu", "target_utilization_percent": target.target_utilization_percent,
                 "replicas": rows}
@@ -151,4 +157,4 @@ def _metric(target: MetricTarget, service: Service, replicas: Sequence[Replica],
     return {**out, "value_milli": milli(sum(s.value for s in answer.samples))}
 
 
-__all__ = ["CPU_INITIALIZATION_PERIOD", "decision_input", "milli"]
+__all__ = ["CPU_INITIALIZATION_PERIOD", "SAMPLE_WINDOW", "decision_input", "milli"]

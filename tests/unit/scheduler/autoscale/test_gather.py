@@ -42,7 +42,7 @@ REPLICAS = [replica("web-1"), replica("web-2", ready=False), replica("web-3", Re
             replica("web-4", ReplicaPhase.STOPPING, False), replica("web-5", ReplicaPhase.FAILED, False),
             replica("api-1", svc="api")]
 USAGE = {"web-1": ContainerUsage(cpu_milli=400, memory_bytes=30 << 20, started_at=NOW - 100, at=NOW),
-         "web-2": ContainerUsage(cpu_milli=900, memory_bytes=10 << 20, started_at=NOW - 3, at=NOW)}
+         "web-2": ContainerUsage(cpu_milli=900, memory_bytes=10 << 20, started_at=NOW - 1, at=NOW)}
 
 
 def test_cpu_rows_carry_state_readiness_start_and_usage() -> None:
@@ -57,7 +57,7 @@ def test_cpu_rows_carry_state_readiness_start_and_usage() -> None:
     assert [(r["id"], r["state"], r["ready"], r["recently_started"], r.get("cpu_usage_milli"))
             for r in cpu["replicas"]] == [
         ("web-1", "running", True, False, 400),
-        ("web-2", "running", False, True, 900),    # started 3 s ago: within the initialization period
+        ("web-2", "running", False, True, 900),    # started 1 s ago: its sample covers its start
         ("web-3", "pending", False, False, None),  # no sample: the key is left out
         ("web-4", "terminating", False, False, None),
         ("web-5", "exited", False, False, None),
@@ -108,3 +108,13 @@ def test_history_times_become_ages() -> None:
     assert inp["history"] == {"recommendations": [{"replicas": 4, "age_seconds": 10.0}],
                               "scale_up_events": [{"change": 2, "age_seconds": 20.0}],
                               "scale_down_events": []}
+
+
+def test_past_the_initialization_period_every_running_replica_counts() -> None:
+    late = {"web-2": ContainerUsage(cpu_milli=900, memory_bytes=0, started_at=NOW - 20, at=NOW),
+            "web-1": ContainerUsage(cpu_milli=400, memory_bytes=0, started_at=NOW - 5, at=NOW)}
+    inp = decision_input(service(MetricTarget(MetricKind.CPU, target_utilization_percent=60)), REPLICAS,
+                         usage=late, queries={}, history=None, now=NOW)
+    rows = {r["id"]: r for r in inp["metrics"][0]["replicas"]}
+    assert (rows["web-2"]["ready"], rows["web-2"]["recently_started"]) == (True, False)  # not ready, 20 s
+    assert (rows["web-1"]["ready"], rows["web-1"]["recently_started"]) == (True, False)  # ready, 5 s, settled
