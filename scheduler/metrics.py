@@ -288,7 +288,8 @@ class _Follower:
         corrupt = tuple(base.CorruptEntry(key, reason) for key, reason in sorted(self.corrupt.items()))
         return base.Snapshot(revision=mirror.revision, services=dict(mirror.services),
                              replicas=dict(mirror.replicas), hosts=dict(mirror.hosts),
-                             host_statuses=dict(mirror.statuses), corrupt=corrupt)
+                             host_statuses=dict(mirror.statuses), autoscale=dict(mirror.autoscale),
+                             corrupt=corrupt)
 
 
 class TimedStore:
@@ -538,6 +539,7 @@ class _ClusterCollector:
                 since.add_metric([figures.name], figures.pending_since)
         yield from families.values()
         yield since
+        yield from _autoscale_families(cluster.snapshot)
         by_state = GaugeMetricFamily("shoal_hosts", "Registered hosts by state.", labels=["state"])
         states = cluster.host_states
         for name in HOST_STATES:
@@ -558,6 +560,37 @@ class _ClusterCollector:
             status = cluster.snapshot.host_statuses.get(host_id)
             failing.add_metric([host_id, record.name], status.start_failures if status is not None else 0)
         yield failing
+
+
+def _autoscale_families(snapshot: base.Snapshot) -> Iterator[Metric]:
+    """kube-state-metrics' HPA figures, for services with an autoscale policy: its bounds, and the last
+    recorded decision (what it wanted, when, and whether it could decide at all)."""
+    bounds = {"min": GaugeMetricFamily("shoal_autoscale_min_replicas", "The autoscale policy's min.",
+                                       labels=["service"]),
+              "max": GaugeMetricFamily("shoal_autoscale_max_replicas", "The autoscale policy's max.",
+                                       labels=["service"])}
+    desired = GaugeMetricFamily("shoal_autoscale_desired_replicas",
+                                "What the autoscaler's last recorded decision set (or kept).",
+                                labels=["service"])
+    decided = GaugeMetricFamily("shoal_autoscale_last_decision_timestamp_seconds",
+                                "Unix time of the autoscaler's last recorded decision.", labels=["service"])
+    failing = GaugeMetricFamily("shoal_autoscale_decision_failed",
+                                "1 when the last recorded decision could not be made (a metric missing: "
+                                "the count stays), else 0.", labels=["service"])
+    for name, service in sorted(snapshot.services.items()):
+        policy = service.spec.autoscale
+        if policy is None or service.deleting:
+            continue
+        bounds["min"].add_metric([name], policy.min_replicas)
+        bounds["max"].add_metric([name], policy.max_replicas)
+        status = snapshot.autoscale.get(name)
+        if status is not None and status.decisions:
+            last = status.decisions[-1]
+            desired.add_metric([name], last.desired_replicas)
+            decided.add_metric([name], last.time)
+            failing.add_metric([name], 1 if last.error else 0)
+    yield from bounds.values()
+    yield from (desired, decided, failing)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -202,18 +202,28 @@ def _agent(base: Path, host: TestHost, index: int, *, pki: Path, scheduler: str,
     )
 
 
-def _scheduler(base: Path, ctl: TestHost, index: int, *, pki: Path, etcd: str) -> SchedulerProcess:
+def _scheduler(base: Path, ctl: TestHost, index: int, *, pki: Path, etcd: str,
+               extra: list[str]) -> SchedulerProcess:
     address, http = f"{ctl.address}:{SCHEDULER_PORTS[index]}", f"{ctl.address}:{HTTP_PORTS[index]}"
     return SchedulerProcess(
         id=f"sched-{index}", address=address, http=http, log=base / f"scheduler{index}.log",
         argv=[*ctl.nsenter_net, shoal_bin("shoal-scheduler"), "serve", "--etcd", etcd, "--listen", address,
               "--tls-dir", str(pki), "--http-listen", http, "--instance-id", f"sched-{index}",
               # (default 60 s: a test waits for a start-failing host to be tried again)
-              "--start-failure-cooldown", str(START_FAILURE_COOLDOWN), "--log-level", "debug"])
+              "--start-failure-cooldown", str(START_FAILURE_COOLDOWN), "--log-level", "debug",
+              *(arg.replace("{ctl}", str(ctl.address)) for arg in extra)])
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> Iterator[Cluster]:  # noqa: F811
+def scheduler_args() -> list[str]:
+    """More ``shoal-scheduler serve`` flags for a module's cluster (``{ctl}``: the control host's
+    address); a test module overrides this fixture."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path,  # noqa: F811
+            scheduler_args: list[str]) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.skip("a cluster needs root")
     work = tmp_path_factory.mktemp("cluster")
@@ -231,8 +241,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> It
                                for i, h in enumerate(hosts)])
         made.etcd = EtcdCluster(work / "etcd", size=3, netns=ctl.name).start()
         try:
-            made.schedulers = [_scheduler(work, ctl, i, pki=pki, etcd=made.etcd.endpoints)
-                               for i in range(len(SCHEDULER_PORTS))]
+            made.schedulers = [_scheduler(work, ctl, i, pki=pki, etcd=made.etcd.endpoints,
+                                          extra=scheduler_args) for i in range(len(SCHEDULER_PORTS))]
             for instance in made.schedulers:
                 instance.start()
             for agent in made.agents:
@@ -301,4 +311,5 @@ def _teardown(made: Cluster) -> None:
     assert not problems, problems
 
 
-__all__ = ["IMAGE", "ZONES", "Cluster", "SchedulerProcess", "clean_between_tests", "cluster", "wait_for"]
+__all__ = ["IMAGE", "ZONES", "Cluster", "SchedulerProcess", "clean_between_tests", "cluster",
+           "scheduler_args", "wait_for"]

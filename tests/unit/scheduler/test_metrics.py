@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scheduler import reconcile
 from scheduler.metrics import SchedulerMetrics, agent_target
 from scheduler.model import (
+    AutoscaleDecision,
     HostAdmin,
     HostId,
     HostPort,
@@ -191,7 +192,8 @@ def test_help_texts_and_types_follow_prometheus_conventions() -> None:
         families = list(text_string_to_metric_families(generate_latest(metrics.registry).decode()))
         assert families
         for family in families:
-            assert family.name.startswith(("shoal_scheduler_", "shoal_service_", "shoal_host")), family.name
+            prefixes = ("shoal_scheduler_", "shoal_service_", "shoal_host", "shoal_autoscale_")
+            assert family.name.startswith(prefixes), family.name
             assert family.documentation, f"{family.name} has no help text"
             if family.type == "histogram":
                 assert family.name.endswith("_seconds"), family.name
@@ -518,5 +520,29 @@ def test_a_timed_store_times_every_call_and_counts_failures_by_error() -> None:
                      error="Conflict") == 1
         with contextlib.suppress(Exception):
             await timed.close()
+
+    run(scenario)
+
+
+def test_autoscaled_services_export_their_bounds_and_last_decision() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        policy = build.full_service().spec.autoscale
+        web = service("web", 3)
+        web = replace(web, spec=replace(web.spec, autoscale=policy))
+        decided = replace(build.full_autoscale_status(), decisions=(
+            AutoscaleDecision(50.0, 2, 4, "up"), AutoscaleDecision(60.0, 4, 4, "no decision", error="down")))
+        await store.commit([Put(web), Put(service("api", 2)), Put(decided)])
+        metrics = await following(store)
+        try:
+            s = scrape(metrics)
+        finally:
+            await metrics.close()
+        assert (value(s, "shoal_autoscale_min_replicas", service="web"),
+                value(s, "shoal_autoscale_max_replicas", service="web")) == (2, 20)
+        assert value(s, "shoal_autoscale_desired_replicas", service="web") == 4
+        assert value(s, "shoal_autoscale_last_decision_timestamp_seconds", service="web") == 60.0
+        assert value(s, "shoal_autoscale_decision_failed", service="web") == 1
+        assert value(s, "shoal_autoscale_min_replicas", service="api") is None  # not autoscaled
 
     run(scenario)
