@@ -56,6 +56,15 @@ class SchedulerStub:
     DeleteService: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.DeleteServiceRequest, _scheduler_pb2.DeleteServiceResponse]
     """Its replicas are stopped and removed on every host; the service is gone once they are."""
     ScaleService: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ScaleServiceRequest, _scheduler_pb2.Service]
+    """Sets the replica count by hand. On an autoscaled service the count stands until the autoscaler's next
+    decision, which then works from it (as with Kubernetes' HPA); it is not clamped to min..max.
+    """
+    AutoscaleService: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.AutoscaleServiceRequest, _scheduler_pb2.Service]
+    """Sets or removes a service's autoscale policy, and nothing else: the template, placement, update policy
+    and labels stay. A new policy is validated like the service file's `autoscale` section
+    (INVALID_ARGUMENT naming the path, e.g. autoscale.metrics[0].cpu); the replica count is clamped to
+    the new min..max at once; `off` keeps the count where it is.
+    """
     RolloutStatus: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetServiceRequest, _scheduler_pb2.Rollout]
     """The state of the latest rollout (template change) of a service."""
     RolloutUndo: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RolloutUndoRequest, _scheduler_pb2.Service]
@@ -91,6 +100,15 @@ class SchedulerAsyncStub(SchedulerStub):
     DeleteService: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.DeleteServiceRequest, _scheduler_pb2.DeleteServiceResponse]  # type: ignore[assignment]
     """Its replicas are stopped and removed on every host; the service is gone once they are."""
     ScaleService: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ScaleServiceRequest, _scheduler_pb2.Service]  # type: ignore[assignment]
+    """Sets the replica count by hand. On an autoscaled service the count stands until the autoscaler's next
+    decision, which then works from it (as with Kubernetes' HPA); it is not clamped to min..max.
+    """
+    AutoscaleService: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.AutoscaleServiceRequest, _scheduler_pb2.Service]  # type: ignore[assignment]
+    """Sets or removes a service's autoscale policy, and nothing else: the template, placement, update policy
+    and labels stay. A new policy is validated like the service file's `autoscale` section
+    (INVALID_ARGUMENT naming the path, e.g. autoscale.metrics[0].cpu); the replica count is clamped to
+    the new min..max at once; `off` keeps the count where it is.
+    """
     RolloutStatus: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetServiceRequest, _scheduler_pb2.Rollout]  # type: ignore[assignment]
     """The state of the latest rollout (template change) of a service."""
     RolloutUndo: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RolloutUndoRequest, _scheduler_pb2.Service]  # type: ignore[assignment]
@@ -152,7 +170,22 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _scheduler_pb2.ScaleServiceRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_scheduler_pb2.Service, _abc.Awaitable[_scheduler_pb2.Service]]: ...
+    ) -> _typing.Union[_scheduler_pb2.Service, _abc.Awaitable[_scheduler_pb2.Service]]:
+        """Sets the replica count by hand. On an autoscaled service the count stands until the autoscaler's next
+        decision, which then works from it (as with Kubernetes' HPA); it is not clamped to min..max.
+        """
+
+    @_abc_1.abstractmethod
+    def AutoscaleService(
+        self,
+        request: _scheduler_pb2.AutoscaleServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Service, _abc.Awaitable[_scheduler_pb2.Service]]:
+        """Sets or removes a service's autoscale policy, and nothing else: the template, placement, update policy
+        and labels stay. A new policy is validated like the service file's `autoscale` section
+        (INVALID_ARGUMENT naming the path, e.g. autoscale.metrics[0].cpu); the replica count is clamped to
+        the new min..max at once; `off` keeps the count where it is.
+        """
 
     @_abc_1.abstractmethod
     def RolloutStatus(
