@@ -11,8 +11,10 @@ they are.
   * ApplyService is declarative and idempotent: the same spec twice changes nothing (the generation
     bumps only when the spec changes). It takes YAML documents (the service file users write, validated
     with the path and line of any mistake) or a structured ServiceSpec.
-  * Every write is a compare-and-swap in etcd. ScaleService with expected_generation fails with ABORTED
-    when the service changed since the caller read it.
+  * Every write is a compare-and-swap in etcd. ScaleService and AutoscaleService with expected_generation
+    fail with ABORTED when the service changed since the caller read it.
+  * An autoscaled service (ServiceSpec.autoscale) has its replica count set by the scheduler within the
+    policy's min..max; ApplyService keeps that count for an existing service (ApplyResult.replicas_kept).
   * Watch resumes from an etcd revision; when etcd has compacted it away the call fails with
     OUT_OF_RANGE (trailing metadata shoal-error=RevisionCompacted): list again, then watch from the
     revision the listing returned.
