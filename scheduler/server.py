@@ -28,7 +28,6 @@ from proto.scheduler.v1 import scheduler_pb2 as pb
 from proto.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler import api, auth, errors, instances
 from scheduler.model import (
-    Autoscale,
     Capacity,
     HostAdmin,
     HostId,
@@ -45,7 +44,6 @@ from scheduler.placement import batch
 from scheduler.placement.framework import Profile, request_for
 from scheduler.placement.view import build_view
 from scheduler.spec import SpecError, parse_service_file, spec_from_api
-from scheduler.spec_render import api_dict
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, StoreError, StoreUnavailable
 from scheduler.store.keys import InvalidKey
@@ -188,7 +186,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if current.deleting:
             raise errors.FailedPrecondition(f"service {spec.name} is being deleted; apply it again once it "
                                             "is gone (shoal get services)")
-        kept = _count_to_keep(current.spec, spec)
+        kept = api.replicas_to_keep(current.spec, spec)
         replicas_kept = kept != spec.replicas
         spec = dataclasses.replace(spec, replicas=kept)
         if current.spec == spec:
@@ -279,7 +277,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                                      f"{request.expected_generation}: it changed since you read it")
             if service.deleting:
                 raise errors.FailedPrecondition(f"service {service.name} is being deleted")
-            spec = _with_autoscale(service.spec, policy)
+            spec = api.spec_with_autoscale(service.spec, policy)
             if spec == service.spec:
                 return service
             return dataclasses.replace(service, spec=spec, generation=service.generation + 1,
@@ -477,32 +475,6 @@ class _Applied:
     service: Service
     action: str  # created | updated | unchanged
     replicas_kept: bool = False
-
-
-def _count_to_keep(current: ServiceSpec, applied: ServiceSpec) -> int:
-    """The replica count an apply writes: the document's, unless the service is to be autoscaled — then
-    the count it runs now, clamped to the new min..max, so re-applying a file never undoes the
-    autoscaler (nor does turning autoscaling on scale a running service to the file's count)."""
-    if applied.autoscale is None:
-        return applied.replicas
-    return _clamped(current.replicas, applied.autoscale)
-
-
-def _clamped(count: int, policy: Autoscale) -> int:
-    return min(max(count, policy.min_replicas), policy.max_replicas)
-
-
-def _with_autoscale(spec: ServiceSpec, policy: pb.Autoscale | None) -> ServiceSpec:
-    """``spec`` with ``policy`` (None: none), validated as the service file's ``autoscale`` section against
-    the service's template; the count is clamped to the new min..max (kept as it is without a policy)."""
-    if policy is None:
-        return dataclasses.replace(spec, autoscale=None)
-    data = api_dict(spec)
-    data["replicas"] = 0  # in the structured form: not given (the count is decided below)
-    data["autoscale"] = json_format.MessageToDict(policy, preserving_proto_field_name=True)
-    parsed = spec_from_api(data, source="autoscale").autoscale
-    assert parsed is not None  # spec_from_api refuses a policy it cannot read
-    return dataclasses.replace(spec, autoscale=parsed, replicas=_clamped(spec.replicas, parsed))
 
 
 class _WatchView:
