@@ -1,5 +1,9 @@
 """Domain values ↔ the scheduler API's protobuf messages, and the few things derived only for the API.
 
+An autoscale policy comes in as ``pb.Autoscale`` and is read exactly as the service file's ``autoscale``
+section (``spec_with_autoscale``), so the API and the file accept and refuse the same policies with the
+same paths; the replica count an apply or a policy change leaves is decided here too.
+
 Derived, never stored: a service's status (counted from its replicas), a host's state (from its admin
 state, its status and whether replicas remain on it), a service's endpoints (its ready replicas'
 published ports on their hosts' addresses), a rollout's progress.
@@ -7,6 +11,7 @@ published ports on their hosts' addresses), a rollout's progress.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 from google.protobuf import json_format, timestamp_pb2
@@ -14,6 +19,7 @@ from google.protobuf import json_format, timestamp_pb2
 from proto.agent.v1 import agent_pb2 as apb
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.model import (
+    Autoscale,
     Decision,
     HostAdmin,
     HostId,
@@ -22,7 +28,9 @@ from scheduler.model import (
     Replica,
     ReplicaPhase,
     Service,
+    ServiceSpec,
 )
+from scheduler.spec import spec_from_api
 from scheduler.spec_render import api_dict
 
 _PHASES = {
@@ -60,6 +68,34 @@ def service_to_pb(service: Service, replicas: Sequence[Replica]) -> pb.Service:
         template_generation=service.template_generation, status=service_status(service, replicas),
         created_at=ts(service.created_at), updated_at=ts(service.updated_at), deleting=service.deleting,
         revision=service.revision)
+
+
+def replicas_to_keep(current: ServiceSpec, applied: ServiceSpec) -> int:
+    """The replica count an apply of ``applied`` over ``current`` writes: the document's, unless the
+    service is to be autoscaled — then the count it runs now, clamped to the new min..max, so re-applying
+    a file never undoes the autoscaler (nor does turning autoscaling on move a running service to the
+    file's count)."""
+    if applied.autoscale is None:
+        return applied.replicas
+    return clamped(current.replicas, applied.autoscale)
+
+
+def clamped(count: int, policy: Autoscale) -> int:
+    return min(max(count, policy.min_replicas), policy.max_replicas)
+
+
+def spec_with_autoscale(spec: ServiceSpec, policy: pb.Autoscale | None) -> ServiceSpec:
+    """``spec`` with ``policy`` (None: without one), read as the service file's ``autoscale`` section and
+    checked against the service's template (``SpecError`` naming ``autoscale.…`` paths); the count is
+    clamped to the new min..max, and kept as it is when the policy goes."""
+    if policy is None:
+        return dataclasses.replace(spec, autoscale=None)
+    data = api_dict(spec)
+    data["replicas"] = 0  # in the structured form: not given (the count is decided below)
+    data["autoscale"] = json_format.MessageToDict(policy, preserving_proto_field_name=True)
+    parsed = spec_from_api(data, source="autoscale").autoscale
+    assert parsed is not None  # spec_from_api raises for a policy it cannot read
+    return dataclasses.replace(spec, autoscale=parsed, replicas=clamped(spec.replicas, parsed))
 
 
 def host_address(record: HostRecord | None) -> str:
@@ -156,7 +192,7 @@ def rollout_of(service: Service, replicas: Sequence[Replica]) -> pb.Rollout:
 
 
 __all__ = [
-    "PHASE_OF_PB", "START_FAILING", "decision_to_pb", "endpoints_of", "host_address", "host_state",
-    "host_to_pb", "live",
-    "replica_to_pb", "replicas_on", "rollout_of", "service_status", "service_to_pb", "ts",
+    "PHASE_OF_PB", "START_FAILING", "clamped", "decision_to_pb", "endpoints_of", "host_address", "host_state",
+    "host_to_pb", "live", "replica_to_pb", "replicas_on", "replicas_to_keep", "rollout_of", "service_status",
+    "service_to_pb", "spec_with_autoscale", "ts",
 ]

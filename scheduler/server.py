@@ -155,18 +155,19 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if len(set(names)) != len(names):
             twice = sorted(n for n in set(names) if names.count(n) > 1)
             raise errors.InvalidArgument(f"a service is declared twice: {', '.join(twice)}")
-        results = [pb.ApplyResult(service=await self._service_pb(service), action=action)
-                   for service, action in await self._apply(specs)]
+        results = [pb.ApplyResult(service=await self._service_pb(plan.service), action=plan.action,
+                                  replicas_kept=plan.replicas_kept)
+                   for plan in await self._apply(specs)]
         return pb.ApplyServiceResponse(results=results)
 
-    async def _apply(self, specs: list[ServiceSpec]) -> list[tuple[Service, str]]:
+    async def _apply(self, specs: list[ServiceSpec]) -> list[_Applied]:
         """Every document of one apply in one commit: all of them land, or none (a refusal, or etcd going
         away, part way through a file must not leave half of it applied). One transaction holds 127
         services; a larger file is split by the store, in order."""
         for _ in range(CAS_ATTEMPTS):
             now = time.time()
             planned = [await self._plan_apply(spec, now=now) for spec in specs]
-            changed = [service for service, action in planned if action != "unchanged"]
+            changed = [plan.service for plan in planned if plan.action != "unchanged"]
             if not changed:
                 return planned
             try:
@@ -174,20 +175,24 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             except Conflict:
                 continue
             written = {r.name: r for r in committed.written if isinstance(r, Service)}
-            return [(written.get(service.name, service), action) for service, action in planned]
+            return [dataclasses.replace(plan, service=written.get(plan.service.name, plan.service))
+                    for plan in planned]
         names = ", ".join(spec.name for spec in specs)
         raise errors.Aborted(f"{names} kept changing while being applied; retry")
 
-    async def _plan_apply(self, spec: ServiceSpec, *, now: float) -> tuple[Service, str]:
+    async def _plan_apply(self, spec: ServiceSpec, *, now: float) -> _Applied:
         current = await self.store.get(self.schema.service(spec.name))
         if current is None:
-            return Service(spec=spec, created_at=now, updated_at=now), "created"
+            return _Applied(Service(spec=spec, created_at=now, updated_at=now), "created")
         if current.deleting:
             raise errors.FailedPrecondition(f"service {spec.name} is being deleted; apply it again once it "
                                             "is gone (shoal get services)")
+        kept = api.replicas_to_keep(current.spec, spec)
+        replicas_kept = kept != spec.replicas
+        spec = dataclasses.replace(spec, replicas=kept)
         if current.spec == spec:
-            return current, "unchanged"
-        return self._changed(current, spec, now=now), "updated"
+            return _Applied(current, "unchanged", replicas_kept=replicas_kept)
+        return _Applied(self._changed(current, spec, now=now), "updated", replicas_kept=replicas_kept)
 
     @staticmethod
     def _changed(current: Service, spec: ServiceSpec, *, now: float) -> Service:
@@ -260,13 +265,40 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             conflict_is_final=bool(request.expected_generation))
         return await self._service_pb(service)
 
+    @api_call
+    async def AutoscaleService(self, request: pb.AutoscaleServiceRequest, context: Any) -> pb.Service:
+        which = request.WhichOneof("policy")
+        if which is None or (which == "off" and not request.off):
+            raise errors.InvalidArgument("give the autoscale policy, or off to remove it")
+        policy = request.autoscale if which == "autoscale" else None
+
+        async def change(service: Service) -> Service:
+            if request.expected_generation and service.generation != request.expected_generation:
+                raise errors.Aborted(f"service {service.name} is at generation {service.generation}, not "
+                                     f"{request.expected_generation}: it changed since you read it")
+            if service.deleting:
+                raise errors.FailedPrecondition(f"service {service.name} is being deleted")
+            spec = api.spec_with_autoscale(service.spec, policy)
+            if spec == service.spec:
+                return service
+            return dataclasses.replace(service, spec=spec, generation=service.generation + 1,
+                                       updated_at=time.time())
+
+        service = await self._update_service(request.name, change, skip=lambda s: False,
+                                             conflict_is_final=bool(request.expected_generation))
+        return await self._service_pb(service)
+
     async def _update_service(self, name: str, change: Callable[[Service], Awaitable[Service]], *,
                               skip: Callable[[Service], bool], conflict_is_final: bool = False) -> Service:
+        """``change`` applied to the service, committed with compare-and-swap (re-read and redone on a
+        conflict); ``change`` returning the service itself means there is nothing to write."""
         for _ in range(CAS_ATTEMPTS):
             current = await self._get_service(name)
             if skip(current):
                 return current
             updated = await change(current)
+            if updated is current:
+                return current
             try:
                 return _written(await self.store.commit([base.Put(updated)]), updated)
             except Conflict:
@@ -453,6 +485,16 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
 
 WATCH_KINDS = ("service", "replica", "host", "endpoint")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Applied:
+    """One document of an apply: the service to write (or as it is), what happened, and whether the
+    autoscaler's count was kept instead of the document's."""
+
+    service: Service
+    action: str  # created | updated | unchanged
+    replicas_kept: bool = False
 
 
 class _WatchView:

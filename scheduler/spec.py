@@ -3,8 +3,9 @@
 The format (documented in docs/service-file.md) reads like a Kubernetes Deployment or a Compose service
 to people who know those: ``name``, ``replicas``, a ``template`` that is the agent's container spec in
 the same friendly shapes as ``shoal run``'s flags (``memory: 64M``, ``cpus: 0.5``, ``restart: always``,
-``ports: [{container: 8080}]``), ``placement``, ``update``, ``labels``, ``metrics_port``. Every mistake
-is reported with the key's path and line (``scheduler.spec_yaml``), all of them at once.
+``ports: [{container: 8080}]``), ``placement``, ``update``, ``labels``, ``metrics_port``, and an
+``autoscale`` policy (``scheduler.spec_autoscale``). Every mistake is reported with the key's path and
+line (``scheduler.spec_yaml``), all of them at once.
 
 What comes out is canonical: the template becomes the agent's ``ContainerSpec`` as protobuf JSON with
 sorted keys, with defaults filled in and order-free lists (env, ports) sorted, so one service written two
@@ -33,6 +34,7 @@ from scheduler import constraints as constraint_text
 from scheduler import spec_yaml as sy
 from scheduler import units
 from scheduler.model import (
+    Autoscale,
     Constraint,
     Placement,
     PortRequest,
@@ -43,6 +45,7 @@ from scheduler.model import (
     TopologySpread,
     UpdatePolicy,
 )
+from scheduler.spec_autoscale import parse_autoscale
 from scheduler.spec_render import api_dict, file_dict_from_api, render_yaml
 from scheduler.spec_yaml import Invalid, Problem, SpecError
 
@@ -58,7 +61,7 @@ DEFAULT_REPLICAS = 1
 # Top-level keys starting with this are ignored, as in Compose files: a place for YAML anchors to share.
 EXTENSION_PREFIX = "x-"
 
-TOP_KEYS = ("name", "replicas", "template", "placement", "update", "labels", "metrics_port")
+TOP_KEYS = ("name", "replicas", "template", "placement", "update", "labels", "metrics_port", "autoscale")
 TEMPLATE_KEYS = ("image", "command", "entrypoint", "env", "working_dir", "user", "hostname", "resources",
                  "ports", "health", "restart", "read_only", "network", "labels")
 RESOURCE_KEYS = ("cpus", "memory", "pids", "cpus_request", "memory_request")
@@ -73,7 +76,13 @@ UPDATE_KEYS = ("max_surge", "max_unavailable")
 _TOP_ALIASES = {"image": "template.image", "command": "template.command", "spec": "template",
                 "containers": "template", "replica": "replicas", "scale": "replicas", "deploy": "placement",
                 "metricsPort": "metrics_port", "strategy": "placement.strategy",
-                "constraints": "placement.constraints", "rollout": "update", "update_config": "update"}
+                "constraints": "placement.constraints", "rollout": "update", "update_config": "update",
+                "autoscaling": "autoscale", "autoscaler": "autoscale", "hpa": "autoscale",
+                "horizontalPodAutoscaler": "autoscale", "minReplicas": "autoscale.min",
+                "maxReplicas": "autoscale.max", "min_replicas": "autoscale.min",
+                "max_replicas": "autoscale.max",
+                "metrics": "autoscale.metrics", "behavior": "autoscale.behavior",
+                "targetCPUUtilizationPercentage": "autoscale.metrics[].cpu.target_utilization_percent"}
 _TEMPLATE_ALIASES = {"workingDir": "working_dir", "workdir": "working_dir", "working-dir": "working_dir",
                      "environment": "env", "args": "command", "cmd": "command", "restartPolicy": "restart",
                      "restart_policy": "restart", "readOnly": "read_only", "read-only": "read_only",
@@ -143,7 +152,7 @@ def _document(r: sy.Reader, node: yaml.Node) -> ServiceSpec | None:
     if top is None:
         return None
     name = r.read(top, "name", "", _service_name, "", required=True)
-    replicas = r.read(top, "replicas", "", _replica_count, DEFAULT_REPLICAS)
+    replicas: int | None = r.read(top, "replicas", "", _replica_count, None)
     labels = r.read(top, "labels", "", _string_map, {})
     metrics_port = r.read(top, "metrics_port", "", _port_number, 0)
     template = None
@@ -155,13 +164,30 @@ def _document(r: sy.Reader, node: yaml.Node) -> ServiceSpec | None:
     update = _update(r, top["update"]) if _given(top, "update") else UpdatePolicy()
     if template is not None and metrics_port:
         _check_metrics_port(r, top["metrics_port"], metrics_port, template)
-    if len(r.problems) > before or template is None:
+    facts = facts_of(template) if template is not None else None
+    autoscale = parse_autoscale(r, top["autoscale"], facts=facts) if _given(top, "autoscale") else None
+    if autoscale is not None:
+        replicas = _autoscaled_replicas(r, top.get("replicas"), replicas, autoscale)
+    if len(r.problems) > before or template is None or facts is None:
         return None
     return ServiceSpec(
-        name=ServiceName(name), replicas=replicas, template_json=canonical_json(template),
-        facts=facts_of(template), placement=placement, update=update,
-        labels=tuple(sorted(labels.items())), metrics_port=metrics_port,
+        name=ServiceName(name), replicas=DEFAULT_REPLICAS if replicas is None else replicas,
+        template_json=canonical_json(template), facts=facts, placement=placement, update=update,
+        labels=tuple(sorted(labels.items())), metrics_port=metrics_port, autoscale=autoscale,
     )
+
+
+def _autoscaled_replicas(r: sy.Reader, node: yaml.Node | None, replicas: int | None,
+                         autoscale: Autoscale) -> int | None:
+    """With ``autoscale``, ``replicas`` is the initial count: within min..max, max(min, 1) when not given.
+    (An existing service keeps its current count instead: ``scheduler.server``'s apply.)"""
+    low, high = autoscale.min_replicas, autoscale.max_replicas
+    if replicas is None:
+        return max(low, 1)
+    if not low <= replicas <= high:
+        r.report(node, "replicas", f"{replicas} is outside autoscale's min..max ({low}..{high}): leave "
+                                   "replicas out to start at max(min, 1)")
+    return replicas
 
 
 def _given(values: Mapping[str, yaml.Node], key: str) -> bool:

@@ -15,10 +15,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
-
 from scheduler import constraints
-from scheduler.model import ServiceSpec
+from scheduler.model import Autoscale, ScalingRules, ServiceSpec
 
 
 def api_dict(spec: ServiceSpec) -> dict[str, Any]:
@@ -45,7 +43,34 @@ def api_dict(spec: ServiceSpec) -> dict[str, Any]:
         out["labels"] = dict(spec.labels)
     if spec.metrics_port:
         out["metrics_port"] = spec.metrics_port
+    if spec.autoscale is not None:
+        out["autoscale"] = _autoscale_api(spec.autoscale)
     return out
+
+
+def _autoscale_api(policy: Autoscale) -> dict[str, Any]:
+    """The policy as the protobuf JSON mapping of ``Autoscale``, every value written out."""
+    metrics: list[dict[str, Any]] = []
+    for m in policy.metrics:
+        metric: dict[str, Any] = {"kind": m.kind.value}
+        for key, value in (("target_utilization_percent", m.target_utilization_percent), ("query", m.query),
+                           ("per_replica_label", m.per_replica_label),
+                           ("target_value_milli", m.target_value_milli),
+                           ("target_average_value_milli", m.target_average_value_milli)):
+            if value:
+                metric[key] = value
+        metrics.append(metric)
+    return {"min_replicas": policy.min_replicas, "max_replicas": policy.max_replicas, "metrics": metrics,
+            "tolerance_up": policy.tolerance_up, "tolerance_down": policy.tolerance_down,
+            "behavior": {"scale_up": _rules_api(policy.behavior.scale_up),
+                         "scale_down": _rules_api(policy.behavior.scale_down)}}
+
+
+def _rules_api(rules: ScalingRules) -> dict[str, Any]:
+    return {"stabilization_window_seconds": rules.stabilization_window_seconds,
+            "select_policy": rules.select_policy,
+            "policies": [{"type": p.type, "value": p.value, "period_seconds": p.period_seconds}
+                         for p in rules.policies]}
 
 
 def render_yaml(specs: ServiceSpec | Sequence[ServiceSpec]) -> str:
@@ -58,6 +83,8 @@ def render_yaml(specs: ServiceSpec | Sequence[ServiceSpec]) -> str:
 
 def dump_documents(documents: Sequence[Mapping[str, Any]]) -> str:
     """YAML as ``shoal`` writes it: keys in the file's order, flow style for short leaf lists/maps."""
+    import yaml  # here: the CLI prints JSON and tables with this module, and only -o yaml needs PyYAML
+
     return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=None, width=100,
                               allow_unicode=True, explicit_start=len(documents) > 1)
 
@@ -74,7 +101,8 @@ def _size(value: Any) -> str | int:
     return size
 
 
-def _cpus(value: Any) -> int | float:
+def _thousandths(value: Any) -> int | float:
+    """Milli-units (millicores, an autoscale target) as the number a file writes: 1500 → 1.5."""
     millis = int(value)
     return millis // 1000 if millis % 1000 == 0 else millis / 1000
 
@@ -100,7 +128,13 @@ def _enum_word(value: Any, prefix: str) -> str:
 def file_dict_from_api(api: Mapping[str, Any]) -> dict[str, Any]:
     """A ``ServiceSpec`` in protobuf JSON form → the service file's mapping (keys in the documented
     order, defaults left out where the file's defaults are the same)."""
-    out: dict[str, Any] = {"name": api.get("name", ""), "replicas": int(api.get("replicas", 0))}
+    out: dict[str, Any] = {"name": api.get("name", "")}
+    replicas = int(api.get("replicas", 0))
+    autoscale = api.get("autoscale")
+    # In proto3 a structured spec's replicas 0 is also "not given": with an autoscale min above 0, that is
+    # the file's default (max(min, 1)) rather than a count the policy refuses.
+    if not (autoscale is not None and replicas == 0 and int(autoscale.get("min_replicas", 1)) > 0):
+        out["replicas"] = replicas
     if api.get("labels"):
         out["labels"] = dict(sorted(api["labels"].items()))
     out["template"] = _template_dict(api.get("template", {}))
@@ -125,6 +159,72 @@ def file_dict_from_api(api: Mapping[str, Any]) -> dict[str, Any]:
         }
     if api.get("metrics_port"):
         out["metrics_port"] = int(api["metrics_port"])
+    if autoscale is not None:
+        out["autoscale"] = _autoscale_file_dict(autoscale_dict(autoscale))
+    return out
+
+
+_TOLERANCE_DEFAULT = 0.1
+_RULES_DEFAULTS: dict[str, dict[str, Any]] = {
+    "scale_up": {"stabilization_window_seconds": 0, "select_policy": "max",
+                 "policies": [{"type": "replicas", "value": 4, "period_seconds": 15},
+                              {"type": "percent", "value": 100, "period_seconds": 15}]},
+    "scale_down": {"stabilization_window_seconds": 300, "select_policy": "max",
+                   "policies": [{"type": "percent", "value": 100, "period_seconds": 15}]},
+}
+
+
+def autoscale_dict(a: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``Autoscale`` in protobuf JSON form → the file's ``autoscale`` mapping with every default written
+    out (what ``get services -o json`` shows); unset fields take the file's defaults."""
+    behavior = a.get("behavior", {})
+    return {
+        "min": int(a.get("min_replicas", 1)),
+        "max": int(a.get("max_replicas", 0)),
+        "metrics": [_metric_dict(m) for m in a.get("metrics", [])],
+        "tolerance": {"scale_up": float(a.get("tolerance_up", _TOLERANCE_DEFAULT)),
+                      "scale_down": float(a.get("tolerance_down", _TOLERANCE_DEFAULT))},
+        "behavior": {direction: _rules_dict(behavior.get(direction, {}), default)
+                     for direction, default in _RULES_DEFAULTS.items()},
+    }
+
+
+def _metric_dict(m: Mapping[str, Any]) -> dict[str, Any]:
+    kind = m.get("kind", "")
+    if kind != "prometheus":  # cpu, memory (and what a newer scheduler may add: shown, so refused)
+        return {kind: {"target_utilization_percent": int(m.get("target_utilization_percent", 0))}}
+    metric: dict[str, Any] = {"query": m.get("query", "")}
+    if m.get("per_replica_label"):
+        metric["per_replica_label"] = m["per_replica_label"]
+    if int(m.get("target_value_milli", 0)):
+        metric["target_value"] = _thousandths(m["target_value_milli"])
+    if int(m.get("target_average_value_milli", 0)):
+        metric["target_average_value"] = _thousandths(m["target_average_value_milli"])
+    return {"prometheus": metric}
+
+
+def _rules_dict(r: Mapping[str, Any], default: Mapping[str, Any]) -> dict[str, Any]:
+    policies = [{"type": p.get("type", ""), "value": int(p.get("value", 0)),
+                 "period_seconds": int(p.get("period_seconds", 0))} for p in r.get("policies", [])]
+    return {"stabilization_window_seconds": int(r.get("stabilization_window_seconds",
+                                                      default["stabilization_window_seconds"])),
+            "select_policy": r.get("select_policy") or default["select_policy"],
+            "policies": policies or [dict(p) for p in default["policies"]]}
+
+
+def _autoscale_file_dict(full: Mapping[str, Any]) -> dict[str, Any]:
+    """``autoscale_dict``'s mapping without what the file's defaults already say."""
+    out: dict[str, Any] = {"min": full["min"], "max": full["max"], "metrics": full["metrics"]}
+    tolerance = {k: v for k, v in full["tolerance"].items() if v != _TOLERANCE_DEFAULT}
+    if tolerance:
+        out["tolerance"] = tolerance
+    behavior: dict[str, Any] = {}
+    for direction, default in _RULES_DEFAULTS.items():
+        rules = {k: v for k, v in full["behavior"][direction].items() if v != default[k]}
+        if rules:
+            behavior[direction] = rules
+    if behavior:
+        out["behavior"] = behavior
     return out
 
 
@@ -140,8 +240,8 @@ def _template_dict(t: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = t[key]
     resources = t.get("resources", {})
     res: dict[str, Any] = {}
-    for key, name, render in (("cpu_millis", "cpus", _cpus), ("memory_bytes", "memory", _size),
-                              ("pids_max", "pids", int), ("cpu_request_millis", "cpus_request", _cpus),
+    for key, name, render in (("cpu_millis", "cpus", _thousandths), ("memory_bytes", "memory", _size),
+                              ("pids_max", "pids", int), ("cpu_request_millis", "cpus_request", _thousandths),
                               ("memory_request_bytes", "memory_request", _size)):
         if int(resources.get(key, 0)):
             res[name] = render(resources[key])
@@ -205,4 +305,4 @@ def _health_dict(h: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["api_dict", "dump_documents", "file_dict_from_api", "render_yaml"]
+__all__ = ["api_dict", "autoscale_dict", "dump_documents", "file_dict_from_api", "render_yaml"]

@@ -78,6 +78,7 @@ class ServiceSpec(_pl.Message):
     update: UpdatePolicy
     labels: dict[str, str]
     metrics_port: int
+    autoscale: Autoscale
 
     if TYPE_CHECKING:
         def __init__(
@@ -89,6 +90,87 @@ class ServiceSpec(_pl.Message):
             update: UpdatePolicy | None = None,
             labels: Mapping[str, str] | None = None,
             metrics_port: int | None = None,
+            autoscale: Autoscale | None = None,
+        ) -> None: ...
+
+
+class Autoscale(_pl.Message):
+    min_replicas: int
+    max_replicas: int
+    metrics: list[MetricTarget]
+    tolerance_up: float
+    tolerance_down: float
+    behavior: Behavior
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            min_replicas: int | None = None,
+            max_replicas: int | None = None,
+            metrics: Iterable[MetricTarget] | None = None,
+            tolerance_up: float | None = None,
+            tolerance_down: float | None = None,
+            behavior: Behavior | None = None,
+        ) -> None: ...
+
+
+class MetricTarget(_pl.Message):
+    kind: str
+    target_utilization_percent: int
+    query: str
+    per_replica_label: str
+    target_value_milli: int
+    target_average_value_milli: int
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            kind: str | None = None,
+            target_utilization_percent: int | None = None,
+            query: str | None = None,
+            per_replica_label: str | None = None,
+            target_value_milli: int | None = None,
+            target_average_value_milli: int | None = None,
+        ) -> None: ...
+
+
+class Behavior(_pl.Message):
+    scale_up: ScalingRules
+    scale_down: ScalingRules
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            scale_up: ScalingRules | None = None,
+            scale_down: ScalingRules | None = None,
+        ) -> None: ...
+
+
+class ScalingRules(_pl.Message):
+    stabilization_window_seconds: int
+    select_policy: str
+    policies: list[ScalingPolicy]
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            stabilization_window_seconds: int | None = None,
+            select_policy: str | None = None,
+            policies: Iterable[ScalingPolicy] | None = None,
+        ) -> None: ...
+
+
+class ScalingPolicy(_pl.Message):
+    type: str
+    value: int
+    period_seconds: int
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            type: str | None = None,
+            value: int | None = None,
+            period_seconds: int | None = None,
         ) -> None: ...
 
 
@@ -163,12 +245,14 @@ class ApplyServiceResponse(_pl.Message):
 class ApplyResult(_pl.Message):
     service: Service
     action: str
+    replicas_kept: bool
 
     if TYPE_CHECKING:
         def __init__(
             self, *,
             service: Service | None = None,
             action: str | None = None,
+            replicas_kept: bool | None = None,
         ) -> None: ...
 
 
@@ -230,6 +314,22 @@ class ScaleServiceRequest(_pl.Message):
             self, *,
             name: str | None = None,
             replicas: int | None = None,
+            expected_generation: int | None = None,
+        ) -> None: ...
+
+
+class AutoscaleServiceRequest(_pl.Message):
+    name: str
+    autoscale: Autoscale
+    off: bool
+    expected_generation: int
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            name: str | None = None,
+            autoscale: Autoscale | None = None,
+            off: bool | None = None,
             expected_generation: int | None = None,
         ) -> None: ...
 
@@ -699,6 +799,37 @@ _pl.define(ServiceSpec, 'shoal.scheduler.v1.ServiceSpec', (
     _pl.Field(5, 'update', _pl.MESSAGE, message=UpdatePolicy),
     _pl.Field(6, 'labels', _pl.MESSAGE, map_key=_pl.STRING, map_value=_pl.STRING),
     _pl.Field(7, 'metrics_port', _pl.INT32),
+    _pl.Field(8, 'autoscale', _pl.MESSAGE, message=Autoscale),
+))
+_pl.define(Autoscale, 'shoal.scheduler.v1.Autoscale', (
+    _pl.Field(1, 'min_replicas', _pl.INT32, optional=True),
+    _pl.Field(2, 'max_replicas', _pl.INT32),
+    _pl.Field(3, 'metrics', _pl.MESSAGE, message=MetricTarget, repeated=True),
+    _pl.Field(4, 'tolerance_up', _pl.DOUBLE, optional=True),
+    _pl.Field(5, 'tolerance_down', _pl.DOUBLE, optional=True),
+    _pl.Field(6, 'behavior', _pl.MESSAGE, message=Behavior),
+))
+_pl.define(MetricTarget, 'shoal.scheduler.v1.MetricTarget', (
+    _pl.Field(1, 'kind', _pl.STRING),
+    _pl.Field(2, 'target_utilization_percent', _pl.INT32),
+    _pl.Field(3, 'query', _pl.STRING),
+    _pl.Field(4, 'per_replica_label', _pl.STRING),
+    _pl.Field(5, 'target_value_milli', _pl.INT64),
+    _pl.Field(6, 'target_average_value_milli', _pl.INT64),
+))
+_pl.define(Behavior, 'shoal.scheduler.v1.Behavior', (
+    _pl.Field(1, 'scale_up', _pl.MESSAGE, message=ScalingRules),
+    _pl.Field(2, 'scale_down', _pl.MESSAGE, message=ScalingRules),
+))
+_pl.define(ScalingRules, 'shoal.scheduler.v1.ScalingRules', (
+    _pl.Field(1, 'stabilization_window_seconds', _pl.INT32, optional=True),
+    _pl.Field(2, 'select_policy', _pl.STRING),
+    _pl.Field(3, 'policies', _pl.MESSAGE, message=ScalingPolicy, repeated=True),
+))
+_pl.define(ScalingPolicy, 'shoal.scheduler.v1.ScalingPolicy', (
+    _pl.Field(1, 'type', _pl.STRING),
+    _pl.Field(2, 'value', _pl.INT32),
+    _pl.Field(3, 'period_seconds', _pl.INT32),
 ))
 _pl.define(ServiceStatus, 'shoal.scheduler.v1.ServiceStatus', (
     _pl.Field(1, 'replicas', _pl.INT32),
@@ -729,6 +860,7 @@ _pl.define(ApplyServiceResponse, 'shoal.scheduler.v1.ApplyServiceResponse', (
 _pl.define(ApplyResult, 'shoal.scheduler.v1.ApplyResult', (
     _pl.Field(1, 'service', _pl.MESSAGE, message=Service),
     _pl.Field(2, 'action', _pl.STRING),
+    _pl.Field(3, 'replicas_kept', _pl.BOOL),
 ))
 _pl.define(GetServiceRequest, 'shoal.scheduler.v1.GetServiceRequest', (
     _pl.Field(1, 'name', _pl.STRING),
@@ -749,6 +881,12 @@ _pl.define(ScaleServiceRequest, 'shoal.scheduler.v1.ScaleServiceRequest', (
     _pl.Field(1, 'name', _pl.STRING),
     _pl.Field(2, 'replicas', _pl.INT32),
     _pl.Field(3, 'expected_generation', _pl.INT64),
+))
+_pl.define(AutoscaleServiceRequest, 'shoal.scheduler.v1.AutoscaleServiceRequest', (
+    _pl.Field(1, 'name', _pl.STRING),
+    _pl.Field(2, 'autoscale', _pl.MESSAGE, message=Autoscale, oneof='policy'),
+    _pl.Field(3, 'off', _pl.BOOL, oneof='policy'),
+    _pl.Field(4, 'expected_generation', _pl.INT64),
 ))
 _pl.define(Rollout, 'shoal.scheduler.v1.Rollout', (
     _pl.Field(1, 'service', _pl.STRING),
@@ -925,6 +1063,7 @@ class SchedulerStub:
     ListServices_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListServices', ListServicesRequest, ListServicesResponse, client_streaming=False, server_streaming=False)
     DeleteService_method = _pl.Method('/shoal.scheduler.v1.Scheduler/DeleteService', DeleteServiceRequest, DeleteServiceResponse, client_streaming=False, server_streaming=False)
     ScaleService_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ScaleService', ScaleServiceRequest, Service, client_streaming=False, server_streaming=False)
+    AutoscaleService_method = _pl.Method('/shoal.scheduler.v1.Scheduler/AutoscaleService', AutoscaleServiceRequest, Service, client_streaming=False, server_streaming=False)
     RolloutStatus_method = _pl.Method('/shoal.scheduler.v1.Scheduler/RolloutStatus', GetServiceRequest, Rollout, client_streaming=False, server_streaming=False)
     RolloutUndo_method = _pl.Method('/shoal.scheduler.v1.Scheduler/RolloutUndo', RolloutUndoRequest, Service, client_streaming=False, server_streaming=False)
     ListReplicas_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListReplicas', ListReplicasRequest, ListReplicasResponse, client_streaming=False, server_streaming=False)
@@ -958,6 +1097,9 @@ class SchedulerStub:
 
     def ScaleService(self, request: ScaleServiceRequest, /) -> Service:
         return self.transport.unary(self.ScaleService_method, request)
+
+    def AutoscaleService(self, request: AutoscaleServiceRequest, /) -> Service:
+        return self.transport.unary(self.AutoscaleService_method, request)
 
     def RolloutStatus(self, request: GetServiceRequest, /) -> Rollout:
         return self.transport.unary(self.RolloutStatus_method, request)

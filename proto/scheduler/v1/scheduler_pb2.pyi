@@ -11,8 +11,10 @@ they are.
   * ApplyService is declarative and idempotent: the same spec twice changes nothing (the generation
     bumps only when the spec changes). It takes YAML documents (the service file users write, validated
     with the path and line of any mistake) or a structured ServiceSpec.
-  * Every write is a compare-and-swap in etcd. ScaleService with expected_generation fails with ABORTED
-    when the service changed since the caller read it.
+  * Every write is a compare-and-swap in etcd. ScaleService and AutoscaleService with expected_generation
+    fail with ABORTED when the service changed since the caller read it.
+  * An autoscaled service (ServiceSpec.autoscale) has its replica count set by the scheduler within the
+    policy's min..max; ApplyService keeps that count for an existing service (ApplyResult.replicas_kept).
   * Watch resumes from an etcd revision; when etcd has compacted it away the call fails with
     OUT_OF_RANGE (trailing metadata shoal-error=RevisionCompacted): list again, then watch from the
     revision the listing returned.
@@ -238,6 +240,7 @@ class ServiceSpec(_message.Message):
     UPDATE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     METRICS_PORT_FIELD_NUMBER: _builtins.int
+    AUTOSCALE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """[a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters"""
     replicas: _builtins.int
@@ -255,6 +258,14 @@ class ServiceSpec(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """the service's own labels"""
 
+    @_builtins.property
+    def autoscale(self) -> Global___Autoscale:
+        """Unset: the count is only what people set. Set: the scheduler keeps `replicas` within
+        min_replicas..max_replicas following the metrics, and `replicas` is the current count (ApplyService
+        keeps it for an existing service; in a structured spec, 0 while min_replicas is above 0 means "not
+        given": max(min_replicas, 1) for a new service).
+        """
+
     def __init__(
         self,
         *,
@@ -265,14 +276,209 @@ class ServiceSpec(_message.Message):
         update: Global___UpdatePolicy | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         metrics_port: _builtins.int = ...,
+        autoscale: Global___Autoscale | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "template", b"template", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["autoscale", b"autoscale", "placement", b"placement", "template", b"template", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "metrics_port", b"metrics_port", "name", b"name", "placement", b"placement", "replicas", b"replicas", "template", b"template", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscale", b"autoscale", "labels", b"labels", "metrics_port", b"metrics_port", "name", b"name", "placement", b"placement", "replicas", b"replicas", "template", b"template", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceSpec: _TypeAlias = ServiceSpec  # noqa: Y015
+
+@_typing.final
+class Autoscale(_message.Message):
+    """A service's autoscale policy, as Kubernetes' HorizontalPodAutoscaler (autoscaling/v2) has it. The service
+    file's `autoscale` section (docs/service-file.md) in API form; the scheduler fills in every default, so
+    what it returns is complete. Fields marked optional take the file's default when unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    TOLERANCE_UP_FIELD_NUMBER: _builtins.int
+    TOLERANCE_DOWN_FIELD_NUMBER: _builtins.int
+    BEHAVIOR_FIELD_NUMBER: _builtins.int
+    min_replicas: _builtins.int
+    """0 or more (default 1); 0 needs a service-level prometheus metric"""
+    max_replicas: _builtins.int
+    """at least 1 and at least min_replicas"""
+    tolerance_up: _builtins.float
+    """[0, 1), default 0.1: no scale up while ratio <= 1 + tolerance_up"""
+    tolerance_down: _builtins.float
+    """[0, 1), default 0.1: no scale down while ratio >= 1 - tolerance_down"""
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricTarget]:
+        """at least one; the desired count is the largest proposal"""
+
+    @_builtins.property
+    def behavior(self) -> Global___Behavior:
+        """unset: Kubernetes' defaults for both directions"""
+
+    def __init__(
+        self,
+        *,
+        min_replicas: _builtins.int | None = ...,
+        max_replicas: _builtins.int = ...,
+        metrics: _abc.Iterable[Global___MetricTarget] | None = ...,
+        tolerance_up: _builtins.float | None = ...,
+        tolerance_down: _builtins.float | None = ...,
+        behavior: Global___Behavior | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas", "_tolerance_down", b"_tolerance_down", "_tolerance_up", b"_tolerance_up", "behavior", b"behavior", "min_replicas", b"min_replicas", "tolerance_down", b"tolerance_down", "tolerance_up", b"tolerance_up"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas", "_tolerance_down", b"_tolerance_down", "_tolerance_up", b"_tolerance_up", "behavior", b"behavior", "max_replicas", b"max_replicas", "metrics", b"metrics", "min_replicas", b"min_replicas", "tolerance_down", b"tolerance_down", "tolerance_up", b"tolerance_up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_replicas: _TypeAlias = _typing.Literal["min_replicas"]  # noqa: Y015
+    _WhichOneofArgType__min_replicas: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__tolerance_down: _TypeAlias = _typing.Literal["tolerance_down"]  # noqa: Y015
+    _WhichOneofArgType__tolerance_down: _TypeAlias = _typing.Literal["_tolerance_down", b"_tolerance_down"]  # noqa: Y015
+    _WhichOneofReturnType__tolerance_up: _TypeAlias = _typing.Literal["tolerance_up"]  # noqa: Y015
+    _WhichOneofArgType__tolerance_up: _TypeAlias = _typing.Literal["_tolerance_up", b"_tolerance_up"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_replicas) -> _WhichOneofReturnType__min_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tolerance_down) -> _WhichOneofReturnType__tolerance_down | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tolerance_up) -> _WhichOneofReturnType__tolerance_up | None: ...
+
+Global___Autoscale: _TypeAlias = Autoscale  # noqa: Y015
+
+@_typing.final
+class MetricTarget(_message.Message):
+    """One metric and its target. Values are integer milli-units (0.5 -> 500), like Kubernetes' quantities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TARGET_UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    PER_REPLICA_LABEL_FIELD_NUMBER: _builtins.int
+    TARGET_VALUE_MILLI_FIELD_NUMBER: _builtins.int
+    TARGET_AVERAGE_VALUE_MILLI_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"cpu", "memory" or "prometheus" """
+    target_utilization_percent: _builtins.int
+    """cpu, memory: of the replica's request (template.resources)"""
+    query: _builtins.str
+    """prometheus: the PromQL query"""
+    per_replica_label: _builtins.str
+    """prometheus per replica: the label of the query's series whose value is the replica id (with
+    target_average_value_milli only); empty: the query returns one number for the service.
+    """
+    target_value_milli: _builtins.int
+    """prometheus service-level: the number itself against this"""
+    target_average_value_milli: _builtins.int
+    """prometheus: per replica (per_replica_label set), or the service-level number divided by the replicas."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        target_utilization_percent: _builtins.int = ...,
+        query: _builtins.str = ...,
+        per_replica_label: _builtins.str = ...,
+        target_value_milli: _builtins.int = ...,
+        target_average_value_milli: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "per_replica_label", b"per_replica_label", "query", b"query", "target_average_value_milli", b"target_average_value_milli", "target_utilization_percent", b"target_utilization_percent", "target_value_milli", b"target_value_milli"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricTarget: _TypeAlias = MetricTarget  # noqa: Y015
+
+@_typing.final
+class Behavior(_message.Message):
+    """HPA's behavior: how fast each direction may go."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCALE_UP_FIELD_NUMBER: _builtins.int
+    SCALE_DOWN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scale_up(self) -> Global___ScalingRules:
+        """unset: no window; at most max(4 replicas, 100 %) per 15 s"""
+
+    @_builtins.property
+    def scale_down(self) -> Global___ScalingRules:
+        """unset: a 300 s window; at most 100 % per 15 s"""
+
+    def __init__(
+        self,
+        *,
+        scale_up: Global___ScalingRules | None = ...,
+        scale_down: Global___ScalingRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scale_down", b"scale_down", "scale_up", b"scale_up"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scale_down", b"scale_down", "scale_up", b"scale_up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Behavior: _TypeAlias = Behavior  # noqa: Y015
+
+@_typing.final
+class ScalingRules(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STABILIZATION_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    SELECT_POLICY_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
+    stabilization_window_seconds: _builtins.int
+    """0-3600; the direction's default when unset (scale up 0, scale down 300)."""
+    select_policy: _builtins.str
+    """"max" (default), "min" or "disabled" """
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScalingPolicy]:
+        """empty: the direction's default policies"""
+
+    def __init__(
+        self,
+        *,
+        stabilization_window_seconds: _builtins.int | None = ...,
+        select_policy: _builtins.str = ...,
+        policies: _abc.Iterable[Global___ScalingPolicy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stabilization_window_seconds", b"_stabilization_window_seconds", "stabilization_window_seconds", b"stabilization_window_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stabilization_window_seconds", b"_stabilization_window_seconds", "policies", b"policies", "select_policy", b"select_policy", "stabilization_window_seconds", b"stabilization_window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__stabilization_window_seconds: _TypeAlias = _typing.Literal["stabilization_window_seconds"]  # noqa: Y015
+    _WhichOneofArgType__stabilization_window_seconds: _TypeAlias = _typing.Literal["_stabilization_window_seconds", b"_stabilization_window_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stabilization_window_seconds) -> _WhichOneofReturnType__stabilization_window_seconds | None: ...
+
+Global___ScalingRules: _TypeAlias = ScalingRules  # noqa: Y015
+
+@_typing.final
+class ScalingPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"replicas" or "percent" (of the current count)"""
+    value: _builtins.int
+    """more than 0"""
+    period_seconds: _builtins.int
+    """1-1800"""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        value: _builtins.int = ...,
+        period_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_seconds", b"period_seconds", "type", b"type", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScalingPolicy: _TypeAlias = ScalingPolicy  # noqa: Y015
 
 @_typing.final
 class ServiceStatus(_message.Message):
@@ -415,8 +621,14 @@ class ApplyResult(_message.Message):
 
     SERVICE_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
+    REPLICAS_KEPT_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     """"created", "updated", "unchanged" """
+    replicas_kept: _builtins.bool
+    """The service is autoscaled and existed: its current replica count (service.spec.replicas, clamped to
+    the document's min..max) was kept instead of the document's `replicas`, which differs. Re-applying a
+    file never undoes the autoscaler.
+    """
     @_builtins.property
     def service(self) -> Global___Service: ...
     def __init__(
@@ -424,10 +636,11 @@ class ApplyResult(_message.Message):
         *,
         service: Global___Service | None = ...,
         action: _builtins.str = ...,
+        replicas_kept: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "replicas_kept", b"replicas_kept", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -555,6 +768,41 @@ class ScaleServiceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScaleServiceRequest: _TypeAlias = ScaleServiceRequest  # noqa: Y015
+
+@_typing.final
+class AutoscaleServiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AUTOSCALE_FIELD_NUMBER: _builtins.int
+    OFF_FIELD_NUMBER: _builtins.int
+    EXPECTED_GENERATION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    off: _builtins.bool
+    """true: remove the policy; the replica count stays"""
+    expected_generation: _builtins.int
+    """Compare-and-swap: only if the service is still at this generation (ABORTED otherwise). 0: always."""
+    @_builtins.property
+    def autoscale(self) -> Global___Autoscale:
+        """the new policy, whole (the CLI merges flags into the current one)"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        autoscale: Global___Autoscale | None = ...,
+        off: _builtins.bool = ...,
+        expected_generation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["autoscale", b"autoscale", "off", b"off", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscale", b"autoscale", "expected_generation", b"expected_generation", "name", b"name", "off", b"off", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_policy: _TypeAlias = _typing.Literal["autoscale", "off"]  # noqa: Y015
+    _WhichOneofArgType_policy: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_policy) -> _WhichOneofReturnType_policy | None: ...
+
+Global___AutoscaleServiceRequest: _TypeAlias = AutoscaleServiceRequest  # noqa: Y015
 
 @_typing.final
 class Rollout(_message.Message):

@@ -59,6 +59,11 @@ class SchedulerStub:
                 request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ScaleServiceRequest.SerializeToString,
                 response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Service.FromString,
                 _registered_method=True)
+        self.AutoscaleService = channel.unary_unary(
+                '/shoal.scheduler.v1.Scheduler/AutoscaleService',
+                request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.AutoscaleServiceRequest.SerializeToString,
+                response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Service.FromString,
+                _registered_method=True)
         self.RolloutStatus = channel.unary_unary(
                 '/shoal.scheduler.v1.Scheduler/RolloutStatus',
                 request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.GetServiceRequest.SerializeToString,
@@ -165,7 +170,19 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ScaleService(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Sets the replica count by hand. On an autoscaled service the count stands until the autoscaler's next
+        decision, which then works from it (as with Kubernetes' HPA); it is not clamped to min..max.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AutoscaleService(self, request, context):
+        """Sets or removes a service's autoscale policy, and nothing else: the template, placement, update policy
+        and labels stay. A new policy is validated like the service file's `autoscale` section
+        (INVALID_ARGUMENT naming the path, e.g. autoscale.metrics[0].cpu); the replica count is clamped to
+        the new min..max at once; `off` keeps the count where it is.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -299,6 +316,11 @@ def add_SchedulerServicer_to_server(servicer, server):
             'ScaleService': grpc.unary_unary_rpc_method_handler(
                     servicer.ScaleService,
                     request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ScaleServiceRequest.FromString,
+                    response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Service.SerializeToString,
+            ),
+            'AutoscaleService': grpc.unary_unary_rpc_method_handler(
+                    servicer.AutoscaleService,
+                    request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.AutoscaleServiceRequest.FromString,
                     response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Service.SerializeToString,
             ),
             'RolloutStatus': grpc.unary_unary_rpc_method_handler(
@@ -511,6 +533,33 @@ class Scheduler:
             target,
             '/shoal.scheduler.v1.Scheduler/ScaleService',
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ScaleServiceRequest.SerializeToString,
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Service.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AutoscaleService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.scheduler.v1.Scheduler/AutoscaleService',
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.AutoscaleServiceRequest.SerializeToString,
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Service.FromString,
             options,
             channel_credentials,

@@ -11,8 +11,10 @@ they are.
   * ApplyService is declarative and idempotent: the same spec twice changes nothing (the generation
     bumps only when the spec changes). It takes YAML documents (the service file users write, validated
     with the path and line of any mistake) or a structured ServiceSpec.
-  * Every write is a compare-and-swap in etcd. ScaleService with expected_generation fails with ABORTED
-    when the service changed since the caller read it.
+  * Every write is a compare-and-swap in etcd. ScaleService and AutoscaleService with expected_generation
+    fail with ABORTED when the service changed since the caller read it.
+  * An autoscaled service (ServiceSpec.autoscale) has its replica count set by the scheduler within the
+    policy's min..max; ApplyService keeps that count for an existing service (ApplyResult.replicas_kept).
   * Watch resumes from an etcd revision; when etcd has compacted it away the call fails with
     OUT_OF_RANGE (trailing metadata shoal-error=RevisionCompacted): list again, then watch from the
     revision the listing returned.
@@ -56,6 +58,15 @@ class SchedulerStub:
     DeleteService: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.DeleteServiceRequest, _scheduler_pb2.DeleteServiceResponse]
     """Its replicas are stopped and removed on every host; the service is gone once they are."""
     ScaleService: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ScaleServiceRequest, _scheduler_pb2.Service]
+    """Sets the replica count by hand. On an autoscaled service the count stands until the autoscaler's next
+    decision, which then works from it (as with Kubernetes' HPA); it is not clamped to min..max.
+    """
+    AutoscaleService: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.AutoscaleServiceRequest, _scheduler_pb2.Service]
+    """Sets or removes a service's autoscale policy, and nothing else: the template, placement, update policy
+    and labels stay. A new policy is validated like the service file's `autoscale` section
+    (INVALID_ARGUMENT naming the path, e.g. autoscale.metrics[0].cpu); the replica count is clamped to
+    the new min..max at once; `off` keeps the count where it is.
+    """
     RolloutStatus: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetServiceRequest, _scheduler_pb2.Rollout]
     """The state of the latest rollout (template change) of a service."""
     RolloutUndo: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RolloutUndoRequest, _scheduler_pb2.Service]
@@ -97,6 +108,15 @@ class SchedulerAsyncStub(SchedulerStub):
     DeleteService: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.DeleteServiceRequest, _scheduler_pb2.DeleteServiceResponse]  # type: ignore[assignment]
     """Its replicas are stopped and removed on every host; the service is gone once they are."""
     ScaleService: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ScaleServiceRequest, _scheduler_pb2.Service]  # type: ignore[assignment]
+    """Sets the replica count by hand. On an autoscaled service the count stands until the autoscaler's next
+    decision, which then works from it (as with Kubernetes' HPA); it is not clamped to min..max.
+    """
+    AutoscaleService: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.AutoscaleServiceRequest, _scheduler_pb2.Service]  # type: ignore[assignment]
+    """Sets or removes a service's autoscale policy, and nothing else: the template, placement, update policy
+    and labels stay. A new policy is validated like the service file's `autoscale` section
+    (INVALID_ARGUMENT naming the path, e.g. autoscale.metrics[0].cpu); the replica count is clamped to
+    the new min..max at once; `off` keeps the count where it is.
+    """
     RolloutStatus: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetServiceRequest, _scheduler_pb2.Rollout]  # type: ignore[assignment]
     """The state of the latest rollout (template change) of a service."""
     RolloutUndo: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RolloutUndoRequest, _scheduler_pb2.Service]  # type: ignore[assignment]
@@ -164,7 +184,22 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _scheduler_pb2.ScaleServiceRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_scheduler_pb2.Service, _abc.Awaitable[_scheduler_pb2.Service]]: ...
+    ) -> _typing.Union[_scheduler_pb2.Service, _abc.Awaitable[_scheduler_pb2.Service]]:
+        """Sets the replica count by hand. On an autoscaled service the count stands until the autoscaler's next
+        decision, which then works from it (as with Kubernetes' HPA); it is not clamped to min..max.
+        """
+
+    @_abc_1.abstractmethod
+    def AutoscaleService(
+        self,
+        request: _scheduler_pb2.AutoscaleServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Service, _abc.Awaitable[_scheduler_pb2.Service]]:
+        """Sets or removes a service's autoscale policy, and nothing else: the template, placement, update policy
+        and labels stay. A new policy is validated like the service file's `autoscale` section
+        (INVALID_ARGUMENT naming the path, e.g. autoscale.metrics[0].cpu); the replica count is clamped to
+        the new min..max at once; `off` keeps the count where it is.
+        """
 
     @_abc_1.abstractmethod
     def RolloutStatus(

@@ -291,8 +291,8 @@ def test_the_template_json_is_what_the_agent_reads() -> None:
     ("name: w\nimage: b\ntemplate: {image: b}\n",
      (2, "image", 'unknown key (did you mean "template.image"?)')),
     ("name: w\nzzz: 1\ntemplate: {image: b}\n",
-     (2, "zzz", "unknown key (expected one of: labels, metrics_port, name, placement, replicas, template, "
-                "update)")),
+     (2, "zzz", "unknown key (expected one of: autoscale, labels, metrics_port, name, placement, replicas, "
+                "template, update)")),
     ("name: w\ntemplate: {image: b, ports: [{container: 1, hostPort: 2}]}\n",
      (2, "template.ports[0].hostPort", 'unknown key (did you mean "host"?)')),
     # keys given twice
@@ -453,6 +453,22 @@ ROUND_TRIPS = [
     "name: w\ntemplate: {image: b, network: host}\nmetrics_port: 9100\n",
     "name: w\ntemplate: {image: b, env: {X: 'a: b', Y: '#1'}, command: ['', '--flag=\"q\"']}\n",
     "name: w\ntemplate: {image: b}\nupdate: {max_surge: 0%, max_unavailable: 10%}\n",
+    # autoscale: the contract's keys, defaults left out or not, min 0, milli-unit targets
+    "name: w\nreplicas: 7\ntemplate: {image: b, resources: {cpus: 0.5, memory: 64M}}\nautoscale:\n"
+    "  min: 2\n  max: 20\n  metrics:\n  - cpu: {target_utilization_percent: 60}\n"
+    "  - memory: {target_utilization_percent: 80}\n"
+    "  - prometheus: {query: 'sum(rate(x[30s]))', target_value: 100}\n"
+    "  - prometheus: {query: 'sum(rate(x[30s]))', target_average_value: 0.001}\n"
+    "  - prometheus: {query: 'rate(y[30s])', per_replica_label: replica, target_average_value: 2.5}\n"
+    "  tolerance: {scale_up: 0.05, scale_down: 0.2}\n  behavior:\n"
+    "    scale_up: {stabilization_window_seconds: 10, select_policy: min,\n"
+    "               policies: [{type: replicas, value: 1, period_seconds: 60}]}\n"
+    "    scale_down: {stabilization_window_seconds: 0, select_policy: disabled}\n",
+    "name: w\ntemplate: {image: b, resources: {cpus_request: 0.25}}\n"
+    "autoscale: {max: 3, metrics: [cpu: {target_utilization_percent: 150}]}\n",
+    "name: w\nreplicas: 0\ntemplate: {image: b}\nautoscale:\n  min: 0\n  max: 4\n"
+    "  metrics: [prometheus: {query: 'sum(queue_depth)', target_value: 999999999999.999}]\n"
+    "  tolerance: {scale_up: 0}\n",
 ]
 
 
