@@ -40,7 +40,9 @@ decision's reason; every count declared on the way. Then the step down (depth 2 
 timed too: ``down_s`` until the service is back at its base count with no other replica left (the 5 s
 scale-down window is most of it). Before each step the service must be settled at its base count, and
 the previous step up must be older than HPA's default scale-up period (15 s): within it the "4 replicas
-or 100 % per 15 s" policy counts the previous scale-up and allows none.
+or 100 % per 15 s" policy counts the previous scale-up and allows none. Each step then waits a random
+0 to 1 s more (``--seed``), so that the reps fall at every phase of the 1 s scrape, usage and tick
+intervals rather than all at the one the previous decision's tick set.
 
 Run as root, from the repository root, with the project's venv::
 
@@ -60,6 +62,7 @@ import argparse
 import json
 import math
 import os
+import random
 import re
 import secrets
 import shutil
@@ -146,6 +149,7 @@ class Options:
     reps: int
     timeout: float
     settle: float
+    rng: random.Random  # the random part of each step's time (see ``run_rep``)
     hold: float
 
 
@@ -245,16 +249,16 @@ def cpu_scenario(image: str, replicas: int) -> Scenario:
 # -- the steps --------------------------------------------------------------------------------------------
 
 
-def exec_in_replicas(rig: Rig, service: str, argv: list[str]) -> tuple[float, float]:
-    """Run ``argv`` in every running replica of ``service`` at once, each through its host's agent (a
-    ``shoal exec`` process); returns (perf_counter when the last one returned, seconds they took)."""
-    stub = rig.cluster.stub()
-    replicas = [
-        r for r in stub.ListReplicas(spb.ListReplicasRequest(service=service), timeout=10).replicas
-        if r.state == spb.REPLICA_STATE_RUNNING
-    ]
+def running_replicas(rig: Rig, service: str) -> list[spb.Replica]:
+    replicas = rig.cluster.stub().ListReplicas(spb.ListReplicasRequest(service=service), timeout=10).replicas
+    return [r for r in replicas if r.state == spb.REPLICA_STATE_RUNNING]
+
+
+def exec_in_replicas(rig: Rig, replicas: list[spb.Replica], argv: list[str]) -> tuple[float, float]:
+    """Run ``argv`` in these replicas at once, each through its host's agent (a ``shoal exec`` process);
+    returns (perf_counter when the last one returned, seconds they took)."""
     if not replicas:
-        raise RuntimeError(f"no running replica of {service} to exec in")
+        raise RuntimeError("no running replica to exec in")
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -279,18 +283,22 @@ def exec_in_replicas(rig: Rig, service: str, argv: list[str]) -> tuple[float, fl
     return done, done - started
 
 
-def step_up(rig: Rig, scenario: Scenario, rep: Rep) -> float:
-    """Apply the load step; returns t0 (perf_counter)."""
+def step_up(rig: Rig, scenario: Scenario, rep: Rep) -> tuple[float, list[spb.Replica]]:
+    """Apply the load step; returns t0 (perf_counter) and the replicas made to burn."""
     if scenario.name == "queue":
-        return rig.set_depth(QUEUE_STEP)
-    t0, rep.exec_s = exec_in_replicas(rig, scenario.service, ["touch", "/tmp/load"])
-    return t0
+        return rig.set_depth(QUEUE_STEP), []
+    burning = running_replicas(rig, scenario.service)
+    t0, rep.exec_s = exec_in_replicas(rig, burning, ["touch", "/tmp/load"])
+    return t0, burning
 
 
-def step_down(rig: Rig, scenario: Scenario) -> float:
+def step_down(rig: Rig, scenario: Scenario, burning: list[spb.Replica]) -> float:
+    """Remove the load; returns the perf_counter time it was gone."""
     if scenario.name == "queue":
         return rig.set_depth(QUEUE_BASE)
-    return exec_in_replicas(rig, scenario.service, ["rm", "-f", "/tmp/load"])[0]
+    # Only in the burning replicas: an exec's helper runs in the container's cgroup, and in an idle replica
+    # its cpu (a Python process starting) is enough for one more replica (seen: 4 -> 5 after the step down).
+    return exec_in_replicas(rig, burning, ["rm", "-f", "/tmp/load"])[0]
 
 
 # -- one rep ----------------------------------------------------------------------------------------------
@@ -308,8 +316,11 @@ def run_rep(rig: Rig, watch: ServiceWatch, scenario: Scenario, r: int, options: 
     if watch.wait_until(settled(scenario), since=time.perf_counter(), timeout=options.timeout) is None:
         rep.error = f"not settled at {scenario.base} replicas after {options.timeout:.0f} s: {watch.last}"
         return rep, None
-    time.sleep(max(options.settle, not_before - time.perf_counter()))
-    t0 = step_up(rig, scenario, rep)
+    # Each rep's wait is timed from the previous decision, which the autoscaler's tick grid places; without
+    # a random delay every step would land at the same phase of the 1 s scrape, sample and tick intervals,
+    # and ten reps would measure one phase ten times. One interval's worth of jitter samples them all.
+    time.sleep(max(options.settle, not_before - time.perf_counter()) + options.rng.uniform(0.0, 1.0))
+    t0, burning = step_up(rig, scenario, rep)
     wall0 = time.time() - (time.perf_counter() - t0)  # t0 on the wall clock the scheduler stamps with
     spawned = t0 - (rep.exec_s or 0.0)  # cpu: the load starts while the execs run, before t0
     changed = watch.wait_until(lambda p: p.declared != scenario.base, since=spawned, timeout=options.timeout)
@@ -324,7 +335,7 @@ def run_rep(rig: Rig, watch: ServiceWatch, scenario: Scenario, r: int, options: 
     else:
         rep.error = f"{scenario.target} not running and ready within {options.timeout:.0f} s: {watch.last}"
     time.sleep(options.hold)
-    t_down = step_down(rig, scenario)
+    t_down = step_down(rig, scenario, burning)
     rep.declared = _declared_counts(watch.between(t0, t_down))
     back = watch.wait_until(settled(scenario), since=t_down, timeout=options.timeout)
     if back is not None:
@@ -561,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="quiet at the base count before each step, s (default %(default)s)")
     parser.add_argument("--hold", type=float, default=1.0,
                         help="time at the full count before the step down, s (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=11, help="of each step's random 0-1 s delay")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "autoscale.json")
     parser.add_argument("--plot", type=Path, help="also draw the timelines into this PNG")
     parser.add_argument("--keep-temp", action="store_true", help="keep the temp dir (logs) at the end")
@@ -575,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps and --hosts must be at least 1, --timeout positive")
     if not 1 <= args.cpu_replicas <= 4:
         parser.error("--cpu-replicas must be 1 to 4 (the step doubles it; the service's max is 8)")
-    options = Options(reps=args.reps, timeout=args.timeout, settle=args.settle, hold=args.hold)
+    options = Options(reps=args.reps, timeout=args.timeout, settle=args.settle, hold=args.hold,
+                      rng=random.Random(args.seed))
     tag = secrets.token_hex(3)
     work = Path(tempfile.mkdtemp(prefix=f"shoal-as-{tag}-", dir="/tmp"))
     load_before = os.getloadavg()
