@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 
+from agent.cli import autoscale_decisions
 from agent.cli import cluster_output as out
 from agent.cli.client import CliError
 from agent.cli.scheduler_client import Scheduler, scheduler_errors
@@ -90,6 +91,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     service.add_argument("--expected-generation", type=int, default=0, metavar="G",
                          help="only if the service is still at generation G (refused otherwise)")
     service.set_defaults(func=cmd_autoscale, cluster=True)
+    autoscale_decisions.add_parsers(verbs)
 
 
 # -- the policy from the flags ------------------------------------------------------------------------------

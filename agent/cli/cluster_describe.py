@@ -84,7 +84,8 @@ def resources_text(res: apb.Resources) -> str:
     return ", ".join(parts) or "unlimited"
 
 
-def service_text(service: spb.Service, replicas: list[spb.Replica], rollout: spb.Rollout | None) -> str:
+def service_text(service: spb.Service, replicas: list[spb.Replica], rollout: spb.Rollout | None,
+                 decisions: list[spb.AutoscaleDecision] | None = None) -> str:
     import shlex
 
     spec, status, template = service.spec, service.status, service.spec.template
@@ -135,7 +136,21 @@ def service_text(service: spb.Service, replicas: list[spb.Replica], rollout: spb
     text = fields(rows)
     if spec.HasField("autoscale"):
         text += "\n" + autoscale_text(spec.autoscale, replicas=spec.replicas)
+        text += "\n" + decisions_text(decisions or [])
     return text + "\n" + _replica_table(replicas, with_service=False)
+
+
+DECISIONS_SHOWN = 5
+
+
+def decisions_text(decisions: list[spb.AutoscaleDecision]) -> str:
+    """The autoscaler's latest recorded decisions, newest last (``shoal autoscale history`` has all)."""
+    if not decisions:
+        return "Autoscaler decisions:  none yet"
+    rows = [[out.age(d.time), f"{d.current_replicas} -> {d.desired_replicas}"
+             if d.desired_replicas != d.current_replicas else f"{d.current_replicas}", d.reason]
+            for d in decisions[-DECISIONS_SHOWN:]]
+    return "Autoscaler decisions:\n" + indented(table(["AGE", "REPLICAS", "REASON"], rows))
 
 
 def autoscale_text(policy: spb.Autoscale, *, replicas: int) -> str:
@@ -301,7 +316,9 @@ def cmd_describe(scheduler: Scheduler, args: argparse.Namespace) -> int:
                 if err.code != "NOT_FOUND" and err.code != "FAILED_PRECONDITION":
                     raise
                 rollout = None
-            print(service_text(service, list(replicas), rollout))
+            decisions = (list(api.GetAutoscaleStatus(spb.GetServiceRequest(name=service.spec.name)).decisions)
+                         if service.spec.HasField("autoscale") else [])
+            print(service_text(service, list(replicas), rollout, decisions))
         elif kind == "scheduler":
             instance = cluster_get.find_scheduler(scheduler, args.name)
             listing = api.ListSchedulers(spb.ListSchedulersRequest())
@@ -338,5 +355,7 @@ def cmd_explain(scheduler: Scheduler, args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["autoscale_text", "cmd_describe", "cmd_explain", "explanation_text", "fields", "health_text",
-           "host_text", "service_text"]
+__all__ = [
+    "autoscale_text", "cmd_describe", "cmd_explain", "decisions_text", "explanation_text", "fields",
+    "health_text", "host_text", "service_text",
+]

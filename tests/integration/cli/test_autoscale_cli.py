@@ -8,6 +8,7 @@ their paths, and exit statuses."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from google.protobuf import json_format
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler import api
 from scheduler import spec as service_file
+from scheduler.autoscale import replay
 from scheduler.model import ServiceSpec
 from scheduler.spec import SpecError
 from tests.integration.cli.test_cluster_cli import (
@@ -59,6 +61,7 @@ class AutoscalingFake(FakeScheduler):
     def __init__(self) -> None:
         super().__init__()
         self.changes_under_merge = 0  # AutoscaleService calls to answer as if the service changed meanwhile
+        self.decisions: dict[str, list[pb.AutoscaleDecision]] = {}
 
     def _apply(self, text: str, source: str) -> list[pb.ApplyResult]:
         results = []
@@ -71,6 +74,21 @@ class AutoscalingFake(FakeScheduler):
             result.replicas_kept = replicas_kept
             results.append(result)
         return results
+
+    def GetAutoscaleStatus(self, request: pb.GetServiceRequest, context: grpc.ServicerContext
+                           ) -> pb.AutoscaleStatus:
+        self.record("GetAutoscaleStatus", request)
+        self._service(request.name, context)
+        return pb.AutoscaleStatus(service=request.name, decisions=self.decisions.get(request.name, []))
+
+    def ReplayAutoscale(self, request: pb.ReplayAutoscaleRequest, context: grpc.ServicerContext
+                        ) -> pb.ReplayAutoscaleResponse:
+        self.record("ReplayAutoscale", request)
+        try:  # the scheduler's own function: the fake answers what the real one does
+            return pb.ReplayAutoscaleResponse(output_json=replay.replay(request.input_json))
+        except replay.ReplayError as err:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "InvalidArgument", str(err))
+            raise
 
     def AutoscaleService(self, request: pb.AutoscaleServiceRequest, context: grpc.ServicerContext
                          ) -> pb.Service:
@@ -221,3 +239,41 @@ def test_describe_shows_the_policy(server: Server, pki: dict[str, Path]) -> None
                      "Scale down: window 300s; at most 100% per 15s"):
         assert expected in text, text
     assert "Autoscale" not in ok(run(pki, server.address, "describe", "service", "web"))
+
+
+INPUT = {"current_replicas": 2, "min_replicas": 1, "max_replicas": 10,
+         "metrics": [{"type": "cpu", "target_utilization_percent": 50, "replicas": [
+             {"id": "r1", "cpu_request_milli": 100, "cpu_usage_milli": 100},
+             {"id": "r2", "cpu_request_milli": 100, "cpu_usage_milli": 100}]}]}
+
+
+def test_history_lists_the_recorded_decisions_and_their_inputs(server: Server, pki: dict[str, Path]) -> None:
+    decided = pb.AutoscaleDecision(current_replicas=2, desired_replicas=4, reason="cpu 100% of target 50%",
+                                   input_json=json.dumps(INPUT))
+    decided.time.FromSeconds(1_700_000_000)
+    server.fake.decisions["auto"] = [decided]
+    table = ok(run(pki, server.address, "autoscale", "history", "auto"))
+    assert table.splitlines()[0].split() == ["TIME", "FROM", "TO", "REASON"]
+    assert "2023-11-14T22:13:20Z   2      4    cpu 100% of target 50%" in table
+    [row] = json.loads(ok(run(pki, server.address, "autoscale", "history", "auto", "-o", "json")))
+    assert (row["current_replicas"], row["desired_replicas"], row["input"]) == (2, 4, INPUT)
+    described = ok(run(pki, server.address, "describe", "service", "auto"))
+    assert "Autoscaler decisions:" in described and "2 -> 4" in described
+    assert "no decision recorded yet" in ok(run(pki, server.address, "autoscale", "history", "bare"))
+
+
+def test_replay_prints_the_decision_and_names_a_bad_keys_path(server: Server, pki: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    good = tmp_path / "in.json"
+    good.write_text(json.dumps(INPUT))
+    decision = json.loads(ok(run(pki, server.address, "autoscale", "replay", str(good))))
+    assert decision["desired_replicas"] == 4
+    assert decision["reason"].startswith("cpu 100% of target 50% on 2 ready replicas")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**INPUT, "metrics": [{"type": "cpu", "target_utilization_percent": 50,
+                                                      "replicas": [{"id": "r1", "cpu_usage_milli": 5}]}]}))
+    refused = run(pki, server.address, "autoscale", "replay", str(bad))
+    assert refused.returncode == 1
+    assert "metrics[0].replicas[0].cpu_request_milli: required for cpu metrics" in refused.stderr
+    missing = run(pki, server.address, "autoscale", "replay", str(tmp_path / "nope.json"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr

@@ -10,7 +10,7 @@ import argparse
 import pytest
 from google.protobuf import json_format
 
-from agent.cli import autoscale, cluster_describe, main
+from agent.cli import autoscale, autoscale_decisions, cluster_describe, main
 from agent.cli import cluster_output as out
 from agent.cli.client import CliError
 from proto.scheduler.v1 import scheduler_lite as spb
@@ -64,15 +64,12 @@ def test_the_first_word_is_the_service(argv: list[str], name: str | None) -> Non
     assert (args.name, args.max, args.func, args.cluster) == (name, 5, autoscale.cmd_autoscale, True)
 
 
-def test_replay_is_free_for_a_sub_command_of_its_own() -> None:
+def test_replay_and_history_are_sub_commands_and_a_service_may_still_be_named_so() -> None:
     parser = main.build_parser(None)
-    root = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    verbs = next(a for a in root.choices["autoscale"]._actions if isinstance(a, argparse._SubParsersAction))
-    replay = verbs.add_parser("replay")  # what `shoal autoscale replay FILE` adds
-    replay.add_argument("file")
-    replay.set_defaults(func="replay", offline=True)
     args = parser.parse_args(["autoscale", "replay", "decision.json"])
-    assert (args.func, args.file) == ("replay", "decision.json")
+    assert (args.func, args.file) == (autoscale_decisions.cmd_replay, "decision.json")
+    history = parser.parse_args(["autoscale", "history", "web", "-o", "json"])
+    assert (history.func, history.service, history.output) == (autoscale_decisions.cmd_history, "web", "json")
     named = parser.parse_args(["autoscale", "service/replay", "--off"])
     assert (named.func, named.name, named.off) == (autoscale.cmd_autoscale, "replay", True)
 
@@ -180,6 +177,7 @@ def test_describe_shows_the_policy_in_plain_words() -> None:
         "  Tolerance:  scale up above 110% of target, down below 80%",
         "  Scale up:   no window; the larger of 4 replicas per 15s or 100% per 15s",
         "  Scale down: window 60s; at most 50% per 15s",
+        "Autoscaler decisions:  none yet",
     ]
     plain = cluster_describe.service_text(spb.Service(spec=lite_spec("name: w\ntemplate: {image: b}\n")), [],
                                           None)
@@ -205,3 +203,14 @@ def test_describe_words_each_direction(behavior: str, up: str, down: str) -> Non
         "  Tolerance:  scale up above 110% of target, down below 90%",
         "  Scale up:   no window; the larger of 4 replicas per 15s or 100% per 15s",
         "  Scale down: window 300s; at most 100% per 15s"]
+
+
+def test_describe_shows_the_latest_decisions_newest_last() -> None:
+    decisions = [spb.AutoscaleDecision(current_replicas=2, desired_replicas=2 + i, reason=f"reason {i}")
+                 for i in range(7)]
+    service = spb.Service(spec=lite_spec(POLICY), generation=3)
+    text = cluster_describe.service_text(service, [], None, decisions)
+    block = text[text.index("Autoscaler decisions:"):text.index("Replicas:  none")].splitlines()
+    assert block[1].split() == ["AGE", "REPLICAS", "REASON"]
+    assert [line.split()[-2:] for line in block[2:]] == [["reason", str(i)] for i in range(2, 7)]
+    assert "2 -> 8" in block[-1]
