@@ -123,7 +123,10 @@ def cmd_apply(scheduler: Scheduler, args: argparse.Namespace) -> int:
             status = 1
             continue
         for result in response.results:
-            print(f"service/{result.service.spec.name} {result.action}")
+            # An autoscaled service keeps the count its autoscaler set: the file's replicas did not apply.
+            spec = result.service.spec
+            kept = f" (replicas {spec.replicas} kept: autoscaled)" if result.replicas_kept else ""
+            print(f"service/{spec.name} {result.action}{kept}")
     return status
 
 

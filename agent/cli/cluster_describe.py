@@ -24,9 +24,9 @@ KINDS = {"service": "service", "services": "service", "svc": "service", "host": 
 
 
 def fields(rows: list[tuple[str, str]]) -> str:
-    """``Key:   value`` lines, aligned (kubectl describe's layout)."""
+    """``Key:   value`` lines, aligned (kubectl describe's layout); an empty key continues the one above."""
     width = max(len(k) for k, _ in rows) + 2
-    return "\n".join(f"{(k + ':').ljust(width)}{v}".rstrip() for k, v in rows)
+    return "\n".join(f"{(k + ':' if k else '').ljust(width)}{v}".rstrip() for k, v in rows)
 
 
 def indented(text: str) -> str:
@@ -84,7 +84,8 @@ def resources_text(res: apb.Resources) -> str:
     return ", ".join(parts) or "unlimited"
 
 
-def service_text(service: spb.Service, replicas: list[spb.Replica], rollout: spb.Rollout | None) -> str:
+def service_text(service: spb.Service, replicas: list[spb.Replica], rollout: spb.Rollout | None,
+                 decisions: list[spb.AutoscaleDecision] | None = None) -> str:
     import shlex
 
     spec, status, template = service.spec, service.status, service.spec.template
@@ -133,7 +134,84 @@ def service_text(service: spb.Service, replicas: list[spb.Replica], rollout: spb
             f"{rollout.old} old")
         rows.append(("Rollout", state + (f": {rollout.message}" if rollout.message else "")))
     text = fields(rows)
+    if spec.HasField("autoscale"):
+        text += "\n" + autoscale_text(spec.autoscale, replicas=spec.replicas)
+        text += "\n" + decisions_text(decisions or [])
     return text + "\n" + _replica_table(replicas, with_service=False)
+
+
+DECISIONS_SHOWN = 5
+
+
+def decisions_text(decisions: list[spb.AutoscaleDecision]) -> str:
+    """The autoscaler's latest recorded decisions, newest last (``shoal autoscale history`` has all)."""
+    if not decisions:
+        return "Autoscaler decisions:  none yet"
+    rows = [[out.age(d.time), f"{d.current_replicas} -> {d.desired_replicas}"
+             if d.desired_replicas != d.current_replicas else f"{d.current_replicas}", d.reason]
+            for d in decisions[-DECISIONS_SHOWN:]]
+    return "Autoscaler decisions:\n" + indented(table(["AGE", "REPLICAS", "REASON"], rows))
+
+
+def autoscale_text(policy: spb.Autoscale, *, replicas: int) -> str:
+    """The policy in plain words, under ``Autoscale:``: the range, each metric (with its query), the
+    tolerance, and how fast each direction may go."""
+    def percent(fraction: float) -> str:
+        return f"{fraction * 100:g}%"
+
+    up = policy.tolerance_up if policy.HasField("tolerance_up") else 0.1
+    down = policy.tolerance_down if policy.HasField("tolerance_down") else 0.1
+    behavior = policy.behavior
+    rows = [("Replicas", f"{out.autoscale_range(policy)} (now {replicas})")]
+    rows += [("Metrics" if i == 0 else "", _metric_words(m)) for i, m in enumerate(policy.metrics)]
+    rows += [
+        ("Tolerance", f"scale up above {percent(1 + up)} of target, down below {percent(1 - down)}"),
+        ("Scale up", _rules_words(behavior.scale_up if behavior.HasField("scale_up") else None, "scale_up")),
+        ("Scale down", _rules_words(behavior.scale_down if behavior.HasField("scale_down") else None,
+                                    "scale_down")),
+    ]
+    return "Autoscale:\n" + indented(fields(rows))
+
+
+def _metric_words(metric: spb.MetricTarget) -> str:
+    if metric.kind in ("cpu", "memory"):
+        return f"{metric.kind} {metric.target_utilization_percent}% of the request"
+    if metric.kind != "prometheus":
+        return metric.kind or "?"
+    if metric.target_value_milli:
+        return f"prometheus {metric.query} = {out.milli_text(metric.target_value_milli)}"
+    average = out.milli_text(metric.target_average_value_milli)
+    if metric.per_replica_label:
+        return f"prometheus {metric.query} = {average} per replica (label {metric.per_replica_label})"
+    return f"prometheus {metric.query} = {average} per replica (its value / replicas)"
+
+
+# What the scheduler fills in when a direction is left out (Kubernetes' defaults); it sends them filled.
+_DEFAULT_RULES = {
+    "scale_up": spb.ScalingRules(stabilization_window_seconds=0, select_policy="max", policies=[
+        spb.ScalingPolicy(type="replicas", value=4, period_seconds=15),
+        spb.ScalingPolicy(type="percent", value=100, period_seconds=15)]),
+    "scale_down": spb.ScalingRules(stabilization_window_seconds=300, select_policy="max", policies=[
+        spb.ScalingPolicy(type="percent", value=100, period_seconds=15)]),
+}
+
+
+def _rules_words(rules: spb.ScalingRules | None, direction: str) -> str:
+    """``window 300s; at most 100% per 15s``, ``no window; the larger of 4 replicas or 100% per 15s``."""
+    default = _DEFAULT_RULES[direction]
+    rules = rules if rules is not None else default
+    window = rules.stabilization_window_seconds if rules.HasField("stabilization_window_seconds") \
+        else default.stabilization_window_seconds
+    select = rules.select_policy or "max"
+    if select == "disabled":
+        return "disabled"
+    limits = [f"{p.value}{'%' if p.type == 'percent' else ' replica' if p.value == 1 else ' replicas'} per "
+              f"{p.period_seconds}s" for p in (rules.policies or default.policies)]
+    if len(limits) == 1:
+        limit = f"at most {limits[0]}"
+    else:
+        limit = f"the {'larger' if select == 'max' else 'smaller'} of {' or '.join(limits)}"
+    return (f"window {window}s; " if window else "no window; ") + limit
 
 
 def _replica_table(replicas: list[spb.Replica], *, with_service: bool) -> str:
@@ -238,7 +316,9 @@ def cmd_describe(scheduler: Scheduler, args: argparse.Namespace) -> int:
                 if err.code != "NOT_FOUND" and err.code != "FAILED_PRECONDITION":
                     raise
                 rollout = None
-            print(service_text(service, list(replicas), rollout))
+            decisions = (list(api.GetAutoscaleStatus(spb.GetServiceRequest(name=service.spec.name)).decisions)
+                         if service.spec.HasField("autoscale") else [])
+            print(service_text(service, list(replicas), rollout, decisions))
         elif kind == "scheduler":
             instance = cluster_get.find_scheduler(scheduler, args.name)
             listing = api.ListSchedulers(spb.ListSchedulersRequest())
@@ -275,5 +355,7 @@ def cmd_explain(scheduler: Scheduler, args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["cmd_describe", "cmd_explain", "explanation_text", "fields", "health_text", "host_text",
-           "service_text"]
+__all__ = [
+    "autoscale_text", "cmd_describe", "cmd_explain", "decisions_text", "explanation_text", "fields",
+    "health_text", "host_text", "service_text",
+]

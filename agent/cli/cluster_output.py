@@ -2,11 +2,13 @@
 columns and habits) and as the JSON objects of ``-o json``.
 
 The JSON keys are a contract scripts rely on (docs/service-file.md and the README list them): services
-``name``, ``replicas`` (desired), ``ready``, ``generation``; replicas ``id``, ``service``, ``host``,
-``state``, ``ready``, ``generation``, ``reason``; hosts ``id``, ``name``, ``address``, ``state``,
-``labels``; endpoints ``service``, ``replica``, ``host``, ``address``; scheduler instances ``id``,
-``address`` (the first API address), ``leader`` (a boolean), ``started_at``. More keys may be added, none
-removed or renamed. States are lowercase words (``pending``, ``not_ready``), times RFC 3339 in UTC.
+``name``, ``replicas`` (desired), ``ready``, ``generation``, ``autoscale`` (null, or the policy as the
+service file writes it, every default filled in: ``min``, ``max``, ``metrics``, ``tolerance``,
+``behavior``); replicas ``id``, ``service``, ``host``, ``state``, ``ready``, ``generation``, ``reason``;
+hosts ``id``, ``name``, ``address``, ``state``, ``labels``; endpoints ``service``, ``replica``, ``host``,
+``address``; scheduler instances ``id``, ``address`` (the first API address), ``leader`` (a boolean),
+``started_at``. More keys may be added, none removed or renamed. States are lowercase words
+(``pending``, ``not_ready``), times RFC 3339 in UTC.
 """
 
 from __future__ import annotations
@@ -98,12 +100,24 @@ def service_json(service: spb.Service) -> dict[str, Any]:
         "image": service.spec.template.image,
         "created_at": timestamp(service.created_at),
         "updated_at": timestamp(service.updated_at),
+        "autoscale": autoscale_json(service.spec),
         "spec": to_dict(service.spec),
     }
 
 
+def autoscale_json(spec: spb.ServiceSpec) -> dict[str, Any] | None:
+    if not spec.HasField("autoscale"):
+        return None
+    from agent.cli.servicefile import autoscale_dict  # the file's form (no PyYAML needed for it)
+    from agent.protolite import to_dict
+
+    return autoscale_dict(to_dict(spec.autoscale))
+
+
 SERVICE_HEADERS = ["NAME", "READY", "UP-TO-DATE", "PENDING", "GENERATION", "AGE"]
-SERVICE_WIDE = ["IMAGE", "STRATEGY", "MESSAGE"]
+# MIN, MAX and TARGETS: what kubectl shows of an HPA (``get hpa``), for an autoscaled service.
+SERVICE_WIDE = ["IMAGE", "STRATEGY", "MIN", "MAX", "TARGETS", "MESSAGE"]
+TARGETS_SHOWN = 2  # then "+ N more", as kubectl get hpa
 
 
 def service_row(service: spb.Service, *, wide: bool = False) -> list[str]:
@@ -112,8 +126,55 @@ def service_row(service: spb.Service, *, wide: bool = False) -> list[str]:
     row = [name, f"{status.ready}/{service.spec.replicas}", str(status.updated), str(status.pending),
            str(service.generation), age(service.created_at)]
     if wide:
-        row += [service.spec.template.image, service.spec.placement.strategy or "spread", status.message]
+        row += [service.spec.template.image, service.spec.placement.strategy or "spread"]
+        if service.spec.HasField("autoscale"):
+            policy = service.spec.autoscale
+            row += [str(autoscale_min(policy)), str(policy.max_replicas),
+                    targets_text(policy, most=TARGETS_SHOWN)]
+        else:
+            row += ["-", "-", "-"]
+        row.append(status.message)
     return row
+
+
+# -- autoscale policies ------------------------------------------------------------------------------------
+
+def autoscale_min(policy: spb.Autoscale) -> int:
+    return policy.min_replicas if policy.HasField("min_replicas") else 1  # unset: the file's default
+
+
+EN_DASH = "\u2013"  # between the two ends of a range of replicas, as typeset
+
+
+def autoscale_range(policy: spb.Autoscale) -> str:
+    return f"{autoscale_min(policy)}{EN_DASH}{policy.max_replicas}"
+
+
+def milli_text(milli: int) -> str:
+    """Milli-units as the number they stand for: 100000 → "100", 2500 → "2.5" (exact, no float)."""
+    whole, rest = divmod(abs(milli), 1000)
+    sign = "-" if milli < 0 else ""
+    return f"{sign}{whole}" + (f".{rest:03d}".rstrip("0") if rest else "")
+
+
+def metric_text(metric: spb.MetricTarget) -> str:
+    """One metric and its target, short: ``cpu 60%``, ``prometheus 100``, ``prometheus 10 (avg)``,
+    ``prometheus 5 per replica``."""
+    if metric.kind in ("cpu", "memory"):
+        return f"{metric.kind} {metric.target_utilization_percent}%"
+    if metric.kind != "prometheus":
+        return metric.kind or "?"
+    if metric.target_value_milli:
+        return f"prometheus {milli_text(metric.target_value_milli)}"
+    average = milli_text(metric.target_average_value_milli)
+    return f"prometheus {average} per replica" if metric.per_replica_label else f"prometheus {average} (avg)"
+
+
+def targets_text(policy: spb.Autoscale, *, most: int | None = None) -> str:
+    texts = [metric_text(m) for m in policy.metrics]
+    if most is not None and len(texts) > most:
+        texts = [*texts[:most], f"+ {len(texts) - most} more"]
+    return ", ".join(texts) or "none"
 
 
 # -- replicas ------------------------------------------------------------------------------------------------
@@ -253,11 +314,16 @@ __all__ = [
     "SCHEDULER_WIDE",
     "SERVICE_HEADERS",
     "age",
+    "autoscale_json",
+    "autoscale_min",
+    "autoscale_range",
     "endpoint_json",
     "endpoint_row",
     "host_json",
     "host_row",
     "host_state",
+    "metric_text",
+    "milli_text",
     "replica_json",
     "replica_row",
     "replica_state",
@@ -266,5 +332,6 @@ __all__ = [
     "service_json",
     "service_row",
     "size_text",
+    "targets_text",
     "timestamp",
 ]

@@ -80,14 +80,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 # Command → the module that defines it, in the order their help lists them.
-_MODULES = ("containers", "images", "system", "observe", "cluster", "certs")
+_MODULES = ("containers", "images", "system", "observe", "cluster", "autoscale", "certs")
 COMMANDS = {**dict.fromkeys(("run", "create", "ps", "logs", "start", "stop", "kill", "rm", "wait", "exec",
                              "inspect"), "containers"),
             "image": "images", "system": "system", "events": "observe", "stats": "observe",
             "host": "observe", "certs": "certs",
             # The same list as agent.cli.cluster.COMMANDS (a test checks): importing it costs start-up.
             **dict.fromkeys(("apply", "get", "scale", "describe", "delete", "cordon", "uncordon", "drain",
-                             "explain", "rollout"), "cluster")}
+                             "explain", "rollout"), "cluster"),
+            "autoscale": "autoscale"}
 _GLOBAL_WITH_VALUE = ("--agent", "--scheduler", "--tls-dir")
 
 

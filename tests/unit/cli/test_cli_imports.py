@@ -48,7 +48,8 @@ from agent.cli import main, cluster_get, scheduler_client, transport
 from proto.scheduler.v1 import scheduler_lite as spb
 parser = main.build_parser()
 for argv in (["get", "replicas", "-w"], ["apply", "-f", "-"], ["scale", "web", "--replicas", "2"],
-             ["describe", "service", "web"], ["rollout", "status", "web"], ["drain", "h", "--wait"]):
+             ["describe", "service", "web"], ["rollout", "status", "web"], ["drain", "h", "--wait"],
+             ["autoscale", "web", "--min", "2", "--max", "5", "--cpu-percent", "60"]):
     parser.parse_args(argv)
 printer = cluster_get.Printer(cluster_get.REPLICAS, None, watching=False)
 printer.listing([spb.Replica(id="r1", service="web", state=spb.REPLICA_STATE_RUNNING, ready=True)])

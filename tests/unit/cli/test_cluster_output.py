@@ -128,7 +128,8 @@ def test_age_of_an_unset_time() -> None:
 def test_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(out.time, "time", lambda: NOW)
     assert out.service_row(service(ready=2, updated=3, pending=1)) == ["web", "2/3", "3", "1", "4", "5m"]
-    assert out.service_row(service(message="m"), wide=True)[6:] == ["busybox:1.36", "binpack", "m"]
+    assert out.service_row(service(message="m"), wide=True)[6:] == ["busybox:1.36", "binpack", "-", "-", "-",
+                                                                    "m"]
     assert out.replica_row(replica()) == ["web-1", "web", "running", "yes", "node-1", "0", "42s", ""]
     assert out.replica_row(spb.Replica(id="r", service="web", state=spb.REPLICA_STATE_PENDING,
                                        reason="no room"), wide=True) == [

@@ -29,6 +29,9 @@ ARGVS = [
     ["cordon", "h1"], ["uncordon", "h1"], ["drain", "h1", "--wait", "--timeout", "5m"],
     ["explain", "replica", "web-1", "-o", "json"],
     ["rollout", "status", "web", "-w"], ["rollout", "undo", "web"],
+    ["autoscale", "web", "--min", "2", "--max", "20", "--cpu-percent", "60", "--tolerance", "0.2"],
+    ["autoscale", "service", "web", "--off", "--expected-generation", "3"],
+    ["autoscale", "svc/replay", "--max", "3"],
 ]
 
 
@@ -55,7 +58,8 @@ def _output(argv: list[str], *, lazy: bool) -> tuple[object, str, str]:
 @pytest.mark.parametrize("argv", [["run", "--help"], ["image", "--help"], ["image", "nope"], ["run"],
                                   ["ps", "--bogus"], ["--agent"], ["nope"], ["--help"], [],
                                   ["get", "--help"], ["get", "services", "-o", "xml"], ["rollout"],
-                                  ["scale", "web"], ["--scheduler"]])
+                                  ["scale", "web"], ["--scheduler"], ["autoscale", "--help"], ["autoscale"],
+                                  ["autoscale", "web", "--help"], ["autoscale", "web", "--max"]])
 def test_help_and_errors_are_the_same(argv: list[str]) -> None:
     assert _output(argv, lazy=True) == _output(argv, lazy=False)
 

@@ -6,6 +6,7 @@ answered with ours, the way back (``render_yaml``) and the API's structured form
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
@@ -494,3 +495,13 @@ def test_the_store_keeps_the_policy() -> None:
     plain = Service(spec=parse("name: w\n" + TEMPLATE))
     assert records.decode(Service, records.encode(plain)).spec.autoscale is None
     assert spec.name == ServiceName("web")
+
+
+def test_the_documented_example_is_the_contract() -> None:
+    """docs/service-file.md shows the contract's keys; its example must parse to the same policy."""
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "service-file.md").read_text()
+    section = docs[docs.index("## `autoscale`"):]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    example = section[start:section.index("```", start)]
+    documented = parse("name: web\n" + TEMPLATE + example)
+    assert documented.autoscale == parse(CONTRACT).autoscale
