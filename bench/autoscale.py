@@ -74,6 +74,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench`, `proto`, `scheduler` and `tests` importable
@@ -149,8 +150,8 @@ class Options:
     reps: int
     timeout: float
     settle: float
-    rng: random.Random  # the random part of each step's time (see ``run_rep``)
     hold: float
+    rng: random.Random  # the random part of each step's time (see ``run_rep``)
 
 
 @dataclass
@@ -173,8 +174,6 @@ class Rig:
 
     def prometheus_get(self, path: str, **params: str) -> Any:
         """One GET of Prometheus' HTTP API, from inside the control host (nothing listens outside it)."""
-        from urllib.parse import urlencode
-
         url = f"{self.prometheus.url}{path}?{urlencode(params)}"
         script = "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=5).read().decode())"
         out = run_checked([*self.cluster.control.nsenter_net, sys.executable, "-c", script, url], timeout=15)
