@@ -30,6 +30,7 @@ from agent.images.store import Image, ImageStore, ImportProgress
 from agent.network.manager import Attachment
 from agent.network.ports import ANY_ADDRESS, PortMapping, parse_port_spec
 from agent.runtime import events as evlog
+from agent.runtime import validation
 from agent.runtime.containers import Container, ContainerRuntime, PullPolicy
 from agent.runtime.fencing import Fence
 from agent.runtime.health import HealthCheck, HealthResult, HealthStatus, ProbeKind
@@ -109,6 +110,9 @@ T = TypeVar("T")
 
 # How often an import or pull stream sends progress (per layer, the newest report only).
 PROGRESS_INTERVAL = 0.1
+# The longest status message sent, in bytes (percent-encoding may triple it on the wire; 8 KiB is the
+# default limit for all trailers together).
+MAX_STATUS_MESSAGE = 1024
 
 
 def status_for(err: errors.ShoalError) -> grpc.StatusCode:
@@ -131,15 +135,24 @@ def error_metadata(err: errors.ShoalError) -> tuple[tuple[str, str], ...]:
     return metadata
 
 
+def status_message(text: str, *, limit: int = MAX_STATUS_MESSAGE) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes: the status message travels in the trailers, which a client
+    refuses whole above its metadata limit (8 KiB by default) — the caller would see no error at all."""
+    raw = text.encode(errors="replace")
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode(errors="ignore") + f"… (message cut from {len(raw)} bytes)"
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException) -> None:
     if isinstance(err, OSError):
         # An OSError no layer below wrapped: a full disk is still RESOURCE_EXHAUSTED.
         err = durable.os_error(err, op="serve the request at", path=getattr(err, "filename", None) or "?")
     if isinstance(err, errors.ShoalError):
         context.set_trailing_metadata(error_metadata(err))
-        await context.abort(status_for(err), str(err))
+        await context.abort(status_for(err), status_message(str(err)))
     log.exception("internal error", exc_info=err)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {err}")
+    await context.abort(grpc.StatusCode.INTERNAL, status_message(f"internal error: {err}"))
 
 
 def unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -207,10 +220,16 @@ def spec_from_pb(msg: pb.ContainerSpec, *, default_network: NetworkMode = Networ
         pids_max=res.pids_max or None, memory_request_bytes=res.memory_request_bytes or None,
         cpu_request_millis=res.cpu_request_millis or None,
     )
-    network = _NETWORK_FROM_PB.get(msg.network, default_network)
-    restart = RestartPolicy(mode=_RESTART_FROM_PB.get(msg.restart.mode, RestartMode.NO),
+    size = msg.ByteSize()
+    if size > validation.MAX_SPEC_BYTES:
+        raise errors.InvalidArgument(f"the container spec is {size} bytes: the most a container may have "
+                                     f"is {validation.MAX_SPEC_BYTES} (put large data in a file instead)")
+    network = default_network if msg.network == pb.NETWORK_MODE_UNSPECIFIED else _enum(
+        _NETWORK_FROM_PB, msg.network, what="network mode", known="1 (none), 2 (host) or 3 (bridge)")
+    restart = RestartPolicy(mode=_enum(_RESTART_FROM_PB, msg.restart.mode, what="restart mode",
+                                       known="0 (no), 1 (on-failure) or 2 (always)"),
                             max_retries=msg.restart.max_retries)
-    return ContainerSpec(
+    return validation.validate_spec(ContainerSpec(
         image=msg.image, entrypoint=tuple(msg.entrypoint), command=tuple(msg.command),
         env=parse_env(tuple(msg.env)), working_dir=msg.working_dir, user=msg.user,
         hostname=msg.hostname, resources=resources.validate(),
@@ -218,7 +237,16 @@ def spec_from_pb(msg: pb.ContainerSpec, *, default_network: NetworkMode = Networ
         auto_remove=msg.auto_remove, restart=restart,
         health=health_from_pb(msg.health) if msg.HasField("health") else None,
         ports=tuple(port_from_pb(p) for p in msg.ports),
-    )
+    ))
+
+
+def _enum(table: dict[Any, T], value: int, *, what: str, known: str) -> T:
+    """An enum value of the request; one this agent does not know is the caller's mistake (a newer
+    client, a bad encoder), never silently the default."""
+    try:
+        return table[value]
+    except KeyError:
+        raise errors.InvalidArgument(f"unknown {what} {value}: this agent knows {known}") from None
 
 
 def health_from_pb(msg: pb.HealthCheck) -> HealthCheck:
@@ -377,7 +405,9 @@ class ContainersService(pb_grpc.ContainersServicer):
         fence = fence_from_pb(request.fence)
         ctr = await self.runtime.create(container_id=request.id, name=request.name,
                                         spec=spec_from_pb(request.spec, default_network=default),
-                                        pull=_PULL[request.pull], fence=fence)
+                                        pull=_enum(_PULL, request.pull, what="pull policy",
+                                                   known="0/3 (never), 1 (missing) or 2 (always)"),
+                                        fence=fence)
         if request.start:
             ctr = await self._start(ctr.id, fence)
         return self._pb(ctr)
