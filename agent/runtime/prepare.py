@@ -91,8 +91,8 @@ def _resolve(request: Request, *, image: Image, layers: list[Path], final: overl
     # execve must carry the result (agent.runtime.validation).
     ids = ((creds.uid, "uid"), (creds.gid, "gid"), *((g, "group id") for g in creds.additional_gids))
     for value, what in ids:
-        validation.check_id(value, what=f"{what} of user {quoted(spec.user or cfg.user)} in image "
-                                        f"{quoted(spec.image)}")
+        validation.check_id(value, what=what,
+                            where=f"of user {quoted(spec.user or cfg.user)} in image {quoted(spec.image)}")
     validation.check_exec_size(argv, env, source=f"image {quoted(spec.image)} and the request")
     try:
         staging.create()

@@ -100,9 +100,11 @@ def check_user(user: str) -> None:
             check_id(int(part), what=kind)
 
 
-def check_id(value: int, *, what: str) -> None:
+def check_id(value: int, *, what: str, where: str = "") -> None:
+    """A uid or gid; ``where`` says where it came from (``of user 'app' in image x``)."""
     if not 0 <= value <= MAX_ID:
-        raise InvalidArgument(f"{what} {value} is out of range: Shoal supports 0-{MAX_ID}")
+        raise InvalidArgument(f"{what} {value}{' ' + where if where else ''} is out of range: Shoal "
+                              f"supports 0-{MAX_ID}")
 
 
 def check_hostname(hostname: str) -> None:
