@@ -14,17 +14,19 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
 
-from agent import durable, errors, roles
+from agent import durable, errors, paging, roles
 from agent.images.pull import Puller
 from agent.images.store import Image, ImageStore, ImportProgress
 from agent.network.manager import Attachment
@@ -110,6 +112,9 @@ T = TypeVar("T")
 
 # How often an import or pull stream sends progress (per layer, the newest report only).
 PROGRESS_INTERVAL = 0.1
+# A ListContainers page stops before this many encoded bytes (one container always fits: create caps
+# its description), far below a client's default 4 MiB receive limit.
+PAGE_BYTES = 2 << 20
 # The longest status message sent, in bytes (percent-encoding may triple it on the wire; 8 KiB is the
 # default limit for all trailers together).
 MAX_STATUS_MESSAGE = 1024
@@ -379,6 +384,11 @@ def _created_seconds(created: Any) -> float | None:
 
 # -- services ------------------------------------------------------------------------------------
 
+def _position(ctr: Container) -> paging.Position:
+    """Where a container sits in a listing: oldest first, the id breaking ties."""
+    return (ctr.record.created_at, ctr.id)
+
+
 class ContainersService(pb_grpc.ContainersServicer):
     def __init__(self, runtime: ContainerRuntime, metrics: AgentMetrics | None = None) -> None:
         self.runtime = runtime
@@ -442,11 +452,24 @@ class ContainersService(pb_grpc.ContainersServicer):
     @unary
     async def ListContainers(self, request: pb.ListContainersRequest, context: Any
                              ) -> pb.ListContainersResponse:
+        if request.page_size < 0:
+            raise errors.InvalidArgument(f"page size must not be negative, got {request.page_size}")
+        cursor = paging.decode(request.page_token) if request.page_token else None
         states: set[State] = set().union(*(_PB_TO_STATES.get(s, set()) for s in request.states))
         found = self.runtime.listing(all=request.all, labels=dict(request.labels), name=request.name,
                                      states=states or None)
-        return pb.ListContainersResponse(containers=[self._pb(c) for c in found.containers],
-                                         event_sequence=found.event_sequence, event_epoch=found.event_epoch)
+        if cursor is None:
+            cursor = paging.Cursor(after=(-math.inf, ""), event_sequence=found.event_sequence,
+                                   event_epoch=found.event_epoch)
+        ordered = sorted((c for c in found.containers if _position(c) > cursor.after), key=_position)
+        page, more = paging.take_page(((c, self._pb(c)) for c in ordered), size_of=lambda m: m[1].ByteSize(),
+                                      page_size=request.page_size, budget=PAGE_BYTES)
+        response = pb.ListContainersResponse(containers=[m for _, m in page],
+                                             event_sequence=cursor.event_sequence,
+                                             event_epoch=cursor.event_epoch)
+        if more:
+            response.next_page_token = paging.encode(replace(cursor, after=_position(page[-1][0])))
+        return response
 
     @unary
     async def WaitContainer(self, request: pb.ContainerRef, context: Any) -> pb.WaitContainerResponse:

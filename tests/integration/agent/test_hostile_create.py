@@ -103,3 +103,61 @@ def test_fuzzed_creates_get_actionable_answers_and_listing_survives(
     assert code in ACTIONABLE, f"{code}: {details[:500]}"
     assert len(details.encode()) < 1100
     _listing_works(stub)
+
+
+# -- paginated listing -------------------------------------------------------------------------------
+
+
+def _all_pages(stub: pb_grpc.ContainersStub, **filters: object) -> list[pb.ListContainersResponse]:
+    pages = [stub.ListContainers(pb.ListContainersRequest(**filters))]  # type: ignore[arg-type]
+    while pages[-1].next_page_token:
+        pages.append(stub.ListContainers(pb.ListContainersRequest(
+            **filters, page_token=pages[-1].next_page_token)))  # type: ignore[arg-type]
+    return pages
+
+
+def test_listing_pages_by_count_without_skipping_or_repeating(stub: pb_grpc.ContainersStub) -> None:
+    ids = [f"page-{i}" for i in range(7)]
+    for cid in ids:
+        stub.CreateContainer(pb.CreateContainerRequest(id=cid, spec=_spec(labels={"t": "paging"})))
+    try:
+        pages = _all_pages(stub, all=True, labels={"t": "paging"}, page_size=3)
+        assert [len(p.containers) for p in pages] == [3, 3, 1]
+        assert [c.id for p in pages for c in p.containers] == ids  # oldest first, each once
+        assert len({(p.event_sequence, p.event_epoch) for p in pages}) == 1  # the first page's, repeated
+        # A container removed while paging is neither skipped over nor does it break the next page.
+        first = stub.ListContainers(pb.ListContainersRequest(all=True, labels={"t": "paging"}, page_size=2))
+        stub.RemoveContainer(pb.RemoveContainerRequest(id="page-2"))
+        rest = stub.ListContainers(pb.ListContainersRequest(all=True, labels={"t": "paging"}, page_size=10,
+                                                            page_token=first.next_page_token))
+        assert [c.id for c in rest.containers] == ["page-3", "page-4", "page-5", "page-6"]
+        assert not rest.next_page_token
+    finally:
+        for cid in ids:
+            stub.RemoveContainer(pb.RemoveContainerRequest(id=cid, force=True, missing_ok=True))
+
+
+def test_big_containers_are_listed_in_pages_that_fit_a_clients_limit(
+        stub: pb_grpc.ContainersStub, agent: AgentProcess) -> None:
+    """Finding 7: containers whose descriptions add up past 4 MiB broke `ps -a` for everyone."""
+    big_env = [f"V{i}=" + "x" * (100 << 10) for i in range(2)]  # ~200 kB in the spec, again resolved
+    ids = [f"big-{i}" for i in range(12)]
+    for cid in ids:
+        stub.CreateContainer(pb.CreateContainerRequest(id=cid, spec=_spec(env=big_env)))
+    try:
+        pages = _all_pages(stub, all=True)
+        assert len(pages) > 1 and all(p.ByteSize() < (4 << 20) for p in pages)
+        assert set(ids) <= {c.id for p in pages for c in p.containers}
+        listed = agent.run("ps", "-aq", "--no-trunc").stdout.split()
+        assert set(ids) <= set(listed)
+    finally:
+        for cid in ids:
+            stub.RemoveContainer(pb.RemoveContainerRequest(id=cid, force=True))
+
+
+def test_a_forged_page_token_or_size_is_invalid(stub: pb_grpc.ContainersStub) -> None:
+    for request in (pb.ListContainersRequest(page_token="not-a-token"),
+                    pb.ListContainersRequest(page_size=-1)):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListContainers(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
