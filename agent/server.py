@@ -395,7 +395,14 @@ class ContainersService(pb_grpc.ContainersServicer):
         self.metrics = metrics
 
     def _pb(self, ctr: Container) -> pb.Container:
-        return container_to_pb(ctr, self.runtime.attachment(ctr))
+        try:
+            return container_to_pb(ctr, self.runtime.attachment(ctr))
+        except ValueError as err:
+            # A record from before create checked everything (a uid past int32): that one container
+            # shows what it can, and listing and inspect keep working for all the others.
+            log.warning("container %s cannot be described fully: %s", ctr.id, err)
+            return pb.Container(id=ctr.id, name=ctr.name, state=state_to_pb(ctr), error=status_message(
+                f"this container's record holds values the API cannot carry ({err}); remove it"))
 
     async def _start(self, ref: str, fence: Fence) -> Container:
         started = time.perf_counter()
