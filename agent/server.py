@@ -498,6 +498,14 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     @streaming
     async def Exec(self, request: pb.ExecRequest, context: Any) -> AsyncIterator[pb.ExecOutput]:
+        # The same bounds as create: execve would refuse these later, with a less helpful error.
+        validation.check_strings(request.command, what="exec argument")
+        validation.check_strings(request.env, what="exec environment variable")
+        validation.check_exec_size(request.command, request.env, source="the exec request")
+        if request.working_dir:
+            validation.check_path(request.working_dir, what="exec working directory")
+        if request.user:
+            validation.check_user(request.user)
         async for kind, payload in self.runtime.exec(
             request.id, argv=list(request.command), env=list(parse_env(tuple(request.env))),
             working_dir=request.working_dir, user=request.user,

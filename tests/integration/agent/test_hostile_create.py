@@ -161,3 +161,23 @@ def test_a_forged_page_token_or_size_is_invalid(stub: pb_grpc.ContainersStub) ->
         with pytest.raises(grpc.RpcError) as info:
             stub.ListContainers(request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_exec_refuses_what_execve_would_with_the_creates_messages(stub: pb_grpc.ContainersStub) -> None:
+    sleeper = pb.ContainerSpec(image=LOCAL_IMAGE, command=["sleep", "300"])
+    stub.CreateContainer(pb.CreateContainerRequest(id="exec-target", start=True, spec=sleeper))
+    try:
+        for request, words in (
+            (pb.ExecRequest(id="exec-target", command=["echo", "a\0b"]), "NUL"),
+            (pb.ExecRequest(id="exec-target", command=["true"], env=["K=\0"]), "NUL"),
+            (pb.ExecRequest(id="exec-target", command=["true"], user="4294967295"), "out of range"),
+            (pb.ExecRequest(id="exec-target", command=["true"], working_dir="tmp"), "absolute path"),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Exec(request))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert words in (info.value.details() or "")
+        assert [m.exit_code for m in stub.Exec(pb.ExecRequest(id="exec-target", command=["true"]))
+                if m.WhichOneof("payload") == "exit_code"] == [0]
+    finally:
+        stub.RemoveContainer(pb.RemoveContainerRequest(id="exec-target", force=True))
