@@ -9,7 +9,6 @@ even if the agent and supervisor are both killed.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,37 +68,6 @@ def describe_rootfs(*, image_layers: list[Path], dirs: ContainerDirs) -> Overlay
         work=str(dirs.work),
         target=str(dirs.rootfs),
     )
-
-
-def lookup_in_layers(layers: list[Path], relpath: str) -> Path | None:
-    """The file a container would see at ``relpath``, searching layers top-most first.
-
-    Honours whiteouts (a 0/0 character device hides what is below) and opaque directories. Used to read
-    ``/etc/passwd`` and ``/etc/group`` of an image without mounting it.
-    """
-    parts = [p for p in relpath.strip("/").split("/") if p]
-    for layer in layers:
-        candidate = layer.joinpath(*parts)
-        try:
-            st = os.lstat(candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            if _is_opaque_above(layer, parts):
-                return None
-            continue
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            return None
-        return candidate
-    return None
-
-
-def _is_opaque_above(layer: Path, parts: list[str]) -> bool:
-    for i in range(1, len(parts)):
-        try:
-            if os.getxattr(layer.joinpath(*parts[:i]), "trusted.overlay.opaque") == b"y":
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def upper_size_bytes(upper: Path) -> int:
