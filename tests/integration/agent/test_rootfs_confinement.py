@@ -43,3 +43,19 @@ def test_user_names_are_looked_up_inside_the_image(agent: AgentProcess, tmp_path
     finally:
         agent.run("rm", "-f", "hostile-exec", check=False)
         agent.run("image", "rm", "test/hostile-passwd:v1", check=False)
+
+
+def test_exec_user_reads_what_the_container_wrote_inside(agent: AgentProcess, tmp_path: Path) -> None:
+    host = tmp_path / "host-passwd"
+    host.write_text("hostonly:x:4242:4242:host:/secret:/bin/sh\n")
+    cid = agent.run("run", "-d", "test/busybox:v1", "sleep", "600").stdout.strip()
+    try:
+        # Like docker exec -u: a user the container added since it started is found...
+        agent.run("exec", cid, "sh", "-c", "echo 'late:x:5555:5555::/:/bin/sh' >> /etc/passwd")
+        assert agent.run("exec", "-u", "late", cid, "id", "-u").stdout == "5555\n"
+        # ...and a container that turns its passwd into a symlink to a host path gets nothing from the host.
+        agent.run("exec", cid, "ln", "-sf", str(host), "/etc/passwd")
+        result = agent.run("exec", "-u", "hostonly", cid, "id", "-u", check=False)
+        assert result.returncode != 0 and "unable to find user hostonly" in result.stderr
+    finally:
+        agent.run("rm", "-f", cid, check=False)
