@@ -81,3 +81,14 @@ def test_init_layer_hosts_names_the_bridge_address(tmp_path: Path) -> None:
                                host_resolv_conf=tmp_path / "none")
     assert "10.88.0.7\tweb\n" in (init / "etc/hosts").read_text()
     assert "127.0.1.1" not in (init / "etc/hosts").read_text()
+
+
+def test_init_layer_writes_never_follow_a_symlink(tmp_path: Path) -> None:
+    init = tmp_path / "init"
+    (init / "etc").mkdir(parents=True)
+    victim = tmp_path / "host-hosts"
+    victim.write_text("host file\n")
+    (init / "etc" / "hosts").symlink_to(victim)
+    with pytest.raises(OSError):
+        initlayer.write_hosts(init, hostname="h", address=None)
+    assert victim.read_text() == "host file\n"
