@@ -71,12 +71,15 @@ def describe_rootfs(*, image_layers: list[Path], dirs: ContainerDirs) -> Overlay
 
 
 def upper_size_bytes(upper: Path) -> int:
-    """Bytes written by the container (allocated blocks of its upper layer)."""
+    """Bytes written by the container (allocated blocks of its upper layer).
+
+    ``fwalk`` descends through directory descriptors and never follows a symlink, so a container that
+    swaps a directory for a link to a host path mid-walk cannot make the agent walk the host."""
     total = 0
-    for dirpath, _dirnames, filenames in os.walk(upper):
+    for _dirpath, _dirnames, filenames, dir_fd in os.fwalk(upper):
         for name in filenames:
             try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_blocks * 512
             except OSError:
                 continue
     return total

@@ -92,3 +92,15 @@ def test_init_layer_writes_never_follow_a_symlink(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         initlayer.write_hosts(init, hostname="h", address=None)
     assert victim.read_text() == "host file\n"
+
+
+def test_upper_size_counts_the_layer_only(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    (upper / "d").mkdir(parents=True)
+    (upper / "d" / "f").write_bytes(b"x" * 8192)
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "big").write_bytes(b"y" * (1 << 20))
+    (upper / "link").symlink_to(host)
+    size = overlay.upper_size_bytes(upper)
+    assert 8192 <= size < (1 << 20)
