@@ -59,3 +59,21 @@ def test_exec_user_reads_what_the_container_wrote_inside(agent: AgentProcess, tm
         assert result.returncode != 0 and "unable to find user hostonly" in result.stderr
     finally:
         agent.run("rm", "-f", cid, check=False)
+
+
+def test_a_symlinked_working_dir_is_created_inside_the_container(agent: AgentProcess, tmp_path: Path) -> None:
+    f = image_fixtures
+    host_target = tmp_path / "host-wd" / "created"
+    layer = f.layer_tar([f.symlink("srv", str(host_target))])  # absolute, to a host path that does not exist
+    layout = image_fixtures.build_oci_layout(tmp_path / "wd", [full_busybox_layer(), layer], ref_name="v1",
+                                             config={"Env": ["PATH=/bin"], "WorkingDir": "/srv"})
+    agent.run("image", "import", str(layout), "--name", "test/hostile-wd:v1")
+    try:
+        # Docker's behaviour: the link is followed inside the container and its target created there.
+        out = agent.run("run", "--rm", "test/hostile-wd:v1", "pwd", "-P").stdout
+        assert out == f"{host_target}\n"
+        out = agent.run("run", "--rm", "-w", "/srv/deeper", "test/hostile-wd:v1", "pwd", "-P").stdout
+        assert out == f"{host_target}/deeper\n"
+        assert not (tmp_path / "host-wd").exists()
+    finally:
+        agent.run("image", "rm", "test/hostile-wd:v1", check=False)
