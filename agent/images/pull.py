@@ -65,6 +65,7 @@ class RegistrySettings:
     retries: int = 4  # per request, exponential backoff with jitter, capped
     max_parallel: int = 3  # concurrent layer downloads per pull
     blob_deadline: float = 3600.0  # seconds one blob (config or layer) may take to download, all retries
+    max_layer_size: int = 10 << 30  # largest compressed layer a manifest may declare
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,18 @@ def parse_manifest(data: bytes, *, what: str) -> ImageManifest:
             raise InvalidArgument(
                 f"{what}: layer {layer.digest} has unsupported media type {layer.media_type!r}")
     return ImageManifest(config=_descriptor(doc.get("config"), "config"), layers=layers)
+
+
+def check_declared_sizes(manifest: ImageManifest, *, limit: int, what: str) -> None:
+    """Refuses a manifest declaring a layer larger than ``limit`` before a byte of it is fetched: the
+    declared size is what the download trusts as its end (a registry could otherwise stream 2^62
+    bytes)."""
+    total = len(manifest.layers)
+    for index, layer in enumerate(manifest.layers, start=1):
+        if layer.size > limit:
+            raise InvalidArgument(
+                f"{what}: layer {index}/{total} ({layer.digest}) declares {layer.size} bytes, more than the"
+                f" agent's limit of {limit} (--max-layer-size)")
 
 
 def config_diff_ids(config: bytes, *, what: str) -> list[str]:
@@ -334,6 +347,7 @@ class Puller:
                 " v2 schema 2 manifest, or an index of them)"
             )
         parsed = parse_manifest(manifest.data, what=f"manifest {target}")
+        check_declared_sizes(parsed, limit=self.settings.max_layer_size, what=str(target))
         pulled_as = f"{target.name}@{index[0] if index is not None else manifest.digest}"
         # No gc lock while talking to the registry: image rm and prune never wait for a download. The
         # layers are held instead, so a prune between one layer's unpack and the commit keeps them.

@@ -215,8 +215,9 @@ def _hex(digest: str) -> str:
 class ImageStore:
     """Content-addressed images on the local disk; see the module docstring for layout and locking."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, limits: layers.UnpackLimits | None = None) -> None:
         self.root = root
+        self.limits = limits if limits is not None else layers.UnpackLimits()
         # diff_id → how many pulls in this process hold it (see hold_layers); only the agent pulls.
         self._holds: dict[str, int] = {}
         self._holds_lock = threading.Lock()
@@ -472,7 +473,7 @@ class ImageStore:
             try:
                 info = layers.unpack_layer(
                     stream, dest, expected_diff_id=diff_id, work_dir=self.root / "tmp",
-                    progress=on_bytes,
+                    progress=on_bytes, limits=self.limits,
                 )
             finally:
                 stream.close()

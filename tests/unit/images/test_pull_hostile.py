@@ -1,11 +1,14 @@
-"""A registry that stalls cannot hold local image operations hostage (issue 12, finding 4): while a
+"""A registry that stalls or lies about sizes cannot hold local image operations hostage or fill the disk
+(issue 12, findings 4 and 5): while a
 layer download is stuck, ``image rm`` and ``prune`` finish (no lock is held across network I/O) and keep
 what the pull will still need; a second pull of the same layer that is cancelled stops waiting; and
-``Puller.close`` (the agent stopping) ends a pull in progress. Each blocking step runs in a thread joined
-with a bound, so a regression fails the test instead of hanging it."""
+``Puller.close`` (the agent stopping) ends a pull in progress; a manifest declaring a 2^62-byte layer is
+refused before any download and a gzip bomb before it is unpacked, leaving nothing behind. Each blocking
+step runs in a thread joined with a bound, so a regression fails the test instead of hanging it."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -14,9 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import InvalidArgument
 from agent.images import pull as pull_module
 from agent.images.abort import Abort, Aborted
+from agent.images.layers import UnpackLimits
 from agent.images.store import ImageStore
+from tests.fixtures.hostile_images import gzip_bomb
 from tests.unit.images.test_distribution import FakeRegistry, digest_of
 from tests.unit.images.test_pull import REG, make_puller, small_layer
 
@@ -144,3 +150,37 @@ def test_closing_the_puller_stops_a_pull_in_progress(store: ImageStore, fake: Fa
         pulling.join()
     assert store.list_images() == []
     assert [p for p in os.listdir(store.root / "tmp")] == []
+
+
+def test_a_manifest_declaring_a_huge_layer_is_refused_before_any_download(
+        store: ImageStore, fake: FakeRegistry, tmp_path: Path) -> None:
+    layer = small_layer("a")
+    fake.add_image("app", "v1", [layer])
+    data, media = fake.manifests[("app", "v1")]
+    doc = json.loads(data)
+    doc["layers"][0]["size"] = 1 << 62
+    fake.put_manifest("app", "v1", json.dumps(doc).encode(), media)
+    puller = make_puller(store, fake, tmp_path, max_layer_size=1 << 30)
+    with pytest.raises(InvalidArgument, match=rf"{REG}/app:v1: layer 1/1 \(sha256:[0-9a-f]+\) declares "
+                                              rf"{1 << 62} bytes, more than the agent's limit of "
+                                              rf"{1 << 30} \(--max-layer-size\)"):
+        puller.pull(f"{REG}/app:v1")
+    assert not any("/blobs/" in p for _m, p, _h in fake.log)
+    assert store.list_images() == [] and os.listdir(store.root / "tmp") == []
+
+
+def test_a_gzip_bomb_layer_is_refused_and_nothing_is_left(tmp_path: Path, fake: FakeRegistry) -> None:
+    bomb = gzip_bomb(64 << 20)
+    store = ImageStore(tmp_path / "store", limits=UnpackLimits(max_ratio=100, ratio_floor=4 << 20))
+    fake.add_image("app", "v1", [small_layer("a")])
+    data, media = fake.manifests[("app", "v1")]
+    doc = json.loads(data)
+    doc["layers"][0].update(fake.add_blob(bomb.blob))
+    config = json.loads(fake.blobs[doc["config"]["digest"]])
+    config["rootfs"]["diff_ids"] = [bomb.diff_id]
+    doc["config"].update(fake.add_blob(json.dumps(config).encode()))
+    fake.put_manifest("app", "v1", json.dumps(doc).encode(), media)
+    with pytest.raises(InvalidArgument, match=r"layer 1/1 .*expands more than 100 times"):
+        make_puller(store, fake, tmp_path).pull(f"{REG}/app:v1")
+    assert store.list_images() == [] and os.listdir(store.root / "tmp") == []
+    assert os.listdir(store.root / "layers") == []
