@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from agent import config
+from agent import config, private_root
 from agent.cgroups.detect import detect as detect_cgroups
 from agent.connect import ConnectServer
 from agent.connect_protocol import http_socket_path
@@ -89,7 +89,10 @@ async def _bind(server: grpc.aio.Server, connect: ConnectServer, settings: confi
 
 
 async def serve(settings: config.AgentSettings) -> None:
-    settings.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        private_root.make_private(settings.root)
+    except (ShoalError, OSError) as err:
+        raise SystemExit(f"shoal-agent: {err}") from None
     ballast = bytearray(settings.ballast_mib << 20) if settings.ballast_mib else None
     if ballast is not None:
         ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page so it is resident

@@ -7,6 +7,17 @@ for the person at the terminal: say what was wrong and, where it helps, what to 
 
 from __future__ import annotations
 
+# How much of a caller's value an error message repeats: a 100 kB name echoed back whole would not fit
+# in the status trailer (gRPC's metadata limit is 8 KiB) and nobody reads it anyway.
+QUOTE_MAX = 80
+
+
+def quoted(value: str, *, limit: int = QUOTE_MAX) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with its full length said."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
 
 class ShoalError(Exception):
     """Base of all agent errors. ``str(err)`` is a one-line message for the user."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from agent.errors import InvalidArgument
+from agent.errors import InvalidArgument, quoted
 from agent.limits import MIN_CPU_MILLIS, MIN_MEMORY_BYTES
 
 # Patterns, compiled (and cached by re) on first use: compiling at import cost every CLI process.
@@ -74,7 +74,7 @@ def parse_duration(raw: str, *, what: str = "duration") -> float:
 def parse_env(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     for item in items:
         if "=" not in item or item.startswith("="):
-            raise InvalidArgument(f"invalid environment variable {item!r}: expected KEY=VALUE")
+            raise InvalidArgument(f"invalid environment variable {quoted(item)}: expected KEY=VALUE")
     return tuple(items)
 
 

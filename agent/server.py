@@ -14,23 +14,26 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
 
-from agent import durable, errors, roles
+from agent import durable, errors, paging, roles
 from agent.images.abort import Abort
 from agent.images.pull import Puller
 from agent.images.store import Image, ImageStore, ImportProgress
 from agent.network.manager import Attachment
 from agent.network.ports import ANY_ADDRESS, PortMapping, parse_port_spec
 from agent.runtime import events as evlog
+from agent.runtime import validation
 from agent.runtime.containers import Container, ContainerRuntime, PullPolicy
 from agent.runtime.fencing import Fence
 from agent.runtime.health import HealthCheck, HealthResult, HealthStatus, ProbeKind
@@ -110,6 +113,12 @@ T = TypeVar("T")
 
 # How often an import or pull stream sends progress (per layer, the newest report only).
 PROGRESS_INTERVAL = 0.1
+# A ListContainers page stops before this many encoded bytes (one container always fits: create caps
+# its description), far below a client's default 4 MiB receive limit.
+PAGE_BYTES = 2 << 20
+# The longest status message sent, in bytes (percent-encoding may triple it on the wire; 8 KiB is the
+# default limit for all trailers together).
+MAX_STATUS_MESSAGE = 1024
 
 
 def status_for(err: errors.ShoalError) -> grpc.StatusCode:
@@ -132,15 +141,24 @@ def error_metadata(err: errors.ShoalError) -> tuple[tuple[str, str], ...]:
     return metadata
 
 
+def status_message(text: str, *, limit: int = MAX_STATUS_MESSAGE) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes: the status message travels in the trailers, which a client
+    refuses whole above its metadata limit (8 KiB by default) — the caller would see no error at all."""
+    raw = text.encode(errors="replace")
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode(errors="ignore") + f"… (message cut from {len(raw)} bytes)"
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException) -> None:
     if isinstance(err, OSError):
         # An OSError no layer below wrapped: a full disk is still RESOURCE_EXHAUSTED.
         err = durable.os_error(err, op="serve the request at", path=getattr(err, "filename", None) or "?")
     if isinstance(err, errors.ShoalError):
         context.set_trailing_metadata(error_metadata(err))
-        await context.abort(status_for(err), str(err))
+        await context.abort(status_for(err), status_message(str(err)))
     log.exception("internal error", exc_info=err)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {err}")
+    await context.abort(grpc.StatusCode.INTERNAL, status_message(f"internal error: {err}"))
 
 
 def unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -208,10 +226,16 @@ def spec_from_pb(msg: pb.ContainerSpec, *, default_network: NetworkMode = Networ
         pids_max=res.pids_max or None, memory_request_bytes=res.memory_request_bytes or None,
         cpu_request_millis=res.cpu_request_millis or None,
     )
-    network = _NETWORK_FROM_PB.get(msg.network, default_network)
-    restart = RestartPolicy(mode=_RESTART_FROM_PB.get(msg.restart.mode, RestartMode.NO),
+    size = msg.ByteSize()
+    if size > validation.MAX_SPEC_BYTES:
+        raise errors.InvalidArgument(f"the container spec is {size} bytes: the most a container may have "
+                                     f"is {validation.MAX_SPEC_BYTES} (put large data in a file instead)")
+    network = default_network if msg.network == pb.NETWORK_MODE_UNSPECIFIED else _enum(
+        _NETWORK_FROM_PB, msg.network, what="network mode", known="1 (none), 2 (host) or 3 (bridge)")
+    restart = RestartPolicy(mode=_enum(_RESTART_FROM_PB, msg.restart.mode, what="restart mode",
+                                       known="0 (no), 1 (on-failure) or 2 (always)"),
                             max_retries=msg.restart.max_retries)
-    return ContainerSpec(
+    return validation.validate_spec(ContainerSpec(
         image=msg.image, entrypoint=tuple(msg.entrypoint), command=tuple(msg.command),
         env=parse_env(tuple(msg.env)), working_dir=msg.working_dir, user=msg.user,
         hostname=msg.hostname, resources=resources.validate(),
@@ -219,7 +243,16 @@ def spec_from_pb(msg: pb.ContainerSpec, *, default_network: NetworkMode = Networ
         auto_remove=msg.auto_remove, restart=restart,
         health=health_from_pb(msg.health) if msg.HasField("health") else None,
         ports=tuple(port_from_pb(p) for p in msg.ports),
-    )
+    ))
+
+
+def _enum(table: dict[Any, T], value: int, *, what: str, known: str) -> T:
+    """An enum value of the request; one this agent does not know is the caller's mistake (a newer
+    client, a bad encoder), never silently the default."""
+    try:
+        return table[value]
+    except KeyError:
+        raise errors.InvalidArgument(f"unknown {what} {value}: this agent knows {known}") from None
 
 
 def health_from_pb(msg: pb.HealthCheck) -> HealthCheck:
@@ -352,13 +385,25 @@ def _created_seconds(created: Any) -> float | None:
 
 # -- services ------------------------------------------------------------------------------------
 
+def _position(ctr: Container) -> paging.Position:
+    """Where a container sits in a listing: oldest first, the id breaking ties."""
+    return (ctr.record.created_at, ctr.id)
+
+
 class ContainersService(pb_grpc.ContainersServicer):
     def __init__(self, runtime: ContainerRuntime, metrics: AgentMetrics | None = None) -> None:
         self.runtime = runtime
         self.metrics = metrics
 
     def _pb(self, ctr: Container) -> pb.Container:
-        return container_to_pb(ctr, self.runtime.attachment(ctr))
+        try:
+            return container_to_pb(ctr, self.runtime.attachment(ctr))
+        except ValueError as err:
+            # A record from before create checked everything (a uid past int32): that one container
+            # shows what it can, and listing and inspect keep working for all the others.
+            log.warning("container %s cannot be described fully: %s", ctr.id, err)
+            return pb.Container(id=ctr.id, name=ctr.name, state=state_to_pb(ctr), error=status_message(
+                f"this container's record holds values the API cannot carry ({err}); remove it"))
 
     async def _start(self, ref: str, fence: Fence) -> Container:
         started = time.perf_counter()
@@ -378,7 +423,9 @@ class ContainersService(pb_grpc.ContainersServicer):
         fence = fence_from_pb(request.fence)
         ctr = await self.runtime.create(container_id=request.id, name=request.name,
                                         spec=spec_from_pb(request.spec, default_network=default),
-                                        pull=_PULL[request.pull], fence=fence)
+                                        pull=_enum(_PULL, request.pull, what="pull policy",
+                                                   known="0/3 (never), 1 (missing) or 2 (always)"),
+                                        fence=fence)
         if request.start:
             ctr = await self._start(ctr.id, fence)
         return self._pb(ctr)
@@ -413,11 +460,24 @@ class ContainersService(pb_grpc.ContainersServicer):
     @unary
     async def ListContainers(self, request: pb.ListContainersRequest, context: Any
                              ) -> pb.ListContainersResponse:
+        if request.page_size < 0:
+            raise errors.InvalidArgument(f"page size must not be negative, got {request.page_size}")
+        cursor = paging.decode(request.page_token) if request.page_token else None
         states: set[State] = set().union(*(_PB_TO_STATES.get(s, set()) for s in request.states))
         found = self.runtime.listing(all=request.all, labels=dict(request.labels), name=request.name,
                                      states=states or None)
-        return pb.ListContainersResponse(containers=[self._pb(c) for c in found.containers],
-                                         event_sequence=found.event_sequence, event_epoch=found.event_epoch)
+        if cursor is None:
+            cursor = paging.Cursor(after=(-math.inf, ""), event_sequence=found.event_sequence,
+                                   event_epoch=found.event_epoch)
+        ordered = sorted((c for c in found.containers if _position(c) > cursor.after), key=_position)
+        page, more = paging.take_page(((c, self._pb(c)) for c in ordered), size_of=lambda m: m[1].ByteSize(),
+                                      page_size=request.page_size, budget=PAGE_BYTES)
+        response = pb.ListContainersResponse(containers=[m for _, m in page],
+                                             event_sequence=cursor.event_sequence,
+                                             event_epoch=cursor.event_epoch)
+        if more:
+            response.next_page_token = paging.encode(replace(cursor, after=_position(page[-1][0])))
+        return response
 
     @unary
     async def WaitContainer(self, request: pb.ContainerRef, context: Any) -> pb.WaitContainerResponse:
@@ -439,6 +499,14 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     @streaming
     async def Exec(self, request: pb.ExecRequest, context: Any) -> AsyncIterator[pb.ExecOutput]:
+        # The same bounds as create: execve would refuse these later, with a less helpful error.
+        validation.check_strings(request.command, what="exec argument")
+        validation.check_strings(request.env, what="exec environment variable")
+        validation.check_exec_size(request.command, request.env, source="the exec request")
+        if request.working_dir:
+            validation.check_path(request.working_dir, what="exec working directory")
+        if request.user:
+            validation.check_user(request.user)
         async for kind, payload in self.runtime.exec(
             request.id, argv=list(request.command), env=list(parse_env(tuple(request.env))),
             working_dir=request.working_dir, user=request.user,

@@ -195,10 +195,17 @@ class AgentSession:
         while True:
             listing = await self.containers.ListContainers(pb.ListContainersRequest(all=True))
             seen = {}
-            for ctr in listing.containers:
-                observed = observe_container(ctr)
-                if observed is not None:
-                    seen[observed.id] = observed
+            while True:
+                for ctr in listing.containers:
+                    observed = observe_container(ctr)
+                    if observed is not None:
+                        seen[observed.id] = observed
+                if not listing.next_page_token:
+                    break
+                # Every page repeats the first page's event sequence: watching from it after the last
+                # page misses nothing that changed while paging.
+                listing = await self.containers.ListContainers(
+                    pb.ListContainersRequest(all=True, page_token=listing.next_page_token))
             self._events_ok = True
             self.agent_down = False
             self.observation = HostObservation(host=self.host, connected=self._usage_ok, complete=True,

@@ -355,9 +355,16 @@ def _filters(raw: list[str]) -> tuple[dict[str, str], str]:
 
 def cmd_ps(agent: Agent, args: argparse.Namespace) -> int:
     labels, name = _filters(args.filter)
+    found: list[pb.Container] = []
+    token = ""
     with rpc_errors(agent.address):
-        found = agent.containers.ListContainers(
-            pb.ListContainersRequest(all=args.all, labels=labels, name=name)).containers
+        while True:  # the agent pages its answer so no reply exceeds a message limit
+            page = agent.containers.ListContainers(
+                pb.ListContainersRequest(all=args.all, labels=labels, name=name, page_token=token))
+            found.extend(page.containers)
+            token = page.next_page_token
+            if not token:
+                break
     if args.quiet:
         for ctr in found:
             print(ctr.id if args.no_trunc else ctr.id[:12])

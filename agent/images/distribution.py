@@ -353,6 +353,8 @@ class RegistryClient:
             self._http.get(f"{https}/v2/").close()
             base = https
             definitive = True
+        except httpx.TooManyRedirects:
+            raise self._redirect_loop(f"{https}/v2/") from None
         except httpx.TransportError as exc:
             # A TLS-level failure is a definitive answer; a refused or timed-out connection is not (the
             # registry may be restarting), so that choice is not cached.
@@ -396,6 +398,8 @@ class RegistryClient:
                 self._pause(attempt - 1, abort)
             try:
                 resp = self._send_authed(method, url, repo=repo, headers=headers)
+            except httpx.TooManyRedirects:
+                raise self._redirect_loop(what) from None
             except httpx.TransportError as exc:
                 if _is_cert_error(exc):
                     raise Unavailable(f"{what}: TLS certificate of {self.registry} not trusted") from None
@@ -474,6 +478,8 @@ class RegistryClient:
                 basic = creds is not None and creds.has_basic
                 headers = {"Authorization": self._basic_header()} if basic else {}
                 resp = self._http.get(realm, params=query, headers=headers)
+        except httpx.TooManyRedirects:
+            raise self._redirect_loop(f"the token server of {self.registry}") from None
         except httpx.TransportError as exc:
             raise Unavailable(
                 f"token server of {self.registry} unreachable: {_describe(exc)}"
@@ -505,6 +511,13 @@ class RegistryClient:
             return self._required_message()
         return (f"{self.registry} refused access to {repo} with the credentials in {self._auth_hint}:"
                 " check the user, password and its permissions")
+
+    def _redirect_loop(self, what: str) -> InvalidArgument:
+        """A registry that redirects without end is misconfigured (or hostile): retrying cannot help."""
+        return InvalidArgument(
+            f"{what}: registry {self.registry} redirected more than {self._http.max_redirects} times"
+            " (a redirect loop); check the registry's address and its storage configuration"
+        )
 
     def _check_status(self, resp: httpx.Response, *, what: str) -> None:
         if 200 <= resp.status_code < 300:

@@ -221,8 +221,11 @@ class ImageStore:
         # diff_id → how many pulls in this process hold it (see hold_layers); only the agent pulls.
         self._holds: dict[str, int] = {}
         self._holds_lock = threading.Lock()
+        # 0700 whatever the agent's root is: layers keep their images' device nodes and setuid files.
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.chmod(0o700)
         for sub in ("blobs/sha256", "layers", "layerdb", "images", "locks", "tmp"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+            (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._clean_stale_temporaries()
 
     # -- paths --------------------------------------------------------------------------------------
@@ -724,7 +727,7 @@ class ImageStore:
 
     def _atomic_write_bytes(self, path: Path, data: bytes) -> None:
         # Records and blobs are small; a full disk surfaces as ResourceExhausted naming the file.
-        durable.write_file(path, data, mode=0o644)
+        durable.write_file(path, data, mode=0o600)
 
     def _write_blob(self, digest: str, data: bytes) -> None:
         # The caller verified ``data`` against ``digest`` (importer.Archive.read_blob or the docker config

@@ -85,12 +85,17 @@ def make_rprivate(path: str = "/") -> None:
 
 
 def mount_overlay(lower: Sequence[str], *, upper: str, work: str, target: str) -> None:
-    """Mount the overlay on ``target``; may change the working directory (relative lower paths)."""
+    """Mount the overlay on ``target``; may change the working directory (relative lower paths).
+
+    ``nodev``: device nodes in the image's layers, or made by the container in its writable layer, stay
+    visible but cannot be opened through this mount — by the container, or by a host user who shares a
+    container process's uid and reaches the root through ``/proc/PID/root``, where no device cgroup
+    applies. The container's own devices live on the /dev tmpfs mounted over it."""
     options = overlay_options(lower, upper=upper, work=work)
     if options.chdir is not None:
         with syscalls.described(f"chdir {options.chdir}"):
             os.chdir(options.chdir)
-    syscalls.mount("overlay", target, "overlay", 0, options.data, what=f"mount overlay on {target}")
+    syscalls.mount("overlay", target, "overlay", MS_NODEV, options.data, what=f"mount overlay on {target}")
 
 
 def _components(path: str) -> list[str]:

@@ -7,6 +7,7 @@ launcher mounts on (/proc, /sys, /dev) exist even in images that lack them.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -21,11 +22,27 @@ def write_init_layer(init_dir: Path, *, hostname: str, host_network: bool, addre
         (init_dir / d).mkdir(mode=0o755, exist_ok=True)
     (init_dir / "tmp").chmod(0o1777)
     etc = init_dir / "etc"
-    (etc / "hostname").write_text(hostname + "\n")
+    _write(etc, "hostname", hostname + "\n")
     write_hosts(init_dir, hostname=hostname, address=address)
-    (etc / "resolv.conf").write_text(_resolv_conf(host_resolv_conf, host_network=host_network))
-    for f in ("hostname", "hosts", "resolv.conf"):
-        (etc / f).chmod(0o644)
+    _write(etc, "resolv.conf", _resolv_conf(host_resolv_conf, host_network=host_network))
+
+
+def _write(directory: Path, name: str, text: str) -> None:
+    """Replace ``directory/name`` with ``text``, mode 0644, refusing (ELOOP) to follow a symlink at
+    either the directory or the file."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        view = memoryview(text.encode())
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o644)  # exact whatever the umask: the container's users read these
+    finally:
+        os.close(fd)
 
 
 def _resolv_conf(source: Path, *, host_network: bool) -> str:
@@ -47,9 +64,6 @@ def write_hosts(init_dir: Path, *, hostname: str, address: str | None) -> None:
     Rewritten before each start on a bridge, when the address is known; the init layer is a lower
     layer of an overlay that is not mounted then, so changing it is safe.
     """
-    hosts = init_dir / "etc" / "hosts"
-    hosts.write_text(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        f"{address or '127.0.1.1'}\t{hostname}\n"
-    )
-    hosts.chmod(0o644)
+    _write(init_dir / "etc", "hosts",
+           "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+           f"{address or '127.0.1.1'}\t{hostname}\n")

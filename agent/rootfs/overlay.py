@@ -9,7 +9,6 @@ even if the agent and supervisor are both killed.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,44 +70,16 @@ def describe_rootfs(*, image_layers: list[Path], dirs: ContainerDirs) -> Overlay
     )
 
 
-def lookup_in_layers(layers: list[Path], relpath: str) -> Path | None:
-    """The file a container would see at ``relpath``, searching layers top-most first.
-
-    Honours whiteouts (a 0/0 character device hides what is below) and opaque directories. Used to read
-    ``/etc/passwd`` and ``/etc/group`` of an image without mounting it.
-    """
-    parts = [p for p in relpath.strip("/").split("/") if p]
-    for layer in layers:
-        candidate = layer.joinpath(*parts)
-        try:
-            st = os.lstat(candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            if _is_opaque_above(layer, parts):
-                return None
-            continue
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            return None
-        return candidate
-    return None
-
-
-def _is_opaque_above(layer: Path, parts: list[str]) -> bool:
-    for i in range(1, len(parts)):
-        try:
-            if os.getxattr(layer.joinpath(*parts[:i]), "trusted.overlay.opaque") == b"y":
-                return True
-        except OSError:
-            continue
-    return False
-
-
 def upper_size_bytes(upper: Path) -> int:
-    """Bytes written by the container (allocated blocks of its upper layer)."""
+    """Bytes written by the container (allocated blocks of its upper layer).
+
+    ``fwalk`` descends through directory descriptors and never follows a symlink, so a container that
+    swaps a directory for a link to a host path mid-walk cannot make the agent walk the host."""
     total = 0
-    for dirpath, _dirnames, filenames in os.walk(upper):
+    for _dirpath, _dirnames, filenames, dir_fd in os.fwalk(upper):
         for name in filenames:
             try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_blocks * 512
             except OSError:
                 continue
     return total

@@ -1,7 +1,8 @@
 """Resolve ``--user`` / the image's ``User`` to numeric ids using the image's own passwd and group files.
 
 Like Docker: ``uid``, ``uid:gid``, ``name``, ``name:group``; a name must exist in the image's
-``/etc/passwd``; a numeric uid need not. Supplementary groups come from ``/etc/group``.
+``/etc/passwd``; a numeric uid need not. Supplementary groups come from ``/etc/group``. Both files are
+read through ``inroot``, so a symlink in the image resolves inside the image, never on the host.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import InvalidArgument
-from agent.rootfs.overlay import lookup_in_layers
+from agent.rootfs import inroot
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,11 @@ class Credentials:
 
 
 def _read_table(layers: list[Path], relpath: str) -> list[list[str]]:
-    path = lookup_in_layers(layers, relpath)
-    if path is None or not path.is_file():
+    data = inroot.read_file(layers, relpath)
+    if data is None:
         return []
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in data.decode(errors="replace").splitlines():
         if line and not line.startswith("#"):
             rows.append(line.split(":"))
     return rows

@@ -37,7 +37,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent import durable
+from agent import durable, private_root
 from agent.errors import InvalidArgument, OutOfRange, ResourceExhausted, ShoalError
 from agent.runtime.health import HealthStatus
 
@@ -212,7 +212,7 @@ class EventLog:
             return
         try:
             if self._file is None:
-                self._file = open(self.path, "a")  # noqa: SIM115 - kept open for appends
+                self._file = open(self.path, "a", opener=private_root.open_private)  # noqa: SIM115 - kept open
             self._file.write(event.to_json() + "\n")
             self._file.flush()
             self._lines_in_file += 1

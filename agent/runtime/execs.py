@@ -28,11 +28,13 @@ OUTPUT_QUEUE_CHUNKS = 16
 def build_plan(prepared: Prepared, *, pid: int, argv: list[str], env: list[str], working_dir: str,
                user: str, cgroup_procs: tuple[str, ...], capabilities: tuple[str, ...]) -> plans.ExecPlan:
     """The exec plan for ``argv`` in the container whose pid 1 is ``pid`` (blocking: ``user`` is looked up
-    in the image's passwd and group files)."""
+    in the container's passwd and group files as they are now, its writable layer over the image's, like
+    ``docker exec -u``; what the container wrote there is resolved inside its root like the image is)."""
     if not argv:
         raise InvalidArgument("exec needs a command")
     if user:
-        creds = users.resolve_user(user, layers=[Path(d) for d in prepared.lower_dirs])
+        layers = [Path(prepared.upper_dir), *(Path(d) for d in prepared.lower_dirs)]
+        creds = users.resolve_user(user, layers=layers)
         uid, gid, groups = creds.uid, creds.gid, creds.additional_gids
     else:
         uid, gid, groups = prepared.uid, prepared.gid, prepared.additional_gids

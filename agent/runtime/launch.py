@@ -340,9 +340,11 @@ def _set_up_container(
 
     # Docker creates a missing WorkingDir; doing it before the read-only remount makes that work for
     # --read-only too (it lands in the container's upper dir, like Docker's rw layer).
+    # After pivot_root the kernel resolves every path inside the container's root, so realpath follows
+    # the image's symlinks there (as Docker's securejoin does) and a dangling one is created, not refused.
     if not os.path.isdir(plan.cwd):
         with syscalls.described(f"create working directory {plan.cwd}"):
-            os.makedirs(plan.cwd, 0o755, exist_ok=True)
+            os.makedirs(os.path.realpath(plan.cwd), 0o755, exist_ok=True)
     if plan.read_only:
         mounts.remount_readonly("/")
     if plan.hostname:

@@ -124,7 +124,7 @@ class LogWriter:
         return self._path
 
     def _open(self) -> int:
-        return os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        return os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
     def write(self, stream: str, data: bytes) -> None:
         """Append output of ``stream``; complete lines become records now, a trailing fragment waits."""

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import durable
-from agent.errors import AlreadyExists, InvalidArgument
+from agent.errors import AlreadyExists, InvalidArgument, quoted
 from agent.images.store import Image
 from agent.rootfs import initlayer, overlay, users
+from agent.runtime import validation
 from agent.runtime.fencing import Fence
 from agent.runtime.records import STAGING_PREFIX, ContainerRecord, Prepared, write_config
 from agent.runtime.spec import ContainerSpec, NetworkMode, merge_env, parse_signal, spec_to_dict
@@ -86,6 +87,13 @@ def _resolve(request: Request, *, image: Image, layers: list[Path], final: overl
     if not any(e.startswith("HOME=") for e in env):
         env = merge_env(env, (f"HOME={creds.home}",))
     env = merge_env(env, spec.env)
+    # What the image adds is checked too: its passwd and config are not the caller's, and the API and
+    # execve must carry the result (agent.runtime.validation).
+    ids = ((creds.uid, "uid"), (creds.gid, "gid"), *((g, "group id") for g in creds.additional_gids))
+    for value, what in ids:
+        validation.check_id(value, what=what,
+                            where=f"of user {quoted(spec.user or cfg.user)} in image {quoted(spec.image)}")
+    validation.check_exec_size(argv, env, source=f"image {quoted(spec.image)} and the request")
     try:
         staging.create()
         initlayer.write_init_layer(staging.init, hostname=hostname,

@@ -74,7 +74,7 @@ def write_run_file(directory: Path | str, record: RunRecord) -> None:
     # A per-writer temp name: the daemon and the supervisor may both write (rarely) at the same time.
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, record.to_json().encode())
         finally:

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, NewType
 
-from agent.errors import InvalidArgument
-from agent.limits import MIN_CPU_MILLIS, MIN_MEMORY_BYTES
+from agent.errors import InvalidArgument, quoted
+from agent.limits import MAX_CPU_MILLIS, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES
 from agent.network.ports import PortMapping
 from agent.parsing import (  # the parsers live in agent/parsing.py, which the CLI imports cheaply
     parse_cpus,
@@ -76,6 +76,17 @@ class Resources:
                                   f"{MIN_CPU_MILLIS}m (0.01 cores)")
         if self.pids_max is not None and self.pids_max < 1:
             raise InvalidArgument(f"pids limit must be at least 1, got {self.pids_max}")
+        for value, what, most in ((self.memory_bytes, "memory limit", MAX_MEMORY_BYTES),
+                                  (self.memory_request_bytes, "memory request", MAX_MEMORY_BYTES)):
+            if value is not None and value > most:
+                raise InvalidArgument(f"{what} {value} bytes is too large: the maximum is {most >> 40}T")
+        for value, what in ((self.cpu_millis, "cpu limit"), (self.cpu_request_millis, "cpu request")):
+            if value is not None and value > MAX_CPU_MILLIS:
+                raise InvalidArgument(f"{what} {value}m is too large: the maximum is {MAX_CPU_MILLIS}m "
+                                      f"({MAX_CPU_MILLIS // 1000} cores)")
+        if self.pids_max is not None and self.pids_max > MAX_PIDS:
+            raise InvalidArgument(f"pids limit {self.pids_max} is too large: the kernel allows at most "
+                                  f"{MAX_PIDS}")
         if (self.memory_request_bytes is not None and self.memory_bytes is not None
                 and self.memory_request_bytes > self.memory_bytes):
             raise InvalidArgument(f"memory request {self.memory_request_bytes} bytes exceeds the memory "
@@ -113,18 +124,18 @@ def new_container_id() -> ContainerId:
 
 
 def validate_id(raw: str) -> ContainerId:
-    if not _ID_RE.match(raw):
+    if not _ID_RE.fullmatch(raw):
         raise InvalidArgument(
-            f"invalid container id {raw!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-', "
+            f"invalid container id {quoted(raw)}: use 1-64 characters of a-z, 0-9, '_', '.', '-', "
             "starting with a letter or digit"
         )
     return ContainerId(raw)
 
 
 def validate_name(raw: str) -> str:
-    if not _NAME_RE.match(raw):
+    if not _NAME_RE.fullmatch(raw):
         raise InvalidArgument(
-            f"invalid container name {raw!r}: use letters, digits, '_', '.', '-' (at most 128), "
+            f"invalid container name {quoted(raw)}: use letters, digits, '_', '.', '-' (at most 128), "
             "starting with a letter or digit"
         )
     return raw
@@ -152,7 +163,8 @@ def parse_signal(raw: str | int, *, default: int) -> int:
     try:
         return int(signals.Signals[name])
     except KeyError:
-        raise InvalidArgument(f"unknown signal {raw!r}: use a name like TERM or KILL, or a number") from None
+        raise InvalidArgument(
+            f"unknown signal {quoted(raw)}: use a name like TERM or KILL, or a number") from None
 
 
 def spec_to_dict(spec: ContainerSpec) -> dict[str, Any]:

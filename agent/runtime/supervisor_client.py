@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import private_root
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LaunchError, ShoalError
 from agent.runtime.plan import LaunchPlan
 from agent.runtime.supervisor.paths import SupervisorPaths
@@ -258,7 +259,7 @@ async def _spawn(paths: SupervisorPaths, *, python: str, launcher: str | None, t
     if launcher:
         argv += ["--launcher", launcher]
     # Errors before the supervisor redirects its own stderr (e.g. an import failure) land in its log too.
-    with open(paths.log, "ab") as log:
+    with open(paths.log, "ab", opener=private_root.open_private) as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
             close_fds=True, start_new_session=True,

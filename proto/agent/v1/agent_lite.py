@@ -397,6 +397,8 @@ class ListContainersRequest(_pl.Message):
     labels: dict[str, str]
     name: str
     states: list[int]
+    page_size: int
+    page_token: str
 
     if TYPE_CHECKING:
         def __init__(
@@ -405,6 +407,8 @@ class ListContainersRequest(_pl.Message):
             labels: Mapping[str, str] | None = None,
             name: str | None = None,
             states: Iterable[int] | None = None,
+            page_size: int | None = None,
+            page_token: str | None = None,
         ) -> None: ...
 
 
@@ -412,6 +416,7 @@ class ListContainersResponse(_pl.Message):
     containers: list[Container]
     event_sequence: int
     event_epoch: str
+    next_page_token: str
 
     if TYPE_CHECKING:
         def __init__(
@@ -419,6 +424,7 @@ class ListContainersResponse(_pl.Message):
             containers: Iterable[Container] | None = None,
             event_sequence: int | None = None,
             event_epoch: str | None = None,
+            next_page_token: str | None = None,
         ) -> None: ...
 
 
@@ -1067,11 +1073,14 @@ _pl.define(ListContainersRequest, 'shoal.agent.v1.ListContainersRequest', (
     _pl.Field(2, 'labels', _pl.MESSAGE, map_key=_pl.STRING, map_value=_pl.STRING),
     _pl.Field(3, 'name', _pl.STRING),
     _pl.Field(4, 'states', _pl.ENUM, enum=ContainerState, repeated=True),
+    _pl.Field(5, 'page_size', _pl.INT32),
+    _pl.Field(6, 'page_token', _pl.STRING),
 ))
 _pl.define(ListContainersResponse, 'shoal.agent.v1.ListContainersResponse', (
     _pl.Field(1, 'containers', _pl.MESSAGE, message=Container, repeated=True),
     _pl.Field(2, 'event_sequence', _pl.UINT64),
     _pl.Field(3, 'event_epoch', _pl.STRING),
+    _pl.Field(4, 'next_page_token', _pl.STRING),
 ))
 _pl.define(WaitContainerResponse, 'shoal.agent.v1.WaitContainerResponse', (
     _pl.Field(1, 'exit_code', _pl.INT32),

@@ -952,6 +952,12 @@ Global___RemoveContainerResponse: _TypeAlias = RemoveContainerResponse  # noqa: 
 
 @_typing.final
 class ListContainersRequest(_message.Message):
+    """Listing is paginated, Kubernetes style: ask for a page, then pass its next_page_token (with the same
+    filters) for the next one, until a page comes back without a token. Containers come oldest first. A
+    page holds at most page_size containers and never more than about 2 MiB, so it always fits a
+    client's default 4 MiB message limit (create refuses a container whose description could not).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -978,10 +984,16 @@ class ListContainersRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     all: _builtins.bool
     """include created/exited; default running only"""
     name: _builtins.str
     """exact name"""
+    page_size: _builtins.int
+    """at most this many; 0 = as many as fit the page's byte budget"""
+    page_token: _builtins.str
+    """next_page_token of the previous page, unchanged; empty = first page"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """every pair must match"""
@@ -995,10 +1007,12 @@ class ListContainersRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         name: _builtins.str = ...,
         states: _abc.Iterable[Global___ContainerState.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "labels", b"labels", "name", b"name", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "labels", b"labels", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1011,11 +1025,15 @@ class ListContainersResponse(_message.Message):
     CONTAINERS_FIELD_NUMBER: _builtins.int
     EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     EVENT_EPOCH_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     event_sequence: _builtins.int
-    """The last event this listing reflects: WatchEvents(after_sequence=event_sequence, epoch=event_epoch)
-    continues exactly where the listing left off.
+    """The last event the first page reflects (every page of one listing carries the same values):
+    WatchEvents(after_sequence=event_sequence, epoch=event_epoch) after the last page misses no change
+    made while paging; a change that a later page already showed may be seen again.
     """
     event_epoch: _builtins.str
+    next_page_token: _builtins.str
+    """empty on the last page"""
     @_builtins.property
     def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Container]: ...
     def __init__(
@@ -1024,10 +1042,11 @@ class ListContainersResponse(_message.Message):
         containers: _abc.Iterable[Global___Container] | None = ...,
         event_sequence: _builtins.int = ...,
         event_epoch: _builtins.str = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "event_epoch", b"event_epoch", "event_sequence", b"event_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "event_epoch", b"event_epoch", "event_sequence", b"event_sequence", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -469,3 +469,35 @@ def test_malformed_auth_entry_does_not_quote_it(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument) as info:
         auth.load_credentials(f, "a")
     assert "not-a-pair" not in str(info.value) and "bm90" not in str(info.value)
+
+
+# -- redirect loops (issue 12, finding 9) --------------------------------------------------------------
+
+
+def _looping_client(loop_on: str) -> RegistryClient:
+    """A registry whose every URL containing ``loop_on`` redirects to itself."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if loop_on in request.url.path:
+            return httpx.Response(302, headers={"Location": str(request.url)})
+        return httpx.Response(200, json={})
+
+    return RegistryClient("reg.test:5000", credentials=None, settings=ClientSettings(retries=1),
+                          auth_hint="/root/auth.json", transport=httpx.MockTransport(handle),
+                          sleep=lambda _s: None)
+
+
+def test_a_redirect_loop_on_a_manifest_is_a_clear_error_not_an_httpx_exception() -> None:
+    with pytest.raises(InvalidArgument, match="redirect") as info:
+        _looping_client("/manifests/").get_manifest("app", "v1")
+    assert "reg.test:5000" in str(info.value)
+
+
+def test_a_redirect_loop_on_the_api_probe_is_a_clear_error() -> None:
+    with pytest.raises(InvalidArgument, match="redirect"):
+        _looping_client("/v2/").get_manifest("app", "v1")
+
+
+def test_a_redirect_loop_on_a_blob_is_a_clear_error() -> None:
+    with pytest.raises(InvalidArgument, match="redirect"):
+        fetch(_looping_client("/blobs/"), "sha256:" + "0" * 64, 10)

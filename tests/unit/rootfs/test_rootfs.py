@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import InvalidArgument
-from agent.rootfs import initlayer, overlay, users
+from agent.rootfs import initlayer, inroot, overlay, users
 
 
 def _layer(root: Path, name: str, files: dict[str, str]) -> Path:
@@ -40,13 +40,13 @@ def test_resolve_user_by_name_number_and_group(tmp_path: Path) -> None:
 def test_lookup_honours_upper_layers_and_whiteouts(tmp_path: Path) -> None:
     bottom = _layer(tmp_path, "bottom", {"etc/passwd": "root:x:0:0::/:/bin/sh\n"})
     top = _layer(tmp_path, "top", {"etc/passwd": PASSWD})
-    assert overlay.lookup_in_layers([top, bottom], "etc/passwd") == top / "etc/passwd"
+    assert inroot.read_file([top, bottom], "etc/passwd") == PASSWD.encode()
     white = tmp_path / "white"
     (white / "etc").mkdir(parents=True)
     if os.geteuid() != 0:
         pytest.skip("whiteouts are device nodes: needs root")
     os.mknod(white / "etc/passwd", stat.S_IFCHR, os.makedev(0, 0))
-    assert overlay.lookup_in_layers([white, bottom], "etc/passwd") is None
+    assert inroot.read_file([white, bottom], "etc/passwd") is None
 
 
 def test_init_layer_files(tmp_path: Path) -> None:
@@ -81,3 +81,26 @@ def test_init_layer_hosts_names_the_bridge_address(tmp_path: Path) -> None:
                                host_resolv_conf=tmp_path / "none")
     assert "10.88.0.7\tweb\n" in (init / "etc/hosts").read_text()
     assert "127.0.1.1" not in (init / "etc/hosts").read_text()
+
+
+def test_init_layer_writes_never_follow_a_symlink(tmp_path: Path) -> None:
+    init = tmp_path / "init"
+    (init / "etc").mkdir(parents=True)
+    victim = tmp_path / "host-hosts"
+    victim.write_text("host file\n")
+    (init / "etc" / "hosts").symlink_to(victim)
+    with pytest.raises(OSError):
+        initlayer.write_hosts(init, hostname="h", address=None)
+    assert victim.read_text() == "host file\n"
+
+
+def test_upper_size_counts_the_layer_only(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    (upper / "d").mkdir(parents=True)
+    (upper / "d" / "f").write_bytes(b"x" * 8192)
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "big").write_bytes(b"y" * (1 << 20))
+    (upper / "link").symlink_to(host)
+    size = overlay.upper_size_bytes(upper)
+    assert 8192 <= size < (1 << 20)
