@@ -22,6 +22,7 @@ from agent.cgroups.detect import detect as detect_cgroups
 from agent.connect import ConnectServer
 from agent.connect_protocol import http_socket_path
 from agent.errors import ShoalError
+from agent.images.layers import UnpackLimits
 from agent.images.pull import Puller, RegistrySettings
 from agent.images.store import ImageStore
 from agent.join import Joiner, JoinSettings
@@ -95,10 +96,12 @@ async def serve(settings: config.AgentSettings) -> None:
     ballast = bytearray(settings.ballast_mib << 20) if settings.ballast_mib else None
     if ballast is not None:
         ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page so it is resident
-    store = ImageStore(settings.root / "images")
+    store = ImageStore(settings.root / "images", limits=UnpackLimits(
+        max_bytes=settings.max_unpacked_layer_size, max_ratio=settings.max_compression_ratio))
     puller = Puller(store, RegistrySettings(
         auth_file=settings.root / "auth.json", insecure=settings.insecure_registries,
         ca_bundle=settings.registry_ca, max_parallel=settings.pull_parallel,
+        blob_deadline=settings.pull_blob_deadline, max_layer_size=settings.max_layer_size,
     ))
     network = None
     if settings.subnet is not None:
@@ -185,6 +188,7 @@ async def serve(settings: config.AgentSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down; containers keep running under the supervisor")
+    puller.close()  # downloads in progress stop now, so their worker threads do not hold up the exit
     await asyncio.gather(server.stop(grace=2), connect.stop(grace=2))
     sampler_task.cancel()
     for task in (join_task, fence_task):

@@ -40,6 +40,12 @@ class AgentSettings:
     insecure_registries: tuple[str, ...] = ()
     registry_ca: Path | None = None
     pull_parallel: int = 3
+    # What a registry or an image archive may make the agent do (issue 12): every blob download ends
+    # within the deadline; declared and unpacked sizes are capped.
+    pull_blob_deadline: float = 3600.0
+    max_layer_size: int = 10 << 30
+    max_unpacked_layer_size: int = 32 << 30
+    max_compression_ratio: float = 100.0
     subnet: ipaddress.IPv4Network | None = None
     bridge: str = "shoal0"
     labels: tuple[tuple[str, str], ...] = ()
@@ -94,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra CA bundle for registries' HTTPS (system CAs are always trusted)")
     serve.add_argument("--pull-parallel", type=int, default=3,
                        help="concurrent layer downloads per pull (default %(default)s)")
+    serve.add_argument("--pull-blob-deadline", default="1h", metavar="DURATION",
+                       help="longest one layer or config download may take, retries included, however the "
+                            "registry behaves (default %(default)s)")
+    serve.add_argument("--max-layer-size", default="10G", metavar="SIZE",
+                       help="refuse an image whose manifest declares a compressed layer larger than this "
+                            "(default %(default)s)")
+    serve.add_argument("--max-unpacked-layer-size", default="32G", metavar="SIZE",
+                       help="stop unpacking a layer (pulled or imported) past this many uncompressed bytes "
+                            "(default %(default)s)")
+    serve.add_argument("--max-compression-ratio", type=float, default=100.0, metavar="RATIO",
+                       help="stop unpacking a layer that expands more than RATIO times its compressed "
+                            "size, once past 256M (gzip bombs; default %(default)g)")
     serve.add_argument("--subnet", default=None, metavar="CIDR",
                        help="IPv4 subnet for bridge-networked containers, e.g. 10.88.0.0/24; with it, "
                             "--network bridge becomes the default")
@@ -172,6 +190,9 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         cpu_reserve = 0 if args.cpu_reserve.strip() in ("0", "") else parse_cpus(args.cpu_reserve,
                                                                                  what="--cpu-reserve")
         memory_pressure = parse_size(args.memory_pressure_below, what="--memory-pressure-below")
+        blob_deadline = parse_duration(args.pull_blob_deadline, what="--pull-blob-deadline")
+        max_layer = parse_size(args.max_layer_size, what="--max-layer-size")
+        max_unpacked = parse_size(args.max_unpacked_layer_size, what="--max-unpacked-layer-size")
     except ShoalError as err:
         raise SystemExit(f"shoal-agent: {err}") from None
     try:
@@ -185,6 +206,12 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         raise SystemExit("shoal-agent: --sample-interval must be at least 100ms")
     if args.pull_parallel < 1:
         raise SystemExit("shoal-agent: --pull-parallel must be at least 1")
+    if not 1 <= blob_deadline < float("inf"):
+        raise SystemExit("shoal-agent: --pull-blob-deadline must be at least 1s")
+    if max_layer < 1 or max_unpacked < 1:
+        raise SystemExit("shoal-agent: --max-layer-size and --max-unpacked-layer-size must be positive")
+    if not 1 <= args.max_compression_ratio < float("inf"):
+        raise SystemExit("shoal-agent: --max-compression-ratio must be a number of at least 1")
     if args.registry_ca is not None and not args.registry_ca.is_file():
         raise SystemExit(f"shoal-agent: --registry-ca {args.registry_ca} is not a file")
     if tls is not None:
@@ -202,7 +229,9 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         log_max_bytes=parse_size(args.log_max_size, what="log size"), log_max_files=args.log_max_files,
         tls=tls, insecure_tcp=args.insecure_tcp, insecure_registries=tuple(args.insecure_registry),
         registry_ca=args.registry_ca.absolute() if args.registry_ca else None,
-        pull_parallel=args.pull_parallel, subnet=subnet, bridge=args.bridge, labels=labels,
+        pull_parallel=args.pull_parallel, pull_blob_deadline=blob_deadline, max_layer_size=max_layer,
+        max_unpacked_layer_size=max_unpacked, max_compression_ratio=args.max_compression_ratio,
+        subnet=subnet, bridge=args.bridge, labels=labels,
         metrics_listen=args.metrics_listen, sample_interval=interval, memory_reserve_bytes=reserve,
         cpu_reserve_millis=cpu_reserve, memory_pressure_bytes=memory_pressure,
         disk_pressure_fraction=disk_pressure, ballast_mib=args.bench_ballast_mib,

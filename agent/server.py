@@ -27,6 +27,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from agent import durable, errors, paging, roles
+from agent.images.abort import Abort
 from agent.images.pull import Puller
 from agent.images.store import Image, ImageStore, ImportProgress
 from agent.network.manager import Attachment
@@ -604,8 +605,15 @@ class ImagesService(pb_grpc.ImagesServicer):
     async def PullImage(self, request: pb.PullImageRequest, context: Any
                         ) -> AsyncIterator[pb.ImportImageProgress]:
         puller = self.puller
-        async for msg in self._progress_stream(lambda report: puller.pull(request.ref, progress=report)):
-            yield msg
+        abort = Abort()
+        try:
+            async for msg in self._progress_stream(
+                    lambda report: puller.pull(request.ref, progress=report, abort=abort)):
+                yield msg
+        finally:
+            # The call was cancelled (client gone, deadline, agent stopping) or failed: the worker
+            # thread must not go on downloading for nobody. A no-op once the pull has finished.
+            abort.set("the caller went away")
         if self.metrics is not None:
             self.metrics.record_pull()
 

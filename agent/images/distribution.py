@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
 import random
 import re
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -41,6 +43,7 @@ from typing import BinaryIO
 import httpx
 
 from agent.errors import DigestMismatch, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from agent.images.abort import Abort
 from agent.images.auth import Credentials
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -72,6 +75,9 @@ class ClientSettings:
     insecure: tuple[str, ...] = ()
     backoff_base: float = 0.25
     backoff_cap: float = 8.0
+    # Overall limits, whatever the registry does between bytes (``timeout`` bounds one read only).
+    blob_deadline: float = 3600.0
+    manifest_deadline: float = 300.0
 
 
 # -- transport policy (pure) -------------------------------------------------------------------------
@@ -164,14 +170,14 @@ class RegistryClient:
         settings: ClientSettings,
         auth_hint: str,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.registry = registry
         self.credentials = credentials
         self._credentials = credentials
         self._settings = settings
         self._auth_hint = auth_hint  # the credentials file, for messages
-        self._sleep = sleep
+        self._sleep = sleep  # tests: no real backoff; None waits on the request's Abort instead
         verify: ssl.SSLContext | bool = True
         if settings.ca_bundle is not None:
             verify = ssl.create_default_context(cafile=str(settings.ca_bundle))
@@ -192,21 +198,32 @@ class RegistryClient:
 
     # -- public API ---------------------------------------------------------------------------------
 
-    def get_manifest(self, repo: str, reference: str) -> Manifest:
+    def get_manifest(self, repo: str, reference: str, *, abort: Abort | None = None) -> Manifest:
         """The manifest or index ``repo:reference`` (tag or digest), verified against the digest header
-        and, when ``reference`` is a digest, against it."""
+        and, when ``reference`` is a digest, against it. Bounded by ``manifest_deadline`` and ``abort``
+        like a blob."""
+        with self._bounded(abort, seconds=self._settings.manifest_deadline,
+                           what="the deadline for a manifest") as local:
+            return self._get_manifest(repo, reference, abort=local)
+
+    def _get_manifest(self, repo: str, reference: str, *, abort: Abort) -> Manifest:
         url = f"{self._base_url()}/v2/{repo}/manifests/{reference}"
         what = f"{self.registry}/{repo}{'@' if reference.startswith('sha256:') else ':'}{reference}"
-        resp = self._send("GET", url, repo=repo, headers={"Accept": MANIFEST_ACCEPT}, what=what)
-        with contextlib.closing(resp):
+        resp = self._send("GET", url, repo=repo, headers={"Accept": MANIFEST_ACCEPT}, what=what, abort=abort)
+        with contextlib.closing(resp), abort.listen(functools.partial(_interrupt, resp)):
             if resp.status_code == 404:
                 raise NotFound(f"manifest {what} not found: {_registry_error(resp)}")
             self._check_status(resp, what=f"manifest {what}")
             data = b""
-            for chunk in resp.iter_raw():
-                data += chunk
-                if len(data) > MAX_MANIFEST:
-                    raise InvalidArgument(f"manifest {what} is larger than {MAX_MANIFEST} bytes")
+            try:
+                for chunk in resp.iter_raw():
+                    abort.check(f"manifest {what}")
+                    data += chunk
+                    if len(data) > MAX_MANIFEST:
+                        raise InvalidArgument(f"manifest {what} is larger than {MAX_MANIFEST} bytes")
+            except httpx.TransportError as exc:
+                abort.check(f"manifest {what}")  # a socket we shut down ourselves: say why
+                raise Unavailable(f"manifest {what} from {self.registry}: {_describe(exc)}") from None
             header_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             header_digest = resp.headers.get("Docker-Content-Digest")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -226,30 +243,52 @@ class RegistryClient:
         size: int,
         out: BinaryIO,
         progress: Callable[[int], None] | None = None,
+        abort: Abort | None = None,
     ) -> None:
         """Streams blob ``digest`` into ``out`` (seekable, truncatable, positioned at 0) and verifies it.
 
         A body cut short is resumed with ``Range: bytes=N-`` (kept if the server answers 206, restarted
-        from zero if it answers 200); each consecutive attempt without progress counts against the retry
-        budget. Raises DigestMismatch (wrong size or hash), NotFound, Unauthenticated, Unavailable.
+        from zero if it answers 200). Only an attempt that gets further into the blob than any attempt
+        before it resets the retry budget, so a registry that keeps answering 200 with a short body (and
+        ignores Range) fails after ``retries`` attempts instead of looping forever. The whole download
+        has a deadline (``blob_deadline``); when it passes, or ``abort`` is set (the caller went away,
+        the agent is stopping), the socket being read is shut down so even a read blocked right now
+        returns. Raises DigestMismatch (wrong size or hash), NotFound, Unauthenticated, Unavailable
+        (``Aborted`` for a deadline or a cancellation).
         """
         url = f"{self._base_url()}/v2/{repo}/blobs/{digest}"
+        with self._bounded(abort, seconds=self._settings.blob_deadline,
+                           what="the agent's --pull-blob-deadline") as local:
+            self._fetch_blob(url, repo, digest, size=size, out=out, progress=progress, abort=local)
+
+    def _fetch_blob(
+        self,
+        url: str,
+        repo: str,
+        digest: str,
+        *,
+        size: int,
+        out: BinaryIO,
+        progress: Callable[[int], None] | None,
+        abort: Abort,
+    ) -> None:
         what = f"blob {digest}"
         hasher = hashlib.sha256()
         written = 0
+        furthest = 0  # the most bytes any attempt has delivered: progress is only getting past it
         failures = 0
         while True:
+            abort.check(f"{what} from {self.registry}")
             headers = {"Range": f"bytes={written}-"} if written else {}
-            start = written
             try:
-                resp = self._send("GET", url, repo=repo, headers=headers, what=what)
-                with contextlib.closing(resp):
+                resp = self._send("GET", url, repo=repo, headers=headers, what=what, abort=abort)
+                with contextlib.closing(resp), abort.listen(functools.partial(_interrupt, resp)):
                     if resp.status_code == 404:
                         raise NotFound(f"{what} not found in {self.registry}/{repo}: {_registry_error(resp)}")
                     if written and resp.status_code == 200:  # range ignored: start over
                         out.seek(0)
                         out.truncate()
-                        hasher, written, start = hashlib.sha256(), 0, 0
+                        hasher, written = hashlib.sha256(), 0
                     elif written and resp.status_code == 206:
                         content_range = resp.headers.get("Content-Range", "")
                         if not content_range.startswith(f"bytes {written}-"):
@@ -257,6 +296,7 @@ class RegistryClient:
                     else:
                         self._check_status(resp, what=what)
                     for chunk in resp.iter_raw():
+                        abort.check(f"{what} from {self.registry}")
                         if written + len(chunk) > size:
                             raise DigestMismatch(
                                 f"{what} is larger than the {size} bytes its descriptor says")
@@ -269,16 +309,33 @@ class RegistryClient:
                     raise _Cut(f"body ended after {written} of {size} bytes")
                 break
             except (httpx.TransportError, _Cut) as exc:
-                failures = 0 if written > start else failures + 1
+                # A socket we shut down ourselves surfaces as a transport error: report why instead.
+                abort.check(f"{what} from {self.registry} (at byte {written} of {size})")
+                failures = 0 if written > furthest else failures + 1
+                furthest = max(furthest, written)
                 if failures > self._settings.retries:
                     raise Unavailable(
                         f"{what} from {self.registry}: download kept failing at byte {written} of {size}"
-                        f" after {failures} attempts: {_describe(exc)}"
+                        f" after {failures} attempts without progress: {_describe(exc)}"
                     ) from None
-                self._sleep(self._delay(max(failures - 1, 0)))
+                self._pause(max(failures - 1, 0), abort)
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest:
             raise DigestMismatch(f"{what} from {self.registry}/{repo} hashes to {actual}")
+
+    @contextlib.contextmanager
+    def _bounded(self, abort: Abort | None, *, seconds: float, what: str) -> Iterator[Abort]:
+        """A child of ``abort`` (or a fresh signal) that is also set once ``seconds`` have passed."""
+        parent = abort if abort is not None else Abort()
+        with parent.scope() as local:
+            timer = threading.Timer(seconds, local.set, args=(f"not finished within {_seconds(seconds)}"
+                                                              f" ({what})",))
+            timer.daemon = True
+            timer.start()
+            try:
+                yield local
+            finally:
+                timer.cancel()
 
     # -- transport ----------------------------------------------------------------------------------
 
@@ -321,14 +378,24 @@ class RegistryClient:
                 self._base = base
         return base
 
+    def _pause(self, attempt: int, abort: Abort) -> None:
+        """The backoff before retry ``attempt`` + 1, cut short by ``abort`` (then raises Aborted)."""
+        delay = self._delay(attempt)
+        if self._sleep is not None:
+            self._sleep(delay)
+        else:
+            abort.wait(delay)
+        abort.check(f"registry {self.registry}")
+
     def _send(
-        self, method: str, url: str, *, repo: str, headers: dict[str, str], what: str
+        self, method: str, url: str, *, repo: str, headers: dict[str, str], what: str, abort: Abort
     ) -> httpx.Response:
         """A streamed response (caller closes it) after auth and retries; 401/403 become Unauthenticated."""
         last: str = ""
         for attempt in range(self._settings.retries + 1):
+            abort.check(what)
             if attempt:
-                self._sleep(self._delay(attempt - 1))
+                self._pause(attempt - 1, abort)
             try:
                 resp = self._send_authed(method, url, repo=repo, headers=headers)
             except httpx.TooManyRedirects:
@@ -469,6 +536,22 @@ def _media_type(data: bytes) -> str:
         return ""
     value = doc.get("mediaType") if isinstance(doc, dict) else None
     return value if isinstance(value, str) else ""
+
+
+def _interrupt(resp: httpx.Response, _reason: str = "") -> None:
+    """Wakes a thread blocked reading ``resp``: shutting the socket down (unlike closing it) makes a
+    pending ``recv`` return at once. Runs in whichever thread set the Abort."""
+    stream = resp.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _seconds(value: float) -> str:
+    if value >= 60 and value % 60 == 0:
+        return f"{int(value) // 60}m"
+    return f"{value:g}s"
 
 
 def _describe(exc: BaseException) -> str:

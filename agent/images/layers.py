@@ -53,6 +53,30 @@ PAX_LOCAL, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK = b"x", b"g", b"L", b"K"
 
 
 @dataclass(frozen=True)
+class UnpackLimits:
+    """How far a layer may expand (the agent's ``--max-unpacked-layer-size`` and
+    ``--max-compression-ratio``). Checked as the stream inflates, so a gzip bomb is refused after at
+    most ``max_bytes`` (or ``ratio_floor``) bytes rather than when the disk is full. The ratio is
+    uncompressed tar bytes over compressed bytes read so far; it is not applied below ``ratio_floor``
+    uncompressed bytes, where small layers of zeros would trip it for no gain."""
+
+    max_bytes: int = 32 << 30
+    max_ratio: float = 100.0
+    ratio_floor: int = 256 << 20
+
+    def check(self, *, unpacked: int, compressed: int, what: str) -> None:
+        if unpacked > self.max_bytes:
+            raise HostileArchive(
+                f"{what} unpacks to more than {self.max_bytes} bytes, the agent's limit"
+                " (--max-unpacked-layer-size); nothing was kept")
+        if unpacked > self.ratio_floor and compressed and unpacked > self.max_ratio * compressed:
+            raise HostileArchive(
+                f"{what} expands more than {self.max_ratio:g} times ({unpacked} bytes from {compressed}"
+                " compressed), the agent's limit (--max-compression-ratio): a decompression bomb?"
+                " nothing was kept")
+
+
+@dataclass(frozen=True)
 class LayerInfo:
     """What one unpack produced: the verified diff_id, the uncompressed tar size and the entry count."""
 
@@ -84,9 +108,12 @@ class _ChunkSource:
     zero blocks) so the digest is the diff_id. Decompression runs in a producer thread: zlib, hashlib and
     file writes all release the GIL, so inflating overlaps with writing files."""
 
-    def __init__(self, stream: BinaryIO, *, progress: Callable[[int], None] | None) -> None:
+    def __init__(self, stream: BinaryIO, *, progress: Callable[[int], None] | None,
+                 limits: UnpackLimits, what: str) -> None:
         self._stream = stream
         self._progress = progress
+        self._limits = limits
+        self._what = what
         self.hasher = hashlib.sha256()
         self.total = 0
         self.raw_total = 0  # written by the producer, read by the consumer for progress reports
@@ -145,6 +172,7 @@ class _ChunkSource:
             for chunk in self._inflated():
                 self.hasher.update(chunk)
                 self.total += len(chunk)
+                self._limits.check(unpacked=self.total, compressed=self.raw_total, what=self._what)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(chunk, timeout=0.1)
@@ -610,6 +638,7 @@ def unpack_layer(
     expected_diff_id: str,
     work_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    limits: UnpackLimits | None = None,
 ) -> LayerInfo:
     """Extracts the layer tar in ``stream`` (plain or gzip) to ``dest_dir``, which must not exist yet.
 
@@ -619,7 +648,10 @@ def unpack_layer(
     ``stream`` is read to its end, so a verifying wrapper around it can check the compressed digest
     before anything is committed.
 
-    Raises DigestMismatch, HostileArchive (nothing kept), ResourceExhausted (out of disk space),
+    ``limits`` bound how far the layer may expand (default: ``UnpackLimits()``).
+
+    Raises DigestMismatch, HostileArchive (nothing kept; also past ``limits``), ResourceExhausted (out of
+    disk space),
     InvalidArgument (unsupported compression); ``FileExistsError`` if ``dest_dir`` appeared meanwhile.
     """
     if not expected_diff_id.startswith("sha256:"):
@@ -634,7 +666,8 @@ def unpack_layer(
             ) from None
         raise
     committed = False
-    source = _ChunkSource(stream, progress=progress)
+    source = _ChunkSource(stream, progress=progress, limits=limits if limits is not None else UnpackLimits(),
+                          what=f"layer {expected_diff_id}")
     try:
         root_fd = os.open(tmp, DIR_OPEN_FLAGS)
         extractor = _Extractor(root_fd)

@@ -20,6 +20,7 @@ tests call directly.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import platform
@@ -42,6 +43,7 @@ from agent.errors import (
     Unavailable,
 )
 from agent.images import auth, distribution, refs
+from agent.images.abort import Abort, Aborted
 from agent.images.importer import INDEX_TYPES, LAYER_TYPES, MANIFEST_TYPES
 from agent.images.store import Image, ImageStore, ImportProgress
 
@@ -62,6 +64,8 @@ class RegistrySettings:
     timeout: float = 30.0
     retries: int = 4  # per request, exponential backoff with jitter, capped
     max_parallel: int = 3  # concurrent layer downloads per pull
+    blob_deadline: float = 3600.0  # seconds one blob (config or layer) may take to download, all retries
+    max_layer_size: int = 10 << 30  # largest compressed layer a manifest may declare
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,18 @@ def parse_manifest(data: bytes, *, what: str) -> ImageManifest:
     return ImageManifest(config=_descriptor(doc.get("config"), "config"), layers=layers)
 
 
+def check_declared_sizes(manifest: ImageManifest, *, limit: int, what: str) -> None:
+    """Refuses a manifest declaring a layer larger than ``limit`` before a byte of it is fetched: the
+    declared size is what the download trusts as its end (a registry could otherwise stream 2^62
+    bytes)."""
+    total = len(manifest.layers)
+    for index, layer in enumerate(manifest.layers, start=1):
+        if layer.size > limit:
+            raise InvalidArgument(
+                f"{what}: layer {index}/{total} ({layer.digest}) declares {layer.size} bytes, more than the"
+                f" agent's limit of {limit} (--max-layer-size)")
+
+
 def config_diff_ids(config: bytes, *, what: str) -> list[str]:
     try:
         doc = json.loads(config)
@@ -196,11 +212,12 @@ def config_diff_ids(config: bytes, *, what: str) -> list[str]:
 # -- process-wide coalescing ---------------------------------------------------------------------------
 
 class _Flight:
-    """One fetch in progress; ``waiters`` counts the callers waiting on it (observable by tests)."""
+    """One fetch in progress; ``waiters`` counts the callers waiting on it (observable by tests) and
+    ``wakers`` are their events, set when the fetch ends (each waiter's own abort sets its event too)."""
 
     def __init__(self) -> None:
-        self.done = threading.Event()
         self.waiters = 0
+        self.wakers: list[threading.Event] = []
 
 
 _inflight_lock = threading.Lock()
@@ -208,9 +225,11 @@ _inflight: dict[tuple[str, str], _Flight] = {}
 
 
 @contextmanager
-def _leadership(key: tuple[str, str]) -> Iterator[bool]:
+def _leadership(key: tuple[str, str], abort: Abort) -> Iterator[bool]:
     """Yields True to the one caller that should fetch ``key`` now; others wait for it, then get False
-    (they re-check the store and, if the leader failed, come back to lead)."""
+    (they re-check the store and, if the leader failed, come back to lead). A waiter's own ``abort``
+    ends its wait (raising Aborted): a caller that went away never stays queued behind another's fetch."""
+    wake = threading.Event()
     with _inflight_lock:
         flight = _inflight.get(key)
         leader = flight is None
@@ -218,8 +237,11 @@ def _leadership(key: tuple[str, str]) -> Iterator[bool]:
             flight = _inflight[key] = _Flight()
         else:
             flight.waiters += 1
+            flight.wakers.append(wake)
     if not leader:
-        flight.done.wait()
+        with abort.listen(lambda _reason: wake.set()):
+            wake.wait()
+        abort.check(f"waiting for another pull of {key[1]}")
         yield False
         return
     try:
@@ -227,11 +249,12 @@ def _leadership(key: tuple[str, str]) -> Iterator[bool]:
     finally:
         with _inflight_lock:
             del _inflight[key]
-        flight.done.set()
+            wakers = list(flight.wakers)
+        for waker in wakers:
+            waker.set()
 
 
-class _Cancelled(Exception):
-    """Internal: another layer of the same pull failed; stop downloading this one."""
+SIBLING_FAILED = "another layer of this pull failed"
 
 
 class Puller:
@@ -251,9 +274,13 @@ class Puller:
         self._sleep = sleep
         self._clients: dict[str, distribution.RegistryClient] = {}
         self._clients_lock = threading.Lock()
+        self._closing = Abort()  # set by close(): every pull in progress stops
         self.platform = host_platform()
 
     def close(self) -> None:
+        """Stops every pull in progress (they raise Aborted: "the agent is stopping") and closes the
+        connection pools."""
+        self._closing.set("the agent is stopping")
         with self._clients_lock:
             for client in self._clients.values():
                 client.close()
@@ -273,6 +300,7 @@ class Puller:
             settings=distribution.ClientSettings(
                 timeout=self.settings.timeout, retries=self.settings.retries,
                 ca_bundle=self.settings.ca_bundle, insecure=self.settings.insecure,
+                blob_deadline=self.settings.blob_deadline,
             ),
             auth_hint=str(self.settings.auth_file),
             transport=self._transport,
@@ -284,24 +312,33 @@ class Puller:
             self._clients[registry] = client
         return client
 
-    def pull(self, ref: str, *, progress: Callable[[ImportProgress], None] | None = None) -> Image:
+    def pull(self, ref: str, *, progress: Callable[[ImportProgress], None] | None = None,
+             abort: Abort | None = None) -> Image:
         """Pulls ``ref`` and returns the stored image (tagged with ``ref`` as given when it has a tag).
 
-        Blocking; called from worker threads; thread-safe; concurrent pulls coalesce per blob.
+        Blocking; called from worker threads; thread-safe; concurrent pulls coalesce per blob. Setting
+        ``abort`` (the caller went away) stops this pull's downloads, including a read blocked right now.
         Raises InvalidArgument (bad reference, unsupported media type), DigestMismatch (naming the blob),
-        NotFound, Unauthenticated, Unavailable (naming the layer), ResourceExhausted (disk full).
+        NotFound, Unauthenticated, Unavailable (naming the layer; Aborted when stopped),
+        ResourceExhausted (disk full).
         """
+        with self._closing.scope() as local, contextlib.ExitStack() as stack:
+            if abort is not None:
+                stack.enter_context(abort.listen(local.set))
+            return self._pull(ref, progress=progress, abort=local)
+
+    def _pull(self, ref: str, *, progress: Callable[[ImportProgress], None] | None, abort: Abort) -> Image:
         target = parse_pull_reference(ref)
         report = _serialized(progress)
         report(ImportProgress("resolving"))
         client = self.client(target.registry)
-        manifest = client.get_manifest(target.path, target.reference)
+        manifest = client.get_manifest(target.path, target.reference, abort=abort)
         index: tuple[str, bytes] | None = None
         if manifest.media_type in INDEX_TYPES:
             index = (manifest.digest, manifest.data)
             desc = select_platform(json.loads(manifest.data), self.platform, what=f"index {target}")
             chosen = _descriptor(desc, "manifest")
-            manifest = client.get_manifest(target.path, chosen.digest)
+            manifest = client.get_manifest(target.path, chosen.digest, abort=abort)
             if manifest.media_type in INDEX_TYPES:
                 raise InvalidArgument(f"{target}: nested image indexes are not supported")
         if manifest.media_type not in MANIFEST_TYPES:
@@ -310,28 +347,34 @@ class Puller:
                 " v2 schema 2 manifest, or an index of them)"
             )
         parsed = parse_manifest(manifest.data, what=f"manifest {target}")
+        check_declared_sizes(parsed, limit=self.settings.max_layer_size, what=str(target))
         pulled_as = f"{target.name}@{index[0] if index is not None else manifest.digest}"
-        with self.store.import_session():
-            config = self._config(client, target, parsed.config)
-            diff_ids = config_diff_ids(config, what=f"config {parsed.config.digest} of {target}")
-            if len(diff_ids) != len(parsed.layers):
-                raise InvalidArgument(
-                    f"{target}: manifest lists {len(parsed.layers)} layers but its config has"
-                    f" {len(diff_ids)} diff_ids"
-                )
-            self._layers(client, target, list(zip(parsed.layers, diff_ids, strict=True)), report)
-            image = self.store.commit_pulled(
-                config=config, config_digest=parsed.config.digest, manifest=manifest.data,
-                manifest_digest=manifest.digest, index=index, layers=diff_ids,
-                names=(f"{target.name}:{target.tag}",) if target.tag is not None else (),
-                repo_digests=(pulled_as,),
+        # No gc lock while talking to the registry: image rm and prune never wait for a download. The
+        # layers are held instead, so a prune between one layer's unpack and the commit keeps them.
+        config = self._config(client, target, parsed.config, abort=abort)
+        diff_ids = config_diff_ids(config, what=f"config {parsed.config.digest} of {target}")
+        if len(diff_ids) != len(parsed.layers):
+            raise InvalidArgument(
+                f"{target}: manifest lists {len(parsed.layers)} layers but its config has"
+                f" {len(diff_ids)} diff_ids"
             )
+        with self.store.hold_layers(diff_ids):
+            self._layers(client, target, list(zip(parsed.layers, diff_ids, strict=True)), report,
+                         abort=abort)
+            with self.store.import_session():
+                image = self.store.commit_pulled(
+                    config=config, config_digest=parsed.config.digest, manifest=manifest.data,
+                    manifest_digest=manifest.digest, index=index, layers=diff_ids,
+                    names=(f"{target.name}:{target.tag}",) if target.tag is not None else (),
+                    repo_digests=(pulled_as,),
+                )
         report(ImportProgress("done", total=len(diff_ids)))
         return image
 
     # -- config ---------------------------------------------------------------------------------------
 
-    def _config(self, client: distribution.RegistryClient, target: PullTarget, desc: BlobDescriptor) -> bytes:
+    def _config(self, client: distribution.RegistryClient, target: PullTarget, desc: BlobDescriptor, *,
+                abort: Abort) -> bytes:
         if desc.size > MAX_CONFIG:
             raise InvalidArgument(f"{target}: config {desc.digest} is {desc.size} bytes; refusing")
         key = (str(self.store.root), desc.digest)
@@ -339,14 +382,15 @@ class Puller:
             stored = self.store.read_blob(desc.digest)
             if stored is not None:
                 return stored
-            with _leadership(key) as leader:
+            with _leadership(key, abort) as leader:
                 if not leader:
                     continue
                 with self.store.temp_file("config") as (_path, f):
-                    client.fetch_blob(target.path, desc.digest, size=desc.size, out=f)
+                    client.fetch_blob(target.path, desc.digest, size=desc.size, out=f, abort=abort)
                     f.seek(0)
                     data = f.read()
                 # Visible now (verified): concurrent pulls of the same image read it instead of fetching.
+                # A prune may collect it before the commit; the commit writes it again.
                 self.store.put_blob(desc.digest, data)
                 return data
 
@@ -358,23 +402,28 @@ class Puller:
         target: PullTarget,
         layers: list[tuple[BlobDescriptor, str]],
         report: Callable[[ImportProgress], None],
+        *,
+        abort: Abort,
     ) -> None:
         total = len(layers)
-        cancel = threading.Event()
         pending: dict[Future[None], int] = {}
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.max_parallel),
-                                thread_name_prefix="pull-layer") as pool:
+        with abort.scope() as layers_abort, ThreadPoolExecutor(
+                max_workers=max(1, self.settings.max_parallel), thread_name_prefix="pull-layer") as pool:
+            with self.store.import_session():  # checked under gc: a prune running now has finished
+                present = {diff_id for _desc, diff_id in layers if self.store.has_layer(diff_id)}
             for index, (desc, diff_id) in enumerate(layers, start=1):
-                if self.store.has_layer(diff_id):
+                if diff_id in present:
                     report(ImportProgress("layer-exists", diff_id, index, total, already_present=True))
                     continue
                 future = pool.submit(self._ensure_layer, client, target, desc, diff_id,
-                                     index=index, total=total, report=report, cancel=cancel)
+                                     index=index, total=total, report=report, abort=layers_abort)
                 pending[future] = index
             done, _ = wait(pending, return_when=FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() is not None]
             if failed:
-                cancel.set()
+                # Stops the other downloads at once (their sockets are shut down), not after their
+                # current read.
+                layers_abort.set(SIBLING_FAILED)
                 for future in pending:
                     future.cancel()
         if failed:
@@ -393,30 +442,32 @@ class Puller:
         index: int,
         total: int,
         report: Callable[[ImportProgress], None],
-        cancel: threading.Event,
+        abort: Abort,
     ) -> None:
         where = f"layer {index}/{total} ({desc.digest}) of {target}"
         key = (str(self.store.root), diff_id)
         while True:
-            if self.store.has_layer(diff_id):
-                report(ImportProgress("layer-exists", diff_id, index, total, already_present=True))
-                return
-            with _leadership(key) as leader:
-                if not leader:
-                    continue
-                try:
+            try:
+                with _leadership(key, abort) as leader:
+                    if not leader:
+                        continue
+                    if self.store.has_layer(diff_id):
+                        report(ImportProgress("layer-exists", diff_id, index, total, already_present=True))
+                        return
                     self._download_and_unpack(client, target, desc, diff_id, index=index, total=total,
-                                              report=report, cancel=cancel)
-                except _Cancelled:
+                                              report=report, abort=abort)
                     return
-                except ShoalError as exc:
-                    raise type(exc)(f"{where}: {exc}") from None
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise ResourceExhausted(f"{where}: no space left on device in {self.store.root}"
-                                                ) from None
-                    raise Unavailable(f"{where}: {exc}") from None
-                return
+            except Aborted:
+                if abort.reason == SIBLING_FAILED:
+                    return  # the sibling's error is the one reported
+                raise
+            except ShoalError as exc:
+                raise type(exc)(f"{where}: {exc}") from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ResourceExhausted(f"{where}: no space left on device in {self.store.root}"
+                                            ) from None
+                raise Unavailable(f"{where}: {exc}") from None
 
     def _download_and_unpack(
         self,
@@ -428,16 +479,15 @@ class Puller:
         index: int,
         total: int,
         report: Callable[[ImportProgress], None],
-        cancel: threading.Event,
+        abort: Abort,
     ) -> None:
         def on_bytes(done: int) -> None:
-            if cancel.is_set():
-                raise _Cancelled
             report(ImportProgress("downloading", diff_id, index, total, done, desc.size))
 
         with self.store.temp_file("blob") as (path, f):
             report(ImportProgress("downloading", diff_id, index, total, 0, desc.size))
-            client.fetch_blob(target.path, desc.digest, size=desc.size, out=f, progress=on_bytes)
+            client.fetch_blob(target.path, desc.digest, size=desc.size, out=f, progress=on_bytes,
+                              abort=abort)
             f.flush()
 
             def opener() -> BinaryIO:
@@ -445,8 +495,9 @@ class Puller:
                 return open(path, "rb", buffering=0)  # closed by ensure_layer
 
             try:
-                self.store.ensure_layer(diff_id, opener, size=desc.size, media_type=desc.media_type,
-                                        index=index, total=total, progress=report)
+                with self.store.import_session():  # local work only: unpack and commit the layer
+                    self.store.ensure_layer(diff_id, opener, size=desc.size, media_type=desc.media_type,
+                                            index=index, total=total, progress=report)
             except DigestMismatch as exc:
                 raise DigestMismatch(f"blob {desc.digest} unpacked to the wrong content: {exc}") from None
 

@@ -10,9 +10,13 @@ Layout under ``root`` (``<agent-root>/images``)::
     locks/, tmp/           flock files; temporaries (same filesystem, so commits are renames)
 
 Concurrency: a layer is unpacked under its own flock and committed by rename, so concurrent imports of
-the same layer (threads or processes) unpack it once. Imports hold ``gc.lock`` shared; ``remove`` holds
-it exclusive, so garbage collection never deletes a layer an import is about to reference. Record and
-tag updates are serialised by ``meta.lock`` and written temp+rename. Compressed layer blobs are not
+the same layer (threads or processes) unpack it once. Local work (unpacking, committing records) holds
+``gc.lock`` shared; ``remove`` and ``prune`` hold it exclusive, so garbage collection never deletes a layer
+an import is about to reference. Network I/O never runs under ``gc.lock``: a pull downloads into a
+temporary file that is flocked while in use (prune skips it), and ``hold_layers`` keeps the layers a pull
+will reference from being collected between their unpack and the image's commit — so ``image rm`` and
+``prune`` never wait for a registry. Record and tag updates are serialised by ``meta.lock`` and written
+temp+rename. Compressed layer blobs are not
 kept after a verified unpack: the unpacked directory is what containers use and the diff_id identifies it.
 """
 
@@ -23,7 +27,9 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -158,6 +164,24 @@ def _flock(path: Path, mode: int) -> Iterator[None]:
         os.close(fd)
 
 
+def _in_use(path: Path) -> bool:
+    """A regular temporary file someone holds flocked (a download in progress, see ``temp_file``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
 def _tree_bytes(path: Path) -> int:
     """Disk bytes (allocated blocks) under ``path``, each hard-linked inode counted once."""
     seen: set[tuple[int, int]] = set()
@@ -191,8 +215,12 @@ def _hex(digest: str) -> str:
 class ImageStore:
     """Content-addressed images on the local disk; see the module docstring for layout and locking."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, limits: layers.UnpackLimits | None = None) -> None:
         self.root = root
+        self.limits = limits if limits is not None else layers.UnpackLimits()
+        # diff_id → how many pulls in this process hold it (see hold_layers); only the agent pulls.
+        self._holds: dict[str, int] = {}
+        self._holds_lock = threading.Lock()
         # 0700 whatever the agent's root is: layers keep their images' device nodes and setuid files.
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         root.chmod(0o700)
@@ -315,11 +343,34 @@ class ImageStore:
             yield
 
     @contextlib.contextmanager
+    def hold_layers(self, diff_ids: list[str]) -> Iterator[None]:
+        """While inside, ``prune`` and ``remove`` keep these layers even if no image references them: a
+        pull holds the layers of the image it is about to commit from before it checks which it has
+        (check inside ``import_session``) until the commit, without holding ``gc.lock`` meanwhile."""
+        with self._holds_lock:
+            for d in diff_ids:
+                self._holds[d] = self._holds.get(d, 0) + 1
+        try:
+            yield
+        finally:
+            with self._holds_lock:
+                for d in diff_ids:
+                    self._holds[d] -= 1
+                    if not self._holds[d]:
+                        del self._holds[d]
+
+    def _held_layers(self) -> set[str]:
+        with self._holds_lock:
+            return set(self._holds)
+
+    @contextlib.contextmanager
     def temp_file(self, prefix: str) -> Iterator[tuple[Path, BinaryIO]]:
-        """A new file in tmp/ (same filesystem as the store), removed on exit whatever happens."""
+        """A new file in tmp/ (same filesystem as the store), removed on exit whatever happens. It is
+        flocked while open, so ``prune`` (which may run meanwhile: no gc lock is needed) leaves it."""
         fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix=f".{prefix}-")
         path = Path(name)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             with os.fdopen(fd, "w+b") as f:
                 yield path, f
         finally:
@@ -425,7 +476,7 @@ class ImageStore:
             try:
                 info = layers.unpack_layer(
                     stream, dest, expected_diff_id=diff_id, work_dir=self.root / "tmp",
-                    progress=on_bytes,
+                    progress=on_bytes, limits=self.limits,
                 )
             finally:
                 stream.close()
@@ -546,7 +597,8 @@ class ImageStore:
                 (self.root / "images" / f"{_hex(image.id)}.json").unlink()
                 removed_images.append(image.id)
             remaining = self.list_images()
-            keep_layers = {d for image in remaining for d in image.layers} | set(layers_in_use())
+            keep_layers = ({d for image in remaining for d in image.layers} | set(layers_in_use())
+                           | self._held_layers())
             removed_layers: list[str] = []
             for entry in sorted({*os.listdir(self.root / "layers"),
                                  *(p.removesuffix(".json") for p in os.listdir(self.root / "layerdb"))}):
@@ -575,7 +627,10 @@ class ImageStore:
                     freed += path.stat().st_size
                     path.unlink()
                     removed_blobs.append(digest)
-            for leftover in (self.root / "tmp").iterdir():  # nobody else is importing: all stale
+            for leftover in (self.root / "tmp").iterdir():
+                # Nobody is unpacking (gc is ours), but a pull may be downloading into a locked file.
+                if _in_use(leftover):
+                    continue
                 freed += _tree_bytes(leftover)
                 if leftover.is_dir() and not leftover.is_symlink():
                     shutil.rmtree(leftover, ignore_errors=True)
@@ -619,7 +674,7 @@ class ImageStore:
 
     def _collect_unreferenced(self, candidates: tuple[str, ...]) -> list[str]:
         """Caller holds gc (exclusive) and meta locks."""
-        referenced = {d for image in self.list_images() for d in image.layers}
+        referenced = {d for image in self.list_images() for d in image.layers} | self._held_layers()
         removed = []
         for diff_id in dict.fromkeys(candidates):
             if diff_id in referenced:
@@ -699,6 +754,8 @@ class ImageStore:
             except BlockingIOError:
                 return
             for entry in (self.root / "tmp").iterdir():
+                if _in_use(entry):
+                    continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

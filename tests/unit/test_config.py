@@ -17,6 +17,16 @@ def test_defaults() -> None:
     assert s.cgroup_delegate is False and s.cgroup_parent == "shoal"
 
 
+def test_registry_limits_have_generous_defaults_and_can_be_set() -> None:
+    s = settings()
+    assert (s.pull_blob_deadline, s.max_layer_size, s.max_unpacked_layer_size, s.max_compression_ratio) == (
+        3600.0, 10 << 30, 32 << 30, 100.0)
+    s = settings("--pull-blob-deadline", "2m", "--max-layer-size", "1G", "--max-unpacked-layer-size", "4G",
+                 "--max-compression-ratio", "50")
+    assert (s.pull_blob_deadline, s.max_layer_size, s.max_unpacked_layer_size, s.max_compression_ratio) == (
+        120.0, 1 << 30, 4 << 30, 50.0)
+
+
 def test_cgroup_delegate() -> None:
     s = settings("--cgroup-delegate", "--cgroup-parent", "containers")
     assert s.cgroup_delegate is True and s.cgroup_parent == "containers"
@@ -40,6 +50,12 @@ def test_network_labels_metrics() -> None:
     (["--listen", "0.0.0.0:7070"], "needs mutual TLS"),
     (["--cgroup-parent", "a/b"], "invalid --cgroup-parent"),
     (["--cgroup-delegate", "--cgroup-parent", "agent"], "taken by the agent itself"),
+    (["--pull-blob-deadline", "soon"], "invalid --pull-blob-deadline 'soon'"),
+    (["--pull-blob-deadline", "100ms"], "--pull-blob-deadline must be at least 1s"),
+    (["--max-layer-size", "lots"], "invalid --max-layer-size 'lots'"),
+    (["--max-unpacked-layer-size", "0"], "must be positive"),
+    (["--max-compression-ratio", "nan"], "--max-compression-ratio must be a number of at least 1"),
+    (["--max-compression-ratio", "0.5"], "--max-compression-ratio must be a number of at least 1"),
 ])
 def test_bad_flags_are_one_clear_line(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):

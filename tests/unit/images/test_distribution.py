@@ -66,7 +66,8 @@ class FakeRegistry:
     auth_mode: str = "none"  # "none" | "basic" | "bearer"
     user: str = "alice"
     password: str = "s3cret-pw"
-    faults: dict[str, list[str]] = field(default_factory=dict)  # digest → ["cut", "corrupt", "503", ...]
+    # digest → ["cut", "corrupt", "503", "short", ...], one consumed per request
+    faults: dict[str, list[str]] = field(default_factory=dict)
     redirect_blobs: bool = False
     down: bool = False
     send_content_type_only: bool = False  # omit mediaType from bodies? (set per manifest instead)
@@ -217,6 +218,9 @@ class FakeRegistry:
         if start:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        if fault == "short":  # 200 whatever the Range, half the body, then a clean end
+            return httpx.Response(200, headers={"Content-Length": str(len(data))},
+                                  stream=_Body(data[: len(data) // 2]))
         if fault in ("cut", "ignore_range"):
             return httpx.Response(status, headers=headers,
                                   stream=_CutStream(data[start:], max(1, (len(data) - start) // 2)))

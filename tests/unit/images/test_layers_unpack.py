@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import DigestMismatch, HostileArchive, InvalidArgument
-from agent.images.layers import unpack_layer
+from agent.images.layers import UnpackLimits, unpack_layer
+from tests.fixtures.hostile_images import gzip_bomb
 from tests.fixtures.images import (
     Entry,
     chardev,
@@ -314,3 +315,32 @@ def test_enospc_is_resource_exhausted(box: Box, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ResourceExhausted, match=r"no space left on device while unpacking layer sha256:\w+"):
         box.unpack(data)
     box.assert_nothing_kept()
+
+
+# -- size caps (issue 12, finding 5) ----------------------------------------------------------------
+
+
+def test_a_gzip_bomb_is_refused_by_ratio_before_it_fills_the_disk(box: Box) -> None:
+    bomb = gzip_bomb(64 << 20)
+    assert bomb.unpacked > 500 * len(bomb.blob)  # the bomb really is one
+    limits = UnpackLimits(max_bytes=1 << 40, max_ratio=100, ratio_floor=4 << 20)
+    with pytest.raises(HostileArchive, match=r"expands more than 100 times .*--max-compression-ratio"):
+        unpack_layer(io.BytesIO(bomb.blob), box.dest, expected_diff_id=bomb.diff_id, work_dir=box.work,
+                     limits=limits)
+    box.assert_nothing_kept()
+
+
+def test_a_layer_past_the_unpacked_size_limit_is_refused(box: Box) -> None:
+    bomb = gzip_bomb(64 << 20)
+    limits = UnpackLimits(max_bytes=8 << 20, max_ratio=1e9, ratio_floor=0)
+    with pytest.raises(HostileArchive, match=r"unpacks to more than 8388608 bytes.*--max-unpacked-layer"):
+        unpack_layer(io.BytesIO(bomb.blob), box.dest, expected_diff_id=bomb.diff_id, work_dir=box.work,
+                     limits=limits)
+    box.assert_nothing_kept()
+
+
+def test_the_same_layer_within_the_limits_unpacks(box: Box) -> None:
+    bomb = gzip_bomb(8 << 20)
+    info = unpack_layer(io.BytesIO(bomb.blob), box.dest, expected_diff_id=bomb.diff_id, work_dir=box.work,
+                        limits=UnpackLimits(max_bytes=16 << 20, max_ratio=100, ratio_floor=16 << 20))
+    assert info.size == bomb.unpacked and (box.dest / "zeros").stat().st_size == 8 << 20
