@@ -14,7 +14,7 @@ value was read at (0 for a value not read from etcd), which is what a compare-an
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NewType
 
 ServiceName = NewType("ServiceName", str)
@@ -241,6 +241,12 @@ class Service:
     @property
     def name(self) -> ServiceName:
         return self.spec.name
+
+    def scaled(self, replicas: int, *, now: float) -> Service:
+        """This service with ``replicas`` declared: a spec change, so its generation bumps (``shoal
+        scale`` and the autoscaler alike)."""
+        return replace(self, spec=replace(self.spec, replicas=replicas), generation=self.generation + 1,
+                       updated_at=now)
 
 
 # -- replicas ----------------------------------------------------------------------------------------

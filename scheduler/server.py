@@ -133,6 +133,15 @@ def _streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterat
     return wrapper
 
 
+def _check_changeable(service: Service, expected_generation: int) -> None:
+    """A change asked at ``expected_generation`` (0: any) of a service that is not being deleted."""
+    if expected_generation and service.generation != expected_generation:
+        raise errors.Aborted(f"service {service.name} is at generation {service.generation}, not "
+                             f"{expected_generation}: it changed since you read it")
+    if service.deleting:
+        raise errors.FailedPrecondition(f"service {service.name} is being deleted")
+
+
 class SchedulerService(pb_grpc.SchedulerServicer):
     def __init__(self, store: base.Store, *, profile: Profile) -> None:
         self.store = store
@@ -250,14 +259,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             raise errors.InvalidArgument(f"replicas must not be negative, got {request.replicas}")
 
         async def change(service: Service) -> Service:
-            if request.expected_generation and service.generation != request.expected_generation:
-                raise errors.Aborted(f"service {service.name} is at generation {service.generation}, not "
-                                     f"{request.expected_generation}: it changed since you read it")
-            if service.deleting:
-                raise errors.FailedPrecondition(f"service {service.name} is being deleted")
-            spec = dataclasses.replace(service.spec, replicas=request.replicas)
-            return dataclasses.replace(service, spec=spec, generation=service.generation + 1,
-                                       updated_at=time.time())
+            _check_changeable(service, request.expected_generation)
+            return service.scaled(request.replicas, now=time.time())
 
         service = await self._update_service(
             request.name, change, skip=lambda s: s.spec.replicas == request.replicas and not (
@@ -273,11 +276,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         policy = request.autoscale if which == "autoscale" else None
 
         async def change(service: Service) -> Service:
-            if request.expected_generation and service.generation != request.expected_generation:
-                raise errors.Aborted(f"service {service.name} is at generation {service.generation}, not "
-                                     f"{request.expected_generation}: it changed since you read it")
-            if service.deleting:
-                raise errors.FailedPrecondition(f"service {service.name} is being deleted")
+            _check_changeable(service, request.expected_generation)
             spec = api.spec_with_autoscale(service.spec, policy)
             if spec == service.spec:
                 return service

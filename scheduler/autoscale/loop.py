@@ -147,7 +147,6 @@ class Autoscaler:
         self._on_written = on_written
         self._memory: dict[ServiceName, AutoscaleStatus] = {}
         self._prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
-        self.last_outputs: dict[ServiceName, dict[str, Any]] = {}
 
     async def run(self) -> None:
         try:
@@ -192,7 +191,6 @@ class Autoscaler:
             inp = decision_input(service, replicas, usage=usage, queries=answers, history=status, now=now,
                                  cpu_initialization_period=self.settings.cpu_initialization_period)
             evaluation = evaluate(inp)
-            self.last_outputs[service.name] = evaluation.output
             outcome = evaluation.outcome
             current = service.spec.replicas
             record = worth_recording(status, now=now, current=current, outcome=outcome,
@@ -204,10 +202,7 @@ class Autoscaler:
             if outcome.desired is not None and outcome.desired != current:
                 log.info("autoscaler: %s %d -> %d: %s", service.name, current, outcome.desired,
                          outcome.reason)
-                scaled = dataclasses.replace(
-                    service, spec=dataclasses.replace(service.spec, replicas=outcome.desired),
-                    generation=service.generation + 1, updated_at=now)
-                ops += [base.Put(scaled), base.Put(status)]
+                ops += [base.Put(service.scaled(outcome.desired, now=now)), base.Put(status)]
             elif record:
                 ops.append(base.Put(status))
         if ops:

@@ -6,6 +6,7 @@ supervisor and checks that nothing of Shoal's is left on the host (mounts, cgrou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -141,13 +142,14 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                            config={"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})
 
 
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> Iterator[AgentProcess]:
-    if os.geteuid() != 0:
-        pytest.skip("the agent needs root")
-    base = tmp_path_factory.mktemp("agent")
+@contextlib.contextmanager
+def private_agent(base: Path, busybox_image: Path, *, extra_args: list[str] | None = None,
+                  ) -> Iterator[AgentProcess]:
+    """An agent of the caller's own under ``base`` with the test image imported; on exit every container
+    is removed, the agent and its supervisor stopped, and its cgroup parent checked gone."""
     proc = AgentProcess(root=base / "root", socket=base / "agent.sock",
-                        cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=base / "agent.log")
+                        cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=base / "agent.log",
+                        extra_args=list(extra_args or []))
     proc.start()
     proc.run("image", "import", str(busybox_image), "--name", "test/busybox:v1")
     try:
@@ -165,8 +167,16 @@ def agent(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> Iter
         leftover = list(CGROUP_ROOT.glob(f"*/{proc.cgroup_parent}"))
         for d in leftover:
             d.rmdir()
-        assert not leftover, f"the agent left its cgroup parent behind: {leftover}"
         shutil.rmtree(base, ignore_errors=True)
+        assert not leftover, f"the agent left its cgroup parent behind: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> Iterator[AgentProcess]:
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    with private_agent(tmp_path_factory.mktemp("agent"), busybox_image) as proc:
+        yield proc
 
 
 def _wait_gone(pid: int, timeout: float = 15) -> None:

@@ -9,8 +9,6 @@ polls, pytest-timeout), so a regression fails here instead of hanging CI.
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ import pytest
 from tests.fixtures import images as image_fixtures
 from tests.fixtures.hostile_images import gzip_bomb
 from tests.fixtures.hostile_registry import HostileRegistry
-from tests.integration.agent.conftest import CGROUP_ROOT, AgentProcess, _wait_gone, wait_for
+from tests.integration.agent.conftest import AgentProcess, private_agent, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -37,28 +35,10 @@ def small_layer() -> bytes:
 def hostile_agent(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path) -> Iterator[AgentProcess]:
     if os.geteuid() != 0:
         pytest.skip("the agent needs root")
-    base = tmp_path_factory.mktemp("hostile-agent")
-    proc = AgentProcess(root=base / "root", socket=base / "agent.sock",
-                        cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=base / "agent.log",
-                        extra_args=["--pull-blob-deadline", f"{DEADLINE_S}s",
-                                    "--max-unpacked-layer-size", "64M", "--max-layer-size", "1G"])
-    proc.start()
-    proc.run("image", "import", str(busybox_image), "--name", "test/busybox:v1")
-    try:
+    with private_agent(tmp_path_factory.mktemp("hostile-agent"), busybox_image,
+                       extra_args=["--pull-blob-deadline", f"{DEADLINE_S}s", "--max-unpacked-layer-size",
+                                   "64M", "--max-layer-size", "1G"]) as proc:
         yield proc
-    finally:
-        if proc.proc is None:
-            proc.start()
-        ids = proc.run("ps", "-aq", "--no-trunc", check=False).stdout.split()
-        if ids:
-            proc.run("rm", "-f", *ids, check=False)
-        sup = proc.supervisor_pid()
-        proc.stop()
-        if sup is not None:
-            _wait_gone(sup)
-        for d in CGROUP_ROOT.glob(f"*/{proc.cgroup_parent}"):
-            d.rmdir()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

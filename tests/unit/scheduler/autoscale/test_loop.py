@@ -10,7 +10,6 @@ import pytest
 from scheduler.autoscale.loop import (
     Autoscaler,
     AutoscalerSettings,
-    Evaluation,
     Outcome,
     evaluate,
     updated_status,
@@ -130,7 +129,3 @@ def test_a_tick_writes_the_new_count_and_the_record_under_the_leaders_guard() ->
         assert (await store.snapshot()).services[WEB].spec.replicas == 4
 
     asyncio.run(go())
-
-
-def test_evaluation_is_exported() -> None:
-    assert Evaluation.__name__ == "Evaluation"
