@@ -10,6 +10,7 @@ newer Kubernetes releases do for replica counts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 MAX_INT32 = 2**31 - 1
 MIN_INT32 = -(2**31)
@@ -27,38 +28,32 @@ def saturate_int64(n: int) -> int:
     return max(MIN_INT64, min(MAX_INT64, n))
 
 
-def ceil_int32(x: float) -> int:
-    """``int32(math.Ceil(x))`` with saturation instead of Go's undefined out-of-range conversion."""
+def _convert(x: float, rounding: Callable[[float], int], low: int, high: int, what: str) -> int:
+    """Go's float → int conversion after ``rounding``, saturated at ``low``/``high`` instead of Go's
+    undefined out-of-range result. NaN is unreachable with validated inputs (targets are > 0 and counts
+    finite): refuse rather than guess."""
     if math.isnan(x):
-        # Unreachable with validated inputs (targets are > 0 and counts finite); refuse rather than guess.
-        raise ValueError("a replica count computed as NaN")
-    if x >= MAX_INT32:
-        return MAX_INT32
-    if x <= MIN_INT32:
-        return MIN_INT32
-    return math.ceil(x)
+        raise ValueError(f"a {what} computed as NaN")
+    if x >= high:
+        return high
+    if x <= low:
+        return low
+    return rounding(x)
+
+
+def ceil_int32(x: float) -> int:
+    """``int32(math.Ceil(x))``, saturated."""
+    return _convert(x, math.ceil, MIN_INT32, MAX_INT32, "replica count")
 
 
 def trunc_int32(x: float) -> int:
     """``int32(x)``: truncation toward zero, saturated."""
-    if math.isnan(x):
-        raise ValueError("a replica count computed as NaN")
-    if x >= MAX_INT32:
-        return MAX_INT32
-    if x <= MIN_INT32:
-        return MIN_INT32
-    return math.trunc(x)
+    return _convert(x, math.trunc, MIN_INT32, MAX_INT32, "replica count")
 
 
 def ceil_int64(x: float) -> int:
     """``int64(math.Ceil(x))``, saturated (an average of int64 values, reported, never a count)."""
-    if math.isnan(x):
-        raise ValueError("a metric value computed as NaN")
-    if x >= MAX_INT64:
-        return MAX_INT64
-    if x <= MIN_INT64:
-        return MIN_INT64
-    return math.ceil(x)
+    return _convert(x, math.ceil, MIN_INT64, MAX_INT64, "metric value")
 
 
 def div_trunc(a: int, b: int) -> int:
