@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
                 f"shoal-agent: TCP listener {address} needs mutual TLS: pass --tls-dir DIR "
                 "(with ca.pem, agent.pem, agent-key.pem), or --insecure-tcp for loopback tests"
             )
+    if args.insecure_tcp:
+        _insecure_only_on_loopback(a for a in listen if unix_path(a) is None)
     from agent.runtime.spec import parse_cpus, parse_duration
 
     subnet = None
@@ -240,6 +243,24 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     )
 
 
+def is_loopback(address: str) -> bool:
+    """Whether ``HOST:PORT`` names this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
+def _insecure_only_on_loopback(addresses: Iterable[str]) -> None:
+    for address in addresses:
+        if not is_loopback(address):
+            raise SystemExit(f"shoal-agent: --insecure-tcp is for loopback only, and {address} is not: "
+                             "use --tls-dir DIR (shoal certs init) for real addresses")
+
+
 def _join_settings(args: argparse.Namespace, *, listen: tuple[str, ...],
                    tls: TlsFiles | None) -> tuple[tuple[str, ...], str]:
     """``--join``/``--advertise`` checked: the scheduler must be able to reach this agent over TCP, and
@@ -263,4 +284,6 @@ def _join_settings(args: argparse.Namespace, *, listen: tuple[str, ...],
                          "address the scheduler can reach")
     if tls is None and not args.insecure_tcp:
         raise SystemExit("shoal-agent: --join needs --tls-dir (the agent registers with its certificate)")
+    if args.insecure_tcp:
+        _insecure_only_on_loopback([*join, advertise])
     return join, advertise

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -63,16 +64,26 @@ def test_bad_flags_are_one_clear_line(argv: list[str], message: str) -> None:
 
 
 def test_join_advertises_the_first_tcp_listener_or_the_given_address() -> None:
-    s = settings("--listen", "10.0.0.5:7070", "--insecure-tcp", "--join", "10.0.0.1:7400,10.0.0.2:7400")
-    assert s.join == ("10.0.0.1:7400", "10.0.0.2:7400") and s.advertise == "10.0.0.5:7070"
-    s = settings("--listen", "0.0.0.0:7070", "--insecure-tcp", "--join", "s:7400", "--advertise", "h1:7070")
-    assert s.advertise == "h1:7070"
+    s = settings("--listen", "127.0.0.5:7070", "--insecure-tcp", "--join", "127.0.0.1:7400,127.0.0.2:7400")
+    assert s.join == ("127.0.0.1:7400", "127.0.0.2:7400") and s.advertise == "127.0.0.5:7070"
+    s = settings("--listen", "127.0.0.1:7070", "--insecure-tcp", "--join", "localhost:7400",
+                 "--advertise", "127.0.0.9:7070")
+    assert s.advertise == "127.0.0.9:7070"
+
+
+def test_an_unreachable_advertise_address_is_refused(tmp_path: Path) -> None:
+    for name in ("ca.pem", "agent.pem", "agent-key.pem"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(SystemExit, match=r"cannot advertise '0\.0\.0\.0:7070'"):
+        settings("--listen", "0.0.0.0:7070", "--tls-dir", str(tmp_path), "--join", "s:7400")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--join", "sched:7400"], "needs a TCP listener the scheduler can reach"),
-    (["--listen", "0.0.0.0:7070", "--insecure-tcp", "--join", "s:7400"], "cannot advertise '0.0.0.0:7070'"),
-    (["--listen", "10.0.0.5:7070", "--insecure-tcp", "--join", "nope"], "invalid --join address 'nope'"),
+    (["--listen", "127.0.0.1:7070", "--insecure-tcp", "--join", "nope"], "invalid --join address 'nope'"),
+    (["--listen", "0.0.0.0:7070", "--insecure-tcp"], "--insecure-tcp is for loopback only, and 0.0.0.0:7070"),
+    (["--listen", "10.0.0.5:7070", "--insecure-tcp"], "--insecure-tcp is for loopback only, and 10.0.0.5"),
+    (["--listen", "127.0.0.1:7070", "--insecure-tcp", "--join", "sched:7400"], "and sched:7400 is not"),
     (["--advertise", "h:1"], "--advertise only matters with --join"),
 ])
 def test_join_refusals_say_what_to_do(argv: list[str], message: str) -> None:

@@ -474,6 +474,20 @@ class LogEntry(_pl.Message):
         ) -> None: ...
 
 
+class RunOutput(_pl.Message):
+    started: Container
+    log: LogEntry
+    exit: WaitContainerResponse
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            started: Container | None = None,
+            log: LogEntry | None = None,
+            exit: WaitContainerResponse | None = None,
+        ) -> None: ...
+
+
 class ExecRequest(_pl.Message):
     id: str
     command: list[str]
@@ -1099,6 +1113,11 @@ _pl.define(LogEntry, 'shoal.agent.v1.LogEntry', (
     _pl.Field(3, 'line', _pl.BYTES),
     _pl.Field(4, 'partial', _pl.BOOL),
 ))
+_pl.define(RunOutput, 'shoal.agent.v1.RunOutput', (
+    _pl.Field(1, 'started', _pl.MESSAGE, message=Container, oneof='kind'),
+    _pl.Field(2, 'log', _pl.MESSAGE, message=LogEntry, oneof='kind'),
+    _pl.Field(3, 'exit', _pl.MESSAGE, message=WaitContainerResponse, oneof='kind'),
+))
 _pl.define(ExecRequest, 'shoal.agent.v1.ExecRequest', (
     _pl.Field(1, 'id', _pl.STRING),
     _pl.Field(2, 'command', _pl.STRING, repeated=True),
@@ -1296,6 +1315,7 @@ class ContainersStub:
     ListContainers_method = _pl.Method('/shoal.agent.v1.Containers/ListContainers', ListContainersRequest, ListContainersResponse, client_streaming=False, server_streaming=False)
     WaitContainer_method = _pl.Method('/shoal.agent.v1.Containers/WaitContainer', ContainerRef, WaitContainerResponse, client_streaming=False, server_streaming=False)
     ContainerLogs_method = _pl.Method('/shoal.agent.v1.Containers/ContainerLogs', ContainerLogsRequest, LogEntry, client_streaming=False, server_streaming=True)
+    RunContainer_method = _pl.Method('/shoal.agent.v1.Containers/RunContainer', CreateContainerRequest, RunOutput, client_streaming=False, server_streaming=True)
     Exec_method = _pl.Method('/shoal.agent.v1.Containers/Exec', ExecRequest, ExecOutput, client_streaming=False, server_streaming=True)
     WatchEvents_method = _pl.Method('/shoal.agent.v1.Containers/WatchEvents', WatchEventsRequest, Event, client_streaming=False, server_streaming=True)
 
@@ -1328,6 +1348,9 @@ class ContainersStub:
 
     def ContainerLogs(self, request: ContainerLogsRequest, /) -> _pl.Stream[LogEntry]:
         return self.transport.server_stream(self.ContainerLogs_method, request)
+
+    def RunContainer(self, request: CreateContainerRequest, /) -> _pl.Stream[RunOutput]:
+        return self.transport.server_stream(self.RunContainer_method, request)
 
     def Exec(self, request: ExecRequest, /) -> _pl.Stream[ExecOutput]:
         return self.transport.server_stream(self.Exec_method, request)
