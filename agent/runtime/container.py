@@ -35,6 +35,8 @@ class Container:
     # An exit reported while its launch was still being applied; handled right after.
     pending_exit: ExitEvent | None = None
     sample_target: SampleTarget | None = field(default=None, repr=False)  # cached per run
+    # This run's storage limit is a project quota the kernel enforces (else the sampler measures it).
+    storage_quota: bool = False
 
     @property
     def id(self) -> str:
