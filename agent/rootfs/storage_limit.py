@@ -105,12 +105,13 @@ def choose_enforcement(root: Path, *, ops: QuotaOps | None = None) -> Enforcemen
         accounted, enforced = ops.quota_state(root)
     except OSError as err:
         unsupported = err.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL)
-        why = "this kernel or filesystem has no project quotas" if unsupported else "cannot query project quotas"
+        why = ("this kernel or filesystem has no project quotas" if unsupported
+               else "cannot query project quotas")
         return EnforcementChoice(Enforcement.MEASURED, f"{why} ({err.strerror or err})")
     if not enforced:
         how = "accounted but not enforced" if accounted else "off"
-        return EnforcementChoice(
-            Enforcement.MEASURED, f"project quotas are {how} on the filesystem of {root} (mount it with prjquota)")
+        return EnforcementChoice(Enforcement.MEASURED, f"project quotas are {how} on the filesystem of "
+                                                       f"{root} (mount it with prjquota)")
     scratch = Path(tempfile.mkdtemp(prefix=".quota-probe-", dir=root))
     try:
         project_id = _probe_id(root)
