@@ -105,6 +105,7 @@ _EVENT_TO_PB = {
     evlog.EventType.RESTARTING: pb.EVENT_TYPE_RESTARTING,
     evlog.EventType.HEALTH_CHANGED: pb.EVENT_TYPE_HEALTH_CHANGED,
     evlog.EventType.REMOVED: pb.EVENT_TYPE_REMOVED, evlog.EventType.START_FAILED: pb.EVENT_TYPE_START_FAILED,
+    evlog.EventType.EVICTED: pb.EVENT_TYPE_EVICTED,
 }
 
 _PULL = {
@@ -227,7 +228,7 @@ def spec_from_pb(msg: pb.ContainerSpec, *, default_network: NetworkMode = Networ
     resources = Resources(
         memory_bytes=res.memory_bytes or None, cpu_millis=res.cpu_millis or None,
         pids_max=res.pids_max or None, memory_request_bytes=res.memory_request_bytes or None,
-        cpu_request_millis=res.cpu_request_millis or None,
+        cpu_request_millis=res.cpu_request_millis or None, storage_bytes=res.storage_bytes or None,
     )
     size = msg.ByteSize()
     if size > validation.MAX_SPEC_BYTES:
@@ -312,6 +313,7 @@ def spec_to_pb(spec: ContainerSpec) -> pb.ContainerSpec:
             pids_max=spec.resources.pids_max or 0,
             memory_request_bytes=spec.resources.memory_request_bytes or 0,
             cpu_request_millis=spec.resources.cpu_request_millis or 0,
+            storage_bytes=spec.resources.storage_bytes or 0,
         ),
         read_only=spec.read_only, network=_NETWORK_TO_PB[spec.network],
         ports=[port_to_pb(p) for p in spec.ports],
@@ -684,6 +686,7 @@ _HOST_FIELDS = (
     "memory_used_bytes", "memory_committed_bytes", "cpu_committed_millis", "containers",
     "containers_running", "cpu_used_cores", "cpu_allocatable_millis", "memory_limits_bytes",
     "cpu_limits_millis", "disk_total_bytes", "disk_free_bytes", "boot_id", "os", "architecture",
+    "storage_limit_enforcement", "storage_limit_detail",
 )
 _STATS_FIELDS = (
     "id", "name", "image", "cpu_seconds", "cpu_cores", "cpu_fraction_of_limit", "cpu_throttled_seconds",

@@ -67,7 +67,7 @@ EXTENSION_PREFIX = "x-"
 TOP_KEYS = ("name", "replicas", "template", "placement", "update", "labels", "metrics_port", "autoscale")
 TEMPLATE_KEYS = ("image", "command", "entrypoint", "env", "working_dir", "user", "hostname", "resources",
                  "ports", "health", "restart", "read_only", "network", "labels")
-RESOURCE_KEYS = ("cpus", "memory", "pids", "cpus_request", "memory_request")
+RESOURCE_KEYS = ("cpus", "memory", "pids", "cpus_request", "memory_request", "storage")
 PORT_KEYS = ("container", "host", "protocol")
 HEALTH_KEYS = ("http", "tcp", "exec", "interval", "timeout", "retries", "start_period",
                "restart_on_unhealthy")
@@ -93,7 +93,9 @@ _TEMPLATE_ALIASES = {"workingDir": "working_dir", "workdir": "working_dir", "wor
                      "livenessProbe": "health", "readinessProbe": "health", "net": "network",
                      "network_mode": "network", "publish": "ports", "limits": "resources"}
 _RESOURCE_ALIASES = {"cpu": "cpus", "mem": "memory", "memory_limit": "memory", "cpu_request": "cpus_request",
-                     "memory_reservation": "memory_request", "pids_limit": "pids", "pids_max": "pids"}
+                     "memory_reservation": "memory_request", "pids_limit": "pids", "pids_max": "pids",
+                     "storage_size": "storage", "ephemeral_storage": "storage",
+                     "ephemeral-storage": "storage", "disk": "storage"}
 _PORT_ALIASES = {"containerPort": "container", "container_port": "container", "target": "container",
                  "hostPort": "host", "host_port": "host", "published": "host"}
 _HEALTH_ALIASES = {"test": "exec", "cmd": "exec", "command": "exec", "httpGet": "http",
@@ -376,6 +378,7 @@ def _resources(r: sy.Reader, node: yaml.Node) -> agent_pb2.Resources | None:
     cpus_request = r.read(values, "cpus_request", path, _unit(units.parse_cpus, what="cpu request"), 0)
     memory_request = r.read(values, "memory_request", path,
                             _unit(units.parse_size, what="memory request"), 0)
+    storage = r.read(values, "storage", path, _unit(units.parse_storage_size), 0)
     if cpus and cpus_request > cpus:
         r.report(values["cpus_request"], f"{path}.cpus_request",
                  f"the request ({_as_written(values['cpus_request'])}) exceeds the limit "
@@ -385,7 +388,8 @@ def _resources(r: sy.Reader, node: yaml.Node) -> agent_pb2.Resources | None:
                  f"the request ({_as_written(values['memory_request'])}) exceeds the limit "
                  f"(memory: {_as_written(values['memory'])})")
     return agent_pb2.Resources(cpu_millis=cpus, memory_bytes=memory, pids_max=pids,
-                               cpu_request_millis=cpus_request, memory_request_bytes=memory_request)
+                               cpu_request_millis=cpus_request, memory_request_bytes=memory_request,
+                               storage_bytes=storage)
 
 
 def _as_written(node: yaml.Node) -> str:

@@ -101,6 +101,11 @@ def _add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-request", dest="cpus_request", default=None, metavar="CORES",
                         help="cpu the host reserves for it (default: the limit)")
     parser.add_argument("--pids", "--pids-limit", dest="pids", default=None, help="max processes")
+    parser.add_argument("--storage-size", dest="storage_size", default=None, metavar="SIZE",
+                        help="writable-layer limit, e.g. 1G: a project quota where the agent's filesystem "
+                             "has one, else measured and the container evicted (killed) when over it")
+    parser.add_argument("--storage-opt", dest="storage_opt", action="append", default=[], metavar="size=SIZE",
+                        help="Docker's spelling of --storage-size (only size= is known)")
     parser.add_argument("--hostname", default="")
     parser.add_argument("-u", "--user", default="", help="UID[:GID] or NAME[:GROUP]")
     parser.add_argument("-w", "--workdir", default="")
@@ -189,6 +194,16 @@ def _key_values(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _storage_bytes(args: argparse.Namespace) -> int:
+    """--storage-size, or Docker's --storage-opt size= (the last one given wins, as in Docker)."""
+    sizes = [parsing.parse_storage_opt(opt) for opt in args.storage_opt]
+    if args.storage_size:
+        if sizes:
+            raise InvalidArgument("give the storage limit once: --storage-size or --storage-opt size=")
+        return parsing.parse_storage_size(args.storage_size)
+    return sizes[-1] if sizes else 0
+
+
 def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
     try:
         resources = pb.Resources(
@@ -199,6 +214,7 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
             if args.memory_request else 0,
             cpu_request_millis=parsing.parse_cpus(args.cpus_request, what="cpu request")
             if args.cpus_request else 0,
+            storage_bytes=_storage_bytes(args),
         )
         env = parsing.parse_env(args.env)
         restart = parse_restart(args.restart)

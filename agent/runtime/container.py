@@ -70,6 +70,8 @@ class Container:
     # left, so the last of its output and its exit status reach them first.
     holds: set[Hold] = field(default_factory=set)
     unheld: asyncio.Event = field(default_factory=_set_event)
+    # This run's storage limit is a project quota the kernel enforces (else the sampler measures it).
+    storage_quota: bool = False
 
     @property
     def id(self) -> str:

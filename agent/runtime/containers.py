@@ -45,6 +45,7 @@ from agent.images.store import DiskUsage as StoreDiskUsage
 from agent.images.store import Image
 from agent.network.manager import Attachment
 from agent.rootfs import overlay
+from agent.rootfs.storage_limit import ProjectQuotas
 from agent.runtime import core, execs, prepare, records, runfile
 from agent.runtime import health as healthcheck
 from agent.runtime import logs as ctrlogs
@@ -142,8 +143,10 @@ class Listing:
 class ContainerRuntime:
     def __init__(self, settings: RuntimeSettings, *, images: ImageSource,
                  cgroup_manager: cgroups.CgroupManager, connect: SupervisorConnector,
-                 network: Network | None = None, boot_id: str = "") -> None:
+                 network: Network | None = None, boot_id: str = "",
+                 quotas: ProjectQuotas | None = None) -> None:
         self.settings = settings
+        self._quotas = quotas  # --storage-size as project quotas; None: measured by the usage sampler
         self.images = images
         # Bridge networking, when the agent has a --subnet (set up by the daemon before open()).
         self.network = network
@@ -177,6 +180,7 @@ class ContainerRuntime:
             python=self.settings.python, log_max_bytes=self.settings.log_max_bytes,
             log_max_files=self.settings.log_max_files, supervisor=self._require_supervisor,
             restart_due=self._restart_due, health_result=self._health_result, auto_remove=self._auto_remove,
+            quotas=self._quotas,
         )
         loaded = await asyncio.to_thread(records.load_all, self.containers_dir,
                                          quarantine_dir=root / "quarantine")
@@ -750,9 +754,19 @@ class ContainerRuntime:
                     cgroup=cg, upper_dir=Path(ctr.record.prepared.upper_dir),
                     started_at=ctr.lc.started_at or 0.0, memory_limit_bytes=res.memory_bytes,
                     cpu_limit_millis=res.cpu_millis, own_network=ctr.spec.network is not NetworkMode.HOST,
+                    storage_limit_bytes=None if ctr.storage_quota else res.storage_bytes,
                 )
             out.append(target)
         return out
+
+    def evict(self, target: SampleTarget, message: str) -> None:
+        """The usage sampler found this run of a container over its storage limit: kill it, recording
+        why (reason ``Evicted``). A container that exited or restarted meanwhile is left alone."""
+        ctr = self._containers.get(target.id)
+        if ctr is None or ctr.lc.state is not State.RUNNING or ctr.lc.pid != target.pid:
+            return
+        log.warning("evicting %s: %s", ctr.name, message)
+        self._apply(ctr, core.evicted(ctr.id, ctr.lc, message=message))
 
     def commitments(self) -> Commitments:
         """Requests and limits of every container holding a reservation (``state.HOLDS_RESERVATION``)."""

@@ -56,6 +56,7 @@ class EventType(Enum):
     HEALTH_CHANGED = "health_changed"  # health set
     REMOVED = "removed"
     START_FAILED = "start_failed"  # exit_code, reason "StartFailed" and message set
+    EVICTED = "evicted"  # over its storage limit; reason "Evicted", message says by how much; EXITED follows
 
 
 @dataclass(frozen=True)

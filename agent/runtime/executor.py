@@ -28,6 +28,7 @@ from agent.errors import FailedPrecondition, LaunchError, ShoalError
 from agent.network import netns
 from agent.network.manager import Attachment
 from agent.rootfs import initlayer, overlay
+from agent.rootfs.storage_limit import ProjectQuotas
 from agent.runtime import core, execs, probes, runfile
 from agent.runtime import health as healthcheck
 from agent.runtime import plan as plans
@@ -101,8 +102,10 @@ class Executor:
                  supervisor: Callable[[], Supervisor],
                  restart_due: Callable[[Container], Coroutine[Any, Any, None]],
                  health_result: Callable[[Container, healthcheck.HealthState, healthcheck.HealthState], None],
-                 auto_remove: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+                 auto_remove: Callable[[str], Coroutine[Any, Any, None]],
+                 quotas: ProjectQuotas | None = None) -> None:
         self.events = events
+        self.quotas = quotas  # set when this host enforces --storage-size with project quotas
         self.cgroups = cgroup_manager
         self.network = network
         self.statuses = StatusWriter()
@@ -245,6 +248,7 @@ class Executor:
         supervisor = self._supervisor()
         cg = await asyncio.to_thread(self._ensure_cgroup, ctr, fresh=fresh_cgroup)
         ctr.cgroup_paths = cg.paths()
+        ctr.storage_quota = await asyncio.to_thread(self._apply_storage_quota, ctr)
         launch_plan = self._launch_plan(ctr, cgroup_procs=cg.join_files())
         if ctr.spec.network is NetworkMode.BRIDGE:
             attachment = await self._attach(ctr)
@@ -293,6 +297,20 @@ class Executor:
         else:
             cg.apply(limits)
         return cg
+
+    def _apply_storage_quota(self, ctr: Container) -> bool:
+        """Blocking. Whether the kernel enforces this container's storage limit now; if its quota
+        cannot be set, the sampler measures it instead (the limit holds either way)."""
+        limit = ctr.spec.resources.storage_bytes
+        if self.quotas is None or limit is None:
+            return False
+        dirs = overlay.ContainerDirs(ctr.directory)
+        try:
+            self.quotas.apply(upper=Path(ctr.record.prepared.upper_dir), work=dirs.work, limit_bytes=limit)
+        except OSError as err:
+            log.warning("storage limit of %s: no project quota (%s); measuring it instead", ctr.name, err)
+            return False
+        return True
 
     async def _attach(self, ctr: Container) -> Attachment:
         if self.network is None:
@@ -391,6 +409,8 @@ class Executor:
         await self.statuses.flush()
         await self.kill_group(ctr, remove=True)
         await self.detach(ctr)
+        if self.quotas is not None and ctr.spec.resources.storage_bytes is not None:
+            await asyncio.to_thread(self.quotas.release, Path(ctr.record.prepared.upper_dir))
         await asyncio.to_thread(shutil.rmtree, ctr.directory, True)
 
 

@@ -44,7 +44,7 @@ LOG_STREAM_UNSPECIFIED = 0
 LOG_STREAM_STDOUT = 1
 LOG_STREAM_STDERR = 2
 
-EventType = _pl.EnumType('shoal.agent.v1.EventType', {'EVENT_TYPE_UNSPECIFIED': 0, 'EVENT_TYPE_CREATED': 1, 'EVENT_TYPE_STARTED': 2, 'EVENT_TYPE_EXITED': 3, 'EVENT_TYPE_OOM_KILLED': 4, 'EVENT_TYPE_RESTARTING': 5, 'EVENT_TYPE_HEALTH_CHANGED': 6, 'EVENT_TYPE_REMOVED': 7, 'EVENT_TYPE_START_FAILED': 8})
+EventType = _pl.EnumType('shoal.agent.v1.EventType', {'EVENT_TYPE_UNSPECIFIED': 0, 'EVENT_TYPE_CREATED': 1, 'EVENT_TYPE_STARTED': 2, 'EVENT_TYPE_EXITED': 3, 'EVENT_TYPE_OOM_KILLED': 4, 'EVENT_TYPE_RESTARTING': 5, 'EVENT_TYPE_HEALTH_CHANGED': 6, 'EVENT_TYPE_REMOVED': 7, 'EVENT_TYPE_START_FAILED': 8, 'EVENT_TYPE_EVICTED': 9})
 EVENT_TYPE_UNSPECIFIED = 0
 EVENT_TYPE_CREATED = 1
 EVENT_TYPE_STARTED = 2
@@ -54,6 +54,7 @@ EVENT_TYPE_RESTARTING = 5
 EVENT_TYPE_HEALTH_CHANGED = 6
 EVENT_TYPE_REMOVED = 7
 EVENT_TYPE_START_FAILED = 8
+EVENT_TYPE_EVICTED = 9
 
 
 class ContainerRef(_pl.Message):
@@ -84,6 +85,7 @@ class Resources(_pl.Message):
     pids_max: int
     memory_request_bytes: int
     cpu_request_millis: int
+    storage_bytes: int
 
     if TYPE_CHECKING:
         def __init__(
@@ -93,6 +95,7 @@ class Resources(_pl.Message):
             pids_max: int | None = None,
             memory_request_bytes: int | None = None,
             cpu_request_millis: int | None = None,
+            storage_bytes: int | None = None,
         ) -> None: ...
 
 
@@ -842,6 +845,8 @@ class HostInfo(_pl.Message):
     conditions: list[HostCondition]
     memory_limits_bytes: int
     cpu_limits_millis: int
+    storage_limit_enforcement: str
+    storage_limit_detail: str
 
     if TYPE_CHECKING:
         def __init__(
@@ -871,6 +876,8 @@ class HostInfo(_pl.Message):
             conditions: Iterable[HostCondition] | None = None,
             memory_limits_bytes: int | None = None,
             cpu_limits_millis: int | None = None,
+            storage_limit_enforcement: str | None = None,
+            storage_limit_detail: str | None = None,
         ) -> None: ...
 
 
@@ -963,6 +970,7 @@ _pl.define(Resources, 'shoal.agent.v1.Resources', (
     _pl.Field(3, 'pids_max', _pl.INT64),
     _pl.Field(4, 'memory_request_bytes', _pl.INT64),
     _pl.Field(5, 'cpu_request_millis', _pl.INT64),
+    _pl.Field(6, 'storage_bytes', _pl.INT64),
 ))
 _pl.define(PortMapping, 'shoal.agent.v1.PortMapping', (
     _pl.Field(1, 'host_ip', _pl.STRING),
@@ -1268,6 +1276,8 @@ _pl.define(HostInfo, 'shoal.agent.v1.HostInfo', (
     _pl.Field(23, 'conditions', _pl.MESSAGE, message=HostCondition, repeated=True),
     _pl.Field(24, 'memory_limits_bytes', _pl.INT64),
     _pl.Field(25, 'cpu_limits_millis', _pl.INT64),
+    _pl.Field(26, 'storage_limit_enforcement', _pl.STRING),
+    _pl.Field(27, 'storage_limit_detail', _pl.STRING),
 ))
 _pl.define(ContainerStats, 'shoal.agent.v1.ContainerStats', (
     _pl.Field(1, 'id', _pl.STRING),
