@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 from agent.cgroups import device_bpf, manager
 from agent.cgroups.manager import CgroupBusy, CgroupFs, CgroupStats, DeviceRule, Limits
-from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, ShoalError
 
 KillFn = Callable[[int, int], None]
 
@@ -279,8 +279,12 @@ class V2CgroupManager:
                     leaf = current
             if program is not None:
                 # Before the group is handed out: no process may join it unfiltered.
-                with manager.os_errors(op="attach the device program to", path=leaf):
+                try:
                     self._device_filter.attach(leaf, program)
+                except OSError as err:
+                    # err.strerror names the bpf(2) step and carries the verifier's log, if any.
+                    detail = err.strerror or str(err)
+                    raise ShoalError(f"cannot enforce device rules on cgroup {leaf}: {detail}") from err
             group = self._cgroup(name)
             group.apply(limits)
         except BaseException:
