@@ -335,7 +335,8 @@ class Executor:
     def capabilities(self, network: NetworkMode) -> tuple[str, ...]:
         caps = plans.DEFAULT_CAPABILITIES
         if not self.cgroups.supports_device_rules:
-            # Without a device cgroup (v2 needs eBPF), mknod is the only guard against host disks.
+            # Without a device cgroup (v1 devices hierarchy or v2 BPF device program), mknod is the only
+            # guard against host disks.
             caps = tuple(c for c in caps if c != "MKNOD")
         if network is NetworkMode.HOST:
             # Docker keeps NET_RAW; on the host's own network it lets a container sniff and spoof
