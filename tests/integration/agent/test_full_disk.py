@@ -40,7 +40,7 @@ def full_disk_agent(tmp_path: Path, busybox_image: Path) -> Iterator[AgentProces
                         cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=tmp_path / "agent.log",
                         extra_args=["--log-max-size", "64M", "--log-max-files", "2",
                                     # the pull reserve is tested on its own; here the import must pass
-                                    ])  # REPRO
+                                    "--min-free-space", "1M"])
     leftovers: list[str] = []
     try:
         proc.start()
@@ -163,3 +163,40 @@ def test_a_container_filling_the_disk_takes_nothing_down(full_disk_agent: AgentP
     agent.run("stop", "-t", "1", "ticker", timeout=60)
     assert inspect(agent, "ticker")["state"] == "exited"
     assert inspect(agent, "victim")["state"] == "exited"
+
+
+def test_pulls_and_imports_refuse_to_start_under_the_free_space_reserve(
+        tmp_path: Path, busybox_image: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "shoal-reserve", str(root)],
+                   check=True)
+    agent = AgentProcess(root=root, socket=tmp_path / "agent.sock",
+                         cgroup_parent=f"shoal-test-{secrets.token_hex(4)}", log=tmp_path / "agent.log",
+                         extra_args=["--min-free-space", "8M"])
+    try:
+        agent.start()
+        ballast = root / "ballast"
+        with ballast.open("wb") as f:
+            f.write(b"\0" * (26 << 20))  # leaves under 8M of the 32M free
+        result = agent.run("image", "import", str(busybox_image), "--name", "test/busybox:v1", check=False)
+        assert result.returncode != 0
+        assert "RESOURCE_EXHAUSTED" in result.stderr or "refusing to start the import" in result.stderr
+        assert "free of" in result.stderr and "8.0 MiB" in result.stderr and "--min-free-space" in \
+            result.stderr, result.stderr
+        pulled = agent.run("image", "pull", "127.0.0.1:9/none/such:v1", check=False)
+        assert "refusing to start the pull" in pulled.stderr, pulled.stderr  # before any registry traffic
+        assert not any((root / "images" / "tmp").iterdir())
+        ballast.unlink()
+        agent.run("image", "import", str(busybox_image), "--name", "test/busybox:v1")
+        assert "test/busybox" in agent.run("image", "ls").stdout
+    finally:
+        agent.stop()
+        sup = agent.supervisor_pid()
+        if sup is not None:
+            _wait_gone(sup)
+        subprocess.run(["umount", "-l", str(root)], check=False)
+        for d in Path("/sys/fs/cgroup").glob(f"*/{agent.cgroup_parent}"):
+            d.rmdir()
