@@ -248,7 +248,7 @@ class LogWriter:
         view = memoryview(batch)
         try:
             while view:
-                written = os.write(self._fd, view)
+                written = _write_some(self._fd, view)
                 self._size += written
                 view = view[written:]
         except OSError as err:
@@ -310,6 +310,11 @@ class LogWriter:
     def _report_safely(self, message: str) -> None:
         with contextlib.suppress(Exception):
             self._report(message)
+
+
+def _write_some(fd: int, data: memoryview) -> int:
+    """``os.write`` — the one place ``LogWriter`` writes, so tests can make it fail part-way."""
+    return os.write(fd, data)
 
 
 def _report_to_stderr(message: str) -> None:

@@ -138,7 +138,7 @@ def test_a_container_filling_the_disk_takes_nothing_down(full_disk_agent: AgentP
 
     # A short run either works or fails clearly; it never hangs (the timeout bounds it).
     result = agent.run("run", "--rm", "test/busybox:v1", "echo", "hi", check=False, timeout=60)
-    assert result.returncode == 0 and result.stdout == "hi\n" or "RESOURCE_EXHAUSTED" in result.stderr \
+    assert (result.returncode == 0 and result.stdout == "hi\n") or "RESOURCE_EXHAUSTED" in result.stderr \
         or "no space" in result.stderr.lower() or "disk" in result.stderr.lower(), result
 
     # Space returns.
