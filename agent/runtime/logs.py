@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import errno
 import os
 import re
 import time
@@ -35,6 +36,7 @@ LOG_FILE = "ctr.log"
 MAX_LINE = 16 * 1024
 STREAMS = ("stdout", "stderr")
 
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _ROTATED_RE = re.compile(r"^ctr\.log\.([1-9][0-9]*)$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _READ_CHUNK = 256 * 1024  # forward reads, and the largest backward block
@@ -136,7 +138,14 @@ class LogWriter:
         self._reopen_at = -1e18
         self._fd = -1
         self._size = 0
-        self._reopen()
+        try:
+            self._fd = self._open()
+            self._size = os.fstat(self._fd).st_size
+        except OSError as err:
+            if err.errno not in _NO_SPACE:
+                raise  # no such directory: the container is gone, and the caller must know
+            self._reopen_at = self._monotonic() + self.REOPEN_INTERVAL
+            self._failed(0, 0, err)
 
     @property
     def path(self) -> str:

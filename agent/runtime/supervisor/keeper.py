@@ -380,7 +380,11 @@ def claim_root(pidfile: str, socket_path: str, *, timeout: float = 10.0,
             time.sleep(0.01)  # a keeper that is exiting releases the lock within milliseconds
             continue
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            # A full disk: the lock (on the inode) is what serves the root; the pid is for people.
+            _log(f"cannot write our pid into {pidfile}: {err.strerror}")
         return fd
 
 

@@ -112,16 +112,21 @@ def test_container_log_cuts_a_partly_written_batch_back_to_whole_records(
     assert [e.text for e in logs.read_entries(tmp_path)] == [b"kept", b"whole"]
 
 
-def test_container_log_that_cannot_be_opened_retries_and_then_writes(tmp_path: Path) -> None:
+def test_container_log_that_cannot_be_opened_retries_and_then_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    blocked = tmp_path / "ctr.log"
-    blocked.mkdir()  # opening it for writing fails (EISDIR), as a full inode table would with ENOSPC
+    real_open = logs.LogWriter._open
+
+    def no_inode_left(self: logs.LogWriter) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(logs.LogWriter, "_open", no_inode_left)
     notes: list[str] = []
     w = logs.LogWriter(tmp_path, max_bytes=1 << 20, max_files=2, clock=lambda: T0, report=notes.append,
-                       monotonic=clock)
+                       monotonic=clock)  # a container still starts: its output waits for room
     w.write("stdout", b"lost\n")
     assert w.dropped_records == 1 and notes
-    blocked.rmdir()
+    monkeypatch.setattr(logs.LogWriter, "_open", real_open)
     w.write("stdout", b"still too soon\n")  # not retried within REOPEN_INTERVAL
     clock.now += logs.LogWriter.REOPEN_INTERVAL
     w.write("stdout", b"written\n")
@@ -259,3 +264,9 @@ async def until(predicate: Callable[[], bool], *, timeout: float = 5.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "condition not met within timeout"
         await asyncio.sleep(0.005)
+
+
+def test_container_log_in_a_missing_directory_is_still_an_error(tmp_path: Path) -> None:
+    # Not a full disk: the container is gone, and the supervisor must learn it (it kills the container).
+    with pytest.raises(FileNotFoundError):
+        logs.LogWriter(tmp_path / "gone", max_bytes=1 << 20, max_files=2)
