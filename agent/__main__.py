@@ -24,6 +24,7 @@ from agent.connect_protocol import http_socket_path
 from agent.errors import ShoalError
 from agent.images.layers import UnpackLimits
 from agent.images.pull import Puller, RegistrySettings
+from agent.images.reserve import FreeSpaceReserve
 from agent.images.store import ImageStore
 from agent.join import Joiner, JoinSettings
 from agent.network.manager import NetworkManager
@@ -99,7 +100,8 @@ async def serve(settings: config.AgentSettings) -> None:
     if ballast is not None:
         ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page so it is resident
     store = ImageStore(settings.root / "images", limits=UnpackLimits(
-        max_bytes=settings.max_unpacked_layer_size, max_ratio=settings.max_compression_ratio))
+        max_bytes=settings.max_unpacked_layer_size, max_ratio=settings.max_compression_ratio),
+        reserve=FreeSpaceReserve(min_bytes=settings.min_free_bytes, min_fraction=settings.min_free_fraction))
     puller = Puller(store, RegistrySettings(
         auth_file=settings.root / "auth.json", insecure=settings.insecure_registries,
         ca_bundle=settings.registry_ca, max_parallel=settings.pull_parallel,
@@ -148,7 +150,8 @@ async def serve(settings: config.AgentSettings) -> None:
                            cpu_reserve_millis=settings.cpu_reserve_millis, disk_path=settings.root,
                            pressure=usage_host.PressureThresholds(
                                memory_available_bytes=settings.memory_pressure_bytes,
-                               disk_free_fraction=settings.disk_pressure_fraction),
+                               disk_free_fraction=settings.disk_pressure_fraction,
+                               inodes_free_fraction=settings.disk_pressure_inodes_fraction),
                            totals=totals, observe_duration=agent_metrics.record_sample,
                            evict=evict, storage_limit=(storage.mode.value, storage.detail))
     agent_metrics.registry.register(UsageCollector(sampler.latest))

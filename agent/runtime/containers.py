@@ -302,7 +302,7 @@ class ContainerRuntime:
             try:
                 supervisor = await self._connect()
                 alive = await supervisor.list_running()
-            except ShoalError as err:
+            except (ShoalError, OSError) as err:  # OSError: a full disk refusing its lock or log file
                 log.error("cannot reach a supervisor (%s); retrying in %.1fs", err, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.cgroups import manager as cgroups
-from agent.errors import FailedPrecondition, LaunchError, ShoalError
+from agent.errors import FailedPrecondition, LaunchError, ResourceExhausted, ShoalError
 from agent.network import netns
 from agent.network.manager import Attachment
 from agent.rootfs import initlayer, overlay
@@ -46,24 +46,48 @@ T = TypeVar("T")
 
 class StatusWriter:
     """status.json writes, off the event loop: one writer task, in order, the latest status per container
-    (a burst of changes to one container costs one write)."""
+    (a burst of changes to one container costs one write).
 
-    def __init__(self) -> None:
+    A full disk (``ResourceExhausted``) does not lose a status: it stays in memory, superseded by any
+    newer one, and is tried again every ``retry_after`` seconds until it is written; the failure is
+    logged once per episode, and its end too. Other failures are logged and the status dropped, as a
+    retry would not help (the container's directory is gone)."""
+
+    def __init__(self, *, retry_after: float = 1.0) -> None:
         self._pending: dict[Path, ContainerStatus] = {}
+        self._failed: dict[Path, ContainerStatus] = {}  # refused by a full disk, waiting for the retry
         self._task: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_after = retry_after
+        self._failing = False
+
+    @property
+    def unwritten(self) -> int:
+        """How many containers' statuses a full disk is holding back."""
+        return len(self._failed)
 
     def save(self, directory: Path, status: ContainerStatus) -> None:
+        self._failed.pop(directory, None)
         self._pending[directory] = status
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drain(), name="status-writer")
+        self._kick()
 
     def forget(self, directory: Path) -> None:
         self._pending.pop(directory, None)
+        self._failed.pop(directory, None)
 
     async def flush(self) -> None:
-        """Return once every status saved so far is written (or failed and logged)."""
+        """Return once every status saved so far is written, failed and logged, or held for a retry."""
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    def _kick(self) -> None:
+        if self._pending and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="status-writer")
 
     async def _drain(self) -> None:
         while self._pending:
@@ -71,10 +95,32 @@ class StatusWriter:
             status = self._pending.pop(directory)
             try:
                 await asyncio.to_thread(write_status, directory, status)
+            except ResourceExhausted as err:
+                if directory not in self._pending:  # else a newer status replaces it anyway
+                    self._failed[directory] = status
+                # The disk is full: the others would fail the same way. All wait for the retry.
+                self._failed.update(self._pending)
+                self._pending.clear()
+                if not self._failing:
+                    log.error("%s; keeping container statuses in memory and retrying every %gs",
+                              err, self._retry_after)
+                    self._failing = True
+                if self._retry is None:
+                    self._retry = asyncio.get_running_loop().call_later(self._retry_after, self._requeue)
             except ShoalError as err:
-                # Bookkeeping only (restart counts, health): the containers keep running; a full disk is
-                # also a host condition the scheduler sees.
+                # Bookkeeping only (restart counts, health): the containers keep running.
                 log.error("%s", err)
+            else:
+                if self._failing and not self._failed:
+                    log.info("container statuses are written again")
+                    self._failing = False
+
+    def _requeue(self) -> None:
+        self._retry = None
+        for directory, status in self._failed.items():
+            self._pending.setdefault(directory, status)
+        self._failed.clear()
+        self._kick()
 
 
 @dataclass(frozen=True)
@@ -162,6 +208,7 @@ class Executor:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.statuses.flush()
+        self.statuses.close()
 
     def _schedule_restart(self, ctr: Container, at: float) -> None:
         self.cancel_restart(ctr)

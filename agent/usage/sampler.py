@@ -237,7 +237,8 @@ class UsageSampler:
             return snap.host
         return self._host_sample(used_bytes=0, cpu_used=0.0, running=0,
                                  totals=RuntimeTotals(containers=0, memory_committed_bytes=0,
-                                                      cpu_committed_millis=0), disk=(0, 0), conditions=())
+                                                      cpu_committed_millis=0),
+                                 disk=hosts.DiskSpace(), conditions=())
 
     async def subscribe(self, labels: Mapping[str, str] | None = None) -> AsyncIterator[Snapshot]:
         """Snapshots as they are taken, starting with the current one; only containers carrying all
@@ -378,14 +379,13 @@ class UsageSampler:
         meminfo = hosts.read_meminfo(self._proc / "meminfo")
         available = meminfo.get("MemAvailable", 0)
         used = meminfo.get("MemTotal", 0) - available
-        disk = (0, 0)
+        disk = hosts.DiskSpace()
         if self._disk_path is not None:
             try:
                 disk = hosts.disk_space(self._disk_path)
             except OSError as err:
                 log.warning("cannot measure the disk of %s: %s", self._disk_path, err)
-        active = hosts.pressure(memory_available=available, disk_total=disk[0], disk_free=disk[1],
-                                thresholds=self._pressure)
+        active = hosts.pressure(memory_available=available, disk=disk, thresholds=self._pressure)
         active += [(kind, message) for kind, message, _ in totals.conditions]
         conditions = self._conditions.update(active, now=self._wall(),
                                              since={kind: since for kind, _, since in totals.conditions})
@@ -403,7 +403,7 @@ class UsageSampler:
                                  disk=disk, conditions=conditions)
 
     def _host_sample(self, *, used_bytes: int, cpu_used: float, running: int, totals: RuntimeTotals,
-                     disk: tuple[int, int], conditions: tuple[hosts.Condition, ...]) -> HostSample:
+                     disk: hosts.DiskSpace, conditions: tuple[hosts.Condition, ...]) -> HostSample:
         ident = self._identity
         return HostSample(
             host_id=ident.host_id, hostname=ident.hostname, agent_version=ident.agent_version,
@@ -415,7 +415,7 @@ class UsageSampler:
             containers=max(totals.containers, running), containers_running=running,
             cpu_used_cores=cpu_used, cpu_allocatable_millis=max(0, self._cores * 1000 - self._cpu_reserve),
             memory_limits_bytes=totals.memory_limits_bytes, cpu_limits_millis=totals.cpu_limits_millis,
-            disk_total_bytes=disk[0], disk_free_bytes=disk[1], boot_id=ident.boot_id, os=ident.os,
+            disk_total_bytes=disk.total, disk_free_bytes=disk.free, boot_id=ident.boot_id, os=ident.os,
             architecture=ident.architecture, conditions=conditions,
             storage_limit_enforcement=self._storage_limit[0], storage_limit_detail=self._storage_limit[1],
         )

@@ -89,3 +89,28 @@ def test_an_unreachable_advertise_address_is_refused(tmp_path: Path) -> None:
 def test_join_refusals_say_what_to_do(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         settings(*argv)
+
+
+def test_disk_flags_have_kubelet_like_defaults_and_can_be_set() -> None:
+    s = settings()
+    assert (s.disk_pressure_fraction, s.disk_pressure_inodes_fraction) == (0.10, 0.05)
+    assert (s.min_free_bytes, s.min_free_fraction) == (1 << 30, 0.05)
+    s = settings("--disk-pressure-inodes-below", "2%", "--min-free-space", "512M")
+    assert s.disk_pressure_inodes_fraction == 0.02
+    assert (s.min_free_bytes, s.min_free_fraction) == (512 << 20, None)
+    s = settings("--min-free-space", "10%")
+    assert (s.min_free_bytes, s.min_free_fraction) == (None, 0.10)
+    assert settings("--min-free-space", "0").min_free_bytes == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--disk-pressure-inodes-below", "many"], "invalid --disk-pressure-inodes-below 'many'"),
+    (["--min-free-space", "lots"], "invalid --min-free-space 'lots'"),
+    (["--min-free-space", "1G,2G"], "gives two sizes"),
+    (["--min-free-space", "5%,6%"], "gives two percentages"),
+    (["--min-free-space", "150%"], "invalid --min-free-space"),
+    (["--min-free-space", ""], "a size .1G., a percentage .5%. or both"),
+])
+def test_bad_disk_flags_are_one_clear_line(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        settings(*argv)
