@@ -328,21 +328,27 @@ def _run_attached(agent: Agent, request: pb.CreateContainerRequest) -> int:
     started = False
     stop_timeout = 10
 
+    handled = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}
+
     def ask_stop() -> None:
-        signal.alarm(stop_timeout + _STOP_SLACK_SECONDS)
+        # A second signal must not cut the request short: held back until it is on its way.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
         try:  # sent now, answered whenever: the output keeps streaming meanwhile
             agent.transport.unary_nowait(pb.ContainersStub.StopContainer_method,
                                          pb.StopContainerRequest(id=request.id, timeout_seconds=stop_timeout))
         except RpcFailure:
-            return  # the agent is gone; the output stream reports that
+            pass  # the agent is gone; the output stream reports that
+        finally:
+            signal.alarm(stop_timeout + _STOP_SLACK_SECONDS)
+            print(f"shoal: stopping {request.id[:12]} (interrupt again to stop waiting)", file=sys.stderr,
+                  flush=True)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def on_signal(signum: int, _frame: Any) -> None:
         nonlocal first
         if first is not None:  # a second signal, or SIGALRM: the stop's time is up
             raise _Abandoned(first)
         first = signum
-        print(f"shoal: stopping {request.id[:12]} (interrupt again to stop waiting)", file=sys.stderr,
-              flush=True)
         if started:
             ask_stop()  # else asked as soon as it has started
 

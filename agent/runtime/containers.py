@@ -602,13 +602,14 @@ class ContainerRuntime:
         ctr = self.resolve(ref)
         await self.fences.admit(fence)
         check_verb(Verb.STOP, name=ctr.name, state=ctr.lc.state)
-        await self._user_wants_it_down(ctr)
-        if ctr.lc.state is not State.RUNNING:
-            return ctr  # docker stop on a stopped container is not an error
-        # A stop asked for is carried out even if its caller goes away (an interrupted `shoal run`).
+        # A stop asked for is carried out even if its caller goes away (an interrupted `shoal run`):
+        # from here on nothing the caller's cancellation reaches.
         return await self._shielded(self._stop(ctr, timeout), name=f"stop-{ctr.id[:12]}")
 
     async def _stop(self, ctr: Container, timeout: float) -> Container:
+        await self._user_wants_it_down(ctr)
+        if ctr.lc.state is not State.RUNNING:
+            return ctr  # docker stop on a stopped container is not an error
         await self._require_supervisor().kill(ctr.id, ctr.record.prepared.stop_signal)
         try:
             await asyncio.wait_for(ctr.exited.wait(), timeout=max(timeout, 0))
