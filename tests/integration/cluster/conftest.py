@@ -20,7 +20,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,7 @@ class Cluster:
     schedulers: list[SchedulerProcess] = field(default_factory=list)
     etcd: EtcdCluster | None = None
     zone_of: dict[str, str] = field(default_factory=dict)  # host id → zone
+    tag: str = ""  # this cluster's names (cgroup parents, bridges, subnets): hosts added later reuse it
 
     @property
     def address(self) -> str:
@@ -192,13 +193,20 @@ class Cluster:
         return found[0]
 
 
-def _agent(base: Path, host: TestHost, index: int, *, pki: Path, scheduler: str, tag: str) -> AgentProcess:
+def agent_process(base: Path, host: TestHost, index: int, *, pki: Path, scheduler: str, tag: str,
+                  labels: Mapping[str, str] | None = None) -> AgentProcess:
+    """The agent of host ``index`` (its root, socket, log under ``base``; its own cgroup parent, subnet
+    and bridge), listening on the host's address with the certificates in ``pki`` and joined to
+    ``scheduler``; labelled ``zone=`` its zone unless ``labels`` are given (the elastic tests' provider
+    starts hosts with a group's labels)."""
+    labels = {"zone": ZONES[index]} if labels is None else labels
     return AgentProcess(
         root=base / f"root{index}", socket=base / f"agent{index}.sock",
         cgroup_parent=f"shoal-cl{tag}-{index}", log=base / f"agent{index}.log", prefix=host.nsenter_net,
         extra_args=["--listen", f"{host.address}:{AGENT_PORT}", "--tls-dir", str(pki),
                     "--subnet", f"10.{200 + index}.{int(tag[:2], 16)}.0/24", "--bridge", f"scl{tag}{index}",
-                    "--label", f"zone={ZONES[index]}", "--join", scheduler],
+                    *(a for k, v in sorted(labels.items()) for a in ("--label", f"{k}={v}")),
+                    "--join", scheduler],
     )
 
 
@@ -236,8 +244,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path,  # no
                         *(a for h in hosts for a in ("--host", str(h.address)))],
                        check=True, capture_output=True, timeout=60)
         schedulers = ",".join(f"{ctl.address}:{port}" for port in SCHEDULER_PORTS)
-        made = Cluster(ctl=ctl, hosts=hosts, pki=pki, work=work, world=world,
-                       agents=[_agent(work, h, i, pki=pki, scheduler=schedulers, tag=tag)
+        made = Cluster(ctl=ctl, hosts=hosts, pki=pki, work=work, world=world, tag=tag,
+                       agents=[agent_process(work, h, i, pki=pki, scheduler=schedulers, tag=tag)
                                for i, h in enumerate(hosts)])
         made.etcd = EtcdCluster(work / "etcd", size=3, netns=ctl.name).start()
         try:
@@ -311,5 +319,5 @@ def _teardown(made: Cluster) -> None:
     assert not problems, problems
 
 
-__all__ = ["IMAGE", "ZONES", "Cluster", "SchedulerProcess", "clean_between_tests", "cluster",
-           "scheduler_args", "wait_for"]
+__all__ = ["AGENT_PORT", "IMAGE", "ZONES", "Cluster", "SchedulerProcess", "agent_process",
+           "clean_between_tests", "cluster", "scheduler_args", "wait_for"]
