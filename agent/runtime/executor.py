@@ -12,6 +12,7 @@ blocking part in ``asyncio.to_thread``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -36,8 +37,9 @@ from agent.runtime.drivers import Network, Supervisor
 from agent.runtime.events import EventLog
 from agent.runtime.health import HealthCheck, HealthStatus, ProbeKind
 from agent.runtime.records import ContainerStatus, write_status
-from agent.runtime.spec import NetworkMode
+from agent.runtime.spec import ContainerSpec, NetworkMode
 from agent.runtime.state import State
+from agent.security import seccomp_filter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,6 +117,7 @@ class Executor:
         self._auto_remove = auto_remove
         self._background: set[asyncio.Task[Any]] = set()
         self.closing = False
+        self.seccomp_filters = seccomp_filter.FilterCache()
 
     # -- actions ------------------------------------------------------------------------------------
 
@@ -228,9 +231,11 @@ class Executor:
 
         def build() -> plans.ExecPlan:
             cg = self.cgroups.open(prepared.cgroup_name)
-            return execs.build_plan(prepared, pid=pid, argv=argv, env=env, working_dir=working_dir, user=user,
-                                    cgroup_procs=cg.join_files() if cg else (),
-                                    capabilities=self.capabilities(ctr.spec.network))
+            exec_plan = execs.build_plan(prepared, pid=pid, argv=argv, env=env, working_dir=working_dir,
+                                         user=user, cgroup_procs=cg.join_files() if cg else (),
+                                         capabilities=self.capabilities(ctr.spec.network))
+            # The container's own filter (the cache has it from the start): an exec is no less confined.
+            return dataclasses.replace(exec_plan, **self._seccomp_fields(self.compiled_seccomp(ctr.spec)))
 
         exec_plan = await asyncio.to_thread(build)
         return await execs.spawn(exec_plan, python=self._python, merge_stderr=merge_stderr)
@@ -245,7 +250,12 @@ class Executor:
         supervisor = self._supervisor()
         cg = await asyncio.to_thread(self._ensure_cgroup, ctr, fresh=fresh_cgroup)
         ctr.cgroup_paths = cg.paths()
-        launch_plan = self._launch_plan(ctr, cgroup_procs=cg.join_files())
+        caps = self.capabilities(ctr.spec.network)
+        hit, compiled = self.seccomp_filters.cached(ctr.spec.seccomp, caps)
+        if not hit:  # compiled at create, unless the agent restarted since: a few ms, off the loop
+            compiled = await asyncio.to_thread(self.seccomp_filters.get, ctr.spec.seccomp, caps)
+        launch_plan = dataclasses.replace(self._launch_plan(ctr, cgroup_procs=cg.join_files()),
+                                          **self._seccomp_fields(compiled))
         if ctr.spec.network is NetworkMode.BRIDGE:
             attachment = await self._attach(ctr)
             launch_plan = dataclasses.replace(launch_plan, netns_path=attachment.netns_path)
@@ -313,6 +323,18 @@ class Executor:
     async def detach(self, ctr: Container) -> None:
         if self.network is not None and ctr.spec.network is NetworkMode.BRIDGE:
             await self.network.detach(ctr.id)
+
+    def compiled_seccomp(self, spec: ContainerSpec) -> seccomp_filter.CompiledFilter | None:
+        """The container's compiled seccomp filter (None: unconfined). Blocking on a cache miss; raises
+        ``InvalidArgument`` for a profile libseccomp or the kernel's limits refuse."""
+        return self.seccomp_filters.get(spec.seccomp, self.capabilities(spec.network))
+
+    @staticmethod
+    def _seccomp_fields(compiled: seccomp_filter.CompiledFilter | None) -> dict[str, Any]:
+        if compiled is None:
+            return {"seccomp_program": "", "seccomp_flags": 0}
+        return {"seccomp_program": base64.b64encode(compiled.program).decode(),
+                "seccomp_flags": compiled.flags}
 
     def capabilities(self, network: NetworkMode) -> tuple[str, ...]:
         caps = plans.DEFAULT_CAPABILITIES
