@@ -98,7 +98,11 @@ def compile_plan(plan: sp.FilterPlan) -> CompiledFilter:
             raise InvalidArgument(f"seccomp profile: architecture {name} is not supported by this "
                                   "host's libseccomp")
         if not filt.exist_arch(arch):
-            filt.add_arch(arch)
+            try:
+                filt.add_arch(arch)
+            except RuntimeError as exc:  # EDOM: one filter cannot mix byte orders
+                raise InvalidArgument(f"seccomp profile: architecture {name} cannot be combined with "
+                                      f"this host's: {exc}") from None
     skipped: dict[str, None] = {}
     for rule in plan.rules:
         if seccomp.resolve_syscall(seccomp.Arch.NATIVE, rule.name) == -1:

@@ -220,6 +220,17 @@ def test_malformed_profiles_are_refused_with_where_and_what(text: str, message: 
     assert message in str(err.value)
 
 
+def test_the_condition_budget_bounds_libseccomps_build_time() -> None:
+    # 100 calls with a condition on each of 6 arguments, on 3 architectures: 1,800 pairs (4 s to build).
+    rules = [{"names": [f"call{i}"], "action": "SCMP_ACT_ALLOW",
+              "args": [{"index": k, "value": i, "op": "SCMP_CMP_EQ"} for k in range(6)]} for i in range(100)]
+    with pytest.raises(InvalidArgument, match=r"1800 argument conditions .* at most 512"):
+        profile(defaultAction="SCMP_ACT_ERRNO", archMap=[
+            {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}],
+            syscalls=rules)
+    assert profile(defaultAction="SCMP_ACT_ERRNO", syscalls=rules[:85]).rules  # 510 on one architecture
+
+
 def test_size_cap() -> None:
     with pytest.raises(InvalidArgument, match="the most Shoal accepts is 128 KiB"):
         sp.parse_profile(" " * (sp.MAX_PROFILE_BYTES + 1))
