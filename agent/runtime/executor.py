@@ -12,7 +12,6 @@ blocking part in ``asyncio.to_thread``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import functools
@@ -333,8 +332,7 @@ class Executor:
     def _seccomp_fields(compiled: seccomp_filter.CompiledFilter | None) -> dict[str, Any]:
         if compiled is None:
             return {"seccomp_program": "", "seccomp_flags": 0}
-        return {"seccomp_program": base64.b64encode(compiled.program).decode(),
-                "seccomp_flags": compiled.flags}
+        return {"seccomp_program": compiled.encoded, "seccomp_flags": compiled.flags}
 
     def capabilities(self, network: NetworkMode) -> tuple[str, ...]:
         caps = plans.DEFAULT_CAPABILITIES

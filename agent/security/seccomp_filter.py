@@ -18,6 +18,8 @@ resolve are skipped, so those calls get the default action (EPERM) where a newer
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import os
 import platform
@@ -56,6 +58,11 @@ class CompiledFilter:
     @property
     def instructions(self) -> int:
         return len(self.program) // _INSTRUCTION_BYTES
+
+    @functools.cached_property
+    def encoded(self) -> str:
+        """The program in base64, as launch and exec plans carry it (encoded once per filter)."""
+        return base64.b64encode(self.program).decode()
 
 
 def host() -> sp.Host:
