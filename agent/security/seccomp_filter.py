@@ -99,6 +99,10 @@ def compile_plan(plan: sp.FilterPlan) -> CompiledFilter:
     """Build ``plan`` with libseccomp and export it as BPF (``InvalidArgument`` if libseccomp or the
     kernel's size limit refuses it)."""
     filt = seccomp.SyscallFilter(_action(plan.default_action))
+    # A binary tree of system call numbers instead of runc's linear list: the same decisions, and the
+    # kernel takes it in 0.7 ms instead of 1.7 ms (seccomp(2) verifies the program and emulates it for
+    # every system call number to build its action cache), on every start and exec.
+    filt.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
     for name in plan.arches:
         arch = _ARCHES.get(name)
         if arch is None:
