@@ -207,8 +207,8 @@ def decide(spec: HostGroupSpec, *, shape: HostShape, waiting: Sequence[Waiting],
         if room <= 0 and len(beyond := taken(1)) > len(by_expected):
             what = _replicas_text(counted, beyond - by_expected)
             return ScaleOut(action="at_max", taken=by_expected, reason=(
-                f"{what} pending for lack of room; {group} is at its max of {spec.max_hosts} hosts "
-                f"({members} joined, {expected.hosts} expected)"))
+                f"{what} would fit one more host of {group}, but it is at its max of {spec.max_hosts} "
+                f"hosts ({members} joined, {expected.hosts} expected)"))
         return ScaleOut(taken=by_expected)
     by_most = taken(most)
     if len(by_most) <= len(by_expected):
