@@ -224,7 +224,7 @@ def _candidates(spec: HostGroupSpec, status: HostGroupStatus, cluster: Cluster,
     first = host_name(ripe[0][1], cluster.hosts)
     underused = f"{first} is below {spec.scale_in_utilization_percent}% cpu and memory requests"
     if wants_hosts:
-        return [], f"{underused}, but replicas are pending that {spec.name}'s hosts would take"
+        return [], f"{underused}, but replicas are pending that hosts of {spec.name} would take"
     delay_until = status.last_scale_out_at + spec.scale_in_delay_after_scale_out_seconds
     if status.last_scale_out_at and now < delay_until:
         return [], (f"{underused}, but no scale-in until {time_text(delay_until)} "

@@ -39,8 +39,9 @@ def host(name: str, *, group: str | None = "workers", cpus: float = 2, memory: i
     return replace(record, registered_at=registered_at)
 
 
-def shape(*, cpus: float = 2, memory: int = 4 * GiB, **labels: str) -> HostShape:
-    return HostShape(cpu_millis=int(cpus * 1000), memory_bytes=memory, labels=tuple(sorted(labels.items())))
+def shape(*, cpus: float = 2, memory: int = 4 * GiB, labels: Mapping[str, str] | None = None) -> HostShape:
+    return HostShape(cpu_millis=int(cpus * 1000), memory_bytes=memory,
+                     labels=tuple(sorted((labels or {}).items())))
 
 
 def group(name: str = "workers", *, max_hosts: int = 10, the_shape: HostShape | None = None,
@@ -107,5 +108,10 @@ def ids(*names: str) -> tuple[HostId, ...]:
     return tuple(HostId(n) for n in names)
 
 
-__all__ = ["GiB", "MiB", "NOW", "PROFILE", "applied", "constraint", "delivered", "group", "host", "ids",
-           "inputs", "pending", "pendings", "running", "service", "shape", "status_of"]
+def host_status(host_id: str, *, ready: bool = True) -> model.HostStatus:
+    return pb.status(host_id, ready=ready)
+
+
+__all__ = ["NOW", "PROFILE", "ElasticInputs", "ElasticPlan", "GiB", "MiB", "applied", "constraint",
+           "delivered", "group", "host", "host_status", "ids", "inputs", "pending", "pendings", "running",
+           "service", "shape", "status_of"]

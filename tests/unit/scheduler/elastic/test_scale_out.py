@@ -45,9 +45,11 @@ def test_the_fewest_hosts_of_the_shape_that_place_every_pending_replica(
     plan = step(inp)
     status = plan.statuses[GroupName("workers")]
     (request,) = status.requests
-    assert (request.kind, request.id, request.count) == (ProviderRequestKind.SCALE_OUT, "workers-1", hosts), what
-    assert request.shape == b.shape(group="workers")
-    assert (request.state, request.created_at, request.next_attempt_at) == (DeliveryState.PENDING, b.NOW, b.NOW)
+    assert (request.kind, request.id, request.count) == (ProviderRequestKind.SCALE_OUT, "workers-1", hosts), \
+        what
+    assert request.shape == b.shape(labels={"group": "workers"})
+    assert (request.state, request.created_at, request.next_attempt_at) == \
+        (DeliveryState.PENDING, b.NOW, b.NOW)
     assert request.reason == (f"{n} replica{'s' if n > 1 else ''} of web pending for lack of room for 10s; "
                               f"{hosts} host{'s' if hosts > 1 else ''} of workers would fit them all")
     assert status.pending_replicas == n
@@ -55,7 +57,8 @@ def test_the_fewest_hosts_of_the_shape_that_place_every_pending_replica(
     assert status.desired_hosts == 1 + hosts
     assert status.last_scale_out_at == b.NOW
     assert status.next_request_number == 2
-    assert [(d.action, d.reason) for d in status.decisions] == [("scale_out", request.reason + " (request workers-1)")]
+    assert [(d.action, d.reason) for d in status.decisions] == [
+        ("scale_out", request.reason + " (request workers-1)")]
     assert not plan.drain and not plan.forget
 
 
@@ -78,7 +81,8 @@ def test_time_pending_counts_from_the_latest_decision_that_made_it_pending() -> 
         Decision(b.NOW - 2, "pending", "0/1 hosts: 1 insufficient cpu"),
         Decision(b.NOW - 1, "pending", "0/1 hosts: 1 insufficient memory")))
     assert scale_out.pending_since(rescheduled) == b.NOW - 3
-    only_pending = replace(old, decisions=(Decision(b.NOW - 40, "pending", "a"), Decision(b.NOW - 5, "pending", "b")))
+    only_pending = replace(old, decisions=(Decision(b.NOW - 40, "pending", "a"),
+                                           Decision(b.NOW - 5, "pending", "b")))
     assert scale_out.pending_since(only_pending) == b.NOW - 40  # the created decision was pushed out
     assert scale_out.pending_since(replace(old, decisions=())) == b.NOW - 100  # created_at
 
@@ -104,7 +108,7 @@ def test_constraint_refused_replicas_count_only_when_the_shape_satisfies_them(
         shape_labels: dict[str, str], counted: bool) -> None:
     web = b.service("web", cpus=0.5, constraints=[b.constraint("zone", "=", "b")])
     roomy = b.host("w2", cpus=8, memory=16 * b.GiB, labels={"zone": "a"})
-    group = b.group(the_shape=b.shape(**shape_labels))
+    group = b.group(the_shape=b.shape(labels=shape_labels))
     plan = step(scenario(web, 2, group=group, extra_hosts=(roomy,)))
     status = plan.statuses[GroupName("workers")]
     assert bool(status.requests) is counted
@@ -127,8 +131,9 @@ def test_max_per_request_caps_a_request_and_says_so() -> None:
     status = step(scenario(web, 10, group=group)).statuses[GroupName("workers")]
     (request,) = status.requests
     assert request.count == 3
-    assert request.reason == ("6 replicas of web pending for lack of room for 10s; 3 hosts of workers would fit "
-                              "them; more would fit more, but one request asks for at most 3 (max_per_request)")
+    assert request.reason == ("6 replicas of web pending for lack of room for 10s; 3 hosts of workers would "
+                              "fit them; more would fit more, but one request asks for at most 3 "
+                              "(max_per_request)")
     assert status.pending_replicas == 6
 
 
@@ -146,8 +151,8 @@ def test_max_caps_a_request_then_at_max_is_recorded_once() -> None:
     status2 = plan2.statuses[GroupName("workers")]
     assert len(status2.requests) == 1
     assert status2.decisions[-1].action == "at_max"
-    assert status2.decisions[-1].reason == ("2 replicas of web would fit one more host of workers, but it is at "
-                                            "its max of 3 hosts (1 joined, 2 expected)")
+    assert status2.decisions[-1].reason == ("2 replicas of web would fit one more host of workers, but it is "
+                                            "at its max of 3 hosts (1 joined, 2 expected)")
     assert status2.pending_replicas == 4  # what the expected hosts will take
     # Recorded once: the next second writes nothing.
     assert step(b.applied(later, plan2, now=b.NOW + 121)).empty
@@ -181,7 +186,7 @@ def test_expected_hosts_are_not_asked_for_twice_and_count_down_as_members_join()
     # One joins (registered after the request); the reconcile loop has not placed anything on it yet.
     joined = b.host("w2", registered_at=b.NOW + 20)
     with_w2 = replace(again, now=b.NOW + 21, hosts={**again.hosts, joined.id: joined},
-                      host_statuses={**again.host_statuses, joined.id: b.pb.status("w2")})
+                      host_statuses={**again.host_statuses, joined.id: b.host_status("w2")})
     plan = step(with_w2)
     status = plan.statuses[GroupName("workers")]
     assert len(status.requests) == 1
@@ -264,9 +269,9 @@ def test_a_learned_shape_is_asked_for() -> None:
     web = b.service("web", cpus=1)
     w1 = b.host("w1", cpus=2, memory=8 * b.GiB, labels={"zone": "a", "disk": "ssd"})
     w2 = b.host("w2", cpus=4, memory=4 * b.GiB, labels={"zone": "a"})
-    fill = [b.running(f"f{i}", b.service("filler", cpus=1, memory=b.GiB), h) for i, h in
-            enumerate(["w1", "w1", "w2", "w2", "w2", "w2"])]
-    inp = b.inputs(groups=[b.group()], hosts=[w1, w2], services=[b.service("filler", cpus=1, memory=b.GiB), web],
+    filler = b.service("filler", cpus=1, memory=b.GiB)
+    fill = [b.running(f"f{i}", filler, h) for i, h in enumerate(["w1", "w1", "w2", "w2", "w2", "w2"])]
+    inp = b.inputs(groups=[b.group()], hosts=[w1, w2], services=[filler, web],
                    replicas=[*fill, *b.pendings(web, 3)])
     (request,) = step(inp).statuses[GroupName("workers")].requests
     assert request.shape == model.HostShape(cpu_millis=2000, memory_bytes=4 * b.GiB,
@@ -281,7 +286,8 @@ def test_a_group_without_shape_or_members_says_once_that_it_cannot_scale_out() -
     status = plan.statuses[GroupName("workers")]
     assert status.requests == () and status.pending_replicas == 0
     assert [(d.action, d.reason) for d in status.decisions] == [
-        ("no_shape", "workers declares no shape and has no member host to learn one from: it cannot scale out")]
+        ("no_shape",
+         "workers declares no shape and has no member host to learn one from: it cannot scale out")]
     assert step(b.applied(inp, plan, now=b.NOW + 1)).empty
 
 
