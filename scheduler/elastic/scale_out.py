@@ -63,7 +63,7 @@ from scheduler.model import (
 )
 from scheduler.placement import batch
 from scheduler.placement.framework import PlacementRequest, Profile, request_for
-from scheduler.placement.view import build_view
+from scheduler.placement.view import ClusterView, HostView, build_view
 
 
 def pending_since(replica: Replica) -> float:
@@ -113,16 +113,20 @@ class Simulation:
 
     Built once per step: every pending replica is first placed on the cluster as it is; the ones placed
     are kept as placed (starting on their host) in every later simulation, and the others are
-    ``waiting``. Each ``taken`` call builds a fresh view (a batch changes the view it places on)."""
+    ``waiting``. Building a view reads every replica, which is most of a simulation's cost, so it is done
+    once: ``view`` is the cluster as it is (untouched, for scale-in's utilization), the first pass places
+    on a copy, and each ``taken`` places on copies of that pass's hosts plus the hypothetical ones (a
+    batch changes the view it places on)."""
 
     def __init__(self, *, hosts: Mapping[HostId, HostRecord], statuses: Mapping[HostId, HostStatus],
                  services: Mapping[ServiceName, Service], replicas: Sequence[Replica],
                  profile: Profile) -> None:
-        self.hosts = list(hosts.values())
-        self.statuses = dict(statuses)
         self.services = services
         self.profile = profile
-        self.simulations = 0  # views built and placed on (for measurements)
+        self.simulations = 0  # batches placed (for measurements)
+        self.view = build_view(hosts=hosts.values(), statuses=statuses, replicas=replicas,
+                               services=services.values())
+        self._base = _forked(self.view)
         pending = sorted((r for r in replicas if r.phase is ReplicaPhase.PENDING and r.host is None
                           and _live_service(services, r.service) is not None),
                          key=lambda r: (r.service, r.id))
@@ -130,20 +134,14 @@ class Simulation:
         self.waiting: list[Waiting] = []
         if not pending:
             return
-        placed = self._place(pending, extra_hosts=())
+        placed = self._place(pending, self._base)  # the base now counts them where they would go
         by_id = {r.id: r for r in pending}
         self.replicas = [replace(r, host=placed[r.id], phase=ReplicaPhase.STARTING) if r.id in placed else r
                          for r in replicas]
         self.waiting = [Waiting(replica=by_id[rid], since=pending_since(by_id[rid]))
                         for rid in sorted(set(by_id) - set(placed))]
 
-    def _place(self, replicas: Sequence[Replica], *,
-               extra_hosts: Sequence[HostRecord]) -> dict[ReplicaId, HostId]:
-        statuses = dict(self.statuses)
-        for record in extra_hosts:
-            statuses[record.id] = HostStatus(id=record.id, ready=True, complete=True)
-        view = build_view(hosts=[*self.hosts, *extra_hosts], statuses=statuses, replicas=self.replicas,
-                          services=self.services.values())
+    def _place(self, replicas: Sequence[Replica], view: ClusterView) -> dict[ReplicaId, HostId]:
         requests: list[PlacementRequest] = []
         for r in replicas:
             service = _live_service(self.services, r.service)
@@ -152,6 +150,12 @@ class Simulation:
         self.simulations += 1
         return batch.place(requests, view, self.profile).placed
 
+    def _with_hosts(self, extra_hosts: Sequence[HostRecord]) -> ClusterView:
+        """The cluster (with the pending replicas that fit placed) plus hosts that joined empty and ready."""
+        ready = {h.id: HostStatus(id=h.id, ready=True, complete=True) for h in extra_hosts}
+        joined = build_view(hosts=extra_hosts, statuses=ready, replicas=(), services=())
+        return _forked(self._base, joined.hosts)
+
     def taken(self, waiting: Sequence[Waiting], *, group: GroupName, shape: HostShape, expected: int,
               new: int) -> frozenset[ReplicaId]:
         """The waiting replicas placed once ``expected`` + ``new`` hosts of the shape have joined."""
@@ -159,7 +163,30 @@ class Simulation:
             return frozenset()
         extra = [_hypothetical(group, shape, f"expected-{i + 1}") for i in range(expected)]
         extra += [_hypothetical(group, shape, f"new-{i + 1}") for i in range(new)]
-        return frozenset(self._place([w.replica for w in waiting], extra_hosts=extra))
+        return frozenset(self._place([w.replica for w in waiting], self._with_hosts(extra)))
+
+
+_HOST_SLOTS: tuple[str, ...] = tuple(HostView.__slots__)
+
+
+def _forked(view: ClusterView, extra: Sequence[HostView] = ()) -> ClusterView:
+    """A new view of copies of ``view``'s hosts as they stand (placements included), plus ``extra``. Its
+    replicas known are the same, so a replica ``view``'s batches placed can be placed again only by
+    mistake of the caller (they are never offered again here)."""
+    return ClusterView([*map(_copied, view.hosts), *extra], view.services, view.replicas)
+
+
+def _copied(host: HostView) -> HostView:
+    """A copy of a view's host that a batch may place on without changing the original. A batch changes a
+    host only through ``ClusterView.assume`` (``HostView.add_replica`` and its port set): its figures are
+    ints, rebound on the copy; its replica counter and port set are the only containers changed in place,
+    so they are copied; the rest (record, status, labels, images) is never changed once built."""
+    twin = object.__new__(HostView)
+    for name in _HOST_SLOTS:  # (copy.copy of a slotted object costs several times this)
+        setattr(twin, name, getattr(host, name))
+    twin.replicas = Counter(host.replicas)
+    twin.ports = set(host.ports)
+    return twin
 
 
 def _live_service(services: Mapping[ServiceName, Service], name: ServiceName) -> Service | None:

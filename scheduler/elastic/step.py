@@ -43,7 +43,6 @@ from scheduler.model import (
     ServiceName,
 )
 from scheduler.placement.framework import Profile
-from scheduler.placement.view import build_view
 
 MAX_DELIVERED = 20  # delivered requests kept per group (undelivered ones are always kept)
 
@@ -77,9 +76,7 @@ def step(inputs: ElasticInputs) -> ElasticPlan:
                                       profile=inputs.profile)
     cluster = scale_in.Cluster(
         hosts=inputs.hosts, host_statuses=inputs.host_statuses, services=inputs.services,
-        replicas=inputs.replicas, simulated=simulation.replicas, profile=inputs.profile,
-        view=build_view(hosts=inputs.hosts.values(), statuses=inputs.host_statuses, replicas=inputs.replicas,
-                        services=inputs.services.values()))
+        replicas=inputs.replicas, simulated=simulation.replicas, profile=inputs.profile, view=simulation.view)
     taken: set[ReplicaId] = set()
     statuses: dict[GroupName, HostGroupStatus] = {}
     drain: list[HostId] = []
