@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scheduler.elastic.decisions import count_text, duration_text, host_name, time_text
+from scheduler.elastic.scale_out import Simulation
 from scheduler.elastic.shape import is_member
 from scheduler.model import (
     DeliveryState,
@@ -47,9 +48,6 @@ from scheduler.model import (
     Service,
     ServiceName,
 )
-from scheduler.placement import batch
-from scheduler.placement.framework import Profile, request_for
-from scheduler.placement.view import ClusterView, build_view
 
 
 @dataclass(frozen=True)
@@ -68,23 +66,21 @@ class ScaleIn:
 
 @dataclass(frozen=True)
 class Cluster:
-    """What scale-in reads of the cluster, shared by every group of a step. ``simulated``: the replicas as
-    the scale-out simulation left them (pending replicas that fit the cluster counted where they would
-    go, so a drain never counts on room they are about to take); ``view``: the cluster as placement sees
-    it now, for utilization."""
+    """What scale-in reads of the cluster, shared by every group of a step. ``simulation``: the step's
+    scale-out simulation, whose view is the cluster as placement sees it now (for utilization), whose
+    replicas count the pending ones that fit where they would go (so a drain never counts on room they
+    are about to take), and which simulates moving a host's replicas."""
 
     hosts: Mapping[HostId, HostRecord]
     host_statuses: Mapping[HostId, HostStatus]
     services: Mapping[ServiceName, Service]
     replicas: Sequence[Replica]
-    simulated: Sequence[Replica]
-    view: ClusterView
-    profile: Profile
+    simulation: Simulation
 
 
 def utilization(cluster: Cluster, host: HostId) -> tuple[float, float] | None:
     """The host's cpu and memory requests as fractions of its allocatable (None: it reports none)."""
-    view = cluster.view.by_id.get(host)
+    view = cluster.simulation.view.by_id.get(host)
     if view is None or view.cpu_allocatable <= 0 or view.memory_allocatable <= 0:
         return None
     return view.cpu_used / view.cpu_allocatable, view.memory_used / view.memory_allocatable
@@ -106,7 +102,7 @@ def step(spec: HostGroupSpec, status: HostGroupStatus, cluster: Cluster, *, want
         for host in drain:
             since = dict(timers)[host]
             cpu, memory = utilization(cluster, host) or (0.0, 0.0)
-            moving = len(_live_on(cluster.simulated, host))
+            moving = len(_live_on(cluster.simulation.replicas, host))
             decisions.append(("drain", (
                 f"{host_name(host, cluster.hosts)} below {spec.scale_in_utilization_percent}% cpu and memory "
                 f"requests (cpu {cpu:.0%}, memory {memory:.0%}) for {duration_text(now - since)}; "
@@ -217,7 +213,7 @@ def _candidates(spec: HostGroupSpec, status: HostGroupStatus, cluster: Cluster,
         record, ready = cluster.hosts[host], cluster.host_statuses.get(host)
         if (now - since >= spec.scale_in_after_seconds and record.admin is HostAdmin.ACTIVE
                 and ready is not None and ready.ready):
-            ripe.append((cluster.view.by_id[host].load(), host))
+            ripe.append((cluster.simulation.view.by_id[host].load(), host))
     if not ripe:
         return [], ""
     ripe.sort()
@@ -250,24 +246,19 @@ def _candidates(spec: HostGroupSpec, status: HostGroupStatus, cluster: Cluster,
 
 
 def _nowhere_to_go(cluster: Cluster, host: HostId, *, away: Sequence[HostId]) -> str:
-    """"" when the host's live replicas (with those of the hosts ``away``) would all be placed on the
-    other hosts; otherwise how many would not, in words."""
+    """"" when the host's live replicas (with those of the hosts ``away`` and of every draining host, which
+    are moving too) would all be placed on the other hosts; otherwise how many would not, in words."""
     leaving = {host, *away}
     leaving |= {h for h, r in cluster.hosts.items() if r.admin is HostAdmin.DRAINING}
-    moving = [r for r in cluster.simulated if r.host in leaving and r.phase is not ReplicaPhase.STOPPING
-              and r.service in cluster.services]
+    moving = [r for r in cluster.simulation.replicas
+              if r.host in leaving and r.phase is not ReplicaPhase.STOPPING]
     own = {r.id for r in moving if r.host == host}
     if not own:
         return ""
-    moving_ids = {r.id for r in moving}
-    view = build_view(hosts=[r for h, r in cluster.hosts.items() if h not in leaving],
-                      statuses=cluster.host_statuses,
-                      replicas=[r for r in cluster.simulated if r.id not in moving_ids],
-                      services=cluster.services.values())
-    requests = [request_for(r, cluster.services[r.service]) for r in
-                sorted(moving, key=lambda r: (r.host == host, r.service, r.id))]
-    placed = batch.place(requests, view, cluster.profile).placed
-    stuck = [rid for rid in own if rid not in placed]
+    # The others' replicas first: they are moving already, so this host's come after them.
+    placed = cluster.simulation.moved(sorted(moving, key=lambda r: (r.host == host, r.service, r.id)),
+                                      away=leaving)
+    stuck = own - placed
     if not stuck:
         return ""
     return f"{len(stuck)} of its {count_text(len(own), 'replica')} would fit on no other host"

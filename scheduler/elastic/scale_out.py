@@ -41,7 +41,7 @@ counts as one that was asked for.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from scheduler import model
@@ -155,6 +155,17 @@ class Simulation:
         ready = {h.id: HostStatus(id=h.id, ready=True, complete=True) for h in extra_hosts}
         joined = build_view(hosts=extra_hosts, statuses=ready, replicas=(), services=())
         return _forked(self._base, joined.hosts)
+
+    def moved(self, replicas: Sequence[Replica], *, away: Collection[HostId]) -> frozenset[ReplicaId]:
+        """Which of ``replicas`` (those on the hosts ``away``) would be placed on the cluster's other hosts,
+        placed in the order given. Replicas of services gone or being deleted need no room: they stop."""
+        moving = [r for r in replicas if _live_service(self.services, r.service) is not None]
+        ids = {r.id for r in replicas}
+        base = self._base
+        known = {rid: r for rid, r in base.replicas.items() if rid not in ids}
+        view = ClusterView([_copied(h) for h in base.hosts if h.id not in away], base.services, known)
+        placed = self._place(moving, view)
+        return frozenset(placed) | {r.id for r in replicas if r not in moving}
 
     def taken(self, waiting: Sequence[Waiting], *, group: GroupName, shape: HostShape, expected: int,
               new: int) -> frozenset[ReplicaId]:

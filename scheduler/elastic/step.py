@@ -74,9 +74,8 @@ def step(inputs: ElasticInputs) -> ElasticPlan:
     simulation = scale_out.Simulation(hosts=inputs.hosts, statuses=inputs.host_statuses,
                                       services=inputs.services, replicas=inputs.replicas,
                                       profile=inputs.profile)
-    cluster = scale_in.Cluster(
-        hosts=inputs.hosts, host_statuses=inputs.host_statuses, services=inputs.services,
-        replicas=inputs.replicas, simulated=simulation.replicas, profile=inputs.profile, view=simulation.view)
+    cluster = scale_in.Cluster(hosts=inputs.hosts, host_statuses=inputs.host_statuses,
+                               services=inputs.services, replicas=inputs.replicas, simulation=simulation)
     taken: set[ReplicaId] = set()
     statuses: dict[GroupName, HostGroupStatus] = {}
     drain: list[HostId] = []
