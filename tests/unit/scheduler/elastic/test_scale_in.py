@@ -3,11 +3,13 @@ its release and the host forgotten — table tests over small clusters, through 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 import pytest
 
 from scheduler import model
+from scheduler.elastic import scale_in, scale_out
 from scheduler.elastic.step import step
 from scheduler.model import DeliveryState, GroupName, HostAdmin, HostId, ProviderRequestKind, ReplicaPhase
 from tests.unit.scheduler.elastic import builders as b
@@ -200,3 +202,37 @@ def test_a_released_host_removed_by_hand_is_dropped() -> None:
     assert new.released == () and not plan.forget
     assert [(d.action, d.reason) for d in new.decisions] == [
         ("drop", "w9 was removed by hand after its release")]
+
+
+def test_many_stuck_candidates_are_tried_a_few_at_a_time_and_each_in_turn() -> None:
+    pinned = b.service("pinned", cpus=0.25, memory=256 * b.MiB, host_ports=[8080])
+    names = [f"w{i:02d}" for i in range(20)]
+    hosts = [b.host(h, cpus=4, memory=8 * b.GiB) for h in names]
+    replicas = [b.running(f"{h}-p", pinned, h) for h in names]  # port 8080 taken everywhere: none can move
+    status = model.HostGroupStatus(group=WORKERS, underused_since=tuple((HostId(h), RIPE) for h in names))
+    inp = b.inputs(groups=[b.group(the_shape=b.shape())], hosts=hosts, services=[pinned], replicas=replicas,
+                   statuses=[status])
+    tried: set[HostId] = set()
+    for second in range(4):  # 16 more in blocks of 4
+        simulated = simulated_moves(replace(inp, now=b.NOW + second))
+        assert len(simulated) == scale_in.MAX_TRIED
+        assert simulated[:scale_in.MAX_TRIED // 2] == [HostId(h) for h in names[:scale_in.MAX_TRIED // 2]]
+        tried.update(simulated)
+    assert tried == set(names)
+
+
+def simulated_moves(inp: b.ElasticInputs) -> list[HostId]:
+    """Run the step (which drains nothing here) and list the hosts whose moves it simulated, in order."""
+    tried: list[HostId] = []
+    original = scale_out.Simulation.moved
+
+    def moved(self: scale_out.Simulation, replicas: Sequence[model.Replica], *,
+              away: Collection[HostId]) -> frozenset[model.ReplicaId]:
+        tried.extend(r.host for r in replicas if r.host is not None)
+        return original(self, replicas, away=away)
+    scale_out.Simulation.moved = moved  # type: ignore[method-assign]
+    try:
+        assert not step(inp).drain
+    finally:
+        scale_out.Simulation.moved = original  # type: ignore[method-assign]
+    return tried
