@@ -24,6 +24,11 @@ MAX_CPU_MILLIS = 1_000_000   # 1000 cores
 MAX_PIDS = 4_194_304         # PID_MAX_LIMIT on 64-bit: pids.max refuses more
 # uid and gid travel as int32 in the API (Container.uid/gid); the kernel's own limit is 2^32-2.
 MAX_ID = (1 << 31) - 1
+# A custom seccomp profile travels in the container's spec (capped at 256 KiB); Docker's default
+# profile is about 13 KiB, so this leaves room for one that lists every system call with comments.
+MAX_SECCOMP_PROFILE_BYTES = 128 << 10
 
-__all__ = ["MAX_CPU_MILLIS", "MAX_ID", "MAX_MEMORY_BYTES", "MAX_PIDS", "MAX_STORAGE_BYTES", "MIN_CPU_MILLIS",
-           "MIN_MEMORY_BYTES", "MIN_STORAGE_BYTES"]
+__all__ = [
+    "MAX_CPU_MILLIS", "MAX_ID", "MAX_MEMORY_BYTES", "MAX_PIDS", "MAX_SECCOMP_PROFILE_BYTES",
+    "MAX_STORAGE_BYTES", "MIN_CPU_MILLIS", "MIN_MEMORY_BYTES", "MIN_STORAGE_BYTES",
+]

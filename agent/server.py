@@ -48,6 +48,7 @@ from agent.runtime.spec import (
     parse_env,
 )
 from agent.runtime.state import State
+from agent.security.seccomp_profile import SeccompMode, SeccompOption
 from agent.streams import LatestPerKey, drain_coalesced, write_stream_to
 from agent.usage.host import Condition
 from agent.usage.metrics import AgentMetrics
@@ -246,8 +247,22 @@ def spec_from_pb(msg: pb.ContainerSpec, *, default_network: NetworkMode = Networ
         read_only=msg.read_only, network=network, labels=tuple(sorted(msg.labels.items())),
         auto_remove=msg.auto_remove, restart=restart,
         health=health_from_pb(msg.health) if msg.HasField("health") else None,
-        ports=tuple(port_from_pb(p) for p in msg.ports),
+        ports=tuple(port_from_pb(p) for p in msg.ports), seccomp=seccomp_from_pb(msg.seccomp),
     ))
+
+
+def seccomp_from_pb(msg: pb.Seccomp) -> SeccompOption:
+    if msg.unconfined and msg.profile_json:
+        raise errors.InvalidArgument("seccomp: a profile was given with unconfined: give one or the other")
+    if msg.unconfined:
+        return SeccompOption(SeccompMode.UNCONFINED)
+    if msg.profile_json:
+        return SeccompOption(SeccompMode.CUSTOM, profile=msg.profile_json)
+    return SeccompOption()
+
+
+def seccomp_to_pb(option: SeccompOption) -> pb.Seccomp:
+    return pb.Seccomp(unconfined=option.mode is SeccompMode.UNCONFINED, profile_json=option.profile)
 
 
 def _enum(table: dict[Any, T], value: int, *, what: str, known: str) -> T:
@@ -321,6 +336,7 @@ def spec_to_pb(spec: ContainerSpec) -> pb.ContainerSpec:
         restart=pb.RestartPolicy(mode=_RESTART_TO_PB[spec.restart.mode],
                                  max_retries=spec.restart.max_retries),
         health=health_to_pb(spec.health) if spec.health is not None else None,
+        seccomp=seccomp_to_pb(spec.seccomp),
     )
 
 

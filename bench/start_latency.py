@@ -326,11 +326,13 @@ class AgentApi:
     agent: Agent
     note: str = ""
     one_call: bool = True
+    seccomp: pb.Seccomp | None = None  # None: the default profile
 
     def run_once(self) -> Sample:
         stub = self.agent.containers
         assert stub is not None
-        spec = pb.ContainerSpec(image=IMAGE_NAME, command=["/bin/true"], network=pb.NETWORK_MODE_NONE)
+        spec = pb.ContainerSpec(image=IMAGE_NAME, command=["/bin/true"], network=pb.NETWORK_MODE_NONE,
+                                seccomp=self.seccomp)
         t0 = time.perf_counter()
         created = stub.CreateContainer(pb.CreateContainerRequest(spec=spec, start=self.one_call))
         t1 = time.perf_counter()
@@ -529,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="quiet time before each timed sample (default %(default)s; 0 = back to back)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the per-round shuffle")
     parser.add_argument("--no-podman", action="store_true", help="skip the podman row")
+    parser.add_argument("--agent-only", action="store_true",
+                        help="only the plain agent's API rows (e.g. seccomp default vs unconfined)")
     parser.add_argument("--keep-temp", action="store_true", help="leave the temp dir for inspection")
     parser.add_argument("--compare-agent", metavar="SHOAL_AGENT", default=None,
                         help="another build's shoal-agent (e.g. an older checkout's .venv/bin/shoal-agent): "
@@ -563,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
             contenders: list[Contender] = [
                 AgentApi(name="agent API (gRPC)", agent=plain,
                          note="CreateContainer(start=true) + WaitContainer: 2 round trips"),
+                AgentApi(name="agent API, seccomp=unconfined", agent=plain,
+                         seccomp=pb.Seccomp(unconfined=True),
+                         note="as the first row, without a seccomp filter: what the filter costs"),
                 AgentApi(name=f"agent API, daemon +{args.ballast_mib} MiB", agent=heavy),
                 AgentApi(name="agent API, 3 calls", agent=plain, one_call=False,
                          note="CreateContainer, StartContainer, WaitContainer as separate round trips"),
@@ -584,10 +591,12 @@ def main(argv: list[str] | None = None) -> int:
                                    "run", "--rm", IMAGE_NAME, "/bin/true"],
                              note="whole CLI process against the plain agent, remove included"),
             ]
+            if args.agent_only:
+                contenders = [c for c in contenders if isinstance(c, AgentApi) and c.agent is plain]
             if other is not None:
                 contenders.insert(1, AgentApi(name="agent API (other build)", agent=other,
                                               note=f"as the first row, served by {args.compare_agent}"))
-            if podman_available:
+            if podman_available and not args.agent_only:
                 podman = Podman(base=work / "podman", cgroup_parent=cgroup_names["podman"])
                 run_checked([*podman.global_flags(), "import", str(image.rootfs_tar),
                              "localhost/bench/busybox:v1"])

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything Shoal and its tests need on a fresh Debian machine, as root. Idempotent.
 #   system packages: busybox-static (test images), umoci + skopeo (image tools nobody here wrote),
-#                    iproute2, runc + crun (benchmark peers only)
+#                    iproute2, runc + crun (benchmark peers only), python3-seccomp (libseccomp's binding)
 #   Python:          a venv at .venv with the project (editable) and its dev tools
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${SHOAL_VENV:-$here/.venv}
-packages=(busybox-static umoci skopeo iproute2 nftables runc crun docker-registry apache2-utils prometheus etcd-server etcd-client curl)
+packages=(busybox-static umoci skopeo iproute2 nftables runc crun docker-registry apache2-utils prometheus etcd-server etcd-client curl
+          python3-seccomp)
 
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -33,6 +34,18 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ -n "$finder
   "$venv/bin/python" -c "import agent, proto.agent.v1.agent_pb2" >/dev/null
   touch "$stamp"
 fi
+# libseccomp's official Python binding comes from Debian (python3-seccomp) for its /usr/bin/python3; the
+# venv's Python is the same minor version (3.11), so the one extension module is linked in by name —
+# not the whole of dist-packages, which would shadow the venv's own packages.
+seccomp_so=$(compgen -G "/usr/lib/python3/dist-packages/seccomp.cpython-*-x86_64-linux-gnu.so" \
+             || compgen -G "/usr/lib/python3/dist-packages/seccomp.cpython-*.so" || true)
+site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['platlib'])")
+if [ -n "$seccomp_so" ]; then
+  ln -sfn "$seccomp_so" "$site/$(basename "$seccomp_so")"
+fi
+"$venv/bin/python" -c "import seccomp" || {
+  echo "libseccomp's Python binding does not import in $venv (python3-seccomp is built for" \
+       "$(/usr/bin/python3 -V 2>&1)); see agent/security/seccomp_filter.py" >&2; exit 1; }
 # Byte-compile the project's own modules (pip compiles only what it copies into site-packages): a
 # process that finds no .pyc compiles every module it imports, and with PYTHONDONTWRITEBYTECODE set
 # it does so on every start. Cheap when nothing changed.

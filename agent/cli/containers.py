@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from agent import parsing
+from agent import limits, parsing
 from agent.cli.client import Agent, CliError, describe_rpc_error, rpc_errors
 from agent.cli.output import ago, command_line, ports_line, short_id, status_line, table
 from agent.cli.transport import RpcFailure
@@ -132,6 +132,10 @@ def _add_create_options(parser: argparse.ArgumentParser) -> None:
     health.add_argument("--health-start-period", default="0s", metavar="DURATION")
     health.add_argument("--restart-on-unhealthy", action="store_true",
                         help="kill the container when it turns unhealthy (the restart policy decides)")
+    parser.add_argument("--security-opt", dest="security_opt", action="append", default=[],
+                        metavar="seccomp=unconfined|seccomp=FILE",
+                        help="seccomp=unconfined: no seccomp filter; seccomp=FILE: this profile (Docker's "
+                             "JSON format) instead of Docker's default")
     parser.add_argument("--pull", default="missing", choices=["missing", "always", "never"],
                         help="pull the image from its registry first (default: when missing)")
     parser.add_argument("image")
@@ -184,6 +188,35 @@ def parse_health(args: argparse.Namespace) -> pb.HealthCheck | None:
     return check
 
 
+def parse_security_opts(options: list[str]) -> pb.Seccomp | None:
+    """``--security-opt`` as Docker reads it (``seccomp=…`` or the older ``seccomp:…``); a profile FILE is
+    read here and its contents sent, so it need not exist on the agent's host."""
+    chosen: pb.Seccomp | None = None
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            key, sep, value = option.partition(":")
+        if key != "seccomp" or not value:
+            raise InvalidArgument(f"invalid --security-opt {option!r}: Shoal supports seccomp=unconfined and "
+                                  "seccomp=FILE (no_new_privileges is always set)")
+        if value == "unconfined":
+            chosen = pb.Seccomp(unconfined=True)
+            continue
+        try:
+            with open(value, "rb") as f:
+                data = f.read(limits.MAX_SECCOMP_PROFILE_BYTES + 1)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read seccomp profile {value}: {exc.strerror}") from None
+        if len(data) > limits.MAX_SECCOMP_PROFILE_BYTES:
+            raise InvalidArgument(f"seccomp profile {value} is larger than "
+                                  f"{limits.MAX_SECCOMP_PROFILE_BYTES >> 10} KiB")
+        try:
+            chosen = pb.Seccomp(profile_json=data.decode())
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"seccomp profile {value} is not UTF-8 text (JSON)") from None
+    return chosen
+
+
 def _key_values(items: list[str], what: str) -> dict[str, str]:
     out = {}
     for item in items:
@@ -220,6 +253,7 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
         restart = parse_restart(args.restart)
         health = parse_health(args)
         ports = [_port_to_pb(p) for p in args.publish]
+        seccomp = parse_security_opts(args.security_opt)
     except InvalidArgument as err:
         raise CliError(str(err), code=EXIT_RUN_FAILED) from None
     entrypoint = [args.entrypoint] if args.entrypoint else []
@@ -228,7 +262,7 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
         working_dir=args.workdir, user=args.user, hostname=args.hostname, resources=resources,
         read_only=args.read_only, network=_NETWORKS[args.network], ports=ports,
         labels=_key_values(args.label, "label"), auto_remove=bool(args.rm),
-        restart=restart, health=health,
+        restart=restart, health=health, seccomp=seccomp,
     )
     return pb.CreateContainerRequest(id=args.id, name=args.name, spec=spec)
 
@@ -525,6 +559,8 @@ def container_json(ctr: pb.Container) -> dict[str, Any]:
     raw = to_dict(ctr, always_print_fields_with_no_presence=True)
     raw["state"] = _STATE_NAMES.get(ctr.state, "unknown")
     raw["short_id"] = short_id(ctr.id)
+    seccomp = ctr.spec.seccomp
+    raw["seccomp"] = "unconfined" if seccomp.unconfined else "custom" if seccomp.profile_json else "default"
     return raw
 
 

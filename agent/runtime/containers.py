@@ -502,6 +502,8 @@ class ContainerRuntime:
                     raise
                 return None
         layers = self.images.layer_paths(image)
+        # Compiled now: a profile libseccomp refuses fails the create, and the start finds it cached.
+        self.executor.compiled_seccomp(request.spec)
         return prepare.prepare(request, image=image, layers=layers, containers_dir=self.containers_dir,
                                cgroup_parent=self.settings.cgroup_parent)
 

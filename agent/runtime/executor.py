@@ -37,8 +37,9 @@ from agent.runtime.drivers import Network, Supervisor
 from agent.runtime.events import EventLog
 from agent.runtime.health import HealthCheck, HealthStatus, ProbeKind
 from agent.runtime.records import ContainerStatus, write_status
-from agent.runtime.spec import NetworkMode
+from agent.runtime.spec import ContainerSpec, NetworkMode
 from agent.runtime.state import State
+from agent.security import seccomp_filter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -164,6 +165,7 @@ class Executor:
         self._auto_remove = auto_remove
         self._background: set[asyncio.Task[Any]] = set()
         self.closing = False
+        self.seccomp_filters = seccomp_filter.FilterCache()
 
     # -- actions ------------------------------------------------------------------------------------
 
@@ -278,9 +280,11 @@ class Executor:
 
         def build() -> plans.ExecPlan:
             cg = self.cgroups.open(prepared.cgroup_name)
-            return execs.build_plan(prepared, pid=pid, argv=argv, env=env, working_dir=working_dir, user=user,
-                                    cgroup_procs=cg.join_files() if cg else (),
-                                    capabilities=self.capabilities(ctr.spec.network))
+            exec_plan = execs.build_plan(prepared, pid=pid, argv=argv, env=env, working_dir=working_dir,
+                                         user=user, cgroup_procs=cg.join_files() if cg else (),
+                                         capabilities=self.capabilities(ctr.spec.network))
+            # The container's own filter (the cache has it from the start): an exec is no less confined.
+            return dataclasses.replace(exec_plan, **self._seccomp_fields(self.compiled_seccomp(ctr.spec)))
 
         exec_plan = await asyncio.to_thread(build)
         return await execs.spawn(exec_plan, python=self._python, merge_stderr=merge_stderr)
@@ -296,7 +300,12 @@ class Executor:
         cg = await asyncio.to_thread(self._ensure_cgroup, ctr, fresh=fresh_cgroup)
         ctr.cgroup_paths = cg.paths()
         ctr.storage_quota = await asyncio.to_thread(self._apply_storage_quota, ctr)
-        launch_plan = self._launch_plan(ctr, cgroup_procs=cg.join_files())
+        caps = self.capabilities(ctr.spec.network)
+        hit, compiled = self.seccomp_filters.cached(ctr.spec.seccomp, caps)
+        if not hit:  # compiled at create, unless the agent restarted since: a few ms, off the loop
+            compiled = await asyncio.to_thread(self.seccomp_filters.get, ctr.spec.seccomp, caps)
+        launch_plan = dataclasses.replace(self._launch_plan(ctr, cgroup_procs=cg.join_files()),
+                                          **self._seccomp_fields(compiled))
         if ctr.spec.network is NetworkMode.BRIDGE:
             attachment = await self._attach(ctr)
             launch_plan = dataclasses.replace(launch_plan, netns_path=attachment.netns_path)
@@ -378,6 +387,17 @@ class Executor:
     async def detach(self, ctr: Container) -> None:
         if self.network is not None and ctr.spec.network is NetworkMode.BRIDGE:
             await self.network.detach(ctr.id)
+
+    def compiled_seccomp(self, spec: ContainerSpec) -> seccomp_filter.CompiledFilter | None:
+        """The container's compiled seccomp filter (None: unconfined). Blocking on a cache miss; raises
+        ``InvalidArgument`` for a profile libseccomp or the kernel's limits refuse."""
+        return self.seccomp_filters.get(spec.seccomp, self.capabilities(spec.network))
+
+    @staticmethod
+    def _seccomp_fields(compiled: seccomp_filter.CompiledFilter | None) -> dict[str, Any]:
+        if compiled is None:
+            return {"seccomp_program": "", "seccomp_flags": 0}
+        return {"seccomp_program": compiled.encoded, "seccomp_flags": compiled.flags}
 
     def capabilities(self, network: NetworkMode) -> tuple[str, ...]:
         caps = plans.DEFAULT_CAPABILITIES

@@ -7,7 +7,8 @@ Runs inside the supervisor's single-threaded worker, which is not a subreaper. P
                              forks, reports the init's pid, waits until the caller has handed the
                              init to the keeper ("g"), exits
                                  └── init (pid 1 of the new pid ns, re-parented to the keeper):
-                                       mounts, pivot_root, hostname, credentials, execve(argv)
+                                       a session keyring of its own, mounts, pivot_root, hostname,
+                                       credentials, no_new_privs, seccomp filter, execve(argv)
 
 Without an adopter (tests, benchmarks) the caller makes itself the subreaper and gets the init.
 
@@ -40,10 +41,12 @@ from agent.linux import (
     credentials,
     devices,
     executable,
+    keyring,
     mounts,
     namespaces,
     netdev,
     process,
+    seccomp,
     syscalls,
 )
 from agent.runtime.plan import LaunchPlan
@@ -61,6 +64,16 @@ class _Prepared:
     last_cap: int
     env: dict[str, str]
     fd_limit: int
+    seccomp: seccomp.Program | None  # None: unconfined
+
+
+def _seccomp_program(plan: LaunchPlan) -> seccomp.Program | None:
+    if not plan.seccomp_program:
+        return None
+    try:
+        return seccomp.Program.from_base64(plan.seccomp_program, flags=plan.seccomp_flags)
+    except ValueError as exc:
+        raise LaunchError(f"the plan's seccomp filter is malformed: {exc}", kind="setup") from None
 
 
 def _prepare(plan: LaunchPlan) -> _Prepared:
@@ -91,6 +104,7 @@ def _prepare(plan: LaunchPlan) -> _Prepared:
         last_cap=capabilities.last_cap(),
         env=executable.env_to_mapping(plan.env),
         fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        seccomp=_seccomp_program(plan),
     )
 
 
@@ -302,12 +316,26 @@ def _run_init(plan: LaunchPlan, prep: _Prepared, *, err_w: int, stdout_fd: int, 
     name = plan.argv[0]
     try:
         path = executable.resolve(name, env=prep.env)
+    except BaseException as exc:
+        _report_exec_failure(err_w, name, exc)
+    if prep.seccomp is not None:
+        # Last before execve, so the filter confines the container's program and none of Shoal's
+        # set-up (as runc does); it needs no_new_privs, set above.
+        try:
+            prep.seccomp.load()
+        except BaseException as exc:
+            _report_and_exit(err_w, "setup", _describe(exc), _EXIT_SETUP)
+    try:
         os.execve(path, list(plan.argv), prep.env)
-    except OSError as exc:
+    except BaseException as exc:
+        _report_exec_failure(err_w, name, exc)
+
+
+def _report_exec_failure(err_w: int, name: str, exc: BaseException) -> NoReturn:
+    if isinstance(exc, OSError):
         failure = executable.classify(name, exc)
         _report_and_exit(err_w, failure.kind, failure.message, failure.exit_code)
-    except BaseException as exc:
-        _report_and_exit(err_w, "setup", _describe(exc), _EXIT_SETUP)
+    _report_and_exit(err_w, "setup", _describe(exc), _EXIT_SETUP)
 
 
 def _set_up_container(
@@ -322,6 +350,8 @@ def _set_up_container(
         os.dup2(out, 1)
         os.dup2(err, 2)
     process.close_fds_except((err_w,), limit=prep.fd_limit)
+    # Not the agent's session keyring (host root's keys), whatever the seccomp profile allows.
+    keyring.join_new_session_keyring()
 
     rootfs = plan.rootfs
     root = rootfs.target

@@ -6,7 +6,8 @@ then gets /dev/null as stdin). stdout and stderr are inherited and belong to the
 
 Steps: write our pid into the target's cgroups, open ``/proc/PID/ns/*`` for every namespace that
 differs from ours, join them (mnt last), fork (a joined pid namespace only applies to children), and in
-the child switch credentials and capabilities like the container's init, then ``execve`` via ``$PATH``.
+the child switch credentials and capabilities like the container's init, join a session keyring of
+its own, load the container's seccomp filter, then ``execve`` via ``$PATH``.
 The parent forwards SIGTERM/SIGINT/SIGHUP to the child and exits with its status (128+N if killed by
 signal N). A failure before the command runs prints one line ``shoal exec: <what failed>`` on stderr
 and exits 126 (setup, not executable) or 127 (command not found).
@@ -22,7 +23,7 @@ import sys
 from types import FrameType
 from typing import NoReturn
 
-from agent.linux import capabilities, credentials, executable, namespaces, process, syscalls
+from agent.linux import capabilities, credentials, executable, keyring, namespaces, process, seccomp, syscalls
 from agent.runtime.plan import ExecPlan
 
 _EXIT_SETUP = 126
@@ -81,6 +82,9 @@ def _run_child(plan: ExecPlan, *, keep: int, last_cap: int, stdin_consumed: bool
             process.set_no_new_privs()
         os.umask(0o022)
         process.close_fds_except((), limit=resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        keyring.join_new_session_keyring()  # not the agent's (host root's) session keyring
+        # Last: the container's filter, so the command runs as confined as the container's init.
+        seccomp.load_encoded(plan.seccomp_program, flags=plan.seccomp_flags)
     except BaseException as exc:
         _fail(_describe(exc), _EXIT_SETUP)
     name = plan.argv[0]

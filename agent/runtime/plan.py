@@ -88,6 +88,10 @@ class LaunchPlan:
     readonly_paths: tuple[str, ...] = DEFAULT_READONLY_PATHS
     devices: tuple[DeviceNode, ...] = DEFAULT_DEVICES
     no_new_privileges: bool = True
+    # The container's seccomp filter, compiled by the daemon (``agent.security.seccomp_filter``): a BPF
+    # program in base64 and its seccomp(2) flags. Empty: no filter (``seccomp=unconfined``).
+    seccomp_program: str = ""
+    seccomp_flags: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -116,7 +120,7 @@ class LaunchPlan:
 @dataclass(frozen=True)
 class ExecPlan:
     """A process to start inside a running container (``shoal exec``): joins all its namespaces and
-    its cgroup, with the container's capabilities, credentials and no_new_privs."""
+    its cgroup, with the container's capabilities, credentials, no_new_privs and seccomp filter."""
 
     target_pid: int  # host pid of the container's pid 1
     argv: tuple[str, ...]
@@ -128,6 +132,9 @@ class ExecPlan:
     cgroup_procs: tuple[str, ...] = ()
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     no_new_privileges: bool = True
+    # The same filter as the container's init (see ``LaunchPlan``).
+    seccomp_program: str = ""
+    seccomp_flags: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

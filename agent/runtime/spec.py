@@ -36,6 +36,7 @@ from agent.parsing import (  # the parsers live in agent/parsing.py, which the C
 )
 from agent.runtime.health import HealthCheck, ProbeKind
 from agent.runtime.restart import RestartMode, RestartPolicy
+from agent.security.seccomp_profile import SeccompMode, SeccompOption
 
 ContainerId = NewType("ContainerId", str)
 
@@ -133,6 +134,7 @@ class ContainerSpec:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     health: HealthCheck | None = None
     ports: tuple[PortMapping, ...] = ()  # published ports, bridge network only
+    seccomp: SeccompOption = field(default_factory=SeccompOption)  # --security-opt seccomp=…
 
 
 def new_container_id() -> ContainerId:
@@ -192,6 +194,7 @@ def spec_to_dict(spec: ContainerSpec) -> dict[str, Any]:
     if spec.health is not None:
         raw["health"] = {**asdict(spec.health), "kind": spec.health.kind.value}
     raw["ports"] = [p.to_dict() for p in spec.ports]
+    raw["seccomp"] = {"mode": spec.seccomp.mode.value, "profile": spec.seccomp.profile}
     return raw
 
 
@@ -207,6 +210,9 @@ def spec_from_dict(raw: dict[str, Any]) -> ContainerSpec:
     if policy is not None:
         data["restart"] = RestartPolicy(RestartMode(policy["mode"]), max_retries=policy["max_retries"])
     data["ports"] = tuple(PortMapping.from_dict(p) for p in data.get("ports", ()))
+    seccomp = data.pop("seccomp", None)
+    if seccomp is not None:  # absent: created before seccomp support, which now means the default
+        data["seccomp"] = SeccompOption(SeccompMode(seccomp["mode"]), profile=seccomp["profile"])
     check = data.pop("health", None)
     if check is not None:
         data["health"] = HealthCheck(**{**check, "kind": ProbeKind(check["kind"]),

@@ -20,6 +20,7 @@ from agent.errors import InvalidArgument, quoted
 from agent.limits import MAX_ID
 from agent.runtime.health import HealthCheck, ProbeKind
 from agent.runtime.spec import ContainerSpec
+from agent.security import seccomp_profile
 
 # The encoded ContainerSpec (labels, argv, env, ...): Kubernetes caps a whole object at 1.5 MiB; a
 # container's description must leave room for several per ListContainers page.
@@ -57,6 +58,7 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         check_hostname(spec.hostname)
     if spec.health is not None:
         check_health(spec.health)
+    seccomp_profile.validate_option(spec.seccomp)
     return spec
 
 

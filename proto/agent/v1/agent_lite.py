@@ -131,6 +131,7 @@ class ContainerSpec(_pl.Message):
     restart: RestartPolicy
     health: HealthCheck
     ports: list[PortMapping]
+    seccomp: Seccomp
 
     if TYPE_CHECKING:
         def __init__(
@@ -150,6 +151,19 @@ class ContainerSpec(_pl.Message):
             restart: RestartPolicy | None = None,
             health: HealthCheck | None = None,
             ports: Iterable[PortMapping] | None = None,
+            seccomp: Seccomp | None = None,
+        ) -> None: ...
+
+
+class Seccomp(_pl.Message):
+    unconfined: bool
+    profile_json: str
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            unconfined: bool | None = None,
+            profile_json: str | None = None,
         ) -> None: ...
 
 
@@ -994,6 +1008,11 @@ _pl.define(ContainerSpec, 'shoal.agent.v1.ContainerSpec', (
     _pl.Field(13, 'restart', _pl.MESSAGE, message=RestartPolicy),
     _pl.Field(14, 'health', _pl.MESSAGE, message=HealthCheck),
     _pl.Field(15, 'ports', _pl.MESSAGE, message=PortMapping, repeated=True),
+    _pl.Field(16, 'seccomp', _pl.MESSAGE, message=Seccomp),
+))
+_pl.define(Seccomp, 'shoal.agent.v1.Seccomp', (
+    _pl.Field(1, 'unconfined', _pl.BOOL),
+    _pl.Field(2, 'profile_json', _pl.STRING),
 ))
 _pl.define(RestartPolicy, 'shoal.agent.v1.RestartPolicy', (
     _pl.Field(1, 'mode', _pl.ENUM, enum=RestartMode),

@@ -394,6 +394,7 @@ class ContainerSpec(_message.Message):
     RESTART_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """reference as given (name:tag, id or prefix)"""
     working_dir: _builtins.str
@@ -430,6 +431,10 @@ class ContainerSpec(_message.Message):
     def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]:
         """published ports (bridge network only)"""
 
+    @_builtins.property
+    def seccomp(self) -> Global___Seccomp:
+        """`--security-opt seccomp=…`. Unset: Docker's default profile."""
+
     def __init__(
         self,
         *,
@@ -448,14 +453,45 @@ class ContainerSpec(_message.Message):
         restart: Global___RestartPolicy | None = ...,
         health: Global___HealthCheck | None = ...,
         ports: _abc.Iterable[Global___PortMapping] | None = ...,
+        seccomp: Global___Seccomp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "resources", b"resources", "restart", b"restart", "seccomp", b"seccomp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "health", b"health", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "ports", b"ports", "read_only", b"read_only", "resources", b"resources", "restart", b"restart", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "health", b"health", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "ports", b"ports", "read_only", b"read_only", "resources", b"resources", "restart", b"restart", "seccomp", b"seccomp", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
+
+@_typing.final
+class Seccomp(_message.Message):
+    """The seccomp filter a container's processes (its init and every exec) run under. Like Docker: the
+    default profile unless the caller chooses "unconfined" or gives a profile of its own.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNCONFINED_FIELD_NUMBER: _builtins.int
+    PROFILE_JSON_FIELD_NUMBER: _builtins.int
+    unconfined: _builtins.bool
+    """No filter at all (`seccomp=unconfined`). Cannot be combined with `profile_json`."""
+    profile_json: _builtins.str
+    """A profile in Docker's JSON format (`seccomp=FILE`: the CLI sends the file's contents). At most
+    128 KiB; checked at create (INVALID_ARGUMENT names the problem).
+    """
+    def __init__(
+        self,
+        *,
+        unconfined: _builtins.bool = ...,
+        profile_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile_json", b"profile_json", "unconfined", b"unconfined"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Seccomp: _TypeAlias = Seccomp  # noqa: Y015
 
 @_typing.final
 class RestartPolicy(_message.Message):
