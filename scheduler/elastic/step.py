@@ -103,6 +103,13 @@ def _group(group: HostGroup, status: HostGroupStatus, inputs: ElasticInputs,
     group_shape = shape.shape_of(spec, member_hosts)
     expected = scale_out.expected_hosts(status.requests, member_hosts,
                                         provision_timeout=spec.provision_timeout_seconds, now=now)
+    # A host that joined for a request but is not ready yet (the leader has not reached it) takes no
+    # replica: placement refuses it. For scale-out it is still awaited, as a host of the shape, or the
+    # step would ask for it again in that moment; ``members`` drops it so the room left is the same.
+    ready = [h for h in member_hosts if (s := inputs.host_statuses.get(h.id)) is not None and s.ready]
+    awaited = scale_out.expected_hosts(status.requests, ready,
+                                       provision_timeout=spec.provision_timeout_seconds, now=now)
+    joining = awaited.hosts - expected.hosts
     new = status
     if group_shape is None:
         outcome = scale_out.ScaleOut()
@@ -112,7 +119,7 @@ def _group(group: HostGroup, status: HostGroupStatus, inputs: ElasticInputs,
         last = next((r.id for r in reversed(status.requests)
                      if r.kind is ProviderRequestKind.SCALE_OUT), "")
         outcome = scale_out.decide(spec, shape=group_shape, waiting=waiting, simulation=simulation,
-                                   members=len(member_hosts), expected=expected,
+                                   members=len(member_hosts) - joining, expected=awaited,
                                    last_scale_out_at=status.last_scale_out_at, last_request=last, now=now)
     if outcome.action == "scale_out" and group_shape is not None:
         request = scale_out.new_request(spec.name, number=new.next_request_number, hosts=outcome.hosts,

@@ -194,6 +194,24 @@ def test_expected_hosts_are_not_asked_for_twice_and_count_down_as_members_join()
     assert status.pending_replicas == 4  # two fit w2 as it is; the two expected hosts take four
 
 
+def test_a_host_that_joined_for_a_request_and_is_not_ready_yet_is_not_asked_for_again() -> None:
+    web = b.service("web", cpus=1)
+    group = b.group(the_shape=b.shape(), scale_out_cooldown_seconds=0.0)
+    inp = scenario(web, 6, group=group)
+    first = step(inp)
+    again = b.delivered(b.applied(inp, first, now=b.NOW + 5))
+    # Registered after the request, and the leader has not reached it yet: placement refuses it.
+    joined = b.host("w2", registered_at=b.NOW + 20)
+    joining = replace(again, now=b.NOW + 21, hosts={**again.hosts, joined.id: joined},
+                      host_statuses={**again.host_statuses, joined.id: b.host_status("w2", ready=False)})
+    plan = step(joining)
+    status = b.status_of(plan, joining)
+    assert len(status.requests) == 1
+    assert (status.expected_hosts, status.desired_hosts, status.pending_replicas) == (2, 4, 6)
+    without_status = replace(joining, host_statuses=again.host_statuses)  # not even a status yet
+    assert len(b.status_of(step(without_status), without_status).requests) == 1
+
+
 def test_expected_hosts_expire_after_the_provision_timeout() -> None:
     web = b.service("web", cpus=1)
     group = b.group(the_shape=b.shape(), provision_timeout_seconds=300.0)
