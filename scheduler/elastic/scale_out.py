@@ -35,7 +35,8 @@ than ``provision_timeout`` ask for their ``count``; each member host whose first
 request still short (first come, first served). What is still short is expected, until the latest of
 those requests' timeouts. This is a pure function of the stored requests and the members, so it needs no
 memory of "members then", survives a failover, and a host that joins on its own (an operator's) simply
-counts as one that was asked for.
+counts as one that was asked for. Hosts that joined and left again (scaled in, removed) would be short
+again by this count; the step caps it with the count its last status recorded (``step._capped``).
 """
 
 from __future__ import annotations

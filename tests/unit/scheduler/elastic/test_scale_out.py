@@ -212,6 +212,26 @@ def test_a_host_that_joined_for_a_request_and_is_not_ready_yet_is_not_asked_for_
     assert len(b.status_of(step(without_status), without_status).requests) == 1
 
 
+def test_hosts_that_joined_and_left_again_are_not_expected_again() -> None:
+    web = b.service("web", cpus=1)
+    group = b.group(the_shape=b.shape(), scale_out_cooldown_seconds=0.0)
+    inp = scenario(web, 4, group=group)
+    first = step(inp)
+    assert first.statuses[GroupName("workers")].requests[0].count == 2
+    asked = b.delivered(b.applied(inp, first, now=b.NOW + 5))
+    # Both join (registered after the request); the step sees them and expects nothing more.
+    joined = [b.host(n, registered_at=b.NOW + 20) for n in ("w2", "w3")]
+    with_them = replace(asked, now=b.NOW + 21, hosts={**asked.hosts, **{h.id: h for h in joined}},
+                        host_statuses={**asked.host_statuses, **{h.id: b.host_status(h.id) for h in joined}})
+    seen = b.applied(with_them, step(with_them))
+    assert seen.statuses[GroupName("workers")].expected_hosts == 0
+    # Scaled in and forgotten within the provision timeout; the replicas pending again want two hosts:
+    # the request they joined for does not expect them back.
+    gone = replace(seen, now=b.NOW + 60, hosts=asked.hosts, host_statuses=asked.host_statuses)
+    status = b.status_of(step(gone), gone)
+    assert [(r.id, r.count) for r in status.requests] == [("workers-1", 2), ("workers-2", 2)]
+
+
 def test_expected_hosts_expire_after_the_provision_timeout() -> None:
     web = b.service("web", cpus=1)
     group = b.group(the_shape=b.shape(), provision_timeout_seconds=300.0)
