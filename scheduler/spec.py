@@ -35,10 +35,9 @@ from google.protobuf import json_format
 
 from proto.agent.v1 import agent_pb2
 from scheduler import constraints as constraint_text
+from scheduler import spec_hostgroup, units
 from scheduler import spec_yaml as sy
 from scheduler import template_rules as rules
-from scheduler import units
-from scheduler import spec_hostgroup
 from scheduler.model import (
     Autoscale,
     Constraint,
@@ -733,6 +732,7 @@ def spec_from_api(data: Mapping[str, Any], *, source: str = "spec") -> ServiceSp
 
 
 __all__ = [
-    "DEFAULT_REPLICAS", "KINDS", "Problem", "ServiceFile", "SpecError", "api_dict", "canonical_json", "facts_of",
-    "parse_file", "parse_service", "parse_service_file", "render_yaml", "spec_from_api", "template_of",
+    "DEFAULT_REPLICAS", "KINDS", "Problem", "ServiceFile", "SpecError", "api_dict", "canonical_json",
+    "facts_of", "parse_file", "parse_service", "parse_service_file", "render_yaml", "spec_from_api",
+    "template_of",
 ]

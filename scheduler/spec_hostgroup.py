@@ -62,10 +62,11 @@ _TOP_ALIASES = {"min_hosts": "min", "max_hosts": "max", "minSize": "min", "maxSi
                 "instance_type": "shape", "template": "shape"}
 _SHAPE_ALIASES = {"cpu": "cpus", "cores": "cpus", "mem": "memory", "ram": "memory"}
 _SCALE_OUT_ALIASES = {"delay": "pending_for", "pending": "pending_for", "max_hosts": "max_per_request",
-                      "batch": "max_per_request", "cooldown_period": "cooldown", "timeout": "provision_timeout"}
-_SCALE_IN_ALIASES = {"enable": "enabled", "utilization": "utilization_below", "threshold": "utilization_below",
-                     "after": "for", "unneeded_time": "for", "delay": "delay_after_scale_out",
-                     "max_drains": "max_concurrent_drains"}
+                      "batch": "max_per_request", "cooldown_period": "cooldown",
+                      "timeout": "provision_timeout"}
+_SCALE_IN_ALIASES = {"enable": "enabled", "utilization": "utilization_below",
+                     "threshold": "utilization_below", "after": "for", "unneeded_time": "for",
+                     "delay": "delay_after_scale_out", "max_drains": "max_concurrent_drains"}
 _WEBHOOK_ALIASES = {"endpoint": "url", "token": "token_file", "ca": "ca_file", "cert": "cert_file",
                     "key": "key_file", "certificate": "cert_file"}
 _COMMAND_ALIASES = {"command": "argv", "args": "argv", "cmd": "argv"}
