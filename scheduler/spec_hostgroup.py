@@ -22,6 +22,7 @@ the ``group`` label (always in a parsed shape) left out.
 
 from __future__ import annotations
 
+import decimal
 import posixpath
 import re
 import shlex
@@ -365,18 +366,20 @@ def render_yaml(specs: HostGroupSpec | Sequence[HostGroupSpec]) -> str:
 
 
 def duration_text(seconds: float) -> str:
-    """Seconds as the file writes them: ``90s`` → "90s", 600 → "10m", 0.25 → "250ms" (exact: an odd
-    fraction is written in seconds with every digit, so it parses back to the same float)."""
+    """Seconds as the file writes them: 90 → "90s", 600 → "10m", 0.25 → "250ms" — the shortest of those
+    that parses back to exactly ``seconds``; else the seconds with every digit (24.871 is "24.871s": as
+    "24871ms" it would come back as 24.871000000000002)."""
     millis = seconds * 1000
-    if millis != int(millis):
-        return f"{seconds!r}s"
-    whole = int(millis)
-    if whole % 1000:
-        return f"{whole}ms"
-    for suffix, size in (("h", 3600), ("m", 60)):
-        if whole and whole % (size * 1000) == 0:
-            return f"{whole // (size * 1000)}{suffix}"
-    return f"{whole // 1000}s"
+    if millis == int(millis):
+        whole = int(millis)
+        candidates = [f"{whole // (size * 1000)}{suffix}"
+                      for suffix, size in (("h", 3600), ("m", 60), ("s", 1))
+                      if whole and whole % (size * 1000) == 0]
+        candidates += [f"{whole}ms"] if whole else ["0s"]
+        for text in candidates:
+            if units.parse_duration(text) == seconds:
+                return text
+    return f"{decimal.Decimal(repr(seconds)):f}s"  # repr's shortest digits, never an exponent
 
 
 def _thousandths(millis: int) -> int | float:
