@@ -304,7 +304,8 @@ def test_host_groups_and_their_statuses_are_in_snapshots_lists_and_watches(backe
                             Put(build.host("h1")), Put(build.hostgroup("spare"))])
         snap = await store.snapshot()
         assert set(snap.hostgroups) == {"workers", "spare"} and set(snap.hostgroup_statuses) == {"workers"}
-        assert snap.hostgroups["workers"] == dataclasses.replace(build.full_hostgroup(), revision=snap.revision)
+        stored = dataclasses.replace(build.full_hostgroup(), revision=snap.revision)
+        assert snap.hostgroups["workers"] == stored
         assert snap.hostgroup_statuses["workers"].requests == build.full_hostgroup_status().requests
         assert set(snap.hosts) == {"h1"}  # "hostgroups/" is not inside "hosts/"
         assert [g.spec.name for g in (await store.list(schema.hostgroups())).items] == ["spare", "workers"]
@@ -312,7 +313,8 @@ def test_host_groups_and_their_statuses_are_in_snapshots_lists_and_watches(backe
         await store.commit([Delete(snap.hostgroups["spare"])])
         changes = await take(store.watch(start), 5)
         assert [(c.kind, c.record_type, c.ids) for c in changes] == [
-            (ChangeKind.PUT, model.HostGroup, ("workers",)), (ChangeKind.PUT, model.HostGroupStatus, ("workers",)),
+            (ChangeKind.PUT, model.HostGroup, ("workers",)),
+            (ChangeKind.PUT, model.HostGroupStatus, ("workers",)),
             (ChangeKind.PUT, model.HostRecord, ("h1",)), (ChangeKind.PUT, model.HostGroup, ("spare",)),
             (ChangeKind.DELETE, model.HostGroup, ("spare",))]
 
