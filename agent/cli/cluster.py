@@ -163,8 +163,8 @@ def cmd_delete(scheduler: Scheduler, args: argparse.Namespace) -> int:
             request = spb.DeleteHostGroupRequest(name=args.name, force=args.force)
             response = scheduler.api.DeleteHostGroup(request)
             members = response.hostgroup.status.hosts
-            print(f"hostgroup/{args.name} deleted"
-                  + (f" (its {members} host{'s' if members != 1 else ''} stay)" if members else ""))
+            kept = "its host stays" if members == 1 else f"its {members} hosts stay"
+            print(f"hostgroup/{args.name} deleted" + (f" ({kept})" if members else ""))
             return 0
         scheduler.api.DeleteService(spb.DeleteServiceRequest(name=args.name))
     print(f"service/{args.name} deleted")

@@ -203,7 +203,7 @@ def test_delete_hostgroup_passes_force_and_says_the_hosts_stay() -> None:
                                                                 force=True)) == 0
     [(method, request)] = scheduler.api.calls
     assert (method, request.name, request.force) == ("DeleteHostGroup", "workers", True)
-    assert buffer.getvalue() == "hostgroup/workers deleted (its 1 host stay)\n"
+    assert buffer.getvalue() == "hostgroup/workers deleted (its host stays)\n"
     with pytest.raises(CliError, match="--force is for host groups"):
         cluster.cmd_delete(scheduler, argparse.Namespace(kind="service", name="web", force=True))
     with pytest.raises(CliError, match="only services and host groups can be deleted"):
