@@ -87,7 +87,8 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def revision(scheduler: Running) -> int:
     with grpc.insecure_channel(scheduler.address) as channel:
-        reply = pb_grpc.SchedulerStub(channel).ListHostGroups(pb.ListHostGroupsRequest(), timeout=CALL_TIMEOUT_S)
+        stub = pb_grpc.SchedulerStub(channel)
+        reply = stub.ListHostGroups(pb.ListHostGroupsRequest(), timeout=CALL_TIMEOUT_S)
         return reply.revision
 
 
