@@ -5,6 +5,7 @@ key and line (all at once, across documents), services and host groups mix in on
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -249,3 +250,13 @@ def hostgroup_specs(draw: st.DrawFn) -> HostGroupSpec:
 @given(spec=hostgroup_specs())
 def test_any_valid_spec_renders_to_a_document_that_parses_back_to_it(spec: HostGroupSpec) -> None:
     assert groups(spec_hostgroup.render_yaml(spec)) == (spec,)
+
+
+@pytest.mark.parametrize("doc", ["docs/service-file.md", "docs/elastic-hosts.md", "README.md"])
+def test_every_host_group_example_in_the_documentation_parses(doc: str) -> None:
+    text = (DOCS.parent / doc).read_text()
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)
+              if "kind: hostgroup" in b]
+    assert blocks, f"{doc} shows no host group"
+    for block in blocks:
+        assert [g.name for g in service_file.parse_file(block, source=doc).hostgroups] == ["workers"]
