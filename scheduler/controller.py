@@ -41,6 +41,9 @@ from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
 from scheduler.model import (
     AutoscaleStatus,
     Capacity,
+    GroupName,
+    HostGroup,
+    HostGroupStatus,
     HostId,
     HostRecord,
     HostStatus,
@@ -75,16 +78,20 @@ class Mirror:
     hosts: dict[HostId, HostRecord] = field(default_factory=dict)
     statuses: dict[HostId, HostStatus] = field(default_factory=dict)
     autoscale: dict[ServiceName, AutoscaleStatus] = field(default_factory=dict)
+    hostgroups: dict[GroupName, HostGroup] = field(default_factory=dict)
+    hostgroup_statuses: dict[GroupName, HostGroupStatus] = field(default_factory=dict)
 
     @classmethod
     def of(cls, snap: base.Snapshot) -> Mirror:
         return cls(revision=snap.revision, services=dict(snap.services), replicas=dict(snap.replicas),
-                   hosts=dict(snap.hosts), statuses=dict(snap.host_statuses), autoscale=dict(snap.autoscale))
+                   hosts=dict(snap.hosts), statuses=dict(snap.host_statuses), autoscale=dict(snap.autoscale),
+                   hostgroups=dict(snap.hostgroups), hostgroup_statuses=dict(snap.hostgroup_statuses))
 
     def _table(self, record_type: type) -> dict[Any, Any] | None:
         tables: dict[type, dict[Any, Any]] = {Service: self.services, Replica: self.replicas,
                                               HostRecord: self.hosts, HostStatus: self.statuses,
-                                              AutoscaleStatus: self.autoscale}
+                                              AutoscaleStatus: self.autoscale, HostGroup: self.hostgroups,
+                                              HostGroupStatus: self.hostgroup_statuses}
         return tables.get(record_type)
 
     def put(self, record: object) -> None:
@@ -95,6 +102,10 @@ class Mirror:
             key: Any = record.name
         elif isinstance(record, AutoscaleStatus):
             key = record.service
+        elif isinstance(record, HostGroup):
+            key = record.spec.name
+        elif isinstance(record, HostGroupStatus):
+            key = record.group
         else:
             key = record.id  # type: ignore[attr-defined]
         known = table.get(key)
