@@ -222,7 +222,10 @@ class ElasticLoop:
         if state is None:
             return
         now = self._clock()
-        await self.decide(state, now=now)
+        try:
+            await self.decide(state, now=now)
+        except Conflict as err:  # the mirror was behind; deliveries need not wait for the next tick
+            log.debug("elastic: the plan conflicted on %s; deciding again", ", ".join(err.keys[:5]))
         state = self._state() or state  # with what was just committed
         self.deliver_due(state, now=now)
 

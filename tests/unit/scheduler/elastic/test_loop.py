@@ -366,3 +366,26 @@ def test_due_requests_oldest_first_and_with_outcome_only_on_pending() -> None:
     updated = with_outcome(status, "workers-2", ok=False, error="refused", now=NOW)
     assert updated is not None and updated.requests[0].last_error == "refused"
     assert updated.requests[1:] == status.requests[1:]
+
+
+def test_a_plan_that_conflicts_is_dropped_and_due_requests_are_still_delivered() -> None:
+    member = HostRecord(id=HostId("h1"), name="w1", address="10.0.0.1:7070", labels=(("group", "workers"),))
+
+    def drain(inputs: ElasticInputs) -> ElasticPlan:
+        return ElasticPlan(statuses={}, drain=(HostId("h1"),))
+
+    async def go() -> None:
+        waiting = HostGroupStatus(group=WORKERS, requests=(scale_out_request(1),), next_request_number=2)
+        c = await cluster(group(), member, waiting)
+        # The agent re-registers behind the mirror's back: the drain's compare-and-swap loses.
+        await c.store.commit([base.Put(dataclasses.replace(c.mirror.hosts[HostId("h1")], name="w1b"))])
+        provider = FakeProvider()
+        loop = loop_for(c, provider, step=drain)
+        await loop.tick()
+        await loop.wait_attempts()
+        snap = await c.store.snapshot()
+        assert snap.hosts[HostId("h1")].admin is HostAdmin.ACTIVE  # nothing of the plan landed
+        assert [r.id for r in provider.calls] == ["workers-1"]
+        assert snap.hostgroup_statuses[WORKERS].requests[0].state is DeliveryState.DELIVERED
+
+    run(go)
