@@ -47,14 +47,15 @@ def planned_apply(current: HostGroup | None, spec: HostGroupSpec, *, now: float)
         "configured"
 
 
-def delete_refusal(status: HostGroupStatus | None) -> str | None:
+def delete_refusal(status: HostGroupStatus | None, *, has_provider: bool = True) -> str | None:
     """Why deleting the group now would abandon work in flight (None: nothing would be): a request the
     provider has not accepted (hosts asked for and never bought, or drained hosts never removed), or a
-    drain the group started (its host would stay draining)."""
+    drain the group started (its host would stay draining). A group without a provider (a dry run) has
+    no delivery to abandon."""
     if status is None:
         return None
     reasons = []
-    pending = [r for r in status.requests if r.state is DeliveryState.PENDING]
+    pending = [r for r in status.requests if r.state is DeliveryState.PENDING] if has_provider else []
     if pending:
         last = next((r.last_error for r in reversed(pending) if r.last_error), "")
         reasons.append(f"{len(pending)} request(s) not yet accepted by the provider "

@@ -523,7 +523,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         for _ in range(CAS_ATTEMPTS):
             snap = await self.store.snapshot()
             group = self._group_of(snap, request.name)
-            refusal = api_hostgroups.delete_refusal(snap.hostgroup_statuses.get(group.spec.name))
+            spec = group.spec
+            refusal = api_hostgroups.delete_refusal(snap.hostgroup_statuses.get(spec.name),
+                                                    has_provider=bool(spec.webhook or spec.command))
             if refusal is not None and not request.force:
                 raise errors.FailedPrecondition(
                     f"host group {group.spec.name} has work in flight: {refusal}. Wait for it (shoal "

@@ -249,9 +249,12 @@ def test_delete_removes_the_declaration_keeps_the_hosts_and_the_status_record() 
     run(scenario)
 
 
+WITH_PROVIDER = WORKERS + "provider:\n  command: {argv: [/usr/local/bin/provision]}\n"
+
+
 def test_delete_is_refused_with_undelivered_requests_or_drains_unless_forced() -> None:
     async def scenario(api: Api) -> None:
-        await apply(api, WORKERS)
+        await apply(api, WITH_PROVIDER)
         await put(api, status(requests=(pending_request(3, error="connection refused"),),
                               draining=((HostId("h9"), 5.0),)))
         revision = await api.store.current_revision()
@@ -262,6 +265,16 @@ def test_delete_is_refused_with_undelivered_requests_or_drains_unless_forced() -
         assert "--force" in details
         assert await api.store.current_revision() == revision and await stored(api, "workers") is not None
         await api.scheduler.DeleteHostGroup(pb.DeleteHostGroupRequest(name="workers", force=True))
+        assert await stored(api, "workers") is None
+
+    run(scenario)
+
+
+def test_a_group_without_a_provider_has_no_delivery_to_wait_for() -> None:
+    async def scenario(api: Api) -> None:
+        await apply(api, WORKERS)  # a dry run: decisions recorded, nobody asked
+        await put(api, status(requests=(pending_request(3),)))
+        await api.scheduler.DeleteHostGroup(pb.DeleteHostGroupRequest(name="workers"))
         assert await stored(api, "workers") is None
 
     run(scenario)
