@@ -31,6 +31,7 @@ from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL as AUTOSCALE_INTERVAL
 from scheduler.controller import AutoscaleSettings, Controller, ControllerSettings
+from scheduler.elastic.loop import INTERVAL as ELASTIC_INTERVAL
 from scheduler.election import Election, ElectionSettings, Term
 from scheduler.placement import registry
 from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE
@@ -65,6 +66,7 @@ class Settings:
     prometheus: str = ""
     autoscale_interval: float = AUTOSCALE_INTERVAL
     cpu_initialization_period: float = CPU_INITIALIZATION_PERIOD
+    elastic_interval: float = ELASTIC_INTERVAL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--autoscale-cpu-initialization-period", type=float, default=CPU_INITIALIZATION_PERIOD,
                        metavar="SECONDS", help="a replica started this recently is left out of cpu averages "
                                                "when not ready (HPA's; default %(default)s)")
+    serve.add_argument("--elastic-interval", type=float, default=ELASTIC_INTERVAL, metavar="SECONDS",
+                       help="how often the leader decides each host group's hosts and retries undelivered "
+                            "provider requests (default %(default)s; docs/elastic-hosts.md)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
@@ -155,6 +160,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.autoscale_interval < 0.1 or args.autoscale_cpu_initialization_period < 0:
         raise SystemExit("shoal-scheduler: --autoscale-interval must be at least 0.1 s and "
                          "--autoscale-cpu-initialization-period cannot be negative")
+    if args.elastic_interval < 0.1:
+        raise SystemExit("shoal-scheduler: --elastic-interval must be at least 0.1 s")
     if args.prometheus and not args.prometheus.startswith(("http://", "https://")):
         raise SystemExit(f"shoal-scheduler: --prometheus {args.prometheus!r}: expected http://HOST:PORT")
     instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
@@ -166,7 +173,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     start_health=StartHealthSettings(threshold=args.start_failure_threshold,
                                                      cooldown=args.start_failure_cooldown),
                     prometheus=args.prometheus, autoscale_interval=args.autoscale_interval,
-                    cpu_initialization_period=args.autoscale_cpu_initialization_period)
+                    cpu_initialization_period=args.autoscale_cpu_initialization_period,
+                    elastic_interval=args.elastic_interval)
 
 
 def _credentials(settings: Settings) -> Credentials | None:
@@ -236,8 +244,10 @@ async def serve(settings: Settings) -> None:
                                                               interval=settings.autoscale_interval,
                                                               prometheus_url=settings.prometheus,
                                                               cpu_initialization_period=(
-                                                                  settings.cpu_initialization_period))),
-                                on_pass=observer.record_pass)
+                                                                  settings.cpu_initialization_period)),
+                                                          elastic_interval=settings.elastic_interval),
+                                on_pass=observer.record_pass,
+                                on_provider_attempt=observer.record_provider_attempt)
         leading.append(controller)
         try:
             await controller.run()

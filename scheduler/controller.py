@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,9 +38,13 @@ from scheduler.actuator import Settings as ActuatorSettings
 from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
+from scheduler.elastic.loop import AttemptRecord, ElasticLoop, ElasticSettings
 from scheduler.model import (
     AutoscaleStatus,
     Capacity,
+    GroupName,
+    HostGroup,
+    HostGroupStatus,
     HostId,
     HostRecord,
     HostStatus,
@@ -75,16 +79,20 @@ class Mirror:
     hosts: dict[HostId, HostRecord] = field(default_factory=dict)
     statuses: dict[HostId, HostStatus] = field(default_factory=dict)
     autoscale: dict[ServiceName, AutoscaleStatus] = field(default_factory=dict)
+    hostgroups: dict[GroupName, HostGroup] = field(default_factory=dict)
+    hostgroup_statuses: dict[GroupName, HostGroupStatus] = field(default_factory=dict)
 
     @classmethod
     def of(cls, snap: base.Snapshot) -> Mirror:
         return cls(revision=snap.revision, services=dict(snap.services), replicas=dict(snap.replicas),
-                   hosts=dict(snap.hosts), statuses=dict(snap.host_statuses), autoscale=dict(snap.autoscale))
+                   hosts=dict(snap.hosts), statuses=dict(snap.host_statuses), autoscale=dict(snap.autoscale),
+                   hostgroups=dict(snap.hostgroups), hostgroup_statuses=dict(snap.hostgroup_statuses))
 
     def _table(self, record_type: type) -> dict[Any, Any] | None:
         tables: dict[type, dict[Any, Any]] = {Service: self.services, Replica: self.replicas,
                                               HostRecord: self.hosts, HostStatus: self.statuses,
-                                              AutoscaleStatus: self.autoscale}
+                                              AutoscaleStatus: self.autoscale, HostGroup: self.hostgroups,
+                                              HostGroupStatus: self.hostgroup_statuses}
         return tables.get(record_type)
 
     def put(self, record: object) -> None:
@@ -95,6 +103,10 @@ class Mirror:
             key: Any = record.name
         elif isinstance(record, AutoscaleStatus):
             key = record.service
+        elif isinstance(record, HostGroup):
+            key = record.spec.name
+        elif isinstance(record, HostGroupStatus):
+            key = record.group
         else:
             key = record.id  # type: ignore[attr-defined]
         known = table.get(key)
@@ -139,11 +151,13 @@ class ControllerSettings:
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT    # no usage report this long: the host is unreachable
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
     autoscale: AutoscaleSettings | None = None  # None: no autoscaler in this term (tests of reconcile)
+    elastic_interval: float | None = None  # the elastic loop's tick; None: no elastic loop in this term
 
 
 class Controller:
     def __init__(self, store: base.Store, settings: ControllerSettings, *,
-                 on_pass: Callable[[float, reconcile.Plan, reconcile.World], None] | None = None) -> None:
+                 on_pass: Callable[[float, reconcile.Plan, reconcile.World], None] | None = None,
+                 on_provider_attempt: Callable[[AttemptRecord], None] | None = None) -> None:
         self.store = store
         self.settings = settings
         self.mirror: Mirror | None = None
@@ -151,6 +165,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._deposed = ""
         self._on_pass = on_pass
+        self._on_provider_attempt = on_provider_attempt
         self.start_health = StartHealth(settings.start_health)
         self.actuator = Actuator(ActuatorSettings(epoch=settings.epoch), session=self.sessions.get,
                                  service=self._service, on_done=self.poke, on_deposed=self._lose,
@@ -173,6 +188,10 @@ class Controller:
         watcher: asyncio.Task[None] | None = None
         autoscaler = self._autoscaler()
         scaling = asyncio.create_task(autoscaler.run(), name="autoscaler") if autoscaler is not None else None
+        elastic = self._elastic()
+        hosting = asyncio.create_task(elastic.run(), name="elastic") if elastic is not None else None
+        if hosting is not None:
+            hosting.add_done_callback(self._elastic_ended)
         try:
             while True:
                 self.mirror = Mirror.of(await self.store.snapshot())
@@ -185,7 +204,7 @@ class Controller:
                         await watcher
                     continue
         finally:
-            for task in (watcher, scaling):
+            for task in (watcher, scaling, hosting):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -214,6 +233,38 @@ class Controller:
             replicas=lambda: self.mirror.replicas if self.mirror is not None else {},
             statuses=lambda: self.mirror.autoscale if self.mirror is not None else {},
             usage=self._usage, on_written=on_written)
+
+    def _elastic(self) -> ElasticLoop | None:
+        interval = self.settings.elastic_interval
+        if interval is None:
+            return None
+
+        def on_committed(committed: base.Committed, ops: Sequence[base.Op]) -> None:
+            if self.mirror is None:
+                return
+            for record in committed.written:
+                self.mirror.put(record)
+            for op in ops:  # hosts forgotten: gone from the mirror before the watch says so
+                if isinstance(op, base.Delete) and isinstance(op.record, HostRecord):
+                    self.mirror.hosts.pop(op.record.id, None)
+                elif isinstance(op, base.Delete) and isinstance(op.record, HostStatus):
+                    self.mirror.statuses.pop(op.record.id, None)
+            self.poke()  # a host draining: the reconcile pass moves its replicas now
+
+        settings = ElasticSettings(guard=self.settings.guard, profile=self.settings.profile,
+                                   interval=interval)
+        return ElasticLoop(self.store, settings, state=lambda: self.mirror, on_committed=on_committed,
+                           on_attempt=self._on_provider_attempt or (lambda _: None))
+
+    def _elastic_ended(self, task: asyncio.Task[None]) -> None:
+        """The elastic loop ends only with the term (cancelled) or when it finds the term over."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, NotLeader):
+            self._lose(str(error))
+        elif error is not None:
+            log.error("the elastic loop stopped: %s", error, exc_info=error)
 
     def _usage(self) -> dict[str, ContainerUsage]:
         return {cid: u for session in self.sessions.values() for cid, u in session.usage.items()}

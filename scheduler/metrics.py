@@ -46,7 +46,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from proto.scheduler.v1 import scheduler_pb2 as spb
 from scheduler import api, reconcile
 from scheduler.controller import Mirror
-from scheduler.model import HostId, HostRecord, Replica, ReplicaPhase, Service
+from scheduler.elastic.loop import AttemptRecord
+from scheduler.model import LABEL_GROUP, HostId, HostRecord, Replica, ReplicaPhase, Service
 from scheduler.store import base
 from scheduler.store.errors import Compacted
 from scheduler.store.keys import KeyRange, KeyRef, KeySchema, R
@@ -112,6 +113,11 @@ class SchedulerMetrics:
             "shoal_scheduler_state_resyncs",
             "Full re-reads of the cluster from etcd after the first (a compacted or failed watch).",
             registry=r)
+        self.provider_requests = Counter(
+            "shoal_hostgroup_provider_requests",
+            "Attempts to deliver a host group's request to its provider (webhook and/or command), by "
+            "kind (scale_out, scale_in) and outcome (delivered, failed: retried with backoff). Counted "
+            "by the leader.", ["group", "kind", "outcome"], registry=r)
         for action in ("launch", "retire"):
             self.actions.labels(action)
         r.register(_ClusterCollector(self))
@@ -138,6 +144,10 @@ class SchedulerMetrics:
             del self._placed[next(iter(self._placed))]
         for action in plan.actions:
             self.actions.labels("launch" if isinstance(action, reconcile.Launch) else "retire").inc()
+
+    def record_provider_attempt(self, attempt: AttemptRecord) -> None:
+        """One delivery attempt of the leader's elastic loop (the controller's ``on_provider_attempt``)."""
+        self.provider_requests.labels(attempt.group, attempt.kind, attempt.outcome).inc()
 
     def timed(self, store: base.Store) -> base.Store:
         """``store`` with every call timed into ``shoal_scheduler_etcd_request_duration_seconds``."""
@@ -289,7 +299,8 @@ class _Follower:
         return base.Snapshot(revision=mirror.revision, services=dict(mirror.services),
                              replicas=dict(mirror.replicas), hosts=dict(mirror.hosts),
                              host_statuses=dict(mirror.statuses), autoscale=dict(mirror.autoscale),
-                             corrupt=corrupt)
+                             hostgroups=dict(mirror.hostgroups),
+                             hostgroup_statuses=dict(mirror.hostgroup_statuses), corrupt=corrupt)
 
 
 class TimedStore:
@@ -540,6 +551,7 @@ class _ClusterCollector:
         yield from families.values()
         yield since
         yield from _autoscale_families(cluster.snapshot)
+        yield from _hostgroup_families(cluster.snapshot)
         by_state = GaugeMetricFamily("shoal_hosts", "Registered hosts by state.", labels=["state"])
         states = cluster.host_states
         for name in HOST_STATES:
@@ -591,6 +603,30 @@ def _autoscale_families(snapshot: base.Snapshot) -> Iterator[Metric]:
             failing.add_metric([name], 1 if last.error else 0)
     yield from bounds.values()
     yield from (desired, decided, failing)
+
+
+def _hostgroup_families(snapshot: base.Snapshot) -> Iterator[Metric]:
+    """Per declared host group (docs/elastic-hosts.md): its member hosts, and the elastic loop's last
+    recorded desired hosts and pending replicas. A deleted group has no series (its status record stays
+    in etcd, so the group list, not the statuses, decides)."""
+    hosts = GaugeMetricFamily("shoal_hostgroup_hosts", "Registered hosts carrying the group's label "
+                              "(group=NAME).", labels=["group"])
+    desired = GaugeMetricFamily("shoal_hostgroup_desired_hosts", "The group's members, plus hosts asked "
+                                "for and still expected, minus hosts being drained or released.",
+                                labels=["group"])
+    pending = GaugeMetricFamily("shoal_hostgroup_pending_replicas", "Replicas pending for lack of room "
+                                "that the group's hosts would take.", labels=["group"])
+    members: dict[str, int] = {}
+    for record in snapshot.hosts.values():
+        name = record.label_map.get(LABEL_GROUP)
+        if name is not None:
+            members[name] = members.get(name, 0) + 1
+    for name in sorted(snapshot.hostgroups):
+        status = snapshot.hostgroup_statuses.get(name)
+        hosts.add_metric([name], members.get(name, 0))
+        desired.add_metric([name], status.desired_hosts if status is not None else members.get(name, 0))
+        pending.add_metric([name], status.pending_replicas if status is not None else 0)
+    yield from (hosts, desired, pending)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

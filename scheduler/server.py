@@ -26,11 +26,14 @@ from google.protobuf import json_format
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from proto.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from scheduler import api, auth, errors, instances
+from scheduler import api, api_hostgroups, auth, errors, instances
 from scheduler.autoscale import replay
 from scheduler.model import (
     Capacity,
+    GroupName,
     HostAdmin,
+    HostGroup,
+    HostGroupSpec,
     HostId,
     HostRecord,
     HostStatus,
@@ -44,7 +47,7 @@ from scheduler.model import (
 from scheduler.placement import batch
 from scheduler.placement.framework import Profile, request_for
 from scheduler.placement.view import build_view
-from scheduler.spec import SpecError, parse_service_file, spec_from_api
+from scheduler.spec import SpecError, parse_file, spec_from_api
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, StoreError, StoreUnavailable
 from scheduler.store.keys import InvalidKey
@@ -154,8 +157,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def ApplyService(self, request: pb.ApplyServiceRequest, context: Any) -> pb.ApplyServiceResponse:
         if request.yaml and request.HasField("spec"):
             raise errors.InvalidArgument("give either YAML or a structured spec, not both")
+        groups: list[HostGroupSpec] = []
         if request.yaml:
-            specs = parse_service_file(request.yaml, source=request.source or "<input>")
+            parsed = parse_file(request.yaml, source=request.source or "<input>")
+            specs, groups = list(parsed.services), list(parsed.hostgroups)
         elif request.HasField("spec"):
             specs = [spec_from_api(json_format.MessageToDict(request.spec, preserving_proto_field_name=True))]
         else:
@@ -164,29 +169,43 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if len(set(names)) != len(names):
             twice = sorted(n for n in set(names) if names.count(n) > 1)
             raise errors.InvalidArgument(f"a service is declared twice: {', '.join(twice)}")
+        planned, planned_groups = await self._apply(specs, groups)
         results = [pb.ApplyResult(service=await self._service_pb(plan.service), action=plan.action,
-                                  replicas_kept=plan.replicas_kept)
-                   for plan in await self._apply(specs)]
+                                  replicas_kept=plan.replicas_kept, kind="service")
+                   for plan in planned]
+        if planned_groups:
+            snap = await self.store.snapshot()
+            results += [pb.ApplyResult(kind="hostgroup", action=action,
+                                       hostgroup=self._hostgroup_pb(snap, group))
+                        for group, action in planned_groups]
         return pb.ApplyServiceResponse(results=results)
 
-    async def _apply(self, specs: list[ServiceSpec]) -> list[_Applied]:
+    async def _apply(self, specs: list[ServiceSpec], groups: list[HostGroupSpec]
+                     ) -> tuple[list[_Applied], list[tuple[HostGroup, str]]]:
         """Every document of one apply in one commit: all of them land, or none (a refusal, or etcd going
         away, part way through a file must not leave half of it applied). One transaction holds 127
-        services; a larger file is split by the store, in order."""
+        records; a larger file is split by the store, in order. Host groups are compare-and-swap like
+        services: an unchanged one writes nothing, a changed one bumps its generation."""
         for _ in range(CAS_ATTEMPTS):
             now = time.time()
             planned = [await self._plan_apply(spec, now=now) for spec in specs]
-            changed = [plan.service for plan in planned if plan.action != "unchanged"]
+            planned_groups = [
+                api_hostgroups.planned_apply(await self.store.get(self.schema.hostgroup(g.name)), g, now=now)
+                for g in groups]
+            changed: list[Service | HostGroup] = [p.service for p in planned if p.action != "unchanged"]
+            changed += [group for group, action in planned_groups if action != "unchanged"]
             if not changed:
-                return planned
+                return planned, planned_groups
             try:
-                committed = await self.store.commit([base.Put(service) for service in changed])
+                committed = await self.store.commit([base.Put(record) for record in changed])
             except Conflict:
                 continue
             written = {r.name: r for r in committed.written if isinstance(r, Service)}
-            return [dataclasses.replace(plan, service=written.get(plan.service.name, plan.service))
-                    for plan in planned]
-        names = ", ".join(spec.name for spec in specs)
+            written_groups = {r.spec.name: r for r in committed.written if isinstance(r, HostGroup)}
+            return ([dataclasses.replace(plan, service=written.get(plan.service.name, plan.service))
+                     for plan in planned],
+                    [(written_groups.get(g.spec.name, g), action) for g, action in planned_groups])
+        names = ", ".join([*(spec.name for spec in specs), *(f"hostgroup/{g.name}" for g in groups)])
         raise errors.Aborted(f"{names} kept changing while being applied; retry")
 
     async def _plan_apply(self, spec: ServiceSpec, *, now: float) -> _Applied:
@@ -464,6 +483,60 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def ReplayAutoscale(self, request: pb.ReplayAutoscaleRequest, context: Any
                               ) -> pb.ReplayAutoscaleResponse:
         return pb.ReplayAutoscaleResponse(output_json=replay.replay(request.input_json))
+
+    # -- host groups --------------------------------------------------------------------------------
+
+    def _hostgroup_pb(self, snap: base.Snapshot, group: HostGroup) -> pb.HostGroup:
+        return api_hostgroups.hostgroup_to_pb(
+            group, snap.hostgroup_statuses.get(group.spec.name), hosts=snap.hosts,
+            host_statuses=snap.host_statuses, replicas=snap.replicas.values(),
+            services=snap.services.values())
+
+    @staticmethod
+    def _group_of(snap: base.Snapshot, name: str) -> HostGroup:
+        if not name:
+            raise errors.InvalidArgument("a host group name is required")
+        group = snap.hostgroups.get(GroupName(name))
+        if group is None:
+            raise errors.NotFound(f"no such host group: {name} (shoal get hostgroups lists them)")
+        return group
+
+    @api_call
+    async def ListHostGroups(self, request: pb.ListHostGroupsRequest, context: Any
+                             ) -> pb.ListHostGroupsResponse:
+        snap = await self.store.snapshot()
+        return pb.ListHostGroupsResponse(
+            hostgroups=[self._hostgroup_pb(snap, g) for _, g in sorted(snap.hostgroups.items())],
+            revision=snap.revision)
+
+    @api_call
+    async def GetHostGroup(self, request: pb.GetHostGroupRequest, context: Any) -> pb.HostGroup:
+        snap = await self.store.snapshot()
+        return self._hostgroup_pb(snap, self._group_of(snap, request.name))
+
+    @api_call
+    async def DeleteHostGroup(self, request: pb.DeleteHostGroupRequest, context: Any
+                              ) -> pb.DeleteHostGroupResponse:
+        """Deletes the declaration only (compare-and-swap on its revision). The status record is the
+        leader's and stays: a group declared again continues its request numbers, so a provider never
+        sees a request id twice for two different requests."""
+        for _ in range(CAS_ATTEMPTS):
+            snap = await self.store.snapshot()
+            group = self._group_of(snap, request.name)
+            spec = group.spec
+            refusal = api_hostgroups.delete_refusal(snap.hostgroup_statuses.get(spec.name),
+                                                    has_provider=bool(spec.webhook or spec.command))
+            if refusal is not None and not request.force:
+                raise errors.FailedPrecondition(
+                    f"host group {group.spec.name} has work in flight: {refusal}. Wait for it (shoal "
+                    f"describe hostgroup {group.spec.name}), or delete it with --force: its hosts stay, and "
+                    "hosts it was draining stay draining until you uncordon them")
+            try:
+                await self.store.commit([base.Delete(group)])
+            except Conflict:
+                continue
+            return pb.DeleteHostGroupResponse(hostgroup=self._hostgroup_pb(snap, group))
+        raise errors.Aborted(f"host group {request.name} kept changing; retry")
 
     @_streaming
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.WatchEvent]:

@@ -17,6 +17,9 @@ of ``shoal.scheduler.v1.ServiceSpec`` (for the server to ``json_format.ParseDict
 ``spec_from_api`` validates such a mapping exactly as a file would be. The CLI renders the API's
 ``ServiceSpec`` with its own copy of ``file_dict_from_api`` (it may not import the scheduler); a test keeps
 the two identical.
+
+A document may say what it declares: ``kind: service`` (the default) or ``kind: hostgroup``
+(``scheduler.spec_hostgroup``, docs/elastic-hosts.md); ``parse_file`` reads a file that mixes both.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import yaml
@@ -31,12 +35,13 @@ from google.protobuf import json_format
 
 from proto.agent.v1 import agent_pb2
 from scheduler import constraints as constraint_text
+from scheduler import spec_hostgroup, units
 from scheduler import spec_yaml as sy
 from scheduler import template_rules as rules
-from scheduler import units
 from scheduler.model import (
     Autoscale,
     Constraint,
+    HostGroupSpec,
     Placement,
     PortRequest,
     ServiceName,
@@ -64,7 +69,13 @@ DEFAULT_REPLICAS = 1
 # Top-level keys starting with this are ignored, as in Compose files: a place for YAML anchors to share.
 EXTENSION_PREFIX = "x-"
 
-TOP_KEYS = ("name", "replicas", "template", "placement", "update", "labels", "metrics_port", "autoscale")
+TOP_KEYS = ("kind", "name", "replicas", "template", "placement", "update", "labels", "metrics_port",
+            "autoscale")
+KINDS = ("service", spec_hostgroup.KIND)
+_KIND_ALIASES = {"Service": "service", "services": "service", "Deployment": "service",
+                 "HostGroup": spec_hostgroup.KIND, "host_group": spec_hostgroup.KIND,
+                 "host-group": spec_hostgroup.KIND, "hostgroups": spec_hostgroup.KIND,
+                 "nodegroup": spec_hostgroup.KIND, "NodeGroup": spec_hostgroup.KIND}
 TEMPLATE_KEYS = ("image", "command", "entrypoint", "env", "working_dir", "user", "hostname", "resources",
                  "ports", "health", "restart", "read_only", "network", "labels")
 RESOURCE_KEYS = ("cpus", "memory", "pids", "cpus_request", "memory_request", "storage")
@@ -119,27 +130,74 @@ SERVICE_RESTART_DEFAULT = "always"
 
 # -- parsing --------------------------------------------------------------------------------------------
 
-def parse_service_file(text: str, *, source: str = "<input>") -> list[ServiceSpec]:
-    """Every service in ``text`` (one per YAML document), or ``SpecError`` listing every problem, each
-    as ``source:line: path: message``."""
+@dataclass(frozen=True)
+class ServiceFile:
+    """What one file declares, each kind in the file's order."""
+
+    services: tuple[ServiceSpec, ...] = ()
+    hostgroups: tuple[HostGroupSpec, ...] = ()
+
+
+def parse_file(text: str, *, source: str = "<input>") -> ServiceFile:
+    """Every service and host group in ``text`` (one per YAML document), or ``SpecError`` listing every
+    problem of every document, each as ``source:line: path: message``."""
     documents = sy.compose_documents(text, source=source)
     reader = sy.Reader(source=source)
     if not documents:
         reader.report(None, "", "no service in the file (expected a mapping with name, replicas, template)")
-    specs: list[ServiceSpec] = []
-    first_line: dict[str, int] = {}
+    services: list[ServiceSpec] = []
+    groups: list[HostGroupSpec] = []
+    first_line: dict[tuple[str, str], int] = {}
     for node in documents:
-        spec = _document(reader, node)
+        kind = _kind(reader, node)
+        spec: ServiceSpec | HostGroupSpec | None
+        if kind == spec_hostgroup.KIND:
+            spec = spec_hostgroup.parse_hostgroup(reader, node)
+        elif kind == "service":
+            spec = _document(reader, node)
+        else:
+            continue
         if spec is None:
             continue
-        if spec.name in first_line:
-            reader.report(node, "name", f"service {spec.name!r} is declared twice "
-                                        f"(first in the document on line {first_line[spec.name]})")
+        what = "host group" if kind == spec_hostgroup.KIND else "service"
+        if (kind, spec.name) in first_line:
+            reader.report(node, "name", f"{what} {spec.name!r} is declared twice "
+                                        f"(first in the document on line {first_line[kind, spec.name]})")
             continue
-        first_line[spec.name] = sy.line_of(node)
-        specs.append(spec)
+        first_line[kind, spec.name] = sy.line_of(node)
+        if isinstance(spec, HostGroupSpec):
+            groups.append(spec)
+        else:
+            services.append(spec)
     reader.check()
-    return specs
+    return ServiceFile(services=tuple(services), hostgroups=tuple(groups))
+
+
+def _kind(r: sy.Reader, node: yaml.Node) -> str | None:
+    """The document's ``kind`` ("service" when it names none); None, reported, for an unknown one. A node
+    that is not a mapping is a service document, for the service parser's message."""
+    if not isinstance(node, yaml.MappingNode):
+        return "service"
+    for key_node, value in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.value == "kind":
+            word = r.convert(value, "kind", sy.text, None)
+            if word is None or word in KINDS:
+                return word
+            guess = _KIND_ALIASES.get(word)
+            hint = f' (did you mean "{guess}"?)' if guess else f" (expected one of: {', '.join(KINDS)})"
+            r.report(value, "kind", f"unknown kind {word!r}{hint}")
+            return None
+    return "service"
+
+
+def parse_service_file(text: str, *, source: str = "<input>") -> list[ServiceSpec]:
+    """Every service in ``text``, which declares services only (``parse_file`` takes host groups too)."""
+    parsed = parse_file(text, source=source)
+    if parsed.hostgroups:
+        names = ", ".join(g.name for g in parsed.hostgroups)
+        raise SpecError([Problem(0, "kind", f"expected services only, found host group {names}")],
+                        source=source)
+    return list(parsed.services)
 
 
 def parse_service(text: str, *, source: str = "<input>") -> ServiceSpec:
@@ -674,6 +732,7 @@ def spec_from_api(data: Mapping[str, Any], *, source: str = "spec") -> ServiceSp
 
 
 __all__ = [
-    "DEFAULT_REPLICAS", "Problem", "SpecError", "api_dict", "canonical_json", "facts_of", "parse_service",
-    "parse_service_file", "render_yaml", "spec_from_api", "template_of",
+    "DEFAULT_REPLICAS", "KINDS", "Problem", "ServiceFile", "SpecError", "api_dict", "canonical_json",
+    "facts_of", "parse_file", "parse_service", "parse_service_file", "render_yaml", "spec_from_api",
+    "template_of",
 ]

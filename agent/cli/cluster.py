@@ -1,9 +1,10 @@
 """The cluster verbs of ``shoal``: kubectl-like commands against a scheduler instead of one agent.
 
-``apply -f``, ``get`` (``cluster_get.py``), ``scale``, ``describe`` and ``explain``
-(``cluster_describe.py``), ``delete service``, ``cordon``/``uncordon``/``drain`` and ``rollout
-status|undo``. Each is a thin client of the scheduler's API: the YAML goes to the scheduler as written
-(it validates, and names the path and line of any mistake), and every message shown is the scheduler's.
+``apply -f`` (services and host groups), ``get`` (``cluster_get.py``), ``scale``, ``describe`` and
+``explain`` (``cluster_describe.py``), ``delete service|hostgroup``, ``cordon``/``uncordon``/``drain``
+and ``rollout status|undo``. Each is a thin client of the scheduler's API: the YAML goes to the scheduler as
+written (it validates, and names the path and line of any mistake), and every message shown is the
+scheduler's.
 The scheduler is ``--scheduler ADDR`` or ``$SHOAL_SCHEDULER``, several comma-separated addresses
 allowed (``scheduler_client.py``); ``--tls-dir`` holds the client certificate, as for agents.
 
@@ -33,7 +34,8 @@ YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    apply = sub.add_parser("apply", help="create or update services from service files (YAML)")
+    apply = sub.add_parser("apply", help="create or update services and host groups from service files "
+                                         "(YAML)")
     apply.add_argument("-f", "--filename", action="append", required=True, dest="files", metavar="FILE",
                        help="a service file, a directory of them, or - for stdin (repeatable)")
     apply.set_defaults(func=cmd_apply, cluster=True)
@@ -47,14 +49,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        help="only if the service is still at generation G (refused otherwise)")
     scale.set_defaults(func=cmd_scale, cluster=True)
 
-    describe = sub.add_parser("describe", help="a service, host, replica or scheduler instance in detail")
-    describe.add_argument("kind", metavar="service|host|replica|scheduler")
+    describe = sub.add_parser("describe", help="a service, host, replica, scheduler instance or host "
+                                               "group in detail")
+    describe.add_argument("kind", metavar="service|host|replica|scheduler|hostgroup")
     describe.add_argument("name")
     describe.set_defaults(func=cluster_describe.cmd_describe, cluster=True)
 
-    delete = sub.add_parser("delete", help="delete a service: its replicas are stopped and removed")
-    delete.add_argument("kind", metavar="service")
+    delete = sub.add_parser("delete", help="delete a service (its replicas are stopped and removed) or a "
+                                           "host group (its hosts stay)")
+    delete.add_argument("kind", metavar="service|hostgroup")
     delete.add_argument("name")
+    delete.add_argument("--force", action="store_true",
+                        help="a host group: even with provider requests undelivered or drains in flight")
     delete.set_defaults(func=cmd_delete, cluster=True)
 
     for verb, text in (("cordon", "place no new replicas on a host"),
@@ -123,6 +129,9 @@ def cmd_apply(scheduler: Scheduler, args: argparse.Namespace) -> int:
             status = 1
             continue
         for result in response.results:
+            if result.kind == "hostgroup":
+                print(f"hostgroup/{result.hostgroup.spec.name} {result.action}")
+                continue
             # An autoscaled service keeps the count its autoscaler set: the file's replicas did not apply.
             spec = result.service.spec
             kept = f" (replicas {spec.replicas} kept: autoscaled)" if result.replicas_kept else ""
@@ -142,14 +151,21 @@ def cmd_scale(scheduler: Scheduler, args: argparse.Namespace) -> int:
     return 0
 
 
-def _service_kind(word: str) -> None:
-    if cluster_get.KIND_WORDS.get(word) != "services":
-        raise CliError(f"only services can be deleted (not {word!r}): shoal delete service NAME")
-
-
 def cmd_delete(scheduler: Scheduler, args: argparse.Namespace) -> int:
-    _service_kind(args.kind)
+    kind = cluster_get.KIND_WORDS.get(args.kind)
+    if kind not in ("services", "hostgroups"):
+        raise CliError(f"only services and host groups can be deleted (not {args.kind!r}): shoal delete "
+                       "service NAME, shoal delete hostgroup NAME")
+    if args.force and kind != "hostgroups":
+        raise CliError("--force is for host groups (a service's deletion waits for nothing)")
     with scheduler_errors(scheduler.conn):
+        if kind == "hostgroups":
+            request = spb.DeleteHostGroupRequest(name=args.name, force=args.force)
+            response = scheduler.api.DeleteHostGroup(request)
+            members = response.hostgroup.status.hosts
+            kept = "its host stays" if members == 1 else f"its {members} hosts stay"
+            print(f"hostgroup/{args.name} deleted" + (f" ({kept})" if members else ""))
+            return 0
         scheduler.api.DeleteService(spb.DeleteServiceRequest(name=args.name))
     print(f"service/{args.name} deleted")
     return 0

@@ -1,7 +1,9 @@
-"""``shoal describe service|host|replica|scheduler NAME`` and ``shoal explain replica ID``: one object in
-detail, for a person: its spec and status, what runs where, and the scheduler's reasons (why a replica is
-pending, why it went to its host, what was done to it and why); for a scheduler instance, its addresses
-and whether it leads."""
+"""``shoal describe service|host|replica|scheduler|hostgroup NAME`` and ``shoal explain replica ID``: one
+object in detail, for a person: its spec and status, what runs where, and the scheduler's reasons (why a
+replica is pending, why it went to its host, what was done to it and why); for a scheduler instance, its
+addresses and whether it leads; for a host group, its limits and provider in words, its member hosts
+with their use, the requests made to the provider with their delivery, drains, and the elastic loop's
+decisions with their reasons."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from proto.scheduler.v1 import scheduler_lite as spb
 
 KINDS = {"service": "service", "services": "service", "svc": "service", "host": "host", "hosts": "host",
          "node": "host", "replica": "replica", "replicas": "replica", "scheduler": "scheduler",
-         "schedulers": "scheduler"}
+         "schedulers": "scheduler", "hostgroup": "hostgroup", "hostgroups": "hostgroup", "hg": "hostgroup"}
 
 
 def fields(rows: list[tuple[str, str]]) -> str:
@@ -269,6 +271,126 @@ def scheduler_text(instance: spb.SchedulerInstance, listing: spb.ListSchedulersR
     return fields(rows)
 
 
+# -- host groups --------------------------------------------------------------------------------------------
+
+def _percent(part: int, whole: int) -> str:
+    return f"{part * 100 // whole}%" if whole else "-"
+
+
+def _provider_rows(spec: spb.HostGroupSpec) -> list[tuple[str, str]]:
+    import shlex
+
+    rows: list[tuple[str, str]] = []
+    if spec.HasField("webhook"):
+        w = spec.webhook
+        extras = [f"timeout {_duration(w.timeout_seconds or 10)}"]
+        if w.token_file:
+            extras.append(f"bearer token from {w.token_file}")
+        if w.cert_file:
+            extras.append(f"client certificate {w.cert_file} (key {w.key_file})")
+        if w.ca_file:
+            extras.append(f"provider verified with {w.ca_file}")
+        rows.append(("Provider", f"webhook POST {w.url} ({', '.join(extras)})"))
+    if spec.HasField("command"):
+        rows.append(("" if rows else "Provider", f"command {shlex.join(spec.command.argv)} (timeout "
+                                                f"{_duration(spec.command.timeout_seconds or 60)})"))
+    return rows or [("Provider", "none: the scheduler decides and records, but asks nobody")]
+
+
+def _group_hosts(title: str, hosts: list[spb.GroupHost], what: str) -> str:
+    if not hosts:
+        return f"{title}:  none"
+    rows = [[h.host_name or h.host, out.age(h.since)] for h in hosts]
+    return f"{title}:\n" + indented(table(["HOST", what], rows))
+
+
+def hostgroup_text(group: spb.HostGroup) -> str:
+    """The group for a person: limits, shape, when it scales each way and whom it asks, then its hosts,
+    requests, drains and decisions (the latest last)."""
+    spec, status = group.spec, group.status
+    judged = status.revision != 0
+    hosts = f"{status.hosts} joined, min {spec.min_hosts}, max {spec.max_hosts}"
+    if judged:
+        hosts += f", desired {status.desired_hosts}"
+        if status.expected_hosts:
+            hosts += (f", {status.expected_hosts} asked for and expected until "
+                      f"{out.timestamp(status.expected_until) or '-'}")
+    rows = [
+        ("Name", spec.name),
+        ("Generation", str(group.generation)),
+        ("Hosts", hosts),
+        ("Pending", f"{status.pending_replicas} replicas pending for lack of room that this group would take"
+         if judged else "not judged yet: the leader has not recorded a status for this group"),
+        ("Shape", out.shape_text(spec.shape) if spec.HasField("shape")
+         else "not declared: learned from the group's hosts (a group with neither cannot scale out)"),
+        ("Scale out", f"when replicas pend {_duration(spec.pending_for_seconds)} for lack of room; at most "
+                      f"{spec.max_per_request} hosts per request, one request per "
+                      f"{_duration(spec.scale_out_cooldown_seconds)}; hosts not joined within "
+                      f"{_duration(spec.provision_timeout_seconds)} are no longer expected"),
+        ("Scale in", f"a host below {spec.scale_in_utilization_percent}% cpu and memory requests for "
+                     f"{_duration(spec.scale_in_after_seconds)} is drained and released, not within "
+                     f"{_duration(spec.scale_in_delay_after_scale_out_seconds)} of a scale-out, at most "
+                     f"{spec.max_concurrent_drains} {_plural(spec.max_concurrent_drains, 'drain')} at once"
+         if spec.scale_in else "disabled"),
+        *_provider_rows(spec),
+    ]
+    if status.last_scale_out_at.seconds:
+        rows.append(("Last scale-out", _when(status.last_scale_out_at)))
+    rows += [("Created", _when(group.created_at)), ("Updated", _when(group.updated_at))]
+    parts = [fields(rows)]
+    if group.members:
+        member_rows = [_member_row(m) for m in group.members]
+        parts.append("Members:\n" + indented(table(
+            ["NAME", "STATE", "REPLICAS", "CPU (REQ/ALLOC)", "MEMORY (REQ/ALLOC)", "SCALE-IN"], member_rows)))
+    else:
+        parts.append(f"Members:  none (hosts join with shoal-agent serve --label group={spec.name})")
+    if status.requests:
+        request_rows = [[r.id, r.kind, r.state, str(r.attempts), out.age(r.created_at), _request_what(r),
+                         r.last_error or "-"] for r in status.requests]
+        parts.append("Requests:\n" + indented(table(
+            ["ID", "KIND", "STATE", "ATTEMPTS", "AGE", "WHAT", "LAST ERROR"], request_rows)))
+    else:
+        parts.append("Requests:  none")
+    parts.append(_group_hosts("Drains", list(status.draining), "DRAINING FOR"))
+    if status.released:
+        parts.append(_group_hosts("Released", list(status.released), "RELEASED FOR"))
+    if status.decisions:
+        shown = status.decisions[-GROUP_DECISIONS_SHOWN:]
+        decision_rows = [[out.age(d.time), d.action, d.reason] for d in shown]
+        parts.append("Decisions:\n" + indented(table(["AGE", "ACTION", "REASON"], decision_rows)))
+    else:
+        parts.append("Decisions:  none yet")
+    return "\n".join(parts)
+
+
+GROUP_DECISIONS_SHOWN = 10
+
+
+def _plural(count: int, word: str) -> str:
+    return word if count == 1 else word + "s"
+
+
+def _member_row(m: spb.HostGroupMember) -> list[str]:
+    cpu = (f"{out.cpus_text(m.cpu_requested_millis)}/{out.cpus_text(m.cpu_allocatable_millis)} "
+           f"({_percent(m.cpu_requested_millis, m.cpu_allocatable_millis)})")
+    memory = (f"{out.size_text(m.memory_requested_bytes)}/{out.size_text(m.memory_allocatable_bytes)} "
+              f"({_percent(m.memory_requested_bytes, m.memory_allocatable_bytes)})")
+    if m.draining_since.seconds:
+        scale_in = f"draining for {out.age(m.draining_since)}"
+    elif m.underused_since.seconds:
+        scale_in = f"underused for {out.age(m.underused_since)}"
+    else:
+        scale_in = "-"
+    return [m.name or m.id, out.host_state(m.state), str(m.replicas), cpu, memory, scale_in]
+
+
+def _request_what(request: spb.ProviderRequest) -> str:
+    if request.kind == "scale_out":
+        shape = f" of {out.shape_text(request.shape)}" if request.HasField("shape") else ""
+        return f"{request.count} {_plural(request.count, 'host')}{shape}"
+    return "remove " + (", ".join(request.hosts) or "-")
+
+
 # -- replicas and explanations ------------------------------------------------------------------------------
 
 def replica_rows(replica: spb.Replica) -> list[tuple[str, str]]:
@@ -304,7 +426,7 @@ def explanation_text(explanation: spb.Explanation) -> str:
 def cmd_describe(scheduler: Scheduler, args: argparse.Namespace) -> int:
     kind = KINDS.get(args.kind)
     if kind is None:
-        raise CliError(f"cannot describe {args.kind!r}: use service, host, replica or scheduler")
+        raise CliError(f"cannot describe {args.kind!r}: use service, host, replica, scheduler or hostgroup")
     api = scheduler.api
     with scheduler_errors(scheduler.conn):
         if kind == "service":
@@ -319,6 +441,8 @@ def cmd_describe(scheduler: Scheduler, args: argparse.Namespace) -> int:
             decisions = (list(api.GetAutoscaleStatus(spb.GetServiceRequest(name=service.spec.name)).decisions)
                          if service.spec.HasField("autoscale") else [])
             print(service_text(service, list(replicas), rollout, decisions))
+        elif kind == "hostgroup":
+            print(hostgroup_text(api.GetHostGroup(spb.GetHostGroupRequest(name=args.name))))
         elif kind == "scheduler":
             instance = cluster_get.find_scheduler(scheduler, args.name)
             listing = api.ListSchedulers(spb.ListSchedulersRequest())
@@ -357,5 +481,5 @@ def cmd_explain(scheduler: Scheduler, args: argparse.Namespace) -> int:
 
 __all__ = [
     "autoscale_text", "cmd_describe", "cmd_explain", "decisions_text", "explanation_text", "fields",
-    "health_text", "host_text", "service_text",
+    "health_text", "host_text", "hostgroup_text", "service_text",
 ]

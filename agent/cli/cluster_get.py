@@ -1,4 +1,4 @@
-"""``shoal get services|replicas|hosts|endpoints|schedulers [NAME] [-o wide|json|yaml] [-w]``.
+"""``shoal get services|replicas|hosts|endpoints|schedulers|hostgroups [NAME] [-o wide|json|yaml] [-w]``.
 
 A listing is one call; ``-w`` then follows the scheduler's Watch from the listing's revision, so no
 change between the two is missed, and prints each object again when what it shows changes (a table row,
@@ -6,7 +6,8 @@ or its JSON/YAML). It keeps only the objects on screen, whatever the stream's le
 breaks is resumed from the last revision seen, on the next scheduler address if that one went away; when
 the scheduler has compacted that revision away (OUT_OF_RANGE, ``shoal-error: RevisionCompacted``) the
 listing is made again and the changes it shows are printed. Ctrl-C ends a watch with status 0.
-Scheduler instances are listed only (``ListSchedulers``; they are not in the Watch): ``-w`` refuses them.
+Scheduler instances and host groups are listed only (they are not in the Watch): ``-w`` refuses them.
+``-o yaml`` prints services and host groups as the service file documents ``apply -f`` takes back.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ KIND_WORDS = {"services": "services", "service": "services", "svc": "services",
               "replicas": "replicas", "replica": "replicas",
               "hosts": "hosts", "host": "hosts", "nodes": "hosts", "node": "hosts",
               "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints",
-              "schedulers": "schedulers", "scheduler": "schedulers"}
+              "schedulers": "schedulers", "scheduler": "schedulers",
+              "hostgroups": "hostgroups", "hostgroup": "hostgroups", "hg": "hostgroups"}
 COMPACTED = "RevisionCompacted"
 
 
@@ -56,18 +58,22 @@ ENDPOINTS = Kind(name="endpoints", watch_kind="endpoint", headers=out.ENDPOINT_H
                  key=lambda e: (e.service, e.replica, e.address))
 SCHEDULERS = Kind(name="schedulers", watch_kind="", headers=out.SCHEDULER_HEADERS, wide=out.SCHEDULER_WIDE,
                   row=out.scheduler_row, to_json=out.scheduler_json, key=lambda s: s.id)
-KINDS = {k.name: k for k in (SERVICES, REPLICAS, HOSTS, ENDPOINTS, SCHEDULERS)}
+HOSTGROUPS = Kind(name="hostgroups", watch_kind="", headers=out.HOSTGROUP_HEADERS, wide=out.HOSTGROUP_WIDE,
+                  row=out.hostgroup_row, to_json=out.hostgroup_json, key=lambda g: g.spec.name)
+KINDS = {k.name: k for k in (SERVICES, REPLICAS, HOSTS, ENDPOINTS, SCHEDULERS, HOSTGROUPS)}
+UNWATCHED = {SCHEDULERS.name: "scheduler instances", HOSTGROUPS.name: "host groups"}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    get = sub.add_parser("get", help="list services, replicas, hosts, endpoints or scheduler instances")
-    get.add_argument("kind", metavar="services|replicas|hosts|endpoints|schedulers")
+    get = sub.add_parser("get", help="list services, replicas, hosts, endpoints, scheduler instances or "
+                                     "host groups")
+    get.add_argument("kind", metavar="services|replicas|hosts|endpoints|schedulers|hostgroups")
     get.add_argument("name", nargs="?", default=None,
-                     help="one service, replica id, host (id or name), scheduler instance id, or the "
-                          "endpoints of one service")
+                     help="one service, replica id, host (id or name), scheduler instance id, host group, "
+                          "or the endpoints of one service")
     get.add_argument("-o", "--output", choices=["wide", "json", "yaml"], default=None,
-                     help="wide: more columns; json: an array of objects; yaml: for services, service "
-                          "files that apply back")
+                     help="wide: more columns; json: an array of objects; yaml: for services and host "
+                          "groups, service files that apply back")
     get.add_argument("-w", "--watch", action="store_true", help="after the listing, print changes as they "
                                                                 "happen (Ctrl-C to stop)")
     get.add_argument("--service", default="", help="replicas of this service only")
@@ -104,6 +110,9 @@ class Query:
         if self.kind is SCHEDULERS:
             instances = api.ListSchedulers(spb.ListSchedulersRequest())
             return [s for s in instances.schedulers if self.matches(s)], instances.revision
+        if self.kind is HOSTGROUPS:
+            groups = api.ListHostGroups(spb.ListHostGroupsRequest())
+            return [g for g in groups.hostgroups if self.matches(g)], groups.revision
         endpoints = api.ListEndpoints(spb.ListEndpointsRequest(service=self.name or ""))
         return list(endpoints.endpoints), endpoints.revision
 
@@ -114,6 +123,8 @@ class Query:
             return [api.GetService(spb.GetServiceRequest(name=name))]
         if self.kind is REPLICAS:
             return [api.GetReplica(spb.GetReplicaRequest(id=name))]
+        if self.kind is HOSTGROUPS:
+            return [api.GetHostGroup(spb.GetHostGroupRequest(name=name))]
         return [api.GetHost(spb.GetHostRequest(host=name))]
 
     def fetch(self, scheduler: Scheduler) -> tuple[list[Any], int]:
@@ -176,7 +187,8 @@ def find_scheduler(scheduler: Scheduler, ref: str) -> Any:
 def _query(args: argparse.Namespace) -> Query:
     name = KIND_WORDS.get(args.kind)
     if name is None:
-        raise CliError(f"unknown kind {args.kind!r}: use services, replicas, hosts, endpoints or schedulers")
+        raise CliError(f"unknown kind {args.kind!r}: use services, replicas, hosts, endpoints, schedulers or "
+                       "hostgroups")
     kind = KINDS[name]
     states: list[int] = []
     for word in args.state:
@@ -260,6 +272,11 @@ class Printer:
         return "   ".join(c.ljust(w) for c, w in zip(cells, self.widths, strict=True)).rstrip()
 
     def _yaml(self, objects: list[Any]) -> None:
+        if self.kind is HOSTGROUPS:  # the scheduler renders the document (spec_yaml)
+            for i, group in enumerate(objects):
+                separate = self.watching or i > 0 or len(objects) > 1
+                print(("---\n" if separate else "") + group.spec_yaml, end="")
+            return
         if self.kind is SERVICES:
             from agent.cli.servicefile import dump_documents, file_dict_from_api
             from agent.protolite import to_dict
@@ -288,8 +305,9 @@ def _yaml_dump(data: Any) -> str:
 
 def cmd_get(scheduler: Scheduler, args: argparse.Namespace) -> int:
     query = _query(args)
-    if query.kind is SCHEDULERS and args.watch:
-        raise CliError("scheduler instances cannot be watched: run shoal get schedulers again")
+    if query.kind.name in UNWATCHED and args.watch:
+        raise CliError(f"{UNWATCHED[query.kind.name]} cannot be watched: run shoal get {query.kind.name} "
+                       "again")
     printer = Printer(query.kind, args.output, watching=args.watch)
     with scheduler_errors(scheduler.conn):
         objects, revision = query.fetch(scheduler)
@@ -361,4 +379,5 @@ def _relisted(printer: Printer, kind: Kind, known: dict[Any, Any], shown: dict[A
         _apply(printer, known, shown, key, obj)
 
 
-__all__ = ["KINDS", "KIND_WORDS", "Printer", "Query", "add_parser", "cmd_get", "find_scheduler", "watch"]
+__all__ = ["HOSTGROUPS", "KINDS", "KIND_WORDS", "Printer", "Query", "add_parser", "cmd_get", "find_scheduler",
+           "watch"]

@@ -7,8 +7,11 @@ service file writes it, every default filled in: ``min``, ``max``, ``metrics``, 
 ``behavior``); replicas ``id``, ``service``, ``host``, ``state``, ``ready``, ``generation``, ``reason``;
 hosts ``id``, ``name``, ``address``, ``state``, ``labels``; endpoints ``service``, ``replica``, ``host``,
 ``address``; scheduler instances ``id``, ``address`` (the first API address), ``leader`` (a boolean),
-``started_at``. More keys may be added, none removed or renamed. States are lowercase words
-(``pending``, ``not_ready``), times RFC 3339 in UTC.
+``started_at``; host groups ``name``, ``min``, ``max``, ``hosts`` (joined members), ``desired_hosts``,
+``pending_replicas``, ``expected_hosts``, ``undelivered_requests``, ``generation``, ``shape`` (null when
+learned from the hosts), ``provider`` (``webhook``: the URL or null, ``command``: the argv or null),
+``members`` (``id``, ``name``, ``state``, ``replicas``). More keys may be added, none removed or renamed.
+States are lowercase words (``pending``, ``not_ready``), times RFC 3339 in UTC.
 """
 
 from __future__ import annotations
@@ -305,8 +308,73 @@ def scheduler_row(instance: spb.SchedulerInstance, *, wide: bool = False) -> lis
     return row
 
 
+# -- host groups -----------------------------------------------------------------------------------------
+
+def shape_text(shape: spb.HostShape) -> str:
+    """``2 cpus, 4Gi, zone=a`` (the group label, which every host of the group has, left out)."""
+    labels = {k: v for k, v in shape.labels.items() if k != "group"}
+    text = f"{cpus_text(shape.cpu_millis)} cpus, {size_text(shape.memory_bytes)}"
+    return text + (f", {labels_text(labels)}" if labels else "")
+
+
+def provider_text(spec: spb.HostGroupSpec) -> str:
+    parts = []
+    if spec.HasField("webhook"):
+        parts.append(f"webhook {spec.webhook.url}")
+    if spec.HasField("command"):
+        parts.append(f"command {spec.command.argv[0] if spec.command.argv else '?'}")
+    return " + ".join(parts) or "none"
+
+
+def hostgroup_json(group: spb.HostGroup) -> dict[str, Any]:
+    from agent.protolite import to_dict
+
+    spec, status = group.spec, group.status
+    shape = None
+    if spec.HasField("shape"):
+        shape = {"cpu_millis": spec.shape.cpu_millis, "memory_bytes": spec.shape.memory_bytes,
+                 "labels": dict(sorted(spec.shape.labels.items()))}
+    return {
+        "name": spec.name,
+        "min": spec.min_hosts,
+        "max": spec.max_hosts,
+        "hosts": status.hosts,
+        "desired_hosts": status.desired_hosts,
+        "pending_replicas": status.pending_replicas,
+        "expected_hosts": status.expected_hosts,
+        "undelivered_requests": status.undelivered_requests,
+        "generation": group.generation,
+        "shape": shape,
+        "provider": {"webhook": spec.webhook.url if spec.HasField("webhook") else None,
+                     "command": list(spec.command.argv) if spec.HasField("command") else None},
+        "members": [{"id": m.id, "name": m.name, "state": host_state(m.state), "replicas": m.replicas}
+                    for m in group.members],
+        "created_at": timestamp(group.created_at),
+        "updated_at": timestamp(group.updated_at),
+        "spec": to_dict(spec),
+        "status": to_dict(status),
+    }
+
+
+HOSTGROUP_HEADERS = ["NAME", "MIN", "MAX", "HOSTS", "DESIRED", "PENDING", "REQUESTS", "AGE"]
+HOSTGROUP_WIDE = ["SHAPE", "PROVIDER"]
+
+
+def hostgroup_row(group: spb.HostGroup, *, wide: bool = False) -> list[str]:
+    spec, status = group.spec, group.status
+    judged = status.revision != 0  # the leader has written a status: its figures mean something
+    row = [spec.name, str(spec.min_hosts), str(spec.max_hosts), str(status.hosts),
+           str(status.desired_hosts) if judged else "-", str(status.pending_replicas) if judged else "-",
+           str(status.undelivered_requests), age(group.created_at)]
+    if wide:
+        row += [shape_text(spec.shape) if spec.HasField("shape") else "from its hosts", provider_text(spec)]
+    return row
+
+
 __all__ = [
     "ENDPOINT_HEADERS",
+    "HOSTGROUP_HEADERS",
+    "HOSTGROUP_WIDE",
     "HOST_HEADERS",
     "REPLICA_HEADERS",
     "REPLICA_STATE_VALUES",
@@ -322,8 +390,11 @@ __all__ = [
     "host_json",
     "host_row",
     "host_state",
+    "hostgroup_json",
+    "hostgroup_row",
     "metric_text",
     "milli_text",
+    "provider_text",
     "replica_json",
     "replica_row",
     "replica_state",
@@ -331,6 +402,7 @@ __all__ = [
     "scheduler_row",
     "service_json",
     "service_row",
+    "shape_text",
     "size_text",
     "targets_text",
     "timestamp",

@@ -144,6 +144,8 @@ class Snapshot:
     hosts: Mapping[model.HostId, model.HostRecord] = field(default_factory=dict)
     host_statuses: Mapping[model.HostId, model.HostStatus] = field(default_factory=dict)
     autoscale: Mapping[model.ServiceName, model.AutoscaleStatus] = field(default_factory=dict)
+    hostgroups: Mapping[model.GroupName, model.HostGroup] = field(default_factory=dict)
+    hostgroup_statuses: Mapping[model.GroupName, model.HostGroupStatus] = field(default_factory=dict)
     leader: LeaderRecord | None = None
     corrupt: tuple[CorruptEntry, ...] = ()
 

@@ -14,6 +14,11 @@ key                                 value             written by
 ``{P}host-status/{host}``           ``HostStatus``    the leader only (reachability, complete view)
 ``{P}autoscale/{service}``          ``AutoscaleStatus``  the leader only (the autoscaler's history and
                                                       latest decisions)
+``{P}hostgroups/{group}``           ``HostGroup``     the API (apply, delete): a declared host group
+``{P}hostgroup-status/{group}``     ``HostGroupStatus``  the leader only (the elastic loop: provider
+                                                      requests, drains, timers, decisions); kept when
+                                                      the group is deleted, so a group declared again
+                                                      never reuses a request id
 ``{P}leader``                       ``LeaderRecord``  the election: created by the winner, attached to
                                                       its lease (gone when the lease expires or is
                                                       revoked); its create revision is the epoch
@@ -48,7 +53,7 @@ from scheduler.store.records import InstanceRecord, LeaderRecord, Record
 DEFAULT_PREFIX = "/shoal/v1/"
 
 R = TypeVar("R", model.Service, model.Replica, model.HostRecord, model.HostStatus, model.AutoscaleStatus,
-            LeaderRecord, InstanceRecord)
+            model.HostGroup, model.HostGroupStatus, LeaderRecord, InstanceRecord)
 
 _SEGMENT = re.compile(r"[^/\x00-\x20\x7f]+")
 _SERVICES = "services/"
@@ -56,6 +61,8 @@ _REPLICAS = "replicas/"
 _HOSTS = "hosts/"
 _HOST_STATUS = "host-status/"
 _AUTOSCALE = "autoscale/"
+_HOSTGROUPS = "hostgroups/"
+_HOSTGROUP_STATUS = "hostgroup-status/"
 _LEADER = "leader"
 _SCHEDULERS = "schedulers/"
 
@@ -142,6 +149,13 @@ class KeySchema:
         return KeyRef(f"{self.prefix}{_AUTOSCALE}{check_segment('service name', service)}",
                       model.AutoscaleStatus)
 
+    def hostgroup(self, group: str) -> KeyRef[model.HostGroup]:
+        return KeyRef(f"{self.prefix}{_HOSTGROUPS}{check_segment('host group name', group)}", model.HostGroup)
+
+    def hostgroup_status(self, group: str) -> KeyRef[model.HostGroupStatus]:
+        return KeyRef(f"{self.prefix}{_HOSTGROUP_STATUS}{check_segment('host group name', group)}",
+                      model.HostGroupStatus)
+
     def leader(self) -> KeyRef[LeaderRecord]:
         return KeyRef(f"{self.prefix}{_LEADER}", LeaderRecord)
 
@@ -172,6 +186,12 @@ class KeySchema:
     def autoscale_statuses(self) -> KeyRange[model.AutoscaleStatus]:
         return self._range(_AUTOSCALE, model.AutoscaleStatus)
 
+    def hostgroups(self) -> KeyRange[model.HostGroup]:
+        return self._range(_HOSTGROUPS, model.HostGroup)
+
+    def hostgroup_statuses(self) -> KeyRange[model.HostGroupStatus]:
+        return self._range(_HOSTGROUP_STATUS, model.HostGroupStatus)
+
     def scheduler_instances(self) -> KeyRange[InstanceRecord]:
         return self._range(_SCHEDULERS, InstanceRecord)
 
@@ -198,6 +218,10 @@ class KeySchema:
             return self.host_status(record.id).key
         if isinstance(record, model.AutoscaleStatus):
             return self.autoscale(record.service).key
+        if isinstance(record, model.HostGroup):
+            return self.hostgroup(record.spec.name).key
+        if isinstance(record, model.HostGroupStatus):
+            return self.hostgroup_status(record.group).key
         if isinstance(record, InstanceRecord):
             return self.scheduler_instance(record.instance).key
         return self.leader().key
@@ -224,6 +248,10 @@ class KeySchema:
             return ParsedKey(model.HostStatus, parts)
         if kind == "autoscale" and len(parts) == 1:
             return ParsedKey(model.AutoscaleStatus, parts)
+        if kind == "hostgroups" and len(parts) == 1:
+            return ParsedKey(model.HostGroup, parts)
+        if kind == "hostgroup-status" and len(parts) == 1:
+            return ParsedKey(model.HostGroupStatus, parts)
         return None
 
 

@@ -60,6 +60,8 @@ def build_snapshot(schema: KeySchema, revision: int, kvs: Iterable[RawKV]) -> Sn
     hosts: dict[model.HostId, model.HostRecord] = {}
     statuses: dict[model.HostId, model.HostStatus] = {}
     autoscale: dict[model.ServiceName, model.AutoscaleStatus] = {}
+    hostgroups: dict[model.GroupName, model.HostGroup] = {}
+    hostgroup_statuses: dict[model.GroupName, model.HostGroupStatus] = {}
     leader: records.LeaderRecord | None = None
     corrupt: list[CorruptEntry] = []
     for kv in kvs:
@@ -81,10 +83,15 @@ def build_snapshot(schema: KeySchema, revision: int, kvs: Iterable[RawKV]) -> Sn
             statuses[value.id] = value
         elif isinstance(value, model.AutoscaleStatus):
             autoscale[value.service] = value
+        elif isinstance(value, model.HostGroup):
+            hostgroups[value.spec.name] = value
+        elif isinstance(value, model.HostGroupStatus):
+            hostgroup_statuses[value.group] = value
         elif isinstance(value, records.LeaderRecord):
             leader = value
     return Snapshot(revision=revision, services=services, replicas=replicas, hosts=hosts,
-                    host_statuses=statuses, autoscale=autoscale, leader=leader, corrupt=tuple(corrupt))
+                    host_statuses=statuses, autoscale=autoscale, hostgroups=hostgroups,
+                    hostgroup_statuses=hostgroup_statuses, leader=leader, corrupt=tuple(corrupt))
 
 
 def change_from(schema: KeySchema, kind: ChangeKind, kv: RawKV) -> Change | None:

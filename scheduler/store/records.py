@@ -71,10 +71,9 @@ class InstanceRecord:
 
 
 Record = (model.Service | model.Replica | model.HostRecord | model.HostStatus | model.AutoscaleStatus
-          | LeaderRecord | InstanceRecord)
+          | model.HostGroup | model.HostGroupStatus | LeaderRecord | InstanceRecord)
 T = TypeVar("T", model.Service, model.Replica, model.HostRecord, model.HostStatus, model.AutoscaleStatus,
-            LeaderRecord,
-            InstanceRecord)
+            model.HostGroup, model.HostGroupStatus, LeaderRecord, InstanceRecord)
 
 
 class RecordError(ValueError):

@@ -296,6 +296,31 @@ def test_lists_are_exact_ranges(backend: Backend) -> None:
     run(backend, scenario)
 
 
+def test_host_groups_and_their_statuses_are_in_snapshots_lists_and_watches(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        schema = store.schema
+        start = await store.current_revision()
+        await store.commit([Put(build.full_hostgroup()), Put(build.full_hostgroup_status()),
+                            Put(build.host("h1")), Put(build.hostgroup("spare"))])
+        snap = await store.snapshot()
+        assert set(snap.hostgroups) == {"workers", "spare"} and set(snap.hostgroup_statuses) == {"workers"}
+        stored = dataclasses.replace(build.full_hostgroup(), revision=snap.revision)
+        assert snap.hostgroups["workers"] == stored
+        assert snap.hostgroup_statuses["workers"].requests == build.full_hostgroup_status().requests
+        assert set(snap.hosts) == {"h1"}  # "hostgroups/" is not inside "hosts/"
+        assert [g.spec.name for g in (await store.list(schema.hostgroups())).items] == ["spare", "workers"]
+        assert [s.group for s in (await store.list(schema.hostgroup_statuses())).items] == ["workers"]
+        await store.commit([Delete(snap.hostgroups["spare"])])
+        changes = await take(store.watch(start), 5)
+        assert [(c.kind, c.record_type, c.ids) for c in changes] == [
+            (ChangeKind.PUT, model.HostGroup, ("workers",)),
+            (ChangeKind.PUT, model.HostGroupStatus, ("workers",)),
+            (ChangeKind.PUT, model.HostRecord, ("h1",)), (ChangeKind.PUT, model.HostGroup, ("spare",)),
+            (ChangeKind.DELETE, model.HostGroup, ("spare",))]
+
+    run(backend, scenario)
+
+
 # -- watches ------------------------------------------------------------------------------------------
 
 

@@ -246,6 +246,8 @@ class ApplyResult(_pl.Message):
     service: Service
     action: str
     replicas_kept: bool
+    kind: str
+    hostgroup: HostGroup
 
     if TYPE_CHECKING:
         def __init__(
@@ -253,6 +255,8 @@ class ApplyResult(_pl.Message):
             service: Service | None = None,
             action: str | None = None,
             replicas_kept: bool | None = None,
+            kind: str | None = None,
+            hostgroup: HostGroup | None = None,
         ) -> None: ...
 
 
@@ -776,6 +780,274 @@ class ReplayAutoscaleResponse(_pl.Message):
         ) -> None: ...
 
 
+class HostShape(_pl.Message):
+    cpu_millis: int
+    memory_bytes: int
+    labels: dict[str, str]
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            cpu_millis: int | None = None,
+            memory_bytes: int | None = None,
+            labels: Mapping[str, str] | None = None,
+        ) -> None: ...
+
+
+class WebhookProvider(_pl.Message):
+    url: str
+    token_file: str
+    ca_file: str
+    cert_file: str
+    key_file: str
+    timeout_seconds: float
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            url: str | None = None,
+            token_file: str | None = None,
+            ca_file: str | None = None,
+            cert_file: str | None = None,
+            key_file: str | None = None,
+            timeout_seconds: float | None = None,
+        ) -> None: ...
+
+
+class CommandProvider(_pl.Message):
+    argv: list[str]
+    timeout_seconds: float
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            argv: Iterable[str] | None = None,
+            timeout_seconds: float | None = None,
+        ) -> None: ...
+
+
+class HostGroupSpec(_pl.Message):
+    name: str
+    min_hosts: int
+    max_hosts: int
+    shape: HostShape
+    pending_for_seconds: float
+    max_per_request: int
+    scale_out_cooldown_seconds: float
+    provision_timeout_seconds: float
+    scale_in: bool
+    scale_in_utilization_percent: int
+    scale_in_after_seconds: float
+    scale_in_delay_after_scale_out_seconds: float
+    max_concurrent_drains: int
+    webhook: WebhookProvider
+    command: CommandProvider
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            name: str | None = None,
+            min_hosts: int | None = None,
+            max_hosts: int | None = None,
+            shape: HostShape | None = None,
+            pending_for_seconds: float | None = None,
+            max_per_request: int | None = None,
+            scale_out_cooldown_seconds: float | None = None,
+            provision_timeout_seconds: float | None = None,
+            scale_in: bool | None = None,
+            scale_in_utilization_percent: int | None = None,
+            scale_in_after_seconds: float | None = None,
+            scale_in_delay_after_scale_out_seconds: float | None = None,
+            max_concurrent_drains: int | None = None,
+            webhook: WebhookProvider | None = None,
+            command: CommandProvider | None = None,
+        ) -> None: ...
+
+
+class HostGroupMember(_pl.Message):
+    id: str
+    name: str
+    address: str
+    state: int
+    replicas: int
+    cpu_allocatable_millis: int
+    cpu_requested_millis: int
+    memory_allocatable_bytes: int
+    memory_requested_bytes: int
+    underused_since: _pl.Timestamp
+    draining_since: _pl.Timestamp
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            id: str | None = None,
+            name: str | None = None,
+            address: str | None = None,
+            state: int | None = None,
+            replicas: int | None = None,
+            cpu_allocatable_millis: int | None = None,
+            cpu_requested_millis: int | None = None,
+            memory_allocatable_bytes: int | None = None,
+            memory_requested_bytes: int | None = None,
+            underused_since: _pl.Timestamp | None = None,
+            draining_since: _pl.Timestamp | None = None,
+        ) -> None: ...
+
+
+class ProviderRequest(_pl.Message):
+    id: str
+    kind: str
+    created_at: _pl.Timestamp
+    count: int
+    shape: HostShape
+    hosts: list[str]
+    reason: str
+    state: str
+    attempts: int
+    next_attempt_at: _pl.Timestamp
+    last_error: str
+    delivered_at: _pl.Timestamp
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            id: str | None = None,
+            kind: str | None = None,
+            created_at: _pl.Timestamp | None = None,
+            count: int | None = None,
+            shape: HostShape | None = None,
+            hosts: Iterable[str] | None = None,
+            reason: str | None = None,
+            state: str | None = None,
+            attempts: int | None = None,
+            next_attempt_at: _pl.Timestamp | None = None,
+            last_error: str | None = None,
+            delivered_at: _pl.Timestamp | None = None,
+        ) -> None: ...
+
+
+class GroupHost(_pl.Message):
+    host: str
+    host_name: str
+    since: _pl.Timestamp
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            host: str | None = None,
+            host_name: str | None = None,
+            since: _pl.Timestamp | None = None,
+        ) -> None: ...
+
+
+class HostGroupStatus(_pl.Message):
+    hosts: int
+    desired_hosts: int
+    pending_replicas: int
+    expected_hosts: int
+    expected_until: _pl.Timestamp
+    last_scale_out_at: _pl.Timestamp
+    undelivered_requests: int
+    requests: list[ProviderRequest]
+    draining: list[GroupHost]
+    released: list[GroupHost]
+    underused: list[GroupHost]
+    decisions: list[Decision]
+    revision: int
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            hosts: int | None = None,
+            desired_hosts: int | None = None,
+            pending_replicas: int | None = None,
+            expected_hosts: int | None = None,
+            expected_until: _pl.Timestamp | None = None,
+            last_scale_out_at: _pl.Timestamp | None = None,
+            undelivered_requests: int | None = None,
+            requests: Iterable[ProviderRequest] | None = None,
+            draining: Iterable[GroupHost] | None = None,
+            released: Iterable[GroupHost] | None = None,
+            underused: Iterable[GroupHost] | None = None,
+            decisions: Iterable[Decision] | None = None,
+            revision: int | None = None,
+        ) -> None: ...
+
+
+class HostGroup(_pl.Message):
+    spec: HostGroupSpec
+    spec_yaml: str
+    generation: int
+    created_at: _pl.Timestamp
+    updated_at: _pl.Timestamp
+    revision: int
+    status: HostGroupStatus
+    members: list[HostGroupMember]
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            spec: HostGroupSpec | None = None,
+            spec_yaml: str | None = None,
+            generation: int | None = None,
+            created_at: _pl.Timestamp | None = None,
+            updated_at: _pl.Timestamp | None = None,
+            revision: int | None = None,
+            status: HostGroupStatus | None = None,
+            members: Iterable[HostGroupMember] | None = None,
+        ) -> None: ...
+
+
+class ListHostGroupsRequest(_pl.Message):
+
+    if TYPE_CHECKING:
+        def __init__(self) -> None: ...
+
+
+class ListHostGroupsResponse(_pl.Message):
+    hostgroups: list[HostGroup]
+    revision: int
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            hostgroups: Iterable[HostGroup] | None = None,
+            revision: int | None = None,
+        ) -> None: ...
+
+
+class GetHostGroupRequest(_pl.Message):
+    name: str
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            name: str | None = None,
+        ) -> None: ...
+
+
+class DeleteHostGroupRequest(_pl.Message):
+    name: str
+    force: bool
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            name: str | None = None,
+            force: bool | None = None,
+        ) -> None: ...
+
+
+class DeleteHostGroupResponse(_pl.Message):
+    hostgroup: HostGroup
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            hostgroup: HostGroup | None = None,
+        ) -> None: ...
+
+
 _pl.define(Placement, 'shoal.scheduler.v1.Placement', (
     _pl.Field(1, 'strategy', _pl.STRING),
     _pl.Field(2, 'constraints', _pl.STRING, repeated=True),
@@ -861,6 +1133,8 @@ _pl.define(ApplyResult, 'shoal.scheduler.v1.ApplyResult', (
     _pl.Field(1, 'service', _pl.MESSAGE, message=Service),
     _pl.Field(2, 'action', _pl.STRING),
     _pl.Field(3, 'replicas_kept', _pl.BOOL),
+    _pl.Field(4, 'kind', _pl.STRING),
+    _pl.Field(5, 'hostgroup', _pl.MESSAGE, message=HostGroup),
 ))
 _pl.define(GetServiceRequest, 'shoal.scheduler.v1.GetServiceRequest', (
     _pl.Field(1, 'name', _pl.STRING),
@@ -1053,6 +1327,113 @@ _pl.define(ReplayAutoscaleRequest, 'shoal.scheduler.v1.ReplayAutoscaleRequest', 
 _pl.define(ReplayAutoscaleResponse, 'shoal.scheduler.v1.ReplayAutoscaleResponse', (
     _pl.Field(1, 'output_json', _pl.STRING),
 ))
+_pl.define(HostShape, 'shoal.scheduler.v1.HostShape', (
+    _pl.Field(1, 'cpu_millis', _pl.INT64),
+    _pl.Field(2, 'memory_bytes', _pl.INT64),
+    _pl.Field(3, 'labels', _pl.MESSAGE, map_key=_pl.STRING, map_value=_pl.STRING),
+))
+_pl.define(WebhookProvider, 'shoal.scheduler.v1.WebhookProvider', (
+    _pl.Field(1, 'url', _pl.STRING),
+    _pl.Field(2, 'token_file', _pl.STRING),
+    _pl.Field(3, 'ca_file', _pl.STRING),
+    _pl.Field(4, 'cert_file', _pl.STRING),
+    _pl.Field(5, 'key_file', _pl.STRING),
+    _pl.Field(6, 'timeout_seconds', _pl.DOUBLE),
+))
+_pl.define(CommandProvider, 'shoal.scheduler.v1.CommandProvider', (
+    _pl.Field(1, 'argv', _pl.STRING, repeated=True),
+    _pl.Field(2, 'timeout_seconds', _pl.DOUBLE),
+))
+_pl.define(HostGroupSpec, 'shoal.scheduler.v1.HostGroupSpec', (
+    _pl.Field(1, 'name', _pl.STRING),
+    _pl.Field(2, 'min_hosts', _pl.INT32),
+    _pl.Field(3, 'max_hosts', _pl.INT32),
+    _pl.Field(4, 'shape', _pl.MESSAGE, message=HostShape),
+    _pl.Field(5, 'pending_for_seconds', _pl.DOUBLE),
+    _pl.Field(6, 'max_per_request', _pl.INT32),
+    _pl.Field(7, 'scale_out_cooldown_seconds', _pl.DOUBLE),
+    _pl.Field(8, 'provision_timeout_seconds', _pl.DOUBLE),
+    _pl.Field(9, 'scale_in', _pl.BOOL),
+    _pl.Field(10, 'scale_in_utilization_percent', _pl.INT32),
+    _pl.Field(11, 'scale_in_after_seconds', _pl.DOUBLE),
+    _pl.Field(12, 'scale_in_delay_after_scale_out_seconds', _pl.DOUBLE),
+    _pl.Field(13, 'max_concurrent_drains', _pl.INT32),
+    _pl.Field(14, 'webhook', _pl.MESSAGE, message=WebhookProvider),
+    _pl.Field(15, 'command', _pl.MESSAGE, message=CommandProvider),
+))
+_pl.define(HostGroupMember, 'shoal.scheduler.v1.HostGroupMember', (
+    _pl.Field(1, 'id', _pl.STRING),
+    _pl.Field(2, 'name', _pl.STRING),
+    _pl.Field(3, 'address', _pl.STRING),
+    _pl.Field(4, 'state', _pl.ENUM, enum=HostState),
+    _pl.Field(5, 'replicas', _pl.INT32),
+    _pl.Field(6, 'cpu_allocatable_millis', _pl.INT64),
+    _pl.Field(7, 'cpu_requested_millis', _pl.INT64),
+    _pl.Field(8, 'memory_allocatable_bytes', _pl.INT64),
+    _pl.Field(9, 'memory_requested_bytes', _pl.INT64),
+    _pl.Field(10, 'underused_since', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(11, 'draining_since', _pl.MESSAGE, message=_pl.Timestamp),
+))
+_pl.define(ProviderRequest, 'shoal.scheduler.v1.ProviderRequest', (
+    _pl.Field(1, 'id', _pl.STRING),
+    _pl.Field(2, 'kind', _pl.STRING),
+    _pl.Field(3, 'created_at', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(4, 'count', _pl.INT32),
+    _pl.Field(5, 'shape', _pl.MESSAGE, message=HostShape),
+    _pl.Field(6, 'hosts', _pl.STRING, repeated=True),
+    _pl.Field(7, 'reason', _pl.STRING),
+    _pl.Field(8, 'state', _pl.STRING),
+    _pl.Field(9, 'attempts', _pl.INT32),
+    _pl.Field(10, 'next_attempt_at', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(11, 'last_error', _pl.STRING),
+    _pl.Field(12, 'delivered_at', _pl.MESSAGE, message=_pl.Timestamp),
+))
+_pl.define(GroupHost, 'shoal.scheduler.v1.GroupHost', (
+    _pl.Field(1, 'host', _pl.STRING),
+    _pl.Field(2, 'host_name', _pl.STRING),
+    _pl.Field(3, 'since', _pl.MESSAGE, message=_pl.Timestamp),
+))
+_pl.define(HostGroupStatus, 'shoal.scheduler.v1.HostGroupStatus', (
+    _pl.Field(1, 'hosts', _pl.INT32),
+    _pl.Field(2, 'desired_hosts', _pl.INT32),
+    _pl.Field(3, 'pending_replicas', _pl.INT32),
+    _pl.Field(4, 'expected_hosts', _pl.INT32),
+    _pl.Field(5, 'expected_until', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(6, 'last_scale_out_at', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(7, 'undelivered_requests', _pl.INT32),
+    _pl.Field(8, 'requests', _pl.MESSAGE, message=ProviderRequest, repeated=True),
+    _pl.Field(9, 'draining', _pl.MESSAGE, message=GroupHost, repeated=True),
+    _pl.Field(10, 'released', _pl.MESSAGE, message=GroupHost, repeated=True),
+    _pl.Field(11, 'underused', _pl.MESSAGE, message=GroupHost, repeated=True),
+    _pl.Field(12, 'decisions', _pl.MESSAGE, message=Decision, repeated=True),
+    _pl.Field(13, 'revision', _pl.INT64),
+))
+_pl.define(HostGroup, 'shoal.scheduler.v1.HostGroup', (
+    _pl.Field(1, 'spec', _pl.MESSAGE, message=HostGroupSpec),
+    _pl.Field(2, 'spec_yaml', _pl.STRING),
+    _pl.Field(3, 'generation', _pl.INT64),
+    _pl.Field(4, 'created_at', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(5, 'updated_at', _pl.MESSAGE, message=_pl.Timestamp),
+    _pl.Field(6, 'revision', _pl.INT64),
+    _pl.Field(7, 'status', _pl.MESSAGE, message=HostGroupStatus),
+    _pl.Field(8, 'members', _pl.MESSAGE, message=HostGroupMember, repeated=True),
+))
+_pl.define(ListHostGroupsRequest, 'shoal.scheduler.v1.ListHostGroupsRequest', (
+))
+_pl.define(ListHostGroupsResponse, 'shoal.scheduler.v1.ListHostGroupsResponse', (
+    _pl.Field(1, 'hostgroups', _pl.MESSAGE, message=HostGroup, repeated=True),
+    _pl.Field(2, 'revision', _pl.INT64),
+))
+_pl.define(GetHostGroupRequest, 'shoal.scheduler.v1.GetHostGroupRequest', (
+    _pl.Field(1, 'name', _pl.STRING),
+))
+_pl.define(DeleteHostGroupRequest, 'shoal.scheduler.v1.DeleteHostGroupRequest', (
+    _pl.Field(1, 'name', _pl.STRING),
+    _pl.Field(2, 'force', _pl.BOOL),
+))
+_pl.define(DeleteHostGroupResponse, 'shoal.scheduler.v1.DeleteHostGroupResponse', (
+    _pl.Field(1, 'hostgroup', _pl.MESSAGE, message=HostGroup),
+))
 
 
 class SchedulerStub:
@@ -1079,6 +1460,9 @@ class SchedulerStub:
     ListSchedulers_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListSchedulers', ListSchedulersRequest, ListSchedulersResponse, client_streaming=False, server_streaming=False)
     GetAutoscaleStatus_method = _pl.Method('/shoal.scheduler.v1.Scheduler/GetAutoscaleStatus', GetServiceRequest, AutoscaleStatus, client_streaming=False, server_streaming=False)
     ReplayAutoscale_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ReplayAutoscale', ReplayAutoscaleRequest, ReplayAutoscaleResponse, client_streaming=False, server_streaming=False)
+    ListHostGroups_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListHostGroups', ListHostGroupsRequest, ListHostGroupsResponse, client_streaming=False, server_streaming=False)
+    GetHostGroup_method = _pl.Method('/shoal.scheduler.v1.Scheduler/GetHostGroup', GetHostGroupRequest, HostGroup, client_streaming=False, server_streaming=False)
+    DeleteHostGroup_method = _pl.Method('/shoal.scheduler.v1.Scheduler/DeleteHostGroup', DeleteHostGroupRequest, DeleteHostGroupResponse, client_streaming=False, server_streaming=False)
 
     def __init__(self, transport: _pl.Transport) -> None:
         self.transport = transport
@@ -1145,6 +1529,15 @@ class SchedulerStub:
 
     def ReplayAutoscale(self, request: ReplayAutoscaleRequest, /) -> ReplayAutoscaleResponse:
         return self.transport.unary(self.ReplayAutoscale_method, request)
+
+    def ListHostGroups(self, request: ListHostGroupsRequest, /) -> ListHostGroupsResponse:
+        return self.transport.unary(self.ListHostGroups_method, request)
+
+    def GetHostGroup(self, request: GetHostGroupRequest, /) -> HostGroup:
+        return self.transport.unary(self.GetHostGroup_method, request)
+
+    def DeleteHostGroup(self, request: DeleteHostGroupRequest, /) -> DeleteHostGroupResponse:
+        return self.transport.unary(self.DeleteHostGroup_method, request)
 
 
 class RegistrationStub:

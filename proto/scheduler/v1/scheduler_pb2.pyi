@@ -15,6 +15,9 @@ they are.
     fail with ABORTED when the service changed since the caller read it.
   * An autoscaled service (ServiceSpec.autoscale) has its replica count set by the scheduler within the
     policy's min..max; ApplyService keeps that count for an existing service (ApplyResult.replicas_kept).
+  * A service file may also declare host groups (`kind: hostgroup`, docs/elastic-hosts.md): ApplyService
+    validates every document of the file before applying any, and applies them all in one transaction;
+    ListHostGroups/GetHostGroup/DeleteHostGroup read and remove them.
   * Watch resumes from an etcd revision; when etcd has compacted it away the call fails with
     OUT_OF_RANGE (trailing metadata shoal-error=RevisionCompacted): list again, then watch from the
     revision the listing returned.
@@ -622,25 +625,37 @@ class ApplyResult(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     REPLICAS_KEPT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    HOSTGROUP_FIELD_NUMBER: _builtins.int
     action: _builtins.str
-    """"created", "updated", "unchanged" """
+    """Services: "created", "updated", "unchanged"; host groups: "created", "configured", "unchanged"."""
     replicas_kept: _builtins.bool
     """The service is autoscaled and existed: its current replica count (service.spec.replicas, clamped to
     the document's min..max) was kept instead of the document's `replicas`, which differs. Re-applying a
     file never undoes the autoscaler.
     """
+    kind: _builtins.str
+    """"service" or "hostgroup" (empty from an older scheduler: "service")"""
     @_builtins.property
-    def service(self) -> Global___Service: ...
+    def service(self) -> Global___Service:
+        """set when kind is "service" """
+
+    @_builtins.property
+    def hostgroup(self) -> Global___HostGroup:
+        """set when kind is "hostgroup" """
+
     def __init__(
         self,
         *,
         service: Global___Service | None = ...,
         action: _builtins.str = ...,
         replicas_kept: _builtins.bool = ...,
+        kind: _builtins.str = ...,
+        hostgroup: Global___HostGroup | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hostgroup", b"hostgroup", "service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "replicas_kept", b"replicas_kept", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hostgroup", b"hostgroup", "kind", b"kind", "replicas_kept", b"replicas_kept", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1736,3 +1751,565 @@ class ReplayAutoscaleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplayAutoscaleResponse: _TypeAlias = ReplayAutoscaleResponse  # noqa: Y015
+
+@_typing.final
+class HostShape(_message.Message):
+    """---------------------------------------------------------------------------------------------------
+    Host groups (docs/elastic-hosts.md)
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CPU_MILLIS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    cpu_millis: _builtins.int
+    memory_bytes: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """group=NAME among them"""
+
+    def __init__(
+        self,
+        *,
+        cpu_millis: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "labels", b"labels", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostShape: _TypeAlias = HostShape  # noqa: Y015
+
+@_typing.final
+class WebhookProvider(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    TOKEN_FILE_FIELD_NUMBER: _builtins.int
+    CA_FILE_FIELD_NUMBER: _builtins.int
+    CERT_FILE_FIELD_NUMBER: _builtins.int
+    KEY_FILE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    token_file: _builtins.str
+    ca_file: _builtins.str
+    cert_file: _builtins.str
+    key_file: _builtins.str
+    timeout_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        token_file: _builtins.str = ...,
+        ca_file: _builtins.str = ...,
+        cert_file: _builtins.str = ...,
+        key_file: _builtins.str = ...,
+        timeout_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_file", b"ca_file", "cert_file", b"cert_file", "key_file", b"key_file", "timeout_seconds", b"timeout_seconds", "token_file", b"token_file", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookProvider: _TypeAlias = WebhookProvider  # noqa: Y015
+
+@_typing.final
+class CommandProvider(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARGV_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    timeout_seconds: _builtins.float
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        timeout_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandProvider: _TypeAlias = CommandProvider  # noqa: Y015
+
+@_typing.final
+class HostGroupSpec(_message.Message):
+    """The declared group, every default filled in (the service file's keys, in seconds and counts)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MIN_HOSTS_FIELD_NUMBER: _builtins.int
+    MAX_HOSTS_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    PENDING_FOR_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    SCALE_OUT_COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
+    PROVISION_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    SCALE_IN_FIELD_NUMBER: _builtins.int
+    SCALE_IN_UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
+    SCALE_IN_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    SCALE_IN_DELAY_AFTER_SCALE_OUT_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_DRAINS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    min_hosts: _builtins.int
+    max_hosts: _builtins.int
+    pending_for_seconds: _builtins.float
+    max_per_request: _builtins.int
+    scale_out_cooldown_seconds: _builtins.float
+    provision_timeout_seconds: _builtins.float
+    scale_in: _builtins.bool
+    scale_in_utilization_percent: _builtins.int
+    scale_in_after_seconds: _builtins.float
+    scale_in_delay_after_scale_out_seconds: _builtins.float
+    max_concurrent_drains: _builtins.int
+    @_builtins.property
+    def shape(self) -> Global___HostShape:
+        """absent: learned from the group's hosts"""
+
+    @_builtins.property
+    def webhook(self) -> Global___WebhookProvider:
+        """absent: none"""
+
+    @_builtins.property
+    def command(self) -> Global___CommandProvider:
+        """absent: none"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        min_hosts: _builtins.int = ...,
+        max_hosts: _builtins.int = ...,
+        shape: Global___HostShape | None = ...,
+        pending_for_seconds: _builtins.float = ...,
+        max_per_request: _builtins.int = ...,
+        scale_out_cooldown_seconds: _builtins.float = ...,
+        provision_timeout_seconds: _builtins.float = ...,
+        scale_in: _builtins.bool = ...,
+        scale_in_utilization_percent: _builtins.int = ...,
+        scale_in_after_seconds: _builtins.float = ...,
+        scale_in_delay_after_scale_out_seconds: _builtins.float = ...,
+        max_concurrent_drains: _builtins.int = ...,
+        webhook: Global___WebhookProvider | None = ...,
+        command: Global___CommandProvider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "shape", b"shape", "webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "max_concurrent_drains", b"max_concurrent_drains", "max_hosts", b"max_hosts", "max_per_request", b"max_per_request", "min_hosts", b"min_hosts", "name", b"name", "pending_for_seconds", b"pending_for_seconds", "provision_timeout_seconds", b"provision_timeout_seconds", "scale_in", b"scale_in", "scale_in_after_seconds", b"scale_in_after_seconds", "scale_in_delay_after_scale_out_seconds", b"scale_in_delay_after_scale_out_seconds", "scale_in_utilization_percent", b"scale_in_utilization_percent", "scale_out_cooldown_seconds", b"scale_out_cooldown_seconds", "shape", b"shape", "webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostGroupSpec: _TypeAlias = HostGroupSpec  # noqa: Y015
+
+@_typing.final
+class HostGroupMember(_message.Message):
+    """A host of the group (it carries the label group=NAME), as the group sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    CPU_ALLOCATABLE_MILLIS_FIELD_NUMBER: _builtins.int
+    CPU_REQUESTED_MILLIS_FIELD_NUMBER: _builtins.int
+    MEMORY_ALLOCATABLE_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_REQUESTED_BYTES_FIELD_NUMBER: _builtins.int
+    UNDERUSED_SINCE_FIELD_NUMBER: _builtins.int
+    DRAINING_SINCE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    address: _builtins.str
+    state: Global___HostState.ValueType
+    replicas: _builtins.int
+    """replicas on it (stopping ones included)"""
+    cpu_allocatable_millis: _builtins.int
+    cpu_requested_millis: _builtins.int
+    """the requests of the replicas on it"""
+    memory_allocatable_bytes: _builtins.int
+    memory_requested_bytes: _builtins.int
+    @_builtins.property
+    def underused_since(self) -> _timestamp_pb2.Timestamp:
+        """below the scale-in threshold since (unset: not)"""
+
+    @_builtins.property
+    def draining_since(self) -> _timestamp_pb2.Timestamp:
+        """drained by the group for scale-in (unset: not)"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        state: Global___HostState.ValueType = ...,
+        replicas: _builtins.int = ...,
+        cpu_allocatable_millis: _builtins.int = ...,
+        cpu_requested_millis: _builtins.int = ...,
+        memory_allocatable_bytes: _builtins.int = ...,
+        memory_requested_bytes: _builtins.int = ...,
+        underused_since: _timestamp_pb2.Timestamp | None = ...,
+        draining_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["draining_since", b"draining_since", "underused_since", b"underused_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cpu_allocatable_millis", b"cpu_allocatable_millis", "cpu_requested_millis", b"cpu_requested_millis", "draining_since", b"draining_since", "id", b"id", "memory_allocatable_bytes", b"memory_allocatable_bytes", "memory_requested_bytes", b"memory_requested_bytes", "name", b"name", "replicas", b"replicas", "state", b"state", "underused_since", b"underused_since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostGroupMember: _TypeAlias = HostGroupMember  # noqa: Y015
+
+@_typing.final
+class ProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    HOSTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """the Idempotency-Key: never changes, never reused"""
+    kind: _builtins.str
+    """"scale_out" or "scale_in" """
+    count: _builtins.int
+    """scale_out: hosts asked for"""
+    reason: _builtins.str
+    state: _builtins.str
+    """"pending" (retried with backoff) or "delivered" """
+    attempts: _builtins.int
+    last_error: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def shape(self) -> Global___HostShape:
+        """scale_out"""
+
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scale_in: host ids"""
+
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        count: _builtins.int = ...,
+        shape: Global___HostShape | None = ...,
+        hosts: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delivered_at", b"delivered_at", "next_attempt_at", b"next_attempt_at", "shape", b"shape"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "count", b"count", "created_at", b"created_at", "delivered_at", b"delivered_at", "hosts", b"hosts", "id", b"id", "kind", b"kind", "last_error", b"last_error", "next_attempt_at", b"next_attempt_at", "reason", b"reason", "shape", b"shape", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderRequest: _TypeAlias = ProviderRequest  # noqa: Y015
+
+@_typing.final
+class GroupHost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    HOST_NAME_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """host id"""
+    host_name: _builtins.str
+    """its name, while the scheduler still knows the host"""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        host_name: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "host_name", b"host_name", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupHost: _TypeAlias = GroupHost  # noqa: Y015
+
+@_typing.final
+class HostGroupStatus(_message.Message):
+    """What the leader's elastic loop keeps for the group (the record hostgroup-status/NAME)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTS_FIELD_NUMBER: _builtins.int
+    DESIRED_HOSTS_FIELD_NUMBER: _builtins.int
+    PENDING_REPLICAS_FIELD_NUMBER: _builtins.int
+    EXPECTED_HOSTS_FIELD_NUMBER: _builtins.int
+    EXPECTED_UNTIL_FIELD_NUMBER: _builtins.int
+    LAST_SCALE_OUT_AT_FIELD_NUMBER: _builtins.int
+    UNDELIVERED_REQUESTS_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    UNDERUSED_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    hosts: _builtins.int
+    """member hosts (joined)"""
+    desired_hosts: _builtins.int
+    pending_replicas: _builtins.int
+    expected_hosts: _builtins.int
+    """asked for, not yet joined"""
+    undelivered_requests: _builtins.int
+    revision: _builtins.int
+    """of the status record (0: the leader has written none yet)"""
+    @_builtins.property
+    def expected_until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_scale_out_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderRequest]:
+        """oldest first"""
+
+    @_builtins.property
+    def draining(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupHost]:
+        """scale-in drains in flight"""
+
+    @_builtins.property
+    def released(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupHost]:
+        """told to the provider; forgotten once gone"""
+
+    @_builtins.property
+    def underused(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupHost]: ...
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Decision]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        hosts: _builtins.int = ...,
+        desired_hosts: _builtins.int = ...,
+        pending_replicas: _builtins.int = ...,
+        expected_hosts: _builtins.int = ...,
+        expected_until: _timestamp_pb2.Timestamp | None = ...,
+        last_scale_out_at: _timestamp_pb2.Timestamp | None = ...,
+        undelivered_requests: _builtins.int = ...,
+        requests: _abc.Iterable[Global___ProviderRequest] | None = ...,
+        draining: _abc.Iterable[Global___GroupHost] | None = ...,
+        released: _abc.Iterable[Global___GroupHost] | None = ...,
+        underused: _abc.Iterable[Global___GroupHost] | None = ...,
+        decisions: _abc.Iterable[Global___Decision] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_until", b"expected_until", "last_scale_out_at", b"last_scale_out_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "desired_hosts", b"desired_hosts", "draining", b"draining", "expected_hosts", b"expected_hosts", "expected_until", b"expected_until", "hosts", b"hosts", "last_scale_out_at", b"last_scale_out_at", "pending_replicas", b"pending_replicas", "released", b"released", "requests", b"requests", "revision", b"revision", "undelivered_requests", b"undelivered_requests", "underused", b"underused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostGroupStatus: _TypeAlias = HostGroupStatus  # noqa: Y015
+
+@_typing.final
+class HostGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    SPEC_YAML_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    spec_yaml: _builtins.str
+    """the declaration as a service file document (apply takes it back)"""
+    generation: _builtins.int
+    """bumps on every change of the spec; an unchanged apply keeps it"""
+    revision: _builtins.int
+    """etcd mod revision of the hostgroups/NAME record"""
+    @_builtins.property
+    def spec(self) -> Global___HostGroupSpec: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def status(self) -> Global___HostGroupStatus: ...
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostGroupMember]:
+        """name order"""
+
+    def __init__(
+        self,
+        *,
+        spec: Global___HostGroupSpec | None = ...,
+        spec_yaml: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
+        status: Global___HostGroupStatus | None = ...,
+        members: _abc.Iterable[Global___HostGroupMember] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "generation", b"generation", "members", b"members", "revision", b"revision", "spec", b"spec", "spec_yaml", b"spec_yaml", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostGroup: _TypeAlias = HostGroup  # noqa: Y015
+
+@_typing.final
+class ListHostGroupsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHostGroupsRequest: _TypeAlias = ListHostGroupsRequest  # noqa: Y015
+
+@_typing.final
+class ListHostGroupsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTGROUPS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    @_builtins.property
+    def hostgroups(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostGroup]:
+        """name order"""
+
+    def __init__(
+        self,
+        *,
+        hostgroups: _abc.Iterable[Global___HostGroup] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostgroups", b"hostgroups", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHostGroupsResponse: _TypeAlias = ListHostGroupsResponse  # noqa: Y015
+
+@_typing.final
+class GetHostGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHostGroupRequest: _TypeAlias = GetHostGroupRequest  # noqa: Y015
+
+@_typing.final
+class DeleteHostGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    force: _builtins.bool
+    """also with undelivered requests or drains in flight (they are abandoned)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteHostGroupRequest: _TypeAlias = DeleteHostGroupRequest  # noqa: Y015
+
+@_typing.final
+class DeleteHostGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTGROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hostgroup(self) -> Global___HostGroup:
+        """as it was"""
+
+    def __init__(
+        self,
+        *,
+        hostgroup: Global___HostGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hostgroup", b"hostgroup"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostgroup", b"hostgroup"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteHostGroupResponse: _TypeAlias = DeleteHostGroupResponse  # noqa: Y015

@@ -139,6 +139,21 @@ class SchedulerStub:
                 request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleRequest.SerializeToString,
                 response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleResponse.FromString,
                 _registered_method=True)
+        self.ListHostGroups = channel.unary_unary(
+                '/shoal.scheduler.v1.Scheduler/ListHostGroups',
+                request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListHostGroupsRequest.SerializeToString,
+                response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListHostGroupsResponse.FromString,
+                _registered_method=True)
+        self.GetHostGroup = channel.unary_unary(
+                '/shoal.scheduler.v1.Scheduler/GetHostGroup',
+                request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHostGroupRequest.SerializeToString,
+                response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.HostGroup.FromString,
+                _registered_method=True)
+        self.DeleteHostGroup = channel.unary_unary(
+                '/shoal.scheduler.v1.Scheduler/DeleteHostGroup',
+                request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteHostGroupRequest.SerializeToString,
+                response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteHostGroupResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -290,6 +305,31 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHostGroups(self, request, context):
+        """Host groups (elastic hosts, docs/elastic-hosts.md): declared with ApplyService (`kind: hostgroup`).
+        Each comes with its status: member hosts (label group=NAME), the leader's requests to the provider
+        with their delivery state, drains and recorded decisions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHostGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteHostGroup(self, request, context):
+        """Removes the declaration: the leader stops deciding for the group; its hosts stay (and stay members
+        by their label). Refused (FAILED_PRECONDITION) while a request to the provider is undelivered or a
+        drain is in flight, unless `force`. The status record is kept, so the group declared again never
+        reuses a request id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -397,6 +437,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ReplayAutoscale,
                     request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleRequest.FromString,
                     response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleResponse.SerializeToString,
+            ),
+            'ListHostGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHostGroups,
+                    request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListHostGroupsRequest.FromString,
+                    response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListHostGroupsResponse.SerializeToString,
+            ),
+            'GetHostGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHostGroup,
+                    request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHostGroupRequest.FromString,
+                    response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.HostGroup.SerializeToString,
+            ),
+            'DeleteHostGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteHostGroup,
+                    request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteHostGroupRequest.FromString,
+                    response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteHostGroupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -966,6 +1021,87 @@ class Scheduler:
             '/shoal.scheduler.v1.Scheduler/ReplayAutoscale',
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleRequest.SerializeToString,
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ReplayAutoscaleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHostGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.scheduler.v1.Scheduler/ListHostGroups',
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListHostGroupsRequest.SerializeToString,
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListHostGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHostGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.scheduler.v1.Scheduler/GetHostGroup',
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHostGroupRequest.SerializeToString,
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.HostGroup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteHostGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.scheduler.v1.Scheduler/DeleteHostGroup',
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteHostGroupRequest.SerializeToString,
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.DeleteHostGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

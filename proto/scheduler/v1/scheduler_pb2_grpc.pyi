@@ -15,6 +15,9 @@ they are.
     fail with ABORTED when the service changed since the caller read it.
   * An autoscaled service (ServiceSpec.autoscale) has its replica count set by the scheduler within the
     policy's min..max; ApplyService keeps that count for an existing service (ApplyResult.replicas_kept).
+  * A service file may also declare host groups (`kind: hostgroup`, docs/elastic-hosts.md): ApplyService
+    validates every document of the file before applying any, and applies them all in one transaction;
+    ListHostGroups/GetHostGroup/DeleteHostGroup read and remove them.
   * Watch resumes from an etcd revision; when etcd has compacted it away the call fails with
     OUT_OF_RANGE (trailing metadata shoal-error=RevisionCompacted): list again, then watch from the
     revision the listing returned.
@@ -98,6 +101,18 @@ class SchedulerStub:
     """The decision the autoscaler's rules make from one input (docs/autoscaling.md's JSON format): the
     same pure function the leader runs, for `shoal autoscale replay FILE`. Touches no state.
     """
+    ListHostGroups: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListHostGroupsRequest, _scheduler_pb2.ListHostGroupsResponse]
+    """Host groups (elastic hosts, docs/elastic-hosts.md): declared with ApplyService (`kind: hostgroup`).
+    Each comes with its status: member hosts (label group=NAME), the leader's requests to the provider
+    with their delivery state, drains and recorded decisions.
+    """
+    GetHostGroup: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetHostGroupRequest, _scheduler_pb2.HostGroup]
+    DeleteHostGroup: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.DeleteHostGroupRequest, _scheduler_pb2.DeleteHostGroupResponse]
+    """Removes the declaration: the leader stops deciding for the group; its hosts stay (and stay members
+    by their label). Refused (FAILED_PRECONDITION) while a request to the provider is undelivered or a
+    drain is in flight, unless `force`. The status record is kept, so the group declared again never
+    reuses a request id.
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -147,6 +162,18 @@ class SchedulerAsyncStub(SchedulerStub):
     ReplayAutoscale: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReplayAutoscaleRequest, _scheduler_pb2.ReplayAutoscaleResponse]  # type: ignore[assignment]
     """The decision the autoscaler's rules make from one input (docs/autoscaling.md's JSON format): the
     same pure function the leader runs, for `shoal autoscale replay FILE`. Touches no state.
+    """
+    ListHostGroups: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListHostGroupsRequest, _scheduler_pb2.ListHostGroupsResponse]  # type: ignore[assignment]
+    """Host groups (elastic hosts, docs/elastic-hosts.md): declared with ApplyService (`kind: hostgroup`).
+    Each comes with its status: member hosts (label group=NAME), the leader's requests to the provider
+    with their delivery state, drains and recorded decisions.
+    """
+    GetHostGroup: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetHostGroupRequest, _scheduler_pb2.HostGroup]  # type: ignore[assignment]
+    DeleteHostGroup: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.DeleteHostGroupRequest, _scheduler_pb2.DeleteHostGroupResponse]  # type: ignore[assignment]
+    """Removes the declaration: the leader stops deciding for the group; its hosts stay (and stay members
+    by their label). Refused (FAILED_PRECONDITION) while a request to the provider is undelivered or a
+    drain is in flight, unless `force`. The status record is kept, so the group declared again never
+    reuses a request id.
     """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
@@ -320,6 +347,36 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.ReplayAutoscaleResponse, _abc.Awaitable[_scheduler_pb2.ReplayAutoscaleResponse]]:
         """The decision the autoscaler's rules make from one input (docs/autoscaling.md's JSON format): the
         same pure function the leader runs, for `shoal autoscale replay FILE`. Touches no state.
+        """
+
+    @_abc_1.abstractmethod
+    def ListHostGroups(
+        self,
+        request: _scheduler_pb2.ListHostGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListHostGroupsResponse, _abc.Awaitable[_scheduler_pb2.ListHostGroupsResponse]]:
+        """Host groups (elastic hosts, docs/elastic-hosts.md): declared with ApplyService (`kind: hostgroup`).
+        Each comes with its status: member hosts (label group=NAME), the leader's requests to the provider
+        with their delivery state, drains and recorded decisions.
+        """
+
+    @_abc_1.abstractmethod
+    def GetHostGroup(
+        self,
+        request: _scheduler_pb2.GetHostGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.HostGroup, _abc.Awaitable[_scheduler_pb2.HostGroup]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteHostGroup(
+        self,
+        request: _scheduler_pb2.DeleteHostGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.DeleteHostGroupResponse, _abc.Awaitable[_scheduler_pb2.DeleteHostGroupResponse]]:
+        """Removes the declaration: the leader stops deciding for the group; its hosts stay (and stay members
+        by their label). Refused (FAILED_PRECONDITION) while a request to the provider is undelivered or a
+        drain is in flight, unless `force`. The status record is kept, so the group declared again never
+        reuses a request id.
         """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

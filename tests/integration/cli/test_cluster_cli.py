@@ -487,7 +487,7 @@ def test_delete_service(server: Server, pki: dict[str, Path]) -> None:
     assert ok(run(pki, server.address, "delete", "service", "web")) == "service/web deleted\n"
     assert [r.name for r in server.fake.calls("DeleteService")] == ["web"]
     wrong = run(pki, server.address, "delete", "host", "node-1")
-    assert wrong.returncode == 1 and "only services can be deleted" in wrong.stderr
+    assert wrong.returncode == 1 and "only services and host groups can be deleted" in wrong.stderr
 
 
 def test_cordon_uncordon_drain(server: Server, pki: dict[str, Path]) -> None:

@@ -28,6 +28,8 @@ def test_the_layout_under_the_default_prefix() -> None:
     (build.host("h1"), "/shoal/v1/hosts/h1"),
     (build.host_status("h1"), "/shoal/v1/host-status/h1"),
     (build.full_autoscale_status(), "/shoal/v1/autoscale/web"),
+    (build.hostgroup("workers"), "/shoal/v1/hostgroups/workers"),
+    (build.full_hostgroup_status(), "/shoal/v1/hostgroup-status/workers"),
     (build.full_leader(), "/shoal/v1/leader"),
 ])
 def test_a_record_knows_its_key_and_the_key_parses_back(record: object, key: str) -> None:
@@ -45,6 +47,24 @@ def test_parse_gives_the_ids_and_skips_what_it_does_not_know() -> None:
                     "/shoal/v1/future/x", "/shoal/v2/services/web", "/other/services/web",
                     "/shoal/v1/leader/x", "/shoal/v1/services/a b"]:
         assert SCHEMA.parse(unknown) is None, unknown
+
+
+def test_host_group_keys_ranges_and_parsing() -> None:
+    assert SCHEMA.hostgroup("workers").key == "/shoal/v1/hostgroups/workers"
+    assert SCHEMA.hostgroup_status("workers").key == "/shoal/v1/hostgroup-status/workers"
+    parsed = SCHEMA.parse("/shoal/v1/hostgroup-status/workers")
+    assert parsed is not None and parsed.record_type is model.HostGroupStatus and parsed.ids == ("workers",)
+    groups, statuses = SCHEMA.hostgroups(), SCHEMA.hostgroup_statuses()
+    # "hostgroups/", "hostgroup-status/", "hosts/" and "host-status/" share leading letters: no range may
+    # hold another's keys.
+    keys = {groups: SCHEMA.hostgroup("w").key, statuses: SCHEMA.hostgroup_status("w").key,
+            SCHEMA.hosts(): SCHEMA.host("w").key, SCHEMA.host_statuses(): SCHEMA.host_status("w").key}
+    for key_range in keys:
+        assert [k for k in keys.values() if key_range.start <= k < key_range.end] == [keys[key_range]]
+    for unknown in ["/shoal/v1/hostgroups/", "/shoal/v1/hostgroups/a/b", "/shoal/v1/hostgroup-status"]:
+        assert SCHEMA.parse(unknown) is None, unknown
+    with pytest.raises(InvalidKey, match="host group name"):
+        SCHEMA.hostgroup("a/b")
 
 
 def test_ranges_hold_exactly_their_keys() -> None:

@@ -1,4 +1,5 @@
-"""``shoal-scheduler serve`` flags: plain TCP only on loopback (issue 12, finding 10)."""
+"""``shoal-scheduler serve`` flags: plain TCP only on loopback (issue 12, finding 10); the elastic loop's
+interval."""
 
 from __future__ import annotations
 
@@ -25,3 +26,10 @@ def test_insecure_tcp_anywhere_else_is_refused(address: str) -> None:
     message = f"--insecure-tcp is for loopback only, and {address} is not"
     with pytest.raises(SystemExit, match=re.escape(message)):
         settings("--listen", address, "--insecure-tcp")
+
+
+def test_the_elastic_interval_defaults_to_a_second_and_has_a_floor() -> None:
+    assert settings("--insecure-tcp").elastic_interval == 1.0
+    assert settings("--insecure-tcp", "--elastic-interval", "0.25").elastic_interval == 0.25
+    with pytest.raises(SystemExit, match=re.escape("--elastic-interval must be at least 0.1 s")):
+        settings("--insecure-tcp", "--elastic-interval", "0")

@@ -17,10 +17,15 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler import reconcile
+from scheduler.elastic.loop import AttemptRecord
 from scheduler.metrics import SchedulerMetrics, agent_target
 from scheduler.model import (
     AutoscaleDecision,
+    GroupName,
     HostAdmin,
+    HostGroup,
+    HostGroupSpec,
+    HostGroupStatus,
     HostId,
     HostPort,
     HostRecord,
@@ -546,3 +551,46 @@ def test_autoscaled_services_export_their_bounds_and_last_decision() -> None:
         assert value(s, "shoal_autoscale_min_replicas", service="api") is None  # not autoscaled
 
     run(scenario)
+
+
+def test_host_groups_export_members_desired_hosts_and_pending_replicas_until_deleted() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        workers = HostGroup(spec=HostGroupSpec(name=GroupName("workers"), max_hosts=5))
+        batch = HostGroup(spec=HostGroupSpec(name=GroupName("batch"), max_hosts=2))
+        status = HostGroupStatus(group=GroupName("workers"), desired_hosts=4, pending_replicas=7)
+        members = [host(h, f"10.0.0.{i}:7070", labels=(("group", "workers"),)) for i, h in enumerate("ab")]
+        await store.commit([Put(workers), Put(batch), Put(status), *(Put(m) for m in members),
+                            Put(host("c", "10.0.0.9:7070"))])
+        metrics = await following(store)
+        try:
+            s = scrape(metrics)
+            assert value(s, "shoal_hostgroup_hosts", group="workers") == 2
+            assert value(s, "shoal_hostgroup_desired_hosts", group="workers") == 4
+            assert value(s, "shoal_hostgroup_pending_replicas", group="workers") == 7
+            # A group the elastic loop has not decided for yet: its members, nothing pending.
+            assert (value(s, "shoal_hostgroup_hosts", group="batch"),
+                    value(s, "shoal_hostgroup_desired_hosts", group="batch"),
+                    value(s, "shoal_hostgroup_pending_replicas", group="batch")) == (0, 0, 0)
+            stored = await store.get(store.schema.hostgroup(workers.spec.name))
+            assert stored is not None
+            await store.commit([Delete(stored)])  # its status stays in etcd; its series go
+            await caught_up(metrics, store)
+            s = scrape(metrics)
+            assert value(s, "shoal_hostgroup_hosts", group="workers") is None
+            assert value(s, "shoal_hostgroup_desired_hosts", group="workers") is None
+            assert value(s, "shoal_hostgroup_pending_replicas", group="batch") == 0
+        finally:
+            await metrics.close()
+
+    run(scenario)
+
+
+def test_provider_attempts_are_counted_by_group_kind_and_outcome() -> None:
+    metrics = SchedulerMetrics()
+    for outcome in ("failed", "failed", "delivered"):
+        metrics.record_provider_attempt(AttemptRecord(GroupName("workers"), "scale_out", outcome))
+    s = scrape(metrics)
+    name = "shoal_hostgroup_provider_requests_total"
+    assert value(s, name, group="workers", kind="scale_out", outcome="failed") == 2
+    assert value(s, name, group="workers", kind="scale_out", outcome="delivered") == 1

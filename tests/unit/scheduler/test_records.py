@@ -19,7 +19,7 @@ from scheduler.store.records import LeaderRecord, RecordError
 from tests.fixtures import scheduler_records as build
 
 RECORD_TYPES: list[type[Any]] = [model.Service, model.Replica, model.HostRecord, model.HostStatus,
-                                 model.AutoscaleStatus, LeaderRecord]
+                                 model.AutoscaleStatus, model.HostGroup, model.HostGroupStatus, LeaderRecord]
 
 
 def finite(value: Any) -> bool:
@@ -49,6 +49,7 @@ def test_every_record_round_trips(record_type: type[Any], data: st.DataObject) -
 
 @pytest.mark.parametrize("record", [build.full_service(), build.full_replica(), build.full_host(),
                                     build.full_host_status(), build.full_autoscale_status(),
+                                    build.full_hostgroup(), build.full_hostgroup_status(),
                                     build.full_leader()],
                          ids=lambda r: type(r).__name__)
 def test_fully_populated_records_round_trip(record: Any) -> None:

@@ -292,8 +292,8 @@ def test_the_template_json_is_what_the_agent_reads() -> None:
     ("name: w\nimage: b\ntemplate: {image: b}\n",
      (2, "image", 'unknown key (did you mean "template.image"?)')),
     ("name: w\nzzz: 1\ntemplate: {image: b}\n",
-     (2, "zzz", "unknown key (expected one of: autoscale, labels, metrics_port, name, placement, replicas, "
-                "template, update)")),
+     (2, "zzz", "unknown key (expected one of: autoscale, kind, labels, metrics_port, name, placement, "
+                "replicas, template, update)")),
     ("name: w\ntemplate: {image: b, ports: [{container: 1, hostPort: 2}]}\n",
      (2, "template.ports[0].hostPort", 'unknown key (did you mean "host"?)')),
     # keys given twice
