@@ -23,9 +23,10 @@ t0 is the first replica's creation (``created_at``, when it became pending and u
 ``decided_s``: t0 → the scale-out request's ``created_at`` (the leader's step wrote it, at least
 ``pending_for`` after t0). ``webhook_s``: t0 → the webhook received the request (the provider's clock).
 ``provider_s`` (reported apart; the provider's own time, a platform's would be minutes): the webhook call
-→ every machine's agent started and joined (run in parallel). ``after_hosts_s``: those agents started →
-every replica running and ready (the leader reaching the new hosts, placement, container starts; polled
-through the scheduler's API every 50 ms). ``running_s``: t0 → every replica running and ready.
+→ every machine's agent started and answering (run in parallel). ``joined_s``: t0 → the last new host's
+registration with the scheduler (its ``registered_at``). ``after_join_s``: that registration → every
+replica running and ready (the leader reaching the new hosts, placement, container starts; polled through
+the scheduler's API every 50 ms). ``running_s``: t0 → every replica running and ready.
 ``return_s`` (untimed part): the service deleted → the group's hosts forgotten.
 
 Run as root, from the repository root, with the project's venv::
@@ -71,7 +72,7 @@ SERVICE = "elastic"
 PROVIDER_PORT = 9600
 PER_HOST = 3  # replicas per wanted host: each requests 30 % of a host's cpus
 POLL = 0.05
-MEASURES = ("decided_s", "webhook_s", "provider_s", "after_hosts_s", "running_s", "return_s")
+MEASURES = ("decided_s", "webhook_s", "provider_s", "joined_s", "after_join_s", "running_s", "return_s")
 
 
 @dataclass
@@ -83,8 +84,9 @@ class Rep:
     attempts: int = 0
     decided_s: float | None = None     # t0 → the request written by the leader's step
     webhook_s: float | None = None     # t0 → the webhook received it
-    provider_s: float | None = None    # the webhook call → every machine's agent started and joined
-    after_hosts_s: float | None = None  # the agents started → every replica running and ready
+    provider_s: float | None = None    # the webhook call → every machine's agent started and answering
+    joined_s: float | None = None      # t0 → the last new host registered with the scheduler
+    after_join_s: float | None = None  # that registration → every replica running and ready
     running_s: float | None = None     # t0 → every replica running and ready
     return_s: float | None = None      # untimed: the service deleted → the group's hosts forgotten
     reason: str = ""                   # the request's reason, as the provider received it
@@ -93,7 +95,7 @@ class Rep:
 
 def seconds(stamp: Any) -> float:
     """A protobuf Timestamp as Unix seconds."""
-    return float(stamp.seconds) + stamp.nanos / 1e9
+    return float(stamp.seconds) + float(stamp.nanos) / 1e9
 
 
 def group_yaml(*, cpus: float, max_hosts: int, pending_for: float, url: str) -> str:
@@ -141,6 +143,11 @@ def run_rep(cluster: ShoalCluster, provider: ProviderWebhook, r: int, *, replica
         time.sleep(POLL)
     t0 = min(seconds(x.created_at) for x in
              stub.ListReplicas(spb.ListReplicasRequest(service=SERVICE), timeout=5).replicas)
+    joined = [seconds(h.registered_at) for h in members(cluster)]
+    if joined:
+        rep.joined_s = max(joined) - t0
+        if running_at is not None:
+            rep.after_join_s = running_at - max(joined)
     if running_at is None:
         rep.error = f"not every replica running after {timeout:g}s"
     else:
@@ -157,9 +164,6 @@ def run_rep(cluster: ShoalCluster, provider: ProviderWebhook, r: int, *, replica
         rep.webhook_s = first.at - t0
         if job.done:
             rep.provider_s = job.finished_at - first.at_perf
-            hosts_up = first.at + (job.finished_at - first.at_perf)  # the perf clock on the wall clock
-            if running_at is not None:
-                rep.after_hosts_s = running_at - hosts_up
         group = stub.GetHostGroup(spb.GetHostGroupRequest(name=GROUP), timeout=5)
         request = next((x for x in group.status.requests if x.id == job.request_id), None)
         if request is not None:
@@ -178,7 +182,8 @@ def report(rep: Rep) -> None:
         return f"{value:.2f} s" if value is not None else "-"
 
     print(f"rep {rep.rep:2}: {rep.request} ({rep.hosts_asked} hosts): decided {s(rep.decided_s)}, webhook "
-          f"{s(rep.webhook_s)}, provider {s(rep.provider_s)}, then running after {s(rep.after_hosts_s)}; "
+          f"{s(rep.webhook_s)}, provider {s(rep.provider_s)}, joined {s(rep.joined_s)}, then running after "
+          f"{s(rep.after_join_s)}; "
           f"running {s(rep.running_s)}; returned in {s(rep.return_s)}"
           + (f" [{rep.error}]" if rep.error else ""),
           file=sys.stderr, flush=True)
