@@ -217,6 +217,8 @@ def test_pending_replicas_buy_hosts_and_an_idle_host_is_drained_released_and_for
     made = decisions(cluster, "workers")
     for action in ("scale_out", "drain", "release", "forget"):
         assert action in made, made
+    (drained,) = [d["reason"] for d in status_of(cluster, "workers")["decisions"] if d["action"] == "drain"]
+    assert "its 1 replica fit on the other hosts" in drained, drained  # it had one to move first
     described = cluster.cli("describe", "hostgroup", "workers").stdout
     assert removed.request_id in described and bought.request_id in described, described
 
