@@ -149,7 +149,10 @@ def run_rep(cluster: ShoalCluster, provider: ProviderWebhook, r: int, *, replica
         if running_at is not None:
             rep.after_join_s = running_at - max(joined)
     if running_at is None:
-        rep.error = f"not every replica running after {timeout:g}s"
+        status = stub.GetHostGroup(spb.GetHostGroupRequest(name=GROUP), timeout=5).status
+        said = "; ".join(f"{d.action}: {d.reason}" for d in status.decisions[-3:])
+        rep.error = (f"not every replica running after {timeout:g}s (group: {status.hosts} hosts, "
+                     f"{status.expected_hosts} expected, {status.pending_replicas} pending; {said})")
     else:
         rep.running_s = running_at - t0
     fresh = [f for f in provider.scale_outs(GROUP) if f.request_id not in known]

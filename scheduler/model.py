@@ -495,7 +495,7 @@ class ProviderRequest:
     created_at: float
     count: int = 0                          # scale_out: hosts asked for
     shape: HostShape | None = None          # scale_out
-    hosts: tuple[HostId, ...] = ()          # scale_in: the hosts to remove
+    hosts: tuple[HostId, ...] = ()          # scale_in: the hosts to remove; scale_out: the ones that joined
     reason: str = ""
     state: DeliveryState = DeliveryState.PENDING
     attempts: int = 0

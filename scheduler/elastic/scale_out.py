@@ -32,11 +32,12 @@ more). Otherwise a ``scale_out`` request for ``k`` hosts.
 **Expected hosts** are derived, never counted down by hand: the group's ``scale_out`` requests younger
 than ``provision_timeout`` ask for their ``count``; each member host whose first registration
 (``HostRecord.registered_at``) came at or after a request's time fills one host of the oldest such
-request still short (first come, first served). What is still short is expected, until the latest of
-those requests' timeouts. This is a pure function of the stored requests and the members, so it needs no
-memory of "members then", survives a failover, and a host that joins on its own (an operator's) simply
-counts as one that was asked for. Hosts that joined and left again (scaled in, removed) would be short
-again by this count; the step caps it with the count its last status recorded (``step._capped``).
+request still short (first come, first served), and is recorded in that request's ``hosts``
+(``attributed``), so a host that leaves again (scaled in, removed) keeps its place: a request's hosts are
+expected once, and a later request's hosts are never credited to an earlier one whose hosts left. What is
+still short is expected, until the latest of those requests' timeouts. This is a function of the stored
+requests and the members, so it survives a failover, and a host that joins on its own (an operator's)
+simply counts as one that was asked for.
 """
 
 from __future__ import annotations
@@ -92,21 +93,46 @@ class Expected:
     until: float = 0.0
 
 
-def expected_hosts(requests: Iterable[ProviderRequest], member_hosts: Iterable[HostRecord], *,
+def attributed(requests: Sequence[ProviderRequest], member_hosts: Iterable[HostRecord], *,
+               provision_timeout: float, now: float) -> tuple[ProviderRequest, ...]:
+    """``requests`` with each member host not yet named by a ``scale_out`` request recorded in the
+    ``hosts`` of the oldest one younger than ``provision_timeout``, made before the host first registered
+    and still short (see the module doc); hosts already named stay named, whether still members or not."""
+    named = {h for r in requests if r.kind is ProviderRequestKind.SCALE_OUT for h in r.hosts}
+    out = list(requests)
+    window = sorted((i for i, r in enumerate(out)
+                     if r.kind is ProviderRequestKind.SCALE_OUT and now < r.created_at + provision_timeout),
+                    key=lambda i: (out[i].created_at, out[i].id))
+    for member in sorted((m for m in member_hosts if m.id not in named),
+                         key=lambda m: (m.registered_at, m.id)):
+        for i in window:
+            request = out[i]
+            if request.created_at <= member.registered_at and len(request.hosts) < request.count:
+                out[i] = replace(request, hosts=(*request.hosts, member.id))
+                break
+    return tuple(out)
+
+
+def expected_hosts(requests: Sequence[ProviderRequest], member_hosts: Iterable[HostRecord], *,
                    provision_timeout: float, now: float) -> Expected:
     """The group's hosts still expected (see the module doc)."""
-    window = sorted((r for r in requests
-                     if r.kind is ProviderRequestKind.SCALE_OUT and now < r.created_at + provision_timeout),
-                    key=lambda r: (r.created_at, r.id))
-    short = [r.count for r in window]
-    for joined in sorted(m.registered_at for m in member_hosts):
-        for i, request in enumerate(window):
-            if request.created_at <= joined and short[i] > 0:
-                short[i] -= 1
-                break
+    window = [r for r in attributed(requests, member_hosts, provision_timeout=provision_timeout, now=now)
+              if r.kind is ProviderRequestKind.SCALE_OUT and now < r.created_at + provision_timeout]
+    short = [max(0, r.count - len(r.hosts)) for r in window]
     until = max((r.created_at + provision_timeout for r, s in zip(window, short, strict=True) if s > 0),
                 default=0.0)
     return Expected(hosts=sum(short), until=until)
+
+
+def joining(requests: Sequence[ProviderRequest], member_hosts: Iterable[HostRecord],
+            statuses: Mapping[HostId, HostStatus], *, provision_timeout: float, now: float) -> int:
+    """Member hosts named by a ``scale_out`` request younger than ``provision_timeout`` that are not ready
+    yet (registered, and the leader has not reached them): placement refuses them, so for scale-out they
+    are still hosts of the shape to come."""
+    members = {m.id for m in member_hosts}
+    return sum(1 for r in requests
+               if r.kind is ProviderRequestKind.SCALE_OUT and now < r.created_at + provision_timeout
+               for h in r.hosts if h in members and ((s := statuses.get(h)) is None or not s.ready))
 
 
 class Simulation:

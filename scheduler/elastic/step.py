@@ -101,19 +101,17 @@ def _group(group: HostGroup, status: HostGroupStatus, inputs: ElasticInputs,
     spec, now = group.spec, inputs.now
     member_hosts = shape.members(spec.name, inputs.hosts)
     group_shape = shape.shape_of(spec, member_hosts)
-    derived = scale_out.expected_hosts(status.requests, member_hosts,
-                                       provision_timeout=spec.provision_timeout_seconds, now=now)
-    # Derived from today's members alone, a request's hosts would be expected again once they left (scaled
-    # in, removed by hand) while the request is younger than provision_timeout, and nothing would be asked
-    # for in their place. Between steps the count only falls (hosts join, requests time out); it rises by
-    # the requests a step makes, which the status it writes includes: so the last status caps it.
-    expected = _capped(derived, status.expected_hosts)
-    # A host that joined for a request but is not ready yet (the leader has not reached it) takes no
-    # replica: placement refuses it. For scale-out it is still awaited, as a host of the shape, or the
-    # step would ask for it again in that moment; ``members`` drops it so the room left is the same.
-    ready = [h for h in member_hosts if (s := inputs.host_statuses.get(h.id)) is not None and s.ready]
-    joining = scale_out.expected_hosts(status.requests, ready, now=now,
-                                       provision_timeout=spec.provision_timeout_seconds).hosts - derived.hosts
+    # Hosts that joined are recorded in the request they filled, so one that leaves again (scaled in,
+    # removed) is not expected again and never credits a later request's hosts to this one.
+    timeout = spec.provision_timeout_seconds
+    status = replace(status, requests=scale_out.attributed(status.requests, member_hosts,
+                                                           provision_timeout=timeout, now=now))
+    expected = scale_out.expected_hosts(status.requests, member_hosts, provision_timeout=timeout, now=now)
+    # A host that joined for a request but is not ready yet takes no replica (placement refuses it): for
+    # scale-out it is still to come, as a host of the shape, or the step would ask for it again in that
+    # moment; ``members`` drops it so the room left is the same.
+    joining = scale_out.joining(status.requests, member_hosts, inputs.host_statuses,
+                                provision_timeout=timeout, now=now)
     awaited = replace(expected, hosts=expected.hosts + joining)
     new = status
     if group_shape is None:
@@ -158,12 +156,6 @@ def _group(group: HostGroup, status: HostGroupStatus, inputs: ElasticInputs,
                   - len(removing),
                   pending_replicas=len(outcome.taken))
     return new, scaled_in.drain, scaled_in.forget, outcome.taken
-
-
-def _capped(expected: scale_out.Expected, last: int) -> scale_out.Expected:
-    """``expected`` with at most ``last`` hosts (none: no time either)."""
-    hosts = min(expected.hosts, last)
-    return scale_out.Expected(hosts=hosts, until=expected.until if hosts else 0.0)
 
 
 def _pruned(requests: tuple[ProviderRequest, ...]) -> tuple[ProviderRequest, ...]:

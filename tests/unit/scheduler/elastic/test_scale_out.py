@@ -227,9 +227,19 @@ def test_hosts_that_joined_and_left_again_are_not_expected_again() -> None:
     assert seen.statuses[GroupName("workers")].expected_hosts == 0
     # Scaled in and forgotten within the provision timeout; the replicas pending again want two hosts:
     # the request they joined for does not expect them back.
+    assert seen.statuses[GroupName("workers")].requests[0].hosts == b.ids("w2", "w3")  # what they filled
     gone = replace(seen, now=b.NOW + 60, hosts=asked.hosts, host_statuses=asked.host_statuses)
-    status = b.status_of(step(gone), gone)
+    second = step(gone)
+    status = b.status_of(second, gone)
     assert [(r.id, r.count) for r in status.requests] == [("workers-1", 2), ("workers-2", 2)]
+    # The second request's hosts join: they fill it, not the first one (whose hosts left).
+    back = b.applied(gone, second, now=b.NOW + 70)
+    again = [b.host(n, registered_at=b.NOW + 65) for n in ("w4", "w5")]
+    with_again = replace(back, hosts={**back.hosts, **{h.id: h for h in again}},
+                         host_statuses={**back.host_statuses, **{h.id: b.host_status(h.id) for h in again}})
+    status = b.status_of(step(with_again), with_again)
+    assert [r.hosts for r in status.requests] == [b.ids("w2", "w3"), b.ids("w4", "w5")]
+    assert (status.expected_hosts, status.desired_hosts) == (0, 3)
 
 
 def test_expected_hosts_expire_after_the_provision_timeout() -> None:
