@@ -31,6 +31,7 @@ from typing import Any
 
 from agent import private_root
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LaunchError, ShoalError
+from agent.runtime.helper_env import helper_environment
 from agent.runtime.plan import LaunchPlan
 from agent.runtime.supervisor.paths import SupervisorPaths
 
@@ -260,9 +261,11 @@ async def _spawn(paths: SupervisorPaths, *, python: str, launcher: str | None, t
         argv += ["--launcher", launcher]
     # Errors before the supervisor redirects its own stderr (e.g. an import failure) land in its log too.
     with open(paths.log, "ab", opener=private_root.open_private) as log:
+        # The helper environment, not ours: every container init is a fork of the supervisor until its
+        # execve (see ``helper_env``).
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-            close_fds=True, start_new_session=True,
+            close_fds=True, start_new_session=True, env=helper_environment(),
         )
     _reap_on_exit(proc)
     assert proc.stdout is not None
