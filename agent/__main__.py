@@ -24,9 +24,11 @@ from agent.connect_protocol import http_socket_path
 from agent.errors import ShoalError
 from agent.images.layers import UnpackLimits
 from agent.images.pull import Puller, RegistrySettings
+from agent.images.reserve import FreeSpaceReserve
 from agent.images.store import ImageStore
 from agent.join import Joiner, JoinSettings
 from agent.network.manager import NetworkManager
+from agent.rootfs import storage_limit
 from agent.runtime import supervisor_client
 from agent.runtime.containers import ContainerRuntime, RuntimeSettings
 from agent.runtime.image_source import StoreImages
@@ -36,6 +38,7 @@ from agent.usage import host as usage_host
 from agent.usage.cadvisor import UsageCollector
 from agent.usage.metrics import AgentMetrics, RpcMetricsInterceptor, serve_metrics
 from agent.usage.sampler import RuntimeTotals, UsageSampler
+from agent.usage.targets import SampleTarget
 
 log = logging.getLogger("shoal.agent")
 
@@ -97,7 +100,8 @@ async def serve(settings: config.AgentSettings) -> None:
     if ballast is not None:
         ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page so it is resident
     store = ImageStore(settings.root / "images", limits=UnpackLimits(
-        max_bytes=settings.max_unpacked_layer_size, max_ratio=settings.max_compression_ratio))
+        max_bytes=settings.max_unpacked_layer_size, max_ratio=settings.max_compression_ratio),
+        reserve=FreeSpaceReserve(min_bytes=settings.min_free_bytes, min_fraction=settings.min_free_fraction))
     puller = Puller(store, RegistrySettings(
         auth_file=settings.root / "auth.json", insecure=settings.insecure_registries,
         ca_bundle=settings.registry_ca, max_parallel=settings.pull_parallel,
@@ -112,6 +116,10 @@ async def serve(settings: config.AgentSettings) -> None:
         cgroup_manager = detect_cgroups(delegate=settings.cgroup_delegate)
     except ShoalError as err:  # e.g. --cgroup-delegate outside a delegated unit: say why, no traceback
         raise SystemExit(f"shoal-agent: {err}") from None
+    storage = await asyncio.to_thread(storage_limit.choose_enforcement, settings.root)
+    log.info("--storage-size is enforced by %s: %s", storage.mode.value, storage.detail)
+    quotas = (storage_limit.ProjectQuotas(settings.root)
+              if storage.mode is storage_limit.Enforcement.PROJECT_QUOTA else None)
     identity = usage_host.HostIdentity.for_this_agent(root=settings.root, labels=dict(settings.labels))
     runtime_settings = RuntimeSettings(root=settings.root, cgroup_parent=settings.cgroup_parent,
                                        log_max_bytes=settings.log_max_bytes,
@@ -120,7 +128,7 @@ async def serve(settings: config.AgentSettings) -> None:
         runtime_settings, images=StoreImages(store, puller), cgroup_manager=cgroup_manager,
         connect=functools.partial(supervisor_client.connect_or_spawn, settings.root,
                                   python=runtime_settings.python),
-        network=network, boot_id=identity.boot_id,
+        network=network, boot_id=identity.boot_id, quotas=quotas,
     )
     agent_metrics = AgentMetrics(version=identity.agent_version, host_id=identity.host_id)
 
@@ -132,14 +140,20 @@ async def serve(settings: config.AgentSettings) -> None:
                              memory_limits_bytes=promised.memory_limits,
                              cpu_limits_millis=promised.cpu_limits, conditions=tuple(runtime.conditions()))
 
+    def evict(target: SampleTarget, message: str) -> None:
+        agent_metrics.record_eviction("storage")
+        runtime.evict(target, message)
+
     sampler = UsageSampler(targets=runtime.sample_targets, identity=identity,
                            interval=settings.sample_interval,
                            memory_reserve_bytes=settings.memory_reserve_bytes,
                            cpu_reserve_millis=settings.cpu_reserve_millis, disk_path=settings.root,
                            pressure=usage_host.PressureThresholds(
                                memory_available_bytes=settings.memory_pressure_bytes,
-                               disk_free_fraction=settings.disk_pressure_fraction),
-                           totals=totals, observe_duration=agent_metrics.record_sample)
+                               disk_free_fraction=settings.disk_pressure_fraction,
+                               inodes_free_fraction=settings.disk_pressure_inodes_fraction),
+                           totals=totals, observe_duration=agent_metrics.record_sample,
+                           evict=evict, storage_limit=(storage.mode.value, storage.detail))
     agent_metrics.registry.register(UsageCollector(sampler.latest))
     interceptors = [RpcMetricsInterceptor(agent_metrics)]
     server = grpc.aio.server(interceptors=interceptors)

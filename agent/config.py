@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,11 @@ class AgentSettings:
     cpu_reserve_millis: int = 0
     memory_pressure_bytes: int = 100 << 20
     disk_pressure_fraction: float = 0.10
+    disk_pressure_inodes_fraction: float = 0.05
+    # Pulls and imports refuse to start with less free space than this on the root's filesystem: the
+    # smaller of the two when both are set (--min-free-space).
+    min_free_bytes: int | None = 1 << 30
+    min_free_fraction: float | None = 0.05
     ballast_mib: int = 0
     cgroup_delegate: bool = False
     join: tuple[str, ...] = ()        # schedulers to register with (HOST:PORT)
@@ -142,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--disk-pressure-below", default="10%", metavar="PERCENT",
                        help="report DiskPressure while free space on the root's filesystem is below this "
                             "share (default %(default)s)")
+    serve.add_argument("--disk-pressure-inodes-below", default="5%", metavar="PERCENT",
+                       help="report DiskPressure while free inodes on the root's filesystem are below "
+                            "this share (default %(default)s)")
+    serve.add_argument("--min-free-space", default="1G,5%", metavar="SIZE|PERCENT[,...]",
+                       help="refuse to start an image pull or import while the root's filesystem has less "
+                            "free space than this (a size, a share of the filesystem, or both: the smaller "
+                            "applies; 0 turns it off; default %(default)s)")
     # Benchmarks only: grow the daemon's heap to show start latency does not depend on it.
     serve.add_argument("--bench-ballast-mib", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -171,6 +184,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
                 f"shoal-agent: TCP listener {address} needs mutual TLS: pass --tls-dir DIR "
                 "(with ca.pem, agent.pem, agent-key.pem), or --insecure-tcp for loopback tests"
             )
+    if args.insecure_tcp:
+        _insecure_only_on_loopback(a for a in listen if unix_path(a) is None)
     from agent.runtime.spec import parse_cpus, parse_duration
 
     subnet = None
@@ -195,13 +210,10 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         max_unpacked = parse_size(args.max_unpacked_layer_size, what="--max-unpacked-layer-size")
     except ShoalError as err:
         raise SystemExit(f"shoal-agent: {err}") from None
-    try:
-        disk_pressure = float(args.disk_pressure_below.strip().removesuffix("%")) / 100
-    except ValueError:
-        disk_pressure = -1.0
-    if not 0 <= disk_pressure < 1:
-        raise SystemExit(f"shoal-agent: invalid --disk-pressure-below {args.disk_pressure_below!r}: "
-                         "a percentage from 0 to 99, e.g. 10%")
+    disk_pressure = _percentage(args.disk_pressure_below, flag="--disk-pressure-below", example="10%")
+    inodes_pressure = _percentage(args.disk_pressure_inodes_below, flag="--disk-pressure-inodes-below",
+                                  example="5%")
+    min_free_bytes, min_free_fraction = _min_free_space(args.min_free_space)
     if interval < 0.1:
         raise SystemExit("shoal-agent: --sample-interval must be at least 100ms")
     if args.pull_parallel < 1:
@@ -234,10 +246,68 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         subnet=subnet, bridge=args.bridge, labels=labels,
         metrics_listen=args.metrics_listen, sample_interval=interval, memory_reserve_bytes=reserve,
         cpu_reserve_millis=cpu_reserve, memory_pressure_bytes=memory_pressure,
-        disk_pressure_fraction=disk_pressure, ballast_mib=args.bench_ballast_mib,
+        disk_pressure_fraction=disk_pressure, disk_pressure_inodes_fraction=inodes_pressure,
+        min_free_bytes=min_free_bytes, min_free_fraction=min_free_fraction,
+        ballast_mib=args.bench_ballast_mib,
         cgroup_delegate=args.cgroup_delegate, join=join, advertise=advertise,
         stop_replicas_after=args.stop_replicas_after,
     )
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``HOST:PORT`` names this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
+def _insecure_only_on_loopback(addresses: Iterable[str]) -> None:
+    for address in addresses:
+        if not is_loopback(address):
+            raise SystemExit(f"shoal-agent: --insecure-tcp is for loopback only, and {address} is not: "
+                             "use --tls-dir DIR (shoal certs init) for real addresses")
+
+
+def _percentage(text: str, *, flag: str, example: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("%")) / 100
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise SystemExit(f"shoal-agent: invalid {flag} {text!r}: a percentage from 0 to 99, e.g. {example}")
+    return value
+
+
+def _min_free_space(text: str) -> tuple[int | None, float | None]:
+    """``--min-free-space``: ``1G``, ``5%`` or ``1G,5%`` (the smaller applies); ``0`` turns it off."""
+    from agent.errors import ShoalError
+    from agent.runtime.spec import parse_size
+
+    size: int | None = None
+    fraction: float | None = None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts == ["0"]:
+        return 0, None
+    if not parts or len(parts) > 2:
+        raise SystemExit(f"shoal-agent: invalid --min-free-space {text!r}: a size (1G), a percentage (5%) "
+                         "or both (1G,5%)")
+    for part in parts:
+        if part.endswith("%"):
+            if fraction is not None:
+                raise SystemExit(f"shoal-agent: --min-free-space {text!r} gives two percentages")
+            fraction = _percentage(part, flag="--min-free-space", example="5%")
+        else:
+            if size is not None:
+                raise SystemExit(f"shoal-agent: --min-free-space {text!r} gives two sizes")
+            try:
+                size = parse_size(part, what="--min-free-space")
+            except ShoalError as err:
+                raise SystemExit(f"shoal-agent: {err}") from None
+    return size, fraction
 
 
 def _join_settings(args: argparse.Namespace, *, listen: tuple[str, ...],
@@ -263,4 +333,6 @@ def _join_settings(args: argparse.Namespace, *, listen: tuple[str, ...],
                          "address the scheduler can reach")
     if tls is None and not args.insecure_tcp:
         raise SystemExit("shoal-agent: --join needs --tls-dir (the agent registers with its certificate)")
+    if args.insecure_tcp:
+        _insecure_only_on_loopback([*join, advertise])
     return join, advertise

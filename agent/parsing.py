@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from agent.errors import InvalidArgument, quoted
-from agent.limits import MIN_CPU_MILLIS, MIN_MEMORY_BYTES
+from agent.limits import MAX_STORAGE_BYTES, MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MIN_STORAGE_BYTES
 
 # Patterns, compiled (and cached by re) on first use: compiling at import cost every CLI process.
 _SIZE_RE = r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB]?)\s*$"
@@ -39,6 +39,24 @@ def parse_memory(raw: str, *, what: str = "memory limit") -> int:
     if value < MIN_MEMORY_BYTES:
         raise InvalidArgument(f"{what} {raw!r} is too small: the minimum is {MIN_MEMORY_BYTES >> 20}M")
     return value
+
+
+def parse_storage_size(raw: str, *, what: str = "storage size") -> int:
+    """``--storage-size 1G``: the container's writable-layer limit, in bytes."""
+    value = parse_size(raw, what=what)
+    if value < MIN_STORAGE_BYTES:
+        raise InvalidArgument(f"{what} {raw!r} is too small: the minimum is {MIN_STORAGE_BYTES >> 20}M")
+    if value > MAX_STORAGE_BYTES:
+        raise InvalidArgument(f"{what} {raw!r} is too large: the maximum is {MAX_STORAGE_BYTES >> 50}P")
+    return value
+
+
+def parse_storage_opt(raw: str) -> int:
+    """Docker's ``--storage-opt size=1G``, the one storage option Shoal knows: the writable-layer limit."""
+    key, sep, value = raw.partition("=")
+    if not sep or key.strip().lower() != "size":
+        raise InvalidArgument(f"unsupported storage option {raw!r}: only size=SIZE is known (e.g. size=1G)")
+    return parse_storage_size(value, what="storage size")
 
 
 def parse_cpus(raw: str, *, what: str = "cpu limit") -> int:

@@ -34,9 +34,12 @@ from agent.network.manager import Attachment
 from agent.network.ports import ANY_ADDRESS, PortMapping, parse_port_spec
 from agent.runtime import events as evlog
 from agent.runtime import validation
+from agent.runtime.container import Hold
 from agent.runtime.containers import Container, ContainerRuntime, PullPolicy
+from agent.runtime.core import ExitStatus
 from agent.runtime.fencing import Fence
 from agent.runtime.health import HealthCheck, HealthResult, HealthStatus, ProbeKind
+from agent.runtime.logs import LogEntry
 from agent.runtime.restart import RestartMode, RestartPolicy
 from agent.runtime.spec import (
     ContainerSpec,
@@ -102,6 +105,7 @@ _EVENT_TO_PB = {
     evlog.EventType.RESTARTING: pb.EVENT_TYPE_RESTARTING,
     evlog.EventType.HEALTH_CHANGED: pb.EVENT_TYPE_HEALTH_CHANGED,
     evlog.EventType.REMOVED: pb.EVENT_TYPE_REMOVED, evlog.EventType.START_FAILED: pb.EVENT_TYPE_START_FAILED,
+    evlog.EventType.EVICTED: pb.EVENT_TYPE_EVICTED,
 }
 
 _PULL = {
@@ -224,7 +228,7 @@ def spec_from_pb(msg: pb.ContainerSpec, *, default_network: NetworkMode = Networ
     resources = Resources(
         memory_bytes=res.memory_bytes or None, cpu_millis=res.cpu_millis or None,
         pids_max=res.pids_max or None, memory_request_bytes=res.memory_request_bytes or None,
-        cpu_request_millis=res.cpu_request_millis or None,
+        cpu_request_millis=res.cpu_request_millis or None, storage_bytes=res.storage_bytes or None,
     )
     size = msg.ByteSize()
     if size > validation.MAX_SPEC_BYTES:
@@ -253,6 +257,21 @@ def _enum(table: dict[Any, T], value: int, *, what: str, known: str) -> T:
         return table[value]
     except KeyError:
         raise errors.InvalidArgument(f"unknown {what} {value}: this agent knows {known}") from None
+
+
+def _pull(value: int) -> PullPolicy:
+    return _enum(_PULL, value, what="pull policy", known="0/3 (never), 1 (missing) or 2 (always)")
+
+
+def _exit_pb(status: ExitStatus) -> pb.WaitContainerResponse:
+    return pb.WaitContainerResponse(exit_code=status.exit_code, reason=status.reason, error=status.error)
+
+
+def _log_pb(entry: LogEntry) -> pb.LogEntry:
+    msg = pb.LogEntry(stream=pb.LOG_STREAM_STDERR if entry.stream == "stderr" else pb.LOG_STREAM_STDOUT,
+                      line=entry.text, partial=entry.partial)
+    msg.time.FromNanoseconds(entry.time_ns)
+    return msg
 
 
 def health_from_pb(msg: pb.HealthCheck) -> HealthCheck:
@@ -294,6 +313,7 @@ def spec_to_pb(spec: ContainerSpec) -> pb.ContainerSpec:
             pids_max=spec.resources.pids_max or 0,
             memory_request_bytes=spec.resources.memory_request_bytes or 0,
             cpu_request_millis=spec.resources.cpu_request_millis or 0,
+            storage_bytes=spec.resources.storage_bytes or 0,
         ),
         read_only=spec.read_only, network=_NETWORK_TO_PB[spec.network],
         ports=[port_to_pb(p) for p in spec.ports],
@@ -405,7 +425,7 @@ class ContainersService(pb_grpc.ContainersServicer):
             return pb.Container(id=ctr.id, name=ctr.name, state=state_to_pb(ctr), error=status_message(
                 f"this container's record holds values the API cannot carry ({err}); remove it"))
 
-    async def _start(self, ref: str, fence: Fence) -> Container:
+    async def _start(self, ref: str, *, fence: Fence) -> Container:
         started = time.perf_counter()
         try:
             ctr = await self.runtime.start(ref, fence=fence)
@@ -419,20 +439,41 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     @unary
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
-        default = NetworkMode.BRIDGE if self.runtime.network is not None else NetworkMode.NONE
         fence = fence_from_pb(request.fence)
-        ctr = await self.runtime.create(container_id=request.id, name=request.name,
-                                        spec=spec_from_pb(request.spec, default_network=default),
-                                        pull=_enum(_PULL, request.pull, what="pull policy",
-                                                   known="0/3 (never), 1 (missing) or 2 (always)"),
-                                        fence=fence)
         if request.start:
-            ctr = await self._start(ctr.id, fence)
+            return self._pb(await self._create_and_start(request, fence))
+        ctr = await self.runtime.create(container_id=request.id, name=request.name,
+                                        spec=self._spec(request), pull=_pull(request.pull), fence=fence)
         return self._pb(ctr)
+
+    def _spec(self, request: pb.CreateContainerRequest) -> ContainerSpec:
+        default = NetworkMode.BRIDGE if self.runtime.network is not None else NetworkMode.NONE
+        return spec_from_pb(request.spec, default_network=default)
+
+    async def _create_and_start(self, request: pb.CreateContainerRequest, fence: Fence,
+                                hold: Hold | None = None) -> Container:
+        return await self.runtime.create_and_start(
+            container_id=request.id, name=request.name, spec=self._spec(request), pull=_pull(request.pull),
+            fence=fence, hold=hold, start=functools.partial(self._start, fence=fence))
+
+    @streaming
+    async def RunContainer(self, request: pb.CreateContainerRequest, context: Any
+                           ) -> AsyncIterator[pb.RunOutput]:
+        hold = Hold()
+        try:
+            ctr = await self._create_and_start(request, fence_from_pb(request.fence), hold)
+            yield pb.RunOutput(started=self._pb(ctr))
+            async for item in self.runtime.attached_run(ctr, hold):
+                if isinstance(item, ExitStatus):
+                    yield pb.RunOutput(exit=_exit_pb(item))
+                else:
+                    yield pb.RunOutput(log=_log_pb(item))
+        finally:
+            hold.release()  # a caller gone mid-create: the container runs on, removed when it exits
 
     @unary
     async def StartContainer(self, request: pb.StartContainerRequest, context: Any) -> pb.Container:
-        return self._pb(await self._start(request.id, fence_from_pb(request.fence)))
+        return self._pb(await self._start(request.id, fence=fence_from_pb(request.fence)))
 
     @unary
     async def StopContainer(self, request: pb.StopContainerRequest, context: Any) -> pb.Container:
@@ -481,21 +522,14 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     @unary
     async def WaitContainer(self, request: pb.ContainerRef, context: Any) -> pb.WaitContainerResponse:
-        status = await self.runtime.wait(request.id)
-        return pb.WaitContainerResponse(exit_code=status.exit_code, reason=status.reason,
-                                        error=status.error)
+        return _exit_pb(await self.runtime.wait(request.id))
 
     @streaming
     async def ContainerLogs(self, request: pb.ContainerLogsRequest, context: Any
                             ) -> AsyncIterator[pb.LogEntry]:
         async for entry in self.runtime.logs(request.id, follow=request.follow,
                                              tail=request.tail or None):
-            msg = pb.LogEntry(
-                stream=pb.LOG_STREAM_STDERR if entry.stream == "stderr" else pb.LOG_STREAM_STDOUT,
-                line=entry.text, partial=entry.partial,
-            )
-            msg.time.FromNanoseconds(entry.time_ns)
-            yield msg
+            yield _log_pb(entry)
 
     @streaming
     async def Exec(self, request: pb.ExecRequest, context: Any) -> AsyncIterator[pb.ExecOutput]:
@@ -652,6 +686,7 @@ _HOST_FIELDS = (
     "memory_used_bytes", "memory_committed_bytes", "cpu_committed_millis", "containers",
     "containers_running", "cpu_used_cores", "cpu_allocatable_millis", "memory_limits_bytes",
     "cpu_limits_millis", "disk_total_bytes", "disk_free_bytes", "boot_id", "os", "architecture",
+    "storage_limit_enforcement", "storage_limit_detail",
 )
 _STATS_FIELDS = (
     "id", "name", "image", "cpu_seconds", "cpu_cores", "cpu_fraction_of_limit", "cpu_throttled_seconds",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -115,12 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_loopback(address: str) -> bool:
+    """Whether ``HOST:PORT`` names this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     listen = tuple(args.listen or [DEFAULT_LISTEN])
     tcp = [a for a in listen if not a.startswith("unix:")]
     if tcp and args.tls_dir is None and not args.insecure_tcp:
         raise SystemExit(f"shoal-scheduler: TCP listener {tcp[0]} needs mutual TLS: pass --tls-dir DIR (with "
                          "ca.pem, scheduler.pem, scheduler-key.pem), or --insecure-tcp for loopback tests")
+    if args.insecure_tcp:
+        for address in tcp:
+            if not _is_loopback(address):
+                raise SystemExit(f"shoal-scheduler: --insecure-tcp is for loopback only, and {address} is "
+                                 "not: use --tls-dir DIR (shoal certs init) for real addresses")
     if args.tls_dir is not None:
         needed = ("ca.pem", "scheduler.pem", "scheduler-key.pem")
         missing = [n for n in needed if not (args.tls_dir / n).is_file()]

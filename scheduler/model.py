@@ -404,11 +404,141 @@ class HostStatus:
     revision: int = 0
 
 
+# -- host groups (elastic hosts: docs/elastic-hosts.md) --------------------------------------------------
+
+GroupName = NewType("GroupName", str)
+
+# The host label that makes a host a member of a group (`group=workers`).
+LABEL_GROUP = "group"
+
+
+@dataclass(frozen=True)
+class HostShape:
+    """What one new host of a group offers: its allocatable cpu and memory and its labels (``group`` is
+    always among them). Declared, or learned from the group's existing hosts."""
+
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class WebhookProvider:
+    """POST the request's JSON to ``url``; 2xx accepts it. Authenticated by a bearer token read from
+    ``token_file`` and/or a client certificate (mTLS); ``ca_file`` verifies the provider."""
+
+    url: str
+    token_file: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class CommandProvider:
+    """Run ``argv`` with the request's JSON on stdin; exit status 0 accepts it."""
+
+    argv: tuple[str, ...]
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class HostGroupSpec:
+    """A host group as declared (``kind: hostgroup`` in a service file)."""
+
+    name: GroupName
+    max_hosts: int
+    min_hosts: int = 0
+    shape: HostShape | None = None          # None: learned from member hosts
+    pending_for_seconds: float = 5.0        # replicas pending for lack of room this long ask for hosts
+    max_per_request: int = 10
+    scale_out_cooldown_seconds: float = 60.0   # between two scale-out requests of this group
+    provision_timeout_seconds: float = 600.0   # requested hosts not joined by then are no longer expected
+    scale_in: bool = True
+    scale_in_utilization_percent: int = 50  # a host below this (requests / allocatable, cpu and memory)
+    scale_in_after_seconds: float = 600.0   # ... for this long is unneeded
+    scale_in_delay_after_scale_out_seconds: float = 600.0
+    max_concurrent_drains: int = 1
+    webhook: WebhookProvider | None = None
+    command: CommandProvider | None = None
+
+
+@dataclass(frozen=True)
+class HostGroup:
+    """A declared group, as stored under ``hostgroups/{name}`` (written by the API)."""
+
+    spec: HostGroupSpec
+    generation: int = 1
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    revision: int = 0
+
+
+class ProviderRequestKind(enum.Enum):
+    SCALE_OUT = "scale_out"   # start ``count`` hosts of the group's shape
+    SCALE_IN = "scale_in"     # these drained hosts may be removed
+
+
+class DeliveryState(enum.Enum):
+    PENDING = "pending"       # not yet accepted by the provider; retried with backoff
+    DELIVERED = "delivered"   # accepted (2xx, or exit 0)
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    """One request to the provider. Its id is chosen and stored before the first attempt and never
+    changes, so a retry (by this leader or the next) cannot buy twice."""
+
+    id: str
+    kind: ProviderRequestKind
+    created_at: float
+    count: int = 0                          # scale_out: hosts asked for
+    shape: HostShape | None = None          # scale_out
+    hosts: tuple[HostId, ...] = ()          # scale_in: the hosts to remove
+    reason: str = ""
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str = ""
+    delivered_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class GroupDecision:
+    """Why the elastic loop did (or did not do) something for a group, for `describe hostgroup`."""
+
+    time: float
+    action: str      # "scale_out", "wait", "drain", "release", "forget", "at_max", ...
+    reason: str
+
+
+@dataclass(frozen=True)
+class HostGroupStatus:
+    """The leader's state for a group (``hostgroup-status/{name}``): requests, drains, timers, decisions."""
+
+    group: GroupName
+    desired_hosts: int = 0
+    pending_replicas: int = 0                 # pending for lack of room that this group could take
+    requests: tuple[ProviderRequest, ...] = ()  # undelivered ones, and the latest delivered ones
+    expected_hosts: int = 0                   # asked for, not yet joined (until the provision timeout)
+    expected_until: float = 0.0
+    last_scale_out_at: float = 0.0
+    underused_since: tuple[tuple[HostId, float], ...] = ()  # hosts below the utilization threshold
+    draining: tuple[tuple[HostId, float], ...] = ()         # scale-in drains in flight, since when
+    released: tuple[tuple[HostId, float], ...] = ()         # told to the provider; forgotten when gone
+    next_request_number: int = 1
+    decisions: tuple[GroupDecision, ...] = ()  # the latest last, bounded
+    revision: int = 0
+
+
 __all__ = [
-    "FENCE_OWNER", "LABEL_GENERATION", "LABEL_REPLICA", "LABEL_SERVICE", "Autoscale", "AutoscaleDecision",
-    "AutoscaleStatus", "Behavior", "Capacity", "Constraint", "ConstraintOp", "Decision", "HostAdmin",
-    "HostId", "HostPort", "HostRecord", "HostStatus", "MetricKind", "MetricTarget", "Placement",
-    "PortRequest", "Recommendation", "Replica", "ReplicaId", "ReplicaPhase", "ScaleEvent", "ScalingPolicy",
-    "ScalingRules", "Service", "ServiceName", "ServiceSpec", "Strategy", "TemplateFacts",
-    "TemplateRevision", "TopologySpread", "UpdatePolicy", "default_scale_down", "default_scale_up",
+    "FENCE_OWNER", "LABEL_GENERATION", "LABEL_GROUP", "LABEL_REPLICA", "LABEL_SERVICE", "Autoscale",
+    "AutoscaleDecision", "AutoscaleStatus", "Behavior", "Capacity", "CommandProvider", "Constraint",
+    "ConstraintOp", "Decision", "DeliveryState", "GroupDecision", "GroupName", "HostAdmin", "HostGroup",
+    "HostGroupSpec", "HostGroupStatus", "HostId", "HostPort", "HostRecord", "HostShape", "HostStatus",
+    "MetricKind", "MetricTarget", "Placement", "PortRequest", "ProviderRequest", "ProviderRequestKind",
+    "Recommendation", "Replica", "ReplicaId", "ReplicaPhase", "ScaleEvent", "ScalingPolicy", "ScalingRules",
+    "Service", "ServiceName", "ServiceSpec", "Strategy", "TemplateFacts", "TemplateRevision",
+    "TopologySpread", "UpdatePolicy", "WebhookProvider", "default_scale_down", "default_scale_up",
 ]

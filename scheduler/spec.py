@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import yaml
 from google.protobuf import json_format
@@ -32,6 +32,7 @@ from google.protobuf import json_format
 from proto.agent.v1 import agent_pb2
 from scheduler import constraints as constraint_text
 from scheduler import spec_yaml as sy
+from scheduler import template_rules as rules
 from scheduler import units
 from scheduler.model import (
     Autoscale,
@@ -49,6 +50,8 @@ from scheduler.spec_autoscale import parse_autoscale
 from scheduler.spec_render import api_dict, file_dict_from_api, render_yaml
 from scheduler.spec_yaml import Invalid, Problem, SpecError
 
+T = TypeVar("T")
+
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _PORT_TEXT_RE = re.compile(r"^\s*(?:(\d+):)?(\d+)(?:/([a-z]+))?\s*$")
 RESERVED_LABEL_PREFIX = "shoal."  # the scheduler's own labels on every container (model.LABEL_*)
@@ -64,7 +67,7 @@ EXTENSION_PREFIX = "x-"
 TOP_KEYS = ("name", "replicas", "template", "placement", "update", "labels", "metrics_port", "autoscale")
 TEMPLATE_KEYS = ("image", "command", "entrypoint", "env", "working_dir", "user", "hostname", "resources",
                  "ports", "health", "restart", "read_only", "network", "labels")
-RESOURCE_KEYS = ("cpus", "memory", "pids", "cpus_request", "memory_request")
+RESOURCE_KEYS = ("cpus", "memory", "pids", "cpus_request", "memory_request", "storage")
 PORT_KEYS = ("container", "host", "protocol")
 HEALTH_KEYS = ("http", "tcp", "exec", "interval", "timeout", "retries", "start_period",
                "restart_on_unhealthy")
@@ -90,7 +93,9 @@ _TEMPLATE_ALIASES = {"workingDir": "working_dir", "workdir": "working_dir", "wor
                      "livenessProbe": "health", "readinessProbe": "health", "net": "network",
                      "network_mode": "network", "publish": "ports", "limits": "resources"}
 _RESOURCE_ALIASES = {"cpu": "cpus", "mem": "memory", "memory_limit": "memory", "cpu_request": "cpus_request",
-                     "memory_reservation": "memory_request", "pids_limit": "pids", "pids_max": "pids"}
+                     "memory_reservation": "memory_request", "pids_limit": "pids", "pids_max": "pids",
+                     "storage_size": "storage", "ephemeral_storage": "storage",
+                     "ephemeral-storage": "storage", "disk": "storage"}
 _PORT_ALIASES = {"containerPort": "container", "container_port": "container", "target": "container",
                  "hostPort": "host", "host_port": "host", "published": "host"}
 _HEALTH_ALIASES = {"test": "exec", "cmd": "exec", "command": "exec", "httpGet": "http",
@@ -261,12 +266,12 @@ def _template(r: sy.Reader, node: yaml.Node) -> agent_pb2.ContainerSpec | None:
         return None
     spec = agent_pb2.ContainerSpec()
     spec.image = r.read(t, "image", "template", _image, "", required=True)
-    spec.command.extend(r.read(t, "command", "template", _words, []))
-    spec.entrypoint.extend(r.read(t, "entrypoint", "template", _words, []))
-    spec.env.extend(r.read(t, "env", "template", _env, []))
-    spec.working_dir = r.read(t, "working_dir", "template", sy.text, "")
-    spec.user = r.read(t, "user", "template", sy.text, "")
-    spec.hostname = r.read(t, "hostname", "template", sy.text, "")
+    spec.command.extend(r.read(t, "command", "template", _checked(_words, rules.strings_problem), []))
+    spec.entrypoint.extend(r.read(t, "entrypoint", "template", _checked(_words, rules.strings_problem), []))
+    spec.env.extend(r.read(t, "env", "template", _checked(_env, rules.strings_problem), []))
+    spec.working_dir = r.read(t, "working_dir", "template", _checked(sy.text, rules.working_dir_problem), "")
+    spec.user = r.read(t, "user", "template", _checked(sy.text, rules.user_problem), "")
+    spec.hostname = r.read(t, "hostname", "template", _checked(sy.text, rules.hostname_problem), "")
     spec.read_only = r.read(t, "read_only", "template", sy.boolean, False)
     network = r.read(t, "network", "template", _network, agent_pb2.NETWORK_MODE_UNSPECIFIED)
     spec.network = network
@@ -290,6 +295,20 @@ def _template(r: sy.Reader, node: yaml.Node) -> agent_pb2.ContainerSpec | None:
         if health is not None:
             spec.health.CopyFrom(health)
     return spec if len(r.problems) == before else None
+
+
+def _checked(convert: Callable[[yaml.Node], T], problem: Callable[[T], str | None]
+             ) -> Callable[[yaml.Node], T]:
+    """``convert``, then refused with the agent's reason if no agent would create a container with it
+    (``scheduler.template_rules``): better at apply than on every host at every placement."""
+    def check(node: yaml.Node) -> T:
+        value = convert(node)
+        reason = problem(value)
+        if reason is not None:
+            raise Invalid(reason)
+        return value
+
+    return check
 
 
 def _image(node: yaml.Node) -> str:
@@ -359,6 +378,7 @@ def _resources(r: sy.Reader, node: yaml.Node) -> agent_pb2.Resources | None:
     cpus_request = r.read(values, "cpus_request", path, _unit(units.parse_cpus, what="cpu request"), 0)
     memory_request = r.read(values, "memory_request", path,
                             _unit(units.parse_size, what="memory request"), 0)
+    storage = r.read(values, "storage", path, _unit(units.parse_storage_size), 0)
     if cpus and cpus_request > cpus:
         r.report(values["cpus_request"], f"{path}.cpus_request",
                  f"the request ({_as_written(values['cpus_request'])}) exceeds the limit "
@@ -368,7 +388,8 @@ def _resources(r: sy.Reader, node: yaml.Node) -> agent_pb2.Resources | None:
                  f"the request ({_as_written(values['memory_request'])}) exceeds the limit "
                  f"(memory: {_as_written(values['memory'])})")
     return agent_pb2.Resources(cpu_millis=cpus, memory_bytes=memory, pids_max=pids,
-                               cpu_request_millis=cpus_request, memory_request_bytes=memory_request)
+                               cpu_request_millis=cpus_request, memory_request_bytes=memory_request,
+                               storage_bytes=storage)
 
 
 def _as_written(node: yaml.Node) -> str:

@@ -242,7 +242,8 @@ def _template_dict(t: Mapping[str, Any]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for key, name, render in (("cpu_millis", "cpus", _thousandths), ("memory_bytes", "memory", _size),
                               ("pids_max", "pids", int), ("cpu_request_millis", "cpus_request", _thousandths),
-                              ("memory_request_bytes", "memory_request", _size)):
+                              ("memory_request_bytes", "memory_request", _size),
+                              ("storage_bytes", "storage", _size)):
         if int(resources.get(key, 0)):
             res[name] = render(resources[key])
     if res:

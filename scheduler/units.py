@@ -14,6 +14,8 @@ import re
 # The agent's minimums (agent/limits.py): below them a container could never start.
 MIN_MEMORY_BYTES = 6 << 20
 MIN_CPU_MILLIS = 10
+MIN_STORAGE_BYTES = 1 << 20   # the agent's agent.limits bounds for --storage-size
+MAX_STORAGE_BYTES = 1 << 50
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB]?)\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -41,6 +43,16 @@ def parse_memory(raw: str, *, what: str = "memory limit") -> int:
     value = parse_size(raw, what=what)
     if value < MIN_MEMORY_BYTES:
         raise InvalidValue(f"{what} {raw!r} is too small: the minimum is {MIN_MEMORY_BYTES >> 20}M")
+    return value
+
+
+def parse_storage_size(raw: str, *, what: str = "storage size") -> int:
+    """A container's writable-layer limit (the agent's ``--storage-size``), with the agent's bounds."""
+    value = parse_size(raw, what=what)
+    if value < MIN_STORAGE_BYTES:
+        raise InvalidValue(f"{what} {raw!r} is too small: the minimum is {MIN_STORAGE_BYTES >> 20}M")
+    if value > MAX_STORAGE_BYTES:
+        raise InvalidValue(f"{what} {raw!r} is too large: the maximum is {MAX_STORAGE_BYTES >> 50}P")
     return value
 
 

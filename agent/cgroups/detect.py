@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agent.cgroups import delegation, v1, v2
+from agent.cgroups import delegation, device_bpf, v1, v2
 from agent.cgroups.manager import (
     LIMIT_CONTROLLERS,
     CgroupFs,
@@ -34,6 +34,7 @@ def detect(
     fs: CgroupFs | None = None,
     delegate: bool = False,
     proc_cgroup: Path = Path("/proc/self/cgroup"),
+    device_filter: device_bpf.DeviceFilter | None = None,
 ) -> CgroupManager:
     """Pick the implementation for this host from its mount table. Blocking (reads /proc and cgroupfs).
 
@@ -48,7 +49,9 @@ def detect(
     ``proc_cgroup`` (see ``agent.cgroups.delegation``; ``FailedPrecondition`` explains when the process
     does not run in a delegated unit). On v2 this *moves the calling process* (and anything else in the
     unit's cgroup) into the leaf ``<unit>/agent`` and enables the controllers for the unit's subtree;
-    children it spawns afterwards (the supervisor) start in that leaf too."""
+    children it spawns afterwards (the supervisor) start in that leaf too.
+
+    ``device_filter``: how a v2 manager attaches device programs (default: bpf(2); tests pass a fake)."""
     real_fs: CgroupFs = fs if fs is not None else RealCgroupFs()
     try:
         text = mountinfo.read_text(encoding="utf-8", errors="surrogateescape")
@@ -81,5 +84,6 @@ def detect(
         else:
             log.info("cgroups: rooted in the delegated %s in every v1 hierarchy", root)
     if chosen is not None:
-        return v2.V2CgroupManager(fs=real_fs, mountpoint=chosen.mountpoint, root=root)
+        return v2.V2CgroupManager(fs=real_fs, mountpoint=chosen.mountpoint, root=root,
+                                  device_filter=device_filter)
     return v1.V1CgroupManager(fs=real_fs, mounts=v1_mounts, root=root)

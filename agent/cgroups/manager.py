@@ -40,8 +40,9 @@ Failure meanings (all from ``agent.errors``)
     * ``InvalidArgument`` — a malformed name, an out-of-range limit, a limit this host cannot enforce
       (e.g. a memory limit when no memory controller is mounted), or a value the kernel refused (EINVAL).
     * ``AlreadyExists`` — ``create()`` of a group that already exists (in any hierarchy).
-    * ``FailedPrecondition`` — the host cannot do what was asked (device rules on cgroup v2, no cgroup
-      filesystem mounted); ``CgroupBusy`` (a subclass) when a group still holds processes or children.
+    * ``FailedPrecondition`` — the host cannot do what was asked (device rules where neither the v1
+      devices controller nor BPF device programs are available, no cgroup filesystem mounted);
+      ``CgroupBusy`` (a subclass) when a group still holds processes or children.
     * ``ShoalError`` — any other OS error, with the operation and the path in the message.
 
 All file-system access goes through ``CgroupFs`` so that tests can substitute a fake kernel.
@@ -324,13 +325,16 @@ class CgroupManager(Protocol):
 
     @property
     def supports_device_rules(self) -> bool:
-        """False on v2 (device control needs eBPF, not implemented): drop CAP_MKNOD instead."""
+        """Whether ``create`` can enforce device rules: v1 with a devices hierarchy, v2 where BPF device
+        programs load (the first call probes, once). When false, drop CAP_MKNOD instead."""
         ...
 
     def create(self, name: str, *, limits: Limits, devices: Sequence[DeviceRule]) -> Cgroup:
         """Create ``name`` (and missing parents) with ``limits`` and device rules applied.
 
-        ``devices`` must be empty when ``supports_device_rules`` is false (``FailedPrecondition``).
+        ``devices`` are read in order as v1's ``devices.allow``/``devices.deny`` writes (start the list
+        with a deny-all ``a`` rule); ``()`` applies none, so the group is as open as its parent. They must
+        be empty when ``supports_device_rules`` is false (``FailedPrecondition``).
         ``AlreadyExists`` if the group exists. On failure the leaf is removed again."""
         ...
 

@@ -5,10 +5,13 @@ lists it in ``cgroup.subtree_control``, so ``create`` enables ``cpu``, ``memory`
 mount root down to the group's parent (only those the kernel offers in ``cgroup.controllers``).
 Kill uses ``cgroup.kill`` (Linux ≥ 5.14), falling back to ``cgroup.freeze`` + SIGKILL per pid.
 
-Not implemented: device control. On v2 it needs an eBPF program of type BPF_PROG_TYPE_CGROUP_DEVICE
-attached to the group (what runc and youki do); there is no file to write. The manager therefore reports
-``supports_device_rules = False`` and refuses device rules; the runtime drops CAP_MKNOD instead, which
-stops mknod of host disks but not the use of device nodes bind-mounted into a container.
+Device rules have no file on v2: ``create`` compiles them into a BPF device program and attaches it to
+the new group before anything can join it (``agent.cgroups.device_bpf``, as runc and youki do). The
+kernel keeps the program with the group, so it outlives the agent and goes when the group is removed; an
+empty rule list attaches nothing (the group is as open as its parent, like a v1 group given no rules).
+A host that cannot load device programs reports ``supports_device_rules = False`` and refuses rules; the
+runtime then drops CAP_MKNOD, which stops mknod of host disks but not the use of device nodes
+bind-mounted into a container.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
-from agent.cgroups import manager
+from agent.cgroups import device_bpf, manager
 from agent.cgroups.manager import CgroupBusy, CgroupFs, CgroupStats, DeviceRule, Limits
-from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, ShoalError
 
 KillFn = Callable[[int, int], None]
 
@@ -216,7 +219,6 @@ class V2CgroupManager:
     """``CgroupManager`` for the unified hierarchy mounted at ``mountpoint``."""
 
     version = 2
-    supports_device_rules = False
 
     def __init__(
         self,
@@ -227,8 +229,10 @@ class V2CgroupManager:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         root: str = "",
+        device_filter: device_bpf.DeviceFilter | None = None,
     ) -> None:
         self._fs = fs
+        self._device_filter = device_filter if device_filter is not None else device_bpf.KernelDeviceFilter()
         # Groups live under ``root``: "" (the top of the hierarchy) or the cgroup systemd delegated to the
         # agent's unit (``agent.cgroups.delegation``). Controllers are enabled from there down, never
         # above: the ancestors belong to systemd.
@@ -236,6 +240,10 @@ class V2CgroupManager:
         self._kill_pid = kill_pid
         self._clock = clock
         self._sleep = sleep
+
+    @property
+    def supports_device_rules(self) -> bool:
+        return self._device_filter.available()
 
     def _cgroup(self, name: str) -> V2Cgroup:
         return V2Cgroup(
@@ -245,11 +253,12 @@ class V2CgroupManager:
 
     def create(self, name: str, *, limits: Limits, devices: Sequence[DeviceRule]) -> V2Cgroup:
         name = manager.validate_name(name)
-        if devices:
+        if devices and not self.supports_device_rules:
             raise FailedPrecondition(
-                "device rules are not supported on cgroup v2 (they need eBPF); pass none and drop "
-                "CAP_MKNOD instead (see CgroupManager.supports_device_rules)"
+                "device rules on cgroup v2 need a BPF device program, which this host cannot load; pass "
+                "none and drop CAP_MKNOD instead (see CgroupManager.supports_device_rules)"
             )
+        program = device_bpf.compile_rules(devices) if devices else None
         check_limits_supported(limits, read_controllers(self._fs, self._base))
         parts = name.split("/")
         current = self._base
@@ -268,6 +277,14 @@ class V2CgroupManager:
                     raise manager.wrap_os_error(err, op="mkdir", path=current) from err
                 if i == len(parts) - 1:
                     leaf = current
+            if program is not None:
+                # Before the group is handed out: no process may join it unfiltered.
+                try:
+                    self._device_filter.attach(leaf, program)
+                except OSError as err:
+                    # err.strerror names the bpf(2) step and carries the verifier's log, if any.
+                    detail = err.strerror or str(err)
+                    raise ShoalError(f"cannot enforce device rules on cgroup {leaf}: {detail}") from err
             group = self._cgroup(name)
             group.apply(limits)
         except BaseException:

@@ -101,6 +101,11 @@ def _add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-request", dest="cpus_request", default=None, metavar="CORES",
                         help="cpu the host reserves for it (default: the limit)")
     parser.add_argument("--pids", "--pids-limit", dest="pids", default=None, help="max processes")
+    parser.add_argument("--storage-size", dest="storage_size", default=None, metavar="SIZE",
+                        help="writable-layer limit, e.g. 1G: a project quota where the agent's filesystem "
+                             "has one, else measured and the container evicted (killed) when over it")
+    parser.add_argument("--storage-opt", dest="storage_opt", action="append", default=[], metavar="size=SIZE",
+                        help="Docker's spelling of --storage-size (only size= is known)")
     parser.add_argument("--hostname", default="")
     parser.add_argument("-u", "--user", default="", help="UID[:GID] or NAME[:GROUP]")
     parser.add_argument("-w", "--workdir", default="")
@@ -189,6 +194,16 @@ def _key_values(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _storage_bytes(args: argparse.Namespace) -> int:
+    """--storage-size, or Docker's --storage-opt size= (the last one given wins, as in Docker)."""
+    sizes = [parsing.parse_storage_opt(opt) for opt in args.storage_opt]
+    if args.storage_size:
+        if sizes:
+            raise InvalidArgument("give the storage limit once: --storage-size or --storage-opt size=")
+        return parsing.parse_storage_size(args.storage_size)
+    return sizes[-1] if sizes else 0
+
+
 def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
     try:
         resources = pb.Resources(
@@ -199,6 +214,7 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
             if args.memory_request else 0,
             cpu_request_millis=parsing.parse_cpus(args.cpus_request, what="cpu request")
             if args.cpus_request else 0,
+            storage_bytes=_storage_bytes(args),
         )
         env = parsing.parse_env(args.env)
         restart = parse_restart(args.restart)
@@ -211,7 +227,7 @@ def build_request(args: argparse.Namespace) -> pb.CreateContainerRequest:
         image=args.image, entrypoint=entrypoint, command=args.command, env=env,
         working_dir=args.workdir, user=args.user, hostname=args.hostname, resources=resources,
         read_only=args.read_only, network=_NETWORKS[args.network], ports=ports,
-        labels=_key_values(args.label, "label"), auto_remove=bool(args.rm and args.detach),
+        labels=_key_values(args.label, "label"), auto_remove=bool(args.rm),
         restart=restart, health=health,
     )
     return pb.CreateContainerRequest(id=args.id, name=args.name, spec=spec)
@@ -268,17 +284,16 @@ def cmd_run(agent: Agent, args: argparse.Namespace) -> int:
         # Choose the id here, so a failed start can be cleaned up: the user never saw this container.
         request.id = os.urandom(32).hex()
     try:
-        ctr = agent.containers.CreateContainer(request)
+        if args.detach:
+            print(agent.containers.CreateContainer(request).id)
+            return 0
+        return _run_attached(agent, request)
     except RpcFailure as err:
         if ours:  # created but not started (a taken port, a missing command): leave nothing behind
             _remove_quietly(agent, request.id)
         if err.code == "FAILED_PRECONDITION" and _launch_kind(err):
             raise CliError(err.message or "start failed", code=_launch_code(err)) from None
         raise CliError(describe_rpc_error(err, agent.address), code=EXIT_RUN_FAILED) from None
-    if args.detach:
-        print(ctr.id)
-        return 0
-    return _attach(agent, ctr.id, remove=args.rm)
 
 
 def _remove_quietly(agent: Agent, container_id: str) -> None:
@@ -288,32 +303,79 @@ def _remove_quietly(agent: Agent, container_id: str) -> None:
         return  # already gone, or the agent is: the error the caller reports is the one that matters
 
 
-def _attach(agent: Agent, container_id: str, *, remove: bool) -> int:
-    """Stream the container's output until it exits, then exit with its code."""
+class _Abandoned(Exception):
+    """The user gave up waiting: a second interrupt, or a stop that never came back."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# After asking for a stop, how long past its grace period to wait for the exit before giving up.
+_STOP_SLACK_SECONDS = 10
+
+
+def _run_attached(agent: Agent, request: pb.CreateContainerRequest) -> int:
+    """Run the container and stream its output until it exits, then exit with its code.
+
+    The first SIGINT/SIGTERM asks the agent to stop the container (SIGTERM, then SIGKILL after 10 s)
+    and keeps streaming; a second one, or no exit by the end of the stop's grace plus a margin, gives up
+    at once (exit 128+signal), leaving the container to the agent — with ``--rm`` the agent removes it
+    when it exits, as it does when this process is killed outright."""
     import signal
 
-    interrupted = False
+    first: int | None = None
+    started = False
+    stop_timeout = 10
+
+    def ask_stop() -> None:
+        signal.alarm(stop_timeout + _STOP_SLACK_SECONDS)
+        try:  # sent now, answered whenever: the output keeps streaming meanwhile
+            agent.transport.unary_nowait(pb.ContainersStub.StopContainer_method,
+                                         pb.StopContainerRequest(id=request.id, timeout_seconds=stop_timeout))
+        except RpcFailure:
+            return  # the agent is gone; the output stream reports that
 
     def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal interrupted
-        # First ^C asks the container to stop (SIGTERM, then SIGKILL); we keep streaming its output.
-        if not interrupted:
-            interrupted = True
-            try:  # sent now, answered whenever: the output keeps streaming meanwhile
-                agent.transport.unary_nowait(pb.ContainersStub.StopContainer_method,
-                                             pb.StopContainerRequest(id=container_id, timeout_seconds=10))
-            except RpcFailure:
-                return  # the agent is gone; the output stream reports that
+        nonlocal first
+        if first is not None:  # a second signal, or SIGALRM: the stop's time is up
+            raise _Abandoned(first)
+        first = signum
+        print(f"shoal: stopping {request.id[:12]} (interrupt again to stop waiting)", file=sys.stderr,
+              flush=True)
+        if started:
+            ask_stop()  # else asked as soon as it has started
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+        signal.signal(signum, on_signal)
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    status = None
     try:
-        with rpc_errors(agent.address):
-            _stream_logs(agent, pb.ContainerLogsRequest(id=container_id, follow=True), timestamps=False)
-            status = agent.containers.WaitContainer(pb.ContainerRef(id=container_id))
-    finally:
-        if remove:
-            _remove_quietly(agent, container_id)
+        for item in agent.containers.RunContainer(request):
+            if item.HasField("started"):
+                started = True
+                if first is not None:
+                    ask_stop()
+            elif item.HasField("log"):
+                entry = item.log
+                target = err if entry.stream == pb.LOG_STREAM_STDERR else out
+                target.write(entry.line if entry.partial else entry.line + b"\n")
+                target.flush()
+            elif item.HasField("exit"):
+                status = item.exit
+    except _Abandoned as gave_up:
+        signal.alarm(0)
+        print(f"shoal: gave up waiting for {request.id[:12]} to exit; the agent still stops it"
+              + (" and removes it" if request.spec.auto_remove else ""), file=sys.stderr)
+        return 128 + gave_up.signum
+    except RpcFailure as failure:
+        if not started:
+            raise  # the run's own failure: the caller cleans up and reports it
+        raise CliError(describe_rpc_error(failure, agent.address)) from None
+    signal.alarm(0)
+    if status is None:
+        raise CliError(f"the agent ended {request.id[:12]}'s output without its exit status")
     if status.reason == "StartFailed" and status.error:
         print(f"shoal: {status.error}", file=sys.stderr)
     return int(status.exit_code)

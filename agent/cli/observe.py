@@ -170,6 +170,7 @@ def cmd_host(agent: Agent, args: argparse.Namespace) -> int:
         ["memory committed", f"{human_size(host.memory_committed_bytes)} requested, "
                              f"{human_size(host.memory_limits_bytes)} of limits"],
         ["disk", f"{human_size(host.disk_free_bytes)} free of {human_size(host.disk_total_bytes)}"],
+        ["storage limits", f"{host.storage_limit_enforcement or '-'} ({host.storage_limit_detail or '-'})"],
         ["containers", f"{host.containers} ({host.containers_running} running)"],
     ]
     width = max(len(k) for k, _ in rows)

@@ -57,7 +57,7 @@ def status_line(ctr: pb.Container) -> str:
         return f"Restarting ({ctr.exit_code}) {ago(ctr.finished_at.ToNanoseconds() / 1e9)}"
     if ctr.state == pb.CONTAINER_STATE_EXITED:
         when = ago(ctr.finished_at.ToNanoseconds() / 1e9) if ctr.HasField("finished_at") else ""
-        reason = f" {ctr.reason}" if ctr.reason in ("OOMKilled", "StartFailed", "Lost") else ""
+        reason = f" {ctr.reason}" if ctr.reason in ("OOMKilled", "StartFailed", "Lost", "Evicted") else ""
         return f"Exited ({ctr.exit_code}){reason} {when}".rstrip()
     return "Created"
 

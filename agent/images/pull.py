@@ -329,6 +329,7 @@ class Puller:
 
     def _pull(self, ref: str, *, progress: Callable[[ImportProgress], None] | None, abort: Abort) -> Image:
         target = parse_pull_reference(ref)
+        self.store.check_free_space(what=f"pull of {ref}")
         report = _serialized(progress)
         report(ImportProgress("resolving"))
         client = self.client(target.registry)

@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 from agent import durable
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.images import importer, layers, refs
+from agent.images import reserve as reserves
 
 
 @dataclass(frozen=True)
@@ -215,9 +216,12 @@ def _hex(digest: str) -> str:
 class ImageStore:
     """Content-addressed images on the local disk; see the module docstring for layout and locking."""
 
-    def __init__(self, root: Path, *, limits: layers.UnpackLimits | None = None) -> None:
+    def __init__(self, root: Path, *, limits: layers.UnpackLimits | None = None,
+                 reserve: reserves.FreeSpaceReserve = reserves.OFF) -> None:
         self.root = root
         self.limits = limits if limits is not None else layers.UnpackLimits()
+        # Free space a pull or an import must find before it starts (the agent passes --min-free-space).
+        self.reserve = reserve
         # diff_id → how many pulls in this process hold it (see hold_layers); only the agent pulls.
         self._holds: dict[str, int] = {}
         self._holds_lock = threading.Lock()
@@ -244,6 +248,10 @@ class ImageStore:
     def blob_path(self, digest: str) -> Path:
         return self.root / "blobs" / "sha256" / _hex(digest)
 
+    def check_free_space(self, *, what: str) -> None:
+        """``ResourceExhausted`` (naming free space and reserve) if a pull or import must not start."""
+        reserves.check_free_space(self.root, self.reserve, what=what)
+
     # -- import -------------------------------------------------------------------------------------
 
     def import_archive(
@@ -263,6 +271,7 @@ class ImageStore:
         if target is not None and target.digest is not None:
             raise InvalidArgument(f"cannot name an image with a digest: {name}")
         report = progress if progress is not None else (lambda _event: None)
+        self.check_free_space(what=f"import of {path.name}")
         created: list[str] = []
         try:
             with _flock(self._lock("gc"), fcntl.LOCK_SH), importer.Archive(path) as archive:

@@ -61,8 +61,8 @@ MOUNT_ATTR_RDONLY = 0x1
 
 # Syscalls glibc 2.36 does not wrap (or wraps only recently); numbers differ per architecture.
 _SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
-    "x86_64": {"pivot_root": 155, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "mount_setattr": 442},
+    "x86_64": {"pivot_root": 155, "mount_setattr": 442, "bpf": 321},
+    "aarch64": {"pivot_root": 41, "mount_setattr": 442, "bpf": 280},
 }
 _NR = _SYSCALL_NUMBERS.get(platform.machine(), _SYSCALL_NUMBERS["x86_64"])
 
@@ -145,6 +145,14 @@ def mount_setattr(path: str, *, attr_set: int, attr_clr: int = 0, recursive: boo
         ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
     )
     check(int(ret), f"mount_setattr {path}")
+
+
+def bpf(cmd: int, attr: ctypes.Structure, *, what: str) -> int:
+    """bpf(2) with ``attr`` (a ``union bpf_attr`` prefix; the kernel zero-fills the rest); its result."""
+    ret = libc.syscall(
+        _NR["bpf"], ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr))
+    )
+    return check(int(ret), what)
 
 
 def unshare(flags: int) -> None:

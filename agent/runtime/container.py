@@ -19,6 +19,37 @@ from agent.runtime.supervisor_client import ExitEvent
 from agent.usage.targets import SampleTarget
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
+class Hold:
+    """A caller attached to a container's run: while any hold is on it, auto-removal waits. Made before
+    the container exists, so a caller that goes away while the create still runs releases what it never
+    got to hold."""
+
+    def __init__(self) -> None:
+        self.container: Container | None = None
+        self.released = False
+
+    def hold(self, ctr: Container) -> None:
+        if self.released:
+            return  # its caller is already gone
+        self.container = ctr
+        ctr.holds.add(self)
+        ctr.unheld.clear()
+
+    def release(self) -> None:
+        self.released = True
+        ctr = self.container
+        if ctr is not None and self in ctr.holds:
+            ctr.holds.discard(self)
+            if not ctr.holds:
+                ctr.unheld.set()
+
+
 @dataclass(eq=False)
 class Container:
     """The daemon's live view of one container: its record, its lifecycle, and the runtime's handles."""
@@ -35,6 +66,12 @@ class Container:
     # An exit reported while its launch was still being applied; handled right after.
     pending_exit: ExitEvent | None = None
     sample_target: SampleTarget | None = field(default=None, repr=False)  # cached per run
+    # Callers attached to its run (``shoal run`` in the foreground): auto-removal waits until none is
+    # left, so the last of its output and its exit status reach them first.
+    holds: set[Hold] = field(default_factory=set)
+    unheld: asyncio.Event = field(default_factory=_set_event)
+    # This run's storage limit is a project quota the kernel enforces (else the sampler measures it).
+    storage_quota: bool = False
 
     @property
     def id(self) -> str:
@@ -74,4 +111,4 @@ class Container:
         return self.lc.exit
 
 
-__all__ = ["Container"]
+__all__ = ["Container", "Hold"]

@@ -25,7 +25,7 @@ import logging
 import signal as signals
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,10 +45,11 @@ from agent.images.store import DiskUsage as StoreDiskUsage
 from agent.images.store import Image
 from agent.network.manager import Attachment
 from agent.rootfs import overlay
+from agent.rootfs.storage_limit import ProjectQuotas
 from agent.runtime import core, execs, prepare, records, runfile
 from agent.runtime import health as healthcheck
 from agent.runtime import logs as ctrlogs
-from agent.runtime.container import Container
+from agent.runtime.container import Container, Hold
 from agent.runtime.drivers import ImageSource, Network, Supervisor, SupervisorConnector
 from agent.runtime.events import EventLog, EventType
 from agent.runtime.executor import Executor, LaunchFailed
@@ -142,8 +143,10 @@ class Listing:
 class ContainerRuntime:
     def __init__(self, settings: RuntimeSettings, *, images: ImageSource,
                  cgroup_manager: cgroups.CgroupManager, connect: SupervisorConnector,
-                 network: Network | None = None, boot_id: str = "") -> None:
+                 network: Network | None = None, boot_id: str = "",
+                 quotas: ProjectQuotas | None = None) -> None:
         self.settings = settings
+        self._quotas = quotas  # --storage-size as project quotas; None: measured by the usage sampler
         self.images = images
         # Bridge networking, when the agent has a --subnet (set up by the daemon before open()).
         self.network = network
@@ -177,6 +180,7 @@ class ContainerRuntime:
             python=self.settings.python, log_max_bytes=self.settings.log_max_bytes,
             log_max_files=self.settings.log_max_files, supervisor=self._require_supervisor,
             restart_due=self._restart_due, health_result=self._health_result, auto_remove=self._auto_remove,
+            quotas=self._quotas,
         )
         loaded = await asyncio.to_thread(records.load_all, self.containers_dir,
                                          quarantine_dir=root / "quarantine")
@@ -298,7 +302,7 @@ class ContainerRuntime:
             try:
                 supervisor = await self._connect()
                 alive = await supervisor.list_running()
-            except ShoalError as err:
+            except (ShoalError, OSError) as err:  # OSError: a full disk refusing its lock or log file
                 log.error("cannot reach a supervisor (%s); retrying in %.1fs", err, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -446,6 +450,23 @@ class ContainerRuntime:
         return await self._shielded(self._create(request, pull=pull, keys=keys, done=done),
                                     name=f"create-{cid[:12]}")
 
+    async def create_and_start(self, *, container_id: str = "", name: str = "", spec: ContainerSpec,
+                               pull: PullPolicy = PullPolicy.NEVER, fence: Fence = UNFENCED,
+                               hold: Hold | None = None,
+                               start: Callable[[str], Awaitable[Container]] | None = None) -> Container:
+        """Create, then start (``start``, the API's with its metrics, or ``self.start``): one unit a
+        caller going away cannot split, so it never leaves a Created container nobody will start.
+        ``hold`` is put on the container before it can exit."""
+        async def both() -> Container:
+            ctr = await self.create(container_id=container_id, name=name, spec=spec, pull=pull, fence=fence)
+            if hold is not None:
+                hold.hold(ctr)
+            if start is not None:
+                return await start(ctr.id)
+            return await self.start(ctr.id, fence=fence)
+
+        return await self._shielded(both(), name=f"run-{(container_id or name)[:12]}")
+
     async def _create(self, request: prepare.Request, *, pull: PullPolicy, keys: list[str],
                       done: asyncio.Future[None]) -> Container:
         cid = request.container_id
@@ -584,6 +605,10 @@ class ContainerRuntime:
         await self._user_wants_it_down(ctr)
         if ctr.lc.state is not State.RUNNING:
             return ctr  # docker stop on a stopped container is not an error
+        # A stop asked for is carried out even if its caller goes away (an interrupted `shoal run`).
+        return await self._shielded(self._stop(ctr, timeout), name=f"stop-{ctr.id[:12]}")
+
+    async def _stop(self, ctr: Container, timeout: float) -> Container:
         await self._require_supervisor().kill(ctr.id, ctr.record.prepared.stop_signal)
         try:
             await asyncio.wait_for(ctr.exited.wait(), timeout=max(timeout, 0))
@@ -651,6 +676,9 @@ class ContainerRuntime:
             return ctr.id, False
 
     async def _auto_remove(self, container_id: str) -> None:
+        ctr = self._containers.get(container_id)
+        if ctr is not None:
+            await ctr.unheld.wait()  # an attached caller gets the end of its output and its exit first
         with contextlib.suppress(ShoalError):
             await self.remove(container_id, force=True, missing_ok=True)
 
@@ -680,6 +708,20 @@ class ContainerRuntime:
         async for entry in ctrlogs.follow_entries(directory, is_finished=finished, tail=tail,
                                                   wake=ctr.exited):
             yield entry
+
+    async def attached_run(self, ctr: Container, hold: Hold
+                           ) -> AsyncIterator[ctrlogs.LogEntry | core.ExitStatus]:
+        """A held container's output from its start, then its exit status; the hold is released after
+        the last item is taken, or when the caller goes away."""
+        try:
+            async for entry in self.logs(ctr.id, follow=True, tail=None):
+                yield entry
+            await ctr.exited.wait()
+            if ctr.lc.exit is None:
+                raise NotFound(f"container {ctr.name} was removed before it exited")
+            yield ctr.lc.exit
+        finally:
+            hold.release()
 
     async def exec(self, ref: str, *, argv: list[str], env: list[str], working_dir: str,
                    user: str) -> AsyncIterator[tuple[str, bytes | int]]:
@@ -712,9 +754,19 @@ class ContainerRuntime:
                     cgroup=cg, upper_dir=Path(ctr.record.prepared.upper_dir),
                     started_at=ctr.lc.started_at or 0.0, memory_limit_bytes=res.memory_bytes,
                     cpu_limit_millis=res.cpu_millis, own_network=ctr.spec.network is not NetworkMode.HOST,
+                    storage_limit_bytes=None if ctr.storage_quota else res.storage_bytes,
                 )
             out.append(target)
         return out
+
+    def evict(self, target: SampleTarget, message: str) -> None:
+        """The usage sampler found this run of a container over its storage limit: kill it, recording
+        why (reason ``Evicted``). A container that exited or restarted meanwhile is left alone."""
+        ctr = self._containers.get(target.id)
+        if ctr is None or ctr.lc.state is not State.RUNNING or ctr.lc.pid != target.pid:
+            return
+        log.warning("evicting %s: %s", ctr.name, message)
+        self._apply(ctr, core.evicted(ctr.id, ctr.lc, message=message))
 
     def commitments(self) -> Commitments:
         """Requests and limits of every container holding a reservation (``state.HOLDS_RESERVATION``)."""

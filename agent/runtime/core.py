@@ -38,8 +38,8 @@ START_FAILED_CODES = {"not-found": 127, "not-executable": 126, "setup": 125}
 @dataclass(frozen=True)
 class ExitStatus:
     exit_code: int
-    reason: str  # Completed, Error, OOMKilled, Killed, StartFailed, Lost, Unhealthy
-    error: str = ""
+    reason: str  # Completed, Error, OOMKilled, Killed, StartFailed, Lost, Unhealthy, Evicted
+    error: str = ""  # a start failure's message, or why the daemon killed it (Evicted)
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Lifecycle:
     next_restart_at: float | None = None  # set while RESTARTING
     exit_handled: float | None = None  # finished_at of the last exit acted on
     kill_reason: str = ""  # why the daemon itself killed it (the exit then carries this reason)
+    kill_message: str = ""  # and what to tell the user about it (the exit's error)
     health: HealthStatus = HealthStatus.NONE
     health_failing_streak: int = 0
     health_log: tuple[HealthResult, ...] = ()
@@ -67,8 +68,8 @@ class Lifecycle:
         return ContainerStatus(
             restart_count=self.restart_count, backoff_streak=self.backoff_streak,
             stopped_by_user=self.stopped_by_user, next_restart_at=self.next_restart_at,
-            exit_handled=self.exit_handled, kill_reason=self.kill_reason, health=self.health,
-            health_failing_streak=self.health_failing_streak, health_log=self.health_log,
+            exit_handled=self.exit_handled, kill_reason=self.kill_reason, kill_message=self.kill_message,
+            health=self.health, health_failing_streak=self.health_failing_streak, health_log=self.health_log,
         )
 
     @classmethod
@@ -76,7 +77,8 @@ class Lifecycle:
         return cls(
             restart_count=status.restart_count, backoff_streak=status.backoff_streak,
             stopped_by_user=status.stopped_by_user, next_restart_at=status.next_restart_at,
-            exit_handled=status.exit_handled, kill_reason=status.kill_reason, health=status.health,
+            exit_handled=status.exit_handled, kill_reason=status.kill_reason,
+            kill_message=status.kill_message, health=status.health,
             health_failing_streak=status.health_failing_streak, health_log=status.health_log,
         )
 
@@ -186,7 +188,7 @@ def launched(cid: str, lc: Lifecycle, *, pid: int, started_at: float, policy: Po
              now: float) -> Step:
     health = HealthStatus.STARTING if policy.health is not None else lc.health
     lc = _to(cid, lc, State.RUNNING, now=now, pid=pid, started_at=started_at, exit=None,
-             finished_at=None, kill_reason="", health=health,
+             finished_at=None, kill_reason="", kill_message="", health=health,
              health_failing_streak=0 if policy.health is not None else lc.health_failing_streak)
     return Step(lc, (Emit(EventType.STARTED), SaveStatus(), StartHealth()))
 
@@ -210,7 +212,8 @@ def exited(cid: str, lc: Lifecycle, *, code: int, sig: int | None, oom: bool, fi
     if lost:
         status = ExitStatus(code, "Lost", lost)
     else:
-        status = ExitStatus(code, exit_reason(code=code, sig=sig, oom=oom, kill_reason=lc.kill_reason))
+        reason = exit_reason(code=code, sig=sig, oom=oom, kill_reason=lc.kill_reason)
+        status = ExitStatus(code, reason, lc.kill_message if reason == lc.kill_reason else "")
     return _exited(cid, lc, status, finished_at=finished_at, policy=policy, now=now)
 
 
@@ -242,7 +245,7 @@ def _exited(cid: str, lc: Lifecycle, status: ExitStatus, *, finished_at: float |
         if status.reason == "OOMKilled":
             actions.append(Emit(EventType.OOM_KILLED, exit_code=status.exit_code, reason=status.reason))
         actions.append(Emit(EventType.EXITED, exit_code=status.exit_code, reason=status.reason))
-    lc = replace(lc, exit_handled=finished_at, kill_reason="")
+    lc = replace(lc, exit_handled=finished_at, kill_reason="", kill_message="")
     wanted = restartable and restart.decide(
         policy.restart, exit_code=status.exit_code, oom=status.reason == "OOMKilled",
         restart_count=lc.restart_count, stopped_by_user=lc.stopped_by_user,
@@ -305,6 +308,19 @@ def health_result(cid: str, lc: Lifecycle, *, old: HealthState, new: HealthState
             actions.append(Signal(stop_signal))
     actions.append(SaveStatus())
     return Step(lc, tuple(actions))
+
+
+def evicted(cid: str, lc: Lifecycle, *, message: str) -> Step:
+    """Its writable layer was measured over its storage limit (``message`` says by how much): it is
+    killed, and its exit carries reason ``Evicted`` and the message, like the kubelet's ephemeral-storage
+    eviction. The restart policy then decides, as for any exit (137 is a failure for ``on-failure``);
+    the layer survives a restart, so a container that does not clean up is evicted again and backs
+    off. Only a running container is evicted; a stop already on its way wins."""
+    if lc.state is not State.RUNNING or lc.kill_reason:
+        return Step(lc)
+    lc = replace(lc, kill_reason="Evicted", kill_message=message)
+    return Step(lc, (Emit(EventType.EVICTED, reason="Evicted", message=message), Signal(signals.SIGKILL),
+                     SaveStatus()))
 
 
 def removing(cid: str, lc: Lifecycle, *, now: float) -> Step:
@@ -380,7 +396,7 @@ def _as_running(cid: str, lc: Lifecycle, *, now: float, pid: int = 0) -> Lifecyc
 __all__ = [
     "START_FAILED_CODES", "Action", "AutoRemove", "CancelRestart", "Emit", "ExitStatus",
     "Lifecycle", "Policy", "RunFacts", "SaveStatus", "ScheduleRestart", "Signal", "StartHealth", "Step",
-    "StopHealth", "exit_reason", "exited", "health_result", "launch_failed", "launched", "lost",
+    "StopHealth", "evicted", "exit_reason", "exited", "health_result", "launch_failed", "launched", "lost",
     "recovered", "remove_failed", "removed", "removing", "restart_due", "start", "start_aborted",
     "stop_requested",
 ]

@@ -3,9 +3,11 @@
 Every event gets the next sequence number; numbers never repeat within an *epoch*, also across agent
 restarts, because the log is appended to ``<root>/events.jsonl`` and reloaded on start (the last
 ``capacity`` events and the counter). Each event is written (not fsynced) before any watcher sees it, so a
-SIGKILLed agent never hands out a sequence again. The file is compacted to the newest ``capacity`` events
-once it holds twice that many, so it stays bounded. A torn last line from a killed agent is skipped on
-load.
+SIGKILLed agent never hands out a sequence again. A full disk never stops the live stream: an event that
+cannot be written is still kept and handed out, the epoch file is removed (so the next agent starts a new
+epoch instead of reusing the unwritten sequences), and appending resumes when there is room. The file is
+compacted to the newest ``capacity`` events once it holds twice that many, so it stays bounded. A torn
+last line from a killed agent is skipped on load.
 
 The epoch (``<root>/events.epoch``, a random id with the boot id it was made under) names one unbroken
 history. A new one is made when the history may have holes: the events file is missing, the epoch file is
@@ -29,13 +31,14 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from agent import durable, private_root
 from agent.errors import InvalidArgument, OutOfRange, ResourceExhausted, ShoalError
@@ -56,6 +59,7 @@ class EventType(Enum):
     HEALTH_CHANGED = "health_changed"  # health set
     REMOVED = "removed"
     START_FAILED = "start_failed"  # exit_code, reason "StartFailed" and message set
+    EVICTED = "evicted"  # over its storage limit; reason "Evicted", message says by how much; EXITED follows
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,21 @@ class Event:
 _EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 
+def _append_whole(fd: int, line: bytes) -> None:
+    """Append ``line`` to ``fd`` (O_APPEND) whole or not at all: a write cut short by a full disk is cut
+    back off the file, so a later line never continues a torn one."""
+    view = memoryview(line)
+    written = 0
+    try:
+        while written < len(line):
+            written += os.write(fd, view[written:])
+    except OSError:
+        if written:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+        raise
+
+
 class WatcherTooSlow(ResourceExhausted):
     """A watcher fell too far behind; it can resume with ``after_sequence=last_sequence``."""
 
@@ -126,7 +145,10 @@ class EventLog:
         self._events: collections.deque[Event] = collections.deque(maxlen=capacity)
         self._last = 0
         self._lines_in_file = 0
-        self._file: TextIO | None = None
+        self._fd = -1
+        # Appends a full disk refused since writing last worked (then history has a hole: see _lost).
+        self._unwritten = 0
+        self._noted_at = -1e18
         self._watchers: set[_Watcher] = set()
         self.epoch = secrets.token_hex(8)
         if path is not None:
@@ -211,16 +233,37 @@ class EventLog:
         if self.path is None:
             return
         try:
-            if self._file is None:
-                self._file = open(self.path, "a", opener=private_root.open_private)  # noqa: SIM115 - kept open
-            self._file.write(event.to_json() + "\n")
-            self._file.flush()
-            self._lines_in_file += 1
-            if self._lines_in_file >= 2 * self.capacity:
+            if self._fd < 0:
+                self._fd = private_root.open_private(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            _append_whole(self._fd, (event.to_json() + "\n").encode())
+        except OSError as err:
+            self._lost(durable.os_error(err, op="append to", path=self.path))
+            return
+        if self._unwritten:
+            log.warning("writing %s again; %d events could not be written", self.path, self._unwritten)
+            self._unwritten = 0
+        self._lines_in_file += 1
+        if self._lines_in_file >= 2 * self.capacity:
+            try:
                 self._compact()
-        except (OSError, ShoalError) as err:
-            # The live stream still works; only history across a restart is at risk.
-            log.error("cannot write %s: %s", self.path, err)
+            except ShoalError as err:
+                # Try again after another capacity's worth of appends, not on every one.
+                self._lines_in_file = self.capacity
+                log.error("cannot compact %s: %s", self.path, err)
+
+    def _lost(self, err: ShoalError) -> None:
+        """An event is live (ring, watchers) but not on disk. The history on disk now has a hole, so the
+        next agent must not resume this epoch: its epoch file goes (unlinking needs no space), and a
+        restart starts a new epoch, which makes clients re-list. Logged at most every 30 s."""
+        if self._unwritten == 0 and self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path.with_suffix(".epoch"))
+        self._unwritten += 1
+        now = time.monotonic()
+        if now >= self._noted_at + 30:
+            self._noted_at = now
+            # The live stream still works; only history across a restart is affected.
+            log.error("%s (%d events not written so far; watchers still get them)", err, self._unwritten)
 
     def _compact(self) -> None:
         """Rewrite the file with only the kept events (once per ``capacity`` appends; no fsync: the
@@ -231,10 +274,10 @@ class EventLog:
         self._lines_in_file = len(self._events)
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._fd >= 0:
             with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+                os.close(self._fd)
+            self._fd = -1
 
     async def subscribe(self, *, after_sequence: int | None = None, labels: Mapping[str, str] | None = None,
                         epoch: str = "") -> AsyncGenerator[Event, None]:

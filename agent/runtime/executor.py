@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.cgroups import manager as cgroups
-from agent.errors import FailedPrecondition, LaunchError, ShoalError
+from agent.errors import FailedPrecondition, LaunchError, ResourceExhausted, ShoalError
 from agent.network import netns
 from agent.network.manager import Attachment
 from agent.rootfs import initlayer, overlay
+from agent.rootfs.storage_limit import ProjectQuotas
 from agent.runtime import core, execs, probes, runfile
 from agent.runtime import health as healthcheck
 from agent.runtime import plan as plans
@@ -45,24 +46,48 @@ T = TypeVar("T")
 
 class StatusWriter:
     """status.json writes, off the event loop: one writer task, in order, the latest status per container
-    (a burst of changes to one container costs one write)."""
+    (a burst of changes to one container costs one write).
 
-    def __init__(self) -> None:
+    A full disk (``ResourceExhausted``) does not lose a status: it stays in memory, superseded by any
+    newer one, and is tried again every ``retry_after`` seconds until it is written; the failure is
+    logged once per episode, and its end too. Other failures are logged and the status dropped, as a
+    retry would not help (the container's directory is gone)."""
+
+    def __init__(self, *, retry_after: float = 1.0) -> None:
         self._pending: dict[Path, ContainerStatus] = {}
+        self._failed: dict[Path, ContainerStatus] = {}  # refused by a full disk, waiting for the retry
         self._task: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_after = retry_after
+        self._failing = False
+
+    @property
+    def unwritten(self) -> int:
+        """How many containers' statuses a full disk is holding back."""
+        return len(self._failed)
 
     def save(self, directory: Path, status: ContainerStatus) -> None:
+        self._failed.pop(directory, None)
         self._pending[directory] = status
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drain(), name="status-writer")
+        self._kick()
 
     def forget(self, directory: Path) -> None:
         self._pending.pop(directory, None)
+        self._failed.pop(directory, None)
 
     async def flush(self) -> None:
-        """Return once every status saved so far is written (or failed and logged)."""
+        """Return once every status saved so far is written, failed and logged, or held for a retry."""
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    def _kick(self) -> None:
+        if self._pending and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="status-writer")
 
     async def _drain(self) -> None:
         while self._pending:
@@ -70,10 +95,32 @@ class StatusWriter:
             status = self._pending.pop(directory)
             try:
                 await asyncio.to_thread(write_status, directory, status)
+            except ResourceExhausted as err:
+                if directory not in self._pending:  # else a newer status replaces it anyway
+                    self._failed[directory] = status
+                # The disk is full: the others would fail the same way. All wait for the retry.
+                self._failed.update(self._pending)
+                self._pending.clear()
+                if not self._failing:
+                    log.error("%s; keeping container statuses in memory and retrying every %gs",
+                              err, self._retry_after)
+                    self._failing = True
+                if self._retry is None:
+                    self._retry = asyncio.get_running_loop().call_later(self._retry_after, self._requeue)
             except ShoalError as err:
-                # Bookkeeping only (restart counts, health): the containers keep running; a full disk is
-                # also a host condition the scheduler sees.
+                # Bookkeeping only (restart counts, health): the containers keep running.
                 log.error("%s", err)
+            else:
+                if self._failing and not self._failed:
+                    log.info("container statuses are written again")
+                    self._failing = False
+
+    def _requeue(self) -> None:
+        self._retry = None
+        for directory, status in self._failed.items():
+            self._pending.setdefault(directory, status)
+        self._failed.clear()
+        self._kick()
 
 
 @dataclass(frozen=True)
@@ -101,8 +148,10 @@ class Executor:
                  supervisor: Callable[[], Supervisor],
                  restart_due: Callable[[Container], Coroutine[Any, Any, None]],
                  health_result: Callable[[Container, healthcheck.HealthState, healthcheck.HealthState], None],
-                 auto_remove: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+                 auto_remove: Callable[[str], Coroutine[Any, Any, None]],
+                 quotas: ProjectQuotas | None = None) -> None:
         self.events = events
+        self.quotas = quotas  # set when this host enforces --storage-size with project quotas
         self.cgroups = cgroup_manager
         self.network = network
         self.statuses = StatusWriter()
@@ -159,6 +208,7 @@ class Executor:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.statuses.flush()
+        self.statuses.close()
 
     def _schedule_restart(self, ctr: Container, at: float) -> None:
         self.cancel_restart(ctr)
@@ -245,6 +295,7 @@ class Executor:
         supervisor = self._supervisor()
         cg = await asyncio.to_thread(self._ensure_cgroup, ctr, fresh=fresh_cgroup)
         ctr.cgroup_paths = cg.paths()
+        ctr.storage_quota = await asyncio.to_thread(self._apply_storage_quota, ctr)
         launch_plan = self._launch_plan(ctr, cgroup_procs=cg.join_files())
         if ctr.spec.network is NetworkMode.BRIDGE:
             attachment = await self._attach(ctr)
@@ -294,6 +345,20 @@ class Executor:
             cg.apply(limits)
         return cg
 
+    def _apply_storage_quota(self, ctr: Container) -> bool:
+        """Blocking. Whether the kernel enforces this container's storage limit now; if its quota
+        cannot be set, the sampler measures it instead (the limit holds either way)."""
+        limit = ctr.spec.resources.storage_bytes
+        if self.quotas is None or limit is None:
+            return False
+        dirs = overlay.ContainerDirs(ctr.directory)
+        try:
+            self.quotas.apply(upper=Path(ctr.record.prepared.upper_dir), work=dirs.work, limit_bytes=limit)
+        except OSError as err:
+            log.warning("storage limit of %s: no project quota (%s); measuring it instead", ctr.name, err)
+            return False
+        return True
+
     async def _attach(self, ctr: Container) -> Attachment:
         if self.network is None:
             raise FailedPrecondition(
@@ -317,7 +382,8 @@ class Executor:
     def capabilities(self, network: NetworkMode) -> tuple[str, ...]:
         caps = plans.DEFAULT_CAPABILITIES
         if not self.cgroups.supports_device_rules:
-            # Without a device cgroup (v2 needs eBPF), mknod is the only guard against host disks.
+            # Without a device cgroup (v1 devices hierarchy or v2 BPF device program), mknod is the only
+            # guard against host disks.
             caps = tuple(c for c in caps if c != "MKNOD")
         if network is NetworkMode.HOST:
             # Docker keeps NET_RAW; on the host's own network it lets a container sniff and spoof
@@ -391,6 +457,8 @@ class Executor:
         await self.statuses.flush()
         await self.kill_group(ctr, remove=True)
         await self.detach(ctr)
+        if self.quotas is not None and ctr.spec.resources.storage_bytes is not None:
+            await asyncio.to_thread(self.quotas.release, Path(ctr.record.prepared.upper_dir))
         await asyncio.to_thread(shutil.rmtree, ctr.directory, True)
 
 

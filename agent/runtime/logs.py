@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import errno
 import os
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -36,6 +36,7 @@ LOG_FILE = "ctr.log"
 MAX_LINE = 16 * 1024
 STREAMS = ("stdout", "stderr")
 
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _ROTATED_RE = re.compile(r"^ctr\.log\.([1-9][0-9]*)$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _READ_CHUNK = 256 * 1024  # forward reads, and the largest backward block
@@ -102,22 +103,49 @@ class LogWriter:
 
     Not thread-safe; the supervisor's single thread is the only writer. Records are written with one
     ``write(2)`` per batch and no user-space buffering except an unterminated line, so a reader sees a
-    line as soon as its newline arrives. A write error (disk full) drops the records, never raises: the
-    supervisor must keep reaping and pumping other containers.
+    line as soon as its newline arrives.
+
+    A write error (a full disk: ENOSPC, EDQUOT) drops the batch, never raises: the supervisor must keep
+    reaping and pumping other containers, and the container must not block on a full pipe. A batch that
+    was only partly written is cut back to the last whole record, so the file never holds a torn line.
+    Drops are counted (``dropped_bytes``, ``dropped_records``) and reported through ``report`` at most
+    once per ``NOTE_INTERVAL`` per writer, and once more when writing works again; a log file that
+    cannot be (re)opened is retried, at most once per ``REOPEN_INTERVAL``. Writing resumes by itself as
+    soon as there is room: nothing has to be restarted.
     """
 
+    NOTE_INTERVAL = 30.0
+    REOPEN_INTERVAL = 1.0
+
     def __init__(self, directory: Path | str, *, max_bytes: int, max_files: int,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, report: Callable[[str], None] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if max_bytes <= 0 or max_files <= 0:
             raise ValueError("max_bytes and max_files must be positive")
         self._path = os.path.join(directory, LOG_FILE)
         self._max_bytes = max_bytes
         self._max_files = max_files
         self._clock = clock
+        self._monotonic = monotonic
+        self._report = report or _report_to_stderr
         self._pending: dict[str, bytearray] = {}
-        self._fd = self._open()
-        self._size = os.fstat(self._fd).st_size
-        self.dropped_bytes = 0
+        self.dropped_bytes = 0  # in total, for the writer's lifetime
+        self.dropped_records = 0
+        self._episode = 0  # bytes dropped since writes last worked
+        self._reason = "write failed"
+        self._failing = False
+        self._noted_at = -1e18
+        self._reopen_at = -1e18
+        self._fd = -1
+        self._size = 0
+        try:
+            self._fd = self._open()
+            self._size = os.fstat(self._fd).st_size
+        except OSError as err:
+            if err.errno not in _NO_SPACE:
+                raise  # no such directory: the container is gone, and the caller must know
+            self._reopen_at = self._monotonic() + self.REOPEN_INTERVAL
+            self._failed(0, 0, err)
 
     @property
     def path(self) -> str:
@@ -125,6 +153,26 @@ class LogWriter:
 
     def _open(self) -> int:
         return os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def _reopen(self) -> bool:
+        """Open ``ctr.log`` if it is not open; False (and noted) if that fails, e.g. no inode left."""
+        if self._fd >= 0:
+            return True
+        now = self._monotonic()
+        if now < self._reopen_at:
+            return False
+        self._reopen_at = now + self.REOPEN_INTERVAL
+        try:
+            fd = self._open()
+        except OSError as err:
+            self._failed(0, 0, err)
+            return False
+        try:
+            self._size = os.fstat(fd).st_size
+        except OSError:
+            self._size = 0
+        self._fd = fd
+        return True
 
     def write(self, stream: str, data: bytes) -> None:
         """Append output of ``stream``; complete lines become records now, a trailing fragment waits."""
@@ -174,6 +222,8 @@ class LogWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._failing:
+            self._note(final=False)
 
     @staticmethod
     def _cut(records: list[bytes], stamp: bytes, stream: str, line: memoryview, *, final: bool) -> None:
@@ -184,33 +234,77 @@ class LogWriter:
             tag = b" F " if final and last else b" P "
             records.append(head + tag + piece.tobytes() + b"\n")
 
-    def _emit(self, records: Iterable[bytes]) -> None:
+    def _emit(self, records: list[bytes]) -> None:
         batch = bytearray()
+        count = 0
         for record in records:
             if self._size + len(batch) + len(record) > self._max_bytes and self._size + len(batch) > 0:
-                self._write(batch)
+                self._write(batch, count)
                 batch.clear()
+                count = 0
                 self._rotate()
             batch += record
-        self._write(batch)
+            count += 1
+        self._write(batch, count)
 
-    def _write(self, batch: bytearray) -> None:
+    def _write(self, batch: bytearray, count: int) -> None:
+        if not batch:
+            return
+        if not self._reopen():
+            self._failed(len(batch), count, None)
+            return
+        before = self._size
         view = memoryview(batch)
         try:
             while view:
-                written = os.write(self._fd, view)
+                written = _write_some(self._fd, view)
                 self._size += written
                 view = view[written:]
         except OSError as err:
-            self.dropped_bytes += len(view)
-            print(f"log {self._path}: dropped {len(view)} bytes: {err.strerror}", file=sys.stderr)
+            if self._size != before:
+                # Part of the batch made it: cut the file back to the last whole record it had.
+                try:
+                    os.ftruncate(self._fd, before)
+                    self._size = before
+                except OSError:
+                    pass
+            self._failed(len(batch), count, err)
+            return
+        if self._failing:
+            self._failing = False
+            self._note(final=True)
+
+    def _failed(self, size: int, count: int, err: OSError | None) -> None:
+        self.dropped_bytes += size
+        self.dropped_records += count
+        self._episode += size
+        if err is not None:
+            self._reason = err.strerror or str(err)
+        self._failing = True
+        if self._monotonic() >= self._noted_at + self.NOTE_INTERVAL:
+            self._note(final=False)
+
+    def _note(self, *, final: bool) -> None:
+        """Tell the operator what was dropped: rate-limited while failing, and once when writes resume."""
+        if final:
+            message = (f"log {self._path}: writing again after dropping {self._episode} bytes of output "
+                       f"({self._reason})")
+            self._episode = 0
+        else:
+            message = (f"log {self._path}: dropping output ({self._reason}): {self._episode} bytes so far, "
+                       f"{self.dropped_records} records in all; writing resumes when there is room")
+        self._noted_at = self._monotonic()
+        with contextlib.suppress(Exception):  # a report must never take the writer down
+            self._report(message)
 
     def _rotate(self) -> None:
-        os.close(self._fd)
-        self._fd = -1
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         try:
             if self._max_files == 1:
-                os.unlink(self._path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path)
             else:
                 # ctr.log.{n-2} -> ctr.log.{n-1} (dropping the oldest), ..., ctr.log -> ctr.log.1
                 for index in range(self._max_files - 1, 0, -1):
@@ -218,9 +312,24 @@ class LogWriter:
                     with contextlib.suppress(FileNotFoundError):
                         os.replace(source, f"{self._path}.{index}")
         except OSError as err:
-            print(f"log {self._path}: rotation failed: {err.strerror}", file=sys.stderr)
-        self._fd = self._open()
-        self._size = os.fstat(self._fd).st_size
+            self._report_safely(f"log {self._path}: rotation failed: {err.strerror}")
+        self._reopen_at = -1e18  # reopen now, not after the retry interval
+        self._reopen()
+
+    def _report_safely(self, message: str) -> None:
+        with contextlib.suppress(Exception):
+            self._report(message)
+
+
+def _write_some(fd: int, data: memoryview) -> int:
+    """``os.write`` — the one place ``LogWriter`` writes, so tests can make it fail part-way."""
+    return os.write(fd, data)
+
+
+def _report_to_stderr(message: str) -> None:
+    """Default ``report``: one ``write(2)`` on fd 2 that never raises (stderr may be on the full disk)."""
+    with contextlib.suppress(OSError):
+        os.write(2, (message + "\n").encode("utf-8", "replace"))
 
 
 def _read_at(fd: int, size: int, offset: int) -> bytes:

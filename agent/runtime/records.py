@@ -97,7 +97,7 @@ class ContainerStatus:
     ``exit_handled`` is the ``finished_at`` of the last exit the daemon acted on (events emitted,
     restart decided): an exit in run.json with another ``finished_at`` happened while the daemon was
     away and is acted on at recovery. ``kill_reason`` names why the daemon itself killed the container
-    (``Unhealthy``) so the exit carries that reason.
+    (``Unhealthy``, ``Evicted``) so the exit carries that reason (and ``kill_message`` as its error).
     """
 
     restart_count: int = 0
@@ -106,6 +106,7 @@ class ContainerStatus:
     next_restart_at: float | None = None
     exit_handled: float | None = None
     kill_reason: str = ""
+    kill_message: str = ""  # what the exit's error says about that kill (an eviction's sizes)
     health: HealthStatus = HealthStatus.NONE
     health_failing_streak: int = 0
     health_log: tuple[HealthResult, ...] = ()

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import durable
 from agent.errors import ShoalError
 
 RUN_FILE = "run.json"
@@ -69,19 +70,12 @@ def _opt_str(value: Any) -> str | None:
 
 
 def write_run_file(directory: Path | str, record: RunRecord) -> None:
-    """Replace ``directory/run.json`` atomically (temp file + rename; no fsync, see module docstring)."""
-    path = os.path.join(directory, RUN_FILE)
-    # A per-writer temp name: the daemon and the supervisor may both write (rarely) at the same time.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, record.to_json().encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise ShoalError(f"cannot write {path}: {err.strerror}") from err
+    """Replace ``directory/run.json`` atomically (temp file + rename; no fsync, see module docstring).
+
+    A full disk is ``ResourceExhausted`` and leaves no temporary file behind; the supervisor keeps the
+    record in memory and tries again (``worker.py``)."""
+    # durable's temp names are per writer: the daemon and the supervisor may both write (rarely) at once.
+    durable.write_file(os.path.join(directory, RUN_FILE), record.to_json(), sync=False)
 
 
 def read_run_file(directory: Path | str) -> RunRecord | None:

@@ -15,7 +15,15 @@ from enum import Enum
 from typing import Any, NewType
 
 from agent.errors import InvalidArgument, quoted
-from agent.limits import MAX_CPU_MILLIS, MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPU_MILLIS, MIN_MEMORY_BYTES
+from agent.limits import (
+    MAX_CPU_MILLIS,
+    MAX_MEMORY_BYTES,
+    MAX_PIDS,
+    MAX_STORAGE_BYTES,
+    MIN_CPU_MILLIS,
+    MIN_MEMORY_BYTES,
+    MIN_STORAGE_BYTES,
+)
 from agent.network.ports import PortMapping
 from agent.parsing import (  # the parsers live in agent/parsing.py, which the CLI imports cheaply
     parse_cpus,
@@ -24,6 +32,7 @@ from agent.parsing import (  # the parsers live in agent/parsing.py, which the C
     parse_memory,
     parse_pids,
     parse_size,
+    parse_storage_size,
 )
 from agent.runtime.health import HealthCheck, ProbeKind
 from agent.runtime.restart import RestartMode, RestartPolicy
@@ -50,6 +59,7 @@ class Resources:
     pids_max: int | None = None
     memory_request_bytes: int | None = None
     cpu_request_millis: int | None = None
+    storage_bytes: int | None = None  # the writable layer's limit (see agent.rootfs.storage_limit)
 
     @property
     def memory_reserved(self) -> int:
@@ -65,7 +75,7 @@ class Resources:
         bounds as the CLI's parsers and the cgroup layer (``agent.limits``)."""
         for value, what in ((self.memory_bytes, "memory limit"), (self.cpu_millis, "cpu limit"),
                             (self.pids_max, "pids limit"), (self.memory_request_bytes, "memory request"),
-                            (self.cpu_request_millis, "cpu request")):
+                            (self.cpu_request_millis, "cpu request"), (self.storage_bytes, "storage limit")):
             if value is not None and value < 0:
                 raise InvalidArgument(f"{what} must not be negative")
         if self.memory_bytes is not None and self.memory_bytes < MIN_MEMORY_BYTES:
@@ -74,6 +84,12 @@ class Resources:
         if self.cpu_millis is not None and self.cpu_millis < MIN_CPU_MILLIS:
             raise InvalidArgument(f"cpu limit {self.cpu_millis}m is too small: the minimum is "
                                   f"{MIN_CPU_MILLIS}m (0.01 cores)")
+        if self.storage_bytes is not None and self.storage_bytes < MIN_STORAGE_BYTES:
+            raise InvalidArgument(f"storage limit {self.storage_bytes} bytes is too small: the minimum is "
+                                  f"{MIN_STORAGE_BYTES >> 20}M")
+        if self.storage_bytes is not None and self.storage_bytes > MAX_STORAGE_BYTES:
+            raise InvalidArgument(f"storage limit {self.storage_bytes} bytes is too large: the maximum is "
+                                  f"{MAX_STORAGE_BYTES >> 50}P")
         if self.pids_max is not None and self.pids_max < 1:
             raise InvalidArgument(f"pids limit must be at least 1, got {self.pids_max}")
         for value, what, most in ((self.memory_bytes, "memory limit", MAX_MEMORY_BYTES),
@@ -202,5 +218,6 @@ def spec_from_dict(raw: dict[str, Any]) -> ContainerSpec:
 __all__ = [
     "ContainerId", "ContainerSpec", "NetworkMode", "Resources", "merge_env", "new_container_id",
     "parse_cpus", "parse_duration", "parse_env", "parse_memory", "parse_pids", "parse_signal", "parse_size",
+    "parse_storage_size",
     "spec_from_dict", "spec_to_dict", "validate_id", "validate_name",
 ]

@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from agent import private_root
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LaunchError, ShoalError
@@ -259,8 +259,13 @@ async def _spawn(paths: SupervisorPaths, *, python: str, launcher: str | None, t
     argv = [python, "-P", "-m", "agent.runtime.supervisor", "--root", str(paths.root)]
     if launcher:
         argv += ["--launcher", launcher]
-    # Errors before the supervisor redirects its own stderr (e.g. an import failure) land in its log too.
-    with open(paths.log, "ab", opener=private_root.open_private) as log:
+    # Errors before the supervisor redirects its own stderr (e.g. an import failure) land in its log too;
+    # if a full disk leaves no room for the log file, the supervisor still starts (without it).
+    try:
+        log: IO[bytes] = open(paths.log, "ab", opener=private_root.open_private)  # noqa: SIM115
+    except OSError:
+        log = open(os.devnull, "ab")  # noqa: SIM115
+    with log:
         # The helper environment, not ours: every container init is a fork of the supervisor until its
         # execve (see ``helper_env``).
         proc = subprocess.Popen(

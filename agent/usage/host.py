@@ -10,8 +10,10 @@ container gone) from an agent restart (every container still running).
 
 Conditions are what a scheduler avoids placing on: ``MemoryPressure`` (available memory below the agent's
 threshold, like the kubelet's ``memory.available<100Mi``), ``DiskPressure`` (free space of the agent's
-root below its threshold, like ``nodefs.available<10%``) and whatever the runtime reports
-(``SupervisorDown``). ``ConditionTracker`` keeps when each began, so ``since`` is stable across samples.
+root's filesystem below its threshold, like ``nodefs.available<10%``, or its free inodes below theirs,
+like ``nodefs.inodesFree<5%``: a disk out of inodes refuses new files just as a full one does) and
+whatever the runtime reports (``SupervisorDown``). ``ConditionTracker`` keeps when each began, so
+``since`` is stable across samples.
 """
 
 from __future__ import annotations
@@ -91,18 +93,35 @@ class PressureThresholds:
 
     memory_available_bytes: int = 100 << 20
     disk_free_fraction: float = 0.10
+    inodes_free_fraction: float = 0.05
 
 
-def pressure(*, memory_available: int, disk_free: int, disk_total: int,
-             thresholds: PressureThresholds) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class DiskSpace:
+    """The agent root's filesystem, as an unprivileged writer sees it (root's reserve is not free)."""
+
+    total: int = 0  # bytes
+    free: int = 0
+    inodes_total: int = 0  # 0 where the filesystem has no fixed inode count (btrfs)
+    inodes_free: int = 0
+
+
+def pressure(*, memory_available: int, disk: DiskSpace, thresholds: PressureThresholds,
+             ) -> list[tuple[str, str]]:
     """The pressure conditions these readings mean: ``[(type, message)]``."""
     found = []
     if memory_available < thresholds.memory_available_bytes:
         found.append(("MemoryPressure", f"{memory_available >> 20} MiB available, under the threshold of "
                                         f"{thresholds.memory_available_bytes >> 20} MiB"))
-    if disk_total > 0 and disk_free < disk_total * thresholds.disk_free_fraction:
-        found.append(("DiskPressure", f"{disk_free >> 20} MiB free of {disk_total >> 20} MiB on the agent's "
-                                      f"root, under {thresholds.disk_free_fraction:.0%}"))
+    why = []
+    if disk.total > 0 and disk.free < disk.total * thresholds.disk_free_fraction:
+        why.append(f"{disk.free >> 20} MiB free of {disk.total >> 20} MiB, under "
+                   f"{thresholds.disk_free_fraction:.0%}")
+    if disk.inodes_total > 0 and disk.inodes_free < disk.inodes_total * thresholds.inodes_free_fraction:
+        why.append(f"{disk.inodes_free} inodes free of {disk.inodes_total}, under "
+                   f"{thresholds.inodes_free_fraction:.0%}")
+    if why:
+        found.append(("DiskPressure", f"{' and '.join(why)} on the agent's root"))
     return found
 
 
@@ -121,11 +140,12 @@ class ConditionTracker:
         return tuple(Condition(kind, message, self._since[kind]) for kind, message in sorted(active))
 
 
-def disk_space(path: Path) -> tuple[int, int]:
-    """``(total, available)`` bytes of the filesystem holding ``path``, as an unprivileged writer sees
-    it (root's reserved blocks are not counted as free)."""
+def disk_space(path: Path) -> DiskSpace:
+    """Bytes and inodes of the filesystem holding ``path``, as an unprivileged writer sees it (root's
+    reserved blocks are not counted as free)."""
     st = os.statvfs(path)
-    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    return DiskSpace(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize,
+                     inodes_total=st.f_files, inodes_free=st.f_favail)
 
 
 def agent_version() -> str:

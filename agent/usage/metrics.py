@@ -54,6 +54,11 @@ class AgentMetrics:
         self.sample_seconds = Histogram(
             "shoal_agent_sample_seconds", "Time to take one usage snapshot of the host and its containers.",
             buckets=SAMPLE_BUCKETS, registry=r)
+        self.evictions = Counter(
+            "shoal_agent_container_evictions",
+            "Containers killed for going over a limit the kernel does not enforce (reason: storage).",
+            ["reason"], registry=r)
+        self.evictions.labels(reason="storage")
         info = Gauge("shoal_agent_info", "Always 1; the agent's version and host id as labels.",
                      ["version", "host_id"], registry=r)
         info.labels(version=version, host_id=host_id).set(1)
@@ -65,6 +70,9 @@ class AgentMetrics:
         self.container_starts.labels(result="ok" if ok else "failed").inc()
         if ok:
             self.container_start_seconds.observe(seconds)
+
+    def record_eviction(self, reason: str) -> None:
+        self.evictions.labels(reason=reason).inc()
 
     def record_pull(self) -> None:
         self.images_pulled.inc()

@@ -13,6 +13,11 @@ Rates (cores used, host cpu) need two readings: the sampler keeps the previous r
 container, keyed by id *and* pid so a restarted container starts afresh. A container's first sample
 reports its lifetime average (cpu seconds since it started). A container whose cgroup vanished between
 ``targets()`` and the read (it just exited) is left out of that snapshot.
+
+Storage limits enforced by measurement (``SampleTarget.storage_limit_bytes``) are checked here, where
+the layers are measured: each limited layer is re-measured every interval (from scratch for each new
+run), and a container found over its limit — or whose layer cannot be walked — is handed to ``evict``
+on the event loop with the message to record, once per run. The runtime does the killing.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ShoalError
+from agent.rootfs.storage_limit import over_limit
 from agent.usage import host as hosts
 from agent.usage import sample
 from agent.usage.layer_size import WritableLayerSizer
@@ -95,6 +101,8 @@ class HostSample:
     os: str = "linux"
     architecture: str = ""
     conditions: tuple[hosts.Condition, ...] = ()
+    storage_limit_enforcement: str = ""  # "project-quota" or "measured" (agent.rootfs.storage_limit)
+    storage_limit_detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,8 @@ class UsageSampler:
         totals: Callable[[], RuntimeTotals] | None = None,
         layer_sizer: WritableLayerSizer | None = None,
         observe_duration: Callable[[float], None] | None = None,
+        evict: Callable[[SampleTarget, str], None] | None = None,
+        storage_limit: tuple[str, str] = ("", ""),
         proc: Path = Path("/proc"),
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -196,6 +206,10 @@ class UsageSampler:
         self._totals = totals
         self._sizer = layer_sizer if layer_sizer is not None else WritableLayerSizer()
         self._observe = observe_duration
+        self._evict = evict
+        self._storage_limit = storage_limit  # (enforcement, why), reported in every host sample
+        self._runs: dict[str, int] = {}  # limited container id → the pid its layer was measured for
+        self._evicted: set[tuple[str, int]] = set()  # (id, pid) already handed to evict
         self._proc = proc
         self._clock = clock
         self._wall = wall
@@ -223,7 +237,8 @@ class UsageSampler:
             return snap.host
         return self._host_sample(used_bytes=0, cpu_used=0.0, running=0,
                                  totals=RuntimeTotals(containers=0, memory_committed_bytes=0,
-                                                      cpu_committed_millis=0), disk=(0, 0), conditions=())
+                                                      cpu_committed_millis=0),
+                                 disk=hosts.DiskSpace(), conditions=())
 
     async def subscribe(self, labels: Mapping[str, str] | None = None) -> AsyncIterator[Snapshot]:
         """Snapshots as they are taken, starting with the current one; only containers carrying all
@@ -247,6 +262,7 @@ class UsageSampler:
         """Stop the worker thread; ``run()`` does this itself when cancelled. Only for callers that
         used ``sample_once()`` without ``run()``."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._sizer.close()
 
     # -- sampling --------------------------------------------------------------------------------
 
@@ -275,18 +291,32 @@ class UsageSampler:
         targets = tuple(self._targets())
         totals = self._totals() if self._totals is not None else totals_of(targets)
         loop = asyncio.get_running_loop()
-        snap = await loop.run_in_executor(self._executor, self._take, targets, totals)
+        snap, evictions = await loop.run_in_executor(self._executor, self._take, targets, totals)
         self._latest = snap
+        for target, message in evictions:
+            if self._evict is not None and (target.id, target.pid) not in self._evicted:
+                self._evicted.add((target.id, target.pid))
+                self._evict(target, message)
         for box in tuple(self._subscribers):
             box.put(snap)
         if self._observe is not None:
             self._observe(snap.sample_seconds)
         return snap
 
-    def _take(self, targets: tuple[SampleTarget, ...], totals: RuntimeTotals) -> Snapshot:
+    def _take(self, targets: tuple[SampleTarget, ...],
+              totals: RuntimeTotals) -> tuple[Snapshot, list[tuple[SampleTarget, str]]]:
         started = self._clock()
         wall = self._wall()
-        self._sizer.advance({_key(t): t.upper_dir for t in targets})
+        limited = {_key(t): t for t in targets if t.storage_limit_bytes is not None}
+        for layer, target in limited.items():
+            if self._runs.get(layer) != target.pid:
+                self._sizer.invalidate(layer)  # a new run: decide only on what is measured from now
+                self._runs[layer] = target.pid
+        for layer in [k for k in self._runs if k not in limited]:
+            del self._runs[layer]
+        self._sizer.advance({_key(t): t.upper_dir for t in targets}, limited=limited.keys())
+        evictions = [(t, message) for layer, t in limited.items()
+                     if (message := self._over_limit(layer, t)) is not None]
         containers = []
         for target in targets:
             try:
@@ -297,10 +327,18 @@ class UsageSampler:
         live = {(t.id, t.pid) for t in targets}
         for key in [k for k in self._previous if k not in live]:
             del self._previous[key]
+        self._evicted &= live
         host = self._host(running=len(containers), totals=totals)
         self._sequence += 1
         return Snapshot(time=wall, sequence=self._sequence, host=host, containers=tuple(containers),
-                        sample_seconds=self._clock() - started)
+                        sample_seconds=self._clock() - started), evictions
+
+    def _over_limit(self, key: str, target: SampleTarget) -> str | None:
+        why = self._sizer.unmeasurable(key)
+        if why:
+            return f"writable layer cannot be measured against its storage limit: {why}"
+        used = self._sizer.measured(key)
+        return None if used is None else over_limit(used, target.storage_limit_bytes)
 
     def _container(self, target: SampleTarget, *, wall: float) -> ContainerSample:
         stats = target.cgroup.stats()
@@ -341,14 +379,13 @@ class UsageSampler:
         meminfo = hosts.read_meminfo(self._proc / "meminfo")
         available = meminfo.get("MemAvailable", 0)
         used = meminfo.get("MemTotal", 0) - available
-        disk = (0, 0)
+        disk = hosts.DiskSpace()
         if self._disk_path is not None:
             try:
                 disk = hosts.disk_space(self._disk_path)
             except OSError as err:
                 log.warning("cannot measure the disk of %s: %s", self._disk_path, err)
-        active = hosts.pressure(memory_available=available, disk_total=disk[0], disk_free=disk[1],
-                                thresholds=self._pressure)
+        active = hosts.pressure(memory_available=available, disk=disk, thresholds=self._pressure)
         active += [(kind, message) for kind, message, _ in totals.conditions]
         conditions = self._conditions.update(active, now=self._wall(),
                                              since={kind: since for kind, _, since in totals.conditions})
@@ -366,7 +403,7 @@ class UsageSampler:
                                  disk=disk, conditions=conditions)
 
     def _host_sample(self, *, used_bytes: int, cpu_used: float, running: int, totals: RuntimeTotals,
-                     disk: tuple[int, int], conditions: tuple[hosts.Condition, ...]) -> HostSample:
+                     disk: hosts.DiskSpace, conditions: tuple[hosts.Condition, ...]) -> HostSample:
         ident = self._identity
         return HostSample(
             host_id=ident.host_id, hostname=ident.hostname, agent_version=ident.agent_version,
@@ -378,8 +415,9 @@ class UsageSampler:
             containers=max(totals.containers, running), containers_running=running,
             cpu_used_cores=cpu_used, cpu_allocatable_millis=max(0, self._cores * 1000 - self._cpu_reserve),
             memory_limits_bytes=totals.memory_limits_bytes, cpu_limits_millis=totals.cpu_limits_millis,
-            disk_total_bytes=disk[0], disk_free_bytes=disk[1], boot_id=ident.boot_id, os=ident.os,
+            disk_total_bytes=disk.total, disk_free_bytes=disk.free, boot_id=ident.boot_id, os=ident.os,
             architecture=ident.architecture, conditions=conditions,
+            storage_limit_enforcement=self._storage_limit[0], storage_limit_detail=self._storage_limit[1],
         )
 
 

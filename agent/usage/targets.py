@@ -25,3 +25,6 @@ class SampleTarget:
     memory_limit_bytes: int | None
     cpu_limit_millis: int | None
     own_network: bool            # False for --network host: its counters are the host's, not its own
+    # The writable-layer limit to enforce by measurement (evict when over); None when unlimited or when
+    # a project quota enforces it in the kernel.
+    storage_limit_bytes: int | None = None

@@ -7,7 +7,10 @@ memory; a new v1 cpuset group has empty cpus/mems and refuses tasks (ENOSPC) unt
 controllers appear in a child only when the parent enables them in ``cgroup.subtree_control``; SIGKILL
 to a frozen process takes effect at thaw. Every write is recorded in ``writes``; ``fail_next_write``
 injects an error and ``set_counter`` plays the kernel updating a statistic; ``set_xattr`` plays systemd
-marking a group (``trusted.delegate``).
+marking a group (``trusted.delegate``). ``FakeDeviceFilter`` stands in for bpf(2) on v2: it keeps the
+assembled device program with the group (so rmdir drops it, as the kernel does) and ``device_allowed``
+decides an access as the kernel would, running the programs of the group and its ancestors (v2) or
+reading the group's device list (v1).
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from __future__ import annotations
 import errno
 import posixpath
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from agent.linux import bpf_asm
+from tests.fixtures import bpf_vm
 
 UNLIMITED_V1 = 9223372036854771712  # what v1 memory limits read back as when unlimited
 PAGE = 4096
@@ -34,6 +41,7 @@ class _Group:
     files: dict[str, str] = field(default_factory=dict)
     procs: set[int] = field(default_factory=set)
     devices: list[str] = field(default_factory=list)
+    device_program: bytes | None = None  # v2: the attached BPF device program, assembled
 
 
 def _v1_files(controllers: tuple[str, ...], *, root: bool) -> dict[str, str]:
@@ -396,3 +404,63 @@ class FakeCgroupFs:
         group.files["cgroup.freeze"] = value
         if value == "0":
             self._thawed()
+
+
+    # --- device access, as the kernel decides it -----------------------------------------------------
+
+    def device_allowed(self, path: str, *, kind: str, major: int, minor: int, access: str) -> bool:
+        """Whether a process in group ``path`` may ``access`` (subset of ``rwm``) ``kind major:minor``."""
+        group = self.groups[path]
+        if group.version == 1:
+            return any(self._v1_rule_covers(rule, kind, major, minor, access) for rule in group.devices)
+        d = path
+        while True:  # every program from the group up to the root must allow (BPF_F_ALLOW_MULTI)
+            program = self.groups[d].device_program
+            if program is not None and not bpf_vm.run(program, kind=kind, major=major, minor=minor,
+                                                       access=access):
+                return False
+            if d == group.mount:
+                return True
+            d = posixpath.dirname(d)
+
+    @staticmethod
+    def _v1_rule_covers(rule: str, kind: str, major: int, minor: int, access: str) -> bool:
+        rule_kind, numbers, rule_access = rule.split()
+        if rule_kind == "a":
+            return True
+        rule_major, rule_minor = numbers.split(":")
+        return (
+            rule_kind == kind and rule_major in ("*", str(major)) and rule_minor in ("*", str(minor))
+            and set(access) <= set(rule_access)
+        )
+
+
+class FakeDeviceFilter:
+    """``agent.cgroups.device_bpf.DeviceFilter`` on a ``FakeCgroupFs``: records instead of loading.
+
+    ``attached`` lists ``(directory, listing)`` per attach; ``usable=False`` plays a host that cannot
+    load device programs; ``fail_next_attach`` injects an ``OSError``."""
+
+    def __init__(self, fs: FakeCgroupFs, *, usable: bool = True) -> None:
+        self.fs = fs
+        self.usable = usable
+        self.attached: list[tuple[str, str]] = []
+        self._fail: int | None = None
+
+    def fail_next_attach(self, code: int) -> None:
+        self._fail = code
+
+    def available(self) -> bool:
+        return self.usable
+
+    def attach(self, directory: str, program: Sequence[bpf_asm.Item]) -> None:
+        if not self.usable:
+            raise _err(errno.EPERM, directory)
+        if self._fail is not None:
+            code, self._fail = self._fail, None
+            raise _err(code, directory)
+        group = self.fs.groups.get(directory)
+        if group is None or group.version != 2:
+            raise _err(errno.ENOENT if group is None else errno.EBADF, directory)
+        group.device_program = bpf_asm.assemble(program)  # replaces the group's own program
+        self.attached.append((directory, bpf_asm.listing(program)))

@@ -33,7 +33,7 @@ from agent.cgroups.manager import (
     Limits,
 )
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from tests.conformance.cgroupfs_fake import FakeCgroupFs
+from tests.conformance.cgroupfs_fake import FakeCgroupFs, FakeDeviceFilter
 
 MiB = 1024 * 1024
 
@@ -76,7 +76,8 @@ def _fake_v1() -> tuple[FakeCgroupFs, CgroupManager]:
 def _fake_v2() -> tuple[FakeCgroupFs, CgroupManager]:
     fake = FakeCgroupFs()
     fake.mount_v2("/fake/unified", ("cpu", "memory", "pids", "io"))
-    return fake, v2.V2CgroupManager(fs=fake, mountpoint="/fake/unified", kill_pid=fake.kill)
+    return fake, v2.V2CgroupManager(fs=fake, mountpoint="/fake/unified", kill_pid=fake.kill,
+                                    device_filter=FakeDeviceFilter(fake))
 
 
 def _cleanup_real(mgr: CgroupManager, parent: str) -> None:
@@ -271,9 +272,40 @@ def test_device_rules_deny_by_default_or_are_refused(h: Harness) -> None:
         assert h.manager.open(f"{h.parent}/a") is None
         return
     group = h.create("a")
-    listed = h.fs.read_text(posixpath.join(group.paths()["devices"], "devices.list")).split("\n")
-    assert "c 1:3 rwm" in listed and "c 136:* rwm" in listed
-    assert not any(rule.startswith(("a ", "b ")) for rule in listed)
+    if h.fake is None:
+        if "devices" not in group.paths():
+            pytest.skip("v2: tests/integration/cgroups/test_device_bpf_kernel.py opens devices for real")
+        listed = h.fs.read_text(posixpath.join(group.paths()["devices"], "devices.list")).split("\n")
+        assert "c 1:3 rwm" in listed and "c 136:* rwm" in listed
+        assert not any(rule.startswith(("a ", "b ")) for rule in listed)
+        return
+    d = group.paths().get("devices") or group.paths()["unified"]
+    for kind, major, minor, access, allowed in [
+        ("c", 1, 3, "rw", True), ("c", 1, 3, "m", True), ("c", 136, 7, "rw", True), ("c", 5, 2, "rwm", True),
+        ("b", 8, 0, "r", False), ("b", 8, 0, "m", False),  # a host disk
+        ("c", 1, 1, "r", False), ("c", 10, 200, "rw", False),  # /dev/mem, /dev/net/tun
+    ]:
+        got = h.fake.device_allowed(d, kind=kind, major=major, minor=minor, access=access)
+        assert got is allowed, f"{kind} {major}:{minor} {access}"
+
+
+def test_device_rules_are_read_in_order_from_deny_all(h: Harness) -> None:
+    if h.fake is None or not h.manager.supports_device_rules:
+        pytest.skip("reads the kernel's decision from the fake")
+    rules = (
+        DeviceRule(allow=False, kind="a"),
+        DeviceRule(allow=True, kind="c", major=1, minor=3, access="rw"),
+        DeviceRule(allow=True, kind="b", major=7, minor=None, access="r"),
+        DeviceRule(allow=True, kind="c", major=None, minor=None, access="m"),
+    )
+    group = h.manager.create(f"{h.parent}/ordered", limits=Limits(), devices=rules)
+    d = group.paths().get("devices") or group.paths()["unified"]
+    for kind, major, minor, access, allowed in [
+        ("c", 1, 3, "rw", True), ("c", 1, 3, "rwm", False), ("b", 7, 4, "r", True), ("b", 7, 4, "rw", False),
+        ("c", 4, 1, "m", True), ("c", 4, 1, "r", False), ("b", 8, 0, "m", False), ("b", 8, 0, "r", False),
+    ]:
+        got = h.fake.device_allowed(d, kind=kind, major=major, minor=minor, access=access)
+        assert got is allowed, f"{kind} {major}:{minor} {access}"
 
 
 # --- stats ---------------------------------------------------------------------------------------------

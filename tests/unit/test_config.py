@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -63,18 +64,53 @@ def test_bad_flags_are_one_clear_line(argv: list[str], message: str) -> None:
 
 
 def test_join_advertises_the_first_tcp_listener_or_the_given_address() -> None:
-    s = settings("--listen", "10.0.0.5:7070", "--insecure-tcp", "--join", "10.0.0.1:7400,10.0.0.2:7400")
-    assert s.join == ("10.0.0.1:7400", "10.0.0.2:7400") and s.advertise == "10.0.0.5:7070"
-    s = settings("--listen", "0.0.0.0:7070", "--insecure-tcp", "--join", "s:7400", "--advertise", "h1:7070")
-    assert s.advertise == "h1:7070"
+    s = settings("--listen", "127.0.0.5:7070", "--insecure-tcp", "--join", "127.0.0.1:7400,127.0.0.2:7400")
+    assert s.join == ("127.0.0.1:7400", "127.0.0.2:7400") and s.advertise == "127.0.0.5:7070"
+    s = settings("--listen", "127.0.0.1:7070", "--insecure-tcp", "--join", "localhost:7400",
+                 "--advertise", "127.0.0.9:7070")
+    assert s.advertise == "127.0.0.9:7070"
+
+
+def test_an_unreachable_advertise_address_is_refused(tmp_path: Path) -> None:
+    for name in ("ca.pem", "agent.pem", "agent-key.pem"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(SystemExit, match=r"cannot advertise '0\.0\.0\.0:7070'"):
+        settings("--listen", "0.0.0.0:7070", "--tls-dir", str(tmp_path), "--join", "s:7400")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--join", "sched:7400"], "needs a TCP listener the scheduler can reach"),
-    (["--listen", "0.0.0.0:7070", "--insecure-tcp", "--join", "s:7400"], "cannot advertise '0.0.0.0:7070'"),
-    (["--listen", "10.0.0.5:7070", "--insecure-tcp", "--join", "nope"], "invalid --join address 'nope'"),
+    (["--listen", "127.0.0.1:7070", "--insecure-tcp", "--join", "nope"], "invalid --join address 'nope'"),
+    (["--listen", "0.0.0.0:7070", "--insecure-tcp"], "--insecure-tcp is for loopback only, and 0.0.0.0:7070"),
+    (["--listen", "10.0.0.5:7070", "--insecure-tcp"], "--insecure-tcp is for loopback only, and 10.0.0.5"),
+    (["--listen", "127.0.0.1:7070", "--insecure-tcp", "--join", "sched:7400"], "and sched:7400 is not"),
     (["--advertise", "h:1"], "--advertise only matters with --join"),
 ])
 def test_join_refusals_say_what_to_do(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        settings(*argv)
+
+
+def test_disk_flags_have_kubelet_like_defaults_and_can_be_set() -> None:
+    s = settings()
+    assert (s.disk_pressure_fraction, s.disk_pressure_inodes_fraction) == (0.10, 0.05)
+    assert (s.min_free_bytes, s.min_free_fraction) == (1 << 30, 0.05)
+    s = settings("--disk-pressure-inodes-below", "2%", "--min-free-space", "512M")
+    assert s.disk_pressure_inodes_fraction == 0.02
+    assert (s.min_free_bytes, s.min_free_fraction) == (512 << 20, None)
+    s = settings("--min-free-space", "10%")
+    assert (s.min_free_bytes, s.min_free_fraction) == (None, 0.10)
+    assert settings("--min-free-space", "0").min_free_bytes == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--disk-pressure-inodes-below", "many"], "invalid --disk-pressure-inodes-below 'many'"),
+    (["--min-free-space", "lots"], "invalid --min-free-space 'lots'"),
+    (["--min-free-space", "1G,2G"], "gives two sizes"),
+    (["--min-free-space", "5%,6%"], "gives two percentages"),
+    (["--min-free-space", "150%"], "invalid --min-free-space"),
+    (["--min-free-space", ""], "a size .1G., a percentage .5%. or both"),
+])
+def test_bad_disk_flags_are_one_clear_line(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         settings(*argv)

@@ -4,6 +4,7 @@ them accept and refuse exactly what the text parsers do, with the same messages.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 
@@ -64,3 +65,25 @@ def test_restart_refusals(text: str, message: str) -> None:
         parsing.parse_restart_text(text)
     with pytest.raises(InvalidArgument, match=message):
         restart.parse_restart(text)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1M", 1 << 20), ("1.5G", 3 << 29), ("2g", 2 << 30)])
+def test_parse_storage_size(raw: str, expected: int) -> None:
+    assert parsing.parse_storage_size(raw) == expected
+    assert parsing.parse_storage_opt(f"size={raw}") == expected
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("12", "storage size '12' is too small: the minimum is 1M"),
+    ("2048T", "is too large: the maximum is 1P"),
+    ("1Q", "invalid storage size '1Q'"),
+])
+def test_parse_storage_size_refuses(raw: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        parsing.parse_storage_size(raw)
+
+
+@pytest.mark.parametrize("raw", ["inodes=5", "1G", "size"])
+def test_parse_storage_opt_knows_only_size(raw: str) -> None:
+    with pytest.raises(InvalidArgument, match="unsupported storage option"):
+        parsing.parse_storage_opt(raw)

@@ -39,6 +39,7 @@ import time
 from agent.runtime import supervisor as files
 from agent.runtime.supervisor import channel
 from agent.runtime.supervisor.custody import Custody
+from agent.runtime.supervisor.ownlog import OwnLog
 
 WORKER_MODULE = "agent.runtime.supervisor.worker"
 DEFAULT_IDLE_GRACE = 60.0
@@ -316,18 +317,23 @@ def _ignore_in_handler(signum: int, frame: object) -> None:
     """The wakeup fd carries the signal; the handler only has to exist for it to be written."""
 
 
+_OWN_LOG = OwnLog("keeper")
+
+
 def _log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    print(f"{stamp} keeper[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+    """One line to supervisor.log; a full disk drops it (counted), never raises (see ``ownlog``)."""
+    _OWN_LOG.line(message)
 
 
 def _redirect_std_streams(log_path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):  # FileNotFoundError, or a full disk: keep the one file
         if os.stat(log_path).st_size > MAX_OWN_LOG:
             os.replace(log_path, f"{log_path}.1")
-    except FileNotFoundError:
-        pass
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError:
+        # No room for even an empty file (no inodes left): supervise without a log rather than not at all.
+        log_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     os.dup2(log_fd, 2)
     os.close(log_fd)
     null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -374,7 +380,11 @@ def claim_root(pidfile: str, socket_path: str, *, timeout: float = 10.0,
             time.sleep(0.01)  # a keeper that is exiting releases the lock within milliseconds
             continue
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            # A full disk: the lock (on the inode) is what serves the root; the pid is for people.
+            _log(f"cannot write our pid into {pidfile}: {err.strerror}")
         return fd
 
 

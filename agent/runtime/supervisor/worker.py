@@ -69,6 +69,7 @@ from agent.runtime import runfile
 from agent.runtime.plan import LaunchPlan
 from agent.runtime.supervisor import channel, exitstatus, keeper
 from agent.runtime.supervisor.adoption import Adoption, ContainerRecord, Handed, plan_adoption
+from agent.runtime.supervisor.ownlog import OwnLog
 from agent.runtime.supervisor.paths import SupervisorPaths
 
 # How long to keep pumping a dead container's pipes. Every process of a pid namespace dies with its
@@ -86,6 +87,8 @@ LOST_EXIT_CODE = 255
 LOST_MESSAGE = ("the container's exit status was lost: its supervisor's keeper had died, and the kernel "
                 "no longer had the status when the container exited")
 EXIT_RESTART_ME = 75  # any code but 0 makes the keeper start a new worker
+# How often a run record that could not be written (a full disk) is tried again.
+RUN_FILE_RETRY_SECONDS = 1.0
 
 
 class Launcher(Protocol):
@@ -131,8 +134,8 @@ class RequestError(Exception):
 class _Container:
     """A container from launch (or adoption) until its exit has been recorded and announced."""
 
-    __slots__ = ("drain_deadline", "finished_at", "log", "lost", "pid", "pidfd", "pipes", "record",
-                 "status")
+    __slots__ = ("drain_deadline", "exit_event", "finished_at", "log", "lost", "pid", "pidfd", "pipes",
+                 "record", "status", "unwritten")
 
     def __init__(self, record: ContainerRecord, *, pid: int, pidfd: int, log: ctrlogs.LogWriter,
                  pipes: dict[int, str]) -> None:
@@ -145,6 +148,11 @@ class _Container:
         self.lost = False  # exited, but its status could not be learned
         self.finished_at: float | None = None
         self.drain_deadline = 0.0
+        # The run record still to be written (the disk was full): retried until it is on disk.
+        self.unwritten: runfile.RunRecord | None = None
+        # Set once the exit has been announced to clients; the container is forgotten (released to the
+        # keeper) only when its exit is also on disk, so a full disk never loses an exit.
+        self.exit_event: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -186,6 +194,7 @@ class Worker:
         self._exit_code: int | None = None
         self._wakeup_r: socket.socket | None = None
         self._wakeup_w: socket.socket | None = None
+        self._retry_at: float | None = None  # monotonic time to retry unwritten run records
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -278,7 +287,7 @@ class Worker:
         for fd in pipes:
             os.set_blocking(fd, False)
         log = ctrlogs.LogWriter(record.directory, max_bytes=record.log_max_bytes,
-                                max_files=record.log_max_files)
+                                max_files=record.log_max_files, report=_log)
         container = _Container(record, pid=adoption.pid, pidfd=pidfd, log=log, pipes=pipes)
         self._containers[record.id] = container
         self._by_pid[adoption.pid] = container
@@ -334,11 +343,15 @@ class Worker:
                     container, stream = tag
                     self._pump(container, key.fd, stream)
             self._finish_drained()
+            self._retry_run_files()
         self._close()
         return self._exit_code
 
     def _timeout(self) -> float | None:
-        deadlines = [c.drain_deadline for c in self._containers.values() if not c.alive]
+        deadlines = [c.drain_deadline for c in self._containers.values()
+                     if not c.alive and c.exit_event is None]
+        if self._retry_at is not None:
+            deadlines.append(self._retry_at)
         if not self._had_client:
             deadlines.append(self._started + self._idle_grace)
         if not deadlines:
@@ -358,6 +371,7 @@ class Worker:
             container.log.flush_partial()
         alive = [c.id for c in self._containers.values()]
         if alive:
+            # Exits announced but not yet on disk stay with the keeper: the next worker records them.
             _log(f"exiting with containers for the next worker: {', '.join(alive)}")
 
     def _on_signals(self) -> None:
@@ -477,7 +491,6 @@ class Worker:
             if self._launcher_spec:
                 argv += ["--launcher", self._launcher_spec]
             _log(f"re-executing as the keeper with {len(manifest)} containers")
-            sys.stderr.flush()
             os.execv(sys.executable, argv)
         except Exception as err:  # whatever it was, the containers still need supervising
             _log(f"cannot re-execute as the keeper ({err!r}); supervising without one")
@@ -540,7 +553,7 @@ class Worker:
 
     def _finish_drained(self) -> None:
         now = time.monotonic()
-        for container in [c for c in self._containers.values() if not c.alive]:
+        for container in [c for c in self._containers.values() if not c.alive and c.exit_event is None]:
             if container.drain_deadline <= now:
                 for fd, stream in list(container.pipes.items()):
                     self._drain_now(container, fd, stream)
@@ -568,7 +581,14 @@ class Worker:
         self._release(container.pid)
 
     def _finish(self, container: _Container) -> None:
-        """Log complete → run.json → event → release: a reader that sees the exit sees the whole log."""
+        """Log complete → run.json → event → release: a reader that sees the exit sees the whole log.
+
+        If run.json cannot be written (a full disk), the exit is announced anyway — the agent must learn
+        of it — and the container stays in the table (and in the keeper's custody) with its record kept
+        in memory, retried every ``RUN_FILE_RETRY_SECONDS``: it is released only once its exit is on
+        disk, and a client that connects meanwhile is told of the exit again (``_list``)."""
+        if container.exit_event is not None:
+            return  # already announced; waiting for its record to be written
         for fd in list(container.pipes):
             self._close_pipe(container, fd)
         container.log.close()
@@ -580,23 +600,53 @@ class Worker:
         else:
             exit_code, sig = LOST_EXIT_CODE, None
         record = container.record
-        self._write_run_file(container, runfile.RunRecord(
+        written = self._write_run_file(container, runfile.RunRecord(
             pid=container.pid, started_at=record.started_at, exit_code=exit_code, signal=sig,
             finished_at=container.finished_at, lost=lost,
         ))
-        self._broadcast({
+        container.exit_event = {
             "event": "exit", "id": record.id, "pid": container.pid, "exit_code": exit_code,
             "signal": sig, "finished_at": container.finished_at, "lost": lost,
-        })
-        # Last: the event is not delayed by waking the keeper. A worker that dies before this leaves
-        # the exit with the keeper, and the next one keeps the run.json written here.
-        self._forget(container)
+        }
+        self._broadcast(container.exit_event)
+        if written:
+            # Last: the event is not delayed by waking the keeper. A worker that dies before this leaves
+            # the exit with the keeper, and the next one keeps the run.json written here.
+            self._forget(container)
 
-    def _write_run_file(self, container: _Container, record: runfile.RunRecord) -> None:
+    def _write_run_file(self, container: _Container, record: runfile.RunRecord) -> bool:
+        """Write ``record`` now, or keep it to retry (a full disk); True once it is on disk."""
         try:
             runfile.write_run_file(container.record.directory, record)
         except Exception as err:
-            _log(f"{container.id}: {err}")
+            if not os.path.isdir(container.record.directory):
+                # Removed (the agent deleted the container): the record has no home any more.
+                container.unwritten = None
+                return True
+            if container.unwritten is None:
+                _log(f"{container.id}: {err}; keeping the record and retrying every "
+                     f"{RUN_FILE_RETRY_SECONDS:g}s")
+            container.unwritten = record
+            if self._retry_at is None:
+                self._retry_at = time.monotonic() + RUN_FILE_RETRY_SECONDS
+            return False
+        if container.unwritten is not None:
+            _log(f"{container.id}: run record written after all")
+            container.unwritten = None
+        return True
+
+    def _retry_run_files(self) -> None:
+        """Try again every run record a full disk refused; release the exited ones that made it."""
+        if self._retry_at is None or time.monotonic() < self._retry_at:
+            return
+        self._retry_at = None
+        for container in [c for c in self._containers.values() if c.unwritten is not None]:
+            record = container.unwritten
+            assert record is not None
+            if self._write_run_file(container, record) and container.exit_event is not None:
+                self._forget(container)
+            elif container.unwritten is not None:
+                break  # the disk is still full: one attempt per round is enough to know
 
     def _start(self, request: dict[str, Any]) -> dict[str, Any]:
         container_id = _field(request, "id", str)
@@ -606,7 +656,13 @@ class Worker:
         max_files = _field(log_options, "max_files", int)
         if max_bytes <= 0 or max_files <= 0:
             raise RequestError("log max_bytes and max_files must be positive", kind="invalid-argument")
-        if container_id in self._containers:
+        previous = self._containers.get(container_id)
+        if previous is not None and previous.exit_event is not None:
+            # Its exit was announced but a full disk kept it from run.json: the agent, starting it
+            # again, has applied that exit, and this run's record replaces it.
+            _log(f"{container_id}: started again before its last exit could be written")
+            self._forget(previous)
+        elif previous is not None:
             raise RequestError(f"container {container_id} is already running", kind="already-exists")
         if not os.path.isdir(directory):
             raise RequestError(f"container directory {directory} does not exist", kind="invalid-argument")
@@ -615,7 +671,7 @@ class Worker:
         except (KeyError, TypeError, ValueError) as err:
             raise RequestError(f"bad launch plan: {err}", kind="invalid-argument") from err
 
-        log = ctrlogs.LogWriter(directory, max_bytes=max_bytes, max_files=max_files)
+        log = ctrlogs.LogWriter(directory, max_bytes=max_bytes, max_files=max_files, report=_log)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         adopted: list[tuple[ContainerRecord, int, int]] = []
@@ -648,10 +704,14 @@ class Worker:
                 os.close(own)
                 self._release(held_pid)
             code = LAUNCH_EXIT_CODES.get(err.kind, 125)
-            runfile.write_run_file(directory, runfile.RunRecord(
-                pid=None, started_at=None, exit_code=code, finished_at=self._clock(),
-                error=str(err), error_kind=err.kind,
-            ))
+            try:
+                runfile.write_run_file(directory, runfile.RunRecord(
+                    pid=None, started_at=None, exit_code=code, finished_at=self._clock(),
+                    error=str(err), error_kind=err.kind,
+                ))
+            except Exception as write_err:
+                # Nothing runs; the reply below tells the agent why, which is what matters.
+                _log(f"{container_id}: {write_err}")
             raise RequestError(str(err), kind=err.kind) from err
         except BaseException:
             for fd in (out_r, err_r):
@@ -677,7 +737,9 @@ class Worker:
         self._sel.register(err_r, selectors.EVENT_READ, (container, "stderr"))
         if record.orphan:
             self._watch_pidfd(container)
-        runfile.write_run_file(directory, runfile.RunRecord(pid=pid, started_at=record.started_at))
+        # It runs now whatever happens to this write: a full disk keeps the record to retry, and the
+        # reply (and ``list``) tell the agent it runs.
+        self._write_run_file(container, runfile.RunRecord(pid=pid, started_at=record.started_at))
         return {"pid": pid, "started_at": record.started_at}
 
     def _kill(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -743,6 +805,7 @@ class Worker:
 
     def _handle(self, client: _Client, line: bytes) -> None:
         req: Any = None
+        announce: list[dict[str, Any]] = []
         try:
             request = json.loads(line)
             if not isinstance(request, dict):
@@ -755,6 +818,7 @@ class Worker:
                 reply = self._kill(request)
             elif op == "list":
                 reply = self._list()
+                announce = [c.exit_event for c in self._containers.values() if c.exit_event is not None]
             elif op == "hello":
                 reply = {"pid": os.getpid(), "keeper": os.getppid() if self._keeper is not None else None}
             elif op == "shutdown":
@@ -773,6 +837,10 @@ class Worker:
             _log(f"request {req!r} failed: {err!r}")
             message = {"re": req, "ok": False, "error": f"supervisor: {err}", "kind": "internal"}
         self._send(client, message)
+        for event in announce:
+            # Listed as running, because their exit is not on disk yet: this client (an agent that just
+            # connected) learns of the exit right after the listing, as if it happened now.
+            self._send(client, event)
         if self._exit_code is not None:
             self._flush(client)
 
@@ -840,9 +908,12 @@ def _ignore_in_handler(signum: int, frame: object) -> None:
     """The wakeup fd carries the signal; the handler only has to exist for it to be written."""
 
 
+_OWN_LOG = OwnLog("worker")
+
+
 def _log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    print(f"{stamp} worker[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+    """One line to supervisor.log; a full disk drops it (counted), never raises (see ``ownlog``)."""
+    _OWN_LOG.line(message)
 
 
 def main(argv: list[str] | None = None) -> int:

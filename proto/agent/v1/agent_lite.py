@@ -44,7 +44,7 @@ LOG_STREAM_UNSPECIFIED = 0
 LOG_STREAM_STDOUT = 1
 LOG_STREAM_STDERR = 2
 
-EventType = _pl.EnumType('shoal.agent.v1.EventType', {'EVENT_TYPE_UNSPECIFIED': 0, 'EVENT_TYPE_CREATED': 1, 'EVENT_TYPE_STARTED': 2, 'EVENT_TYPE_EXITED': 3, 'EVENT_TYPE_OOM_KILLED': 4, 'EVENT_TYPE_RESTARTING': 5, 'EVENT_TYPE_HEALTH_CHANGED': 6, 'EVENT_TYPE_REMOVED': 7, 'EVENT_TYPE_START_FAILED': 8})
+EventType = _pl.EnumType('shoal.agent.v1.EventType', {'EVENT_TYPE_UNSPECIFIED': 0, 'EVENT_TYPE_CREATED': 1, 'EVENT_TYPE_STARTED': 2, 'EVENT_TYPE_EXITED': 3, 'EVENT_TYPE_OOM_KILLED': 4, 'EVENT_TYPE_RESTARTING': 5, 'EVENT_TYPE_HEALTH_CHANGED': 6, 'EVENT_TYPE_REMOVED': 7, 'EVENT_TYPE_START_FAILED': 8, 'EVENT_TYPE_EVICTED': 9})
 EVENT_TYPE_UNSPECIFIED = 0
 EVENT_TYPE_CREATED = 1
 EVENT_TYPE_STARTED = 2
@@ -54,6 +54,7 @@ EVENT_TYPE_RESTARTING = 5
 EVENT_TYPE_HEALTH_CHANGED = 6
 EVENT_TYPE_REMOVED = 7
 EVENT_TYPE_START_FAILED = 8
+EVENT_TYPE_EVICTED = 9
 
 
 class ContainerRef(_pl.Message):
@@ -84,6 +85,7 @@ class Resources(_pl.Message):
     pids_max: int
     memory_request_bytes: int
     cpu_request_millis: int
+    storage_bytes: int
 
     if TYPE_CHECKING:
         def __init__(
@@ -93,6 +95,7 @@ class Resources(_pl.Message):
             pids_max: int | None = None,
             memory_request_bytes: int | None = None,
             cpu_request_millis: int | None = None,
+            storage_bytes: int | None = None,
         ) -> None: ...
 
 
@@ -474,6 +477,20 @@ class LogEntry(_pl.Message):
         ) -> None: ...
 
 
+class RunOutput(_pl.Message):
+    started: Container
+    log: LogEntry
+    exit: WaitContainerResponse
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            started: Container | None = None,
+            log: LogEntry | None = None,
+            exit: WaitContainerResponse | None = None,
+        ) -> None: ...
+
+
 class ExecRequest(_pl.Message):
     id: str
     command: list[str]
@@ -828,6 +845,8 @@ class HostInfo(_pl.Message):
     conditions: list[HostCondition]
     memory_limits_bytes: int
     cpu_limits_millis: int
+    storage_limit_enforcement: str
+    storage_limit_detail: str
 
     if TYPE_CHECKING:
         def __init__(
@@ -857,6 +876,8 @@ class HostInfo(_pl.Message):
             conditions: Iterable[HostCondition] | None = None,
             memory_limits_bytes: int | None = None,
             cpu_limits_millis: int | None = None,
+            storage_limit_enforcement: str | None = None,
+            storage_limit_detail: str | None = None,
         ) -> None: ...
 
 
@@ -949,6 +970,7 @@ _pl.define(Resources, 'shoal.agent.v1.Resources', (
     _pl.Field(3, 'pids_max', _pl.INT64),
     _pl.Field(4, 'memory_request_bytes', _pl.INT64),
     _pl.Field(5, 'cpu_request_millis', _pl.INT64),
+    _pl.Field(6, 'storage_bytes', _pl.INT64),
 ))
 _pl.define(PortMapping, 'shoal.agent.v1.PortMapping', (
     _pl.Field(1, 'host_ip', _pl.STRING),
@@ -1098,6 +1120,11 @@ _pl.define(LogEntry, 'shoal.agent.v1.LogEntry', (
     _pl.Field(2, 'stream', _pl.ENUM, enum=LogStream),
     _pl.Field(3, 'line', _pl.BYTES),
     _pl.Field(4, 'partial', _pl.BOOL),
+))
+_pl.define(RunOutput, 'shoal.agent.v1.RunOutput', (
+    _pl.Field(1, 'started', _pl.MESSAGE, message=Container, oneof='kind'),
+    _pl.Field(2, 'log', _pl.MESSAGE, message=LogEntry, oneof='kind'),
+    _pl.Field(3, 'exit', _pl.MESSAGE, message=WaitContainerResponse, oneof='kind'),
 ))
 _pl.define(ExecRequest, 'shoal.agent.v1.ExecRequest', (
     _pl.Field(1, 'id', _pl.STRING),
@@ -1249,6 +1276,8 @@ _pl.define(HostInfo, 'shoal.agent.v1.HostInfo', (
     _pl.Field(23, 'conditions', _pl.MESSAGE, message=HostCondition, repeated=True),
     _pl.Field(24, 'memory_limits_bytes', _pl.INT64),
     _pl.Field(25, 'cpu_limits_millis', _pl.INT64),
+    _pl.Field(26, 'storage_limit_enforcement', _pl.STRING),
+    _pl.Field(27, 'storage_limit_detail', _pl.STRING),
 ))
 _pl.define(ContainerStats, 'shoal.agent.v1.ContainerStats', (
     _pl.Field(1, 'id', _pl.STRING),
@@ -1296,6 +1325,7 @@ class ContainersStub:
     ListContainers_method = _pl.Method('/shoal.agent.v1.Containers/ListContainers', ListContainersRequest, ListContainersResponse, client_streaming=False, server_streaming=False)
     WaitContainer_method = _pl.Method('/shoal.agent.v1.Containers/WaitContainer', ContainerRef, WaitContainerResponse, client_streaming=False, server_streaming=False)
     ContainerLogs_method = _pl.Method('/shoal.agent.v1.Containers/ContainerLogs', ContainerLogsRequest, LogEntry, client_streaming=False, server_streaming=True)
+    RunContainer_method = _pl.Method('/shoal.agent.v1.Containers/RunContainer', CreateContainerRequest, RunOutput, client_streaming=False, server_streaming=True)
     Exec_method = _pl.Method('/shoal.agent.v1.Containers/Exec', ExecRequest, ExecOutput, client_streaming=False, server_streaming=True)
     WatchEvents_method = _pl.Method('/shoal.agent.v1.Containers/WatchEvents', WatchEventsRequest, Event, client_streaming=False, server_streaming=True)
 
@@ -1328,6 +1358,9 @@ class ContainersStub:
 
     def ContainerLogs(self, request: ContainerLogsRequest, /) -> _pl.Stream[LogEntry]:
         return self.transport.server_stream(self.ContainerLogs_method, request)
+
+    def RunContainer(self, request: CreateContainerRequest, /) -> _pl.Stream[RunOutput]:
+        return self.transport.server_stream(self.RunContainer_method, request)
 
     def Exec(self, request: ExecRequest, /) -> _pl.Stream[ExecOutput]:
         return self.transport.server_stream(self.Exec_method, request)

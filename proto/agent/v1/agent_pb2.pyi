@@ -202,6 +202,8 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     EVENT_TYPE_REMOVED: _EventType.ValueType  # 7
     EVENT_TYPE_START_FAILED: _EventType.ValueType  # 8
     """reason/message set"""
+    EVENT_TYPE_EVICTED: _EventType.ValueType  # 9
+    """over its storage limit: message says by how much; EXITED follows"""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """---------------------------------------------------------------------------------------------------
@@ -222,6 +224,8 @@ EVENT_TYPE_HEALTH_CHANGED: EventType.ValueType  # 6
 EVENT_TYPE_REMOVED: EventType.ValueType  # 7
 EVENT_TYPE_START_FAILED: EventType.ValueType  # 8
 """reason/message set"""
+EVENT_TYPE_EVICTED: EventType.ValueType  # 9
+"""over its storage limit: message says by how much; EXITED follows"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -287,6 +291,7 @@ class Resources(_message.Message):
     PIDS_MAX_FIELD_NUMBER: _builtins.int
     MEMORY_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
     CPU_REQUEST_MILLIS_FIELD_NUMBER: _builtins.int
+    STORAGE_BYTES_FIELD_NUMBER: _builtins.int
     memory_bytes: _builtins.int
     """limit; 0 = unlimited; no swap beyond it; at least 6 MiB"""
     cpu_millis: _builtins.int
@@ -297,6 +302,11 @@ class Resources(_message.Message):
     """reserved memory; 0 = the limit"""
     cpu_request_millis: _builtins.int
     """reserved cpu; 0 = the limit"""
+    storage_bytes: _builtins.int
+    """Writable-layer limit in bytes; 0 = unlimited; at least 1 MiB. Enforced by a project quota where
+    the agent root's filesystem has one (writes past it fail with EDQUOT), else measured: a container
+    found over it is killed, reason "Evicted" (see HostInfo.storage_limit_enforcement).
+    """
     def __init__(
         self,
         *,
@@ -305,10 +315,11 @@ class Resources(_message.Message):
         pids_max: _builtins.int = ...,
         memory_request_bytes: _builtins.int = ...,
         cpu_request_millis: _builtins.int = ...,
+        storage_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "cpu_request_millis", b"cpu_request_millis", "memory_bytes", b"memory_bytes", "memory_request_bytes", b"memory_request_bytes", "pids_max", b"pids_max"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "cpu_request_millis", b"cpu_request_millis", "memory_bytes", b"memory_bytes", "memory_request_bytes", b"memory_request_bytes", "pids_max", b"pids_max", "storage_bytes", b"storage_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -744,9 +755,11 @@ class Container(_message.Message):
     exit_code: _builtins.int
     """valid when EXITED"""
     reason: _builtins.str
-    """Why it exited: "Completed", "Error", "OOMKilled", "Killed", "StartFailed", "Lost"."""
+    """Why it exited: "Completed", "Error", "OOMKilled", "Killed", "StartFailed", "Lost", "Unhealthy",
+    "Evicted" (its writable layer went over its storage limit; error says by how much).
+    """
     error: _builtins.str
-    """start failure message"""
+    """start failure message, or why it was evicted"""
     image_id: _builtins.str
     """resolved config digest"""
     resolved_working_dir: _builtins.str
@@ -1137,6 +1150,40 @@ class LogEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015
+
+@_typing.final
+class RunOutput(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    EXIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> Global___Container:
+        """first, once it runs"""
+
+    @_builtins.property
+    def log(self) -> Global___LogEntry: ...
+    @_builtins.property
+    def exit(self) -> Global___WaitContainerResponse:
+        """last"""
+
+    def __init__(
+        self,
+        *,
+        started: Global___Container | None = ...,
+        log: Global___LogEntry | None = ...,
+        exit: Global___WaitContainerResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "log", b"log", "started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "kind", b"kind", "log", b"log", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "log", "exit"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___RunOutput: _TypeAlias = RunOutput  # noqa: Y015
 
 @_typing.final
 class ExecRequest(_message.Message):
@@ -1922,6 +1969,8 @@ class HostInfo(_message.Message):
     CONDITIONS_FIELD_NUMBER: _builtins.int
     MEMORY_LIMITS_BYTES_FIELD_NUMBER: _builtins.int
     CPU_LIMITS_MILLIS_FIELD_NUMBER: _builtins.int
+    STORAGE_LIMIT_ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    STORAGE_LIMIT_DETAIL_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     """stable, kept in the agent's root"""
     hostname: _builtins.str
@@ -1959,6 +2008,12 @@ class HostInfo(_message.Message):
     memory_limits_bytes: _builtins.int
     """Sums of the same containers' limits (0 = unlimited counts 0): what they may use at most."""
     cpu_limits_millis: _builtins.int
+    storage_limit_enforcement: _builtins.str
+    """How --storage-size is enforced on this host: "project-quota" (the kernel refuses writes past it)
+    or "measured" (the writable layer is measured every sampling interval and a container over its
+    limit is killed, reason "Evicted"); storage_limit_detail says why this one was chosen.
+    """
+    storage_limit_detail: _builtins.str
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """from `shoal-agent serve --label K=V`"""
@@ -1997,10 +2052,12 @@ class HostInfo(_message.Message):
         conditions: _abc.Iterable[Global___HostCondition] | None = ...,
         memory_limits_bytes: _builtins.int = ...,
         cpu_limits_millis: _builtins.int = ...,
+        storage_limit_enforcement: _builtins.str = ...,
+        storage_limit_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "architecture", b"architecture", "boot_id", b"boot_id", "bridge", b"bridge", "conditions", b"conditions", "containers", b"containers", "containers_running", b"containers_running", "cpu_allocatable_millis", b"cpu_allocatable_millis", "cpu_committed_millis", b"cpu_committed_millis", "cpu_cores", b"cpu_cores", "cpu_limits_millis", b"cpu_limits_millis", "cpu_used_cores", b"cpu_used_cores", "disk_free_bytes", b"disk_free_bytes", "disk_total_bytes", b"disk_total_bytes", "host_id", b"host_id", "hostname", b"hostname", "labels", b"labels", "memory_allocatable_bytes", b"memory_allocatable_bytes", "memory_committed_bytes", b"memory_committed_bytes", "memory_limits_bytes", b"memory_limits_bytes", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "os", b"os", "started_at", b"started_at", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "architecture", b"architecture", "boot_id", b"boot_id", "bridge", b"bridge", "conditions", b"conditions", "containers", b"containers", "containers_running", b"containers_running", "cpu_allocatable_millis", b"cpu_allocatable_millis", "cpu_committed_millis", b"cpu_committed_millis", "cpu_cores", b"cpu_cores", "cpu_limits_millis", b"cpu_limits_millis", "cpu_used_cores", b"cpu_used_cores", "disk_free_bytes", b"disk_free_bytes", "disk_total_bytes", b"disk_total_bytes", "host_id", b"host_id", "hostname", b"hostname", "labels", b"labels", "memory_allocatable_bytes", b"memory_allocatable_bytes", "memory_committed_bytes", b"memory_committed_bytes", "memory_limits_bytes", b"memory_limits_bytes", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "os", b"os", "started_at", b"started_at", "storage_limit_detail", b"storage_limit_detail", "storage_limit_enforcement", b"storage_limit_enforcement", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

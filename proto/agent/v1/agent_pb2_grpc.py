@@ -79,6 +79,11 @@ class ContainersStub:
                 request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.ContainerLogsRequest.SerializeToString,
                 response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.LogEntry.FromString,
                 _registered_method=True)
+        self.RunContainer = channel.unary_stream(
+                '/shoal.agent.v1.Containers/RunContainer',
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainerRequest.SerializeToString,
+                response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.RunOutput.FromString,
+                _registered_method=True)
         self.Exec = channel.unary_stream(
                 '/shoal.agent.v1.Containers/Exec',
                 request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.ExecRequest.SerializeToString,
@@ -151,6 +156,16 @@ class ContainersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunContainer(self, request, context):
+        """`shoal run` in the foreground: create and start (as one step a caller going away cannot split),
+        then the container's output from its start, then exactly one message with its exit status. The
+        stream holds an auto_remove container until that last message is sent; a caller that goes away
+        leaves the container running, removed when it exits (Docker's `run --rm` when its client dies).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Exec(self, request, context):
         """Runs a process inside a running container: all its namespaces, its cgroup, its credentials.
         The stream carries output chunks, then exactly one message with the exit code.
@@ -215,6 +230,11 @@ def add_ContainersServicer_to_server(servicer, server):
                     servicer.ContainerLogs,
                     request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.ContainerLogsRequest.FromString,
                     response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.LogEntry.SerializeToString,
+            ),
+            'RunContainer': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunContainer,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainerRequest.FromString,
+                    response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.RunOutput.SerializeToString,
             ),
             'Exec': grpc.unary_stream_rpc_method_handler(
                     servicer.Exec,
@@ -470,6 +490,33 @@ class Containers:
             '/shoal.agent.v1.Containers/ContainerLogs',
             proto_dot_agent_dot_v1_dot_agent__pb2.ContainerLogsRequest.SerializeToString,
             proto_dot_agent_dot_v1_dot_agent__pb2.LogEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.agent.v1.Containers/RunContainer',
+            proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainerRequest.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.RunOutput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,12 @@ class ContainersStub:
     WaitContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ContainerRef, _agent_pb2.WaitContainerResponse]
     """Returns once the container has exited (immediately if it already has)."""
     ContainerLogs: _grpc.UnaryStreamMultiCallable[_agent_pb2.ContainerLogsRequest, _agent_pb2.LogEntry]
+    RunContainer: _grpc.UnaryStreamMultiCallable[_agent_pb2.CreateContainerRequest, _agent_pb2.RunOutput]
+    """`shoal run` in the foreground: create and start (as one step a caller going away cannot split),
+    then the container's output from its start, then exactly one message with its exit status. The
+    stream holds an auto_remove container until that last message is sent; a caller that goes away
+    leaves the container running, removed when it exits (Docker's `run --rm` when its client dies).
+    """
     Exec: _grpc.UnaryStreamMultiCallable[_agent_pb2.ExecRequest, _agent_pb2.ExecOutput]
     """Runs a process inside a running container: all its namespaces, its cgroup, its credentials.
     The stream carries output chunks, then exactly one message with the exit code.
@@ -93,6 +99,12 @@ class ContainersAsyncStub(ContainersStub):
     WaitContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.ContainerRef, _agent_pb2.WaitContainerResponse]  # type: ignore[assignment]
     """Returns once the container has exited (immediately if it already has)."""
     ContainerLogs: _aio.UnaryStreamMultiCallable[_agent_pb2.ContainerLogsRequest, _agent_pb2.LogEntry]  # type: ignore[assignment]
+    RunContainer: _aio.UnaryStreamMultiCallable[_agent_pb2.CreateContainerRequest, _agent_pb2.RunOutput]  # type: ignore[assignment]
+    """`shoal run` in the foreground: create and start (as one step a caller going away cannot split),
+    then the container's output from its start, then exactly one message with its exit status. The
+    stream holds an auto_remove container until that last message is sent; a caller that goes away
+    leaves the container running, removed when it exits (Docker's `run --rm` when its client dies).
+    """
     Exec: _aio.UnaryStreamMultiCallable[_agent_pb2.ExecRequest, _agent_pb2.ExecOutput]  # type: ignore[assignment]
     """Runs a process inside a running container: all its namespaces, its cgroup, its credentials.
     The stream carries output chunks, then exactly one message with the exit code.
@@ -169,6 +181,18 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.ContainerLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.LogEntry], _abc.AsyncIterator[_agent_pb2.LogEntry]]: ...
+
+    @_abc_1.abstractmethod
+    def RunContainer(
+        self,
+        request: _agent_pb2.CreateContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.RunOutput], _abc.AsyncIterator[_agent_pb2.RunOutput]]:
+        """`shoal run` in the foreground: create and start (as one step a caller going away cannot split),
+        then the container's output from its start, then exactly one message with its exit status. The
+        stream holds an auto_remove container until that last message is sent; a caller that goes away
+        leaves the container running, removed when it exits (Docker's `run --rm` when its client dies).
+        """
 
     @_abc_1.abstractmethod
     def Exec(

@@ -369,7 +369,8 @@ def test_keeper_imports_almost_nothing() -> None:
     loaded = _imports_of("agent.runtime.supervisor.keeper")
     assert {name for name in loaded if name.startswith("agent")} == {
         "agent", "agent.runtime", "agent.runtime.supervisor", "agent.runtime.supervisor.keeper",
-        "agent.runtime.supervisor.channel", "agent.runtime.supervisor.custody"}
+        "agent.runtime.supervisor.channel", "agent.runtime.supervisor.custody",
+        "agent.runtime.supervisor.ownlog"}
     # Each of these would cost the keeper (one per host, forever) hundreds of KiB to a megabyte.
     assert not loaded & {"json", "dataclasses", "pathlib", "argparse", "typing", "asyncio", "ctypes",
                          "logging", "subprocess", "re", "inspect"}

@@ -10,14 +10,15 @@ import pytest
 from agent.cgroups import detect, manager
 from agent.cgroups.manager import Limits
 from agent.errors import FailedPrecondition, InvalidArgument
-from tests.conformance.cgroupfs_fake import FakeCgroupFs
+from tests.conformance.cgroupfs_fake import FakeCgroupFs, FakeDeviceFilter
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = "/sys/fs/cgroup"
 
 
-def _detect(fixture: str, fake: FakeCgroupFs) -> manager.CgroupManager:
-    return detect.detect(mountinfo=FIXTURES / fixture, fs=fake)
+def _detect(fixture: str, fake: FakeCgroupFs, *, bpf_usable: bool = True) -> manager.CgroupManager:
+    return detect.detect(mountinfo=FIXTURES / fixture, fs=fake,
+                         device_filter=FakeDeviceFilter(fake, usable=bpf_usable))
 
 
 def test_v1_hybrid_build_machine_uses_each_controllers_mount() -> None:
@@ -53,7 +54,7 @@ def test_pure_v2_enables_wanted_controllers_on_every_ancestor() -> None:
     fake = FakeCgroupFs()
     fake.mount_v2(ROOT, ("cpuset", "cpu", "io", "memory", "pids"))
     mgr = _detect("mountinfo-v2-pure.txt", fake)
-    assert (mgr.version, mgr.supports_device_rules) == (2, False)
+    assert (mgr.version, mgr.supports_device_rules) == (2, True)
     group = mgr.create("shoal/tenant/c1", limits=Limits(memory_bytes=32 << 20, pids_max=9), devices=())
     for ancestor in (ROOT, f"{ROOT}/shoal", f"{ROOT}/shoal/tenant"):
         assert set(fake.read_text(f"{ancestor}/cgroup.subtree_control").split()) == {"cpu", "memory", "pids"}
@@ -88,6 +89,21 @@ def test_v2_without_controllers_and_no_v1_still_detects_but_refuses_limits() -> 
     with pytest.raises(InvalidArgument, match="memory"):
         mgr.create("shoal/limited", limits=Limits(memory_bytes=32 << 20), devices=())
     assert mgr.list_children("shoal") == ["shoal/plain"]
+
+
+@pytest.mark.parametrize("bpf_usable", [True, False])
+def test_v2_device_rules_follow_whether_bpf_device_programs_load(bpf_usable: bool) -> None:
+    fake = FakeCgroupFs()
+    fake.mount_v2(ROOT, ("cpu", "memory", "pids"))
+    mgr = _detect("mountinfo-v2-pure.txt", fake, bpf_usable=bpf_usable)
+    assert mgr.supports_device_rules is bpf_usable
+    if bpf_usable:
+        mgr.create("shoal/c1", limits=Limits(), devices=manager.DEFAULT_DEVICE_RULES)
+        assert fake.groups[f"{ROOT}/shoal/c1"].device_program is not None
+    else:
+        with pytest.raises(FailedPrecondition, match="BPF device program"):
+            mgr.create("shoal/c1", limits=Limits(), devices=manager.DEFAULT_DEVICE_RULES)
+        assert mgr.list_children("shoal") == []
 
 
 def test_no_cgroup_mount_is_a_failed_precondition(tmp_path: Path) -> None:

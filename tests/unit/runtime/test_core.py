@@ -177,6 +177,40 @@ def test_unhealthy_with_restart_on_unhealthy_kills_with_a_reason() -> None:
     assert kinds(unchanged) == [] and not has(unchanged, core.Signal)
 
 
+MSG = "writable layer 1.2G over its 1G storage limit"
+
+
+def test_an_eviction_kills_with_the_reason_and_its_exit_carries_the_message() -> None:
+    step = core.evicted("c", running(), message=MSG)
+    assert step.lifecycle.kill_reason == "Evicted" and core.Signal(signal.SIGKILL) in step.actions
+    emitted = [(a.kind, a.message) for a in step.actions if isinstance(a, core.Emit)]
+    assert emitted == [(EventType.EVICTED, MSG)]
+    assert has(step, core.SaveStatus)
+    # Survives an agent restart: status.json carries the reason and the message.
+    lc = core.Lifecycle.from_status(step.lifecycle.status())
+    assert (lc.kill_reason, lc.kill_message) == ("Evicted", MSG)
+    exit_step = core.exited("c", step.lifecycle, code=137, sig=signal.SIGKILL, oom=False, finished_at=NOW,
+                            policy=ON_FAILURE_2, now=NOW)
+    status = exit_step.lifecycle.exit
+    assert status == core.ExitStatus(137, "Evicted", MSG)
+    # The restart policy applies as for any failure; the next run starts with a clean slate.
+    assert exit_step.lifecycle.state is State.RESTARTING
+    assert exit_step.lifecycle.kill_reason == "" and exit_step.lifecycle.kill_message == ""
+
+
+def test_an_oom_kill_racing_an_eviction_is_reported_as_the_oom() -> None:
+    lc = core.evicted("c", running(), message=MSG).lifecycle
+    step = core.exited("c", lc, code=137, sig=signal.SIGKILL, oom=True, finished_at=NOW, policy=NO, now=NOW)
+    assert step.lifecycle.exit == core.ExitStatus(137, "OOMKilled", "")
+
+
+def test_only_a_running_container_not_already_being_killed_is_evicted() -> None:
+    for lc in (core.Lifecycle(state=State.EXITED), running(kill_reason="Unhealthy"),
+               core.Lifecycle(state=State.RESTARTING)):
+        step = core.evicted("c", lc, message=MSG)
+        assert step.lifecycle == lc and step.actions == ()
+
+
 # -- recovery: what the records and the supervisor say → what the container is ---------------------
 
 def facts(**kw: object) -> core.RunFacts:

@@ -21,6 +21,7 @@ from agent.errors import (
     StaleEpoch,
     SupervisorUnavailable,
 )
+from agent.runtime.container import Hold
 from agent.runtime.containers import ContainerRuntime, PullPolicy, RuntimeSettings
 from agent.runtime.events import EventType, HistoryTruncated
 from agent.runtime.fencing import Fence
@@ -266,6 +267,23 @@ def test_stop_sends_the_stop_signal_then_kill_after_the_grace(h: Harness) -> Non
     run(scenario())
 
 
+def test_a_stop_whose_caller_goes_away_is_still_carried_out(h: Harness) -> None:
+    """An interrupted ``shoal run`` asks for a stop and exits: the SIGKILL after the grace still comes."""
+    async def scenario() -> None:
+        async with h.opened() as rt:
+            await rt.create(container_id="left", spec=SPEC)
+            h.world.signal_behaviour["left"] = lambda sig: 137 if sig == signal.SIGKILL else None
+            await rt.start("left")
+            caller = asyncio.ensure_future(rt.stop("left", timeout=0.05))
+            while not h.world.signals:  # the SIGTERM is out; the caller hangs up during the grace
+                await asyncio.sleep(0.01)
+            caller.cancel()
+            await next_event(rt, 0, EventType.EXITED, "left")
+            assert [s for _, s in h.world.signals] == [signal.SIGTERM, signal.SIGKILL]
+
+    run(scenario())
+
+
 def test_a_restart_happens_after_the_backoff_and_stop_cancels_the_next(h: Harness) -> None:
     spec = ContainerSpec(image="busybox", command=("sh",), restart=RestartPolicy(RestartMode.ALWAYS))
 
@@ -329,6 +347,60 @@ def test_a_caller_that_hangs_up_does_not_abandon_a_launch(h: Harness) -> None:
             await next_event(rt, 0, EventType.STARTED, "held")
             ctr = rt.resolve("held")
             assert ctr.state is State.RUNNING and "held" in h.world.alive and not ctr.lock.locked()
+
+    run(scenario())
+
+
+AUTO_REMOVED = ContainerSpec(image="busybox", command=("sleep", "300"), auto_remove=True)
+
+
+def test_a_caller_gone_during_create_and_start_leaves_no_created_container(h: Harness) -> None:
+    """``run --rm`` killed while its create still pulls: the container is started anyway (never left
+    Created), and removed when it exits."""
+    import threading
+
+    async def scenario() -> None:
+        async with h.opened() as rt:
+            h.images.pull_gate = threading.Event()
+            caller = asyncio.ensure_future(rt.create_and_start(container_id="orphan", spec=AUTO_REMOVED,
+                                                               pull=PullPolicy.ALWAYS))
+            await asyncio.to_thread(h.images.pull_started.wait, 5)
+            caller.cancel()
+            h.images.pull_gate.set()
+            await next_event(rt, 0, EventType.STARTED, "orphan")
+            assert rt.resolve("orphan").state is State.RUNNING
+            h.world.exit("orphan", 0)
+            await next_event(rt, 0, EventType.REMOVED, "orphan")
+            with pytest.raises(NotFound):
+                rt.resolve("orphan")
+
+    run(scenario())
+
+
+def test_auto_removal_waits_for_an_attached_caller_to_get_the_exit(h: Harness) -> None:
+    async def scenario() -> None:
+        async with h.opened() as rt:
+            hold = Hold()
+            ctr = await rt.create_and_start(container_id="fg", spec=AUTO_REMOVED, hold=hold)
+            h.world.exit("fg", 7)
+            exited = await next_event(rt, 0, EventType.EXITED, "fg")
+            assert rt.resolve("fg") is ctr and ctr.state is State.EXITED and not ctr.unheld.is_set()
+            items = [item async for item in rt.attached_run(ctr, hold)]
+            assert items[-1] == ctr.exit and ctr.exit is not None and ctr.exit.exit_code == 7
+            await next_event(rt, exited, EventType.REMOVED, "fg")
+
+    run(scenario())
+
+
+def test_a_hold_released_before_the_create_finishes_holds_nothing(h: Harness) -> None:
+    async def scenario() -> None:
+        async with h.opened() as rt:
+            hold = Hold()
+            hold.release()  # its caller went away first
+            ctr = await rt.create_and_start(container_id="gone", spec=AUTO_REMOVED, hold=hold)
+            assert not ctr.holds and ctr.unheld.is_set()
+            h.world.exit("gone", 0)
+            await next_event(rt, 0, EventType.REMOVED, "gone")
 
     run(scenario())
 

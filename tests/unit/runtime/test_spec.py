@@ -81,3 +81,21 @@ def test_parse_duration(raw: str, seconds: float) -> None:
 def test_parse_duration_rejects(raw: str) -> None:
     with pytest.raises(InvalidArgument, match="invalid duration"):
         spec.parse_duration(raw)
+
+
+@pytest.mark.parametrize(("storage", "message"), [
+    (-1, "storage limit must not be negative"),
+    (1000, "storage limit 1000 bytes is too small: the minimum is 1M"),
+    ((1 << 50) + 1, "is too large: the maximum is 1P"),
+])
+def test_resources_refuse_storage_limits_no_layer_could_have(storage: int, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        spec.Resources(storage_bytes=storage).validate()
+
+
+def test_a_storage_limit_survives_config_json() -> None:
+    s = spec.ContainerSpec(image="busybox", resources=spec.Resources(storage_bytes=1 << 30))
+    assert spec.spec_from_dict(spec.spec_to_dict(s)) == s
+    old = spec.spec_to_dict(spec.ContainerSpec(image="busybox"))
+    del old["resources"]["storage_bytes"]  # written by an agent before --storage-size
+    assert spec.spec_from_dict(old).resources.storage_bytes is None

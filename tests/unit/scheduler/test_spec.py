@@ -55,7 +55,7 @@ template:
   working_dir: /srv
   user: 1000
   hostname: api
-  resources: {cpus: 250m, memory: 1G, pids: 64, cpus_request: 0.1, memory_request: 512M}
+  resources: {cpus: 250m, memory: 1G, pids: 64, cpus_request: 0.1, memory_request: 512M, storage: 2G}
   ports:
     - {container: 8080, host: 18080}
     - 9100
@@ -131,7 +131,8 @@ def test_every_key_of_the_format() -> None:
         "env": ["A=1=x", "B=2"],
         "working_dir": "/srv", "user": "1000", "hostname": "api",
         "resources": {"cpu_millis": "250", "memory_bytes": str(1 << 30), "pids_max": "64",
-                      "cpu_request_millis": "100", "memory_request_bytes": str(512 << 20)},
+                      "cpu_request_millis": "100", "memory_request_bytes": str(512 << 20),
+                      "storage_bytes": str(2 << 30)},
         "ports": [{"container_port": 22, "host_port": 2222, "protocol": "tcp"},
                   {"container_port": 5353, "protocol": "udp"},
                   {"container_port": 8080, "host_port": 18080, "protocol": "tcp"},
@@ -346,6 +347,8 @@ def test_the_template_json_is_what_the_agent_reads() -> None:
      (4, "template.resources.pids", "pids limit must be at least 1, got 0")),
     ("name: w\ntemplate:\n  image: b\n  resources:\n    memory: 64M\n    memory_request: 1G\n",
      (6, "template.resources.memory_request", "the request (1G) exceeds the limit (memory: 64M)")),
+    ("name: w\ntemplate:\n  image: b\n  resources:\n    storage: 12\n",
+     (5, "template.resources.storage", "storage size '12' is too small: the minimum is 1M")),
     ("name: w\ntemplate:\n  image: b\n  resources:\n    cpus: 0.5\n    cpus_request: 1\n",
      (6, "template.resources.cpus_request", "the request (1) exceeds the limit (cpus: 0.5)")),
     ("name: w\ntemplate: {image: b, ports: [0]}\n", (2, "template.ports[0]", "port 0 is outside 1-65535")),

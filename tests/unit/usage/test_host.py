@@ -71,3 +71,38 @@ def test_parse_labels_rejects(item: str, message: str) -> None:
 def test_parse_labels_rejects_duplicates() -> None:
     with pytest.raises(InvalidArgument, match="given twice"):
         host.parse_labels(["zone=a", "zone=b"])
+
+
+THRESHOLDS = host.PressureThresholds(memory_available_bytes=100 << 20, disk_free_fraction=0.10,
+                                     inodes_free_fraction=0.05)
+
+
+@pytest.mark.parametrize(("disk", "expected"), [
+    (host.DiskSpace(total=100 << 30, free=50 << 30, inodes_total=1000, inodes_free=500), None),
+    (host.DiskSpace(total=100 << 30, free=5 << 30, inodes_total=1000, inodes_free=500), "MiB free of"),
+    # Plenty of bytes but hardly an inode left: new files fail just the same.
+    (host.DiskSpace(total=100 << 30, free=50 << 30, inodes_total=1000, inodes_free=10),
+     "10 inodes free of 1000"),
+    # A filesystem without a fixed inode count (btrfs) reports 0: never pressure from that.
+    (host.DiskSpace(total=100 << 30, free=50 << 30, inodes_total=0, inodes_free=0), None),
+    (host.DiskSpace(), None),  # not measured
+])
+def test_disk_pressure_from_bytes_or_inodes(disk: host.DiskSpace, expected: str | None) -> None:
+    found = dict(host.pressure(memory_available=1 << 30, disk=disk, thresholds=THRESHOLDS))
+    if expected is None:
+        assert "DiskPressure" not in found
+    else:
+        assert expected in found["DiskPressure"] and "agent's root" in found["DiskPressure"]
+
+
+def test_both_disk_shortages_are_named_in_one_condition() -> None:
+    disk = host.DiskSpace(total=100 << 30, free=1 << 30, inodes_total=1000, inodes_free=1)
+    found = host.pressure(memory_available=1 << 30, disk=disk, thresholds=THRESHOLDS)
+    assert [kind for kind, _ in found] == ["DiskPressure"]
+    assert "MiB free" in found[0][1] and "1 inodes free" in found[0][1]
+
+
+def test_disk_space_reads_inodes(tmp_path: Path) -> None:
+    disk = host.disk_space(tmp_path)
+    assert disk.total > 0 and 0 <= disk.free <= disk.total
+    assert 0 <= disk.inodes_free <= disk.inodes_total

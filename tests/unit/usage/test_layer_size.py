@@ -85,3 +85,77 @@ def test_symlinks_are_not_followed_and_missing_dirs_do_not_fail(tmp_path: Path) 
     size = sizer.size("c1")
     assert size is not None and size < 100000
     assert sizer.size("gone") == 0
+
+
+def test_a_directory_swapped_for_a_symlink_mid_walk_is_not_followed(tmp_path: Path) -> None:
+    """The walk stopped after listing the root; the container then replaces a directory it saw with a
+    symlink to a host directory. The next call must not walk the host (the old path-based walk did)."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret-big").write_bytes(b"x" * (1 << 20))
+    upper = tmp_path / "upper"
+    (upper / "d").mkdir(parents=True)
+    (upper / "d" / "small").write_bytes(b"x" * 100)
+    sizer = WritableLayerSizer(budget_entries=1, clock=Clock())
+    sizer.advance({"c1": upper})  # root listed: "d" waits as (root fd, "d")
+    assert sizer.size("c1") is None
+    (upper / "d" / "small").unlink()
+    (upper / "d").rmdir()
+    (upper / "d").symlink_to(host)
+    while sizer.size("c1") is None:
+        sizer.advance({"c1": upper})
+    assert sizer.size("c1") == 0
+
+
+def test_limited_layers_are_measured_on_every_call_and_first(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for upper in (a, b):
+        upper.mkdir()
+        (upper / "f").write_bytes(b"x" * 10000)
+    sizer = WritableLayerSizer(refresh_seconds=10, budget_entries=2, clock=Clock())
+    sizer.advance({"free": a, "limited": b}, limited={"limited"})
+    assert sizer.size("limited") is not None and sizer.size("free") is None  # the budget went to it first
+    (b / "g").write_bytes(b"x" * 10000)
+    before = sizer.size("limited")
+    sizer.advance({"free": a, "limited": b}, limited={"limited"})  # not "due", measured anyway
+    after = sizer.size("limited")
+    assert before is not None and after is not None and after > before
+
+
+def test_measured_ignores_what_was_measured_before_invalidate(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "f").write_bytes(b"x" * 10000)
+    sizer = WritableLayerSizer(clock=Clock())
+    sizer.advance({"c1": upper}, limited={"c1"})
+    assert sizer.measured("c1") == sizer.size("c1") and sizer.measured("c1")
+    sizer.invalidate("c1")  # a new run of the container
+    assert sizer.measured("c1") is None and sizer.size("c1") is not None
+    sizer.advance({"c1": upper}, limited={"c1"})
+    assert sizer.measured("c1") == sizer.size("c1")
+
+
+def test_a_tree_needing_too_many_open_directories_is_unmeasurable(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    level = upper
+    for i in range(6):  # each level has two subdirectories: the walk holds one descriptor per level
+        (level / "x").mkdir(parents=True)
+        level = level / f"n{i}"
+        level.mkdir(parents=True)
+    sizer = WritableLayerSizer(max_open_dirs=3, clock=Clock())
+    sizer.advance({"c1": upper}, limited={"c1"})
+    assert "more than 3 directories" in sizer.unmeasurable("c1")
+    assert sizer.measured("c1") is None
+    before = len(os.listdir("/proc/self/fd"))
+    sizer.close()
+    assert len(os.listdir("/proc/self/fd")) <= before  # nothing held after close
+
+
+def test_no_descriptor_is_left_open_by_a_finished_walk(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    _fill(upper, dirs=5, files_per_dir=2, size=10)
+    before = len(os.listdir("/proc/self/fd"))
+    sizer = WritableLayerSizer(budget_entries=4, clock=Clock())
+    while sizer.size("c1") is None:
+        sizer.advance({"c1": upper})
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -247,3 +247,45 @@ def test_a_failing_targets_call_does_not_kill_the_loop(proc: FakeProc) -> None:
 def test_interval_must_be_positive(proc: FakeProc) -> None:
     with pytest.raises(ValueError):
         UsageSampler(targets=list, identity=identity(), proc=proc.root, interval=0)
+
+
+def _layer(tmp_path: Path, name: str, size: int) -> Path:
+    upper = tmp_path / name
+    upper.mkdir()
+    (upper / "data").write_bytes(b"x" * size)
+    return upper
+
+
+def test_a_container_over_its_measured_storage_limit_is_handed_to_evict_once(proc: FakeProc,
+                                                                           tmp_path: Path) -> None:
+    over = target(FakeCgroup(stats()), upper=_layer(tmp_path, "over", 3 << 20), id="over",
+                  storage_limit_bytes=1 << 20)
+    under = target(FakeCgroup(stats()), upper=_layer(tmp_path, "under", 1 << 16), id="under",
+                   storage_limit_bytes=1 << 20)
+    unlimited = target(FakeCgroup(stats()), upper=_layer(tmp_path, "free", 3 << 20), id="free")
+    evicted: list[tuple[str, str]] = []
+    sampler = _sampler(proc, [over, under, unlimited], Clock(),
+                       evict=lambda t, message: evicted.append((t.id, message)))
+
+    async def go() -> None:
+        await sampler.sample_once()
+        await sampler.sample_once()  # still over: not handed over twice for the same run
+
+    asyncio.run(go())
+    assert evicted == [("over", "writable layer 3M over its 1M storage limit")]
+
+
+def test_a_new_run_is_judged_only_on_its_own_measurement(proc: FakeProc, tmp_path: Path) -> None:
+    upper = _layer(tmp_path, "upper", 3 << 20)
+    targets = [target(FakeCgroup(stats()), upper=upper, pid=10, storage_limit_bytes=1 << 20)]
+    evicted: list[int] = []
+    sampler = _sampler(proc, targets, Clock(), evict=lambda t, _: evicted.append(t.pid))
+
+    async def go() -> None:
+        await sampler.sample_once()
+        (upper / "data").unlink()  # the next run cleaned up at start
+        targets[0] = target(FakeCgroup(stats()), upper=upper, pid=11, storage_limit_bytes=1 << 20)
+        await sampler.sample_once()
+
+    asyncio.run(go())
+    assert evicted == [10]
