@@ -1,5 +1,5 @@
-"""Per-process kernel attributes a launcher sets on itself: child subreaper, no_new_privs, hostname,
-inherited file descriptors and signal dispositions.
+"""Per-process kernel attributes a launcher sets on itself: child subreaper, no_new_privs, dumpability,
+hostname, inherited file descriptors and signal dispositions.
 
 Everything here is safe between ``fork()`` and ``execve()`` in a single-threaded Python process.
 """
@@ -26,6 +26,23 @@ def set_child_subreaper() -> None:
 def set_no_new_privs() -> None:
     """execve can no longer grant privileges (setuid bits, file capabilities)."""
     syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1, what="set no_new_privs")
+
+
+def set_undumpable() -> None:
+    """Nobody without CAP_SYS_PTRACE may look into this process until its next ``execve``.
+
+    With ``PR_SET_DUMPABLE`` 0 the kernel refuses ``ptrace`` and every ``/proc/PID`` file that checks
+    ptrace access (``environ``, ``mem``, ``maps``, ``exe``, ``cwd``, ``root``, ``fd/*``, ``fdinfo/*``,
+    ``ns/*``) to anyone else, a root with fewer capabilities included. It survives ``fork`` and changes
+    of credentials, and ``execve`` resets it for the new program, so set it before a process that still
+    holds the host's state (its environment, its interpreter, its descriptors) becomes visible in a
+    container, and the container's command starts dumpable as usual.
+    """
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0, what="set dumpable 0")
+
+
+def is_dumpable() -> bool:
+    return syscalls.prctl(syscalls.PR_GET_DUMPABLE, what="get dumpable") == 1
 
 
 def set_hostname(name: str) -> None:

@@ -1,10 +1,10 @@
 """Running a command inside a running container: ``shoal exec`` and exec health probes.
 
 The daemon never forks into a container itself: it spawns ``python -m agent.runtime.nsenter`` (which
-joins the container's cgroup and namespaces, then drops to its credentials and capabilities) and feeds it
-an ``ExecPlan`` on stdin. ``spawn`` starts that helper; ``stream_output`` turns its pipes into an ordered
-stream of chunks through a *bounded* queue, so a client that reads slowly slows its own command (its
-pipe fills and it blocks on write), never the agent's memory.
+joins the container's cgroup and namespaces, then drops to its credentials and capabilities) with a
+clean environment and feeds it an ``ExecPlan`` on stdin. ``spawn`` starts that helper; ``stream_output``
+turns its pipes into an ordered stream of chunks through a *bounded* queue, so a client that reads
+slowly slows its own command (its pipe fills and it blocks on write), never the agent's memory.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from agent.errors import InvalidArgument
 from agent.rootfs import users
 from agent.runtime import plan as plans
+from agent.runtime.helper_env import helper_environment
 from agent.runtime.records import Prepared
 from agent.runtime.spec import merge_env
 from agent.streams import drain_until_done
@@ -45,13 +46,24 @@ def build_plan(prepared: Prepared, *, pid: int, argv: list[str], env: list[str],
     )
 
 
+def helper_argv(python: str) -> list[str]:
+    """The exec helper's command line: ``-P`` imports nothing from its working directory, ``-s`` nothing
+    from a user's site directory; only Shoal's code as the agent's interpreter finds it."""
+    return [python, "-P", "-s", "-m", "agent.runtime.nsenter"]
+
+
 async def spawn(exec_plan: plans.ExecPlan, *, python: str, merge_stderr: bool) -> asyncio.subprocess.Process:
-    """Start the nsenter helper for ``exec_plan``: a new session, stdout piped, stderr piped or merged."""
+    """Start the nsenter helper for ``exec_plan``: a new session, stdout piped, stderr piped or merged.
+
+    The helper holds nothing of the agent's but its pipes: the helper environment (not the agent's,
+    see ``helper_env``), the host's ``/`` as its working directory (not the agent's), no other
+    descriptor (asyncio closes them).
+    """
     proc = await asyncio.create_subprocess_exec(
-        python, "-m", "agent.runtime.nsenter",
+        *helper_argv(python),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
-        start_new_session=True,
+        start_new_session=True, env=helper_environment(), cwd="/",
     )
     assert proc.stdin
     try:
@@ -92,4 +104,4 @@ async def stream_output(proc: asyncio.subprocess.Process) -> AsyncIterator[tuple
             task.cancel()
 
 
-__all__ = ["OUTPUT_QUEUE_CHUNKS", "build_plan", "spawn", "stream_output"]
+__all__ = ["OUTPUT_QUEUE_CHUNKS", "build_plan", "helper_argv", "spawn", "stream_output"]

@@ -16,6 +16,8 @@ The intermediate exists because ``unshare(CLONE_NEWPID)`` only applies to the *n
 caller learns the init's host pid from the intermediate over a pipe, then reads a second, close-on-exec
 pipe to EOF: EOF with no data means ``execve`` succeeded; otherwise the init wrote one JSON
 ``{"kind", "message"}`` and exited 126/127, and the caller raises ``LaunchError``.
+Both children are non-dumpable until the init's ``execve`` (see ``process.set_undumpable``), and the
+supervisor they are forked from runs with the helper environment, not the agent's (``helper_env``).
 Everything that can be computed or validated is done *before* ``fork`` so the children only make
 system calls; after ``fork`` there is no logging, no threads, and every path ends in ``execve`` or
 ``os._exit``. The overlay is mounted inside the container's mount namespace, so it vanishes with it and
@@ -278,6 +280,9 @@ def _run_intermediate(
     try:
         # First, so a signal meant for the supervisor cannot run the supervisor's handlers here.
         process.reset_signals()
+        # Before anything of the container: the init inherits it and keeps the supervisor's memory
+        # (environment, interpreter, maps) closed to the container until its execve resets it.
+        process.set_undumpable()
         process.join_cgroups(plan.cgroup_procs)
         if plan.netns_path:
             # Before unshare(mount): the bind-mounted netns file lives in the host's mount namespace.

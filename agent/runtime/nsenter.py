@@ -4,10 +4,21 @@ Input: an ``ExecPlan`` as JSON, read to EOF from file descriptor ``PLAN_FD`` if 
 own stdin is then passed through untouched, for interactive exec), otherwise from stdin (the command
 then gets /dev/null as stdin). stdout and stderr are inherited and belong to the command.
 
-Steps: write our pid into the target's cgroups, open ``/proc/PID/ns/*`` for every namespace that
-differs from ours, join them (mnt last), fork (a joined pid namespace only applies to children), and in
-the child switch credentials and capabilities like the container's init, join a session keyring of
-its own, load the container's seccomp filter, then ``execve`` via ``$PATH``.
+Steps: seal ourselves (below), write our pid into the target's cgroups, open ``/proc/PID/ns/*`` for
+every namespace that differs from ours, join them (mnt last), fork (a joined pid namespace only applies
+to children), and in the child switch credentials and capabilities like the container's init, join a
+session keyring of its own, load the container's seccomp filter (compiled by the agent; loading it is
+one system call), then ``execve`` via ``$PATH``.
+
+Sealing, before anything of the container is joined. From ``fork`` to ``execve`` our child stands in
+the container's pid namespace, and its root can see it. So the helper (spawned with a clean environment,
+see ``execs.spawn``) makes itself non-dumpable (the child inherits that until ``execve``): its
+``environ``, ``exe`` (the host's Python), ``maps``, ``mem``, ``cwd``, ``root`` and ``fd/*`` cannot be
+opened by a root without CAP_SYS_PTRACE, even once the child holds the container's own capabilities.
+It closes every descriptor but stdio, and it clears ``sys.path``: after joining the mount namespace a
+path resolves in the container's files, so an import from then on would run the container's code with
+the host's capabilities; with nothing on the path it fails instead (everything is imported up front).
+
 The parent forwards SIGTERM/SIGINT/SIGHUP to the child and exits with its status (128+N if killed by
 signal N). A failure before the command runs prints one line ``shoal exec: <what failed>`` on stderr
 and exits 126 (setup, not executable) or 127 (command not found).
@@ -97,14 +108,25 @@ def _run_child(plan: ExecPlan, *, keep: int, last_cap: int, stdin_consumed: bool
         _fail(_describe(exc), _EXIT_SETUP)
 
 
+def _seal() -> None:
+    """Keep the host's state out of the container's reach (see module docstring)."""
+    process.set_undumpable()
+    process.close_fds_except((), limit=resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    sys.path.clear()
+    sys.path_importer_cache.clear()
+
+
 def run(plan: ExecPlan, *, stdin_consumed: bool) -> int:
     """Carry out ``plan``; returns the exit code for this process (see module docstring)."""
     if not plan.argv:
         _fail("no command given", _EXIT_SETUP)
     try:
+        _seal()
         keep = capabilities.mask(plan.capabilities)
         last_cap = capabilities.last_cap()
         _enter(plan)
+        # Joining the mount namespace already moved us to its root; say so, rather than rely on it.
+        os.chdir("/")
     except (OSError, ValueError) as exc:
         _fail(_describe(exc), _EXIT_SETUP)
 
@@ -132,7 +154,10 @@ def run(plan: ExecPlan, *, stdin_consumed: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        raw = _read_all(int(args[0]) if args else 0)
+        plan_fd = int(args[0]) if args else 0
+        raw = _read_all(plan_fd)
+        if plan_fd != 0:
+            os.close(plan_fd)  # never into the container
         plan = ExecPlan.from_json(raw.decode())
     except (OSError, ValueError, TypeError) as exc:
         _fail(f"reading exec plan: {_describe(exc)}", _EXIT_SETUP)

@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from agent import private_root
 from agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LaunchError, ShoalError
+from agent.runtime.helper_env import helper_environment
 from agent.runtime.plan import LaunchPlan
 from agent.runtime.supervisor.paths import SupervisorPaths
 
@@ -265,9 +266,11 @@ async def _spawn(paths: SupervisorPaths, *, python: str, launcher: str | None, t
     except OSError:
         log = open(os.devnull, "ab")  # noqa: SIM115
     with log:
+        # The helper environment, not ours: every container init is a fork of the supervisor until its
+        # execve (see ``helper_env``).
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-            close_fds=True, start_new_session=True,
+            close_fds=True, start_new_session=True, env=helper_environment(),
         )
     _reap_on_exit(proc)
     assert proc.stdout is not None

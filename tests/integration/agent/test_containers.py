@@ -122,7 +122,7 @@ def test_inspect_shows_the_whole_record(agent: AgentProcess) -> None:
         assert key in info, key
     assert info["spec"]["resources"] == {"memory_bytes": str(64 << 20), "cpu_millis": "500",
                                          "pids_max": "50", "memory_request_bytes": "0",
-                                         "cpu_request_millis": "0"}
+                                         "cpu_request_millis": "0", "storage_bytes": "0"}
     assert info["spec"]["labels"] == {"app": "web"}
     assert Path(info["log_path"]).exists()
     assert len(info["layers"]) >= 2  # init layer + image layer(s)

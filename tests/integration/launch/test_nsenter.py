@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,3 +123,33 @@ def test_plan_from_fd_leaves_stdin_to_the_command(sleeper: Container) -> None:
         os.close(plan_r)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "typed by user\n"
+
+
+def test_the_helper_holds_nothing_of_its_spawners_but_stdio(sleeper: Container, tmp_path: Path) -> None:
+    """Issue 12, finding 2: a descriptor the helper was given (its plan, or one leaked by whoever spawned
+    it) never reaches the container, and the helper stands at the container's root, not the host's."""
+    plan_r, plan_w = os.pipe()
+    os.write(plan_w, exec_plan(sleeper, ["sh", "-c", "echo up; read x"]).to_json().encode())
+    os.close(plan_w)
+    stray = os.open(tmp_path / "host-file", os.O_CREAT | os.O_RDONLY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.runtime.nsenter", str(plan_r)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, cwd=tmp_path, pass_fds=(plan_r, stray),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    os.close(plan_r)
+    os.close(stray)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "up\n"  # the command runs: the helper is past its sealing
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")) == [0, 1, 2]
+        container_root = os.readlink(f"/proc/{sleeper.pid}/root")
+        assert os.readlink(f"/proc/{proc.pid}/cwd") == container_root
+        proc.stdin.write("done\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
