@@ -2027,7 +2027,7 @@ class ProviderRequest(_message.Message):
 
     @_builtins.property
     def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """scale_in: host ids"""
+        """scale_in: the hosts to remove; scale_out: the hosts that joined for it"""
 
     @_builtins.property
     def next_attempt_at(self) -> _timestamp_pb2.Timestamp: ...
