@@ -715,7 +715,9 @@ class ContainerRuntime:
     async def attached_run(self, ctr: Container, hold: Hold
                            ) -> AsyncIterator[ctrlogs.LogEntry | core.ExitStatus]:
         """A held container's output from its start, then its exit status; the hold is released after
-        the last item is taken, or when the caller goes away."""
+        the last item is taken, or when the caller goes away. An auto-remove container is removed before
+        the iteration ends, so a caller that waits for the end finds it gone (``docker run --rm``
+        returns only then: a script's next ``image rm`` must not find the image in use)."""
         try:
             async for entry in self.logs(ctr.id, follow=True, tail=None):
                 yield entry
@@ -723,6 +725,10 @@ class ContainerRuntime:
             if ctr.lc.exit is None:
                 raise NotFound(f"container {ctr.name} was removed before it exited")
             yield ctr.lc.exit
+            if ctr.policy.auto_remove:
+                hold.release()
+                with contextlib.suppress(ShoalError):  # the agent's own removal reports its failures
+                    await self.remove(ctr.id, force=True, missing_ok=True)
         finally:
             hold.release()
 

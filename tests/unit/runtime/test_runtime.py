@@ -387,6 +387,8 @@ def test_auto_removal_waits_for_an_attached_caller_to_get_the_exit(h: Harness) -
             assert rt.resolve("fg") is ctr and ctr.state is State.EXITED and not ctr.unheld.is_set()
             items = [item async for item in rt.attached_run(ctr, hold)]
             assert items[-1] == ctr.exit and ctr.exit is not None and ctr.exit.exit_code == 7
+            with pytest.raises(NotFound):  # gone by the time the run's output ends, as `docker run --rm`
+                rt.resolve("fg")
             await next_event(rt, exited, EventType.REMOVED, "fg")
 
     run(scenario())
