@@ -159,7 +159,8 @@ class ContainersServicer:
     def RunContainer(self, request, context):
         """`shoal run` in the foreground: create and start (as one step a caller going away cannot split),
         then the container's output from its start, then exactly one message with its exit status. The
-        stream holds an auto_remove container until that last message is sent; a caller that goes away
+        stream holds an auto_remove container until that last message is sent, and ends once it is removed
+        (so a caller reading to the end finds it gone, as after `docker run --rm`); a caller that goes away
         leaves the container running, removed when it exits (Docker's `run --rm` when its client dies).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

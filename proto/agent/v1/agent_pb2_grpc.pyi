@@ -71,7 +71,8 @@ class ContainersStub:
     RunContainer: _grpc.UnaryStreamMultiCallable[_agent_pb2.CreateContainerRequest, _agent_pb2.RunOutput]
     """`shoal run` in the foreground: create and start (as one step a caller going away cannot split),
     then the container's output from its start, then exactly one message with its exit status. The
-    stream holds an auto_remove container until that last message is sent; a caller that goes away
+    stream holds an auto_remove container until that last message is sent, and ends once it is removed
+    (so a caller reading to the end finds it gone, as after `docker run --rm`); a caller that goes away
     leaves the container running, removed when it exits (Docker's `run --rm` when its client dies).
     """
     Exec: _grpc.UnaryStreamMultiCallable[_agent_pb2.ExecRequest, _agent_pb2.ExecOutput]
@@ -102,7 +103,8 @@ class ContainersAsyncStub(ContainersStub):
     RunContainer: _aio.UnaryStreamMultiCallable[_agent_pb2.CreateContainerRequest, _agent_pb2.RunOutput]  # type: ignore[assignment]
     """`shoal run` in the foreground: create and start (as one step a caller going away cannot split),
     then the container's output from its start, then exactly one message with its exit status. The
-    stream holds an auto_remove container until that last message is sent; a caller that goes away
+    stream holds an auto_remove container until that last message is sent, and ends once it is removed
+    (so a caller reading to the end finds it gone, as after `docker run --rm`); a caller that goes away
     leaves the container running, removed when it exits (Docker's `run --rm` when its client dies).
     """
     Exec: _aio.UnaryStreamMultiCallable[_agent_pb2.ExecRequest, _agent_pb2.ExecOutput]  # type: ignore[assignment]
@@ -190,7 +192,8 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.RunOutput], _abc.AsyncIterator[_agent_pb2.RunOutput]]:
         """`shoal run` in the foreground: create and start (as one step a caller going away cannot split),
         then the container's output from its start, then exactly one message with its exit status. The
-        stream holds an auto_remove container until that last message is sent; a caller that goes away
+        stream holds an auto_remove container until that last message is sent, and ends once it is removed
+        (so a caller reading to the end finds it gone, as after `docker run --rm`); a caller that goes away
         leaves the container running, removed when it exits (Docker's `run --rm` when its client dies).
         """
 
