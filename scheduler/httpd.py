@@ -16,6 +16,7 @@ import gzip
 import json
 import logging
 import socket
+import socketserver
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +44,12 @@ class HttpServer:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def server_bind(self) -> None:
+        # Not HTTPServer's: it names the server with socket.getfqdn(), a reverse DNS lookup that stalls
+        # start-up for 10 s wherever a nameserver is routed to but does not answer.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 class _Server6(_Server):

@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 import grpc.aio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from agent.errors import InvalidArgument, ShoalError
 
@@ -192,14 +195,35 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+class _Server(ThreadingWSGIServer):
+    def server_bind(self) -> None:
+        # Not HTTPServer's: it names the server with socket.getfqdn(), a reverse DNS lookup that stalls
+        # start-up for 10 s wherever a nameserver is routed to but does not answer.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+        self.setup_environ()
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape on stderr is noise
+
+
 def serve_metrics(address: str, registry: CollectorRegistry) -> MetricsServer:
     """Serve ``registry`` over HTTP at ``address`` (``HOST:PORT``) in a daemon thread.
 
     Bound where asked: the page is read-only and holds no secrets. ``ShoalError`` if the address cannot
     be bound (taken, not local)."""
     host, port = parse_listen_address(address)
+    server_class = _Server6 if ":" in host else _Server
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        server = make_server(host, port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler)
     except OSError as err:
         raise ShoalError(f"cannot serve metrics on {address}: {err.strerror or err}") from err
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
     return MetricsServer(host=host, port=server.server_address[1], _server=server, _thread=thread)

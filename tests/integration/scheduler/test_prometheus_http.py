@@ -121,6 +121,18 @@ def test_bad_listen_addresses_are_refused(address: str) -> None:
 
 
 @pytest.mark.integration
+def test_the_endpoint_never_asks_dns_for_its_own_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.server names itself with socket.getfqdn(): a reverse lookup that stalls start-up by 10 s where
+    a nameserver is routed to but silent."""
+    def no_dns(*args: object) -> str:
+        raise AssertionError(f"socket.getfqdn{args}: a DNS lookup while starting the HTTP endpoint")
+
+    monkeypatch.setattr(socket, "getfqdn", no_dns)
+    server = httpd.serve("127.0.0.1:0", SchedulerMetrics())
+    server.close()
+
+
+@pytest.mark.integration
 def test_a_taken_port_is_refused_with_the_reason() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

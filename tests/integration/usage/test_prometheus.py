@@ -149,6 +149,21 @@ def test_metrics_server_serves_the_registry_and_closes(metrics_registry: Collect
 
 
 @pytest.mark.integration
+def test_metrics_server_never_asks_dns_for_its_own_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.server names itself with socket.getfqdn(): a reverse lookup that stalled the agent's start by
+    10 s on a host whose nameserver is routed to but silent (the demo's network namespaces)."""
+    def no_dns(*args: object) -> str:
+        raise AssertionError(f"socket.getfqdn{args}: a DNS lookup while starting /metrics")
+
+    monkeypatch.setattr(socket, "getfqdn", no_dns)
+    server = serve_metrics("127.0.0.1:0", CollectorRegistry())
+    try:
+        assert _get(server.url) == ""  # an empty registry, served
+    finally:
+        server.close()
+
+
+@pytest.mark.integration
 def test_metrics_server_reports_a_taken_port() -> None:
     from agent.errors import ShoalError
 
