@@ -342,6 +342,9 @@ class Controller:
         # A start-failing host's mark lifts then (its status is rewritten, placement tries it again).
         due += [at for host in self.mirror.hosts
                 if (at := self.start_health.failing_until(host)) is not None and at > world.now]
+        # A connecting session's borrowed status ends then (see _status).
+        due += [at for session in self.sessions.values()
+                if (at := session.started_at + session.heartbeat_timeout) > world.now]
         return min(due) if due else None
 
     def _forget(self, record: object) -> None:
@@ -420,13 +423,21 @@ class Controller:
         known = self.mirror.statuses.get(host) or HostStatus(id=host)
         self.start_health.resume(known)
         obs = session.observation if session is not None else None
-        ready = obs is not None and obs.connected and obs.complete
+        complete = obs is not None and obs.connected and obs.complete
+        now = time.time()
+        # A session still connecting that has seen nothing wrong yet (a new leader's, every host at once)
+        # keeps the recorded status for up to its heartbeat timeout: otherwise every failover would flip
+        # every host to not ready for the moment reconnecting takes. The session's error or missed
+        # heartbeat ends it (and pokes a pass); nothing is launched meanwhile (reconcile waits for a
+        # complete view).
+        connecting = (session is not None and not session.error
+                      and now - session.started_at < session.heartbeat_timeout)
+        ready = complete or (connecting and known.ready)
         reason = "" if ready else (session.error if session is not None and session.error
                                    else "connecting to its agent")
-        now = time.time()
         starts = self.start_health.state(host)
         wanted = dataclasses.replace(
-            known, ready=ready, reason=reason, complete=ready,
+            known, ready=ready, reason=reason, complete=complete,
             since=now if known.ready != ready else known.since,
             start_failures=starts.failures, last_start_failure=starts.last_at,
             start_failure_reason=starts.reason, start_failing=self.start_health.failing(host, now))
