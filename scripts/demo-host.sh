@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Shoal and watch it work: build a busybox OCI image with umoci, start a private agent, import
+# The one-host demo (scripts/demo.sh shows the cluster): build a busybox OCI image with umoci, start a private agent, import
 # the image, and run containers — isolation, limits, copy-on-write, and surviving an agent SIGKILL.
 # Everything runs under a temporary root and is removed at the end. Run as root.
 set -euo pipefail
