@@ -87,10 +87,11 @@ class Sampler:
 
         t = [s.t for s in self.samples]
         fig, replicas = plt.subplots(figsize=(11, 5.2), dpi=110)
+        # Declared wide and pale underneath, ready narrow on top: where they agree both stay visible.
         replicas.step(t, [s.desired for s in self.samples], where="post", label="declared replicas",
-                      color="tab:blue", linewidth=2)
+                      color="tab:blue", linewidth=4, alpha=0.45)
         replicas.step(t, [s.ready for s in self.samples], where="post", label="ready replicas",
-                      color="tab:green", linewidth=2)
+                      color="tab:green", linewidth=1.6)
         replicas.step(t, [s.pending for s in self.samples], where="post", label="pending replicas",
                       color="tab:orange", linewidth=1, linestyle="--")
         replicas.step(t, [s.hosts for s in self.samples], where="post", label="hosts ready",
