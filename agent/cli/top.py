@@ -40,6 +40,9 @@ from agent.protolite import Timestamp
 from proto.scheduler.v1 import scheduler_lite as spb
 
 BATCH_WIDTH = 100  # columns of a frame written to a pipe or file when $COLUMNS does not say
+# Seconds a call of a look may wait for its answer before the next scheduler address is tried: a scheduler
+# that accepts connections but does not answer (a process still starting, or frozen) must not freeze top.
+CALL_TIMEOUT = 5.0
 
 
 # -- the snapshot: plain values ------------------------------------------------------------------------------
@@ -51,7 +54,7 @@ class HostView:
     state: str                          # ready, not_ready, cordoned, draining, drained
     labels: tuple[tuple[str, str], ...]  # sorted by key
     replicas: int                       # as the scheduler counts them (every service)
-    cpu_committed_millis: int           # requests the host holds, as it last reported (HostInfo)
+    cpu_committed_millis: int           # requests the host holds or is promised (see host_view)
     cpu_allocatable_millis: int
     memory_committed_bytes: int
     memory_allocatable_bytes: int
@@ -145,7 +148,9 @@ def with_last_known(snapshot: TopSnapshot, last: TopSnapshot | None) -> TopSnaps
 
 def take_snapshot(scheduler: Scheduler, *, services: Sequence[str] = ()) -> TopSnapshot:
     """The cluster as the scheduler sees it now; for a scheduler that cannot be read (no address answers,
-    or the one that does has no etcd), a snapshot with ``error`` and no data."""
+    or the one that does has no etcd), a snapshot with ``error`` and no data. Each call waits as long as
+    the connection lets it: ``connect_scheduler(..., timeout=CALL_TIMEOUT)`` makes one that accepts but
+    never answers count as unreachable (``cmd_top`` does so)."""
     now = time.time()
     try:
         return read_snapshot(scheduler, services=services, now=now)
@@ -173,6 +178,7 @@ def read_snapshot(scheduler: Scheduler, *, services: Sequence[str] = (), now: fl
     hosts = api.ListHosts(spb.ListHostsRequest()).hosts
     listed = api.ListServices(spb.ListServicesRequest()).services
     replicas = api.ListReplicas(spb.ListReplicasRequest()).replicas
+    requested = requests_by_host(listed, replicas)  # every service's, whatever --service shows
     wanted = set(services)
     if wanted:
         listed = [s for s in listed if s.spec.name in wanted]
@@ -189,19 +195,59 @@ def read_snapshot(scheduler: Scheduler, *, services: Sequence[str] = (), now: fl
         taken_at=taken, data_at=taken, scheduler=scheduler.conn.address,
         leader=instances.leader, leader_epoch=instances.leader_epoch,
         instances=tuple(i.id for i in instances.schedulers),
-        hosts=tuple(sorted((host_view(h) for h in hosts), key=lambda h: (h.name, h.id))),
+        hosts=tuple(sorted((host_view(h, requested=requested.get(h.id)) for h in hosts),
+                           key=lambda h: (h.name, h.id))),
         services=tuple(sorted(views, key=lambda s: s.name)),
         replicas=tuple(sorted((replica_view(r) for r in replicas), key=lambda r: (r.service, r.id))),
         missing=tuple(name for name in dict.fromkeys(services) if name not in found))
 
 
-def host_view(host: spb.Host) -> HostView:
+class Requested:
+    """The requests of the replicas the scheduler put on one host: ``counted`` (running: in the agent's
+    committed figure, or soon) and ``placed`` (starting, or failed and about to be tried again there:
+    not in it yet)."""
+
+    def __init__(self) -> None:
+        self.counted_cpu = self.counted_memory = self.placed_cpu = self.placed_memory = 0
+
+
+def requests_by_host(services: Sequence[spb.Service], replicas: Sequence[spb.Replica]
+                     ) -> dict[str, Requested]:
+    """Host id → the requests of its replicas (a replica's request is its service's current template's;
+    a request left 0 is its limit, as the agent counts it). Stopping and pending replicas hold none."""
+    each: dict[str, tuple[int, int]] = {}
+    for service in services:
+        res = service.spec.template.resources
+        each[service.spec.name] = (res.cpu_request_millis or res.cpu_millis,
+                                   res.memory_request_bytes or res.memory_bytes)
+    found: dict[str, Requested] = {}
+    for r in replicas:
+        if not r.host or r.service not in each or r.state in (spb.REPLICA_STATE_STOPPING,
+                                                               spb.REPLICA_STATE_PENDING):
+            continue
+        cpu, memory = each[r.service]
+        here = found.setdefault(r.host, Requested())
+        if r.state == spb.REPLICA_STATE_RUNNING:
+            here.counted_cpu += cpu
+            here.counted_memory += memory
+        else:
+            here.placed_cpu += cpu
+            here.placed_memory += memory
+    return found
+
+
+def host_view(host: spb.Host, *, requested: Requested | None = None) -> HostView:
+    """The host with its requests as placement counts them (``scheduler/placement/view.py``): the
+    agent's committed figure — which comes with its registration and may lag by a minute — but at least
+    what its running replicas request, plus what the replicas placed there and not started yet request."""
     info = host.info
+    r = requested or Requested()
     return HostView(
         id=host.id, name=host.name or host.id, state=out.host_state(host.state),
         labels=tuple(sorted(host.labels.items())), replicas=host.replicas,
-        cpu_committed_millis=info.cpu_committed_millis, cpu_allocatable_millis=info.cpu_allocatable_millis,
-        memory_committed_bytes=info.memory_committed_bytes,
+        cpu_committed_millis=max(info.cpu_committed_millis, r.counted_cpu) + r.placed_cpu,
+        cpu_allocatable_millis=info.cpu_allocatable_millis,
+        memory_committed_bytes=max(info.memory_committed_bytes, r.counted_memory) + r.placed_memory,
         memory_allocatable_bytes=info.memory_allocatable_bytes,
         conditions=tuple(out.host_conditions(host)), reason=host.reason)
 
@@ -306,8 +352,11 @@ LEGEND_WORDS = {"running": "running", "unready": "not ready", "starting": "start
                 "failed": "failed", "stopping": "stopping"}
 HOST_STYLES = {"ready": "", "not_ready": "bold red", "cordoned": "yellow", "draining": "yellow",
                "drained": "yellow"}
+REPLICA_COUNT_STYLES = {"starting": "cyan", "pending": "bold yellow", "failed": "bold red",
+                        "stopping": "magenta"}
 UNPLACED = "(unplaced)"
 NAME_SHOWN = 16   # characters of a PromQL query shown as a metric's name
+ID_SHOWN = 8      # characters of a host id shown after a name that several hosts share
 FULL_WIDTH = 100  # from this many columns every column has its own place; below, the compact layout
 
 
@@ -346,6 +395,15 @@ def frame(s: TopSnapshot, *, compact: bool = False) -> Group:
     return Group(*parts)
 
 
+def host_labels(hosts: Sequence[HostView]) -> dict[str, str]:
+    """Host id → what the frame calls it: its name, with the start of its id when another host has the same
+    name (hosts in network namespaces of one machine share its hostname)."""
+    seen: dict[str, int] = {}
+    for h in hosts:
+        seen[h.name] = seen.get(h.name, 0) + 1
+    return {h.id: f"{h.name} ({h.id[:ID_SHOWN]})" if seen[h.name] > 1 else h.name for h in hosts}
+
+
 def _title(text: str) -> Text:
     return Text(text, style="bold underline")
 
@@ -381,16 +439,22 @@ def _header(s: TopSnapshot) -> list[Text]:
     counts.append("hosts ")
     counts.append(f"{ready}/{len(s.hosts)} ready", style="" if ready == len(s.hosts) else "bold red")
     counts.append(f"   services {len(s.services)}")
-    running = sum(r.state == "running" for r in s.replicas)
-    pending = sum(r.state == "pending" for r in s.replicas)
-    counts.append(f"   replicas {running} running, ")
-    counts.append(f"{pending} pending", style="bold yellow" if pending else "")
+    by_state: dict[str, int] = {}
+    for r in s.replicas:
+        by_state[r.state] = by_state.get(r.state, 0) + 1
+    counts.append(f"   replicas {by_state.get('running', 0)} running")
+    for state, style in REPLICA_COUNT_STYLES.items():  # pending always; the others when there are some
+        n = by_state.get(state, 0)
+        if n or state == "pending":
+            counts.append(", ")
+            counts.append(f"{n} {state}", style=style if n else "")
     counts.append(f", {len(s.replicas)} total")
     return [who, counts]
 
 
-def _table() -> Table:
-    return Table(box=None, pad_edge=False, header_style="bold", show_edge=False, expand=False)
+def _table(*, expand: bool = False) -> Table:
+    """``expand``: as wide as the frame, a column with a ``ratio`` taking what the others leave."""
+    return Table(box=None, pad_edge=False, header_style="bold", show_edge=False, expand=expand)
 
 
 def _share(used: int, total: int, show: Any, *, percent: bool) -> Text:
@@ -405,14 +469,16 @@ def _share(used: int, total: int, show: Any, *, percent: bool) -> Text:
 
 def _hosts_table(s: TopSnapshot, *, compact: bool) -> Table:
     zoned = any(h.label("zone") for h in s.hosts)
-    table = _table()
+    labels = host_labels(s.hosts)
+    table = _table(expand=True)
     table.add_column("NAME", no_wrap=True)
     table.add_column("STATE", no_wrap=True)
     table.add_column("ZONE" if zoned else "LABELS", no_wrap=zoned, overflow="fold")
     table.add_column("REPL", justify="right", no_wrap=True)
     table.add_column("CPU" if compact else "CPU REQ/ALLOC", no_wrap=True)
     table.add_column("MEM" if compact else "MEM REQ/ALLOC", no_wrap=True)
-    table.add_column("CONDITIONS", overflow="fold", min_width=10)
+    # One line per host, as in top: the whole reason is in ``shoal describe host``.
+    table.add_column("CONDITIONS", no_wrap=True, overflow="ellipsis", min_width=10, ratio=1)
     if not s.hosts:
         table.add_row(Text("none joined", style="dim"), "", "", "", "", "", "")
     for h in s.hosts:
@@ -421,7 +487,7 @@ def _hosts_table(s: TopSnapshot, *, compact: bool) -> Table:
         conditions = ", ".join(h.conditions)
         if h.reason:
             conditions = f"{conditions}: {h.reason}" if conditions else h.reason
-        table.add_row(Text(h.name, style=style), Text(h.state, style=style), Text(where or "-"),
+        table.add_row(Text(labels[h.id], style=style), Text(h.state, style=style), Text(where or "-"),
                       Text(str(h.replicas)),
                       _share(h.cpu_committed_millis, h.cpu_allocatable_millis, out.cpus_text,
                              percent=not compact),
@@ -441,17 +507,20 @@ def _metric_text(m: MetricView) -> str:
 
 
 def _decision_text(d: DecisionView | None, now: float) -> Text:
+    """``3→5, 12s ago``; ``kept 4, 3s ago``; ``kept 2, 1m ago: <why no count could be decided>``."""
     if d is None:
         return Text("none yet", style="dim")
+    when = f"{_ago(d.at, now)} ago"
     if d.error:
-        return Text(f"kept {d.current}: {d.error} ({_ago(d.at, now)} ago)", style="yellow")
-    change = f"{d.current}→{d.desired}" if d.desired != d.current else f"kept {d.current}"
-    return Text(f"{change} ({_ago(d.at, now)} ago)", style="bold" if d.desired != d.current else "")
+        return Text(f"kept {d.current}, {when}: {d.error}", style="yellow")
+    if d.desired != d.current:
+        return Text(f"{d.current}→{d.desired}, {when}", style="bold")
+    return Text(f"kept {d.current}, {when}")
 
 
 def _services_table(s: TopSnapshot, *, compact: bool) -> Table:
     now = s.taken_at
-    table = _table()
+    table = _table(expand=not compact)
     table.add_column("NAME", no_wrap=True)
     counts = ("DES", "RUN", "RDY", "PEND", "UPD") if compact else \
         ("DESIRED", "RUNNING", "READY", "PENDING", "UPDATED")
@@ -462,7 +531,7 @@ def _services_table(s: TopSnapshot, *, compact: bool) -> Table:
     else:
         table.add_column("AUTOSCALE", no_wrap=True)
         table.add_column("METRIC NOW/TARGET", overflow="fold")
-        table.add_column("LAST DECISION", overflow="fold")
+        table.add_column("LAST DECISION", no_wrap=True, overflow="ellipsis", min_width=12, ratio=1)
     if not s.services:
         table.add_row(Text("none", style="dim"), *[""] * (6 if compact else 8))
     for v in s.services:
@@ -498,7 +567,7 @@ def _placement_table(s: TopSnapshot) -> Table:
     """Every host (in the hosts table's order), then the unplaced: each service's replicas there as
     glyphs, so a replica that moves is seen leaving one row and arriving in another."""
     rows: dict[str, list[ReplicaView]] = {h.id: [] for h in s.hosts}
-    names = {h.id: h.name for h in s.hosts}
+    names = host_labels(s.hosts)
     for r in s.replicas:
         if not r.host:
             rows.setdefault(UNPLACED, []).append(r)
@@ -569,6 +638,8 @@ class _Ticker:
 
 def cmd_top(scheduler: Scheduler, args: argparse.Namespace) -> int:
     services = tuple(args.service or ())
+    if scheduler.conn.timeout is None:  # read when the first call makes a transport: none yet
+        scheduler.conn.timeout = CALL_TIMEOUT
     terminal = sys.stdout.isatty()
     try:
         if args.iterations is None and terminal:
@@ -625,7 +696,7 @@ def _live(scheduler: Scheduler, *, services: tuple[str, ...], delay: float) -> i
             ticker.wait()
 
 
-__all__ = ["AutoscaleView", "DecisionView", "Frame", "HostView", "MetricView", "ReplicaView", "ServiceView",
-           "TopSnapshot", "batch_console", "cmd_top", "failure_text", "frame", "host_view", "metric_views",
-           "print_frame", "read_snapshot", "render", "replica_view", "service_view", "take_snapshot",
-           "with_last_known"]
+__all__ = ["CALL_TIMEOUT", "AutoscaleView", "DecisionView", "Frame", "HostView", "MetricView", "ReplicaView",
+           "Requested", "ServiceView", "TopSnapshot", "batch_console", "cmd_top", "failure_text", "frame",
+           "host_labels", "host_view", "metric_views", "print_frame", "read_snapshot", "render",
+           "replica_view", "requests_by_host", "service_view", "take_snapshot", "with_last_known"]

@@ -10,8 +10,10 @@ import contextlib
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -88,8 +90,7 @@ def test_a_full_frame_has_the_header_hosts_services_and_placement(monkeypatch: p
     assert all(len(line) <= 100 for line in text.splitlines())
     head = text.splitlines()[:2]
     assert head[0] == "22:13:20  leader sched-0 (epoch 42) of 2 scheduler instances  via 10.0.0.1:7400"
-    assert head[1].split() == ["hosts", "2/3", "ready", "services", "2", "replicas", "4", "running,", "1",
-                               "pending,", "6", "total"]
+    assert head[1] == "hosts 2/3 ready   services 2   replicas 4 running, 1 starting, 1 pending, 6 total"
     assert lines_with(text, "NAME")[0].split() == ["NAME", "STATE", "ZONE", "REPL", "CPU", "REQ/ALLOC", "MEM",
                                                    "REQ/ALLOC", "CONDITIONS"]
     # Hosts in name order, each with its zone, replicas, requests of allocatable, and conditions.
@@ -103,8 +104,8 @@ def test_a_full_frame_has_the_header_hosts_services_and_placement(monkeypatch: p
         "NAME", "DESIRED", "RUNNING", "READY", "PENDING", "UPDATED", "AUTOSCALE", "METRIC", "NOW/TARGET",
         "LAST", "DECISION"]
     assert row_of(text, "api") == ["api", "1", "1", "1", "0", "1", "-", "-", "-"]
-    assert row_of(text, "web") == ["web", "5", "3", "2", "1", "4", f"1{DASH}5", "cpu", "182%/60%", "3→5",
-                                   "(12s", "ago)"]
+    assert row_of(text, "web") == ["web", "5", "3", "2", "1", "4", f"1{DASH}5", "cpu", "182%/60%", "3→5,",
+                                   "12s", "ago"]
     # Replicas by host: one glyph per replica, grouped by service, the unplaced last.
     grid = text[text.index("REPLICAS BY HOST"):].splitlines()
     assert grid[2].split() == ["host-a", "api", "●", "web", "●◐"]
@@ -145,10 +146,10 @@ def test_autoscale_columns_without_figures_or_decision_and_a_failed_decision() -
                      for n, a in (("bare", bare), ("failed", failed), ("kept", kept)))
     text = draw(t.TopSnapshot(taken_at=NOW, data_at=NOW, services=services), width=120)  # no cell wraps
     assert row_of(text, "bare")[6:] == [f"0{DASH}9", "prometheus", "10", "(avg)", "none", "yet"]
-    assert row_of(text, "failed")[6:] == [f"2{DASH}4", "cpu", "?/50%", "kept", "2:", "no", "value", "(3m20s",
-                                          "ago)"]
+    assert row_of(text, "failed")[6:] == [f"2{DASH}4", "cpu", "?/50%", "kept", "2,", "3m20s", "ago:", "no",
+                                          "value"]
     # A long PromQL query is shortened to its first characters.
-    assert row_of(text, "kept")[6:] == [f"1{DASH}3", "sum(rate(http_r…", "15/10", "kept", "3", "(5s", "ago)"]
+    assert row_of(text, "kept")[6:] == [f"1{DASH}3", "sum(rate(http_r…", "15/10", "kept", "3,", "5s", "ago"]
 
 
 def test_the_error_frame_without_and_with_an_earlier_answer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,7 +166,7 @@ def test_the_error_frame_without_and_with_an_earlier_answer(monkeypatch: pytest.
     assert "scheduler unreachable: cannot reach the scheduler at a:1, retrying (showing its last answer, " \
            "from 22:13:20)" in " ".join(text.split())
     assert text.splitlines()[0].startswith("22:13:27  leader sched-0")
-    assert lines_with(text, "host-a") and "3→5 (19s ago)" in text  # ages count from this look
+    assert lines_with(text, "host-a") and "3→5, 19s ago" in text  # ages count from this look
 
 
 def test_with_last_known_leaves_answers_and_first_failures_alone() -> None:
@@ -186,6 +187,24 @@ def test_a_narrow_terminal_gets_the_compact_layout_within_its_width() -> None:
     assert "3→5" in text
     assert [line.split()[0] for line in text.splitlines() if line.startswith(("host-", "(unplaced)"))] == [
         "host-a", "host-b", "host-c", "host-a", "host-b", "host-c", "(unplaced)"]
+
+
+def test_hosts_that_share_a_name_are_told_apart_by_their_id() -> None:
+    def box(id: str, labels: tuple[tuple[str, str], ...] = ()) -> t.HostView:
+        return t.HostView(id=id, name="box", state="ready", labels=labels, replicas=0, cpu_committed_millis=0,
+                          cpu_allocatable_millis=1000, memory_committed_bytes=0, memory_allocatable_bytes=GiB)
+
+    twins = (box("0123456789abcdef"), box("fedcba9876543210", (("disk", "ssd"),)))
+    assert t.host_labels((*twins, host("other"))) == {
+        "0123456789abcdef": "box (01234567)", "fedcba9876543210": "box (fedcba98)", "id-other": "other"}
+    text = draw(t.TopSnapshot(taken_at=NOW, data_at=NOW, hosts=twins,
+                              replicas=(t.ReplicaView(id="a-1", service="a", state="running", ready=True,
+                                                      host="0123456789abcdef", host_name="box"),)))
+    assert row_of(text, "NAME")[2] == "LABELS"  # no host has a zone: their labels instead
+    rows = [line.split() for line in text.splitlines() if line.startswith("box")]
+    assert rows[0][:4] == ["box", "(01234567)", "ready", "<none>"]
+    assert rows[1][:4] == ["box", "(fedcba98)", "ready", "disk=ssd"]
+    assert rows[2:] == [["box", "(01234567)", "a", "●"], ["box", "(fedcba98)", "-"]]  # the placement grid
 
 
 def test_no_hosts_and_no_services_say_so() -> None:
@@ -383,6 +402,30 @@ def test_an_unreachable_scheduler_is_an_error_snapshot_never_an_exception() -> N
     assert t.take_snapshot(fake_scheduler(api)).error == "scheduler error: etcd is unavailable"
 
 
+def test_host_requests_count_what_the_scheduler_placed_when_the_agents_figure_lags() -> None:
+    web = pb_service("web", 3)
+    web.spec.template = apb.ContainerSpec(resources=apb.Resources(cpu_millis=100, memory_bytes=64 * MiB,
+                                                                  cpu_request_millis=50))
+    on = [pb_replica("web-1", "web", "id-h1"), pb_replica("web-2", "web", "id-h1"),
+          pb_replica("web-3", "web", "id-h1", state=spb.REPLICA_STATE_STARTING),
+          pb_replica("web-4", "web", "id-h1", state=spb.REPLICA_STATE_STOPPING),
+          pb_replica("web-5", "web", state=spb.REPLICA_STATE_PENDING),
+          pb_replica("web-6", "web", "id-h2", state=spb.REPLICA_STATE_FAILED),
+          pb_replica("gone-1", "gone", "id-h2")]  # a service not listed: its requests are unknown
+    requested = t.requests_by_host([web], on)
+    assert set(requested) == {"id-h1", "id-h2"}
+    # The agent has not reported the two running replicas yet (0 committed): they count all the same,
+    # and the starting one on top; the stopping one no longer.
+    h1 = t.host_view(pb_host("id-h1", "h1", "a"), requested=requested["id-h1"])
+    assert h1.cpu_committed_millis == 3 * 50 and h1.memory_committed_bytes == 3 * 64 * MiB
+    # An agent figure above what its running replicas request (containers of its own) is kept.
+    busy = pb_host("id-h2", "h2", "b")
+    busy.info.cpu_committed_millis, busy.info.memory_committed_bytes = 500, GiB
+    h2 = t.host_view(busy, requested=requested["id-h2"])
+    assert (h2.cpu_committed_millis, h2.memory_committed_bytes) == (500 + 50, GiB + 64 * MiB)
+    assert t.host_view(busy).cpu_committed_millis == 500
+
+
 @pytest.mark.parametrize(("output", "expected"), [
     ({"metrics": [{"type": "memory", "name": "memory", "utilization_percent": 40,
                    "target_utilization_percent": 80}]},
@@ -400,6 +443,63 @@ def test_metric_views_from_a_replayed_decision(output: Any, expected: tuple[t.Me
 
 def test_metric_views_of_output_that_is_not_json() -> None:
     assert t.metric_views("{") == ()
+
+
+# -- a scheduler that accepts connections but does not answer ------------------------------------------
+
+@pytest.fixture
+def frozen_unix(tmp_path: Any) -> Any:
+    """A scheduler address whose Connect socket accepts connections and never answers (a process still
+    starting, or stopped with SIGSTOP)."""
+    path = str(tmp_path / "frozen.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path + ".http")
+    listener.listen(8)
+    yield f"unix://{path}"
+    listener.close()
+
+
+@pytest.fixture
+def frozen_tcp() -> Any:
+    """The same on TCP (loopback), where the CLI speaks gRPC."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def _bounded(call: Any) -> Any:
+    """``call()``'s result; fails (instead of hanging the suite) if it does not return within 60 s."""
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert result, "the call did not return: no deadline"
+    return result[0]
+
+
+@pytest.mark.parametrize("frozen", ["frozen_unix", "frozen_tcp"])
+def test_a_scheduler_that_never_answers_is_unreachable_after_the_call_timeout(
+        frozen: str, request: pytest.FixtureRequest) -> None:
+    address = request.getfixturevalue(frozen)
+    scheduler = Scheduler(SchedulerConnection([address, "unix:///nonexistent/b.sock"], timeout=0.3))
+    snap = _bounded(lambda: t.take_snapshot(scheduler))
+    # It gave up on the first address after the timeout and tried the next one, as for a refusal.
+    assert snap.error.startswith(f"scheduler unreachable: {address} (no answer within 0.3s), "
+                                 "unix:///nonexistent/b.sock ("), snap.error
+    scheduler.close()
+
+
+def test_top_gives_its_connection_the_call_timeout(no_pause: None) -> None:
+    scheduler = fake_scheduler(FakeApi())
+    assert scheduler.conn.timeout is None
+    assert t.cmd_top(scheduler, top_args("-n", "1")) == 0
+    assert scheduler.conn.timeout == t.CALL_TIMEOUT
+    mine = fake_scheduler(FakeApi())
+    mine.conn.timeout = 1.5
+    assert t.cmd_top(mine, top_args("-n", "1")) == 0
+    assert mine.conn.timeout == 1.5
 
 
 # -- the command --------------------------------------------------------------------------------------------
