@@ -104,7 +104,8 @@ def _add_top_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "every --delay seconds until Ctrl-C. Not on a terminal, or with -n, frames are printed "
                     "one after another (plain text when not a terminal), like top -b. A scheduler that "
                     "cannot be reached is shown in the frame and tried again (the next --scheduler address "
-                    "first); only a first frame in batch mode that cannot be read is an error.")
+                    "first); only a first frame in batch mode that cannot be read is an error. The "
+                    "schedulers are shoal --scheduler A,B [--tls-dir DIR] top, or $SHOAL_SCHEDULER.")
     top.add_argument("-n", "--iterations", type=_frames, default=None, metavar="N",
                      help="print N frames, then exit (-n 1: one snapshot)")
     top.add_argument("-d", "--delay", type=_delay, default=1.0, metavar="SECONDS",
