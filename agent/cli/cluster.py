@@ -1,10 +1,10 @@
 """The cluster verbs of ``shoal``: kubectl-like commands against a scheduler instead of one agent.
 
 ``apply -f`` (services and host groups), ``get`` (``cluster_get.py``), ``scale``, ``describe`` and
-``explain`` (``cluster_describe.py``), ``delete service|hostgroup``, ``cordon``/``uncordon``/``drain``
-and ``rollout status|undo``. Each is a thin client of the scheduler's API: the YAML goes to the scheduler as
-written (it validates, and names the path and line of any mistake), and every message shown is the
-scheduler's.
+``explain`` (``cluster_describe.py``), ``delete service|hostgroup``, ``cordon``/``uncordon``/``drain``,
+``rollout status|undo`` and ``top`` (``top.py``, imported only when it runs: it draws with rich).
+Each is a thin client of the scheduler's API: the YAML goes to the scheduler as written (it validates,
+and names the path and line of any mistake), and every message shown is the scheduler's.
 The scheduler is ``--scheduler ADDR`` or ``$SHOAL_SCHEDULER``, several comma-separated addresses
 allowed (``scheduler_client.py``); ``--tls-dir`` holds the client certificate, as for agents.
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 COMMANDS = ("apply", "get", "scale", "describe", "delete", "cordon", "uncordon", "drain", "explain",
-            "rollout")
+            "rollout", "top")
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -91,6 +91,54 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     undo = rsub.add_parser("undo", help="go back to the previous template")
     undo.add_argument("service")
     undo.set_defaults(func=cmd_rollout_undo, cluster=True)
+
+    _add_top_parser(sub)
+
+
+def _add_top_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = sub.add_parser(
+        "top", help="a live view of hosts, services and replicas, redrawn in place",
+        description="Hosts (state, zone, replicas, cpu and memory requested of allocatable, conditions), "
+                    "services (desired, running, ready, pending, updated; for autoscaled ones the last "
+                    "decision's metrics against their targets) and the replicas on each host, redrawn "
+                    "every --delay seconds until Ctrl-C. Not on a terminal, or with -n, frames are printed "
+                    "one after another (plain text when not a terminal), like top -b. A scheduler that "
+                    "cannot be reached is shown in the frame and tried again (the next --scheduler address "
+                    "first); only a first frame in batch mode that cannot be read is an error. The "
+                    "schedulers are shoal --scheduler A,B [--tls-dir DIR] top, or $SHOAL_SCHEDULER.")
+    top.add_argument("-n", "--iterations", type=_frames, default=None, metavar="N",
+                     help="print N frames, then exit (-n 1: one snapshot)")
+    top.add_argument("-d", "--delay", type=_delay, default=1.0, metavar="SECONDS",
+                     help="seconds between frames (default 1; fractions allowed)")
+    top.add_argument("--service", action="append", default=[], metavar="NAME",
+                     help="show only this service and its replicas (repeatable)")
+    top.set_defaults(func=_cmd_top, cluster=True)
+
+
+def _frames(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of frames, 1 or more, not {text!r}")
+    return value
+
+
+def _delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86400:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 (e.g. 1 or 0.5), not {text!r}")
+    return value
+
+
+def _cmd_top(scheduler: Scheduler, args: argparse.Namespace) -> int:
+    from agent.cli import top  # rich and dataclasses: only for the command that draws with them
+
+    return top.cmd_top(scheduler, args)
 
 
 # -- apply ----------------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ COMMANDS = {**dict.fromkeys(("run", "create", "ps", "logs", "start", "stop", "ki
             "host": "observe", "certs": "certs",
             # The same list as agent.cli.cluster.COMMANDS (a test checks): importing it costs start-up.
             **dict.fromkeys(("apply", "get", "scale", "describe", "delete", "cordon", "uncordon", "drain",
-                             "explain", "rollout"), "cluster"),
+                             "explain", "rollout", "top"), "cluster"),
             "autoscale": "autoscale"}
 _GLOBAL_WITH_VALUE = ("--agent", "--scheduler", "--tls-dir")
 

@@ -95,9 +95,14 @@ def _tcp_reachable(address: str) -> None:
 class SchedulerConnection:
     """A protolite transport over several scheduler addresses, with failover (see the module doc)."""
 
-    def __init__(self, addresses: list[str], *, tls_dir: str | None = None) -> None:
+    def __init__(self, addresses: list[str], *, tls_dir: str | None = None, timeout: float | None = None
+                 ) -> None:
         self.addresses = addresses
         self.tls_dir = tls_dir
+        # Seconds each unary call may wait for its answer before the next address is tried (None: no
+        # limit); read when an address's transport is made. A scheduler that accepts connections but
+        # does not answer (its process starting, or frozen) then counts as unreachable.
+        self.timeout = timeout
         self._index = 0
         self._transports: dict[str, AgentTransport] = {}
         self._checked: set[str] = set()
@@ -119,7 +124,7 @@ class SchedulerConnection:
             if unix_path(address) is None and address not in self._checked:
                 _tcp_reachable(address)
                 self._checked.add(address)
-            transport = AgentTransport(address, tls_dir=self.tls_dir)
+            transport = AgentTransport(address, tls_dir=self.tls_dir, timeout=self.timeout)
             self._transports[address] = transport
         return transport
 
@@ -248,9 +253,10 @@ class Scheduler:
         self.conn.close()
 
 
-def connect_scheduler(flag: str | None, *, tls_dir: str | None = None) -> Scheduler:
-    """No I/O yet: the first call connects."""
-    return Scheduler(SchedulerConnection(resolve_addresses(flag), tls_dir=tls_dir))
+def connect_scheduler(flag: str | None, *, tls_dir: str | None = None, timeout: float | None = None
+                      ) -> Scheduler:
+    """No I/O yet: the first call connects. ``timeout``: see ``SchedulerConnection.timeout``."""
+    return Scheduler(SchedulerConnection(resolve_addresses(flag), tls_dir=tls_dir, timeout=timeout))
 
 
 __all__ = ["CONNECT_TIMEOUT", "ENV", "EXIT_UNAVAILABLE", "Scheduler", "SchedulerConnection",

@@ -279,8 +279,10 @@ def _unary_failure(status: int, headers: dict[str, str], body: bytes) -> RpcFail
 class ConnectTransport:
     """Calls over the Connect socket at ``path``; one kept-alive connection, more only for overlap."""
 
-    def __init__(self, path: str, first: _socket.socket | None = None) -> None:
+    def __init__(self, path: str, first: _socket.socket | None = None, *,
+                 timeout: float | None = None) -> None:
         self.path = path
+        self.timeout = timeout  # seconds a unary call may wait for its answer (None: no limit)
         self._idle: _HttpConnection | None = _HttpConnection(first) if first is not None else None
         self._detached: list[_HttpConnection] = []  # unary_nowait calls, alive until close()
 
@@ -304,12 +306,15 @@ class ConnectTransport:
         for attempt in (1, 2):
             reused = self._idle is not None
             conn = self._take()
+            conn.sock.settimeout(self.timeout)
             try:
                 conn.send(method.path, cp.UNARY_CONTENT_TYPE, payload)
                 status, headers = conn.read_head()
                 body = conn.body(headers).read_all()
             except OSError as err:
                 conn.close()
+                if isinstance(err, TimeoutError):
+                    raise RpcFailure("UNAVAILABLE", f"no answer within {self.timeout:g}s") from None
                 if reused and attempt == 1:
                     continue  # a kept-alive connection the agent had closed: once more on a new one
                 raise RpcFailure("UNAVAILABLE", f"connection to the agent lost: {err}") from None
@@ -319,8 +324,15 @@ class ConnectTransport:
             raise _unary_failure(status, headers, body)
         raise AssertionError("unreachable")
 
-    def unary_nowait(self, method: Method[Req, Resp], request: Req) -> None:
+    def _take_untimed(self) -> _HttpConnection:
+        """A connection for a call that may last (a stream, a detached call): no unary deadline on it."""
         conn = self._take()
+        if self.timeout is not None:
+            conn.sock.settimeout(None)
+        return conn
+
+    def unary_nowait(self, method: Method[Req, Resp], request: Req) -> None:
+        conn = self._take_untimed()
         try:
             conn.send(method.path, cp.UNARY_CONTENT_TYPE, request.SerializeToString())
         except OSError as err:
@@ -329,7 +341,7 @@ class ConnectTransport:
         self._detached.append(conn)  # its answer is never read; closing it would cancel the call
 
     def server_stream(self, method: Method[Req, Resp], request: Req) -> Stream[Resp]:
-        conn = self._take()
+        conn = self._take_untimed()
         try:
             conn.send(method.path, cp.STREAM_CONTENT_TYPE, cp.envelope(request.SerializeToString()))
         except OSError as err:
@@ -339,7 +351,7 @@ class ConnectTransport:
 
     def stream_stream(self, method: Method[Req, Resp], requests: Iterable[Req]) -> Stream[Resp]:
         # Half duplex, as HTTP/1.1 allows: the whole request stream, then the responses.
-        conn = self._take()
+        conn = self._take_untimed()
         try:
             conn.send_chunked(method.path, cp.STREAM_CONTENT_TYPE,
                               (cp.envelope(r.SerializeToString()) for r in requests))
@@ -393,7 +405,8 @@ def _serialize(message: Message) -> bytes:
 class GrpcTransport:
     """The same calls over gRPC (imported here, only when needed)."""
 
-    def __init__(self, address: str, *, tls_dir: str | None = None) -> None:
+    def __init__(self, address: str, *, tls_dir: str | None = None, timeout: float | None = None) -> None:
+        self.timeout = timeout  # seconds a unary call may wait for its answer (None: no limit)
         # gRPC's core logs connection events (a server's GOAWAY, say) to stderr at INFO by default: the
         # CLI reports failures itself, in one line. Read when grpc is imported, so set first.
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -419,9 +432,13 @@ class GrpcTransport:
 
     def unary(self, method: Method[Req, Resp], request: Req) -> Resp:
         try:
-            response: Resp = self._callable("unary_unary", method)(request)
+            response: Resp = self._callable("unary_unary", method)(request, timeout=self.timeout)
         except self._grpc.RpcError as err:
-            raise _grpc_failure(err) from None
+            failure = _grpc_failure(err)
+            if self.timeout is not None and failure.code == "DEADLINE_EXCEEDED":
+                # Our own deadline: nothing answered in time, which a caller treats as unreachable.
+                failure = RpcFailure("UNAVAILABLE", f"no answer within {self.timeout:g}s")
+            raise failure from None
         return response
 
     def unary_nowait(self, method: Method[Req, Resp], request: Req) -> None:
@@ -451,9 +468,10 @@ class AgentTransport:
     """Picks the transport on the first call (so parsing errors never wait for, or on, the agent):
     Connect if the agent's HTTP socket answers, else gRPC."""
 
-    def __init__(self, address: str, *, tls_dir: str | None = None) -> None:
+    def __init__(self, address: str, *, tls_dir: str | None = None, timeout: float | None = None) -> None:
         self.address = address
         self._tls_dir = tls_dir
+        self._timeout = timeout  # a deadline for each unary call, in seconds (None: none)
         self._chosen: Transport | None = None
 
     @property
@@ -465,17 +483,17 @@ class AgentTransport:
     def _choose(self) -> Transport:
         path = unix_path(self.address)
         if path is None:
-            return GrpcTransport(self.address, tls_dir=self._tls_dir)
+            return GrpcTransport(self.address, tls_dir=self._tls_dir, timeout=self._timeout)
         http = cp.http_socket_path(path)
         try:
-            return ConnectTransport(http, first=_unix_socket(http))
+            return ConnectTransport(http, first=_unix_socket(http), timeout=self._timeout)
         except OSError:
             pass  # no Connect socket: an older agent (gRPC only), or none at all
         try:
             _unix_socket(path).close()  # say which, without loading grpc
         except OSError as err:
             raise _unreachable(path, err) from None
-        return GrpcTransport(self.address)
+        return GrpcTransport(self.address, timeout=self._timeout)
 
     def unary(self, method: Method[Req, Resp], request: Req) -> Resp:
         return self.chosen.unary(method, request)
