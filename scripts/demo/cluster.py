@@ -32,6 +32,7 @@ from typing import TypeVar
 
 from agent import certs
 from agent.cli.scheduler_client import Scheduler, connect_scheduler
+from agent.cli.top import CALL_TIMEOUT
 from bench.cluster_daemon import Daemon, pid_alive, remove_cgroups, run_checked, unmount_under, wait_for
 from proto.scheduler.v1 import scheduler_lite as spb
 from tests.fixtures.etcd import EtcdCluster
@@ -133,8 +134,9 @@ class DemoCluster:
         return self._api
 
     def connect(self) -> Scheduler:
-        """A connection of its own (one per thread), failing over between the instances' sockets."""
-        return connect_scheduler(self.scheduler_sockets)
+        """A connection of its own (one per thread), failing over between the instances' sockets; a call
+        with no answer in ``CALL_TIMEOUT`` moves on to the next instance, as ``shoal top`` does."""
+        return connect_scheduler(self.scheduler_sockets, timeout=CALL_TIMEOUT)
 
     # -- bring-up ------------------------------------------------------------------------------------
 

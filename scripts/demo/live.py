@@ -1,4 +1,8 @@
-"""The live view of the demo: ``shoal top``'s own snapshot and rendering, on a connection of its own."""
+"""The live view of the demo: ``shoal top``'s own snapshot and rendering, on a connection of its own.
+
+A look that fails (a scheduler failing over) keeps the last answer on screen, marked, as ``shoal top``
+itself does.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,18 @@ from collections.abc import Callable
 from rich.console import RenderableType
 
 from agent.cli.scheduler_client import Scheduler
+from agent.cli.top import TopSnapshot, render, take_snapshot, with_last_known
 
 SERVICES = ("web",)
 
 
 def cluster_view(api: Scheduler) -> Callable[[], RenderableType]:
-    def frame() -> RenderableType:
-        try:
-            from agent.cli.top import render, take_snapshot
-        except ImportError:  # TODO(top): until shoal top lands
-            from rich.text import Text
+    last: list[TopSnapshot] = []
 
-            return Text("(shoal top not available yet)")
-        return render(take_snapshot(api, services=SERVICES))
+    def frame() -> RenderableType:
+        snapshot = with_last_known(take_snapshot(api, services=SERVICES), last[0] if last else None)
+        last[:] = [snapshot]
+        return render(snapshot)
 
     return frame
 

@@ -234,7 +234,9 @@ class Story:
                           f"{time.monotonic() - t0:.1f} s")
         pending = self.wait("replicas with no room (pending)", lambda: self.service().status.pending,
                             timeout=60)
-        self.pending_at = time.monotonic()
+        # When replicas were first pending: the timeline saw it (the waits above may have been longer).
+        seen = next((s.t for s in self.timeline.samples if s.t >= t0 - self.started and s.pending), None)
+        self.pending_at = self.started + seen if seen is not None else time.monotonic()
         self.say.measured("replicas with no room on the hosts (pending)", str(pending))
         self.wait(f"the {len(self.cluster.hosts)} hosts full", lambda: self.ready() >= self.capacity,
                   timeout=90)
