@@ -22,7 +22,6 @@ the ``group`` label (always in a parsed shape) left out.
 
 from __future__ import annotations
 
-import decimal
 import posixpath
 import re
 import shlex
@@ -321,15 +320,15 @@ def file_dict(spec: HostGroupSpec) -> dict[str, Any]:
             shape["labels"] = labels
         out["shape"] = shape
     out.update(_section(spec, "scale_out", (
-        ("pending_for", "pending_for_seconds", duration_text),
+        ("pending_for", "pending_for_seconds", units.duration_text),
         ("max_per_request", "max_per_request", int),
-        ("cooldown", "scale_out_cooldown_seconds", duration_text),
-        ("provision_timeout", "provision_timeout_seconds", duration_text))))
+        ("cooldown", "scale_out_cooldown_seconds", units.duration_text),
+        ("provision_timeout", "provision_timeout_seconds", units.duration_text))))
     out.update(_section(spec, "scale_in", (
         ("enabled", "scale_in", bool),
         ("utilization_below", "scale_in_utilization_percent", lambda p: f"{p}%"),
-        ("for", "scale_in_after_seconds", duration_text),
-        ("delay_after_scale_out", "scale_in_delay_after_scale_out_seconds", duration_text),
+        ("for", "scale_in_after_seconds", units.duration_text),
+        ("delay_after_scale_out", "scale_in_delay_after_scale_out_seconds", units.duration_text),
         ("max_concurrent_drains", "max_concurrent_drains", int))))
     provider: dict[str, Any] = {}
     if spec.webhook is not None:
@@ -338,12 +337,12 @@ def file_dict(spec: HostGroupSpec) -> dict[str, Any]:
             if getattr(spec.webhook, key):
                 webhook[key] = getattr(spec.webhook, key)
         if spec.webhook.timeout_seconds != _WEBHOOK_DEFAULTS.timeout_seconds:
-            webhook["timeout"] = duration_text(spec.webhook.timeout_seconds)
+            webhook["timeout"] = units.duration_text(spec.webhook.timeout_seconds)
         provider["webhook"] = webhook
     if spec.command is not None:
         command: dict[str, Any] = {"argv": list(spec.command.argv)}
         if spec.command.timeout_seconds != _COMMAND_DEFAULTS.timeout_seconds:
-            command["timeout"] = duration_text(spec.command.timeout_seconds)
+            command["timeout"] = units.duration_text(spec.command.timeout_seconds)
         provider["command"] = command
     if provider:
         out["provider"] = provider
@@ -365,23 +364,6 @@ def render_yaml(specs: HostGroupSpec | Sequence[HostGroupSpec]) -> str:
     return dumped
 
 
-def duration_text(seconds: float) -> str:
-    """Seconds as the file writes them: 90 → "90s", 600 → "10m", 0.25 → "250ms" — the shortest of those
-    that parses back to exactly ``seconds``; else the seconds with every digit (24.871 is "24.871s": as
-    "24871ms" it would come back as 24.871000000000002)."""
-    millis = seconds * 1000
-    if millis == int(millis):
-        whole = int(millis)
-        candidates = [f"{whole // (size * 1000)}{suffix}"
-                      for suffix, size in (("h", 3600), ("m", 60), ("s", 1))
-                      if whole and whole % (size * 1000) == 0]
-        candidates += [f"{whole}ms"] if whole else ["0s"]
-        for text in candidates:
-            if units.parse_duration(text) == seconds:
-                return text
-    return f"{decimal.Decimal(repr(seconds)):f}s"  # repr's shortest digits, never an exponent
-
-
 def _thousandths(millis: int) -> int | float:
     return millis // 1000 if millis % 1000 == 0 else millis / 1000
 
@@ -393,4 +375,4 @@ def _size(size: int) -> str | int:
     return size
 
 
-__all__ = ["KIND", "duration_text", "file_dict", "parse_hostgroup", "render_yaml"]
+__all__ = ["KIND", "file_dict", "parse_hostgroup", "render_yaml"]

@@ -9,6 +9,7 @@ of inputs and fails when they disagree on a value or on a message.
 
 from __future__ import annotations
 
+import decimal
 import re
 
 # The agent's minimums (agent/limits.py): below them a container could never start.
@@ -86,6 +87,23 @@ def parse_duration(raw: str, *, what: str = "duration") -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
+def duration_text(seconds: float) -> str:
+    """Seconds as the file writes them: 90 → "90s", 600 → "10m", 0.25 → "250ms" — the shortest of those
+    that parses back to exactly ``seconds``; else the seconds with every digit (24.871 is "24.871s": as
+    "24871ms" it would come back as 24.871000000000002)."""
+    millis = seconds * 1000
+    if millis == int(millis):
+        whole = int(millis)
+        candidates = [f"{whole // (size * 1000)}{suffix}"
+                      for suffix, size in (("h", 3600), ("m", 60), ("s", 1))
+                      if whole and whole % (size * 1000) == 0]
+        candidates += [f"{whole}ms"] if whole else ["0s"]
+        for text in candidates:
+            if parse_duration(text) == seconds:
+                return text
+    return f"{decimal.Decimal(repr(seconds)):f}s"  # repr's shortest digits, never an exponent
+
+
 def parse_env(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     for item in items:
         if "=" not in item or item.startswith("="):
@@ -113,6 +131,7 @@ def parse_restart_text(raw: str) -> tuple[str, int]:
 
 
 __all__ = [
-    "MIN_CPU_MILLIS", "MIN_MEMORY_BYTES", "RESTART_MODES", "InvalidValue", "parse_cpus", "parse_duration",
+    "MIN_CPU_MILLIS", "MIN_MEMORY_BYTES", "RESTART_MODES", "InvalidValue", "duration_text", "parse_cpus",
+    "parse_duration",
     "parse_env", "parse_memory", "parse_pids", "parse_restart_text", "parse_size",
 ]

@@ -43,17 +43,22 @@ def _thousandths(value: Any) -> int | float:
 
 
 def _duration(value: Any) -> str:
+    # The shortest of "2h", "10m", "90s", "250ms" that a file reads back as exactly these seconds (it
+    # reads "24871ms" as 24871 * 0.001 = 24.871000000000002); else every digit, in seconds.
     seconds = float(value)
     millis = seconds * 1000
-    if millis != int(millis):
-        return f"{seconds!r}s"
-    whole = int(millis)
-    if whole % 1000:
-        return f"{whole}ms"
-    for suffix, size in (("h", 3600), ("m", 60)):
-        if whole and whole % (size * 1000) == 0:
-            return f"{whole // (size * 1000)}{suffix}"
-    return f"{whole // 1000}s"
+    if millis == int(millis):
+        whole = int(millis)
+        if whole == 0:
+            return "0s"
+        for suffix, size in (("h", 3600), ("m", 60), ("s", 1)):
+            if whole % (size * 1000) == 0 and whole // (size * 1000) * float(size) == seconds:
+                return f"{whole // (size * 1000)}{suffix}"
+        if whole * 0.001 == seconds:
+            return f"{whole}ms"
+    import decimal  # here: only this rare case needs it, and the CLI starts without it
+
+    return f"{decimal.Decimal(repr(seconds)):f}s"  # repr's shortest digits, never an exponent
 
 
 def _enum_word(value: Any, prefix: str) -> str:

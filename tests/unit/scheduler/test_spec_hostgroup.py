@@ -200,7 +200,7 @@ def test_several_groups_render_as_several_documents() -> None:
                                                (90.0, "90s"), (0.0, "0s"), (1.0005, "1.0005s"),
                                                (24.871, "24.871s"), (0.00001, "0.00001s")])
 def test_durations_are_written_as_a_person_would_and_read_back_exactly(seconds: float, text: str) -> None:
-    assert spec_hostgroup.duration_text(seconds) == text
+    assert units.duration_text(seconds) == text
     assert units.parse_duration(text) == seconds
 
 

@@ -39,3 +39,15 @@ def test_the_cli_prints_from_the_api_what_the_scheduler_renders(text: str) -> No
     printed = servicefile.dump_documents([servicefile.file_dict_from_api(to_dict(lite))])
     assert printed == service_file.render_yaml(spec)
     assert service_file.parse_service(printed) == spec
+
+
+@pytest.mark.parametrize("seconds", ["24.871s", "250ms", "90s", "10m", "2h", "1.0005s", "1ms", "3.3s",
+                                     "100ms"])
+def test_health_durations_read_back_exactly(seconds: str) -> None:
+    """24.871 s was written "24871ms", which a file reads as 24.871000000000002 s."""
+    text = (f"name: t\ntemplate:\n  image: x\n  health: {{exec: 'true', interval: {seconds}, "
+            f"start_period: {seconds}}}\n")
+    spec = service_file.parse_service(text)
+    rendered = service_file.render_yaml(spec)
+    assert service_file.parse_service(rendered) == spec, rendered
+    assert f"interval: {seconds}" in rendered, rendered
