@@ -138,6 +138,22 @@ def replicas_on(host: HostId, replicas: Iterable[Replica]) -> int:
     return sum(1 for r in replicas if r.host == host)
 
 
+def delete_host_refusal(record: HostRecord, status: HostStatus | None, replicas_here: Iterable[Replica]
+                        ) -> str | None:
+    """Why a host may not be forgotten now (``None``: it may). Only a host that is gone: a ready one's
+    agent would register again within seconds, and a replica not yet replaced elsewhere still counts on
+    it. Records of replicas already replaced (stopping, abandoned with their host) go with it."""
+    if status is not None and status.ready:
+        return (f"host {record.name} is ready (its agent is connected): stop its agent first, or it "
+                "registers again within seconds; to empty it, shoal drain it")
+    staying = sorted(r.id for r in replicas_here if r.phase is not ReplicaPhase.STOPPING)
+    if staying:
+        return (f"host {record.name} still holds {len(staying)} replica(s) not yet replaced elsewhere "
+                f"({', '.join(staying[:3])}{', ...' if len(staying) > 3 else ''}): they are replaced "
+                "once it has been unreachable for the scheduler's --host-grace; try again then")
+    return None
+
+
 START_FAILING = "StartFailing"  # the scheduler's own host condition (scheduler.start_health)
 
 
@@ -192,7 +208,8 @@ def rollout_of(service: Service, replicas: Sequence[Replica]) -> pb.Rollout:
 
 
 __all__ = [
-    "PHASE_OF_PB", "START_FAILING", "clamped", "decision_to_pb", "endpoints_of", "host_address", "host_state",
+    "PHASE_OF_PB", "START_FAILING", "clamped", "decision_to_pb", "delete_host_refusal", "endpoints_of",
+    "host_address", "host_state",
     "host_to_pb", "live", "replica_to_pb", "replicas_on", "replicas_to_keep", "rollout_of", "service_status",
     "service_to_pb", "spec_with_autoscale", "ts",
 ]

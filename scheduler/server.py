@@ -444,6 +444,29 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def DrainHost(self, request: pb.HostRequest, context: Any) -> pb.Host:
         return await self._set_admin(request.host, HostAdmin.DRAINING)
 
+    @api_call
+    async def DeleteHost(self, request: pb.HostRequest, context: Any) -> pb.Host:
+        """Forgets a host that is gone (see ``api.delete_host_refusal``): its record, its status and the
+        records of replicas replaced elsewhere, in one transaction that compares every revision."""
+        for _ in range(CAS_ATTEMPTS):
+            snap = await self.store.snapshot()
+            host = _resolve_host(snap.hosts, request.host)
+            record, status = snap.hosts[host], snap.host_statuses.get(host)
+            here = [r for r in snap.replicas.values() if r.host == host]
+            refusal = api.delete_host_refusal(record, status, here)
+            if refusal is not None:
+                raise errors.FailedPrecondition(refusal)
+            shown = await self._host_pb(snap, host)
+            ops: list[base.Op] = [base.Delete(record), *(base.Delete(r) for r in here)]
+            if status is not None and status.revision > 0:
+                ops.append(base.Delete(status))
+            try:
+                await self.store.commit(ops)
+            except Conflict:
+                continue
+            return shown
+        raise errors.Aborted(f"host {request.host} kept changing; retry")
+
     # -- endpoints and watching ---------------------------------------------------------------------
 
     @api_call

@@ -55,9 +55,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     describe.add_argument("name")
     describe.set_defaults(func=cluster_describe.cmd_describe, cluster=True)
 
-    delete = sub.add_parser("delete", help="delete a service (its replicas are stopped and removed) or a "
-                                           "host group (its hosts stay)")
-    delete.add_argument("kind", metavar="service|hostgroup")
+    delete = sub.add_parser("delete", help="delete a service (its replicas are stopped and removed), a "
+                                           "host group (its hosts stay) or a host that is gone")
+    delete.add_argument("kind", metavar="service|hostgroup|host")
     delete.add_argument("name")
     delete.add_argument("--force", action="store_true",
                         help="a host group: even with provider requests undelivered or drains in flight")
@@ -201,12 +201,17 @@ def cmd_scale(scheduler: Scheduler, args: argparse.Namespace) -> int:
 
 def cmd_delete(scheduler: Scheduler, args: argparse.Namespace) -> int:
     kind = cluster_get.KIND_WORDS.get(args.kind)
-    if kind not in ("services", "hostgroups"):
-        raise CliError(f"only services and host groups can be deleted (not {args.kind!r}): shoal delete "
-                       "service NAME, shoal delete hostgroup NAME")
+    if kind not in ("services", "hostgroups", "hosts"):
+        raise CliError(f"only services, host groups and hosts can be deleted (not {args.kind!r}): shoal "
+                       "delete service NAME, shoal delete hostgroup NAME, shoal delete host NAME|ID")
     if args.force and kind != "hostgroups":
-        raise CliError("--force is for host groups (a service's deletion waits for nothing)")
+        raise CliError("--force is for host groups (a service's deletion waits for nothing, and a host "
+                       "is deleted only once it is gone)")
     with scheduler_errors(scheduler.conn):
+        if kind == "hosts":
+            host = scheduler.api.DeleteHost(spb.HostRequest(host=args.name))
+            print(f"host/{host.name or host.id} deleted")
+            return 0
         if kind == "hostgroups":
             request = spb.DeleteHostGroupRequest(name=args.name, force=args.force)
             response = scheduler.api.DeleteHostGroup(request)

@@ -1455,6 +1455,7 @@ class SchedulerStub:
     CordonHost_method = _pl.Method('/shoal.scheduler.v1.Scheduler/CordonHost', HostRequest, Host, client_streaming=False, server_streaming=False)
     UncordonHost_method = _pl.Method('/shoal.scheduler.v1.Scheduler/UncordonHost', HostRequest, Host, client_streaming=False, server_streaming=False)
     DrainHost_method = _pl.Method('/shoal.scheduler.v1.Scheduler/DrainHost', HostRequest, Host, client_streaming=False, server_streaming=False)
+    DeleteHost_method = _pl.Method('/shoal.scheduler.v1.Scheduler/DeleteHost', HostRequest, Host, client_streaming=False, server_streaming=False)
     ListEndpoints_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListEndpoints', ListEndpointsRequest, ListEndpointsResponse, client_streaming=False, server_streaming=False)
     Watch_method = _pl.Method('/shoal.scheduler.v1.Scheduler/Watch', WatchRequest, WatchEvent, client_streaming=False, server_streaming=True)
     ListSchedulers_method = _pl.Method('/shoal.scheduler.v1.Scheduler/ListSchedulers', ListSchedulersRequest, ListSchedulersResponse, client_streaming=False, server_streaming=False)
@@ -1514,6 +1515,9 @@ class SchedulerStub:
 
     def DrainHost(self, request: HostRequest, /) -> Host:
         return self.transport.unary(self.DrainHost_method, request)
+
+    def DeleteHost(self, request: HostRequest, /) -> Host:
+        return self.transport.unary(self.DeleteHost_method, request)
 
     def ListEndpoints(self, request: ListEndpointsRequest, /) -> ListEndpointsResponse:
         return self.transport.unary(self.ListEndpoints_method, request)

@@ -114,6 +114,11 @@ class SchedulerStub:
                 request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.HostRequest.SerializeToString,
                 response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Host.FromString,
                 _registered_method=True)
+        self.DeleteHost = channel.unary_unary(
+                '/shoal.scheduler.v1.Scheduler/DeleteHost',
+                request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.HostRequest.SerializeToString,
+                response_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Host.FromString,
+                _registered_method=True)
         self.ListEndpoints = channel.unary_unary(
                 '/shoal.scheduler.v1.Scheduler/ListEndpoints',
                 request_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.ListEndpointsRequest.SerializeToString,
@@ -268,6 +273,16 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteHost(self, request, context):
+        """Forget a host that is gone: its registration and status are deleted, with the records of replicas
+        already replaced elsewhere (stopping). FAILED_PRECONDITION while the host is ready (its agent would
+        register again within seconds: stop it first) or holds replicas not yet replaced. An agent that
+        comes back registers again, under the same id, and its leftover containers are retired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEndpoints(self, request, context):
         """Ready replicas' reachable addresses per service.
         """
@@ -410,6 +425,11 @@ def add_SchedulerServicer_to_server(servicer, server):
             ),
             'DrainHost': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainHost,
+                    request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.HostRequest.FromString,
+                    response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Host.SerializeToString,
+            ),
+            'DeleteHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteHost,
                     request_deserializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.HostRequest.FromString,
                     response_serializer=proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Host.SerializeToString,
             ),
@@ -884,6 +904,33 @@ class Scheduler:
             request,
             target,
             '/shoal.scheduler.v1.Scheduler/DrainHost',
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.HostRequest.SerializeToString,
+            proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Host.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.scheduler.v1.Scheduler/DeleteHost',
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.HostRequest.SerializeToString,
             proto_dot_scheduler_dot_v1_dot_scheduler__pb2.Host.FromString,
             options,

@@ -87,6 +87,12 @@ class SchedulerStub:
     """Cordon, then move every replica elsewhere (new ones up before old ones stop, within each service's
     update policy); the host is `drained` once it runs none.
     """
+    DeleteHost: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.HostRequest, _scheduler_pb2.Host]
+    """Forget a host that is gone: its registration and status are deleted, with the records of replicas
+    already replaced elsewhere (stopping). FAILED_PRECONDITION while the host is ready (its agent would
+    register again within seconds: stop it first) or holds replicas not yet replaced. An agent that
+    comes back registers again, under the same id, and its leftover containers are retired.
+    """
     ListEndpoints: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListEndpointsRequest, _scheduler_pb2.ListEndpointsResponse]
     """Ready replicas' reachable addresses per service."""
     Watch: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchRequest, _scheduler_pb2.WatchEvent]
@@ -148,6 +154,12 @@ class SchedulerAsyncStub(SchedulerStub):
     DrainHost: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.HostRequest, _scheduler_pb2.Host]  # type: ignore[assignment]
     """Cordon, then move every replica elsewhere (new ones up before old ones stop, within each service's
     update policy); the host is `drained` once it runs none.
+    """
+    DeleteHost: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.HostRequest, _scheduler_pb2.Host]  # type: ignore[assignment]
+    """Forget a host that is gone: its registration and status are deleted, with the records of replicas
+    already replaced elsewhere (stopping). FAILED_PRECONDITION while the host is ready (its agent would
+    register again within seconds: stop it first) or holds replicas not yet replaced. An agent that
+    comes back registers again, under the same id, and its leftover containers are retired.
     """
     ListEndpoints: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListEndpointsRequest, _scheduler_pb2.ListEndpointsResponse]  # type: ignore[assignment]
     """Ready replicas' reachable addresses per service."""
@@ -303,6 +315,18 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.Host, _abc.Awaitable[_scheduler_pb2.Host]]:
         """Cordon, then move every replica elsewhere (new ones up before old ones stop, within each service's
         update policy); the host is `drained` once it runs none.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteHost(
+        self,
+        request: _scheduler_pb2.HostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Host, _abc.Awaitable[_scheduler_pb2.Host]]:
+        """Forget a host that is gone: its registration and status are deleted, with the records of replicas
+        already replaced elsewhere (stopping). FAILED_PRECONDITION while the host is ready (its agent would
+        register again within seconds: stop it first) or holds replicas not yet replaced. An agent that
+        comes back registers again, under the same id, and its leftover containers are retired.
         """
 
     @_abc_1.abstractmethod

@@ -174,6 +174,10 @@ class _Api:
                             service=spb.Service(spec=spb.ServiceSpec(name="web"))),
             spb.ApplyResult(kind="hostgroup", action="configured", hostgroup=lite(declared()))])
 
+    def DeleteHost(self, request: spb.HostRequest) -> spb.Host:
+        self.calls.append(("DeleteHost", request))
+        return spb.Host(id="4f1c" + "0" * 28, name="m3")
+
     def DeleteHostGroup(self, request: spb.DeleteHostGroupRequest) -> spb.DeleteHostGroupResponse:
         self.calls.append(("DeleteHostGroup", request))
         return spb.DeleteHostGroupResponse(hostgroup=lite(declared(), STATUS))
@@ -206,8 +210,20 @@ def test_delete_hostgroup_passes_force_and_says_the_hosts_stay() -> None:
     assert buffer.getvalue() == "hostgroup/workers deleted (its host stays)\n"
     with pytest.raises(CliError, match="--force is for host groups"):
         cluster.cmd_delete(scheduler, argparse.Namespace(kind="service", name="web", force=True))
-    with pytest.raises(CliError, match="only services and host groups can be deleted"):
-        cluster.cmd_delete(scheduler, argparse.Namespace(kind="host", name="h1", force=False))
+    with pytest.raises(CliError, match="only services, host groups and hosts can be deleted"):
+        cluster.cmd_delete(scheduler, argparse.Namespace(kind="replica", name="web-1", force=False))
+    with pytest.raises(CliError, match="--force is for host groups"):
+        cluster.cmd_delete(scheduler, argparse.Namespace(kind="host", name="h1", force=True))
+
+
+def test_delete_host_names_the_host_forgotten() -> None:
+    scheduler: Any = _Scheduler()
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cluster.cmd_delete(scheduler, argparse.Namespace(kind="node", name="4f1c", force=False)) == 0
+    [(method, request)] = scheduler.api.calls
+    assert (method, request.host) == ("DeleteHost", "4f1c")
+    assert buffer.getvalue() == "host/m3 deleted\n"
 
 
 def test_host_groups_cannot_be_watched_and_the_kind_words() -> None:

@@ -235,3 +235,33 @@ def test_an_ambiguous_host_id_prefix_says_so() -> None:
             assert (await record(api, n)).admin is HostAdmin.ACTIVE
 
     run(scenario)
+
+
+def test_a_gone_host_is_forgotten_with_its_replaced_replicas_and_a_live_one_is_not() -> None:
+    async def scenario(api: Api) -> None:
+        await apply_yaml(api, service_yaml("web", replicas=2))
+        await register(api, 1)                       # ready: its agent would register again
+        await register(api, 2, ready=False)          # gone, its replica already replaced
+        await register(api, 3, ready=False)          # gone, but within the grace: its replica still counts
+        await put(api, replica("web", "web-1", host=2, phase=ReplicaPhase.STOPPING),
+                  replica("web", "web-2", host=3, phase=ReplicaPhase.RUNNING, ready=True))
+        live = await rejected(api.scheduler.DeleteHost(pb.HostRequest(host="node-1")))
+        assert live.code() == grpc.StatusCode.FAILED_PRECONDITION and "stop its agent first" in (
+            live.details() or "")
+        held = await rejected(api.scheduler.DeleteHost(pb.HostRequest(host="node-3")))
+        assert held.code() == grpc.StatusCode.FAILED_PRECONDITION and "web-2" in (held.details() or "")
+        missing = await rejected(api.scheduler.DeleteHost(pb.HostRequest(host="node-9")))
+        assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+        gone = await api.scheduler.DeleteHost(pb.HostRequest(host="node-2"))
+        assert (gone.name, gone.state) == ("node-2", pb.HOST_STATE_NOT_READY)
+        assert await api.store.get(api.store.schema.host(host_id(2))) is None
+        assert await api.store.get(api.store.schema.host_status(host_id(2))) is None
+        assert await api.store.get(api.store.schema.replica("web", "web-1")) is None  # replaced: goes too
+        kept = [h.name for h in (await api.scheduler.ListHosts(pb.ListHostsRequest())).hosts]
+        assert kept == ["node-1", "node-3"]
+        # It comes back: it registers again under the same id, as new.
+        await register(api, 2)
+        assert await state(api, "node-2") == pb.HOST_STATE_READY
+
+    run(scenario)
