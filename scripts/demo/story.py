@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from agent.cli.scheduler_client import Scheduler
 from proto.scheduler.v1 import scheduler_lite as spb
-from scripts.demo.cluster import BIN, HOST_MILLICORES, IMAGE, ZONES, DemoCluster
+from scripts.demo.cluster import BIN, HOST_MILLICORES, IMAGE, ZONES, DemoCluster, wait_for_value
 from scripts.demo.load import BURN_MS, Endpoint, LoadGenerator, Second
 from scripts.demo.machines import DemoMachines
 from scripts.demo.timeline import Sampler
@@ -416,20 +416,10 @@ class Story:
     def wait(self, what: str, check: Callable[[], T], *, timeout: float = 60,
              why: Callable[[], str] | None = None) -> T:
         """Poll ``check`` until it returns something truthy; DemoFailed after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            try:
-                value = check()
-            except Exception as err:  # a scheduler failing over, a listing mid-change: not yet
-                last = err
-            else:
-                if value:
-                    return value
-                last = value
-            time.sleep(POLL)
-        raise DemoFailed(f"{what}: not within {timeout:g} s (last seen: {last!r})"
-                         + (f"; {why()}" if why is not None else ""))
+        try:
+            return wait_for_value(what, check, timeout=timeout, interval=POLL)
+        except TimeoutError as err:
+            raise DemoFailed(f"{err}" + (f"; {why()}" if why is not None else "")) from None
 
     def hold(self) -> None:
         if self.profile.hold:
