@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import io
 import ipaddress
 import logging
 import os
@@ -30,6 +30,7 @@ from scheduler import httpd, instances, metrics
 from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL as AUTOSCALE_INTERVAL
+from scheduler.cancellation import raise_if_cancelling
 from scheduler.controller import AutoscaleSettings, Controller, ControllerSettings
 from scheduler.elastic.loop import INTERVAL as ELASTIC_INTERVAL
 from scheduler.election import Election, ElectionSettings, Term
@@ -45,6 +46,7 @@ from scheduler.store.records import InstanceRecord
 log = logging.getLogger("shoal.scheduler")
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
+SHUTDOWN_WAIT = 5.0  # seconds the leader's work and the registration get to stop after SIGTERM
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,7 @@ async def serve(settings: Settings) -> None:
             except NotLeader as err:
                 log.warning("deposed: %s", err)
             except Exception:
+                raise_if_cancelling()
                 log.exception("the control loop failed; campaigning again")
             await asyncio.sleep(1.0)
 
@@ -279,8 +282,12 @@ async def serve(settings: Settings) -> None:
     log.info("shutting down: resigning leadership, then closing the API")
     for task in (election_task, registration_task):
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    _, stuck = await asyncio.wait({election_task, registration_task}, timeout=SHUTDOWN_WAIT)
+    for task in stuck:  # a bug, but shutting down must not hang on it: say where it is, and go on
+        where = io.StringIO()
+        task.print_stack(file=where)
+        log.error("shutting down: %s still runs %g s after it was cancelled; going on without it\n%s",
+                  task.get_name(), SHUTDOWN_WAIT, where.getvalue())
     await registration.close()
     await server.stop(grace=2)
     if http is not None:

@@ -28,6 +28,7 @@ import grpc
 
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from scheduler.cancellation import raise_if_cancelling
 from scheduler.model import (
     LABEL_GENERATION,
     LABEL_REPLICA,
@@ -170,12 +171,14 @@ class AgentSession:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as err:
+                raise_if_cancelling()
                 self.error = f"{err.code().name}: {err.details()}"
                 self.agent_down = "connection refused" in (err.details() or "").lower()
             except HeartbeatMissed as err:
                 self.error = str(err)
                 self.agent_down = False
             except Exception as err:  # a bug must not end the session for good
+                raise_if_cancelling()
                 log.exception("agent session %s failed", self.host)
                 self.error = str(err)
             connected_before = self.observation.complete

@@ -32,6 +32,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from scheduler.cancellation import raise_if_cancelling
 from scheduler.store import base
 from scheduler.store.errors import LeaseExpired, StoreError
 from scheduler.store.records import LeaderRecord
@@ -152,6 +153,7 @@ class Election:
                     await self._revoke(lease_id)
                 raise
             except StoreError as err:
+                raise_if_cancelling()
                 log.warning("election: campaign failed, retrying: %s", err)
                 if lease_id:
                     await self._revoke(lease_id)
@@ -178,8 +180,10 @@ class Election:
                         if isinstance(change.value, LeaderRecord):
                             self._leader = change.value
         except TimeoutError:
+            raise_if_cancelling()  # (Python 3.11's timeout can turn a cancel arriving with it into this)
             return
         except StoreError as err:
+            raise_if_cancelling()
             log.warning("election: watching the leader key failed: %s", err)
             await asyncio.sleep(min(0.5, self._settings.ttl_s / 4))
 
@@ -250,6 +254,7 @@ class Election:
                     if not isinstance(change.value, LeaderRecord) or change.value.epoch != term.epoch:
                         return "the leader key was replaced"
         except StoreError as err:
+            raise_if_cancelling()
             log.info("election: watching the leader key failed (the keepalive still checks it): %s", err)
         return ""
 
@@ -273,6 +278,7 @@ class Election:
             except _Deposed as err:
                 return str(err)
             except (StoreError, TimeoutError) as err:
+                raise_if_cancelling()
                 log.warning("election: keepalive failed: %s", err or "timed out")
             now = self._clock()
             if now - last_ok >= settings.step_down_after:

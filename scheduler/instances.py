@@ -21,6 +21,7 @@ import importlib.metadata
 import logging
 from dataclasses import dataclass
 
+from scheduler.cancellation import raise_if_cancelling
 from scheduler.store import base
 from scheduler.store.errors import Conflict, LeaseExpired, StoreError
 from scheduler.store.records import InstanceRecord, LeaderRecord
@@ -99,6 +100,7 @@ class InstanceRegistration:
                             self._record.instance)
                 self._lost()
             except StoreError as err:
+                raise_if_cancelling()
                 log.warning("scheduler instance %s: cannot reach the store (%s); retrying",
                             self._record.instance, err)
                 await asyncio.sleep(RETRY_S)

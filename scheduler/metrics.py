@@ -45,6 +45,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from proto.scheduler.v1 import scheduler_pb2 as spb
 from scheduler import api, reconcile
+from scheduler.cancellation import raise_if_cancelling
 from scheduler.controller import Mirror
 from scheduler.elastic.loop import AttemptRecord
 from scheduler.model import LABEL_GROUP, HostId, HostRecord, Replica, ReplicaPhase, Service
@@ -262,6 +263,7 @@ class _Follower:
                 log.info("metrics: etcd compacted the watched history; reading the cluster again")
                 self.synced = False
             except Exception as err:  # metrics must never take the scheduler down
+                raise_if_cancelling()
                 self.synced = False
                 if not self._failing:
                     log.warning("metrics: cannot follow etcd (%s); serving the last figures, retrying", err)

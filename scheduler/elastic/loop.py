@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from scheduler.cancellation import raise_if_cancelling
 from scheduler.elastic import provider as providers
 from scheduler.elastic import step as elastic_step
 from scheduler.model import (
@@ -188,10 +189,12 @@ class ElasticLoop:
                 try:
                     await self.tick()
                 except (StoreUnavailable, Conflict) as err:
+                    raise_if_cancelling()
                     log.info("elastic: %s; deciding again at the next tick", err)
                 except NotLeader:
                     raise
                 except Exception:  # a bug in one tick must not stop host groups for the whole term
+                    raise_if_cancelling()
                     log.exception("elastic: the tick failed; trying again at the next one")
                 await asyncio.sleep(max(0.0, self.settings.interval - (time.monotonic() - started)))
         finally:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from scheduler.election import Election, ElectionSettings, Term
 from scheduler.store.base import LeaderGuard, Put
-from scheduler.store.errors import NotLeader
+from scheduler.store.errors import NotLeader, StoreError
 from scheduler.store.memory import MemoryStore
 from tests.fixtures import scheduler_records as build
 
@@ -180,3 +181,40 @@ def test_settings_that_could_break_the_election_are_refused(settings: dict[str, 
 def test_defaults_step_down_at_half_the_ttl_and_refresh_at_a_third() -> None:
     settings = ElectionSettings("a")
     assert (settings.ttl_s, settings.step_down_after, settings.keepalive_interval) == (2, 1.0, 2 / 3)
+
+
+class CancelSurfacingAsError(MemoryStore):
+    """A store whose calls, cancelled under their caller, fail with a StoreError instead of letting the
+    CancelledError through (as a cancelled gRPC call mapped to the store's errors can)."""
+
+    async def watch(self, after_revision: int, *, scope: Any = None) -> AsyncGenerator[Any, None]:
+        try:
+            async for change in super().watch(after_revision, scope=scope):
+                yield change
+        except asyncio.CancelledError:
+            raise StoreError("etcd refused watch: CANCELLED") from None
+
+
+def test_a_follower_cancelled_while_its_store_reports_the_cancellation_as_an_error_still_stops() -> None:
+    """Seen as a scheduler ignoring SIGTERM now and then: the candidate's retry loop took the error for
+    a store failure and campaigned on, so shutdown waited for it for ever."""
+    async def scenario() -> bool:
+        store = CancelSurfacingAsError()
+        leader, follower = Leader(store), Leader(store)
+        first = asyncio.create_task(Election(store, ElectionSettings("a", ttl_s=LONG_TTL_S)).run(leader.lead))
+        await leader.started.get()
+        candidate = Election(store, ElectionSettings("b", ttl_s=LONG_TTL_S))
+        second = asyncio.create_task(candidate.run(follower.lead))
+        for _ in range(20):  # let it reach its wait for the leader key to go
+            await asyncio.sleep(0)
+        second.cancel()
+        done, _ = await asyncio.wait({second}, timeout=5)
+        await cancel(first)
+        return second in done and second.cancelled() and follower.started.empty()
+
+    # Not asyncio.run: its teardown would wait for ever for a task that ignores its cancellation (and a
+    # loop closed under such a task fails in its finalizers, so a failing run leaves the loop be).
+    loop = asyncio.new_event_loop()
+    stopped = loop.run_until_complete(asyncio.wait_for(scenario(), HANG_GUARD_S))
+    assert stopped, "the cancelled follower kept campaigning"
+    loop.close()
