@@ -366,12 +366,17 @@ def clean_between_tests(cluster: Cluster) -> Iterator[None]:
             agent.start()
     for service in made.json("get", "services"):
         made.cli("delete", "service", service["name"], check=False)
-    for host in made.json("get", "hosts"):
-        if host["state"] not in ("ready", "not_ready"):
-            made.cli("uncordon", host["id"], check=False)
     wait_for(lambda: not made.json("get", "services") and not made.json("get", "replicas"), timeout=60)
     wait_for(lambda: not made.all_containers(), timeout=60)
-    wait_for(lambda: [h["state"] for h in made.json("get", "hosts")] == ["ready"] * 3, timeout=60)
+
+    def all_ready() -> bool:  # a host a test cordoned or drained is uncordoned (one listing per poll)
+        states = {h["id"]: h["state"] for h in made.json("get", "hosts")}
+        for host, state in states.items():
+            if state not in ("ready", "not_ready"):
+                made.cli("uncordon", host, check=False)
+        return list(states.values()) == ["ready"] * 3
+
+    wait_for(all_ready, timeout=60)
 
 
 def _teardown(made: Cluster) -> None:
