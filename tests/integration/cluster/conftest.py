@@ -1,18 +1,21 @@
 """A whole cluster on one machine: etcd, two schedulers and three agents, each "host" a network namespace.
 
-``cluster`` (module-scoped) builds, inside network namespaces this fixture creates (nothing touches the
-root namespace): a control host running a 3-member etcd cluster and two ``shoal-scheduler`` instances
+``cluster`` (module-scoped) is built, inside network namespaces this fixture creates (nothing touches
+the root namespace): a control host running a 3-member etcd cluster and two ``shoal-scheduler`` instances
 (mTLS, certificates from ``shoal certs init``; one leads, both serve the API), and three hosts in zones
 ``a``, ``b`` and ``c``, each running a ``shoal-agent`` with its own root, cgroup parent, bridge and subnet,
 joined to both schedulers, with the test busybox image imported. The CLI runs inside the control host
 (``cluster.cli(...)``) with both scheduler addresses, as an operator's would on the network. Between
-tests, a killed scheduler, etcd member or agent is started again and a cut link restored. Teardown
-deletes every service, stops everything, and checks that no container, cgroup or process of the cluster
-is left.
+tests, a killed scheduler, etcd member or agent is started again, a cut link restored and every service
+deleted. A module gets the previous module's cluster when it runs the schedulers with the same flags
+(``scheduler_args``) and no test failed on it (``ClusterShelf``), else a new one. Teardown (when a cluster
+is replaced, and after the package's last test) deletes every service, stops everything, and checks that
+no container, cgroup or process of the cluster is left.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -20,7 +23,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,21 @@ SCHEDULER_PORTS = (7400, 7401)
 HTTP_PORTS = (9400, 9401)
 AGENT_PORT = 7070
 START_FAILURE_COOLDOWN = 8
+
+
+def exits_on_sigterm(script: str) -> str:
+    """``script`` as a replica's shell command that ends as soon as it is told to stop: its last command
+    (or ``&&`` list) runs in the background while the shell waits for it, so the shell exits with its
+    status, or at once with 0 on SIGTERM.
+
+    The shell is the container's pid 1, and the kernel drops any signal pid 1 has no handler for; busybox
+    ``sh``, ``sleep`` and ``httpd`` install none, even when ``exec``ed. Without the trap every stop of a
+    test replica waits out the scheduler's 10 s grace and ends in SIGKILL, which is most of what these
+    tests would spend waiting. The trap is set first, so a stop that comes early is not lost."""
+    return f"trap 'exit 0' TERM; {script} & wait $!"
+
+
+IDLE = exits_on_sigterm("sleep 3600")  # a replica that does nothing until it is stopped
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1) -> Any:
@@ -97,6 +115,8 @@ class Cluster:
     etcd: EtcdCluster | None = None
     zone_of: dict[str, str] = field(default_factory=dict)  # host id → zone
     tag: str = ""  # this cluster's names (cgroup parents, bridges, subnets): hosts added later reuse it
+    reusable: bool = True  # false once a test failed on it: what it left is unknown, the next module
+                           # gets a new cluster
 
     @property
     def address(self) -> str:
@@ -229,12 +249,8 @@ def scheduler_args() -> list[str]:
     return []
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path,  # noqa: F811
-            scheduler_args: list[str]) -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.skip("a cluster needs root")
-    work = tmp_path_factory.mktemp("cluster")
+@contextlib.contextmanager
+def _built(work: Path, image: Path, scheduler_args: Sequence[str]) -> Iterator[Cluster]:
     tag = secrets.token_hex(2)
     with NetWorld() as world:
         ctl = world.add_host()
@@ -250,17 +266,85 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: Path,  # no
         made.etcd = EtcdCluster(work / "etcd", size=3, netns=ctl.name).start()
         try:
             made.schedulers = [_scheduler(work, ctl, i, pki=pki, etcd=made.etcd.endpoints,
-                                          extra=scheduler_args) for i in range(len(SCHEDULER_PORTS))]
+                                          extra=list(scheduler_args)) for i in range(len(SCHEDULER_PORTS))]
             for instance in made.schedulers:
                 instance.start()
-            for agent in made.agents:
+
+            def start_with_image(agent: AgentProcess) -> None:
                 agent.start()
-                agent.run("image", "import", str(busybox_image), "--name", IMAGE)
+                agent.run("image", "import", str(image), "--name", IMAGE)
+
+            # Side by side: a start spends part of its time waiting (for the agent's first answer, the
+            # CLI's), so three at once are done sooner than one after another, even on two cores.
+            with concurrent.futures.ThreadPoolExecutor(len(made.agents)) as pool:
+                list(pool.map(start_with_image, made.agents))
             wait_for(lambda: [h["state"] for h in made.json("get", "hosts")] == ["ready"] * 3, timeout=60)
             made.zone_of = {h["id"]: h["labels"]["zone"] for h in made.json("get", "hosts")}
             yield made
         finally:
             _teardown(made)
+
+
+@dataclass
+class ClusterShelf:
+    """The one cluster alive at a time, handed from a test module to the next.
+
+    Building a cluster and tearing it down again takes some 12 s on two cores, and after every test
+    ``clean_between_tests`` leaves the cluster as each test expects to find it (every component running,
+    every link up, no service, every host ready), so a module that runs the schedulers with the previous
+    module's flags gets the same cluster. A module with other flags, or one after a module in which a
+    test failed (``Cluster.reusable``), gets a new one, the old one torn down (and checked) first: a
+    failure is not carried into another module."""
+
+    tmp_path_factory: pytest.TempPathFactory
+    _args: tuple[str, ...] = ()
+    _current: Cluster | None = None
+    _stack: contextlib.ExitStack | None = None
+
+    def get(self, image: Path, scheduler_args: Sequence[str]) -> Cluster:
+        args = tuple(scheduler_args)
+        if self._current is not None and self._current.reusable and self._args == args:
+            return self._current
+        self.close()
+        stack = contextlib.ExitStack()
+        self._current = stack.enter_context(_built(self.tmp_path_factory.mktemp("cluster"), image, args))
+        self._stack, self._args = stack, args
+        return self._current
+
+    def close(self) -> None:
+        stack, self._stack, self._current = self._stack, None, None
+        if stack is not None:
+            stack.close()
+
+
+@pytest.fixture(scope="package")
+def cluster_shelf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterShelf]:
+    """Package-scoped: the last cluster goes when the package's last test is done, not at the end of a
+    session that goes on with other tests."""
+    shelf = ClusterShelf(tmp_path_factory)
+    try:
+        yield shelf
+    finally:
+        shelf.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_shelf: ClusterShelf, busybox_image: Path,  # noqa: F811
+            scheduler_args: list[str]) -> Cluster:
+    if os.geteuid() != 0:
+        pytest.skip("a cluster needs root")
+    return cluster_shelf.get(busybox_image, scheduler_args)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test that failed (in its setup, body or clean-up) marks its cluster not to be handed on."""
+    report = yield
+    made = (getattr(item, "funcargs", None) or {}).get("cluster")
+    if report.failed and isinstance(made, Cluster):
+        made.reusable = False
+    return report
 
 
 @pytest.fixture(autouse=True)
@@ -282,12 +366,17 @@ def clean_between_tests(cluster: Cluster) -> Iterator[None]:
             agent.start()
     for service in made.json("get", "services"):
         made.cli("delete", "service", service["name"], check=False)
-    for host in made.json("get", "hosts"):
-        if host["state"] not in ("ready", "not_ready"):
-            made.cli("uncordon", host["id"], check=False)
     wait_for(lambda: not made.json("get", "services") and not made.json("get", "replicas"), timeout=60)
     wait_for(lambda: not made.all_containers(), timeout=60)
-    wait_for(lambda: [h["state"] for h in made.json("get", "hosts")] == ["ready"] * 3, timeout=60)
+
+    def all_ready() -> bool:  # a host a test cordoned or drained is uncordoned (one listing per poll)
+        states = {h["id"]: h["state"] for h in made.json("get", "hosts")}
+        for host, state in states.items():
+            if state not in ("ready", "not_ready"):
+                made.cli("uncordon", host, check=False)
+        return list(states.values()) == ["ready"] * 3
+
+    wait_for(all_ready, timeout=60)
 
 
 def _teardown(made: Cluster) -> None:
@@ -319,5 +408,6 @@ def _teardown(made: Cluster) -> None:
     assert not problems, problems
 
 
-__all__ = ["AGENT_PORT", "IMAGE", "ZONES", "Cluster", "SchedulerProcess", "agent_process",
-           "clean_between_tests", "cluster", "scheduler_args", "wait_for"]
+__all__ = ["AGENT_PORT", "IDLE", "IMAGE", "ZONES", "Cluster", "ClusterShelf", "SchedulerProcess",
+           "agent_process", "clean_between_tests", "cluster", "cluster_shelf", "exits_on_sigterm",
+           "scheduler_args", "wait_for"]

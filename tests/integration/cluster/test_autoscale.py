@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.promstack import PROMETHEUS_PORT, Exporter, PrometheusServer
-from tests.integration.cluster.conftest import IMAGE, Cluster, wait_for
+from tests.integration.cluster.conftest import IDLE, IMAGE, Cluster, exits_on_sigterm, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -64,8 +64,8 @@ def declared(cluster: Cluster, name: str) -> int:
 
 
 def test_cpu_load_scales_up_and_back_down(cluster: Cluster) -> None:
-    busy_then_idle = ("end=$(( $(date +%s) + 20 )); while [ $(date +%s) -lt $end ]; do :; done; "
-                      "exec sleep 3600")
+    busy_then_idle = exits_on_sigterm("end=$(( $(date +%s) + 20 )); "
+                                      "while [ $(date +%s) -lt $end ]; do :; done; sleep 3600")
     cluster.apply(autoscaled("burner", command=busy_then_idle, replicas=1, autoscale=f"""  min: 1
   max: 4
   metrics:
@@ -83,7 +83,7 @@ def test_cpu_load_scales_up_and_back_down(cluster: Cluster) -> None:
 
 def test_a_queue_metric_scales_to_zero_and_wakes_up(cluster: Cluster, exporter: Exporter) -> None:
     exporter.set("test_queue_depth", 5)
-    cluster.apply(autoscaled("worker", command="exec sleep 3600", replicas=1, autoscale=f"""  min: 0
+    cluster.apply(autoscaled("worker", command=IDLE, replicas=1, autoscale=f"""  min: 0
   max: 3
   metrics:
     - prometheus: {{query: 'sum(test_queue_depth)', target_average_value: 2}}
@@ -102,7 +102,7 @@ def test_a_queue_metric_scales_to_zero_and_wakes_up(cluster: Cluster, exporter: 
 
 
 def test_a_per_replica_metric_scales_on_each_replicas_series(cluster: Cluster, exporter: Exporter) -> None:
-    cluster.apply(autoscaled("jobs", command="exec sleep 3600", replicas=1, autoscale="""  min: 1
+    cluster.apply(autoscaled("jobs", command=IDLE, replicas=1, autoscale="""  min: 1
   max: 5
   metrics:
     - prometheus: {query: 'test_jobs', per_replica_label: replica, target_average_value: 10}"""))

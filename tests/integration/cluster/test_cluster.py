@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster.conftest import IMAGE, Cluster, wait_for
+from tests.integration.cluster.conftest import IDLE, IMAGE, Cluster, exits_on_sigterm, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
-WEB = "mkdir -p /www && echo gen-$GEN-from-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"
+WEB = exits_on_sigterm("mkdir -p /www && echo gen-$GEN-from-$(hostname) > /www/index.html"
+                       " && httpd -f -p 8080 -h /www")
 
 
-def service(name: str, replicas: int, *, command: str = "sleep 3600", extra: str = "", template: str = "",
+def service(name: str, replicas: int, *, command: str = IDLE, extra: str = "", template: str = "",
             cpus: str = "0.05", memory: str = "16M") -> str:
     return f"""
 name: {name}
