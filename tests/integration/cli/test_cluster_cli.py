@@ -245,6 +245,14 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         self.record("UncordonHost", request)
         return self._set_host_state(request, context, pb.HOST_STATE_READY)
 
+    def DeleteHost(self, request: pb.HostRequest, context: grpc.ServicerContext) -> pb.Host:
+        self.record("DeleteHost", request)
+        host = self._host(request.host, context)
+        if host.state == pb.HOST_STATE_READY:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"host {host.name} is ready (its agent is "
+                          "connected): stop its agent first")
+        return host
+
     def DrainHost(self, request: pb.HostRequest, context: grpc.ServicerContext) -> pb.Host:
         self.record("DrainHost", request)
         return self._set_host_state(request, context, pb.HOST_STATE_DRAINING)
@@ -486,8 +494,11 @@ def test_negative_replicas_are_refused_before_calling(server: Server, pki: dict[
 def test_delete_service(server: Server, pki: dict[str, Path]) -> None:
     assert ok(run(pki, server.address, "delete", "service", "web")) == "service/web deleted\n"
     assert [r.name for r in server.fake.calls("DeleteService")] == ["web"]
-    wrong = run(pki, server.address, "delete", "host", "node-1")
-    assert wrong.returncode == 1 and "only services and host groups can be deleted" in wrong.stderr
+    wrong = run(pki, server.address, "delete", "replica", "web-1")
+    assert wrong.returncode == 1 and "only services, host groups and hosts can be deleted" in wrong.stderr
+    live = run(pki, server.address, "delete", "host", "node-1")  # the scheduler's refusal, word for word
+    assert live.returncode == 1 and "host node-1 is ready (its agent is connected)" in live.stderr
+    assert [r.host for r in server.fake.calls("DeleteHost")] == ["node-1"]
 
 
 def test_cordon_uncordon_drain(server: Server, pki: dict[str, Path]) -> None:
