@@ -284,7 +284,8 @@ class Run:
             sys.executable, "-m", "scheduler", "serve", "--etcd", self.etcd.endpoints, "--listen", self.api,
             *(["--election-ttl", str(args.election_ttl)] if args.election_ttl else []),
             "--insecure-tcp", "--http-listen", http, "--instance-id", "scale", "--log-level", "info",
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=args.scheduler_checkout or ROOT,
+            start_new_session=True)
         await self.wait_leader()
         procs = args.procs or max(1, -(-args.hosts // 1000))
         per = -(-args.hosts // procs)
@@ -460,7 +461,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     run = Run(args, workdir)
     run.result.update({
         "hosts": args.hosts, "replicas": args.replicas, "per_service": args.per_service,
-        "start_delay_s": args.start_delay, "election_ttl": args.election_ttl or "default",
+        "scheduler_checkout": args.scheduler_checkout or str(ROOT), "start_delay_s": args.start_delay,
+        "election_ttl": args.election_ttl or "default",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -502,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="", metavar="FILE", help="py-spy collapsed stacks of the leader")
     parser.add_argument("--election-ttl", type=int, default=0,
                         help="the scheduler's --election-ttl (default: the scheduler's own default)")
+    parser.add_argument("--scheduler-checkout", default="", metavar="DIR",
+                        help="run the scheduler of another checkout (e.g. a worktree of main), for a "
+                             "before/after comparison; default: this one")
     parser.add_argument("--keep-log", default="", metavar="FILE",
                         help="copy the scheduler's log here at the end")
     parser.add_argument("--out", default="", help="JSON file (default bench/results/scale-N-R.json)")
