@@ -27,9 +27,9 @@ Then it measures, printing a table and writing JSON (``--out``, default
 * ``--profile FILE``: py-spy (if installed) samples the scheduler from the first apply to all running, as
   collapsed stacks (``--format raw``) for ``bench/scale.py``'s reader or flamegraph tools.
 
-Every wait is bounded (``--timeout`` per phase); a phase that times out is recorded as such and the run
-ends with what it has. Tear-down stops every process it started (SIGTERM, then SIGKILL) and removes the
-temp dir, on success, failure or ^C.
+Every wait is bounded (``--timeout`` per phase, ``--budget`` for the whole run); a phase that times out
+is recorded as such and the run ends with what it has. Tear-down stops every process it started
+(SIGTERM, then SIGKILL) and removes the temp dir, on success, failure, ^C or SIGTERM.
 
 ``python bench/scale.py --hosts 100 --replicas 2000`` (from the repository root, with the project's venv).
 """
@@ -468,13 +468,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     try:
-        await run.start()
-        await run.place()
-        await run.steady()
-        await run.ceiling()
-        with contextlib.suppress(Exception):
-            run.result["sim_stats"] = [await s.command("stats") for s in run.sims]
-    except Exception as err:
+        async with asyncio.timeout(args.budget):  # then tear down with what was measured
+            await run.start()
+            await run.place()
+            await run.steady()
+            await run.ceiling()
+            with contextlib.suppress(Exception):
+                run.result["sim_stats"] = [await s.command("stats") for s in run.sims]
+    except (Exception, asyncio.CancelledError) as err:
         run.result["error"] = f"{type(err).__name__}: {err}"
         run.note(f"failed: {run.result['error']}")
         log = workdir / "scheduler.log"
@@ -499,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-port", type=int, default=10000)
     parser.add_argument("--start-delay", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=180.0, help="bound of each waiting phase, seconds")
+    parser.add_argument("--budget", type=float, default=280.0,
+                        help="the whole run's bound, seconds: past it, tear down and record what was "
+                             "measured")
     parser.add_argument("--steady", type=float, default=10.0, help="seconds of the steady-state sample")
     parser.add_argument("--api-calls", type=int, default=20)
     parser.add_argument("--profile", default="", metavar="FILE", help="py-spy collapsed stacks of the leader")
@@ -519,6 +523,8 @@ def main() -> None:
         raise SystemExit("bench/scale.py: --hosts, --replicas and --per-service must be positive")
     if args.base_port + args.hosts > 32768:
         raise SystemExit("bench/scale.py: simulated hosts' ports must stay below the ephemeral range (32768)")
+    # SIGTERM (an outer timeout) tears down like ^C: nothing is left behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = asyncio.run(main_async(args))
     out = Path(args.out or ROOT / "bench" / "results" / f"scale-{args.hosts}-{args.replicas}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
