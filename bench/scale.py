@@ -399,9 +399,10 @@ class Run:
             stderr=subprocess.STDOUT, start_new_session=True)
 
     def terms(self) -> int:
-        """Terms this scheduler has begun so far (its log says "leading (epoch N)" at each)."""
+        """Terms this scheduler has begun so far (its log says "shoal.scheduler: leading (epoch N)" at each,
+        and "no longer leading (epoch N)" at each end, which must not count)."""
         log = self.workdir / "scheduler.log"
-        return log.read_text(errors="replace").count("leading (epoch") if log.exists() else 0
+        return log.read_text(errors="replace").count("shoal.scheduler: leading (epoch") if log.exists() else 0
 
     @property
     def scheduler_pid(self) -> int:
@@ -462,7 +463,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     run.result.update({
         "hosts": args.hosts, "replicas": args.replicas, "per_service": args.per_service,
         "scheduler_checkout": args.scheduler_checkout or str(ROOT), "start_delay_s": args.start_delay,
-        "election_ttl": args.election_ttl or "default",
+        "election_ttl": args.election_ttl or "default", "terms_counted": "begun",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
