@@ -303,12 +303,8 @@ class Controller:
         assert self.mirror is not None
         self._sync_sessions()
         world = self._world()
-        # The pure part of the pass runs on a worker thread. Its cost grows with the cluster (about 10 µs
-        # a replica), and on the event loop it stalled everything else for that long: the lease
-        # keepalive (a stall of a third of the election TTL costs the term), the agents' streams, the
-        # API (docs/scaling.md). The world is made of immutable values and copies: nothing the loop does
-        # meanwhile changes it, and the commit below is compare-and-swap as before.
-        placer, plan = await asyncio.to_thread(self._decide, world)
+        placer = ViewPlacer(self._view(world), self.settings.profile)
+        plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
         self.last_placer = placer
         ops: list[base.Op] = []
         for write in plan.writes:
@@ -350,11 +346,6 @@ class Controller:
         due += [at for session in self.sessions.values()
                 if (at := session.started_at + session.heartbeat_timeout) > world.now]
         return min(due) if due else None
-
-    def _decide(self, world: reconcile.World) -> tuple[ViewPlacer, reconcile.Plan]:
-        """The pass's decision from ``world`` alone (no controller state): safe off the event loop."""
-        placer = ViewPlacer(self._view(world), self.settings.profile)
-        return placer, reconcile.step(world, placer=placer, new_id=new_replica_id)
 
     def _forget(self, record: object) -> None:
         assert self.mirror is not None
