@@ -11,7 +11,9 @@ In parallel ``WatchUsage`` brings the host's capacity and conditions once a seco
 heartbeat: a session is connected while both streams are, and a snapshot missing for
 ``heartbeat_timeout`` seconds breaks the session as an error would (a network cut shows only silence).
 
-Every change calls ``on_change(host)`` so the controller can reconcile. Sessions never decide anything.
+Every change calls ``on_change(host)`` so the controller can reconcile — a usage snapshot only when it
+changes what a pass reads of the host (its room and conditions), not once a second per host. Sessions
+never decide anything.
 """
 
 from __future__ import annotations
@@ -249,15 +251,21 @@ class AgentSession:
 
     async def _follow_usage(self) -> None:
         async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
+            changed = self.info is None or _decided_by(self.info) != _decided_by(snapshot.host)
             self.info = snapshot.host
             self.last_seen = time.time()
             self.usage = usage_of(snapshot)
             self._heard = time.monotonic()
             if not self._usage_ok:
                 self._usage_ok = True
+                changed = True
                 if self._events_ok:
                     self.observation = replace(self.observation, connected=True)
-            self._on_change(self.host)
+            # A snapshot that changes nothing a reconcile pass reads is only a heartbeat: every host sends
+            # one a second, and a pass for each kept the leader busy with passes that decided nothing
+            # (docs/scaling.md). Usage itself is read by the autoscaler on its own clock.
+            if changed:
+                self._on_change(self.host)
         raise ConnectionError("the agent ended its usage stream")
 
     def _set(self, container_id: str, seen: ObservedContainer | None) -> None:
@@ -271,6 +279,12 @@ class AgentSession:
             containers[container_id] = seen
         self.observation = replace(self.observation, containers=containers)
         self._on_change(self.host)
+
+
+def _decided_by(info: pb.HostInfo) -> tuple[object, ...]:
+    """What a reconcile pass reads of a host's report (``Controller._fresh``: room and conditions)."""
+    return (info.cpu_allocatable_millis, info.memory_allocatable_bytes, info.cpu_committed_millis,
+            info.memory_committed_bytes, tuple(c.type for c in info.conditions))
 
 
 class HeartbeatMissed(Exception):

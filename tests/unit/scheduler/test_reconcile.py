@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
 from scheduler import reconcile
 from scheduler.model import (
+    Decision,
     HostAdmin,
     HostId,
     HostPort,
@@ -377,3 +378,30 @@ def test_a_failed_replica_on_a_start_failing_host_is_placed_again_elsewhere() ->
     assert retires(plan) == [("a", "h1")]      # and its dead container there goes
     # On a healthy host the same replica is relaunched in place.
     assert launches(run(w)) == [("a", "h1")]
+
+
+# -- what is worth writing ---------------------------------------------------------------------------
+
+# A value other than ``replica("a")``'s for every field of a replica record.
+_OTHER: dict[str, object] = {
+    "id": ReplicaId("b"), "service": ServiceName("db"), "generation": 2, "host": HostId("h2"),
+    "phase": ReplicaPhase.FAILED, "ready": False, "reason": "exited", "created_at": 5.0, "restarts": 1,
+    "next_attempt_at": 9.0, "ports": (HostPort(container_port=80, host_port=30000),),
+    "decisions": (Decision(time=1.0, action="placed", reason="fits"),), "revision": 8,
+}
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(Replica) if f.name != "updated_at"])
+def test_every_field_but_the_write_time_makes_a_replica_worth_writing(name: str) -> None:
+    assert name in _OTHER, f"a new Replica field {name!r}: give _OTHER a value for it"
+    before = replica("a")
+    assert reconcile._changed(before, replace(before, **{name: _OTHER[name]}))  # type: ignore[arg-type]
+    assert not reconcile._changed(before, replace(before, updated_at=before.updated_at + 60))
+
+
+def test_a_replica_whose_container_moved_on_is_written_with_the_new_phase_and_reason() -> None:
+    reps = [replica("a", phase=ReplicaPhase.STARTING, ready=False, reason="")]
+    plan = run(world([service(1)], reps, observed=observe(("h1", [container("a")]))))
+    assert (written(plan)["a"].phase, written(plan)["a"].reason) == (ReplicaPhase.RUNNING, "running")
+    settled = run(world([service(1)], [written(plan)["a"]], observed=observe(("h1", [container("a")]))))
+    assert settled.empty

@@ -1,0 +1,105 @@
+"""Many simulated hosts in one event loop: their servers, their registrations, and failure commands.
+
+A ``Fleet`` starts one ``grpc.aio`` server per ``SimHost`` on its own loopback port (the scheduler tells
+hosts apart by the address each registers), then registers each host through ``agent.join.Joiner`` —
+the real agent's registration loop, plain TCP as ``--insecure-tcp`` allows on loopback — with the
+``HostInfo`` the host reports. ``command`` applies one line of the control protocol ``python -m
+bench.sim`` reads on stdin (``fail NAME refuse|silent``, ``recover NAME [reboot]``, ``stats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import time
+from collections.abc import Sequence
+
+from agent.join import Joiner, JoinSettings
+from bench.sim.host import HostSpec, SimHost
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Fleet:
+    def __init__(self, specs: Sequence[HostSpec], *, schedulers: tuple[str, ...]) -> None:
+        self.hosts = {spec.name: SimHost(spec) for spec in specs}
+        self.schedulers = schedulers
+        self.joiners: dict[str, Joiner] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> float:
+        """Start every host's server, then its registration loop; seconds the servers took."""
+        started = time.perf_counter()
+        for host in self.hosts.values():
+            await host.start()
+        took = time.perf_counter() - started
+        for name, host in self.hosts.items():
+            self._join(name, host)
+        return took
+
+    def _join(self, name: str, host: SimHost) -> None:
+        joiner = Joiner(JoinSettings(schedulers=self.schedulers, advertise=host.spec.address),
+                        host_info=host.info)
+        self.joiners[name] = joiner
+        self._tasks[name] = asyncio.get_running_loop().create_task(joiner.run(), name=f"join-{name}")
+
+    def _unjoin(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def wait_registered(self, timeout: float) -> int:
+        """How many hosts registered once all have, or when ``timeout`` runs out."""
+        async def one(joiner: Joiner) -> None:
+            await joiner.registered.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(one(j) for j in self.joiners.values())), timeout)
+        return sum(j.registered.is_set() for j in self.joiners.values())
+
+    async def command(self, line: str) -> dict[str, object]:
+        words = line.split()
+        if not words:
+            return {"ok": False, "error": "empty command"}
+        verb, args = words[0], words[1:]
+        if verb == "stats":
+            calls: dict[str, int] = {}
+            for host in self.hosts.values():
+                for method, n in host.calls.items():
+                    calls[method] = calls.get(method, 0) + n
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return {"ok": True, "hosts": len(self.hosts), "rss_bytes": rss_bytes(),
+                    "cpu_seconds": usage.ru_utime + usage.ru_stime, "calls": calls,
+                    "containers": sum(len(h.containers) for h in self.hosts.values()),
+                    "running": sum(1 for h in self.hosts.values() for c in h.containers.values()
+                                   if c.state == 2)}
+        if verb in ("fail", "recover") and args:
+            target = self.hosts.get(args[0])
+            if target is None:
+                return {"ok": False, "error": f"no host {args[0]!r} in this process"}
+            if verb == "fail":
+                mode = args[1] if len(args) > 1 else "silent"
+                if mode not in ("silent", "refuse"):
+                    return {"ok": False, "error": f"unknown failure mode {mode!r}: silent or refuse"}
+                self._unjoin(args[0])  # a dead host does not register either
+                await target.fail(mode)
+            else:
+                await target.recover(reboot="reboot" in args[1:])
+                self._join(args[0], target)
+            return {"ok": True, "host": args[0]}
+        return {"ok": False, "error": f"unknown command {line.strip()!r}: fail NAME refuse|silent, "
+                                      "recover NAME [reboot], stats"}
+
+    async def close(self) -> None:
+        for name in list(self._tasks):
+            self._unjoin(name)
+        await asyncio.gather(*(h.stop() for h in self.hosts.values()), return_exceptions=True)
+
+
+__all__ = ["Fleet", "rss_bytes"]

@@ -1,0 +1,173 @@
+"""The simulated host answers the agent API the way the scheduler's own client follows it: an
+``AgentSession`` (scheduler/agents.py) following a ``SimHost`` over real gRPC on loopback sees created →
+running after the start delay, pages through a paged listing, relists after a reboot's new epoch, breaks
+on a silent host's missed heartbeat, and is refused a stale fence."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import pytest
+
+from bench.sim.host import HostSpec, SimHost
+from proto.agent.v1 import agent_pb2 as pb
+from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from scheduler.agents import AgentSession
+from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId
+from scheduler.observed import ContainerState
+from tests.fixtures.etcd import free_port
+
+T = TypeVar("T")
+BOUND_S = 15.0  # every wait in these tests ends by then
+
+
+def _request(cid: str, *, epoch: int = 1) -> pb.CreateContainerRequest:
+    spec = pb.ContainerSpec(image="busybox", labels={LABEL_SERVICE: "web", LABEL_REPLICA: cid},
+                            resources=pb.Resources(cpu_millis=100, memory_bytes=64 << 20))
+    return pb.CreateContainerRequest(id=cid, name=cid, spec=spec, start=True,
+                                     fence=pb.Fence(owner="scheduler", epoch=epoch))
+
+
+class Following:
+    """A SimHost and an AgentSession following it; ``until`` waits for the session to see something."""
+
+    def __init__(self, spec: HostSpec, heartbeat_timeout: float = 2.0) -> None:
+        self.host = SimHost(spec)
+        self.changed = asyncio.Event()
+        self.session = AgentSession(HostId(spec.host_id), spec.address, credentials=None,
+                                    on_change=lambda _h: self.changed.set(),
+                                    heartbeat_timeout=heartbeat_timeout)
+
+    async def __aenter__(self) -> Following:
+        await self.host.start()
+        self.session.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+        await self.host.stop()
+
+    async def until(self, what: Callable[[AgentSession], bool]) -> None:
+        async def wait() -> None:
+            while not what(self.session):
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(wait(), BOUND_S)
+
+
+def run(scenario: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(asyncio.wait_for(scenario(), 4 * BOUND_S))
+
+
+def ready(session: AgentSession) -> bool:
+    return session.observation.connected and session.observation.complete
+
+
+def test_a_create_is_created_then_running_with_the_agents_events() -> None:
+    spec = HostSpec(name="h1", port=free_port(), labels={"zone": "a"}, start_delay=0.3)
+
+    async def scenario() -> tuple[list[pb.Event], pb.ListContainersResponse, pb.Container, pb.HostInfo]:
+        async with Following(spec) as f:
+            await f.until(ready)
+            stub = pb_grpc.ContainersStub(f.session.channel)
+            events = stub.WatchEvents(pb.WatchEventsRequest(after_sequence=0))
+            create = asyncio.ensure_future(stub.CreateContainer(_request("r1")))
+            await f.until(lambda s: "r1" in s.observation.containers)
+            during = await stub.ListContainers(pb.ListContainersRequest(all=True))
+            created = await create
+            await f.until(lambda s: s.observation.containers["r1"].state is ContainerState.RUNNING)
+            seen = [await events.read() for _ in range(2)]
+            events.cancel()
+            info = await pb_grpc.HostStub(f.session.channel).GetHost(pb.GetHostRequest())
+            return seen, during, created, info
+
+    seen, during, created, info = run(scenario)
+    assert [e.type for e in seen] == [pb.EVENT_TYPE_CREATED, pb.EVENT_TYPE_STARTED]
+    assert [e.sequence for e in seen] == [1, 2]
+    assert seen[0].epoch == seen[1].epoch == during.event_epoch
+    assert [c.state for c in during.containers] == [pb.CONTAINER_STATE_CREATED]
+    assert during.event_sequence == 1  # the listing reflects the CREATED event, not yet STARTED
+    assert created.state == pb.CONTAINER_STATE_RUNNING
+    assert (info.cpu_committed_millis, info.memory_committed_bytes) == (100, 64 << 20)
+    assert info.labels["zone"] == "a" and info.host_id == spec.host_id
+
+
+def test_the_session_pages_through_a_paged_listing() -> None:
+    spec = HostSpec(name="h2", port=free_port(), page_size=2)
+
+    async def scenario() -> tuple[list[str], int]:
+        async with Following(spec) as f:
+            for i in range(5):
+                await f.host.create(_request(f"r{i}"))
+            await f.until(lambda s: ready(s) and len(s.observation.containers) == 5)
+            return sorted(f.session.observation.containers), f.host.calls["ListContainers"]
+
+    ids, lists = run(scenario)
+    assert ids == ["r0", "r1", "r2", "r3", "r4"]
+    assert lists == 3  # pages of 2, 2 and 1
+
+
+def test_a_reboot_is_a_new_epoch_and_the_session_relists() -> None:
+    spec = HostSpec(name="h3", port=free_port())
+
+    async def scenario() -> tuple[str, str, dict[str, str], int]:
+        async with Following(spec) as f:
+            await f.host.create(_request("r1"))
+            await f.until(lambda s: ready(s) and "r1" in s.observation.containers)
+            old_epoch = f.host.events.epoch
+            await f.host.fail("refuse")
+            await f.until(lambda s: not s.observation.connected)
+            await f.host.recover(reboot=True)
+            await f.until(lambda s: ready(s) and not s.observation.containers)
+            stub = pb_grpc.ContainersStub(f.session.channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.WatchEvents(pb.WatchEventsRequest(after_sequence=1, epoch=old_epoch)).read()
+            trailers = {k: str(v) for k, v in (caught.value.trailing_metadata() or ())}
+            return old_epoch, f.host.events.epoch, trailers, int(caught.value.code().value[0])
+
+    old, new, trailers, code = run(scenario)
+    assert old != new
+    assert code == grpc.StatusCode.OUT_OF_RANGE.value[0]
+    assert trailers["shoal-error"] == "HistoryTruncated" and trailers["shoal-event-epoch"] == new
+
+
+def test_a_silent_host_misses_its_heartbeat_and_is_followed_again_when_back() -> None:
+    spec = HostSpec(name="h4", port=free_port(), usage_interval=0.2)
+
+    async def scenario() -> str:
+        async with Following(spec, heartbeat_timeout=1.0) as f:
+            await f.until(ready)
+            await f.host.fail("silent")
+            await f.until(lambda s: not s.observation.connected)
+            error = f.session.error
+            await f.host.recover()
+            await f.until(ready)
+            return error
+
+    assert "no report from the agent" in run(scenario)
+
+
+def test_a_stale_fence_is_refused_and_a_removal_is_seen() -> None:
+    spec = HostSpec(name="h5", port=free_port())
+
+    async def scenario() -> tuple[dict[str, str], bool]:
+        async with Following(spec) as f:
+            await f.until(ready)
+            stub = pb_grpc.ContainersStub(f.session.channel)
+            await stub.CreateContainer(_request("r1", epoch=5))
+            await f.until(lambda s: "r1" in s.observation.containers)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.StopContainer(pb.StopContainerRequest(id="r1", fence=pb.Fence(owner="scheduler",
+                                                                                          epoch=4)))
+            await stub.RemoveContainer(pb.RemoveContainerRequest(id="r1", force=True,
+                                                                 fence=pb.Fence(owner="scheduler", epoch=5)))
+            await f.until(lambda s: "r1" not in s.observation.containers)
+            again = await stub.RemoveContainer(pb.RemoveContainerRequest(id="r1", missing_ok=True))
+            return {k: str(v) for k, v in (caught.value.trailing_metadata() or ())}, again.already_removed
+
+    trailers, already = run(scenario)
+    assert trailers["shoal-error"] == "StaleEpoch"
+    assert already
