@@ -65,7 +65,6 @@ import os
 import random
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,7 +80,7 @@ if str(REPO) not in sys.path:  # run as a script: make `bench`, `proto`, `schedu
     sys.path.insert(0, str(REPO))
 
 from bench.cgroup_cpu import CpuMeter  # noqa: E402
-from bench.cluster_daemon import run_checked, wait_for  # noqa: E402
+from bench.cluster_daemon import dispose, run_checked, wait_for  # noqa: E402
 from bench.cluster_peer import Workload  # noqa: E402
 from bench.cluster_scale import COMMAND, build_image, machine, write_result  # noqa: E402
 from bench.cluster_shoal import BIN, ShoalCluster  # noqa: E402
@@ -656,12 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                 exporter.close()
             if cluster is not None:
                 problems += [f"shoal: {p}" for p in cluster.stop()]
-    if args.keep_temp:
-        print(f"kept {work}", file=sys.stderr)
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    for problem in problems:
-        print(f"problem: {problem}", file=sys.stderr)
+    dispose(work, keep=args.keep_temp, problems=problems)
     if interrupted or not reps:
         return 1
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +106,17 @@ def run_checked(argv: Sequence[str], *, timeout: float = 120.0) -> str:
             f"{result.stderr.decode(errors='replace').strip()[-800:]}"
         )
     return result.stdout.decode()
+
+
+def dispose(work: Path, *, keep: bool, problems: Sequence[str], label: str = "problem") -> None:
+    """A benchmark's end: its work directory removed (or kept, and said so, with ``--keep-temp``), and
+    what tear-down had to force printed to stderr."""
+    if keep:
+        print(f"kept {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    for problem in problems:
+        print(f"{label}: {problem}", file=sys.stderr)
 
 
 def pid_alive(pid: int) -> bool:
@@ -197,6 +210,7 @@ def unmount_under(directory: Path) -> list[str]:
 __all__ = [
     "Daemon",
     "cgroup_dirs",
+    "dispose",
     "kill_cgroup_processes",
     "pid_alive",
     "remove_cgroups",

@@ -64,7 +64,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench`, `proto` and `tests` importable
     sys.path.insert(0, str(REPO))
 
-from bench.cluster_daemon import wait_for  # noqa: E402
+from bench.cluster_daemon import dispose, wait_for  # noqa: E402
 from bench.cluster_peer import BenchImage, Peer, Workload  # noqa: E402
 from bench.cluster_shoal import ShoalCluster  # noqa: E402
 from bench.cluster_swarm import SwarmCluster  # noqa: E402
@@ -426,12 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, peer in peers.items():
                 found = peer.stop()
                 problems += [f"{name}: {p}" for p in found]
-    if args.keep_temp:
-        print(f"kept {work}", file=sys.stderr)
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    for problem in problems:
-        print(f"tear-down: {problem}", file=sys.stderr)
+    dispose(work, keep=args.keep_temp, problems=problems, label="tear-down")
     if interrupted or not trials:
         return 1
 

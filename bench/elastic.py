@@ -45,7 +45,6 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import sys
 import tempfile
 import time
@@ -57,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench`, `proto` and `tests` importable
     sys.path.insert(0, str(REPO))
 
-from bench.cluster_daemon import run_checked, wait_for  # noqa: E402
+from bench.cluster_daemon import dispose, run_checked, wait_for  # noqa: E402
 from bench.cluster_peer import Workload  # noqa: E402
 from bench.cluster_scale import COMMAND, build_image, machine  # noqa: E402
 from bench.cluster_shoal import ShoalCluster  # noqa: E402
@@ -284,12 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 problems += [f"machines: {p}" for p in machines.close()]
             if cluster is not None:
                 problems += [f"shoal: {p}" for p in cluster.stop()]
-    if args.keep_temp:
-        print(f"kept {work}", file=sys.stderr)
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    for problem in problems:
-        print(f"problem: {problem}", file=sys.stderr)
+    dispose(work, keep=args.keep_temp, problems=problems)
     if interrupted or not reps:
         return 1
     summary = summarize(reps)

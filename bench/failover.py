@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -67,7 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench`, `proto` and `tests` importable
     sys.path.insert(0, str(REPO))
 
-from bench.cluster_daemon import run_checked, wait_for  # noqa: E402
+from bench.cluster_daemon import dispose, run_checked, wait_for  # noqa: E402
 from bench.cluster_peer import Workload  # noqa: E402
 from bench.cluster_scale import COMMAND, build_image, machine, write_result  # noqa: E402
 from bench.cluster_shoal import BIN, ShoalCluster  # noqa: E402
@@ -598,12 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             for peer in (shoal, swarm):
                 if peer is not None:
                     problems += [f"{peer.name}: {p}" for p in peer.stop()]
-    if args.keep_temp:
-        print(f"kept {work}", file=sys.stderr)
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    for problem in problems:
-        print(f"problem: {problem}", file=sys.stderr)
+    dispose(work, keep=args.keep_temp, problems=problems)
     if interrupted or not reps:
         return 1
 

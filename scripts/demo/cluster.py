@@ -33,7 +33,15 @@ from typing import TypeVar
 from agent import certs
 from agent.cli.scheduler_client import Scheduler, connect_scheduler
 from agent.cli.top import CALL_TIMEOUT
-from bench.cluster_daemon import Daemon, pid_alive, remove_cgroups, run_checked, unmount_under, wait_for
+from bench.cluster_daemon import (
+    Daemon,
+    cgroup_dirs,
+    pid_alive,
+    remove_cgroups,
+    run_checked,
+    unmount_under,
+    wait_for,
+)
 from proto.scheduler.v1 import scheduler_lite as spb
 from tests.fixtures.etcd import EtcdCluster
 from tests.fixtures.netns import NetWorld, TestHost
@@ -293,7 +301,7 @@ class DemoCluster:
         self.world.set_uplink(host.net, up=False)
         killed = 0
         for _ in range(50):  # a supervisor's worker may become its keeper: kill until none is left
-            pids = set(self._netns_pids(host.net)) | set(_cgroup_pids(host.cgroup_parent))
+            pids = set(self.netns_pids(host.net)) | set(_cgroup_pids(host.cgroup_parent))
             if not pids:
                 break
             for pid in pids:
@@ -318,7 +326,7 @@ class DemoCluster:
         return daemon
 
     @staticmethod
-    def _netns_pids(net: TestHost) -> list[int]:
+    def netns_pids(net: TestHost) -> list[int]:
         out = subprocess.run(["ip", "netns", "pids", net.name], capture_output=True, text=True,
                              timeout=10, check=False).stdout
         return [int(p) for p in out.split()]
@@ -333,7 +341,7 @@ class DemoCluster:
         for daemon in self.schedulers:  # first: nothing may recreate what is removed below
             problems += daemon.stop(grace=15)
         for host in [*self.hosts, *(extra_hosts or [])]:
-            problems += stop_agent_host(host, self._netns_pids)
+            problems += stop_agent_host(host, self.netns_pids)
         if self.prometheus is not None:
             problems += self.prometheus.stop(grace=15)
         if self.etcd is not None:
@@ -374,7 +382,7 @@ def stop_agent_host(host: AgentHost, netns_pids: Callable[[TestHost], list[int]]
 
 def _cgroup_pids(parent: str) -> list[int]:
     pids = []
-    for top in Path("/sys/fs/cgroup").glob(f"*/{parent}"):
+    for top in cgroup_dirs(parent):
         for procs in top.rglob("cgroup.procs"):
             with contextlib.suppress(OSError):
                 pids += [int(p) for p in procs.read_text().split()]

@@ -33,7 +33,7 @@ class DemoMachine:
         if self.stopped:
             return []
         self.stopped = True
-        problems = stop_agent_host(self.host, self.cluster._netns_pids)
+        problems = stop_agent_host(self.host, self.cluster.netns_pids)
         with self.lock:
             self.cluster.world.remove_host(self.host.net)
         return problems

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import certs
+from bench.cluster_daemon import cgroup_dirs, remove_cgroups, unmount_under
 from tests.fixtures.netns import NetWorld, TestHost
 from tests.integration.agent.conftest import AgentProcess
 from tests.integration.cluster.conftest import AGENT_PORT, agent_process
@@ -63,7 +64,7 @@ class NetnsMachine:
             self.agent.stop()
         problems += _wait_no_process(self.host)
         problems += _remove_cgroups(self.agent.cgroup_parent)
-        problems += _unmount_under(self.agent.root)
+        problems += [f"mount left: {m}" for m in unmount_under(self.agent.root)]
         with self.world_lock:
             self.world.remove_host(self.host)
         return problems
@@ -146,25 +147,10 @@ def _wait_no_process(host: TestHost) -> list[str]:
 
 
 def _remove_cgroups(parent: str) -> list[str]:
-    problems = []
-    for top in Path("/sys/fs/cgroup").glob(f"*/{parent}"):
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            problems.append(f"cgroup left: {d}")
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        try:
-            top.rmdir()
-        except OSError as err:
-            problems.append(f"cgroup left: {top} ({err})")
-    return problems
-
-
-def _unmount_under(root: Path) -> list[str]:
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-               if line.split()[4].startswith(f"{root}/")]
-    for target in sorted(mounted, key=len, reverse=True):
-        subprocess.run(["umount", "-l", target], check=False, capture_output=True, timeout=10)
-    return [f"mount left: {m}" for m in mounted]
+    """A removed machine's cgroups should be gone already: each one still there is reported, then
+    removed (``bench.cluster_daemon.remove_cgroups``)."""
+    left = [f"cgroup left: {d}" for top in cgroup_dirs(parent) for d in (top, *top.rglob("*")) if d.is_dir()]
+    return left + remove_cgroups(parent)
 
 
 __all__ = ["NetnsMachine", "NetnsMachines"]
