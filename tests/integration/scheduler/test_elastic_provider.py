@@ -11,6 +11,7 @@ import ssl
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent import certs
@@ -137,6 +138,20 @@ def test_tls_refusals_say_why(pki: Path) -> None:
     assert not anonymous.ok and "client certificate" in anonymous.error  # the server requires one
     assert not bad_files.ok and f"cannot read ca_file {pki / 'missing.pem'}: no such file" in bad_files.error
     assert server.received == []
+
+
+def test_a_tls_alert_on_the_first_read_is_an_error_that_says_why() -> None:
+    # TLS 1.3 servers check the client's certificate after the handshake, so the refusal can arrive on
+    # the first read as a bare ssl.SSLError that httpx does not wrap (which of the two paths a real
+    # server takes is a race; this pins the second)
+    def alert(request: httpx.Request) -> httpx.Response:
+        raise ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required")
+
+    url = "https://provider.example/shoal"
+    attempt = asyncio.run(post_webhook(WebhookProvider(url=url), BODY, request_id="workers-1",
+                                       transport=httpx.MockTransport(alert)))
+    assert not attempt.ok and attempt.error.startswith(url)
+    assert "CERTIFICATE_REQUIRED" in attempt.error and "set cert_file and key_file" in attempt.error
 
 
 # -- the command ----------------------------------------------------------------------------------------
