@@ -52,6 +52,8 @@ class PrometheusClient:
             return QueryResult(error=f"{where}: no answer within {self._client.timeout.read}s")
         except httpx.HTTPError as err:
             return QueryResult(error=f"{where}: {err}")
+        except OSError as err:  # a TLS alert on the first read is a bare ssl.SSLError httpx leaves unwrapped
+            return QueryResult(error=f"{where}: {err}")
         try:
             body = response.json()
         except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 
 import httpx
 
@@ -48,3 +49,7 @@ def test_errors_say_what_went_wrong() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
     assert "connection refused" in ask(httpx.MockTransport(refuse)).error
+
+    def alert(request: httpx.Request) -> httpx.Response:  # a TLS refusal on the first read, unwrapped
+        raise ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required")
+    assert "CERTIFICATE_REQUIRED" in ask(httpx.MockTransport(alert)).error
