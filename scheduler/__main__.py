@@ -220,7 +220,8 @@ async def serve(settings: Settings) -> None:
     profile = registry.default_profile()
     observer = metrics.SchedulerMetrics()
     server = grpc.aio.server(interceptors=[observer.interceptor()])
-    add_services(server, store=store, profile=profile, refresh_seconds=settings.registration_refresh)
+    add_services(server, store=store, profile=profile, refresh_seconds=settings.registration_refresh,
+                 reads=observer.follower(store))
     sockets = _bind(server, settings)
     await server.start()
     for path in sockets:

@@ -18,6 +18,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from proto.agent.v1 import agent_pb2 as apb
 from proto.scheduler.v1 import scheduler_pb2 as pb
+from scheduler.follower import ReplicaCounts
 from scheduler.model import (
     Autoscale,
     Decision,
@@ -53,19 +54,24 @@ def live(replicas: Iterable[Replica]) -> list[Replica]:
 
 
 def service_status(service: Service, replicas: Sequence[Replica]) -> pb.ServiceStatus:
-    alive = live(replicas)
-    pending = [r for r in alive if r.phase is ReplicaPhase.PENDING]
-    message = pending[0].reason if pending else ""
-    return pb.ServiceStatus(
-        replicas=len(alive), ready=sum(r.ready for r in alive), pending=len(pending),
-        updated=sum(r.generation == service.template_generation for r in alive),
-        failed=sum(r.phase is ReplicaPhase.FAILED for r in alive), message=message)
+    return status_of_counts(ReplicaCounts.of(replicas, template_generation=service.template_generation))
+
+
+def status_of_counts(counts: ReplicaCounts) -> pb.ServiceStatus:
+    return pb.ServiceStatus(replicas=counts.replicas, ready=counts.ready, pending=counts.pending,
+                            updated=counts.updated, failed=counts.failed, message=counts.pending_reason)
 
 
 def service_to_pb(service: Service, replicas: Sequence[Replica]) -> pb.Service:
+    return counted_service_to_pb(
+        service, ReplicaCounts.of(replicas, template_generation=service.template_generation))
+
+
+def counted_service_to_pb(service: Service, counts: ReplicaCounts) -> pb.Service:
+    """The service with its status from ``counts`` (``ClusterState.counts``: no replica is read)."""
     return pb.Service(
         spec=json_format.ParseDict(api_dict(service.spec), pb.ServiceSpec()), generation=service.generation,
-        template_generation=service.template_generation, status=service_status(service, replicas),
+        template_generation=service.template_generation, status=status_of_counts(counts),
         created_at=ts(service.created_at), updated_at=ts(service.updated_at), deleting=service.deleting,
         revision=service.revision)
 
@@ -208,8 +214,8 @@ def rollout_of(service: Service, replicas: Sequence[Replica]) -> pb.Rollout:
 
 
 __all__ = [
-    "PHASE_OF_PB", "START_FAILING", "clamped", "decision_to_pb", "delete_host_refusal", "endpoints_of",
-    "host_address", "host_state",
-    "host_to_pb", "live", "replica_to_pb", "replicas_on", "replicas_to_keep", "rollout_of", "service_status",
-    "service_to_pb", "spec_with_autoscale", "ts",
+    "PHASE_OF_PB", "START_FAILING", "clamped", "counted_service_to_pb", "decision_to_pb",
+    "delete_host_refusal", "endpoints_of", "host_address", "host_state", "host_to_pb", "live",
+    "replica_to_pb", "replicas_on", "replicas_to_keep", "rollout_of", "service_status", "service_to_pb",
+    "spec_with_autoscale", "status_of_counts", "ts",
 ]

@@ -1,8 +1,8 @@
 """What the scheduler tells Prometheus: the figures behind ``/metrics`` and ``http_sd`` discovery.
 
-``SchedulerMetrics`` follows the cluster in etcd the way the controller does — one snapshot, then a watch
-from its revision (a new snapshot after a compaction or a failure) — into a mirror owned by the event
-loop. Every ``publish_interval`` the loop publishes an immutable copy of it (only when something
+``SchedulerMetrics`` runs the instance's follower (``scheduler.follower``: one snapshot, then a watch from
+its revision, a new snapshot after a compaction or a failure), whose state, owned by the event loop, the
+API's reads share. Every ``publish_interval`` the loop publishes an immutable copy of it (only when something
 changed) together with whether this instance leads; scrapes, served from other threads
 (``scheduler.httpd``), read only that copy, so they never touch etcd, the loop or its objects, and every
 instance, leader or not, serves the same figures. Derived figures are computed once per published copy,
@@ -45,12 +45,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from proto.scheduler.v1 import scheduler_pb2 as spb
 from scheduler import api, reconcile
-from scheduler.cancellation import raise_if_cancelling
-from scheduler.controller import Mirror
 from scheduler.elastic.loop import AttemptRecord
+from scheduler.follower import Follower
 from scheduler.model import LABEL_GROUP, HostId, HostRecord, Replica, ReplicaPhase, Service
 from scheduler.store import base
-from scheduler.store.errors import Compacted
 from scheduler.store.keys import KeyRange, KeyRef, KeySchema, R
 from scheduler.store.records import LeaderRecord
 
@@ -59,7 +57,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PUBLISH_INTERVAL = 1.0   # scrapes see the cluster at most about this much behind the mirror
-RESYNC_BACKOFF = (0.5, 30.0)  # first and longest wait before reading etcd again after a failure
 PLACED_MEMORY = 100_000  # replica ids remembered as placed (so a repeated plan is not counted twice)
 
 HOST_STATES = tuple(name.removeprefix("HOST_STATE_").lower() for name, _ in spb.HostState.items()
@@ -85,6 +82,7 @@ class SchedulerMetrics:
         self._published = Published()
         self._tasks: list[asyncio.Task[None]] = []
         self._placed: dict[str, None] = {}  # insertion-ordered: the oldest are forgotten first
+        self._follower: Follower | None = None
         r = self.registry
         self.reconcile = Histogram(
             "shoal_scheduler_reconcile_duration_seconds",
@@ -114,6 +112,14 @@ class SchedulerMetrics:
             "shoal_scheduler_state_resyncs",
             "Full re-reads of the cluster from etcd after the first (a compacted or failed watch).",
             registry=r)
+        self.read_fallbacks = Counter(
+            "shoal_scheduler_consistent_read_fallbacks",
+            "API reads served from a snapshot of etcd instead of the follower's copy, by reason: not_synced "
+            "(the follower is not following etcd), behind (it did not reach the read's revision within the "
+            "wait), quiet (it received nothing while short of the revision: a write outside what it "
+            "follows).", ["reason"], registry=r)
+        for reason in ("not_synced", "behind", "quiet"):
+            self.read_fallbacks.labels(reason)
         self.provider_requests = Counter(
             "shoal_hostgroup_provider_requests",
             "Attempts to deliver a host group's request to its provider (webhook and/or command), by "
@@ -154,6 +160,14 @@ class SchedulerMetrics:
         """``store`` with every call timed into ``shoal_scheduler_etcd_request_duration_seconds``."""
         return store if isinstance(store, TimedStore) else TimedStore(store, self)
 
+    def follower(self, store: base.Store) -> Follower:
+        """This instance's follower of ``store`` (made on the first call), counted into these metrics; the
+        API serves its reads from it (``scheduler.server.add_services(reads=...)``), ``watch`` runs it."""
+        if self._follower is None:
+            self._follower = Follower(self.timed(store), on_resync=self.resyncs.inc,
+                                      on_fallback=lambda reason: self.read_fallbacks.labels(reason).inc())
+        return self._follower
+
     def watch(self, *, store: base.Store, election: Any = None,
               leader: Callable[[], object | None] = lambda: None) -> None:
         """Start following ``store`` and publishing (tasks of the running loop). ``leader()`` is not None
@@ -161,7 +175,7 @@ class SchedulerMetrics:
         accepted for the callers' sake and not needed.)"""
         if self._tasks:
             raise RuntimeError("SchedulerMetrics.watch was already called")
-        follower = _Follower(self.timed(store), resyncs=self.resyncs)
+        follower = self.follower(store)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(follower.run(), name="metrics-follow"),
                        loop.create_task(self._publish_loop(follower, store, leader), name="metrics-publish")]
@@ -175,7 +189,7 @@ class SchedulerMetrics:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _publish_loop(self, follower: _Follower, store: base.Store,
+    async def _publish_loop(self, follower: Follower, store: base.Store,
                             leader: Callable[[], object | None]) -> None:
         cluster: PublishedCluster | None = None
         published_version = -1
@@ -184,8 +198,8 @@ class SchedulerMetrics:
                 leading = leader() is not None
             except Exception:  # a caller's bookkeeping must not stop the figures
                 leading = False
-            if follower.mirror is not None and follower.version != published_version:
-                cluster = PublishedCluster(follower.copy())
+            if follower.state is not None and follower.version != published_version:
+                cluster = PublishedCluster(follower.state.copy())
                 published_version = follower.version
             stats = getattr(store, "stats", None)  # EtcdStore's client counters, when there are some
             state = Published(cluster=cluster, leading=leading, synced=follower.synced,
@@ -236,73 +250,6 @@ class Published:
     synced: bool = False
     etcd_retries: int | None = None
     etcd_watch_resumes: int | None = None
-
-
-# -- following etcd -------------------------------------------------------------------------------------
-
-class _Follower:
-    """A mirror of the store: snapshot, then watch; on the event loop only."""
-
-    def __init__(self, store: base.Store, *, resyncs: Counter) -> None:
-        self.store = store
-        self.resyncs = resyncs
-        self.mirror: Mirror | None = None
-        self.corrupt: dict[str, str] = {}
-        self.version = 0      # bumped on every change, so the publisher knows when to copy
-        self.synced = False   # the mirror follows etcd (a snapshot was read and its watch runs)
-        self._backoff = RESYNC_BACKOFF[0]
-        self._failing = False
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Compacted:
-                log.info("metrics: etcd compacted the watched history; reading the cluster again")
-                self.synced = False
-            except Exception as err:  # metrics must never take the scheduler down
-                raise_if_cancelling()
-                self.synced = False
-                if not self._failing:
-                    log.warning("metrics: cannot follow etcd (%s); serving the last figures, retrying", err)
-                self._failing = True
-                await asyncio.sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, RESYNC_BACKOFF[1])
-            else:  # the watch ended by itself: read again, not in a tight loop
-                self.synced = False
-                await asyncio.sleep(self._backoff)
-
-    async def _follow(self) -> None:
-        snap = await self.store.snapshot()
-        if self.mirror is not None:
-            self.resyncs.inc()
-        if self._failing:
-            log.info("metrics: following etcd again (revision %d)", snap.revision)
-        self._backoff, self._failing = RESYNC_BACKOFF[0], False
-        self.mirror = Mirror.of(snap)
-        self.corrupt = {entry.key: entry.reason for entry in snap.corrupt}
-        self.version += 1
-        self.synced = True
-        async with contextlib.aclosing(self.store.watch(snap.revision)) as changes:
-            async for change in changes:
-                self.mirror.apply(change)
-                if change.kind is base.ChangeKind.PUT and change.value is None:
-                    self.corrupt[change.key] = change.error or "undecodable"
-                else:
-                    self.corrupt.pop(change.key, None)
-                self.version += 1
-
-    def copy(self) -> base.Snapshot:
-        mirror = self.mirror
-        assert mirror is not None
-        corrupt = tuple(base.CorruptEntry(key, reason) for key, reason in sorted(self.corrupt.items()))
-        return base.Snapshot(revision=mirror.revision, services=dict(mirror.services),
-                             replicas=dict(mirror.replicas), hosts=dict(mirror.hosts),
-                             host_statuses=dict(mirror.statuses), autoscale=dict(mirror.autoscale),
-                             hostgroups=dict(mirror.hostgroups),
-                             hostgroup_statuses=dict(mirror.hostgroup_statuses), corrupt=corrupt)
 
 
 class TimedStore:

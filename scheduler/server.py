@@ -28,6 +28,7 @@ from proto.scheduler.v1 import scheduler_pb2 as pb
 from proto.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler import api, api_hostgroups, auth, errors, instances
 from scheduler.autoscale import replay
+from scheduler.follower import ClusterReads, ClusterState, SnapshotReads
 from scheduler.model import (
     Capacity,
     GroupName,
@@ -146,10 +147,21 @@ def _check_changeable(service: Service, expected_generation: int) -> None:
 
 
 class SchedulerService(pb_grpc.SchedulerServicer):
-    def __init__(self, store: base.Store, *, profile: Profile) -> None:
+    """The API. Reads come from ``reads`` (``scheduler.follower``): the instance's follower, consistent
+    with etcd at the start of the call, or a snapshot per read when there is none. A state read there is
+    used before the handler next awaits (it is the follower's live state, not a copy)."""
+
+    def __init__(self, store: base.Store, *, profile: Profile, reads: ClusterReads | None = None) -> None:
         self.store = store
         self.schema = store.schema
         self.profile = profile
+        self.reads: ClusterReads = reads if reads is not None else SnapshotReads(store)
+
+    async def _read(self, context: Any) -> ClusterState:
+        """The cluster, at least as new as etcd when the call began; waiting for the follower takes at most
+        half of what is left of the call's deadline (the rest is for the snapshot it would fall back to)."""
+        remaining = context.time_remaining() if context is not None else None
+        return await self.reads.read(timeout=remaining / 2 if remaining is not None else None)
 
     # -- services -----------------------------------------------------------------------------------
 
@@ -170,14 +182,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             twice = sorted(n for n in set(names) if names.count(n) > 1)
             raise errors.InvalidArgument(f"a service is declared twice: {', '.join(twice)}")
         planned, planned_groups = await self._apply(specs, groups)
-        results = [pb.ApplyResult(service=await self._service_pb(plan.service), action=plan.action,
+        state = await self._read(context)
+        results = [pb.ApplyResult(service=self._service_pb(state, plan.service), action=plan.action,
                                   replicas_kept=plan.replicas_kept, kind="service")
                    for plan in planned]
-        if planned_groups:
-            snap = await self.store.snapshot()
-            results += [pb.ApplyResult(kind="hostgroup", action=action,
-                                       hostgroup=self._hostgroup_pb(snap, group))
-                        for group, action in planned_groups]
+        results += [pb.ApplyResult(kind="hostgroup", action=action,
+                                   hostgroup=self._hostgroup_pb(state, group))
+                    for group, action in planned_groups]
         return pb.ApplyServiceResponse(results=results)
 
     async def _apply(self, specs: list[ServiceSpec], groups: list[HostGroupSpec]
@@ -245,32 +256,41 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             raise errors.NotFound(f"no such service: {name} (shoal get services lists them)")
         return service
 
-    async def _replicas_of(self, name: str) -> list[Replica]:
-        return list((await self.store.list(self.schema.replicas_of(name))).items)
+    def _service_in(self, state: ClusterState, name: str) -> Service:
+        if not name:
+            raise errors.InvalidArgument("a service name is required")
+        self.schema.service(name)  # InvalidKey for a name no service can have ("a/b")
+        service = state.services.get(ServiceName(name))
+        if service is None:
+            raise errors.NotFound(f"no such service: {name} (shoal get services lists them)")
+        return service
 
-    async def _service_pb(self, service: Service) -> pb.Service:
-        return api.service_to_pb(service, await self._replicas_of(service.name))
+    @staticmethod
+    def _service_pb(state: ClusterState, service: Service) -> pb.Service:
+        """``service`` (as read, or as just written) with its replicas counted in ``state``."""
+        return api.counted_service_to_pb(service, state.counts(service))
+
+    async def _service_now(self, service: Service, context: Any) -> pb.Service:
+        """A service just written, with its replicas as they are now."""
+        return self._service_pb(await self._read(context), service)
 
     @api_call
     async def GetService(self, request: pb.GetServiceRequest, context: Any) -> pb.Service:
-        return await self._service_pb(await self._get_service(request.name))
+        state = await self._read(context)
+        return self._service_pb(state, self._service_in(state, request.name))
 
     @api_call
     async def ListServices(self, request: pb.ListServicesRequest, context: Any) -> pb.ListServicesResponse:
-        snap = await self.store.snapshot()
-        by_service: dict[str, list[Replica]] = {}
-        for replica in snap.replicas.values():
-            by_service.setdefault(replica.service, []).append(replica)
-        services = [api.service_to_pb(s, by_service.get(s.name, []))
-                    for _, s in sorted(snap.services.items())]
-        return pb.ListServicesResponse(services=services, revision=snap.revision)
+        state = await self._read(context)
+        services = [self._service_pb(state, s) for _, s in sorted(state.services.items())]
+        return pb.ListServicesResponse(services=services, revision=state.revision)
 
     @api_call
     async def DeleteService(self, request: pb.DeleteServiceRequest, context: Any) -> pb.DeleteServiceResponse:
         async def change(service: Service) -> Service:
             return dataclasses.replace(service, deleting=True, updated_at=time.time())
         service = await self._update_service(request.name, change, skip=lambda s: s.deleting)
-        return pb.DeleteServiceResponse(service=await self._service_pb(service))
+        return pb.DeleteServiceResponse(service=await self._service_now(service, context))
 
     @api_call
     async def ScaleService(self, request: pb.ScaleServiceRequest, context: Any) -> pb.Service:
@@ -285,7 +305,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             request.name, change, skip=lambda s: s.spec.replicas == request.replicas and not (
                 request.expected_generation and s.generation != request.expected_generation),
             conflict_is_final=bool(request.expected_generation))
-        return await self._service_pb(service)
+        return await self._service_now(service, context)
 
     @api_call
     async def AutoscaleService(self, request: pb.AutoscaleServiceRequest, context: Any) -> pb.Service:
@@ -304,7 +324,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
         service = await self._update_service(request.name, change, skip=lambda s: False,
                                              conflict_is_final=bool(request.expected_generation))
-        return await self._service_pb(service)
+        return await self._service_now(service, context)
 
     async def _update_service(self, name: str, change: Callable[[Service], Awaitable[Service]], *,
                               skip: Callable[[Service], bool], conflict_is_final: bool = False) -> Service:
@@ -326,8 +346,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
     @api_call
     async def RolloutStatus(self, request: pb.GetServiceRequest, context: Any) -> pb.Rollout:
-        service = await self._get_service(request.name)
-        return api.rollout_of(service, await self._replicas_of(service.name))
+        state = await self._read(context)
+        service = self._service_in(state, request.name)
+        return api.rollout_of(service, list(state.replicas_of(service.name).values()))
 
     @api_call
     async def RolloutUndo(self, request: pb.RolloutUndoRequest, context: Any) -> pb.Service:
@@ -343,41 +364,49 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             undone = self._changed(service, spec, now=time.time())
             return dataclasses.replace(undone, history=service.history[:-1])
 
-        return await self._service_pb(await self._update_service(request.name, change, skip=lambda s: False))
+        return await self._service_now(await self._update_service(request.name, change, skip=lambda s: False),
+                                       context)
 
     # -- replicas -----------------------------------------------------------------------------------
 
     @api_call
     async def ListReplicas(self, request: pb.ListReplicasRequest, context: Any) -> pb.ListReplicasResponse:
-        snap = await self.store.snapshot()
-        host = _resolve_host(snap.hosts, request.host) if request.host else None
+        state = await self._read(context)
+        host = _resolve_host(state.hosts, request.host) if request.host else None
         phases = {api.PHASE_OF_PB[s] for s in request.states if s in api.PHASE_OF_PB}
-        out = [api.replica_to_pb(r, snap.hosts) for _, r in sorted(snap.replicas.items())
+        # Only what the filters name is looked at: one service's replicas, or one host's.
+        candidates: Mapping[ReplicaId, Replica] = state.replicas
+        if request.service:
+            candidates = state.replicas_of(request.service)
+        elif host is not None:
+            candidates = state.replicas_on(host)
+        out = [api.replica_to_pb(r, state.hosts) for _, r in sorted(candidates.items())
                if (not request.service or r.service == request.service) and (host is None or r.host == host)
                and (not phases or r.phase in phases)]
-        return pb.ListReplicasResponse(replicas=out, revision=snap.revision)
+        return pb.ListReplicasResponse(replicas=out, revision=state.revision)
 
-    async def _get_replica(self, ref: str) -> tuple[Replica, base.Snapshot]:
+    async def _get_replica(self, ref: str, context: Any) -> tuple[Replica, ClusterState]:
         if not ref:
             raise errors.InvalidArgument("a replica id is required")
-        snap = await self.store.snapshot()
-        if ref in snap.replicas:
-            return snap.replicas[ReplicaId(ref)], snap
-        matches = [r for rid, r in snap.replicas.items() if rid.startswith(ref)]
+        state = await self._read(context)
+        if ref in state.replicas:
+            return state.replicas[ReplicaId(ref)], state
+        matches = [r for rid, r in state.replicas.items() if rid.startswith(ref)]
         if len(matches) == 1:
-            return matches[0], snap
+            return matches[0], state
         if matches:
             raise errors.InvalidArgument(f"replica id prefix {ref!r} is ambiguous: give more characters")
         raise errors.NotFound(f"no such replica: {ref} (shoal get replicas lists them)")
 
     @api_call
     async def GetReplica(self, request: pb.GetReplicaRequest, context: Any) -> pb.Replica:
-        replica, snap = await self._get_replica(request.id)
-        return api.replica_to_pb(replica, snap.hosts)
+        replica, state = await self._get_replica(request.id, context)
+        return api.replica_to_pb(replica, state.hosts)
 
     @api_call
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.Explanation:
-        replica, snap = await self._get_replica(request.replica)
+        replica, state = await self._get_replica(request.replica, context)
+        snap = state.view()
         out = pb.Explanation(replica=api.replica_to_pb(replica, snap.hosts),
                              decisions=[api.decision_to_pb(d) for d in replica.decisions])
         service = snap.services.get(replica.service)
@@ -403,60 +432,61 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
     # -- hosts --------------------------------------------------------------------------------------
 
-    async def _host_pb(self, snap: base.Snapshot, host: HostId) -> pb.Host:
-        here = api.replicas_on(host, snap.replicas.values())
-        return api.host_to_pb(snap.hosts[host], snap.host_statuses.get(host), here)
+    @staticmethod
+    def _host_pb(state: ClusterState, host: HostId) -> pb.Host:
+        here = len(state.replicas_on(host))
+        return api.host_to_pb(state.hosts[host], state.statuses.get(host), here)
 
     @api_call
     async def ListHosts(self, request: pb.ListHostsRequest, context: Any) -> pb.ListHostsResponse:
-        snap = await self.store.snapshot()
-        return pb.ListHostsResponse(hosts=[await self._host_pb(snap, h) for h in sorted(snap.hosts)],
-                                    revision=snap.revision)
+        state = await self._read(context)
+        return pb.ListHostsResponse(hosts=[self._host_pb(state, h) for h in sorted(state.hosts)],
+                                    revision=state.revision)
 
     @api_call
     async def GetHost(self, request: pb.GetHostRequest, context: Any) -> pb.Host:
-        snap = await self.store.snapshot()
-        return await self._host_pb(snap, _resolve_host(snap.hosts, request.host))
+        state = await self._read(context)
+        return self._host_pb(state, _resolve_host(state.hosts, request.host))
 
-    async def _set_admin(self, ref: str, admin: HostAdmin) -> pb.Host:
+    async def _set_admin(self, ref: str, admin: HostAdmin, context: Any) -> pb.Host:
         for _ in range(CAS_ATTEMPTS):
-            snap = await self.store.snapshot()
-            host = _resolve_host(snap.hosts, ref)
-            record = snap.hosts[host]
+            state = await self._read(context)
+            host = _resolve_host(state.hosts, ref)
+            record = state.hosts[host]
             if record.admin is not admin:
                 try:
                     await self.store.commit([base.Put(dataclasses.replace(record, admin=admin))])
                 except Conflict:
                     continue
-                snap = await self.store.snapshot()
-            return await self._host_pb(snap, host)
+                state = await self._read(context)
+            return self._host_pb(state, host)
         raise errors.Aborted(f"host {ref} kept changing; retry")
 
     @api_call
     async def CordonHost(self, request: pb.HostRequest, context: Any) -> pb.Host:
-        return await self._set_admin(request.host, HostAdmin.CORDONED)
+        return await self._set_admin(request.host, HostAdmin.CORDONED, context)
 
     @api_call
     async def UncordonHost(self, request: pb.HostRequest, context: Any) -> pb.Host:
-        return await self._set_admin(request.host, HostAdmin.ACTIVE)
+        return await self._set_admin(request.host, HostAdmin.ACTIVE, context)
 
     @api_call
     async def DrainHost(self, request: pb.HostRequest, context: Any) -> pb.Host:
-        return await self._set_admin(request.host, HostAdmin.DRAINING)
+        return await self._set_admin(request.host, HostAdmin.DRAINING, context)
 
     @api_call
     async def DeleteHost(self, request: pb.HostRequest, context: Any) -> pb.Host:
         """Forgets a host that is gone (see ``api.delete_host_refusal``): its record, its status and the
         records of replicas replaced elsewhere, in one transaction that compares every revision."""
         for _ in range(CAS_ATTEMPTS):
-            snap = await self.store.snapshot()
-            host = _resolve_host(snap.hosts, request.host)
-            record, status = snap.hosts[host], snap.host_statuses.get(host)
-            here = [r for r in snap.replicas.values() if r.host == host]
+            state = await self._read(context)
+            host = _resolve_host(state.hosts, request.host)
+            record, status = state.hosts[host], state.statuses.get(host)
+            here = list(state.replicas_on(host).values())
             refusal = api.delete_host_refusal(record, status, here)
             if refusal is not None:
                 raise errors.FailedPrecondition(refusal)
-            shown = await self._host_pb(snap, host)
+            shown = self._host_pb(state, host)
             ops: list[base.Op] = [base.Delete(record), *(base.Delete(r) for r in here)]
             if status is not None and status.revision > 0:
                 ops.append(base.Delete(status))
@@ -471,11 +501,12 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
     @api_call
     async def ListEndpoints(self, request: pb.ListEndpointsRequest, context: Any) -> pb.ListEndpointsResponse:
-        snap = await self.store.snapshot()
-        if request.service and request.service not in snap.services:
+        state = await self._read(context)
+        if request.service and request.service not in state.services:
             raise errors.NotFound(f"no such service: {request.service}")
-        replicas = (r for r in snap.replicas.values() if not request.service or r.service == request.service)
-        return pb.ListEndpointsResponse(endpoints=_endpoints(replicas, snap.hosts), revision=snap.revision)
+        replicas = state.replicas_of(request.service) if request.service else state.replicas
+        return pb.ListEndpointsResponse(endpoints=_endpoints(replicas.values(), state.hosts),
+                                        revision=state.revision)
 
     @api_call
     async def ListSchedulers(self, request: pb.ListSchedulersRequest, context: Any
@@ -490,10 +521,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
     @api_call
     async def GetAutoscaleStatus(self, request: pb.GetServiceRequest, context: Any) -> pb.AutoscaleStatus:
-        snap = await self.store.snapshot()
-        if request.name not in snap.services:
+        state = await self._read(context)
+        if request.name not in state.services:
             raise errors.NotFound(f"service {request.name!r} not found")
-        status = snap.autoscale.get(ServiceName(request.name))
+        status = state.autoscale.get(ServiceName(request.name))
         reply = pb.AutoscaleStatus(service=request.name)
         if status is not None:
             reply.revision = status.revision
@@ -509,17 +540,18 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
     # -- host groups --------------------------------------------------------------------------------
 
-    def _hostgroup_pb(self, snap: base.Snapshot, group: HostGroup) -> pb.HostGroup:
+    @staticmethod
+    def _hostgroup_pb(state: ClusterState, group: HostGroup) -> pb.HostGroup:
         return api_hostgroups.hostgroup_to_pb(
-            group, snap.hostgroup_statuses.get(group.spec.name), hosts=snap.hosts,
-            host_statuses=snap.host_statuses, replicas=snap.replicas.values(),
-            services=snap.services.values())
+            group, state.hostgroup_statuses.get(group.spec.name), hosts=state.hosts,
+            host_statuses=state.statuses, replicas=state.replicas.values(),
+            services=state.services.values())
 
     @staticmethod
-    def _group_of(snap: base.Snapshot, name: str) -> HostGroup:
+    def _group_of(state: ClusterState, name: str) -> HostGroup:
         if not name:
             raise errors.InvalidArgument("a host group name is required")
-        group = snap.hostgroups.get(GroupName(name))
+        group = state.hostgroups.get(GroupName(name))
         if group is None:
             raise errors.NotFound(f"no such host group: {name} (shoal get hostgroups lists them)")
         return group
@@ -527,15 +559,15 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     @api_call
     async def ListHostGroups(self, request: pb.ListHostGroupsRequest, context: Any
                              ) -> pb.ListHostGroupsResponse:
-        snap = await self.store.snapshot()
+        state = await self._read(context)
         return pb.ListHostGroupsResponse(
-            hostgroups=[self._hostgroup_pb(snap, g) for _, g in sorted(snap.hostgroups.items())],
-            revision=snap.revision)
+            hostgroups=[self._hostgroup_pb(state, g) for _, g in sorted(state.hostgroups.items())],
+            revision=state.revision)
 
     @api_call
     async def GetHostGroup(self, request: pb.GetHostGroupRequest, context: Any) -> pb.HostGroup:
-        snap = await self.store.snapshot()
-        return self._hostgroup_pb(snap, self._group_of(snap, request.name))
+        state = await self._read(context)
+        return self._hostgroup_pb(state, self._group_of(state, request.name))
 
     @api_call
     async def DeleteHostGroup(self, request: pb.DeleteHostGroupRequest, context: Any
@@ -544,21 +576,22 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         leader's and stays: a group declared again continues its request numbers, so a provider never
         sees a request id twice for two different requests."""
         for _ in range(CAS_ATTEMPTS):
-            snap = await self.store.snapshot()
-            group = self._group_of(snap, request.name)
+            state = await self._read(context)
+            group = self._group_of(state, request.name)
             spec = group.spec
-            refusal = api_hostgroups.delete_refusal(snap.hostgroup_statuses.get(spec.name),
+            refusal = api_hostgroups.delete_refusal(state.hostgroup_statuses.get(spec.name),
                                                     has_provider=bool(spec.webhook or spec.command))
             if refusal is not None and not request.force:
                 raise errors.FailedPrecondition(
                     f"host group {group.spec.name} has work in flight: {refusal}. Wait for it (shoal "
                     f"describe hostgroup {group.spec.name}), or delete it with --force: its hosts stay, and "
                     "hosts it was draining stay draining until you uncordon them")
+            shown = self._hostgroup_pb(state, group)  # built before the commit's await moves the state on
             try:
                 await self.store.commit([base.Delete(group)])
             except Conflict:
                 continue
-            return pb.DeleteHostGroupResponse(hostgroup=self._hostgroup_pb(snap, group))
+            return pb.DeleteHostGroupResponse(hostgroup=shown)
         raise errors.Aborted(f"host group {request.name} kept changing; retry")
 
     @_streaming
@@ -568,7 +601,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if unknown:
             raise errors.InvalidArgument(f"unknown watch kinds {sorted(unknown)}: use service, replica, "
                                          "host, endpoint")
-        stream = _WatchStream(await self.store.snapshot(), kinds=kinds, service=request.service)
+        stream = _WatchStream((await self._read(context)).view(), kinds=kinds, service=request.service)
         after = request.after_revision or stream.view.revision
         try:
             async for change in self.store.watch(after):
@@ -796,8 +829,9 @@ def _same_registration(a: HostRecord, b: HostRecord) -> bool:
 
 
 def add_services(server: grpc.aio.Server, *, store: base.Store, profile: Profile,
-                 refresh_seconds: float = REGISTRATION_REFRESH) -> None:
-    pb_grpc.add_SchedulerServicer_to_server(SchedulerService(store, profile=profile), server)
+                 refresh_seconds: float = REGISTRATION_REFRESH, reads: ClusterReads | None = None) -> None:
+    """``reads``: the instance's follower (``SchedulerMetrics.follower``); None: a snapshot per read."""
+    pb_grpc.add_SchedulerServicer_to_server(SchedulerService(store, profile=profile, reads=reads), server)
     pb_grpc.add_RegistrationServicer_to_server(RegistrationService(store, refresh_seconds=refresh_seconds),
                                                server)
 
