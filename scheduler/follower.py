@@ -334,6 +334,11 @@ class Follower:
 
     # -- reading ------------------------------------------------------------------------------------
 
+    @property
+    def waiting(self) -> int:
+        """How many reads wait for the follower now."""
+        return self._waiting
+
     async def read(self, *, timeout: float | None = None) -> ClusterState:
         if not self.synced or self.state is None:
             return await self._fallback("not_synced")
