@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 RESYNC_BACKOFF = (0.5, 30.0)  # first and longest wait before reading etcd again after a failure
 READ_WAIT = 1.0   # longest wait for the follower to reach a read's revision before reading a snapshot
 READ_QUIET = 0.1  # a follower that applies nothing for this long while a read waits is not coming
+FEED_LIMIT = 10_000  # changes queued for one API watch stream before it is cut off the feed
 
 
 # -- the state and its indexes ----------------------------------------------------------------------------
@@ -238,9 +239,45 @@ def _unindex(index: dict[str, dict[ReplicaId, Replica]], key: str, replica: Repl
 
 class ClusterReads(Protocol):
     """Where the API reads the cluster: ``read`` returns a state at least as new as etcd was when the call
-    began (``timeout``: the most the call may spend waiting for a follower; None: the default)."""
+    began (``timeout``: the most the call may spend waiting for a follower; None: the default).
+    ``subscribe(after)``, called before the caller next awaits, is a feed of the changes after ``after``
+    (None when there is none to give: the caller watches the store itself)."""
 
     async def read(self, *, timeout: float | None = None) -> ClusterState: ...
+
+    def subscribe(self, after: int) -> ChangeFeed | None: ...
+
+
+class ChangeFeed:
+    """The changes a follower receives after a revision, already decoded, for one API watch stream (so a
+    change is decoded once however many streams there are). The follower cuts a feed off — ``get``
+    returns None — when its state is read again (a compaction or a failure: the changes in between were
+    never delivered) or when the stream falls ``FEED_LIMIT`` changes behind; only ever between two
+    revisions, so the consumer resumes a watch of the store after the last revision it got, whole."""
+
+    def __init__(self, owner: Follower, after: int) -> None:
+        self._owner = owner
+        self.last_offered = after
+        self._queue: asyncio.Queue[base.Change | None] = asyncio.Queue()
+        self.cut = False
+
+    async def get(self) -> base.Change | None:
+        return await self._queue.get()
+
+    def offer(self, change: base.Change) -> None:
+        if self.cut:
+            return
+        if change.revision > self.last_offered and self._queue.qsize() >= FEED_LIMIT:
+            self.end()
+            return
+        self.last_offered = max(self.last_offered, change.revision)
+        self._queue.put_nowait(change)
+
+    def end(self) -> None:
+        if not self.cut:
+            self.cut = True
+            self._queue.put_nowait(None)
+            self._owner.unsubscribe(self)
 
 
 class SnapshotReads:
@@ -252,6 +289,9 @@ class SnapshotReads:
 
     async def read(self, *, timeout: float | None = None) -> ClusterState:
         return ClusterState(await self.store.snapshot())
+
+    def subscribe(self, after: int) -> ChangeFeed | None:
+        return None
 
 
 class Follower:
@@ -274,6 +314,8 @@ class Follower:
         self._failing = False
         self._applied = asyncio.Event()  # replaced after every change while reads wait (a pulse)
         self._waiting = 0
+        self._feeds: set[ChangeFeed] = set()
+        self._received = 0  # the revision of the last change the running watch delivered
 
     # -- following ----------------------------------------------------------------------------------
 
@@ -307,14 +349,21 @@ class Follower:
             log.info("follower: following etcd again (revision %d)", snap.revision)
         self._backoff, self._failing = RESYNC_BACKOFF[0], False
         self._install(ClusterState(snap))
+        self._received = snap.revision
         self.synced = True
-        async with contextlib.aclosing(self.store.watch(snap.revision)) as changes:
-            async for change in changes:
-                state = self.state  # may have been replaced by an adopted snapshot meanwhile
-                assert state is not None
-                state.apply(change)
-                self.version += 1
-                self._pulse()
+        try:
+            async with contextlib.aclosing(self.store.watch(snap.revision)) as changes:
+                async for change in changes:
+                    state = self.state  # may have been replaced by an adopted snapshot meanwhile
+                    assert state is not None
+                    state.apply(change)
+                    self._received = change.revision
+                    for feed in list(self._feeds):  # every change, also those an adopted snapshot holds
+                        feed.offer(change)
+                    self.version += 1
+                    self._pulse()
+        finally:  # whatever ends this watch, the feeds' streams go on from the store
+            self._cut_feeds()
 
     def _install(self, state: ClusterState) -> None:
         self.state = state
@@ -325,6 +374,22 @@ class Follower:
         if self._waiting:
             self._applied.set()
             self._applied = asyncio.Event()
+
+    def subscribe(self, after: int) -> ChangeFeed | None:
+        """A feed of the changes after ``after``: only when this follower's watch has delivered exactly up
+        to it (``after`` is the revision of the state just read from it), else None."""
+        if not self.synced or after != self._received:
+            return None
+        feed = ChangeFeed(self, after)
+        self._feeds.add(feed)
+        return feed
+
+    def unsubscribe(self, feed: ChangeFeed) -> None:
+        self._feeds.discard(feed)
+
+    def _cut_feeds(self) -> None:
+        for feed in list(self._feeds):
+            feed.end()
 
     def adopt(self, snap: base.Snapshot) -> None:
         """A snapshot read by a fallback: when newer than the state, it becomes the state (the watch goes
@@ -383,5 +448,5 @@ class Follower:
         return ClusterState(snap)
 
 
-__all__ = ["READ_QUIET", "READ_WAIT", "ClusterReads", "ClusterState", "Follower", "ReplicaCounts",
-           "SnapshotReads"]
+__all__ = ["FEED_LIMIT", "READ_QUIET", "READ_WAIT", "ChangeFeed", "ClusterReads", "ClusterState", "Follower",
+           "ReplicaCounts", "SnapshotReads"]

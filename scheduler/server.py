@@ -601,8 +601,20 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if unknown:
             raise errors.InvalidArgument(f"unknown watch kinds {sorted(unknown)}: use service, replica, "
                                          "host, endpoint")
-        stream = _WatchStream((await self._read(context)).view(), kinds=kinds, service=request.service)
+        state = await self._read(context)
+        stream = _WatchStream(state.view(), kinds=kinds, service=request.service)
         after = request.after_revision or stream.view.revision
+        # The follower's changes, decoded once for every stream, while it can give them; the store's own
+        # watch from the last revision received when it cannot (resumed from the past, cut off).
+        feed = self.reads.subscribe(after)
+        if feed is not None:
+            try:
+                while (change := await feed.get()) is not None:
+                    after = change.revision
+                    for event in stream.events(change):
+                        yield event
+            finally:
+                feed.end()
         try:
             async for change in self.store.watch(after):
                 for event in stream.events(change):

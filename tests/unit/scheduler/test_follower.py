@@ -11,10 +11,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
-from scheduler.follower import ClusterState, Follower, ReplicaCounts
+from scheduler import follower as follower_module
+from scheduler.follower import ChangeFeed, ClusterState, Follower, ReplicaCounts
 from scheduler.metrics import SchedulerMetrics
 from scheduler.model import HostId, ReplicaPhase
 from scheduler.store.base import Change, Delete, Put
@@ -243,4 +245,91 @@ def test_a_resync_after_compaction_rebuilds_the_indexes_equal_to_a_fresh_build()
             state = await follower.read()
             same_as_fresh(state, ClusterState(await store.snapshot()))
             assert set(state.replicas_on("h1")) == {"web-00001", "web-00002", "web-00003"}
+    run(scenario)
+
+
+# -- the change feed of API watch streams -------------------------------------------------------------
+
+class WatchCountingStore(MemoryStore):
+    """Counts the watches opened on it."""
+
+    watches = 0
+
+    def watch(self, after_revision: int, *, scope: Any = None) -> AsyncGenerator[Change, None]:
+        self.watches += 1
+        return super().watch(after_revision, scope=scope)
+
+
+async def drain(feed: ChangeFeed) -> list[Change]:
+    out: list[Change] = []
+    while (change := await feed.get()) is not None:
+        out.append(change)
+    return out
+
+
+def test_a_feed_cut_off_behind_its_limit_ends_between_two_revisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that does not keep up is cut off the feed, at a revision boundary only, so it resumes
+    the store's watch after the last revision it got without missing or repeating a change."""
+    monkeypatch.setattr(follower_module, "FEED_LIMIT", 2)
+
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with following(Follower(store)) as follower:
+            assert follower.state is not None
+            after = follower.state.revision
+            feed = follower.subscribe(after)
+            assert feed is not None
+            three = (await store.commit([Put(build.replica("web", n)) for n in range(3)])).revision
+            for n in range(3, 6):
+                await store.commit([Put(build.replica("web", n))])
+            await until(lambda: feed.cut, "the feed was cut off")
+            got = await drain(feed)
+            # The first transaction whole (3 changes, past the limit of 2), nothing of the next ones.
+            assert [c.revision for c in got] == [three] * 3
+            async with contextlib.aclosing(store.watch(got[-1].revision)) as rest:
+                resumed = [await anext(rest) for _ in range(3)]
+            assert [c.ids[-1] for c in got + resumed] == [f"web-{n:05d}" for n in range(6)]
+            assert follower.subscribe(after) is None  # only at the revision the follower has received
+    run(scenario)
+
+
+def test_a_resync_cuts_every_feed_off() -> None:
+    async def scenario() -> None:
+        store = HeldStore()
+        follower = Follower(store)
+        async with following(follower):
+            assert follower.state is not None
+            feed = follower.subscribe(follower.state.revision)
+            assert feed is not None
+            store.flowing.clear()
+            await store.commit([Put(build.service("web"))])
+            await store.commit([Put(build.service("api"))])
+            await store.commit([Put(build.service("db"))])
+            await store.compact(store.revision)  # the held watch, past "web", finds its history gone
+            store.flowing.set()
+            got = await drain(feed)  # ends: the follower read the cluster again
+            assert [c.ids for c in got] == [("web",)]
+    run(scenario)
+
+
+def test_api_watch_streams_share_the_followers_changes() -> None:
+    """Each stream converts the follower's decoded changes: no watch of the store per stream."""
+    async def scenario() -> None:
+        store = WatchCountingStore()
+        async with serving(store) as api:
+            assert api.follower is not None
+            await until(lambda: api.follower is not None and api.follower.synced, "the follower synced")
+            assert store.watches == 1
+            calls = [api.scheduler.Watch(pb.WatchRequest(kinds=["service"])) for _ in range(3)]
+            try:
+                await until(lambda: len(api.follower._feeds) == 3 if api.follower else False,
+                            "three streams subscribed")
+                await apply(api, service_yaml("web", replicas=2))
+                for call in calls:
+                    event = await call.read()
+                    assert event.name == "web" and event.service.spec.replicas == 2
+                assert store.watches == 1
+            finally:
+                for call in calls:
+                    call.cancel()
     run(scenario)
