@@ -156,6 +156,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self.schema = store.schema
         self.profile = profile
         self.reads: ClusterReads = reads if reads is not None else SnapshotReads(store)
+        self.specs = api.SpecCache()
 
     async def _read(self, context: Any) -> ClusterState:
         """The cluster, at least as new as etcd when the call began; waiting for the follower takes at most
@@ -265,10 +266,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             raise errors.NotFound(f"no such service: {name} (shoal get services lists them)")
         return service
 
-    @staticmethod
-    def _service_pb(state: ClusterState, service: Service) -> pb.Service:
+    def _service_pb(self, state: ClusterState, service: Service) -> pb.Service:
         """``service`` (as read, or as just written) with its replicas counted in ``state``."""
-        return api.counted_service_to_pb(service, state.counts(service))
+        return api.counted_service_to_pb(service, state.counts(service), specs=self.specs)
 
     async def _service_now(self, service: Service, context: Any) -> pb.Service:
         """A service just written, with its replicas as they are now."""
@@ -283,6 +283,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def ListServices(self, request: pb.ListServicesRequest, context: Any) -> pb.ListServicesResponse:
         state = await self._read(context)
         services = [self._service_pb(state, s) for _, s in sorted(state.services.items())]
+        self.specs.keep(state.services)
         return pb.ListServicesResponse(services=services, revision=state.revision)
 
     @api_call

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
+from scheduler import api
 from scheduler import follower as follower_module
 from scheduler.follower import ChangeFeed, ClusterState, Follower, ReplicaCounts
 from scheduler.metrics import SchedulerMetrics
@@ -333,3 +334,20 @@ def test_api_watch_streams_share_the_followers_changes() -> None:
                 for call in calls:
                     call.cancel()
     run(scenario)
+
+
+def test_a_converted_spec_is_reused_only_for_the_revision_it_was_read_at() -> None:
+    specs = api.SpecCache()
+    web = build.service("web", replicas=2, revision=7)
+    first = specs.spec_pb(web)
+    assert specs.spec_pb(web) is first
+    changed = replace(web, spec=replace(web.spec, replicas=5), revision=9)
+    assert specs.spec_pb(changed).replicas == 5
+    unwritten = replace(changed, spec=replace(web.spec, replicas=6), revision=0)
+    assert specs.spec_pb(unwritten).replicas == 6  # not cached: no revision says what it holds
+    cached = specs.spec_pb(changed)
+    assert specs.spec_pb(changed) is cached
+    specs.keep(["web"])  # still exists: kept
+    assert specs.spec_pb(changed) is cached
+    specs.keep([])  # gone: forgotten
+    assert specs.spec_pb(changed) is not cached
