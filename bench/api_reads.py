@@ -20,7 +20,8 @@ Calls: ``ListServices`` (``shoal get services``), ``ListReplicas --service X`` a
 ``--calls`` each (a snapshot variant stops a method after ``--budget`` seconds, with at least 3 calls).
 p50/p99/max in ms. The client's decoding of the answer is inside the time (as for ``shoal get``).
 
-``python bench/api_reads.py [--n 2000,10000,100000] [--calls 50] [--budget 60] [--out FILE]``;
+``python bench/api_reads.py [--n 2000,10000,100000] [--calls 50] [--budget 60] [--variants snapshot,follower]
+[--out FILE]``;
 prints a table, writes JSON (``bench/results/api_reads.json`` by default; gitignored, add with -f).
 """
 
@@ -169,13 +170,13 @@ async def variant(endpoints: str, prefix: str, *, follow: bool, calls: int, budg
     return out
 
 
-async def size(endpoints: str, n: int, *, calls: int, budget: float) -> dict[str, Any]:
+async def size(endpoints: str, n: int, *, calls: int, budget: float, variants: list[str]) -> dict[str, Any]:
     prefix = f"/b-{secrets.token_hex(4)}/shoal/v1/"
     items = cluster(n)
     wrote = await write(endpoints, prefix, items)
     result: dict[str, Any] = {"replicas": n, "records": len(items), "write_s": round(wrote, 2),
                               "variants": []}
-    for follow in (False, True):
+    for follow in (v == "follower" for v in variants):
         result["variants"].append(await variant(endpoints, prefix, follow=follow, calls=calls, budget=budget))
     return result
 
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")], default=[2000, 10000, 100000])
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per method in a variant")
+    parser.add_argument("--variants", type=lambda s: s.split(","), default=["snapshot", "follower"])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api_reads.json")
     args = parser.parse_args()
     info = machine()
@@ -201,7 +203,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shoal-api-reads-") as tmp, \
             EtcdCluster(Path(tmp) / "etcd") as etcd:  # started by entering, killed and removed by leaving
         for n in args.n:
-            row = asyncio.run(size(etcd.endpoints, n, calls=args.calls, budget=args.budget))
+            row = asyncio.run(size(etcd.endpoints, n, calls=args.calls, budget=args.budget,
+                                   variants=args.variants))
             results["sizes"].append(row)
             for v in row["variants"]:
                 print(f"{n:>7} replicas  {v['variant']:<9} " + "  ".join(
