@@ -39,6 +39,7 @@ from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
 from scheduler.elastic.loop import AttemptRecord, ElasticLoop, ElasticSettings
+from scheduler.loop_stalls import LoopStalls
 from scheduler.model import (
     AutoscaleStatus,
     Capacity,
@@ -171,6 +172,7 @@ class Controller:
                                  service=self._service, on_done=self.poke, on_deposed=self._lose,
                                  start_health=self.start_health)
         self.last_placer: ViewPlacer | None = None
+        self.stalls = LoopStalls()  # this leader's own stalls: no host is blamed for them
 
     def poke(self, *_: object) -> None:
         self._wake.set()
@@ -192,6 +194,7 @@ class Controller:
         hosting = asyncio.create_task(elastic.run(), name="elastic") if elastic is not None else None
         if hosting is not None:
             hosting.add_done_callback(self._elastic_ended)
+        self.stalls.start()
         try:
             while True:
                 self.mirror = Mirror.of(await self.store.snapshot())
@@ -212,6 +215,7 @@ class Controller:
             await self.actuator.close()
             await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
             self.sessions.clear()
+            await self.stalls.close()
 
     def _autoscaler(self) -> Autoscaler | None:
         chosen = self.settings.autoscale
@@ -366,7 +370,8 @@ class Controller:
             if session is not None:
                 asyncio.get_running_loop().create_task(session.close())
             session = AgentSession(host, record.address, credentials=self.settings.credentials,
-                                   on_change=self.poke, heartbeat_timeout=self.settings.heartbeat_timeout)
+                                   on_change=self.poke, heartbeat_timeout=self.settings.heartbeat_timeout,
+                                   stalls=self.stalls)
             self.sessions[host] = session
             session.start()
         for host in [h for h in self.sessions if h not in self.mirror.hosts]:
@@ -391,14 +396,16 @@ class Controller:
     def _unreachable_since(self, statuses: dict[HostId, HostStatus]) -> dict[HostId, float]:
         """Since when each host this leader cannot follow has been so: from the recorded status change,
         but never before this leader's session to it started — a new leader gives every host the whole
-        grace period to be connected to before it moves anything."""
+        grace period to be connected to before it moves anything — and later by as long as this leader's
+        own loop was stalled since (the host could not be heard then, whatever it did)."""
         out: dict[HostId, float] = {}
         for host, status in statuses.items():
             if status.ready:
                 continue
             session = self.sessions.get(host)
             started = session.started_at if session is not None else time.time()
-            out[host] = max(status.since, started)
+            since = max(status.since, started)
+            out[host] = since + self.stalls.stalled_since(since)
         return out
 
     def _fresh(self, record: HostRecord) -> HostRecord:
