@@ -294,6 +294,7 @@ async def serve(settings: Settings) -> None:
         task.print_stack(file=where)
         log.error("shutting down: %s still runs %g s after it was cancelled; going on without it\n%s",
                   task.get_name(), SHUTDOWN_WAIT, where.getvalue())
+    await keepalive.close()
     await registration.close()
     await server.stop(grace=2)
     if http is not None:

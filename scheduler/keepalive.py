@@ -11,10 +11,11 @@ succeeded for ``step_down_after`` (``keep_term``, the rules themselves, are the 
   in-loop keepalive miss its 2 s TTL's refresh, and every lost term cost a snapshot, a reconnect to every
   host and another stall (docs/scaling.md, limit 1). On its own loop the keepalive needs the GIL for
   microseconds per refresh, so a leader keeps its term as long as its process lives and reaches etcd,
-  however long its passes are. The loops meet only through thread-safe calls: the thread reports the end
-  of the term with ``call_soon_threadsafe`` on the main loop (whose ``Election`` then cancels the leading
-  task), and the main loop stops the thread with ``call_soon_threadsafe`` on the thread's loop; the thread
-  closes its store and ends before ``keep`` returns, whether the term ended or ``keep`` was cancelled.
+  however long its passes are. The loops meet only through thread-safe calls: each term is a coroutine
+  handed to the thread's loop with ``run_coroutine_threadsafe``, whose end (why the term ended) comes back
+  to the main loop's ``Election``, which then cancels the leading task; a term cancelled on the main loop
+  is stopped on the thread's with ``call_soon_threadsafe``. The term's store is closed before ``keep``
+  returns, either way; the thread and its loop serve every term of the process and end with ``close``.
 * ``InLoopKeepalive`` runs ``keep_term`` on the caller's loop and store: for a store that cannot be
   opened again on another loop (the in-memory store of development and tests, whose state is its
   process's one object).
@@ -36,7 +37,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
 from scheduler.cancellation import raise_if_cancelling
 from scheduler.store import base
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Clock = Callable[[], float]
 StoreOpener = Callable[[], Awaitable[base.Store]]
 
@@ -63,7 +63,12 @@ class KeepaliveRunner(Protocol):
     async def keep(self, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
         """Returns why ``term`` ended (lease gone, key deleted or replaced, no refresh for
         ``settings.step_down_after``); raises if keeping failed in an unexpected way (the term ends too).
-        Cancel it to stop keeping the lease (the caller then revokes it). Nothing it started outlives it."""
+        Cancel it to stop keeping the lease (the caller then revokes it). Nothing it started for the term
+        outlives it."""
+        ...
+
+    async def close(self) -> None:
+        """Releases what the runner keeps between terms (at the process's end)."""
         ...
 
 
@@ -76,84 +81,83 @@ class InLoopKeepalive:
     async def keep(self, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
         return await keep_term(self._store, term, settings, clock=clock)
 
+    async def close(self) -> None:
+        pass  # nothing of its own: the store is the caller's
+
 
 class ThreadedKeepalive:
-    """``keep_term`` on a thread of its own, with its own event loop and a store from ``open_store``
-    (called on that loop, once per term; the store is closed when the term ends)."""
+    """``keep_term`` on a thread of its own, with its own event loop, and a store from ``open_store``
+    (called on that loop once per term; the store is closed when the term ends). The thread starts with
+    the first term and runs until ``close``: one loop for the process's life, because grpc.aio keeps every
+    loop it has served and delivers late completions of a closed loop's calls to it as errors (seen with a
+    loop per term)."""
 
     def __init__(self, open_store: StoreOpener, *, stop_wait_s: float = STOP_WAIT_S) -> None:
         self._open_store = open_store
         self._stop_wait_s = stop_wait_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._exited: asyncio.Future[None] | None = None
 
     async def keep(self, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
-        worker = _KeepaliveThread(self._open_store, term, settings, clock)
-        worker.start()
+        loop = self._started()
+        stop = asyncio.Event()  # used on the thread's loop only: set there through call_soon_threadsafe
+        keeping = asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._keep(term, settings, clock, stop), loop))
         try:
-            return await worker.ended
+            return await asyncio.shield(keeping)
         finally:
-            await worker.stop(self._stop_wait_s)
-
-
-class _KeepaliveThread:
-    """One term's keepalive thread: ``ended`` (on the main loop) gets the term's end, ``stop`` ends it."""
-
-    def __init__(self, open_store: StoreOpener, term: Term, settings: ElectionSettings,
-                 clock: Clock) -> None:
-        self._open_store = open_store
-        self._term = term
-        self._settings = settings
-        self._clock = clock
-        self._main = asyncio.get_running_loop()
-        self.ended: asyncio.Future[str] = self._main.create_future()
-        self._exited: asyncio.Future[None] = self._main.create_future()
-        # Set by the thread once its loop runs; the lock orders that against a stop asked for meanwhile.
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"election-keepalive-{term.epoch}",
-                                        daemon=True)  # never holds the process up if a stop hangs
-
-    def start(self) -> None:
-        self._thread.start()
-
-    async def stop(self, wait_s: float) -> None:
-        """Asks the thread to end and waits (without blocking the main loop) until it has."""
-        with self._lock:
-            self._stopping = True
-            loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):  # its loop already closed: the thread is ending
+            if not keeping.done():  # cancelled: stop keeping, and wait until its store is closed
                 loop.call_soon_threadsafe(stop.set)
-        try:
-            async with asyncio.timeout(wait_s):
-                await asyncio.shield(self._exited)
-        except TimeoutError:
-            log.error("election: the keepalive thread of epoch %d did not end within %g s",
-                      self._term.epoch, wait_s)
+                await asyncio.wait({keeping}, timeout=self._stop_wait_s)
+                if not keeping.done():
+                    log.error("election: the keepalive of epoch %d did not end within %g s", term.epoch,
+                              self._stop_wait_s)
+                elif not keeping.cancelled():
+                    keeping.exception()  # seen: its outcome no longer matters
+
+    async def close(self) -> None:
+        """Ends the thread and its loop (call when no term is kept any more: at the process's end)."""
+        loop, thread, exited = self._loop, self._thread, self._exited
+        self._loop = self._thread = self._exited = None
+        if loop is None or thread is None or exited is None:
             return
-        self._thread.join()  # it has left its loop: this returns at once
-
-    # -- on the thread ---------------------------------------------------------------------------------
-
-    def _run(self) -> None:
+        loop.call_soon_threadsafe(loop.stop)
         try:
-            asyncio.run(self._keep())
-        except BaseException as err:  # the thread's loop itself failed: the term cannot be kept
-            self._report(self.ended, error=err)
-        finally:
-            self._report(self._exited)
+            async with asyncio.timeout(self._stop_wait_s):
+                await asyncio.shield(exited)
+        except TimeoutError:
+            log.error("election: the keepalive thread did not end within %g s", self._stop_wait_s)
+            return
+        thread.join()  # it has left its loop: returns at once
 
-    async def _keep(self) -> None:
-        stop = asyncio.Event()
-        with self._lock:
-            if self._stopping:
-                return
-            self._loop, self._stop = asyncio.get_running_loop(), stop
-        store: base.Store | None = None
+    def _started(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            main = asyncio.get_running_loop()
+            exited: asyncio.Future[None] = main.create_future()
+
+            def settle() -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            def on_exit() -> None:
+                with contextlib.suppress(RuntimeError):  # the main loop is closed: nobody waits
+                    main.call_soon_threadsafe(settle)
+
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=_run_loop, args=(loop, on_exit), name="election-keepalive",
+                                      daemon=True)  # never holds the process up if a stop hangs
+            thread.start()
+            self._loop, self._thread, self._exited = loop, thread, exited
+        return self._loop
+
+    async def _keep(self, term: Term, settings: ElectionSettings, clock: Clock, stop: asyncio.Event) -> str:
+        """On the thread: one term, on a store of its own, until it ends or ``stop`` is set."""
+        if stop.is_set():
+            return "stopped"
+        store = await self._open_store()
         try:
-            store = await self._open_store()
-            keeping = asyncio.create_task(keep_term(store, self._term, self._settings, clock=self._clock))
+            keeping = asyncio.create_task(keep_term(store, term, settings, clock=clock))
             stopping = asyncio.create_task(stop.wait())
             try:
                 await asyncio.wait({keeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -161,30 +165,19 @@ class _KeepaliveThread:
                 for task in (keeping, stopping):
                     task.cancel()
                 await asyncio.gather(keeping, stopping, return_exceptions=True)
-            if not keeping.cancelled():
-                error = keeping.exception()
-                if error is None:
-                    self._report(self.ended, keeping.result())
-                else:
-                    self._report(self.ended, error=error)
-        except Exception as err:  # opening the store failed: the term ends, saying why
-            self._report(self.ended, error=err)
+            return "stopped" if keeping.cancelled() else keeping.result()
         finally:
-            if store is not None:
-                await store.close()
+            await store.close()
 
-    def _report(self, future: asyncio.Future[T], value: T | None = None, *,
-                error: BaseException | None = None) -> None:
-        def settle() -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)  # type: ignore[arg-type]
 
-        with contextlib.suppress(RuntimeError):  # the main loop is closed: nobody waits any more
-            self._main.call_soon_threadsafe(settle)
+def _run_loop(loop: asyncio.AbstractEventLoop, on_exit: Callable[[], None]) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+        on_exit()
 
 
 # -- the rules, wherever they run ------------------------------------------------------------------------
@@ -234,9 +227,13 @@ async def _keepalive(store: base.Store, term: Term, settings: ElectionSettings, 
     last_ok = term.started_at
     while True:
         sent = clock()
-        remaining = last_ok + settings.step_down_after - sent
+        # An attempt may run until the step-down time; one that starts late (the keepalive could not run:
+        # a term's first refresh after a slow start, a starved thread) still gets a refresh interval, as
+        # long as the lease cannot have expired by then: a refresh that succeeds proves the lease alive.
+        budget = max(last_ok + settings.step_down_after - sent,
+                     min(settings.keepalive_interval, last_ok + settings.ttl_s - sent))
         try:
-            async with asyncio.timeout(max(remaining, 0.0)):
+            async with asyncio.timeout(max(budget, 0.0)):
                 await store.refresh_lease(term.lease_id)
                 holder = await store.get(store.schema.leader())
                 if holder is None or holder.epoch != term.epoch:

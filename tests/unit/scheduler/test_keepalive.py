@@ -1,8 +1,8 @@
 """scheduler/keepalive.py's ``ThreadedKeepalive`` with a scripted store opened on its thread: the term's
 lease is kept from a thread and loop of its own (the store is opened there, not on the caller's loop),
-keeps being refreshed while the caller's loop is blocked, and the term ends — with the thread stopped and
-its store closed — when the lease is gone, the key is deleted or replaced, refreshes fail for
-``step_down_after``, opening the store fails, or ``keep`` is cancelled. (Real etcd:
+keeps being refreshed while the caller's loop is blocked, and the term ends, with its store closed, when
+the lease is gone, the key is deleted or replaced, refreshes fail for ``step_down_after``, opening the
+store fails, or ``keep`` is cancelled; ``close`` ends the thread. (Real etcd:
 tests/integration/scheduler/test_keepalive_etcd.py.)"""
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class ScriptedStore:
         self.schema = KeySchema()
 
     async def refresh_lease(self, lease_id: int) -> int:
+        await asyncio.sleep(0)  # a call over the network: the caller's deadline can interrupt it
         if self.lease == "gone":
             raise LeaseExpired(f"lease {lease_id:x} expired or was revoked")
         if self.lease == "unreachable":
@@ -84,14 +85,36 @@ class Opener:
 
 
 def keepalive_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("election-keepalive-")]
+    return [t for t in threading.enumerate() if t.name == "election-keepalive"]
 
 
-def keep(opener: Opener, term: Term = TERM) -> str:
-    async def scenario() -> str:
-        return await ThreadedKeepalive(opener).keep(term, SETTINGS, clock=time.monotonic)
+class Ended:
+    """What ``keep`` returned or raised, and what was left running when it did and after ``close``."""
 
-    return asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
+    def __init__(self) -> None:
+        self.reason = ""
+        self.error: Exception | None = None
+        self.threads_after_keep: list[str] = []
+        self.closed_after_keep: list[bool] = []
+        self.threads_after_close: list[str] = []
+
+
+def keep(opener: Opener, term: Term = TERM) -> Ended:
+    ended = Ended()
+
+    async def scenario() -> None:
+        runner = ThreadedKeepalive(opener)
+        try:
+            ended.reason = await runner.keep(term, SETTINGS, clock=time.monotonic)
+        except Exception as err:
+            ended.error = err
+        ended.threads_after_keep = [t.name for t in keepalive_threads()]
+        ended.closed_after_keep = [store.closed for store in opener.stores]
+        await runner.close()
+        ended.threads_after_close = [t.name for t in keepalive_threads()]
+
+    asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
+    return ended
 
 
 def started_now() -> Term:
@@ -105,28 +128,30 @@ def started_now() -> Term:
     ({"holder_epoch": 9}, "the leader key now belongs to epoch 9"),
     ({"lease": "unreachable"}, "no keepalive succeeded for"),
 ])
-def test_the_term_ends_and_the_thread_stops_with_its_store_closed(script: dict[str, Any], why: str) -> None:
+def test_the_term_ends_with_its_store_closed_and_close_ends_the_thread(script: dict[str, Any],
+                                                                        why: str) -> None:
     opener = Opener(**script)
-    reason = keep(opener, started_now())
-    assert why in reason
+    ended = keep(opener, started_now())
+    assert why in ended.reason and ended.error is None
     [store] = opener.stores
-    assert store.thread.startswith("election-keepalive-7") and store.thread != threading.current_thread().name
-    assert store.closed
-    assert keepalive_threads() == []
+    assert store.thread == "election-keepalive"  # opened on the keepalive's thread, not the caller's
+    assert ended.closed_after_keep == [True]     # the term's connection ends with the term
+    assert ended.threads_after_keep == ["election-keepalive"]  # the thread serves the next term too
+    assert ended.threads_after_close == []
 
 
 def test_a_store_that_cannot_be_opened_ends_the_term_with_its_error() -> None:
-    with pytest.raises(StoreUnavailable, match="no etcd here"):
-        keep(Opener(StoreUnavailable("no etcd here")))
-    assert keepalive_threads() == []
+    ended = keep(Opener(StoreUnavailable("no etcd here")))
+    assert isinstance(ended.error, StoreUnavailable) and "no etcd here" in str(ended.error)
+    assert ended.threads_after_close == []
 
 
 def test_the_lease_is_refreshed_while_the_callers_loop_is_blocked_and_cancelling_stops_the_thread() -> None:
     opener = Opener()
 
     async def scenario() -> tuple[int, int, bool]:
-        keeping = asyncio.create_task(ThreadedKeepalive(opener).keep(started_now(), SETTINGS,
-                                                                     clock=time.monotonic))
+        runner = ThreadedKeepalive(opener)
+        keeping = asyncio.create_task(runner.keep(started_now(), SETTINGS, clock=time.monotonic))
         while not opener.stores or not opener.stores[0].refreshed.is_set():
             await asyncio.sleep(0.01)
         store = opener.stores[0]
@@ -137,9 +162,39 @@ def test_the_lease_is_refreshed_while_the_callers_loop_is_blocked_and_cancelling
         keeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await keeping
+        assert store.closed  # cancelling the term closed its connection before returning
+        await runner.close()
         return during, len(keepalive_threads()), ended_meanwhile
 
     during, threads_left, ended_meanwhile = asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
     assert during >= 2 and not ended_meanwhile  # kept every TTL/3 all along (6 s / 0.67 s: about 9)
     assert threads_left == 0
-    assert opener.stores[0].closed
+
+
+def test_a_term_whose_keepalive_starts_late_is_kept_if_its_lease_can_still_be_alive() -> None:
+    # Its first refresh comes after the step-down time (the leader's loop was slow to start the term)
+    # but before the lease could have expired: it is tried, succeeds, and the term goes on.
+    opener = Opener()
+    late = Term(epoch=TERM.epoch, lease_id=TERM.lease_id, instance="a",
+                started_at=time.monotonic() - (SETTINGS.step_down_after + SETTINGS.ttl_s) / 2)
+
+    async def scenario() -> bool:
+        runner = ThreadedKeepalive(opener)
+        keeping = asyncio.create_task(runner.keep(late, SETTINGS, clock=time.monotonic))
+        while not opener.stores or opener.stores[0].refreshes < 2:
+            await asyncio.sleep(0.01)
+            assert not keeping.done(), keeping.result()
+        keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
+        await runner.close()
+        return keeping.cancelled()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
+
+
+def test_a_term_whose_lease_may_have_expired_before_its_first_refresh_ends() -> None:
+    expired = Term(epoch=TERM.epoch, lease_id=TERM.lease_id, instance="a",
+                   started_at=time.monotonic() - SETTINGS.ttl_s)
+    ended = keep(Opener(), expired)
+    assert "no keepalive succeeded" in ended.reason
