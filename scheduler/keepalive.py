@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 StoreOpener = Callable[[], Awaitable[base.Store]]
 
-# How long ending the keepalive thread may take before ``keep`` goes on without it (a bug: the thread's
-# calls are all bounded by the step-down time, and closing its store by gRPC's own shutdown).
+# How long a cancelled term's keepalive (or the thread, at ``close``) may take to end before the caller
+# goes on without it (a bug: its calls are all bounded by the step-down time, closing its store by gRPC).
 STOP_WAIT_S = 10.0
 
 
