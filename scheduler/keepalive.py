@@ -246,7 +246,8 @@ async def _keepalive(store: base.Store, term: Term, settings: ElectionSettings, 
             return str(err)
         except (StoreError, TimeoutError) as err:
             raise_if_cancelling()
-            log.warning("election: keepalive failed: %s", err or "timed out")
+            log.warning("election: keepalive failed after %.2fs (%.1fs since the last success): %s",
+                        clock() - sent, clock() - last_ok, err or "timed out")
         now = clock()
         if now - last_ok >= settings.step_down_after:
             return (f"no keepalive succeeded for {now - last_ok:.1f}s: stepped down before the lease "
