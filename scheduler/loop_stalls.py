@@ -20,12 +20,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 TICK_S = 0.1        # the monitor's period: 10 wake-ups a second for the whole leader
 THRESHOLD_S = 0.25  # a wake-up this much later than due is a stall (well under the 1 s usage period)
 REMEMBERED = 4096   # stalls kept for ``stalled_since`` (at most 4 a second: a quarter of an hour or more)
+LOGGED_S = 1.0      # stalls this long are logged: a person looking at lost hosts or terms wants to know
 
 
 class LoopStalls:
@@ -87,6 +91,8 @@ class LoopStalls:
             self._total += late
             self.count += 1
             self._recent.append((self._wall_clock(), late))
+            if late >= LOGGED_S:
+                log.info("the event loop was stalled for %.1fs (not counted against any host)", late)
             self._due = now  # accounted up to now: the monitor's own late wake-up adds nothing more
 
 
