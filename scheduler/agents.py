@@ -130,7 +130,7 @@ class AgentSession:
         self._stalls = LoopStalls() if stalls is None else stalls
         self.stalls_excused = 0  # times the watchdog would have broken the session but for a stall
         self._heard = time.monotonic()  # the latest sign of life (a usage snapshot, or a new attempt)
-        self._heard_stalled = 0.0       # the loop's stalled seconds at that moment
+        self._heard_stalled = self._stalls.stalled()  # the loop's stalled seconds at that moment
         self._excused = False           # the current silence was already excused once (counted)
         self.address = address
         self._credentials = credentials
@@ -180,8 +180,14 @@ class AgentSession:
 
     async def _run(self) -> None:
         delay = RETRY_INITIAL
+        first = True
         while True:
-            self._hear()
+            # Each attempt gets a whole heartbeat timeout; the first counts from the session's start, as
+            # the controller's borrowed status does (Controller._connecting_until), so that the watchdog,
+            # not the end of that status, says why a host that never answered is not ready.
+            if not first:
+                self._hear()
+            first = False
             try:
                 await _first_error(self._follow_containers(), self._follow_usage(), self._watchdog())
             except asyncio.CancelledError:

@@ -348,7 +348,7 @@ class Controller:
                 if (at := self.start_health.failing_until(host)) is not None and at > world.now]
         # A connecting session's borrowed status ends then (see _status).
         due += [at for session in self.sessions.values()
-                if (at := session.started_at + session.heartbeat_timeout) > world.now]
+                if (at := self._connecting_until(session)) > world.now]
         return min(due) if due else None
 
     def _forget(self, record: object) -> None:
@@ -437,8 +437,7 @@ class Controller:
         # every host to not ready for the moment reconnecting takes. The session's error or missed
         # heartbeat ends it (and pokes a pass); nothing is launched meanwhile (reconcile waits for a
         # complete view).
-        connecting = (session is not None and not session.error
-                      and now - session.started_at < session.heartbeat_timeout)
+        connecting = session is not None and not session.error and now < self._connecting_until(session)
         ready = complete or (connecting and known.ready)
         reason = "" if ready else (session.error if session is not None and session.error
                                    else "connecting to its agent")
@@ -449,6 +448,11 @@ class Controller:
             start_failures=starts.failures, last_start_failure=starts.last_at,
             start_failure_reason=starts.reason, start_failing=self.start_health.failing(host, now))
         return known if wanted == known else wanted
+
+    def _connecting_until(self, session: AgentSession) -> float:
+        """The end of a new session's borrowed status: its heartbeat timeout, counted as its watchdog
+        counts it (the leader's own stalls meanwhile excluded), so that the watchdog ends it first."""
+        return session.started_at + session.heartbeat_timeout + self.stalls.stalled_since(session.started_at)
 
     def _statuses_to_write(self) -> list[HostStatus]:
         assert self.mirror is not None
