@@ -34,12 +34,13 @@ from scheduler.cancellation import raise_if_cancelling
 from scheduler.controller import AutoscaleSettings, Controller, ControllerSettings
 from scheduler.elastic.loop import INTERVAL as ELASTIC_INTERVAL
 from scheduler.election import Election, ElectionSettings, Term
+from scheduler.keepalive import InLoopKeepalive, KeepaliveRunner, ThreadedKeepalive
 from scheduler.placement import registry
 from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE
 from scheduler.server import REGISTRATION_REFRESH, add_services
 from scheduler.start_health import START_FAILURE_COOLDOWN, START_FAILURE_THRESHOLD, StartHealthSettings
 from scheduler.store.errors import NotLeader, StoreError
-from scheduler.store.factory import open_store
+from scheduler.store.factory import MEMORY, open_store
 from scheduler.store.keys import DEFAULT_PREFIX
 from scheduler.store.records import InstanceRecord
 
@@ -226,8 +227,13 @@ async def serve(settings: Settings) -> None:
     await server.start()
     for path in sockets:
         os.chmod(path, 0o600)
+    # The lease is kept on a thread and etcd connection of its own, so a busy leader keeps its term
+    # (scheduler.keepalive); the in-memory store exists once per process, so its lease is kept in the loop.
+    keepalive: KeepaliveRunner = (
+        InLoopKeepalive(store) if settings.etcd == MEMORY
+        else ThreadedKeepalive(lambda: open_store(settings.etcd, prefix=settings.prefix)))
     election = Election(store, ElectionSettings(instance=settings.instance, address=settings.listen[0],
-                                                ttl_s=settings.election_ttl))
+                                                ttl_s=settings.election_ttl), keepalive=keepalive)
     registration = instances.InstanceRegistration(store, InstanceRecord(
         instance=settings.instance, addresses=settings.listen, http_address=settings.http_listen,
         started_at=time.time(), version=instances.shoal_version()), ttl_s=settings.election_ttl)
@@ -289,6 +295,7 @@ async def serve(settings: Settings) -> None:
         task.print_stack(file=where)
         log.error("shutting down: %s still runs %g s after it was cancelled; going on without it\n%s",
                   task.get_name(), SHUTDOWN_WAIT, where.getvalue())
+    await keepalive.close()
     await registration.close()
     await server.stop(grace=2)
     if http is not None:

@@ -9,7 +9,8 @@ listing reflects, ``WatchEvents`` continues from exactly there, and each event r
 (re)connection; a lost stream, or a history the agent no longer has (``OUT_OF_RANGE``), means relisting.
 In parallel ``WatchUsage`` brings the host's capacity and conditions once a second — and is the
 heartbeat: a session is connected while both streams are, and a snapshot missing for
-``heartbeat_timeout`` seconds breaks the session as an error would (a network cut shows only silence).
+``heartbeat_timeout`` seconds breaks the session as an error would (a network cut shows only silence) —
+seconds in which the leader's own loop was stalled do not count (``scheduler.loop_stalls``).
 
 Every change calls ``on_change(host)`` so the controller can reconcile — a usage snapshot only when it
 changes what a pass reads of the host (its room and conditions), not once a second per host. Sessions
@@ -31,6 +32,7 @@ import grpc
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 from scheduler.cancellation import raise_if_cancelling
+from scheduler.loop_stalls import LoopStalls
 from scheduler.model import (
     LABEL_GENERATION,
     LABEL_REPLICA,
@@ -117,11 +119,19 @@ class AgentSession:
     """Follows one host's agent; ``containers`` is the client the actuator uses."""
 
     def __init__(self, host: HostId, address: str, *, credentials: Credentials | None,
-                 on_change: Callable[[HostId], None], heartbeat_timeout: float = HEARTBEAT_TIMEOUT) -> None:
+                 on_change: Callable[[HostId], None], heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+                 stalls: LoopStalls | None = None) -> None:
         self.host = host
         self.started_at = time.time()  # when this session began following the host
         self.heartbeat_timeout = heartbeat_timeout
+        # The leader's own stalls, not counted as the host's silence (the controller's, shared by every
+        # session; a session on its own keeps one of its own).
+        self._own_stalls = stalls is None
+        self._stalls = LoopStalls() if stalls is None else stalls
+        self.stalls_excused = 0  # times the watchdog would have broken the session but for a stall
         self._heard = time.monotonic()  # the latest sign of life (a usage snapshot, or a new attempt)
+        self._heard_stalled = self._stalls.stalled()  # the loop's stalled seconds at that moment
+        self._excused = False           # the current silence was already excused once (counted)
         self.address = address
         self._credentials = credentials
         self._on_change = on_change
@@ -142,6 +152,8 @@ class AgentSession:
         self._events_ok = False
 
     def start(self) -> None:
+        if self._own_stalls:
+            self._stalls.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"agent-{self.host[:8]}")
 
     async def close(self) -> None:
@@ -149,6 +161,8 @@ class AgentSession:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self._own_stalls:
+            await self._stalls.close()
         await self.channel.close()
 
     # -- what the actuator reports back -----------------------------------------------------------
@@ -166,8 +180,14 @@ class AgentSession:
 
     async def _run(self) -> None:
         delay = RETRY_INITIAL
+        first = True
         while True:
-            self._heard = time.monotonic()
+            # Each attempt gets a whole heartbeat timeout; the first counts from the session's start, as
+            # the controller's borrowed status does (Controller._connecting_until), so that the watchdog,
+            # not the end of that status, says why a host that never answered is not ready.
+            if not first:
+                self._hear()
+            first = False
             try:
                 await _first_error(self._follow_containers(), self._follow_usage(), self._watchdog())
             except asyncio.CancelledError:
@@ -242,12 +262,25 @@ class AgentSession:
             return
         self.apply(ctr)
 
+    def _hear(self) -> None:
+        self._heard = time.monotonic()
+        self._heard_stalled = self._stalls.stalled()
+        self._excused = False
+
     async def _watchdog(self) -> None:
+        """Breaks the session when the host has been silent for the heartbeat timeout — not counting the
+        time the leader's loop itself was stalled, when the host's reports waited unread in the socket
+        (a stall longer than the timeout made every session look silent at once)."""
         while True:
             silent = time.monotonic() - self._heard
+            excused = self._stalls.stalled() - self._heard_stalled
             if silent >= self.heartbeat_timeout:
-                raise HeartbeatMissed(f"no report from the agent for {silent:.1f} s (unreachable?)")
-            await asyncio.sleep(self.heartbeat_timeout - silent)
+                if silent - excused >= self.heartbeat_timeout:
+                    raise HeartbeatMissed(f"no report from the agent for {silent:.1f} s (unreachable?)")
+                if not self._excused:  # counted once per silence
+                    self._excused = True
+                    self.stalls_excused += 1
+            await asyncio.sleep(self.heartbeat_timeout - (silent - excused))
 
     async def _follow_usage(self) -> None:
         async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
@@ -255,7 +288,7 @@ class AgentSession:
             self.info = snapshot.host
             self.last_seen = time.time()
             self.usage = usage_of(snapshot)
-            self._heard = time.monotonic()
+            self._hear()
             if not self._usage_ok:
                 self._usage_ok = True
                 changed = True

@@ -39,6 +39,7 @@ from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
 from scheduler.elastic.loop import AttemptRecord, ElasticLoop, ElasticSettings
+from scheduler.loop_stalls import LoopStalls
 from scheduler.model import (
     AutoscaleStatus,
     Capacity,
@@ -171,6 +172,7 @@ class Controller:
                                  service=self._service, on_done=self.poke, on_deposed=self._lose,
                                  start_health=self.start_health)
         self.last_placer: ViewPlacer | None = None
+        self.stalls = LoopStalls()  # this leader's own stalls: no host is blamed for them
 
     def poke(self, *_: object) -> None:
         self._wake.set()
@@ -192,6 +194,7 @@ class Controller:
         hosting = asyncio.create_task(elastic.run(), name="elastic") if elastic is not None else None
         if hosting is not None:
             hosting.add_done_callback(self._elastic_ended)
+        self.stalls.start()
         try:
             while True:
                 self.mirror = Mirror.of(await self.store.snapshot())
@@ -212,6 +215,7 @@ class Controller:
             await self.actuator.close()
             await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
             self.sessions.clear()
+            await self.stalls.close()
 
     def _autoscaler(self) -> Autoscaler | None:
         chosen = self.settings.autoscale
@@ -344,7 +348,7 @@ class Controller:
                 if (at := self.start_health.failing_until(host)) is not None and at > world.now]
         # A connecting session's borrowed status ends then (see _status).
         due += [at for session in self.sessions.values()
-                if (at := session.started_at + session.heartbeat_timeout) > world.now]
+                if (at := self._connecting_until(session)) > world.now]
         return min(due) if due else None
 
     def _forget(self, record: object) -> None:
@@ -366,7 +370,8 @@ class Controller:
             if session is not None:
                 asyncio.get_running_loop().create_task(session.close())
             session = AgentSession(host, record.address, credentials=self.settings.credentials,
-                                   on_change=self.poke, heartbeat_timeout=self.settings.heartbeat_timeout)
+                                   on_change=self.poke, heartbeat_timeout=self.settings.heartbeat_timeout,
+                                   stalls=self.stalls)
             self.sessions[host] = session
             session.start()
         for host in [h for h in self.sessions if h not in self.mirror.hosts]:
@@ -391,14 +396,16 @@ class Controller:
     def _unreachable_since(self, statuses: dict[HostId, HostStatus]) -> dict[HostId, float]:
         """Since when each host this leader cannot follow has been so: from the recorded status change,
         but never before this leader's session to it started — a new leader gives every host the whole
-        grace period to be connected to before it moves anything."""
+        grace period to be connected to before it moves anything — and later by as long as this leader's
+        own loop was stalled since (the host could not be heard then, whatever it did)."""
         out: dict[HostId, float] = {}
         for host, status in statuses.items():
             if status.ready:
                 continue
             session = self.sessions.get(host)
             started = session.started_at if session is not None else time.time()
-            out[host] = max(status.since, started)
+            since = max(status.since, started)
+            out[host] = since + self.stalls.stalled_since(since)
         return out
 
     def _fresh(self, record: HostRecord) -> HostRecord:
@@ -430,8 +437,7 @@ class Controller:
         # every host to not ready for the moment reconnecting takes. The session's error or missed
         # heartbeat ends it (and pokes a pass); nothing is launched meanwhile (reconcile waits for a
         # complete view).
-        connecting = (session is not None and not session.error
-                      and now - session.started_at < session.heartbeat_timeout)
+        connecting = session is not None and not session.error and now < self._connecting_until(session)
         ready = complete or (connecting and known.ready)
         reason = "" if ready else (session.error if session is not None and session.error
                                    else "connecting to its agent")
@@ -442,6 +448,11 @@ class Controller:
             start_failures=starts.failures, last_start_failure=starts.last_at,
             start_failure_reason=starts.reason, start_failing=self.start_health.failing(host, now))
         return known if wanted == known else wanted
+
+    def _connecting_until(self, session: AgentSession) -> float:
+        """The end of a new session's borrowed status: its heartbeat timeout, counted as its watchdog
+        counts it (the leader's own stalls meanwhile excluded), so that the watchdog ends it first."""
+        return session.started_at + session.heartbeat_timeout + self.stalls.stalled_since(session.started_at)
 
     def _statuses_to_write(self) -> list[HostStatus]:
         assert self.mirror is not None

@@ -8,12 +8,17 @@ agents, and ``Term.guard`` makes every commit of the leader conditional on the k
 others watch the key and campaign again the moment it is deleted (a resign, an expired lease), and at
 least every ``recheck_s`` in case a watch missed it.
 
-While leading, ``lead(term)`` runs as a task, a keepalive loop refreshes the lease every TTL/3 and checks
-that the key is still ours, and a watch of the key notices at once when it goes. The task is cancelled
-when leadership ends: the lease expired or was revoked, the key was deleted or replaced, or no keepalive
-succeeded for ``step_down_after_s`` (TTL/2 by default). That last rule is what keeps two leaders from
-acting at once: the lease, counted by etcd from at least the moment our last successful refresh was sent,
-outlives our stepping down by the other half TTL, so no one else can win before we stopped. Then the
+While leading, ``lead(term)`` runs as a task, and the election's ``KeepaliveRunner``
+(``scheduler.keepalive``: on a thread and etcd connection of its own in the scheduler, so that a leader
+whose event loop is busy keeps its term; on the caller's loop for the in-memory store) refreshes the lease
+every TTL/3, checks that the key is still ours, and watches the key to notice at once when it goes. The
+task is cancelled when leadership ends: the lease expired or was revoked, the key was deleted or
+replaced, or no keepalive succeeded for ``step_down_after_s`` (TTL/2 by default). That last rule is what
+keeps two leaders from acting at once: the lease, counted by etcd from at least the moment our last
+successful refresh was sent, outlives our stepping down by the other half TTL, so no one else can win
+before we stopped (a leader whose loop is stalled then notices only when it runs again; the epoch guard
+on every commit and the fence on every agent call keep it from acting meanwhile: see
+``scheduler.keepalive``). Then the
 instance campaigns again, like the others. When ``lead`` returns, or ``run`` is cancelled (clean
 shutdown), the lease is revoked: the key goes at once and the next leader takes over without waiting for
 the TTL. An exception from ``lead`` resigns too, and is raised from ``run``.
@@ -33,8 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.cancellation import raise_if_cancelling
+from scheduler.keepalive import InLoopKeepalive, KeepaliveRunner
 from scheduler.store import base
-from scheduler.store.errors import LeaseExpired, StoreError
+from scheduler.store.errors import StoreError
 from scheduler.store.records import LeaderRecord
 
 log = logging.getLogger(__name__)
@@ -87,10 +93,6 @@ class Term:
         return base.LeaderGuard(self.epoch)
 
 
-class _Deposed(Exception):
-    """The leader key is gone or belongs to another term."""
-
-
 Lead = Callable[[Term], Coroutine[Any, Any, None]]
 
 
@@ -99,8 +101,10 @@ class Election:
 
     def __init__(self, store: base.Store, settings: ElectionSettings, *,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 keepalive: KeepaliveRunner | None = None) -> None:
         self._store = store
+        self._keepalive = keepalive if keepalive is not None else InLoopKeepalive(store)
         self._settings = settings
         self._clock = clock
         self._wall_clock = wall_clock
@@ -201,7 +205,8 @@ class Election:
         """Runs ``lead`` for the term; True when it returned (the caller is done), False when the term was
         lost (campaign again)."""
         self._term = term
-        keeper = asyncio.create_task(self._keep(term), name=f"election-keepalive-{term.epoch}")
+        keeper = asyncio.create_task(self._keepalive.keep(term, self._settings, clock=self._clock),
+                                     name=f"election-keepalive-{term.epoch}")
         leading = asyncio.create_task(lead(term), name=f"leader-{term.epoch}")
         try:
             await asyncio.wait({keeper, leading}, return_when=asyncio.FIRST_COMPLETED)
@@ -225,67 +230,6 @@ class Election:
             return True
         log.warning("election: %s lost leadership (epoch %d): %s", term.instance, term.epoch, self._last_loss)
         return False
-
-    async def _keep(self, term: Term) -> str:
-        """Keeps the term alive; returns why it ended: the keepalive loop's verdict, or at once when a watch
-        of the leader key sees it deleted or replaced (the keepalive would notice only at its next turn)."""
-        loops = {asyncio.create_task(self._keepalive(term)), asyncio.create_task(self._watch_key(term))}
-        try:
-            while loops:
-                done, loops = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    reason = task.result()
-                    if reason:
-                        return reason
-            return "keepalive stopped"  # not reached: the keepalive loop returns only with a reason
-        finally:
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-
-    async def _watch_key(self, term: Term) -> str:
-        """Why the leader key stopped being ours, or "" when watching failed (the keepalive still checks)."""
-        try:
-            changes = self._store.watch(term.epoch, scope=self._store.schema.leader_range())
-            async with contextlib.aclosing(changes):
-                async for change in changes:
-                    if change.kind is base.ChangeKind.DELETE:
-                        return "the leader key was deleted (lease expired or revoked)"
-                    if not isinstance(change.value, LeaderRecord) or change.value.epoch != term.epoch:
-                        return "the leader key was replaced"
-        except StoreError as err:
-            raise_if_cancelling()
-            log.info("election: watching the leader key failed (the keepalive still checks it): %s", err)
-        return ""
-
-    async def _keepalive(self, term: Term) -> str:
-        """Refreshes the lease every TTL/3; returns why the term ended."""
-        settings = self._settings
-        last_ok = term.started_at
-        while True:
-            sent = self._clock()
-            remaining = last_ok + settings.step_down_after - sent
-            try:
-                async with asyncio.timeout(max(remaining, 0.0)):
-                    await self._store.refresh_lease(term.lease_id)
-                    holder = await self._store.get(self._store.schema.leader())
-                    if holder is None or holder.epoch != term.epoch:
-                        raise _Deposed("the leader key was deleted" if holder is None else
-                                       f"the leader key now belongs to epoch {holder.epoch}")
-                last_ok = sent
-            except LeaseExpired:
-                return "the lease expired or was revoked"
-            except _Deposed as err:
-                return str(err)
-            except (StoreError, TimeoutError) as err:
-                raise_if_cancelling()
-                log.warning("election: keepalive failed: %s", err or "timed out")
-            now = self._clock()
-            if now - last_ok >= settings.step_down_after:
-                return (f"no keepalive succeeded for {now - last_ok:.1f}s: stepped down before the lease "
-                        f"({settings.ttl_s}s) could expire")
-            next_at = min(sent + settings.keepalive_interval, last_ok + settings.step_down_after)
-            await asyncio.sleep(max(next_at - now, 0.0))
 
 
 __all__ = ["DEFAULT_TTL_S", "Election", "ElectionSettings", "Lead", "Term"]

@@ -1,0 +1,260 @@
+"""Where the leader's lease is kept alive: on the main event loop, or on a thread of its own.
+
+While an instance leads, ``Election`` hands the term to a ``KeepaliveRunner``, whose ``keep`` refreshes
+the lease every TTL/3, checks that the leader key is still the term's, watches the key, and returns why
+the term ended: the lease expired or was revoked, the key was deleted or replaced, or no refresh
+succeeded for ``step_down_after`` (``keep_term``, the rules themselves, are the same wherever they run).
+
+* ``ThreadedKeepalive`` (the scheduler's, on etcd) runs ``keep_term`` on a thread with an asyncio loop and
+  an etcd connection of its own (a second store opened from the same settings). The leader's main loop
+  runs reconcile passes, one session per host, the API and the watches; a pass of 0.3 s there made the
+  in-loop keepalive miss its 2 s TTL's refresh, and every lost term cost a snapshot, a reconnect to every
+  host and another stall (docs/scaling.md, limit 1). On its own loop the keepalive needs the GIL for
+  microseconds per refresh, so a leader keeps its term as long as its process lives and reaches etcd,
+  however long its passes are. The loops meet only through thread-safe calls: each term is a coroutine
+  handed to the thread's loop with ``run_coroutine_threadsafe``, whose end (why the term ended) comes back
+  to the main loop's ``Election``, which then cancels the leading task; a term cancelled on the main loop
+  is stopped on the thread's with ``call_soon_threadsafe``. The term's store is closed before ``keep``
+  returns, either way; the thread and its loop serve every term of the process and end with ``close``.
+* ``InLoopKeepalive`` runs ``keep_term`` on the caller's loop and store: for a store that cannot be
+  opened again on another loop (the in-memory store of development and tests, whose state is its
+  process's one object).
+
+**Why a keepalive that outlives a stalled main loop is safe.** A term that ends while the main loop is
+stalled is only *noticed* there when the loop runs again; meanwhile the lease may expire and another
+instance lead. Nothing the stalled leader does then can take effect: every commit is a transaction
+guarded by the term's epoch (the leader key's create revision, ``Term.guard``), which etcd refuses once the
+key is gone or another term's, and every agent call carries the epoch as its fence, which an agent refuses
+once a newer leader has spoken to it. The keepalive's promptness was never what kept two leaders apart —
+the in-loop keepalive could not cancel a stalled leader either; running it elsewhere only stops a busy
+leader from losing a term it still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+from scheduler.cancellation import raise_if_cancelling
+from scheduler.store import base
+from scheduler.store.errors import LeaseExpired, StoreError
+from scheduler.store.records import LeaderRecord
+
+if TYPE_CHECKING:
+    from scheduler.election import ElectionSettings, Term
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+StoreOpener = Callable[[], Awaitable[base.Store]]
+
+# How long a cancelled term's keepalive (or the thread, at ``close``) may take to end before the caller
+# goes on without it (a bug: its calls are all bounded by the step-down time, closing its store by gRPC).
+STOP_WAIT_S = 10.0
+
+
+class KeepaliveRunner(Protocol):
+    """Keeps a term's lease alive while the instance leads."""
+
+    async def keep(self, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
+        """Returns why ``term`` ended (lease gone, key deleted or replaced, no refresh for
+        ``settings.step_down_after``); raises if keeping failed in an unexpected way (the term ends too).
+        Cancel it to stop keeping the lease (the caller then revokes it). Nothing it started for the term
+        outlives it."""
+        ...
+
+    async def close(self) -> None:
+        """Releases what the runner keeps between terms (at the process's end)."""
+        ...
+
+
+class InLoopKeepalive:
+    """``keep_term`` on the caller's event loop and store."""
+
+    def __init__(self, store: base.Store) -> None:
+        self._store = store
+
+    async def keep(self, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
+        return await keep_term(self._store, term, settings, clock=clock)
+
+    async def close(self) -> None:
+        pass  # nothing of its own: the store is the caller's
+
+
+class ThreadedKeepalive:
+    """``keep_term`` on a thread of its own, with its own event loop, and a store from ``open_store``
+    (called on that loop once per term; the store is closed when the term ends). The thread starts with
+    the first term and runs until ``close``: one loop for the process's life, because grpc.aio keeps every
+    loop it has served and delivers late completions of a closed loop's calls to it as errors (seen with a
+    loop per term)."""
+
+    def __init__(self, open_store: StoreOpener, *, stop_wait_s: float = STOP_WAIT_S) -> None:
+        self._open_store = open_store
+        self._stop_wait_s = stop_wait_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._exited: asyncio.Future[None] | None = None
+
+    async def keep(self, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
+        loop = self._started()
+        stop = asyncio.Event()  # used on the thread's loop only: set there through call_soon_threadsafe
+        keeping = asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._keep(term, settings, clock, stop), loop))
+        try:
+            return await asyncio.shield(keeping)
+        finally:
+            if not keeping.done():  # cancelled: stop keeping, and wait until its store is closed
+                loop.call_soon_threadsafe(stop.set)
+                await asyncio.wait({keeping}, timeout=self._stop_wait_s)
+                if not keeping.done():
+                    log.error("election: the keepalive of epoch %d did not end within %g s", term.epoch,
+                              self._stop_wait_s)
+                elif not keeping.cancelled():
+                    keeping.exception()  # seen: its outcome no longer matters
+
+    async def close(self) -> None:
+        """Ends the thread and its loop (call when no term is kept any more: at the process's end)."""
+        loop, thread, exited = self._loop, self._thread, self._exited
+        self._loop = self._thread = self._exited = None
+        if loop is None or thread is None or exited is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        try:
+            async with asyncio.timeout(self._stop_wait_s):
+                await asyncio.shield(exited)
+        except TimeoutError:
+            log.error("election: the keepalive thread did not end within %g s", self._stop_wait_s)
+            return
+        thread.join()  # it has left its loop: returns at once
+
+    def _started(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            main = asyncio.get_running_loop()
+            exited: asyncio.Future[None] = main.create_future()
+
+            def settle() -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            def on_exit() -> None:
+                with contextlib.suppress(RuntimeError):  # the main loop is closed: nobody waits
+                    main.call_soon_threadsafe(settle)
+
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=_run_loop, args=(loop, on_exit), name="election-keepalive",
+                                      daemon=True)  # never holds the process up if a stop hangs
+            thread.start()
+            self._loop, self._thread, self._exited = loop, thread, exited
+        return self._loop
+
+    async def _keep(self, term: Term, settings: ElectionSettings, clock: Clock, stop: asyncio.Event) -> str:
+        """On the thread: one term, on a store of its own, until it ends or ``stop`` is set."""
+        if stop.is_set():
+            return "stopped"
+        store = await self._open_store()
+        try:
+            keeping = asyncio.create_task(keep_term(store, term, settings, clock=clock))
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({keeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (keeping, stopping):
+                    task.cancel()
+                await asyncio.gather(keeping, stopping, return_exceptions=True)
+            return "stopped" if keeping.cancelled() else keeping.result()
+        finally:
+            await store.close()
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop, on_exit: Callable[[], None]) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+        on_exit()
+
+
+# -- the rules, wherever they run ------------------------------------------------------------------------
+
+
+class _Deposed(Exception):
+    """The leader key is gone or belongs to another term."""
+
+
+async def keep_term(store: base.Store, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
+    """Keeps the term alive; returns why it ended: the keepalive loop's verdict, or at once when a watch
+    of the leader key sees it deleted or replaced (the keepalive would notice only at its next turn)."""
+    loops = {asyncio.create_task(_keepalive(store, term, settings, clock)),
+             asyncio.create_task(_watch_key(store, term))}
+    try:
+        while loops:
+            done, loops = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                reason = task.result()
+                if reason:
+                    return reason
+        return "keepalive stopped"  # not reached: the keepalive loop returns only with a reason
+    finally:
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+
+
+async def _watch_key(store: base.Store, term: Term) -> str:
+    """Why the leader key stopped being ours, or "" when watching failed (the keepalive still checks)."""
+    try:
+        changes = store.watch(term.epoch, scope=store.schema.leader_range())
+        async with contextlib.aclosing(changes):
+            async for change in changes:
+                if change.kind is base.ChangeKind.DELETE:
+                    return "the leader key was deleted (lease expired or revoked)"
+                if not isinstance(change.value, LeaderRecord) or change.value.epoch != term.epoch:
+                    return "the leader key was replaced"
+    except StoreError as err:
+        raise_if_cancelling()
+        log.info("election: watching the leader key failed (the keepalive still checks it): %s", err)
+    return ""
+
+
+async def _keepalive(store: base.Store, term: Term, settings: ElectionSettings, clock: Clock) -> str:
+    """Refreshes the lease every TTL/3; returns why the term ended."""
+    last_ok = term.started_at
+    while True:
+        sent = clock()
+        # An attempt may run until the step-down time; one that starts late (the keepalive could not run:
+        # a term's first refresh after a slow start, a starved thread) still gets a refresh interval, as
+        # long as the lease cannot have expired by then: a refresh that succeeds proves the lease alive.
+        budget = max(last_ok + settings.step_down_after - sent,
+                     min(settings.keepalive_interval, last_ok + settings.ttl_s - sent))
+        try:
+            async with asyncio.timeout(max(budget, 0.0)):
+                await store.refresh_lease(term.lease_id)
+                holder = await store.get(store.schema.leader())
+                if holder is None or holder.epoch != term.epoch:
+                    raise _Deposed("the leader key was deleted" if holder is None else
+                                   f"the leader key now belongs to epoch {holder.epoch}")
+            last_ok = sent
+        except LeaseExpired:
+            return "the lease expired or was revoked"
+        except _Deposed as err:
+            return str(err)
+        except (StoreError, TimeoutError) as err:
+            raise_if_cancelling()
+            log.warning("election: keepalive failed after %.2fs (%.1fs since the last success): %s",
+                        clock() - sent, clock() - last_ok, err or "timed out")
+        now = clock()
+        if now - last_ok >= settings.step_down_after:
+            return (f"no keepalive succeeded for {now - last_ok:.1f}s: stepped down before the lease "
+                    f"({settings.ttl_s}s) could expire")
+        next_at = min(sent + settings.keepalive_interval, last_ok + settings.step_down_after)
+        await asyncio.sleep(max(next_at - now, 0.0))
+
+
+__all__ = ["STOP_WAIT_S", "InLoopKeepalive", "KeepaliveRunner", "StoreOpener", "ThreadedKeepalive",
+           "keep_term"]
