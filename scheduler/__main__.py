@@ -236,7 +236,8 @@ async def serve(settings: Settings) -> None:
                                                 ttl_s=settings.election_ttl), keepalive=keepalive)
     registration = instances.InstanceRegistration(store, InstanceRecord(
         instance=settings.instance, addresses=settings.listen, http_address=settings.http_listen,
-        started_at=time.time(), version=instances.shoal_version()), ttl_s=settings.election_ttl)
+        started_at=time.time(), version=instances.shoal_version()),
+        ttl_s=max(settings.election_ttl, instances.DEFAULT_TTL_S))
     registration_task = asyncio.create_task(registration.run(), name="instance-registration")
     credentials = _credentials(settings)
     leading: list[Controller] = []

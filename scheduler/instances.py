@@ -28,7 +28,9 @@ from scheduler.store.records import InstanceRecord, LeaderRecord
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL_S = 2
+# Longer than the election's: the record only informs `get schedulers`, and its lease is refreshed on the
+# busy main loop, where a 2 s TTL was lost (and the record rewritten) at every long reconcile pass.
+DEFAULT_TTL_S = 10
 RETRY_S = 0.5
 
 
