@@ -99,31 +99,67 @@ class Mirror:
         table = self._table(type(record))
         if table is None:
             return
-        if isinstance(record, Service):
-            key: Any = record.name
-        elif isinstance(record, AutoscaleStatus):
-            key = record.service
-        elif isinstance(record, HostGroup):
-            key = record.spec.name
-        elif isinstance(record, HostGroupStatus):
-            key = record.group
-        else:
-            key = record.id  # type: ignore[attr-defined]
+        key = _key(record)
         known = table.get(key)
         if known is None or known.revision <= record.revision:  # type: ignore[attr-defined]
             table[key] = record
 
-    def apply(self, change: base.Change) -> None:
+    def apply(self, change: base.Change) -> bool:
+        """Apply a watched change; whether it changed anything a reconcile pass reads (see ``_read``)."""
         self.revision = max(self.revision, change.revision)
-        if change.kind is base.ChangeKind.PUT and change.value is not None:
-            self.put(change.value)
-            return
         table = self._table(change.record_type)
+        if change.kind is base.ChangeKind.PUT and change.value is not None:
+            record = change.value
+            known = table.get(_key(record)) if table is not None else None
+            self.put(record)
+            if known is not None and known.revision >= change.revision:
+                return False  # this leader's own write, applied when it committed: seen by its passes
+            return _read(known, record)
         if table is not None and change.ids:
             key = change.ids[-1]
             known = table.get(key)
             if known is not None and known.revision < change.revision:
                 del table[key]
+                return _read(known, None)
+        return False
+
+
+def _key(record: object) -> Any:
+    if isinstance(record, Service):
+        return record.name
+    if isinstance(record, AutoscaleStatus):
+        return record.service
+    if isinstance(record, HostGroup):
+        return record.spec.name
+    if isinstance(record, HostGroupStatus):
+        return record.group
+    return record.id  # type: ignore[attr-defined]
+
+
+# What a pass reads of the state in etcd (``Controller._world``); the autoscaler's and the elastic
+# loop's records are read by their own loops on their own clocks.
+_PASS_READS = (Service, Replica, HostRecord, HostStatus)
+
+
+def _read(before: object | None, after: object | None) -> bool:
+    """Whether a pass could decide differently after a record went from ``before`` to ``after``.
+
+    A host re-registering with nothing new but the time (and the use figures its agent streams every
+    second anyway) is rewritten in etcd at least every ``REGISTRATION_REWRITE`` seconds: at 5,000 hosts
+    that was 80 passes a second deciding nothing (docs/scaling.md)."""
+    record = after if after is not None else before
+    if not isinstance(record, _PASS_READS):
+        return False
+    if isinstance(before, HostRecord) and isinstance(after, HostRecord):
+        return _host_as_read(before) != _host_as_read(after)
+    return True
+
+
+def _host_as_read(record: HostRecord) -> HostRecord:
+    """A host record without what no pass reads: the registration's time, its raw report, its revision,
+    and the use figures (a pass takes room from the agent's usage stream, ``Controller._fresh``)."""
+    capacity = replace(record.capacity, cpu_committed_millis=0, memory_committed_bytes=0, disk_free_bytes=0)
+    return replace(record, capacity=capacity, last_registered_at=0.0, info_json="", revision=0)
 
 
 def new_replica_id(service: ServiceName) -> ReplicaId:
@@ -272,8 +308,8 @@ class Controller:
     async def _follow(self, revision: int) -> None:
         assert self.mirror is not None
         async for change in self.store.watch(revision):
-            self.mirror.apply(change)
-            self.poke()
+            if self.mirror.apply(change):
+                self.poke()
 
     async def _loop(self, watcher: asyncio.Task[None]) -> None:
         next_due: float | None = None
