@@ -356,6 +356,8 @@ class Controller:
             if status is not mirror.statuses.get(host) and status != mirror.statuses.get(host):
                 dirt.hosts.add(host)
         if full:
+            # This pass reads every host's observation: the next one compares with these.
+            self._seen = {h: session.observation for h, session in self.sessions.items()}
             return None
         services = dirt.services
         failed = self.actuator.failures
