@@ -3,18 +3,26 @@
 Runs only on the elected leader, for one term (``Election.run`` cancels it when leadership ends). It
 keeps:
 
-* a **mirror** of the state in etcd — a snapshot, then the watch from its revision (a compacted revision
-  means a new snapshot); the leader's own committed writes are applied to it at once, so the next pass
-  never decides on state older than what it just wrote;
+* a **mirror** of the state in etcd (``scheduler.mirror``) — a snapshot, then the watch from its revision
+  (a compacted revision means a new snapshot); the leader's own committed writes are applied to it at
+  once, so the next pass never decides on state older than what it just wrote;
 * one **agent session** per registered host (``scheduler.agents``): its containers, kept current;
 * an **actuator** (``scheduler.actuator``) carrying out agent actions with the term's fence.
 
 A *pass* builds the ``reconcile.World`` from these, runs the pure ``reconcile.step`` with a placer over a
-fresh placement view, commits the record writes (and the host statuses that changed) as compare-and-swap
-transactions under the term's guard, and only then hands the agent actions to the actuator. Passes run
-one at a time, triggered by any change (a watch event, an agent event, an action done) and coalesced: a
-burst of changes is one pass. A conflict means the mirror was behind: the watch brings the news and the
-next pass decides again. ``NotLeader`` ends the term.
+placement view (built only if the step places or removes something), commits the record writes (and the
+host statuses that changed) as compare-and-swap transactions under the term's guard, and only then hands
+the agent actions to the actuator. Passes run one at a time, triggered by any change a pass reads (a
+watch event that changes it, an agent event, an action done) and coalesced: a burst of changes is one
+pass. A conflict means the mirror was behind: the watch brings the news and the next pass decides again.
+``NotLeader`` ends the term.
+
+Most passes are *scoped* (``reconcile.Scope``, ``Controller._scope``): they run the rules only for the
+services and hosts changed since the last pass — the mirror's dirt, the containers that changed in each
+reporting session, the actions that ended, launches that failed — plus every service with a pending
+replica and everything on a host whose connection, record or status changed. A full pass runs at the
+start of a term, after a conflict or an etcd failure, when the clock makes a pass due (a backoff, a
+grace period), and at least every ``FULL_PASS_INTERVAL`` seconds as a safety net.
 """
 
 from __future__ import annotations
@@ -414,6 +422,7 @@ class Controller:
             session.start()
         for host in [h for h in self.sessions if h not in self.mirror.hosts]:
             self._changed_hosts.add(host)
+            self._fresh_cache.pop(host, None)
             asyncio.get_running_loop().create_task(self.sessions.pop(host).close())
         self.start_health.forget(set(self.mirror.hosts))
 
