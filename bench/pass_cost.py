@@ -260,15 +260,17 @@ def main() -> None:
     parser.add_argument("--label", default="")
     parser.add_argument("--templates", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
     if args.templates:
         spent = templates(args.templates, args.rounds)
         print(f"{args.templates} launch specs: parsed each time {spent['parse'] * 1000:.1f} ms, "
               f"from the cache {spent['cached'] * 1000:.1f} ms "
               f"({spent['parse'] / args.templates * 1e6:.1f} / "
               f"{spent['cached'] / args.templates * 1e6:.1f} µs each)")
+        rows.append({"launch_specs": args.templates, **{k: round(v * 1000, 1) for k, v in spent.items()}})
+        write(args.label, rows)
         return
     only = set(args.only.split(","))
-    rows = []
     print(f"{'replicas':>9} {'hosts':>6} " + " ".join(f"{k:>9}" for k in sorted(only)) + "   (ms, best cpu)")
     for size in args.sizes.split(","):
         n_replicas, n_hosts = (int(x) for x in size.split("/"))
@@ -277,17 +279,21 @@ def main() -> None:
                      **{k: round(v * 1000, 1) for k, v in got.items()}})
         cells = " ".join(f"{got.get(k, 0) * 1000:>9.1f}" for k in sorted(only))
         print(f"{n_replicas:>9} {n_hosts:>6} {cells}", flush=True)
-    if args.label:
-        revision = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                  capture_output=True, text=True).stdout.strip()
-        out = REPO / "bench" / "results" / f"pass-cost-{args.label}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({
-            "command": " ".join(["python", "bench/pass_cost.py", *sys.argv[1:]]), "revision": revision,
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "load": os.getloadavg()},
-            "unit": "ms of process cpu, best of rounds", "rows": rows}, indent=2) + "\n")
-        print(f"wrote {out.relative_to(REPO)}")
+    write(args.label, rows)
+
+
+def write(label: str, rows: list[dict[str, Any]]) -> None:
+    if not label:
+        return
+    revision = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+    out = REPO / "bench" / "results" / f"pass-cost-{label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": " ".join(["python", "bench/pass_cost.py", *sys.argv[1:]]), "revision": revision,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg()},
+        "unit": "ms of process cpu, best of rounds", "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
