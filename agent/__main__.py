@@ -188,7 +188,8 @@ async def serve(settings: config.AgentSettings) -> None:
             fence_task = asyncio.create_task(fence.run(), name="self-fence")
         joiner = Joiner(JoinSettings(schedulers=settings.join, advertise=settings.advertise,
                                      metrics_address=settings.metrics_listen,
-                                     tls_dir=settings.tls.ca.parent if settings.tls else None),
+                                     tls_dir=settings.tls.ca.parent if settings.tls else None,
+                                     max_refresh=settings.stop_replicas_after / 3),
                         host_info=lambda: host_to_pb(sampler.host(), network=bridge),
                         on_contact=fence.contact if fence is not None else None)
         join_task = asyncio.create_task(joiner.run(), name="join")

@@ -42,6 +42,9 @@ class JoinSettings:
     advertise: str                # where the scheduler reaches this agent's API
     metrics_address: str = ""
     tls_dir: Path | None = None   # ca.pem, agent.pem, agent-key.pem; None: plain TCP (tests)
+    # Register at least this often whatever the scheduler asks (0: as it asks). Self-fencing counts
+    # from the last registration, and a large fleet is asked to refresh only every minute or so.
+    max_refresh: float = 0.0
 
 
 class Joiner:
@@ -87,6 +90,8 @@ class Joiner:
             if self._on_contact is not None:
                 self._on_contact()
             delay = RETRY_INITIAL
+            if self.settings.max_refresh > 0:
+                refresh = min(refresh, self.settings.max_refresh)
             await asyncio.sleep(refresh)
 
     async def _register(self, address: str) -> float:

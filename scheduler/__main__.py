@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--election-ttl", type=int, default=2, metavar="SECONDS",
                        help="leader lease TTL: a killed leader is replaced after about this (default 2)")
     serve.add_argument("--registration-refresh", type=float, default=REGISTRATION_REFRESH, metavar="SECONDS",
-                       help="how often agents re-register (default %(default)s)")
+                       help="the shortest time between an agent's registrations; it grows to hosts/20 s "
+                            "(at most 60 s) with more hosts registering here (default %(default)s)")
     serve.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT, metavar="SECONDS",
                        help="an agent silent this long is unreachable (it reports every second; "
                             "default %(default)s)")

@@ -3,18 +3,26 @@
 Runs only on the elected leader, for one term (``Election.run`` cancels it when leadership ends). It
 keeps:
 
-* a **mirror** of the state in etcd — a snapshot, then the watch from its revision (a compacted revision
-  means a new snapshot); the leader's own committed writes are applied to it at once, so the next pass
-  never decides on state older than what it just wrote;
+* a **mirror** of the state in etcd (``scheduler.mirror``) — a snapshot, then the watch from its revision
+  (a compacted revision means a new snapshot); the leader's own committed writes are applied to it at
+  once, so the next pass never decides on state older than what it just wrote;
 * one **agent session** per registered host (``scheduler.agents``): its containers, kept current;
 * an **actuator** (``scheduler.actuator``) carrying out agent actions with the term's fence.
 
 A *pass* builds the ``reconcile.World`` from these, runs the pure ``reconcile.step`` with a placer over a
-fresh placement view, commits the record writes (and the host statuses that changed) as compare-and-swap
-transactions under the term's guard, and only then hands the agent actions to the actuator. Passes run
-one at a time, triggered by any change (a watch event, an agent event, an action done) and coalesced: a
-burst of changes is one pass. A conflict means the mirror was behind: the watch brings the news and the
-next pass decides again. ``NotLeader`` ends the term.
+placement view (built only if the step places or removes something), commits the record writes (and the
+host statuses that changed) as compare-and-swap transactions under the term's guard, and only then hands
+the agent actions to the actuator. Passes run one at a time, triggered by any change a pass reads (a
+watch event that changes it, an agent event, an action done) and coalesced: a burst of changes is one
+pass. A conflict means the mirror was behind: the watch brings the news and the next pass decides again.
+``NotLeader`` ends the term.
+
+Most passes are *scoped* (``reconcile.Scope``, ``Controller._scope``): they run the rules only for the
+services and hosts changed since the last pass — the mirror's dirt, the containers that changed in each
+reporting session, the actions that ended, launches that failed — plus every service with a pending
+replica and everything on a host whose connection, record or status changed. A full pass runs at the
+start of a term, after a conflict or an etcd failure, when the clock makes a pass due (a backoff, a
+grace period), and at least every ``FULL_PASS_INTERVAL`` seconds as a safety net.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from google.protobuf import json_format
 
@@ -40,16 +47,12 @@ from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
 from scheduler.elastic.loop import AttemptRecord, ElasticLoop, ElasticSettings
 from scheduler.loop_stalls import LoopStalls
+from scheduler.mirror import Dirt, Mirror
 from scheduler.model import (
-    AutoscaleStatus,
     Capacity,
-    GroupName,
-    HostGroup,
-    HostGroupStatus,
     HostId,
     HostRecord,
     HostStatus,
-    Replica,
     ReplicaId,
     ReplicaPhase,
     Service,
@@ -68,63 +71,9 @@ log = logging.getLogger(__name__)
 COALESCE = 0.01          # a burst of changes within this is one pass
 STORE_RETRY = 0.5        # after etcd did not answer
 CONFLICT_RETRY = 0.05    # the watch is expected to deliver what made the write conflict
-
-
-@dataclass
-class Mirror:
-    """The state in etcd as of ``revision`` (plus this leader's own writes)."""
-
-    revision: int
-    services: dict[ServiceName, Service] = field(default_factory=dict)
-    replicas: dict[ReplicaId, Replica] = field(default_factory=dict)
-    hosts: dict[HostId, HostRecord] = field(default_factory=dict)
-    statuses: dict[HostId, HostStatus] = field(default_factory=dict)
-    autoscale: dict[ServiceName, AutoscaleStatus] = field(default_factory=dict)
-    hostgroups: dict[GroupName, HostGroup] = field(default_factory=dict)
-    hostgroup_statuses: dict[GroupName, HostGroupStatus] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, snap: base.Snapshot) -> Mirror:
-        return cls(revision=snap.revision, services=dict(snap.services), replicas=dict(snap.replicas),
-                   hosts=dict(snap.hosts), statuses=dict(snap.host_statuses), autoscale=dict(snap.autoscale),
-                   hostgroups=dict(snap.hostgroups), hostgroup_statuses=dict(snap.hostgroup_statuses))
-
-    def _table(self, record_type: type) -> dict[Any, Any] | None:
-        tables: dict[type, dict[Any, Any]] = {Service: self.services, Replica: self.replicas,
-                                              HostRecord: self.hosts, HostStatus: self.statuses,
-                                              AutoscaleStatus: self.autoscale, HostGroup: self.hostgroups,
-                                              HostGroupStatus: self.hostgroup_statuses}
-        return tables.get(record_type)
-
-    def put(self, record: object) -> None:
-        table = self._table(type(record))
-        if table is None:
-            return
-        if isinstance(record, Service):
-            key: Any = record.name
-        elif isinstance(record, AutoscaleStatus):
-            key = record.service
-        elif isinstance(record, HostGroup):
-            key = record.spec.name
-        elif isinstance(record, HostGroupStatus):
-            key = record.group
-        else:
-            key = record.id  # type: ignore[attr-defined]
-        known = table.get(key)
-        if known is None or known.revision <= record.revision:  # type: ignore[attr-defined]
-            table[key] = record
-
-    def apply(self, change: base.Change) -> None:
-        self.revision = max(self.revision, change.revision)
-        if change.kind is base.ChangeKind.PUT and change.value is not None:
-            self.put(change.value)
-            return
-        table = self._table(change.record_type)
-        if table is not None and change.ids:
-            key = change.ids[-1]
-            known = table.get(key)
-            if known is not None and known.revision < change.revision:
-                del table[key]
+# Passes between full ones look only at what changed (``reconcile.Scope``); a full pass runs at least
+# this often anyway, as a safety net: anything a scope missed is decided within this many seconds.
+FULL_PASS_INTERVAL = 5.0
 
 
 def new_replica_id(service: ServiceName) -> ReplicaId:
@@ -173,8 +122,22 @@ class Controller:
                                  start_health=self.start_health)
         self.last_placer: ViewPlacer | None = None
         self.stalls = LoopStalls()  # this leader's own stalls: no host is blamed for them
+        # What the next pass must look at beyond the mirror's dirt (see ``_scope``).
+        self._changed_hosts: set[HostId] = set()              # sessions that reported a change
+        self._seen: dict[HostId, HostObservation] = {}        # each host's observation the last pass read
+        self._acting: dict[str, HostId] = {}                  # actions handed over, by container id
+        self._full_due = True                                 # the next pass looks at everything
+        self._last_full = 0.0                                 # when the last full pass ran
+        self._due: float | None = None                        # when a pass is due by the clock
+        self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
+        self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
 
     def poke(self, *_: object) -> None:
+        self._wake.set()
+
+    def _host_changed(self, host: HostId) -> None:
+        """An agent session reported a change (its containers, its connection, its room)."""
+        self._changed_hosts.add(host)
         self._wake.set()
 
     def _lose(self, why: str) -> None:
@@ -198,6 +161,7 @@ class Controller:
         try:
             while True:
                 self.mirror = Mirror.of(await self.store.snapshot())
+                self._full_due = True
                 watcher = asyncio.create_task(self._follow(self.mirror.revision), name="etcd-watch")
                 try:
                     await self._loop(watcher)
@@ -249,10 +213,8 @@ class Controller:
             for record in committed.written:
                 self.mirror.put(record)
             for op in ops:  # hosts forgotten: gone from the mirror before the watch says so
-                if isinstance(op, base.Delete) and isinstance(op.record, HostRecord):
-                    self.mirror.hosts.pop(op.record.id, None)
-                elif isinstance(op, base.Delete) and isinstance(op.record, HostStatus):
-                    self.mirror.statuses.pop(op.record.id, None)
+                if isinstance(op, base.Delete) and isinstance(op.record, HostRecord | HostStatus):
+                    self.mirror.drop(op.record)
             self.poke()  # a host draining: the reconcile pass moves its replicas now
 
         settings = ElasticSettings(guard=self.settings.guard, profile=self.settings.profile,
@@ -276,8 +238,8 @@ class Controller:
     async def _follow(self, revision: int) -> None:
         assert self.mirror is not None
         async for change in self.store.watch(revision):
-            self.mirror.apply(change)
-            self.poke()
+            if self.mirror.apply(change):
+                self.poke()
 
     async def _loop(self, watcher: asyncio.Task[None]) -> None:
         next_due: float | None = None
@@ -285,7 +247,10 @@ class Controller:
         # to launch) must not wait for the next change to arrive.
         self.poke()
         while True:
-            timeout = None if next_due is None else max(0.0, next_due - time.time())
+            # Wake for the full pass's period too: the safety net must not wait for a change.
+            due = self._last_full + FULL_PASS_INTERVAL
+            next_due = due if next_due is None else min(next_due, due)
+            timeout = max(0.0, next_due - time.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             if watcher.done():
@@ -306,10 +271,20 @@ class Controller:
         started = time.perf_counter()
         assert self.mirror is not None
         self._sync_sessions()
-        world = self._world()
-        placer = ViewPlacer(self._view(world), self.settings.profile)
+        now = time.time()
+        statuses = {h: self._status(h) for h in self.mirror.hosts}
+        full = self._full_due or (self._due is not None and now >= self._due) \
+            or now - self._last_full >= FULL_PASS_INTERVAL
+        scope = self._scope(statuses, full=full)
+        world = self._world(statuses, scope=scope, now=now)
+        placer = ViewPlacer(lambda: self._view(world), self.settings.profile)
         plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
         self.last_placer = placer
+        self.passes["full" if scope is None else "scoped"] += 1
+        if scope is None:
+            # Counted from the end of the pass: a full pass longer than the interval must not make every
+            # pass a full one.
+            self._full_due, self._last_full = False, time.time()
         ops: list[base.Op] = []
         for write in plan.writes:
             if isinstance(write, reconcile.WriteReplica):
@@ -318,45 +293,119 @@ class Controller:
                 ops.append(base.Delete(write.replica))
             else:
                 ops.append(base.Delete(write.service))
-        ops += [base.Put(status) for status in self._statuses_to_write()]
+        ops += [base.Put(status) for host, status in statuses.items()
+                if status is not self.mirror.statuses.get(host) and status != self.mirror.statuses.get(host)]
         try:
             committed = await self.store.commit(ops, guard=self.settings.guard) if ops else None
         except Conflict as err:
             log.debug("reconcile pass conflicted on %s; deciding again", ", ".join(err.keys[:5]))
+            self._full_due = True  # what this pass looked at was taken from the dirt: look at everything
             return time.time() + CONFLICT_RETRY
         except StoreUnavailable as err:
             log.warning("cannot write to etcd (%s); trying again", err)
+            self._full_due = True
             return time.time() + STORE_RETRY
         if committed is not None:
             for record in committed.written:
                 self.mirror.put(record)
             for op in ops:
                 if isinstance(op, base.Delete):
-                    self._forget(op.record)
+                    self.mirror.drop(op.record)
+            # The watch's echo of these writes wakes nothing (the mirror has them): a pass over what
+            # they touched follows instead, as the echo's pass did (a replica moved off a failing host
+            # back to pending is placed there).
+            self.poke()
         self.actuator.absorbed(set(world.launch_failures))
+        for action in plan.actions:
+            key = action.replica if isinstance(action, reconcile.Launch) else action.container
+            self._acting[key] = action.host
         self.actuator.submit(plan.actions)
         if self._on_pass is not None:
             self._on_pass(time.perf_counter() - started, plan, world)
-        due = [r.next_attempt_at for r in self.mirror.replicas.values()
-               if r.phase is ReplicaPhase.FAILED and r.next_attempt_at > world.now]
+        self._due = self._next_due(world)
+        return self._due
+
+    def _next_due(self, world: reconcile.World) -> float | None:
+        """When a pass is due by the clock alone (such a pass looks at everything)."""
+        assert self.mirror is not None
+        replicas = self.mirror.replicas
+        due = [at for rid in self.mirror.failed if (at := replicas[rid].next_attempt_at) > world.now]
         # A host whose grace period runs out: its replicas are replaced then, not at the next event.
-        holding = {r.host for r in self.mirror.replicas.values()
-                   if r.host is not None and r.phase is not ReplicaPhase.STOPPING}
-        due += [at for host in holding if (at := world.lost_at(host)) is not None and at > world.now]
+        for host in world.unreachable_since:
+            lost_at = world.lost_at(host)
+            holding = self.mirror.by_host.get(host, ())
+            if lost_at is not None and lost_at > world.now and any(
+                    replicas[rid].phase is not ReplicaPhase.STOPPING for rid in holding):
+                due.append(lost_at)
         # A start-failing host's mark lifts then (its status is rewritten, placement tries it again).
-        due += [at for host in self.mirror.hosts
-                if (at := self.start_health.failing_until(host)) is not None and at > world.now]
+        due += [until for host in self.mirror.hosts
+                if (until := self.start_health.failing_until(host)) is not None and until > world.now]
         # A connecting session's borrowed status ends then (see _status).
         due += [at for session in self.sessions.values()
                 if (at := self._connecting_until(session)) > world.now]
         return min(due) if due else None
 
-    def _forget(self, record: object) -> None:
+    def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool) -> reconcile.Scope | None:
+        """What this pass must look at: None for everything, else what changed since the last pass.
+
+        Services: those whose records changed (the mirror's dirt), those of containers that changed on
+        their hosts, of replicas whose action just ended or whose launch failed, every service with a
+        pending replica (room may have freed anywhere), and every service with a replica on a host that
+        changed wholly (its record, its status, its session's connection). Hosts: where any of that
+        happened, for orphans. Taken even for a full pass, so the next scoped pass starts afresh."""
         assert self.mirror is not None
-        if isinstance(record, Replica):
-            self.mirror.replicas.pop(record.id, None)
-        elif isinstance(record, Service):
-            self.mirror.services.pop(record.name, None)
+        mirror = self.mirror
+        dirt = mirror.take_dirt()
+        for host in self._changed_hosts:
+            self._observation_changed(host, dirt)
+        self._changed_hosts = set()
+        for key in [k for k in self._acting if k not in self.actuator.busy]:
+            host = self._acting.pop(key)
+            dirt.touched.add(host)
+            if (replica := mirror.replicas.get(ReplicaId(key))) is not None:
+                dirt.services.add(replica.service)
+        for host, status in statuses.items():
+            if status is not mirror.statuses.get(host) and status != mirror.statuses.get(host):
+                dirt.hosts.add(host)
+        if full:
+            # This pass reads every host's observation: the next one compares with these.
+            self._seen = {h: session.observation for h, session in self.sessions.items()}
+            return None
+        services = dirt.services
+        failed = self.actuator.failures
+        services.update(mirror.replicas[rid].service for rid in failed if rid in mirror.replicas)
+        services.update(mirror.replicas[rid].service for rid in mirror.pending)
+        for host in dirt.hosts:
+            services.update(mirror.replicas[rid].service for rid in mirror.by_host.get(host, ()))
+        return reconcile.Scope(services=frozenset(services), hosts=frozenset(dirt.hosts | dirt.touched))
+
+    def _observation_changed(self, host: HostId, dirt: Dirt) -> None:
+        """Compare a host's observation with the one the last pass read: a changed container dirties its
+        service; a changed connection, the whole host."""
+        assert self.mirror is not None
+        session = self.sessions.get(host)
+        now = session.observation if session is not None else None
+        before = self._seen.get(host)
+        if now is before:
+            return
+        if now is None:
+            self._seen.pop(host, None)
+        else:
+            self._seen[host] = now
+        if now is None or before is None or now.connected != before.connected \
+                or now.complete != before.complete:
+            dirt.hosts.add(host)
+            return
+        dirt.touched.add(host)
+        for cid in now.containers.keys() | before.containers.keys():
+            old, new = before.containers.get(cid), now.containers.get(cid)
+            if old == new:
+                continue
+            for container in (old, new):
+                if container is not None and container.service is not None:
+                    dirt.services.add(container.service)
+            if (replica := self.mirror.replicas.get(ReplicaId(cid))) is not None:
+                dirt.services.add(replica.service)
 
     # -- what a pass reads --------------------------------------------------------------------------
 
@@ -370,28 +419,35 @@ class Controller:
             if session is not None:
                 asyncio.get_running_loop().create_task(session.close())
             session = AgentSession(host, record.address, credentials=self.settings.credentials,
-                                   on_change=self.poke, heartbeat_timeout=self.settings.heartbeat_timeout,
-                                   stalls=self.stalls)
+                                   on_change=self._host_changed,
+                                   heartbeat_timeout=self.settings.heartbeat_timeout, stalls=self.stalls)
             self.sessions[host] = session
+            self._changed_hosts.add(host)
             session.start()
         for host in [h for h in self.sessions if h not in self.mirror.hosts]:
+            self._changed_hosts.add(host)
+            self._fresh_cache.pop(host, None)
             asyncio.get_running_loop().create_task(self.sessions.pop(host).close())
         self.start_health.forget(set(self.mirror.hosts))
 
     def _observed(self) -> dict[HostId, HostObservation]:
         return {host: session.observation for host, session in self.sessions.items()}
 
-    def _world(self) -> reconcile.World:
+    def _world(self, statuses: dict[HostId, HostStatus] | None = None, *,
+               scope: reconcile.Scope | None = None, now: float | None = None) -> reconcile.World:
         assert self.mirror is not None
-        statuses = {h: self._status(h) for h in self.mirror.hosts}
+        if statuses is None:
+            statuses = {h: self._status(h) for h in self.mirror.hosts}
         return reconcile.World(
             services=dict(self.mirror.services), replicas=dict(self.mirror.replicas),
             hosts={h: self._fresh(r) for h, r in self.mirror.hosts.items()},
             statuses=statuses, observed=self._observed(),
-            now=time.time(), busy=frozenset(self.actuator.busy),
+            now=time.time() if now is None else now, busy=frozenset(self.actuator.busy),
             launch_failures=dict(self.actuator.failures), unreachable_since=self._unreachable_since(statuses),
             host_grace=self.settings.host_grace, agent_down_grace=self.settings.agent_down_grace,
-            agent_down=frozenset(h for h, s in self.sessions.items() if s.agent_down))
+            agent_down=frozenset(h for h, s in self.sessions.items() if s.agent_down),
+            # The mirror's own index, not a copy: the step reads it before anything changes the mirror.
+            by_service=self.mirror.by_service, scope=scope)
 
     def _unreachable_since(self, statuses: dict[HostId, HostStatus]) -> dict[HostId, float]:
         """Since when each host this leader cannot follow has been so: from the recorded status change,
@@ -415,12 +471,24 @@ class Controller:
         info = session.info if session is not None else None
         if info is None:
             return record
-        return replace(record, capacity=Capacity(
+        # A new report arrives every second and rarely changes what is taken from it: one copy of the
+        # record per change, not one per host per pass.
+        cached = self._fresh_cache.get(record.id)
+        if cached is not None and cached[0] is record and cached[1] is info:
+            return cached[3]
+        key = (info.cpu_allocatable_millis, info.memory_allocatable_bytes, info.cpu_committed_millis,
+               info.memory_committed_bytes, info.disk_free_bytes, tuple(c.type for c in info.conditions))
+        if cached is not None and cached[0] is record and cached[2] == key:
+            self._fresh_cache[record.id] = (record, info, key, cached[3])
+            return cached[3]
+        fresh = replace(record, capacity=Capacity(
             cpu_allocatable_millis=info.cpu_allocatable_millis,
             memory_allocatable_bytes=info.memory_allocatable_bytes,
             cpu_committed_millis=info.cpu_committed_millis,
             memory_committed_bytes=info.memory_committed_bytes, disk_free_bytes=info.disk_free_bytes,
         ), conditions=tuple(c.type for c in info.conditions))
+        self._fresh_cache[record.id] = (record, info, key, fresh)
+        return fresh
 
     def _status(self, host: HostId) -> HostStatus:
         """Whether the leader trusts this host now (its session follows it completely), and whether it
@@ -442,26 +510,23 @@ class Controller:
         reason = "" if ready else (session.error if session is not None and session.error
                                    else "connecting to its agent")
         starts = self.start_health.state(host)
-        wanted = dataclasses.replace(
+        failing = self.start_health.failing(host, now)
+        # Asked of every host on every pass, and nearly always unchanged: compared before any copy.
+        if (known.ready, known.reason, known.complete, known.start_failures, known.last_start_failure,
+                known.start_failure_reason, known.start_failing) == (
+                ready, reason, complete, starts.failures, starts.last_at, starts.reason, failing):
+            return known
+        return dataclasses.replace(
             known, ready=ready, reason=reason, complete=complete,
             since=now if known.ready != ready else known.since,
             start_failures=starts.failures, last_start_failure=starts.last_at,
-            start_failure_reason=starts.reason, start_failing=self.start_health.failing(host, now))
-        return known if wanted == known else wanted
+            start_failure_reason=starts.reason, start_failing=failing)
 
     def _connecting_until(self, session: AgentSession) -> float:
         """The end of a new session's borrowed status: its heartbeat timeout, counted as its watchdog
         counts it (the leader's own stalls meanwhile excluded), so that the watchdog ends it first."""
         return session.started_at + session.heartbeat_timeout + self.stalls.stalled_since(session.started_at)
 
-    def _statuses_to_write(self) -> list[HostStatus]:
-        assert self.mirror is not None
-        out = []
-        for host in self.mirror.hosts:
-            status = self._status(host)
-            if status != self.mirror.statuses.get(host):
-                out.append(status)
-        return out
 
     def _view(self, world: reconcile.World) -> ClusterView:
         counted: dict[HostId, set[ReplicaId]] = {}
@@ -487,4 +552,5 @@ class _Resync(Exception):
     """The mirror must be rebuilt from a new snapshot (the watch ended or its revision was compacted)."""
 
 
-__all__ = ["AutoscaleSettings", "Controller", "ControllerSettings", "Mirror", "new_replica_id"]
+__all__ = ["FULL_PASS_INTERVAL", "AutoscaleSettings", "Controller", "ControllerSettings", "Mirror",
+           "new_replica_id"]

@@ -35,11 +35,19 @@ The rules, per service:
 
 Per host: a container carrying Shoal's service label that no replica on that host owns is retired — only
 from a complete view, so a host just reconnecting is never cleared by mistake.
+
+**A scoped step.** ``World.scope`` (None: everything) names the services whose rules run and the hosts
+whose containers are checked for orphans; the controller fills it with what changed since its last pass
+(``scheduler.controller``). For a service in scope the step decides exactly what a step over everything
+would, provided every service out of scope has nothing pending (placement order across services is the
+only thing services share); hosts whose replicas this step moves or drops are checked for orphans too.
+``World.by_service`` may carry the replicas of each service, kept by the caller, so that a scoped step
+costs what its scope holds, not what the cluster holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
@@ -55,13 +63,14 @@ from scheduler.model import (
     Service,
     ServiceName,
 )
-from scheduler.observed import ContainerState, HostObservation
+from scheduler.observed import ContainerState, Health, HostObservation
 
 MAX_DECISIONS = 10
 HOST_GRACE = 3.0     # seconds a host may be unreachable before its replicas are replaced elsewhere
 AGENT_DOWN_GRACE = 30.0  # the same when the host answers but its agent does not (a restart, most likely)
 BACKOFF_BASE = 1.0   # seconds before the first relaunch of a failed replica
 BACKOFF_CAP = 60.0
+_RUNNING = "running"  # the reason ObservedContainer.phase gives a running container without health check
 
 
 # -- inputs -------------------------------------------------------------------------------------------
@@ -73,6 +82,14 @@ class LaunchFailure:
 
     reason: str
     at: float
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a step looks at: the services whose rules run, the hosts checked for orphans."""
+
+    services: frozenset[ServiceName] = frozenset()
+    hosts: frozenset[HostId] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,10 @@ class World:
     # containers still running under the supervisor); they get the longer grace.
     agent_down: frozenset[HostId] = frozenset()
     agent_down_grace: float = AGENT_DOWN_GRACE
+    # The replica ids of each service, when the caller keeps them (None: the step groups ``replicas``).
+    # Must hold exactly the ids in ``replicas``; read only during the step.
+    by_service: Mapping[ServiceName, Collection[ReplicaId]] | None = None
+    scope: Scope | None = None  # None: every service and every host
 
     def grace(self, host: HostId) -> float:
         return self.agent_down_grace if host in self.agent_down else self.host_grace
@@ -188,18 +209,35 @@ class _Plan:
     def __init__(self, world: World) -> None:
         self.world = world
         self.replicas: dict[ReplicaId, Replica] = dict(world.replicas)
+        self.updated: dict[ReplicaId, None] = {}  # replaced by the step, in order
         self.dropped: set[ReplicaId] = set()
         self.writes: list[RecordWrite] = []
         self.actions: list[AgentAction] = []
+        # Asked of nearly every replica: answered once per step.
+        self.lost = frozenset(h for h in world.unreachable_since if world.lost(h))
+        self.draining = frozenset(h for h, r in world.hosts.items() if r.admin is HostAdmin.DRAINING)
 
     def update(self, replica: Replica) -> Replica:
         self.replicas[replica.id] = replica
+        self.updated[replica.id] = None
         return replica
 
+    def moved_from(self) -> set[HostId]:
+        """The hosts this step moved or dropped a replica from (their containers may have no owner now)."""
+        out = set()
+        for rid in (*self.updated, *self.dropped):
+            original = self.world.replicas.get(rid)
+            if original is not None and original.host is not None and (
+                    rid in self.dropped or self.replicas[rid].host != original.host):
+                out.add(original.host)
+        return out
+
     def build(self) -> Plan:
-        for rid, replica in self.replicas.items():
+        # Only replicas the step replaced can differ from what was read.
+        for rid in self.updated:
             if rid in self.dropped:
                 continue
+            replica = self.replicas[rid]
             original = self.world.replicas.get(rid)
             if original is None or _changed(original, replica):
                 self.writes.append(WriteReplica(replace(replica, updated_at=self.world.now)))
@@ -219,13 +257,24 @@ def _changed(before: Replica, after: Replica) -> bool:
 
 def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], ReplicaId]) -> Plan:
     plan = _Plan(world)
-    by_service: dict[ServiceName, list[ReplicaId]] = {}
-    for replica in world.replicas.values():
-        by_service.setdefault(replica.service, []).append(replica.id)
-    for name, service in sorted(world.services.items()):
+    by_service = world.by_service if world.by_service is not None else _by_service(world.replicas)
+    scope = world.scope
+    names = world.services.keys() if scope is None else scope.services & world.services.keys()
+    observed, busy, replicas = world.observed, world.busy, plan.replicas
+    for name in sorted(names):
+        service = world.services[name]
         ids = sorted(by_service.get(name, ()))
         for rid in ids:
-            _absorb(plan, plan.replicas[rid])
+            r = replicas[rid]
+            # _absorb's first answer, inline: a full pass asks it of every replica, and nearly every one
+            # is running as recorded (ObservedContainer.phase gives "running" without a health check).
+            if r.phase is ReplicaPhase.RUNNING and r.ready and rid not in busy \
+                    and (obs := observed.get(r.host)) is not None:  # type: ignore[arg-type]
+                c = obs.containers.get(rid)
+                if c is not None and c.state is ContainerState.RUNNING and c.health is Health.NONE \
+                        and r.reason == _RUNNING and c.ports == r.ports:
+                    continue
+            _absorb(plan, r)
         if service.deleting:
             _delete(plan, service, ids)
         else:
@@ -233,13 +282,21 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
             ids += _count(plan, service, ids, new_id=new_id, placer=placer)
             _place(plan, service, ids, placer)
         _drive(plan, service, ids)
-    for name, ids in sorted(by_service.items()):
-        if name not in world.services:
+    for name in sorted(by_service):
+        if name not in world.services and (scope is None or name in scope.services):
+            ids = sorted(by_service[name])
             for rid in ids:  # a service deleted outright: its replicas go too
                 _stop(plan, plan.replicas[rid], why="its service no longer exists")
             _drive(plan, None, ids)
-    _orphans(plan)
+    _orphans(plan, None if scope is None else scope.hosts | plan.moved_from())
     return plan.build()
+
+
+def _by_service(replicas: Mapping[ReplicaId, Replica]) -> dict[ServiceName, list[ReplicaId]]:
+    out: dict[ServiceName, list[ReplicaId]] = {}
+    for replica in replicas.values():
+        out.setdefault(replica.service, []).append(replica.id)
+    return out
 
 
 def _observed(world: World, host: HostId | None) -> HostObservation | None:
@@ -250,10 +307,13 @@ def _absorb(plan: _Plan, r: Replica) -> None:
     world, now = plan.world, plan.world.now
     if r.phase is ReplicaPhase.STOPPING or r.host is None or r.id in world.busy:
         return  # (an action in flight: its outcome is observed once it returns)
-    failure = world.launch_failures.get(r.id)
-    obs = _observed(world, r.host)
-    container = obs.replica_container(r.id) if obs is not None else None
+    obs = world.observed.get(r.host)
+    container = obs.containers.get(r.id) if obs is not None else None
     if container is not None:
+        if (container.state is ContainerState.RUNNING and container.health is Health.NONE
+                and r.phase is ReplicaPhase.RUNNING and r.ready and r.reason == _RUNNING
+                and container.ports == r.ports):
+            return  # running as recorded, what nearly every replica is on every full pass (phase() says so)
         phase, reason = container.phase()
         if (phase, container.ready, reason, container.ports) == (r.phase, r.ready, r.reason, r.ports):
             return  # as recorded (most replicas, most passes): no copy to make and compare
@@ -264,6 +324,7 @@ def _absorb(plan: _Plan, r: Replica) -> None:
             updated = with_decision(updated, now=now, action=phase.value, reason=reason)
         plan.update(updated)
         return
+    failure = world.launch_failures.get(r.id)
     if failure is not None and r.phase is ReplicaPhase.STARTING:
         updated = replace(r, phase=ReplicaPhase.FAILED, ready=False, reason=failure.reason,
                           next_attempt_at=now + backoff(r.restarts))
@@ -280,10 +341,12 @@ def _abandon_lost(plan: _Plan, ids: Sequence[ReplicaId]) -> None:
     """Replicas on a host unreachable for longer than the grace period stop counting: they are marked
     stopping, so replacements are placed elsewhere, and their containers are retired once the host is
     reachable again (``_drive``), so a healed partition never leaves two copies running."""
-    world = plan.world
+    world, lost = plan.world, plan.lost
+    if not lost:
+        return
     for rid in ids:
         r = plan.replicas[rid]
-        if r.phase is ReplicaPhase.STOPPING or not world.lost(r.host):
+        if r.phase is ReplicaPhase.STOPPING or r.host not in lost:
             continue
         assert r.host is not None
         record = world.hosts.get(r.host)
@@ -300,8 +363,7 @@ def _live(plan: _Plan, ids: Sequence[ReplicaId]) -> list[Replica]:
 
 
 def _draining(plan: _Plan, host: HostId | None) -> bool:
-    record = plan.world.hosts.get(host) if host is not None else None
-    return record is not None and record.admin is HostAdmin.DRAINING
+    return host in plan.draining
 
 
 def _usefulness(r: Replica) -> tuple[int, int, float]:
@@ -314,8 +376,9 @@ def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], *,
            new_id: Callable[[ServiceName], ReplicaId], placer: Placer) -> list[ReplicaId]:
     now, spec = plan.world.now, service.spec
     live = _live(plan, ids)
-    condemned = [r for r in live if r.generation != service.template_generation or _draining(plan, r.host)]
-    kept = [r for r in live if r not in condemned]
+    generation, draining = service.template_generation, plan.draining
+    condemned = [r for r in live if r.generation != generation or r.host in draining]
+    kept = [r for r in live if r.generation == generation and r.host not in draining] if condemned else live
     desired = spec.replicas
     # Percentages resolved against the desired count; both 0 would never progress, so that means one
     # unavailable (Kubernetes' rule, in UpdatePolicy.counts).
@@ -391,6 +454,8 @@ def _drive(plan: _Plan, service: Service | None, ids: Sequence[ReplicaId]) -> No
         if rid in plan.dropped or rid in world.busy:
             continue
         r = plan.replicas[rid]
+        if r.phase is ReplicaPhase.RUNNING or r.phase is ReplicaPhase.PENDING:
+            continue  # nothing to drive: running (a vanished container was handled by _absorb) or unplaced
         obs = _observed(world, r.host)
         if r.phase is ReplicaPhase.STOPPING:
             if r.host is None or r.host not in world.hosts:
@@ -449,22 +514,27 @@ def _delete(plan: _Plan, service: Service, ids: Sequence[ReplicaId]) -> None:
         plan.writes.append(DropService(service))
 
 
-def _orphans(plan: _Plan) -> None:
+def _orphans(plan: _Plan, hosts: Collection[HostId] | None) -> None:
+    """Retire containers no replica on their host owns, on ``hosts`` (None: every host)."""
     world = plan.world
-    for host, obs in sorted(world.observed.items()):
+    observed = (world.observed.items() if hosts is None
+                else [(h, obs) for h in hosts if (obs := world.observed.get(h)) is not None])
+    for host, obs in sorted(observed):
         if not (obs.connected and obs.complete):
             continue
-        for cid, container in sorted(obs.containers.items()):
+        orphans = []
+        for cid, container in obs.containers.items():
             if container.service is None or cid in world.busy:
                 continue
             owner = plan.replicas.get(ReplicaId(cid))
             if owner is None or owner.host != host or cid in plan.dropped:
-                plan.actions.append(Retire(host=host, container=cid,
-                                           reason="no replica on this host owns it"))
+                orphans.append(cid)
+        plan.actions.extend(Retire(host=host, container=cid, reason="no replica on this host owns it")
+                            for cid in sorted(orphans))
 
 
 __all__ = [
     "AGENT_DOWN_GRACE", "BACKOFF_BASE", "BACKOFF_CAP", "HOST_GRACE", "MAX_DECISIONS", "AgentAction",
     "DropReplica", "DropService", "Launch", "LaunchFailure", "Placer", "Plan", "RecordWrite", "Retire",
-    "World", "WriteReplica", "backoff", "step", "with_decision",
+    "Scope", "World", "WriteReplica", "backoff", "step", "with_decision",
 ]

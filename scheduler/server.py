@@ -788,10 +788,38 @@ def _written(committed: base.Committed, fallback: T) -> T:
 
 
 class RegistrationService(pb_grpc.RegistrationServicer):
+    """``RegisterHost``, and how often each agent should come back (``refresh_seconds`` in the answer).
+
+    Every registration is two etcd reads (and a write when something a decision reads changed, or once
+    a ``REGISTRATION_REWRITE``), and nothing in it is urgent: capacity and conditions reach the leader
+    every second on each agent's usage stream, and liveness is that stream's heartbeat. So the refresh
+    grows with the fleet this instance answers: ``refresh_seconds`` (5 s by default) up to
+    ``REFRESH_TARGET_RATE`` times that many hosts, then hosts / ``REFRESH_TARGET_RATE`` seconds, at most
+    ``REFRESH_MAX`` — about 20 registrations a second whatever the size (100 hosts: 5 s, 1,000: 50 s,
+    5,000: 60 s, 83 a second, instead of 1,000 a second at 5 s). A ``refresh_seconds`` above
+    ``REFRESH_MAX`` is kept as given. The fleet is counted as the hosts that registered here within
+    ``REFRESH_MEMORY`` (more than any refresh this answers, so every live host is counted).
+    """
+
+    REFRESH_TARGET_RATE = 20.0  # registrations a second this instance aims at, once the floor allows
+    REFRESH_MAX = 60.0
+    REFRESH_MEMORY = 2 * REFRESH_MAX
+
     def __init__(self, store: base.Store, *, refresh_seconds: float = REGISTRATION_REFRESH) -> None:
         self.store = store
         self.schema = store.schema
         self.refresh_seconds = refresh_seconds
+        self._seen: dict[str, float] = {}  # host id -> when it last registered here
+        self._pruned_at = 0.0
+
+    def refresh_for(self, host_id: str, now: float) -> float:
+        """Count ``host_id`` as registering at ``now``; the refresh to answer it with."""
+        self._seen[host_id] = now
+        if now - self._pruned_at >= self.REFRESH_MAX:  # forget hosts gone quiet (a full scan a minute)
+            self._pruned_at = now
+            self._seen = {h: at for h, at in self._seen.items() if now - at < self.REFRESH_MEMORY}
+        grown = min(self.REFRESH_MAX, len(self._seen) / self.REFRESH_TARGET_RATE)
+        return max(self.refresh_seconds, grown)
 
     @_unary(auth.REGISTRATION_CALLERS)
     async def RegisterHost(self, request: pb.RegisterHostRequest, context: Any) -> pb.RegisterHostResponse:
@@ -828,7 +856,7 @@ class RegistrationService(pb_grpc.RegistrationServicer):
                     continue
             status = await self.store.get(self.schema.host_status(info.host_id))
             return pb.RegisterHostResponse(host=api.host_to_pb(written, status, 0),
-                                           refresh_seconds=self.refresh_seconds)
+                                           refresh_seconds=self.refresh_for(info.host_id, now))
         raise errors.Aborted("the host record kept changing; registering again shortly")
 
 

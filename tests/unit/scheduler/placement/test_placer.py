@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from scheduler.placement import registry
 from scheduler.placement.placer import ViewPlacer
+from scheduler.placement.view import ClusterView
 from tests.unit.scheduler.placement import builders as b
 
 
@@ -27,3 +28,19 @@ def test_a_step_places_service_after_service_on_one_view() -> None:
     assert explained is not None and explained.outcome.host == web_host
     assert [v.feasible for v in explained.verdicts] == [True, True]
     assert placer.explain(b.ReplicaId("nobody")) is None
+
+
+def test_a_view_given_as_a_function_is_built_only_when_a_question_needs_it() -> None:
+    web = b.service("web", cpus=1)
+    pending = [b.replica("w1", web)]
+    built: list[int] = []
+
+    def build() -> ClusterView:
+        built.append(1)
+        return b.cluster([b.host("h1", cpus=4)], services=[web], replicas=pending)
+
+    placer = ViewPlacer(build, registry.default_profile())
+    assert not placer.built and built == []  # a step that places nothing never builds it
+    assert placer.place(web, pending)[b.ReplicaId("w1")][0] == "h1"
+    assert placer.removal_order(pending) == pending
+    assert placer.built and built == [1]  # once, then kept for the rest of the step

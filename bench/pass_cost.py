@@ -1,0 +1,300 @@
+"""The cost of one reconcile pass of a settled cluster, and of its parts, by size.
+
+A *settled* cluster: S services of 100 replicas (0.1 cpu, 64 MiB, spread) over H hosts in 3 zones,
+every replica ``running`` and ready as recorded, every host's agent reporting exactly those containers
+running, every host ready. Nothing is to be done: what a pass costs here is its constant, the cost the
+leader pays for every pass that decides nothing (docs/scaling.md, limits 2 and 3). Measured:
+
+* ``world``: the controller's ``World`` build (``Controller._world``) from its mirror and sessions;
+* ``view``: the placement view of that world (``Controller._view``), built whether or not a pass places;
+* ``step``: the pure ``reconcile.step`` over that world with a placer over that view (view excluded);
+* ``full``: a whole ``Controller.step()`` as the leader runs it (world, step, statuses to write, what is
+  due next), nothing to commit, looking at everything (before scoped passes, every pass was one; now
+  the first of a term, one every ``FULL_PASS_INTERVAL``, and one when the clock makes a pass due);
+* ``pass``: the same when nothing changed since the last pass (scoped: it looks at nothing);
+* ``pass1``: a ``Controller.step()`` after one replica's container changed (its agent reports it
+  restarting, and the next round running again; two writes each): what an ordinary event costs.
+
+``--templates N`` measures instead the spec of N launches of one service (a template with a command,
+environment, resources, a health check and a port): parsed afresh per launch (``container_spec``, as
+before) and from the actuator's ``Templates`` cache.
+
+Hosts' agent sessions are stand-ins holding what a real session holds (an observation, the last
+``HostInfo``); no gRPC. Each figure is the best of ``--rounds`` (cpu time of the process, one thread of
+pure Python). ``python bench/pass_cost.py [--sizes 2000/500,20000/5000,100000/5000] [--rounds 3]
+[--only pass] [--label NAME]``; prints a table and writes JSON to
+``bench/results/pass-cost-<label>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from proto.agent.v1 import agent_pb2 as pb  # noqa: E402
+from scheduler import reconcile  # noqa: E402
+from scheduler.agents import AgentSession  # noqa: E402
+from scheduler.controller import Controller, ControllerSettings, Mirror, new_replica_id  # noqa: E402
+from scheduler.model import (  # noqa: E402
+    Capacity,
+    HostId,
+    HostRecord,
+    HostStatus,
+    Replica,
+    ReplicaId,
+    ReplicaPhase,
+    Service,
+    ServiceName,
+    ServiceSpec,
+    TemplateFacts,
+)
+from scheduler.observed import ContainerState, HostObservation, ObservedContainer  # noqa: E402
+from scheduler.placement.placer import ViewPlacer  # noqa: E402
+from scheduler.placement.registry import default_profile  # noqa: E402
+from scheduler.store import base  # noqa: E402
+from scheduler.store.memory import MemoryStore  # noqa: E402
+from scheduler.store.records import LeaderRecord  # noqa: E402
+
+GiB = 1 << 30
+MiB = 1 << 20
+PER_SERVICE = 100
+ZONES = ("a", "b", "c")
+NOW = time.time()
+
+
+class StandInSession:
+    """What the controller reads of an agent session, without a connection."""
+
+    def __init__(self, host: HostId, address: str, observation: HostObservation, info: pb.HostInfo) -> None:
+        self.host = host
+        self.address = address
+        self.observation = observation
+        self.info = info
+        self.usage: dict[str, Any] = {}
+        self.started_at = NOW - 3600
+        self.heartbeat_timeout = 2.0
+        self.error = ""
+        self.agent_down = False
+
+    async def close(self) -> None:
+        return None
+
+
+def cluster(n_replicas: int, n_hosts: int) -> tuple[list[object], dict[HostId, StandInSession]]:
+    hosts = {HostId(f"{i:032x}"): i for i in range(n_hosts)}
+    records = {h: HostRecord(id=h, name=f"node-{i:05d}", address=f"10.0.{i // 250}.{i % 250}:7443",
+                             labels=(("zone", ZONES[i % 3]),),
+                             capacity=Capacity(cpu_allocatable_millis=32000,
+                                               memory_allocatable_bytes=128 * GiB),
+                             registered_at=NOW - 3600, last_registered_at=NOW - 10)
+               for h, i in hosts.items()}
+    statuses = {h: HostStatus(id=h, ready=True, complete=True, since=NOW - 3600) for h in hosts}
+    host_ids = sorted(hosts)
+    services: dict[ServiceName, Service] = {}
+    replicas: dict[ReplicaId, Replica] = {}
+    containers: dict[HostId, dict[str, ObservedContainer]] = {h: {} for h in host_ids}
+    facts = TemplateFacts(image="busybox:1", cpu_millis=100, memory_bytes=64 * MiB)
+    k = 0
+    for s in range(n_replicas // PER_SERVICE):
+        name = ServiceName(f"svc-{s:04d}")
+        services[name] = Service(spec=ServiceSpec(name=name, replicas=PER_SERVICE,
+                                                  template_json='{"image": "busybox:1"}', facts=facts),
+                                 )
+        for _ in range(PER_SERVICE):
+            rid = new_replica_id(name)
+            host = host_ids[k % n_hosts]
+            k += 1
+            replicas[rid] = Replica(id=rid, service=name, generation=1, host=host, phase=ReplicaPhase.RUNNING,
+                                    ready=True, reason="running", created_at=NOW - 3000,
+                                    updated_at=NOW - 3000)
+            containers[host][rid] = ObservedContainer(id=rid, service=name, replica=rid, generation=1,
+                                                      state=ContainerState.RUNNING)
+    records_out: list[object] = [*services.values(), *replicas.values(), *records.values(),
+                                 *statuses.values()]
+    sessions = {}
+    for h in host_ids:
+        committed = len(containers[h])
+        info = pb.HostInfo(host_id=h, cpu_allocatable_millis=32000, memory_allocatable_bytes=128 * GiB,
+                           cpu_committed_millis=100 * committed, memory_committed_bytes=64 * MiB * committed)
+        sessions[h] = StandInSession(h, records[h].address,
+                                     HostObservation(host=h, connected=True, complete=True,
+                                                     containers=containers[h]), info)
+    return records_out, sessions
+
+
+async def controller(records: list[object], sessions: dict[HostId, StandInSession]) -> Controller:
+    """A leader's controller over a memory store holding ``records``, its mirror loaded, not running."""
+    store = MemoryStore()
+    for at in range(0, len(records), 1000):
+        await store.commit([base.Put(cast(Any, r)) for r in records[at:at + 1000]])
+    lease = await store.grant_lease(3600)
+    leader = await store.campaign(LeaderRecord(instance="bench"), lease_id=lease.id)
+    settings = ControllerSettings(epoch=leader.epoch, guard=base.LeaderGuard(leader.epoch), credentials=None,
+                                  profile=default_profile())
+    ctl = Controller(store, settings)
+    ctl.mirror = Mirror.of(await store.snapshot())
+    ctl.sessions.update(cast(dict[HostId, AgentSession], sessions))
+    return ctl
+
+
+def best(rounds: int, run: Callable[[], object]) -> float:
+    times = []
+    for _ in range(rounds):
+        gc.collect()
+        started = time.process_time()
+        run()
+        times.append(time.process_time() - started)
+    return min(times)
+
+
+def measure(n_replicas: int, n_hosts: int, rounds: int, only: set[str]) -> dict[str, float]:
+    records, sessions = cluster(n_replicas, n_hosts)
+    loop = asyncio.new_event_loop()
+    ctl = loop.run_until_complete(controller(records, sessions))
+    out: dict[str, float] = {}
+
+    def one_pass() -> None:
+        due = loop.run_until_complete(ctl.step())
+        assert due is None or due > time.time() - 1
+
+    loop.run_until_complete(ctl.step())  # the first pass of a term: whatever is built once, built here
+    if "world" in only:
+        out["world"] = best(rounds, ctl._world)
+    world = ctl._world()
+    if "view" in only:
+        out["view"] = best(rounds, lambda: ctl._view(world))
+    if "step" in only:
+        lazy = hasattr(ViewPlacer, "built")  # (a checkout before the lazy view: built, then subtracted)
+
+        def pure() -> None:
+            view: Any = (lambda: ctl._view(world)) if lazy else ctl._view(world)
+            plan = reconcile.step(world, placer=ViewPlacer(view, ctl.settings.profile), new_id=new_replica_id)
+            assert plan.empty, plan
+
+        # A settled step asks the placer nothing: no view is built.
+        out["step"] = best(rounds, pure) - (0.0 if lazy else out.get("view", 0.0))
+
+    def full_pass() -> None:
+        ctl._full_due = True
+        one_pass()
+
+    if "full" in only:
+        out["full"] = best(rounds, full_pass)
+    if "pass" in only:
+        loop.run_until_complete(ctl.step())
+        out["pass"] = best(rounds, one_pass)
+    if "pass1" in only:
+        hosts = sorted(sessions)
+        flips = iter(range(10_000))
+        changed = getattr(ctl, "_host_changed", ctl.poke)  # what a session calls on a change
+
+        def one_event() -> None:
+            # One replica's container restarts (and the next round, runs again): one agent event.
+            n = next(flips)
+            session = sessions[hosts[(n * 7) % len(hosts)]]
+            rid, ctr = next(iter(session.observation.containers.items()))
+            running = ctr.state is ContainerState.RUNNING
+            state = ContainerState.RESTARTING if running else ContainerState.RUNNING
+            containers = dict(session.observation.containers)
+            containers[rid] = replace(ctr, state=state)
+            session.observation = replace(session.observation, containers=containers)
+            changed(session.host)
+            one_pass()
+            session.observation = replace(session.observation, containers={**containers, rid: ctr})
+            changed(session.host)
+            one_pass()
+
+        out["pass1"] = best(rounds, one_event) / 2
+    loop.close()
+    return out
+
+
+TEMPLATE = json.dumps({
+    "image": "registry.example:5000/shop/web:1.4.2",
+    "command": ["/bin/web", "--port", "8080", "--workers", "4"],
+    "env": [f"SETTING_{i}=value-{i}" for i in range(8)], "working_dir": "/srv",
+    "resources": {"cpu_millis": 250, "memory_bytes": str(256 * MiB)},
+    "restart": {"mode": "RESTART_MODE_ALWAYS"},
+    "health": {"exec": {"command": ["/bin/web", "--check"]}, "interval_seconds": 5, "timeout_seconds": 2,
+               "retries": 3},
+    "ports": [{"container_port": 8080, "protocol": "tcp"}]})
+
+
+def templates(n: int, rounds: int) -> dict[str, float]:
+    from google.protobuf import json_format
+
+    from scheduler.actuator import Templates, container_spec
+    json_format.Parse(TEMPLATE, pb.ContainerSpec())  # the template is valid
+    facts = TemplateFacts(image="registry.example:5000/shop/web:1.4.2", cpu_millis=250)
+    spec = ServiceSpec(name=ServiceName("web"), replicas=n, template_json=TEMPLATE, facts=facts)
+    service = Service(spec=spec)
+    ids = [ReplicaId(f"web-{i:08x}") for i in range(n)]
+    cache = Templates()
+    parsed = best(rounds, lambda: [container_spec(service, rid, 1) for rid in ids])
+    cached = best(rounds, lambda: [cache.spec(service, rid, 1) for rid in ids])
+    assert container_spec(service, ids[0], 1) == cache.spec(service, ids[0], 1)
+    return {"parse": parsed, "cached": cached}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="2000/500,20000/500,20000/5000,100000/5000",
+                        help="REPLICAS/HOSTS,... (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="world,view,step,full,pass,pass1")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--templates", type=int, default=0, metavar="N")
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+    if args.templates:
+        spent = templates(args.templates, args.rounds)
+        print(f"{args.templates} launch specs: parsed each time {spent['parse'] * 1000:.1f} ms, "
+              f"from the cache {spent['cached'] * 1000:.1f} ms "
+              f"({spent['parse'] / args.templates * 1e6:.1f} / "
+              f"{spent['cached'] / args.templates * 1e6:.1f} µs each)")
+        rows.append({"launch_specs": args.templates, **{k: round(v * 1000, 1) for k, v in spent.items()}})
+        write(args.label, rows)
+        return
+    only = set(args.only.split(","))
+    print(f"{'replicas':>9} {'hosts':>6} " + " ".join(f"{k:>9}" for k in sorted(only)) + "   (ms, best cpu)")
+    for size in args.sizes.split(","):
+        n_replicas, n_hosts = (int(x) for x in size.split("/"))
+        got = measure(n_replicas, n_hosts, args.rounds, only)
+        rows.append({"replicas": n_replicas, "hosts": n_hosts,
+                     **{k: round(v * 1000, 1) for k, v in got.items()}})
+        cells = " ".join(f"{got.get(k, 0) * 1000:>9.1f}" for k in sorted(only))
+        print(f"{n_replicas:>9} {n_hosts:>6} {cells}", flush=True)
+    write(args.label, rows)
+
+
+def write(label: str, rows: list[dict[str, Any]]) -> None:
+    if not label:
+        return
+    revision = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+    out = REPO / "bench" / "results" / f"pass-cost-{label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": " ".join(["python", "bench/pass_cost.py", *sys.argv[1:]]), "revision": revision,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg()},
+        "unit": "ms of process cpu, best of rounds", "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Scoped reconcile passes: a step over the services and hosts a change touched decides, for those, what a
+step over everything decides; the controller scopes a pass to what changed since the last one, and still
+runs a full pass on its period."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from typing import Any, cast
+
+import pytest
+
+from proto.agent.v1 import agent_pb2 as pb
+from scheduler import controller as controller_module
+from scheduler import reconcile
+from scheduler.agents import AgentSession
+from scheduler.controller import Controller, ControllerSettings, Mirror
+from scheduler.model import HostId, HostRecord, HostStatus, ReplicaId, ReplicaPhase, ServiceName
+from scheduler.observed import ContainerState, HostObservation
+from scheduler.placement.registry import default_profile
+from scheduler.reconcile import AgentAction, Plan, Scope, WriteReplica
+from scheduler.store import base
+from scheduler.store.memory import MemoryStore
+from scheduler.store.records import LeaderRecord
+from tests.unit.scheduler.test_reconcile import NOW, container, observe, replica, run, service, world
+
+# -- the pure step ------------------------------------------------------------------------------------
+
+
+def busy_world(**kw: Any) -> reconcile.World:
+    """Services in every state at once: web (a container exited), api (short of 2 replicas), db (settled),
+    old (a replica on a host that keeps failing starts), plus an orphan on h2 and one on h3."""
+    web, api, db, old = service(3), service(4, name="api"), service(2, name="db"), service(1, name="old")
+    replicas = [replica("web-1"), replica("web-2", host="h2"), replica("web-3", host="h3"),
+                replica("api-1", service="api"), replica("api-2", host="h2", service="api"),
+                replica("db-1", service="db", host="h2"), replica("db-2", service="db", host="h3"),
+                replica("old-1", service="old", phase=ReplicaPhase.FAILED, ready=False,
+                        reason="exited 1 (x)")]
+    seen = observe(
+        ("h1", [container("web-1"), container("api-1", service="api"),
+                container("old-1", service="old", state=ContainerState.EXITED, exit_code=1, reason="x")]),
+        ("h2", [container("web-2", state=ContainerState.EXITED, exit_code=2, reason="crash"),
+                container("api-2", service="api"), container("db-1", service="db"),
+                container("stray-2", service="gone")]),
+        ("h3", [container("web-3"), container("db-2", service="db"), container("stray-3", service="gone")]))
+    statuses = {HostId(h): HostStatus(id=HostId(h), ready=True) for h in ("h1", "h2", "h3")}
+    statuses[HostId("h1")] = HostStatus(id=HostId("h1"), ready=True, start_failing=True, start_failures=3)
+    return dataclasses.replace(world([web, api, db, old], replicas, observed=seen, **kw),
+                               statuses=statuses)
+
+
+def of_services(plan: Plan, names: set[str],
+                w: reconcile.World) -> tuple[dict[ReplicaId, Any], list[AgentAction]]:
+    """The writes and actions of a plan that concern ``names`` (by the replica they are about)."""
+    def service_of(rid: str) -> str:
+        known = w.replicas.get(ReplicaId(rid))
+        return known.service if known is not None else rid.rsplit("-", 1)[0]
+    writes = {w_.replica.id: w_.replica for w_ in plan.writes
+              if isinstance(w_, WriteReplica) and w_.replica.service in names}
+    actions = [a for a in plan.actions
+               if service_of(a.replica if isinstance(a, reconcile.Launch) else a.container) in names]
+    return writes, actions
+
+
+@pytest.mark.parametrize("names", [{"web"}, {"api"}, {"old"}, {"web", "api"}, {"web", "api", "db", "old"}])
+def test_a_scoped_step_decides_for_its_services_what_a_full_step_decides(names: set[str]) -> None:
+    full_world = busy_world()
+    # api is short of replicas: what it creates is pending until placed, so it is in every scope, as the
+    # controller puts every service with a pending replica in scope (placement order is shared).
+    scoped = names | {"api"}
+    scoped_world = dataclasses.replace(
+        full_world, scope=Scope(services=frozenset(ServiceName(n) for n in scoped), hosts=frozenset()))
+    full, part = run(full_world), run(scoped_world)
+    assert of_services(part, scoped, scoped_world) == of_services(full, scoped, full_world)
+    # And nothing about the others.
+    others = {"web", "api", "db", "old"} - scoped
+    assert of_services(part, others, scoped_world) == ({}, [])
+    assert of_services(full, scoped, full_world) != ({}, [])
+
+
+def test_orphans_are_retired_on_the_hosts_in_scope_and_where_the_step_moved_a_replica_from() -> None:
+    full_world = busy_world()
+    full = run(full_world)
+    full_retires = sorted((a.host, a.container) for a in full.actions if isinstance(a, reconcile.Retire))
+    assert ("h2", "stray-2") in full_retires and ("h3", "stray-3") in full_retires
+    # old-1 is moved off h1 (its host keeps failing starts): its container there has no owner now.
+    assert ("h1", "old-1") in full_retires
+    scoped_world = dataclasses.replace(full_world, scope=Scope(services=frozenset({ServiceName("old")}),
+                                                               hosts=frozenset({HostId("h2")})))
+    part = run(scoped_world)
+    part_retires = sorted((a.host, a.container) for a in part.actions if isinstance(a, reconcile.Retire))
+    # h2 (in scope) and h1 (the step moved old-1 from it); never h3, which nothing touched.
+    assert part_retires == [r for r in full_retires if r[0] in ("h1", "h2") and r[1] != "web-2"]
+
+
+def test_the_step_groups_replicas_itself_or_takes_the_callers_index() -> None:
+    w = busy_world()
+    index: dict[ServiceName, set[ReplicaId]] = {}
+    for r in w.replicas.values():
+        index.setdefault(r.service, set()).add(r.id)
+    assert run(dataclasses.replace(w, by_service=index)) == run(w)
+
+
+def test_a_running_replica_as_recorded_is_what_the_inline_check_assumes() -> None:
+    # reconcile.step skips, without calling _absorb, a running replica whose container runs without a
+    # health check and whose record says "running", ready: that is what ObservedContainer says too.
+    running = container("web-1")
+    assert (running.phase(), running.ready) == ((ReplicaPhase.RUNNING, "running"), True)
+
+
+# -- the controller -----------------------------------------------------------------------------------
+
+class StandInSession:
+    """What the controller reads of an agent session, without a connection."""
+
+    def __init__(self, host: HostId, address: str, observation: HostObservation) -> None:
+        self.host, self.address, self.observation = host, address, observation
+        self.info = pb.HostInfo(host_id=host, cpu_allocatable_millis=4000, memory_allocatable_bytes=8 << 30)
+        self.usage: dict[str, Any] = {}
+        self.started_at = NOW - 3600
+        self.heartbeat_timeout = 2.0
+        self.error = ""
+        self.agent_down = False
+
+    async def close(self) -> None:
+        return None
+
+
+Sessions = dict[HostId, StandInSession]
+
+
+async def settled_controller(scopes: list[reconcile.Scope | None]) -> tuple[Controller, Sessions]:
+    """A leader over web (2 replicas) and db (1), all running as recorded on h1 and h2; every pass's
+    scope is appended to ``scopes``."""
+    store = MemoryStore()
+    hosts = {h: HostRecord(id=h, name=f"node-{h}", address=f"10.0.0.{i}:7070") for i, h in
+             enumerate((HostId("h1"), HostId("h2")), start=1)}
+    records: list[Any] = [service(2), service(1, name="db"), replica("web-1"), replica("web-2", host="h2"),
+                          replica("db-1", service="db", host="h2"), *hosts.values(),
+                          *(HostStatus(id=h, ready=True, complete=True) for h in hosts)]
+    await store.commit([base.Put(dataclasses.replace(r, revision=0)) for r in records])
+    lease = await store.grant_lease(60)
+    leader = await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)
+    settings = ControllerSettings(epoch=leader.epoch, guard=base.LeaderGuard(leader.epoch), credentials=None,
+                                  profile=default_profile())
+    ctl = Controller(store, settings, on_pass=lambda _s, _p, world: scopes.append(world.scope))
+    ctl.mirror = Mirror.of(await store.snapshot())
+    seen = observe(("h1", [container("web-1")]),
+                   ("h2", [container("web-2"), container("db-1", service="db")]))
+    sessions = {h: StandInSession(h, hosts[h].address, seen[h]) for h in hosts}
+    ctl.sessions.update(cast(dict[HostId, AgentSession], sessions))
+    return ctl, sessions
+
+
+def test_the_controller_scopes_a_pass_to_what_changed() -> None:
+    async def go() -> list[reconcile.Scope | None]:
+        scopes: list[reconcile.Scope | None] = []
+        ctl, sessions = await settled_controller(scopes)
+        await ctl.step()   # the first pass of a term looks at everything
+        await ctl.step()   # nothing changed: looks at nothing
+        # db-1's container restarts on h2: db, and h2 for orphans.
+        h2 = sessions[HostId("h2")]
+        containers = dict(h2.observation.containers)
+        containers["db-1"] = dataclasses.replace(containers["db-1"], state=ContainerState.RESTARTING)
+        h2.observation = dataclasses.replace(h2.observation, containers=containers)
+        ctl._host_changed(HostId("h2"))
+        await ctl.step()
+        await ctl.step()   # its own write (db-1 starting) is followed by a pass over db
+        # h1's session loses its connection: everything on h1.
+        h1 = sessions[HostId("h1")]
+        h1.observation = dataclasses.replace(h1.observation, connected=False, complete=False)
+        ctl._host_changed(HostId("h1"))
+        await ctl.step()
+        return scopes
+
+    scopes = asyncio.run(go())
+    assert scopes[0] is None
+    assert scopes[1] == Scope()
+    assert scopes[2] == Scope(services=frozenset({ServiceName("db")}), hosts=frozenset({HostId("h2")}))
+    assert scopes[3] is not None and scopes[3].services == {ServiceName("db")}
+    assert scopes[4] is not None
+    assert ServiceName("web") in scopes[4].services and HostId("h1") in scopes[4].hosts
+
+
+def test_a_full_pass_runs_when_its_period_is_up_and_when_a_pass_is_due_by_the_clock() -> None:
+    async def go() -> list[reconcile.Scope | None]:
+        scopes: list[reconcile.Scope | None] = []
+        ctl, _ = await settled_controller(scopes)
+        await ctl.step()
+        await ctl.step()
+        ctl._last_full -= controller_module.FULL_PASS_INTERVAL  # the period is up
+        await ctl.step()
+        await ctl.step()
+        ctl._due = 1.0  # a backoff ended (long ago)
+        await ctl.step()
+        return scopes
+
+    scopes = asyncio.run(go())
+    assert [s is None for s in scopes] == [True, False, True, False, True]
+
+
+def test_the_loop_runs_full_passes_on_its_period_with_nothing_changing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller_module, "FULL_PASS_INTERVAL", 0.05)
+
+    async def go() -> int:
+        scopes: list[reconcile.Scope | None] = []
+        ctl, _ = await settled_controller(scopes)
+        follow: asyncio.Task[None] = asyncio.create_task(asyncio.sleep(3600))  # stands in for the watch
+        looping = asyncio.create_task(ctl._loop(follow))
+        try:
+            async with asyncio.timeout(20):
+                while sum(s is None for s in scopes) < 4:
+                    await asyncio.sleep(0.01)
+        finally:
+            for task in (looping, follow):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return sum(s is None for s in scopes)
+
+    assert asyncio.run(go()) >= 4
