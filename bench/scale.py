@@ -303,10 +303,12 @@ def log_time(line: str) -> float | None:
 
 
 def ports_in_use(first: int, count: int) -> list[int]:
-    """Ports of ``first`` … ``first + count - 1`` that cannot be bound on 127.0.0.1 now."""
+    """Ports of ``first`` … ``first + count - 1`` that cannot be bound on 127.0.0.1 now (with
+    SO_REUSEADDR, as grpc binds: connections of an earlier run in TIME_WAIT do not count)."""
     busy = []
     for port in range(first, first + count):
         with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
@@ -431,6 +433,8 @@ class Run:
         sched.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "scheduler", "serve", "--etcd", self.etcd.endpoints, "--listen", sched.api,
             *(["--election-ttl", str(args.election_ttl)] if args.election_ttl else []),
+            *(["--registration-refresh", str(args.registration_refresh)]
+              if args.registration_refresh else []),
             "--insecure-tcp", "--http-listen", sched.http, "--instance-id", instance, "--log-level", "info",
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=args.scheduler_checkout or ROOT,
             start_new_session=True)
@@ -844,6 +848,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "hosts": args.hosts, "replicas": args.replicas, "per_service": args.per_service,
         "scheduler_checkout": args.scheduler_checkout or str(ROOT), "start_delay_s": args.start_delay,
         "election_ttl": args.election_ttl or "default", "terms_counted": "begun",
+        "registration_refresh": args.registration_refresh or "default", "join_rate": args.join_rate,
+        "phases": {"mass_failure": args.mass_failure, "failover": args.failover},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -896,6 +902,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="", metavar="FILE", help="py-spy collapsed stacks of the leader")
     parser.add_argument("--election-ttl", type=int, default=0,
                         help="the scheduler's --election-ttl (default: the scheduler's own default)")
+    parser.add_argument("--registration-refresh", type=float, default=0.0,
+                        help="the scheduler's --registration-refresh, seconds between a host's registrations "
+                             "(default: the scheduler's own default)")
     parser.add_argument("--scheduler-checkout", default="", metavar="DIR",
                         help="run the scheduler of another checkout (e.g. a worktree of main), for a "
                              "before/after comparison; default: this one")
