@@ -5,8 +5,8 @@ serves on 127.0.0.1:(``--base-port`` + *i*) and is labelled ``zone=`` the (*i* m
 ``--zones``. Hosts start registering ``--join-rate`` a second (all at once by default); once every
 server listens and every host has registered (or ``--register-timeout`` ran out), one JSON line goes to
 stdout: ``{"ready": …, "hosts": …, "registered": …, "start_seconds": …, "rss_bytes": …}``. Then each
-line on stdin is a command (``bench.sim.fleet.Fleet.command``) answered by one JSON line. End of stdin, SIGTERM or SIGINT stops every server and exits: a parent that dies takes
-its simulators with it.
+line on stdin is a command (``bench.sim.fleet.Fleet.command``) answered by one JSON line. End of stdin,
+SIGTERM or SIGINT stops every server and exits: a parent that dies takes its simulators with it.
 """
 
 from __future__ import annotations
