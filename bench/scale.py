@@ -409,10 +409,27 @@ class Run:
                 stderr=(self.workdir / f"sim-{first_index}.log").open("ab"),
                 cwd=ROOT, start_new_session=True, limit=SIM_LINE_LIMIT)
             self.sims.append(Simulator(proc, first_index, count))
-        for sim in self.sims:
-            sim.ready = await sim.read(args.timeout + 30)
-            if not sim.ready.get("ready"):
-                raise RuntimeError(f"simulator {sim.first}: {sim.ready}")
+        # A simulator answers once all its hosts registered or its --register-timeout (after its servers
+        # started and its join waves went out) ran out. Meanwhile, etcd says how far registration got.
+        rate = args.join_rate / procs if args.join_rate > 0 else 0
+        bound = args.timeout + (per / rate if rate else 0) + 120
+        progress = asyncio.create_task(self.follow_registration(started))
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*(sim.read(bound) for sim in self.sims)), bound)
+        except TimeoutError:
+            raise RuntimeError(f"the simulators did not report within {bound:.0f} s; registration so far: "
+                               f"{self.result.get('registration_progress', [])[-1:]}") from None
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await progress
+        for sim, answer in zip(self.sims, answers, strict=True):
+            sim.ready = answer
+        self.result["hosts_registered"] = sum(int(s.ready.get("registered", 0)) for s in self.sims)
+        short = [s.ready for s in self.sims if not s.ready.get("ready")]
+        if short:
+            raise RuntimeError(f"{self.result['hosts_registered']} of {args.hosts} hosts registered within "
+                               f"{args.timeout} s: {short}")
         registered = time.perf_counter()
         self.result["hosts_registered_s"] = round(registered - started, 2)
         self.result["sim_rss_bytes_per_process_at_start"] = [s.ready["rss_bytes"] for s in self.sims]
@@ -422,6 +439,18 @@ class Run:
         if ready is None:
             raise RuntimeError(f"not every host ready within {args.timeout} s: placement would measure "
                                "the registration storm, not scheduling")
+
+    async def follow_registration(self, started: float) -> None:
+        """Every 10 s while hosts register: (seconds, host records, hosts ready) from etcd, so a storm that
+        does not finish shows how far it got."""
+        progress: list[tuple[float, int, int]] = []
+        self.result["registration_progress"] = progress
+        while True:
+            await asyncio.sleep(10.0)
+            with contextlib.suppress(Exception):
+                hosts = await self.the_store.list(self.the_store.schema.hosts())
+                ready = await self.ready_hosts()
+                progress.append((round(time.perf_counter() - started, 1), len(hosts.items), len(ready)))
 
     async def start_scheduler(self, instance: str) -> SchedulerProcess:
         """Start (or restart, same id and ports) one scheduler instance with the run's flags."""
