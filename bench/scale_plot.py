@@ -83,9 +83,11 @@ def _checks(result: dict[str, Any]) -> str:
     creates = _get(result, "failover", "creates_after_kill")
     if moved is not None:
         notes.append(f"failover moved {moved}, created {creates}")
+    for phase in result.get("phase_errors") or {}:
+        notes.append(f"{phase} failed")
     if result.get("error"):
-        notes.append(f"ended: {str(result['error'])[:60]}")
-    return "; ".join(notes) or "—"
+        notes.append(f"ended: {' '.join(str(result['error']).split())[:60]}")
+    return "; ".join(notes).replace("|", "/") or "—"  # one line, no column breaks
 
 
 COLUMNS = (  # (header, figure, digits)
