@@ -159,7 +159,9 @@ def plot(runs: Sequence[dict[str, Any]], out: Path) -> None:
     for ax in flat[len(PANELS):]:
         ax.axis("off")
     sizes = ", ".join(f"{int(r['hosts'] or 0):,}" for r in rows)
-    fig.suptitle(f"Shoal scheduler with simulated hosts (20 replicas per host): {sizes} hosts; "
+    ratios = {round((r["replicas"] or 0) / (r["hosts"] or 1), 1) for r in rows}
+    per_host = f" ({ratios.pop():g} replicas per host)" if len(ratios) == 1 else ""
+    fig.suptitle(f"Shoal scheduler with simulated hosts{per_host}: {sizes} hosts; "
                  "a dotted line: not reached", fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
