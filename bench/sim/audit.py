@@ -36,6 +36,7 @@ class Audit:
     running_not_live: tuple[str, ...] = ()   # containers whose record is gone, stopping or on another host
     live: int = 0
     running: int = 0
+    ready_hosts: int = 0   # hosts judged ready (a leader that stalled may have judged none ready)
 
     @property
     def ok(self) -> bool:
@@ -45,6 +46,7 @@ class Audit:
         """A JSON-able summary: counts, and a few examples of each finding."""
         return {
             "ok": self.ok, "live": self.live, "running_containers": self.running,
+            "ready_hosts": self.ready_hosts,
             "services_miscounted": len(self.miscounted),
             "miscounted_examples": {k: list(v) for k, v in sorted(self.miscounted.items())[:examples]},
             "duplicated": len(self.duplicated),
@@ -80,7 +82,7 @@ def audit(*, declared: Mapping[str, int], replicas: Iterable[ReplicaRow], ready_
                                       if host not in hosts_of.get(rid, ()))),
         running_not_live=tuple(sorted(rid for rid, hs in hosts_of.items()
                                       if any(live_on.get(rid) != h for h in hs))),
-        live=len(live_on), running=sum(len(hs) for hs in hosts_of.values()))
+        live=len(live_on), running=sum(len(hs) for hs in hosts_of.values()), ready_hosts=len(ready))
 
 
 __all__ = ["Audit", "ReplicaRow", "audit"]

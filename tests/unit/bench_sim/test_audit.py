@@ -15,7 +15,7 @@ def test_a_cluster_as_declared_passes() -> None:
                   replicas=[row("w1", "h1"), row("w2", "h2"), row("d1", "h1", service="db")],
                   ready_hosts={"h1", "h2"}, running={"h1": ["w1", "d1"], "h2": ["w2"]})
     assert found.ok
-    assert (found.live, found.running) == (3, 3)
+    assert (found.live, found.running, found.ready_hosts) == (3, 3, 2)
     assert found.as_json()["ok"] is True
 
 
