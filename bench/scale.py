@@ -25,11 +25,30 @@ Then it measures, printing a table and writing JSON (``--out``, default
   usage every second, the simulators' and etcd members' cpu beside it;
 * **get services latency**: ``ListServices`` ``--api-calls`` times in sequence, p50/p99/max;
 * ``--profile FILE``: py-spy (if installed) samples the scheduler from the first apply to all running, as
-  collapsed stacks (``--format raw``) for ``bench/scale.py``'s reader or flamegraph tools.
+  collapsed stacks (``--format raw``) for ``bench/scale.py``'s reader or flamegraph tools;
+* **mass failure** (``--no-mass-failure`` skips it): ``fail silent`` on ``--kill`` hosts at once (100,
+  spread over the simulator processes and zones: ``bench.sim.recovery.pick_victims``); for every replica
+  that was on them, the time from the kill until a replacement of its service runs on another host
+  (p50/p99/max), when the leader marked them stopping, and an audit (``bench.sim.audit``) that every
+  service has exactly its declared live replicas (a ready host, not stopping) and no replica id runs on
+  two hosts, from etcd and the simulators' container lists. Then the hosts reboot (``recover … reboot``:
+  back empty), and the time until all are ready and no stopping record is left, and the audit again;
+* **failover at size** (``--no-failover`` skips it and the standby): a second scheduler instance, same
+  flags, its own API port, runs from the start as a standby. The phase SIGKILLs whichever instance leads
+  and measures, from the kill, when the survivor holds the leader key (etcd), when its log says its term
+  began, when its first reconcile pass completed (its own ``/metrics``: **the moment it acts**, the
+  earliest it could place or replace anything) and when it first wrote a record; after
+  ``--failover-settle`` seconds it counts replica records whose host changed or that were replaced, the
+  ``CreateContainer`` calls the simulators answered after the kill (0 for a settled cluster), the
+  survivor's planned actions, and audits. The killed instance is restarted as a standby.
 
 Every wait is bounded (``--timeout`` per phase, ``--budget`` for the whole run); a phase that times out
-is recorded as such and the run ends with what it has. Tear-down stops every process it started
-(SIGTERM, then SIGKILL) and removes the temp dir, on success, failure, ^C or SIGTERM.
+is recorded as such and the run ends with what it has. At thousands of hosts: the hosts' ports must be
+free and below the ephemeral range (checked first), the run raises its soft file-descriptor limit to the
+hard one for itself and its children and refuses to start when that cannot cover the scheduler's two
+sockets per host, and hosts start registering ``--join-rate`` a second (in waves) so the registration
+storm is bounded; placement starts only once every host is registered and ready. Tear-down stops every
+process it started (SIGTERM, then SIGKILL) and removes the temp dir, on success, failure, ^C or SIGTERM.
 
 ``python bench/scale.py --hosts 100 --replicas 2000`` (from the repository root, with the project's venv).
 """
@@ -42,15 +61,17 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
-import statistics
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,16 +81,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aetcd
 import grpc
 
+from bench.sim.audit import Audit, ReplicaRow, audit
+from bench.sim.host import host_id_of
+from bench.sim.recovery import pick_victims, replacement_times
+from bench.sim.summary import summarize
 from proto.scheduler.v1 import scheduler_pb2 as spb
 from proto.scheduler.v1 import scheduler_pb2_grpc as spb_grpc
 from scheduler import model
 from scheduler.store import base, records
 from scheduler.store.factory import open_store
 from scheduler.store.keys import DEFAULT_PREFIX, KeySchema
+from scheduler.store.records import LeaderRecord
 from tests.fixtures.etcd import EtcdCluster, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TXN_OPS = 128
+SIM_LINE_LIMIT = 64 << 20  # a simulator's answer to "containers" lists every replica id it runs
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -249,72 +276,203 @@ def passes_between(before: dict[str, float], after: dict[str, float]) -> dict[st
             "pass_mean_s": round(seconds / passes, 4) if passes else 0.0}
 
 
-def quantiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50": round(statistics.median(ordered), 5),
-            "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 5),
-            "max": round(ordered[-1], 5), "n": len(ordered)}
+def scrape_counter(address: str, name: str) -> dict[str, float]:
+    """Every sample of one metric on an instance's ``/metrics``, by its label text ("" when unlabelled);
+    empty when the instance does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        metric, _, rest = line.partition("{")
+        if line.startswith(name) and (metric == name or line.partition(" ")[0] == name):
+            labels = rest.partition("}")[0] if rest else ""
+            out[labels] = float(line.rpartition(" ")[2])
+    return out
+
+
+def log_time(line: str) -> float | None:
+    """The wall-clock time of a scheduler log line (``%(asctime)s``: local time, milliseconds)."""
+    stamp, _, millis = line[:23].partition(",")
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+    except ValueError:
+        return None
+
+
+def ports_in_use(first: int, count: int) -> list[int]:
+    """Ports of ``first`` … ``first + count - 1`` that cannot be bound on 127.0.0.1 now (with
+    SO_REUSEADDR, as grpc binds: connections of an earlier run in TIME_WAIT do not count)."""
+    busy = []
+    for port in range(first, first + count):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+def raise_fd_limit(hosts: int, procs: int) -> dict[str, int]:
+    """Raise this process's soft open-file limit to the hard one (children inherit it) and check it covers
+    the scheduler (a channel per host's agent session and transient registration calls: about two sockets
+    per host) and each simulator process (a listener and an accepted connection per host, plus its
+    registration calls). CAP_SYS_RESOURCE may be missing: the hard limit is what there is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    scheduler_needs = 2 * hosts + 1000
+    sim_needs = 3 * -(-hosts // procs) + 500
+    if limit != resource.RLIM_INFINITY and max(scheduler_needs, sim_needs) > limit:
+        raise SystemExit(f"bench/scale.py: open-file limit {limit} is below what {hosts} hosts need "
+                         f"(scheduler ≈ {scheduler_needs}, each simulator ≈ {sim_needs})")
+    return {"nofile_limit": limit, "scheduler_fds_needed": scheduler_needs, "sim_fds_needed": sim_needs}
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 # -- one run -------------------------------------------------------------------------------------------
+
+@dataclass
+class SchedulerProcess:
+    """One ``shoal-scheduler serve`` instance: its id, its API and metrics addresses, its log."""
+
+    instance: str
+    api: str
+    http: str
+    log: Path
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+LEADING = "shoal.scheduler: leading (epoch"
+
 
 class Run:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
         self.etcd = EtcdCluster(workdir / "etcd", size=3)
-        self.scheduler: asyncio.subprocess.Process | None = None
+        self.schedulers: dict[str, SchedulerProcess] = {}
         self.sims: list[Simulator] = []
         self.profiler: asyncio.subprocess.Process | None = None
         self.result: dict[str, Any] = {}
-        self.api = ""
-        self.http = ""
+        self.store: base.Store | None = None
 
     def note(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    # -- starting ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         args = self.args
         self.note("etcd: 3 members")
         await asyncio.to_thread(self.etcd.start)
-        self.api = f"127.0.0.1:{free_port()}"
-        self.http = http = f"127.0.0.1:{free_port()}"
-        log = (self.workdir / "scheduler.log").open("ab")
-        self.scheduler = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "scheduler", "serve", "--etcd", self.etcd.endpoints, "--listen", self.api,
-            *(["--election-ttl", str(args.election_ttl)] if args.election_ttl else []),
-            "--insecure-tcp", "--http-listen", http, "--instance-id", "scale", "--log-level", "info",
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=args.scheduler_checkout or ROOT,
-            start_new_session=True)
-        await self.wait_leader()
+        # The bench's own reads are big at 100,000 replicas (a snapshot is tens of MB): generous deadlines.
+        self.store = await open_store(self.etcd.endpoints, prefix=DEFAULT_PREFIX, request_timeout_s=60,
+                                      retry_deadline_s=120)
+        first = await self.start_scheduler("scale-a")
+        await self.wait_leader(first)
+        if args.failover:
+            await self.start_scheduler("scale-b")  # follows as a standby from the start
         procs = args.procs or max(1, -(-args.hosts // 1000))
         per = -(-args.hosts // procs)
         self.note(f"{args.hosts} simulated hosts in {procs} processes")
         started = time.perf_counter()
-        for first in range(0, args.hosts, per):
-            count = min(per, args.hosts - first)
+        apis = ",".join(s.api for s in self.schedulers.values())
+        for first_index in range(0, args.hosts, per):
+            count = min(per, args.hosts - first_index)
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.sim", "--scheduler", self.api, "--hosts", str(count),
-                "--first", str(first), "--base-port", str(args.base_port), "--start-delay",
+                sys.executable, "-m", "bench.sim", "--scheduler", apis, "--hosts", str(count),
+                "--first", str(first_index), "--base-port", str(args.base_port), "--start-delay",
                 str(args.start_delay), "--register-timeout", str(args.timeout),
+                "--join-rate", str(args.join_rate / procs if args.join_rate > 0 else 0),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=(self.workdir / f"sim-{first}.log").open("ab"),
-                cwd=ROOT, start_new_session=True)
-            self.sims.append(Simulator(proc, first, count))
-        for sim in self.sims:
-            sim.ready = await sim.read(args.timeout + 30)
-            if not sim.ready.get("ready"):
-                raise RuntimeError(f"simulator {sim.first}: {sim.ready}")
+                stderr=(self.workdir / f"sim-{first_index}.log").open("ab"),
+                cwd=ROOT, start_new_session=True, limit=SIM_LINE_LIMIT)
+            self.sims.append(Simulator(proc, first_index, count))
+        # A simulator answers once all its hosts registered or its --register-timeout (after its servers
+        # started and its join waves went out) ran out. Meanwhile, etcd says how far registration got.
+        rate = args.join_rate / procs if args.join_rate > 0 else 0
+        bound = args.timeout + (per / rate if rate else 0) + 120
+        progress = asyncio.create_task(self.follow_registration(started))
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*(sim.read(bound) for sim in self.sims)), bound)
+        except TimeoutError:
+            raise RuntimeError(f"the simulators did not report within {bound:.0f} s; registration so far: "
+                               f"{self.result.get('registration_progress', [])[-1:]}") from None
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await progress
+        for sim, answer in zip(self.sims, answers, strict=True):
+            sim.ready = answer
+        self.result["hosts_registered"] = sum(int(s.ready.get("registered", 0)) for s in self.sims)
+        short = [s.ready for s in self.sims if not s.ready.get("ready")]
+        if short:
+            raise RuntimeError(f"{self.result['hosts_registered']} of {args.hosts} hosts registered within "
+                               f"{args.timeout} s: {short}")
         registered = time.perf_counter()
         self.result["hosts_registered_s"] = round(registered - started, 2)
         self.result["sim_rss_bytes_per_process_at_start"] = [s.ready["rss_bytes"] for s in self.sims]
         ready = await self.wait_hosts_ready(args.hosts, args.timeout)
         self.result["hosts_ready_s"] = round(ready - registered, 2) if ready else None
         self.note(f"hosts ready: {self.result['hosts_ready_s']} s after all registered")
+        if ready is None:
+            raise RuntimeError(f"not every host ready within {args.timeout} s: placement would measure "
+                               "the registration storm, not scheduling")
 
-    async def wait_leader(self) -> None:
+    async def follow_registration(self, started: float) -> None:
+        """Every 10 s while hosts register: (seconds, host records, hosts ready) from etcd, so a storm that
+        does not finish shows how far it got."""
+        progress: list[tuple[float, int, int]] = []
+        self.result["registration_progress"] = progress
+        while True:
+            await asyncio.sleep(10.0)
+            with contextlib.suppress(Exception):
+                hosts = await self.the_store.list(self.the_store.schema.hosts())
+                ready = await self.ready_hosts()
+                progress.append((round(time.perf_counter() - started, 1), len(hosts.items), len(ready)))
+
+    async def start_scheduler(self, instance: str) -> SchedulerProcess:
+        """Start (or restart, same id and ports) one scheduler instance with the run's flags."""
+        args = self.args
+        known = self.schedulers.get(instance)
+        sched = known or SchedulerProcess(instance, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                                          self.workdir / f"scheduler-{instance}.log")
+        log = sched.log.open("ab")
+        sched.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "scheduler", "serve", "--etcd", self.etcd.endpoints, "--listen", sched.api,
+            *(["--election-ttl", str(args.election_ttl)] if args.election_ttl else []),
+            *(["--registration-refresh", str(args.registration_refresh)]
+              if args.registration_refresh else []),
+            "--insecure-tcp", "--http-listen", sched.http, "--instance-id", instance, "--log-level", "info",
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=args.scheduler_checkout or ROOT,
+            start_new_session=True)
+        self.schedulers[instance] = sched
+        return sched
+
+    async def wait_leader(self, sched: SchedulerProcess) -> None:
         deadline = time.monotonic() + 30
-        async with grpc.aio.insecure_channel(self.api) as channel:
+        async with grpc.aio.insecure_channel(sched.api) as channel:
             stub = spb_grpc.SchedulerStub(channel)
             while time.monotonic() < deadline:
                 with contextlib.suppress(grpc.aio.AioRpcError):
@@ -322,39 +480,68 @@ class Run:
                     if reply.leader:
                         return
                 await asyncio.sleep(0.2)
-        raise RuntimeError(f"no scheduler leader within 30 s; see {self.workdir / 'scheduler.log'}")
+        raise RuntimeError(f"no scheduler leader within 30 s; see {sched.log}")
 
     async def wait_hosts_ready(self, n: int, timeout: float) -> float | None:
+        """When etcd's host statuses (the leader's judgement) say ``n`` hosts are ready with a complete
+        view. Read from etcd, not the scheduler's API, so that waiting costs the leader nothing."""
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(self.api) as channel:
-            stub = spb_grpc.SchedulerStub(channel)
-            while time.monotonic() < deadline:
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await stub.ListHosts(spb.ListHostsRequest(), timeout=10)
-                    if sum(h.state == spb.HOST_STATE_READY for h in reply.hosts) >= n:
-                        return time.perf_counter()
-                await asyncio.sleep(0.5)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if len(await self.ready_hosts()) >= n:
+                    return time.perf_counter()
+            await asyncio.sleep(1.0)
         return None
+
+    async def ready_hosts(self) -> set[str]:
+        listing = await self.the_store.list(self.the_store.schema.host_statuses())
+        return {s.id for s in listing.items if s.ready and s.complete}
+
+    @property
+    def the_store(self) -> base.Store:
+        assert self.store is not None
+        return self.store
+
+    async def leader(self) -> SchedulerProcess:
+        """The instance holding the leader key now (it may have changed hands under load)."""
+        for _ in range(60):
+            record = await self.the_store.get(self.the_store.schema.leader())
+            if record is not None and record.instance in self.schedulers:
+                return self.schedulers[record.instance]
+            await asyncio.sleep(0.5)
+        raise RuntimeError("no scheduler holds the leader key")
+
+    def standby(self, leader: SchedulerProcess) -> SchedulerProcess | None:
+        return next((s for s in self.schedulers.values() if s is not leader and s.alive), None)
+
+    def terms(self) -> int:
+        """Terms begun so far by any instance (each log says "shoal.scheduler: leading (epoch N)" at each,
+        and "no longer leading (epoch N)" at each end, which must not count)."""
+        return sum(s.log.read_text(errors="replace").count(LEADING) for s in self.schedulers.values()
+                   if s.log.exists())
+
+    # -- placement --------------------------------------------------------------------------------
 
     async def place(self) -> None:
         args = self.args
-        store = await open_store(self.etcd.endpoints, prefix=DEFAULT_PREFIX)
+        store = self.the_store
         watch = ReplicaWatch(total=args.replicas)
         follower = asyncio.create_task(watch.follow(store, await store.current_revision()))
         names = [f"s{i:04d}" for i in range(-(-args.replicas // args.per_service))]
-        leader_cpu = cpu_seconds(self.scheduler_pid)
-        metrics_before = await asyncio.to_thread(scrape, self.http)
+        leader = await self.leader()
+        leader_cpu = cpu_seconds(leader.pid)
+        metrics_before = await asyncio.to_thread(scrape, leader.http)
         terms_before = self.terms()
         if args.profile:
-            self.profiler = await self.start_profiler(args.profile)
+            self.profiler = await self.start_profiler(args.profile, leader.pid)
         try:
-            async with grpc.aio.insecure_channel(self.api) as channel:
+            async with grpc.aio.insecure_channel(leader.api) as channel:
                 stub = spb_grpc.SchedulerStub(channel)
                 start = time.perf_counter()
                 for i in range(0, len(names), args.apply_batch):
                     await stub.ApplyService(spb.ApplyServiceRequest(
                         yaml=services_yaml(names[i:i + args.apply_batch], args.per_service),
-                        source="scale"), timeout=60)
+                        source="scale"), timeout=max(60.0, args.timeout))
                 applied = time.perf_counter()
                 self.note(f"applied {len(names)} services in {applied - start:.2f} s")
                 for name, event in (("assigned", watch.all_assigned), ("running", watch.all_running)):
@@ -374,10 +561,11 @@ class Run:
                 "placement_replicas_per_s": round(args.replicas / placement_s, 1) if placement_s else None,
                 "assigned_at_end": len(watch.assigned), "running_at_end": len(watch.running),
                 "replica_puts": watch.puts, "replica_txns": len(watch.revisions),
-                "leader_cpu_s_during_placement": round(cpu_seconds(self.scheduler_pid) - leader_cpu, 2),
+                "leader_cpu_s_during_placement": round(cpu_seconds(leader.pid) - leader_cpu, 2)
+                if leader.alive else None,
                 "leader_terms_during_placement": self.terms() - terms_before,
                 "reconcile_during_placement": passes_between(metrics_before,
-                                                             await asyncio.to_thread(scrape, self.http)),
+                                                             await asyncio.to_thread(scrape, leader.http)),
             })
         finally:
             if self.profiler is not None:
@@ -386,58 +574,277 @@ class Run:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
-            await store.close()
 
-    async def start_profiler(self, out: str) -> asyncio.subprocess.Process | None:
+    async def start_profiler(self, out: str, pid: int) -> asyncio.subprocess.Process | None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not Path(spy).exists():
             self.note("py-spy is not installed (pip install py-spy): no profile")
             return None
         return await asyncio.create_subprocess_exec(
-            spy, "record", "--pid", str(self.scheduler_pid), "--format", "raw", "--rate", "50",
+            spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
             "--output", out, "--nonblocking", stdout=(self.workdir / "py-spy.log").open("ab"),
             stderr=subprocess.STDOUT, start_new_session=True)
 
-    def terms(self) -> int:
-        """Terms this scheduler has begun so far (its log says "shoal.scheduler: leading (epoch N)" at each,
-        and "no longer leading (epoch N)" at each end, which must not count)."""
-        log = self.workdir / "scheduler.log"
-        return log.read_text(errors="replace").count("shoal.scheduler: leading (epoch") if log.exists() else 0
-
-    @property
-    def scheduler_pid(self) -> int:
-        assert self.scheduler is not None
-        return self.scheduler.pid
+    # -- the steady state -------------------------------------------------------------------------
 
     async def steady(self) -> None:
         args = self.args
-        pids = {"leader": self.scheduler_pid, **{f"sim{s.first}": s.proc.pid for s in self.sims},
+        leader = await self.leader()
+        standby = self.standby(leader)
+        pids = {"leader": leader.pid, **({"standby": standby.pid} if standby is not None else {}),
+                **{f"sim{s.first}": s.proc.pid for s in self.sims},
                 **{f"etcd-{m.name}": m.pid for m in self.etcd.members if m.pid is not None}}
         before = {k: cpu_seconds(p) for k, p in pids.items()}
-        metrics_before = await asyncio.to_thread(scrape, self.http)
+        metrics_before = await asyncio.to_thread(scrape, leader.http)
         terms_before = self.terms()
         t0 = time.perf_counter()
         await asyncio.sleep(args.steady)
         elapsed = time.perf_counter() - t0
         cores = {k: round((cpu_seconds(p) - before[k]) / elapsed, 3) for k, p in pids.items()}
         self.result["steady_cpu_cores"] = cores
-        metrics_after = await asyncio.to_thread(scrape, self.http)
+        metrics_after = await asyncio.to_thread(scrape, leader.http)
         self.result["steady_reconcile"] = passes_between(metrics_before, metrics_after)
         self.result["steady_leader_terms"] = self.terms() - terms_before
-        self.result["steady_leader_rss_bytes"] = rss_bytes(self.scheduler_pid)
+        self.result["steady_leader_rss_bytes"] = rss_bytes(leader.pid)
+        if standby is not None:
+            self.result["steady_standby_rss_bytes"] = rss_bytes(standby.pid)
         self.result["steady_sim_rss_bytes"] = [rss_bytes(s.proc.pid) for s in self.sims]
         latencies = []
-        async with grpc.aio.insecure_channel(self.api) as channel:
+        failed: dict[str, int] = {}
+        reply = spb.ListServicesResponse()
+        async with grpc.aio.insecure_channel(leader.api) as channel:
             stub = spb_grpc.SchedulerStub(channel)
             for _ in range(args.api_calls):
                 start = time.perf_counter()
-                reply = await stub.ListServices(spb.ListServicesRequest(), timeout=60)
+                try:
+                    reply = await stub.ListServices(spb.ListServicesRequest(), timeout=args.api_timeout)
+                except grpc.aio.AioRpcError as err:  # counted, not fatal: a slow answer is what is measured
+                    failed[err.code().name] = failed.get(err.code().name, 0) + 1
+                    continue
                 latencies.append(time.perf_counter() - start)
-        self.result["get_services_s"] = quantiles(latencies)
+        self.result["get_services_s"] = summarize(latencies)
+        self.result["get_services_failed"] = failed
         self.result["get_services_count"] = len(reply.services)
         self.note(f"steady: leader {cores['leader']} cores, "
                   f"{self.result['steady_leader_rss_bytes'] >> 20} MiB; "
-                  f"ListServices p50 {self.result['get_services_s']['p50'] * 1000:.1f} ms")
+                  f"ListServices p50 {self.result['get_services_s']['p50']} s, failed {failed or 'none'}")
+
+    # -- what the cluster holds -------------------------------------------------------------------
+
+    async def audit(self) -> Audit:
+        """etcd's records against the containers the reachable simulated hosts run."""
+        snap = await self.the_store.snapshot()
+        running: dict[str, list[str]] = {}
+        for sim in self.sims:
+            answer = await sim.command("containers", timeout=self.args.timeout)
+            running.update(answer["running"])
+        return audit(declared={s: svc.spec.replicas for s, svc in snap.services.items()},
+                     replicas=[ReplicaRow(r.id, r.service, r.host, r.phase.value)
+                               for r in snap.replicas.values()],
+                     ready_hosts={h for h, st in snap.host_statuses.items() if st.ready},
+                     running=running)
+
+    async def settled(self, timeout: float) -> float | None:
+        """Seconds until etcd holds, for every service, its declared count of running replicas on ready
+        hosts and no record in any other phase (nothing stopping, pending or starting); None on timeout."""
+        start = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            snap = await self.the_store.snapshot()
+            ready = {h for h, st in snap.host_statuses.items() if st.ready}
+            counts: dict[str, int] = {}
+            other = 0
+            for r in snap.replicas.values():
+                if r.phase is model.ReplicaPhase.RUNNING and r.host in ready:
+                    counts[r.service] = counts.get(r.service, 0) + 1
+                else:
+                    other += 1
+            if not other and all(counts.get(s, 0) == svc.spec.replicas for s, svc in snap.services.items()):
+                return time.perf_counter() - start
+            await asyncio.sleep(1.0)
+        return None
+
+    async def sim_calls(self, method: str) -> int:
+        stats = [await s.command("stats") for s in self.sims]
+        return sum(int(st.get("calls", {}).get(method, 0)) for st in stats)
+
+    # -- mass failure -----------------------------------------------------------------------------
+
+    async def mass_failure(self) -> None:
+        args = self.args
+        out: dict[str, Any] = {"killed": args.kill}
+        self.result["mass_failure"] = out
+        victims = [f"sim-{i:05d}" for i in pick_victims(args.hosts, args.kill)]
+        victim_ids = {host_id_of(n) for n in victims}
+        store = self.the_store
+        snap = await store.snapshot()
+        before = set(snap.replicas)
+        lost: dict[str, int] = {}
+        lost_ids: set[str] = set()
+        for r in snap.replicas.values():
+            if r.host in victim_ids and r.phase is not model.ReplicaPhase.STOPPING:
+                lost[r.service] = lost.get(r.service, 0) + 1
+                lost_ids.add(r.id)
+        out["replicas_lost"] = len(lost_ids)
+        out["services_hit"] = len(lost)
+        out["zones"] = sorted({("a", "b", "c")[int(n[4:]) % 3] for n in victims})
+        creates_before = await self.sim_calls("CreateContainer")
+        running_new: dict[str, tuple[str, float]] = {}
+        noticed: dict[str, float] = {}
+        done = asyncio.Event()
+        killed_at = 0.0
+
+        def replaced() -> bool:
+            got: dict[str, int] = {}
+            for service, _ in running_new.values():
+                got[service] = got.get(service, 0) + 1
+            return all(got.get(s, 0) >= n for s, n in lost.items())
+
+        async def follow() -> None:
+            async for change in store.watch(snap.revision, scope=store.schema.replicas()):
+                r = change.value
+                if not isinstance(r, model.Replica):
+                    continue
+                now = time.perf_counter()
+                if r.id in lost_ids and r.phase is model.ReplicaPhase.STOPPING and r.id not in noticed:
+                    noticed[r.id] = now - killed_at
+                if (r.id not in before and r.id not in running_new and r.phase is model.ReplicaPhase.RUNNING
+                        and r.host is not None and r.host not in victim_ids):
+                    running_new[r.id] = (r.service, now)
+                    if replaced():
+                        done.set()
+
+        follower = asyncio.create_task(follow())
+        try:
+            by_sim: dict[int, list[str]] = {}
+            for name in victims:
+                index = int(name[4:])
+                sim = next(s for s in self.sims if s.first <= index < s.first + s.hosts)
+                by_sim.setdefault(sim.first, []).append(name)
+            sims = {s.first: s for s in self.sims}
+            killed_at = time.perf_counter()
+            answers = await asyncio.gather(*(sims[f].command(f"fail {','.join(names)} silent")
+                                             for f, names in by_sim.items()))
+            if not all(a.get("ok") for a in answers):
+                raise RuntimeError(f"fail: {answers}")
+            out["processes_hit"] = len(by_sim)
+            self.note(f"mass failure: {len(victims)} hosts silent, {len(lost_ids)} replicas to replace")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), args.timeout)
+            result = replacement_times(lost, running_new.values(), killed_at=killed_at)
+            out["replaced_s"] = summarize(result.seconds, digits=3)
+            out["not_replaced"] = result.missing
+            out["all_replaced_s"] = round(result.seconds[-1], 3) if result.seconds and not result.missing \
+                else None
+            out["marked_stopping_s"] = summarize(list(noticed.values()), digits=3)
+            out["creates_during"] = await self.sim_calls("CreateContainer") - creates_before
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
+        took = out["replaced_s"]
+        self.note(f"mass failure: replaced p50 {took['p50']} s, p99 {took['p99']} s, "
+                  f"{out['not_replaced']} not replaced")
+        found = await self.audit()
+        out["audit_after_replacement"] = found.as_json()
+        # Bring them back as rebooted machines: empty, a new boot id; what the scheduler still had on
+        # them (stopping records) is retired when it reaches them again.
+        recovering = time.perf_counter()
+        answers = await asyncio.gather(*(sims[f].command(f"recover {','.join(names)} reboot")
+                                         for f, names in by_sim.items()))
+        if not all(a.get("ok") for a in answers):
+            raise RuntimeError(f"recover: {answers}")
+        ready = await self.wait_hosts_ready(args.hosts, args.timeout)
+        out["recovered_ready_s"] = round(ready - recovering, 2) if ready else None
+        settled = await self.settled(args.timeout)
+        out["recovered_settled_s"] = round(time.perf_counter() - recovering, 2) if settled is not None \
+            else None
+        found = await self.audit()
+        out["audit_after_recovery"] = found.as_json()
+        self.note(f"mass failure: hosts back, settled after {out['recovered_settled_s']} s, "
+                  f"audit {'ok' if found.ok else 'NOT ok'}")
+
+    # -- failover at size -------------------------------------------------------------------------
+
+    async def failover(self) -> None:
+        args = self.args
+        out: dict[str, Any] = {"acts_means": "its first reconcile pass completed (its /metrics)"}
+        self.result["failover"] = out
+        store = self.the_store
+        settled = await self.settled(args.timeout)
+        out["settled_before"] = settled is not None
+        leader = await self.leader()
+        survivor = self.standby(leader)
+        if survivor is None:
+            raise RuntimeError("no standby instance to fail over to")
+        out["killed"], out["survivor"] = leader.instance, survivor.instance
+        snap = await store.snapshot()
+        creates_before = await self.sim_calls("CreateContainer")
+        passes_before = sum(scrape_counter(survivor.http, WATCHED_METRICS[0]).values())
+        actions_before = scrape_counter(survivor.http, "shoal_scheduler_planned_actions_total")
+        marks: dict[str, float] = {}
+        killed_at = 0.0
+
+        async def follow() -> None:
+            async for change in store.watch(snap.revision):
+                now = time.perf_counter()
+                value = change.value
+                if isinstance(value, LeaderRecord):
+                    if value.instance == survivor.instance and "elected_s" not in marks:
+                        marks["elected_s"] = now - killed_at
+                        out["epoch"] = value.epoch
+                elif ("elected_s" in marks and "first_write_s" not in marks
+                      and isinstance(value, model.Replica | model.HostStatus)):
+                    marks["first_write_s"] = now - killed_at
+                    out["first_write"] = type(value).__name__
+
+        follower = asyncio.create_task(follow())
+        try:
+            killed_at = time.perf_counter()
+            killed_wall = time.time()
+            assert leader.proc is not None
+            leader.proc.kill()
+            await leader.proc.wait()
+            self.note(f"failover: SIGKILLed the leader {leader.instance}")
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                passes = sum((await asyncio.to_thread(scrape_counter, survivor.http,
+                                                      WATCHED_METRICS[0])).values())
+                if passes > passes_before:
+                    marks["first_pass_s"] = time.perf_counter() - killed_at
+                    break
+                await asyncio.sleep(0.05)
+            self.note(f"failover: {survivor.instance} acted after {marks.get('first_pass_s')} s; "
+                      f"watching {args.failover_settle} s for re-placements")
+            await asyncio.sleep(args.failover_settle)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
+        out.update({k: round(v, 3) for k, v in marks.items()})
+        leading = [line for line in survivor.log.read_text(errors="replace").splitlines() if LEADING in line]
+        at = log_time(leading[-1]) if leading else None
+        # (a term begun before the kill, e.g. one it held earlier in the run, is not this one)
+        out["log_leading_s"] = round(at - killed_wall, 3) if at is not None and at >= killed_wall - 1 \
+            else None
+        after = await store.snapshot()
+        moved = [rid for rid, r in snap.replicas.items()
+                 if (now := after.replicas.get(rid)) is None or now.host != r.host
+                 or (now.phase is model.ReplicaPhase.STOPPING and r.phase is not model.ReplicaPhase.STOPPING)]
+        out["replicas_moved_or_replaced"] = len(moved)
+        out["moved_examples"] = moved[:10]
+        out["replicas_new"] = len(set(after.replicas) - set(snap.replicas))
+        out["creates_after_kill"] = await self.sim_calls("CreateContainer") - creates_before
+        actions_after = scrape_counter(survivor.http, "shoal_scheduler_planned_actions_total")
+        out["survivor_planned_actions"] = {k: v - actions_before.get(k, 0.0) for k, v in actions_after.items()
+                                           if v - actions_before.get(k, 0.0)}
+        out["audit"] = (await self.audit()).as_json()
+        self.note(f"failover: {out['replicas_moved_or_replaced']} replicas moved, "
+                  f"{out['creates_after_kill']} creates after the kill")
+        if args.restart_killed:
+            await self.start_scheduler(leader.instance)  # back as a standby
+
+    # -- etcd alone -------------------------------------------------------------------------------
 
     async def ceiling(self) -> None:
         n = self.args.replicas
@@ -452,9 +859,21 @@ class Run:
         if self.profiler is not None:
             await stop_process(self.profiler)
         await asyncio.gather(*(s.close() for s in self.sims), return_exceptions=True)
-        if self.scheduler is not None:
-            await stop_process(self.scheduler)
+        await asyncio.gather(*(stop_process(s.proc) for s in self.schedulers.values() if s.proc is not None),
+                             return_exceptions=True)
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()
         await asyncio.to_thread(self.etcd.close)
+
+
+async def phase(run: Run, name: str, work: Coroutine[Any, Any, None]) -> None:
+    """Run one optional phase; its failure is recorded under its name and the run goes on."""
+    try:
+        await work
+    except Exception as err:
+        run.result.setdefault("phase_errors", {})[name] = f"{type(err).__name__}: {err}"
+        run.note(f"{name} failed: {type(err).__name__}: {err}")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -464,28 +883,37 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "hosts": args.hosts, "replicas": args.replicas, "per_service": args.per_service,
         "scheduler_checkout": args.scheduler_checkout or str(ROOT), "start_delay_s": args.start_delay,
         "election_ttl": args.election_ttl or "default", "terms_counted": "begun",
+        "registration_refresh": args.registration_refresh or "default", "join_rate": args.join_rate,
+        "phases": {"mass_failure": args.mass_failure, "failover": args.failover},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
+    run.result.update(raise_fd_limit(args.hosts, args.procs or max(1, -(-args.hosts // 1000))))
+    run.result["mem_available_bytes_at_start"] = mem_available()
     try:
         async with asyncio.timeout(args.budget):  # then tear down with what was measured
             await run.start()
             await run.place()
-            await run.steady()
-            await run.ceiling()
+            await phase(run, "steady", run.steady())
+            if args.mass_failure:
+                await phase(run, "mass_failure", run.mass_failure())
+            if args.failover:
+                await phase(run, "failover", run.failover())
+            await phase(run, "ceiling", run.ceiling())
             with contextlib.suppress(Exception):
                 run.result["sim_stats"] = [await s.command("stats") for s in run.sims]
     except (Exception, asyncio.CancelledError) as err:
-        run.result["error"] = f"{type(err).__name__}: {err}"
+        run.result["error"] = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         run.note(f"failed: {run.result['error']}")
-        log = workdir / "scheduler.log"
-        if log.exists():
-            run.result["scheduler_log_tail"] = log.read_text(errors="replace")[-3000:]
+        run.result["scheduler_log_tail"] = {
+            s.instance: s.log.read_text(errors="replace")[-3000:] for s in run.schedulers.values()
+            if s.log.exists()}
     finally:
         await run.close()
-        if args.keep_log and (workdir / "scheduler.log").exists():
-            shutil.copyfile(workdir / "scheduler.log", args.keep_log)
+        for sched in run.schedulers.values():
+            if args.keep_log and sched.log.exists():
+                shutil.copyfile(sched.log, f"{args.keep_log}.{sched.instance}")
         shutil.rmtree(workdir, ignore_errors=True)
     return run.result
 
@@ -501,19 +929,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-port", type=int, default=10000)
     parser.add_argument("--start-delay", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=180.0, help="bound of each waiting phase, seconds")
-    parser.add_argument("--budget", type=float, default=280.0,
+    parser.add_argument("--budget", type=float, default=600.0,
                         help="the whole run's bound, seconds: past it, tear down and record what was "
                              "measured")
     parser.add_argument("--steady", type=float, default=10.0, help="seconds of the steady-state sample")
     parser.add_argument("--api-calls", type=int, default=20)
+    parser.add_argument("--api-timeout", type=float, default=60.0,
+                        help="deadline of each ListServices call, seconds (a call past it counts as failed)")
     parser.add_argument("--profile", default="", metavar="FILE", help="py-spy collapsed stacks of the leader")
     parser.add_argument("--election-ttl", type=int, default=0,
                         help="the scheduler's --election-ttl (default: the scheduler's own default)")
+    parser.add_argument("--registration-refresh", type=float, default=0.0,
+                        help="the scheduler's --registration-refresh, seconds between a host's registrations "
+                             "(default: the scheduler's own default)")
     parser.add_argument("--scheduler-checkout", default="", metavar="DIR",
                         help="run the scheduler of another checkout (e.g. a worktree of main), for a "
                              "before/after comparison; default: this one")
     parser.add_argument("--keep-log", default="", metavar="FILE",
-                        help="copy the scheduler's log here at the end")
+                        help="copy each scheduler instance's log to FILE.INSTANCE at the end")
+    parser.add_argument("--join-rate", type=float, default=500.0,
+                        help="hosts a second starting to register, over all simulators (0: all at once)")
+    parser.add_argument("--no-mass-failure", dest="mass_failure", action="store_false",
+                        help="skip killing --kill hosts at once")
+    parser.add_argument("--kill", type=int, default=100, help="hosts the mass failure kills (fail silent)")
+    parser.add_argument("--no-failover", dest="failover", action="store_false",
+                        help="no standby scheduler instance, no failover phase")
+    parser.add_argument("--failover-settle", type=float, default=15.0,
+                        help="seconds after the new leader's first pass to watch for re-placements "
+                             "(more than the heartbeat timeout plus the host grace)")
+    parser.add_argument("--no-restart-killed", dest="restart_killed", action="store_false",
+                        help="leave the killed leader down after the failover")
     parser.add_argument("--out", default="", help="JSON file (default bench/results/scale-N-R.json)")
     return parser
 
@@ -524,6 +969,14 @@ def main() -> None:
         raise SystemExit("bench/scale.py: --hosts, --replicas and --per-service must be positive")
     if args.base_port + args.hosts > 32768:
         raise SystemExit("bench/scale.py: simulated hosts' ports must stay below the ephemeral range (32768)")
+    if args.mass_failure and not 0 < args.kill < args.hosts:
+        raise SystemExit(f"bench/scale.py: --kill must be between 1 and {args.hosts - 1} "
+                         "(or --no-mass-failure)")
+    busy = ports_in_use(args.base_port, args.hosts)
+    if busy:
+        raise SystemExit(f"bench/scale.py: {len(busy)} of the hosts' ports {args.base_port} to "
+                         f"{args.base_port + args.hosts - 1} are in use (first: {busy[:5]}); "
+                         "choose --base-port")
     # SIGTERM (an outer timeout) tears down like ^C: nothing is left behind.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = asyncio.run(main_async(args))

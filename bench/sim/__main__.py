@@ -2,11 +2,11 @@
 
 Hosts are named ``{prefix}-{index:05d}`` for index ``--first`` … ``--first + --hosts - 1``; host *i*
 serves on 127.0.0.1:(``--base-port`` + *i*) and is labelled ``zone=`` the (*i* mod zones)-th of
-``--zones``. Once every server listens and every host has registered (or ``--register-timeout`` ran
-out), one JSON line goes to stdout: ``{"ready": …, "hosts": …, "registered": …, "start_seconds": …,
-"rss_bytes": …}``. Then each line on stdin is a command (``bench.sim.fleet.Fleet.command``) answered by
-one JSON line. End of stdin, SIGTERM or SIGINT stops every server and exits: a parent that dies takes
-its simulators with it.
+``--zones``. Hosts start registering ``--join-rate`` a second (all at once by default); once every
+server listens and every host has registered (or ``--register-timeout`` ran out), one JSON line goes to
+stdout: ``{"ready": …, "hosts": …, "registered": …, "start_seconds": …, "rss_bytes": …}``. Then each
+line on stdin is a command (``bench.sim.fleet.Fleet.command``) answered by one JSON line. End of stdin,
+SIGTERM or SIGINT stops every server and exits: a parent that dies takes its simulators with it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--usage-interval", type=float, default=1.0)
     parser.add_argument("--page-size", type=int, default=0)
     parser.add_argument("--register-timeout", type=float, default=120.0)
+    parser.add_argument("--join-rate", type=float, default=0.0,
+                        help="hosts a second that start registering (in ten waves a second); 0: all at once")
     return parser
 
 
@@ -53,7 +55,9 @@ def specs_of(args: argparse.Namespace) -> list[HostSpec]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    fleet = Fleet(specs_of(args), schedulers=tuple(args.scheduler.split(",")))
+    if args.join_rate < 0:
+        raise SystemExit("bench.sim: --join-rate cannot be negative")
+    fleet = Fleet(specs_of(args), schedulers=tuple(args.scheduler.split(",")), join_rate=args.join_rate)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,8 +3,11 @@
 A ``Fleet`` starts one ``grpc.aio`` server per ``SimHost`` on its own loopback port (the scheduler tells
 hosts apart by the address each registers), then registers each host through ``agent.join.Joiner`` —
 the real agent's registration loop, plain TCP as ``--insecure-tcp`` allows on loopback — with the
-``HostInfo`` the host reports. ``command`` applies one line of the control protocol ``python -m
-bench.sim`` reads on stdin (``fail NAME refuse|silent``, ``recover NAME [reboot]``, ``stats``).
+``HostInfo`` the host reports — in waves of ``join_rate`` hosts a second when set, so that thousands of
+hosts starting together do not all call the scheduler in the same instant (each registration is an
+API call and a new agent session for the leader). ``command`` applies one line of the control protocol
+``python -m bench.sim`` reads on stdin (``fail NAME[,NAME…] refuse|silent``, ``recover NAME[,NAME…]
+[reboot]``, ``stats``, ``containers``); a comma list acts on all its hosts at once.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ def rss_bytes() -> int:
 
 
 class Fleet:
-    def __init__(self, specs: Sequence[HostSpec], *, schedulers: tuple[str, ...]) -> None:
+    def __init__(self, specs: Sequence[HostSpec], *, schedulers: tuple[str, ...],
+                 join_rate: float = 0.0) -> None:
         self.hosts = {spec.name: SimHost(spec) for spec in specs}
         self.schedulers = schedulers
+        self.join_rate = join_rate  # hosts a second starting to register; 0: all at once
         self.joiners: dict[str, Joiner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -40,7 +45,10 @@ class Fleet:
         for host in self.hosts.values():
             await host.start()
         took = time.perf_counter() - started
-        for name, host in self.hosts.items():
+        wave = max(1, round(self.join_rate / 10)) if self.join_rate > 0 else len(self.hosts)
+        for i, (name, host) in enumerate(self.hosts.items()):
+            if i and i % wave == 0:
+                await asyncio.sleep(wave / self.join_rate)  # ten waves a second
             self._join(name, host)
         return took
 
@@ -79,22 +87,35 @@ class Fleet:
                     "containers": sum(len(h.containers) for h in self.hosts.values()),
                     "running": sum(1 for h in self.hosts.values() for c in h.containers.values()
                                    if c.state == 2)}
+        if verb == "containers":
+            # Running containers by host id, of the hosts that answer: a silent host's containers are
+            # on a dead machine, which nobody can reach (nor count).
+            return {"ok": True, "running": {
+                h.spec.host_id: [c.id for c in h.containers.values() if c.state == 2]
+                for h in self.hosts.values() if not h.silent and h.server is not None},
+                "unreachable": sorted(h.spec.name for h in self.hosts.values()
+                                      if h.silent or h.server is None)}
         if verb in ("fail", "recover") and args:
-            target = self.hosts.get(args[0])
-            if target is None:
-                return {"ok": False, "error": f"no host {args[0]!r} in this process"}
+            names = [n for n in args[0].split(",") if n]
+            unknown = [n for n in names if n not in self.hosts]
+            if unknown or not names:
+                missing = ", ".join(unknown) or "(none named)"
+                return {"ok": False, "error": f"no host {missing} in this process"}
             if verb == "fail":
                 mode = args[1] if len(args) > 1 else "silent"
                 if mode not in ("silent", "refuse"):
                     return {"ok": False, "error": f"unknown failure mode {mode!r}: silent or refuse"}
-                self._unjoin(args[0])  # a dead host does not register either
-                await target.fail(mode)
+                for name in names:
+                    self._unjoin(name)  # a dead host does not register either
+                await asyncio.gather(*(self.hosts[n].fail(mode) for n in names))
             else:
-                await target.recover(reboot="reboot" in args[1:])
-                self._join(args[0], target)
-            return {"ok": True, "host": args[0]}
-        return {"ok": False, "error": f"unknown command {line.strip()!r}: fail NAME refuse|silent, "
-                                      "recover NAME [reboot], stats"}
+                reboot = "reboot" in args[1:]
+                await asyncio.gather(*(self.hosts[n].recover(reboot=reboot) for n in names))
+                for name in names:
+                    self._join(name, self.hosts[name])
+            return {"ok": True, "hosts": names}
+        return {"ok": False, "error": f"unknown command {line.strip()!r}: fail NAME[,NAME…] refuse|silent, "
+                                      "recover NAME[,NAME…] [reboot], stats, containers"}
 
     async def close(self) -> None:
         for name in list(self._tasks):

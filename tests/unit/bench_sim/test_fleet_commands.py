@@ -1,0 +1,69 @@
+"""The simulator's control protocol on a small fleet: ``fail`` and ``recover`` on a comma list act on all
+its hosts, ``containers`` lists what the reachable hosts run (a silent host's containers are on a dead
+machine), and a reboot comes back empty. No scheduler answers here: the hosts' registrations just retry.
+A usage snapshot, built once per container change, still carries each change and a new sequence."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench.sim.fleet import Fleet
+from bench.sim.host import HostSpec, SimHost, host_id_of
+from proto.agent.v1 import agent_pb2 as pb
+from tests.fixtures.etcd import free_port
+
+BOUND_S = 30.0
+
+
+def _create(cid: str) -> pb.CreateContainerRequest:
+    return pb.CreateContainerRequest(id=cid, name=cid, start=True, spec=pb.ContainerSpec(image="busybox"))
+
+
+def test_fail_containers_and_reboot_on_a_list_of_hosts() -> None:
+    specs = [HostSpec(name=f"sim-{i:05d}", port=free_port()) for i in range(3)]
+
+    async def scenario() -> tuple[dict[str, object], ...]:
+        fleet = Fleet(specs, schedulers=(f"127.0.0.1:{free_port()}",), join_rate=100.0)
+        try:
+            await fleet.start()
+            for i, host in enumerate(fleet.hosts.values()):
+                await host.create(_create(f"r{i}"))
+            failed = await fleet.command("fail sim-00000,sim-00001 silent")
+            listed = await fleet.command("containers")
+            rebooted = await fleet.command("recover sim-00000,sim-00001 reboot")
+            after = await fleet.command("containers")
+            unknown = await fleet.command("fail sim-00000,nope silent")
+            return failed, listed, rebooted, after, unknown
+        finally:
+            await fleet.close()
+
+    failed, listed, rebooted, after, unknown = asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
+    assert failed == {"ok": True, "hosts": ["sim-00000", "sim-00001"]}
+    assert listed["running"] == {host_id_of("sim-00002"): ["r2"]}
+    assert listed["unreachable"] == ["sim-00000", "sim-00001"]
+    assert rebooted["ok"] is True
+    assert after["running"] == {host_id_of("sim-00000"): [], host_id_of("sim-00001"): [],
+                                host_id_of("sim-00002"): ["r2"]}
+    assert unknown["ok"] is False and "nope" in str(unknown["error"])
+
+
+def test_usage_snapshots_follow_container_changes_with_a_new_sequence_each() -> None:
+    host = SimHost(HostSpec(name="h", port=free_port()))
+
+    async def scenario() -> list[tuple[int, list[str], int]]:
+        seen = []
+
+        def look() -> None:
+            snap = host.snapshot()
+            seen.append((snap.sequence, [c.id for c in snap.containers], snap.host.cpu_committed_millis))
+
+        look()
+        await host.create(pb.CreateContainerRequest(id="r1", name="r1", start=True, spec=pb.ContainerSpec(
+            image="busybox", resources=pb.Resources(cpu_millis=100, memory_bytes=1 << 20))))
+        look()
+        look()
+        host.remove(pb.RemoveContainerRequest(id="r1", force=True))
+        look()
+        return seen
+
+    assert asyncio.run(scenario()) == [(1, [], 0), (2, ["r1"], 100), (3, ["r1"], 100), (4, [], 0)]
