@@ -26,7 +26,7 @@ from pathlib import Path
 
 import grpc
 
-from scheduler import httpd, instances, metrics
+from scheduler import gc_pauses, httpd, instances, metrics
 from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL as AUTOSCALE_INTERVAL
@@ -215,6 +215,7 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> list[Path]:
 
 
 async def serve(settings: Settings) -> None:
+    gc_pauses.install()
     try:
         store = await open_store(settings.etcd, prefix=settings.prefix)
     except (StoreError, ValueError) as err:

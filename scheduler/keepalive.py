@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from scheduler.election import ElectionSettings, Term
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.0005  # see ThreadedKeepalive's thread start
 
 Clock = Callable[[], float]
 StoreOpener = Callable[[], Awaitable[base.Store]]
@@ -144,6 +147,11 @@ class ThreadedKeepalive:
                 with contextlib.suppress(RuntimeError):  # the main loop is closed: nobody waits
                     main.call_soon_threadsafe(settle)
 
+            # A refresh on the thread takes the GIL dozens of times (its loop, grpc's callbacks), and
+            # while the main thread runs a long pass each take waits up to the switch interval (5 ms by
+            # default): refreshes took 0.7 s and more and terms were lost. A shorter interval makes
+            # the main thread hand over sooner; it costs nothing while no other thread wants the GIL.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
             loop = asyncio.new_event_loop()
             thread = threading.Thread(target=_run_loop, args=(loop, on_exit), name="election-keepalive",
                                       daemon=True)  # never holds the process up if a stop hangs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from scheduler.election import ElectionSettings, Term
-from scheduler.keepalive import ThreadedKeepalive
+from scheduler.keepalive import SWITCH_INTERVAL_S, ThreadedKeepalive
 from scheduler.store import base
 from scheduler.store.errors import LeaseExpired, StoreUnavailable
 from scheduler.store.keys import KeyRange, KeyRef, KeySchema, R
@@ -169,6 +170,28 @@ def test_the_lease_is_refreshed_while_the_callers_loop_is_blocked_and_cancelling
     during, threads_left, ended_meanwhile = asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
     assert during >= 2 and not ended_meanwhile  # kept every TTL/3 all along (6 s / 0.67 s: about 9)
     assert threads_left == 0
+
+
+def test_the_thread_makes_the_interpreter_hand_over_the_gil_sooner() -> None:
+    # a refresh takes the GIL dozens of times; at the default 5 ms switch interval a busy main thread
+    # made each take wait, and refreshes took 0.7 s and more (docs/scaling.md)
+    default = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+
+        async def scenario() -> None:
+            runner = ThreadedKeepalive(Opener())
+            keeping = asyncio.create_task(runner.keep(started_now(), SETTINGS, clock=time.monotonic))
+            await asyncio.sleep(0)
+            keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeping
+            await runner.close()
+
+        asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+    finally:
+        sys.setswitchinterval(default)
 
 
 def test_a_term_whose_keepalive_starts_late_is_kept_if_its_lease_can_still_be_alive() -> None:

@@ -1,0 +1,29 @@
+"""``scheduler.gc_pauses``: every collection is timed once installed, long ones are logged, and installing
+twice adds one hook."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import pytest
+
+from scheduler import gc_pauses
+
+
+def test_collections_are_timed_and_long_ones_logged(caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    gc_pauses.install()
+    gc_pauses.install()
+    try:
+        assert gc.callbacks.count(gc_pauses._hook) == 1
+        before = gc_pauses.pauses.count
+        monkeypatch.setattr(gc_pauses, "LOGGED_S", 0.0)  # every collection counts as long
+        with caplog.at_level(logging.INFO, logger="scheduler.gc_pauses"):
+            gc.collect()
+        assert gc_pauses.pauses.count == before + 1
+        assert gc_pauses.pauses.by_generation[2] > 0
+        assert any("garbage collection (generation 2) held the interpreter" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        gc.callbacks.remove(gc_pauses._hook)
