@@ -251,8 +251,11 @@ class Controller:
             due = self._last_full + FULL_PASS_INTERVAL
             next_due = due if next_due is None else min(next_due, due)
             timeout = max(0.0, next_due - time.time())
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that arrives as
+            # the wake-up does (gh-86296), and the term's end would then never stop this loop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             if watcher.done():
                 error = watcher.exception()
                 if isinstance(error, Compacted):

@@ -431,7 +431,8 @@ class Follower:
                     return "behind"
                 pulse = self._applied
                 try:
-                    await asyncio.wait_for(pulse.wait(), min(self.read_quiet, remaining))
+                    async with asyncio.timeout(min(self.read_quiet, remaining)):
+                        await pulse.wait()
                 except TimeoutError:
                     if not pulse.is_set():
                         return "quiet" if remaining > self.read_quiet else "behind"

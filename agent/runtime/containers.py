@@ -267,7 +267,8 @@ class ContainerRuntime:
         """The supervisor, waiting up to ``supervisor_grace`` for one being restarted."""
         if not self._supervisor_ready.is_set():
             try:
-                await asyncio.wait_for(self._supervisor_ready.wait(), self.settings.supervisor_grace)
+                async with asyncio.timeout(self.settings.supervisor_grace):
+                    await self._supervisor_ready.wait()
             except TimeoutError:
                 raise SupervisorUnavailable(self._down_message()) from None
         return self._require_supervisor()
@@ -614,7 +615,8 @@ class ContainerRuntime:
             return ctr  # docker stop on a stopped container is not an error
         await self._require_supervisor().kill(ctr.id, ctr.record.prepared.stop_signal)
         try:
-            await asyncio.wait_for(ctr.exited.wait(), timeout=max(timeout, 0))
+            async with asyncio.timeout(max(timeout, 0)):
+                await ctr.exited.wait()
         except TimeoutError:
             await self._require_supervisor().kill(ctr.id, int(signals.SIGKILL))
             await self._wait_exited(ctr, timeout=_SIGKILL_WAIT)
@@ -622,7 +624,8 @@ class ContainerRuntime:
 
     async def _wait_exited(self, ctr: Container, *, timeout: float) -> None:
         try:
-            await asyncio.wait_for(ctr.exited.wait(), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                await ctr.exited.wait()
         except TimeoutError:
             raise ShoalError(f"container {ctr.name} did not exit within {timeout:.0f}s of SIGKILL") from None
 

@@ -590,7 +590,8 @@ async def follow_entries(directory: Path | str, *, is_finished: Callable[[], boo
             await asyncio.sleep(poll_interval)
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), poll_interval)
+            async with asyncio.timeout(poll_interval):
+                await wake.wait()
 
     path = str(directory)
     base = os.path.join(path, LOG_FILE)

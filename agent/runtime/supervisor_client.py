@@ -219,7 +219,8 @@ async def connect_or_spawn(root: Path, *, python: str = sys.executable, launcher
         if client is None:
             continue
         try:
-            await asyncio.wait_for(client.hello(), timeout)
+            async with asyncio.timeout(timeout):
+                await client.hello()
             return client
         except (ShoalError, TimeoutError):
             await client.close()
@@ -278,7 +279,8 @@ async def _spawn(paths: SupervisorPaths, *, python: str, launcher: str | None, t
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
     try:
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
     except TimeoutError:
         proc.kill()
         raise ShoalError(f"the supervisor did not become ready in {timeout:.0f}s; see {paths.log}") from None

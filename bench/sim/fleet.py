@@ -68,7 +68,8 @@ class Fleet:
         async def one(joiner: Joiner) -> None:
             await joiner.registered.wait()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(one(j) for j in self.joiners.values())), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(one(j) for j in self.joiners.values()))
         return sum(j.registered.is_set() for j in self.joiners.values())
 
     async def command(self, line: str) -> dict[str, object]:
