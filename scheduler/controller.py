@@ -453,19 +453,35 @@ class Controller:
             by_service=self.mirror.by_service, scope=scope)
 
     def _unreachable_since(self, statuses: dict[HostId, HostStatus]) -> dict[HostId, float]:
-        """Since when each host this leader cannot follow has been so: from the recorded status change,
-        but never before this leader's session to it started — a new leader gives every host the whole
-        grace period to be connected to before it moves anything — and later by as long as this leader's
-        own loop was stalled since (the host could not be heard then, whatever it did)."""
+        """Since when each host this leader cannot follow has been so, later by as long as this leader's
+        own loop was stalled since (the host could not be heard then, whatever it did).
+
+        A new leader gives every host the whole grace period to be connected to before it moves
+        anything: the clock starts no earlier than its session to the host. Once that session has
+        failed too (an error, or nothing heard for the heartbeat timeout), the recorded status change
+        counts — written by a previous leader when it lost the host — so that the grace does not start
+        again with every term (at 1,000 hosts, terms shorter than heartbeat timeout + grace meant lost
+        replicas were never replaced)."""
         out: dict[HostId, float] = {}
+        now = time.time()
         for host, status in statuses.items():
             if status.ready:
                 continue
             session = self.sessions.get(host)
-            started = session.started_at if session is not None else time.time()
-            since = max(status.since, started)
+            if session is None:
+                since = max(status.since, now)
+            elif status.since < session.started_at and self._confirmed_lost(session, now):
+                since = status.since
+            else:
+                since = max(status.since, session.started_at)
             out[host] = since + self.stalls.stalled_since(since)
         return out
+
+    def _confirmed_lost(self, session: AgentSession, now: float) -> bool:
+        """This leader's own session has failed to follow the host, not merely not connected yet."""
+        obs = session.observation
+        connected = obs is not None and obs.connected
+        return bool(session.error) or (not connected and now >= self._connecting_until(session))
 
     def _fresh(self, record: HostRecord) -> HostRecord:
         """The host record with the capacity and conditions its agent reported last (each second),

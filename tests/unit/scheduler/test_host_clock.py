@@ -1,0 +1,98 @@
+"""A new leader keeps the previous leader's host clock once it has confirmed the loss itself.
+
+``Controller._unreachable_since`` counts a host's grace from the recorded status change (written by
+whichever leader lost the host), but never from before this leader's session to the host started while
+that session may still connect: a new leader gives every host the whole grace to be reached. Once its
+own session has failed (an error, or the heartbeat timeout passed without a connection), the recorded
+time counts, so a term change does not restart the grace of hosts that are already gone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from scheduler.agents import AgentSession
+from scheduler.controller import Controller, ControllerSettings
+from scheduler.model import HostId, HostStatus
+from scheduler.placement.registry import default_profile
+from scheduler.store import base
+from scheduler.store.memory import MemoryStore
+
+HOST = HostId("c" * 32)
+
+
+def controller_with_session() -> tuple[Controller, AgentSession]:
+    settings = ControllerSettings(epoch=2, guard=base.LeaderGuard(2), credentials=None,
+                                  profile=default_profile())
+    controller = Controller(MemoryStore(), settings)
+    # Never started: its state is set by hand, as the session's loop would set it.
+    session = AgentSession(HOST, "127.0.0.1:1", credentials=None, on_change=lambda _h: None)
+    controller.sessions[HOST] = session
+    return controller, session
+
+
+def since(controller: Controller, status: HostStatus) -> float:
+    return controller._unreachable_since({HOST: status})[HOST]
+
+
+def test_a_session_still_connecting_gets_the_whole_grace() -> None:
+    async def go() -> None:
+        controller, session = controller_with_session()
+        lost_long_ago = HostStatus(id=HOST, ready=False, since=session.started_at - 600.0)
+        try:
+            assert since(controller, lost_long_ago) == session.started_at
+        finally:
+            await session.close()
+
+    asyncio.run(go())
+
+
+def test_a_failed_session_confirms_the_previous_leaders_clock() -> None:
+    async def go() -> None:
+        controller, session = controller_with_session()
+        lost_long_ago = HostStatus(id=HOST, ready=False, since=session.started_at - 600.0)
+        session.error = "UNAVAILABLE: no usage for 2.0s"
+        try:
+            assert since(controller, lost_long_ago) == lost_long_ago.since
+        finally:
+            await session.close()
+
+    asyncio.run(go())
+
+
+def test_a_session_silent_past_its_heartbeat_timeout_confirms_it_too() -> None:
+    async def go() -> None:
+        controller, session = controller_with_session()
+        session.started_at = time.time() - session.heartbeat_timeout - 1.0  # never connected since
+        lost_long_ago = HostStatus(id=HOST, ready=False, since=session.started_at - 600.0)
+        try:
+            assert since(controller, lost_long_ago) == lost_long_ago.since
+        finally:
+            await session.close()
+
+    asyncio.run(go())
+
+
+def test_a_loss_this_leader_recorded_counts_from_when_it_was_recorded() -> None:
+    async def go() -> None:
+        controller, session = controller_with_session()
+        session.error = "UNAVAILABLE: connection refused"
+        lost_now = HostStatus(id=HOST, ready=False, since=session.started_at + 30.0)
+        try:
+            assert since(controller, lost_now) == lost_now.since
+        finally:
+            await session.close()
+
+    asyncio.run(go())
+
+
+def test_a_ready_host_has_no_clock() -> None:
+    async def go() -> None:
+        controller, session = controller_with_session()
+        session.error = "UNAVAILABLE: connection refused"
+        try:
+            assert controller._unreachable_since({HOST: HostStatus(id=HOST, ready=True, since=0.0)}) == {}
+        finally:
+            await session.close()
+
+    asyncio.run(go())
