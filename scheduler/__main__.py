@@ -259,7 +259,8 @@ async def serve(settings: Settings) -> None:
                                                                   settings.cpu_initialization_period)),
                                                           elastic_interval=settings.elastic_interval),
                                 on_pass=observer.record_pass,
-                                on_provider_attempt=observer.record_provider_attempt)
+                                on_provider_attempt=observer.record_provider_attempt,
+                                follower=observer.follower(store))
         leading.append(controller)
         try:
             await controller.run()

@@ -249,14 +249,15 @@ class ClusterReads(Protocol):
 
 
 class ChangeFeed:
-    """The changes a follower receives after a revision, already decoded, for one API watch stream (so a
-    change is decoded once however many streams there are). The follower cuts a feed off — ``get``
+    """The changes a follower receives after a revision, already decoded, for one consumer — an API watch
+    stream, or the leader's controller (so a change is decoded once however many consumers there are). The follower cuts a feed off — ``get``
     returns None — when its state is read again (a compaction or a failure: the changes in between were
     never delivered) or when the stream falls ``FEED_LIMIT`` changes behind; only ever between two
     revisions, so the consumer resumes a watch of the store after the last revision it got, whole."""
 
-    def __init__(self, owner: Follower, after: int) -> None:
+    def __init__(self, owner: Follower, after: int, *, unbounded: bool = False) -> None:
         self._owner = owner
+        self._limit = None if unbounded else FEED_LIMIT
         self.last_offered = after
         self._queue: asyncio.Queue[base.Change | None] = asyncio.Queue()
         self.cut = False
@@ -267,7 +268,8 @@ class ChangeFeed:
     def offer(self, change: base.Change) -> None:
         if self.cut:
             return
-        if change.revision > self.last_offered and self._queue.qsize() >= FEED_LIMIT:
+        if (self._limit is not None and change.revision > self.last_offered
+                and self._queue.qsize() >= self._limit):
             self.end()
             return
         self.last_offered = max(self.last_offered, change.revision)
@@ -375,12 +377,14 @@ class Follower:
             self._applied.set()
             self._applied = asyncio.Event()
 
-    def subscribe(self, after: int) -> ChangeFeed | None:
+    def subscribe(self, after: int, *, unbounded: bool = False) -> ChangeFeed | None:
         """A feed of the changes after ``after``: only when this follower's watch has delivered exactly up
-        to it (``after`` is the revision of the state just read from it), else None."""
+        to it (``after`` is the revision of the state just read from it), else None. An ``unbounded`` feed is
+        never cut off for being behind: the leader's controller must see every change, and its queue
+        drains after each pass."""
         if not self.synced or after != self._received:
             return None
-        feed = ChangeFeed(self, after)
+        feed = ChangeFeed(self, after, unbounded=unbounded)
         self._feeds.add(feed)
         return feed
 
