@@ -250,10 +250,11 @@ class ClusterReads(Protocol):
 
 class ChangeFeed:
     """The changes a follower receives after a revision, already decoded, for one consumer — an API watch
-    stream, or the leader's controller (so a change is decoded once however many consumers there are). The follower cuts a feed off — ``get``
-    returns None — when its state is read again (a compaction or a failure: the changes in between were
-    never delivered) or when the stream falls ``FEED_LIMIT`` changes behind; only ever between two
-    revisions, so the consumer resumes a watch of the store after the last revision it got, whole."""
+    stream, or the leader's controller (so a change is decoded once however many consumers there are).
+    The follower cuts a feed off — ``get`` returns None — when its state is read again (a compaction or
+    a failure: the changes in between were never delivered) or when a bounded feed falls ``FEED_LIMIT``
+    changes behind; only ever between two revisions, so the consumer resumes a watch of the store after
+    the last revision it got, whole."""
 
     def __init__(self, owner: Follower, after: int, *, unbounded: bool = False) -> None:
         self._owner = owner
