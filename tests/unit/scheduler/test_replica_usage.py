@@ -1,0 +1,81 @@
+"""Usage is decoded from a host's snapshot only when read, and looked up per replica through its host's
+session (the autoscaler asks about a few services' replicas, not all of them)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from bench.sim.host import HostSpec, SimHost
+from proto.agent.v1 import agent_pb2 as pb
+from scheduler.agents import AgentSession, ReplicaUsage, usage_of
+from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId, Replica, ReplicaId, ServiceName
+from scheduler.observed import ContainerUsage
+from tests.fixtures.etcd import free_port
+
+BOUND_S = 15.0
+INTERVAL_S = 0.02
+
+
+class _Session:
+    def __init__(self, usage: dict[str, ContainerUsage]) -> None:
+        self.usage = usage
+
+
+def _usage(cpu: int) -> ContainerUsage:
+    return ContainerUsage(cpu_milli=cpu, memory_bytes=1, started_at=0.0, at=1.0)
+
+
+def test_replica_usage_is_found_through_the_replicas_host_only() -> None:
+    a, b = _Session({"r1": _usage(10)}), _Session({"r2": _usage(20), "stray": _usage(30)})
+    sessions = cast(Any, {HostId("ha"): a, HostId("hb"): b})
+    replicas = {ReplicaId(rid): Replica(id=ReplicaId(rid), service=ServiceName("s"), generation=1,
+                                        host=HostId(host) if host else None)
+                for rid, host in (("r1", "ha"), ("r2", "hb"), ("r3", ""))}
+    usage = ReplicaUsage(sessions, replicas)
+    assert usage["r1"].cpu_milli == 10 and usage.get("r2") == _usage(20)
+    assert usage.get("r3") is None        # pending: on no host
+    assert usage.get("stray") is None     # a container no replica record names
+    assert usage.get("nope") is None
+    b.usage = {}
+    assert usage.get("r2") is None        # its host no longer reports it
+    assert sorted(usage) == ["r1"] and len(usage) == 1
+
+
+def test_usage_of_takes_the_receipt_time_when_the_snapshot_has_none() -> None:
+    snapshot = pb.UsageSnapshot(containers=[pb.ContainerStats(id="r1", cpu_cores=0.25,
+                                                              labels={LABEL_REPLICA: "r1"})])
+    assert usage_of(snapshot, 123.0)["r1"] == ContainerUsage(cpu_milli=250, memory_bytes=0, started_at=0.0,
+                                                             at=123.0)
+
+
+def test_a_sessions_usage_follows_its_latest_snapshot() -> None:
+    spec = HostSpec(name="busy", port=free_port(), usage_interval=INTERVAL_S)
+
+    async def scenario() -> tuple[float, float]:
+        host = SimHost(spec)
+        await host.start()
+        session = AgentSession(HostId(spec.host_id), spec.address, credentials=None,
+                               on_change=lambda _h: None)
+        session.start()
+        try:
+            async def until(what: Callable[[], bool]) -> None:
+                deadline = time.monotonic() + BOUND_S
+                while not what():
+                    assert time.monotonic() < deadline, "bounded wait ran out"
+                    await asyncio.sleep(INTERVAL_S)
+            spec_ = pb.ContainerSpec(labels={LABEL_SERVICE: "web", LABEL_REPLICA: "r1"},
+                                     resources=pb.Resources(cpu_millis=100, memory_bytes=64 << 20))
+            await host.create(pb.CreateContainerRequest(id="r1", spec=spec_, start=True))
+            await until(lambda: "r1" in session.usage)
+            first = session.usage["r1"].at
+            await until(lambda: session.usage["r1"].at > first)
+            return first, session.usage["r1"].at
+        finally:
+            await session.close()
+            await host.stop()
+
+    first, later = asyncio.run(asyncio.wait_for(scenario(), 4 * BOUND_S))
+    assert later > first  # a newer snapshot replaced the decoded usage
