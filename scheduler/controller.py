@@ -505,7 +505,8 @@ class Controller:
         failed too (an error, or nothing heard for the heartbeat timeout), the recorded status change
         counts — written by a previous leader when it lost the host — so that the grace does not start
         again with every term (at 1,000 hosts, terms shorter than heartbeat timeout + grace meant lost
-        replicas were never replaced)."""
+        replicas were never replaced). A host with no recorded status (``since`` 0: no leader has
+        judged it yet) has only this leader's clock."""
         out: dict[HostId, float] = {}
         now = time.time()
         for host, status in statuses.items():
@@ -514,7 +515,7 @@ class Controller:
             session = self.sessions.get(host)
             if session is None:
                 since = max(status.since, now)
-            elif status.since < session.started_at and self._confirmed_lost(session, now):
+            elif 0 < status.since < session.started_at and self._confirmed_lost(session, now):
                 since = status.since
             else:
                 since = max(status.since, session.started_at)

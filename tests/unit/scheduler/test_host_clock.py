@@ -96,3 +96,17 @@ def test_a_ready_host_has_no_clock() -> None:
             await session.close()
 
     asyncio.run(go())
+
+
+def test_a_host_no_leader_has_judged_yet_counts_from_this_leaders_session() -> None:
+    """No status record yet (``since`` 0): a failed session must not date the loss to 1970 (which moved
+    a freshly registered host's replicas at once)."""
+    async def go() -> None:
+        controller, session = controller_with_session()
+        session.error = "UNAVAILABLE: connection refused"
+        try:
+            assert since(controller, HostStatus(id=HOST)) == session.started_at
+        finally:
+            await session.close()
+
+    asyncio.run(go())
