@@ -578,7 +578,10 @@ class ContainersService(pb_grpc.ContainersServicer):
         log_ = self.runtime.events
         async for event in log_.subscribe(after_sequence=after, labels=dict(request.labels) or None,
                                           epoch=request.epoch):
-            yield event_to_pb(event, epoch=log_.epoch)
+            message = event_to_pb(event, epoch=log_.epoch)
+            if request.with_container and (ctr := self.runtime.get(event.container_id)) is not None:
+                message.container.CopyFrom(self._pb(ctr))
+            yield message
 
 
 class ImagesService(pb_grpc.ImagesServicer):

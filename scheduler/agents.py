@@ -5,7 +5,8 @@ the scheduler's certificate (mTLS; the agent authorizes the "scheduler" role). I
 ``HostObservation`` of the host's Shoal containers (those with the ``shoal.service`` label) the way the
 agent's API is built to be followed: ``ListContainers`` gives the containers and the event sequence the
 listing reflects, ``WatchEvents`` continues from exactly there, and each event refreshes its container
-(``GetContainer``; a removal drops it). The view is *complete* once a listing arrived after the latest
+(sent along with the event, ``with_container``; from ``GetContainer`` when an agent does not; a removal
+drops it). The view is *complete* once a listing arrived after the latest
 (re)connection; a lost stream, or a history the agent no longer has (``OUT_OF_RANGE``), means relisting.
 In parallel ``WatchUsage`` brings the host's capacity and conditions once a second — and is the
 heartbeat: a session is connected while both streams are, and a snapshot missing for
@@ -252,7 +253,8 @@ class AgentSession:
                                                containers=seen)
             self.error = ""
             self._on_change(self.host)
-            request = pb.WatchEventsRequest(after_sequence=listing.event_sequence, epoch=listing.event_epoch)
+            request = pb.WatchEventsRequest(after_sequence=listing.event_sequence, epoch=listing.event_epoch,
+                                            with_container=True)
             try:
                 async for event in self.containers.WatchEvents(request):
                     await self._on_event(event)
@@ -268,7 +270,10 @@ class AgentSession:
         if event.type == pb.EVENT_TYPE_REMOVED:
             self._set(event.container_id, None)
             return
-        try:
+        if event.HasField("container"):  # the agent sent it along: no round trip per event
+            self.apply(event.container)
+            return
+        try:  # an agent that does not send it, or the container is gone (its REMOVED event follows)
             ctr = await self.containers.GetContainer(pb.ContainerRef(id=event.container_id))
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND:

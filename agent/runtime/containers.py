@@ -361,6 +361,10 @@ class ContainerRuntime:
 
     # -- lookup -----------------------------------------------------------------------------------
 
+    def get(self, container_id: str) -> Container | None:
+        """The container with exactly this id, if there is one (no name or prefix matching)."""
+        return self._containers.get(container_id)
+
     def resolve(self, ref: str) -> Container:
         if not ref:
             raise InvalidArgument("a container id or name is required")

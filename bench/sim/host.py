@@ -66,6 +66,7 @@ class HostSpec:
     start_delay: float = 0.0                    # created → running
     usage_interval: float = 1.0
     page_size: int = 0                          # at most this many per ListContainers page; 0: bytes only
+    events_with_container: bool = True          # False: an agent from before WatchEvents.with_container
 
     @property
     def host_id(self) -> str:
@@ -451,7 +452,11 @@ class _Containers(pb_grpc.ContainersServicer):
             async for event in log.subscribe(after_sequence=after, labels=dict(request.labels) or None,
                                              epoch=request.epoch):
                 await self.host.answering("WatchEvents.event")
-                yield event_to_pb(event, epoch=log.epoch)
+                message = event_to_pb(event, epoch=log.epoch)
+                ctr = self.host.containers.get(event.container_id)
+                if request.with_container and self.host.spec.events_with_container and ctr is not None:
+                    message.container.CopyFrom(ctr)
+                yield message
         except (HistoryTruncated, WatcherTooSlow, InvalidArgument) as err:
             await _abort(context, err)
 

@@ -780,6 +780,7 @@ class Event(_pl.Message):
     restart_count: int
     message: str
     epoch: str
+    container: Container
 
     if TYPE_CHECKING:
         def __init__(
@@ -796,6 +797,7 @@ class Event(_pl.Message):
             restart_count: int | None = None,
             message: str | None = None,
             epoch: str | None = None,
+            container: Container | None = None,
         ) -> None: ...
 
 
@@ -803,6 +805,7 @@ class WatchEventsRequest(_pl.Message):
     after_sequence: int
     labels: dict[str, str]
     epoch: str
+    with_container: bool
 
     if TYPE_CHECKING:
         def __init__(
@@ -810,6 +813,7 @@ class WatchEventsRequest(_pl.Message):
             after_sequence: int | None = None,
             labels: Mapping[str, str] | None = None,
             epoch: str | None = None,
+            with_container: bool | None = None,
         ) -> None: ...
 
 
@@ -1256,11 +1260,13 @@ _pl.define(Event, 'shoal.agent.v1.Event', (
     _pl.Field(10, 'restart_count', _pl.INT32),
     _pl.Field(11, 'message', _pl.STRING),
     _pl.Field(12, 'epoch', _pl.STRING),
+    _pl.Field(13, 'container', _pl.MESSAGE, message=Container),
 ))
 _pl.define(WatchEventsRequest, 'shoal.agent.v1.WatchEventsRequest', (
     _pl.Field(1, 'after_sequence', _pl.UINT64, optional=True),
     _pl.Field(2, 'labels', _pl.MESSAGE, map_key=_pl.STRING, map_value=_pl.STRING),
     _pl.Field(3, 'epoch', _pl.STRING),
+    _pl.Field(4, 'with_container', _pl.BOOL),
 ))
 _pl.define(GetHostRequest, 'shoal.agent.v1.GetHostRequest', (
 ))

@@ -1808,6 +1808,7 @@ class Event(_message.Message):
     RESTART_COUNT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """increases by one per event, across agent restarts (within one epoch)"""
     type: Global___EventType.ValueType
@@ -1826,6 +1827,12 @@ class Event(_message.Message):
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def container(self) -> Global___Container:
+        """The container as it is when the event is sent (what GetContainer would answer then), when the
+        watcher asked for it (WatchEventsRequest.with_container); unset if it is gone by then.
+        """
+
     def __init__(
         self,
         *,
@@ -1841,10 +1848,11 @@ class Event(_message.Message):
         restart_count: _builtins.int = ...,
         message: _builtins.str = ...,
         epoch: _builtins.str = ...,
+        container: Global___Container | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "container_name", b"container_name", "epoch", b"epoch", "exit_code", b"exit_code", "health", b"health", "labels", b"labels", "message", b"message", "reason", b"reason", "restart_count", b"restart_count", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "container_id", b"container_id", "container_name", b"container_name", "epoch", b"epoch", "exit_code", b"exit_code", "health", b"health", "labels", b"labels", "message", b"message", "reason", b"reason", "restart_count", b"restart_count", "sequence", b"sequence", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1877,6 +1885,7 @@ class WatchEventsRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    WITH_CONTAINER_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
     """Replay kept events with a larger sequence first. Unset: only events from now on."""
     epoch: _builtins.str
@@ -1884,6 +1893,8 @@ class WatchEventsRequest(_message.Message):
     older than the kept history, is OUT_OF_RANGE with trailing metadata shoal-error=HistoryTruncated,
     shoal-event-epoch and shoal-oldest-sequence. Empty: not checked.
     """
+    with_container: _builtins.bool
+    """Each event carries its container (Event.container), so a follower needs no GetContainer per event."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """only containers carrying all these labels"""
@@ -1894,10 +1905,11 @@ class WatchEventsRequest(_message.Message):
         after_sequence: _builtins.int | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         epoch: _builtins.str = ...,
+        with_container: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "epoch", b"epoch", "labels", b"labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "epoch", b"epoch", "labels", b"labels", "with_container", b"with_container"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
     _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015

@@ -160,6 +160,48 @@ def test_list_then_watch_from_its_sequence_misses_nothing(stub: pb_grpc.Containe
     stub.RemoveContainer(pb.RemoveContainerRequest(id="watched"))
 
 
+def test_events_carry_their_container_when_asked(stub: pb_grpc.ContainersStub) -> None:
+    """``with_container``: each event brings the container as it is when sent (no GetContainer per
+    event); a removed container's events carry none; without the flag no event carries one."""
+    listing = stub.ListContainers(pb.ListContainersRequest(all=True))
+    stub.CreateContainer(pb.CreateContainerRequest(id="carried", spec=_spec("true"), start=True))
+    stub.WaitContainer(pb.ContainerRef(id="carried"))
+    stub.RemoveContainer(pb.RemoveContainerRequest(id="carried"))
+
+    def events(with_container: bool) -> list[pb.Event]:
+        stream = stub.WatchEvents(pb.WatchEventsRequest(
+            after_sequence=listing.event_sequence, epoch=listing.event_epoch, with_container=with_container))
+        seen = []
+        for event in stream:  # bounded: the history holds the removal, and the loop ends there
+            if event.container_id == "carried":
+                seen.append(event)
+            if event.type == pb.EVENT_TYPE_REMOVED and event.container_id == "carried":
+                break
+        stream.cancel()
+        return seen
+
+    plain = events(False)
+    assert [e.type for e in plain][-1] == pb.EVENT_TYPE_REMOVED
+    assert not any(e.HasField("container") for e in plain)
+    # Replayed after the removal: the container is gone, so no event carries it.
+    assert not any(e.HasField("container") for e in events(True))
+
+    live = stub.ListContainers(pb.ListContainersRequest(all=True))
+    stub.CreateContainer(pb.CreateContainerRequest(id="carried2", spec=_spec("sleep", "30"), start=True))
+    stream = stub.WatchEvents(pb.WatchEventsRequest(
+        after_sequence=live.event_sequence, epoch=live.event_epoch, with_container=True))
+    try:
+        for event in stream:  # bounded: CREATED then STARTED come from the replayed history
+            if event.container_id == "carried2" and event.type == pb.EVENT_TYPE_STARTED:
+                assert event.container.id == "carried2"
+                assert event.container.state == pb.CONTAINER_STATE_RUNNING
+                assert event.container.spec.command[:1] == ["sleep"]
+                break
+    finally:
+        stream.cancel()
+        stub.RemoveContainer(pb.RemoveContainerRequest(id="carried2", force=True))
+
+
 def test_resuming_a_lost_history_is_out_of_range_with_what_to_do(stub: pb_grpc.ContainersStub) -> None:
     epoch = stub.ListContainers(pb.ListContainersRequest()).event_epoch
     err = _error(lambda: list(stub.WatchEvents(pb.WatchEventsRequest(after_sequence=1, epoch="0" * 16))))
