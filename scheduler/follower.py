@@ -312,13 +312,32 @@ class Follower:
         self.read_quiet = read_quiet
         self.state: ClusterState | None = None
         self.version = 0      # bumped on every change, so the metrics publisher knows when to copy
-        self.synced = False   # the state follows etcd (a snapshot was read and its watch runs)
+        self._synced = asyncio.Event()  # set while the state follows etcd (``synced``)
         self._backoff = RESYNC_BACKOFF[0]
         self._failing = False
         self._applied = asyncio.Event()  # replaced after every change while reads wait (a pulse)
         self._waiting = 0
         self._feeds: set[ChangeFeed] = set()
         self._received = 0  # the revision of the last change the running watch delivered
+
+    @property
+    def synced(self) -> bool:
+        """The state follows etcd: a snapshot was read and its watch runs."""
+        return self._synced.is_set()
+
+    @synced.setter
+    def synced(self, value: bool) -> None:
+        if value:
+            self._synced.set()
+        else:
+            self._synced.clear()
+
+    async def wait_synced(self, timeout: float) -> bool:
+        """Whether the follower is synced, waiting at most ``timeout`` seconds for it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._synced.wait()
+        return self.synced
 
     # -- following ----------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from scheduler import controller as controller_module
 from scheduler import follower as follower_module
 from scheduler.controller import Controller, ControllerSettings
 from scheduler.follower import Follower
@@ -90,7 +91,32 @@ def test_a_resync_of_the_follower_resyncs_the_term_from_it() -> None:
     run(scenario)
 
 
-def test_without_a_synced_follower_a_term_reads_etcd_itself() -> None:
+def test_a_term_begun_before_the_follower_synced_waits_for_it() -> None:
+    """The usual start: a scheduler that leads at once, while its follower reads its first snapshot."""
+    async def scenario() -> None:
+        store = CountingStore()
+        await store.commit([Put(build.service("web", replicas=0))])
+        follower = Follower(store)
+        epoch = await leading(store)
+        controller = Controller(store, ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch),
+                                                          credentials=None, profile=default_profile()),
+                                follower=follower)
+        term = asyncio.create_task(controller.run())
+        await asyncio.sleep(0.05)  # the term is waiting for the follower (not for a timer of this test)
+        assert controller.mirror is None
+        async with following(follower):
+            await until(lambda: controller.mirror is not None, "the term started")
+            assert store.snapshots == 1  # the follower's only
+            assert len(follower._feeds) == 1
+        term.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await term
+    run(scenario)
+
+
+def test_without_a_synced_follower_a_term_reads_etcd_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller_module, "FOLLOWER_SYNC_WAIT", 0.1)
+
     async def scenario() -> None:
         store = CountingStore()
         await store.commit([Put(build.service("web", replicas=0))])
