@@ -76,6 +76,7 @@ CONFLICT_RETRY = 0.05    # the watch is expected to deliver what made the write 
 # How long a new term waits for the instance's follower to finish reading etcd before reading a snapshot
 # of its own (the follower's read takes as long: 15 s at 100,000 replicas here).
 FOLLOWER_SYNC_WAIT = 30.0
+FOLLOWER_READ_WAIT = 1.0  # for the follower to apply etcd's revision as the term begins
 # Passes between full ones look only at what changed (``reconcile.Scope``); a full pass runs at least
 # this often anyway, as a safety net: anything a scope missed is decided within this many seconds.
 FULL_PASS_INTERVAL = 5.0
@@ -251,21 +252,19 @@ class Controller:
         return ReplicaUsage(self.sessions, self.mirror.replicas if self.mirror is not None else {})
 
     async def _start(self) -> Coroutine[Any, Any, None]:
-        """Build the mirror and return what follows its changes. From the follower when it is synced: a
-        consistent read of its state (no decode of all of etcd per term: 100,000 replicas took 15 s) and
-        a feed of its decoded changes right after it. Otherwise a snapshot and a watch of its own."""
+        """Build the mirror and return what follows its changes. From the follower when it is synced: its
+        state, caught up with etcd's revision if that comes within a second (no decode of all of etcd per
+        term: 100,000 replicas took 15 s), and a feed of its decoded changes right after it. Otherwise a
+        snapshot and a watch of its own."""
         # A scheduler that leads as it starts finds its follower still reading its first snapshot: wait
         # for it (reading one of our own would cost as much) rather than decode every change twice for
         # the whole term.
         if self.follower is not None and await self.follower.wait_synced(FOLLOWER_SYNC_WAIT):
-            state = await self.follower.read()
-            # No await between the read and the subscription: the feed starts exactly at the state.
-            self.mirror = Mirror.of(state.view())
-            feed = self.follower.subscribe(state.revision, unbounded=True)
-            if feed is not None:
-                self._feed = feed
-                return self._follow_feed(feed)
-            return self._follow(state.revision)  # the read fell back to a snapshot: watch from it
+            attached = await self.follower.attach(wait=FOLLOWER_READ_WAIT)
+            if attached is not None:
+                state, self._feed = attached
+                self.mirror = Mirror.of(state.view())
+                return self._follow_feed(self._feed)
         self.mirror = Mirror.of(await self.store.snapshot())
         return self._follow(self.mirror.revision)
 

@@ -408,6 +408,21 @@ class Follower:
         self._feeds.add(feed)
         return feed
 
+    async def attach(self, *, wait: float) -> tuple[ClusterState, ChangeFeed] | None:
+        """The state and an unbounded feed of the changes right after it, for the leader's controller;
+        None when not synced. The state is as new as etcd's current revision if the watch brings that
+        within ``wait``, else as it is: unlike an API read, the controller needs a state and the
+        changes that follow it, not one as new as the call (each of its writes is revision-guarded)."""
+        if not self.synced:
+            return None
+        target = await self.store.current_revision()
+        await self._wait_for(target, wait)
+        state = self.state
+        if not self.synced or state is None or state.revision != self._received:
+            return None  # an adopted snapshot is ahead of the watch: the feed would not start at it
+        feed = self.subscribe(state.revision, unbounded=True)
+        return (state, feed) if feed is not None else None
+
     def unsubscribe(self, feed: ChangeFeed) -> None:
         self._feeds.discard(feed)
 
