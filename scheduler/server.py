@@ -13,6 +13,7 @@ only for an UNAVAILABLE *without* it: a scheduler that answers is up, even when 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -200,10 +201,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         services: an unchanged one writes nothing, a changed one bumps its generation."""
         for _ in range(CAS_ATTEMPTS):
             now = time.time()
-            planned = [await self._plan_apply(spec, now=now) for spec in specs]
-            planned_groups = [
-                api_hostgroups.planned_apply(await self.store.get(self.schema.hostgroup(g.name)), g, now=now)
-                for g in groups]
+            # The current records read side by side, not one round trip after another (a file of 20
+            # services took about a second while the leader was busy placing).
+            planned = list(await asyncio.gather(*(self._plan_apply(spec, now=now) for spec in specs)))
+            current_groups = await asyncio.gather(*(self.store.get(self.schema.hostgroup(g.name))
+                                                    for g in groups))
+            planned_groups = [api_hostgroups.planned_apply(current, g, now=now)
+                              for current, g in zip(current_groups, groups, strict=True)]
             changed: list[Service | HostGroup] = [p.service for p in planned if p.action != "unchanged"]
             changed += [group for group, action in planned_groups if action != "unchanged"]
             if not changed:
