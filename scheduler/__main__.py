@@ -216,7 +216,6 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> list[Path]:
 
 async def serve(settings: Settings) -> None:
     gc_pauses.install()
-    full_collections = asyncio.create_task(gc_pauses.rare_full_collections(), name="full-collections")
     try:
         store = await open_store(settings.etcd, prefix=settings.prefix)
     except (StoreError, ValueError) as err:
@@ -292,7 +291,6 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: resigning leadership, then closing the API")
-    full_collections.cancel()
     for task in (election_task, registration_task):
         task.cancel()
     _, stuck = await asyncio.wait({election_task, registration_task}, timeout=SHUTDOWN_WAIT)

@@ -1,4 +1,4 @@
-"""Garbage-collection pauses, made visible and rare.
+"""Garbage-collection pauses, made visible.
 
 A collection holds the GIL for as long as it scans, so a long one stalls the event loop *and* the lease
 keepalive thread at once (docs/scaling.md, limit 1). A leader placing thousands of replicas creates
@@ -7,31 +7,19 @@ each on this machine. ``install()`` times every collection and logs those of at 
 their generation, so a lost term or a loop stall can be matched with them; ``pauses`` keeps the totals
 for tests and benchmarks. (Freezing the survivors after each full collection, ``gc.freeze``, was tried:
 the pauses stayed as long, and frozen objects that later become cyclic garbage are never freed.)
-
-``rare_full_collections()`` takes full collections off the allocator's trigger: at 2,000 hosts / 40,000
-replicas a new term made one every 0.5-1 s, 0.3-0.8 s each and collecting almost nothing (every new
-record survives), so the keepalive thread starved and terms were lost one after another. Young
-collections stay automatic (cheap, and most garbage dies young or by reference count); a full one runs
-every ``FULL_EVERY_S`` from the returned coroutine — one pause a minute instead of one a second.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 LOGGED_S = 0.2
-FULL_EVERY_S = 60.0
-# A generation-2 threshold no allocation pattern reaches: it counts generation-1 collections (each ten
-# young ones), so full collections come only when ``rare_full_collections`` runs one.
-_NEVER = 1 << 30
 
 
 @dataclass
@@ -67,17 +55,3 @@ def install() -> None:
     """Idempotent."""
     if _hook not in gc.callbacks:
         gc.callbacks.append(_hook)
-
-
-def rare_full_collections(every: float = FULL_EVERY_S) -> Coroutine[Any, Any, None]:
-    """Stop the allocator from starting full collections; the returned coroutine runs one every
-    ``every`` seconds (run it as a task for the life of the process)."""
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, _NEVER)
-
-    async def collect() -> None:
-        while True:
-            await asyncio.sleep(every)
-            gc.collect(2)
-
-    return collect()
