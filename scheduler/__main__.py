@@ -35,6 +35,7 @@ from scheduler.controller import AutoscaleSettings, Controller, ControllerSettin
 from scheduler.elastic.loop import INTERVAL as ELASTIC_INTERVAL
 from scheduler.election import Election, ElectionSettings, Term
 from scheduler.keepalive import InLoopKeepalive, KeepaliveRunner, ThreadedKeepalive
+from scheduler.keeper import ProcessKeepalive
 from scheduler.placement import registry
 from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE
 from scheduler.server import REGISTRATION_REFRESH, add_services
@@ -70,6 +71,7 @@ class Settings:
     autoscale_interval: float = AUTOSCALE_INTERVAL
     cpu_initialization_period: float = CPU_INITIALIZATION_PERIOD
     elastic_interval: float = ELASTIC_INTERVAL
+    lease_keeper: str = "process"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve /metrics and Prometheus http_sd discovery here")
     serve.add_argument("--election-ttl", type=int, default=2, metavar="SECONDS",
                        help="leader lease TTL: a killed leader is replaced after about this (default 2)")
+    serve.add_argument("--lease-keeper", choices=("process", "thread"), default="process",
+                       help="where the leader lease is refreshed: a keeper process of its own (default; "
+                            "immune to this process's garbage collections) or a thread of this one")
     serve.add_argument("--registration-refresh", type=float, default=REGISTRATION_REFRESH, metavar="SECONDS",
                        help="the shortest time between an agent's registrations; it grows to hosts/20 s "
                             "(at most 60 s) with more hosts registering here (default %(default)s)")
@@ -172,6 +177,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(etcd=args.etcd, prefix=args.etcd_prefix, listen=listen, tls_dir=args.tls_dir,
                     insecure_tcp=args.insecure_tcp, http_listen=args.http_listen,
                     election_ttl=args.election_ttl, registration_refresh=args.registration_refresh,
+                    lease_keeper=args.lease_keeper,
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
                     heartbeat_timeout=args.heartbeat_timeout, agent_down_grace=args.agent_down_grace,
                     start_health=StartHealthSettings(threshold=args.start_failure_threshold,
@@ -229,11 +235,17 @@ async def serve(settings: Settings) -> None:
     await server.start()
     for path in sockets:
         os.chmod(path, 0o600)
-    # The lease is kept on a thread and etcd connection of its own, so a busy leader keeps its term
-    # (scheduler.keepalive); the in-memory store exists once per process, so its lease is kept in the loop.
-    keepalive: KeepaliveRunner = (
-        InLoopKeepalive(store) if settings.etcd == MEMORY
-        else ThreadedKeepalive(lambda: open_store(settings.etcd, prefix=settings.prefix)))
+    # The lease is kept by a process (or a thread) and an etcd connection of its own, so a busy leader
+    # keeps its term (scheduler.keeper, scheduler.keepalive); the in-memory store exists once per process,
+    # so its lease is kept in the loop.
+    keepalive: KeepaliveRunner
+    if settings.etcd == MEMORY:
+        keepalive = InLoopKeepalive(store)
+    elif settings.lease_keeper == "process":
+        keepalive = ProcessKeepalive(settings.etcd, settings.prefix)
+        await keepalive.start()
+    else:
+        keepalive = ThreadedKeepalive(lambda: open_store(settings.etcd, prefix=settings.prefix))
     election = Election(store, ElectionSettings(instance=settings.instance, address=settings.listen[0],
                                                 ttl_s=settings.election_ttl), keepalive=keepalive)
     registration = instances.InstanceRegistration(store, InstanceRecord(
