@@ -222,12 +222,17 @@ async def post_webhook(webhook: WebhookProvider, body: bytes, *, request_id: str
             text = "the provider closed the connection without an answer"
             if url.startswith("https:") and not webhook.cert_file:
                 text += " (does it require a client certificate? set cert_file and key_file)"
+        elif "reset by peer" in text and url.startswith("https:") and not webhook.cert_file:
+            text += " (does it require a client certificate? set cert_file and key_file)"
         return Attempt(False, _without(f"{url}: {text}", token))
     except OSError as err:  # TLS 1.3 checks our certificate after the handshake: its alert comes on the
         # first read as a bare ssl.SSLError, which httpx does not wrap
         text = f"{url}: {err}"
         if isinstance(err, ssl.SSLError) and "CERTIFICATE_REQUIRED" in str(err):
             text += " (the provider requires a client certificate: set cert_file and key_file)"
+        elif ("reset by peer" in text and url.startswith("https:")
+              and not webhook.cert_file):  # the same refusal when the reset overtakes the alert
+            text += " (does it require a client certificate? set cert_file and key_file)"
         return Attempt(False, _without(text, token))
     status = response.status_code
     if 200 <= status < 300:
