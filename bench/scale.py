@@ -99,6 +99,8 @@ TXN_OPS = 128
 SIM_LINE_LIMIT = 64 << 20  # a simulator's answer to "containers" lists every replica id it runs
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+APPLY_ATTEMPTS = 5  # an ApplyService answered UNAVAILABLE (nothing written) is tried again
+
 
 # -- processes ------------------------------------------------------------------------------------------
 
@@ -538,11 +540,22 @@ class Run:
             async with grpc.aio.insecure_channel(leader.api) as channel:
                 stub = spb_grpc.SchedulerStub(channel)
                 start = time.perf_counter()
+                retries = 0
                 for i in range(0, len(names), args.apply_batch):
-                    await stub.ApplyService(spb.ApplyServiceRequest(
-                        yaml=services_yaml(names[i:i + args.apply_batch], args.per_service),
-                        source="scale"), timeout=max(60.0, args.timeout))
+                    request = spb.ApplyServiceRequest(
+                        yaml=services_yaml(names[i:i + args.apply_batch], args.per_service), source="scale")
+                    for attempt in range(1, APPLY_ATTEMPTS + 1):  # bounded
+                        try:
+                            await stub.ApplyService(request, timeout=max(60.0, args.timeout))
+                            break
+                        except grpc.aio.AioRpcError as err:
+                            # "nothing was written: retry shortly", as a user's script would
+                            if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == APPLY_ATTEMPTS:
+                                raise
+                            retries += 1
+                            await asyncio.sleep(0.5 * attempt)
                 applied = time.perf_counter()
+                self.result["apply_retries"] = retries
                 self.note(f"applied {len(names)} services in {applied - start:.2f} s")
                 for name, event in (("assigned", watch.all_assigned), ("running", watch.all_running)):
                     with contextlib.suppress(TimeoutError):
