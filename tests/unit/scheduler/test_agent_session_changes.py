@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
-from bench.sim.host import HostSpec, SimHost
+from bench.sim.host import HostSpec
 from proto.agent.v1 import agent_pb2 as pb
-from scheduler.agents import AgentSession
-from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId
+from scheduler.model import LABEL_REPLICA, LABEL_SERVICE
 from tests.fixtures.etcd import free_port
+from tests.fixtures.sim_session import following, until
 
 BOUND_S = 15.0
 INTERVAL_S = 0.02  # usage snapshots this often, so many arrive quickly
@@ -22,33 +21,24 @@ def test_heartbeats_do_not_wake_the_controller_but_a_change_of_room_does() -> No
     spec = HostSpec(name="quiet", port=free_port(), usage_interval=INTERVAL_S)
 
     async def scenario() -> tuple[int, int, float, float]:
-        host = SimHost(spec)
-        await host.start()
         changes: list[float] = []
-        session = AgentSession(HostId(spec.host_id), spec.address, credentials=None,
-                               on_change=lambda _h: changes.append(time.monotonic()))
-        session.start()
-        try:
-            async def until(what: Callable[[], bool]) -> None:
-                deadline = time.monotonic() + BOUND_S
-                while not what():
-                    assert time.monotonic() < deadline, "bounded wait ran out"
-                    await asyncio.sleep(INTERVAL_S)
-            await until(lambda: session.observation.connected and session.observation.complete)
+        on_change = lambda _h: changes.append(time.monotonic())  # noqa: E731
+        async with following(spec, on_change=on_change) as (host, session):
+            await until(lambda: session.observation.connected and session.observation.complete,
+                        every=INTERVAL_S)
             settled = len(changes)
             first_seen = session.last_seen
             snapshots = host.calls.get("WatchUsage.snapshot", 0)
-            await until(lambda: host.calls.get("WatchUsage.snapshot", 0) >= snapshots + 20)
+            await until(lambda: host.calls.get("WatchUsage.snapshot", 0) >= snapshots + 20,
+                        every=INTERVAL_S)
             quiet = len(changes) - settled
             heard = session.last_seen
             spec_ = pb.ContainerSpec(labels={LABEL_SERVICE: "web", LABEL_REPLICA: "r1"},
                                      resources=pb.Resources(cpu_millis=100, memory_bytes=64 << 20))
             await host.create(pb.CreateContainerRequest(id="r1", spec=spec_, start=True))
-            await until(lambda: session.info is not None and session.info.cpu_committed_millis == 100)
+            await until(lambda: session.info is not None and session.info.cpu_committed_millis == 100,
+                        every=INTERVAL_S)
             return quiet, len(changes) - settled - quiet, first_seen, heard
-        finally:
-            await session.close()
-            await host.stop()
 
     quiet, after_create, first_seen, heard = asyncio.run(asyncio.wait_for(scenario(), 4 * BOUND_S))
     assert quiet == 0            # 20 heartbeats, no wake-up

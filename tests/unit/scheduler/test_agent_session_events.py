@@ -5,17 +5,15 @@ it is followed as before, with a ``GetContainer`` per event. Over real gRPC agai
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 
-from bench.sim.host import HostSpec, SimHost
+from bench.sim.host import HostSpec
 from proto.agent.v1 import agent_pb2 as pb
-from scheduler.agents import AgentSession
-from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId
+from scheduler.model import LABEL_REPLICA, LABEL_SERVICE
 from scheduler.observed import ContainerState
 from tests.fixtures.etcd import free_port
+from tests.fixtures.sim_session import following, until
 
 BOUND_S = 15.0
 
@@ -26,17 +24,7 @@ def test_a_created_container_is_followed_with_or_without_gets(carried: bool) -> 
                     events_with_container=carried)
 
     async def scenario() -> tuple[int, ContainerState]:
-        host = SimHost(spec)
-        await host.start()
-        session = AgentSession(HostId(spec.host_id), spec.address, credentials=None,
-                               on_change=lambda _h: None)
-        session.start()
-        try:
-            async def until(what: Callable[[], bool]) -> None:
-                deadline = time.monotonic() + BOUND_S
-                while not what():
-                    assert time.monotonic() < deadline, "bounded wait ran out"
-                    await asyncio.sleep(0.02)
+        async with following(spec) as (host, session):
             await until(lambda: session.observation.complete)
             labels = {LABEL_SERVICE: "web", LABEL_REPLICA: "r1"}
             # Created straight on the host (not through the session): only its events tell the session.
@@ -47,9 +35,6 @@ def test_a_created_container_is_followed_with_or_without_gets(carried: bool) -> 
             container = seen()
             assert container is not None
             return host.calls.get("GetContainer", 0), container.state
-        finally:
-            await session.close()
-            await host.stop()
 
     gets, state = asyncio.run(asyncio.wait_for(scenario(), 4 * BOUND_S))
     assert state == ContainerState.RUNNING

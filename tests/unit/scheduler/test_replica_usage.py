@@ -4,16 +4,15 @@ session (the autoscaler asks about a few services' replicas, not all of them).""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any, cast
 
-from bench.sim.host import HostSpec, SimHost
+from bench.sim.host import HostSpec
 from proto.agent.v1 import agent_pb2 as pb
-from scheduler.agents import AgentSession, ReplicaUsage, usage_of
+from scheduler.agents import ReplicaUsage, usage_of
 from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId, Replica, ReplicaId, ServiceName
 from scheduler.observed import ContainerUsage
 from tests.fixtures.etcd import free_port
+from tests.fixtures.sim_session import following, until
 
 BOUND_S = 15.0
 INTERVAL_S = 0.02
@@ -55,17 +54,7 @@ def test_a_sessions_usage_follows_its_latest_snapshot() -> None:
     spec = HostSpec(name="busy", port=free_port(), usage_interval=INTERVAL_S)
 
     async def scenario() -> tuple[float, float]:
-        host = SimHost(spec)
-        await host.start()
-        session = AgentSession(HostId(spec.host_id), spec.address, credentials=None,
-                               on_change=lambda _h: None)
-        session.start()
-        try:
-            async def until(what: Callable[[], bool]) -> None:
-                deadline = time.monotonic() + BOUND_S
-                while not what():
-                    assert time.monotonic() < deadline, "bounded wait ran out"
-                    await asyncio.sleep(INTERVAL_S)
+        async with following(spec) as (host, session):
             spec_ = pb.ContainerSpec(labels={LABEL_SERVICE: "web", LABEL_REPLICA: "r1"},
                                      resources=pb.Resources(cpu_millis=100, memory_bytes=64 << 20))
             await host.create(pb.CreateContainerRequest(id="r1", spec=spec_, start=True))
@@ -73,9 +62,6 @@ def test_a_sessions_usage_follows_its_latest_snapshot() -> None:
             first = session.usage["r1"].at
             await until(lambda: session.usage["r1"].at > first)
             return first, session.usage["r1"].at
-        finally:
-            await session.close()
-            await host.stop()
 
     first, later = asyncio.run(asyncio.wait_for(scenario(), 4 * BOUND_S))
     assert later > first  # a newer snapshot replaced the decoded usage
