@@ -223,7 +223,9 @@ def aetcd_client(endpoints: str) -> aetcd.Client:
 def sample_replicas(n: int) -> list[model.Replica]:
     """Replica records as the scheduler writes them once placed (a host, a decision)."""
     return [model.Replica(
-        id=model.ReplicaId(f"s{i // 100:04d}-{secrets.token_hex(3)}"),
+        # Unique by construction: random 6-hex ids collided (a duplicate key in one transaction) about
+        # one time in three at 100,000.
+        id=model.ReplicaId(f"s{i // 100:04d}-{i:06x}"),
         service=model.ServiceName(f"s{i // 100:04d}"),
         generation=1, host=model.HostId(f"{i % 5000:032x}"), phase=model.ReplicaPhase.STARTING,
         created_at=1.7e9 + i, updated_at=1.7e9 + i,
