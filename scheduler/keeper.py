@@ -30,12 +30,11 @@ import signal
 import sys
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from scheduler.election import ElectionSettings, Term
 from scheduler.keepalive import STOP_WAIT_S, Clock, keep_term
-
-if TYPE_CHECKING:
-    from scheduler.election import ElectionSettings, Term
+from scheduler.store.factory import open_store
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,8 @@ REVOKE_WAIT_S = 2.0
 
 
 class ProcessKeepalive:
-    """Terms kept by a keeper process (started with the first term, reused for the next ones)."""
+    """Terms kept by a keeper process: started by ``start`` (or the first term), serving every term, and
+    started again for the next term if it died."""
 
     def __init__(self, etcd: str, prefix: str, *, python: str = sys.executable,
                  stop_wait_s: float = STOP_WAIT_S) -> None:
@@ -140,7 +140,6 @@ class Keeper:
 
     def handle(self, message: dict[str, Any]) -> None:
         if "keep" in message:
-            from scheduler.election import ElectionSettings, Term
             term = Term(**message["keep"]["term"])
             settings = ElectionSettings(**message["keep"]["settings"])
             self.terms[term.epoch] = asyncio.create_task(self._keep(term, settings))
@@ -150,7 +149,6 @@ class Keeper:
                 task.cancel()
 
     async def _keep(self, term: Term, settings: ElectionSettings) -> None:
-        from scheduler.store.factory import open_store
         why = "stopped"
         try:
             store = await open_store(self.etcd, prefix=self.prefix)

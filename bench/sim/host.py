@@ -453,9 +453,10 @@ class _Containers(pb_grpc.ContainersServicer):
                                              epoch=request.epoch):
                 await self.host.answering("WatchEvents.event")
                 message = event_to_pb(event, epoch=log.epoch)
-                ctr = self.host.containers.get(event.container_id)
-                if request.with_container and self.host.spec.events_with_container and ctr is not None:
-                    message.container.CopyFrom(ctr)
+                if request.with_container and self.host.spec.events_with_container:
+                    ctr = self.host.containers.get(event.container_id)
+                    if ctr is not None:
+                        message.container.CopyFrom(ctr)
                 yield message
         except (HistoryTruncated, WatcherTooSlow, InvalidArgument) as err:
             await _abort(context, err)

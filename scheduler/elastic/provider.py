@@ -189,6 +189,15 @@ class _Refused(Exception):
     """An attempt that cannot be made (its message is the attempt's error)."""
 
 
+def _certificate_hint(text: str, url: str, webhook: WebhookProvider, *, closed: bool = False) -> str:
+    """``text``, with what to do when a TLS provider hung up on a caller without a client certificate:
+    the connection closed without an answer, or reset (when the reset overtakes TLS 1.3's
+    certificate-required alert)."""
+    if (closed or "reset by peer" in text) and url.startswith("https:") and not webhook.cert_file:
+        return text + " (does it require a client certificate? set cert_file and key_file)"
+    return text
+
+
 async def post_webhook(webhook: WebhookProvider, body: bytes, *, request_id: str,
                        transport: httpx.AsyncBaseTransport | None = None) -> Attempt:
     """POST ``body`` to the webhook; a 2xx answer within ``timeout_seconds`` (all of it: connecting,
@@ -219,20 +228,18 @@ async def post_webhook(webhook: WebhookProvider, body: bytes, *, request_id: str
     except httpx.HTTPError as err:
         text = _http_error(err)
         if isinstance(err, httpx.ReadError | httpx.RemoteProtocolError) and text == type(err).__name__:
-            text = "the provider closed the connection without an answer"
-            if url.startswith("https:") and not webhook.cert_file:
-                text += " (does it require a client certificate? set cert_file and key_file)"
-        elif "reset by peer" in text and url.startswith("https:") and not webhook.cert_file:
-            text += " (does it require a client certificate? set cert_file and key_file)"
+            text = _certificate_hint("the provider closed the connection without an answer", url, webhook,
+                                     closed=True)
+        else:
+            text = _certificate_hint(text, url, webhook)
         return Attempt(False, _without(f"{url}: {text}", token))
     except OSError as err:  # TLS 1.3 checks our certificate after the handshake: its alert comes on the
         # first read as a bare ssl.SSLError, which httpx does not wrap
         text = f"{url}: {err}"
         if isinstance(err, ssl.SSLError) and "CERTIFICATE_REQUIRED" in str(err):
             text += " (the provider requires a client certificate: set cert_file and key_file)"
-        elif ("reset by peer" in text and url.startswith("https:")
-              and not webhook.cert_file):  # the same refusal when the reset overtakes the alert
-            text += " (does it require a client certificate? set cert_file and key_file)"
+        else:
+            text = _certificate_hint(text, url, webhook)
         return Attempt(False, _without(text, token))
     status = response.status_code
     if 200 <= status < 300:

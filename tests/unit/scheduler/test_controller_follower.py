@@ -91,26 +91,54 @@ def test_a_resync_of_the_follower_resyncs_the_term_from_it() -> None:
     run(scenario)
 
 
+class GatedStore(CountingStore):
+    """Snapshots are counted when asked for and answered only once ``gate`` opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def snapshot(self, *args: Any, **kwargs: Any) -> base.Snapshot:
+        self.snapshots += 1
+        await self.gate.wait()
+        return await MemoryStore.snapshot(self, *args, **kwargs)
+
+
+class WatchedFollower(Follower):
+    """Notes that someone waits for it to sync."""
+
+    def __init__(self, store: base.Store) -> None:
+        super().__init__(store)
+        self.awaited = asyncio.Event()
+
+    async def wait_synced(self, timeout: float) -> bool:
+        self.awaited.set()
+        return await super().wait_synced(timeout)
+
+
 def test_a_term_begun_before_the_follower_synced_waits_for_it() -> None:
     """The usual start: a scheduler that leads at once, while its follower reads its first snapshot."""
     async def scenario() -> None:
-        store = CountingStore()
+        store = GatedStore()
         await store.commit([Put(build.service("web", replicas=0))])
-        follower = Follower(store)
+        follower = WatchedFollower(store)
+        reading = asyncio.create_task(follower.run())  # its first snapshot waits at the gate
         epoch = await leading(store)
         controller = Controller(store, ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch),
                                                           credentials=None, profile=default_profile()),
                                 follower=follower)
         term = asyncio.create_task(controller.run())
-        await asyncio.sleep(0.05)  # the term is waiting for the follower (not for a timer of this test)
-        assert controller.mirror is None
-        async with following(follower):
+        try:
+            await until(lambda: follower.awaited.is_set(), "the term asked for the follower")
+            store.gate.set()
             await until(lambda: controller.mirror is not None, "the term started")
-            assert store.snapshots == 1  # the follower's only
+            assert store.snapshots == 1  # the follower's only: the term read none of its own
             assert len(follower._feeds) == 1
-        term.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await term
+        finally:
+            for task in (term, reading):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     run(scenario)
 
 
