@@ -222,6 +222,7 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> list[Path]:
 
 async def serve(settings: Settings) -> None:
     gc_pauses.install()
+    gc_pauses.tune()
     try:
         store = await open_store(settings.etcd, prefix=settings.prefix)
     except (StoreError, ValueError) as err:
