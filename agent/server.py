@@ -124,6 +124,8 @@ PAGE_BYTES = 2 << 20
 # The longest status message sent, in bytes (percent-encoding may triple it on the wire; 8 KiB is the
 # default limit for all trailers together).
 MAX_STATUS_MESSAGE = 1024
+# The most items one CreateContainers call takes (the scheduler sends a host's launches of one pass).
+MAX_CREATE_BATCH = 256
 
 
 def status_for(err: errors.ShoalError) -> grpc.StatusCode:
@@ -155,15 +157,22 @@ def status_message(text: str, *, limit: int = MAX_STATUS_MESSAGE) -> str:
     return raw[:limit].decode(errors="ignore") + f"… (message cut from {len(raw)} bytes)"
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException) -> None:
+def failure_status(err: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """The status a call failing with ``err`` answers: code, message and trailing metadata."""
     if isinstance(err, OSError):
         # An OSError no layer below wrapped: a full disk is still RESOURCE_EXHAUSTED.
         err = durable.os_error(err, op="serve the request at", path=getattr(err, "filename", None) or "?")
     if isinstance(err, errors.ShoalError):
-        context.set_trailing_metadata(error_metadata(err))
-        await context.abort(status_for(err), status_message(str(err)))
+        return status_for(err), status_message(str(err)), error_metadata(err)
     log.exception("internal error", exc_info=err)
-    await context.abort(grpc.StatusCode.INTERNAL, status_message(f"internal error: {err}"))
+    return grpc.StatusCode.INTERNAL, status_message(f"internal error: {err}"), ()
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException) -> None:
+    code, message, metadata = failure_status(err)
+    if metadata:
+        context.set_trailing_metadata(metadata)
+    await context.abort(code, message)
 
 
 def unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -455,6 +464,28 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     @unary
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
+        return await self._create(request)
+
+    @unary
+    async def CreateContainers(self, request: pb.CreateContainersRequest, context: Any
+                               ) -> pb.CreateContainersResponse:
+        if len(request.containers) > MAX_CREATE_BATCH:
+            raise errors.InvalidArgument(f"CreateContainers takes at most {MAX_CREATE_BATCH} containers "
+                                         f"per call, not {len(request.containers)}")
+        results = await asyncio.gather(*(self._create_result(item) for item in request.containers))
+        return pb.CreateContainersResponse(results=results)
+
+    async def _create_result(self, request: pb.CreateContainerRequest) -> pb.CreateResult:
+        """One item of a batch: its container, or the status its own CreateContainer would have failed
+        with (a bug in one item fails that item, not the batch)."""
+        try:
+            return pb.CreateResult(container=await self._create(request))
+        except Exception as err:  # reported per item, as a unary call would report it
+            code, message, metadata = failure_status(err)
+            error = pb.CallError(code=code.name, message=message, metadata=dict(metadata))
+            return pb.CreateResult(error=error)
+
+    async def _create(self, request: pb.CreateContainerRequest) -> pb.Container:
         fence = fence_from_pb(request.fence)
         if request.start:
             return self._pb(await self._create_and_start(request, fence))

@@ -271,6 +271,52 @@ class CreateContainerRequest(_pl.Message):
         ) -> None: ...
 
 
+class CreateContainersRequest(_pl.Message):
+    containers: list[CreateContainerRequest]
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            containers: Iterable[CreateContainerRequest] | None = None,
+        ) -> None: ...
+
+
+class CreateContainersResponse(_pl.Message):
+    results: list[CreateResult]
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            results: Iterable[CreateResult] | None = None,
+        ) -> None: ...
+
+
+class CreateResult(_pl.Message):
+    container: Container
+    error: CallError
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            container: Container | None = None,
+            error: CallError | None = None,
+        ) -> None: ...
+
+
+class CallError(_pl.Message):
+    code: str
+    message: str
+    metadata: dict[str, str]
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            code: str | None = None,
+            message: str | None = None,
+            metadata: Mapping[str, str] | None = None,
+        ) -> None: ...
+
+
 class StartContainerRequest(_pl.Message):
     id: str
     fence: Fence
@@ -1056,6 +1102,21 @@ _pl.define(CreateContainerRequest, 'shoal.agent.v1.CreateContainerRequest', (
     _pl.Field(5, 'start', _pl.BOOL),
     _pl.Field(6, 'fence', _pl.MESSAGE, message=Fence),
 ))
+_pl.define(CreateContainersRequest, 'shoal.agent.v1.CreateContainersRequest', (
+    _pl.Field(1, 'containers', _pl.MESSAGE, message=CreateContainerRequest, repeated=True),
+))
+_pl.define(CreateContainersResponse, 'shoal.agent.v1.CreateContainersResponse', (
+    _pl.Field(1, 'results', _pl.MESSAGE, message=CreateResult, repeated=True),
+))
+_pl.define(CreateResult, 'shoal.agent.v1.CreateResult', (
+    _pl.Field(1, 'container', _pl.MESSAGE, message=Container),
+    _pl.Field(2, 'error', _pl.MESSAGE, message=CallError),
+))
+_pl.define(CallError, 'shoal.agent.v1.CallError', (
+    _pl.Field(1, 'code', _pl.STRING),
+    _pl.Field(2, 'message', _pl.STRING),
+    _pl.Field(3, 'metadata', _pl.MESSAGE, map_key=_pl.STRING, map_value=_pl.STRING),
+))
 _pl.define(StartContainerRequest, 'shoal.agent.v1.StartContainerRequest', (
     _pl.Field(1, 'id', _pl.STRING),
     _pl.Field(2, 'fence', _pl.MESSAGE, message=Fence),
@@ -1342,6 +1403,7 @@ class ContainersStub:
     """Client of shoal.agent.v1.Containers over any protolite transport."""
 
     CreateContainer_method = _pl.Method('/shoal.agent.v1.Containers/CreateContainer', CreateContainerRequest, Container, client_streaming=False, server_streaming=False)
+    CreateContainers_method = _pl.Method('/shoal.agent.v1.Containers/CreateContainers', CreateContainersRequest, CreateContainersResponse, client_streaming=False, server_streaming=False)
     StartContainer_method = _pl.Method('/shoal.agent.v1.Containers/StartContainer', StartContainerRequest, Container, client_streaming=False, server_streaming=False)
     StopContainer_method = _pl.Method('/shoal.agent.v1.Containers/StopContainer', StopContainerRequest, Container, client_streaming=False, server_streaming=False)
     KillContainer_method = _pl.Method('/shoal.agent.v1.Containers/KillContainer', KillContainerRequest, Container, client_streaming=False, server_streaming=False)
@@ -1359,6 +1421,9 @@ class ContainersStub:
 
     def CreateContainer(self, request: CreateContainerRequest, /) -> Container:
         return self.transport.unary(self.CreateContainer_method, request)
+
+    def CreateContainers(self, request: CreateContainersRequest, /) -> CreateContainersResponse:
+        return self.transport.unary(self.CreateContainers_method, request)
 
     def StartContainer(self, request: StartContainerRequest, /) -> Container:
         return self.transport.unary(self.StartContainer_method, request)

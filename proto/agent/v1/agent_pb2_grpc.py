@@ -39,6 +39,11 @@ class ContainersStub:
                 request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainerRequest.SerializeToString,
                 response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.Container.FromString,
                 _registered_method=True)
+        self.CreateContainers = channel.unary_unary(
+                '/shoal.agent.v1.Containers/CreateContainers',
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainersRequest.SerializeToString,
+                response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainersResponse.FromString,
+                _registered_method=True)
         self.StartContainer = channel.unary_unary(
                 '/shoal.agent.v1.Containers/StartContainer',
                 request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.StartContainerRequest.SerializeToString,
@@ -101,6 +106,15 @@ class ContainersServicer:
 
     def CreateContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateContainers(self, request, context):
+        """Several creates in one round trip (the scheduler's launches on one host in one pass). Each item is
+        carried out as its own CreateContainer would be, all at once, and has its own outcome; the call
+        itself fails only as a whole (not authorized, more than 256 items, the agent unreachable).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -192,6 +206,11 @@ def add_ContainersServicer_to_server(servicer, server):
                     request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainerRequest.FromString,
                     response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.Container.SerializeToString,
             ),
+            'CreateContainers': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateContainers,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainersRequest.FromString,
+                    response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainersResponse.SerializeToString,
+            ),
             'StartContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.StartContainer,
                     request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.StartContainerRequest.FromString,
@@ -275,6 +294,33 @@ class Containers:
             '/shoal.agent.v1.Containers/CreateContainer',
             proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainerRequest.SerializeToString,
             proto_dot_agent_dot_v1_dot_agent__pb2.Container.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateContainers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.agent.v1.Containers/CreateContainers',
+            proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainersRequest.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.CreateContainersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,11 @@ class ContainersStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ContainersAsyncStub: ...
     CreateContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CreateContainerRequest, _agent_pb2.Container]
+    CreateContainers: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CreateContainersRequest, _agent_pb2.CreateContainersResponse]
+    """Several creates in one round trip (the scheduler's launches on one host in one pass). Each item is
+    carried out as its own CreateContainer would be, all at once, and has its own outcome; the call
+    itself fails only as a whole (not authorized, more than 256 items, the agent unreachable).
+    """
     StartContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.StartContainerRequest, _agent_pb2.Container]
     StopContainer: _grpc.UnaryUnaryMultiCallable[_agent_pb2.StopContainerRequest, _agent_pb2.Container]
     """SIGTERM (or the image's StopSignal), then SIGKILL after timeout_seconds."""
@@ -89,6 +94,11 @@ class ContainersStub:
 class ContainersAsyncStub(ContainersStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.CreateContainerRequest, _agent_pb2.Container]  # type: ignore[assignment]
+    CreateContainers: _aio.UnaryUnaryMultiCallable[_agent_pb2.CreateContainersRequest, _agent_pb2.CreateContainersResponse]  # type: ignore[assignment]
+    """Several creates in one round trip (the scheduler's launches on one host in one pass). Each item is
+    carried out as its own CreateContainer would be, all at once, and has its own outcome; the call
+    itself fails only as a whole (not authorized, more than 256 items, the agent unreachable).
+    """
     StartContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.StartContainerRequest, _agent_pb2.Container]  # type: ignore[assignment]
     StopContainer: _aio.UnaryUnaryMultiCallable[_agent_pb2.StopContainerRequest, _agent_pb2.Container]  # type: ignore[assignment]
     """SIGTERM (or the image's StopSignal), then SIGKILL after timeout_seconds."""
@@ -124,6 +134,17 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.CreateContainerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.Container, _abc.Awaitable[_agent_pb2.Container]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateContainers(
+        self,
+        request: _agent_pb2.CreateContainersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.CreateContainersResponse, _abc.Awaitable[_agent_pb2.CreateContainersResponse]]:
+        """Several creates in one round trip (the scheduler's launches on one host in one pass). Each item is
+        carried out as its own CreateContainer would be, all at once, and has its own outcome; the call
+        itself fails only as a whole (not authorized, more than 256 items, the agent unreachable).
+        """
 
     @_abc_1.abstractmethod
     def StartContainer(

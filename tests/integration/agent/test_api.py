@@ -141,6 +141,39 @@ def test_fencing_refuses_a_deposed_leaders_late_calls(stub: pb_grpc.ContainersSt
     stub.RemoveContainer(pb.RemoveContainerRequest(id="fenced", fence=new))
 
 
+def test_create_containers_answers_each_item_as_its_own_create_would(stub: pb_grpc.ContainersStub) -> None:
+    # An owner of its own: fences are per owner, and the agent is shared with the other tests.
+    fence, stale = pb.Fence(owner="batch-test", epoch=2), pb.Fence(owner="batch-test", epoch=1)
+    items = [
+        pb.CreateContainerRequest(id="batch-a", name="batch-a", spec=_spec("sleep", "300", app="b"),
+                                  start=True, fence=fence),
+        pb.CreateContainerRequest(id="../etc", spec=_spec("true"), start=True, fence=fence),
+        pb.CreateContainerRequest(id="batch-b", spec=_spec("sleep", "300", app="b"), start=True, fence=fence),
+        pb.CreateContainerRequest(id="batch-c", spec=_spec("/no/such/command"), start=True, fence=fence),
+        pb.CreateContainerRequest(id="batch-d", spec=_spec("true"), start=True, fence=stale),
+    ]
+    results = stub.CreateContainers(pb.CreateContainersRequest(containers=items)).results
+    assert [r.HasField("container") for r in results] == [True, False, True, False, False]
+    assert [r.container.id for r in results if r.HasField("container")] == ["batch-a", "batch-b"]
+    assert all(r.container.state == pb.CONTAINER_STATE_RUNNING for r in results if r.HasField("container"))
+    invalid, failed_start, late = results[1].error, results[3].error, results[4].error
+    assert (invalid.code, invalid.metadata["shoal-error"]) == ("INVALID_ARGUMENT", "InvalidArgument")
+    # As CreateContainer(start=true): the start failure is the error, and the container stays, exited.
+    assert failed_start.code == "FAILED_PRECONDITION"
+    assert failed_start.metadata["shoal-launch-kind"] == "not-found"
+    assert stub.GetContainer(pb.ContainerRef(id="batch-c")).state == pb.CONTAINER_STATE_EXITED
+    assert (late.code, late.metadata["shoal-error"]) == ("FAILED_PRECONDITION", "StaleEpoch")
+    assert _code(lambda: stub.GetContainer(pb.ContainerRef(id="batch-d"))) == grpc.StatusCode.NOT_FOUND
+    # Idempotent like CreateContainer: the same batch again creates nothing new.
+    again = stub.CreateContainers(pb.CreateContainersRequest(containers=[items[0], items[2]])).results
+    assert [r.container.created_at for r in again] == [results[0].container.created_at,
+                                                       results[2].container.created_at]
+    too_many = pb.CreateContainersRequest(containers=[items[0]] * 257)
+    assert _code(lambda: stub.CreateContainers(too_many)) == grpc.StatusCode.INVALID_ARGUMENT
+    for cid in ("batch-a", "batch-b", "batch-c"):
+        stub.RemoveContainer(pb.RemoveContainerRequest(id=cid, force=True, fence=fence))
+
+
 def test_list_then_watch_from_its_sequence_misses_nothing(stub: pb_grpc.ContainersStub) -> None:
     listing = stub.ListContainers(pb.ListContainersRequest(all=True))
     assert listing.event_epoch
