@@ -9,9 +9,14 @@ listing reflects, ``WatchEvents`` continues from exactly there, and each event r
 drops it). The view is *complete* once a listing arrived after the latest
 (re)connection; a lost stream, or a history the agent no longer has (``OUT_OF_RANGE``), means relisting.
 In parallel ``WatchUsage`` brings the host's capacity and conditions once a second — and is the
-heartbeat: a session is connected while both streams are, and a snapshot missing for
-``heartbeat_timeout`` seconds breaks the session as an error would (a network cut shows only silence) —
-seconds in which the leader's own loop was stalled do not count (``scheduler.loop_stalls``).
+heartbeat: a session is connected while both streams are, and no snapshot for ``heartbeat_timeout``
+seconds makes it *silent* — not connected, with the silence as its error, as a network cut shows only
+silence — until the next snapshot; seconds in which the leader's own loop was stalled do not count
+(``scheduler.loop_stalls``). Only a silence of ``BREAK_AFTER`` heartbeat timeouts breaks the streams and
+relists. A busy leader hears reports late — they wait behind its backlog, seconds longer than any stall
+its monitor sees (2 s more at 2,000 hosts) — and breaking every late session made each relist all over
+again: a storm in which all 2,000 sessions broke within seconds and the leader fell further behind
+(docs/scaling.md).
 
 Every change calls ``on_change(host)`` so the controller can reconcile — a usage snapshot only when it
 changes what a pass reads of the host (its room and conditions), not once a second per host. Sessions
@@ -32,6 +37,7 @@ import grpc
 
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from scheduler import session_breaks
 from scheduler.cancellation import raise_if_cancelling
 from scheduler.loop_stalls import LoopStalls
 from scheduler.model import (
@@ -56,6 +62,9 @@ RETRY_CAP = 0.5
 # The agent sends a usage snapshot every second: none for this long means the host is unreachable (a
 # cut network shows no error on an open stream; only silence).
 HEARTBEAT_TIMEOUT = 2.0
+# Silent this many heartbeat timeouts: the streams are given up and the host relisted (a host that is
+# gone for good is found by its connection's error or by this).
+BREAK_AFTER = 3
 
 _STATES = {
     pb.CONTAINER_STATE_CREATED: ContainerState.CREATED, pb.CONTAINER_STATE_RUNNING: ContainerState.RUNNING,
@@ -138,6 +147,7 @@ class AgentSession:
         self._heard = time.monotonic()  # the latest sign of life (a usage snapshot, or a new attempt)
         self._heard_stalled = self._stalls.stalled()  # the loop's stalled seconds at that moment
         self._excused = False           # the current silence was already excused once (counted)
+        self.silent = False             # no report for a heartbeat timeout: not connected, streams kept
         self.address = address
         self._credentials = credentials
         self._on_change = on_change
@@ -212,14 +222,19 @@ class AgentSession:
                 raise_if_cancelling()
                 self.error = f"{err.code().name}: {err.details()}"
                 self.agent_down = "connection refused" in (err.details() or "").lower()
+                kind = err.code().name
             except HeartbeatMissed as err:
                 self.error = str(err)
                 self.agent_down = False
+                kind = "heartbeat missed"
             except Exception as err:  # a bug must not end the session for good
                 raise_if_cancelling()
                 log.exception("agent session %s failed", self.host)
                 self.error = str(err)
+                kind = type(err).__name__
             connected_before = self.observation.complete
+            if connected_before:
+                session_breaks.breaks.add(kind)
             self._disconnected()
             if connected_before:
                 delay = RETRY_INITIAL
@@ -228,6 +243,7 @@ class AgentSession:
 
     def _disconnected(self) -> None:
         self._usage_ok = self._events_ok = False
+        self.silent = False
         if self.observation.connected or self.observation.complete:
             self.observation = replace(self.observation, connected=False, complete=False)
             self._on_change(self.host)
@@ -249,9 +265,10 @@ class AgentSession:
                     pb.ListContainersRequest(all=True, page_token=listing.next_page_token))
             self._events_ok = True
             self.agent_down = False
-            self.observation = HostObservation(host=self.host, connected=self._usage_ok, complete=True,
-                                               containers=seen)
-            self.error = ""
+            self.observation = HostObservation(host=self.host, connected=self._usage_ok and not self.silent,
+                                               complete=True, containers=seen)
+            if not self.silent:
+                self.error = ""
             self._on_change(self.host)
             request = pb.WatchEventsRequest(after_sequence=listing.event_sequence, epoch=listing.event_epoch,
                                             with_container=True)
@@ -288,19 +305,35 @@ class AgentSession:
         self._excused = False
 
     async def _watchdog(self) -> None:
-        """Breaks the session when the host has been silent for the heartbeat timeout — not counting the
-        time the leader's loop itself was stalled, when the host's reports waited unread in the socket
-        (a stall longer than the timeout made every session look silent at once)."""
+        """Makes the session silent when the host has sent nothing for the heartbeat timeout, and breaks
+        it after ``BREAK_AFTER`` of them — not counting the time the leader's loop itself was stalled,
+        when the host's reports waited unread in the socket (a stall longer than the timeout made every
+        session look silent at once)."""
+        timeout = self.heartbeat_timeout
         while True:
             silent = time.monotonic() - self._heard
             excused = self._stalls.stalled() - self._heard_stalled
-            if silent >= self.heartbeat_timeout:
-                if silent - excused >= self.heartbeat_timeout:
-                    raise HeartbeatMissed(f"no report from the agent for {silent:.1f} s (unreachable?)")
-                if not self._excused:  # counted once per silence
-                    self._excused = True
-                    self.stalls_excused += 1
-            await asyncio.sleep(self.heartbeat_timeout - (silent - excused))
+            unexcused = silent - excused
+            if unexcused >= BREAK_AFTER * timeout:
+                raise HeartbeatMissed(f"no report from the agent for {silent:.1f} s (unreachable?)")
+            if unexcused >= timeout:
+                self._go_silent(f"no report from the agent for {silent:.1f} s (unreachable?)")
+                await asyncio.sleep(BREAK_AFTER * timeout - unexcused)
+                continue
+            if silent >= timeout and not self._excused:  # counted once per silence
+                self._excused = True
+                self.stalls_excused += 1
+            await asyncio.sleep(timeout - unexcused)
+
+    def _go_silent(self, why: str) -> None:
+        if self.silent:
+            return
+        self.silent = True
+        self.error = why
+        self.agent_down = False
+        if self.observation.connected:
+            self.observation = replace(self.observation, connected=False)
+            self._on_change(self.host)
 
     async def _follow_usage(self) -> None:
         async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
@@ -309,6 +342,12 @@ class AgentSession:
             self.last_seen = time.time()
             self._snapshot, self._usage = snapshot, None
             self._hear()
+            if self.silent:  # heard again on the same streams: nothing was missed, nothing to relist
+                self.silent = False
+                self.error = ""
+                changed = True
+                if self._events_ok:
+                    self.observation = replace(self.observation, connected=True)
             if not self._usage_ok:
                 self._usage_ok = True
                 changed = True

@@ -83,8 +83,11 @@ class Fleet:
                 for method, n in host.calls.items():
                     calls[method] = calls.get(method, 0) + n
             usage = resource.getrusage(resource.RUSAGE_SELF)
+            hosts = self.hosts.values()
             return {"ok": True, "hosts": len(self.hosts), "rss_bytes": rss_bytes(),
                     "cpu_seconds": usage.ru_utime + usage.ru_stime, "calls": calls,
+                    "usage_late_max_s": round(max((h.usage_late_max for h in hosts), default=0.0), 3),
+                    "usage_late_over_1s": sum(h.usage_late_over_1s for h in self.hosts.values()),
                     "containers": sum(len(h.containers) for h in self.hosts.values()),
                     "running": sum(1 for h in self.hosts.values() for c in h.containers.values()
                                    if c.state == 2)}

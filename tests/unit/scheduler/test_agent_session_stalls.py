@@ -2,8 +2,10 @@
 (``time.sleep``, as a long reconcile pass blocks it) for three heartbeat timeouts while the host kept
 sending does not break the session — and does when the stall is not excused (the same block with a
 threshold longer than it), which is what the watchdog did before; a host that really went silent is still
-found across such a stall. Followed over real gRPC: a simulated host (bench/sim) served from a thread and
-event loop of its own, so that it keeps sending while the session's loop is blocked."""
+found across such a stall. A silence shorter than ``BREAK_AFTER`` timeouts makes the host not ready but
+keeps the streams (no relist when it ends); a longer one breaks them. Followed over real gRPC: a
+simulated host (bench/sim) served from a thread and event loop of its own, so that it keeps sending
+while the session's loop is blocked."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from bench.sim.host import HostSpec, SimHost
+from scheduler import session_breaks
 from scheduler.agents import AgentSession
 from scheduler.loop_stalls import LoopStalls
 from scheduler.model import HostId
@@ -185,3 +188,41 @@ def test_a_silent_host_is_still_found_across_a_stall() -> None:
 
     broke, error, stalls_seen = follow(spec, stalls, scenario)
     assert broke == 1 and "no report from the agent" in error and stalls_seen >= 1
+
+
+def test_a_short_silence_makes_the_host_not_ready_without_breaking_its_streams() -> None:
+    spec = HostSpec(name="quiet", port=free_port(), usage_interval=0.1)
+    stalls = LoopStalls()
+
+    async def scenario(watch: Watch, host: SimHost, sim: HostThread | None) -> tuple[int, int, int, str]:
+        assert sim is not None and watch.session is not None
+        breaks_before = session_breaks.breaks.total["heartbeat missed"]
+        sim.call(host.fail("silent"))  # reports stop, the streams stay open (a host too busy, a slow link)
+        await watch.until(lambda s: s.silent)
+        silent_error = watch.session.error
+        assert not watch.session.observation.connected
+        sim.call(host.recover())  # the same streams carry on
+        await watch.until(ready)
+        return (watch.broke, host.calls["ListContainers"],
+                session_breaks.breaks.total["heartbeat missed"] - breaks_before, silent_error)
+
+    broke, lists, breaks, error = follow(spec, stalls, scenario)
+    assert "no report from the agent" in error
+    assert (broke, lists, breaks) == (1, 1, 0)  # not ready once, never relisted
+
+
+def test_a_silence_of_break_after_timeouts_breaks_the_streams_and_relists() -> None:
+    spec = HostSpec(name="cut", port=free_port(), usage_interval=0.1)
+    stalls = LoopStalls()
+
+    async def scenario(watch: Watch, host: SimHost, sim: HostThread | None) -> tuple[int, int]:
+        assert sim is not None
+        breaks_before = session_breaks.breaks.total["heartbeat missed"]
+        sim.call(host.fail("silent"))
+        await watch.until(lambda s: session_breaks.breaks.total["heartbeat missed"] > breaks_before)
+        sim.call(host.recover())
+        await watch.until(ready)
+        return host.calls["ListContainers"], session_breaks.breaks.total["heartbeat missed"] - breaks_before
+
+    lists, breaks = follow(spec, stalls, scenario)
+    assert (lists, breaks) == (2, 1)
