@@ -80,6 +80,12 @@ FOLLOWER_READ_WAIT = 1.0  # for the follower to apply etcd's revision as the ter
 # Passes between full ones look only at what changed (``reconcile.Scope``); a full pass runs at least
 # this often anyway, as a safety net: anything a scope missed is decided within this many seconds.
 FULL_PASS_INTERVAL = 5.0
+LONG_PASS_S = 1.0  # a pass holding the loop this long is logged with where its time went
+# Pending replicas one pass hands to placement; the rest wait for the next pass, right after. A pass
+# placing 30,000 held the loop for 4.6 s at 2,000 hosts (every agent session unheard meanwhile), one of
+# 20,000 about 3 s. Smaller budgets kept the loop freer but placed 3-4 times slower: each placing pass
+# then waits behind the work the previous one's launches bring (docs/scaling.md).
+PLACE_BUDGET = 20_000
 
 
 def new_replica_id(service: ServiceName) -> ReplicaId:
@@ -142,6 +148,7 @@ class Controller:
         self._due: float | None = None                        # when a pass is due by the clock
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
+        self._place_from: ServiceName | None = None           # where the next pass resumes placing
 
     def poke(self, *_: object) -> None:
         self._wake.set()
@@ -330,7 +337,12 @@ class Controller:
         scope = self._scope(statuses, full=full)
         world = self._world(statuses, scope=scope, now=now)
         placer = ViewPlacer(lambda: self._view(world), self.settings.profile)
+        built = time.perf_counter()
         plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
+        decided = time.perf_counter()
+        self._place_from = plan.placed_through if plan.deferred else None
+        if plan.deferred:
+            self.poke()  # the rest of what is pending: the next pass, once the loop has had a turn
         self.last_placer = placer
         self.passes["full" if scope is None else "scoped"] += 1
         if scope is None:
@@ -347,6 +359,7 @@ class Controller:
                 ops.append(base.Delete(write.service))
         ops += [base.Put(status) for host, status in statuses.items()
                 if status is not self.mirror.statuses.get(host) and status != self.mirror.statuses.get(host)]
+        encoded = time.perf_counter()
         try:
             committed = await self.store.commit(ops, guard=self.settings.guard) if ops else None
         except Conflict as err:
@@ -357,6 +370,7 @@ class Controller:
             log.warning("cannot write to etcd (%s); trying again", err)
             self._full_due = True
             return time.time() + STORE_RETRY
+        landed = time.perf_counter()
         if committed is not None:
             for record in committed.written:
                 self.mirror.put(record)
@@ -372,6 +386,15 @@ class Controller:
             key = action.replica if isinstance(action, reconcile.Launch) else action.container
             self._acting[key] = action.host
         self.actuator.submit(plan.actions)
+        ended = time.perf_counter()
+        busy = ended - started - (landed - encoded)  # the loop's own time: the commit's wait excluded
+        if busy >= LONG_PASS_S:
+            log.info("a %s pass held the loop for %.2fs: %.2fs to build, %.2fs to decide (%d writes, %d "
+                     "actions, %s), %.2fs to write and hand over; %d services in scope",
+                     "full" if scope is None else "scoped", busy, built - started, decided - built,
+                     len(plan.writes), len(plan.actions), "placing" if placer.built else "no placing",
+                     (encoded - decided) + (ended - landed),
+                     len(world.services) if scope is None else len(scope.services))
         if self._on_pass is not None:
             self._on_pass(time.perf_counter() - started, plan, world)
         self._due = self._next_due(world)
@@ -499,7 +522,8 @@ class Controller:
             host_grace=self.settings.host_grace, agent_down_grace=self.settings.agent_down_grace,
             agent_down=frozenset(h for h, s in self.sessions.items() if s.agent_down),
             # The mirror's own index, not a copy: the step reads it before anything changes the mirror.
-            by_service=self.mirror.by_service, scope=scope)
+            by_service=self.mirror.by_service, scope=scope,
+            place_budget=PLACE_BUDGET, place_from=self._place_from)
 
     def _unreachable_since(self, statuses: dict[HostId, HostStatus]) -> dict[HostId, float]:
         """Since when each host this leader cannot follow has been so, later by as long as this leader's
@@ -621,5 +645,6 @@ class _Resync(Exception):
     """The mirror must be rebuilt from a new snapshot (the watch ended or its revision was compacted)."""
 
 
-__all__ = ["FULL_PASS_INTERVAL", "AutoscaleSettings", "Controller", "ControllerSettings", "Mirror",
+__all__ = ["FULL_PASS_INTERVAL", "PLACE_BUDGET", "AutoscaleSettings", "Controller", "ControllerSettings",
+           "Mirror",
            "new_replica_id"]

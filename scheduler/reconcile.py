@@ -25,7 +25,10 @@ The rules, per service:
 * **Retire condemned replicas** once it keeps availability: not-ready ones at once, ready ones while at
   least ``replicas - max_unavailable`` stay ready. New ones come up before old ones stop.
 * **Place** pending replicas in one batch per service (``Placer``); those that fit nowhere keep a reason
-  ("0/3 hosts: 2 insufficient memory, 1 cordoned").
+  ("0/3 hosts: 2 insufficient memory, 1 cordoned"). With ``World.place_budget`` a step hands at most
+  about that many replicas to the placer (a service begun is placed whole) and leaves the rest pending
+  for the next step, which starts after the last service placed (``Plan.placed_through``): a pass
+  placing 30,000 replicas held the leader's loop for 5 s, its agent sessions unheard meanwhile.
 * **Drive**: a starting replica with no container on its (connected, completely listed) host is launched;
   a failed one is relaunched after its backoff when its restart policy allows — on the same host, unless
   that host keeps failing to start containers (``HostStatus.start_failing``): then it goes back to
@@ -47,6 +50,7 @@ costs what its scope holds, not what the cluster holds.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
@@ -114,6 +118,10 @@ class World:
     # Must hold exactly the ids in ``replicas``; read only during the step.
     by_service: Mapping[ServiceName, Collection[ReplicaId]] | None = None
     scope: Scope | None = None  # None: every service and every host
+    # At most this many pending replicas are handed to the placer in one step (None: all), the services
+    # taken in name order from the one after ``place_from``; a service is placed whole once begun.
+    place_budget: int | None = None
+    place_from: ServiceName | None = None
 
     def grace(self, host: HostId) -> float:
         return self.agent_down_grace if host in self.agent_down else self.host_grace
@@ -186,6 +194,10 @@ AgentAction = Launch | Retire
 class Plan:
     writes: tuple[RecordWrite, ...] = ()
     actions: tuple[AgentAction, ...] = ()
+    # The budget ran out with replicas still pending: the next step should follow at once, placing from
+    # the service after ``placed_through``.
+    deferred: bool = False
+    placed_through: ServiceName | None = None
 
     @property
     def empty(self) -> bool:
@@ -216,6 +228,13 @@ class _Plan:
         # Asked of nearly every replica: answered once per step.
         self.lost = frozenset(h for h in world.unreachable_since if world.lost(h))
         self.draining = frozenset(h for h, r in world.hosts.items() if r.admin is HostAdmin.DRAINING)
+        self.attempted = 0                               # pending replicas handed to the placer
+        self.deferred = False
+        self.placed_through: ServiceName | None = None
+
+    def may_place(self) -> bool:
+        budget = self.world.place_budget
+        return budget is None or self.attempted < budget
 
     def update(self, replica: Replica) -> Replica:
         self.replicas[replica.id] = replica
@@ -241,7 +260,8 @@ class _Plan:
             original = self.world.replicas.get(rid)
             if original is None or _changed(original, replica):
                 self.writes.append(WriteReplica(replace(replica, updated_at=self.world.now)))
-        return Plan(writes=tuple(self.writes), actions=tuple(self.actions))
+        return Plan(writes=tuple(self.writes), actions=tuple(self.actions), deferred=self.deferred,
+                    placed_through=self.placed_through)
 
 
 # What makes a replica worth writing: every field but the time of its last write. Compared field by
@@ -261,7 +281,11 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
     scope = world.scope
     names = world.services.keys() if scope is None else scope.services & world.services.keys()
     observed, busy, replicas = world.observed, world.busy, plan.replicas
-    for name in sorted(names):
+    ordered = sorted(names)
+    if world.place_from is not None:  # placing resumes where the budget ran out last time
+        cut = bisect.bisect_right(ordered, world.place_from)
+        ordered = ordered[cut:] + ordered[:cut]
+    for name in ordered:
         service = world.services[name]
         ids = sorted(by_service.get(name, ()))
         for rid in ids:
@@ -280,7 +304,10 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
         else:
             _abandon_lost(plan, ids)
             ids += _count(plan, service, ids, new_id=new_id, placer=placer)
-            _place(plan, service, ids, placer)
+            if plan.may_place():
+                _place(plan, service, ids, placer)
+            elif _pending(plan, ids):
+                plan.deferred = True
         _drive(plan, service, ids)
     for name in sorted(by_service):
         if name not in world.services and (scope is None or name in scope.services):
@@ -418,11 +445,17 @@ def _stop(plan: _Plan, r: Replica, *, why: str) -> None:
     plan.update(with_decision(updated, now=plan.world.now, action="stopping", reason=why))
 
 
+def _pending(plan: _Plan, ids: Sequence[ReplicaId]) -> list[Replica]:
+    return [plan.replicas[rid] for rid in ids
+            if rid not in plan.dropped and plan.replicas[rid].phase is ReplicaPhase.PENDING]
+
+
 def _place(plan: _Plan, service: Service, ids: Sequence[ReplicaId], placer: Placer) -> None:
-    pending = [plan.replicas[rid] for rid in ids
-               if rid not in plan.dropped and plan.replicas[rid].phase is ReplicaPhase.PENDING]
+    pending = _pending(plan, ids)
     if not pending:
         return
+    plan.attempted += len(pending)
+    plan.placed_through = service.name
     now = plan.world.now
     for rid, (host, summary) in placer.place(service, pending).items():
         r = plan.replicas[rid]

@@ -221,3 +221,31 @@ def test_the_loop_runs_full_passes_on_its_period_with_nothing_changing(
         return sum(s is None for s in scopes)
 
     assert asyncio.run(go()) >= 4
+
+
+def test_a_pass_places_up_to_its_budget_and_the_next_places_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller_module, "PLACE_BUDGET", 2)
+
+    async def go() -> list[dict[str, int]]:
+        scopes: list[reconcile.Scope | None] = []
+        ctl, _ = await settled_controller(scopes)
+        await ctl.step()
+        assert ctl.mirror is not None
+        committed = await ctl.store.commit([base.Put(dataclasses.replace(service(2, name=n), revision=0))
+                                            for n in ("new-a", "new-b", "new-c")])
+        for record in committed.written:  # as the watch would bring them
+            ctl.mirror.put(record)
+        placed: list[dict[str, int]] = []
+        for _ in range(3):
+            ctl._wake.clear()
+            await ctl.step()
+            counts: dict[str, int] = {}
+            for r in ctl.mirror.replicas.values():
+                if r.service.startswith("new-") and r.host is not None:
+                    counts[r.service] = counts.get(r.service, 0) + 1
+            placed.append(counts)
+        return placed
+
+    assert asyncio.run(go()) == [{"new-a": 2}, {"new-a": 2, "new-b": 2},
+                                 {"new-a": 2, "new-b": 2, "new-c": 2}]

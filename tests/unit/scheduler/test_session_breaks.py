@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -25,3 +26,22 @@ def test_breaks_are_logged_at_most_once_per_window_with_their_kinds(caplog: pyte
     assert caplog.records[-1].getMessage() == \
         "5 agent sessions broke and will relist (heartbeat missed x3, UNAVAILABLE x2)"
     assert breaks.total == {"heartbeat missed": 4, "UNAVAILABLE": 2}
+
+
+def test_the_windows_breaks_are_logged_when_it_closes_with_no_break_after(
+        caplog: pytest.LogCaptureFixture) -> None:
+    breaks = SessionBreaks(every=0.05)
+
+    async def scenario() -> None:
+        breaks.add("heartbeat missed")
+        breaks.add("UNAVAILABLE")
+        for _ in range(200):  # bounded: 10 s
+            if len(caplog.records) == 2:
+                return
+            await asyncio.sleep(0.05)
+
+    with caplog.at_level(logging.INFO, logger="scheduler.session_breaks"):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 agent session broke and will relist (heartbeat missed x1)",
+        "1 agent session broke and will relist (UNAVAILABLE x1)"]
