@@ -246,38 +246,27 @@ class Actuator:
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # an older agent: one call per launch from now on
                 self._unbatched.add(session.host)
-                await asyncio.gather(*(self._launch_guarded(session, action) for action, _ in sent))
+                # Batched launches never replace a container, so a single launch raises nothing.
+                await asyncio.gather(*(self._launch(session, action) for action, _ in sent))
                 return
             failure = CallFailure.of(err)
-            self._count_health(session.host, failure)  # one call failed: counted once, not per launch
-            for action, _ in sent:
-                await self._launch_failed(session, action, failure)
-            return
-        if len(response.results) != len(sent):
+        else:
+            if len(response.results) == len(sent):
+                for (action, _), result in zip(sent, response.results, strict=True):
+                    if result.HasField("error"):
+                        error = result.error
+                        failure = CallFailure(error.code, error.message or error.code, dict(error.metadata))
+                        self._count_health(action.host, failure)
+                        await self._launch_failed(session, action, failure)
+                    else:
+                        self.start_health.succeeded(action.host)
+                        session.apply(result.container)
+                return
             failure = CallFailure("INTERNAL", f"the agent answered {len(response.results)} results for "
                                               f"{len(sent)} containers", {})
-            for action, _ in sent:
-                await self._launch_failed(session, action, failure)
-            return
-        for (action, _), result in zip(sent, response.results, strict=True):
-            if result.HasField("error"):
-                error = result.error
-                failure = CallFailure(error.code, error.message or error.code, dict(error.metadata))
-                self._count_health(action.host, failure)
-                await self._launch_failed(session, action, failure)
-            else:
-                self.start_health.succeeded(action.host)
-                session.apply(result.container)
-
-    async def _launch_guarded(self, session: AgentSession, action: Launch) -> None:
-        """One launch of a batch sent singly; an error ends only this launch (as ``_run`` handles it)."""
-        try:
-            await self._launch(session, action)
-        except grpc.aio.AioRpcError as err:
-            if CallFailure.of(err).stale:
-                self._on_deposed(err.details() or "stale epoch")
-            else:
-                log.info("launch of %s on %s failed: %s", action.replica, action.host, err.details())
+        self._count_health(session.host, failure)  # the call failed as a whole: counted once, not per launch
+        for action, _ in sent:
+            await self._launch_failed(session, action, failure)
 
     def _count_health(self, host: HostId, failure: CallFailure) -> None:
         if host_fault(failure.code, failure.metadata):

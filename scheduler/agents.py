@@ -342,13 +342,10 @@ class AgentSession:
             self.last_seen = time.time()
             self._snapshot, self._usage = snapshot, None
             self._hear()
-            if self.silent:  # heard again on the same streams: nothing was missed, nothing to relist
-                self.silent = False
-                self.error = ""
-                changed = True
-                if self._events_ok:
-                    self.observation = replace(self.observation, connected=True)
-            if not self._usage_ok:
+            if self.silent or not self._usage_ok:
+                if self.silent:  # heard again on the same streams: nothing was missed, nothing to relist
+                    self.silent = False
+                    self.error = ""
                 self._usage_ok = True
                 changed = True
                 if self._events_ok:

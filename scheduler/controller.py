@@ -646,5 +646,4 @@ class _Resync(Exception):
 
 
 __all__ = ["FULL_PASS_INTERVAL", "PLACE_BUDGET", "AutoscaleSettings", "Controller", "ControllerSettings",
-           "Mirror",
-           "new_replica_id"]
+           "Mirror", "new_replica_id"]

@@ -187,10 +187,11 @@ class SimHost:
         if self.server is None:
             await self.start()
 
-    async def answering(self, method: str) -> None:
-        """Wait while the host is silent (a call to a dead machine hangs until its deadline)."""
+    async def answering(self, method: str, count: int = 1) -> None:
+        """Wait while the host is silent (a call to a dead machine hangs until its deadline); then count
+        ``count`` calls of ``method``."""
         await self._answering.wait()
-        self.calls[method] = self.calls.get(method, 0) + 1
+        self.calls[method] = self.calls.get(method, 0) + count
 
     # -- what the agent reports -----------------------------------------------------------------
 
@@ -405,8 +406,7 @@ class _Containers(pb_grpc.ContainersServicer):
         """Each item as CreateContainer would answer it; each counts as one CreateContainer call too (what
         the benchmark counts as a launch), the batch once as CreateContainers."""
         await self.host.answering("CreateContainers")
-        for _ in request.containers:
-            await self.host.answering("CreateContainer")
+        await self.host.answering("CreateContainer", len(request.containers))
         results = await asyncio.gather(*(self._create_result(item) for item in request.containers))
         return pb.CreateContainersResponse(results=results)
 
