@@ -42,12 +42,17 @@ async def leading(store: MemoryStore) -> int:
     return (await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)).epoch
 
 
+async def leader(store: MemoryStore, follower: Follower) -> Controller:
+    """A controller for a new term of this instance, starting from ``follower``."""
+    epoch = await leading(store)
+    return Controller(store, ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch),
+                                                credentials=None, profile=default_profile()),
+                      follower=follower)
+
+
 @contextlib.asynccontextmanager
 async def controlling(store: MemoryStore, follower: Follower) -> AsyncIterator[Controller]:
-    epoch = await leading(store)
-    controller = Controller(store, ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch),
-                                                      credentials=None, profile=default_profile()),
-                            follower=follower)
+    controller = await leader(store, follower)
     task = asyncio.create_task(controller.run())
     try:
         await until(lambda: controller.mirror is not None, "the term started")
@@ -123,10 +128,7 @@ def test_a_term_begun_before_the_follower_synced_waits_for_it() -> None:
         await store.commit([Put(build.service("web", replicas=0))])
         follower = WatchedFollower(store)
         reading = asyncio.create_task(follower.run())  # its first snapshot waits at the gate
-        epoch = await leading(store)
-        controller = Controller(store, ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch),
-                                                          credentials=None, profile=default_profile()),
-                                follower=follower)
+        controller = await leader(store, follower)
         term = asyncio.create_task(controller.run())
         try:
             await until(lambda: follower.awaited.is_set(), "the term asked for the follower")
