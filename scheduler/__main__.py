@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -37,6 +37,7 @@ from scheduler.election import Election, ElectionSettings, Term
 from scheduler.keepalive import InLoopKeepalive, KeepaliveRunner, ThreadedKeepalive
 from scheduler.keeper import ProcessKeepalive
 from scheduler.placement import registry
+from scheduler.placement.sampling import Sampling
 from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE
 from scheduler.server import REGISTRATION_REFRESH, add_services
 from scheduler.start_health import START_FAILURE_COOLDOWN, START_FAILURE_THRESHOLD, StartHealthSettings
@@ -72,6 +73,7 @@ class Settings:
     cpu_initialization_period: float = CPU_INITIALIZATION_PERIOD
     elastic_interval: float = ELASTIC_INTERVAL
     lease_keeper: str = "process"
+    percentage_of_hosts_to_score: int = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--elastic-interval", type=float, default=ELASTIC_INTERVAL, metavar="SECONDS",
                        help="how often the leader decides each host group's hosts and retries undelivered "
                             "provider requests (default %(default)s; docs/elastic-hosts.md)")
+    serve.add_argument("--percentage-of-hosts-to-score", type=int, default=0, metavar="PERCENT",
+                       help="in clusters of more than 100 hosts, how many hosts a service's placement "
+                            "filters and scores, as kube-scheduler's percentageOfNodesToScore: 0 (default) "
+                            "adaptive, 50%% less 1%% per 125 hosts and at least 5%%; 100 every host")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
@@ -171,6 +177,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                          "--autoscale-cpu-initialization-period cannot be negative")
     if args.elastic_interval < 0.1:
         raise SystemExit("shoal-scheduler: --elastic-interval must be at least 0.1 s")
+    if not 0 <= args.percentage_of_hosts_to_score <= 100:
+        raise SystemExit("shoal-scheduler: --percentage-of-hosts-to-score must be 0 (adaptive) to 100")
     if args.prometheus and not args.prometheus.startswith(("http://", "https://")):
         raise SystemExit(f"shoal-scheduler: --prometheus {args.prometheus!r}: expected http://HOST:PORT")
     instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
@@ -184,7 +192,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                                                      cooldown=args.start_failure_cooldown),
                     prometheus=args.prometheus, autoscale_interval=args.autoscale_interval,
                     cpu_initialization_period=args.autoscale_cpu_initialization_period,
-                    elastic_interval=args.elastic_interval)
+                    elastic_interval=args.elastic_interval,
+                    percentage_of_hosts_to_score=args.percentage_of_hosts_to_score)
 
 
 def _credentials(settings: Settings) -> Credentials | None:
@@ -227,7 +236,8 @@ async def serve(settings: Settings) -> None:
         store = await open_store(settings.etcd, prefix=settings.prefix)
     except (StoreError, ValueError) as err:
         raise SystemExit(f"shoal-scheduler: {err}") from None
-    profile = registry.default_profile()
+    profile = replace(registry.default_profile(),
+                      sampling=Sampling(percentage=settings.percentage_of_hosts_to_score))
     observer = metrics.SchedulerMetrics()
     server = grpc.aio.server(interceptors=[observer.interceptor()])
     add_services(server, store=store, profile=profile, refresh_seconds=settings.registration_refresh,

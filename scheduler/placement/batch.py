@@ -20,7 +20,10 @@ same service, template and placement rules form a *run*. For a run:
   is judged again — every domain only when the global minimum of topology spread moves, which happens
   once per "round" over the domains.
 
-Scaling 0 → N on H hosts therefore costs H + N evaluations and O(N log H) heap work, not N * H.
+Scaling 0 → N on H hosts therefore costs H + N evaluations and O(N log H) heap work, not N * H. In a large
+cluster a run looks at a sample instead of all H (``scheduler.placement.sampling``): the hosts it takes are
+filtered until enough fit, from what the view already keeps where it can, and the rest of the run costs
+the sample's size; when the sample runs out of room, the run goes on over every host.
 
 Ties. Hosts with equal scores are ordered by a stable hash of the host id mixed with the run's first
 replica id, then by host id: deterministic for the same inputs, but a different order per batch, so equal
@@ -42,10 +45,12 @@ import itertools
 import operator
 import zlib
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from scheduler.model import HostId, ReplicaId
+from scheduler.placement import sampling
 from scheduler.placement.framework import (
     MAX_SCORE,
     DomainFilterPlugin,
@@ -58,6 +63,8 @@ from scheduler.placement.framework import (
     Reasons,
 )
 from scheduler.placement.view import ClusterView, DomainCounts, HostView
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class Outcome:
     hosts: int = 0                 # hosts considered
     reasons: tuple[tuple[str, int], ...] = ()  # why the others did not fit: (reason, hosts), most first
     score: float = 0.0             # the chosen host's score
+    sampled_from: int = 0          # the cluster's hosts, when only a sample of them was considered
 
     @property
     def summary(self) -> str:
@@ -98,7 +106,8 @@ class Outcome:
         when pending), for callers that name the host themselves."""
         if self.host is None:
             return pending_summary(self.hosts, self.reasons)
-        return placed_reason(score=self.score, feasible=self.feasible, hosts=self.hosts, reasons=self.reasons)
+        return placed_reason(score=self.score, feasible=self.feasible, hosts=self.hosts, reasons=self.reasons,
+                             sampled_from=self.sampled_from)
 
 
 @dataclass(frozen=True)
@@ -114,9 +123,14 @@ def pending_summary(hosts: int, reasons: Sequence[tuple[str, int]]) -> str:
     return f"0/{hosts} hosts: " + ", ".join(f"{n} {reason}" for reason, n in reasons)
 
 
-def placed_reason(*, score: float, feasible: int, hosts: int, reasons: Sequence[tuple[str, int]]) -> str:
-    """ "3/5 hosts fit, score 187.5; 1 cordoned, 1 insufficient memory" """
-    text = f"{feasible}/{hosts} hosts fit, score {score:.1f}"
+def placed_reason(*, score: float, feasible: int, hosts: int, reasons: Sequence[tuple[str, int]],
+                  sampled_from: int = 0) -> str:
+    """ "3/5 hosts fit, score 187.5; 1 cordoned, 1 insufficient memory"; when a sample was considered,
+    "480/500 hosts fit (sampled from 5000), score 187.5" """
+    text = f"{feasible}/{hosts} hosts fit"
+    if sampled_from:
+        text += f" (sampled from {sampled_from})"
+    text += f", score {score:.1f}"
     if reasons:
         text += "; " + ", ".join(f"{n} {reason}" for reason, n in reasons)
     return text
@@ -175,6 +189,83 @@ def _first_refusals(filters: Sequence[FilterPlugin], request: PlacementRequest, 
     return reasons
 
 
+def _pick(values: Sequence[_T], indices: Sequence[int]) -> list[_T]:
+    return list(map(values.__getitem__, indices))
+
+
+class _Looks:
+    """How a run gets its hosts' filter answers and per-host values: for every host (computed once per
+    view and kept current: ``ClusterView.memo``, ``ClusterView.tracked``), or for a sample of hosts
+    (picked from what the view already keeps, else computed for the sample alone: a sampled run must
+    not cost what a run over every host costs)."""
+
+    def __init__(self, view: ClusterView, request: PlacementRequest, active: Sequence[FilterPlugin]) -> None:
+        self.view = view
+        self.request = request
+        self.static = [f for f in active if f.reads is Reads.STATIC]
+        self.static_key = ("placement.static_filters", tuple((f, f.key(request)) for f in self.static))
+        self.dynamic = [f for f in active if f.reads is not Reads.STATIC]
+
+    def host_values(self, key: Hashable, sample: Sequence[int] | None, hosts: Sequence[HostView],
+                    every: Callable[[Sequence[HostView]], list[_T]],
+                    one: Callable[[HostView], _T]) -> list[_T]:
+        """A tracked value for each of the run's ``hosts`` (the sample's hosts when ``sample``). A sampled
+        run computes a value nobody asked for only for its sample; the second run to ask (the value is
+        shared, as resources fit is by every service with the same requests) has it kept for every host."""
+        view = self.view
+        if sample is None:
+            return view.tracked(key, functools.partial(every, hosts), one)
+        known = view.known(key, one)
+        if known is None and view.asked(key):
+            known = view.tracked(key, functools.partial(every, view.hosts), one)
+        return _pick(known, sample) if known is not None else every(hosts)
+
+    def refusals(self, sample: Sequence[int] | None, hosts: Sequence[HostView]) -> list[Reasons]:
+        """For each of the run's ``hosts``, the reasons of the first filter that refuses it. Static answers
+        are computed once per view for every host, sampled or not: most are shared by every run."""
+        request, view = self.request, self.view
+        reasons: list[Reasons]
+        if not self.static:
+            reasons = [()] * len(hosts)
+        else:
+            every = view.memo(self.static_key, lambda: _first_refusals(self.static, request, view.hosts))
+            reasons = every if sample is None else _pick(every, sample)
+        for f in self.dynamic:
+            found = self.host_values(("placement.filter", f, f.key(request)), sample, hosts,
+                                     functools.partial(f.filter_all, request),
+                                     functools.partial(f.filter, request))
+            reasons = [earlier or refusal for earlier, refusal in zip(reasons, found, strict=True)]
+        return reasons
+
+    def every_host(self) -> list[Reasons]:
+        return self.refusals(None, self.view.hosts)
+
+    def sample(self, key_hashes: Sequence[int], salt: int,
+               wanted: int) -> tuple[list[int] | None, list[Reasons]]:
+        """Hosts holding ``wanted`` that fit (or every host), taken in the order of their ids' hashes from
+        a point ``salt`` picks, and their refusals, both in view order; None when that is every host."""
+        hosts = self.view.hosts
+        n = len(hosts)
+        order = self.view.memo("placement.sample_order",
+                               lambda: sorted(range(n), key=lambda i: (key_hashes[i], i)))
+        start = salt % n
+        taken: list[int] = []
+        reasons: list[Reasons] = []
+        fitting, size = 0, wanted
+        while fitting < wanted and len(taken) < n:
+            chunk = sampling.window(order, (start + len(taken)) % n, min(size, n - len(taken)))
+            found = self.refusals(chunk, [hosts[i] for i in chunk])
+            taken += chunk
+            reasons += found
+            fitting += found.count(())
+            size = max(wanted - fitting, len(taken))  # at least doubling when filters refuse many
+        in_view_order = sorted(range(len(taken)), key=taken.__getitem__)
+        reasons = _pick(reasons, in_view_order)
+        if len(taken) == n:
+            return None, reasons
+        return _pick(taken, in_view_order), reasons
+
+
 _FEW_DOMAINS = 16  # up to this many domains, hosts are sorted into them by one mask each
 
 _Domain = tuple[str | None, ...]  # a host's values of the domain labels (None: it lacks that label)
@@ -203,13 +294,13 @@ def _weighted(scorers: Sequence[_Scorer], request: PlacementRequest, host: HostV
 class _Run:
     """One run of identical requests over a view: the heaps, counters and history of its decisions."""
 
-    def __init__(self, view: ClusterView, profile: Profile, request: PlacementRequest) -> None:
+    def __init__(self, view: ClusterView, profile: Profile, request: PlacementRequest,
+                 wanted: int | None = None) -> None:
+        """``wanted``: look at a sample of hosts holding that many that fit (None: every host)."""
         self.view = view
-        self.hosts = hosts = view.hosts
         self.step = 0
         strategy = request.placement.strategy
         active = [f for f in profile.host_filters if f.applies(request)]
-        static_filters = [f for f in active if f.reads is Reads.STATIC]
         self.dynamic_filters = [f.filter for f in active if f.reads is not Reads.STATIC]
         scorers = [(p, w) for p, w in profile.host_scorers
                    if (p.strategy is None or p.strategy is strategy) and p.applies(request)]
@@ -244,25 +335,28 @@ class _Run:
             s.name for s, _, _ in self.domain_scorers)
 
         salt = zlib.crc32(request.replica.encode())
-        n = len(hosts)
         # The per-host work below is written as comprehensions and map/zip over columns: it runs over
-        # every host for every run, and per-host Python calls would be most of a batch's cost.
+        # every host (or every sampled host) for every run, and per-host Python calls would be most of a
+        # batch's cost.
         self.salt = salt
-        self.key_hashes: list[int] = view.memo("placement.key_hashes", lambda: [h.key_hash for h in hosts])
-
-        # -- every host, once. Static filters: memoised on the view (computed once for all batches).
-        if static_filters:
-            filters_key = ("placement.static_filters", tuple((f, f.key(request)) for f in static_filters))
-            reasons = view.memo(filters_key, lambda: _first_refusals(static_filters, request, hosts))
+        all_hosts = view.hosts
+        all_key_hashes: list[int] = view.memo("placement.key_hashes", lambda: [h.key_hash for h in all_hosts])
+        looks = _Looks(view, request, active)
+        self.hosts_in_cluster = len(all_hosts)
+        self.sample: list[int] | None = None
+        hosts: Sequence[HostView]
+        if wanted is None:
+            hosts = all_hosts
+            self.key_hashes: Sequence[int] = all_key_hashes
+            reasons = looks.every_host()
         else:
-            reasons = [()] * n
-        # Host filters: tracked on the view, so a later batch re-asks only for the hosts batches changed.
-        for host_filter in active:
-            if host_filter.reads is not Reads.STATIC:
-                found = view.tracked(("placement.filter", host_filter, host_filter.key(request)),
-                                     functools.partial(host_filter.filter_all, request, hosts),
-                                     functools.partial(host_filter.filter, request))
-                reasons = [earlier or refusal for earlier, refusal in zip(reasons, found, strict=True)]
+            self.sample, reasons = looks.sample(all_key_hashes, salt, wanted)
+            if self.sample is None:
+                hosts, self.key_hashes = all_hosts, all_key_hashes
+            else:
+                hosts = [all_hosts[i] for i in self.sample]
+                self.key_hashes = _pick(all_key_hashes, self.sample)
+        self.hosts: Sequence[HostView] = hosts
         self.reasons: list[Reasons] = list(reasons)
 
         # Scores as one column per scorer; a scorer that normalizes gets a factor fixed from this first
@@ -273,9 +367,9 @@ class _Run:
             if p.reads is Reads.STATIC:  # not kept: a column per image would cost more than it saves
                 raw = p.score_all(request, hosts)
             else:
-                raw = view.tracked(("placement.score", p, p.key(request)),
-                                   functools.partial(p.score_all, request, hosts),
-                                   functools.partial(p.score, request))
+                raw = looks.host_values(("placement.score", p, p.key(request)), self.sample, hosts,
+                                        functools.partial(p.score_all, request),
+                                        functools.partial(p.score, request))
             factor = None
             if p.normalize:
                 best = max((x for x, r in zip(raw, reasons, strict=True) if not r), default=0.0)
@@ -291,6 +385,7 @@ class _Run:
         self.dynamic_scorers: list[_Scorer] = [(p.score, w, factors[id(p)]) for p, w in dynamic_scorers]
         # The same additions, in the same order, as sum() of a host's tuple when it is re-evaluated
         # (0 + a == a), without a tuple per host.
+        n = len(hosts)
         totals: list[float] = [0.0] * n
         if self.columns:
             totals = self.columns[0]
@@ -302,17 +397,21 @@ class _Run:
 
         labels = tuple(c.label for c in self.counts)
         self.groups: list[_Group] = []
+        group_of: Sequence[int]
         if labels:
-            group_keys, group_of = view.memo(("placement.domains", labels),
-                                             lambda: _domains_of(hosts, labels))
+            group_keys, all_group_of = view.memo(("placement.domains", labels),
+                                                 lambda: _domains_of(all_hosts, labels))
             self.groups = [_Group(key) for key in group_keys]
             groups = self.groups
-            if len(groups) <= _FEW_DOMAINS:  # a mask per domain: C-level passes instead of a loop per host
+            if self.sample is None and len(groups) <= _FEW_DOMAINS:
+                # a mask per domain: C-level passes instead of a loop per host
+                group_of = all_group_of
                 masks = view.memo(("placement.domain_masks", labels),
-                                  lambda: [[g == gi for g in group_of] for gi in range(len(groups))])
+                                  lambda: [[g == gi for g in all_group_of] for gi in range(len(groups))])
                 for group, mask in zip(groups, masks, strict=True):
                     group.heap = list(itertools.compress(entries, map(operator.and_, fits, mask)))
             else:
+                group_of = all_group_of if self.sample is None else _pick(all_group_of, self.sample)
                 for entry, gi, ok in zip(entries, group_of, fits, strict=True):
                     if ok:
                         groups[gi].heap.append(entry)
@@ -405,7 +504,7 @@ class _Run:
                 host = self.hosts[i]
                 return Outcome(replica=request.replica, host=host.id, host_name=host.name,
                                feasible=self.n_feasible, hosts=len(self.hosts), reasons=self.reason_summary(),
-                               score=-neg), i
+                               score=-neg, sampled_from=self.hosts_in_cluster if self.sample else 0), i
             heapq.heappop(heap)
         return Outcome(replica=request.replica, host=None, hosts=len(self.hosts),
                        reasons=self.reason_summary()), None
@@ -558,7 +657,8 @@ def place(batch: Sequence[PlacementRequest], view: ClusterView, profile: Profile
 
     Replicas of the same service, template and placement rules are decided together in one pass (in
     batch order within it); runs of different services follow the order each first appears in.
-    A replica that fits nowhere is pending; the others go on regardless.
+    A replica that fits nowhere is pending; the others go on regardless. In a large cluster a run looks
+    at a sample of the hosts (``profile.sampling``) until the sample has no room for its next replica.
     """
     seen: set[ReplicaId] = set()
     for request in batch:
@@ -575,9 +675,14 @@ def place(batch: Sequence[PlacementRequest], view: ClusterView, profile: Profile
     decided: dict[ReplicaId, Outcome] = {}
     steps: dict[ReplicaId, tuple[_Run, int]] = {}
     for requests in runs.values():
-        run = _Run(view, profile, requests[0])
+        run = _Run(view, profile, requests[0], profile.sampling.wanted(len(view.hosts), len(requests)))
         for request in requests:
             outcome, chosen = run.decide(request)
+            if chosen is None and run.sample is not None:
+                # The sample has no room left: the rest of the run looks at every host, so pending
+                # always means that no host in the cluster fits.
+                run = _Run(view, profile, request)
+                outcome, chosen = run.decide(request)
             decided[request.replica] = outcome
             steps[request.replica] = (run, run.step)
             if chosen is not None:

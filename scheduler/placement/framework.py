@@ -44,6 +44,7 @@ from typing import Protocol, runtime_checkable
 
 from scheduler import model
 from scheduler.model import ReplicaId, ServiceName, Strategy
+from scheduler.placement.sampling import ADAPTIVE, Sampling
 from scheduler.placement.view import ClusterView, DomainCounts, HostView, facts_of
 
 MAX_SCORE = 100.0
@@ -202,12 +203,14 @@ class ProfileConfig:
 
 @dataclass(frozen=True)
 class Profile:
-    """Plugin instances, split by shape, in the order the configuration gave them."""
+    """Plugin instances, split by shape, in the order the configuration gave them, and how many hosts a
+    run looks at in a large cluster (``scheduler.placement.sampling``)."""
 
     host_filters: tuple[FilterPlugin, ...] = ()
     domain_filters: tuple[DomainFilterPlugin, ...] = ()
     host_scorers: tuple[tuple[ScorePlugin, float], ...] = ()
     domain_scorers: tuple[tuple[DomainScorePlugin, float], ...] = ()
+    sampling: Sampling = ADAPTIVE
 
 
 def build_profile(config: ProfileConfig, registry: Registry) -> Profile:

@@ -216,6 +216,7 @@ class ClusterView:
         self.changes: list[int] = []                # indices of the hosts ``assume`` changed, in order
         self._memo: dict[Hashable, object] = {}
         self._tracked: dict[Hashable, tuple[int, list[Any]]] = {}
+        self._asked: set[Hashable] = set()
         self._service_hosts: dict[ServiceName, set[int]] = {}
         for i, host in enumerate(self.hosts):
             for service in host.replicas:
@@ -235,16 +236,30 @@ class ClusterView:
         else it depends on: computed for every host the first time, afterwards only for the hosts
         ``assume`` changed since the last call with this key. The list is shared and a later call
         updates it in place: do not change it, and copy what must keep this call's values."""
+        values = self.known(key, one_host)
+        if values is None:
+            values = every_host()
+            self._tracked[key] = (len(self.changes), values)
+        return values
+
+    def asked(self, key: Hashable) -> bool:
+        """Whether ``key`` was asked about on this view before (and note that it now was)."""
+        if key in self._asked:
+            return True
+        self._asked.add(key)
+        return False
+
+    def known(self, key: Hashable, one_host: Callable[[HostView], _T]) -> list[_T] | None:
+        """What ``tracked`` holds for ``key``, brought up to date, or None when it holds nothing yet."""
         entry = self._tracked.get(key)
         if entry is None:
-            values = every_host()
-        else:
-            seen, values = entry
-            if seen < len(self.changes):
-                hosts = self.hosts
-                for i in set(self.changes[seen:]):
-                    values[i] = one_host(hosts[i])
-        self._tracked[key] = (len(self.changes), values)
+            return None
+        seen, values = entry
+        if seen < len(self.changes):
+            hosts = self.hosts
+            for i in set(self.changes[seen:]):
+                values[i] = one_host(hosts[i])
+            self._tracked[key] = (len(self.changes), values)
         return values
 
     def host(self, host_id: HostId) -> HostView:

@@ -1,5 +1,5 @@
 """``shoal-scheduler serve`` flags: plain TCP only on loopback (issue 12, finding 10); the elastic loop's
-interval."""
+interval; the share of hosts placement scores."""
 
 from __future__ import annotations
 
@@ -33,3 +33,12 @@ def test_the_elastic_interval_defaults_to_a_second_and_has_a_floor() -> None:
     assert settings("--insecure-tcp", "--elastic-interval", "0.25").elastic_interval == 0.25
     with pytest.raises(SystemExit, match=re.escape("--elastic-interval must be at least 0.1 s")):
         settings("--insecure-tcp", "--elastic-interval", "0")
+
+
+def test_the_share_of_hosts_placement_scores_is_adaptive_unless_set() -> None:
+    assert settings("--insecure-tcp").percentage_of_hosts_to_score == 0
+    flag = "--percentage-of-hosts-to-score"
+    assert settings("--insecure-tcp", flag, "100").percentage_of_hosts_to_score == 100
+    for bad in ("-1", "101"):
+        with pytest.raises(SystemExit, match=re.escape(f"{flag} must be 0 (adaptive) to 100")):
+            settings("--insecure-tcp", flag, bad)

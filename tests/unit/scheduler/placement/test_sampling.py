@@ -1,0 +1,138 @@
+"""How many hosts a run looks at (kube-scheduler's percentageOfNodesToScore), and that a sampled run
+still places what the cluster has room for: pending means that no host in the cluster fits."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+
+import pytest
+
+from scheduler.placement import batch, registry
+from scheduler.placement.framework import PlacementRequest, ProfileConfig, Reads, build_profile
+from scheduler.placement.sampling import EVERY_HOST, Sampling, window
+from scheduler.placement.view import HostView
+from tests.unit.scheduler.placement import builders as b
+
+PROFILE = registry.default_profile()
+
+
+@pytest.mark.parametrize(("hosts", "replicas", "wanted"), [
+    (100, 1, None),      # up to 100 hosts, every host
+    (101, 1, 100),       # 49 %, but at least 100
+    (1000, 1, 420),      # 50 % less 1 % per 125 hosts
+    (2000, 5, 680),
+    (5000, 100, 500),    # 10 %
+    (20000, 1, 1000),    # never under 5 %
+    (5000, 1000, 2000),  # two hosts per replica, so a batch can spread
+    (5000, 2500, None),  # ... which is every host here
+])
+def test_the_adaptive_share_is_kube_schedulers(hosts: int, replicas: int, wanted: int | None) -> None:
+    assert Sampling().wanted(hosts, replicas) == wanted
+
+
+def test_a_fixed_percentage_and_sampling_off() -> None:
+    assert Sampling(percentage=20).wanted(1000, 1) == 200
+    assert Sampling(percentage=5).wanted(1000, 1) == 100  # the minimum still holds
+    assert EVERY_HOST.wanted(100_000, 1) is None
+
+
+@pytest.mark.parametrize("bad", [{"percentage": -1}, {"percentage": 101}, {"min_hosts": 0},
+                                 {"hosts_per_replica": -1}])
+def test_bad_settings_are_refused(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        Sampling(**bad)
+
+
+def test_a_window_wraps_around() -> None:
+    assert window([0, 1, 2, 3, 4], 3, 4) == [3, 4, 0, 1]
+    assert window([0, 1, 2, 3, 4], 1, 2) == [1, 2]
+
+
+class _Counting:
+    """Counts how many host evaluations a run asks a host-level filter for."""
+
+    name = "counting"
+    reads = Reads.HOST
+    calls = 0
+
+    def applies(self, request: PlacementRequest) -> bool:
+        return True
+
+    def key(self, request: PlacementRequest) -> None:
+        return None
+
+    def filter(self, request: PlacementRequest, host: HostView) -> tuple[str, ...]:
+        type(self).calls += 1
+        return ()
+
+    def filter_all(self, request: PlacementRequest, hosts: Sequence[HostView]) -> list[tuple[str, ...]]:
+        type(self).calls += len(hosts)
+        return [()] * len(hosts)
+
+
+def test_a_run_in_a_large_cluster_looks_at_a_sample_and_says_so() -> None:
+    _Counting.calls = 0
+    profile = build_profile(
+        ProfileConfig(filters=(*registry.DEFAULT_CONFIG.filters, "counting"),
+                      scores=registry.DEFAULT_CONFIG.scores),
+        {"counting": lambda args: _Counting(), **registry.REGISTRY})
+    svc = b.service(spread="zone")
+    view = b.cluster([b.host(f"h{i:04d}", zone="abc"[i % 3]) for i in range(1000)], services=[svc])
+    result = batch.place(b.requests(svc, 6), view, profile)
+    assert len(result.placed) == 6
+    # 420 hosts looked at once, then the chosen host again after each placement.
+    assert _Counting.calls == 420 + 6
+    first = result.outcomes[0]
+    assert (first.hosts, first.feasible, first.sampled_from) == (420, 420, 1000)
+    assert first.why.startswith("420/420 hosts fit (sampled from 1000), score ")
+    assert len(result.verdicts(first.replica)) == 420
+    # The sample is spread over the cluster whatever the hosts are named: every zone is in it.
+    assert b.zones_of(view, result.placed) == {"a": 2, "b": 2, "c": 2}
+
+
+def test_the_sample_holds_enough_hosts_that_fit_when_filters_refuse_most() -> None:
+    svc = b.service(constraints=[b.constraint("zone", "=", "a")])
+    view = b.cluster([b.host(f"h{i:04d}", zone="abc"[i % 3]) for i in range(1000)], services=[svc])
+    profile = replace(PROFILE, sampling=Sampling(percentage=20))  # 200 hosts that fit; 334 are in zone a
+    outcome = batch.place(b.requests(svc, 1), view, profile).outcomes[0]
+    assert outcome.feasible >= 200
+    # Hosts of other zones were looked at and refused on the way, and the sample stopped short of all.
+    assert outcome.feasible < outcome.hosts < outcome.sampled_from == 1000
+    assert dict(outcome.reasons) == {"constraint zone=a": outcome.hosts - outcome.feasible}
+    assert view.host(outcome.host).labels["zone"] == "a"  # type: ignore[arg-type]
+
+
+def test_services_sample_different_hosts() -> None:
+    hosts = [b.host(f"h{i:04d}") for i in range(1000)]
+    services = [b.service(f"svc{n}") for n in range(5)]
+    view = b.cluster(hosts, services=services)
+    samples = [frozenset(v.host for v in batch.place(b.requests(svc, 1), view, PROFILE).explain(
+        b.ReplicaId(f"svc{n}-00000")).verdicts) for n, svc in enumerate(services)]
+    assert all(len(sample) == 420 for sample in samples)
+    assert len(set(samples)) == 5
+
+
+def test_a_sample_out_of_room_goes_on_over_every_host() -> None:
+    svc = b.service(cpus=1)
+    profile = replace(PROFILE, sampling=Sampling(percentage=10, min_hosts=5, hosts_per_replica=0))
+    view = b.cluster([b.host(f"h{i:02d}", cpus=1) for i in range(50)], services=[svc])
+    result = batch.place(b.requests(svc, 51), view, profile)
+    # Five sampled hosts held one replica each; the run then looked at all 50 and filled them.
+    assert [o.sampled_from for o in result.outcomes[:5]] == [50] * 5
+    assert {o.sampled_from for o in result.outcomes[5:]} == {0}
+    assert len(result.placed) == 50 and set(Counter(result.placed.values()).values()) == {1}
+    (pending,) = result.pending
+    assert pending.summary == "0/50 hosts: 50 insufficient cpu"
+
+
+def test_a_sampled_run_sees_what_earlier_runs_on_the_view_placed() -> None:
+    """Values kept for every host once two runs asked for them (resources fit, shared by services with
+    the same requests) stay current for the samples that pick from them."""
+    services = [b.service(f"svc{n}", cpus=1) for n in range(4)]
+    view = b.cluster([b.host(f"h{i:03d}", cpus=1) for i in range(200)], services=services)
+    placed: Counter[str] = Counter()
+    for svc in services:
+        placed.update(batch.place(b.requests(svc, 40), view, PROFILE).placed.values())
+    assert len(placed) == 160 and set(placed.values()) == {1}  # never two on a host with room for one
