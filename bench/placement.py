@@ -10,13 +10,16 @@
   ``explain`` is the time to rebuild every host's verdict for the last replica.
 * ``services``: issue 15's shape: 100,000 replicas on 5,000 hosts, as S services of N replicas each
   (100 x 1,000 and 1,000 x 100), one ``place`` call per service on one view (the reconcile loop keeps a
-  view for a pass), zones and images varying by service, spread. Reported: the whole time including
-  the view, and replicas per second.
+  view for a pass), zones and images varying by service, spread; and the shape of a mass failure's
+  replacements (100 hosts of 20 replicas lost: 400 services x 5 on 2,000 hosts, 1,000 x 2 on 5,000).
+  Each shape twice, side by side: every host looked at, and a sample (``scheduler.placement.sampling``,
+  the scheduler's default). Reported: the whole time including the view, and replicas per second.
 * ``memory``: peak Python allocation (tracemalloc) of one 10,000-on-5,000 batch, history included.
 
 Timings are the median of ``--rounds`` runs (best in parentheses); each run builds its view afresh.
 ``cpu`` is the process's cpu time for the same call (``time.process_time``): placement is one thread of
 pure Python, so on a shared machine that is its cost without the time other processes took the core.
+``batch`` cells use the scheduler's default profile (a run of 100 on 1,000 or 5,000 hosts is sampled).
 ``python bench/placement.py [--rounds 5] [--out FILE]``; prints a table and writes JSON (machine, load
 average, source revision, every sample) to ``bench/results/placement-<time>.json``.
 """
@@ -24,6 +27,8 @@ average, source revision, every sample) to ``bench/results/placement-<time>.json
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -41,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from scheduler import model  # noqa: E402
 from scheduler.model import HostId, ReplicaId, ServiceName, Strategy  # noqa: E402
-from scheduler.placement import batch, registry, view  # noqa: E402
+from scheduler.placement import batch, registry, sampling, view  # noqa: E402
 from scheduler.placement.framework import PlacementRequest  # noqa: E402
 
 GiB = 1 << 30
@@ -49,6 +54,9 @@ MiB = 1 << 20
 REPLICA_CPU = 250
 REPLICA_MEMORY = 128 * MiB
 ZONES = ("a", "b", "c")
+# (services, replicas each, hosts): issue 15's 100,000 replicas two ways, then a mass failure's
+# replacements (100 hosts of 20 replicas each lost) at 2,000 and 5,000 hosts.
+SERVICE_SHAPES = ((100, 1000, 5000), (1000, 100, 5000), (400, 5, 2000), (1000, 2, 5000))
 
 
 def hosts_for(n_hosts: int, n_replicas: int) -> list[model.HostRecord]:
@@ -114,8 +122,10 @@ def bench_batch(n_replicas: int, n_hosts: int, scenario: str, rounds: int) -> di
             "samples": samples}
 
 
-def bench_services(n_services: int, per_service: int, n_hosts: int) -> dict[str, Any]:
+def bench_services(n_services: int, per_service: int, n_hosts: int, *, sampled: bool) -> dict[str, Any]:
     profile = registry.default_profile()
+    if not sampled:
+        profile = dataclasses.replace(profile, sampling=sampling.EVERY_HOST)
     records = hosts_for(n_hosts, n_services * per_service)
     services = [service(f"svc-{k:04d}", zones=k % 2 == 0, image=f"registry.example:5000/team/app-{k}:1")
                 for k in range(n_services)]
@@ -128,7 +138,8 @@ def bench_services(n_services: int, per_service: int, n_hosts: int) -> dict[str,
     total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     assert placed == n_services * per_service
     return {"services": n_services, "per_service": per_service, "hosts": n_hosts, "placed": placed,
-            "view_seconds": view_seconds, "total_seconds": total, "total_cpu_seconds": total_cpu}
+            "sampled": sampled, "view_seconds": view_seconds, "total_seconds": total,
+            "total_cpu_seconds": total_cpu}
 
 
 def bench_memory() -> dict[str, Any]:
@@ -192,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{n_replicas / place_cpu:7.0f} {ms(statistics.median(s['explain'])):>10}", flush=True)
     services = []
     if not args.no_services:
-        for n_services, per_service in ((100, 1000), (1000, 100)):
-            run = bench_services(n_services, per_service, 5000)
+        for (n_services, per_service, n_hosts), sampled in itertools.product(SERVICE_SHAPES, (False, True)):
+            run = bench_services(n_services, per_service, n_hosts, sampled=sampled)
             services.append(run)
-            print(f"{n_services} services x {per_service} replicas on 5000 hosts: view "
+            looked = "a sample" if sampled else "every host"
+            print(f"{n_services} services x {per_service} replicas on {n_hosts} hosts, {looked}: view "
                   f"{ms(run['view_seconds'])} ms, all {run['total_seconds']:.2f} s "
                   f"(cpu {run['total_cpu_seconds']:.2f} s), {run['placed'] / run['total_seconds']:.0f} "
                   f"replicas/s ({run['placed'] / run['total_cpu_seconds']:.0f} by cpu time)", flush=True)

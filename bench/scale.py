@@ -468,6 +468,7 @@ class Run:
             *(["--election-ttl", str(args.election_ttl)] if args.election_ttl else []),
             *(["--registration-refresh", str(args.registration_refresh)]
               if args.registration_refresh else []),
+            *args.scheduler_arg,
             "--insecure-tcp", "--http-listen", sched.http, "--instance-id", instance, "--log-level", "info",
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=args.scheduler_checkout or ROOT,
             start_new_session=True)
@@ -899,6 +900,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "scheduler_checkout": args.scheduler_checkout or str(ROOT), "start_delay_s": args.start_delay,
         "election_ttl": args.election_ttl or "default", "terms_counted": "begun",
         "registration_refresh": args.registration_refresh or "default", "join_rate": args.join_rate,
+        "scheduler_args": args.scheduler_arg,
         "phases": {"mass_failure": args.mass_failure, "failover": args.failover},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
@@ -957,6 +959,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registration-refresh", type=float, default=0.0,
                         help="the scheduler's --registration-refresh, seconds between a host's registrations "
                              "(default: the scheduler's own default)")
+    parser.add_argument("--scheduler-arg", action="append", default=[], metavar="ARG",
+                        help="one more flag for shoal-scheduler serve (repeat; e.g. "
+                             "--scheduler-arg=--percentage-of-hosts-to-score=100)")
     parser.add_argument("--scheduler-checkout", default="", metavar="DIR",
                         help="run the scheduler of another checkout (e.g. a worktree of main), for a "
                              "before/after comparison; default: this one")
