@@ -527,7 +527,8 @@ class Controller:
 
     def _unreachable_since(self, statuses: dict[HostId, HostStatus]) -> dict[HostId, float]:
         """Since when each host this leader cannot follow has been so, later by as long as this leader's
-        own loop was stalled since (the host could not be heard then, whatever it did).
+        own loop was stalled since (the host could not be heard then, whatever it did), as far as the
+        leader is still behind because of it (``LoopStalls.excused``).
 
         A new leader gives every host the whole grace period to be connected to before it moves
         anything: the clock starts no earlier than its session to the host. Once that session has
@@ -548,7 +549,7 @@ class Controller:
                 since = status.since
             else:
                 since = max(status.since, session.started_at)
-            out[host] = since + self.stalls.stalled_since(since)
+            out[host] = since + self.stalls.excused(self.stalls.stalled_since(since))
         return out
 
     def _confirmed_lost(self, session: AgentSession, now: float) -> bool:
@@ -618,7 +619,8 @@ class Controller:
     def _connecting_until(self, session: AgentSession) -> float:
         """The end of a new session's borrowed status: its heartbeat timeout, counted as its watchdog
         counts it (the leader's own stalls meanwhile excluded), so that the watchdog ends it first."""
-        return session.started_at + session.heartbeat_timeout + self.stalls.stalled_since(session.started_at)
+        return session.started_at + session.heartbeat_timeout + self.stalls.excused(
+            self.stalls.stalled_since(session.started_at))
 
 
     def _view(self, world: reconcile.World) -> ClusterView:

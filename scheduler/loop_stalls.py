@@ -13,6 +13,15 @@ grace, which is counted from recorded wall times). Whoever asks right after a st
 has run, sees it too: ``stalled()`` first accounts for a wake-up that is overdue now. Stalls shorter than
 the threshold are not excused, so a host that really went silent is still found within the heartbeat
 timeout plus the stalls in between.
+
+A stall is excused only as far as the leader is still behind because of it (``excused``). The sessions
+tell it how late they read each report (``read``: a report's age when read, over the least age that
+host's reports have had, which absorbs the host's clock offset: ``LagFloor``). Once the leader reads
+every other host's reports on time again, a host it has not heard from is silent by the whole time:
+excusing every stall in full had the passes that replaced a mass failure's first lost hosts hold back
+the verdict on the rest (at 2,000 hosts, replicas marked for replacement 12-15 s after their hosts fell
+silent, for a heartbeat timeout and grace of 5 s; docs/scaling.md, part 5). Without recent reads there
+is no such evidence (the loop is stuck, or every host is silent), and stalls are excused in full.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -32,6 +42,36 @@ TICK_S = 0.1        # the monitor's period: 10 wake-ups a second for the whole l
 THRESHOLD_S = 0.1
 REMEMBERED = 4096   # stalls kept for ``stalled_since`` (at most 4 a second: a quarter of an hour or more)
 LOGGED_S = 1.0      # stalls this long are logged: a person looking at lost hosts or terms wants to know
+READ_WINDOW_S = 1.0  # reads this recent say how far behind the leader reads (agents report every second)
+# Added to what the reads say: a session's floor set while the leader was already behind understates
+# its lateness until the leader catches up once.
+READ_MARGIN_S = 0.5
+FLOOR_READS = 5      # a session's reports before its floor is trusted
+FLOOR_DRIFT = 0.01   # seconds per second a floor rises (to follow a host clock stepped back)
+
+
+class LagFloor:
+    """One host's reports: how much later than usual each is read. A report's lag is the time it was read
+    less the time its agent stamped it (the clocks' offset included); the floor is the least lag seen,
+    rising slowly so that a host clock set back is followed; a report is late by its lag over the floor."""
+
+    __slots__ = ("at", "floor", "reads")
+
+    def __init__(self) -> None:
+        self.floor = math.inf
+        self.at = 0.0
+        self.reads = 0
+
+    def late(self, lag: float, now: float) -> float | None:
+        """How late a report with this ``lag`` was read (None until ``FLOOR_READS`` reports set the floor);
+        ``now`` is monotonic."""
+        if self.reads:
+            self.floor = min(lag, self.floor + FLOOR_DRIFT * (now - self.at))
+        else:
+            self.floor = lag
+        self.at = now
+        self.reads += 1
+        return lag - self.floor if self.reads > FLOOR_READS else None
 
 
 class LoopStalls:
@@ -49,6 +89,9 @@ class LoopStalls:
         self._due = 0.0
         self._total = 0.0
         self.count = 0  # stalls seen, for logs and tests
+        self._read_at = -math.inf     # when a report was last read (monotonic)
+        self._read_late = 0.0         # the latest of the recent reads' lateness ...
+        self._read_late_at = -math.inf  # ... noted then
         self._recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=REMEMBERED)
         self._task: asyncio.Task[None] | None = None
 
@@ -78,6 +121,27 @@ class LoopStalls:
             out += min(length, ended - wall_time)
         return out
 
+    def read(self, late: float) -> None:
+        """A host's report was just read, ``late`` seconds later than that host's reports usually are."""
+        now = self._clock()
+        self._read_at = now
+        if late >= self._read_late or now - self._read_late_at > READ_WINDOW_S:
+            self._read_late, self._read_late_at = late, now
+
+    def behind(self) -> float:
+        """How far behind the leader reads its hosts now: the lateness of recent reads, the time since the
+        last one and ``READ_MARGIN_S``; infinite when nothing was read for ``READ_WINDOW_S``."""
+        now = self._clock()
+        if now - self._read_at > READ_WINDOW_S:
+            return math.inf
+        late = self._read_late if now - self._read_late_at <= READ_WINDOW_S else 0.0
+        return late + (now - self._read_at) + READ_MARGIN_S
+
+    def excused(self, stalled: float) -> float:
+        """Of ``stalled`` seconds the loop stalled during a host's silence, those not to count against it:
+        no more than the leader is still behind."""
+        return min(stalled, self.behind()) if stalled > 0 else 0.0
+
     async def _monitor(self) -> None:
         while True:
             self._due = self._clock() + self._tick
@@ -98,4 +162,4 @@ class LoopStalls:
             self._due = now  # accounted up to now: the monitor's own late wake-up adds nothing more
 
 
-__all__ = ["THRESHOLD_S", "TICK_S", "LoopStalls"]
+__all__ = ["THRESHOLD_S", "TICK_S", "LagFloor", "LoopStalls"]
