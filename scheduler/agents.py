@@ -39,7 +39,7 @@ from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 from scheduler import session_breaks
 from scheduler.cancellation import raise_if_cancelling
-from scheduler.loop_stalls import LagFloor, LoopStalls
+from scheduler.loop_stalls import LoopStalls
 from scheduler.model import (
     LABEL_GENERATION,
     LABEL_REPLICA,
@@ -146,7 +146,6 @@ class AgentSession:
         self.stalls_excused = 0  # times the watchdog would have broken the session but for a stall
         self._heard = time.monotonic()  # the latest sign of life (a usage snapshot, or a new attempt)
         self._heard_stalled = self._stalls.stalled()  # the loop's stalled seconds at that moment
-        self._lag = LagFloor()          # how late its reports are read, for the leader's ``behind``
         self._excused = False           # the current silence was already excused once (counted)
         self.silent = False             # no report for a heartbeat timeout: not connected, streams kept
         self.address = address
@@ -341,10 +340,8 @@ class AgentSession:
             changed = self.info is None or _decided_by(self.info) != _decided_by(snapshot.host)
             self.info = snapshot.host
             self.last_seen = time.time()
-            if snapshot.HasField("time"):
-                late = self._lag.late(self.last_seen - snapshot.time.ToNanoseconds() / 1e9, time.monotonic())
-                if late is not None:
-                    self._stalls.read(late)
+            if snapshot.HasField("time"):  # how far behind the leader reads its hosts
+                self._stalls.read(self.last_seen - snapshot.time.ToNanoseconds() / 1e9)
             self._snapshot, self._usage = snapshot, None
             self._hear()
             if self.silent or not self._usage_ok:

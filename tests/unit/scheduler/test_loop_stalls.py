@@ -2,17 +2,18 @@
 length (seen at once by whoever asks, before the monitor itself runs, and counted once), a shorter delay
 is not, ``stalled_since`` counts only what lies after its time; and the controller's host grace is
 extended by the leader's own stalls since the host became unreachable, as far as the leader is still
-behind reading its hosts (a session's ``LagFloor`` says how late each report is read)."""
+behind reading its hosts (a report's age when read, over the least age any report had)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
 from scheduler.agents import AgentSession
 from scheduler.controller import Controller, ControllerSettings
-from scheduler.loop_stalls import FLOOR_READS, READ_MARGIN_S, READ_WINDOW_S, LagFloor, LoopStalls
+from scheduler.loop_stalls import FLOOR_READS, READ_MARGIN_S, READ_WINDOW_S, LoopStalls
 from scheduler.model import HostId, HostStatus
 from scheduler.placement.registry import default_profile
 from scheduler.store import base
@@ -119,18 +120,32 @@ def test_the_host_grace_does_not_count_the_leaders_own_stalls() -> None:
     assert moved == pytest.approx(4.0)  # the grace runs out 4 s later than it would have
 
 
-def test_a_floor_absorbs_the_clock_offset_and_says_how_late_a_report_is_read() -> None:
-    floor = LagFloor()
-    # A host whose clock is 30 s behind the leader's: its reports' lag is 30 s and a bit.
-    lateness = [floor.late(30.02 + jitter, n / 10) for n, jitter in enumerate([0.01, 0.0, 0.03, 0.02, 0.01])]
-    assert lateness == [None] * FLOOR_READS  # not trusted yet
-    assert floor.late(30.04, 0.5) == pytest.approx(0.02, abs=0.01)
-    assert floor.late(32.02, 0.6) == pytest.approx(2.0, abs=0.02)  # read 2 s late (a backlog)
-    # Its clock set back by a second: lateness looks a second high, and the floor follows slowly.
-    first = floor.late(31.02, 0.7)
-    later = floor.late(31.02, 50.7)
-    assert first is not None and later is not None
-    assert first == pytest.approx(1.0, abs=0.02) and later == pytest.approx(0.5, abs=0.02)
+def test_lateness_is_a_reports_age_over_the_least_age_any_report_had() -> None:
+    async def scenario() -> tuple[float, float, float, float]:
+        clocks = Clocks()
+        stalls = stalls_on(clocks)
+        stalls.start()
+        try:
+            # Hosts whose clocks are 30 s behind the leader's: reports are 30 s old and a bit when read.
+            for n in range(FLOOR_READS):
+                stalls.read(30.02 + (n % 3) / 100)
+            untrusted = stalls.behind()           # too few reads to know the floor
+            stalls.read(30.05)
+            on_time = stalls.behind()
+            clocks.advance(READ_WINDOW_S + 0.1)
+            stalls.read(32.02)                    # a backlog: read 2 s later than the best
+            backlog = stalls.behind()
+            # A host whose first reports were read late (its own floor would have been 2 s high).
+            stalls.read(34.02)
+            return untrusted, on_time, backlog, stalls.behind()
+        finally:
+            await stalls.close()
+
+    untrusted, on_time, backlog, later_host = asyncio.run(scenario())
+    assert untrusted == math.inf
+    assert on_time == pytest.approx(0.03 + READ_MARGIN_S)
+    assert backlog == pytest.approx(2.0 + READ_MARGIN_S, abs=0.01)
+    assert later_host == pytest.approx(4.0 + READ_MARGIN_S, abs=0.01)
 
 
 def test_a_stall_is_excused_only_as_far_as_the_leader_is_still_behind() -> None:
@@ -140,10 +155,12 @@ def test_a_stall_is_excused_only_as_far_as_the_leader_is_still_behind() -> None:
         stalls.start()
         try:
             no_reads = stalls.excused(3.0)     # nothing read yet: no evidence, the stall in full
-            stalls.read(0.05)
+            for _ in range(FLOOR_READS):
+                stalls.read(0.01)
+            stalls.read(0.06)
             clocks.advance(0.01)
             caught_up = stalls.excused(3.0)    # others' reports read on time: only the margin
-            stalls.read(2.5)                   # a backlog: a report read 2.5 s late
+            stalls.read(2.51)                  # a backlog: a report read 2.5 s late
             backlog = stalls.excused(3.0)
             clocks.advance(READ_WINDOW_S + 0.1)  # nothing read since: stuck, or every host silent
             stuck = stalls.excused(3.0)
@@ -153,8 +170,8 @@ def test_a_stall_is_excused_only_as_far_as_the_leader_is_still_behind() -> None:
 
     no_reads, caught_up, backlog, stuck = asyncio.run(scenario())
     assert no_reads == stuck == 3.0
-    assert caught_up == pytest.approx(0.05 + 0.01 + READ_MARGIN_S)
-    assert backlog == pytest.approx(2.5 + READ_MARGIN_S)
+    assert caught_up == pytest.approx(0.05 + 0.01 + READ_MARGIN_S, abs=1e-3)
+    assert backlog == pytest.approx(2.5 + READ_MARGIN_S, abs=1e-3)
 
 
 def test_the_host_grace_counts_a_stall_the_leader_has_caught_up_on() -> None:
@@ -180,7 +197,9 @@ def test_the_host_grace_counts_a_stall_the_leader_has_caught_up_on() -> None:
             clocks.advance(1.0)
             await asyncio.sleep(0.2)
             clocks.advance(0.1 + 4.0)   # the leader's loop stalled for 4 s
-            controller.stalls.read(0.1)  # ... and reads the other hosts on time again
+            for _ in range(FLOOR_READS):  # ... and reads the other hosts on time again
+                controller.stalls.read(0.01)
+            controller.stalls.read(0.11)
             after = controller._unreachable_since({host: unreachable})[host]
             return after - before
         finally:
