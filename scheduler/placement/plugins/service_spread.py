@@ -20,7 +20,7 @@ NAME = "service_spread"
 
 
 def service_spread(request: PlacementRequest, host: HostView) -> float:
-    return MAX_SCORE / (1 + host.replicas[request.service])
+    return MAX_SCORE / (1 + host.replicas.get(request.service, 0))
 
 
 class ServiceSpread:
@@ -39,7 +39,10 @@ class ServiceSpread:
         return service_spread(request, host)
 
     def score_all(self, request: PlacementRequest, hosts: Sequence[HostView]) -> list[float]:
-        return [MAX_SCORE / (1 + host.replicas[request.service]) for host in hosts]
+        # .get, not [ ]: a Counter's missing key is a Python-level __missing__ call, and most hosts have
+        # none of the service's replicas.
+        service = request.service
+        return [MAX_SCORE / (1 + host.replicas.get(service, 0)) for host in hosts]
 
 
 def new(args: PluginArgs) -> ServiceSpread:
