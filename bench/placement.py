@@ -13,7 +13,8 @@
   view for a pass), zones and images varying by service, spread; and the shape of a mass failure's
   replacements (100 hosts of 20 replicas lost: 400 services x 5 on 2,000 hosts, 1,000 x 2 on 5,000).
   Each shape twice, side by side: every host looked at, and a sample (``scheduler.placement.sampling``,
-  the scheduler's default). Reported: the whole time including the view, and replicas per second.
+  the scheduler's default). Reported: the whole time including the view, replicas per second, and how
+  evenly they went: the fewest and most replicas on a host, and the most of one service on one host.
 * ``memory``: peak Python allocation (tracemalloc) of one 10,000-on-5,000 batch, history included.
 
 Timings are the median of ``--rounds`` runs (best in parentheses); each run builds its view afresh.
@@ -27,6 +28,7 @@ average, source revision, every sample) to ``bench/results/placement-<time>.json
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import itertools
 import json
@@ -133,13 +135,20 @@ def bench_services(n_services: int, per_service: int, n_hosts: int, *, sampled: 
     cluster = build(records, services)
     view_seconds = time.perf_counter() - start
     placed = 0
+    per_host: collections.Counter[str] = collections.Counter()
+    most_of_one = 0  # the most replicas of one service on one host
     for svc in services:
-        placed += len(batch.place(requests(svc, per_service), cluster, profile).placed)
+        hosts = list(batch.place(requests(svc, per_service), cluster, profile).placed.values())
+        placed += len(hosts)
+        per_host.update(hosts)
+        most_of_one = max(most_of_one, *collections.Counter(hosts).values())
     total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     assert placed == n_services * per_service
+    loads = [per_host.get(r.id, 0) for r in records]
     return {"services": n_services, "per_service": per_service, "hosts": n_hosts, "placed": placed,
             "sampled": sampled, "view_seconds": view_seconds, "total_seconds": total,
-            "total_cpu_seconds": total_cpu}
+            "total_cpu_seconds": total_cpu, "replicas_per_host_min": min(loads),
+            "replicas_per_host_max": max(loads), "most_of_one_service_on_a_host": most_of_one}
 
 
 def bench_memory() -> dict[str, Any]:
@@ -210,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n_services} services x {per_service} replicas on {n_hosts} hosts, {looked}: view "
                   f"{ms(run['view_seconds'])} ms, all {run['total_seconds']:.2f} s "
                   f"(cpu {run['total_cpu_seconds']:.2f} s), {run['placed'] / run['total_seconds']:.0f} "
-                  f"replicas/s ({run['placed'] / run['total_cpu_seconds']:.0f} by cpu time)", flush=True)
+                  f"replicas/s ({run['placed'] / run['total_cpu_seconds']:.0f} by cpu time); "
+                  f"replicas per host {run['replicas_per_host_min']}-{run['replicas_per_host_max']}, at most "
+                  f"{run['most_of_one_service_on_a_host']} of a service on a host", flush=True)
     memory = bench_memory()
     print(f"memory, 10,000 replicas on 5,000 hosts (zones): peak {memory['peak_bytes'] / MiB:.1f} MiB, "
           f"kept with the result {memory['retained_bytes'] / MiB:.1f} MiB")
