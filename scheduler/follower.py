@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 RESYNC_BACKOFF = (0.5, 30.0)  # first and longest wait before reading etcd again after a failure
 READ_WAIT = 1.0   # longest wait for the follower to reach a read's revision before reading a snapshot
 READ_QUIET = 0.1  # a follower that applies nothing for this long while a read waits is not coming
+READ_LIMIT = 10.0  # longest wait, stalls of the event loop included (a call may give less)
 FEED_LIMIT = 10_000  # changes queued for one API watch stream before it is cut off the feed
 
 
@@ -448,15 +449,22 @@ class Follower:
             return await self._fallback("not_synced")
         target = await self.store.current_revision()
         wait = self.read_wait if timeout is None else max(0.0, min(self.read_wait, timeout))
-        reason = await self._wait_for(target, wait)
+        limit = READ_LIMIT if timeout is None else max(0.0, min(READ_LIMIT, timeout))
+        reason = await self._wait_for(target, wait, limit=max(wait, limit))
         if reason is None and self.state is not None:
             return self.state
         return await self._fallback(reason or "not_synced")
 
-    async def _wait_for(self, target: int, wait: float) -> str | None:
-        """None once the state holds ``target``; else why it will not soon."""
+    async def _wait_for(self, target: int, wait: float, *, limit: float | None = None) -> str | None:
+        """None once the state holds ``target``; else why it will not soon. ``wait`` and the quiet bound
+        count only the time the event loop was free to run the follower: a wake-up more than
+        ``read_quiet`` late means the loop was busy elsewhere (a long pass, a collection), when the
+        follower could apply nothing either, and reading a snapshot of all of etcd instead would stall the
+        loop longer still (at 5,000 hosts, seconds per fallback). ``limit`` bounds the whole wait, stalls
+        included (``wait`` when not given)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
+        hard = loop.time() + (wait if limit is None else limit)
+        left = wait  # of the wait, time the loop was free
         self._waiting += 1
         try:
             while True:
@@ -465,16 +473,21 @@ class Follower:
                     return "not_synced"
                 if state.revision >= target:
                     return None
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                now = loop.time()
+                if left <= 0 or now >= hard:
                     return "behind"
+                step = min(self.read_quiet, left, hard - now)
                 pulse = self._applied
                 try:
-                    async with asyncio.timeout(min(self.read_quiet, remaining)):
+                    async with asyncio.timeout(step):
                         await pulse.wait()
                 except TimeoutError:
-                    if not pulse.is_set():
-                        return "quiet" if remaining > self.read_quiet else "behind"
+                    pass
+                elapsed = loop.time() - now
+                stalled = elapsed > step + self.read_quiet
+                left -= min(elapsed, step) if stalled else elapsed
+                if not pulse.is_set() and not stalled:
+                    return "quiet" if left > 0 else "behind"
         finally:
             self._waiting -= 1
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -132,6 +133,71 @@ def test_a_follower_behind_past_the_bound_falls_back_to_a_snapshot_and_adopts_it
             state = await follower.read()
             assert set(state.services) == {"web", "api"} and fallbacks == ["behind"]
             same_as_fresh(state, ClusterState(await store.snapshot()))
+    run(scenario)
+
+
+class SlowWatchStore(HeldStore):
+    """A held store whose watch takes ``hops`` turns of the event loop to hand each change on, as a real
+    watch does (the stream's read, its decoding, the queue between them)."""
+
+    def __init__(self, hops: int) -> None:
+        super().__init__()
+        self.hops = hops
+
+    async def watch(self, after_revision: int, *, scope: Any = None) -> AsyncGenerator[Change, None]:
+        async with contextlib.aclosing(super().watch(after_revision, scope=scope)) as changes:
+            async for change in changes:
+                for _ in range(self.hops):
+                    await asyncio.sleep(0)
+                yield change
+
+
+def test_a_stalled_event_loop_is_not_the_followers_delay_and_reads_no_snapshot() -> None:
+    """The loop is blocked (a long pass, a collection) for longer than the read's whole wait while the
+    change is on its way: the follower could apply nothing meanwhile, so the read waits for it rather than
+    reading all of etcd (which at 100,000 replicas stalls the loop for seconds more)."""
+    async def scenario() -> None:
+        store = SlowWatchStore(hops=5)
+        fallbacks: list[str] = []
+        follower = Follower(store, on_fallback=fallbacks.append, read_wait=0.2, read_quiet=0.05)
+        async with following(follower):
+            store.flowing.clear()
+            revision = (await store.commit([Put(build.service("web"))])).revision
+            reading = asyncio.create_task(follower.read())
+            await until(lambda: follower.waiting > 0, "the read waits for the follower")
+
+            def stall() -> None:
+                store.flowing.set()
+                time.sleep(0.4)  # the loop blocked past read_wait (0.2 s), the change not yet applied
+
+            asyncio.get_running_loop().call_soon(stall)
+            state = await reading
+            assert fallbacks == [] and state is follower.state and state.revision == revision
+    run(scenario)
+
+
+def test_a_read_on_a_loop_that_keeps_stalling_still_ends_within_its_limit() -> None:
+    """Stalls do not count against the wait, but the call's own bound holds: a follower held behind on a
+    loop blocked again and again falls back to a snapshot once the read's timeout has passed."""
+    async def scenario() -> None:
+        store = HeldStore()
+        fallbacks: list[str] = []
+        follower = Follower(store, on_fallback=fallbacks.append, read_wait=0.1, read_quiet=0.02)
+        async with following(follower):
+            store.flowing.clear()
+            await store.commit([Put(build.service("web"))])
+
+            async def stalls() -> None:
+                for _ in range(200):  # bounded: 200 stalls of 50 ms
+                    time.sleep(0.05)
+                    await asyncio.sleep(0)
+
+            stalling = asyncio.create_task(stalls())
+            try:
+                state = await follower.read(timeout=0.5)
+            finally:
+                stalling.cancel()
+            assert fallbacks == ["behind"] and "web" in state.services
     run(scenario)
 
 
