@@ -258,7 +258,10 @@ class _Looks:
             taken += chunk
             reasons += found
             fitting += found.count(())
-            size = max(wanted - fitting, len(taken))  # at least doubling when filters refuse many
+            # The rest at the rate hosts fitted so far, a quarter more (a few refused hosts must not
+            # double the sample); doubling when none fitted yet.
+            short = wanted - fitting
+            size = -(-short * len(taken) * 5 // (4 * fitting)) if fitting else len(taken)
         in_view_order = sorted(range(len(taken)), key=taken.__getitem__)
         reasons = _pick(reasons, in_view_order)
         if len(taken) == n:

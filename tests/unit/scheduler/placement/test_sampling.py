@@ -104,6 +104,19 @@ def test_the_sample_holds_enough_hosts_that_fit_when_filters_refuse_most() -> No
     assert view.host(outcome.host).labels["zone"] == "a"  # type: ignore[arg-type]
 
 
+def test_a_few_refused_hosts_grow_the_sample_by_about_as_many_not_double_it() -> None:
+    """One host in 25 is full: the first 420 looked at hold about 17 that do not fit, and the sample grows
+    by about that many more (a quarter over the rate seen), not by another 420. At 5,000 hosts, a mass
+    failure's lost hosts in every sample doubled each replacement run's cost."""
+    svc = b.service()
+    view = b.cluster([b.host(f"h{i:04d}", cpus=0.001 if i % 25 == 0 else 4) for i in range(1000)],
+                     services=[svc])
+    outcome = batch.place(b.requests(svc, 1), view, PROFILE).outcomes[0]
+    assert outcome.feasible >= 420 and outcome.sampled_from == 1000
+    assert outcome.hosts - outcome.feasible > 0  # full hosts were in the sample, and refused
+    assert outcome.hosts <= 420 * 1.1
+
+
 def test_services_sample_different_hosts() -> None:
     hosts = [b.host(f"h{i:04d}") for i in range(1000)]
     services = [b.service(f"svc{n}") for n in range(5)]
