@@ -80,6 +80,11 @@ FOLLOWER_READ_WAIT = 1.0  # for the follower to apply etcd's revision as the ter
 # Passes between full ones look only at what changed (``reconcile.Scope``); a full pass runs at least
 # this often anyway, as a safety net: anything a scope missed is decided within this many seconds.
 FULL_PASS_INTERVAL = 5.0
+# ... or less often when full passes are long: the safety net holds the loop at most this share of the
+# time (a full pass that placed nothing costing 2 s makes the interval 20 s). At 100,000 replicas on 5,000
+# hosts a full pass took 1-3 s of a loaded leader's loop: every 5 s, a third of it or more went to finding
+# nothing to do, while the sessions waited.
+FULL_PASS_SHARE = 0.1
 LONG_PASS_S = 1.0  # a pass holding the loop this long is logged with where its time went
 # Pending replicas one pass hands to placement; the rest wait for the next pass, right after. A pass
 # placing 30,000 held the loop for 4.6 s at 2,000 hosts (every agent session unheard meanwhile), one of
@@ -145,6 +150,7 @@ class Controller:
         self._acting: dict[str, HostId] = {}                  # actions handed over, by container id
         self._full_due = True                                 # the next pass looks at everything
         self._last_full = 0.0                                 # when the last full pass ran
+        self.full_interval = FULL_PASS_INTERVAL               # the safety net's period (FULL_PASS_SHARE)
         self._due: float | None = None                        # when a pass is due by the clock
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
@@ -301,7 +307,7 @@ class Controller:
         self.poke()
         while True:
             # Wake for the full pass's period too: the safety net must not wait for a change.
-            due = self._last_full + FULL_PASS_INTERVAL
+            due = self._last_full + self.full_interval
             next_due = due if next_due is None else min(next_due, due)
             timeout = max(0.0, next_due - time.time())
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that arrives as
@@ -333,7 +339,7 @@ class Controller:
         now = time.time()
         statuses = {h: self._status(h) for h in self.mirror.hosts}
         full = self._full_due or (self._due is not None and now >= self._due) \
-            or now - self._last_full >= FULL_PASS_INTERVAL
+            or now - self._last_full >= self.full_interval
         scope = self._scope(statuses, full=full)
         world = self._world(statuses, scope=scope, now=now)
         placer = ViewPlacer(lambda: self._view(world), self.settings.profile)
@@ -388,6 +394,10 @@ class Controller:
         self.actuator.submit(plan.actions)
         ended = time.perf_counter()
         busy = ended - started - (landed - encoded)  # the loop's own time: the commit's wait excluded
+        if scope is None and not placer.built:
+            # What the safety net costs is a full pass that finds nothing to place; one that placed
+            # says what placing costs, not what the next safety net will.
+            self.full_interval = max(FULL_PASS_INTERVAL, busy / FULL_PASS_SHARE)
         if busy >= LONG_PASS_S:
             log.info("a %s pass held the loop for %.2fs: %.2fs to build, %.2fs to decide (%d writes, %d "
                      "actions, %s), %.2fs to write and hand over; %d services in scope",
@@ -647,5 +657,5 @@ class _Resync(Exception):
     """The mirror must be rebuilt from a new snapshot (the watch ended or its revision was compacted)."""
 
 
-__all__ = ["FULL_PASS_INTERVAL", "PLACE_BUDGET", "AutoscaleSettings", "Controller", "ControllerSettings",
-           "Mirror", "new_replica_id"]
+__all__ = ["FULL_PASS_INTERVAL", "FULL_PASS_SHARE", "PLACE_BUDGET", "AutoscaleSettings", "Controller",
+           "ControllerSettings", "Mirror", "new_replica_id"]

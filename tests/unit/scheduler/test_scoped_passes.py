@@ -200,6 +200,31 @@ def test_a_full_pass_runs_when_its_period_is_up_and_when_a_pass_is_due_by_the_cl
     assert [s is None for s in scopes] == [True, False, True, False, True]
 
 
+def test_the_safety_net_stretches_with_what_a_full_pass_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full pass that finds nothing to place sets the safety net's period to ten times its cost (at
+    least 5 s): at 5,000 hosts one took 1-3 s, and every 5 s was a third of a loaded leader's loop."""
+    async def go(share: float) -> tuple[list[reconcile.Scope | None], float]:
+        monkeypatch.setattr(controller_module, "FULL_PASS_SHARE", share)
+        scopes: list[reconcile.Scope | None] = []
+        ctl, _ = await settled_controller(scopes)
+        await ctl.step()   # the term's first pass: full, nothing to place
+        interval = ctl.full_interval
+        ctl._last_full -= controller_module.FULL_PASS_INTERVAL  # 5 s are up
+        await ctl.step()
+        ctl._last_full -= interval  # the whole period is up
+        await ctl.step()
+        return scopes, interval
+
+    share = controller_module.FULL_PASS_SHARE
+    scopes, interval = asyncio.run(go(1e-9))  # any pass is long at this share
+    assert interval > controller_module.FULL_PASS_INTERVAL
+    assert [s is None for s in scopes] == [True, False, True]
+    # At the real share a pass of milliseconds leaves the period at 5 s.
+    scopes, interval = asyncio.run(go(share))
+    assert interval == controller_module.FULL_PASS_INTERVAL
+    assert [s is None for s in scopes] == [True, True, True]
+
+
 def test_the_loop_runs_full_passes_on_its_period_with_nothing_changing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller_module, "FULL_PASS_INTERVAL", 0.05)
