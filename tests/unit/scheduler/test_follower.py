@@ -96,16 +96,22 @@ def test_a_read_right_after_a_write_sees_it_from_the_follower() -> None:
     run(scenario)
 
 
+async def held_read(store: HeldStore, follower: Follower) -> tuple[int, asyncio.Task[ClusterState]]:
+    """A write the follower's watch holds back, and a read started after it, waiting for the follower."""
+    store.flowing.clear()
+    revision = (await store.commit([Put(build.service("web"))])).revision
+    reading = asyncio.create_task(follower.read())
+    await until(lambda: follower.waiting > 0, "the read waits for the follower")
+    return revision, reading
+
+
 def test_a_follower_held_behind_makes_the_read_wait_then_answer_from_it() -> None:
     async def scenario() -> None:
         store = HeldStore()
         fallbacks: list[str] = []
         follower = Follower(store, on_fallback=fallbacks.append, read_wait=30.0, read_quiet=30.0)
         async with following(follower):
-            store.flowing.clear()
-            revision = (await store.commit([Put(build.service("web"))])).revision
-            reading = asyncio.create_task(follower.read())
-            await until(lambda: follower.waiting > 0, "the read waits for the follower")
+            revision, reading = await held_read(store, follower)
             assert not reading.done()
             store.flowing.set()
             state = await reading
@@ -161,10 +167,7 @@ def test_a_stalled_event_loop_is_not_the_followers_delay_and_reads_no_snapshot()
         fallbacks: list[str] = []
         follower = Follower(store, on_fallback=fallbacks.append, read_wait=0.2, read_quiet=0.05)
         async with following(follower):
-            store.flowing.clear()
-            revision = (await store.commit([Put(build.service("web"))])).revision
-            reading = asyncio.create_task(follower.read())
-            await until(lambda: follower.waiting > 0, "the read waits for the follower")
+            revision, reading = await held_read(store, follower)
 
             def stall() -> None:
                 store.flowing.set()

@@ -7,7 +7,9 @@ behind reading its hosts (a report's age when read, over the least age any repor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -91,20 +93,32 @@ def test_a_monitor_not_started_sees_no_stall() -> None:
     assert (stalls.stalled(), stalls.stalled_since(0.0), stalls.count) == (0.0, 0.0, 0)
 
 
+@contextlib.asynccontextmanager
+async def leading(host: HostId, clocks: Clocks, *, error: str = "") -> AsyncIterator[Controller]:
+    """A controller whose stall monitor runs on ``clocks``, following ``host`` since long before it
+    became unreachable (``error``: its session has failed too)."""
+    settings = ControllerSettings(epoch=1, guard=base.LeaderGuard(1), credentials=None,
+                                  profile=default_profile())
+    controller = Controller(MemoryStore(), settings)
+    controller.stalls = stalls_on(clocks)
+    controller.stalls.start()
+    session = AgentSession(host, "127.0.0.1:1", credentials=None, on_change=lambda _h: None)
+    session.started_at = 0.0
+    session.error = error
+    controller.sessions[host] = session
+    try:
+        yield controller
+    finally:
+        await controller.stalls.close()
+        await session.close()
+
+
 def test_the_host_grace_does_not_count_the_leaders_own_stalls() -> None:
     host = HostId("b" * 32)
 
     async def scenario() -> tuple[float, float]:
         clocks = Clocks()
-        settings = ControllerSettings(epoch=1, guard=base.LeaderGuard(1), credentials=None,
-                                      profile=default_profile())
-        controller = Controller(MemoryStore(), settings)
-        controller.stalls = stalls_on(clocks)
-        controller.stalls.start()
-        session = AgentSession(host, "127.0.0.1:1", credentials=None, on_change=lambda _h: None)
-        session.started_at = 0.0  # followed since long before the host became unreachable
-        controller.sessions[host] = session
-        try:
+        async with leading(host, clocks) as controller:
             unreachable = HostStatus(id=host, ready=False, since=clocks.wall)
             before = controller._unreachable_since({host: unreachable})[host]
             clocks.advance(1.0)
@@ -112,9 +126,6 @@ def test_the_host_grace_does_not_count_the_leaders_own_stalls() -> None:
             clocks.advance(0.1 + 4.0)   # the leader's loop stalled for 4 s meanwhile
             after = controller._unreachable_since({host: unreachable})[host]
             return after - before, unreachable.since
-        finally:
-            await controller.stalls.close()
-            await session.close()
 
     moved, _ = asyncio.run(scenario())
     assert moved == pytest.approx(4.0)  # the grace runs out 4 s later than it would have
@@ -182,16 +193,8 @@ def test_the_host_grace_counts_a_stall_the_leader_has_caught_up_on() -> None:
 
     async def scenario() -> float:
         clocks = Clocks()
-        settings = ControllerSettings(epoch=1, guard=base.LeaderGuard(1), credentials=None,
-                                      profile=default_profile())
-        controller = Controller(MemoryStore(), settings)
-        controller.stalls = stalls_on(clocks)
-        controller.stalls.start()
-        session = AgentSession(host, "127.0.0.1:1", credentials=None, on_change=lambda _h: None)
-        session.started_at = 0.0
-        session.error = "no report from the agent for 2.0 s (unreachable?)"
-        controller.sessions[host] = session
-        try:
+        async with leading(host, clocks, error="no report from the agent for 2.0 s (unreachable?)") \
+                as controller:
             unreachable = HostStatus(id=host, ready=False, since=clocks.wall)
             before = controller._unreachable_since({host: unreachable})[host]
             clocks.advance(1.0)
@@ -202,8 +205,5 @@ def test_the_host_grace_counts_a_stall_the_leader_has_caught_up_on() -> None:
             controller.stalls.read(0.11)
             after = controller._unreachable_since({host: unreachable})[host]
             return after - before
-        finally:
-            await controller.stalls.close()
-            await session.close()
 
     assert asyncio.run(scenario()) == pytest.approx(0.1 + READ_MARGIN_S)

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from scheduler import model
 from scheduler.model import HostId, ReplicaId, ReplicaPhase, ServiceName
-from scheduler.placement import framework, view
+from scheduler.placement import framework, registry, view
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -98,3 +98,36 @@ def zones_of(cluster_view: view.ClusterView, placed: Mapping[ReplicaId, HostId])
         zone = cluster_view.host(host_id).labels.get("zone", "")
         counts[zone] = counts.get(zone, 0) + 1
     return counts
+
+
+class CountingFilter:
+    """A host-level filter that passes every host and counts the host evaluations runs ask it for
+    (``calls``, on the class: reset it before a run)."""
+
+    name = "counting"
+    reads = framework.Reads.HOST
+    calls = 0
+
+    def applies(self, request: framework.PlacementRequest) -> bool:
+        return True
+
+    def key(self, request: framework.PlacementRequest) -> None:
+        return None
+
+    def filter(self, request: framework.PlacementRequest, host: view.HostView) -> tuple[str, ...]:
+        type(self).calls += 1
+        return ()
+
+    def filter_all(self, request: framework.PlacementRequest,
+                   hosts: Sequence[view.HostView]) -> list[tuple[str, ...]]:
+        type(self).calls += len(hosts)
+        return [()] * len(hosts)
+
+
+def counting_profile() -> framework.Profile:
+    """The default profile plus ``CountingFilter`` (its count reset)."""
+    CountingFilter.calls = 0
+    return framework.build_profile(
+        framework.ProfileConfig(filters=(*registry.DEFAULT_CONFIG.filters, "counting"),
+                                scores=registry.DEFAULT_CONFIG.scores),
+        {"counting": lambda args: CountingFilter(), **registry.REGISTRY})

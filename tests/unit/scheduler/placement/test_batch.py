@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
 
 import pytest
 
@@ -13,11 +12,10 @@ from scheduler.placement.framework import (
     PlacementError,
     PlacementRequest,
     ProfileConfig,
-    Reads,
     build_profile,
 )
 from scheduler.placement.plugins import topology_spread
-from scheduler.placement.view import ClusterView, DomainCounts, HostView
+from scheduler.placement.view import ClusterView, DomainCounts
 from tests.unit.scheduler.placement import builders as b
 
 PROFILE = registry.default_profile()
@@ -154,39 +152,13 @@ def test_earlier_placements_of_the_batch_count_for_later_services() -> None:
     assert len(placed_db) == 1 and placed_db[0].host != result[b.ReplicaId("web-00000")].host
 
 
-class _Counting:
-    """Counts how many host evaluations the batch asks a host-level plugin for."""
-
-    name = "counting"
-    reads = Reads.HOST
-    calls = 0
-
-    def applies(self, request: PlacementRequest) -> bool:
-        return True
-
-    def key(self, request: PlacementRequest) -> None:
-        return None
-
-    def filter(self, request: PlacementRequest, host: HostView) -> tuple[str, ...]:
-        type(self).calls += 1
-        return ()
-
-    def filter_all(self, request: PlacementRequest, hosts: Sequence[HostView]) -> list[tuple[str, ...]]:
-        type(self).calls += len(hosts)
-        return [()] * len(hosts)
-
-
 def test_scaling_0_to_1000_on_1000_hosts_evaluates_each_host_once_plus_once_per_replica() -> None:
-    _Counting.calls = 0
-    profile = build_profile(
-        ProfileConfig(filters=(*registry.DEFAULT_CONFIG.filters, "counting"),
-                      scores=registry.DEFAULT_CONFIG.scores),
-        {"counting": lambda args: _Counting(), **registry.REGISTRY})
+    profile = b.counting_profile()
     svc = b.service(spread="zone")
     view = b.cluster([b.host(f"h{i:04d}", zone="abcde"[i % 5]) for i in range(1000)], services=[svc])
     result = batch.place(b.requests(svc, 1000), view, profile)
     assert len(result.placed) == 1000
-    assert _Counting.calls == 1000 + 1000
+    assert b.CountingFilter.calls == 1000 + 1000
 
 
 def test_ties_spread_over_equal_hosts_and_differ_between_batches() -> None:

@@ -4,15 +4,12 @@ still places what the cluster has room for: pending means that no host in the cl
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 
 from scheduler.placement import batch, registry
-from scheduler.placement.framework import PlacementRequest, ProfileConfig, Reads, build_profile
 from scheduler.placement.sampling import EVERY_HOST, Sampling, window
-from scheduler.placement.view import HostView
 from tests.unit.scheduler.placement import builders as b
 
 PROFILE = registry.default_profile()
@@ -50,40 +47,14 @@ def test_a_window_wraps_around() -> None:
     assert window([0, 1, 2, 3, 4], 1, 2) == [1, 2]
 
 
-class _Counting:
-    """Counts how many host evaluations a run asks a host-level filter for."""
-
-    name = "counting"
-    reads = Reads.HOST
-    calls = 0
-
-    def applies(self, request: PlacementRequest) -> bool:
-        return True
-
-    def key(self, request: PlacementRequest) -> None:
-        return None
-
-    def filter(self, request: PlacementRequest, host: HostView) -> tuple[str, ...]:
-        type(self).calls += 1
-        return ()
-
-    def filter_all(self, request: PlacementRequest, hosts: Sequence[HostView]) -> list[tuple[str, ...]]:
-        type(self).calls += len(hosts)
-        return [()] * len(hosts)
-
-
 def test_a_run_in_a_large_cluster_looks_at_a_sample_and_says_so() -> None:
-    _Counting.calls = 0
-    profile = build_profile(
-        ProfileConfig(filters=(*registry.DEFAULT_CONFIG.filters, "counting"),
-                      scores=registry.DEFAULT_CONFIG.scores),
-        {"counting": lambda args: _Counting(), **registry.REGISTRY})
+    profile = b.counting_profile()
     svc = b.service(spread="zone")
     view = b.cluster([b.host(f"h{i:04d}", zone="abc"[i % 3]) for i in range(1000)], services=[svc])
     result = batch.place(b.requests(svc, 6), view, profile)
     assert len(result.placed) == 6
     # 420 hosts looked at once, then the chosen host again after each placement.
-    assert _Counting.calls == 420 + 6
+    assert b.CountingFilter.calls == 420 + 6
     first = result.outcomes[0]
     assert (first.hosts, first.feasible, first.sampled_from) == (420, 420, 1000)
     assert first.why.startswith("420/420 hosts fit (sampled from 1000), score ")
