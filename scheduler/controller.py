@@ -425,9 +425,10 @@ class Controller:
         # A start-failing host's mark lifts then (its status is rewritten, placement tries it again).
         due += [until for host in self.mirror.hosts
                 if (until := self.start_health.failing_until(host)) is not None and until > world.now]
-        # A connecting session's borrowed status ends then (see _status).
+        # A connecting session's borrowed status ends then (see _status); a complete one borrows nothing.
         due += [at for session in self.sessions.values()
-                if (at := self._connecting_until(session)) > world.now]
+                if not ((obs := session.observation) is not None and obs.connected and obs.complete)
+                and (at := self._connecting_until(session)) > world.now]
         return min(due) if due else None
 
     def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool) -> reconcile.Scope | None:
@@ -609,8 +610,9 @@ class Controller:
         # every host to not ready for the moment reconnecting takes. The session's error or missed
         # heartbeat ends it (and pokes a pass); nothing is launched meanwhile (reconcile waits for a
         # complete view).
-        connecting = session is not None and not session.error and now < self._connecting_until(session)
-        ready = complete or (connecting and known.ready)
+        # (Asked only of a host not followed completely: every pass asks this of every host.)
+        ready = complete or (known.ready and session is not None and not session.error
+                             and now < self._connecting_until(session))
         reason = "" if ready else (session.error if session is not None and session.error
                                    else "connecting to its agent")
         starts = self.start_health.state(host)

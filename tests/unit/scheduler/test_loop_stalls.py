@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 from collections.abc import AsyncIterator
 
 import pytest
 
+from scheduler import loop_stalls
 from scheduler.agents import AgentSession
 from scheduler.controller import Controller, ControllerSettings
 from scheduler.loop_stalls import FLOOR_READS, READ_MARGIN_S, READ_WINDOW_S, LoopStalls
@@ -207,3 +209,28 @@ def test_the_host_grace_counts_a_stall_the_leader_has_caught_up_on() -> None:
             return after - before
 
     assert asyncio.run(scenario()) == pytest.approx(0.1 + READ_MARGIN_S)
+
+
+def test_stalled_since_is_the_sum_of_the_stalls_after_the_time_also_once_old_ones_are_forgotten(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bisection over running totals answers what walking every remembered stall answered: each
+    stall after the time counts whole, the one the time falls in only for its part after it."""
+    monkeypatch.setattr(loop_stalls, "REMEMBERED", 8)
+    stalls = LoopStalls()
+    rng = random.Random(15)
+    remembered: list[tuple[float, float]] = []
+    end = 1000.0
+    for _ in range(50):
+        length = rng.uniform(0.1, 3.0)
+        end += rng.uniform(0.0, 2.0) + length  # stalls follow each other, never overlapping
+        remembered.append((end, length))
+        stalls._remember(end, length)
+
+    def walked(t: float) -> float:
+        return sum(min(length, ended - t) for ended, length in remembered if ended > t)
+
+    # Every time from the start of the last 8 stalls on, inside stalls, between them and after all.
+    times = [remembered[-8][0] - remembered[-8][1] + k * 0.37 for k in range(60)]
+    assert all(stalls.stalled_since(t) == pytest.approx(walked(t)) for t in times)
+    assert stalls.stalled_since(end) == 0.0
+
