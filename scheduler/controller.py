@@ -427,8 +427,7 @@ class Controller:
                 if (until := self.start_health.failing_until(host)) is not None and until > world.now]
         # A connecting session's borrowed status ends then (see _status); a complete one borrows nothing.
         due += [at for session in self.sessions.values()
-                if not ((obs := session.observation) is not None and obs.connected and obs.complete)
-                and (at := self._connecting_until(session)) > world.now]
+                if not _followed(session) and (at := self._connecting_until(session)) > world.now]
         return min(due) if due else None
 
     def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool) -> reconcile.Scope | None:
@@ -602,8 +601,7 @@ class Controller:
         session = self.sessions.get(host)
         known = self.mirror.statuses.get(host) or HostStatus(id=host)
         self.start_health.resume(known)
-        obs = session.observation if session is not None else None
-        complete = obs is not None and obs.connected and obs.complete
+        complete = session is not None and _followed(session)
         now = time.time()
         # A session still connecting that has seen nothing wrong yet (a new leader's, every host at once)
         # keeps the recorded status for up to its heartbeat timeout: otherwise every failover would flip
@@ -653,6 +651,12 @@ class Controller:
     def host_info_json(self, host: HostId) -> str:
         info = self.host_info(host)
         return json_format.MessageToJson(info, preserving_proto_field_name=True) if info is not None else ""
+
+
+def _followed(session: AgentSession) -> bool:
+    """The session follows its host completely: connected, and its listing and events complete."""
+    obs = session.observation
+    return obs is not None and obs.connected and obs.complete
 
 
 class _Resync(Exception):

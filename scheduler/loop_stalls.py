@@ -78,7 +78,6 @@ class LoopStalls:
         # asked per host on every pass: walking 4,096 stalls for each of 5,000 hosts made a pass at
         # 5,000 hosts take seconds, more stalls, and longer passes.
         self._ends: list[float] = []
-        self._lengths: list[float] = []
         self._totals: list[float] = [0.0]
         self._task: asyncio.Task[None] | None = None
 
@@ -105,7 +104,7 @@ class LoopStalls:
         if first == len(self._ends):
             return 0.0
         # Stalls after the first began after it ended; the first may have begun before ``wall_time``.
-        length = self._lengths[first]
+        length = self._totals[first + 1] - self._totals[first]
         whole = self._totals[-1] - self._totals[first + 1]
         return whole + min(length, self._ends[first] - wall_time)
 
@@ -113,13 +112,11 @@ class LoopStalls:
         if self._ends and ended < self._ends[-1]:
             ended = self._ends[-1]  # the wall clock was set back: keep the ends in order
         self._ends.append(ended)
-        self._lengths.append(length)
         self._totals.append(self._totals[-1] + length)
         if len(self._ends) >= 2 * REMEMBERED:  # forget the older half (amortised)
             cut = len(self._ends) - REMEMBERED
             base = self._totals[cut]
             self._ends = self._ends[cut:]
-            self._lengths = self._lengths[cut:]
             self._totals = [t - base for t in self._totals[cut:]]
 
     def read(self, age: float) -> None:

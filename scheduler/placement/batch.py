@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import math
 import operator
 import zlib
 from bisect import bisect_right
@@ -261,7 +262,7 @@ class _Looks:
             # The rest at the rate hosts fitted so far, a quarter more (a few refused hosts must not
             # double the sample); doubling when none fitted yet.
             short = wanted - fitting
-            size = -(-short * len(taken) * 5 // (4 * fitting)) if fitting else len(taken)
+            size = math.ceil(short * len(taken) / fitting * 1.25) if fitting else len(taken)
         in_view_order = sorted(range(len(taken)), key=taken.__getitem__)
         reasons = _pick(reasons, in_view_order)
         if len(taken) == n:
