@@ -241,10 +241,15 @@ def _unindex(index: dict[str, dict[ReplicaId, Replica]], key: str, replica: Repl
 class ClusterReads(Protocol):
     """Where the API reads the cluster: ``read`` returns a state at least as new as etcd was when the call
     began (``timeout``: the most the call may spend waiting for a follower; None: the default).
+    ``current`` returns the state as held now, without waiting for etcd: for answers built around records
+    the call itself just wrote, which take only their replica counts from it (a write's own answer must not
+    queue behind a busy leader's backlog: docs/scaling.md, part 6).
     ``subscribe(after)``, called before the caller next awaits, is a feed of the changes after ``after``
     (None when there is none to give: the caller watches the store itself)."""
 
     async def read(self, *, timeout: float | None = None) -> ClusterState: ...
+
+    async def current(self) -> ClusterState: ...
 
     def subscribe(self, after: int) -> ChangeFeed | None: ...
 
@@ -293,6 +298,9 @@ class SnapshotReads:
 
     async def read(self, *, timeout: float | None = None) -> ClusterState:
         return ClusterState(await self.store.snapshot())
+
+    async def current(self) -> ClusterState:
+        return await self.read()
 
     def subscribe(self, after: int) -> ChangeFeed | None:
         return None
@@ -454,6 +462,11 @@ class Follower:
         if reason is None and self.state is not None:
             return self.state
         return await self._fallback(reason or "not_synced")
+
+    async def current(self) -> ClusterState:
+        if not self.synced or self.state is None:
+            return await self._fallback("not_synced")
+        return self.state
 
     async def _wait_for(self, target: int, wait: float, *, limit: float | None = None) -> str | None:
         """None once the state holds ``target``; else why it will not soon. ``wait`` and the quiet bound

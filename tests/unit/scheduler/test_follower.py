@@ -263,6 +263,35 @@ def test_an_apply_followed_at_once_by_a_get_shows_the_write() -> None:
     run(scenario)
 
 
+def test_a_writes_answer_does_not_wait_for_a_follower_held_behind() -> None:
+    """Apply and scale answer with the records they wrote, counts from the follower as it is: a follower
+    held behind (a busy leader's backlog) delays neither, and neither reads a snapshot instead."""
+    async def scenario() -> None:
+        store = HeldStore()
+        async with serving(store) as api:
+            follower = api.follower
+            assert follower is not None
+            await until(lambda: follower.synced, "the follower synced")
+            fallbacks: list[str] = []
+            follower.on_fallback = fallbacks.append
+            await apply(api, service_yaml("web", replicas=2))
+            await until(lambda: follower.state is not None and "web" in follower.state.services,
+                        "the follower has web")
+            store.flowing.clear()
+            held_at = follower.state.revision if follower.state is not None else 0
+            results = await apply(api, service_yaml("web", replicas=5) + "---\n" + service_yaml("api"))
+            assert [(r.service.spec.name, r.service.spec.replicas, r.action) for r in results] == [
+                ("web", 5, "updated"), ("api", 2, "created")]
+            scaled = await api.scheduler.ScaleService(pb.ScaleServiceRequest(name="api", replicas=7))
+            assert scaled.spec.replicas == 7
+            assert follower.state is not None and follower.state.revision == held_at  # still held
+            assert fallbacks == [] and follower.waiting == 0
+            store.flowing.set()
+            got = await api.scheduler.GetService(pb.GetServiceRequest(name="api"))
+            assert got.spec.replicas == 7 and fallbacks == []
+    run(scenario)
+
+
 # -- the indexes ---------------------------------------------------------------------------------------
 
 def test_indexes_follow_puts_updates_and_deletes_equal_to_a_fresh_build() -> None:
