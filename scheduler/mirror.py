@@ -133,7 +133,13 @@ class Mirror:
             record = change.value
             known = table.get(record_key(record))
             if known is not None and known.revision >= change.revision:
-                return False  # this leader's own write, applied when it committed: seen by its passes
+                # This leader's own write, applied when it committed: seen by its passes. The echo is
+                # the follower's decode of the same record, which the follower keeps: holding it instead
+                # of the written copy keeps one object per record in the leader, not two (at 100,000
+                # replicas, ~65 MiB; docs/scaling.md, part 6).
+                if known.revision == change.revision and known is not record and known == record:
+                    table[record_key(record)] = record
+                return False
             self.put(record)
             return reads(known, record)
         if change.ids:

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 from scheduler.controller import Controller, ControllerSettings, Mirror
+from scheduler.mirror import Dirt
 from scheduler.model import (
     AutoscaleStatus,
     Capacity,
@@ -121,6 +122,31 @@ def test_the_leaders_own_writes_do_not_wake_a_pass_again() -> None:
         assert await woken()
 
     watched(scenario)
+
+
+def test_the_echo_of_an_own_write_replaces_the_written_copy_with_the_shared_decode() -> None:
+    """The follower keeps its decode of every record; the mirror holds that one object in place of the
+    copy it wrote (one decoded copy per record in the leader), and only when both are the same record."""
+    mirror = Mirror(revision=1)
+    written = Replica(id=ReplicaId("web-1"), service=ServiceName("web"), generation=1, revision=5)
+    mirror.put(written)
+    mirror.take_dirt()
+
+    def echo(record: Replica, revision: int) -> base.Change:
+        return base.Change(kind=base.ChangeKind.PUT, key=f"/replicas/web/{record.id}", record_type=Replica,
+                           ids=("web", record.id), value=record, revision=revision)
+
+    decoded = dataclasses.replace(written)
+    assert decoded is not written
+    assert not mirror.apply(echo(decoded, 5))
+    assert mirror.replicas[ReplicaId("web-1")] is decoded
+    assert mirror.take_dirt() == Dirt() and mirror.by_service == {ServiceName("web"): {ReplicaId("web-1")}}
+    # An older echo, or one that differs, leaves the record as it is.
+    newer = dataclasses.replace(written, reason="placed", revision=7)
+    mirror.put(newer)
+    assert not mirror.apply(echo(dataclasses.replace(written, revision=6), 6))
+    assert not mirror.apply(echo(dataclasses.replace(newer, reason="other"), 7))
+    assert mirror.replicas[ReplicaId("web-1")] is newer
 
 
 def test_records_only_other_loops_read_wake_no_pass() -> None:
