@@ -159,6 +159,7 @@ class AgentSession:
         self._on_change = on_change
         self.observation = HostObservation(host=host)
         self.info: pb.HostInfo | None = None
+        self._decided: tuple[object, ...] | None = None  # _decided_by(info), kept: asked once a second
         # The latest usage snapshot, decoded into ``usage`` only when something reads it (the autoscaler,
         # on its own clock): decoding every host's snapshot every second cost ~65 µs each for 30
         # containers, most of a session's cpu at thousands of hosts.
@@ -343,8 +344,9 @@ class AgentSession:
 
     async def _follow_usage(self) -> None:
         async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
-            changed = self.info is None or _decided_by(self.info) != _decided_by(snapshot.host)
-            self.info = snapshot.host
+            decided = _decided_by(snapshot.host)
+            changed = decided != self._decided
+            self.info, self._decided = snapshot.host, decided
             self.last_seen = time.time()
             if snapshot.HasField("time"):  # how far behind the leader reads its hosts
                 self._stalls.read(self.last_seen - snapshot.time.ToNanoseconds() / 1e9)
