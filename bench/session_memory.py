@@ -51,10 +51,11 @@ async def serve(hosts: int, base: int) -> None:
 
 async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict[str, float]:
     """One scenario in this (fresh) process: RSS per host."""
+    import grpc
 
     from proto.agent.v1 import agent_pb2 as pb
     from proto.agent.v1 import agent_pb2_grpc as pb_grpc
-    from scheduler.agents import AgentSession, open_channel
+    from scheduler.agents import AgentSession
     from scheduler.model import LABEL_GENERATION, LABEL_REPLICA, LABEL_SERVICE, HostId
 
     addresses = [f"127.0.0.1:{base + i}" for i in range(hosts)]
@@ -68,7 +69,7 @@ async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict
 
     if scenario in ("channel", "usage", "both"):
         for address in addresses:
-            channel = open_channel(address, None)  # as the leader opens them
+            channel = grpc.aio.insecure_channel(address)
             held.append(channel)
             await pb_grpc.HostStub(channel).GetHost(pb.GetHostRequest(), timeout=BOUND_S)
             if scenario != "channel":

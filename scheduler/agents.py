@@ -121,18 +121,12 @@ class Credentials:
     def channel(self, address: str) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
                                              certificate_chain=self.cert)
-        return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
-
-
-# No retries by grpc on agent channels: none is configured, and the leader retries what fails itself
-# (a launch is idempotent by its id; a session reconnects), yet grpc's retry support keeps a buffer per
-# call for one — 19 KiB a host of the leader's memory (bench/session_memory.py, docs/benchmarks.md).
-CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
+        return grpc.aio.secure_channel(address, creds)
 
 
 def open_channel(address: str, credentials: Credentials | None) -> grpc.aio.Channel:
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(address)
     return credentials.channel(address)
 
 
