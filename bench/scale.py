@@ -119,6 +119,23 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def session_workers_of(pid: int) -> list[int]:
+    """The session worker processes of a scheduler (``--session-workers``): its children running
+    ``scheduler.session_worker`` (not its lease keeper)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.rpartition(")")[2].split()[1]) == pid and b"scheduler.session_worker" in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
 async def stop_process(proc: asyncio.subprocess.Process, *, grace: float = 10.0,
                        sig: signal.Signals = signal.SIGTERM) -> None:
     if proc.returncode is not None:
@@ -607,7 +624,9 @@ class Run:
         args = self.args
         leader = await self.leader()
         standby = self.standby(leader)
+        workers = session_workers_of(leader.pid)
         pids = {"leader": leader.pid, **({"standby": standby.pid} if standby is not None else {}),
+                **{f"session-worker{i}": p for i, p in enumerate(workers)},
                 **{f"sim{s.first}": s.proc.pid for s in self.sims},
                 **{f"etcd-{m.name}": m.pid for m in self.etcd.members if m.pid is not None}}
         before = {k: cpu_seconds(p) for k, p in pids.items()}
@@ -622,6 +641,9 @@ class Run:
         self.result["steady_reconcile"] = passes_between(metrics_before, metrics_after)
         self.result["steady_leader_terms"] = self.terms() - terms_before
         self.result["steady_leader_rss_bytes"] = rss_bytes(leader.pid)
+        # With --session-workers the hosts' sessions live there: their memory is recorded beside the
+        # leader's, never left out of it silently.
+        self.result["steady_session_workers_rss_bytes"] = [rss_bytes(p) for p in workers]
         if standby is not None:
             self.result["steady_standby_rss_bytes"] = rss_bytes(standby.pid)
         self.result["steady_sim_rss_bytes"] = [rss_bytes(s.proc.pid) for s in self.sims]
@@ -642,7 +664,9 @@ class Run:
         self.result["get_services_failed"] = failed
         self.result["get_services_count"] = len(reply.services)
         self.note(f"steady: leader {cores['leader']} cores, "
-                  f"{self.result['steady_leader_rss_bytes'] >> 20} MiB; "
+                  f"{self.result['steady_leader_rss_bytes'] >> 20} MiB"
+                  + (f" (session workers {[r >> 20 for r in self.result['steady_session_workers_rss_bytes']]}"
+                     " MiB)" if workers else "") + "; "
                   f"ListServices p50 {self.result['get_services_s']['p50']} s, failed {failed or 'none'}")
 
     # -- what the cluster holds -------------------------------------------------------------------

@@ -74,6 +74,7 @@ class Settings:
     elastic_interval: float = ELASTIC_INTERVAL
     lease_keeper: str = "process"
     percentage_of_hosts_to_score: int = 0
+    session_workers: int = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="in clusters of more than 100 hosts, how many hosts a service's placement "
                             "filters and scores, as kube-scheduler's percentageOfNodesToScore: 0 (default) "
                             "adaptive, 50%% less 1%% per 125 hosts and at least 5%%; 100 every host")
+    serve.add_argument("--session-workers", type=int, default=0, metavar="N",
+                       help="run the leader's agent sessions (a channel, two streams and a report a second "
+                            "per host) in N worker processes instead of its own: for thousands of hosts "
+                            "(default %(default)s: in-process; docs/scaling.md, part 6)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
@@ -179,6 +184,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit("shoal-scheduler: --elastic-interval must be at least 0.1 s")
     if not 0 <= args.percentage_of_hosts_to_score <= 100:
         raise SystemExit("shoal-scheduler: --percentage-of-hosts-to-score must be 0 (adaptive) to 100")
+    if not 0 <= args.session_workers <= 64:
+        raise SystemExit("shoal-scheduler: --session-workers must be 0 (in-process) to 64")
     if args.prometheus and not args.prometheus.startswith(("http://", "https://")):
         raise SystemExit(f"shoal-scheduler: --prometheus {args.prometheus!r}: expected http://HOST:PORT")
     instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
@@ -193,7 +200,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     prometheus=args.prometheus, autoscale_interval=args.autoscale_interval,
                     cpu_initialization_period=args.autoscale_cpu_initialization_period,
                     elastic_interval=args.elastic_interval,
-                    percentage_of_hosts_to_score=args.percentage_of_hosts_to_score)
+                    percentage_of_hosts_to_score=args.percentage_of_hosts_to_score,
+                    session_workers=args.session_workers)
 
 
 def _credentials(settings: Settings) -> Credentials | None:
@@ -280,7 +288,8 @@ async def serve(settings: Settings) -> None:
                                                               prometheus_url=settings.prometheus,
                                                               cpu_initialization_period=(
                                                                   settings.cpu_initialization_period)),
-                                                          elastic_interval=settings.elastic_interval),
+                                                          elastic_interval=settings.elastic_interval,
+                                                          session_workers=settings.session_workers),
                                 on_pass=observer.record_pass,
                                 on_provider_attempt=observer.record_provider_attempt,
                                 follower=observer.follower(store))

@@ -31,7 +31,7 @@ import grpc
 from google.protobuf import json_format
 
 from proto.agent.v1 import agent_pb2 as pb
-from scheduler.agents import AgentSession
+from scheduler.agents import Session
 from scheduler.model import (
     FENCE_OWNER,
     LABEL_GENERATION,
@@ -114,7 +114,7 @@ def container_spec(service: Service, replica: ReplicaId, generation: int) -> pb.
 
 
 class Actuator:
-    def __init__(self, settings: Settings, *, session: Callable[[HostId], AgentSession | None],
+    def __init__(self, settings: Settings, *, session: Callable[[HostId], Session | None],
                  service: Callable[[ServiceName], Service | None], on_done: Callable[[], None],
                  on_deposed: Callable[[str], None], start_health: StartHealth | None = None) -> None:
         self.settings = settings
@@ -216,7 +216,7 @@ class Actuator:
             spec=self.templates.spec(service, action.replica, action.generation),
             pull=pb.PULL_POLICY_MISSING, start=True, fence=self.fence)
 
-    async def _launch(self, session: AgentSession, action: Launch) -> None:
+    async def _launch(self, session: Session, action: Launch) -> None:
         request = self._request(action)
         if request is None:
             return
@@ -235,7 +235,7 @@ class Actuator:
         self.start_health.succeeded(action.host)
         session.apply(created)
 
-    async def _launch_batch(self, session: AgentSession, launches: list[Launch]) -> None:
+    async def _launch_batch(self, session: Session, launches: list[Launch]) -> None:
         sent = [(action, request) for action in launches if (request := self._request(action)) is not None]
         if not sent:
             return
@@ -272,7 +272,7 @@ class Actuator:
         if host_fault(failure.code, failure.metadata):
             self.start_health.failed(host, at=time.time(), reason=failure.details)
 
-    async def _launch_failed(self, session: AgentSession, action: Launch, failure: CallFailure) -> None:
+    async def _launch_failed(self, session: Session, action: Launch, failure: CallFailure) -> None:
         """What a failed create leaves: the term's end (a stale fence), the exited container to follow
         (the container exists and failed to start: its state says why), or a launch failure for the
         next pass."""
@@ -289,7 +289,7 @@ class Actuator:
         self.failures[action.replica] = LaunchFailure(
             reason=f"could not create its container on {action.host}: {failure.details}", at=time.time())
 
-    async def _retire(self, session: AgentSession, action: Retire) -> None:
+    async def _retire(self, session: Session, action: Retire) -> None:
         try:
             await session.containers.StopContainer(pb.StopContainerRequest(
                 id=action.container, timeout_seconds=STOP_GRACE_SECONDS, fence=self.fence),

@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -110,6 +110,34 @@ def observe_container(ctr: pb.Container) -> ObservedContainer | None:
     )
 
 
+class Session(Protocol):
+    """What the controller and the actuator use of a host's session: an ``AgentSession`` in the leader's
+    process, or a ``scheduler.session_workers.RemoteSession`` whose session runs in a worker."""
+
+    host: HostId
+    address: str
+    started_at: float
+    heartbeat_timeout: float
+    observation: HostObservation
+    info: pb.HostInfo | None
+    error: str
+    agent_down: bool
+
+    @property
+    def usage(self) -> dict[str, ContainerUsage]: ...
+
+    @property
+    def containers(self) -> pb_grpc.ContainersStub: ...
+
+    def apply(self, ctr: pb.Container) -> None: ...
+
+    def forget(self, container_id: str) -> None: ...
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Credentials:
     """The scheduler's client certificate for agents (None: plain TCP, tests only)."""
@@ -153,7 +181,7 @@ class AgentSession:
         self._on_change = on_change
         self.observation = HostObservation(host=host)
         self.info: pb.HostInfo | None = None
-        self._decided: tuple[object, ...] | None = None  # _decided_by(info), kept: asked once a second
+        self._decided: tuple[object, ...] | None = None  # decided_by(info), kept: asked once a second
         # The latest usage snapshot, decoded into ``usage`` only when something reads it (the autoscaler,
         # on its own clock): decoding every host's snapshot every second cost ~65 µs each for 30
         # containers, most of a session's cpu at thousands of hosts.
@@ -338,7 +366,7 @@ class AgentSession:
 
     async def _follow_usage(self) -> None:
         async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
-            decided = _decided_by(snapshot.host)
+            decided = decided_by(snapshot.host)
             changed = decided != self._decided
             self.info, self._decided = snapshot.host, decided
             self.last_seen = time.time()
@@ -362,23 +390,17 @@ class AgentSession:
         raise ConnectionError("the agent ended its usage stream")
 
     def _set(self, container_id: str, seen: ObservedContainer | None) -> None:
-        containers = dict(self.observation.containers)
-        if seen is None:
-            if containers.pop(container_id, None) is None:
-                return
-        elif containers.get(container_id) == seen:
-            return
-        else:
-            containers[container_id] = seen
-        self.observation = replace(self.observation, containers=containers)
-        self._on_change(self.host)
+        observation = self.observation.with_container(container_id, seen)
+        if observation is not self.observation:
+            self.observation = observation
+            self._on_change(self.host)
 
 
 class ReplicaUsage(Mapping[str, ContainerUsage]):
     """Replicas' latest usage by replica (= container) id, looked up through the session of the host the
     replica is on, so only the snapshots of hosts asked about are decoded."""
 
-    def __init__(self, sessions: Mapping[HostId, AgentSession],
+    def __init__(self, sessions: Mapping[HostId, Session],
                  replicas: Mapping[ReplicaId, Replica]) -> None:
         self._sessions = sessions
         self._replicas = replicas
@@ -398,7 +420,7 @@ class ReplicaUsage(Mapping[str, ContainerUsage]):
         return sum(len(session.usage) for session in self._sessions.values())
 
 
-def _decided_by(info: pb.HostInfo) -> tuple[object, ...]:
+def decided_by(info: pb.HostInfo) -> tuple[object, ...]:
     """What a reconcile pass reads of a host's report (``Controller._fresh``: room and conditions)."""
     return (info.cpu_allocatable_millis, info.memory_allocatable_bytes, info.cpu_committed_millis,
             info.memory_committed_bytes, tuple(c.type for c in info.conditions))
@@ -422,5 +444,5 @@ async def _first_error(*coros: Coroutine[Any, Any, None]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["HEARTBEAT_TIMEOUT", "AgentSession", "Credentials", "HeartbeatMissed", "ReplicaUsage",
-           "observe_container", "open_channel"]
+__all__ = ["HEARTBEAT_TIMEOUT", "AgentSession", "Credentials", "HeartbeatMissed", "ReplicaUsage", "Session",
+           "decided_by", "observe_container", "open_channel"]

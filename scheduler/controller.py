@@ -43,7 +43,7 @@ from proto.agent.v1 import agent_pb2 as pb
 from scheduler import reconcile
 from scheduler.actuator import Actuator
 from scheduler.actuator import Settings as ActuatorSettings
-from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials, ReplicaUsage
+from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials, ReplicaUsage, Session
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
 from scheduler.elastic.loop import AttemptRecord, ElasticLoop, ElasticSettings
@@ -64,6 +64,7 @@ from scheduler.observed import ContainerState, ContainerUsage, HostObservation
 from scheduler.placement.framework import Profile
 from scheduler.placement.placer import ViewPlacer
 from scheduler.placement.view import ClusterView, build_view
+from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, NotLeader, StoreUnavailable
@@ -119,6 +120,7 @@ class ControllerSettings:
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
     autoscale: AutoscaleSettings | None = None  # None: no autoscaler in this term (tests of reconcile)
     elastic_interval: float | None = None  # the elastic loop's tick; None: no elastic loop in this term
+    session_workers: int = 0  # processes running the agent sessions (scheduler.session_workers); 0: none
 
 
 class Controller:
@@ -133,7 +135,8 @@ class Controller:
         self._feed: ChangeFeed | None = None  # the term's subscription to it, ended with its watcher
         self.settings = settings
         self.mirror: Mirror | None = None
-        self.sessions: dict[HostId, AgentSession] = {}
+        self.sessions: dict[HostId, Session] = {}
+        self.workers: SessionWorkers | None = None  # with settings.session_workers: where sessions run
         self._wake = asyncio.Event()
         self._deposed = ""
         self._on_pass = on_pass
@@ -183,6 +186,11 @@ class Controller:
             hosting.add_done_callback(self._elastic_ended)
         self.stalls.start()
         try:
+            if self.settings.session_workers:
+                self.workers = SessionWorkers(
+                    self.settings.session_workers, credentials=self.settings.credentials,
+                    heartbeat_timeout=self.settings.heartbeat_timeout)
+                await self.workers.start()
             while True:
                 watcher = asyncio.create_task(await self._start(), name="etcd-watch")
                 watcher.add_done_callback(self.poke)  # its end (a resync) is handled at once
@@ -205,6 +213,8 @@ class Controller:
             await self.actuator.close()
             await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
             self.sessions.clear()
+            if self.workers is not None:
+                await self.workers.close()
             await self.stalls.close()
 
     def _autoscaler(self) -> Autoscaler | None:
@@ -503,9 +513,7 @@ class Controller:
                 continue
             if session is not None:
                 asyncio.get_running_loop().create_task(session.close())
-            session = AgentSession(host, record.address, credentials=self.settings.credentials,
-                                   on_change=self._host_changed,
-                                   heartbeat_timeout=self.settings.heartbeat_timeout, stalls=self.stalls)
+            session = self._new_session(host, record.address)
             self.sessions[host] = session
             self._changed_hosts.add(host)
             session.start()
@@ -514,6 +522,13 @@ class Controller:
             self._fresh_cache.pop(host, None)
             asyncio.get_running_loop().create_task(self.sessions.pop(host).close())
         self.start_health.forget(set(self.mirror.hosts))
+
+    def _new_session(self, host: HostId, address: str) -> Session:
+        if self.workers is not None:
+            return self.workers.session(host, address, on_change=self._host_changed)
+        return AgentSession(host, address, credentials=self.settings.credentials,
+                            on_change=self._host_changed, heartbeat_timeout=self.settings.heartbeat_timeout,
+                            stalls=self.stalls)
 
     def _observed(self) -> dict[HostId, HostObservation]:
         return {host: session.observation for host, session in self.sessions.items()}
@@ -562,7 +577,7 @@ class Controller:
             out[host] = since + self.stalls.excused(self.stalls.stalled_since(since))
         return out
 
-    def _confirmed_lost(self, session: AgentSession, now: float) -> bool:
+    def _confirmed_lost(self, session: Session, now: float) -> bool:
         """This leader's own session has failed to follow the host, not merely not connected yet."""
         obs = session.observation
         connected = obs is not None and obs.connected
@@ -626,7 +641,7 @@ class Controller:
             start_failures=starts.failures, last_start_failure=starts.last_at,
             start_failure_reason=starts.reason, start_failing=failing)
 
-    def _connecting_until(self, session: AgentSession) -> float:
+    def _connecting_until(self, session: Session) -> float:
         """The end of a new session's borrowed status: its heartbeat timeout, counted as its watchdog
         counts it (the leader's own stalls meanwhile excluded), so that the watchdog ends it first."""
         return session.started_at + session.heartbeat_timeout + self.stalls.excused(
@@ -653,7 +668,7 @@ class Controller:
         return json_format.MessageToJson(info, preserving_proto_field_name=True) if info is not None else ""
 
 
-def _followed(session: AgentSession) -> bool:
+def _followed(session: Session) -> bool:
     """The session follows its host completely: connected, and its listing and events complete."""
     obs = session.observation
     return obs is not None and obs.connected and obs.complete

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scheduler.model import HostId, HostPort, ReplicaId, ReplicaPhase, ServiceName
 
@@ -75,6 +75,20 @@ class HostObservation:
     def replica_container(self, replica: ReplicaId) -> ObservedContainer | None:
         """A replica's container is the one whose id is the replica id."""
         return self.containers.get(replica)
+
+    def with_container(self, container_id: str, seen: ObservedContainer | None) -> HostObservation:
+        """This view with one container as ``seen`` (None: gone); ``self`` when that changes nothing."""
+        if seen is None:
+            if container_id not in self.containers:
+                return self
+        elif self.containers.get(container_id) == seen:
+            return self
+        containers = dict(self.containers)
+        if seen is None:
+            del containers[container_id]
+        else:
+            containers[container_id] = seen
+        return replace(self, containers=containers)
 
 
 @dataclass(frozen=True)

@@ -42,3 +42,11 @@ def test_the_share_of_hosts_placement_scores_is_adaptive_unless_set() -> None:
     for bad in ("-1", "101"):
         with pytest.raises(SystemExit, match=re.escape(f"{flag} must be 0 (adaptive) to 100")):
             settings("--insecure-tcp", flag, bad)
+
+
+def test_sessions_stay_in_process_unless_workers_are_asked_for() -> None:
+    assert settings("--insecure-tcp").session_workers == 0
+    assert settings("--insecure-tcp", "--session-workers", "2").session_workers == 2
+    for bad in ("-1", "65"):
+        with pytest.raises(SystemExit, match=re.escape("--session-workers must be 0 (in-process) to 64")):
+            settings("--insecure-tcp", "--session-workers", bad)

@@ -1,0 +1,110 @@
+"""The pipe between the leader and its session workers (``scheduler.session_workers``).
+
+Each message is a length-prefixed pickle over a Unix socket pair that the leader created and handed to
+the worker it started (never a socket anyone else can reach), so both ends are this scheduler's own
+code at the same version. Leader to worker: ``Init`` first, then ``Follow``, ``Drop``, ``Call`` and
+``WantUsage``; worker to leader: ``States`` (batched), ``Reply`` (one per ``Call``) and ``Usage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from proto.agent.v1 import agent_pb2 as pb
+from scheduler.agents import Credentials
+from scheduler.model import HostId
+from scheduler.observed import ContainerUsage, HostObservation
+
+_HEADER = struct.Struct("!I")
+MAX_MESSAGE = 1 << 30  # a batch of states for thousands of hosts is megabytes; anything larger is a bug
+
+
+@dataclass(frozen=True, slots=True)
+class Init:
+    credentials: Credentials | None
+    heartbeat_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    host: HostId
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    host: HostId
+
+
+@dataclass(frozen=True, slots=True)
+class WantUsage:
+    """Send this host's usage every second from now on (the autoscaler reads it)."""
+
+    host: HostId
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One unary call of the agent's Containers API on a host's channel (the actuator's)."""
+
+    id: int
+    host: HostId
+    method: str
+    request: Any
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A call's outcome: its response, or the gRPC status code's name, details and trailing metadata."""
+
+    id: int
+    response: Any = None
+    code: str = ""
+    details: str = ""
+    trailing: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """What the leader reads of one session: sent whenever the session reports a change."""
+
+    host: HostId
+    observation: HostObservation
+    info: pb.HostInfo | None
+    error: str
+    agent_down: bool
+    silent: bool
+    last_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class States:
+    states: tuple[HostState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    usage: tuple[tuple[HostId, dict[str, ContainerUsage]], ...]
+
+
+def send(writer: asyncio.StreamWriter, message: object) -> None:
+    """Queue one message (the transport buffers it; neither end waits for the other to read)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_HEADER.pack(len(data)) + data)
+
+
+async def receive(reader: asyncio.StreamReader) -> object:
+    """The next message; ``asyncio.IncompleteReadError`` when the other end has gone."""
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if size > MAX_MESSAGE:
+        raise ValueError(f"session worker message of {size} bytes")
+    return pickle.loads(await reader.readexactly(size))
+
+
+__all__ = ["Call", "Drop", "Follow", "HostState", "Init", "Reply", "States", "Usage", "WantUsage", "receive",
+           "send"]

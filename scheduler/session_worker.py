@@ -1,0 +1,206 @@
+"""A session worker: the agent sessions of a share of the hosts, in a process of their own.
+
+The leader starts N of these (``shoal-scheduler serve --session-workers N``; ``scheduler.session_workers``)
+and gives each the hosts whose id hashes to it. A worker runs the same ``AgentSession`` the leader runs
+in-process — channel, event and usage streams, heartbeat watchdog, relisting — so what a session
+concludes does not change; what changes is where its cost lands. Every host's usage report arrives here
+once a second and stays here: the leader hears of a session only when it reports a change (its
+containers, its connection, its room), batched every ``FLUSH_S``, plus each host's latest report every
+``INFO_REFRESH_S`` and the usage of the hosts the autoscaler asked about every ``USAGE_S``. The leader's
+calls to agents (the actuator's launches and retirements) are carried out on the host's own channel, and
+a container a call returns is applied to the session here before the reply goes back, so no state
+the worker sends afterwards can lack it.
+
+Run as ``python -m scheduler.session_worker FD LOG_LEVEL`` by the leader only: FD is its end of the
+leader's socket pair (``scheduler.session_wire``). The worker ends when the leader closes it or goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import time
+
+import grpc
+
+from proto.agent.v1 import agent_pb2 as pb
+from scheduler import session_wire as wire
+from scheduler.agents import AgentSession
+from scheduler.loop_stalls import LoopStalls
+from scheduler.model import HostId
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 0.02          # changes reported within this long of each other go to the leader in one message
+INFO_REFRESH_S = 10.0   # each host's latest report (disk free and the rest no pass wakes for), this often
+USAGE_S = 1.0           # the usage of the hosts the autoscaler reads, this often
+
+# The agent calls the leader makes through a worker: the actuator's, all unary.
+CALLS = frozenset({"CreateContainer", "CreateContainers", "StartContainer", "StopContainer", "KillContainer",
+                   "RemoveContainer", "GetContainer"})
+
+
+class Worker:
+    def __init__(self, writer: asyncio.StreamWriter, init: wire.Init) -> None:
+        self._writer = writer
+        self._init = init
+        self.sessions: dict[HostId, AgentSession] = {}
+        self.stalls = LoopStalls()  # this worker's own stalls: no host is blamed for them
+        self._dirty: set[HostId] = set()
+        self._wake = asyncio.Event()
+        self._wanted: set[HostId] = set()
+        self._info_sent: dict[HostId, pb.HostInfo | None] = {}
+        self._calls: set[asyncio.Task[None]] = set()
+
+    # -- from the leader ----------------------------------------------------------------------------
+
+    def handle(self, message: object) -> None:
+        if isinstance(message, wire.Call):
+            task = asyncio.get_running_loop().create_task(self._call(message))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+        elif isinstance(message, wire.Follow):
+            self._follow(message.host, message.address)
+        elif isinstance(message, wire.Drop):
+            self._drop(message.host)
+        elif isinstance(message, wire.WantUsage):
+            self._wanted.add(message.host)
+        else:
+            log.warning("session worker: unexpected message %r", type(message).__name__)
+
+    def _follow(self, host: HostId, address: str) -> None:
+        self._drop(host)
+        session = AgentSession(host, address, credentials=self._init.credentials, on_change=self._changed,
+                               heartbeat_timeout=self._init.heartbeat_timeout, stalls=self.stalls)
+        self.sessions[host] = session
+        session.start()
+        self._changed(host)
+
+    def _drop(self, host: HostId) -> None:
+        session = self.sessions.pop(host, None)
+        self._wanted.discard(host)
+        self._info_sent.pop(host, None)
+        if session is not None:
+            asyncio.get_running_loop().create_task(session.close())
+
+    async def _call(self, call: wire.Call) -> None:
+        session = self.sessions.get(call.host)
+        if session is None or call.method not in CALLS:
+            why = "not followed by this worker" if session is None else f"{call.method} is not relayed"
+            wire.send(self._writer, wire.Reply(call.id, code="UNAVAILABLE",
+                                               details=f"host {call.host}: {why}"))
+            return
+        try:
+            response = await getattr(session.containers, call.method)(call.request, timeout=call.timeout)
+        except grpc.aio.AioRpcError as err:
+            trailing = tuple((k, v if isinstance(v, str) else v.decode(errors="replace"))
+                             for k, v in (err.trailing_metadata() or ()))
+            wire.send(self._writer, wire.Reply(call.id, code=err.code().name, details=err.details() or "",
+                                               trailing=trailing))
+            return
+        except Exception as err:  # the leader's actuator must hear of it, not wait for a reply forever
+            log.exception("session worker: %s on %s failed", call.method, call.host)
+            wire.send(self._writer, wire.Reply(call.id, code="INTERNAL", details=str(err)))
+            return
+        _absorb(session, call, response)
+        wire.send(self._writer, wire.Reply(call.id, response=response))
+
+    # -- to the leader ------------------------------------------------------------------------------
+
+    def _changed(self, host: HostId) -> None:
+        self._dirty.add(host)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Each batch of changed sessions, as one message."""
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(FLUSH_S)  # what else changes meanwhile goes in the same message
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            states = tuple(self._state(self.sessions[h]) for h in dirty if h in self.sessions)
+            if states:
+                wire.send(self._writer, wire.States(states))
+
+    async def refresh(self) -> None:
+        """The autoscaler's usage every second; every host's latest report every ``INFO_REFRESH_S``."""
+        last_info = time.monotonic()
+        while True:
+            await asyncio.sleep(USAGE_S)
+            usage = tuple((h, self.sessions[h].usage) for h in self._wanted if h in self.sessions)
+            if usage:
+                wire.send(self._writer, wire.Usage(usage))
+            if time.monotonic() - last_info >= INFO_REFRESH_S:
+                last_info = time.monotonic()
+                for host, session in self.sessions.items():
+                    if session.info is not self._info_sent.get(host):
+                        self._changed(host)
+
+    def _state(self, session: AgentSession) -> wire.HostState:
+        self._info_sent[session.host] = session.info
+        return wire.HostState(host=session.host, observation=session.observation, info=session.info,
+                              error=session.error, agent_down=session.agent_down, silent=session.silent,
+                              last_seen=session.last_seen)
+
+    async def close(self) -> None:
+        for task in list(self._calls):
+            task.cancel()
+        await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
+        self.sessions.clear()
+        await self.stalls.close()
+
+
+def _absorb(session: AgentSession, call: wire.Call, response: object) -> None:
+    """What a call's outcome tells the session at once, as the leader's actuator tells it (the leader
+    applies the same to its copy when the reply arrives)."""
+    if isinstance(response, pb.Container):
+        session.apply(response)
+    elif isinstance(response, pb.CreateContainersResponse):
+        for result in response.results:
+            if result.HasField("container"):
+                session.apply(result.container)
+    elif call.method == "RemoveContainer":
+        session.forget(call.request.id)
+
+
+async def serve(fd: int) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
+    init = await wire.receive(reader)
+    if not isinstance(init, wire.Init):
+        raise SystemExit(f"session worker: expected Init first, got {type(init).__name__}")
+    worker = Worker(writer, init)
+    worker.stalls.start()
+    tasks = [asyncio.create_task(worker.flush(), name="flush"),
+             asyncio.create_task(worker.refresh(), name="refresh")]
+    try:
+        while True:
+            try:
+                message = await wire.receive(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return  # the leader closed the pipe, or is gone
+            worker.handle(message)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await worker.close()
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2 or not argv[0].isdigit():
+        raise SystemExit("usage: python -m scheduler.session_worker FD LOG_LEVEL (run by shoal-scheduler)")
+    # ^C in a terminal reaches the whole process group: the leader ends this worker by closing its pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=argv[1].upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s session-worker %(name)s: %(message)s")
+    asyncio.run(serve(int(argv[0])))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

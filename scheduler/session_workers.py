@@ -1,0 +1,316 @@
+"""Agent sessions in worker processes: the leader's side (``shoal-scheduler serve --session-workers N``).
+
+In-process, every host costs the leader a gRPC channel, two streams and a usage report to read every
+second: about 130-180 KiB and 0.3 ms of cpu a second per host, which at 5,000 hosts is more memory than
+the issue's budget and most of a core (docs/scaling.md, part 6). With workers, ``SessionWorkers``
+starts N processes (``scheduler.session_worker``) that own those sessions, each for the hosts whose id
+hashes to it, and the leader keeps a ``RemoteSession`` per host: what the controller and the actuator
+read of a session (its observation, its latest report, its connection and error), kept current by the
+worker's batched reports, and a ``containers`` client whose calls the worker carries out on the host's
+channel. The leader then pays per change, not per host per second.
+
+A worker that dies is started again and given its hosts back; meanwhile their sessions read as
+connecting, as a new leader's do, so the controller's borrowed status covers them for a heartbeat
+timeout (``Controller._status``) and nothing is moved for the worker's sake alone unless reconnecting
+takes longer than the host grace. Calls in flight on it fail as UNAVAILABLE (the next pass retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+
+from proto.agent.v1 import agent_pb2 as pb
+from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from scheduler import session_wire as wire
+from scheduler.agents import Credentials, decided_by, observe_container
+from scheduler.model import HostId
+from scheduler.observed import ContainerUsage, HostObservation
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY = 1.0      # between a worker's death and its replacement (a worker that cannot start)
+CLOSE_TIMEOUT = 10.0     # for a worker to end once its pipe is closed, before it is killed
+REPLY_MARGIN = 10.0      # a relayed call waits this much past its own timeout for the worker's reply
+_REPO = Path(__file__).resolve().parent.parent  # what ``-m scheduler.session_worker`` must import from
+
+
+class RemoteSession:
+    """A host's agent session run by a worker, as the controller and the actuator read one."""
+
+    def __init__(self, pool: SessionWorkers, host: HostId, address: str, *, heartbeat_timeout: float,
+                 on_change: Callable[[HostId], None]) -> None:
+        self._pool = pool
+        self.host = host
+        self.address = address
+        self.heartbeat_timeout = heartbeat_timeout
+        self._on_change = on_change
+        self.started_at = time.time()
+        self.observation = HostObservation(host=host)
+        self.info: pb.HostInfo | None = None
+        self.error = ""
+        self.agent_down = False
+        self.silent = False
+        self.last_seen = 0.0
+        self._usage: dict[str, ContainerUsage] = {}
+        self._usage_wanted = False
+        self.containers = cast(pb_grpc.ContainersStub, _Containers(pool, host))
+
+    @property
+    def usage(self) -> dict[str, ContainerUsage]:
+        """The latest usage the worker sent; asking starts it sending this host's every second."""
+        if not self._usage_wanted:
+            self._usage_wanted = True
+            self._pool.send(self.host, wire.WantUsage(self.host))
+        return self._usage
+
+    def start(self) -> None:
+        self._pool.send(self.host, wire.Follow(self.host, self.address))
+
+    async def close(self) -> None:
+        self._pool.forget(self)
+
+    def apply(self, ctr: pb.Container) -> None:
+        """A container the actuator just created or started (the worker applied it too, before replying)."""
+        seen = observe_container(ctr)
+        if seen is not None:
+            self._set(self.observation.with_container(seen.id, seen))
+
+    def forget(self, container_id: str) -> None:
+        self._set(self.observation.with_container(container_id, None))
+
+    def _set(self, observation: HostObservation) -> None:
+        if observation is not self.observation:
+            self.observation = observation
+            self._on_change(self.host)
+
+    # -- from the worker ----------------------------------------------------------------------------
+
+    def update(self, state: wire.HostState) -> None:
+        """A state the worker sent: a pass is woken only if it changes what a pass reads (a refreshed
+        report alone does not, as in-process)."""
+        changed = (state.error, state.agent_down, state.silent) != (self.error, self.agent_down, self.silent)
+        if state.observation != self.observation:  # else the known object stays (compared by identity)
+            self.observation = state.observation
+            changed = True
+        if state.info is not None and (self.info is None or decided_by(state.info) != decided_by(self.info)):
+            changed = True
+        self.info = state.info if state.info is not None else self.info
+        self.error, self.agent_down, self.silent = state.error, state.agent_down, state.silent
+        self.last_seen = state.last_seen
+        if changed:
+            self._on_change(self.host)
+
+    def restarted(self) -> None:
+        """Its worker was started again: connecting afresh, as a new leader's session is."""
+        self.started_at = time.time()
+        self.observation = replace(self.observation, connected=False, complete=False)
+        self.error, self.agent_down, self.silent = "", False, False
+        if self._usage_wanted:
+            self._pool.send(self.host, wire.WantUsage(self.host))
+        self.start()
+        self._on_change(self.host)
+
+
+class _Containers:
+    """The agent's Containers API on one host, relayed through its worker (the calls in
+    ``session_worker.CALLS``): each method takes the request and an optional ``timeout``, as a stub's."""
+
+    def __init__(self, pool: SessionWorkers, host: HostId) -> None:
+        self._pool = pool
+        self._host = host
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        async def call(request: Any, *, timeout: float | None = None, **_: Any) -> Any:
+            return await self._pool.call(self._host, method, request, timeout)
+        return call
+
+
+class _Worker:
+    """One worker process and its end of the pipe."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.reader_task: asyncio.Task[None] | None = None
+        self.calls: dict[int, asyncio.Future[wire.Reply]] = {}
+
+
+class SessionWorkers:
+    """N session worker processes and the remote sessions of the hosts they follow."""
+
+    def __init__(self, count: int, *, credentials: Credentials | None, heartbeat_timeout: float,
+                 log_level: str = "") -> None:
+        if count < 1:
+            raise ValueError("session workers: at least one")
+        self.heartbeat_timeout = heartbeat_timeout
+        self._init = wire.Init(credentials=credentials, heartbeat_timeout=heartbeat_timeout)
+        self._log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        self._workers = [_Worker(i) for i in range(count)]
+        self.sessions: dict[HostId, RemoteSession] = {}
+        self._ids = itertools.count(1)
+        self._closing = False
+        self._restarting: set[asyncio.Task[None]] = set()
+        self.restarts = 0  # workers started again after dying (for tests and the log)
+
+    async def start(self) -> None:
+        for worker in self._workers:
+            await self._spawn(worker)
+
+    def session(self, host: HostId, address: str, *, on_change: Callable[[HostId], None]) -> RemoteSession:
+        """A new session for ``host`` (not started: ``start()`` asks its worker to follow the host)."""
+        session = RemoteSession(self, host, address, heartbeat_timeout=self.heartbeat_timeout,
+                                on_change=on_change)
+        self.sessions[host] = session
+        return session
+
+    def forget(self, session: RemoteSession) -> None:
+        if self.sessions.get(session.host) is session:
+            del self.sessions[session.host]
+            self.send(session.host, wire.Drop(session.host))
+
+    def worker_of(self, host: HostId) -> int:
+        return zlib.crc32(host.encode()) % len(self._workers)
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process is not None]
+
+    def send(self, host: HostId, message: object) -> None:
+        writer = self._workers[self.worker_of(host)].writer
+        if writer is not None and not writer.is_closing():
+            wire.send(writer, message)
+        # else: the worker is being started again, and is given its hosts once it is up
+
+    async def call(self, host: HostId, method: str, request: Any, timeout: float | None) -> Any:
+        worker = self._workers[self.worker_of(host)]
+        if worker.writer is None or worker.writer.is_closing():
+            raise _rpc_error("UNAVAILABLE", f"the session worker of host {host} is restarting")
+        call_id = next(self._ids)
+        reply: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
+        worker.calls[call_id] = reply
+        try:
+            wire.send(worker.writer, wire.Call(call_id, host, method, request, timeout))
+            async with asyncio.timeout(None if timeout is None else timeout + REPLY_MARGIN):
+                answer = await reply
+        except TimeoutError:
+            raise _rpc_error("DEADLINE_EXCEEDED",
+                             f"no reply from the session worker of host {host}") from None
+        finally:
+            worker.calls.pop(call_id, None)
+        if answer.code:
+            raise _rpc_error(answer.code, answer.details, answer.trailing)
+        return answer.response
+
+    async def close(self) -> None:
+        self._closing = True
+        for worker in self._workers:
+            if worker.writer is not None:
+                worker.writer.close()
+        for worker in self._workers:
+            await self._reap(worker)
+        tasks = [*self._restarting, *(w.reader_task for w in self._workers if w.reader_task is not None)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- the processes ------------------------------------------------------------------------------
+
+    async def _spawn(self, worker: _Worker) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "scheduler.session_worker", str(theirs.fileno()), self._log_level,
+                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env)
+        finally:
+            theirs.close()
+        reader, worker.writer = await asyncio.open_unix_connection(sock=ours)
+        wire.send(worker.writer, self._init)
+        worker.reader_task = asyncio.get_running_loop().create_task(
+            self._read(worker, reader), name=f"session-worker-{worker.index}")
+        log.info("session worker %d started (pid %d)", worker.index, worker.process.pid)
+
+    async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                message = await wire.receive(reader)
+                if isinstance(message, wire.States):
+                    for state in message.states:
+                        session = self.sessions.get(state.host)
+                        if session is not None:
+                            session.update(state)
+                elif isinstance(message, wire.Reply):
+                    pending = worker.calls.get(message.id)
+                    if pending is not None and not pending.done():
+                        pending.set_result(message)
+                elif isinstance(message, wire.Usage):
+                    for host, usage in message.usage:
+                        if (session := self.sessions.get(host)) is not None:
+                            session._usage = usage
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        if not self._closing:
+            task = asyncio.get_running_loop().create_task(self._restart(worker))
+            self._restarting.add(task)
+            task.add_done_callback(self._restarting.discard)
+
+    async def _restart(self, worker: _Worker) -> None:
+        """A worker died: fail its calls, start another, give it its hosts back (bounded by the term)."""
+        code = await self._reap(worker)
+        log.error("session worker %d ended (exit %s): starting another; its hosts reconnect",
+                  worker.index, code)
+        while not self._closing:
+            await asyncio.sleep(RESTART_DELAY)
+            try:
+                await self._spawn(worker)
+                break
+            except OSError as err:
+                log.error("session worker %d could not be started: %s", worker.index, err)
+        if self._closing:
+            return
+        self.restarts += 1
+        for session in list(self.sessions.values()):
+            if self.worker_of(session.host) == worker.index:
+                session.restarted()
+
+    async def _reap(self, worker: _Worker) -> int | None:
+        for pending in worker.calls.values():
+            if not pending.done():
+                pending.set_result(wire.Reply(0, code="UNAVAILABLE", details="the session worker ended"))
+        worker.calls.clear()
+        if worker.writer is not None:
+            worker.writer.close()
+            worker.writer = None
+        process, worker.process = worker.process, None
+        if process is None:
+            return None
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                return await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            return await process.wait()
+
+
+def _rpc_error(code: str, details: str, trailing: tuple[tuple[str, str], ...] = ()) -> grpc.aio.AioRpcError:
+    status = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
+    return grpc.aio.AioRpcError(status, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details)
+
+
+__all__ = ["RemoteSession", "SessionWorkers"]

@@ -1,0 +1,185 @@
+"""Agent sessions in worker processes (``scheduler.session_workers``, ``scheduler.session_worker``): real
+worker processes following simulated hosts over real gRPC. The leader's remote sessions become complete
+as the workers' sessions do, calls are relayed with their outcome (a container, or the agent's error and
+trailers), a silent host reads as silent, the autoscaler's usage arrives once asked for, a killed worker
+is replaced and its hosts followed again, closing leaves no process — and a whole term of the controller
+places and runs a service through workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from bench.sim.host import HostSpec, SimHost
+from proto.agent.v1 import agent_pb2 as pb
+from scheduler.controller import Controller, ControllerSettings, _followed
+from scheduler.model import LABEL_GENERATION, LABEL_REPLICA, LABEL_SERVICE, HostId, ReplicaPhase
+from scheduler.placement.registry import default_profile
+from scheduler.session_workers import RemoteSession, SessionWorkers
+from scheduler.store import base
+from scheduler.store.memory import MemoryStore
+from scheduler.store.records import LeaderRecord
+from tests.fixtures import scheduler_records as build
+from tests.fixtures.etcd import free_port
+from tests.fixtures.sim_session import BOUND_S, until
+
+HEARTBEAT = 0.5
+
+
+class Fleet:
+    def __init__(self, hosts: list[SimHost], pool: SessionWorkers) -> None:
+        self.hosts = hosts
+        self.pool = pool
+        self.changes: list[HostId] = []
+        self.sessions = [pool.session(HostId(h.spec.host_id), h.spec.address, on_change=self.changes.append)
+                         for h in hosts]
+        for session in self.sessions:
+            session.start()
+
+
+@contextlib.asynccontextmanager
+async def fleet(count: int, *, workers: int = 2) -> AsyncIterator[Fleet]:
+    hosts = [SimHost(HostSpec(name=f"worker-test-{i}", port=free_port(), usage_interval=0.1))
+             for i in range(count)]
+    for host in hosts:
+        await host.start()
+    pool = SessionWorkers(workers, credentials=None, heartbeat_timeout=HEARTBEAT)
+    await pool.start()
+    try:
+        yield Fleet(hosts, pool)
+    finally:
+        await pool.close()
+        for host in hosts:
+            await host.stop()
+
+
+def run(coro: Any) -> None:
+    asyncio.run(asyncio.wait_for(coro, 4 * BOUND_S))
+
+
+def create_request(cid: str) -> pb.CreateContainerRequest:
+    spec = pb.ContainerSpec(image="busybox:1", command=["sleep", "600"],
+                            labels={LABEL_SERVICE: "web", LABEL_REPLICA: cid, LABEL_GENERATION: "1"})
+    return pb.CreateContainerRequest(id=cid, name=cid, start=True, spec=spec)
+
+
+def test_remote_sessions_follow_their_hosts_and_relay_calls() -> None:
+    async def scenario() -> None:
+        async with fleet(3) as f:
+            await until(lambda: all(_followed(s) and s.info is not None for s in f.sessions))
+            assert {f.pool.worker_of(s.host) for s in f.sessions} <= {0, 1}
+            session = f.sessions[0]
+            created = await session.containers.CreateContainer(create_request("web-1"), timeout=BOUND_S)
+            assert created.id == "web-1"
+            session.apply(created)  # as the actuator does: known at once
+            assert "web-1" in session.observation.containers
+            # The worker's own session has it too: the states it sends keep it, and it comes up running.
+            await until(lambda: session.observation.containers["web-1"].ready)
+            assert f.hosts[0].containers.keys() == {"web-1"}
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await session.containers.GetContainer(pb.ContainerRef(id="nope"), timeout=BOUND_S)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            await session.containers.RemoveContainer(pb.RemoveContainerRequest(id="web-1", force=True),
+                                                     timeout=BOUND_S)
+            session.forget("web-1")
+            await until(lambda: not f.hosts[0].containers)
+            assert "web-1" not in session.observation.containers
+            assert session.host in f.changes
+
+    run(scenario())
+
+
+def test_a_silent_host_reads_silent_and_its_usage_arrives_once_asked_for() -> None:
+    async def scenario() -> None:
+        async with fleet(2) as f:
+            await until(lambda: all(_followed(s) for s in f.sessions))
+            session = f.sessions[1]
+            created = await session.containers.CreateContainer(create_request("web-2"), timeout=BOUND_S)
+            session.apply(created)
+            assert session.usage == {}  # asked for the first time: the worker starts sending it
+            await until(lambda: "web-2" in session.usage)
+            await f.hosts[1].fail("silent")
+            await until(lambda: not session.observation.connected and "no report" in session.error)
+            assert _followed(f.sessions[0])
+            await f.hosts[1].recover()
+            await until(lambda: _followed(session) and not session.error)
+
+    run(scenario())
+
+
+def test_a_killed_worker_is_replaced_and_its_hosts_followed_again() -> None:
+    async def scenario() -> None:
+        async with fleet(4, workers=2) as f:
+            await until(lambda: all(_followed(s) for s in f.sessions))
+            victim = f.sessions[0]
+            index = f.pool.worker_of(victim.host)
+            pid = f.pool.pids()[index]
+            os.kill(pid, signal.SIGKILL)
+            await until(lambda: f.pool.restarts == 1)
+            assert f.pool.pids()[index] != pid
+            await until(lambda: all(_followed(s) for s in f.sessions))
+            created = await victim.containers.CreateContainer(create_request("web-3"), timeout=BOUND_S)
+            assert created.id == "web-3"
+            pids = f.pool.pids()
+        for pid in pids:  # closed: every worker has ended and been reaped
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+    run(scenario())
+
+
+def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        hosts = [SimHost(HostSpec(name=f"term-{i}", port=free_port(), usage_interval=0.1)) for i in range(3)]
+        for host in hosts:
+            await host.start()
+        records = [build.host(host.spec.host_id) for host in hosts]
+        await store.commit([base.Put(dataclass_replace(r, address=h.spec.address))
+                            for r, h in zip(records, hosts, strict=True)])
+        lease = await store.grant_lease(10)
+        epoch = (await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)).epoch
+        settings = ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch), credentials=None,
+                                      profile=default_profile(), session_workers=2)
+        controller = Controller(store, settings)
+        task = asyncio.create_task(controller.run())
+        try:
+            await until(lambda: len(controller.sessions) == 3)
+            assert all(isinstance(s, RemoteSession) for s in controller.sessions.values())
+            await store.commit([base.Put(build.service("web", replicas=6))])
+
+            async def running() -> int:
+                snap = await store.snapshot()
+                return sum(r.phase is ReplicaPhase.RUNNING for r in snap.replicas.values())
+
+            for _ in range(int(BOUND_S / 0.05)):  # bounded
+                if await running() == 6:
+                    break
+                await asyncio.sleep(0.05)
+            assert await running() == 6
+            assert sum(len(h.containers) for h in hosts) == 6
+            pids = controller.workers.pids() if controller.workers is not None else []
+            assert len(pids) == 2
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for host in hosts:
+                await host.stop()
+        for pid in pids:  # the term's end ended its workers
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+    run(scenario())
+
+
+def dataclass_replace(record: Any, **changes: Any) -> Any:
+    import dataclasses
+    return dataclasses.replace(record, **changes)
