@@ -635,7 +635,8 @@ class Run:
         t0 = time.perf_counter()
         await asyncio.sleep(args.steady)
         elapsed = time.perf_counter() - t0
-        cores = {k: round((cpu_seconds(p) - before[k]) / elapsed, 3) for k, p in pids.items()}
+        cores = {k: round((cpu_seconds(p) - before[k]) / elapsed, 3) for k, p in pids.items()
+                 if Path(f"/proc/{p}").exists()}  # a term lost meanwhile ends the leader's session workers
         self.result["steady_cpu_cores"] = cores
         metrics_after = await asyncio.to_thread(scrape, leader.http)
         self.result["steady_reconcile"] = passes_between(metrics_before, metrics_after)
@@ -643,7 +644,8 @@ class Run:
         self.result["steady_leader_rss_bytes"] = rss_bytes(leader.pid)
         # With --session-workers the hosts' sessions live there: their memory is recorded beside the
         # leader's, never left out of it silently.
-        self.result["steady_session_workers_rss_bytes"] = [rss_bytes(p) for p in workers]
+        self.result["steady_session_workers_rss_bytes"] = [rss_bytes(p) for p in workers
+                                                           if Path(f"/proc/{p}").exists()]
         if standby is not None:
             self.result["steady_standby_rss_bytes"] = rss_bytes(standby.pid)
         self.result["steady_sim_rss_bytes"] = [rss_bytes(s.proc.pid) for s in self.sims]

@@ -9,7 +9,12 @@ process on 127.0.0.1), the leader process's RSS growth per host in a fresh proce
 * ``both``: a channel with ``WatchUsage`` and ``WatchEvents`` open;
 * ``session``: a real ``AgentSession``, connected and complete;
 * ``launched``: the same after ``--containers`` launches per host through the session (as the actuator
-  makes them), the containers followed by the session.
+  makes them), the containers followed by the session;
+* ``workers``: the same through ``--session-workers 1`` (``scheduler.session_workers``): the leader holds a
+  remote session per host, the worker process the real one; both processes' RSS growth per host.
+
+For ``launched`` and ``workers`` it also measures, over ``CPU_WINDOW_S`` of the steady state that follows
+(every host reporting usage each second), the cpu each process spends per host per second.
 
 RSS includes what gRPC's C core and protobuf allocate, which Python's allocation tracing does not see.
 ``python bench/session_memory.py [--hosts 300] [--containers 20]``; prints a table and writes JSON to
@@ -21,18 +26,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.sim.fleet import rss_bytes  # noqa: E402
+from bench.sim.fleet import rss_bytes as own_rss  # noqa: E402
 
-SCENARIOS = ("channel", "usage", "both", "session", "launched")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """A process's resident memory (this one's by default)."""
+    if pid is None:
+        return own_rss()
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+SCENARIOS = ("channel", "usage", "both", "session", "launched", "workers")
 SETTLE_S = 5.0      # after the last connection, for streams' buffers to reach their steady size
+CPU_WINDOW_S = 10.0  # of steady state, for the cpu per host per second
 BOUND_S = 120.0     # every wait is bounded
 
 
@@ -55,8 +82,9 @@ async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict
 
     from proto.agent.v1 import agent_pb2 as pb
     from proto.agent.v1 import agent_pb2_grpc as pb_grpc
-    from scheduler.agents import AgentSession
+    from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession
     from scheduler.model import LABEL_GENERATION, LABEL_REPLICA, LABEL_SERVICE, HostId
+    from scheduler.session_workers import SessionWorkers
 
     addresses = [f"127.0.0.1:{base + i}" for i in range(hosts)]
     before = rss_bytes()
@@ -79,8 +107,19 @@ async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict
                 tasks.append(asyncio.ensure_future(drain(pb_grpc.ContainersStub(channel).WatchEvents(
                     pb.WatchEventsRequest()))))
     else:
-        sessions = [AgentSession(HostId(f"h{i}"), a, credentials=None, on_change=lambda _h: None)
-                    for i, a in enumerate(addresses)]
+        pool = None
+        if scenario == "workers":
+            pool = SessionWorkers(1, credentials=None, heartbeat_timeout=HEARTBEAT_TIMEOUT)
+            await pool.start()
+            worker_pid = pool.pids()[0]
+            await asyncio.sleep(SETTLE_S)  # the worker's imports: its baseline
+            worker_before = rss_bytes(worker_pid)
+            before = rss_bytes()
+            sessions: list[Any] = [pool.session(HostId(f"h{i}"), a, on_change=lambda _h: None)
+                                   for i, a in enumerate(addresses)]
+        else:
+            sessions = [AgentSession(HostId(f"h{i}"), a, credentials=None, on_change=lambda _h: None)
+                        for i, a in enumerate(addresses)]
         for session in sessions:
             session.start()
         deadline = time.monotonic() + BOUND_S
@@ -88,8 +127,8 @@ async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict
             if time.monotonic() > deadline:
                 raise SystemExit(f"session_memory: sessions did not connect within {BOUND_S:.0f} s")
             await asyncio.sleep(0.2)
-        if scenario == "launched":
-            async def launch(session: AgentSession, j: int) -> None:
+        if scenario in ("launched", "workers"):
+            async def launch(session: Any, j: int) -> None:
                 cid = f"svc{j}-{session.host}-{j:08x}"
                 spec = pb.ContainerSpec(image="registry.example/app:1", command=["sleep", "1000"],
                                         labels={LABEL_SERVICE: f"svc{j}", LABEL_REPLICA: cid,
@@ -99,6 +138,21 @@ async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict
             for j in range(containers):
                 await asyncio.gather(*(launch(s, j) for s in sessions))
         held.extend(sessions)
+        await asyncio.sleep(SETTLE_S)  # bounded settle: no event marks "buffers at steady size"
+        result = {"kib_per_host": round((rss_bytes() - before) / hosts / 1024, 1)}
+        pids = {"": os.getpid()}
+        if pool is not None:
+            pids["worker_"] = worker_pid
+            result["worker_kib_per_host"] = round((rss_bytes(worker_pid) - worker_before) / hosts / 1024, 1)
+        cpu = {k: cpu_seconds(p) for k, p in pids.items()}
+        start = time.monotonic()
+        await asyncio.sleep(CPU_WINDOW_S)
+        elapsed = time.monotonic() - start
+        for key, pid in pids.items():
+            result[f"{key}cpu_us_per_host_s"] = round((cpu_seconds(pid) - cpu[key]) / elapsed / hosts * 1e6)
+        if pool is not None:
+            await pool.close()
+        return result
     await asyncio.sleep(SETTLE_S)  # bounded settle: no event marks "buffers at steady size"
     after = rss_bytes()
     for task in tasks:
@@ -125,6 +179,7 @@ def main() -> None:
         print(json.dumps(asyncio.run(measure(args.scenario, args.hosts, args.base_port, args.containers))))
         return
     results: dict[str, float] = {}
+    details: dict[str, dict[str, float]] = {}
     for scenario in SCENARIOS:
         me = [sys.executable, str(Path(__file__).resolve()), "--hosts", str(args.hosts),
               "--base-port", str(args.base_port)]
@@ -141,10 +196,15 @@ def main() -> None:
             finally:
                 hosts.stdin.close()
                 hosts.wait(BOUND_S)
-        results[scenario] = json.loads(out.stdout.strip().splitlines()[-1])["kib_per_host"]
-        print(f"{scenario:>9}: {results[scenario]:7.1f} KiB per host", flush=True)
+        measured = json.loads(out.stdout.strip().splitlines()[-1])
+        results[scenario] = measured["kib_per_host"]
+        extra = {k: v for k, v in measured.items() if k != "kib_per_host"}
+        if extra:
+            details[scenario] = extra
+        shown = "".join(f", {k} {v}" for k, v in extra.items())
+        print(f"{scenario:>9}: {results[scenario]:7.1f} KiB per host{shown}", flush=True)
     record = {"hosts": args.hosts, "containers_per_host": args.containers, "kib_per_host": results,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "steady": details, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(f"written: {args.out}")

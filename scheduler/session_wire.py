@@ -17,7 +17,7 @@ from typing import Any
 from proto.agent.v1 import agent_pb2 as pb
 from scheduler.agents import Credentials
 from scheduler.model import HostId
-from scheduler.observed import ContainerUsage, HostObservation
+from scheduler.observed import ContainerUsage, HostObservation, ObservedContainer
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30  # a batch of states for thousands of hosts is megabytes; anything larger is a bug
@@ -71,10 +71,15 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class HostState:
-    """What the leader reads of one session: sent whenever the session reports a change."""
+    """What the leader reads of one session, sent whenever the session reports a change: the whole
+    observation when its connection changed (or the leader has none yet), else only the containers that
+    changed since the last state (None: gone) — a host's observation changes with each of its launches,
+    and sending all of it each time made placing cost the square of the containers per host; the latest
+    report when it is not the one sent last (None: unchanged)."""
 
     host: HostId
-    observation: HostObservation
+    observation: HostObservation | None
+    containers: tuple[tuple[str, ObservedContainer | None], ...]
     info: pb.HostInfo | None
     error: str
     agent_down: bool

@@ -32,6 +32,7 @@ from scheduler import session_wire as wire
 from scheduler.agents import AgentSession
 from scheduler.loop_stalls import LoopStalls
 from scheduler.model import HostId
+from scheduler.observed import HostObservation, ObservedContainer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class Worker:
         self._dirty: set[HostId] = set()
         self._wake = asyncio.Event()
         self._wanted: set[HostId] = set()
+        # What the leader was sent last of each host: states carry only what changed since.
         self._info_sent: dict[HostId, pb.HostInfo | None] = {}
+        self._observation_sent: dict[HostId, HostObservation] = {}
         self._calls: set[asyncio.Task[None]] = set()
 
     # -- from the leader ----------------------------------------------------------------------------
@@ -84,6 +87,7 @@ class Worker:
         session = self.sessions.pop(host, None)
         self._wanted.discard(host)
         self._info_sent.pop(host, None)
+        self._observation_sent.pop(host, None)
         if session is not None:
             asyncio.get_running_loop().create_task(session.close())
 
@@ -141,8 +145,20 @@ class Worker:
                         self._changed(host)
 
     def _state(self, session: AgentSession) -> wire.HostState:
-        self._info_sent[session.host] = session.info
-        return wire.HostState(host=session.host, observation=session.observation, info=session.info,
+        host, now = session.host, session.observation
+        sent = self._observation_sent.get(host)
+        self._observation_sent[host] = now
+        full: HostObservation | None = None
+        changes: tuple[tuple[str, ObservedContainer | None], ...] = ()
+        if sent is None or (sent.connected, sent.complete) != (now.connected, now.complete):
+            full = now
+        elif now is not sent:  # containers unchanged keep their objects (HostObservation.with_container)
+            old, new = sent.containers, now.containers
+            changes = tuple((cid, new.get(cid)) for cid in old.keys() | new.keys()
+                            if old.get(cid) is not new.get(cid))
+        info = session.info if session.info is not self._info_sent.get(host) else None
+        self._info_sent[host] = session.info
+        return wire.HostState(host=host, observation=full, containers=changes, info=info,
                               error=session.error, agent_down=session.agent_down, silent=session.silent,
                               last_seen=session.last_seen)
 

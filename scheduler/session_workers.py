@@ -103,8 +103,13 @@ class RemoteSession:
         """A state the worker sent: a pass is woken only if it changes what a pass reads (a refreshed
         report alone does not, as in-process)."""
         changed = (state.error, state.agent_down, state.silent) != (self.error, self.agent_down, self.silent)
-        if state.observation != self.observation:  # else the known object stays (compared by identity)
-            self.observation = state.observation
+        observation = self.observation
+        if state.observation is not None and state.observation != observation:
+            observation = state.observation  # else the known object stays (compared by identity)
+        for cid, seen in state.containers:
+            observation = observation.with_container(cid, seen)
+        if observation is not self.observation:
+            self.observation = observation
             changed = True
         if state.info is not None and (self.info is None or decided_by(state.info) != decided_by(self.info)):
             changed = True
