@@ -83,6 +83,7 @@ async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict
     from proto.agent.v1 import agent_pb2 as pb
     from proto.agent.v1 import agent_pb2_grpc as pb_grpc
     from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession
+    from scheduler.loop_stalls import LoopStalls
     from scheduler.model import LABEL_GENERATION, LABEL_REPLICA, LABEL_SERVICE, HostId
     from scheduler.session_workers import SessionWorkers
 
@@ -118,8 +119,10 @@ async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict
             sessions: list[Any] = [pool.session(HostId(f"h{i}"), a, on_change=lambda _h: None)
                                    for i, a in enumerate(addresses)]
         else:
-            sessions = [AgentSession(HostId(f"h{i}"), a, credentials=None, on_change=lambda _h: None)
-                        for i, a in enumerate(addresses)]
+            stalls = LoopStalls()  # one for all, as the leader's controller (and a worker) shares one
+            stalls.start()
+            sessions = [AgentSession(HostId(f"h{i}"), a, credentials=None, on_change=lambda _h: None,
+                                     stalls=stalls) for i, a in enumerate(addresses)]
         for session in sessions:
             session.start()
         deadline = time.monotonic() + BOUND_S
