@@ -183,3 +183,37 @@ def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
 def dataclass_replace(record: Any, **changes: Any) -> Any:
     import dataclasses
     return dataclasses.replace(record, **changes)
+
+
+def test_a_state_wakes_a_pass_only_when_it_changes_what_a_pass_reads() -> None:
+    """The worker sends a host's whole observation when its connection changed, else the containers that
+    changed, and its report when new: a refreshed report alone (disk free, usage) wakes no pass."""
+    from scheduler import session_wire as wire
+    from scheduler.observed import ContainerState, HostObservation, ObservedContainer
+
+    pool = SessionWorkers(1, credentials=None, heartbeat_timeout=HEARTBEAT)  # no process: states by hand
+    woken: list[HostId] = []
+    host = HostId("h" * 32)
+    session = pool.session(host, "127.0.0.1:1", on_change=woken.append)
+    web = ObservedContainer(id="web-1", service=None, replica=None, generation=1,
+                            state=ContainerState.RUNNING)
+    info = pb.HostInfo(cpu_allocatable_millis=4000, disk_free_bytes=1)
+
+    def state(observation: HostObservation | None = None, *containers: tuple[str, ObservedContainer | None],
+              report: pb.HostInfo | None = None) -> wire.HostState:
+        return wire.HostState(host=host, observation=observation, containers=containers, info=report,
+                              error="", agent_down=False, silent=False, last_seen=1.0)
+
+    connected = HostObservation(host=host, connected=True, complete=True)
+    session.update(state(connected, report=info))
+    assert woken == [host] and session.observation == connected and session.info == info
+    session.update(state(HostObservation(host=host, connected=True, complete=True),
+                         report=pb.HostInfo(cpu_allocatable_millis=4000, disk_free_bytes=2)))
+    assert woken == [host] and session.observation is connected  # equal: the known object stays
+    assert session.info is not None and session.info.disk_free_bytes == 2  # kept, for the next pass
+    session.update(state(None, ("web-1", web)))
+    assert woken == [host, host] and session.observation.containers == {"web-1": web}
+    session.update(state(None, report=pb.HostInfo(cpu_allocatable_millis=2000)))
+    assert len(woken) == 3  # the room changed
+    session.update(state(None, ("web-1", None)))
+    assert len(woken) == 4 and session.observation.containers == {}
