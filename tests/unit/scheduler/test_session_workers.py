@@ -86,6 +86,10 @@ def test_remote_sessions_follow_their_hosts_and_relay_calls() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await session.containers.GetContainer(pb.ContainerRef(id="nope"), timeout=BOUND_S)
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # only the actuator's calls are relayed
+                await session.containers.PruneContainers(pb.ContainerRef(id="x"), timeout=BOUND_S)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "PruneContainers is not relayed" in (refused.value.details() or "")
             await session.containers.RemoveContainer(pb.RemoveContainerRequest(id="web-1", force=True),
                                                      timeout=BOUND_S)
             session.forget("web-1")
