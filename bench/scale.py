@@ -81,6 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aetcd
 import grpc
 
+from bench.procstat import cpu_seconds, rss_bytes
 from bench.sim.audit import Audit, ReplicaRow, audit
 from bench.sim.host import host_id_of
 from bench.sim.recovery import pick_victims, replacement_times
@@ -97,27 +98,11 @@ from tests.fixtures.etcd import EtcdCluster, free_port
 ROOT = Path(__file__).resolve().parent.parent
 TXN_OPS = 128
 SIM_LINE_LIMIT = 64 << 20  # a simulator's answer to "containers" lists every replica id it runs
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 APPLY_ATTEMPTS = 5  # an ApplyService answered UNAVAILABLE (nothing written) is tried again
 
 
 # -- processes ------------------------------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (its threads included)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
 
 def session_workers_of(pid: int) -> list[int]:
     """The session worker processes of a scheduler (``--session-workers``): its children running

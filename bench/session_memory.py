@@ -36,26 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.sim.fleet import rss_bytes as own_rss  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int | None = None) -> int:
-    """A process's resident memory (this one's by default)."""
-    if pid is None:
-        return own_rss()
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+from bench.procstat import cpu_seconds, rss_bytes  # noqa: E402
 
 SCENARIOS = ("channel", "usage", "both", "session", "launched", "workers")
 SETTLE_S = 5.0      # after the last connection, for streams' buffers to reach their steady size

@@ -119,6 +119,9 @@ class RemoteSession:
         if changed:
             self._on_change(self.host)
 
+    def usage_arrived(self, usage: dict[str, ContainerUsage]) -> None:
+        self._usage = usage
+
     def restarted(self) -> None:
         """Its worker was started again: connecting afresh, as a new leader's session is."""
         self.started_at = time.time()
@@ -266,7 +269,7 @@ class SessionWorkers:
                 elif isinstance(message, wire.Usage):
                     for host, usage in message.usage:
                         if (session := self.sessions.get(host)) is not None:
-                            session._usage = usage
+                            session.usage_arrived(usage)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         if not self._closing:

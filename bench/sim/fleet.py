@@ -19,15 +19,8 @@ import time
 from collections.abc import Sequence
 
 from agent.join import Joiner, JoinSettings
+from bench.procstat import rss_bytes
 from bench.sim.host import HostSpec, SimHost
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Fleet:

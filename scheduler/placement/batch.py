@@ -42,7 +42,6 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
-import math
 import operator
 import zlib
 from bisect import bisect_right
@@ -260,9 +259,9 @@ class _Looks:
             reasons += found
             fitting += found.count(())
             # The rest at the rate hosts fitted so far, a quarter more (a few refused hosts must not
-            # double the sample); doubling when none fitted yet.
+            # double the sample); doubling when none fitted yet. Integer ceiling: a float one can overshoot.
             short = wanted - fitting
-            size = math.ceil(short * len(taken) / fitting * 1.25) if fitting else len(taken)
+            size = -(-short * len(taken) * 5 // (4 * fitting)) if fitting else len(taken)
         in_view_order = sorted(range(len(taken)), key=taken.__getitem__)
         reasons = _pick(reasons, in_view_order)
         if len(taken) == n:

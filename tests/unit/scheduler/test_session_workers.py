@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -19,8 +20,10 @@ import pytest
 
 from bench.sim.host import HostSpec, SimHost
 from proto.agent.v1 import agent_pb2 as pb
+from scheduler import session_wire as wire
 from scheduler.controller import Controller, ControllerSettings, _followed
 from scheduler.model import LABEL_GENERATION, LABEL_REPLICA, LABEL_SERVICE, HostId, ReplicaPhase
+from scheduler.observed import ContainerState, HostObservation, ObservedContainer
 from scheduler.placement.registry import default_profile
 from scheduler.session_workers import RemoteSession, SessionWorkers
 from scheduler.store import base
@@ -146,7 +149,7 @@ def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
         for host in hosts:
             await host.start()
         records = [build.host(host.spec.host_id) for host in hosts]
-        await store.commit([base.Put(dataclass_replace(r, address=h.spec.address))
+        await store.commit([base.Put(dataclasses.replace(r, address=h.spec.address))
                             for r, h in zip(records, hosts, strict=True)])
         lease = await store.grant_lease(10)
         epoch = (await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)).epoch
@@ -184,17 +187,11 @@ def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
     run(scenario())
 
 
-def dataclass_replace(record: Any, **changes: Any) -> Any:
-    import dataclasses
-    return dataclasses.replace(record, **changes)
 
 
 def test_a_state_wakes_a_pass_only_when_it_changes_what_a_pass_reads() -> None:
     """The worker sends a host's whole observation when its connection changed, else the containers that
     changed, and its report when new: a refreshed report alone (disk free, usage) wakes no pass."""
-    from scheduler import session_wire as wire
-    from scheduler.observed import ContainerState, HostObservation, ObservedContainer
-
     pool = SessionWorkers(1, credentials=None, heartbeat_timeout=HEARTBEAT)  # no process: states by hand
     woken: list[HostId] = []
     host = HostId("h" * 32)
