@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fixtures.sigstop import freeze
 from tests.integration.agent.conftest import AgentProcess, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -88,7 +89,7 @@ def test_sigterm_with_an_agent_that_never_answers_does_not_hang(
         agent: AgentProcess, foreground: list[subprocess.Popen[str]]) -> None:
     assert agent.proc is not None
     proc = _start(agent, foreground, "--rm", "--name", "unanswered", IMAGE, "sh", "-c", IGNORES_TERM)
-    os.kill(agent.proc.pid, signal.SIGSTOP)
+    freeze(agent.proc.pid)  # every grpc thread stopped: none can answer the stop asked below
     try:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=90)  # a bound for the test, not a measurement
