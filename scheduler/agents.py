@@ -8,15 +8,15 @@ listing reflects, ``WatchEvents`` continues from exactly there, and each event r
 (sent along with the event, ``with_container``; from ``GetContainer`` when an agent does not; a removal
 drops it). The view is *complete* once a listing arrived after the latest
 (re)connection; a lost stream, or a history the agent no longer has (``OUT_OF_RANGE``), means relisting.
-In parallel ``WatchUsage`` brings the host's capacity and conditions once a second — and is the
-heartbeat: a session is connected while both streams are, and no snapshot for ``heartbeat_timeout``
-seconds makes it *silent* — not connected, with the silence as its error, as a network cut shows only
-silence — until the next snapshot; seconds in which the leader's own loop was stalled do not count
-(``scheduler.loop_stalls``). Only a silence of ``BREAK_AFTER`` heartbeat timeouts breaks the streams and
-relists. A busy leader hears reports late — they wait behind its backlog, seconds longer than any stall
-its monitor sees (2 s more at 2,000 hosts) — and breaking every late session made each relist all over
-again: a storm in which all 2,000 sessions broke within seconds and the leader fell further behind
-(docs/scaling.md).
+In parallel ``WatchUsage`` brings the host's capacity and conditions once a second — and is the heartbeat:
+a session is connected while both streams are, and no snapshot for ``heartbeat_timeout`` seconds makes it
+*silent* — not connected, with the silence as its error, as a network cut shows only silence — until the
+next snapshot; seconds in which the leader's own loop was stalled do not count, nor as much of the silence
+as other hosts' reports are read late (``scheduler.loop_stalls``). Only a silence of ``BREAK_AFTER``
+heartbeat timeouts breaks the streams and relists. A busy leader hears reports late — they wait behind its
+backlog, seconds longer than any stall its monitor sees (2 s more at 2,000 hosts) — and breaking every late
+session made each relist all over again: a storm in which all 2,000 sessions broke within seconds and the
+leader fell further behind (docs/scaling.md).
 
 Every change calls ``on_change(host)`` so the controller can reconcile — a usage snapshot only when it
 changes what a pass reads of the host (its room and conditions), not once a second per host. Sessions
@@ -171,7 +171,7 @@ class AgentSession:
         # session; a session on its own keeps one of its own).
         self._own_stalls = stalls is None
         self._stalls = LoopStalls() if stalls is None else stalls
-        self.stalls_excused = 0  # times the watchdog would have broken the session but for a stall
+        self.stalls_excused = 0  # times the watchdog would have made it silent but for a stall or backlog
         self._heard = time.monotonic()  # the latest sign of life (a usage snapshot, or a new attempt)
         self._heard_stalled = self._stalls.stalled()  # the loop's stalled seconds at that moment
         self._excused = False           # the current silence was already excused once (counted)
@@ -337,11 +337,12 @@ class AgentSession:
         """Makes the session silent when the host has sent nothing for the heartbeat timeout, and breaks
         it after ``BREAK_AFTER`` of them — not counting the time the leader's loop itself was stalled,
         when the host's reports waited unread in the socket (a stall longer than the timeout made every
-        session look silent at once), as far as the leader is still behind (``LoopStalls.excused``)."""
+        session look silent at once), as far as the leader is still behind, nor as much of the silence
+        as other hosts' reports are read late now (``LoopStalls.excused_silence``)."""
         timeout = self.heartbeat_timeout
         while True:
             silent = time.monotonic() - self._heard
-            excused = self._stalls.excused(self._stalls.stalled() - self._heard_stalled)
+            excused = self._stalls.excused_silence(silent, self._stalls.stalled() - self._heard_stalled)
             unexcused = silent - excused
             if unexcused >= BREAK_AFTER * timeout:
                 raise HeartbeatMissed(f"no report from the agent for {silent:.1f} s (unreachable?)")

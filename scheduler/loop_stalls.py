@@ -26,6 +26,12 @@ excusing every stall in full had the passes that replaced a mass failure's first
 the verdict on the rest (at 2,000 hosts, replicas marked for replacement 12-15 s after their hosts fell
 silent, for a heartbeat timeout and grace of 5 s; docs/scaling.md, part 5). Without recent reads there
 is no such evidence (the loop is stuck, or every host is silent), and stalls are excused in full.
+
+A silence is also excused as far as the other hosts' reports are late now (``backlog``), stalls or not:
+a session worker following 5,000 hosts at load 30 was saturated by thousands of short callbacks between
+its stalls, its hosts' reports queued behind them, and hosts whose reports were only queued looked
+silent (waves of 200-1,036 broken sessions; docs/scaling.md, part 6). With nothing read there is no
+backlog to excuse by, so a host that alone went silent, or every host at once, is found on time.
 """
 
 from __future__ import annotations
@@ -145,6 +151,23 @@ class LoopStalls:
         """Of ``stalled`` seconds the loop stalled during a host's silence, those not to count against it:
         no more than the leader is still behind."""
         return min(stalled, self.behind()) if stalled > 0 else 0.0
+
+    def backlog(self) -> float:
+        """How late the recent reports were when read (their age over the floor): how long a report from
+        any host waits now before the loop reads it. 0 when nothing was read for ``READ_WINDOW_S``: then
+        nothing shows a backlog (the loop is stuck, which ``excused`` covers, or every host is silent)."""
+        now = self._clock()
+        if now - self._read_at > READ_WINDOW_S or now - self._read_late_at > READ_WINDOW_S:
+            return 0.0
+        return self._read_late
+
+    def excused_silence(self, silent: float, stalled: float) -> float:
+        """Of a host's ``silent`` seconds, during which the loop stalled ``stalled``, those not to count
+        against it: the stalls as far as the leader is still behind (``excused``), or as much of the
+        silence as other hosts' reports are late now (``backlog``: a loop saturated by short callbacks
+        reads reports late without any stall), whichever is more. The two overlap (a stall makes the
+        reports read after it late), so they are not added."""
+        return max(self.excused(stalled), min(silent, self.backlog()))
 
     async def _monitor(self) -> None:
         while True:

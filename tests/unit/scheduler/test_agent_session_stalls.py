@@ -3,7 +3,9 @@
 sending does not break the session — and does when the stall is not excused (the same block with a
 threshold longer than it), which is what the watchdog did before; a host that really went silent is still
 found across such a stall. A silence shorter than ``BREAK_AFTER`` timeouts makes the host not ready but
-keeps the streams (no relist when it ends); a longer one breaks them. Followed over real gRPC: a
+keeps the streams (no relist when it ends); a longer one breaks them. A silence no longer than other
+hosts' reports are late when read (a backlog, no stall) is excused; with nothing else read, it is not.
+Followed over real gRPC: a
 simulated host (bench/sim) served from a thread and event loop of its own, so that it keeps sending
 while the session's loop is blocked."""
 
@@ -20,7 +22,7 @@ import pytest
 from bench.sim.host import HostSpec, SimHost
 from scheduler import session_breaks
 from scheduler.agents import AgentSession
-from scheduler.loop_stalls import LoopStalls
+from scheduler.loop_stalls import FLOOR_READS, LoopStalls
 from scheduler.model import HostId
 from tests.fixtures.etcd import free_port
 
@@ -226,3 +228,32 @@ def test_a_silence_of_break_after_timeouts_breaks_the_streams_and_relists() -> N
 
     lists, breaks = follow(spec, stalls, scenario)
     assert (lists, breaks) == (2, 1)
+
+
+def test_a_silence_no_longer_than_the_backlog_is_excused_and_found_once_nothing_else_is_read() -> None:
+    spec = HostSpec(name="queued", port=free_port(), usage_interval=0.1)
+    stalls = LoopStalls()
+    backlog = 2.5 * TIMEOUT_S   # other hosts' reports are read this late: the loop is behind, not stalled
+    silence = 2.2 * TIMEOUT_S   # ours is silent for less than that
+
+    async def scenario(watch: Watch, host: SimHost, sim: HostThread | None) -> tuple[int, int, bool]:
+        assert sim is not None and watch.session is not None
+        for _ in range(FLOOR_READS):
+            stalls.read(0.0)
+        sim.call(host.fail("silent"))
+        started = time.monotonic()
+        while time.monotonic() - started < silence:  # the others' late reports, as a busy loop reads them
+            stalls.read(backlog)
+            await asyncio.sleep(0.05)
+        went_silent = watch.session.silent or watch.broke > 0
+        sim.call(host.recover())
+        heard = time.time()
+        await watch.until(lambda s: s.last_seen > heard)
+        excused = watch.session.stalls_excused
+        sim.call(host.fail("silent"))  # again, with nothing else read: no backlog to excuse it by
+        await watch.until(lambda s: s.silent)
+        return watch.broke, excused, went_silent
+
+    broke, excused, went_silent = follow(spec, stalls, scenario)
+    assert not went_silent and excused == 1
+    assert broke == 1  # the second silence, found

@@ -2,7 +2,8 @@
 length (seen at once by whoever asks, before the monitor itself runs, and counted once), a shorter delay
 is not, ``stalled_since`` counts only what lies after its time; and the controller's host grace is
 extended by the leader's own stalls since the host became unreachable, as far as the leader is still
-behind reading its hosts (a report's age when read, over the least age any report had)."""
+behind reading its hosts (a report's age when read, over the least age any report had); a host's silence
+is excused as far as other hosts' reports are late, stalls or not, and not at all with nothing read."""
 
 from __future__ import annotations
 
@@ -185,6 +186,37 @@ def test_a_stall_is_excused_only_as_far_as_the_leader_is_still_behind() -> None:
     assert no_reads == stuck == 3.0
     assert caught_up == pytest.approx(0.05 + 0.01 + READ_MARGIN_S, abs=1e-3)
     assert backlog == pytest.approx(2.5 + READ_MARGIN_S, abs=1e-3)
+
+
+def test_a_silence_is_excused_as_far_as_other_hosts_reports_are_late_stalls_or_not() -> None:
+    async def scenario() -> list[float]:
+        clocks = Clocks()
+        stalls = stalls_on(clocks)
+        stalls.start()
+        try:
+            seen = [stalls.excused_silence(4.0, 0.0)]  # nothing read yet: no backlog shown
+            for _ in range(FLOOR_READS):
+                stalls.read(0.01)
+            stalls.read(0.02)
+            seen.append(stalls.excused_silence(4.0, 0.0))  # on time: next to nothing
+            stalls.read(3.01)                              # others' reports read 3 s late, no stall
+            seen.append(stalls.excused_silence(4.0, 0.0))
+            seen.append(stalls.excused_silence(2.0, 0.0))  # never more than the silence
+            seen.append(stalls.excused_silence(4.0, 3.5))  # a stall as well: the larger, not the sum
+            clocks.advance(READ_WINDOW_S + 0.1)            # nothing read since: every host silent
+            seen.append(stalls.excused_silence(4.0, 0.0))
+            seen.append(stalls.excused_silence(4.0, 2.0))  # ... or the loop stuck: its stall in full
+            return seen
+        finally:
+            await stalls.close()
+
+    none_read, on_time, backlog, short, with_stall, all_silent, stuck = asyncio.run(scenario())
+    assert none_read == 0.0 and all_silent == 0.0
+    assert on_time == pytest.approx(0.01)
+    assert backlog == pytest.approx(3.0)
+    assert short == 2.0
+    assert with_stall == pytest.approx(3.0 + READ_MARGIN_S)  # the stall, as far as the leader is behind
+    assert stuck == 2.0
 
 
 def test_the_host_grace_counts_a_stall_the_leader_has_caught_up_on() -> None:
