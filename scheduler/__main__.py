@@ -38,8 +38,9 @@ from scheduler.keepalive import InLoopKeepalive, KeepaliveRunner, ThreadedKeepal
 from scheduler.keeper import ProcessKeepalive
 from scheduler.placement import registry
 from scheduler.placement.sampling import Sampling
-from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE
+from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE, MASS_LOSS_MIN_HOSTS, MAX_LOST_SHARE
 from scheduler.server import REGISTRATION_REFRESH, add_services
+from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import START_FAILURE_COOLDOWN, START_FAILURE_THRESHOLD, StartHealthSettings
 from scheduler.store.errors import NotLeader, StoreError
 from scheduler.store.factory import MEMORY, open_store
@@ -67,6 +68,7 @@ class Settings:
     host_grace: float = HOST_GRACE
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
     agent_down_grace: float = AGENT_DOWN_GRACE
+    max_lost_share: float = MAX_LOST_SHARE
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
     prometheus: str = ""
     autoscale_interval: float = AUTOSCALE_INTERVAL
@@ -110,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--agent-down-grace", type=float, default=AGENT_DOWN_GRACE, metavar="SECONDS",
                        help="the same when the host answers but refuses its agent's port: an agent "
                             "restarting, its containers still running (default %(default)s)")
+    serve.add_argument("--max-lost-share", type=float, default=MAX_LOST_SHARE, metavar="FRACTION",
+                       help=f"when more than this share of the hosts (in a cluster of {MASS_LOSS_MIN_HOSTS} "
+                            "or more) is lost at once, their replicas are not replaced: the leader more "
+                            "likely lost its own view of them than they all died (default %(default)s; 1: "
+                            "always replace)")
     serve.add_argument("--start-failure-threshold", type=int, default=START_FAILURE_THRESHOLD, metavar="N",
                        help="launches on one host failing in a row for host-side reasons (not the image's "
                             "or the spec's) before placement avoids it (default %(default)s)")
@@ -174,6 +181,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                          "every second)")
     if args.host_grace < 0 or args.agent_down_grace < 0:
         raise SystemExit("shoal-scheduler: --host-grace and --agent-down-grace cannot be negative")
+    if not 0 < args.max_lost_share <= 1:
+        raise SystemExit("shoal-scheduler: --max-lost-share must be more than 0 and at most 1 (1: always "
+                         "replace lost hosts' replicas)")
     if args.start_failure_threshold < 1 or args.start_failure_cooldown < 0:
         raise SystemExit("shoal-scheduler: --start-failure-threshold must be at least 1 and "
                          "--start-failure-cooldown cannot be negative")
@@ -195,6 +205,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     lease_keeper=args.lease_keeper,
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
                     heartbeat_timeout=args.heartbeat_timeout, agent_down_grace=args.agent_down_grace,
+                    max_lost_share=args.max_lost_share,
                     start_health=StartHealthSettings(threshold=args.start_failure_threshold,
                                                      cooldown=args.start_failure_cooldown),
                     prometheus=args.prometheus, autoscale_interval=args.autoscale_interval,
@@ -274,6 +285,10 @@ async def serve(settings: Settings) -> None:
     registration_task = asyncio.create_task(registration.run(), name="instance-registration")
     credentials = _credentials(settings)
     leading: list[Controller] = []
+    # The session workers outlive terms: a term lost and won again adopts their sessions as they are.
+    workers = (SessionWorkers(settings.session_workers, credentials=credentials,
+                              heartbeat_timeout=settings.heartbeat_timeout)
+               if settings.session_workers else None)
 
     async def lead(term: Term) -> None:
         log.info("leading (epoch %d)", term.epoch)
@@ -282,6 +297,7 @@ async def serve(settings: Settings) -> None:
                                                           host_grace=settings.host_grace,
                                                           heartbeat_timeout=settings.heartbeat_timeout,
                                                           agent_down_grace=settings.agent_down_grace,
+                                                          max_lost_share=settings.max_lost_share,
                                                           start_health=settings.start_health,
                                                           autoscale=AutoscaleSettings(
                                                               interval=settings.autoscale_interval,
@@ -292,7 +308,7 @@ async def serve(settings: Settings) -> None:
                                                           session_workers=settings.session_workers),
                                 on_pass=observer.record_pass,
                                 on_provider_attempt=observer.record_provider_attempt,
-                                follower=observer.follower(store))
+                                follower=observer.follower(store), workers=workers)
         leading.append(controller)
         try:
             await controller.run()
@@ -333,6 +349,8 @@ async def serve(settings: Settings) -> None:
                   task.get_name(), SHUTDOWN_WAIT, where.getvalue())
     await keepalive.close()
     await registration.close()
+    if workers is not None:
+        await workers.close()
     await server.stop(grace=2)
     if http is not None:
         http.close()

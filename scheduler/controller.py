@@ -86,6 +86,7 @@ FULL_PASS_INTERVAL = 5.0
 # hosts a full pass took 1-3 s of a loaded leader's loop: every 5 s, a third of it or more went to finding
 # nothing to do, while the sessions waited.
 FULL_PASS_SHARE = 0.1
+HELD_LOG_S = 30.0  # while lost hosts are held (reconcile.mass_loss), said this often
 LONG_PASS_S = 1.0  # a pass holding the loop this long is logged with where its time went
 # Pending replicas one pass hands to placement; the rest wait for the next pass, right after. A pass
 # placing 30,000 held the loop for 4.6 s at 2,000 hosts (every agent session unheard meanwhile), one of
@@ -116,6 +117,7 @@ class ControllerSettings:
     profile: Profile
     host_grace: float = reconcile.HOST_GRACE       # unreachable this long: its replicas move
     agent_down_grace: float = reconcile.AGENT_DOWN_GRACE  # the same when only its agent is down
+    max_lost_share: float = reconcile.MAX_LOST_SHARE  # more hosts lost at once: none replaced (reconcile)
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT    # no usage report this long: the host is unreachable
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
     autoscale: AutoscaleSettings | None = None  # None: no autoscaler in this term (tests of reconcile)
@@ -127,7 +129,7 @@ class Controller:
     def __init__(self, store: base.Store, settings: ControllerSettings, *,
                  on_pass: Callable[[float, reconcile.Plan, reconcile.World], None] | None = None,
                  on_provider_attempt: Callable[[AttemptRecord], None] | None = None,
-                 follower: Follower | None = None) -> None:
+                 follower: Follower | None = None, workers: SessionWorkers | None = None) -> None:
         self.store = store
         # This instance's follower (``scheduler.follower``), when it has one: a term starts from its
         # state and follows its decoded changes instead of reading and watching etcd a second time.
@@ -136,7 +138,10 @@ class Controller:
         self.settings = settings
         self.mirror: Mirror | None = None
         self.sessions: dict[HostId, Session] = {}
-        self.workers: SessionWorkers | None = None  # with settings.session_workers: where sessions run
+        # Where sessions run with session workers: the instance's pool, which outlives the term (its
+        # sessions are parked at the end, for the next term), or else one of the term's own.
+        self.workers = workers
+        self._own_workers = workers is None and settings.session_workers > 0
         self._wake = asyncio.Event()
         self._deposed = ""
         self._on_pass = on_pass
@@ -158,6 +163,8 @@ class Controller:
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
         self._place_from: ServiceName | None = None           # where the next pass resumes placing
+        self.lost_held = 0                                    # lost hosts the last pass did not replace
+        self._held_logged = 0.0                               # when that was last logged
 
     def poke(self, *_: object) -> None:
         self._wake.set()
@@ -186,10 +193,11 @@ class Controller:
             hosting.add_done_callback(self._elastic_ended)
         self.stalls.start()
         try:
-            if self.settings.session_workers:
+            if self._own_workers:
                 self.workers = SessionWorkers(
                     self.settings.session_workers, credentials=self.settings.credentials,
                     heartbeat_timeout=self.settings.heartbeat_timeout)
+            if self.workers is not None:
                 await self.workers.start()
             while True:
                 watcher = asyncio.create_task(await self._start(), name="etcd-watch")
@@ -211,9 +219,12 @@ class Controller:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
             await self.actuator.close()
-            await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
+            if self.workers is not None and not self._own_workers:
+                self.workers.park()  # followed on, for the next term on this instance
+            else:
+                await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
             self.sessions.clear()
-            if self.workers is not None:
+            if self.workers is not None and self._own_workers:
                 await self.workers.close()
             await self.stalls.close()
 
@@ -357,6 +368,7 @@ class Controller:
         plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
         decided = time.perf_counter()
         self._place_from = plan.placed_through if plan.deferred else None
+        self._note_held(plan.lost_held, len(world.hosts))
         if plan.deferred:
             self.poke()  # the rest of what is pending: the next pass, once the loop has had a turn
         self.last_placer = placer
@@ -419,6 +431,20 @@ class Controller:
             self._on_pass(time.perf_counter() - started, plan, world)
         self._due = self._next_due(world)
         return self._due
+
+    def _note_held(self, held: int, hosts: int) -> None:
+        """Says (at most every ``HELD_LOG_S`` while it lasts) that lost hosts are not being replaced."""
+        now = time.monotonic()
+        if held and (not self.lost_held or now - self._held_logged >= HELD_LOG_S):
+            log.warning("%d of %d hosts have been unreachable past their grace, more than %g of them: "
+                        "their replicas are not replaced (the leader more likely lost its own view of "
+                        "them than they all died; --max-lost-share)", held, hosts,
+                        self.settings.max_lost_share)
+            self._held_logged = now
+        elif self.lost_held and not held:
+            log.warning("lost hosts are no longer more than %g of the hosts: replacing what they ran",
+                        self.settings.max_lost_share)
+        self.lost_held = held
 
     def _next_due(self, world: reconcile.World) -> float | None:
         """When a pass is due by the clock alone (such a pass looks at everything)."""
@@ -545,6 +571,7 @@ class Controller:
             now=time.time() if now is None else now, busy=frozenset(self.actuator.busy),
             launch_failures=dict(self.actuator.failures), unreachable_since=self._unreachable_since(statuses),
             host_grace=self.settings.host_grace, agent_down_grace=self.settings.agent_down_grace,
+            max_lost_share=self.settings.max_lost_share,
             agent_down=frozenset(h for h, s in self.sessions.items() if s.agent_down),
             # The mirror's own index, not a copy: the step reads it before anything changes the mirror.
             by_service=self.mirror.by_service, scope=scope,

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from proto.scheduler.v1 import scheduler_pb2 as spb
@@ -125,6 +125,11 @@ class SchedulerMetrics:
             "Attempts to deliver a host group's request to its provider (webhook and/or command), by "
             "kind (scale_out, scale_in) and outcome (delivered, failed: retried with backoff). Counted "
             "by the leader.", ["group", "kind", "outcome"], registry=r)
+        self.lost_held = Gauge(
+            "shoal_scheduler_lost_hosts_held",
+            "Hosts lost past their grace whose replicas the leader is not replacing, because more than "
+            "--max-lost-share of the hosts were lost at once (0 normally; set by each reconcile pass).",
+            registry=r)
         for action in ("launch", "retire"):
             self.actions.labels(action)
         r.register(_ClusterCollector(self))
@@ -134,6 +139,7 @@ class SchedulerMetrics:
     def record_pass(self, seconds: float, plan: reconcile.Plan, world: reconcile.World) -> None:
         """One reconcile pass of the leader: its duration, the replicas it placed, the actions it decided."""
         self.reconcile.observe(seconds)
+        self.lost_held.set(plan.lost_held)
         for write in plan.writes:
             if isinstance(write, reconcile.DropReplica):
                 self._placed.pop(write.replica.id, None)

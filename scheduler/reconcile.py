@@ -16,7 +16,11 @@ The rules, per service:
   replica whose container vanished from a complete view of its host is recreated.
 * **Abandon** replicas on a host unreachable for longer than ``World.host_grace``: they are marked
   stopping (so the count below replaces them elsewhere) and their containers retired when the host is
-  back.
+  back — unless more than ``World.max_lost_share`` of the hosts (in a cluster of ``MASS_LOSS_MIN_HOSTS``
+  or more) are lost at once. Then the leader more likely lost its own view (its network, or a loop too
+  loaded to hear its hosts) than half the machines died, and replacing would only pile their replicas
+  onto the few hosts it still hears: nothing is abandoned, and ``Plan.lost_held`` says how many lost
+  hosts were held (Kubernetes' node lifecycle controller stops evicting in a full disruption too).
 * **Count**: ``live`` replicas are those not stopping; *condemned* ones run an old template or sit on a
   draining host; the rest are *kept*. Missing kept replicas are created (``pending``) — during a rollout or
   a drain only up to ``replicas + max_surge`` live ones; surplus kept replicas are stopped in the
@@ -72,6 +76,8 @@ from scheduler.observed import ContainerState, Health, HostObservation
 MAX_DECISIONS = 10
 HOST_GRACE = 3.0     # seconds a host may be unreachable before its replicas are replaced elsewhere
 AGENT_DOWN_GRACE = 30.0  # the same when the host answers but its agent does not (a restart, most likely)
+MAX_LOST_SHARE = 0.5     # more of the hosts than this lost at once: none of their replicas is replaced ...
+MASS_LOSS_MIN_HOSTS = 10  # ... in a cluster this large (in a smaller one, a share is one or two hosts)
 BACKOFF_BASE = 1.0   # seconds before the first relaunch of a failed replica
 BACKOFF_CAP = 60.0
 _RUNNING = "running"  # the reason ObservedContainer.phase gives a running container without health check
@@ -114,6 +120,7 @@ class World:
     # containers still running under the supervisor); they get the longer grace.
     agent_down: frozenset[HostId] = frozenset()
     agent_down_grace: float = AGENT_DOWN_GRACE
+    max_lost_share: float = MAX_LOST_SHARE  # 1: replace whatever is lost, however much
     # The replica ids of each service, when the caller keeps them (None: the step groups ``replicas``).
     # Must hold exactly the ids in ``replicas``; read only during the step.
     by_service: Mapping[ServiceName, Collection[ReplicaId]] | None = None
@@ -198,6 +205,8 @@ class Plan:
     # the service after ``placed_through``.
     deferred: bool = False
     placed_through: ServiceName | None = None
+    # Lost hosts whose replicas were not replaced because too many were lost at once (``max_lost_share``).
+    lost_held: int = 0
 
     @property
     def empty(self) -> bool:
@@ -227,6 +236,9 @@ class _Plan:
         self.actions: list[AgentAction] = []
         # Asked of nearly every replica: answered once per step.
         self.lost = frozenset(h for h in world.unreachable_since if world.lost(h))
+        self.lost_held = 0
+        if mass_loss(len(self.lost), len(world.hosts), world.max_lost_share):
+            self.lost_held, self.lost = len(self.lost), frozenset()
         self.draining = frozenset(h for h, r in world.hosts.items() if r.admin is HostAdmin.DRAINING)
         self.attempted = 0                               # pending replicas handed to the placer
         self.deferred = False
@@ -261,7 +273,12 @@ class _Plan:
             if original is None or _changed(original, replica):
                 self.writes.append(WriteReplica(replace(replica, updated_at=self.world.now)))
         return Plan(writes=tuple(self.writes), actions=tuple(self.actions), deferred=self.deferred,
-                    placed_through=self.placed_through)
+                    placed_through=self.placed_through, lost_held=self.lost_held)
+
+
+def mass_loss(lost: int, hosts: int, max_share: float) -> bool:
+    """Whether ``lost`` of ``hosts`` is too many to replace (see the module docstring)."""
+    return hosts >= MASS_LOSS_MIN_HOSTS and lost > max_share * hosts
 
 
 # What makes a replica worth writing: every field but the time of its last write. Compared field by

@@ -13,6 +13,14 @@ A worker that dies is started again and given its hosts back; meanwhile their se
 connecting, as a new leader's do, so the controller's borrowed status covers them for a heartbeat
 timeout (``Controller._status``) and nothing is moved for the worker's sake alone unless reconnecting
 takes longer than the host grace. Calls in flight on it fail as UNAVAILABLE (the next pass retries).
+
+The pool belongs to the scheduler instance, not to a term (``shoal-scheduler serve`` makes it, each
+term's ``Controller`` borrows it): when a term ends its sessions are *parked* — the workers go on
+following the hosts, nobody is told of changes — and the next term on this instance adopts them as they
+are, connected and complete, instead of connecting and listing every host again (at 2,000 hosts each
+lost term restarted 2,000 sessions, and the load of that cost the next term too: docs/scaling.md, part
+6). Sessions no term claims within ``PARKED_S`` are dropped, so an instance that stays a standby does
+not follow hosts for long.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ log = logging.getLogger(__name__)
 RESTART_DELAY = 1.0      # between a worker's death and its replacement (a worker that cannot start)
 CLOSE_TIMEOUT = 10.0     # for a worker to end once its pipe is closed, before it is killed
 REPLY_MARGIN = 10.0      # a relayed call waits this much past its own timeout for the worker's reply
+PARKED_S = 30.0          # a term's sessions are kept this long after it ends, for the next term to adopt
 _REPO = Path(__file__).resolve().parent.parent  # what ``-m scheduler.session_worker`` must import from
 
 
@@ -67,6 +76,8 @@ class RemoteSession:
         self.last_seen = 0.0
         self._usage: dict[str, ContainerUsage] = {}
         self._usage_wanted = False
+        self._following = False  # the worker was asked to follow the host
+        self.parked = False      # kept between terms: nobody is told of changes
         self.containers = cast(pb_grpc.ContainersStub, _Containers(pool, host))
 
     @property
@@ -78,7 +89,18 @@ class RemoteSession:
         return self._usage
 
     def start(self) -> None:
-        self._pool.send(self.host, wire.Follow(self.host, self.address))
+        """Has the worker follow the host (once: an adopted session is followed already)."""
+        if not self._following:
+            self._following = True
+            self._pool.send(self.host, wire.Follow(self.host, self.address))
+
+    def park(self) -> None:
+        self.parked = True
+        self._on_change = _ignore
+
+    def adopt(self, on_change: Callable[[HostId], None]) -> None:
+        self.parked = False
+        self._on_change = on_change
 
     async def close(self) -> None:
         self._pool.forget(self)
@@ -129,8 +151,12 @@ class RemoteSession:
         self.error, self.agent_down, self.silent = "", False, False
         if self._usage_wanted:
             self._pool.send(self.host, wire.WantUsage(self.host))
-        self.start()
+        self._pool.send(self.host, wire.Follow(self.host, self.address))
         self._on_change(self.host)
+
+
+def _ignore(_host: HostId) -> None:
+    pass
 
 
 class _Containers:
@@ -173,18 +199,45 @@ class SessionWorkers:
         self._ids = itertools.count(1)
         self._closing = False
         self._restarting: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._parked_until: asyncio.TimerHandle | None = None
         self.restarts = 0  # workers started again after dying (for tests and the log)
 
     async def start(self) -> None:
+        """Starts the workers (once: every term on this instance calls it)."""
+        if self._started:
+            return
+        self._started = True
         for worker in self._workers:
             await self._spawn(worker)
 
     def session(self, host: HostId, address: str, *, on_change: Callable[[HostId], None]) -> RemoteSession:
-        """A new session for ``host`` (not started: ``start()`` asks its worker to follow the host)."""
+        """The session for ``host``: the one parked by the last term if it follows the same address
+        (adopted as it is), else a new one (not started: ``start()`` asks its worker to follow the host)."""
+        kept = self.sessions.get(host)
+        if kept is not None and kept.parked and kept.address == address:
+            kept.adopt(on_change)
+            return kept
+        if kept is not None:
+            self.forget(kept)
         session = RemoteSession(self, host, address, heartbeat_timeout=self.heartbeat_timeout,
                                 on_change=on_change)
         self.sessions[host] = session
         return session
+
+    def park(self) -> None:
+        """A term ended: its sessions go on for the next term to adopt, for ``PARKED_S`` at most."""
+        for session in self.sessions.values():
+            session.park()
+        if self._parked_until is not None:
+            self._parked_until.cancel()
+        self._parked_until = asyncio.get_running_loop().call_later(PARKED_S, self.drop_parked)
+
+    def drop_parked(self) -> None:
+        """Stops following the hosts no term adopted."""
+        for session in [s for s in self.sessions.values() if s.parked]:
+            self.forget(session)
+        self._parked_until = None
 
     def forget(self, session: RemoteSession) -> None:
         if self.sessions.get(session.host) is session:
@@ -225,6 +278,8 @@ class SessionWorkers:
 
     async def close(self) -> None:
         self._closing = True
+        if self._parked_until is not None:
+            self._parked_until.cancel()
         for worker in self._workers:
             if worker.writer is not None:
                 worker.writer.close()

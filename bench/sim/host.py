@@ -134,6 +134,7 @@ class SimHost:
         self._built: tuple[int, pb.UsageSnapshot] | None = None
         self._starts: dict[str, asyncio.Task[None]] = {}
         self.calls: dict[str, int] = {}  # calls answered, by method (what the scheduler costs a host)
+        self.usage_streams = 0  # usage streams open now (who follows this host)
         # How late its usage reports went out (a simulator process short of cpu delays every host's:
         # the scheduler then sees silence that is the simulator's, not its own).
         self.usage_late_max = 0.0
@@ -525,14 +526,18 @@ class _Host(pb_grpc.HostServicer):
         await self.host.answering("WatchUsage")
         interval = self.host.spec.usage_interval
         due = time.monotonic()
-        while True:
-            # A silent host sends nothing (a cut network): the scheduler's heartbeat timeout notices.
-            await self.host.answering("WatchUsage.snapshot")
-            if not self.host.silent:
-                self.host.usage_late(time.monotonic() - due)
-            yield self.host.snapshot()
-            await asyncio.sleep(interval)
-            due = time.monotonic()
+        self.host.usage_streams += 1
+        try:
+            while True:
+                # A silent host sends nothing (a cut network): the scheduler's heartbeat timeout notices.
+                await self.host.answering("WatchUsage.snapshot")
+                if not self.host.silent:
+                    self.host.usage_late(time.monotonic() - due)
+                yield self.host.snapshot()
+                await asyncio.sleep(interval)
+                due = time.monotonic()
+        finally:
+            self.host.usage_streams -= 1
 
 
 __all__ = ["HostSpec", "SimError", "SimHost", "event_to_pb", "host_id_of"]

@@ -50,3 +50,11 @@ def test_sessions_stay_in_process_unless_workers_are_asked_for() -> None:
     for bad in ("-1", "65"):
         with pytest.raises(SystemExit, match=re.escape("--session-workers must be 0 (in-process) to 64")):
             settings("--insecure-tcp", "--session-workers", bad)
+
+
+def test_lost_hosts_are_held_past_half_unless_told_otherwise() -> None:
+    assert settings("--insecure-tcp").max_lost_share == 0.5
+    assert settings("--insecure-tcp", "--max-lost-share", "1").max_lost_share == 1.0
+    for bad in ("0", "-0.1", "1.5"):
+        with pytest.raises(SystemExit, match=re.escape("--max-lost-share must be more than 0 and at most 1")):
+            settings("--insecure-tcp", "--max-lost-share", bad)

@@ -493,6 +493,9 @@ def test_a_pass_records_its_duration_the_wait_of_replicas_it_placed_and_its_acti
     assert value(s, "shoal_scheduler_placement_duration_seconds_bucket", le="2.5") == 1
     assert value(s, "shoal_scheduler_planned_actions_total", action="launch") == 2
     assert value(s, "shoal_scheduler_planned_actions_total", action="retire") == 2
+    assert value(s, "shoal_scheduler_lost_hosts_held") == 0
+    metrics.record_pass(0.01, replace(plan, writes=(), actions=(), lost_held=7), world(now=105.0))
+    assert value(scrape(metrics), "shoal_scheduler_lost_hosts_held") == 7  # the latest pass's
 
 
 # -- etcd timing --------------------------------------------------------------------------------------

@@ -329,6 +329,53 @@ def test_a_host_whose_agent_alone_is_down_gets_the_longer_grace() -> None:
     assert "its agent has not answered for 30.0 s" in written(run(late))["a"].reason
 
 
+def mass_loss_world(hosts_count: int, lost_count: int, **kw: object) -> World:
+    """``hosts_count`` hosts with one replica each; the first ``lost_count`` unreachable past the grace."""
+    ids = [HostId(f"m{i:02d}") for i in range(hosts_count)]
+    records = {h: HostRecord(id=h, name=f"host-{h}", address=f"10.1.0.{i + 1}:7070")
+               for i, h in enumerate(ids)}
+    reps = [replica(f"r{i:02d}", host=h) for i, h in enumerate(ids)]
+    observed = {h: HostObservation(host=h, connected=i >= lost_count, complete=i >= lost_count,
+                                   containers={} if i < lost_count else {f"r{i:02d}": container(f"r{i:02d}")})
+                for i, h in enumerate(ids)}
+    return World(services={ServiceName("web"): service(hosts_count)}, replicas={r.id: r for r in reps},
+                 hosts=records,
+                 statuses={h: HostStatus(id=h, ready=i >= lost_count) for i, h in enumerate(ids)},
+                 observed=observed, now=NOW, unreachable_since={h: NOW - 10.0 for h in ids[:lost_count]},
+                 **kw)  # type: ignore[arg-type]
+
+
+def abandoned(plan: reconcile.Plan) -> list[str]:
+    return sorted(rid for rid, r in written(plan).items() if r.phase is ReplicaPhase.STOPPING)
+
+
+@pytest.mark.parametrize(("hosts_count", "lost_count", "max_share", "held"), [
+    (10, 6, reconcile.MAX_LOST_SHARE, True),   # more than half of 10: held
+    (10, 5, reconcile.MAX_LOST_SHARE, False),  # half: replaced
+    (10, 10, reconcile.MAX_LOST_SHARE, True),  # every host: held
+    (10, 6, 1.0, False),                       # the guard turned off
+    (9, 8, reconcile.MAX_LOST_SHARE, False),   # a cluster too small for a share to mean anything
+    (20, 9, 0.4, True),                        # a share of one's own
+], ids=["6/10", "5/10", "10/10", "6/10 share 1", "8/9", "9/20 share 0.4"])
+def test_when_too_many_hosts_are_lost_at_once_their_replicas_are_held_not_replaced(
+        hosts_count: int, lost_count: int, max_share: float, held: bool) -> None:
+    """The leader then more likely lost its view of them (its network, its load) than they all died:
+    replacing would pile their replicas onto the few hosts it still hears."""
+    plan = run(mass_loss_world(hosts_count, lost_count, max_lost_share=max_share))
+    if held:
+        assert plan.lost_held == lost_count and abandoned(plan) == [] and not launches(plan)
+    else:
+        assert plan.lost_held == 0
+        assert abandoned(plan) == [f"r{i:02d}" for i in range(lost_count)]
+
+
+def test_a_held_loss_is_replaced_once_enough_hosts_are_back() -> None:
+    held = run(mass_loss_world(10, 6))
+    assert held.lost_held == 6 and abandoned(held) == []
+    later = run(mass_loss_world(10, 4))  # two came back: four lost of ten is not too many
+    assert later.lost_held == 0 and abandoned(later) == ["r00", "r01", "r02", "r03"]
+
+
 def test_when_the_host_is_back_its_abandoned_replicas_are_retired_there() -> None:
     """After a partition heals, the old copy stops: never more than the declared count for long."""
     reps = [replica("a", host="h1", phase=ReplicaPhase.STOPPING, ready=False, reason="unreachable"),

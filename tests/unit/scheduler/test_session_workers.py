@@ -3,7 +3,8 @@ worker processes following simulated hosts over real gRPC. The leader's remote s
 as the workers' sessions do, calls are relayed with their outcome (a container, or the agent's error and
 trailers), a silent host reads as silent, the autoscaler's usage arrives once asked for, a killed worker
 is replaced and its hosts followed again, closing leaves no process — and a whole term of the controller
-places and runs a service through workers."""
+places and runs a service through workers; the instance's workers outlive a term, whose sessions the next
+term adopts without relisting any host."""
 
 from __future__ import annotations
 
@@ -187,6 +188,61 @@ def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
     run(scenario())
 
 
+def test_the_instances_workers_outlive_a_term_and_the_next_term_adopts_its_sessions_warm() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        hosts = [SimHost(HostSpec(name=f"kept-{i}", port=free_port(), usage_interval=0.1)) for i in range(3)]
+        for host in hosts:
+            await host.start()
+        await store.commit([base.Put(dataclasses.replace(build.host(h.spec.host_id), address=h.spec.address))
+                            for h in hosts])
+        pool = SessionWorkers(1, credentials=None, heartbeat_timeout=HEARTBEAT)  # the instance's
+
+        async def term(instance: str) -> tuple[Controller, asyncio.Task[None], int]:
+            lease = await store.grant_lease(10)
+            epoch = (await store.campaign(LeaderRecord(instance=instance), lease_id=lease.id)).epoch
+            settings = ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch), credentials=None,
+                                          profile=default_profile(), session_workers=1)
+            controller = Controller(store, settings, workers=pool)
+            task = asyncio.create_task(controller.run())
+            await until(lambda: len(controller.sessions) == 3
+                        and all(_followed(s) for s in controller.sessions.values()))
+            return controller, task, lease.id
+
+        async def end(task: asyncio.Task[None], lease: int) -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            store.expire_lease(lease)
+
+        try:
+            first, task, lease = await term("one")
+            sessions = dict(pool.sessions)
+            assert all(first.sessions[h] is s for h, s in sessions.items()) and len(sessions) == 3
+            pids = pool.pids()
+            await end(task, lease)
+            assert pool.pids() == pids and all(s.parked for s in sessions.values())  # followed on
+            listed = [h.calls["ListContainers"] for h in hosts]
+
+            second, task, lease = await term("one")
+            assert all(second.sessions[h] is s and not s.parked for h, s in sessions.items())
+            assert [h.calls["ListContainers"] for h in hosts] == listed  # adopted warm: nothing relisted
+            await store.commit([base.Put(build.service("web", replicas=3))])
+            await until(lambda: sum(len(h.containers) for h in hosts) == 3)  # acts through them
+            await end(task, lease)
+
+            pool.drop_parked()  # as PARKED_S after a term that no other term on this instance follows
+            assert pool.sessions == {}
+            await until(lambda: all(h.usage_streams == 0 for h in hosts))  # the worker let them go
+        finally:
+            await pool.close()
+            for host in hosts:
+                await host.stop()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+    run(scenario())
 
 
 def test_a_state_wakes_a_pass_only_when_it_changes_what_a_pass_reads() -> None:
