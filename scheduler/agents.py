@@ -39,6 +39,7 @@ from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 from scheduler import session_breaks
 from scheduler.cancellation import raise_if_cancelling
+from scheduler.connect_gate import ConnectGate
 from scheduler.loop_stalls import LoopStalls
 from scheduler.model import (
     LABEL_GENERATION,
@@ -163,7 +164,7 @@ class AgentSession:
 
     def __init__(self, host: HostId, address: str, *, credentials: Credentials | None,
                  on_change: Callable[[HostId], None], heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
-                 stalls: LoopStalls | None = None) -> None:
+                 stalls: LoopStalls | None = None, gate: ConnectGate | None = None) -> None:
         self.host = host
         self.started_at = time.time()  # when this session began following the host
         self.heartbeat_timeout = heartbeat_timeout
@@ -175,6 +176,8 @@ class AgentSession:
         self._heard = time.monotonic()  # the latest sign of life (a usage snapshot, or a new attempt)
         self._heard_stalled = self._stalls.stalled()  # the loop's stalled seconds at that moment
         self._excused = False           # the current silence was already excused once (counted)
+        self._gate = gate               # shared by the process's sessions: so many connecting at once
+        self._in_gate = False           # this session holds one of its slots
         self.silent = False             # no report for a heartbeat timeout: not connected, streams kept
         self.address = address
         self._credentials = credentials
@@ -235,17 +238,17 @@ class AgentSession:
 
     async def _run(self) -> None:
         delay = RETRY_INITIAL
-        first = True
         while True:
-            # Each attempt gets a whole heartbeat timeout; the first counts from the session's start, as
-            # the controller's borrowed status does (Controller._connecting_until), so that the watchdog,
-            # not the end of that status, says why a host that never answered is not ready.
-            if not first:
-                self._hear()
-            first = False
+            if self._gate is not None:
+                await self._gate.enter()
+                self._in_gate = True
+            # Each attempt gets a whole heartbeat timeout from when it begins (not from a wait for the
+            # gate); the watchdog says why a host that never answered is not ready.
+            self._hear()
             try:
                 await _first_error(self._follow_containers(), self._follow_usage(), self._watchdog())
             except asyncio.CancelledError:
+                self._leave_gate()
                 raise
             except grpc.aio.AioRpcError as err:
                 raise_if_cancelling()
@@ -261,6 +264,7 @@ class AgentSession:
                 log.exception("agent session %s failed", self.host)
                 self.error = str(err)
                 kind = type(err).__name__
+            self._leave_gate()
             connected_before = self.observation.complete
             if connected_before:
                 session_breaks.breaks.add(kind)
@@ -269,6 +273,16 @@ class AgentSession:
                 delay = RETRY_INITIAL
             await asyncio.sleep(delay)
             delay = min(RETRY_CAP, delay * 2)
+
+    def _leave_gate(self) -> None:
+        if self._in_gate and self._gate is not None:
+            self._in_gate = False
+            self._gate.leave()
+
+    def _followed_now(self) -> None:
+        """The attempt follows its host (connected, completely listed): its gate slot is for another."""
+        if self._in_gate and self.observation.connected and self.observation.complete:
+            self._leave_gate()
 
     def _disconnected(self) -> None:
         self._usage_ok = self._events_ok = False
@@ -298,6 +312,7 @@ class AgentSession:
                                                complete=True, containers=seen)
             if not self.silent:
                 self.error = ""
+            self._followed_now()
             self._on_change(self.host)
             request = pb.WatchEventsRequest(after_sequence=listing.event_sequence, epoch=listing.event_epoch,
                                             with_container=True)
@@ -363,7 +378,7 @@ class AgentSession:
         self.agent_down = False
         if self.observation.connected:
             self.observation = replace(self.observation, connected=False)
-            self._on_change(self.host)
+        self._on_change(self.host)  # also while connecting: its error ends the host's borrowed status
 
     async def _follow_usage(self) -> None:
         async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
@@ -383,6 +398,7 @@ class AgentSession:
                 changed = True
                 if self._events_ok:
                     self.observation = replace(self.observation, connected=True)
+                    self._followed_now()
             # A snapshot that changes nothing a reconcile pass reads is only a heartbeat: every host sends
             # one a second, and a pass for each kept the leader busy with passes that decided nothing
             # (docs/scaling.md). Usage itself is read by the autoscaler on its own clock.

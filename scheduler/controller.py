@@ -46,6 +46,7 @@ from scheduler.actuator import Settings as ActuatorSettings
 from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials, ReplicaUsage, Session
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
+from scheduler.connect_gate import ConnectGate
 from scheduler.elastic.loop import AttemptRecord, ElasticLoop, ElasticSettings
 from scheduler.follower import ChangeFeed, Follower
 from scheduler.loop_stalls import LoopStalls
@@ -152,6 +153,7 @@ class Controller:
                                  start_health=self.start_health)
         self.last_placer: ViewPlacer | None = None
         self.stalls = LoopStalls()  # this leader's own stalls: no host is blamed for them
+        self.gate = ConnectGate()   # its in-process sessions connect so many at a time
         # What the next pass must look at beyond the mirror's dirt (see ``_scope``).
         self._changed_hosts: set[HostId] = set()              # sessions that reported a change
         self._seen: dict[HostId, HostObservation] = {}        # each host's observation the last pass read
@@ -461,9 +463,6 @@ class Controller:
         # A start-failing host's mark lifts then (its status is rewritten, placement tries it again).
         due += [until for host in self.mirror.hosts
                 if (until := self.start_health.failing_until(host)) is not None and until > world.now]
-        # A connecting session's borrowed status ends then (see _status); a complete one borrows nothing.
-        due += [at for session in self.sessions.values()
-                if not _followed(session) and (at := self._connecting_until(session)) > world.now]
         return min(due) if due else None
 
     def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool) -> reconcile.Scope | None:
@@ -554,7 +553,7 @@ class Controller:
             return self.workers.session(host, address, on_change=self._host_changed)
         return AgentSession(host, address, credentials=self.settings.credentials,
                             on_change=self._host_changed, heartbeat_timeout=self.settings.heartbeat_timeout,
-                            stalls=self.stalls)
+                            stalls=self.stalls, gate=self.gate)
 
     def _observed(self) -> dict[HostId, HostObservation]:
         return {host: session.observation for host, session in self.sessions.items()}
@@ -597,18 +596,18 @@ class Controller:
             session = self.sessions.get(host)
             if session is None:
                 since = max(status.since, now)
-            elif 0 < status.since < session.started_at and self._confirmed_lost(session, now):
+            elif 0 < status.since < session.started_at and self._confirmed_lost(session):
                 since = status.since
             else:
                 since = max(status.since, session.started_at)
             out[host] = since + self.stalls.excused(self.stalls.stalled_since(since))
         return out
 
-    def _confirmed_lost(self, session: Session, now: float) -> bool:
-        """This leader's own session has failed to follow the host, not merely not connected yet."""
-        obs = session.observation
-        connected = obs is not None and obs.connected
-        return bool(session.error) or (not connected and now >= self._connecting_until(session))
+    @staticmethod
+    def _confirmed_lost(session: Session) -> bool:
+        """This leader's own session has failed to follow the host (an error, or its watchdog found it
+        silent: that is an error too), not merely not connected yet."""
+        return bool(session.error)
 
     def _fresh(self, record: HostRecord) -> HostRecord:
         """The host record with the capacity and conditions its agent reported last (each second),
@@ -646,13 +645,15 @@ class Controller:
         complete = session is not None and _followed(session)
         now = time.time()
         # A session still connecting that has seen nothing wrong yet (a new leader's, every host at once)
-        # keeps the recorded status for up to its heartbeat timeout: otherwise every failover would flip
-        # every host to not ready for the moment reconnecting takes. The session's error or missed
-        # heartbeat ends it (and pokes a pass); nothing is launched meanwhile (reconcile waits for a
-        # complete view).
+        # keeps the recorded status: otherwise every failover would flip every host to not ready for the
+        # moment reconnecting takes. The session's error ends it (and pokes a pass): a failed attempt, or
+        # its watchdog finding the host silent for the heartbeat timeout from the attempt's start. No
+        # deadline of the leader's own: sessions wait their turn to connect (scheduler.connect_gate), and
+        # in a session worker the leader cannot see the worker's backlog; a deadline counted here had a
+        # new leader take 5,000 hosts still connecting for lost (docs/scaling.md, part 7). Nothing is
+        # launched meanwhile (reconcile waits for a complete view).
         # (Asked only of a host not followed completely: every pass asks this of every host.)
-        ready = complete or (known.ready and session is not None and not session.error
-                             and now < self._connecting_until(session))
+        ready = complete or (known.ready and session is not None and not session.error)
         reason = "" if ready else (session.error if session is not None and session.error
                                    else "connecting to its agent")
         starts = self.start_health.state(host)
@@ -667,12 +668,6 @@ class Controller:
             since=now if known.ready != ready else known.since,
             start_failures=starts.failures, last_start_failure=starts.last_at,
             start_failure_reason=starts.reason, start_failing=failing)
-
-    def _connecting_until(self, session: Session) -> float:
-        """The end of a new session's borrowed status: its heartbeat timeout, counted as its watchdog
-        counts it (the leader's own stalls meanwhile excluded), so that the watchdog ends it first."""
-        return session.started_at + session.heartbeat_timeout + self.stalls.excused(
-            self.stalls.stalled_since(session.started_at))
 
 
     def _view(self, world: reconcile.World) -> ClusterView:

@@ -30,6 +30,7 @@ import grpc
 from proto.agent.v1 import agent_pb2 as pb
 from scheduler import session_wire as wire
 from scheduler.agents import AgentSession
+from scheduler.connect_gate import ConnectGate
 from scheduler.loop_stalls import LoopStalls
 from scheduler.model import HostId
 from scheduler.observed import HostObservation, ObservedContainer
@@ -51,6 +52,7 @@ class Worker:
         self._init = init
         self.sessions: dict[HostId, AgentSession] = {}
         self.stalls = LoopStalls()  # this worker's own stalls: no host is blamed for them
+        self.gate = ConnectGate()   # its sessions connect so many at a time
         self._dirty: set[HostId] = set()
         self._wake = asyncio.Event()
         self._wanted: set[HostId] = set()
@@ -78,7 +80,8 @@ class Worker:
     def _follow(self, host: HostId, address: str) -> None:
         self._drop(host)
         session = AgentSession(host, address, credentials=self._init.credentials, on_change=self._changed,
-                               heartbeat_timeout=self._init.heartbeat_timeout, stalls=self.stalls)
+                               heartbeat_timeout=self._init.heartbeat_timeout, stalls=self.stalls,
+                               gate=self.gate)
         self.sessions[host] = session
         session.start()
         self._changed(host)

@@ -3,20 +3,24 @@
 ``Controller._unreachable_since`` counts a host's grace from the recorded status change (written by
 whichever leader lost the host), but never from before this leader's session to the host started while
 that session may still connect: a new leader gives every host the whole grace to be reached. Once its
-own session has failed (an error, or the heartbeat timeout passed without a connection), the recorded
-time counts, so a term change does not restart the grace of hosts that are already gone."""
+own session has failed (an error, or its watchdog found the host silent), the recorded time counts, so
+a term change does not restart the grace of hosts that are already gone; the time a session has spent
+connecting alone confirms nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from bench.sim.host import HostSpec, SimHost
 from scheduler.agents import AgentSession
 from scheduler.controller import Controller, ControllerSettings
 from scheduler.model import HostId, HostStatus
 from scheduler.placement.registry import default_profile
 from scheduler.store import base
 from scheduler.store.memory import MemoryStore
+from tests.fixtures.etcd import free_port
+from tests.fixtures.sim_session import until
 
 HOST = HostId("c" * 32)
 
@@ -60,15 +64,30 @@ def test_a_failed_session_confirms_the_previous_leaders_clock() -> None:
     asyncio.run(go())
 
 
-def test_a_session_silent_past_its_heartbeat_timeout_confirms_it_too() -> None:
+def test_time_spent_connecting_confirms_nothing_the_sessions_own_silence_does() -> None:
+    """A session may wait its turn to connect (scheduler.connect_gate) or sit behind a busy session
+    worker: how long it has been connecting says nothing about the host. Its watchdog finding the host
+    silent for the heartbeat timeout from the attempt's start does (the silence is its error)."""
     async def go() -> None:
-        controller, session = controller_with_session()
-        session.started_at = time.time() - session.heartbeat_timeout - 1.0  # never connected since
+        mute = SimHost(HostSpec(name="mute", port=free_port(), usage_interval=0.1))
+        await mute.start()
+        await mute.fail("silent")  # the port open, nothing answered: a dead machine behind a live switch
+        controller = Controller(MemoryStore(), ControllerSettings(
+            epoch=2, guard=base.LeaderGuard(2), credentials=None, profile=default_profile()))
+        session = AgentSession(HOST, mute.spec.address, credentials=None, on_change=lambda _h: None,
+                               heartbeat_timeout=0.5)
+        controller.sessions[HOST] = session
+        session.started_at = time.time() - 60.0  # connecting (or waiting to) for a minute
         lost_long_ago = HostStatus(id=HOST, ready=False, since=session.started_at - 600.0)
         try:
+            assert since(controller, lost_long_ago) == session.started_at
+            session.start()
+            await until(lambda: session.silent)
+            assert "no report from the agent" in session.error
             assert since(controller, lost_long_ago) == lost_long_ago.since
         finally:
             await session.close()
+            await mute.stop()
 
     asyncio.run(go())
 
