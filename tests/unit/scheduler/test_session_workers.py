@@ -143,15 +143,21 @@ def test_a_killed_worker_is_replaced_and_its_hosts_followed_again() -> None:
     run(scenario())
 
 
+async def registered_hosts(store: MemoryStore, name: str, count: int = 3) -> list[SimHost]:
+    """``count`` simulated hosts, started, with their host records in ``store``."""
+    hosts = [SimHost(HostSpec(name=f"{name}-{i}", port=free_port(), usage_interval=0.1))
+             for i in range(count)]
+    for host in hosts:
+        await host.start()
+    await store.commit([base.Put(dataclasses.replace(build.host(h.spec.host_id), address=h.spec.address))
+                        for h in hosts])
+    return hosts
+
+
 def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
     async def scenario() -> None:
         store = MemoryStore()
-        hosts = [SimHost(HostSpec(name=f"term-{i}", port=free_port(), usage_interval=0.1)) for i in range(3)]
-        for host in hosts:
-            await host.start()
-        records = [build.host(host.spec.host_id) for host in hosts]
-        await store.commit([base.Put(dataclasses.replace(r, address=h.spec.address))
-                            for r, h in zip(records, hosts, strict=True)])
+        hosts = await registered_hosts(store, "term")
         lease = await store.grant_lease(10)
         epoch = (await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)).epoch
         settings = ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch), credentials=None,
@@ -191,11 +197,7 @@ def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
 def test_the_instances_workers_outlive_a_term_and_the_next_term_adopts_its_sessions_warm() -> None:
     async def scenario() -> None:
         store = MemoryStore()
-        hosts = [SimHost(HostSpec(name=f"kept-{i}", port=free_port(), usage_interval=0.1)) for i in range(3)]
-        for host in hosts:
-            await host.start()
-        await store.commit([base.Put(dataclasses.replace(build.host(h.spec.host_id), address=h.spec.address))
-                            for h in hosts])
+        hosts = await registered_hosts(store, "kept")
         pool = SessionWorkers(1, credentials=None, heartbeat_timeout=HEARTBEAT)  # the instance's
 
         async def term(instance: str) -> tuple[Controller, asyncio.Task[None], int]:
