@@ -24,6 +24,9 @@ Then it measures, printing a table and writing JSON (``--out``, default
 * **steady state**: the leader's cpu (cores, over ``--steady`` seconds) and RSS with every host streaming
   usage every second, the simulators' and etcd members' cpu beside it;
 * **get services latency**: ``ListServices`` ``--api-calls`` times in sequence, p50/p99/max;
+* **lease renewals**, the whole run long: a lease of the bench's own renewed every second through the
+  scheduler's store client on a connection of its own (``bench.sim.lease_probe``): p50/p99/max, how
+  many took over 1 s and 3.3 s (a keeper's deadline at TTL 10), and the slowest with their clock time;
 * ``--profile FILE``: py-spy (if installed) samples the scheduler from the first apply to all running, as
   collapsed stacks (``--format raw``) for ``bench/scale.py``'s reader or flamegraph tools;
 * **mass failure** (``--no-mass-failure`` skips it): ``fail silent`` on ``--kill`` hosts at once (100,
@@ -84,6 +87,7 @@ import grpc
 from bench.procstat import cpu_seconds, rss_bytes
 from bench.sim.audit import Audit, ReplicaRow, audit
 from bench.sim.host import host_id_of
+from bench.sim.lease_probe import LeaseProbe
 from bench.sim.recovery import pick_victims, replacement_times
 from bench.sim.summary import summarize
 from proto.scheduler.v1 import scheduler_pb2 as spb
@@ -382,6 +386,9 @@ class Run:
         self.profiler: asyncio.subprocess.Process | None = None
         self.result: dict[str, Any] = {}
         self.store: base.Store | None = None
+        self.probe: LeaseProbe | None = None  # a lease renewed beside the run (how long etcd takes)
+        self._probe_store: base.Store | None = None
+        self._probe_task: asyncio.Task[None] | None = None
 
     def note(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -395,6 +402,10 @@ class Run:
         # The bench's own reads are big at 100,000 replicas (a snapshot is tens of MB): generous deadlines.
         self.store = await open_store(self.etcd.endpoints, prefix=DEFAULT_PREFIX, request_timeout_s=60,
                                       retry_deadline_s=120)
+        self._probe_store = await open_store(self.etcd.endpoints, prefix=DEFAULT_PREFIX,
+                                             request_timeout_s=60, retry_deadline_s=120)
+        self.probe = LeaseProbe(self._probe_store)
+        self._probe_task = asyncio.create_task(self.probe.run(), name="lease-probe")
         first = await self.start_scheduler("scale-a")
         await self.wait_leader(first)
         if args.failover:
@@ -883,6 +894,15 @@ class Run:
         self.note(f"raw etcd: {n} puts x128/txn in {self.result['raw_puts_r_s']} s")
 
     async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._probe_task
+        if self.probe is not None:
+            self.result["lease_renewals_s"] = self.probe.result()
+        if self._probe_store is not None:
+            with contextlib.suppress(Exception):
+                await self._probe_store.close()
         if self.profiler is not None:
             await stop_process(self.profiler)
         await asyncio.gather(*(s.close() for s in self.sims), return_exceptions=True)

@@ -1,0 +1,62 @@
+"""``LeaseProbe``: a lease of the benchmark's own, renewed every second beside the run, so that how long
+etcd takes to renew a lease under the run's load is measured rather than guessed.
+
+Part 7's 5,000-host runs lost terms when the leader's keeper saw two renewals in a row time out (3.3 s
+each, at TTL 10); the keeper is small and mostly asleep, and etcd's leader applies its pending committed
+entries before it renews a lease, so the suspicion is etcd (docs/scaling.md, "The plan"). The probe
+renews through the scheduler's own store client (``EtcdStore.refresh_lease``), on a connection of its
+own, with no deadline of its own beyond the store's, and keeps every renewal's latency and the slowest
+ones with their wall-clock time, to be lined up with the schedulers' logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.sim.summary import summarize
+from scheduler.store import base
+from scheduler.store.errors import StoreError
+
+SLOW_S = 1.0      # renewals this slow are kept with their time (a keeper's deadline is TTL / 3)
+KEPT = 200        # at most this many of them (the slowest are kept)
+
+
+class LeaseProbe:
+    def __init__(self, store: base.Store, *, interval: float = 1.0, ttl_s: int = 60) -> None:
+        self._store = store
+        self._interval = interval
+        self._ttl_s = ttl_s
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.slow: list[tuple[float, float]] = []  # (wall time it began, seconds)
+
+    async def run(self) -> None:
+        """Renews until cancelled (a lease that expired meanwhile is granted again, and that counted)."""
+        lease = await self._store.grant_lease(self._ttl_s)
+        while True:
+            began, wall = time.monotonic(), time.time()
+            try:
+                await self._store.refresh_lease(lease.id)
+            except StoreError as err:
+                self.failures.append(f"{type(err).__name__}: {err}"[:200])
+                lease = await self._store.grant_lease(self._ttl_s)
+            took = time.monotonic() - began
+            self.latencies.append(took)
+            if took >= SLOW_S:
+                self.slow.append((wall, took))
+                if len(self.slow) > 2 * KEPT:
+                    self.slow = sorted(self.slow, key=lambda s: -s[1])[:KEPT]
+            await asyncio.sleep(max(0.0, self._interval - took))
+
+    def result(self) -> dict[str, Any]:
+        slowest = sorted(self.slow, key=lambda s: -s[1])[:KEPT]
+        return {**summarize(self.latencies), "failures": len(self.failures),
+                "failure_examples": self.failures[:5], f"over_{SLOW_S:g}s": len(self.slow),
+                "over_3.3s": sum(1 for t in self.latencies if t >= 3.3),
+                "slowest": [[time.strftime("%H:%M:%S", time.localtime(w)), round(s, 3)]
+                            for w, s in sorted(slowest)]}
+
+
+__all__ = ["LeaseProbe"]
