@@ -275,7 +275,8 @@ class AgentSession:
             delay = min(RETRY_CAP, delay * 2)
 
     def _leave_gate(self) -> None:
-        if self._in_gate and self._gate is not None:
+        if self._in_gate:
+            assert self._gate is not None  # only ever entered through it
             self._in_gate = False
             self._gate.leave()
 

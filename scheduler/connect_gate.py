@@ -24,7 +24,8 @@ class ConnectGate:
             raise ValueError("connect gate: the limit must be at least 1")
         self.limit = limit
         self._slots = asyncio.Semaphore(limit)
-        self.waiting = 0  # sessions waiting for a slot now (for tests and logs)
+        self.waiting = 0     # sessions waiting for a slot now (for tests and logs)
+        self.connecting = 0  # slots held now
 
     async def enter(self) -> None:
         """Waits for a slot (first come, first served)."""
@@ -33,14 +34,11 @@ class ConnectGate:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
+        self.connecting += 1
 
     def leave(self) -> None:
+        self.connecting -= 1
         self._slots.release()
-
-    @property
-    def connecting(self) -> int:
-        """Slots held now."""
-        return self.limit - self._slots._value  # (asyncio.Semaphore keeps no public count)
 
 
 __all__ = ["CONNECT_LIMIT", "ConnectGate"]

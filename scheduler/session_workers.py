@@ -10,9 +10,9 @@ worker's batched reports, and a ``containers`` client whose calls the worker car
 channel. The leader then pays per change, not per host per second.
 
 A worker that dies is started again and given its hosts back; meanwhile their sessions read as
-connecting, as a new leader's do, so the controller's borrowed status covers them for a heartbeat
-timeout (``Controller._status``) and nothing is moved for the worker's sake alone unless reconnecting
-takes longer than the host grace. Calls in flight on it fail as UNAVAILABLE (the next pass retries).
+connecting, as a new leader's do, so their hosts keep their recorded status until the new worker's
+session to them finds something wrong (``Controller._status``): nothing is moved for the worker's sake
+alone. Calls in flight on it fail as UNAVAILABLE (the next pass retries).
 
 The pool belongs to the scheduler instance, not to a term (``shoal-scheduler serve`` makes it, each
 term's ``Controller`` borrows it): when a term ends its sessions are *parked* — the workers go on
