@@ -27,6 +27,10 @@ Then it measures, printing a table and writing JSON (``--out``, default
 * **lease renewals**, the whole run long: a lease of the bench's own renewed every second through the
   scheduler's store client on a connection of its own (``bench.sim.lease_probe``): p50/p99/max, how
   many took over 1 s and 3.3 s (a keeper's deadline at TTL 10), and the slowest with their clock time;
+* **what etcd says**, beside it (``bench.sim.etcd_watch``): every member's ``/metrics`` every 5 s (apply
+  backlog, pending proposals, puts/s, slow applies, heartbeat failures, leader changes, backend commit
+  time) and, at the end, its log's elections, late heartbeats and slow applies; every renewal of 3.3 s
+  or more is lined up with what etcd did from 10 s before it began until it ended (``etcd.slow_renewals``);
 * ``--profile FILE``: py-spy (if installed) samples the scheduler from the first apply to all running, as
   collapsed stacks (``--format raw``) for ``bench/scale.py``'s reader or flamegraph tools;
 * **mass failure** (``--no-mass-failure`` skips it): ``fail silent`` on ``--kill`` hosts at once (100,
@@ -86,6 +90,7 @@ import grpc
 
 from bench.procstat import cpu_seconds, rss_bytes
 from bench.sim.audit import Audit, ReplicaRow, audit
+from bench.sim.etcd_watch import EtcdSampler, line_up, log_events, summarize_events
 from bench.sim.host import host_id_of
 from bench.sim.lease_probe import LeaseProbe
 from bench.sim.recovery import pick_victims, replacement_times
@@ -389,6 +394,9 @@ class Run:
         self.probe: LeaseProbe | None = None  # a lease renewed beside the run (how long etcd takes)
         self._probe_store: base.Store | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        self.sampler: EtcdSampler | None = None  # etcd's own figures beside the probe
+        self._sampler_task: asyncio.Task[None] | None = None
+        self._started_wall = time.time()
 
     def note(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -406,6 +414,8 @@ class Run:
                                              request_timeout_s=60, retry_deadline_s=120)
         self.probe = LeaseProbe(self._probe_store)
         self._probe_task = asyncio.create_task(self.probe.run(), name="lease-probe")
+        self.sampler = EtcdSampler({m.name: m.client_url for m in self.etcd.members})
+        self._sampler_task = asyncio.create_task(self.sampler.run(), name="etcd-sampler")
         first = await self.start_scheduler("scale-a")
         await self.wait_leader(first)
         if args.failover:
@@ -894,12 +904,20 @@ class Run:
         self.note(f"raw etcd: {n} puts x128/txn in {self.result['raw_puts_r_s']} s")
 
     async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._probe_task
+        for task in (self._probe_task, self._sampler_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.probe is not None:
             self.result["lease_renewals_s"] = self.probe.result()
+        if self.sampler is not None:
+            events = log_events({m.name: m.log_path for m in self.etcd.members}, since=self._started_wall)
+            self.result["etcd"] = {
+                **self.sampler.result(), "log": summarize_events(events),
+                "slow_renewals": line_up(self.probe.slow if self.probe else [], self.sampler.samples, events)}
+            for row in self.result["etcd"]["slow_renewals"]:
+                self.note(f"slow renewal: {row}")
         if self._probe_store is not None:
             with contextlib.suppress(Exception):
                 await self._probe_store.close()
