@@ -2,7 +2,8 @@
 
 One invocation, everything on loopback in a temp dir it removes:
 
-* a real 3-member etcd 3.4 (``tests.fixtures.etcd.EtcdCluster``, fsync on as in production);
+* a real 3-member etcd 3.4 (``tests.fixtures.etcd.EtcdCluster``, fsync on as in production), at nice -5
+  as deploy/systemd's drop-in runs it (``--etcd-nice``);
 * one real, unchanged ``shoal-scheduler serve --insecure-tcp`` (plain TCP on loopback, to its API and to
   the agents), its log in the temp dir;
 * ``--hosts`` simulated hosts (``bench.sim``) in 3 zones, spread over ``--procs`` simulator processes
@@ -385,7 +386,7 @@ class Run:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.etcd = EtcdCluster(workdir / "etcd", size=3)
+        self.etcd = EtcdCluster(workdir / "etcd", size=3, nice=args.etcd_nice)
         self.schedulers: dict[str, SchedulerProcess] = {}
         self.sims: list[Simulator] = []
         self.profiler: asyncio.subprocess.Process | None = None
@@ -947,7 +948,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     run.result.update({
         "hosts": args.hosts, "replicas": args.replicas, "per_service": args.per_service,
         "scheduler_checkout": args.scheduler_checkout or str(ROOT), "start_delay_s": args.start_delay,
-        "election_ttl": args.election_ttl or "default", "terms_counted": "begun",
+        "election_ttl": args.election_ttl or "default", "terms_counted": "begun", "etcd_nice": args.etcd_nice,
         "registration_refresh": args.registration_refresh or "default", "join_rate": args.join_rate,
         "scheduler_args": args.scheduler_arg,
         "phases": {"mass_failure": args.mass_failure, "failover": args.failover},
@@ -1005,6 +1006,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="", metavar="FILE", help="py-spy collapsed stacks of the leader")
     parser.add_argument("--election-ttl", type=int, default=0,
                         help="the scheduler's --election-ttl (default: the scheduler's own default)")
+    parser.add_argument("--etcd-nice", type=int, default=-5, metavar="N",
+                        help="niceness of the etcd members (default -5, as deploy/systemd's etcd drop-in; "
+                             "0 for runs before part 8)")
     parser.add_argument("--registration-refresh", type=float, default=0.0,
                         help="the scheduler's --registration-refresh, seconds between a host's registrations "
                              "(default: the scheduler's own default)")

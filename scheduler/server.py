@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -804,16 +805,30 @@ class RegistrationService(pb_grpc.RegistrationServicer):
     5,000: 60 s, 83 a second, instead of 1,000 a second at 5 s). A ``refresh_seconds`` above
     ``REFRESH_MAX`` is kept as given. The fleet is counted as the hosts that registered here within
     ``REFRESH_MEMORY`` (more than any refresh this answers, so every live host is counted).
+
+    A grown refresh is answered **spread**: uniformly within ``REFRESH_SPREAD`` of itself (60 s becomes
+    30-90 s, a minute on average, so the rate stays the same), as Nomad staggers its clients' heartbeat
+    TTLs. Hosts that joined together (a fleet booted at once, 5,000 simulated hosts in 10 s) would
+    otherwise come back together every minute for good: at 5,000 hosts a wave of 500 registrations a
+    second, 1,000 linearizable etcd reads a second, for 10 s of every 60, which kept etcd's applies
+    seconds behind and its lease renewals timing out (docs/scaling.md, part 8). Spread, a wave is
+    smeared over the whole minute at its first return. The configured floor is answered as it is.
     """
 
     REFRESH_TARGET_RATE = 20.0  # registrations a second this instance aims at, once the floor allows
     REFRESH_MAX = 60.0
     REFRESH_MEMORY = 2 * REFRESH_MAX
+    REFRESH_SPREAD = 0.5        # a grown refresh is answered uniformly within this share of itself
 
-    def __init__(self, store: base.Store, *, refresh_seconds: float = REGISTRATION_REFRESH) -> None:
+    def __init__(self, store: base.Store, *, refresh_seconds: float = REGISTRATION_REFRESH,
+                 spread: float = REFRESH_SPREAD, rng: random.Random | None = None) -> None:
+        if not 0.0 <= spread < 1.0:
+            raise ValueError(f"the refresh spread is a share below 1, got {spread}")
         self.store = store
         self.schema = store.schema
         self.refresh_seconds = refresh_seconds
+        self.spread = spread
+        self._rng = rng or random.Random()
         self._seen: dict[str, float] = {}  # host id -> when it last registered here
         self._pruned_at = 0.0
 
@@ -824,7 +839,9 @@ class RegistrationService(pb_grpc.RegistrationServicer):
             self._pruned_at = now
             self._seen = {h: at for h, at in self._seen.items() if now - at < self.REFRESH_MEMORY}
         grown = min(self.REFRESH_MAX, len(self._seen) / self.REFRESH_TARGET_RATE)
-        return max(self.refresh_seconds, grown)
+        if grown <= self.refresh_seconds:
+            return self.refresh_seconds
+        return max(self.refresh_seconds, grown * (1.0 + self.spread * (2.0 * self._rng.random() - 1.0)))
 
     @_unary(auth.REGISTRATION_CALLERS)
     async def RegisterHost(self, request: pb.RegisterHostRequest, context: Any) -> pb.RegisterHostResponse:

@@ -1,19 +1,40 @@
-"""bench/sim/etcd_watch.py against a real member: the names it scrapes are the ones etcd 3.4 exports
-(the leader is seen leading, the puts it took are counted), and its log's election is found."""
+"""etcd as bench/scale.py runs it: at the niceness deploy/systemd gives it, and watched by
+bench/sim/etcd_watch.py, whose metric names are the ones etcd 3.4 exports (the leader is seen leading,
+the puts it took are counted) and which finds its log's election."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+from pathlib import Path
 
 import aetcd
 import pytest
 
 from bench.sim.etcd_watch import EtcdSampler, log_events, put_rates
-from tests.fixtures.etcd import EtcdCluster
+from tests.fixtures.etcd import EtcdCluster, require_etcd
 from tests.fixtures.sim_session import until
 
 pytestmark = pytest.mark.integration
+
+
+def niceness(pid: int) -> int:
+    # /proc/PID/stat: "pid (comm) state ..." -- the 19th field is the nice value; comm may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[16])
+
+
+@pytest.mark.root
+def test_members_run_at_the_niceness_asked_for(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a negative niceness needs root")
+    require_etcd()
+    with EtcdCluster(tmp_path / "etcd", nice=-5) as cluster:
+        pid = cluster.members[0].pid
+        assert pid is not None
+        assert niceness(pid) == -5
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == "etcd"
 
 
 def test_the_sampler_reads_a_real_members_metrics_and_the_log_reader_its_election(
