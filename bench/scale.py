@@ -2,8 +2,8 @@
 
 One invocation, everything on loopback in a temp dir it removes:
 
-* a real 3-member etcd 3.4 (``tests.fixtures.etcd.EtcdCluster``, fsync on as in production), at nice -5
-  as deploy/systemd's drop-in runs it (``--etcd-nice``);
+* a real 3-member etcd 3.4 (``tests.fixtures.etcd.EtcdCluster``, fsync on as in production; its
+  niceness ``--etcd-nice``, 0 by default);
 * one real, unchanged ``shoal-scheduler serve --insecure-tcp`` (plain TCP on loopback, to its API and to
   the agents), its log in the temp dir;
 * ``--hosts`` simulated hosts (``bench.sim``) in 3 zones, spread over ``--procs`` simulator processes
@@ -26,7 +26,7 @@ Then it measures, printing a table and writing JSON (``--out``, default
   usage every second, the simulators' and etcd members' cpu beside it;
 * **get services latency**: ``ListServices`` ``--api-calls`` times in sequence, p50/p99/max;
 * **lease renewals**, the whole run long: a lease of the bench's own renewed every second through the
-  scheduler's store client on a connection of its own (``bench.sim.lease_probe``): p50/p99/max, how
+  scheduler's store client, in a process of its own (``bench.sim.lease_probe``): p50/p99/max, how
   many took over 1 s and 3.3 s (a keeper's deadline at TTL 10), and the slowest with their clock time;
 * **what etcd says**, beside it (``bench.sim.etcd_watch``): every member's ``/metrics`` every 5 s (apply
   backlog, pending proposals, puts/s, slow applies, heartbeat failures, leader changes, backend commit
@@ -93,7 +93,6 @@ from bench.procstat import cpu_seconds, rss_bytes
 from bench.sim.audit import Audit, ReplicaRow, audit
 from bench.sim.etcd_watch import EtcdSampler, line_up, log_events, summarize_events
 from bench.sim.host import host_id_of
-from bench.sim.lease_probe import LeaseProbe
 from bench.sim.recovery import pick_victims, replacement_times
 from bench.sim.summary import summarize
 from proto.scheduler.v1 import scheduler_pb2 as spb
@@ -392,9 +391,8 @@ class Run:
         self.profiler: asyncio.subprocess.Process | None = None
         self.result: dict[str, Any] = {}
         self.store: base.Store | None = None
-        self.probe: LeaseProbe | None = None  # a lease renewed beside the run (how long etcd takes)
-        self._probe_store: base.Store | None = None
-        self._probe_task: asyncio.Task[None] | None = None
+        # A lease renewed beside the run, in a process of its own (how long etcd takes to renew).
+        self.probe: asyncio.subprocess.Process | None = None
         self.sampler: EtcdSampler | None = None  # etcd's own figures beside the probe
         self._sampler_task: asyncio.Task[None] | None = None
         self._started_wall = time.time()
@@ -411,10 +409,9 @@ class Run:
         # The bench's own reads are big at 100,000 replicas (a snapshot is tens of MB): generous deadlines.
         self.store = await open_store(self.etcd.endpoints, prefix=DEFAULT_PREFIX, request_timeout_s=60,
                                       retry_deadline_s=120)
-        self._probe_store = await open_store(self.etcd.endpoints, prefix=DEFAULT_PREFIX,
-                                             request_timeout_s=60, retry_deadline_s=120)
-        self.probe = LeaseProbe(self._probe_store)
-        self._probe_task = asyncio.create_task(self.probe.run(), name="lease-probe")
+        self.probe = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.sim.lease_probe", "--etcd", self.etcd.endpoints, cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(self.workdir / "probe.log").open("ab"))
         self.sampler = EtcdSampler({m.name: m.client_url for m in self.etcd.members})
         self._sampler_task = asyncio.create_task(self.sampler.run(), name="etcd-sampler")
         first = await self.start_scheduler("scale-a")
@@ -904,24 +901,35 @@ class Run:
             self.result["raw_puts_same_count_s"] = round(await raw_puts(self.etcd.endpoints, puts), 3)
         self.note(f"raw etcd: {n} puts x128/txn in {self.result['raw_puts_r_s']} s")
 
+    async def stop_probe(self) -> list[tuple[float, float]]:
+        """Ends the probe (its stdin closed) and records its result; its slow renewals, raw."""
+        if self.probe is None or self.probe.stdin is None or self.probe.stdout is None:
+            return []
+        self.probe.stdin.close()
+        try:
+            async with asyncio.timeout(30):
+                line = await self.probe.stdout.readline()
+            out = json.loads(line)
+        except (TimeoutError, ValueError) as err:
+            self.result["lease_renewals_s"] = {"error": f"the probe gave no result: {err!r}"}
+            return []
+        finally:
+            await stop_process(self.probe)
+        self.result["lease_renewals_s"] = out["result"]
+        return [(float(wall), float(took)) for wall, took in out["slow"]]
+
     async def close(self) -> None:
-        for task in (self._probe_task, self._sampler_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if self.probe is not None:
-            self.result["lease_renewals_s"] = self.probe.result()
+        if self._sampler_task is not None:
+            self._sampler_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sampler_task
+        slow = await self.stop_probe()
         if self.sampler is not None:
             events = log_events({m.name: m.log_path for m in self.etcd.members}, since=self._started_wall)
-            self.result["etcd"] = {
-                **self.sampler.result(), "log": summarize_events(events),
-                "slow_renewals": line_up(self.probe.slow if self.probe else [], self.sampler.samples, events)}
+            self.result["etcd"] = {**self.sampler.result(), "log": summarize_events(events),
+                                   "slow_renewals": line_up(slow, self.sampler.samples, events)}
             for row in self.result["etcd"]["slow_renewals"]:
                 self.note(f"slow renewal: {row}")
-        if self._probe_store is not None:
-            with contextlib.suppress(Exception):
-                await self._probe_store.close()
         if self.profiler is not None:
             await stop_process(self.profiler)
         await asyncio.gather(*(s.close() for s in self.sims), return_exceptions=True)
@@ -1006,9 +1014,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="", metavar="FILE", help="py-spy collapsed stacks of the leader")
     parser.add_argument("--election-ttl", type=int, default=0,
                         help="the scheduler's --election-ttl (default: the scheduler's own default)")
-    parser.add_argument("--etcd-nice", type=int, default=-5, metavar="N",
-                        help="niceness of the etcd members (default -5, as deploy/systemd's etcd drop-in; "
-                             "0 for runs before part 8)")
+    parser.add_argument("--etcd-nice", type=int, default=0, metavar="N",
+                        help="niceness of the etcd members (deploy/systemd's drop-in runs etcd at -5, on a "
+                             "machine of its own; here it would take cores from the scheduler under test)")
     parser.add_argument("--registration-refresh", type=float, default=0.0,
                         help="the scheduler's --registration-refresh, seconds between a host's registrations "
                              "(default: the scheduler's own default)")

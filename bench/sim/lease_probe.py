@@ -7,17 +7,28 @@ entries before it renews a lease, so the suspicion is etcd (docs/scaling.md, "Th
 renews through the scheduler's own store client (``EtcdStore.refresh_lease``), on a connection of its
 own, with no deadline of its own beyond the store's, and keeps every renewal's latency and the slowest
 ones with their wall-clock time, to be lined up with the schedulers' logs.
+
+It runs in **a process of its own** (``python -m bench.sim.lease_probe --etcd URLS``: renews until its
+stdin closes, then prints its result as one JSON line), as the keeper does: part 8 found that a probe on
+the benchmark's own event loop timed the benchmark's stalls too (renewals of up to 20 s while etcd had
+no backlog and took 46 puts a second, during the benchmark's own audit).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import json
+import sys
 import time
 from typing import Any
 
 from bench.sim.summary import summarize
 from scheduler.store import base
 from scheduler.store.errors import StoreError
+from scheduler.store.factory import open_store
+from scheduler.store.keys import DEFAULT_PREFIX
 
 SLOW_S = 1.0      # renewals this slow are kept with their time (a keeper's deadline is TTL / 3)
 KEPT = 200        # at most this many of them (the slowest are kept)
@@ -59,4 +70,41 @@ class LeaseProbe:
                             for w, s in sorted(slowest)]}
 
 
-__all__ = ["LeaseProbe"]
+async def _stdin_closed() -> None:
+    """Returns when the parent closes our stdin (or dies)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.read(4096):
+        pass
+
+
+async def probe_process(endpoints: str, interval: float) -> dict[str, Any]:
+    """Renews until stdin closes; the result, with the slow renewals' raw (wall time, seconds)."""
+    store = await open_store(endpoints, prefix=DEFAULT_PREFIX, request_timeout_s=60, retry_deadline_s=120)
+    probe = LeaseProbe(store, interval=interval)
+    task = asyncio.create_task(probe.run())
+    try:
+        await _stdin_closed()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        with contextlib.suppress(Exception):
+            await store.close()
+    return {"result": probe.result(), "slow": probe.slow}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.sim.lease_probe", description=__doc__)
+    parser.add_argument("--etcd", required=True, help="client URLs of every member")
+    parser.add_argument("--interval", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    print(json.dumps(asyncio.run(probe_process(args.etcd, args.interval))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["LeaseProbe", "main", "probe_process"]

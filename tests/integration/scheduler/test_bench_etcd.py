@@ -1,22 +1,28 @@
-"""etcd as bench/scale.py runs it: at the niceness deploy/systemd gives it, and watched by
-bench/sim/etcd_watch.py, whose metric names are the ones etcd 3.4 exports (the leader is seen leading,
-the puts it took are counted) and which finds its log's election."""
+"""etcd as bench/scale.py runs it: at the niceness asked for, watched by bench/sim/etcd_watch.py (whose
+metric names are the ones etcd 3.4 exports: the leader is seen leading, the puts it took are counted;
+its log's election is found), and renewing the lease probe's lease from a process of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import aetcd
 import pytest
 
-from bench.sim.etcd_watch import EtcdSampler, log_events, put_rates
+from bench.sim.etcd_watch import EtcdSampler, log_events, parse_metrics, put_rates
 from tests.fixtures.etcd import EtcdCluster, require_etcd
 from tests.fixtures.sim_session import until
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def niceness(pid: int) -> int:
@@ -67,3 +73,28 @@ async def sample_while_putting(name: str, url: str, port: int) -> EtcdSampler:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     return sampler
+
+
+def test_the_lease_probe_runs_in_a_process_of_its_own_until_its_stdin_closes(
+        etcd_private: EtcdCluster) -> None:
+    member = etcd_private.members[0]
+    probe = subprocess.Popen([sys.executable, "-m", "bench.sim.lease_probe", "--etcd", member.client_url,
+                              "--interval", "0.05"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        asyncio.run(until(lambda: renewed(member.client_url) >= 3, every=0.1))
+        out, _ = probe.communicate(timeout=60)  # closes its stdin: the probe's cue to stop
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+    assert probe.returncode == 0
+    reply = json.loads(out)
+    assert reply["result"]["n"] >= 3 and reply["result"]["failures"] == 0
+    assert isinstance(reply["slow"], list)
+
+
+def renewed(url: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    name = "etcd_debugging_lease_renewed_total"
+    return parse_metrics(text, [name]).get(name, 0.0)
