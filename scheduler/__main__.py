@@ -39,7 +39,7 @@ from scheduler.keeper import ProcessKeepalive
 from scheduler.placement import registry
 from scheduler.placement.sampling import Sampling
 from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE, MASS_LOSS_MIN_HOSTS, MAX_LOST_SHARE
-from scheduler.server import REGISTRATION_REFRESH, add_services
+from scheduler.server import REGISTRATION_REFRESH, RegistrationService, add_services
 from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import START_FAILURE_COOLDOWN, START_FAILURE_THRESHOLD, StartHealthSettings
 from scheduler.store.errors import NotLeader, StoreError
@@ -63,6 +63,7 @@ class Settings:
     http_listen: str
     election_ttl: int
     registration_refresh: float
+    registration_spread: float
     instance: str
     log_level: str
     host_grace: float = HOST_GRACE
@@ -103,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--registration-refresh", type=float, default=REGISTRATION_REFRESH, metavar="SECONDS",
                        help="the shortest time between an agent's registrations; it grows to hosts/20 s "
                             "(at most 60 s) with more hosts registering here (default %(default)s)")
+    serve.add_argument("--registration-spread", type=float, default=RegistrationService.REFRESH_SPREAD,
+                       metavar="SHARE",
+                       help="a grown refresh is answered uniformly within this share of itself, so that "
+                            "hosts that joined together do not come back together (0: not spread; "
+                            "default %(default)s)")
     serve.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT, metavar="SECONDS",
                        help="an agent silent this long is unreachable (it reports every second; "
                             "default %(default)s)")
@@ -181,6 +187,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                          "every second)")
     if args.host_grace < 0 or args.agent_down_grace < 0:
         raise SystemExit("shoal-scheduler: --host-grace and --agent-down-grace cannot be negative")
+    if not 0 <= args.registration_spread < 1:
+        raise SystemExit("shoal-scheduler: --registration-spread must be at least 0 and below 1")
     if not 0 < args.max_lost_share <= 1:
         raise SystemExit("shoal-scheduler: --max-lost-share must be more than 0 and at most 1 (1: always "
                          "replace lost hosts' replicas)")
@@ -202,7 +210,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(etcd=args.etcd, prefix=args.etcd_prefix, listen=listen, tls_dir=args.tls_dir,
                     insecure_tcp=args.insecure_tcp, http_listen=args.http_listen,
                     election_ttl=args.election_ttl, registration_refresh=args.registration_refresh,
-                    lease_keeper=args.lease_keeper,
+                    registration_spread=args.registration_spread, lease_keeper=args.lease_keeper,
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
                     heartbeat_timeout=args.heartbeat_timeout, agent_down_grace=args.agent_down_grace,
                     max_lost_share=args.max_lost_share,
@@ -260,7 +268,7 @@ async def serve(settings: Settings) -> None:
     observer = metrics.SchedulerMetrics()
     server = grpc.aio.server(interceptors=[observer.interceptor()])
     add_services(server, store=store, profile=profile, refresh_seconds=settings.registration_refresh,
-                 reads=observer.follower(store))
+                 spread=settings.registration_spread, reads=observer.follower(store))
     sockets = _bind(server, settings)
     await server.start()
     for path in sockets:

@@ -892,11 +892,13 @@ def _same_registration(a: HostRecord, b: HostRecord) -> bool:
 
 
 def add_services(server: grpc.aio.Server, *, store: base.Store, profile: Profile,
-                 refresh_seconds: float = REGISTRATION_REFRESH, reads: ClusterReads | None = None) -> None:
+                 refresh_seconds: float = REGISTRATION_REFRESH,
+                 spread: float = RegistrationService.REFRESH_SPREAD,
+                 reads: ClusterReads | None = None) -> None:
     """``reads``: the instance's follower (``SchedulerMetrics.follower``); None: a snapshot per read."""
     pb_grpc.add_SchedulerServicer_to_server(SchedulerService(store, profile=profile, reads=reads), server)
-    pb_grpc.add_RegistrationServicer_to_server(RegistrationService(store, refresh_seconds=refresh_seconds),
-                                               server)
+    pb_grpc.add_RegistrationServicer_to_server(
+        RegistrationService(store, refresh_seconds=refresh_seconds, spread=spread), server)
 
 
 __all__ = ["RegistrationService", "SchedulerService", "add_services"]

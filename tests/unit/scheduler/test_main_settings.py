@@ -58,3 +58,12 @@ def test_lost_hosts_are_held_past_half_unless_told_otherwise() -> None:
     for bad in ("0", "-0.1", "1.5"):
         with pytest.raises(SystemExit, match=re.escape("--max-lost-share must be more than 0 and at most 1")):
             settings("--insecure-tcp", "--max-lost-share", bad)
+
+
+def test_registration_refreshes_are_spread_by_half_unless_told_otherwise() -> None:
+    assert settings("--insecure-tcp").registration_spread == 0.5
+    assert settings("--insecure-tcp", "--registration-spread", "0").registration_spread == 0.0
+    message = "--registration-spread must be at least 0 and below 1"
+    for bad in ("-0.1", "1", "2"):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            settings("--insecure-tcp", "--registration-spread", bad)
