@@ -245,11 +245,16 @@ class ClusterReads(Protocol):
     the call itself just wrote, which take only their replica counts from it (a write's own answer must not
     queue behind a busy leader's backlog: docs/scaling.md, part 6).
     ``subscribe(after)``, called before the caller next awaits, is a feed of the changes after ``after``
-    (None when there is none to give: the caller watches the store itself)."""
+    (None when there is none to give: the caller watches the store itself). ``held()`` is the state held
+    now if it follows etcd, else None, and never reads the store: for callers that check what they read
+    with a compare-and-swap anyway (registration), where a snapshot of all of etcd would cost far more
+    than the read it saves."""
 
     async def read(self, *, timeout: float | None = None) -> ClusterState: ...
 
     async def current(self) -> ClusterState: ...
+
+    def held(self) -> ClusterState | None: ...
 
     def subscribe(self, after: int) -> ChangeFeed | None: ...
 
@@ -301,6 +306,9 @@ class SnapshotReads:
 
     async def current(self) -> ClusterState:
         return await self.read()
+
+    def held(self) -> ClusterState | None:
+        return None
 
     def subscribe(self, after: int) -> ChangeFeed | None:
         return None
@@ -467,6 +475,9 @@ class Follower:
         if not self.synced or self.state is None:
             return await self._fallback("not_synced")
         return self.state
+
+    def held(self) -> ClusterState | None:
+        return self.state if self.synced else None
 
     async def _wait_for(self, target: int, wait: float, *, limit: float | None = None) -> str | None:
         """None once the state holds ``target``; else why it will not soon. ``wait`` and the quiet bound
