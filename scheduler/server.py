@@ -857,15 +857,14 @@ class RegistrationService(pb_grpc.RegistrationServicer):
             raise errors.InvalidArgument(f"invalid host id {info.host_id!r}: 32 hex digits")
         if not _ADDRESS.match(request.address):
             raise errors.InvalidArgument(f"invalid address {request.address!r}: HOST:PORT")
+        host_id = HostId(info.host_id)
         for attempt in range(CAS_ATTEMPTS):
             held = self._held() if attempt == 0 else None  # after a conflict, etcd itself
-            if held is not None:
-                current = held.hosts.get(HostId(info.host_id))
-            else:
-                current = await self.store.get(self.schema.host(info.host_id))
+            current = (held.hosts.get(host_id) if held is not None
+                       else await self.store.get(self.schema.host(host_id)))
             now = time.time()
             record = HostRecord(
-                id=HostId(info.host_id), name=info.hostname, address=request.address,
+                id=host_id, name=info.hostname, address=request.address,
                 labels=tuple(sorted(info.labels.items())),
                 capacity=Capacity(cpu_allocatable_millis=info.cpu_allocatable_millis,
                                   memory_allocatable_bytes=info.memory_allocatable_bytes,
@@ -888,10 +887,8 @@ class RegistrationService(pb_grpc.RegistrationServicer):
                 except Conflict:
                     continue
             held = self._held()
-            if held is not None:
-                status = held.statuses.get(HostId(info.host_id))
-            else:
-                status = await self.store.get(self.schema.host_status(info.host_id))
+            status = (held.statuses.get(host_id) if held is not None
+                      else await self.store.get(self.schema.host_status(host_id)))
             return pb.RegisterHostResponse(host=api.host_to_pb(written, status, 0),
                                            refresh_seconds=self.refresh_for(info.host_id, now))
         raise errors.Aborted("the host record kept changing; registering again shortly")

@@ -46,8 +46,8 @@ def test_a_following_instance_registers_hosts_without_reading_etcd() -> None:
         await register(api, 1, ready=True)
         created = await api.store.get(api.store.schema.host(host_id(1)))
         assert created is not None
-        await until(lambda: api.follower is not None and api.follower.held() is not None
-                    and HostId(host_id(1)) in api.follower.held().statuses)  # type: ignore[union-attr]
+        follower = api.follower
+        await until(lambda: (held := follower.held()) is not None and HostId(host_id(1)) in held.statuses)
         before = api.store.gets
         response = await api.registration.RegisterHost(registration(1))
         assert api.store.gets == before  # the record and the status came from the follower
