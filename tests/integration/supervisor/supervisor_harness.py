@@ -122,9 +122,18 @@ def wait_idle(pid: int) -> None:
 
 
 def pipes_of(pid: int) -> list[str]:
-    """The pipes ``pid`` holds, by inode (one entry per descriptor)."""
-    links = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
-    return sorted(link for link in links if link.startswith("pipe:"))
+    """The pipes ``pid`` holds, by inode (one entry per descriptor). ``pid`` may close descriptors while
+    they are listed (the keeper releasing pipes is what callers wait for): one closed between the listing
+    and its readlink is simply no longer held."""
+    pipes = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if link.startswith("pipe:"):
+            pipes.append(link)
+    return sorted(pipes)
 
 
 def supervisor_processes(root: Path) -> list[int]:
