@@ -10,15 +10,15 @@ least every ``recheck_s`` in case a watch missed it.
 
 While leading, ``lead(term)`` runs as a task, and the election's ``KeepaliveRunner``
 (``scheduler.keepalive``: on a thread and etcd connection of its own in the scheduler, so that a leader
-whose event loop is busy keeps its term; on the caller's loop for the in-memory store) refreshes the lease
-every TTL/3, checks that the key is still ours, and watches the key to notice at once when it goes. The
-task is cancelled when leadership ends: the lease expired or was revoked, the key was deleted or
-replaced, or no keepalive succeeded for ``step_down_after_s`` (TTL/2 by default). That last rule is what
-keeps two leaders from acting at once: the lease, counted by etcd from at least the moment our last
-successful refresh was sent, outlives our stepping down by the other half TTL, so no one else can win
-before we stopped (a leader whose loop is stalled then notices only when it runs again; the epoch guard
-on every commit and the fence on every agent call keep it from acting meanwhile: see
-``scheduler.keepalive``). Then the
+whose event loop is busy keeps its term; on the caller's loop for the in-memory store) sends a refresh of
+the lease every TTL/6 (at most 0.5 s) without waiting for the ones before, reads the key back every
+TTL/3, and watches the key to notice at once when it goes. The task is cancelled when leadership ends:
+the lease expired or was revoked, the key was deleted or replaced, or no refresh *sent* in the last
+``step_down_after_s`` (2/3 of the TTL by default) was answered. That last rule is what keeps two leaders
+from acting at once: the lease, counted by etcd from at least the moment our last successful refresh was
+sent, outlives our stepping down by the last third of the TTL, so no one else can win before we stopped
+(a leader whose loop is stalled then notices only when it runs again; the epoch guard on every commit and
+the fence on every agent call keep it from acting meanwhile: see ``scheduler.keepalive``). Then the
 instance campaigns again, like the others. When ``lead`` returns, or ``run`` is cancelled (clean
 shutdown), the lease is revoked: the key goes at once and the next leader takes over without waiting for
 the TTL. An exception from ``lead`` resigns too, and is raised from ``run``.
@@ -46,6 +46,7 @@ from scheduler.store.records import LeaderRecord
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 2
+MAX_REFRESH_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class ElectionSettings:
     instance: str                     # this scheduler instance's id
     address: str = ""                 # its API address, published in the leader record
     ttl_s: int = DEFAULT_TTL_S        # the lease's time to live
-    step_down_after_s: float = 0.0    # keepalives failing this long end the term (0: ttl_s / 2)
+    step_down_after_s: float = 0.0    # keepalives failing this long end the term (0: 2/3 of ttl_s)
     recheck_s: float = 0.0            # a follower campaigns at least this often (0: 3 * ttl_s)
 
     def __post_init__(self) -> None:
@@ -67,11 +68,19 @@ class ElectionSettings:
 
     @property
     def step_down_after(self) -> float:
-        return self.step_down_after_s or self.ttl_s / 2
+        # Kubernetes' leader election renews a 15 s lease within 10 s: the same two thirds.
+        return self.step_down_after_s or self.ttl_s * 2 / 3
 
     @property
     def keepalive_interval(self) -> float:
+        """How often the key is read back, and the grace of a refresh sent late."""
         return self.ttl_s / 3
+
+    @property
+    def refresh_every(self) -> float:
+        """How often a refresh is sent (answered or not): an answer may take up to ``step_down_after``
+        less this."""
+        return min(self.ttl_s / 6, MAX_REFRESH_EVERY_S)
 
     @property
     def recheck(self) -> float:

@@ -1,9 +1,10 @@
 """Where the leader's lease is kept alive: on the main event loop, or on a thread of its own.
 
 While an instance leads, ``Election`` hands the term to a ``KeepaliveRunner``, whose ``keep`` refreshes
-the lease every TTL/3, checks that the leader key is still the term's, watches the key, and returns why
-the term ended: the lease expired or was revoked, the key was deleted or replaced, or no refresh
-succeeded for ``step_down_after`` (``keep_term``, the rules themselves, are the same wherever they run).
+the lease every ``refresh_every`` (refreshes in flight together when etcd is slow to answer), checks every
+TTL/3 that the leader key is still the term's, watches the key, and returns why the term ended: the lease
+expired or was revoked, the key was deleted or replaced, or no refresh sent within the last
+``step_down_after`` was answered (``keep_term``, the rules themselves, are the same wherever they run).
 
 * ``ThreadedKeepalive`` (the scheduler's, on etcd) runs ``keep_term`` on a thread with an asyncio loop and
   an etcd connection of its own (a second store opened from the same settings). The leader's main loop
@@ -191,14 +192,11 @@ def _run_loop(loop: asyncio.AbstractEventLoop, on_exit: Callable[[], None]) -> N
 # -- the rules, wherever they run ------------------------------------------------------------------------
 
 
-class _Deposed(Exception):
-    """The leader key is gone or belongs to another term."""
-
-
 async def keep_term(store: base.Store, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
     """Keeps the term alive; returns why it ended: the keepalive loop's verdict, or at once when a watch
     of the leader key sees it deleted or replaced (the keepalive would notice only at its next turn)."""
     loops = {asyncio.create_task(_keepalive(store, term, settings, clock)),
+             asyncio.create_task(_check_holder(store, term, settings)),
              asyncio.create_task(_watch_key(store, term))}
     try:
         while loops:
@@ -230,38 +228,86 @@ async def _watch_key(store: base.Store, term: Term) -> str:
     return ""
 
 
-async def _keepalive(store: base.Store, term: Term, settings: ElectionSettings, clock: Clock) -> str:
-    """Refreshes the lease every TTL/3; returns why the term ended."""
-    last_ok = term.started_at
+async def _check_holder(store: base.Store, term: Term, settings: ElectionSettings) -> str:
+    """Every refresh interval, that the leader key is still the term's (the watch's safety net); returns
+    why it is not. A read that fails ends nothing: only refreshes prove the lease."""
     while True:
-        sent = clock()
-        # An attempt may run until the step-down time; one that starts late (the keepalive could not run:
-        # a term's first refresh after a slow start, a starved thread) still gets a refresh interval, as
-        # long as the lease cannot have expired by then: a refresh that succeeds proves the lease alive.
-        budget = max(last_ok + settings.step_down_after - sent,
-                     min(settings.keepalive_interval, last_ok + settings.ttl_s - sent))
+        await asyncio.sleep(settings.keepalive_interval)
         try:
-            async with asyncio.timeout(max(budget, 0.0)):
-                await store.refresh_lease(term.lease_id)
-                holder = await store.get(store.schema.leader())
-                if holder is None or holder.epoch != term.epoch:
-                    raise _Deposed("the leader key was deleted" if holder is None else
-                                   f"the leader key now belongs to epoch {holder.epoch}")
-            last_ok = sent
-        except LeaseExpired:
-            return "the lease expired or was revoked"
-        except _Deposed as err:
-            return str(err)
-        except (StoreError, TimeoutError) as err:
+            holder = await store.get(store.schema.leader())
+        except StoreError as err:
             raise_if_cancelling()
-            log.warning("election: keepalive failed after %.2fs (%.1fs since the last success): %s",
-                        clock() - sent, clock() - last_ok, err or "timed out")
-        now = clock()
-        if now - last_ok >= settings.step_down_after:
-            return (f"no keepalive succeeded for {now - last_ok:.1f}s: stepped down before the lease "
-                    f"({settings.ttl_s}s) could expire")
-        next_at = min(sent + settings.keepalive_interval, last_ok + settings.step_down_after)
-        await asyncio.sleep(max(next_at - now, 0.0))
+            log.info("election: reading the leader key failed (the refreshes go on): %s", err)
+            continue
+        if holder is None:
+            return "the leader key was deleted"
+        if holder.epoch != term.epoch:
+            return f"the leader key now belongs to epoch {holder.epoch}"
+
+
+async def _keepalive(store: base.Store, term: Term, settings: ElectionSettings, clock: Clock) -> str:
+    """Refreshes the lease every ``refresh_every``, without waiting for the refreshes before to be
+    answered; returns why the term ended.
+
+    A refresh answered proves the lease alive until at least its *sending* time plus the TTL; the term
+    ends once the newest refresh answered was sent ``step_down_after`` ago. Refreshes waited for one at a
+    time, every TTL/3, lost a term to any single answer slower than TTL/3 (a busy etcd's leader applies
+    what it has committed before it renews a lease: renewals of 4-7 s at 5,000 hosts, docs/scaling.md).
+    Sent every ``refresh_every`` and answered in order, they keep the newest proof at most one answer's
+    time plus ``refresh_every`` old: a term survives answers of up to ``step_down_after - refresh_every``.
+    A refresh sent late (the first of a term, or after the keepalive itself could not run) may still
+    keep the term for one refresh interval past the step-down time, as long as the lease cannot have
+    expired by then: if it succeeds, it proves the lease alive.
+    """
+    last_ok = term.started_at
+    grace_until = 0.0
+    in_flight: dict[asyncio.Task[int], float] = {}  # refresh -> when it was sent
+    due = first = clock()
+    quiet_until = 0.0  # failures are logged at most once a refresh interval
+    try:
+        while True:
+            now = clock()
+            if now >= due:
+                if due == first or now - due > settings.refresh_every:  # the first, or sent late
+                    grace_until = max(grace_until, min(now + settings.keepalive_interval,
+                                                       last_ok + settings.ttl_s))
+                refresh = asyncio.create_task(_refresh(store, term, settings))
+                in_flight[refresh] = now
+                due = now + settings.refresh_every
+            deadline = max(last_ok + settings.step_down_after, grace_until)
+            if now >= deadline:
+                return (f"no keepalive succeeded for {now - last_ok:.1f}s: stepped down before the lease "
+                        f"({settings.ttl_s}s) could expire")
+            wait = max(min(due, deadline) - now, 0.0)
+            if not in_flight:
+                await asyncio.sleep(wait)
+                continue
+            done, _ = await asyncio.wait(in_flight, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for refresh in done:
+                sent = in_flight.pop(refresh)
+                try:
+                    refresh.result()
+                except LeaseExpired:
+                    return "the lease expired or was revoked"
+                except (StoreError, TimeoutError) as err:
+                    raise_if_cancelling()
+                    if clock() >= quiet_until:
+                        quiet_until = clock() + settings.keepalive_interval
+                        log.warning("election: keepalive failed after %.2fs (%.1fs since the last success, "
+                                    "%d refreshes in flight): %s", clock() - sent, clock() - last_ok,
+                                    len(in_flight), err or "timed out")
+                else:
+                    last_ok = max(last_ok, sent)
+    finally:
+        for refresh in in_flight:
+            refresh.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def _refresh(store: base.Store, term: Term, settings: ElectionSettings) -> int:
+    """One refresh, given up once it could no longer prove anything (sent a TTL ago)."""
+    async with asyncio.timeout(settings.ttl_s):
+        return await store.refresh_lease(term.lease_id)
 
 
 __all__ = ["STOP_WAIT_S", "InLoopKeepalive", "KeepaliveRunner", "StoreOpener", "ThreadedKeepalive",

@@ -178,9 +178,11 @@ def test_settings_that_could_break_the_election_are_refused(settings: dict[str, 
         ElectionSettings(**settings)  # type: ignore[arg-type]
 
 
-def test_defaults_step_down_at_half_the_ttl_and_refresh_at_a_third() -> None:
+def test_defaults_step_down_at_two_thirds_of_the_ttl_and_refresh_every_sixth() -> None:
     settings = ElectionSettings("a")
-    assert (settings.ttl_s, settings.step_down_after, settings.keepalive_interval) == (2, 1.0, 2 / 3)
+    assert (settings.ttl_s, settings.step_down_after, settings.keepalive_interval) == (2, 4 / 3, 2 / 3)
+    assert settings.refresh_every == 1 / 3
+    assert ElectionSettings("a", ttl_s=10).refresh_every == 0.5  # capped: more tolerance at longer TTLs
 
 
 class CancelSurfacingAsError(MemoryStore):
