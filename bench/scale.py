@@ -94,6 +94,7 @@ from bench.sim.audit import Audit, ReplicaRow, audit
 from bench.sim.etcd_watch import EtcdSampler, line_up, log_events, summarize_events
 from bench.sim.host import host_id_of
 from bench.sim.recovery import pick_victims, replacement_times
+from bench.sim.scheduler_log import election_lines
 from bench.sim.summary import summarize
 from proto.scheduler.v1 import scheduler_pb2 as spb
 from proto.scheduler.v1 import scheduler_pb2_grpc as spb_grpc
@@ -986,6 +987,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             if s.log.exists()}
     finally:
         await run.close()
+        run.result["election_log"] = {
+            s.instance: election_lines(s.log.read_text(errors="replace")) for s in run.schedulers.values()
+            if s.log.exists()}
         for sched in run.schedulers.values():
             if args.keep_log and sched.log.exists():
                 shutil.copyfile(sched.log, f"{args.keep_log}.{sched.instance}")
@@ -1064,7 +1068,7 @@ def main() -> None:
     out = Path(args.out or ROOT / "bench" / "results" / f"scale-{args.hosts}-{args.replicas}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    shown = {k: v for k, v in result.items() if k not in ("scheduler_log_tail", "sim_stats")}
+    shown = {k: v for k, v in result.items() if k not in ("scheduler_log_tail", "sim_stats", "election_log")}
     print(json.dumps(shown, indent=2))
     print(f"written: {out}", file=sys.stderr)
     if "error" in result:
