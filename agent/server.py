@@ -779,7 +779,11 @@ class HostService(pb_grpc.HostServicer):
     @streaming
     async def WatchUsage(self, request: pb.WatchUsageRequest, context: Any
                          ) -> AsyncIterator[pb.UsageSnapshot]:
-        async for snapshot in self.sampler.subscribe(dict(request.labels) or None):
+        if request.interval_seconds < 0:
+            raise errors.InvalidArgument(
+                f"interval_seconds cannot be negative, got {request.interval_seconds}")
+        async for snapshot in self.sampler.subscribe(dict(request.labels) or None,
+                                                     every=request.interval_seconds):
             yield snapshot_to_pb(snapshot, network=self.network)
 
 

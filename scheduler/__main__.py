@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 
 from scheduler import gc_pauses, httpd, instances, metrics
-from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
+from scheduler.agents import HEARTBEAT_TIMEOUT, USAGE_INTERVAL, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL as AUTOSCALE_INTERVAL
 from scheduler.cancellation import raise_if_cancelling
@@ -51,6 +51,7 @@ log = logging.getLogger("shoal.scheduler")
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
 SHUTDOWN_WAIT = 5.0  # seconds the leader's work and the registration get to stop after SIGTERM
+MAX_USAGE_INTERVAL = 30.0  # longer, and a dead host is noticed only after a minute
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Settings:
     log_level: str
     host_grace: float = HOST_GRACE
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
+    usage_interval: float = USAGE_INTERVAL
     agent_down_grace: float = AGENT_DOWN_GRACE
     max_lost_share: float = MAX_LOST_SHARE
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
@@ -109,9 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a grown refresh is answered uniformly within this share of itself, so that "
                             "hosts that joined together do not come back together (0: not spread; "
                             "default %(default)s)")
-    serve.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT, metavar="SECONDS",
-                       help="an agent silent this long is unreachable (it reports every second; "
-                            "default %(default)s)")
+    serve.add_argument("--usage-interval", type=float, default=USAGE_INTERVAL, metavar="SECONDS",
+                       help="ask agents for a usage report this often instead of every second (the "
+                            "heartbeat and the autoscaler's cpu and memory figures; 2-5 s for thousands "
+                            "of hosts on a small leader; default: every second)")
+    serve.add_argument("--heartbeat-timeout", type=float, default=None, metavar="SECONDS",
+                       help=f"an agent silent this long is unreachable (default {HEARTBEAT_TIMEOUT:g}, or "
+                            "twice --usage-interval when that is longer)")
     serve.add_argument("--host-grace", type=float, default=HOST_GRACE, metavar="SECONDS",
                        help="a host unreachable this long has its replicas replaced elsewhere; shorter "
                             "blips move nothing (default %(default)s; see docs/architecture.md)")
@@ -182,9 +188,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                              "(shoal certs init writes them)")
     if args.election_ttl < 1:
         raise SystemExit("shoal-scheduler: --election-ttl must be at least 1 second")
-    if args.heartbeat_timeout < 1.5:
-        raise SystemExit("shoal-scheduler: --heartbeat-timeout must be at least 1.5 seconds (agents report "
-                         "every second)")
+    if not 0 <= args.usage_interval <= MAX_USAGE_INTERVAL:
+        raise SystemExit(f"shoal-scheduler: --usage-interval must be 0 to {MAX_USAGE_INTERVAL:g} seconds")
+    reports = max(args.usage_interval, 1.0)  # agents sample once a second
+    if args.heartbeat_timeout is None:
+        args.heartbeat_timeout = max(HEARTBEAT_TIMEOUT, 2 * reports)
+    if args.heartbeat_timeout < 1.5 * reports:
+        raise SystemExit(f"shoal-scheduler: --heartbeat-timeout must be at least 1.5 times the time between "
+                         f"usage reports ({1.5 * reports:g} seconds: agents report every "
+                         f"{reports:g} s)")
     if args.host_grace < 0 or args.agent_down_grace < 0:
         raise SystemExit("shoal-scheduler: --host-grace and --agent-down-grace cannot be negative")
     if not 0 <= args.registration_spread < 1:
@@ -212,7 +224,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     election_ttl=args.election_ttl, registration_refresh=args.registration_refresh,
                     registration_spread=args.registration_spread, lease_keeper=args.lease_keeper,
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
-                    heartbeat_timeout=args.heartbeat_timeout, agent_down_grace=args.agent_down_grace,
+                    heartbeat_timeout=args.heartbeat_timeout, usage_interval=args.usage_interval,
+                    agent_down_grace=args.agent_down_grace,
                     max_lost_share=args.max_lost_share,
                     start_health=StartHealthSettings(threshold=args.start_failure_threshold,
                                                      cooldown=args.start_failure_cooldown),
@@ -295,7 +308,8 @@ async def serve(settings: Settings) -> None:
     leading: list[Controller] = []
     # The session workers outlive terms: a term lost and won again adopts their sessions as they are.
     workers = (SessionWorkers(settings.session_workers, credentials=credentials,
-                              heartbeat_timeout=settings.heartbeat_timeout)
+                              heartbeat_timeout=settings.heartbeat_timeout,
+                              usage_interval=settings.usage_interval)
                if settings.session_workers else None)
 
     async def lead(term: Term) -> None:
@@ -304,6 +318,7 @@ async def serve(settings: Settings) -> None:
                                                           credentials=credentials, profile=profile,
                                                           host_grace=settings.host_grace,
                                                           heartbeat_timeout=settings.heartbeat_timeout,
+                                                          usage_interval=settings.usage_interval,
                                                           agent_down_grace=settings.agent_down_grace,
                                                           max_lost_share=settings.max_lost_share,
                                                           start_health=settings.start_health,

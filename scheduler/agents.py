@@ -63,6 +63,9 @@ RETRY_CAP = 0.5
 # The agent sends a usage snapshot every second: none for this long means the host is unreachable (a
 # cut network shows no error on an open stream; only silence).
 HEARTBEAT_TIMEOUT = 2.0
+# Ask agents for a usage report this often (0: every sample, once a second). A leader following
+# thousands of hosts pays for every report: about 200 us of cpu each in grpc.aio alone (docs/scaling.md).
+USAGE_INTERVAL = 0.0
 # Silent this many heartbeat timeouts: the streams are given up and the host relisted (a host that is
 # gone for good is found by its connection's error or by this).
 BREAK_AFTER = 3
@@ -164,10 +167,12 @@ class AgentSession:
 
     def __init__(self, host: HostId, address: str, *, credentials: Credentials | None,
                  on_change: Callable[[HostId], None], heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
-                 stalls: LoopStalls | None = None, gate: ConnectGate | None = None) -> None:
+                 usage_interval: float = USAGE_INTERVAL, stalls: LoopStalls | None = None,
+                 gate: ConnectGate | None = None) -> None:
         self.host = host
         self.started_at = time.time()  # when this session began following the host
         self.heartbeat_timeout = heartbeat_timeout
+        self.usage_interval = usage_interval
         # The leader's own stalls, not counted as the host's silence (the controller's, shared by every
         # session; a session on its own keeps one of its own).
         self._own_stalls = stalls is None
@@ -382,7 +387,8 @@ class AgentSession:
         self._on_change(self.host)  # also while connecting: its error ends the host's borrowed status
 
     async def _follow_usage(self) -> None:
-        async for snapshot in self._host_stub.WatchUsage(pb.WatchUsageRequest(labels={})):
+        request = pb.WatchUsageRequest(labels={}, interval_seconds=self.usage_interval)
+        async for snapshot in self._host_stub.WatchUsage(request):
             decided = decided_by(snapshot.host)
             changed = decided != self._decided
             self.info, self._decided = snapshot.host, decided
@@ -462,5 +468,5 @@ async def _first_error(*coros: Coroutine[Any, Any, None]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["HEARTBEAT_TIMEOUT", "AgentSession", "Credentials", "HeartbeatMissed", "ReplicaUsage", "Session",
-           "decided_by", "observe_container", "open_channel"]
+__all__ = ["HEARTBEAT_TIMEOUT", "USAGE_INTERVAL", "AgentSession", "Credentials", "HeartbeatMissed",
+           "ReplicaUsage", "Session", "decided_by", "observe_container", "open_channel"]

@@ -43,7 +43,14 @@ from proto.agent.v1 import agent_pb2 as pb
 from scheduler import reconcile
 from scheduler.actuator import Actuator
 from scheduler.actuator import Settings as ActuatorSettings
-from scheduler.agents import HEARTBEAT_TIMEOUT, AgentSession, Credentials, ReplicaUsage, Session
+from scheduler.agents import (
+    HEARTBEAT_TIMEOUT,
+    USAGE_INTERVAL,
+    AgentSession,
+    Credentials,
+    ReplicaUsage,
+    Session,
+)
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
 from scheduler.connect_gate import ConnectGate
@@ -120,6 +127,7 @@ class ControllerSettings:
     agent_down_grace: float = reconcile.AGENT_DOWN_GRACE  # the same when only its agent is down
     max_lost_share: float = reconcile.MAX_LOST_SHARE  # more hosts lost at once: none replaced (reconcile)
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT    # no usage report this long: the host is unreachable
+    usage_interval: float = USAGE_INTERVAL          # usage reports asked of agents this often (0: each)
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
     autoscale: AutoscaleSettings | None = None  # None: no autoscaler in this term (tests of reconcile)
     elastic_interval: float | None = None  # the elastic loop's tick; None: no elastic loop in this term
@@ -198,7 +206,8 @@ class Controller:
             if self._own_workers:
                 self.workers = SessionWorkers(
                     self.settings.session_workers, credentials=self.settings.credentials,
-                    heartbeat_timeout=self.settings.heartbeat_timeout)
+                    heartbeat_timeout=self.settings.heartbeat_timeout,
+                    usage_interval=self.settings.usage_interval)
             if self.workers is not None:
                 await self.workers.start()
             while True:
@@ -553,7 +562,7 @@ class Controller:
             return self.workers.session(host, address, on_change=self._host_changed)
         return AgentSession(host, address, credentials=self.settings.credentials,
                             on_change=self._host_changed, heartbeat_timeout=self.settings.heartbeat_timeout,
-                            stalls=self.stalls, gate=self.gate)
+                            usage_interval=self.settings.usage_interval, stalls=self.stalls, gate=self.gate)
 
     def _observed(self) -> dict[HostId, HostObservation]:
         return {host: session.observation for host, session in self.sessions.items()}

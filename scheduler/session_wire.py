@@ -27,6 +27,7 @@ MAX_MESSAGE = 1 << 30  # a batch of states for thousands of hosts is megabytes; 
 class Init:
     credentials: Credentials | None
     heartbeat_timeout: float
+    usage_interval: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,8 @@ class Worker:
     def _follow(self, host: HostId, address: str) -> None:
         self._drop(host)
         session = AgentSession(host, address, credentials=self._init.credentials, on_change=self._changed,
-                               heartbeat_timeout=self._init.heartbeat_timeout, stalls=self.stalls,
+                               heartbeat_timeout=self._init.heartbeat_timeout,
+                               usage_interval=self._init.usage_interval, stalls=self.stalls,
                                gate=self.gate)
         self.sessions[host] = session
         session.start()

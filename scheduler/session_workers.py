@@ -188,11 +188,12 @@ class SessionWorkers:
     """N session worker processes and the remote sessions of the hosts they follow."""
 
     def __init__(self, count: int, *, credentials: Credentials | None, heartbeat_timeout: float,
-                 log_level: str = "") -> None:
+                 usage_interval: float = 0.0, log_level: str = "") -> None:
         if count < 1:
             raise ValueError("session workers: at least one")
         self.heartbeat_timeout = heartbeat_timeout
-        self._init = wire.Init(credentials=credentials, heartbeat_timeout=heartbeat_timeout)
+        self._init = wire.Init(credentials=credentials, heartbeat_timeout=heartbeat_timeout,
+                               usage_interval=usage_interval)
         self._log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self._workers = [_Worker(i) for i in range(count)]
         self.sessions: dict[HostId, RemoteSession] = {}

@@ -240,16 +240,25 @@ class UsageSampler:
                                                       cpu_committed_millis=0),
                                  disk=hosts.DiskSpace(), conditions=())
 
-    async def subscribe(self, labels: Mapping[str, str] | None = None) -> AsyncIterator[Snapshot]:
+    async def subscribe(self, labels: Mapping[str, str] | None = None, *,
+                        every: float = 0.0) -> AsyncIterator[Snapshot]:
         """Snapshots as they are taken, starting with the current one; only containers carrying all
-        ``labels``. A consumer slower than the interval skips to the newest (watch ``sequence``)."""
+        ``labels``; with ``every``, at most one per ``every`` seconds of sample time (within half an
+        interval, so that sampling's jitter does not skip a whole interval). A consumer slower than the
+        interval skips to the newest (watch ``sequence``)."""
+        if every < 0:
+            raise ValueError(f"a usage subscription's interval cannot be negative, got {every}")
         box = Mailbox()
         self._subscribers.add(box)
+        sent: float | None = None
         try:
             if self._latest is not None:
                 box.put(self._latest)
             while True:
                 snap = await box.get()
+                if sent is not None and snap.time < sent + every - self.interval / 2:
+                    continue
+                sent = snap.time
                 yield snap.select(labels)
         finally:
             self._subscribers.discard(box)

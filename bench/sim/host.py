@@ -135,6 +135,7 @@ class SimHost:
         self._starts: dict[str, asyncio.Task[None]] = {}
         self.calls: dict[str, int] = {}  # calls answered, by method (what the scheduler costs a host)
         self.usage_streams = 0  # usage streams open now (who follows this host)
+        self.usage_intervals_asked: list[float] = []  # each WatchUsage's interval_seconds, in order
         # How late its usage reports went out (a simulator process short of cpu delays every host's:
         # the scheduler then sees silence that is the simulator's, not its own).
         self.usage_late_max = 0.0
@@ -524,7 +525,11 @@ class _Host(pb_grpc.HostServicer):
     async def WatchUsage(self, request: pb.WatchUsageRequest, context: Any
                          ) -> AsyncIterator[pb.UsageSnapshot]:
         await self.host.answering("WatchUsage")
-        interval = self.host.spec.usage_interval
+        self.host.usage_intervals_asked.append(request.interval_seconds)
+        if request.interval_seconds < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"interval_seconds cannot be negative, got {request.interval_seconds}")
+        interval = max(self.host.spec.usage_interval, request.interval_seconds)
         due = time.monotonic()
         self.host.usage_streams += 1
         try:

@@ -1013,11 +1013,13 @@ class UsageSnapshot(_pl.Message):
 
 class WatchUsageRequest(_pl.Message):
     labels: dict[str, str]
+    interval_seconds: float
 
     if TYPE_CHECKING:
         def __init__(
             self, *,
             labels: Mapping[str, str] | None = None,
+            interval_seconds: float | None = None,
         ) -> None: ...
 
 
@@ -1396,6 +1398,7 @@ _pl.define(UsageSnapshot, 'shoal.agent.v1.UsageSnapshot', (
 ))
 _pl.define(WatchUsageRequest, 'shoal.agent.v1.WatchUsageRequest', (
     _pl.Field(1, 'labels', _pl.MESSAGE, map_key=_pl.STRING, map_value=_pl.STRING),
+    _pl.Field(2, 'interval_seconds', _pl.DOUBLE),
 ))
 
 

@@ -661,8 +661,8 @@ class HostServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchUsage(self, request, context):
-        """One snapshot per sampling interval (default 1 s). A slow client gets the newest snapshot, never
-        a backlog, and never slows sampling or other clients.
+        """One snapshot per sampling interval (default 1 s), or per request.interval_seconds. A slow client
+        gets the newest snapshot, never a backlog, and never slows sampling or other clients.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

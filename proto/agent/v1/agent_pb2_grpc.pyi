@@ -249,8 +249,8 @@ class HostStub:
     GetHost: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetHostRequest, _agent_pb2.HostInfo]
     """This host's identity, capacity and current use."""
     WatchUsage: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchUsageRequest, _agent_pb2.UsageSnapshot]
-    """One snapshot per sampling interval (default 1 s). A slow client gets the newest snapshot, never
-    a backlog, and never slows sampling or other clients.
+    """One snapshot per sampling interval (default 1 s), or per request.interval_seconds. A slow client
+    gets the newest snapshot, never a backlog, and never slows sampling or other clients.
     """
 
 @_typing.type_check_only
@@ -259,8 +259,8 @@ class HostAsyncStub(HostStub):
     GetHost: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetHostRequest, _agent_pb2.HostInfo]  # type: ignore[assignment]
     """This host's identity, capacity and current use."""
     WatchUsage: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchUsageRequest, _agent_pb2.UsageSnapshot]  # type: ignore[assignment]
-    """One snapshot per sampling interval (default 1 s). A slow client gets the newest snapshot, never
-    a backlog, and never slows sampling or other clients.
+    """One snapshot per sampling interval (default 1 s), or per request.interval_seconds. A slow client
+    gets the newest snapshot, never a backlog, and never slows sampling or other clients.
     """
 
 class HostServicer(metaclass=_abc_1.ABCMeta):
@@ -278,8 +278,8 @@ class HostServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.WatchUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.UsageSnapshot], _abc.AsyncIterator[_agent_pb2.UsageSnapshot]]:
-        """One snapshot per sampling interval (default 1 s). A slow client gets the newest snapshot, never
-        a backlog, and never slows sampling or other clients.
+        """One snapshot per sampling interval (default 1 s), or per request.interval_seconds. A slow client
+        gets the newest snapshot, never a backlog, and never slows sampling or other clients.
         """
 
 def add_HostServicer_to_server(servicer: HostServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

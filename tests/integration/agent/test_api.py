@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import grpc
@@ -289,6 +290,19 @@ def test_committed_counts_requests_of_created_containers_too(agent: AgentProcess
         assert after.cpu_committed_millis - before.cpu_committed_millis == 500
         assert after.memory_limits_bytes - before.memory_limits_bytes == 256 << 20
         stub.RemoveContainer(pb.RemoveContainerRequest(id="reserved"))
+
+
+def test_usage_at_an_interval_skips_the_samples_in_between(agent: AgentProcess) -> None:
+    # The agent samples once a second; a scheduler with thousands of hosts asks for fewer reports.
+    with grpc.insecure_channel(agent.address) as channel:
+        host = pb_grpc.HostStub(channel)
+        usage = host.WatchUsage(pb.WatchUsageRequest(interval_seconds=2.0))
+        sequences = [next(usage).sequence for _ in range(4)]
+        usage.cancel()
+        steps = [b - a for a, b in itertools.pairwise(sequences)]
+        assert all(step >= 2 for step in steps[1:]), sequences  # (the first is the latest, maybe older)
+        refused = host.WatchUsage(pb.WatchUsageRequest(interval_seconds=-1))
+        assert _code(lambda: next(refused)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_host_identity_capacity_and_conditions(agent: AgentProcess) -> None:

@@ -34,12 +34,12 @@ def _request(cid: str, *, epoch: int = 1) -> pb.CreateContainerRequest:
 class Following:
     """A SimHost and an AgentSession following it; ``until`` waits for the session to see something."""
 
-    def __init__(self, spec: HostSpec, heartbeat_timeout: float = 2.0) -> None:
+    def __init__(self, spec: HostSpec, heartbeat_timeout: float = 2.0, usage_interval: float = 0.0) -> None:
         self.host = SimHost(spec)
         self.changed = asyncio.Event()
         self.session = AgentSession(HostId(spec.host_id), spec.address, credentials=None,
                                     on_change=lambda _h: self.changed.set(),
-                                    heartbeat_timeout=heartbeat_timeout)
+                                    heartbeat_timeout=heartbeat_timeout, usage_interval=usage_interval)
 
     async def __aenter__(self) -> Following:
         await self.host.start()
@@ -171,3 +171,14 @@ def test_a_stale_fence_is_refused_and_a_removal_is_seen() -> None:
     trailers, already = run(scenario)
     assert trailers["shoal-error"] == "StaleEpoch"
     assert already
+
+
+def test_a_session_asks_for_usage_at_its_interval() -> None:
+    spec = HostSpec(name="h9", port=free_port(), usage_interval=0.1)
+
+    async def scenario() -> list[float]:
+        async with Following(spec, usage_interval=0.5) as f:
+            await f.until(ready)
+            return f.host.usage_intervals_asked
+
+    assert run(scenario) == [0.5]

@@ -67,3 +67,20 @@ def test_registration_refreshes_are_spread_by_half_unless_told_otherwise() -> No
     for bad in ("-0.1", "1", "2"):
         with pytest.raises(SystemExit, match=re.escape(message)):
             settings("--insecure-tcp", "--registration-spread", bad)
+
+
+def test_usage_reports_every_second_unless_asked_and_the_heartbeat_follows_them() -> None:
+    default = settings("--insecure-tcp")
+    assert (default.usage_interval, default.heartbeat_timeout) == (0.0, 2.0)
+    stretched = settings("--insecure-tcp", "--usage-interval", "3")
+    assert (stretched.usage_interval, stretched.heartbeat_timeout) == (3.0, 6.0)  # two reports missed
+    explicit = settings("--insecure-tcp", "--usage-interval", "3", "--heartbeat-timeout", "5")
+    assert explicit.heartbeat_timeout == 5
+    with pytest.raises(SystemExit, match=re.escape("--heartbeat-timeout must be at least 1.5 times the time "
+                                                   "between usage reports (4.5 seconds")):
+        settings("--insecure-tcp", "--usage-interval", "3", "--heartbeat-timeout", "4")
+    with pytest.raises(SystemExit, match=re.escape("(1.5 seconds: agents report every 1 s)")):
+        settings("--insecure-tcp", "--heartbeat-timeout", "1")
+    for bad in ("-1", "31"):
+        with pytest.raises(SystemExit, match=re.escape("--usage-interval must be 0 to 30 seconds")):
+            settings("--insecure-tcp", "--usage-interval", bad)

@@ -49,12 +49,13 @@ class Fleet:
 
 
 @contextlib.asynccontextmanager
-async def fleet(count: int, *, workers: int = 2) -> AsyncIterator[Fleet]:
+async def fleet(count: int, *, workers: int = 2, usage_interval: float = 0.0) -> AsyncIterator[Fleet]:
     hosts = [SimHost(HostSpec(name=f"worker-test-{i}", port=free_port(), usage_interval=0.1))
              for i in range(count)]
     for host in hosts:
         await host.start()
-    pool = SessionWorkers(workers, credentials=None, heartbeat_timeout=HEARTBEAT)
+    pool = SessionWorkers(workers, credentials=None, heartbeat_timeout=HEARTBEAT,
+                          usage_interval=usage_interval)
     await pool.start()
     try:
         yield Fleet(hosts, pool)
@@ -100,6 +101,15 @@ def test_remote_sessions_follow_their_hosts_and_relay_calls() -> None:
             await until(lambda: not f.hosts[0].containers)
             assert "web-1" not in session.observation.containers
             assert session.host in f.changes
+
+    run(scenario())
+
+
+def test_workers_ask_agents_for_usage_at_the_leaders_interval() -> None:
+    async def scenario() -> None:
+        async with fleet(2, usage_interval=0.2) as f:
+            await until(lambda: all(_followed(s) for s in f.sessions))
+            assert [h.usage_intervals_asked for h in f.hosts] == [[0.2], [0.2]]
 
     run(scenario())
 

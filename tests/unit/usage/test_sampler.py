@@ -289,3 +289,45 @@ def test_a_new_run_is_judged_only_on_its_own_measurement(proc: FakeProc, tmp_pat
 
     asyncio.run(go())
     assert evicted == [10]
+
+
+def test_a_subscriber_with_an_interval_gets_one_snapshot_per_interval_despite_jitter(proc: FakeProc) -> None:
+    # Samples about a second apart, 0.9-1.05 s: a subscriber asking for one every 2 s gets every other
+    # one. Counted strictly, 1.95 s after the last one sent would be "too early" and skip to 3 s.
+    clock = Clock()
+    sampler = _sampler(proc, [], clock)
+
+    async def collect(stream: object, into: list[int]) -> None:
+        async for snap in stream:  # type: ignore[attr-defined]
+            into.append(snap.sequence)
+
+    async def go() -> tuple[list[int], list[int]]:
+        every_other: list[int] = []
+        each: list[int] = []
+        tasks = [asyncio.create_task(collect(sampler.subscribe(every=2.0), every_other)),
+                 asyncio.create_task(collect(sampler.subscribe(), each))]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        for step in [1.05, 0.9] * 5:
+            clock.now += step
+            await sampler.sample_once()
+            for _ in range(3):
+                await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return every_other, each
+
+    every_other, each = asyncio.run(go())
+    assert each == list(range(1, 11))
+    assert every_other == [1, 3, 5, 7, 9]
+
+
+def test_a_negative_subscription_interval_is_refused(proc: FakeProc) -> None:
+    sampler = _sampler(proc, [], Clock())
+
+    async def go() -> None:
+        with pytest.raises(ValueError, match="cannot be negative"):
+            await anext(sampler.subscribe(every=-1.0))
+
+    asyncio.run(go())
