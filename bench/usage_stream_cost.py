@@ -1,0 +1,204 @@
+"""What one usage report costs the process that follows a host, and what the usage interval saves.
+
+Every host's agent sends a ``UsageSnapshot`` on its ``WatchUsage`` stream once a second: the heartbeat,
+and the figures the autoscaler reads. The process that follows the hosts — the leader, or its session
+worker — receives one message per host per second. This measures, for N simulated hosts with C
+containers each (``bench/sim``, served by a child process on 127.0.0.1), the cpu that process spends,
+each scenario in a fresh process:
+
+* ``bytes``: the streams drained as raw bytes (grpc.aio's own cost per message, nothing decoded);
+* ``decoded``: the same, each message decoded into a ``UsageSnapshot``;
+* ``session``: a real ``AgentSession`` per host (scheduler/agents.py), as the leader or a worker runs it;
+* ``session@I``: the same, the sessions asking for a report every I seconds (``--usage-interval``).
+
+Reported, as the median of ``--rounds`` rounds (min-max beside it): messages a second, cpu µs per
+message, and cpu µs per host per second (what N hosts cost: multiply).
+``python bench/usage_stream_cost.py [--hosts 300] [--containers 20] [--interval 3] [--rounds 3]``; prints
+a table and writes JSON to ``bench/results/usage-stream-cost.json``. Write-up: docs/scaling.md
+("Part 9"), docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.procstat import cpu_seconds  # noqa: E402
+from bench.session_memory import serve  # noqa: E402
+
+SETTLE_S = 5.0       # after every stream is open, before the window
+WINDOW_S = 12.0      # cpu and messages counted over this long (four reports at a 3 s interval)
+BOUND_S = 120.0      # every wait is bounded
+
+
+async def create_containers(hosts: int, base: int, containers: int) -> None:
+    """``containers`` running containers on each simulated host, labelled as the scheduler's replicas."""
+    import grpc
+
+    from proto.agent.v1 import agent_pb2 as pb
+    from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+    from scheduler.model import LABEL_GENERATION, LABEL_REPLICA, LABEL_SERVICE
+
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{base + i}") for i in range(hosts)]
+
+    async def create(channel: grpc.aio.Channel, i: int, j: int) -> None:
+        cid = f"svc{j}-{i:05d}-{j:04x}"
+        spec = pb.ContainerSpec(image="registry.example/app:1", command=["sleep", "1000"],
+                                labels={LABEL_SERVICE: f"svc{j}", LABEL_REPLICA: cid, LABEL_GENERATION: "1"})
+        await pb_grpc.ContainersStub(channel).CreateContainer(
+            pb.CreateContainerRequest(id=cid, name=cid, start=True, spec=spec), timeout=BOUND_S)
+
+    for j in range(containers):
+        await asyncio.gather(*(create(channel, i, j) for i, channel in enumerate(channels)))
+    for channel in channels:
+        await channel.close()
+
+
+async def measure(scenario: str, hosts: int, base: int) -> dict[str, float]:
+    """One scenario in this (fresh) process."""
+    import grpc
+
+    from proto.agent.v1 import agent_pb2 as pb
+    from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+    from scheduler.agents import AgentSession
+    from scheduler.loop_stalls import LoopStalls
+    from scheduler.model import HostId
+
+    addresses = [f"127.0.0.1:{base + i}" for i in range(hosts)]
+    received = 0  # reports drained, or seen by the sessions
+    tasks: list[asyncio.Task[None]] = []
+    sessions: list[AgentSession] = []
+    channels: list[grpc.aio.Channel] = []
+
+    async def drain(channel: grpc.aio.Channel, decode: bool) -> None:
+        nonlocal received
+        deserializer = pb.UsageSnapshot.FromString if decode else None
+        call = channel.unary_stream("/shoal.agent.v1.Host/WatchUsage",
+                                    request_serializer=pb.WatchUsageRequest.SerializeToString,
+                                    response_deserializer=deserializer)
+        async for _ in call(pb.WatchUsageRequest()):
+            received += 1
+
+    async def count_reports() -> None:
+        """Each report replaces its session's snapshot: new sequences, looked for five times a second
+        (reports come at most once a second per host)."""
+        nonlocal received
+        last = [0] * len(sessions)
+        while True:
+            for i, session in enumerate(sessions):
+                snapshot = session._snapshot  # the benchmark counts reports: a private read
+                if snapshot is not None and snapshot.sequence != last[i]:
+                    last[i] = snapshot.sequence
+                    received += 1
+            await asyncio.sleep(0.2)
+
+    if scenario in ("bytes", "decoded"):
+        for address in addresses:
+            channel = grpc.aio.insecure_channel(address)
+            channels.append(channel)
+            await pb_grpc.HostStub(channel).GetHost(pb.GetHostRequest(), timeout=BOUND_S)
+            tasks.append(asyncio.create_task(drain(channel, scenario == "decoded")))
+    else:
+        interval = float(scenario.partition("@")[2] or 0)
+        stalls = LoopStalls()  # one for all, as the leader's controller (and a worker) shares one
+        stalls.start()
+        sessions = [AgentSession(HostId(f"h{i}"), a, credentials=None, on_change=lambda _h: None,
+                                 heartbeat_timeout=max(2.0, 2 * interval), usage_interval=interval,
+                                 stalls=stalls) for i, a in enumerate(addresses)]
+        for session in sessions:
+            session.start()
+        deadline = time.monotonic() + BOUND_S
+        while not all(s.observation.complete and s.info is not None for s in sessions):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"usage_stream_cost: sessions did not connect within {BOUND_S:.0f} s")
+            await asyncio.sleep(0.2)
+        tasks.append(asyncio.create_task(count_reports()))
+    await asyncio.sleep(SETTLE_S)
+    cpu, messages, start = cpu_seconds(os.getpid()), received, time.monotonic()
+    await asyncio.sleep(WINDOW_S)
+    cpu, messages, elapsed = cpu_seconds(os.getpid()) - cpu, received - messages, time.monotonic() - start
+    for task in tasks:
+        task.cancel()
+    for session in sessions:
+        await session.close()
+    for channel in channels:
+        await channel.close()
+    return {"messages_per_s": round(messages / elapsed, 1),
+            "cpu_us_per_message": round(cpu / messages * 1e6) if messages else 0,
+            "cpu_us_per_host_s": round(cpu / elapsed / hosts * 1e6)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hosts", type=int, default=300)
+    parser.add_argument("--containers", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=3.0, help="the session@I scenario's interval")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each scenario this often (the median is shown)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    parser.add_argument("--base-port", type=int, default=32000, help="the hosts listen on this port and up")
+    parser.add_argument("--out", default=str(ROOT / "bench/results/usage-stream-cost.json"))
+    args = parser.parse_args()
+    if (args.hosts < 1 or args.containers < 0 or args.interval <= 0 or args.rounds < 1
+            or args.base_port + args.hosts > 65535):
+        raise SystemExit("usage_stream_cost: --hosts and --rounds at least 1, --containers not negative, "
+                         "--interval positive, and --base-port + --hosts at most 65535")
+    if args.serve:
+        asyncio.run(serve(args.hosts, args.base_port))
+        return
+    if args.scenario:
+        print(json.dumps(asyncio.run(measure(args.scenario, args.hosts, args.base_port))))
+        return
+    me = [sys.executable, str(Path(__file__).resolve()), "--hosts", str(args.hosts),
+          "--base-port", str(args.base_port)]
+    scenarios = ["bytes", "decoded", "session", f"session@{args.interval:g}"]
+    results: dict[str, Any] = {}
+    with subprocess.Popen([*me, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as sims:
+        assert sims.stdin is not None and sims.stdout is not None
+        try:
+            if sims.stdout.readline().strip() != "ready":
+                raise SystemExit("usage_stream_cost: the simulated hosts did not start (ports in use? "
+                                 "choose --base-port)")
+            asyncio.run(create_containers(args.hosts, args.base_port, args.containers))
+            print(f"{args.hosts} hosts with {args.containers} containers each", flush=True)
+            rounds: dict[str, list[dict[str, float]]] = {scenario: [] for scenario in scenarios}
+            for i in range(args.rounds):  # interleaved, so that a noisy minute does not favour one
+                for scenario in scenarios:
+                    out = subprocess.run([*me, "--scenario", scenario], capture_output=True, text=True,
+                                         timeout=4 * BOUND_S, check=True)
+                    rounds[scenario].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"round {i + 1} of {args.rounds} done", flush=True)
+            for scenario, measured in rounds.items():
+                results[scenario] = {key: {"median": statistics.median(m[key] for m in measured),
+                                           "min": min(m[key] for m in measured),
+                                           "max": max(m[key] for m in measured)}
+                                     for key in measured[0]}
+                shown = ", ".join(f"{k} {v['median']:g} ({v['min']:g}-{v['max']:g})"
+                                  for k, v in results[scenario].items())
+                print(f"{scenario:>12}: {shown}", flush=True)
+        finally:
+            sims.stdin.close()
+            sims.wait(BOUND_S)
+    record = {"hosts": args.hosts, "containers_per_host": args.containers, "rounds": args.rounds,
+              "scenarios": results,
+              "machine": {"cpus": os.cpu_count()},
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
