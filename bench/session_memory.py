@@ -57,6 +57,17 @@ async def serve(hosts: int, base: int) -> None:
         await sim.stop()
 
 
+async def start_following(sessions: list[Any], who: str) -> None:
+    """Starts the sessions and waits (bounded) until each follows its host: connected, listed, heard."""
+    for session in sessions:
+        session.start()
+    deadline = time.monotonic() + BOUND_S
+    while not all(s.observation.complete and s.info is not None for s in sessions):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{who}: sessions did not connect within {BOUND_S:.0f} s")
+        await asyncio.sleep(0.2)
+
+
 async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict[str, float]:
     """One scenario in this (fresh) process: RSS per host."""
     import grpc
@@ -104,13 +115,7 @@ async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict
             stalls.start()
             sessions = [AgentSession(HostId(f"h{i}"), a, credentials=None, on_change=lambda _h: None,
                                      stalls=stalls) for i, a in enumerate(addresses)]
-        for session in sessions:
-            session.start()
-        deadline = time.monotonic() + BOUND_S
-        while not all(s.observation.complete and s.info is not None for s in sessions):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"session_memory: sessions did not connect within {BOUND_S:.0f} s")
-            await asyncio.sleep(0.2)
+        await start_following(sessions, "session_memory")
         if scenario in ("launched", "workers"):
             async def launch(session: Any, j: int) -> None:
                 cid = f"svc{j}-{session.host}-{j:08x}"

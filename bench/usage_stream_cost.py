@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.procstat import cpu_seconds  # noqa: E402
-from bench.session_memory import serve  # noqa: E402
+from bench.session_memory import serve, start_following  # noqa: E402
 
 SETTLE_S = 5.0       # after every stream is open, before the window
 WINDOW_S = 12.0      # cpu and messages counted over this long (four reports at a 3 s interval)
@@ -116,13 +116,7 @@ async def measure(scenario: str, hosts: int, base: int) -> dict[str, float]:
         sessions = [AgentSession(HostId(f"h{i}"), a, credentials=None, on_change=lambda _h: None,
                                  heartbeat_timeout=max(2.0, 2 * interval), usage_interval=interval,
                                  stalls=stalls) for i, a in enumerate(addresses)]
-        for session in sessions:
-            session.start()
-        deadline = time.monotonic() + BOUND_S
-        while not all(s.observation.complete and s.info is not None for s in sessions):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"usage_stream_cost: sessions did not connect within {BOUND_S:.0f} s")
-            await asyncio.sleep(0.2)
+        await start_following(sessions, "usage_stream_cost")
         tasks.append(asyncio.create_task(count_reports()))
     await asyncio.sleep(SETTLE_S)
     cpu, messages, start = cpu_seconds(os.getpid()), received, time.monotonic()
