@@ -191,9 +191,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if not 0 <= args.usage_interval <= MAX_USAGE_INTERVAL:
         raise SystemExit(f"shoal-scheduler: --usage-interval must be 0 to {MAX_USAGE_INTERVAL:g} seconds")
     reports = max(args.usage_interval, 1.0)  # agents sample once a second
-    if args.heartbeat_timeout is None:
-        args.heartbeat_timeout = max(HEARTBEAT_TIMEOUT, 2 * reports)
-    if args.heartbeat_timeout < 1.5 * reports:
+    heartbeat = args.heartbeat_timeout if args.heartbeat_timeout is not None else max(HEARTBEAT_TIMEOUT,
+                                                                                       2 * reports)
+    if heartbeat < 1.5 * reports:
         raise SystemExit(f"shoal-scheduler: --heartbeat-timeout must be at least 1.5 times the time between "
                          f"usage reports ({1.5 * reports:g} seconds: agents report every "
                          f"{reports:g} s)")
@@ -224,7 +224,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     election_ttl=args.election_ttl, registration_refresh=args.registration_refresh,
                     registration_spread=args.registration_spread, lease_keeper=args.lease_keeper,
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
-                    heartbeat_timeout=args.heartbeat_timeout, usage_interval=args.usage_interval,
+                    heartbeat_timeout=heartbeat, usage_interval=args.usage_interval,
                     agent_down_grace=args.agent_down_grace,
                     max_lost_share=args.max_lost_share,
                     start_health=StartHealthSettings(threshold=args.start_failure_threshold,
