@@ -262,15 +262,17 @@ async def _keepalive(store: base.Store, term: Term, settings: ElectionSettings, 
     last_ok = term.started_at
     grace_until = 0.0
     in_flight: dict[asyncio.Task[int], float] = {}  # refresh -> when it was sent
-    due = first = clock()
+    due = clock()
+    sent_any = False
     quiet_until = 0.0  # failures are logged at most once a refresh interval
     try:
         while True:
             now = clock()
             if now >= due:
-                if due == first or now - due > settings.refresh_every:  # the first, or sent late
+                if not sent_any or now - due > settings.refresh_every:  # the first, or sent late
                     grace_until = max(grace_until, min(now + settings.keepalive_interval,
                                                        last_ok + settings.ttl_s))
+                sent_any = True
                 refresh = asyncio.create_task(_refresh(store, term, settings))
                 in_flight[refresh] = now
                 due = now + settings.refresh_every

@@ -44,7 +44,7 @@ import grpc
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 from scheduler import session_wire as wire
-from scheduler.agents import Credentials, decided_by, observe_container
+from scheduler.agents import USAGE_INTERVAL, Credentials, decided_by, observe_container
 from scheduler.model import HostId
 from scheduler.observed import ContainerUsage, HostObservation
 
@@ -188,7 +188,7 @@ class SessionWorkers:
     """N session worker processes and the remote sessions of the hosts they follow."""
 
     def __init__(self, count: int, *, credentials: Credentials | None, heartbeat_timeout: float,
-                 usage_interval: float = 0.0, log_level: str = "") -> None:
+                 usage_interval: float = USAGE_INTERVAL, log_level: str = "") -> None:
         if count < 1:
             raise ValueError("session workers: at least one")
         self.heartbeat_timeout = heartbeat_timeout

@@ -18,7 +18,7 @@ from scheduler.store import base
 from scheduler.store.keys import KeyRange, KeyRef, KeySchema, R
 from scheduler.store.records import LeaderRecord
 
-SETTINGS = ElectionSettings("a", ttl_s=4)  # step down after 2.67 s, a refresh every 0.5 s
+SETTINGS = ElectionSettings("a", ttl_s=6)  # step down after 4 s, a refresh every 0.5 s
 BOUND_S = 30.0
 
 
@@ -74,9 +74,9 @@ def keep_for(store: SlowLeases, seconds: float) -> tuple[str | None, float]:
 
 
 def test_answers_slower_than_a_refresh_interval_keep_the_term() -> None:
-    # 1.6 s is more than TTL/3 (1.33 s): waiting for one refresh at a time, the term was lost at the first
-    # such answer. Sent every 0.5 s, the newest answered refresh is at most 2.1 s old: under 2.67.
-    store = SlowLeases(latency=1.6)
+    # 2.5 s is more than TTL/3 (2 s): waiting for one refresh at a time, the term was lost at the first
+    # such answer. Sent every 0.5 s, the newest answered refresh is at most 3 s old: under 4.
+    store = SlowLeases(latency=2.5)
     why, _ = keep_for(store, 1.5 * SETTINGS.ttl_s)
     assert why is None
     assert len(store.answered_sent) >= 6
@@ -84,7 +84,7 @@ def test_answers_slower_than_a_refresh_interval_keep_the_term() -> None:
 
 
 def test_answers_slower_than_the_step_down_time_end_the_term_before_the_lease_can_expire() -> None:
-    store = SlowLeases(latency=3.5)
+    store = SlowLeases(latency=5.0)
     why, ended_at = keep_for(store, 3 * SETTINGS.ttl_s)
     assert why is not None and "no keepalive succeeded" in why
     # The lease lives at least a TTL from the newest answered refresh's sending (or the term's start).
