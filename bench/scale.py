@@ -779,7 +779,19 @@ class Run:
                     if replaced():
                         done.set()
 
+        not_ready: dict[str, float] = {}
+
+        async def follow_hosts() -> None:
+            # When the leader marked each killed host not ready: the heartbeat's share of the time to
+            # replace, apart from the grace and the passes that follow it.
+            async for change in store.watch(snap.revision, scope=store.schema.host_statuses()):
+                status = change.value
+                if isinstance(status, model.HostStatus) and status.id in victim_ids and not status.ready \
+                        and status.id not in not_ready:
+                    not_ready[status.id] = time.perf_counter() - killed_at
+
         follower = asyncio.create_task(follow())
+        host_follower = asyncio.create_task(follow_hosts())
         try:
             by_sim: dict[int, list[str]] = {}
             for name in victims:
@@ -801,15 +813,18 @@ class Run:
             out["not_replaced"] = result.missing
             out["all_replaced_s"] = round(result.seconds[-1], 3) if result.seconds and not result.missing \
                 else None
+            out["hosts_not_ready_s"] = summarize(list(not_ready.values()), digits=3)
             out["marked_stopping_s"] = summarize(list(noticed.values()), digits=3)
             out["creates_during"] = await self.sim_calls("CreateContainer") - creates_before
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follower
+            for task in (follower, host_follower):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         took = out["replaced_s"]
-        self.note(f"mass failure: replaced p50 {took['p50']} s, p99 {took['p99']} s, "
-                  f"{out['not_replaced']} not replaced")
+        self.note(f"mass failure: hosts not ready p50 {out['hosts_not_ready_s']['p50']} s, replicas marked "
+                  f"stopping p50 {out['marked_stopping_s']['p50']} s, replaced p50 {took['p50']} s, "
+                  f"p99 {took['p99']} s, {out['not_replaced']} not replaced")
         found = await self.audit()
         out["audit_after_replacement"] = found.as_json()
         # Bring them back as rebooted machines: empty, a new boot id; what the scheduler still had on

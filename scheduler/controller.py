@@ -170,6 +170,8 @@ class Controller:
         self._last_full = 0.0                                 # when the last full pass ran
         self.full_interval = FULL_PASS_INTERVAL               # the safety net's period (FULL_PASS_SHARE)
         self._due: float | None = None                        # when a pass is due by the clock
+        self._lost_due: dict[HostId, float] = {}              # when each unreachable host counts as lost
+        self._last_pass_at = 0.0                              # the time the last pass read (``_scope``)
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
         self._place_from: ServiceName | None = None           # where the next pass resumes placing
@@ -370,9 +372,8 @@ class Controller:
         self._sync_sessions()
         now = time.time()
         statuses = {h: self._status(h) for h in self.mirror.hosts}
-        full = self._full_due or (self._due is not None and now >= self._due) \
-            or now - self._last_full >= self.full_interval
-        scope = self._scope(statuses, full=full)
+        full = self._full_due or now - self._last_full >= self.full_interval
+        scope = self._scope(statuses, full=full, now=now)
         world = self._world(statuses, scope=scope, now=now)
         placer = ViewPlacer(lambda: self._view(world), self.settings.profile)
         built = time.perf_counter()
@@ -433,14 +434,14 @@ class Controller:
             self.full_interval = max(FULL_PASS_INTERVAL, busy / FULL_PASS_SHARE)
         if busy >= LONG_PASS_S:
             log.info("a %s pass held the loop for %.2fs: %.2fs to build, %.2fs to decide (%d writes, %d "
-                     "actions, %s), %.2fs to write and hand over; %d services in scope",
-                     "full" if scope is None else "scoped", busy, built - started, decided - built,
-                     len(plan.writes), len(plan.actions), "placing" if placer.built else "no placing",
-                     (encoded - decided) + (ended - landed),
-                     len(world.services) if scope is None else len(scope.services))
+                     "actions, %s), %.2fs to write and hand over (and %.2fs waiting for etcd); %d services "
+                     "in scope", "full" if scope is None else "scoped", busy, built - started,
+                     decided - built, len(plan.writes), len(plan.actions),
+                     "placing" if placer.built else "no placing", (encoded - decided) + (ended - landed),
+                     landed - encoded, len(world.services) if scope is None else len(scope.services))
         if self._on_pass is not None:
             self._on_pass(time.perf_counter() - started, plan, world)
-        self._due = self._next_due(world)
+        self._due = self._next_due(world, held=plan.lost_held > 0)
         return self._due
 
     def _note_held(self, held: int, hosts: int) -> None:
@@ -457,34 +458,46 @@ class Controller:
                         self.settings.max_lost_share)
         self.lost_held = held
 
-    def _next_due(self, world: reconcile.World) -> float | None:
-        """When a pass is due by the clock alone (such a pass looks at everything)."""
+    def _next_due(self, world: reconcile.World, *, held: bool = False) -> float | None:
+        """When a pass is due by the clock alone; ``_scope`` puts what came due in that pass's scope."""
         assert self.mirror is not None
         replicas = self.mirror.replicas
         due = [at for rid in self.mirror.failed if (at := replicas[rid].next_attempt_at) > world.now]
-        # A host whose grace period runs out: its replicas are replaced then, not at the next event.
+        # A host whose grace period runs out: its replicas are replaced then, not at the next event. One
+        # already lost whose replicas this pass did not look at is looked at by the next (unless lost
+        # hosts are held: only a change or a full pass decides that again).
+        self._lost_due = {}
         for host in world.unreachable_since:
             lost_at = world.lost_at(host)
             holding = self.mirror.by_host.get(host, ())
-            if lost_at is not None and lost_at > world.now and any(
+            if lost_at is None or (held and lost_at <= world.now) or not any(
                     replicas[rid].phase is not ReplicaPhase.STOPPING for rid in holding):
+                continue
+            self._lost_due[host] = lost_at
+            if lost_at > world.now:
                 due.append(lost_at)
         # A start-failing host's mark lifts then (its status is rewritten, placement tries it again).
         due += [until for host in self.mirror.hosts
                 if (until := self.start_health.failing_until(host)) is not None and until > world.now]
         return min(due) if due else None
 
-    def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool) -> reconcile.Scope | None:
+    def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool, now: float) -> reconcile.Scope | None:
         """What this pass must look at: None for everything, else what changed since the last pass.
 
         Services: those whose records changed (the mirror's dirt), those of containers that changed on
         their hosts, of replicas whose action just ended or whose launch failed, every service with a
-        pending replica (room may have freed anywhere), and every service with a replica on a host that
-        changed wholly (its record, its status, its session's connection). Hosts: where any of that
-        happened, for orphans. Taken even for a full pass, so the next scoped pass starts afresh."""
+        pending replica (room may have freed anywhere), every service with a replica on a host that
+        changed wholly (its record, its status, its session's connection), and what the clock made due:
+        failed replicas whose backoff ended, hosts whose grace ran out. Hosts: where any of that
+        happened, for orphans. Taken even for a full pass, so the next scoped pass starts afresh.
+
+        A pass due by the clock used to look at everything: in a mass failure the lost hosts' graces end
+        over a few seconds, each was a full pass (seconds each at 100,000 replicas), and the hosts whose
+        grace ended meanwhile waited for the next (docs/scaling.md, part 10)."""
         assert self.mirror is not None
         mirror = self.mirror
         dirt = mirror.take_dirt()
+        since, self._last_pass_at = self._last_pass_at, now
         for host in self._changed_hosts:
             self._observation_changed(host, dirt)
         self._changed_hosts = set()
@@ -504,6 +517,9 @@ class Controller:
         failed = self.actuator.failures
         services.update(mirror.replicas[rid].service for rid in failed if rid in mirror.replicas)
         services.update(mirror.replicas[rid].service for rid in mirror.pending)
+        services.update(replica.service for rid in mirror.failed  # backoffs ended since the last pass
+                        if since < (replica := mirror.replicas[rid]).next_attempt_at <= now)
+        dirt.hosts.update(host for host, lost_at in self._lost_due.items() if lost_at <= now)
         for host in dirt.hosts:
             services.update(mirror.replicas[rid].service for rid in mirror.by_host.get(host, ()))
         return reconcile.Scope(services=frozenset(services), hosts=frozenset(dirt.hosts | dirt.touched))
@@ -609,8 +625,21 @@ class Controller:
                 since = status.since
             else:
                 since = max(status.since, session.started_at)
-            out[host] = since + self.stalls.excused(self.stalls.stalled_since(since))
+            out[host] = since + self._unheard(host, since)
         return out
+
+    def _unheard(self, host: HostId, since: float) -> float:
+        """How much later than ``since`` this leader's view of a host it cannot follow may be.
+
+        In-process, the leader's own stalls since then, as far as it is still behind reading its hosts
+        (``LoopStalls.excused``). With session workers, the leader knows each worker's sessions exactly
+        as of the newest message it has read from it (each is stamped, and one comes at least every
+        ``session_worker.BEAT_S``): what it has not read yet, and no more. Excusing the leader's stalls
+        there (it read no report itself, so it excused them in full) had every pass of a mass failure
+        push the rest of the lost hosts' grace back by its own length (docs/scaling.md, part 10)."""
+        if self.workers is not None:
+            return self.workers.unheard(host)
+        return self.stalls.excused(self.stalls.stalled_since(since))
 
     @staticmethod
     def _confirmed_lost(session: Session) -> bool:

@@ -90,7 +90,11 @@ class HostState:
 
 @dataclass(frozen=True, slots=True)
 class States:
+    """Changed sessions, batched; sent at least every ``session_worker.BEAT_S`` even with none, stamped
+    with the worker's wall time so that the leader knows how far behind it reads its workers."""
+
     states: tuple[HostState, ...]
+    sent: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,10 @@ from scheduler.observed import HostObservation, ObservedContainer
 log = logging.getLogger(__name__)
 
 FLUSH_S = 0.02          # changes reported within this long of each other go to the leader in one message
+# The leader hears from a worker at least this often, changes or not: the stamp of the newest batch it
+# has read is how recent its view of the worker's hosts is (``SessionWorkers.unheard``), and a lost host's
+# grace is counted only that far (docs/scaling.md, part 10).
+BEAT_S = 0.25
 INFO_REFRESH_S = 10.0   # each host's latest report (disk free and the rest no pass wakes for), this often
 USAGE_S = 1.0           # the usage of the hosts the autoscaler reads, this often
 
@@ -126,13 +130,14 @@ class Worker:
     async def flush(self) -> None:
         """Each batch of changed sessions, as one message."""
         while True:
-            await self._wake.wait()
-            await asyncio.sleep(FLUSH_S)  # what else changes meanwhile goes in the same message
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BEAT_S):
+                    await self._wake.wait()
+                    await asyncio.sleep(FLUSH_S)  # what else changes meanwhile goes in the same message
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
             states = tuple(self._state(self.sessions[h]) for h in dirty if h in self.sessions)
-            if states:
-                wire.send(self._writer, wire.States(states))
+            wire.send(self._writer, wire.States(states, sent=time.time()))
 
     async def refresh(self) -> None:
         """The autoscaler's usage every second; every host's latest report every ``INFO_REFRESH_S``."""

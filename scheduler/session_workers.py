@@ -182,6 +182,8 @@ class _Worker:
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task[None] | None = None
         self.calls: dict[int, asyncio.Future[wire.Reply]] = {}
+        # The worker's wall time as of which the leader has read all it sent (its newest batch's stamp).
+        self.heard_through = 0.0
 
 
 class SessionWorkers:
@@ -248,6 +250,12 @@ class SessionWorkers:
     def worker_of(self, host: HostId) -> int:
         return zlib.crc32(host.encode()) % len(self._workers)
 
+    def unheard(self, host: HostId) -> float:
+        """Seconds of what ``host``'s worker has found that the leader has not read yet: now less the stamp
+        of the newest batch read from it (a batch comes at least every ``session_worker.BEAT_S``). Grows
+        while the worker is down or the leader is behind, so that no host is judged on news not read."""
+        return max(0.0, time.time() - self._workers[self.worker_of(host)].heard_through)
+
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process is not None]
 
@@ -305,6 +313,7 @@ class SessionWorkers:
             theirs.close()
         reader, worker.writer = await asyncio.open_unix_connection(sock=ours)
         wire.send(worker.writer, self._init)
+        worker.heard_through = max(worker.heard_through, time.time())  # nothing to read before its start
         worker.reader_task = asyncio.get_running_loop().create_task(
             self._read(worker, reader), name=f"session-worker-{worker.index}")
         log.info("session worker %d started (pid %d)", worker.index, worker.process.pid)
@@ -314,6 +323,7 @@ class SessionWorkers:
             while True:
                 message = await wire.receive(reader)
                 if isinstance(message, wire.States):
+                    worker.heard_through = max(worker.heard_through, message.sent)
                     for state in message.states:
                         session = self.sessions.get(state.host)
                         if session is not None:

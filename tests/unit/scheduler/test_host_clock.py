@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import cast
 
 from bench.sim.host import HostSpec, SimHost
 from scheduler.agents import AgentSession
 from scheduler.controller import Controller, ControllerSettings
 from scheduler.model import HostId, HostStatus
 from scheduler.placement.registry import default_profile
+from scheduler.session_workers import SessionWorkers
 from scheduler.store import base
 from scheduler.store.memory import MemoryStore
 from tests.fixtures.etcd import free_port
@@ -127,5 +129,32 @@ def test_a_host_no_leader_has_judged_yet_counts_from_this_leaders_session() -> N
             assert since(controller, HostStatus(id=HOST)) == session.started_at
         finally:
             await session.close()
+
+    asyncio.run(go())
+
+
+def test_with_session_workers_a_lost_host_is_judged_on_what_the_leader_has_read_not_its_stalls() -> None:
+    """With workers the leader knows its hosts as of the newest batch it has read from their worker: a
+    host unreachable since S is lost once that batch is from S + grace or later, whatever the leader's
+    own loop did meanwhile (its stalls were excused in full, and a mass failure's passes pushed the
+    rest of its lost hosts back by their own length: docs/scaling.md, part 10)."""
+    async def go() -> None:
+        pool = SessionWorkers(1, credentials=None, heartbeat_timeout=2.0)  # never started: stamps by hand
+        settings = ControllerSettings(epoch=2, guard=base.LeaderGuard(2), credentials=None,
+                                      profile=default_profile(), session_workers=1)
+        controller = Controller(MemoryStore(), settings, workers=pool)
+        session = pool.session(HOST, "127.0.0.1:1", on_change=lambda _h: None)
+        session.started_at = time.time() - 600.0
+        session.error = "no report from the agent for 6.0 s (unreachable?)"
+        controller.sessions[HOST] = cast(AgentSession, session)
+        controller.stalls._total, controller.stalls._ends = 30.0, [time.time()]  # a long stall: no matter
+        controller.stalls._totals = [0.0, 30.0]
+        now = time.time()
+        status = HostStatus(id=HOST, ready=False, since=now - 10.0)
+        pool._workers[0].heard_through = now - 4.0  # read up to 4 s ago: the view is 4 s late
+        late = since(controller, status)
+        assert status.since + 4.0 <= late <= status.since + 4.0 + (time.time() - now)
+        pool._workers[0].heard_through = time.time()  # caught up
+        assert since(controller, status) - status.since < 1.0
 
     asyncio.run(go())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from typing import Any, cast
 
 import pytest
@@ -131,9 +132,10 @@ class StandInSession:
 Sessions = dict[HostId, StandInSession]
 
 
-async def settled_controller(scopes: list[reconcile.Scope | None]) -> tuple[Controller, Sessions]:
+async def settled_controller(scopes: list[reconcile.Scope | None], *,
+                             plans: list[Plan] | None = None) -> tuple[Controller, Sessions]:
     """A leader over web (2 replicas) and db (1), all running as recorded on h1 and h2; every pass's
-    scope is appended to ``scopes``."""
+    scope is appended to ``scopes`` (and its plan to ``plans``)."""
     store = MemoryStore()
     hosts = {h: HostRecord(id=h, name=f"node-{h}", address=f"10.0.0.{i}:7070") for i, h in
              enumerate((HostId("h1"), HostId("h2")), start=1)}
@@ -145,7 +147,12 @@ async def settled_controller(scopes: list[reconcile.Scope | None]) -> tuple[Cont
     leader = await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)
     settings = ControllerSettings(epoch=leader.epoch, guard=base.LeaderGuard(leader.epoch), credentials=None,
                                   profile=default_profile())
-    ctl = Controller(store, settings, on_pass=lambda _s, _p, world: scopes.append(world.scope))
+    def on_pass(_seconds: float, plan: Plan, world: reconcile.World) -> None:
+        scopes.append(world.scope)
+        if plans is not None:
+            plans.append(plan)
+
+    ctl = Controller(store, settings, on_pass=on_pass)
     ctl.mirror = Mirror.of(await store.snapshot())
     seen = observe(("h1", [container("web-1")]),
                    ("h2", [container("web-2"), container("db-1", service="db")]))
@@ -184,7 +191,7 @@ def test_the_controller_scopes_a_pass_to_what_changed() -> None:
     assert ServiceName("web") in scopes[4].services and HostId("h1") in scopes[4].hosts
 
 
-def test_a_full_pass_runs_when_its_period_is_up_and_when_a_pass_is_due_by_the_clock() -> None:
+def test_a_full_pass_runs_when_its_period_is_up() -> None:
     async def go() -> list[reconcile.Scope | None]:
         scopes: list[reconcile.Scope | None] = []
         ctl, _ = await settled_controller(scopes)
@@ -193,12 +200,70 @@ def test_a_full_pass_runs_when_its_period_is_up_and_when_a_pass_is_due_by_the_cl
         ctl._last_full -= controller_module.FULL_PASS_INTERVAL  # the period is up
         await ctl.step()
         await ctl.step()
-        ctl._due = 1.0  # a backoff ended (long ago)
-        await ctl.step()
         return scopes
 
     scopes = asyncio.run(go())
-    assert [s is None for s in scopes] == [True, False, True, False, True]
+    assert [s is None for s in scopes] == [True, False, True, False]
+
+
+class ShiftedClock:
+    """The controller's ``time`` module with the wall clock moved on by ``ahead`` seconds."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+        self.perf_counter, self.monotonic = time.perf_counter, time.monotonic
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+
+def test_a_pass_due_by_the_clock_looks_at_what_came_due_not_at_everything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lost host's grace ending, or a failed replica's backoff, makes a pass due: scoped to that host's
+    services and the replica's service. Each was a full pass, and in a mass failure at 100,000 replicas
+    the lost hosts' graces, ending over a few seconds, waited behind a chain of them (docs/scaling.md,
+    part 10)."""
+    clock = ShiftedClock()
+    monkeypatch.setattr(controller_module, "time", clock)
+    monkeypatch.setattr(controller_module, "FULL_PASS_INTERVAL", 3600.0)  # no safety net in between
+
+    async def go() -> tuple[list[reconcile.Scope | None], list[Plan], Controller]:
+        scopes: list[reconcile.Scope | None] = []
+        plans: list[Plan] = []
+        ctl, sessions = await settled_controller(scopes, plans=plans)
+        monkeypatch.setattr(ctl.actuator, "submit", lambda actions: None)  # no agents to launch on
+        await ctl.step()  # the term's first pass: everything
+        h1 = sessions[HostId("h1")]  # web-1's host falls silent
+        h1.observation = dataclasses.replace(h1.observation, connected=False)
+        h1.error = "no report from the agent for 6.0 s (unreachable?)"
+        ctl._host_changed(HostId("h1"))
+        due = await ctl.step()  # h1 marked not ready; its grace ends later
+        assert due is not None and due > clock.time()
+        clock.ahead += due - clock.time() + 0.01
+        await ctl.step()  # woken by the clock alone
+        # db-1 fails on h2 and is retried after its backoff.
+        assert ctl.mirror is not None
+        failed = dataclasses.replace(ctl.mirror.replicas[ReplicaId("db-1")], phase=ReplicaPhase.FAILED,
+                                     ready=False, next_attempt_at=clock.time() + 1)
+        committed = await ctl.store.commit([base.Put(failed)])
+        for record in committed.written:
+            ctl.mirror.put(record)
+        await ctl.step()  # the record's change: a pass over db
+        clock.ahead += 2
+        await ctl.step()  # the backoff ended: db again, and only db
+        await ctl.step()  # nothing came due: nothing
+        return scopes, plans, ctl
+
+    scopes, plans, ctl = asyncio.run(go())
+    assert scopes[0] is None
+    assert scopes[2] == Scope(services=frozenset({ServiceName("web")}), hosts=frozenset({HostId("h1")}))
+    stopped = [w.replica.id for w in plans[2].writes
+               if isinstance(w, WriteReplica) and w.replica.phase is ReplicaPhase.STOPPING]
+    assert stopped == [ReplicaId("web-1")]
+    # (web's replacement, never launched here, keeps web in every scope: it is pending.)
+    assert scopes[4] is not None and ServiceName("db") in scopes[4].services
+    assert scopes[5] is not None and ServiceName("db") not in scopes[5].services
+    assert ctl.passes["full"] == 1
 
 
 def test_the_safety_net_stretches_with_what_a_full_pass_costs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -110,6 +111,24 @@ def test_workers_ask_agents_for_usage_at_the_leaders_interval() -> None:
         async with fleet(2, usage_interval=0.2) as f:
             await until(lambda: all(_followed(s) for s in f.sessions))
             assert [h.usage_intervals_asked for h in f.hosts] == [[0.2], [0.2]]
+
+    run(scenario())
+
+
+def test_the_leader_hears_from_each_worker_with_no_changes_and_knows_as_of_when() -> None:
+    """Each worker sends a stamped batch at least every BEAT_S, changes or not: what the leader has not
+    read of a worker is how late its view of that worker's hosts may be (a lost host's grace is counted
+    only that far)."""
+    async def scenario() -> None:
+        async with fleet(0, workers=2) as f:  # no host: beats alone
+            stamps = [w.heard_through for w in f.pool._workers]
+            await until(lambda: all(w.heard_through > t
+                                    for w, t in zip(f.pool._workers, stamps, strict=True)))
+            hosts = [HostId(f"h{i}") for i in range(8)]
+            assert {f.pool.worker_of(h) for h in hosts} == {0, 1}
+            for host in hosts:
+                heard = f.pool._workers[f.pool.worker_of(host)].heard_through
+                assert 0 <= f.pool.unheard(host) <= time.time() - heard
 
     run(scenario())
 
