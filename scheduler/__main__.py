@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 
 from scheduler import gc_pauses, httpd, instances, metrics
-from scheduler.agents import HEARTBEAT_TIMEOUT, USAGE_INTERVAL, Credentials
+from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL as AUTOSCALE_INTERVAL
 from scheduler.cancellation import raise_if_cancelling
@@ -46,6 +46,7 @@ from scheduler.store.errors import NotLeader, StoreError
 from scheduler.store.factory import MEMORY, open_store
 from scheduler.store.keys import DEFAULT_PREFIX
 from scheduler.store.records import InstanceRecord
+from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND
 
 log = logging.getLogger("shoal.scheduler")
 
@@ -69,7 +70,8 @@ class Settings:
     log_level: str
     host_grace: float = HOST_GRACE
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
-    usage_interval: float = USAGE_INTERVAL
+    usage_interval: float | None = AUTO  # None: auto (scheduler.usage_pace)
+    usage_reports_per_second: float = REPORTS_PER_SECOND
     agent_down_grace: float = AGENT_DOWN_GRACE
     max_lost_share: float = MAX_LOST_SHARE
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
@@ -111,13 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a grown refresh is answered uniformly within this share of itself, so that "
                             "hosts that joined together do not come back together (0: not spread; "
                             "default %(default)s)")
-    serve.add_argument("--usage-interval", type=float, default=USAGE_INTERVAL, metavar="SECONDS",
-                       help="ask agents for a usage report this often instead of every second (the "
-                            "heartbeat and the autoscaler's cpu and memory figures; 2-5 s for thousands "
-                            "of hosts on a small leader; default: every second)")
+    serve.add_argument("--usage-interval", type=_usage_interval, default=AUTO, metavar="auto|SECONDS",
+                       help="ask agents for a usage report (the heartbeat, and the autoscaler's cpu and "
+                            "memory figures) this often; auto: every second while the process following "
+                            "them follows at most --usage-reports-per-second hosts, longer past that "
+                            "(default auto)")
+    serve.add_argument("--usage-reports-per-second", type=float, default=REPORTS_PER_SECOND, metavar="N",
+                       help="with --usage-interval auto: the reports each process that follows hosts (the "
+                            "leader, or each session worker) may receive a second; ~300 us of cpu each "
+                            "(default %(default)g: about half a core, 3 s at 5,000 hosts)")
     serve.add_argument("--heartbeat-timeout", type=float, default=None, metavar="SECONDS",
                        help=f"an agent silent this long is unreachable (default {HEARTBEAT_TIMEOUT:g}, or "
-                            "twice --usage-interval when that is longer)")
+                            "twice the usage interval when that is longer; with auto, the least)")
     serve.add_argument("--host-grace", type=float, default=HOST_GRACE, metavar="SECONDS",
                        help="a host unreachable this long has its replicas replaced elsewhere; shorter "
                             "blips move nothing (default %(default)s; see docs/architecture.md)")
@@ -160,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _usage_interval(text: str) -> float | None:
+    """``auto`` (None) or seconds."""
+    if text == "auto":
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or seconds, got {text!r}") from None
+
+
 def _is_loopback(address: str) -> bool:
     """Whether ``HOST:PORT`` names this machine's loopback (127.0.0.0/8, ::1, localhost)."""
     host = address.rpartition(":")[0].strip("[]")
@@ -188,9 +205,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                              "(shoal certs init writes them)")
     if args.election_ttl < 1:
         raise SystemExit("shoal-scheduler: --election-ttl must be at least 1 second")
-    if not 0 <= args.usage_interval <= MAX_USAGE_INTERVAL:
-        raise SystemExit(f"shoal-scheduler: --usage-interval must be 0 to {MAX_USAGE_INTERVAL:g} seconds")
-    reports = max(args.usage_interval, 1.0)  # agents sample once a second
+    if args.usage_interval is not AUTO and not 0 <= args.usage_interval <= MAX_USAGE_INTERVAL:
+        raise SystemExit(f"shoal-scheduler: --usage-interval must be auto or 0 to {MAX_USAGE_INTERVAL:g} "
+                         "seconds")
+    if args.usage_reports_per_second <= 0:
+        raise SystemExit("shoal-scheduler: --usage-reports-per-second must be more than 0")
+    # Agents sample once a second; with auto the heartbeat is the least, stretched with the interval.
+    reports = 1.0 if args.usage_interval is AUTO else max(args.usage_interval, 1.0)
     heartbeat = args.heartbeat_timeout if args.heartbeat_timeout is not None else max(HEARTBEAT_TIMEOUT,
                                                                                        2 * reports)
     if heartbeat < 1.5 * reports:
@@ -225,6 +246,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     registration_spread=args.registration_spread, lease_keeper=args.lease_keeper,
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
                     heartbeat_timeout=heartbeat, usage_interval=args.usage_interval,
+                    usage_reports_per_second=args.usage_reports_per_second,
                     agent_down_grace=args.agent_down_grace,
                     max_lost_share=args.max_lost_share,
                     start_health=StartHealthSettings(threshold=args.start_failure_threshold,
@@ -309,7 +331,8 @@ async def serve(settings: Settings) -> None:
     # The session workers outlive terms: a term lost and won again adopts their sessions as they are.
     workers = (SessionWorkers(settings.session_workers, credentials=credentials,
                               heartbeat_timeout=settings.heartbeat_timeout,
-                              usage_interval=settings.usage_interval)
+                              usage_interval=settings.usage_interval,
+                              usage_reports_per_second=settings.usage_reports_per_second)
                if settings.session_workers else None)
 
     async def lead(term: Term) -> None:
@@ -319,6 +342,8 @@ async def serve(settings: Settings) -> None:
                                                           host_grace=settings.host_grace,
                                                           heartbeat_timeout=settings.heartbeat_timeout,
                                                           usage_interval=settings.usage_interval,
+                                                          usage_reports_per_second=(
+                                                              settings.usage_reports_per_second),
                                                           agent_down_grace=settings.agent_down_grace,
                                                           max_lost_share=settings.max_lost_share,
                                                           start_health=settings.start_health,

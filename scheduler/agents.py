@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -52,6 +52,7 @@ from scheduler.model import (
     ServiceName,
 )
 from scheduler.observed import ContainerState, ContainerUsage, Health, HostObservation, ObservedContainer
+from scheduler.usage_pace import UsagePace
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ RETRY_CAP = 0.5
 # cut network shows no error on an open stream; only silence).
 HEARTBEAT_TIMEOUT = 2.0
 # Ask agents for a usage report this often (0: every sample, once a second). A leader following
-# thousands of hosts pays for every report: 250-400 us of cpu each, nearly all grpc.aio's (docs/scaling.md).
+# thousands of hosts pays for every report: 250-400 us of cpu each, nearly all grpc.aio's (docs/scaling.md);
+# the controller and session workers choose it by how many hosts they follow (scheduler.usage_pace).
 USAGE_INTERVAL = 0.0
 # Silent this many heartbeat timeouts: the streams are given up and the host relisted (a host that is
 # gone for good is found by its connection's error or by this).
@@ -172,7 +174,8 @@ class AgentSession:
         self.host = host
         self.started_at = time.time()  # when this session began following the host
         self.heartbeat_timeout = heartbeat_timeout
-        self.usage_interval = usage_interval
+        self.usage_interval = usage_interval  # what its usage stream asks for (``pace`` changes it)
+        self._paced: tuple[float, float] | None = None  # (interval, heartbeat) for the next subscription
         # The leader's own stalls, not counted as the host's silence (the controller's, shared by every
         # session; a session on its own keeps one of its own).
         self._own_stalls = stalls is None
@@ -238,6 +241,16 @@ class AgentSession:
 
     def forget(self, container_id: str) -> None:
         self._set(container_id, None)
+
+    def pace(self, interval: float, heartbeat_timeout: float) -> None:
+        """Ask for usage every ``interval`` seconds from now on, silent after ``heartbeat_timeout``: the
+        usage stream subscribes again after its next report (its events and view are untouched), and the
+        new heartbeat applies from that subscription, so that no report of the old pace is judged by the
+        new one."""
+        if (interval, heartbeat_timeout) == (self.usage_interval, self.heartbeat_timeout):
+            self._paced = None
+        else:
+            self._paced = (interval, heartbeat_timeout)
 
     # -- following the agent ------------------------------------------------------------------------
 
@@ -360,8 +373,8 @@ class AgentSession:
         when the host's reports waited unread in the socket (a stall longer than the timeout made every
         session look silent at once), as far as the leader is still behind, nor as much of the silence
         as other hosts' reports are read late now (``LoopStalls.excused_silence``)."""
-        timeout = self.heartbeat_timeout
         while True:
+            timeout = self.heartbeat_timeout  # (``pace`` may change it)
             silent = time.monotonic() - self._heard
             excused = self._stalls.excused_silence(silent, self._stalls.stalled() - self._heard_stalled)
             unexcused = silent - excused
@@ -387,37 +400,59 @@ class AgentSession:
         self._on_change(self.host)  # also while connecting: its error ends the host's borrowed status
 
     async def _follow_usage(self) -> None:
-        request = pb.WatchUsageRequest(labels={}, interval_seconds=self.usage_interval)
-        async for snapshot in self._host_stub.WatchUsage(request):
-            decided = decided_by(snapshot.host)
-            changed = decided != self._decided
-            self.info, self._decided = snapshot.host, decided
-            self.last_seen = time.time()
-            if snapshot.HasField("time"):  # how far behind the leader reads its hosts
-                self._stalls.read(self.last_seen - snapshot.time.ToNanoseconds() / 1e9)
-            self._snapshot, self._usage = snapshot, None
-            self._hear()
-            if self.silent or not self._usage_ok:
-                if self.silent:  # heard again on the same streams: nothing was missed, nothing to relist
-                    self.silent = False
-                    self.error = ""
-                self._usage_ok = True
-                changed = True
-                if self._events_ok:
-                    self.observation = replace(self.observation, connected=True)
-                    self._followed_now()
-            # A snapshot that changes nothing a reconcile pass reads is only a heartbeat: every host sends
-            # one a second, and a pass for each kept the leader busy with passes that decided nothing
-            # (docs/scaling.md). Usage itself is read by the autoscaler on its own clock.
-            if changed:
-                self._on_change(self.host)
-        raise ConnectionError("the agent ended its usage stream")
+        while True:
+            if self._paced is not None:
+                (self.usage_interval, self.heartbeat_timeout), self._paced = self._paced, None
+            request = pb.WatchUsageRequest(labels={}, interval_seconds=self.usage_interval)
+            call = self._host_stub.WatchUsage(request)
+            async for snapshot in call:
+                self._on_usage(snapshot)
+                if self._paced is not None:
+                    break  # subscribe again at the new pace; the agent answers with a report at once
+            else:
+                raise ConnectionError("the agent ended its usage stream")
+            call.cancel()
+
+    def _on_usage(self, snapshot: pb.UsageSnapshot) -> None:
+        decided = decided_by(snapshot.host)
+        changed = decided != self._decided
+        self.info, self._decided = snapshot.host, decided
+        self.last_seen = time.time()
+        if snapshot.HasField("time"):  # how far behind the leader reads its hosts
+            self._stalls.read(self.last_seen - snapshot.time.ToNanoseconds() / 1e9)
+        self._snapshot, self._usage = snapshot, None
+        self._hear()
+        if self.silent or not self._usage_ok:
+            if self.silent:  # heard again on the same streams: nothing was missed, nothing to relist
+                self.silent = False
+                self.error = ""
+            self._usage_ok = True
+            changed = True
+            if self._events_ok:
+                self.observation = replace(self.observation, connected=True)
+                self._followed_now()
+        # A snapshot that changes nothing a reconcile pass reads is only a heartbeat: every host sends
+        # one a second, and a pass for each kept the leader busy with passes that decided nothing
+        # (docs/scaling.md). Usage itself is read by the autoscaler on its own clock.
+        if changed:
+            self._on_change(self.host)
 
     def _set(self, container_id: str, seen: ObservedContainer | None) -> None:
         observation = self.observation.with_container(container_id, seen)
         if observation is not self.observation:
             self.observation = observation
             self._on_change(self.host)
+
+
+def pace_sessions(sessions: Iterable[AgentSession], pace: UsagePace, interval: float, *, who: str) -> None:
+    """Have a process's sessions ask for usage every ``interval`` seconds (``UsagePace.interval_for``)."""
+    sessions = list(sessions)
+    log.info("%s: asking %d agents for usage %s (--usage-interval auto, at most %g reports a second)", who,
+             len(sessions), f"every {interval:g} s" if interval > 0 else "every second",
+             pace.reports_per_second)
+    heartbeat = pace.heartbeat_for(interval)
+    for session in sessions:
+        session.pace(interval, heartbeat)
 
 
 class ReplicaUsage(Mapping[str, ContainerUsage]):

@@ -33,9 +33,9 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
 
@@ -45,11 +45,11 @@ from scheduler.actuator import Actuator
 from scheduler.actuator import Settings as ActuatorSettings
 from scheduler.agents import (
     HEARTBEAT_TIMEOUT,
-    USAGE_INTERVAL,
     AgentSession,
     Credentials,
     ReplicaUsage,
     Session,
+    pace_sessions,
 )
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
@@ -76,6 +76,7 @@ from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, NotLeader, StoreUnavailable
+from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND, UsagePace
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,19 @@ class ControllerSettings:
     agent_down_grace: float = reconcile.AGENT_DOWN_GRACE  # the same when only its agent is down
     max_lost_share: float = reconcile.MAX_LOST_SHARE  # more hosts lost at once: none replaced (reconcile)
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT    # no usage report this long: the host is unreachable
-    usage_interval: float = USAGE_INTERVAL          # usage reports asked of agents this often (0: each)
+    # Usage reports asked of agents this often (0: each sample; None: by the hosts a process follows, at
+    # most ``usage_reports_per_second`` a second: scheduler.usage_pace).
+    usage_interval: float | None = AUTO
+    usage_reports_per_second: float = REPORTS_PER_SECOND
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
     autoscale: AutoscaleSettings | None = None  # None: no autoscaler in this term (tests of reconcile)
     elastic_interval: float | None = None  # the elastic loop's tick; None: no elastic loop in this term
     session_workers: int = 0  # processes running the agent sessions (scheduler.session_workers); 0: none
+
+    @property
+    def usage_pace(self) -> UsagePace:
+        return UsagePace(interval=self.usage_interval, reports_per_second=self.usage_reports_per_second,
+                         heartbeat_timeout=self.heartbeat_timeout)
 
 
 class Controller:
@@ -170,6 +179,8 @@ class Controller:
         self._last_full = 0.0                                 # when the last full pass ran
         self.full_interval = FULL_PASS_INTERVAL               # the safety net's period (FULL_PASS_SHARE)
         self._due: float | None = None                        # when a pass is due by the clock
+        self._pace = settings.usage_pace
+        self.usage_interval = self._pace.interval_for(0, 0.0)  # what in-process sessions ask for now
         self._lost_due: dict[HostId, float] = {}              # when each unreachable host counts as lost
         self._last_pass_at = 0.0                              # the time the last pass read (``_scope``)
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
@@ -209,7 +220,8 @@ class Controller:
                 self.workers = SessionWorkers(
                     self.settings.session_workers, credentials=self.settings.credentials,
                     heartbeat_timeout=self.settings.heartbeat_timeout,
-                    usage_interval=self.settings.usage_interval)
+                    usage_interval=self.settings.usage_interval,
+                    usage_reports_per_second=self.settings.usage_reports_per_second)
             if self.workers is not None:
                 await self.workers.start()
             while True:
@@ -572,13 +584,20 @@ class Controller:
             self._fresh_cache.pop(host, None)
             asyncio.get_running_loop().create_task(self.sessions.pop(host).close())
         self.start_health.forget(set(self.mirror.hosts))
+        if self.workers is None:  # workers pace their own sessions
+            interval = self._pace.interval_for(len(self.sessions), self.usage_interval)
+            if interval != self.usage_interval:
+                self.usage_interval = interval
+                pace_sessions(cast(Iterable[AgentSession], self.sessions.values()), self._pace, interval,
+                              who="leader")
 
     def _new_session(self, host: HostId, address: str) -> Session:
         if self.workers is not None:
             return self.workers.session(host, address, on_change=self._host_changed)
         return AgentSession(host, address, credentials=self.settings.credentials,
-                            on_change=self._host_changed, heartbeat_timeout=self.settings.heartbeat_timeout,
-                            usage_interval=self.settings.usage_interval, stalls=self.stalls, gate=self.gate)
+                            on_change=self._host_changed,
+                            heartbeat_timeout=self._pace.heartbeat_for(self.usage_interval),
+                            usage_interval=self.usage_interval, stalls=self.stalls, gate=self.gate)
 
     def _observed(self) -> dict[HostId, HostObservation]:
         return {host: session.observation for host, session in self.sessions.items()}

@@ -18,6 +18,7 @@ from proto.agent.v1 import agent_pb2 as pb
 from scheduler.agents import Credentials
 from scheduler.model import HostId
 from scheduler.observed import ContainerUsage, HostObservation, ObservedContainer
+from scheduler.usage_pace import UsagePace
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30  # a batch of states for thousands of hosts is megabytes; anything larger is a bug
@@ -26,8 +27,7 @@ MAX_MESSAGE = 1 << 30  # a batch of states for thousands of hosts is megabytes; 
 @dataclass(frozen=True, slots=True)
 class Init:
     credentials: Credentials | None
-    heartbeat_timeout: float
-    usage_interval: float = 0.0
+    pace: UsagePace  # how often its sessions ask for usage, and their heartbeat (for its own hosts)
 
 
 @dataclass(frozen=True, slots=True)

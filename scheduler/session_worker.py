@@ -29,7 +29,7 @@ import grpc
 
 from proto.agent.v1 import agent_pb2 as pb
 from scheduler import session_wire as wire
-from scheduler.agents import AgentSession
+from scheduler.agents import AgentSession, pace_sessions
 from scheduler.connect_gate import ConnectGate
 from scheduler.loop_stalls import LoopStalls
 from scheduler.model import HostId
@@ -64,6 +64,7 @@ class Worker:
         self._info_sent: dict[HostId, pb.HostInfo | None] = {}
         self._observation_sent: dict[HostId, HostObservation] = {}
         self._calls: set[asyncio.Task[None]] = set()
+        self.usage_interval = init.pace.interval_for(0, 0.0)  # what its sessions ask agents for now
 
     # -- from the leader ----------------------------------------------------------------------------
 
@@ -82,22 +83,32 @@ class Worker:
             log.warning("session worker: unexpected message %r", type(message).__name__)
 
     def _follow(self, host: HostId, address: str) -> None:
-        self._drop(host)
+        self._drop(host, repace=False)
+        pace = self._init.pace
         session = AgentSession(host, address, credentials=self._init.credentials, on_change=self._changed,
-                               heartbeat_timeout=self._init.heartbeat_timeout,
-                               usage_interval=self._init.usage_interval, stalls=self.stalls,
-                               gate=self.gate)
+                               heartbeat_timeout=pace.heartbeat_for(self.usage_interval),
+                               usage_interval=self.usage_interval, stalls=self.stalls, gate=self.gate)
         self.sessions[host] = session
         session.start()
         self._changed(host)
+        self._repace()
 
-    def _drop(self, host: HostId) -> None:
+    def _drop(self, host: HostId, *, repace: bool = True) -> None:
         session = self.sessions.pop(host, None)
         self._wanted.discard(host)
         self._info_sent.pop(host, None)
         self._observation_sent.pop(host, None)
         if session is not None:
             asyncio.get_running_loop().create_task(session.close())
+        if repace:
+            self._repace()
+
+    def _repace(self) -> None:
+        """The usage interval for as many hosts as this worker follows now (``--usage-interval auto``)."""
+        interval = self._init.pace.interval_for(len(self.sessions), self.usage_interval)
+        if interval != self.usage_interval:
+            self.usage_interval = interval
+            pace_sessions(self.sessions.values(), self._init.pace, interval, who="session worker")
 
     async def _call(self, call: wire.Call) -> None:
         session = self.sessions.get(call.host)

@@ -44,9 +44,10 @@ import grpc
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 from scheduler import session_wire as wire
-from scheduler.agents import USAGE_INTERVAL, Credentials, decided_by, observe_container
+from scheduler.agents import Credentials, decided_by, observe_container
 from scheduler.model import HostId
 from scheduler.observed import ContainerUsage, HostObservation
+from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND, UsagePace
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,15 @@ class SessionWorkers:
     """N session worker processes and the remote sessions of the hosts they follow."""
 
     def __init__(self, count: int, *, credentials: Credentials | None, heartbeat_timeout: float,
-                 usage_interval: float = USAGE_INTERVAL, log_level: str = "") -> None:
+                 usage_interval: float | None = AUTO, usage_reports_per_second: float = REPORTS_PER_SECOND,
+                 log_level: str = "") -> None:
         if count < 1:
             raise ValueError("session workers: at least one")
         self.heartbeat_timeout = heartbeat_timeout
-        self._init = wire.Init(credentials=credentials, heartbeat_timeout=heartbeat_timeout,
-                               usage_interval=usage_interval)
+        # Each worker paces its own sessions (``usage_interval`` None: by how many hosts it follows).
+        self._init = wire.Init(credentials=credentials, pace=UsagePace(
+            interval=usage_interval, reports_per_second=usage_reports_per_second,
+            heartbeat_timeout=heartbeat_timeout))
         self._log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self._workers = [_Worker(i) for i in range(count)]
         self.sessions: dict[HostId, RemoteSession] = {}

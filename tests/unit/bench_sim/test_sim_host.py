@@ -19,6 +19,7 @@ from scheduler.agents import AgentSession
 from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId
 from scheduler.observed import ContainerState
 from tests.fixtures.etcd import free_port
+from tests.fixtures.sim_session import until
 
 T = TypeVar("T")
 BOUND_S = 15.0  # every wait in these tests ends by then
@@ -182,3 +183,24 @@ def test_a_session_asks_for_usage_at_its_interval() -> None:
             return f.host.usage_intervals_asked
 
     assert run(scenario) == [0.5]
+
+
+def test_a_session_paced_anew_subscribes_again_and_keeps_its_view() -> None:
+    """``AgentSession.pace``: the usage stream asks again at the new interval after its next report; the
+    events and the listing go on (no relist), and the new heartbeat applies from that subscription."""
+    spec = HostSpec(name="h10", port=free_port(), usage_interval=0.1)
+
+    async def scenario() -> tuple[list[float], int, int, float]:
+        async with Following(spec) as f:
+            await f.until(ready)
+            listed = f.host.calls["ListContainers"]
+            f.session.pace(0.5, 1.5)
+            await until(lambda: f.host.usage_intervals_asked == [0.0, 0.5])
+            f.session.pace(0.5, 1.5)  # the same pace again: nothing to do
+            await until(lambda: f.host.usage_streams == 1)  # the old stream was let go
+            await f.until(ready)
+            return (f.host.usage_intervals_asked, f.host.calls["ListContainers"] - listed,
+                    f.session.heartbeat_timeout)
+
+    asked, relisted, heartbeat = run(scenario)
+    assert asked == [0.0, 0.5] and relisted == 0 and heartbeat == 1.5

@@ -70,8 +70,17 @@ def test_registration_refreshes_are_spread_by_half_unless_told_otherwise() -> No
 
 
 def test_usage_reports_every_second_unless_asked_and_the_heartbeat_follows_them() -> None:
-    default = settings("--insecure-tcp")
-    assert (default.usage_interval, default.heartbeat_timeout) == (0.0, 2.0)
+    default = settings("--insecure-tcp")  # auto: every second up to 1,700 hosts per process
+    assert (default.usage_interval, default.usage_reports_per_second, default.heartbeat_timeout) == (
+        None, 1700.0, 2.0)
+    assert settings("--insecure-tcp", "--usage-interval", "auto").usage_interval is None
+    every = settings("--insecure-tcp", "--usage-interval", "0")
+    assert (every.usage_interval, every.heartbeat_timeout) == (0.0, 2.0)
+    assert settings("--insecure-tcp", "--usage-reports-per-second", "500").usage_reports_per_second == 500
+    with pytest.raises(SystemExit, match=re.escape("--usage-reports-per-second must be more than 0")):
+        settings("--insecure-tcp", "--usage-reports-per-second", "0")
+    with pytest.raises(SystemExit):  # argparse: "expected auto or seconds, got 'often'"
+        settings("--insecure-tcp", "--usage-interval", "often")
     stretched = settings("--insecure-tcp", "--usage-interval", "3")
     assert (stretched.usage_interval, stretched.heartbeat_timeout) == (3.0, 6.0)  # two reports missed
     explicit = settings("--insecure-tcp", "--usage-interval", "3", "--heartbeat-timeout", "5")
@@ -82,5 +91,5 @@ def test_usage_reports_every_second_unless_asked_and_the_heartbeat_follows_them(
     with pytest.raises(SystemExit, match=re.escape("(1.5 seconds: agents report every 1 s)")):
         settings("--insecure-tcp", "--heartbeat-timeout", "1")
     for bad in ("-1", "31"):
-        with pytest.raises(SystemExit, match=re.escape("--usage-interval must be 0 to 30 seconds")):
+        with pytest.raises(SystemExit, match=re.escape("--usage-interval must be auto or 0 to 30 seconds")):
             settings("--insecure-tcp", "--usage-interval", bad)

@@ -50,13 +50,14 @@ class Fleet:
 
 
 @contextlib.asynccontextmanager
-async def fleet(count: int, *, workers: int = 2, usage_interval: float = 0.0) -> AsyncIterator[Fleet]:
+async def fleet(count: int, *, workers: int = 2, usage_interval: float | None = 0.0,
+                reports_per_second: float = 1700.0) -> AsyncIterator[Fleet]:
     hosts = [SimHost(HostSpec(name=f"worker-test-{i}", port=free_port(), usage_interval=0.1))
              for i in range(count)]
     for host in hosts:
         await host.start()
     pool = SessionWorkers(workers, credentials=None, heartbeat_timeout=HEARTBEAT,
-                          usage_interval=usage_interval)
+                          usage_interval=usage_interval, usage_reports_per_second=reports_per_second)
     await pool.start()
     try:
         yield Fleet(hosts, pool)
@@ -133,6 +134,21 @@ def test_the_leader_hears_from_each_worker_with_no_changes_and_knows_as_of_when(
     run(scenario())
 
 
+def test_with_auto_a_worker_paces_its_sessions_by_how_many_hosts_it_follows() -> None:
+    """--usage-interval auto: one report a second per host while a worker's hosts fit its budget; past
+    it, every session of that worker asks again at the ladder's next step (here 1 report/s: 3 hosts,
+    3 s), and none is relisted for it."""
+    async def scenario() -> None:
+        async with fleet(3, workers=1, usage_interval=None, reports_per_second=1.0) as f:
+            await until(lambda: all(_followed(s) for s in f.sessions))
+            await until(lambda: all(h.usage_intervals_asked[-1:] == [3.0] for h in f.hosts))
+            assert all(h.calls["ListContainers"] == 1 for h in f.hosts)  # (sessions asked again, if
+            # they had subscribed before the third host came: AgentSession.pace, tested on its own)
+            assert all(_followed(s) for s in f.sessions)
+
+    run(scenario())
+
+
 def test_a_silent_host_reads_silent_and_its_usage_arrives_once_asked_for() -> None:
     async def scenario() -> None:
         async with fleet(2) as f:
@@ -181,6 +197,33 @@ async def registered_hosts(store: MemoryStore, name: str, count: int = 3) -> lis
     await store.commit([base.Put(dataclasses.replace(build.host(h.spec.host_id), address=h.spec.address))
                         for h in hosts])
     return hosts
+
+
+def test_with_auto_a_leader_paces_its_own_sessions_by_how_many_hosts_it_follows() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        hosts = await registered_hosts(store, "paced")
+        lease = await store.grant_lease(10)
+        epoch = (await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)).epoch
+        settings = ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch), credentials=None,
+                                      profile=default_profile(), usage_interval=None,
+                                      usage_reports_per_second=1.0)  # 3 hosts: 3 s
+        controller = Controller(store, settings)
+        task = asyncio.create_task(controller.run())
+        try:
+            await until(lambda: len(controller.sessions) == 3
+                        and all(_followed(s) for s in controller.sessions.values()))
+            assert controller.usage_interval == 3.0
+            await until(lambda: all(h.usage_intervals_asked[-1:] == [3.0] for h in hosts))
+            assert all(s.heartbeat_timeout == 6.0 for s in controller.sessions.values())
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for host in hosts:
+                await host.stop()
+
+    run(scenario())
 
 
 def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
