@@ -93,6 +93,9 @@ class StandInSession:
     async def close(self) -> None:
         return None
 
+    def pace(self, interval: float, heartbeat_timeout: float) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+
 
 def cluster(n_replicas: int, n_hosts: int) -> tuple[list[object], dict[HostId, StandInSession]]:
     hosts = {HostId(f"{i:032x}"): i for i in range(n_hosts)}

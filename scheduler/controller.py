@@ -76,7 +76,7 @@ from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, NotLeader, StoreUnavailable
-from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND, UsagePace
+from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND, Pacer, UsagePace
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ class Controller:
         self._last_full = 0.0                                 # when the last full pass ran
         self.full_interval = FULL_PASS_INTERVAL               # the safety net's period (FULL_PASS_SHARE)
         self._due: float | None = None                        # when a pass is due by the clock
-        self._pace = settings.usage_pace
-        self.usage_interval = self._pace.interval_for(0, 0.0)  # what in-process sessions ask for now
+        self._pacer = Pacer(settings.usage_pace)  # what in-process sessions ask for now
         self._lost_due: dict[HostId, float] = {}              # when each unreachable host counts as lost
         self._last_pass_at = 0.0                              # the time the last pass read (``_scope``)
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
@@ -585,19 +584,21 @@ class Controller:
             asyncio.get_running_loop().create_task(self.sessions.pop(host).close())
         self.start_health.forget(set(self.mirror.hosts))
         if self.workers is None:  # workers pace their own sessions
-            interval = self._pace.interval_for(len(self.sessions), self.usage_interval)
-            if interval != self.usage_interval:
-                self.usage_interval = interval
-                pace_sessions(cast(Iterable[AgentSession], self.sessions.values()), self._pace, interval,
-                              who="leader")
+            interval = self._pacer.update(len(self.sessions))
+            if interval is not None:
+                pace_sessions(cast(Iterable[AgentSession], self.sessions.values()), self._pacer.pace,
+                              interval, who="leader")
+            elif self._pacer.due is not None:  # a change held back: a pass then makes it
+                asyncio.get_running_loop().call_later(max(0.0, self._pacer.due - time.monotonic()),
+                                                      self.poke)
 
     def _new_session(self, host: HostId, address: str) -> Session:
         if self.workers is not None:
             return self.workers.session(host, address, on_change=self._host_changed)
         return AgentSession(host, address, credentials=self.settings.credentials,
                             on_change=self._host_changed,
-                            heartbeat_timeout=self._pace.heartbeat_for(self.usage_interval),
-                            usage_interval=self.usage_interval, stalls=self.stalls, gate=self.gate)
+                            heartbeat_timeout=self._pacer.pace.heartbeat_for(self._pacer.interval),
+                            usage_interval=self._pacer.interval, stalls=self.stalls, gate=self.gate)
 
     def _observed(self) -> dict[HostId, HostObservation]:
         return {host: session.observation for host, session in self.sessions.items()}

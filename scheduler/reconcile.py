@@ -56,9 +56,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
+from scheduler.evolve import evolve
 from scheduler.model import (
     Decision,
     HostAdmin,
@@ -219,7 +220,7 @@ def backoff(restarts: int) -> float:
 
 def with_decision(replica: Replica, *, now: float, action: str, reason: str) -> Replica:
     decisions = (*replica.decisions, Decision(time=now, action=action, reason=reason))[-MAX_DECISIONS:]
-    return replace(replica, decisions=decisions)
+    return evolve(replica, decisions=decisions)
 
 
 # -- the step -----------------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ class _Plan:
             replica = self.replicas[rid]
             original = self.world.replicas.get(rid)
             if original is None or _changed(original, replica):
-                self.writes.append(WriteReplica(replace(replica, updated_at=self.world.now)))
+                self.writes.append(WriteReplica(evolve(replica, updated_at=self.world.now)))
         return Plan(writes=tuple(self.writes), actions=tuple(self.actions), deferred=self.deferred,
                     placed_through=self.placed_through, lost_held=self.lost_held)
 
@@ -361,23 +362,23 @@ def _absorb(plan: _Plan, r: Replica) -> None:
         phase, reason = container.phase()
         if (phase, container.ready, reason, container.ports) == (r.phase, r.ready, r.reason, r.ports):
             return  # as recorded (most replicas, most passes): no copy to make and compare
-        updated = replace(r, phase=phase, ready=container.ready, reason=reason, ports=container.ports)
+        updated = evolve(r, phase=phase, ready=container.ready, reason=reason, ports=container.ports)
         if phase is not r.phase:
             if phase is ReplicaPhase.FAILED:
-                updated = replace(updated, next_attempt_at=now + backoff(r.restarts))
+                updated = evolve(updated, next_attempt_at=now + backoff(r.restarts))
             updated = with_decision(updated, now=now, action=phase.value, reason=reason)
         plan.update(updated)
         return
     failure = world.launch_failures.get(r.id)
     if failure is not None and r.phase is ReplicaPhase.STARTING:
-        updated = replace(r, phase=ReplicaPhase.FAILED, ready=False, reason=failure.reason,
+        updated = evolve(r, phase=ReplicaPhase.FAILED, ready=False, reason=failure.reason,
                           next_attempt_at=now + backoff(r.restarts))
         plan.update(with_decision(updated, now=now, action="failed", reason=failure.reason))
         return
     if (r.phase is ReplicaPhase.RUNNING and obs is not None and obs.connected and obs.complete
             and r.id not in world.busy):
         why = "its container was removed from the host; recreating it"
-        updated = replace(r, phase=ReplicaPhase.STARTING, ready=False, reason=why, restarts=r.restarts + 1)
+        updated = evolve(r, phase=ReplicaPhase.STARTING, ready=False, reason=why, restarts=r.restarts + 1)
         plan.update(with_decision(updated, now=now, action="recreated", reason=why))
 
 
@@ -458,7 +459,7 @@ def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], *,
 def _stop(plan: _Plan, r: Replica, *, why: str) -> None:
     if r.phase is ReplicaPhase.STOPPING:
         return
-    updated = replace(r, phase=ReplicaPhase.STOPPING, ready=False, reason=why)
+    updated = evolve(r, phase=ReplicaPhase.STOPPING, ready=False, reason=why)
     plan.update(with_decision(updated, now=plan.world.now, action="stopping", reason=why))
 
 
@@ -478,11 +479,11 @@ def _place(plan: _Plan, service: Service, ids: Sequence[ReplicaId], placer: Plac
         r = plan.replicas[rid]
         if host is None:
             if r.reason != summary:
-                plan.update(with_decision(replace(r, reason=summary), now=now, action="pending",
+                plan.update(with_decision(evolve(r, reason=summary), now=now, action="pending",
                                           reason=summary))
             continue
         name = plan.world.hosts[host].name if host in plan.world.hosts else host
-        updated = replace(r, host=host, phase=ReplicaPhase.STARTING, reason=f"placed on {name}")
+        updated = evolve(r, host=host, phase=ReplicaPhase.STARTING, reason=f"placed on {name}")
         plan.update(with_decision(updated, now=now, action="placed", reason=f"on {name}: {summary}"))
 
 
@@ -531,7 +532,7 @@ def _drive(plan: _Plan, service: Service | None, ids: Sequence[ReplicaId]) -> No
                 _move_off(plan, r, status)
                 continue
             why = f"relaunching after: {r.reason}"
-            updated = replace(r, phase=ReplicaPhase.STARTING, ready=False, restarts=r.restarts + 1,
+            updated = evolve(r, phase=ReplicaPhase.STARTING, ready=False, restarts=r.restarts + 1,
                               reason=why)
             plan.update(with_decision(updated, now=now, action="relaunched", reason=why))
             plan.actions.append(Launch(host=r.host, replica=r.id, service=r.service, generation=r.generation,
@@ -546,7 +547,7 @@ def _move_off(plan: _Plan, r: Replica, status: HostStatus) -> None:
     name = record.name if record is not None and record.name else r.host
     why = (f"its host {name} keeps failing to start containers ({status.start_failures} in a row, "
            f"last: {status.start_failure_reason}); placing it again")
-    updated = replace(r, phase=ReplicaPhase.PENDING, host=None, ready=False, ports=(),
+    updated = evolve(r, phase=ReplicaPhase.PENDING, host=None, ready=False, ports=(),
                       restarts=r.restarts + 1, reason=why)
     plan.update(with_decision(updated, now=plan.world.now, action="rescheduled", reason=why))
 

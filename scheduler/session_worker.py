@@ -34,6 +34,7 @@ from scheduler.connect_gate import ConnectGate
 from scheduler.loop_stalls import LoopStalls
 from scheduler.model import HostId
 from scheduler.observed import HostObservation, ObservedContainer
+from scheduler.usage_pace import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ class Worker:
         self._info_sent: dict[HostId, pb.HostInfo | None] = {}
         self._observation_sent: dict[HostId, HostObservation] = {}
         self._calls: set[asyncio.Task[None]] = set()
-        self.usage_interval = init.pace.interval_for(0, 0.0)  # what its sessions ask agents for now
+        self.pacer = Pacer(init.pace)  # what its sessions ask agents for now
+        self._repace_later: asyncio.Handle | None = None  # a repace coming (``_schedule_repace``)
 
     # -- from the leader ----------------------------------------------------------------------------
 
@@ -86,12 +88,12 @@ class Worker:
         self._drop(host, repace=False)
         pace = self._init.pace
         session = AgentSession(host, address, credentials=self._init.credentials, on_change=self._changed,
-                               heartbeat_timeout=pace.heartbeat_for(self.usage_interval),
-                               usage_interval=self.usage_interval, stalls=self.stalls, gate=self.gate)
+                               heartbeat_timeout=pace.heartbeat_for(self.pacer.interval),
+                               usage_interval=self.pacer.interval, stalls=self.stalls, gate=self.gate)
         self.sessions[host] = session
         session.start()
         self._changed(host)
-        self._repace()
+        self._schedule_repace()
 
     def _drop(self, host: HostId, *, repace: bool = True) -> None:
         session = self.sessions.pop(host, None)
@@ -101,14 +103,23 @@ class Worker:
         if session is not None:
             asyncio.get_running_loop().create_task(session.close())
         if repace:
-            self._repace()
+            self._schedule_repace()
+
+    def _schedule_repace(self) -> None:
+        """Once the messages at hand are handled: a term's thousands of Follows are one change, not one
+        per host."""
+        if self._repace_later is None:
+            self._repace_later = asyncio.get_running_loop().call_soon(self._repace)
 
     def _repace(self) -> None:
         """The usage interval for as many hosts as this worker follows now (``--usage-interval auto``)."""
-        interval = self._init.pace.interval_for(len(self.sessions), self.usage_interval)
-        if interval != self.usage_interval:
-            self.usage_interval = interval
+        self._repace_later = None
+        interval = self.pacer.update(len(self.sessions))
+        if interval is not None:
             pace_sessions(self.sessions.values(), self._init.pace, interval, who="session worker")
+        elif self.pacer.due is not None and self._repace_later is None:
+            loop = asyncio.get_running_loop()
+            self._repace_later = loop.call_later(max(0.0, self.pacer.due - time.monotonic()), self._repace)
 
     async def _call(self, call: wire.Call) -> None:
         session = self.sessions.get(call.host)

@@ -12,6 +12,9 @@ interval when that is longer than the configured one.
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Whole seconds and a few halves: each change has every session of the process ask again, so the steps are
@@ -23,6 +26,9 @@ REPORTS_PER_SECOND = 1700.0
 # step's edge does not flip between two.
 SHRINK_HEADROOM = 0.9
 HEARTBEAT_TIMEOUT = 2.0  # as scheduler.agents': no report for this long and the host is silent
+# A process changes its interval at most this often: a fleet registering at hundreds of hosts a second
+# crossed four steps in 14 s, and each had thousands of sessions subscribe again (docs/scaling.md, part 10).
+HOLD_S = 10.0
 AUTO = None  # the interval that means ``auto``
 
 
@@ -60,6 +66,33 @@ class UsagePace:
         return max(self.heartbeat_timeout, 2 * interval)
 
 
+class Pacer:
+    """The interval one process's sessions ask for now: ``UsagePace.interval_for`` the hosts it follows,
+    changed at once the first time and then at most every ``hold`` seconds."""
+
+    def __init__(self, pace: UsagePace, *, hold: float = HOLD_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pace = pace
+        self.interval = pace.interval_for(0, 0.0)
+        self._hold = hold
+        self._clock = clock
+        self._changed_at = -math.inf
+        self.due: float | None = None  # when to ask again for a change held back (``clock`` time)
+
+    def update(self, hosts: int) -> float | None:
+        """The new interval when it changes now; None when it does not, or not yet (see ``due``)."""
+        wanted = self.pace.interval_for(hosts, self.interval)
+        self.due = None
+        if wanted == self.interval:
+            return None
+        now = self._clock()
+        if now - self._changed_at < self._hold:
+            self.due = self._changed_at + self._hold
+            return None
+        self.interval, self._changed_at = wanted, now
+        return wanted
+
+
 def _step(needed: float) -> float:
     """0 (every sample) when reports once a second fit, else the first step of LADDER at least ``needed``."""
     if needed <= 1.0:
@@ -67,4 +100,4 @@ def _step(needed: float) -> float:
     return next((step for step in LADDER if step >= needed), LADDER[-1])
 
 
-__all__ = ["AUTO", "LADDER", "REPORTS_PER_SECOND", "UsagePace"]
+__all__ = ["AUTO", "HOLD_S", "LADDER", "REPORTS_PER_SECOND", "Pacer", "UsagePace"]

@@ -39,7 +39,6 @@ waits forever on an unreachable etcd.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
 
 from scheduler import model
+from scheduler.evolve import evolve
 from scheduler.store.keys import KeyRange, KeyRef, KeySchema, R
 from scheduler.store.records import LeaderRecord, Record
 
@@ -106,7 +106,7 @@ class Committed:
 
     @functools.cached_property
     def written(self) -> tuple[Record, ...]:
-        return tuple(dataclasses.replace(record, revision=revision)
+        return tuple(evolve(record, revision=revision)
                      for revision, records in self.puts for record in records)
 
     @property

@@ -213,7 +213,7 @@ def test_with_auto_a_leader_paces_its_own_sessions_by_how_many_hosts_it_follows(
         try:
             await until(lambda: len(controller.sessions) == 3
                         and all(_followed(s) for s in controller.sessions.values()))
-            assert controller.usage_interval == 3.0
+            assert controller._pacer.interval == 3.0
             await until(lambda: all(h.usage_intervals_asked[-1:] == [3.0] for h in hosts))
             assert all(s.heartbeat_timeout == 6.0 for s in controller.sessions.values())
         finally:

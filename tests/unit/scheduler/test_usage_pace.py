@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.usage_pace import LADDER, UsagePace
+from scheduler.usage_pace import LADDER, Pacer, UsagePace
 
 
 def test_auto_asks_for_every_sample_within_the_budget_and_steps_up_past_it() -> None:
@@ -46,3 +46,19 @@ def test_a_pace_refuses_what_cannot_be() -> None:
         UsagePace(reports_per_second=0)
     with pytest.raises(ValueError, match="negative"):
         UsagePace(interval=-1.0)
+
+
+def test_a_pacer_changes_at_once_the_first_time_then_at_most_every_hold() -> None:
+    """A fleet registering fast crosses several steps in seconds: each change has every session of the
+    process subscribe again, so after the first, changes wait out the hold (``due`` says until when)."""
+    now = [100.0]
+    pacer = Pacer(UsagePace(reports_per_second=1000), hold=10.0, clock=lambda: now[0])
+    assert (pacer.interval, pacer.update(500), pacer.due) == (0.0, None, None)  # within the budget
+    assert pacer.update(1400) == 1.5 and pacer.interval == 1.5                 # the first: at once
+    now[0] += 4
+    assert (pacer.update(2800), pacer.interval, pacer.due) == (None, 1.5, 110.0)  # held
+    now[0] += 6
+    assert pacer.update(2800) == 3.0 and pacer.due is None
+    now[0] += 1
+    assert pacer.update(2800) is None and pacer.due is None  # nothing to change
+    assert Pacer(UsagePace(interval=2.0)).update(10**6) is None  # fixed: never changes
