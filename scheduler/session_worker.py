@@ -43,6 +43,7 @@ FLUSH_S = 0.02          # changes reported within this long of each other go to 
 # has read is how recent its view of the worker's hosts is (``SessionWorkers.unheard``), and a lost host's
 # grace is counted only that far (docs/scaling.md, part 10).
 BEAT_S = 0.25
+REPACE_AFTER_S = 1.0    # the hosts followed are counted for the usage interval this long after a change
 INFO_REFRESH_S = 10.0   # each host's latest report (disk free and the rest no pass wakes for), this often
 USAGE_S = 1.0           # the usage of the hosts the autoscaler reads, this often
 
@@ -106,10 +107,11 @@ class Worker:
             self._schedule_repace()
 
     def _schedule_repace(self) -> None:
-        """Once the messages at hand are handled: a term's thousands of Follows are one change, not one
-        per host."""
+        """``REPACE_AFTER_S`` after the first Follow or Drop since the last repace: a new term's thousands
+        of Follows are a change or two, not one per step of the ladder (a takeover crossed four steps in
+        1.5 s, each having thousands of sessions subscribe again: docs/scaling.md, part 10)."""
         if self._repace_later is None:
-            self._repace_later = asyncio.get_running_loop().call_soon(self._repace)
+            self._repace_later = asyncio.get_running_loop().call_later(REPACE_AFTER_S, self._repace)
 
     def _repace(self) -> None:
         """The usage interval for as many hosts as this worker follows now (``--usage-interval auto``)."""

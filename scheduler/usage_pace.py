@@ -26,8 +26,9 @@ REPORTS_PER_SECOND = 1700.0
 # step's edge does not flip between two.
 SHRINK_HEADROOM = 0.9
 HEARTBEAT_TIMEOUT = 2.0  # as scheduler.agents': no report for this long and the host is silent
-# A process changes its interval at most this often: a fleet registering at hundreds of hosts a second
-# crossed four steps in 14 s, and each had thousands of sessions subscribe again (docs/scaling.md, part 10).
+# A process shortens its interval at most this long after its last change (it lengthens it at once: that
+# only lowers its load), so that a fleet shrinking and growing around a step does not have every session
+# subscribe again each time.
 HOLD_S = 10.0
 AUTO = None  # the interval that means ``auto``
 
@@ -68,7 +69,7 @@ class UsagePace:
 
 class Pacer:
     """The interval one process's sessions ask for now: ``UsagePace.interval_for`` the hosts it follows,
-    changed at once the first time and then at most every ``hold`` seconds."""
+    lengthened at once, shortened no sooner than ``hold`` seconds after the last change."""
 
     def __init__(self, pace: UsagePace, *, hold: float = HOLD_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -86,7 +87,7 @@ class Pacer:
         if wanted == self.interval:
             return None
         now = self._clock()
-        if now - self._changed_at < self._hold:
+        if wanted < self.interval and now - self._changed_at < self._hold:
             self.due = self._changed_at + self._hold
             return None
         self.interval, self._changed_at = wanted, now

@@ -48,17 +48,19 @@ def test_a_pace_refuses_what_cannot_be() -> None:
         UsagePace(interval=-1.0)
 
 
-def test_a_pacer_changes_at_once_the_first_time_then_at_most_every_hold() -> None:
-    """A fleet registering fast crosses several steps in seconds: each change has every session of the
-    process subscribe again, so after the first, changes wait out the hold (``due`` says until when)."""
+def test_a_pacer_lengthens_at_once_and_shortens_only_after_the_hold() -> None:
+    """Each change has every session of the process subscribe again: a longer interval only lowers the
+    load and is taken at once; a shorter one waits out the hold after the last change (``due``)."""
     now = [100.0]
     pacer = Pacer(UsagePace(reports_per_second=1000), hold=10.0, clock=lambda: now[0])
     assert (pacer.interval, pacer.update(500), pacer.due) == (0.0, None, None)  # within the budget
-    assert pacer.update(1400) == 1.5 and pacer.interval == 1.5                 # the first: at once
-    now[0] += 4
-    assert (pacer.update(2800), pacer.interval, pacer.due) == (None, 1.5, 110.0)  # held
-    now[0] += 6
-    assert pacer.update(2800) == 3.0 and pacer.due is None
+    assert pacer.update(1400) == 1.5 and pacer.interval == 1.5
     now[0] += 1
-    assert pacer.update(2800) is None and pacer.due is None  # nothing to change
+    assert pacer.update(2800) == 3.0                                            # longer: at once
+    now[0] += 4
+    assert (pacer.update(1300), pacer.interval, pacer.due) == (None, 3.0, 111.0)  # shorter: held
+    now[0] += 6
+    assert pacer.update(1300) == 1.5 and pacer.due is None
+    now[0] += 1
+    assert pacer.update(1300) is None and pacer.due is None  # nothing to change
     assert Pacer(UsagePace(interval=2.0)).update(10**6) is None  # fixed: never changes
