@@ -391,7 +391,7 @@ class Controller:
         plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
         decided = time.perf_counter()
         self._place_from = plan.placed_through if plan.deferred else None
-        self._note_held(plan.lost_held, len(world.hosts))
+        self._note_held(plan.lost_held, plan.lost_among)
         if plan.deferred:
             self.poke()  # the rest of what is pending: the next pass, once the loop has had a turn
         self.last_placer = placer
@@ -459,9 +459,9 @@ class Controller:
         """Says (at most every ``HELD_LOG_S`` while it lasts) that lost hosts are not being replaced."""
         now = time.monotonic()
         if held and (not self.lost_held or now - self._held_logged >= HELD_LOG_S):
-            log.warning("%d of %d hosts have been unreachable past their grace, more than %g of them: "
-                        "their replicas are not replaced (the leader more likely lost its own view of "
-                        "them than they all died; --max-lost-share)", held, hosts,
+            log.warning("%d of %d hosts have been unreachable past their grace, more than %g of those "
+                        "holding replicas: their replicas are not replaced (the leader more likely lost its "
+                        "own view of them than they all died; --max-lost-share)", held, hosts,
                         self.settings.max_lost_share)
             self._held_logged = now
         elif self.lost_held and not held:

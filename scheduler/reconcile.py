@@ -20,7 +20,8 @@ The rules, per service:
   or more) are lost at once. Then the leader more likely lost its own view (its network, or a loop too
   loaded to hear its hosts) than half the machines died, and replacing would only pile their replicas
   onto the few hosts it still hears: nothing is abandoned, and ``Plan.lost_held`` says how many lost
-  hosts were held (Kubernetes' node lifecycle controller stops evicting in a full disruption too).
+  hosts were held (Kubernetes' node lifecycle controller stops evicting in a full disruption too). The
+  share is of the hosts that hold replicas: hosts never reached yet (a fleet joining) hold nothing.
 * **Count**: ``live`` replicas are those not stopping; *condemned* ones run an old template or sit on a
   draining host; the rest are *kept*. Missing kept replicas are created (``pending``) — during a rollout or
   a drain only up to ``replicas + max_surge`` live ones; surplus kept replicas are stopped in the
@@ -208,6 +209,7 @@ class Plan:
     placed_through: ServiceName | None = None
     # Lost hosts whose replicas were not replaced because too many were lost at once (``max_lost_share``).
     lost_held: int = 0
+    lost_among: int = 0  # ... of this many hosts holding replicas
 
     @property
     def empty(self) -> bool:
@@ -237,9 +239,15 @@ class _Plan:
         self.actions: list[AgentAction] = []
         # Asked of nearly every replica: answered once per step.
         self.lost = frozenset(h for h in world.unreachable_since if world.lost(h))
-        self.lost_held = 0
+        self.lost_held = self.lost_among = 0
         if mass_loss(len(self.lost), len(world.hosts), world.max_lost_share):
-            self.lost_held, self.lost = len(self.lost), frozenset()
+            # Counted among the hosts that hold replicas: a fleet of thousands joining at once has more
+            # than half its hosts still being reached for the first time past the grace, with nothing on
+            # them to lose or to pile elsewhere (docs/scaling.md, part 10). Walked only in this case.
+            holding = {r.host for r in world.replicas.values() if r.host is not None} & world.hosts.keys()
+            lost = self.lost & holding
+            if mass_loss(len(lost), len(holding), world.max_lost_share):
+                self.lost_held, self.lost_among, self.lost = len(lost), len(holding), frozenset()
         self.draining = frozenset(h for h, r in world.hosts.items() if r.admin is HostAdmin.DRAINING)
         self.attempted = 0                               # pending replicas handed to the placer
         self.deferred = False
@@ -274,7 +282,8 @@ class _Plan:
             if original is None or _changed(original, replica):
                 self.writes.append(WriteReplica(evolve(replica, updated_at=self.world.now)))
         return Plan(writes=tuple(self.writes), actions=tuple(self.actions), deferred=self.deferred,
-                    placed_through=self.placed_through, lost_held=self.lost_held)
+                    placed_through=self.placed_through, lost_held=self.lost_held,
+                    lost_among=self.lost_among)
 
 
 def mass_loss(lost: int, hosts: int, max_share: float) -> bool:

@@ -369,6 +369,23 @@ def test_when_too_many_hosts_are_lost_at_once_their_replicas_are_held_not_replac
         assert abandoned(plan) == [f"r{i:02d}" for i in range(lost_count)]
 
 
+def test_hosts_that_hold_no_replicas_do_not_count_toward_a_mass_loss() -> None:
+    """A fleet joining at once: most of its hosts are still being reached for the first time past the
+    grace, with nothing on them. The few hosts that hold replicas and are lost are replaced."""
+    w = mass_loss_world(10, 2)  # two of ten replica-holding hosts lost
+    empty = {HostId(f"e{i:02d}"): HostRecord(id=HostId(f"e{i:02d}"), name=f"empty-{i}",
+                                            address=f"10.2.0.{i + 1}:7070") for i in range(30)}
+    joining = replace(w, hosts={**w.hosts, **empty},
+                      statuses={**w.statuses, **{h: HostStatus(id=h) for h in empty}},
+                      observed={**w.observed, **{h: HostObservation(host=h) for h in empty}},
+                      unreachable_since={**w.unreachable_since, **dict.fromkeys(empty, NOW - 10.0)})
+    plan = run(joining)  # 32 of 40 hosts lost, but 2 of the 10 that hold replicas
+    assert plan.lost_held == 0 and abandoned(plan) == ["r00", "r01"]
+    held = run(replace(joining, unreachable_since={**joining.unreachable_since,
+                                                   **{HostId(f"m{i:02d}"): NOW - 10.0 for i in range(6)}}))
+    assert held.lost_held == 6 and abandoned(held) == []  # 6 of the 10 that hold replicas: held
+
+
 def test_a_held_loss_is_replaced_once_enough_hosts_are_back() -> None:
     held = run(mass_loss_world(10, 6))
     assert held.lost_held == 6 and abandoned(held) == []
