@@ -39,8 +39,9 @@ Then it measures, printing a table and writing JSON (``--out``, default
   that was on them, the time from the kill until a replacement of its service runs on another host
   (p50/p99/max), when the leader marked the killed hosts not ready and their replicas stopping, and an
   audit (``bench.sim.audit``) that every service has exactly its declared live replicas (a ready host,
-  not stopping) and no replica id runs on two hosts, from etcd and the simulators' container lists. Then the hosts reboot (``recover … reboot``:
-  back empty), and the time until all are ready and no stopping record is left, and the audit again;
+  not stopping) and no replica id runs on two hosts, from etcd and the simulators' container lists.
+  Then the hosts reboot (``recover … reboot``: back empty), and the time until all are ready and no
+  stopping record is left, and the audit again;
 * **failover at size** (``--no-failover`` skips it and the standby): a second scheduler instance, same
   flags, its own API port, runs from the start as a standby. The phase SIGKILLs whichever instance leads
   and measures, from the kill, when the survivor holds the leader key (etcd), when its log says its term

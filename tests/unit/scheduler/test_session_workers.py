@@ -199,44 +199,43 @@ async def registered_hosts(store: MemoryStore, name: str, count: int = 3) -> lis
     return hosts
 
 
+@contextlib.asynccontextmanager
+async def a_term(name: str, **settings: Any) -> AsyncIterator[tuple[Controller, MemoryStore, list[SimHost]]]:
+    """A leader's term over three registered simulated hosts, running until the block ends."""
+    store = MemoryStore()
+    hosts = await registered_hosts(store, name)
+    lease = await store.grant_lease(10)
+    epoch = (await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)).epoch
+    controller = Controller(store, ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch),
+                                                      credentials=None, profile=default_profile(),
+                                                      **settings))
+    task = asyncio.create_task(controller.run())
+    try:
+        yield controller, store, hosts
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for host in hosts:
+            await host.stop()
+
+
 def test_with_auto_a_leader_paces_its_own_sessions_by_how_many_hosts_it_follows() -> None:
     async def scenario() -> None:
-        store = MemoryStore()
-        hosts = await registered_hosts(store, "paced")
-        lease = await store.grant_lease(10)
-        epoch = (await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)).epoch
-        settings = ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch), credentials=None,
-                                      profile=default_profile(), usage_interval=None,
-                                      usage_reports_per_second=1.0)  # 3 hosts: 3 s
-        controller = Controller(store, settings)
-        task = asyncio.create_task(controller.run())
-        try:
+        paced = a_term("paced", usage_interval=None, usage_reports_per_second=1.0)  # 1 report a second
+        async with paced as (controller, _, hosts):
             await until(lambda: len(controller.sessions) == 3
                         and all(_followed(s) for s in controller.sessions.values()))
-            assert controller._pacer.interval == 3.0
+            assert controller._pacer.interval == 3.0  # 3 hosts
             await until(lambda: all(h.usage_intervals_asked[-1:] == [3.0] for h in hosts))
             assert all(s.heartbeat_timeout == 6.0 for s in controller.sessions.values())
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            for host in hosts:
-                await host.stop()
 
     run(scenario())
 
 
 def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
     async def scenario() -> None:
-        store = MemoryStore()
-        hosts = await registered_hosts(store, "term")
-        lease = await store.grant_lease(10)
-        epoch = (await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)).epoch
-        settings = ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch), credentials=None,
-                                      profile=default_profile(), session_workers=2)
-        controller = Controller(store, settings)
-        task = asyncio.create_task(controller.run())
-        try:
+        async with a_term("term", session_workers=2) as (controller, store, hosts):
             await until(lambda: len(controller.sessions) == 3)
             assert all(isinstance(s, RemoteSession) for s in controller.sessions.values())
             await store.commit([base.Put(build.service("web", replicas=6))])
@@ -253,12 +252,6 @@ def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
             assert sum(len(h.containers) for h in hosts) == 6
             pids = controller.workers.pids() if controller.workers is not None else []
             assert len(pids) == 2
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            for host in hosts:
-                await host.stop()
         for pid in pids:  # the term's end ended its workers
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
