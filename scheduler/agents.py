@@ -52,7 +52,7 @@ from scheduler.model import (
     ServiceName,
 )
 from scheduler.observed import ContainerState, ContainerUsage, Health, HostObservation, ObservedContainer
-from scheduler.usage_pace import UsagePace
+from scheduler.usage_pace import HEARTBEAT_TIMEOUT, UsagePace
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,6 @@ log = logging.getLogger(__name__)
 # followed again well within the host grace period), and from the start after each connection.
 RETRY_INITIAL = 0.1
 RETRY_CAP = 0.5
-# The agent sends a usage snapshot every second: none for this long means the host is unreachable (a
-# cut network shows no error on an open stream; only silence).
-HEARTBEAT_TIMEOUT = 2.0
 # Ask agents for a usage report this often (0: every sample, once a second). A leader following
 # thousands of hosts pays for every report: 250-400 us of cpu each, nearly all grpc.aio's (docs/scaling.md);
 # the controller and session workers choose it by how many hosts they follow (scheduler.usage_pace).

@@ -180,6 +180,7 @@ class Controller:
         self.full_interval = FULL_PASS_INTERVAL               # the safety net's period (FULL_PASS_SHARE)
         self._due: float | None = None                        # when a pass is due by the clock
         self._pacer = Pacer(settings.usage_pace)  # what in-process sessions ask for now
+        self._repace_later: asyncio.TimerHandle | None = None  # a pass for a change the pacer held back
         self._lost_due: dict[HostId, float] = {}              # when each unreachable host counts as lost
         self._last_pass_at = 0.0                              # the time the last pass read (``_scope``)
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
@@ -237,6 +238,8 @@ class Controller:
                     continue
         finally:
             self._end_feed()
+            if self._repace_later is not None:
+                self._repace_later.cancel()
             for task in (watcher, scaling, hosting):
                 if task is not None:
                     task.cancel()
@@ -469,7 +472,7 @@ class Controller:
                         self.settings.max_lost_share)
         self.lost_held = held
 
-    def _next_due(self, world: reconcile.World, *, held: bool = False) -> float | None:
+    def _next_due(self, world: reconcile.World, *, held: bool) -> float | None:
         """When a pass is due by the clock alone; ``_scope`` puts what came due in that pass's scope."""
         assert self.mirror is not None
         replicas = self.mirror.replicas
@@ -588,9 +591,13 @@ class Controller:
             if interval is not None:
                 pace_sessions(cast(Iterable[AgentSession], self.sessions.values()), self._pacer.pace,
                               interval, who="leader")
-            elif self._pacer.due is not None:  # a change held back: a pass then makes it
-                asyncio.get_running_loop().call_later(max(0.0, self._pacer.due - time.monotonic()),
-                                                      self.poke)
+            elif self._pacer.due is not None and self._repace_later is None:  # held back: a pass then
+                self._repace_later = asyncio.get_running_loop().call_later(
+                    max(0.0, self._pacer.due - time.monotonic()), self._repace_due)
+
+    def _repace_due(self) -> None:
+        self._repace_later = None
+        self.poke()
 
     def _new_session(self, host: HostId, address: str) -> Session:
         if self.workers is not None:

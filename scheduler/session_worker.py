@@ -119,7 +119,7 @@ class Worker:
         interval = self.pacer.update(len(self.sessions))
         if interval is not None:
             pace_sessions(self.sessions.values(), self._init.pace, interval, who="session worker")
-        elif self.pacer.due is not None and self._repace_later is None:
+        elif self.pacer.due is not None:
             loop = asyncio.get_running_loop()
             self._repace_later = loop.call_later(max(0.0, self.pacer.due - time.monotonic()), self._repace)
 

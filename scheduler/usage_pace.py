@@ -25,7 +25,9 @@ REPORTS_PER_SECOND = 1700.0
 # A shorter interval is taken only once the hosts fit it with this much to spare: a fleet hovering at a
 # step's edge does not flip between two.
 SHRINK_HEADROOM = 0.9
-HEARTBEAT_TIMEOUT = 2.0  # as scheduler.agents': no report for this long and the host is silent
+# The agent samples once a second: no report for this long means the host is unreachable (a cut network
+# shows no error on an open stream; only silence). Stretched with a longer interval (``heartbeat_for``).
+HEARTBEAT_TIMEOUT = 2.0
 # A process shortens its interval at most this long after its last change (it lengthens it at once: that
 # only lowers its load), so that a fleet shrinking and growing around a step does not have every session
 # subscribe again each time.
@@ -46,10 +48,6 @@ class UsagePace:
             raise ValueError("usage pace: reports per second must be positive")
         if self.interval is not None and self.interval < 0:
             raise ValueError("usage pace: the interval cannot be negative")
-
-    @property
-    def auto(self) -> bool:
-        return self.interval is None
 
     def interval_for(self, hosts: int, current: float) -> float:
         """The interval for a process following ``hosts`` hosts whose sessions ask for ``current`` now."""
@@ -101,4 +99,4 @@ def _step(needed: float) -> float:
     return next((step for step in LADDER if step >= needed), LADDER[-1])
 
 
-__all__ = ["AUTO", "HOLD_S", "LADDER", "REPORTS_PER_SECOND", "Pacer", "UsagePace"]
+__all__ = ["AUTO", "HEARTBEAT_TIMEOUT", "HOLD_S", "LADDER", "REPORTS_PER_SECOND", "Pacer", "UsagePace"]
