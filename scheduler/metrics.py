@@ -3,7 +3,8 @@
 ``SchedulerMetrics`` runs the instance's follower (``scheduler.follower``: one snapshot, then a watch from
 its revision, a new snapshot after a compaction or a failure), whose state, owned by the event loop, the
 API's reads share. Every ``publish_interval`` the loop publishes an immutable copy of it (only when something
-changed) together with whether this instance leads; scrapes, served from other threads
+changed; less often when copying it costs more than ``PUBLISH_SHARE`` of the loop) together with whether
+this instance leads; scrapes, served from other threads
 (``scheduler.httpd``), read only that copy, so they never touch etcd, the loop or its objects, and every
 instance, leader or not, serves the same figures. Derived figures are computed once per published copy,
 by the first scrape that needs them. Every instance exports the cluster figures: aggregate across
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PUBLISH_INTERVAL = 1.0   # scrapes see the cluster at most about this much behind the mirror
+# ... or longer, so that copying it takes at most this share of the loop: at 100,000 replicas on a
+# loaded machine a copy took ~50 ms (its objects' reference counts are cache misses), and copying it
+# every second while placing was 5 % of the leader's cpu (docs/scaling.md, part 11).
+PUBLISH_SHARE = 0.01
 PLACED_MEMORY = 100_000  # replica ids remembered as placed (so a repeated plan is not counted twice)
 
 HOST_STATES = tuple(name.removeprefix("HOST_STATE_").lower() for name, _ in spb.HostState.items()
@@ -204,16 +209,19 @@ class SchedulerMetrics:
                 leading = leader() is not None
             except Exception:  # a caller's bookkeeping must not stop the figures
                 leading = False
+            wait = self.publish_interval
             if follower.state is not None and follower.version != published_version:
+                started = time.perf_counter()
                 cluster = PublishedCluster(follower.state.copy())
                 published_version = follower.version
+                wait = max(wait, (time.perf_counter() - started) / PUBLISH_SHARE)
             stats = getattr(store, "stats", None)  # EtcdStore's client counters, when there are some
             state = Published(cluster=cluster, leading=leading, synced=follower.synced,
                                etcd_retries=getattr(stats, "retries", None),
                                etcd_watch_resumes=getattr(stats, "watch_resumes", None))
             with self._lock:
                 self._published = state
-            await asyncio.sleep(self.publish_interval)
+            await asyncio.sleep(wait)
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         """For ``grpc.aio.server(interceptors=[...])``: times every API call by method and status."""
@@ -298,9 +306,9 @@ class TimedStore:
     async def current_revision(self) -> int:
         return await self._timed("current_revision", self.inner.current_revision())
 
-    async def commit(self, ops: Sequence[base.Op], *,
-                     guard: base.LeaderGuard | None = None) -> base.Committed:
-        return await self._timed("commit", self.inner.commit(ops, guard=guard))
+    async def commit(self, ops: Sequence[base.Op], *, guard: base.LeaderGuard | None = None,
+                     in_flight: int = 1) -> base.Committed:
+        return await self._timed("commit", self.inner.commit(ops, guard=guard, in_flight=in_flight))
 
     def watch(self, after_revision: int, *,
               scope: KeyRange[Any] | None = None) -> AsyncGenerator[base.Change, None]:

@@ -15,9 +15,11 @@ Semantics, as etcd defines them:
   splits a batch, in order, into transactions of at most ``MAX_TXN_OPS`` operations (etcd's default
   ``--max-txn-ops``; 127 with a guard, whose comparison takes the 128th slot) and ``MAX_TXN_BYTES``
   (under etcd's ``--max-request-bytes``: large records go fewer at a time); each transaction is atomic,
-  and a failure stops the batch (see ``scheduler.store.errors`` for ``applied``). A conflict raises
-  ``Conflict`` naming the keys; the caller re-reads and recomputes. A transaction whose reply was lost is
-  retried, and recognised as applied when every key it wrote holds its bytes at one revision.
+  and a failure stops the batch (see ``scheduler.store.errors`` for ``applied``). ``in_flight=N`` lets
+  up to N of a batch's transactions be in flight at once (those after a failed one may land too). A
+  conflict raises ``Conflict`` naming the keys; the caller re-reads and recomputes. A transaction whose
+  reply was lost is retried, and recognised as applied when every key it wrote holds its bytes at one
+  revision.
 * ``guard=LeaderGuard(epoch)`` adds "the leader key's create revision is ``epoch``" to every transaction;
   when it fails the batch raises ``NotLeader`` (checked before conflicts), so a deposed leader's writes
   never land.
@@ -103,6 +105,7 @@ class Committed:
     # (revision, records put at it) per transaction; ``written`` copies them with their revision on first
     # use only (a copy of a frozen dataclass costs more than encoding it, and most callers never ask).
     puts: tuple[tuple[int, tuple[Record, ...]], ...] = field(default=(), repr=False)
+    keys: tuple[str, ...] = field(default=(), repr=False)  # the keys of ``written``, in its order
 
     @functools.cached_property
     def written(self) -> tuple[Record, ...]:
@@ -199,7 +202,10 @@ class Store(Protocol):
 
     async def current_revision(self) -> int: ...
 
-    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None) -> Committed: ...
+    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
+                     in_flight: int = 1) -> Committed:
+        """Writes ``ops`` in transactions, ``in_flight`` of them at a time (see the module docstring)."""
+        ...
 
     def watch(self, after_revision: int, *,
               scope: KeyRange[Any] | None = None) -> AsyncGenerator[Change, None]:

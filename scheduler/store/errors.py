@@ -14,7 +14,8 @@
 
 Commits are split into transactions of at most 128 operations and applied in order, each atomically;
 when one fails, ``applied`` on the error says how many operations of the batch (a prefix of it) went in
-before, and ``revisions`` their transactions' revisions.
+before, and ``revisions`` their transactions' revisions. A commit with several transactions in flight
+(``in_flight``) counts in ``applied`` every operation that went in, which need not be a prefix.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from scheduler.store.base import (
     Op,
     Snapshot,
 )
+from scheduler.store.echoes import Echoes
 from scheduler.store.errors import Compacted, LeaseExpired, StoreError, StoreUnavailable
 from scheduler.store.keys import DEFAULT_PREFIX, KeyRange, KeyRef, KeySchema, R
 from scheduler.store.raw import RawKV
@@ -140,6 +141,7 @@ class EtcdStore:
         self._lease = client.leasestub
         self._watch = rpc.WatchStub(client.channel)
         self._closed = False
+        self._echoes = Echoes()  # its own writes, not decoded again when its watch echoes them
         self.stats = EtcdStats()
 
     @classmethod
@@ -270,10 +272,13 @@ class EtcdStore:
 
     # -- writes ----------------------------------------------------------------------------------------
 
-    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None) -> Committed:
+    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
+                     in_flight: int = 1) -> Committed:
         plans = txn.plan_transactions(ops, schema=self._schema, guard=guard,
                                       max_txn_ops=self._settings.max_txn_ops)
-        return await txn.commit_in_transactions(plans, self._execute)
+        committed = await txn.commit_in_transactions(plans, self._execute, in_flight=in_flight)
+        self._echoes.expect(committed)
+        return committed
 
     async def _execute(self, plan: txn.TxnPlan) -> int:
         request = _txn_request(plan)
@@ -346,7 +351,7 @@ class EtcdStore:
                         kind = ChangeKind.DELETE if event.type == rpc.Event.DELETE else ChangeKind.PUT
                         kv = _kv(event.kv)
                         last = kv.mod_revision
-                        change = raw.change_from(self._schema, kind, kv)
+                        change = raw.change_from(self._schema, kind, kv, self._echoes)
                         if change is not None:
                             yield change
             except grpc.aio.AioRpcError as err:

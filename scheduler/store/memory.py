@@ -33,6 +33,7 @@ from scheduler.store.base import (
     Op,
     Snapshot,
 )
+from scheduler.store.echoes import Echoes
 from scheduler.store.errors import Compacted, LeaseExpired, StoreError, StoreUnavailable
 from scheduler.store.keys import DEFAULT_PREFIX, KeyRange, KeyRef, KeySchema, R
 from scheduler.store.raw import RawKV
@@ -62,6 +63,7 @@ class MemoryStore:
         self._leases: dict[int, _Lease] = {}
         self._lease_ids = itertools.count(0x7E57_0001)
         self._closed = False
+        self._echoes = Echoes()  # as EtcdStore: its own writes are not decoded again by its watch
         self.available = True
 
     @property
@@ -105,9 +107,12 @@ class MemoryStore:
 
     # -- writes ----------------------------------------------------------------------------------------
 
-    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None) -> Committed:
+    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
+                     in_flight: int = 1) -> Committed:
         plans = txn.plan_transactions(ops, schema=self._schema, guard=guard, max_txn_ops=self._max_txn_ops)
-        return await txn.commit_in_transactions(plans, self._execute)
+        committed = await txn.commit_in_transactions(plans, self._execute, in_flight=in_flight)
+        self._echoes.expect(committed)
+        return committed
 
     async def _execute(self, plan: txn.TxnPlan) -> int:
         await self._enter()
@@ -205,7 +210,7 @@ class MemoryStore:
             for kind, kv in pending:
                 position = kv.mod_revision
                 if start <= kv.key < end:
-                    change = raw.change_from(self._schema, kind, kv)
+                    change = raw.change_from(self._schema, kind, kv, self._echoes)
                     if change is not None:
                         yield change
 

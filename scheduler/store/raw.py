@@ -13,6 +13,7 @@ from typing import Any, cast
 from scheduler import model
 from scheduler.store import records
 from scheduler.store.base import Change, ChangeKind, CorruptEntry, Listing, Snapshot
+from scheduler.store.echoes import Echoes
 from scheduler.store.errors import CorruptRecord
 from scheduler.store.keys import KeySchema, R
 
@@ -94,14 +95,20 @@ def build_snapshot(schema: KeySchema, revision: int, kvs: Iterable[RawKV]) -> Sn
                     hostgroup_statuses=hostgroup_statuses, leader=leader, corrupt=tuple(corrupt))
 
 
-def change_from(schema: KeySchema, kind: ChangeKind, kv: RawKV) -> Change | None:
-    """The ``Change`` for one event, or None for a key the schema does not know."""
+def change_from(schema: KeySchema, kind: ChangeKind, kv: RawKV,
+                echoes: Echoes | None = None) -> Change | None:
+    """The ``Change`` for one event, or None for a key the schema does not know. With ``echoes``, a put
+    this store committed itself is not decoded again (``scheduler.store.echoes``)."""
     parsed = schema.parse(kv.key)
     if parsed is None:
         return None
     value: records.Record | None = None
     error = ""
-    if kind is ChangeKind.PUT:
+    if echoes is not None:
+        echoes.passed(kv.mod_revision)
+        if kind is ChangeKind.PUT:
+            value = echoes.take(kv.key, kv.mod_revision)
+    if kind is ChangeKind.PUT and value is None:
         try:
             value = decode_any(parsed.record_type, kv)
         except CorruptRecord as err:

@@ -33,7 +33,7 @@ from scheduler.store.base import (
 from scheduler.store.errors import Compacted, Conflict, CorruptRecord, LeaseExpired, NotLeader
 from scheduler.store.etcd import EtcdSettings, EtcdStore
 from scheduler.store.memory import MemoryStore
-from scheduler.store.records import InstanceRecord, LeaderRecord
+from scheduler.store.records import InstanceRecord, LeaderRecord, encode
 from tests.fixtures import scheduler_records as build
 from tests.fixtures.etcd import EtcdCluster, etcd  # noqa: F401 - a fixture, found by name
 
@@ -234,6 +234,42 @@ def test_a_conflict_in_a_later_transaction_reports_what_went_in(backend: Backend
     run(backend, scenario)
 
 
+def test_transactions_in_flight_together_land_every_write_once(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        lease = await store.grant_lease(30)
+        leader = await store.campaign(build.full_leader(), lease_id=lease.id)
+        replicas = [build.replica("web", i) for i in range(1000)]
+        committed = await store.commit([Put(r) for r in replicas], guard=LeaderGuard(leader.epoch),
+                                       in_flight=4)
+        assert len(committed.revisions) == 8  # ceil(1000 / 127)
+        assert committed.revisions == tuple(sorted(set(committed.revisions)))
+        assert sorted(Counter(r.revision for r in committed.written).values()) == [111] + [127] * 7
+        listing = await store.list(store.schema.replicas_of("web"))
+        assert {r.id: r.revision for r in listing.items} == {r.id: r.revision for r in committed.written}
+        assert len(listing.items) == 1000
+        await store.revoke_lease(lease.id)
+
+    run(backend, scenario)
+
+
+def test_a_conflict_with_transactions_in_flight_counts_every_write_that_went_in(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        await store.commit([Put(build.replica("web", 300))])  # in the batch's third transaction
+        with pytest.raises(Conflict) as caught:
+            await store.commit([Put(build.replica("web", i)) for i in range(1000)], in_flight=4)
+        assert caught.value.keys == (store.schema.replica("web", "web-00300").key,)
+        ids = {r.id for r in (await store.list(store.schema.replicas_of("web"))).items}
+        third = {f"web-{i:05d}" for i in range(2 * MAX_TXN_OPS, 3 * MAX_TXN_OPS)}
+        assert not (ids & third) - {"web-00300"}  # the failed transaction wrote nothing
+        assert {f"web-{i:05d}" for i in range(2 * MAX_TXN_OPS)} <= ids  # those before it all landed
+        # What ``applied`` counts is exactly what went in (some of the later transactions may have).
+        assert caught.value.applied == len(ids) - 1
+        assert len(caught.value.revisions) == caught.value.applied // MAX_TXN_OPS + (
+            1 if caught.value.applied % MAX_TXN_OPS else 0)
+
+    run(backend, scenario)
+
+
 def test_a_malformed_batch_is_refused_before_anything_is_written(backend: Backend) -> None:
     async def scenario(store: Store) -> None:
         before = await store.current_revision()
@@ -352,6 +388,25 @@ def test_a_watch_yields_every_change_after_the_revision_once_in_order(backend: B
         assert seen[3].value is None and seen[3].error  # undecodable: reported, not fatal
         assert seen[4].value is None and not seen[4].error
         assert seen[5].value == build.host("h1", revision=sentinel.revision)
+
+    run(backend, scenario)
+
+
+def test_a_watch_echoes_the_stores_own_writes_as_the_records_it_committed(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        schema = store.schema
+        changes = store.watch(await store.current_revision())
+        async with contextlib.aclosing(changes):
+            mine = await store.commit([Put(build.full_service()), Put(build.full_replica())])
+            # Another writer, at the same key: its bytes are decoded, not taken for this store's own.
+            theirs = dataclasses.replace(build.full_replica(), reason="written by someone else")
+            await backend.put_raw(schema.key_of(theirs), encode(theirs))
+            seen = await take(changes, 3)
+        assert [c.value for c in seen[:2]] == list(mine.written)
+        assert all(c.value is written for c, written in zip(seen[:2], mine.written, strict=True))
+        assert seen[2].value == dataclasses.replace(theirs, revision=seen[2].revision)
+        # What the watch handed over equals what decoding the stored bytes gives.
+        assert seen[0].value == await store.get(schema.service(build.full_service().name))
 
     run(backend, scenario)
 

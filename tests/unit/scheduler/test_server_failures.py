@@ -124,8 +124,9 @@ class LostReplyStore(MemoryStore):
 
     lose_next = False
 
-    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None) -> Committed:
-        committed = await super().commit(ops, guard=guard)
+    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
+                     in_flight: int = 1) -> Committed:
+        committed = await super().commit(ops, guard=guard, in_flight=in_flight)
         if self.lose_next:
             self.lose_next = False
             raise StoreUnavailable("etcd stopped answering; the transaction may or may not have been "

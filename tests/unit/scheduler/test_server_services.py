@@ -463,11 +463,12 @@ class OneCommitOnly(MemoryStore):
 
     commits = 0
 
-    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None) -> Committed:
+    async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
+                     in_flight: int = 1) -> Committed:
         if self.commits:
             raise StoreUnavailable("etcd went away (test)")
         self.commits += 1
-        return await super().commit(ops, guard=guard)
+        return await super().commit(ops, guard=guard, in_flight=in_flight)
 
 
 def test_several_documents_are_one_commit_so_etcd_going_away_cannot_half_apply_them() -> None:
