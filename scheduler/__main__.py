@@ -31,7 +31,7 @@ from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL as AUTOSCALE_INTERVAL
 from scheduler.cancellation import raise_if_cancelling
-from scheduler.controller import AutoscaleSettings, Controller, ControllerSettings
+from scheduler.controller import COMMIT_IN_FLIGHT, AutoscaleSettings, Controller, ControllerSettings
 from scheduler.elastic.loop import INTERVAL as ELASTIC_INTERVAL
 from scheduler.election import Election, ElectionSettings, Term
 from scheduler.keepalive import InLoopKeepalive, KeepaliveRunner, ThreadedKeepalive
@@ -82,6 +82,7 @@ class Settings:
     lease_keeper: str = "process"
     percentage_of_hosts_to_score: int = 0
     session_workers: int = 0
+    etcd_txns_in_flight: int = COMMIT_IN_FLIGHT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the leader's agent sessions (a channel, two streams and a report a second "
                             "per host) in N worker processes instead of its own: for thousands of hosts "
                             "(default %(default)s: in-process; docs/scaling.md, part 6)")
+    serve.add_argument("--etcd-txns-in-flight", type=int, default=COMMIT_IN_FLIGHT, metavar="N",
+                       help="a reconcile pass's writes go to etcd in transactions of 127, up to N of them in "
+                            "flight at once (1: one after the other; default %(default)s; docs/scaling.md, "
+                            "part 11)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
@@ -237,6 +242,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit("shoal-scheduler: --percentage-of-hosts-to-score must be 0 (adaptive) to 100")
     if not 0 <= args.session_workers <= 64:
         raise SystemExit("shoal-scheduler: --session-workers must be 0 (in-process) to 64")
+    if not 1 <= args.etcd_txns_in_flight <= 64:
+        raise SystemExit("shoal-scheduler: --etcd-txns-in-flight must be 1 to 64")
     if args.prometheus and not args.prometheus.startswith(("http://", "https://")):
         raise SystemExit(f"shoal-scheduler: --prometheus {args.prometheus!r}: expected http://HOST:PORT")
     instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
@@ -255,7 +262,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     cpu_initialization_period=args.autoscale_cpu_initialization_period,
                     elastic_interval=args.elastic_interval,
                     percentage_of_hosts_to_score=args.percentage_of_hosts_to_score,
-                    session_workers=args.session_workers)
+                    session_workers=args.session_workers, etcd_txns_in_flight=args.etcd_txns_in_flight)
 
 
 def _credentials(settings: Settings) -> Credentials | None:
@@ -353,7 +360,8 @@ async def serve(settings: Settings) -> None:
                                                               cpu_initialization_period=(
                                                                   settings.cpu_initialization_period)),
                                                           elastic_interval=settings.elastic_interval,
-                                                          session_workers=settings.session_workers),
+                                                          session_workers=settings.session_workers,
+                                                          commit_in_flight=settings.etcd_txns_in_flight),
                                 on_pass=observer.record_pass,
                                 on_provider_attempt=observer.record_provider_attempt,
                                 follower=observer.follower(store), workers=workers)

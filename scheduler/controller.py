@@ -102,6 +102,9 @@ LONG_PASS_S = 1.0  # a pass holding the loop this long is logged with where its 
 # 20,000 about 3 s. Smaller budgets kept the loop freer but placed 3-4 times slower: each placing pass
 # then waits behind the work the previous one's launches bring (docs/scaling.md).
 PLACE_BUDGET = 20_000
+# A pass's writes go to etcd this many transactions at a time: one after the other, a placing pass at
+# 2,000 hosts waited 3-9 s for etcd, four times what it spent deciding (docs/scaling.md, part 11).
+COMMIT_IN_FLIGHT = 4
 
 
 def new_replica_id(service: ServiceName) -> ReplicaId:
@@ -136,6 +139,7 @@ class ControllerSettings:
     autoscale: AutoscaleSettings | None = None  # None: no autoscaler in this term (tests of reconcile)
     elastic_interval: float | None = None  # the elastic loop's tick; None: no elastic loop in this term
     session_workers: int = 0  # processes running the agent sessions (scheduler.session_workers); 0: none
+    commit_in_flight: int = COMMIT_IN_FLIGHT  # a pass's etcd transactions in flight at once
 
     @property
     def usage_pace(self) -> UsagePace:
@@ -415,7 +419,9 @@ class Controller:
                 if status is not self.mirror.statuses.get(host) and status != self.mirror.statuses.get(host)]
         encoded = time.perf_counter()
         try:
-            committed = await self.store.commit(ops, guard=self.settings.guard) if ops else None
+            committed = (await self.store.commit(ops, guard=self.settings.guard,
+                                                 in_flight=self.settings.commit_in_flight)
+                         if ops else None)
         except Conflict as err:
             log.debug("reconcile pass conflicted on %s; deciding again", ", ".join(err.keys[:5]))
             self._full_due = True  # what this pass looked at was taken from the dirt: look at everything
@@ -765,5 +771,5 @@ class _Resync(Exception):
     """The mirror must be rebuilt from a new snapshot (the watch ended or its revision was compacted)."""
 
 
-__all__ = ["FULL_PASS_INTERVAL", "FULL_PASS_SHARE", "PLACE_BUDGET", "AutoscaleSettings", "Controller",
-           "ControllerSettings", "Mirror", "new_replica_id"]
+__all__ = ["COMMIT_IN_FLIGHT", "FULL_PASS_INTERVAL", "FULL_PASS_SHARE", "PLACE_BUDGET", "AutoscaleSettings",
+           "Controller", "ControllerSettings", "Mirror", "new_replica_id"]
