@@ -204,10 +204,14 @@ def host_state(record: HostRecord, status: HostStatus | None, replicas_here: int
     return pb.HOST_STATE_READY
 
 
-def host_to_pb(record: HostRecord, status: HostStatus | None, replicas_here: int) -> pb.Host:
-    info = apb.HostInfo()
-    if record.info_json:
-        json_format.Parse(record.info_json, info, ignore_unknown_fields=True)
+def host_to_pb(record: HostRecord, status: HostStatus | None, replicas_here: int, *,
+               info: apb.HostInfo | None = None) -> pb.Host:
+    """``info``: the report ``record.info_json`` was written from, when the caller has it (parsing the
+    JSON again was the largest part of answering a registration)."""
+    if info is None:
+        info = apb.HostInfo()
+        if record.info_json:
+            json_format.Parse(record.info_json, info, ignore_unknown_fields=True)
     reason = status.reason if status is not None and not status.ready else ""
     if status is None:
         reason = "the leader has not reached its agent yet"

@@ -880,16 +880,17 @@ class RegistrationService(pb_grpc.RegistrationServicer):
                 revision=current.revision if current is not None else 0)
             if current is not None and _same_registration(current, record) and \
                     now - current.last_registered_at < REGISTRATION_REWRITE:
-                written = current
+                written, reported = current, None
             else:
                 try:
                     written = _written(await self.store.commit([base.Put(record)]), record)
                 except Conflict:
                     continue
+                reported = info  # what its info_json was written from
             held = self._held()
             status = (held.statuses.get(host_id) if held is not None
                       else await self.store.get(self.schema.host_status(host_id)))
-            return pb.RegisterHostResponse(host=api.host_to_pb(written, status, 0),
+            return pb.RegisterHostResponse(host=api.host_to_pb(written, status, 0, info=reported),
                                            refresh_seconds=self.refresh_for(info.host_id, now))
         raise errors.Aborted("the host record kept changing; registering again shortly")
 

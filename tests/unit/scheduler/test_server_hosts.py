@@ -62,6 +62,8 @@ def test_registration_creates_the_host_record() -> None:
         assert stored.admin is HostAdmin.ACTIVE and stored.registered_at == stored.last_registered_at > 0
         got = await api.scheduler.GetHost(pb.GetHostRequest(host="node-1"))
         assert got.info.cpu_allocatable_millis == 1500 and got.metrics_address == "192.0.2.1:9323"
+        # The answer's report is the one recorded (given as received, not parsed back from the record).
+        assert host.info == got.info and host.info.conditions[0].type == "DiskPressure"
 
     run(scenario)
 
@@ -92,6 +94,7 @@ def test_a_registration_that_changes_nothing_decisions_read_is_not_rewritten_wit
         host = await register(api, 1, committed_memory=512 << 20, ready=None)
         assert await api.store.current_revision() == revision
         assert host.revision == before.revision
+        assert host.info.memory_committed_bytes == 1 << 20  # the report as recorded, not this one
 
         # A minute after the last write, the same registration is written (last_seen stays honest).
         old = dataclasses.replace(before, last_registered_at=before.last_registered_at
