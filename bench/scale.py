@@ -576,6 +576,8 @@ class Run:
         names = [f"s{i:04d}" for i in range(-(-args.replicas // args.per_service))]
         leader = await self.leader()
         leader_cpu = cpu_seconds(leader.pid)
+        pids = self.processes(leader)
+        cpu_before = {k: cpu_seconds(p) for k, p in pids.items()}
         metrics_before = await asyncio.to_thread(scrape, leader.http)
         terms_before = self.terms()
         if args.profile:
@@ -609,6 +611,10 @@ class Run:
                                   f"{len(watch.running)} running")
                         break
                     self.note(f"all {name}: {time.perf_counter() - start:.2f} s")
+                    if name == "assigned":  # where the machine's cpu went while placing, by process
+                        self.result["cpu_s_during_placement"] = {
+                            k: round(cpu_seconds(p) - cpu_before[k], 1) for k, p in pids.items()
+                            if Path(f"/proc/{p}").exists()}
             placement_s = watch.assigned_at - start if watch.all_assigned.is_set() else None
             running_s = watch.running_at - start if watch.all_running.is_set() else None
             self.result.update({
@@ -632,6 +638,14 @@ class Run:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
 
+    def processes(self, leader: SchedulerProcess) -> dict[str, int]:
+        """The run's processes by role: the schedulers, the leader's session workers, simulators, etcd."""
+        standby = self.standby(leader)
+        return {"leader": leader.pid, **({"standby": standby.pid} if standby is not None else {}),
+                **{f"session-worker{i}": p for i, p in enumerate(session_workers_of(leader.pid))},
+                **{f"sim{s.first}": s.proc.pid for s in self.sims},
+                **{f"etcd-{m.name}": m.pid for m in self.etcd.members if m.pid is not None}}
+
     async def start_profiler(self, out: str, pid: int) -> asyncio.subprocess.Process | None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not Path(spy).exists():
@@ -649,10 +663,7 @@ class Run:
         leader = await self.leader()
         standby = self.standby(leader)
         workers = session_workers_of(leader.pid)
-        pids = {"leader": leader.pid, **({"standby": standby.pid} if standby is not None else {}),
-                **{f"session-worker{i}": p for i, p in enumerate(workers)},
-                **{f"sim{s.first}": s.proc.pid for s in self.sims},
-                **{f"etcd-{m.name}": m.pid for m in self.etcd.members if m.pid is not None}}
+        pids = self.processes(leader)
         before = {k: cpu_seconds(p) for k, p in pids.items()}
         metrics_before = await asyncio.to_thread(scrape, leader.http)
         terms_before = self.terms()
