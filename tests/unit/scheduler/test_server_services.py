@@ -14,6 +14,7 @@ import grpc
 
 from proto.agent.v1 import agent_pb2 as apb
 from proto.scheduler.v1 import scheduler_pb2 as pb
+from scheduler.follower import ClusterState
 from scheduler.model import ReplicaPhase, Service
 from scheduler.store.base import Committed, Delete, LeaderGuard, Op, Put
 from scheduler.store.errors import StoreUnavailable
@@ -70,6 +71,33 @@ def test_applying_the_same_yaml_twice_changes_nothing() -> None:
             assert result.action == "unchanged"
             assert (result.service.generation, result.service.template_generation) == (1, 1)
         assert await api.store.current_revision() == revision  # nothing written
+
+    run(scenario)
+
+
+def test_apply_plans_from_the_follower_and_checks_with_etcd_what_it_read_there() -> None:
+    """An apply reads the current services from the instance's follower; one read out of date (here: a
+    follower frozen before the last change) costs a conflict and a retry on etcd, never a wrong answer."""
+    async def scenario(api: Api) -> None:
+        assert api.follower is not None
+        await apply(api, service_yaml("web", replicas=1))
+        await apply(api, service_yaml("gone", replicas=1))
+        stale = ClusterState(await api.store.snapshot())  # web at 1 replica, gone still there
+        await apply(api, service_yaml("web", replicas=2))
+        await api.scheduler.DeleteService(pb.DeleteServiceRequest(name="gone"))
+        api.follower.held = lambda: stale  # type: ignore[method-assign]
+
+        # Read as 1 replica, so planned as an update: its compare-and-swap fails, and etcd says unchanged.
+        revision = await api.store.current_revision()
+        [result] = await apply(api, service_yaml("web", replicas=2))
+        assert result.action == "unchanged" and result.service.generation == 2
+        assert await api.store.current_revision() == revision
+        # Read as unchanged: that is checked with etcd, where it is a change, and written.
+        [result] = await apply(api, service_yaml("web", replicas=1))
+        assert result.action == "updated" and (await stored(api, "web")).spec.replicas == 1
+        # Read as an update of a live service, while etcd has it being deleted: the retry refuses it.
+        err = await rejected(api.scheduler.ApplyService(pb.ApplyServiceRequest(yaml=service_yaml("gone"))))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     run(scenario)
 
