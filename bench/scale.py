@@ -70,6 +70,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import secrets
 import shutil
@@ -80,6 +81,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +202,10 @@ class ReplicaWatch:
     assigned: set[str] = field(default_factory=set)
     running: set[str] = field(default_factory=set)
     puts: int = 0
+    # What each put changed: "new STARTING", "STARTING -> RUNNING", "RUNNING (reason: ...)" for a put
+    # in the same phase (its reason cut at the first digit, so hosts and counts do not split it).
+    puts_by_change: Counter[str] = field(default_factory=Counter)
+    _last: dict[str, model.Replica] = field(default_factory=dict)
     revisions: set[int] = field(default_factory=set)
     all_assigned: asyncio.Event = field(default_factory=asyncio.Event)
     all_running: asyncio.Event = field(default_factory=asyncio.Event)
@@ -213,6 +219,15 @@ class ReplicaWatch:
             if not isinstance(replica, model.Replica):
                 continue
             self.puts += 1
+            before = self._last.get(replica.id)
+            self._last[replica.id] = replica
+            if before is None:
+                what = f"new {replica.phase.name}"
+            elif before.phase is not replica.phase:
+                what = f"{before.phase.name} -> {replica.phase.name}"
+            else:
+                what = f"{replica.phase.name} (reason: {re.split(r'[0-9]', replica.reason, maxsplit=1)[0]})"
+            self.puts_by_change[what] += 1
             self.revisions.add(change.revision)
             if not self.first_put_at:
                 self.first_put_at = time.perf_counter()
@@ -624,6 +639,7 @@ class Run:
                 "placement_replicas_per_s": round(args.replicas / placement_s, 1) if placement_s else None,
                 "assigned_at_end": len(watch.assigned), "running_at_end": len(watch.running),
                 "replica_puts": watch.puts, "replica_txns": len(watch.revisions),
+                "replica_puts_by_change": dict(watch.puts_by_change.most_common(12)),
                 "leader_cpu_s_during_placement": round(cpu_seconds(leader.pid) - leader_cpu, 2)
                 if leader.alive else None,
                 "leader_terms_during_placement": self.terms() - terms_before,

@@ -102,9 +102,11 @@ LONG_PASS_S = 1.0  # a pass holding the loop this long is logged with where its 
 # 20,000 about 3 s. Smaller budgets kept the loop freer but placed 3-4 times slower: each placing pass
 # then waits behind the work the previous one's launches bring (docs/scaling.md).
 PLACE_BUDGET = 20_000
-# A pass's writes go to etcd this many transactions at a time: one after the other, a placing pass at
-# 2,000 hosts waited 3-9 s for etcd, four times what it spent deciding (docs/scaling.md, part 11).
-COMMIT_IN_FLIGHT = 4
+# A pass's writes go to etcd this many transactions at a time. More than one did not place faster on a
+# loaded machine (etcd was as slow per write, each transaction waiting longer), and API writes queued
+# behind a pass's: applying 400 services at 2,000 hosts took 15 s with 4 in flight, 4 s with 1
+# (docs/scaling.md, part 11).
+COMMIT_IN_FLIGHT = 1
 
 
 def new_replica_id(service: ServiceName) -> ReplicaId:
@@ -190,6 +192,7 @@ class Controller:
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
         self._place_from: ServiceName | None = None           # where the next pass resumes placing
+        self._waiting: frozenset[ServiceName] = frozenset()   # what a pass over its budget left
         self.lost_held = 0                                    # lost hosts the last pass did not replace
         self._held_logged = 0.0                               # when that was last logged
 
@@ -398,6 +401,7 @@ class Controller:
         plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
         decided = time.perf_counter()
         self._place_from = plan.placed_through if plan.deferred else None
+        self._waiting = plan.waiting
         self._note_held(plan.lost_held, plan.lost_among)
         if plan.deferred:
             self.poke()  # the rest of what is pending: the next pass, once the loop has had a turn
@@ -537,6 +541,7 @@ class Controller:
         failed = self.actuator.failures
         services.update(mirror.replicas[rid].service for rid in failed if rid in mirror.replicas)
         services.update(mirror.replicas[rid].service for rid in mirror.pending)
+        services.update(self._waiting)  # left by a pass over its budget, replicas not created yet
         services.update(replica.service for rid in mirror.failed  # backoffs ended since the last pass
                         if since < (replica := mirror.replicas[rid]).next_attempt_at <= now)
         dirt.hosts.update(host for host, lost_at in self._lost_due.items() if lost_at <= now)

@@ -205,8 +205,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             now = time.time()
             # The current services from the instance's follower first, as a registration reads its host:
             # a write planned from a record read out of date fails its compare-and-swap, and the retry
-            # reads etcd. While the leader placed 100,000 replicas, a file of 20 services read from
-            # etcd (side by side) took 1.4 s to apply (docs/scaling.md, part 11).
+            # reads etcd. A file of N services was N linearizable reads of etcd, each a raft round on a
+            # machine where etcd is the slowest part while the leader places.
             held = self.reads.held() if attempt == 0 else None
             planned = list(await asyncio.gather(*(self._plan_apply(spec, now=now, held=held)
                                                   for spec in specs)))

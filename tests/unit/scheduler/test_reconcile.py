@@ -482,17 +482,30 @@ def test_a_placement_budget_defers_whole_services_and_the_next_step_resumes_afte
         return counts
 
     first = run(world(services, place_budget=15))
-    # "a" (10) leaves budget, so "b" is placed whole (20 handed over); "c" waits, its replicas created.
+    # "a" (10) leaves budget, so "b" is placed whole (20 handed over); "c" waits, its replicas not even
+    # created: the step that places them creates them (one write each, not a pending one and a placed).
     assert placed(first) == {"a": 10, "b": 10}
-    waiting = [r for r in written(first).values() if r.service == "c"]
-    assert len(waiting) == 10 and all(r.host is None for r in waiting)
-    # Not tried, so not marked as fitting nowhere: they keep the reason they were created with.
-    assert all([d.action for d in r.decisions] == ["created"] for r in waiting)
-    assert (first.deferred, first.placed_through) == (True, "b")
+    assert not [r for r in written(first).values() if r.service == "c"]
+    assert (first.deferred, first.placed_through, first.waiting) == (True, "b", {"c"})
     second = run(world(services, list(written(first).values()), place_budget=15,
                        place_from=ServiceName("b")))
     assert placed(second) == {"c": 10}  # "c" first now; "a" and "b" have nothing pending
+    assert all([d.action for d in r.decisions] == ["created", "placed"]
+               for r in written(second).values())
     assert (second.deferred, second.placed_through) == (False, "c")
+
+
+def test_replicas_pending_over_the_budget_stay_pending_and_are_placed_by_a_later_step() -> None:
+    # Replicas already recorded pending (none fit before; room since) wait their turn as they are.
+    services = [service(10, name=n) for n in ("a", "b")]
+    pending = [replica(f"b{i}", service="b", host=None, phase=ReplicaPhase.PENDING, ready=False,
+                       reason="0/1 hosts: insufficient cpu") for i in range(10)]
+    first = run(world(services, pending, place_budget=5))
+    assert {r.service for r in written(first).values()} == {"a"}
+    assert first.deferred and first.waiting == {"b"}
+    second = run(world(services, [*written(first).values(), *pending], place_budget=5,
+                       place_from=first.placed_through))
+    assert sum(r.host is not None for r in written(second).values() if r.service == "b") == 10
 
 
 def test_without_a_budget_every_pending_replica_is_placed_in_one_step() -> None:

@@ -1,4 +1,4 @@
-"""``scheduler.store.echoes``: a store's own writes, matched by key and revision, forgotten as watches pass."""
+"""``scheduler.store.echoes``: own writes matched by key and revision, forgotten as watches pass."""
 
 from __future__ import annotations
 
