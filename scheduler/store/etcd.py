@@ -141,6 +141,7 @@ class EtcdStore:
         self._lease = client.leasestub
         self._watch = rpc.WatchStub(client.channel)
         self._closed = False
+        self._gate = txn.Gate()  # commits one after the other go ahead of pipelined ones
         self._echoes = Echoes()  # its own writes, not decoded again when its watch echoes them
         self.stats = EtcdStats()
 
@@ -276,7 +277,8 @@ class EtcdStore:
                      in_flight: int = 1) -> Committed:
         plans = txn.plan_transactions(ops, schema=self._schema, guard=guard,
                                       max_txn_ops=self._settings.max_txn_ops)
-        committed = await txn.commit_in_transactions(plans, self._execute, in_flight=in_flight)
+        committed = await txn.commit_in_transactions(plans, self._execute, in_flight=in_flight,
+                                                     gate=self._gate)
         self._echoes.expect(committed)
         return committed
 

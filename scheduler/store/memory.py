@@ -63,6 +63,7 @@ class MemoryStore:
         self._leases: dict[int, _Lease] = {}
         self._lease_ids = itertools.count(0x7E57_0001)
         self._closed = False
+        self._gate = txn.Gate()  # commits one after the other go ahead of pipelined ones
         self._echoes = Echoes()  # as EtcdStore: its own writes are not decoded again by its watch
         self.available = True
 
@@ -110,7 +111,8 @@ class MemoryStore:
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
                      in_flight: int = 1) -> Committed:
         plans = txn.plan_transactions(ops, schema=self._schema, guard=guard, max_txn_ops=self._max_txn_ops)
-        committed = await txn.commit_in_transactions(plans, self._execute, in_flight=in_flight)
+        committed = await txn.commit_in_transactions(plans, self._execute, in_flight=in_flight,
+                                                     gate=self._gate)
         self._echoes.expect(committed)
         return committed
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -12,7 +13,15 @@ from scheduler.store.base import MAX_TXN_BYTES, Delete, LeaderGuard, Put
 from scheduler.store.errors import Conflict, NotLeader, StoreError
 from scheduler.store.keys import KeySchema
 from scheduler.store.raw import RawKV
-from scheduler.store.txn import TxnOutcome, explain_failure, plan_transactions, request_bytes
+from scheduler.store.txn import (
+    Gate,
+    TxnOutcome,
+    TxnPlan,
+    commit_in_transactions,
+    explain_failure,
+    plan_transactions,
+    request_bytes,
+)
 from tests.fixtures import scheduler_records as build
 
 SCHEMA = KeySchema()
@@ -115,3 +124,58 @@ def test_a_retried_transaction_whose_writes_are_all_there_counts_as_applied() ->
     assert isinstance(explain_failure(plan, TxnOutcome(False, 13, split), retried=True), Conflict)
     recreated = dict(ours) | {h3: kv(h3, 12)}
     assert isinstance(explain_failure(plan, TxnOutcome(False, 13, recreated), retried=True), Conflict)
+
+
+# -- transactions in flight, and what goes ahead of them ---------------------------------------------
+
+def test_a_commit_one_after_the_other_goes_ahead_of_pipelined_transactions() -> None:
+    """While a commit without pipelining is under way, a pipelined one starts no new transaction (those
+    in flight finish), so an API write never queues behind a whole pass's."""
+    schema = KeySchema()
+    big = plan_transactions([Put(build.replica("web", i)) for i in range(6 * 127)], schema=schema,
+                            guard=None, max_txn_ops=127)
+    small = plan_transactions([Put(build.service("api"))], schema=schema, guard=None)
+    assert len(big) == 6
+
+    async def scenario() -> list[str]:
+        gate = Gate()
+        order: list[str] = []
+        held: dict[int, asyncio.Event] = {}
+        urgent_done = asyncio.Event()
+
+        async def pipelined(plan: TxnPlan) -> int:
+            order.append(f"start {plan.first // 127}")
+            held[plan.first // 127] = event = asyncio.Event()
+            await event.wait()
+            return 100 + plan.first
+
+        async def alone(plan: TxnPlan) -> int:
+            order.append("urgent")
+            await urgent_done.wait()
+            return 1
+
+        async def settle() -> None:
+            for _ in range(20):  # bounded: each round lets every ready task run once
+                await asyncio.sleep(0)
+
+        batch = asyncio.create_task(commit_in_transactions(big, pipelined, in_flight=2, gate=gate))
+        await settle()
+        urgent = asyncio.create_task(commit_in_transactions(small, alone, gate=gate))
+        await settle()
+        held[0].set()
+        held[1].set()
+        await settle()
+        order.append("urgent done")
+        urgent_done.set()
+        await urgent
+        for _ in range(6):  # bounded: the rest, released as they start
+            await settle()
+            for event in held.values():
+                event.set()
+        committed = await batch
+        assert len(committed.revisions) == 6
+        return order
+
+    order = asyncio.run(scenario())
+    assert order[:4] == ["start 0", "start 1", "urgent", "urgent done"]
+    assert sorted(order[4:]) == [f"start {i}" for i in range(2, 6)]
