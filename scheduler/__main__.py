@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default %(default)s: in-process; docs/scaling.md, part 6)")
     serve.add_argument("--etcd-txns-in-flight", type=int, default=COMMIT_IN_FLIGHT, metavar="N",
                        help="a reconcile pass's writes go to etcd in transactions of 127, up to N of them in "
-                            "flight at once (default %(default)s: one after the other; more starved API "
-                            "writes on a loaded machine: docs/scaling.md, part 11)")
+                            "flight at once; API writes go ahead of them (default %(default)s; 1: one after "
+                            "the other; docs/scaling.md, part 11)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])

@@ -102,11 +102,11 @@ LONG_PASS_S = 1.0  # a pass holding the loop this long is logged with where its 
 # 20,000 about 3 s. Smaller budgets kept the loop freer but placed 3-4 times slower: each placing pass
 # then waits behind the work the previous one's launches bring (docs/scaling.md).
 PLACE_BUDGET = 20_000
-# A pass's writes go to etcd this many transactions at a time. More than one did not place faster on a
-# loaded machine (etcd was as slow per write, each transaction waiting longer), and API writes queued
-# behind a pass's: applying 400 services at 2,000 hosts took 15 s with 4 in flight, 4 s with 1
+# A pass's writes go to etcd this many transactions at a time: at 5,000 hosts etcd took twice the writes
+# a second within a placing pass with 4 as with 1. The store lets a commit one after the other (the
+# API's) go ahead of them (txn.Gate); without that, every apply queued behind a pass's writes
 # (docs/scaling.md, part 11).
-COMMIT_IN_FLIGHT = 1
+COMMIT_IN_FLIGHT = 4
 
 
 def new_replica_id(service: ServiceName) -> ReplicaId:

@@ -102,8 +102,8 @@ class Committed:
     revision it now has."""
 
     revisions: tuple[int, ...] = ()
-    # (revision, records put at it) per transaction; ``written`` copies them with their revision on first
-    # use only (a copy of a frozen dataclass costs more than encoding it, and most callers never ask).
+    # (revision, records put at it) per transaction; ``written`` copies them with their revision, once
+    # (the store's echoes ask for it after every commit: scheduler.store.echoes).
     puts: tuple[tuple[int, tuple[Record, ...]], ...] = field(default=(), repr=False)
     keys: tuple[str, ...] = field(default=(), repr=False)  # the keys of ``written``, in its order
 
