@@ -187,9 +187,9 @@ async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[Tx
 
     With ``in_flight`` 1 they run one after the other, and a failure carries how many operations of the
     batch (a prefix) went in before it. With more, up to ``in_flight`` transactions are in flight at
-    once, taken in order (etcd can commit concurrent proposals in one raft round and one fsync; on a
-    machine where etcd shares its cores that did not make a large batch land sooner: docs/scaling.md,
-    part 11). Transactions after a failed one may then have landed too: no new one starts once one
+    once, taken in order (etcd commits concurrent proposals in one raft round and one fsync: a placing
+    pass's writes at 5,000 hosts went through twice as fast with 4: docs/scaling.md, part 11).
+    Transactions after a failed one may then have landed too: no new one starts once one
     fails, those in flight finish, and the first failure (in batch order) is raised with ``applied``
     counting every operation that went in (not a prefix) and ``revisions`` their transactions'
     revisions. Each transaction is still atomic and compare-and-swap guarded, so whatever landed was
