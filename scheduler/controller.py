@@ -427,7 +427,8 @@ class Controller:
                                                  in_flight=self.settings.commit_in_flight)
                          if ops else None)
         except Conflict as err:
-            log.debug("reconcile pass conflicted on %s; deciding again", ", ".join(err.keys[:5]))
+            log.info("reconcile pass conflicted on %s (%d writes had gone in); deciding again",
+                     ", ".join(err.keys[:5]), err.applied)
             self._full_due = True  # what this pass looked at was taken from the dirt: look at everything
             return time.time() + CONFLICT_RETRY
         except StoreUnavailable as err:
