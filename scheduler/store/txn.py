@@ -226,27 +226,28 @@ async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[Tx
         err.revisions = tuple(sorted(landed[i] for i in done))
         raise err
     # In revision order, as a sequential commit reports them (``Committed.revision`` is the last).
-    order = sorted(done, key=landed.__getitem__)
-    return Committed(revisions=tuple(landed[i] for i in order),
-                     puts=tuple((landed[i], tuple(w.record for w in plans[i].writes if w.value is not None))
-                                for i in order),
-                     keys=tuple(w.key for i in order for w in plans[i].writes if w.value is not None))
+    return _committed([(plans[i], landed[i]) for i in sorted(done, key=landed.__getitem__)])
 
 
 async def _in_sequence(plans: Sequence[TxnPlan], execute: Callable[[TxnPlan], Awaitable[int]]) -> Committed:
-    revisions: list[int] = []
-    puts: list[tuple[int, tuple[records.Record, ...]]] = []
+    landed: list[tuple[TxnPlan, int]] = []
     for plan in plans:
         try:
-            revision = await execute(plan)
+            landed.append((plan, await execute(plan)))
         except StoreError as err:
             err.applied = plan.first
-            err.revisions = tuple(revisions)
+            err.revisions = tuple(revision for _, revision in landed)
             raise
-        revisions.append(revision)
-        puts.append((revision, tuple(w.record for w in plan.writes if w.value is not None)))
-    return Committed(revisions=tuple(revisions), puts=tuple(puts),
-                     keys=tuple(w.key for plan in plans for w in plan.writes if w.value is not None))
+    return _committed(landed)
+
+
+def _committed(landed: Sequence[tuple[TxnPlan, int]]) -> Committed:
+    """The batch as committed: each transaction's revision, and what it put (records and their keys)."""
+    written = [[w for w in plan.writes if w.value is not None] for plan, _ in landed]
+    return Committed(revisions=tuple(revision for _, revision in landed),
+                     puts=tuple((revision, tuple(w.record for w in puts))
+                                for (_, revision), puts in zip(landed, written, strict=True)),
+                     keys=tuple(w.key for puts in written for w in puts))
 
 
 __all__ = ["Gate", "TxnOutcome", "TxnPlan", "Write", "commit_in_transactions", "explain_failure",
