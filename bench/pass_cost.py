@@ -15,6 +15,12 @@ leader pays for every pass that decides nothing (docs/scaling.md, limits 2 and 3
 * ``pass1``: a ``Controller.step()`` after one replica's container changed (its agent reports it
   restarting, and the next round running again; two writes each): what an ordinary event costs.
 
+``--lost N`` measures instead a mass failure (the scale benchmark's): in the settled cluster, N hosts
+fall silent past their grace at once (their sessions failed, their statuses not ready since a minute
+ago), and each ``Controller.step()`` that follows is timed until one has nothing to write — the pass
+that marks the lost hosts' replicas and places their replacements, and those after it. A fresh
+cluster per round; ``--profile FILE`` writes a cProfile of the first round's passes.
+
 ``--templates N`` measures instead the spec of N launches of one service (a template with a command,
 environment, resources, a health check and a port): parsed afresh per launch (``container_spec``, as
 before) and from the actuator's ``Templates`` cache.
@@ -37,7 +43,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -154,6 +160,83 @@ async def controller(records: list[object], sessions: dict[HostId, StandInSessio
     return ctl
 
 
+def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int) -> list[HostId]:
+    """``n`` hosts (spread over the zones) fall silent: their sessions failed a minute ago."""
+    assert ctl.mirror is not None
+    hosts = sorted(sessions)[::max(1, len(sessions) // n)][:n]
+    for host in hosts:
+        session = sessions[host]
+        session.error = "no report from the agent for 6.0 s (unreachable?)"
+        session.observation = replace(session.observation, connected=False, complete=False)
+        ctl._host_changed(host)
+        ctl.mirror.put(replace(ctl.mirror.statuses[host], ready=False, reason=session.error, complete=False,
+                               since=NOW - 60))
+    return hosts
+
+
+def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str) -> list[dict[str, float]]:
+    """One round: a fresh settled cluster loses ``lost`` hosts; each pass after that, timed."""
+    import cProfile
+    records, sessions = cluster(n_replicas, n_hosts)
+    loop = asyncio.new_event_loop()
+    ctl = loop.run_until_complete(controller(records, sessions))
+    loop.run_until_complete(ctl.step())  # the term's first pass
+    lose(ctl, sessions, lost)
+    busy = ctl.actuator.busy
+
+    def submit(actions: Sequence[reconcile.AgentAction]) -> None:
+        # Handed over as a pass hands them, and never run: there is no agent here.
+        busy.update(a.replica if isinstance(a, reconcile.Launch) else a.container for a in actions)
+
+    ctl.actuator.submit = submit  # type: ignore[method-assign]
+    seen: list[reconcile.Plan] = []
+    ctl._on_pass = lambda _s, plan, _w: seen.append(plan)
+    in_view = [0.0]
+    build = ctl._view
+
+    def timed_view(world: reconcile.World) -> Any:
+        started = time.process_time()
+        try:
+            return build(world)
+        finally:
+            in_view[0] += time.process_time() - started
+
+    ctl._view = timed_view  # type: ignore[method-assign]
+    passes: list[dict[str, float]] = []
+    profiler = cProfile.Profile() if profile else None
+    for _ in range(8):  # bounded: a mass failure takes two or three
+        gc.collect()
+        started = time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        loop.run_until_complete(ctl.step())
+        if profiler is not None:
+            profiler.disable()
+        spent = time.process_time() - started
+        plan = seen[-1]
+        passes.append({"cpu_s": spent, "view_s": in_view[0], "writes": len(plan.writes),
+                       "actions": len(plan.actions)})
+        in_view[0] = 0.0
+        if not plan.writes:
+            break
+    if profiler is not None:
+        profiler.dump_stats(profile)
+    loop.close()
+    return passes
+
+
+def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile: str) -> dict[str, Any]:
+    """The passes after ``lost`` hosts are lost, each's cpu and what it wrote: the best of ``rounds``."""
+    from scheduler import gc_pauses
+    gc_pauses.tune()  # as the leader runs
+    best_passes: list[dict[str, float]] = []
+    for round_ in range(rounds):
+        passes = after_loss(n_replicas, n_hosts, lost, profile if round_ == 0 else "")
+        if not best_passes or sum(p["cpu_s"] for p in passes) < sum(p["cpu_s"] for p in best_passes):
+            best_passes = passes
+    return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "passes": best_passes}
+
+
 def best(rounds: int, run: Callable[[], object]) -> float:
     times = []
     for _ in range(rounds):
@@ -262,8 +345,20 @@ def main() -> None:
     parser.add_argument("--only", default="world,view,step,full,pass,pass1")
     parser.add_argument("--label", default="")
     parser.add_argument("--templates", type=int, default=0, metavar="N")
+    parser.add_argument("--lost", type=int, default=0, metavar="N", help="hosts lost at once (see above)")
+    parser.add_argument("--profile", default="", metavar="FILE", help="with --lost: cProfile of round 1")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
+    if args.lost:
+        for size in args.sizes.split(","):
+            n_replicas, n_hosts = (int(x) for x in size.split("/"))
+            row = mass_failure(n_replicas, n_hosts, args.lost, args.rounds, args.profile)
+            rows.append(row)
+            shown = ", ".join(f"{p['cpu_s'] * 1000:.0f} ms (view {p['view_s'] * 1000:.0f} ms; "
+                              f"{p['writes']:.0f} writes, {p['actions']:.0f} actions)" for p in row["passes"])
+            print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost: {shown}", flush=True)
+        write(args.label, rows)
+        return
     if args.templates:
         spent = templates(args.templates, args.rounds)
         print(f"{args.templates} launch specs: parsed each time {spent['parse'] * 1000:.1f} ms, "

@@ -71,7 +71,8 @@ from scheduler.model import (
 from scheduler.observed import ContainerState, ContainerUsage, HostObservation
 from scheduler.placement.framework import Profile
 from scheduler.placement.placer import ViewPlacer
-from scheduler.placement.view import ClusterView, build_view
+from scheduler.placement.view import ClusterView
+from scheduler.placement.view_cache import ViewCache
 from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
@@ -191,6 +192,8 @@ class Controller:
         self._last_pass_at = 0.0                              # the time the last pass read (``_scope``)
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
+        self.views = ViewCache()                              # each placing pass's view, from the last
+        self._counted: dict[HostId, tuple[HostObservation, frozenset[ReplicaId]]] = {}  # per observation
         self._place_from: ServiceName | None = None           # where the next pass resumes placing
         self._waiting: frozenset[ServiceName] = frozenset()   # what a pass over its budget left
         self.lost_held = 0                                    # lost hosts the last pass did not replace
@@ -451,6 +454,10 @@ class Controller:
             key = action.replica if isinstance(action, reconcile.Launch) else action.container
             self._acting[key] = action.host
         self.actuator.submit(plan.actions)
+        if scope is None and not placer.built:
+            # The safety net keeps the view cache warm (its cost counts in the net's share, below): the
+            # next placing pass, a mass failure's, then rebuilds only the hosts that changed since.
+            self._view(world)
         ended = time.perf_counter()
         busy = ended - started - (landed - encoded)  # the loop's own time: the commit's wait excluded
         if scope is None and not placer.built:
@@ -748,13 +755,20 @@ class Controller:
 
 
     def _view(self, world: reconcile.World) -> ClusterView:
-        counted: dict[HostId, set[ReplicaId]] = {}
+        """The placement view of ``world``: hosts that did not change since the last pass's view are copied
+        from it (``ViewCache``), and so is each host's set of replicas its agent counts."""
+        counted: dict[HostId, frozenset[ReplicaId]] = {}
+        known = self._counted
         for host, obs in world.observed.items():
-            counted[host] = {ReplicaId(cid) for cid, c in obs.containers.items()
-                             if c.state is not ContainerState.EXITED}
-        return build_view(hosts=world.hosts.values(), statuses=world.statuses,
-                          replicas=world.replicas.values(), services=world.services.values(),
-                          counted_by_agent=counted)
+            entry = known.get(host)
+            if entry is None or entry[0] is not obs:
+                entry = known[host] = (obs, frozenset(ReplicaId(cid) for cid, c in obs.containers.items()
+                                                      if c.state is not ContainerState.EXITED))
+            counted[host] = entry[1]
+        for host in known.keys() - counted.keys():
+            del known[host]
+        return self.views.build(hosts=world.hosts, statuses=world.statuses, replicas=world.replicas,
+                                services=world.services, counted_by_agent=counted)
 
     # -- for the API --------------------------------------------------------------------------------
 

@@ -190,7 +190,7 @@ class Simulation:
         ids = {r.id for r in replicas}
         base = self._base
         known = {rid: r for rid, r in base.replicas.items() if rid not in ids}
-        view = ClusterView([_copied(h) for h in base.hosts if h.id not in away], base.services, known)
+        view = ClusterView([h.copy() for h in base.hosts if h.id not in away], base.services, known)
         placed = self._place(moving, view)
         return frozenset(placed) | {r.id for r in replicas if r not in moving}
 
@@ -204,27 +204,11 @@ class Simulation:
         return frozenset(self._place([w.replica for w in waiting], self._with_hosts(extra)))
 
 
-_HOST_SLOTS: tuple[str, ...] = tuple(HostView.__slots__)
-
-
 def _forked(view: ClusterView, extra: Sequence[HostView] = ()) -> ClusterView:
     """A new view of copies of ``view``'s hosts as they stand (placements included), plus ``extra``. Its
     replicas known are the same, so a replica ``view``'s batches placed can be placed again only by
     mistake of the caller (they are never offered again here)."""
-    return ClusterView([*map(_copied, view.hosts), *extra], view.services, view.replicas)
-
-
-def _copied(host: HostView) -> HostView:
-    """A copy of a view's host that a batch may place on without changing the original. A batch changes a
-    host only through ``ClusterView.assume`` (``HostView.add_replica`` and its port set): its figures are
-    ints, rebound on the copy; its replica counter and port set are the only containers changed in place,
-    so they are copied; the rest (record, status, labels, images) is never changed once built."""
-    twin = object.__new__(HostView)
-    for name in _HOST_SLOTS:  # (copy.copy of a slotted object costs several times this)
-        setattr(twin, name, getattr(host, name))
-    twin.replicas = Counter(host.replicas)
-    twin.ports = set(host.ports)
-    return twin
+    return ClusterView([*map(HostView.copy, view.hosts), *extra], view.services, view.replicas)
 
 
 def _live_service(services: Mapping[ServiceName, Service], name: ServiceName) -> Service | None:

@@ -111,6 +111,18 @@ class HostView:
         self.cpu_scoring_used = self.cpu_used
         self.memory_scoring_used = self.memory_used
 
+    def copy(self) -> HostView:
+        """A copy a batch may place on without changing this one. A batch changes a host only through
+        ``ClusterView.assume`` (``add_replica`` and the port set): the figures are ints, rebound on the
+        copy; the replica counter and the port set are the only containers changed in place, so they are
+        copied; the rest (record, status, labels, images) is never changed once built."""
+        twin = object.__new__(HostView)
+        for name in _HOST_SLOTS:  # (copy.copy of a slotted object costs several times this)
+            setattr(twin, name, getattr(self, name))
+        twin.replicas = Counter(self.replicas)
+        twin.ports = set(self.ports)
+        return twin
+
     def __repr__(self) -> str:
         return (f"HostView({self.id}, cpu {self.cpu_used}/{self.cpu_allocatable}, "
                 f"memory {self.memory_used}/{self.memory_allocatable}, replicas {dict(self.replicas)})")
@@ -155,6 +167,9 @@ class HostView:
         cpu = self.cpu_used / self.cpu_allocatable if self.cpu_allocatable > 0 else 0.0
         memory = self.memory_used / self.memory_allocatable if self.memory_allocatable > 0 else 0.0
         return max(cpu, memory)
+
+
+_HOST_SLOTS: tuple[str, ...] = tuple(HostView.__slots__)
 
 
 class DomainCounts:
@@ -312,6 +327,45 @@ def _eligible_domains(hosts: Iterable[HostView], label: str,
     return {host.labels[label]: 0 for host in hosts if label in host.labels and eligible(host)}
 
 
+def host_view(record: model.HostRecord, status: model.HostStatus | None, replicas: Iterable[model.Replica],
+              service_of: Mapping[ServiceName, model.Service], *, images: Iterable[str] = (),
+              ports_in_use: Iterable[Port] = (), counted: Collection[ReplicaId] | None = None) -> HostView:
+    """One host as placement sees it, from its record and status and the ``replicas`` on it (``build_view``
+    says what the other arguments mean)."""
+    labels = dict(record.labels)
+    labels.setdefault(LABEL_HOST, record.id)
+    view = HostView(record, status or model.HostStatus(record.id, reason="no status"), labels=labels,
+                    ports=ports_in_use)
+    running_images = set(images)
+    for replica in replicas:
+        service = service_of.get(replica.service)
+        facts = facts_of(replica, service) if service is not None else None
+        for port in replica.ports:
+            if port.host_port:
+                view.ports.add((port.host_port, port.protocol))
+        if facts is None:
+            continue  # a replica of a service that is gone: nothing known beyond its ports
+        view.ports.update(fixed_host_ports(facts))
+        if replica.phase is ReplicaPhase.STOPPING:
+            continue  # still in the agent's figures and holding its ports; leaving, so not counted
+        not_started = (replica.id not in counted) if counted is not None else replica.phase in _NOT_STARTED
+        view.add_replica(replica.service, facts, not_started=not_started)
+        if replica.phase is ReplicaPhase.RUNNING:
+            running_images.add(facts.image)
+    view.images = frozenset(running_images)
+    return view
+
+
+def by_host(replicas: Iterable[model.Replica], hosts: Iterable[HostId]) -> dict[HostId, list[model.Replica]]:
+    """The replicas on each of ``hosts``, in the order given (those on other hosts or none are left out)."""
+    on: dict[HostId, list[model.Replica]] = {h: [] for h in hosts}
+    for replica in replicas:
+        members = on.get(replica.host) if replica.host is not None else None
+        if members is not None:
+            members.append(replica)
+    return on
+
+
 def build_view(*, hosts: Iterable[model.HostRecord],
                statuses: Iterable[model.HostStatus] | Mapping[HostId, model.HostStatus],
                replicas: Iterable[model.Replica], services: Iterable[model.Service],
@@ -331,44 +385,16 @@ def build_view(*, hosts: Iterable[model.HostRecord],
     images = images or {}
     ports_in_use = ports_in_use or {}
     counted_by_agent = counted_by_agent or {}
-
-    views: dict[HostId, HostView] = {}
-    running_images: dict[HostId, set[str]] = {}
-    for record in hosts:
-        labels = dict(record.labels)
-        labels.setdefault(LABEL_HOST, record.id)
-        views[record.id] = HostView(
-            record, status_of.get(record.id) or model.HostStatus(record.id, reason="no status"),
-            labels=labels, ports=ports_in_use.get(record.id, ()))
-        running_images[record.id] = set(images.get(record.id, ()))
-
-    known: dict[ReplicaId, model.Replica] = {}
-    for replica in replicas:
-        known[replica.id] = replica
-        if replica.host is None or replica.host not in views:
-            continue
-        host = views[replica.host]
-        service = service_of.get(replica.service)
-        facts = facts_of(replica, service) if service is not None else None
-        for port in replica.ports:
-            if port.host_port:
-                host.ports.add((port.host_port, port.protocol))
-        if facts is None:
-            continue  # a replica of a service that is gone: nothing known beyond its ports
-        host.ports.update(fixed_host_ports(facts))
-        if replica.phase is ReplicaPhase.STOPPING:
-            continue  # still in the agent's figures and holding its ports; leaving, so not counted
-        counted = counted_by_agent.get(replica.host)
-        not_started = (replica.id not in counted) if counted is not None else replica.phase in _NOT_STARTED
-        host.add_replica(replica.service, facts, not_started=not_started)
-        if replica.phase is ReplicaPhase.RUNNING:
-            running_images[replica.host].add(facts.image)
-    for host_id, view in views.items():
-        view.images = frozenset(running_images[host_id])
-    return ClusterView(list(views.values()), service_of, known)
+    records = {r.id: r for r in hosts}
+    known = {r.id: r for r in replicas}
+    on = by_host(known.values(), records)
+    views = [host_view(record, status_of.get(h), on[h], service_of, images=images.get(h, ()),
+                       ports_in_use=ports_in_use.get(h, ()), counted=counted_by_agent.get(h))
+             for h, record in records.items()]
+    return ClusterView(views, service_of, known)
 
 
 __all__ = [
     "LABEL_HOST", "SCORING_DEFAULT_CPU_MILLIS", "SCORING_DEFAULT_MEMORY_BYTES", "ClusterView",
-    "DomainCounts", "HostView", "Port", "build_view", "facts_of", "fixed_host_ports",
+    "DomainCounts", "HostView", "Port", "build_view", "by_host", "facts_of", "fixed_host_ports", "host_view",
 ]

@@ -361,3 +361,34 @@ def test_a_pass_places_up_to_its_budget_and_the_next_places_the_rest(
 
     assert asyncio.run(go()) == [{"new-a": 2}, {"new-a": 2, "new-b": 2},
                                  {"new-a": 2, "new-b": 2, "new-c": 2}]
+
+
+def test_the_safety_net_keeps_the_placement_view_warm_for_the_next_placing_pass() -> None:
+    """A full pass that places nothing still builds the view (``ViewCache``): the next pass that places
+    copies every host that did not change instead of counting its replicas again."""
+    async def go() -> tuple[list[int], list[Plan]]:
+        plans: list[Plan] = []
+        ctl, sessions = await settled_controller([], plans=plans)
+        rebuilt = []
+        await ctl.step()  # the term's first pass: full, nothing to place, the view built all the same
+        rebuilt.append(ctl.views.rebuilt)
+        assert ctl.mirror is not None
+        web = ctl.mirror.services[ServiceName("web")]
+        ctl.mirror.put(web.scaled(3, now=NOW))  # one more web replica: a placing pass
+        await ctl.step()
+        rebuilt.append(ctl.views.rebuilt)
+        h1 = sessions[HostId("h1")]  # h1's agent reports a change: h1 alone is counted again
+        containers = dict(h1.observation.containers)
+        containers["web-1"] = dataclasses.replace(containers["web-1"], state=ContainerState.EXITED)
+        h1.observation = dataclasses.replace(h1.observation, containers=containers)
+        ctl._host_changed(HostId("h1"))
+        ctl.mirror.put(ctl.mirror.services[ServiceName("web")].scaled(4, now=NOW))
+        await ctl.step()
+        rebuilt.append(ctl.views.rebuilt)
+        return rebuilt, plans
+
+    rebuilt, plans = asyncio.run(go())
+    placed = [w for w in plans[1].writes if isinstance(w, WriteReplica) and w.replica.host is not None
+              and w.replica.phase is ReplicaPhase.STARTING]
+    assert len(placed) == 1
+    assert rebuilt == [2, 0, 1]

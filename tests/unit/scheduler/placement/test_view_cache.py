@@ -1,0 +1,147 @@
+"""The view cache builds what ``build_view`` builds, through any sequence of changes, and never lets a batch
+change what it keeps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler import model
+from scheduler.model import HostId, ReplicaId, ReplicaPhase, ServiceName
+from scheduler.placement import batch, registry
+from scheduler.placement.view import ClusterView, HostView, build_view
+from scheduler.placement.view_cache import ViewCache
+from tests.unit.scheduler.placement import builders as b
+
+FIGURES = [name for name in HostView.__slots__ if name not in ("record", "status", "labels", "replicas")]
+
+
+def snapshot(view: ClusterView) -> dict[HostId, dict[str, object]]:
+    """Everything a plugin reads of each host, comparable."""
+    out: dict[HostId, dict[str, object]] = {}
+    for host in view.hosts:
+        row: dict[str, object] = {name: getattr(host, name) for name in FIGURES}
+        row["record"], row["status"], row["labels"] = host.record, host.status, host.labels
+        row["replicas"] = {s: n for s, n in host.replicas.items() if n}
+        out[host.id] = row
+    return out
+
+
+class Cluster:
+    """A small cluster whose records are replaced on every change, as the leader's mirror replaces them."""
+
+    def __init__(self) -> None:
+        self.hosts = {HostId(f"h{i}"): b.host(f"h{i}", zone="abc"[i % 3], cpus=8) for i in range(6)}
+        self.statuses = {h: b.status(h) for h in self.hosts}
+        self.services = {ServiceName(n): b.service(n, cpus=0.25, host_ports=(8080,) if n == "port" else ())
+                         for n in ("web", "api", "port")}
+        self.replicas: dict[ReplicaId, model.Replica] = {}
+        self.counted: dict[HostId, frozenset[ReplicaId]] = {}
+        self.serial = 0
+
+    def build(self, cache: ViewCache) -> ClusterView:
+        return cache.build(hosts=self.hosts, statuses=self.statuses, replicas=self.replicas,
+                           services=self.services, counted_by_agent=self.counted)
+
+    def fresh(self) -> ClusterView:
+        return build_view(hosts=self.hosts.values(), statuses=self.statuses, replicas=self.replicas.values(),
+                          services=self.services.values(), counted_by_agent=self.counted)
+
+    def change(self, kind: int, n: int) -> None:
+        hosts, names = sorted(self.hosts), sorted(self.services)
+        host = hosts[n % len(hosts)]
+        rids = sorted(self.replicas)
+        if kind == 0:  # a new replica, placed or pending
+            self.serial += 1
+            svc = self.services[names[n % len(names)]]
+            phase = [ReplicaPhase.STARTING, ReplicaPhase.RUNNING, ReplicaPhase.PENDING][n % 3]
+            rid = f"r{self.serial}"
+            on = None if phase is ReplicaPhase.PENDING else host
+            self.replicas[ReplicaId(rid)] = b.replica(rid, svc, on, phase=phase)
+        elif kind == 1 and rids:  # a replica changes phase or host
+            rid = rids[n % len(rids)]
+            old = self.replicas[rid]
+            phase = [ReplicaPhase.RUNNING, ReplicaPhase.STOPPING, ReplicaPhase.FAILED][n % 3]
+            self.replicas[rid] = dataclasses.replace(old, phase=phase, host=old.host or host)
+        elif kind == 2 and rids:  # a replica goes
+            del self.replicas[rids[n % len(rids)]]
+        elif kind == 3:  # the agent counts other replicas (its observation changed)
+            on_host = sorted(rid for rid, r in self.replicas.items() if r.host == host)
+            self.counted[host] = frozenset(on_host[n % 2::2])  # not what the phase rule would say
+        elif kind == 4:  # the host's status or record changes
+            if n % 2:
+                self.statuses[host] = dataclasses.replace(self.statuses[host],
+                                                          ready=not self.statuses[host].ready)
+            else:
+                record = self.hosts[host]
+                committed = record.capacity.cpu_committed_millis + 100
+                capacity = dataclasses.replace(record.capacity, cpu_committed_millis=committed)
+                self.hosts[host] = dataclasses.replace(record, capacity=capacity)
+        elif kind == 5:  # a service's template changes (new facts), or only its replica count
+            name = names[n % len(names)]
+            svc = self.services[name]
+            if n % 2:
+                facts = dataclasses.replace(svc.spec.facts, cpu_millis=svc.spec.facts.cpu_millis + 50)
+                spec = dataclasses.replace(svc.spec, facts=facts)
+                self.services[name] = dataclasses.replace(svc, spec=spec)
+            else:
+                self.services[name] = svc.scaled(svc.spec.replicas + 1, now=0.0)
+        elif kind == 6:  # a service is deleted (its replicas stay until stopped), or comes back
+            name = names[n % len(names)]
+            if name == "api":
+                self.services.pop(name, None) if name in self.services else self.services.update(
+                    {name: b.service("api", cpus=0.5)})
+        elif kind == 7:  # a host leaves, or joins
+            if len(self.hosts) > 2 and n % 2:
+                del self.hosts[host]
+            else:
+                new = HostId(f"n{n}")
+                self.hosts[new] = b.host(new, zone="a")
+                self.statuses[new] = b.status(new)
+
+
+changes = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 1000)), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(changes, st.integers(1, 5))
+def test_the_cache_builds_what_build_view_builds(steps: list[tuple[int, int]], every: int) -> None:
+    cluster, cache = Cluster(), ViewCache()
+    for i, (kind, n) in enumerate(steps):
+        cluster.change(kind, n)
+        if i % every == 0:
+            assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
+    assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
+
+
+def test_unchanged_hosts_are_copied_and_changed_ones_rebuilt() -> None:
+    cluster, cache = Cluster(), ViewCache()
+    for n in range(12):
+        cluster.change(0, n)
+    cluster.build(cache)
+    assert cache.rebuilt == 6
+    cluster.build(cache)
+    assert cache.rebuilt == 0
+    cluster.change(4, 1)  # one host's status
+    cluster.build(cache)
+    assert cache.rebuilt == 1
+    cluster.change(5, 0)  # a service scaled: its facts did not change, nothing to rebuild
+    cluster.build(cache)
+    assert cache.rebuilt == 0
+    cluster.change(5, 1)  # a new template for "api": every host holding an "api" replica
+    holding = {r.host for r in cluster.replicas.values() if r.service == "api" and r.host}
+    cluster.build(cache)
+    assert cache.rebuilt == len(holding) > 0
+
+
+def test_placing_on_a_view_leaves_the_kept_hosts_as_they_were() -> None:
+    cluster, cache = Cluster(), ViewCache()
+    first = cluster.build(cache)
+    before = snapshot(first)
+    web = cluster.services[ServiceName("web")]
+    placed = batch.place(b.requests(web, 12), first, registry.default_profile()).placed
+    assert len(placed) == 12
+    assert snapshot(cluster.build(cache)) == before  # nothing changed in the cluster: the same view
+
