@@ -72,7 +72,7 @@ from scheduler.observed import ContainerState, ContainerUsage, HostObservation
 from scheduler.placement.framework import Profile
 from scheduler.placement.placer import ViewPlacer
 from scheduler.placement.view import ClusterView
-from scheduler.placement.view_cache import ViewCache
+from scheduler.placement.view_cache import ViewCache, ViewInputs
 from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
@@ -457,7 +457,7 @@ class Controller:
         if scope is None and not placer.built:
             # The safety net keeps the view cache warm (its cost counts in the net's share, below): the
             # next placing pass, a mass failure's, then rebuilds only the hosts that changed since.
-            self._view(world)
+            self.views.refresh(self._view_inputs(world))
         ended = time.perf_counter()
         busy = ended - started - (landed - encoded)  # the loop's own time: the commit's wait excluded
         if scope is None and not placer.built:
@@ -757,6 +757,9 @@ class Controller:
     def _view(self, world: reconcile.World) -> ClusterView:
         """The placement view of ``world``: hosts that did not change since the last pass's view are copied
         from it (``ViewCache``), and so is each host's set of replicas its agent counts."""
+        return self.views.build(self._view_inputs(world))
+
+    def _view_inputs(self, world: reconcile.World) -> ViewInputs:
         counted: dict[HostId, frozenset[ReplicaId]] = {}
         known = self._counted
         for host, obs in world.observed.items():
@@ -767,8 +770,8 @@ class Controller:
             counted[host] = entry[1]
         for host in known.keys() - counted.keys():
             del known[host]
-        return self.views.build(hosts=world.hosts, statuses=world.statuses, replicas=world.replicas,
-                                services=world.services, counted_by_agent=counted)
+        return ViewInputs(hosts=world.hosts, statuses=world.statuses, replicas=world.replicas,
+                          services=world.services, counted_by_agent=counted)
 
     # -- for the API --------------------------------------------------------------------------------
 

@@ -42,21 +42,39 @@ def _facts_key(service: model.Service | None) -> object:
             tuple((old.template_generation, old.facts) for old in service.history))
 
 
+@dataclass(frozen=True, slots=True)
+class ViewInputs:
+    """What a view is built from, as ``build_view`` takes it, keyed by id (services by name)."""
+
+    hosts: Mapping[HostId, model.HostRecord]
+    statuses: Mapping[HostId, model.HostStatus]
+    replicas: Mapping[ReplicaId, model.Replica]
+    services: Mapping[ServiceName, model.Service]
+    counted_by_agent: Mapping[HostId, Collection[ReplicaId]]
+
+
 class ViewCache:
     """Builds views of one cluster over time, reusing what did not change since the last build."""
 
     def __init__(self) -> None:
         self._kept: dict[HostId, _Kept] = {}
         self._facts: dict[ServiceName, tuple[model.Service, object]] = {}  # each with its facts' key
-        self.rebuilt = 0  # hosts built afresh by the last ``build`` (the rest were copied)
+        self.rebuilt = 0  # hosts built afresh by the last ``build`` or ``refresh`` (the rest were kept)
 
-    def build(self, *, hosts: Mapping[HostId, model.HostRecord], statuses: Mapping[HostId, model.HostStatus],
-              replicas: Mapping[ReplicaId, model.Replica], services: Mapping[ServiceName, model.Service],
-              counted_by_agent: Mapping[HostId, Collection[ReplicaId]]) -> ClusterView:
-        """``build_view`` of these inputs (``hosts`` keyed by id, replicas and services by name)."""
+    def build(self, inputs: ViewInputs) -> ClusterView:
+        """``build_view`` of these inputs."""
+        self.refresh(inputs)
+        return ClusterView([entry.view.copy() for entry in self._kept.values()], inputs.services,
+                           inputs.replicas)
+
+    def refresh(self, inputs: ViewInputs) -> None:
+        """What ``build`` keeps, brought up to these inputs, without building a view: keeps the cache warm
+        between passes that place (the copies and the view are most of a build that changed little)."""
+        hosts, statuses, services = inputs.hosts, inputs.statuses, inputs.services
+        counted_by_agent = inputs.counted_by_agent
         changed = self._changed_facts(services)
-        on = by_host(replicas.values(), hosts)
-        kept, views, rebuilt = {}, [], 0
+        on = by_host(inputs.replicas.values(), hosts)
+        kept, rebuilt = {}, 0
         for host, record in hosts.items():
             status = statuses.get(host)
             counted = counted_by_agent.get(host)
@@ -71,10 +89,8 @@ class ViewCache:
                               host_view(record, status, members, services, counted=counted))
                 rebuilt += 1
             kept[host] = entry
-            views.append(entry.view.copy())
         self._kept = kept
         self.rebuilt = rebuilt
-        return ClusterView(views, services, replicas)
 
     def _changed_facts(self, services: Mapping[ServiceName, model.Service]) -> set[ServiceName]:
         """Services whose facts differ from the last build's (created and deleted ones included)."""
@@ -93,4 +109,4 @@ class ViewCache:
         return changed
 
 
-__all__ = ["ViewCache"]
+__all__ = ["ViewCache", "ViewInputs"]
