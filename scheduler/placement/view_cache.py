@@ -1,14 +1,15 @@
 """Each reconcile pass's placement view, built from the last one: unchanged hosts are copied, not recounted.
 
-``build_view`` counts every replica onto its host: at 100,000 replicas on 5,000 hosts that is about a
-second of cpu, paid by every pass that places anything, while a pass that replaces a mass failure
+``build_view`` counts every replica onto its host: at 100,000 replicas on 5,000 hosts that is more than
+half a second of cpu, paid by every pass that places anything, while a pass that replaces a mass failure
 changes a few percent of the hosts (docs/scaling.md, part 12). A ``ViewCache`` keeps, per host, the
 ``HostView`` it built last time (never placed on: every view gets copies) and the inputs it was built
 from, and builds that host again only when one of them is no longer the same object: its record, its
 status, the collection of replicas its agent counts, the replica records on it — or the facts of a
 service any of those replicas belong to. The records are immutable and replaced on every change (the
 leader's mirror, ``Controller._fresh`` and ``_status`` keep the same object while nothing changed), so
-identity is a sound test: a new object with equal contents only costs a rebuild.
+identity is a sound test: a replica record replaced by an equal one is compared field by field and
+the host kept; any other input replaced by an equal one only costs a rebuild.
 
 What it builds is what ``build_view`` builds from the same inputs (a property test holds the two equal
 through random changes: ``tests/unit/scheduler/placement/test_view_cache.py``).

@@ -1,0 +1,15 @@
+"""``bench/pass_cost.py --lost``: the pass after hosts are lost marks their replicas and places as many
+replacements elsewhere, and the passes end with one that writes nothing (what the benchmark times)."""
+
+from __future__ import annotations
+
+from bench import pass_cost
+
+
+def test_a_mass_failure_is_marked_and_replaced_in_the_first_pass_and_settles() -> None:
+    passes = pass_cost.after_loss(400, 20, 2, "")
+    lost = 2 * 400 // 20  # replicas are dealt round-robin over the hosts: 20 on each lost host
+    assert passes[0]["writes"] == 2 * lost   # each marked stopping, and a replacement placed
+    assert passes[0]["actions"] == lost      # each replacement launched
+    assert passes[0]["view_s"] > 0           # the pass built a placement view
+    assert passes[-1]["writes"] == 0 and len(passes) <= 3
