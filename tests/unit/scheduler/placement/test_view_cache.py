@@ -91,11 +91,12 @@ class Cluster:
                 self.services[name] = dataclasses.replace(svc, spec=spec)
             else:
                 self.services[name] = svc.scaled(svc.spec.replicas + 1, now=0.0)
-        elif kind == 6:  # a service is deleted (its replicas stay until stopped), or comes back
-            name = names[n % len(names)]
-            if name == "api":
-                self.services.pop(name, None) if name in self.services else self.services.update(
-                    {name: b.service("api", cpus=0.5)})
+        elif kind == 6:  # "api" is deleted (its replicas stay until stopped), or comes back with new facts
+            api = ServiceName("api")
+            if api in self.services:
+                del self.services[api]
+            else:
+                self.services[api] = b.service("api", cpus=0.5 + 0.25 * (n % 2))
         elif kind == 7:  # a host leaves, or joins
             if len(self.hosts) > 2 and n % 2:
                 del self.hosts[host]
