@@ -196,9 +196,7 @@ async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[Tx
     valid against what the caller read. With a ``gate``, a commit one after the other goes ahead of
     the pipelined ones (``Gate``)."""
     if in_flight <= 1 or len(plans) <= 1:
-        if gate is None:
-            return await _in_sequence(plans, execute)
-        async with gate.ahead():
+        async with gate.ahead() if gate is not None else contextlib.nullcontext():
             return await _in_sequence(plans, execute)
     landed: dict[int, int] = {}  # plan index -> revision
     failures: dict[int, StoreError] = {}
