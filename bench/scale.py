@@ -757,6 +757,16 @@ class Run:
             await asyncio.sleep(1.0)
         return None
 
+    async def started_at_hosts(self, since_wall: float, ids: set[str]) -> list[tuple[float, float]]:
+        """For each of ``ids`` running at a simulated host: when it was created and started there, in
+        seconds after ``since_wall``."""
+        found: list[tuple[float, float]] = []
+        for sim in self.sims:
+            answer = await sim.command(f"started {since_wall!r}", timeout=self.args.timeout)
+            found += [(created - since_wall, started - since_wall)
+                      for cid, (created, started) in answer.get("started", {}).items() if cid in ids]
+        return found
+
     async def sim_calls(self, method: str) -> int:
         stats = [await s.command("stats") for s in self.sims]
         return sum(int(st.get("calls", {}).get(method, 0)) for st in stats)
@@ -784,8 +794,9 @@ class Run:
         creates_before = await self.sim_calls("CreateContainer")
         running_new: dict[str, tuple[str, float]] = {}
         noticed: dict[str, float] = {}
+        placed: dict[str, float] = {}
         done = asyncio.Event()
-        killed_at = 0.0
+        killed_at = killed_wall = 0.0
 
         def replaced() -> bool:
             got: dict[str, int] = {}
@@ -801,6 +812,8 @@ class Run:
                 now = time.perf_counter()
                 if r.id in lost_ids and r.phase is model.ReplicaPhase.STOPPING and r.id not in noticed:
                     noticed[r.id] = now - killed_at
+                if r.id not in before and r.id not in placed and r.host is not None:
+                    placed[r.id] = now - killed_at
                 if (r.id not in before and r.id not in running_new and r.phase is model.ReplicaPhase.RUNNING
                         and r.host is not None and r.host not in victim_ids):
                     running_new[r.id] = (r.service, now)
@@ -827,7 +840,7 @@ class Run:
                 sim = next(s for s in self.sims if s.first <= index < s.first + s.hosts)
                 by_sim.setdefault(sim.first, []).append(name)
             sims = {s.first: s for s in self.sims}
-            killed_at = time.perf_counter()
+            killed_at, killed_wall = time.perf_counter(), time.time()
             answers = await asyncio.gather(*(sims[f].command(f"fail {','.join(names)} silent")
                                              for f, names in by_sim.items()))
             if not all(a.get("ok") for a in answers):
@@ -843,6 +856,14 @@ class Run:
                 else None
             out["hosts_not_ready_s"] = summarize(list(not_ready.values()), digits=3)
             out["marked_stopping_s"] = summarize(list(noticed.values()), digits=3)
+            # The replacements' way from placed to recorded running: each one's record created on its
+            # new host (the pass that marked the lost ones placed it), its container created and started
+            # there (the simulators' clocks: same machine), then recorded running (replaced_s).
+            replacements = set(running_new)
+            out["placed_s"] = summarize([placed[rid] for rid in replacements if rid in placed], digits=3)
+            at_hosts = await self.started_at_hosts(killed_wall, replacements)
+            out["created_at_hosts_s"] = summarize([created for created, _ in at_hosts], digits=3)
+            out["started_at_hosts_s"] = summarize([started for _, started in at_hosts], digits=3)
             out["creates_during"] = await self.sim_calls("CreateContainer") - creates_before
         finally:
             for task in (follower, host_follower):
@@ -851,7 +872,8 @@ class Run:
                     await task
         took = out["replaced_s"]
         self.note(f"mass failure: hosts not ready p50 {out['hosts_not_ready_s']['p50']} s, replicas marked "
-                  f"stopping p50 {out['marked_stopping_s']['p50']} s, replaced p50 {took['p50']} s, "
+                  f"stopping p50 {out['marked_stopping_s']['p50']} s, started at their hosts p50 "
+                  f"{out['started_at_hosts_s']['p50']} s, replaced p50 {took['p50']} s, "
                   f"p99 {took['p99']} s, {out['not_replaced']} not replaced")
         found = await self.audit()
         out["audit_after_replacement"] = found.as_json()

@@ -92,6 +92,17 @@ class Fleet:
                 for h in self.hosts.values() if not h.silent and h.server is not None},
                 "unreachable": sorted(h.spec.name for h in self.hosts.values()
                                       if h.silent or h.server is None)}
+        if verb == "started" and len(args) == 1:
+            # When each container started at or after the wall time SINCE was created and started, by
+            # id: how long a replacement took to run at its host, before the scheduler recorded it.
+            try:
+                since = float(args[0])
+            except ValueError:
+                return {"ok": False, "error": f"started: {args[0]!r} is not a wall time in seconds"}
+            return {"ok": True, "started": {
+                c.id: [c.created_at.ToNanoseconds() / 1e9, c.started_at.ToNanoseconds() / 1e9]
+                for h in self.hosts.values() for c in h.containers.values()
+                if c.state == 2 and c.started_at.ToNanoseconds() / 1e9 >= since}}
         if verb in ("fail", "recover") and args:
             names = [n for n in args[0].split(",") if n]
             unknown = [n for n in names if n not in self.hosts]
@@ -112,7 +123,7 @@ class Fleet:
                     self._join(name, self.hosts[name])
             return {"ok": True, "hosts": names}
         return {"ok": False, "error": f"unknown command {line.strip()!r}: fail NAME[,NAME…] refuse|silent, "
-                                      "recover NAME[,NAME…] [reboot], stats, containers"}
+                                      "recover NAME[,NAME…] [reboot], stats, containers, started SINCE"}
 
     async def close(self) -> None:
         for name in list(self._tasks):

@@ -1,11 +1,13 @@
 """The simulator's control protocol on a small fleet: ``fail`` and ``recover`` on a comma list act on all
 its hosts, ``containers`` lists what the reachable hosts run (a silent host's containers are on a dead
-machine), and a reboot comes back empty. No scheduler answers here: the hosts' registrations just retry.
+machine), ``started`` when the containers started since a wall time were created and started, and a
+reboot comes back empty. No scheduler answers here: the hosts' registrations just retry.
 A usage snapshot, built once per container change, still carries each change and a new sequence."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from bench.sim.fleet import Fleet
 from bench.sim.host import HostSpec, SimHost, host_id_of
@@ -45,6 +47,32 @@ def test_fail_containers_and_reboot_on_a_list_of_hosts() -> None:
     assert after["running"] == {host_id_of("sim-00000"): [], host_id_of("sim-00001"): [],
                                 host_id_of("sim-00002"): ["r2"]}
     assert unknown["ok"] is False and "nope" in str(unknown["error"])
+
+
+def test_started_lists_what_started_since_a_wall_time_with_its_times() -> None:
+    specs = [HostSpec(name=f"sim-{i:05d}", port=free_port()) for i in range(2)]
+
+    async def scenario() -> tuple[float, float, dict[str, object], dict[str, object], dict[str, object]]:
+        fleet = Fleet(specs, schedulers=(f"127.0.0.1:{free_port()}",), join_rate=100.0)
+        try:
+            await fleet.start()
+            first, second = fleet.hosts.values()
+            await first.create(_create("old"))
+            since = time.time()
+            await second.create(_create("new"))
+            after = time.time()
+            return since, after, await fleet.command(f"started {since!r}"), \
+                await fleet.command("started soon"), await fleet.command(f"started {after + 60!r}")
+        finally:
+            await fleet.close()
+
+    since, after, found, bad, later = asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
+    assert found["ok"] is True and isinstance(found["started"], dict)
+    assert list(found["started"]) == ["new"]
+    created, started = found["started"]["new"]
+    assert since <= created <= started <= after
+    assert bad["ok"] is False and "soon" in str(bad["error"])
+    assert later == {"ok": True, "started": {}}
 
 
 def test_usage_snapshots_follow_container_changes_with_a_new_sequence_each() -> None:
