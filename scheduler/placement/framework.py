@@ -15,6 +15,10 @@ Plugins come in two shapes, because a batch must not re-examine every host after
   status, labels, images — a batch never changes these, so the answer is computed once per batch) or
   ``Reads.HOST`` (the host's accounting: room, ports, replicas — recomputed only for the host a replica
   was just placed on).
+* A ``Reads.HOST`` scorer whose score is the same on nearly every host may also answer
+  ``score_sparse``: that score and the few hosts (view indices) that differ (``SparseScores``), so a
+  batch builds its column without asking every host (service spread: only the hosts holding the
+  service's replicas score less than the rest).
 * ``DomainFilterPlugin`` / ``DomainScorePlugin`` answer for a whole topology domain (all hosts sharing
   one value of a label) from per-domain replica counts they prepare once per batch (``domains``); the
   batch re-asks them for a domain when its count changes, and for every domain when the global minimum
@@ -135,6 +139,22 @@ class ScorePlugin(Protocol):
     def score_all(self, request: PlacementRequest, hosts: Sequence[HostView]) -> list[float]:
         """``score`` for many hosts at once, in order (hosts that do not fit included)."""
         ...
+
+
+@dataclass(frozen=True)
+class SparseScores:
+    """Scores of every host of a view: ``default`` but for the hosts (by view index) in ``others``."""
+
+    default: float
+    others: Mapping[int, float]
+
+
+@runtime_checkable
+class SparseScorePlugin(Protocol):
+    """A score plugin that can also answer for a whole view as ``SparseScores`` (the same numbers as
+    ``score``), with cost in what differs rather than in the hosts."""
+
+    def score_sparse(self, request: PlacementRequest, view: ClusterView) -> SparseScores: ...
 
 
 @runtime_checkable
@@ -268,5 +288,5 @@ def build_profile(config: ProfileConfig, registry: Registry) -> Profile:
 __all__ = [
     "MAX_SCORE", "DomainFilterPlugin", "DomainScorePlugin", "Factory", "FilterPlugin", "PlacementError",
     "PlacementRequest", "PluginArgs", "Profile", "ProfileConfig", "Reads", "Reasons", "Registry",
-    "ScorePlugin", "build_profile", "check_args", "request_for",
+    "ScorePlugin", "SparseScorePlugin", "SparseScores", "build_profile", "check_args", "request_for",
 ]

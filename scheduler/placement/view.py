@@ -280,6 +280,11 @@ class ClusterView:
     def host(self, host_id: HostId) -> HostView:
         return self.by_id[host_id]
 
+    def service_hosts(self, service: ServiceName) -> Collection[int]:
+        """The indices of the hosts holding replicas of ``service`` (or that did: a superset), kept
+        current by ``assume``. Do not change it."""
+        return self._service_hosts.get(service, ())
+
     def host_of(self, replica: ReplicaId) -> HostId | None:
         """Where a replica is, as far as this view knows (placed by a batch or read with it)."""
         if replica in self.assumed:

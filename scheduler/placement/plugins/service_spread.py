@@ -13,8 +13,15 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 
 from scheduler.model import Strategy
-from scheduler.placement.framework import MAX_SCORE, PlacementRequest, PluginArgs, Reads, check_args
-from scheduler.placement.view import HostView
+from scheduler.placement.framework import (
+    MAX_SCORE,
+    PlacementRequest,
+    PluginArgs,
+    Reads,
+    SparseScores,
+    check_args,
+)
+from scheduler.placement.view import ClusterView, HostView
 
 NAME = "service_spread"
 
@@ -43,6 +50,12 @@ class ServiceSpread:
         # none of the service's replicas.
         service = request.service
         return [MAX_SCORE / (1 + host.replicas.get(service, 0)) for host in hosts]
+
+    def score_sparse(self, request: PlacementRequest, view: ClusterView) -> SparseScores:
+        # MAX_SCORE / (1 + 0) is MAX_SCORE exactly: the hosts without the service's replicas need no asking.
+        service, hosts = request.service, view.hosts
+        return SparseScores(MAX_SCORE, {i: MAX_SCORE / (1 + hosts[i].replicas.get(service, 0))
+                                        for i in view.service_hosts(service)})
 
 
 def new(args: PluginArgs) -> ServiceSpread:

@@ -1,0 +1,121 @@
+"""Scores a run builds without asking every host: a sparse scorer's column (service spread: only the
+hosts holding the service's replicas differ) and a static scorer's column kept for every host once a
+second sampled run asks for it (services sharing an image). Both must decide exactly as asking every
+host did."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import replace
+
+from hypothesis import HealthCheck, given, settings
+
+from scheduler.model import ReplicaPhase
+from scheduler.placement import batch, registry
+from scheduler.placement.framework import PlacementRequest, Profile, Reads, ScorePlugin, SparseScorePlugin
+from scheduler.placement.plugins.service_spread import ServiceSpread
+from scheduler.placement.sampling import Sampling
+from scheduler.placement.view import HostView
+from tests.unit.scheduler.placement import builders as b
+from tests.unit.scheduler.placement.test_properties import SAMPLED, Case, cases, view_of
+
+PROFILE = registry.default_profile()
+
+
+class Dense:
+    """A score plugin as it is, but without ``score_sparse``: every run asks it about every host."""
+
+    def __init__(self, inner: ScorePlugin) -> None:
+        self.inner = inner
+        self.name, self.reads = inner.name, inner.reads
+        self.strategy, self.normalize = inner.strategy, inner.normalize
+
+    def applies(self, request: PlacementRequest) -> bool:
+        return self.inner.applies(request)
+
+    def key(self, request: PlacementRequest) -> Hashable:
+        return self.inner.key(request)
+
+    def score(self, request: PlacementRequest, host: HostView) -> float:
+        return self.inner.score(request, host)
+
+    def score_all(self, request: PlacementRequest, hosts: Sequence[HostView]) -> list[float]:
+        return self.inner.score_all(request, hosts)
+
+
+class CountingImages(Dense):
+    """Image locality, counting the hosts each ``score_all`` is asked about."""
+
+    asked: list[int] = []
+
+    def score_all(self, request: PlacementRequest, hosts: Sequence[HostView]) -> list[float]:
+        self.asked.append(len(hosts))
+        return super().score_all(request, hosts)
+
+
+def dense(profile: Profile) -> Profile:
+    return replace(profile, host_scorers=tuple((Dense(p) if isinstance(p, SparseScorePlugin) else p, w)
+                                               for p, w in profile.host_scorers))
+
+
+def decisions(case: Case, profile: Profile) -> list[tuple[object, ...]]:
+    view = view_of(case, [])
+    out: list[tuple[object, ...]] = []
+    for part in case.batches:
+        result = batch.place(part, view, profile)  # type: ignore[arg-type]
+        for request in part:
+            outcome = result[request.replica]
+            out.append((outcome, result.verdicts(request.replica)))
+    return out
+
+
+def test_the_default_profile_scores_service_spread_sparsely() -> None:
+    assert [p.name for p, _ in PROFILE.host_scorers if isinstance(p, SparseScorePlugin)] == ["service_spread"]
+    assert not any(isinstance(p, SparseScorePlugin) for p, _ in dense(PROFILE).host_scorers)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_sparse_columns_decide_as_asking_every_host(case: Case) -> None:
+    for profile in (PROFILE, SAMPLED):
+        assert decisions(case, profile) == decisions(case, dense(profile))
+
+
+def test_service_spread_sparse_equals_its_score_on_every_host_as_replicas_land() -> None:
+    web, api = b.service("web", cpus=0.1), b.service("api", cpus=0.1)
+    hosts = [b.host(f"h{i:02d}") for i in range(12)]
+    existing = [b.replica("w0", web, "h03"), b.replica("w1", web, "h03"), b.replica("a0", api, "h05"),
+                b.replica("w2", web, "h07", phase=ReplicaPhase.STOPPING)]
+    view = b.cluster(hosts, services=[web, api], replicas=existing)
+    plugin = ServiceSpread()
+    for placed in ([], b.requests(web, 5), b.requests(api, 9, prefix="more")):
+        if placed:
+            batch.place(placed, view, PROFILE)
+        for svc in (web, api):
+            request = b.request(svc, "probe")
+            sparse = plugin.score_sparse(request, view)
+            assert [sparse.others.get(i, sparse.default) for i in range(len(view.hosts))] == \
+                [plugin.score(request, h) for h in view.hosts]
+            assert set(sparse.others) <= set(view.service_hosts(svc.name))
+
+
+def test_a_static_column_is_kept_for_every_host_once_a_second_sampled_run_asks() -> None:
+    """Three services share an image, one has its own: the first sampled run of an image asks about its
+    sample, the second about every host once, the third about none; a lone image is never kept."""
+    CountingImages.asked = []
+    base = replace(PROFILE, sampling=Sampling(percentage=10, min_hosts=10, hosts_per_replica=0))
+    profile = replace(base, host_scorers=tuple(
+        (CountingImages(p) if p.name == "image_locality" else p, w) for p, w in base.host_scorers))
+    assert any(p.reads is Reads.STATIC for p, _ in profile.host_scorers)
+    shared = [b.service(f"s{n}", cpus=0.1, image="registry.test/shared:1") for n in range(3)]
+    lone = b.service("lone", cpus=0.1, image="registry.test/lone:1")
+    view = b.cluster([b.host(f"h{i:03d}") for i in range(200)], services=[*shared, lone])
+    reference = b.cluster([b.host(f"h{i:03d}") for i in range(200)], services=[*shared, lone])
+    runs = [b.requests(svc, 2) for svc in (shared[0], lone, shared[1], shared[2])]
+    got = [batch.place(run, view, profile) for run in runs]
+    assert CountingImages.asked == [20, 20, 200]  # s0's sample, lone's sample, every host for s1; s2: none
+    expected = [batch.place(run, reference, base) for run in runs]
+    for mine, theirs, run in zip(got, expected, runs, strict=True):
+        for request in run:
+            assert mine[request.replica] == theirs[request.replica]
+            assert mine.verdicts(request.replica) == theirs.verdicts(request.replica)
