@@ -11,9 +11,8 @@ same service, template and placement rules form a *run*. For a run:
 * every host is filtered and scored once, by plugins' ``filter_all``/``score_all`` comprehensions
   over all hosts; and the view keeps those answers, so the next run with the same request shape (the
   plugins' ``key``) re-asks only for the hosts placements changed since (``ClusterView.tracked``),
-  static filters answer once per view, static scores once per view for every host when a second
-  sampled run asks (services sharing an image), and a sparse scorer (``SparseScorePlugin``: service
-  spread) is asked only about the hosts whose score differs from the rest;
+  static filters answer once per view, and a sparse scorer (``SparseScorePlugin``: service spread) is
+  asked only about the hosts whose score differs from the rest;
 * hosts that fit sit in a heap per topology domain (one domain when the service has no topology spread),
   ordered by score; the domains sit in a heap ordered by their best host's score plus the domain's own
   score, and only domains the domain filters allow are in it;
@@ -224,17 +223,6 @@ class _Looks:
             known = view.tracked(key, functools.partial(every, view.hosts), one)
         return _pick(known, sample) if known is not None else every(hosts)
 
-    def static_values(self, key: Hashable, sample: Sequence[int] | None, hosts: Sequence[HostView],
-                      every: Callable[[Sequence[HostView]], list[_T]]) -> list[_T]:
-        """A ``Reads.STATIC`` value for each of the run's ``hosts``. A run over every host computes it
-        afresh (not kept: a column per image for every host of a large view would cost more memory than it
-        saves); a sampled run picks it from one kept for every host once a second run asks (services
-        sharing an image), else computes it for its sample alone."""
-        view = self.view
-        if sample is None or not view.asked(key):
-            return every(hosts)
-        return _pick(view.memo(key, lambda: every(view.hosts)), sample)
-
     def sparse(self, scores: SparseScores, sample: Sequence[int] | None) -> list[float]:
         """The column of ``scores`` for every host of the view (``sample`` None) or for the sample's, in
         its order: no plugin call per host."""
@@ -394,9 +382,8 @@ class _Run:
         for p, weight in static_scorers + dynamic_scorers:
             if isinstance(p, SparseScorePlugin):
                 raw = looks.sparse(p.score_sparse(request, view), self.sample)
-            elif p.reads is Reads.STATIC:
-                raw = looks.static_values(("placement.static_score", p, p.key(request)), self.sample, hosts,
-                                          functools.partial(p.score_all, request))
+            elif p.reads is Reads.STATIC:  # not kept: a column per image would cost more than it saves
+                raw = p.score_all(request, hosts)
             else:
                 raw = looks.host_values(("placement.score", p, p.key(request)), self.sample, hosts,
                                         functools.partial(p.score_all, request),

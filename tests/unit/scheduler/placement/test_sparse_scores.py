@@ -1,7 +1,5 @@
-"""Scores a run builds without asking every host: a sparse scorer's column (service spread: only the
-hosts holding the service's replicas differ) and a static scorer's column kept for every host once a
-second sampled run asks for it (services sharing an image). Both must decide exactly as asking every
-host did."""
+"""A sparse scorer's column (service spread: only the hosts holding the service's replicas score less
+than the rest), built without asking every host, must decide exactly as asking every host did."""
 
 from __future__ import annotations
 
@@ -12,9 +10,8 @@ from hypothesis import HealthCheck, given, settings
 
 from scheduler.model import ReplicaPhase
 from scheduler.placement import batch, registry
-from scheduler.placement.framework import PlacementRequest, Profile, Reads, ScorePlugin, SparseScorePlugin
+from scheduler.placement.framework import PlacementRequest, Profile, ScorePlugin, SparseScorePlugin
 from scheduler.placement.plugins.service_spread import ServiceSpread
-from scheduler.placement.sampling import Sampling
 from scheduler.placement.view import HostView
 from tests.unit.scheduler.placement import builders as b
 from tests.unit.scheduler.placement.test_properties import SAMPLED, Case, cases, view_of
@@ -41,16 +38,6 @@ class Dense:
 
     def score_all(self, request: PlacementRequest, hosts: Sequence[HostView]) -> list[float]:
         return self.inner.score_all(request, hosts)
-
-
-class CountingImages(Dense):
-    """Image locality, counting the hosts each ``score_all`` is asked about."""
-
-    asked: list[int] = []
-
-    def score_all(self, request: PlacementRequest, hosts: Sequence[HostView]) -> list[float]:
-        self.asked.append(len(hosts))
-        return super().score_all(request, hosts)
 
 
 def dense(profile: Profile) -> Profile:
@@ -98,24 +85,3 @@ def test_service_spread_sparse_equals_its_score_on_every_host_as_replicas_land()
                 [plugin.score(request, h) for h in view.hosts]
             assert set(sparse.others) <= set(view.service_hosts(svc.name))
 
-
-def test_a_static_column_is_kept_for_every_host_once_a_second_sampled_run_asks() -> None:
-    """Three services share an image, one has its own: the first sampled run of an image asks about its
-    sample, the second about every host once, the third about none; a lone image is never kept."""
-    CountingImages.asked = []
-    base = replace(PROFILE, sampling=Sampling(percentage=10, min_hosts=10, hosts_per_replica=0))
-    profile = replace(base, host_scorers=tuple(
-        (CountingImages(p) if p.name == "image_locality" else p, w) for p, w in base.host_scorers))
-    assert any(p.reads is Reads.STATIC for p, _ in profile.host_scorers)
-    shared = [b.service(f"s{n}", cpus=0.1, image="registry.test/shared:1") for n in range(3)]
-    lone = b.service("lone", cpus=0.1, image="registry.test/lone:1")
-    view = b.cluster([b.host(f"h{i:03d}") for i in range(200)], services=[*shared, lone])
-    reference = b.cluster([b.host(f"h{i:03d}") for i in range(200)], services=[*shared, lone])
-    runs = [b.requests(svc, 2) for svc in (shared[0], lone, shared[1], shared[2])]
-    got = [batch.place(run, view, profile) for run in runs]
-    assert CountingImages.asked == [20, 20, 200]  # s0's sample, lone's sample, every host for s1; s2: none
-    expected = [batch.place(run, reference, base) for run in runs]
-    for mine, theirs, run in zip(got, expected, runs, strict=True):
-        for request in run:
-            assert mine[request.replica] == theirs[request.replica]
-            assert mine.verdicts(request.replica) == theirs.verdicts(request.replica)
