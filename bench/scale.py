@@ -36,8 +36,10 @@ Then it measures, printing a table and writing JSON (``--out``, default
   collapsed stacks (``--format raw``) for ``bench/scale.py``'s reader or flamegraph tools;
 * **mass failure** (``--no-mass-failure`` skips it): ``fail silent`` on ``--kill`` hosts at once (100,
   spread over the simulator processes and zones: ``bench.sim.recovery.pick_victims``); for every replica
-  that was on them, the time from the kill until a replacement of its service runs on another host
-  (p50/p99/max), when the leader marked the killed hosts not ready and their replicas stopping, and an
+  that was on them, the time from the kill until a replacement of its service is recorded running on
+  another host (p50/p99/max), when the leader marked the killed hosts not ready and their replicas
+  stopping, when each replacement was placed and created and started at its host (the simulators'
+  clocks: what the service's traffic sees before the record says so), and an
   audit (``bench.sim.audit``) that every service has exactly its declared live replicas (a ready host,
   not stopping) and no replica id runs on two hosts, from etcd and the simulators' container lists.
   Then the hosts reboot (``recover … reboot``: back empty), and the time until all are ready and no
