@@ -454,13 +454,14 @@ class Controller:
             key = action.replica if isinstance(action, reconcile.Launch) else action.container
             self._acting[key] = action.host
         self.actuator.submit(plan.actions)
-        if scope is None and not placer.built:
+        idle_net = scope is None and not placer.built  # the safety net, and it found nothing to place
+        if idle_net:
             # The safety net keeps the view cache warm (its cost counts in the net's share, below): the
             # next placing pass, a mass failure's, then rebuilds only the hosts that changed since.
             self.views.refresh(self._view_inputs(world))
         ended = time.perf_counter()
         busy = ended - started - (landed - encoded)  # the loop's own time: the commit's wait excluded
-        if scope is None and not placer.built:
+        if idle_net:
             # What the safety net costs is a full pass that finds nothing to place; one that placed
             # says what placing costs, not what the next safety net will.
             self.full_interval = max(FULL_PASS_INTERVAL, busy / FULL_PASS_SHARE)

@@ -100,9 +100,9 @@ class Fleet:
             except ValueError:
                 return {"ok": False, "error": f"started: {args[0]!r} is not a wall time in seconds"}
             return {"ok": True, "started": {
-                c.id: [c.created_at.ToNanoseconds() / 1e9, c.started_at.ToNanoseconds() / 1e9]
+                c.id: [c.created_at.ToNanoseconds() / 1e9, started]
                 for h in self.hosts.values() for c in h.containers.values()
-                if c.state == 2 and c.started_at.ToNanoseconds() / 1e9 >= since}}
+                if c.state == 2 and (started := c.started_at.ToNanoseconds() / 1e9) >= since}}
         if verb in ("fail", "recover") and args:
             names = [n for n in args[0].split(",") if n]
             unknown = [n for n in names if n not in self.hosts]

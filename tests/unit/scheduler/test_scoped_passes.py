@@ -364,13 +364,14 @@ def test_a_pass_places_up_to_its_budget_and_the_next_places_the_rest(
 
 
 def test_the_safety_net_keeps_the_placement_view_warm_for_the_next_placing_pass() -> None:
-    """A full pass that places nothing still builds the view (``ViewCache``): the next pass that places
-    copies every host that did not change instead of counting its replicas again."""
+    """A full pass that places nothing still brings the view cache up to date (``ViewCache.refresh``, no
+    view built): the next pass that places copies every host that did not change instead of counting
+    its replicas again."""
     async def go() -> tuple[list[int], list[Plan]]:
         plans: list[Plan] = []
         ctl, sessions = await settled_controller([], plans=plans)
         rebuilt = []
-        await ctl.step()  # the term's first pass: full, nothing to place, the view built all the same
+        await ctl.step()  # the term's first pass: full, nothing to place, the cache refreshed all the same
         rebuilt.append(ctl.views.rebuilt)
         assert ctl.mirror is not None
         web = ctl.mirror.services[ServiceName("web")]
