@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -80,6 +81,9 @@ _HEALTH = {
 }
 
 
+WATCH_USAGE = "/shoal.agent.v1.Host/WatchUsage"
+
+
 def usage_of(snapshot: pb.UsageSnapshot, received: float | None = None) -> dict[str, ContainerUsage]:
     """The usage of the scheduler's containers in one snapshot (those carrying the replica label); taken
     at the snapshot's time, or when it was ``received`` (default: now) if it has none."""
@@ -103,8 +107,13 @@ def observe_container(ctr: pb.Container) -> ObservedContainer | None:
         generation = int(labels.get(LABEL_GENERATION, "0"))
     except ValueError:
         generation = 0
+    # One string where two are equal, and one per service name: a session keeps every container it
+    # follows, and a leader's worker follows 100,000 of them (docs/scaling.md, part 14).
+    cid = ctr.id
+    replica = labels.get(LABEL_REPLICA, cid)
     return ObservedContainer(
-        id=ctr.id, service=ServiceName(service), replica=ReplicaId(labels.get(LABEL_REPLICA, ctr.id)),
+        id=cid, service=ServiceName(sys.intern(service)),
+        replica=ReplicaId(cid if replica == cid else replica),
         generation=generation, state=_STATES.get(ctr.state, ContainerState.EXITED),
         health=_HEALTH.get(ctr.health, Health.NONE), exit_code=ctr.exit_code, reason=ctr.reason,
         error=ctr.error, restart_count=ctr.restart_count,
@@ -152,12 +161,17 @@ class Credentials:
     def channel(self, address: str) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
                                              certificate_chain=self.cert)
-        return grpc.aio.secure_channel(address, creds)
+        return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+
+
+# Retries off: gRPC's retry state is ~11 KiB of every channel (bench/session_memory.py, docs/scaling.md
+# part 14), one channel per host; a call that fails is decided again by the next reconcile pass anyway.
+CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
 
 
 def open_channel(address: str, credentials: Credentials | None) -> grpc.aio.Channel:
     if credentials is None:
-        return grpc.aio.insecure_channel(address)
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
     return credentials.channel(address)
 
 
@@ -190,10 +204,11 @@ class AgentSession:
         self.observation = HostObservation(host=host)
         self.info: pb.HostInfo | None = None
         self._decided: tuple[object, ...] | None = None  # decided_by(info), kept: asked once a second
-        # The latest usage snapshot, decoded into ``usage`` only when something reads it (the autoscaler,
-        # on its own clock): decoding every host's snapshot every second cost ~65 µs each for 30
-        # containers, most of a session's cpu at thousands of hosts.
-        self._snapshot: pb.UsageSnapshot | None = None
+        # The latest usage snapshot as it arrived, decoded into ``usage`` only when something reads it
+        # (the autoscaler, on its own clock): decoding every host's containers every second cost ~65 µs
+        # each for 30 containers, most of a session's cpu at thousands of hosts. Kept as bytes: a decoded
+        # report holds 20.6 KiB for 20 containers, its bytes 4.7 KiB (docs/scaling.md, part 14).
+        self._report: bytes | None = None
         self._usage: dict[str, ContainerUsage] | None = {}
         self.last_seen = 0.0      # wall time of the latest usage snapshot
         self.error = ""           # why it is not connected, for a person
@@ -202,7 +217,8 @@ class AgentSession:
         self.agent_down = False
         self.channel = open_channel(address, credentials)
         self.containers = pb_grpc.ContainersStub(self.channel)
-        self._host_stub = pb_grpc.HostStub(self.channel)
+        self._watch_usage = self.channel.unary_stream(  # the reports undecoded: ``_report``
+            WATCH_USAGE, request_serializer=pb.WatchUsageRequest.SerializeToString)
         self._task: asyncio.Task[None] | None = None
         self._usage_ok = False
         self._events_ok = False
@@ -211,7 +227,8 @@ class AgentSession:
     def usage(self) -> dict[str, ContainerUsage]:
         """The latest usage of each scheduler-managed container (its id is its replica's id)."""
         if self._usage is None:
-            self._usage = usage_of(self._snapshot, self.last_seen) if self._snapshot is not None else {}
+            self._usage = ({} if self._report is None
+                           else usage_of(pb.UsageSnapshot.FromString(self._report), self.last_seen))
         return self._usage
 
     def start(self) -> None:
@@ -401,23 +418,27 @@ class AgentSession:
             if self._paced is not None:
                 (self.usage_interval, self.heartbeat_timeout), self._paced = self._paced, None
             request = pb.WatchUsageRequest(labels={}, interval_seconds=self.usage_interval)
-            call = self._host_stub.WatchUsage(request)
-            async for snapshot in call:
-                self._on_usage(snapshot)
+            call = self._watch_usage(request)
+            async for report in call:
+                self._on_usage(report)
                 if self._paced is not None:
                     break  # subscribe again at the new pace; the agent answers with a report at once
             else:
                 raise ConnectionError("the agent ended its usage stream")
             call.cancel()
 
-    def _on_usage(self, snapshot: pb.UsageSnapshot) -> None:
-        decided = decided_by(snapshot.host)
+    def _on_usage(self, report: bytes) -> None:
+        snapshot = pb.UsageSnapshot.FromString(report)
+        # A copy: a submessage kept would keep the whole decoded report alive with it.
+        info = pb.HostInfo()
+        info.CopyFrom(snapshot.host)
+        decided = decided_by(info)
         changed = decided != self._decided
-        self.info, self._decided = snapshot.host, decided
+        self.info, self._decided = info, decided
         self.last_seen = time.time()
         if snapshot.HasField("time"):  # how far behind the leader reads its hosts
             self._stalls.read(self.last_seen - snapshot.time.ToNanoseconds() / 1e9)
-        self._snapshot, self._usage = snapshot, None
+        self._report, self._usage = report, None
         self._hear()
         if self.silent or not self._usage_ok:
             if self.silent:  # heard again on the same streams: nothing was missed, nothing to relist

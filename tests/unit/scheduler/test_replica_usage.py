@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from bench.sim.host import HostSpec
 from proto.agent.v1 import agent_pb2 as pb
-from scheduler.agents import ReplicaUsage, usage_of
+from scheduler.agents import ReplicaUsage, observe_container, usage_of
 from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId, Replica, ReplicaId, ServiceName
 from scheduler.observed import ContainerUsage
 from tests.fixtures.etcd import free_port
@@ -65,3 +65,18 @@ def test_a_sessions_usage_follows_its_latest_snapshot() -> None:
 
     first, later = asyncio.run(asyncio.wait_for(scenario(), 4 * BOUND_S))
     assert later > first  # a newer snapshot replaced the decoded usage
+
+
+def test_observed_containers_share_their_strings() -> None:
+    """A leader's session worker keeps every container of its hosts (100,000 at 5,000 hosts): a replica id
+    equal to its container's id is that string, and a service's name is one string for all of them."""
+    def container(cid: str, replica: str) -> pb.Container:
+        labels = {LABEL_SERVICE: "web", LABEL_REPLICA: replica}
+        return pb.Container(id=cid, spec=pb.ContainerSpec(labels=labels))
+
+    a, b = observe_container(container("web-1", "web-1")), observe_container(container("web-2", "web-2"))
+    assert a is not None and b is not None
+    assert a.replica == "web-1" and a.replica is a.id
+    assert a.service == "web" and a.service is b.service
+    other = observe_container(container("c1", "r1"))
+    assert other is not None and (other.id, other.replica) == ("c1", "r1")
