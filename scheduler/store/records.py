@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -185,12 +186,25 @@ def _codec(cls: type[Any]) -> _DataclassCodec:
     if codec is None:
         hints = typing.get_type_hints(cls)
         fields = tuple(
-            _Field(f.name, *_compile(hints[f.name]),
+            _Field(f.name, *_shared(_compile(hints[f.name]), f.metadata.get("shared", False)),
                    required=f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
             for f in dataclasses.fields(cls) if f.name not in _META_FIELDS
         )
         codec = _codecs[cls] = _DataclassCodec(cls, fields)
     return codec
+
+
+def _shared(codec: tuple[Encoder, Decoder], shared: bool) -> tuple[Encoder, Decoder]:
+    """A string field marked ``model.SHARED`` decodes to one copy of each value (``sys.intern``)."""
+    if not shared:
+        return codec
+    encode, decode = codec
+
+    def decode_shared(value: Any) -> Any:
+        decoded = decode(value)
+        return sys.intern(decoded) if type(decoded) is str else decoded
+
+    return encode, decode_shared
 
 
 def _json_type(value: Any) -> str:

@@ -137,3 +137,19 @@ def test_an_integer_is_a_valid_float_and_null_a_missing_optional() -> None:
 def test_non_finite_floats_are_not_stored() -> None:
     with pytest.raises(ValueError, match="Out of range float"):
         records.encode(dataclasses.replace(build.full_host_status(), since=math.inf))
+
+
+def test_decoded_replicas_share_the_strings_many_records_repeat() -> None:
+    """A follower decodes every replica of the cluster: a service's name, a host id and a common reason
+    (``model.SHARED`` fields) are one string for all the records that hold them; ids stay their own."""
+    def replica(rid: str) -> model.Replica:
+        return model.Replica(id=model.ReplicaId(rid), service=model.ServiceName("web-frontend"), generation=1,
+                             host=model.HostId("0123456789abcdef0123456789abcdef"),
+                             phase=model.ReplicaPhase.RUNNING, ready=True, reason="running as asked",
+                             decisions=(model.Decision(1.0, "created", "the service wants 100 replicas"),))
+
+    a, b = (records.decode(model.Replica, records.encode(replica(rid))) for rid in ("web-1", "web-2"))
+    assert a.service == "web-frontend" and a.service is b.service
+    assert a.host is b.host and a.reason is b.reason
+    assert a.decisions[0].action is b.decisions[0].action and a.decisions[0].reason is b.decisions[0].reason
+    assert a == dataclasses.replace(replica("web-1"), revision=0)
