@@ -40,6 +40,9 @@ def _scaled(value: Any, factor: float) -> float | None:
 def figures(result: dict[str, Any]) -> dict[str, float | None]:
     """The plotted and tabulated numbers of one run (None: not measured, or not reached)."""
     cores = _get(result, "steady_cpu_cores", "leader")
+    leader = _get(result, "steady_leader_rss_bytes")
+    per_worker = _get(result, "steady_session_workers_rss_bytes")
+    workers = sum(per_worker) if per_worker else None  # None: sessions in the leader's own process
     return {
         "hosts": float(result["hosts"]),
         "replicas": float(result["replicas"]),
@@ -47,6 +50,9 @@ def figures(result: dict[str, Any]) -> dict[str, float | None]:
         "running_s": _get(result, "running_s"),
         "leader_cores": None if cores is None else float(cores),
         "leader_rss_mib": _scaled(_get(result, "steady_leader_rss_bytes"), 1 / (1 << 20)),
+        "workers_rss_mib": _scaled(workers, 1 / (1 << 20)),
+        "instance_rss_mib": _scaled(None if leader is None or workers is None else leader + workers,
+                                    1 / (1 << 20)),
         "get_services_p50_ms": _scaled(_get(result, "get_services_s", "p50"), 1000),
         "get_services_p99_ms": _scaled(_get(result, "get_services_s", "p99"), 1000),
         "mass_failure_p50_s": _get(result, "mass_failure", "replaced_s", "p50"),
@@ -93,7 +99,8 @@ def _checks(result: dict[str, Any]) -> str:
 COLUMNS = (  # (header, figure, digits)
     ("hosts", "hosts", 0), ("replicas", "replicas", 0), ("replicas/s", "replicas_per_s", 0),
     ("all running (s)", "running_s", 1), ("leader cores", "leader_cores", 2),
-    ("leader RSS (MiB)", "leader_rss_mib", 0), ("get services p50 / p99 (ms)", "", 0),
+    ("leader RSS (MiB)", "leader_rss_mib", 0), ("session workers RSS (MiB)", "workers_rss_mib", 0),
+    ("get services p50 / p99 (ms)", "", 0),
     ("mass failure p50 / p99 (s)", "", 1), ("failover: elected / acts (s)", "", 2),
 )
 
@@ -112,11 +119,17 @@ def table(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+GOALS = {  # issue 15's goals, drawn where they apply: (value, label)
+    "placement throughput": (5000.0, "goal: 5,000/s"),
+    "RSS, steady state": (1024.0, "goal: 1 GiB"),
+}
+
 PANELS = (  # (title, unit, [(figure, label)], draw the linear guide)
     ("placement throughput", "replicas/s", [("replicas_per_s", "apply → all assigned")], False),
     ("time to all running", "s", [("running_s", "apply → all running")], True),
     ("leader cpu, steady state", "cores", [("leader_cores", "leader")], True),
-    ("leader RSS, steady state", "MiB", [("leader_rss_mib", "leader")], True),
+    ("RSS, steady state", "MiB", [("leader_rss_mib", "leader"),
+                                  ("instance_rss_mib", "leader + session workers")], True),
     ("get services", "ms", [("get_services_p50_ms", "p50"), ("get_services_p99_ms", "p99")], True),
     ("mass failure: replaced elsewhere", "s", [("mass_failure_p50_s", "p50"), ("mass_failure_p99_s", "p99")],
      False),
@@ -130,6 +143,7 @@ def plot(runs: Sequence[dict[str, Any]], out: Path) -> None:
 
     matplotlib.use("Agg")  # no display: write a file
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [figures(r) for r in runs]
     cols = 4
@@ -149,7 +163,13 @@ def plot(runs: Sequence[dict[str, Any]], out: Path) -> None:
                 xs_all = [p[0] for p in points]
                 ax.plot(xs_all, [y0 * x / x0 for x in xs_all], color="#999999", linestyle="--",
                         linewidth=1, label="linear from the smallest")
+        if title in GOALS:
+            value, label = GOALS[title]
+            ax.axhline(value, color="#d62728", linestyle="-.", linewidth=1, label=label)
         ax.set_xscale("log")
+        sizes_run = sorted({r["hosts"] for r in rows if r["hosts"] is not None})
+        ax.set_xticks(sizes_run, [f"{int(x):,}" for x in sizes_run])  # the sizes run, not powers of ten
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("hosts")
         ax.set_ylabel(unit)

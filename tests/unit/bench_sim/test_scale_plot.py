@@ -27,6 +27,14 @@ def test_figures_of_a_complete_run_in_the_units_plotted() -> None:
     assert (f["failover_elected_s"], f["failover_acts_s"]) == (2.1, 3.4)
 
 
+def test_the_instance_is_the_leader_and_its_session_workers() -> None:
+    full = dict(scale_plot.load([FIXTURE])[0])
+    assert scale_plot.figures(full)["instance_rss_mib"] is None  # sessions in the leader: no workers
+    full["steady_session_workers_rss_bytes"] = [100 << 20, 50 << 20]
+    f = scale_plot.figures(full)
+    assert (f["workers_rss_mib"], f["instance_rss_mib"]) == (150.0, 450.0)
+
+
 def test_figures_not_reached_are_none() -> None:
     partial = scale_plot.load([FIXTURE])[1]
     f = scale_plot.figures(partial)
@@ -37,7 +45,7 @@ def test_the_table_has_a_row_per_run_with_gaps_and_checks() -> None:
     text = scale_plot.table(scale_plot.load([FIXTURE]))
     lines = text.splitlines()
     assert len(lines) == 4  # header, rule, two runs
-    assert lines[2].startswith("| 500 | 10,000 | 2,500 | 12.5 | 0.80 | 300 | 120 / 400 | 7.5 / 11.0 | "
+    assert lines[2].startswith("| 500 | 10,000 | 2,500 | 12.5 | 0.80 | 300 | — | 120 / 400 | 7.5 / 11.0 | "
                                "2.10 / 3.40 |")
     assert "mass failure audit ok; failover audit ok; failover moved 0, created 0" in lines[2]
     assert lines[3].startswith("| 5,000 | 100,000 | — | — |")
