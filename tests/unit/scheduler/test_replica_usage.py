@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import pytest
+
 from bench.sim.host import HostSpec
 from proto.agent.v1 import agent_pb2 as pb
-from scheduler.agents import ReplicaUsage, observe_container, usage_of
+from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from scheduler.agents import LazyStub, ReplicaUsage, observe_container, usage_of
 from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId, Replica, ReplicaId, ServiceName
 from scheduler.observed import ContainerUsage
 from tests.fixtures.etcd import free_port
@@ -80,3 +83,26 @@ def test_observed_containers_share_their_strings() -> None:
     assert a.service == "web" and a.service is b.service
     other = observe_container(container("c1", "r1"))
     assert other is not None and (other.id, other.replica) == ("c1", "r1")
+
+
+def test_a_lazy_stub_makes_each_method_once_when_first_used() -> None:
+    """A session's ``Containers`` client: a method is made on the channel as the generated stub makes
+    it, on first use only (a session worker follows thousands of hosts and each calls a few)."""
+    made: list[tuple[str, str]] = []
+
+    class Channel:
+        def __getattr__(self, kind: str) -> Any:
+            def make(method: str, **kwargs: Any) -> tuple[str, str, Any]:
+                made.append((kind, method))
+                return (kind, method, kwargs["response_deserializer"])
+            return make
+
+    stub = cast(Any, LazyStub(pb_grpc.ContainersStub, cast(Any, Channel())))
+    assert made == []
+    create = stub.CreateContainers
+    assert create == ("unary_unary", "/shoal.agent.v1.Containers/CreateContainers",
+                      pb.CreateContainersResponse.FromString)
+    assert stub.CreateContainers is create and made == [create[:2]]
+    assert stub.WatchEvents[:2] == ("unary_stream", "/shoal.agent.v1.Containers/WatchEvents")
+    with pytest.raises(AttributeError):
+        stub.NoSuchCall  # noqa: B018
