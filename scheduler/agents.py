@@ -178,8 +178,8 @@ class _Methods:
 
 class LazyStub:
     """A generated gRPC stub whose methods are made on a channel when first used. A stub makes every
-    method at once (thirteen for ``Containers``: 5.5 KiB a host in a session worker following thousands,
-    tracemalloc in docs/scaling.md part 14), and a session calls three or four of them."""
+    method at once (thirteen for ``Containers``: 8 KiB of RSS a host in a session worker following
+    thousands, docs/scaling.md part 14), and a session calls three or four of them."""
 
     def __init__(self, stub: type[Any], channel: grpc.aio.Channel) -> None:
         specs = _STUB_SPECS.get(stub)
