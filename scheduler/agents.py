@@ -164,8 +164,9 @@ class Credentials:
         return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
 
 
-# Retries off: gRPC's retry state is ~11 KiB of every channel (bench/session_memory.py, docs/scaling.md
-# part 14), one channel per host; a call that fails is decided again by the next reconcile pass anyway.
+# Retries off: Shoal sets no retry policy, and gRPC's retry state was ~11 KiB of every channel with its
+# streams (bench/session_memory.py; docs/scaling.md, parts 12 and 14), one channel per host. A call that
+# fails is decided again by the next reconcile pass.
 CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
 
 

@@ -28,9 +28,10 @@ LABEL_REPLICA = "shoal.replica"
 LABEL_GENERATION = "shoal.generation"
 
 # Field metadata: a string that many records repeat (a service's name, a host id, a common reason).
-# Decoded records share one copy of each (``scheduler.store.records``): a follower of 100,000 replicas
-# held 1.59 KiB per replica with a copy each, 1.0 KiB without (docs/scaling.md, part 14).
+# Decoded records share one copy of each (``scheduler.store.records``): a decoded replica held 1.59 KiB
+# with a copy each, 0.77 KiB with them shared and its decisions in slots (docs/scaling.md, part 14).
 SHARED = {"shared": True}
+
 # The fence owner every scheduler instance uses on agents; the epoch is the leader's term.
 FENCE_OWNER = "scheduler"
 
