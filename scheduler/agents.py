@@ -190,7 +190,7 @@ class LazyStub:
         self._channel = channel
 
     def __getattr__(self, name: str) -> Any:
-        specs = self.__dict__["_specs"]
+        specs = self.__dict__.get("_specs", {})  # (empty before __init__ ran: copy, pickle)
         if name not in specs:
             raise AttributeError(name)
         kind, args, kwargs = specs[name]

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from agent.join import Joiner, JoinSettings
 from bench.procstat import rss_bytes
 from bench.sim.host import HostSpec, SimHost
+from proto.agent.v1 import agent_pb2 as pb
 
 
 class Fleet:
@@ -102,7 +103,8 @@ class Fleet:
             return {"ok": True, "started": {
                 c.id: [c.created_at.ToNanoseconds() / 1e9, started]
                 for h in self.hosts.values() for c in h.containers.values()
-                if c.state == 2 and (started := c.started_at.ToNanoseconds() / 1e9) >= since}}
+                if c.state == pb.CONTAINER_STATE_RUNNING
+                and (started := c.started_at.ToNanoseconds() / 1e9) >= since}}
         if verb in ("fail", "recover") and args:
             names = [n for n in args[0].split(",") if n]
             unknown = [n for n in names if n not in self.hosts]
