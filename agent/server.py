@@ -18,10 +18,10 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -49,7 +49,7 @@ from agent.runtime.spec import (
 )
 from agent.runtime.state import State
 from agent.security.seccomp_profile import SeccompMode, SeccompOption
-from agent.streams import LatestPerKey, drain_coalesced, write_stream_to
+from agent.streams import LatestPerKey, drain_coalesced, interleave, write_stream_to
 from agent.usage.host import Condition
 from agent.usage.metrics import AgentMetrics
 from agent.usage.sampler import HostSample, Snapshot, UsageSampler
@@ -605,6 +605,11 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     @streaming
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.Event]:
+        async for message in self.events(request):
+            yield message
+
+    async def events(self, request: pb.WatchEventsRequest) -> AsyncGenerator[pb.Event, None]:
+        """What ``WatchEvents`` streams (``WatchHost`` streams it too)."""
         after = request.after_sequence if request.HasField("after_sequence") else None
         log_ = self.runtime.events
         async for event in log_.subscribe(after_sequence=after, labels=dict(request.labels) or None,
@@ -766,9 +771,11 @@ def snapshot_to_pb(snapshot: Snapshot, *, network: tuple[str, str]) -> pb.UsageS
 
 
 class HostService(pb_grpc.HostServicer):
-    def __init__(self, sampler: UsageSampler, *, network: tuple[str, str]) -> None:
+    def __init__(self, sampler: UsageSampler, *, network: tuple[str, str],
+                 events: Callable[[pb.WatchEventsRequest], AsyncGenerator[pb.Event, None]]) -> None:
         self.sampler = sampler
         self.network = network  # (subnet, bridge), empty strings without bridge networking
+        self.events = events    # ``ContainersService.events``: what ``WatchHost`` interleaves with usage
 
     @unary
     async def GetHost(self, request: pb.GetHostRequest, context: Any) -> pb.HostInfo:
@@ -779,12 +786,25 @@ class HostService(pb_grpc.HostServicer):
     @streaming
     async def WatchUsage(self, request: pb.WatchUsageRequest, context: Any
                          ) -> AsyncIterator[pb.UsageSnapshot]:
+        async for snapshot in self.usage(request):
+            yield snapshot
+
+    async def usage(self, request: pb.WatchUsageRequest) -> AsyncGenerator[pb.UsageSnapshot, None]:
+        """What ``WatchUsage`` streams (``WatchHost`` streams it too)."""
         if request.interval_seconds < 0:
             raise errors.InvalidArgument(
                 f"interval_seconds cannot be negative, got {request.interval_seconds}")
         async for snapshot in self.sampler.subscribe(dict(request.labels) or None,
                                                      every=request.interval_seconds):
             yield snapshot_to_pb(snapshot, network=self.network)
+
+    @streaming
+    async def WatchHost(self, request: pb.WatchHostRequest, context: Any) -> AsyncIterator[pb.HostUpdate]:
+        async for which, item in interleave(self.events(request.events), self.usage(request.usage)):
+            if which == 0:
+                yield pb.HostUpdate(event=cast(pb.Event, item))
+            else:
+                yield pb.HostUpdate(usage=cast(pb.UsageSnapshot, item))
 
 
 class SystemService(pb_grpc.SystemServicer):
@@ -807,8 +827,10 @@ class SystemService(pb_grpc.SystemServicer):
 def add_services(server: grpc.aio.Server, *, runtime: ContainerRuntime, store: ImageStore,
                  scratch: Path, sampler: UsageSampler, network: tuple[str, str] = ("", ""),
                  puller: Puller | None = None, metrics: AgentMetrics | None = None) -> None:
-    pb_grpc.add_ContainersServicer_to_server(ContainersService(runtime, metrics), server)
+    containers = ContainersService(runtime, metrics)
+    pb_grpc.add_ContainersServicer_to_server(containers, server)
     pb_grpc.add_ImagesServicer_to_server(
         ImagesService(store, runtime, scratch=scratch, puller=puller, metrics=metrics), server)
     pb_grpc.add_SystemServicer_to_server(SystemService(runtime, store), server)
-    pb_grpc.add_HostServicer_to_server(HostService(sampler, network=network), server)
+    pb_grpc.add_HostServicer_to_server(
+        HostService(sampler, network=network, events=containers.events), server)

@@ -8,6 +8,8 @@ bytes to files, without letting either side stall the other or the event loop.
   backlog) and never slows the work, which other clients may share.
 * ``write_stream_to``: an upload, written to a file in a worker thread while the next chunks arrive,
   with at most two batches in memory.
+* ``interleave``: several streams as one, each item as its stream produces it (``WatchHost``: a host's
+  events and usage on one gRPC stream).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Hashable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Hashable
 from typing import Any, Generic, TypeVar
 
 from agent import durable
@@ -101,6 +103,31 @@ async def drain_coalesced(job: asyncio.Future[Any], mailbox: LatestPerKey[Any, T
         for item in mailbox.take():
             yield item  # a slow client holds us here; meanwhile new reports replace older ones
         next_batch = loop.time() + interval
+
+
+async def interleave(*sources: AsyncGenerator[T, None]) -> AsyncGenerator[tuple[int, T], None]:
+    """``(index, item)`` from each of ``sources`` as it produces them, asking each for one item at a time:
+    a source that hands out the newest state when asked (a usage subscription) keeps at most one item
+    waiting behind a slow consumer, never a backlog. Ends when any source ends; a source's error is
+    raised. Every source is closed (its ``finally`` run) when this ends or is closed."""
+    pending = {asyncio.ensure_future(anext(source)): i for i, source in enumerate(sources)}
+    try:
+        while True:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=pending.__getitem__):  # in source order when several are ready
+                i = pending.pop(task)
+                try:
+                    item = task.result()
+                except StopAsyncIteration:
+                    return
+                yield i, item
+                pending[asyncio.ensure_future(anext(sources[i]))] = i
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for source in sources:  # (a cancelled one is closed already; one whose item was last is not)
+            await source.aclose()
 
 
 _WRITE_BATCH = 4 << 20

@@ -1,12 +1,13 @@
 """What one host costs the leader in memory: a gRPC channel, its streams, an agent session, its containers.
 
-The scheduler holds one ``AgentSession`` per host (``scheduler.agents``): a channel to the agent, a usage
-stream and an event stream. This measures, for N simulated hosts (``bench/sim``, served by a child
+The scheduler holds one ``AgentSession`` per host (``scheduler.agents``): a channel to the agent and one
+``WatchHost`` stream of its events and usage (a usage stream and an event stream before part 15). This measures, for N simulated hosts (``bench/sim``, served by a child
 process on 127.0.0.1), the leader process's RSS growth per host in a fresh process per scenario:
 
 * ``channel``: a connected channel (one ``GetHost`` call);
 * ``usage``: a channel with a ``WatchUsage`` stream open;
 * ``both``: a channel with ``WatchUsage`` and ``WatchEvents`` open;
+* ``one``: a channel with ``WatchHost`` open (events and usage on one stream, as a session follows now);
 * ``session``: a real ``AgentSession``, connected and complete;
 * ``launched``: the same after ``--containers`` launches per host through the session (as the actuator
   makes them), the containers followed by the session;
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.procstat import cpu_seconds, rss_bytes  # noqa: E402
 
-SCENARIOS = ("channel", "usage", "both", "session", "launched", "workers")
+SCENARIOS = ("channel", "usage", "both", "one", "session", "launched", "workers")
 SETTLE_S = 5.0      # after the last connection, for streams' buffers to reach their steady size
 CPU_WINDOW_S = 10.0  # of steady state, for the cpu per host per second
 BOUND_S = 120.0     # every wait is bounded
@@ -88,12 +89,15 @@ async def measure(scenario: str, hosts: int, base: int, containers: int) -> dict
         async for _ in stream:  # type: ignore[attr-defined]
             pass
 
-    if scenario in ("channel", "usage", "both"):
+    if scenario in ("channel", "usage", "both", "one"):
         for address in addresses:
             channel = grpc.aio.insecure_channel(address)
             held.append(channel)
             await pb_grpc.HostStub(channel).GetHost(pb.GetHostRequest(), timeout=BOUND_S)
-            if scenario != "channel":
+            if scenario == "one":
+                tasks.append(asyncio.ensure_future(drain(pb_grpc.HostStub(channel).WatchHost(
+                    pb.WatchHostRequest()))))
+            elif scenario != "channel":
                 tasks.append(asyncio.ensure_future(drain(pb_grpc.HostStub(channel).WatchUsage(
                     pb.WatchUsageRequest()))))
             if scenario == "both":

@@ -8,8 +8,11 @@ listing reflects, ``WatchEvents`` continues from exactly there, and each event r
 (sent along with the event, ``with_container``; from ``GetContainer`` when an agent does not; a removal
 drops it). The view is *complete* once a listing arrived after the latest
 (re)connection; a lost stream, or a history the agent no longer has (``OUT_OF_RANGE``), means relisting.
-In parallel ``WatchUsage`` brings the host's capacity and conditions once a second — and is the heartbeat:
-a session is connected while both streams are, and no snapshot for ``heartbeat_timeout`` seconds makes it
+Along with the events, usage snapshots bring the host's capacity and conditions once a second — and are
+the heartbeat. Both come on one ``WatchHost`` stream (a stream costs the session's process memory per
+host: docs/scaling.md, part 15); an agent from before ``WatchHost`` (``UNIMPLEMENTED``) is followed with
+``WatchEvents`` and ``WatchUsage`` side by side, as before. A session is connected while its streams
+are, and no snapshot for ``heartbeat_timeout`` seconds makes it
 *silent* — not connected, with the silence as its error, as a network cut shows only silence — until the
 next snapshot; seconds in which the leader's own loop was stalled do not count, nor as much of the silence
 as other hosts' reports are read late (``scheduler.loop_stalls``). Only a silence of ``BREAK_AFTER``
@@ -82,6 +85,7 @@ _HEALTH = {
 
 
 WATCH_USAGE = "/shoal.agent.v1.Host/WatchUsage"
+WATCH_HOST = "/shoal.agent.v1.Host/WatchHost"
 
 
 def usage_of(snapshot: pb.UsageSnapshot, received: float | None = None) -> dict[str, ContainerUsage]:
@@ -250,8 +254,12 @@ class AgentSession:
         self.agent_down = False
         self.channel = open_channel(address, credentials)
         self.containers = cast(pb_grpc.ContainersStub, LazyStub(pb_grpc.ContainersStub, self.channel))
-        self._watch_usage = self.channel.unary_stream(  # the reports undecoded: ``_report``
-            WATCH_USAGE, request_serializer=pb.WatchUsageRequest.SerializeToString)
+        # Events and usage on one stream, the reports left undecoded (``_report``); False once the agent
+        # answered that it has no WatchHost (an older agent): then two streams, each on its own call.
+        self.one_stream = True
+        self._watch_host = self.channel.unary_stream(
+            WATCH_HOST, request_serializer=pb.WatchHostRequest.SerializeToString,
+            response_deserializer=pb.HostUpdateBytes.FromString)
         self._task: asyncio.Task[None] | None = None
         self._usage_ok = False
         self._events_ok = False
@@ -291,9 +299,9 @@ class AgentSession:
 
     def pace(self, interval: float, heartbeat_timeout: float) -> None:
         """Ask for usage every ``interval`` seconds from now on, silent after ``heartbeat_timeout``: the
-        usage stream subscribes again after its next report (its events and view are untouched), and the
-        new heartbeat applies from that subscription, so that no report of the old pace is judged by the
-        new one."""
+        stream subscribes again after its next report (the view is untouched: events continue after the
+        last one seen), and the new heartbeat applies from that subscription, so that no report of the old
+        pace is judged by the new one."""
         if (interval, heartbeat_timeout) == (self.usage_interval, self.heartbeat_timeout):
             self._paced = None
         else:
@@ -311,10 +319,17 @@ class AgentSession:
             # gate); the watchdog says why a host that never answered is not ready.
             self._hear()
             try:
-                await _first_error(self._follow_containers(), self._follow_usage(), self._watchdog())
+                await _first_error(self._follow_containers(), self._watchdog(),
+                                   *(() if self.one_stream else (self._follow_usage(),)))
             except asyncio.CancelledError:
                 self._leave_gate()
                 raise
+            except _OlderAgent:
+                log.info("agent at %s (host %s) has no WatchHost: following its events and usage on two "
+                         "streams", self.address, self.host)
+                self._leave_gate()
+                self._disconnected()
+                continue  # at once, and not a break: it answered
             except grpc.aio.AioRpcError as err:
                 raise_if_cancelling()
                 self.error = f"{err.code().name}: {err.details()}"
@@ -380,16 +395,46 @@ class AgentSession:
                 self.error = ""
             self._followed_now()
             self._on_change(self.host)
-            request = pb.WatchEventsRequest(after_sequence=listing.event_sequence, epoch=listing.event_epoch,
-                                            with_container=True)
             try:
-                async for event in self.containers.WatchEvents(request):
-                    await self._on_event(event)
+                if self.one_stream:
+                    await self._watch(listing.event_sequence, listing.event_epoch)
+                else:
+                    await self._watch_events(listing.event_sequence, listing.event_epoch)
             except grpc.aio.AioRpcError as err:
                 if err.code() in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED):
                     continue  # history gone, or we fell behind: relist
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED and self.one_stream:
+                    self.one_stream = False
+                    raise _OlderAgent from err
                 raise
-            raise ConnectionError("the agent ended its event stream")
+
+    async def _watch(self, sequence: int, epoch: str) -> None:
+        """Events after ``sequence`` and usage on one ``WatchHost`` stream. Paced anew, it subscribes again
+        after its next report, continuing after the last event it saw: the view needs no relist."""
+        while True:
+            self._take_pace()
+            call = self._watch_host(pb.WatchHostRequest(
+                events=pb.WatchEventsRequest(after_sequence=sequence, epoch=epoch, with_container=True),
+                usage=pb.WatchUsageRequest(interval_seconds=self.usage_interval)))
+            async for update in call:
+                if update.HasField("usage"):
+                    self._on_usage(update.usage)
+                    if self._paced is not None:
+                        break  # subscribe again at the new pace; the agent answers with a report at once
+                else:
+                    event = pb.Event.FromString(update.event)
+                    sequence, epoch = event.sequence, event.epoch or epoch
+                    await self._on_event(event)
+            else:
+                raise ConnectionError("the agent ended its stream")
+            call.cancel()
+
+    async def _watch_events(self, sequence: int, epoch: str) -> None:
+        """Events after ``sequence`` on ``WatchEvents``, for an agent from before ``WatchHost``."""
+        request = pb.WatchEventsRequest(after_sequence=sequence, epoch=epoch, with_container=True)
+        async for event in self.containers.WatchEvents(request):
+            await self._on_event(event)
+        raise ConnectionError("the agent ended its event stream")
 
     async def _on_event(self, event: pb.Event) -> None:
         if LABEL_SERVICE not in event.labels:
@@ -446,12 +491,19 @@ class AgentSession:
             self.observation = replace(self.observation, connected=False)
         self._on_change(self.host)  # also while connecting: its error ends the host's borrowed status
 
+    def _take_pace(self) -> None:
+        """The pace asked for since the last subscription, for the next one."""
+        if self._paced is not None:
+            (self.usage_interval, self.heartbeat_timeout), self._paced = self._paced, None
+
     async def _follow_usage(self) -> None:
+        """Usage on ``WatchUsage``, for an agent from before ``WatchHost``."""
+        watch_usage = self.channel.unary_stream(  # the reports undecoded: ``_report``
+            WATCH_USAGE, request_serializer=pb.WatchUsageRequest.SerializeToString)
         while True:
-            if self._paced is not None:
-                (self.usage_interval, self.heartbeat_timeout), self._paced = self._paced, None
+            self._take_pace()
             request = pb.WatchUsageRequest(labels={}, interval_seconds=self.usage_interval)
-            call = self._watch_usage(request)
+            call = watch_usage(request)
             async for report in call:
                 self._on_usage(report)
                 if self._paced is not None:
@@ -538,6 +590,10 @@ def decided_by(info: pb.HostInfo) -> tuple[object, ...]:
 
 class HeartbeatMissed(Exception):
     """The agent went silent for longer than the heartbeat timeout."""
+
+
+class _OlderAgent(Exception):
+    """The agent has no ``WatchHost``: follow it again, on two streams."""
 
 
 async def _first_error(*coros: Coroutine[Any, Any, None]) -> None:

@@ -9,7 +9,9 @@ checked like the agent's (the highest epoch per owner; an older one is ``FAILED_
 ``shoal-error: StaleEpoch``). ``ListContainers`` pages with the agent's own cursor (``agent.paging``),
 optionally at most ``page_size`` per page so tests can force several pages. ``WatchUsage`` sends a
 snapshot at once and then every ``usage_interval`` with the host's capacity, committed requests and each
-container's (made-up, constant) usage.
+container's (made-up, constant) usage. ``WatchHost`` interleaves the two streams as the agent does
+(``agent.streams.interleave``); their events and snapshots count as ``WatchEvents.event`` and
+``WatchUsage.snapshot`` either way.
 
 Failure injection: ``fail("refuse")`` closes the port (the scheduler sees "connection refused": an agent
 down on a live host), ``fail("silent")`` keeps it open but answers nothing and sends no usage (a dead
@@ -25,15 +27,16 @@ import hashlib
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
 from agent import paging
 from agent.errors import InvalidArgument
 from agent.runtime.events import Event, EventLog, EventType, HistoryTruncated, WatcherTooSlow
+from agent.streams import interleave
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 
@@ -67,6 +70,7 @@ class HostSpec:
     usage_interval: float = 1.0
     page_size: int = 0                          # at most this many per ListContainers page; 0: bytes only
     events_with_container: bool = True          # False: an agent from before WatchEvents.with_container
+    watch_host: bool = True                     # False: an agent from before WatchHost
 
     @property
     def host_id(self) -> str:
@@ -135,7 +139,8 @@ class SimHost:
         self._starts: dict[str, asyncio.Task[None]] = {}
         self.calls: dict[str, int] = {}  # calls answered, by method (what the scheduler costs a host)
         self.usage_streams = 0  # usage streams open now (who follows this host)
-        self.usage_intervals_asked: list[float] = []  # each WatchUsage's interval_seconds, in order
+        self.usage_intervals_asked: list[float] = []  # each usage stream's interval_seconds, in order
+        self.events_after_asked: list[int | None] = []  # each event stream's after_sequence, in order
         # How late its usage reports went out (a simulator process short of cpu delays every host's:
         # the scheduler then sees silence that is the simulator's, not its own).
         self.usage_late_max = 0.0
@@ -240,6 +245,43 @@ class SimHost:
             stats.labels.update(ctr.spec.labels)
             stats.started_at.CopyFrom(ctr.started_at)
         return snap
+
+    # -- the streams --------------------------------------------------------------------------------
+
+    async def event_stream(self, request: pb.WatchEventsRequest) -> AsyncGenerator[pb.Event, None]:
+        """What ``WatchEvents`` sends (and ``WatchHost``); the log's errors are raised."""
+        log = self.events
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        self.events_after_asked.append(after)
+        async for event in log.subscribe(after_sequence=after, labels=dict(request.labels) or None,
+                                         epoch=request.epoch):
+            await self.answering("WatchEvents.event")
+            message = event_to_pb(event, epoch=log.epoch)
+            if request.with_container and self.spec.events_with_container:
+                ctr = self.containers.get(event.container_id)
+                if ctr is not None:
+                    message.container.CopyFrom(ctr)
+            yield message
+
+    async def usage_stream(self, request: pb.WatchUsageRequest) -> AsyncGenerator[pb.UsageSnapshot, None]:
+        """What ``WatchUsage`` sends (and ``WatchHost``): a snapshot at once, then one an interval."""
+        self.usage_intervals_asked.append(request.interval_seconds)
+        if request.interval_seconds < 0:
+            raise InvalidArgument(f"interval_seconds cannot be negative, got {request.interval_seconds}")
+        interval = max(self.spec.usage_interval, request.interval_seconds)
+        due = time.monotonic()
+        self.usage_streams += 1
+        try:
+            while True:
+                # A silent host sends nothing (a cut network): the scheduler's heartbeat timeout notices.
+                await self.answering("WatchUsage.snapshot")
+                if not self.silent:
+                    self.usage_late(time.monotonic() - due)
+                yield self.snapshot()
+                await asyncio.sleep(interval)
+                due = time.monotonic()
+        finally:
+            self.usage_streams -= 1
 
     # -- the container verbs ----------------------------------------------------------------------
 
@@ -475,17 +517,8 @@ class _Containers(pb_grpc.ContainersServicer):
 
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.Event]:
         await self.host.answering("WatchEvents")
-        log = self.host.events
-        after = request.after_sequence if request.HasField("after_sequence") else None
         try:
-            async for event in log.subscribe(after_sequence=after, labels=dict(request.labels) or None,
-                                             epoch=request.epoch):
-                await self.host.answering("WatchEvents.event")
-                message = event_to_pb(event, epoch=log.epoch)
-                if request.with_container and self.host.spec.events_with_container:
-                    ctr = self.host.containers.get(event.container_id)
-                    if ctr is not None:
-                        message.container.CopyFrom(ctr)
+            async for message in self.host.event_stream(request):
                 yield message
         except (HistoryTruncated, WatcherTooSlow, InvalidArgument) as err:
             await _abort(context, err)
@@ -525,24 +558,25 @@ class _Host(pb_grpc.HostServicer):
     async def WatchUsage(self, request: pb.WatchUsageRequest, context: Any
                          ) -> AsyncIterator[pb.UsageSnapshot]:
         await self.host.answering("WatchUsage")
-        self.host.usage_intervals_asked.append(request.interval_seconds)
-        if request.interval_seconds < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"interval_seconds cannot be negative, got {request.interval_seconds}")
-        interval = max(self.host.spec.usage_interval, request.interval_seconds)
-        due = time.monotonic()
-        self.host.usage_streams += 1
         try:
-            while True:
-                # A silent host sends nothing (a cut network): the scheduler's heartbeat timeout notices.
-                await self.host.answering("WatchUsage.snapshot")
-                if not self.host.silent:
-                    self.host.usage_late(time.monotonic() - due)
-                yield self.host.snapshot()
-                await asyncio.sleep(interval)
-                due = time.monotonic()
-        finally:
-            self.host.usage_streams -= 1
+            async for snapshot in self.host.usage_stream(request):
+                yield snapshot
+        except InvalidArgument as err:
+            await _abort(context, err)
+
+    async def WatchHost(self, request: pb.WatchHostRequest, context: Any) -> AsyncIterator[pb.HostUpdate]:
+        if not self.host.spec.watch_host:
+            await _unimplemented(context, "WatchHost")
+        await self.host.answering("WatchHost")
+        try:
+            async for which, item in interleave(self.host.event_stream(request.events),
+                                                self.host.usage_stream(request.usage)):
+                if which == 0:
+                    yield pb.HostUpdate(event=cast(pb.Event, item))
+                else:
+                    yield pb.HostUpdate(usage=cast(pb.UsageSnapshot, item))
+        except (HistoryTruncated, WatcherTooSlow, InvalidArgument) as err:
+            await _abort(context, err)
 
 
 __all__ = ["HostSpec", "SimError", "SimHost", "event_to_pb", "host_id_of"]

@@ -1,17 +1,18 @@
 """agent/streams.py: coalesced progress (bounded whatever the reader does, nothing but superseded reports
-lost, the end never delayed) and uploads written off the event loop (content, full disk, cancellation)."""
+lost, the end never delayed), uploads written off the event loop (content, full disk, cancellation), and
+streams interleaved (``WatchHost``: as they come, one item asked of each at a time, all closed)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from agent.errors import ResourceExhausted
-from agent.streams import LatestPerKey, drain_coalesced, write_stream_to
+from agent.streams import LatestPerKey, drain_coalesced, interleave, write_stream_to
 
 
 def test_latest_per_key_replaces_in_place_and_keeps_order() -> None:
@@ -142,3 +143,81 @@ def test_the_loop_stays_responsive_during_an_upload(tmp_path: Path) -> None:
 
     assert asyncio.run(scenario()) > 64  # the loop ran other work between chunks
     assert target.stat().st_size == 64 << 20
+
+
+class _Source:
+    """An async generator's stand-in that yields what is put, counting what it was asked and whether its
+    ``finally`` ran."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.asked = 0
+        self.closed = False
+
+    async def items(self) -> AsyncGenerator[object, None]:
+        try:
+            while True:
+                self.asked += 1
+                item = await self.queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                if item is StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            self.closed = True
+
+
+def test_interleave_yields_each_item_as_its_source_produces_it() -> None:
+    async def scenario() -> list[tuple[int, object]]:
+        a, b = _Source(), _Source()
+        merged = interleave(a.items(), b.items())
+        got = []
+        for which, item in [(b, "b1"), (a, "a1"), (a, "a2"), (b, "b2")]:
+            which.queue.put_nowait(item)
+            got.append(await anext(merged))
+        await merged.aclose()
+        assert a.closed and b.closed  # the one waiting and the one whose item was last, both closed
+        return got
+
+    assert asyncio.run(scenario()) == [(1, "b1"), (0, "a1"), (0, "a2"), (1, "b2")]
+
+
+def test_interleave_asks_each_source_for_one_item_at_a_time() -> None:
+    """A slow consumer keeps one item waiting per source: a source that hands out the newest state when
+    asked (usage) is not drained into a backlog meanwhile."""
+    async def scenario() -> tuple[int, list[tuple[int, object]]]:
+        a, b = _Source(), _Source()
+        merged = interleave(a.items(), b.items())
+        for i in range(5):
+            a.queue.put_nowait(i)
+        b.queue.put_nowait("b")
+        first = await anext(merged)
+        await asyncio.sleep(0)  # (let the sources run: nothing else may be taken from them)
+        asked = a.asked
+        rest = [await anext(merged) for _ in range(5)]
+        await merged.aclose()
+        return asked, [first, *rest]
+
+    asked, got = asyncio.run(scenario())
+    assert asked == 1
+    assert sorted(got, key=repr) == sorted([(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, "b")], key=repr)
+    assert [item for which, item in got if which == 0] == [0, 1, 2, 3, 4]
+
+
+def test_interleave_ends_with_the_first_source_that_ends_or_fails() -> None:
+    async def scenario(end: object) -> tuple[object, bool]:
+        a, b = _Source(), _Source()
+        merged = interleave(a.items(), b.items())
+        a.queue.put_nowait(end)
+        try:
+            outcome: object = await anext(merged)
+        except StopAsyncIteration:
+            outcome = "ended"
+        except ValueError as err:
+            outcome = err
+        return outcome, b.closed
+
+    assert asyncio.run(scenario(StopAsyncIteration)) == ("ended", True)
+    failed, closed = asyncio.run(scenario(ValueError("no")))
+    assert isinstance(failed, ValueError) and str(failed) == "no" and closed

@@ -1023,6 +1023,42 @@ class WatchUsageRequest(_pl.Message):
         ) -> None: ...
 
 
+class WatchHostRequest(_pl.Message):
+    events: WatchEventsRequest
+    usage: WatchUsageRequest
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            events: WatchEventsRequest | None = None,
+            usage: WatchUsageRequest | None = None,
+        ) -> None: ...
+
+
+class HostUpdate(_pl.Message):
+    event: Event
+    usage: UsageSnapshot
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            event: Event | None = None,
+            usage: UsageSnapshot | None = None,
+        ) -> None: ...
+
+
+class HostUpdateBytes(_pl.Message):
+    event: bytes
+    usage: bytes
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            event: bytes | None = None,
+            usage: bytes | None = None,
+        ) -> None: ...
+
+
 _pl.define(ContainerRef, 'shoal.agent.v1.ContainerRef', (
     _pl.Field(1, 'id', _pl.STRING),
 ))
@@ -1400,6 +1436,18 @@ _pl.define(WatchUsageRequest, 'shoal.agent.v1.WatchUsageRequest', (
     _pl.Field(1, 'labels', _pl.MESSAGE, map_key=_pl.STRING, map_value=_pl.STRING),
     _pl.Field(2, 'interval_seconds', _pl.DOUBLE),
 ))
+_pl.define(WatchHostRequest, 'shoal.agent.v1.WatchHostRequest', (
+    _pl.Field(1, 'events', _pl.MESSAGE, message=WatchEventsRequest),
+    _pl.Field(2, 'usage', _pl.MESSAGE, message=WatchUsageRequest),
+))
+_pl.define(HostUpdate, 'shoal.agent.v1.HostUpdate', (
+    _pl.Field(1, 'event', _pl.MESSAGE, message=Event, oneof='update'),
+    _pl.Field(2, 'usage', _pl.MESSAGE, message=UsageSnapshot, oneof='update'),
+))
+_pl.define(HostUpdateBytes, 'shoal.agent.v1.HostUpdateBytes', (
+    _pl.Field(1, 'event', _pl.BYTES, optional=True),
+    _pl.Field(2, 'usage', _pl.BYTES, optional=True),
+))
 
 
 class ContainersStub:
@@ -1467,6 +1515,7 @@ class HostStub:
 
     GetHost_method = _pl.Method('/shoal.agent.v1.Host/GetHost', GetHostRequest, HostInfo, client_streaming=False, server_streaming=False)
     WatchUsage_method = _pl.Method('/shoal.agent.v1.Host/WatchUsage', WatchUsageRequest, UsageSnapshot, client_streaming=False, server_streaming=True)
+    WatchHost_method = _pl.Method('/shoal.agent.v1.Host/WatchHost', WatchHostRequest, HostUpdate, client_streaming=False, server_streaming=True)
 
     def __init__(self, transport: _pl.Transport) -> None:
         self.transport = transport
@@ -1476,6 +1525,9 @@ class HostStub:
 
     def WatchUsage(self, request: WatchUsageRequest, /) -> _pl.Stream[UsageSnapshot]:
         return self.transport.server_stream(self.WatchUsage_method, request)
+
+    def WatchHost(self, request: WatchHostRequest, /) -> _pl.Stream[HostUpdate]:
+        return self.transport.server_stream(self.WatchHost_method, request)
 
 
 class ImagesStub:

@@ -648,6 +648,11 @@ class HostStub:
                 request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.WatchUsageRequest.SerializeToString,
                 response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.UsageSnapshot.FromString,
                 _registered_method=True)
+        self.WatchHost = channel.unary_stream(
+                '/shoal.agent.v1.Host/WatchHost',
+                request_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.WatchHostRequest.SerializeToString,
+                response_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.HostUpdate.FromString,
+                _registered_method=True)
 
 
 class HostServicer:
@@ -668,6 +673,17 @@ class HostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchHost(self, request, context):
+        """WatchEvents and WatchUsage on one stream, interleaved as they happen: what a scheduler follows of
+        each host, at the cost of one stream instead of two (each stream costs the follower memory per
+        host; docs/scaling.md, part 15). Each half behaves as its own call would: events resume the same
+        way and fail the whole stream with the same errors (OUT_OF_RANGE, RESOURCE_EXHAUSTED); usage is
+        the newest snapshot at the requested interval, never a backlog. Unset halves are their defaults.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -680,6 +696,11 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.WatchUsage,
                     request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.WatchUsageRequest.FromString,
                     response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.UsageSnapshot.SerializeToString,
+            ),
+            'WatchHost': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchHost,
+                    request_deserializer=proto_dot_agent_dot_v1_dot_agent__pb2.WatchHostRequest.FromString,
+                    response_serializer=proto_dot_agent_dot_v1_dot_agent__pb2.HostUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -736,6 +757,33 @@ class Host:
             '/shoal.agent.v1.Host/WatchUsage',
             proto_dot_agent_dot_v1_dot_agent__pb2.WatchUsageRequest.SerializeToString,
             proto_dot_agent_dot_v1_dot_agent__pb2.UsageSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.agent.v1.Host/WatchHost',
+            proto_dot_agent_dot_v1_dot_agent__pb2.WatchHostRequest.SerializeToString,
+            proto_dot_agent_dot_v1_dot_agent__pb2.HostUpdate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -252,6 +252,13 @@ class HostStub:
     """One snapshot per sampling interval (default 1 s), or per request.interval_seconds. A slow client
     gets the newest snapshot, never a backlog, and never slows sampling or other clients.
     """
+    WatchHost: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchHostRequest, _agent_pb2.HostUpdate]
+    """WatchEvents and WatchUsage on one stream, interleaved as they happen: what a scheduler follows of
+    each host, at the cost of one stream instead of two (each stream costs the follower memory per
+    host; docs/scaling.md, part 15). Each half behaves as its own call would: events resume the same
+    way and fail the whole stream with the same errors (OUT_OF_RANGE, RESOURCE_EXHAUSTED); usage is
+    the newest snapshot at the requested interval, never a backlog. Unset halves are their defaults.
+    """
 
 @_typing.type_check_only
 class HostAsyncStub(HostStub):
@@ -261,6 +268,13 @@ class HostAsyncStub(HostStub):
     WatchUsage: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchUsageRequest, _agent_pb2.UsageSnapshot]  # type: ignore[assignment]
     """One snapshot per sampling interval (default 1 s), or per request.interval_seconds. A slow client
     gets the newest snapshot, never a backlog, and never slows sampling or other clients.
+    """
+    WatchHost: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchHostRequest, _agent_pb2.HostUpdate]  # type: ignore[assignment]
+    """WatchEvents and WatchUsage on one stream, interleaved as they happen: what a scheduler follows of
+    each host, at the cost of one stream instead of two (each stream costs the follower memory per
+    host; docs/scaling.md, part 15). Each half behaves as its own call would: events resume the same
+    way and fail the whole stream with the same errors (OUT_OF_RANGE, RESOURCE_EXHAUSTED); usage is
+    the newest snapshot at the requested interval, never a backlog. Unset halves are their defaults.
     """
 
 class HostServicer(metaclass=_abc_1.ABCMeta):
@@ -280,6 +294,19 @@ class HostServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.UsageSnapshot], _abc.AsyncIterator[_agent_pb2.UsageSnapshot]]:
         """One snapshot per sampling interval (default 1 s), or per request.interval_seconds. A slow client
         gets the newest snapshot, never a backlog, and never slows sampling or other clients.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchHost(
+        self,
+        request: _agent_pb2.WatchHostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.HostUpdate], _abc.AsyncIterator[_agent_pb2.HostUpdate]]:
+        """WatchEvents and WatchUsage on one stream, interleaved as they happen: what a scheduler follows of
+        each host, at the cost of one stream instead of two (each stream costs the follower memory per
+        host; docs/scaling.md, part 15). Each half behaves as its own call would: events resume the same
+        way and fail the whole stream with the same errors (OUT_OF_RANGE, RESOURCE_EXHAUSTED); usage is
+        the newest snapshot at the requested interval, never a backlog. Unset halves are their defaults.
         """
 
 def add_HostServicer_to_server(servicer: HostServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -306,6 +306,46 @@ def test_usage_at_an_interval_skips_the_samples_in_between(agent: AgentProcess) 
         assert _code(lambda: next(refused)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_watch_host_streams_events_and_usage_on_one_stream(agent: AgentProcess,
+                                                          stub: pb_grpc.ContainersStub) -> None:
+    """What the scheduler follows of a host: the events after a listing, each with its container, and a
+    usage snapshot at once and then once a sample, interleaved on one stream."""
+    listing = stub.ListContainers(pb.ListContainersRequest(all=True))
+    with grpc.insecure_channel(agent.address) as channel:
+        host = pb_grpc.HostStub(channel)
+        updates = host.WatchHost(pb.WatchHostRequest(
+            events=pb.WatchEventsRequest(after_sequence=listing.event_sequence, epoch=listing.event_epoch,
+                                         with_container=True),
+            usage=pb.WatchUsageRequest()))
+        first = next(updates)
+        stub.CreateContainer(pb.CreateContainerRequest(id="followed", spec=_spec("sleep", "300"), start=True))
+        kinds: list[str | None] = []
+        started: pb.Event | None = None
+        reported = False
+        try:
+            # Bounded: STARTED comes at once, and within a sample or two a report with the container.
+            for update in itertools.islice(updates, 20):
+                kinds.append(update.WhichOneof("update"))
+                if update.HasField("event") and update.event.type == pb.EVENT_TYPE_STARTED:
+                    started = update.event
+                elif update.HasField("usage") and any(c.id == "followed" for c in update.usage.containers):
+                    reported = True
+                    break
+        finally:
+            updates.cancel()
+            stub.RemoveContainer(pb.RemoveContainerRequest(id="followed", force=True))
+        refused = host.WatchHost(pb.WatchHostRequest(usage=pb.WatchUsageRequest(interval_seconds=-1)))
+        assert _code(lambda: next(refused)) == grpc.StatusCode.INVALID_ARGUMENT
+        lost = _error(lambda: list(host.WatchHost(pb.WatchHostRequest(
+            events=pb.WatchEventsRequest(after_sequence=1, epoch="0" * 16)))))
+    assert first.WhichOneof("update") == "usage" and first.usage.host.host_id
+    assert started is not None and started.container_id == "followed"
+    assert started.container.state == pb.CONTAINER_STATE_RUNNING
+    assert reported and kinds.index("event") < len(kinds) - 1
+    assert lost.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert dict(lost.trailing_metadata())["shoal-error"] == "HistoryTruncated"
+
+
 def test_host_identity_capacity_and_conditions(agent: AgentProcess) -> None:
     import os
     import platform

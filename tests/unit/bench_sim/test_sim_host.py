@@ -186,21 +186,68 @@ def test_a_session_asks_for_usage_at_its_interval() -> None:
 
 
 def test_a_session_paced_anew_subscribes_again_and_keeps_its_view() -> None:
-    """``AgentSession.pace``: the usage stream asks again at the new interval after its next report; the
-    events and the listing go on (no relist), and the new heartbeat applies from that subscription."""
+    """``AgentSession.pace``: the stream asks again at the new interval after its next report; the events
+    continue after the last one the session saw (no relist, nothing missed), and the new heartbeat applies
+    from that subscription."""
     spec = HostSpec(name="h10", port=free_port(), usage_interval=0.1)
 
-    async def scenario() -> tuple[list[float], int, int, float]:
+    async def scenario() -> tuple[list[float], list[int | None], list[int | None], int, float]:
         async with Following(spec) as f:
             await f.until(ready)
             listed = f.host.calls["ListContainers"]
+            first = list(f.host.events_after_asked)
+            stub = pb_grpc.ContainersStub(f.session.channel)
+            await stub.CreateContainer(_request("before"))
+            await f.until(lambda s: "before" in s.observation.containers)
+            seen = f.host.events.last_sequence
             f.session.pace(0.5, 1.5)
             await until(lambda: f.host.usage_intervals_asked == [0.0, 0.5])
             f.session.pace(0.5, 1.5)  # the same pace again: nothing to do
             await until(lambda: f.host.usage_streams == 1)  # the old stream was let go
+            await stub.CreateContainer(_request("after"))
+            await f.until(lambda s: "after" in s.observation.containers)
             await f.until(ready)
-            return (f.host.usage_intervals_asked, f.host.calls["ListContainers"] - listed,
-                    f.session.heartbeat_timeout)
+            return (f.host.usage_intervals_asked, [*first, seen], f.host.events_after_asked,
+                    f.host.calls["ListContainers"] - listed, f.session.heartbeat_timeout)
 
-    asked, relisted, heartbeat = run(scenario)
+    asked, expected, after, relisted, heartbeat = run(scenario)
     assert asked == [0.0, 0.5] and relisted == 0 and heartbeat == 1.5
+    assert after == expected
+
+
+def test_a_session_follows_events_and_usage_on_one_stream() -> None:
+    spec = HostSpec(name="h11", port=free_port(), usage_interval=0.1)
+
+    async def scenario() -> tuple[dict[str, int], int, bool]:
+        async with Following(spec) as f:
+            await f.until(ready)
+            await pb_grpc.ContainersStub(f.session.channel).CreateContainer(_request("r1"))
+            await f.until(lambda s: s.observation.containers.get("r1") is not None
+                          and s.observation.containers["r1"].state is ContainerState.RUNNING)
+            await until(lambda: f.host.calls.get("WatchUsage.snapshot", 0) >= 3)
+            return dict(f.host.calls), f.host.usage_streams, f.session.one_stream
+
+    calls, streams, one_stream = run(scenario)
+    assert one_stream and calls["WatchHost"] == 1 and streams == 1
+    assert "WatchEvents" not in calls and "WatchUsage" not in calls
+    assert calls["WatchEvents.event"] >= 2  # created, started
+
+
+def test_an_agent_from_before_watch_host_is_followed_on_two_streams() -> None:
+    """An agent that answers UNIMPLEMENTED to WatchHost (a scheduler upgraded before its agents) is
+    followed as before: events and usage on a stream each."""
+    spec = HostSpec(name="h12", port=free_port(), usage_interval=0.1, watch_host=False)
+
+    async def scenario() -> tuple[dict[str, int], bool, int]:
+        async with Following(spec) as f:
+            await f.until(ready)
+            await pb_grpc.ContainersStub(f.session.channel).CreateContainer(_request("r1"))
+            await f.until(lambda s: "r1" in s.observation.containers)
+            f.session.pace(0.3, 1.0)
+            await until(lambda: f.host.usage_intervals_asked[-1:] == [0.3])
+            await f.until(ready)
+            return dict(f.host.calls), f.session.one_stream, f.host.usage_streams
+
+    calls, one_stream, streams = run(scenario)
+    assert not one_stream and "WatchHost" not in calls  # (refused before it was counted)
+    assert calls["WatchEvents"] == 1 and calls["WatchUsage"] == 2 and streams == 1

@@ -42,11 +42,18 @@ class FakeContainers:
         return events()
 
 
-def test_the_session_pages_through_the_listing_before_watching() -> None:
+    def WatchHost(self, request: pb.WatchHostRequest) -> AsyncIterator[pb.HostUpdateBytes]:
+        return self.WatchEvents(request.events)  # type: ignore[return-value]  # (it raises at once)
+
+
+@pytest.mark.parametrize("one_stream", [True, False], ids=["WatchHost", "WatchEvents"])
+def test_the_session_pages_through_the_listing_before_watching(one_stream: bool) -> None:
     async def scenario() -> tuple[AgentSession, FakeContainers]:
         session = AgentSession(HostId("h" * 32), "127.0.0.1:1", credentials=None, on_change=lambda _h: None)
         fake = FakeContainers()
         session.containers = fake  # type: ignore[assignment]
+        session.one_stream = one_stream
+        session._watch_host = fake.WatchHost  # type: ignore[assignment]
         with pytest.raises(_Stop):
             await session._follow_containers()
         await session.channel.close()
@@ -56,4 +63,4 @@ def test_the_session_pages_through_the_listing_before_watching() -> None:
     assert [r.page_token for r in fake.list_requests] == ["", "1", "2"]
     assert all(r.all for r in fake.list_requests)
     assert sorted(session.observation.containers) == ["c00", "c01", "c10", "c11", "c20", "c21"]
-    assert [(r.after_sequence, r.epoch) for r in fake.watch_requests] == [(7, "e")]
+    assert [(r.after_sequence, r.epoch, r.with_container) for r in fake.watch_requests] == [(7, "e", True)]
