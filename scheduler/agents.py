@@ -259,7 +259,7 @@ class AgentSession:
         self.one_stream = True
         self._watch_host = self.channel.unary_stream(
             WATCH_HOST, request_serializer=pb.WatchHostRequest.SerializeToString,
-            response_deserializer=pb.HostUpdateBytes.FromString)
+            response_deserializer=_host_update)
         self._task: asyncio.Task[None] | None = None
         self._usage_ok = False
         self._events_ok = False
@@ -416,13 +416,13 @@ class AgentSession:
             call = self._watch_host(pb.WatchHostRequest(
                 events=pb.WatchEventsRequest(after_sequence=sequence, epoch=epoch, with_container=True),
                 usage=pb.WatchUsageRequest(interval_seconds=self.usage_interval)))
-            async for update in call:
-                if update.HasField("usage"):
-                    self._on_usage(update.usage)
+            async for is_usage, payload in call:
+                if is_usage:
+                    self._on_usage(payload)
                     if self._paced is not None:
                         break  # subscribe again at the new pace; the agent answers with a report at once
                 else:
-                    event = pb.Event.FromString(update.event)
+                    event = pb.Event.FromString(payload)
                     sequence, epoch = event.sequence, event.epoch or epoch
                     await self._on_event(event)
             else:
@@ -586,6 +586,15 @@ def decided_by(info: pb.HostInfo) -> tuple[object, ...]:
     """What a reconcile pass reads of a host's report (``Controller._fresh``: room and conditions)."""
     return (info.cpu_allocatable_millis, info.memory_allocatable_bytes, info.cpu_committed_millis,
             info.memory_committed_bytes, tuple(c.type for c in info.conditions))
+
+
+def _host_update(data: bytes) -> tuple[bool, bytes]:
+    """A ``HostUpdate`` as (is it usage, its payload's bytes). Only the payload is kept: a message held
+    while the stream waits for the next would keep a second copy of each host's latest report."""
+    update = pb.HostUpdateBytes.FromString(data)
+    if update.HasField("usage"):
+        return True, update.usage
+    return False, update.event
 
 
 class HeartbeatMissed(Exception):
