@@ -168,10 +168,13 @@ class Credentials:
         return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
 
 
-# Retries off: Shoal sets no retry policy, and gRPC's retry state was ~11 KiB of every channel with its
-# streams (bench/session_memory.py; docs/scaling.md, parts 12 and 14), one channel per host. A call that
-# fails is decided again by the next reconcile pass.
-CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
+# One channel per host, each paid for in memory (bench/session_memory.py; docs/scaling.md, parts 12, 14
+# and 15). Retries off: Shoal sets no retry policy, and gRPC's retry state was ~11 KiB of a channel with
+# its streams; a call that fails is decided again by the next reconcile pass. No channelz (gRPC's
+# introspection, which nothing reads here: 3.3 KiB) and the minimal filter stack (3.3 KiB; without the
+# idle, census and message-size filters: a session's channel is never idle, and its deadlines hold, as a
+# test checks against a silent host).
+CHANNEL_OPTIONS = (("grpc.enable_retries", 0), ("grpc.enable_channelz", 0), ("grpc.minimal_stack", 1))
 
 
 class _Methods:

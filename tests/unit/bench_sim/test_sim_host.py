@@ -15,7 +15,7 @@ import pytest
 from bench.sim.host import HostSpec, SimHost
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
-from scheduler.agents import AgentSession
+from scheduler.agents import AgentSession, open_channel
 from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId
 from scheduler.observed import ContainerState
 from tests.fixtures.etcd import free_port
@@ -251,3 +251,25 @@ def test_an_agent_from_before_watch_host_is_followed_on_two_streams() -> None:
     calls, one_stream, streams = run(scenario)
     assert not one_stream and "WatchHost" not in calls  # (refused before it was counted)
     assert calls["WatchEvents"] == 1 and calls["WatchUsage"] == 2 and streams == 1
+
+
+def test_a_session_channel_still_ends_a_call_at_its_deadline() -> None:
+    """Session channels run gRPC's minimal filter stack (``scheduler.agents.CHANNEL_OPTIONS``, to save
+    memory per host): a call to a host that answers nothing still ends at its deadline."""
+    spec = HostSpec(name="h13", port=free_port())
+
+    async def scenario() -> grpc.StatusCode:
+        host = SimHost(spec)
+        await host.start()
+        await host.fail("silent")
+        channel = open_channel(spec.address, None)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await pb_grpc.HostStub(channel).GetHost(pb.GetHostRequest(), timeout=0.3)
+            return caught.value.code()
+        finally:
+            await channel.close()
+            await host.recover()
+            await host.stop()
+
+    assert run(scenario) == grpc.StatusCode.DEADLINE_EXCEEDED
