@@ -1,8 +1,9 @@
 """What one host costs the leader in memory: a gRPC channel, its streams, an agent session, its containers.
 
 The scheduler holds one ``AgentSession`` per host (``scheduler.agents``): a channel to the agent and one
-``WatchHost`` stream of its events and usage (a usage stream and an event stream before part 15). This measures, for N simulated hosts (``bench/sim``, served by a child
-process on 127.0.0.1), the leader process's RSS growth per host in a fresh process per scenario:
+``WatchHost`` stream of its events and usage (a usage stream and an event stream before part 15). This
+measures, for N simulated hosts (``bench/sim``, served by a child process on 127.0.0.1), the leader
+process's RSS growth per host in a fresh process per scenario:
 
 * ``channel``: a connected channel (one ``GetHost`` call);
 * ``usage``: a channel with a ``WatchUsage`` stream open;
