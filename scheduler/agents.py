@@ -171,9 +171,9 @@ class Credentials:
 # One channel per host, each paid for in memory (bench/session_memory.py; docs/scaling.md, parts 12, 14
 # and 15). Retries off: Shoal sets no retry policy, and gRPC's retry state was ~11 KiB of a channel with
 # its streams; a call that fails is decided again by the next reconcile pass. No channelz (gRPC's
-# introspection, which nothing reads here: 3.3 KiB) and the minimal filter stack (3.3 KiB; without the
-# idle, census and message-size filters: a session's channel is never idle, and its deadlines hold, as a
-# test checks against a silent host).
+# introspection, which nothing reads here) and the minimal filter stack (without the idle, census and
+# message-size filters: a session's channel is never idle, and its deadlines hold, as a test checks
+# against a silent host): 6 KiB a host together.
 CHANNEL_OPTIONS = (("grpc.enable_retries", 0), ("grpc.enable_channelz", 0), ("grpc.minimal_stack", 1))
 
 
