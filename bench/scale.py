@@ -597,6 +597,7 @@ class Run:
         cpu_before = {k: cpu_seconds(p) for k, p in pids.items()}
         metrics_before = await asyncio.to_thread(scrape, leader.http)
         terms_before = self.terms()
+        creates_before = await self.create_calls()
         if args.profile:
             self.profiler = await self.start_profiler(args.profile, leader.pid)
         try:
@@ -645,6 +646,8 @@ class Run:
                 "leader_cpu_s_during_placement": round(cpu_seconds(leader.pid) - leader_cpu, 2)
                 if leader.alive else None,
                 "leader_terms_during_placement": self.terms() - terms_before,
+                "create_calls_until_running": {k: v - creates_before[k]
+                                               for k, v in (await self.create_calls()).items()},
                 "reconcile_during_placement": passes_between(metrics_before,
                                                              await asyncio.to_thread(scrape, leader.http)),
             })
@@ -772,6 +775,12 @@ class Run:
     async def sim_calls(self, method: str) -> int:
         stats = [await s.command("stats") for s in self.sims]
         return sum(int(st.get("calls", {}).get(method, 0)) for st in stats)
+
+    async def create_calls(self) -> dict[str, int]:
+        """The launches the simulators answered: containers, batched calls, unary calls."""
+        containers, batches, items = [await self.sim_calls(m) for m in
+                                      ("CreateContainer", "CreateContainers", "CreateContainers.items")]
+        return {"containers": containers, "batched_calls": batches, "unary_calls": containers - items}
 
     # -- mass failure -----------------------------------------------------------------------------
 

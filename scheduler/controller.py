@@ -63,6 +63,7 @@ from scheduler.model import (
     HostId,
     HostRecord,
     HostStatus,
+    Replica,
     ReplicaId,
     ReplicaPhase,
     Service,
@@ -77,6 +78,7 @@ from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, NotLeader, StoreUnavailable
+from scheduler.store.records import Record
 from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND, Pacer, UsagePace
 
 log = logging.getLogger(__name__)
@@ -425,9 +427,11 @@ class Controller:
         ops += [base.Put(status) for host, status in statuses.items()
                 if status is not self.mirror.statuses.get(host) and status != self.mirror.statuses.get(host)]
         encoded = time.perf_counter()
+        launching = _Launching(plan, self._act)
         try:
             committed = (await self.store.commit(ops, guard=self.settings.guard,
-                                                 in_flight=self.settings.commit_in_flight)
+                                                 in_flight=self.settings.commit_in_flight,
+                                                 on_landed=launching.landed if launching.waiting else None)
                          if ops else None)
         except Conflict as err:
             log.info("reconcile pass conflicted on %s (%d writes had gone in); deciding again",
@@ -450,10 +454,7 @@ class Controller:
             # back to pending is placed there).
             self.poke()
         self.actuator.absorbed(set(world.launch_failures))
-        for action in plan.actions:
-            key = action.replica if isinstance(action, reconcile.Launch) else action.container
-            self._acting[key] = action.host
-        self.actuator.submit(plan.actions)
+        self._act(launching.rest())
         idle_net = scope is None and not placer.built  # the safety net, and it found nothing to place
         if idle_net:
             # The safety net keeps the view cache warm (its cost counts in the net's share, below): the
@@ -476,6 +477,12 @@ class Controller:
             self._on_pass(time.perf_counter() - started, plan, world)
         self._due = self._next_due(world, held=plan.lost_held > 0)
         return self._due
+
+    def _act(self, actions: tuple[reconcile.AgentAction, ...]) -> None:
+        for action in actions:
+            key = action.replica if isinstance(action, reconcile.Launch) else action.container
+            self._acting[key] = action.host
+        self.actuator.submit(actions)
 
     def _note_held(self, held: int, hosts: int) -> None:
         """Says (at most every ``HELD_LOG_S`` while it lasts) that lost hosts are not being replaced."""
@@ -793,6 +800,37 @@ def _followed(session: Session) -> bool:
 
 class _Resync(Exception):
     """The mirror must be rebuilt from a new snapshot (the watch ended or its revision was compacted)."""
+
+
+class _Launching:
+    """A pass's actions as its transactions land: a launch whose replica's record this pass writes goes
+    out once that record's transaction has landed, not once every transaction of the pass has (a mass
+    failure's marking pass waited 0.6-2.1 s for etcd before any launch went: docs/scaling.md, part 16).
+    The record is still written before its container is created. Every other action waits for the whole
+    commit, as before; after a failed commit only the launches already sent have gone."""
+
+    def __init__(self, plan: reconcile.Plan,
+                 act: Callable[[tuple[reconcile.AgentAction, ...]], None]) -> None:
+        written = {w.replica.id for w in plan.writes if isinstance(w, reconcile.WriteReplica)}
+        self.waiting: dict[ReplicaId, reconcile.Launch] = {
+            a.replica: a for a in plan.actions if isinstance(a, reconcile.Launch) and a.replica in written}
+        self._plan = plan
+        self._act = act
+        self._sent: set[ReplicaId] = set()
+
+    def landed(self, records: tuple[Record, ...]) -> None:
+        ready = tuple(launch for r in records if isinstance(r, Replica)
+                      and (launch := self.waiting.pop(r.id, None)) is not None)
+        if ready:
+            self._sent.update(launch.replica for launch in ready)
+            self._act(ready)
+
+    def rest(self) -> tuple[reconcile.AgentAction, ...]:
+        """The actions not sent yet (all of them when nothing landed early)."""
+        if not self._sent:
+            return self._plan.actions
+        return tuple(a for a in self._plan.actions
+                     if not (isinstance(a, reconcile.Launch) and a.replica in self._sent))
 
 
 __all__ = ["COMMIT_IN_FLIGHT", "FULL_PASS_INTERVAL", "FULL_PASS_SHARE", "PLACE_BUDGET", "AutoscaleSettings",

@@ -307,8 +307,9 @@ class TimedStore:
         return await self._timed("current_revision", self.inner.current_revision())
 
     async def commit(self, ops: Sequence[base.Op], *, guard: base.LeaderGuard | None = None,
-                     in_flight: int = 1) -> base.Committed:
-        return await self._timed("commit", self.inner.commit(ops, guard=guard, in_flight=in_flight))
+                     in_flight: int = 1, on_landed: base.Landed | None = None) -> base.Committed:
+        return await self._timed("commit", self.inner.commit(ops, guard=guard, in_flight=in_flight,
+                                                             on_landed=on_landed))
 
     def watch(self, after_revision: int, *,
               scope: KeyRange[Any] | None = None) -> AsyncGenerator[base.Change, None]:

@@ -16,7 +16,8 @@ Semantics, as etcd defines them:
   ``--max-txn-ops``; 127 with a guard, whose comparison takes the 128th slot) and ``MAX_TXN_BYTES``
   (under etcd's ``--max-request-bytes``: large records go fewer at a time); each transaction is atomic,
   and a failure stops the batch (see ``scheduler.store.errors`` for ``applied``). ``in_flight=N`` lets
-  up to N of a batch's transactions be in flight at once (those after a failed one may land too). A
+  up to N of a batch's transactions be in flight at once (those after a failed one may land too);
+  ``on_landed`` hears each transaction's records as it lands, even when a later one fails. A
   conflict raises ``Conflict`` naming the keys; the caller re-reads and recomputes. A transaction whose
   reply was lost is retried, and recognised as applied when every key it wrote holds its bytes at one
   revision.
@@ -42,7 +43,7 @@ waits forever on an unreachable etcd.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
@@ -87,6 +88,10 @@ class Delete:
 
 
 Op = Put | Delete
+
+# Called as each transaction of a commit lands, with the records it put (before their new revision): the
+# leader launches a replica once its record is in etcd, not once the whole pass's batch is.
+Landed = Callable[[tuple[Record, ...]], None]
 
 
 @dataclass(frozen=True)
@@ -203,8 +208,9 @@ class Store(Protocol):
     async def current_revision(self) -> int: ...
 
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
-                     in_flight: int = 1) -> Committed:
-        """Writes ``ops`` in transactions, ``in_flight`` of them at a time (see the module docstring)."""
+                     in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
+        """Writes ``ops`` in transactions, ``in_flight`` of them at a time (see the module docstring);
+        ``on_landed`` is called as each transaction lands, before the batch's others have."""
         ...
 
     def watch(self, after_revision: int, *,
@@ -235,6 +241,7 @@ __all__ = [
     "Committed",
     "CorruptEntry",
     "Delete",
+    "Landed",
     "LeaderGuard",
     "Lease",
     "Listing",

@@ -41,6 +41,7 @@ from scheduler.store.base import (
     Change,
     ChangeKind,
     Committed,
+    Landed,
     LeaderGuard,
     Lease,
     Listing,
@@ -274,11 +275,11 @@ class EtcdStore:
     # -- writes ----------------------------------------------------------------------------------------
 
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
-                     in_flight: int = 1) -> Committed:
+                     in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
         plans = txn.plan_transactions(ops, schema=self._schema, guard=guard,
                                       max_txn_ops=self._settings.max_txn_ops)
         committed = await txn.commit_in_transactions(plans, self._execute, in_flight=in_flight,
-                                                     gate=self._gate)
+                                                     gate=self._gate, on_landed=on_landed)
         self._echoes.expect(committed)
         return committed
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 
 from scheduler.store import records
-from scheduler.store.base import MAX_TXN_BYTES, MAX_TXN_OPS, Committed, Delete, LeaderGuard, Op
+from scheduler.store.base import MAX_TXN_BYTES, MAX_TXN_OPS, Committed, Delete, Landed, LeaderGuard, Op
 from scheduler.store.errors import Conflict, KeyConflict, NotLeader, StoreError
 from scheduler.store.keys import KeySchema
 from scheduler.store.raw import RawKV
@@ -182,7 +182,8 @@ class Gate:
 
 
 async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[TxnPlan], Awaitable[int]], *,
-                                 in_flight: int = 1, gate: Gate | None = None) -> Committed:
+                                 in_flight: int = 1, gate: Gate | None = None,
+                                 on_landed: Landed | None = None) -> Committed:
     """Runs ``plans``; ``execute`` returns a plan's commit revision or raises.
 
     With ``in_flight`` 1 they run one after the other, and a failure carries how many operations of the
@@ -194,7 +195,9 @@ async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[Tx
     counting every operation that went in (not a prefix) and ``revisions`` their transactions'
     revisions. Each transaction is still atomic and compare-and-swap guarded, so whatever landed was
     valid against what the caller read. With a ``gate``, a commit one after the other goes ahead of
-    the pipelined ones (``Gate``)."""
+    the pipelined ones (``Gate``). ``on_landed`` is told each transaction's puts as it lands."""
+    if on_landed is not None:
+        execute = _telling(execute, on_landed)
     if in_flight <= 1 or len(plans) <= 1:
         async with gate.ahead() if gate is not None else contextlib.nullcontext():
             return await _in_sequence(plans, execute)
@@ -225,6 +228,15 @@ async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[Tx
         raise err
     # In revision order, as a sequential commit reports them (``Committed.revision`` is the last).
     return _committed([(plans[i], landed[i]) for i in sorted(done, key=landed.__getitem__)])
+
+
+def _telling(execute: Callable[[TxnPlan], Awaitable[int]],
+             on_landed: Landed) -> Callable[[TxnPlan], Awaitable[int]]:
+    async def landed(plan: TxnPlan) -> int:
+        revision = await execute(plan)
+        on_landed(tuple(w.record for w in plan.writes if w.value is not None))
+        return revision
+    return landed
 
 
 async def _in_sequence(plans: Sequence[TxnPlan], execute: Callable[[TxnPlan], Awaitable[int]]) -> Committed:

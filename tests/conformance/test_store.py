@@ -33,7 +33,7 @@ from scheduler.store.base import (
 from scheduler.store.errors import Compacted, Conflict, CorruptRecord, LeaseExpired, NotLeader
 from scheduler.store.etcd import EtcdSettings, EtcdStore
 from scheduler.store.memory import MemoryStore
-from scheduler.store.records import InstanceRecord, LeaderRecord, encode
+from scheduler.store.records import InstanceRecord, LeaderRecord, Record, encode
 from tests.fixtures import scheduler_records as build
 from tests.fixtures.etcd import EtcdCluster, etcd  # noqa: F401 - a fixture, found by name
 
@@ -266,6 +266,34 @@ def test_a_conflict_with_transactions_in_flight_counts_every_write_that_went_in(
         assert caught.value.applied == len(ids) - 1
         assert len(caught.value.revisions) == caught.value.applied // MAX_TXN_OPS + (
             1 if caught.value.applied % MAX_TXN_OPS else 0)
+
+    run(backend, scenario)
+
+
+def test_each_transaction_that_lands_is_told_with_its_puts(backend: Backend) -> None:
+    """``on_landed``: every transaction that went in, once, with the records it put, in sequence and in
+    flight; after a conflict, exactly those that landed."""
+    async def scenario(store: Store) -> None:
+        heard: list[tuple[str, ...]] = []
+
+        def landed(puts: tuple[Record, ...]) -> None:
+            heard.append(tuple(r.id for r in puts if isinstance(r, model.Replica)))
+
+        await store.commit([Put(build.replica("db", i)) for i in range(300)], on_landed=landed)
+        assert heard == [tuple(f"db-{i:05d}" for i in range(j, min(j + MAX_TXN_OPS, 300)))
+                         for j in range(0, 300, MAX_TXN_OPS)]  # in sequence: in order
+        heard.clear()
+        committed = await store.commit([Put(build.replica("api", i)) for i in range(1000)], in_flight=4,
+                                       on_landed=landed)
+        assert sorted(len(puts) for puts in heard) == [1000 - 7 * MAX_TXN_OPS] + [MAX_TXN_OPS] * 7
+        assert sorted(i for puts in heard for i in puts) == sorted(r.id for r in committed.written)
+        heard.clear()
+        await store.commit([Put(build.replica("web", 300))])  # in the batch's third transaction
+        with pytest.raises(Conflict):
+            await store.commit([Put(build.replica("web", i)) for i in range(1000)], in_flight=4,
+                               on_landed=landed)
+        ids = {r.id for r in (await store.list(store.schema.replicas_of("web"))).items} - {"web-00300"}
+        assert sorted(i for puts in heard for i in puts) == sorted(ids)
 
     run(backend, scenario)
 

@@ -132,11 +132,12 @@ class StandInSession:
 Sessions = dict[HostId, StandInSession]
 
 
-async def settled_controller(scopes: list[reconcile.Scope | None], *,
-                             plans: list[Plan] | None = None) -> tuple[Controller, Sessions]:
-    """A leader over web (2 replicas) and db (1), all running as recorded on h1 and h2; every pass's
-    scope is appended to ``scopes`` (and its plan to ``plans``)."""
-    store = MemoryStore()
+async def settled_controller(scopes: list[reconcile.Scope | None], *, plans: list[Plan] | None = None,
+                             store: MemoryStore | None = None) -> tuple[Controller, Sessions]:
+    """A leader over web (2 replicas) and db (1), all running as recorded on h1 and h2 (in ``store``, a
+    new ``MemoryStore`` by default); every pass's scope is appended to ``scopes`` (and its plan to
+    ``plans``)."""
+    store = store if store is not None else MemoryStore()
     hosts = {h: HostRecord(id=h, name=f"node-{h}", address=f"10.0.0.{i}:7070") for i, h in
              enumerate((HostId("h1"), HostId("h2")), start=1)}
     records: list[Any] = [service(2), service(1, name="db"), replica("web-1"), replica("web-2", host="h2"),

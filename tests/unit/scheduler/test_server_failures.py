@@ -11,7 +11,7 @@ import grpc
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.model import ReplicaPhase
-from scheduler.store.base import Committed, LeaderGuard, Op, Snapshot
+from scheduler.store.base import Committed, Landed, LeaderGuard, Op, Snapshot
 from scheduler.store.errors import StoreUnavailable
 from scheduler.store.memory import MemoryStore
 from tests.fixtures.scheduler_api import (
@@ -125,8 +125,8 @@ class LostReplyStore(MemoryStore):
     lose_next = False
 
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
-                     in_flight: int = 1) -> Committed:
-        committed = await super().commit(ops, guard=guard, in_flight=in_flight)
+                     in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
+        committed = await super().commit(ops, guard=guard, in_flight=in_flight, on_landed=on_landed)
         if self.lose_next:
             self.lose_next = False
             raise StoreUnavailable("etcd stopped answering; the transaction may or may not have been "

@@ -25,7 +25,7 @@ from scheduler.model import (
     ProviderRequestKind,
     ReplicaPhase,
 )
-from scheduler.store.base import Committed, LeaderGuard, Op, Put
+from scheduler.store.base import Committed, Landed, LeaderGuard, Op, Put
 from scheduler.store.memory import MemoryStore
 from tests.fixtures.scheduler_api import (
     Api,
@@ -147,12 +147,12 @@ class RacingStore(MemoryStore):
     raced = False
 
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
-                     in_flight: int = 1) -> Committed:
+                     in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
         if not self.raced and any(isinstance(op.record, HostGroup) for op in ops):
             self.raced = True
             other = service_file.parse_file(group_yaml(high=2)).hostgroups[0]
             await super().commit([Put(HostGroup(spec=other, created_at=1.0, updated_at=1.0))])
-        return await super().commit(ops, guard=guard, in_flight=in_flight)
+        return await super().commit(ops, guard=guard, in_flight=in_flight, on_landed=on_landed)
 
 
 def test_a_concurrent_apply_is_a_conflict_and_the_apply_is_redone_on_what_won() -> None:
@@ -287,13 +287,13 @@ class ChangedBeforeDelete(MemoryStore):
     raced = False
 
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
-                     in_flight: int = 1) -> Committed:
+                     in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
         if not self.raced and any(type(op).__name__ == "Delete" for op in ops):
             self.raced = True
             current = await self.get(self.schema.hostgroup("workers"))
             assert current is not None
             await super().commit([Put(dataclasses.replace(current, generation=current.generation + 1))])
-        return await super().commit(ops, guard=guard, in_flight=in_flight)
+        return await super().commit(ops, guard=guard, in_flight=in_flight, on_landed=on_landed)
 
 
 def test_delete_is_compare_and_swap_and_retries_on_the_new_revision() -> None:

@@ -16,7 +16,7 @@ from proto.agent.v1 import agent_pb2 as apb
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler.follower import ClusterState
 from scheduler.model import ReplicaPhase, Service
-from scheduler.store.base import Committed, Delete, LeaderGuard, Op, Put
+from scheduler.store.base import Committed, Delete, Landed, LeaderGuard, Op, Put
 from scheduler.store.errors import StoreUnavailable
 from scheduler.store.memory import MemoryStore
 from tests.fixtures.scheduler_api import (
@@ -492,11 +492,11 @@ class OneCommitOnly(MemoryStore):
     commits = 0
 
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
-                     in_flight: int = 1) -> Committed:
+                     in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
         if self.commits:
             raise StoreUnavailable("etcd went away (test)")
         self.commits += 1
-        return await super().commit(ops, guard=guard, in_flight=in_flight)
+        return await super().commit(ops, guard=guard, in_flight=in_flight, on_landed=on_landed)
 
 
 def test_several_documents_are_one_commit_so_etcd_going_away_cannot_half_apply_them() -> None:

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from scheduler.model import Replica
 from scheduler.store import records
 from scheduler.store.base import MAX_TXN_BYTES, Delete, LeaderGuard, Put
 from scheduler.store.errors import Conflict, NotLeader, StoreError
@@ -179,3 +180,35 @@ def test_a_commit_one_after_the_other_goes_ahead_of_pipelined_transactions() -> 
     order = asyncio.run(scenario())
     assert order[:4] == ["start 0", "start 1", "urgent", "urgent done"]
     assert sorted(order[4:]) == [f"start {i}" for i in range(2, 6)]
+
+
+def test_each_transaction_is_told_as_it_lands_not_when_the_batch_has() -> None:
+    """``on_landed`` hears a transaction's puts once it lands, while the batch's later ones are still in
+    flight: the leader launches a replica once its own record is in etcd."""
+    plans = plan_transactions([Put(build.replica("web", i)) for i in range(3 * 127)], schema=SCHEMA,
+                              guard=None, max_txn_ops=127)
+
+    async def scenario() -> None:
+        held = {i: asyncio.Event() for i in range(3)}
+        heard: list[list[str]] = []
+
+        async def execute(plan: TxnPlan) -> int:
+            await held[plan.first // 127].wait()
+            return 100 + plan.first
+
+        def landed(puts: tuple[records.Record, ...]) -> None:
+            heard.append([r.id for r in puts if isinstance(r, Replica)])
+
+        batch = asyncio.create_task(commit_in_transactions(plans, execute, in_flight=3, on_landed=landed))
+        held[1].set()
+        for _ in range(20):  # bounded: each round lets every ready task run once
+            await asyncio.sleep(0)
+        assert not batch.done()
+        assert heard == [[f"web-{i:05d}" for i in range(127, 254)]]  # the second, alone so far
+        held[0].set()
+        held[2].set()
+        committed = await batch
+        assert len(committed.revisions) == 3
+        assert sorted(id_ for puts in heard for id_ in puts) == [f"web-{i:05d}" for i in range(3 * 127)]
+
+    asyncio.run(scenario())

@@ -1,0 +1,88 @@
+"""A pass's launches go out as their records' transactions land (``controller._Launching``): a replica's
+container is created once its record is in etcd, without waiting for the rest of the pass's batch; after
+a failed commit, only the launches whose records landed have gone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from scheduler import reconcile
+from scheduler.model import Replica, ServiceName
+from scheduler.reconcile import Plan
+from scheduler.store import txn
+from scheduler.store.errors import StoreUnavailable
+from scheduler.store.memory import MemoryStore
+from tests.unit.scheduler.test_reconcile import NOW
+from tests.unit.scheduler.test_scoped_passes import settled_controller
+
+
+class HeldStore(MemoryStore):
+    """Two writes a transaction (a guard takes the third slot); while ``holding``, every transaction after
+    the first waits for ``release``, then fails when ``fail`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(max_txn_ops=3)
+        self.holding = False
+        self.fail = False
+        self.release = asyncio.Event()
+        self._executed = 0
+
+    async def _execute(self, plan: txn.TxnPlan) -> int:
+        if self.holding:
+            self._executed += 1
+            if self._executed > 1:
+                await self.release.wait()
+                if self.fail:
+                    raise StoreUnavailable("etcd went away (test)")
+        return await super()._execute(plan)
+
+
+async def recorded(store: MemoryStore, launches: list[reconcile.Launch]) -> set[str]:
+    """The launched replicas whose records are in the store, placed on the launch's host."""
+    found = set()
+    for launch in launches:
+        record = await store.get(store.schema.replica(launch.service, launch.replica))
+        if isinstance(record, Replica) and record.host == launch.host:
+            found.add(launch.replica)
+    return found
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["landed", "failed"])
+def test_launches_go_as_their_records_land(fail: bool) -> None:
+    async def go() -> None:
+        store = HeldStore()
+        plans: list[Plan] = []
+        ctl, _ = await settled_controller([], plans=plans, store=store)
+        await ctl.step()  # the term's first pass: nothing to do
+        sent: list[tuple[reconcile.AgentAction, ...]] = []
+        ctl.actuator.submit = sent.append  # type: ignore[method-assign]
+        assert ctl.mirror is not None
+        ctl.mirror.put(ctl.mirror.services[ServiceName("web")].scaled(6, now=NOW))  # four more
+        store.holding, store.fail = True, fail
+        step = asyncio.create_task(ctl.step())
+        for _ in range(200):  # bounded: until the first transaction's launches are handed over
+            if sent or step.done():
+                break
+            await asyncio.sleep(0)
+        assert not step.done() and len(sent) == 1
+        first = [a for a in sent[0] if isinstance(a, reconcile.Launch)]
+        assert first and len(first) == len(sent[0])
+        assert await recorded(store, first) == {a.replica for a in first}  # their records landed first
+        store.release.set()
+        await step
+        handed = [a for actions in sent for a in actions]
+        web = {r.id for r in (await store.list(store.schema.replicas_of("web"))).items}
+        if fail:  # the commit failed (and no plan was reported): only what landed went out
+            assert handed == first and len(first) < 4
+            assert web == {"web-1", "web-2"} | {a.replica for a in first}
+        else:  # every launch once, each after its record
+            launches = [a for a in plans[-1].actions if isinstance(a, reconcile.Launch)]
+            assert len(launches) == 4 and set(first) < set(launches)  # the rest had not landed yet
+            assert sorted(a.replica for a in handed) == sorted(a.replica for a in launches)
+            assert await recorded(store, launches) == {a.replica for a in launches}
+            assert web == {"web-1", "web-2"} | {a.replica for a in launches}
+        assert set(ctl._acting) >= {a.replica for a in handed}
+
+    asyncio.run(go())
