@@ -77,12 +77,20 @@ class HostObservation:
         return self.containers.get(replica)
 
     def with_container(self, container_id: str, seen: ObservedContainer | None) -> HostObservation:
-        """This view with one container as ``seen`` (None: gone); ``self`` when that changes nothing."""
+        """This view with one container as ``seen`` (None: gone); ``self`` when that changes nothing, or
+        when ``seen`` is a report from before the container first started and it is known to have: an
+        agent shows a container as created only until its first start, so such a report is late (an
+        event read after the create-and-start call's answer). Taken for news, it had the next pass
+        launch the replica again: 7 % more creates while placing 100,000 replicas (docs/scaling.md,
+        part 16). A container removed in between (None) may be created again."""
         if seen is None:
             if container_id not in self.containers:
                 return self
-        elif self.containers.get(container_id) == seen:
-            return self
+        else:
+            known = self.containers.get(container_id)
+            if known == seen or (known is not None and seen.state is ContainerState.CREATED
+                                 and known.state is not ContainerState.CREATED):
+                return self
         containers = dict(self.containers)
         if seen is None:
             del containers[container_id]

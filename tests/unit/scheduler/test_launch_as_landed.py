@@ -1,6 +1,6 @@
-"""A pass's launches go out as their records' transactions land (``controller._Launching``): a replica's
-container is created once its record is in etcd, without waiting for the rest of the pass's batch; after
-a failed commit, only the launches whose records landed have gone."""
+"""A pass's launches go out as their records' transactions land (``controller._Launching``): a host's
+containers are created once their records are in etcd, in one call per host, without waiting for the rest
+of the pass's batch; after a failed commit, only the hosts whose records all landed have had theirs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import asyncio
 import pytest
 
 from scheduler import reconcile
-from scheduler.model import Replica, ServiceName
+from scheduler.controller import _Launching
+from scheduler.model import HostId, Replica, ReplicaId, ServiceName
 from scheduler.reconcile import Plan
 from scheduler.store import txn
 from scheduler.store.errors import StoreUnavailable
 from scheduler.store.memory import MemoryStore
-from tests.unit.scheduler.test_reconcile import NOW
+from tests.unit.scheduler.test_reconcile import NOW, replica
 from tests.unit.scheduler.test_scoped_passes import settled_controller
 
 
@@ -54,12 +55,13 @@ def test_launches_go_as_their_records_land(fail: bool) -> None:
     async def go() -> None:
         store = HeldStore()
         plans: list[Plan] = []
-        ctl, _ = await settled_controller([], plans=plans, store=store)
+        ctl, _ = await settled_controller([], plans=plans, store=store, empty_hosts=4)
         await ctl.step()  # the term's first pass: nothing to do
         sent: list[tuple[reconcile.AgentAction, ...]] = []
         ctl.actuator.submit = sent.append  # type: ignore[method-assign]
         assert ctl.mirror is not None
-        ctl.mirror.put(ctl.mirror.services[ServiceName("web")].scaled(6, now=NOW))  # four more
+        # Four more, spread one to each empty host.
+        ctl.mirror.put(ctl.mirror.services[ServiceName("web")].scaled(6, now=NOW))
         store.holding, store.fail = True, fail
         step = asyncio.create_task(ctl.step())
         for _ in range(200):  # bounded: until the first transaction's launches are handed over
@@ -79,10 +81,33 @@ def test_launches_go_as_their_records_land(fail: bool) -> None:
             assert web == {"web-1", "web-2"} | {a.replica for a in first}
         else:  # every launch once, each after its record
             launches = [a for a in plans[-1].actions if isinstance(a, reconcile.Launch)]
-            assert len(launches) == 4 and set(first) < set(launches)  # the rest had not landed yet
+            assert len(launches) == 4 and len({a.host for a in launches}) == 4
+            assert set(first) < set(launches)  # the rest had not landed yet
             assert sorted(a.replica for a in handed) == sorted(a.replica for a in launches)
             assert await recorded(store, launches) == {a.replica for a in launches}
             assert web == {"web-1", "web-2"} | {a.replica for a in launches}
         assert set(ctl._acting) >= {a.replica for a in handed}
 
     asyncio.run(go())
+
+
+def test_a_hosts_launches_go_together_once_all_their_records_landed() -> None:
+    """One call per host, as after a whole commit: h1's two launches wait for both records; h2's relaunch
+    has no record in the pass, so h2's other launch waits for the commit with it; nothing goes twice."""
+    def launch(rid: str, host: str) -> reconcile.Launch:
+        return reconcile.Launch(host=HostId(host), replica=ReplicaId(rid), service=ServiceName("web"),
+                                generation=1)
+
+    written = {rid: replica(rid, host=host) for rid, host in
+               (("web-1", "h1"), ("web-2", "h1"), ("web-3", "h2"), ("web-5", "h3"))}
+    actions = (launch("web-1", "h1"), launch("web-2", "h1"), launch("web-3", "h2"), launch("web-4", "h2"),
+               launch("web-5", "h3"), reconcile.Retire(host=HostId("h3"), container="old", reason="orphan"))
+    plan = Plan(writes=tuple(reconcile.WriteReplica(r) for r in written.values()), actions=actions)
+    sent: list[tuple[reconcile.AgentAction, ...]] = []
+    launching = _Launching(plan, sent.append)
+    launching.landed((written["web-1"], written["web-3"]))
+    assert sent == []  # h1 waits for web-2; h2 waits for the commit
+    launching.landed((written["web-2"], written["web-5"]))
+    assert [sorted(a.replica for a in batch if isinstance(a, reconcile.Launch)) for batch in sent] == [
+        ["web-1", "web-2", "web-5"]]
+    assert launching.rest() == (actions[2], actions[3], actions[5])

@@ -133,13 +133,14 @@ Sessions = dict[HostId, StandInSession]
 
 
 async def settled_controller(scopes: list[reconcile.Scope | None], *, plans: list[Plan] | None = None,
-                             store: MemoryStore | None = None) -> tuple[Controller, Sessions]:
-    """A leader over web (2 replicas) and db (1), all running as recorded on h1 and h2 (in ``store``, a
-    new ``MemoryStore`` by default); every pass's scope is appended to ``scopes`` (and its plan to
-    ``plans``)."""
+                             store: MemoryStore | None = None, empty_hosts: int = 0
+                             ) -> tuple[Controller, Sessions]:
+    """A leader over web (2 replicas) and db (1), all running as recorded on h1 and h2, and ``empty_hosts``
+    more (h3, ...) running nothing (in ``store``, a new ``MemoryStore`` by default); every pass's scope is
+    appended to ``scopes`` (and its plan to ``plans``)."""
     store = store if store is not None else MemoryStore()
     hosts = {h: HostRecord(id=h, name=f"node-{h}", address=f"10.0.0.{i}:7070") for i, h in
-             enumerate((HostId("h1"), HostId("h2")), start=1)}
+             enumerate((HostId(f"h{n}") for n in range(1, 3 + empty_hosts)), start=1)}
     records: list[Any] = [service(2), service(1, name="db"), replica("web-1"), replica("web-2", host="h2"),
                           replica("db-1", service="db", host="h2"), *hosts.values(),
                           *(HostStatus(id=h, ready=True, complete=True) for h in hosts)]
@@ -156,7 +157,8 @@ async def settled_controller(scopes: list[reconcile.Scope | None], *, plans: lis
     ctl = Controller(store, settings, on_pass=on_pass)
     ctl.mirror = Mirror.of(await store.snapshot())
     seen = observe(("h1", [container("web-1")]),
-                   ("h2", [container("web-2"), container("db-1", service="db")]))
+                   ("h2", [container("web-2"), container("db-1", service="db")]),
+                   *((f"h{n}", []) for n in range(3, 3 + empty_hosts)))
     sessions = {h: StandInSession(h, hosts[h].address, seen[h]) for h in hosts}
     ctl.sessions.update(cast(dict[HostId, AgentSession], sessions))
     return ctl, sessions
