@@ -19,7 +19,8 @@ Then it measures, printing a table and writing JSON (``--out``, default
   call), the clock started just before the first apply; a watch on etcd's replica keys (from the revision
   before the first apply) stops it when every replica record has a host (*assigned*), then when every one
   is ``running``; replicas/s = R / time to assigned. Also the replica writes the watch saw (puts, and
-  transactions by revision) — what the scheduler cost etcd;
+  transactions by revision) — what the scheduler cost etcd — and the launches the simulators answered
+  until all running (``create_calls_until_running``: containers created, batched and unary calls);
 * **raw etcd ceiling**, in the same run once the scheduler is idle: R replica-sized puts, then as many
   puts as the scheduler made, 128 per transaction in sequence, no scheduling (aetcd directly);
 * **steady state**: the leader's cpu (cores, over ``--steady`` seconds) and RSS with every host streaming
