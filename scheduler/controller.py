@@ -808,8 +808,9 @@ class _Launching:
     0.6-2.1 s for etcd before any launch went (docs/scaling.md, part 16). They still go in one call per
     host: sent per transaction, a placing pass's launches made three times as many calls and halved the
     rate of placement at 5,000 hosts. A host with a launch whose record this pass does not write (a
-    relaunch) has all its launches sent after the commit, as is every other action; after a failed commit
-    only the hosts whose launches had all landed have gone."""
+    starting replica launched again, its record unchanged) has all its launches sent after the commit,
+    as is every other action; after a failed commit only the hosts whose launches had all landed have
+    had them."""
 
     def __init__(self, plan: reconcile.Plan,
                  act: Callable[[tuple[reconcile.AgentAction, ...]], None]) -> None:

@@ -210,7 +210,7 @@ class Store(Protocol):
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
                      in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
         """Writes ``ops`` in transactions, ``in_flight`` of them at a time (see the module docstring);
-        ``on_landed`` is called as each transaction lands, before the batch's others have."""
+        ``on_landed`` is called as each transaction lands, without waiting for the batch's others."""
         ...
 
     def watch(self, after_revision: int, *,

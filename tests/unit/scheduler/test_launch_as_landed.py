@@ -92,8 +92,9 @@ def test_launches_go_as_their_records_land(fail: bool) -> None:
 
 
 def test_a_hosts_launches_go_together_once_all_their_records_landed() -> None:
-    """One call per host, as after a whole commit: h1's two launches wait for both records; h2's relaunch
-    has no record in the pass, so h2's other launch waits for the commit with it; nothing goes twice."""
+    """One call per host, as after a whole commit: h1's two launches wait for both records; web-4 on h2 is
+    launched again with no record written in the pass, so h2's other launch waits for the commit with
+    it; nothing goes twice."""
     def launch(rid: str, host: str) -> reconcile.Launch:
         return reconcile.Launch(host=HostId(host), replica=ReplicaId(rid), service=ServiceName("web"),
                                 generation=1)
