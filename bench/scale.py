@@ -773,14 +773,15 @@ class Run:
                       for cid, (created, started) in answer.get("started", {}).items() if cid in ids]
         return found
 
-    async def sim_calls(self, method: str) -> int:
+    async def sim_calls(self, *methods: str) -> list[int]:
+        """The calls of each of ``methods`` the simulators answered, from one ``stats`` of each."""
         stats = [await s.command("stats") for s in self.sims]
-        return sum(int(st.get("calls", {}).get(method, 0)) for st in stats)
+        return [sum(int(st.get("calls", {}).get(m, 0)) for st in stats) for m in methods]
 
     async def create_calls(self) -> dict[str, int]:
         """The launches the simulators answered: containers, batched calls, unary calls."""
-        containers, batches, items = [await self.sim_calls(m) for m in
-                                      ("CreateContainer", "CreateContainers", "CreateContainers.items")]
+        containers, batches, items = await self.sim_calls(
+            "CreateContainer", "CreateContainers", "CreateContainers.items")
         return {"containers": containers, "batched_calls": batches, "unary_calls": containers - items}
 
     # -- mass failure -----------------------------------------------------------------------------
@@ -803,7 +804,7 @@ class Run:
         out["replicas_lost"] = len(lost_ids)
         out["services_hit"] = len(lost)
         out["zones"] = sorted({("a", "b", "c")[int(n[4:]) % 3] for n in victims})
-        creates_before = await self.sim_calls("CreateContainer")
+        creates_before = (await self.sim_calls("CreateContainer"))[0]
         running_new: dict[str, tuple[str, float]] = {}
         noticed: dict[str, float] = {}
         placed: dict[str, float] = {}
@@ -876,7 +877,7 @@ class Run:
             at_hosts = await self.started_at_hosts(killed_wall, replacements)
             out["created_at_hosts_s"] = summarize([created for created, _ in at_hosts], digits=3)
             out["started_at_hosts_s"] = summarize([started for _, started in at_hosts], digits=3)
-            out["creates_during"] = await self.sim_calls("CreateContainer") - creates_before
+            out["creates_during"] = (await self.sim_calls("CreateContainer"))[0] - creates_before
         finally:
             for task in (follower, host_follower):
                 task.cancel()
@@ -921,7 +922,7 @@ class Run:
             raise RuntimeError("no standby instance to fail over to")
         out["killed"], out["survivor"] = leader.instance, survivor.instance
         snap = await store.snapshot()
-        creates_before = await self.sim_calls("CreateContainer")
+        creates_before = (await self.sim_calls("CreateContainer"))[0]
         passes_before = sum(scrape_counter(survivor.http, WATCHED_METRICS[0]).values())
         actions_before = scrape_counter(survivor.http, "shoal_scheduler_planned_actions_total")
         marks: dict[str, float] = {}
@@ -976,7 +977,7 @@ class Run:
         out["replicas_moved_or_replaced"] = len(moved)
         out["moved_examples"] = moved[:10]
         out["replicas_new"] = len(set(after.replicas) - set(snap.replicas))
-        out["creates_after_kill"] = await self.sim_calls("CreateContainer") - creates_before
+        out["creates_after_kill"] = (await self.sim_calls("CreateContainer"))[0] - creates_before
         actions_after = scrape_counter(survivor.http, "shoal_scheduler_planned_actions_total")
         out["survivor_planned_actions"] = {k: v - actions_before.get(k, 0.0) for k, v in actions_after.items()
                                            if v - actions_before.get(k, 0.0)}

@@ -829,14 +829,14 @@ class _Launching:
         self._sent: set[ReplicaId] = set()
 
     def landed(self, records: tuple[Record, ...]) -> None:
-        ready: list[reconcile.AgentAction] = []
+        ready: list[reconcile.Launch] = []
         for record in records:
             if isinstance(record, Replica) and (launch := self.waiting.pop(record.id, None)) is not None:
                 self._left[launch.host] -= 1
                 if not self._left[launch.host]:
                     ready += self._by_host[launch.host]
         if ready:
-            self._sent.update(cast(reconcile.Launch, a).replica for a in ready)
+            self._sent.update(a.replica for a in ready)
             self._act(tuple(ready))
 
     def rest(self) -> tuple[reconcile.AgentAction, ...]:
