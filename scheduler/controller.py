@@ -74,6 +74,7 @@ from scheduler.placement.framework import Profile
 from scheduler.placement.placer import ViewPlacer
 from scheduler.placement.view import ClusterView
 from scheduler.placement.view_cache import ViewCache, ViewInputs
+from scheduler.recorder import InFlightRecorder
 from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
@@ -199,15 +200,21 @@ class Controller:
         self._place_from: ServiceName | None = None           # where the next pass resumes placing
         self._waiting: frozenset[ServiceName] = frozenset()   # what a pass over its budget left
         self.lost_held = 0                                    # lost hosts the last pass did not replace
+        self._recorder: InFlightRecorder | None = None        # while a pass's writes are in flight
+        self.recorded_in_flight = 0                           # replicas it recorded, for tests and benchmarks
         self._held_logged = 0.0                               # when that was last logged
 
     def poke(self, *_: object) -> None:
         self._wake.set()
+        if self._recorder is not None:
+            self._recorder.poke()
 
     def _host_changed(self, host: HostId) -> None:
         """An agent session reported a change (its containers, its connection, its room)."""
         self._changed_hosts.add(host)
         self._wake.set()
+        if self._recorder is not None:
+            self._recorder.heard(host)
 
     def _lose(self, why: str) -> None:
         self._deposed = why
@@ -428,11 +435,9 @@ class Controller:
                 if status is not self.mirror.statuses.get(host) and status != self.mirror.statuses.get(host)]
         encoded = time.perf_counter()
         launching = _Launching(plan, self._act)
+        recorder = self._new_recorder(ops)
         try:
-            committed = (await self.store.commit(ops, guard=self.settings.guard,
-                                                 in_flight=self.settings.commit_in_flight,
-                                                 on_landed=launching.landed if launching.waiting else None)
-                         if ops else None)
+            committed = await self._commit(ops, launching, recorder) if ops else None
         except Conflict as err:
             log.info("reconcile pass conflicted on %s (%d writes had gone in); deciding again",
                      ", ".join(err.keys[:5]), err.applied)
@@ -468,15 +473,51 @@ class Controller:
             self.full_interval = max(FULL_PASS_INTERVAL, busy / FULL_PASS_SHARE)
         if busy >= LONG_PASS_S:
             log.info("a %s pass held the loop for %.2fs: %.2fs to build, %.2fs to decide (%d writes, %d "
-                     "actions, %s), %.2fs to write and hand over (and %.2fs waiting for etcd); %d services "
-                     "in scope", "full" if scope is None else "scoped", busy, built - started,
-                     decided - built, len(plan.writes), len(plan.actions),
+                     "actions, %s), %.2fs to write and hand over (and %.2fs waiting for etcd, %d replicas "
+                     "recorded meanwhile); %d services in scope", "full" if scope is None else "scoped",
+                     busy, built - started, decided - built, len(plan.writes), len(plan.actions),
                      "placing" if placer.built else "no placing", (encoded - decided) + (ended - landed),
-                     landed - encoded, len(world.services) if scope is None else len(scope.services))
+                     landed - encoded, recorder.recorded,
+                     len(world.services) if scope is None else len(scope.services))
         if self._on_pass is not None:
             self._on_pass(time.perf_counter() - started, plan, world)
         self._due = self._next_due(world, held=plan.lost_held > 0)
         return self._due
+
+    def _new_recorder(self, ops: Sequence[base.Op]) -> InFlightRecorder:
+        assert self.mirror is not None
+        sessions = self.sessions
+
+        def observation(host: HostId) -> HostObservation | None:
+            session = sessions.get(host)
+            return session.observation if session is not None else None
+
+        return InFlightRecorder(self.store, self.settings.guard, mirror=self.mirror, ops=ops, seen=self._seen,
+                                observation=observation, busy=lambda: self.actuator.busy,
+                                on_deposed=self._lose, in_flight=self.settings.commit_in_flight)
+
+    async def _commit(self, ops: Sequence[base.Op], launching: _Launching,
+                      recorder: InFlightRecorder) -> base.Committed:
+        """The pass's writes; launches go as their records land, and what the hosts report meanwhile is
+        recorded (``scheduler.recorder``) until the commit, and the recorder's own last write, are done."""
+        def landed(revision: int, records: tuple[Record, ...]) -> None:
+            if launching.waiting:
+                launching.landed(records)
+            recorder.landed(revision, records)
+
+        commit = asyncio.ensure_future(self.store.commit(ops, guard=self.settings.guard,
+                                                         in_flight=self.settings.commit_in_flight,
+                                                         on_landed=landed))
+        self._recorder = recorder
+        try:
+            await recorder.run_until(commit)
+            return await commit  # (the recorder stops early when etcd fails it)
+        finally:
+            self._recorder = None
+            self.recorded_in_flight += recorder.recorded
+            if not commit.done():  # the term ended meanwhile
+                commit.cancel()
+                commit.add_done_callback(_retrieved)
 
     def _act(self, actions: tuple[reconcile.AgentAction, ...]) -> None:
         for action in actions:
@@ -796,6 +837,12 @@ def _followed(session: Session) -> bool:
     """The session follows its host completely: connected, and its listing and events complete."""
     obs = session.observation
     return obs is not None and obs.connected and obs.complete
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Nobody awaits a commit cancelled with its term: its outcome is taken here, so it is not logged."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Resync(Exception):

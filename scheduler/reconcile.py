@@ -52,12 +52,16 @@ would, provided every service out of scope has nothing pending (placement order 
 only thing services share); hosts whose replicas this step moves or drops are checked for orphans too.
 ``World.by_service`` may carry the replicas of each service, kept by the caller, so that a scoped step
 costs what its scope holds, not what the cluster holds.
+
+**What the hosts report, alone.** ``record_observed`` is the absorb rule by itself, for given replicas:
+the controller records replicas that started while a pass's writes are still in flight, rather than in
+the pass after it. It decides nothing a step would not: a step that follows finds them as recorded.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
@@ -74,7 +78,7 @@ from scheduler.model import (
     Service,
     ServiceName,
 )
-from scheduler.observed import ContainerState, Health, HostObservation
+from scheduler.observed import ContainerState, Health, HostObservation, ObservedContainer
 
 MAX_DECISIONS = 10
 HOST_GRACE = 3.0     # seconds a host may be unreachable before its replicas are replaced elsewhere
@@ -371,19 +375,9 @@ def _absorb(plan: _Plan, r: Replica) -> None:
     obs = world.observed.get(r.host)
     container = obs.containers.get(r.id) if obs is not None else None
     if container is not None:
-        if (container.state is ContainerState.RUNNING and container.health is Health.NONE
-                and r.phase is ReplicaPhase.RUNNING and r.ready and r.reason == _RUNNING
-                and container.ports == r.ports):
-            return  # running as recorded, what nearly every replica is on every full pass (phase() says so)
-        phase, reason = container.phase()
-        if (phase, container.ready, reason, container.ports) == (r.phase, r.ready, r.reason, r.ports):
-            return  # as recorded (most replicas, most passes): no copy to make and compare
-        updated = evolve(r, phase=phase, ready=container.ready, reason=reason, ports=container.ports)
-        if phase is not r.phase:
-            if phase is ReplicaPhase.FAILED:
-                updated = evolve(updated, next_attempt_at=now + backoff(r.restarts))
-            updated = with_decision(updated, now=now, action=phase.value, reason=reason)
-        plan.update(updated)
+        updated = _as_observed(r, container, now)
+        if updated is not None:
+            plan.update(updated)
         return
     failure = world.launch_failures.get(r.id)
     if failure is not None and r.phase is ReplicaPhase.STARTING:
@@ -396,6 +390,43 @@ def _absorb(plan: _Plan, r: Replica) -> None:
         why = "its container was removed from the host; recreating it"
         updated = evolve(r, phase=ReplicaPhase.STARTING, ready=False, reason=why, restarts=r.restarts + 1)
         plan.update(with_decision(updated, now=now, action="recreated", reason=why))
+
+
+def _as_observed(r: Replica, container: ObservedContainer, now: float) -> Replica | None:
+    """``r`` as its container on its host shows it, or None when that is as recorded."""
+    if (container.state is ContainerState.RUNNING and container.health is Health.NONE
+            and r.phase is ReplicaPhase.RUNNING and r.ready and r.reason == _RUNNING
+            and container.ports == r.ports):
+        return None  # running as recorded, what nearly every replica is on every full pass (phase() says so)
+    phase, reason = container.phase()
+    if (phase, container.ready, reason, container.ports) == (r.phase, r.ready, r.reason, r.ports):
+        return None  # as recorded (most replicas, most passes): no copy to make and compare
+    updated = evolve(r, phase=phase, ready=container.ready, reason=reason, ports=container.ports)
+    if phase is not r.phase:
+        if phase is ReplicaPhase.FAILED:
+            updated = evolve(updated, next_attempt_at=now + backoff(r.restarts))
+        updated = with_decision(updated, now=now, action=phase.value, reason=reason)
+    return updated
+
+
+def record_observed(replicas: Iterable[Replica], observed: Mapping[HostId, HostObservation], *,
+                    busy: Collection[str], now: float) -> tuple[WriteReplica, ...]:
+    """Only what the hosts report of ``replicas``: each one whose container on its host shows another
+    phase, readiness, reason or ports than its record, written as the container shows it. This is the
+    part of ``step`` that needs nothing but the replica and its container (``_absorb``): nothing is placed,
+    launched or removed, and a replica with an action in flight, stopping, or with no container seen on
+    its host is left to the next step. The controller runs it while a pass's writes are in flight, so
+    that a replacement which started is recorded running without waiting for the next pass
+    (docs/scaling.md, part 17)."""
+    out: list[WriteReplica] = []
+    for r in replicas:
+        if r.phase is ReplicaPhase.STOPPING or r.host is None or r.id in busy:
+            continue
+        obs = observed.get(r.host)
+        container = obs.containers.get(r.id) if obs is not None else None
+        if container is not None and (updated := _as_observed(r, container, now)) is not None:
+            out.append(WriteReplica(evolve(updated, updated_at=now)))
+    return tuple(out)
 
 
 def _abandon_lost(plan: _Plan, ids: Sequence[ReplicaId]) -> None:
@@ -612,5 +643,5 @@ def _orphans(plan: _Plan, hosts: Collection[HostId] | None) -> None:
 __all__ = [
     "AGENT_DOWN_GRACE", "BACKOFF_BASE", "BACKOFF_CAP", "HOST_GRACE", "MAX_DECISIONS", "AgentAction",
     "DropReplica", "DropService", "Launch", "LaunchFailure", "Placer", "Plan", "RecordWrite", "Retire",
-    "Scope", "World", "WriteReplica", "backoff", "step", "with_decision",
+    "Scope", "World", "WriteReplica", "backoff", "record_observed", "step", "with_decision",
 ]

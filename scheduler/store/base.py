@@ -17,7 +17,7 @@ Semantics, as etcd defines them:
   (under etcd's ``--max-request-bytes``: large records go fewer at a time); each transaction is atomic,
   and a failure stops the batch (see ``scheduler.store.errors`` for ``applied``). ``in_flight=N`` lets
   up to N of a batch's transactions be in flight at once (those after a failed one may land too);
-  ``on_landed`` hears each transaction's records as it lands, even when a later one fails. A
+  ``on_landed`` hears each transaction's revision and records as it lands, even when a later one fails. A
   conflict raises ``Conflict`` naming the keys; the caller re-reads and recomputes. A transaction whose
   reply was lost is retried, and recognised as applied when every key it wrote holds its bytes at one
   revision.
@@ -89,9 +89,10 @@ class Delete:
 
 Op = Put | Delete
 
-# Called as each transaction of a commit lands, with the records it put (before their new revision): the
-# leader launches a replica once its record is in etcd, not once the whole pass's batch is.
-Landed = Callable[[tuple[Record, ...]], None]
+# Called as each transaction of a commit lands, with its revision and the records it put (as given: each
+# now has that revision): the leader launches a replica once its record is in etcd, not once the whole
+# pass's batch is, and records what its hosts report of it while the rest is in flight.
+Landed = Callable[[int, tuple[Record, ...]], None]
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[Tx
     counting every operation that went in (not a prefix) and ``revisions`` their transactions'
     revisions. Each transaction is still atomic and compare-and-swap guarded, so whatever landed was
     valid against what the caller read. With a ``gate``, a commit one after the other goes ahead of
-    the pipelined ones (``Gate``). ``on_landed`` is told each transaction's puts as it lands."""
+    the pipelined ones (``Gate``). ``on_landed`` is told each transaction's revision and puts as it lands."""
     if on_landed is not None:
         execute = _telling(execute, on_landed)
     if in_flight <= 1 or len(plans) <= 1:
@@ -234,7 +234,7 @@ def _telling(execute: Callable[[TxnPlan], Awaitable[int]],
              on_landed: Landed) -> Callable[[TxnPlan], Awaitable[int]]:
     async def landed(plan: TxnPlan) -> int:
         revision = await execute(plan)
-        on_landed(tuple(w.record for w in plan.writes if w.value is not None))
+        on_landed(revision, tuple(w.record for w in plan.writes if w.value is not None))
         return revision
     return landed
 

@@ -276,17 +276,22 @@ def test_each_transaction_that_lands_is_told_with_its_puts(backend: Backend) -> 
     async def scenario(store: Store) -> None:
         heard: list[tuple[str, ...]] = []
 
-        def landed(puts: tuple[Record, ...]) -> None:
+        told: dict[str, int] = {}
+
+        def landed(revision: int, puts: tuple[Record, ...]) -> None:
             heard.append(tuple(r.id for r in puts if isinstance(r, model.Replica)))
+            told.update((r.id, revision) for r in puts if isinstance(r, model.Replica))
 
         await store.commit([Put(build.replica("db", i)) for i in range(300)], on_landed=landed)
         assert heard == [tuple(f"db-{i:05d}" for i in range(j, min(j + MAX_TXN_OPS, 300)))
                          for j in range(0, 300, MAX_TXN_OPS)]  # in sequence: in order
         heard.clear()
+        told.clear()
         committed = await store.commit([Put(build.replica("api", i)) for i in range(1000)], in_flight=4,
                                        on_landed=landed)
         assert sorted(len(puts) for puts in heard) == [1000 - 7 * MAX_TXN_OPS] + [MAX_TXN_OPS] * 7
         assert sorted(i for puts in heard for i in puts) == sorted(r.id for r in committed.written)
+        assert told == {r.id: r.revision for r in committed.written}  # each told with its revision
         heard.clear()
         await store.commit([Put(build.replica("web", 300))])  # in the batch's third transaction
         with pytest.raises(Conflict):

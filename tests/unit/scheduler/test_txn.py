@@ -196,7 +196,7 @@ def test_each_transaction_is_told_as_it_lands_not_when_the_batch_has() -> None:
             await held[plan.first // 127].wait()
             return 100 + plan.first
 
-        def landed(puts: tuple[records.Record, ...]) -> None:
+        def landed(_revision: int, puts: tuple[records.Record, ...]) -> None:
             heard.append([r.id for r in puts if isinstance(r, Replica)])
 
         batch = asyncio.create_task(commit_in_transactions(plans, execute, in_flight=3, on_landed=landed))
