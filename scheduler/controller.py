@@ -202,6 +202,7 @@ class Controller:
         self.lost_held = 0                                    # lost hosts the last pass did not replace
         self._recorder: InFlightRecorder | None = None        # while a pass's writes are in flight
         self.recorded_in_flight = 0                           # replicas it recorded, for tests and benchmarks
+        self.recorded_ahead = 0                               # ... and ahead of a pass (``_record_ahead``)
         self._held_logged = 0.0                               # when that was last logged
 
     def poke(self, *_: object) -> None:
@@ -403,11 +404,12 @@ class Controller:
         started = time.perf_counter()
         assert self.mirror is not None
         self._sync_sessions()
+        ahead, recording = self._record_ahead()
         now = time.time()
         statuses = {h: self._status(h) for h in self.mirror.hosts}
         full = self._full_due or now - self._last_full >= self.full_interval
         scope = self._scope(statuses, full=full, now=now)
-        world = self._world(statuses, scope=scope, now=now)
+        world = self._world(statuses, scope=scope, now=now, recording=recording)
         placer = ViewPlacer(lambda: self._view(world), self.settings.profile)
         built = time.perf_counter()
         plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
@@ -433,6 +435,8 @@ class Controller:
                 ops.append(base.Delete(write.service))
         ops += [base.Put(status) for host, status in statuses.items()
                 if status is not self.mirror.statuses.get(host) and status != self.mirror.statuses.get(host)]
+        if ahead is not None:
+            await ahead  # (its records land in the mirror before this pass's own are written)
         encoded = time.perf_counter()
         launching = _Launching(plan, self._act)
         recorder = self._new_recorder(ops)
@@ -473,16 +477,31 @@ class Controller:
             self.full_interval = max(FULL_PASS_INTERVAL, busy / FULL_PASS_SHARE)
         if busy >= LONG_PASS_S:
             log.info("a %s pass held the loop for %.2fs: %.2fs to build, %.2fs to decide (%d writes, %d "
-                     "actions, %s), %.2fs to write and hand over (and %.2fs waiting for etcd, %d replicas "
-                     "recorded meanwhile); %d services in scope", "full" if scope is None else "scoped",
-                     busy, built - started, decided - built, len(plan.writes), len(plan.actions),
+                     "actions, %s), %.2fs to write and hand over (and %.2fs waiting for etcd; %d replicas "
+                     "recorded ahead, %d meanwhile); %d services in scope", "full" if scope is None else
+                     "scoped", busy, built - started, decided - built, len(plan.writes), len(plan.actions),
                      "placing" if placer.built else "no placing", (encoded - decided) + (ended - landed),
-                     landed - encoded, recorder.recorded,
+                     landed - encoded, len(recording), recorder.recorded,
                      len(world.services) if scope is None else len(scope.services))
         if self._on_pass is not None:
             self._on_pass(time.perf_counter() - started, plan, world)
         self._due = self._next_due(world, held=plan.lost_held > 0)
         return self._due
+
+    def _record_ahead(self) -> tuple[asyncio.Task[None] | None, frozenset[str]]:
+        """Start writing what the hosts reported since the last pass (``scheduler.recorder``), to land
+        while this pass decides; the replicas written, which the pass leaves alone (busy)."""
+        if not self._changed_hosts:
+            return None, frozenset()
+        recorder = self._new_recorder(())
+        for host in self._changed_hosts:
+            recorder.heard(host)
+        writes = recorder.decide()
+        if not writes:
+            return None, frozenset()
+        self.recorded_ahead += len(writes)
+        task = asyncio.get_running_loop().create_task(recorder.write(writes), name="record-ahead")
+        return task, frozenset(w.replica.id for w in writes)
 
     def _new_recorder(self, ops: Sequence[base.Op]) -> InFlightRecorder:
         assert self.mirror is not None
@@ -679,7 +698,8 @@ class Controller:
         return {host: session.observation for host, session in self.sessions.items()}
 
     def _world(self, statuses: dict[HostId, HostStatus] | None = None, *,
-               scope: reconcile.Scope | None = None, now: float | None = None) -> reconcile.World:
+               scope: reconcile.Scope | None = None, now: float | None = None,
+               recording: frozenset[str] = frozenset()) -> reconcile.World:
         assert self.mirror is not None
         if statuses is None:
             statuses = {h: self._status(h) for h in self.mirror.hosts}
@@ -687,7 +707,7 @@ class Controller:
             services=dict(self.mirror.services), replicas=dict(self.mirror.replicas),
             hosts={h: self._fresh(r) for h, r in self.mirror.hosts.items()},
             statuses=statuses, observed=self._observed(),
-            now=time.time() if now is None else now, busy=frozenset(self.actuator.busy),
+            now=time.time() if now is None else now, busy=frozenset(self.actuator.busy) | recording,
             launch_failures=dict(self.actuator.failures), unreachable_since=self._unreachable_since(statuses),
             host_grace=self.settings.host_grace, agent_down_grace=self.settings.agent_down_grace,
             max_lost_share=self.settings.max_lost_share,

@@ -18,6 +18,11 @@ It never races the pass whose writes are in flight:
   writes in it.
 
 A conflict leaves the replica to the next pass: the watch brings what changed it.
+
+The same recorder also runs *ahead* of a pass (``Controller._record_ahead``): what was heard since the
+last pass is written while the pass decides, and the pass treats those replicas as busy (it decides
+nothing about them) and waits for that write before committing its own. A start heard while a pass is
+deciding then waits for that pass's commit, not for the pass after it.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ class InFlightRecorder:
             self._wake.clear()
             writes = self.decide()
             if writes:
-                await self._write(writes)
+                await self.write(writes)
 
     def decide(self) -> tuple[reconcile.WriteReplica, ...]:
         """The writes for what was heard since the last call (pure but for this recorder's bookkeeping)."""
@@ -150,7 +155,8 @@ class InFlightRecorder:
             return known
         return evolve(landed[1], revision=landed[0])
 
-    async def _write(self, writes: tuple[reconcile.WriteReplica, ...]) -> None:
+    async def write(self, writes: tuple[reconcile.WriteReplica, ...]) -> None:
+        """Commit ``writes`` (what ``decide`` returned), each put into the mirror as it lands."""
         mirror = self._mirror
 
         def landed(revision: int, records: tuple[Record, ...]) -> None:

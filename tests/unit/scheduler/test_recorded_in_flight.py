@@ -248,3 +248,37 @@ def test_replacements_are_recorded_running_before_their_pass_is_done(fail: bool)
                 & set(first)
 
     asyncio.run(go())
+
+
+def test_starts_heard_between_passes_are_recorded_ahead_while_the_pass_decides() -> None:
+    """Heard before a pass: written as the pass begins, landing while it decides; the pass leaves those
+    replicas alone (busy), so it writes nothing for them and nothing conflicts."""
+    async def go() -> None:
+        plans: list[reconcile.Plan] = []
+        ctl, sessions = await settled_controller([], plans=plans, empty_hosts=4)
+        store = ctl.store
+        await ctl.step()
+        launched: list[reconcile.Launch] = []
+        ctl.actuator.submit = lambda actions: launched.extend(  # type: ignore[method-assign]
+            a for a in actions if isinstance(a, reconcile.Launch))
+        assert ctl.mirror is not None
+        ctl.mirror.put(ctl.mirror.services[ServiceName("web")].scaled(6, now=NOW))
+        await ctl.step()
+        assert len(launched) == 4 and ctl.recorded_ahead == 0
+        for launch in launched:  # they start, and their hosts say so before the next pass
+            session = sessions[launch.host]
+            seen = container(launch.replica)
+            session.observation = session.observation.with_container(launch.replica, seen)
+            ctl._host_changed(launch.host)
+        await ctl.step()
+        ids = {launch.replica for launch in launched}
+        assert ctl.recorded_ahead == 4
+        assert not {w.replica.id for w in plans[-1].writes if isinstance(w, reconcile.WriteReplica)} & ids
+        for rid in ids:
+            record = await store.get(store.schema.replica("web", rid))
+            assert isinstance(record, Replica) and record.phase is ReplicaPhase.RUNNING
+            assert ctl.mirror.replicas[rid] == record
+        await ctl.step()
+        assert not plans[-1].writes and ctl.recorded_ahead == 4
+
+    asyncio.run(go())
