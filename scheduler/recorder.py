@@ -20,9 +20,10 @@ It never races the pass whose writes are in flight:
 A conflict leaves the replica to the next pass: the watch brings what changed it.
 
 The same recorder also runs *ahead* of a pass (``Controller._record_ahead``): what was heard since the
-last pass is written while the pass decides, and the pass treats those replicas as busy (it decides
-nothing about them) and waits for that write before committing its own. A start heard while a pass is
-deciding then waits for that pass's commit, not for the pass after it.
+last pass is written while the pass decides and beside the pass's own writes; the pass, and the recorder
+of its commit until that write is done, treat those replicas as busy (they decide nothing about them),
+and the pass ends only once that write has too. A start heard while a pass is deciding then waits for
+that pass's commit, not for the pass after it.
 """
 
 from __future__ import annotations
