@@ -15,7 +15,9 @@ host statuses that changed) as compare-and-swap transactions under the term's gu
 the agent actions to the actuator. Passes run one at a time, triggered by any change a pass reads (a
 watch event that changes it, an agent event, an action done) and coalesced: a burst of changes is one
 pass. A conflict means the mirror was behind: the watch brings the news and the next pass decides again.
-``NotLeader`` ends the term.
+``NotLeader`` ends the term. What the hosts report is also written between and during passes
+(``scheduler.recorder``): what was heard since the last pass as the next one begins, and what is heard
+while a pass's writes are in flight, so a replica that started is not recorded only by a later pass.
 
 Most passes are *scoped* (``reconcile.Scope``, ``Controller._scope``): they run the rules only for the
 services and hosts changed since the last pass — the mirror's dirt, the containers that changed in each
@@ -492,8 +494,9 @@ class Controller:
     def _record_ahead(self) -> tuple[asyncio.Task[None] | None, frozenset[str]]:
         """Start writing what the hosts reported since the last pass (``scheduler.recorder``), to land
         while this pass decides and beside its own writes; the replicas written, which the pass leaves
-        alone (busy). Waiting for it before the pass's own commit held a placing pass's 20,000 placements
-        back behind 14,000 records of starts for 5.5 s at 5,000 hosts (docs/scaling.md, part 17)."""
+        alone (busy; one it stops anyway, scaled down meanwhile, conflicts and is decided again). Waiting
+        for it before the pass's own commit held a placing pass's 20,000 placements back behind 14,000
+        records of starts for 5.5 s at 5,000 hosts (docs/scaling.md, part 17)."""
         if not self._changed_hosts:
             return None, frozenset()
         recorder = self._new_recorder(())

@@ -54,8 +54,9 @@ only thing services share); hosts whose replicas this step moves or drops are ch
 costs what its scope holds, not what the cluster holds.
 
 **What the hosts report, alone.** ``record_observed`` is the absorb rule by itself, for given replicas:
-the controller records replicas that started while a pass's writes are still in flight, rather than in
-the pass after it. It decides nothing a step would not: a step that follows finds them as recorded.
+the controller records replicas that started while a pass's writes are still in flight, and what was
+heard between passes as the next one begins, rather than in a later pass. It decides nothing a step
+would not: a step that follows finds them as recorded.
 """
 
 from __future__ import annotations
