@@ -528,7 +528,8 @@ class Controller:
 
         return InFlightRecorder(self.store, self.settings.guard, mirror=self.mirror, ops=ops, seen=self._seen,
                                 observation=observation, busy=busy,
-                                on_deposed=self._lose, in_flight=self.settings.commit_in_flight)
+                                on_deposed=self._lose, coalesce=COALESCE,
+                                in_flight=self.settings.commit_in_flight)
 
     async def _commit(self, ops: Sequence[base.Op], launching: _Launching,
                       recorder: InFlightRecorder) -> base.Committed:

@@ -44,20 +44,18 @@ from scheduler.store.records import Record
 
 log = logging.getLogger(__name__)
 
-COALESCE = 0.01  # reports arriving within this are recorded in one commit
-
-
 class InFlightRecorder:
     """Records, during one pass's commit, the replicas whose containers its hosts report changed.
 
     ``seen`` is each host's observation as the pass read it (the pass decided on those containers);
-    ``observation`` gives a host's current one; ``busy`` the containers with an agent action in flight."""
+    ``observation`` gives a host's current one; ``busy`` the containers with an agent action in flight;
+    reports arriving within ``coalesce`` seconds are recorded in one commit (the controller's own)."""
 
     def __init__(self, store: base.Store, guard: base.LeaderGuard, *, mirror: Mirror,
                  ops: Sequence[base.Op], seen: Mapping[HostId, HostObservation],
                  observation: Callable[[HostId], HostObservation | None],
                  busy: Callable[[], Collection[str]], on_deposed: Callable[[str], None],
-                 in_flight: int = 2) -> None:
+                 coalesce: float, in_flight: int = 2) -> None:
         self._store = store
         self._in_flight = max(2, in_flight)  # 1 would go ahead of the pass's transactions
         self._guard = guard
@@ -66,8 +64,12 @@ class InFlightRecorder:
         self._observation = observation
         self._busy = busy
         self._on_deposed = on_deposed
-        # The pass's replica writes not landed yet (its deletes never count as landed).
-        self._unlanded = {op.record.id for op in ops if isinstance(op.record, Replica)}
+        self._coalesce = coalesce
+        # The pass's replica puts not landed yet, and the replicas it deletes (never recorded).
+        self._unlanded = {op.record.id for op in ops
+                          if isinstance(op, base.Put) and isinstance(op.record, Replica)}
+        self._deleting = {op.record.id for op in ops
+                          if isinstance(op, base.Delete) and isinstance(op.record, Replica)}
         self._landed: dict[ReplicaId, tuple[int, Replica]] = {}  # as given, and the revision it landed at
         self._examined: dict[HostId, HostObservation | None] = {}  # what this recorder last looked at
         self._heard: set[HostId] = set()
@@ -109,7 +111,7 @@ class InFlightRecorder:
                 woken.cancel()
             if commit.done():
                 return
-            await asyncio.sleep(COALESCE)
+            await asyncio.sleep(self._coalesce)
             self._wake.clear()
             writes = self.decide()
             if writes:
@@ -140,6 +142,8 @@ class InFlightRecorder:
 
     def _consider(self, host: HostId, rid: ReplicaId, obs: HostObservation, busy: Collection[str],
                   candidates: dict[ReplicaId, Replica], observed: dict[HostId, HostObservation]) -> None:
+        if rid in self._deleting:
+            return
         if rid in self._unlanded or rid in busy:
             self._retry.add((host, rid))
             return
@@ -179,4 +183,4 @@ class InFlightRecorder:
             log.debug("cannot record what hosts report: %s", err)
 
 
-__all__ = ["COALESCE", "InFlightRecorder"]
+__all__ = ["InFlightRecorder"]

@@ -83,7 +83,7 @@ class Recording:
         self.deposed: list[str] = []
         self.recorder = InFlightRecorder(store, guard, mirror=mirror, ops=ops, seen=dict(self.observed),
                                          observation=self.observed.get, busy=lambda: self.busy,
-                                         on_deposed=self.deposed.append)
+                                         on_deposed=self.deposed.append, coalesce=0.01)
 
     def start(self, host: HostId, rid: str) -> None:
         obs = self.observed[host]
@@ -153,7 +153,7 @@ def test_containers_the_pass_already_read_are_left_to_it() -> None:
         rec.start(H1, "web-1")  # before the recorder was told: as if the pass had read it
         rec.recorder = InFlightRecorder(store, guard, mirror=mirror, ops=[], seen=dict(rec.observed),
                                         observation=rec.observed.get, busy=set,
-                                        on_deposed=rec.deposed.append)
+                                        on_deposed=rec.deposed.append, coalesce=0.01)
         rec.recorder.heard(H1)  # h1 reports something else (its room)
         assert rec.recorder.decide() == ()
 
@@ -182,7 +182,7 @@ def test_a_deposed_leader_stops_recording() -> None:
         stale = base.LeaderGuard(guard.epoch + 1000)
         rec.recorder = InFlightRecorder(store, stale, mirror=mirror, ops=[], seen=dict(rec.observed),
                                         observation=rec.observed.get, busy=set,
-                                        on_deposed=rec.deposed.append)
+                                        on_deposed=rec.deposed.append, coalesce=0.01)
         commit: asyncio.Future[base.Committed] = asyncio.get_running_loop().create_future()
         running = asyncio.create_task(rec.recorder.run_until(commit))
         rec.start(H1, "web-1")
