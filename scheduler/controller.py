@@ -102,6 +102,10 @@ FULL_PASS_INTERVAL = 5.0
 # nothing to do, while the sessions waited.
 FULL_PASS_SHARE = 0.1
 HELD_LOG_S = 30.0  # while lost hosts are held (reconcile.mass_loss), said this often
+# While hosts are being lost (in their grace, or lost with replicas not yet marked) the safety net runs
+# this many times less often: a full pass then makes the pass that marks them look at every service (in
+# part 17's 5,000-host runs it fell on a marking pass, or just before one, in three runs of five).
+NET_LOSING_FACTOR = 2
 LONG_PASS_S = 1.0  # a pass holding the loop this long is logged with where its time went
 # Pending replicas one pass hands to placement; the rest wait for the next pass, right after. A pass
 # placing 30,000 held the loop for 4.6 s at 2,000 hosts (every agent session unheard meanwhile), one of
@@ -194,6 +198,8 @@ class Controller:
         self._pacer = Pacer(settings.usage_pace)  # what in-process sessions ask for now
         self._repace_later: asyncio.TimerHandle | None = None  # a pass for a change the pacer held back
         self._lost_due: dict[HostId, float] = {}              # when each unreachable host counts as lost
+        self._gather_end: float | None = None                 # no host is lost before then (``_gather``)
+        self._placing_s = 0.0                                 # the last placing pass, to its writes landed
         self._last_pass_at = 0.0                              # the time the last pass read (``_scope``)
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
@@ -377,7 +383,7 @@ class Controller:
         self.poke()
         while True:
             # Wake for the full pass's period too: the safety net must not wait for a change.
-            due = self._last_full + self.full_interval
+            due = self._last_full + self._net_interval()
             next_due = due if next_due is None else min(next_due, due)
             timeout = max(0.0, next_due - time.time())
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that arrives as
@@ -409,9 +415,10 @@ class Controller:
         ahead, recording = self._record_ahead()
         now = time.time()
         statuses = {h: self._status(h) for h in self.mirror.hosts}
-        full = self._full_due or now - self._last_full >= self.full_interval
-        scope = self._scope(statuses, full=full, now=now)
-        world = self._world(statuses, scope=scope, now=now, recording=recording)
+        full = self._full_due or now - self._last_full >= self._net_interval()
+        lost_from = self._lost_from(now)
+        scope = self._scope(statuses, full=full, now=now, gathering=lost_from > 0)
+        world = self._world(statuses, scope=scope, now=now, recording=recording, lost_from=lost_from)
         placer = ViewPlacer(lambda: self._view(world), self.settings.profile)
         built = time.perf_counter()
         plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
@@ -474,6 +481,8 @@ class Controller:
             self.views.refresh(self._view_inputs(world))
         ended = time.perf_counter()
         busy = ended - started - (landed - encoded)  # the loop's own time: the commit's wait excluded
+        if placer.built:
+            self._placing_s = ended - started
         if idle_net:
             # What the safety net costs is a full pass that finds nothing to place; one that placed
             # says what placing costs, not what the next safety net will.
@@ -574,6 +583,31 @@ class Controller:
                         self.settings.max_lost_share)
         self.lost_held = held
 
+    def _net_interval(self) -> float:
+        """The safety net's period now: longer while hosts are being lost (``NET_LOSING_FACTOR``)."""
+        return self.full_interval * (NET_LOSING_FACTOR if self._lost_due else 1)
+
+    def _lost_from(self, now: float) -> float:
+        """``World.lost_from`` for a pass at ``now``: the end of the gathering (``_gather``) while it
+        lasts, else 0."""
+        return self._gather_end if self._gather_end is not None and now < self._gather_end else 0.0
+
+    def _gather(self) -> float | None:
+        """When the pass that marks the lost hosts' replicas runs: once the last grace ends of those
+        unreachable hosts whose graces end within a window after the first's, the window being the last
+        placing pass's length (its writes landed), at most the host grace itself.
+
+        Hosts killed at once are found unreachable over a usage interval (each counted from its own last
+        report), so their graces end over up to 3 s at 5,000 hosts. A pass that marks the first of them
+        runs for seconds there, and those whose grace ended just after it began waited for all of it
+        before a pass of their own (part 17's run E: 799 replicas marked 6.5 s after 986 others, their
+        hosts lost 0-0.7 s later). In a small cluster a pass is milliseconds, and so is the wait."""
+        if not self._lost_due:
+            return None
+        first = min(self._lost_due.values())
+        window = min(self.settings.host_grace, self._placing_s)
+        return max(at for at in self._lost_due.values() if at <= first + window)
+
     def _next_due(self, world: reconcile.World, *, held: bool) -> float | None:
         """When a pass is due by the clock alone; ``_scope`` puts what came due in that pass's scope."""
         assert self.mirror is not None
@@ -590,22 +624,25 @@ class Controller:
                     replicas[rid].phase is not ReplicaPhase.STOPPING for rid in holding):
                 continue
             self._lost_due[host] = lost_at
-            if lost_at > world.now:
-                due.append(lost_at)
+        self._gather_end = self._gather()
+        if self._gather_end is not None and self._gather_end > world.now:
+            due.append(self._gather_end)
         # A start-failing host's mark lifts then (its status is rewritten, placement tries it again).
         due += [until for host in self.mirror.hosts
                 if (until := self.start_health.failing_until(host)) is not None and until > world.now]
         return min(due) if due else None
 
-    def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool, now: float) -> reconcile.Scope | None:
+    def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool, now: float,
+               gathering: bool = False) -> reconcile.Scope | None:
         """What this pass must look at: None for everything, else what changed since the last pass.
 
         Services: those whose records changed (the mirror's dirt), those of containers that changed on
         their hosts, of replicas whose action just ended or whose launch failed, every service with a
         pending replica (room may have freed anywhere), every service with a replica on a host that
         changed wholly (its record, its status, its session's connection), and what the clock made due:
-        failed replicas whose backoff ended, hosts whose grace ran out. Hosts: where any of that
-        happened, for orphans. Taken even for a full pass, so the next scoped pass starts afresh.
+        failed replicas whose backoff ended, hosts whose grace ran out (once the lost hosts are gathered:
+        ``_gather``). Hosts: where any of that happened, for orphans. Taken even for a full pass, so the
+        next scoped pass starts afresh.
 
         A pass due by the clock used to look at everything: in a mass failure the lost hosts' graces end
         over a few seconds, each was a full pass (seconds each at 100,000 replicas), and the hosts whose
@@ -636,7 +673,8 @@ class Controller:
         services.update(self._waiting)  # left by a pass over its budget, replicas not created yet
         services.update(replica.service for rid in mirror.failed  # backoffs ended since the last pass
                         if since < (replica := mirror.replicas[rid]).next_attempt_at <= now)
-        dirt.hosts.update(host for host, lost_at in self._lost_due.items() if lost_at <= now)
+        if not gathering:
+            dirt.hosts.update(host for host, lost_at in self._lost_due.items() if lost_at <= now)
         for host in dirt.hosts:
             services.update(mirror.replicas[rid].service for rid in mirror.by_host.get(host, ()))
         return reconcile.Scope(services=frozenset(services), hosts=frozenset(dirt.hosts | dirt.touched))
@@ -715,7 +753,7 @@ class Controller:
 
     def _world(self, statuses: dict[HostId, HostStatus] | None = None, *,
                scope: reconcile.Scope | None = None, now: float | None = None,
-               recording: frozenset[str] = frozenset()) -> reconcile.World:
+               recording: frozenset[str] = frozenset(), lost_from: float = 0.0) -> reconcile.World:
         assert self.mirror is not None
         if statuses is None:
             statuses = {h: self._status(h) for h in self.mirror.hosts}
@@ -726,7 +764,7 @@ class Controller:
             now=time.time() if now is None else now, busy=frozenset(self.actuator.busy) | recording,
             launch_failures=dict(self.actuator.failures), unreachable_since=self._unreachable_since(statuses),
             host_grace=self.settings.host_grace, agent_down_grace=self.settings.agent_down_grace,
-            max_lost_share=self.settings.max_lost_share,
+            max_lost_share=self.settings.max_lost_share, lost_from=lost_from,
             agent_down=frozenset(h for h, s in self.sessions.items() if s.agent_down),
             # The mirror's own index, not a copy: the step reads it before anything changes the mirror.
             by_service=self.mirror.by_service, scope=scope,

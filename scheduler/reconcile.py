@@ -22,6 +22,7 @@ The rules, per service:
   onto the few hosts it still hears: nothing is abandoned, and ``Plan.lost_held`` says how many lost
   hosts were held (Kubernetes' node lifecycle controller stops evicting in a full disruption too). The
   share is of the hosts that hold replicas: hosts never reached yet (a fleet joining) hold nothing.
+  Before ``World.lost_from`` no host counts as lost (the controller gathers a mass failure's hosts).
 * **Count**: ``live`` replicas are those not stopping; *condemned* ones run an old template or sit on a
   draining host; the rest are *kept*. Missing kept replicas are created (``pending``) — during a rollout or
   a drain only up to ``replicas + max_surge`` live ones; surplus kept replicas are stopped in the
@@ -129,6 +130,9 @@ class World:
     agent_down: frozenset[HostId] = frozenset()
     agent_down_grace: float = AGENT_DOWN_GRACE
     max_lost_share: float = MAX_LOST_SHARE  # 1: replace whatever is lost, however much
+    # No host counts as lost before this time: the leader gathers hosts whose graces end close together
+    # into one pass (``scheduler.controller``; 0: nothing gathered).
+    lost_from: float = 0.0
     # The replica ids of each service, when the caller keeps them (None: the step groups ``replicas``).
     # Must hold exactly the ids in ``replicas``; read only during the step.
     by_service: Mapping[ServiceName, Collection[ReplicaId]] | None = None
@@ -144,7 +148,7 @@ class World:
     def lost(self, host: HostId | None) -> bool:
         """Whether ``host`` has been unreachable for longer than its grace period."""
         at = self.lost_at(host) if host is not None else None
-        return at is not None and self.now >= at
+        return at is not None and self.now >= max(at, self.lost_from)
 
     def lost_at(self, host: HostId) -> float | None:
         """When ``host`` will count as lost, if it is unreachable."""
