@@ -22,9 +22,11 @@ while a pass's writes are in flight, so a replica that started is not recorded o
 Most passes are *scoped* (``reconcile.Scope``, ``Controller._scope``): they run the rules only for the
 services and hosts changed since the last pass — the mirror's dirt, the containers that changed in each
 reporting session, the actions that ended, launches that failed — plus every service with a pending
-replica and everything on a host whose connection, record or status changed. A full pass runs at the
-start of a term, after a conflict or an etcd failure, when the clock makes a pass due (a backoff, a
-grace period), and at least every ``FULL_PASS_INTERVAL`` seconds as a safety net.
+replica and everything on a host whose connection, record or status changed, and what the clock made
+due (a backoff ended, a host's grace ran out). A full pass runs at the start of a term, after a conflict
+or an etcd failure, and at least every ``FULL_PASS_INTERVAL`` seconds as a safety net (less often while
+hosts are being lost). Hosts whose graces end close together are marked lost by one pass
+(``Controller._gather``).
 """
 
 from __future__ import annotations
@@ -601,7 +603,8 @@ class Controller:
         report), so their graces end over up to 3 s at 5,000 hosts. A pass that marks the first of them
         runs for seconds there, and those whose grace ended just after it began waited for all of it
         before a pass of their own (part 17's run E: 799 replicas marked 6.5 s after 986 others, their
-        hosts lost 0-0.7 s later). In a small cluster a pass is milliseconds, and so is the wait."""
+        hosts lost within about a second after that pass began). In a small cluster a pass is
+        milliseconds, and so is the wait."""
         if not self._lost_due:
             return None
         first = min(self._lost_due.values())

@@ -45,34 +45,49 @@ def fall_silent(ctl: Controller, sessions: Sessions, host: str) -> None:
     ctl._host_changed(HostId(host))
 
 
-def two_hosts_lost(monkeypatch: pytest.MonkeyPatch, *, placing_s: float) -> tuple[list[Plan], list[float]]:
-    """h1 (web-1) falls silent, and h2 (web-2, db-1) half a second later, after a placing pass that took
-    ``placing_s``. A pass runs as h1's grace ends, then one when the controller says the next is due.
-    Those two passes' plans, and when a pass was due after each of the last two passes before them."""
+def shifted_clock(monkeypatch: pytest.MonkeyPatch) -> ShiftedClock:
     clock = ShiftedClock()
     monkeypatch.setattr(controller_module, "time", clock)
     monkeypatch.setattr(controller_module, "FULL_PASS_INTERVAL", 3600.0)  # no safety net in between
+    return clock
+
+
+async def lost_apart(monkeypatch: pytest.MonkeyPatch, clock: ShiftedClock, *, apart: float, placing_s: float,
+                     grace: float = 3.0, plans: list[Plan] | None = None) -> tuple[Controller, float, float]:
+    """A settled controller (and two empty hosts) whose last placing pass took ``placing_s``; h1 (web-1)
+    falls silent, and h2 (web-2, db-1) ``apart`` seconds later. The controller, when h1 fell silent, and
+    when the pass after h2's fell silent said the next was due."""
+    ctl, sessions = await settled_controller([], plans=plans, empty_hosts=2)
+    ctl.settings = dataclasses.replace(ctl.settings, host_grace=grace)
+    monkeypatch.setattr(ctl.actuator, "submit", lambda actions: None)  # no agents to launch on
+    await ctl.step()
+    ctl._placing_s = placing_s
+    start = clock.time()
+    fall_silent(ctl, sessions, "h1")
+    await ctl.step()
+    clock.ahead += apart
+    fall_silent(ctl, sessions, "h2")
+    due = await ctl.step()
+    assert due is not None
+    return ctl, start, due
+
+
+def two_hosts_lost(monkeypatch: pytest.MonkeyPatch, *, placing_s: float) -> tuple[list[Plan], list[float]]:
+    """Two hosts lost half a second apart (``lost_apart``). A pass runs as h1's grace ends, then one when
+    the controller says the next is due. Those two passes' plans, and when a pass was due after the pass
+    before each."""
+    clock = shifted_clock(monkeypatch)
 
     async def go() -> tuple[list[Plan], list[float]]:
         plans: list[Plan] = []
-        ctl, sessions = await settled_controller([], plans=plans, empty_hosts=2)
-        monkeypatch.setattr(ctl.actuator, "submit", lambda actions: None)  # no agents to launch on
-        await ctl.step()
-        ctl._placing_s = placing_s
-        start = clock.time()
-        fall_silent(ctl, sessions, "h1")
-        await ctl.step()
-        clock.ahead += 0.5
-        fall_silent(ctl, sessions, "h2")
-        due = await ctl.step()
-        assert due is not None
+        ctl, start, due = await lost_apart(monkeypatch, clock, apart=0.5, placing_s=placing_s, plans=plans)
         dues = [due - start]
         plans.clear()
         clock.ahead += 3.0 - 0.5 + 0.01  # h1's grace is over
-        due = await ctl.step()
-        assert due is not None
-        dues.append(due - start)
-        clock.ahead += due - clock.time() + 0.01
+        next_due = await ctl.step()
+        assert next_due is not None
+        dues.append(next_due - start)
+        clock.ahead += next_due - clock.time() + 0.01
         await ctl.step()
         return plans, dues
 
@@ -101,23 +116,10 @@ def test_where_passes_are_short_each_host_is_marked_when_its_grace_ends(
 def test_a_host_lost_later_than_the_window_is_not_waited_for(
         monkeypatch: pytest.MonkeyPatch, placing_s: float, expected: float) -> None:
     """With a 10 s grace, h2 lost 1.5 s after h1: waited for after a placing pass of 2 s, not of 1 s."""
-    clock = ShiftedClock()
-    monkeypatch.setattr(controller_module, "time", clock)
-    monkeypatch.setattr(controller_module, "FULL_PASS_INTERVAL", 3600.0)
+    clock = shifted_clock(monkeypatch)
 
     async def go() -> float:
-        ctl, sessions = await settled_controller([], empty_hosts=2)
-        ctl.settings = dataclasses.replace(ctl.settings, host_grace=10.0)
-        monkeypatch.setattr(ctl.actuator, "submit", lambda actions: None)
-        await ctl.step()
-        ctl._placing_s = placing_s
-        start = clock.time()
-        fall_silent(ctl, sessions, "h1")
-        await ctl.step()
-        clock.ahead += 1.5
-        fall_silent(ctl, sessions, "h2")
-        due = await ctl.step()
-        assert due is not None
+        _, start, due = await lost_apart(monkeypatch, clock, apart=1.5, placing_s=placing_s, grace=10.0)
         return due - start
 
     assert asyncio.run(go()) == pytest.approx(expected, abs=0.05)
