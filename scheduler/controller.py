@@ -200,7 +200,6 @@ class Controller:
         self._pacer = Pacer(settings.usage_pace)  # what in-process sessions ask for now
         self._repace_later: asyncio.TimerHandle | None = None  # a pass for a change the pacer held back
         self._lost_due: dict[HostId, float] = {}              # when each unreachable host counts as lost
-        self._gather_end: float | None = None                 # no host is lost before then (``_gather``)
         self._placing_s = 0.0                                 # the last placing pass, to its writes landed
         self._last_pass_at = 0.0                              # the time the last pass read (``_scope``)
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
@@ -592,7 +591,8 @@ class Controller:
     def _lost_from(self, now: float) -> float:
         """``World.lost_from`` for a pass at ``now``: the end of the gathering (``_gather``) while it
         lasts, else 0."""
-        return self._gather_end if self._gather_end is not None and now < self._gather_end else 0.0
+        end = self._gather()
+        return end if end is not None and now < end else 0.0
 
     def _gather(self) -> float | None:
         """When the pass that marks the lost hosts' replicas runs: once the last grace ends of those
@@ -627,9 +627,8 @@ class Controller:
                     replicas[rid].phase is not ReplicaPhase.STOPPING for rid in holding):
                 continue
             self._lost_due[host] = lost_at
-        self._gather_end = self._gather()
-        if self._gather_end is not None and self._gather_end > world.now:
-            due.append(self._gather_end)
+        if (gathered := self._gather()) is not None and gathered > world.now:
+            due.append(gathered)
         # A start-failing host's mark lifts then (its status is rewritten, placement tries it again).
         due += [until for host in self.mirror.hosts
                 if (until := self.start_health.failing_until(host)) is not None and until > world.now]
