@@ -42,7 +42,9 @@ from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE, MASS_LOSS_MIN_HOST
 from scheduler.server import REGISTRATION_REFRESH, RegistrationService, add_services
 from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import START_FAILURE_COOLDOWN, START_FAILURE_THRESHOLD, StartHealthSettings
-from scheduler.store.errors import NotLeader, StoreError
+from scheduler.store.base import MAX_TXN_OPS
+from scheduler.store.errors import NotLeader, StoreError, StoreUnavailable
+from scheduler.store.etcd import EtcdStore
 from scheduler.store.factory import MEMORY, open_store
 from scheduler.store.keys import DEFAULT_PREFIX
 from scheduler.store.records import InstanceRecord
@@ -83,6 +85,7 @@ class Settings:
     percentage_of_hosts_to_score: int = 0
     session_workers: int = 0
     etcd_txns_in_flight: int = COMMIT_IN_FLIGHT
+    etcd_max_txn_ops: int = MAX_TXN_OPS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a reconcile pass's writes go to etcd in transactions of 127, up to N of them in "
                             "flight at once; API writes go ahead of them (default %(default)s; 1: one after "
                             "the other; docs/scaling.md, part 11)")
+    serve.add_argument("--etcd-max-txn-ops", type=int, default=MAX_TXN_OPS, metavar="N",
+                       help="etcd's --max-txn-ops: the scheduler's batches go in transactions of up to N "
+                            "operations (N-1 under the leader's guard). Raise both together: a mass "
+                            "failure's or a placing pass's writes then take fewer round trips to etcd "
+                            "(default %(default)s, etcd's own; docs/scaling.md, part 19)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
@@ -244,6 +252,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit("shoal-scheduler: --session-workers must be 0 (in-process) to 64")
     if not 1 <= args.etcd_txns_in_flight <= 64:
         raise SystemExit("shoal-scheduler: --etcd-txns-in-flight must be 1 to 64")
+    if not 2 <= args.etcd_max_txn_ops <= 10_000:
+        raise SystemExit("shoal-scheduler: --etcd-max-txn-ops must be 2 to 10000 (and etcd's --max-txn-ops)")
     if args.prometheus and not args.prometheus.startswith(("http://", "https://")):
         raise SystemExit(f"shoal-scheduler: --prometheus {args.prometheus!r}: expected http://HOST:PORT")
     instance = args.instance_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
@@ -262,7 +272,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     cpu_initialization_period=args.autoscale_cpu_initialization_period,
                     elastic_interval=args.elastic_interval,
                     percentage_of_hosts_to_score=args.percentage_of_hosts_to_score,
-                    session_workers=args.session_workers, etcd_txns_in_flight=args.etcd_txns_in_flight)
+                    session_workers=args.session_workers, etcd_txns_in_flight=args.etcd_txns_in_flight,
+                    etcd_max_txn_ops=args.etcd_max_txn_ops)
 
 
 def _credentials(settings: Settings) -> Credentials | None:
@@ -298,11 +309,23 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> list[Path]:
     return sockets
 
 
+async def _check_txn_ops(store: EtcdStore) -> None:
+    """``--etcd-max-txn-ops`` above etcd's own limit fails every pass that writes that many: refuse to
+    start instead. An etcd that cannot be reached now is checked by nothing else, and said so."""
+    try:
+        await store.check_txn_ops()
+    except StoreUnavailable as err:
+        log.warning("could not check --etcd-max-txn-ops against etcd (%s); passes fail if it allows fewer",
+                    err)
+
+
 async def serve(settings: Settings) -> None:
     gc_pauses.install()
     gc_pauses.tune()
     try:
-        store = await open_store(settings.etcd, prefix=settings.prefix)
+        store = await open_store(settings.etcd, prefix=settings.prefix, max_txn_ops=settings.etcd_max_txn_ops)
+        if settings.etcd_max_txn_ops != MAX_TXN_OPS and isinstance(store, EtcdStore):
+            await _check_txn_ops(store)
     except (StoreError, ValueError) as err:
         raise SystemExit(f"shoal-scheduler: {err}") from None
     profile = replace(registry.default_profile(),

@@ -69,6 +69,7 @@ _TRANSIENT_DETAILS = ("leader changed", "no leader", "timed out", "too many requ
                       "server stopped", "not capable", "Internal error from Core", "RST_STREAM",
                       "Socket closed", "Connection reset")
 _COMPACTED_DETAIL = "required revision has been compacted"
+_TOO_MANY_OPS = "too many operations in txn request"  # etcd's answer past its --max-txn-ops
 _LEASE_NOT_FOUND = "requested lease not found"
 _WATCH_METADATA = (("hasleader", "true"),)
 _BACKOFF_FIRST_S = 0.05
@@ -277,7 +278,8 @@ class EtcdStore:
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
                      in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
         plans = txn.plan_transactions(ops, schema=self._schema, guard=guard,
-                                      max_txn_ops=self._settings.max_txn_ops)
+                                      max_txn_ops=self._settings.max_txn_ops, in_flight=in_flight,
+                                      large=self._gate.quiet())
         committed = await txn.commit_in_transactions(plans, self._execute, in_flight=in_flight,
                                                      gate=self._gate, on_landed=on_landed)
         self._echoes.expect(committed)
@@ -311,6 +313,25 @@ class EtcdStore:
         if isinstance(result, int):
             return result
         raise result
+
+    async def check_txn_ops(self) -> None:
+        """Raise ``StoreError`` if etcd refuses a transaction of ``max_txn_ops`` operations (its own
+        ``--max-txn-ops`` is lower): asked once at startup, so a mismatch is said then, not as every pass
+        failing. A read-only transaction of comparisons on a key that is never written: it changes nothing."""
+        request = rpc.TxnRequest()
+        probe = (self._settings.prefix + "txn-ops-probe").encode()
+        for _ in range(self._settings.max_txn_ops):
+            compare = request.compare.add()
+            compare.key, compare.target, compare.result = probe, rpc.Compare.VERSION, rpc.Compare.EQUAL
+        try:
+            await self._call("a transaction-size check", lambda t: self._kv.Txn(request, timeout=t))
+        except StoreError as err:
+            if _TOO_MANY_OPS in str(err):
+                raise StoreError(f"etcd at {self._settings.endpoints} allows fewer than "
+                                 f"{self._settings.max_txn_ops} operations in a transaction: set the "
+                                 "scheduler's --etcd-max-txn-ops to etcd's --max-txn-ops (128 by "
+                                 "default)") from None
+            raise
 
     async def compact(self, revision: int) -> None:
         request = rpc.CompactionRequest(revision=revision)

@@ -9,17 +9,18 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scheduler import model
 from scheduler.store.base import ChangeKind, Delete, LeaderGuard, Put
-from scheduler.store.errors import Compacted, Conflict, StoreUnavailable
+from scheduler.store.errors import Compacted, Conflict, StoreError, StoreUnavailable
 from scheduler.store.etcd import EtcdSettings, EtcdStore
 from scheduler.store.records import LeaderRecord
 from tests.fixtures import scheduler_records as build
-from tests.fixtures.etcd import EtcdCluster
+from tests.fixtures.etcd import EtcdCluster, require_etcd
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +86,37 @@ def test_a_thousand_replicas_go_in_guarded_transactions_and_read_back_in_pages(e
         await store.close()
 
     run(scenario)
+
+
+def test_batches_go_in_as_many_operations_a_transaction_as_etcd_allows(tmp_path: Path) -> None:
+    """``--etcd-max-txn-ops`` matched with etcd's ``--max-txn-ops``: fewer, larger transactions; set above
+    what etcd allows, a clear error and nothing written."""
+    require_etcd()
+
+    async def scenario(endpoints: str, *, allowed: bool) -> None:
+        store = await open_store(endpoints, max_txn_ops=1024)
+        if allowed:
+            await store.check_txn_ops()
+        else:  # what shoal-scheduler asks as it starts
+            with pytest.raises(StoreError, match="set the scheduler's --etcd-max-txn-ops to etcd's"):
+                await store.check_txn_ops()
+        lease = await store.grant_lease(30)
+        leader = await store.campaign(LeaderRecord("a"), lease_id=lease.id)
+        replicas = [build.replica("web", i, host=f"h{i % 7}") for i in range(2000)]
+        if allowed:
+            committed = await store.commit([Put(r) for r in replicas], guard=LeaderGuard(leader.epoch))
+            assert len(committed.revisions) == math.ceil(2000 / 1023)
+            assert len((await store.snapshot()).replicas) == 2000
+        else:
+            with pytest.raises(StoreError, match="too many operations"):
+                await store.commit([Put(r) for r in replicas], guard=LeaderGuard(leader.epoch))
+            assert not (await store.snapshot()).replicas
+        await store.close()
+
+    with EtcdCluster(tmp_path / "big", flags=("--max-txn-ops", "1024")) as big:
+        run(lambda: scenario(big.endpoints, allowed=True))
+    with EtcdCluster(tmp_path / "default") as default:
+        run(lambda: scenario(default.endpoints, allowed=False))
 
 
 def test_large_records_fit_under_etcds_request_size_limit(etcd: EtcdCluster, etcd_prefix: str) -> None:

@@ -52,6 +52,14 @@ def test_sessions_stay_in_process_unless_workers_are_asked_for() -> None:
             settings("--insecure-tcp", "--session-workers", bad)
 
 
+def test_transactions_hold_etcds_default_number_of_operations_unless_told_otherwise() -> None:
+    assert settings("--insecure-tcp").etcd_max_txn_ops == 128
+    assert settings("--insecure-tcp", "--etcd-max-txn-ops", "1024").etcd_max_txn_ops == 1024
+    for bad in ("1", "10001"):
+        with pytest.raises(SystemExit, match=re.escape("--etcd-max-txn-ops must be 2 to 10000")):
+            settings("--insecure-tcp", "--etcd-max-txn-ops", bad)
+
+
 def test_lost_hosts_are_held_past_half_unless_told_otherwise() -> None:
     assert settings("--insecure-tcp").max_lost_share == 0.5
     assert settings("--insecure-tcp", "--max-lost-share", "1").max_lost_share == 1.0

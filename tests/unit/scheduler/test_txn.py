@@ -15,6 +15,7 @@ from scheduler.store.errors import Conflict, NotLeader, StoreError
 from scheduler.store.keys import KeySchema
 from scheduler.store.raw import RawKV
 from scheduler.store.txn import (
+    QUIET_S,
     Gate,
     TxnOutcome,
     TxnPlan,
@@ -28,9 +29,10 @@ from tests.fixtures import scheduler_records as build
 SCHEMA = KeySchema()
 
 
-def plan_sizes(n: int, guard: LeaderGuard | None = None, max_txn_ops: int = 128) -> list[int]:
+def plan_sizes(n: int, guard: LeaderGuard | None = None, max_txn_ops: int = 128,
+               in_flight: int = 1) -> list[int]:
     plans = plan_transactions([Put(build.replica("web", i)) for i in range(n)], schema=SCHEMA, guard=guard,
-                              max_txn_ops=max_txn_ops)
+                              max_txn_ops=max_txn_ops, in_flight=in_flight)
     assert [p.first for p in plans] == [sum(len(q.writes) for q in plans[:i]) for i in range(len(plans))]
     return [len(p.writes) for p in plans]
 
@@ -44,6 +46,22 @@ def test_batches_are_cut_at_the_transaction_limit_minus_the_guard() -> None:
     assert plan_sizes(10, max_txn_ops=4) == [4, 4, 2]
     with pytest.raises(ValueError, match="no room"):
         plan_sizes(1, LeaderGuard(5), max_txn_ops=1)
+
+
+@pytest.mark.parametrize(("n", "in_flight", "sizes"), [
+    (4000, 4, [1000] * 4),                   # one round of four
+    (5000, 4, [625] * 8),                    # two rounds, spread evenly
+    (8184, 4, [1023] * 8),                   # as much as two rounds hold
+    (8185, 4, [127] * 64 + [57]),            # more: etcd's default size, the API's writes in between
+    (300, 4, [127, 127, 46]),                # one round either way: no larger than the default needs
+    (2046, 1, [1023, 1023]),                 # one after the other: two rounds of one
+], ids=["one-round", "two-rounds", "two-full-rounds", "bulk", "small", "sequential"])
+def test_where_etcd_allows_more_a_batch_of_a_few_rounds_goes_in_larger_transactions(
+        n: int, in_flight: int, sizes: list[int]) -> None:
+    guard = LeaderGuard(epoch=7)
+    assert plan_sizes(n, guard, max_txn_ops=1024, in_flight=in_flight) == sizes
+    # etcd's default limit: always its size, whatever the batch
+    assert set(plan_sizes(n, guard, in_flight=in_flight)[:-1]) <= {127}
 
 
 def test_large_records_go_fewer_per_transaction() -> None:
@@ -180,6 +198,49 @@ def test_a_commit_one_after_the_other_goes_ahead_of_pipelined_transactions() -> 
     order = asyncio.run(scenario())
     assert order[:4] == ["start 0", "start 1", "urgent", "urgent done"]
     assert sorted(order[4:]) == [f"start {i}" for i in range(2, 6)]
+
+
+def test_a_write_that_is_not_urgent_waits_behind_the_api_and_holds_nothing_back() -> None:
+    """A one-transaction commit with two in flight (a host's registration) is pipelined: it waits while a
+    commit one after the other is under way, never closes the gate itself, and the gate stays quiet for
+    large transactions; the API's commit does neither (at 5,000 hosts, ~40 registrations a second went
+    ahead of the leader's passes: docs/scaling.md, part 19)."""
+    one = plan_transactions([Put(build.service("api"))], schema=SCHEMA, guard=None)
+    now = [100.0]
+
+    async def scenario() -> list[str]:
+        gate = Gate(clock=lambda: now[0])
+        order: list[str] = []
+        api_done = asyncio.Event()
+
+        async def api(plan: TxnPlan) -> int:
+            order.append("api")
+            await api_done.wait()
+            return 1
+
+        async def registration(plan: TxnPlan) -> int:
+            order.append("registration")
+            return 2
+
+        assert gate.quiet()
+        await commit_in_transactions(one, registration, in_flight=2, gate=gate)
+        assert gate.quiet()  # a registration is not API activity
+        urgent = asyncio.create_task(commit_in_transactions(one, api, gate=gate))
+        for _ in range(5):  # bounded: the API's commit is under way
+            await asyncio.sleep(0)
+        later = asyncio.create_task(commit_in_transactions(one, registration, in_flight=2, gate=gate))
+        for _ in range(20):  # bounded: the registration would have run by now, were it not held
+            await asyncio.sleep(0)
+        assert not gate.quiet() and order == ["registration", "api"]
+        api_done.set()
+        await urgent
+        await later
+        assert not gate.quiet()  # the API wrote just now
+        now[0] += QUIET_S
+        assert gate.quiet()
+        return order
+
+    assert asyncio.run(scenario()) == ["registration", "api", "registration"]
 
 
 def test_each_transaction_is_told_as_it_lands_not_when_the_batch_has() -> None:
