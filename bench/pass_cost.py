@@ -21,6 +21,12 @@ ago), and each ``Controller.step()`` that follows is timed until one has nothing
 that marks the lost hosts' replicas and places their replacements, and those after it. A fresh
 cluster per round; ``--profile FILE`` writes a cProfile of the first round's passes.
 
+``--etcd M`` (with ``--lost``) runs the same mass failure against a real etcd of M members on loopback
+(``tests/fixtures/etcd``; a fresh key prefix per round) instead of the memory store, and times each
+pass on the wall clock as well, from its start to its writes landed: what etcd adds to a pass when it
+has the machine to itself, which the 5,000-host benchmark on two shared cores does not show
+(docs/scaling.md, part 19).
+
 ``--templates N`` measures instead the spec of N launches of one service (a template with a command,
 environment, resources, a health check and a port): parsed afresh per launch (``container_spec``, as
 before) and from the actuator's ``Templates`` cache.
@@ -40,8 +46,11 @@ import gc
 import json
 import os
 import platform
+import secrets
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -72,6 +81,7 @@ from scheduler.observed import ContainerState, HostObservation, ObservedContaine
 from scheduler.placement.placer import ViewPlacer  # noqa: E402
 from scheduler.placement.registry import default_profile  # noqa: E402
 from scheduler.store import base  # noqa: E402
+from scheduler.store.etcd import EtcdSettings, EtcdStore  # noqa: E402
 from scheduler.store.memory import MemoryStore  # noqa: E402
 from scheduler.store.records import LeaderRecord  # noqa: E402
 
@@ -145,9 +155,11 @@ def cluster(n_replicas: int, n_hosts: int) -> tuple[list[object], dict[HostId, S
     return records_out, sessions
 
 
-async def controller(records: list[object], sessions: dict[HostId, StandInSession]) -> Controller:
-    """A leader's controller over a memory store holding ``records``, its mirror loaded, not running."""
-    store = MemoryStore()
+async def controller(records: list[object], sessions: dict[HostId, StandInSession],
+                     store: base.Store | None = None) -> Controller:
+    """A leader's controller over ``store`` (a memory store by default) holding ``records``, its mirror
+    loaded, not running."""
+    store = store if store is not None else MemoryStore()
     for at in range(0, len(records), 1000):
         await store.commit([base.Put(cast(Any, r)) for r in records[at:at + 1000]])
     lease = await store.grant_lease(3600)
@@ -174,12 +186,18 @@ def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int) -> lis
     return hosts
 
 
-def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str) -> list[dict[str, float]]:
-    """One round: a fresh settled cluster loses ``lost`` hosts; each pass after that, timed."""
+def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
+               etcd: str = "") -> list[dict[str, float]]:
+    """One round: a fresh settled cluster loses ``lost`` hosts; each pass after that, timed. ``etcd``: its
+    endpoints, to run against a fresh prefix there rather than a memory store."""
     import cProfile
     records, sessions = cluster(n_replicas, n_hosts)
     loop = asyncio.new_event_loop()
-    ctl = loop.run_until_complete(controller(records, sessions))
+    store: base.Store | None = None
+    if etcd:
+        settings = EtcdSettings(etcd, prefix=f"/pass-cost-{secrets.token_hex(4)}/shoal/v1/")
+        store = loop.run_until_complete(EtcdStore.open(settings))
+    ctl = loop.run_until_complete(controller(records, sessions, store))
     loop.run_until_complete(ctl.step())  # the term's first pass
     lose(ctl, sessions, lost)
     busy = ctl.actuator.busy
@@ -206,21 +224,23 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str) -> list[d
     profiler = cProfile.Profile() if profile else None
     for _ in range(8):  # bounded: a mass failure takes two or three
         gc.collect()
-        started = time.process_time()
+        started, wall = time.process_time(), time.perf_counter()
         if profiler is not None:
             profiler.enable()
         loop.run_until_complete(ctl.step())
         if profiler is not None:
             profiler.disable()
-        spent = time.process_time() - started
+        spent, wall = time.process_time() - started, time.perf_counter() - wall
         plan = seen[-1]
-        passes.append({"cpu_s": spent, "view_s": in_view[0], "writes": len(plan.writes),
+        passes.append({"cpu_s": spent, "wall_s": wall, "view_s": in_view[0], "writes": len(plan.writes),
                        "actions": len(plan.actions)})
         in_view[0] = 0.0
         if not plan.writes:
             break
     if profiler is not None:
         profiler.dump_stats(profile)
+    if store is not None:
+        loop.run_until_complete(store.close())
     loop.close()
     return passes
 
@@ -235,6 +255,25 @@ def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile:
         if not best_passes or sum(p["cpu_s"] for p in passes) < sum(p["cpu_s"] for p in best_passes):
             best_passes = passes
     return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "passes": best_passes}
+
+
+def against_etcd(n_replicas: int, n_hosts: int, lost: int, rounds: int, members: int) -> dict[str, Any]:
+    """``mass_failure`` against a real etcd of ``members``: every round's passes, on the wall clock (to
+    their writes landed) and in cpu."""
+    from scheduler import gc_pauses
+    from tests.fixtures.etcd import EtcdCluster
+    gc_pauses.tune()
+    with tempfile.TemporaryDirectory(prefix="pass-cost-etcd-") as workdir:
+        etcd = EtcdCluster(Path(workdir), size=members).start()
+        try:
+            got = [after_loss(n_replicas, n_hosts, lost, "", etcd=etcd.endpoints) for _ in range(rounds)]
+        finally:
+            etcd.close()
+    marking = [passes[0] for passes in got]
+    return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "etcd_members": members,
+            "rounds": [[{k: round(v, 3) for k, v in p.items()} for p in passes] for passes in got],
+            "marking_pass_median_wall_s": round(statistics.median(p["wall_s"] for p in marking), 3),
+            "marking_pass_median_cpu_s": round(statistics.median(p["cpu_s"] for p in marking), 3)}
 
 
 def best(rounds: int, run: Callable[[], object]) -> float:
@@ -347,8 +386,22 @@ def main() -> None:
     parser.add_argument("--templates", type=int, default=0, metavar="N")
     parser.add_argument("--lost", type=int, default=0, metavar="N", help="hosts lost at once (see above)")
     parser.add_argument("--profile", default="", metavar="FILE", help="with --lost: cProfile of round 1")
+    parser.add_argument("--etcd", type=int, default=0, metavar="M",
+                        help="with --lost: against a real etcd of M members (see above)")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
+    if args.lost and args.etcd:
+        for size in args.sizes.split(","):
+            n_replicas, n_hosts = (int(x) for x in size.split("/"))
+            row = against_etcd(n_replicas, n_hosts, args.lost, args.rounds, args.etcd)
+            rows.append(row)
+            for passes in row["rounds"]:
+                shown = ", ".join(f"{p['wall_s'] * 1000:.0f} ms wall, {p['cpu_s'] * 1000:.0f} ms cpu "
+                                  f"({p['writes']:.0f} writes)" for p in passes)
+                print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost, etcd of "
+                      f"{args.etcd}: {shown}", flush=True)
+        write(args.label, rows, unit="s: each round's passes, wall clock (to writes landed) and process cpu")
+        return
     if args.lost:
         for size in args.sizes.split(","):
             n_replicas, n_hosts = (int(x) for x in size.split("/"))
@@ -380,7 +433,7 @@ def main() -> None:
     write(args.label, rows)
 
 
-def write(label: str, rows: list[dict[str, Any]]) -> None:
+def write(label: str, rows: list[dict[str, Any]], unit: str = "ms of process cpu, best of rounds") -> None:
     if not label:
         return
     revision = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -390,7 +443,7 @@ def write(label: str, rows: list[dict[str, Any]]) -> None:
     out.write_text(json.dumps({
         "command": " ".join(["python", "bench/pass_cost.py", *sys.argv[1:]]), "revision": revision,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg()},
-        "unit": "ms of process cpu, best of rounds", "rows": rows}, indent=2) + "\n")
+        "unit": unit, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out.relative_to(REPO)}")
 
 

@@ -423,7 +423,8 @@ class Run:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.etcd = EtcdCluster(workdir / "etcd", size=3, nice=args.etcd_nice)
+        self.etcd = EtcdCluster(workdir / "etcd", size=3, nice=args.etcd_nice,
+                                flags=("--max-txn-ops", str(args.etcd_max_txn_ops)))
         self.schedulers: dict[str, SchedulerProcess] = {}
         self.sims: list[Simulator] = []
         self.profiler: asyncio.subprocess.Process | None = None
@@ -525,6 +526,8 @@ class Run:
         sched.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "scheduler", "serve", "--etcd", self.etcd.endpoints, "--listen", sched.api,
             *(["--election-ttl", str(args.election_ttl)] if args.election_ttl else []),
+            *(["--etcd-max-txn-ops", str(args.etcd_max_txn_ops)] if args.etcd_max_txn_ops != base.MAX_TXN_OPS
+              else []),
             *(["--registration-refresh", str(args.registration_refresh)]
               if args.registration_refresh else []),
             *args.scheduler_arg,
@@ -1062,6 +1065,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "hosts": args.hosts, "replicas": args.replicas, "per_service": args.per_service,
         "scheduler_checkout": args.scheduler_checkout or str(ROOT), "start_delay_s": args.start_delay,
         "election_ttl": args.election_ttl or "default", "terms_counted": "begun", "etcd_nice": args.etcd_nice,
+        "etcd_max_txn_ops": args.etcd_max_txn_ops,
         "registration_refresh": args.registration_refresh or "default", "join_rate": args.join_rate,
         "scheduler_args": args.scheduler_arg,
         "phases": {"mass_failure": args.mass_failure, "failover": args.failover},
@@ -1125,6 +1129,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--etcd-nice", type=int, default=0, metavar="N",
                         help="niceness of the etcd members (deploy/systemd's drop-in runs etcd at -5, on a "
                              "machine of its own; here it would take cores from the scheduler under test)")
+    parser.add_argument("--etcd-max-txn-ops", type=int, default=base.MAX_TXN_OPS, metavar="N",
+                        help="etcd's --max-txn-ops, and the scheduler's --etcd-max-txn-ops to match "
+                             "(default %(default)s, etcd's own)")
     parser.add_argument("--registration-refresh", type=float, default=0.0,
                         help="the scheduler's --registration-refresh, seconds between a host's registrations "
                              "(default: the scheduler's own default)")
