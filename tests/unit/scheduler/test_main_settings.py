@@ -44,28 +44,20 @@ def test_the_share_of_hosts_placement_scores_is_adaptive_unless_set() -> None:
             settings("--insecure-tcp", flag, bad)
 
 
-def test_sessions_stay_in_process_unless_workers_are_asked_for() -> None:
-    assert settings("--insecure-tcp").session_workers == 0
-    assert settings("--insecure-tcp", "--session-workers", "2").session_workers == 2
-    for bad in ("-1", "65"):
-        with pytest.raises(SystemExit, match=re.escape("--session-workers must be 0 (in-process) to 64")):
-            settings("--insecure-tcp", "--session-workers", bad)
-
-
-def test_transactions_hold_etcds_default_number_of_operations_unless_told_otherwise() -> None:
-    assert settings("--insecure-tcp").etcd_max_txn_ops == 128
-    assert settings("--insecure-tcp", "--etcd-max-txn-ops", "1024").etcd_max_txn_ops == 1024
-    for bad in ("1", "10001"):
-        with pytest.raises(SystemExit, match=re.escape("--etcd-max-txn-ops must be 2 to 10000")):
-            settings("--insecure-tcp", "--etcd-max-txn-ops", bad)
-
-
-def test_lost_hosts_are_held_past_half_unless_told_otherwise() -> None:
-    assert settings("--insecure-tcp").max_lost_share == 0.5
-    assert settings("--insecure-tcp", "--max-lost-share", "1").max_lost_share == 1.0
-    for bad in ("0", "-0.1", "1.5"):
-        with pytest.raises(SystemExit, match=re.escape("--max-lost-share must be more than 0 and at most 1")):
-            settings("--insecure-tcp", "--max-lost-share", bad)
+@pytest.mark.parametrize(("flag", "attr", "default", "given", "bads", "message"), [
+    ("--session-workers", "session_workers", 0, 2, ("-1", "65"), "must be 0 (in-process) to 64"),
+    ("--etcd-max-txn-ops", "etcd_max_txn_ops", 128, 1024, ("1", "10001"), "must be 2 to 10000"),
+    ("--max-lost-share", "max_lost_share", 0.5, 1.0, ("0", "-0.1", "1.5"),
+     "must be more than 0 and at most 1"),
+], ids=["sessions in process unless workers are asked for", "etcd's default operations a transaction",
+        "lost hosts held past half"])
+def test_a_setting_has_its_default_takes_a_value_and_refuses_one_out_of_bounds(
+        flag: str, attr: str, default: float, given: float, bads: tuple[str, ...], message: str) -> None:
+    assert getattr(settings("--insecure-tcp"), attr) == default
+    assert getattr(settings("--insecure-tcp", flag, str(given)), attr) == given
+    for bad in bads:
+        with pytest.raises(SystemExit, match=re.escape(f"{flag} {message}")):
+            settings("--insecure-tcp", flag, bad)
 
 
 def test_registration_refreshes_are_spread_by_half_unless_told_otherwise() -> None:
