@@ -170,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "flight at once; API writes go ahead of them (default %(default)s; 1: one after "
                             "the other; docs/scaling.md, part 11)")
     serve.add_argument("--etcd-max-txn-ops", type=int, default=MAX_TXN_OPS, metavar="N",
-                       help="etcd's --max-txn-ops: the scheduler's batches go in transactions of up to N "
-                            "operations (N-1 under the leader's guard). Raise both together: a mass "
-                            "failure's or a placing pass's writes then take fewer round trips to etcd "
+                       help="etcd's --max-txn-ops, checked at startup. Raised with etcd's: a batch that fits "
+                            "in two rounds of such transactions (a mass failure's replacements) goes in "
+                            "fewer, larger ones while the API is quiet; bulk passes keep 128 "
                             "(default %(default)s, etcd's own; docs/scaling.md, part 19)")
     serve.add_argument("--instance-id", default="", help="this instance's id (default: hostname-random)")
     serve.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "info"),
