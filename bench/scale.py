@@ -3,7 +3,8 @@
 One invocation, everything on loopback in a temp dir it removes:
 
 * a real 3-member etcd 3.4 (``tests.fixtures.etcd.EtcdCluster``, fsync on as in production; its
-  niceness ``--etcd-nice``, 0 by default);
+  niceness ``--etcd-nice``, 0 by default; its ``--max-txn-ops`` and the scheduler's
+  ``--etcd-max-txn-ops`` both ``--etcd-max-txn-ops``, etcd's 128 by default);
 * one real, unchanged ``shoal-scheduler serve --insecure-tcp`` (plain TCP on loopback, to its API and to
   the agents), its log in the temp dir;
 * ``--hosts`` simulated hosts (``bench.sim``) in 3 zones, spread over ``--procs`` simulator processes
