@@ -277,11 +277,9 @@ class EtcdStore:
 
     async def commit(self, ops: Sequence[Op], *, guard: LeaderGuard | None = None,
                      in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
-        plans = txn.plan_transactions(ops, schema=self._schema, guard=guard,
-                                      max_txn_ops=self._settings.max_txn_ops, in_flight=in_flight,
-                                      large=self._gate.quiet())
-        committed = await txn.commit_in_transactions(plans, self._execute, in_flight=in_flight,
-                                                     gate=self._gate, on_landed=on_landed)
+        committed = await txn.commit_batch(ops, self._execute, schema=self._schema, guard=guard,
+                                           max_txn_ops=self._settings.max_txn_ops, in_flight=in_flight,
+                                           gate=self._gate, on_landed=on_landed)
         self._echoes.expect(committed)
         return committed
 

@@ -275,6 +275,15 @@ async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[Tx
     return _committed([(plans[i], landed[i]) for i in sorted(done, key=landed.__getitem__)])
 
 
+async def commit_batch(ops: Sequence[Op], execute: Callable[[TxnPlan], Awaitable[int]], *, schema: KeySchema,
+                       guard: LeaderGuard | None, max_txn_ops: int, in_flight: int, gate: Gate,
+                       on_landed: Landed | None) -> Committed:
+    """A store's ``commit``: ``ops`` planned (larger transactions only while ``gate`` is quiet) and run."""
+    plans = plan_transactions(ops, schema=schema, guard=guard, max_txn_ops=max_txn_ops, in_flight=in_flight,
+                              large=gate.quiet())
+    return await commit_in_transactions(plans, execute, in_flight=in_flight, gate=gate, on_landed=on_landed)
+
+
 def _telling(execute: Callable[[TxnPlan], Awaitable[int]],
              on_landed: Landed) -> Callable[[TxnPlan], Awaitable[int]]:
     async def landed(plan: TxnPlan) -> int:
@@ -305,5 +314,6 @@ def _committed(landed: Sequence[tuple[TxnPlan, int]]) -> Committed:
                      keys=tuple(w.key for puts in written for w in puts))
 
 
-__all__ = ["LARGE_ROUNDS", "QUIET_S", "Gate", "TxnOutcome", "TxnPlan", "Write", "commit_in_transactions",
-           "explain_failure", "ops_per_transaction", "plan_transactions", "request_bytes", "transaction_size"]
+__all__ = ["LARGE_ROUNDS", "QUIET_S", "Gate", "TxnOutcome", "TxnPlan", "Write", "commit_batch",
+           "commit_in_transactions", "explain_failure", "ops_per_transaction", "plan_transactions",
+           "request_bytes", "transaction_size"]
