@@ -91,15 +91,15 @@ async def measure(scenario: str, hosts: int, base: int) -> dict[str, float]:
             received += 1
 
     async def count_reports() -> None:
-        """Each report replaces its session's snapshot: new sequences, looked for five times a second
-        (reports come at most once a second per host)."""
+        """Each report replaces its session's undecoded report (a new bytes object), looked for five
+        times a second (reports come at most once a second per host)."""
         nonlocal received
-        last = [0] * len(sessions)
+        last: list[bytes | None] = [None] * len(sessions)
         while True:
             for i, session in enumerate(sessions):
-                snapshot = session._snapshot  # the benchmark counts reports: a private read
-                if snapshot is not None and snapshot.sequence != last[i]:
-                    last[i] = snapshot.sequence
+                report = session._report  # the benchmark counts reports: a private read
+                if report is not None and report is not last[i]:
+                    last[i] = report
                     received += 1
             await asyncio.sleep(0.2)
 
