@@ -1,0 +1,58 @@
+"""ReportClock: every host's sampling ticks on the wall clock at one of ten phases, and the windows a
+subscriber sends in."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.usage.report_clock import SLOTS, ReportClock, phase_of
+
+
+def test_phases_are_one_of_ten_points_of_the_interval_and_fixed_per_host() -> None:
+    phases = sorted({phase_of(f"host-{i}", 3.0) for i in range(500)})
+    assert phases == pytest.approx([slot * 3.0 / SLOTS for slot in range(SLOTS)])
+    assert phase_of("host-7", 1.0) == phase_of("host-7", 1.0)
+
+
+@pytest.mark.parametrize("late", [-0.4, -0.001, 0.0, 0.001, 0.4])
+def test_a_sample_a_little_early_or_late_belongs_to_its_tick(late: float) -> None:
+    clock = ReportClock(1.0, 0.3)
+    assert clock.tick(1_000_000.3 + late) == 1_000_000
+
+
+def test_the_next_tick_is_after_the_last_sample_even_when_it_woke_early() -> None:
+    clock = ReportClock(1.0, 0.3)
+    # Woke 1 ms before tick 100 and sampled it: the next is tick 101, a second on, not 100 again.
+    assert clock.next_tick(100.299, last=100) == (101, pytest.approx(1.001))
+    # An overrun past two ticks skips them rather than sampling at once to catch up.
+    assert clock.next_tick(102.5, last=100) == (103, pytest.approx(0.8))
+
+
+def test_a_clock_stepped_back_does_not_stall_sampling_or_reports() -> None:
+    clock = ReportClock(1.0, 0.0)
+    assert clock.next_tick(970.0, last=1000) == (1001, 2.0)
+    assert clock.next_report(970.0, 1000, every=3.0)[1] == 4.0
+
+
+def test_windows_open_at_the_phase_and_each_has_one_first_tick() -> None:
+    clock = ReportClock(1.0, 0.6)
+    walls = [0.6 + k + jitter for k, jitter in zip(range(12), [0.3, -0.3, 0.2, -0.1] * 3, strict=True)]
+    windows = [clock.window(w, 3.0) for w in walls]
+    firsts = [k for k in range(12) if k == 0 or windows[k] != windows[k - 1]]
+    assert firsts == [0, 3, 6, 9]
+    # At most the sampling interval: every tick is a window.
+    assert [clock.window(w, 1.0) for w in walls] == list(range(12))
+
+
+@pytest.mark.parametrize("every", [1.0, 1.5, 3.0])
+def test_a_sender_without_a_sampler_reports_on_the_same_ticks_as_a_sampler(every: float) -> None:
+    clock = ReportClock(1.0, 0.2)
+    ticks, tick, now = [], 0, 0.2
+    for _ in range(8):
+        tick, wait = clock.next_report(now, tick, every)
+        now += wait
+        ticks.append(tick)
+    windows = [clock.window(0.2 + k, every) for k in range(ticks[-1] + 1)]
+    expected = [k for k in range(1, ticks[-1] + 1) if windows[k] != windows[k - 1]]
+    assert ticks == expected
+    assert now == pytest.approx(0.2 + ticks[-1])
