@@ -2,12 +2,14 @@
 
 Every host samples at whole multiples of the sampling interval plus a phase picked from its id: one of
 ``SLOTS`` points spread over the interval. A ``WatchUsage`` (or ``WatchHost``) subscriber asking for a
-report every E seconds gets the first sample of each E-second window of the wall clock. Hosts whose
+report every E seconds gets the first sample of each E-second window of the wall clock, the windows of
+each slot starting at the same point of E as its samples do in the interval. Hosts whose
 clocks agree (NTP) therefore report in ``SLOTS`` bursts per interval instead of each at the moment it
-happened to start, and the process that follows them hears each burst in one wakeup of gRPC's pollers
-rather than one per report: a report cost the follower 102 µs of cpu spread out, 79 µs arriving together
-at 1,000 hosts (``bench/usage_stream_cost.py``; docs/scaling.md, part 20). Ten phases, not one, so that
-at 5,000 hosts a burst is 500 reports (tens of milliseconds of the follower's loop), not all of them.
+happened to start, and the process that follows them hears a burst in far fewer wakeups of gRPC's
+pollers than one per report: 61 µs of the follower's cpu a report in ten bursts a second against 130
+spread out, at 1,000 hosts (``bench/report_arrival.py``; docs/scaling.md, part 20). Ten phases, not
+one, so that at 5,000 hosts a burst is 500 reports (tens of milliseconds of the follower's loop), not
+all of them, and the reports of a longer interval are spread over it the same way.
 Hosts whose clocks disagree report at scattered moments, as before: nothing depends on the alignment.
 
 A clock stepped back does not stall sampling (a wait is never longer than two intervals), and a
@@ -24,9 +26,14 @@ from dataclasses import dataclass
 SLOTS = 10
 
 
+def slot_of(host_id: str) -> int:
+    """Which of the ``SLOTS`` phases the host ``host_id`` samples and reports at."""
+    return zlib.crc32(host_id.encode()) % SLOTS
+
+
 def phase_of(host_id: str, interval: float) -> float:
     """Seconds after each whole multiple of ``interval`` at which the host ``host_id`` samples."""
-    return (zlib.crc32(host_id.encode()) % SLOTS) / SLOTS * interval
+    return slot_of(host_id) / SLOTS * interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +41,15 @@ class ReportClock:
     """Sampling ticks at ``phase + k * interval`` (unix time), and the windows subscribers send in."""
 
     interval: float
-    phase: float = 0.0
+    slot: int = 0
 
     @classmethod
     def for_host(cls, host_id: str, interval: float) -> ReportClock:
-        return cls(interval, phase_of(host_id, interval))
+        return cls(interval, slot_of(host_id))
+
+    @property
+    def phase(self) -> float:
+        return self.slot / SLOTS * self.interval
 
     def tick(self, wall: float) -> int:
         """The tick a sample taken at ``wall`` belongs to: the nearest, so that waking a little early
@@ -51,24 +62,25 @@ class ReportClock:
         k = max(math.floor((now - self.phase) / self.interval) + 1, last + 1)
         return k, min(self.phase + k * self.interval - now, 2 * self.interval)
 
-    def window(self, wall: float, every: float) -> int:
-        """The ``every``-second window of the wall clock a sample taken at ``wall`` falls in, counted
-        from the host's phase, with half an interval of slack: a sample of a window's first tick that
-        is a little early still opens it. ``every`` at most the interval: every tick is a window."""
+    def window(self, tick: int, every: float) -> int:
+        """The ``every``-second window tick ``tick`` falls in. A host's windows start at its slot of
+        ``every`` (the tick nearest it), so that its reports spread over the window as its samples do
+        over the interval: with one report every 3 s, not all hosts in the first second of three.
+        Counted in whole ticks, so sampling's jitter never moves a sample to another window. ``every``
+        at most the interval: every tick is a window."""
         if every <= self.interval:
-            return self.tick(wall)
-        return math.floor((wall - self.phase + self.interval / 2) / every)
+            return tick
+        start = round(self.slot / SLOTS * every / self.interval)
+        return math.floor((tick - start) * self.interval / every + 1e-9)
 
     def next_report(self, now: float, last: int, every: float) -> tuple[int, float]:
-        """For a sender without a sampler of its own (the simulator): the first tick after ``last`` that
-        opens a new ``every``-second window, and the wait until it."""
+        """For a sender without a sampler of its own (the simulator): the first tick after ``last`` (the
+        tick it last reported for) that opens a new ``every``-second window, and the wait until it."""
         k, _ = self.next_tick(now, last)
-        opened = self.window(self.phase + last * self.interval, every)
-        for _ in range(max(1, math.ceil(every / self.interval)) + 1):
-            if self.window(self.phase + k * self.interval, every) != opened:
-                break
+        opened = self.window(last, every)
+        while self.window(k, every) == opened:
             k += 1
         return k, min(max(0.0, self.phase + k * self.interval - now), every + self.interval)
 
 
-__all__ = ["SLOTS", "ReportClock", "phase_of"]
+__all__ = ["SLOTS", "ReportClock", "phase_of", "slot_of"]

@@ -258,7 +258,7 @@ class UsageSampler:
             while True:
                 snap = await box.get()
                 if every > 0:
-                    window = self.clock.window(snap.time, every)
+                    window = self.clock.window(snap.tick, every)
                     if window == sent:  # not "<=": after the clock is stepped back, reports go on
                         continue
                     sent = window

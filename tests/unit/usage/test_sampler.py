@@ -292,8 +292,11 @@ def test_a_new_run_is_judged_only_on_its_own_measurement(proc: FakeProc, tmp_pat
     assert evicted == [10]
 
 
+SLOT_0 = "host-6"  # a host id whose slot is 0: its windows start at whole multiples of their length
+
+
 def _collect_windows(proc: FakeProc, walls: list[float], every: float,
-                     host_id: str = "0" * 32) -> tuple[list[int], list[int]]:
+                     host_id: str = SLOT_0) -> tuple[list[int], list[int]]:
     """The sequences a subscriber asking for one every ``every`` s gets, and one asking for each, when
     the host samples at ``walls`` (unix times)."""
     at = iter(walls)
@@ -329,7 +332,8 @@ def test_a_subscriber_with_an_interval_gets_the_first_sample_of_each_window_desp
         proc: FakeProc) -> None:
     # Ticks of the wall clock at the host's phase, each sample up to 0.3 s early or late: a subscriber
     # asking for one every 2 s gets those of the even ticks, whatever the jitter.
-    phase = ReportClock.for_host("0" * 32, 1.0).phase
+    assert ReportClock.for_host(SLOT_0, 1.0).slot == 0
+    phase = ReportClock.for_host(SLOT_0, 1.0).phase
     jitter = [0.3, -0.3, 0.05, -0.2, 0.0, 0.25, -0.05, 0.1, -0.3, 0.2]
     walls = [1_000_000.0 + phase + k + j for k, j in enumerate(jitter)]
     windowed, each = _collect_windows(proc, walls, 2.0)
@@ -338,21 +342,18 @@ def test_a_subscriber_with_an_interval_gets_the_first_sample_of_each_window_desp
 
 
 def test_hosts_of_one_phase_report_for_the_same_ticks_whenever_they_subscribed(proc: FakeProc) -> None:
-    # Two hosts with the same phase (their ids' slot), one of them a tick later than the other: every 3 s
-    # both send the samples of the same ticks, the multiples of three.
-    ids = [f"host-{i}" for i in range(50)]
-    slot = ReportClock.for_host(ids[0], 1.0).phase
-    other = next(i for i in ids[1:] if ReportClock.for_host(i, 1.0).phase == slot)
-    base = 3_000_000.0 + slot
-    first, _ = _collect_windows(proc, [base + k for k in range(9)], 3.0, host_id=ids[0])
+    # Two hosts of slot 0, one of them a tick later than the other: every 3 s both send the samples of
+    # the same ticks, the multiples of three.
+    other = next(i for i in (f"host-{n}" for n in range(7, 100)) if ReportClock.for_host(i, 1.0).slot == 0)
+    base = 3_000_000.0
+    first, _ = _collect_windows(proc, [base + k for k in range(9)], 3.0)
     later, _ = _collect_windows(proc, [base + k for k in range(1, 9)], 3.0, host_id=other)
     assert first == [1, 4, 7]          # ticks 0, 3, 6
     assert later == [1, 3, 6]          # its first at once (tick 1), then ticks 3 and 6
 
 
 def test_reports_go_on_after_the_clock_is_stepped_back(proc: FakeProc) -> None:
-    phase = ReportClock.for_host("0" * 32, 1.0).phase
-    base = 2_000_000.0 + phase
+    base = 2_000_000.0
     walls = [base + k for k in range(0, 9, 3)] + [base - 30 + k for k in range(0, 9, 3)]
     windowed, _ = _collect_windows(proc, walls, 3.0)
     assert windowed == [1, 2, 3, 4, 5, 6]
