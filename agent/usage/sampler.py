@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ShoalError
@@ -36,7 +36,6 @@ from agent.rootfs.storage_limit import over_limit
 from agent.usage import host as hosts
 from agent.usage import sample
 from agent.usage.layer_size import WritableLayerSizer
-from agent.usage.report_clock import ReportClock
 from agent.usage.targets import SampleTarget
 
 log = logging.getLogger(__name__)
@@ -113,14 +112,15 @@ class Snapshot:
     host: HostSample
     containers: tuple[ContainerSample, ...]
     sample_seconds: float  # how long taking it took
-    tick: int = 0  # the host's sampling tick it was taken for (``ReportClock.tick``)
 
     def select(self, labels: Mapping[str, str] | None) -> Snapshot:
         """This snapshot with only the containers carrying every one of ``labels``."""
         if not labels:
             return self
         wanted = labels.items()
-        return replace(self, containers=tuple(c for c in self.containers if wanted <= c.labels.items()))
+        return Snapshot(time=self.time, sequence=self.sequence, host=self.host,
+                        containers=tuple(c for c in self.containers if wanted <= c.labels.items()),
+                        sample_seconds=self.sample_seconds)
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,6 @@ class UsageSampler:
         if interval <= 0:
             raise ValueError(f"sampling interval must be positive, not {interval}")
         self.interval = interval
-        self.clock = ReportClock.for_host(identity.host_id, interval)
         self._targets = targets
         self._identity = identity
         self._reserve = max(0, memory_reserve_bytes)
@@ -244,24 +243,22 @@ class UsageSampler:
     async def subscribe(self, labels: Mapping[str, str] | None = None, *,
                         every: float = 0.0) -> AsyncIterator[Snapshot]:
         """Snapshots as they are taken, starting with the current one; only containers carrying all
-        ``labels``; with ``every``, the first of each ``every``-second window of the wall clock
-        (``ReportClock.window``: hosts report together, and sampling's jitter does not skip a window). A
-        consumer slower than the interval skips to the newest (watch ``sequence``)."""
+        ``labels``; with ``every``, at most one per ``every`` seconds of sample time (within half an
+        interval, so that sampling's jitter does not skip a whole interval). A consumer slower than the
+        interval skips to the newest (watch ``sequence``)."""
         if every < 0:
             raise ValueError(f"a usage subscription's interval cannot be negative, got {every}")
         box = Mailbox()
         self._subscribers.add(box)
-        sent: int | None = None
+        sent: float | None = None
         try:
             if self._latest is not None:
                 box.put(self._latest)
             while True:
                 snap = await box.get()
-                if every > 0:
-                    window = self.clock.window(snap.tick, every)
-                    if window == sent:  # not "<=": after the clock is stepped back, reports go on
-                        continue
-                    sent = window
+                if sent is not None and snap.time < sent + every - self.interval / 2:
+                    continue
+                sent = snap.time
                 yield snap.select(labels)
         finally:
             self._subscribers.discard(box)
@@ -279,20 +276,22 @@ class UsageSampler:
     # -- sampling --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Sample at every tick of ``clock`` until cancelled: the wall clock's multiples of ``interval``
-        plus the host's phase. A failed sample is logged and the next one is tried; a sample that overruns
-        skips the ticks it missed rather than bursting to catch up."""
+        """Sample every ``interval`` until cancelled. A failed sample is logged and the next one is
+        tried; a sample that overruns skips the ticks it missed rather than bursting to catch up."""
         try:
-            last = self.clock.tick(self._wall())
+            next_at = self._clock()
             while True:
                 try:
-                    last = (await self.sample_once()).tick
+                    await self.sample_once()
                 except ShoalError as err:
                     log.warning("usage sample failed: %s", err)
                 except Exception:
                     log.exception("usage sample failed")
-                last, wait = self.clock.next_tick(self._wall(), last)
-                await asyncio.sleep(wait)
+                next_at += self.interval
+                now = self._clock()
+                while next_at <= now:
+                    next_at += self.interval
+                await asyncio.sleep(next_at - now)
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -341,7 +340,7 @@ class UsageSampler:
         host = self._host(running=len(containers), totals=totals)
         self._sequence += 1
         return Snapshot(time=wall, sequence=self._sequence, host=host, containers=tuple(containers),
-                        sample_seconds=self._clock() - started, tick=self.clock.tick(wall)), evictions
+                        sample_seconds=self._clock() - started), evictions
 
     def _over_limit(self, key: str, target: SampleTarget) -> str | None:
         why = self._sizer.unmeasurable(key)

@@ -8,8 +8,7 @@ create-and-start does; stop and kill make it ``exited`` (EXITED), remove drops i
 checked like the agent's (the highest epoch per owner; an older one is ``FAILED_PRECONDITION`` with
 ``shoal-error: StaleEpoch``). ``ListContainers`` pages with the agent's own cursor (``agent.paging``),
 optionally at most ``page_size`` per page so tests can force several pages. ``WatchUsage`` sends a
-snapshot at once and then one per window of the interval asked for, at the host's phase of the wall clock
-as the agent does (``agent.usage.report_clock``), with the host's capacity, committed requests and each
+snapshot at once and then every ``usage_interval`` with the host's capacity, committed requests and each
 container's (made-up, constant) usage. ``WatchHost`` interleaves the two streams as the agent does
 (``agent.streams.interleave``); their events and snapshots count as ``WatchEvents.event`` and
 ``WatchUsage.snapshot`` either way.
@@ -38,7 +37,6 @@ from agent import paging
 from agent.errors import InvalidArgument
 from agent.runtime.events import Event, EventLog, EventType, HistoryTruncated, WatcherTooSlow
 from agent.streams import interleave
-from agent.usage.report_clock import ReportClock
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 
@@ -270,11 +268,7 @@ class SimHost:
         self.usage_intervals_asked.append(request.interval_seconds)
         if request.interval_seconds < 0:
             raise InvalidArgument(f"interval_seconds cannot be negative, got {request.interval_seconds}")
-        every = max(self.spec.usage_interval, request.interval_seconds)
-        # The agent's rule (agent/usage/report_clock.py): a report at once, then the first tick of the
-        # host's sampling clock in each window of ``every`` seconds of the wall clock.
-        clock = ReportClock.for_host(self.spec.name, self.spec.usage_interval)
-        tick = clock.tick(time.time())
+        interval = max(self.spec.usage_interval, request.interval_seconds)
         due = time.monotonic()
         self.usage_streams += 1
         try:
@@ -284,9 +278,8 @@ class SimHost:
                 if not self.silent:
                     self.usage_late(time.monotonic() - due)
                 yield self.snapshot()
-                tick, wait = clock.next_report(time.time(), tick, every)
-                due = time.monotonic() + wait
-                await asyncio.sleep(wait)
+                await asyncio.sleep(interval)
+                due = time.monotonic()
         finally:
             self.usage_streams -= 1
 

@@ -2399,10 +2399,8 @@ class WatchUsageRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     interval_seconds: _builtins.float
-    """One snapshot per window of this many seconds of the wall clock (the first taken in it, within half
-    a sampling interval), counted from the host's sampling phase, so that hosts report together: a
-    scheduler with thousands of hosts asks for fewer reports. 0: every snapshot. Negative:
-    INVALID_ARGUMENT.
+    """At most one snapshot this often, in seconds (within half a sampling interval): a scheduler with
+    thousands of hosts asks for fewer reports. 0: every snapshot. Negative: INVALID_ARGUMENT.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.usage.report_clock import ReportClock
 from agent.usage.sampler import Mailbox, RuntimeTotals, Snapshot, UsageSampler
 
 from .builders import NET_DEV_HEADER, FakeCgroup, FakeProc, identity, net_dev_line, stats, target
@@ -292,71 +291,36 @@ def test_a_new_run_is_judged_only_on_its_own_measurement(proc: FakeProc, tmp_pat
     assert evicted == [10]
 
 
-SLOT_0 = "host-6"  # a host id whose slot is 0: its windows start at whole multiples of their length
-
-
-def _collect_windows(proc: FakeProc, walls: list[float], every: float,
-                     host_id: str = SLOT_0) -> tuple[list[int], list[int]]:
-    """The sequences a subscriber asking for one every ``every`` s gets, and one asking for each, when
-    the host samples at ``walls`` (unix times)."""
-    at = iter(walls)
-    now = {"wall": 0.0}
-    sampler = UsageSampler(targets=list, identity=identity(host_id=host_id), proc=proc.root,
-                           wall=lambda: now["wall"])
+def test_a_subscriber_with_an_interval_gets_one_snapshot_per_interval_despite_jitter(proc: FakeProc) -> None:
+    # Samples about a second apart, 0.9-1.05 s: a subscriber asking for one every 2 s gets every other
+    # one. Counted strictly, 1.95 s after the last one sent would be "too early" and skip to 3 s.
+    clock = Clock()
+    sampler = _sampler(proc, [], clock)
 
     async def collect(stream: object, into: list[int]) -> None:
         async for snap in stream:  # type: ignore[attr-defined]
             into.append(snap.sequence)
 
     async def go() -> tuple[list[int], list[int]]:
-        windowed: list[int] = []
+        every_other: list[int] = []
         each: list[int] = []
-        tasks = [asyncio.create_task(collect(sampler.subscribe(every=every), windowed)),
+        tasks = [asyncio.create_task(collect(sampler.subscribe(every=2.0), every_other)),
                  asyncio.create_task(collect(sampler.subscribe(), each))]
         for _ in range(3):
             await asyncio.sleep(0)
-        for wall in at:
-            now["wall"] = wall
+        for step in [1.05, 0.9] * 5:
+            clock.now += step
             await sampler.sample_once()
             for _ in range(3):
                 await asyncio.sleep(0)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        return windowed, each
+        return every_other, each
 
-    return asyncio.run(go())
-
-
-def test_a_subscriber_with_an_interval_gets_the_first_sample_of_each_window_despite_jitter(
-        proc: FakeProc) -> None:
-    # Ticks of the wall clock at the host's phase, each sample up to 0.3 s early or late: a subscriber
-    # asking for one every 2 s gets those of the even ticks, whatever the jitter.
-    assert ReportClock.for_host(SLOT_0, 1.0).slot == 0
-    phase = ReportClock.for_host(SLOT_0, 1.0).phase
-    jitter = [0.3, -0.3, 0.05, -0.2, 0.0, 0.25, -0.05, 0.1, -0.3, 0.2]
-    walls = [1_000_000.0 + phase + k + j for k, j in enumerate(jitter)]
-    windowed, each = _collect_windows(proc, walls, 2.0)
+    every_other, each = asyncio.run(go())
     assert each == list(range(1, 11))
-    assert windowed == [1, 3, 5, 7, 9]
-
-
-def test_hosts_of_one_phase_report_for_the_same_ticks_whenever_they_subscribed(proc: FakeProc) -> None:
-    # Two hosts of slot 0, one of them a tick later than the other: every 3 s both send the samples of
-    # the same ticks, the multiples of three.
-    other = next(i for i in (f"host-{n}" for n in range(7, 100)) if ReportClock.for_host(i, 1.0).slot == 0)
-    base = 3_000_000.0
-    first, _ = _collect_windows(proc, [base + k for k in range(9)], 3.0)
-    later, _ = _collect_windows(proc, [base + k for k in range(1, 9)], 3.0, host_id=other)
-    assert first == [1, 4, 7]          # ticks 0, 3, 6
-    assert later == [1, 3, 6]          # its first at once (tick 1), then ticks 3 and 6
-
-
-def test_reports_go_on_after_the_clock_is_stepped_back(proc: FakeProc) -> None:
-    base = 2_000_000.0
-    walls = [base + k for k in range(0, 9, 3)] + [base - 30 + k for k in range(0, 9, 3)]
-    windowed, _ = _collect_windows(proc, walls, 3.0)
-    assert windowed == [1, 2, 3, 4, 5, 6]
+    assert every_other == [1, 3, 5, 7, 9]
 
 
 def test_a_negative_subscription_interval_is_refused(proc: FakeProc) -> None:
