@@ -173,11 +173,8 @@ class Credentials:
 # its streams; a call that fails is decided again by the next reconcile pass. No channelz (gRPC's
 # introspection, which nothing reads here) and the minimal filter stack (without the idle, census and
 # message-size filters: a session's channel is never idle, and its deadlines hold, as a test checks
-# against a silent host): 6 KiB a host together. No BDP probes: gRPC pings each connection as data
-# arrives to size its flow-control window for bulk transfers, and a session's messages are small; a
-# report cost its follower a third less without (docs/scaling.md, part 20).
-CHANNEL_OPTIONS = (("grpc.enable_retries", 0), ("grpc.enable_channelz", 0), ("grpc.minimal_stack", 1),
-                   ("grpc.http2.bdp_probe", 0))
+# against a silent host): 6 KiB a host together.
+CHANNEL_OPTIONS = (("grpc.enable_retries", 0), ("grpc.enable_channelz", 0), ("grpc.minimal_stack", 1))
 
 
 class _Methods:
