@@ -1,9 +1,7 @@
 """How often one process's agent sessions ask for usage reports: a fixed interval, or ``auto``.
 
 A usage report costs whoever receives it 250-400 µs of cpu, nearly all of it grpc.aio's (docs/scaling.md,
-part 9): one a second from each of 5,000 hosts was 1.3-1.9 cores before the receiver did anything else.
-Since part 20 (channels without BDP probes) it is about 100-130 µs, and one-second reports from 5,000
-hosts still saturated the 2-core benchmark machine, senders included.
+part 9): one a second from each of 5,000 hosts is 1.3-1.9 cores before the receiver does anything else.
 Nomad's servers stretch their clients' heartbeat TTL with the cluster's size to stay under
 ``max_heartbeats_per_second``; ``auto`` does the same in each process that follows hosts (the leader, or
 each session worker, for the hosts it follows): every sample while it follows at most
@@ -22,8 +20,7 @@ from dataclasses import dataclass
 # Whole seconds and a few halves: each change has every session of the process ask again, so the steps are
 # few, and a fleet growing by a host at a time does not re-subscribe at every one.
 LADDER = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0)
-# About half a core at ~300 µs a report (bench/usage_stream_cost.py, part 9), a quarter since part 20;
-# 5,000 hosts in one process: 3 s. Not raised in part 20: its one-second run at 5,000 hosts fell behind.
+# About half a core at ~300 µs a report (bench/usage_stream_cost.py); 5,000 hosts in one process: 3 s.
 REPORTS_PER_SECOND = 1700.0
 # A shorter interval is taken only once the hosts fit it with this much to spare: a fleet hovering at a
 # step's edge does not flip between two.
