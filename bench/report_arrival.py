@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.procstat import cpu_seconds  # noqa: E402
+from bench.rounds import interleaved  # noqa: E402
 
 SETTLE_S = 5.0   # after every stream is open, before the window
 WINDOW_S = 10.0  # cpu and messages counted over this long
@@ -153,29 +153,19 @@ def main() -> None:
         return
     me = [sys.executable, str(Path(__file__).resolve()), "--streams", str(args.streams),
           "--port", str(args.port)]
-    rounds: dict[str, list[dict[str, float]]] = {scenario: [] for scenario in SCENARIOS}
     with subprocess.Popen([*me, "--containers", str(args.containers), "--serve"], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True) as server:
         assert server.stdin is not None and server.stdout is not None
         try:
             if server.stdout.readline().strip() != "ready":
                 raise SystemExit("report_arrival: the sender did not start (port in use? choose --port)")
-            for i in range(args.rounds):  # interleaved, so that a noisy minute does not favour one
-                for scenario in SCENARIOS:
-                    out = subprocess.run([*me, "--scenario", scenario], capture_output=True, text=True,
-                                         timeout=2 * BOUND_S, check=True)
-                    rounds[scenario].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"round {i + 1} of {args.rounds} done", flush=True)
+            results = interleaved(me, list(SCENARIOS), args.rounds, timeout=2 * BOUND_S)
         finally:
             server.stdin.close()
             server.wait(BOUND_S)
-    results: dict[str, Any] = {}
     print(f"{args.streams} streams, a report of {args.containers} containers each a second")
     print(f"{'arrival':>20} | {'messages/s':>10} | cpu µs per message (min-max)")
-    for scenario, measured in rounds.items():
-        results[scenario] = {key: {"median": statistics.median(m[key] for m in measured),
-                                   "min": min(m[key] for m in measured), "max": max(m[key] for m in measured)}
-                             for key in measured[0]}
+    for scenario in SCENARIOS:
         rate, cost = results[scenario]["messages_per_s"], results[scenario]["cpu_us_per_message"]
         print(f"{scenario:>20} | {rate['median']:>10g} | "
               f"{cost['median']:g} ({cost['min']:g}-{cost['max']:g})")

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.procstat import cpu_seconds  # noqa: E402
+from bench.rounds import interleaved  # noqa: E402
 from bench.session_memory import serve, start_following  # noqa: E402
 
 SETTLE_S = 5.0       # after every stream is open, before the window
@@ -167,18 +167,8 @@ def main() -> None:
                                  "choose --base-port)")
             asyncio.run(create_containers(args.hosts, args.base_port, args.containers))
             print(f"{args.hosts} hosts with {args.containers} containers each", flush=True)
-            rounds: dict[str, list[dict[str, float]]] = {scenario: [] for scenario in scenarios}
-            for i in range(args.rounds):  # interleaved, so that a noisy minute does not favour one
-                for scenario in scenarios:
-                    out = subprocess.run([*me, "--scenario", scenario], capture_output=True, text=True,
-                                         timeout=4 * BOUND_S, check=True)
-                    rounds[scenario].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"round {i + 1} of {args.rounds} done", flush=True)
-            for scenario, measured in rounds.items():
-                results[scenario] = {key: {"median": statistics.median(m[key] for m in measured),
-                                           "min": min(m[key] for m in measured),
-                                           "max": max(m[key] for m in measured)}
-                                     for key in measured[0]}
+            results = interleaved(me, scenarios, args.rounds, timeout=4 * BOUND_S)
+            for scenario in scenarios:
                 shown = ", ".join(f"{k} {v['median']:g} ({v['min']:g}-{v['max']:g})"
                                   for k, v in results[scenario].items())
                 print(f"{scenario:>12}: {shown}", flush=True)
