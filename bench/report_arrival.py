@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,8 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.procstat import cpu_seconds  # noqa: E402
-from bench.rounds import interleaved  # noqa: E402
+from bench.rounds import child_role, interleaved, serving, window, write  # noqa: E402
 
 SETTLE_S = 5.0   # after every stream is open, before the window
 WINDOW_S = 10.0  # cpu and messages counted over this long
@@ -119,10 +115,7 @@ async def measure(scenario: str, streams: int, port: int) -> dict[str, float]:
         if time.monotonic() > deadline:
             raise SystemExit(f"report_arrival: {received} of {streams} streams sent within {BOUND_S:.0f} s")
         await asyncio.sleep(0.2)
-    await asyncio.sleep(SETTLE_S)
-    cpu, messages, start = cpu_seconds(os.getpid()), received, time.monotonic()
-    await asyncio.sleep(WINDOW_S)
-    cpu, messages, elapsed = cpu_seconds(os.getpid()) - cpu, received - messages, time.monotonic() - start
+    cpu, messages, elapsed = await window(lambda: received, SETTLE_S, WINDOW_S)
     for task in tasks:
         task.cancel()
     for channel in channels:
@@ -145,36 +138,22 @@ def main() -> None:
     if args.streams < 1 or args.containers < 0 or args.rounds < 1 or not 0 < args.port < 65536:
         raise SystemExit("report_arrival: --streams and --rounds at least 1, --containers not negative, "
                          "--port a port")
-    if args.serve:
-        asyncio.run(serve(args.port, args.containers))
-        return
-    if args.scenario:
-        print(json.dumps(asyncio.run(measure(args.scenario, args.streams, args.port))))
+    if child_role(args, lambda: serve(args.port, args.containers),
+                  lambda scenario: measure(scenario, args.streams, args.port)):
         return
     me = [sys.executable, str(Path(__file__).resolve()), "--streams", str(args.streams),
           "--port", str(args.port)]
-    with subprocess.Popen([*me, "--containers", str(args.containers), "--serve"], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True) as server:
-        assert server.stdin is not None and server.stdout is not None
-        try:
-            if server.stdout.readline().strip() != "ready":
-                raise SystemExit("report_arrival: the sender did not start (port in use? choose --port)")
-            results = interleaved(me, list(SCENARIOS), args.rounds, timeout=2 * BOUND_S)
-        finally:
-            server.stdin.close()
-            server.wait(BOUND_S)
+    with serving([*me, "--containers", str(args.containers), "--serve"],
+                 "report_arrival: the sender did not start (port in use? choose --port)", BOUND_S):
+        results = interleaved(me, list(SCENARIOS), args.rounds, timeout=2 * BOUND_S)
     print(f"{args.streams} streams, a report of {args.containers} containers each a second")
     print(f"{'arrival':>20} | {'messages/s':>10} | cpu µs per message (min-max)")
     for scenario in SCENARIOS:
         rate, cost = results[scenario]["messages_per_s"], results[scenario]["cpu_us_per_message"]
         print(f"{scenario:>20} | {rate['median']:>10g} | "
               f"{cost['median']:g} ({cost['min']:g}-{cost['max']:g})")
-    record = {"streams": args.streams, "containers_per_report": args.containers, "rounds": args.rounds,
-              "scenarios": results, "machine": {"cpus": os.cpu_count()},
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"written: {args.out}")
+    write(args.out, {"streams": args.streams, "containers_per_report": args.containers, "rounds": args.rounds,
+                     "scenarios": results})
 
 
 if __name__ == "__main__":

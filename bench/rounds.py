@@ -7,10 +7,19 @@ scenarios round by round, so that a noisy minute of a shared machine does not fa
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import json
+import os
 import statistics
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.procstat import cpu_seconds
 
 
 def interleaved(me: Sequence[str], scenarios: Sequence[str], rounds: int,
@@ -30,4 +39,51 @@ def interleaved(me: Sequence[str], scenarios: Sequence[str], rounds: int,
             for scenario, runs in measured.items()}
 
 
-__all__ = ["interleaved"]
+@contextlib.contextmanager
+def serving(command: Sequence[str], failed: str, bound: float) -> Iterator[None]:
+    """A child that serves what the scenarios measure (``command`` prints "ready" once it listens, and
+    stops when its stdin closes), for the length of the block; ``failed`` is the error if it does not
+    start, and ``bound`` how long it may take to stop."""
+    with subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            if child.stdout.readline().strip() != "ready":
+                raise SystemExit(failed)
+            yield
+        finally:
+            child.stdin.close()
+            child.wait(bound)
+
+
+def child_role(args: argparse.Namespace, serve: Callable[[], Coroutine[Any, Any, None]],
+               measure: Callable[[str], Coroutine[Any, Any, dict[str, float]]]) -> bool:
+    """Plays this process's part if it is a child: ``--serve`` serves until stdin closes, ``--scenario
+    NAME`` prints its figures as one JSON line. False in the parent, which goes on to drive them."""
+    if args.serve:
+        asyncio.run(serve())
+        return True
+    if args.scenario:
+        print(json.dumps(asyncio.run(measure(args.scenario))))
+        return True
+    return False
+
+
+def write(out: str, record: dict[str, Any]) -> None:
+    """The results as JSON at ``out``, with the machine's cpus and the time they were written."""
+    record = {**record, "machine": {"cpus": os.cpu_count()},
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"written: {out}")
+
+
+async def window(count: Callable[[], int], settle: float, length: float) -> tuple[float, int, float]:
+    """After ``settle`` seconds, this process's cpu seconds, the messages ``count`` rose by and the
+    seconds elapsed over a window of ``length`` seconds."""
+    await asyncio.sleep(settle)
+    cpu, messages, start = cpu_seconds(os.getpid()), count(), time.monotonic()
+    await asyncio.sleep(length)
+    return cpu_seconds(os.getpid()) - cpu, count() - messages, time.monotonic() - start
+
+
+__all__ = ["child_role", "interleaved", "serving", "window", "write"]

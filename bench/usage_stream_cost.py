@@ -22,19 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.procstat import cpu_seconds  # noqa: E402
-from bench.rounds import interleaved  # noqa: E402
+from bench.rounds import child_role, interleaved, serving, window, write  # noqa: E402
 from bench.session_memory import serve, start_following  # noqa: E402
 
 SETTLE_S = 5.0       # after every stream is open, before the window
@@ -118,10 +112,7 @@ async def measure(scenario: str, hosts: int, base: int) -> dict[str, float]:
                                  stalls=stalls) for i, a in enumerate(addresses)]
         await start_following(sessions, "usage_stream_cost")
         tasks.append(asyncio.create_task(count_reports()))
-    await asyncio.sleep(SETTLE_S)
-    cpu, messages, start = cpu_seconds(os.getpid()), received, time.monotonic()
-    await asyncio.sleep(WINDOW_S)
-    cpu, messages, elapsed = cpu_seconds(os.getpid()) - cpu, received - messages, time.monotonic() - start
+    cpu, messages, elapsed = await window(lambda: received, SETTLE_S, WINDOW_S)
     for task in tasks:
         task.cancel()
     for session in sessions:
@@ -149,39 +140,23 @@ def main() -> None:
             or args.base_port + args.hosts > 65535):
         raise SystemExit("usage_stream_cost: --hosts and --rounds at least 1, --containers not negative, "
                          "--interval positive, and --base-port + --hosts at most 65535")
-    if args.serve:
-        asyncio.run(serve(args.hosts, args.base_port))
-        return
-    if args.scenario:
-        print(json.dumps(asyncio.run(measure(args.scenario, args.hosts, args.base_port))))
+    if child_role(args, lambda: serve(args.hosts, args.base_port),
+                  lambda scenario: measure(scenario, args.hosts, args.base_port)):
         return
     me = [sys.executable, str(Path(__file__).resolve()), "--hosts", str(args.hosts),
           "--base-port", str(args.base_port)]
     scenarios = ["bytes", "decoded", "session", f"session@{args.interval:g}"]
-    results: dict[str, Any] = {}
-    with subprocess.Popen([*me, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as sims:
-        assert sims.stdin is not None and sims.stdout is not None
-        try:
-            if sims.stdout.readline().strip() != "ready":
-                raise SystemExit("usage_stream_cost: the simulated hosts did not start (ports in use? "
-                                 "choose --base-port)")
-            asyncio.run(create_containers(args.hosts, args.base_port, args.containers))
-            print(f"{args.hosts} hosts with {args.containers} containers each", flush=True)
-            results = interleaved(me, scenarios, args.rounds, timeout=4 * BOUND_S)
-            for scenario in scenarios:
-                shown = ", ".join(f"{k} {v['median']:g} ({v['min']:g}-{v['max']:g})"
-                                  for k, v in results[scenario].items())
-                print(f"{scenario:>12}: {shown}", flush=True)
-        finally:
-            sims.stdin.close()
-            sims.wait(BOUND_S)
-    record = {"hosts": args.hosts, "containers_per_host": args.containers, "rounds": args.rounds,
-              "scenarios": results,
-              "machine": {"cpus": os.cpu_count()},
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"written: {args.out}")
+    with serving([*me, "--serve"], "usage_stream_cost: the simulated hosts did not start (ports in use? "
+                 "choose --base-port)", BOUND_S):
+        asyncio.run(create_containers(args.hosts, args.base_port, args.containers))
+        print(f"{args.hosts} hosts with {args.containers} containers each", flush=True)
+        results = interleaved(me, scenarios, args.rounds, timeout=4 * BOUND_S)
+    for scenario in scenarios:
+        shown = ", ".join(f"{k} {v['median']:g} ({v['min']:g}-{v['max']:g})"
+                          for k, v in results[scenario].items())
+        print(f"{scenario:>12}: {shown}", flush=True)
+    write(args.out, {"hosts": args.hosts, "containers_per_host": args.containers, "rounds": args.rounds,
+                     "scenarios": results})
 
 
 if __name__ == "__main__":
