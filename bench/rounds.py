@@ -69,7 +69,8 @@ def child_role(args: argparse.Namespace, serve: Callable[[], Coroutine[Any, Any,
 
 
 def write(out: str, record: dict[str, Any]) -> None:
-    """The results as JSON at ``out``, with the machine's cpus and the time they were written."""
+    """The results as JSON at ``out``, with the machine's cpus and the time they were written (under
+    "started", as the results already recorded have it)."""
     record = {**record, "machine": {"cpus": os.cpu_count()},
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
