@@ -389,6 +389,9 @@ def main() -> None:
     parser.add_argument("--etcd", type=int, default=0, metavar="M",
                         help="with --lost: against a real etcd of M members (see above)")
     args = parser.parse_args()
+    if args.etcd < 0 or (args.etcd and not args.lost):
+        raise SystemExit("pass_cost: --etcd M (members, at least 1) measures a mass failure: "
+                         "give --lost N too")
     rows: list[dict[str, Any]] = []
     if args.lost and args.etcd:
         for size in args.sizes.split(","):
