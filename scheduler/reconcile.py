@@ -326,9 +326,17 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
     if world.place_from is not None:  # placing resumes where the budget ran out last time
         cut = bisect.bisect_right(ordered, world.place_from)
         ordered = ordered[cut:] + ordered[:cut]
+    lost, draining = plan.lost, plan.draining
     for name in ordered:
         service = world.services[name]
         ids = sorted(by_service.get(name, ()))
+        generation = service.template_generation
+        # The replicas the rules below look at one by one. The others are *settled*: running as
+        # recorded, ready, of the current template, on a host neither lost nor draining, with nothing in
+        # flight. No rule changes a settled replica but a scale-down, so they are only counted: a mass
+        # failure's passes have 87 % of the services in scope and nearly all of their replicas settled
+        # (docs/scaling.md, part 21).
+        rest: list[ReplicaId] = []
         for rid in ids:
             r = replicas[rid]
             # _absorb's first answer, inline: a full pass asks it of every replica, and nearly every one
@@ -338,20 +346,26 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
                 c = obs.containers.get(rid)
                 if c is not None and c.state is ContainerState.RUNNING and c.health is Health.NONE \
                         and r.reason == _RUNNING and c.ports == r.ports:
+                    if r.generation != generation or r.host in lost or r.host in draining:
+                        rest.append(rid)
                     continue
+            rest.append(rid)
             _absorb(plan, r)
         if service.deleting:
             _delete(plan, service, ids)
+            rest = ids
         else:
-            _abandon_lost(plan, ids)
+            _abandon_lost(plan, rest)
             placing = plan.may_place()
-            ids += _count(plan, service, ids, new_id=new_id, placer=placer, create=placing)
+            created, scaled_down = _count(plan, service, ids, rest, new_id=new_id, placer=placer,
+                                          create=placing)
+            rest = (ids if scaled_down else rest) + created
             if placing:
-                _place(plan, service, ids, placer)
-            elif _pending(plan, ids):
+                _place(plan, service, rest, placer)
+            elif _pending(plan, rest):
                 plan.deferred = True
                 plan.waiting.add(name)
-        _drive(plan, service, ids)
+        _drive(plan, service, rest)
     for name in sorted(by_service):
         if name not in world.services and (scope is None or name in scope.services):
             ids = sorted(by_service[name])
@@ -469,22 +483,29 @@ def _usefulness(r: Replica) -> tuple[int, int, float]:
     return rank, int(r.ready), -r.created_at
 
 
-def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], *,
-           new_id: Callable[[ServiceName], ReplicaId], placer: Placer, create: bool) -> list[ReplicaId]:
+def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], rest: Sequence[ReplicaId], *,
+           new_id: Callable[[ServiceName], ReplicaId], placer: Placer,
+           create: bool) -> tuple[list[ReplicaId], bool]:
     """Replicas created for what the service lacks (``create``: else it is left to the step that places
-    them, and this one is deferred), scaled down, or retired for a rolling update or a drain."""
+    them, and this one is deferred), scaled down, or retired for a rolling update or a drain. ``ids``:
+    the service's replicas; ``rest``: those of them that are not settled (``step``): the others are
+    live, kept and ready. Returns the replicas created, and whether it scaled down (which may have
+    stopped settled replicas)."""
     now, spec = plan.world.now, service.spec
-    live = _live(plan, ids)
+    live = _live(plan, rest)
+    settled = len(ids) - len(rest)
     generation, draining = service.template_generation, plan.draining
     condemned = [r for r in live if r.generation != generation or r.host in draining]
-    kept = [r for r in live if r.generation == generation and r.host not in draining] if condemned else live
+    n_kept = settled + len(live) - len(condemned)
+    n_live = settled + len(live)
     desired = spec.replicas
     # Percentages resolved against the desired count; both 0 would never progress, so that means one
     # unavailable (Kubernetes' rule, in UpdatePolicy.counts).
     surge, unavailable = spec.update.counts(desired)
     created: list[ReplicaId] = []
-    if len(kept) < desired:
-        room = desired + surge - len(live) if condemned else desired - len(kept)
+    scaled_down = False
+    if n_kept < desired:
+        room = desired + surge - n_live if condemned else desired - n_kept
         if not create and room > 0:
             # Over the placement budget: created by the step that places them, one write each. Written
             # here as pending and placed later, they were two (at 100,000 replicas, a fifth of every
@@ -492,19 +513,21 @@ def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], *,
             plan.deferred = True
             plan.waiting.add(service.name)
             room = 0
-        for _ in range(max(0, min(desired - len(kept), room))):
+        for _ in range(max(0, min(desired - n_kept, room))):
             rid = new_id(service.name)
             replica = Replica(id=rid, service=service.name, generation=service.template_generation,
                               created_at=now, updated_at=now, reason="waiting to be placed")
             plan.update(with_decision(replica, now=now, action="created",
                                       reason=f"the service wants {desired} replicas"))
             created.append(rid)
-    elif len(kept) > desired:
+    elif n_kept > desired:
         # The placer's order: not ready before ready, then from the most crowded domain and host, so
         # what is left stays spread (kube's ReplicaSet rule).
-        for r in list(placer.removal_order(kept))[: len(kept) - desired]:
+        kept = [r for r in _live(plan, ids) if r.generation == generation and r.host not in draining]
+        for r in list(placer.removal_order(kept))[: n_kept - desired]:
             _stop(plan, r, why=f"scaled down to {desired} replicas")
-    available = sum(r.ready for r in live)
+        scaled_down = True
+    available = settled + sum(r.ready for r in live)
     floor = max(0, desired - unavailable)
     for r in sorted(condemned, key=_usefulness):
         why = ("its host is being drained" if _draining(plan, r.host)
@@ -514,7 +537,7 @@ def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], *,
         elif available - 1 >= floor:
             _stop(plan, r, why=why)
             available -= 1
-    return created
+    return created, scaled_down
 
 
 def _stop(plan: _Plan, r: Replica, *, why: str) -> None:

@@ -23,8 +23,9 @@ same service, template and placement rules form a *run*. For a run:
 
 Scaling 0 → N on H hosts therefore costs H + N evaluations and O(N log H) heap work, not N * H. In a large
 cluster a run looks at a sample instead of all H (``scheduler.placement.sampling``): the hosts it takes are
-filtered until enough fit, from what the view already keeps where it can, and the rest of the run costs
-the sample's size; when the sample runs out of room, the run goes on over every host.
+filtered until enough fit, from what the view already keeps where it can (the view keeps its hosts in the
+order samples take them, so that is a slice), and the rest of the run costs the sample's size; when the
+sample runs out of room, the run goes on over every host.
 
 Ties. Hosts with equal scores are ordered by a stable hash of the host id mixed with the run's first
 replica id, then by host id: deterministic for the same inputs, but a different order per batch, so equal
@@ -51,7 +52,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from scheduler.model import HostId, ReplicaId
-from scheduler.placement import sampling
 from scheduler.placement.framework import (
     MAX_SCORE,
     DomainFilterPlugin,
@@ -195,6 +195,34 @@ def _pick(values: Sequence[_T], indices: Sequence[int]) -> list[_T]:
     return list(map(values.__getitem__, indices))
 
 
+class _Window:
+    """A sample: ``size`` consecutive hosts of the view from ``start`` on, wrapping around. The view keeps
+    its hosts in the order samples take them (``ClusterView``), so a sample's values are one or two
+    slices of the view's columns, not a lookup per host (a sixth of a sampled run, before)."""
+
+    __slots__ = ("n", "size", "start")
+
+    def __init__(self, start: int, size: int, n: int) -> None:
+        self.start, self.size, self.n = start, size, n
+
+    def __len__(self) -> int:
+        return self.size
+
+    def take(self, values: Sequence[_T]) -> list[_T]:
+        """The sample's entries of ``values`` (one per host of the view), in the sample's order."""
+        start, end = self.start, self.start + self.size
+        if end <= self.n:
+            return list(values[start:end])
+        return [*values[start:], *values[:end - self.n]]
+
+    def indices(self) -> list[int]:
+        return self.take(range(self.n))
+
+    def position(self, i: int) -> int:
+        """Where host ``i`` of the view is in the sample (>= ``size``: not in it)."""
+        return (i - self.start) % self.n
+
+
 def _or_reasons(reasons: list[Reasons], found: list[Reasons]) -> list[Reasons]:
     """``reasons``, with ``found``'s where a host had none yet: a copy, unless nothing was found. Nearly
     every host passes nearly every filter, so the hosts refused are found by a C-level scan and only those
@@ -222,7 +250,7 @@ class _Looks:
         self.static_key = ("placement.static_filters", tuple((f, f.key(request)) for f in self.static))
         self.dynamic = [f for f in active if f.reads is not Reads.STATIC]
 
-    def host_values(self, key: Hashable, sample: Sequence[int] | None, hosts: Sequence[HostView] | None,
+    def host_values(self, key: Hashable, sample: _Window | None, hosts: Sequence[HostView] | None,
                     every: Callable[[Sequence[HostView]], list[_T]],
                     one: Callable[[HostView], _T]) -> list[_T]:
         """A tracked value for each of the run's hosts: every host of the view, or the sample's (``hosts``,
@@ -236,20 +264,27 @@ class _Looks:
         if known is None and view.asked(key):
             known = view.tracked(key, functools.partial(every, view.hosts), one)
         if known is not None:
-            return _pick(known, sample)
-        return every(hosts if hosts is not None else _pick(view.hosts, sample))
+            return sample.take(known)
+        return every(hosts if hosts is not None else sample.take(view.hosts))
 
-    def sparse(self, scores: SparseScores, sample: Sequence[int] | None) -> list[float]:
+    def sparse(self, scores: SparseScores, sample: _Window | None) -> list[float]:
         """The column of ``scores`` for every host of the view (``sample`` None) or for the sample's, in
-        its order: no plugin call per host."""
+        its order: no plugin call per host, and a host visited only where its score differs."""
+        others = scores.others
+        if sample is not None and len(others) >= len(sample):
+            return list(map(others.get, sample.indices(), itertools.repeat(scores.default)))
+        column = [scores.default] * (len(self.view.hosts) if sample is None else len(sample))
         if sample is None:
-            column = [scores.default] * len(self.view.hosts)
-            for i, value in scores.others.items():
+            for i, value in others.items():
                 column[i] = value
             return column
-        return list(map(scores.others.get, sample, itertools.repeat(scores.default)))
+        size, position = len(sample), sample.position
+        for i, value in others.items():
+            if (p := position(i)) < size:
+                column[p] = value
+        return column
 
-    def refusals(self, sample: Sequence[int] | None) -> list[Reasons]:
+    def refusals(self, sample: _Window | None) -> list[Reasons]:
         """For each of the run's hosts (every host, or the sample's), the reasons of the first filter that
         refuses it. Static answers are computed once per view for every host, sampled or not: most are
         shared by every run."""
@@ -257,7 +292,7 @@ class _Looks:
         reasons: list[Reasons] | None = None
         if self.static:
             every = view.memo(self.static_key, lambda: _first_refusals(self.static, request, view.hosts))
-            reasons = every if sample is None else _pick(every, sample)
+            reasons = every if sample is None else sample.take(every)
         for f in self.dynamic:
             found = self.host_values(("placement.filter", f, f.key(request)), sample, None,
                                      functools.partial(f.filter_all, request),
@@ -270,36 +305,49 @@ class _Looks:
     def every_host(self) -> list[Reasons]:
         return self.refusals(None)
 
-    def sample(self, key_hashes: Sequence[int], salt: int,
-               wanted: int) -> tuple[list[int] | None, list[Reasons]]:
-        """Hosts holding ``wanted`` that fit (or every host), taken in the order of their ids' hashes from
-        a point ``salt`` picks, and their refusals, both in view order; None when that is every host."""
-        hosts = self.view.hosts
-        n = len(hosts)
-        order = self.view.memo("placement.sample_order",
-                               lambda: sorted(range(n), key=lambda i: (key_hashes[i], i)))
+    def static_values(self, key: Hashable, sample: _Window | None, hosts: Sequence[HostView],
+                      every: Callable[[Sequence[HostView]], list[_T]]) -> list[_T]:
+        """A static value for each of the run's hosts (``hosts``: the view's, or the sample's). Kept for
+        every host once a second run asks for the same ``key`` (one image, for image locality: most
+        services share a few), at most ``STATIC_COLUMNS`` keys per view; else computed for the run's
+        hosts alone."""
+        view = self.view
+        if sample is None:
+            return every(hosts)
+        kept: dict[Hashable, list[_T]] = view.memo("placement.static_columns", dict)
+        column = kept.get(key)
+        if column is None and view.asked(key) and len(kept) < STATIC_COLUMNS:
+            column = kept[key] = every(view.hosts)
+        return every(hosts) if column is None else sample.take(column)
+
+    def sample(self, salt: int, wanted: int) -> tuple[_Window | None, list[Reasons]]:
+        """Hosts holding ``wanted`` that fit (or every host), taken in the view's order (their ids'
+        hashes) from a point ``salt`` picks, and their refusals in that order; None when that is every
+        host."""
+        n = len(self.view.hosts)
         start = salt % n
-        taken: list[int] = []
+        taken = 0
         reasons: list[Reasons] = []
         fitting, size = 0, wanted
-        while fitting < wanted and len(taken) < n:
-            chunk = sampling.window(order, (start + len(taken)) % n, min(size, n - len(taken)))
-            found = self.refusals(chunk)
-            taken += chunk
+        while fitting < wanted and taken < n:
+            found = self.refusals(_Window((start + taken) % n, min(size, n - taken), n))
+            taken += len(found)
             reasons += found
             fitting += found.count(())
             # The rest at the rate hosts fitted so far, a quarter more (a few refused hosts must not
             # double the sample); doubling when none fitted yet. Integer ceiling: a float one can overshoot.
             short = wanted - fitting
-            size = -(-short * len(taken) * 5 // (4 * fitting)) if fitting else len(taken)
-        in_view_order = sorted(range(len(taken)), key=taken.__getitem__)
-        reasons = _pick(reasons, in_view_order)
-        if len(taken) == n:
-            return None, reasons
-        return _pick(taken, in_view_order), reasons
+            size = -(-short * taken * 5 // (4 * fitting)) if fitting else taken
+        if taken == n:
+            # every host after all: in view order, as a run over every host has them
+            return None, [*reasons[n - start:], *reasons[:n - start]]
+        return _Window(start, taken, n), reasons
 
 
 _FEW_DOMAINS = 16  # up to this many domains, hosts are sorted into them by one mask each
+# Static score columns a view keeps for sampled runs (``_Looks.static_values``): 40 KiB each at 5,000
+# hosts, so a pass over services of many images holds at most a few MiB of them.
+STATIC_COLUMNS = 64
 
 _Domain = tuple[str | None, ...]  # a host's values of the domain labels (None: it lacks that label)
 
@@ -376,19 +424,19 @@ class _Run:
         all_key_hashes: list[int] = view.memo("placement.key_hashes", lambda: [h.key_hash for h in all_hosts])
         looks = _Looks(view, request, active)
         self.hosts_in_cluster = len(all_hosts)
-        self.sample: list[int] | None = None
+        self.sample: _Window | None = None
         hosts: Sequence[HostView]
         if wanted is None:
             hosts = all_hosts
             self.key_hashes: Sequence[int] = all_key_hashes
             reasons = looks.every_host()
         else:
-            self.sample, reasons = looks.sample(all_key_hashes, salt, wanted)
+            self.sample, reasons = looks.sample(salt, wanted)
             if self.sample is None:
                 hosts, self.key_hashes = all_hosts, all_key_hashes
             else:
-                hosts = [all_hosts[i] for i in self.sample]
-                self.key_hashes = _pick(all_key_hashes, self.sample)
+                hosts = self.sample.take(all_hosts)
+                self.key_hashes = self.sample.take(all_key_hashes)
         self.hosts: Sequence[HostView] = hosts
         self.reasons: list[Reasons] = list(reasons)
 
@@ -402,8 +450,9 @@ class _Run:
             score_sparse = getattr(p, "score_sparse", None)
             if score_sparse is not None:
                 raw = looks.sparse(score_sparse(request, view), self.sample)
-            elif p.reads is Reads.STATIC:  # not kept: a column per image would cost more than it saves
-                raw = p.score_all(request, hosts)
+            elif p.reads is Reads.STATIC:
+                raw = looks.static_values(("placement.static_score", p, p.key(request)), self.sample, hosts,
+                                          functools.partial(p.score_all, request))
             else:
                 raw = looks.host_values(("placement.score", p, p.key(request)), self.sample, hosts,
                                         functools.partial(p.score_all, request),
@@ -418,7 +467,7 @@ class _Run:
                 # for later batches, and this run's explanations must keep what it saw.
                 self.columns.append(list(raw))
             else:
-                self.columns.append([x * weight for x in raw])
+                self.columns.append(list(map(weight.__mul__, raw)))  # the same products, x * w == w * x
             factors[id(p)] = factor
         self.dynamic_scorers: list[_Scorer] = [(p.score, w, factors[id(p)]) for p, w in dynamic_scorers]
         # The same additions, in the same order, as sum() of a host's tuple when it is re-evaluated
@@ -449,7 +498,7 @@ class _Run:
                 for group, mask in zip(groups, masks, strict=True):
                     group.heap = list(itertools.compress(entries, map(operator.and_, fits, mask)))
             else:
-                group_of = all_group_of if self.sample is None else _pick(all_group_of, self.sample)
+                group_of = all_group_of if self.sample is None else self.sample.take(all_group_of)
                 for entry, gi, ok in zip(entries, group_of, fits, strict=True):
                     if ok:
                         groups[gi].heap.append(entry)

@@ -68,12 +68,4 @@ EVERY_HOST = Sampling(percentage=100)
 ADAPTIVE = Sampling()
 
 
-def window(order: list[int], start: int, size: int) -> list[int]:
-    """``size`` entries of ``order`` from ``start`` on, wrapping around (``size`` <= len(order))."""
-    end = start + size
-    if end <= len(order):
-        return order[start:end]
-    return order[start:] + order[:end - len(order)]
-
-
-__all__ = ["ADAPTIVE", "EVERY_HOST", "MIN_HOSTS", "Sampling", "window"]
+__all__ = ["ADAPTIVE", "EVERY_HOST", "MIN_HOSTS", "Sampling"]

@@ -212,7 +212,8 @@ class DomainCounts:
 
 
 class ClusterView:
-    """Every host (sorted by id), the services, the replicas known, and what batches placed since.
+    """Every host (in the order of their ids' hashes), the services, the replicas known, and what batches
+    placed since.
 
     Batches derive per-host answers from a view over and over (one pass per service). Two caches keep
     that cheap, both valid only because nothing but ``assume`` changes a view once built: ``memo`` for
@@ -222,7 +223,10 @@ class ClusterView:
 
     def __init__(self, hosts: list[HostView], services: Mapping[ServiceName, model.Service],
                  replicas: Mapping[ReplicaId, model.Replica]) -> None:
-        self.hosts: tuple[HostView, ...] = tuple(sorted(hosts, key=lambda h: h.id))
+        # In the order of their ids' hashes, the order a run's sample takes them from its own starting
+        # point (``placement.sampling``): a spread-out sample whatever the hosts are named, whose values
+        # are slices of the view's columns.
+        self.hosts: tuple[HostView, ...] = tuple(sorted(hosts, key=lambda h: (h.key_hash, h.id)))
         self.by_id: dict[HostId, HostView] = {h.id: h for h in self.hosts}
         self.index: dict[HostId, int] = {h.id: i for i, h in enumerate(self.hosts)}
         self.services = dict(services)

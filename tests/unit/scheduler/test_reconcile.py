@@ -175,6 +175,22 @@ def test_scale_down_takes_the_placers_removal_order() -> None:
     w = world([service(1)], reps, observed=observed)
     plan = reconcile.step(w, placer=Crowded(w.hosts), new_id=lambda name: ReplicaId(f"{name}-new"))
     assert {rid for rid, r in written(plan).items() if r.phase is ReplicaPhase.STOPPING} == {"b", "c"}
+    # Running as recorded, they were only counted until the scale-down stopped them: retired at once.
+    assert retires(plan) == [("b", "h2"), ("c", "h3")]
+
+
+def test_settled_replicas_count_toward_the_desired_number() -> None:
+    """Replicas running as recorded are counted, not looked at one by one: beside one starting and one
+    failed, the service gets exactly the one more it lacks, and the failed one is relaunched."""
+    reps = [replica("a"), replica("b", host="h2"), replica("c", host="h3", phase=ReplicaPhase.STARTING,
+                                                           ready=False),
+            replica("d", host="h3", phase=ReplicaPhase.FAILED, ready=False, reason="exited 1 (error)")]
+    observed = observe(("h1", [container("a")]), ("h2", [container("b")]),
+                       ("h3", [container("d", state=ContainerState.EXITED, exit_code=1)]))
+    plan = run(world([service(5)], reps, observed=observed))
+    created = [r for rid, r in written(plan).items() if rid not in ("a", "b", "c", "d")]
+    assert len(created) == 1
+    assert ("c", "h3") in launches(plan) and ("d", "h3") in launches(plan)
 
 
 def test_replicas_that_fit_nowhere_stay_pending_with_a_reason_recorded_once() -> None:
@@ -267,6 +283,20 @@ def test_a_rollout_brings_new_replicas_up_before_old_ones_stop() -> None:
     stopping = [r for r in written(nxt).values() if r.phase is ReplicaPhase.STOPPING]
     assert len(stopping) == 1 and stopping[0].generation == 1
     assert "rolling update to generation 2" in stopping[0].reason
+
+
+def test_a_new_replica_running_as_recorded_counts_as_available_in_a_rollout() -> None:
+    """Mid-rollout, the new replica is running as recorded (counted, not looked at): with it, one more
+    old one than the floor is ready, so exactly one old replica stops and none is created."""
+    svc = service(3, template_generation=2, update=UpdatePolicy(max_surge=1, max_unavailable=0))
+    old = [replica(f"o{i}", host=h, generation=1) for i, h in enumerate(HOSTS)]
+    new = replica("n", host="h1", generation=2)
+    observed = observe(("h1", [container("o0", generation=1), container("n", generation=2)]),
+                       ("h2", [container("o1", generation=1)]), ("h3", [container("o2", generation=1)]))
+    plan = run(world([svc], [*old, new], observed=observed))
+    out = written(plan)
+    assert [r.generation for r in out.values() if r.phase is ReplicaPhase.STOPPING] == [1]
+    assert all(rid in ("o0", "o1", "o2") for rid in out)
 
 
 def test_a_rollout_with_no_surge_and_no_unavailability_still_progresses() -> None:

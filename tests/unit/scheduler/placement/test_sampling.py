@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from scheduler.placement import batch, registry
-from scheduler.placement.sampling import EVERY_HOST, Sampling, window
+from scheduler.placement.sampling import EVERY_HOST, Sampling
 from tests.unit.scheduler.placement import builders as b
 
 PROFILE = registry.default_profile()
@@ -42,9 +42,44 @@ def test_bad_settings_are_refused(bad: dict[str, int]) -> None:
         Sampling(**bad)
 
 
-def test_a_window_wraps_around() -> None:
-    assert window([0, 1, 2, 3, 4], 3, 4) == [3, 4, 0, 1]
-    assert window([0, 1, 2, 3, 4], 1, 2) == [1, 2]
+def test_a_sample_is_a_window_of_the_view_wrapping_around() -> None:
+    """The view keeps its hosts in the order samples take them, so a sample's values are slices."""
+    window = batch._Window(8, 4, 10)
+    assert window.take(list(range(100, 110))) == [108, 109, 100, 101]
+    assert window.take(tuple("abcdefghij")) == ["i", "j", "a", "b"]
+    assert window.indices() == [8, 9, 0, 1]
+    assert [window.position(i) for i in (8, 9, 0, 1)] == [0, 1, 2, 3]
+    assert all(window.position(i) >= 4 for i in range(2, 8))
+    assert batch._Window(2, 3, 10).take(list(range(10))) == [2, 3, 4]
+
+
+def test_sampled_runs_keep_a_static_column_once_two_ask_for_it_and_only_so_many() -> None:
+    """Image locality's column (static: the same for every service of one image) is kept for every host
+    once a second sampled run asks for it, and picked from then on; at most ``STATIC_COLUMNS`` of them
+    per view, so services of many images do not hold a column each."""
+    hosts = [b.host(f"h{i:04d}") for i in range(1000)]
+    services = [b.service(f"svc{n}", image=f"registry.test/img{n % 3}:1") for n in range(6)]
+    running = [b.replica(f"old{i}", services[i % 3], hosts[i * 7].id, phase=b.ReplicaPhase.RUNNING)
+               for i in range(30)]  # so some hosts have each image
+    view = b.cluster(hosts, services=services, replicas=running)
+    fresh = b.cluster(hosts, services=services, replicas=running)
+    kept = view.memo("placement.static_columns", dict)
+    for svc in services[:3]:  # img0, img1, img2: asked once each
+        batch.place(b.requests(svc, 1), view, PROFILE)
+    assert kept == {}
+    result = batch.place(b.requests(services[3], 1), view, PROFILE)  # img0 again: kept from now on
+    assert [key[2] for key in kept] == ["registry.test/img0:1"]
+    replica = result.outcomes[0].replica
+    # What the run saw of each host's image is what a look at that host alone says.
+    expected = batch.explain(b.request(services[3], replica), fresh, PROFILE)
+    assert {v.host: v.scores.get("image_locality") for v in result.verdicts(replica)} == \
+        {v.host: v.scores.get("image_locality") for v in expected.verdicts if v.host in
+         {w.host for w in result.verdicts(replica)}}
+    assert any(v.scores.get("image_locality") for v in result.verdicts(replica))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batch, "STATIC_COLUMNS", 1)
+        batch.place(b.requests(services[4], 1), view, PROFILE)  # img1 again, but one column is the bound
+    assert len(kept) == 1
 
 
 def test_a_run_in_a_large_cluster_looks_at_a_sample_and_says_so() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 from scheduler import model
 from scheduler.model import ReplicaPhase
@@ -75,11 +76,14 @@ def test_a_replica_runs_its_own_generation() -> None:
     assert view.host(b.HostId("h1")).cpu_placed == 2_000
 
 
-def test_hosts_are_sorted_and_labelled_with_their_id() -> None:
+def test_hosts_are_in_the_order_of_their_ids_hashes_and_labelled_with_their_id() -> None:
+    """The order a sample takes them in (``placement.sampling``): whatever order they came in."""
     hosts = [b.host(f"h{i}") for i in range(10)]
     random.Random(7).shuffle(hosts)
     view = b.cluster(hosts)
-    assert [h.id for h in view.hosts] == sorted(f"h{i}" for i in range(10))
+    assert [h.id for h in view.hosts] == sorted((f"h{i}" for i in range(10)),
+                                                key=lambda h: zlib.crc32(h.encode()))
+    assert [h.id for h in view.hosts] != sorted(f"h{i}" for i in range(10))  # not by name
     assert view.host(b.HostId("h3")).labels[LABEL_HOST] == "h3"
     own = b.cluster([b.host("h1", labels={LABEL_HOST: "custom"})])
     assert own.host(b.HostId("h1")).labels[LABEL_HOST] == "custom"

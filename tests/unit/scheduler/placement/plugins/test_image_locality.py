@@ -19,4 +19,5 @@ def test_images_come_from_running_replicas_and_reports() -> None:
         images={b.HostId("h3"): ["web:1"]})
     plugin = image_locality.new({})
     req = b.request(svc, "r9")
-    assert [plugin.score(req, h) for h in view.hosts] == [100.0, 0.0, 100.0, 0.0]
+    scores = {h.id: plugin.score(req, h) for h in view.hosts}
+    assert scores == {"h1": 100.0, "h2": 0.0, "h3": 100.0, "h4": 0.0}
