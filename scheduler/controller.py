@@ -192,6 +192,8 @@ class Controller:
         # What the next pass must look at beyond the mirror's dirt (see ``_scope``).
         self._changed_hosts: set[HostId] = set()              # sessions that reported a change
         self._seen: dict[HostId, HostObservation] = {}        # each host's observation the last pass read
+        # The replicas the last passes found settled, less what changed since (``reconcile.World.settled``)
+        self._settled: dict[ServiceName, frozenset[ReplicaId]] = {}
         self._acting: dict[str, HostId] = {}                  # actions handed over, by container id
         self._full_due = True                                 # the next pass looks at everything
         self._last_full = 0.0                                 # when the last full pass ran
@@ -424,6 +426,10 @@ class Controller:
         built = time.perf_counter()
         plan = reconcile.step(world, placer=placer, new_id=new_replica_id)
         decided = time.perf_counter()
+        if scope is None:
+            self._settled = dict(plan.settled)
+        else:
+            self._settled.update(plan.settled)
         self._place_from = plan.placed_through if plan.deferred else None
         self._waiting = plan.waiting
         self._note_held(plan.lost_held, plan.lost_among)
@@ -668,6 +674,7 @@ class Controller:
             # This pass reads every host's observation: the next one compares with these.
             self._seen = {h: session.observation for h, session in self.sessions.items()}
             return None
+        self._unsettle(dirt)
         services = dirt.services
         failed = self.actuator.failures
         services.update(mirror.replicas[rid].service for rid in failed if rid in mirror.replicas)
@@ -680,6 +687,29 @@ class Controller:
         for host in dirt.hosts:
             services.update(mirror.replicas[rid].service for rid in mirror.by_host.get(host, ()))
         return reconcile.Scope(services=frozenset(services), hosts=frozenset(dirt.hosts | dirt.touched))
+
+    def _unsettle(self, dirt: Dirt) -> None:
+        """Take out of what the last passes found settled every replica that may no longer be: those
+        whose records or containers changed, those on hosts that changed wholly, and every replica of a
+        service whose own record changed (its template, its count)."""
+        settled = self._settled
+        if not settled:
+            return
+        assert self.mirror is not None
+        for name in dirt.service_records:
+            settled.pop(name, None)
+        ids = set(dirt.replicas)
+        for host in dirt.hosts:
+            ids.update(self.mirror.by_host.get(host, ()))
+        changed: dict[ServiceName, set[ReplicaId]] = {}
+        replicas = self.mirror.replicas
+        for rid in ids:
+            # (a replica gone from the mirror is gone from its service too: the step never counts it)
+            if (replica := replicas.get(rid)) is not None:
+                changed.setdefault(replica.service, set()).add(rid)
+        for name, rids in changed.items():
+            if (known := settled.get(name)) is not None:
+                settled[name] = known - rids
 
     def _observation_changed(self, host: HostId, dirt: Dirt) -> None:
         """Compare a host's observation with the one the last pass read: a changed container dirties its
@@ -703,6 +733,7 @@ class Controller:
             old, new = before.containers.get(cid), now.containers.get(cid)
             if old == new:
                 continue
+            dirt.replicas.add(ReplicaId(cid))
             for container in (old, new):
                 if container is not None and container.service is not None:
                     dirt.services.add(container.service)
@@ -770,6 +801,7 @@ class Controller:
             agent_down=frozenset(h for h, s in self.sessions.items() if s.agent_down),
             # The mirror's own index, not a copy: the step reads it before anything changes the mirror.
             by_service=self.mirror.by_service, scope=scope,
+            settled=self._settled if scope is not None else None, by_host=self.mirror.by_host,
             place_budget=PLACE_BUDGET, place_from=self._place_from)
 
     def _unreachable_since(self, statuses: dict[HostId, HostStatus]) -> dict[HostId, float]:

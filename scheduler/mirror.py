@@ -50,6 +50,8 @@ class Dirt:
     services: set[ServiceName] = field(default_factory=set)
     hosts: set[HostId] = field(default_factory=set)      # everything on them
     touched: set[HostId] = field(default_factory=set)    # their containers' owners (orphans)
+    replicas: set[ReplicaId] = field(default_factory=set)              # their records or containers
+    service_records: set[ServiceName] = field(default_factory=set)     # the services' own records
 
     def host(self, host: HostId | None) -> None:
         if host is not None:
@@ -57,6 +59,7 @@ class Dirt:
 
     def replica(self, replica: Replica) -> None:
         self.services.add(replica.service)
+        self.replicas.add(replica.id)
         if replica.host is not None:
             self.touched.add(replica.host)
 
@@ -159,6 +162,7 @@ class Mirror:
                     self.dirt.replica(replica)
         elif isinstance(before, Service) or isinstance(after, Service):
             self.dirt.services.add((after or before).name)
+            self.dirt.service_records.add((after or before).name)
         elif isinstance(before, HostRecord) or isinstance(after, HostRecord):
             if reads(before, after):
                 self.dirt.host((after or before).id)

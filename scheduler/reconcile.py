@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
@@ -137,6 +138,14 @@ class World:
     # Must hold exactly the ids in ``replicas``; read only during the step.
     by_service: Mapping[ServiceName, Collection[ReplicaId]] | None = None
     scope: Scope | None = None  # None: every service and every host
+    # Of a scoped step: the replicas of each service that the last step found settled (see ``step``) and
+    # that nothing the caller knows of has changed since (their records, their containers, their hosts
+    # wholly, their service's record). Counted without a look; the step itself still looks at those that
+    # are busy or on a host now lost or draining, so a stale entry costs a look, never a missed rule.
+    settled: Mapping[ServiceName, AbstractSet[ReplicaId]] | None = None
+    # The replica ids on each host (the caller's index, read only during the step): needed with
+    # ``settled``, to find those on hosts lost or draining.
+    by_host: Mapping[HostId, Collection[ReplicaId]] | None = None
     # At most this many pending replicas are handed to the placer in one step (None: all), the services
     # taken in name order from the one after ``place_from``; a service is placed whole once begun.
     place_budget: int | None = None
@@ -222,6 +231,9 @@ class Plan:
     # Lost hosts whose replicas were not replaced because too many were lost at once (``max_lost_share``).
     lost_held: int = 0
     lost_among: int = 0  # ... of this many hosts holding replicas
+    # The replicas of each service this step looked at that it found settled: ``World.settled`` for the
+    # next step, once what changed since is taken out.
+    settled: Mapping[ServiceName, frozenset[ReplicaId]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -265,6 +277,7 @@ class _Plan:
         self.deferred = False
         self.waiting: set[ServiceName] = set()
         self.placed_through: ServiceName | None = None
+        self.settled: dict[ServiceName, frozenset[ReplicaId]] = {}
 
     def may_place(self) -> bool:
         budget = self.world.place_budget
@@ -297,7 +310,7 @@ class _Plan:
         return Plan(writes=tuple(self.writes), actions=tuple(self.actions), deferred=self.deferred,
                     waiting=frozenset(self.waiting),
                     placed_through=self.placed_through, lost_held=self.lost_held,
-                    lost_among=self.lost_among)
+                    lost_among=self.lost_among, settled=self.settled)
 
 
 def mass_loss(lost: int, hosts: int, max_share: float) -> bool:
@@ -327,16 +340,26 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
         cut = bisect.bisect_right(ordered, world.place_from)
         ordered = ordered[cut:] + ordered[:cut]
     lost, draining = plan.lost, plan.draining
+    known_all = world.settled if scope is not None else None
+    unsure: frozenset[str] = busy
+    if known_all and world.by_host is not None and (lost or draining):
+        unsure = busy.union(*(world.by_host.get(h, ()) for h in lost | draining))
     for name in ordered:
         service = world.services[name]
-        ids = sorted(by_service.get(name, ()))
+        members = by_service.get(name, ())
         generation = service.template_generation
         # The replicas the rules below look at one by one. The others are *settled*: running as
         # recorded, ready, of the current template, on a host neither lost nor draining, with nothing in
         # flight. No rule changes a settled replica but a scale-down, so they are only counted: a mass
         # failure's passes have 87 % of the services in scope and nearly all of their replicas settled
-        # (docs/scaling.md, part 21).
+        # (docs/scaling.md, part 21). Those the last step found settled, with nothing changed since
+        # (``World.settled``), are not even looked at.
+        known: AbstractSet[ReplicaId] = frozenset()
+        if known_all and (last := known_all.get(name)):
+            known = (last & _as_set(members)) - unsure
+        ids = sorted(_as_set(members) - known if known else members)
         rest: list[ReplicaId] = []
+        found: list[ReplicaId] = []
         for rid in ids:
             r = replicas[rid]
             # _absorb's first answer, inline: a full pass asks it of every replica, and nearly every one
@@ -348,24 +371,31 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
                         and r.reason == _RUNNING and c.ports == r.ports:
                     if r.generation != generation or r.host in lost or r.host in draining:
                         rest.append(rid)
+                    else:
+                        found.append(rid)
                     continue
             rest.append(rid)
             _absorb(plan, r)
+        settled = len(known) + len(found)
+        scaled_down = False
         if service.deleting:
-            _delete(plan, service, ids)
-            rest = ids
+            rest = sorted(members)
+            _delete(plan, service, rest)
         else:
             _abandon_lost(plan, rest)
             placing = plan.may_place()
-            created, scaled_down = _count(plan, service, ids, rest, new_id=new_id, placer=placer,
+            created, scaled_down = _count(plan, service, members, rest, settled, new_id=new_id, placer=placer,
                                           create=placing)
-            rest = (ids if scaled_down else rest) + created
+            rest = (sorted(members) if scaled_down else rest) + created
             if placing:
                 _place(plan, service, rest, placer)
             elif _pending(plan, rest):
                 plan.deferred = True
                 plan.waiting.add(name)
         _drive(plan, service, rest)
+        if not service.deleting:
+            now_settled = frozenset(found).union(known)
+            plan.settled[name] = now_settled.difference(plan.updated) if scaled_down else now_settled
     for name in sorted(by_service):
         if name not in world.services and (scope is None or name in scope.services):
             ids = sorted(by_service[name])
@@ -374,6 +404,10 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
             _drive(plan, None, ids)
     _orphans(plan, None if scope is None else scope.hosts | plan.moved_from())
     return plan.build()
+
+
+def _as_set(ids: Collection[ReplicaId]) -> AbstractSet[ReplicaId]:
+    return ids if isinstance(ids, AbstractSet) else set(ids)
 
 
 def _by_service(replicas: Mapping[ReplicaId, Replica]) -> dict[ServiceName, list[ReplicaId]]:
@@ -483,17 +517,16 @@ def _usefulness(r: Replica) -> tuple[int, int, float]:
     return rank, int(r.ready), -r.created_at
 
 
-def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], rest: Sequence[ReplicaId], *,
-           new_id: Callable[[ServiceName], ReplicaId], placer: Placer,
+def _count(plan: _Plan, service: Service, members: Collection[ReplicaId], rest: Sequence[ReplicaId],
+           settled: int, *, new_id: Callable[[ServiceName], ReplicaId], placer: Placer,
            create: bool) -> tuple[list[ReplicaId], bool]:
     """Replicas created for what the service lacks (``create``: else it is left to the step that places
-    them, and this one is deferred), scaled down, or retired for a rolling update or a drain. ``ids``:
-    the service's replicas; ``rest``: those of them that are not settled (``step``): the others are
-    live, kept and ready. Returns the replicas created, and whether it scaled down (which may have
-    stopped settled replicas)."""
+    them, and this one is deferred), scaled down, or retired for a rolling update or a drain.
+    ``members``: the service's replicas; ``rest``: those of them that are not settled (``step``); the
+    other ``settled`` are live, kept and ready. Returns the replicas created, and whether it scaled down
+    (which may have stopped settled replicas)."""
     now, spec = plan.world.now, service.spec
     live = _live(plan, rest)
-    settled = len(ids) - len(rest)
     generation, draining = service.template_generation, plan.draining
     condemned = [r for r in live if r.generation != generation or r.host in draining]
     n_kept = settled + len(live) - len(condemned)
@@ -523,7 +556,8 @@ def _count(plan: _Plan, service: Service, ids: Sequence[ReplicaId], rest: Sequen
     elif n_kept > desired:
         # The placer's order: not ready before ready, then from the most crowded domain and host, so
         # what is left stays spread (kube's ReplicaSet rule).
-        kept = [r for r in _live(plan, ids) if r.generation == generation and r.host not in draining]
+        kept = [r for r in _live(plan, sorted(members))
+                if r.generation == generation and r.host not in draining]
         for r in list(placer.removal_order(kept))[: n_kept - desired]:
             _stop(plan, r, why=f"scaled down to {desired} replicas")
         scaled_down = True
