@@ -104,9 +104,11 @@ FULL_PASS_INTERVAL = 5.0
 # nothing to do, while the sessions waited.
 FULL_PASS_SHARE = 0.1
 HELD_LOG_S = 30.0  # while lost hosts are held (reconcile.mass_loss), said this often
-# While hosts are being lost (in their grace, or lost with replicas not yet marked) the safety net runs
-# this many times less often: a full pass then makes the pass that marks them look at every service (in
-# part 17's 5,000-host runs it fell on a marking pass, or just before one, in three runs of five).
+# While hosts are being lost (in their grace, or lost with replicas not yet marked), and for one period
+# after, the safety net runs this many times less often: a full pass then makes the pass that marks them
+# look at every service (in part 17's 5,000-host runs it fell on a marking pass, or just before one, in
+# three runs of five), and right after it held the loop for 1-2.5 s while the replacements started (in
+# all four of part 21's first runs).
 NET_LOSING_FACTOR = 2
 LONG_PASS_S = 1.0  # a pass holding the loop this long is logged with where its time went
 # Pending replicas one pass hands to placement; the rest wait for the next pass, right after. A pass
@@ -202,6 +204,7 @@ class Controller:
         self._pacer = Pacer(settings.usage_pace)  # what in-process sessions ask for now
         self._repace_later: asyncio.TimerHandle | None = None  # a pass for a change the pacer held back
         self._lost_due: dict[HostId, float] = {}              # when each unreachable host counts as lost
+        self._last_losing = 0.0                               # when a pass last had hosts being lost
         self._placing_s = 0.0                                 # the last placing pass, to its writes landed
         self._last_pass_at = 0.0                              # the time the last pass read (``_scope``)
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
@@ -386,7 +389,7 @@ class Controller:
         self.poke()
         while True:
             # Wake for the full pass's period too: the safety net must not wait for a change.
-            due = self._last_full + self._net_interval()
+            due = self._net_due()
             next_due = due if next_due is None else min(next_due, due)
             timeout = max(0.0, next_due - time.time())
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that arrives as
@@ -418,7 +421,7 @@ class Controller:
         ahead, recording = self._record_ahead()
         now = time.time()
         statuses = {h: self._status(h) for h in self.mirror.hosts}
-        full = self._full_due or now - self._last_full >= self._net_interval()
+        full = self._full_due or now >= self._net_due()
         lost_from = self._lost_from(now)
         scope = self._scope(statuses, full=full, now=now, gathering=lost_from > 0)
         world = self._world(statuses, scope=scope, now=now, recording=recording, lost_from=lost_from)
@@ -590,9 +593,14 @@ class Controller:
                         self.settings.max_lost_share)
         self.lost_held = held
 
-    def _net_interval(self) -> float:
-        """The safety net's period now: longer while hosts are being lost (``NET_LOSING_FACTOR``)."""
-        return self.full_interval * (NET_LOSING_FACTOR if self._lost_due else 1)
+    def _net_due(self) -> float:
+        """When the safety net runs: a period after the last, longer while hosts are being lost and for
+        one period after the pass that marked the last of them, while their replacements start
+        (``NET_LOSING_FACTOR``)."""
+        stretched = self._last_full + self.full_interval * NET_LOSING_FACTOR
+        if self._lost_due:
+            return stretched
+        return min(stretched, self.full_interval + max(self._last_full, self._last_losing))
 
     def _lost_from(self, now: float) -> float:
         """``World.lost_from`` for a pass at ``now``: the end of the gathering (``_gather``) while it
@@ -622,6 +630,8 @@ class Controller:
         assert self.mirror is not None
         replicas = self.mirror.replicas
         due = [at for rid in self.mirror.failed if (at := replicas[rid].next_attempt_at) > world.now]
+        if self._lost_due:  # this pass looked at hosts being lost (and may have marked the last of them)
+            self._last_losing = world.now
         # A host whose grace period runs out: its replicas are replaced then, not at the next event. One
         # already lost whose replicas this pass did not look at is looked at by the next (unless lost
         # hosts are held: only a change or a full pass decides that again).

@@ -144,6 +144,37 @@ def test_the_safety_net_waits_while_hosts_are_being_lost(monkeypatch: pytest.Mon
     assert [s is None for s in scopes] == [True, False, False, True]
 
 
+def test_the_safety_net_waits_a_period_more_after_the_lost_hosts_are_marked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after the pass that marks them, their replacements start: a full pass then held the leader's
+    loop for 1-2.5 s at 5,000 hosts (docs/scaling.md, part 21). Within a period of that pass the net
+    waits until its period is up twice over; a period later it keeps its own again."""
+    clock = ShiftedClock()
+    monkeypatch.setattr(controller_module, "time", clock)
+
+    async def go() -> tuple[list[reconcile.Scope | None], list[Plan]]:
+        scopes: list[reconcile.Scope | None] = []
+        plans: list[Plan] = []
+        ctl, sessions = await settled_controller(scopes, plans=plans, empty_hosts=1)
+        monkeypatch.setattr(ctl.actuator, "submit", lambda actions: None)  # no agents to launch on
+        await ctl.step()  # the term's first pass: full
+        fall_silent(ctl, sessions, "h1")
+        await ctl.step()  # h1 in its grace
+        clock.ahead += ctl.settings.host_grace + 0.01
+        await ctl.step()  # h1 lost: web-1 marked
+        assert stopped(plans[-1]) == {"web-1"}
+        ctl._last_full -= ctl.full_interval  # the period is up, within a period of the marking
+        await ctl.step()
+        ctl._last_full -= ctl.full_interval  # twice over
+        await ctl.step()
+        clock.ahead += ctl.full_interval  # a period after the marking, and after the last net
+        await ctl.step()
+        return scopes, plans
+
+    scopes, _ = asyncio.run(go())
+    assert [s is None for s in scopes] == [True, False, False, False, True, True]
+
+
 def test_without_hosts_being_lost_the_safety_net_keeps_its_period(monkeypatch: pytest.MonkeyPatch) -> None:
     async def go() -> list[reconcile.Scope | None]:
         scopes: list[reconcile.Scope | None] = []
