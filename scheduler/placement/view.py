@@ -21,7 +21,8 @@ Scoring uses one more figure, as kube-scheduler does: a replica that requests no
 fit is decided), so replicas without requests still spread instead of all landing on the first host
 (``HostView.cpu_scoring_used``).
 
-Hosts are kept sorted by id, so everything computed from a view is independent of input order.
+Hosts are kept in the order of their ids' hashes (ties by id), so everything computed from a view is
+independent of input order, and a run's sample of hosts is a slice of it (``placement.batch``).
 """
 
 from __future__ import annotations
