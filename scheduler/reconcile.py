@@ -355,9 +355,13 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
         # (docs/scaling.md, part 21). Those the last step found settled, with nothing changed since
         # (``World.settled``), are not even looked at.
         known: AbstractSet[ReplicaId] = frozenset()
+        ids: list[ReplicaId]
         if known_all and (last := known_all.get(name)):
-            known = (last & _as_set(members)) - unsure
-        ids = sorted(_as_set(members) - known if known else members)
+            member_set = _as_set(members)
+            known = (last & member_set) - unsure
+            ids = sorted(member_set - known)
+        else:
+            ids = sorted(members)
         rest: list[ReplicaId] = []
         found: list[ReplicaId] = []
         for rid in ids:

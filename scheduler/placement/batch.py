@@ -191,10 +191,6 @@ def _first_refusals(filters: Sequence[FilterPlugin], request: PlacementRequest, 
     return reasons
 
 
-def _pick(values: Sequence[_T], indices: Sequence[int]) -> list[_T]:
-    return list(map(values.__getitem__, indices))
-
-
 class _Window:
     """A sample: ``size`` consecutive hosts of the view from ``start`` on, wrapping around. The view keeps
     its hosts in the order samples take them (``ClusterView``), so a sample's values are one or two

@@ -12,16 +12,12 @@ from scheduler import reconcile
 from scheduler.controller import Controller
 from scheduler.model import HostAdmin, HostId, HostStatus, ReplicaId, ReplicaPhase, ServiceName
 from scheduler.observed import ContainerState
-from scheduler.reconcile import Plan, WriteReplica
+from scheduler.reconcile import Plan
 from scheduler.store import base
-from tests.unit.scheduler.test_reconcile import container, observe, replica, run, service, world
+from tests.unit.scheduler.test_reconcile import container, observe, replica, run, service, world, written
 from tests.unit.scheduler.test_scoped_passes import Sessions, settled_controller
 
 H1, H2 = HostId("h1"), HostId("h2")
-
-
-def written(plan: Plan) -> dict[ReplicaId, reconcile.Replica]:
-    return {w.replica.id: w.replica for w in plan.writes if isinstance(w, WriteReplica)}
 
 
 async def after_the_first_pass() -> tuple[Controller, Sessions, list[Plan]]:
