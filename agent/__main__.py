@@ -34,6 +34,7 @@ from agent.runtime.containers import ContainerRuntime, RuntimeSettings
 from agent.runtime.image_source import StoreImages
 from agent.self_fence import SelfFence, stop_scheduler_managed
 from agent.server import add_services, host_to_pb
+from agent.server_options import SERVER_OPTIONS
 from agent.usage import host as usage_host
 from agent.usage.cadvisor import UsageCollector
 from agent.usage.metrics import AgentMetrics, RpcMetricsInterceptor, serve_metrics
@@ -156,7 +157,7 @@ async def serve(settings: config.AgentSettings) -> None:
                            evict=evict, storage_limit=(storage.mode.value, storage.detail))
     agent_metrics.registry.register(UsageCollector(sampler.latest))
     interceptors = [RpcMetricsInterceptor(agent_metrics)]
-    server = grpc.aio.server(interceptors=interceptors)
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     connect = ConnectServer(interceptors=interceptors)
     bridge = (str(settings.subnet), settings.bridge) if settings.subnet else ("", "")
     add_services(connect.capture(server), runtime=runtime, store=store, scratch=settings.root / "tmp",

@@ -36,6 +36,7 @@ import grpc
 from agent import paging
 from agent.errors import InvalidArgument
 from agent.runtime.events import Event, EventLog, EventType, HistoryTruncated, WatcherTooSlow
+from agent.server_options import SERVER_OPTIONS
 from agent.streams import interleave
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
@@ -154,7 +155,8 @@ class SimHost:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # The agent's own options: the scheduler's keepalive pings are allowed as the agent allows them.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *SERVER_OPTIONS])
         pb_grpc.add_ContainersServicer_to_server(_Containers(self), server)
         pb_grpc.add_HostServicer_to_server(_Host(self), server)
         if server.add_insecure_port(self.spec.address) == 0:

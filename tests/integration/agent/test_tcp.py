@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 import subprocess
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.model import HostId
 from tests.fixtures.certs import write_pki
+from tests.fixtures.cut_session import assert_noticed_by_keepalive, follow_then_cut
 from tests.integration.agent.conftest import AgentProcess, shoal_bin
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -52,6 +55,19 @@ def test_insecure_tcp_on_loopback(tmp_path: Path) -> None:
         assert _shoal(f"127.0.0.1:{port}", "ps").returncode == 0
     finally:
         agent.stop()
+
+
+def test_the_agent_allows_the_schedulers_keepalive_and_a_cut_is_noticed(tmp_path: Path) -> None:
+    """The scheduler's keepalive pings every second on one connection, no GOAWAY for them; a cut network
+    between them ends the session's stream by an unanswered ping (agent.server_options)."""
+    port = _free_port()
+    agent = _agent(tmp_path, "--listen", f"127.0.0.1:{port}", "--insecure-tcp")
+    agent.start()
+    try:
+        cut = asyncio.run(asyncio.wait_for(follow_then_cut(HostId("keepalive-test"), port), 60))
+    finally:
+        agent.stop()
+    assert_noticed_by_keepalive(cut)
 
 
 def test_mtls_requires_a_valid_client_certificate(tmp_path: Path) -> None:
