@@ -36,8 +36,10 @@ Then it measures, printing a table and writing JSON (``--out``, default
   or more is lined up with what etcd did from 10 s before it began until it ended (``etcd.slow_renewals``);
 * ``--profile FILE``: py-spy (if installed) samples the scheduler from the first apply to all running, as
   collapsed stacks (``--format raw``) for ``bench/scale.py``'s reader or flamegraph tools;
-* **mass failure** (``--no-mass-failure`` skips it): ``fail silent`` on ``--kill`` hosts at once (100,
-  spread over the simulator processes and zones: ``bench.sim.recovery.pick_victims``); for every replica
+* **mass failure** (``--no-mass-failure`` skips it): ``fail cut`` on ``--kill`` hosts at once (100,
+  spread over the simulator processes and zones: ``bench.sim.recovery.pick_victims``): their packets
+  dropped, as a dead machine's are, in a network namespace the run makes for itself (``--kill-mode
+  silent``: agents that answer nothing while their gRPC core still answers pings); for every replica
   that was on them, the time from the kill until a replacement of its service is recorded running on
   another host (p50/p99/max), when the leader marked the killed hosts not ready and their replicas
   stopping, when each replacement was placed and created and started at its host (the simulators'
@@ -97,6 +99,7 @@ import aetcd
 import grpc
 
 from bench.procstat import cpu_seconds, rss_bytes
+from bench.sim import netcut
 from bench.sim.audit import Audit, ReplicaRow, audit
 from bench.sim.etcd_watch import EtcdSampler, line_up, log_events, summarize_events
 from bench.sim.host import host_id_of
@@ -792,7 +795,7 @@ class Run:
 
     async def mass_failure(self) -> None:
         args = self.args
-        out: dict[str, Any] = {"killed": args.kill}
+        out: dict[str, Any] = {"killed": args.kill, "kill_mode": args.kill_mode}
         self.result["mass_failure"] = out
         victims = [f"sim-{i:05d}" for i in pick_victims(args.hosts, args.kill)]
         victim_ids = {host_id_of(n) for n in victims}
@@ -861,12 +864,13 @@ class Run:
                 by_sim.setdefault(sim.first, []).append(name)
             sims = {s.first: s for s in self.sims}
             killed_at, killed_wall = time.perf_counter(), time.time()
-            answers = await asyncio.gather(*(sims[f].command(f"fail {','.join(names)} silent")
+            answers = await asyncio.gather(*(sims[f].command(f"fail {','.join(names)} {args.kill_mode}")
                                              for f, names in by_sim.items()))
             if not all(a.get("ok") for a in answers):
                 raise RuntimeError(f"fail: {answers}")
             out["processes_hit"] = len(by_sim)
-            self.note(f"mass failure: {len(victims)} hosts silent, {len(lost_ids)} replicas to replace")
+            self.note(f"mass failure: {len(victims)} hosts {args.kill_mode}, "
+                      f"{len(lost_ids)} replicas to replace")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), args.timeout)
             result = replacement_times(lost, running_new.values(), killed_at=killed_at)
@@ -1148,7 +1152,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hosts a second starting to register, over all simulators (0: all at once)")
     parser.add_argument("--no-mass-failure", dest="mass_failure", action="store_false",
                         help="skip killing --kill hosts at once")
-    parser.add_argument("--kill", type=int, default=100, help="hosts the mass failure kills (fail silent)")
+    parser.add_argument("--kill", type=int, default=100, help="hosts the mass failure kills")
+    parser.add_argument("--kill-mode", choices=("cut", "silent"), default="cut",
+                        help="cut: the killed hosts' packets are dropped, as a dead machine's are (the run "
+                             "runs itself in a network namespace of its own for it: bench.sim.netcut); "
+                             "silent: their agents answer nothing but their gRPC core still answers pings, "
+                             "as a hung agent's does")
     parser.add_argument("--no-failover", dest="failover", action="store_false",
                         help="no standby scheduler instance, no failover phase")
     parser.add_argument("--failover-settle", type=float, default=15.0,
@@ -1160,8 +1169,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def in_own_netns() -> None:
+    """Runs the benchmark on in a network namespace of its own with loopback up and the cut's table ready
+    (``bench.sim.netcut``): the run re-executes itself under ``unshare --net`` once, and everything it
+    starts (etcd, the schedulers, the simulators) inherits the namespace, which ends with the last of
+    them: nothing is left in the machine's own."""
+    if not netcut.private_netns():
+        if os.geteuid() != 0:
+            raise SystemExit("bench/scale.py: --kill-mode cut needs root (a network namespace and nftables); "
+                             "use --kill-mode silent")
+        try:
+            os.execvp("unshare", ["unshare", "--net", "--", sys.executable, *sys.argv])
+        except OSError as err:
+            raise SystemExit(f"bench/scale.py: cannot run under unshare --net: {err}") from err
+    up = subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True, text=True)
+    if up.returncode != 0:
+        raise SystemExit(f"bench/scale.py: cannot bring loopback up: {up.stderr.strip()}")
+    try:
+        netcut.prepare()
+    except netcut.NetCutError as err:
+        raise SystemExit(f"bench/scale.py: {err}") from err
+
+
 def main() -> None:
     args = build_parser().parse_args()
+    if args.mass_failure and args.kill_mode == "cut":
+        in_own_netns()
     if args.hosts < 1 or args.replicas < 1 or args.per_service < 1:
         raise SystemExit("bench/scale.py: --hosts, --replicas and --per-service must be positive")
     if args.base_port + args.hosts > 32768:

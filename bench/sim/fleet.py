@@ -6,7 +6,7 @@ the real agent's registration loop, plain TCP as ``--insecure-tcp`` allows on lo
 ``HostInfo`` the host reports — in waves of ``join_rate`` hosts a second when set, so that thousands of
 hosts starting together do not all call the scheduler in the same instant (each registration is an
 API call and a new agent session for the leader). ``command`` applies one line of the control protocol
-``python -m bench.sim`` reads on stdin (``fail NAME[,NAME…] refuse|silent``, ``recover NAME[,NAME…]
+``python -m bench.sim`` reads on stdin (``fail NAME[,NAME…] refuse|silent|cut``, ``recover NAME[,NAME…]
 [reboot]``, ``stats``, ``containers``); a comma list acts on all its hosts at once.
 """
 
@@ -20,8 +20,11 @@ from collections.abc import Sequence
 
 from agent.join import Joiner, JoinSettings
 from bench.procstat import rss_bytes
+from bench.sim import netcut
 from bench.sim.host import HostSpec, SimHost
 from proto.agent.v1 import agent_pb2 as pb
+
+FAILURE_MODES = ("silent", "refuse", "cut")
 
 
 class Fleet:
@@ -113,19 +116,32 @@ class Fleet:
                 return {"ok": False, "error": f"no host {missing} in this process"}
             if verb == "fail":
                 mode = args[1] if len(args) > 1 else "silent"
-                if mode not in ("silent", "refuse"):
-                    return {"ok": False, "error": f"unknown failure mode {mode!r}: silent or refuse"}
+                if mode not in FAILURE_MODES:
+                    return {"ok": False,
+                            "error": f"unknown failure mode {mode!r}: {' or '.join(FAILURE_MODES)}"}
+                if mode == "cut":  # first: a host that cannot be cut is not failed at all
+                    try:
+                        await asyncio.to_thread(netcut.cut, (self.hosts[n].spec.port for n in names))
+                    except netcut.NetCutError as err:
+                        return {"ok": False, "error": str(err)}
                 for name in names:
                     self._unjoin(name)  # a dead host does not register either
                 await asyncio.gather(*(self.hosts[n].fail(mode) for n in names))
             else:
                 reboot = "reboot" in args[1:]
+                cut = [self.hosts[n].spec.port for n in names if self.hosts[n].cut]
+                if cut:
+                    try:
+                        await asyncio.to_thread(netcut.mend, cut)
+                    except netcut.NetCutError as err:
+                        return {"ok": False, "error": str(err)}
                 await asyncio.gather(*(self.hosts[n].recover(reboot=reboot) for n in names))
                 for name in names:
                     self._join(name, self.hosts[name])
             return {"ok": True, "hosts": names}
-        return {"ok": False, "error": f"unknown command {line.strip()!r}: fail NAME[,NAME…] refuse|silent, "
-                                      "recover NAME[,NAME…] [reboot], stats, containers, started SINCE"}
+        return {"ok": False, "error": f"unknown command {line.strip()!r}: fail NAME[,NAME…] "
+                                      "refuse|silent|cut, recover NAME[,NAME…] [reboot], stats, containers, "
+                                      "started SINCE"}
 
     async def close(self) -> None:
         for name in list(self._tasks):

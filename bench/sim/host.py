@@ -14,8 +14,10 @@ container's (made-up, constant) usage. ``WatchHost`` interleaves the two streams
 ``WatchUsage.snapshot`` either way.
 
 Failure injection: ``fail("refuse")`` closes the port (the scheduler sees "connection refused": an agent
-down on a live host), ``fail("silent")`` keeps it open but answers nothing and sends no usage (a dead
-machine or a cut network, noticed only by the heartbeat timeout); ``recover()`` undoes either, and
+down on a live host), ``fail("silent")`` keeps it open but answers nothing and sends no usage (a hung
+agent: its gRPC core still answers the scheduler's keepalive pings, so only the heartbeat timeout
+notices), ``fail("cut")`` is silent with the host's packets dropped as well (a dead machine or a cut
+network: ``bench.sim.netcut``, which the fleet applies); ``recover()`` undoes any of them, and
 ``recover(reboot=True)`` comes back with no containers and a new event epoch and boot id, like a host
 that rebooted.
 """
@@ -128,6 +130,7 @@ class SimHost:
         self.started_at = time.time()
         self.server: grpc.aio.Server | None = None
         self.silent = False
+        self.cut = False  # its packets are dropped (the fleet cuts and mends: ``bench.sim.netcut``)
         self._answering = asyncio.Event()
         self._answering.set()
         self._next_port = 30000
@@ -172,14 +175,16 @@ class SimHost:
             await server.stop(grace=None)
 
     async def fail(self, mode: str) -> None:
-        """``refuse``: the port closes; ``silent``: the port stays open and nothing is answered."""
+        """``refuse``: the port closes; ``silent``: the port stays open and nothing is answered; ``cut``:
+        silent, and marked for the fleet to drop its packets."""
         if mode == "refuse":
             await self.stop()
-        elif mode == "silent":
+        elif mode in ("silent", "cut"):
             self.silent = True
+            self.cut = mode == "cut"
             self._answering.clear()
         else:
-            raise ValueError(f"unknown failure mode {mode!r}: refuse or silent")
+            raise ValueError(f"unknown failure mode {mode!r}: refuse, silent or cut")
 
     async def recover(self, *, reboot: bool = False) -> None:
         if reboot:
@@ -191,7 +196,7 @@ class SimHost:
             self.events = EventLog(None)  # a new epoch: watchers must re-list
             self.boot_id = secrets.token_hex(16)
             self.started_at = time.time()
-        self.silent = False
+        self.silent = self.cut = False
         self._answering.set()
         if self.server is None:
             await self.start()

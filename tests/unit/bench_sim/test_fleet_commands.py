@@ -95,3 +95,23 @@ def test_usage_snapshots_follow_container_changes_with_a_new_sequence_each() -> 
         return seen
 
     assert asyncio.run(scenario()) == [(1, [], 0), (2, ["r1"], 100), (3, ["r1"], 100), (4, [], 0)]
+
+
+def test_a_cut_outside_a_network_namespace_of_its_own_is_refused_and_fails_nothing() -> None:
+    """``fail … cut`` drops packets with nftables, which only a benchmark's own namespace may change: in the
+    machine's namespace (as the tests run) it is refused, and the host is not failed either."""
+    spec = HostSpec(name="sim-00000", port=free_port())
+
+    async def scenario() -> tuple[dict[str, object], bool, dict[str, object]]:
+        fleet = Fleet([spec], schedulers=(f"127.0.0.1:{free_port()}",), join_rate=100.0)
+        try:
+            await fleet.start()
+            cut = await fleet.command("fail sim-00000 cut")
+            return cut, fleet.hosts["sim-00000"].silent, await fleet.command("fail sim-00000 sideways")
+        finally:
+            await fleet.close()
+
+    cut, silent, sideways = asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
+    assert cut["ok"] is False and "namespace of its own" in str(cut["error"])
+    assert silent is False
+    assert sideways["ok"] is False and "refuse or cut" in str(sideways["error"])
