@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 
 from scheduler import gc_pauses, httpd, instances, metrics
-from scheduler.agents import HEARTBEAT_TIMEOUT, Credentials
+from scheduler.agents import HEARTBEAT_TIMEOUT, KEEPALIVE_MIN_S, Credentials
 from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL as AUTOSCALE_INTERVAL
 from scheduler.cancellation import raise_if_cancelling
@@ -74,6 +74,7 @@ class Settings:
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
     usage_interval: float | None = AUTO  # None: auto (scheduler.usage_pace)
     usage_reports_per_second: float = REPORTS_PER_SECOND
+    agent_keepalive: float = 0.0  # seconds between keepalive pings to each agent (0: none)
     agent_down_grace: float = AGENT_DOWN_GRACE
     max_lost_share: float = MAX_LOST_SHARE
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
@@ -129,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-timeout", type=float, default=None, metavar="SECONDS",
                        help=f"an agent silent this long is unreachable (default {HEARTBEAT_TIMEOUT:g}, or "
                             "twice the usage interval when that is longer; with auto, the least)")
+    serve.add_argument("--agent-keepalive", type=float, default=0.0, metavar="SECONDS",
+                       help="ping each agent's connection once it has been quiet this long, and count the "
+                            "host unreachable when a ping goes unanswered for twice as long: a dead machine "
+                            "or a cut network noticed within about three periods whatever the usage "
+                            "interval; each ping costs about what a usage report does (default 0: off; "
+                            f"at least {KEEPALIVE_MIN_S:g}; docs/architecture.md)")
     serve.add_argument("--host-grace", type=float, default=HOST_GRACE, metavar="SECONDS",
                        help="a host unreachable this long has its replicas replaced elsewhere; shorter "
                             "blips move nothing (default %(default)s; see docs/architecture.md)")
@@ -231,6 +238,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"shoal-scheduler: --heartbeat-timeout must be at least 1.5 times the time between "
                          f"usage reports ({1.5 * reports:g} seconds: agents report every "
                          f"{reports:g} s)")
+    if args.agent_keepalive != 0 and not KEEPALIVE_MIN_S <= args.agent_keepalive <= MAX_USAGE_INTERVAL:
+        raise SystemExit(f"shoal-scheduler: --agent-keepalive must be 0 (off) or {KEEPALIVE_MIN_S:g} to "
+                         f"{MAX_USAGE_INTERVAL:g} seconds")
     if args.host_grace < 0 or args.agent_down_grace < 0:
         raise SystemExit("shoal-scheduler: --host-grace and --agent-down-grace cannot be negative")
     if not 0 <= args.registration_spread < 1:
@@ -264,7 +274,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
                     heartbeat_timeout=heartbeat, usage_interval=args.usage_interval,
                     usage_reports_per_second=args.usage_reports_per_second,
-                    agent_down_grace=args.agent_down_grace,
+                    agent_keepalive=args.agent_keepalive, agent_down_grace=args.agent_down_grace,
                     max_lost_share=args.max_lost_share,
                     start_health=StartHealthSettings(threshold=args.start_failure_threshold,
                                                      cooldown=args.start_failure_cooldown),
@@ -362,7 +372,8 @@ async def serve(settings: Settings) -> None:
     workers = (SessionWorkers(settings.session_workers, credentials=credentials,
                               heartbeat_timeout=settings.heartbeat_timeout,
                               usage_interval=settings.usage_interval,
-                              usage_reports_per_second=settings.usage_reports_per_second)
+                              usage_reports_per_second=settings.usage_reports_per_second,
+                              keepalive=settings.agent_keepalive)
                if settings.session_workers else None)
 
     async def lead(term: Term) -> None:
@@ -374,6 +385,7 @@ async def serve(settings: Settings) -> None:
                                                           usage_interval=settings.usage_interval,
                                                           usage_reports_per_second=(
                                                               settings.usage_reports_per_second),
+                                                          agent_keepalive=settings.agent_keepalive,
                                                           agent_down_grace=settings.agent_down_grace,
                                                           max_lost_share=settings.max_lost_share,
                                                           start_health=settings.start_health,

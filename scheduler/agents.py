@@ -162,10 +162,11 @@ class Credentials:
     cert: bytes
     key: bytes
 
-    def channel(self, address: str) -> grpc.aio.Channel:
+    def channel(self, address: str, options: tuple[tuple[str, int], ...] | None = None) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
                                              certificate_chain=self.cert)
-        return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(address, creds,
+                                       options=CHANNEL_OPTIONS if options is None else options)
 
 
 # One channel per host, each paid for in memory (bench/session_memory.py; docs/scaling.md, parts 12, 14
@@ -174,21 +175,28 @@ class Credentials:
 # introspection, which nothing reads here) and the minimal filter stack (without the idle, census and
 # message-size filters: a session's channel is never idle, and its deadlines hold, as a test checks
 # against a silent host): 6 KiB a host together.
-#
-# Keepalive: an HTTP/2 ping every ``KEEPALIVE_S`` on each agent's connection, answered by the agent's gRPC
-# core (not its event loop), and the connection closed when one goes unanswered for ``KEEPALIVE_TIMEOUT_S``
-# (``ping_timeout_ms`` is what gRPC applies to a keepalive ping's answer; ``keepalive_timeout_ms`` alone
-# did not end the connection): a cut network, which shows only silence, breaks the host's stream within
-# 1-3 s whatever the pace of usage reports (3 s apart at 5,000 hosts, so twice that before a missed report
-# showed it). Pings carry no data: the limit on pings without data is off, and the agent allows them every
-# half second (``agent.server_options``). About 5,000 pings a second at 5,000 hosts, in gRPC's C core.
-KEEPALIVE_S = 1.0
-KEEPALIVE_TIMEOUT_S = 2.0
-CHANNEL_OPTIONS = (("grpc.enable_retries", 0), ("grpc.enable_channelz", 0), ("grpc.minimal_stack", 1),
-                   ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
-                   ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
-                   ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
-                   ("grpc.http2.max_pings_without_data", 0))
+CHANNEL_OPTIONS = (("grpc.enable_retries", 0), ("grpc.enable_channelz", 0), ("grpc.minimal_stack", 1))
+
+# Keepalive (``--agent-keepalive``, off by default): an HTTP/2 ping on each agent's connection once it has
+# read nothing for the period, answered by the agent's gRPC core (not its event loop), and the connection
+# closed when one goes unanswered for twice the period (``ping_timeout_ms`` is what gRPC applies to a
+# keepalive ping's answer; ``keepalive_timeout_ms`` alone did not end the connection). A dead machine or
+# a cut network shows only silence: with pings, the host's stream fails within about three periods of
+# its last word, whatever the pace of usage reports (3 s apart at 5,000 hosts in one process, so twice
+# that before a missed report shows it). Pings carry no data: the limit on pings without data is off, and
+# the agent allows them every half second (``agent.server_options``). Off by default: a ping costs the
+# process following the host about as much as a report does in grpc.aio, and at 5,000 hosts on a 2-core
+# machine a ping every second broke sessions by the thousand (docs/scaling.md, part 22).
+KEEPALIVE_MIN_S = 1.0
+
+
+def keepalive_options(period: float) -> tuple[tuple[str, int], ...]:
+    """The channel options for a keepalive ping every ``period`` seconds (0: none)."""
+    if period <= 0:
+        return ()
+    timeout_ms = int(2 * period * 1000)
+    return (("grpc.keepalive_time_ms", int(period * 1000)), ("grpc.keepalive_timeout_ms", timeout_ms),
+            ("grpc.http2.ping_timeout_ms", timeout_ms), ("grpc.http2.max_pings_without_data", 0))
 
 
 class _Methods:
@@ -223,10 +231,12 @@ class LazyStub:
 _STUB_SPECS: dict[type[Any], dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]]] = {}
 
 
-def open_channel(address: str, credentials: Credentials | None) -> grpc.aio.Channel:
+def open_channel(address: str, credentials: Credentials | None, *, keepalive: float = 0.0
+                 ) -> grpc.aio.Channel:
+    options = CHANNEL_OPTIONS + keepalive_options(keepalive)
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    return credentials.channel(address)
+        return grpc.aio.insecure_channel(address, options=options)
+    return credentials.channel(address, options)
 
 
 class AgentSession:
@@ -235,7 +245,7 @@ class AgentSession:
     def __init__(self, host: HostId, address: str, *, credentials: Credentials | None,
                  on_change: Callable[[HostId], None], heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
                  usage_interval: float = USAGE_INTERVAL, stalls: LoopStalls | None = None,
-                 gate: ConnectGate | None = None) -> None:
+                 gate: ConnectGate | None = None, keepalive: float = 0.0) -> None:
         self.host = host
         self.started_at = time.time()  # when this session began following the host
         self.heartbeat_timeout = heartbeat_timeout
@@ -269,7 +279,7 @@ class AgentSession:
         # The host itself answered the latest attempt (connection refused): only the agent is down, and
         # its containers are most likely still running (the supervisor outlives the agent).
         self.agent_down = False
-        self.channel = open_channel(address, credentials)
+        self.channel = open_channel(address, credentials, keepalive=keepalive)
         self.containers = cast(pb_grpc.ContainersStub, LazyStub(pb_grpc.ContainersStub, self.channel))
         # Events and usage on one stream, the reports left undecoded (``_report``); False once the agent
         # answered that it has no WatchHost (an older agent): then two streams, each on its own call.

@@ -151,6 +151,7 @@ class ControllerSettings:
     # most ``usage_reports_per_second`` a second: scheduler.usage_pace).
     usage_interval: float | None = AUTO
     usage_reports_per_second: float = REPORTS_PER_SECOND
+    agent_keepalive: float = 0.0  # a keepalive ping to each agent this often (0: none; scheduler.agents)
     start_health: StartHealthSettings = field(default_factory=StartHealthSettings)
     autoscale: AutoscaleSettings | None = None  # None: no autoscaler in this term (tests of reconcile)
     elastic_interval: float | None = None  # the elastic loop's tick; None: no elastic loop in this term
@@ -789,7 +790,8 @@ class Controller:
         return AgentSession(host, address, credentials=self.settings.credentials,
                             on_change=self._host_changed,
                             heartbeat_timeout=self._pacer.pace.heartbeat_for(self._pacer.interval),
-                            usage_interval=self._pacer.interval, stalls=self.stalls, gate=self.gate)
+                            usage_interval=self._pacer.interval, stalls=self.stalls, gate=self.gate,
+                            keepalive=self.settings.agent_keepalive)
 
     def _observed(self) -> dict[HostId, HostObservation]:
         return {host: session.observation for host, session in self.sessions.items()}

@@ -28,6 +28,7 @@ MAX_MESSAGE = 1 << 30  # a batch of states for thousands of hosts is megabytes; 
 class Init:
     credentials: Credentials | None
     pace: UsagePace  # how often its sessions ask for usage, and their heartbeat (for its own hosts)
+    keepalive: float = 0.0  # its sessions' keepalive ping period (``--agent-keepalive``; 0: none)
 
 
 @dataclass(frozen=True, slots=True)

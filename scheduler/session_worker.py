@@ -90,7 +90,8 @@ class Worker:
         pace = self._init.pace
         session = AgentSession(host, address, credentials=self._init.credentials, on_change=self._changed,
                                heartbeat_timeout=pace.heartbeat_for(self.pacer.interval),
-                               usage_interval=self.pacer.interval, stalls=self.stalls, gate=self.gate)
+                               usage_interval=self.pacer.interval, stalls=self.stalls, gate=self.gate,
+                               keepalive=self._init.keepalive)
         self.sessions[host] = session
         session.start()
         self._changed(host)

@@ -192,14 +192,14 @@ class SessionWorkers:
 
     def __init__(self, count: int, *, credentials: Credentials | None, heartbeat_timeout: float,
                  usage_interval: float | None = AUTO, usage_reports_per_second: float = REPORTS_PER_SECOND,
-                 log_level: str = "") -> None:
+                 log_level: str = "", keepalive: float = 0.0) -> None:
         if count < 1:
             raise ValueError("session workers: at least one")
         self.heartbeat_timeout = heartbeat_timeout
         # Each worker paces its own sessions (``usage_interval`` None: by how many hosts it follows).
         self._init = wire.Init(credentials=credentials, pace=UsagePace(
             interval=usage_interval, reports_per_second=usage_reports_per_second,
-            heartbeat_timeout=heartbeat_timeout))
+            heartbeat_timeout=heartbeat_timeout), keepalive=keepalive)
         self._log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self._workers = [_Worker(i) for i in range(count)]
         self.sessions: dict[HostId, RemoteSession] = {}

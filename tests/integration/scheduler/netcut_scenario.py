@@ -1,6 +1,7 @@
 """Run under ``unshare --net`` by test_bench_netcut.py: a simulated host in a fleet, a session following
-it; ``fail … cut`` (nftables drops its packets) ends the session's stream by an unanswered keepalive ping,
-and ``recover`` mends the cut and the session follows the host again. Prints one JSON line."""
+it with keepalive pings; ``fail … cut`` (nftables drops its packets) ends the session's stream by an
+unanswered ping, and ``recover`` mends the cut and the session follows the host again. Prints one JSON
+line."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 from bench.sim import netcut
 from bench.sim.fleet import Fleet
 from bench.sim.host import HostSpec
-from scheduler.agents import AgentSession
+from scheduler.agents import KEEPALIVE_MIN_S, AgentSession
 from scheduler.model import HostId
 from tests.fixtures.etcd import free_port
 from tests.fixtures.sim_session import until
@@ -24,7 +25,7 @@ async def scenario() -> dict[str, object]:
     fleet = Fleet([spec], schedulers=(f"127.0.0.1:{free_port()}",), join_rate=100.0)
     await fleet.start()
     session = AgentSession(HostId(spec.host_id), spec.address, credentials=None, on_change=lambda _h: None,
-                           heartbeat_timeout=LONG_S, usage_interval=LONG_S)
+                           heartbeat_timeout=LONG_S, usage_interval=LONG_S, keepalive=KEEPALIVE_MIN_S)
     session.start()
     try:
         await until(lambda: session.observation.connected)

@@ -49,8 +49,9 @@ def test_the_share_of_hosts_placement_scores_is_adaptive_unless_set() -> None:
     ("--etcd-max-txn-ops", "etcd_max_txn_ops", 128, 1024, ("1", "10001"), "must be 2 to 10000"),
     ("--max-lost-share", "max_lost_share", 0.5, 1.0, ("0", "-0.1", "1.5"),
      "must be more than 0 and at most 1"),
+    ("--agent-keepalive", "agent_keepalive", 0.0, 1.0, ("0.5", "-1", "31"), "must be 0 (off) or 1 to 30"),
 ], ids=["sessions in process unless workers are asked for", "etcd's default operations a transaction",
-        "lost hosts held past half"])
+        "lost hosts held past half", "no keepalive pings unless asked for"])
 def test_a_setting_has_its_default_takes_a_value_and_refuses_one_out_of_bounds(
         flag: str, attr: str, default: float, given: float, bads: tuple[str, ...], message: str) -> None:
     assert getattr(settings("--insecure-tcp"), attr) == default
