@@ -9,7 +9,9 @@ each scenario in a fresh process:
 * ``bytes``: the streams drained as raw bytes (grpc.aio's own cost per message, nothing decoded);
 * ``decoded``: the same, each message decoded into a ``UsageSnapshot``;
 * ``session``: a real ``AgentSession`` per host (scheduler/agents.py), as the leader or a worker runs it;
-* ``session@I``: the same, the sessions asking for a report every I seconds (``--usage-interval``).
+* ``session@I``: the same, the sessions asking for a report every I seconds (``--usage-interval``);
+* ``session@I+keepaliveK`` (with ``--keepalive K``): the same with a keepalive ping once a connection has
+  read nothing for K seconds (``--agent-keepalive``): what the pings add (docs/scaling.md, part 22).
 
 Reported, as the median of ``--rounds`` rounds (min-max beside it): messages a second, cpu µs per
 message, and cpu µs per host per second (what N hosts cost: multiply).
@@ -104,12 +106,14 @@ async def measure(scenario: str, hosts: int, base: int) -> dict[str, float]:
             await pb_grpc.HostStub(channel).GetHost(pb.GetHostRequest(), timeout=BOUND_S)
             tasks.append(asyncio.create_task(drain(channel, scenario == "decoded")))
     else:
-        interval = float(scenario.partition("@")[2] or 0)
+        paced, _, keepalive = scenario.partition("@")[2].partition("+keepalive")
+        interval = float(paced or 0)
         stalls = LoopStalls()  # one for all, as the leader's controller (and a worker) shares one
         stalls.start()
         sessions = [AgentSession(HostId(f"h{i}"), a, credentials=None, on_change=lambda _h: None,
                                  heartbeat_timeout=max(2.0, 2 * interval), usage_interval=interval,
-                                 stalls=stalls) for i, a in enumerate(addresses)]
+                                 stalls=stalls, keepalive=float(keepalive or 0))
+                    for i, a in enumerate(addresses)]
         await start_following(sessions, "usage_stream_cost")
         tasks.append(asyncio.create_task(count_reports()))
     cpu, messages, elapsed = await window(lambda: received, SETTLE_S, WINDOW_S)
@@ -129,6 +133,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=300)
     parser.add_argument("--containers", type=int, default=20)
     parser.add_argument("--interval", type=float, default=3.0, help="the session@I scenario's interval")
+    parser.add_argument("--keepalive", type=float, default=0.0,
+                        help="also the session@I scenario with keepalive pings this often (0: not)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="each scenario this often (the median is shown)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -146,6 +152,8 @@ def main() -> None:
     me = [sys.executable, str(Path(__file__).resolve()), "--hosts", str(args.hosts),
           "--base-port", str(args.base_port)]
     scenarios = ["bytes", "decoded", "session", f"session@{args.interval:g}"]
+    if args.keepalive > 0:
+        scenarios.append(f"session@{args.interval:g}+keepalive{args.keepalive:g}")
     with serving([*me, "--serve"], "usage_stream_cost: the simulated hosts did not start (ports in use? "
                  "choose --base-port)", BOUND_S):
         asyncio.run(create_containers(args.hosts, args.base_port, args.containers))
@@ -154,9 +162,9 @@ def main() -> None:
     for scenario in scenarios:
         shown = ", ".join(f"{k} {v['median']:g} ({v['min']:g}-{v['max']:g})"
                           for k, v in results[scenario].items())
-        print(f"{scenario:>12}: {shown}", flush=True)
+        print(f"{scenario:>22}: {shown}", flush=True)
     write(args.out, {"hosts": args.hosts, "containers_per_host": args.containers, "rounds": args.rounds,
-                     "scenarios": results})
+                     "keepalive": args.keepalive, "scenarios": results})
 
 
 if __name__ == "__main__":
