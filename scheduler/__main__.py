@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ping each agent's connection once it has been quiet this long, and count the "
                             "host unreachable when a ping goes unanswered for twice as long: a dead machine "
                             "or a cut network noticed within about three periods whatever the usage "
-                            "interval; each ping costs about what a usage report does (default 0: off; "
+                            "interval; each ping costs about a third of a usage report (default 0: off; "
                             f"at least {KEEPALIVE_MIN_S:g}; docs/architecture.md)")
     serve.add_argument("--host-grace", type=float, default=HOST_GRACE, metavar="SECONDS",
                        help="a host unreachable this long has its replicas replaced elsewhere; shorter "

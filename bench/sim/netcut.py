@@ -2,7 +2,7 @@
 
 ``fail NAME cut`` makes a host what a dead machine or a cut cable is to the scheduler: nothing arrives
 from it and nothing sent to it is answered, not even the HTTP/2 pings its gRPC core would otherwise
-answer while the host is only ``silent`` (the scheduler's keepalive, ``scheduler.agents.KEEPALIVE_S``).
+answer while the host is only ``silent`` (the scheduler's ``--agent-keepalive``).
 Every packet to or from the host's port is dropped on the way out of loopback: no reset, no answer.
 
 nftables rules are the network namespace's, so this runs only in a namespace of the benchmark's own
