@@ -1170,7 +1170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def in_own_netns() -> None:
-    """Runs the benchmark on in a network namespace of its own with loopback up and the cut's table ready
+    """Carries on in a network namespace of the benchmark's own, loopback up and the cut's table ready
     (``bench.sim.netcut``): the run re-executes itself under ``unshare --net`` once, and everything it
     starts (etcd, the schedulers, the simulators) inherits the namespace, which ends with the last of
     them: nothing is left in the machine's own."""
