@@ -21,12 +21,13 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from agent import durable, errors, paging, roles
+from agent.host_update import EVENT_BATCH, host_update
 from agent.images.abort import Abort
 from agent.images.pull import Puller
 from agent.images.store import Image, ImageStore, ImportProgress
@@ -610,14 +611,26 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     async def events(self, request: pb.WatchEventsRequest) -> AsyncGenerator[pb.Event, None]:
         """What ``WatchEvents`` streams (``WatchHost`` streams it too)."""
+        async with contextlib.aclosing(self.event_batches(request, most=1)) as batches:
+            async for batch in batches:
+                yield batch[0]
+
+    async def event_batches(self, request: pb.WatchEventsRequest, *, most: int
+                            ) -> AsyncGenerator[list[pb.Event], None]:
+        """The same events, as lists of those already waiting (``EventLog.batches``): what ``WatchHost``
+        sends as one ``HostUpdate.events`` when its client asks for batches."""
         after = request.after_sequence if request.HasField("after_sequence") else None
         log_ = self.runtime.events
-        async for event in log_.subscribe(after_sequence=after, labels=dict(request.labels) or None,
-                                          epoch=request.epoch):
-            message = event_to_pb(event, epoch=log_.epoch)
-            if request.with_container and (ctr := self.runtime.get(event.container_id)) is not None:
-                message.container.CopyFrom(self._pb(ctr))
-            yield message
+        async with contextlib.aclosing(log_.batches(after_sequence=after, labels=dict(request.labels) or None,
+                                                    epoch=request.epoch, most=most)) as batches:
+            async for batch in batches:
+                messages = []
+                for event in batch:
+                    message = event_to_pb(event, epoch=log_.epoch)
+                    if request.with_container and (ctr := self.runtime.get(event.container_id)) is not None:
+                        message.container.CopyFrom(self._pb(ctr))
+                    messages.append(message)
+                yield messages
 
 
 class ImagesService(pb_grpc.ImagesServicer):
@@ -772,10 +785,11 @@ def snapshot_to_pb(snapshot: Snapshot, *, network: tuple[str, str]) -> pb.UsageS
 
 class HostService(pb_grpc.HostServicer):
     def __init__(self, sampler: UsageSampler, *, network: tuple[str, str],
-                 events: Callable[[pb.WatchEventsRequest], AsyncGenerator[pb.Event, None]]) -> None:
+                 events: Callable[..., AsyncGenerator[list[pb.Event], None]]) -> None:
         self.sampler = sampler
         self.network = network  # (subnet, bridge), empty strings without bridge networking
-        self.events = events    # ``ContainersService.events``: what ``WatchHost`` interleaves with usage
+        # ``ContainersService.event_batches``: what ``WatchHost`` interleaves with usage
+        self.event_batches = events
 
     @unary
     async def GetHost(self, request: pb.GetHostRequest, context: Any) -> pb.HostInfo:
@@ -800,11 +814,10 @@ class HostService(pb_grpc.HostServicer):
 
     @streaming
     async def WatchHost(self, request: pb.WatchHostRequest, context: Any) -> AsyncIterator[pb.HostUpdate]:
-        async for which, item in interleave(self.events(request.events), self.usage(request.usage)):
-            if which == 0:
-                yield pb.HostUpdate(event=cast(pb.Event, item))
-            else:
-                yield pb.HostUpdate(usage=cast(pb.UsageSnapshot, item))
+        most = EVENT_BATCH if request.batch_events else 1
+        async for which, item in interleave(self.event_batches(request.events, most=most),
+                                            self.usage(request.usage)):
+            yield host_update(which, item, batched=request.batch_events)
 
 
 class SystemService(pb_grpc.SystemServicer):
@@ -833,4 +846,4 @@ def add_services(server: grpc.aio.Server, *, runtime: ContainerRuntime, store: I
         ImagesService(store, runtime, scratch=scratch, puller=puller, metrics=metrics), server)
     pb_grpc.add_SystemServicer_to_server(SystemService(runtime, store), server)
     pb_grpc.add_HostServicer_to_server(
-        HostService(sampler, network=network, events=containers.events), server)
+        HostService(sampler, network=network, events=containers.event_batches), server)

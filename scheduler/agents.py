@@ -443,14 +443,17 @@ class AgentSession:
             self._take_pace()
             call = self._watch_host(pb.WatchHostRequest(
                 events=pb.WatchEventsRequest(after_sequence=sequence, epoch=epoch, with_container=True),
-                usage=pb.WatchUsageRequest(interval_seconds=self.usage_interval)))
-            async for is_usage, payload in call:
-                if is_usage:
+                usage=pb.WatchUsageRequest(interval_seconds=self.usage_interval), batch_events=True))
+            async for kind, payload in call:
+                if kind == _USAGE:
                     self._on_usage(payload)
                     if self._paced is not None:
                         break  # subscribe again at the new pace; the agent answers with a report at once
-                else:
-                    event = pb.Event.FromString(payload)
+                    continue
+                # A batch (what the agent had waiting), or one event from an agent that does not batch.
+                events = pb.EventBatch.FromString(payload).events if kind == _EVENTS else (
+                    pb.Event.FromString(payload),)
+                for event in events:
                     sequence, epoch = event.sequence, event.epoch or epoch
                     await self._on_event(event)
             else:
@@ -616,13 +619,18 @@ def decided_by(info: pb.HostInfo) -> tuple[object, ...]:
             info.memory_committed_bytes, tuple(c.type for c in info.conditions))
 
 
-def _host_update(data: bytes) -> tuple[bool, bytes]:
-    """A ``HostUpdate`` as (is it usage, its payload's bytes). Only the payload is kept: a message held
-    while the stream waits for the next would keep a second copy of each host's latest report."""
+_USAGE, _EVENTS, _EVENT = "usage", "events", "event"  # what a HostUpdate carries
+
+
+def _host_update(data: bytes) -> tuple[str, bytes]:
+    """A ``HostUpdate`` as (what it carries, its payload's bytes). Only the payload is kept: a message
+    held while the stream waits for the next would keep a second copy of each host's latest report."""
     update = pb.HostUpdateBytes.FromString(data)
     if update.HasField("usage"):
-        return True, update.usage
-    return False, update.event
+        return _USAGE, update.usage
+    if update.HasField("events"):
+        return _EVENTS, update.events
+    return _EVENT, update.event
 
 
 class HeartbeatMissed(Exception):

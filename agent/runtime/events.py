@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 10_000
 DEFAULT_QUEUE_SIZE = 1_000
+# Events to a list from ``EventLog.batches``: a WatchHost message of 64 events with their containers is
+# ~100 KiB, far below gRPC's 4 MiB message limit.
+DEFAULT_BATCH = 64
 
 
 class EventType(Enum):
@@ -288,6 +291,21 @@ class EventLog:
         kept; ``InvalidArgument`` if it is beyond the last event; and ``WatcherTooSlow`` when the caller
         stops keeping up (see the module docstring).
         """
+        # aclosing: closing this generator must close the one it reads (and so drop its watcher) now,
+        # not when the garbage collector gets to it.
+        async with contextlib.aclosing(self.batches(after_sequence=after_sequence, labels=labels,
+                                                    epoch=epoch, most=1)) as batches:
+            async for batch in batches:
+                yield batch[0]
+
+    async def batches(self, *, after_sequence: int | None = None, labels: Mapping[str, str] | None = None,
+                      epoch: str = "", most: int = DEFAULT_BATCH) -> AsyncGenerator[list[Event], None]:
+        """What ``subscribe`` hands out, as lists of up to ``most`` events: each list is what was already
+        waiting when the caller asked (the replay, or live events appended since it last asked), never
+        held back to fill one. One message per list instead of one per event is what a follower of
+        thousands of hosts saves (``WatchHostRequest.batch_events``; docs/scaling.md, part 23)."""
+        if most < 1:
+            raise ValueError(f"a batch holds at least one event, got most={most}")
         oldest = self.oldest_sequence
         if epoch and epoch != self.epoch:
             raise HistoryTruncated(
@@ -311,24 +329,31 @@ class EventLog:
         self._watchers.add(watcher)
         try:
             last = self._last if after_sequence is None else after_sequence
-            replay = [e for e in self._events if e.sequence > last]
-            for event in replay:
-                if event.matches(labels):
-                    yield event
-                last = event.sequence
+            replay = [e for e in self._events if e.sequence > last and e.matches(labels)]
+            if self._events:
+                last = max(last, self._events[-1].sequence)
+            for i in range(0, len(replay), most):
+                yield replay[i:i + most]
+            queue = watcher.queue
             while True:
-                if watcher.overflowed and watcher.queue.empty():
+                if watcher.overflowed and queue.empty():
                     raise WatcherTooSlow(
                         f"this event watcher fell more than {self.queue_size} events behind and was "
                         f"cut off; watch again with after_sequence={last} to resume without a gap",
                         last_sequence=last,
                     )
-                event = await watcher.queue.get()
-                if event.sequence <= last:
-                    continue  # already replayed
-                last = event.sequence
-                if event.matches(labels):
-                    yield event
+                batch: list[Event] = []
+                event = await queue.get()
+                while True:
+                    if event.sequence > last:  # (else already replayed)
+                        last = event.sequence
+                        if event.matches(labels):
+                            batch.append(event)
+                    if len(batch) >= most or queue.empty():
+                        break
+                    event = queue.get_nowait()
+                if batch:
+                    yield batch
         finally:
             self._watchers.discard(watcher)
 

@@ -85,6 +85,7 @@ class Fleet:
                     "cpu_seconds": usage.ru_utime + usage.ru_stime, "calls": calls,
                     "usage_late_max_s": round(max((h.usage_late_max for h in hosts), default=0.0), 3),
                     "usage_late_over_1s": sum(h.usage_late_over_1s for h in self.hosts.values()),
+                    "event_messages": sum(h.event_messages for h in hosts),
                     "containers": sum(len(h.containers) for h in self.hosts.values()),
                     "running": sum(1 for h in self.hosts.values() for c in h.containers.values()
                                    if c.state == 2)}

@@ -25,18 +25,20 @@ that rebooted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
 from agent import paging
 from agent.errors import InvalidArgument
+from agent.host_update import EVENT_BATCH, host_update
 from agent.runtime.events import Event, EventLog, EventType, HistoryTruncated, WatcherTooSlow
 from agent.server_options import SERVER_OPTIONS
 from agent.streams import interleave
@@ -74,6 +76,7 @@ class HostSpec:
     page_size: int = 0                          # at most this many per ListContainers page; 0: bytes only
     events_with_container: bool = True          # False: an agent from before WatchEvents.with_container
     watch_host: bool = True                     # False: an agent from before WatchHost
+    batch_events: bool = True                   # False: an agent from before WatchHostRequest.batch_events
 
     @property
     def host_id(self) -> str:
@@ -145,6 +148,7 @@ class SimHost:
         self.usage_streams = 0  # usage streams open now (who follows this host)
         self.usage_intervals_asked: list[float] = []  # each usage stream's interval_seconds, in order
         self.events_after_asked: list[int | None] = []  # each event stream's after_sequence, in order
+        self.event_messages = 0  # messages that carried events (one per event unless batched)
         # How late its usage reports went out (a simulator process short of cpu delays every host's:
         # the scheduler then sees silence that is the simulator's, not its own).
         self.usage_late_max = 0.0
@@ -256,19 +260,31 @@ class SimHost:
     # -- the streams --------------------------------------------------------------------------------
 
     async def event_stream(self, request: pb.WatchEventsRequest) -> AsyncGenerator[pb.Event, None]:
-        """What ``WatchEvents`` sends (and ``WatchHost``); the log's errors are raised."""
+        """What ``WatchEvents`` sends; the log's errors are raised."""
+        async with contextlib.aclosing(self.event_batches(request, most=1)) as batches:
+            async for batch in batches:
+                yield batch[0]
+
+    async def event_batches(self, request: pb.WatchEventsRequest, *, most: int
+                            ) -> AsyncGenerator[list[pb.Event], None]:
+        """The same as lists of the events already waiting (``WatchHost`` with ``batch_events``)."""
         log = self.events
         after = request.after_sequence if request.HasField("after_sequence") else None
         self.events_after_asked.append(after)
-        async for event in log.subscribe(after_sequence=after, labels=dict(request.labels) or None,
-                                         epoch=request.epoch):
-            await self.answering("WatchEvents.event")
-            message = event_to_pb(event, epoch=log.epoch)
-            if request.with_container and self.spec.events_with_container:
-                ctr = self.containers.get(event.container_id)
-                if ctr is not None:
-                    message.container.CopyFrom(ctr)
-            yield message
+        async with contextlib.aclosing(log.batches(after_sequence=after, labels=dict(request.labels) or None,
+                                                   epoch=request.epoch, most=most)) as batches:
+            async for batch in batches:
+                await self.answering("WatchEvents.event", len(batch))
+                self.event_messages += 1
+                messages = []
+                for event in batch:
+                    message = event_to_pb(event, epoch=log.epoch)
+                    if request.with_container and self.spec.events_with_container:
+                        ctr = self.containers.get(event.container_id)
+                        if ctr is not None:
+                            message.container.CopyFrom(ctr)
+                    messages.append(message)
+                yield messages
 
     async def usage_stream(self, request: pb.WatchUsageRequest) -> AsyncGenerator[pb.UsageSnapshot, None]:
         """What ``WatchUsage`` sends (and ``WatchHost``): a snapshot at once, then one an interval."""
@@ -578,12 +594,11 @@ class _Host(pb_grpc.HostServicer):
             await _unimplemented(context, "WatchHost")
         await self.host.answering("WatchHost")
         try:
-            async for which, item in interleave(self.host.event_stream(request.events),
-                                                self.host.usage_stream(request.usage)):
-                if which == 0:
-                    yield pb.HostUpdate(event=cast(pb.Event, item))
-                else:
-                    yield pb.HostUpdate(usage=cast(pb.UsageSnapshot, item))
+            batched = request.batch_events and self.host.spec.batch_events
+            async for which, item in interleave(
+                    self.host.event_batches(request.events, most=EVENT_BATCH if batched else 1),
+                    self.host.usage_stream(request.usage)):
+                yield host_update(which, item, batched=batched)
         except (HistoryTruncated, WatcherTooSlow, InvalidArgument) as err:
             await _abort(context, err)
 

@@ -1026,36 +1026,52 @@ class WatchUsageRequest(_pl.Message):
 class WatchHostRequest(_pl.Message):
     events: WatchEventsRequest
     usage: WatchUsageRequest
+    batch_events: bool
 
     if TYPE_CHECKING:
         def __init__(
             self, *,
             events: WatchEventsRequest | None = None,
             usage: WatchUsageRequest | None = None,
+            batch_events: bool | None = None,
+        ) -> None: ...
+
+
+class EventBatch(_pl.Message):
+    events: list[Event]
+
+    if TYPE_CHECKING:
+        def __init__(
+            self, *,
+            events: Iterable[Event] | None = None,
         ) -> None: ...
 
 
 class HostUpdate(_pl.Message):
     event: Event
     usage: UsageSnapshot
+    events: EventBatch
 
     if TYPE_CHECKING:
         def __init__(
             self, *,
             event: Event | None = None,
             usage: UsageSnapshot | None = None,
+            events: EventBatch | None = None,
         ) -> None: ...
 
 
 class HostUpdateBytes(_pl.Message):
     event: bytes
     usage: bytes
+    events: bytes
 
     if TYPE_CHECKING:
         def __init__(
             self, *,
             event: bytes | None = None,
             usage: bytes | None = None,
+            events: bytes | None = None,
         ) -> None: ...
 
 
@@ -1439,14 +1455,20 @@ _pl.define(WatchUsageRequest, 'shoal.agent.v1.WatchUsageRequest', (
 _pl.define(WatchHostRequest, 'shoal.agent.v1.WatchHostRequest', (
     _pl.Field(1, 'events', _pl.MESSAGE, message=WatchEventsRequest),
     _pl.Field(2, 'usage', _pl.MESSAGE, message=WatchUsageRequest),
+    _pl.Field(3, 'batch_events', _pl.BOOL),
+))
+_pl.define(EventBatch, 'shoal.agent.v1.EventBatch', (
+    _pl.Field(1, 'events', _pl.MESSAGE, message=Event, repeated=True),
 ))
 _pl.define(HostUpdate, 'shoal.agent.v1.HostUpdate', (
     _pl.Field(1, 'event', _pl.MESSAGE, message=Event, oneof='update'),
     _pl.Field(2, 'usage', _pl.MESSAGE, message=UsageSnapshot, oneof='update'),
+    _pl.Field(3, 'events', _pl.MESSAGE, message=EventBatch, oneof='update'),
 ))
 _pl.define(HostUpdateBytes, 'shoal.agent.v1.HostUpdateBytes', (
     _pl.Field(1, 'event', _pl.BYTES, optional=True),
     _pl.Field(2, 'usage', _pl.BYTES, optional=True),
+    _pl.Field(3, 'events', _pl.BYTES, optional=True),
 ))
 
 

@@ -2426,6 +2426,14 @@ class WatchHostRequest(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    BATCH_EVENTS_FIELD_NUMBER: _builtins.int
+    batch_events: _builtins.bool
+    """Send the events that are waiting when the stream is ready to send as one HostUpdate.events (at most
+    64 to a message, in order) instead of one message each. Nothing waits to fill a batch: an event
+    alone goes alone. A host that creates and starts a batch of containers sends two messages, not two
+    per container (docs/scaling.md, part 23). An agent from before this field sends HostUpdate.event
+    only; a client that sets it handles both.
+    """
     @_builtins.property
     def events(self) -> Global___WatchEventsRequest: ...
     @_builtins.property
@@ -2435,14 +2443,37 @@ class WatchHostRequest(_message.Message):
         *,
         events: Global___WatchEventsRequest | None = ...,
         usage: Global___WatchUsageRequest | None = ...,
+        batch_events: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_events", b"batch_events", "events", b"events", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchHostRequest: _TypeAlias = WatchHostRequest  # noqa: Y015
+
+@_typing.final
+class EventBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """consecutive in the stream, sequences increasing"""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
 
 @_typing.final
 class HostUpdate(_message.Message):
@@ -2450,21 +2481,27 @@ class HostUpdate(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___Event: ...
     @_builtins.property
     def usage(self) -> Global___UsageSnapshot: ...
+    @_builtins.property
+    def events(self) -> Global___EventBatch:
+        """only when WatchHostRequest.batch_events was set"""
+
     def __init__(
         self,
         *,
         event: Global___Event | None = ...,
         usage: Global___UsageSnapshot | None = ...,
+        events: Global___EventBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "update", b"update", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "update", b"update", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "update", b"update", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "update", b"update", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["event", "usage"]  # noqa: Y015
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["event", "usage", "events"]  # noqa: Y015
     _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
 
@@ -2481,24 +2518,32 @@ class HostUpdateBytes(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     event: _builtins.bytes
     usage: _builtins.bytes
+    events: _builtins.bytes
+    """an EventBatch"""
     def __init__(
         self,
         *,
         event: _builtins.bytes | None = ...,
         usage: _builtins.bytes | None = ...,
+        events: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_event", b"_event", "_usage", b"_usage", "event", b"event", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_event", b"_event", "_events", b"_events", "_usage", b"_usage", "event", b"event", "events", b"events", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_event", b"_event", "_usage", b"_usage", "event", b"event", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_event", b"_event", "_events", b"_events", "_usage", b"_usage", "event", b"event", "events", b"events", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__event: _TypeAlias = _typing.Literal["event"]  # noqa: Y015
     _WhichOneofArgType__event: _TypeAlias = _typing.Literal["_event", b"_event"]  # noqa: Y015
+    _WhichOneofReturnType__events: _TypeAlias = _typing.Literal["events"]  # noqa: Y015
+    _WhichOneofArgType__events: _TypeAlias = _typing.Literal["_events", b"_events"]  # noqa: Y015
     _WhichOneofReturnType__usage: _TypeAlias = _typing.Literal["usage"]  # noqa: Y015
     _WhichOneofArgType__usage: _TypeAlias = _typing.Literal["_usage", b"_usage"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__event) -> _WhichOneofReturnType__event | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__events) -> _WhichOneofReturnType__events | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__usage) -> _WhichOneofReturnType__usage | None: ...
 

@@ -346,6 +346,42 @@ def test_watch_host_streams_events_and_usage_on_one_stream(agent: AgentProcess,
     assert dict(lost.trailing_metadata())["shoal-error"] == "HistoryTruncated"
 
 
+def test_watch_host_sends_waiting_events_together_when_asked(agent: AgentProcess,
+                                                             stub: pb_grpc.ContainersStub) -> None:
+    """With ``batch_events`` the events already waiting go as one ``HostUpdate.events`` (here the three
+    CREATED events a follower resuming after the listing finds kept), in order and with their
+    containers; without it, as before, one message per event."""
+    listing = stub.ListContainers(pb.ListContainersRequest(all=True))
+    ids = [f"batched-{i}" for i in range(3)]
+    for cid in ids:
+        stub.CreateContainer(pb.CreateContainerRequest(id=cid, spec=_spec("sleep", "300")))
+    try:
+        with grpc.insecure_channel(agent.address) as channel:
+            host = pb_grpc.HostStub(channel)
+            updates: dict[bool, list[pb.HostUpdate]] = {}
+            for batched in (True, False):
+                stream = host.WatchHost(pb.WatchHostRequest(
+                    events=pb.WatchEventsRequest(after_sequence=listing.event_sequence,
+                                                 epoch=listing.event_epoch, with_container=True),
+                    usage=pb.WatchUsageRequest(interval_seconds=60), batch_events=batched))
+                # Bounded: a usage report, then the replay (one batch, or three events), in some order.
+                got = [next(stream) for _ in range(2 if batched else 4)]
+                stream.cancel()
+                updates[batched] = [u for u in got if not u.HasField("usage")]
+    finally:
+        for cid in ids:
+            stub.RemoveContainer(pb.RemoveContainerRequest(id=cid, force=True))
+    (batch,) = updates[True]
+    assert batch.WhichOneof("update") == "events"
+    assert [e.container_id for e in batch.events.events] == ids
+    events = batch.events.events
+    assert all(e.type == pb.EVENT_TYPE_CREATED and e.container.id == e.container_id for e in events)
+    sequences = [e.sequence for e in events]
+    assert sequences == list(range(listing.event_sequence + 1, listing.event_sequence + 4))
+    assert [u.WhichOneof("update") for u in updates[False]] == ["event"] * 3
+    assert [u.event.sequence for u in updates[False]] == sequences
+
+
 def test_host_identity_capacity_and_conditions(agent: AgentProcess) -> None:
     import os
     import platform

@@ -233,6 +233,33 @@ def test_a_session_follows_events_and_usage_on_one_stream() -> None:
     assert calls["WatchEvents.event"] >= 2  # created, started
 
 
+@pytest.mark.parametrize("batches", [True, False], ids=["batched", "agent-without-batches"])
+def test_a_session_reads_a_hosts_events_in_batches_or_one_at_a_time(batches: bool) -> None:
+    """The session asks for the events that wait together in one message (``batch_events``): four
+    containers created in one call reach it in fewer messages than events, every one of them running.
+    An agent from before the field sends one message per event, and the session follows it the same."""
+    spec = HostSpec(name="h14", port=free_port(), usage_interval=0.1, batch_events=batches)
+    ids = [f"b{i}" for i in range(4)]
+
+    async def scenario() -> tuple[int, int, dict[str, ContainerState]]:
+        async with Following(spec) as f:
+            await f.until(ready)
+            await pb_grpc.ContainersStub(f.session.channel).CreateContainers(
+                pb.CreateContainersRequest(containers=[_request(cid) for cid in ids]))
+            await f.until(lambda s: all(s.observation.containers.get(cid) is not None
+                                        and s.observation.containers[cid].state is ContainerState.RUNNING
+                                        for cid in ids))
+            # (an event carries its container as it is when sent: all can look running before the last)
+            await until(lambda: f.host.calls.get("WatchEvents.event", 0) >= 8)
+            return (f.host.calls["WatchEvents.event"], f.host.event_messages,
+                    {cid: f.session.observation.containers[cid].state for cid in ids})
+
+    events, messages, states = run(scenario)
+    assert events == 8  # created and started, each
+    assert messages < events if batches else messages == events
+    assert set(states.values()) == {ContainerState.RUNNING}
+
+
 def test_an_agent_from_before_watch_host_is_followed_on_two_streams() -> None:
     """An agent that answers UNIMPLEMENTED to WatchHost (a scheduler upgraded before its agents) is
     followed as before: events and usage on a stream each."""

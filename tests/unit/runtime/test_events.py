@@ -205,3 +205,59 @@ def test_closed_watchers_are_forgotten() -> None:
         return len(log._watchers)
 
     assert run(scenario()) == 0
+
+
+def _sequences(batches: list[list[Event]]) -> list[list[int]]:
+    return [[e.sequence for e in batch] for batch in batches]
+
+
+def test_batches_hold_what_was_waiting_and_never_wait_to_fill() -> None:
+    async def scenario() -> list[list[list[int]]]:
+        log = EventLog(None)
+        add(log, 5)
+        stream = log.batches(after_sequence=1, most=3)
+        replayed = [await anext(stream), await anext(stream)]  # the replay, at most 3 to a list
+        add(log, 4)  # appended together (one host call creating four containers)
+        together = [await anext(stream), await anext(stream)]
+        pending = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0)  # the watcher waits for the next event
+        add(log, 1)
+        alone = [await pending]  # handed out at once, not held back for two more
+        await stream.aclose()
+        return [_sequences(replayed), _sequences(together), _sequences(alone)]
+
+    replayed, together, alone = run(scenario())
+    assert replayed == [[2, 3, 4], [5]]
+    assert together == [[6, 7, 8], [9]]
+    assert alone == [[10]]
+
+
+def test_batches_filter_by_labels_and_resume_after_a_slow_cut_without_a_gap() -> None:
+    async def scenario() -> tuple[list[list[int]], int, list[list[int]]]:
+        log = EventLog(None, queue_size=4)
+        stream = log.batches(after_sequence=0, labels={"app": "web"}, most=64)
+        add(log, 1, labels={"app": "web"})
+        first = [await anext(stream)]
+        add(log, 2, labels={"app": "db"})
+        add(log, 1, labels={"app": "web"})
+        first.append(await anext(stream))  # the db events are skipped, not sent as an empty list
+        add(log, 6, labels={"app": "web"})  # more than the watcher's queue (4): it overflows
+        with pytest.raises(WatcherTooSlow) as err:
+            while True:
+                first.append(await anext(stream))
+        resumed = log.batches(after_sequence=err.value.last_sequence, labels={"app": "web"})
+        rest = [await anext(resumed)]
+        await resumed.aclose()
+        return _sequences(first), err.value.last_sequence, _sequences(rest)
+
+    first, last, rest = run(scenario())
+    assert first == [[1], [4], [5, 6, 7, 8]]
+    assert last == 8 and rest == [[9, 10]]
+
+
+def test_a_batch_holds_at_least_one_event() -> None:
+    async def scenario() -> None:
+        with pytest.raises(ValueError, match="at least one event"):
+            await anext(EventLog(None).batches(most=0))
+
+    run(scenario())
