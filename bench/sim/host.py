@@ -356,6 +356,11 @@ class SimHost:
         ctr = self.resolve(cid)
         if ctr.state == pb.CONTAINER_STATE_RUNNING:
             return ctr
+        if self.spec.start_delay <= 0 and ctr.id not in self._starts:
+            # Nothing to wait for: started here, without a task, a shield and a callback per container
+            # (15 % of a simulator's cpu while placing; the scheduler sees the same two events).
+            self._started(ctr)
+            return ctr
         pending = self._starts.get(ctr.id)
         if pending is None:
             pending = asyncio.get_running_loop().create_task(self._start_after_delay(ctr.id))
@@ -375,6 +380,9 @@ class SimHost:
         ctr = self.containers.get(cid)
         if ctr is None:
             raise SimError(grpc.StatusCode.NOT_FOUND, "NotFound", f"{cid} was removed while starting")
+        self._started(ctr)
+
+    def _started(self, ctr: pb.Container) -> None:
         ctr.state = pb.CONTAINER_STATE_RUNNING
         self._version += 1
         ctr.pid = 10_000 + len(self.containers)
@@ -476,7 +484,10 @@ class _Containers(pb_grpc.ContainersServicer):
         await self.host.answering("CreateContainers")
         await self.host.answering("CreateContainer", len(request.containers))
         await self.host.answering("CreateContainers.items", len(request.containers))
-        results = await asyncio.gather(*(self._create_result(item) for item in request.containers))
+        if self.host.spec.start_delay > 0:  # the items' start delays run side by side
+            results = await asyncio.gather(*(self._create_result(item) for item in request.containers))
+        else:  # each answers without waiting: in turn, without a task per item
+            results = [await self._create_result(item) for item in request.containers]
         return pb.CreateContainersResponse(results=results)
 
     async def _create_result(self, request: pb.CreateContainerRequest) -> pb.CreateResult:
