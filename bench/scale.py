@@ -992,6 +992,10 @@ class Run:
                  or (now.phase is model.ReplicaPhase.STOPPING and r.phase is not model.ReplicaPhase.STOPPING)]
         out["replicas_moved_or_replaced"] = len(moved)
         out["moved_examples"] = moved[:10]
+        # Why, as the survivor recorded it on each moved replica (its newest decision): the reasons live
+        # in etcd, which is gone once the run ends (part 23's base2 moved 124 with no reason on record).
+        out["moved_why"] = dict(Counter(_newest_decision(after.replicas.get(rid)) for rid in moved)
+                                .most_common(5))
         out["replicas_new"] = len(set(after.replicas) - set(snap.replicas))
         out["creates_after_kill"] = (await self.sim_calls("CreateContainer"))[0] - creates_before
         actions_after = scrape_counter(survivor.http, "shoal_scheduler_planned_actions_total")
@@ -1189,6 +1193,16 @@ def in_own_netns() -> None:
         netcut.prepare()
     except netcut.NetCutError as err:
         raise SystemExit(f"bench/scale.py: {err}") from err
+
+
+def _newest_decision(replica: model.Replica | None) -> str:
+    """A replica's newest recorded decision as "action: reason" (cut to 200 characters)."""
+    if replica is None:
+        return "its record is gone"
+    if not replica.decisions:
+        return "no decision recorded"
+    last = replica.decisions[-1]
+    return f"{last.action}: {last.reason}"[:200]
 
 
 def main() -> None:
