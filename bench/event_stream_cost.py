@@ -13,7 +13,8 @@ scheduler's actuator would) until every session has seen every container running
 * ``batched``: hosts that send what waits together as one message, as agents do now.
 
 Each scenario runs in a fresh follower process, interleaved over ``--rounds`` (median, min-max beside).
-X
+Reported: events, seconds until all were seen running, and cpu µs per event of the follower and of
+the hosts' process.
 ``python bench/event_stream_cost.py [--hosts 200] [--containers 20] [--rounds 3]``; prints a table and
 writes JSON to ``bench/results/event-stream-cost.json``. Write-up: docs/scaling.md ("Part 23"),
 docs/benchmarks.md.

@@ -358,7 +358,8 @@ class SimHost:
             return ctr
         if self.spec.start_delay <= 0 and ctr.id not in self._starts:
             # Nothing to wait for: started here, without a task, a shield and a callback per container
-            # (15 % of a simulator's cpu while placing; the scheduler sees the same two events).
+            # (15 % of the simulator's samples in a profile of bench/event_stream_cost.py); the
+            # scheduler sees the same two events.
             self._started(ctr)
             return ctr
         pending = self._starts.get(ctr.id)
