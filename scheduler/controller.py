@@ -104,6 +104,7 @@ FULL_PASS_INTERVAL = 5.0
 # nothing to do, while the sessions waited.
 FULL_PASS_SHARE = 0.1
 HELD_LOG_S = 30.0  # while lost hosts are held (reconcile.mass_loss), said this often
+ABANDONED_SHOWN = 5  # lost hosts named when a pass replaces what they ran (the rest counted)
 # While hosts are being lost (in their grace, or lost with replicas not yet marked), and for one period
 # after, the safety net runs this many times less often: a full pass then makes the pass that marks them
 # look at every service (in part 17's 5,000-host runs it fell on a marking pass, or just before one, in
@@ -473,6 +474,8 @@ class Controller:
             if ahead is not None:  # written beside this pass's own: the next pass reads both
                 await ahead
         landed = time.perf_counter()
+        if plan.abandoned:
+            self._note_abandoned(plan.abandoned, world)
         if committed is not None:
             for record in committed.written:
                 self.mirror.put(record)
@@ -579,6 +582,21 @@ class Controller:
             key = action.replica if isinstance(action, reconcile.Launch) else action.container
             self._acting[key] = action.host
         self.actuator.submit(actions)
+
+    @staticmethod
+    def _note_abandoned(abandoned: Mapping[HostId, int], world: reconcile.World) -> None:
+        """Says which lost hosts a pass that landed replaced replicas of (each replica also records why):
+        an operator, or a benchmark's log, sees at once what moved and from where."""
+        def named(host: HostId) -> str:
+            record = world.hosts.get(host)
+            since = world.unreachable_since.get(host)
+            name = record.name if record is not None and record.name else host
+            return name if since is None else f"{name} ({world.now - since:.1f} s)"
+
+        shown = sorted(abandoned, key=lambda h: (-abandoned[h], h))[:ABANDONED_SHOWN]
+        more = f" and {len(abandoned) - len(shown)} more" if len(abandoned) > len(shown) else ""
+        log.info("replacing %d replicas of %d hosts unreachable past their grace: %s%s",
+                 sum(abandoned.values()), len(abandoned), ", ".join(map(named, shown)), more)
 
     def _note_held(self, held: int, hosts: int) -> None:
         """Says (at most every ``HELD_LOG_S`` while it lasts) that lost hosts are not being replaced."""

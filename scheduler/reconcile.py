@@ -231,6 +231,8 @@ class Plan:
     # Lost hosts whose replicas were not replaced because too many were lost at once (``max_lost_share``).
     lost_held: int = 0
     lost_among: int = 0  # ... of this many hosts holding replicas
+    # Lost hosts whose replicas this step marked stopping to be replaced elsewhere: how many of each.
+    abandoned: Mapping[HostId, int] = field(default_factory=dict)
     # The replicas of each service this step looked at that it found settled: ``World.settled`` for the
     # next step, once what changed since is taken out.
     settled: Mapping[ServiceName, frozenset[ReplicaId]] = field(default_factory=dict)
@@ -264,6 +266,7 @@ class _Plan:
         # Asked of nearly every replica: answered once per step.
         self.lost = frozenset(h for h in world.unreachable_since if world.lost(h))
         self.lost_held = self.lost_among = 0
+        self.abandoned: dict[HostId, int] = {}
         if mass_loss(len(self.lost), len(world.hosts), world.max_lost_share):
             # Counted among the hosts that hold replicas: a fleet of thousands joining at once has more
             # than half its hosts still being reached for the first time past the grace, with nothing on
@@ -310,7 +313,7 @@ class _Plan:
         return Plan(writes=tuple(self.writes), actions=tuple(self.actions), deferred=self.deferred,
                     waiting=frozenset(self.waiting),
                     placed_through=self.placed_through, lost_held=self.lost_held,
-                    lost_among=self.lost_among, settled=self.settled)
+                    lost_among=self.lost_among, abandoned=self.abandoned, settled=self.settled)
 
 
 def mass_loss(lost: int, hosts: int, max_share: float) -> bool:
@@ -504,6 +507,7 @@ def _abandon_lost(plan: _Plan, ids: Sequence[ReplicaId]) -> None:
         what = "its agent has not answered" if r.host in world.agent_down else "it has been unreachable"
         _stop(plan, r, why=f"its host {name}: {what} for {world.now - since:.1f} s "
                            f"(grace {world.grace(r.host):g} s): replaced elsewhere")
+        plan.abandoned[r.host] = plan.abandoned.get(r.host, 0) + 1
 
 
 def _live(plan: _Plan, ids: Sequence[ReplicaId]) -> list[Replica]:

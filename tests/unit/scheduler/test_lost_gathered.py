@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import re
 from dataclasses import replace
 
 import pytest
@@ -185,3 +187,16 @@ def test_without_hosts_being_lost_the_safety_net_keeps_its_period(monkeypatch: p
         return scopes
 
     assert [s is None for s in asyncio.run(go())] == [True, True]
+
+
+def test_a_pass_that_replaces_lost_hosts_replicas_names_the_hosts(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Each replica records why it was replaced; the log says once per pass which hosts, and for how
+    long they had been unreachable, so a person (or a benchmark's log) sees what moved from where."""
+    with caplog.at_level(logging.INFO, logger="scheduler.controller"):
+        plans, _ = two_hosts_lost(monkeypatch, placing_s=1.0)
+    said = [r.getMessage() for r in caplog.records if "unreachable past their grace" in r.getMessage()]
+    assert plans[1].abandoned == {HostId("h1"): 1, HostId("h2"): 2}
+    assert len(said) == 1, said  # the gathering pass replaced nothing and says nothing
+    assert re.fullmatch(r"replacing 3 replicas of 2 hosts unreachable past their grace: "
+                        r"\S+ \(3\.\d s\), \S+ \(3\.\d s\)", said[0]), said

@@ -349,6 +349,7 @@ def test_a_host_unreachable_past_its_grace_period_has_its_replicas_replaced_else
     new = [r for rid, r in changed.items() if rid not in ("a", "b")]
     assert len(new) == 1 and new[0].phase is ReplicaPhase.STARTING
     assert not retires(plan)  # nothing can be asked of an unreachable host
+    assert plan.abandoned == {HostId("h1"): 1}  # what the controller says it replaced, and from where
 
 
 def test_a_host_whose_agent_alone_is_down_gets_the_longer_grace() -> None:
@@ -394,9 +395,11 @@ def test_when_too_many_hosts_are_lost_at_once_their_replicas_are_held_not_replac
     plan = run(mass_loss_world(hosts_count, lost_count, max_lost_share=max_share))
     if held:
         assert plan.lost_held == lost_count and abandoned(plan) == [] and not launches(plan)
+        assert plan.abandoned == {}
     else:
         assert plan.lost_held == 0
         assert abandoned(plan) == [f"r{i:02d}" for i in range(lost_count)]
+        assert plan.abandoned == {HostId(f"m{i:02d}"): 1 for i in range(lost_count)}
 
 
 def test_hosts_that_hold_no_replicas_do_not_count_toward_a_mass_loss() -> None:
