@@ -50,7 +50,7 @@ from agent.runtime.spec import (
 )
 from agent.runtime.state import State
 from agent.security.seccomp_profile import SeccompMode, SeccompOption
-from agent.streams import LatestPerKey, drain_coalesced, interleave, write_stream_to
+from agent.streams import LatestPerKey, drain_coalesced, interleave, singly, write_stream_to
 from agent.usage.host import Condition
 from agent.usage.metrics import AgentMetrics
 from agent.usage.sampler import HostSample, Snapshot, UsageSampler
@@ -609,11 +609,9 @@ class ContainersService(pb_grpc.ContainersServicer):
         async for message in self.events(request):
             yield message
 
-    async def events(self, request: pb.WatchEventsRequest) -> AsyncGenerator[pb.Event, None]:
+    def events(self, request: pb.WatchEventsRequest) -> AsyncGenerator[pb.Event, None]:
         """What ``WatchEvents`` streams (``WatchHost`` streams it too)."""
-        async with contextlib.aclosing(self.event_batches(request, most=1)) as batches:
-            async for batch in batches:
-                yield batch[0]
+        return singly(self.event_batches(request, most=1))
 
     async def event_batches(self, request: pb.WatchEventsRequest, *, most: int
                             ) -> AsyncGenerator[list[pb.Event], None]:
@@ -785,11 +783,10 @@ def snapshot_to_pb(snapshot: Snapshot, *, network: tuple[str, str]) -> pb.UsageS
 
 class HostService(pb_grpc.HostServicer):
     def __init__(self, sampler: UsageSampler, *, network: tuple[str, str],
-                 events: Callable[..., AsyncGenerator[list[pb.Event], None]]) -> None:
+                 event_batches: Callable[..., AsyncGenerator[list[pb.Event], None]]) -> None:
         self.sampler = sampler
         self.network = network  # (subnet, bridge), empty strings without bridge networking
-        # ``ContainersService.event_batches``: what ``WatchHost`` interleaves with usage
-        self.event_batches = events
+        self.event_batches = event_batches  # what ``WatchHost`` interleaves with usage
 
     @unary
     async def GetHost(self, request: pb.GetHostRequest, context: Any) -> pb.HostInfo:
@@ -846,4 +843,4 @@ def add_services(server: grpc.aio.Server, *, runtime: ContainerRuntime, store: I
         ImagesService(store, runtime, scratch=scratch, puller=puller, metrics=metrics), server)
     pb_grpc.add_SystemServicer_to_server(SystemService(runtime, store), server)
     pb_grpc.add_HostServicer_to_server(
-        HostService(sampler, network=network, events=containers.event_batches), server)
+        HostService(sampler, network=network, event_batches=containers.event_batches), server)

@@ -10,11 +10,14 @@ bytes to files, without letting either side stall the other or the event loop.
   with at most two batches in memory.
 * ``interleave``: several streams as one, each item as its stream produces it (``WatchHost``: a host's
   events and usage on one gRPC stream).
+* ``singly``: a stream of one-item lists as a stream of the items (``WatchEvents``, which sends the
+  event batches ``WatchHost`` can send one event at a time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Hashable
@@ -103,6 +106,15 @@ async def drain_coalesced(job: asyncio.Future[Any], mailbox: LatestPerKey[Any, T
         for item in mailbox.take():
             yield item  # a slow client holds us here; meanwhile new reports replace older ones
         next_batch = loop.time() + interval
+
+
+async def singly(batches: AsyncGenerator[list[T], None]) -> AsyncGenerator[T, None]:
+    """The first item of each list ``batches`` hands out (asked for one at a time: lists of one). Closing
+    this closes ``batches`` at once (and whatever it holds, such as an event log's watcher), not when
+    the garbage collector gets to it."""
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            yield batch[0]
 
 
 async def interleave(*sources: AsyncGenerator[T, None]) -> AsyncGenerator[tuple[int, T], None]:

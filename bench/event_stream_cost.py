@@ -120,14 +120,21 @@ async def measure(scenario: str, args: argparse.Namespace) -> dict[str, float]:
                    if cid.startswith(tag) and c.state is ContainerState.RUNNING)
 
     wanted = args.hosts * args.containers
-    while sum(map(running, sessions)) < wanted:
-        if time.monotonic() - started > BOUND_S:
-            raise SystemExit("event_stream_cost: the containers were not all seen running in time")
-        await asyncio.sleep(0.05)
-    elapsed = time.monotonic() - started
-    follower, hosts = cpu_seconds(os.getpid()) - mine, cpu_seconds(server) - theirs
-    if await asyncio.wait_for(launcher.wait(), BOUND_S) != 0:
-        raise SystemExit("event_stream_cost: the launch failed")
+    try:
+        while sum(map(running, sessions)) < wanted:
+            if launcher.returncode not in (None, 0):
+                raise SystemExit("event_stream_cost: the launch failed (its error is above)")
+            if time.monotonic() - started > BOUND_S:
+                raise SystemExit("event_stream_cost: the containers were not all seen running in time")
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+        follower, hosts = cpu_seconds(os.getpid()) - mine, cpu_seconds(server) - theirs
+        if await asyncio.wait_for(launcher.wait(), BOUND_S) != 0:
+            raise SystemExit("event_stream_cost: the launch failed (its error is above)")
+    finally:
+        if launcher.returncode is None:  # a failed round leaves no launcher behind
+            launcher.kill()
+            await launcher.wait()
     for session in sessions:
         await session.close()
     events = 2 * wanted  # created and started, each

@@ -43,6 +43,7 @@ from typing import Any
 from agent import durable, private_root
 from agent.errors import InvalidArgument, OutOfRange, ResourceExhausted, ShoalError
 from agent.runtime.health import HealthStatus
+from agent.streams import singly
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +283,8 @@ class EventLog:
                 os.close(self._fd)
             self._fd = -1
 
-    async def subscribe(self, *, after_sequence: int | None = None, labels: Mapping[str, str] | None = None,
-                        epoch: str = "") -> AsyncGenerator[Event, None]:
+    def subscribe(self, *, after_sequence: int | None = None, labels: Mapping[str, str] | None = None,
+                  epoch: str = "") -> AsyncGenerator[Event, None]:
         """Kept events with a sequence above ``after_sequence`` (none if it is None), then live ones.
 
         ``after_sequence=0`` replays all kept history. Raises ``HistoryTruncated`` at once if ``epoch``
@@ -291,12 +292,7 @@ class EventLog:
         kept; ``InvalidArgument`` if it is beyond the last event; and ``WatcherTooSlow`` when the caller
         stops keeping up (see the module docstring).
         """
-        # aclosing: closing this generator must close the one it reads (and so drop its watcher) now,
-        # not when the garbage collector gets to it.
-        async with contextlib.aclosing(self.batches(after_sequence=after_sequence, labels=labels,
-                                                    epoch=epoch, most=1)) as batches:
-            async for batch in batches:
-                yield batch[0]
+        return singly(self.batches(after_sequence=after_sequence, labels=labels, epoch=epoch, most=1))
 
     async def batches(self, *, after_sequence: int | None = None, labels: Mapping[str, str] | None = None,
                       epoch: str = "", most: int = DEFAULT_BATCH) -> AsyncGenerator[list[Event], None]:

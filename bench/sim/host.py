@@ -41,7 +41,7 @@ from agent.errors import InvalidArgument
 from agent.host_update import EVENT_BATCH, host_update
 from agent.runtime.events import Event, EventLog, EventType, HistoryTruncated, WatcherTooSlow
 from agent.server_options import SERVER_OPTIONS
-from agent.streams import interleave
+from agent.streams import interleave, singly
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 
@@ -259,11 +259,9 @@ class SimHost:
 
     # -- the streams --------------------------------------------------------------------------------
 
-    async def event_stream(self, request: pb.WatchEventsRequest) -> AsyncGenerator[pb.Event, None]:
+    def event_stream(self, request: pb.WatchEventsRequest) -> AsyncGenerator[pb.Event, None]:
         """What ``WatchEvents`` sends; the log's errors are raised."""
-        async with contextlib.aclosing(self.event_batches(request, most=1)) as batches:
-            async for batch in batches:
-                yield batch[0]
+        return singly(self.event_batches(request, most=1))
 
     async def event_batches(self, request: pb.WatchEventsRequest, *, most: int
                             ) -> AsyncGenerator[list[pb.Event], None]:
