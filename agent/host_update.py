@@ -1,6 +1,7 @@
 """What one ``WatchHost`` message carries: an event, a batch of events, or a usage snapshot.
 
-Shared by the agent's ``HostService`` and the host simulator (``bench/sim``), which answer the same call.
+The agent's ``HostService`` sends these (the host simulator makes the same messages as bytes:
+``bench.sim.watch_host``).
 A client that sets ``WatchHostRequest.batch_events`` gets the events that were waiting together as one
 ``HostUpdate.events``; one that does not (a scheduler from before the field) gets one message per event.
 """

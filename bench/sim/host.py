@@ -9,9 +9,9 @@ checked like the agent's (the highest epoch per owner; an older one is ``FAILED_
 ``shoal-error: StaleEpoch``). ``ListContainers`` pages with the agent's own cursor (``agent.paging``),
 optionally at most ``page_size`` per page so tests can force several pages. ``WatchUsage`` sends a
 snapshot at once and then every ``usage_interval`` with the host's capacity, committed requests and each
-container's (made-up, constant) usage. ``WatchHost`` interleaves the two streams as the agent does
-(``agent.streams.interleave``); their events and snapshots count as ``WatchEvents.event`` and
-``WatchUsage.snapshot`` either way.
+container's (made-up, constant) usage. ``WatchHost`` sends both on one stream as the agent does, made
+as cheaply as the simulator can (``bench.sim.watch_host``); their events and snapshots count as
+``WatchEvents.event`` and ``WatchUsage.snapshot`` either way.
 
 Failure injection: ``fail("refuse")`` closes the port (the scheduler sees "connection refused": an agent
 down on a live host), ``fail("silent")`` keeps it open but answers nothing and sends no usage (a hung
@@ -38,10 +38,10 @@ import grpc
 
 from agent import paging
 from agent.errors import InvalidArgument
-from agent.host_update import EVENT_BATCH, host_update
 from agent.runtime.events import Event, EventLog, EventType, HistoryTruncated, WatcherTooSlow
 from agent.server_options import SERVER_OPTIONS
-from agent.streams import interleave, singly
+from agent.streams import singly
+from bench.sim.watch_host import add_host_servicer, host_updates, usage_interval, usage_tail
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 
@@ -143,6 +143,7 @@ class SimHost:
         # a simulator process sends a thousand a second).
         self._version = 0
         self._built: tuple[int, pb.UsageSnapshot] | None = None
+        self._built_bytes: tuple[int, bytes] | None = None  # the same, serialized (``WatchHost``)
         self._starts: dict[str, asyncio.Task[None]] = {}
         self.calls: dict[str, int] = {}  # calls answered, by method (what the scheduler costs a host)
         self.usage_streams = 0  # usage streams open now (who follows this host)
@@ -165,7 +166,7 @@ class SimHost:
         # The agent's own options: the scheduler's keepalive pings are allowed as the agent allows them.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *SERVER_OPTIONS])
         pb_grpc.add_ContainersServicer_to_server(_Containers(self), server)
-        pb_grpc.add_HostServicer_to_server(_Host(self), server)
+        add_host_servicer(_Host(self), server)
         if server.add_insecure_port(self.spec.address) == 0:
             raise OSError(f"cannot listen on {self.spec.address}")
         await server.start()
@@ -284,12 +285,18 @@ class SimHost:
                     messages.append(message)
                 yield messages
 
+    def usage_update(self) -> bytes:
+        """The next usage report as a serialized ``HostUpdate`` (``WatchHost``): the snapshot's body,
+        serialized once per change, then its time and sequence (``bench.sim.watch_host``)."""
+        if self._built_bytes is None or self._built_bytes[0] != self._version:
+            self._built_bytes = (self._version, self._build_snapshot().SerializeToString())
+        self._usage_sequence += 1
+        body = self._built_bytes[1] + usage_tail(self._usage_sequence, time.time_ns())
+        return pb.HostUpdateBytes(usage=body).SerializeToString()
+
     async def usage_stream(self, request: pb.WatchUsageRequest) -> AsyncGenerator[pb.UsageSnapshot, None]:
-        """What ``WatchUsage`` sends (and ``WatchHost``): a snapshot at once, then one an interval."""
-        self.usage_intervals_asked.append(request.interval_seconds)
-        if request.interval_seconds < 0:
-            raise InvalidArgument(f"interval_seconds cannot be negative, got {request.interval_seconds}")
-        interval = max(self.spec.usage_interval, request.interval_seconds)
+        """What ``WatchUsage`` sends: a snapshot at once, then one an interval."""
+        interval = usage_interval(self, request)
         due = time.monotonic()
         self.usage_streams += 1
         try:
@@ -599,16 +606,15 @@ class _Host(pb_grpc.HostServicer):
         except InvalidArgument as err:
             await _abort(context, err)
 
-    async def WatchHost(self, request: pb.WatchHostRequest, context: Any) -> AsyncIterator[pb.HostUpdate]:
+    # Bytes, not HostUpdate: add_host_servicer registers it without a serializer (bench.sim.watch_host).
+    async def WatchHost(self, request: pb.WatchHostRequest,  # type: ignore[override]
+                        context: Any) -> AsyncIterator[bytes]:
         if not self.host.spec.watch_host:
             await _unimplemented(context, "WatchHost")
         await self.host.answering("WatchHost")
         try:
-            batched = request.batch_events and self.host.spec.batch_events
-            async for which, item in interleave(
-                    self.host.event_batches(request.events, most=EVENT_BATCH if batched else 1),
-                    self.host.usage_stream(request.usage)):
-                yield host_update(which, item, batched=batched)
+            async for update in host_updates(self.host, request):
+                yield update
         except (HistoryTruncated, WatcherTooSlow, InvalidArgument) as err:
             await _abort(context, err)
 

@@ -300,3 +300,52 @@ def test_a_session_channel_still_ends_a_call_at_its_deadline() -> None:
             await host.stop()
 
     assert run(scenario) == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_watch_host_sends_what_the_agent_sends_as_bytes_made_once() -> None:
+    """``WatchHost`` read with the generated stub (``HostUpdate``): a usage report at once and then one
+    an interval, each with a new sequence and time and the host's running containers; an event batch
+    between them as soon as it is waiting; the stream let go when the client cancels it
+    (``bench.sim.watch_host``)."""
+    spec = HostSpec(name="h15", port=free_port(), usage_interval=0.2)
+
+    async def scenario() -> tuple[list[pb.HostUpdate], pb.UsageSnapshot, int, int]:
+        host = SimHost(spec)
+        await host.start()
+        channel = grpc.aio.insecure_channel(spec.address)
+        got: list[pb.HostUpdate] = []
+        try:
+            call = pb_grpc.HostStub(channel).WatchHost(pb.WatchHostRequest(
+                events=pb.WatchEventsRequest(after_sequence=0, with_container=True), usage=pb.WatchUsageRequest(),
+                batch_events=True))
+            got.append(await call.read())  # the first report, at once
+            await pb_grpc.ContainersStub(channel).CreateContainers(
+                pb.CreateContainersRequest(containers=[_request("w1"), _request("w2")]))
+            while sum(u.WhichOneof("update") == "usage" and len(u.usage.containers) == 2 for u in got) < 2:
+                got.append(await asyncio.wait_for(call.read(), BOUND_S))
+            streams = host.usage_streams
+            call.cancel()
+            await until(lambda: host.usage_streams == 0)
+            return got, host.snapshot(), streams, len(host.events._watchers)
+        finally:
+            await channel.close()
+            await host.stop()
+
+    got, now, streams, watchers = run(scenario)
+    usage = [u.usage for u in got if u.WhichOneof("update") == "usage"]
+    events = [e for u in got if u.WhichOneof("update") == "events" for e in u.events.events]
+    assert streams == 1 and watchers == 0
+    assert [u.sequence for u in usage] == list(range(1, len(usage) + 1))
+    assert all(a.time.ToNanoseconds() <= b.time.ToNanoseconds() for a, b in zip(usage, usage[1:]))
+    assert len(usage[0].containers) == 0 and usage[0].host.host_id == spec.host_id
+    last = usage[-1]
+    assert sorted(c.id for c in last.containers) == ["w1", "w2"]
+    # The same report as the one built as a message (WatchUsage's), but for its sequence and time.
+    for report in (last, now):
+        report.ClearField("sequence")
+        report.ClearField("time")
+    assert last == now
+    assert [(e.container_id, e.type) for e in events] == [
+        ("w1", pb.EVENT_TYPE_CREATED), ("w1", pb.EVENT_TYPE_STARTED),
+        ("w2", pb.EVENT_TYPE_CREATED), ("w2", pb.EVENT_TYPE_STARTED)]
+    assert all(e.container.id == e.container_id for e in events)
