@@ -210,6 +210,9 @@ class Controller:
         self._placing_s = 0.0                                 # the last placing pass, to its writes landed
         self._last_pass_at = 0.0                              # the time the last pass read (``_scope``)
         self._fresh_cache: dict[HostId, tuple[HostRecord, pb.HostInfo, tuple[object, ...], HostRecord]] = {}
+        # Each host's status as the last pass judged it, with what it was judged from (``_status``).
+        self._status_cache: dict[HostId, tuple[HostStatus, Session, HostObservation | None, str,
+                                               HostStatus]] = {}
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
         self.views = ViewCache()                              # each placing pass's view, from the last
         self._counted: dict[HostId, tuple[HostObservation, frozenset[ReplicaId]]] = {}  # per observation
@@ -665,8 +668,8 @@ class Controller:
         if (gathered := self._gather()) is not None and gathered > world.now:
             due.append(gathered)
         # A start-failing host's mark lifts then (its status is rewritten, placement tries it again).
-        due += [until for host in self.mirror.hosts
-                if (until := self.start_health.failing_until(host)) is not None and until > world.now]
+        due += [until for host in self.start_health.counted() if host in self.mirror.hosts
+                and (until := self.start_health.failing_until(host)) is not None and until > world.now]
         return min(due) if due else None
 
     def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool, now: float,
@@ -784,11 +787,14 @@ class Controller:
             self.sessions[host] = session
             self._changed_hosts.add(host)
             session.start()
-        for host in [h for h in self.sessions if h not in self.mirror.hosts]:
+        gone = [h for h in self.sessions if h not in self.mirror.hosts]
+        for host in gone:
             self._changed_hosts.add(host)
             self._fresh_cache.pop(host, None)
+            self._status_cache.pop(host, None)
             asyncio.get_running_loop().create_task(self.sessions.pop(host).close())
-        self.start_health.forget(set(self.mirror.hosts))
+        if gone:  # (start health is only ever counted for hosts with a session: every pass's set was this)
+            self.start_health.forget(set(self.mirror.hosts))
         if self.workers is None:  # workers pace their own sessions
             interval = self._pacer.update(len(self.sessions))
             if interval is not None:
@@ -908,10 +914,30 @@ class Controller:
 
     def _status(self, host: HostId) -> HostStatus:
         """Whether the leader trusts this host now (its session follows it completely), and whether it
-        keeps failing to start containers."""
+        keeps failing to start containers.
+
+        Asked of every host on every pass, and nearly always the same answer: a host with no start
+        failures is judged only from its recorded status, its session's observation and its session's
+        error, so the last answer stands while those are the same objects (an observation is replaced,
+        never changed, when its host's view changes). Judged afresh, the 5,000 hosts of an idle pass
+        were about half of its cost (docs/scaling.md, part 24)."""
         assert self.mirror is not None
+        known = self.mirror.statuses.get(host)
         session = self.sessions.get(host)
-        known = self.mirror.statuses.get(host) or HostStatus(id=host)
+        if known is not None and session is not None and self.start_health.untroubled(host):
+            cached = self._status_cache.get(host)
+            if cached is not None and cached[0] is known and cached[1] is session \
+                    and cached[2] is session.observation and cached[3] == session.error:
+                return cached[4]
+            status = self._judge(host, known, session)
+            if self.start_health.untroubled(host):  # (judging resumes a previous leader's count)
+                self._status_cache[host] = (known, session, session.observation, session.error, status)
+            return status
+        return self._judge(host, known, session)
+
+    def _judge(self, host: HostId, known: HostStatus | None, session: Session | None) -> HostStatus:
+        """``_status`` worked out."""
+        known = known or HostStatus(id=host)
         self.start_health.resume(known)
         complete = session is not None and _followed(session)
         now = time.time()
@@ -923,13 +949,12 @@ class Controller:
         # in a session worker the leader cannot see the worker's backlog; a deadline counted here had a
         # new leader take 5,000 hosts still connecting for lost (docs/scaling.md, part 7). Nothing is
         # launched meanwhile (reconcile waits for a complete view).
-        # (Asked only of a host not followed completely: every pass asks this of every host.)
         ready = complete or (known.ready and session is not None and not session.error)
         reason = "" if ready else (session.error if session is not None and session.error
                                    else "connecting to its agent")
         starts = self.start_health.state(host)
         failing = self.start_health.failing(host, now)
-        # Asked of every host on every pass, and nearly always unchanged: compared before any copy.
+        # Nearly always unchanged: compared before any copy.
         if (known.ready, known.reason, known.complete, known.start_failures, known.last_start_failure,
                 known.start_failure_reason, known.start_failing) == (
                 ready, reason, complete, starts.failures, starts.last_at, starts.reason, failing):
@@ -939,7 +964,6 @@ class Controller:
             since=now if known.ready != ready else known.since,
             start_failures=starts.failures, last_start_failure=starts.last_at,
             start_failure_reason=starts.reason, start_failing=failing)
-
 
     def _view(self, world: reconcile.World) -> ClusterView:
         """The placement view of ``world``: hosts that did not change since the last pass's view are copied

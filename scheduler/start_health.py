@@ -86,6 +86,15 @@ class StartHealth:
                                                 last_at=status.last_start_failure,
                                                 reason=status.start_failure_reason)
 
+    def untroubled(self, host: HostId) -> bool:
+        """No start failures counted for ``host``, and a previous leader's record of them taken over
+        already: nothing of this host's status depends on start health or on the clock."""
+        return host not in self._hosts and host in self._resumed
+
+    def counted(self) -> list[HostId]:
+        """The hosts with start failures counted (the only ones ``failing_until`` can answer for)."""
+        return list(self._hosts)
+
     def state(self, host: HostId) -> StartState:
         return self._hosts.get(host, StartState())
 

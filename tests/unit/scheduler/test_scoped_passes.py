@@ -396,3 +396,53 @@ def test_the_safety_net_keeps_the_placement_view_warm_for_the_next_placing_pass(
               and w.replica.phase is ReplicaPhase.STARTING]
     assert len(placed) == 1
     assert rebuilt == [2, 0, 1]
+
+
+def test_a_hosts_status_is_judged_again_whenever_what_it_is_judged_from_changes() -> None:
+    """Every pass asks every host's status; the leader keeps the last answer while the host's recorded
+    status, its session's observation and its session's error are the same objects and no start
+    failure is counted (``Controller._status``). Each of those changing is judged afresh, with the
+    answer a judgment without the kept one gives."""
+    def bare(status: HostStatus) -> HostStatus:
+        return dataclasses.replace(status, since=0.0)
+
+    async def go() -> list[tuple[HostStatus, HostStatus, bool]]:
+        ctl, sessions = await settled_controller([])
+        await ctl.step()
+        host = HostId("h1")
+        session = sessions[host]
+        assert ctl.mirror is not None
+        out: list[tuple[HostStatus, HostStatus, bool]] = []
+
+        def judged() -> None:
+            assert ctl.mirror is not None
+            first = ctl._status(host)
+            again = ctl._status(host)
+            fresh = ctl._judge(host, ctl.mirror.statuses.get(host), cast(AgentSession, session))
+            out.append((bare(first), bare(fresh), again is first))
+
+        judged()                                      # ready, as recorded
+        session.observation = dataclasses.replace(session.observation, connected=False, complete=False)
+        judged()                                      # reconnecting: still ready as recorded, not complete
+        session.error = "no usage report for 2.0 s"   # then its watchdog found it silent
+        judged()
+        session.error = ""
+        ctl.mirror.put(dataclasses.replace(ctl.mirror.statuses[host], ready=False, reason="gone"))
+        judged()                                      # a new recorded status
+        for _ in range(3):
+            ctl.start_health.failed(host, at=time.time(), reason="disk full")
+        judged()                                      # start-failing: judged on every call
+        ctl.start_health.succeeded(host)
+        judged()
+        return out
+
+    out = asyncio.run(go())
+    assert all(first == fresh for first, fresh, _ in out), out
+    assert [again for _, _, again in out] == [True, True, True, True, False, True]
+    ready, reconnecting, silent, recorded, failing, recovered = (first for first, _, _ in out)
+    assert ready.ready and ready.complete
+    assert not silent.ready and silent.reason == "no usage report for 2.0 s"
+    assert reconnecting.ready and not reconnecting.complete
+    assert not recorded.ready and recorded.reason == "connecting to its agent"
+    assert failing.start_failing and failing.start_failures == 3
+    assert not recovered.start_failing and recovered.start_failures == 0
