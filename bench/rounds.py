@@ -40,16 +40,16 @@ def interleaved(me: Sequence[str], scenarios: Sequence[str], rounds: int,
 
 
 @contextlib.contextmanager
-def serving(command: Sequence[str], failed: str, bound: float) -> Iterator[None]:
+def serving(command: Sequence[str], failed: str, bound: float) -> Iterator[int]:
     """A child that serves what the scenarios measure (``command`` prints "ready" once it listens, and
-    stops when its stdin closes), for the length of the block; ``failed`` is the error if it does not
-    start, and ``bound`` how long it may take to stop."""
+    stops when its stdin closes), for the length of the block, which is given its pid; ``failed`` is the
+    error if it does not start, and ``bound`` how long it may take to stop."""
     with subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
         assert child.stdin is not None and child.stdout is not None
         try:
             if child.stdout.readline().strip() != "ready":
                 raise SystemExit(failed)
-            yield
+            yield child.pid
         finally:
             child.stdin.close()
             child.wait(bound)

@@ -14,7 +14,9 @@ each scenario in a fresh process:
   read nothing for K seconds (``--agent-keepalive``): what the pings add (docs/scaling.md, part 22).
 
 Reported, as the median of ``--rounds`` rounds (min-max beside it): messages a second, cpu µs per
-message, and cpu µs per host per second (what N hosts cost: multiply).
+message, cpu µs per host per second (what N hosts cost: multiply), and the cpu µs per message of the
+process serving the hosts (the sending side: what a simulator spends per report; docs/scaling.md, part
+24).
 ``python bench/usage_stream_cost.py [--hosts 300] [--containers 20] [--interval 3] [--rounds 3]``; prints
 a table and writes JSON to ``bench/results/usage-stream-cost.json``. Write-up: docs/scaling.md
 ("Part 9"), docs/benchmarks.md.
@@ -30,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procstat import cpu_seconds  # noqa: E402
 from bench.rounds import child_role, interleaved, serving, window, write  # noqa: E402
 from bench.session_memory import serve, start_following  # noqa: E402
 
@@ -61,8 +64,8 @@ async def create_containers(hosts: int, base: int, containers: int) -> None:
         await channel.close()
 
 
-async def measure(scenario: str, hosts: int, base: int) -> dict[str, float]:
-    """One scenario in this (fresh) process."""
+async def measure(scenario: str, hosts: int, base: int, hosts_pid: int) -> dict[str, float]:
+    """One scenario in this (fresh) process; ``hosts_pid`` is the process serving the hosts."""
     import grpc
 
     from proto.agent.v1 import agent_pb2 as pb
@@ -116,7 +119,10 @@ async def measure(scenario: str, hosts: int, base: int) -> dict[str, float]:
                     for i, a in enumerate(addresses)]
         await start_following(sessions, "usage_stream_cost")
         tasks.append(asyncio.create_task(count_reports()))
-    cpu, messages, elapsed = await window(lambda: received, SETTLE_S, WINDOW_S)
+    await asyncio.sleep(SETTLE_S)
+    theirs = cpu_seconds(hosts_pid)
+    cpu, messages, elapsed = await window(lambda: received, 0.0, WINDOW_S)
+    theirs = cpu_seconds(hosts_pid) - theirs
     for task in tasks:
         task.cancel()
     for session in sessions:
@@ -125,7 +131,8 @@ async def measure(scenario: str, hosts: int, base: int) -> dict[str, float]:
         await channel.close()
     return {"messages_per_s": round(messages / elapsed, 1),
             "cpu_us_per_message": round(cpu / messages * 1e6) if messages else 0,
-            "cpu_us_per_host_s": round(cpu / elapsed / hosts * 1e6)}
+            "cpu_us_per_host_s": round(cpu / elapsed / hosts * 1e6),
+            "hosts_cpu_us_per_message": round(theirs / messages * 1e6) if messages else 0}
 
 
 def main() -> None:
@@ -139,6 +146,7 @@ def main() -> None:
                         help="each scenario this often (the median is shown)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    parser.add_argument("--hosts-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--base-port", type=int, default=32000, help="the hosts listen on this port and up")
     parser.add_argument("--out", default=str(ROOT / "bench/results/usage-stream-cost.json"))
     args = parser.parse_args()
@@ -147,7 +155,7 @@ def main() -> None:
         raise SystemExit("usage_stream_cost: --hosts and --rounds at least 1, --containers not negative, "
                          "--interval positive, and --base-port + --hosts at most 65535")
     if child_role(args, lambda: serve(args.hosts, args.base_port),
-                  lambda scenario: measure(scenario, args.hosts, args.base_port)):
+                  lambda scenario: measure(scenario, args.hosts, args.base_port, args.hosts_pid)):
         return
     me = [sys.executable, str(Path(__file__).resolve()), "--hosts", str(args.hosts),
           "--base-port", str(args.base_port)]
@@ -155,10 +163,11 @@ def main() -> None:
     if args.keepalive > 0:
         scenarios.append(f"session@{args.interval:g}+keepalive{args.keepalive:g}")
     with serving([*me, "--serve"], "usage_stream_cost: the simulated hosts did not start (ports in use? "
-                 "choose --base-port)", BOUND_S):
+                 "choose --base-port)", BOUND_S) as hosts_pid:
         asyncio.run(create_containers(args.hosts, args.base_port, args.containers))
         print(f"{args.hosts} hosts with {args.containers} containers each", flush=True)
-        results = interleaved(me, scenarios, args.rounds, timeout=4 * BOUND_S)
+        results = interleaved([*me, "--hosts-pid", str(hosts_pid)], scenarios, args.rounds,
+                              timeout=4 * BOUND_S)
     for scenario in scenarios:
         shown = ", ".join(f"{k} {v['median']:g} ({v['min']:g}-{v['max']:g})"
                           for k, v in results[scenario].items())
