@@ -1,9 +1,9 @@
 """A simulated host's ``WatchHost`` stream, sent as wire bytes at as little cpu per message as it can.
 
 The simulator is a stand-in for thousands of machines, and every microsecond it spends on a message is
-taken from the scheduler and etcd under test on the same cores: at 5,000 hosts its processes sent
-1,667 usage reports a second and took 0.13-0.15 of a core each in the steady state (docs/scaling.md,
-part 24). What the scheduler reads is unchanged, byte for byte in meaning: a ``HostUpdate`` per
+taken from the scheduler and etcd under test on the same cores: at 5,000 hosts its five processes sent
+1,667 usage reports a second and took 0.61-0.87 of a core together in the steady state of part 23's
+runs (docs/scaling.md, part 24). What the scheduler reads is unchanged, byte for byte in meaning: a ``HostUpdate`` per
 message, events first when both are ready, the waiting events as one ``HostUpdate.events`` when the
 client asks for batches, and a usage report at once and then one an interval after the last was sent.
 What is cheaper is how they are made:
