@@ -7,8 +7,10 @@ on the host."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import grpc
+import pytest
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler import server
@@ -110,6 +112,38 @@ def test_a_registration_that_changes_nothing_decisions_read_is_not_rewritten_wit
         await register(api, 1, memory_bytes=1 << 30, committed_memory=512 << 20, ready=None)
         assert await api.store.current_revision() > revision
         assert (await record(api, 1)).capacity.memory_allocatable_bytes == 1 << 30
+
+    run(scenario)
+
+
+def test_a_registration_that_changes_nothing_is_answered_without_parsing_the_record_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer to an unchanged registration is the record as stored with the report it was written
+    from; that report is parsed from the record's JSON once per revision of the record, not per
+    registration (it was most of answering one)."""
+    parsed: list[str] = []
+    parse = server.json_format.Parse
+
+    def counted(text: str, message: Any, **kwargs: Any) -> Any:
+        parsed.append(text)
+        return parse(text, message, **kwargs)
+
+    monkeypatch.setattr(server.json_format, "Parse", counted)
+
+    async def scenario(api: Api) -> None:
+        await register(api, 1, committed_memory=1 << 20)
+        assert parsed == []  # written: the answer has the report it was written from
+        answers = [await register(api, 1, committed_memory=m << 20, ready=None) for m in (2, 3, 4)]
+        assert parsed == []  # (this instance wrote that revision: it has the report already)
+        assert {a.info.memory_committed_bytes for a in answers} == {1 << 20}  # the report as recorded
+
+        # A revision written elsewhere (another instance) is parsed once, then kept.
+        stored = await record(api, 1)
+        await put(api, dataclasses.replace(stored, info_json=stored.info_json.replace(
+            f'"memory_committed_bytes": "{1 << 20}"', f'"memory_committed_bytes": "{5 << 20}"')))
+        answers = [await register(api, 1, committed_memory=m << 20, ready=None) for m in (6, 7)]
+        assert len(parsed) == 1
+        assert {a.info.memory_committed_bytes for a in answers} == {5 << 20}
 
     run(scenario)
 
