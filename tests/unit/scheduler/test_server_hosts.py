@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from proto.scheduler.v1 import scheduler_pb2 as pb
 from scheduler import server
@@ -122,13 +123,13 @@ def test_a_registration_that_changes_nothing_is_answered_without_parsing_the_rec
     from; that report is parsed from the record's JSON once per revision of the record, not per
     registration (it was most of answering one)."""
     parsed: list[str] = []
-    parse = server.json_format.Parse
+    parse = json_format.Parse
 
     def counted(text: str, message: Any, **kwargs: Any) -> Any:
         parsed.append(text)
         return parse(text, message, **kwargs)
 
-    monkeypatch.setattr(server.json_format, "Parse", counted)
+    monkeypatch.setattr(json_format, "Parse", counted)  # (the module scheduler.server calls it from)
 
     async def scenario(api: Api) -> None:
         await register(api, 1, committed_memory=1 << 20)
