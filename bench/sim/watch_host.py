@@ -3,9 +3,10 @@
 The simulator is a stand-in for thousands of machines, and every microsecond it spends on a message is
 taken from the scheduler and etcd under test on the same cores: at 5,000 hosts its five processes sent
 1,667 usage reports a second and took 0.61-0.87 of a core together in the steady state of part 23's
-runs (docs/scaling.md, part 24). What the scheduler reads is unchanged, byte for byte in meaning: a ``HostUpdate`` per
-message, events first when both are ready, the waiting events as one ``HostUpdate.events`` when the
-client asks for batches, and a usage report at once and then one an interval after the last was sent.
+runs (docs/scaling.md, part 24). What the scheduler reads is unchanged, byte for byte in meaning: a
+``HostUpdate`` per message, events first when both are ready, the waiting events as one
+``HostUpdate.events`` when the client asks for batches, and a usage report at once and then one an
+interval after the last was sent.
 What is cheaper is how they are made:
 
 * a report is the snapshot's body serialized once per change of the host's containers, followed by

@@ -6,6 +6,7 @@ on a silent host's missed heartbeat, and is refused a stale fence."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -316,8 +317,8 @@ def test_watch_host_sends_what_the_agent_sends_as_bytes_made_once() -> None:
         got: list[pb.HostUpdate] = []
         try:
             call = pb_grpc.HostStub(channel).WatchHost(pb.WatchHostRequest(
-                events=pb.WatchEventsRequest(after_sequence=0, with_container=True), usage=pb.WatchUsageRequest(),
-                batch_events=True))
+                events=pb.WatchEventsRequest(after_sequence=0, with_container=True),
+                usage=pb.WatchUsageRequest(), batch_events=True))
             got.append(await call.read())  # the first report, at once
             await pb_grpc.ContainersStub(channel).CreateContainers(
                 pb.CreateContainersRequest(containers=[_request("w1"), _request("w2")]))
@@ -336,7 +337,7 @@ def test_watch_host_sends_what_the_agent_sends_as_bytes_made_once() -> None:
     events = [e for u in got if u.WhichOneof("update") == "events" for e in u.events.events]
     assert streams == 1 and watchers == 0
     assert [u.sequence for u in usage] == list(range(1, len(usage) + 1))
-    assert all(a.time.ToNanoseconds() <= b.time.ToNanoseconds() for a, b in zip(usage, usage[1:]))
+    assert all(a.time.ToNanoseconds() <= b.time.ToNanoseconds() for a, b in itertools.pairwise(usage))
     assert len(usage[0].containers) == 0 and usage[0].host.host_id == spec.host_id
     last = usage[-1]
     assert sorted(c.id for c in last.containers) == ["w1", "w2"]
