@@ -854,8 +854,9 @@ class RegistrationService(pb_grpc.RegistrationServicer):
         self._seen: dict[str, float] = {}  # host id -> when it last registered here
         self._pruned_at = 0.0
         # Each host's recorded report, parsed, by the record's revision: a registration that changes
-        # nothing is answered with the record as stored, and parsing its JSON again (about 0.6 ms) was
-        # most of answering one (docs/scaling.md, part 24).
+        # nothing is answered with the record as stored, and parsing its JSON again was about a sixth of
+        # answering one, both ends of the call counted (bench/registration_cost.py; docs/scaling.md,
+        # part 24).
         self._reports: dict[str, tuple[int, apb.HostInfo]] = {}
 
     def refresh_for(self, host_id: str, now: float) -> float:
