@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from scheduler.model import HostId, HostPort, ReplicaId, ReplicaPhase, ServiceName
+from scheduler.pickled import by_fields
 
 
 class ContainerState(enum.Enum):
@@ -31,6 +32,7 @@ class Health(enum.Enum):
     UNHEALTHY = "unhealthy"
 
 
+@by_fields  # pickled cheaply: session workers send them to the leader (scheduler.pickled)
 @dataclass(frozen=True, slots=True)  # slots: a leader's session worker keeps 100,000 of them
 class ObservedContainer:
     id: str

@@ -18,12 +18,14 @@ from proto.agent.v1 import agent_pb2 as pb
 from scheduler.agents import Credentials
 from scheduler.model import HostId
 from scheduler.observed import ContainerUsage, HostObservation, ObservedContainer
+from scheduler.pickled import by_fields
 from scheduler.usage_pace import UsagePace
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30  # a batch of states for thousands of hosts is megabytes; anything larger is a bug
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Init:
     credentials: Credentials | None
@@ -31,17 +33,20 @@ class Init:
     keepalive: float = 0.0  # its sessions' keepalive ping period (``--agent-keepalive``; 0: none)
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Follow:
     host: HostId
     address: str
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Drop:
     host: HostId
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class WantUsage:
     """Send this host's usage every second from now on (the autoscaler reads it)."""
@@ -49,6 +54,7 @@ class WantUsage:
     host: HostId
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Call:
     """One unary call of the agent's Containers API on a host's channel (the actuator's)."""
@@ -60,6 +66,7 @@ class Call:
     timeout: float | None
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A call's outcome: its response, or the gRPC status code's name, details and trailing metadata."""
@@ -71,6 +78,7 @@ class Reply:
     trailing: tuple[tuple[str, str], ...] = ()
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class HostState:
     """What the leader reads of one session, sent whenever the session reports a change: the whole
@@ -89,6 +97,7 @@ class HostState:
     last_seen: float
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class States:
     """Changed sessions, batched; sent at least every ``session_worker.BEAT_S`` even with none, stamped
@@ -98,6 +107,7 @@ class States:
     sent: float = 0.0
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Usage:
     usage: tuple[tuple[HostId, dict[str, ContainerUsage]], ...]

@@ -118,6 +118,16 @@ class Committed:
         return tuple(evolve(record, revision=revision)
                      for revision, records in self.puts for record in records)
 
+    def share(self, made: Callable[[str, int], Record | None]) -> None:
+        """Make ``written`` now (before anyone has read it), taking for a put the record ``made(key,
+        revision)`` already holds for it (its echo's: ``scheduler.store.echoes``), else a copy."""
+        if "written" in self.__dict__:
+            return
+        puts = [(revision, record) for revision, records in self.puts for record in records]
+        # cached_property keeps its value in the instance's dict; a frozen dataclass still has one.
+        self.__dict__["written"] = tuple(made(key, revision) or evolve(record, revision=revision)
+                                         for key, (revision, record) in zip(self.keys, puts, strict=True))
+
     @property
     def revision(self) -> int:
         """The revision of the last transaction (0 for an empty batch)."""

@@ -279,8 +279,7 @@ class EtcdStore:
                      in_flight: int = 1, on_landed: Landed | None = None) -> Committed:
         committed = await txn.commit_batch(ops, self._execute, schema=self._schema, guard=guard,
                                            max_txn_ops=self._settings.max_txn_ops, in_flight=in_flight,
-                                           gate=self._gate, on_landed=on_landed)
-        self._echoes.expect(committed)
+                                           gate=self._gate, on_landed=on_landed, echoes=self._echoes)
         return committed
 
     async def _execute(self, plan: txn.TxnPlan) -> int:

@@ -107,7 +107,7 @@ def change_from(schema: KeySchema, kind: ChangeKind, kv: RawKV,
     if echoes is not None:
         echoes.passed(kv.mod_revision)
         if kind is ChangeKind.PUT:
-            value = echoes.take(kv.key, kv.mod_revision)
+            value = echoes.take(kv.key, kv.mod_revision, kv.value)
     if kind is ChangeKind.PUT and value is None:
         try:
             value = decode_any(parsed.record_type, kv)

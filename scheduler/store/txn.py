@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from scheduler.store import records
 from scheduler.store.base import MAX_TXN_BYTES, MAX_TXN_OPS, Committed, Delete, Landed, LeaderGuard, Op
+from scheduler.store.echoes import Echoes
 from scheduler.store.errors import Conflict, KeyConflict, NotLeader, StoreError
 from scheduler.store.keys import KeySchema
 from scheduler.store.raw import RawKV
@@ -277,11 +278,23 @@ async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[Tx
 
 async def commit_batch(ops: Sequence[Op], execute: Callable[[TxnPlan], Awaitable[int]], *, schema: KeySchema,
                        guard: LeaderGuard | None, max_txn_ops: int, in_flight: int, gate: Gate,
-                       on_landed: Landed | None) -> Committed:
-    """A store's ``commit``: ``ops`` planned (larger transactions only while ``gate`` is quiet) and run."""
+                       on_landed: Landed | None, echoes: Echoes | None = None) -> Committed:
+    """A store's ``commit``: ``ops`` planned (larger transactions only while ``gate`` is quiet) and run;
+    ``echoes`` (the store's) learn the puts before they are sent, and what landed once it has."""
     plans = plan_transactions(ops, schema=schema, guard=guard, max_txn_ops=max_txn_ops, in_flight=in_flight,
                               large=gate.quiet())
-    return await commit_in_transactions(plans, execute, in_flight=in_flight, gate=gate, on_landed=on_landed)
+    if echoes is None:
+        return await commit_in_transactions(plans, execute, in_flight=in_flight, gate=gate,
+                                            on_landed=on_landed)
+    puts = [(w.key, w.value, w.record) for plan in plans for w in plan.writes if w.value is not None]
+    echoes.landing(puts)
+    try:
+        committed = await commit_in_transactions(plans, execute, in_flight=in_flight, gate=gate,
+                                                 on_landed=on_landed)
+        echoes.expect(committed)
+    finally:
+        echoes.settled(puts)
+    return committed
 
 
 def _telling(execute: Callable[[TxnPlan], Awaitable[int]],

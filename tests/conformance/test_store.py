@@ -444,6 +444,25 @@ def test_a_watch_echoes_the_stores_own_writes_as_the_records_it_committed(backen
     run(backend, scenario)
 
 
+def test_a_watch_hears_a_pipelined_commits_puts_as_the_records_written_even_before_its_reply(
+        backend: Backend) -> None:
+    """Several transactions in flight: the watch delivers the first ones' puts before the commit replies
+    (it replies once the last has landed). Each is still the very record ``written`` holds, not a decode."""
+    async def scenario(store: Store) -> None:
+        n = 600  # five transactions of etcd's default 128 operations
+        changes = store.watch(await store.current_revision())
+        async with contextlib.aclosing(changes):
+            heard = asyncio.create_task(take(changes, n))
+            committed = await store.commit([Put(build.replica(f"s{i // 100}", i % 100)) for i in range(n)],
+                                           in_flight=4)
+            seen = await heard
+        assert len(committed.revisions) > 1
+        assert [c.revision for c in seen] == [r.revision for r in committed.written]
+        assert all(c.value is written for c, written in zip(seen, committed.written, strict=True))
+
+    run(backend, scenario)
+
+
 def test_a_watch_from_the_past_replays_history_and_a_scope_filters(backend: Backend) -> None:
     async def scenario(store: Store) -> None:
         start = await store.current_revision()
