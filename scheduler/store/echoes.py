@@ -25,12 +25,22 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import Protocol
 
 from scheduler.evolve import evolve
 from scheduler.store.base import Committed
 from scheduler.store.records import LeaderRecord, Record
 
-Put = tuple[str, bytes, Record]  # a put of a commit under way: key, the bytes sent, the record they encode
+
+class Write(Protocol):
+    """A write of a commit under way (``txn.Write``): a put of ``record`` as ``value``, or a delete (None)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def record(self) -> Record: ...
 
 LIMIT = 1 << 17  # entries: a reference each (the records are held by whoever wrote them anyway)
 
@@ -70,22 +80,22 @@ class Echoes:
         while len(order) > self._limit:
             self._forget(*order.popleft())
 
-    def landing(self, puts: Iterable[Put]) -> None:
-        """Puts about to be sent (a commit's), matched by their bytes until ``settled``."""
+    def landing(self, writes: Iterable[Write]) -> None:
+        """A commit's writes about to be sent: its puts matched by their bytes until ``settled``."""
         landing = self._landing
-        for key, value, record in puts:
+        for w in writes:
             # A leader key's record takes its epoch and lease from the key's metadata, not its bytes.
-            if not isinstance(record, LeaderRecord):
-                landing[key] = _Landing(value, record)
+            if w.value is not None and not isinstance(w.record, LeaderRecord):
+                landing[w.key] = _Landing(w.value, w.record)
 
-    def settled(self, puts: Iterable[Put]) -> None:
-        """A commit's puts landed (and ``expect`` ran) or failed: forgotten, unless another commit has put
-        that key since."""
+    def settled(self, writes: Iterable[Write]) -> None:
+        """A commit's writes landed (and ``expect`` ran) or failed: forgotten, unless another commit has
+        put that key since."""
         landing = self._landing
-        for key, value, _ in puts:
-            entry = landing.get(key)
-            if entry is not None and entry.value is value:
-                del landing[key]
+        for w in writes:
+            entry = landing.get(w.key)
+            if entry is not None and entry.value is w.value:
+                del landing[w.key]
 
     def take(self, key: str, revision: int, value: bytes | None = None) -> Record | None:
         """The record this store put at ``key`` in the transaction at ``revision``, if it remembers it; or,
@@ -119,4 +129,4 @@ def _echoed(sent: _Landing | None, revision: int) -> Record | None:
     return echoed if echoed is not None and echoed.revision == revision else None
 
 
-__all__ = ["LIMIT", "Echoes", "Put"]
+__all__ = ["LIMIT", "Echoes", "Write"]

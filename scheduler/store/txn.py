@@ -286,14 +286,14 @@ async def commit_batch(ops: Sequence[Op], execute: Callable[[TxnPlan], Awaitable
     if echoes is None:
         return await commit_in_transactions(plans, execute, in_flight=in_flight, gate=gate,
                                             on_landed=on_landed)
-    puts = [(w.key, w.value, w.record) for plan in plans for w in plan.writes if w.value is not None]
-    echoes.landing(puts)
+    writes = [w for plan in plans for w in plan.writes]
+    echoes.landing(writes)
     try:
         committed = await commit_in_transactions(plans, execute, in_flight=in_flight, gate=gate,
                                                  on_landed=on_landed)
         echoes.expect(committed)
     finally:
-        echoes.settled(puts)
+        echoes.settled(writes)
     return committed
 
 

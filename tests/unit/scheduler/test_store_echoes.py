@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from scheduler.store.base import Committed
-from scheduler.store.echoes import Echoes, Put
+from scheduler.store.echoes import Echoes
 from scheduler.store.records import encode
+from scheduler.store.txn import Write
 from tests.fixtures import scheduler_records as build
 
 
@@ -57,15 +58,15 @@ def test_without_a_watch_at_most_the_limit_is_kept_oldest_first_out() -> None:
     assert echoes.take("/r/web-00005", 5) is not None
 
 
-def landing(*indices: int) -> list[Put]:
-    return [(f"/r/web-{i:05d}", encode(r), r) for i in indices for r in [build.replica("web", i)]]
+def landing(*indices: int) -> list[Write]:
+    return [Write(f"/r/web-{i:05d}", 0, encode(r), r) for i in indices for r in [build.replica("web", i)]]
 
 
 def test_a_put_under_way_is_matched_by_its_bytes_and_its_echo_is_the_record_written() -> None:
     echoes = Echoes()
     puts = landing(0, 1)
     echoes.landing(puts)
-    key, value, record = puts[0]
+    key, value, record = puts[0].key, puts[0].value, puts[0].record
     early = echoes.take(key, 7, value)  # the watch delivers it before the commit's reply
     assert early == dataclasses.replace(record, revision=7)
     assert echoes.take(key, 7, value) is early  # a second watch gets the same object
@@ -75,16 +76,16 @@ def test_a_put_under_way_is_matched_by_its_bytes_and_its_echo_is_the_record_writ
     echoes.expect(batch)
     echoes.settled(puts)
     assert batch.written[0] is early  # one object for the record, whichever came first
-    assert batch.written[1] == dataclasses.replace(puts[1][2], revision=7)
+    assert batch.written[1] == dataclasses.replace(puts[1].record, revision=7)
     assert echoes.take(key, 7) is early
-    assert echoes.take(puts[1][0], 8, puts[1][1]) is None  # settled: matched by revision only now
+    assert echoes.take(puts[1].key, 8, puts[1].value) is None  # settled: matched by revision only now
 
 
 def test_an_echo_at_another_revision_is_not_shared_with_the_commit() -> None:
     echoes = Echoes()
     puts = landing(0)
     echoes.landing(puts)
-    key, value, _ = puts[0]
+    key, value = puts[0].key, puts[0].value
     other = echoes.take(key, 6, value)  # the same bytes put by someone else first
     batch = committed(7, 0)
     echoes.expect(batch)
@@ -98,7 +99,7 @@ def test_a_settled_commit_leaves_a_later_commits_puts_of_the_same_key() -> None:
     echoes.landing(first)
     echoes.landing(second)  # another commit of that key, under way too
     echoes.settled(first)   # the first failed
-    key, value, _ = second[0]
+    key, value = second[0].key, second[0].value
     assert echoes.take(key, 9, value) is not None
     echoes.settled(second)
     assert echoes.take(key, 9, value) is None
@@ -107,6 +108,6 @@ def test_a_settled_commit_leaves_a_later_commits_puts_of_the_same_key() -> None:
 def test_a_leader_keys_record_is_never_matched_by_bytes() -> None:
     echoes = Echoes()
     leader = build.full_leader()
-    echoes.landing([("/leader", encode(leader), leader)])
+    echoes.landing([Write("/leader", 0, encode(leader), leader)])
     # its epoch and lease are the key's metadata, not its bytes
     assert echoes.take("/leader", 3, encode(leader)) is None

@@ -1,0 +1,142 @@
+"""What a leader's watch pays for the echoes of its own pipelined commits (docs/scaling.md, part 25).
+
+A placing pass commits its writes several transactions at a time (``--etcd-txns-in-flight``, 4), and the
+leader's follower watches everything, its own writes included. A put this store committed need not be
+decoded again (``scheduler.store.echoes``), but the watch can deliver a transaction's puts before the
+commit replies, which a commit of many transactions does only once the last has landed. This commits N
+replica records through ``EtcdStore.commit`` while a watch of the same store follows them, as the
+leader's follower does, against a private single-member etcd on loopback (``tests/fixtures/etcd``,
+fsync on), and reports per round: transactions, echoes heard, how many were the very record the commit
+wrote (shared) and how many were decoded from their bytes, and the process's cpu per put, from the
+commit's start until the watch has heard every put (the commit's encoding and its gRPC included).
+
+``--baseline DIR`` runs the same in the scheduler of another checkout (e.g. a worktree of an older
+commit) beside this one's, interleaved round by round, each round in a fresh process.
+
+``python bench/echo_cost.py [--replicas 20000] [--in-flight 4] [--rounds 3] [--baseline DIR] [--out FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def one_round(endpoints: str, replicas: int, in_flight: int) -> dict[str, float]:
+    """In a child whose ``sys.path`` starts with the checkout measured."""
+    import contextlib
+
+    from scheduler import model
+    from scheduler.store import raw
+    from scheduler.store.base import Put
+    from scheduler.store.etcd import EtcdSettings, EtcdStore
+
+    decoded = 0
+    decode_any = raw.decode_any
+
+    def counted(record_type: Any, kv: Any) -> Any:
+        nonlocal decoded
+        decoded += 1
+        return decode_any(record_type, kv)
+
+    raw.decode_any = counted  # counted, then done as before
+    prefix = f"/echo-cost-{secrets.token_hex(4)}/shoal/v1/"
+    store = await EtcdStore.open(EtcdSettings(endpoints, prefix=prefix))
+    try:
+        now = time.time()
+        # A replica as a placing pass writes it: created on its host, with the decision that placed it.
+        placed = model.Decision(time=now, action="placed", reason="on a host with room (score 87.5 of 100)")
+        ops = [Put(model.Replica(id=model.ReplicaId(f"svc-{i // 100:04d}-{i % 100:05d}"),
+                                 service=model.ServiceName(f"svc-{i // 100:04d}"), generation=1,
+                                 host=model.HostId(f"{i % 5000:032x}"), phase=model.ReplicaPhase.STARTING,
+                                 reason="created", created_at=now, updated_at=now, decisions=(placed,)))
+               for i in range(replicas)]
+        heard: list[Any] = []
+        changes = store.watch(await store.current_revision())
+        async with contextlib.aclosing(changes):
+            async def follow() -> None:
+                async for change in changes:
+                    heard.append(change.value)
+                    if len(heard) == replicas:
+                        return
+
+            cpu, wall = time.process_time(), time.monotonic()
+            following = asyncio.create_task(follow())
+            committed = await store.commit(ops, in_flight=in_flight)
+            await asyncio.wait_for(following, 120)
+            cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        written = {id(record) for record in committed.written}
+        return {"txns": len(committed.revisions), "echoes": len(heard),
+                "shared": sum(id(value) in written for value in heard), "decoded": decoded,
+                "cpu_us_per_put": round(cpu / replicas * 1e6, 1), "wall_s": round(wall, 3)}
+    finally:
+        await store.close()
+        raw.decode_any = decode_any
+
+
+def child(args: argparse.Namespace) -> None:
+    sys.path.insert(0, args.checkout)
+    print(json.dumps(asyncio.run(one_round(args.endpoints, args.replicas, args.in_flight))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--replicas", type=int, default=20_000)
+    parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", default="", metavar="DIR",
+                        help="another checkout whose scheduler is measured beside this one's")
+    parser.add_argument("--out", default=str(ROOT / "bench/results/echo-cost.json"))
+    parser.add_argument("--checkout", default="", help=argparse.SUPPRESS)   # a child's
+    parser.add_argument("--endpoints", default="", help=argparse.SUPPRESS)  # a child's
+    args = parser.parse_args()
+    if args.checkout:
+        child(args)
+        return
+    if args.replicas < 1 or args.rounds < 1 or args.in_flight < 1:
+        raise SystemExit("echo_cost: --replicas, --rounds and --in-flight at least 1")
+    sys.path.insert(0, str(ROOT))
+    from bench.rounds import write
+    from tests.fixtures.etcd import EtcdCluster
+
+    checkouts = {"this": str(ROOT)}
+    if args.baseline:
+        checkouts["baseline"] = str(Path(args.baseline).resolve())
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
+    with tempfile.TemporaryDirectory(prefix="echo-cost-") as workdir:
+        etcd = EtcdCluster(Path(workdir), size=1).start()
+        try:
+            for i in range(args.rounds):
+                for name, checkout in checkouts.items():
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--checkout", checkout, "--endpoints", etcd.endpoints,
+                         "--replicas", str(args.replicas), "--in-flight", str(args.in_flight)],
+                        capture_output=True, text=True, timeout=300, check=True)
+                    runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"round {i + 1} of {args.rounds} done", flush=True)
+        finally:
+            etcd.close()
+    summary = {name: {key: statistics.median(r[key] for r in got) for key in got[0]}
+               for name, got in runs.items()}
+    print(f"{args.replicas} puts, {args.in_flight} transactions in flight (median of {args.rounds}):")
+    print(f"{'scheduler':<10} {'txns':>6} {'shared':>8} {'decoded':>8} {'cpu µs/put':>11} {'wall s':>8}")
+    for name, s in summary.items():
+        print(f"{name:<10} {s['txns']:>6.0f} {s['shared']:>8.0f} {s['decoded']:>8.0f} "
+              f"{s['cpu_us_per_put']:>11.1f} {s['wall_s']:>8.2f}")
+    write(args.out, {"replicas": args.replicas, "in_flight": args.in_flight, "checkouts": checkouts,
+                     "runs": runs, "median": summary})
+
+
+if __name__ == "__main__":
+    main()
