@@ -113,8 +113,14 @@ class Mirror:
             return
         key = record_key(record)
         known = table.get(key)
-        if known is not None and known.revision > record.revision:  # type: ignore[attr-defined]
-            return
+        if known is not None:
+            revision = record.revision  # type: ignore[attr-defined]
+            if known.revision > revision:
+                return
+            if known.revision == revision and known is not record and known == record:
+                # This write's echo came first (the watch can bring it before the commit replies): keep
+                # that object, which the follower holds too, so the leader keeps one per record.
+                record = known
         table[key] = record
         self._changed(known, record)
 

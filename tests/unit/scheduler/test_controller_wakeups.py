@@ -149,6 +149,28 @@ def test_the_echo_of_an_own_write_replaces_the_written_copy_with_the_shared_deco
     assert mirror.replicas[ReplicaId("web-1")] is newer
 
 
+def test_an_echo_that_came_before_its_write_is_the_object_the_mirror_keeps() -> None:
+    """The watch can bring a write back before its commit replies: the write then put into the mirror is
+    the same record, and the mirror keeps the echo's object (the follower's), marking it as a put does."""
+    mirror = Mirror(revision=1)
+    mirror.put(Replica(id=ReplicaId("web-1"), service=ServiceName("web"), generation=1, revision=3))
+    mirror.take_dirt()
+    written = Replica(id=ReplicaId("web-1"), service=ServiceName("web"), generation=1, reason="placed",
+                      revision=5)
+    echo = dataclasses.replace(written)
+    assert mirror.apply(base.Change(kind=base.ChangeKind.PUT, key="/replicas/web/web-1", record_type=Replica,
+                                    ids=("web", "web-1"), value=echo, revision=5)) is not None
+    assert mirror.replicas[ReplicaId("web-1")] is echo
+    mirror.take_dirt()
+    mirror.put(written)
+    assert mirror.replicas[ReplicaId("web-1")] is echo
+    assert mirror.take_dirt() != Dirt()  # marked as any put is
+    # A different record at the same revision replaces it.
+    other = dataclasses.replace(written, reason="other")
+    mirror.put(other)
+    assert mirror.replicas[ReplicaId("web-1")] is other
+
+
 def test_records_only_other_loops_read_wake_no_pass() -> None:
     async def scenario(store: MemoryStore, controller: Controller, woken: Woken) -> None:
         await store.commit([base.Put(AutoscaleStatus(service=ServiceName("web")))])
