@@ -3,9 +3,9 @@
 The session workers' pipe (``scheduler.session_wire``) pickles a message per batch of changed hosts, each
 with its containers. A dataclass with ``slots=True`` pickles through ``dataclasses``' own
 ``__getstate__``, which calls ``dataclasses.fields()`` for every object, and unpickles through its
-``__setstate__``, which calls it again: 7.8 % of a session worker's cpu while placing 100,000 replicas at
-5,000 hosts went to ``fields()`` alone (docs/scaling.md, part 25). ``by_fields`` pickles such an object as
-``cls(*values)`` instead, the values read by one ``operator.attrgetter``.
+``__setstate__``, which calls it again: 7.8 % of a session worker's py-spy samples while placing
+100,000 replicas at 5,000 hosts were ``fields()`` alone (docs/scaling.md, part 25). ``by_fields``
+pickles such an object as ``cls(*values)`` instead, the values read by one ``operator.attrgetter``.
 """
 
 from __future__ import annotations

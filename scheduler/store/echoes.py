@@ -15,10 +15,11 @@ watch follows.
 
 A watch can deliver a transaction's puts before its reply arrives, and a commit of several transactions
 in flight (a placing pass's) hears of its revisions only when the last has landed: with only the
-revisions to match on, 91-100 % of such a commit's echoes were decoded after all (6 % of the leader's cpu
-while placing at 5,000 hosts; docs/scaling.md, part 25). So the puts of a commit under way are known by
-key and bytes as well (``landing``): a put at that key with exactly the bytes this store sent decodes to
-the record it sent (records round-trip), with the revision the watch reports, whoever wrote it.
+revisions to match on, 88 % of a 20,000-put commit's echoes were decoded after all
+(``bench/echo_cost.py``), 7 % of the leader's samples while placing at 5,000 hosts (docs/scaling.md,
+part 25). So the puts of a commit under way are known by key and bytes as well (``landing``): a put at
+that key with exactly the bytes this store sent decodes to the record it sent (records round-trip),
+with the revision the watch reports, whoever wrote it.
 """
 
 from __future__ import annotations
@@ -31,18 +32,20 @@ from scheduler.evolve import evolve
 from scheduler.store.base import Committed
 from scheduler.store.records import LeaderRecord, Record
 
+LIMIT = 1 << 17  # entries: a reference each (the records are held by whoever wrote them anyway)
+
 
 class Write(Protocol):
     """A write of a commit under way (``txn.Write``): a put of ``record`` as ``value``, or a delete (None)."""
 
     @property
     def key(self) -> str: ...
+
     @property
     def value(self) -> bytes | None: ...
+
     @property
     def record(self) -> Record: ...
-
-LIMIT = 1 << 17  # entries: a reference each (the records are held by whoever wrote them anyway)
 
 
 class _Landing:
