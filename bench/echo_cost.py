@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.rounds import add_checkouts, checkouts, write  # noqa: E402
 
 
 async def one_round(endpoints: str, replicas: int, in_flight: int) -> dict[str, float]:
@@ -95,10 +98,8 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=20_000)
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--baseline", default="", metavar="DIR",
-                        help="another checkout whose scheduler is measured beside this one's")
+    add_checkouts(parser)
     parser.add_argument("--out", default=str(ROOT / "bench/results/echo-cost.json"))
-    parser.add_argument("--checkout", default="", help=argparse.SUPPRESS)   # a child's
     parser.add_argument("--endpoints", default="", help=argparse.SUPPRESS)  # a child's
     args = parser.parse_args()
     if args.checkout:
@@ -106,19 +107,15 @@ def main() -> None:
         return
     if args.replicas < 1 or args.rounds < 1 or args.in_flight < 1:
         raise SystemExit("echo_cost: --replicas, --rounds and --in-flight at least 1")
-    sys.path.insert(0, str(ROOT))
-    from bench.rounds import write
     from tests.fixtures.etcd import EtcdCluster
 
-    checkouts = {"this": str(ROOT)}
-    if args.baseline:
-        checkouts["baseline"] = str(Path(args.baseline).resolve())
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
+    named = checkouts(ROOT, args.baseline)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in named}
     with tempfile.TemporaryDirectory(prefix="echo-cost-") as workdir:
         etcd = EtcdCluster(Path(workdir), size=1).start()
         try:
             for i in range(args.rounds):
-                for name, checkout in checkouts.items():
+                for name, checkout in named.items():
                     out = subprocess.run(
                         [sys.executable, __file__, "--checkout", checkout, "--endpoints", etcd.endpoints,
                          "--replicas", str(args.replicas), "--in-flight", str(args.in_flight)],
@@ -134,7 +131,7 @@ def main() -> None:
     for name, s in summary.items():
         print(f"{name:<10} {s['txns']:>6.0f} {s['shared']:>8.0f} {s['decoded']:>8.0f} "
               f"{s['cpu_us_per_put']:>11.1f} {s['wall_s']:>8.2f}")
-    write(args.out, {"replicas": args.replicas, "in_flight": args.in_flight, "checkouts": checkouts,
+    write(args.out, {"replicas": args.replicas, "in_flight": args.in_flight, "checkouts": named,
                      "runs": runs, "median": summary})
 
 

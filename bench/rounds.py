@@ -68,6 +68,23 @@ def child_role(args: argparse.Namespace, serve: Callable[[], Coroutine[Any, Any,
     return False
 
 
+def add_checkouts(parser: argparse.ArgumentParser) -> None:
+    """``--baseline DIR``: another checkout (a git worktree of an older commit) whose scheduler is
+    measured beside this one's; and ``--checkout DIR``, hidden: the checkout a child measures (its
+    ``sys.path`` starts there)."""
+    parser.add_argument("--baseline", default="", metavar="DIR",
+                        help="another checkout whose scheduler is measured beside this one's")
+    parser.add_argument("--checkout", default="", help=argparse.SUPPRESS)
+
+
+def checkouts(root: Path, baseline: str) -> dict[str, str]:
+    """The checkouts whose schedulers are measured, by name: this one, and ``baseline`` if given."""
+    named = {"this": str(root)}
+    if baseline:
+        named["baseline"] = str(Path(baseline).resolve())
+    return named
+
+
 def write(out: str, record: dict[str, Any]) -> None:
     """The results as JSON at ``out``, with the machine's cpus and the time they were written (under
     "started", as the results already recorded have it)."""
@@ -87,4 +104,4 @@ async def window(count: Callable[[], int], settle: float, length: float) -> tupl
     return cpu_seconds(os.getpid()) - cpu, count() - messages, time.monotonic() - start
 
 
-__all__ = ["child_role", "interleaved", "serving", "window", "write"]
+__all__ = ["add_checkouts", "checkouts", "child_role", "interleaved", "serving", "window", "write"]

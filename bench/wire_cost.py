@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.rounds import add_checkouts, checkouts, write  # noqa: E402
+
 REPEAT = 200
 
 
@@ -66,10 +70,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=200)
     parser.add_argument("--containers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--baseline", default="", metavar="DIR",
-                        help="another checkout whose scheduler is measured beside this one's")
+    add_checkouts(parser)
     parser.add_argument("--out", default=str(ROOT / "bench/results/wire-cost.json"))
-    parser.add_argument("--checkout", default="", help=argparse.SUPPRESS)  # a child's
     args = parser.parse_args()
     if args.hosts < 1 or args.containers < 0 or args.rounds < 1:
         raise SystemExit("wire_cost: --hosts and --rounds at least 1, --containers at least 0")
@@ -77,14 +79,10 @@ def main() -> None:
         sys.path.insert(0, args.checkout)
         print(json.dumps(one(args.hosts, args.containers, args.rounds)))
         return
-    sys.path.insert(0, str(ROOT))
-    from bench.rounds import write
 
-    checkouts = {"this": str(ROOT)}
-    if args.baseline:
-        checkouts["baseline"] = str(Path(args.baseline).resolve())
+    named = checkouts(ROOT, args.baseline)
     got: dict[str, Any] = {}
-    for name, checkout in checkouts.items():
+    for name, checkout in named.items():
         out = subprocess.run([sys.executable, __file__, "--checkout", checkout, "--hosts", str(args.hosts),
                               "--containers", str(args.containers), "--rounds", str(args.rounds)],
                              capture_output=True, text=True, timeout=600, check=True)
@@ -95,7 +93,7 @@ def main() -> None:
     for name, r in got.items():
         print(f"{name:<10} {r['dumps_us_per_host']:>7.2f} {r['loads_us_per_host']:>7.2f} "
               f"{r['bytes_per_host']:>6}")
-    write(args.out, {"hosts": args.hosts, "containers": args.containers, "checkouts": checkouts,
+    write(args.out, {"hosts": args.hosts, "containers": args.containers, "checkouts": named,
                      "best": got})
 
 
