@@ -198,7 +198,7 @@ def _gone(pid: int) -> bool:
         pass
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open or before the read
         return True
 
 
