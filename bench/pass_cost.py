@@ -19,7 +19,9 @@ leader pays for every pass that decides nothing (docs/scaling.md, limits 2 and 3
 fall silent past their grace at once (their sessions failed, their statuses not ready since a minute
 ago), and each ``Controller.step()`` that follows is timed until one has nothing to write — the pass
 that marks the lost hosts' replicas and places their replacements, and those after it. A fresh
-cluster per round; ``--profile FILE`` writes a cProfile of the first round's passes.
+cluster per round; ``--profile FILE`` writes a cProfile of the first round's passes. ``--lost-later M``
+loses M more hosts after the first pass: the second marking pass of a mass failure whose lost hosts'
+graces end over more than a pass's length (most 5,000-host runs have one, docs/scaling.md part 26).
 
 ``--etcd M`` (with ``--lost``) runs the same mass failure against a real etcd of M members on loopback
 (``tests/fixtures/etcd``; a fresh key prefix per round) instead of the memory store, and times each
@@ -172,10 +174,13 @@ async def controller(records: list[object], sessions: dict[HostId, StandInSessio
     return ctl
 
 
-def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int) -> list[HostId]:
-    """``n`` hosts (spread over the zones) fall silent: their sessions failed a minute ago."""
+def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int, *,
+         besides: Sequence[HostId] = ()) -> list[HostId]:
+    """``n`` hosts (spread over the zones, none of ``besides``) fall silent: their sessions failed a
+    minute ago."""
     assert ctl.mirror is not None
-    hosts = sorted(sessions)[::max(1, len(sessions) // n)][:n]
+    others = [h for h in sorted(sessions) if h not in set(besides)]
+    hosts = others[::max(1, len(others) // n)][:n] if n else []
     for host in hosts:
         session = sessions[host]
         session.error = "no report from the agent for 6.0 s (unreachable?)"
@@ -187,9 +192,11 @@ def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int) -> lis
 
 
 def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
-               etcd: str = "") -> list[dict[str, float]]:
+               etcd: str = "", later: int = 0) -> list[dict[str, float]]:
     """One round: a fresh settled cluster loses ``lost`` hosts; each pass after that, timed. ``etcd``: its
-    endpoints, to run against a fresh prefix there rather than a memory store."""
+    endpoints, to run against a fresh prefix there rather than a memory store. ``later``: that many more
+    hosts are lost after the first pass (a second marking pass, as when the lost hosts' graces end over
+    more than a pass's length)."""
     import cProfile
     records, sessions = cluster(n_replicas, n_hosts)
     loop = asyncio.new_event_loop()
@@ -199,7 +206,7 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
         store = loop.run_until_complete(EtcdStore.open(settings))
     ctl = loop.run_until_complete(controller(records, sessions, store))
     loop.run_until_complete(ctl.step())  # the term's first pass
-    lose(ctl, sessions, lost)
+    first = lose(ctl, sessions, lost)
     busy = ctl.actuator.busy
 
     def submit(actions: Sequence[reconcile.AgentAction]) -> None:
@@ -235,6 +242,9 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
         passes.append({"cpu_s": spent, "wall_s": wall, "view_s": in_view[0], "writes": len(plan.writes),
                        "actions": len(plan.actions)})
         in_view[0] = 0.0
+        if later and len(passes) == 1:
+            lose(ctl, sessions, later, besides=first)
+            continue
         if not plan.writes:
             break
     if profiler is not None:
@@ -245,16 +255,19 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
     return passes
 
 
-def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile: str) -> dict[str, Any]:
-    """The passes after ``lost`` hosts are lost, each's cpu and what it wrote: the best of ``rounds``."""
+def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile: str,
+                 later: int = 0) -> dict[str, Any]:
+    """The passes after ``lost`` hosts are lost (and ``later`` more after the first pass), each's cpu and
+    what it wrote: the best of ``rounds``."""
     from scheduler import gc_pauses
     gc_pauses.tune()  # as the leader runs
     best_passes: list[dict[str, float]] = []
     for round_ in range(rounds):
-        passes = after_loss(n_replicas, n_hosts, lost, profile if round_ == 0 else "")
+        passes = after_loss(n_replicas, n_hosts, lost, profile if round_ == 0 else "", later=later)
         if not best_passes or sum(p["cpu_s"] for p in passes) < sum(p["cpu_s"] for p in best_passes):
             best_passes = passes
-    return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "passes": best_passes}
+    return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "lost_later": later,
+            "passes": best_passes}
 
 
 def against_etcd(n_replicas: int, n_hosts: int, lost: int, rounds: int, members: int) -> dict[str, Any]:
@@ -385,6 +398,8 @@ def main() -> None:
     parser.add_argument("--label", default="")
     parser.add_argument("--templates", type=int, default=0, metavar="N")
     parser.add_argument("--lost", type=int, default=0, metavar="N", help="hosts lost at once (see above)")
+    parser.add_argument("--lost-later", type=int, default=0, metavar="M",
+                        help="with --lost: M more hosts lost after the first pass (see above)")
     parser.add_argument("--profile", default="", metavar="FILE", help="with --lost: cProfile of round 1")
     parser.add_argument("--etcd", type=int, default=0, metavar="M",
                         help="with --lost: against a real etcd of M members (see above)")
@@ -392,6 +407,9 @@ def main() -> None:
     if args.etcd < 0 or (args.etcd and not args.lost):
         raise SystemExit("pass_cost: --etcd M (members, at least 1) measures a mass failure: "
                          "give --lost N too")
+    if args.lost_later < 0 or (args.lost_later and (not args.lost or args.etcd)):
+        raise SystemExit("pass_cost: --lost-later M (hosts, at least 0) goes with --lost N, "
+                         "and not with --etcd")
     rows: list[dict[str, Any]] = []
     if args.lost and args.etcd:
         for size in args.sizes.split(","):
@@ -408,11 +426,13 @@ def main() -> None:
     if args.lost:
         for size in args.sizes.split(","):
             n_replicas, n_hosts = (int(x) for x in size.split("/"))
-            row = mass_failure(n_replicas, n_hosts, args.lost, args.rounds, args.profile)
+            row = mass_failure(n_replicas, n_hosts, args.lost, args.rounds, args.profile, args.lost_later)
             rows.append(row)
             shown = ", ".join(f"{p['cpu_s'] * 1000:.0f} ms (view {p['view_s'] * 1000:.0f} ms; "
                               f"{p['writes']:.0f} writes, {p['actions']:.0f} actions)" for p in row["passes"])
-            print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost: {shown}", flush=True)
+            later = f" (+{args.lost_later} after the first pass)" if args.lost_later else ""
+            print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost{later}: {shown}",
+                  flush=True)
         write(args.label, rows)
         return
     if args.templates:

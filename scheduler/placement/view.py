@@ -163,6 +163,36 @@ class HostView:
         if not facts.memory_bytes:
             self.memory_scoring_used += SCORING_DEFAULT_MEMORY_BYTES
 
+    def remove_replica(self, service: ServiceName, facts: model.TemplateFacts, *, not_started: bool) -> None:
+        """Undo ``add_replica`` of the same arguments, exactly: what it added is taken back (the floor's
+        share is found again from the counted figures less this replica, as adding it back would find
+        it). Only the view cache uses it, on a copy of a view it keeps; a batch never removes."""
+        left = self.replicas[service] - 1
+        if left:
+            self.replicas[service] = left
+        else:
+            del self.replicas[service]
+        if not not_started:
+            self.cpu_counted -= facts.cpu_millis
+            self.memory_counted -= facts.memory_bytes
+            cpu_short = _short(self.cpu_counted, facts.cpu_millis, self.cpu_committed)
+            memory_short = _short(self.memory_counted, facts.memory_bytes, self.memory_committed)
+            self.cpu_used -= cpu_short
+            self.memory_used -= memory_short
+            self.cpu_scoring_used -= cpu_short
+            self.memory_scoring_used -= memory_short
+        else:
+            self.cpu_placed -= facts.cpu_millis
+            self.memory_placed -= facts.memory_bytes
+            self.cpu_used -= facts.cpu_millis
+            self.memory_used -= facts.memory_bytes
+            self.cpu_scoring_used -= facts.cpu_millis
+            self.memory_scoring_used -= facts.memory_bytes
+        if not facts.cpu_millis:
+            self.cpu_scoring_used -= SCORING_DEFAULT_CPU_MILLIS
+        if not facts.memory_bytes:
+            self.memory_scoring_used -= SCORING_DEFAULT_MEMORY_BYTES
+
     def load(self) -> float:
         """The larger of the cpu and memory fractions promised (0 when nothing is allocatable)."""
         cpu = self.cpu_used / self.cpu_allocatable if self.cpu_allocatable > 0 else 0.0
@@ -348,22 +378,34 @@ def host_view(record: model.HostRecord, status: model.HostStatus | None, replica
                     ports=ports_in_use)
     running_images = set(images)
     for replica in replicas:
-        service = service_of.get(replica.service)
-        facts = facts_of(replica, service) if service is not None else None
-        for port in replica.ports:
-            if port.host_port:
-                view.ports.add((port.host_port, port.protocol))
-        if facts is None:
-            continue  # a replica of a service that is gone: nothing known beyond its ports
-        view.ports.update(fixed_host_ports(facts))
-        if replica.phase is ReplicaPhase.STOPPING:
-            continue  # still in the agent's figures and holding its ports; leaving, so not counted
-        not_started = (replica.id not in counted) if counted is not None else replica.phase in _NOT_STARTED
-        view.add_replica(replica.service, facts, not_started=not_started)
-        if replica.phase is ReplicaPhase.RUNNING:
-            running_images.add(facts.image)
+        image = count_replica(view, replica, service_of, counted)
+        if image is not None:
+            running_images.add(image)
     view.images = frozenset(running_images)
     return view
+
+
+def count_replica(view: HostView, replica: model.Replica, service_of: Mapping[ServiceName, model.Service],
+                  counted: Collection[ReplicaId] | None) -> str | None:
+    """Count one replica on its host's view as ``host_view`` does (its ports, its requests); the image it
+    adds to those the host runs, if any."""
+    service = service_of.get(replica.service)
+    facts = facts_of(replica, service) if service is not None else None
+    for port in replica.ports:
+        if port.host_port:
+            view.ports.add((port.host_port, port.protocol))
+    if facts is None:
+        return None  # a replica of a service that is gone: nothing known beyond its ports
+    view.ports.update(fixed_host_ports(facts))
+    if replica.phase is ReplicaPhase.STOPPING:
+        return None  # still in the agent's figures and holding its ports; leaving, so not counted
+    view.add_replica(replica.service, facts, not_started=not_started(replica, counted))
+    return facts.image if replica.phase is ReplicaPhase.RUNNING else None
+
+
+def not_started(replica: model.Replica, counted: Collection[ReplicaId] | None) -> bool:
+    """Whether a replica's requests are not in its agent's figures yet (the module doc)."""
+    return (replica.id not in counted) if counted is not None else replica.phase in _NOT_STARTED
 
 
 def by_host(replicas: Iterable[model.Replica], hosts: Iterable[HostId]) -> dict[HostId, list[model.Replica]]:
@@ -406,5 +448,6 @@ def build_view(*, hosts: Iterable[model.HostRecord],
 
 __all__ = [
     "LABEL_HOST", "SCORING_DEFAULT_CPU_MILLIS", "SCORING_DEFAULT_MEMORY_BYTES", "ClusterView",
-    "DomainCounts", "HostView", "Port", "build_view", "by_host", "facts_of", "fixed_host_ports", "host_view",
+    "DomainCounts", "HostView", "Port", "build_view", "by_host", "count_replica", "facts_of",
+    "fixed_host_ports", "host_view", "not_started",
 ]

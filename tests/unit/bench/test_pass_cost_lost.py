@@ -13,3 +13,13 @@ def test_a_mass_failure_is_marked_and_replaced_in_the_first_pass_and_settles() -
     assert passes[0]["actions"] == lost      # each replacement launched
     assert passes[0]["view_s"] > 0           # the pass built a placement view
     assert passes[-1]["writes"] == 0 and len(passes) <= 3
+
+
+def test_hosts_lost_after_the_first_pass_are_marked_by_the_second() -> None:
+    passes = pass_cost.after_loss(400, 20, 2, "", later=1)
+    per_host = 400 // 20
+    assert passes[0]["writes"] == 2 * 2 * per_host  # the first two hosts' replicas only
+    # The third host's: its own, and the replacements the first pass put there.
+    assert passes[1]["actions"] >= per_host and passes[1]["writes"] == 2 * passes[1]["actions"]
+    assert passes[1]["view_s"] > 0                   # placed against a view brought up to date
+    assert passes[-1]["writes"] == 0 and len(passes) <= 4

@@ -12,7 +12,7 @@ from scheduler import model
 from scheduler.model import HostId, ReplicaId, ReplicaPhase, ServiceName
 from scheduler.placement import batch, registry
 from scheduler.placement.view import ClusterView, HostView, build_view
-from scheduler.placement.view_cache import ViewCache, ViewInputs
+from scheduler.placement.view_cache import UPDATE_SHARE, ViewCache, ViewInputs
 from tests.unit.scheduler.placement import builders as b
 
 FIGURES = [name for name in HostView.__slots__ if name not in ("record", "status", "labels", "replicas")]
@@ -110,9 +110,12 @@ changes = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 1000)), max_size=
 
 
 @settings(max_examples=150, deadline=None)
-@given(changes, st.integers(1, 5))
-def test_the_cache_builds_what_build_view_builds(steps: list[tuple[int, int]], every: int) -> None:
-    cluster, cache = Cluster(), ViewCache()
+@given(changes, st.integers(1, 5), st.sampled_from([UPDATE_SHARE, 1e9]))
+def test_the_cache_builds_what_build_view_builds(steps: list[tuple[int, int]], every: int,
+                                                 share: float) -> None:
+    """(With a share of 1e9 every host whose replicas changed is updated where it can be, however many
+    changed: the small hosts here would otherwise mostly be counted again.)"""
+    cluster, cache = Cluster(), ViewCache(update_share=share)
     for i, (kind, n) in enumerate(steps):
         cluster.change(kind, n)
         if i % every == 0:
@@ -151,3 +154,49 @@ def test_placing_on_a_view_leaves_the_kept_hosts_as_they_were() -> None:
     assert len(placed) == 12
     assert snapshot(cluster.build(cache)) == before  # nothing changed in the cluster: the same view
 
+
+
+def many_on_h0(cluster: Cluster) -> None:
+    """Twelve replicas on h0, of each service in each of four phases."""
+    phases = (ReplicaPhase.STARTING, ReplicaPhase.RUNNING, ReplicaPhase.FAILED, ReplicaPhase.STOPPING)
+    for i in range(12):
+        svc = cluster.services[sorted(cluster.services)[i % 3]]
+        rid = f"m{i}"
+        cluster.replicas[ReplicaId(rid)] = b.replica(rid, svc, HostId("h0"), phase=phases[i // 3])
+
+
+def test_a_host_that_got_a_replica_is_updated_not_counted_again() -> None:
+    """A mass failure's replacement on a host of many: its kept view copied with that one replica added;
+    the replacement then running in a new record, the agent counting it; then a replica stopping."""
+    cluster, cache = Cluster(), ViewCache()
+    many_on_h0(cluster)
+    cluster.build(cache)
+    h0 = HostId("h0")
+    web = cluster.services[ServiceName("web")]
+    cluster.replicas[ReplicaId("new")] = b.replica("new", web, h0, phase=ReplicaPhase.STARTING)
+    assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
+    assert (cache.rebuilt, cache.updated) == (0, 1)
+    cluster.replicas[ReplicaId("new")] = b.replica("new", web, h0, phase=ReplicaPhase.RUNNING)
+    # The agent reports its live containers: those running and stopping, and the new one.
+    live = (ReplicaPhase.RUNNING, ReplicaPhase.STOPPING)
+    cluster.counted[h0] = frozenset(rid for rid, r in cluster.replicas.items()
+                                    if r.host == h0 and r.phase in live)
+    assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
+    assert (cache.rebuilt, cache.updated) == (0, 1)
+    starting = next(rid for rid, r in sorted(cluster.replicas.items())
+                    if r.host == h0 and r.phase is ReplicaPhase.STARTING and r.service != "port")
+    cluster.replicas[starting] = dataclasses.replace(cluster.replicas[starting], phase=ReplicaPhase.STOPPING)
+    assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
+    assert (cache.rebuilt, cache.updated) == (0, 1)
+
+
+def test_a_host_that_lost_a_running_replica_is_counted_again() -> None:
+    """Its image may have been the host's only one running that image: counted again, not updated."""
+    cluster, cache = Cluster(), ViewCache()
+    many_on_h0(cluster)
+    cluster.build(cache)
+    running = next(rid for rid, r in sorted(cluster.replicas.items())
+                   if r.host == "h0" and r.phase is ReplicaPhase.RUNNING)
+    del cluster.replicas[running]
+    assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
+    assert (cache.rebuilt, cache.updated) == (1, 0)
