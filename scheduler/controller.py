@@ -122,6 +122,18 @@ PLACE_BUDGET = 20_000
 # API's) go ahead of them (txn.Gate); without that, every apply queued behind a pass's writes
 # (docs/scaling.md, part 11).
 COMMIT_IN_FLIGHT = 4
+# Loop turns a commit started as a task takes to reach gRPC: the task's first step, its transactions'
+# lanes (a pipelined commit), and the call's own task (grpc.aio sends from a task of its own): 2 for a
+# commit one after the other, 3 for a pipelined one, against etcd
+# (tests/integration/scheduler/test_sent_before_deciding.py). A pass gives them before it decides, which
+# holds the loop: a write started just before it would otherwise go out only after it.
+SEND_TURNS = 3
+
+
+async def sent() -> None:
+    """Give a commit just started as a task the loop turns it takes to go out (``SEND_TURNS``)."""
+    for _ in range(SEND_TURNS):
+        await asyncio.sleep(0)
 
 
 def new_replica_id(service: ServiceName) -> ReplicaId:
@@ -424,11 +436,20 @@ class Controller:
         assert self.mirror is not None
         self._sync_sessions()
         ahead, recording = self._record_ahead()
+        if ahead is not None:
+            await sent()  # to land while this pass decides, not after it
         now = time.time()
         statuses = {h: self._status(h) for h in self.mirror.hosts}
         full = self._full_due or now >= self._net_due()
         lost_from = self._lost_from(now)
         scope = self._scope(statuses, full=full, now=now, gathering=lost_from > 0)
+        if recording:
+            # Left alone by this pass (busy) and looked at by the next, as when their write landed after
+            # this pass took the mirror's dirt: now it may land before (``sent``).
+            dirt = self.mirror.dirt
+            for rid in recording:
+                if (ahead_record := self.mirror.replicas.get(ReplicaId(rid))) is not None:
+                    dirt.replica(ahead_record)
         world = self._world(statuses, scope=scope, now=now, recording=recording, lost_from=lost_from)
         placer = ViewPlacer(lambda: self._view(world), self.settings.profile)
         built = time.perf_counter()
@@ -522,7 +543,9 @@ class Controller:
         while this pass decides and beside its own writes; the replicas written, which the pass leaves
         alone (busy; one it stops anyway, scaled down meanwhile, conflicts and is decided again). Waiting
         for it before the pass's own commit held a placing pass's 20,000 placements back behind 14,000
-        records of starts for 5.5 s at 5,000 hosts (docs/scaling.md, part 17)."""
+        records of starts for 5.5 s at 5,000 hosts (docs/scaling.md, part 17). The pass gives the write
+        the loop turns it takes to go out (``sent``) before deciding: until part 26 it went out only once
+        the pass had decided."""
         if not self._changed_hosts:
             return None, frozenset()
         recorder = self._new_recorder(())

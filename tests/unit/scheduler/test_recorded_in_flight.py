@@ -282,3 +282,35 @@ def test_starts_heard_between_passes_are_recorded_ahead_while_the_pass_decides()
         assert not plans[-1].writes and ctl.recorded_ahead == 4
 
     asyncio.run(go())
+
+
+def test_what_is_recorded_ahead_has_landed_before_the_pass_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write goes out before the pass holds the loop to decide (``controller.sent``): on a store that
+    answers at once, it has landed by then (before part 26 it had not even started)."""
+    async def go() -> None:
+        ctl, sessions = await settled_controller([], empty_hosts=4)
+        await ctl.step()
+        launched: list[reconcile.Launch] = []
+        ctl.actuator.submit = lambda actions: launched.extend(  # type: ignore[method-assign]
+            a for a in actions if isinstance(a, reconcile.Launch))
+        assert ctl.mirror is not None
+        mirror = ctl.mirror
+        mirror.put(mirror.services[ServiceName("web")].scaled(6, now=NOW))
+        await ctl.step()
+        for launch in launched:
+            session = sessions[launch.host]
+            seen = container(launch.replica)
+            session.observation = session.observation.with_container(launch.replica, seen)
+            ctl._host_changed(launch.host)
+        at_decide: list[set[ReplicaPhase]] = []
+        real_step = reconcile.step
+
+        def step(world: reconcile.World, **kwargs: object) -> reconcile.Plan:
+            at_decide.append({mirror.replicas[launch.replica].phase for launch in launched})
+            return real_step(world, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(reconcile, "step", step)
+        await ctl.step()
+        assert ctl.recorded_ahead == 4 and at_decide == [{ReplicaPhase.RUNNING}]
+
+    asyncio.run(go())
