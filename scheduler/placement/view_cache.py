@@ -114,13 +114,14 @@ class ViewCache:
             elif entry.counted is not counted or entry.members != members:
                 # (``!=`` of two tuples of the same objects compares identities: no record is compared
                 # field by field unless one really changed.)
-                view = _updated(entry, members, counted, services, self.update_share)
-                if view is None:
-                    view = host_view(record, status, members, services, counted=counted)
+                update = _updated(entry, members, counted, services, self.update_share)
+                if update is None:
+                    entry = _Kept(record, status, counted, members, _services(members),
+                                  host_view(record, status, members, services, counted=counted))
                     rebuilt += 1
                 else:
+                    entry = _Kept(record, status, counted, members, *update)
                     updated += 1
-                entry = _Kept(record, status, counted, members, _services(members), view)
             kept[host] = entry
         self._kept = kept
         self.rebuilt, self.updated = rebuilt, updated
@@ -147,12 +148,15 @@ def _services(members: tuple[model.Replica, ...]) -> frozenset[ServiceName]:
 
 
 def _updated(entry: _Kept, members: tuple[model.Replica, ...], counted: Collection[ReplicaId] | None,
-             services: Mapping[ServiceName, model.Service], share: float) -> HostView | None:
+             services: Mapping[ServiceName, model.Service], share: float
+             ) -> tuple[frozenset[ServiceName], HostView] | None:
     """A copy of the kept view with only what changed on its host counted again: the replicas gone (or
     replaced) taken out, the new ones added, those the agent now counts or no longer counts moved
-    between placed and counted. The host's record and status and its services' facts are those the
-    kept view was built from. None when counting the host again is needed (a replica gone that held
-    host ports or ran an image: another may hold the same) or as cheap."""
+    between placed and counted; with the kept services and those of the new replicas (a superset is
+    enough: it only says which services' new facts have the host counted again). The host's record
+    and status and its services' facts are those the kept view was built from. None when counting the
+    host again is needed (a replica gone that held host ports or ran an image: another may hold the
+    same) or as cheap."""
     old_ids = {id(r) for r in entry.members}
     new_ids = {id(r) for r in members}
     removed = [r for r in entry.members if id(r) not in new_ids]
@@ -191,7 +195,8 @@ def _updated(entry: _Kept, members: tuple[model.Replica, ...], counted: Collecti
             images.add(image)
     if images:
         view.images = view.images | images
-    return view
+    more = {r.service for r in added} - entry.services
+    return (entry.services | more if more else entry.services), view
 
 
 __all__ = ["UPDATE_SHARE", "ViewCache", "ViewInputs"]

@@ -200,3 +200,19 @@ def test_a_host_that_lost_a_running_replica_is_counted_again() -> None:
     del cluster.replicas[running]
     assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
     assert (cache.rebuilt, cache.updated) == (1, 0)
+
+
+def test_a_service_new_on_an_updated_host_has_it_counted_again_when_its_facts_change() -> None:
+    cluster, cache = Cluster(), ViewCache()
+    web = cluster.services[ServiceName("web")]
+    for i in range(12):
+        rid = f"w{i}"
+        cluster.replicas[ReplicaId(rid)] = b.replica(rid, web, HostId("h0"), phase=ReplicaPhase.RUNNING)
+    cluster.build(cache)
+    api = cluster.services[ServiceName("api")]
+    cluster.replicas[ReplicaId("a0")] = b.replica("a0", api, HostId("h0"), phase=ReplicaPhase.STARTING)
+    cluster.build(cache)
+    assert (cache.rebuilt, cache.updated) == (0, 1)
+    cluster.change(5, 3)  # a new template for "api", with more cpu
+    assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
+    assert cache.rebuilt == 1
