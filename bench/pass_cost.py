@@ -179,7 +179,8 @@ def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int, *,
     """``n`` hosts (spread over the zones, none of ``besides``) fall silent: their sessions failed a
     minute ago."""
     assert ctl.mirror is not None
-    others = [h for h in sorted(sessions) if h not in set(besides)]
+    gone = set(besides)
+    others = [h for h in sorted(sessions) if h not in gone]
     hosts = others[::max(1, len(others) // n)][:n] if n else []
     for host in hosts:
         session = sessions[host]

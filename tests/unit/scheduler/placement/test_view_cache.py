@@ -155,7 +155,6 @@ def test_placing_on_a_view_leaves_the_kept_hosts_as_they_were() -> None:
     assert snapshot(cluster.build(cache)) == before  # nothing changed in the cluster: the same view
 
 
-
 def many_on_h0(cluster: Cluster) -> None:
     """Twelve replicas on h0, of each service in each of four phases."""
     phases = (ReplicaPhase.STARTING, ReplicaPhase.RUNNING, ReplicaPhase.FAILED, ReplicaPhase.STOPPING)
