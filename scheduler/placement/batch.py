@@ -519,6 +519,7 @@ class _Run:
         self.host_history: dict[int, _History] = {}
 
         self.n_feasible = 0
+        self.finished = False
         for group in self.groups:
             heapq.heapify(group.heap)
             self._judge_domain(group, request)
@@ -580,6 +581,8 @@ class _Run:
 
     def decide(self, request: PlacementRequest) -> tuple[Outcome, int | None]:
         """The decision for the next replica and the index of its host (None: pending)."""
+        if self.finished:
+            raise PlacementError("a finished run cannot decide again")
         heap, groups = self.global_heap, self.groups
         while heap:
             neg, _, i, gi, version = heap[0]
@@ -669,6 +672,17 @@ class _Run:
             group.history.set(self.step, (group.reasons, group.scores))
         elif self.domain_scorers:
             group.history.set(self.step, (group.reasons, group.scores))
+
+    def finish(self) -> None:
+        """Let go of what only deciding reads: the domains' heaps, a tuple per host. A step keeps every
+        run for its explanations (``verdicts`` reads the columns and histories, not the heaps), so
+        without this a pass kept a tuple per sampled host for every service it placed, and the cyclic
+        collector walked them all again each time it ran: a fifth of the cpu of the pass that
+        marks a mass failure's 2,000 replicas at 5,000 hosts (docs/scaling.md, part 27)."""
+        self.finished = True
+        for group in self.groups:
+            group.heap = []
+        self.global_heap = []
 
     # -- explaining -----------------------------------------------------------------------------------
 
@@ -764,12 +778,14 @@ def place(batch: Sequence[PlacementRequest], view: ClusterView, profile: Profile
             if chosen is None and run.sample is not None:
                 # The sample has no room left: the rest of the run looks at every host, so pending
                 # always means that no host in the cluster fits.
+                run.finish()
                 run = _Run(view, profile, request)
                 outcome, chosen = run.decide(request)
             decided[request.replica] = outcome
             steps[request.replica] = (run, run.step)
             if chosen is not None:
                 run.assume(request, chosen)
+        run.finish()
     return Placements([decided[r.replica] for r in batch], steps)
 
 

@@ -3,6 +3,7 @@ still places what the cluster has room for: pending means that no host in the cl
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from dataclasses import replace
 
@@ -155,3 +156,30 @@ def test_a_sampled_run_sees_what_earlier_runs_on_the_view_placed() -> None:
     for svc in services:
         placed.update(batch.place(b.requests(svc, 40), view, PROFILE).placed.values())
     assert len(placed) == 160 and set(placed.values()) == {1}  # never two on a host with room for one
+
+
+def test_what_a_placed_batch_keeps_does_not_grow_with_the_hosts_its_runs_looked_at() -> None:
+    """A step keeps every run for its explanations. A run's heaps, a tuple per host it looked at, go when
+    the run is done: kept through a pass, the cyclic collector walked them again each time it ran (a
+    fifth of the cpu of the pass that marks a mass failure at 5,000 hosts, docs/scaling.md part 27)."""
+    services = [b.service(f"svc{n}", spread="zone") for n in range(20)]
+    view = b.cluster([b.host(f"h{i:04d}", zone="abc"[i % 3]) for i in range(2000)], services=services)
+    kept = []
+    gc.collect()
+    gc.disable()
+    try:
+        before = {id(o) for o in gc.get_objects()}
+        for svc in services:
+            kept.append(batch.place(b.requests(svc, 2), view, PROFILE))
+        alive = sum(id(o) not in before for o in gc.get_objects())  # made since, tracked by the collector
+    finally:
+        gc.enable()
+    looked_at = sum(result.outcomes[0].hosts for result in kept)
+    assert looked_at == 20 * 680  # sampled runs
+    assert alive < looked_at // 5  # about 84 a run, whatever its sample (one a host more before)
+    for result in kept:  # and each still explains every host it looked at, the best first
+        first = result.outcomes[0]
+        verdicts = result.verdicts(first.replica)
+        assert len(verdicts) == first.hosts and verdicts[0].host == first.host
+    with pytest.raises(batch.PlacementError, match="finished run"):
+        kept[0]._steps[kept[0].outcomes[0].replica][0].decide(b.requests(services[0], 3)[2])
