@@ -421,7 +421,7 @@ class _Run:
         looks = _Looks(view, request, active)
         self.hosts_in_cluster = len(all_hosts)
         self.sample: _Window | None = None
-        hosts: Sequence[HostView]
+        hosts: list[HostView]
         if wanted is None:
             hosts = all_hosts
             self.key_hashes: Sequence[int] = all_key_hashes
@@ -433,7 +433,7 @@ class _Run:
             else:
                 hosts = self.sample.take(all_hosts)
                 self.key_hashes = self.sample.take(all_key_hashes)
-        self.hosts: Sequence[HostView] = hosts
+        self.hosts: list[HostView] = hosts
         self.reasons: list[Reasons] = list(reasons)
 
         # Scores as one column per scorer; a scorer that normalizes gets a factor fixed from this first
@@ -597,8 +597,11 @@ class _Run:
 
     def assume(self, request: PlacementRequest, i: int) -> None:
         """Place the request on host ``i`` (the best): account for it and re-judge what that changed."""
-        host = self.hosts[i]
-        self.view.assume(host.id, replica=request.replica, service=request.service, facts=request.facts)
+        host_id = self.hosts[i].id
+        self.view.assume(host_id, replica=request.replica, service=request.service, facts=request.facts)
+        # The view may have placed on a copy of the host (``ClusterView``, shared): re-judged below, so
+        # this run holds the copy from now on.
+        host = self.hosts[i] = self.view.by_id[host_id]
         self.step += 1
         gi = self.group_of[i]
         group = self.groups[gi]

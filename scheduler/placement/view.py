@@ -250,16 +250,23 @@ class ClusterView:
     that cheap, both valid only because nothing but ``assume`` changes a view once built: ``memo`` for
     values from what batches never change, ``tracked`` for per-host values that ``assume`` changes only
     for the host it places on (recomputed for those hosts alone, from the log of changed hosts).
+
+    ``shared``: the hosts' views belong to someone else (``ViewCache`` keeps them for the next pass), and
+    ``assume`` places on a copy of a host, made the first time it places there: a pass that places on a
+    few hundred hosts of 5,000 copies those, not all (docs/scaling.md, part 27). ``hosts`` and ``by_id``
+    then hold the copy; a host's view taken from them earlier is the one before.
     """
 
     def __init__(self, hosts: list[HostView], services: Mapping[ServiceName, model.Service],
-                 replicas: Mapping[ReplicaId, model.Replica]) -> None:
+                 replicas: Mapping[ReplicaId, model.Replica], *, shared: bool = False) -> None:
         # In the order of their ids' hashes, the order a run's sample takes them from its own starting
         # point (``placement.sampling``): a spread-out sample whatever the hosts are named, whose values
         # are slices of the view's columns.
-        self.hosts: tuple[HostView, ...] = tuple(sorted(hosts, key=lambda h: (h.key_hash, h.id)))
+        self.hosts: list[HostView] = sorted(hosts, key=lambda h: (h.key_hash, h.id))
         self.by_id: dict[HostId, HostView] = {h.id: h for h in self.hosts}
         self.index: dict[HostId, int] = {h.id: i for i, h in enumerate(self.hosts)}
+        self._shared = shared
+        self._copied: set[int] = set()  # hosts ``assume`` copied (``shared``): this view's own
         self.services = dict(services)
         self.replicas = dict(replicas)
         self.assumed: dict[ReplicaId, HostId] = {}  # placed by batches on this view
@@ -331,13 +338,16 @@ class ClusterView:
                facts: model.TemplateFacts) -> None:
         """Count a replica placed on a host by a batch: its requests as placed-not-started, its fixed
         host ports as taken, and one more replica of its service there."""
-        host = self.by_id[host_id]
+        index = self.index[host_id]
+        host = self.hosts[index]
+        if self._shared and index not in self._copied:
+            host = self.hosts[index] = self.by_id[host_id] = host.copy()
+            self._copied.add(index)
         host.add_replica(service, facts, not_started=True)
         for port in facts.ports:
             if port.host_port:
                 host.ports.add((port.host_port, port.protocol))
         self.assumed[replica] = host_id
-        index = self.index[host_id]
         self.changes.append(index)
         self._service_hosts.setdefault(service, set()).add(index)
 

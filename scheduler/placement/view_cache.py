@@ -1,9 +1,10 @@
-"""Each reconcile pass's placement view, built from the last one: unchanged hosts are copied, not recounted.
+"""Each reconcile pass's placement view, built from the last one: unchanged hosts are kept, not recounted.
 
 ``build_view`` counts every replica onto its host: at 100,000 replicas on 5,000 hosts that is more than
 half a second of cpu, paid by every pass that places anything, while a pass that replaces a mass failure
 changes a few percent of the hosts (docs/scaling.md, part 12). A ``ViewCache`` keeps, per host, the
-``HostView`` it built last time (never placed on: every view gets copies) and the inputs it was built
+``HostView`` it built last time (never placed on: views share it, and a batch places on a copy, made
+by ``ClusterView.assume`` the first time it places on that host) and the inputs it was built
 from, and builds that host again only when one of them is no longer the same object: its record, its
 status, the collection of replicas its agent counts, the replica records on it — or the facts of a
 service any of those replicas belong to. The records are immutable and replaced on every change (the
@@ -55,7 +56,7 @@ class _Kept:
     counted: Collection[ReplicaId] | None
     members: tuple[model.Replica, ...]
     services: frozenset[ServiceName]
-    view: HostView  # as built: only ever copied
+    view: HostView  # as built: shared by views, never placed on (``ClusterView``, shared)
 
 
 def _facts_key(service: model.Service | None) -> object:
@@ -90,12 +91,12 @@ class ViewCache:
     def build(self, inputs: ViewInputs) -> ClusterView:
         """``build_view`` of these inputs."""
         self.refresh(inputs)
-        return ClusterView([entry.view.copy() for entry in self._kept.values()], inputs.services,
-                           inputs.replicas)
+        return ClusterView([entry.view for entry in self._kept.values()], inputs.services, inputs.replicas,
+                           shared=True)
 
     def refresh(self, inputs: ViewInputs) -> None:
         """What ``build`` keeps, brought up to these inputs, without building a view: keeps the cache warm
-        between passes that place (the copies and the view are most of a build that changed little)."""
+        between passes that place (the view is most of a build that changed little)."""
         hosts, statuses, services = inputs.hosts, inputs.statuses, inputs.services
         counted_by_agent = inputs.counted_by_agent
         changed = self._changed_facts(services)

@@ -4,6 +4,7 @@ change what it keeps."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from scheduler import model
 from scheduler.model import HostId, ReplicaId, ReplicaPhase, ServiceName
 from scheduler.placement import batch, registry
+from scheduler.placement.sampling import Sampling
 from scheduler.placement.view import ClusterView, HostView, build_view
 from scheduler.placement.view_cache import UPDATE_SHARE, ViewCache, ViewInputs
 from tests.unit.scheduler.placement import builders as b
@@ -215,3 +217,36 @@ def test_a_service_new_on_an_updated_host_has_it_counted_again_when_its_facts_ch
     cluster.change(5, 3)  # a new template for "api", with more cpu
     assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
     assert cache.rebuilt == 1
+
+
+def test_a_view_of_kept_hosts_places_as_a_view_built_afresh_and_copies_only_the_hosts_it_placed_on() -> None:
+    """The cache's view shares the hosts it keeps and copies one the first time a batch places there. A
+    sampled run placing again and again on the hosts it sampled must see its own placements on the
+    copies (three fit on a host: a run reading the host it held before the copy would place a fourth),
+    and its sample filling up sends the rest over every host."""
+    hosts = {HostId(f"h{i:03d}"): b.host(f"h{i:03d}", zone="abc"[i % 3], cpus=1.5) for i in range(150)}
+    statuses = {h: b.status(h) for h in hosts}
+    svc = b.service("web", cpus=0.5, spread="zone")
+    inputs = ViewInputs(hosts=hosts, statuses=statuses, replicas={}, services={svc.name: svc},
+                        counted_by_agent={})
+    profile = dataclasses.replace(registry.default_profile(),
+                                  sampling=Sampling(percentage=10, min_hosts=5, hosts_per_replica=0))
+    cache = ViewCache()
+    kept = cache.build(inputs)
+    before = snapshot(kept)
+    shared = cache.build(inputs)
+    fresh = build_view(hosts=hosts.values(), statuses=statuses, replicas=(), services=(svc,))
+    requests = b.requests(svc, 60) + b.requests(svc, 400, prefix="more")
+    on_shared, on_fresh = batch.place(requests, shared, profile), batch.place(requests, fresh, profile)
+    assert [(o.host, o.why) for o in on_shared.outcomes] == [(o.host, o.why) for o in on_fresh.outcomes]
+    assert snapshot(shared) == snapshot(fresh)
+    counts = Counter(on_shared.placed.values())
+    assert len(on_shared.placed) == 450 and set(counts.values()) == {3}  # every host full, none over
+    assert len(on_shared.pending) == 10
+    assert on_shared.outcomes[0].sampled_from == 150  # the first run was sampled
+    # The kept hosts are as they were, and the next view still shares them.
+    assert snapshot(kept) == before == snapshot(cache.build(inputs))
+    assert all(shared.by_id[h] is not kept.by_id[h] for h in counts)
+    few = cache.build(inputs)
+    placed = batch.place(b.requests(svc, 5, prefix="few"), few, profile).placed
+    assert sum(few.by_id[h] is not kept.by_id[h] for h in hosts) == len(set(placed.values())) == 5
