@@ -308,11 +308,13 @@ async def raw_puts(endpoints: str, n: int) -> float:
 WATCHED_METRICS = ("shoal_scheduler_reconcile_duration_seconds_count",
                    "shoal_scheduler_reconcile_duration_seconds_sum",
                    "shoal_scheduler_placement_duration_seconds_count",
-                   "shoal_scheduler_placement_duration_seconds_sum")
+                   "shoal_scheduler_placement_duration_seconds_sum",
+                   "shoal_scheduler_gc_pause_seconds_total")
 
 
 def scrape(address: str) -> dict[str, float]:
-    """The scheduler's own counters of reconcile passes and placements (summed over label sets)."""
+    """The scheduler's own counters of reconcile passes, placements and collector pauses (summed over
+    label sets)."""
     out = dict.fromkeys(WATCHED_METRICS, 0.0)
     try:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
@@ -330,7 +332,9 @@ def passes_between(before: dict[str, float], after: dict[str, float]) -> dict[st
     passes = after[WATCHED_METRICS[0]] - before[WATCHED_METRICS[0]]
     seconds = after[WATCHED_METRICS[1]] - before[WATCHED_METRICS[1]]
     return {"passes": passes, "pass_seconds_total": round(seconds, 3),
-            "pass_mean_s": round(seconds / passes, 4) if passes else 0.0}
+            "pass_mean_s": round(seconds / passes, 4) if passes else 0.0,
+            # what the leader's collections held its loop for meanwhile (every generation)
+            "gc_pause_s": round(after[WATCHED_METRICS[4]] - before[WATCHED_METRICS[4]], 3)}
 
 
 def scrape_counter(address: str, name: str) -> dict[str, float]:
@@ -812,6 +816,8 @@ class Run:
         out["services_hit"] = len(lost)
         out["zones"] = sorted({("a", "b", "c")[int(n[4:]) % 3] for n in victims})
         creates_before = (await self.sim_calls("CreateContainer"))[0]
+        leader = await self.leader()
+        metrics_before = await asyncio.to_thread(scrape, leader.http)
         running_new: dict[str, tuple[str, float]] = {}
         decided_running: dict[str, float] = {}  # the leader's clock when it decided each was running
         noticed: dict[str, float] = {}
@@ -873,6 +879,8 @@ class Run:
                       f"{len(lost_ids)} replicas to replace")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), args.timeout)
+            # The leader's passes from before the kill to all replaced (or the timeout).
+            out["reconcile"] = passes_between(metrics_before, await asyncio.to_thread(scrape, leader.http))
             result = replacement_times(lost, running_new.values(), killed_at=killed_at)
             out["replaced_s"] = summarize(result.seconds, digits=3)
             out["not_replaced"] = result.missing

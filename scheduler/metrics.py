@@ -17,7 +17,8 @@ Series (see ``docs/architecture.md`` for the table):
   created: the expansion platform's "add hosts" signal); per host state ``shoal_hosts``; per host
   ``shoal_host_ready``;
 * about this instance: ``shoal_scheduler_leader``, ``shoal_scheduler_state_synced`` (its copy follows
-  etcd), ``shoal_scheduler_state_resyncs_total``, ``shoal_scheduler_corrupt_records``;
+  etcd), ``shoal_scheduler_state_resyncs_total``, ``shoal_scheduler_corrupt_records``,
+  ``shoal_scheduler_gc_pause_seconds_total`` (by generation: what the collector held the loop for);
 * histograms of the leader's reconcile passes, of replicas' wait from creation to placement, of etcd
   requests (every call through a store wrapped by ``timed``) and of API calls (``interceptor``); counters
   of planned agent actions, failed etcd requests, and the etcd client's retries and watch resumes.
@@ -45,7 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from proto.scheduler.v1 import scheduler_pb2 as spb
-from scheduler import api, reconcile
+from scheduler import api, gc_pauses, reconcile
 from scheduler.elastic.loop import AttemptRecord
 from scheduler.follower import Follower
 from scheduler.model import LABEL_GROUP, HostId, HostRecord, Replica, ReplicaPhase, Service
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+GC_GENERATIONS = (0, 1, 2)  # CPython's
 PUBLISH_INTERVAL = 1.0   # scrapes see the cluster at most about this much behind the mirror
 # ... or longer, so that copying it takes at most this share of the loop: at 100,000 replicas on a
 # loaded machine a copy took ~50 ms (its objects' reference counts are cache misses), and copying it
@@ -459,6 +461,19 @@ def _label_map(prefix: str, labels: Sequence[tuple[str, str]]) -> dict[str, str]
     return out
 
 
+def _gc_pauses() -> CounterMetricFamily:
+    """What ``scheduler.gc_pauses`` timed (zero until ``install``): read from the scrape's thread, a
+    float per generation that only the collector's callback writes."""
+    family = CounterMetricFamily(
+        "shoal_scheduler_gc_pause_seconds",
+        "Time the cyclic garbage collector held this instance's interpreter (its event loop and the lease "
+        "thread with it), by generation (2: full collections).", labels=["generation"])
+    by_generation = gc_pauses.pauses.by_generation
+    for generation in GC_GENERATIONS:
+        family.add_metric([str(generation)], by_generation.get(generation, 0.0))
+    return family
+
+
 class _ClusterCollector:
     """The gauges computed from the published copy at scrape time."""
 
@@ -484,6 +499,7 @@ class _ClusterCollector:
             yield CounterMetricFamily("shoal_scheduler_etcd_watch_resumes",
                                       "etcd watch streams re-created after they broke.",
                                       value=state.etcd_watch_resumes)
+        yield _gc_pauses()
         cluster = state.cluster
         if cluster is None:
             return

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
@@ -16,7 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler import reconcile
+from scheduler import gc_pauses, reconcile
 from scheduler.elastic.loop import AttemptRecord
 from scheduler.metrics import SchedulerMetrics, agent_target
 from scheduler.model import (
@@ -215,6 +216,25 @@ def test_before_the_first_read_only_the_instance_gauges_are_exported() -> None:
     assert value(s, "shoal_scheduler_state_synced") == 0
     assert not [k for k in s if k[0].startswith(("shoal_service_", "shoal_hosts"))]
     assert not metrics.loaded and metrics.http_sd() == [] and metrics.snapshot() is None
+
+
+def test_the_collectors_pauses_are_counted_by_generation_once_installed() -> None:
+    metrics = SchedulerMetrics()
+    before = scrape(metrics)
+    assert {labels for name, labels in before if name == "shoal_scheduler_gc_pause_seconds_total"} == {
+        (("generation", "0"),), (("generation", "1"),), (("generation", "2"),)}
+    installed = gc_pauses._hook in gc.callbacks
+    gc_pauses.install()
+    try:
+        gc.collect(1)
+    finally:
+        if not installed:
+            gc.callbacks.remove(gc_pauses._hook)
+    after = scrape(metrics)
+    key = ("shoal_scheduler_gc_pause_seconds_total", (("generation", "1"),))
+    assert after[key] > before[key]
+    full = ("shoal_scheduler_gc_pause_seconds_total", (("generation", "2"),))
+    assert after[full] == before[full]
 
 
 # -- http_sd --------------------------------------------------------------------------------------------
