@@ -17,8 +17,9 @@ leader pays for every pass that decides nothing (docs/scaling.md, limits 2 and 3
 
 ``--lost N`` measures instead a mass failure (the scale benchmark's): in the settled cluster, N hosts
 fall silent past their grace at once (their sessions failed, their statuses not ready since a minute
-ago), and each ``Controller.step()`` that follows is timed until one has nothing to write — the pass
-that marks the lost hosts' replicas and places their replacements, and those after it. A fresh
+ago), and each ``Controller.step()`` that follows is timed (its cpu, its view's, and the garbage
+collector's pauses within it) until one has nothing to write — the pass that marks the lost hosts'
+replicas and places their replacements, and those after it. A fresh
 cluster per round; ``--profile FILE`` writes a cProfile of the first round's passes. ``--lost-later M``
 loses M more hosts after the first pass: the second marking pass of a mass failure whose lost hosts'
 graces end over more than a pass's length (most 5,000-host runs have one, docs/scaling.md part 26).
@@ -199,6 +200,9 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
     hosts are lost after the first pass (a second marking pass, as when the lost hosts' graces end over
     more than a pass's length)."""
     import cProfile
+
+    from scheduler import gc_pauses
+    gc_pauses.install()  # times the collections each pass triggers, as the leader's /metrics does
     records, sessions = cluster(n_replicas, n_hosts)
     loop = asyncio.new_event_loop()
     store: base.Store | None = None
@@ -232,6 +236,7 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
     profiler = cProfile.Profile() if profile else None
     for _ in range(8):  # bounded: a mass failure takes two or three
         gc.collect()
+        paused, collections = gc_pauses.pauses.total_s, gc_pauses.pauses.count
         started, wall = time.process_time(), time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -241,7 +246,8 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
         spent, wall = time.process_time() - started, time.perf_counter() - wall
         plan = seen[-1]
         passes.append({"cpu_s": spent, "wall_s": wall, "view_s": in_view[0], "writes": len(plan.writes),
-                       "actions": len(plan.actions)})
+                       "actions": len(plan.actions), "gc_s": gc_pauses.pauses.total_s - paused,
+                       "collections": gc_pauses.pauses.count - collections})
         in_view[0] = 0.0
         if later and len(passes) == 1:
             lose(ctl, sessions, later, besides=first)
@@ -429,8 +435,9 @@ def main() -> None:
             n_replicas, n_hosts = (int(x) for x in size.split("/"))
             row = mass_failure(n_replicas, n_hosts, args.lost, args.rounds, args.profile, args.lost_later)
             rows.append(row)
-            shown = ", ".join(f"{p['cpu_s'] * 1000:.0f} ms (view {p['view_s'] * 1000:.0f} ms; "
-                              f"{p['writes']:.0f} writes, {p['actions']:.0f} actions)" for p in row["passes"])
+            shown = ", ".join(f"{p['cpu_s'] * 1000:.0f} ms (view {p['view_s'] * 1000:.0f} ms, collecting "
+                              f"{p['gc_s'] * 1000:.0f} ms; {p['writes']:.0f} writes, "
+                              f"{p['actions']:.0f} actions)" for p in row["passes"])
             later = f" (+{args.lost_later} after the first pass)" if args.lost_later else ""
             print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost{later}: {shown}",
                   flush=True)

@@ -3,6 +3,8 @@ replacements elsewhere, and the passes end with one that writes nothing (what th
 
 from __future__ import annotations
 
+import gc
+
 from bench import pass_cost
 
 
@@ -23,3 +25,14 @@ def test_hosts_lost_after_the_first_pass_are_marked_by_the_second() -> None:
     assert passes[1]["actions"] >= per_host and passes[1]["writes"] == 2 * passes[1]["actions"]
     assert passes[1]["view_s"] > 0                   # placed against a view brought up to date
     assert passes[-1]["writes"] == 0 and len(passes) <= 4
+
+
+def test_the_collectors_pauses_within_each_pass_are_timed() -> None:
+    saved = gc.get_threshold()
+    gc.set_threshold(100, 10, 10)  # collections the marking pass cannot avoid triggering
+    try:
+        passes = pass_cost.after_loss(400, 20, 2, "")
+    finally:
+        gc.set_threshold(*saved)
+    assert passes[0]["collections"] > 0 and passes[0]["gc_s"] > 0
+    assert passes[0]["gc_s"] < passes[0]["wall_s"]
