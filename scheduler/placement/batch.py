@@ -680,8 +680,8 @@ class _Run:
         """Let go of what only deciding reads: the domains' heaps, a tuple per host. A step keeps every
         run for its explanations (``verdicts`` reads the columns and histories, not the heaps), so
         without this a pass kept a tuple per sampled host for every service it placed, and the cyclic
-        collector walked them all again each time it ran: a fifth of the cpu of the pass that
-        marks a mass failure's 2,000 replicas at 5,000 hosts (docs/scaling.md, part 27)."""
+        collector walked them all again each time it ran: a fifth of the cpu of the pass that marks a
+        mass failure's 2,000 replicas at 5,000 hosts, a tenth since (docs/scaling.md, part 27)."""
         self.finished = True
         for group in self.groups:
             group.heap = []
