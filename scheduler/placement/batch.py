@@ -265,19 +265,21 @@ class _Looks:
 
     def sparse(self, scores: SparseScores, sample: _Window | None) -> list[float]:
         """The column of ``scores`` for every host of the view (``sample`` None) or for the sample's, in
-        its order: no plugin call per host, and a host visited only where its score differs."""
-        others = scores.others
-        if sample is not None and len(others) >= len(sample):
-            return list(map(others.get, sample.indices(), itertools.repeat(scores.default)))
+        its order: no plugin call per host, and a host asked only where its score may differ (and, for a
+        sample, only if it is in it)."""
+        where, value = scores.where, scores.value
         column = [scores.default] * (len(self.view.hosts) if sample is None else len(sample))
         if sample is None:
-            for i, value in others.items():
-                column[i] = value
+            for i in where:
+                column[i] = value(i)
             return column
-        size, position = len(sample), sample.position
-        for i, value in others.items():
-            if (p := position(i)) < size:
-                column[p] = value
+        if len(where) >= len(sample):  # (a set: ``in`` is a lookup)
+            default = scores.default
+            return [value(i) if i in where else default for i in sample.indices()]
+        size, start, n = len(sample), sample.start, sample.n
+        for i in where:
+            if (p := (i - start) % n) < size:  # (``_Window.position``, inlined)
+                column[p] = value(i)
         return column
 
     def refusals(self, sample: _Window | None) -> list[Reasons]:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -143,10 +143,20 @@ class ScorePlugin(Protocol):
 
 @dataclass(frozen=True)
 class SparseScores:
-    """Scores of every host of a view: ``default`` but for the hosts (by view index) in ``others``."""
+    """Scores of every host of a view: ``default`` but for some of the hosts (by view index) in ``where``,
+    whose score is ``value(i)``. A sampled run asks ``value`` only for the hosts of ``where`` in its
+    sample: at 5,000 hosts that is a tenth of them (a service's replicas' hosts, for service spread), and
+    scoring them all was a tenth of a mass failure's marking pass (docs/scaling.md, part 28)."""
 
     default: float
-    others: Mapping[int, float]
+    where: Collection[int]
+    value: Callable[[int], float]
+
+    @property
+    def others(self) -> dict[int, float]:
+        """The score of every host in ``where``."""
+        value = self.value
+        return {i: value(i) for i in self.where}
 
 
 @runtime_checkable

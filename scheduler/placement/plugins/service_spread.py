@@ -54,8 +54,11 @@ class ServiceSpread:
     def score_sparse(self, request: PlacementRequest, view: ClusterView) -> SparseScores:
         # MAX_SCORE / (1 + 0) is MAX_SCORE exactly: the hosts without the service's replicas need no asking.
         service, hosts = request.service, view.hosts
-        return SparseScores(MAX_SCORE, {i: MAX_SCORE / (1 + hosts[i].replicas.get(service, 0))
-                                        for i in view.service_hosts(service)})
+
+        def value(i: int) -> float:
+            return MAX_SCORE / (1 + hosts[i].replicas.get(service, 0))
+
+        return SparseScores(MAX_SCORE, view.service_hosts(service), value)
 
 
 def new(args: PluginArgs) -> ServiceSpread:
