@@ -35,6 +35,7 @@ from scheduler.model import HostId, ReplicaId, ReplicaPhase, ServiceName
 from scheduler.placement.view import (
     ClusterView,
     HostView,
+    Layout,
     by_host,
     count_replica,
     facts_of,
@@ -85,14 +86,21 @@ class ViewCache:
         self.update_share = update_share
         self._kept: dict[HostId, _Kept] = {}
         self._facts: dict[ServiceName, tuple[model.Service, object]] = {}  # each with its facts' key
+        # The views' layout (``view.Layout``): the hosts' ids in view order, their indices, and the
+        # hosts (by index) whose kept entries name each service. Sets changed by a refresh are replaced,
+        # not changed in place: a view built before may still be read (a placer's explanations).
+        self._order: list[HostId] = []
+        self._index: dict[HostId, int] = {}
+        self._service_hosts: dict[ServiceName, set[int]] = {}
         self.rebuilt = 0  # hosts built afresh by the last ``build`` or ``refresh``
         self.updated = 0  # hosts whose kept view was brought up to date by what changed (the rest: kept)
 
     def build(self, inputs: ViewInputs) -> ClusterView:
         """``build_view`` of these inputs."""
         self.refresh(inputs)
-        return ClusterView([entry.view for entry in self._kept.values()], inputs.services, inputs.replicas,
-                           shared=True)
+        kept = self._kept
+        return ClusterView([kept[host].view for host in self._order], inputs.services, inputs.replicas,
+                           shared=True, layout=Layout(self._index, self._service_hosts))
 
     def refresh(self, inputs: ViewInputs) -> None:
         """What ``build`` keeps, brought up to these inputs, without building a view: keeps the cache warm
@@ -101,7 +109,8 @@ class ViewCache:
         counted_by_agent = inputs.counted_by_agent
         changed = self._changed_facts(services)
         on = by_host(inputs.replicas.values(), hosts)
-        kept, rebuilt, updated = {}, 0, 0
+        kept: dict[HostId, _Kept] = {}
+        rebuilt, updated = 0, 0
         for host, record in hosts.items():
             status = statuses.get(host)
             counted = counted_by_agent.get(host)
@@ -124,8 +133,39 @@ class ViewCache:
                     entry = _Kept(record, status, counted, members, *update)
                     updated += 1
             kept[host] = entry
+        self._lay_out(kept)
         self._kept = kept
         self.rebuilt, self.updated = rebuilt, updated
+
+    def _lay_out(self, kept: dict[HostId, _Kept]) -> None:
+        """The layout brought up to ``kept``: found again when hosts came or went, else the per-service
+        index changed only where a host's services did."""
+        if kept.keys() != self._index.keys():
+            self._order = sorted(kept, key=lambda h: (kept[h].view.key_hash, h))
+            self._index = {h: i for i, h in enumerate(self._order)}
+            index: dict[ServiceName, set[int]] = {}
+            for i, host in enumerate(self._order):
+                for service in kept[host].services:
+                    index.setdefault(service, set()).add(i)
+            self._service_hosts = index
+            return
+        old, index, replaced = self._kept, self._service_hosts, set()
+        for host, entry in kept.items():
+            before = old[host].services
+            if entry.services is before or entry.services == before:
+                continue
+            i = self._index[host]
+            for service in before ^ entry.services:
+                if service not in replaced:
+                    replaced.add(service)
+                    index[service] = set(index.get(service, ()))
+                if service in before:
+                    index[service].discard(i)
+                else:
+                    index[service].add(i)
+        for service in replaced:
+            if not index[service]:
+                del index[service]
 
     def _changed_facts(self, services: Mapping[ServiceName, model.Service]) -> set[ServiceName]:
         """Services whose facts differ from the last build's (created and deleted ones included)."""

@@ -10,9 +10,16 @@ from hypothesis import HealthCheck, given, settings
 
 from scheduler.model import ReplicaPhase
 from scheduler.placement import batch, registry
-from scheduler.placement.framework import PlacementRequest, Profile, ScorePlugin, SparseScorePlugin
+from scheduler.placement.framework import (
+    PlacementRequest,
+    Profile,
+    ScorePlugin,
+    SparseScorePlugin,
+    SparseScores,
+)
 from scheduler.placement.plugins.service_spread import ServiceSpread
-from scheduler.placement.view import HostView
+from scheduler.placement.sampling import Sampling
+from scheduler.placement.view import ClusterView, HostView
 from tests.unit.scheduler.placement import builders as b
 from tests.unit.scheduler.placement.test_properties import SAMPLED, Case, cases, view_of
 
@@ -85,3 +92,37 @@ def test_service_spread_sparse_equals_its_score_on_every_host_as_replicas_land()
                 [plugin.score(request, h) for h in view.hosts]
             assert set(sparse.others) <= set(view.service_hosts(svc.name))
 
+
+
+class Counting(ServiceSpread):
+    """Service spread that counts the hosts whose score it is asked for (``SparseScores.value``)."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def score_sparse(self, request: PlacementRequest, view: ClusterView) -> SparseScores:
+        inner = super().score_sparse(request, view)
+
+        def value(i: int) -> float:
+            self.asked.append(i)
+            return inner.value(i)
+
+        return SparseScores(inner.default, inner.where, value)
+
+
+def test_a_sampled_run_scores_only_the_hosts_of_its_sample() -> None:
+    """Service spread differs on the hosts holding the service's replicas, here every host: a run sampling
+    a tenth of them asks for a tenth (before part 28 it asked for all), and places as asking all does."""
+    web = b.service("web", cpus=0.1)
+    hosts = [b.host(f"h{i:03d}") for i in range(200)]
+    existing = [b.replica(f"w{i}", web, f"h{i % 200:03d}") for i in range(400)]
+    counting = Counting()
+    profile = replace(PROFILE, sampling=Sampling(percentage=10, min_hosts=1, hosts_per_replica=0),
+                      host_scorers=tuple((counting if isinstance(p, ServiceSpread) else p, w)
+                                         for p, w in PROFILE.host_scorers))
+    view = b.cluster(hosts, services=[web], replicas=existing)
+    placed = batch.place(b.requests(web, 3), view, profile)
+    assert placed.outcomes[0].sampled_from == 200
+    assert 0 < len(counting.asked) == len(set(counting.asked)) <= 20  # its sample of 20 hosts, once each
+    fresh = b.cluster(hosts, services=[web], replicas=existing)
+    assert dict(placed.placed) == dict(batch.place(b.requests(web, 3), fresh, dense(profile)).placed)

@@ -21,14 +21,37 @@ FIGURES = [name for name in HostView.__slots__ if name not in ("record", "status
 
 
 def snapshot(view: ClusterView) -> dict[HostId, dict[str, object]]:
-    """Everything a plugin reads of each host, comparable."""
+    """Everything a plugin reads of each host, comparable: with its place in the view's order, and the
+    services whose replicas it holds as the view's per-service index finds them."""
     out: dict[HostId, dict[str, object]] = {}
-    for host in view.hosts:
+    holding: dict[int, set[ServiceName]] = {}
+    for service in view.services.keys() | {s for h in view.hosts for s in h.replicas}:
+        for i in view.service_hosts(service):
+            if view.hosts[i].replicas[service]:
+                holding.setdefault(i, set()).add(service)
+    for i, host in enumerate(view.hosts):
         row: dict[str, object] = {name: getattr(host, name) for name in FIGURES}
         row["record"], row["status"], row["labels"] = host.record, host.status, host.labels
         row["replicas"] = {s: n for s, n in host.replicas.items() if n}
+        row["index"], row["by_id"] = view.index[host.id], view.by_id[host.id] is host
+        row["indexed"] = holding.get(i, set())
         out[host.id] = row
     return out
+
+
+def holders(cluster: Cluster) -> dict[ServiceName, set[HostId]]:
+    """The hosts with replicas of each (current) service on them, in any phase."""
+    out: dict[ServiceName, set[HostId]] = {}
+    for r in cluster.replicas.values():
+        if r.service in cluster.services and r.host in cluster.hosts:
+            out.setdefault(r.service, set()).add(r.host)
+    return out
+
+
+def indexed(view: ClusterView) -> dict[ServiceName, set[HostId]]:
+    """The view's per-service index, by host id (a superset of the hosts holding each service's replicas)."""
+    found = {s: {view.hosts[i].id for i in view.service_hosts(s)} for s in view.services}
+    return {s: hosts for s, hosts in found.items() if hosts}
 
 
 class Cluster:
@@ -121,7 +144,11 @@ def test_the_cache_builds_what_build_view_builds(steps: list[tuple[int, int]], e
     for i, (kind, n) in enumerate(steps):
         cluster.change(kind, n)
         if i % every == 0:
-            assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
+            view = cluster.build(cache)
+            assert snapshot(view) == snapshot(cluster.fresh())
+            # The kept index names exactly the hosts with replicas of each service on them, whatever
+            # their phase (a superset of those holding some, which is all ``service_hosts`` promises).
+            assert indexed(view) == holders(cluster)
         elif i % 2:
             cache.refresh(cluster.inputs())  # as the safety net keeps it warm
     assert snapshot(cluster.build(cache)) == snapshot(cluster.fresh())
@@ -155,6 +182,27 @@ def test_placing_on_a_view_leaves_the_kept_hosts_as_they_were() -> None:
     placed = batch.place(b.requests(web, 12), first, registry.default_profile()).placed
     assert len(placed) == 12
     assert snapshot(cluster.build(cache)) == before  # nothing changed in the cluster: the same view
+
+
+def test_placing_on_a_view_leaves_the_kept_index_as_it_was() -> None:
+    """Views share the cache's per-service index: a batch that places a service on hosts without it adds
+    them to its own view's index only, and a refresh replaces the sets it changes, so a view built
+    before (a placer kept for its explanations) keeps the index it was built with."""
+    cluster, cache = Cluster(), ViewCache()
+    many_on_h0(cluster)
+    first = cluster.build(cache)
+    before = indexed(first)
+    web = cluster.services[ServiceName("web")]
+    placed = batch.place(b.requests(web, 12), first, registry.default_profile()).placed
+    assert set(placed.values()) - before[ServiceName("web")]  # placed where "web" was not
+    assert indexed(first)[ServiceName("web")] == before[ServiceName("web")] | set(placed.values())
+    second = cluster.build(cache)
+    assert indexed(second) == before == holders(cluster)
+    cluster.change(0, 4)  # a replica of "port" on h4, which had none
+    cluster.change(2, 0)  # and one gone
+    third = cluster.build(cache)
+    assert indexed(third) == holders(cluster) != before
+    assert indexed(second) == before
 
 
 def many_on_h0(cluster: Cluster) -> None:
