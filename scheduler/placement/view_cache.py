@@ -193,8 +193,9 @@ def _updated(entry: _Kept, members: tuple[model.Replica, ...], counted: Collecti
              ) -> tuple[frozenset[ServiceName], HostView] | None:
     """A copy of the kept view with only what changed on its host counted again: the replicas gone (or
     replaced) taken out, the new ones added, those the agent now counts or no longer counts moved
-    between placed and counted; with the kept services and those of the new replicas (a superset is
-    enough: it only says which services' new facts have the host counted again). The host's record
+    between placed and counted; with the services of the replicas on it now (exactly: they say which
+    services' new facts have the host counted again, and which hosts the views' per-service index
+    names; the kept set itself when they did not change, so the layout sees no change). The host's record
     and status and its services' facts are those the kept view was built from. None when counting the
     host again is needed (a replica gone that held host ports or ran an image: another may hold the
     same) or as cheap."""
@@ -236,8 +237,8 @@ def _updated(entry: _Kept, members: tuple[model.Replica, ...], counted: Collecti
             images.add(image)
     if images:
         view.images = view.images | images
-    more = {r.service for r in added} - entry.services
-    return (entry.services | more if more else entry.services), view
+    services = _services(members)
+    return (entry.services if services == entry.services else services), view
 
 
 __all__ = ["UPDATE_SHARE", "ViewCache", "ViewInputs"]

@@ -239,6 +239,23 @@ def test_a_host_that_got_a_replica_is_updated_not_counted_again() -> None:
     assert (cache.rebuilt, cache.updated) == (0, 1)
 
 
+def test_a_service_gone_from_an_updated_host_leaves_the_index() -> None:
+    """The host keeps other replicas and is brought up to date, not counted again: its kept services are
+    those on it now, so the per-service index stops naming it for the service that left (a superset
+    kept from before named it until the host was next counted again)."""
+    cluster, cache = Cluster(), ViewCache(update_share=1e9)
+    web, api = cluster.services[ServiceName("web")], cluster.services[ServiceName("api")]
+    h0 = HostId("h0")
+    cluster.replicas[ReplicaId("w")] = b.replica("w", web, h0, phase=ReplicaPhase.STARTING)
+    for rid in ("a0", "a1"):
+        cluster.replicas[ReplicaId(rid)] = b.replica(rid, api, h0, phase=ReplicaPhase.RUNNING)
+    assert indexed(cluster.build(cache)) == {"web": {h0}, "api": {h0}}
+    del cluster.replicas[ReplicaId("w")]
+    view = cluster.build(cache)
+    assert (cache.rebuilt, cache.updated) == (0, 1)
+    assert indexed(view) == holders(cluster) == {"api": {h0}}
+
+
 def test_a_host_that_lost_a_running_replica_is_counted_again() -> None:
     """Its image may have been the host's only one running that image: counted again, not updated."""
     cluster, cache = Cluster(), ViewCache()
