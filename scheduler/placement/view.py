@@ -246,10 +246,10 @@ class DomainCounts:
 @dataclass(frozen=True, slots=True)
 class Layout:
     """Where each host is in a view, and which hosts hold replicas of each service (in any phase, stopping
-    ones too: a superset of those counted on them), by index. What ``ClusterView`` finds from its hosts every time it is built (about half of building a
-    view of 100,000 replicas on 5,000 hosts), kept by ``ViewCache`` between views: the order changes only
-    when hosts come or go, the index only where a host's services did. Shared by the views given it,
-    which never change it."""
+    ones too: a superset of those counted on them), by index. What ``ClusterView`` finds from its hosts
+    every time it is built (about half of building a view of 100,000 replicas on 5,000 hosts), kept by
+    ``ViewCache`` between views: the order changes only when hosts come or go, the index only where a
+    host's services did. Shared by the views given it, which never change it."""
 
     index: Mapping[HostId, int]
     service_hosts: Mapping[ServiceName, set[int]]
