@@ -237,8 +237,8 @@ def _updated(entry: _Kept, members: tuple[model.Replica, ...], counted: Collecti
             images.add(image)
     if images:
         view.images = view.images | images
-    services = _services(members)
-    return (entry.services if services == entry.services else services), view
+    on_it = _services(members)
+    return (entry.services if on_it == entry.services else on_it), view
 
 
 __all__ = ["UPDATE_SHARE", "ViewCache", "ViewInputs"]
