@@ -93,7 +93,6 @@ def test_service_spread_sparse_equals_its_score_on_every_host_as_replicas_land()
             assert set(sparse.others) <= set(view.service_hosts(svc.name))
 
 
-
 class Counting(ServiceSpread):
     """Service spread that counts the hosts whose score it is asked for (``SparseScores.value``)."""
 
