@@ -276,9 +276,9 @@ class _Looks:
         if len(where) >= len(sample):  # (a set: ``in`` is a lookup)
             default = scores.default
             return [value(i) if i in where else default for i in sample.indices()]
-        size, start, n = len(sample), sample.start, sample.n
+        size, position = len(sample), sample.position
         for i in where:
-            if (p := (i - start) % n) < size:  # (``_Window.position``, inlined)
+            if (p := position(i)) < size:
                 column[p] = value(i)
         return column
 

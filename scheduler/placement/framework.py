@@ -152,12 +152,6 @@ class SparseScores:
     where: Collection[int]
     value: Callable[[int], float]
 
-    @property
-    def others(self) -> dict[int, float]:
-        """The score of every host in ``where``."""
-        value = self.value
-        return {i: value(i) for i in self.where}
-
 
 @runtime_checkable
 class SparseScorePlugin(Protocol):

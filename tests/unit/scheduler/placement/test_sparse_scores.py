@@ -88,9 +88,10 @@ def test_service_spread_sparse_equals_its_score_on_every_host_as_replicas_land()
         for svc in (web, api):
             request = b.request(svc, "probe")
             sparse = plugin.score_sparse(request, view)
-            assert [sparse.others.get(i, sparse.default) for i in range(len(view.hosts))] == \
+            others = {i: sparse.value(i) for i in sparse.where}
+            assert [others.get(i, sparse.default) for i in range(len(view.hosts))] == \
                 [plugin.score(request, h) for h in view.hosts]
-            assert set(sparse.others) <= set(view.service_hosts(svc.name))
+            assert set(others) <= set(view.service_hosts(svc.name))
 
 
 class Counting(ServiceSpread):
