@@ -73,6 +73,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -88,10 +89,10 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -118,6 +119,8 @@ from tests.fixtures.etcd import EtcdCluster, free_port
 ROOT = Path(__file__).resolve().parent.parent
 TXN_OPS = 128
 SIM_LINE_LIMIT = 64 << 20  # a simulator's answer to "containers" lists every replica id it runs
+
+_T = TypeVar("_T")
 
 APPLY_ATTEMPTS = 5  # an ApplyService answered UNAVAILABLE (nothing written) is tried again
 
@@ -269,10 +272,42 @@ def sample_replicas(n: int) -> list[model.Replica]:
 
 
 TOO_MANY_RETRIES = 100  # a batch etcd refuses as overloaded is tried again (about 90 s in all)
+# etcd's backpressure: its applies 5,000 entries behind its commits, or a proposal not applied in time.
+BACKPRESSURE = ("too many requests", "request timed out")
+# Keys a flood's clean-up deletes per request. One delete of a whole flood (up to ~200,000 keys, one raft
+# entry) was the call that failed the ceiling in about a third of the runs of parts 23 to 28: etcd timed
+# it out (its apply of that entry outlasting the request's deadline on the loaded machine), and nothing
+# retried it.
+DELETE_CHUNK = 4096
+
+
+async def patiently(call: Callable[[], Awaitable[_T]], what: str) -> _T:
+    """``call()``, again after a pause while etcd pushes back (slowing down, as a client should; the
+    call must be idempotent), at most ``TOO_MANY_RETRIES`` times."""
+    delay = 0.05
+    for _ in range(TOO_MANY_RETRIES):
+        try:
+            return await call()
+        except aetcd.exceptions.ClientError as err:
+            if not any(why in str(err) for why in BACKPRESSURE):
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    raise RuntimeError(f"etcd refused {what} {TOO_MANY_RETRIES} times (too many requests or timed out)")
+
+
+async def delete_keys(client: aetcd.Client, keys: Sequence[bytes]) -> None:
+    """Deletes ``keys`` (which must be all the keys between the least and the greatest of them) as
+    ranges of at most ``DELETE_CHUNK``, each retried under backpressure."""
+    ordered = sorted(keys)
+    for i in range(0, len(ordered), DELETE_CHUNK):
+        first, last = ordered[i], ordered[min(i + DELETE_CHUNK, len(ordered)) - 1]
+        await patiently(functools.partial(client.delete_range, first, last + b"\0"), "a clean-up delete")
 
 
 async def raw_puts(endpoints: str, n: int) -> float:
-    """Seconds for ``n`` replica-sized puts, 128 per transaction in sequence (bytes encoded beforehand)."""
+    """Seconds for ``n`` replica-sized puts, 128 per transaction in sequence (bytes encoded beforehand);
+    the keys are deleted afterwards, untimed."""
     schema = KeySchema(f"/raw-{secrets.token_hex(4)}/shoal/v1/")
     pairs = [(schema.key_of(r).encode(), records.encode(r)) for r in sample_replicas(n)]
     client = aetcd_client(endpoints)
@@ -281,25 +316,13 @@ async def raw_puts(endpoints: str, n: int) -> float:
         start = time.perf_counter()
         for i in range(0, len(pairs), TXN_OPS):
             puts = [client.transactions.put(k, v) for k, v in pairs[i:i + TXN_OPS]]
-            delay = 0.05
-            for _ in range(TOO_MANY_RETRIES):
-                try:
-                    ok, _ = await client.transaction(compare=[], success=puts, failure=[])
-                    break
-                except aetcd.exceptions.ClientError as err:
-                    # etcd's backpressure (its applies 5,000 entries behind its commits, or a proposal
-                    # not committed in time): slow down, as a client should, and put the same keys
-                    # again (puts are idempotent); the time it costs is part of the ceiling.
-                    if not any(why in str(err) for why in ("too many requests", "request timed out")):
-                        raise
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-            else:
-                raise RuntimeError(f"etcd refused a batch {TOO_MANY_RETRIES} times (too many requests "
-                                   "or timed out)")
+            # Puts are idempotent: a batch etcd pushed back is put again; the time it costs is part of
+            # the ceiling.
+            batch = functools.partial(client.transaction, compare=[], success=puts, failure=[])
+            ok, _ = await patiently(batch, "a batch")
             assert ok
         took = time.perf_counter() - start
-        await client.delete_prefix(schema.prefix.encode())
+        await delete_keys(client, [k for k, _ in pairs])  # the prefix is this flood's alone
         return took
     finally:
         await client.close()
