@@ -719,7 +719,7 @@ class Controller:
         self._changed_hosts = set()
         for key in [k for k in self._acting if k not in self.actuator.busy]:
             host = self._acting.pop(key)
-            dirt.touched.add(host)
+            dirt.touched.add((host, key))
             if (replica := mirror.replicas.get(ReplicaId(key))) is not None:
                 dirt.services.add(replica.service)
         for host, status in statuses.items():
@@ -741,7 +741,8 @@ class Controller:
             dirt.hosts.update(host for host, lost_at in self._lost_due.items() if lost_at <= now)
         for host in dirt.hosts:
             services.update(mirror.replicas[rid].service for rid in mirror.by_host.get(host, ()))
-        return reconcile.Scope(services=frozenset(services), hosts=frozenset(dirt.hosts | dirt.touched))
+        return reconcile.Scope(services=frozenset(services), hosts=frozenset(dirt.hosts),
+                               containers=frozenset(dirt.touched))
 
     def _unsettle(self, dirt: Dirt) -> None:
         """Take out of what the last passes found settled every replica that may no longer be: those
@@ -783,11 +784,11 @@ class Controller:
                 or now.complete != before.complete:
             dirt.hosts.add(host)
             return
-        dirt.touched.add(host)
         for cid in now.containers.keys() | before.containers.keys():
             old, new = before.containers.get(cid), now.containers.get(cid)
             if old == new:
                 continue
+            dirt.touched.add((host, cid))
             dirt.replicas.add(ReplicaId(cid))
             for container in (old, new):
                 if container is not None and container.service is not None:

@@ -45,11 +45,14 @@ PASS_READS = (Service, Replica, HostRecord, HostStatus)
 
 @dataclass
 class Dirt:
-    """What changed since the controller last looked: services, and hosts wholly or only for orphans."""
+    """What changed since the controller last looked: services, hosts wholly, and containers whose owner
+    may have changed (orphans)."""
 
     services: set[ServiceName] = field(default_factory=set)
     hosts: set[HostId] = field(default_factory=set)      # everything on them
-    touched: set[HostId] = field(default_factory=set)    # their containers' owners (orphans)
+    # (host, container id): the container, or its replica's record, changed there. An orphan is a
+    # container no replica on its host owns, so only these (and whole hosts) can have become one.
+    touched: set[tuple[HostId, str]] = field(default_factory=set)
     replicas: set[ReplicaId] = field(default_factory=set)              # their records or containers
     service_records: set[ServiceName] = field(default_factory=set)     # the services' own records
 
@@ -61,7 +64,7 @@ class Dirt:
         self.services.add(replica.service)
         self.replicas.add(replica.id)
         if replica.host is not None:
-            self.touched.add(replica.host)
+            self.touched.add((replica.host, replica.id))
 
 
 @dataclass

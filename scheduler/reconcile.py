@@ -106,10 +106,12 @@ class LaunchFailure:
 
 @dataclass(frozen=True)
 class Scope:
-    """What a step looks at: the services whose rules run, the hosts checked for orphans."""
+    """What a step looks at: the services whose rules run; the hosts whose every container is checked for
+    orphans, and (host, container id) pairs checked alone."""
 
     services: frozenset[ServiceName] = frozenset()
     hosts: frozenset[HostId] = frozenset()
+    containers: frozenset[tuple[HostId, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -291,14 +293,15 @@ class _Plan:
         self.updated[replica.id] = None
         return replica
 
-    def moved_from(self) -> set[HostId]:
-        """The hosts this step moved or dropped a replica from (their containers may have no owner now)."""
-        out = set()
+    def moved_off(self) -> set[tuple[HostId, str]]:
+        """(host, replica id) for each replica this step moved or dropped off a host: its container there
+        may have no owner now."""
+        out: set[tuple[HostId, str]] = set()
         for rid in (*self.updated, *self.dropped):
             original = self.world.replicas.get(rid)
             if original is not None and original.host is not None and (
                     rid in self.dropped or self.replicas[rid].host != original.host):
-                out.add(original.host)
+                out.add((original.host, rid))
         return out
 
     def build(self) -> Plan:
@@ -409,7 +412,10 @@ def step(world: World, *, placer: Placer, new_id: Callable[[ServiceName], Replic
             for rid in ids:  # a service deleted outright: its replicas go too
                 _stop(plan, plan.replicas[rid], why="its service no longer exists")
             _drive(plan, None, ids)
-    _orphans(plan, None if scope is None else scope.hosts | plan.moved_from())
+    if scope is None:
+        _orphans(plan, None, set())
+    else:
+        _orphans(plan, scope.hosts, scope.containers | plan.moved_off())
     return plan.build()
 
 
@@ -691,16 +697,28 @@ def _delete(plan: _Plan, service: Service, ids: Sequence[ReplicaId]) -> None:
         plan.writes.append(DropService(service))
 
 
-def _orphans(plan: _Plan, hosts: Collection[HostId] | None) -> None:
-    """Retire containers no replica on their host owns, on ``hosts`` (None: every host)."""
+def _orphans(plan: _Plan, hosts: Collection[HostId] | None,
+             containers: Collection[tuple[HostId, str]]) -> None:
+    """Retire containers no replica on their host owns: every container on ``hosts`` (None: every host),
+    and those of ``containers`` ((host, container id)) elsewhere. Checking every container of each host
+    a change touched was a large part of the pass after a mass failure's marking pass: 2,100 hosts of
+    about 20 containers each, for the 4,000 replicas that pass wrote."""
     world = plan.world
-    observed = (world.observed.items() if hosts is None
-                else [(h, obs) for h in hosts if (obs := world.observed.get(h)) is not None])
-    for host, obs in sorted(observed):
-        if not (obs.connected and obs.complete):
+    by_host: dict[HostId, set[str] | None] = dict.fromkeys(world.observed if hosts is None else hosts)
+    for host, cid in containers:
+        if host not in by_host:
+            by_host[host] = {cid}
+        elif (only := by_host[host]) is not None:
+            only.add(cid)
+    for host in sorted(by_host):
+        obs = world.observed.get(host)
+        if obs is None or not (obs.connected and obs.complete):
             continue
+        only = by_host[host]
+        found = obs.containers.items() if only is None else [
+            (cid, c) for cid in only if (c := obs.containers.get(cid)) is not None]
         orphans = []
-        for cid, container in obs.containers.items():
+        for cid, container in found:
             if container.service is None or cid in world.busy:
                 continue
             owner = plan.replicas.get(ReplicaId(cid))

@@ -96,6 +96,32 @@ def test_orphans_are_retired_on_the_hosts_in_scope_and_where_the_step_moved_a_re
     assert part_retires == [r for r in full_retires if r[0] in ("h1", "h2") and r[1] != "web-2"]
 
 
+def retires(plan: Plan) -> list[tuple[str, str]]:
+    return sorted((a.host, a.container) for a in plan.actions if isinstance(a, reconcile.Retire))
+
+
+def test_a_container_in_scope_is_checked_alone_and_its_hosts_others_are_not() -> None:
+    """A change to one container (or its replica's record) can orphan only that container: the step checks
+    it, and not every container of its host (most of the pass after a mass failure's marking pass)."""
+    full_world = busy_world()
+
+    def scoped(*containers: tuple[str, str], hosts: tuple[str, ...] = (),
+               services: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        scope = Scope(services=frozenset(ServiceName(s) for s in services),
+                      hosts=frozenset(HostId(h) for h in hosts),
+                      containers=frozenset((HostId(h), c) for h, c in containers))
+        return retires(run(dataclasses.replace(full_world, scope=scope)))
+
+    assert scoped(("h3", "stray-3")) == [("h3", "stray-3")]
+    assert scoped(("h3", "web-3"), ("h3", "gone-3"), ("h9", "stray-9")) == []  # owned; not there; no host
+    assert scoped(("h3", "web-3"), hosts=("h2",)) == [("h2", "stray-2")]
+    # The full step's retires: the strays, each found alone, and old-1, which the step moves off h1
+    # when it looks at old (its container there is checked without being in scope).
+    assert retires(run(full_world)) == [("h1", "old-1"), ("h2", "stray-2"), ("h3", "stray-3")]
+    assert scoped(("h2", "stray-2")) == [("h2", "stray-2")]
+    assert scoped(services=("old",)) == [("h1", "old-1")]
+
+
 def test_the_step_groups_replicas_itself_or_takes_the_callers_index() -> None:
     w = busy_world()
     index: dict[ServiceName, set[ReplicaId]] = {}
@@ -188,10 +214,41 @@ def test_the_controller_scopes_a_pass_to_what_changed() -> None:
     scopes = asyncio.run(go())
     assert scopes[0] is None
     assert scopes[1] == Scope()
-    assert scopes[2] == Scope(services=frozenset({ServiceName("db")}), hosts=frozenset({HostId("h2")}))
+    # db-1's container changed on h2: that container is checked for orphans, not all of h2's.
+    assert scopes[2] == Scope(services=frozenset({ServiceName("db")}),
+                              containers=frozenset({(HostId("h2"), "db-1")}))
     assert scopes[3] is not None and scopes[3].services == {ServiceName("db")}
     assert scopes[4] is not None
     assert ServiceName("web") in scopes[4].services and HostId("h1") in scopes[4].hosts
+
+
+def test_a_container_orphaned_by_a_change_is_retired_by_the_scoped_pass_after_it() -> None:
+    """Each way a container loses its owner reaches the next scoped pass as that container: a container
+    no replica owns appears on a host; a replica's record goes (another replica takes its place)."""
+    async def go() -> tuple[list[reconcile.Scope | None], list[Plan]]:
+        scopes: list[reconcile.Scope | None] = []
+        plans: list[Plan] = []
+        ctl, sessions = await settled_controller(scopes, plans=plans)
+        ctl.actuator.submit = lambda actions: None  # type: ignore[method-assign]  # no agents here
+        await ctl.step()
+        h1 = sessions[HostId("h1")]
+        h1.observation = dataclasses.replace(
+            h1.observation, containers={**h1.observation.containers, "stray-1": container("stray-1")})
+        ctl._host_changed(HostId("h1"))
+        await ctl.step()
+        assert ctl.mirror is not None
+        gone = ctl.mirror.replicas[ReplicaId("db-1")]
+        await ctl.store.commit([base.Delete(gone)])
+        ctl.mirror.drop(gone)
+        await ctl.step()
+        return scopes, plans
+
+    scopes, plans = asyncio.run(go())
+    assert scopes[1] is not None and scopes[1].containers == {(HostId("h1"), "stray-1")}
+    assert retires(plans[1]) == [("h1", "stray-1")]
+    assert scopes[2] is not None and (HostId("h2"), "db-1") in scopes[2].containers
+    assert ("h2", "db-1") in retires(plans[2])
+    assert ("h2", "web-2") not in retires(plans[2])
 
 
 def test_a_full_pass_runs_when_its_period_is_up() -> None:
