@@ -526,13 +526,16 @@ class Controller:
             # says what placing costs, not what the next safety net will.
             self.full_interval = max(FULL_PASS_INTERVAL, busy / FULL_PASS_SHARE)
         if busy >= LONG_PASS_S:
+            # (the view's hosts counted afresh and brought up to date, when this pass built or refreshed it)
+            views = f"; view: {self.views.rebuilt} hosts rebuilt, {self.views.updated} updated" \
+                if placer.built or idle_net else ""
             log.info("a %s pass held the loop for %.2fs: %.2fs to build, %.2fs to decide (%d writes, %d "
                      "actions, %s), %.2fs to write and hand over (and %.2fs waiting for etcd; %d replicas "
-                     "recorded ahead, %d meanwhile); %d services in scope", "full" if scope is None else
+                     "recorded ahead, %d meanwhile); %d services in scope%s", "full" if scope is None else
                      "scoped", busy, built - started, decided - built, len(plan.writes), len(plan.actions),
                      "placing" if placer.built else "no placing", (encoded - decided) + (ended - landed),
                      landed - encoded, len(recording), recorder.recorded,
-                     len(world.services) if scope is None else len(scope.services))
+                     len(world.services) if scope is None else len(scope.services), views)
         if self._on_pass is not None:
             self._on_pass(time.perf_counter() - started, plan, world)
         self._due = self._next_due(world, held=plan.lost_held > 0)

@@ -129,9 +129,20 @@ class Cluster:
                 new = HostId(f"n{n}")
                 self.hosts[new] = b.host(new, zone="a")
                 self.statuses[new] = b.status(new)
+        elif kind == 8:  # the host registers again: with nothing new, or with a new label
+            self.hosts[host] = reregistered(self.hosts[host], label=f"x{n}" if n % 2 else "")
 
 
-changes = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 1000)), max_size=40)
+def reregistered(record: model.HostRecord, *, label: str = "") -> model.HostRecord:
+    """``record`` as registering again writes it: a new revision, time and raw report; ``label``: and a
+    label it did not have (a change placement reads)."""
+    labels = (*record.labels, (label, "yes")) if label else record.labels
+    return dataclasses.replace(record, revision=record.revision + 1, labels=labels,
+                               last_registered_at=record.last_registered_at + 60.0,
+                               info_json=f'{{"seq": {record.revision + 1}}}')
+
+
+changes = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 1000)), max_size=40)
 
 
 @settings(max_examples=150, deadline=None)
@@ -172,6 +183,25 @@ def test_unchanged_hosts_are_copied_and_changed_ones_rebuilt() -> None:
     holding = {r.host for r in cluster.replicas.values() if r.service == "api" and r.host}
     cluster.build(cache)
     assert cache.rebuilt == len(holding) > 0
+
+
+def test_a_host_registered_again_with_nothing_new_is_kept_and_its_views_hold_the_new_record() -> None:
+    """At 5,000 hosts every host's registration is rewritten once a minute (a new revision and time): a
+    view built a minute after the last counted every host again."""
+    cluster, cache = Cluster(), ViewCache()
+    for n in range(12):
+        cluster.change(0, n)
+    earlier = cluster.build(cache)
+    h0, h1 = HostId("h0"), HostId("h1")
+    cluster.hosts[h0] = reregistered(cluster.hosts[h0])
+    cluster.hosts[h1] = reregistered(cluster.hosts[h1], label="gpu")
+    view = cluster.build(cache)
+    assert cache.rebuilt == 1  # h1: a new label
+    assert snapshot(view) == snapshot(cluster.fresh())
+    # The kept h0 (shared with the earlier view) holds the new record: the old one is not kept alive.
+    assert view.hosts[view.index[h0]].record is cluster.hosts[h0]
+    assert earlier.hosts[earlier.index[h0]].record is cluster.hosts[h0]
+    assert earlier.hosts[earlier.index[h1]].record is not cluster.hosts[h1]
 
 
 def test_placing_on_a_view_leaves_the_kept_hosts_as_they_were() -> None:
