@@ -23,6 +23,10 @@ replicas and places their replacements, and those after it. A fresh
 cluster per round; ``--profile FILE`` writes a cProfile of the first round's passes. ``--lost-later M``
 loses M more hosts after the first pass: the second marking pass of a mass failure whose lost hosts'
 graces end over more than a pass's length (most 5,000-host runs have one, docs/scaling.md part 26).
+``--reregistered K`` has K hosts register again with nothing new (a new revision and time in their
+records) before the loss, as at 5,000 hosts about 83 a second do between two passes
+(``RegistrationService``: each host's record rewritten once a minute): the marking pass's view comes
+some 30 s after the last one, 2,500 re-registrations later (docs/scaling.md, part 29).
 
 ``--etcd M`` (with ``--lost``) runs the same mass failure against a real etcd of M members on loopback
 (``tests/fixtures/etcd``; a fresh key prefix per round) instead of the memory store, and times each
@@ -193,8 +197,19 @@ def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int, *,
     return hosts
 
 
+def reregister(ctl: Controller, n: int) -> None:
+    """``n`` hosts (spread over the hosts) register again with nothing new: their records rewritten with
+    a new revision and time, as ``RegistrationService`` rewrites each once a minute."""
+    assert ctl.mirror is not None
+    hosts = sorted(ctl.mirror.hosts)
+    for host in hosts[::max(1, len(hosts) // n)][:n] if n else []:
+        record = ctl.mirror.hosts[host]
+        ctl.mirror.put(replace(record, revision=record.revision + 1,
+                               last_registered_at=record.last_registered_at + 60.0))
+
+
 def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
-               etcd: str = "", later: int = 0) -> list[dict[str, float]]:
+               etcd: str = "", later: int = 0, reregistered: int = 0) -> list[dict[str, float]]:
     """One round: a fresh settled cluster loses ``lost`` hosts; each pass after that, timed. ``etcd``: its
     endpoints, to run against a fresh prefix there rather than a memory store. ``later``: that many more
     hosts are lost after the first pass (a second marking pass, as when the lost hosts' graces end over
@@ -211,6 +226,7 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
         store = loop.run_until_complete(EtcdStore.open(settings))
     ctl = loop.run_until_complete(controller(records, sessions, store))
     loop.run_until_complete(ctl.step())  # the term's first pass
+    reregister(ctl, reregistered)
     first = lose(ctl, sessions, lost)
     busy = ctl.actuator.busy
 
@@ -263,18 +279,19 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
 
 
 def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile: str,
-                 later: int = 0) -> dict[str, Any]:
+                 later: int = 0, reregistered: int = 0) -> dict[str, Any]:
     """The passes after ``lost`` hosts are lost (and ``later`` more after the first pass), each's cpu and
     what it wrote: the best of ``rounds``."""
     from scheduler import gc_pauses
     gc_pauses.tune()  # as the leader runs
     best_passes: list[dict[str, float]] = []
     for round_ in range(rounds):
-        passes = after_loss(n_replicas, n_hosts, lost, profile if round_ == 0 else "", later=later)
+        passes = after_loss(n_replicas, n_hosts, lost, profile if round_ == 0 else "", later=later,
+                            reregistered=reregistered)
         if not best_passes or sum(p["cpu_s"] for p in passes) < sum(p["cpu_s"] for p in best_passes):
             best_passes = passes
     return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "lost_later": later,
-            "passes": best_passes}
+            "reregistered": reregistered, "passes": best_passes}
 
 
 def against_etcd(n_replicas: int, n_hosts: int, lost: int, rounds: int, members: int) -> dict[str, Any]:
@@ -407,6 +424,8 @@ def main() -> None:
     parser.add_argument("--lost", type=int, default=0, metavar="N", help="hosts lost at once (see above)")
     parser.add_argument("--lost-later", type=int, default=0, metavar="M",
                         help="with --lost: M more hosts lost after the first pass (see above)")
+    parser.add_argument("--reregistered", type=int, default=0, metavar="K",
+                        help="with --lost: K hosts register again with nothing new first (see above)")
     parser.add_argument("--profile", default="", metavar="FILE", help="with --lost: cProfile of round 1")
     parser.add_argument("--etcd", type=int, default=0, metavar="M",
                         help="with --lost: against a real etcd of M members (see above)")
@@ -414,6 +433,9 @@ def main() -> None:
     if args.etcd < 0 or (args.etcd and not args.lost):
         raise SystemExit("pass_cost: --etcd M (members, at least 1) measures a mass failure: "
                          "give --lost N too")
+    if args.reregistered < 0 or (args.reregistered and (not args.lost or args.etcd)):
+        raise SystemExit("pass_cost: --reregistered K (hosts, at least 0) goes with --lost N, "
+                         "and not with --etcd")
     if args.lost_later < 0 or (args.lost_later and (not args.lost or args.etcd)):
         raise SystemExit("pass_cost: --lost-later M (hosts, at least 0) goes with --lost N, "
                          "and not with --etcd")
@@ -433,12 +455,15 @@ def main() -> None:
     if args.lost:
         for size in args.sizes.split(","):
             n_replicas, n_hosts = (int(x) for x in size.split("/"))
-            row = mass_failure(n_replicas, n_hosts, args.lost, args.rounds, args.profile, args.lost_later)
+            row = mass_failure(n_replicas, n_hosts, args.lost, args.rounds, args.profile, args.lost_later,
+                               args.reregistered)
             rows.append(row)
             shown = ", ".join(f"{p['cpu_s'] * 1000:.0f} ms (view {p['view_s'] * 1000:.0f} ms, collecting "
                               f"{p['gc_s'] * 1000:.0f} ms; {p['writes']:.0f} writes, "
                               f"{p['actions']:.0f} actions)" for p in row["passes"])
             later = f" (+{args.lost_later} after the first pass)" if args.lost_later else ""
+            if args.reregistered:
+                later += f", {args.reregistered} registered again before"
             print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost{later}: {shown}",
                   flush=True)
         write(args.label, rows)

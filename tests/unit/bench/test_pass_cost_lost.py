@@ -3,6 +3,7 @@ replacements elsewhere, and the passes end with one that writes nothing (what th
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 from bench import pass_cost
@@ -36,3 +37,17 @@ def test_the_collectors_pauses_within_each_pass_are_timed() -> None:
         gc.set_threshold(*saved)
     assert passes[0]["collections"] > 0 and passes[0]["gc_s"] > 0
     assert passes[0]["gc_s"] < passes[0]["wall_s"]
+
+
+def test_hosts_registered_again_before_the_loss_have_new_records_and_the_same_outcome() -> None:
+    records, sessions = pass_cost.cluster(400, 20)
+    ctl = asyncio.run(pass_cost.controller(records, sessions))
+    before = dict(ctl.mirror.hosts) if ctl.mirror is not None else {}
+    pass_cost.reregister(ctl, 5)
+    assert ctl.mirror is not None
+    again = [h for h in before if ctl.mirror.hosts[h] is not before[h]]
+    assert len(again) == 5
+    assert all(ctl.mirror.hosts[h].revision == before[h].revision + 1 for h in again)
+    assert ctl.mirror.dirt.hosts == set()  # nothing a pass reads changed
+    passes = pass_cost.after_loss(400, 20, 2, "", reregistered=10)
+    assert passes[0]["writes"] == 2 * 2 * 400 // 20 and passes[-1]["writes"] == 0
