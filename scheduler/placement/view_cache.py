@@ -29,8 +29,10 @@ through random changes, counting again and updating: ``tests/unit/scheduler/plac
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from scheduler import model
 from scheduler.model import HostId, ReplicaId, ReplicaPhase, ServiceName
@@ -190,12 +192,17 @@ class ViewCache:
         return changed
 
 
+# A host record's fields but those registering again rewrites every time (``server.REGISTRATION_REWRITE``):
+# its revision, the registration's time and its raw report. (The use figures in its capacity come from
+# the agent's reports, ``Controller._fresh``, and are compared.)
+_REREGISTERED = frozenset({"revision", "last_registered_at", "info_json"})
+_compared = operator.attrgetter(*(f.name for f in dataclasses.fields(model.HostRecord)
+                                  if f.name not in _REREGISTERED))
+
+
 def _reregistered(kept: model.HostRecord, record: model.HostRecord) -> bool:
-    """Whether ``record`` is ``kept`` registered again with nothing new: a new revision, the time of the
-    registration, its raw report (``server.REGISTRATION_REWRITE``); the use figures in its capacity come
-    from the agent's reports (``Controller._fresh``) and are compared."""
-    return kept == replace(record, revision=kept.revision, last_registered_at=kept.last_registered_at,
-                           info_json=kept.info_json)
+    """Whether ``record`` is ``kept`` registered again with nothing new."""
+    return bool(_compared(kept) == _compared(record))
 
 
 def _services(members: tuple[model.Replica, ...]) -> frozenset[ServiceName]:
