@@ -26,7 +26,10 @@ graces end over more than a pass's length (most 5,000-host runs have one, docs/s
 ``--reregistered K`` has K hosts register again with nothing new (a new revision and time in their
 records) before the loss, as at 5,000 hosts about 83 a second do between two passes
 (``RegistrationService``: each host's record rewritten once a minute): the marking pass's view comes
-some 30 s after the last one, 2,500 re-registrations later (docs/scaling.md, part 29).
+some 30 s after the last one, 2,500 re-registrations later (docs/scaling.md, part 29). ``--resized K``
+has K hosts' agents report new committed figures before the loss, as every host's do while the replicas
+placed on it start (a mass failure that comes before the safety net has refreshed the view after
+placing meets all of them).
 
 ``--etcd M`` (with ``--lost``) runs the same mass failure against a real etcd of M members on loopback
 (``tests/fixtures/etcd``; a fresh key prefix per round) instead of the memory store, and times each
@@ -208,8 +211,19 @@ def reregister(ctl: Controller, n: int) -> None:
                                last_registered_at=record.last_registered_at + 60.0))
 
 
+def resize(sessions: dict[HostId, StandInSession], n: int) -> None:
+    """``n`` hosts' agents (spread over the hosts) report 100 millicores more committed."""
+    hosts = sorted(sessions)
+    for host in hosts[::max(1, len(hosts) // n)][:n] if n else []:
+        info = pb.HostInfo()
+        info.CopyFrom(sessions[host].info)
+        info.cpu_committed_millis += 100
+        sessions[host].info = info
+
+
 def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
-               etcd: str = "", later: int = 0, reregistered: int = 0) -> list[dict[str, float]]:
+               etcd: str = "", later: int = 0, reregistered: int = 0, resized: int = 0
+               ) -> list[dict[str, float]]:
     """One round: a fresh settled cluster loses ``lost`` hosts; each pass after that, timed. ``etcd``: its
     endpoints, to run against a fresh prefix there rather than a memory store. ``later``: that many more
     hosts are lost after the first pass (a second marking pass, as when the lost hosts' graces end over
@@ -227,6 +241,7 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
     ctl = loop.run_until_complete(controller(records, sessions, store))
     loop.run_until_complete(ctl.step())  # the term's first pass
     reregister(ctl, reregistered)
+    resize(sessions, resized)
     first = lose(ctl, sessions, lost)
     busy = ctl.actuator.busy
 
@@ -279,7 +294,7 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
 
 
 def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile: str,
-                 later: int = 0, reregistered: int = 0) -> dict[str, Any]:
+                 later: int = 0, reregistered: int = 0, resized: int = 0) -> dict[str, Any]:
     """The passes after ``lost`` hosts are lost (and ``later`` more after the first pass), each's cpu and
     what it wrote: the best of ``rounds``."""
     from scheduler import gc_pauses
@@ -287,11 +302,11 @@ def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile:
     best_passes: list[dict[str, float]] = []
     for round_ in range(rounds):
         passes = after_loss(n_replicas, n_hosts, lost, profile if round_ == 0 else "", later=later,
-                            reregistered=reregistered)
+                            reregistered=reregistered, resized=resized)
         if not best_passes or sum(p["cpu_s"] for p in passes) < sum(p["cpu_s"] for p in best_passes):
             best_passes = passes
     return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "lost_later": later,
-            "reregistered": reregistered, "passes": best_passes}
+            "reregistered": reregistered, "resized": resized, "passes": best_passes}
 
 
 def against_etcd(n_replicas: int, n_hosts: int, lost: int, rounds: int, members: int) -> dict[str, Any]:
@@ -426,6 +441,8 @@ def main() -> None:
                         help="with --lost: M more hosts lost after the first pass (see above)")
     parser.add_argument("--reregistered", type=int, default=0, metavar="K",
                         help="with --lost: K hosts register again with nothing new first (see above)")
+    parser.add_argument("--resized", type=int, default=0, metavar="K",
+                        help="with --lost: K hosts report new committed figures first (see above)")
     parser.add_argument("--profile", default="", metavar="FILE", help="with --lost: cProfile of round 1")
     parser.add_argument("--etcd", type=int, default=0, metavar="M",
                         help="with --lost: against a real etcd of M members (see above)")
@@ -433,9 +450,10 @@ def main() -> None:
     if args.etcd < 0 or (args.etcd and not args.lost):
         raise SystemExit("pass_cost: --etcd M (members, at least 1) measures a mass failure: "
                          "give --lost N too")
-    if args.reregistered < 0 or (args.reregistered and (not args.lost or args.etcd)):
-        raise SystemExit("pass_cost: --reregistered K (hosts, at least 0) goes with --lost N, "
-                         "and not with --etcd")
+    for flag, value in (("--reregistered", args.reregistered), ("--resized", args.resized)):
+        if value < 0 or (value and (not args.lost or args.etcd)):
+            raise SystemExit(f"pass_cost: {flag} K (hosts, at least 0) goes with --lost N, "
+                             "and not with --etcd")
     if args.lost_later < 0 or (args.lost_later and (not args.lost or args.etcd)):
         raise SystemExit("pass_cost: --lost-later M (hosts, at least 0) goes with --lost N, "
                          "and not with --etcd")
@@ -456,7 +474,7 @@ def main() -> None:
         for size in args.sizes.split(","):
             n_replicas, n_hosts = (int(x) for x in size.split("/"))
             row = mass_failure(n_replicas, n_hosts, args.lost, args.rounds, args.profile, args.lost_later,
-                               args.reregistered)
+                               args.reregistered, args.resized)
             rows.append(row)
             shown = ", ".join(f"{p['cpu_s'] * 1000:.0f} ms (view {p['view_s'] * 1000:.0f} ms, collecting "
                               f"{p['gc_s'] * 1000:.0f} ms; {p['writes']:.0f} writes, "
@@ -464,6 +482,8 @@ def main() -> None:
             later = f" (+{args.lost_later} after the first pass)" if args.lost_later else ""
             if args.reregistered:
                 later += f", {args.reregistered} registered again before"
+            if args.resized:
+                later += f", {args.resized} with new committed figures before"
             print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost{later}: {shown}",
                   flush=True)
         write(args.label, rows)

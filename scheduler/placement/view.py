@@ -125,6 +125,27 @@ class HostView:
         twin.ports = set(self.ports)
         return twin
 
+    def with_capacity(self, record: model.HostRecord) -> HostView:
+        """A copy for ``record``, which differs from this view's record only in its capacity (the agent's
+        figures: its committed requests change as containers start and stop), without counting the
+        replicas again. Exact: what is used is the larger of the committed figure and what the counted
+        replicas request (``add_replica``'s floor), plus what is placed, so only that larger part moves."""
+        twin = self.copy()
+        twin.record = record
+        capacity = record.capacity
+        twin.cpu_allocatable = capacity.cpu_allocatable_millis
+        twin.memory_allocatable = capacity.memory_allocatable_bytes
+        cpu = max(capacity.cpu_committed_millis, self.cpu_counted) - max(self.cpu_committed, self.cpu_counted)
+        memory = max(capacity.memory_committed_bytes, self.memory_counted) - max(self.memory_committed,
+                                                                                self.memory_counted)
+        twin.cpu_committed = capacity.cpu_committed_millis
+        twin.memory_committed = capacity.memory_committed_bytes
+        twin.cpu_used += cpu
+        twin.cpu_scoring_used += cpu
+        twin.memory_used += memory
+        twin.memory_scoring_used += memory
+        return twin
+
     def __repr__(self) -> str:
         return (f"HostView({self.id}, cpu {self.cpu_used}/{self.cpu_allocatable}, "
                 f"memory {self.memory_used}/{self.memory_allocatable}, replicas {dict(self.replicas)})")

@@ -12,7 +12,9 @@ leader's mirror, ``Controller._fresh`` and ``_status`` keep the same object whil
 identity is a sound test: a replica record replaced by an equal one is compared field by field and
 the host kept, and so is a host record that differs only in what re-registering rewrites every time
 (``_reregistered``: at 5,000 hosts every host's, once a minute, so a view a minute after the last
-counted every host again); any other input replaced by an equal one only costs a rebuild.
+counted every host again); one whose capacity alone changed (the agent's committed figures, as
+containers start and stop) has a copy of its kept view take the new figures (``HostView.with_capacity``)
+instead of being counted again; any other input replaced by an equal one only costs a rebuild.
 
 A host whose record, status and services' facts are those of its kept view, but whose replicas (or
 those its agent counts) changed, is brought up to date from a copy of that view: the replicas gone
@@ -120,10 +122,17 @@ class ViewCache:
             counted = counted_by_agent.get(host)
             members = tuple(on[host])
             entry = self._kept.get(host)
-            if entry is not None and entry.record is not record and _reregistered(entry.record, record):
-                # Nothing a view reads changed: the kept view (and every view sharing it) takes the new
-                # record, so the old one is not held, and the next pass finds it by identity.
-                entry.record = entry.view.record = record
+            resized = False
+            if entry is not None and entry.record is not record:
+                if _reregistered(entry.record, record):
+                    # Nothing a view reads changed: the kept view (and every view sharing it) takes the
+                    # new record, so the old one is not held, and the next pass finds it by identity.
+                    entry.record = entry.view.record = record
+                elif _resized(entry.record, record):
+                    # Only the agent's figures: a copy with them (views built before keep theirs).
+                    entry = _Kept(record, entry.status, entry.counted, entry.members, entry.services,
+                                  entry.view.with_capacity(record))
+                    resized = True
             if entry is None or entry.record is not record or entry.status is not status or (
                     changed and not entry.services.isdisjoint(changed)):
                 entry = _Kept(record, status, counted, members, _services(members),
@@ -140,6 +149,8 @@ class ViewCache:
                 else:
                     entry = _Kept(record, status, counted, members, *update)
                     updated += 1
+            elif resized:
+                updated += 1
             kept[host] = entry
         self._lay_out(kept)
         self._kept = kept
@@ -198,11 +209,20 @@ class ViewCache:
 _REREGISTERED = frozenset({"revision", "last_registered_at", "info_json"})
 _compared = operator.attrgetter(*(f.name for f in dataclasses.fields(model.HostRecord)
                                   if f.name not in _REREGISTERED))
+_but_capacity = operator.attrgetter(*(f.name for f in dataclasses.fields(model.HostRecord)
+                                      if f.name not in _REREGISTERED | {"capacity"}))
 
 
 def _reregistered(kept: model.HostRecord, record: model.HostRecord) -> bool:
     """Whether ``record`` is ``kept`` registered again with nothing new."""
     return bool(_compared(kept) == _compared(record))
+
+
+def _resized(kept: model.HostRecord, record: model.HostRecord) -> bool:
+    """Whether ``record`` differs from ``kept`` in its capacity alone (and what registering rewrites):
+    the agent's figures, which ``HostView.with_capacity`` applies to a copy of the kept view. Every
+    host's change as the replicas placed on it start; before this, each such host was counted again."""
+    return bool(_but_capacity(kept) == _but_capacity(record))
 
 
 def _services(members: tuple[model.Replica, ...]) -> frozenset[ServiceName]:

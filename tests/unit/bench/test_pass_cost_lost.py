@@ -51,3 +51,12 @@ def test_hosts_registered_again_before_the_loss_have_new_records_and_the_same_ou
     assert ctl.mirror.dirt.hosts == set()  # nothing a pass reads changed
     passes = pass_cost.after_loss(400, 20, 2, "", reregistered=10)
     assert passes[0]["writes"] == 2 * 2 * 400 // 20 and passes[-1]["writes"] == 0
+
+
+def test_hosts_with_new_committed_figures_before_the_loss_change_the_view_and_not_the_outcome() -> None:
+    _, sessions = pass_cost.cluster(400, 20)
+    before = {h: s.info.cpu_committed_millis for h, s in sessions.items()}
+    pass_cost.resize(sessions, 5)
+    assert sum(s.info.cpu_committed_millis != before[h] for h, s in sessions.items()) == 5
+    passes = pass_cost.after_loss(400, 20, 2, "", resized=10)
+    assert passes[0]["writes"] == 2 * 2 * 400 // 20 and passes[-1]["writes"] == 0

@@ -102,10 +102,17 @@ class Cluster:
             if n % 2:
                 self.statuses[host] = dataclasses.replace(self.statuses[host],
                                                           ready=not self.statuses[host].ready)
-            else:
+            elif n % 4 == 0:  # the agent commits more (or less) cpu than its counted replicas ask
                 record = self.hosts[host]
-                committed = record.capacity.cpu_committed_millis + 100
+                committed = (record.capacity.cpu_committed_millis + 100 * (n % 7)) % 900
                 capacity = dataclasses.replace(record.capacity, cpu_committed_millis=committed)
+                self.hosts[host] = dataclasses.replace(record, capacity=capacity)
+            else:  # less memory allocatable, more committed
+                record = self.hosts[host]
+                memory = record.capacity.memory_allocatable_bytes - (1 << 30)
+                committed = record.capacity.memory_committed_bytes + (64 << 20) * (n % 5)
+                capacity = dataclasses.replace(record.capacity, memory_allocatable_bytes=memory,
+                                               memory_committed_bytes=committed)
                 self.hosts[host] = dataclasses.replace(record, capacity=capacity)
         elif kind == 5:  # a service's template changes (new facts), or only its replica count
             name = names[n % len(names)]
@@ -202,6 +209,25 @@ def test_a_host_registered_again_with_nothing_new_is_kept_and_its_views_hold_the
     assert view.hosts[view.index[h0]].record is cluster.hosts[h0]
     assert earlier.hosts[earlier.index[h0]].record is cluster.hosts[h0]
     assert earlier.hosts[earlier.index[h1]].record is not cluster.hosts[h1]
+
+
+def test_a_host_whose_agent_figures_changed_is_updated_and_earlier_views_keep_theirs() -> None:
+    """As the replicas placed on a host start, its agent's committed figures change, and each such host
+    was counted again: every host, when a mass failure came before the safety net had refreshed the
+    cache after placing (docs/scaling.md, part 29)."""
+    cluster, cache = Cluster(), ViewCache()
+    for n in range(12):
+        cluster.change(0, n)
+    earlier = cluster.build(cache)
+    h0 = HostId("h0")
+    before = earlier.hosts[earlier.index[h0]].cpu_used
+    record = cluster.hosts[h0]
+    cluster.hosts[h0] = dataclasses.replace(record, capacity=dataclasses.replace(
+        record.capacity, cpu_committed_millis=record.capacity.cpu_committed_millis + 3000))
+    view = cluster.build(cache)
+    assert (cache.rebuilt, cache.updated) == (0, 1)
+    assert snapshot(view) == snapshot(cluster.fresh())
+    assert view.hosts[view.index[h0]].cpu_used > before == earlier.hosts[earlier.index[h0]].cpu_used
 
 
 def test_placing_on_a_view_leaves_the_kept_hosts_as_they_were() -> None:
