@@ -275,9 +275,9 @@ TOO_MANY_RETRIES = 100  # a batch etcd refuses as overloaded is tried again (abo
 # etcd's backpressure: its applies 5,000 entries behind its commits, or a proposal not applied in time.
 BACKPRESSURE = ("too many requests", "request timed out")
 # Keys a flood's clean-up deletes per request. One delete of a whole flood (up to ~200,000 keys, one raft
-# entry) was the call that failed the ceiling in about a third of the runs of parts 23 to 28: etcd timed
-# it out (its apply of that entry outlasting the request's deadline on the loaded machine), and nothing
-# retried it.
+# entry) failed the ceiling in six of the thirteen runs of parts 23 to 28 that lost it: etcd timed it out
+# (its apply of that entry outlasting the request's deadline on the loaded machine), and nothing retried
+# it (docs/scaling.md, part 29).
 DELETE_CHUNK = 4096
 
 
