@@ -182,6 +182,11 @@ async def controller(records: list[object], sessions: dict[HostId, StandInSessio
     return ctl
 
 
+def spread(hosts: Sequence[HostId], n: int) -> list[HostId]:
+    """``n`` of ``hosts`` at even steps (over the zones, which alternate)."""
+    return list(hosts[::max(1, len(hosts) // n)][:n]) if n else []
+
+
 def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int, *,
          besides: Sequence[HostId] = ()) -> list[HostId]:
     """``n`` hosts (spread over the zones, none of ``besides``) fall silent: their sessions failed a
@@ -189,7 +194,7 @@ def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int, *,
     assert ctl.mirror is not None
     gone = set(besides)
     others = [h for h in sorted(sessions) if h not in gone]
-    hosts = others[::max(1, len(others) // n)][:n] if n else []
+    hosts = spread(others, n)
     for host in hosts:
         session = sessions[host]
         session.error = "no report from the agent for 6.0 s (unreachable?)"
@@ -204,8 +209,7 @@ def reregister(ctl: Controller, n: int) -> None:
     """``n`` hosts (spread over the hosts) register again with nothing new: their records rewritten with
     a new revision and time, as ``RegistrationService`` rewrites each once a minute."""
     assert ctl.mirror is not None
-    hosts = sorted(ctl.mirror.hosts)
-    for host in hosts[::max(1, len(hosts) // n)][:n] if n else []:
+    for host in spread(sorted(ctl.mirror.hosts), n):
         record = ctl.mirror.hosts[host]
         ctl.mirror.put(replace(record, revision=record.revision + 1,
                                last_registered_at=record.last_registered_at + 60.0))
@@ -213,8 +217,7 @@ def reregister(ctl: Controller, n: int) -> None:
 
 def resize(sessions: dict[HostId, StandInSession], n: int) -> None:
     """``n`` hosts' agents (spread over the hosts) report 100 millicores more committed."""
-    hosts = sorted(sessions)
-    for host in hosts[::max(1, len(hosts) // n)][:n] if n else []:
+    for host in spread(sorted(sessions), n):
         info = pb.HostInfo()
         info.CopyFrom(sessions[host].info)
         info.cpu_committed_millis += 100

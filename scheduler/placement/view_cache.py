@@ -205,7 +205,8 @@ class ViewCache:
 
 # A host record's fields but those registering again rewrites every time (``server.REGISTRATION_REWRITE``):
 # its revision, the registration's time and its raw report. (The use figures in its capacity come from
-# the agent's reports, ``Controller._fresh``, and are compared.)
+# the agent's reports, ``Controller._fresh``, and are compared.) ``mirror.host_as_read`` draws a like
+# line for waking passes, but copies each record twice; this is asked per host on every refresh.
 _REREGISTERED = frozenset({"revision", "last_registered_at", "info_json"})
 _compared = operator.attrgetter(*(f.name for f in dataclasses.fields(model.HostRecord)
                                   if f.name not in _REREGISTERED))

@@ -42,9 +42,9 @@ def test_the_collectors_pauses_within_each_pass_are_timed() -> None:
 def test_hosts_registered_again_before_the_loss_have_new_records_and_the_same_outcome() -> None:
     records, sessions = pass_cost.cluster(400, 20)
     ctl = asyncio.run(pass_cost.controller(records, sessions))
-    before = dict(ctl.mirror.hosts) if ctl.mirror is not None else {}
-    pass_cost.reregister(ctl, 5)
     assert ctl.mirror is not None
+    before = dict(ctl.mirror.hosts)
+    pass_cost.reregister(ctl, 5)
     again = [h for h in before if ctl.mirror.hosts[h] is not before[h]]
     assert len(again) == 5
     assert all(ctl.mirror.hosts[h].revision == before[h].revision + 1 for h in again)
