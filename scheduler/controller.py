@@ -470,8 +470,9 @@ class Controller:
             # Counted from the end of the pass: a full pass longer than the interval must not make every
             # pass a full one.
             self._full_due, self._last_full = False, time.time()
+        launching = _Launching(plan, self._act)
         ops: list[base.Op] = []
-        for write in plan.writes:
+        for write in launching.first(plan.writes):
             if isinstance(write, reconcile.WriteReplica):
                 ops.append(base.Put(write.replica))
             elif isinstance(write, reconcile.DropReplica):
@@ -481,7 +482,6 @@ class Controller:
         ops += [base.Put(status) for host, status in statuses.items()
                 if status is not self.mirror.statuses.get(host) and status != self.mirror.statuses.get(host)]
         encoded = time.perf_counter()
-        launching = _Launching(plan, self._act)
         recorder = self._new_recorder(ops, ahead=ahead, recording=recording)
         try:
             committed = await self._commit(ops, launching, recorder) if ops else None
@@ -1063,6 +1063,31 @@ class _Launching:
         self._plan = plan
         self._act = act
         self._sent: set[ReplicaId] = set()
+
+    def first(self, writes: Sequence[reconcile.RecordWrite]) -> list[reconcile.RecordWrite]:
+        """The pass's writes in the order to commit them: the records its early launches wait for first,
+        each host's together (in the order of its first launch), then the rest as decided.
+
+        The step decides service by service, so a host's records were spread through the whole commit:
+        each replacement of a mass failure written just after the lost replica it replaces was marked,
+        and a placing pass's four or so launches per host (from as many services) ready only near its
+        end. A commit is many transactions anyway, so one that fails part-way leaves a replacement
+        written before its lost replica is marked (the next pass marks it: its host is still lost) rather
+        than a marked replica with no replacement yet."""
+        position = {a.replica: i for i, a in enumerate(
+            a for launches in self._by_host.values() for a in launches)}
+        if not position:
+            return list(writes)
+        early: list[tuple[int, reconcile.RecordWrite]] = []
+        rest: list[reconcile.RecordWrite] = []
+        for write in writes:
+            at = position.get(write.replica.id) if isinstance(write, reconcile.WriteReplica) else None
+            if at is None:
+                rest.append(write)
+            else:
+                early.append((at, write))
+        early.sort(key=lambda item: item[0])
+        return [write for _, write in early] + rest
 
     def landed(self, records: tuple[Record, ...]) -> None:
         ready: list[reconcile.Launch] = []

@@ -112,3 +112,37 @@ def test_a_hosts_launches_go_together_once_all_their_records_landed() -> None:
     assert [sorted(a.replica for a in batch if isinstance(a, reconcile.Launch)) for batch in sent] == [
         ["web-1", "web-2", "web-5"]]
     assert launching.rest() == (actions[2], actions[3], actions[5])
+
+
+def test_the_records_launches_wait_for_are_committed_first_each_hosts_together() -> None:
+    """The step decides service by service: a replacement's record follows the lost replica it replaces,
+    and a host's launches come from several services. Committed in that order, a host's launches were
+    ready only once its last record landed, late in the commit; ``first`` puts the records each host's
+    launches wait for first, host by host, and keeps the rest (marks, a host whose launch has no record
+    in the pass, drops) in the order decided."""
+    def launch(rid: str, host: str) -> reconcile.Launch:
+        return reconcile.Launch(host=HostId(host), replica=ReplicaId(rid), service=ServiceName(rid[:3]),
+                                generation=1)
+
+    old_a, old_b = replica("aaa-0", host="lost"), replica("bbb-0", host="lost")
+    new = {rid: replica(rid, host=host) for rid, host in
+           (("aaa-1", "h1"), ("bbb-1", "h2"), ("ccc-1", "h1"), ("ddd-1", "h3"), ("eee-1", "h2"))}
+    dropped = reconcile.DropReplica(replica("fff-0", host="h4"))
+    writes = (reconcile.WriteReplica(old_a), reconcile.WriteReplica(new["aaa-1"]),
+              reconcile.WriteReplica(old_b), reconcile.WriteReplica(new["bbb-1"]), dropped,
+              reconcile.WriteReplica(new["ccc-1"]), reconcile.WriteReplica(new["ddd-1"]),
+              reconcile.WriteReplica(new["eee-1"]))
+    actions = (launch("aaa-1", "h1"), launch("bbb-1", "h2"), launch("ccc-1", "h1"), launch("ddd-1", "h3"),
+               launch("ggg-1", "h3"), launch("eee-1", "h2"))  # ggg-1: launched again, no record written
+    plan = Plan(writes=writes, actions=actions)
+    launching = _Launching(plan, lambda _: None)
+    ordered = launching.first(plan.writes)
+    assert sorted(map(id, ordered)) == sorted(map(id, writes))  # the same writes, each once
+    assert [w.replica.id for w in ordered] == [
+        "aaa-1", "ccc-1", "bbb-1", "eee-1",   # h1's, then h2's: the hosts whose launches all have records
+        "aaa-0", "bbb-0", "fff-0", "ddd-1"]   # as decided: h3 waits for the whole commit anyway
+    sent: list[tuple[reconcile.AgentAction, ...]] = []
+    launching = _Launching(plan, sent.append)
+    launching.landed((new["aaa-1"], new["ccc-1"]))  # the first transaction of two writes: h1 is ready
+    assert [[a.replica for a in batch] for batch in sent] == [["aaa-1", "ccc-1"]]
+    assert _Launching(Plan(writes=writes), sent.append).first(writes) == list(writes)  # no launch: as is
