@@ -35,7 +35,10 @@ placing meets all of them).
 (``tests/fixtures/etcd``; a fresh key prefix per round) instead of the memory store, and times each
 pass on the wall clock as well, from its start to its writes landed: what etcd adds to a pass when it
 has the machine to itself, which the 5,000-host benchmark on two shared cores does not show
-(docs/scaling.md, part 19).
+(docs/scaling.md, part 19). Each pass that launches also says when its launches were handed over, in
+seconds from its start (first, median, last): a launch goes once its host's records have landed
+(``controller._Launching``), so how far into the commit that is depends on the order of its writes
+(docs/scaling.md, part 30).
 
 ``--templates N`` measures instead the spec of N launches of one service (a template with a command,
 environment, resources, a health check and a port): parsed afresh per launch (``container_spec``, as
@@ -248,9 +251,13 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
     first = lose(ctl, sessions, lost)
     busy = ctl.actuator.busy
 
+    handed: list[float] = []  # when each of the pass's launches was handed over, on the wall clock
+
     def submit(actions: Sequence[reconcile.AgentAction]) -> None:
         # Handed over as a pass hands them, and never run: there is no agent here.
         busy.update(a.replica if isinstance(a, reconcile.Launch) else a.container for a in actions)
+        now = time.perf_counter()
+        handed.extend(now for a in actions if isinstance(a, reconcile.Launch))
 
     ctl.actuator.submit = submit  # type: ignore[method-assign]
     seen: list[reconcile.Plan] = []
@@ -272,6 +279,7 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
         gc.collect()
         paused, collections = gc_pauses.pauses.total_s, gc_pauses.pauses.count
         started, wall = time.process_time(), time.perf_counter()
+        started_wall = wall
         if profiler is not None:
             profiler.enable()
         loop.run_until_complete(ctl.step())
@@ -281,8 +289,10 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
         plan = seen[-1]
         passes.append({"cpu_s": spent, "wall_s": wall, "view_s": in_view[0], "writes": len(plan.writes),
                        "actions": len(plan.actions), "gc_s": gc_pauses.pauses.total_s - paused,
-                       "collections": gc_pauses.pauses.count - collections})
+                       "collections": gc_pauses.pauses.count - collections,
+                       **handed_over(handed, started_wall)})
         in_view[0] = 0.0
+        handed.clear()
         if later and len(passes) == 1:
             lose(ctl, sessions, later, besides=first)
             continue
@@ -294,6 +304,16 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
         loop.run_until_complete(store.close())
     loop.close()
     return passes
+
+
+def handed_over(handed: Sequence[float], started: float) -> dict[str, float]:
+    """When a pass's launches were handed over, in seconds from its start: the first, the median, the
+    last (none: an empty dict). Against etcd, a launch goes once its host's records have landed
+    (``controller._Launching``): how far into the commit that is."""
+    if not handed:
+        return {}
+    return {"launched_first_s": min(handed) - started, "launched_p50_s": statistics.median(handed) - started,
+            "launched_last_s": max(handed) - started}
 
 
 def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile: str,
@@ -328,7 +348,9 @@ def against_etcd(n_replicas: int, n_hosts: int, lost: int, rounds: int, members:
     return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "etcd_members": members,
             "rounds": [[{k: round(v, 3) for k, v in p.items()} for p in passes] for passes in got],
             "marking_pass_median_wall_s": round(statistics.median(p["wall_s"] for p in marking), 3),
-            "marking_pass_median_cpu_s": round(statistics.median(p["cpu_s"] for p in marking), 3)}
+            "marking_pass_median_cpu_s": round(statistics.median(p["cpu_s"] for p in marking), 3),
+            "marking_pass_median_launched_p50_s": round(statistics.median(
+                p.get("launched_p50_s", 0.0) for p in marking), 3)}
 
 
 def best(rounds: int, run: Callable[[], object]) -> float:
@@ -468,7 +490,10 @@ def main() -> None:
             rows.append(row)
             for passes in row["rounds"]:
                 shown = ", ".join(f"{p['wall_s'] * 1000:.0f} ms wall, {p['cpu_s'] * 1000:.0f} ms cpu "
-                                  f"({p['writes']:.0f} writes)" for p in passes)
+                                  f"({p['writes']:.0f} writes" + (
+                                      f"; launches handed over {p['launched_first_s']:.2f}/"
+                                      f"{p['launched_p50_s']:.2f}/{p['launched_last_s']:.2f} s in"
+                                      if "launched_p50_s" in p else "") + ")" for p in passes)
                 print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost, etcd of "
                       f"{args.etcd}: {shown}", flush=True)
         write(args.label, rows, unit="s: each round's passes, wall clock (to writes landed) and process cpu")

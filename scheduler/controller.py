@@ -535,7 +535,8 @@ class Controller:
                      "scoped", busy, built - started, decided - built, len(plan.writes), len(plan.actions),
                      "placing" if placer.built else "no placing", (encoded - decided) + (ended - landed),
                      landed - encoded, len(recording), recorder.recorded,
-                     len(world.services) if scope is None else len(scope.services), views)
+                     len(world.services) if scope is None else len(scope.services),
+                     views + launching.spread(encoded))
         if self._on_pass is not None:
             self._on_pass(time.perf_counter() - started, plan, world)
         self._due = self._next_due(world, held=plan.lost_held > 0)
@@ -1063,6 +1064,7 @@ class _Launching:
         self._plan = plan
         self._act = act
         self._sent: set[ReplicaId] = set()
+        self.handed: list[float] = []  # when launches went early (perf_counter), one entry per launch
 
     def first(self, writes: Sequence[reconcile.RecordWrite]) -> list[reconcile.RecordWrite]:
         """The pass's writes in the order to commit them: the records its early launches wait for first,
@@ -1098,7 +1100,17 @@ class _Launching:
                     ready += self._by_host[launch.host]
         if ready:
             self._sent.update(a.replica for a in ready)
+            self.handed += [time.perf_counter()] * len(ready)
             self._act(tuple(ready))
+
+    def spread(self, since: float) -> str:
+        """When the early launches went, in seconds after ``since`` (the commit's start) — the first, the
+        median and the last — for the long pass's log line ("" when none went early)."""
+        if not self.handed:
+            return ""
+        first, middle, last = (t - since for t in (self.handed[0], self.handed[len(self.handed) // 2],
+                                                   self.handed[-1]))
+        return f"; {len(self.handed)} launches went {first:.2f}/{middle:.2f}/{last:.2f}s into the commit"
 
     def rest(self) -> tuple[reconcile.AgentAction, ...]:
         """The actions not sent yet (all of them when nothing went early)."""

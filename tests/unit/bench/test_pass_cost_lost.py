@@ -16,6 +16,10 @@ def test_a_mass_failure_is_marked_and_replaced_in_the_first_pass_and_settles() -
     assert passes[0]["actions"] == lost      # each replacement launched
     assert passes[0]["view_s"] > 0           # the pass built a placement view
     assert passes[-1]["writes"] == 0 and len(passes) <= 3
+    # Its launches were handed over during its commit, in order, within the pass.
+    first, middle, last = (passes[0][k] for k in ("launched_first_s", "launched_p50_s", "launched_last_s"))
+    assert 0 < first <= middle <= last <= passes[0]["wall_s"]
+    assert "launched_p50_s" not in passes[-1]  # a pass that launches nothing says nothing of it
 
 
 def test_hosts_lost_after_the_first_pass_are_marked_by_the_second() -> None:

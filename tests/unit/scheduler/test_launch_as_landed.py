@@ -5,6 +5,7 @@ of the pass's batch; after a failed commit, only the hosts whose records all lan
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -143,6 +144,10 @@ def test_the_records_launches_wait_for_are_committed_first_each_hosts_together()
         "aaa-0", "bbb-0", "fff-0", "ddd-1"]   # as decided: h3 waits for the whole commit anyway
     sent: list[tuple[reconcile.AgentAction, ...]] = []
     launching = _Launching(plan, sent.append)
+    assert launching.spread(0.0) == ""  # nothing went early (yet): the log line says nothing of it
+    since = time.perf_counter()
     launching.landed((new["aaa-1"], new["ccc-1"]))  # the first transaction of two writes: h1 is ready
     assert [[a.replica for a in batch] for batch in sent] == [["aaa-1", "ccc-1"]]
+    said = launching.spread(since)
+    assert said.startswith("; 2 launches went 0.") and said.endswith("s into the commit")
     assert _Launching(Plan(writes=writes), sent.append).first(writes) == list(writes)  # no launch: as is
