@@ -1073,9 +1073,10 @@ class _Launching:
         The step decides service by service, so a host's records were spread through the whole commit:
         each replacement of a mass failure written just after the lost replica it replaces was marked,
         and a placing pass's four or so launches per host (from as many services) ready only near its
-        end. A commit is many transactions anyway, so one that fails part-way leaves a replacement
-        written before its lost replica is marked (the next pass marks it: its host is still lost) rather
-        than a marked replica with no replacement yet."""
+        end. A commit is many transactions anyway; one that fails part-way now errs toward a replica too
+        many for a pass rather than one too few: a replacement written before the lost replica it
+        replaces is marked (the next pass marks it: its host is still lost), a rolling update's new
+        replica before the old one is stopped (the update goes on from there)."""
         position = {a.replica: i for i, a in enumerate(
             a for launches in self._by_host.values() for a in launches)}
         if not position:
