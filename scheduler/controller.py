@@ -1077,20 +1077,11 @@ class _Launching:
         many for a pass rather than one too few: a replacement written before the lost replica it
         replaces is marked (the next pass marks it: its host is still lost), a rolling update's new
         replica before the old one is stopped (the update goes on from there)."""
-        position = {a.replica: i for i, a in enumerate(
-            a for launches in self._by_host.values() for a in launches)}
-        if not position:
-            return list(writes)
-        early: list[tuple[int, reconcile.RecordWrite]] = []
-        rest: list[reconcile.RecordWrite] = []
-        for write in writes:
-            at = position.get(write.replica.id) if isinstance(write, reconcile.WriteReplica) else None
-            if at is None:
-                rest.append(write)
-            else:
-                early.append((at, write))
-        early.sort(key=lambda item: item[0])
-        return [write for _, write in early] + rest
+        # ``waiting`` holds those launches in that order, and every one of them has its record written.
+        early = {w.replica.id: w for w in writes
+                 if isinstance(w, reconcile.WriteReplica) and w.replica.id in self.waiting}
+        return [early[rid] for rid in self.waiting] + [
+            w for w in writes if not (isinstance(w, reconcile.WriteReplica) and w.replica.id in early)]
 
     def landed(self, records: tuple[Record, ...]) -> None:
         ready: list[reconcile.Launch] = []
