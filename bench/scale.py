@@ -332,12 +332,13 @@ WATCHED_METRICS = ("shoal_scheduler_reconcile_duration_seconds_count",
                    "shoal_scheduler_reconcile_duration_seconds_sum",
                    "shoal_scheduler_placement_duration_seconds_count",
                    "shoal_scheduler_placement_duration_seconds_sum",
-                   "shoal_scheduler_gc_pause_seconds_total")
+                   "shoal_scheduler_gc_pause_seconds_total",
+                   "shoal_scheduler_session_workers_gc_pause_seconds_total")
 
 
 def scrape(address: str) -> dict[str, float]:
-    """The scheduler's own counters of reconcile passes, placements and collector pauses (summed over
-    label sets)."""
+    """The scheduler's own counters of reconcile passes, placements and collector pauses (its own and its
+    session workers', each summed over label sets)."""
     out = dict.fromkeys(WATCHED_METRICS, 0.0)
     try:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
@@ -356,8 +357,10 @@ def passes_between(before: dict[str, float], after: dict[str, float]) -> dict[st
     seconds = after[WATCHED_METRICS[1]] - before[WATCHED_METRICS[1]]
     return {"passes": passes, "pass_seconds_total": round(seconds, 3),
             "pass_mean_s": round(seconds / passes, 4) if passes else 0.0,
-            # what the leader's collections held its loop for meanwhile (every generation)
-            "gc_pause_s": round(after[WATCHED_METRICS[4]] - before[WATCHED_METRICS[4]], 3)}
+            # what the leader's collections held its loop for meanwhile (every generation), and its
+            # session workers' theirs (summed; 0 from a scheduler from before they reported them)
+            "gc_pause_s": round(after[WATCHED_METRICS[4]] - before[WATCHED_METRICS[4]], 3),
+            "workers_gc_pause_s": round(after[WATCHED_METRICS[5]] - before[WATCHED_METRICS[5]], 3)}
 
 
 def scrape_counter(address: str, name: str) -> dict[str, float]:

@@ -17,6 +17,11 @@ objects (milliseconds) and still free young cycles, and refcounting frees everyt
 Tried and not kept: freezing the survivors after each full collection (``gc.freeze``) — frozen objects
 that later become cyclic garbage are never freed (2.2 GiB at 2,000 hosts); full collections only on a
 clock (the heap grew to 2 GB between them).
+
+The session workers (``scheduler.session_worker``) do the same in their own processes (until part 31
+they kept CPython's thresholds: at 5,000 hosts a worker spent about a sixth of its time collecting,
+full collections of 0.5-2.4 s that freed nothing among them, docs/scaling.md) and report their totals
+to the leader with every batch; ``SessionWorkers`` adds them up in ``workers``.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ class Pauses:
     by_generation: dict[int, float] = field(default_factory=dict)
 
 
-pauses = Pauses()
+pauses = Pauses()   # this process's collections
+workers = Pauses()  # its session workers' collections, as they report them (``add_reported``)
 _started: list[float] = []
 
 
@@ -72,3 +78,21 @@ def install() -> None:
     """Idempotent."""
     if _hook not in gc.callbacks:
         gc.callbacks.append(_hook)
+
+
+def totals() -> Pauses:
+    """A copy of this process's totals, to send (``pauses`` goes on changing)."""
+    return Pauses(pauses.count, pauses.total_s, pauses.longest_s, dict(pauses.by_generation))
+
+
+def add_reported(now: Pauses, before: Pauses | None) -> None:
+    """Adds to ``workers`` what a worker's totals ``now`` hold beyond the ones it reported ``before``
+    (None: its first report, so all of them: a worker started again reports from zero)."""
+    if before is None:
+        before = Pauses()
+    workers.count += now.count - before.count
+    workers.total_s += now.total_s - before.total_s
+    workers.longest_s = max(workers.longest_s, now.longest_s)
+    for generation, seconds in now.by_generation.items():
+        workers.by_generation[generation] = (workers.by_generation.get(generation, 0.0) + seconds
+                                             - before.by_generation.get(generation, 0.0))

@@ -461,17 +461,21 @@ def _label_map(prefix: str, labels: Sequence[tuple[str, str]]) -> dict[str, str]
     return out
 
 
-def _gc_pauses() -> CounterMetricFamily:
-    """What ``scheduler.gc_pauses`` timed (zero until ``install``): read from the scrape's thread, a
-    float per generation that only the collector's callback writes."""
-    family = CounterMetricFamily(
-        "shoal_scheduler_gc_pause_seconds",
-        "Time the cyclic garbage collector held this instance's interpreter (its event loop and the lease "
-        "thread with it), by generation (2: full collections).", labels=["generation"])
-    by_generation = gc_pauses.pauses.by_generation
-    for generation in GC_GENERATIONS:
-        family.add_metric([str(generation)], by_generation.get(generation, 0.0))
-    return family
+def _gc_pauses() -> Iterator[CounterMetricFamily]:
+    """What ``scheduler.gc_pauses`` timed (zero until ``install``), in this process and in its session
+    workers: read from the scrape's thread, a float per generation that only the collector's callback
+    (the loop, for the workers') writes."""
+    for name, what, pauses in (
+            ("shoal_scheduler_gc_pause_seconds", "this instance's interpreter (its event loop and the lease "
+             "thread with it)", gc_pauses.pauses),
+            ("shoal_scheduler_session_workers_gc_pause_seconds", "the interpreters of this instance's "
+             "session workers (--session-workers; their loops), summed over workers", gc_pauses.workers)):
+        family = CounterMetricFamily(name, f"Time the cyclic garbage collector held {what}, by generation "
+                                           "(2: full collections).", labels=["generation"])
+        by_generation = pauses.by_generation
+        for generation in GC_GENERATIONS:
+            family.add_metric([str(generation)], by_generation.get(generation, 0.0))
+        yield family
 
 
 class _ClusterCollector:
@@ -499,7 +503,7 @@ class _ClusterCollector:
             yield CounterMetricFamily("shoal_scheduler_etcd_watch_resumes",
                                       "etcd watch streams re-created after they broke.",
                                       value=state.etcd_watch_resumes)
-        yield _gc_pauses()
+        yield from _gc_pauses()
         cluster = state.cluster
         if cluster is None:
             return

@@ -16,6 +16,7 @@ from typing import Any
 
 from proto.agent.v1 import agent_pb2 as pb
 from scheduler.agents import Credentials
+from scheduler.gc_pauses import Pauses
 from scheduler.model import HostId
 from scheduler.observed import ContainerUsage, HostObservation, ObservedContainer
 from scheduler.pickled import by_fields
@@ -105,6 +106,7 @@ class States:
 
     states: tuple[HostState, ...]
     sent: float = 0.0
+    gc: Pauses | None = None  # the worker's collections so far, when more than it last sent
 
 
 @by_fields

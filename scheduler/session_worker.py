@@ -28,6 +28,7 @@ import time
 import grpc
 
 from proto.agent.v1 import agent_pb2 as pb
+from scheduler import gc_pauses
 from scheduler import session_wire as wire
 from scheduler.agents import AgentSession, pace_sessions
 from scheduler.connect_gate import ConnectGate
@@ -68,6 +69,7 @@ class Worker:
         self._calls: set[asyncio.Task[None]] = set()
         self.pacer = Pacer(init.pace)  # what its sessions ask agents for now
         self._repace_later: asyncio.Handle | None = None  # a repace coming (``_schedule_repace``)
+        self._gc_sent = 0  # collections counted in the last totals sent to the leader
 
     # -- from the leader ----------------------------------------------------------------------------
 
@@ -162,7 +164,14 @@ class Worker:
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
             states = tuple(self._state(self.sessions[h]) for h in dirty if h in self.sessions)
-            wire.send(self._writer, wire.States(states, sent=time.time()))
+            wire.send(self._writer, wire.States(states, sent=time.time(), gc=self._gc()))
+
+    def _gc(self) -> gc_pauses.Pauses | None:
+        """This process's collections so far, if there were more since the last sent."""
+        if gc_pauses.pauses.count == self._gc_sent:
+            return None
+        self._gc_sent = gc_pauses.pauses.count
+        return gc_pauses.totals()
 
     async def refresh(self) -> None:
         """The autoscaler's usage every second; every host's latest report every ``INFO_REFRESH_S``."""
@@ -249,7 +258,17 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=argv[1].upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s session-worker %(name)s: %(message)s")
+    collect_rarely()
     asyncio.run(serve(int(argv[0])))
+
+
+def collect_rarely() -> None:
+    """The leader's collector settings (``scheduler.gc_pauses``), here too: a worker's sessions keep
+    hundreds of MiB of live objects, which every full collection scans to free next to nothing, holding
+    the loop meanwhile (with CPython's thresholds, at 5,000 hosts, collections of up to seconds, one
+    every few seconds; docs/scaling.md, part 31). Long ones are logged; the totals go to the leader."""
+    gc_pauses.install()
+    gc_pauses.tune()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import grpc
 
 from proto.agent.v1 import agent_pb2 as pb
 from proto.agent.v1 import agent_pb2_grpc as pb_grpc
+from scheduler import gc_pauses
 from scheduler import session_wire as wire
 from scheduler.agents import Credentials, decided_by, observe_container
 from scheduler.model import HostId
@@ -185,6 +186,7 @@ class _Worker:
         self.calls: dict[int, asyncio.Future[wire.Reply]] = {}
         # The worker's wall time as of which the leader has read all it sent (its newest batch's stamp).
         self.heard_through = 0.0
+        self.gc: gc_pauses.Pauses | None = None  # the collections its process reported last
 
 
 class SessionWorkers:
@@ -316,6 +318,7 @@ class SessionWorkers:
         finally:
             theirs.close()
         reader, worker.writer = await asyncio.open_unix_connection(sock=ours)
+        worker.gc = None  # a new process: it counts from zero
         wire.send(worker.writer, self._init)
         worker.heard_through = max(worker.heard_through, time.time())  # nothing to read before its start
         worker.reader_task = asyncio.get_running_loop().create_task(
@@ -328,6 +331,9 @@ class SessionWorkers:
                 message = await wire.receive(reader)
                 if isinstance(message, wire.States):
                     worker.heard_through = max(worker.heard_through, message.sent)
+                    if message.gc is not None:
+                        gc_pauses.add_reported(message.gc, worker.gc)
+                        worker.gc = message.gc
                     for state in message.states:
                         session = self.sessions.get(state.host)
                         if session is not None:

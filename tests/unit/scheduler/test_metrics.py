@@ -237,6 +237,23 @@ def test_the_collectors_pauses_are_counted_by_generation_once_installed() -> Non
     assert after[full] == before[full]
 
 
+def test_the_session_workers_pauses_are_exported_as_they_report_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gc_pauses, "workers", gc_pauses.Pauses())
+    metrics = SchedulerMetrics()
+    name = "shoal_scheduler_session_workers_gc_pause_seconds_total"
+    before = scrape(metrics)
+    assert {labels: v for (n, labels), v in before.items() if n == name} == {
+        (("generation", "0"),): 0.0, (("generation", "1"),): 0.0, (("generation", "2"),): 0.0}
+    gc_pauses.add_reported(gc_pauses.Pauses(3, 1.5, 1.2, {0: 0.1, 2: 1.4}), None)
+    after = scrape(metrics)
+    assert after[(name, (("generation", "2"),))] == 1.4
+    assert after[(name, (("generation", "0"),))] == 0.1
+    assert after[(name, (("generation", "1"),))] == 0.0
+    # the instance's own collections are counted apart
+    own = ("shoal_scheduler_gc_pause_seconds_total", (("generation", "2"),))
+    assert after[own] == before[own]
+
+
 # -- http_sd --------------------------------------------------------------------------------------------
 
 def agent_group(target: str, host_id: str, address: str, **labels: str) -> dict[str, Any]:

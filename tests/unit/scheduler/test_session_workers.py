@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 
 from bench.sim.host import HostSpec, SimHost
 from proto.agent.v1 import agent_pb2 as pb
+from scheduler import gc_pauses
 from scheduler import session_wire as wire
 from scheduler.controller import Controller, ControllerSettings, _followed
 from scheduler.model import LABEL_GENERATION, LABEL_REPLICA, LABEL_SERVICE, HostId, ReplicaPhase
@@ -163,6 +165,32 @@ def test_a_silent_host_reads_silent_and_its_usage_arrives_once_asked_for() -> No
             assert _followed(f.sessions[0])
             await f.hosts[1].recover()
             await until(lambda: _followed(session) and not session.error)
+
+    run(scenario())
+
+
+def test_the_leader_adds_up_what_its_workers_report_of_their_collections(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's batches carry its collections so far when there were more (``collect_rarely`` times
+    them); the leader adds what is new to ``gc_pauses.workers``, which its ``/metrics`` export."""
+    async def scenario() -> None:
+        monkeypatch.setattr(gc_pauses, "workers", gc_pauses.Pauses())
+        pool = SessionWorkers(1, credentials=None, heartbeat_timeout=HEARTBEAT)
+        pool._closing = True  # the pipe's end below is not a worker to start again
+        worker = pool._workers[0]
+        ours, theirs = socket.socketpair()
+        reader, our_writer = await asyncio.open_unix_connection(sock=ours)  # (kept: dropped, it closes)
+        _, writer = await asyncio.open_unix_connection(sock=theirs)
+        wire.send(writer, wire.States((), sent=1.0, gc=gc_pauses.Pauses(2, 0.5, 0.4, {0: 0.1, 2: 0.4})))
+        wire.send(writer, wire.States((), sent=2.0))  # none since
+        wire.send(writer, wire.States((), sent=3.0, gc=gc_pauses.Pauses(3, 0.7, 0.4, {0: 0.1, 2: 0.6})))
+        writer.close()
+        await pool._read(worker, reader)
+        our_writer.close()
+        assert worker.heard_through == 3.0
+        assert worker.gc is not None and worker.gc.count == 3
+        assert gc_pauses.workers.count == 3
+        assert gc_pauses.workers.by_generation == pytest.approx({0: 0.1, 2: 0.6})
 
     run(scenario())
 
