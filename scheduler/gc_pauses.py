@@ -19,8 +19,8 @@ that later become cyclic garbage are never freed (2.2 GiB at 2,000 hosts); full 
 clock (the heap grew to 2 GB between them).
 
 The session workers (``scheduler.session_worker``) do the same in their own processes (until part 31
-they kept CPython's thresholds, and at 5,000 hosts their collections held a worker's loop for 39-48 s
-while placing 100,000 replicas, against 3-8 s since: docs/scaling.md) and send their totals to the
+they kept CPython's thresholds, and at 5,000 hosts their collections held a worker's loop for 39-62 s
+while placing 100,000 replicas, against 2-8 s since: docs/scaling.md) and send their totals to the
 leader with the next batch after a collection; ``SessionWorkers`` adds them up in ``workers``.
 """
 

@@ -265,7 +265,7 @@ def main(argv: list[str]) -> None:
 def collect_rarely() -> None:
     """The leader's collector settings (``scheduler.gc_pauses``), here too: a worker's sessions keep
     hundreds of MiB of live objects, which every full collection scans to free next to nothing, holding
-    the loop meanwhile (with CPython's thresholds, 39-48 s of a 5,000-host run's placing, against 3-8 s
+    the loop meanwhile (with CPython's thresholds, 39-62 s of a 5,000-host run's placing, against 2-8 s
     with these; docs/scaling.md, part 31). Long ones are logged; the totals go to the leader."""
     gc_pauses.install()
     gc_pauses.tune()
