@@ -78,7 +78,11 @@ def test_what_workers_report_is_added_once_and_a_restarted_worker_counts_from_ze
     assert gc_pauses.workers.longest_s == 0.9
 
 
-def test_totals_are_a_copy_that_later_collections_do_not_change() -> None:
+def test_totals_are_a_copy_that_later_collections_do_not_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a fixed Pauses, so that no collection in between (the hook may be installed) changes what is compared
+    monkeypatch.setattr(gc_pauses, "pauses", gc_pauses.Pauses(2, 1.0, 0.6, {2: 1.0}))
     copy = gc_pauses.totals()
-    assert copy == gc_pauses.pauses and copy is not gc_pauses.pauses
-    assert copy.by_generation is not gc_pauses.pauses.by_generation
+    assert copy == gc_pauses.Pauses(2, 1.0, 0.6, {2: 1.0}) and copy is not gc_pauses.pauses
+    gc_pauses.pauses.by_generation[2] += 0.5
+    gc_pauses.pauses.count += 1
+    assert copy == gc_pauses.Pauses(2, 1.0, 0.6, {2: 1.0})
