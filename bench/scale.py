@@ -9,7 +9,10 @@ One invocation, everything on loopback in a temp dir it removes:
   the agents), its log in the temp dir;
 * ``--hosts`` simulated hosts (``bench.sim``) in 3 zones, spread over ``--procs`` simulator processes
   (default: one per 1,000 hosts), each host registering through ``RegisterHost`` and answering the agent
-  API on 127.0.0.1:(``--base-port`` + i); containers go running ``--start-delay`` after their create.
+  API on 127.0.0.1:(``--base-port`` + i); containers go running ``--start-delay`` after their create;
+  ``--sim-gc`` sets their garbage collector (``bench.sim.collector``: ``tuned``, the scheduler's
+  thresholds, or ``cpython``, as every run before part 32), and their collections' total time is recorded
+  while placing, in the steady state and through the mass failure (``sim_gc_pause_s…``);
 
 Then it measures, printing a table and writing JSON (``--out``, default
 ``bench/results/scale-N-R.json``):
@@ -100,7 +103,7 @@ import aetcd
 import grpc
 
 from bench.procstat import cpu_seconds, rss_bytes
-from bench.sim import netcut
+from bench.sim import collector, netcut
 from bench.sim.audit import Audit, ReplicaRow, audit
 from bench.sim.etcd_watch import EtcdSampler, line_up, log_events, summarize_events
 from bench.sim.host import host_id_of
@@ -502,7 +505,7 @@ class Run:
                 sys.executable, "-m", "bench.sim", "--scheduler", apis, "--hosts", str(count),
                 "--first", str(first_index), "--base-port", str(args.base_port), "--start-delay",
                 str(args.start_delay), "--register-timeout", str(args.timeout),
-                "--join-rate", str(args.join_rate / procs if args.join_rate > 0 else 0),
+                "--join-rate", str(args.join_rate / procs if args.join_rate > 0 else 0), "--gc", args.sim_gc,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=(self.workdir / f"sim-{first_index}.log").open("ab"),
                 cwd=ROOT, start_new_session=True, limit=SIM_LINE_LIMIT)
@@ -636,6 +639,7 @@ class Run:
         metrics_before = await asyncio.to_thread(scrape, leader.http)
         terms_before = self.terms()
         creates_before = await self.create_calls()
+        sim_gc_before = await self.sim_gc_pause_s()
         if args.profile:
             self.profiler = await self.start_profiler(args.profile, leader.pid)
         try:
@@ -671,6 +675,8 @@ class Run:
                         self.result["cpu_s_during_placement"] = {
                             k: round(cpu_seconds(p) - cpu_before[k], 1) for k, p in pids.items()
                             if Path(f"/proc/{p}").exists()}
+                        self.result["sim_gc_pause_s_during_placement"] = round(
+                            await self.sim_gc_pause_s() - sim_gc_before, 3)
             placement_s = watch.assigned_at - start if watch.all_assigned.is_set() else None
             running_s = watch.running_at - start if watch.all_running.is_set() else None
             self.result.update({
@@ -726,9 +732,11 @@ class Run:
         before = {k: cpu_seconds(p) for k, p in pids.items()}
         metrics_before = await asyncio.to_thread(scrape, leader.http)
         terms_before = self.terms()
+        sim_gc_before = await self.sim_gc_pause_s()
         t0 = time.perf_counter()
         await asyncio.sleep(args.steady)
         elapsed = time.perf_counter() - t0
+        self.result["steady_sim_gc_pause_s"] = round(await self.sim_gc_pause_s() - sim_gc_before, 3)
         cores = {k: round((cpu_seconds(p) - before[k]) / elapsed, 3) for k, p in pids.items()
                  if Path(f"/proc/{p}").exists()}  # a term lost meanwhile ends the leader's session workers
         self.result["steady_cpu_cores"] = cores
@@ -815,6 +823,11 @@ class Run:
         stats = [await s.command("stats") for s in self.sims]
         return [sum(int(st.get("calls", {}).get(m, 0)) for st in stats) for m in methods]
 
+    async def sim_gc_pause_s(self) -> float:
+        """What the simulators' garbage collections took so far, in all (``bench.sim.collector``)."""
+        stats = [await s.command("stats") for s in self.sims]
+        return sum(float(st.get("gc_pause_s", 0.0)) for st in stats)
+
     async def create_calls(self) -> dict[str, int]:
         """The launches the simulators answered: containers, batched calls, unary calls."""
         containers, batches, items = await self.sim_calls(
@@ -844,6 +857,7 @@ class Run:
         creates_before = (await self.sim_calls("CreateContainer"))[0]
         leader = await self.leader()
         metrics_before = await asyncio.to_thread(scrape, leader.http)
+        sim_gc_before = await self.sim_gc_pause_s()
         running_new: dict[str, tuple[str, float]] = {}
         decided_running: dict[str, float] = {}  # the leader's clock when it decided each was running
         noticed: dict[str, float] = {}
@@ -907,6 +921,7 @@ class Run:
                 await asyncio.wait_for(done.wait(), args.timeout)
             # The leader's passes from before the kill to all replaced (or the timeout).
             out["reconcile"] = passes_between(metrics_before, await asyncio.to_thread(scrape, leader.http))
+            out["sim_gc_pause_s"] = round(await self.sim_gc_pause_s() - sim_gc_before, 3)
             result = replacement_times(lost, running_new.values(), killed_at=killed_at)
             out["replaced_s"] = summarize(result.seconds, digits=3)
             out["not_replaced"] = result.missing
@@ -1110,6 +1125,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "election_ttl": args.election_ttl or "default", "terms_counted": "begun", "etcd_nice": args.etcd_nice,
         "etcd_max_txn_ops": args.etcd_max_txn_ops,
         "registration_refresh": args.registration_refresh or "default", "join_rate": args.join_rate,
+        "sim_gc": args.sim_gc,
         "scheduler_args": args.scheduler_arg,
         "phases": {"mass_failure": args.mass_failure, "failover": args.failover},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -1188,6 +1204,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="copy each scheduler instance's log to FILE.INSTANCE at the end")
     parser.add_argument("--join-rate", type=float, default=500.0,
                         help="hosts a second starting to register, over all simulators (0: all at once)")
+    parser.add_argument("--sim-gc", choices=collector.MODES, default="tuned",
+                        help="the simulators' garbage collector: the scheduler's thresholds (tuned) or "
+                             "CPython's (cpython: every run before part 32 of docs/scaling.md)")
     parser.add_argument("--no-mass-failure", dest="mass_failure", action="store_false",
                         help="skip killing --kill hosts at once")
     parser.add_argument("--kill", type=int, default=100, help="hosts the mass failure kills")

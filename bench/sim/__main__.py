@@ -7,6 +7,7 @@ server listens and every host has registered (or ``--register-timeout`` ran out)
 stdout: ``{"ready": …, "hosts": …, "registered": …, "start_seconds": …, "rss_bytes": …}``. Then each
 line on stdin is a command (``bench.sim.fleet.Fleet.command``) answered by one JSON line. End of stdin,
 SIGTERM or SIGINT stops every server and exits: a parent that dies takes its simulators with it.
+``--gc`` sets the process's garbage collector (``bench.sim.collector``), timed either way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import signal
 import sys
 
+from bench.sim import collector
 from bench.sim.fleet import Fleet, rss_bytes
 from bench.sim.host import HostSpec
 
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--register-timeout", type=float, default=120.0)
     parser.add_argument("--join-rate", type=float, default=0.0,
                         help="hosts a second that start registering (in ten waves a second); 0: all at once")
+    parser.add_argument("--gc", choices=collector.MODES, default="tuned",
+                        help="the process's garbage collector: the scheduler's thresholds (tuned) or "
+                             "CPython's (cpython, as before part 32); timed either way")
     return parser
 
 
@@ -57,6 +62,7 @@ def specs_of(args: argparse.Namespace) -> list[HostSpec]:
 async def run(args: argparse.Namespace) -> None:
     if args.join_rate < 0:
         raise SystemExit("bench.sim: --join-rate cannot be negative")
+    collector.setup(args.gc)
     fleet = Fleet(specs_of(args), schedulers=tuple(args.scheduler.split(",")), join_rate=args.join_rate)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from agent.join import Joiner, JoinSettings
 from bench.procstat import rss_bytes
-from bench.sim import netcut
+from bench.sim import collector, netcut
 from bench.sim.host import HostSpec, SimHost
 from proto.agent.v1 import agent_pb2 as pb
 
@@ -82,7 +82,7 @@ class Fleet:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             hosts = self.hosts.values()
             return {"ok": True, "hosts": len(self.hosts), "rss_bytes": rss_bytes(),
-                    "cpu_seconds": usage.ru_utime + usage.ru_stime, "calls": calls,
+                    "cpu_seconds": usage.ru_utime + usage.ru_stime, "calls": calls, **collector.figures(),
                     "usage_late_max_s": round(max((h.usage_late_max for h in hosts), default=0.0), 3),
                     "usage_late_over_1s": sum(h.usage_late_over_1s for h in self.hosts.values()),
                     "event_messages": sum(h.event_messages for h in hosts),
