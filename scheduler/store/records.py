@@ -106,7 +106,7 @@ def decode(record_type: type[T], data: bytes, *, revision: int = 0, create_revis
     if record_type is LeaderRecord:
         meta |= {"epoch": create_revision, "lease": lease}
     try:
-        value: T = _codec(record_type).decode_fields(obj, meta)
+        value: T = _codec(record_type).fast(obj, meta)
     except _BadMember as err:
         raise RecordError(f"{err.where()}: {err.message}") from None
     return value
@@ -143,12 +143,21 @@ class _Field:
     encode: Encoder
     decode: Decoder
     required: bool
+    shared: bool = False  # a string kept once however many records hold it (``model.SHARED``)
 
 
 @dataclass(frozen=True)
 class _DataclassCodec:
+    """``decode_fields`` checks a record member by member through the fields' decoders and names the
+    first member at fault; ``fast`` (``_fast_decoder``) is the same decoding generated as one function
+    per class, for records that decode, and hands any record it cannot take to ``decode_fields``."""
+
     cls: type[Any]
     fields: tuple[_Field, ...]
+    fast: Callable[[Any, dict[str, int]], Any] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fast", _fast_decoder(self))
 
     def encode(self, value: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -187,11 +196,108 @@ def _codec(cls: type[Any]) -> _DataclassCodec:
         hints = typing.get_type_hints(cls)
         fields = tuple(
             _Field(f.name, *_shared(_compile(hints[f.name]), f.metadata.get("shared", False)),
-                   required=f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                   required=f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                   shared=f.metadata.get("shared", False))
             for f in dataclasses.fields(cls) if f.name not in _META_FIELDS
         )
         codec = _codecs[cls] = _DataclassCodec(cls, fields)
     return codec
+
+
+# -- the generated decoders ----------------------------------------------------------------------------
+#
+# A follower decodes every record the cluster writes (a standby all of them: the leader's own writes are
+# echoes it does not decode, ``scheduler.store.echoes``), and the generic path above costs a call or more
+# per member and per nested decision: most of a standby's cpu while placing went there (docs/scaling.md,
+# part 32). ``_fast_decoder`` writes the same checks out as one function per class: members read by name,
+# scalars checked inline, nested records through their own generated function, and the record built with
+# its fields' values (its ``__dict__`` filled at once where the class allows). It decides nothing of its
+# own: a member it cannot take (a wrong type, a required one missing, anything unusual) sends the whole
+# record to ``decode_fields``, which decodes it or names the member at fault exactly as before.
+
+_ABSENT = object()
+_NO_META: dict[str, int] = {}
+
+
+def _fast_decoder(codec: _DataclassCodec) -> Callable[[Any, dict[str, int]], Any]:
+    cls = codec.cls
+    hints = typing.get_type_hints(cls)
+    env: dict[str, Any] = {"cls": cls, "slow": codec.decode_fields, "_Bad": _BadMember, "_ABSENT": _ABSENT,
+                           "_intern": sys.intern, "_new": object.__new__, "_set": object.__setattr__,
+                           "_codec": _codec,
+                           "_NO_META": _NO_META}
+    body: list[str] = []
+    for i, f in enumerate(codec.fields):
+        spec = next(d for d in dataclasses.fields(cls) if d.name == f.name)
+        body += [f"v = obj.get({f.name!r}, _ABSENT)", "if v is _ABSENT:"]
+        if f.required:
+            body.append("    raise _Bad('')")
+        elif spec.default_factory is not dataclasses.MISSING:
+            env[f"factory{i}"] = spec.default_factory
+            body.append(f"    a{i} = factory{i}()")
+        else:
+            env[f"default{i}"] = spec.default
+            body.append(f"    a{i} = default{i}")
+        body.append("else:")
+        body += ["    " + line for line in _checks(hints[f.name], f, i, env)]
+        body.append(f"    a{i} = v")
+    values: list[str] = []
+    for spec in dataclasses.fields(cls):
+        if spec.name in _META_FIELDS:
+            env[f"meta_{spec.name}"] = spec.default
+            values.append(f"{spec.name!r}: meta.get({spec.name!r}, meta_{spec.name})")
+        else:
+            index = next(i for i, f in enumerate(codec.fields) if f.name == spec.name)
+            values.append(f"{spec.name!r}: a{index}")
+    # What the dataclass's own ``__init__`` would store, without its call with keywords: the instance's
+    # ``__dict__`` at once, or (``slots``) each slot as that ``__init__`` sets it.
+    plain = (cls.__dataclass_params__.init and not hasattr(cls, "__post_init__")
+             and all(spec.init for spec in dataclasses.fields(cls)))
+    if plain and "__slots__" not in cls.__dict__:
+        build = ["o = _new(cls)", f"o.__dict__.update({{{', '.join(values)}}})", "return o"]
+    elif plain:
+        build = ["o = _new(cls)", *(f"_set(o, {v.replace(': ', ', ', 1)})" for v in values), "return o"]
+    else:
+        build = [f"return cls(**{{{', '.join(values)}}})"]
+    source = "\n".join(["def fast(obj, meta):",
+                        "    if type(obj) is not dict:", "        return slow(obj, meta)",
+                        "    try:", *("        " + line for line in body),
+                        "    except (_Bad, KeyError, TypeError):", "        return slow(obj, meta)",
+                        *("    " + line for line in build)])
+    exec(compile(source, f"<records: {cls.__name__} decoder>", "exec"), env)  # our source, from type hints
+    fast: Callable[[Any, dict[str, int]], Any] = env["fast"]
+    return fast
+
+
+def _checks(tp: Any, f: _Field, i: int, env: dict[str, Any]) -> list[str]:
+    """Lines that check and convert the member's JSON value ``v`` in place, raising ``_Bad`` at anything
+    the generic decoder should look at; the field's own decoder for types not written out here."""
+    supertype = getattr(tp, "__supertype__", None)
+    if supertype is not None:
+        return _checks(supertype, f, i, env)
+    if tp in (str, bool, int):
+        lines = [f"if type(v) is not {tp.__name__}:", "    raise _Bad('')"]
+        return lines + (["v = _intern(v)"] if f.shared and tp is str else [])
+    if tp is float:
+        return ["if type(v) is not float:", "    if type(v) is not int:", "        raise _Bad('')",
+                "    v = float(v)"]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        env[f"members{i}"] = {member.value: member for member in tp}
+        return [f"v = members{i}[v]"]  # KeyError, TypeError: to the generic decoder
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        env[f"nested{i}"] = tp
+        return [f"v = _codec(nested{i}).fast(v, _NO_META)"]
+    args = typing.get_args(tp)
+    if (typing.get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
+            and dataclasses.is_dataclass(args[0]) and isinstance(args[0], type)):
+        env[f"nested{i}"] = args[0]
+        return ["if type(v) is not list:", "    raise _Bad('')",
+                f"each = _codec(nested{i}).fast", "v = tuple([each(x, _NO_META) for x in v])"]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = _checks(next(a for a in args if a is not type(None)), f, i, env)
+        return ["if v is not None:", *("    " + line for line in inner)]
+    env[f"decode{i}"] = f.decode
+    return [f"v = decode{i}(v)"]
 
 
 def _shared(codec: tuple[Encoder, Decoder], shared: bool) -> tuple[Encoder, Decoder]:
@@ -281,7 +387,7 @@ def _enum(cls: type[enum.Enum]) -> tuple[Encoder, Decoder]:
 
 def _nested(cls: type[Any]) -> tuple[Encoder, Decoder]:
     # Resolved lazily: a dataclass may refer to one defined later in its module.
-    return (lambda value: _codec(cls).encode(value)), (lambda value: _codec(cls).decode(value))
+    return (lambda value: _codec(cls).encode(value)), (lambda value: _codec(cls).fast(value, _NO_META))
 
 
 def _optional(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decoder]:
@@ -309,7 +415,10 @@ def _homogeneous_tuple(encode: Encoder, decode: Decoder) -> tuple[Encoder, Decod
     def decode_all(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list):
             raise _BadMember(f"expected an array, got {_json_type(value)}")
-        return _decode_items(lambda _: decode, value)
+        try:
+            return tuple([decode(item) for item in value])
+        except _BadMember:  # again item by item, for the index of the one at fault
+            return _decode_items(lambda _: decode, value)
 
     if encode is None:
         return list, decode_all
