@@ -59,6 +59,7 @@ from scheduler.autoscale.gather import CPU_INITIALIZATION_PERIOD
 from scheduler.autoscale.loop import INTERVAL, Autoscaler, AutoscalerSettings
 from scheduler.connect_gate import ConnectGate
 from scheduler.elastic.loop import AttemptRecord, ElasticLoop, ElasticSettings
+from scheduler.evolve import evolve
 from scheduler.follower import ChangeFeed, Follower
 from scheduler.loop_stalls import LoopStalls
 from scheduler.mirror import Dirt, Mirror
@@ -483,11 +484,20 @@ class Controller:
                 if status is not self.mirror.statuses.get(host) and status != self.mirror.statuses.get(host)]
         encoded = time.perf_counter()
         recorder = self._new_recorder(ops, ahead=ahead, recording=recording)
+        landed_puts: list[tuple[int, tuple[Record, ...]]] = []
         try:
-            committed = await self._commit(ops, launching, recorder) if ops else None
+            committed = await self._commit(ops, launching, recorder, landed_puts) if ops else None
         except Conflict as err:
             log.info("reconcile pass conflicted on %s (%d writes had gone in); deciding again",
                      ", ".join(err.keys[:5]), err.applied)
+            # What landed before the conflict is in etcd: the next pass must decide from it, as from a
+            # commit that succeeded. Left to the watch's echo, a watch running minutes behind on a
+            # loaded machine had the next pass write the same replicas again from their old revisions,
+            # conflict on its first transaction, and do so again pass after pass (six minutes of passes
+            # at 5,000 hosts: docs/scaling.md, part 32). The recorder puts its landed writes likewise.
+            for revision, records in landed_puts:
+                for record in records:
+                    self.mirror.put(evolve(record, revision=revision))
             self._full_due = True  # what this pass looked at was taken from the dirt: look at everything
             return time.time() + CONFLICT_RETRY
         except StoreUnavailable as err:
@@ -584,11 +594,13 @@ class Controller:
                                 on_deposed=self._lose, coalesce=COALESCE,
                                 in_flight=self.settings.commit_in_flight)
 
-    async def _commit(self, ops: Sequence[base.Op], launching: _Launching,
-                      recorder: InFlightRecorder) -> base.Committed:
+    async def _commit(self, ops: Sequence[base.Op], launching: _Launching, recorder: InFlightRecorder,
+                      landed_puts: list[tuple[int, tuple[Record, ...]]]) -> base.Committed:
         """The pass's writes; launches go as their records land, and what the hosts report meanwhile is
-        recorded (``scheduler.recorder``) until the commit, and the recorder's own last write, are done."""
+        recorded (``scheduler.recorder``) until the commit, and the recorder's own last write, are done.
+        Each transaction's puts are appended to ``landed_puts`` with its revision as it lands."""
         def landed(revision: int, records: tuple[Record, ...]) -> None:
+            landed_puts.append((revision, records))
             if launching.waiting:
                 launching.landed(records)
             recorder.landed(revision, records)

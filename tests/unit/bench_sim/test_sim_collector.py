@@ -28,6 +28,7 @@ def _stats(*extra: str) -> dict[str, object]:
                           timeout=BOUND_S, check=True)
     ready, stats = (json.loads(line) for line in done.stdout.splitlines())
     assert ready["hosts"] == 2
+    assert isinstance(stats, dict)
     return stats
 
 
