@@ -22,10 +22,8 @@ import argparse
 import asyncio
 import json
 import secrets
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.rounds import add_checkouts, checkouts, write  # noqa: E402
+from bench.rounds import add_checkouts, checkouts, checkouts_against_etcd, write  # noqa: E402
 
 
 async def one_round(endpoints: str, replicas: int, in_flight: int) -> dict[str, float]:
@@ -107,25 +105,15 @@ def main() -> None:
         return
     if args.replicas < 1 or args.rounds < 1 or args.in_flight < 1:
         raise SystemExit("echo_cost: --replicas, --rounds and --in-flight at least 1")
-    from tests.fixtures.etcd import EtcdCluster
+    def one(checkout: str, endpoints: str) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, __file__, "--checkout", checkout, "--endpoints", endpoints,
+                              "--replicas", str(args.replicas), "--in-flight", str(args.in_flight)],
+                             capture_output=True, text=True, timeout=300, check=True)
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
 
     named = checkouts(ROOT, args.baseline)
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in named}
-    with tempfile.TemporaryDirectory(prefix="echo-cost-") as workdir:
-        etcd = EtcdCluster(Path(workdir), size=1).start()
-        try:
-            for i in range(args.rounds):
-                for name, checkout in named.items():
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--checkout", checkout, "--endpoints", etcd.endpoints,
-                         "--replicas", str(args.replicas), "--in-flight", str(args.in_flight)],
-                        capture_output=True, text=True, timeout=300, check=True)
-                    runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"round {i + 1} of {args.rounds} done", flush=True)
-        finally:
-            etcd.close()
-    summary = {name: {key: statistics.median(r[key] for r in got) for key in got[0]}
-               for name, got in runs.items()}
+    runs, summary = checkouts_against_etcd(named, args.rounds, "echo-cost-", one)
     print(f"{args.replicas} puts, {args.in_flight} transactions in flight (median of {args.rounds}):")
     print(f"{'scheduler':<10} {'txns':>6} {'shared':>8} {'decoded':>8} {'cpu µs/put':>11} {'wall s':>8}")
     for name, s in summary.items():

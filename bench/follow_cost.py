@@ -20,10 +20,8 @@ import argparse
 import asyncio
 import json
 import secrets
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.rounds import add_checkouts, checkouts, write  # noqa: E402
+from bench.rounds import add_checkouts, checkouts, checkouts_against_etcd, write  # noqa: E402
 
 STAGES = 3  # puts per replica: pending, placed, running
 
@@ -140,21 +138,10 @@ def main() -> None:
         return
     if args.replicas < 1 or args.rounds < 1:
         raise SystemExit("follow_cost: --replicas and --rounds at least 1")
-    from tests.fixtures.etcd import EtcdCluster
-
     named = checkouts(ROOT, args.baseline)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in named}
-    with tempfile.TemporaryDirectory(prefix="follow-cost-") as workdir:
-        etcd = EtcdCluster(Path(workdir), size=1).start()
-        try:
-            for i in range(args.rounds):
-                for name, checkout in named.items():
-                    runs[name].append(one_round(checkout, etcd.endpoints, args.replicas))
-                print(f"round {i + 1} of {args.rounds} done", flush=True)
-        finally:
-            etcd.close()
-    summary = {name: {key: statistics.median(r[key] for r in got) for key in got[0]}
-               for name, got in runs.items()}
+    runs, summary = checkouts_against_etcd(
+        named, args.rounds, "follow-cost-",
+        lambda checkout, endpoints: one_round(checkout, endpoints, args.replicas))
     print(f"{args.replicas} replicas, {STAGES} puts each, followed (median of {args.rounds}):")
     print(f"{'scheduler':<10} {'changes':>8} {'cpu s':>7} {'cpu µs/change':>14} {'caught up s':>12}")
     for name, s in summary.items():

@@ -14,6 +14,7 @@ import json
 import os
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -85,6 +86,30 @@ def checkouts(root: Path, baseline: str) -> dict[str, str]:
     return named
 
 
+def checkouts_against_etcd(named: dict[str, str], rounds: int, prefix: str,
+                           one: Callable[[str, str], dict[str, Any]]
+                           ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, float]]]:
+    """``one(checkout, endpoints)`` for each of the ``named`` checkouts, ``rounds`` times interleaved,
+    against one private single-member etcd on loopback (``tests/fixtures/etcd``, started in a temp dir
+    named after ``prefix`` and stopped after); every round's figures by checkout, and their medians.
+    Progress is printed after each round."""
+    from tests.fixtures.etcd import EtcdCluster
+
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in named}
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        etcd = EtcdCluster(Path(workdir), size=1).start()
+        try:
+            for i in range(rounds):
+                for name, checkout in named.items():
+                    runs[name].append(one(checkout, etcd.endpoints))
+                print(f"round {i + 1} of {rounds} done", flush=True)
+        finally:
+            etcd.close()
+    medians = {name: {key: statistics.median(r[key] for r in got) for key in got[0]}
+               for name, got in runs.items()}
+    return runs, medians
+
+
 def write(out: str, record: dict[str, Any]) -> None:
     """The results as JSON at ``out``, with the machine's cpus and the time they were written (under
     "started", as the results already recorded have it)."""
@@ -104,4 +129,5 @@ async def window(count: Callable[[], int], settle: float, length: float) -> tupl
     return cpu_seconds(os.getpid()) - cpu, count() - messages, time.monotonic() - start
 
 
-__all__ = ["add_checkouts", "checkouts", "child_role", "interleaved", "serving", "window", "write"]
+__all__ = ["add_checkouts", "checkouts", "checkouts_against_etcd", "child_role", "interleaved", "serving",
+           "window", "write"]
