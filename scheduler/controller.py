@@ -495,6 +495,7 @@ class Controller:
             # loaded machine had the next pass write the same replicas again from their old revisions,
             # conflict on its first transaction, and do so again pass after pass (six minutes of passes
             # at 5,000 hosts: docs/scaling.md, part 32). The recorder puts its landed writes likewise.
+            # (Puts only: a delete that landed is not told, and comes back with the watch.)
             for revision, records in landed_puts:
                 for record in records:
                     self.mirror.put(evolve(record, revision=revision))

@@ -224,8 +224,7 @@ def _fast_decoder(codec: _DataclassCodec) -> Callable[[Any, dict[str, int]], Any
     hints = typing.get_type_hints(cls)
     env: dict[str, Any] = {"cls": cls, "slow": codec.decode_fields, "_Bad": _BadMember, "_ABSENT": _ABSENT,
                            "_intern": sys.intern, "_new": object.__new__, "_set": object.__setattr__,
-                           "_codec": _codec,
-                           "_NO_META": _NO_META}
+                           "_codec": _codec, "_NO_META": _NO_META}
     body: list[str] = []
     for i, f in enumerate(codec.fields):
         spec = next(d for d in dataclasses.fields(cls) if d.name == f.name)
