@@ -12,7 +12,7 @@ One invocation, everything on loopback in a temp dir it removes:
   API on 127.0.0.1:(``--base-port`` + i); containers go running ``--start-delay`` after their create;
   ``--sim-gc`` sets their garbage collector (``bench.sim.collector``: ``tuned``, the scheduler's
   thresholds, or ``cpython``, as every run before part 32), and their collections' total time is recorded
-  while placing, in the steady state and through the mass failure (``sim_gc_pause_s…``);
+  while placing, in the steady state and through the mass failure (``sim_gc_pause_s…``).
 
 Then it measures, printing a table and writing JSON (``--out``, default
 ``bench/results/scale-N-R.json``):
