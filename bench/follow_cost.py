@@ -74,6 +74,8 @@ async def write_all(endpoints: str, prefix: str, replicas: int) -> int:
     from scheduler.store.base import Put
     from scheduler.store.etcd import EtcdSettings, EtcdStore
 
+    phases = (model.ReplicaPhase.PENDING, model.ReplicaPhase.STARTING, model.ReplicaPhase.RUNNING)
+    reasons = ("waiting for a host", "created", "running")
     store = await EtcdStore.open(EtcdSettings(endpoints, prefix=prefix))
     try:
         now = time.time()
@@ -85,18 +87,13 @@ async def write_all(endpoints: str, prefix: str, replicas: int) -> int:
             ops = []
             for i in range(replicas):
                 service = model.ServiceName(f"svc-{i // 100:04d}")
-                replica = model.Replica(id=model.ReplicaId(f"{service}-{i % 100:05d}"), service=service,
-                                        generation=1, created_at=now, updated_at=now + stage,
-                                        reason="waiting for a host")
-                if stage:
-                    replica = model.Replica(
-                        id=replica.id, service=service, generation=1, host=model.HostId(f"{i % 5000:032x}"),
-                        phase=model.ReplicaPhase.STARTING if stage == 1 else model.ReplicaPhase.RUNNING,
-                        ready=stage == 2, reason="created" if stage == 1 else "running",
-                        created_at=now, updated_at=now + stage,
-                        ports=(model.HostPort(8080, 32768 + i % 1000),),
-                        decisions=(placed,) if stage == 1 else (placed, started), revision=at[replica.id])
-                ops.append(Put(replica))
+                rid = model.ReplicaId(f"{service}-{i % 100:05d}")
+                ops.append(Put(model.Replica(
+                    id=rid, service=service, generation=1,
+                    host=model.HostId(f"{i % 5000:032x}") if stage else None, phase=phases[stage],
+                    ready=stage == 2, reason=reasons[stage], created_at=now, updated_at=now + stage,
+                    ports=(model.HostPort(8080, 32768 + i % 1000),) if stage else (),
+                    decisions=((), (placed,), (placed, started))[stage], revision=at.get(rid, 0))))
             committed = await store.commit(ops)
             at = {r.id: r.revision for r in committed.written if isinstance(r, model.Replica)}
             revision = max(revision, committed.revision)

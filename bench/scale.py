@@ -638,8 +638,9 @@ class Run:
         cpu_before = {k: cpu_seconds(p) for k, p in pids.items()}
         metrics_before = await asyncio.to_thread(scrape, leader.http)
         terms_before = self.terms()
-        creates_before = await self.create_calls()
-        sim_gc_before = await self.sim_gc_pause_s()
+        stats = await self.sim_stats()
+        creates_before = await self.create_calls(stats)
+        sim_gc_before = await self.sim_gc_pause_s(stats)
         if args.profile:
             self.profiler = await self.start_profiler(args.profile, leader.pid)
         try:
@@ -818,20 +819,25 @@ class Run:
                       for cid, (created, started) in answer.get("started", {}).items() if cid in ids]
         return found
 
-    async def sim_calls(self, *methods: str) -> list[int]:
-        """The calls of each of ``methods`` the simulators answered, from one ``stats`` of each."""
-        stats = [await s.command("stats") for s in self.sims]
+    async def sim_stats(self) -> list[dict[str, Any]]:
+        """One ``stats`` of each simulator: what the helpers below read, asked once for all of them."""
+        return [await s.command("stats") for s in self.sims]
+
+    async def sim_calls(self, *methods: str, stats: list[dict[str, Any]] | None = None) -> list[int]:
+        """The calls of each of ``methods`` the simulators answered, from ``stats`` (asked now if None)."""
+        stats = stats if stats is not None else await self.sim_stats()
         return [sum(int(st.get("calls", {}).get(m, 0)) for st in stats) for m in methods]
 
-    async def sim_gc_pause_s(self) -> float:
-        """What the simulators' garbage collections took so far, in all (``bench.sim.collector``)."""
-        stats = [await s.command("stats") for s in self.sims]
+    async def sim_gc_pause_s(self, stats: list[dict[str, Any]] | None = None) -> float:
+        """What the simulators' garbage collections took so far, in all (``bench.sim.collector``), from
+        ``stats`` (asked now if None)."""
+        stats = stats if stats is not None else await self.sim_stats()
         return sum(float(st.get("gc_pause_s", 0.0)) for st in stats)
 
-    async def create_calls(self) -> dict[str, int]:
+    async def create_calls(self, stats: list[dict[str, Any]] | None = None) -> dict[str, int]:
         """The launches the simulators answered: containers, batched calls, unary calls."""
         containers, batches, items = await self.sim_calls(
-            "CreateContainer", "CreateContainers", "CreateContainers.items")
+            "CreateContainer", "CreateContainers", "CreateContainers.items", stats=stats)
         return {"containers": containers, "batched_calls": batches, "unary_calls": containers - items}
 
     # -- mass failure -----------------------------------------------------------------------------
@@ -854,10 +860,11 @@ class Run:
         out["replicas_lost"] = len(lost_ids)
         out["services_hit"] = len(lost)
         out["zones"] = sorted({("a", "b", "c")[int(n[4:]) % 3] for n in victims})
-        creates_before = (await self.sim_calls("CreateContainer"))[0]
+        stats = await self.sim_stats()
+        creates_before = (await self.sim_calls("CreateContainer", stats=stats))[0]
+        sim_gc_before = await self.sim_gc_pause_s(stats)
         leader = await self.leader()
         metrics_before = await asyncio.to_thread(scrape, leader.http)
-        sim_gc_before = await self.sim_gc_pause_s()
         running_new: dict[str, tuple[str, float]] = {}
         decided_running: dict[str, float] = {}  # the leader's clock when it decided each was running
         noticed: dict[str, float] = {}

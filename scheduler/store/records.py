@@ -225,9 +225,11 @@ def _fast_decoder(codec: _DataclassCodec) -> Callable[[Any, dict[str, int]], Any
     env: dict[str, Any] = {"cls": cls, "slow": codec.decode_fields, "_Bad": _BadMember, "_ABSENT": _ABSENT,
                            "_intern": sys.intern, "_new": object.__new__, "_set": object.__setattr__,
                            "_codec": _codec, "_NO_META": _NO_META}
+    specs = {spec.name: spec for spec in dataclasses.fields(cls)}
+    index_of = {f.name: i for i, f in enumerate(codec.fields)}
     body: list[str] = []
     for i, f in enumerate(codec.fields):
-        spec = next(d for d in dataclasses.fields(cls) if d.name == f.name)
+        spec = specs[f.name]
         body += [f"v = obj.get({f.name!r}, _ABSENT)", "if v is _ABSENT:"]
         if f.required:
             body.append("    raise _Bad('')")
@@ -241,19 +243,18 @@ def _fast_decoder(codec: _DataclassCodec) -> Callable[[Any, dict[str, int]], Any
         body += ["    " + line for line in _checks(hints[f.name], f, i, env)]
         body.append(f"    a{i} = v")
     values: list[str] = []
-    for spec in dataclasses.fields(cls):
+    for spec in specs.values():
         if spec.name in _META_FIELDS:
             env[f"meta_{spec.name}"] = spec.default
             values.append(f"{spec.name!r}: meta.get({spec.name!r}, meta_{spec.name})")
         else:
-            index = next(i for i, f in enumerate(codec.fields) if f.name == spec.name)
-            values.append(f"{spec.name!r}: a{index}")
+            values.append(f"{spec.name!r}: a{index_of[spec.name]}")
     # What the dataclass's own ``__init__`` would store, each field set as it sets them, without its call
     # with keywords. Not its ``__dict__`` filled at once: an instance whose dict is asked for keeps one
     # of its own, where one built field by field keeps its values inline (a standby at 5,000 hosts held
     # 246 MiB with the dict against 200-225 without: docs/scaling.md, part 32).
     plain = (cls.__dataclass_params__.init and not hasattr(cls, "__post_init__")
-             and all(spec.init for spec in dataclasses.fields(cls)))
+             and all(spec.init for spec in specs.values()))
     if plain:
         build = ["o = _new(cls)", *(f"_set(o, {v.replace(': ', ', ', 1)})" for v in values), "return o"]
     else:

@@ -47,11 +47,7 @@ def test_every_record_round_trips(record_type: type[Any], data: st.DataObject) -
     assert round_trip(record) == record
 
 
-@pytest.mark.parametrize("record", [build.full_service(), build.full_replica(), build.full_host(),
-                                    build.full_host_status(), build.full_autoscale_status(),
-                                    build.full_hostgroup(), build.full_hostgroup_status(),
-                                    build.full_leader()],
-                         ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("record", build.full_records(), ids=lambda r: type(r).__name__)
 def test_fully_populated_records_round_trip(record: Any) -> None:
     assert round_trip(record) == record
 

@@ -121,17 +121,13 @@ def _objects(obj: Any) -> list[dict[str, Any]]:
     return found
 
 
-@pytest.mark.parametrize("record", [build.full_replica(), build.full_service(), build.full_host(),
-                                    build.full_host_status(), build.full_autoscale_status(),
-                                    build.full_hostgroup(), build.full_hostgroup_status(),
-                                    build.full_leader()],
-                         ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("record", build.full_records(), ids=lambda r: type(r).__name__)
 def test_every_member_at_every_depth_with_every_odd_value_has_the_same_outcome(record: Any) -> None:
     codec = records._codec(type(record))
     original = json.loads(records.encode(record))
     tried = 0
-    for path_index, _ in enumerate(_objects(original)):
-        for member in sorted(_objects(original)[path_index]):
+    for path_index, held in enumerate(_objects(original)):
+        for member in sorted(held):
             for odd in ODD_VALUES:
                 obj = json.loads(records.encode(record))  # a fresh copy to change
                 target = _objects(obj)[path_index]
