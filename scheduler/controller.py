@@ -488,8 +488,15 @@ class Controller:
         try:
             committed = await self._commit(ops, launching, recorder, landed_puts) if ops else None
         except Conflict as err:
-            log.info("reconcile pass conflicted on %s (%d writes had gone in); deciding again",
-                     ", ".join(err.keys[:5]), err.applied)
+            # The revisions say whether the pass decided from an old record (the key changed at or
+            # before the revision its mirror had reached: a write the mirror had not taken in) or met a
+            # write made while it decided (after it).
+            log.info("reconcile pass conflicted on %s (%d writes had gone in; its mirror at revision %d, "
+                     "etcd at %d); deciding again", "; ".join(str(c) for c in err.conflicts[:3]),
+                     err.applied, self.mirror.revision, err.etcd_revision)
+            # What the conflicting keys hold now came with the failure: the next pass decides from it
+            # rather than conflict on them again while the watch is behind.
+            self.mirror.learn(err)
             # What landed before the conflict is in etcd: the next pass must decide from it, as from a
             # commit that succeeded. Left to the watch's echo, a watch running minutes behind on a
             # loaded machine had the next pass write the same replicas again from their old revisions,

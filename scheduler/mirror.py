@@ -37,6 +37,7 @@ from scheduler.model import (
     ServiceName,
 )
 from scheduler.store import base
+from scheduler.store.errors import Conflict
 
 # What a reconcile pass reads of the state in etcd; the autoscaler's and the elastic loop's records are
 # read by their own loops, on their own clocks.
@@ -134,6 +135,28 @@ class Mirror:
             known = table.pop(record_key(record), None)
             if known is not None:
                 self._changed(known, None)
+
+    def learn(self, conflict: Conflict) -> int:
+        """What a failed compare-and-swap read of the keys it met (``KeyConflict.current``), kept as the
+        watch's changes would be: a record etcd holds put unless this mirror holds a newer one, a record
+        etcd no longer holds dropped. The number of keys that changed this mirror. A watch running
+        behind brings these changes late: a pass that waited for it wrote the same keys from the same
+        old revisions and conflicted again (docs/scaling.md, part 33)."""
+        learned = 0
+        for c in conflict.conflicts:
+            record = c.current if c.current is not None else c.written if c.actual == 0 else None
+            table = self._table(type(record))
+            if record is None or table is None:
+                continue  # a key holding what is not a record: the watch says so
+            known = table.get(record_key(record))
+            if c.current is not None:
+                if known is None or known.revision < c.actual:
+                    self.put(record)
+                    learned += 1
+            elif known is not None and known.revision <= c.expected:
+                self.drop(known)  # deleted since the revision the writer read: not one made later
+                learned += 1
+        return learned
 
     def apply(self, change: base.Change) -> bool:
         """Apply a watched change; whether it could change what a reconcile pass decides."""

@@ -17,7 +17,8 @@ It never races the pass whose writes are in flight:
 * ``run_until`` returns only once its own last commit has, so the next pass reads a mirror with its
   writes in it.
 
-A conflict leaves the replica to the next pass: the watch brings what changed it.
+A conflict leaves the replica to the next pass, which decides from what the key holds now: the failed
+transaction read it, and ``Mirror.learn`` keeps it (the watch brings it too, late when it runs behind).
 
 The same recorder also runs *ahead* of a pass (``Controller._record_ahead``): what was heard since the
 last pass is written while the pass decides and beside the pass's own writes; the pass, and the recorder
@@ -175,6 +176,7 @@ class InFlightRecorder:
         except Conflict as err:
             log.info("recording what hosts report conflicted on %s; the next pass decides it",
                      ", ".join(err.keys[:5]))
+            mirror.learn(err)  # from what the keys hold now (``Mirror.learn``), not the watch's late echo
         except NotLeader as err:
             self._stopped = True
             self._on_deposed(str(err))

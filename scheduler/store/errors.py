@@ -20,7 +20,8 @@ before, and ``revisions`` their transactions' revisions. A commit with several t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 class StoreError(Exception):
@@ -43,11 +44,16 @@ class StoreUnavailable(StoreError):
 
 @dataclass(frozen=True)
 class KeyConflict:
-    """One failed comparison: the caller expected ``expected`` (0 = absent), etcd has ``actual``."""
+    """One failed comparison: the caller expected ``expected`` (0 = absent), etcd has ``actual``.
+    ``written`` is the record the caller wrote; ``current`` the record the key holds now, decoded from the
+    failed transaction's own read (None when absent, or when its bytes are not a record): a caller can
+    learn what changed without waiting for a watch to bring it."""
 
     key: str
     expected: int
     actual: int
+    written: Any = field(default=None, compare=False, repr=False)
+    current: Any = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         def describe(revision: int) -> str:
@@ -56,14 +62,16 @@ class KeyConflict:
 
 
 class Conflict(StoreError):
-    """Compare-and-swap failures; ``conflicts`` names every key of the failed transaction that changed."""
+    """Compare-and-swap failures; ``conflicts`` names every key of the failed transaction that changed,
+    ``etcd_revision`` is etcd's revision when it failed (0: not known)."""
 
     def __init__(self, conflicts: tuple[KeyConflict, ...], *, applied: int = 0,
-                 revisions: tuple[int, ...] = ()) -> None:
+                 revisions: tuple[int, ...] = (), etcd_revision: int = 0) -> None:
         shown = "; ".join(str(c) for c in conflicts[:5])
         more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
         super().__init__(f"changed since read: {shown}{more}", applied=applied, revisions=revisions)
         self.conflicts = conflicts
+        self.etcd_revision = etcd_revision
 
     @property
     def keys(self) -> tuple[str, ...]:

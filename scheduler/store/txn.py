@@ -22,10 +22,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from scheduler.store import records
+from scheduler.store import raw, records
 from scheduler.store.base import MAX_TXN_BYTES, MAX_TXN_OPS, Committed, Delete, Landed, LeaderGuard, Op
 from scheduler.store.echoes import Echoes
-from scheduler.store.errors import Conflict, KeyConflict, NotLeader, StoreError
+from scheduler.store.errors import Conflict, CorruptRecord, KeyConflict, NotLeader, StoreError
 from scheduler.store.keys import KeySchema
 from scheduler.store.raw import RawKV
 
@@ -161,7 +161,8 @@ def explain_failure(plan: TxnPlan, outcome: TxnOutcome, *, retried: bool) -> Sto
         now = outcome.current.get(w.key)
         actual = now.mod_revision if now is not None else 0
         if actual != w.expected:
-            conflicts.append(KeyConflict(w.key, w.expected, actual))
+            conflicts.append(KeyConflict(w.key, w.expected, actual, written=w.record,
+                                         current=_current(w, now)))
     if not conflicts:
         return StoreError(f"transaction on {len(plan.writes)} keys failed although no comparison did "
                           "(a bug in the store)")
@@ -169,7 +170,17 @@ def explain_failure(plan: TxnPlan, outcome: TxnOutcome, *, retried: bool) -> Sto
         applied_at = _applied_revision(plan, outcome)
         if applied_at is not None:
             return applied_at
-    return Conflict(tuple(conflicts))
+    return Conflict(tuple(conflicts), etcd_revision=outcome.revision)
+
+
+def _current(write: Write, now: RawKV | None) -> records.Record | None:
+    """What a conflicting key holds now, as a record of the type written (None: absent, or not a record)."""
+    if now is None:
+        return None
+    try:
+        return raw.decode_any(type(write.record), now)
+    except CorruptRecord:
+        return None
 
 
 def _applied_revision(plan: TxnPlan, outcome: TxnOutcome) -> int | None:

@@ -153,10 +153,27 @@ def test_of_two_writers_that_read_the_same_revision_only_the_first_wins(backend:
         assert caught.value.conflicts[0].actual == won.revision
         now = await store.get(store.schema.service("web"))
         assert now is not None and now.spec.replicas == 5
+        # The failure told what won, decoded, and what was written: no read needed to learn it.
+        assert caught.value.conflicts[0].current == now == won.written[0]
+        assert caught.value.conflicts[0].written.spec.replicas == 9
+        assert caught.value.etcd_revision >= won.revision
         # Re-read and recompute: the retry on the fresh revision goes in.
         await store.commit([Put(dataclasses.replace(now, spec=dataclasses.replace(now.spec, replicas=9)))])
         final = await other.get(other.schema.service("web"))
         assert final is not None and final.spec.replicas == 9
+
+    run(backend, scenario)
+
+
+def test_a_conflict_on_a_key_damaged_by_hand_still_names_it(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        first = await store.commit([Put(build.host("h1"))])
+        await backend.put_raw(store.schema.host("h1").key, b"not json")
+        with pytest.raises(Conflict) as caught:
+            await store.commit([Put(build.host("h1", zone="b", revision=first.revision))])
+        conflict = caught.value.conflicts[0]
+        assert conflict.key == store.schema.host("h1").key and conflict.actual > first.revision
+        assert conflict.current is None  # not a record: nothing to learn from it (the watch says so)
 
     run(backend, scenario)
 
@@ -173,6 +190,7 @@ def test_a_delete_names_the_revision_it_read(backend: Backend) -> None:
         with pytest.raises(Conflict) as caught:  # gone: nothing to delete at that revision
             await store.commit([Delete(stale, expected=updated.revision)])
         assert caught.value.conflicts[0].actual == 0
+        assert caught.value.conflicts[0].current is None
 
     run(backend, scenario)
 

@@ -52,10 +52,17 @@ async def _pending_web(store: MemoryStore) -> list[Replica]:
 
 
 def test_the_next_pass_decides_from_what_landed_before_a_conflict(caplog: pytest.LogCaptureFixture) -> None:
-    asyncio.run(asyncio.wait_for(_scenario(caplog), 30))
+    asyncio.run(asyncio.wait_for(_scenario(caplog, watch_brings_foreign=True), 30))
 
 
-async def _scenario(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_next_pass_decides_from_what_the_conflicting_key_holds_without_the_watch(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The other writer's change learned from the failure itself (``Mirror.learn``, part 33): before, the
+    next pass wrote that key again from its old revision, and conflicted again until the watch came."""
+    asyncio.run(asyncio.wait_for(_scenario(caplog, watch_brings_foreign=False), 30))
+
+
+async def _scenario(caplog: pytest.LogCaptureFixture, *, watch_brings_foreign: bool) -> None:
     store = ForeignWriteStore()
     plans: list[Plan] = []
     ctl, sessions = await settled_controller([], plans=plans, store=store, empty_hosts=4)
@@ -78,11 +85,15 @@ async def _scenario(caplog: pytest.LogCaptureFixture) -> None:
     placed_first = {r.id for r in (await store.snapshot()).replicas.values()
                     if r.id in PENDING and r.host is not None}
     assert placed_first  # the first transaction landed
-    # The watch brings the other writer's change (small, and near the head of a lagging watch); the
-    # echoes of the pass's own landed writes have not come.
     foreign = next(r for r in (await store.snapshot()).replicas.values()
                    if store.schema.key_of(r) == store.foreign)
-    ctl.mirror.put(foreign)
+    if watch_brings_foreign:
+        # The watch brings the other writer's change (small, and near the head of a lagging watch); the
+        # echoes of the pass's own landed writes have not come.
+        ctl.mirror.put(foreign)
+    else:
+        assert ctl.mirror.replicas[foreign.id] == foreign  # learned from the conflict, at its revision
+        assert f"etcd at {await store.current_revision()}" in caplog.text  # the log says how far behind
     for rid in placed_first:
         held = ctl.mirror.replicas[ReplicaId(rid)]
         assert held.host is not None  # the mirror holds what landed, at its revision

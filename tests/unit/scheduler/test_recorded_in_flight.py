@@ -175,6 +175,25 @@ def test_a_replica_heard_again_while_it_waited_is_written_once() -> None:
     asyncio.run(go())
 
 
+def test_a_write_that_conflicts_leaves_the_mirror_holding_what_the_key_holds_now() -> None:
+    """Another writer changed web-1 after the mirror read it: the recorder's write conflicts, and the
+    mirror takes the record the failed transaction read (``Mirror.learn``), not waiting for the watch."""
+    async def go() -> None:
+        store, mirror, guard = await _setup(("web-1", "h1"))
+        read = mirror.replicas[ReplicaId("web-1")]
+        rec = Recording(store, mirror, guard, [])
+        rec.start(H1, "web-1")
+        writes = rec.recorder.decide()
+        assert [w.replica.id for w in writes] == ["web-1"]
+        theirs = await store.commit([base.Put(dataclasses.replace(read, reason="moved by another pass"))],
+                                    guard=guard)
+        await rec.recorder.write(writes)
+        assert rec.recorder.recorded == 0
+        assert mirror.replicas[ReplicaId("web-1")] == theirs.written[0]
+
+    asyncio.run(go())
+
+
 def test_a_deposed_leader_stops_recording() -> None:
     async def go() -> None:
         store, mirror, guard = await _setup(("web-1", "h1"))
