@@ -83,7 +83,7 @@ from scheduler.recorder import InFlightRecorder
 from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
-from scheduler.store.errors import Compacted, Conflict, NotLeader, StoreUnavailable
+from scheduler.store.errors import Compacted, Conflict, KeyConflict, NotLeader, StoreError, StoreUnavailable
 from scheduler.store.records import Record
 from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND, Pacer, UsagePace
 
@@ -92,6 +92,10 @@ log = logging.getLogger(__name__)
 COALESCE = 0.01          # a burst of changes within this is one pass
 STORE_RETRY = 0.5        # after etcd did not answer
 CONFLICT_RETRY = 0.05    # the watch is expected to deliver what made the write conflict
+# ... and after a conflict the next pass waits at most this long for the watch to bring the mirror up to
+# the conflicting writes' revision: a pass at 5,000 hosts costs 10 s of a loaded leader's loop, and one
+# decided from a mirror still behind conflicted again on other keys (docs/scaling.md, part 33).
+CONFLICT_CATCH_UP = 2.0
 # How long a new term waits for the instance's follower to finish reading etcd before reading a snapshot
 # of its own (the follower's read takes as long: 15 s at 100,000 replicas here).
 FOLLOWER_SYNC_WAIT = 30.0
@@ -236,6 +240,8 @@ class Controller:
         self.recorded_in_flight = 0                           # replicas it recorded, for tests and benchmarks
         self.recorded_ahead = 0                               # ... and ahead of a pass (``_record_ahead``)
         self._held_logged = 0.0                               # when that was last logged
+        self._catch_up: tuple[int, float] | None = None       # after a conflict: (revision, until when)
+        self.caught_up = {"reached": 0, "timed out": 0}       # how those waits ended (tests, benchmarks)
 
     def poke(self, *_: object) -> None:
         self._wake.set()
@@ -420,6 +426,33 @@ class Controller:
             self._wake.clear()
             self._check(watcher)  # again: a wake-up for its end may have come during the sleep
             next_due = await self.step()
+            if self._catch_up is not None:
+                await self._catching_up(watcher)
+
+    async def _catching_up(self, watcher: asyncio.Task[None]) -> None:
+        """After a conflict, until the watch has brought the mirror up to the revision of the writes it met
+        (everything before them too: the watch delivers in order), or ``CONFLICT_CATCH_UP`` has passed:
+        the keys that conflicted are learned already (``Mirror.learn``), the others the same writers
+        changed meanwhile are not. Then the next pass, at once."""
+        assert self.mirror is not None and self._catch_up is not None
+        revision, until = self._catch_up
+        self._catch_up = None
+        started = time.time()
+        while self.mirror.revision < revision and (left := until - time.time()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
+            self._check(watcher)
+        if self.mirror.revision >= revision:
+            self.caught_up["reached"] += 1
+            log.info("the watch brought revision %d %.2fs after the conflict", revision,
+                     time.time() - started)
+        else:
+            self.caught_up["timed out"] += 1
+            log.info("the watch had not brought revision %d %.1fs after the conflict (the mirror is at %d): "
+                     "deciding from what it holds", revision, time.time() - started, self.mirror.revision)
+        self.poke()
 
     def _check(self, watcher: asyncio.Task[None]) -> None:
         """End the loop when the watch ended (a resync, or its error) or the term is over."""
@@ -492,24 +525,20 @@ class Controller:
             # before the revision its mirror had reached: a write the mirror had not taken in) or met a
             # write made while it decided (after it).
             log.info("reconcile pass conflicted on %s (%d writes had gone in; its mirror at revision %d, "
-                     "etcd at %d); deciding again", "; ".join(str(c) for c in err.conflicts[:3]),
+                     "etcd at %d); deciding again", "; ".join(_conflict_said(c) for c in err.conflicts[:3]),
                      err.applied, self.mirror.revision, err.etcd_revision)
             # What the conflicting keys hold now came with the failure: the next pass decides from it
             # rather than conflict on them again while the watch is behind.
             self.mirror.learn(err)
-            # What landed before the conflict is in etcd: the next pass must decide from it, as from a
-            # commit that succeeded. Left to the watch's echo, a watch running minutes behind on a
-            # loaded machine had the next pass write the same replicas again from their old revisions,
-            # conflict on its first transaction, and do so again pass after pass (six minutes of passes
-            # at 5,000 hosts: docs/scaling.md, part 32). The recorder puts its landed writes likewise.
-            # (Puts only: a delete that landed is not told, and comes back with the watch.)
-            for revision, records in landed_puts:
-                for record in records:
-                    self.mirror.put(evolve(record, revision=revision))
+            self._went_in(err, landed_puts)
+            written = max((c.actual for c in err.conflicts), default=0)
+            if written > self.mirror.revision:
+                self._catch_up = (written, time.time() + CONFLICT_CATCH_UP)
             self._full_due = True  # what this pass looked at was taken from the dirt: look at everything
             return time.time() + CONFLICT_RETRY
         except StoreUnavailable as err:
             log.warning("cannot write to etcd (%s); trying again", err)
+            self._went_in(err, landed_puts)
             self._full_due = True
             return time.time() + STORE_RETRY
         finally:
@@ -559,6 +588,21 @@ class Controller:
             self._on_pass(time.perf_counter() - started, plan, world)
         self._due = self._next_due(world, held=plan.lost_held > 0)
         return self._due
+
+    def _went_in(self, err: StoreError, landed_puts: list[tuple[int, tuple[Record, ...]]]) -> None:
+        """What went in before a commit failed is in etcd: into the mirror, as a commit that succeeded
+        puts its writes, for the next pass to decide from. Left to the watch's echo, a watch running
+        minutes behind on a loaded machine had the next pass write the same replicas again from their old
+        revisions, conflict on its first transaction, and do so again pass after pass (six minutes of
+        passes at 5,000 hosts: docs/scaling.md, part 32); and delete again what it had deleted, conflict
+        on it as absent, and leave the deletes that went in that time to the next (part 33). The recorder
+        puts its landed writes likewise."""
+        assert self.mirror is not None
+        for revision, records in landed_puts:
+            for record in records:
+                self.mirror.put(evolve(record, revision=revision))
+        for record in err.deleted:
+            self.mirror.drop(record)
 
     def _record_ahead(self) -> tuple[asyncio.Task[None] | None, frozenset[str]]:
         """Start writing what the hosts reported since the last pass (``scheduler.recorder``), to land
@@ -1041,6 +1085,12 @@ class Controller:
     def host_info_json(self, host: HostId) -> str:
         info = self.host_info(host)
         return json_format.MessageToJson(info, preserving_proto_field_name=True) if info is not None else ""
+
+
+def _conflict_said(conflict: KeyConflict) -> str:
+    """A conflict, and for a replica the last decision its record now holds: whose write it met."""
+    decisions = getattr(conflict.current, "decisions", ())
+    return f"{conflict} ({decisions[-1].action}: {decisions[-1].reason})" if decisions else str(conflict)
 
 
 def _followed(session: Session) -> bool:

@@ -129,11 +129,14 @@ class Mirror:
         self._changed(known, record)
 
     def drop(self, record: object) -> None:
-        """A record deleted (by this leader: the watch's delete follows and finds it gone)."""
+        """A record deleted (by this leader: the watch's delete follows and finds it gone) as of the revision
+        it was read at: one this mirror holds at a later revision (made again since, by its name) stays."""
         table = self._table(type(record))
         if table is not None:
-            known = table.pop(record_key(record), None)
-            if known is not None:
+            key = record_key(record)
+            known = table.get(key)
+            if known is not None and known.revision <= record.revision:  # type: ignore[attr-defined]
+                del table[key]
                 self._changed(known, None)
 
     def learn(self, conflict: Conflict) -> int:

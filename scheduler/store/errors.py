@@ -14,7 +14,8 @@
 
 Commits are split into transactions of at most 128 operations and applied in order, each atomically;
 when one fails, ``applied`` on the error says how many operations of the batch (a prefix of it) went in
-before, and ``revisions`` their transactions' revisions. A commit with several transactions in flight
+before, ``revisions`` their transactions' revisions and ``deleted`` the records their deletes removed
+(their puts are told through ``on_landed`` as they land). A commit with several transactions in flight
 (``in_flight``) counts in ``applied`` every operation that went in, which need not be a prefix.
 """
 
@@ -31,6 +32,7 @@ class StoreError(Exception):
         super().__init__(message)
         self.applied = applied
         self.revisions = revisions
+        self.deleted: tuple[Any, ...] = ()  # the records the transactions that went in deleted
 
 
 class StoreUnavailable(StoreError):

@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from scheduler.store import raw, records
@@ -282,6 +282,7 @@ async def commit_in_transactions(plans: Sequence[TxnPlan], execute: Callable[[Tx
         err = failures[min(failures)]
         err.applied = sum(len(plans[i].writes) for i in done)
         err.revisions = tuple(sorted(landed[i] for i in done))
+        err.deleted = _deleted(plans[i] for i in done)
         raise err
     # In revision order, as a sequential commit reports them (``Committed.revision`` is the last).
     return _committed([(plans[i], landed[i]) for i in sorted(done, key=landed.__getitem__)])
@@ -325,8 +326,13 @@ async def _in_sequence(plans: Sequence[TxnPlan], execute: Callable[[TxnPlan], Aw
         except StoreError as err:
             err.applied = plan.first
             err.revisions = tuple(revision for _, revision in landed)
+            err.deleted = _deleted(plan for plan, _ in landed)
             raise
     return _committed(landed)
+
+
+def _deleted(plans: Iterable[TxnPlan]) -> tuple[records.Record, ...]:
+    return tuple(w.record for plan in plans for w in plan.writes if w.value is None)
 
 
 def _committed(landed: Sequence[tuple[TxnPlan, int]]) -> Committed:

@@ -252,6 +252,22 @@ def test_a_conflict_in_a_later_transaction_reports_what_went_in(backend: Backend
     run(backend, scenario)
 
 
+@pytest.mark.parametrize("in_flight", [1, 4])
+def test_a_conflict_after_deletes_went_in_names_the_records_deleted(backend: Backend, in_flight: int) -> None:
+    async def scenario(store: Store) -> None:
+        written = (await store.commit([Put(build.replica("web", i)) for i in range(MAX_TXN_OPS)]
+                                      + [Put(build.replica("web", 200))])).written
+        deletes = [Delete(r) for r in written[:MAX_TXN_OPS]]
+        with pytest.raises(Conflict) as caught:  # web-00200 exists: its creation conflicts
+            await store.commit([*deletes, Put(build.replica("web", 200))], in_flight=in_flight)
+        assert caught.value.applied == MAX_TXN_OPS
+        assert caught.value.deleted == tuple(written[:MAX_TXN_OPS])
+        ids = {r.id for r in (await store.list(store.schema.replicas_of("web"))).items}
+        assert ids == {"web-00200"}
+
+    run(backend, scenario)
+
+
 def test_transactions_in_flight_together_land_every_write_once(backend: Backend) -> None:
     async def scenario(store: Store) -> None:
         lease = await store.grant_lease(30)

@@ -114,3 +114,56 @@ async def _scenario(caplog: pytest.LogCaptureFixture, *, watch_brings_foreign: b
     live = [r for r in (await store.snapshot()).replicas.values() if r.service == "web"
             and r.phase is not ReplicaPhase.STOPPING]
     assert len(live) == 6
+
+
+class SecondDeleteConflicts(MemoryStore):
+    """One write a transaction, one transaction at a time. Once ``armed``, the second transaction that
+    deletes a key meets another writer's put of that key just before, so it conflicts after the first
+    delete went in."""
+
+    def __init__(self) -> None:
+        super().__init__(max_txn_ops=2)
+        self.armed = False
+        self.deletes = 0
+
+    async def _execute(self, plan: txn.TxnPlan) -> int:
+        if self.armed and any(w.value is None for w in plan.writes):
+            self.deletes += 1
+            if self.deletes == 2:
+                self.armed = False
+                key = plan.writes[0].key
+                self._revision += 1
+                self._put(key, self._kvs[key].value, 0)
+        return await super()._execute(plan)
+
+
+def test_a_delete_that_went_in_before_a_conflict_is_not_made_again(caplog: pytest.LogCaptureFixture) -> None:
+    """A pass drops two stopping replicas whose containers are gone; the second drop conflicts after the
+    first went in. The next pass, with no watch delivering anything, neither deletes the first again (before
+    part 33 it did, and conflicted on it as absent: its mirror still held it) nor conflicts on the second."""
+    asyncio.run(asyncio.wait_for(_deletes(caplog), 30))
+
+
+async def _deletes(caplog: pytest.LogCaptureFixture) -> None:
+    store = SecondDeleteConflicts()
+    ctl, _sessions = await settled_controller([], store=store, empty_hosts=1)
+    ctl.settings = dataclasses.replace(ctl.settings, commit_in_flight=1)
+    await ctl.step()  # the term's first pass: nothing to do
+    assert ctl.mirror is not None
+    stopping = [dataclasses.replace(replica(rid, host="h3", phase=ReplicaPhase.STOPPING, ready=False),
+                                    revision=0) for rid in ("web-8", "web-9")]
+    for record in (await store.commit([base.Put(r) for r in stopping])).written:
+        ctl.mirror.put(record)
+
+    store.armed = True
+    with caplog.at_level(logging.INFO, logger="scheduler.controller"):
+        await ctl.step()
+    assert "conflicted" in caplog.text and store.deletes == 2
+    left = {r.id for r in (await store.snapshot()).replicas.values() if r.id in ("web-8", "web-9")}
+    assert len(left) == 1  # one drop went in, the other conflicted
+    assert set(ctl.mirror.replicas) & {"web-8", "web-9"} == left
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scheduler.controller"):
+        await ctl.step()
+    assert "conflicted" not in caplog.text
+    assert not {r.id for r in (await store.snapshot()).replicas.values()} & {"web-8", "web-9"}

@@ -79,3 +79,14 @@ def test_a_key_holding_what_is_not_a_record_changes_nothing() -> None:
     assert mirror.replicas[RID] is read
     assert mirror.learn(_conflict(KeyConflict(KEY, 5, 20))) == 0  # raised without what it read
     assert mirror.replicas[RID] is read
+
+
+def test_a_drop_keeps_a_record_made_again_after_the_one_deleted() -> None:
+    """A delete that went in names the record as it was read; the same key made again since (a service
+    applied again by its name) is a later revision the mirror keeps."""
+    again = build.service("web", revision=40)
+    mirror = _mirror(again)
+    mirror.drop(build.service("web", revision=20))
+    assert mirror.services[ServiceName("web")] is again
+    mirror.drop(again)
+    assert ServiceName("web") not in mirror.services
