@@ -91,11 +91,17 @@ log = logging.getLogger(__name__)
 
 COALESCE = 0.01          # a burst of changes within this is one pass
 STORE_RETRY = 0.5        # after etcd did not answer
-CONFLICT_RETRY = 0.05    # the watch is expected to deliver what made the write conflict
-# ... and after a conflict the next pass waits at most this long for the watch to bring the mirror up to
-# the conflicting writes' revision: a pass at 5,000 hosts costs 10 s of a loaded leader's loop, and one
-# decided from a mirror still behind conflicted again on other keys (docs/scaling.md, part 33).
+CONFLICT_RETRY = 0.05    # the pass after a conflict, when the mirror already holds what it met
+# ... and when it does not, that pass waits at most this long for the watch to bring the mirror up to the
+# conflicting writes' revision: a pass at 5,000 hosts takes 2-10 s of a loaded leader's loop, and one
+# decided from a mirror still behind meets the same writers' other changes (docs/scaling.md, part 33).
 CONFLICT_CATCH_UP = 2.0
+# A term that starts from its follower's state behind the term's own epoch (the leader key's creation:
+# every write of the terms before landed before it) waits at most this long for the follower to bring
+# it, before its first pass: a pass that does not see the last term's new replicas creates them again.
+# An instance that lost its term and won the next one 0.5 s later on a loaded machine started behind
+# (docs/scaling.md, part 33).
+TERM_CATCH_UP = 10.0
 # How long a new term waits for the instance's follower to finish reading etcd before reading a snapshot
 # of its own (the follower's read takes as long: 15 s at 100,000 replicas here).
 FOLLOWER_SYNC_WAIT = 30.0
@@ -240,7 +246,7 @@ class Controller:
         self.recorded_in_flight = 0                           # replicas it recorded, for tests and benchmarks
         self.recorded_ahead = 0                               # ... and ahead of a pass (``_record_ahead``)
         self._held_logged = 0.0                               # when that was last logged
-        self._catch_up: tuple[int, float] | None = None       # after a conflict: (revision, until when)
+        self._catch_up: tuple[int, float, str] | None = None  # (revision, until when, after what)
         self.caught_up = {"reached": 0, "timed out": 0}       # how those waits ended (tests, benchmarks)
 
     def poke(self, *_: object) -> None:
@@ -383,6 +389,8 @@ class Controller:
             if attached is not None:
                 state, self._feed = attached
                 self.mirror = Mirror.of(state.view())
+                if self.mirror.revision < self.settings.epoch:
+                    self._catch_up = (self.settings.epoch, time.time() + TERM_CATCH_UP, "the term began")
                 return self._follow_feed(self._feed)
         self.mirror = Mirror.of(await self.store.snapshot())
         return self._follow(self.mirror.revision)
@@ -390,15 +398,21 @@ class Controller:
     async def _follow(self, revision: int) -> None:
         assert self.mirror is not None
         async for change in self.store.watch(revision):
-            if self.mirror.apply(change):
+            if self.mirror.apply(change) or self._caught_up_now():
                 self.poke()
 
     async def _follow_feed(self, feed: ChangeFeed) -> None:
         """The follower's changes; it ends (a resync) when the follower reads etcd again."""
         assert self.mirror is not None
         while (change := await feed.get()) is not None:
-            if self.mirror.apply(change):
+            if self.mirror.apply(change) or self._caught_up_now():
                 self.poke()
+
+    def _caught_up_now(self) -> bool:
+        """The mirror just reached what the loop waits for (``_catching_up``): a change no pass reads (the
+        leader key's) wakes it too."""
+        return self._catch_up is not None and self.mirror is not None \
+            and self.mirror.revision >= self._catch_up[0]
 
     def _end_feed(self) -> None:
         """Unsubscribe (also when the watcher task was cancelled before it ever ran)."""
@@ -422,37 +436,38 @@ class Controller:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             self._check(watcher)
+            if self._catch_up is not None:
+                await self._catching_up(watcher)
             await asyncio.sleep(COALESCE)  # coalesce a burst of changes into one pass
             self._wake.clear()
             self._check(watcher)  # again: a wake-up for its end may have come during the sleep
             next_due = await self.step()
-            if self._catch_up is not None:
-                await self._catching_up(watcher)
 
     async def _catching_up(self, watcher: asyncio.Task[None]) -> None:
-        """After a conflict, until the watch has brought the mirror up to the revision of the writes it met
-        (everything before them too: the watch delivers in order), or ``CONFLICT_CATCH_UP`` has passed:
-        the keys that conflicted are learned already (``Mirror.learn``), the others the same writers
-        changed meanwhile are not. Then the next pass, at once."""
+        """Before the next pass, until the watch has brought the mirror up to a revision (everything before
+        it too: the watch delivers in order) or the wait's bound has passed. After a conflict, the
+        revision of the writes it met (``CONFLICT_CATCH_UP``): the keys that conflicted are learned already
+        (``Mirror.learn``), the others the same writers changed meanwhile are not. As a term begins from a
+        follower behind, the term's epoch (``TERM_CATCH_UP``)."""
         assert self.mirror is not None and self._catch_up is not None
-        revision, until = self._catch_up
-        self._catch_up = None
+        revision, until, after = self._catch_up
         started = time.time()
-        while self.mirror.revision < revision and (left := until - time.time()) > 0:
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self._wake.wait()
-            self._check(watcher)
+        try:
+            while self.mirror.revision < revision and (left := until - time.time()) > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await self._wake.wait()
+                self._check(watcher)
+        finally:
+            self._catch_up = None
         if self.mirror.revision >= revision:
             self.caught_up["reached"] += 1
-            log.info("the watch brought revision %d %.2fs after the conflict", revision,
-                     time.time() - started)
+            log.info("the watch brought revision %d %.2fs after %s", revision, time.time() - started, after)
         else:
             self.caught_up["timed out"] += 1
-            log.info("the watch had not brought revision %d %.1fs after the conflict (the mirror is at %d): "
-                     "deciding from what it holds", revision, time.time() - started, self.mirror.revision)
-        self.poke()
+            log.info("the watch had not brought revision %d %.1fs after %s (the mirror is at %d): deciding "
+                     "from what it holds", revision, time.time() - started, after, self.mirror.revision)
 
     def _check(self, watcher: asyncio.Task[None]) -> None:
         """End the loop when the watch ended (a resync, or its error) or the term is over."""
@@ -533,7 +548,7 @@ class Controller:
             self._went_in(err, landed_puts)
             written = max((c.actual for c in err.conflicts), default=0)
             if written > self.mirror.revision:
-                self._catch_up = (written, time.time() + CONFLICT_CATCH_UP)
+                self._catch_up = (written, time.time() + CONFLICT_CATCH_UP, "the conflict")
             self._full_due = True  # what this pass looked at was taken from the dirt: look at everything
             return time.time() + CONFLICT_RETRY
         except StoreUnavailable as err:

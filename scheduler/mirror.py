@@ -86,6 +86,10 @@ class Mirror:
     pending: set[ReplicaId] = field(default_factory=set)
     failed: set[ReplicaId] = field(default_factory=set)
     dirt: Dirt = field(default_factory=Dirt)
+    # Records dropped before the watch brought their delete: (type, key) -> the revision dropped. The
+    # watch, when behind, still brings puts made before the delete; one at or before that revision is
+    # not put back (``apply``). Emptied as the deletes arrive.
+    gone: dict[tuple[type, Any], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for replica in self.replicas.values():
@@ -116,6 +120,10 @@ class Mirror:
         if table is None:
             return
         key = record_key(record)
+        if self.gone and (dropped := self.gone.get((type(record), key))) is not None:
+            if record.revision <= dropped:  # type: ignore[attr-defined]
+                return  # made before the delete this mirror holds
+            del self.gone[(type(record), key)]
         known = table.get(key)
         if known is not None:
             revision = record.revision  # type: ignore[attr-defined]
@@ -137,6 +145,7 @@ class Mirror:
             known = table.get(key)
             if known is not None and known.revision <= record.revision:  # type: ignore[attr-defined]
                 del table[key]
+                self.gone[(type(record), key)] = known.revision
                 self._changed(known, None)
 
     def learn(self, conflict: Conflict) -> int:
@@ -169,6 +178,13 @@ class Mirror:
             return False
         if change.kind is base.ChangeKind.PUT and change.value is not None:
             record = change.value
+            if self.gone and (dropped := self.gone.get((change.record_type, record_key(record)))) is not None:
+                if change.revision <= dropped:
+                    # Made before the delete this mirror already holds: the watch is behind. Put back, a
+                    # pass decided from it would delete it again and conflict on it as absent
+                    # (docs/scaling.md, part 33).
+                    return False
+                del self.gone[(change.record_type, record_key(record))]  # made again since
             known = table.get(record_key(record))
             if known is not None and known.revision >= change.revision:
                 # This leader's own write, applied when it committed: seen by its passes. The echo is
@@ -182,6 +198,8 @@ class Mirror:
             return reads(known, record)
         if change.ids:
             key = change.ids[-1]
+            if self.gone:
+                self.gone.pop((change.record_type, key), None)  # the delete arrived
             known = table.get(key)
             if known is not None and known.revision < change.revision:
                 del table[key]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 from scheduler.mirror import Mirror
-from scheduler.model import ReplicaId, ServiceName
+from scheduler.model import Replica, ReplicaId, ServiceName
+from scheduler.store import base
 from scheduler.store.errors import Conflict, KeyConflict
 from tests.fixtures import scheduler_records as build
 
@@ -90,3 +91,38 @@ def test_a_drop_keeps_a_record_made_again_after_the_one_deleted() -> None:
     assert mirror.services[ServiceName("web")] is again
     mirror.drop(again)
     assert ServiceName("web") not in mirror.services
+
+
+def _put(record: Replica, revision: int) -> base.Change:
+    return base.Change(kind=base.ChangeKind.PUT, key=KEY, record_type=Replica, ids=("web", RID),
+                       value=dataclasses.replace(record, revision=revision), revision=revision)
+
+
+def _deleted(revision: int) -> base.Change:
+    return base.Change(kind=base.ChangeKind.DELETE, key=KEY, record_type=Replica, ids=("web", RID),
+                       value=None, revision=revision)
+
+
+def test_a_put_made_before_a_drop_is_not_put_back_by_a_watch_behind() -> None:
+    """The leader deleted web-00001 (read at revision 5); the watch, behind, still brings puts of it made
+    before: kept out until the delete arrives, so no pass deletes it again and conflicts on it as absent
+    (docs/scaling.md, part 33)."""
+    read = build.replica("web", 1, revision=5)
+    mirror = _mirror(read)
+    mirror.drop(read)
+    mirror.take_dirt()
+    assert mirror.apply(_put(read, 3)) is False and RID not in mirror.replicas  # older still
+    assert mirror.apply(_put(read, 5)) is False and RID not in mirror.replicas  # the very record dropped
+    mirror.put(dataclasses.replace(read, revision=4))  # a write put back by hand, older: kept out too
+    assert RID not in mirror.replicas and not mirror.take_dirt().replicas
+    assert mirror.apply(_deleted(9)) is False and not mirror.gone  # the delete arrived: forgotten
+    again = mirror.apply(_put(read, 12))  # made again later under the same id: kept
+    assert again and mirror.replicas[RID].revision == 12
+
+
+def test_a_key_made_again_after_its_drop_is_kept_before_the_delete_arrives() -> None:
+    read = build.replica("web", 1, revision=5)
+    mirror = _mirror(read)
+    mirror.drop(read)
+    assert mirror.apply(_put(read, 12)) and mirror.replicas[RID].revision == 12
+    assert not mirror.gone
