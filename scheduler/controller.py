@@ -448,11 +448,20 @@ class Controller:
         it too: the watch delivers in order) or the wait's bound has passed. After a conflict, the
         revision of the writes it met (``CONFLICT_CATCH_UP``): the keys that conflicted are learned already
         (``Mirror.learn``), the others the same writers changed meanwhile are not. As a term begins from a
-        follower behind, the term's epoch (``TERM_CATCH_UP``)."""
+        follower behind, the term's epoch (``TERM_CATCH_UP``). After a write whose outcome is unknown,
+        etcd's revision (0 until read here)."""
         assert self.mirror is not None and self._catch_up is not None
         revision, until, after = self._catch_up
         started = time.time()
         try:
+            if not revision:  # etcd's, now
+                try:
+                    revision = await self.store.current_revision()
+                except StoreError as err:
+                    log.info("cannot read etcd's revision after %s (%s): deciding from what the mirror "
+                             "holds", after, err)
+                    return
+                self._catch_up = (revision, until, after)
             while self.mirror.revision < revision and (left := until - time.time()) > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -554,11 +563,15 @@ class Controller:
         except StoreUnavailable as err:
             log.warning("cannot write to etcd (%s); trying again", err)
             self._went_in(err, landed_puts)
+            if err.outcome_unknown:
+                self._catch_up_unknown()
             self._full_due = True
             return time.time() + STORE_RETRY
         finally:
             if ahead is not None:  # written beside this pass's own: the next pass reads both
                 await ahead
+            if recorder.outcome_unknown:
+                self._catch_up_unknown()
         landed = time.perf_counter()
         if plan.abandoned:
             self._note_abandoned(plan.abandoned, world)
@@ -603,6 +616,13 @@ class Controller:
             self._on_pass(time.perf_counter() - started, plan, world)
         self._due = self._next_due(world, held=plan.lost_held > 0)
         return self._due
+
+    def _catch_up_unknown(self) -> None:
+        """A write whose outcome is unknown (etcd failed as it was sent) may have landed: the next pass
+        waits, at most ``CONFLICT_CATCH_UP``, for the watch to reach etcd's revision (read then), as
+        after a conflict; decided without it, it wrote those keys again from their old revisions and
+        conflicted, or created again the replicas it had created (docs/scaling.md, part 33)."""
+        self._catch_up = (0, time.time() + CONFLICT_CATCH_UP, "a write whose outcome is unknown")
 
     def _went_in(self, err: StoreError, landed_puts: list[tuple[int, tuple[Record, ...]]]) -> None:
         """What went in before a commit failed is in etcd: into the mirror, as a commit that succeeded

@@ -78,6 +78,7 @@ class InFlightRecorder:
         self._wake = asyncio.Event()
         self._stopped = False
         self.recorded = 0  # replicas written (the long pass's log line, tests)
+        self.outcome_unknown = False  # a write of its own failed as it was sent: it may have landed
 
     # -- told by the controller -------------------------------------------------------------------
 
@@ -182,6 +183,7 @@ class InFlightRecorder:
             self._on_deposed(str(err))
         except StoreUnavailable as err:
             self._stopped = True  # the pass's own commit meets it too, and says so
+            self.outcome_unknown = self.outcome_unknown or err.outcome_unknown  # it may have landed
             log.debug("cannot record what hosts report: %s", err)
 
 

@@ -19,8 +19,8 @@ from scheduler import controller as controller_module
 from scheduler.controller import Controller
 from scheduler.follower import Follower
 from scheduler.model import Decision, Replica, ReplicaId, ReplicaPhase, ServiceName
-from scheduler.store import base
-from scheduler.store.errors import KeyConflict
+from scheduler.store import base, txn
+from scheduler.store.errors import KeyConflict, StoreUnavailable
 from scheduler.store.keys import KeyRange
 from scheduler.store.memory import MemoryStore
 from tests.fixtures import scheduler_records as build
@@ -187,3 +187,51 @@ def test_a_term_begun_behind_its_epoch_waits_for_the_last_terms_replicas(
                 assert controller.caught_up == {"reached": 1, "timed out": 0}
 
     run(scenario)
+
+
+class LostReply(MemoryStore):
+    """Once ``armed``, a transaction is applied and its reply lost: ``StoreUnavailable`` with the outcome
+    unknown, as etcd failing as the request went out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    async def _execute(self, plan: txn.TxnPlan) -> int:
+        revision = await super()._execute(plan)
+        if self.armed:
+            self.armed = False
+            raise StoreUnavailable("the reply was lost", outcome_unknown=True)
+        return revision
+
+
+def test_after_a_write_whose_outcome_is_unknown_the_next_pass_waits_for_etcds_revision() -> None:
+    async def go() -> None:
+        store = LostReply()
+        ctl, _ = await settled_controller([], store=store, empty_hosts=1)
+        await ctl.step()
+        ctl.actuator.submit = lambda actions: None  # type: ignore[method-assign]
+        assert ctl.mirror is not None
+        web = ctl.mirror.services[ServiceName("web")]
+        for record in (await store.commit([base.Put(web.scaled(3, now=0.0))])).written:
+            ctl.mirror.put(record)
+        store.armed = True
+        await ctl.step()  # creates and places web's third replica: applied, the reply lost
+        assert ctl._catch_up is not None and ctl._catch_up[0] == 0  # etcd's revision, read when waiting
+        ended = asyncio.Event()
+        watcher = asyncio.create_task(_watch(ended))
+        waiting = asyncio.create_task(ctl._catching_up(watcher))
+        await until(lambda: ctl._catch_up is not None and ctl._catch_up[0] > 0, "etcd's revision read")
+        assert ctl._catch_up is not None and ctl._catch_up[0] == await store.current_revision()
+        assert not waiting.done()
+        async for change in store.watch(ctl.mirror.revision):  # the watch brings what landed
+            ctl.mirror.apply(change)
+            ctl.poke()
+            if ctl.mirror.revision >= await store.current_revision():
+                break
+        await asyncio.wait_for(waiting, 10)
+        assert ctl.caught_up == {"reached": 1, "timed out": 0}
+        assert len([r for r in ctl.mirror.replicas.values() if r.service == "web"]) == 3
+        ended.set()
+
+    asyncio.run(go())

@@ -16,6 +16,7 @@ from scheduler.model import HostId, Replica, ReplicaId, ReplicaPhase, Service, S
 from scheduler.observed import ContainerState, HostObservation
 from scheduler.recorder import InFlightRecorder
 from scheduler.store import base, txn
+from scheduler.store.errors import StoreUnavailable
 from scheduler.store.memory import MemoryStore
 from scheduler.store.records import LeaderRecord
 from tests.unit.scheduler.test_launch_as_landed import HeldStore
@@ -190,6 +191,26 @@ def test_a_write_that_conflicts_leaves_the_mirror_holding_what_the_key_holds_now
         await rec.recorder.write(writes)
         assert rec.recorder.recorded == 0
         assert mirror.replicas[ReplicaId("web-1")] == theirs.written[0]
+
+    asyncio.run(go())
+
+
+def test_a_write_whose_reply_is_lost_stops_recording_and_says_it_may_have_landed() -> None:
+    """The controller's next pass then waits for etcd's revision (``Controller._catch_up_unknown``)."""
+    async def go() -> None:
+        store, mirror, guard = await _setup(("web-1", "h1"))
+        rec = Recording(store, mirror, guard, [])
+        rec.start(H1, "web-1")
+        writes = rec.recorder.decide()
+        execute = store._execute
+
+        async def lost(plan: txn.TxnPlan) -> int:
+            await execute(plan)
+            raise StoreUnavailable("the reply was lost", outcome_unknown=True)
+
+        store._execute = lost  # type: ignore[method-assign]
+        await rec.recorder.write(writes)
+        assert rec.recorder.outcome_unknown and await rec.phase("web-1") is ReplicaPhase.RUNNING
 
     asyncio.run(go())
 
