@@ -93,14 +93,14 @@ COALESCE = 0.01          # a burst of changes within this is one pass
 STORE_RETRY = 0.5        # after etcd did not answer
 CONFLICT_RETRY = 0.05    # the pass after a conflict, when the mirror already holds what it met
 # ... and when it does not, that pass waits at most this long for the watch to bring the mirror up to the
-# conflicting writes' revision: a pass at 5,000 hosts takes 2-10 s of a loaded leader's loop, and one
+# conflicting writes' revision: a full pass at 5,000 hosts held a loaded leader's loop 1-19 s, and one
 # decided from a mirror still behind meets the same writers' other changes (docs/scaling.md, part 33).
 CONFLICT_CATCH_UP = 2.0
 # A term that starts from its follower's state behind the term's own epoch (the leader key's creation:
 # every write of the terms before landed before it) waits at most this long for the follower to bring
 # it, before its first pass: a pass that does not see the last term's new replicas creates them again.
-# An instance that lost its term and won the next one 0.5 s later on a loaded machine started behind
-# (docs/scaling.md, part 33).
+# An instance that loses its term and wins the next one 0.5 s later on a loaded machine, its watch behind,
+# can start so (docs/scaling.md, part 33).
 TERM_CATCH_UP = 10.0
 # How long a new term waits for the instance's follower to finish reading etcd before reading a snapshot
 # of its own (the follower's read takes as long: 15 s at 100,000 replicas here).
