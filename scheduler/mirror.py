@@ -120,10 +120,8 @@ class Mirror:
         if table is None:
             return
         key = record_key(record)
-        if self.gone and (dropped := self.gone.get((type(record), key))) is not None:
-            if record.revision <= dropped:  # type: ignore[attr-defined]
-                return  # made before the delete this mirror holds
-            del self.gone[(type(record), key)]
+        if self._before_drop(type(record), key, record.revision):  # type: ignore[attr-defined]
+            return
         known = table.get(key)
         if known is not None:
             revision = record.revision  # type: ignore[attr-defined]
@@ -135,6 +133,18 @@ class Mirror:
                 record = known
         table[key] = record
         self._changed(known, record)
+
+    def _before_drop(self, record_type: type, key: Any, revision: int) -> bool:
+        """Whether a put at ``revision`` was made before a delete this mirror already holds (``gone``): a
+        watch behind still brings those, and put back, a pass decided from one would delete it again and
+        conflict on it as absent (docs/scaling.md, part 33). A later one (the key made again) forgets
+        the delete."""
+        if not self.gone or (dropped := self.gone.get((record_type, key))) is None:
+            return False
+        if revision <= dropped:
+            return True
+        del self.gone[(record_type, key)]
+        return False
 
     def drop(self, record: object) -> None:
         """A record deleted (by this leader: the watch's delete follows and finds it gone) as of the revision
@@ -178,13 +188,8 @@ class Mirror:
             return False
         if change.kind is base.ChangeKind.PUT and change.value is not None:
             record = change.value
-            if self.gone and (dropped := self.gone.get((change.record_type, record_key(record)))) is not None:
-                if change.revision <= dropped:
-                    # Made before the delete this mirror already holds: the watch is behind. Put back, a
-                    # pass decided from it would delete it again and conflict on it as absent
-                    # (docs/scaling.md, part 33).
-                    return False
-                del self.gone[(change.record_type, record_key(record))]  # made again since
+            if self._before_drop(change.record_type, record_key(record), change.revision):
+                return False
             known = table.get(record_key(record))
             if known is not None and known.revision >= change.revision:
                 # This leader's own write, applied when it committed: seen by its passes. The echo is

@@ -71,7 +71,7 @@ def test_the_next_pass_waits_for_the_watch_to_reach_the_conflicting_revision() -
         assert ctl.caught_up == {"reached": 1, "timed out": 0} and ctl._catch_up is None
         ended.set()
 
-    asyncio.run(go())
+    run(go)
 
 
 def test_the_wait_is_bounded() -> None:
@@ -81,7 +81,7 @@ def test_the_wait_is_bounded() -> None:
         assert ctl.caught_up == {"reached": 0, "timed out": 1} and ctl._catch_up is None
         ended.set()
 
-    asyncio.run(go())
+    run(go)
 
 
 def test_a_watch_that_ends_meanwhile_ends_the_wait() -> None:
@@ -91,7 +91,7 @@ def test_a_watch_that_ends_meanwhile_ends_the_wait() -> None:
         with pytest.raises(controller_module._Resync):
             await asyncio.wait_for(waiting, 10)
 
-    asyncio.run(go())
+    run(go)
 
 
 def test_a_conflicted_pass_asks_for_the_revision_of_the_write_it_met() -> None:
@@ -115,7 +115,7 @@ def test_a_conflicted_pass_asks_for_the_revision_of_the_write_it_met() -> None:
         assert ctl._catch_up is not None and ctl._catch_up[0] == foreign.revision
         assert ctl.mirror.replicas[ReplicaId(foreign.id)] == foreign  # learned meanwhile
 
-    asyncio.run(go())
+    run(go)
 
 
 def test_the_conflict_log_says_whose_write_a_replica_met() -> None:
@@ -234,4 +234,4 @@ def test_after_a_write_whose_outcome_is_unknown_the_next_pass_waits_for_etcds_re
         assert len([r for r in ctl.mirror.replicas.values() if r.service == "web"]) == 3
         ended.set()
 
-    asyncio.run(go())
+    run(go)
