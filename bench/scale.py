@@ -59,6 +59,11 @@ Then it measures, printing a table and writing JSON (``--out``, default
   ``--failover-settle`` seconds it counts replica records whose host changed or that were replaced, the
   ``CreateContainer`` calls the simulators answered after the kill (0 for a settled cluster), the
   survivor's planned actions, and audits. The killed instance is restarted as a standby.
+* **a hung leader** (``--hung-leader``, before the failover): the leader's process is stopped (SIGSTOP)
+  while its lease keeper and session workers run on, as a loop that never runs again; the same figures
+  as the failover, from the stop (the standby leads once the keeper lets the term go after the
+  scheduler's ``--leader-hang-limit``, 60 s by default); then SIGCONT, and the time until the stopped
+  instance's log says it lost its term (and why), and its memory ``--hang-rss-at`` seconds after.
 
 Every wait is bounded (``--timeout`` per phase, ``--budget`` for the whole run); a phase that times out
 is recorded as such and the run ends with what it has. At thousands of hosts: the hosts' ports must be
@@ -979,26 +984,92 @@ class Run:
         self.note(f"mass failure: hosts back, settled after {out['recovered_settled_s']} s, "
                   f"audit {'ok' if found.ok else 'NOT ok'}")
 
-    # -- failover at size -------------------------------------------------------------------------
+    # -- failover at size, and a hung leader ----------------------------------------------------------
 
     async def failover(self) -> None:
-        args = self.args
         out: dict[str, Any] = {"acts_means": "its first reconcile pass completed (its /metrics)"}
         self.result["failover"] = out
-        store = self.the_store
-        settled = await self.settled(args.timeout)
+        leader, _ = await self.leader_and_standby(out)
+
+        async def kill() -> None:
+            assert leader.proc is not None
+            leader.proc.kill()
+            await leader.proc.wait()
+            self.note(f"failover: SIGKILLed the leader {leader.instance}")
+
+        await self.takeover(out, "failover", kill)
+        if self.args.restart_killed:
+            await self.start_scheduler(leader.instance)  # back as a standby
+
+    async def hung_leader(self) -> None:
+        """The leader's process stopped (SIGSTOP: as a loop that never runs again; its lease keeper and
+        session workers, processes of their own, run on): the other instance leads once the keeper lets
+        the term go (``--leader-hang-limit``), nothing already running is re-placed; then the stopped
+        one runs again (SIGCONT), and is timed until it says it lost its term, its memory sampled."""
+        args = self.args
+        out: dict[str, Any] = {"acts_means": "its first reconcile pass completed (its /metrics)"}
+        self.result["hung_leader"] = out
+        leader, _ = await self.leader_and_standby(out)
+        workers = session_workers_of(leader.pid)
+        out["rss_before_bytes"] = {"leader": rss_bytes(leader.pid),
+                                   "workers": [rss_bytes(p) for p in workers]}
+        lines_before = len(leader.log.read_text(errors="replace").splitlines())
+
+        async def stop() -> None:
+            os.kill(leader.pid, signal.SIGSTOP)
+            self.note(f"hung leader: SIGSTOPped the leader {leader.instance} (its keeper runs on)")
+
+        try:
+            await self.takeover(out, "hung leader", stop)
+        finally:
+            os.kill(leader.pid, signal.SIGCONT)
+        resumed = time.perf_counter()
+        self.note(f"hung leader: SIGCONT to {leader.instance}")
+        lost: list[str] = []
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and not lost:  # bounded
+            lines = leader.log.read_text(errors="replace").splitlines()[lines_before:]
+            lost = [line for line in lines if "lost leadership" in line]
+            if not lost:
+                await asyncio.sleep(0.1)
+        out["lost_term_after_resume_s"] = round(time.perf_counter() - resumed, 3) if lost else None
+        out["lost_term_why"] = lost[0].split("): ", 1)[-1] if lost else None
+        keeper = [line for line in leader.log.read_text(errors="replace").splitlines()[lines_before:]
+                  if "no sign of life" in line and "ERROR" in line]
+        out["keeper_said"] = keeper[0].split(": ", 2)[-1] if keeper else None
+        samples: list[dict[str, Any]] = []
+        for at in args.hang_rss_at:  # the resumed instance's memory: is the lost term's state let go?
+            await asyncio.sleep(max(0.0, resumed + at - time.perf_counter()))
+            samples.append({"s": at, "leader": rss_bytes(leader.pid),
+                            "workers": [rss_bytes(p) for p in session_workers_of(leader.pid)]})
+        out["rss_after_resume_bytes"] = samples
+        out["leads_after"] = (await self.leader()).instance
+        self.note(f"hung leader: {leader.instance} said it lost its term "
+                  f"{out['lost_term_after_resume_s']} s after it ran again; its RSS "
+                  + ", ".join(f"{x['leader'] >> 20} MiB at {x['s']:g} s" for x in samples))
+
+    async def leader_and_standby(self, out: dict[str, Any]) -> tuple[SchedulerProcess, SchedulerProcess]:
+        settled = await self.settled(self.args.timeout)
         out["settled_before"] = settled is not None
         leader = await self.leader()
         survivor = self.standby(leader)
         if survivor is None:
-            raise RuntimeError("no standby instance to fail over to")
+            raise RuntimeError("no standby instance to take over")
         out["killed"], out["survivor"] = leader.instance, survivor.instance
+        return leader, survivor
+
+    async def takeover(self, out: dict[str, Any], what: str, act: Callable[[], Awaitable[None]]) -> None:
+        """``act`` on the leader (``out["killed"]``), then time the standby's election, term and first
+        pass and first write, watch ``--failover-settle`` seconds, and count what was re-placed."""
+        args = self.args
+        store = self.the_store
+        survivor = self.schedulers[out["survivor"]]
         snap = await store.snapshot()
         creates_before = (await self.sim_calls("CreateContainer"))[0]
         passes_before = sum(scrape_counter(survivor.http, WATCHED_METRICS[0]).values())
         actions_before = scrape_counter(survivor.http, "shoal_scheduler_planned_actions_total")
         marks: dict[str, float] = {}
-        killed_at = 0.0
+        acted_at = 0.0
 
         async def follow() -> None:
             async for change in store.watch(snap.revision):
@@ -1006,30 +1077,27 @@ class Run:
                 value = change.value
                 if isinstance(value, LeaderRecord):
                     if value.instance == survivor.instance and "elected_s" not in marks:
-                        marks["elected_s"] = now - killed_at
+                        marks["elected_s"] = now - acted_at
                         out["epoch"] = value.epoch
                 elif ("elected_s" in marks and "first_write_s" not in marks
                       and isinstance(value, model.Replica | model.HostStatus)):
-                    marks["first_write_s"] = now - killed_at
+                    marks["first_write_s"] = now - acted_at
                     out["first_write"] = type(value).__name__
 
         follower = asyncio.create_task(follow())
         try:
-            killed_at = time.perf_counter()
-            killed_wall = time.time()
-            assert leader.proc is not None
-            leader.proc.kill()
-            await leader.proc.wait()
-            self.note(f"failover: SIGKILLed the leader {leader.instance}")
+            acted_at = time.perf_counter()
+            acted_wall = time.time()
+            await act()
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline:
                 passes = sum((await asyncio.to_thread(scrape_counter, survivor.http,
                                                       WATCHED_METRICS[0])).values())
                 if passes > passes_before:
-                    marks["first_pass_s"] = time.perf_counter() - killed_at
+                    marks["first_pass_s"] = time.perf_counter() - acted_at
                     break
                 await asyncio.sleep(0.05)
-            self.note(f"failover: {survivor.instance} acted after {marks.get('first_pass_s')} s; "
+            self.note(f"{what}: {survivor.instance} acted after {marks.get('first_pass_s')} s; "
                       f"watching {args.failover_settle} s for re-placements")
             await asyncio.sleep(args.failover_settle)
         finally:
@@ -1039,8 +1107,8 @@ class Run:
         out.update({k: round(v, 3) for k, v in marks.items()})
         leading = [line for line in survivor.log.read_text(errors="replace").splitlines() if LEADING in line]
         at = log_time(leading[-1]) if leading else None
-        # (a term begun before the kill, e.g. one it held earlier in the run, is not this one)
-        out["log_leading_s"] = round(at - killed_wall, 3) if at is not None and at >= killed_wall - 1 \
+        # (a term begun before the act, e.g. one it held earlier in the run, is not this one)
+        out["log_leading_s"] = round(at - acted_wall, 3) if at is not None and at >= acted_wall - 1 \
             else None
         after = await store.snapshot()
         moved = [rid for rid, r in snap.replicas.items()
@@ -1058,10 +1126,8 @@ class Run:
         out["survivor_planned_actions"] = {k: v - actions_before.get(k, 0.0) for k, v in actions_after.items()
                                            if v - actions_before.get(k, 0.0)}
         out["audit"] = (await self.audit()).as_json()
-        self.note(f"failover: {out['replicas_moved_or_replaced']} replicas moved, "
-                  f"{out['creates_after_kill']} creates after the kill")
-        if args.restart_killed:
-            await self.start_scheduler(leader.instance)  # back as a standby
+        self.note(f"{what}: {out['replicas_moved_or_replaced']} replicas moved, "
+                  f"{out['creates_after_kill']} creates after it")
 
     # -- etcd alone -------------------------------------------------------------------------------
 
@@ -1134,7 +1200,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "registration_refresh": args.registration_refresh or "default", "join_rate": args.join_rate,
         "sim_gc": args.sim_gc,
         "scheduler_args": args.scheduler_arg,
-        "phases": {"mass_failure": args.mass_failure, "failover": args.failover},
+        "phases": {"mass_failure": args.mass_failure, "hung_leader": args.hung_leader and args.failover,
+                   "failover": args.failover},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -1148,6 +1215,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await phase(run, "steady", run.steady())
             if args.mass_failure:
                 await phase(run, "mass_failure", run.mass_failure())
+            if args.hung_leader and args.failover:
+                await phase(run, "hung_leader", run.hung_leader())
             if args.failover:
                 await phase(run, "failover", run.failover())
             await phase(run, "ceiling", run.ceiling())
@@ -1227,6 +1296,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--failover-settle", type=float, default=15.0,
                         help="seconds after the new leader's first pass to watch for re-placements "
                              "(more than the heartbeat timeout plus the host grace)")
+    parser.add_argument("--hung-leader", action="store_true",
+                        help="before the failover, stop the leader's process (SIGSTOP) until the standby "
+                             "acts and --failover-settle more, then let it run again (needs the standby)")
+    parser.add_argument("--hang-rss-at", type=float, nargs="+", default=[5.0, 30.0, 60.0], metavar="S",
+                        help="seconds after the stopped leader runs again to sample its memory")
     parser.add_argument("--no-restart-killed", dest="restart_killed", action="store_false",
                         help="leave the killed leader down after the failover")
     parser.add_argument("--out", default="", help="JSON file (default bench/results/scale-N-R.json)")

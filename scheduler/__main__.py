@@ -36,6 +36,7 @@ from scheduler.elastic.loop import INTERVAL as ELASTIC_INTERVAL
 from scheduler.election import Election, ElectionSettings, Term
 from scheduler.keepalive import InLoopKeepalive, KeepaliveRunner, ThreadedKeepalive
 from scheduler.keeper import ProcessKeepalive
+from scheduler.liveness import DEFAULT_HANG_LIMIT_S, MIN_HANG_LIMIT_S, LoopAlive
 from scheduler.placement import registry
 from scheduler.placement.sampling import Sampling
 from scheduler.reconcile import AGENT_DOWN_GRACE, HOST_GRACE, MASS_LOSS_MIN_HOSTS, MAX_LOST_SHARE
@@ -83,6 +84,7 @@ class Settings:
     cpu_initialization_period: float = CPU_INITIALIZATION_PERIOD
     elastic_interval: float = ELASTIC_INTERVAL
     lease_keeper: str = "process"
+    leader_hang_limit: float = DEFAULT_HANG_LIMIT_S
     percentage_of_hosts_to_score: int = 0
     session_workers: int = 0
     etcd_txns_in_flight: int = COMMIT_IN_FLIGHT
@@ -110,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lease-keeper", choices=("process", "thread"), default="process",
                        help="where the leader lease is refreshed: a keeper process of its own (default; "
                             "immune to this process's garbage collections) or a thread of this one")
+    serve.add_argument("--leader-hang-limit", type=float, default=DEFAULT_HANG_LIMIT_S, metavar="SECONDS",
+                       help="a leader whose event loop shows no sign of life this long lets its term go "
+                            "(the keeper revokes the lease, so another instance leads) and /healthz answers "
+                            "503; 0: never (default %(default)g)")
     serve.add_argument("--registration-refresh", type=float, default=REGISTRATION_REFRESH, metavar="SECONDS",
                        help="the shortest time between an agent's registrations; it grows to hosts/20 s "
                             "(at most 60 s) with more hosts registering here (default %(default)s)")
@@ -225,6 +231,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                              "(shoal certs init writes them)")
     if args.election_ttl < 1:
         raise SystemExit("shoal-scheduler: --election-ttl must be at least 1 second")
+    if args.leader_hang_limit != 0 and not args.leader_hang_limit >= MIN_HANG_LIMIT_S:
+        raise SystemExit(f"shoal-scheduler: --leader-hang-limit must be 0 (never) or at least "
+                         f"{MIN_HANG_LIMIT_S:g} second")
     if args.usage_interval is not AUTO and not 0 <= args.usage_interval <= MAX_USAGE_INTERVAL:
         raise SystemExit(f"shoal-scheduler: --usage-interval must be auto or 0 to {MAX_USAGE_INTERVAL:g} "
                          "seconds")
@@ -271,6 +280,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     insecure_tcp=args.insecure_tcp, http_listen=args.http_listen,
                     election_ttl=args.election_ttl, registration_refresh=args.registration_refresh,
                     registration_spread=args.registration_spread, lease_keeper=args.lease_keeper,
+                    leader_hang_limit=args.leader_hang_limit,
                     instance=instance, log_level=args.log_level, host_grace=args.host_grace,
                     heartbeat_timeout=heartbeat, usage_interval=args.usage_interval,
                     usage_reports_per_second=args.usage_reports_per_second,
@@ -360,7 +370,9 @@ async def serve(settings: Settings) -> None:
     else:
         keepalive = ThreadedKeepalive(lambda: open_store(settings.etcd, prefix=settings.prefix))
     election = Election(store, ElectionSettings(instance=settings.instance, address=settings.listen[0],
-                                                ttl_s=settings.election_ttl), keepalive=keepalive)
+                                                ttl_s=settings.election_ttl,
+                                                hang_limit_s=settings.leader_hang_limit),
+                        keepalive=keepalive)
     registration = instances.InstanceRegistration(store, InstanceRecord(
         instance=settings.instance, addresses=settings.listen, http_address=settings.http_listen,
         started_at=time.time(), version=instances.shoal_version()),
@@ -420,7 +432,10 @@ async def serve(settings: Settings) -> None:
             await asyncio.sleep(1.0)
 
     observer.watch(store=store, election=election, leader=lambda: leading[0] if leading else None)
-    http = httpd.serve(settings.http_listen, observer) if settings.http_listen else None
+    alive = LoopAlive()  # for /healthz: whether this loop still runs
+    alive.start()
+    http = (httpd.serve(settings.http_listen, observer, alive=alive, hang_limit=settings.leader_hang_limit)
+            if settings.http_listen else None)
     election_task = asyncio.create_task(elect(), name="election")
     log.info("shoal-scheduler %s serving on %s (etcd %s)", settings.instance, ", ".join(settings.listen),
              settings.etcd)
@@ -439,6 +454,7 @@ async def serve(settings: Settings) -> None:
         log.error("shutting down: %s still runs %g s after it was cancelled; going on without it\n%s",
                   task.get_name(), SHUTDOWN_WAIT, where.getvalue())
     await keepalive.close()
+    await alive.close()
     await registration.close()
     if workers is not None:
         await workers.close()

@@ -18,10 +18,12 @@ the lease expired or was revoked, the key was deleted or replaced, or no refresh
 from acting at once: the lease, counted by etcd from at least the moment our last successful refresh was
 sent, outlives our stepping down by the last third of the TTL, so no one else can win before we stopped
 (a leader whose loop is stalled then notices only when it runs again; the epoch guard on every commit and
-the fence on every agent call keep it from acting meanwhile: see ``scheduler.keepalive``). Then the
-instance campaigns again, like the others. When ``lead`` returns, or ``run`` is cancelled (clean
-shutdown), the lease is revoked: the key goes at once and the next leader takes over without waiting for
-the TTL. An exception from ``lead`` resigns too, and is raised from ``run``.
+the fence on every agent call keep it from acting meanwhile: see ``scheduler.keepalive``). A term ends too
+when the leader's event loop has shown no sign of life for ``hang_limit_s`` (60 s by default) while its
+lease is kept elsewhere: a hung leader lets its term go instead of holding it while nothing is placed
+(``scheduler.liveness``). Then the instance campaigns again, like the others. When ``lead`` returns, or
+``run`` is cancelled (clean shutdown), the lease is revoked: the key goes at once and the next leader
+takes over without waiting for the TTL. An exception from ``lead`` resigns too, and is raised from ``run``.
 
 ``leader`` is the holder this instance last saw (for ``describe`` and metrics), ``term`` the current term
 while this instance leads, ``last_loss`` why it last lost one.
@@ -39,6 +41,7 @@ from typing import Any
 
 from scheduler.cancellation import raise_if_cancelling
 from scheduler.keepalive import InLoopKeepalive, KeepaliveRunner
+from scheduler.liveness import DEFAULT_HANG_LIMIT_S, MIN_HANG_LIMIT_S
 from scheduler.store import base
 from scheduler.store.errors import StoreError
 from scheduler.store.records import LeaderRecord
@@ -56,6 +59,9 @@ class ElectionSettings:
     ttl_s: int = DEFAULT_TTL_S        # the lease's time to live
     step_down_after_s: float = 0.0    # keepalives failing this long end the term (0: 2/3 of ttl_s)
     recheck_s: float = 0.0            # a follower campaigns at least this often (0: 3 * ttl_s)
+    # A leader whose event loop shows no sign of life this long lets its term go (0: never;
+    # scheduler.liveness). Applies where the lease is kept off the loop (a keeper process or thread).
+    hang_limit_s: float = DEFAULT_HANG_LIMIT_S
 
     def __post_init__(self) -> None:
         if not self.instance:
@@ -65,6 +71,9 @@ class ElectionSettings:
         if self.step_down_after_s < 0 or self.step_down_after_s >= self.ttl_s:
             raise ValueError("step_down_after_s must be below the TTL, or the lease could expire (and "
                              "another leader be elected) while this one still acts")
+        if self.hang_limit_s != 0 and self.hang_limit_s < MIN_HANG_LIMIT_S:
+            raise ValueError(f"the hang limit must be 0 (none) or at least {MIN_HANG_LIMIT_S:g} s, "
+                             f"got {self.hang_limit_s:g}")
 
     @property
     def step_down_after(self) -> float:

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.exposition import choose_encoder
 
+from scheduler.liveness import LoopAlive
 from scheduler.metrics import TARGET_KINDS, SchedulerMetrics
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,11 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-def serve(address: str, metrics: SchedulerMetrics) -> HttpServer:
+def serve(address: str, metrics: SchedulerMetrics, *, alive: LoopAlive | None = None,
+          hang_limit: float = 0.0) -> HttpServer:
     """Serve on ``HOST:PORT`` (``[ADDR]:PORT`` for IPv6; port 0 picks a free one, see ``.port``) from a
-    daemon thread. Exits with a message on a bad address or one that cannot be bound."""
+    daemon thread. Exits with a message on a bad address or one that cannot be bound. ``/healthz``
+    answers 503 while ``alive``'s loop has been silent for more than ``hang_limit`` seconds (if > 0)."""
     host, _, port = address.rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if bracketed else host
@@ -68,7 +71,7 @@ def serve(address: str, metrics: SchedulerMetrics) -> HttpServer:
                          "([ADDR]:PORT for IPv6)")
     server_class = _Server6 if bracketed else _Server
     try:
-        server = server_class((host, int(port)), _handler(metrics))
+        server = server_class((host, int(port)), _handler(metrics, alive, hang_limit))
     except OSError as err:
         raise SystemExit(f"shoal-scheduler: cannot serve HTTP on {address}: {err.strerror or err}") from None
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
@@ -76,7 +79,8 @@ def serve(address: str, metrics: SchedulerMetrics) -> HttpServer:
     return HttpServer(server, thread)
 
 
-def _handler(metrics: SchedulerMetrics) -> type[BaseHTTPRequestHandler]:
+def _handler(metrics: SchedulerMetrics, alive: LoopAlive | None,
+             hang_limit: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             url = urllib.parse.urlsplit(self.path)
@@ -86,7 +90,7 @@ def _handler(metrics: SchedulerMetrics) -> type[BaseHTTPRequestHandler]:
                 elif url.path == "/http_sd":
                     self._http_sd(urllib.parse.parse_qs(url.query))
                 elif url.path == "/healthz":
-                    self._send(200, "text/plain; charset=utf-8", b"ok\n")
+                    self._healthz()
                 else:
                     self._send(404, "text/plain; charset=utf-8",
                                b"not found: try /metrics, /http_sd or /healthz\n")
@@ -95,6 +99,16 @@ def _handler(metrics: SchedulerMetrics) -> type[BaseHTTPRequestHandler]:
             except Exception:
                 log.exception("serving %s", url.path)
                 self._send(500, "text/plain; charset=utf-8", b"internal error (see the scheduler's log)\n")
+
+        def _healthz(self) -> None:
+            # Served from this thread: it answers while the event loop is hung, and says so.
+            silent = alive.silent_for() if alive is not None else 0.0
+            if hang_limit > 0 and silent > hang_limit:
+                self._send(503, "text/plain; charset=utf-8",
+                           f"hung: the event loop has not run for {silent:.1f}s "
+                           f"(--leader-hang-limit {hang_limit:g}s)\n".encode())
+                return
+            self._send(200, "text/plain; charset=utf-8", b"ok\n")
 
         def _metrics(self) -> None:
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))

@@ -28,7 +28,9 @@ guarded by the term's epoch (the leader key's create revision, ``Term.guard``), 
 key is gone or another term's, and every agent call carries the epoch as its fence, which an agent refuses
 once a newer leader has spoken to it. The keepalive's promptness was never what kept two leaders apart —
 the in-loop keepalive could not cancel a stalled leader either; running it elsewhere only stops a busy
-leader from losing a term it still holds.
+leader from losing a term it still holds. It must not keep a term for a loop that never runs again, though:
+``ThreadedKeepalive`` and the keeper process end the term, revoking the lease, once the main loop has been
+silent for ``ElectionSettings.hang_limit_s`` (``keep_term``'s ``alive``; ``scheduler.liveness``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from scheduler.cancellation import raise_if_cancelling
+from scheduler.liveness import LoopAlive, hang_reason, hung_for
 from scheduler.store import base
 from scheduler.store.errors import LeaseExpired, StoreError
 from scheduler.store.records import LeaderRecord
@@ -106,11 +109,14 @@ class ThreadedKeepalive:
     async def keep(self, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
         loop = self._started()
         stop = asyncio.Event()  # used on the thread's loop only: set there through call_soon_threadsafe
+        alive = LoopAlive(clock=clock)  # the main loop's last sign of life: a float the thread reads
+        alive.start()
         keeping = asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(self._keep(term, settings, clock, stop), loop))
+            asyncio.run_coroutine_threadsafe(self._keep(term, settings, clock, stop, lambda: alive.at), loop))
         try:
             return await asyncio.shield(keeping)
         finally:
+            await alive.close()
             if not keeping.done():  # cancelled: stop keeping, and wait until its store is closed
                 loop.call_soon_threadsafe(stop.set)
                 await asyncio.wait({keeping}, timeout=self._stop_wait_s)
@@ -160,13 +166,14 @@ class ThreadedKeepalive:
             self._loop, self._thread, self._exited = loop, thread, exited
         return self._loop
 
-    async def _keep(self, term: Term, settings: ElectionSettings, clock: Clock, stop: asyncio.Event) -> str:
+    async def _keep(self, term: Term, settings: ElectionSettings, clock: Clock, stop: asyncio.Event,
+                    alive: Callable[[], float]) -> str:
         """On the thread: one term, on a store of its own, until it ends or ``stop`` is set."""
         if stop.is_set():
             return "stopped"
         store = await self._open_store()
         try:
-            keeping = asyncio.create_task(keep_term(store, term, settings, clock=clock))
+            keeping = asyncio.create_task(keep_term(store, term, settings, clock=clock, alive=alive))
             stopping = asyncio.create_task(stop.wait())
             try:
                 await asyncio.wait({keeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -192,16 +199,23 @@ def _run_loop(loop: asyncio.AbstractEventLoop, on_exit: Callable[[], None]) -> N
 # -- the rules, wherever they run ------------------------------------------------------------------------
 
 
-async def keep_term(store: base.Store, term: Term, settings: ElectionSettings, *, clock: Clock) -> str:
+async def keep_term(store: base.Store, term: Term, settings: ElectionSettings, *, clock: Clock,
+                    alive: Callable[[], float] | None = None) -> str:
     """Keeps the term alive; returns why it ended: the keepalive loop's verdict, or at once when a watch
-    of the leader key sees it deleted or replaced (the keepalive would notice only at its next turn)."""
+    of the leader key sees it deleted or replaced (the keepalive would notice only at its next turn), or,
+    given ``alive`` (when the leader's event loop last ran, on ``clock``), once that loop has been silent
+    for ``settings.hang_limit_s`` — having revoked the lease, so that another instance leads at once."""
     loops = {asyncio.create_task(_keepalive(store, term, settings, clock)),
              asyncio.create_task(_check_holder(store, term, settings)),
              asyncio.create_task(_watch_key(store, term))}
+    hung: asyncio.Task[str] | None = None
+    if alive is not None and settings.hang_limit_s > 0:
+        hung = asyncio.create_task(_hung(term, settings, alive, clock))
+        loops.add(hung)
     try:
         while loops:
             done, loops = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
+            for task in sorted(done, key=lambda t: t is not hung):  # the hang first: its reason says more
                 reason = task.result()
                 if reason:
                     return reason
@@ -210,6 +224,28 @@ async def keep_term(store: base.Store, term: Term, settings: ElectionSettings, *
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        if hung is not None and hung.done() and not hung.cancelled():
+            await _revoke(store, term, settings)  # so that another instance leads without the TTL
+
+
+async def _hung(term: Term, settings: ElectionSettings, alive: Callable[[], float], clock: Clock) -> str:
+    """Why the term ends, once the leader's loop has shown no sign of life for the hang limit. Said here,
+    on the keeper's side: the hung loop can log nothing."""
+    silent = await hung_for(alive, settings.hang_limit_s, clock=clock)
+    reason = hang_reason(silent, settings.hang_limit_s)
+    log.error("election: epoch %d: %s", term.epoch, reason)
+    return reason
+
+
+async def _revoke(store: base.Store, term: Term, settings: ElectionSettings) -> None:
+    """Bounded: a lease left behind expires by itself within the TTL."""
+    try:
+        async with asyncio.timeout(settings.ttl_s):
+            await store.revoke_lease(term.lease_id)
+    except (StoreError, TimeoutError) as err:
+        raise_if_cancelling()
+        log.warning("election: epoch %d: could not revoke the lease (it expires within %ss): %s", term.epoch,
+                    settings.ttl_s, err or "timed out")
 
 
 async def _watch_key(store: base.Store, term: Term) -> str:

@@ -7,12 +7,15 @@ host (docs/scaling.md). The keeper is a small process started with the scheduler
 rules (``keepalive.keep_term``) on its own interpreter, loop and etcd connection.
 
 The two speak JSON lines over the keeper's stdin and stdout: ``{"keep": {term and settings}}`` starts
-keeping a term, ``{"stop": epoch}`` stops it; the keeper answers ``{"ended": epoch, "why": reason}``
-once for each term, whether it ended by itself (the lease expired, the key was replaced, refreshes
-failed) or was stopped. The keeper (``python -m scheduler.keeper``) exits when its stdin closes, so a
-scheduler that dies, even SIGKILLed, takes it along at once — and the keeper revokes the lease of a term
-it still kept, so another instance leads without waiting out the TTL. If the keeper dies, the term it
-kept ends ("the lease keeper exited") and the next term starts a new one.
+keeping a term, ``{"stop": epoch}`` stops it, ``{"alive": t}`` (every 0.25 s while a term is kept, from the
+scheduler's event loop, ``t`` its monotonic time) says that loop still runs — a term whose scheduler has
+said nothing for the hang limit ends and its lease is revoked (``scheduler.liveness``); the keeper
+answers ``{"ended": epoch, "why": reason}`` once for each term, whether it ended by itself (the lease
+expired, the key was replaced, refreshes failed, the scheduler hung) or was stopped. The keeper
+(``python -m scheduler.keeper``) exits when its stdin closes, so a scheduler that dies, even SIGKILLed,
+takes it along at once — and the keeper revokes the lease of a term it still kept, so another instance
+leads without waiting out the TTL. If the keeper dies, the term it kept ends ("the lease keeper exited")
+and the next term starts a new one.
 
 Why keeping a lease for a leader whose process is stalled is safe is the same as for the thread
 (``scheduler.keepalive``): every commit carries the term's epoch guard and every agent call its fence.
@@ -34,11 +37,13 @@ from typing import Any
 
 from scheduler.election import ElectionSettings, Term
 from scheduler.keepalive import STOP_WAIT_S, Clock, keep_term
+from scheduler.liveness import LoopAlive
 from scheduler.store.factory import open_store
 
 log = logging.getLogger(__name__)
 
 KEEPER_EXITED = "the lease keeper exited"
+ALIVE_BUFFER = 4096  # bytes of unsent "alive" lines past which more are dropped
 REVOKE_WAIT_S = 2.0
 
 
@@ -65,10 +70,13 @@ class ProcessKeepalive:
         proc = await self._started()
         ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._ended[term.epoch] = ended
+        alive = LoopAlive(clock=clock, on_tick=lambda at: self._tell_alive(proc, at))
         try:
             await self._send(proc, {"keep": {"term": asdict(term), "settings": asdict(settings)}})
+            alive.start()
             return await asyncio.shield(ended)
         finally:
+            await alive.close()
             if not ended.done():  # cancelled: stop keeping, and wait until the keeper says so
                 with contextlib.suppress(OSError, RuntimeError):
                     await self._send(proc, {"stop": term.epoch})
@@ -106,6 +114,15 @@ class ProcessKeepalive:
         return self._proc
 
     @staticmethod
+    def _tell_alive(proc: asyncio.subprocess.Process, at: float) -> None:
+        """From the event loop, not waiting: a keeper that does not read (stopped, or gone) is not
+        written to beyond what its pipe and a small buffer hold."""
+        stdin = proc.stdin
+        if stdin is None or stdin.is_closing() or stdin.transport.get_write_buffer_size() > ALIVE_BUFFER:
+            return
+        stdin.write(b'{"alive": %.3f}\n' % at)
+
+    @staticmethod
     async def _send(proc: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(message).encode() + b"\n")
@@ -137,11 +154,15 @@ class Keeper:
         self.out = out
         self.terms: dict[int, asyncio.Task[None]] = {}
         self.orphaned = False  # the scheduler is gone: revoke what is still kept
+        self.alive_at = time.monotonic()  # the scheduler's loop last said it runs (its monotonic time)
 
     def handle(self, message: dict[str, Any]) -> None:
-        if "keep" in message:
+        if "alive" in message:
+            self.alive_at = max(self.alive_at, float(message["alive"]))
+        elif "keep" in message:
             term = Term(**message["keep"]["term"])
             settings = ElectionSettings(**message["keep"]["settings"])
+            self.alive_at = max(self.alive_at, time.monotonic())  # it just spoke
             self.terms[term.epoch] = asyncio.create_task(self._keep(term, settings))
         elif "stop" in message:
             task = self.terms.get(int(message["stop"]))
@@ -153,7 +174,8 @@ class Keeper:
         try:
             store = await open_store(self.etcd, prefix=self.prefix)
             try:
-                why = await keep_term(store, term, settings, clock=time.monotonic)
+                why = await keep_term(store, term, settings, clock=time.monotonic,
+                                      alive=lambda: self.alive_at)
             except asyncio.CancelledError:
                 if self.orphaned:
                     with contextlib.suppress(Exception):

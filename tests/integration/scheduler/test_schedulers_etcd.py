@@ -6,6 +6,7 @@ the CLI's ``-o json``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,32 +62,40 @@ def poll(what: str, probe: Callable[[], T | None], logs: list[Path]) -> T:
     raise AssertionError(f"{what}: not within {POLL_LIMIT_S}s\n{tails}")
 
 
-@pytest.fixture
-def instances(etcd: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> Iterator[list[Instance]]:
-    started: list[Instance] = []
+@contextlib.contextmanager
+def started(etcd: EtcdCluster, prefix: str, where: Path, *extra: str) -> Iterator[list[Instance]]:
+    """Two ``shoal-scheduler serve`` instances, sched-a and sched-b (with ``extra`` flags), each answering
+    its API; killed at the end."""
+    instances: list[Instance] = []
     try:
         for name in ("sched-a", "sched-b"):
             address, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-            log = tmp_path / f"{name}.log"
+            log = where / f"{name}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(
                     [shoal_bin("shoal-scheduler"), "serve", "--etcd", etcd.endpoints, "--etcd-prefix",
-                     etcd_prefix, "--listen", address, "--insecure-tcp", "--http-listen", http,
-                     "--instance-id", name, "--election-ttl", "2", "--log-level", "info"],
+                     prefix, "--listen", address, "--insecure-tcp", "--http-listen", http,
+                     "--instance-id", name, "--election-ttl", "2", "--log-level", "info", *extra],
                     stdout=out, stderr=subprocess.STDOUT)
-            started.append(Instance(name, address, http, proc, log))
-        for instance in started:
+            instances.append(Instance(name, address, http, proc, log))
+        for instance in instances:
             with grpc.insecure_channel(instance.address) as channel:
                 try:
                     grpc.channel_ready_future(channel).result(timeout=STARTUP_TIMEOUT_S)
                 except grpc.FutureTimeoutError:
                     raise AssertionError(f"{instance.id} did not start: {instance.log.read_text()}") from None
-        yield started
+        yield instances
     finally:
-        for instance in started:
+        for instance in instances:
             if instance.proc.poll() is None:
                 instance.proc.kill()
             instance.proc.wait()
+
+
+@pytest.fixture
+def instances(etcd: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> Iterator[list[Instance]]:
+    with started(etcd, etcd_prefix, tmp_path) as both:
+        yield both
 
 
 def list_schedulers(address: str) -> pb.ListSchedulersResponse:

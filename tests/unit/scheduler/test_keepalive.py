@@ -41,6 +41,7 @@ class ScriptedStore:
         self.refreshes = 0
         self.refreshed = threading.Event()
         self.closed = False
+        self.revoked = False
         self.schema = KeySchema()
 
     async def refresh_lease(self, lease_id: int) -> int:
@@ -52,6 +53,10 @@ class ScriptedStore:
         self.refreshes += 1
         self.refreshed.set()
         return SETTINGS.ttl_s
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await asyncio.sleep(0)
+        self.revoked = True
 
     async def get(self, ref: KeyRef[R]) -> Any:
         if self.holder_epoch is None:

@@ -1,5 +1,5 @@
 """``shoal-scheduler serve`` flags: plain TCP only on loopback (issue 12, finding 10); the elastic loop's
-interval; the share of hosts placement scores."""
+interval; the share of hosts placement scores; the hang limit of a leader's event loop."""
 
 from __future__ import annotations
 
@@ -50,8 +50,11 @@ def test_the_share_of_hosts_placement_scores_is_adaptive_unless_set() -> None:
     ("--max-lost-share", "max_lost_share", 0.5, 1.0, ("0", "-0.1", "1.5"),
      "must be more than 0 and at most 1"),
     ("--agent-keepalive", "agent_keepalive", 0.0, 1.0, ("0.5", "-1", "31"), "must be 0 (off) or 1 to 30"),
+    ("--leader-hang-limit", "leader_hang_limit", 60.0, 0.0, ("0.5", "-1", "nan"),
+     "must be 0 (never) or at least 1 second"),
 ], ids=["sessions in process unless workers are asked for", "etcd's default operations a transaction",
-        "lost hosts held past half", "no keepalive pings unless asked for"])
+        "lost hosts held past half", "no keepalive pings unless asked for",
+        "a hung leader lets its term go after a minute"])
 def test_a_setting_has_its_default_takes_a_value_and_refuses_one_out_of_bounds(
         flag: str, attr: str, default: float, given: float, bads: tuple[str, ...], message: str) -> None:
     assert getattr(settings("--insecure-tcp"), attr) == default
