@@ -385,7 +385,8 @@ async def serve(settings: Settings) -> None:
                               heartbeat_timeout=settings.heartbeat_timeout,
                               usage_interval=settings.usage_interval,
                               usage_reports_per_second=settings.usage_reports_per_second,
-                              keepalive=settings.agent_keepalive)
+                              keepalive=settings.agent_keepalive,
+                              hang_limit=settings.leader_hang_limit)
                if settings.session_workers else None)
 
     async def lead(term: Term) -> None:

@@ -2,8 +2,9 @@
 
 Each message is a length-prefixed pickle over a Unix socket pair that the leader created and handed to
 the worker it started (never a socket anyone else can reach), so both ends are this scheduler's own
-code at the same version. Leader to worker: ``Init`` first, then ``Follow``, ``Drop``, ``Call`` and
-``WantUsage``; worker to leader: ``States`` (batched), ``Reply`` (one per ``Call``) and ``Usage``.
+code at the same version. Leader to worker: ``Init`` first, then ``Follow``, ``Drop``, ``Call``,
+``WantUsage`` and ``Alive`` (every second: the leader's event loop runs); worker to leader: ``States``
+(batched), ``Reply`` (one per ``Call``) and ``Usage``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Init:
     credentials: Credentials | None
     pace: UsagePace  # how often its sessions ask for usage, and their heartbeat (for its own hosts)
     keepalive: float = 0.0  # its sessions' keepalive ping period (``--agent-keepalive``; 0: none)
+    # The worker ends, with its sessions, once its leader has sent nothing this long (0: never;
+    # ``--leader-hang-limit``): a hung leader's hosts are not followed, and buffered for, by nobody.
+    hang_limit: float = 0.0
 
 
 @by_fields
@@ -45,6 +49,13 @@ class Follow:
 @dataclass(frozen=True, slots=True)
 class Drop:
     host: HostId
+
+
+@by_fields
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """The leader's event loop runs (its monotonic time); sent every second."""
+    at: float
 
 
 @by_fields
@@ -129,5 +140,5 @@ async def receive(reader: asyncio.StreamReader) -> object:
     return pickle.loads(await reader.readexactly(size))
 
 
-__all__ = ["Call", "Drop", "Follow", "HostState", "Init", "Reply", "States", "Usage", "WantUsage", "receive",
-           "send"]
+__all__ = ["Alive", "Call", "Drop", "Follow", "HostState", "Init", "Reply", "States", "Usage", "WantUsage",
+           "receive", "send"]

@@ -12,7 +12,11 @@ a container a call returns is applied to the session here before the reply goes 
 the worker sends afterwards can lack it.
 
 Run as ``python -m scheduler.session_worker FD LOG_LEVEL`` by the leader only: FD is its end of the
-leader's socket pair (``scheduler.session_wire``). The worker ends when the leader closes it or goes away.
+leader's socket pair (``scheduler.session_wire``). The worker ends when the leader closes it or goes away,
+and when the leader has sent nothing (not even its ``Alive`` every second) for ``Init.hang_limit``: a
+leader whose loop hangs lets its term go after that long (``scheduler.liveness``), and its worker went
+on following every host for it, doubling what each agent streams, and buffering for a reader that never
+came (part 34 of docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from scheduler import gc_pauses
 from scheduler import session_wire as wire
 from scheduler.agents import AgentSession, pace_sessions
 from scheduler.connect_gate import ConnectGate
+from scheduler.liveness import hung_for
 from scheduler.loop_stalls import LoopStalls
 from scheduler.model import HostId
 from scheduler.observed import HostObservation, ObservedContainer
@@ -84,6 +89,8 @@ class Worker:
             self._drop(message.host)
         elif isinstance(message, wire.WantUsage):
             self._wanted.add(message.host)
+        elif isinstance(message, wire.Alive):
+            pass  # heard: that is all it says
         else:
             log.warning("session worker: unexpected message %r", type(message).__name__)
 
@@ -233,16 +240,34 @@ async def serve(fd: int) -> None:
         raise SystemExit(f"session worker: expected Init first, got {type(init).__name__}")
     worker = Worker(writer, init)
     worker.stalls.start()
+    heard = time.monotonic()
     tasks = [asyncio.create_task(worker.flush(), name="flush"),
              asyncio.create_task(worker.refresh(), name="refresh")]
-    try:
+
+    async def listen() -> None:
+        nonlocal heard
         while True:
             try:
                 message = await wire.receive(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return  # the leader closed the pipe, or is gone
+            heard = time.monotonic()
             worker.handle(message)
+
+    async def leader_hung() -> None:
+        silent = await hung_for(lambda: heard, init.hang_limit)
+        log.error("session worker: the leader has sent nothing for %.1fs (--leader-hang-limit %gs): ending "
+                  "its %d sessions and this worker", silent, init.hang_limit, len(worker.sessions))
+
+    ends = {asyncio.create_task(listen(), name="listen")}
+    if init.hang_limit > 0:
+        ends.add(asyncio.create_task(leader_hung(), name="leader-hung"))
+    try:
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for task in ends:
+            task.cancel()
+        await asyncio.gather(*ends, return_exceptions=True)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -21,6 +21,11 @@ are, connected and complete, instead of connecting and listing every host again 
 lost term restarted 2,000 sessions, and the load of that cost the next term too: docs/scaling.md, part
 6). Sessions no term claims within ``PARKED_S`` are dropped, so an instance that stays a standby does
 not follow hosts for long.
+
+The leader tells each worker every second that its loop runs (``wire.Alive``); a worker that has heard
+nothing for ``--leader-hang-limit`` ends, sessions and all, as the hung leader's term does
+(``scheduler.liveness``). If that leader runs again, it starts the worker again as for any that died,
+but follows again only the hosts of a term still under way: parked sessions are dropped instead.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from proto.agent.v1 import agent_pb2_grpc as pb_grpc
 from scheduler import gc_pauses
 from scheduler import session_wire as wire
 from scheduler.agents import Credentials, decided_by, observe_container
+from scheduler.liveness import LoopAlive
 from scheduler.model import HostId
 from scheduler.observed import ContainerUsage, HostObservation
 from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND, UsagePace
@@ -56,6 +62,7 @@ RESTART_DELAY = 1.0      # between a worker's death and its replacement (a worke
 CLOSE_TIMEOUT = 10.0     # for a worker to end once its pipe is closed, before it is killed
 REPLY_MARGIN = 10.0      # a relayed call waits this much past its own timeout for the worker's reply
 PARKED_S = 30.0          # a term's sessions are kept this long after it ends, for the next term to adopt
+ALIVE_S = 1.0            # how often the leader tells its workers that its loop runs
 _REPO = Path(__file__).resolve().parent.parent  # what ``-m scheduler.session_worker`` must import from
 
 
@@ -194,14 +201,15 @@ class SessionWorkers:
 
     def __init__(self, count: int, *, credentials: Credentials | None, heartbeat_timeout: float,
                  usage_interval: float | None = AUTO, usage_reports_per_second: float = REPORTS_PER_SECOND,
-                 log_level: str = "", keepalive: float = 0.0) -> None:
+                 log_level: str = "", keepalive: float = 0.0, hang_limit: float = 0.0) -> None:
         if count < 1:
             raise ValueError("session workers: at least one")
         self.heartbeat_timeout = heartbeat_timeout
         # Each worker paces its own sessions (``usage_interval`` None: by how many hosts it follows).
         self._init = wire.Init(credentials=credentials, pace=UsagePace(
             interval=usage_interval, reports_per_second=usage_reports_per_second,
-            heartbeat_timeout=heartbeat_timeout), keepalive=keepalive)
+            heartbeat_timeout=heartbeat_timeout), keepalive=keepalive, hang_limit=hang_limit)
+        self._alive = LoopAlive(every=ALIVE_S, on_tick=self._tell_alive)
         self._log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self._workers = [_Worker(i) for i in range(count)]
         self.sessions: dict[HostId, RemoteSession] = {}
@@ -219,6 +227,13 @@ class SessionWorkers:
         self._started = True
         for worker in self._workers:
             await self._spawn(worker)
+        if self._init.hang_limit > 0:
+            self._alive.start()
+
+    def _tell_alive(self, at: float) -> None:
+        for worker in self._workers:
+            if worker.writer is not None and not worker.writer.is_closing():
+                wire.send(worker.writer, wire.Alive(at))
 
     def session(self, host: HostId, address: str, *, on_change: Callable[[HostId], None]) -> RemoteSession:
         """The session for ``host``: the one parked by the last term if it follows the same address
@@ -293,6 +308,7 @@ class SessionWorkers:
 
     async def close(self) -> None:
         self._closing = True
+        await self._alive.close()
         if self._parked_until is not None:
             self._parked_until.cancel()
         for worker in self._workers:
@@ -356,8 +372,8 @@ class SessionWorkers:
     async def _restart(self, worker: _Worker) -> None:
         """A worker died: fail its calls, start another, give it its hosts back (bounded by the term)."""
         code = await self._reap(worker)
-        log.error("session worker %d ended (exit %s): starting another; its hosts reconnect",
-                  worker.index, code)
+        log.error("session worker %d ended (exit %s): starting another; its hosts reconnect (those of a "
+                  "term under way)", worker.index, code)
         while not self._closing:
             await asyncio.sleep(RESTART_DELAY)
             try:
@@ -370,7 +386,10 @@ class SessionWorkers:
         self.restarts += 1
         for session in list(self.sessions.values()):
             if self.worker_of(session.host) == worker.index:
-                session.restarted()
+                if session.parked:  # no term needs it: the new worker need not follow it
+                    del self.sessions[session.host]
+                else:
+                    session.restarted()
 
     async def _reap(self, worker: _Worker) -> int | None:
         for pending in worker.calls.values():

@@ -2,7 +2,9 @@
 worker processes following simulated hosts over real gRPC. The leader's remote sessions become complete
 as the workers' sessions do, calls are relayed with their outcome (a container, or the agent's error and
 trailers), a silent host reads as silent, the autoscaler's usage arrives once asked for, a killed worker
-is replaced and its hosts followed again, closing leaves no process — and a whole term of the controller
+is replaced and its hosts followed again, a worker whose leader's loop hangs past the hang limit ends
+(and a term's hosts are followed again, parked ones not) while one whose leader runs stays, closing leaves
+no process — and a whole term of the controller
 places and runs a service through workers; the instance's workers outlive a term, whose sessions the next
 term adopts without relisting any host."""
 
@@ -53,13 +55,14 @@ class Fleet:
 
 @contextlib.asynccontextmanager
 async def fleet(count: int, *, workers: int = 2, usage_interval: float | None = 0.0,
-                reports_per_second: float = 1700.0) -> AsyncIterator[Fleet]:
+                reports_per_second: float = 1700.0, hang_limit: float = 0.0) -> AsyncIterator[Fleet]:
     hosts = [SimHost(HostSpec(name=f"worker-test-{i}", port=free_port(), usage_interval=0.1))
              for i in range(count)]
     for host in hosts:
         await host.start()
     pool = SessionWorkers(workers, credentials=None, heartbeat_timeout=HEARTBEAT,
-                          usage_interval=usage_interval, usage_reports_per_second=reports_per_second)
+                          usage_interval=usage_interval, usage_reports_per_second=reports_per_second,
+                          hang_limit=hang_limit)
     await pool.start()
     try:
         yield Fleet(hosts, pool)
@@ -212,6 +215,39 @@ def test_a_killed_worker_is_replaced_and_its_hosts_followed_again() -> None:
         for pid in pids:  # closed: every worker has ended and been reaped
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+
+    run(scenario())
+
+
+HANG_LIMIT_S = 1.0
+
+
+@pytest.mark.parametrize("parked", [False, True], ids=["a term under way", "parked"])
+def test_a_worker_whose_leader_hangs_past_the_limit_ends(parked: bool) -> None:
+    async def scenario() -> None:
+        async with fleet(3, workers=1, hang_limit=HANG_LIMIT_S) as f:
+            await until(lambda: all(_followed(s) for s in f.sessions))
+            [pid] = f.pool.pids()
+            if parked:
+                f.pool.park()  # the term ended: nobody needs these hosts but a next term here
+            time.sleep(HANG_LIMIT_S + 2.5)  # this loop hung: no Alive, past the limit and the second look
+            await until(lambda: f.pool.restarts == 1)  # it ended by itself: nobody killed it
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+            if parked:
+                assert f.pool.sessions == {}  # not followed again for nobody
+            else:
+                await until(lambda: all(_followed(s) for s in f.sessions))
+
+    run(scenario())
+
+
+def test_a_worker_whose_leader_runs_stays() -> None:
+    async def scenario() -> None:
+        async with fleet(2, workers=1, hang_limit=HANG_LIMIT_S) as f:
+            await until(lambda: all(_followed(s) for s in f.sessions))
+            await asyncio.sleep(3 * HANG_LIMIT_S)  # the loop runs: Alive every second
+            assert f.pool.restarts == 0 and all(_followed(s) for s in f.sessions)
 
     run(scenario())
 
