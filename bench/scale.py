@@ -58,7 +58,8 @@ Then it measures, printing a table and writing JSON (``--out``, default
   earliest it could place or replace anything) and when it first wrote a record; after
   ``--failover-settle`` seconds it counts replica records whose host changed or that were replaced, the
   ``CreateContainer`` calls the simulators answered after the kill (0 for a settled cluster), the
-  survivor's planned actions, and audits. The killed instance is restarted as a standby.
+  survivor's planned actions, and audits (and counts the moved replicas again once the audit is done,
+  ``replicas_moved_by_the_audits_end``). The killed instance is restarted as a standby.
 * **a hung leader** (``--hung-leader``, before the failover): the leader's process is stopped (SIGSTOP)
   while its lease keeper and session workers run on, as a loop that never runs again; the same figures
   as the failover, from the stop (the standby leads once the keeper lets the term go after the
@@ -1111,9 +1112,7 @@ class Run:
         out["log_leading_s"] = round(at - acted_wall, 3) if at is not None and at >= acted_wall - 1 \
             else None
         after = await store.snapshot()
-        moved = [rid for rid, r in snap.replicas.items()
-                 if (now := after.replicas.get(rid)) is None or now.host != r.host
-                 or (now.phase is model.ReplicaPhase.STOPPING and r.phase is not model.ReplicaPhase.STOPPING)]
+        moved = _moved(snap, after)
         out["replicas_moved_or_replaced"] = len(moved)
         out["moved_examples"] = moved[:10]
         # Why, as the survivor recorded it on each moved replica (its newest decision): the reasons live
@@ -1121,11 +1120,15 @@ class Run:
         out["moved_why"] = dict(Counter(_newest_decision(after.replicas.get(rid)) for rid in moved)
                                 .most_common(5))
         out["replicas_new"] = len(set(after.replicas) - set(snap.replicas))
+        out["audit"] = (await self.audit()).as_json()
+        # Again once the audit (a minute or more at 5,000 hosts) is done: a takeover that re-places what
+        # was running may do it after the settle (part 34's hung leaders: 66 s after the first pass).
+        end = await store.snapshot()
+        out["replicas_moved_by_the_audits_end"] = len(_moved(snap, end))
         out["creates_after_kill"] = (await self.sim_calls("CreateContainer"))[0] - creates_before
         actions_after = scrape_counter(survivor.http, "shoal_scheduler_planned_actions_total")
         out["survivor_planned_actions"] = {k: v - actions_before.get(k, 0.0) for k, v in actions_after.items()
                                            if v - actions_before.get(k, 0.0)}
-        out["audit"] = (await self.audit()).as_json()
         self.note(f"{what}: {out['replicas_moved_or_replaced']} replicas moved, "
                   f"{out['creates_after_kill']} creates after it")
 
@@ -1327,6 +1330,13 @@ def in_own_netns() -> None:
         netcut.prepare()
     except netcut.NetCutError as err:
         raise SystemExit(f"bench/scale.py: {err}") from err
+
+
+def _moved(before: base.Snapshot, after: base.Snapshot) -> list[str]:
+    """Replicas of ``before`` gone, on another host, or newly stopping in ``after``."""
+    return [rid for rid, r in before.replicas.items()
+            if (now := after.replicas.get(rid)) is None or now.host != r.host
+            or (now.phase is model.ReplicaPhase.STOPPING and r.phase is not model.ReplicaPhase.STOPPING)]
 
 
 def _newest_decision(replica: model.Replica | None) -> str:
