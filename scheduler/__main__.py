@@ -433,8 +433,9 @@ async def serve(settings: Settings) -> None:
             await asyncio.sleep(1.0)
 
     observer.watch(store=store, election=election, leader=lambda: leading[0] if leading else None)
-    alive = LoopAlive()  # for /healthz: whether this loop still runs
+    alive = LoopAlive()  # for /healthz and /metrics: whether this loop still runs
     alive.start()
+    observer.follow_loop(alive)
     http = (httpd.serve(settings.http_listen, observer, alive=alive, hang_limit=settings.leader_hang_limit)
             if settings.http_listen else None)
     election_task = asyncio.create_task(elect(), name="election")

@@ -18,7 +18,8 @@ Series (see ``docs/architecture.md`` for the table):
   ``shoal_host_ready``;
 * about this instance: ``shoal_scheduler_leader``, ``shoal_scheduler_state_synced`` (its copy follows
   etcd), ``shoal_scheduler_state_resyncs_total``, ``shoal_scheduler_corrupt_records``,
-  ``shoal_scheduler_gc_pause_seconds_total`` (by generation: what the collector held the loop for);
+  ``shoal_scheduler_gc_pause_seconds_total`` (by generation: what the collector held the loop for),
+  ``shoal_scheduler_event_loop_silent_seconds`` (since the loop last ran, computed at each scrape);
 * histograms of the leader's reconcile passes, of replicas' wait from creation to placement, of etcd
   requests (every call through a store wrapped by ``timed``) and of API calls (``interceptor``); counters
   of planned agent actions, failed etcd requests, and the etcd client's retries and watch resumes.
@@ -49,6 +50,7 @@ from proto.scheduler.v1 import scheduler_pb2 as spb
 from scheduler import api, gc_pauses, reconcile
 from scheduler.elastic.loop import AttemptRecord
 from scheduler.follower import Follower
+from scheduler.liveness import LoopAlive
 from scheduler.model import LABEL_GROUP, HostId, HostRecord, Replica, ReplicaPhase, Service
 from scheduler.store import base
 from scheduler.store.keys import KeyRange, KeyRef, KeySchema, R
@@ -137,9 +139,20 @@ class SchedulerMetrics:
             "Hosts lost past their grace whose replicas the leader is not replacing, because more than "
             "--max-lost-share of the hosts were lost at once (0 normally; set by each reconcile pass).",
             registry=r)
+        self._alive: LoopAlive | None = None
+        self.loop_silent = Gauge(
+            "shoal_scheduler_event_loop_silent_seconds",
+            "Seconds since this instance's event loop last ran, at the scrape (near 0; a loop silent past "
+            "--leader-hang-limit has let its term go, and /healthz answers 503).", registry=r)
+        self.loop_silent.set_function(lambda: self._alive.silent_for() if self._alive is not None else 0.0)
         for action in ("launch", "retire"):
             self.actions.labels(action)
         r.register(_ClusterCollector(self))
+
+    def follow_loop(self, alive: LoopAlive) -> None:
+        """``shoal_scheduler_event_loop_silent_seconds`` from now on says how long ``alive``'s loop has
+        not run (scrapes are served from threads: they answer while the loop is stuck)."""
+        self._alive = alive
 
     # -- feeding (on the event loop) ----------------------------------------------------------------
 

@@ -6,7 +6,8 @@ blocked past the hang limit loses its term, with the hang as the reason, and its
 TTL is a minute, so a next term within seconds proves the revoke); with two real ``shoal-scheduler
 serve`` instances, the leader's process stopped (SIGSTOP; its keeper process runs on) is replaced by the
 other within the limit, and once it runs again it follows, saying why it lost its term — while with the
-limit off, the stopped leader keeps its term; and ``/healthz`` answers 503 while the loop is hung."""
+limit off, the stopped leader keeps its term; and ``/healthz`` answers 503 while the loop is hung, and
+``shoal_scheduler_event_loop_silent_seconds`` says for how long."""
 
 from __future__ import annotations
 
@@ -122,22 +123,35 @@ def test_with_no_limit_a_stopped_leader_keeps_its_term(etcd: EtcdCluster, etcd_p
             os.kill(hung.proc.pid, signal.SIGCONT)
 
 
-def test_healthz_answers_503_while_the_event_loop_is_hung() -> None:
+def silent_seconds(url: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    [value] = [float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("shoal_scheduler_event_loop_silent_seconds ")]
+    return value
+
+
+def test_healthz_answers_503_and_metrics_say_how_long_while_the_event_loop_is_hung() -> None:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     alive = LoopAlive()
     asyncio.run_coroutine_threadsafe(_start(alive), loop).result(timeout=5)
-    server = httpd.serve("127.0.0.1:0", SchedulerMetrics(), alive=alive, hang_limit=1.0)
+    metrics = SchedulerMetrics()
+    metrics.follow_loop(alive)
+    server = httpd.serve("127.0.0.1:0", metrics, alive=alive, hang_limit=1.0)
     url = f"http://127.0.0.1:{server.port}/healthz"
+    scrape = f"http://127.0.0.1:{server.port}/metrics"
     try:
         assert health(url) == (200, "ok\n")
+        assert silent_seconds(scrape) < 1.0
         loop.call_soon_threadsafe(time.sleep, 3.0)  # the loop stuck for three limits
         deadline = time.monotonic() + 10
         while (answer := health(url))[0] == 200:  # bounded by the deadline
             assert time.monotonic() < deadline, "never 503"
             time.sleep(0.05)
         assert answer[0] == 503 and answer[1].startswith("hung: the event loop has not run for ")
+        assert silent_seconds(scrape) > 1.0  # scraped from the server's thread while the loop is stuck
         deadline = time.monotonic() + 10
         while health(url)[0] != 200:  # and healthy again once it runs
             assert time.monotonic() < deadline, "never healthy again"
