@@ -10,16 +10,22 @@ fsync on), and reports per round: transactions, echoes heard, how many were the 
 wrote (shared) and how many were decoded from their bytes, and the process's cpu per put, from the
 commit's start until the watch has heard every put (the commit's encoding and its gRPC included).
 
+``--behind`` (docs/scaling.md, part 35): each replica is put twice, placed and then running, as a
+placing pass and the recording of its starts do, and the watch reads only once both commits have landed,
+as a leader's watch running seconds behind on a loaded machine does.
+
 ``--baseline DIR`` runs the same in the scheduler of another checkout (e.g. a worktree of an older
 commit) beside this one's, interleaved round by round, each round in a fresh process.
 
-``python bench/echo_cost.py [--replicas 20000] [--in-flight 4] [--rounds 3] [--baseline DIR] [--out FILE]``
+``python bench/echo_cost.py [--replicas 20000] [--in-flight 4] [--behind] [--rounds 3] [--baseline DIR]
+[--out FILE]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import secrets
 import subprocess
@@ -34,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.rounds import add_checkouts, checkouts, checkouts_against_etcd, write  # noqa: E402
 
 
-async def one_round(endpoints: str, replicas: int, in_flight: int) -> dict[str, float]:
+async def one_round(endpoints: str, replicas: int, in_flight: int, behind: bool = False) -> dict[str, float]:
     """In a child whose ``sys.path`` starts with the checkout measured."""
     import contextlib
 
@@ -63,24 +69,30 @@ async def one_round(endpoints: str, replicas: int, in_flight: int) -> dict[str, 
                                  host=model.HostId(f"{i % 5000:032x}"), phase=model.ReplicaPhase.STARTING,
                                  reason="created", created_at=now, updated_at=now, decisions=(placed,)))
                for i in range(replicas)]
+        running = model.Decision(time=now, action="running", reason="its container runs")
+        again = [Put(dataclasses.replace(op.record, phase=model.ReplicaPhase.RUNNING,
+                                         decisions=(placed, running))) for op in ops] if behind else []
+        puts = len(ops) + len(again)
         heard: list[Any] = []
         changes = store.watch(await store.current_revision())
         async with contextlib.aclosing(changes):
             async def follow() -> None:
                 async for change in changes:
                     heard.append(change.value)
-                    if len(heard) == replicas:
+                    if len(heard) == puts:
                         return
 
             cpu, wall = time.process_time(), time.monotonic()
-            following = asyncio.create_task(follow())
-            committed = await store.commit(ops, in_flight=in_flight)
-            await asyncio.wait_for(following, 120)
+            following = None if behind else asyncio.create_task(follow())
+            committed = [await store.commit(ops, in_flight=in_flight)]
+            if behind:
+                committed.append(await store.commit(again, in_flight=in_flight))
+            await asyncio.wait_for(following or follow(), 120)
             cpu, wall = time.process_time() - cpu, time.monotonic() - wall
-        written = {id(record) for record in committed.written}
-        return {"txns": len(committed.revisions), "echoes": len(heard),
+        written = {id(record) for c in committed for record in c.written}
+        return {"txns": sum(len(c.revisions) for c in committed), "echoes": len(heard),
                 "shared": sum(id(value) in written for value in heard), "decoded": decoded,
-                "cpu_us_per_put": round(cpu / replicas * 1e6, 1), "wall_s": round(wall, 3)}
+                "cpu_us_per_put": round(cpu / puts * 1e6, 1), "wall_s": round(wall, 3)}
     finally:
         await store.close()
         raw.decode_any = decode_any
@@ -88,7 +100,7 @@ async def one_round(endpoints: str, replicas: int, in_flight: int) -> dict[str, 
 
 def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, args.checkout)
-    print(json.dumps(asyncio.run(one_round(args.endpoints, args.replicas, args.in_flight))))
+    print(json.dumps(asyncio.run(one_round(args.endpoints, args.replicas, args.in_flight, args.behind))))
 
 
 def main() -> None:
@@ -96,6 +108,8 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=20_000)
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--behind", action="store_true",
+                        help="each replica put twice (placed, running), the watch read once both landed")
     add_checkouts(parser)
     parser.add_argument("--out", default=str(ROOT / "bench/results/echo-cost.json"))
     parser.add_argument("--endpoints", default="", help=argparse.SUPPRESS)  # a child's
@@ -107,19 +121,22 @@ def main() -> None:
         raise SystemExit("echo_cost: --replicas, --rounds and --in-flight at least 1")
     def one(checkout: str, endpoints: str) -> dict[str, Any]:
         out = subprocess.run([sys.executable, __file__, "--checkout", checkout, "--endpoints", endpoints,
-                              "--replicas", str(args.replicas), "--in-flight", str(args.in_flight)],
+                              "--replicas", str(args.replicas), "--in-flight", str(args.in_flight),
+                              *(["--behind"] if args.behind else [])],
                              capture_output=True, text=True, timeout=300, check=True)
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         return result
 
     named = checkouts(ROOT, args.baseline)
     runs, summary = checkouts_against_etcd(named, args.rounds, "echo-cost-", one)
-    print(f"{args.replicas} puts, {args.in_flight} transactions in flight (median of {args.rounds}):")
+    print(f"{args.replicas} replicas{' put twice, the watch behind' if args.behind else ''}, "
+          f"{args.in_flight} transactions in flight (median of {args.rounds}):")
     print(f"{'scheduler':<10} {'txns':>6} {'shared':>8} {'decoded':>8} {'cpu µs/put':>11} {'wall s':>8}")
     for name, s in summary.items():
         print(f"{name:<10} {s['txns']:>6.0f} {s['shared']:>8.0f} {s['decoded']:>8.0f} "
               f"{s['cpu_us_per_put']:>11.1f} {s['wall_s']:>8.2f}")
-    write(args.out, {"replicas": args.replicas, "in_flight": args.in_flight, "checkouts": named,
+    write(args.out, {"replicas": args.replicas, "in_flight": args.in_flight, "behind": args.behind,
+                     "checkouts": named,
                      "runs": runs, "median": summary})
 
 

@@ -9,7 +9,9 @@ records round-trip through their encoding (``tests/unit/scheduler/test_records.p
 equals what decoding the event's bytes would give. Sharing it also leaves the leader one object per
 record where its mirror and its follower each held their own.
 
-Entries are forgotten once a watch has delivered past their revision (a watch that lags behind another
+Entries are kept by key and revision (a key put again keeps both puts: a watch running behind delivers
+the first after the second has landed), and forgotten once a watch has delivered past their revision
+(a watch that lags behind another
 decodes instead: slower, never different), and at most ``LIMIT`` are kept, for a store whose writes no
 watch follows.
 
@@ -63,9 +65,16 @@ class Echoes:
 
     def __init__(self, limit: int = LIMIT) -> None:
         self._limit = limit
-        self._known: dict[str, tuple[int, Record]] = {}
+        # By key and revision, not by key: a replica is put twice within seconds (placed, then running),
+        # and a watch running behind that long delivers the first put after the second has landed. Kept
+        # by key alone, the first echo was decoded: about half of a leader's own puts while placing at
+        # 5,000 hosts (docs/scaling.md, part 35).
+        self._known: dict[tuple[str, int], Record] = {}
         self._order: deque[tuple[int, str]] = deque()  # (revision, key) as committed
-        self._landing: dict[str, _Landing] = {}  # puts of commits under way, by key
+        # Puts of commits under way, by key: more than one when two commits in flight put the same key
+        # (a pass's placement landed, and the recording of its start sent before the pass's last
+        # transaction lands), each matched by its own bytes.
+        self._landing: dict[str, list[_Landing]] = {}
 
     def __len__(self) -> int:
         return len(self._known)
@@ -75,10 +84,10 @@ class Echoes:
         echo came before the commit's reply is the record that echo was given: one object, not two."""
         known, order, landing = self._known, self._order, self._landing
         if landing:
-            committed.share(lambda key, revision: _echoed(landing.get(key), revision))
+            committed.share(lambda key, revision: _echoed(landing.get(key, ()), revision))
         for key, record in zip(committed.keys, committed.written, strict=True):
             revision = record.revision
-            known[key] = (revision, record)
+            known[key, revision] = record
             order.append((revision, key))
         while len(order) > self._limit:
             self._forget(*order.popleft())
@@ -89,30 +98,37 @@ class Echoes:
         for w in writes:
             # A leader key's record takes its epoch and lease from the key's metadata, not its bytes.
             if w.value is not None and not isinstance(w.record, LeaderRecord):
-                landing[w.key] = _Landing(w.value, w.record)
+                entries = landing.get(w.key)
+                if entries is None:
+                    landing[w.key] = [_Landing(w.value, w.record)]
+                else:
+                    entries.append(_Landing(w.value, w.record))
 
     def settled(self, writes: Iterable[Write]) -> None:
-        """A commit's writes landed (and ``expect`` ran) or failed: forgotten, unless another commit has
-        put that key since."""
+        """A commit's writes landed (and ``expect`` ran) or failed: forgotten (another commit's put of the
+        same key stays)."""
         landing = self._landing
         for w in writes:
-            entry = landing.get(w.key)
-            if entry is not None and entry.value is w.value:
+            entries = landing.get(w.key)
+            if entries is None:
+                continue
+            entries[:] = [entry for entry in entries if entry.value is not w.value]
+            if not entries:
                 del landing[w.key]
 
     def take(self, key: str, revision: int, value: bytes | None = None) -> Record | None:
         """The record this store put at ``key`` in the transaction at ``revision``, if it remembers it; or,
         given the bytes the watch delivered, the record of a put under way that sent exactly those."""
-        entry = self._known.get(key)
-        if entry is not None and entry[0] == revision:
-            return entry[1]
+        entry = self._known.get((key, revision))
+        if entry is not None:
+            return entry
         if value is not None:
-            sent = self._landing.get(key)
-            if sent is not None and sent.value == value:
-                echoed = _echoed(sent, revision)
-                if echoed is None:
-                    echoed = sent.echoed = evolve(sent.record, revision=revision)
-                return echoed
+            for sent in self._landing.get(key, ()):
+                if sent.value == value:
+                    echoed = _echoed((sent,), revision)
+                    if echoed is None:
+                        echoed = sent.echoed = evolve(sent.record, revision=revision)
+                    return echoed
         return None
 
     def passed(self, revision: int) -> None:
@@ -122,14 +138,16 @@ class Echoes:
             self._forget(*order.popleft())
 
     def _forget(self, revision: int, key: str) -> None:
-        entry = self._known.get(key)
-        if entry is not None and entry[0] == revision:
-            del self._known[key]
+        self._known.pop((key, revision), None)
 
 
-def _echoed(sent: _Landing | None, revision: int) -> Record | None:
-    echoed = None if sent is None else sent.echoed
-    return echoed if echoed is not None and echoed.revision == revision else None
+def _echoed(sent: Iterable[_Landing], revision: int) -> Record | None:
+    """The record an early echo at ``revision`` was given, if one of these puts had one."""
+    for entry in sent:
+        echoed = entry.echoed
+        if echoed is not None and echoed.revision == revision:
+            return echoed
+    return None
 
 
 __all__ = ["LIMIT", "Echoes", "Write"]

@@ -216,13 +216,14 @@ def _codec(cls: type[Any]) -> _DataclassCodec:
 
 # -- the generated encoders ----------------------------------------------------------------------------
 #
-# The leader encodes every record it writes: 200,000 at least to place 100,000 replicas. The generic path
-# (``_DataclassCodec.encode``: a call per member, then the standard library's encoder) cost about 60 µs a
-# replica, most of it ``json``'s; ``orjson`` writes the same bytes (compact, UTF-8, members in order) in
-# a fraction of that from a dict of the members, which ``_members_encoder`` builds in one generated function
-# per class: scalars and enums as they are (``orjson`` writes enums by value and tuples as arrays), nested
-# values through their own function, and every float checked on the way, since ``orjson`` would write NaN
-# and infinity as ``null`` where ``json`` refused them (docs/scaling.md, part 35).
+# The leader encodes every record it writes: 200,000 at least to place 100,000 replicas. ``orjson`` writes
+# the bytes the standard library's encoder wrote (compact, UTF-8, members in order) from a dict of the
+# members, which ``_members_encoder`` builds in one generated function per class instead of a call per
+# member (``_DataclassCodec.encode``, kept as the reference): scalars and enums as they are (``orjson``
+# writes enums by value and tuples as arrays), nested values through their own function, and every float
+# checked on the way, since ``orjson`` would write NaN and infinity as ``null`` where ``json`` refused
+# them. A replica's record is encoded in half the time and decoded in 60 % of it (``bench/record_codec.py``,
+# docs/scaling.md, part 35).
 
 _INF = math.inf
 
@@ -310,7 +311,9 @@ def _members_encoder(codec: _DataclassCodec) -> tuple[Callable[[Any], dict[str, 
         "def stored(o):", *("    " + line for line in body),
         f"    return {{'v': {FORMAT_VERSION}, {', '.join(members)}}}"])
     exec(compile(source, f"<records: {cls.__name__} encoder>", "exec"), env)  # our source, from type hints
-    return env["members"], env["stored"]
+    members_of: Callable[[Any], dict[str, Any]] = env["members"]
+    stored: Callable[[Any], dict[str, Any]] = env["stored"]
+    return members_of, stored
 
 
 # -- the generated decoders ----------------------------------------------------------------------------

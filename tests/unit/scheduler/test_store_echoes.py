@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from scheduler import model
 from scheduler.store.base import Committed
 from scheduler.store.echoes import Echoes
 from scheduler.store.records import encode
@@ -28,14 +29,19 @@ def test_a_write_is_matched_only_at_the_revision_it_was_committed_at() -> None:
     assert echoes.take("/r/web-00002", 7) is None
 
 
-def test_a_later_commit_of_a_key_replaces_the_earlier_one() -> None:
+def test_a_key_put_again_keeps_both_puts_until_the_watch_has_passed_them() -> None:
+    # A replica is put placed, then running, seconds apart; a watch running behind delivers the first put
+    # after the second has landed, and its echo is still the record written (not decoded again).
     echoes = Echoes()
-    echoes.expect(committed(7, 0))
+    earlier = committed(7, 0)
+    echoes.expect(earlier)
     later = committed(9, 0)
     echoes.expect(later)
-    assert echoes.take("/r/web-00000", 7) is None
+    assert echoes.take("/r/web-00000", 7) is earlier.written[0]
     assert echoes.take("/r/web-00000", 9) is later.written[0]
-    echoes.passed(8)  # the entry of revision 7 is gone already: the later one stays
+    assert echoes.take("/r/web-00000", 8) is None  # no put of ours at that revision
+    echoes.passed(8)  # the watch is past revision 7: that put is forgotten, the later one stays
+    assert echoes.take("/r/web-00000", 7) is None
     assert echoes.take("/r/web-00000", 9) is later.written[0] and len(echoes) == 1
 
 
@@ -103,6 +109,23 @@ def test_a_settled_commit_leaves_a_later_commits_puts_of_the_same_key() -> None:
     assert echoes.take(key, 9, value) is not None
     echoes.settled(second)
     assert echoes.take(key, 9, value) is None
+
+
+def test_two_commits_under_way_with_puts_of_one_key_each_match_their_own_bytes() -> None:
+    # A pass's placement of a replica has landed but its commit goes on; the recording of the replica's
+    # start is sent meanwhile. A watch behind delivers the placement then: it is the record placed.
+    echoes = Echoes()
+    placed = landing(0)
+    replica = placed[0].record
+    started = dataclasses.replace(replica, phase=model.ReplicaPhase.RUNNING)
+    running = [Write(placed[0].key, 7, encode(started), started)]
+    echoes.landing(placed)
+    echoes.landing(running)
+    assert echoes.take(placed[0].key, 7, placed[0].value) == dataclasses.replace(replica, revision=7)
+    assert echoes.take(placed[0].key, 9, running[0].value) == dataclasses.replace(started, revision=9)
+    echoes.settled(running)  # the recording's commit ended first: the placement's put is still matched
+    assert echoes.take(placed[0].key, 7, placed[0].value) is not None
+    assert echoes.take(placed[0].key, 9, running[0].value) is None
 
 
 def test_a_leader_keys_record_is_never_matched_by_bytes() -> None:
