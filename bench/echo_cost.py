@@ -70,9 +70,7 @@ async def one_round(endpoints: str, replicas: int, in_flight: int, behind: bool 
                                  reason="created", created_at=now, updated_at=now, decisions=(placed,)))
                for i in range(replicas)]
         running = model.Decision(time=now, action="running", reason="its container runs")
-        again = [Put(dataclasses.replace(op.record, phase=model.ReplicaPhase.RUNNING,
-                                         decisions=(placed, running))) for op in ops] if behind else []
-        puts = len(ops) + len(again)
+        puts = len(ops) * (2 if behind else 1)
         heard: list[Any] = []
         changes = store.watch(await store.current_revision())
         async with contextlib.aclosing(changes):
@@ -85,7 +83,9 @@ async def one_round(endpoints: str, replicas: int, in_flight: int, behind: bool 
             cpu, wall = time.process_time(), time.monotonic()
             following = None if behind else asyncio.create_task(follow())
             committed = [await store.commit(ops, in_flight=in_flight)]
-            if behind:
+            if behind:  # (each from the revision it was placed at)
+                again = [Put(dataclasses.replace(r, phase=model.ReplicaPhase.RUNNING,
+                                                 decisions=(placed, running))) for r in committed[0].written]
                 committed.append(await store.commit(again, in_flight=in_flight))
             await asyncio.wait_for(following or follow(), 120)
             cpu, wall = time.process_time() - cpu, time.monotonic() - wall
