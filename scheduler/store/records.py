@@ -250,7 +250,7 @@ def _holds_floats(tp: Any) -> bool:
     if tp is float:
         return True
     if dataclasses.is_dataclass(tp):
-        return True  # (checked by its own encoder)
+        return True  # its members may be floats: the generic encoder's dicts are walked too
     return any(_holds_floats(arg) for arg in typing.get_args(tp) if arg is not Ellipsis)
 
 
