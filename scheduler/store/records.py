@@ -268,6 +268,23 @@ def _plain(tp: Any) -> bool:
     return False
 
 
+def _optional_of(tp: Any) -> Any:
+    """``X`` for a type ``X | None``, else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return None
+
+
+def _records_of(tp: Any) -> type[Any] | None:
+    """``X`` for a type ``tuple[X, ...]`` whose items are dataclasses, else None."""
+    args = typing.get_args(tp)
+    if (typing.get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
+            and dataclasses.is_dataclass(args[0]) and isinstance(args[0], type)):
+        return args[0]
+    return None
+
+
 def _members_encoder(codec: _DataclassCodec) -> tuple[Callable[[Any], dict[str, Any]],
                                                         Callable[[Any], dict[str, Any]]]:
     cls = codec.cls
@@ -278,14 +295,11 @@ def _members_encoder(codec: _DataclassCodec) -> tuple[Callable[[Any], dict[str, 
     members: list[str] = []
     for i, f in enumerate(codec.fields):
         tp = hints[f.name]
-        inner = next((a for a in typing.get_args(tp) if a is not type(None)), None) \
-            if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(typing.get_args(tp)) == 2 \
-            and type(None) in typing.get_args(tp) else None
+        inner = _optional_of(tp)
         base = inner if inner is not None else tp
         base = getattr(base, "__supertype__", base)
         body.append(f"m{i} = o.{f.name}")
         guard = f"if m{i} is not None and " if inner is not None else "if "
-        args = typing.get_args(base)
         if base is float:
             body += [f"{guard}not -_INF < m{i} < _INF:", f"    _not_finite(cls, {f.name!r}, m{i})"]
         elif _plain(base):
@@ -294,9 +308,8 @@ def _members_encoder(codec: _DataclassCodec) -> tuple[Callable[[Any], dict[str, 
             env[f"nested{i}"] = base
             encoded = f"m{i} = _codec(nested{i}).members(m{i})"
             body += [f"if m{i} is not None:", f"    {encoded}"] if inner is not None else [encoded]
-        elif (typing.get_origin(base) is tuple and len(args) == 2 and args[1] is Ellipsis
-              and dataclasses.is_dataclass(args[0]) and isinstance(args[0], type)):
-            env[f"nested{i}"] = args[0]
+        elif (item := _records_of(base)) is not None:
+            env[f"nested{i}"] = item
             body += [f"if m{i}:", f"    each = _codec(nested{i}).members",
                      f"    m{i} = [each(x) for x in m{i}]"]
         else:  # anything else: the generic encoder, and its floats checked
@@ -399,14 +412,12 @@ def _checks(tp: Any, f: _Field, i: int, env: dict[str, Any]) -> list[str]:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         env[f"nested{i}"] = tp
         return [f"v = _codec(nested{i}).fast(v, _NO_META)"]
-    args = typing.get_args(tp)
-    if (typing.get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
-            and dataclasses.is_dataclass(args[0]) and isinstance(args[0], type)):
-        env[f"nested{i}"] = args[0]
+    if (item := _records_of(tp)) is not None:
+        env[f"nested{i}"] = item
         return ["if type(v) is not list:", "    raise _Bad('')",
                 f"each = _codec(nested{i}).fast", "v = tuple([each(x, _NO_META) for x in v])"]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
-        inner = _checks(next(a for a in args if a is not type(None)), f, i, env)
+    if (optional := _optional_of(tp)) is not None:
+        inner = _checks(optional, f, i, env)
         return ["if v is not None:", *("    " + line for line in inner)]
     env[f"decode{i}"] = f.decode
     return [f"v = decode{i}(v)"]
