@@ -346,6 +346,7 @@ class AgentSession:
             # Each attempt gets a whole heartbeat timeout from when it begins (not from a wait for the
             # gate); the watchdog says why a host that never answered is not ready.
             self._hear()
+            said = (self.error, self.agent_down)
             try:
                 await _first_error(self._follow_containers(), self._watchdog(),
                                    *(() if self.one_stream else (self._follow_usage(),)))
@@ -376,7 +377,11 @@ class AgentSession:
             connected_before = self.observation.complete
             if connected_before:
                 session_breaks.breaks.add(kind)
-            self._disconnected()
+            changed = self._disconnected()
+            if not changed and (self.error, self.agent_down) != said:
+                # An attempt that never connected failed otherwise than the last: the controller judges a
+                # host's status only when its session says it changed (``Controller._host_facts``).
+                self._on_change(self.host)
             if connected_before:
                 delay = RETRY_INITIAL
             await asyncio.sleep(delay)
@@ -393,12 +398,15 @@ class AgentSession:
         if self._in_gate and self.observation.connected and self.observation.complete:
             self._leave_gate()
 
-    def _disconnected(self) -> None:
+    def _disconnected(self) -> bool:
+        """Whether that changed the observation (and the controller was told)."""
         self._usage_ok = self._events_ok = False
         self.silent = False
         if self.observation.connected or self.observation.complete:
             self.observation = replace(self.observation, connected=False, complete=False)
             self._on_change(self.host)
+            return True
+        return False
 
     async def _follow_containers(self) -> None:
         while True:

@@ -61,6 +61,7 @@ from scheduler.connect_gate import ConnectGate
 from scheduler.elastic.loop import AttemptRecord, ElasticLoop, ElasticSettings
 from scheduler.evolve import evolve
 from scheduler.follower import ChangeFeed, Follower
+from scheduler.host_facts import HostFacts
 from scheduler.loop_stalls import LoopStalls
 from scheduler.mirror import Dirt, Mirror
 from scheduler.model import (
@@ -236,6 +237,7 @@ class Controller:
         # Each host's status as the last pass judged it, with what it was judged from (``_status``).
         self._status_cache: dict[HostId, tuple[HostStatus, Session, HostObservation | None, str,
                                                HostStatus]] = {}
+        self.facts = HostFacts()  # what passes read of each host, kept between them (``_host_facts``)
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
         self.views = ViewCache()                              # each placing pass's view, from the last
         self._counted: dict[HostId, tuple[HostObservation, frozenset[ReplicaId]]] = {}  # per observation
@@ -257,6 +259,7 @@ class Controller:
     def _host_changed(self, host: HostId) -> None:
         """An agent session reported a change (its containers, its connection, its room)."""
         self._changed_hosts.add(host)
+        self.facts.stale(host)
         self._wake.set()
         if self._recorder is not None:
             self._recorder.heard(host)
@@ -331,6 +334,7 @@ class Controller:
         self.last_placer = None
         self._seen, self._settled, self._counted, self._acting = {}, {}, {}, {}
         self._fresh_cache, self._status_cache, self._lost_due = {}, {}, {}
+        self.facts = HostFacts()
         self._changed_hosts = set()
 
     def _autoscaler(self) -> Autoscaler | None:
@@ -506,15 +510,16 @@ class Controller:
         """One pass; returns when the next one is due by the clock (a backoff ending), if ever."""
         started = time.perf_counter()
         assert self.mirror is not None
-        self._sync_sessions()
+        hosts_changed = self.mirror.take_hosts_changed()
+        self._sync_sessions(hosts_changed if self.facts.of(self.mirror) and not self._full_due else None)
         ahead, recording = self._record_ahead()
         if ahead is not None:
             await sent()  # to land while this pass decides, not after it
         now = time.time()
-        statuses = {h: self._status(h) for h in self.mirror.hosts}
         full = self._full_due or now >= self._net_due()
+        statuses, judged = self._host_facts(hosts_changed | self.mirror.take_hosts_changed(), whole=full)
         lost_from = self._lost_from(now)
-        scope = self._scope(statuses, full=full, now=now, gathering=lost_from > 0)
+        scope = self._scope(statuses, full=full, now=now, gathering=lost_from > 0, judged=judged)
         if recording:
             # Left alone by this pass (busy) and looked at by the next, as when their write landed after
             # this pass took the mirror's dirt: now it may land before (``sent``).
@@ -551,8 +556,7 @@ class Controller:
                 ops.append(base.Delete(write.replica))
             else:
                 ops.append(base.Delete(write.service))
-        ops += [base.Put(status) for host, status in statuses.items()
-                if status is not self.mirror.statuses.get(host) and status != self.mirror.statuses.get(host)]
+        ops += [base.Put(status) for status in _rejudged(statuses, judged, self.mirror.statuses)]
         encoded = time.perf_counter()
         recorder = self._new_recorder(ops, ahead=ahead, recording=recording)
         landed_puts: list[tuple[int, tuple[Record, ...]]] = []
@@ -813,7 +817,7 @@ class Controller:
         return min(due) if due else None
 
     def _scope(self, statuses: dict[HostId, HostStatus], *, full: bool, now: float,
-               gathering: bool = False) -> reconcile.Scope | None:
+               gathering: bool = False, judged: set[HostId] | None = None) -> reconcile.Scope | None:
         """What this pass must look at: None for everything, else what changed since the last pass.
 
         Services: those whose records changed (the mirror's dirt), those of containers that changed on
@@ -826,7 +830,9 @@ class Controller:
 
         A pass due by the clock used to look at everything: in a mass failure the lost hosts' graces end
         over a few seconds, each was a full pass (seconds each at 100,000 replicas), and the hosts whose
-        grace ended meanwhile waited for the next (docs/scaling.md, part 10)."""
+        grace ended meanwhile waited for the next (docs/scaling.md, part 10). ``judged``: the hosts whose
+        statuses this pass judged (``_host_facts``; None: all), the only ones that can differ from their
+        records."""
         assert self.mirror is not None
         mirror = self.mirror
         dirt = mirror.take_dirt()
@@ -839,9 +845,7 @@ class Controller:
             dirt.touched.add((host, key))
             if (replica := mirror.replicas.get(ReplicaId(key))) is not None:
                 dirt.services.add(replica.service)
-        for host, status in statuses.items():
-            if status is not mirror.statuses.get(host) and status != mirror.statuses.get(host):
-                dirt.hosts.add(host)
+        dirt.hosts.update(status.id for status in _rejudged(statuses, judged, mirror.statuses))
         if full:
             # This pass reads every host's observation: the next one compares with these.
             self._seen = {h: session.observation for h, session in self.sessions.items()}
@@ -915,10 +919,13 @@ class Controller:
 
     # -- what a pass reads --------------------------------------------------------------------------
 
-    def _sync_sessions(self) -> None:
-        """One session per registered host, at its current address."""
+    def _sync_sessions(self, changed: set[HostId] | None = None) -> None:
+        """One session per registered host, at its current address: of the hosts whose records
+        ``changed`` (the mirror's ``hosts_changed``), or of every host (None)."""
         assert self.mirror is not None
-        for host, record in self.mirror.hosts.items():
+        hosts = self.mirror.hosts
+        for host, record in (hosts.items() if changed is None else
+                             ((h, r) for h in changed if (r := hosts.get(h)) is not None)):
             session = self.sessions.get(host)
             if session is not None and session.address == record.address:
                 continue
@@ -927,10 +934,13 @@ class Controller:
             session = self._new_session(host, record.address)
             self.sessions[host] = session
             self._changed_hosts.add(host)
+            self.facts.stale(host)
             session.start()
-        gone = [h for h in self.sessions if h not in self.mirror.hosts]
+        gone = [h for h in (self.sessions if changed is None else changed)
+                if h not in hosts and h in self.sessions]
         for host in gone:
             self._changed_hosts.add(host)
+            self.facts.stale(host)
             self._fresh_cache.pop(host, None)
             self._status_cache.pop(host, None)
             asyncio.get_running_loop().create_task(self.sessions.pop(host).close())
@@ -958,24 +968,40 @@ class Controller:
                             usage_interval=self._pacer.interval, stalls=self.stalls, gate=self.gate,
                             keepalive=self.settings.agent_keepalive)
 
-    def _observed(self) -> dict[HostId, HostObservation]:
-        return {host: session.observation for host, session in self.sessions.items()}
+    def _host_facts(self, changed: set[HostId], *, whole: bool) -> tuple[dict[HostId, HostStatus],
+                                                                          set[HostId] | None]:
+        """Every host's status for this pass, and the hosts judged afresh (None: all), with the rest of
+        what the pass reads of them (``scheduler.host_facts``): of the hosts whose records or statuses
+        ``changed``, whose sessions said so, whose start failures changed or are counted, or every host
+        if ``whole``."""
+        assert self.mirror is not None
+        also = changed | self.start_health.take_changed()
+        also.update(self.start_health.counted())
+        judged = self.facts.refresh(self.mirror, self.sessions, judge=self._status, fresh=self._fresh,
+                                    also=also, whole=whole)
+        return dict(self.facts.statuses), judged
 
     def _world(self, statuses: dict[HostId, HostStatus] | None = None, *,
                scope: reconcile.Scope | None = None, now: float | None = None,
                recording: frozenset[str] = frozenset(), lost_from: float = 0.0) -> reconcile.World:
+        """The world a pass decides from: with ``statuses`` from ``_host_facts`` (a pass's), what else it
+        reads of each host from there too; without, all of it worked out afresh."""
         assert self.mirror is not None
         if statuses is None:
-            statuses = {h: self._status(h) for h in self.mirror.hosts}
+            facts = HostFacts()
+            facts.refresh(self.mirror, self.sessions, judge=self._status, fresh=self._fresh)
+            statuses = facts.statuses
+        else:
+            facts = self.facts
         return reconcile.World(
             services=dict(self.mirror.services), replicas=dict(self.mirror.replicas),
-            hosts={h: self._fresh(r) for h, r in self.mirror.hosts.items()},
-            statuses=statuses, observed=self._observed(),
+            hosts=dict(facts.records), statuses=statuses, observed=dict(facts.observed),
             now=time.time() if now is None else now, busy=frozenset(self.actuator.busy) | recording,
-            launch_failures=dict(self.actuator.failures), unreachable_since=self._unreachable_since(statuses),
+            launch_failures=dict(self.actuator.failures),
+            unreachable_since=self._unreachable_since({h: statuses[h] for h in facts.not_ready}),
             host_grace=self.settings.host_grace, agent_down_grace=self.settings.agent_down_grace,
             max_lost_share=self.settings.max_lost_share, lost_from=lost_from,
-            agent_down=frozenset(h for h, s in self.sessions.items() if s.agent_down),
+            agent_down=frozenset(facts.agent_down),
             # The mirror's own index, not a copy: the step reads it before anything changes the mirror.
             by_service=self.mirror.by_service, scope=scope,
             settled=self._settled if scope is not None else None, by_host=self.mirror.by_host,
@@ -1134,6 +1160,14 @@ class Controller:
     def host_info_json(self, host: HostId) -> str:
         info = self.host_info(host)
         return json_format.MessageToJson(info, preserving_proto_field_name=True) if info is not None else ""
+
+
+def _rejudged(statuses: Mapping[HostId, HostStatus], judged: Iterable[HostId] | None,
+              recorded: Mapping[HostId, HostStatus]) -> list[HostStatus]:
+    """Of the statuses judged (``judged``; None: all), those that differ from their records."""
+    return [status for host in (statuses if judged is None else sorted(judged))
+            if (status := statuses.get(host)) is not None
+            and status is not (known := recorded.get(host)) and status != known]
 
 
 def _conflict_said(conflict: KeyConflict) -> str:

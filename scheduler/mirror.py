@@ -90,6 +90,10 @@ class Mirror:
     # watch, when behind, still brings puts made before the delete; one at or before that revision is
     # not put back (``apply``). Emptied as the deletes arrive.
     gone: dict[tuple[type, Any], int] = field(default_factory=dict)
+    # Hosts whose record or status was put or dropped since the controller last took them, even by a put
+    # no pass reads (a registration with nothing new): what it keeps of each host between passes is
+    # worked out again for these alone (``Controller._host_facts``).
+    hosts_changed: set[HostId] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for replica in self.replicas.values():
@@ -101,6 +105,11 @@ class Mirror:
         return cls(revision=snap.revision, services=dict(snap.services), replicas=dict(snap.replicas),
                    hosts=dict(snap.hosts), statuses=dict(snap.host_statuses), autoscale=dict(snap.autoscale),
                    hostgroups=dict(snap.hostgroups), hostgroup_statuses=dict(snap.hostgroup_statuses))
+
+    def take_hosts_changed(self) -> set[HostId]:
+        """The hosts whose record or status changed since the last call."""
+        changed, self.hosts_changed = self.hosts_changed, set()
+        return changed
 
     def take_dirt(self) -> Dirt:
         """What changed since the last call."""
@@ -222,10 +231,14 @@ class Mirror:
             self.dirt.services.add((after or before).name)
             self.dirt.service_records.add((after or before).name)
         elif isinstance(before, HostRecord) or isinstance(after, HostRecord):
+            host = (after or before).id
+            self.hosts_changed.add(host)
             if reads(before, after):
-                self.dirt.host((after or before).id)
+                self.dirt.host(host)
         elif isinstance(before, HostStatus) or isinstance(after, HostStatus):
-            self.dirt.host((after or before).id)
+            host = (after or before).id
+            self.hosts_changed.add(host)
+            self.dirt.host(host)
 
     def _index(self, before: Replica | None, after: Replica | None) -> None:
         if before is not None:

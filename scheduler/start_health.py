@@ -67,13 +67,23 @@ class StartHealth:
         self.settings = settings or StartHealthSettings()
         self._hosts: dict[HostId, StartState] = {}
         self._resumed: set[HostId] = set()
+        # Hosts whose count changed since ``take_changed``: their statuses are judged again then (a host
+        # whose count ends is no longer among the ``counted``, judged every pass on the clock).
+        self._changed: set[HostId] = set()
 
     def failed(self, host: HostId, *, at: float, reason: str) -> None:
         before = self._hosts.get(host, StartState())
         self._hosts[host] = StartState(failures=before.failures + 1, last_at=at, reason=reason)
+        self._changed.add(host)
 
     def succeeded(self, host: HostId) -> None:
-        self._hosts.pop(host, None)
+        if self._hosts.pop(host, None) is not None:
+            self._changed.add(host)
+
+    def take_changed(self) -> set[HostId]:
+        """The hosts whose count changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def resume(self, status: HostStatus) -> None:
         """Take over what a previous leader recorded — once per host: after that this leader's own count

@@ -9,7 +9,8 @@ import time
 
 from bench.sim.host import HostSpec
 from proto.agent.v1 import agent_pb2 as pb
-from scheduler.model import LABEL_REPLICA, LABEL_SERVICE
+from scheduler.agents import AgentSession
+from scheduler.model import LABEL_REPLICA, LABEL_SERVICE, HostId
 from tests.fixtures.etcd import free_port
 from tests.fixtures.sim_session import following, until
 
@@ -44,3 +45,24 @@ def test_heartbeats_do_not_wake_the_controller_but_a_change_of_room_does() -> No
     assert quiet == 0            # 20 heartbeats, no wake-up
     assert heard > first_seen    # yet each one was heard (the heartbeat watchdog counts them)
     assert after_create >= 1     # the create's events and the new committed room wake it
+
+
+def test_an_attempt_that_never_connected_says_when_it_fails() -> None:
+    """Nothing listens at the host's address: the session never connects, so no observation changes,
+    yet the controller is told of its error and that the agent is down (the controller judges a host's
+    status again only when its session says so: ``scheduler.host_facts``)."""
+    async def scenario() -> tuple[list[tuple[str, bool]], AgentSession]:
+        told: list[tuple[str, bool]] = []
+        session = AgentSession(HostId("h-nobody"), f"127.0.0.1:{free_port()}", credentials=None,
+                               on_change=lambda _h: told.append((session.error, session.agent_down)))
+        session.start()
+        try:
+            await until(lambda: bool(told))
+        finally:
+            await session.close()
+        return told, session
+
+    told, session = asyncio.run(asyncio.wait_for(scenario(), 4 * BOUND_S))
+    assert not session.observation.connected and not session.observation.complete
+    error, agent_down = told[0]
+    assert error.startswith("UNAVAILABLE") and agent_down

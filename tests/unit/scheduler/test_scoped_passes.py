@@ -130,6 +130,25 @@ def test_the_step_groups_replicas_itself_or_takes_the_callers_index() -> None:
     assert run(dataclasses.replace(w, by_service=index)) == run(w)
 
 
+def test_a_scoped_step_reads_the_worlds_replicas_through_and_leaves_them_as_they_were() -> None:
+    """A scoped step does not copy the world's replicas (``reconcile._Latest``): what it replaced answers
+    first, the world's records for the rest, and the world's stay as read."""
+    w = dataclasses.replace(busy_world(), scope=Scope(services=frozenset({ServiceName("web")}),
+                                                      hosts=frozenset()))
+    before = dict(w.replicas)
+    plan = run(w)
+    assert w.replicas == before
+    written = {x.replica.id: x.replica for x in plan.writes if isinstance(x, WriteReplica)}
+    assert ReplicaId("web-2") in written  # its container exited: the step replaced its record
+    latest = reconcile._Latest(w.replicas)
+    latest[ReplicaId("web-2")] = written[ReplicaId("web-2")]
+    assert latest[ReplicaId("web-2")] is written[ReplicaId("web-2")] is latest.get(ReplicaId("web-2"))
+    assert latest[ReplicaId("db-1")] is w.replicas[ReplicaId("db-1")] is latest.get(ReplicaId("db-1"))
+    assert latest.get(ReplicaId("nobody")) is None
+    with pytest.raises(KeyError):
+        latest[ReplicaId("nobody")]
+
+
 def test_a_running_replica_as_recorded_is_what_the_inline_check_assumes() -> None:
     # reconcile.step skips, without calling _absorb, a running replica whose container runs without a
     # health check and whose record says "running", ready: that is what ObservedContainer says too.
