@@ -214,7 +214,6 @@ class Controller:
         self.actuator = Actuator(ActuatorSettings(epoch=settings.epoch), session=self.sessions.get,
                                  service=self._service, on_done=self.poke, on_deposed=self._lose,
                                  start_health=self.start_health)
-        self.last_placer: ViewPlacer | None = None
         self.stalls = LoopStalls()  # this leader's own stalls: no host is blamed for them
         self.gate = ConnectGate()   # its in-process sessions connect so many at a time
         # What the next pass must look at beyond the mirror's dirt (see ``_scope``).
@@ -331,7 +330,6 @@ class Controller:
         part 33). What it refers to need not wait with it."""
         self.mirror = None
         self.views = ViewCache()
-        self.last_placer = None
         self._seen, self._settled, self._counted, self._acting = {}, {}, {}, {}
         self._fresh_cache, self._status_cache, self._lost_due = {}, {}, {}
         self.facts = HostFacts()
@@ -541,7 +539,6 @@ class Controller:
         self._note_held(plan.lost_held, plan.lost_among)
         if plan.deferred:
             self.poke()  # the rest of what is pending: the next pass, once the loop has had a turn
-        self.last_placer = placer
         self.passes["full" if scope is None else "scoped"] += 1
         if scope is None:
             # Counted from the end of the pass: a full pass longer than the interval must not make every
@@ -993,8 +990,12 @@ class Controller:
             statuses = facts.statuses
         else:
             facts = self.facts
+        # A scoped pass reads the mirror's replicas, not a copy: nothing changes them while it decides (no
+        # await), and what reads its world after its commit (the placement metric, its log line) does not
+        # read them. A full pass's idle end refreshes the view cache from them after the commit: a copy.
+        replicas = self.mirror.replicas if scope is not None else dict(self.mirror.replicas)
         return reconcile.World(
-            services=dict(self.mirror.services), replicas=dict(self.mirror.replicas),
+            services=dict(self.mirror.services), replicas=replicas,
             hosts=dict(facts.records), statuses=statuses, observed=dict(facts.observed),
             now=time.time() if now is None else now, busy=frozenset(self.actuator.busy) | recording,
             launch_failures=dict(self.actuator.failures),
@@ -1005,7 +1006,7 @@ class Controller:
             # The mirror's own index, not a copy: the step reads it before anything changes the mirror.
             by_service=self.mirror.by_service, scope=scope,
             settled=self._settled if scope is not None else None, by_host=self.mirror.by_host,
-            place_budget=PLACE_BUDGET, place_from=self._place_from)
+            place_budget=PLACE_BUDGET, place_from=self._place_from, draining=frozenset(facts.draining))
 
     def _unreachable_since(self, statuses: dict[HostId, HostStatus]) -> dict[HostId, float]:
         """Since when each host this leader cannot follow has been so, later by as long as this leader's

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from scheduler.model import HostId, HostRecord, HostStatus
+from scheduler.model import HostAdmin, HostId, HostRecord, HostStatus
 from scheduler.observed import HostObservation
 
 
@@ -48,6 +48,7 @@ class HostFacts:
         self.observed: dict[HostId, HostObservation] = {}  # each session's observation
         self.not_ready: set[HostId] = set()
         self.agent_down: set[HostId] = set()               # sessions whose agent refused the connection
+        self.draining: set[HostId] = set()                 # hosts an operator is draining
         self._stale: set[HostId] = set()
         self._of: object | None = None  # the mirror these were worked out from (a new term's: all again)
 
@@ -72,12 +73,17 @@ class HostFacts:
             self.observed = {h: s.observation for h, s in sessions.items()}
             self.not_ready = {h for h, status in self.statuses.items() if not status.ready}
             self.agent_down = {h for h, s in sessions.items() if s.agent_down}
+            self.draining = {h for h, r in mirror.hosts.items() if r.admin is HostAdmin.DRAINING}
             return None
         hosts, self._stale = self._stale, set()
         hosts.update(also)
         statuses, records, observed = self.statuses, self.records, self.observed
         for host in hosts:
             record = mirror.hosts.get(host)
+            if record is None or record.admin is not HostAdmin.DRAINING:
+                self.draining.discard(host)
+            else:
+                self.draining.add(host)
             if record is None:
                 statuses.pop(host, None)
                 records.pop(host, None)

@@ -167,9 +167,9 @@ class SchedulerMetrics:
             if not isinstance(write, reconcile.WriteReplica):
                 continue
             replica = write.replica
-            before = world.replicas.get(replica.id)
-            if (replica.host is None or replica.id in self._placed or not replica.created_at
-                    or (before is not None and before.host is not None)):
+            # (the plan says what it placed: ``world.replicas`` may be the leader's own, changed since)
+            if (replica.id not in plan.placed or replica.host is None or replica.id in self._placed
+                    or not replica.created_at):
                 continue
             self._placed[replica.id] = None
             self.placement.observe(max(0.0, world.now - replica.created_at))

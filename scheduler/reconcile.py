@@ -152,6 +152,8 @@ class World:
     # taken in name order from the one after ``place_from``; a service is placed whole once begun.
     place_budget: int | None = None
     place_from: ServiceName | None = None
+    # The hosts being drained (None: found from ``hosts``), when the caller keeps them.
+    draining: AbstractSet[HostId] | None = None
 
     def grace(self, host: HostId) -> float:
         return self.agent_down_grace if host in self.agent_down else self.host_grace
@@ -238,6 +240,8 @@ class Plan:
     # The replicas of each service this step looked at that it found settled: ``World.settled`` for the
     # next step, once what changed since is taken out.
     settled: Mapping[ServiceName, frozenset[ReplicaId]] = field(default_factory=dict)
+    # The replicas this step placed that had no host before it (their wait: the placement metric).
+    placed: frozenset[ReplicaId] = frozenset()
 
     @property
     def empty(self) -> bool:
@@ -299,12 +303,14 @@ class _Plan:
             lost = self.lost & holding
             if mass_loss(len(lost), len(holding), world.max_lost_share):
                 self.lost_held, self.lost_among, self.lost = len(lost), len(holding), frozenset()
-        self.draining = frozenset(h for h, r in world.hosts.items() if r.admin is HostAdmin.DRAINING)
+        self.draining = frozenset(h for h, r in world.hosts.items() if r.admin is HostAdmin.DRAINING) \
+            if world.draining is None else frozenset(world.draining)
         self.attempted = 0                               # pending replicas handed to the placer
         self.deferred = False
         self.waiting: set[ServiceName] = set()
         self.placed_through: ServiceName | None = None
         self.settled: dict[ServiceName, frozenset[ReplicaId]] = {}
+        self.placed: set[ReplicaId] = set()
 
     def may_place(self) -> bool:
         budget = self.world.place_budget
@@ -338,7 +344,8 @@ class _Plan:
         return Plan(writes=tuple(self.writes), actions=tuple(self.actions), deferred=self.deferred,
                     waiting=frozenset(self.waiting),
                     placed_through=self.placed_through, lost_held=self.lost_held,
-                    lost_among=self.lost_among, abandoned=self.abandoned, settled=self.settled)
+                    lost_among=self.lost_among, abandoned=self.abandoned, settled=self.settled,
+                    placed=frozenset(self.placed))
 
 
 def mass_loss(lost: int, hosts: int, max_share: float) -> bool:
@@ -637,6 +644,8 @@ def _place(plan: _Plan, service: Service, ids: Sequence[ReplicaId], placer: Plac
                                           reason=summary))
             continue
         name = plan.world.hosts[host].name if host in plan.world.hosts else host
+        if r.host is None:
+            plan.placed.add(rid)
         updated = evolve(r, host=host, phase=ReplicaPhase.STARTING, reason=f"placed on {name}")
         plan.update(with_decision(updated, now=now, action="placed", reason=f"on {name}: {summary}"))
 

@@ -18,7 +18,7 @@ from scheduler import reconcile
 from scheduler.agents import AgentSession
 from scheduler.controller import Controller
 from scheduler.host_facts import HostFacts
-from scheduler.model import Capacity, HostId, HostRecord, HostStatus
+from scheduler.model import Capacity, HostAdmin, HostId, HostRecord, HostStatus
 from scheduler.observed import ContainerState, HostObservation
 from scheduler.store import base
 from tests.unit.scheduler.test_scoped_passes import Sessions, StandInSession, settled_controller
@@ -37,7 +37,7 @@ def checked(ctl: Controller, worlds: list[reconcile.World]) -> None:
         kept = build(statuses, **kw)
         if statuses is not None:
             afresh = build(None, **kw)
-            for name in ("hosts", "observed", "unreachable_since", "agent_down"):
+            for name in ("hosts", "observed", "unreachable_since", "agent_down", "draining"):
                 assert getattr(kept, name) == getattr(afresh, name), name
             assert unstamped(ctl, kept.statuses) == unstamped(ctl, afresh.statuses)
             worlds.append(kept)
@@ -122,6 +122,9 @@ def test_every_scoped_pass_reads_what_working_every_host_out_afresh_gives() -> N
         await changed(ctl, sessions, "h9", error="UNAVAILABLE: connection refused", agent_down=True,
                       observation=HostObservation(host=HostId("h9")))
         await ctl.step()
+        # An operator drains h3.
+        await written(ctl, dataclasses.replace(ctl.mirror.hosts[HostId("h3")], admin=HostAdmin.DRAINING))
+        await ctl.step()
         # h4 leaves.
         gone = ctl.mirror.hosts[HostId("h4")]
         await ctl.store.commit([base.Delete(gone)])
@@ -138,7 +141,7 @@ def test_every_scoped_pass_reads_what_working_every_host_out_afresh_gives() -> N
         return worlds, judged, ctl
 
     worlds, judged, ctl = asyncio.run(go())
-    assert len(worlds) == 12
+    assert len(worlds) == 13
     assert judged[0] is None and judged[1] == set()  # the first pass all; one with nothing changed, none
     assert judged[2] == {"h1"} and judged[3] == {"h2"}
     h2 = HostId("h2")
@@ -148,7 +151,8 @@ def test_every_scoped_pass_reads_what_working_every_host_out_afresh_gives() -> N
     assert worlds[6].hosts[HostId("h3")].revision > worlds[5].hosts[HostId("h3")].revision
     assert worlds[6].hosts[HostId("h4")].capacity.cpu_allocatable_millis == 2000
     assert HostId("h9") in worlds[7].statuses and worlds[8].agent_down == {"h9"}
-    assert HostId("h4") not in worlds[9].statuses and HostId("h4") not in worlds[9].observed
+    assert worlds[9].draining == {"h3"} and worlds[8].draining == set()
+    assert HostId("h4") not in worlds[10].statuses and HostId("h4") not in worlds[10].observed
     assert HostId("h4") not in ctl.sessions
 
 

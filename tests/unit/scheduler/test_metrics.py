@@ -518,7 +518,8 @@ def test_a_pass_records_its_duration_the_wait_of_replicas_it_placed_and_its_acti
                 reconcile.WriteReplica(placed(new))),
         actions=(reconcile.Launch(host=HostId("h1"), replica=waiting.id, service=waiting.service,
                                   generation=1),
-                 reconcile.Retire(host=HostId("h1"), container="x", reason="orphan")))
+                 reconcile.Retire(host=HostId("h1"), container="x", reason="orphan")),
+        placed=frozenset({waiting.id, new.id}))
     metrics.record_pass(0.02, plan, world(waiting, running, now=103.0))
     # The same plan again (a repeated pass): nothing is placed twice.
     metrics.record_pass(0.03, plan, world(waiting, running, now=104.0))

@@ -545,3 +545,31 @@ def test_without_a_budget_every_pending_replica_is_placed_in_one_step() -> None:
     plan = run(world([service(10, name=n) for n in ("a", "b", "c")]))
     assert sum(1 for r in written(plan).values() if r.host is not None) == 30
     assert not plan.deferred
+
+
+def test_the_plan_says_which_replicas_it_placed_that_had_no_host() -> None:
+    """``Plan.placed``: what the placement metric counts (a pending replica given a host, one created and
+    placed in the same step), not a replica whose record already had one."""
+    w = world([service(3)], [replica("web-1"), replica("web-2", host=None, phase=ReplicaPhase.PENDING,
+                                                        ready=False)],
+              observed=observe(("h1", [container("web-1")])))
+    plan = run(w)
+    written = {x.replica.id: x.replica for x in plan.writes if isinstance(x, WriteReplica)}
+    created = [rid for rid in written if rid not in w.replicas]
+    assert len(created) == 1
+    assert plan.placed == {"web-2", created[0]}
+    assert all(written[rid].host is not None for rid in plan.placed)
+
+
+def test_draining_hosts_the_caller_keeps_are_those_the_step_uses() -> None:
+    """``World.draining``, when given, stands for the hosts' records: a replica on a host the caller says
+    is draining gets a replacement (where, the placer says from the hosts' records), whatever the host's
+    record says."""
+    reps = [replica("a", host="h1"), replica("b", host="h2")]
+    observed = observe(("h1", [container("a")]), ("h2", [container("b")]))
+    w = world([service(2)], reps, observed=observed)
+    assert run(w).empty
+    plan = run(replace(w, draining=frozenset({HostId("h1")})))
+    assert len([rid for rid in written(plan) if rid not in ("a", "b")]) == 1
+    recorded = world([service(2)], reps, observed=observed, admin={"h1": HostAdmin.DRAINING})
+    assert not run(recorded).empty and run(replace(recorded, draining=frozenset())).empty

@@ -18,6 +18,7 @@ from scheduler import reconcile
 from scheduler.agents import AgentSession
 from scheduler.controller import Controller, ControllerSettings, Mirror
 from scheduler.loop_stalls import LoopStalls
+from scheduler.metrics import SchedulerMetrics
 from scheduler.model import HostId, HostRecord, HostStatus, ReplicaId, ReplicaPhase, ServiceName
 from scheduler.observed import ContainerState, HostObservation
 from scheduler.placement.registry import default_profile
@@ -268,6 +269,38 @@ def test_a_container_orphaned_by_a_change_is_retired_by_the_scoped_pass_after_it
     assert scopes[2] is not None and (HostId("h2"), "db-1") in scopes[2].containers
     assert ("h2", "db-1") in retires(plans[2])
     assert HostId("h2") not in scopes[2].hosts  # checked as that container, not as all of h2
+
+
+def test_a_replica_a_scoped_pass_places_is_counted_by_the_placement_metric() -> None:
+    """A scoped pass's world reads the mirror's replicas, which its own commit changes before the metric
+    is fed: the plan says what it placed (``Plan.placed``)."""
+    async def go() -> tuple[list[reconcile.Scope | None], SchedulerMetrics]:
+        scopes: list[reconcile.Scope | None] = []
+        ctl, _ = await settled_controller(scopes, empty_hosts=1)
+        ctl.actuator.submit = lambda actions: None  # type: ignore[method-assign]  # no agents here
+        metrics = SchedulerMetrics()
+        passes = ctl._on_pass
+        assert passes is not None
+
+        def on_pass(seconds: float, plan: Plan, world: reconcile.World) -> None:
+            passes(seconds, plan, world)
+            metrics.record_pass(seconds, plan, world)
+
+        ctl._on_pass = on_pass
+        await ctl.step()
+        assert ctl.mirror is not None
+        web = ctl.mirror.services[ServiceName("web")]
+        scaled = dataclasses.replace(web, spec=dataclasses.replace(web.spec, replicas=3))
+        committed = await ctl.store.commit([base.Put(scaled)])
+        for record in committed.written:
+            ctl.mirror.put(record)
+        await ctl.step()
+        return scopes, metrics
+
+    scopes, metrics = asyncio.run(go())
+    assert scopes[1] is not None  # the scale-up was placed by a scoped pass
+    counted = [m.value for m in metrics.placement.collect()[0].samples if m.name.endswith("_count")]
+    assert counted == [1.0]
 
 
 def test_a_full_pass_runs_when_its_period_is_up() -> None:
