@@ -5,7 +5,8 @@ every replica ``running`` and ready as recorded, every host's agent reporting ex
 running, every host ready. Nothing is to be done: what a pass costs here is its constant, the cost the
 leader pays for every pass that decides nothing (docs/scaling.md, limits 2 and 3). Measured:
 
-* ``world``: the controller's ``World`` build (``Controller._world``) from its mirror and sessions;
+* ``world``: the controller's ``World`` build (``Controller._world``) from its mirror and sessions, every
+  host worked out afresh, as a full pass does (a scoped pass reads the host facts kept since: part 36);
 * ``view``: the placement view of that world (``Controller._view``), built whether or not a pass places;
 * ``step``: the pure ``reconcile.step`` over that world with a placer over that view (view excluded);
 * ``full``: a whole ``Controller.step()`` as the leader runs it (world, step, statuses to write, what is
