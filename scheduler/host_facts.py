@@ -2,10 +2,10 @@
 
 Every pass reads, for every registered host, its status as the leader judges it now, its record with the
 room and conditions its agent reported last, and its session's observation. Worked out afresh for all
-of them, that was most of what a pass that decides little costs: 25 ms of cpu at 5,000 hosts in
-``bench/pass_cost.py``, more than the deciding in the passes that follow a mass failure's marking
-(docs/scaling.md, part 36). Nearly every host is the same as at the last pass, and everything these
-facts are worked out from says when it changes:
+of them, that was most of what a pass that decides little costs (13-24 ms of cpu at 5,000 hosts in
+``bench/pass_cost.py``), and through a mass failure at that size, when dozens of passes each decide a
+little, it took as much of the leader as placing did (docs/scaling.md, part 36). Nearly every host is
+the same as at the last pass, and everything these facts are worked out from says when it changes:
 
 * the host's record and recorded status: the mirror (``Mirror.hosts_changed``, any put or drop);
 * its session's observation, error, "agent down" and the room a pass reads (``agents.decided_by``): the

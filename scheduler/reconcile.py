@@ -117,6 +117,8 @@ class Scope:
 @dataclass(frozen=True)
 class World:
     services: Mapping[ServiceName, Service]
+    # Read only during the step, which never changes it: it may be the caller's own (the leader's mirror
+    # for a scoped pass), changed after the step returns.
     replicas: Mapping[ReplicaId, Replica]
     hosts: Mapping[HostId, HostRecord]
     statuses: Mapping[HostId, HostStatus]
