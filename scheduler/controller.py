@@ -1084,11 +1084,12 @@ class Controller:
         """Whether the leader trusts this host now (its session follows it completely), and whether it
         keeps failing to start containers.
 
-        Asked of every host on every pass, and nearly always the same answer: a host with no start
-        failures is judged only from its recorded status, its session's observation and its session's
-        error, so the last answer stands while those are the same objects (an observation is replaced,
-        never changed, when its host's view changes). Judged afresh, the 5,000 hosts of an idle pass
-        were about half of its cost (docs/scaling.md, part 24)."""
+        Asked of every host by a full pass and of the hosts that changed by a scoped one
+        (``scheduler.host_facts``), and nearly always the same answer: a host with no start failures is
+        judged only from its recorded status, its session's observation and its session's error, so the
+        last answer stands while those are the same objects (an observation is replaced, never changed,
+        when its host's view changes). Judged afresh, the 5,000 hosts of an idle pass were about half of
+        its cost (docs/scaling.md, part 24)."""
         assert self.mirror is not None
         known = self.mirror.statuses.get(host)
         session = self.sessions.get(host)

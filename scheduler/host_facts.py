@@ -80,32 +80,30 @@ class HostFacts:
         statuses, records, observed = self.statuses, self.records, self.observed
         for host in hosts:
             record = mirror.hosts.get(host)
-            if record is None or record.admin is not HostAdmin.DRAINING:
-                self.draining.discard(host)
-            else:
-                self.draining.add(host)
+            ready = True
             if record is None:
                 statuses.pop(host, None)
                 records.pop(host, None)
-                self.not_ready.discard(host)
             else:
                 status = statuses[host] = judge(host)
                 records[host] = fresh(record)
-                if status.ready:
-                    self.not_ready.discard(host)
-                else:
-                    self.not_ready.add(host)
+                ready = status.ready
             session = sessions.get(host)
             if session is None:
                 observed.pop(host, None)
-                self.agent_down.discard(host)
             else:
                 observed[host] = session.observation
-                if session.agent_down:
-                    self.agent_down.add(host)
-                else:
-                    self.agent_down.discard(host)
+            _hold(self.not_ready, host, not ready)
+            _hold(self.draining, host, record is not None and record.admin is HostAdmin.DRAINING)
+            _hold(self.agent_down, host, session is not None and session.agent_down)
         return hosts
+
+
+def _hold(members: set[HostId], host: HostId, member: bool) -> None:
+    if member:
+        members.add(host)
+    else:
+        members.discard(host)
 
 
 __all__ = ["HostFacts"]

@@ -168,8 +168,7 @@ class SchedulerMetrics:
                 continue
             replica = write.replica
             # (the plan says what it placed: ``world.replicas`` may be the leader's own, changed since)
-            if (replica.id not in plan.placed or replica.host is None or replica.id in self._placed
-                    or not replica.created_at):
+            if replica.id not in plan.placed or replica.id in self._placed or not replica.created_at:
                 continue
             self._placed[replica.id] = None
             self.placement.observe(max(0.0, world.now - replica.created_at))

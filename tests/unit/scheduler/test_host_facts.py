@@ -24,6 +24,13 @@ from scheduler.store import base
 from tests.unit.scheduler.test_scoped_passes import Sessions, StandInSession, settled_controller
 
 
+@dataclasses.dataclass(eq=False)
+class Hosts:
+    """A mirror as ``HostFacts`` reads one (each instance another mirror)."""
+
+    hosts: dict[HostId, HostRecord]
+
+
 class Session(StandInSession):
     def start(self) -> None:
         return None
@@ -53,7 +60,7 @@ def unstamped(ctl: Controller, statuses: Mapping[HostId, HostStatus]) -> dict[Ho
             for h, s in statuses.items()}
 
 
-async def changed(ctl: Controller, sessions: Sessions, host: str, **kw: Any) -> None:
+def changed(ctl: Controller, sessions: Sessions, host: str, **kw: Any) -> None:
     """A session's change, said to the controller as sessions say it."""
     session = sessions[HostId(host)]
     for name, value in kw.items():
@@ -97,12 +104,12 @@ def test_every_scoped_pass_reads_what_working_every_host_out_afresh_gives() -> N
         # h1's container restarts (its observation).
         h1 = sessions[HostId("h1")]
         restarting = dataclasses.replace(h1.observation.containers["web-1"], state=ContainerState.RESTARTING)
-        await changed(ctl, sessions, "h1", observation=dataclasses.replace(
+        changed(ctl, sessions, "h1", observation=dataclasses.replace(
             h1.observation, containers={"web-1": restarting}))
         await ctl.step()
         # h2 falls silent (its error, its connection): not ready, its status written.
         h2 = sessions[HostId("h2")]
-        await changed(ctl, sessions, "h2", error="no report from the agent for 6.0 s (unreachable?)",
+        changed(ctl, sessions, "h2", error="no report from the agent for 6.0 s (unreachable?)",
                       observation=dataclasses.replace(h2.observation, connected=False))
         await ctl.step()
         await ctl.step()  # its status's echo
@@ -113,13 +120,13 @@ def test_every_scoped_pass_reads_what_working_every_host_out_afresh_gives() -> N
         # h3 registers again with more room; h4's agent reports different room.
         await written(ctl, dataclasses.replace(ctl.mirror.hosts[HostId("h3")], capacity=Capacity(
             cpu_allocatable_millis=16000, memory_allocatable_bytes=32 << 30)))
-        await changed(ctl, sessions, "h4", info=pb.HostInfo(host_id="h4", cpu_allocatable_millis=2000,
+        changed(ctl, sessions, "h4", info=pb.HostInfo(host_id="h4", cpu_allocatable_millis=2000,
                                                             memory_allocatable_bytes=4 << 30))
         await ctl.step()
         # A new host registers (its session is made), and its agent refuses connections.
         await written(ctl, HostRecord(id=HostId("h9"), name="node-h9", address="10.0.0.9:7070"))
         await ctl.step()
-        await changed(ctl, sessions, "h9", error="UNAVAILABLE: connection refused", agent_down=True,
+        changed(ctl, sessions, "h9", error="UNAVAILABLE: connection refused", agent_down=True,
                       observation=HostObservation(host=HostId("h9")))
         await ctl.step()
         # An operator drains h3.
@@ -178,11 +185,6 @@ def test_a_change_a_session_did_not_say_is_read_by_the_next_full_pass() -> None:
 def test_facts_are_worked_out_again_for_another_mirror() -> None:
     facts = HostFacts()
     hosts = {HostId("h1"): HostRecord(id=HostId("h1"), name="a", address="x:1")}
-
-    class Mirror:
-        def __init__(self) -> None:
-            self.hosts = hosts
-
     judged: list[HostId] = []
 
     def judge(host: HostId) -> HostStatus:
@@ -190,7 +192,7 @@ def test_facts_are_worked_out_again_for_another_mirror() -> None:
         return HostStatus(id=host, ready=True)
 
     session = Session(HostId("h1"), "x:1", HostObservation(host=HostId("h1")))
-    first, second = Mirror(), Mirror()
+    first, second = Hosts(hosts), Hosts(hosts)
     assert facts.refresh(first, {HostId("h1"): session}, judge=judge, fresh=lambda r: r) is None
     assert facts.refresh(first, {HostId("h1"): session}, judge=judge, fresh=lambda r: r) == set()
     assert facts.refresh(second, {HostId("h1"): session}, judge=judge, fresh=lambda r: r) is None
@@ -201,17 +203,13 @@ def test_facts_are_worked_out_again_for_another_mirror() -> None:
 def test_a_host_gone_from_the_mirror_leaves_every_fact(whole: bool) -> None:
     facts = HostFacts()
     host = HostId("h1")
-
-    class Mirror:
-        hosts: dict[HostId, HostRecord] = {host: HostRecord(id=host, name="a", address="x:1")}
-
-    mirror = Mirror()
+    mirror = Hosts({host: HostRecord(id=host, name="a", address="x:1", admin=HostAdmin.DRAINING)})
     session = Session(host, "x:1", HostObservation(host=host))
     session.agent_down = True
     facts.refresh(mirror, {host: session}, judge=lambda h: HostStatus(id=h), fresh=lambda r: r)
-    assert facts.not_ready == {host} and facts.agent_down == {host}
+    assert facts.not_ready == facts.agent_down == facts.draining == {host}
     mirror.hosts = {}
     facts.stale(host)
     facts.refresh(mirror, {}, judge=lambda h: HostStatus(id=h), fresh=lambda r: r, whole=whole)
-    assert (facts.statuses, facts.records, facts.observed, facts.not_ready, facts.agent_down) == (
-        {}, {}, {}, set(), set())
+    assert (facts.statuses, facts.records, facts.observed, facts.not_ready, facts.agent_down,
+            facts.draining) == ({}, {}, {}, set(), set(), set())
