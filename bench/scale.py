@@ -46,7 +46,9 @@ Then it measures, printing a table and writing JSON (``--out``, default
   that was on them, the time from the kill until a replacement of its service is recorded running on
   another host (p50/p99/max), when the leader marked the killed hosts not ready and their replicas
   stopping, when each replacement was placed and created and started at its host (the simulators'
-  clocks: what the service's traffic sees before the record says so), and an
+  clocks: what the service's traffic sees before the record says so), the leader's own stage histograms
+  over the phase (``stages``: ``scheduler.timings``' launch, session worker call and delay, placement to
+  running; quantiles estimated within their buckets, ``bench.sim.histograms``), and an
   audit (``bench.sim.audit``) that every service has exactly its declared live replicas (a ready host,
   not stopping) and no replica id runs on two hosts, from etcd and the simulators' container lists.
   Then the hosts reboot (``recover … reboot``: back empty), and the time until all are ready and no
@@ -109,7 +111,7 @@ import aetcd
 import grpc
 
 from bench.procstat import cpu_seconds, rss_bytes
-from bench.sim import collector, netcut
+from bench.sim import collector, histograms, netcut
 from bench.sim.audit import Audit, ReplicaRow, audit
 from bench.sim.etcd_watch import EtcdSampler, line_up, log_events, summarize_events
 from bench.sim.host import host_id_of
@@ -387,6 +389,27 @@ def scrape_counter(address: str, name: str) -> dict[str, float]:
             labels = rest.partition("}")[0] if rest else ""
             out[labels] = float(line.rpartition(" ")[2])
     return out
+
+
+# The leader's histograms of a replica's way from placement to running (``scheduler.timings``), with the
+# labels each is read for: ``mass_failure``'s ``stages``.
+STAGES = {"launch_s": ("shoal_scheduler_launch_duration_seconds", {"outcome": "created"}),
+          "worker_call_s": ("shoal_scheduler_session_worker_call_duration_seconds", {}),
+          "worker_delay_s": ("shoal_scheduler_session_worker_delay_seconds", {}),
+          "start_s": ("shoal_scheduler_replica_start_duration_seconds", {})}
+
+
+def scrape_stages(address: str) -> dict[str, dict[float, float]]:
+    """Each of ``STAGES``' cumulative bucket counts on an instance's ``/metrics`` now."""
+    return {stage: histograms.buckets(scrape_counter(address, f"{name}_bucket"), **labels)
+            for stage, (name, labels) in STAGES.items()}
+
+
+def stages_between(before: dict[str, dict[float, float]],
+                   after: dict[str, dict[float, float]]) -> dict[str, dict[str, float | int | None]]:
+    """``STAGES``' quantiles over what they counted between two scrapes."""
+    return {stage: histograms.summary(histograms.between(before.get(stage, {}), counts))
+            for stage, counts in after.items()}
 
 
 def log_time(line: str) -> float | None:
@@ -871,6 +894,7 @@ class Run:
         sim_gc_before = await self.sim_gc_pause_s(stats)
         leader = await self.leader()
         metrics_before = await asyncio.to_thread(scrape, leader.http)
+        stages_before = await asyncio.to_thread(scrape_stages, leader.http)
         running_new: dict[str, tuple[str, float]] = {}
         decided_running: dict[str, float] = {}  # the leader's clock when it decided each was running
         noticed: dict[str, float] = {}
@@ -934,6 +958,8 @@ class Run:
                 await asyncio.wait_for(done.wait(), args.timeout)
             # The leader's passes from before the kill to all replaced (or the timeout).
             out["reconcile"] = passes_between(metrics_before, await asyncio.to_thread(scrape, leader.http))
+            # The leader's own stage histograms over the same time (their buckets' estimates)
+            out["stages"] = stages_between(stages_before, await asyncio.to_thread(scrape_stages, leader.http))
             out["sim_gc_pause_s"] = round(await self.sim_gc_pause_s() - sim_gc_before, 3)
             result = replacement_times(lost, running_new.values(), killed_at=killed_at)
             out["replaced_s"] = summarize(result.seconds, digits=3)
@@ -966,6 +992,8 @@ class Run:
                   f"{out['started_at_hosts_s']['p50']} s, decided running p50 "
                   f"{out['decided_running_s']['p50']} s, replaced p50 {took['p50']} s, "
                   f"p99 {took['p99']} s, {out['not_replaced']} not replaced")
+        self.note("mass failure, the leader's stages p50/p90 (s): " + ", ".join(
+            f"{stage} {q['p50']}/{q['p90']} ({q['n']})" for stage, q in out["stages"].items()))
         found = await self.audit()
         out["audit_after_replacement"] = found.as_json()
         # Bring them back as rebooted machines: empty, a new boot id; what the scheduler still had on

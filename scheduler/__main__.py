@@ -386,7 +386,7 @@ async def serve(settings: Settings) -> None:
                               usage_interval=settings.usage_interval,
                               usage_reports_per_second=settings.usage_reports_per_second,
                               keepalive=settings.agent_keepalive,
-                              hang_limit=settings.leader_hang_limit)
+                              hang_limit=settings.leader_hang_limit, timings=observer)
                if settings.session_workers else None)
 
     async def lead(term: Term) -> None:
@@ -412,7 +412,7 @@ async def serve(settings: Settings) -> None:
                                                           commit_in_flight=settings.etcd_txns_in_flight),
                                 on_pass=observer.record_pass,
                                 on_provider_attempt=observer.record_provider_attempt,
-                                follower=observer.follower(store), workers=workers)
+                                follower=observer.follower(store), workers=workers, timings=observer)
         leading.append(controller)
         try:
             await controller.run()

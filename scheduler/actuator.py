@@ -15,7 +15,8 @@ or its removal), so the next pass sees it without waiting for the event stream. 
 no container (the image could not be pulled, the host refused) is remembered as a ``LaunchFailure`` for
 the next pass. A stale fence means this instance is no longer the leader: it stops acting. Every call's
 outcome also goes to ``start_health``, which tells a host that keeps failing to start containers from a
-service that cannot start anywhere.
+service that cannot start anywhere, and each launch's time from hand-over to answer to ``timings``
+(``scheduler.timings``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from scheduler.model import (
 )
 from scheduler.reconcile import AgentAction, Launch, LaunchFailure, Retire
 from scheduler.start_health import StartHealth, host_fault
+from scheduler.timings import NO_TIMINGS, Timings
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +118,11 @@ def container_spec(service: Service, replica: ReplicaId, generation: int) -> pb.
 class Actuator:
     def __init__(self, settings: Settings, *, session: Callable[[HostId], Session | None],
                  service: Callable[[ServiceName], Service | None], on_done: Callable[[], None],
-                 on_deposed: Callable[[str], None], start_health: StartHealth | None = None) -> None:
+                 on_deposed: Callable[[str], None], start_health: StartHealth | None = None,
+                 timings: Timings = NO_TIMINGS) -> None:
         self.settings = settings
         self.start_health = start_health or StartHealth()
+        self.timings = timings
         self._session = session
         self._service = service
         self._on_done = on_done
@@ -136,6 +140,7 @@ class Actuator:
         return pb.Fence(owner=FENCE_OWNER, epoch=self.settings.epoch)
 
     def submit(self, actions: tuple[AgentAction, ...]) -> None:
+        handed = time.perf_counter()  # each launch's time runs from here to its agent's answer
         batches: dict[HostId, list[Launch]] = {}
         for action in actions:
             key = action.replica if isinstance(action, Launch) else action.container
@@ -145,14 +150,14 @@ class Actuator:
             if isinstance(action, Launch) and not action.replace and action.host not in self._unbatched:
                 batches.setdefault(action.host, []).append(action)
             else:
-                self._spawn(self._run(action, key), f"act-{key}")
+                self._spawn(self._run(action, key, handed), f"act-{key}")
         size = max(1, self.settings.max_batch)
         for host, launches in batches.items():
             if len(launches) == 1:
-                self._spawn(self._run(launches[0], launches[0].replica), f"act-{launches[0].replica}")
+                self._spawn(self._run(launches[0], launches[0].replica, handed), f"act-{launches[0].replica}")
                 continue
             for i in range(0, len(launches), size):
-                self._spawn(self._run_batch(host, launches[i:i + size]), f"launch-{host[:8]}")
+                self._spawn(self._run_batch(host, launches[i:i + size], handed), f"launch-{host[:8]}")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(work, name=name)
@@ -169,15 +174,21 @@ class Actuator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run(self, action: AgentAction, key: str) -> None:
+    def _timed(self, handed: float, outcome: str) -> None:
+        if outcome:
+            self.timings.launched(time.perf_counter() - handed, outcome)
+
+    async def _run(self, action: AgentAction, key: str, handed: float) -> None:
         session = self._session(action.host)
+        outcome = ""  # a launch's: "created", "failed", or "" when nothing was asked of the agent
         try:
             if session is None:
                 return
             limit = self._limits.setdefault(action.host, asyncio.Semaphore(self.settings.max_per_host))
             async with limit:
                 if isinstance(action, Launch):
-                    await self._launch(session, action)
+                    outcome = "failed"  # until the agent says otherwise
+                    outcome = await self._launch(session, action)
                 else:
                     await self._retire(session, action)
         except grpc.aio.AioRpcError as err:
@@ -190,19 +201,23 @@ class Actuator:
                 log.info("retiring %s on %s failed: %s", action.container, action.host, err.details())
         finally:
             self.busy.discard(key)
+            self._timed(handed, outcome)
             self._on_done()
 
-    async def _run_batch(self, host: HostId, launches: list[Launch]) -> None:
+    async def _run_batch(self, host: HostId, launches: list[Launch], handed: float) -> None:
         session = self._session(host)
+        outcomes: dict[ReplicaId, str] = {}
         try:
             if session is None:
                 return
             limit = self._limits.setdefault(host, asyncio.Semaphore(self.settings.max_per_host))
             async with limit:
-                await self._launch_batch(session, launches)
+                outcomes = {action.replica: "failed" for action in launches}  # until the agent answers
+                outcomes = await self._launch_batch(session, launches)
         finally:
             for action in launches:
                 self.busy.discard(action.replica)
+                self._timed(handed, outcomes.get(action.replica, ""))
             self._on_done()
 
     def _request(self, action: Launch) -> pb.CreateContainerRequest | None:
@@ -216,10 +231,12 @@ class Actuator:
             spec=self.templates.spec(service, action.replica, action.generation),
             pull=pb.PULL_POLICY_MISSING, start=True, fence=self.fence)
 
-    async def _launch(self, session: Session, action: Launch) -> None:
+    async def _launch(self, session: Session, action: Launch) -> str:
+        """"created" once the agent answered with the container, "failed" when it refused ("" when the
+        service is gone: nothing to launch)."""
         request = self._request(action)
         if request is None:
-            return
+            return ""
         if action.replace:
             await session.containers.RemoveContainer(pb.RemoveContainerRequest(
                 id=action.replica, force=True, missing_ok=True, fence=self.fence), timeout=CALL_TIMEOUT)
@@ -231,14 +248,17 @@ class Actuator:
             failure = CallFailure.of(err)
             self._count_health(action.host, failure)
             await self._launch_failed(session, action, failure)
-            return
+            return "failed"
         self.start_health.succeeded(action.host)
         session.apply(created)
+        return "created"
 
-    async def _launch_batch(self, session: Session, launches: list[Launch]) -> None:
+    async def _launch_batch(self, session: Session, launches: list[Launch]) -> dict[ReplicaId, str]:
+        """Each launch's outcome, as ``_launch`` says it (none for a launch whose service is gone)."""
         sent = [(action, request) for action in launches if (request := self._request(action)) is not None]
         if not sent:
-            return
+            return {}
+        outcomes = {action.replica: "failed" for action, _ in sent}
         self.calls["batch"] += 1
         try:
             response = await session.containers.CreateContainers(
@@ -247,8 +267,8 @@ class Actuator:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # an older agent: one call per launch from now on
                 self._unbatched.add(session.host)
                 # Batched launches never replace a container, so a single launch raises nothing.
-                await asyncio.gather(*(self._launch(session, action) for action, _ in sent))
-                return
+                each = await asyncio.gather(*(self._launch(session, action) for action, _ in sent))
+                return {action.replica: outcome for (action, _), outcome in zip(sent, each, strict=True)}
             failure = CallFailure.of(err)
         else:
             if len(response.results) == len(sent):
@@ -261,12 +281,14 @@ class Actuator:
                     else:
                         self.start_health.succeeded(action.host)
                         session.apply(result.container)
-                return
+                        outcomes[action.replica] = "created"
+                return outcomes
             failure = CallFailure("INTERNAL", f"the agent answered {len(response.results)} results for "
                                               f"{len(sent)} containers", {})
         self._count_health(session.host, failure)  # the call failed as a whole: counted once, not per launch
         for action, _ in sent:
             await self._launch_failed(session, action, failure)
+        return outcomes
 
     def _count_health(self, host: HostId, failure: CallFailure) -> None:
         if host_fault(failure.code, failure.metadata):

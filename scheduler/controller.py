@@ -86,6 +86,7 @@ from scheduler.start_health import StartHealth, StartHealthSettings
 from scheduler.store import base
 from scheduler.store.errors import Compacted, Conflict, KeyConflict, NotLeader, StoreError, StoreUnavailable
 from scheduler.store.records import Record
+from scheduler.timings import NO_TIMINGS, Timings
 from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND, Pacer, UsagePace
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,10 @@ class Controller:
     def __init__(self, store: base.Store, settings: ControllerSettings, *,
                  on_pass: Callable[[float, reconcile.Plan, reconcile.World], None] | None = None,
                  on_provider_attempt: Callable[[AttemptRecord], None] | None = None,
-                 follower: Follower | None = None, workers: SessionWorkers | None = None) -> None:
+                 follower: Follower | None = None, workers: SessionWorkers | None = None,
+                 timings: Timings = NO_TIMINGS) -> None:
         self.store = store
+        self.timings = timings  # launches, starts (``scheduler.timings``; the instance's metrics)
         # This instance's follower (``scheduler.follower``), when it has one: a term starts from its
         # state and follows its decoded changes instead of reading and watching etcd a second time.
         self.follower = follower
@@ -213,7 +216,7 @@ class Controller:
         self.start_health = StartHealth(settings.start_health)
         self.actuator = Actuator(ActuatorSettings(epoch=settings.epoch), session=self.sessions.get,
                                  service=self._service, on_done=self.poke, on_deposed=self._lose,
-                                 start_health=self.start_health)
+                                 start_health=self.start_health, timings=timings)
         self.stalls = LoopStalls()  # this leader's own stalls: no host is blamed for them
         self.gate = ConnectGate()   # its in-process sessions connect so many at a time
         # What the next pass must look at beyond the mirror's dirt (see ``_scope``).
@@ -287,7 +290,7 @@ class Controller:
                     self.settings.session_workers, credentials=self.settings.credentials,
                     heartbeat_timeout=self.settings.heartbeat_timeout,
                     usage_interval=self.settings.usage_interval,
-                    usage_reports_per_second=self.settings.usage_reports_per_second)
+                    usage_reports_per_second=self.settings.usage_reports_per_second, timings=self.timings)
             if self.workers is not None:
                 await self.workers.start()
             while True:
@@ -593,6 +596,7 @@ class Controller:
         if committed is not None:
             for record in committed.written:
                 self.mirror.put(record)
+            self.timings.written(r for r in committed.written if isinstance(r, Replica))
             for op in ops:
                 if isinstance(op, base.Delete):
                     self.mirror.drop(op.record)
@@ -651,6 +655,7 @@ class Controller:
         for revision, records in landed_puts:
             for record in records:
                 self.mirror.put(evolve(record, revision=revision))
+            self.timings.written(r for r in records if isinstance(r, Replica))
         for record in err.deleted:
             self.mirror.drop(record)
 
@@ -694,7 +699,7 @@ class Controller:
         return InFlightRecorder(self.store, self.settings.guard, mirror=self.mirror, ops=ops, seen=self._seen,
                                 observation=observation, busy=busy,
                                 on_deposed=self._lose, coalesce=COALESCE,
-                                in_flight=self.settings.commit_in_flight)
+                                in_flight=self.settings.commit_in_flight, timings=self.timings)
 
     async def _commit(self, ops: Sequence[base.Op], launching: _Launching, recorder: InFlightRecorder,
                       landed_puts: list[tuple[int, tuple[Record, ...]]]) -> base.Committed:

@@ -20,9 +20,12 @@ Series (see ``docs/architecture.md`` for the table):
   etcd), ``shoal_scheduler_state_resyncs_total``, ``shoal_scheduler_corrupt_records``,
   ``shoal_scheduler_gc_pause_seconds_total`` (by generation: what the collector held the loop for),
   ``shoal_scheduler_event_loop_silent_seconds`` (since the loop last ran, computed at each scrape);
-* histograms of the leader's reconcile passes, of replicas' wait from creation to placement, of etcd
-  requests (every call through a store wrapped by ``timed``) and of API calls (``interceptor``); counters
-  of planned agent actions, failed etcd requests, and the etcd client's retries and watch resumes.
+* histograms of the leader's reconcile passes, of replicas' wait from creation to placement and from
+  placement to running, of launches from hand-over to their agent's answer, of the session workers'
+  share of agent calls and of how late the leader reads them (``scheduler.timings``: the leader's parts
+  call this object), of etcd requests (every call through a store wrapped by ``timed``) and of API calls
+  (``interceptor``); counters of planned agent actions, failed etcd requests, and the etcd client's
+  retries and watch resumes.
 
 ``http_sd()`` is Prometheus' HTTP service discovery format: one target group per agent that registered a
 metrics address and one per running replica of a service declaring ``metrics_port``, with ``__meta_shoal_*``
@@ -38,7 +41,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,7 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from proto.scheduler.v1 import scheduler_pb2 as spb
-from scheduler import api, gc_pauses, reconcile
+from scheduler import api, gc_pauses, reconcile, timings
 from scheduler.elastic.loop import AttemptRecord
 from scheduler.follower import Follower
 from scheduler.liveness import LoopAlive
@@ -67,6 +70,7 @@ PUBLISH_INTERVAL = 1.0   # scrapes see the cluster at most about this much behin
 # every second while placing was 5 % of the leader's cpu (docs/scaling.md, part 11).
 PUBLISH_SHARE = 0.01
 PLACED_MEMORY = 100_000  # replica ids remembered as placed (so a repeated plan is not counted twice)
+STARTED_MEMORY = 100_000  # starts remembered (a record written again with the same decision counts once)
 
 HOST_STATES = tuple(name.removeprefix("HOST_STATE_").lower() for name, _ in spb.HostState.items()
                     if name != "HOST_STATE_UNSPECIFIED")
@@ -74,13 +78,17 @@ TARGET_KINDS = ("agent", "replica")
 
 ETCD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# A replica's way to running: milliseconds on an idle cluster, seconds through a mass failure, minutes
+# when an image is pulled.
+START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
 
 
 class SchedulerMetrics:
     """The scheduler's metrics registry and discovery (see the module docstring).
 
-    Fed by the loop: ``record_pass`` (the controller's ``on_pass``), ``watch`` (starts following the
-    store), ``interceptor()`` (the API server's), ``timed(store)`` (etcd request latency). Read from any
+    Fed by the loop: ``record_pass`` (the controller's ``on_pass``), the ``Timings`` methods (the leader's
+    controller, actuator and session workers), ``watch`` (starts following the store), ``interceptor()``
+    (the API server's), ``timed(store)`` (etcd request latency). Read from any
     thread: ``registry`` (what ``/metrics`` renders), ``http_sd()``, ``loaded``, ``snapshot()``.
     """
 
@@ -129,6 +137,29 @@ class SchedulerMetrics:
             "follows).", ["reason"], registry=r)
         for reason in ("not_synced", "behind", "quiet"):
             self.read_fallbacks.labels(reason)
+        # A replica's way from placement to running (``scheduler.timings``; fed by the leader).
+        self.launches = Histogram(
+            "shoal_scheduler_launch_duration_seconds",
+            "Time from a launch's hand-over to the actuator (its replica's record written) to its agent's "
+            "answer in the leader, by outcome (created, failed).", ["outcome"], buckets=START_BUCKETS,
+            registry=r)
+        for outcome in ("created", "failed"):
+            self.launches.labels(outcome)
+        self.worker_calls = Histogram(
+            "shoal_scheduler_session_worker_call_duration_seconds",
+            "With --session-workers: the share of an agent call spent in the session worker, from the "
+            "call's arrival there to its reply (the agent's own time included), by method.", ["method"],
+            buckets=START_BUCKETS, registry=r)
+        self.worker_delays = Histogram(
+            "shoal_scheduler_session_worker_delay_seconds",
+            "With --session-workers: how old a worker's message of changed agent sessions (starts, exits, "
+            "connections) is when the leader reads it.", buckets=START_BUCKETS, registry=r)
+        self.starts = Histogram(
+            "shoal_scheduler_replica_start_duration_seconds",
+            "Time from a replica's placement to the leader deciding it runs (its agent reported its "
+            "container running), counted as that decision is written; restarts are not counted.",
+            buckets=START_BUCKETS, registry=r)
+        self._started: dict[tuple[str, float], None] = {}  # insertion-ordered, as _placed
         self.provider_requests = Counter(
             "shoal_hostgroup_provider_requests",
             "Attempts to deliver a host group's request to its provider (webhook and/or command), by "
@@ -176,6 +207,27 @@ class SchedulerMetrics:
             del self._placed[next(iter(self._placed))]
         for action in plan.actions:
             self.actions.labels("launch" if isinstance(action, reconcile.Launch) else "retire").inc()
+
+    # ``scheduler.timings.Timings``: the leader's controller, actuator and session workers call these.
+
+    def launched(self, seconds: float, outcome: str) -> None:
+        self.launches.labels(outcome).observe(seconds)
+
+    def worker_call(self, seconds: float, method: str) -> None:
+        self.worker_calls.labels(method).observe(seconds)
+
+    def worker_delay(self, seconds: float) -> None:
+        self.worker_delays.observe(seconds)
+
+    def written(self, replicas: Iterable[Replica]) -> None:
+        for replica in replicas:
+            start = timings.start_seconds(replica)
+            if start is None or (key := (replica.id, start[0])) in self._started:
+                continue
+            self._started[key] = None
+            self.starts.observe(start[1])
+        while len(self._started) > STARTED_MEMORY:
+            del self._started[next(iter(self._started))]
 
     def record_provider_attempt(self, attempt: AttemptRecord) -> None:
         """One delivery attempt of the leader's elastic loop (the controller's ``on_provider_attempt``)."""

@@ -42,6 +42,7 @@ from scheduler.observed import HostObservation, ObservedContainer
 from scheduler.store import base
 from scheduler.store.errors import Conflict, NotLeader, StoreUnavailable
 from scheduler.store.records import Record
+from scheduler.timings import NO_TIMINGS, Timings
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ class InFlightRecorder:
                  ops: Sequence[base.Op], seen: Mapping[HostId, HostObservation],
                  observation: Callable[[HostId], HostObservation | None],
                  busy: Callable[[], Collection[str]], on_deposed: Callable[[str], None],
-                 coalesce: float, in_flight: int = 2) -> None:
+                 coalesce: float, in_flight: int = 2, timings: Timings = NO_TIMINGS) -> None:
         self._store = store
+        self._timings = timings  # told of the records it writes as they land (starts, mostly)
         self._in_flight = max(2, in_flight)  # 1 would go ahead of the pass's transactions
         self._guard = guard
         self._mirror = mirror
@@ -170,6 +172,7 @@ class InFlightRecorder:
             for record in records:
                 mirror.put(evolve(record, revision=revision))
             self.recorded += len(records)
+            self._timings.written(r for r in records if isinstance(r, Replica))
 
         try:
             await self._store.commit([base.Put(w.replica) for w in writes], guard=self._guard,

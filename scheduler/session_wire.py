@@ -81,13 +81,15 @@ class Call:
 @by_fields
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A call's outcome: its response, or the gRPC status code's name, details and trailing metadata."""
+    """A call's outcome: its response, or the gRPC status code's name, details and trailing metadata, and
+    how long the worker took over it."""
 
     id: int
     response: Any = None
     code: str = ""
     details: str = ""
     trailing: tuple[tuple[str, str], ...] = ()
+    took: float = 0.0  # seconds from the call's arrival at the worker to this reply (``timings.worker_call``)
 
 
 @by_fields

@@ -80,7 +80,7 @@ class Worker:
 
     def handle(self, message: object) -> None:
         if isinstance(message, wire.Call):
-            task = asyncio.get_running_loop().create_task(self._call(message))
+            task = asyncio.get_running_loop().create_task(self._call(message, time.perf_counter()))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         elif isinstance(message, wire.Follow):
@@ -133,7 +133,8 @@ class Worker:
             loop = asyncio.get_running_loop()
             self._repace_later = loop.call_later(max(0.0, self.pacer.due - time.monotonic()), self._repace)
 
-    async def _call(self, call: wire.Call) -> None:
+    async def _call(self, call: wire.Call, arrived: float) -> None:
+        """``call`` on its host's channel; the reply says how long since it ``arrived`` (perf_counter)."""
         session = self.sessions.get(call.host)
         if session is None or call.method not in CALLS:
             why = "not followed by this worker" if session is None else f"{call.method} is not relayed"
@@ -146,14 +147,14 @@ class Worker:
             trailing = tuple((k, v if isinstance(v, str) else v.decode(errors="replace"))
                              for k, v in (err.trailing_metadata() or ()))
             wire.send(self._writer, wire.Reply(call.id, code=err.code().name, details=err.details() or "",
-                                               trailing=trailing))
+                                               trailing=trailing, took=time.perf_counter() - arrived))
             return
         except Exception as err:  # the leader's actuator must hear of it, not wait for a reply forever
             log.exception("session worker: %s on %s failed", call.method, call.host)
             wire.send(self._writer, wire.Reply(call.id, code="INTERNAL", details=str(err)))
             return
         _absorb(session, call, response)
-        wire.send(self._writer, wire.Reply(call.id, response=response))
+        wire.send(self._writer, wire.Reply(call.id, response=response, took=time.perf_counter() - arrived))
 
     # -- to the leader ------------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from scheduler.agents import Credentials, decided_by, observe_container
 from scheduler.liveness import LoopAlive
 from scheduler.model import HostId
 from scheduler.observed import ContainerUsage, HostObservation
+from scheduler.timings import NO_TIMINGS, Timings
 from scheduler.usage_pace import AUTO, REPORTS_PER_SECOND, UsagePace
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,12 @@ class SessionWorkers:
 
     def __init__(self, count: int, *, credentials: Credentials | None, heartbeat_timeout: float,
                  usage_interval: float | None = AUTO, usage_reports_per_second: float = REPORTS_PER_SECOND,
-                 log_level: str = "", keepalive: float = 0.0, hang_limit: float = 0.0) -> None:
+                 log_level: str = "", keepalive: float = 0.0, hang_limit: float = 0.0,
+                 timings: Timings = NO_TIMINGS) -> None:
         if count < 1:
             raise ValueError("session workers: at least one")
         self.heartbeat_timeout = heartbeat_timeout
+        self.timings = timings  # how long calls took in the workers, how late their messages are read
         # Each worker paces its own sessions (``usage_interval`` None: by how many hosts it follows).
         self._init = wire.Init(credentials=credentials, pace=UsagePace(
             interval=usage_interval, reports_per_second=usage_reports_per_second,
@@ -302,6 +305,8 @@ class SessionWorkers:
                              f"no reply from the session worker of host {host}") from None
         finally:
             worker.calls.pop(call_id, None)
+        if answer.took:
+            self.timings.worker_call(answer.took, method)
         if answer.code:
             raise _rpc_error(answer.code, answer.details, answer.trailing)
         return answer.response
@@ -347,6 +352,7 @@ class SessionWorkers:
                 message = await wire.receive(reader)
                 if isinstance(message, wire.States):
                     worker.heard_through = max(worker.heard_through, message.sent)
+                    self.timings.worker_delay(max(0.0, time.time() - message.sent))
                     if message.gc is not None:
                         gc_pauses.add_reported(message.gc, worker.gc)
                         worker.gc = message.gc

@@ -21,6 +21,7 @@ from scheduler.model import HostId, ReplicaId, Service, ServiceName, ServiceSpec
 from scheduler.reconcile import Launch
 from tests.fixtures.etcd import free_port
 from tests.fixtures.sim_session import BOUND_S, following, until
+from tests.fixtures.timings import KeptTimings
 
 EPOCH = 5
 WEB = Service(spec=ServiceSpec(name=ServiceName("web"), replicas=6,
@@ -32,9 +33,10 @@ class Scene:
     def __init__(self, hosts: dict[HostId, tuple[SimHost, AgentSession]]) -> None:
         self.hosts = hosts
         self.deposed: list[str] = []
+        self.timings = KeptTimings()
         self.actuator = Actuator(Settings(epoch=EPOCH), session=lambda h: hosts[h][1] if h in hosts else None,
                                  service={WEB.name: WEB}.get, on_done=lambda: None,
-                                 on_deposed=self.deposed.append)
+                                 on_deposed=self.deposed.append, timings=self.timings)
 
     def launches(self, host: HostId, *ids: str) -> tuple[Launch, ...]:
         return tuple(Launch(host=host, replica=ReplicaId(i), service=WEB.name, generation=1) for i in ids)
@@ -73,6 +75,9 @@ def test_launches_on_one_host_go_in_one_call_and_a_lone_launch_in_a_unary_one() 
             assert {f"web-{i}" for i in range(1, 6)} <= set(session_a.observation.containers)
             assert s.actuator.calls == {"single": 1, "batch": 1}
             assert not s.actuator.failures and not s.deposed
+            # Each launch timed from its hand-over to its answer, batched or not.
+            assert s.timings.outcomes() == {"created": 6}
+            assert all(seconds > 0 for seconds, _ in s.timings.launches)
             created = host_a.containers["web-3"]
             assert (created.created_by.owner, created.created_by.epoch) == ("scheduler", EPOCH)
             assert created.spec.labels["shoal.replica"] == "web-3"
@@ -99,6 +104,7 @@ def test_each_item_has_its_own_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
             assert host.calls.get("CreateContainers") == 1
             assert set(host.containers) == {"web-1"}
             assert set(s.actuator.failures) == {"web-2", "web-3", "web-4"}
+            assert s.timings.outcomes() == {"created": 1, "failed": 3}
             assert "not found in any registry" in s.actuator.failures[ReplicaId("web-2")].reason
             # The host's own failures count against it, each (a missing image does not).
             assert s.actuator.start_health.state(a).failures == 2
@@ -116,6 +122,7 @@ def test_a_stale_fence_in_a_batch_ends_the_term_and_records_no_failure() -> None
             assert not host.containers
             assert s.deposed and "older than" in s.deposed[0]
             assert not s.actuator.failures
+            assert s.timings.outcomes() == {"failed": 2}
 
     run(scenario())
 
@@ -136,5 +143,28 @@ def test_an_agent_without_the_call_gets_one_call_per_launch_from_then_on(
             assert set(host.containers) == {f"web-{i}" for i in range(1, 6)}
             assert s.actuator.calls == {"single": 5, "batch": 1}  # one batch tried, then singles only
             assert not s.actuator.failures and not s.deposed
+            assert s.timings.outcomes() == {"created": 5}  # each once, the batch tried first or not
+
+    run(scenario())
+
+
+def test_a_launch_is_timed_once_by_its_outcome_and_one_with_nothing_to_launch_is_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = SimHost.create
+
+    async def create(self: SimHost, request: pb.CreateContainerRequest) -> pb.Container:
+        if request.id == "web-2":
+            raise SimError(grpc.StatusCode.INTERNAL, "ShoalError", "the host's disk failed")
+        return await real(self, request)
+
+    monkeypatch.setattr(SimHost, "create", create)
+
+    async def scenario() -> None:
+        async with scene(2) as s:
+            (a, (host_a, _)), (b, (host_b, _)) = s.hosts.items()
+            gone = Launch(host=b, replica=ReplicaId("old-1"), service=ServiceName("gone"), generation=1)
+            await s.act(*s.launches(a, "web-1"), *s.launches(b, "web-2"), gone)
+            assert set(host_a.containers) == {"web-1"} and not host_b.containers
+            assert s.timings.outcomes() == {"created": 1, "failed": 1}  # the gone service's: never asked
 
     run(scenario())

@@ -35,9 +35,11 @@ from scheduler.session_workers import RemoteSession, SessionWorkers
 from scheduler.store import base
 from scheduler.store.memory import MemoryStore
 from scheduler.store.records import LeaderRecord
+from scheduler.timings import NO_TIMINGS, Timings
 from tests.fixtures import scheduler_records as build
 from tests.fixtures.etcd import free_port
 from tests.fixtures.sim_session import BOUND_S, until
+from tests.fixtures.timings import KeptTimings
 
 HEARTBEAT = 0.5
 
@@ -264,7 +266,8 @@ async def registered_hosts(store: MemoryStore, name: str, count: int = 3) -> lis
 
 
 @contextlib.asynccontextmanager
-async def a_term(name: str, **settings: Any) -> AsyncIterator[tuple[Controller, MemoryStore, list[SimHost]]]:
+async def a_term(name: str, timings: Timings = NO_TIMINGS,
+                 **settings: Any) -> AsyncIterator[tuple[Controller, MemoryStore, list[SimHost]]]:
     """A leader's term over three registered simulated hosts, running until the block ends."""
     store = MemoryStore()
     hosts = await registered_hosts(store, name)
@@ -272,7 +275,7 @@ async def a_term(name: str, **settings: Any) -> AsyncIterator[tuple[Controller, 
     epoch = (await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)).epoch
     controller = Controller(store, ControllerSettings(epoch=epoch, guard=base.LeaderGuard(epoch),
                                                       credentials=None, profile=default_profile(),
-                                                      **settings))
+                                                      **settings), timings=timings)
     task = asyncio.create_task(controller.run())
     try:
         yield controller, store, hosts
@@ -298,8 +301,10 @@ def test_with_auto_a_leader_paces_its_own_sessions_by_how_many_hosts_it_follows(
 
 
 def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
+    timings = KeptTimings()
+
     async def scenario() -> None:
-        async with a_term("term", session_workers=2) as (controller, store, hosts):
+        async with a_term("term", timings, session_workers=2) as (controller, store, hosts):
             await until(lambda: len(controller.sessions) == 3)
             assert all(isinstance(s, RemoteSession) for s in controller.sessions.values())
             await store.commit([base.Put(build.service("web", replicas=6))])
@@ -314,6 +319,15 @@ def test_a_term_places_and_runs_a_service_through_session_workers() -> None:
                 await asyncio.sleep(0.05)
             assert await running() == 6
             assert sum(len(h.containers) for h in hosts) == 6
+            # Timed on the way (``scheduler.timings``): each launch to its answer, the workers' share of
+            # the calls, how late the leader read them, and each replica from placement to running.
+            assert timings.outcomes() == {"created": 6}
+            assert {method for _, method in timings.worker_calls} <= {"CreateContainer", "CreateContainers"}
+            assert timings.worker_calls and all(seconds > 0 for seconds, _ in timings.worker_calls)
+            assert max(seconds for seconds, _ in timings.worker_calls) <= max(s for s, _ in timings.launches)
+            assert timings.worker_delays
+            await until(lambda: len(timings.starts) == 6)  # told once a write landed: after the store has it
+            assert set(timings.starts) == set((await store.snapshot()).replicas)
             pids = controller.workers.pids() if controller.workers is not None else []
             assert len(pids) == 2
         for pid in pids:  # the term's end ended its workers
