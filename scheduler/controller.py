@@ -596,7 +596,7 @@ class Controller:
         if committed is not None:
             for record in committed.written:
                 self.mirror.put(record)
-            self.timings.written(r for r in committed.written if isinstance(r, Replica))
+            self.timings.written(committed.written)
             for op in ops:
                 if isinstance(op, base.Delete):
                     self.mirror.drop(op.record)
@@ -655,7 +655,7 @@ class Controller:
         for revision, records in landed_puts:
             for record in records:
                 self.mirror.put(evolve(record, revision=revision))
-            self.timings.written(r for r in records if isinstance(r, Replica))
+            self.timings.written(records)
         for record in err.deleted:
             self.mirror.drop(record)
 

@@ -219,13 +219,12 @@ class SchedulerMetrics:
     def worker_delay(self, seconds: float) -> None:
         self.worker_delays.observe(seconds)
 
-    def written(self, replicas: Iterable[Replica]) -> None:
-        for replica in replicas:
-            start = timings.start_seconds(replica)
-            if start is None or (key := (replica.id, start[0])) in self._started:
+    def written(self, records: Iterable[object]) -> None:
+        for replica, decided, seconds in timings.starts(records):
+            if (key := (replica.id, decided)) in self._started:
                 continue
             self._started[key] = None
-            self.starts.observe(start[1])
+            self.starts.observe(seconds)
         while len(self._started) > STARTED_MEMORY:
             del self._started[next(iter(self._started))]
 

@@ -172,7 +172,7 @@ class InFlightRecorder:
             for record in records:
                 mirror.put(evolve(record, revision=revision))
             self.recorded += len(records)
-            self._timings.written(r for r in records if isinstance(r, Replica))
+            self._timings.written(records)
 
         try:
             await self._store.commit([base.Put(w.replica) for w in writes], guard=self._guard,

@@ -11,9 +11,9 @@ after it, as Kubernetes reports a pod's start (kubelet's ``pod_start_sli_duratio
   the pipe and the two event loops);
 * ``worker_delay``: how old a worker's message of changed sessions is when the leader reads it (a start
   the agent reports reaches the leader's passes this much later);
-* ``written``: the replicas' records as the leader's writes land (a pass's, or its recorder's between
-  passes); one whose newest decision is its first "running" since it was placed gives the time from
-  placement to that decision (``start_seconds``).
+* ``written``: the records the leader's writes landed (a pass's, or its recorder's between passes); a
+  replica's whose newest decision is its first "running" since it was placed gives the time from
+  placement to that decision (``starts``).
 
 ``Timings`` is what the leader's parts call; ``SchedulerMetrics`` is one; ``NO_TIMINGS`` drops everything
 (tests and benchmarks that build a controller without metrics).
@@ -21,7 +21,7 @@ after it, as Kubernetes reports a pod's start (kubelet's ``pod_start_sli_duratio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from scheduler.model import Replica
@@ -37,7 +37,7 @@ class Timings(Protocol):
 
     def worker_delay(self, seconds: float) -> None: ...
 
-    def written(self, replicas: Iterable[Replica]) -> None: ...
+    def written(self, records: Iterable[object]) -> None: ...
 
 
 class NoTimings:
@@ -50,7 +50,7 @@ class NoTimings:
     def worker_delay(self, seconds: float) -> None:
         return None
 
-    def written(self, replicas: Iterable[Replica]) -> None:
+    def written(self, records: Iterable[object]) -> None:
         return None
 
 
@@ -73,4 +73,12 @@ def start_seconds(replica: Replica) -> tuple[float, float] | None:
     return None
 
 
-__all__ = ["NO_TIMINGS", "NoTimings", "Timings", "start_seconds"]
+def starts(records: Iterable[object]) -> Iterator[tuple[Replica, float, float]]:
+    """The replicas among ``records`` (any records a write landed) that give a start, each with its
+    "running" decision's time and the seconds since its placement (``start_seconds``)."""
+    for record in records:
+        if isinstance(record, Replica) and (start := start_seconds(record)) is not None:
+            yield record, *start
+
+
+__all__ = ["NO_TIMINGS", "NoTimings", "Timings", "start_seconds", "starts"]

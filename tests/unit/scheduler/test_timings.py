@@ -38,7 +38,7 @@ def test_a_start_is_the_first_running_since_the_newest_placement(
 def test_the_leaders_histograms_count_each_start_once_and_each_launch_by_outcome() -> None:
     metrics = SchedulerMetrics()
     started = replica((10.0, "placed"), (12.0, "running"))
-    metrics.written([started, replica((10.0, "placed"), rid="web-2")])
+    metrics.written([started, replica((10.0, "placed"), rid="web-2"), object()])  # (any record lands)
     metrics.written([started])  # written again (its readiness, say): the same start
     metrics.written([replica((10.0, "placed"), (12.0, "running"), (20.0, "failed"), (21.0, "running"))])
     metrics.written([replica((30.0, "placed"), (37.0, "running"))])  # placed again, started again: counted
