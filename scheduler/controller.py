@@ -80,6 +80,7 @@ from scheduler.placement.framework import Profile
 from scheduler.placement.placer import ViewPlacer
 from scheduler.placement.view import ClusterView
 from scheduler.placement.view_cache import ViewCache, ViewInputs
+from scheduler.placement.view_pace import ViewPace
 from scheduler.recorder import InFlightRecorder
 from scheduler.session_workers import SessionWorkers
 from scheduler.start_health import StartHealth, StartHealthSettings
@@ -242,6 +243,7 @@ class Controller:
         self.facts = HostFacts()  # what passes read of each host, kept between them (``_host_facts``)
         self.passes = {"full": 0, "scoped": 0}                # for tests and benchmarks
         self.views = ViewCache()                              # each placing pass's view, from the last
+        self.view_pace = ViewPace()                           # when passes between refresh it (ViewPace)
         self._counted: dict[HostId, tuple[HostObservation, frozenset[ReplicaId]]] = {}  # per observation
         self._place_from: ServiceName | None = None           # where the next pass resumes placing
         self._waiting: frozenset[ServiceName] = frozenset()   # what a pass over its budget left
@@ -332,7 +334,7 @@ class Controller:
         the next term's state stood beside this one's (630-657 MiB against 428-490; docs/scaling.md,
         part 33). What it refers to need not wait with it."""
         self.mirror = None
-        self.views = ViewCache()
+        self.views, self.view_pace = ViewCache(), ViewPace()
         self._seen, self._settled, self._counted, self._acting = {}, {}, {}, {}
         self._fresh_cache, self._status_cache, self._lost_due = {}, {}, {}
         self.facts = HostFacts()
@@ -445,8 +447,9 @@ class Controller:
         # to launch) must not wait for the next change to arrive.
         self.poke()
         while True:
-            # Wake for the full pass's period too: the safety net must not wait for a change.
-            due = self._net_due()
+            # Wake for the full pass's period too: the safety net must not wait for a change; nor does
+            # the view's refresh, once due.
+            due = min(self._net_due(), self.view_pace.due())
             next_due = due if next_due is None else min(next_due, due)
             timeout = max(0.0, next_due - time.time())
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that arrives as
@@ -607,10 +610,15 @@ class Controller:
         self.actuator.absorbed(set(world.launch_failures))
         self._act(launching.rest())
         idle_net = scope is None and not placer.built  # the safety net, and it found nothing to place
-        if idle_net:
-            # The safety net keeps the view cache warm (its cost counts in the net's share, below): the
-            # next placing pass, a mass failure's, then rebuilds only the hosts that changed since.
-            self.views.refresh(self._view_inputs(world))
+        refreshed = not placer.built and (idle_net or time.time() >= self.view_pace.due())
+        if refreshed:
+            # The view cache kept warm: the next placing pass, a mass failure's, then rebuilds only the
+            # hosts that changed since. By the safety net (its cost counts in the net's share, below),
+            # and between nets by a pass that places nothing once a refresh is due (``ViewPace``: after
+            # a takeover every host's status changes while the term's long first nets space the next).
+            self._refresh_view(world)
+        else:
+            self.view_pace.passed()
         ended = time.perf_counter()
         busy = ended - started - (landed - encoded)  # the loop's own time: the commit's wait excluded
         if placer.built:
@@ -622,7 +630,7 @@ class Controller:
         if busy >= LONG_PASS_S:
             # (the view's hosts counted afresh and brought up to date, when this pass built or refreshed it)
             views = f"; view: {self.views.rebuilt} hosts rebuilt, {self.views.updated} updated" \
-                if placer.built or idle_net else ""
+                if placer.built or refreshed else ""
             log.info("a %s pass held the loop for %.2fs: %.2fs to build, %.2fs to decide (%d writes, %d "
                      "actions, %s), %.2fs to write and hand over (and %.2fs waiting for etcd; %d replicas "
                      "recorded ahead, %d meanwhile); %d services in scope%s", "full" if scope is None else
@@ -1142,7 +1150,16 @@ class Controller:
     def _view(self, world: reconcile.World) -> ClusterView:
         """The placement view of ``world``: hosts that did not change since the last pass's view are copied
         from it (``ViewCache``), and so is each host's set of replicas its agent counts."""
-        return self.views.build(self._view_inputs(world))
+        started = time.perf_counter()
+        view = self.views.build(self._view_inputs(world))
+        self.view_pace.brought_up(at=time.time(), cost=time.perf_counter() - started)
+        return view
+
+    def _refresh_view(self, world: reconcile.World) -> None:
+        """The view cache brought up to ``world`` without building a view (``ViewCache.refresh``)."""
+        started = time.perf_counter()
+        self.views.refresh(self._view_inputs(world))
+        self.view_pace.brought_up(at=time.time(), cost=time.perf_counter() - started)
 
     def _view_inputs(self, world: reconcile.World) -> ViewInputs:
         counted: dict[HostId, frozenset[ReplicaId]] = {}
