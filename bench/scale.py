@@ -48,7 +48,9 @@ Then it measures, printing a table and writing JSON (``--out``, default
   stopping, when each replacement was placed and created and started at its host (the simulators'
   clocks: what the service's traffic sees before the record says so), the leader's own stage histograms
   over the phase (``stages``: ``scheduler.timings``' launch, session worker call and delay, placement to
-  running; quantiles estimated within their buckets, ``bench.sim.histograms``), and an
+  running; quantiles estimated within their buckets, ``bench.sim.histograms``), the leader's placing passes
+  that held its loop a second or more, from its log (``placing_passes``: deciding, and the hosts their
+  view counted again; ``term_age_s``: how long the leader had led), and an
   audit (``bench.sim.audit``) that every service has exactly its declared live replicas (a ready host,
   not stopping) and no replica id runs on two hosts, from etcd and the simulators' container lists.
   Then the hosts reboot (``recover … reboot``: back empty), and the time until all are ready and no
@@ -62,6 +64,8 @@ Then it measures, printing a table and writing JSON (``--out``, default
   ``CreateContainer`` calls the simulators answered after the kill (0 for a settled cluster), the
   survivor's planned actions, and audits (and counts the moved replicas again once the audit is done,
   ``replicas_moved_by_the_audits_end``). The killed instance is restarted as a standby.
+  ``--failover-first`` runs it before the mass failure: a zone lost soon after the leader was, the
+  failure meeting a term a minute old;
 * **a hung leader** (``--hung-leader``, before the failover): the leader's process is stopped (SIGSTOP)
   while its lease keeper and session workers run on, as a loop that never runs again; the same figures
   as the failover, from the stop (the standby leads once the keeper lets the term go after the
@@ -116,7 +120,7 @@ from bench.sim.audit import Audit, ReplicaRow, audit
 from bench.sim.etcd_watch import EtcdSampler, line_up, log_events, summarize_events
 from bench.sim.host import host_id_of
 from bench.sim.recovery import pick_victims, replacement_times
-from bench.sim.scheduler_log import election_lines
+from bench.sim.scheduler_log import election_lines, log_time, long_passes
 from bench.sim.summary import summarize
 from proto.scheduler.v1 import scheduler_pb2 as spb
 from proto.scheduler.v1 import scheduler_pb2_grpc as spb_grpc
@@ -410,15 +414,6 @@ def stages_between(before: dict[str, dict[float, float]],
     """``STAGES``' quantiles over what they counted between two scrapes."""
     return {stage: histograms.summary(histograms.between(before.get(stage, {}), counts))
             for stage, counts in after.items()}
-
-
-def log_time(line: str) -> float | None:
-    """The wall-clock time of a scheduler log line (``%(asctime)s``: local time, milliseconds)."""
-    stamp, _, millis = line[:23].partition(",")
-    try:
-        return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
-    except ValueError:
-        return None
 
 
 def ports_in_use(first: int, count: int) -> list[int]:
@@ -981,6 +976,13 @@ class Run:
             out["decided_running_s"] = summarize([at - killed_wall for rid in replacements
                                                   if (at := decided_running.get(rid, 0.0)) > 0], digits=3)
             out["creates_during"] = (await self.sim_calls("CreateContainer"))[0] - creates_before
+            # The leader's placing passes that held its loop a second or more (its log): the marking
+            # pass's view, warm or counted again for many hosts, and how long into the term it came.
+            text = leader.log.read_text(errors="replace")
+            out["placing_passes"] = long_passes(text, since=killed_wall, placing_only=True)
+            began = [at for line in text.splitlines() if LEADING in line
+                     and (at := log_time(line)) is not None and at <= killed_wall]
+            out["term_age_s"] = round(killed_wall - began[-1], 1) if began else None
         finally:
             for task in (follower, host_follower):
                 task.cancel()
@@ -992,6 +994,9 @@ class Run:
                   f"{out['started_at_hosts_s']['p50']} s, decided running p50 "
                   f"{out['decided_running_s']['p50']} s, replaced p50 {took['p50']} s, "
                   f"p99 {took['p99']} s, {out['not_replaced']} not replaced")
+        self.note(f"mass failure, {out['term_age_s']} s into the leader's term; its placing passes: " + (
+            ", ".join(f"{p['decide_s']} s deciding, view {p.get('rebuilt')} hosts rebuilt"
+                      for p in out["placing_passes"]) or "none over a second"))
         self.note("mass failure, the leader's stages p50/p90 (s): " + ", ".join(
             f"{stage} {q['p50']}/{q['p90']} ({q['n']})" for stage, q in out["stages"].items()))
         found = await self.audit()
@@ -1232,7 +1237,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "sim_gc": args.sim_gc,
         "scheduler_args": args.scheduler_arg,
         "phases": {"mass_failure": args.mass_failure, "hung_leader": args.hung_leader and args.failover,
-                   "failover": args.failover},
+                   "failover": args.failover, "failover_first": args.failover_first},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -1244,11 +1249,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await run.start()
             await run.place()
             await phase(run, "steady", run.steady())
+            if args.failover and args.failover_first:
+                await phase(run, "failover", run.failover())
             if args.mass_failure:
                 await phase(run, "mass_failure", run.mass_failure())
             if args.hung_leader and args.failover:
                 await phase(run, "hung_leader", run.hung_leader())
-            if args.failover:
+            if args.failover and not args.failover_first:
                 await phase(run, "failover", run.failover())
             await phase(run, "ceiling", run.ceiling())
             with contextlib.suppress(Exception):
@@ -1324,6 +1331,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "as a hung agent's does")
     parser.add_argument("--no-failover", dest="failover", action="store_false",
                         help="no standby scheduler instance, no failover phase")
+    parser.add_argument("--failover-first", action="store_true",
+                        help="the failover before the mass failure (a zone lost soon after the leader was: "
+                             "the mass failure meets a new term)")
     parser.add_argument("--failover-settle", type=float, default=15.0,
                         help="seconds after the new leader's first pass to watch for re-placements "
                              "(more than the heartbeat timeout plus the host grace)")

@@ -7,6 +7,10 @@ failed, hosts it held as lost, sessions breaking in waves), is what a run's figu
 
 from __future__ import annotations
 
+import re
+import time
+from typing import Any
+
 # Substrings of the lines kept, in the scheduler's own words (scheduler/election.py, keepalive.py,
 # controller.py, session_breaks.py, __main__.py).
 PATTERNS = (
@@ -42,3 +46,42 @@ def _broken(line: str) -> int:
 
 
 __all__ = ["PATTERNS", "election_lines"]
+
+
+def log_time(line: str) -> float | None:
+    """The wall-clock time of a scheduler log line (``%(asctime)s``: local time, milliseconds)."""
+    stamp, _, millis = line[:23].partition(",")
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+    except ValueError:
+        return None
+
+
+# ``Controller.step``'s line for a pass that held the loop a second or more (scheduler/controller.py).
+_LONG_PASS = re.compile(
+    r"a (?P<kind>full|scoped) pass held the loop for (?P<held>[\d.]+)s: (?P<build>[\d.]+)s to build, "
+    r"(?P<decide>[\d.]+)s to decide \((?P<writes>\d+) writes, (?P<actions>\d+) actions, "
+    r"(?P<placing>placing|no placing)\)"
+    r"(?:.*?; view: (?P<rebuilt>\d+) hosts rebuilt, (?P<updated>\d+) updated)?")
+
+
+def long_passes(text: str, *, since: float = 0.0, placing_only: bool = False) -> list[dict[str, Any]]:
+    """The passes a scheduler log says held its loop a second or more, from ``since`` (wall clock) on:
+    when (``at``), which kind, the seconds to build, decide and in all, writes and actions, and — for a
+    pass that placed or refreshed the placement view — the hosts its view counted again (``rebuilt``)
+    and brought up to date (``updated``)."""
+    found = []
+    for line in text.splitlines():
+        match = _LONG_PASS.search(line)
+        if match is None or (at := log_time(line)) is None or at < since:
+            continue
+        placing = match["placing"] == "placing"
+        if placing_only and not placing:
+            continue
+        found.append({
+            "at": round(at, 3), "kind": match["kind"], "held_s": float(match["held"]),
+            "build_s": float(match["build"]), "decide_s": float(match["decide"]),
+            "writes": int(match["writes"]), "actions": int(match["actions"]), "placing": placing,
+            **({"rebuilt": int(match["rebuilt"]), "updated": int(match["updated"])}
+               if match["rebuilt"] is not None else {})})
+    return found
