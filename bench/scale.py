@@ -64,8 +64,9 @@ Then it measures, printing a table and writing JSON (``--out``, default
   ``CreateContainer`` calls the simulators answered after the kill (0 for a settled cluster), the
   survivor's planned actions, and audits (and counts the moved replicas again once the audit is done,
   ``replicas_moved_by_the_audits_end``). The killed instance is restarted as a standby.
-  ``--failover-first`` runs it before the mass failure: a zone lost soon after the leader was, the
-  failure meeting a term a minute old;
+  ``--failover-first`` runs it before the mass failure, without its own audit (the mass failure's two
+  follow): a zone lost soon after the leader was, the failure meeting a term about
+  ``--failover-settle`` seconds old;
 * **a hung leader** (``--hung-leader``, before the failover): the leader's process is stopped (SIGSTOP)
   while its lease keeper and session workers run on, as a loop that never runs again; the same figures
   as the failover, from the stop (the standby leads once the keeper lets the term go after the
@@ -1031,7 +1032,9 @@ class Run:
             await leader.proc.wait()
             self.note(f"failover: SIGKILLed the leader {leader.instance}")
 
-        await self.takeover(out, "failover", kill)
+        # Failover first, the audit is left to the mass failure's, which then meets the term about
+        # --failover-settle seconds old rather than after the audit's minute or more.
+        await self.takeover(out, "failover", kill, audit=not self.args.failover_first)
         if self.args.restart_killed:
             await self.start_scheduler(leader.instance)  # back as a standby
 
@@ -1092,9 +1095,11 @@ class Run:
         out["killed"], out["survivor"] = leader.instance, survivor.instance
         return leader, survivor
 
-    async def takeover(self, out: dict[str, Any], what: str, act: Callable[[], Awaitable[None]]) -> None:
+    async def takeover(self, out: dict[str, Any], what: str, act: Callable[[], Awaitable[None]], *,
+                       audit: bool = True) -> None:
         """``act`` on the leader (``out["killed"]``), then time the standby's election, term and first
-        pass and first write, watch ``--failover-settle`` seconds, and count what was re-placed."""
+        pass and first write, watch ``--failover-settle`` seconds, count what was re-placed, and audit
+        (unless not ``audit``: the mass failure that follows audits twice)."""
         args = self.args
         store = self.the_store
         survivor = self.schedulers[out["survivor"]]
@@ -1153,11 +1158,13 @@ class Run:
         out["moved_why"] = dict(Counter(_newest_decision(after.replicas.get(rid)) for rid in moved)
                                 .most_common(5))
         out["replicas_new"] = len(set(after.replicas) - set(snap.replicas))
-        out["audit"] = (await self.audit()).as_json()
-        # Again once the audit (a minute or more at 5,000 hosts) is done: a takeover that re-places what
-        # was running may do it after the settle (part 34's hung leaders: 66 s after the first pass).
-        end = await store.snapshot()
-        out["replicas_moved_by_the_audits_end"] = len(_moved(snap, end))
+        if audit:
+            out["audit"] = (await self.audit()).as_json()
+            # Again once the audit (a minute or more at 5,000 hosts) is done: a takeover that re-places
+            # what was running may do it after the settle (part 34's hung leaders: 66 s after the first
+            # pass).
+            end = await store.snapshot()
+            out["replicas_moved_by_the_audits_end"] = len(_moved(snap, end))
         out["creates_after_kill"] = (await self.sim_calls("CreateContainer"))[0] - creates_before
         actions_after = scrape_counter(survivor.http, "shoal_scheduler_planned_actions_total")
         out["survivor_planned_actions"] = {k: v - actions_before.get(k, 0.0) for k, v in actions_after.items()
@@ -1332,8 +1339,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-failover", dest="failover", action="store_false",
                         help="no standby scheduler instance, no failover phase")
     parser.add_argument("--failover-first", action="store_true",
-                        help="the failover before the mass failure (a zone lost soon after the leader was: "
-                             "the mass failure meets a new term)")
+                        help="the failover before the mass failure, which follows its --failover-settle "
+                             "without an audit between (a zone lost soon after the leader was)")
     parser.add_argument("--failover-settle", type=float, default=15.0,
                         help="seconds after the new leader's first pass to watch for re-placements "
                              "(more than the heartbeat timeout plus the host grace)")
