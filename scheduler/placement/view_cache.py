@@ -14,7 +14,9 @@ the host kept, and so is a host record that differs only in what re-registering 
 (``_reregistered``: at 5,000 hosts every host's, once a minute, so a view a minute after the last
 counted every host again); one whose capacity alone changed (the agent's committed figures, as
 containers start and stop) has a copy of its kept view take the new figures (``HostView.with_capacity``)
-instead of being counted again; any other input replaced by an equal one only costs a rebuild.
+instead of being counted again; a status that differs only in what placement does not read (all but
+``ready`` and ``start_failing``: ``host_state.status_read``) is kept as a record registered again is; any
+other input replaced by an equal one only costs a rebuild.
 
 A host whose record, status and services' facts are those of its kept view, but whose replicas (or
 those its agent counts) changed, is brought up to date from a copy of that view: the replicas gone
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 
 from scheduler import model
 from scheduler.model import HostId, ReplicaId, ReplicaPhase, ServiceName
+from scheduler.placement.plugins.host_state import status_read
 from scheduler.placement.view import (
     ClusterView,
     HostView,
@@ -133,6 +136,13 @@ class ViewCache:
                     entry = _Kept(record, entry.status, entry.counted, entry.members, entry.services,
                                   entry.view.with_capacity(record))
                     resized = True
+            if entry is not None and status is not None and entry.status is not status \
+                    and _status_alike(entry.status, status):
+                # Nothing placement reads changed (whether its containers were listed, since when, the
+                # reason's words, failures counted short of failing): kept, as a record registered again.
+                # A new term's sessions completing changed every host's status so, and the next view
+                # counted all 5,000 hosts again (docs/scaling.md, part 38).
+                entry.status = entry.view.status = status
             if entry is None or entry.record is not record or entry.status is not status or (
                     changed and not entry.services.isdisjoint(changed)):
                 entry = _Kept(record, status, counted, members, _services(members),
@@ -224,6 +234,11 @@ def _resized(kept: model.HostRecord, record: model.HostRecord) -> bool:
     the agent's figures, which ``HostView.with_capacity`` applies to a copy of the kept view. Every
     host's change as the replicas placed on it start; before this, each such host was counted again."""
     return bool(_but_capacity(kept) == _but_capacity(record))
+
+
+def _status_alike(kept: model.HostStatus | None, status: model.HostStatus) -> bool:
+    """Whether ``status`` places as ``kept`` does (no status at all is a status "not ready")."""
+    return kept is not None and status_read(kept) == status_read(status)
 
 
 def _services(members: tuple[model.Replica, ...]) -> frozenset[ServiceName]:

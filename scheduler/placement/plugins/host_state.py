@@ -10,6 +10,7 @@ fail). Other condition types are ignored, so an agent that learns a new one does
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Hashable, Mapping, Sequence
 
 from scheduler import model
@@ -32,6 +33,11 @@ BLOCKING_CONDITIONS: Mapping[str, str] = {
     "DiskPressure": "disk pressure",
     "SupervisorDown": "supervisor down",
 }
+
+
+# What ``host_problem`` reads of a host's status, the only part of it placement reads: statuses equal in
+# these place alike (``ViewCache`` keeps a host's view through a status that changed in nothing else).
+status_read = operator.attrgetter("ready", "start_failing")
 
 
 def host_problem(record: model.HostRecord, status: model.HostStatus,

@@ -99,9 +99,11 @@ class Cluster:
             on_host = sorted(rid for rid, r in self.replicas.items() if r.host == host)
             self.counted[host] = frozenset(on_host[n % 2::2])  # not what the phase rule would say
         elif kind == 4:  # the host's status or record changes
-            if n % 2:
+            if n % 4 == 1:
                 self.statuses[host] = dataclasses.replace(self.statuses[host],
                                                           ready=not self.statuses[host].ready)
+            elif n % 4 == 3:  # in what placement does not read, or in start_failing
+                self.statuses[host] = relisted(self.statuses[host], failing=n % 8 == 7)
             elif n % 4 == 0:  # the agent commits more (or less) cpu than its counted replicas ask
                 record = self.hosts[host]
                 committed = (record.capacity.cpu_committed_millis + 100 * (n % 7)) % 900
@@ -138,6 +140,14 @@ class Cluster:
                 self.statuses[new] = b.status(new)
         elif kind == 8:  # the host registers again: with nothing new, or with a new label
             self.hosts[host] = reregistered(self.hosts[host], label=f"x{n}" if n % 2 else "")
+
+
+def relisted(status: model.HostStatus, *, failing: bool = False) -> model.HostStatus:
+    """``status`` judged again with its containers listed (or not), a new time and reason: nothing
+    placement reads; ``failing``: and start failing toggled (which it reads)."""
+    return dataclasses.replace(status, complete=not status.complete, since=status.since + 1.0,
+                               reason=status.reason + ".", start_failures=status.start_failures + 1,
+                               start_failing=status.start_failing != failing)
 
 
 def reregistered(record: model.HostRecord, *, label: str = "") -> model.HostRecord:
@@ -209,6 +219,29 @@ def test_a_host_registered_again_with_nothing_new_is_kept_and_its_views_hold_the
     assert view.hosts[view.index[h0]].record is cluster.hosts[h0]
     assert earlier.hosts[earlier.index[h0]].record is cluster.hosts[h0]
     assert earlier.hosts[earlier.index[h1]].record is not cluster.hosts[h1]
+
+
+def test_a_host_whose_status_changed_in_nothing_placement_reads_is_kept_and_holds_the_new_status() -> None:
+    """A new term's sessions complete (their containers listed) over the term's first minute, which
+    changes every host's status but in nothing placement reads: the next view counted all 5,000 hosts
+    again (docs/scaling.md, part 38)."""
+    cluster, cache = Cluster(), ViewCache()
+    for n in range(12):
+        cluster.change(0, n)
+    earlier = cluster.build(cache)
+    h0, h1, h2 = HostId("h0"), HostId("h1"), HostId("h2")
+    cluster.statuses[h0] = relisted(cluster.statuses[h0])
+    cluster.statuses[h1] = relisted(cluster.statuses[h1], failing=True)
+    cluster.statuses[h2] = dataclasses.replace(cluster.statuses[h2], ready=False)
+    view = cluster.build(cache)
+    assert cache.rebuilt == 2  # h1 (start failing) and h2 (not ready)
+    assert snapshot(view) == snapshot(cluster.fresh())
+    assert view.hosts[view.index[h0]].status is cluster.statuses[h0]
+    assert earlier.hosts[earlier.index[h0]].status is cluster.statuses[h0]  # shared: the old not kept alive
+    # No status at all is not ready: a host whose status comes or goes is counted again.
+    del cluster.statuses[h0]
+    cluster.build(cache)
+    assert cache.rebuilt == 1
 
 
 def test_a_host_whose_agent_figures_changed_is_updated_and_earlier_views_keep_theirs() -> None:
