@@ -30,7 +30,10 @@ records) before the loss, as at 5,000 hosts about 83 a second do between two pas
 some 30 s after the last one, 2,500 re-registrations later (docs/scaling.md, part 29). ``--resized K``
 has K hosts' agents report new committed figures before the loss, as every host's do while the replicas
 placed on it start (a mass failure that comes before the safety net has refreshed the view after
-placing meets all of them).
+placing meets all of them). ``--relisted K`` has K hosts' statuses recorded again differing only in what
+placement does not read (not complete), as a new term's first pass records every host whose session is
+still connecting and its next ones complete again (a mass failure in a term's first minute meets all
+of them: docs/scaling.md, part 38).
 
 ``--etcd M`` (with ``--lost``) runs the same mass failure against a real etcd of M members on loopback
 (``tests/fixtures/etcd``; a fresh key prefix per round) instead of the memory store, and times each
@@ -219,6 +222,17 @@ def reregister(ctl: Controller, n: int) -> None:
                                last_registered_at=record.last_registered_at + 60.0))
 
 
+def relist(ctl: Controller, n: int) -> None:
+    """``n`` hosts' statuses (spread over the hosts) recorded again differing only in what placement does
+    not read: not complete, as a new term's first pass records every host whose session is still
+    connecting (its next records them complete again)."""
+    assert ctl.mirror is not None
+    for host in spread(sorted(ctl.mirror.statuses), n):
+        status = ctl.mirror.statuses[host]
+        # (its revision the store's: the pass that records it complete again is guarded by it)
+        ctl.mirror.put(replace(status, complete=False))
+
+
 def resize(sessions: dict[HostId, StandInSession], n: int) -> None:
     """``n`` hosts' agents (spread over the hosts) report 100 millicores more committed."""
     for host in spread(sorted(sessions), n):
@@ -229,7 +243,7 @@ def resize(sessions: dict[HostId, StandInSession], n: int) -> None:
 
 
 def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
-               etcd: str = "", later: int = 0, reregistered: int = 0, resized: int = 0
+               etcd: str = "", later: int = 0, reregistered: int = 0, resized: int = 0, relisted: int = 0
                ) -> list[dict[str, float]]:
     """One round: a fresh settled cluster loses ``lost`` hosts; each pass after that, timed. ``etcd``: its
     endpoints, to run against a fresh prefix there rather than a memory store. ``later``: that many more
@@ -249,6 +263,7 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
     loop.run_until_complete(ctl.step())  # the term's first pass
     reregister(ctl, reregistered)
     resize(sessions, resized)
+    relist(ctl, relisted)
     first = lose(ctl, sessions, lost)
     busy = ctl.actuator.busy
 
@@ -318,7 +333,8 @@ def handed_over(handed: Sequence[float], started: float) -> dict[str, float]:
 
 
 def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile: str,
-                 later: int = 0, reregistered: int = 0, resized: int = 0) -> dict[str, Any]:
+                 later: int = 0, reregistered: int = 0, resized: int = 0, relisted: int = 0
+                 ) -> dict[str, Any]:
     """The passes after ``lost`` hosts are lost (and ``later`` more after the first pass), each's cpu and
     what it wrote: the best of ``rounds``."""
     from scheduler import gc_pauses
@@ -326,11 +342,11 @@ def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile:
     best_passes: list[dict[str, float]] = []
     for round_ in range(rounds):
         passes = after_loss(n_replicas, n_hosts, lost, profile if round_ == 0 else "", later=later,
-                            reregistered=reregistered, resized=resized)
+                            reregistered=reregistered, resized=resized, relisted=relisted)
         if not best_passes or sum(p["cpu_s"] for p in passes) < sum(p["cpu_s"] for p in best_passes):
             best_passes = passes
     return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "lost_later": later,
-            "reregistered": reregistered, "resized": resized, "passes": best_passes}
+            "reregistered": reregistered, "resized": resized, "relisted": relisted, "passes": best_passes}
 
 
 def against_etcd(n_replicas: int, n_hosts: int, lost: int, rounds: int, members: int) -> dict[str, Any]:
@@ -469,6 +485,8 @@ def main() -> None:
                         help="with --lost: K hosts register again with nothing new first (see above)")
     parser.add_argument("--resized", type=int, default=0, metavar="K",
                         help="with --lost: K hosts report new committed figures first (see above)")
+    parser.add_argument("--relisted", type=int, default=0, metavar="K",
+                        help="with --lost: K hosts' statuses recorded again, not complete, first (see above)")
     parser.add_argument("--profile", default="", metavar="FILE", help="with --lost: cProfile of round 1")
     parser.add_argument("--etcd", type=int, default=0, metavar="M",
                         help="with --lost: against a real etcd of M members (see above)")
@@ -476,7 +494,8 @@ def main() -> None:
     if args.etcd < 0 or (args.etcd and not args.lost):
         raise SystemExit("pass_cost: --etcd M (members, at least 1) measures a mass failure: "
                          "give --lost N too")
-    for flag, value in (("--reregistered", args.reregistered), ("--resized", args.resized)):
+    for flag, value in (("--reregistered", args.reregistered), ("--resized", args.resized),
+                        ("--relisted", args.relisted)):
         if value < 0 or (value and (not args.lost or args.etcd)):
             raise SystemExit(f"pass_cost: {flag} K (hosts, at least 0) goes with --lost N, "
                              "and not with --etcd")
@@ -503,7 +522,7 @@ def main() -> None:
         for size in args.sizes.split(","):
             n_replicas, n_hosts = (int(x) for x in size.split("/"))
             row = mass_failure(n_replicas, n_hosts, args.lost, args.rounds, args.profile, args.lost_later,
-                               args.reregistered, args.resized)
+                               args.reregistered, args.resized, args.relisted)
             rows.append(row)
             shown = ", ".join(f"{p['cpu_s'] * 1000:.0f} ms (view {p['view_s'] * 1000:.0f} ms, collecting "
                               f"{p['gc_s'] * 1000:.0f} ms; {p['writes']:.0f} writes, "
@@ -513,6 +532,8 @@ def main() -> None:
                 later += f", {args.reregistered} registered again before"
             if args.resized:
                 later += f", {args.resized} with new committed figures before"
+            if args.relisted:
+                later += f", {args.relisted} statuses recorded not complete before"
             print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost{later}: {shown}",
                   flush=True)
         write(args.label, rows)
