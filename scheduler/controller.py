@@ -1165,6 +1165,12 @@ class Controller:
         counted: dict[HostId, frozenset[ReplicaId]] = {}
         known = self._counted
         for host, obs in world.observed.items():
+            if not obs.complete:
+                # Not listed since its session (re)connected: which replicas the agent counts is not
+                # known, and the view's phase rule says (``view.not_started``). Taken for "none", every
+                # running replica counted on top of the agent's figures, and every host of a new term
+                # counted again once its session had listed them (docs/scaling.md, part 38).
+                continue
             entry = known.get(host)
             if entry is None or entry[0] is not obs:
                 entry = known[host] = (obs, frozenset(ReplicaId(cid) for cid, c in obs.containers.items()
