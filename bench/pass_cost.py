@@ -32,8 +32,9 @@ has K hosts' agents report new committed figures before the loss, as every host'
 placed on it start (a mass failure that comes before the safety net has refreshed the view after
 placing meets all of them). ``--relisted K`` has K hosts' statuses recorded again differing only in what
 placement does not read (not complete), as a new term's first pass records every host whose session is
-still connecting and its next ones complete again (a mass failure in a term's first minute meets all
-of them: docs/scaling.md, part 38).
+still connecting and its next ones complete again; ``--unlisted K`` has K hosts' sessions connected but
+not yet listed at the term's first pass, and listed after it, as a new term's are (a mass failure in a
+term's first minute meets all of both: docs/scaling.md, part 38).
 
 ``--etcd M`` (with ``--lost``) runs the same mass failure against a real etcd of M members on loopback
 (``tests/fixtures/etcd``; a fresh key prefix per round) instead of the memory store, and times each
@@ -69,7 +70,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -233,6 +234,24 @@ def relist(ctl: Controller, n: int) -> None:
         ctl.mirror.put(replace(status, complete=False))
 
 
+def unlist(sessions: dict[HostId, StandInSession], n: int) -> dict[HostId, HostObservation]:
+    """``n`` hosts' sessions (spread over the hosts) connected but not listed yet, as a new term's are at
+    its first pass; returns what they list (``list_again``)."""
+    listed = {}
+    for host in spread(sorted(sessions), n):
+        listed[host] = sessions[host].observation
+        sessions[host].observation = HostObservation(host=host, connected=True, complete=False)
+    return listed
+
+
+def list_again(ctl: Controller, sessions: dict[HostId, StandInSession],
+               listed: Mapping[HostId, HostObservation]) -> None:
+    """Those sessions list their hosts' containers (what ``unlist`` returned)."""
+    for host, observation in listed.items():
+        sessions[host].observation = observation
+        ctl._host_changed(host)
+
+
 def resize(sessions: dict[HostId, StandInSession], n: int) -> None:
     """``n`` hosts' agents (spread over the hosts) report 100 millicores more committed."""
     for host in spread(sorted(sessions), n):
@@ -243,8 +262,8 @@ def resize(sessions: dict[HostId, StandInSession], n: int) -> None:
 
 
 def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
-               etcd: str = "", later: int = 0, reregistered: int = 0, resized: int = 0, relisted: int = 0
-               ) -> list[dict[str, float]]:
+               etcd: str = "", later: int = 0, reregistered: int = 0, resized: int = 0, relisted: int = 0,
+               unlisted: int = 0) -> list[dict[str, float]]:
     """One round: a fresh settled cluster loses ``lost`` hosts; each pass after that, timed. ``etcd``: its
     endpoints, to run against a fresh prefix there rather than a memory store. ``later``: that many more
     hosts are lost after the first pass (a second marking pass, as when the lost hosts' graces end over
@@ -260,7 +279,9 @@ def after_loss(n_replicas: int, n_hosts: int, lost: int, profile: str, *,
         settings = EtcdSettings(etcd, prefix=f"/pass-cost-{secrets.token_hex(4)}/shoal/v1/")
         store = loop.run_until_complete(EtcdStore.open(settings))
     ctl = loop.run_until_complete(controller(records, sessions, store))
+    listed = unlist(sessions, unlisted)
     loop.run_until_complete(ctl.step())  # the term's first pass
+    list_again(ctl, sessions, listed)
     reregister(ctl, reregistered)
     resize(sessions, resized)
     relist(ctl, relisted)
@@ -333,8 +354,8 @@ def handed_over(handed: Sequence[float], started: float) -> dict[str, float]:
 
 
 def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile: str,
-                 later: int = 0, reregistered: int = 0, resized: int = 0, relisted: int = 0
-                 ) -> dict[str, Any]:
+                 later: int = 0, reregistered: int = 0, resized: int = 0, relisted: int = 0,
+                 unlisted: int = 0) -> dict[str, Any]:
     """The passes after ``lost`` hosts are lost (and ``later`` more after the first pass), each's cpu and
     what it wrote: the best of ``rounds``."""
     from scheduler import gc_pauses
@@ -342,11 +363,13 @@ def mass_failure(n_replicas: int, n_hosts: int, lost: int, rounds: int, profile:
     best_passes: list[dict[str, float]] = []
     for round_ in range(rounds):
         passes = after_loss(n_replicas, n_hosts, lost, profile if round_ == 0 else "", later=later,
-                            reregistered=reregistered, resized=resized, relisted=relisted)
+                            reregistered=reregistered, resized=resized, relisted=relisted,
+                            unlisted=unlisted)
         if not best_passes or sum(p["cpu_s"] for p in passes) < sum(p["cpu_s"] for p in best_passes):
             best_passes = passes
     return {"replicas": n_replicas, "hosts": n_hosts, "lost": lost, "lost_later": later,
-            "reregistered": reregistered, "resized": resized, "relisted": relisted, "passes": best_passes}
+            "reregistered": reregistered, "resized": resized, "relisted": relisted,
+            "unlisted": unlisted, "passes": best_passes}
 
 
 def against_etcd(n_replicas: int, n_hosts: int, lost: int, rounds: int, members: int) -> dict[str, Any]:
@@ -487,6 +510,8 @@ def main() -> None:
                         help="with --lost: K hosts report new committed figures first (see above)")
     parser.add_argument("--relisted", type=int, default=0, metavar="K",
                         help="with --lost: K hosts' statuses recorded again, not complete, first (see above)")
+    parser.add_argument("--unlisted", type=int, default=0, metavar="K",
+                        help="with --lost: K hosts' sessions not listed at the term's first pass (see above)")
     parser.add_argument("--profile", default="", metavar="FILE", help="with --lost: cProfile of round 1")
     parser.add_argument("--etcd", type=int, default=0, metavar="M",
                         help="with --lost: against a real etcd of M members (see above)")
@@ -495,7 +520,7 @@ def main() -> None:
         raise SystemExit("pass_cost: --etcd M (members, at least 1) measures a mass failure: "
                          "give --lost N too")
     for flag, value in (("--reregistered", args.reregistered), ("--resized", args.resized),
-                        ("--relisted", args.relisted)):
+                        ("--relisted", args.relisted), ("--unlisted", args.unlisted)):
         if value < 0 or (value and (not args.lost or args.etcd)):
             raise SystemExit(f"pass_cost: {flag} K (hosts, at least 0) goes with --lost N, "
                              "and not with --etcd")
@@ -522,7 +547,7 @@ def main() -> None:
         for size in args.sizes.split(","):
             n_replicas, n_hosts = (int(x) for x in size.split("/"))
             row = mass_failure(n_replicas, n_hosts, args.lost, args.rounds, args.profile, args.lost_later,
-                               args.reregistered, args.resized, args.relisted)
+                               args.reregistered, args.resized, args.relisted, args.unlisted)
             rows.append(row)
             shown = ", ".join(f"{p['cpu_s'] * 1000:.0f} ms (view {p['view_s'] * 1000:.0f} ms, collecting "
                               f"{p['gc_s'] * 1000:.0f} ms; {p['writes']:.0f} writes, "
@@ -534,6 +559,8 @@ def main() -> None:
                 later += f", {args.resized} with new committed figures before"
             if args.relisted:
                 later += f", {args.relisted} statuses recorded not complete before"
+            if args.unlisted:
+                later += f", {args.unlisted} sessions unlisted at the term's first pass"
             print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost{later}: {shown}",
                   flush=True)
         write(args.label, rows)

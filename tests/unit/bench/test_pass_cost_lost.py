@@ -77,3 +77,11 @@ def test_hosts_recorded_not_complete_before_the_loss_have_new_statuses_and_the_s
     passes = pass_cost.after_loss(400, 20, 2, "", relisted=10)
     # (the pass also records those hosts complete again: their sessions are)
     assert passes[0]["actions"] == 2 * 400 // 20 and passes[-1]["writes"] == 0
+
+
+def test_sessions_unlisted_at_the_terms_first_pass_list_again_and_the_outcome_is_the_same() -> None:
+    _, sessions = pass_cost.cluster(400, 20)
+    listed = pass_cost.unlist(sessions, 5)
+    assert len(listed) == 5 and not any(sessions[h].observation.complete for h in listed)
+    passes = pass_cost.after_loss(400, 20, 2, "", unlisted=10)
+    assert passes[0]["actions"] == 2 * 400 // 20 and passes[-1]["writes"] == 0
