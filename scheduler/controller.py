@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
@@ -449,7 +450,7 @@ class Controller:
         while True:
             # Wake for the full pass's period too: the safety net must not wait for a change; nor does
             # the view's refresh, once due.
-            due = min(self._net_due(), self.view_pace.due())
+            due = min(self._net_due(), self._view_due())
             next_due = due if next_due is None else min(next_due, due)
             timeout = max(0.0, next_due - time.time())
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that arrives as
@@ -610,7 +611,7 @@ class Controller:
         self.actuator.absorbed(set(world.launch_failures))
         self._act(launching.rest())
         idle_net = scope is None and not placer.built  # the safety net, and it found nothing to place
-        refreshed = not placer.built and (idle_net or time.time() >= self.view_pace.due())
+        refreshed = not placer.built and (idle_net or time.time() >= self._view_due())
         if refreshed:
             # The view cache kept warm: the next placing pass, a mass failure's, then rebuilds only the
             # hosts that changed since. By the safety net (its cost counts in the net's share, below),
@@ -777,6 +778,15 @@ class Controller:
         if self._lost_due:
             return stretched
         return min(stretched, self.full_interval + max(self._last_full, self._last_losing))
+
+    def _view_due(self) -> float:
+        """When a pass that places nothing refreshes the view (``ViewPace``): not while hosts are being
+        lost, nor for a safety net's period after the last pass that had hosts being lost, as the net is
+        held off then: their replacements start meanwhile (a pass that refreshed it after a mass failure's
+        marking passes held the loop 1.4 s while they started: docs/scaling.md, part 38)."""
+        if self._lost_due:
+            return math.inf
+        return max(self.view_pace.due(), self._last_losing + self.full_interval)
 
     def _lost_from(self, now: float) -> float:
         """``World.lost_from`` for a pass at ``now``: the end of the gathering (``_gather``) while it

@@ -131,3 +131,20 @@ def test_the_loop_wakes_for_a_refresh_due_with_nothing_else_changing(monkeypatch
         return refreshes
 
     assert asyncio.run(go())[0] == 1
+
+
+def test_no_refresh_while_hosts_are_being_lost_nor_for_a_nets_period_after() -> None:
+    """As the safety net, the refresh is held off while a mass failure's replacements start."""
+    async def go() -> tuple[float, float, float]:
+        ctl, _ = await settled_controller([])
+        await ctl.step()
+        ctl.view_pace.passed()
+        unheld = ctl._view_due()
+        ctl._lost_due = {HostId("h1"): ctl.view_pace.at + 1.0}  # a host in its grace
+        losing = ctl._view_due()
+        ctl._lost_due, ctl._last_losing = {}, ctl.view_pace.at + 30.0  # the pass that marked it
+        return unheld, losing, ctl._view_due() - ctl._last_losing
+
+    unheld, losing, after = asyncio.run(go())
+    assert unheld < math.inf and losing == math.inf
+    assert after == controller_module.FULL_PASS_INTERVAL  # (a net's period: the settled net is quick)
