@@ -263,6 +263,10 @@ def _updated(entry: _Kept, members: tuple[model.Replica, ...], counted: Collecti
     flipped = [] if counted is entry.counted else [
         r for r in members if id(r) in old_ids and r.phase is not ReplicaPhase.STOPPING
         and not_started(r, entry.counted) != not_started(r, counted)]
+    if not (removed or flipped or added):
+        # What changed counts nothing differently (a host's session listing the running replicas the
+        # phase rule already took as counted, a new term's every host): the kept view as it is.
+        return entry.services, entry.view
     if 2 * len(removed) + 2 * len(flipped) + len(added) >= share * len(members):
         return None
     undo: list[tuple[model.Replica, model.TemplateFacts]] = []
