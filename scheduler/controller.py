@@ -615,8 +615,8 @@ class Controller:
         if refreshed:
             # The view cache kept warm: the next placing pass, a mass failure's, then rebuilds only the
             # hosts that changed since. By the safety net (its cost counts in the net's share, below),
-            # and between nets by a pass that places nothing once a refresh is due (``ViewPace``: after
-            # a takeover every host's status changes while the term's long first nets space the next).
+            # and between nets by a pass that places nothing once a refresh is due (``ViewPace``: a
+            # term's long first nets space the next by a minute or more).
             self._refresh_view(world)
         else:
             self.view_pace.passed()

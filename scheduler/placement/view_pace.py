@@ -2,11 +2,12 @@
 
 A placing pass builds its view from the last one (``ViewCache``): hosts whose inputs did not change are
 kept, the rest counted again. What keeps the cache close to the cluster between placing passes used to
-be the safety net alone (a full pass that places nothing refreshes the cache). That is not enough right
-after a takeover: the new term's sessions completing change every host's status over a minute or more,
-and the term's first full passes, long because everything is cold, space the next net by minutes
-(``FULL_PASS_SHARE``). A mass failure then found the view cold for all 5,000 hosts and its marking pass
-decided for 6.0 s instead of about 2 (docs/scaling.md, parts 37 and 38).
+be the safety net alone (a full pass that places nothing refreshes the cache), which is spaced by its
+own cost (``FULL_PASS_SHARE``): a new term's first nets, long because everything is cold, space the next
+by one or two minutes, and whatever changes meanwhile (replicas starting on every host after a rollout
+or a term begun while placing, hosts reconnecting) waits for the next placing pass — a mass failure's.
+One found the view cold for all 5,000 hosts and decided for 6.0 s instead of about 2 (docs/scaling.md,
+parts 37 and 38).
 
 So a pass that places nothing also refreshes the cache once it is due: when a pass has run since the
 last refresh (every change to the view's inputs wakes one), at least ``VIEW_REFRESH_S`` after it, and
