@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -208,6 +209,20 @@ async def settled_controller(scopes: list[reconcile.Scope | None], *, plans: lis
     sessions = {h: StandInSession(h, hosts[h].address, seen[h]) for h in hosts}
     ctl.sessions.update(cast(dict[HostId, AgentSession], sessions))
     return ctl, sessions
+
+
+@contextlib.asynccontextmanager
+async def running_loop(ctl: Controller) -> AsyncIterator[None]:
+    """The controller's loop running, a sleeping task standing in for its watch; both ended after."""
+    follow: asyncio.Task[None] = asyncio.create_task(asyncio.sleep(3600))
+    looping = asyncio.create_task(ctl._loop(follow))
+    try:
+        yield
+    finally:
+        for task in (looping, follow):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def test_the_controller_scopes_a_pass_to_what_changed() -> None:
@@ -431,17 +446,9 @@ def test_the_loop_runs_full_passes_on_its_period_with_nothing_changing(
     async def go() -> int:
         scopes: list[reconcile.Scope | None] = []
         ctl, _ = await settled_controller(scopes)
-        follow: asyncio.Task[None] = asyncio.create_task(asyncio.sleep(3600))  # stands in for the watch
-        looping = asyncio.create_task(ctl._loop(follow))
-        try:
-            async with asyncio.timeout(20):
-                while sum(s is None for s in scopes) < 4:
-                    await asyncio.sleep(0.01)
-        finally:
-            for task in (looping, follow):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        async with running_loop(ctl), asyncio.timeout(20):
+            while sum(s is None for s in scopes) < 4:
+                await asyncio.sleep(0.01)
         return sum(s is None for s in scopes)
 
     assert asyncio.run(go()) >= 4

@@ -4,7 +4,6 @@ so the next placing pass — a mass failure's — counts again only the hosts th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -17,7 +16,7 @@ from scheduler.model import HostId, ServiceName
 from scheduler.observed import ContainerState
 from scheduler.placement.view_pace import ViewPace
 from tests.unit.scheduler.test_reconcile import NOW
-from tests.unit.scheduler.test_scoped_passes import Sessions, settled_controller
+from tests.unit.scheduler.test_scoped_passes import Sessions, running_loop, settled_controller
 
 # -- the pace -------------------------------------------------------------------------------------------
 
@@ -112,21 +111,13 @@ def test_the_loop_wakes_for_a_refresh_due_with_nothing_else_changing(monkeypatch
         ctl, sessions = await settled_controller([])
         ctl.view_pace.interval = 0.05
         refreshes: list[int] = []
-        follow: asyncio.Task[None] = asyncio.create_task(asyncio.sleep(3600))  # stands in for the watch
-        looping = asyncio.create_task(ctl._loop(follow))
-        try:
-            async with asyncio.timeout(20):
-                while ctl.passes["full"] < 1:  # the term's first pass (it refreshes, as every net)
-                    await asyncio.sleep(0.01)
-                refreshes = counting_refreshes(ctl)
-                restart_on(ctl, sessions, "h1", "web-1")
-                while not refreshes:
-                    await asyncio.sleep(0.01)
-        finally:
-            for task in (looping, follow):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        async with running_loop(ctl), asyncio.timeout(20):
+            while ctl.passes["full"] < 1:  # the term's first pass (it refreshes, as every net)
+                await asyncio.sleep(0.01)
+            refreshes = counting_refreshes(ctl)
+            restart_on(ctl, sessions, "h1", "web-1")
+            while not refreshes:
+                await asyncio.sleep(0.01)
         assert ctl.passes["full"] == 1
         return refreshes
 
