@@ -100,6 +100,16 @@ def test_the_http_endpoint_serves_metrics_discovery_and_health() -> None:
             assert text.endswith("# EOF\n")
             names = {f.name for f in text_string_to_metric_families(text.replace("# EOF\n", ""))}
             assert {"shoal_hosts", "shoal_host_ready", "shoal_scheduler_leader"} <= names
+
+            # ?name[]=: only those samples (a poller waiting for one counter does not pay for the page).
+            code, _, body = await fetch(f"{base}/metrics?name[]=shoal_scheduler_leader"
+                                        "&name[]=shoal_host_ready")
+            assert code == 200
+            samples = {(s.name, tuple(sorted(s.labels.items())))
+                       for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+            assert samples == {("shoal_scheduler_leader", ()),
+                               ("shoal_host_ready", (("host", "h1"), ("host_id", "h1")))}, samples
+            assert (await fetch(f"{base}/metrics?name[]=no_such_metric"))[::2] == (200, b"")
         finally:
             server.close()
             await metrics.close()

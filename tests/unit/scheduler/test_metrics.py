@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler import gc_pauses, reconcile
 from scheduler.elastic.loop import AttemptRecord
-from scheduler.metrics import SchedulerMetrics, agent_target
+from scheduler.metrics import CLUSTER_FAMILIES, SchedulerMetrics, agent_target
 from scheduler.model import (
     AutoscaleDecision,
     GroupName,
@@ -635,3 +635,47 @@ def test_provider_attempts_are_counted_by_group_kind_and_outcome() -> None:
     name = "shoal_hostgroup_provider_requests_total"
     assert value(s, name, group="workers", kind="scale_out", outcome="failed") == 2
     assert value(s, name, group="workers", kind="scale_out", outcome="delivered") == 1
+
+
+def test_the_cluster_collector_describes_every_family_it_yields_so_restricted_scrapes_skip_it() -> None:
+    """``/metrics?name[]=`` collects only the collectors holding those names: the cluster collector's
+    description must name every family it yields (``CLUSTER_FAMILIES``), and a scrape for other names
+    must not walk the cluster."""
+    async def scenario() -> None:
+        store = MemoryStore()
+        policy = build.full_service().spec.autoscale
+        web = service("web", 3)
+        web = replace(web, spec=replace(web.spec, autoscale=policy))
+        decided = replace(build.full_autoscale_status(), decisions=(AutoscaleDecision(50.0, 2, 4, "up"),))
+        workers = HostGroup(spec=HostGroupSpec(name=GroupName("workers"), max_hosts=5))
+        await store.commit([Put(web), Put(decided), Put(workers),
+                            Put(host("a", "10.0.0.1:7070", labels=(("group", "workers"),))),
+                            Put(build.replica("web", 1))])  # pending
+        metrics = await following(store)
+        try:
+            yielded = {family.name for collector in list(metrics.registry._collector_to_names)
+                       for family in collector.collect()}
+            described = {name for name, _ in CLUSTER_FAMILIES}
+            assert {"shoal_autoscale_desired_replicas", "shoal_hostgroup_hosts", "shoal_host_ready",
+                    "shoal_service_pending_since_timestamp_seconds"} <= yielded
+            named = set(metrics.registry._names_to_collectors)
+            assert yielded <= named, yielded - named  # every family reachable by its name
+            assert len(described) == len(CLUSTER_FAMILIES)
+            cluster = metrics.registry._names_to_collectors["shoal_hosts"]
+            walked: list[int] = []
+            real = cluster.collect
+
+            def counted() -> Any:
+                walked.append(1)
+                return real()
+
+            cluster.collect = counted  # type: ignore[method-assign]
+            text = generate_latest(metrics.registry.restricted_registry(
+                ["shoal_scheduler_reconcile_duration_seconds_count"])).decode()
+            assert text.startswith("# HELP shoal_scheduler_reconcile_duration_seconds") and not walked
+            text = generate_latest(metrics.registry.restricted_registry(["shoal_hosts"])).decode()
+            assert "shoal_hosts{" in text and "shoal_host_ready" not in text and walked == [1]
+        finally:
+            await metrics.close()
+
+    run(scenario)
