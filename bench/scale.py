@@ -103,6 +103,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -352,12 +353,20 @@ WATCHED_METRICS = ("shoal_scheduler_reconcile_duration_seconds_count",
                    "shoal_scheduler_session_workers_gc_pause_seconds_total")
 
 
+def metrics_url(address: str, names: Sequence[str]) -> str:
+    """An instance's ``/metrics`` restricted to ``names`` (``?name[]=``): the takeover's poll for the
+    survivor's first pass asked for the whole page every 50 ms, and at 5,000 hosts rendering it held the
+    survivor's GIL for most of the time it was being measured (part 39 of docs/scaling.md). An
+    instance from before part 39 ignores the query and answers the whole page."""
+    return f"http://{address}/metrics?" + urllib.parse.urlencode([("name[]", name) for name in names])
+
+
 def scrape(address: str) -> dict[str, float]:
     """The scheduler's own counters of reconcile passes, placements and collector pauses (its own and its
     session workers', each summed over label sets)."""
     out = dict.fromkeys(WATCHED_METRICS, 0.0)
     try:
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        with urllib.request.urlopen(metrics_url(address, WATCHED_METRICS), timeout=10) as reply:
             text = reply.read().decode()
     except OSError:
         return out
@@ -383,7 +392,7 @@ def scrape_counter(address: str, name: str) -> dict[str, float]:
     """Every sample of one metric on an instance's ``/metrics``, by its label text ("" when unlabelled);
     empty when the instance does not answer."""
     try:
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+        with urllib.request.urlopen(metrics_url(address, [name]), timeout=5) as reply:
             text = reply.read().decode()
     except OSError:
         return {}
@@ -624,7 +633,7 @@ class Run:
 
     async def ready_hosts(self) -> set[str]:
         listing = await self.the_store.list(self.the_store.schema.host_statuses())
-        return {s.id for s in listing.items if s.ready and s.complete}
+        return {s.id for s in listing.items if s.ready}
 
     @property
     def the_store(self) -> base.Store:
