@@ -31,10 +31,10 @@ some 30 s after the last one, 2,500 re-registrations later (docs/scaling.md, par
 has K hosts' agents report new committed figures before the loss, as every host's do while the replicas
 placed on it start (a mass failure that comes before the safety net has refreshed the view after
 placing meets all of them). ``--relisted K`` has K hosts' statuses recorded again differing only in what
-placement does not read (not complete), as a new term's first pass records every host whose session is
-still connecting and its next ones complete again; ``--unlisted K`` has K hosts' sessions connected but
-not yet listed at the term's first pass, and listed after it, as a new term's are (a mass failure in a
-term's first minute meets all of both: docs/scaling.md, part 38).
+placement does not read, as part 37's leaders recorded every host at a new term's first pass (not
+``complete``, a field no longer recorded since part 39) and again once listed; ``--unlisted K`` has K
+hosts' sessions connected but not yet listed at the term's first pass, and listed after it, as a new
+term's are (a mass failure in a term's first minute meets all of both: docs/scaling.md, part 38).
 
 ``--etcd M`` (with ``--lost``) runs the same mass failure against a real etcd of M members on loopback
 (``tests/fixtures/etcd``; a fresh key prefix per round) instead of the memory store, and times each
@@ -139,7 +139,7 @@ def cluster(n_replicas: int, n_hosts: int) -> tuple[list[object], dict[HostId, S
                                                memory_allocatable_bytes=128 * GiB),
                              registered_at=NOW - 3600, last_registered_at=NOW - 10)
                for h, i in hosts.items()}
-    statuses = {h: HostStatus(id=h, ready=True, complete=True, since=NOW - 3600) for h in hosts}
+    statuses = {h: HostStatus(id=h, ready=True, since=NOW - 3600) for h in hosts}
     host_ids = sorted(hosts)
     services: dict[ServiceName, Service] = {}
     replicas: dict[ReplicaId, Replica] = {}
@@ -208,7 +208,7 @@ def lose(ctl: Controller, sessions: dict[HostId, StandInSession], n: int, *,
         session.error = "no report from the agent for 6.0 s (unreachable?)"
         session.observation = replace(session.observation, connected=False, complete=False)
         ctl._host_changed(host)
-        ctl.mirror.put(replace(ctl.mirror.statuses[host], ready=False, reason=session.error, complete=False,
+        ctl.mirror.put(replace(ctl.mirror.statuses[host], ready=False, reason=session.error,
                                since=NOW - 60))
     return hosts
 
@@ -225,13 +225,14 @@ def reregister(ctl: Controller, n: int) -> None:
 
 def relist(ctl: Controller, n: int) -> None:
     """``n`` hosts' statuses (spread over the hosts) recorded again differing only in what placement does
-    not read: not complete, as a new term's first pass records every host whose session is still
-    connecting (its next records them complete again)."""
+    not read (here the time they last changed), as part 37's leaders recorded every host at a new term's
+    first pass and again once its session had listed it (as not ``complete``, then complete: a field
+    no longer recorded since part 39 of docs/scaling.md)."""
     assert ctl.mirror is not None
     for host in spread(sorted(ctl.mirror.statuses), n):
         status = ctl.mirror.statuses[host]
-        # (its revision the store's: the pass that records it complete again is guarded by it)
-        ctl.mirror.put(replace(status, complete=False))
+        # (its revision the store's: a pass that records it again is guarded by it)
+        ctl.mirror.put(replace(status, since=status.since + 1.0))
 
 
 def unlist(sessions: dict[HostId, StandInSession], n: int) -> dict[HostId, HostObservation]:
@@ -509,7 +510,8 @@ def main() -> None:
     parser.add_argument("--resized", type=int, default=0, metavar="K",
                         help="with --lost: K hosts report new committed figures first (see above)")
     parser.add_argument("--relisted", type=int, default=0, metavar="K",
-                        help="with --lost: K hosts' statuses recorded again, not complete, first (see above)")
+                        help="with --lost: K hosts' statuses recorded again, changed in nothing placement "
+                             "reads, first (see above)")
     parser.add_argument("--unlisted", type=int, default=0, metavar="K",
                         help="with --lost: K hosts' sessions not listed at the term's first pass (see above)")
     parser.add_argument("--profile", default="", metavar="FILE", help="with --lost: cProfile of round 1")
@@ -558,7 +560,7 @@ def main() -> None:
             if args.resized:
                 later += f", {args.resized} with new committed figures before"
             if args.relisted:
-                later += f", {args.relisted} statuses recorded not complete before"
+                later += f", {args.relisted} statuses recorded again before"
             if args.unlisted:
                 later += f", {args.unlisted} sessions unlisted at the term's first pass"
             print(f"{n_replicas:>9} replicas on {n_hosts:>6} hosts, {args.lost} lost{later}: {shown}",

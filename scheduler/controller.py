@@ -1140,19 +1140,22 @@ class Controller:
         # deadline of the leader's own: sessions wait their turn to connect (scheduler.connect_gate), and
         # in a session worker the leader cannot see the worker's backlog; a deadline counted here had a
         # new leader take 5,000 hosts still connecting for lost (docs/scaling.md, part 7). Nothing is
-        # launched meanwhile (reconcile waits for a complete view).
+        # launched meanwhile (reconcile waits for a complete view). Whether the session has listed the host
+        # is the session's (its observation), not the record's: written, it flipped every host's status
+        # twice per term, 10,000 writes at 5,000 hosts that a new term's first pass waited on before it
+        # acted (docs/scaling.md, part 39).
         ready = complete or (known.ready and session is not None and not session.error)
         reason = "" if ready else (session.error if session is not None and session.error
                                    else "connecting to its agent")
         starts = self.start_health.state(host)
         failing = self.start_health.failing(host, now)
         # Nearly always unchanged: compared before any copy.
-        if (known.ready, known.reason, known.complete, known.start_failures, known.last_start_failure,
+        if (known.ready, known.reason, known.start_failures, known.last_start_failure,
                 known.start_failure_reason, known.start_failing) == (
-                ready, reason, complete, starts.failures, starts.last_at, starts.reason, failing):
+                ready, reason, starts.failures, starts.last_at, starts.reason, failing):
             return known
         return dataclasses.replace(
-            known, ready=ready, reason=reason, complete=complete,
+            known, ready=ready, reason=reason,
             since=now if known.ready != ready else known.since,
             start_failures=starts.failures, last_start_failure=starts.last_at,
             start_failure_reason=starts.reason, start_failing=failing)

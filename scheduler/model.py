@@ -400,7 +400,9 @@ class HostStatus:
     ready: bool = False
     reason: str = ""       # why not ready, for a person
     since: float = 0.0     # when ``ready`` last changed
-    complete: bool = False  # the leader has listed the host's containers (a complete view)
+    # (Until part 39 of docs/scaling.md also ``complete``: whether the leader's session had listed the
+    # host's containers. Nothing read it, and every new term wrote it false and then true again for every
+    # host; records that still carry it decode without it.)
     # Launches on this host that failed for a host-side reason, in a row (scheduler.start_health), the
     # last one's time and reason, and whether placement avoids the host for it now.
     start_failures: int = 0

@@ -179,7 +179,7 @@ class Simulation:
 
     def _with_hosts(self, extra_hosts: Sequence[HostRecord]) -> ClusterView:
         """The cluster (with the pending replicas that fit placed) plus hosts that joined empty and ready."""
-        ready = {h.id: HostStatus(id=h.id, ready=True, complete=True) for h in extra_hosts}
+        ready = {h.id: HostStatus(id=h.id, ready=True) for h in extra_hosts}
         joined = build_view(hosts=extra_hosts, statuses=ready, replicas=(), services=())
         return _forked(self._base, joined.hosts)
 

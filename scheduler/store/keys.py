@@ -11,7 +11,7 @@ key                                 value             written by
 ``{P}replicas/{service}/{replica}`` ``Replica``       the leader only (placement, reconcile, rollout)
 ``{P}hosts/{host}``                 ``HostRecord``    the API: an agent's registration (its facts and
                                                       capacity) and operators' cordon/uncordon/drain
-``{P}host-status/{host}``           ``HostStatus``    the leader only (reachability, complete view)
+``{P}host-status/{host}``           ``HostStatus``    the leader only (reachability, start failures)
 ``{P}autoscale/{service}``          ``AutoscaleStatus``  the leader only (the autoscaler's history and
                                                       latest decisions)
 ``{P}hostgroups/{group}``           ``HostGroup``     the API (apply, delete): a declared host group

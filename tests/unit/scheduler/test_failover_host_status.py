@@ -1,6 +1,8 @@
 """A new leader does not demote every host while its sessions connect: the status the last leader
 recorded stands until the session reports trouble or misses its heartbeat (seen as the whole cluster
-flipping to not ready for a moment at every failover, in the demo's timeline)."""
+flipping to not ready for a moment at every failover, in the demo's timeline), and it is not written
+again at all while they connect and list (a new term wrote every host's twice: docs/scaling.md, part
+39)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ import asyncio
 import contextlib
 import socket
 
+from bench.sim.host import HostSpec, SimHost
+from scheduler import reconcile
 from scheduler.controller import Controller, ControllerSettings
 from scheduler.model import HostId, HostRecord, HostStatus
 from scheduler.placement.registry import default_profile
 from scheduler.store import base
 from scheduler.store.memory import MemoryStore
 from scheduler.store.records import LeaderRecord
+from tests.fixtures.etcd import free_port
 
 HOST = HostId("a" * 32)
 
@@ -31,7 +36,7 @@ def test_a_new_leader_keeps_a_ready_host_ready_until_its_session_finds_it_silent
         leader = await store.campaign(LeaderRecord(instance="two"), lease_id=lease.id)
         address = f"127.0.0.1:{silent.getsockname()[1]}"
         await store.commit([base.Put(HostRecord(id=HOST, name="h", address=address)),
-                            base.Put(HostStatus(id=HOST, ready=True, complete=True, since=1.0))])
+                            base.Put(HostStatus(id=HOST, ready=True, since=1.0))])
         seen: list[HostStatus] = []
         settings = ControllerSettings(epoch=leader.epoch, guard=base.LeaderGuard(leader.epoch),
                                       credentials=None, profile=default_profile(), heartbeat_timeout=0.5)
@@ -59,3 +64,42 @@ def test_a_new_leader_keeps_a_ready_host_ready_until_its_session_finds_it_silent
     # Demoted for what the session found (its heartbeat missed), never for merely connecting.
     assert all(s.reason != "connecting to its agent" for s in seen), seen
     assert demoted.reason, demoted
+
+
+def test_a_new_leaders_sessions_connecting_and_listing_leave_a_ready_hosts_status_unwritten() -> None:
+    """The recorded status says what the new leader concludes too (ready): nothing is written as its
+    session connects, nor once it has listed the host's containers."""
+    async def go() -> tuple[HostStatus, HostStatus, list[bool]]:
+        sim = SimHost(HostSpec(name="listed", port=free_port(), usage_interval=0.1))
+        await sim.start()
+        host = HostId(sim.spec.host_id)
+        store = MemoryStore()
+        lease = await store.grant_lease(10)
+        leader = await store.campaign(LeaderRecord(instance="two"), lease_id=lease.id)
+        await store.commit([base.Put(HostRecord(id=host, name="h", address=sim.spec.address)),
+                            base.Put(HostStatus(id=host, ready=True, since=1.0))])
+        before = await store.get(store.schema.host_status(host))
+        listed: list[bool] = []  # per pass: whether the host's view was complete
+
+        def on_pass(_seconds: float, _plan: reconcile.Plan, world: reconcile.World) -> None:
+            listed.append(world.observed[host].complete)
+
+        settings = ControllerSettings(epoch=leader.epoch, guard=base.LeaderGuard(leader.epoch),
+                                      credentials=None, profile=default_profile())
+        running = asyncio.create_task(Controller(store, settings, on_pass=on_pass).run())
+        try:
+            async with asyncio.timeout(20):
+                while True not in listed:  # (a pass's writes have landed when it reports)
+                    await asyncio.sleep(0.01)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            await sim.stop()
+        after = await store.get(store.schema.host_status(host))
+        assert before is not None and after is not None
+        return before, after, listed
+
+    before, after, listed = asyncio.run(go())
+    assert listed[0] is False  # the term's first pass met the session still connecting
+    assert after.ready and after.revision == before.revision, (before, after)

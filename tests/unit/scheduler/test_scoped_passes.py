@@ -190,7 +190,7 @@ async def settled_controller(scopes: list[reconcile.Scope | None], *, plans: lis
              enumerate((HostId(f"h{n}") for n in range(1, 3 + empty_hosts)), start=1)}
     records: list[Any] = [service(2), service(1, name="db"), replica("web-1"), replica("web-2", host="h2"),
                           replica("db-1", service="db", host="h2"), *hosts.values(),
-                          *(HostStatus(id=h, ready=True, complete=True) for h in hosts)]
+                          *(HostStatus(id=h, ready=True) for h in hosts)]
     await store.commit([base.Put(dataclasses.replace(r, revision=0)) for r in records])
     lease = await store.grant_lease(60)
     leader = await store.campaign(LeaderRecord(instance="one"), lease_id=lease.id)
@@ -539,7 +539,7 @@ def test_a_hosts_status_is_judged_again_whenever_what_it_is_judged_from_changes(
 
         judged()                                      # ready, as recorded
         session.observation = dataclasses.replace(session.observation, connected=False, complete=False)
-        judged()                                      # reconnecting: still ready as recorded, not complete
+        judged()                                      # reconnecting: still ready as recorded
         session.error = "no usage report for 2.0 s"   # then its watchdog found it silent
         judged()
         session.error = ""
@@ -556,9 +556,9 @@ def test_a_hosts_status_is_judged_again_whenever_what_it_is_judged_from_changes(
     assert all(first == fresh for first, fresh, _ in out), out
     assert [again for _, _, again in out] == [True, True, True, True, False, True]
     ready, reconnecting, silent, recorded, failing, recovered = (first for first, _, _ in out)
-    assert ready.ready and ready.complete
+    assert ready.ready
     assert not silent.ready and silent.reason == "no usage report for 2.0 s"
-    assert reconnecting.ready and not reconnecting.complete
+    assert reconnecting == ready  # still ready as recorded: nothing to write while it lists again
     assert not recorded.ready and recorded.reason == "connecting to its agent"
     assert failing.start_failing and failing.start_failures == 3
     assert not recovered.start_failing and recovered.start_failures == 0

@@ -143,9 +143,9 @@ class Cluster:
 
 
 def relisted(status: model.HostStatus, *, failing: bool = False) -> model.HostStatus:
-    """``status`` judged again with its containers listed (or not), a new time and reason: nothing
-    placement reads; ``failing``: and start failing toggled (which it reads)."""
-    return dataclasses.replace(status, complete=not status.complete, since=status.since + 1.0,
+    """``status`` judged again with a new time, reason and count of start failures: nothing placement
+    reads; ``failing``: and start failing toggled (which it reads)."""
+    return dataclasses.replace(status, since=status.since + 1.0,
                                reason=status.reason + ".", start_failures=status.start_failures + 1,
                                start_failing=status.start_failing != failing)
 
