@@ -621,8 +621,9 @@ class Run:
         raise RuntimeError(f"no scheduler leader within 30 s; see {sched.log}")
 
     async def wait_hosts_ready(self, n: int, timeout: float) -> float | None:
-        """When etcd's host statuses (the leader's judgement) say ``n`` hosts are ready with a complete
-        view. Read from etcd, not the scheduler's API, so that waiting costs the leader nothing."""
+        """When etcd's host statuses (the leader's judgement) say ``n`` hosts are ready: a host not ready
+        before (new, or lost) is ready once the leader's session has listed it. Read from etcd, not the
+        scheduler's API, so that waiting costs the leader nothing."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
