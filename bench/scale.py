@@ -355,9 +355,10 @@ WATCHED_METRICS = ("shoal_scheduler_reconcile_duration_seconds_count",
 
 def metrics_url(address: str, names: Sequence[str]) -> str:
     """An instance's ``/metrics`` restricted to ``names`` (``?name[]=``): the takeover's poll for the
-    survivor's first pass asked for the whole page every 50 ms, and at 5,000 hosts rendering it held the
-    survivor's GIL for most of the time it was being measured (part 39 of docs/scaling.md). An
-    instance from before part 39 ignores the query and answers the whole page."""
+    survivor's first pass asked for the whole page every 50 ms, and at 5,000 hosts rendering it kept the
+    survivor's HTTP thread busy, competing for the GIL with its loop, for most of the time it was being
+    measured (part 39 of docs/scaling.md). An instance from before part 39 ignores the query and answers
+    the whole page."""
     return f"http://{address}/metrics?" + urllib.parse.urlencode([("name[]", name) for name in names])
 
 

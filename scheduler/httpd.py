@@ -4,8 +4,9 @@ Served from daemon threads (``http.server``), reading only what ``SchedulerMetri
 scrape never touches etcd or the scheduler's event loop. ``/metrics`` answers in the format the scraper
 asks for (OpenMetrics for Prometheus, else the classic text format), gzipped when it accepts gzip;
 ``?name[]=NAME`` (repeatable, as prometheus_client's own handler takes it) answers only those samples and
-collects only the metrics that hold them: at 5,000 hosts the whole page held a scraping thread (and so
-the GIL) for a fraction of a second, and a client waiting for one counter paid that on every poll.
+collects only the metrics that hold them: at 5,000 hosts rendering the whole page kept a scraping thread
+busy in Python, competing for the GIL with the event loop, and a client polling one counter paid that on
+every poll.
 ``/http_sd`` is Prometheus' HTTP service discovery (``?kind=agent`` or ``?kind=replica`` for one kind of
 target); before the cluster was first read from etcd it answers 503, because an empty list would make
 Prometheus drop every target while a failed request makes it keep the ones it has. The pages hold no
