@@ -182,5 +182,8 @@ def test_a_generated_decoders_record_holds_no_more_memory_than_one_built_by_its_
         return size
 
     held(codec.fast), held(codec.decode_fields)  # the first count of each includes one-time allocations
-    generated, generic = held(codec.fast), held(codec.decode_fields)
+    # The least of three counts each: tracemalloc counts every allocation in the process, other threads'
+    # too, and one count came out 7 % high once in a full run (890 KB against 831), never alone.
+    generated = min(held(codec.fast) for _ in range(3))
+    generic = min(held(codec.decode_fields) for _ in range(3))
     assert generated <= generic * 1.05
