@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import AsyncIterator, Callable
 
 from bench.sim.host import HostSpec, SimHost
 from scheduler import reconcile
+from scheduler.agents import HEARTBEAT_TIMEOUT
 from scheduler.controller import Controller, ControllerSettings
 from scheduler.model import HostId, HostRecord, HostStatus
 from scheduler.placement.registry import default_profile
@@ -23,6 +25,31 @@ from tests.fixtures.etcd import free_port
 HOST = HostId("a" * 32)
 
 
+@contextlib.asynccontextmanager
+async def leading(store: MemoryStore, host: HostId, address: str, *,
+                  heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+                  on_pass: Callable[[float, reconcile.Plan, reconcile.World], None] | None = None
+                  ) -> AsyncIterator[HostStatus]:
+    """A new term's controller running over ``store``, where the last leader recorded ``host`` (at
+    ``address``) ready; yields that record, read before the term began; ended after."""
+    lease = await store.grant_lease(10)
+    leader = await store.campaign(LeaderRecord(instance="two"), lease_id=lease.id)
+    await store.commit([base.Put(HostRecord(id=host, name="h", address=address)),
+                        base.Put(HostStatus(id=host, ready=True, since=1.0))])
+    recorded = await store.get(store.schema.host_status(host))
+    assert recorded is not None
+    settings = ControllerSettings(epoch=leader.epoch, guard=base.LeaderGuard(leader.epoch), credentials=None,
+                                  profile=default_profile(), heartbeat_timeout=heartbeat_timeout)
+    controller = Controller(store, settings, on_pass=on_pass)
+    running = asyncio.create_task(controller.run())
+    try:
+        yield recorded
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 def test_a_new_leader_keeps_a_ready_host_ready_until_its_session_finds_it_silent() -> None:
     # An agent address that accepts connections and then says nothing: the session neither fails nor
     # completes, until its heartbeat timeout.
@@ -32,27 +59,15 @@ def test_a_new_leader_keeps_a_ready_host_ready_until_its_session_finds_it_silent
 
     async def go() -> list[HostStatus]:
         store = MemoryStore()
-        lease = await store.grant_lease(10)
-        leader = await store.campaign(LeaderRecord(instance="two"), lease_id=lease.id)
-        address = f"127.0.0.1:{silent.getsockname()[1]}"
-        await store.commit([base.Put(HostRecord(id=HOST, name="h", address=address)),
-                            base.Put(HostStatus(id=HOST, ready=True, since=1.0))])
         seen: list[HostStatus] = []
-        settings = ControllerSettings(epoch=leader.epoch, guard=base.LeaderGuard(leader.epoch),
-                                      credentials=None, profile=default_profile(), heartbeat_timeout=0.5)
-        running = asyncio.create_task(Controller(store, settings).run())
-        try:
-            async with asyncio.timeout(20):
-                while not seen or seen[-1].ready:
-                    status = await store.get(store.schema.host_status(HOST))
-                    assert status is not None
-                    if not seen or status != seen[-1]:
-                        seen.append(status)
-                    await asyncio.sleep(0.01)
-        finally:
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+        async with leading(store, HOST, f"127.0.0.1:{silent.getsockname()[1]}", heartbeat_timeout=0.5), \
+                asyncio.timeout(20):
+            while not seen or seen[-1].ready:
+                status = await store.get(store.schema.host_status(HOST))
+                assert status is not None
+                if not seen or status != seen[-1]:
+                    seen.append(status)
+                await asyncio.sleep(0.01)
         return seen
 
     try:
@@ -74,30 +89,22 @@ def test_a_new_leaders_sessions_connecting_and_listing_leave_a_ready_hosts_statu
         await sim.start()
         host = HostId(sim.spec.host_id)
         store = MemoryStore()
-        lease = await store.grant_lease(10)
-        leader = await store.campaign(LeaderRecord(instance="two"), lease_id=lease.id)
-        await store.commit([base.Put(HostRecord(id=host, name="h", address=sim.spec.address)),
-                            base.Put(HostStatus(id=host, ready=True, since=1.0))])
-        before = await store.get(store.schema.host_status(host))
         listed: list[bool] = []  # per pass: whether the host's view was complete
+        complete = asyncio.Event()  # set by the first pass that saw it so, once its writes have landed
 
         def on_pass(_seconds: float, _plan: reconcile.Plan, world: reconcile.World) -> None:
             listed.append(world.observed[host].complete)
+            if listed[-1]:
+                complete.set()
 
-        settings = ControllerSettings(epoch=leader.epoch, guard=base.LeaderGuard(leader.epoch),
-                                      credentials=None, profile=default_profile())
-        running = asyncio.create_task(Controller(store, settings, on_pass=on_pass).run())
         try:
-            async with asyncio.timeout(20):
-                while True not in listed:  # (a pass's writes have landed when it reports)
-                    await asyncio.sleep(0.01)
+            async with leading(store, host, sim.spec.address, on_pass=on_pass) as before, \
+                    asyncio.timeout(20):
+                await complete.wait()
         finally:
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
             await sim.stop()
         after = await store.get(store.schema.host_status(host))
-        assert before is not None and after is not None
+        assert after is not None
         return before, after, listed
 
     before, after, listed = asyncio.run(go())
